@@ -1,0 +1,158 @@
+"""The layer contract, parameter declarations and the registry by Caffe type name.
+
+Contract (as in Caffe's layer.hpp, with brainstorm's pure shape setup):
+
+* ``__init__`` only stores the resolved parameters; no work.
+* ``setup(bottom_shapes) -> top_shapes`` is pure and cheap: it checks the parameters
+  against the bottom shapes (raising `LayerError`), fills ``self.blob_shapes`` with the
+  ``(shape, filler)`` of each learnable blob, and returns the top shapes. The net can
+  therefore infer every shape of a spec before any data is read.
+* ``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)`` work on `Blob`s.
+  Parameter diffs *accumulate* (``+=``); bottom diffs are *overwritten* (``=``). The net
+  zeroes parameter diffs once per iteration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from netspec.errors import LayerError, UserError, did_you_mean
+
+
+class Blob:
+    """A named pair of arrays: ``data`` (values) and ``diff`` (gradient of the loss)."""
+
+    __slots__ = ("name", "data", "diff")
+
+    def __init__(self, name, shape, dtype=np.float32):
+        self.name = name
+        self.data = np.zeros(shape, dtype)
+        self.diff = np.zeros(shape, dtype)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def count(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Blob({self.name!r}, {self.shape})"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter of a layer's block (e.g. ``convolution_param.kernel_size``).
+
+    kind: "int", "float", "bool", "str", "enum" (with choices), "filler", "shape" (BlobShape),
+    "any". repeated: Caffe's repeated field; a scalar is accepted as a one-element list.
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    help: str = ""
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple = ()
+    repeated: bool = False
+    required: bool = False
+
+
+def resolve(fields, given: dict | None) -> SimpleNamespace:
+    """Resolved parameters: declared defaults, overridden by `given`; repeated fields become lists."""
+    given = given or {}
+    out = {}
+    for f in fields:
+        value = given.get(f.name, f.default)
+        if f.repeated:
+            value = [] if value is None else list(value) if isinstance(value, list) else [value]
+        out[f.name] = value
+    return SimpleNamespace(**out)
+
+
+class Layer:
+    """Base class; see the module docstring for the contract."""
+
+    type = "Layer"
+    param_block: str | None = None  # e.g. "convolution_param"
+    fields: tuple = ()              # Field declarations of param_block
+    bottoms = (1, 1)                # min, max number of bottoms (None = any)
+    tops = (1, 1)
+    is_loss = False                 # a loss layer: its first top gets loss_weight 1 by default
+    is_data = False                 # produces data from a source; has no bottoms
+    differentiable = True           # False: backward is never needed (Accuracy, data layers)
+    in_place_ok = False             # may run with top == bottom
+    other_blocks: dict = {}         # other parameter blocks it reads: {block name: fields}
+
+    def __init__(self, name: str, params: SimpleNamespace, phase: str = "TRAIN",
+                 dtype=np.float32, layer_spec: dict | None = None):
+        self.name = name
+        self.p = params
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.spec = layer_spec or {}
+        self.n_tops = len(self.spec.get("top", [])) or 1
+        self.blob_shapes: list = []  # [(shape, filler dict)] filled by setup
+        self.blobs: list[Blob] = []  # created by the net from blob_shapes
+        self.rng: np.random.Generator | None = None  # set by the net for layers that need one
+
+    def setup(self, bottom_shapes):
+        raise NotImplementedError
+
+    def forward(self, bottom, top):
+        raise NotImplementedError
+
+    def backward(self, top, propagate_down, bottom):
+        if self.differentiable:
+            raise NotImplementedError
+        raise LayerError(f"{self.type} layer '{self.name}' has no backward")
+
+    # Layers with state beyond their blobs (data cursors) override these for snapshots.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self):
+        return f"{self.type}({self.name!r})"
+
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(type_name: str):
+    """Class decorator: ``@register("InnerProduct")``. Registering a name twice is an error."""
+
+    def deco(cls):
+        if type_name in REGISTRY:
+            raise RuntimeError(f"layer type '{type_name}' registered twice "
+                               f"({REGISTRY[type_name].__module__} and {cls.__module__})")
+        cls.type = type_name
+        REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def layer_class(type_name: str):
+    try:
+        return REGISTRY[type_name]
+    except KeyError:
+        raise UserError(f"unknown layer type '{type_name}'{did_you_mean(type_name, REGISTRY)} "
+                        f"(known types: {', '.join(sorted(REGISTRY))})") from None
+
+
+def count(shape, start=0, end=None) -> int:
+    return int(np.prod(shape[start:end], dtype=np.int64))
+
+
+def check_positive(value, field, what="must be > 0"):
+    if value is None or value <= 0:
+        raise LayerError(f"{field} {what}; received {field.split('.')[-1]}={value}", field)

@@ -1,0 +1,186 @@
+"""Convolution: im2col (a Numba kernel) plus one BLAS matrix product per group.
+
+Input (N, C, H, W); weight (O, C/group, kh, kw); bias (O,); output (N, O, OH, OW) with
+OH = (H + 2*pad_h - (dilation_h*(kh-1)+1)) // stride_h + 1 (Caffe truncates, unlike Pooling).
+The whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
+group is a single large matrix product.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netspec.errors import LayerError
+from .base import Field, Layer, register
+
+
+@njit(cache=True)
+def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
+    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0."""
+    n_img, chans, height, width = x.shape
+    plane = oh * ow
+    for c in range(chans):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_img):
+                    base = n * plane
+                    for y in range(oh):
+                        iy = y * sh - ph + i * dh
+                        out = base + y * ow
+                        if iy < 0 or iy >= height:
+                            for xo in range(ow):
+                                col[row, out + xo] = 0
+                        else:
+                            for xo in range(ow):
+                                ix = xo * sw - pw + j * dw
+                                col[row, out + xo] = x[n, c, iy, ix] if 0 <= ix < width else 0
+
+
+@njit(cache=True)
+def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
+    """The adjoint of im2col: dx (N, C, H, W) = sum of col entries over the taps that read each pixel."""
+    n_img, chans, height, width = dx.shape
+    plane = oh * ow
+    dx[:] = 0
+    for c in range(chans):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(n_img):
+                    base = n * plane
+                    for y in range(oh):
+                        iy = y * sh - ph + i * dh
+                        if 0 <= iy < height:
+                            out = base + y * ow
+                            for xo in range(ow):
+                                ix = xo * sw - pw + j * dw
+                                if 0 <= ix < width:
+                                    dx[n, c, iy, ix] += col[row, out + xo]
+
+
+def spatial_param(p, block, name, default):
+    """Caffe's (name, name_h/name_w) pair: returns (h, w), checking they are not mixed.
+
+    `name` is "kernel" (read from kernel_size), "pad", "stride" or "dilation"; the plain
+    field may be a scalar (Pooling) or a repeated field (Convolution).
+    """
+    full = name + "_size" if name == "kernel" else name
+    rep = getattr(p, full)
+    rep = [] if rep is None else rep if isinstance(rep, list) else [rep]
+    h, w = getattr(p, name + "_h", None), getattr(p, name + "_w", None)
+    if rep and (h is not None or w is not None):
+        raise LayerError(f"give either {full} or {name}_h/{name}_w, not both", f"{block}.{full}")
+    if h is not None or w is not None:
+        if h is None or w is None:
+            raise LayerError(f"{name}_h and {name}_w must be given together; received "
+                             f"{name}_h={h}, {name}_w={w}", f"{block}.{name}_{'h' if h is None else 'w'}")
+        return int(h), int(w)
+    if not rep:
+        if default is None:
+            raise LayerError(f"{full} is required (or {name}_h and {name}_w)", block)
+        return default, default
+    if len(rep) == 1:
+        return int(rep[0]), int(rep[0])
+    if len(rep) == 2:
+        return int(rep[0]), int(rep[1])
+    raise LayerError(f"{full} must be given once or once per spatial dimension (2); received {rep}",
+                     f"{block}.{full}")
+
+
+def _hw(name, help_, minimum):
+    return (Field(name + "_h", "int", None, help_ + " (height)", minimum=minimum),
+            Field(name + "_w", "int", None, help_ + " (width)", minimum=minimum))
+
+
+@register("Convolution")
+class Convolution(Layer):
+    """2-D convolution. Bottom (N, C, H, W) -> top (N, num_output, OH, OW)."""
+
+    param_block = "convolution_param"
+    fields = (
+        Field("num_output", "int", None, "number of filters", minimum=1, required=True),
+        Field("bias_term", "bool", True, "learn a bias per output channel"),
+        Field("kernel_size", "int", None, "kernel size (once, or height and width)", minimum=1, repeated=True),
+        Field("pad", "int", None, "zero padding on each side", minimum=0, repeated=True),
+        Field("stride", "int", None, "step between windows", minimum=1, repeated=True),
+        Field("dilation", "int", None, "spacing between kernel taps", minimum=1, repeated=True),
+        *_hw("kernel", "kernel size", 1), *_hw("pad", "zero padding", 0), *_hw("stride", "stride", 1),
+        Field("group", "int", 1, "split channels into this many independent groups", minimum=1),
+        Field("weight_filler", "filler", None, "filler of the weights (Caffe's default: constant 0)"),
+        Field("bias_filler", "filler", None, "filler of the bias (default constant 0)"),
+        Field("axis", "int", 1, "the channel axis (only 1 is supported)", minimum=1, maximum=1),
+    )
+
+    def setup(self, bottom_shapes):
+        p, blk = self.p, self.param_block
+        shape = bottom_shapes[0]
+        if len(shape) != 4:
+            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}. "
+                             "Reshape the data into images first", None)
+        n, c, h, w = shape
+        self.kernel = spatial_param(p, blk, "kernel", None)
+        self.pad = spatial_param(p, blk, "pad", 0)
+        self.stride = spatial_param(p, blk, "stride", 1)
+        self.dilation = spatial_param(p, blk, "dilation", 1)
+        if c % p.group or p.num_output % p.group:
+            raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
+                             f"group; received group={p.group}", f"{blk}.group")
+        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
+        oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+        ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise LayerError(f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
+                             f"{h + 2 * ph}x{w + 2 * pw}; use a smaller kernel_size or more pad",
+                             f"{blk}.kernel_size")
+        self.out_hw = (oh, ow)
+        self.blob_shapes = [((p.num_output, c // p.group, kh, kw), p.weight_filler)]
+        if p.bias_term:
+            self.blob_shapes.append(((p.num_output,), p.bias_filler))
+        self._col = None
+        return [(n, p.num_output, oh, ow)]
+
+    def _geometry(self):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
+        return (kh, kw, sh, sw, ph, pw, dh, dw) + self.out_hw
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        n = x.shape[0]
+        out_c, groups = self.p.num_output, self.p.group
+        plane = self.out_hw[0] * self.out_hw[1]
+        weight = self.blobs[0].data
+        k = weight[0].size
+        if self._col is None or self._col.shape[1] != n * plane or self._col.dtype != x.dtype:
+            self._col = np.empty((k * groups, n * plane), x.dtype)
+            self._out = np.empty((out_c, n * plane), x.dtype)
+        im2col(x, *self._geometry(), self._col)
+        og = out_c // groups
+        for g in range(groups):
+            np.matmul(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
+                      out=self._out[g * og:(g + 1) * og])
+        y = top[0].data.reshape(n, out_c, plane)
+        y[...] = self._out.reshape(out_c, n, plane).transpose(1, 0, 2)
+        if self.p.bias_term:
+            y += self.blobs[1].data[None, :, None]
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        n = dy.shape[0]
+        out_c, groups = self.p.num_output, self.p.group
+        plane = self.out_hw[0] * self.out_hw[1]
+        weight = self.blobs[0]
+        k = weight.data[0].size
+        og = out_c // groups
+        dt = self._out  # reuse as (O, N*P) diff buffer
+        dt.reshape(out_c, n, plane)[...] = dy.reshape(n, out_c, plane).transpose(1, 0, 2)
+        if self.p.bias_term:
+            self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
+        dw = weight.diff.reshape(out_c, k)
+        for g in range(groups):
+            dw[g * og:(g + 1) * og] += dt[g * og:(g + 1) * og] @ self._col[g * k:(g + 1) * k].T
+        if propagate_down[0]:
+            for g in range(groups):
+                np.matmul(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
+                          out=self._col[g * k:(g + 1) * k])
+            col2im(self._col, *self._geometry(), bottom[0].diff)

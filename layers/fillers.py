@@ -1,0 +1,51 @@
+"""Weight fillers, as in Caffe's filler.hpp.
+
+fan_in = count / shape[0], fan_out = count / shape[1] (count for a 1-D blob); for a
+convolution weight (O, I/g, kh, kw) that is I/g*kh*kw and O*kh*kw.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Field
+
+FILLER_TYPES = ("constant", "uniform", "gaussian", "xavier", "msra")
+
+FIELDS = (
+    Field("type", "enum", "constant", "filler name", choices=FILLER_TYPES),
+    Field("value", "float", 0.0, "constant: the value"),
+    Field("min", "float", 0.0, "uniform: lower bound"),
+    Field("max", "float", 1.0, "uniform: upper bound"),
+    Field("mean", "float", 0.0, "gaussian: mean"),
+    Field("std", "float", 1.0, "gaussian: standard deviation", minimum=0),
+    Field("variance_norm", "enum", "FAN_IN", "xavier/msra: which fan sets the variance",
+          choices=("FAN_IN", "FAN_OUT", "AVERAGE")),
+)
+
+
+def _fan(shape, variance_norm):
+    n = int(np.prod(shape))
+    fan_in = n / shape[0] if len(shape) else 1
+    fan_out = n / shape[1] if len(shape) > 1 else n
+    return {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2}[variance_norm]
+
+
+def fill(shape, filler: dict | None, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+    """A new array of `shape` filled as `filler` says (None means Caffe's default: constant 0)."""
+    f = {field.name: field.default for field in FIELDS}
+    f.update(filler or {})
+    kind = f["type"]
+    if kind == "constant":
+        out = np.full(shape, f["value"], np.float64)
+    elif kind == "uniform":
+        out = rng.uniform(f["min"], f["max"], shape)
+    elif kind == "gaussian":
+        out = rng.normal(f["mean"], f["std"], shape)
+    elif kind == "xavier":
+        scale = np.sqrt(3.0 / _fan(shape, f["variance_norm"]))
+        out = rng.uniform(-scale, scale, shape)
+    elif kind == "msra":
+        out = rng.normal(0.0, np.sqrt(2.0 / _fan(shape, f["variance_norm"])), shape)
+    else:  # the schema rejects these before we get here
+        raise ValueError(f"unknown filler '{kind}'")
+    return out.astype(dtype)

@@ -1,0 +1,49 @@
+"""InnerProduct (fully connected).
+
+Bottom (M, K...) flattened from `axis` on to (M, K) -> top (M, num_output).
+weight (num_output, K), bias (num_output,); y = x W^T + b.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Field, Layer, count, register
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    """Fully connected layer. Bottom (d0..d_{axis-1}, K...) -> top (d0..d_{axis-1}, num_output)."""
+
+    param_block = "inner_product_param"
+    fields = (
+        Field("num_output", "int", None, "number of outputs", minimum=1, required=True),
+        Field("bias_term", "bool", True, "learn a bias per output"),
+        Field("weight_filler", "filler", None, "filler of the weights (Caffe's default: constant 0)"),
+        Field("bias_filler", "filler", None, "filler of the bias (default constant 0)"),
+        Field("axis", "int", 1, "the first axis to flatten into the inner product", minimum=1),
+    )
+
+    def setup(self, bottom_shapes):
+        shape, p = bottom_shapes[0], self.p
+        axis = min(p.axis, len(shape))
+        self.m, self.k = count(shape, 0, axis), count(shape, axis)
+        self.blob_shapes = [((p.num_output, self.k), p.weight_filler)]
+        if p.bias_term:
+            self.blob_shapes.append(((p.num_output,), p.bias_filler))
+        return [tuple(shape[:axis]) + (p.num_output,)]
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.m, self.k)
+        y = top[0].data.reshape(self.m, -1)
+        np.matmul(x, self.blobs[0].data.T, out=y)
+        if self.p.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.m, -1)
+        x = bottom[0].data.reshape(self.m, self.k)
+        self.blobs[0].diff += dy.T @ x
+        if self.p.bias_term:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            np.matmul(dy, self.blobs[0].data, out=bottom[0].diff.reshape(self.m, self.k))

@@ -1,0 +1,170 @@
+"""Pooling (MAX, AVE) with Caffe's output size, padding and divisor rules.
+
+Bottom (N, C, H, W) -> top (N, C, PH, PW) with PH = ROUND((H + 2*pad - k) / stride) + 1,
+ROUND = ceil (Caffe's default round_mode) or floor; with pad > 0 the last window must
+start inside the image plus pad, else PH -= 1. MAX: the first maximum in row-major order
+wins. AVE: the divisor counts padded cells, up to H + pad.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from netspec.errors import LayerError
+from .base import Field, Layer, register
+from .conv import spatial_param
+
+
+@njit(cache=True)
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for n in range(n_img):
+        for c in range(chans):
+            for py in range(oh):
+                hs = max(py * sh - ph, 0)
+                he = min(py * sh - ph + kh, height)
+                for px in range(ow):
+                    ws = max(px * sw - pw, 0)
+                    we = min(px * sw - pw + kw, width)
+                    best = -3.4028234663852886e38
+                    arg = -1
+                    for i in range(hs, he):
+                        for j in range(ws, we):
+                            if x[n, c, i, j] > best:
+                                best = x[n, c, i, j]
+                                arg = i * width + j
+                    y[n, c, py, px] = best
+                    mask[n, c, py, px] = arg
+
+
+@njit(cache=True)
+def max_pool_backward(dy, mask, dx):
+    n_img, chans, oh, ow = dy.shape
+    width = dx.shape[3]
+    dx[:] = 0
+    for n in range(n_img):
+        for c in range(chans):
+            for py in range(oh):
+                for px in range(ow):
+                    arg = mask[n, c, py, px]
+                    if arg >= 0:
+                        dx[n, c, arg // width, arg % width] += dy[n, c, py, px]
+
+
+@njit(cache=True)
+def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for n in range(n_img):
+        for c in range(chans):
+            for py in range(oh):
+                hs = py * sh - ph
+                he = min(hs + kh, height + ph)
+                for px in range(ow):
+                    ws = px * sw - pw
+                    we = min(ws + kw, width + pw)
+                    size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
+                    acc = 0.0
+                    for i in range(max(hs, 0), min(he, height)):
+                        for j in range(max(ws, 0), min(we, width)):
+                            acc += x[n, c, i, j]
+                    y[n, c, py, px] = acc / size
+
+
+@njit(cache=True)
+def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
+    n_img, chans, height, width = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dx[:] = 0
+    for n in range(n_img):
+        for c in range(chans):
+            for py in range(oh):
+                hs = py * sh - ph
+                he = min(hs + kh, height + ph)
+                for px in range(ow):
+                    ws = px * sw - pw
+                    we = min(ws + kw, width + pw)
+                    g = dy[n, c, py, px] / ((he - hs) * (we - ws))
+                    for i in range(max(hs, 0), min(he, height)):
+                        for j in range(max(ws, 0), min(we, width)):
+                            dx[n, c, i, j] += g
+
+
+def pooled_size(size, k, pad, stride, round_mode):
+    """Caffe's pooled size along one axis (float division, then ceil or floor, then the pad clip)."""
+    rounding = math.ceil if round_mode == "CEIL" else math.floor
+    out = int(rounding((size + 2 * pad - k) / stride)) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window must start inside the image plus pad
+    return out
+
+
+@register("Pooling")
+class Pooling(Layer):
+    """MAX or AVE pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW)."""
+
+    param_block = "pooling_param"
+    fields = (
+        Field("pool", "enum", "MAX", "pooling method", choices=("MAX", "AVE")),
+        Field("kernel_size", "int", None, "window size", minimum=1),
+        Field("kernel_h", "int", None, "window height", minimum=1),
+        Field("kernel_w", "int", None, "window width", minimum=1),
+        Field("stride", "int", None, "step between windows (default 1)", minimum=1),
+        Field("stride_h", "int", None, "vertical step", minimum=1),
+        Field("stride_w", "int", None, "horizontal step", minimum=1),
+        Field("pad", "int", None, "implicit padding on each side (default 0)", minimum=0),
+        Field("pad_h", "int", None, "vertical padding", minimum=0),
+        Field("pad_w", "int", None, "horizontal padding", minimum=0),
+        Field("global_pooling", "bool", False, "pool over the whole H x W plane"),
+        Field("round_mode", "enum", "CEIL", "rounding of the output size", choices=("CEIL", "FLOOR")),
+    )
+
+    def setup(self, bottom_shapes):
+        p, blk = self.p, self.param_block
+        shape = bottom_shapes[0]
+        if len(shape) != 4:
+            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}", None)
+        n, c, h, w = shape
+        if p.global_pooling:
+            if p.kernel_size is not None or p.kernel_h is not None:
+                raise LayerError("global_pooling takes the whole plane as the window; remove kernel_size",
+                                 f"{blk}.kernel_size")
+            self.kernel = (h, w)
+        else:
+            self.kernel = spatial_param(p, blk, "kernel", None)
+        self.pad = spatial_param(p, blk, "pad", 0)
+        self.stride = spatial_param(p, blk, "stride", 1)
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        if ph >= kh or pw >= kw:
+            raise LayerError(f"pad {ph}x{pw} must be smaller than the kernel {kh}x{kw}; lower pad",
+                             f"{blk}.pad")
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise LayerError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}; "
+                             "use a smaller kernel_size", f"{blk}.kernel_size")
+        self.out_hw = (pooled_size(h, kh, ph, sh, p.round_mode), pooled_size(w, kw, pw, sw, p.round_mode))
+        self._mask = None
+        return [(n, c) + self.out_hw]
+
+    def _geometry(self):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        return kh, kw, sh, sw, ph, pw
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        if self.p.pool == "MAX":
+            if self._mask is None or self._mask.shape != y.shape:
+                self._mask = np.empty(y.shape, np.int32)
+            max_pool_forward(x, *self._geometry(), y, self._mask)
+        else:
+            ave_pool_forward(x, *self._geometry(), y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.p.pool == "MAX":
+            max_pool_backward(top[0].diff, self._mask, bottom[0].diff)
+        else:
+            ave_pool_backward(top[0].diff, *self._geometry(), bottom[0].diff)

@@ -1,0 +1,231 @@
+"""Softmax, and the loss and accuracy layers that read class scores.
+
+Scores are viewed as (outer, C, inner) around `axis`; labels hold outer*inner integers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netspec.errors import LayerError, UserError
+from .base import Field, Layer, count, register
+
+FLT_MIN = np.float32(1.1754943508222875e-38)
+
+
+@njit(cache=True)
+def softmax_forward(x, y):
+    """x, y: (outer, C, inner); softmax over C after subtracting the max (as Caffe)."""
+    outer, chans, inner = x.shape
+    for o in range(outer):
+        for i in range(inner):
+            m = x[o, 0, i]
+            for c in range(1, chans):
+                m = max(m, x[o, c, i])
+            s = 0.0
+            for c in range(chans):
+                e = np.exp(x[o, c, i] - m)
+                y[o, c, i] = e
+                s += e
+            for c in range(chans):
+                y[o, c, i] /= s
+
+
+@njit(cache=True)
+def softmax_backward(y, dy, dx):
+    """dx = y * (dy - sum_c dy*y)."""
+    outer, chans, inner = y.shape
+    for o in range(outer):
+        for i in range(inner):
+            dot = 0.0
+            for c in range(chans):
+                dot += dy[o, c, i] * y[o, c, i]
+            for c in range(chans):
+                dx[o, c, i] = y[o, c, i] * (dy[o, c, i] - dot)
+
+
+@njit(cache=True)
+def nll_forward(prob, label, ignore, has_ignore):
+    """Returns (sum of -log(max(p[label], FLT_MIN)), valid count, first bad label index or -1)."""
+    outer, chans, inner = prob.shape
+    loss = 0.0
+    valid = 0
+    for o in range(outer):
+        for i in range(inner):
+            lab = int(label[o * inner + i])
+            if has_ignore and lab == ignore:
+                continue
+            if lab < 0 or lab >= chans or lab != label[o * inner + i]:
+                return loss, valid, o * inner + i
+            loss -= np.log(max(prob[o, lab, i], 1.1754943508222875e-38))
+            valid += 1
+    return loss, valid, -1
+
+
+@njit(cache=True)
+def nll_backward(prob, label, ignore, has_ignore, scale, dx):
+    """dx = (p - onehot(label)) * scale, 0 at ignored positions."""
+    outer, chans, inner = prob.shape
+    for o in range(outer):
+        for i in range(inner):
+            lab = int(label[o * inner + i])
+            if has_ignore and lab == ignore:
+                for c in range(chans):
+                    dx[o, c, i] = 0
+                continue
+            for c in range(chans):
+                dx[o, c, i] = prob[o, c, i] * scale
+            dx[o, lab, i] -= scale
+
+
+def _split(shape, axis):
+    axis = axis % len(shape)
+    return count(shape, 0, axis), shape[axis], count(shape, axis + 1), axis
+
+
+def check_labels(score_shape, label_shape, axis):
+    outer, _, inner, _ = _split(score_shape, axis)
+    if count(label_shape) != outer * inner:
+        raise LayerError(f"the label blob has {count(label_shape)} values (shape {list(label_shape)}) but the "
+                         f"scores {list(score_shape)} need {outer * inner} (one per position, softmax axis "
+                         f"{axis}); feed one integer label in {{0..C-1}} per example", None)
+
+
+SOFTMAX_FIELDS = (Field("axis", "int", 1, "the class axis"),)
+
+
+@register("Softmax")
+class Softmax(Layer):
+    """Softmax over `axis`. Shapes: any -> same."""
+
+    param_block = "softmax_param"
+    fields = SOFTMAX_FIELDS
+    in_place_ok = True
+
+    def setup(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if not -len(shape) <= self.p.axis < len(shape):
+            raise LayerError(f"axis {self.p.axis} is out of range for a bottom of shape {list(shape)}",
+                             "softmax_param.axis")
+        self.view = _split(shape, self.p.axis)[:3]
+        return [tuple(shape)]
+
+    def forward(self, bottom, top):
+        softmax_forward(bottom[0].data.reshape(self.view), top[0].data.reshape(self.view))
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            softmax_backward(top[0].data.reshape(self.view), top[0].diff.reshape(self.view),
+                             bottom[0].diff.reshape(self.view))
+
+
+LOSS_FIELDS = (
+    Field("ignore_label", "int", None, "positions with this label add nothing to the loss"),
+    Field("normalization", "enum", None, "what the summed loss is divided by (default VALID)",
+          choices=("FULL", "VALID", "BATCH_SIZE", "NONE")),
+    Field("normalize", "bool", None, "legacy: true means VALID, false BATCH_SIZE"),
+)
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLoss(Layer):
+    """Softmax then multinomial logistic loss. Bottoms: scores (N, C, ...), labels (N, ...) -> loss ()."""
+
+    param_block = "loss_param"
+    fields = LOSS_FIELDS
+    other_blocks = {"softmax_param": SOFTMAX_FIELDS}
+    bottoms = (2, 2)
+    tops = (1, 2)
+    is_loss = True
+
+    def setup(self, bottom_shapes):
+        axis = self.spec.get("softmax_param", {}).get("axis", 1)
+        score, label = bottom_shapes
+        if not -len(score) <= axis < len(score):
+            raise LayerError(f"axis {axis} is out of range for scores of shape {list(score)}", "softmax_param.axis")
+        check_labels(score, label, axis)
+        self.view = _split(score, axis)[:3]
+        self.prob = np.zeros(self.view, self.dtype)
+        mode = self.p.normalization
+        if mode is None:
+            mode = "BATCH_SIZE" if self.p.normalize is False else "VALID"
+        self.mode = mode
+        return [()] + ([tuple(score)] if self.n_tops == 2 else [])
+
+    def _normalizer(self, valid):
+        outer, _, inner = self.view
+        n = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[self.mode]
+        return max(1.0, float(n))
+
+    def forward(self, bottom, top):
+        softmax_forward(bottom[0].data.reshape(self.view), self.prob)
+        ignore = self.p.ignore_label
+        loss, valid, bad = nll_forward(self.prob, bottom[1].data.ravel(), ignore or 0, ignore is not None)
+        if bad >= 0:
+            raise LabelError(self, bottom[1], bad, self.view[1])
+        self.valid = valid
+        top[0].data[...] = loss / self._normalizer(valid)
+        if len(top) == 2:
+            top[1].data[...] = self.prob.reshape(top[1].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            scale = float(top[0].diff) / self._normalizer(self.valid)
+            ignore = self.p.ignore_label
+            nll_backward(self.prob, bottom[1].data.ravel(), ignore or 0, ignore is not None, scale,
+                         bottom[0].diff.reshape(self.view))
+
+
+class LabelError(UserError):
+    """A label outside {0..C-1} reached a loss or accuracy layer at run time."""
+
+    def __init__(self, layer, blob, index, classes):
+        value = blob.data.ravel()[index]
+        hint = ("labels look one-based: subtract 1" if value == classes else
+                "labels must be integers in {0..%d} (or the ignore_label)" % (classes - 1))
+        super().__init__(f"layer '{layer.name}' ({layer.type}): label {value:g} at position {index} of blob "
+                         f"'{blob.name}' is outside {{0..{classes - 1}}} for {classes} classes; {hint}")
+
+
+@register("Accuracy")
+class Accuracy(Layer):
+    """Top-k accuracy. Bottoms: scores (N, C, ...), labels (N, ...) -> accuracy ().
+
+    A class whose score ties the true class's counts against the prediction (as in Caffe).
+    """
+
+    param_block = "accuracy_param"
+    fields = (
+        Field("top_k", "int", 1, "a prediction is right when the label is among the k best", minimum=1),
+        Field("axis", "int", 1, "the class axis"),
+        Field("ignore_label", "int", None, "positions with this label are not counted"),
+    )
+    bottoms = (2, 2)
+    differentiable = False
+
+    def setup(self, bottom_shapes):
+        score, label = bottom_shapes
+        if not -len(score) <= self.p.axis < len(score):
+            raise LayerError(f"axis {self.p.axis} is out of range for scores of shape {list(score)}",
+                             "accuracy_param.axis")
+        check_labels(score, label, self.p.axis)
+        self.view = _split(score, self.p.axis)[:3]
+        if self.p.top_k > self.view[1]:
+            raise LayerError(f"top_k {self.p.top_k} is larger than the number of classes {self.view[1]}",
+                             "accuracy_param.top_k")
+        return [()]
+
+    def forward(self, bottom, top):
+        outer, chans, inner = self.view
+        scores = bottom[0].data.reshape(self.view).transpose(0, 2, 1).reshape(-1, chans)
+        labels = bottom[1].data.ravel()
+        keep = np.ones(labels.shape, bool) if self.p.ignore_label is None else labels != self.p.ignore_label
+        lab = labels[keep].astype(np.int64)
+        if lab.size and (lab.min() < 0 or lab.max() >= chans):
+            raise LabelError(self, bottom[1], int(np.flatnonzero(keep)[np.argmax((lab < 0) | (lab >= chans))]),
+                             chans)
+        s = scores[keep]
+        true = s[np.arange(lab.size), lab]
+        # classes other than the true one scoring >= it; a tie counts against the prediction
+        better = (s >= true[:, None]).sum(axis=1) - 1
+        top[0].data[...] = (better < self.p.top_k).mean() if lab.size else 0.0

@@ -1,0 +1,123 @@
+"""YAML loading that keeps the line and column of every node.
+
+Mappings load as `Node` (a dict) and sequences as `NodeList` (a list); both remember
+where they and each of their values stand in the file, so any later check can point
+at the exact node. Duplicate keys are an error (YAML would silently keep the last one).
+"""
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from .errors import Finding, SpecError, UserError
+
+
+class Where(tuple):
+    """(path, line, col), 1-based."""
+
+    __slots__ = ()
+
+    def __new__(cls, path, line, col):
+        return super().__new__(cls, (path, line, col))
+
+    path = property(lambda s: s[0])
+    line = property(lambda s: s[1])
+    col = property(lambda s: s[2])
+
+
+class Node(dict):
+    """A mapping that knows where it and each of its keys and values stand."""
+
+    where: Where
+    key_where: dict
+    value_where: dict
+
+    def at(self, key=None) -> Where:
+        """Position of the value of `key` (or of the key itself when the value has none), else of the map."""
+        if key is None:
+            return self.where
+        return self.value_where.get(key) or self.key_where.get(key) or self.where
+
+
+class NodeList(list):
+    where: Where
+    item_where: list
+
+    def at(self, index=None) -> Where:
+        if index is None or not (0 <= index < len(self.item_where)):
+            return self.where
+        return self.item_where[index]
+
+
+def _mark(path, mark) -> Where:
+    return Where(path, mark.line + 1, mark.column + 1)
+
+
+class _Loader(yaml.SafeLoader):
+    path = "<string>"
+
+
+def _construct_mapping(loader: _Loader, node):
+    loader.flatten_mapping(node)
+    out = Node()
+    out.where, out.key_where, out.value_where = _mark(loader.path, node.start_mark), {}, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise SpecError([Finding(loader.path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                     "error", "a mapping key must be a plain value; use a name such as 'layer'")])
+        if key in out:
+            first = out.key_where[key]
+            raise SpecError([Finding(loader.path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                     "error", f"duplicate key '{key}' (first given at line {first.line}); "
+                                     f"YAML would silently keep only the last one: remove one of them")])
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_where[key] = _mark(loader.path, key_node.start_mark)
+        out.value_where[key] = _mark(loader.path, value_node.start_mark)
+    return out
+
+
+def _construct_sequence(loader: _Loader, node):
+    out = NodeList(loader.construct_object(child, deep=True) for child in node.value)
+    out.where = _mark(loader.path, node.start_mark)
+    out.item_where = [_mark(loader.path, child.start_mark) for child in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def loads(text: str, path: str = "<string>"):
+    """Parse YAML text into `Node`/`NodeList`/scalars; malformed YAML raises SpecError with its position."""
+    loader = _Loader(text)
+    loader.path = path
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = e.problem or e.context or "malformed YAML"
+        hint = ("YAML indents with spaces, never tabs" if "'\\t'" in str(problem)
+                else "check the indentation and the ':' after each key")
+        raise SpecError([Finding(path, line, col, "error", f"malformed YAML: {problem}; {hint}")]) from None
+    except yaml.YAMLError as e:
+        raise SpecError([Finding(path, 1, 1, "error", f"malformed YAML: {e}")]) from None
+    finally:
+        loader.dispose()
+
+
+def load(path: str):
+    """Load a YAML file; a missing or unreadable file raises UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{path}: error: no such file; check the path "
+                        f"(relative paths are taken from {os.getcwd()})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: error: cannot read the file ({e})") from None
+    return loads(text, path)

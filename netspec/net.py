@@ -1,0 +1,227 @@
+"""The Net: layers in order, their blobs, forward and backward.
+
+Built from a loaded spec for one phase: compile the graph (netspec.graph), run every
+layer's setup to infer all shapes (no data is read), then allocate the blobs once. An
+in-place layer's top is its bottom's Blob; a Split's tops share their bottom's data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+import layers
+from layers.base import Blob, resolve
+from layers.fillers import fill
+from .errors import Finding, LayerError, SpecError
+from .graph import LayerDef, compile_net
+
+
+@dataclass
+class Param:
+    """A learnable blob as the solver sees it."""
+
+    layer: str
+    index: int
+    blob: Blob
+    lr_mult: float
+    decay_mult: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}/{self.index}"
+
+
+class Net:
+    """A compiled net for one phase.
+
+    Args: doc (a loaded net spec), phase ("TRAIN" | "TEST"), path (the spec file, for
+    errors and relative data paths), seed (fillers and shuffling; None: random), dtype.
+    """
+
+    def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
+                 dtype=np.float32, level: int = 0, stages=(), allocate: bool = True):
+        self.phase, self.path, self.dtype = phase, path, np.dtype(dtype)
+        self.name = doc.get("name", os.path.basename(path))
+        self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None or seed < 0 else int(seed)
+        self.defs: list[LayerDef] = compile_net(doc, phase, level, stages)
+        self.layers = []
+        self.shapes: dict = {}
+        self._setup_all(os.path.dirname(os.path.abspath(path)) if path != "<net>" else os.getcwd())
+        if allocate:  # False: shapes only (validate, summary)
+            self._allocate(doc.get("force_backward", False))
+
+    # ---- construction ------------------------------------------------------------------
+
+    def _setup_all(self, base_dir):
+        findings, failed = [], set()
+        for i, d in enumerate(self.defs):
+            cls = layers.REGISTRY[d.type]
+            node = d.node or {}
+            layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
+            layer.base_dir = base_dir
+            if cls.is_data:
+                layer.rng = np.random.default_rng([self.seed, 1, i])
+            self.layers.append(layer)
+            if any(b in failed for b in d.bottoms):
+                failed.update(d.tops)  # already reported upstream
+                continue
+            try:
+                shapes = layer.setup([self.shapes[b] for b in d.bottoms])
+            except LayerError as e:
+                w = d.where(e.field)
+                findings.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): {e}"))
+                failed.update(d.tops)
+                continue
+            for t, s in zip(d.tops, shapes):
+                self.shapes[t] = tuple(int(v) for v in s)
+        if findings:
+            raise SpecError(findings)
+
+    def _allocate(self, force_backward):
+        self.blobs: dict[str, Blob] = {}
+        self.bottom_vecs, self.top_vecs = [], []
+        self.params: list[Param] = []
+        self.loss_blobs: list[tuple[Blob, float]] = []
+        shared: dict = {}
+        rng = np.random.default_rng([self.seed, 0])
+        for d, layer in zip(self.defs, self.layers):
+            bottoms = [self.blobs[b] for b in d.bottoms]
+            tops = []
+            for j, t in enumerate(d.tops):
+                if j < len(d.bottoms) and d.bottoms[j] == t:
+                    blob = bottoms[j]                       # in place
+                elif d.type == "Split":
+                    blob = Blob(t, (), self.dtype)
+                    blob.data, blob.diff = bottoms[0].data, np.zeros_like(bottoms[0].data)
+                else:
+                    blob = Blob(t, self.shapes[t], self.dtype)
+                self.blobs[t] = blob
+                tops.append(blob)
+                if d.loss_weights[j]:
+                    self.loss_blobs.append((blob, d.loss_weights[j]))
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            for i, (shape, filler) in enumerate(layer.blob_shapes):
+                spec = d.params[i] if i < len(d.params) else {}
+                owner = shared.get(spec.get("name")) if spec.get("name") else None
+                if owner is not None:
+                    if owner.blob.shape != tuple(shape):
+                        w = d.where("param")
+                        raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): "
+                                        f"shared param '{spec['name']}' has shape {list(shape)} here but "
+                                        f"{list(owner.blob.shape)} in layer '{owner.layer}'; shared params "
+                                        "need equal shapes")])
+                    layer.blobs.append(owner.blob)
+                    continue
+                blob = Blob(f"{d.name}/{i}", (), self.dtype)
+                blob.data, blob.diff = fill(tuple(shape), filler, rng, self.dtype), np.zeros(shape, self.dtype)
+                layer.blobs.append(blob)
+                p = Param(d.name, i, blob, float(spec.get("lr_mult", 1.0)), float(spec.get("decay_mult", 1.0)))
+                self.params.append(p)
+                if spec.get("name"):
+                    shared[spec["name"]] = p
+            if len(d.params) > len(layer.blob_shapes):
+                w = d.where("param")
+                raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): "
+                                f"{len(d.params)} param entries given but the layer has {len(layer.blob_shapes)} "
+                                "learnable blobs; remove the extra entries")])
+        consumed = {b for d in self.defs for b in d.bottoms}
+        self.outputs = [t for d in self.defs for t in d.tops if t not in consumed]
+        self.outputs = list(dict.fromkeys(self.outputs))
+        self._plan_backward(force_backward)
+
+    def _plan_backward(self, force_backward):
+        """Which layers run backward, and into which bottoms (Caffe's backward-need analysis)."""
+        lr = {id(p.blob): p.lr_mult for p in self.params}
+        needs: dict = {}
+        self.need_backward, self.propagate = [], []
+        for d, layer in zip(self.defs, self.layers):
+            need_b = [needs.get(b, False) or force_backward for b in d.bottoms]
+            if d.propagate_down is not None:
+                need_b = [bool(v) for v in d.propagate_down]
+            if layer.is_loss:
+                need_b[1:] = [False] * (len(need_b) - 1)  # never into the labels
+            own = any(lr.get(id(b), 0) != 0 for b in layer.blobs)
+            need = layer.differentiable and (any(need_b) or own or force_backward)
+            self.need_backward.append(need)
+            self.propagate.append(need_b if need else [False] * len(need_b))
+            for t in d.tops:
+                needs[t] = need
+        contributes = {id(b) for b, _ in self.loss_blobs}
+        for k in reversed(range(len(self.defs))):
+            tops = self.top_vecs[k]
+            if self.need_backward[k] and not any(id(t) in contributes for t in tops):
+                self.need_backward[k] = False
+                self.propagate[k] = [False] * len(self.propagate[k])
+            if self.need_backward[k]:
+                contributes.update(id(b) for b, p in zip(self.bottom_vecs[k], self.propagate[k]) if p)
+
+    # ---- running -----------------------------------------------------------------------
+
+    def forward(self) -> float:
+        """Run every layer; returns the weighted loss sum(w * sum(top))."""
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.forward(bottom, top)
+        return self.loss()
+
+    def loss(self) -> float:
+        return float(sum(w * float(b.data.sum(dtype=np.float64)) for b, w in self.loss_blobs))
+
+    def backward(self):
+        """Seed each loss top's diff with its weight, then run backward in reverse order."""
+        for blob, w in self.loss_blobs:
+            blob.diff[...] = w
+        for k in reversed(range(len(self.layers))):
+            if self.need_backward[k]:
+                self.layers[k].backward(self.top_vecs[k], self.propagate[k], self.bottom_vecs[k])
+
+    def forward_backward(self) -> float:
+        loss = self.forward()
+        self.backward()
+        return loss
+
+    def clear_param_diffs(self):
+        for p in self.params:
+            p.blob.diff[...] = 0
+
+    # ---- weights -----------------------------------------------------------------------
+
+    def layer_by_name(self, name):
+        return next((l for l in self.layers if l.name == name), None)
+
+    def share_weights_from(self, other: "Net"):
+        """Use `other`'s learnable blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""
+        for layer in self.layers:
+            src = other.layer_by_name(layer.name)
+            if src is None or not layer.blobs:
+                continue
+            for i, (mine, theirs) in enumerate(zip(layer.blobs, src.blobs)):
+                if mine.shape != theirs.shape:
+                    raise SpecError([Finding(self.path, 0, 0, "error",
+                                     f"layer '{layer.name}' param {i} has shape {list(mine.shape)} in the "
+                                     f"{self.phase} net but {list(theirs.shape)} in the {other.phase} net; "
+                                     "a layer of the same name must have the same params in both phases")])
+            layer.blobs[:] = src.blobs[:len(layer.blobs)]
+        by_id = {id(p.blob): p for p in other.params}
+        self.params = [by_id.get(id(p.blob), p) for p in self.params]
+
+    def weights(self) -> dict:
+        """{"layer/i": array} of every layer's blobs (for snapshots)."""
+        return {f"{l.name}/{i}": b.data for l in self.layers for i, b in enumerate(l.blobs)}
+
+    def load_weights(self, arrays: dict, source: str):
+        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored."""
+        from .errors import UserError
+        for layer in self.layers:
+            for i, b in enumerate(layer.blobs):
+                key = f"{layer.name}/{i}"
+                if key not in arrays:
+                    continue
+                a = arrays[key]
+                if a.shape != b.shape:
+                    raise UserError(f"{source}: error: cannot copy param {i} of layer '{layer.name}': shape "
+                                    f"{list(a.shape)} in the file, {list(b.shape)} in the net; to learn this "
+                                    "layer from scratch instead, rename it")
+                b.data[...] = a

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""yaffe's command line: train, test, validate, schema. Thin: parses arguments, calls the packages.
+
+Usage errors and spec errors print `file:line:col: error: ...` lines and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def cmd_train(args):
+    from solvers.trainer import Trainer
+    trainer = Trainer(args.solver, metrics_path=args.metrics)
+    trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
+    return 0
+
+
+def cmd_test(args):
+    from solvers.trainer import test_model
+    test_model(args.model, args.weights, args.iterations)
+    return 0
+
+
+def cmd_validate(args):
+    from netspec.spec import validate
+    findings = validate(args.files)
+    if args.format == "json":
+        print(json.dumps([f.as_dict() for f in findings], indent=1))
+    else:
+        for f in findings:
+            print(f)
+        if not findings:
+            print(f"{', '.join(args.files)}: valid")
+    return 2 if any(f.severity == "error" for f in findings) else 0
+
+
+def cmd_schema(args):
+    from netspec.schema import net_schema, solver_schema
+    print(json.dumps(solver_schema() if args.kind == "solver" else net_schema(), indent=1))
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and a hint, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+        sys.exit(2)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, received {value}")
+    return value
+
+
+def build_parser():
+    parser = Parser(prog="run.py", description="yaffe: Caffe-style declarative nets on Numba.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a net from a solver file")
+    p.add_argument("solver", help="solver YAML (names the net)")
+    p.add_argument("--snapshot", metavar="STATE", help="resume from a <prefix>_iter_<N>.solverstate.npz")
+    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz), i.e. fine-tune")
+    p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
+                   "(default <snapshot_prefix>_metrics.jsonl)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score a net's TEST phase with trained weights")
+    p.add_argument("model", help="net YAML")
+    p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot")
+    p.add_argument("--iterations", type=positive_int, default=50, help="batches to run (default 50)")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("validate", help="check net and solver files without training")
+    p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")
+    p.add_argument("kind", nargs="?", choices=("net", "solver"), default="net")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from netspec.errors import UserError
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in yaffe, not in the user's input
+        if os.environ.get("YAFFE_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in yaffe; rerun with YAFFE_DEBUG=1 "
+              "for a traceback and report it.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Solvers: update rules, learning-rate policies, the training loop and snapshots."""

@@ -1,0 +1,40 @@
+"""The solver's fields (Caffe's SolverParameter names), declared once: the schema and the
+defaults both come from here."""
+from __future__ import annotations
+
+from layers.base import Field
+
+SOLVER_TYPES = ("SGD",)
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+SOLVER_FIELDS = (
+    Field("yaffe", "int", 1, "spec format version", minimum=1, maximum=1),
+    Field("net", "str", None, "the net file (train and test phases), relative to the solver file", required=True),
+    Field("type", "enum", "SGD", "the solver", choices=SOLVER_TYPES),
+    Field("base_lr", "float", None, "the learning rate before the policy's decay",
+          exclusive_minimum=0, required=True),
+    Field("lr_policy", "enum", "fixed", "how the learning rate decays with the iteration", choices=LR_POLICIES),
+    Field("gamma", "float", None, "decay factor of step, exp, inv, multistep, sigmoid", minimum=0),
+    Field("power", "float", None, "exponent of inv and poly"),
+    Field("stepsize", "int", None, "iterations per decay step (step, sigmoid)", minimum=1),
+    Field("stepvalue", "int", None, "iterations at which multistep decays", minimum=1, repeated=True),
+    Field("momentum", "float", 0.0, "momentum of SGD", minimum=0, maximum=1),
+    Field("weight_decay", "float", 0.0, "regularization strength", minimum=0),
+    Field("regularization_type", "enum", "L2", "weight decay kind", choices=("L2", "L1")),
+    Field("clip_gradients", "float", -1.0, "scale gradients down when their global L2 norm exceeds this "
+          "(-1: off)"),
+    Field("iter_size", "int", 1, "forward/backward passes whose gradients are summed per update", minimum=1),
+    Field("max_iter", "int", None, "number of updates to train for", minimum=0, required=True),
+    Field("display", "int", 0, "print and record the loss every this many iterations (0: never)", minimum=0),
+    Field("average_loss", "int", 1, "display the mean loss of the last this many iterations", minimum=1),
+    Field("test_iter", "int", None, "batches per test pass", minimum=1, repeated=True),
+    Field("test_interval", "int", 0, "test every this many iterations (0: never)", minimum=0),
+    Field("test_initialization", "bool", True, "also test before the first iteration"),
+    Field("snapshot", "int", 0, "snapshot every this many iterations (0: only at the end)", minimum=0),
+    Field("snapshot_prefix", "str", None, "path prefix of snapshots and metrics, relative to the solver file "
+          "(default: the solver file's name without extension)"),
+    Field("snapshot_after_train", "bool", True, "snapshot when training ends"),
+    Field("random_seed", "int", -1, "seed of fillers, shuffling and dropout (-1: a random seed)"),
+    Field("solver_mode", "enum", "CPU", "ignored: yaffe runs on the CPU", choices=("CPU", "GPU")),
+    Field("device_id", "int", 0, "ignored: yaffe runs on the CPU", minimum=0),
+)

@@ -1,0 +1,90 @@
+"""Snapshots: `<prefix>_iter_<N>.weights.npz` and `<prefix>_iter_<N>.solverstate.npz`.
+
+Each file is written atomically (temp file, fsync, rename, fsync of the folder), so a
+crash or kill during a snapshot leaves the previous files intact, never a torn one.
+The state names its weights file relative to itself, so the pair can be moved together.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from netspec.errors import UserError
+
+STATE_FORMAT = 1
+
+
+def atomic_write(path: str, payload: bytes):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a folder; the rename is still atomic
+        pass
+
+
+def save_npz(path: str, arrays: dict):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def load_npz(path: str, what: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: error: no such {what} file; check the path") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: error: not a readable {what} (.npz) file ({e}); pass a file written by "
+                        "yaffe's snapshot") from None
+
+
+def paths(prefix: str, it: int) -> tuple[str, str]:
+    return f"{prefix}_iter_{it}.weights.npz", f"{prefix}_iter_{it}.solverstate.npz"
+
+
+def write(prefix: str, it: int, weights: dict, history: dict, meta: dict, extra: dict) -> tuple[str, str]:
+    """Write the weights, then the state that names them; returns both paths."""
+    wpath, spath = paths(prefix, it)
+    save_npz(wpath, weights)
+    meta = dict(meta, format=STATE_FORMAT, iter=it, weights=os.path.basename(wpath))
+    arrays = {"meta": np.array(json.dumps(meta))}
+    arrays.update({f"history/{k}": v for k, v in history.items()})
+    arrays.update({f"extra/{k}": v for k, v in extra.items()})
+    save_npz(spath, arrays)
+    return wpath, spath
+
+
+def read(state_path: str) -> tuple[dict, dict, dict, dict]:
+    """(meta, weights, history, extra) of a solver state; clear errors for the wrong kind of file."""
+    arrays = load_npz(state_path, "solver state")
+    if "meta" not in arrays:
+        hint = (" (this looks like a weights file: use --weights to start from it)"
+                if any("/" in k for k in arrays) else "")
+        raise UserError(f"{state_path}: error: not a yaffe solver state{hint}; pass the "
+                        "<prefix>_iter_<N>.solverstate.npz file")
+    meta = json.loads(str(arrays["meta"]))
+    wpath = os.path.join(os.path.dirname(state_path), meta["weights"])
+    weights = load_npz(wpath, "weights")
+    history = {k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")}
+    extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+    return meta, weights, history, extra

@@ -1,0 +1,270 @@
+"""The training loop (Caffe's Solver::Step and Solve), tests, metrics and snapshots.
+
+Per iteration: zero the param diffs; test on test_interval; iter_size forward/backward
+passes (gradients sum); record the loss (computed before this iteration's update) on
+display iterations; clip, normalize, regularize, update; iter += 1; snapshot on schedule.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections import deque
+
+import numpy as np
+
+from netspec.errors import UserError
+from netspec.net import Net
+from netspec.spec import load_net, load_solver
+from . import snapshot as snap
+from .lr_policy import LearningRate
+from .sgd import SOLVERS
+
+HYPER = ("type", "base_lr", "lr_policy", "gamma", "power", "stepsize", "stepvalue", "momentum",
+         "weight_decay", "regularization_type", "clip_gradients", "iter_size", "max_iter")
+
+
+def _spec_hash(*docs) -> str:
+    return hashlib.sha256(json.dumps(docs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Metrics:
+    """JSON lines, one record per display iteration and per test."""
+
+    def __init__(self, path: str | None, append: bool):
+        self.path, self.file = path, None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.file = open(path, "a" if append else "w")
+
+    def write(self, record: dict):
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+class Trainer:
+    """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file."""
+
+    def __init__(self, solver_path: str, *, out=print, metrics_path: str | None = None):
+        self.out = out
+        self.solver_doc, self.cfg, self.net_path = load_solver(solver_path)
+        cfg = self.cfg
+        self.net_doc = load_net(self.net_path)
+        self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed)
+        self.test_net = None
+        if cfg.test_iter:
+            self.test_net = Net(self.net_doc, "TEST", self.net_path, seed=self.net.seed)
+            self.test_net.share_weights_from(self.net)
+        self.solver = SOLVERS[cfg.type](self.net.params, cfg)
+        self.lr = LearningRate(cfg)
+        self.iter = 0
+        self.losses = deque(maxlen=cfg.average_loss)
+        base = os.path.dirname(solver_path)
+        prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
+        self.prefix = os.path.join(base, prefix)
+        self.metrics_path = metrics_path or f"{self.prefix}_metrics.jsonl"
+        self.spec_hash = _spec_hash(self.solver_doc, self.net_doc)
+        self.batch = next((l.p.batch_size for l in self.net.layers if l.is_data), 1)
+        self.stop_requested = False
+
+    # ---- state -------------------------------------------------------------------------
+
+    def _data_layers(self):
+        for tag, net in (("train", self.net), ("test", self.test_net)):
+            for layer in (net.layers if net else []):
+                if layer.is_data:
+                    yield f"{tag}/{layer.name}", layer
+
+    def snapshot(self) -> str:
+        meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
+                "losses": list(self.losses), "spec_hash": self.spec_hash,
+                "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
+        extra = {}
+        for key, layer in self._data_layers():
+            meta["rng"][key] = layer.rng.bit_generator.state
+            state = layer.state_dict()
+            if state:
+                meta["data"][key] = {"pos": state["pos"], "epoch": state["epoch"]}
+                extra[f"{key}/order"] = state["order"]
+        wpath, spath = snap.write(self.prefix, self.iter, self.net.weights(), self.solver.history_arrays(),
+                                  meta, extra)
+        self.out(f"Snapshotting to {wpath}")
+        self.out(f"Snapshotting solver state to {spath}")
+        return spath
+
+    def restore(self, state_path: str):
+        meta, weights, history, extra = snap.read(state_path)
+        if meta.get("type") != self.cfg.type:
+            raise UserError(f"{state_path}: error: the snapshot holds {meta.get('type')} history but the solver "
+                            f"says type: {self.cfg.type}; use the snapshot's solver type, or start from its "
+                            "weights with --weights")
+        self.net.load_weights(weights, os.path.join(os.path.dirname(state_path), meta["weights"]))
+        self.solver.load_history(history, state_path)
+        self.iter = int(meta["iter"])
+        self.lr.current_step = int(meta.get("lr_current_step", 0))
+        self.losses.extend(meta.get("losses", []))
+        for key, layer in self._data_layers():
+            if key in meta.get("rng", {}):
+                layer.rng.bit_generator.state = meta["rng"][key]
+            if key in meta.get("data", {}):
+                layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
+        changed = [f"{k} {v} -> {getattr(self.cfg, k)}" for k, v in meta.get("solver", {}).items()
+                   if getattr(self.cfg, k) != v]
+        self.out(f"Resuming from {state_path} at iteration {self.iter}")
+        if changed:
+            self.out("Solver settings changed since the snapshot: " + ", ".join(changed))
+        self.out(f"Learning rate at iteration {self.iter}: {self._peek_lr():g}")
+
+    def _peek_lr(self) -> float:
+        step = self.lr.current_step
+        rate = self.lr(self.iter)
+        self.lr.current_step = step  # peeking must not advance multistep
+        return rate
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def test(self):
+        net, n = self.test_net, self.cfg.test_iter[0]
+        sums: dict = {}
+        loss = 0.0
+        for _ in range(n):
+            loss += net.forward()
+            for name in net.outputs:
+                v = net.blobs[name].data.astype(np.float64)
+                sums[name] = sums.get(name, 0) + v
+        weights = {id(b): w for b, w in net.loss_blobs}
+        record = {"phase": "test", "iter": self.iter, "loss": loss / n}
+        for k, name in enumerate(net.outputs):
+            value = sums[name] / n
+            value = float(value) if value.ndim == 0 else value.tolist()
+            w = weights.get(id(net.blobs[name]), 0)
+            note = f" (* {w:g} = {w * value:g} loss)" if w and isinstance(value, float) else ""
+            self.out(f"Test net output #{k}: {name} = {value:g}{note}" if isinstance(value, float)
+                     else f"Test net output #{k}: {name} = {value}")
+            record.setdefault(name, value)
+        self.metrics.write(record)
+        return record
+
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.out("Interrupted: finishing this iteration, then snapshotting (press Ctrl-C again to abort)")
+
+    def train(self, snapshot_path: str | None = None, weights_path: str | None = None) -> dict:
+        cfg = self.cfg
+        if snapshot_path and weights_path:
+            raise UserError("give --snapshot to resume training or --weights to fine-tune, not both")
+        if weights_path:
+            self.net.load_weights(snap.load_npz(weights_path, "weights"), weights_path)
+            self.out(f"Fine-tuning from {weights_path}")
+        if snapshot_path:
+            self.restore(snapshot_path)
+        self.metrics = Metrics(self.metrics_path, append=bool(snapshot_path))
+        self.out(f"Solving {self.net.name} ({cfg.type}, lr_policy {cfg.lr_policy}), "
+                 f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        start_iter, last = self.iter, None
+        try:
+            last = self._loop()
+        except UserError:
+            if self.iter > start_iter:
+                self.snapshot()  # keep the work done so far
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.metrics.close()
+        return last or {}
+
+    def _loop(self):
+        cfg, net = self.cfg, self.net
+        t0 = last_t = None
+        last_iter = self.iter
+        record = None
+        snapped = False
+        while self.iter < cfg.max_iter and not self.stop_requested:
+            net.clear_param_diffs()
+            if (self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0
+                    and (self.iter > 0 or cfg.test_initialization)):
+                self.test()
+            if t0 is None:
+                t0 = last_t = time.perf_counter()
+            loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size
+            self.losses.append(loss)
+            rate = self.lr(self.iter)
+            if cfg.display and self.iter % cfg.display == 0:
+                now = time.perf_counter()
+                its = (self.iter - last_iter) / (now - last_t) if self.iter > last_iter else 0.0
+                smoothed = float(np.mean(self.losses))
+                speed = f"{its:.1f} iter/s, {its * self.batch * cfg.iter_size:.0f} img/s"
+                self.out(f"Iteration {self.iter} ({speed}), loss = {smoothed:.6g}")
+                record = {"phase": "train", "iter": self.iter, "loss": smoothed, "lr": rate,
+                          "elapsed_s": round(now - t0, 6), "images_per_s": its * self.batch * cfg.iter_size}
+                for k, name in enumerate(net.outputs):
+                    blob = net.blobs[name]
+                    if blob.data.ndim == 0 and name not in record:
+                        record[name] = float(blob.data)
+                self.metrics.write(record)
+                self.out(f"Iteration {self.iter}, lr = {rate:g}")
+                last_iter, last_t = self.iter, now
+            self.solver.apply_update(rate)
+            self.iter += 1
+            snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0)
+            if snapped:
+                self.snapshot()
+        if cfg.snapshot_after_train and not snapped and (self.iter > 0 or self.stop_requested):
+            self.snapshot()
+        if self.stop_requested:
+            return record
+        if cfg.display and self.iter % cfg.display == 0 and self.iter > 0:
+            loss = net.forward()  # Caffe's extra forward-only pass after the last update
+            self.out(f"Iteration {self.iter}, loss = {loss:.6g}")
+            record = {"phase": "train", "iter": self.iter, "loss": loss, "lr": self._peek_lr(),
+                      "elapsed_s": round(time.perf_counter() - (t0 or time.perf_counter()), 6),
+                      "images_per_s": None}
+            self.metrics.write(record)
+        if self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0:
+            record = self.test()
+        self.out("Optimization Done.")
+        return record
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def test_model(model_path: str, weights_path: str | None, iterations: int = 50, out=print) -> dict:
+    """`run.py test`: the TEST-phase net with the given weights, `iterations` batches; mean of each output."""
+    doc = load_net(model_path)
+    net = Net(doc, "TEST", model_path, seed=0)
+    if weights_path:
+        net.load_weights(snap.load_npz(weights_path, "weights"), weights_path)
+    if not net.outputs:
+        raise UserError(f"{model_path}: error: the TEST net has no outputs to report; add an Accuracy or loss "
+                        "layer")
+    sums: dict = {}
+    total = 0.0
+    for i in range(iterations):
+        total += net.forward()
+        for name in net.outputs:
+            v = net.blobs[name].data
+            sums[name] = sums.get(name, 0) + v.astype(np.float64)
+            if v.ndim == 0:
+                out(f"Batch {i}, {name} = {float(v):g}")
+    result = {}
+    for name in net.outputs:
+        value = sums[name] / iterations
+        result[name] = float(value) if value.ndim == 0 else value.tolist()
+        out(f"{name} = {result[name]:g}" if value.ndim == 0 else f"{name} = {result[name]}")
+    result["loss"] = total / iterations
+    out(f"Loss: {result['loss']:g}")
+    return result
