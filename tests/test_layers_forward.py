@@ -1,0 +1,179 @@
+"""Forward passes against NumPy references and Caffe's documented corner cases (float32)."""
+import math
+
+import numpy as np
+import pytest
+
+from layers.base import Blob
+from layers.fillers import fill
+from layers.pooling import pooled_size
+from layers.softmax import LabelError
+from tests.gradcheck import make_layer
+
+
+def run(type_name, spec, *arrays, n_tops=None, dtype=np.float32, params=None):
+    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], dtype=dtype, n_tops=n_tops)
+    if params is not None:
+        for blob, value in zip(layer.blobs, params):
+            blob.data[...] = value
+    bottom = []
+    for i, a in enumerate(arrays):
+        b = Blob(f"b{i}", a.shape, dtype)
+        b.data[...] = a
+        bottom.append(b)
+    layer.forward(bottom, tops)
+    return layer, bottom, tops
+
+
+def naive_conv(x, w, b, stride, pad, dilation, group):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    oh = (h + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    y = np.zeros((n, o, oh, ow))
+    og = o // group
+    for oc in range(o):
+        g = oc // og
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, g * cg:(g + 1) * cg, i * stride[0]:i * stride[0] + dilation[0] * (kh - 1) + 1:dilation[0],
+                           j * stride[1]:j * stride[1] + dilation[1] * (kw - 1) + 1:dilation[1]]
+                y[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3)) + (b[oc] if b is not None else 0)
+    return y
+
+
+@pytest.mark.parametrize("cp, shape", [
+    ({"num_output": 4, "kernel_size": 3}, (2, 3, 7, 6)),
+    ({"num_output": 6, "kernel_size": [3, 2], "stride": [2, 1], "pad": [1, 0], "group": 3}, (2, 3, 8, 7)),
+    ({"num_output": 2, "kernel_size": 3, "dilation": 2, "pad": 2, "bias_term": False}, (1, 2, 7, 7)),
+])
+def test_convolution_matches_naive_loops(cp, shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    layer, _, tops = run("Convolution", {"convolution_param": cp}, x)
+    w = layer.blobs[0].data
+    b = layer.blobs[1].data if len(layer.blobs) > 1 else None
+    ref = naive_conv(x.astype(np.float64), w, b, layer.stride, layer.pad, layer.dilation, cp.get("group", 1))
+    assert tops[0].shape == ref.shape
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_convolution_output_size_truncates_but_pooling_rounds_up():
+    """Caffe's classic mismatch: H=28, k=3, s=2, p=1 gives conv 14 and pool 15."""
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    _, _, conv = run("Convolution", {"convolution_param": {"num_output": 1, "kernel_size": 3, "stride": 2, "pad": 1}}, x)
+    _, _, pool = run("Pooling", {"pooling_param": {"kernel_size": 3, "stride": 2, "pad": 1}}, x)
+    assert conv[0].shape[2:] == (14, 14)
+    assert pool[0].shape[2:] == (15, 15)
+
+
+def test_pooled_size_rules():
+    assert pooled_size(5, 2, 0, 2, "CEIL") == 3          # ceil((5-2)/2)+1
+    assert pooled_size(5, 2, 0, 2, "FLOOR") == 2
+    assert pooled_size(5, 2, 1, 2, "CEIL") == 3          # 4, clipped: the last window would start in the pad
+    assert pooled_size(6, 3, 1, 2, "CEIL") == 4
+
+
+def test_max_pooling_picks_first_maximum_and_routes_gradient_there():
+    x = np.array([[[[1, 3, 3], [0, 3, 2], [1, 1, 1]]]], np.float32)
+    layer, bottom, tops = run("Pooling", {"pooling_param": {"pool": "MAX", "kernel_size": 2, "stride": 1}}, x)
+    np.testing.assert_array_equal(tops[0].data[0, 0], [[3, 3], [3, 3]])
+    tops[0].diff[...] = 1
+    layer.backward(tops, [True], bottom)
+    # windows (0,0) and (0,1) hold several 3s and pick (0,1), the first in row-major order;
+    # windows (1,0) and (1,1) pick (1,1)
+    expected = np.zeros((3, 3))
+    expected[0, 1] = 2
+    expected[1, 1] = 2
+    np.testing.assert_array_equal(bottom[0].diff[0, 0], expected)
+
+
+def test_average_pooling_counts_padding_in_divisor():
+    x = np.ones((1, 1, 3, 3), np.float32)
+    _, _, tops = run("Pooling", {"pooling_param": {"pool": "AVE", "kernel_size": 3, "stride": 2, "pad": 1}}, x)
+    # ceil((3+2-3)/2)+1 = 2 windows per axis; window (0,0) covers rows -1..1: 4 of its 9 cells are in the image
+    assert tops[0].shape == (1, 1, 2, 2)
+    np.testing.assert_allclose(tops[0].data[0, 0], [[4 / 9, 4 / 9], [4 / 9, 4 / 9]], rtol=1e-6)
+
+
+def test_average_pooling_window_is_cut_at_height_plus_pad():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    _, _, tops = run("Pooling", {"pooling_param": {"pool": "AVE", "kernel_size": 3, "stride": 2, "pad": 1}}, x)
+    # second window along each axis starts at 1 and ends at min(1+3, 4+1)=4: size 3, all inside the image
+    assert tops[0].data[0, 0, 1, 1] == pytest.approx(x[0, 0, 1:4, 1:4].mean())
+    # first window starts at -1: divisor 9, sum over rows/cols 0..1
+    assert tops[0].data[0, 0, 0, 0] == pytest.approx(x[0, 0, 0:2, 0:2].sum() / 9)
+
+
+def test_inner_product_is_x_times_w_transposed_plus_b():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 2, 3)).astype(np.float32)
+    w, b = rng.normal(size=(5, 6)), rng.normal(size=5)
+    _, _, tops = run("InnerProduct", {"inner_product_param": {"num_output": 5}}, x, params=[w, b])
+    np.testing.assert_allclose(tops[0].data, x.reshape(4, 6) @ w.T + b, rtol=1e-5, atol=1e-5)
+
+
+def test_relu_with_negative_slope():
+    x = np.array([-2, -0.5, 0, 1.5], np.float32)
+    _, _, tops = run("ReLU", {"relu_param": {"negative_slope": 0.1}}, x)
+    np.testing.assert_allclose(tops[0].data, [-0.2, -0.05, 0, 1.5], rtol=1e-6)
+
+
+def test_softmax_sums_to_one_and_survives_large_inputs():
+    x = np.array([[1000, 1001, 999], [0, 0, 0]], np.float32)
+    _, _, tops = run("Softmax", {}, x)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(tops[0].data, e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_softmax_loss_is_mean_negative_log_likelihood():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    lab = np.array([0, 3, 1, 2, 2, 0], np.float32)
+    _, _, tops = run("SoftmaxWithLoss", {}, x, lab)
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    assert float(tops[0].data) == pytest.approx(-np.log(p[np.arange(6), lab.astype(int)]).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode, divisor", [("VALID", 3), ("FULL", 6), ("BATCH_SIZE", 6), ("NONE", 1)])
+def test_softmax_loss_normalization_with_ignore_label(mode, divisor):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    lab = np.array([0, 2, 2, 1, 2, 0], np.float32)
+    spec = {"loss_param": {"ignore_label": 2, "normalization": mode}}
+    _, _, tops = run("SoftmaxWithLoss", spec, x, lab)
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    keep = lab != 2
+    total = -np.log(p[np.arange(6)[keep], lab[keep].astype(int)]).sum()
+    assert float(tops[0].data) == pytest.approx(total / divisor, rel=1e-5)
+
+
+def test_softmax_loss_rejects_one_based_labels_with_a_hint():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(LabelError, match="one-based: subtract 1"):
+        run("SoftmaxWithLoss", {}, x, np.array([1, 3], np.float32))
+
+
+def test_accuracy_counts_ties_against_the_prediction():
+    scores = np.array([[0.5, 0.5, 0.0], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4], [0.9, 0.0, 0.1]], np.float32)
+    lab = np.array([0, 1, 2, 1], np.float32)
+    _, _, tops = run("Accuracy", {}, scores, lab)
+    assert float(tops[0].data) == pytest.approx(2 / 4)  # row 0 ties: wrong; rows 1, 2 right; row 3 wrong
+    _, _, tops = run("Accuracy", {"accuracy_param": {"top_k": 2}}, scores, lab)
+    assert float(tops[0].data) == pytest.approx(3 / 4)
+
+
+def test_fillers():
+    rng = np.random.default_rng(0)
+    assert not fill((4, 5), None, rng).any()                       # Caffe's default: constant 0
+    x = fill((200, 50, 3, 3), {"type": "xavier"}, rng)
+    bound = math.sqrt(3 / (50 * 9))
+    assert x.dtype == np.float32 and np.abs(x).max() <= bound and np.abs(x).max() > 0.95 * bound
+    m = fill((300, 100), {"type": "msra"}, rng)
+    assert m.std() == pytest.approx(math.sqrt(2 / 100), rel=0.03)
+    g = fill((1000,), {"type": "gaussian", "mean": 1, "std": 0.5}, rng)
+    assert g.mean() == pytest.approx(1, abs=0.05) and g.std() == pytest.approx(0.5, rel=0.1)
+    u = fill((1000,), {"type": "uniform", "min": -2, "max": -1}, rng)
+    assert u.min() >= -2 and u.max() <= -1
+    assert (fill((3,), {"type": "constant", "value": 0.2}, rng) == np.float32(0.2)).all()
