@@ -15,7 +15,7 @@ def cmd_train(args):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
-    return 0
+    return 130 if trainer.stop_requested else 0
 
 
 def cmd_test(args):

@@ -111,10 +111,10 @@ class Trainer:
         self.lr.current_step = int(meta.get("lr_current_step", 0))
         self.losses.extend(meta.get("losses", []))
         for key, layer in self._data_layers():
+            if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
+                layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
             if key in meta.get("rng", {}):
                 layer.rng.bit_generator.state = meta["rng"][key]
-            if key in meta.get("data", {}):
-                layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
         changed = [f"{k} {v} -> {getattr(self.cfg, k)}" for k, v in meta.get("solver", {}).items()
                    if getattr(self.cfg, k) != v]
         self.out(f"Resuming from {state_path} at iteration {self.iter}")
@@ -202,7 +202,8 @@ class Trainer:
             rate = self.lr(self.iter)
             if cfg.display and self.iter % cfg.display == 0:
                 now = time.perf_counter()
-                its = (self.iter - last_iter) / (now - last_t) if self.iter > last_iter else 0.0
+                # iterations per second since the last display (the first: this iteration's passes)
+                its = (max(self.iter - last_iter, 1)) / max(now - last_t, 1e-9)
                 smoothed = float(np.mean(self.losses))
                 speed = f"{its:.1f} iter/s, {its * self.batch * cfg.iter_size:.0f} img/s"
                 self.out(f"Iteration {self.iter} ({speed}), loss = {smoothed:.6g}")

@@ -1,0 +1,168 @@
+"""The net compiler and Net: phases, splits, in-place layers, loss weights, backward planning."""
+import numpy as np
+import pytest
+
+from netspec.errors import SpecError
+from netspec.loader import loads
+from netspec.net import Net
+
+SHARED = """
+name: shared
+layer:
+  - {name: in, type: Input, top: [data, label], input_param: {shape: [{dim: [4, 5]}, {dim: [4]}]}}
+  - name: ip_a
+    type: InnerProduct
+    bottom: data
+    top: a
+    inner_product_param: {num_output: 6, weight_filler: {type: gaussian, std: 0.5}, bias_filler: {type: uniform}}
+  - {name: relu, type: ReLU, bottom: a, top: a, relu_param: {negative_slope: 0.2}}
+  - name: ip_b
+    type: InnerProduct
+    bottom: a
+    top: b
+    inner_product_param: {num_output: 3, weight_filler: {type: gaussian}}
+  - name: ip_c
+    type: InnerProduct
+    bottom: a
+    top: c
+    inner_product_param: {num_output: 3, weight_filler: {type: gaussian}}
+  - {name: loss_b, type: SoftmaxWithLoss, bottom: [b, label], top: loss_b}
+  - {name: loss_c, type: SoftmaxWithLoss, bottom: [c, label], top: loss_c, loss_weight: 0.5}
+  - {name: acc, type: Accuracy, bottom: [b, label], top: acc}
+"""
+
+
+def shared_net(dtype=np.float64):
+    net = Net(loads(SHARED, "shared.yaml"), "TRAIN", "shared.yaml", seed=3, dtype=dtype)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.normal(size=(4, 5))
+    net.blobs["label"].data[...] = [0, 2, 1, 2]
+    return net
+
+
+def test_split_is_inserted_for_a_blob_read_by_several_layers():
+    net = shared_net()
+    types = [(d.name, d.type) for d in net.defs]
+    assert ("a_relu_0_split", "Split") in types
+    assert ("b_ip_b_0_split", "Split") in types
+    assert net.outputs == ["loss_b", "loss_c", "acc"]
+    # accuracy does not feed the loss: it never runs backward
+    assert net.need_backward[[d.name for d in net.defs].index("acc")] is False
+
+
+def test_net_gradient_sums_over_consumers_and_applies_loss_weights():
+    """Numerical gradient of the whole net (float64) against backward: splits, in place, loss weights."""
+    net = shared_net()
+    net.forward()
+    net.clear_param_diffs()
+    net.backward()
+    eps = 1e-6
+    for p in net.params:
+        w = p.blob.data.reshape(-1)
+        g = p.blob.diff.reshape(-1).copy()
+        for k in range(0, w.size, 3):
+            keep = w[k]
+            w[k] = keep + eps
+            up = net.forward()
+            w[k] = keep - eps
+            down = net.forward()
+            w[k] = keep
+            assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), p.key
+
+
+def test_loss_is_weighted_sum_of_loss_tops():
+    net = shared_net()
+    total = net.forward()
+    assert total == pytest.approx(float(net.blobs["loss_b"].data) + 0.5 * float(net.blobs["loss_c"].data))
+
+
+def test_any_top_can_carry_a_loss_weight():
+    spec = loads("""
+layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [2, 3]}}}
+  - {name: r, type: ReLU, bottom: x, top: y, loss_weight: 2}
+""")
+    net = Net(spec, "TRAIN", seed=0)
+    net.blobs["x"].data[...] = [[1, -1, 2], [0.5, 3, -4]]
+    assert net.forward() == pytest.approx(2 * (1 + 2 + 0.5 + 3))
+
+
+def test_phase_filtering_keeps_include_and_drops_exclude():
+    spec = loads("""
+layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [2, 3]}}}
+  - {name: r_train, type: ReLU, bottom: x, top: y, include: {phase: TRAIN}}
+  - {name: r_test, type: ReLU, bottom: x, top: y, exclude: [{phase: TRAIN}]}
+""")
+    assert [d.name for d in Net(spec, "TRAIN", seed=0).defs] == ["in", "r_train"]
+    assert [d.name for d in Net(spec, "TEST", seed=0).defs] == ["in", "r_test"]
+
+
+def test_in_place_relu_shares_the_blob():
+    net = shared_net()
+    relu = [d.name for d in net.defs].index("relu")
+    assert net.top_vecs[relu][0] is net.bottom_vecs[relu][0]
+
+
+def errors_of(text, phase="TRAIN"):
+    with pytest.raises(SpecError) as e:
+        Net(loads(text, "net.yaml"), phase, "net.yaml", seed=0)
+    return [str(f) for f in e.value.findings]
+
+
+def test_unknown_bottom_names_line_and_the_fix():
+    errs = errors_of("""layer:
+  - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 3]}}}
+  - {name: ip, type: InnerProduct, bottom: dta, top: ip, inner_product_param: {num_output: 2}}
+""")
+    assert len(errs) == 1
+    assert errs[0].startswith("net.yaml:3:")
+    assert "layer 'ip' (InnerProduct): bottom 'dta' is not produced" in errs[0] and "did you mean 'data'" in errs[0]
+
+
+def test_bottom_from_the_other_phase_is_explained():
+    errs = errors_of("""layer:
+  - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 3]}}, include: {phase: TEST}}
+  - {name: r, type: ReLU, bottom: data, top: data}
+""")
+    assert "not in the TRAIN net" in errs[0]
+
+
+def test_in_place_after_another_reader_is_an_error_not_silently_wrong():
+    errs = errors_of("""layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [2, 3]}}}
+  - {name: ip, type: InnerProduct, bottom: x, top: y, inner_product_param: {num_output: 2}}
+  - {name: r, type: ReLU, bottom: x, top: x}
+""")
+    assert "changes 'x' in place, but layer 'ip' listed before it also reads 'x'" in errs[0]
+    assert errs[0].startswith("net.yaml:4:")
+
+
+def test_layer_setup_errors_point_at_the_field():
+    errs = errors_of("""layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [1, 1, 4, 4]}}}
+  - name: conv
+    type: Convolution
+    bottom: x
+    top: y
+    convolution_param:
+      num_output: 2
+      kernel_size: 7
+""")
+    assert errs[0].startswith("net.yaml:9:20: error: layer 'conv' (Convolution): kernel 7x7")
+
+
+def test_two_producers_of_one_top_is_an_error():
+    errs = errors_of("""layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [2, 3]}}}
+  - {name: a, type: InnerProduct, bottom: x, top: y, inner_product_param: {num_output: 2}}
+  - {name: b, type: InnerProduct, bottom: x, top: y, inner_product_param: {num_output: 2}}
+""")
+    assert any("top 'y' is already produced by layer 'a'" in e for e in errs)
+
+
+def test_test_net_shares_weights_with_train_net():
+    train = shared_net(np.float32)
+    test = Net(loads(SHARED, "shared.yaml"), "TEST", "shared.yaml", seed=99)
+    test.share_weights_from(train)
+    assert test.layer_by_name("ip_a").blobs[0] is train.layer_by_name("ip_a").blobs[0]
