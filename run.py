@@ -67,14 +67,14 @@ def build_parser():
     p = sub.add_parser("train", help="train a net from a solver file")
     p.add_argument("solver", help="solver YAML (names the net)")
     p.add_argument("--snapshot", metavar="STATE", help="resume from a <prefix>_iter_<N>.solverstate.npz")
-    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz), i.e. fine-tune")
+    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz or .caffemodel), i.e. fine-tune")
     p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
                    "(default <snapshot_prefix>_metrics.jsonl)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a net's TEST phase with trained weights")
     p.add_argument("model", help="net YAML")
-    p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot")
+    p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot or a Caffe .caffemodel")
     p.add_argument("--iterations", type=positive_int, default=50, help="batches to run (default 50)")
     p.set_defaults(func=cmd_test)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -142,9 +143,11 @@ class Data(Layer):
         else:
             with _open_text(path) as f:
                 first = f.readline()
-                skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
+                skip = 0 if any(_is_number(v) for v in first.strip().split(",")) else 1  # a header row
             try:
-                table = np.loadtxt(path, delimiter=",", dtype=np.float64, skiprows=skip, ndmin=2)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # an empty file is reported below
+                    table = np.loadtxt(path, delimiter=",", dtype=np.float64, skiprows=skip, ndmin=2)
             except ValueError as e:
                 raise UserError(f"{path}: error: cannot read the csv ({e}); every row must be numbers "
                                 "separated by commas: the features, then the label") from None

@@ -181,10 +181,14 @@ class LabelError(UserError):
 
     def __init__(self, layer, blob, index, classes):
         value = blob.data.ravel()[index]
-        hint = ("labels look one-based: subtract 1" if value == classes else
-                "labels must be integers in {0..%d} (or the ignore_label)" % (classes - 1))
+        if value != int(value):
+            what, hint = "is not an integer", "class labels must be whole numbers"
+        else:
+            what = f"is outside {{0..{classes - 1}}} for {classes} classes"
+            hint = ("labels look one-based: subtract 1" if value == classes else
+                    f"labels must be integers in {{0..{classes - 1}}} (or the ignore_label), or raise num_output")
         super().__init__(f"layer '{layer.name}' ({layer.type}): label {value:g} at position {index} of blob "
-                         f"'{blob.name}' is outside {{0..{classes - 1}}} for {classes} classes; {hint}")
+                         f"'{blob.name}' {what}; {hint}")
 
 
 @register("Accuracy")

@@ -150,7 +150,7 @@ def _message(err, doc) -> tuple[list, str]:
     path = list(err.absolute_path)
     prefix, field = _context(doc, path)
     v, value, schema = err.validator, err.instance, err.schema
-    where = f"'{field}'" if field else "the top level"
+    where = f"'{field}'" if field else ("the layer" if prefix else "the top level")
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -190,8 +190,9 @@ def _message(err, doc) -> tuple[list, str]:
 def check(doc, schema: dict, path: str) -> list[Finding]:
     """All schema findings of a loaded spec, in file order."""
     if not isinstance(doc, dict):
-        return [Finding(path, 1, 1, "error", "the file must hold a mapping of fields (name: value); "
-                        f"received {type(doc).__name__}")]
+        got = "an empty file" if doc is None else "a list" if isinstance(doc, list) else _describe(doc)
+        return [Finding(path, 1, 1, "error", f"the file must hold a mapping of fields (name: value); "
+                        f"received {got}")]
     validator = jsonschema.Draft202012Validator(schema)
     findings = []
     for err in validator.iter_errors(doc):

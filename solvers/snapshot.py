@@ -58,6 +58,14 @@ def load_npz(path: str, what: str) -> dict:
                         "yaffe's snapshot") from None
 
 
+def load_weights_file(path: str) -> dict:
+    """{"layer/i": array} from a yaffe .weights.npz or a Caffe .caffemodel (chosen by the suffix)."""
+    if path.endswith(".caffemodel"):
+        from netspec.caffemodel import read_caffemodel
+        return read_caffemodel(path)
+    return load_npz(path, "weights")
+
+
 def paths(prefix: str, it: int) -> tuple[str, str]:
     return f"{prefix}_iter_{it}.weights.npz", f"{prefix}_iter_{it}.solverstate.npz"
 

@@ -163,7 +163,7 @@ class Trainer:
         if snapshot_path and weights_path:
             raise UserError("give --snapshot to resume training or --weights to fine-tune, not both")
         if weights_path:
-            self.net.load_weights(snap.load_npz(weights_path, "weights"), weights_path)
+            self.net.load_weights(snap.load_weights_file(weights_path), weights_path)
             self.out(f"Fine-tuning from {weights_path}")
         if snapshot_path:
             self.restore(snapshot_path)
@@ -248,7 +248,7 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
     doc = load_net(model_path)
     net = Net(doc, "TEST", model_path, seed=0)
     if weights_path:
-        net.load_weights(snap.load_npz(weights_path, "weights"), weights_path)
+        net.load_weights(snap.load_weights_file(weights_path), weights_path)
     if not net.outputs:
         raise UserError(f"{model_path}: error: the TEST net has no outputs to report; add an Accuracy or loss "
                         "layer")

@@ -60,3 +60,15 @@ def test_training_matches_caffe_losses(workdir):
     assert diff[:20].max() <= 1e-4, diff[:20]
     assert diff[20:200].max() <= 0.01 and diff[20:200].mean() <= 0.002, (diff[20:200].max(), diff[20:200].mean())
     assert abs(final["accuracy"] - float(ref["test_accuracy"][0])) <= 0.005
+
+
+def test_test_command_scores_a_caffemodel_like_caffe(workdir):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "run.py"), "test", str(workdir / "net.yaml"),
+                        "--weights", os.path.join(FIX, "lenet_sgd_iter_200.caffemodel"), "--iterations", "10"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # Caffe's test pass after iteration 200: the same 1000 images, the same weights
+    assert "accuracy = 0.934" in r.stdout

@@ -96,3 +96,32 @@ def test_checker_catches_a_wrong_gradient(monkeypatch):
     with pytest.raises(AssertionError, match="gradient element"):
         check_gradients("InnerProduct", {"inner_product_param": {"num_output": 2}},
                         [np.random.default_rng(0).normal(size=(2, 3))])
+
+
+@pytest.mark.parametrize("type_name", sorted(CASES))
+def test_layer_overwrites_its_tops_and_bottom_diffs(type_name):
+    """Garbage left in tops and bottom diffs (np.empty, a previous iteration) must not leak into
+    results: forward writes every top element, backward overwrites (=) bottom diffs."""
+    from layers.base import Blob
+    from tests.gradcheck import make_layer
+    for case in CASES[type_name]:
+        spec, arrays = case[0], [np.asarray(a, np.float64) for a in case[1]]
+        check = case[2] if len(case) > 2 else list(range(len(arrays)))
+        results = []
+        for garbage in (0.0, 1e3):
+            layer, tops = make_layer(type_name, spec, [a.shape for a in arrays])
+            bottom = []
+            for i, a in enumerate(arrays):
+                b = Blob(f"b{i}", a.shape, np.float64)
+                b.data[...] = a
+                b.diff[...] = garbage
+                bottom.append(b)
+            for t in tops:
+                t.data[...] = garbage
+            layer.forward(bottom, tops)
+            for t in tops:
+                t.diff[...] = 1.0
+            layer.backward(tops, [i in check for i in range(len(bottom))], bottom)
+            results.append([t.data.copy() for t in tops] + [bottom[i].diff.copy() for i in check])
+        for clean, dirty in zip(*results):
+            np.testing.assert_allclose(dirty, clean, rtol=1e-12, atol=1e-12)
