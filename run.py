@@ -25,15 +25,24 @@ def cmd_test(args):
 
 
 def cmd_validate(args):
-    from netspec.spec import validate
-    findings = validate(args.files)
+    from netspec.spec import validate, summary
+    findings = validate(args.files, strict=args.strict)
+    report = summary(args.files[0], args.phase) if args.summary and not any(
+        f.severity == "error" for f in findings) else None
     if args.format == "json":
-        print(json.dumps([f.as_dict() for f in findings], indent=1))
+        body = [f.as_dict() for f in findings]
+        if args.summary:
+            body = {"findings": body, "layers": report["layers"] if report else []}
+        print(json.dumps(body, indent=1))
     else:
         for f in findings:
             print(f)
-        if not findings:
-            print(f"{', '.join(args.files)}: valid")
+        if report:
+            print(report["text"])
+        errors = sum(f.severity == "error" for f in findings)
+        warnings = len(findings) - errors
+        print(f"{errors} error(s), {warnings} warning(s)" if findings else f"{', '.join(args.files)}: valid",
+              file=sys.stderr)
     return 2 if any(f.severity == "error" for f in findings) else 0
 
 
@@ -80,7 +89,10 @@ def build_parser():
 
     p = sub.add_parser("validate", help="check net and solver files without training")
     p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="json: findings for tools")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")

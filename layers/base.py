@@ -59,6 +59,7 @@ class Field:
     minimum: float | None = None
     exclusive_minimum: float | None = None
     maximum: float | None = None
+    exclusive_maximum: float | None = None
     choices: tuple = ()
     repeated: bool = False
     required: bool = False
@@ -101,6 +102,7 @@ class Layer:
         self.blob_shapes: list = []  # [(shape, filler dict)] filled by setup
         self.blobs: list[Blob] = []  # created by the net from blob_shapes
         self.rng: np.random.Generator | None = None  # set by the net for layers that need one
+        self.warnings: list = []     # (message, field) that setup found suspicious but not wrong
 
     def setup(self, bottom_shapes):
         raise NotImplementedError

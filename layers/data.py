@@ -154,6 +154,7 @@ class Data(Layer):
             n = table.shape[0]
             self.arrays = [table[:, :-1].reshape((n,) + tuple(self.sample_shapes[0])).astype(self.dtype),
                            table[:, -1].astype(self.dtype)][:len(self.sample_shapes)]
+        self.header_lines = 0 if path.endswith(".npz") else skip
         self.rows = self.arrays[0].shape[0]
         if self.rows == 0:
             raise UserError(f"{path}: error: the source has no rows")
@@ -168,6 +169,12 @@ class Data(Layer):
             self.mean = np.asarray(t.mean_value, self.dtype)
             self.mean = self.mean.reshape((-1,) + (1,) * (ndim - 1)) if self.mean.size > 1 else self.mean[0]
         self.scale = self.dtype.type(t.scale)
+
+    def describe_row(self, i: int) -> str:
+        """Where row i stands in the source: a csv line number, or an npz index."""
+        if self.path.endswith(".npz"):
+            return f"row {i} (index into the arrays)"
+        return f"line {i + 1 + self.header_lines}"
 
     def next_indices(self):
         """Row indices of the next batch, starting a new (reshuffled) epoch when the rows run out."""

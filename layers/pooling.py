@@ -138,6 +138,10 @@ class Pooling(Layer):
         self.pad = spatial_param(p, blk, "pad", 0)
         self.stride = spatial_param(p, blk, "stride", 1)
         (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        if sh > kh or sw > kw:
+            raise LayerError(f"stride {sh}x{sw} is larger than the kernel {kh}x{kw}, so some inputs are never "
+                             "pooled (and AVE windows can lie wholly in the padding); use stride <= kernel_size",
+                             f"{blk}.stride" if p.stride is not None else f"{blk}.stride_h")
         if ph >= kh or pw >= kw:
             raise LayerError(f"pad {ph}x{pw} must be smaller than the kernel {kh}x{kw}; lower pad",
                              f"{blk}.pad")

@@ -82,15 +82,44 @@ def _err(findings, where, message):
     findings.append(Finding(where[0], where[1], where[2], "error", message))
 
 
-def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=()) -> list[LayerDef]:
-    """The ordered layer definitions of `doc` in `phase`; all problems at once as a SpecError."""
+def legacy_input_layer(doc: dict, warnings: list | None) -> Node | None:
+    """Caffe's deprecated net-level `input:` + `input_dim:`/`input_shape:` as an Input layer node."""
+    if "input" not in doc:
+        return None
+    names = as_list(doc["input"])
+    if "input_shape" in doc:
+        shapes = [dict(s) for s in as_list(doc["input_shape"])]
+    else:
+        dims = as_list(doc.get("input_dim"))
+        shapes = [{"dim": dims[4 * i:4 * i + 4]} for i in range(len(dims) // 4)]
+    node = Node(name="input", type="Input", top=names, input_param={"shape": shapes})
+    node.where = doc.at("input")
+    node.key_where = {k: node.where for k in node}
+    node.value_where = dict(node.key_where)
+    if warnings is not None:
+        w = node.where
+        warnings.append(Finding(w[0], w[1], w[2], "warning", "the net-level input/input_dim fields are "
+                                "deprecated; they were read as an Input layer: write layer: [{name: input, "
+                                f"type: Input, top: {names}, input_param: {{shape: [{{dim: [...]}}]}}}}, ...]"))
+    return node
+
+
+def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
+                warnings: list | None = None) -> list[LayerDef]:
+    """The ordered layer definitions of `doc` in `phase`; all errors at once as a SpecError.
+
+    Warnings (deprecated fields) are appended to `warnings` when it is given.
+    """
     findings: list[Finding] = []
     defs: list[LayerDef] = []
     producers_any_phase: dict = {}
-    for node in doc.get("layer", []):
+    legacy = legacy_input_layer(doc, warnings)
+    nodes = ([legacy] if legacy else []) + list(doc.get("layer", []))
+    for node in nodes:
         for t in as_list(node.get("top")):
             producers_any_phase.setdefault(t, node)
-    for node in doc.get("layer", []):
+    names: dict = {}
+    for node in nodes:
         name, type_ = node["name"], node["type"]
         label = f"layer '{name}' ({type_})"
         if node.get("include") and node.get("exclude"):
@@ -99,6 +128,11 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=()) -> l
             continue
         if not included(node, phase, level, stages):
             continue
+        if name in names:
+            _err(findings, node.at("name"), f"{label}: the name '{name}' is already used by the layer at line "
+                                            f"{names[name].where.line} in the {phase} net; weights are shared "
+                                            "and loaded by layer name, so give each layer its own name")
+        names.setdefault(name, node)
         cls = layers.REGISTRY[type_]
         bottoms, tops = as_list(node.get("bottom")), as_list(node.get("top"))
         if cls.is_loss and not tops:

@@ -45,10 +45,14 @@ class Net:
         self.phase, self.path, self.dtype = phase, path, np.dtype(dtype)
         self.name = doc.get("name", os.path.basename(path))
         self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None or seed < 0 else int(seed)
-        self.defs: list[LayerDef] = compile_net(doc, phase, level, stages)
-        self.layers = []
-        self.shapes: dict = {}
-        self._setup_all(os.path.dirname(os.path.abspath(path)) if path != "<net>" else os.getcwd())
+        self.warnings: list[Finding] = []
+        try:
+            self.defs: list[LayerDef] = compile_net(doc, phase, level, stages, self.warnings)
+            self.layers = []
+            self.shapes: dict = {}
+            self._setup_all(os.path.dirname(os.path.abspath(path)) if path != "<net>" else os.getcwd())
+        except SpecError as e:
+            raise SpecError(self.warnings + e.findings) from None
         if allocate:  # False: shapes only (validate, summary)
             self._allocate(doc.get("force_backward", False))
 
@@ -76,6 +80,9 @@ class Net:
                 continue
             for t, s in zip(d.tops, shapes):
                 self.shapes[t] = tuple(int(v) for v in s)
+            for message, field in layer.warnings:
+                w = d.where(field)
+                self.warnings.append(Finding(w[0], w[1], w[2], "warning", f"layer '{d.name}' ({d.type}): {message}"))
         if findings:
             raise SpecError(findings)
 
@@ -157,6 +164,11 @@ class Net:
                 self.propagate[k] = [False] * len(self.propagate[k])
             if self.need_backward[k]:
                 contributes.update(id(b) for b, p in zip(self.bottom_vecs[k], self.propagate[k]) if p)
+
+    @property
+    def has_loss(self) -> bool:
+        """Some top carries a loss weight (known before allocation)."""
+        return any(w for d in self.defs for w in d.loss_weights)
 
     # ---- running -----------------------------------------------------------------------
 

@@ -29,9 +29,10 @@ def _strings(item):
 
 def field_schema(f: Field) -> dict:
     s = dict(_KIND.get(f.kind, {})) if f.kind != "enum" else {"enum": list(f.choices)}
-    for key in ("minimum", "maximum", "exclusive_minimum"):
+    for key, name in (("minimum", "minimum"), ("maximum", "maximum"), ("exclusive_minimum", "exclusiveMinimum"),
+                      ("exclusive_maximum", "exclusiveMaximum")):
         if getattr(f, key) is not None:
-            s[key.replace("exclusive_minimum", "exclusiveMinimum")] = getattr(f, key)
+            s[name] = getattr(f, key)
     if f.kind not in ("filler", "shape"):
         s["description"] = f.help
         if f.default is not None:
@@ -82,9 +83,12 @@ def net_schema() -> dict:
         **{name: block_schema(fields) for name, fields in blocks.items()}}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "yaffe net", "type": "object", "additionalProperties": False, "required": ["layer"],
+        "title": "yaffe net", "type": "object", "additionalProperties": False,
         "properties": {"yaffe": {"const": 1}, "name": {"type": "string"},
                        "force_backward": {"type": "boolean"},
+                       "input": _strings({"type": "string"}),
+                       "input_dim": _strings({"type": "integer", "minimum": 0}),
+                       "input_shape": _strings({"$ref": "#/$defs/blob_shape"}),
                        "layer": {"type": "array", "items": layer}},
         "$defs": {"filler": block_schema(FILLER_FIELDS),
                   "blob_shape": {"type": "object", "additionalProperties": False, "required": ["dim"],
@@ -170,8 +174,8 @@ def _message(err, doc) -> tuple[list, str]:
     if v == "type":
         want = _TYPE_WORDS.get(err.validator_value, err.validator_value)
         return path, f"{prefix}{where} must be {want}; received {_describe(value)}"
-    if v in ("minimum", "maximum", "exclusiveMinimum"):
-        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">"}[v]
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
         return path, f"{prefix}{where} must be {op} {err.validator_value}; received {_describe(value)}"
     if v == "const":
         return path, f"{prefix}{where} must be {err.validator_value}; received {_describe(value)}"

@@ -48,6 +48,15 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
                              "(batches per test pass) or remove test_interval")
     if cfg.clip_gradients == 0:
         err("clip_gradients", "clip_gradients 0 would zero every gradient; use a positive norm, or -1 for off")
+    prefix = os.path.join(os.path.dirname(os.path.abspath(path)),
+                          cfg.snapshot_prefix or os.path.splitext(os.path.basename(path))[0])
+    folder = os.path.dirname(prefix)
+    while folder and not os.path.isdir(folder):  # the nearest folder that exists will hold the new ones
+        parent = os.path.dirname(folder)
+        folder = "" if parent == folder else parent
+    if folder and not os.access(folder, os.W_OK | os.X_OK):
+        err("snapshot_prefix", f"snapshots and metrics go to {prefix}_*, but {folder} cannot be written; "
+                               "choose a snapshot_prefix in a folder you can write")
     net_path = os.path.join(os.path.dirname(path), cfg.net)
     if not os.path.isfile(net_path):
         err("net", f"net file '{cfg.net}' not found (looked at {net_path}); the path is relative to the "
@@ -67,29 +76,65 @@ def load_solver(path: str):
     return doc, cfg, os.path.join(os.path.dirname(path), cfg.net)
 
 
-def validate(paths) -> list[Finding]:
-    """Every finding of every file (a solver brings its net), in file order."""
+def net_findings(path: str, for_training: bool = False, test_iter: int | None = None, test_iter_where=None,
+                 read_data: bool = True) -> list[Finding]:
+    """Every finding of one net file: schema, graph and shapes of both phases, structure, data."""
+    from .checks import data_findings, structure_findings
     from .net import Net
-    findings: list[Finding] = []
-    seen = set()
-    queue = list(paths)
-    while queue:
-        path = queue.pop(0)
-        if os.path.abspath(path) in seen:
+    doc = load_net(path)
+    out: list[Finding] = []
+    for phase in ("TRAIN", "TEST"):
+        try:
+            net = Net(doc, phase, path, seed=0, allocate=False)  # shapes only; reads no data
+        except SpecError as e:
+            out.extend(e.findings)
             continue
-        seen.add(os.path.abspath(path))
+        out.extend(net.warnings)
+        if phase == "TRAIN":
+            out.extend(structure_findings(net, doc, for_training))
+        if read_data:
+            out.extend(data_findings(net, test_iter if phase == "TEST" else None, test_iter_where))
+    return out
+
+
+def validate(paths, strict: bool = False, read_data: bool = True) -> list[Finding]:
+    """Every finding of every file (a solver brings its net), errors and warnings, in file order."""
+    findings: list[Finding] = []
+    order: dict = {}
+    queue = [(p, None) for p in paths]
+    while queue:
+        path, context = queue.pop(0)
+        key = os.path.abspath(path)
+        if key in order:
+            continue
+        order[key] = len(order)
         try:
             doc = load(path)
-            kind = kind_of(doc)
-            if kind == "solver":
+            if kind_of(doc) == "solver":
                 doc, cfg, net_path = load_solver(path)
-                queue.append(net_path)
+                queue.append((net_path, {"for_training": True, "test_iter": (cfg.test_iter or [None])[0],
+                                         "test_iter_where": doc.at("test_iter") if "test_iter" in doc else None}))
                 continue
-            doc = load_net(path)
-            for phase in ("TRAIN", "TEST"):
-                Net(doc, phase, path, seed=0, allocate=False)  # shapes of both phases; reads no data
+            findings.extend(net_findings(path, read_data=read_data, **(context or {})))
         except SpecError as e:
-            findings.extend(f for f in e.findings if f not in findings)
+            findings.extend(e.findings)
         except UserError as e:
             findings.append(Finding(path, 1, 1, "error", str(e).split(": error: ", 1)[-1]))
-    return findings
+    unique = list(dict.fromkeys(findings))
+    unique.sort(key=lambda f: (order.get(os.path.abspath(f.path), len(order)), f.line, f.col))
+    if strict:
+        unique = [Finding(f.path, f.line, f.col, "error", f.message) for f in unique]
+    return unique
+
+
+def summary(path: str, phase: str = "TRAIN") -> dict:
+    """{"layers": rows, "text": table} of a net file (or of the net a solver names)."""
+    from .net import Net
+    from .summary import format_summary, summarize
+    doc = load(path)
+    if kind_of(doc) == "solver":
+        _, _, path = load_solver(path)
+    doc = load_net(path)
+    net = Net(doc, phase, path, seed=0, allocate=False)
+    rows = summarize(net)
+    return {"layers": rows, "text": format_summary(rows, net.name, phase)}

@@ -18,7 +18,7 @@ SOLVER_FIELDS = (
     Field("power", "float", None, "exponent of inv and poly"),
     Field("stepsize", "int", None, "iterations per decay step (step, sigmoid)", minimum=1),
     Field("stepvalue", "int", None, "iterations at which multistep decays", minimum=1, repeated=True),
-    Field("momentum", "float", 0.0, "momentum of SGD", minimum=0, maximum=1),
+    Field("momentum", "float", 0.0, "momentum of SGD (0.9 is usual)", minimum=0, exclusive_maximum=1),
     Field("weight_decay", "float", 0.0, "regularization strength", minimum=0),
     Field("regularization_type", "enum", "L2", "weight decay kind", choices=("L2", "L1")),
     Field("clip_gradients", "float", -1.0, "scale gradients down when their global L2 norm exceeds this "

@@ -15,7 +15,7 @@ from collections import deque
 
 import numpy as np
 
-from netspec.errors import UserError
+from netspec.errors import Finding, SpecError, UserError
 from netspec.net import Net
 from netspec.spec import load_net, load_solver
 from . import snapshot as snap
@@ -62,6 +62,7 @@ class Trainer:
         if cfg.test_iter:
             self.test_net = Net(self.net_doc, "TEST", self.net_path, seed=self.net.seed)
             self.test_net.share_weights_from(self.net)
+        self._preflight()
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
         self.lr = LearningRate(cfg)
         self.iter = 0
@@ -73,6 +74,23 @@ class Trainer:
         self.spec_hash = _spec_hash(self.solver_doc, self.net_doc)
         self.batch = next((l.p.batch_size for l in self.net.layers if l.is_data), 1)
         self.stop_requested = False
+
+    def _preflight(self):
+        """Every check of `run.py validate`, once, before the first iteration: warnings are printed,
+        errors stop training before it starts."""
+        from netspec.checks import data_findings, structure_findings
+        doc, cfg = self.solver_doc, self.cfg
+        findings = list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
+        findings += data_findings(self.net)
+        if self.test_net:
+            findings += self.test_net.warnings + data_findings(
+                self.test_net, cfg.test_iter[0], doc.at("test_iter") if "test_iter" in doc else None)
+        findings = list(dict.fromkeys(findings))
+        for f in findings:
+            if f.severity == "warning":
+                self.out(str(f))
+        if any(f.severity == "error" for f in findings):
+            raise SpecError(findings)
 
     # ---- state -------------------------------------------------------------------------
 
@@ -105,6 +123,11 @@ class Trainer:
             raise UserError(f"{state_path}: error: the snapshot holds {meta.get('type')} history but the solver "
                             f"says type: {self.cfg.type}; use the snapshot's solver type, or start from its "
                             "weights with --weights")
+        if int(meta["iter"]) > self.cfg.max_iter:
+            w = self.solver_doc.at("max_iter")
+            raise SpecError([Finding(w[0], w[1], w[2], "error", f"max_iter {self.cfg.max_iter} is smaller than "
+                                     f"the iteration of the snapshot {state_path} ({meta['iter']}), so there is "
+                                     f"nothing to train; raise max_iter above {meta['iter']}")])
         self.net.load_weights(weights, os.path.join(os.path.dirname(state_path), meta["weights"]))
         self.solver.load_history(history, state_path)
         self.iter = int(meta["iter"])

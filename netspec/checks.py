@@ -1,0 +1,139 @@
+"""Checks of a built net beyond its schema and shapes: structure, and the data it will read.
+
+Each returns findings (errors and warnings) positioned at the node to fix. They run in
+`run.py validate` and once before `run.py train` starts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import layers
+from .errors import Finding
+from .net import Net
+
+METRIC_TYPES = ("Accuracy", "Silence")
+
+
+def _finding(where, severity, message):
+    return Finding(where[0], where[1], where[2], severity, message)
+
+
+def _producer(net: Net, index: int, blob: str):
+    """The (def, layer, top index) that last produced `blob` before layer `index`, looking through Splits
+    and in-place layers back to the layer that created it."""
+    for k in range(index - 1, -1, -1):
+        d = net.defs[k]
+        if blob in d.tops:
+            j = d.tops.index(blob)
+            if d.type == "Split" or (j < len(d.bottoms) and d.bottoms[j] == blob):
+                return _producer(net, k, d.bottoms[0 if d.type == "Split" else j])
+            return d, net.layers[k], j
+    return None, None, None
+
+
+def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
+    """A TRAIN net without a loss; layers whose outputs nothing uses."""
+    out = []
+    if net.phase == "TRAIN" and not net.has_loss:
+        w = doc.at("layer") if hasattr(doc, "at") and "layer" in doc else getattr(doc, "where", (net.path, 1, 1))
+        out.append(_finding(w, "error" if for_training else "warning",
+                            "the TRAIN net has no loss layer (and no top with a loss_weight), so there is "
+                            "nothing to train; add e.g. a SoftmaxWithLoss layer"
+                            + ("" if for_training else " (fine for a deploy net)")))
+    if net.has_loss:
+        consumed = {b for d in net.defs for b in d.bottoms}
+        for d, layer in zip(net.defs, net.layers):
+            if (d.node is None or layer.is_loss or layer.is_data or d.type in METRIC_TYPES or not d.tops
+                    or any(d.loss_weights) or any(t in consumed for t in d.tops)):
+                continue
+            if any(j < len(d.bottoms) and d.bottoms[j] == t for j, t in enumerate(d.tops)):
+                continue  # in place: its output is the blob its consumers read
+            out.append(_finding(d.where("top"), "warning",
+                                f"layer '{d.name}' ({d.type}): nothing uses its output "
+                                f"{', '.join(repr(t) for t in d.tops)} in the {net.phase} net; feed it to "
+                                "another layer or a loss, or remove the layer"))
+    return out
+
+
+def _label_findings(net: Net, k: int) -> list[Finding]:
+    """Labels feeding loss/accuracy layer k: integers in [0, C)."""
+    d, layer = net.defs[k], net.layers[k]
+    if len(d.bottoms) < 2:
+        return []
+    src_def, src, top_index = _producer(net, k, d.bottoms[1])
+    if src is None or not getattr(src, "arrays", None) or top_index >= len(src.arrays):
+        return []
+    score_def, _, _ = _producer(net, k, d.bottoms[0])
+    axis = getattr(layer, "view", None)
+    classes = layer.view[1] if axis else None
+    if classes is None:
+        return []
+    feeder = f"num_output {classes} of layer '{score_def.name}'" if score_def else f"{classes} classes"
+    lab = src.arrays[top_index].reshape(len(src.arrays[top_index]), -1)
+    ignore = getattr(layer.p, "ignore_label", None)
+    valid = lab if ignore is None else np.where(lab == ignore, 0, lab)
+    where = src_def.where("data_param.source")
+    head = f"layer '{src_def.name}' ({src_def.type}): source '{src.p.source}'"
+    bad = ~np.isfinite(valid) | (valid != np.round(valid))
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        return [_finding(where, "error", f"{head}: label {lab[row][bad[row]][0]} at {src.describe_row(row)} is "
+                                         f"not an integer; '{d.name}' ({d.type}) needs class numbers 0..{classes - 1}")]
+    lo, hi = float(valid.min()), float(valid.max())
+    if lo == 1 and hi == classes:
+        return [_finding(where, "error", f"{head}: labels run from 1 to {classes} but '{d.name}' ({d.type}) "
+                                         f"with {feeder} needs 0..{classes - 1}; labels must start at 0: subtract 1")]
+    out = []
+    if lo < 0:
+        row = int(np.argmax((valid < 0).any(axis=1)))
+        hint = (f"set loss_param.ignore_label: {int(lo)} if such rows should not count" if ignore is None
+                else "fix the labels")
+        out.append(_finding(where, "error", f"{head}: label {int(lo)} at {src.describe_row(row)} is negative; "
+                                            f"labels must be in 0..{classes - 1}; {hint}"))
+    if hi >= classes:
+        row = int(np.argmax((valid >= classes).any(axis=1)))
+        out.append(_finding(where, "error", f"{head}: label {int(hi)} at {src.describe_row(row)} is out of range "
+                                            f"for '{d.name}' ({d.type}) with {feeder} (labels 0..{classes - 1}); "
+                                            f"raise num_output to {int(hi) + 1} or fix the labels"))
+    elif hi + 1 < classes and layer.is_loss:
+        out.append(_finding(score_def.where("inner_product_param.num_output") if score_def else where, "warning",
+                            f"layer '{score_def.name if score_def else d.name}': {feeder} but the labels in "
+                            f"'{src.p.source}' only go up to {int(hi)}; harmless, but num_output "
+                            f"{int(hi) + 1} is enough"))
+    return out
+
+
+def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) -> list[Finding]:
+    """Read every data source once: non-finite values, labels, and a test pass longer than the test set."""
+    out = []
+    for d, layer in zip(net.defs, net.layers):
+        if not hasattr(layer, "load"):
+            continue
+        try:
+            if layer.arrays is None:
+                layer.load()
+        except Exception as e:  # a user file we cannot read: report it where the source is named
+            out.append(_finding(d.where("data_param.source"), "error", f"layer '{d.name}' ({d.type}): "
+                                f"{str(e).split(': error: ', 1)[-1]}"))
+            continue
+        for name, arr in zip(d.tops, layer.arrays):
+            flat = arr.reshape(len(arr), -1)
+            finite = np.isfinite(flat).all(axis=1)
+            if not finite.all():
+                row = int(np.argmin(finite))
+                col = int(np.argmin(np.isfinite(flat[row])))
+                out.append(_finding(d.where("data_param.source"), "error",
+                                    f"layer '{d.name}' ({d.type}): source '{layer.p.source}' holds "
+                                    f"{flat[row, col]} in '{name}' at {layer.describe_row(row)}, value {col}; "
+                                    "fix or drop that row (NaN or Inf input turns the loss into NaN)"))
+        if test_iter and net.phase == "TEST" and test_iter * layer.p.batch_size > layer.rows:
+            w = test_iter_where or d.where("data_param.batch_size")
+            out.append(_finding(w, "warning", f"test_iter {test_iter} x batch_size {layer.p.batch_size} of layer "
+                                f"'{d.name}' = {test_iter * layer.p.batch_size} examples, but '{layer.p.source}' "
+                                f"has {layer.rows}: the test repeats examples; use test_iter "
+                                f"{max(1, layer.rows // layer.p.batch_size)} or a batch_size that divides "
+                                f"{layer.rows}"))
+    for k, layer in enumerate(net.layers):
+        if layer.is_loss or net.defs[k].type == "Accuracy":
+            out.extend(_label_findings(net, k))
+    return out

@@ -1,0 +1,50 @@
+"""`run.py validate MODEL --summary`: per layer its type, top shapes, parameter count and activation
+memory, with totals (like Keras's model.summary())."""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import as_list
+from .net import Net
+
+
+def summarize(net: Net) -> list[dict]:
+    """One row per layer of the spec (inserted Splits are left out; they share their bottom's data)."""
+    rows = []
+    for d, layer in zip(net.defs, net.layers):
+        if d.node is None:
+            continue
+        tops = {}
+        memory = 0
+        for j, t in enumerate(d.tops):
+            tops[t] = list(net.shapes[t])
+            if not (j < len(d.bottoms) and d.bottoms[j] == t):  # in place reuses the bottom's memory
+                memory += int(np.prod(net.shapes[t], dtype=np.int64)) * net.dtype.itemsize
+        params = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in layer.blob_shapes)
+        rows.append({"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
+                     "params": params, "memory_bytes": memory})
+    return rows
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_summary(rows: list[dict], name: str, phase: str) -> str:
+    lines = [f'Net "{name}" ({phase})']
+    head = f"{'Layer (type)':<32} {'Top: shape':<36} {'Params':>10} {'Memory':>11}"
+    lines += ["=" * len(head), head, "=" * len(head)]
+    for r in rows:
+        tops = [f"{t}: {s}" for t, s in r["tops"].items()] or ["-"]
+        label = f"{r['name']} ({r['type']})"
+        lines.append(f"{label:<32} {tops[0]:<36} {r['params']:>10,} {_size(r['memory_bytes']):>11}")
+        lines += [f"{'':<32} {t:<36}" for t in tops[1:]]
+    total_p = sum(r["params"] for r in rows)
+    total_m = sum(r["memory_bytes"] for r in rows)
+    lines += ["=" * len(head), f"Total params: {total_p:,} ({_size(total_p * 4)} as float32)",
+              f"Activation memory: {_size(total_m)} (data; training holds as much again in diffs)"]
+    return "\n".join(lines)
