@@ -125,7 +125,6 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
         if node.get("include") and node.get("exclude"):
             _err(findings, node.at("exclude"), f"{label}: give either include or exclude rules, not both; "
                                                "keep one of them")
-            continue
         if not included(node, phase, level, stages):
             continue
         if name in names:

@@ -52,11 +52,16 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
                           cfg.snapshot_prefix or os.path.splitext(os.path.basename(path))[0])
     folder = os.path.dirname(prefix)
     while folder and not os.path.isdir(folder):  # the nearest folder that exists will hold the new ones
+        if os.path.exists(folder):
+            err("snapshot_prefix", f"snapshots and metrics go to {prefix}_*, but {folder} is a file, not a "
+                                   "folder; choose another snapshot_prefix")
+            break
         parent = os.path.dirname(folder)
         folder = "" if parent == folder else parent
-    if folder and not os.access(folder, os.W_OK | os.X_OK):
-        err("snapshot_prefix", f"snapshots and metrics go to {prefix}_*, but {folder} cannot be written; "
-                               "choose a snapshot_prefix in a folder you can write")
+    else:
+        if folder and not os.access(folder, os.W_OK | os.X_OK):
+            err("snapshot_prefix", f"snapshots and metrics go to {prefix}_*, but {folder} cannot be written; "
+                                   "choose a snapshot_prefix in a folder you can write")
     net_path = os.path.join(os.path.dirname(path), cfg.net)
     if not os.path.isfile(net_path):
         err("net", f"net file '{cfg.net}' not found (looked at {net_path}); the path is relative to the "
@@ -76,14 +81,26 @@ def load_solver(path: str):
     return doc, cfg, os.path.join(os.path.dirname(path), cfg.net)
 
 
+def mentions_test_phase(doc) -> bool:
+    """Whether any layer's include/exclude rules name the TEST phase (a net with separate test layers)."""
+    from .graph import as_list
+    return any(r.get("phase") == "TEST" for layer in doc.get("layer", []) if isinstance(layer, dict)
+               for r in as_list(layer.get("include")) + as_list(layer.get("exclude")) if isinstance(r, dict))
+
+
 def net_findings(path: str, for_training: bool = False, test_iter: int | None = None, test_iter_where=None,
                  read_data: bool = True) -> list[Finding]:
-    """Every finding of one net file: schema, graph and shapes of both phases, structure, data."""
+    """Every finding of one net file: schema, graph and shapes, structure, data.
+
+    The TEST phase is checked when a solver tests it (test_iter) or, for a net file alone, when its
+    layers name the TEST phase; otherwise it is the TRAIN net without phase-specific layers.
+    """
     from .checks import data_findings, structure_findings
     from .net import Net
     doc = load_net(path)
     out: list[Finding] = []
-    for phase in ("TRAIN", "TEST"):
+    test = test_iter is not None if for_training else mentions_test_phase(doc)
+    for phase in ("TRAIN", "TEST") if test else ("TRAIN",):
         try:
             net = Net(doc, phase, path, seed=0, allocate=False)  # shapes only; reads no data
         except SpecError as e:
@@ -94,7 +111,13 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
             out.extend(structure_findings(net, doc, for_training))
         if read_data:
             out.extend(data_findings(net, test_iter if phase == "TEST" else None, test_iter_where))
-    return out
+    seen, unique = set(), []
+    for f in out:  # a layer in both phases reports a problem once
+        key = (f.path, f.line, f.col, f.severity, f.message.replace("TEST", "TRAIN"))
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def validate(paths, strict: bool = False, read_data: bool = True) -> list[Finding]:

@@ -1,0 +1,305 @@
+"""`run.py validate`: one test per check, each feeding a bad spec and asserting the message and position."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from netspec.spec import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HEAD = """layer:
+  - {name: in, type: Input, top: [data, label], input_param: {shape: [{dim: [4, 1, 6, 6]}, {dim: [4]}]}}
+"""
+IP = "  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 3}}\n"
+LOSS = "  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}\n"
+
+
+def findings(tmp_path, net, solver=None, name="net.yaml", **kw):
+    (tmp_path / name).write_text(net)
+    target = tmp_path / name
+    if solver is not None:
+        (tmp_path / "solver.yaml").write_text(solver)
+        target = tmp_path / "solver.yaml"
+    return [str(f) for f in validate([str(target)], **kw)]
+
+
+def one(found, severity="error"):
+    picked = [f for f in found if f": {severity}: " in f]
+    assert len(picked) == 1, found
+    return picked[0]
+
+
+def test_valid_net_has_no_findings(tmp_path):
+    assert findings(tmp_path, HEAD + IP + LOSS) == []
+
+
+def test_duplicate_layer_names(tmp_path):
+    f = one(findings(tmp_path, HEAD + IP + IP.replace("top: ip", "top: ip2") + LOSS))
+    assert ":4:12: error: layer 'ip' (InnerProduct): the name 'ip' is already used by the layer at line 3" in f
+
+
+def test_same_name_in_different_phases_is_fine(tmp_path):
+    net = HEAD + IP.replace("}\n", ", include: {phase: TRAIN}}\n") + IP.replace("}\n", ", include: {phase: TEST}}\n")
+    assert findings(tmp_path, net + LOSS) == []
+
+
+def test_bottom_nobody_produces_names_the_closest_blob(tmp_path):
+    f = one(findings(tmp_path, HEAD + IP.replace("bottom: data", "bottom: dat") + LOSS))
+    assert ":3:" in f and "bottom 'dat' is not produced by any earlier layer" in f and "did you mean 'data'" in f
+
+
+def test_top_produced_twice(tmp_path):
+    net = HEAD + IP + "  - {name: ip_b, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 3}}\n"
+    f = one(findings(tmp_path, net + LOSS))
+    assert ":4:" in f and "top 'ip' is already produced by layer 'ip'" in f
+
+
+def test_train_net_without_loss_is_an_error_for_a_solver_and_a_warning_alone(tmp_path):
+    net = HEAD + IP
+    assert "no loss layer" in one(findings(tmp_path, net), "warning")
+    f = one(findings(tmp_path, net, "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\n"))
+    assert "the TRAIN net has no loss layer" in f and "add e.g. a SoftmaxWithLoss" in f
+
+
+def test_layer_whose_output_nothing_uses_is_a_warning(tmp_path):
+    net = HEAD + IP + "  - {name: extra, type: InnerProduct, bottom: data, top: dangling, inner_product_param: {num_output: 2}}\n"
+    f = one(findings(tmp_path, net + LOSS), "warning")
+    assert ":4:" in f and "layer 'extra' (InnerProduct): nothing uses its output 'dangling'" in f
+
+
+def test_include_and_exclude_both_set(tmp_path):
+    net = HEAD + IP.replace("}\n", ", include: {phase: TRAIN}, exclude: {phase: TEST}}\n") + LOSS
+    found = findings(tmp_path, net)
+    assert any(":3:" in f and "give either include or exclude rules, not both" in f for f in found), found
+
+
+def test_unknown_phase_suggests_the_right_one(tmp_path):
+    f = one(findings(tmp_path, HEAD + IP.replace("}\n", ", include: {phase: TRIAN}}\n") + LOSS))
+    assert "'include.phase' must be one of TRAIN, TEST; received 'TRIAN'; did you mean 'TRAIN'?" in f
+
+
+def test_in_place_refused_for_a_layer_whose_backward_needs_its_input(tmp_path):
+    net = HEAD + "  - {name: ip, type: InnerProduct, bottom: data, top: data, inner_product_param: {num_output: 3}}\n"
+    f = findings(tmp_path, net)
+    assert any("cannot compute in place (top 'data' is also its bottom); give the top a new name" in x for x in f)
+
+
+def test_kernel_larger_than_padded_input(tmp_path):
+    net = HEAD + ("  - {name: c, type: Convolution, bottom: data, top: c,\n"
+                  "     convolution_param: {num_output: 2, kernel_size: 9, pad: 1}}\n")
+    f = one(findings(tmp_path, net))
+    assert ":4:54: error: layer 'c' (Convolution): kernel 9x9" in f  # at the kernel_size value and "larger than the padded input 8x8" in f
+
+
+def test_pooling_stride_larger_than_kernel(tmp_path):
+    net = HEAD + "  - {name: p, type: Pooling, bottom: data, top: p, pooling_param: {kernel_size: 2, stride: 3}}\n"
+    f = one(findings(tmp_path, net))
+    assert ":3:92: error: layer 'p' (Pooling): stride 3x3 is larger than the kernel 2x2" in f  # at the 3
+    assert "use stride <= kernel_size" in f
+
+
+def test_pooling_stride_zero_and_pad_not_smaller_than_kernel(tmp_path):
+    net = HEAD + "  - {name: p, type: Pooling, bottom: data, top: p, pooling_param: {kernel_size: 2, stride: 0}}\n"
+    assert "'pooling_param.stride' must be >= 1; received 0" in one(findings(tmp_path, net))
+    net = HEAD + "  - {name: p, type: Pooling, bottom: data, top: p, pooling_param: {kernel_size: 2, pad: 2}}\n"
+    assert "pad 2x2 must be smaller than the kernel 2x2" in one(findings(tmp_path, net))
+
+
+def test_default_value_error_points_at_the_block(tmp_path):
+    # stride is inherited (1) but kernel_h/kernel_w make it a problem nowhere; a missing kernel_size is
+    # reported at the pooling_param block that lacks it
+    net = HEAD + "  - {name: p, type: Pooling, bottom: data, top: p, pooling_param: {pool: MAX}}\n"
+    f = one(findings(tmp_path, net))
+    assert ":3:67: error: layer 'p' (Pooling): kernel_size is required" in f
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def data_net(source, classes=3, test_batch=None):
+    test = (f"  - {{name: d, type: Data, top: [data, label], include: {{phase: TEST}}, "
+            f"data_param: {{source: {source}, batch_size: {test_batch}}}}}\n") if test_batch else ""
+    return (f"layer:\n  - {{name: d, type: Data, top: [data, label], include: {{phase: TRAIN}}, "
+            f"data_param: {{source: {source}, batch_size: 2}}}}\n" + test +
+            f"  - {{name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {{num_output: {classes}}}}}\n"
+            + LOSS)
+
+
+def write_csv(path, labels, bad_row=None):
+    rows = []
+    for i, lab in enumerate(labels):
+        feats = ["0.5", "1", "2", "3"] if i != bad_row else ["0.5", "nan", "2", "3"]
+        rows.append(",".join(feats + [str(lab)]))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_one_based_labels_get_the_subtract_one_hint(tmp_path):
+    write_csv(tmp_path / "d.csv", [1, 2, 3, 1, 2])
+    f = one(findings(tmp_path, data_net("d.csv")))
+    assert ":2:" in f and "labels run from 1 to 3" in f and "labels must start at 0: subtract 1" in f
+
+
+def test_label_out_of_range_names_the_row_and_num_output(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 7, 2])
+    f = one(findings(tmp_path, data_net("d.csv")))
+    assert "label 7 at line 3 is out of range" in f and "num_output 3 of layer 'ip'" in f
+    assert "raise num_output to 8" in f
+
+
+def test_negative_label_is_an_error_unless_it_is_the_ignore_label(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, -1, 2, 1])
+    f = one(findings(tmp_path, data_net("d.csv")))
+    assert "label -1 at line 2 is negative" in f and "ignore_label" in f
+    net = data_net("d.csv").replace("top: loss}", "top: loss, loss_param: {ignore_label: -1}}")
+    assert findings(tmp_path, net) == []
+
+
+def test_non_integer_label(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1.5, 2])
+    assert "label 1.5 at line 2 is not an integer" in one(findings(tmp_path, data_net("d.csv")))
+
+
+def test_num_output_larger_than_classes_seen_is_only_a_warning(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 1, 0])
+    found = findings(tmp_path, data_net("d.csv", classes=10))
+    f = one(found, "warning")
+    assert not any(": error: " in x for x in found)
+    assert "num_output 10 of layer 'ip' but the labels in 'd.csv' only go up to 1; harmless" in f
+
+
+def test_nan_in_the_data_names_file_and_row(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 2, 0], bad_row=2)
+    f = one(findings(tmp_path, data_net("d.csv")))
+    assert "source 'd.csv' holds nan in 'data' at line 3, value 1" in f and "fix or drop that row" in f
+
+
+def test_inf_in_npz_data(tmp_path):
+    x = np.zeros((4, 3), np.float32)
+    x[1, 2] = np.inf
+    np.savez(tmp_path / "d.npz", data=x, label=np.array([0, 1, 2, 0]))
+    assert "holds inf in 'data' at row 1 (index into the arrays), value 2" in one(findings(tmp_path, data_net("d.npz")))
+
+
+def test_test_pass_longer_than_the_test_set_is_a_warning(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 2, 0, 1])
+    solver = "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\ntest_iter: 3\ntest_interval: 5\n"
+    f = one(findings(tmp_path, data_net("d.csv", test_batch=2), solver), "warning")
+    assert "solver.yaml:4:12: warning: test_iter 3 x batch_size 2" in f and "has 5: the test repeats examples" in f
+    assert "use test_iter 2" in f
+
+
+def test_strict_turns_warnings_into_errors(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 1, 0])
+    found = findings(tmp_path, data_net("d.csv", classes=10), strict=True)
+    assert len(found) == 1 and ": error: " in found[0]
+
+
+# ---- solver -------------------------------------------------------------------------------------
+
+SOLVER = "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("lr_policy: step\ngamma: 0.1\n", "lr_policy 'step' needs 'stepsize', which is not given"),
+    ("lr_policy: inv\ngamma: 0.1\n", "lr_policy 'inv' needs 'power'"),
+    ("lr_policy: multistep\ngamma: 0.1\nstepvalue: [5, 3]\n", "stepvalue must be increasing; received [5, 3]"),
+    ("lr_policy: stepp\n", "'lr_policy' must be one of fixed, step, exp, inv, multistep, poly, sigmoid; "
+                           "received 'stepp'; did you mean 'step'?"),
+    ("type: Adamm\n", "'type' must be one of"),
+    ("momentum: 1.0\n", "'momentum' must be < 1; received 1.0"),
+    ("clip_gradients: 0\n", "clip_gradients 0 would zero every gradient"),
+    ("test_interval: 5\n", "test_interval 5 is set but test_iter is not"),
+])
+def test_solver_checks(tmp_path, extra, message):
+    found = findings(tmp_path, HEAD + IP + LOSS, SOLVER + extra)
+    assert any(message in f for f in found), found
+
+
+def test_base_lr_must_be_positive(tmp_path):
+    found = findings(tmp_path, HEAD + IP + LOSS, SOLVER.replace("0.1", "0"))
+    assert any(f.endswith("solver.yaml:2:10: error: 'base_lr' must be > 0; received 0") for f in found)
+
+
+def test_missing_net_file(tmp_path):
+    (tmp_path / "solver.yaml").write_text("net: nets/missing.yaml\nbase_lr: 0.1\nmax_iter: 1\n")
+    found = [str(f) for f in validate([str(tmp_path / "solver.yaml")])]
+    assert "net file 'nets/missing.yaml' not found" in found[0] and ":1:6:" in found[0]
+
+
+def test_unwritable_snapshot_folder(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # root may write anywhere, so the folder's permission is simulated rather than set with chmod
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    found = findings(tmp_path, HEAD + IP + LOSS, SOLVER + "snapshot_prefix: locked/run\n")
+    assert any(f"{locked} cannot be written" in f and "choose a snapshot_prefix" in f for f in found), found
+
+
+def test_snapshot_prefix_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("")
+    found = findings(tmp_path, HEAD + IP + LOSS, SOLVER + "snapshot_prefix: afile/sub/run\n")
+    assert any(":4:18: error: snapshots and metrics go to" in f and "afile is a file, not a folder" in f
+               for f in found), found
+
+
+def test_resume_past_max_iter_is_refused(tmp_path):
+    from solvers.trainer import Trainer
+    (tmp_path / "digits.csv").write_text("\n".join(f"{i % 4},{(i * 3) % 5},1,2,{i % 3}" for i in range(20)) + "\n")
+    (tmp_path / "net.yaml").write_text(data_net("digits.csv"))
+    (tmp_path / "s.yaml").write_text(SOLVER.replace("max_iter: 10", "max_iter: 6"))
+    t = Trainer(str(tmp_path / "s.yaml"), out=lambda *a: None)
+    t.train()
+    (tmp_path / "s.yaml").write_text(SOLVER.replace("max_iter: 10", "max_iter: 4"))
+    from netspec.errors import SpecError
+    with pytest.raises(SpecError, match=r"s.yaml:3:11: error: max_iter 4 is smaller than the iteration"):
+        Trainer(str(tmp_path / "s.yaml"), out=lambda *a: None).train(snapshot_path=str(tmp_path / "s_iter_6.solverstate.npz"))
+
+
+# ---- legacy inputs, summary, CLI ----------------------------------------------------------------
+
+def test_legacy_input_fields_become_an_input_layer_with_a_warning(tmp_path):
+    net = "input: data\ninput_dim: [1, 3, 8, 8]\nlayer:\n  - {name: p, type: Pooling, bottom: data, top: p, pooling_param: {kernel_size: 2, stride: 2}}\n"
+    found = findings(tmp_path, net)
+    assert not any(": error: " in f for f in found), found
+    f = [f for f in found if "deprecated" in f][0]
+    assert ":1:8: warning: the net-level input/input_dim fields are deprecated; they were read as an Input layer" in f
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_summary_json_of_a_deploy_net_needs_no_data(tmp_path):
+    (tmp_path / "deploy.yaml").write_text(
+        "input: data\ninput_shape: {dim: [2, 1, 6, 6]}\nlayer:\n"
+        "  - {name: conv, type: Convolution, bottom: data, top: conv, convolution_param: {num_output: 4, kernel_size: 3}}\n"
+        "  - {name: relu, type: ReLU, bottom: conv, top: conv}\n"
+        "  - {name: prob, type: Softmax, bottom: conv, top: prob}\n")
+    r = cli("validate", str(tmp_path / "deploy.yaml"), "--summary", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [l["name"] for l in out["layers"]] == ["input", "conv", "relu", "prob"]
+    conv = out["layers"][1]
+    assert conv["tops"] == {"conv": [2, 4, 4, 4]} and conv["params"] == 4 * 9 + 4 and conv["bottoms"] == ["data"]
+    assert out["findings"][0]["severity"] == "warning"  # the deprecated input fields
+
+
+def test_summary_text_has_totals_and_test_phase(tmp_path):
+    r = cli("validate", "models/lenet_digits/net.yaml", "--summary", "--phase", "TEST")
+    assert r.returncode == 0
+    assert 'Net "LeNet-digits" (TEST)' in r.stdout and "accuracy (Accuracy)" in r.stdout
+    assert "Total params: 63,276" in r.stdout and "data: [359, 1, 8, 8]" in r.stdout
+
+
+def test_train_refuses_to_start_on_a_data_error(tmp_path):
+    write_csv(tmp_path / "d.csv", [1, 2, 3, 1])
+    (tmp_path / "net.yaml").write_text(data_net("d.csv"))
+    (tmp_path / "solver.yaml").write_text(SOLVER)
+    r = cli("train", str(tmp_path / "solver.yaml"))
+    assert r.returncode == 2 and "subtract 1" in r.stderr and "Iteration" not in r.stdout
+    assert not os.path.exists(tmp_path / "solver_metrics.jsonl")
