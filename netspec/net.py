@@ -225,15 +225,24 @@ class Net:
 
     def load_weights(self, arrays: dict, source: str):
         """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored."""
-        from .errors import UserError
-        for layer in self.layers:
+        findings = []
+        for d, layer in zip(self.defs, self.layers):
             for i, b in enumerate(layer.blobs):
                 key = f"{layer.name}/{i}"
                 if key not in arrays:
                     continue
                 a = arrays[key]
-                if a.shape != b.shape:
-                    raise UserError(f"{source}: error: cannot copy param {i} of layer '{layer.name}': shape "
-                                    f"{list(a.shape)} in the file, {list(b.shape)} in the net; to learn this "
-                                    "layer from scratch instead, rename it")
-                b.data[...] = a
+                if a.shape == b.shape:
+                    b.data[...] = a
+                    continue
+                why = ""
+                if d.type == "InnerProduct" and i == 0 and a.shape[0] == b.shape[0]:
+                    why = (f" (its input size {b.shape[1]} comes from bottom '{d.bottoms[0]}' "
+                           f"{list(self.shapes[d.bottoms[0]])}, the weights expect {a.shape[1]}: a different "
+                           "input or crop size?)")
+                w = d.where()
+                findings.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): param {i} has "
+                                        f"shape {list(b.shape)} in the net but {list(a.shape)} in {source}{why}; "
+                                        "to learn this layer from scratch instead, rename it"))
+        if findings:
+            raise SpecError(findings)

@@ -81,6 +81,11 @@ def net_schema() -> dict:
         "loss_weight": _strings({"type": "number"}),
         "propagate_down": _strings({"type": "boolean"}),
         **{name: block_schema(fields) for name, fields in blocks.items()}}}
+    # a type whose block has required fields needs the block itself
+    layer["allOf"] = [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                       "then": {"required": [cls.param_block]}}
+                      for name, cls in sorted(layers.REGISTRY.items())
+                      if cls.param_block and any(f.required for f in cls.fields)]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "yaffe net", "type": "object", "additionalProperties": False,

@@ -143,6 +143,9 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
             findings.extend(e.findings)
         except UserError as e:
             findings.append(Finding(path, 1, 1, "error", str(e).split(": error: ", 1)[-1]))
+        except Exception as e:  # never a traceback for any input; but say it is our bug
+            findings.append(Finding(path, 1, 1, "error", f"yaffe could not check this file ({type(e).__name__}: "
+                                    f"{e}); this is a bug in yaffe, please report it with the file"))
     unique = list(dict.fromkeys(findings))
     unique.sort(key=lambda f: (order.get(os.path.abspath(f.path), len(order)), f.line, f.col))
     if strict:

@@ -303,3 +303,17 @@ def test_train_refuses_to_start_on_a_data_error(tmp_path):
     r = cli("train", str(tmp_path / "solver.yaml"))
     assert r.returncode == 2 and "subtract 1" in r.stderr and "Iteration" not in r.stdout
     assert not os.path.exists(tmp_path / "solver_metrics.jsonl")
+
+
+def test_weights_whose_shape_differs_point_at_the_layer(tmp_path):
+    from netspec.errors import SpecError
+    from netspec.loader import loads
+    from netspec.net import Net
+    (tmp_path / "net.yaml").write_text(HEAD + IP + LOSS)
+    net = Net(loads((tmp_path / "net.yaml").read_text(), str(tmp_path / "net.yaml")), "TRAIN",
+              str(tmp_path / "net.yaml"), seed=0)
+    with pytest.raises(SpecError) as e:
+        net.load_weights({"ip/0": np.zeros((3, 25), np.float32)}, "w.npz")
+    msg = str(e.value)
+    assert ":3:5: error: layer 'ip' (InnerProduct): param 0 has shape [3, 36] in the net but [3, 25] in w.npz" in msg
+    assert "its input size 36 comes from bottom 'data' [4, 1, 6, 6]" in msg and "rename it" in msg

@@ -1,0 +1,105 @@
+"""Property: whatever a spec holds, `validate` ends in "valid" or in findings, never an exception."""
+import copy
+import os
+import shutil
+import tempfile
+
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from netspec.errors import Finding
+from netspec.loader import load
+from netspec.spec import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "models", "lenet_digits")
+WORK = tempfile.mkdtemp(prefix="yaffe-fuzz-")
+for name in ("digits_train.csv.gz", "digits_test.csv.gz"):
+    shutil.copy(os.path.join(MODEL, name), WORK)
+
+
+def plain(node):
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return node
+
+
+NET = plain(load(os.path.join(MODEL, "net.yaml")))
+SOLVER = plain(load(os.path.join(MODEL, "solver.yaml")))
+
+ODD_VALUES = st.sampled_from([-1, 0, 1, 3, 10 ** 12, -10 ** 9, 2.5, -0.5, float("nan"), float("inf"), "abc", "",
+                              "TRAIN", "MAX", "xavier", [], [1, "x"], [0, 0], None, {}, {"dim": [1, -2]},
+                              True, False, "data", "label", "conv1"])
+FIELD_NAMES = st.sampled_from(["kernel_size", "kernal_size", "stride", "pad", "bottom", "top", "type", "name",
+                               "num_output", "phase", "include", "exclude", "loss_weight", "param", "lr_mult",
+                               "source", "batch_size", "shuffle", "scale", "weight_filler", "pool", "axis",
+                               "ignore_label", "normalization", "round_mode", "group", "dilation", "zzz"])
+
+
+def paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from paths(v, prefix + (i,))
+
+
+@st.composite
+def mutated(draw, base):
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 4))):
+        all_paths = [p for p in paths(doc) if p]
+        if not all_paths:
+            break
+        path = draw(st.sampled_from(all_paths))
+        parent = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        key = path[-1]
+        op = draw(st.sampled_from(["drop", "rename", "retype", "retype", "add"]))
+        if op == "drop":
+            del parent[key]
+        elif op == "rename" and isinstance(parent, dict):
+            parent[draw(FIELD_NAMES)] = parent.pop(key)
+        elif op == "add" and isinstance(parent, dict):
+            parent[draw(FIELD_NAMES)] = draw(ODD_VALUES)
+        else:
+            parent[key] = draw(ODD_VALUES)
+    return doc
+
+
+def check(doc, name):
+    path = os.path.join(WORK, name)
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    found = validate([path])
+    assert isinstance(found, list) and all(isinstance(x, Finding) for x in found)
+    for x in found:
+        assert x.severity in ("error", "warning") and x.line >= 0 and "\n" not in x.message
+        assert "this is a bug in yaffe" not in x.message, x
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(NET))
+def test_validate_never_raises_on_a_mutated_net(doc):
+    check(doc, "net.yaml")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(SOLVER))
+def test_validate_never_raises_on_a_mutated_solver(doc):
+    shutil.copy(os.path.join(MODEL, "net.yaml"), os.path.join(WORK, "net.yaml"))
+    check(doc, "solver.yaml")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:-[]{},\t\n '\"#&*!|>%@`0123456789")), max_size=80))
+def test_validate_never_raises_on_arbitrary_text(text):
+    path = os.path.join(WORK, "text.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    assert isinstance(validate([path]), list)
