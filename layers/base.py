@@ -88,6 +88,8 @@ class Layer:
     is_loss = False                 # a loss layer: its first top gets loss_weight 1 by default
     is_data = False                 # produces data from a source; has no bottoms
     differentiable = True           # False: backward is never needed (Accuracy, data layers)
+    needs_rng = False               # gets its own seeded random generator (snapshotted)
+    statistics = False              # blobs are statistics, not weights: lr_mult/decay_mult 0
     in_place_ok = False             # may run with top == bottom
     other_blocks: dict = {}         # other parameter blocks it reads: {block name: fields}
 

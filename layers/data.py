@@ -74,6 +74,7 @@ class Data(Layer):
     bottoms = (0, 0)
     tops = (1, 2)
     is_data = True
+    needs_rng = True
     differentiable = False
     other_blocks = {"transform_param": TRANSFORM_FIELDS}
     base_dir = "."

@@ -31,6 +31,18 @@ def _producer(net: Net, index: int, blob: str):
     return None, None, None
 
 
+def _consumers(net: Net, blob: str) -> list:
+    """Layer defs that read `blob` as it was first produced (looking through inserted Splits)."""
+    out = []
+    for d in net.defs:
+        if blob in d.bottoms:
+            if d.type == "Split":
+                out.extend(c for t in d.tops for c in net.defs if t in c.bottoms)
+            else:
+                out.append(d)
+    return out
+
+
 def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
     """A TRAIN net without a loss; layers whose outputs nothing uses."""
     out = []
@@ -40,6 +52,12 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
                             "the TRAIN net has no loss layer (and no top with a loss_weight), so there is "
                             "nothing to train; add e.g. a SoftmaxWithLoss layer"
                             + ("" if for_training else " (fine for a deploy net)")))
+    for d, layer in zip(net.defs, net.layers):
+        if d.type == "BatchNorm" and layer.p.use_global_stats is True and (for_training or net.has_loss):
+            out.append(_finding(d.where("batch_norm_param.use_global_stats"), "error",
+                                f"layer '{d.name}' (BatchNorm): use_global_stats: true in a net used for TRAIN: "
+                                "the layer will never learn batch statistics and the net will not converge; "
+                                "remove use_global_stats and let the phase decide"))
     if net.has_loss:
         consumed = {b for d in net.defs for b in d.bottoms}
         for d, layer in zip(net.defs, net.layers):
@@ -126,6 +144,16 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
                                     f"layer '{d.name}' ({d.type}): source '{layer.p.source}' holds "
                                     f"{flat[row, col]} in '{name}' at {layer.describe_row(row)}, value {col}; "
                                     "fix or drop that row (NaN or Inf input turns the loss into NaN)"))
+        normalizers = [c for c in _consumers(net, d.tops[0]) if c.type == "BatchNorm"]
+        if normalizers:
+            flat = layer.arrays[0].reshape(len(layer.arrays[0]), -1)
+            constant = np.flatnonzero(flat.min(axis=0) == flat.max(axis=0))
+            if constant.size:
+                out.append(_finding(d.where("data_param.source"), "warning",
+                                    f"layer '{d.name}' ({d.type}): {constant.size} feature(s) of '{layer.p.source}' "
+                                    f"never change (first: value {constant[0]}) but layer '{normalizers[0].name}' "
+                                    "divides by their standard deviation, which is 0 (only eps keeps it finite); "
+                                    "drop constant features or do not normalize them"))
         if test_iter and net.phase == "TEST" and test_iter * layer.p.batch_size > layer.rows:
             w = test_iter_where or d.where("data_param.batch_size")
             out.append(_finding(w, "warning", f"test_iter {test_iter} x batch_size {layer.p.batch_size} of layer "

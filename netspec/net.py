@@ -65,7 +65,7 @@ class Net:
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
             layer.base_dir = base_dir
-            if cls.is_data:
+            if cls.needs_rng:
                 layer.rng = np.random.default_rng([self.seed, 1, i])
             self.layers.append(layer)
             if any(b in failed for b in d.bottoms):
@@ -73,6 +73,11 @@ class Net:
                 continue
             try:
                 shapes = layer.setup([self.shapes[b] for b in d.bottoms])
+                for j, spec in enumerate(d.params if layer.statistics else []):
+                    if spec.get("lr_mult", 0) != 0:
+                        raise LayerError(f"param {j} has lr_mult {spec['lr_mult']}, but the blobs of {d.type} are "
+                                         "running statistics, not learned weights; set lr_mult: 0 or remove the "
+                                         "param entries", "param")
             except LayerError as e:
                 w = d.where(e.field)
                 findings.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): {e}"))
@@ -125,7 +130,9 @@ class Net:
                 blob = Blob(f"{d.name}/{i}", (), self.dtype)
                 blob.data, blob.diff = fill(tuple(shape), filler, rng, self.dtype), np.zeros(shape, self.dtype)
                 layer.blobs.append(blob)
-                p = Param(d.name, i, blob, float(spec.get("lr_mult", 1.0)), float(spec.get("decay_mult", 1.0)))
+                default = 0.0 if layer.statistics else 1.0
+                p = Param(d.name, i, blob, float(spec.get("lr_mult", default)),
+                          float(spec.get("decay_mult", default)))
                 self.params.append(p)
                 if spec.get("name"):
                     shared[spec["name"]] = p

@@ -94,10 +94,11 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
 
-    def _data_layers(self):
+    def _stateful_layers(self):
+        """Layers with a random generator or a data cursor, keyed by net and name (for snapshots)."""
         for tag, net in (("train", self.net), ("test", self.test_net)):
             for layer in (net.layers if net else []):
-                if layer.is_data:
+                if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
 
     def snapshot(self) -> str:
@@ -105,7 +106,7 @@ class Trainer:
                 "losses": list(self.losses), "spec_hash": self.spec_hash,
                 "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
         extra = {}
-        for key, layer in self._data_layers():
+        for key, layer in self._stateful_layers():
             meta["rng"][key] = layer.rng.bit_generator.state
             state = layer.state_dict()
             if state:
@@ -133,7 +134,7 @@ class Trainer:
         self.iter = int(meta["iter"])
         self.lr.current_step = int(meta.get("lr_current_step", 0))
         self.losses.extend(meta.get("losses", []))
-        for key, layer in self._data_layers():
+        for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
             if key in meta.get("rng", {}):

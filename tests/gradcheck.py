@@ -22,7 +22,10 @@ def make_layer(type_name, spec=None, bottom_shapes=(), phase="TRAIN", dtype=np.f
     rng = np.random.default_rng(seed + 1)
     for i, (shape, filler) in enumerate(layer.blob_shapes):
         b = Blob(f"p{i}", shape, dtype)
-        b.data[...] = rng.normal(0, 1, shape) if filler is None else fill(shape, filler, rng, dtype)
+        if layer.statistics:  # running statistics: positive values that make the stored mean/var non-trivial
+            b.data[...] = rng.uniform(0.5, 1.5, shape)
+        else:
+            b.data[...] = rng.normal(0, 1, shape) if filler is None else fill(shape, filler, rng, dtype)
         layer.blobs.append(b)
     tops = [Blob(f"t{i}", s, dtype) for i, s in enumerate(top_shapes)]
     return layer, tops
@@ -39,7 +42,12 @@ def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol
     proj = [rng.normal(0, 1, t.shape) for t in tops]
     check_bottoms = list(range(len(bottom))) if check_bottoms is None else check_bottoms
 
+    stats = [p.data.copy() for p in layer.blobs] if layer.statistics else []
+
     def objective():
+        layer.rng = np.random.default_rng(seed)  # stochastic layers (Dropout) draw the same mask each time
+        for p, v in zip(layer.blobs, stats):  # BatchNorm updates its statistics in TRAIN: undo it
+            p.data[...] = v
         layer.forward(bottom, tops)
         return sum(float(np.sum(t.data * r)) for t, r in zip(tops, proj))
 
@@ -50,8 +58,9 @@ def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol
         p.diff[...] = 0
     propagate = [i in check_bottoms for i in range(len(bottom))]
     layer.backward(tops, propagate, bottom)
-    analytic = [bottom[i].diff.copy() for i in check_bottoms] + [p.diff.copy() for p in layer.blobs]
-    targets = [bottom[i].data for i in check_bottoms] + [p.data for p in layer.blobs]
+    learned = [] if layer.statistics else layer.blobs  # statistics are not learned: no gradient to check
+    analytic = [bottom[i].diff.copy() for i in check_bottoms] + [p.diff.copy() for p in learned]
+    targets = [bottom[i].data for i in check_bottoms] + [p.data for p in learned]
     worst = 0.0
     for arr, grad in zip(targets, analytic):
         flat, g = arr.reshape(-1), grad.reshape(-1)

@@ -66,6 +66,23 @@ CASES = {
          [np.random.default_rng(9).normal(size=(2, 3, 2, 2)), labels(8, 3, seed=1).reshape(2, 2, 2)], [0]),
     ],
     "Split": [({"top": ["a", "b", "c"]}, [np.random.default_rng(10).normal(size=(2, 3))])],
+    "Concat": [
+        ({}, [np.random.default_rng(11).normal(size=(2, 3, 2)), np.random.default_rng(12).normal(size=(2, 1, 2))]),
+        ({"concat_param": {"axis": -1}}, [np.random.default_rng(13).normal(size=(2, 3)),
+                                          np.random.default_rng(14).normal(size=(2, 2))]),
+    ],
+    "Eltwise": [
+        ({"eltwise_param": {"coeff": [0.5, -2, 1]}}, [np.random.default_rng(15 + i).normal(size=(2, 3)) for i in range(3)]),
+        ({"eltwise_param": {"operation": "PROD"}}, [np.random.default_rng(18 + i).normal(size=(2, 3)) for i in range(3)]),
+        ({"eltwise_param": {"operation": "MAX"}}, [distinct((2, 3), seed=i) + 0.003 * i for i in range(3)]),
+    ],
+    "Flatten": [({}, [np.random.default_rng(21).normal(size=(2, 3, 2, 2))])],
+    "Reshape": [({"reshape_param": {"shape": {"dim": [0, -1, 2]}}}, [np.random.default_rng(22).normal(size=(2, 3, 4))])],
+    "BatchNorm": [
+        ({}, [np.random.default_rng(23).normal(size=(4, 3, 2, 2))]),
+        ({"batch_norm_param": {"use_global_stats": True}}, [np.random.default_rng(24).normal(size=(3, 2))]),
+    ],
+    "Dropout": [({"dropout_param": {"dropout_ratio": 0.3}}, [np.random.default_rng(25).normal(size=(4, 5))])],
 }
 
 

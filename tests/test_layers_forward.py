@@ -177,3 +177,79 @@ def test_fillers():
     u = fill((1000,), {"type": "uniform", "min": -2, "max": -1}, rng)
     assert u.min() >= -2 and u.max() <= -1
     assert (fill((3,), {"type": "constant", "value": 0.2}, rng) == np.float32(0.2)).all()
+
+
+def test_eltwise_max_tie_goes_to_bottom_one_and_later_bottoms_need_strictly_more():
+    a = np.array([1, 2, 3], np.float32)
+    b = np.array([1, 1, 3], np.float32)
+    c = np.array([1, 2, 4], np.float32)
+    layer, bottom, tops = run("Eltwise", {"eltwise_param": {"operation": "MAX"}}, a, b, c)
+    np.testing.assert_array_equal(tops[0].data, [1, 2, 4])
+    tops[0].diff[...] = 1
+    layer.backward(tops, [True, True, True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, [0, 1, 0])   # (a=b=1: b wins; c=1 not strictly more)
+    np.testing.assert_array_equal(bottom[1].diff, [1, 0, 0])
+    np.testing.assert_array_equal(bottom[2].diff, [0, 0, 1])
+
+
+def test_eltwise_sum_with_coefficients_and_prod():
+    a, b = np.array([1, 2], np.float32), np.array([3, -1], np.float32)
+    _, _, tops = run("Eltwise", {"eltwise_param": {"coeff": [2, -1]}}, a, b)
+    np.testing.assert_array_equal(tops[0].data, [-1, 5])
+    _, _, tops = run("Eltwise", {"eltwise_param": {"operation": "PROD"}}, a, b)
+    np.testing.assert_array_equal(tops[0].data, [3, -2])
+
+
+def test_concat_and_reshape_shapes():
+    x, y = np.ones((2, 3, 4), np.float32), np.zeros((2, 1, 4), np.float32)
+    _, _, tops = run("Concat", {}, x, y)
+    assert tops[0].shape == (2, 4, 4) and tops[0].data[:, 3].sum() == 0 and tops[0].data[:, :3].all()
+    _, _, tops = run("Reshape", {"reshape_param": {"shape": {"dim": [0, -1]}}}, x)
+    assert tops[0].shape == (2, 12)
+    _, _, tops = run("Reshape", {"reshape_param": {"shape": {"dim": [2, 2]}, "axis": 1, "num_axes": 1}},
+                     np.zeros((3, 4, 5), np.float32))
+    assert tops[0].shape == (3, 2, 2, 5)
+    _, _, tops = run("Flatten", {}, np.zeros((3, 4, 5, 2), np.float32))
+    assert tops[0].shape == (3, 40)
+
+
+def test_batchnorm_train_normalizes_and_updates_caffe_running_sums():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, size=(8, 2, 3)).astype(np.float32)
+    layer, _, tops = run("BatchNorm", {"batch_norm_param": {"moving_average_fraction": 0.9}}, x,
+                         params=[np.zeros(2), np.zeros(2), np.zeros(1)])           # as the net's fillers leave them
+    y = tops[0].data
+    np.testing.assert_allclose(y.mean(axis=(0, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 2)), 1, rtol=1e-3)
+    mean_sum, var_sum, scale = (b.data for b in layer.blobs)
+    m = 8 * 3
+    assert scale[0] == pytest.approx(1.0)                                  # 0.9 * 0 + 1
+    np.testing.assert_allclose(mean_sum, x.mean(axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var_sum, x.var(axis=(0, 2)) * m / (m - 1), rtol=1e-4)   # unbiased stored
+
+
+def test_batchnorm_test_phase_uses_stored_statistics():
+    x = np.array([[1.0, 2.0], [3.0, 6.0]], np.float32)
+    layer, bottom, tops = run("BatchNorm", {}, x, params=[np.zeros(2), np.zeros(2), np.zeros(1)])  # TRAIN fills stats
+    from tests.gradcheck import make_layer
+    test_layer, test_tops = make_layer("BatchNorm", {}, [x.shape], phase="TEST", dtype=np.float32)
+    for t, s in zip(test_layer.blobs, layer.blobs):
+        t.data[...] = s.data
+    test_layer.forward(bottom, test_tops)
+    mean = layer.blobs[0].data / layer.blobs[2].data
+    var = layer.blobs[1].data / layer.blobs[2].data
+    np.testing.assert_allclose(test_tops[0].data, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5)
+
+
+def test_dropout_scales_kept_units_in_train_and_is_identity_in_test():
+    x = np.ones((1000,), np.float32)
+    _, _, tops = run("Dropout", {"dropout_param": {"dropout_ratio": 0.25}}, x)
+    kept = tops[0].data != 0
+    np.testing.assert_allclose(tops[0].data[kept], 1 / 0.75, rtol=1e-6)
+    assert 0.68 < kept.mean() < 0.82
+    from tests.gradcheck import make_layer
+    layer, t = make_layer("Dropout", {}, [x.shape], phase="TEST", dtype=np.float32)
+    b = Blob("x", x.shape)
+    b.data[...] = x
+    layer.forward([b], t)
+    np.testing.assert_array_equal(t[0].data, x)

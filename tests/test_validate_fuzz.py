@@ -66,9 +66,9 @@ def mutated(draw, base):
         elif op == "rename" and isinstance(parent, dict):
             parent[draw(FIELD_NAMES)] = parent.pop(key)
         elif op == "add" and isinstance(parent, dict):
-            parent[draw(FIELD_NAMES)] = draw(ODD_VALUES)
+            parent[draw(FIELD_NAMES)] = copy.deepcopy(draw(ODD_VALUES))
         else:
-            parent[key] = draw(ODD_VALUES)
+            parent[key] = copy.deepcopy(draw(ODD_VALUES))  # never mutate the shared constants
     return doc
 
 

@@ -317,3 +317,57 @@ def test_weights_whose_shape_differs_point_at_the_layer(tmp_path):
     msg = str(e.value)
     assert ":3:5: error: layer 'ip' (InnerProduct): param 0 has shape [3, 36] in the net but [3, 25] in w.npz" in msg
     assert "its input size 36 comes from bottom 'data' [4, 1, 6, 6]" in msg and "rename it" in msg
+
+
+# ---- BatchNorm, Dropout, shape mismatches ------------------------------------------------------
+
+BN = "  - {name: bn, type: BatchNorm, bottom: ip, top: ip, batch_norm_param: {use_global_stats: %s}}\n"
+
+
+def test_batchnorm_global_stats_in_a_train_net_is_an_error(tmp_path):
+    f = one(findings(tmp_path, HEAD + IP + BN % "true" + LOSS))
+    assert ":4:" in f and "use_global_stats: true in a net used for TRAIN" in f
+    assert "remove use_global_stats and let the phase decide" in f
+
+
+def test_batchnorm_batch_stats_in_a_test_net_is_a_warning(tmp_path):
+    net = HEAD + IP + BN.replace("}}\n", "}, include: {phase: TEST}}\n") % "false" + LOSS
+    f = one(findings(tmp_path, net), "warning")
+    assert "use_global_stats: false in the TEST net" in f
+
+
+def test_batchnorm_learned_statistics_is_an_error(tmp_path):
+    net = HEAD + IP + "  - {name: bn, type: BatchNorm, bottom: ip, top: ip, param: [{lr_mult: 1}, {lr_mult: 0}, {lr_mult: 0}]}\n" + LOSS
+    f = one(findings(tmp_path, net))
+    assert "param 0 has lr_mult 1, but the blobs of BatchNorm are running statistics" in f
+
+
+def test_dropout_ratio_outside_zero_one(tmp_path):
+    net = HEAD + IP + "  - {name: d, type: Dropout, bottom: ip, top: ip, dropout_param: {dropout_ratio: 1.0}}\n" + LOSS
+    assert "'dropout_param.dropout_ratio' must be < 1; received 1.0" in one(findings(tmp_path, net))
+
+
+def test_concat_shape_mismatch_names_the_shapes(tmp_path):
+    net = HEAD + IP + ("  - {name: ip2, type: InnerProduct, bottom: data, top: ip2, inner_product_param: {num_output: 2}}\n"
+                       "  - {name: cat, type: Concat, bottom: [ip, ip2, data], top: cat}\n")
+    f = [x for x in findings(tmp_path, net) if ": error: " in x][0]
+    assert "layer 'cat' (Concat): all bottoms must have the same shape except along axis 1; received [4, 3], " \
+           "[4, 2], [4, 1, 6, 6]" in f
+
+
+def test_eltwise_shape_mismatch(tmp_path):
+    net = HEAD + IP + "  - {name: e, type: Eltwise, bottom: [ip, data], top: e}\n" + LOSS
+    assert "Eltwise does not broadcast" in one(findings(tmp_path, net))
+
+
+def test_reshape_that_changes_the_count(tmp_path):
+    net = HEAD + "  - {name: r, type: Reshape, bottom: data, top: r, reshape_param: {shape: {dim: [4, 30]}}}\n"
+    f = one(findings(tmp_path, net))
+    assert "Reshape changes the count: bottom [4, 1, 6, 6] holds 144 values but shape [4, 30] gives [4, 30] = 120" in f
+
+
+def test_constant_feature_feeding_batchnorm_is_a_warning(tmp_path):
+    write_csv(tmp_path / "d.csv", [0, 1, 2, 0])
+    net = data_net("d.csv").replace("  - {name: ip,", "  - {name: bn, type: BatchNorm, bottom: data, top: data}\n  - {name: ip,")
+    f = one(findings(tmp_path, net), "warning")
+    assert "4 feature(s) of 'd.csv' never change" in f and "layer 'bn' divides by their standard deviation" in f
