@@ -166,3 +166,36 @@ def test_test_net_shares_weights_with_train_net():
     test = Net(loads(SHARED, "shared.yaml"), "TEST", "shared.yaml", seed=99)
     test.share_weights_from(train)
     assert test.layer_by_name("ip_a").blobs[0] is train.layer_by_name("ip_a").blobs[0]
+
+
+def test_zoo_net_of_every_layer_type_has_correct_param_gradients():
+    """Whole-net central differences (float64, TEST phase so Dropout is the identity) through in-place
+    BatchNorm and ReLU, both poolings, Concat, Flatten, Reshape, Eltwise and the automatic Splits."""
+    import os
+    from netspec.loader import load
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "zoo.yaml")
+    net = Net(load(path), "TEST", path, seed=4, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    net.blobs["data"].data[...] = rng.normal(size=net.blobs["data"].shape)
+    net.blobs["label"].data[...] = [0, 4, 2, 1]
+    bn = net.layer_by_name("bn")
+    bn.blobs[0].data[...], bn.blobs[1].data[...], bn.blobs[2].data[...] = 0.1, 2.0, 1.0
+    net.forward()
+    net.clear_param_diffs()
+    net.backward()
+    eps = 1e-6
+    checked = 0
+    for p in net.params:
+        if p.lr_mult == 0:
+            continue
+        w, g = p.blob.data.reshape(-1), p.blob.diff.reshape(-1).copy()
+        for k in range(0, w.size, 7):
+            keep = w[k]
+            w[k] = keep + eps
+            up = net.forward()
+            w[k] = keep - eps
+            down = net.forward()
+            w[k] = keep
+            assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (p.key, k)
+            checked += 1
+    assert checked > 50

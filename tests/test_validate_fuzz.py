@@ -27,6 +27,7 @@ def plain(node):
 
 
 NET = plain(load(os.path.join(MODEL, "net.yaml")))
+ZOO = plain(load(os.path.join(ROOT, "tests", "fixtures", "zoo.yaml")))
 SOLVER = plain(load(os.path.join(MODEL, "solver.yaml")))
 
 ODD_VALUES = st.sampled_from([-1, 0, 1, 3, 10 ** 12, -10 ** 9, 2.5, -0.5, float("nan"), float("inf"), "abc", "",
@@ -35,7 +36,9 @@ ODD_VALUES = st.sampled_from([-1, 0, 1, 3, 10 ** 12, -10 ** 9, 2.5, -0.5, float(
 FIELD_NAMES = st.sampled_from(["kernel_size", "kernal_size", "stride", "pad", "bottom", "top", "type", "name",
                                "num_output", "phase", "include", "exclude", "loss_weight", "param", "lr_mult",
                                "source", "batch_size", "shuffle", "scale", "weight_filler", "pool", "axis",
-                               "ignore_label", "normalization", "round_mode", "group", "dilation", "zzz"])
+                               "ignore_label", "normalization", "round_mode", "group", "dilation", "zzz",
+                               "use_global_stats", "dropout_ratio", "operation", "coeff", "shape", "dim",
+                               "end_axis", "num_axes", "global_pooling", "input_param", "lr_mult"])
 
 
 def paths(node, prefix=()):
@@ -87,6 +90,18 @@ def check(doc, name):
 @given(mutated(NET))
 def test_validate_never_raises_on_a_mutated_net(doc):
     check(doc, "net.yaml")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(ZOO))
+def test_validate_never_raises_on_a_mutated_net_of_every_layer_type(doc):
+    check(doc, "zoo.yaml")
+
+
+def test_the_fuzzed_nets_cover_every_layer_type():
+    from layers import REGISTRY
+    used = {layer["type"] for layer in NET["layer"] + ZOO["layer"]} | {"Split"}
+    assert used == set(REGISTRY), f"add {sorted(set(REGISTRY) - used)} to tests/fixtures/zoo.yaml"
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
