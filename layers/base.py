@@ -90,6 +90,7 @@ class Layer:
     differentiable = True           # False: backward is never needed (Accuracy, data layers)
     needs_rng = False               # gets its own seeded random generator (snapshotted)
     statistics = False              # blobs are statistics, not weights: lr_mult/decay_mult 0
+    blocked_bottoms = ()            # bottoms that never receive a gradient (labels, indices)
     in_place_ok = False             # may run with top == bottom
     other_blocks: dict = {}         # other parameter blocks it reads: {block name: fields}
 

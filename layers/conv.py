@@ -184,3 +184,79 @@ class Convolution(Layer):
                 np.matmul(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
                           out=self._col[g * k:(g + 1) * k])
             col2im(self._col, *self._geometry(), bottom[0].diff)
+
+
+@register("Deconvolution")
+class Deconvolution(Convolution):
+    """Transposed convolution (the backward of Convolution). Bottom (N, C, H, W) -> top (N, num_output, OH, OW)
+    with OH = stride_h*(H - 1) + dilation_h*(kh - 1) + 1 - 2*pad_h. Weight (C, num_output/group, kh, kw)."""
+
+    def setup(self, bottom_shapes):
+        p, blk = self.p, self.param_block
+        shape = bottom_shapes[0]
+        if len(shape) != 4:
+            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}", None)
+        n, c, h, w = shape
+        self.kernel = spatial_param(p, blk, "kernel", None)
+        self.pad = spatial_param(p, blk, "pad", 0)
+        self.stride = spatial_param(p, blk, "stride", 1)
+        self.dilation = spatial_param(p, blk, "dilation", 1)
+        if c % p.group or p.num_output % p.group:
+            raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
+                             f"group; received group={p.group}", f"{blk}.group")
+        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
+        oh = sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph
+        ow = sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw
+        if oh <= 0 or ow <= 0:
+            raise LayerError(f"pad {ph}x{pw} leaves no output ({oh}x{ow}); use less pad", f"{blk}.pad")
+        self.in_hw, self.top_shape = (h, w), (n, p.num_output, oh, ow)
+        self.blob_shapes = [((c, p.num_output // p.group, kh, kw), p.weight_filler)]
+        if p.bias_term:
+            self.blob_shapes.append(((p.num_output,), p.bias_filler))
+        self._col = None
+        return [self.top_shape]
+
+    def _geometry(self):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
+        return (kh, kw, sh, sw, ph, pw, dh, dw) + self.in_hw
+
+    def _buffers(self, x):
+        n, c = x.shape[:2]
+        plane = self.in_hw[0] * self.in_hw[1]
+        k = self.blobs[0].data[0].size  # (num_output/group)*kh*kw
+        if self._col is None or self._col.shape[1] != n * plane or self._col.dtype != x.dtype:
+            self._col = np.empty((k * self.p.group, n * plane), x.dtype)
+            self._x = np.empty((c, n * plane), x.dtype)
+        return n, c, plane, k
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        n, c, plane, k = self._buffers(x)
+        groups = self.p.group
+        cg = c // groups
+        weight = self.blobs[0].data.reshape(c, k)
+        self._x.reshape(c, n, plane)[...] = x.reshape(n, c, plane).transpose(1, 0, 2)
+        for g in range(groups):
+            np.matmul(weight[g * cg:(g + 1) * cg].T, self._x[g * cg:(g + 1) * cg], out=self._col[g * k:(g + 1) * k])
+        col2im(self._col, *self._geometry(), top[0].data)
+        if self.p.bias_term:
+            top[0].data += self.blobs[1].data[None, :, None, None]
+
+    def backward(self, top, propagate_down, bottom):
+        x = bottom[0].data
+        n, c, plane, k = self._buffers(x)
+        groups = self.p.group
+        cg = c // groups
+        dy = top[0].diff
+        if self.p.bias_term:
+            self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
+        im2col(dy, *self._geometry(), self._col)
+        self._x.reshape(c, n, plane)[...] = x.reshape(n, c, plane).transpose(1, 0, 2)
+        dw = self.blobs[0].diff.reshape(c, k)
+        weight = self.blobs[0].data.reshape(c, k)
+        for g in range(groups):
+            dw[g * cg:(g + 1) * cg] += self._x[g * cg:(g + 1) * cg] @ self._col[g * k:(g + 1) * k].T
+        if propagate_down[0]:
+            for g in range(groups):
+                np.matmul(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], out=self._x[g * cg:(g + 1) * cg])
+            bottom[0].diff.reshape(n, c, plane)[...] = self._x.reshape(c, n, plane).transpose(1, 0, 2)

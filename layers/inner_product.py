@@ -1,7 +1,7 @@
 """InnerProduct (fully connected).
 
 Bottom (M, K...) flattened from `axis` on to (M, K) -> top (M, num_output).
-weight (num_output, K), bias (num_output,); y = x W^T + b.
+weight (num_output, K), or (K, num_output) with transpose; bias (num_output,); y = x W^T + b.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ class InnerProduct(Layer):
         Field("weight_filler", "filler", None, "filler of the weights (Caffe's default: constant 0)"),
         Field("bias_filler", "filler", None, "filler of the bias (default constant 0)"),
         Field("axis", "int", 1, "the first axis to flatten into the inner product", minimum=1),
+        Field("transpose", "bool", False, "store the weight as (K, num_output) and compute x W"),
     )
 
     def setup(self, bottom_shapes):
         shape, p = bottom_shapes[0], self.p
         axis = min(p.axis, len(shape))
         self.m, self.k = count(shape, 0, axis), count(shape, axis)
-        self.blob_shapes = [((p.num_output, self.k), p.weight_filler)]
+        self.blob_shapes = [((self.k, p.num_output) if p.transpose else (p.num_output, self.k), p.weight_filler)]
         if p.bias_term:
             self.blob_shapes.append(((p.num_output,), p.bias_filler))
         return [tuple(shape[:axis]) + (p.num_output,)]
@@ -35,15 +36,17 @@ class InnerProduct(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, -1)
-        np.matmul(x, self.blobs[0].data.T, out=y)
+        w = self.blobs[0].data
+        np.matmul(x, w if self.p.transpose else w.T, out=y)
         if self.p.bias_term:
             y += self.blobs[1].data
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.m, -1)
         x = bottom[0].data.reshape(self.m, self.k)
-        self.blobs[0].diff += dy.T @ x
+        w = self.blobs[0]
+        w.diff += x.T @ dy if self.p.transpose else dy.T @ x
         if self.p.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            np.matmul(dy, self.blobs[0].data, out=bottom[0].diff.reshape(self.m, self.k))
+            np.matmul(dy, w.data.T if self.p.transpose else w.data, out=bottom[0].diff.reshape(self.m, self.k))

@@ -74,3 +74,424 @@ class Dropout(Neuron):
         else:
             np.multiply(top[0].diff, self.mask * top[0].diff.dtype.type(1.0 / (1.0 - self.p.dropout_ratio)),
                         out=bottom[0].diff)
+
+
+class Elementwise(Neuron):
+    """A neuron layer given by two Numba kernels on raveled arrays:
+    ``fwd(x, a, b, c, y)`` and ``bwd(x, y, dy, a, b, c, dx)`` with three float constants."""
+
+    fwd = bwd = None
+
+    def consts(self):
+        return 0.0, 0.0, 0.0
+
+    def forward(self, bottom, top):
+        self.fwd(bottom[0].data.ravel(), *self.consts(), top[0].data.ravel())
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self.bwd(bottom[0].data.ravel(), top[0].data.ravel(), top[0].diff.ravel(), *self.consts(),
+                     bottom[0].diff.ravel())
+
+
+@njit(cache=True)
+def sigmoid_fwd(x, a, b, c, y):
+    for i in range(x.size):
+        y[i] = 1.0 / (1.0 + np.exp(-x[i]))
+
+
+@njit(cache=True)
+def sigmoid_bwd(x, y, dy, a, b, c, dx):
+    for i in range(y.size):
+        dx[i] = dy[i] * y[i] * (1.0 - y[i])
+
+
+@njit(cache=True)
+def tanh_fwd(x, a, b, c, y):
+    for i in range(x.size):
+        y[i] = np.tanh(x[i])
+
+
+@njit(cache=True)
+def tanh_bwd(x, y, dy, a, b, c, dx):
+    for i in range(y.size):
+        dx[i] = dy[i] * (1.0 - y[i] * y[i])
+
+
+@njit(cache=True)
+def abs_fwd(x, a, b, c, y):
+    for i in range(x.size):
+        y[i] = abs(x[i])
+
+
+@njit(cache=True)
+def abs_bwd(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        dx[i] = dy[i] * (1.0 if x[i] > 0 else -1.0 if x[i] < 0 else 0.0)
+
+
+@njit(cache=True)
+def bnll_fwd(x, a, b, c, y):
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v + np.log1p(np.exp(-v)) if v > 0 else np.log1p(np.exp(v))
+
+
+@njit(cache=True)
+def bnll_bwd(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        e = np.exp(min(x[i], 50.0))  # Caffe's kBNLL_THRESHOLD
+        dx[i] = dy[i] * e / (e + 1.0)
+
+
+@njit(cache=True)
+def elu_fwd(x, alpha, b, c, y):
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else alpha * (np.exp(v) - 1.0)
+
+
+@njit(cache=True)
+def elu_bwd(x, y, dy, alpha, b, c, dx):
+    # NOTE: reads the top only (y > 0 iff x > 0 for alpha > 0), so in place is safe
+    for i in range(y.size):
+        dx[i] = dy[i] if y[i] > 0 else dy[i] * (y[i] + alpha)
+
+
+@njit(cache=True)
+def power_fwd(x, power, scale, shift, y):
+    for i in range(x.size):
+        y[i] = (shift + scale * x[i]) ** power
+
+
+@njit(cache=True)
+def power_bwd(x, y, dy, power, scale, shift, dx):
+    for i in range(x.size):
+        if power == 0.0:
+            dx[i] = 0.0
+        else:
+            dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
+
+
+@njit(cache=True)
+def exp_fwd(x, log_base, scale, shift, y):
+    for i in range(x.size):
+        y[i] = np.exp(log_base * (shift + scale * x[i]))
+
+
+@njit(cache=True)
+def exp_bwd(x, y, dy, log_base, scale, shift, dx):
+    for i in range(y.size):
+        dx[i] = dy[i] * y[i] * log_base * scale
+
+
+@njit(cache=True)
+def log_fwd(x, inv_log_base, scale, shift, y):
+    for i in range(x.size):
+        y[i] = np.log(shift + scale * x[i]) * inv_log_base
+
+
+@njit(cache=True)
+def log_bwd(x, y, dy, inv_log_base, scale, shift, dx):
+    for i in range(x.size):
+        dx[i] = dy[i] * scale * inv_log_base / (shift + scale * x[i])
+
+
+@njit(cache=True)
+def clip_fwd(x, lo, hi, c, y):
+    for i in range(x.size):
+        y[i] = min(max(x[i], lo), hi)
+
+
+@njit(cache=True)
+def clip_bwd(x, y, dy, lo, hi, c, dx):
+    for i in range(x.size):
+        dx[i] = dy[i] if lo <= x[i] <= hi else 0.0
+
+
+@njit(cache=True)
+def threshold_fwd(x, t, b, c, y):
+    for i in range(x.size):
+        y[i] = 1.0 if x[i] > t else 0.0
+
+
+def _base_log(base):
+    return 1.0 if base == -1 else float(np.log(base))
+
+
+@register("Sigmoid")
+class Sigmoid(Elementwise):
+    """y = 1 / (1 + exp(-x)); backward reads the top only (in place is safe)."""
+
+    fwd, bwd = staticmethod(sigmoid_fwd), staticmethod(sigmoid_bwd)
+    in_place_ok = True
+
+
+@register("TanH")
+class TanH(Elementwise):
+    """y = tanh(x); backward reads the top only (in place is safe)."""
+
+    fwd, bwd = staticmethod(tanh_fwd), staticmethod(tanh_bwd)
+    in_place_ok = True
+
+
+@register("AbsVal")
+class AbsVal(Elementwise):
+    """y = |x| (never in place: backward needs the sign of x)."""
+
+    fwd, bwd = staticmethod(abs_fwd), staticmethod(abs_bwd)
+
+
+@register("BNLL")
+class BNLL(Elementwise):
+    """y = log(1 + exp(x)), computed stably (never in place: backward reads x)."""
+
+    fwd, bwd = staticmethod(bnll_fwd), staticmethod(bnll_bwd)
+
+
+@register("ELU")
+class ELU(Elementwise):
+    """y = x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
+    param_block = "elu_param"
+    fields = (Field("alpha", "float", 1.0, "saturation value for negative inputs", exclusive_minimum=0),)
+    fwd, bwd = staticmethod(elu_fwd), staticmethod(elu_bwd)
+    in_place_ok = True
+
+    def consts(self):
+        return float(self.p.alpha), 0.0, 0.0
+
+
+@register("Power")
+class Power(Elementwise):
+    """y = (shift + scale * x) ^ power (never in place: backward reads x)."""
+
+    param_block = "power_param"
+    fields = (Field("power", "float", 1.0, "exponent"), Field("scale", "float", 1.0, "multiplies x"),
+              Field("shift", "float", 0.0, "added after scaling"))
+    fwd, bwd = staticmethod(power_fwd), staticmethod(power_bwd)
+
+    def consts(self):
+        return float(self.p.power), float(self.p.scale), float(self.p.shift)
+
+
+@register("Exp")
+class Exp(Elementwise):
+    """y = base ^ (shift + scale * x); base -1 means e. Backward reads the top (in place is safe)."""
+
+    param_block = "exp_param"
+    fields = (Field("base", "float", -1.0, "the base (-1: e)"), Field("scale", "float", 1.0, "multiplies x"),
+              Field("shift", "float", 0.0, "added after scaling"))
+    fwd, bwd = staticmethod(exp_fwd), staticmethod(exp_bwd)
+    in_place_ok = True
+
+    def setup(self, bottom_shapes):
+        if self.p.base != -1 and self.p.base <= 0:
+            from netspec.errors import LayerError
+            raise LayerError(f"base must be -1 (for e) or > 0; received base={self.p.base}", "exp_param.base")
+        return super().setup(bottom_shapes)
+
+    def consts(self):
+        return _base_log(self.p.base), float(self.p.scale), float(self.p.shift)
+
+
+@register("Log")
+class Log(Exp):
+    """y = log_base(shift + scale * x); base -1 means e (never in place: backward reads x)."""
+
+    param_block = "log_param"
+    fwd, bwd = staticmethod(log_fwd), staticmethod(log_bwd)
+    in_place_ok = False
+
+    def consts(self):
+        return 1.0 / _base_log(self.p.base), float(self.p.scale), float(self.p.shift)
+
+
+@register("Clip")
+class Clip(Elementwise):
+    """y = min(max(x, min), max); the gradient passes where min <= x <= max."""
+
+    param_block = "clip_param"
+    fields = (Field("min", "float", None, "lower bound", required=True),
+              Field("max", "float", None, "upper bound", required=True))
+    fwd, bwd = staticmethod(clip_fwd), staticmethod(clip_bwd)
+
+    def setup(self, bottom_shapes):
+        if self.p.min > self.p.max:
+            from netspec.errors import LayerError
+            raise LayerError(f"min {self.p.min} is larger than max {self.p.max}", "clip_param.min")
+        return super().setup(bottom_shapes)
+
+    def consts(self):
+        return float(self.p.min), float(self.p.max), 0.0
+
+
+@register("Threshold")
+class Threshold(Elementwise):
+    """y = 1 if x > threshold else 0. Not differentiable (Caffe's backward is NOT_IMPLEMENTED)."""
+
+    param_block = "threshold_param"
+    fields = (Field("threshold", "float", 0.0, "the threshold"),)
+    fwd = staticmethod(threshold_fwd)
+    differentiable = False
+    in_place_ok = True
+
+    def consts(self):
+        return float(self.p.threshold), 0.0, 0.0
+
+
+@njit(cache=True)
+def swish_fwd(x, beta, s, y):
+    for i in range(x.size):
+        s[i] = 1.0 / (1.0 + np.exp(-beta * x[i]))
+        y[i] = x[i] * s[i]
+
+
+@njit(cache=True)
+def swish_bwd(y, s, dy, beta, dx):
+    for i in range(y.size):
+        dx[i] = dy[i] * (beta * y[i] + s[i] * (1.0 - beta * y[i]))
+
+
+@register("Swish")
+class Swish(Neuron):
+    """y = x * sigmoid(beta * x); keeps sigmoid(beta * x) for backward, so in place is safe."""
+
+    param_block = "swish_param"
+    fields = (Field("beta", "float", 1.0, "slope inside the sigmoid"),)
+    in_place_ok = True
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        if getattr(self, "s", None) is None or self.s.shape != x.shape or self.s.dtype != x.dtype:
+            self.s = np.empty_like(x)
+        swish_fwd(x.ravel(), float(self.p.beta), self.s.ravel(), top[0].data.ravel())
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            swish_bwd(top[0].data.ravel(), self.s.ravel(), top[0].diff.ravel(), float(self.p.beta),
+                      bottom[0].diff.ravel())
+
+
+@njit(cache=True)
+def prelu_fwd(x, a, y):
+    """x, y: (N, C, inner); a: (C,)."""
+    n_img, chans, inner = x.shape
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(inner):
+                v = x[n, c, i]
+                y[n, c, i] = v if v > 0 else v * a[c]
+
+
+@njit(cache=True)
+def prelu_bwd(x, a, dy, dx, da, want_dx):
+    n_img, chans, inner = x.shape
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(inner):
+                v = x[n, c, i]
+                if v <= 0:
+                    da[c] += dy[n, c, i] * v
+                if want_dx:
+                    dx[n, c, i] = dy[n, c, i] if v > 0 else dy[n, c, i] * a[c]
+
+
+@register("PReLU")
+class PReLU(Neuron):
+    """y = max(x, 0) + a_c * min(x, 0) with a learned slope per channel (or one, channel_shared).
+
+    Bottom (N, C, ...) -> same. Blob: a (C,) or (1,), filled with 0.25 by default. Keeps a copy of
+    the bottom for backward, so in place is safe.
+    """
+
+    param_block = "prelu_param"
+    fields = (Field("filler", "filler", None, "filler of the slopes (default constant 0.25)"),
+              Field("channel_shared", "bool", False, "one slope for all channels"))
+    in_place_ok = True
+
+    def setup(self, bottom_shapes):
+        s = tuple(bottom_shapes[0])
+        if len(s) < 2:
+            from netspec.errors import LayerError
+            raise LayerError(f"the bottom needs at least 2 axes (N, C, ...); received {list(s)}", None)
+        self.view = (s[0], s[1], int(np.prod(s[2:], dtype=np.int64)))
+        self.blob_shapes = [((1,) if self.p.channel_shared else (s[1],),
+                             self.p.filler or {"type": "constant", "value": 0.25})]
+        return [s]
+
+    def _slopes(self, chans):
+        a = self.blobs[0].data
+        return np.full(chans, a[0], a.dtype) if self.p.channel_shared else a
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.view)
+        if getattr(self, "x", None) is None or self.x.shape != x.shape or self.x.dtype != x.dtype:
+            self.x = np.empty_like(x)
+        self.x[...] = x  # the bottom as it was: in place, forward overwrites it
+        prelu_fwd(self.x, self._slopes(self.view[1]), top[0].data.reshape(self.view))
+
+    def backward(self, top, propagate_down, bottom):
+        chans = self.view[1]
+        da = np.zeros(chans, self.x.dtype)
+        dx = bottom[0].diff.reshape(self.view)
+        prelu_bwd(self.x, self._slopes(chans), top[0].diff.reshape(self.view), dx, da, bool(propagate_down[0]))
+        self.blobs[0].diff += da.sum(keepdims=True) if self.p.channel_shared else da
+
+
+@njit(cache=True)
+def maxout_fwd(x, pieces, y, arg):
+    """x: (N, C*k, inner) -> y: (N, C, inner), arg: the winning channel."""
+    n_img, chans, inner = y.shape
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(inner):
+                best = x[n, c * pieces, i]
+                win = c * pieces
+                for k in range(1, pieces):
+                    v = x[n, c * pieces + k, i]
+                    if v > best:
+                        best = v
+                        win = c * pieces + k
+                y[n, c, i] = best
+                arg[n, c, i] = win
+
+
+@njit(cache=True)
+def maxout_bwd(dy, arg, dx):
+    dx[:] = 0
+    n_img, chans, inner = dy.shape
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(inner):
+                dx[n, arg[n, c, i], i] += dy[n, c, i]
+
+
+@register("Maxout")
+class Maxout(Layer):
+    """Not in Caffe: max over groups of `num_pieces` consecutive channels.
+    Bottom (N, C*k, ...) -> top (N, C, ...); the gradient goes to the winning channel (the first on ties)."""
+
+    param_block = "maxout_param"
+    fields = (Field("num_pieces", "int", None, "channels per group", minimum=1, required=True),)
+
+    def setup(self, bottom_shapes):
+        s = tuple(bottom_shapes[0])
+        k = self.p.num_pieces
+        if len(s) < 2 or s[1] % k:
+            from netspec.errors import LayerError
+            raise LayerError(f"the channels ({s[1] if len(s) > 1 else 'none'}) of bottom {list(s)} must be a "
+                             f"multiple of num_pieces {k}", "maxout_param.num_pieces")
+        inner = int(np.prod(s[2:], dtype=np.int64))
+        self.in_view, self.out_view = (s[0], s[1], inner), (s[0], s[1] // k, inner)
+        return [(s[0], s[1] // k) + s[2:]]
+
+    def forward(self, bottom, top):
+        if getattr(self, "arg", None) is None:
+            self.arg = np.empty(self.out_view, np.int64)
+        maxout_fwd(bottom[0].data.reshape(self.in_view), self.p.num_pieces, top[0].data.reshape(self.out_view),
+                   self.arg)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            maxout_bwd(top[0].diff.reshape(self.out_view), self.arg, bottom[0].diff.reshape(self.in_view))

@@ -104,9 +104,10 @@ def pooled_size(size, k, pad, stride, round_mode):
 
 @register("Pooling")
 class Pooling(Layer):
-    """MAX or AVE pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW)."""
+    """MAX or AVE pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW) [, MAX's argmax mask, same shape]."""
 
     param_block = "pooling_param"
+    tops = (1, 2)
     fields = (
         Field("pool", "enum", "MAX", "pooling method", choices=("MAX", "AVE")),
         Field("kernel_size", "int", None, "window size", minimum=1),
@@ -148,9 +149,12 @@ class Pooling(Layer):
         if h + 2 * ph < kh or w + 2 * pw < kw:
             raise LayerError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}; "
                              "use a smaller kernel_size", f"{blk}.kernel_size")
+        if self.n_tops == 2 and p.pool != "MAX":
+            raise LayerError(f"a second top (the argmax mask) needs pool: MAX; received pool: {p.pool}",
+                             f"{blk}.pool")
         self.out_hw = (pooled_size(h, kh, ph, sh, p.round_mode), pooled_size(w, kw, pw, sw, p.round_mode))
         self._mask = None
-        return [(n, c) + self.out_hw]
+        return [(n, c) + self.out_hw] * self.n_tops
 
     def _geometry(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
@@ -162,6 +166,8 @@ class Pooling(Layer):
             if self._mask is None or self._mask.shape != y.shape:
                 self._mask = np.empty(y.shape, np.int32)
             max_pool_forward(x, *self._geometry(), y, self._mask)
+            if len(top) == 2:  # Caffe's mask top: the flat index of the maximum within the H x W plane
+                top[1].data[...] = self._mask
         else:
             ave_pool_forward(x, *self._geometry(), y)
 

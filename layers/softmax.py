@@ -137,6 +137,7 @@ class SoftmaxWithLoss(Layer):
     bottoms = (2, 2)
     tops = (1, 2)
     is_loss = True
+    blocked_bottoms = (1,)
 
     def setup(self, bottom_shapes):
         axis = self.spec.get("softmax_param", {}).get("axis", 1)
@@ -193,7 +194,7 @@ class LabelError(UserError):
 
 @register("Accuracy")
 class Accuracy(Layer):
-    """Top-k accuracy. Bottoms: scores (N, C, ...), labels (N, ...) -> accuracy ().
+    """Top-k accuracy. Bottoms: scores (N, C, ...), labels (N, ...) -> accuracy () [, per-class accuracy (C,)].
 
     A class whose score ties the true class's counts against the prediction (as in Caffe).
     """
@@ -205,6 +206,7 @@ class Accuracy(Layer):
         Field("ignore_label", "int", None, "positions with this label are not counted"),
     )
     bottoms = (2, 2)
+    tops = (1, 2)
     differentiable = False
 
     def setup(self, bottom_shapes):
@@ -217,7 +219,7 @@ class Accuracy(Layer):
         if self.p.top_k > self.view[1]:
             raise LayerError(f"top_k {self.p.top_k} is larger than the number of classes {self.view[1]}",
                              "accuracy_param.top_k")
-        return [()]
+        return [()] + ([(self.view[1],)] if self.n_tops == 2 else [])
 
     def forward(self, bottom, top):
         outer, chans, inner = self.view
@@ -232,4 +234,9 @@ class Accuracy(Layer):
         true = s[np.arange(lab.size), lab]
         # classes other than the true one scoring >= it; a tie counts against the prediction
         better = (s >= true[:, None]).sum(axis=1) - 1
-        top[0].data[...] = (better < self.p.top_k).mean() if lab.size else 0.0
+        right = better < self.p.top_k
+        top[0].data[...] = right.mean() if lab.size else 0.0
+        if len(top) == 2:  # per-class accuracy: right_c / total_c (0 for a class with no examples)
+            total = np.bincount(lab, minlength=chans)
+            hits = np.bincount(lab, weights=right, minlength=chans)
+            top[1].data[...] = np.divide(hits, total, out=np.zeros(chans), where=total > 0)

@@ -155,8 +155,9 @@ class Net:
             need_b = [needs.get(b, False) or force_backward for b in d.bottoms]
             if d.propagate_down is not None:
                 need_b = [bool(v) for v in d.propagate_down]
-            if layer.is_loss:
-                need_b[1:] = [False] * (len(need_b) - 1)  # never into the labels
+            for j in layer.blocked_bottoms:  # never into labels or indices
+                if j < len(need_b):
+                    need_b[j] = False
             own = any(lr.get(id(b), 0) != 0 for b in layer.blobs)
             need = layer.differentiable and (any(need_b) or own or force_backward)
             self.need_backward.append(need)

@@ -1,0 +1,120 @@
+"""Local response normalization (Caffe's LRN).
+
+ACROSS_CHANNELS: scale = k + alpha/n * sum of x^2 over n neighbouring channels (zero padded);
+WITHIN_CHANNEL: scale = 1 + alpha/n^2 * sum of x^2 over an n x n window (zero padded; k is ignored,
+as in Caffe, whose AVE pooling divisor counts the padding). y = x * scale^-beta.
+Backward: dx = dy * scale^-beta - 2*alpha*beta/size * x * sum over the same window of dy*y/scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from netspec.errors import LayerError
+from .base import Field, Layer, register
+
+
+@njit(cache=True)
+def lrn_across_scale(x, size, alpha_over, k, scale):
+    n_img, chans, height, width = x.shape
+    half = (size - 1) // 2
+    for n in range(n_img):
+        for c in range(chans):
+            lo, hi = max(c - half, 0), min(c + half + 1, chans)
+            for i in range(height):
+                for j in range(width):
+                    acc = 0.0
+                    for cc in range(lo, hi):
+                        acc += x[n, cc, i, j] * x[n, cc, i, j]
+                    scale[n, c, i, j] = k + alpha_over * acc
+
+
+@njit(cache=True)
+def lrn_within_scale(x, size, alpha_over, k, scale):
+    n_img, chans, height, width = x.shape
+    half = (size - 1) // 2
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(height):
+                for j in range(width):
+                    acc = 0.0
+                    for ii in range(max(i - half, 0), min(i + half + 1, height)):
+                        for jj in range(max(j - half, 0), min(j + half + 1, width)):
+                            acc += x[n, c, ii, jj] * x[n, c, ii, jj]
+                    scale[n, c, i, j] = k + alpha_over * acc
+
+
+@njit(cache=True)
+def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
+    n_img, chans, height, width = x.shape
+    half = (size - 1) // 2
+    for n in range(n_img):
+        for c in range(chans):
+            lo, hi = max(c - half, 0), min(c + half + 1, chans)
+            for i in range(height):
+                for j in range(width):
+                    acc = 0.0
+                    for cc in range(lo, hi):
+                        acc += dy[n, cc, i, j] * y[n, cc, i, j] / scale[n, cc, i, j]
+                    dx[n, c, i, j] = dy[n, c, i, j] * scale[n, c, i, j] ** (-beta) - coeff * x[n, c, i, j] * acc
+
+
+@njit(cache=True)
+def lrn_within_backward(x, y, scale, dy, size, coeff, beta, dx):
+    n_img, chans, height, width = x.shape
+    half = (size - 1) // 2
+    for n in range(n_img):
+        for c in range(chans):
+            for i in range(height):
+                for j in range(width):
+                    acc = 0.0
+                    for ii in range(max(i - half, 0), min(i + half + 1, height)):
+                        for jj in range(max(j - half, 0), min(j + half + 1, width)):
+                            acc += dy[n, c, ii, jj] * y[n, c, ii, jj] / scale[n, c, ii, jj]
+                    dx[n, c, i, j] = dy[n, c, i, j] * scale[n, c, i, j] ** (-beta) - coeff * x[n, c, i, j] * acc
+
+
+@register("LRN")
+class LRN(Layer):
+    """Local response normalization. Bottom (N, C, H, W) -> same."""
+
+    param_block = "lrn_param"
+    fields = (
+        Field("local_size", "int", 5, "window size (odd)", minimum=1),
+        Field("alpha", "float", 1.0, "scaling of the sum of squares"),
+        Field("beta", "float", 0.75, "exponent"),
+        Field("norm_region", "enum", "ACROSS_CHANNELS", "window over channels or within a channel",
+              choices=("ACROSS_CHANNELS", "WITHIN_CHANNEL")),
+        Field("k", "float", 1.0, "additive constant (ACROSS_CHANNELS only)"),
+    )
+
+    def setup(self, bottom_shapes):
+        s = tuple(bottom_shapes[0])
+        if len(s) != 4:
+            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received {list(s)}", None)
+        if self.p.local_size % 2 == 0:
+            raise LayerError(f"local_size must be odd; received {self.p.local_size}; use "
+                             f"{self.p.local_size + 1}", "lrn_param.local_size")
+        self.across = self.p.norm_region == "ACROSS_CHANNELS"
+        n = self.p.local_size
+        self.size = n if self.across else n * n
+        self.k = float(self.p.k) if self.across else 1.0
+        self.scale = None
+        return [s]
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        if self.scale is None or self.scale.shape != x.shape or self.scale.dtype != x.dtype:
+            self.scale = np.empty_like(x)
+            self.x = np.empty_like(x)
+        self.x[...] = x
+        (lrn_across_scale if self.across else lrn_within_scale)(
+            x, self.p.local_size, self.p.alpha / self.size, self.k, self.scale)
+        np.multiply(x, self.scale ** -self.p.beta, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            coeff = 2.0 * self.p.alpha * self.p.beta / self.size
+            (lrn_across_backward if self.across else lrn_within_backward)(
+                self.x, top[0].data, self.scale, top[0].diff, self.p.local_size, coeff, self.p.beta,
+                bottom[0].diff)
