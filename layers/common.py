@@ -140,7 +140,7 @@ class Reshape(Flatten):
     (at most one); only axes [axis, axis + num_axes) are replaced."""
 
     param_block = "reshape_param"
-    fields = (Field("shape", "shape", None, "the new dims, e.g. {dim: [0, -1]}", required=True),
+    fields = (Field("shape", "new_shape", None, "the new dims, e.g. {dim: [0, -1]}", required=True),
               Field("axis", "int", 0, "first bottom axis to replace"),
               Field("num_axes", "int", -1, "how many bottom axes to replace (-1: all from axis)", minimum=-1))
 

@@ -16,7 +16,7 @@ from .loader import Node, NodeList
 
 _KIND = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
          "str": {"type": "string"}, "filler": {"$ref": "#/$defs/filler"},
-         "shape": {"$ref": "#/$defs/blob_shape"}, "any": {}}
+         "shape": {"$ref": "#/$defs/blob_shape"}, "new_shape": {"$ref": "#/$defs/new_shape"}, "any": {}}
 
 
 _TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
@@ -33,7 +33,7 @@ def field_schema(f: Field) -> dict:
                       ("exclusive_maximum", "exclusiveMaximum")):
         if getattr(f, key) is not None:
             s[name] = getattr(f, key)
-    if f.kind not in ("filler", "shape"):
+    if f.kind not in ("filler", "shape", "new_shape"):
         s["description"] = f.help
         if f.default is not None:
             s["default"] = f.default
@@ -97,7 +97,10 @@ def net_schema() -> dict:
                        "layer": {"type": "array", "items": layer}},
         "$defs": {"filler": block_schema(FILLER_FIELDS),
                   "blob_shape": {"type": "object", "additionalProperties": False, "required": ["dim"],
-                                 "properties": {"dim": _strings({"type": "integer", "minimum": 0})}}},
+                                 "properties": {"dim": _strings({"type": "integer", "minimum": 0})}},
+                  "new_shape": {"type": "object", "additionalProperties": False, "required": ["dim"],
+                                "description": "Reshape's dims: 0 copies the bottom's dim, -1 is inferred",
+                                "properties": {"dim": _strings({"type": "integer", "minimum": -1})}}},
     }
 
 
@@ -178,7 +181,9 @@ def _message(err, doc) -> tuple[list, str]:
                       f"{did_you_mean(value, choices)}")
     if v == "type":
         want = _TYPE_WORDS.get(err.validator_value, err.validator_value)
-        return path, f"{prefix}{where} must be {want}; received {_describe(value)}"
+        hint = ("; YAML reads on/off/yes/no as true/false: quote the value, e.g. 'on'"
+                if isinstance(value, bool) and err.validator_value == "string" else "")
+        return path, f"{prefix}{where} must be {want}; received {_describe(value)}{hint}"
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
         return path, f"{prefix}{where} must be {op} {err.validator_value}; received {_describe(value)}"
@@ -191,8 +196,10 @@ def _message(err, doc) -> tuple[list, str]:
             return _message(jsonschema.exceptions.best_match(deep), doc)
         kinds = [_TYPE_WORDS.get(o.get("type"), o.get("type")) or ("one of " + ", ".join(map(str, o["enum"])) if "enum" in o else "an object")
                  for o in schema["anyOf"] if o.get("type") != "array"]
+        hint = ("; YAML reads on/off/yes/no as true/false: quote the value, e.g. 'on'"
+                if isinstance(value, bool) else "")
         return path, f"{prefix}{where} must be {kinds[0] if kinds else 'valid'} or a list of them; " \
-                     f"received {_describe(value)}"
+                     f"received {_describe(value)}{hint}"
     return path, f"{prefix}{where}: {err.message}"
 
 

@@ -169,8 +169,8 @@ def test_test_net_shares_weights_with_train_net():
 
 
 def test_zoo_net_of_every_layer_type_has_correct_param_gradients():
-    """Whole-net central differences (float64, TEST phase so Dropout is the identity) through in-place
-    BatchNorm and ReLU, both poolings, Concat, Flatten, Reshape, Eltwise and the automatic Splits."""
+    """Whole-net central differences (float64, TEST phase so Dropout is the identity) through every layer
+    type: in-place chains, both poolings, the automatic Splits, and eight weighted losses."""
     import os
     from netspec.loader import load
     path = os.path.join(os.path.dirname(__file__), "fixtures", "zoo.yaml")
@@ -178,6 +178,10 @@ def test_zoo_net_of_every_layer_type_has_correct_param_gradients():
     rng = np.random.default_rng(1)
     net.blobs["data"].data[...] = rng.normal(size=net.blobs["data"].shape)
     net.blobs["label"].data[...] = [0, 4, 2, 1]
+    net.blobs["ids"].data[...] = rng.integers(0, 6, (4, 3))
+    net.blobs["target"].data[...] = rng.uniform(size=(4, 5))
+    net.blobs["sim"].data[...] = [1, 0, 0, 1]
+    net.layer_by_name("H").blobs[0].data[...] = rng.uniform(size=(5, 5))
     bn = net.layer_by_name("bn")
     bn.blobs[0].data[...], bn.blobs[1].data[...], bn.blobs[2].data[...] = 0.1, 2.0, 1.0
     net.forward()

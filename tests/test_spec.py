@@ -126,3 +126,13 @@ def test_malformed_yaml_and_missing_file_are_one_line_errors(tmp_path):
 def test_schema_command_prints_json():
     r = cli("schema")
     assert r.returncode == 0 and json.loads(r.stdout)["title"] == "yaffe net"
+
+
+def test_fixture_nets_validate_without_errors():
+    found = validate([os.path.join(ROOT, "tests", "fixtures", "zoo.yaml")])
+    assert not [f for f in found if f.severity == "error"], found
+
+
+def test_yaml_boolean_trap_gets_a_quoting_hint():
+    errs = net_findings("layer:\n  - {name: on, type: ReLU}\n")
+    assert "YAML reads on/off/yes/no as true/false: quote the value" in errs[0]
