@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import Field
 
-FILLER_TYPES = ("constant", "uniform", "gaussian", "xavier", "msra")
+FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
 FIELDS = (
     Field("type", "enum", "constant", "filler name", choices=FILLER_TYPES),
@@ -18,6 +18,7 @@ FIELDS = (
     Field("max", "float", 1.0, "uniform: upper bound"),
     Field("mean", "float", 0.0, "gaussian: mean"),
     Field("std", "float", 1.0, "gaussian: standard deviation", minimum=0),
+    Field("sparse", "int", -1, "gaussian: expected non-zero weights per output (-1: dense)", minimum=-1),
     Field("variance_norm", "enum", "FAN_IN", "xavier/msra: which fan sets the variance",
           choices=("FAN_IN", "FAN_OUT", "AVERAGE")),
 )
@@ -41,6 +42,20 @@ def fill(shape, filler: dict | None, rng: np.random.Generator, dtype=np.float32)
         out = rng.uniform(f["min"], f["max"], shape)
     elif kind == "gaussian":
         out = rng.normal(f["mean"], f["std"], shape)
+        if f["sparse"] >= 0:  # keep each weight with probability sparse / num_output
+            out *= rng.random(shape) < f["sparse"] / shape[0]
+    elif kind == "positive_unitball":  # U[0, 1], each row (output) normalized to sum to 1
+        out = rng.uniform(0, 1, shape)
+        rows = out.reshape(shape[0], -1)
+        rows /= rows.sum(axis=1, keepdims=True)
+    elif kind == "bilinear":  # upsampling weights for a Deconvolution: the same for every (out, in) slice
+        if len(shape) != 4 or shape[2] != shape[3]:
+            raise ValueError(f"the bilinear filler needs a square 4-D kernel; received shape {list(shape)}")
+        k = shape[3]
+        factor = int(np.ceil(k / 2))
+        c = (k - 1) / (2.0 * factor)
+        ramp = 1 - np.abs(np.arange(k) / factor - c)
+        out = np.broadcast_to(np.outer(ramp, ramp), shape).copy()
     elif kind == "xavier":
         scale = np.sqrt(3.0 / _fan(shape, f["variance_norm"]))
         out = rng.uniform(-scale, scale, shape)

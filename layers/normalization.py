@@ -32,7 +32,6 @@ class BatchNorm(Layer):
         self.channels = s[1] if len(s) > 1 else 1
         self.view = (s[0], self.channels, count(s, 2)) if len(s) > 1 else (s[0], 1, 1)
         self.m = count(s) // self.channels
-        self.global_stats = self.phase == "TEST" if self.p.use_global_stats is None else self.p.use_global_stats
         if self.p.use_global_stats is False and self.phase == "TEST":
             self.warnings.append(("use_global_stats: false in the TEST net normalizes each test batch with its "
                                   "own statistics (results depend on the batch) and updates the running averages; "
@@ -41,10 +40,16 @@ class BatchNorm(Layer):
         self.blob_shapes = [((self.channels,), const0), ((self.channels,), const0), ((1,), const0)]
         return [s]
 
+    @property
+    def global_stats(self) -> bool:
+        """Read at forward time: the phase decides unless use_global_stats is set."""
+        return self.phase == "TEST" if self.p.use_global_stats is None else self.p.use_global_stats
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
         y = top[0].data.reshape(self.view)
         mean_sum, var_sum, scale = (b.data for b in self.blobs)
+        self.used_global = self.global_stats
         if self.global_stats:
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
             mean, var = mean_sum * f, var_sum * f
@@ -67,7 +72,7 @@ class BatchNorm(Layer):
         dy = top[0].diff.reshape(self.view)
         dx = bottom[0].diff.reshape(self.view)
         inv = self.inv_std[None, :, None]
-        if self.global_stats:
+        if self.used_global:
             np.multiply(dy, inv, out=dx)
             return
         # NOTE: reads the normalized top, so in place is safe (Caffe caches x_norm for that)

@@ -7,7 +7,7 @@ in-place layer's top is its bottom's Blob; a Split's tops share their bottom's d
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class Param:
     blob: Blob
     lr_mult: float
     decay_mult: float
+    spec: dict = field(default_factory=dict)  # the param {...} entry it was made from
 
     @property
     def key(self) -> str:
@@ -42,7 +43,7 @@ class Net:
 
     def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
                  dtype=np.float32, level: int = 0, stages=(), allocate: bool = True):
-        self.phase, self.path, self.dtype = phase, path, np.dtype(dtype)
+        self._phase, self.path, self.dtype = phase, path, np.dtype(dtype)
         self.name = doc.get("name", os.path.basename(path))
         self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None or seed < 0 else int(seed)
         self.warnings: list[Finding] = []
@@ -125,14 +126,27 @@ class Net:
                                         f"shared param '{spec['name']}' has shape {list(shape)} here but "
                                         f"{list(owner.blob.shape)} in layer '{owner.layer}'; shared params "
                                         "need equal shapes")])
+                    for mult in ("lr_mult", "decay_mult"):
+                        if mult in spec and mult in owner.spec and spec[mult] != owner.spec[mult]:
+                            w = d.where("param")
+                            raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): "
+                                            f"shared param '{spec['name']}' has {mult} {spec[mult]} here but "
+                                            f"{owner.spec[mult]} in layer '{owner.layer}'; give it once, or the "
+                                            "same value in both")])
                     layer.blobs.append(owner.blob)
                     continue
                 blob = Blob(f"{d.name}/{i}", (), self.dtype)
-                blob.data, blob.diff = fill(tuple(shape), filler, rng, self.dtype), np.zeros(shape, self.dtype)
+                try:
+                    blob.data = fill(tuple(shape), filler, rng, self.dtype)
+                except ValueError as e:
+                    w = d.where()
+                    raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): param {i}: "
+                                    f"{e}; choose another filler")]) from None
+                blob.diff = np.zeros(shape, self.dtype)
                 layer.blobs.append(blob)
                 default = 0.0 if layer.statistics else 1.0
                 p = Param(d.name, i, blob, float(spec.get("lr_mult", default)),
-                          float(spec.get("decay_mult", default)))
+                          float(spec.get("decay_mult", default)), spec)
                 self.params.append(p)
                 if spec.get("name"):
                     shared[spec["name"]] = p
@@ -172,6 +186,21 @@ class Net:
                 self.propagate[k] = [False] * len(self.propagate[k])
             if self.need_backward[k]:
                 contributes.update(id(b) for b, p in zip(self.bottom_vecs[k], self.propagate[k]) if p)
+
+    @property
+    def phase(self) -> str:
+        """TRAIN or TEST. Setting it switches Dropout and BatchNorm (without use_global_stats) at once, like
+        PyTorch's train()/eval(); the layers included were chosen when the net was built."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str):
+        if value not in ("TRAIN", "TEST"):
+            raise ValueError(f"phase must be TRAIN or TEST; received {value!r}")
+        self._phase = value
+        for d, layer in zip(self.defs, self.layers):
+            if not (d.node and "phase" in d.node):  # a layer's own phase field wins
+                layer.phase = value
 
     @property
     def has_loss(self) -> bool:

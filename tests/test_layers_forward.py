@@ -253,3 +253,22 @@ def test_dropout_scales_kept_units_in_train_and_is_identity_in_test():
     b.data[...] = x
     layer.forward([b], t)
     np.testing.assert_array_equal(t[0].data, x)
+
+
+def test_sparse_gaussian_positive_unitball_and_bilinear_fillers():
+    rng = np.random.default_rng(0)
+    sparse = fill((10, 1000), {"type": "gaussian", "sparse": 2}, rng)
+    assert (sparse != 0).mean() == pytest.approx(0.2, abs=0.02)       # keep probability sparse / num_output
+    ball = fill((4, 3, 2), {"type": "positive_unitball"}, rng)
+    assert (ball >= 0).all() and np.allclose(ball.reshape(4, -1).sum(axis=1), 1)
+    bil = fill((2, 1, 4, 4), {"type": "bilinear"}, rng)
+    ramp = np.array([0.25, 0.75, 0.75, 0.25])                          # Caffe's: f = 2, c = 3/4
+    np.testing.assert_allclose(bil[1, 0], np.outer(ramp, ramp))
+
+
+def test_variance_norm_average_and_fan_out():
+    rng = np.random.default_rng(1)
+    x = fill((100, 400), {"type": "msra", "variance_norm": "FAN_OUT"}, rng)
+    assert x.std() == pytest.approx(np.sqrt(2 / 100), rel=0.05)
+    x = fill((100, 400), {"type": "xavier", "variance_norm": "AVERAGE"}, rng)
+    assert np.abs(x).max() <= np.sqrt(3 / 250) + 1e-7

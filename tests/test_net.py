@@ -203,3 +203,75 @@ def test_zoo_net_of_every_layer_type_has_correct_param_gradients():
             assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (p.key, k)
             checked += 1
     assert checked > 50
+
+
+def test_net_phase_switches_dropout_and_batchnorm_at_forward_time():
+    spec = loads("""
+layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [8, 3]}}}
+  - {name: bn, type: BatchNorm, bottom: x, top: y}
+  - {name: drop, type: Dropout, bottom: y, top: z}
+""")
+    net = Net(spec, "TRAIN", seed=0)
+    net.blobs["x"].data[...] = np.random.default_rng(0).normal(3, 2, size=(8, 3))
+    net.forward()
+    assert abs(net.blobs["y"].data.mean()) < 1e-5            # batch statistics
+    assert (net.blobs["z"].data == 0).any()                   # dropped units
+    net.phase = "TEST"
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["z"].data, net.blobs["y"].data)   # Dropout: identity
+    bn = net.layer_by_name("bn")
+    mean = bn.blobs[0].data / bn.blobs[2].data
+    var = bn.blobs[1].data / bn.blobs[2].data
+    np.testing.assert_allclose(net.blobs["y"].data, (net.blobs["x"].data - mean) / np.sqrt(var + 1e-5), rtol=1e-5)
+
+
+def test_shared_param_by_name_sums_gradients_from_both_layers():
+    spec = loads("""
+layer:
+  - {name: in, type: Input, top: [a, b, label], input_param: {shape: [{dim: [3, 4]}, {dim: [3, 4]}, {dim: [3]}]}}
+  - {name: fa, type: InnerProduct, bottom: a, top: fa, param: [{name: w}, {name: bias}],
+     inner_product_param: {num_output: 2, weight_filler: {type: gaussian}}}
+  - {name: fb, type: InnerProduct, bottom: b, top: fb, param: [{name: w}, {name: bias}],
+     inner_product_param: {num_output: 2}}
+  - {name: s, type: Eltwise, bottom: [fa, fb], top: s}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [s, label], top: loss}
+""")
+    net = Net(spec, "TRAIN", seed=0, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    net.blobs["a"].data[...] = rng.normal(size=(3, 4))
+    net.blobs["b"].data[...] = rng.normal(size=(3, 4))
+    net.blobs["label"].data[...] = [0, 1, 1]
+    assert net.layer_by_name("fa").blobs[0] is net.layer_by_name("fb").blobs[0]
+    assert len(net.params) == 2                                     # one owner per shared blob
+    net.forward()
+    net.clear_param_diffs()
+    net.backward()
+    w = net.params[0].blob
+    k, eps = 5, 1e-6
+    keep = w.data.flat[k]
+    w.data.flat[k] = keep + eps
+    up = net.forward()
+    w.data.flat[k] = keep - eps
+    down = net.forward()
+    assert w.diff.flat[k] == pytest.approx((up - down) / (2 * eps), rel=1e-6)
+
+
+def test_propagate_down_false_stops_the_gradient_and_force_backward_starts_it():
+    spec = loads("""
+force_backward: true
+layer:
+  - {name: in, type: Input, top: [x, label], input_param: {shape: [{dim: [2, 3]}, {dim: [2]}]}}
+  - {name: ip, type: InnerProduct, bottom: x, top: y, inner_product_param: {num_output: 3, weight_filler: {type: gaussian}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [y, label], top: loss}
+""")
+    net = Net(spec, "TRAIN", seed=0)
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    net.backward()
+    assert np.abs(net.blobs["x"].diff).sum() > 0                   # force_backward reaches the input
+    spec["layer"][2]["propagate_down"] = [False, False]
+    net = Net(spec, "TRAIN", seed=0)
+    net.forward()
+    net.backward()
+    assert not net.need_backward[1] or not np.abs(net.layer_by_name("ip").blobs[0].diff).any()
