@@ -1,0 +1,167 @@
+"""Forward passes of the layer library against closed-form NumPy references (float64)."""
+import numpy as np
+import pytest
+
+from layers.base import REGISTRY, Blob
+from tests.gradcheck import make_layer
+
+R = np.random.default_rng(0)
+X = R.normal(size=(2, 6, 3, 3))
+POS = R.uniform(0.5, 2.0, size=(3, 4))
+SIG = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+
+
+def forward(type_name, spec, *arrays, n_tops=None, params=None):
+    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], n_tops=n_tops)
+    for blob, value in zip(layer.blobs, params or []):
+        blob.data[...] = value
+    bottom = []
+    for i, a in enumerate(arrays):
+        b = Blob(f"b{i}", a.shape, np.float64)
+        b.data[...] = a
+        bottom.append(b)
+    layer.forward(bottom, tops)
+    return [t.data for t in tops], layer
+
+
+def lrn_across(x, n, alpha, beta, k):
+    sq = np.pad(x ** 2, ((0, 0), (n // 2, n // 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i:i + x.shape[1]] for i in range(n))
+    return x * (k + alpha / n * window) ** -beta
+
+
+def lrn_within(x, n, alpha, beta):
+    sq = np.pad(x ** 2, ((0, 0), (0, 0), (n // 2, n // 2), (n // 2, n // 2)))
+    h, w = x.shape[2:]
+    window = sum(sq[:, :, i:i + h, j:j + w] for i in range(n) for j in range(n))
+    return x * (1 + alpha / n ** 2 * window) ** -beta
+
+
+CASES = {
+    "Sigmoid": ({}, [X], lambda x: [SIG(x)]),
+    "TanH": ({}, [X], lambda x: [np.tanh(x)]),
+    "AbsVal": ({}, [X], lambda x: [np.abs(x)]),
+    "BNLL": ({}, [X * 30], lambda x: [np.logaddexp(0, x)]),
+    "ELU": ({"elu_param": {"alpha": 0.5}}, [X], lambda x: [np.where(x > 0, x, 0.5 * (np.exp(x) - 1))]),
+    "Power": ({"power_param": {"power": 1.5, "scale": 2, "shift": 0.5}}, [POS], lambda x: [(0.5 + 2 * x) ** 1.5]),
+    "Exp": ({"exp_param": {"base": 3, "scale": 0.5, "shift": 1}}, [X], lambda x: [3.0 ** (1 + 0.5 * x)]),
+    "Log": ({"log_param": {"base": 2, "scale": 3, "shift": 1}}, [POS], lambda x: [np.log2(1 + 3 * x)]),
+    "Clip": ({"clip_param": {"min": -0.3, "max": 0.4}}, [X], lambda x: [np.clip(x, -0.3, 0.4)]),
+    "Threshold": ({"threshold_param": {"threshold": 0.2}}, [X], lambda x: [(x > 0.2).astype(float)]),
+    "Swish": ({"swish_param": {"beta": 2}}, [X], lambda x: [x * SIG(2 * x)]),
+    "PReLU": ({}, [X], lambda x: [np.where(x > 0, x, 0.25 * x)]),
+    "Maxout": ({"maxout_param": {"num_pieces": 2}}, [X], lambda x: [x.reshape(2, 3, 2, 3, 3).max(axis=2)]),
+    "MVN": ({}, [X], lambda x: [(x - x.mean(axis=(2, 3), keepdims=True)) /
+                                (x.std(axis=(2, 3), keepdims=True) + 1e-9)]),
+    "LRN": ({"lrn_param": {"local_size": 3, "alpha": 0.4, "beta": 0.6, "k": 1.5}}, [X],
+            lambda x: [lrn_across(x, 3, 0.4, 0.6, 1.5)]),
+    "Crop": ({"crop_param": {"axis": 2, "offset": [1, 0]}}, [X, np.zeros((2, 6, 2, 2))], lambda x, r: [x[:, :, 1:3, 0:2]]),
+    "Slice": ({"slice_param": {"slice_point": [2, 5]}}, [X], lambda x: [x[:, :2], x[:, 2:5], x[:, 5:]]),
+    "Tile": ({"tile_param": {"tiles": 2, "axis": 2}}, [X], lambda x: [np.concatenate([x, x], axis=2)]),
+    "Reduction": ({"reduction_param": {"operation": "SUMSQ", "axis": 1, "coeff": 2}}, [X],
+                  lambda x: [2 * (x ** 2).reshape(2, -1).sum(1)]),
+    "ArgMax": ({"argmax_param": {"top_k": 2, "out_max_val": True}}, [X[:, :, 0, 0]],
+               lambda x: [np.stack([np.argsort(-x, 1)[:, :2], -np.sort(-x, 1)[:, :2]], axis=1)]),
+    "EuclideanLoss": ({}, [POS, POS[::-1]], lambda a, b: [((a - b) ** 2).sum() / (2 * 3)]),
+    "SigmoidCrossEntropyLoss": ({}, [X[:, 0], (X[:, 1] > 0).astype(float)],
+                                lambda x, t: [-(t * np.log(SIG(x)) + (1 - t) * np.log(1 - SIG(x))).sum() / 2]),
+    "MultinomialLogisticLoss": ({}, [POS / POS.sum(1, keepdims=True), np.array([0, 3, 1.0])],
+                                lambda p, l: [-np.log(p[np.arange(3), l.astype(int)]).mean()]),
+    "HingeLoss": ({}, [X[:, :4, 0, 0], np.array([1, 3.0])],
+                  lambda x, l: [sum(np.maximum(0, 1 + np.where(np.arange(4) == int(li), -xi, xi)).sum()
+                                    for xi, li in zip(x, l)) / 2]),
+    "ContrastiveLoss": ({"contrastive_loss_param": {"margin": 3}}, [X[:, :3, 0, 0], X[:, 3:, 0, 0], np.array([1, 0.0])],
+                        lambda a, b, s: [(np.where(s > 0, ((a - b) ** 2).sum(1),
+                                                   np.maximum(3 - np.sqrt(((a - b) ** 2).sum(1)), 0) ** 2)).sum() / 4]),
+}
+
+
+@pytest.mark.parametrize("type_name", sorted(CASES))
+def test_forward_matches_numpy_reference(type_name):
+    spec, arrays, ref = CASES[type_name]
+    n_tops = 3 if type_name == "Slice" else None
+    out, _ = forward(type_name, spec, *arrays, n_tops=n_tops)
+    for got, want in zip(out, ref(*arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_lrn_within_channel_ignores_k_and_counts_padding():
+    out, _ = forward("LRN", {"lrn_param": {"local_size": 3, "alpha": 0.4, "beta": 0.6, "k": 9,
+                                           "norm_region": "WITHIN_CHANNEL"}}, X)
+    np.testing.assert_allclose(out[0], lrn_within(X, 3, 0.4, 0.6), rtol=1e-10)
+
+
+def test_scale_and_bias_broadcast_over_the_other_axes():
+    s, b = R.normal(size=6), R.normal(size=6)
+    out, _ = forward("Scale", {"scale_param": {"bias_term": True}}, X, params=[s, b])
+    np.testing.assert_allclose(out[0], X * s[None, :, None, None] + b[None, :, None, None])
+    s2 = R.normal(size=(2, 6))
+    out, _ = forward("Scale", {"scale_param": {"axis": 0}}, X, s2)                      # two-bottom form
+    np.testing.assert_allclose(out[0], X * s2[:, :, None, None])
+    out, _ = forward("Bias", {"bias_param": {"axis": 2, "num_axes": -1}}, X, params=[R.normal(size=(3, 3))])
+    out2, layer = forward("Bias", {"bias_param": {"axis": 2, "num_axes": -1}}, X)
+    np.testing.assert_allclose(out2[0], X + layer.blobs[0].data[None, None])
+
+
+def test_silence_and_split():
+    out, _ = forward("Split", {}, X, n_tops=2)
+    assert all(np.array_equal(o, X) for o in out)
+    out, _ = forward("Silence", {"top": []}, X)
+    assert out == []
+
+
+def test_deconvolution_is_the_transpose_of_convolution():
+    """<conv(x), y> == <x, deconv(y)> for the same weights (no bias)."""
+    x, w = R.normal(size=(2, 3, 7, 7)), R.normal(size=(4, 3, 3, 3))
+    cp = {"num_output": 4, "kernel_size": 3, "stride": 2, "pad": 1, "bias_term": False}
+    (cx,), _ = forward("Convolution", {"convolution_param": cp}, x, params=[w])
+    y = R.normal(size=cx.shape)
+    (dy,), _ = forward("Deconvolution", {"convolution_param": dict(cp, num_output=3)}, y, params=[w])
+    assert dy.shape == x.shape                                     # 2 * (4 - 1) + 3 - 2 = 7
+    assert float((cx * y).sum()) == pytest.approx(float((x * dy).sum()), rel=1e-10)
+
+
+def test_embed_looks_up_rows_and_rejects_bad_indices():
+    w = R.normal(size=(5, 3))
+    out, _ = forward("Embed", {"embed_param": {"num_output": 3, "input_dim": 5, "bias_term": False}},
+                     np.array([[4, 0], [2, 2.0]]), params=[w])
+    np.testing.assert_array_equal(out[0], w[[[4, 0], [2, 2]]])
+    from netspec.errors import UserError
+    with pytest.raises(UserError, match="index 7 at position 1 .* not an integer in 0..4"):
+        forward("Embed", {"embed_param": {"num_output": 3, "input_dim": 5}}, np.array([1, 7.0]))
+
+
+def test_parameter_exposes_its_blob():
+    out, layer = forward("Parameter", {"parameter_param": {"shape": {"dim": [2, 2]}}}, params=[np.eye(2)])
+    np.testing.assert_array_equal(out[0], np.eye(2))
+
+
+def test_infogain_with_identity_matrix_equals_softmax_loss():
+    x, lab = R.normal(size=(5, 4)), np.array([0, 3, 1, 1, 2.0])
+    out, _ = forward("InfogainLoss", {}, x, lab, np.eye(4))
+    ref, _ = forward("SoftmaxWithLoss", {}, x, lab)
+    assert float(out[0]) == pytest.approx(float(ref[0]), rel=1e-12)
+
+
+def test_accuracy_per_class_top():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    out, _ = forward("Accuracy", {}, scores, np.array([0, 1, 1, 1.0]), n_tops=2)
+    assert float(out[0]) == pytest.approx(0.75)
+    np.testing.assert_allclose(out[1], [1.0, 2 / 3])
+
+
+def test_pooling_mask_top_holds_the_flat_argmax():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    out, _ = forward("Pooling", {"pooling_param": {"kernel_size": 2, "stride": 2}}, x, n_tops=2)
+    np.testing.assert_array_equal(out[1][0, 0], [[5, 7], [13, 15]])
+
+
+def test_every_type_has_a_forward_reference_somewhere():
+    import inspect
+    import tests.test_data as data_tests
+    import tests.test_layers_forward as other
+    import tests.test_net as net_tests
+    text = "".join(inspect.getsource(m) for m in (other, data_tests, net_tests))
+    text += inspect.getsource(inspect.getmodule(test_every_type_has_a_forward_reference_somewhere))
+    missing = [t for t in REGISTRY if f'"{t}"' not in text and f"type: {t}" not in text]
+    assert not missing, f"no forward reference test mentions {missing}"
