@@ -1,185 +1,89 @@
-"""Data layers: `Data` (npz / csv files held in memory) and `Input` (fed from Python).
+"""Data layers. Each serves batches of examples held in memory, in order or in a new random order each
+epoch (`shuffle`, seeded from the solver's random_seed); a batch that runs past the end continues at the
+start of the next epoch. Examples go through the transformer (transform.py).
 
-`Data` serves batches of rows in order, or in a new random order each epoch with
-`shuffle: true` (seeded from the solver's random_seed); a batch that runs past the end
-continues at the start of the next epoch. `transform_param` maps each value x to
-(x - mean_value) * scale, in that order, as Caffe's data transformer does.
+Data: .npz (arrays named after the tops), .csv/.csv.gz (features then an integer label), MNIST-style
+IDX files. HDF5Data: Caffe's list of .h5 files (datasets named after the tops; no transform).
+MemoryData: arrays given from Python. ImageData: a list file of `path label` lines. DummyData: fillers.
+Input: tops set from Python.
 """
 from __future__ import annotations
 
-import gzip
-import math
 import os
-import warnings
-import zipfile
 
 import numpy as np
 
 from netspec.errors import LayerError, UserError
+from . import sources
 from .base import Field, Layer, register, resolve
-
-TRANSFORM_FIELDS = (
-    Field("scale", "float", 1.0, "multiply every value by this (after subtracting the mean)"),
-    Field("mean_value", "float", None, "subtract this (once, or once per channel) before scaling",
-          repeated=True),
-)
+from .fillers import fill
+from .transform import TRANSFORM_FIELDS, Transformer
 
 
-def _open_text(path):
-    return gzip.open(path, "rt") if path.endswith(".gz") else open(path)
+class RowData(Layer):
+    """Base of the data layers that serve rows of in-memory arrays (one per top)."""
 
-
-def _is_number(s):
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _npz_shapes(path):
-    """{array name: (shape, dtype)} read from the npy headers only, without loading the data."""
-    out = {}
-    with zipfile.ZipFile(path) as z:
-        for info in z.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with z.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(f)
-            out[info.filename[:-4]] = (tuple(shape), dtype)
-    return out
-
-
-@register("Data")
-class Data(Layer):
-    """Rows from a file. Tops: data (N, ...sample shape) [, label (N,)].
-
-    `.npz`: one array per top, named after the top, all with the same first dimension.
-    `.csv` / `.csv.gz`: each row is the features then an integer label (a non-numeric first
-    line is taken as a header). A square number of features s*s is read as a 1 x s x s
-    image unless `sample_shape` says otherwise.
-    """
-
-    param_block = "data_param"
-    fields = (
-        Field("source", "str", None, "an .npz, .csv or .csv.gz file, relative to the net file", required=True),
-        Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
-        Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
-        Field("sample_shape", "int", None, "shape of one example, e.g. [1, 8, 8] (csv only)",
-              minimum=1, repeated=True),
-    )
     bottoms = (0, 0)
     tops = (1, 2)
     is_data = True
     needs_rng = True
     differentiable = False
-    other_blocks = {"transform_param": TRANSFORM_FIELDS}
+    statistics = True  # its only blobs are the normalize statistics
+    transforms = True
     base_dir = "."
+
+    # subclasses: _inspect() -> per-top sample shapes; _load() -> arrays; batch_size property
+    @property
+    def batch_size(self):
+        return self.p.batch_size
+
+    def _fail(self, message, field=None):
+        raise LayerError(message, field or f"{self.param_block}.source")
+
+    def setup(self, bottom_shapes):
+        try:
+            shapes = self._inspect()
+        except sources.SourceError as e:
+            self._fail(f"source '{getattr(self.p, 'source', '')}' ({self.path}): {e}")
+        self.sample_shapes = [tuple(s) for s in shapes]
+        tp = resolve(TRANSFORM_FIELDS, self.spec.get("transform_param") if self.transforms else None)
+        self.transformer = Transformer(tp, self.phase, self.base_dir, self.sample_shapes[0], self.dtype)
+        self.blob_shapes = self.transformer.stat_shapes()
+        self.arrays = None
+        return [(self.batch_size,) + self.transformer.out_shape] + [(self.batch_size,) + s for s in shapes[1:]]
 
     @property
     def path(self):
-        return os.path.normpath(os.path.join(self.base_dir, self.p.source))
-
-    def _fail(self, message):
-        raise LayerError(f"source '{self.p.source}' ({self.path}): {message}", "data_param.source")
-
-    def _inspect(self):
-        """(sample shapes per top, number of rows) from the file's header or first line."""
-        path = self.path
-        if not os.path.isfile(path):
-            self._fail("no such file; the path is relative to the net file")
-        names = self.spec.get("top", [])
-        if path.endswith(".npz"):
-            try:
-                arrays = _npz_shapes(path)
-            except (OSError, zipfile.BadZipFile, ValueError) as e:
-                self._fail(f"not a readable .npz file ({e})")
-            missing = [t for t in names if t not in arrays]
-            if missing:
-                self._fail(f"has no array named {missing[0]!r} for the top of that name (arrays: "
-                           f"{', '.join(sorted(arrays))}); name the tops after the arrays")
-            rows = {arrays[t][0][0] if arrays[t][0] else 0 for t in names}
-            if len(rows) != 1:
-                self._fail(f"arrays {names} have different numbers of rows {sorted(rows)}")
-            return [arrays[t][0][1:] for t in names], rows.pop()
-        if path.endswith((".csv", ".csv.gz")):
-            with _open_text(path) as f:
-                first = f.readline().strip().split(",")
-            if len(first) < 2:
-                self._fail("a csv row needs at least one feature and a label")
-            features = len(first) - 1
-            if self.p.sample_shape:
-                shape = tuple(self.p.sample_shape)
-                if math.prod(shape) != features:
-                    raise LayerError(f"sample_shape {list(shape)} holds {math.prod(shape)} values but each "
-                                     f"row of '{self.p.source}' has {features} features",
-                                     "data_param.sample_shape")
-            else:
-                side = math.isqrt(features)
-                shape = (1, side, side) if side * side == features and side > 1 else (features,)
-            return [shape, ()][:len(names) or 1], None
-        self._fail("unknown file type; use .npz, .csv or .csv.gz")
-
-    def setup(self, bottom_shapes):
-        self.transform = resolve(TRANSFORM_FIELDS, self.spec.get("transform_param"))
-        shapes, _ = self._inspect()
-        self.sample_shapes = shapes
-        mean = self.transform.mean_value
-        channels = shapes[0][0] if shapes[0] else 1
-        if mean and len(mean) not in (1, channels):
-            raise LayerError(f"mean_value needs 1 value or one per channel ({channels}); received {len(mean)}",
-                             "transform_param.mean_value")
-        self.arrays = None
-        return [(self.p.batch_size,) + tuple(s) for s in shapes]
+        src = getattr(self.p, "source", None) or ""
+        return os.path.normpath(os.path.join(self.base_dir, src))
 
     def load(self):
-        """Read the whole source into memory (float32) and set up the row order."""
-        path = self.path
-        if path.endswith(".npz"):
-            with np.load(path) as z:
-                self.arrays = [np.ascontiguousarray(z[t], dtype=self.dtype) for t in self.spec["top"]]
-        else:
-            with _open_text(path) as f:
-                first = f.readline()
-                skip = 0 if any(_is_number(v) for v in first.strip().split(",")) else 1  # a header row
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # an empty file is reported below
-                    table = np.loadtxt(path, delimiter=",", dtype=np.float64, skiprows=skip, ndmin=2)
-            except ValueError as e:
-                raise UserError(f"{path}: error: cannot read the csv ({e}); every row must be numbers "
-                                "separated by commas: the features, then the label") from None
-            n = table.shape[0]
-            self.arrays = [table[:, :-1].reshape((n,) + tuple(self.sample_shapes[0])).astype(self.dtype),
-                           table[:, -1].astype(self.dtype)][:len(self.sample_shapes)]
-        self.header_lines = 0 if path.endswith(".npz") else skip
-        self.rows = self.arrays[0].shape[0]
+        """Read the whole source into memory, set up the row order, fit normalize statistics (TRAIN)."""
+        try:
+            arrays = self._load()
+        except sources.SourceError as e:
+            raise UserError(f"{self.path}: error: {e}") from None
+        self._set_arrays(arrays)
+        stats = [b.data for b in self.blobs]
+        if stats and stats[0][0] == 0 and self.phase == "TRAIN":
+            self.transformer.fit(self.arrays[0], stats)
+
+    def _set_arrays(self, arrays):
+        self.arrays = arrays
+        self.rows = len(arrays[0])
         if self.rows == 0:
-            raise UserError(f"{path}: error: the source has no rows")
+            raise UserError(f"{self.path}: error: the source has no rows")
         self.order = np.arange(self.rows)
-        self.pos = 0
-        self.epoch = 0
-        if self.p.shuffle:
+        self.pos = self.epoch = 0
+        if getattr(self.p, "shuffle", False):
             self.rng.shuffle(self.order)
-        t, ndim = self.transform, len(self.sample_shapes[0])
-        self.mean = None
-        if t.mean_value:
-            self.mean = np.asarray(t.mean_value, self.dtype)
-            self.mean = self.mean.reshape((-1,) + (1,) * (ndim - 1)) if self.mean.size > 1 else self.mean[0]
-        self.scale = self.dtype.type(t.scale)
 
     def describe_row(self, i: int) -> str:
-        """Where row i stands in the source: a csv line number, or an npz index."""
-        if self.path.endswith(".npz"):
-            return f"row {i} (index into the arrays)"
-        return f"line {i + 1 + self.header_lines}"
+        return f"row {i}"
 
     def next_indices(self):
         """Row indices of the next batch, starting a new (reshuffled) epoch when the rows run out."""
-        out = np.empty(self.p.batch_size, np.int64)
+        out = np.empty(self.batch_size, np.int64)
         filled = 0
         while filled < out.size:
             take = min(out.size - filled, self.rows - self.pos)
@@ -189,23 +93,22 @@ class Data(Layer):
             if self.pos == self.rows:
                 self.pos = 0
                 self.epoch += 1
-                if self.p.shuffle:
+                if getattr(self.p, "shuffle", False):
                     self.rng.shuffle(self.order)
         return out
+
+    def _rows(self, k, idx):
+        return np.take(self.arrays[k], idx, axis=0)
 
     def forward(self, bottom, top):
         if self.arrays is None:
             self.load()
         idx = self.next_indices()
         self.last_indices = idx
-        x = top[0].data
-        np.take(self.arrays[0], idx, axis=0, out=x)
-        if self.mean is not None:
-            x -= self.mean
-        if self.scale != 1:
-            x *= self.scale
-        for t, arr in zip(top[1:], self.arrays[1:]):
-            np.take(arr, idx, axis=0, out=t.data)
+        self.transformer.phase = self.phase
+        self.transformer.apply(self._rows(0, idx), top[0].data, [b.data for b in self.blobs], self.rng)
+        for k, t in enumerate(top[1:], 1):
+            t.data[...] = self._rows(k, idx)
 
     def state_dict(self):
         if self.arrays is None:
@@ -218,10 +121,228 @@ class Data(Layer):
         if self.arrays is None:
             self.load()
         if len(state["order"]) != self.rows:
-            raise UserError(f"layer '{self.name}': the snapshot was taken with {len(state['order'])} rows in "
-                            f"'{self.p.source}' but it now has {self.rows}; resume with the same data")
+            raise UserError(f"layer '{self.name}': the snapshot was taken with {len(state['order'])} rows in the "
+                            f"source but it now has {self.rows}; resume with the same data")
         self.order = np.asarray(state["order"], np.int64)
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+
+
+@register("Data")
+class Data(RowData):
+    """Rows from a file. Tops: data (N, ...example shape) [, label (N,)].
+
+    `.npz`: one array per top, named after the top. `.csv`/`.csv.gz`: each row is the features then an
+    integer label (a non-numeric first line is a header); a square number of features s*s is read as a
+    1 x s x s image unless `sample_shape` says otherwise. IDX (`*-images-idx3-ubyte[.gz]`): images, with
+    the labels from the matching `*-labels-idx1-ubyte[.gz]` file beside it.
+    """
+
+    param_block = "data_param"
+    fields = (
+        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, relative to the net file",
+              required=True),
+        Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
+        Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
+        Field("sample_shape", "int", None, "shape of one example, e.g. [1, 8, 8] (csv only)", minimum=1,
+              repeated=True),
+        Field("backend", "enum", None, "ignored for these files (Caffe's LMDB/LEVELDB)", choices=("LMDB", "LEVELDB")),
+    )
+    other_blocks = {"transform_param": TRANSFORM_FIELDS}
+
+    def _inspect(self):
+        path, tops = self.path, self.spec.get("top", [])
+        if not os.path.isfile(path):
+            raise sources.SourceError("no such file; the path is relative to the net file")
+        self.kind = sources.kind(path)
+        if self.kind == "npz":
+            return sources.npz_inspect(path, tops)
+        if self.kind == "csv":
+            return sources.csv_inspect(path, tops, self.p.sample_shape)
+        return sources.idx_inspect(path, tops)
+
+    def _load(self):
+        path, tops = self.path, self.spec.get("top", [])
+        if self.kind == "npz":
+            return sources.npz_load(path, tops, self.dtype)
+        if self.kind == "csv":
+            self.header_lines = sources.csv_header_lines(path)
+            return sources.csv_load(path, tops, self.dtype, self.sample_shapes[0])
+        return sources.idx_load(path, tops, self.dtype)
+
+    def describe_row(self, i: int) -> str:
+        if self.kind == "csv":
+            return f"line {i + 1 + self.header_lines}"
+        return f"row {i} (index into the arrays)" if self.kind == "npz" else f"example {i}"
+
+
+@register("HDF5Data")
+class HDF5Data(RowData):
+    """Caffe's HDF5Data: `source` is a text file listing .h5 files (one per line, relative to it); the tops
+    are named after datasets, which must share their first dimension. No transform (as in Caffe).
+    Needs the optional h5py: pip install 'yaffe[hdf5]'."""
+
+    param_block = "hdf5_data_param"
+    fields = (
+        Field("source", "str", None, "a text file listing .h5 files", required=True),
+        Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
+        Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
+    )
+    tops = (1, None)
+    transforms = False
+
+    def _inspect(self):
+        if not os.path.isfile(self.path):
+            raise sources.SourceError("no such file; the path is relative to the net file")
+        return sources.hdf5_inspect(self.path, self.spec.get("top", []))
+
+    def _load(self):
+        return sources.hdf5_load(self.path, self.spec.get("top", []), self.dtype)
+
+
+@register("MemoryData")
+class MemoryData(RowData):
+    """Arrays given from Python: ``net.set_input_arrays(data, labels)``. Tops: data (N, C, H, W), label (N,).
+    The number of examples must be a multiple of batch_size (as in Caffe)."""
+
+    param_block = "memory_data_param"
+    fields = (
+        Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
+        Field("channels", "int", None, "channels per example", minimum=1, required=True),
+        Field("height", "int", None, "height per example", minimum=1, required=True),
+        Field("width", "int", None, "width per example", minimum=1, required=True),
+    )
+    tops = (2, 2)
+    other_blocks = {"transform_param": TRANSFORM_FIELDS}
+
+    def _inspect(self):
+        return [(self.p.channels, self.p.height, self.p.width), ()]
+
+    def _load(self):
+        raise UserError(f"layer '{self.name}' (MemoryData) has no data: call net.set_input_arrays(data, labels) "
+                        "before running the net")
+
+    def set_arrays(self, data, labels):
+        data = np.ascontiguousarray(data, self.dtype)
+        labels = np.ascontiguousarray(labels, self.dtype).reshape(-1)
+        want = self.sample_shapes[0]
+        if data.ndim != 4 or data.shape[1:] != want or len(labels) != len(data):
+            raise UserError(f"layer '{self.name}' (MemoryData): needs data (N, {', '.join(map(str, want))}) and N "
+                            f"labels; received {list(data.shape)} and {len(labels)} labels")
+        if len(data) % self.batch_size:
+            raise UserError(f"layer '{self.name}' (MemoryData): {len(data)} examples is not a multiple of "
+                            f"batch_size {self.batch_size}")
+        self._set_arrays([data, labels])
+
+
+@register("DummyData")
+class DummyData(Layer):
+    """Tops filled by fillers (constant 0 by default), e.g. for benchmarks. dummy_data_param.shape: one
+    shape per top (or one for all); data_filler: none, one, or one per top. Refilled every forward unless
+    every filler is constant."""
+
+    param_block = "dummy_data_param"
+    fields = (
+        Field("shape", "shape", None, "one {dim: [...]} per top, or one for all", repeated=True, required=True),
+        Field("data_filler", "filler", None, "one filler, or one per top (default constant 0)", repeated=True),
+    )
+    bottoms = (0, 0)
+    tops = (1, None)
+    is_data = True
+    needs_rng = True
+    differentiable = False
+
+    def setup(self, bottom_shapes):
+        shapes, fillers = self.p.shape, self.p.data_filler
+        n = self.n_tops
+        if len(shapes) not in (1, n) or len(fillers) not in (0, 1, n):
+            raise LayerError(f"needs 1 or {n} shapes and 0, 1 or {n} data_fillers; received {len(shapes)} and "
+                             f"{len(fillers)}", "dummy_data_param")
+        self.fillers = (fillers * n if len(fillers) == 1 else fillers) or [None] * n
+        self.refill = any(f and f.get("type", "constant") != "constant" for f in self.fillers)
+        self.filled = False
+        shapes = shapes * n if len(shapes) == 1 else shapes
+        return [tuple(s.get("dim", [])) for s in shapes]
+
+    def forward(self, bottom, top):
+        if self.filled and not self.refill:
+            return
+        for t, f in zip(top, self.fillers):
+            t.data[...] = fill(t.shape, f, self.rng, t.data.dtype)
+        self.filled = True
+
+
+@register("ImageData")
+class ImageData(RowData):
+    """Images listed in a text file of `path label` lines (paths relative to root_folder, or to the list
+    file). Tops: data (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width
+    when given (all images must then share one size), grey unless is_color. Needs the optional Pillow:
+    pip install 'yaffe[images]'."""
+
+    param_block = "image_data_param"
+    fields = (
+        Field("source", "str", None, "the list file of `path label` lines", required=True),
+        Field("batch_size", "int", 1, "examples per batch", minimum=1),
+        Field("shuffle", "bool", False, "serve the images in a new random order each epoch"),
+        Field("new_height", "int", 0, "resize to this height (0: keep)", minimum=0),
+        Field("new_width", "int", 0, "resize to this width (0: keep)", minimum=0),
+        Field("is_color", "bool", True, "3 channels (RGB) rather than 1 (grey)"),
+        Field("root_folder", "str", "", "prefix of every image path"),
+    )
+    tops = (2, 2)
+    other_blocks = {"transform_param": TRANSFORM_FIELDS}
+
+    def _entries(self):
+        if not os.path.isfile(self.path):
+            raise sources.SourceError("no such file; the path is relative to the net file")
+        entries = []
+        with open(self.path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                try:
+                    entries.append((parts[0], float(parts[1])))
+                except (IndexError, ValueError):
+                    raise sources.SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'") from None
+        if not entries:
+            raise sources.SourceError("lists no images")
+        root = self.p.root_folder or os.path.dirname(self.path)
+        return [(os.path.join(self.base_dir, root, p) if not os.path.isabs(p) else p, lab) for p, lab in entries]
+
+    def _image(self, path):
+        try:
+            from PIL import Image
+        except ImportError:
+            raise sources.SourceError("ImageData needs Pillow: pip install 'yaffe[images]' (or pip install pillow)") from None
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.p.is_color else "L")
+                if self.p.new_height and self.p.new_width:
+                    im = im.resize((self.p.new_width, self.p.new_height), Image.BILINEAR)
+                a = np.asarray(im, dtype=self.dtype)
+        except OSError as e:
+            raise sources.SourceError(f"cannot read image {path}: {e}") from None
+        return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+
+    def _inspect(self):
+        self.entries = self._entries()
+        c = 3 if self.p.is_color else 1
+        if self.p.new_height and self.p.new_width:
+            return [(c, self.p.new_height, self.p.new_width), ()]
+        return [self._image(self.entries[0][0]).shape, ()]
+
+    def _load(self):
+        images = []
+        for path, _ in self.entries:
+            img = self._image(path)
+            if img.shape != self.sample_shapes[0]:
+                raise sources.SourceError(f"{path} is {list(img.shape)} but the first image is "
+                                          f"{list(self.sample_shapes[0])}; set new_height and new_width")
+            images.append(img)
+        return [np.stack(images), np.array([lab for _, lab in self.entries], self.dtype)]
+
+    def describe_row(self, i: int) -> str:
+        return f"line {i + 1} ({self.entries[i][0]})"
 
 
 @register("Input")

@@ -90,7 +90,7 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     lab = src.arrays[top_index].reshape(len(src.arrays[top_index]), -1)
     ignore = getattr(layer.p, "ignore_label", None)
     valid = lab if ignore is None else np.where(lab == ignore, 0, lab)
-    where = src_def.where("data_param.source")
+    where = src_def.where(f"{src.param_block}.source")
     head = f"layer '{src_def.name}' ({src_def.type}): source '{src.p.source}'"
     bad = ~np.isfinite(valid) | (valid != np.round(valid))
     if bad.any():
@@ -125,13 +125,13 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
     """Read every data source once: non-finite values, labels, and a test pass longer than the test set."""
     out = []
     for d, layer in zip(net.defs, net.layers):
-        if not hasattr(layer, "load"):
-            continue
+        if not hasattr(layer, "load") or not getattr(layer.p, "source", None):
+            continue  # only layers that read a source (not MemoryData, DummyData, Input)
         try:
             if layer.arrays is None:
                 layer.load()
         except Exception as e:  # a user file we cannot read: report it where the source is named
-            out.append(_finding(d.where("data_param.source"), "error", f"layer '{d.name}' ({d.type}): "
+            out.append(_finding(d.where(f"{layer.param_block}.source"), "error", f"layer '{d.name}' ({d.type}): "
                                 f"{str(e).split(': error: ', 1)[-1]}"))
             continue
         for name, arr in zip(d.tops, layer.arrays):
@@ -140,7 +140,7 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
             if not finite.all():
                 row = int(np.argmin(finite))
                 col = int(np.argmin(np.isfinite(flat[row])))
-                out.append(_finding(d.where("data_param.source"), "error",
+                out.append(_finding(d.where(f"{layer.param_block}.source"), "error",
                                     f"layer '{d.name}' ({d.type}): source '{layer.p.source}' holds "
                                     f"{flat[row, col]} in '{name}' at {layer.describe_row(row)}, value {col}; "
                                     "fix or drop that row (NaN or Inf input turns the loss into NaN)"))
@@ -149,7 +149,7 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
             flat = layer.arrays[0].reshape(len(layer.arrays[0]), -1)
             constant = np.flatnonzero(flat.min(axis=0) == flat.max(axis=0))
             if constant.size:
-                out.append(_finding(d.where("data_param.source"), "warning",
+                out.append(_finding(d.where(f"{layer.param_block}.source"), "warning",
                                     f"layer '{d.name}' ({d.type}): {constant.size} feature(s) of '{layer.p.source}' "
                                     f"never change (first: value {constant[0]}) but layer '{normalizers[0].name}' "
                                     "divides by their standard deviation, which is 0 (only eps keeps it finite); "

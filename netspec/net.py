@@ -237,6 +237,14 @@ class Net:
 
     # ---- weights -----------------------------------------------------------------------
 
+    def set_input_arrays(self, data, labels, layer: str | None = None):
+        """Give a MemoryData layer (the first, or the one named) its examples: data (N, C, H, W), labels (N,)."""
+        from .errors import UserError
+        targets = [l for l in self.layers if l.type == "MemoryData" and (layer is None or l.name == layer)]
+        if not targets:
+            raise UserError(f"the {self.phase} net has no MemoryData layer" + (f" named '{layer}'" if layer else ""))
+        targets[0].set_arrays(data, labels)
+
     def layer_by_name(self, name):
         return next((l for l in self.layers if l.name == name), None)
 

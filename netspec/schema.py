@@ -10,13 +10,15 @@ import jsonschema
 import layers
 from layers.base import Field
 from layers.fillers import FIELDS as FILLER_FIELDS
+from layers.transform import STEP_FIELDS
 from solvers.params import SOLVER_FIELDS
 from .errors import Finding, did_you_mean
 from .loader import Node, NodeList
 
 _KIND = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
          "str": {"type": "string"}, "filler": {"$ref": "#/$defs/filler"},
-         "shape": {"$ref": "#/$defs/blob_shape"}, "new_shape": {"$ref": "#/$defs/new_shape"}, "any": {}}
+         "shape": {"$ref": "#/$defs/blob_shape"}, "new_shape": {"$ref": "#/$defs/new_shape"},
+         "normalize_step": {"$ref": "#/$defs/normalize_step"}, "any": {}}
 
 
 _TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
@@ -33,7 +35,7 @@ def field_schema(f: Field) -> dict:
                       ("exclusive_maximum", "exclusiveMaximum")):
         if getattr(f, key) is not None:
             s[name] = getattr(f, key)
-    if f.kind not in ("filler", "shape", "new_shape"):
+    if f.kind not in ("filler", "shape", "new_shape", "normalize_step"):
         s["description"] = f.help
         if f.default is not None:
             s["default"] = f.default
@@ -95,7 +97,7 @@ def net_schema() -> dict:
                        "input_dim": _strings({"type": "integer", "minimum": 0}),
                        "input_shape": _strings({"$ref": "#/$defs/blob_shape"}),
                        "layer": {"type": "array", "items": layer}},
-        "$defs": {"filler": block_schema(FILLER_FIELDS),
+        "$defs": {"filler": block_schema(FILLER_FIELDS), "normalize_step": block_schema(STEP_FIELDS),
                   "blob_shape": {"type": "object", "additionalProperties": False, "required": ["dim"],
                                  "properties": {"dim": _strings({"type": "integer", "minimum": 0})}},
                   "new_shape": {"type": "object", "additionalProperties": False, "required": ["dim"],

@@ -72,7 +72,8 @@ class Trainer:
         self.prefix = os.path.join(base, prefix)
         self.metrics_path = metrics_path or f"{self.prefix}_metrics.jsonl"
         self.spec_hash = _spec_hash(self.solver_doc, self.net_doc)
-        self.batch = next((l.p.batch_size for l in self.net.layers if l.is_data), 1)
+        self.batch = next((self.net.shapes[d.tops[0]][0] for d, l in zip(self.net.defs, self.net.layers)
+                           if l.is_data and self.net.shapes.get(d.tops[0])), 1)
         self.stop_requested = False
 
     def _preflight(self):

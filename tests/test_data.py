@@ -92,3 +92,194 @@ def test_npz_without_an_array_for_a_top(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 2)), label=np.zeros(3))
     with pytest.raises(SpecError, match="has no array named 'data'"):
         data_net(tmp_path, "d.npz")
+
+
+# ---- more sources ------------------------------------------------------------------------------
+
+def write_idx(path, array):
+    import struct
+    code = {np.dtype(np.uint8): 0x08}[array.dtype]
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def test_idx_images_with_the_labels_file_beside_them(tmp_path):
+    images = np.arange(5 * 4 * 3, dtype=np.uint8).reshape(5, 4, 3)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([3, 1, 4, 1, 5], np.uint8))
+    net = data_net(tmp_path, "train-images-idx3-ubyte.gz", batch=2)
+    assert net.blobs["data"].shape == (2, 1, 4, 3)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[:, 0], images[:2])
+    np.testing.assert_array_equal(net.blobs["label"].data, [3, 1])
+
+
+def test_idx_without_labels_file_is_a_clear_error(tmp_path):
+    write_idx(tmp_path / "t-images-idx3-ubyte.gz", np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(SpecError, match="the labels file .*t-labels-idx1-ubyte.gz is not beside the images"):
+        data_net(tmp_path, "t-images-idx3-ubyte.gz")
+
+
+def test_hdf5_data_reads_a_list_of_files_in_order(tmp_path):
+    import h5py  # the hdf5 extra, part of the test extra
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    for i, rows in enumerate((slice(0, 4), slice(4, 6))):
+        with h5py.File(tmp_path / f"part{i}.h5", "w") as f:
+            f["data"], f["label"] = x[rows], np.arange(6)[rows]
+    (tmp_path / "train.txt").write_text("part0.h5\npart1.h5\n")
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: h, type: HDF5Data, top: [data, label], "
+                                       "hdf5_data_param: {source: train.txt, batch_size: 4}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    net.forward()
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, [4, 5, 0, 1])   # spans files, wraps
+    np.testing.assert_array_equal(net.blobs["data"].data[0], x[4])
+
+
+def test_memory_data_is_fed_from_python():
+    net = Net(loads("layer:\n  - {name: m, type: MemoryData, top: [data, label], memory_data_param: "
+                    "{batch_size: 2, channels: 1, height: 2, width: 2}}\n"), "TRAIN", seed=0)
+    data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    net.set_input_arrays(data, np.array([0, 1, 2, 3]))
+    net.forward()
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, data[2:])
+    from netspec.errors import UserError
+    with pytest.raises(UserError, match="3 examples is not a multiple of batch_size 2"):
+        net.set_input_arrays(data[:3], np.zeros(3))
+
+
+def test_dummy_data_fills_from_fillers():
+    net = Net(loads("layer:\n  - {name: d, type: DummyData, top: [a, b], dummy_data_param: "
+                    "{shape: [{dim: [2, 3]}, {dim: [2]}], data_filler: [{type: gaussian}, {type: constant, value: 7}]}}\n"),
+              "TRAIN", seed=0)
+    net.forward()
+    first = net.blobs["a"].data.copy()
+    net.forward()
+    assert first.std() > 0 and not np.array_equal(first, net.blobs["a"].data)   # redrawn each batch
+    np.testing.assert_array_equal(net.blobs["b"].data, [7, 7])
+
+
+def test_image_data_reads_resizes_and_labels(tmp_path):
+    from PIL import Image  # the images extra, part of the test extra
+    for i in range(3):
+        Image.fromarray(np.full((6, 4, 3), 40 * i, np.uint8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "list.txt").write_text("img0.png 0\nimg1.png 2\nimg2.png 1\n")
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: i, type: ImageData, top: [data, label], image_data_param: "
+                                       "{source: list.txt, batch_size: 3, new_height: 3, new_width: 2, is_color: false}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    assert net.blobs["data"].shape == (3, 1, 3, 2)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, [0, 2, 1])
+    np.testing.assert_allclose(net.blobs["data"].data[:, 0, 0, 0], [0, 40, 80], atol=1)
+
+
+# ---- the transformer ---------------------------------------------------------------------------
+
+def image_npz(tmp_path, n=4):
+    x = np.arange(n * 2 * 4 * 4, dtype=np.float32).reshape(n, 2, 4, 4)
+    np.savez(tmp_path / "d.npz", data=x, label=np.arange(n) % 2)
+    return x
+
+
+def test_crop_is_centred_in_test_and_random_in_train(tmp_path):
+    x = image_npz(tmp_path)
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], data_param: "
+                                       "{source: d.npz, batch_size: 4}, transform_param: {crop_size: 2}}\n")
+    path = str(tmp_path / "net.yaml")
+    test = Net(loads((tmp_path / "net.yaml").read_text(), path), "TEST", path, seed=0)
+    test.forward()
+    np.testing.assert_array_equal(test.blobs["data"].data, x[:, :, 1:3, 1:3])
+    train = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    seen = set()
+    for _ in range(5):
+        train.forward()
+        for i in range(4):
+            patch = train.blobs["data"].data[i]
+            matches = [(t, l) for t in range(3) for l in range(3) if np.array_equal(patch, x[i, :, t:t + 2, l:l + 2])]
+            assert matches
+            seen.update(matches)
+    assert len(seen) > 2
+
+
+def test_mean_file_is_taken_at_the_source_position_and_mirror_flips(tmp_path):
+    x = image_npz(tmp_path)
+    mean = np.random.default_rng(0).normal(size=(2, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "mean.npy", mean)
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], data_param: "
+                                       "{source: d.npz, batch_size: 4}, transform_param: "
+                                       "{mean_file: mean.npy, scale: 0.5, crop_size: 2, mirror: true}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TEST", path, seed=1)
+    flips = 0
+    for _ in range(4):
+        net.forward()
+        want = ((x - mean) * 0.5)[:, :, 1:3, 1:3]
+        got = net.blobs["data"].data
+        for i in range(4):
+            same, flipped = np.allclose(got[i], want[i]), np.allclose(got[i], want[i][..., ::-1])
+            assert same or flipped
+            flips += flipped and not same
+    assert 0 < flips < 16
+
+
+def test_normalize_steps_are_fitted_on_train_and_shared_with_test(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal(5, 3, size=(50, 3)).astype(np.float32)
+    test = rng.normal(5, 3, size=(10, 3)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", data=train, label=np.zeros(50))
+    np.savez(tmp_path / "test.npz", data=test, label=np.zeros(10))
+    spec = """layer:
+  - {name: d, type: Data, top: [data, label], include: {phase: TRAIN}, data_param: {source: train.npz, batch_size: 50},
+     transform_param: {normalize: [{type: zero_center, per: feature}, {type: z_score, per: feature}]}}
+  - {name: d, type: Data, top: [data, label], include: {phase: TEST}, data_param: {source: test.npz, batch_size: 10},
+     transform_param: {normalize: [{type: zero_center, per: feature}, {type: z_score, per: feature}]}}
+"""
+    (tmp_path / "net.yaml").write_text(spec)
+    path = str(tmp_path / "net.yaml")
+    tr = Net(loads(spec, path), "TRAIN", path, seed=0)
+    te = Net(loads(spec, path), "TEST", path, seed=0)
+    te.share_weights_from(tr)
+    tr.forward()
+    np.testing.assert_allclose(tr.blobs["data"].data.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(tr.blobs["data"].data.std(0), 1, rtol=1e-4)
+    te.forward()                                   # the TRAIN statistics, not the test set's own
+    np.testing.assert_allclose(te.blobs["data"].data, (test - train.mean(0)) / train.std(0), rtol=1e-4, atol=1e-5)
+    assert "d/0" in tr.weights() and tr.weights()["d/0"][0] == 1      # saved with the weights
+
+
+@pytest.mark.parametrize("step, check", [
+    ({"type": "linear_scale", "per": "feature"}, lambda y, x: np.allclose(y.min(0), -1) and np.allclose(y.max(0), 1)),
+    ({"type": "log"}, lambda y, x: np.allclose(y, np.log1p(x))),
+    ({"type": "clip", "min": 1, "max": 2}, lambda y, x: np.allclose(y, np.clip(x, 1, 2))),
+    ({"type": "binary_threshold", "threshold": 1.5}, lambda y, x: np.array_equal(y, (x > 1.5).astype(np.float32))),
+    ({"type": "zero_center", "per": "image"}, lambda y, x: np.allclose(y.mean(1), 0, atol=1e-6)),
+    ({"type": "pca_whiten", "epsilon": 0}, lambda y, x: np.allclose(np.cov(y, rowvar=False, bias=True), np.eye(3), atol=1e-4)),
+])
+def test_normalize_step(tmp_path, step, check):
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.normal(size=(40, 3)) @ np.array([[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1]])).astype(np.float32) + 0.1
+    np.savez(tmp_path / "d.npz", data=x, label=np.zeros(40))
+    import json
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], data_param: "
+                                       "{source: d.npz, batch_size: 40}, transform_param: {normalize: ["
+                                       + json.dumps(step) + "]}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    net.forward()
+    assert check(net.blobs["data"].data.astype(np.float64), x)
+
+
+def test_z_score_never_divides_a_constant_feature(tmp_path):
+    x = np.ones((5, 2), np.float32)
+    x[:, 1] = np.arange(5)
+    np.savez(tmp_path / "d.npz", data=x, label=np.zeros(5))
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], data_param: "
+                                       "{source: d.npz, batch_size: 5}, transform_param: {normalize: "
+                                       "[{type: z_score, per: feature}]}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    net.forward()
+    assert np.isfinite(net.blobs["data"].data).all() and (net.blobs["data"].data[:, 0] == 1).all()

@@ -29,6 +29,10 @@ def labels(n, classes, seed=0):
 NOT_DIFFERENTIABLE = {
     "Data": "a data source: no bottoms",
     "Input": "fed from Python: no bottoms",
+    "DummyData": "a data source: no bottoms",
+    "HDF5Data": "a data source: no bottoms",
+    "MemoryData": "a data source: no bottoms",
+    "ImageData": "a data source: no bottoms",
     "Accuracy": "a metric; Caffe's backward is NOT_IMPLEMENTED and the net never calls it",
     "Threshold": "a step function: zero gradient almost everywhere; Caffe's backward is NOT_IMPLEMENTED",
 }

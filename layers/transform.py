@@ -1,0 +1,219 @@
+"""The data transformer: Caffe's transform_param, then yaffe's `normalize` steps.
+
+Order (Caffe's): out = mirror(crop((x - mean) * scale)), the mean taken at the source (uncropped)
+position; yaffe's normalize steps run on the whole example after scaling and before the crop.
+crop_size takes a random offset in TRAIN and the centre in TEST; mirror flips horizontally with
+probability 1/2 in either phase (as Caffe does).
+
+normalize: steps whose statistics are computed once from the TRAIN data layer's whole source and kept
+as that layer's blobs, so they are shared with the TEST layer of the same name and saved with the weights
+(deployment uses the same numbers). Steps: zero_center, z_score, linear_scale (to [-1, 1]), log
+(log(x + 1)), clip (min, max), binary_threshold (threshold), pca_whiten (epsilon). `per` chooses the
+statistics: channel (default), feature (every value position) or image (each example's own; nothing stored).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from netspec.errors import LayerError
+from .base import Field
+
+STEPS = ("zero_center", "z_score", "linear_scale", "log", "clip", "binary_threshold", "pca_whiten")
+
+TRANSFORM_FIELDS = (
+    Field("scale", "float", 1.0, "multiply every value by this (after subtracting the mean)"),
+    Field("mean_value", "float", None, "subtract this (once, or once per channel) before scaling", repeated=True),
+    Field("mean_file", "str", None, "a .npy mean image of the full example shape, relative to the net file"),
+    Field("crop_size", "int", 0, "crop square patches of this size (random in TRAIN, centre in TEST)", minimum=0),
+    Field("mirror", "bool", False, "flip each example horizontally with probability 1/2"),
+    Field("normalize", "normalize_step", None, "normalization steps fitted on the TRAIN data", repeated=True),
+)
+
+STEP_FIELDS = (
+    Field("type", "enum", None, "the step", choices=STEPS, required=True),
+    Field("per", "enum", "channel", "zero_center, z_score, linear_scale: whose statistics",
+          choices=("channel", "feature", "image")),
+    Field("min", "float", None, "clip: lower bound"),
+    Field("max", "float", None, "clip: upper bound"),
+    Field("threshold", "float", 0.0, "binary_threshold: values above become 1, the rest 0"),
+    Field("epsilon", "float", 1e-5, "pca_whiten: added to each eigenvalue", minimum=0),
+)
+
+
+class Transformer:
+    """Applies transform_param to batches of raw examples of `sample_shape`."""
+
+    def __init__(self, p, phase, base_dir, sample_shape, dtype):
+        self.p, self.phase, self.dtype = p, phase, np.dtype(dtype)
+        self.sample = tuple(sample_shape)
+        self.steps = [dict({"per": "channel", "threshold": 0.0, "epsilon": 1e-5}, **s) for s in (p.normalize or [])]
+        self.mean = None
+        if p.mean_file and p.mean_value:
+            raise LayerError("give either mean_file or mean_value, not both", "transform_param.mean_file")
+        if p.mean_file:
+            path = os.path.normpath(os.path.join(base_dir, p.mean_file))
+            try:
+                self.mean = np.load(path).astype(self.dtype)
+            except (OSError, ValueError) as e:
+                raise LayerError(f"cannot read mean_file '{p.mean_file}' ({path}): {e}; give a .npy array",
+                                 "transform_param.mean_file") from None
+            if self.mean.shape != self.sample:
+                raise LayerError(f"mean_file holds shape {list(self.mean.shape)} but the examples are "
+                                 f"{list(self.sample)}; the mean image must have the full example size",
+                                 "transform_param.mean_file")
+        elif p.mean_value:
+            channels = self.sample[0] if self.sample else 1
+            if len(p.mean_value) not in (1, channels):
+                raise LayerError(f"mean_value needs 1 value or one per channel ({channels}); received "
+                                 f"{len(p.mean_value)}", "transform_param.mean_value")
+            m = np.asarray(p.mean_value, self.dtype)
+            self.mean = m.reshape((-1,) + (1,) * (len(self.sample) - 1)) if m.size > 1 else m[0]
+        if p.crop_size:
+            if len(self.sample) < 2 or min(self.sample[-2:]) < p.crop_size:
+                raise LayerError(f"crop_size {p.crop_size} needs examples of at least {p.crop_size} x "
+                                 f"{p.crop_size}; they are {list(self.sample)}", "transform_param.crop_size")
+        for i, s in enumerate(self.steps):
+            if s["type"] == "clip" and (s.get("min") is None or s.get("max") is None or s["min"] > s["max"]):
+                raise LayerError(f"normalize step {i} (clip) needs min <= max; received min={s.get('min')}, "
+                                 f"max={s.get('max')}", "transform_param.normalize")
+
+    @property
+    def out_shape(self):
+        if self.p.crop_size:
+            return self.sample[:-2] + (self.p.crop_size, self.p.crop_size)
+        return self.sample
+
+    # ---- normalize statistics as blobs -----------------------------------------------------
+
+    def _channel_shape(self, per):
+        if per == "feature":
+            return self.sample
+        return (self.sample[0],) if self.sample else (1,)
+
+    def stat_shapes(self):
+        """[(shape, filler)]: a 'fitted' flag, then each step's statistics."""
+        if not self.steps:
+            return []
+        shapes = [(1,)]
+        f = int(np.prod(self.sample, dtype=np.int64))
+        for s in self.steps:
+            if s["type"] in ("zero_center", "z_score") and s["per"] != "image":
+                shapes.append(self._channel_shape(s["per"]))
+            elif s["type"] == "linear_scale" and s["per"] != "image":
+                shapes.append((2,) + self._channel_shape(s["per"]))
+            elif s["type"] == "pca_whiten":
+                shapes += [(f,), (f, f)]
+        return [(sh, {"type": "constant", "value": 0}) for sh in shapes]
+
+    def _axes(self, x, per):
+        """Axes to reduce for per=channel|feature|image on a batch x (N, ...sample)."""
+        if per == "feature":
+            return (0,)
+        if per == "image":
+            return tuple(range(1, x.ndim))
+        return (0,) + tuple(range(2, x.ndim))
+
+    def _shaped(self, stat, per, x):
+        return stat if per == "feature" else stat.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def fit(self, raw, blobs):
+        """Compute every step's statistics from the whole training source (N, ...sample)."""
+        x = self._scaled(raw.astype(np.float64))
+        k = 1
+        for s in self.steps:
+            t, per = s["type"], s["per"]
+            if t in ("zero_center", "z_score", "linear_scale") and per != "image":
+                axes = self._axes(x, per)
+                if t == "zero_center":
+                    blobs[k][...] = x.mean(axis=axes)
+                elif t == "z_score":
+                    blobs[k][...] = x.std(axis=axes)
+                else:
+                    blobs[k][0], blobs[k][1] = x.min(axis=axes), x.max(axis=axes)
+                k += 1
+            elif t == "pca_whiten":
+                flat = x.reshape(len(x), -1)
+                mean = flat.mean(axis=0)
+                cov = np.cov(flat - mean, rowvar=False, bias=True).reshape(flat.shape[1], flat.shape[1])
+                vals, vecs = np.linalg.eigh(cov)
+                blobs[k][...] = mean
+                blobs[k + 1][...] = vecs / np.sqrt(np.maximum(vals, 0) + s["epsilon"])
+                k += 2
+            x = self._step(x, s, blobs, k - self._n_stats(s))
+        blobs[0][0] = 1
+
+    @staticmethod
+    def _n_stats(s):
+        if s["type"] == "pca_whiten":
+            return 2
+        return 1 if s["type"] in ("zero_center", "z_score", "linear_scale") and s["per"] != "image" else 0
+
+    def _step(self, x, s, blobs, k):
+        t, per = s["type"], s["per"]
+        if t == "zero_center":
+            return x - (x.mean(axis=self._axes(x, per), keepdims=True) if per == "image"
+                        else self._shaped(blobs[k], per, x))
+        if t == "z_score":
+            std = x.std(axis=self._axes(x, per), keepdims=True) if per == "image" else self._shaped(blobs[k], per, x)
+            return x / np.where(std > 0, std, 1)  # never divide a constant feature by 0
+        if t == "linear_scale":
+            if per == "image":
+                axes = self._axes(x, per)
+                lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
+            else:
+                lo, hi = self._shaped(blobs[k][0], per, x), self._shaped(blobs[k][1], per, x)
+            span = hi - lo
+            return np.where(span > 0, 2 * (x - lo) / np.where(span > 0, span, 1) - 1, 0)
+        if t == "log":
+            return np.log1p(x)
+        if t == "clip":
+            return np.clip(x, s["min"], s["max"])
+        if t == "binary_threshold":
+            return (x > s["threshold"]).astype(x.dtype)
+        flat = x.reshape(len(x), -1)  # pca_whiten
+        return ((flat - blobs[k]) @ blobs[k + 1]).reshape(x.shape)
+
+    def _scaled(self, x):
+        if self.mean is not None:
+            x = x - self.mean
+        return x * self.p.scale if self.p.scale != 1 else x
+
+    # ---- per batch ----------------------------------------------------------------------------
+
+    def apply(self, raw, out, blobs, rng):
+        """raw (N, ...sample) -> out (N, ...out_shape)."""
+        if not self.steps and not self.p.crop_size and not self.p.mirror:
+            np.copyto(out, raw, casting="unsafe")
+            if self.mean is not None:
+                out -= self.mean
+            if self.p.scale != 1:
+                out *= self.dtype.type(self.p.scale)
+            return
+        x = self._scaled(raw.astype(self.dtype))
+        if self.steps:
+            if blobs[0][0] == 0:
+                from netspec.errors import UserError
+                raise UserError("the normalize statistics were never fitted: they come from the TRAIN data layer "
+                                "of the same name (or the weights file); give the TEST data layer the TRAIN "
+                                "layer's name")
+            k = 1
+            x = x.astype(np.float64)
+            for s in self.steps:
+                x = self._step(x, s, blobs, k)
+                k += self._n_stats(s)
+        n, c = self.p.crop_size, None
+        if n:
+            h, w = x.shape[-2:]
+            for i in range(len(x)):
+                if self.phase == "TRAIN":
+                    top, left = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
+                else:
+                    top, left = (h - n) // 2, (w - n) // 2
+                out[i] = x[i, ..., top:top + n, left:left + n]
+        else:
+            out[...] = x
+        if self.p.mirror:
+            flip = rng.random(len(out)) < 0.5
+            out[flip] = out[flip][..., ::-1]
