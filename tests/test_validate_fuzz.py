@@ -26,6 +26,35 @@ def plain(node):
     return node
 
 
+def _data_files():
+    """Small sources for the data-layer net: an .h5 list, two images and their list, a csv."""
+    import h5py
+    import numpy as np
+    from PIL import Image
+    with h5py.File(os.path.join(WORK, "part.h5"), "w") as f:
+        f["x"], f["y"] = np.zeros((4, 3), np.float32), np.arange(4.0)
+    with open(os.path.join(WORK, "h5.txt"), "w") as f:
+        f.write("part.h5\n")
+    for i in range(2):
+        Image.fromarray(np.full((5, 5, 3), 50 * i, np.uint8)).save(os.path.join(WORK, f"im{i}.png"))
+    with open(os.path.join(WORK, "images.txt"), "w") as f:
+        f.write("im0.png 0\nim1.png 1\n")
+
+
+_data_files()
+DATA_NET = {"layer": [
+    {"name": "h5", "type": "HDF5Data", "top": ["x", "y"], "hdf5_data_param": {"source": "h5.txt", "batch_size": 2}},
+    {"name": "img", "type": "ImageData", "top": ["im", "im_label"],
+     "image_data_param": {"source": "images.txt", "batch_size": 2, "new_height": 4, "new_width": 4},
+     "transform_param": {"crop_size": 3, "mirror": True, "normalize": [{"type": "zero_center"}, {"type": "clip", "min": -1, "max": 1}]}},
+    {"name": "mem", "type": "MemoryData", "top": ["m", "m_label"],
+     "memory_data_param": {"batch_size": 2, "channels": 1, "height": 2, "width": 2}},
+    {"name": "dummy", "type": "DummyData", "top": "noise",
+     "dummy_data_param": {"shape": {"dim": [2, 3]}, "data_filler": {"type": "gaussian"}}},
+    {"name": "sum", "type": "Eltwise", "bottom": ["x", "noise"], "top": "s"},
+    {"name": "loss", "type": "EuclideanLoss", "bottom": ["s", "x"], "top": "loss"},
+    {"name": "quiet", "type": "Silence", "bottom": ["y", "im", "im_label", "m", "m_label"]},
+]}
 NET = plain(load(os.path.join(MODEL, "net.yaml")))
 ZOO = plain(load(os.path.join(ROOT, "tests", "fixtures", "zoo.yaml")))
 SOLVER = plain(load(os.path.join(MODEL, "solver.yaml")))
@@ -98,9 +127,22 @@ def test_validate_never_raises_on_a_mutated_net_of_every_layer_type(doc):
     check(doc, "zoo.yaml")
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(DATA_NET))
+def test_validate_never_raises_on_a_mutated_net_of_data_layers(doc):
+    check(doc, "data_net.yaml")
+
+
+def test_the_data_net_is_valid():
+    path = os.path.join(WORK, "data_net.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(DATA_NET, f)
+    assert [f for f in validate([path]) if f.severity == "error"] == []
+
+
 def test_the_fuzzed_nets_cover_every_layer_type():
     from layers import REGISTRY
-    used = {layer["type"] for layer in NET["layer"] + ZOO["layer"]} | {"Split"}
+    used = {layer["type"] for layer in NET["layer"] + ZOO["layer"] + DATA_NET["layer"]} | {"Split"}
     assert used == set(REGISTRY), f"add {sorted(set(REGISTRY) - used)} to tests/fixtures/zoo.yaml"
 
 
