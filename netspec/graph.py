@@ -133,6 +133,17 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
                                             "and loaded by layer name, so give each layer its own name")
         names.setdefault(name, node)
         cls = layers.REGISTRY[type_]
+        own = {cls.param_block, *cls.other_blocks}
+        for key in node:
+            if not (key.endswith("_param") and key not in own):
+                continue
+            if key == "transform_param" and cls.is_data:
+                _err(findings, node.at(key), f"{label}: {type_} does not transform its data (as in Caffe); "
+                                             "remove transform_param and preprocess the files")
+            elif warnings is not None:
+                w = node.at(key)
+                warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: {key} does not apply to {type_} "
+                                        f"layers and is ignored; remove it, or check the layer's type"))
         bottoms, tops = as_list(node.get("bottom")), as_list(node.get("top"))
         if cls.is_loss and not tops:
             tops = [name]  # Caffe gives a loss layer an automatic top

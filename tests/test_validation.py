@@ -371,3 +371,16 @@ def test_constant_feature_feeding_batchnorm_is_a_warning(tmp_path):
     net = data_net("d.csv").replace("  - {name: ip,", "  - {name: bn, type: BatchNorm, bottom: data, top: data}\n  - {name: ip,")
     f = one(findings(tmp_path, net), "warning")
     assert "4 feature(s) of 'd.csv' never change" in f and "layer 'bn' divides by their standard deviation" in f
+
+
+def test_a_parameter_block_of_another_type_is_a_warning(tmp_path):
+    net = HEAD + IP.replace("}\n", ", pooling_param: {kernel_size: 2}}\n") + LOSS
+    f = one(findings(tmp_path, net), "warning")
+    assert ":3:" in f and "pooling_param does not apply to InnerProduct layers and is ignored" in f
+
+
+def test_hdf5_data_with_transform_param_is_an_error(tmp_path):
+    net = ("layer:\n  - {name: h, type: HDF5Data, top: [data, label], hdf5_data_param: {source: l.txt, batch_size: 2},"
+           " transform_param: {scale: 0.5}}\n")
+    found = findings(tmp_path, net)
+    assert any("HDF5Data does not transform its data (as in Caffe)" in f for f in found), found
