@@ -77,14 +77,6 @@ def test_schema_carries_layer_declarations():
     assert "num_output" in conv["required"]
 
 
-def test_shipped_models_validate_clean():
-    models = os.path.join(ROOT, "models")
-    for name in sorted(os.listdir(models)):
-        solver = os.path.join(models, name, "solver.yaml")
-        if os.path.exists(solver):
-            assert validate([solver]) == [], name
-
-
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
