@@ -9,9 +9,58 @@ var_sum = m/(m-1)*var + maf*var_sum (the unbiased variance is stored; the biased
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
+
+
+@njit(cache=True)
+def bn_stats(x, mean, var):
+    """Per-channel mean and biased variance of x (N, C, inner), accumulated in float64."""
+    n_img, chans, inner = x.shape
+    m = n_img * inner
+    for c in range(chans):
+        acc = 0.0
+        for n in range(n_img):
+            for i in range(inner):
+                acc += x[n, c, i]
+        mu = acc / m
+        acc = 0.0
+        for n in range(n_img):
+            for i in range(inner):
+                d = x[n, c, i] - mu
+                acc += d * d
+        mean[c] = mu
+        var[c] = acc / m
+
+
+@njit(cache=True)
+def bn_normalize(x, mean, inv_std, y):
+    n_img, chans, inner = x.shape
+    for n in range(n_img):
+        for c in range(chans):
+            mu, s = mean[c], inv_std[c]
+            for i in range(inner):
+                y[n, c, i] = (x[n, c, i] - mu) * s
+
+
+@njit(cache=True)
+def bn_backward(y, dy, inv_std, dx):
+    """dx = (dy - mean(dy) - mean(dy * y) * y) * inv_std per channel (y is the normalized top)."""
+    n_img, chans, inner = y.shape
+    m = n_img * inner
+    for c in range(chans):
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(n_img):
+            for i in range(inner):
+                s1 += dy[n, c, i]
+                s2 += dy[n, c, i] * y[n, c, i]
+        a, b, s = s1 / m, s2 / m, inv_std[c]
+        for n in range(n_img):
+            for i in range(inner):
+                dx[n, c, i] = (dy[n, c, i] - a - b * y[n, c, i]) * s
 
 
 @register("BatchNorm")
@@ -50,12 +99,15 @@ class BatchNorm(Layer):
         y = top[0].data.reshape(self.view)
         mean_sum, var_sum, scale = (b.data for b in self.blobs)
         self.used_global = self.global_stats
-        if self.global_stats:
+        if getattr(self, "mean", None) is None or self.mean.dtype != x.dtype:
+            self.mean, self.var = np.empty(self.channels, x.dtype), np.empty(self.channels, x.dtype)
+        mean, var = self.mean, self.var
+        if self.used_global:
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
-            mean, var = mean_sum * f, var_sum * f
+            np.multiply(mean_sum, f, out=mean)
+            np.multiply(var_sum, f, out=var)
         else:
-            mean = x.mean(axis=(0, 2), dtype=np.float64).astype(x.dtype)
-            var = ((x - mean[None, :, None]) ** 2).mean(axis=(0, 2), dtype=np.float64).astype(x.dtype)
+            bn_stats(x, mean, var)
             maf = self.p.moving_average_fraction
             scale *= maf
             scale += 1
@@ -64,7 +116,7 @@ class BatchNorm(Layer):
             var_sum *= maf
             var_sum += (self.m / (self.m - 1) if self.m > 1 else 1.0) * var
         self.inv_std = (1.0 / np.sqrt(var + self.p.eps)).astype(x.dtype)
-        np.multiply(x - mean[None, :, None], self.inv_std[None, :, None], out=y)
+        bn_normalize(x, mean, self.inv_std, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -76,10 +128,7 @@ class BatchNorm(Layer):
             np.multiply(dy, inv, out=dx)
             return
         # NOTE: reads the normalized top, so in place is safe (Caffe caches x_norm for that)
-        y = top[0].data.reshape(self.view)
-        mean_dy = dy.mean(axis=(0, 2), keepdims=True)
-        mean_dyy = (dy * y).mean(axis=(0, 2), keepdims=True)
-        np.multiply(dy - mean_dy - mean_dyy * y, inv, out=dx)
+        bn_backward(top[0].data.reshape(self.view), dy, self.inv_std, dx)
 
 
 def _broadcast_view(bottom_shape, axis, num_axes, other_shape=None, field="scale_param.axis"):
@@ -106,6 +155,38 @@ def _broadcast_view(bottom_shape, axis, num_axes, other_shape=None, field="scale
     dim = int(np.prod(shape, dtype=np.int64))
     inner = int(np.prod(bottom_shape[a + len(shape):], dtype=np.int64))
     return (outer, dim, inner), shape
+
+
+@njit(cache=True)
+def scale_forward(x, s, b, has_bias, keep, y):
+    """keep = x; y = x * s[c] (+ b[c]) over (outer, C, inner); keep lets backward run in place."""
+    outer, chans, inner = x.shape
+    for o in range(outer):
+        for c in range(chans):
+            sc = s[c]
+            bc = b[c] if has_bias else 0.0
+            for i in range(inner):
+                v = x[o, c, i]
+                keep[o, c, i] = v
+                y[o, c, i] = v * sc + bc
+
+
+@njit(cache=True)
+def scale_backward(keep, dy, s, ds, db, has_bias, want_dx, dx):
+    outer, chans, inner = dy.shape
+    for c in range(chans):
+        a = 0.0
+        bsum = 0.0
+        for o in range(outer):
+            for i in range(inner):
+                g = dy[o, c, i]
+                a += g * keep[o, c, i]
+                bsum += g
+                if want_dx:
+                    dx[o, c, i] = g * s[c]
+        ds[c] += a
+        if has_bias:
+            db[c] += bsum
 
 
 @register("Scale")
@@ -147,24 +228,18 @@ class Scale(Layer):
         x = bottom[0].data.reshape(self.view)
         if self.x is None or self.x.dtype != x.dtype:
             self.x = np.empty_like(x)
-        self.x[...] = x
-        y = top[0].data.reshape(self.view)
-        np.multiply(self.x, self._scale(bottom), out=y)
-        if self.p.bias_term:
-            y += self.blobs[-1].data.reshape(1, -1, 1)
+        bias = self.blobs[-1].data.ravel() if self.p.bias_term else self._scale(bottom).ravel()
+        scale_forward(x, self._scale(bottom).ravel(), bias, self.p.bias_term, self.x, top[0].data.reshape(self.view))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.view)
-        ds = (dy * self.x).sum(axis=(0, 2))
-        if len(bottom) == 2:
-            if propagate_down[1]:
-                bottom[1].diff[...] = ds.reshape(bottom[1].shape)
-        else:
-            self.blobs[0].diff += ds.reshape(self.blobs[0].shape)
-        if self.p.bias_term:
-            self.blobs[-1].diff += dy.sum(axis=(0, 2)).reshape(self.blobs[-1].shape)
-        if propagate_down[0]:
-            np.multiply(dy, self._scale(bottom), out=bottom[0].diff.reshape(self.view))
+        two = len(bottom) == 2
+        ds = np.zeros(self.view[1], dy.dtype) if two else self.blobs[0].diff.reshape(-1)
+        db = self.blobs[-1].diff.reshape(-1) if self.p.bias_term else ds
+        scale_backward(self.x, dy, self._scale(bottom).ravel(), ds, db, self.p.bias_term, bool(propagate_down[0]),
+                       bottom[0].diff.reshape(self.view))
+        if two and propagate_down[1]:
+            bottom[1].diff[...] = ds.reshape(bottom[1].shape)
 
 
 @register("Bias")

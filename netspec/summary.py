@@ -15,14 +15,17 @@ def summarize(net: Net) -> list[dict]:
         if d.node is None:
             continue
         tops = {}
-        memory = 0
+        memory = saved = 0
         for j, t in enumerate(d.tops):
             tops[t] = list(net.shapes[t])
-            if not (j < len(d.bottoms) and d.bottoms[j] == t):  # in place reuses the bottom's memory
-                memory += int(np.prod(net.shapes[t], dtype=np.int64)) * net.dtype.itemsize
+            size = int(np.prod(net.shapes[t], dtype=np.int64)) * net.dtype.itemsize
+            if j < len(d.bottoms) and d.bottoms[j] == t:  # in place reuses the bottom's memory
+                saved += size
+            else:
+                memory += size
         params = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in layer.blob_shapes)
         rows.append({"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
-                     "params": params, "memory_bytes": memory})
+                     "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved})
     return rows
 
 
@@ -45,6 +48,10 @@ def format_summary(rows: list[dict], name: str, phase: str) -> str:
         lines += [f"{'':<32} {t:<36}" for t in tops[1:]]
     total_p = sum(r["params"] for r in rows)
     total_m = sum(r["memory_bytes"] for r in rows)
+    saved = sum(r["in_place_saved_bytes"] for r in rows)
     lines += ["=" * len(head), f"Total params: {total_p:,} ({_size(total_p * 4)} as float32)",
               f"Activation memory: {_size(total_m)} (data; training holds as much again in diffs)"]
+    if saved:
+        lines.append(f"In-place layers save {_size(saved)} of data ({100 * saved / (saved + total_m):.0f}%), "
+                     "and as much again of diffs")
     return "\n".join(lines)
