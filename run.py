@@ -13,14 +13,17 @@ import sys
 
 def cmd_train(args):
     from solvers.trainer import Trainer
-    trainer = Trainer(args.solver, metrics_path=args.metrics)
+    trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
+                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     return 130 if trainer.stop_requested else 0
 
 
 def cmd_test(args):
     from solvers.trainer import test_model
-    test_model(args.model, args.weights, args.iterations)
+    result = test_model(args.model, args.weights, args.iterations, out=(lambda *a: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -69,6 +72,28 @@ def positive_int(text):
     return value
 
 
+def field_value(text):
+    """`field=value` for --set; the value is read as YAML (0.001, [100, 200], Adam)."""
+    import yaml
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected field=value, e.g. base_lr=0.001; received {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, received {value}")
+    return value
+
+
 def build_parser():
     parser = Parser(prog="run.py", description="yaffe: Caffe-style declarative nets on Numba.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
@@ -76,7 +101,15 @@ def build_parser():
     p = sub.add_parser("train", help="train a net from a solver file")
     p.add_argument("solver", help="solver YAML (names the net)")
     p.add_argument("--snapshot", metavar="STATE", help="resume from a <prefix>_iter_<N>.solverstate.npz")
-    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz or .caffemodel), i.e. fine-tune")
+    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz or .caffemodel; several "
+                   "separated by commas are applied in order), i.e. fine-tune")
+    p.add_argument("--set", metavar="FIELD=VALUE", type=field_value, action="append",
+                   help="override a solver field, e.g. --set base_lr=0.001 (repeatable)")
+    p.add_argument("--lr-scale", type=positive_float, metavar="X",
+                   help="multiply the learning rate by X from the (resumed) iteration on, whatever the policy")
+    for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
+        p.add_argument(f"--{sig}-effect", choices=("snapshot", "stop", "none"), default=default,
+                       help=f"on {sig.upper()}: snapshot and go on, snapshot and stop, or ignore (default {default})")
     p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
                    "(default <snapshot_prefix>_metrics.jsonl)")
     p.set_defaults(func=cmd_train)
@@ -85,6 +118,7 @@ def build_parser():
     p.add_argument("model", help="net YAML")
     p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot or a Caffe .caffemodel")
     p.add_argument("--iterations", type=positive_int, default=50, help="batches to run (default 50)")
+    p.add_argument("--json", action="store_true", help="print the averaged outputs as one JSON object")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("validate", help="check net and solver files without training")

@@ -7,6 +7,7 @@ at the exact node. Duplicate keys are an error (YAML would silently keep the las
 from __future__ import annotations
 
 import os
+import re
 
 import yaml
 
@@ -87,6 +88,10 @@ def _construct_sequence(loader: _Loader, node):
     return out
 
 
+# YAML 1.1 (PyYAML) reads 1e-8 as a string because it has no dot; Caffe users write it all the time.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

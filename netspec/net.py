@@ -271,6 +271,11 @@ class Net:
     def load_weights(self, arrays: dict, source: str):
         """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored."""
         findings = []
+        names = {k.split("/")[0] for k in arrays}
+        if not names & {l.name for l in self.layers if l.blobs}:
+            from .errors import UserError
+            raise UserError(f"{source}: error: no layer of this file ({', '.join(sorted(names)[:5]) or 'none'}) "
+                            f"is in the net; weights are matched by layer name")
         for d, layer in zip(self.defs, self.layers):
             for i, b in enumerate(layer.blobs):
                 key = f"{layer.name}/{i}"

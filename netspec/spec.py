@@ -8,7 +8,7 @@ from solvers.lr_policy import missing_fields
 from solvers.params import SOLVER_FIELDS
 from . import schema
 from .errors import Finding, SpecError, UserError
-from .loader import Node, load
+from .loader import Node, Where, load
 
 
 def kind_of(doc) -> str:
@@ -39,6 +39,8 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
 
     for f in missing_fields(cfg):
         err("lr_policy", f"lr_policy '{cfg.lr_policy}' needs '{f}', which is not given; add {f}: ...")
+    if cfg.lr_policy in ("step", "multistep", "exp", "inv") and cfg.gamma is not None and cfg.gamma < 0:
+        err("gamma", f"gamma must be >= 0 for lr_policy '{cfg.lr_policy}'; received {cfg.gamma}")
     if cfg.lr_policy == "multistep" and any(a >= b for a, b in zip(cfg.stepvalue, cfg.stepvalue[1:])):
         err("stepvalue", f"stepvalue must be increasing; received {cfg.stepvalue}")
     if cfg.lr_policy == "poly" and not cfg.max_iter:
@@ -46,6 +48,9 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
     if cfg.test_interval and not cfg.test_iter:
         err("test_interval", f"test_interval {cfg.test_interval} is set but test_iter is not; add test_iter "
                              "(batches per test pass) or remove test_interval")
+    if cfg.type in ("AdaGrad", "RMSProp") and cfg.momentum:
+        err("momentum", f"{cfg.type} does not use momentum (Caffe refuses it); received momentum {cfg.momentum}: "
+                        "remove it")
     if cfg.clip_gradients == 0:
         err("clip_gradients", "clip_gradients 0 would zero every gradient; use a positive norm, or -1 for off")
     prefix = os.path.join(os.path.dirname(os.path.abspath(path)),
@@ -69,10 +74,33 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
     return out
 
 
-def load_solver(path: str):
-    """(doc, resolved config, net path); raises SpecError with every finding."""
+def apply_overrides(doc: Node, overrides: dict) -> list[Finding]:
+    """Set `--set field=value` values on a loaded solver; findings for unknown fields or bad values."""
+    import jsonschema
+    out = []
+    props = schema.solver_schema()["properties"]
+    for key, value in overrides.items():
+        where = ("--set", 0, 0)
+        if key not in props:
+            from .errors import did_you_mean
+            out.append(Finding(*where, "error", f"--set {key}={value}: unknown solver field '{key}'"
+                               f"{did_you_mean(key, props)} (valid fields: {', '.join(sorted(props))})"))
+            continue
+        errs = list(jsonschema.Draft202012Validator(props[key]).iter_errors(value))
+        if errs:
+            out.append(Finding(*where, "error", f"--set {key}={value}: {errs[0].message}"))
+            continue
+        doc[key] = value
+        doc.value_where[key] = doc.key_where[key] = Where("--set", 0, 0)
+    return out
+
+
+def load_solver(path: str, overrides: dict | None = None):
+    """(doc, resolved config, net path); raises SpecError with every finding. `overrides` are --set values."""
     doc = load(path)
     findings = schema.check(doc, schema.solver_schema(), path)
+    if overrides and not findings and isinstance(doc, Node):
+        findings = apply_overrides(doc, overrides)
     if not findings:
         findings = solver_findings(doc, path)
     if findings:

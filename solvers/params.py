@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from layers.base import Field
 
-SOLVER_TYPES = ("SGD",)
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 SOLVER_FIELDS = (
@@ -14,11 +14,16 @@ SOLVER_FIELDS = (
     Field("base_lr", "float", None, "the learning rate before the policy's decay",
           exclusive_minimum=0, required=True),
     Field("lr_policy", "enum", "fixed", "how the learning rate decays with the iteration", choices=LR_POLICIES),
-    Field("gamma", "float", None, "decay factor of step, exp, inv, multistep, sigmoid", minimum=0),
+    Field("gamma", "float", None, "decay factor of step, exp, inv, multistep; sigmoid's slope (< 0 decays)"),
     Field("power", "float", None, "exponent of inv and poly"),
     Field("stepsize", "int", None, "iterations per decay step (step, sigmoid)", minimum=1),
     Field("stepvalue", "int", None, "iterations at which multistep decays", minimum=1, repeated=True),
-    Field("momentum", "float", 0.0, "momentum of SGD (0.9 is usual)", minimum=0, exclusive_maximum=1),
+    Field("momentum", "float", 0.0, "momentum of SGD and Nesterov (0.9 is usual); AdaDelta's decay; Adam's beta1",
+          minimum=0, exclusive_maximum=1),
+    Field("momentum2", "float", 0.999, "Adam's beta2", minimum=0, exclusive_maximum=1),
+    Field("rms_decay", "float", 0.99, "RMSProp's decay of the squared gradients", minimum=0, exclusive_maximum=1),
+    Field("delta", "float", 1e-8, "AdaGrad, RMSProp, AdaDelta, Adam: added for numerical stability",
+          exclusive_minimum=0),
     Field("weight_decay", "float", 0.0, "regularization strength", minimum=0),
     Field("regularization_type", "enum", "L2", "weight decay kind", choices=("L2", "L1")),
     Field("clip_gradients", "float", -1.0, "scale gradients down when their global L2 norm exceeds this "

@@ -63,7 +63,11 @@ def load_weights_file(path: str) -> dict:
     if path.endswith(".caffemodel"):
         from netspec.caffemodel import read_caffemodel
         return read_caffemodel(path)
-    return load_npz(path, "weights")
+    arrays = load_npz(path, "weights")
+    if "meta" in arrays:
+        raise UserError(f"{path}: error: this is a solver state, not weights; resume from it with --snapshot "
+                        f"{path}, or pass its .weights.npz to --weights")
+    return arrays
 
 
 def paths(prefix: str, it: int) -> tuple[str, str]:

@@ -20,10 +20,10 @@ from netspec.net import Net
 from netspec.spec import load_net, load_solver
 from . import snapshot as snap
 from .lr_policy import LearningRate
-from .sgd import SOLVERS
+from .rules import SOLVERS
 
-HYPER = ("type", "base_lr", "lr_policy", "gamma", "power", "stepsize", "stepvalue", "momentum",
-         "weight_decay", "regularization_type", "clip_gradients", "iter_size", "max_iter")
+HYPER = ("type", "base_lr", "lr_policy", "gamma", "power", "stepsize", "stepvalue", "momentum", "momentum2",
+         "rms_decay", "delta", "weight_decay", "regularization_type", "clip_gradients", "iter_size", "max_iter")
 
 
 def _spec_hash(*docs) -> str:
@@ -52,9 +52,13 @@ class Metrics:
 class Trainer:
     """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file."""
 
-    def __init__(self, solver_path: str, *, out=print, metrics_path: str | None = None):
+    def __init__(self, solver_path: str, *, out=print, metrics_path: str | None = None, overrides: dict | None = None,
+                 lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot"):
         self.out = out
-        self.solver_doc, self.cfg, self.net_path = load_solver(solver_path)
+        self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
+        self.overrides = dict(overrides or {})
+        self.lr_scale, self.lr_scale_given = (1.0 if lr_scale is None else float(lr_scale)), lr_scale is not None
+        self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
         cfg = self.cfg
         self.net_doc = load_net(self.net_path)
         self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed)
@@ -75,6 +79,7 @@ class Trainer:
         self.batch = next((self.net.shapes[d.tops[0]][0] for d, l in zip(self.net.defs, self.net.layers)
                            if l.is_data and self.net.shapes.get(d.tops[0])), 1)
         self.stop_requested = False
+        self.snapshot_requested = False
 
     def _preflight(self):
         """Every check of `run.py validate`, once, before the first iteration: warnings are printed,
@@ -104,6 +109,7 @@ class Trainer:
 
     def snapshot(self) -> str:
         meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
+                "lr_scale": self.lr_scale,
                 "losses": list(self.losses), "spec_hash": self.spec_hash,
                 "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
         extra = {}
@@ -123,8 +129,8 @@ class Trainer:
         meta, weights, history, extra = snap.read(state_path)
         if meta.get("type") != self.cfg.type:
             raise UserError(f"{state_path}: error: the snapshot holds {meta.get('type')} history but the solver "
-                            f"says type: {self.cfg.type}; use the snapshot's solver type, or start from its "
-                            "weights with --weights")
+                            f"says type: {self.cfg.type}; use type: {meta.get('type')} to resume, or start "
+                            f"{self.cfg.type} from the snapshot's weights with --weights {meta.get('weights')}")
         if int(meta["iter"]) > self.cfg.max_iter:
             w = self.solver_doc.at("max_iter")
             raise SpecError([Finding(w[0], w[1], w[2], "error", f"max_iter {self.cfg.max_iter} is smaller than "
@@ -140,18 +146,27 @@ class Trainer:
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
             if key in meta.get("rng", {}):
                 layer.rng.bit_generator.state = meta["rng"][key]
-        changed = [f"{k} {v} -> {getattr(self.cfg, k)}" for k, v in meta.get("solver", {}).items()
-                   if getattr(self.cfg, k) != v]
-        self.out(f"Resuming from {state_path} at iteration {self.iter}")
-        if changed:
-            self.out("Solver settings changed since the snapshot: " + ", ".join(changed))
-        self.out(f"Learning rate at iteration {self.iter}: {self._peek_lr():g}")
+        if not self.lr_scale_given:
+            self.lr_scale = float(meta.get("lr_scale", 1.0))  # a scale given at an earlier resume stays
+        self.changed = {k: (v, getattr(self.cfg, k)) for k, v in meta.get("solver", {}).items()
+                        if getattr(self.cfg, k) != v}
+        self.out(f"Resumed from iteration {self.iter} of {state_path}")
+        for k, (old, new) in self.changed.items():
+            self.out(f"  {k}: {old} -> {new}")
+        if self.lr_scale != 1.0:
+            self.out(f"  learning rate scaled by {self.lr_scale:g} from here on")
+        self.out(f"Learning rate of the next iteration ({self.iter}): {self._peek_lr():g}")
 
     def _peek_lr(self) -> float:
         step = self.lr.current_step
-        rate = self.lr(self.iter)
+        rate = self.rate(self.iter)
         self.lr.current_step = step  # peeking must not advance multistep
         return rate
+
+    def rate(self, it: int) -> float:
+        """The policy's rate times --lr-scale (in float32, as Caffe computes it)."""
+        rate = self.lr(it)
+        return rate if self.lr_scale == 1.0 else float(np.float32(rate * self.lr_scale))
 
     # ---- loop --------------------------------------------------------------------------
 
@@ -177,25 +192,36 @@ class Trainer:
         self.metrics.write(record)
         return record
 
-    def _on_sigint(self, signum, frame):
-        if self.stop_requested:
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        self.out("Interrupted: finishing this iteration, then snapshotting (press Ctrl-C again to abort)")
+    def _on_signal(self, signum, frame):
+        name = "SIGINT" if signum == signal.SIGINT else "SIGHUP"
+        effect = self.effects[name]
+        if effect == "stop":
+            if self.stop_requested and name == "SIGINT":
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self.out(f"{name}: finishing this iteration, then snapshotting and stopping"
+                     + (" (Ctrl-C again aborts at once)" if name == "SIGINT" else ""))
+        elif effect == "snapshot":
+            self.snapshot_requested = True
+            self.out(f"{name}: snapshotting after this iteration, then going on")
 
     def train(self, snapshot_path: str | None = None, weights_path: str | None = None) -> dict:
         cfg = self.cfg
         if snapshot_path and weights_path:
             raise UserError("give --snapshot to resume training or --weights to fine-tune, not both")
         if weights_path:
-            self.net.load_weights(snap.load_weights_file(weights_path), weights_path)
-            self.out(f"Fine-tuning from {weights_path}")
+            for path in weights_path.split(","):  # several files: applied in order, as in Caffe
+                self.net.load_weights(snap.load_weights_file(path), path)
+                self.out(f"Fine-tuning from {path}")
         if snapshot_path:
             self.restore(snapshot_path)
+        elif self.lr_scale_given:
+            self.out(f"Learning rate scaled by {self.lr_scale:g}")
         self.metrics = Metrics(self.metrics_path, append=bool(snapshot_path))
         self.out(f"Solving {self.net.name} ({cfg.type}, lr_policy {cfg.lr_policy}), "
                  f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
         start_iter, last = self.iter, None
         try:
             last = self._loop()
@@ -204,8 +230,8 @@ class Trainer:
                 self.snapshot()  # keep the work done so far
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.metrics.close()
         return last or {}
 
@@ -224,7 +250,7 @@ class Trainer:
                 t0 = last_t = time.perf_counter()
             loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size
             self.losses.append(loss)
-            rate = self.lr(self.iter)
+            rate = self.rate(self.iter)
             if cfg.display and self.iter % cfg.display == 0:
                 now = time.perf_counter()
                 # iterations per second since the last display (the first: this iteration's passes)
@@ -241,11 +267,12 @@ class Trainer:
                 self.metrics.write(record)
                 self.out(f"Iteration {self.iter}, lr = {rate:g}")
                 last_iter, last_t = self.iter, now
-            self.solver.apply_update(rate)
+            self.solver.apply_update(rate, self.iter)
             self.iter += 1
-            snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0)
+            snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0) or self.snapshot_requested
             if snapped:
                 self.snapshot()
+                self.snapshot_requested = False
         if cfg.snapshot_after_train and not snapped and (self.iter > 0 or self.stop_requested):
             self.snapshot()
         if self.stop_requested:

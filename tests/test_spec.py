@@ -128,3 +128,9 @@ def test_fixture_nets_validate_without_errors():
 def test_yaml_boolean_trap_gets_a_quoting_hint():
     errs = net_findings("layer:\n  - {name: on, type: ReLU}\n")
     assert "YAML reads on/off/yes/no as true/false: quote the value" in errs[0]
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    from netspec.loader import loads
+    doc = loads("delta: 1e-8\nbase_lr: 5E-4\nname: 1e3x\n")
+    assert doc["delta"] == 1e-8 and doc["base_lr"] == 5e-4 and doc["name"] == "1e3x"

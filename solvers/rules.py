@@ -1,0 +1,157 @@
+"""Update rules (Caffe's sgd_solvers). Per iteration, after the gradients are summed over iter_size passes:
+clip (global L2 norm over all learnable diffs), divide by iter_size, add weight decay (L2: lambda*w, L1:
+lambda*sign(w)), the solver's rule (which turns the diff into the step), w -= step.
+
+g = regularized gradient, a = rate * lr_mult, t = iter + 1 (Adam):
+SGD       v = mu*v + a*g; step = v                       (the rate sits inside v, as in Caffe)
+Nesterov  v' = mu*v + a*g; step = (1 + mu)*v' - mu*v
+AdaGrad   h += g^2; step = a*g / (sqrt(h) + delta)
+RMSProp   h = rho*h + (1 - rho)*g^2; step = a*g / (sqrt(h) + delta)
+AdaDelta  h = mu*h + (1 - mu)*g^2; u = g*sqrt((h2 + delta) / (h + delta)); h2 = mu*h2 + (1 - mu)*u^2; step = a*u
+Adam      m = b1*m + (1 - b1)*g; v = b2*v + (1 - b2)*g^2; step = a*sqrt(1 - b2^t)/(1 - b1^t) * m/(sqrt(v) + delta)
+All arithmetic in the parameters' dtype (float32), with float32 scalars, like Caffe.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netspec.errors import UserError
+
+
+class Solver:
+    """Holds the history blobs (`slots` per parameter) and applies one update."""
+
+    type = "SGD"
+    slots = 1
+
+    def __init__(self, params, cfg):
+        self.params, self.cfg = params, cfg
+        self.history = [np.zeros_like(p.blob.data) for _ in range(self.slots) for p in params]
+
+    def _hist(self, i, slot=0):
+        return self.history[slot * len(self.params) + i]
+
+    def history_arrays(self) -> dict:
+        """{"layer/i" (or "layer/i#k" for a second slot): array}, Caffe's order: first slots, then second."""
+        out = {}
+        for slot in range(self.slots):
+            for i, p in enumerate(self.params):
+                out[p.key + (f"#{slot}" if slot else "")] = self._hist(i, slot)
+        return out
+
+    def load_history(self, arrays: dict, source: str):
+        mine = self.history_arrays()
+        if sorted(arrays) != sorted(mine):
+            extra, missing = sorted(set(arrays) - set(mine)), sorted(set(mine) - set(arrays))
+            raise UserError(f"{source}: error: the snapshot's solver history does not fit this net and solver "
+                            f"(missing {missing[:3]}, unexpected {extra[:3]}); resume with the net the "
+                            "snapshot was taken with, or start from its weights with --weights")
+        for key, h in mine.items():
+            a = arrays[key]
+            if a.shape != h.shape:
+                raise UserError(f"{source}: error: history of param '{key}' has shape {list(a.shape)} "
+                                f"but the net's param has {list(h.shape)}; resume with the same net")
+            h[...] = a
+
+    def apply_update(self, rate: float, it: int):
+        cfg = self.cfg
+        dtype = self.params[0].blob.data.dtype.type if self.params else np.float32
+        if cfg.clip_gradients >= 0:
+            norm = float(np.sqrt(sum(float(np.dot(p.blob.diff.ravel(), p.blob.diff.ravel()))
+                                     for p in self.params if p.lr_mult)))
+            if norm > cfg.clip_gradients:
+                scale = dtype(cfg.clip_gradients / norm)
+                for p in self.params:
+                    p.blob.diff *= scale
+        for i, p in enumerate(self.params):
+            if p.lr_mult == 0:
+                continue
+            g, w = p.blob.diff, p.blob.data
+            if cfg.iter_size > 1:
+                g *= dtype(1.0 / cfg.iter_size)
+            decay = dtype(cfg.weight_decay * p.decay_mult)
+            if decay:
+                g += decay * (w if cfg.regularization_type == "L2" else np.sign(w))
+            self.rule(g, i, dtype(rate * p.lr_mult), it)
+            w -= g
+
+    def rule(self, g, i, a, it):
+        """Turn the gradient g of parameter i into its step, in place."""
+        raise NotImplementedError
+
+
+class SGD(Solver):
+    type = "SGD"
+
+    def rule(self, g, i, a, it):
+        v = self._hist(i)
+        v *= v.dtype.type(self.cfg.momentum)
+        v += a * g
+        g[...] = v
+
+
+class Nesterov(Solver):
+    type = "Nesterov"
+
+    def rule(self, g, i, a, it):
+        v = self._hist(i)
+        mu = v.dtype.type(self.cfg.momentum)
+        old = v * mu
+        v *= mu
+        v += a * g
+        np.subtract(v * (1 + mu), old, out=g)
+
+
+class AdaGrad(Solver):
+    type = "AdaGrad"
+
+    def rule(self, g, i, a, it):
+        h = self._hist(i)
+        h += g * g
+        g *= a / (np.sqrt(h) + h.dtype.type(self.cfg.delta))
+
+
+class RMSProp(Solver):
+    type = "RMSProp"
+
+    def rule(self, g, i, a, it):
+        h = self._hist(i)
+        rho = h.dtype.type(self.cfg.rms_decay)
+        h *= rho
+        h += (1 - rho) * g * g
+        g *= a / (np.sqrt(h) + h.dtype.type(self.cfg.delta))
+
+
+class AdaDelta(Solver):
+    type = "AdaDelta"
+    slots = 2
+
+    def rule(self, g, i, a, it):
+        h, h2 = self._hist(i, 0), self._hist(i, 1)
+        mu, delta = h.dtype.type(self.cfg.momentum), h.dtype.type(self.cfg.delta)
+        h *= mu
+        h += (1 - mu) * g * g
+        g *= np.sqrt((h2 + delta) / (h + delta))
+        h2 *= mu
+        h2 += (1 - mu) * g * g
+        g *= a
+
+
+class Adam(Solver):
+    type = "Adam"
+    slots = 2
+
+    def rule(self, g, i, a, it):
+        m, v = self._hist(i, 0), self._hist(i, 1)
+        b1, b2 = m.dtype.type(self.cfg.momentum), m.dtype.type(self.cfg.momentum2)
+        t = it + 1
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        correction = m.dtype.type(np.sqrt(1 - float(b2) ** t) / (1 - float(b1) ** t))
+        np.divide(m, np.sqrt(v) + m.dtype.type(self.cfg.delta), out=g)
+        g *= a * correction
+
+
+SOLVERS = {cls.type: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}

@@ -1,0 +1,191 @@
+"""Solvers and lr policies: hand-computed steps, a plain NumPy re-implementation over 50 iterations."""
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from layers.base import resolve
+from solvers.lr_policy import LearningRate
+from solvers.params import SOLVER_FIELDS
+from solvers.trainer import Trainer
+
+# w (a Parameter, starting at 0) pulled towards t = -1 by EuclideanLoss: loss = (w - t)^2 / 2, g = w + 1
+SCALAR_NET = """layer:
+  - {name: t, type: DummyData, top: t, dummy_data_param: {shape: {dim: [1, 1]}, data_filler: {type: constant, value: -1}}}
+  - {name: w, type: Parameter, top: w, parameter_param: {shape: {dim: [1, 1]}}}
+  - {name: loss, type: EuclideanLoss, bottom: [w, t], top: loss}
+"""
+
+
+def run_solver(tmp_path, net, iters, **solver):
+    (tmp_path / "net.yaml").write_text(net)
+    cfg = {"net": "net.yaml", "max_iter": iters, "display": 1, "snapshot_after_train": False, "random_seed": 3}
+    cfg.update(solver)
+    (tmp_path / "solver.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    t.train()
+    return t
+
+
+def w_after(tmp_path, iters, **solver):
+    return float(run_solver(tmp_path, SCALAR_NET, iters, **solver).net.layer_by_name("w").blobs[0].data.ravel()[0])
+
+
+# hand-computed: g0 = 1 (w0 = 0), then g1 = w1 + 1
+HAND = {
+    # v1 = .1*1 = .1, w1 = -.1; g1 = .9, v2 = .9*.1 + .1*.9 = .18, w2 = -.28
+    "SGD": ({"base_lr": 0.1, "momentum": 0.9}, -0.1, -0.28),
+    # v1 = .1, step = 1.9*.1 = .19, w1 = -.19; g1 = .81, v2 = .09 + .081 = .171, step = 1.9*.171 - .9*.1 = .2349
+    "Nesterov": ({"base_lr": 0.1, "momentum": 0.9}, -0.19, -0.4249),
+    # h1 = 1, step = .1; g1 = .9, h2 = 1.81, step = .1*.9/sqrt(1.81) = .0668965
+    "AdaGrad": ({"base_lr": 0.1}, -0.1, -0.1 - 0.09 / math.sqrt(1.81)),
+    # h1 = .01*1, step = .1*1/.1 = 1, w1 = -1; g1 = 0: no step
+    "RMSProp": ({"base_lr": 0.1}, -1.0, -1.0),
+    # h1 = .05, u = sqrt(1e-6/.050001) = .00447209, h2' = .05*u^2; g1 = 1 + w1
+    "AdaDelta": ({"base_lr": 1.0, "momentum": 0.95, "delta": 1e-6}, -math.sqrt(1e-6 / 0.050001), None),
+    # t=1: m = .1, v = .001, step = .1*sqrt(.001)/.1 * .1/sqrt(.001) = .1; t=2 below
+    "Adam": ({"base_lr": 0.1, "momentum": 0.9, "momentum2": 0.999}, -0.1, None),
+}
+
+
+def adadelta_two():
+    u1 = math.sqrt(1e-6 / 0.050001)
+    w1, h, h2 = -u1, 0.05, 0.05 * u1 * u1
+    g = 1 + w1
+    h = 0.95 * h + 0.05 * g * g
+    u = g * math.sqrt((h2 + 1e-6) / (h + 1e-6))
+    return w1 - u
+
+
+def adam_two():
+    g = 0.9
+    m, v = 0.9 * 0.1 + 0.1 * g, 0.999 * 0.001 + 0.001 * g * g
+    return -0.1 - 0.1 * math.sqrt(1 - 0.999 ** 2) / (1 - 0.9 ** 2) * m / (math.sqrt(v) + 1e-8)
+
+
+@pytest.mark.parametrize("solver", sorted(HAND))
+def test_two_steps_match_hand_computation(tmp_path, solver):
+    params, one, two = HAND[solver]
+    two = two if two is not None else {"AdaDelta": adadelta_two, "Adam": adam_two}[solver]()
+    assert w_after(tmp_path, 1, type=solver, **params) == pytest.approx(one, rel=1e-5, abs=1e-7)
+    assert w_after(tmp_path, 2, type=solver, **params) == pytest.approx(two, rel=1e-5, abs=1e-7)
+
+
+def policy(**kw):
+    return LearningRate(resolve(SOLVER_FIELDS, dict({"base_lr": 0.1, "max_iter": 100}, **kw)))
+
+
+def test_lr_policies_follow_caffe_formulas():
+    assert policy(lr_policy="fixed")(57) == pytest.approx(0.1)
+    assert policy(lr_policy="step", gamma=0.5, stepsize=10)(25) == pytest.approx(0.025)
+    assert policy(lr_policy="exp", gamma=0.9)(3) == pytest.approx(0.0729)
+    assert policy(lr_policy="inv", gamma=0.01, power=0.5)(300) == pytest.approx(0.05)
+    assert policy(lr_policy="poly", power=2)(50) == pytest.approx(0.025)
+    assert policy(lr_policy="sigmoid", gamma=-0.5, stepsize=10)(10) == pytest.approx(0.05)
+    multi = policy(lr_policy="multistep", gamma=0.1, stepvalue=[3, 5])
+    assert [round(multi(i), 6) for i in range(7)] == [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+SOFTMAX_NET = """layer:
+  - {name: d, type: Data, top: [data, label], data_param: {source: d.npz, batch_size: 8}}
+  - {name: ip, type: InnerProduct, bottom: data, top: ip, param: [{lr_mult: 1}, {lr_mult: 2, decay_mult: 0}],
+     inner_product_param: {num_output: 3, weight_filler: {type: gaussian, std: 0.5}, bias_filler: {type: constant, value: 0.1}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+
+def numpy_reference(x, y, w, b, cfg, iters, batch=8):
+    """The same training in float64 NumPy, Caffe's order: clip, /iter_size, decay, rule, w -= step."""
+    params = [w.astype(np.float64), b.astype(np.float64)]
+    lr_mult, decay_mult = [1.0, 2.0], [1.0, 0.0]
+    slots = 2 if cfg.type in ("AdaDelta", "Adam") else 1
+    hist = [[np.zeros_like(p) for p in params] for _ in range(slots)]
+    rate_of = LearningRate(cfg)
+    pos = 0
+    for it in range(iters):
+        grads = [np.zeros_like(p) for p in params]
+        for _ in range(cfg.iter_size):
+            xb, yb = x[pos:pos + batch], y[pos:pos + batch].astype(int)
+            pos = (pos + batch) % len(x)
+            z = xb @ params[0].T + params[1]
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(batch), yb] -= 1
+            p /= batch
+            grads[0] += p.T @ xb
+            grads[1] += p.sum(0)
+        if cfg.clip_gradients >= 0:
+            norm = math.sqrt(sum((g ** 2).sum() for g in grads))
+            if norm > cfg.clip_gradients:
+                grads = [g * cfg.clip_gradients / norm for g in grads]
+        rate = rate_of(it)
+        for k, (prm, g) in enumerate(zip(params, grads)):
+            g = g / cfg.iter_size
+            lam = cfg.weight_decay * decay_mult[k]
+            g = g + lam * (prm if cfg.regularization_type == "L2" else np.sign(prm))
+            a, h = rate * lr_mult[k], hist[0][k]
+            if cfg.type == "SGD":
+                h[...] = cfg.momentum * h + a * g
+                step = h
+            elif cfg.type == "Nesterov":
+                old = h.copy()
+                h[...] = cfg.momentum * h + a * g
+                step = (1 + cfg.momentum) * h - cfg.momentum * old
+            elif cfg.type == "AdaGrad":
+                h += g * g
+                step = a * g / (np.sqrt(h) + cfg.delta)
+            elif cfg.type == "RMSProp":
+                h[...] = cfg.rms_decay * h + (1 - cfg.rms_decay) * g * g
+                step = a * g / (np.sqrt(h) + cfg.delta)
+            elif cfg.type == "AdaDelta":
+                h2 = hist[1][k]
+                h[...] = cfg.momentum * h + (1 - cfg.momentum) * g * g
+                u = g * np.sqrt((h2 + cfg.delta) / (h + cfg.delta))
+                h2[...] = cfg.momentum * h2 + (1 - cfg.momentum) * u * u
+                step = a * u
+            else:
+                v, t = hist[1][k], it + 1
+                h[...] = cfg.momentum * h + (1 - cfg.momentum) * g
+                v[...] = cfg.momentum2 * v + (1 - cfg.momentum2) * g * g
+                step = a * math.sqrt(1 - cfg.momentum2 ** t) / (1 - cfg.momentum ** t) * h / (np.sqrt(v) + cfg.delta)
+            prm -= step
+    return params
+
+
+CONFIGS = [
+    {"type": "SGD", "base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+    {"type": "SGD", "base_lr": 0.1, "momentum": 0.5, "weight_decay": 0.01, "regularization_type": "L1",
+     "lr_policy": "step", "gamma": 0.5, "stepsize": 10},
+    {"type": "SGD", "base_lr": 0.5, "clip_gradients": 0.1, "iter_size": 2, "lr_policy": "multistep", "gamma": 0.3,
+     "stepvalue": [20, 35]},
+    {"type": "Nesterov", "base_lr": 0.05, "momentum": 0.9, "weight_decay": 0.005, "lr_policy": "inv", "gamma": 0.01,
+     "power": 0.75},
+    {"type": "AdaGrad", "base_lr": 0.1, "weight_decay": 0.005, "lr_policy": "exp", "gamma": 0.99},
+    {"type": "RMSProp", "base_lr": 0.01, "rms_decay": 0.9, "lr_policy": "poly", "power": 1.5},
+    {"type": "AdaDelta", "base_lr": 1.0, "momentum": 0.95, "delta": 1e-6, "weight_decay": 0.001},
+    {"type": "Adam", "base_lr": 0.01, "momentum": 0.9, "momentum2": 0.999, "lr_policy": "sigmoid", "gamma": -0.1,
+     "stepsize": 30},
+]
+
+
+@pytest.mark.parametrize("solver", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values())[:40])
+def test_fifty_iterations_match_plain_numpy(tmp_path, solver):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)
+    np.savez(tmp_path / "d.npz", data=x, label=y)
+    cfg = dict(solver, max_iter=50)
+    (tmp_path / "net.yaml").write_text(SOFTMAX_NET)
+    (tmp_path / "solver.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in dict(
+        cfg, net="net.yaml", snapshot_after_train=False, random_seed=1).items()))
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    ip = t.net.layer_by_name("ip")
+    w0, b0 = ip.blobs[0].data.copy(), ip.blobs[1].data.copy()
+    t.train()
+    ref = numpy_reference(x, y, w0, b0, resolve(SOLVER_FIELDS, cfg), 50)
+    np.testing.assert_allclose(ip.blobs[0].data, ref[0], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(ip.blobs[1].data, ref[1], rtol=2e-4, atol=2e-5)
+    assert not np.allclose(ip.blobs[0].data, w0)
