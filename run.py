@@ -43,7 +43,7 @@ def cmd_validate(args):
         if report:
             print(report["text"])
         errors = sum(f.severity == "error" for f in findings)
-        warnings = len(findings) - errors
+        warnings = sum(f.severity == "warning" for f in findings)
         print(f"{errors} error(s), {warnings} warning(s)" if findings else f"{', '.join(args.files)}: valid",
               file=sys.stderr)
     return 2 if any(f.severity == "error" for f in findings) else 0

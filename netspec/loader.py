@@ -28,7 +28,10 @@ class Where(tuple):
 
 
 class Node(dict):
-    """A mapping that knows where it and each of its keys and values stand."""
+    """A mapping that knows where it and each of its keys and values stand. `notes`: what loading it
+    upgraded or ignored (Caffe prototxt files)."""
+
+    notes: list = []
 
     where: Where
     key_where: dict
@@ -115,8 +118,17 @@ def loads(text: str, path: str = "<string>"):
         loader.dispose()
 
 
+PROTOTXT_SUFFIXES = (".prototxt", ".pt", ".pbtxt")
+
+
 def load(path: str):
-    """Load a YAML file; a missing or unreadable file raises UserError naming it."""
+    """Load a YAML file, or a Caffe .prototxt (its upgrade notes go to the result's `notes`); a missing or
+    unreadable file raises UserError naming it."""
+    if path.endswith(PROTOTXT_SUFFIXES):
+        from .prototxt import load as load_prototxt
+        doc, notes = load_prototxt(path)
+        doc.notes = notes
+        return doc
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -93,6 +93,10 @@ def net_schema() -> dict:
         "title": "yaffe net", "type": "object", "additionalProperties": False,
         "properties": {"yaffe": {"const": 1}, "name": {"type": "string"},
                        "force_backward": {"type": "boolean"},
+                       "debug_info": {"type": "boolean", "description": "Caffe's flag (see the solver's)"},
+                       "state": {"type": "object", "additionalProperties": False, "properties": {
+                           "phase": {"enum": ["TRAIN", "TEST"]}, "level": {"type": "integer"},
+                           "stage": _strings({"type": "string"})}},
                        "input": _strings({"type": "string"}),
                        "input_dim": _strings({"type": "integer", "minimum": 0}),
                        "input_shape": _strings({"$ref": "#/$defs/blob_shape"}),

@@ -126,7 +126,7 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
     from .checks import data_findings, structure_findings
     from .net import Net
     doc = load_net(path)
-    out: list[Finding] = []
+    out: list[Finding] = list(getattr(doc, "notes", []))
     test = test_iter is not None if for_training else mentions_test_phase(doc)
     for phase in ("TRAIN", "TEST") if test else ("TRAIN",):
         try:
@@ -163,6 +163,7 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
             doc = load(path)
             if kind_of(doc) == "solver":
                 doc, cfg, net_path = load_solver(path)
+                findings.extend(getattr(doc, "notes", []))
                 queue.append((net_path, {"for_training": True, "test_iter": (cfg.test_iter or [None])[0],
                                          "test_iter_where": doc.at("test_iter") if "test_iter" in doc else None}))
                 continue
@@ -177,7 +178,8 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
     unique = list(dict.fromkeys(findings))
     unique.sort(key=lambda f: (order.get(os.path.abspath(f.path), len(order)), f.line, f.col))
     if strict:
-        unique = [Finding(f.path, f.line, f.col, "error", f.message) for f in unique]
+        unique = [Finding(f.path, f.line, f.col, "error" if f.severity == "warning" else f.severity, f.message)
+                  for f in unique]
     return unique
 
 

@@ -42,4 +42,10 @@ SOLVER_FIELDS = (
     Field("random_seed", "int", -1, "seed of fillers, shuffling and dropout (-1: a random seed)"),
     Field("solver_mode", "enum", "CPU", "ignored: yaffe runs on the CPU", choices=("CPU", "GPU")),
     Field("device_id", "int", 0, "ignored: yaffe runs on the CPU", minimum=0),
+    Field("test_compute_loss", "bool", False, "Caffe's flag; yaffe always reports the TEST net's loss"),
+    Field("debug_info", "bool", False, "log per-layer data and diff magnitudes"),
+    Field("snapshot_diff", "bool", False, "Caffe's flag (diffs are not snapshotted)"),
+    Field("snapshot_format", "enum", "BINARYPROTO", "Caffe's snapshot format (yaffe writes .npz)",
+          choices=("BINARYPROTO", "HDF5")),
+    Field("layer_wise_reduce", "bool", True, "ignored: multi-GPU only"),
 )

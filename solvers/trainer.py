@@ -49,10 +49,15 @@ class Metrics:
             self.file.close()
 
 
+def say(*args):
+    """Print a log line at once, also when stdout is a file or a pipe (tee, nohup)."""
+    print(*args, flush=True)
+
+
 class Trainer:
     """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file."""
 
-    def __init__(self, solver_path: str, *, out=print, metrics_path: str | None = None, overrides: dict | None = None,
+    def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot"):
         self.out = out
         self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
@@ -86,14 +91,15 @@ class Trainer:
         errors stop training before it starts."""
         from netspec.checks import data_findings, structure_findings
         doc, cfg = self.solver_doc, self.cfg
-        findings = list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
+        findings = list(getattr(doc, "notes", [])) + list(getattr(self.net_doc, "notes", []))
+        findings += list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
         findings += data_findings(self.net)
         if self.test_net:
             findings += self.test_net.warnings + data_findings(
                 self.test_net, cfg.test_iter[0], doc.at("test_iter") if "test_iter" in doc else None)
         findings = list(dict.fromkeys(findings))
         for f in findings:
-            if f.severity == "warning":
+            if f.severity != "error":
                 self.out(str(f))
         if any(f.severity == "error" for f in findings):
             raise SpecError(findings)
@@ -295,7 +301,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def test_model(model_path: str, weights_path: str | None, iterations: int = 50, out=print) -> dict:
+def test_model(model_path: str, weights_path: str | None, iterations: int = 50, out=say) -> dict:
     """`run.py test`: the TEST-phase net with the given weights, `iterations` batches; mean of each output."""
     doc = load_net(model_path)
     net = Net(doc, "TEST", model_path, seed=0)

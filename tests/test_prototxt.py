@@ -1,0 +1,100 @@
+"""Caffe's text format: the parser, Caffe's upgrades, and real Caffe files run unchanged."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from netspec.caffemodel import read_caffemodel
+from netspec.errors import SpecError
+from netspec.prototxt import loads
+from netspec.spec import validate
+from solvers.trainer import Trainer
+
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "caffe_lenet")
+
+
+def test_text_format_features():
+    doc, notes = loads('''
+name: "net"   # a comment
+layer {
+  name: "conv1"  type: "Convolution"
+  bottom: "data" top: "conv1"
+  param { lr_mult: 1 } param: { lr_mult: 2 }
+  convolution_param < num_output: 20 kernel_size: 5 weight_filler { type: "xavier" } engine: CAFFE >
+  include { phase: TRAIN }
+}
+layer { name: 'x\\'y\\n' "z" type: "ReLU" bottom: ["a", "b"] top: "a" loss_weight: 1e-3 propagate_down: false }
+''', "n.prototxt")
+    first, second = doc["layer"]
+    assert first["param"] == [{"lr_mult": 1}, {"lr_mult": 2}]
+    assert first["convolution_param"] == {"num_output": 20, "kernel_size": 5, "weight_filler": {"type": "xavier"}}
+    assert first["include"] == {"phase": "TRAIN"}
+    assert second["name"] == "x'y\nz" and second["bottom"] == ["a", "b"] and second["loss_weight"] == 0.001
+    assert second["propagate_down"] is False
+    assert doc["layer"].at(1) == ("n.prototxt", 10, 7)
+    assert first["convolution_param"].at("num_output") == ("n.prototxt", 7, 35)
+    assert [str(n) for n in notes] == ["n.prototxt:7:86: info: engine is ignored: yaffe runs on the CPU"]
+
+
+def test_v1_layers_are_upgraded_with_a_warning():
+    doc, notes = loads('''
+layers { name: "ip" type: INNER_PRODUCT bottom: "data" top: "ip" blobs_lr: 1 blobs_lr: 2 weight_decay: 1
+         weight_decay: 0 inner_product_param { num_output: 10 } }
+layers { name: "d" type: DATA top: "data" data_param { source: "x" batch_size: 4 scale: 0.5 mirror: true } }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "ip" bottom: "label" }
+''', "old.prototxt")
+    ip, data, loss = doc["layer"]
+    assert ip["type"] == "InnerProduct" and ip["param"] == [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
+    assert data["transform_param"] == {"scale": 0.5, "mirror": True} and "scale" not in data["data_param"]
+    assert loss["type"] == "SoftmaxWithLoss"
+    assert "deprecated V1 'layers' format" in str(notes[0]) and notes[0].severity == "warning"
+
+
+def test_solver_type_enum_is_upgraded():
+    doc, notes = loads('net: "n.prototxt"\nsolver_type: ADAM\nbase_lr: 0.01\nsolver_mode: GPU\n', "s.prototxt")
+    assert doc["type"] == "Adam" and "solver_mode" not in doc
+    assert {n.severity for n in notes} == {"warning", "info"}
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ('layer { name: "a"\n', "1:18", "missing '}' to close the message opened at line 1"),
+    ('layer { name: "a" }}\n', "1:20", "expected a field name, found '}'"),
+    ('name: @\n', "1:7", "unexpected character '@'"),
+])
+def test_syntax_errors_have_line_and_column(text, where, what):
+    with pytest.raises(SpecError) as e:
+        loads(text, "bad.prototxt")
+    assert str(e.value) == f"bad.prototxt:{where}: error: malformed prototxt: {what}"
+
+
+@pytest.fixture
+def caffe_dir(tmp_path):
+    """Caffe's LeNet prototxts as shipped, with the HDF5 sources they name written from the MNIST subset."""
+    import h5py
+    for name in ("lenet_sgd_solver.prototxt", "lenet_sgd_train_test.prototxt"):
+        shutil.copy(os.path.join(FIX, name), tmp_path)
+    with np.load(os.path.join(FIX, "mnist_subset.npz")) as z:
+        for part in ("train", "test"):
+            with h5py.File(tmp_path / f"{part}.h5", "w") as f:
+                f["data"] = z[f"{part}_images"][:, None].astype(np.float32) / 256
+                f["label"] = z[f"{part}_labels"].astype(np.float32)
+            (tmp_path / f"{part}.h5.txt").write_text(f"{part}.h5\n")
+    return tmp_path
+
+
+def test_caffe_prototxt_validates(caffe_dir):
+    found = validate([str(caffe_dir / "lenet_sgd_solver.prototxt")])
+    assert [f.severity for f in found] == ["info"], [str(f) for f in found]
+
+
+def test_caffe_prototxt_trains_to_caffes_losses(caffe_dir):
+    t = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None)
+    final = t.train(weights_path=os.path.join(FIX, "lenet_sgd_init.caffemodel"))
+    ref = np.load(os.path.join(FIX, "caffe_losses.npz"))
+    with open(t.metrics_path) as f:
+        ours = {r["iter"]: r["loss"] for r in map(json.loads, f) if r["phase"] == "train"}
+    diff = np.abs(np.array([ours[i] for i in range(201)]) - ref["loss"])
+    assert diff[:20].max() <= 1e-4 and diff[20:200].max() <= 0.01 and diff[20:200].mean() <= 0.002
+    assert abs(final["accuracy"] - float(ref["test_accuracy"][0])) <= 0.005
