@@ -49,6 +49,12 @@ def cmd_validate(args):
     return 2 if any(f.severity == "error" for f in findings) else 0
 
 
+def cmd_convert(args):
+    from netspec.convert import convert
+    convert(args.file, args.output)
+    return 0
+
+
 def cmd_schema(args):
     from netspec.schema import net_schema, solver_schema
     print(json.dumps(solver_schema() if args.kind == "solver" else net_schema(), indent=1))
@@ -128,6 +134,11 @@ def build_parser():
     p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="write a Caffe .prototxt (net or solver) as yaffe YAML")
+    p.add_argument("file", help="a net or solver .prototxt (a solver's net is converted too)")
+    p.add_argument("-o", "--output", help="the YAML file to write (default: beside the input, .yaml)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")
     p.add_argument("kind", nargs="?", choices=("net", "solver"), default="net")

@@ -98,3 +98,25 @@ def test_caffe_prototxt_trains_to_caffes_losses(caffe_dir):
     diff = np.abs(np.array([ours[i] for i in range(201)]) - ref["loss"])
     assert diff[:20].max() <= 1e-4 and diff[20:200].max() <= 0.01 and diff[20:200].mean() <= 0.002
     assert abs(final["accuracy"] - float(ref["test_accuracy"][0])) <= 0.005
+
+
+def test_convert_writes_yaml_that_loads_as_the_same_net(caffe_dir):
+    import subprocess
+    import sys
+    from netspec.loader import load
+    from netspec.net import Net
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "run.py"), "convert",
+                        str(caffe_dir / "lenet_sgd_solver.prototxt")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    solver_yaml = load(str(caffe_dir / "lenet_sgd_solver.yaml"))
+    assert solver_yaml["yaffe"] == 1 and solver_yaml["net"] == "lenet_sgd_train_test.yaml"
+    for phase in ("TRAIN", "TEST"):
+        a = Net(load(str(caffe_dir / "lenet_sgd_train_test.prototxt")), phase, str(caffe_dir / "a.prototxt"), seed=1)
+        b = Net(load(str(caffe_dir / "lenet_sgd_train_test.yaml")), phase, str(caffe_dir / "b.yaml"), seed=1)
+        assert [(d.name, d.type, d.bottoms, d.tops, d.params, d.loss_weights) for d in a.defs] == \
+               [(d.name, d.type, d.bottoms, d.tops, d.params, d.loss_weights) for d in b.defs]
+        assert a.shapes == b.shapes
+        for (k, x), (k2, y) in zip(a.weights().items(), b.weights().items()):
+            assert k == k2 and np.array_equal(x, y)
+    assert validate([str(caffe_dir / "lenet_sgd_solver.yaml")]) == []
