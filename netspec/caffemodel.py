@@ -1,4 +1,4 @@
-"""Reading Caffe's binary .caffemodel files without compiled protos.
+"""Reading and writing Caffe's binary .caffemodel and .solverstate files without compiled protos.
 
 A minimal protobuf wire-format decoder plus the field numbers of the few Caffe messages
 needed (facts of Caffe's caffe.proto):
@@ -105,3 +105,71 @@ def read_caffemodel(path: str) -> dict:
         raise UserError(f"{path}: error: no such file") from None
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: error: not a binary Caffe NetParameter ({e})") from None
+
+
+def read_solverstate(path: str) -> dict:
+    """{"iter", "learned_net", "current_step", "history": [arrays]} of a binary Caffe SolverState
+    (SolverState: iter 1, learned_net 2, history 3, current_step 4)."""
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+        out = {"iter": 0, "learned_net": "", "current_step": 0, "history": []}
+        for num, wire, v in fields(buf):
+            if num == 1 and wire == 0:
+                out["iter"] = v
+            elif num == 2 and wire == 2:
+                out["learned_net"] = v.decode()
+            elif num == 3 and wire == 2:
+                out["history"].append(read_blob(v))
+            elif num == 4 and wire == 0:
+                out["current_step"] = v
+        return out
+    except FileNotFoundError:
+        raise UserError(f"{path}: error: no such file") from None
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: error: not a binary Caffe SolverState ({e})") from None
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+def _enc_varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _enc_varint(num << 3 | 2) + _enc_varint(len(payload)) + payload
+
+
+def _int_field(num: int, value: int) -> bytes:
+    return _enc_varint(num << 3) + _enc_varint(value)
+
+
+def blob_bytes(array) -> bytes:
+    """BlobProto with shape (7: BlobShape, dim packed) and data (5: packed float)."""
+    a = np.ascontiguousarray(array, "<f4")
+    shape = _field(1, b"".join(_enc_varint(int(d)) for d in a.shape)) if a.ndim else b""
+    return _field(7, shape) + _field(5, a.tobytes())
+
+
+def caffemodel_bytes(name: str, layers) -> bytes:
+    """NetParameter (name 1, layer 100 {name 1, type 2, blobs 7}) for [(layer name, type, [arrays])]."""
+    out = [_field(1, name.encode())]
+    for lname, ltype, blobs in layers:
+        body = _field(1, lname.encode()) + _field(2, ltype.encode()) + b"".join(_field(7, blob_bytes(b)) for b in blobs)
+        out.append(_field(100, body))
+    return b"".join(out)
+
+
+def solverstate_bytes(it: int, learned_net: str, history, current_step: int) -> bytes:
+    return (_int_field(1, it) + _field(2, learned_net.encode()) + b"".join(_field(3, blob_bytes(h)) for h in history)
+            + _int_field(4, current_step))

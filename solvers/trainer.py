@@ -129,7 +129,39 @@ class Trainer:
                                   meta, extra)
         self.out(f"Snapshotting to {wpath}")
         self.out(f"Snapshotting solver state to {spath}")
+        if self.solver_doc.get("snapshot_format") == "BINARYPROTO":  # asked for Caffe's files too
+            from netspec.caffemodel import caffemodel_bytes, solverstate_bytes
+            model = f"{self.prefix}_iter_{self.iter}.caffemodel"
+            layers = [(l.name, l.type, [b.data for b in l.blobs]) for l in self.net.layers if l.blobs]
+            snap.atomic_write(model, caffemodel_bytes(self.net.name, layers))
+            snap.atomic_write(f"{self.prefix}_iter_{self.iter}.solverstate", solverstate_bytes(
+                self.iter, os.path.basename(model), self.solver.history, self.lr.current_step))
+            self.out(f"Snapshotting to {model} (and its Caffe .solverstate)")
         return spath
+
+    def restore_caffe(self, state_path: str):
+        """Resume from Caffe's binary .solverstate, with the .caffemodel it names beside it."""
+        from netspec.caffemodel import read_caffemodel, read_solverstate
+        state = read_solverstate(state_path)
+        model = os.path.join(os.path.dirname(state_path), os.path.basename(state["learned_net"]))
+        if not os.path.isfile(model):
+            raise UserError(f"{state_path}: error: it names the weights {state['learned_net']!r}, which are not "
+                            f"beside it ({model}); put the .caffemodel next to the .solverstate")
+        self.net.load_weights(read_caffemodel(model), model)
+        history = state["history"]
+        if len(history) != len(self.solver.history):
+            raise UserError(f"{state_path}: error: {len(history)} history blobs for a {self.cfg.type} solver that "
+                            f"needs {len(self.solver.history)} (Caffe: 'Incorrect length of history blobs'); resume "
+                            "with the solver type and net the state was written with")
+        for mine, theirs in zip(self.solver.history, history):
+            if mine.size != theirs.size:
+                raise UserError(f"{state_path}: error: a history blob has {theirs.size} values where the net's "
+                                f"param has {mine.size}; resume with the net the state was written with")
+            mine[...] = theirs.reshape(mine.shape)
+        self.iter, self.lr.current_step = int(state["iter"]), int(state["current_step"])
+        self.out(f"Resumed from iteration {self.iter} of Caffe's {state_path} (weights {model}); data layers "
+                 "start from their beginning, as in Caffe")
+        self.out(f"Learning rate of the next iteration ({self.iter}): {self._peek_lr():g}")
 
     def restore(self, state_path: str):
         meta, weights, history, extra = snap.read(state_path)
@@ -219,7 +251,12 @@ class Trainer:
             for path in weights_path.split(","):  # several files: applied in order, as in Caffe
                 self.net.load_weights(snap.load_weights_file(path), path)
                 self.out(f"Fine-tuning from {path}")
-        if snapshot_path:
+        if snapshot_path and snapshot_path.endswith(".caffemodel"):
+            raise UserError(f"{snapshot_path}: error: this is a Caffe weights file, not a solver state; fine-tune "
+                            f"from it with --weights {snapshot_path}, or resume from its .solverstate")
+        if snapshot_path and snapshot_path.endswith(".solverstate"):
+            self.restore_caffe(snapshot_path)
+        elif snapshot_path:
             self.restore(snapshot_path)
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
