@@ -25,7 +25,8 @@ STEPS = ("zero_center", "z_score", "linear_scale", "log", "clip", "binary_thresh
 TRANSFORM_FIELDS = (
     Field("scale", "float", 1.0, "multiply every value by this (after subtracting the mean)"),
     Field("mean_value", "float", None, "subtract this (once, or once per channel) before scaling", repeated=True),
-    Field("mean_file", "str", None, "a .npy mean image of the full example shape, relative to the net file"),
+    Field("mean_file", "str", None, "a .npy (or Caffe .binaryproto) mean image of the full example shape, "
+          "relative to the net file"),
     Field("crop_size", "int", 0, "crop square patches of this size (random in TRAIN, centre in TEST)", minimum=0),
     Field("mirror", "bool", False, "flip each example horizontally with probability 1/2"),
     Field("normalize", "normalize_step", None, "normalization steps fitted on the TRAIN data", repeated=True),
@@ -55,10 +56,17 @@ class Transformer:
         if p.mean_file:
             path = os.path.normpath(os.path.join(base_dir, p.mean_file))
             try:
-                self.mean = np.load(path).astype(self.dtype)
-            except (OSError, ValueError) as e:
-                raise LayerError(f"cannot read mean_file '{p.mean_file}' ({path}): {e}; give a .npy array",
-                                 "transform_param.mean_file") from None
+                if path.endswith(".binaryproto"):  # Caffe's BlobProto (1, C, H, W)
+                    from netspec.caffemodel import read_blob
+                    with open(path, "rb") as f:
+                        mean = read_blob(f.read())
+                    self.mean = mean.reshape(mean.shape[1:] if mean.ndim == 4 and mean.shape[0] == 1 else mean.shape)
+                else:
+                    self.mean = np.load(path)
+                self.mean = self.mean.astype(self.dtype)
+            except (OSError, ValueError, IndexError) as e:
+                raise LayerError(f"cannot read mean_file '{p.mean_file}' ({path}): {e}; give a .npy array or "
+                                 "Caffe's .binaryproto", "transform_param.mean_file") from None
             if self.mean.shape != self.sample:
                 raise LayerError(f"mean_file holds shape {list(self.mean.shape)} but the examples are "
                                  f"{list(self.sample)}; the mean image must have the full example size",

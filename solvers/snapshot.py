@@ -100,3 +100,28 @@ def read(state_path: str) -> tuple[dict, dict, dict, dict]:
     history = {k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")}
     extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
     return meta, weights, history, extra
+
+
+def write_hdf5(model_path: str, state_path: str, it: int, net, history, current_step: int):
+    """Caffe's HDF5 snapshot: the model's data/<layer>/<i> datasets, the state's iter, learned_net,
+    current_step and history/<i>; each written to a temp file and renamed into place."""
+    from layers.sources import SourceError, h5py_module
+    try:
+        h5py = h5py_module()
+    except SourceError as e:
+        raise UserError(f"snapshot_format: HDF5: {e}") from None
+    for path, fill in ((model_path, "model"), (state_path, "state")):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with h5py.File(tmp, "w") as f:
+            if fill == "model":
+                for layer in net.layers:
+                    for i, b in enumerate(layer.blobs):
+                        f[f"data/{layer.name}/{i}"] = b.data
+            else:
+                f["iter"], f["current_step"] = it, current_step
+                f["learned_net"] = os.path.basename(model_path)
+                for i, h in enumerate(history):
+                    f[f"history/{i}"] = h
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)

@@ -137,6 +137,11 @@ class Trainer:
             snap.atomic_write(f"{self.prefix}_iter_{self.iter}.solverstate", solverstate_bytes(
                 self.iter, os.path.basename(model), self.solver.history, self.lr.current_step))
             self.out(f"Snapshotting to {model} (and its Caffe .solverstate)")
+        elif self.solver_doc.get("snapshot_format") == "HDF5":  # Caffe's HDF5 layout, through the hdf5 extra
+            model = f"{self.prefix}_iter_{self.iter}.caffemodel.h5"
+            snap.write_hdf5(model, f"{self.prefix}_iter_{self.iter}.solverstate.h5", self.iter, self.net,
+                            self.solver.history, self.lr.current_step)
+            self.out(f"Snapshotting to {model} (and its Caffe .solverstate.h5)")
         return spath
 
     def restore_caffe(self, state_path: str):

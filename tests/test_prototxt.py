@@ -159,3 +159,43 @@ def test_binaryproto_snapshots_are_caffe_files_yaffe_reads_back(caffe_dir):
     r = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, overrides={"max_iter": 4})
     r.train(snapshot_path=str(caffe_dir / "lenet_sgd_iter_3.solverstate"))
     assert r.iter == 4
+
+
+def test_caffemodel_round_trip_gives_byte_equal_blobs(tmp_path):
+    from netspec.caffemodel import caffemodel_bytes, read_caffemodel
+    src = read_caffemodel(os.path.join(FIX, "lenet_sgd_iter_200.caffemodel"))
+    layers = {}
+    for key, value in src.items():
+        name, i = key.split("/")
+        layers.setdefault(name, []).append(value)
+    (tmp_path / "out.caffemodel").write_bytes(caffemodel_bytes("lenet", [(n, "X", b) for n, b in layers.items()]))
+    back = read_caffemodel(str(tmp_path / "out.caffemodel"))
+    assert back.keys() == src.keys()
+    for key in src:
+        assert back[key].shape == src[key].shape and back[key].tobytes() == src[key].tobytes()
+
+
+def test_binaryproto_mean_file_is_accepted(tmp_path):
+    from netspec.caffemodel import blob_bytes
+    from netspec.loader import loads as yaml_loads
+    from netspec.net import Net
+    mean = np.arange(2 * 3 * 3, dtype=np.float32).reshape(1, 2, 3, 3)
+    (tmp_path / "mean.binaryproto").write_bytes(blob_bytes(mean))
+    x = np.ones((2, 2, 3, 3), np.float32) * 10
+    np.savez(tmp_path / "d.npz", data=x, label=np.zeros(2))
+    text = ("layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: d.npz, batch_size: 2}, "
+            "transform_param: {mean_file: mean.binaryproto}}\n")
+    net = Net(yaml_loads(text, str(tmp_path / "n.yaml")), "TEST", str(tmp_path / "n.yaml"), seed=0)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, x - mean)
+
+
+def test_hdf5_snapshot_format_writes_caffes_layout(caffe_dir):
+    import h5py
+    t = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None,
+                overrides={"max_iter": 2, "snapshot_format": "HDF5", "test_iter": [1]})
+    t.train()
+    with h5py.File(caffe_dir / "lenet_sgd_iter_2.caffemodel.h5", "r") as f:
+        np.testing.assert_array_equal(f["data/conv1/0"][()], t.net.layer_by_name("conv1").blobs[0].data)
+    with h5py.File(caffe_dir / "lenet_sgd_iter_2.solverstate.h5", "r") as f:
+        assert f["iter"][()] == 2 and len(f["history"]) == 8
