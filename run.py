@@ -55,6 +55,25 @@ def cmd_convert(args):
     return 0
 
 
+def cmd_data(args):
+    from layers.sources import SourceError, write_dataset
+    from netspec.errors import UserError
+    size = None
+    if args.resize:
+        try:
+            size = tuple(int(v) for v in args.resize.lower().split("x"))
+            assert len(size) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--resize: expected HEIGHTxWIDTH, e.g. 32x32; received {args.resize!r}") from None
+    try:
+        n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
+                          gray=args.gray)
+    except (SourceError, OSError) as e:
+        raise UserError(f"{args.source}: error: {e}") from None
+    print(f"Wrote {n} examples to {args.output}")
+    return 0
+
+
 def cmd_schema(args):
     from netspec.schema import net_schema, solver_schema
     print(json.dumps(solver_schema() if args.kind == "solver" else net_schema(), indent=1))
@@ -139,6 +158,18 @@ def build_parser():
     p.add_argument("file", help="a net or solver .prototxt (a solver's net is converted too)")
     p.add_argument("-o", "--output", help="the YAML file to write (default: beside the input, .yaml)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("data", help="data tools: 'data convert SOURCE OUTPUT' writes an LMDB or an .npz")
+    data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="ACTION")
+    q = data_sub.add_parser("convert", help="IDX, csv, npz or an image list (path label) to an LMDB of Caffe "
+                            "Datum records, or to an .npz (like Caffe's convert_imageset)")
+    q.add_argument("source", help="an IDX images file (labels beside it), a .csv, or a text file of 'path label'")
+    q.add_argument("output", help="an .npz file, or the LMDB folder to create")
+    q.add_argument("--shuffle", action="store_true", help="shuffle the examples")
+    q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
+    q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
+    q.set_defaults(func=cmd_data)
 
     p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")
     p.add_argument("kind", nargs="?", choices=("net", "solver"), default="net")

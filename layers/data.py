@@ -139,21 +139,24 @@ class Data(RowData):
 
     param_block = "data_param"
     fields = (
-        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, relative to the net file",
+        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, or an LMDB, relative to the net file",
               required=True),
         Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
         Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
         Field("sample_shape", "int", None, "shape of one example, e.g. [1, 8, 8] (csv only)", minimum=1,
               repeated=True),
-        Field("backend", "enum", None, "ignored for these files (Caffe's LMDB/LEVELDB)", choices=("LMDB", "LEVELDB")),
+        Field("backend", "enum", None, "LMDB: source is an LMDB of Caffe Datum records (extra lmdb)",
+              choices=("LMDB", "LEVELDB")),
     )
     other_blocks = {"transform_param": TRANSFORM_FIELDS}
 
     def _inspect(self):
         path, tops = self.path, self.spec.get("top", [])
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise sources.SourceError("no such file; the path is relative to the net file")
-        self.kind = sources.kind(path)
+        self.kind = sources.kind(path, self.p.backend)
+        if self.kind == "lmdb":
+            return sources.lmdb_inspect(path, tops)
         if self.kind == "npz":
             return sources.npz_inspect(path, tops)
         if self.kind == "csv":
@@ -162,6 +165,8 @@ class Data(RowData):
 
     def _load(self):
         path, tops = self.path, self.spec.get("top", [])
+        if self.kind == "lmdb":
+            return sources.lmdb_load(path, tops, self.dtype)
         if self.kind == "npz":
             return sources.npz_load(path, tops, self.dtype)
         if self.kind == "csv":

@@ -23,8 +23,13 @@ def open_maybe_gz(path, mode="rb"):
     return gzip.open(path, mode) if path.endswith(".gz") else open(path, mode)
 
 
-def kind(path: str) -> str:
-    name = os.path.basename(path)
+def kind(path: str, backend: str | None = None) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    if backend == "LMDB" or os.path.isfile(os.path.join(path, "data.mdb")):
+        return "lmdb"
+    if backend == "LEVELDB":
+        raise SourceError("LevelDB is not supported; convert it to LMDB (or npz) with Caffe's tools or "
+                          "run.py data convert")
     if name.endswith(".npz"):
         return "npz"
     if name.endswith((".csv", ".csv.gz")):
@@ -214,3 +219,150 @@ def hdf5_load(list_path, tops, dtype):
     if len({a.shape[0] for a in arrays}) != 1:
         raise SourceError(f"the datasets {tops} have different numbers of rows")
     return arrays
+
+
+# ---- LMDB of Caffe Datum records ---------------------------------------------------------------
+
+def lmdb_module():
+    try:
+        import lmdb
+    except ImportError:
+        raise SourceError("an LMDB source needs the lmdb package: pip install 'yaffe[lmdb]' (or pip install lmdb)") from None
+    return lmdb
+
+
+def parse_datum(buf: bytes, dtype=np.float32):
+    """(array (C, H, W), label) of a Caffe Datum: channels 1, height 2, width 3, data 4 (uint8 bytes),
+    label 5, float_data 6, encoded 7 (data is a PNG/JPEG file)."""
+    from netspec.caffemodel import fields
+    c = h = w = 0
+    data, floats, label, encoded = b"", [], 0, False
+    for num, wire, v in fields(buf):
+        if num == 1:
+            c = v
+        elif num == 2:
+            h = v
+        elif num == 3:
+            w = v
+        elif num == 4:
+            data = v
+        elif num == 5:
+            label = v - (1 << 64) if v >= 1 << 63 else v
+        elif num == 6:
+            floats.append(np.frombuffer(v, "<f4") if wire == 2 else np.frombuffer(v, "<f4"))
+        elif num == 7:
+            encoded = bool(v)
+    if encoded:
+        import io
+        try:
+            from PIL import Image
+        except ImportError:
+            raise SourceError("encoded Datum images need Pillow: pip install 'yaffe[images]'") from None
+        a = np.asarray(Image.open(io.BytesIO(data)))
+        a = a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+        return a.astype(dtype), label
+    if floats:
+        return np.concatenate(floats).reshape(c, h, w).astype(dtype), label
+    return np.frombuffer(data, np.uint8).reshape(c, h, w).astype(dtype), label
+
+
+def datum_bytes(array, label: int) -> bytes:
+    """A Caffe Datum of uint8 (C, H, W) data and an integer label."""
+    from netspec.caffemodel import _enc_varint, _field, _int_field
+    a = np.ascontiguousarray(array, np.uint8)
+    c, h, w = a.shape
+    return (_int_field(1, c) + _int_field(2, h) + _int_field(3, w) + _field(4, a.tobytes())
+            + _int_field(5, int(label)))
+
+
+def lmdb_records(path):
+    lmdb = lmdb_module()
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path))
+    except lmdb.Error as e:
+        raise SourceError(f"cannot open the LMDB ({e})") from None
+    return env
+
+
+def lmdb_inspect(path, tops):
+    env = lmdb_records(path)
+    with env.begin() as txn:
+        first = next(iter(txn.cursor()), None)
+    env.close()
+    if first is None:
+        raise SourceError("the LMDB holds no records")
+    array, _ = parse_datum(first[1])
+    return [array.shape, ()][:len(tops) or 1]
+
+
+def lmdb_load(path, tops, dtype):
+    env = lmdb_records(path)
+    images, labels = [], []
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            a, lab = parse_datum(value, dtype)
+            images.append(a)
+            labels.append(lab)
+    env.close()
+    return [np.stack(images), np.asarray(labels, dtype)][:len(tops)]
+
+
+# ---- run.py data convert -----------------------------------------------------------------------
+
+def read_any(path, sample_shape=None, new_size=None, gray=False):
+    """(images uint8-range float (N, C, H, W) or features, labels) from an IDX images file, a csv, or an image
+    list file of `path label` lines (Caffe's convert_imageset input)."""
+    k = None
+    try:
+        k = kind(path)
+    except SourceError:
+        pass
+    if k == "idx":
+        return idx_load(path, ["data", "label"], np.float32)
+    if k == "csv":
+        shape = csv_inspect(path, ["data", "label"], sample_shape)[0]
+        return csv_load(path, ["data", "label"], np.float32, shape)
+    if k == "npz":
+        return npz_load(path, ["data", "label"], np.float32)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SourceError("an image list needs Pillow: pip install 'yaffe[images]'") from None
+    images, labels = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2:
+                raise SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'")
+            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(os.path.dirname(path), parts[0])
+            with Image.open(p) as im:
+                im = im.convert("L" if gray else "RGB")
+                if new_size:
+                    im = im.resize((new_size[1], new_size[0]), Image.BILINEAR)
+                a = np.asarray(im, np.float32)
+            images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            labels.append(float(parts[1]))
+    return [np.stack(images), np.asarray(labels, np.float32)]
+
+
+def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False) -> int:
+    """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records
+    (uint8 data, keys 00000000, 00000001, ...). Returns the number of examples."""
+    data, labels = read_any(src, sample_shape, new_size, gray)
+    order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
+    data, labels = data[order], labels[order]
+    if out.endswith(".npz"):
+        np.savez_compressed(out, data=data, label=labels)
+        return len(data)
+    if data.ndim != 4 or data.min() < 0 or data.max() > 255 or (data != np.round(data)).any():
+        raise SourceError("an LMDB of Datum records holds uint8 images (N, C, H, W); this data is not; write an "
+                          ".npz instead")
+    lmdb = lmdb_module()
+    env = lmdb.open(out, map_size=max(1 << 26, int(data.size * 2 + len(data) * 64)))
+    with env.begin(write=True) as txn:
+        for i, (a, lab) in enumerate(zip(data, labels)):
+            txn.put(f"{i:08d}".encode(), datum_bytes(a, int(lab)))
+    env.close()
+    return len(data)

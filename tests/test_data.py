@@ -1,5 +1,6 @@
 """The Data layer: csv and npz sources, order, shuffling per epoch, transform, positions in specs."""
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -283,3 +284,46 @@ def test_z_score_never_divides_a_constant_feature(tmp_path):
     net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
     net.forward()
     assert np.isfinite(net.blobs["data"].data).all() and (net.blobs["data"].data[:, 0] == 1).all()
+
+
+def test_data_convert_writes_an_lmdb_the_data_layer_reads(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    images = (np.arange(6 * 4 * 4) % 256).astype(np.uint8).reshape(6, 4, 4)
+    write_idx(tmp_path / "x-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "x-labels-idx1-ubyte.gz", np.array([5, 4, 3, 2, 1, 0], np.uint8))
+    r = subprocess.run([sys.executable, os.path.join(root, "run.py"), "data", "convert",
+                        str(tmp_path / "x-images-idx3-ubyte.gz"), str(tmp_path / "db")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Wrote 6 examples" in r.stdout, r.stderr
+    (tmp_path / "net.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], data_param: "
+                                       "{source: db, backend: LMDB, batch_size: 4}}\n")
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads((tmp_path / "net.yaml").read_text(), path), "TRAIN", path, seed=0)
+    assert net.blobs["data"].shape == (4, 1, 4, 4)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[:, 0], images[:4])
+    np.testing.assert_array_equal(net.blobs["label"].data, [5, 4, 3, 2])
+
+
+def test_lmdb_with_encoded_and_float_datums(tmp_path):
+    import io
+    import lmdb
+    from PIL import Image
+    from netspec.caffemodel import _field, _int_field
+    png = io.BytesIO()
+    Image.fromarray(np.full((3, 2), 9, np.uint8)).save(png, format="PNG")
+    encoded = _field(4, png.getvalue()) + _int_field(5, 1) + _int_field(7, 1)
+    floats = (_int_field(1, 1) + _int_field(2, 3) + _int_field(3, 2)
+              + _field(6, np.full(6, 0.5, "<f4").tobytes()) + _int_field(5, 2))
+    env = lmdb.open(str(tmp_path / "db"))
+    with env.begin(write=True) as txn:
+        txn.put(b"0", encoded)
+        txn.put(b"1", floats)
+    env.close()
+    net = data_net(tmp_path, "db", batch=2, extra="")
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[0, 0], np.full((3, 2), 9))
+    np.testing.assert_array_equal(net.blobs["data"].data[1, 0], np.full((3, 2), 0.5))
+    np.testing.assert_array_equal(net.blobs["label"].data, [1, 2])
