@@ -161,3 +161,9 @@ def count(shape, start=0, end=None) -> int:
 def check_positive(value, field, what="must be > 0"):
     if value is None or value <= 0:
         raise LayerError(f"{field} {what}; received {field.split('.')[-1]}={value}", field)
+
+
+def dims(shape) -> tuple:
+    """The dims of a BlobShape ({dim: [...]}, or {dim: n} for one dim) as a tuple."""
+    d = shape.get("dim", []) if isinstance(shape, dict) else []
+    return tuple(d) if isinstance(d, list) else (d,)

@@ -4,7 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 from netspec.errors import LayerError
-from .base import Field, Layer, count, register
+from .base import Field, Layer, count, dims, register
+
+
+def _alias(p, old, block):
+    """Caffe's deprecated concat_dim/slice_dim: used when given, and not together with a non-default axis."""
+    value = getattr(p, old)
+    if value is None:
+        return p.axis
+    if p.axis != 1:
+        raise LayerError(f"give either axis or {old} (deprecated), not both", f"{block}.{old}")
+    return value
 
 
 def _axis(axis, ndim, field):
@@ -18,12 +28,13 @@ class Concat(Layer):
     """Join bottoms along `axis`. Bottoms (..., C_i, ...) -> top (..., sum C_i, ...)."""
 
     param_block = "concat_param"
-    fields = (Field("axis", "int", 1, "the axis to join along"),)
+    fields = (Field("axis", "int", 1, "the axis to join along"),
+              Field("concat_dim", "int", None, "deprecated alias of axis (Caffe's)", minimum=0))
     bottoms = (1, None)
 
     def setup(self, bottom_shapes):
         first = bottom_shapes[0]
-        axis = self.axis = _axis(self.p.axis, len(first), "concat_param.axis")
+        axis = self.axis = _axis(_alias(self.p, "concat_dim", "concat_param"), len(first), "concat_param.axis")
         for i, s in enumerate(bottom_shapes[1:], 1):
             if len(s) != len(first) or any(a != b for k, (a, b) in enumerate(zip(first, s)) if k != axis):
                 raise LayerError(f"all bottoms must have the same shape except along axis {axis}; received "
@@ -146,8 +157,7 @@ class Reshape(Flatten):
 
     def setup(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
-        dims = list(self.p.shape.get("dim", [])) if isinstance(self.p.shape, dict) else []
-        dims = dims if isinstance(dims, list) else [dims]
+        want = list(dims(self.p.shape))
         a = self.p.axis if self.p.axis >= 0 else len(s) + 1 + self.p.axis
         if not 0 <= a <= len(s):
             raise LayerError(f"axis {self.p.axis} is out of range for a {len(s)}-D bottom", "reshape_param.axis")
@@ -155,20 +165,20 @@ class Reshape(Flatten):
         if end > len(s):
             raise LayerError(f"axis {a} + num_axes {self.p.num_axes} runs past the {len(s)}-D bottom",
                              "reshape_param.num_axes")
-        if sum(d == -1 for d in dims) > 1:
-            raise LayerError(f"shape {dims} has more than one -1; only one dim can be inferred", "reshape_param.shape")
-        new = [s[a + i] if d == 0 else d for i, d in enumerate(dims)]
-        if any(d < -1 for d in new) or any(d == 0 and a + i >= len(s) for i, d in enumerate(dims)):
-            raise LayerError(f"shape {dims} holds an invalid dim for bottom {list(s)}", "reshape_param.shape")
+        if sum(d == -1 for d in want) > 1:
+            raise LayerError(f"shape {want} has more than one -1; only one dim can be inferred", "reshape_param.shape")
+        if any(d < -1 for d in want) or any(d == 0 and a + i >= len(s) for i, d in enumerate(want)):
+            raise LayerError(f"shape {want} holds an invalid dim for bottom {list(s)}", "reshape_param.shape")
+        new = [s[a + i] if d == 0 else d for i, d in enumerate(want)]
         out = list(s[:a]) + new + list(s[end:])
         total, known = count(s), int(np.prod([d for d in out if d != -1], dtype=np.int64))
         if -1 in out:
             if known == 0 or total % known:
-                raise LayerError(f"cannot infer the -1 in {dims}: the bottom {list(s)} holds {total} values, not "
+                raise LayerError(f"cannot infer the -1 in {want}: the bottom {list(s)} holds {total} values, not "
                                  f"a multiple of {known}", "reshape_param.shape")
             out[out.index(-1)] = total // known
         if count(out) != total:
-            raise LayerError(f"Reshape changes the count: bottom {list(s)} holds {total} values but shape {dims} "
+            raise LayerError(f"Reshape changes the count: bottom {list(s)} holds {total} values but shape {want} "
                              f"gives {list(out)} = {count(out)}; use 0 to copy a dim or -1 to infer one",
                              "reshape_param.shape")
         return [tuple(out)]
@@ -220,13 +230,14 @@ class Slice(Layer):
 
     param_block = "slice_param"
     fields = (Field("axis", "int", 1, "the axis to cut"),
+              Field("slice_dim", "int", None, "deprecated alias of axis (Caffe's)", minimum=0),
               Field("slice_point", "int", None, "indices where a new top starts (k - 1 of them)", minimum=1,
                     repeated=True))
     tops = (1, None)
 
     def setup(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
-        axis = self.axis = _axis(self.p.axis, len(s), "slice_param.axis")
+        axis = self.axis = _axis(_alias(self.p, "slice_dim", "slice_param"), len(s), "slice_param.axis")
         k, size, points = self.n_tops, s[axis], self.p.slice_point
         if points:
             if len(points) != k - 1 or any(b <= a for a, b in zip(points, points[1:])) or points[-1] >= size:
@@ -424,8 +435,7 @@ class Parameter(Layer):
     bottoms = (0, 0)
 
     def setup(self, bottom_shapes):
-        dims = self.p.shape.get("dim", []) if isinstance(self.p.shape, dict) else []
-        shape = tuple(dims if isinstance(dims, list) else [dims])
+        shape = dims(self.p.shape)
         self.blob_shapes = [(shape, None)]
         return [shape]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from netspec.errors import LayerError, UserError
 from . import sources
-from .base import Field, Layer, register, resolve
+from .base import Field, Layer, dims, register, resolve
 from .fillers import fill
 from .transform import TRANSFORM_FIELDS, Transformer
 
@@ -266,7 +266,7 @@ class DummyData(Layer):
         self.refill = any(f and f.get("type", "constant") != "constant" for f in self.fillers)
         self.filled = False
         shapes = shapes * n if len(shapes) == 1 else shapes
-        return [tuple(s.get("dim", [])) for s in shapes]
+        return [dims(s) for s in shapes]
 
     def forward(self, bottom, top):
         if self.filled and not self.refill:
@@ -368,7 +368,7 @@ class Input(Layer):
         if len(shapes) not in (1, self.n_tops):
             raise LayerError(f"input_param.shape needs one shape or one per top ({self.n_tops}); "
                              f"received {len(shapes)}", "input_param.shape")
-        shapes = [tuple(s.get("dim", [])) for s in shapes]
+        shapes = [dims(s) for s in shapes]
         return shapes * self.n_tops if len(shapes) == 1 else shapes
 
     def forward(self, bottom, top):

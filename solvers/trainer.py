@@ -31,13 +31,24 @@ def _spec_hash(*docs) -> str:
 
 
 class Metrics:
-    """JSON lines, one record per display iteration and per test."""
+    """JSON lines, one record per display iteration and per test. Resuming at iteration N keeps the records
+    before N (those from N on belong to the run being replaced) and appends."""
 
-    def __init__(self, path: str | None, append: bool):
+    def __init__(self, path: str | None, resume_from: int | None = None):
         self.path, self.file = path, None
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.file = open(path, "a" if append else "w")
+            kept = []
+            if resume_from is not None and os.path.exists(path):
+                with open(path) as f:
+                    for line in f:
+                        try:
+                            if json.loads(line).get("iter", 0) < resume_from:
+                                kept.append(line)
+                        except ValueError:
+                            pass  # a line torn by a crash
+            self.file = open(path, "w")
+            self.file.writelines(kept)
 
     def write(self, record: dict):
         if self.file:
@@ -265,7 +276,7 @@ class Trainer:
             self.restore(snapshot_path)
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
-        self.metrics = Metrics(self.metrics_path, append=bool(snapshot_path))
+        self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None)
         self.out(f"Solving {self.net.name} ({cfg.type}, lr_policy {cfg.lr_policy}), "
                  f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
         handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
