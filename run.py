@@ -14,7 +14,7 @@ import sys
 def cmd_train(args):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
-                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect)
+                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     return 130 if trainer.stop_requested else 0
 
@@ -135,6 +135,8 @@ def build_parser():
     for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
         p.add_argument(f"--{sig}-effect", choices=("snapshot", "stop", "none"), default=default,
                        help=f"on {sig.upper()}: snapshot and go on, snapshot and stop, or ignore (default {default})")
+    p.add_argument("--monitor", action="store_true", help="record dead ReLUs, saturated units, gradient norms and "
+                   "update ratios per layer at display iterations (the solver's monitor: true)")
     p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
                    "(default <snapshot_prefix>_metrics.jsonl)")
     p.set_defaults(func=cmd_train)
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except UserError as e:
         print(str(e), file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130

@@ -53,7 +53,8 @@ class Solver:
                                 f"but the net's param has {list(h.shape)}; resume with the same net")
             h[...] = a
 
-    def apply_update(self, rate: float, it: int):
+    def apply_update(self, rate: float, it: int, before_apply=None):
+        """Compute every param's step into its diff; `before_apply()` may inspect them; then w -= step."""
         cfg = self.cfg
         dtype = self.params[0].blob.data.dtype.type if self.params else np.float32
         if cfg.clip_gradients >= 0:
@@ -73,7 +74,11 @@ class Solver:
             if decay:
                 g += decay * (w if cfg.regularization_type == "L2" else np.sign(w))
             self.rule(g, i, dtype(rate * p.lr_mult), it)
-            w -= g
+        if before_apply is not None:
+            before_apply()
+        for p in self.params:
+            if p.lr_mult:
+                p.blob.data -= p.blob.diff
 
     def rule(self, g, i, a, it):
         """Turn the gradient g of parameter i into its step, in place."""

@@ -70,13 +70,13 @@ def load_weights_file(path: str) -> dict:
     return arrays
 
 
-def paths(prefix: str, it: int) -> tuple[str, str]:
-    return f"{prefix}_iter_{it}.weights.npz", f"{prefix}_iter_{it}.solverstate.npz"
+def paths(prefix: str, it: int, tag: str = "") -> tuple[str, str]:
+    return f"{prefix}_iter_{it}{tag}.weights.npz", f"{prefix}_iter_{it}{tag}.solverstate.npz"
 
 
-def write(prefix: str, it: int, weights: dict, history: dict, meta: dict, extra: dict) -> tuple[str, str]:
-    """Write the weights, then the state that names them; returns both paths."""
-    wpath, spath = paths(prefix, it)
+def write(prefix: str, it: int, weights: dict, history: dict, meta: dict, extra: dict, tag: str = "") -> tuple[str, str]:
+    """Write the weights, then the state that names them; returns both paths. tag: e.g. "_lastgood"."""
+    wpath, spath = paths(prefix, it, tag)
     save_npz(wpath, weights)
     meta = dict(meta, format=STATE_FORMAT, iter=it, weights=os.path.basename(wpath))
     arrays = {"meta": np.array(json.dumps(meta))}

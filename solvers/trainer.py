@@ -69,12 +69,14 @@ class Trainer:
     """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file."""
 
     def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
-                 lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot"):
+                 lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
+                 monitor: bool = False):
         self.out = out
         self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
         self.overrides = dict(overrides or {})
         self.lr_scale, self.lr_scale_given = (1.0 if lr_scale is None else float(lr_scale)), lr_scale is not None
         self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
+        self.monitor = monitor
         cfg = self.cfg
         self.net_doc = load_net(self.net_path)
         self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed)
@@ -124,7 +126,7 @@ class Trainer:
                 if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
 
-    def snapshot(self) -> str:
+    def snapshot(self, tag: str = "") -> str:
         meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
                 "lr_scale": self.lr_scale,
                 "losses": list(self.losses), "spec_hash": self.spec_hash,
@@ -137,9 +139,11 @@ class Trainer:
                 meta["data"][key] = {"pos": state["pos"], "epoch": state["epoch"]}
                 extra[f"{key}/order"] = state["order"]
         wpath, spath = snap.write(self.prefix, self.iter, self.net.weights(), self.solver.history_arrays(),
-                                  meta, extra)
+                                  meta, extra, tag)
         self.out(f"Snapshotting to {wpath}")
         self.out(f"Snapshotting solver state to {spath}")
+        if tag:
+            return spath
         if self.solver_doc.get("snapshot_format") == "BINARYPROTO":  # asked for Caffe's files too
             from netspec.caffemodel import caffemodel_bytes, solverstate_bytes
             model = f"{self.prefix}_iter_{self.iter}.caffemodel"
@@ -244,7 +248,14 @@ class Trainer:
                      else f"Test net output #{k}: {name} = {value}")
             record.setdefault(name, value)
         self.metrics.write(record)
+        if getattr(self, "watch", None) is not None and self.losses:
+            self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
         return record
+
+    def _snapshot_near(self, it: int):
+        """The snapshot written at iteration `it`, if there is one."""
+        path = snap.paths(self.prefix, it)[0]
+        return path if os.path.exists(path) else None
 
     def _on_signal(self, signum, frame):
         name = "SIGINT" if signum == signal.SIGINT else "SIGHUP"
@@ -281,9 +292,15 @@ class Trainer:
                  f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
         handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
+        from .watch import Diverged, Watch
+        self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)
         start_iter, last = self.iter, None
         try:
-            last = self._loop()
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the watch reports non-finite values
+                last = self._loop()
+        except Diverged:
+            self.snapshot("_lastgood")  # the weights before the iteration that went non-finite
+            raise
         except UserError:
             if self.iter > start_iter:
                 self.snapshot()  # keep the work done so far
@@ -308,8 +325,12 @@ class Trainer:
             if t0 is None:
                 t0 = last_t = time.perf_counter()
             loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size
+            self.watch.after_backward(self.iter, loss)
             self.losses.append(loss)
             rate = self.rate(self.iter)
+            shown = bool(cfg.display and self.iter % cfg.display == 0)
+            if shown and cfg.debug_info:
+                self.watch.debug(self.iter, "Forward/Backward")
             if cfg.display and self.iter % cfg.display == 0:
                 now = time.perf_counter()
                 # iterations per second since the last display (the first: this iteration's passes)
@@ -326,7 +347,17 @@ class Trainer:
                 self.metrics.write(record)
                 self.out(f"Iteration {self.iter}, lr = {rate:g}")
                 last_iter, last_t = self.iter, now
-            self.solver.apply_update(rate, self.iter)
+            it = self.iter
+
+            def before_apply():
+                self.watch.check_update(it)
+                if shown and self.watch.monitor:
+                    steps = {}
+                    for p in net.params:
+                        steps[p.layer] = steps.get(p.layer, 0.0) + float((p.blob.diff.astype(np.float64) ** 2).sum())
+                    self.watch.monitor_layers(it, {k: v ** 0.5 for k, v in steps.items()})
+
+            self.solver.apply_update(rate, self.iter, before_apply)
             self.iter += 1
             snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0) or self.snapshot_requested
             if snapped:

@@ -1,0 +1,217 @@
+"""Watching training: non-finite losses and gradients diagnosed to the first layer and blob that went bad,
+the 87.34 softmax plateau, a loss that does not move, debug_info, per-layer monitoring, overfitting.
+
+Everything it finds goes to the log and, as data, to the metrics file.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from netspec.errors import UserError
+
+FLT_MIN_LOSS = -math.log(np.finfo(np.float32).tiny)  # 87.3365: -ln(FLT_MIN)
+
+
+class Diverged(UserError):
+    """Training produced NaN or Inf; the message is the diagnosis. Exit code 3."""
+
+    exit_code = 3
+
+
+def _finite(a) -> bool:
+    return bool(np.isfinite(a).all())
+
+
+def _maxabs(a) -> float:
+    return float(np.abs(a).max()) if a.size else 0.0
+
+
+def grad_norm(params) -> float:
+    return math.sqrt(sum(float(np.dot(p.blob.diff.ravel().astype(np.float64), p.blob.diff.ravel())) for p in params))
+
+
+def diagnose(net, it: int) -> str:
+    """Re-run the iteration's layers (the data tops still hold its batch), checking every blob, and say where
+    it first went non-finite, what led there, and what to try."""
+    for d, layer, bottom, top in zip(net.defs, net.layers, net.bottom_vecs, net.top_vecs):
+        if layer.is_data:
+            for name, blob in zip(d.tops, top):
+                if not _finite(blob.data):
+                    row = int(np.argmax(~np.isfinite(blob.data.reshape(len(blob.data), -1)).all(axis=1)))
+                    where = ""
+                    if getattr(layer, "last_indices", None) is not None and hasattr(layer, "describe_row"):
+                        src = int(layer.last_indices[row])
+                        where = f" ({layer.describe_row(src)} of '{getattr(layer.p, 'source', '')}')"
+                    return (f"iteration {it}: the input blob '{name}' of data layer '{d.name}' holds NaN or Inf at "
+                            f"example {row} of the batch{where}. Likely cause: a bad input row; fix or drop it "
+                            "(run.py validate reads the whole source and names every such row)")
+    for k, (d, layer, bottom, top) in enumerate(zip(net.defs, net.layers, net.bottom_vecs, net.top_vecs)):
+        if layer.is_data:
+            continue
+        layer.forward(bottom, top)
+        bad = [name for name, blob in zip(d.tops, top) if not _finite(blob.data)]
+        if bad:
+            inputs = max((_maxabs(b.data) for b in bottom), default=0.0)
+            wnorm = math.sqrt(sum(float((b.data.astype(np.float64) ** 2).sum()) for b in layer.blobs))
+            facts = f"largest input magnitude {inputs:.3g}" + (f", weight norm {wnorm:.3g}" if layer.blobs else "")
+            if inputs > 1e6:
+                cause = (f"the values reaching it exploded ({inputs:.3g}): the learning rate is probably too high; "
+                         "lower base_lr tenfold, or set clip_gradients (e.g. 10)")
+            elif layer.is_loss:
+                cause = ("a loss layer fed unnormalized or out-of-range input (e.g. probabilities of exactly 0, or "
+                         "targets outside the range the loss expects); check what feeds it, and lower base_lr tenfold")
+            elif not all(_finite(b.data) for b in bottom):
+                cause = "its input was already non-finite"
+            else:
+                cause = ("activations exploded: the learning rate is probably too high; lower base_lr tenfold, or "
+                         "set clip_gradients (e.g. 10)")
+            return (f"iteration {it}: forward of layer '{d.name}' ({d.type}) made data blob '{bad[0]}' non-finite "
+                    f"({facts}). Likely cause: {cause}")
+    for blob, w in net.loss_blobs:
+        blob.diff[...] = w
+    for k in reversed(range(len(net.layers))):
+        if not net.need_backward[k]:
+            continue
+        d, layer = net.defs[k], net.layers[k]
+        layer.backward(net.top_vecs[k], net.propagate[k], net.bottom_vecs[k])
+        bad = [f"diff of bottom '{b}'" for b, blob, p in zip(d.bottoms, net.bottom_vecs[k], net.propagate[k])
+               if p and not _finite(blob.diff)]
+        bad += [f"diff of its param {i}" for i, b in enumerate(layer.blobs) if not _finite(b.diff)]
+        if bad:
+            top_grad = max((_maxabs(t.diff) for t in net.top_vecs[k]), default=0.0)
+            return (f"iteration {it}: backward of layer '{d.name}' ({d.type}) made the {bad[0]} non-finite (largest "
+                    f"incoming gradient {top_grad:.3g}). Likely cause: exploding gradients; set clip_gradients "
+                    "(e.g. 10), lower base_lr tenfold, or lower that branch's loss_weight")
+    return (f"iteration {it}: the loss or the gradient norm was non-finite but every blob is finite on the re-run "
+            "(a random layer such as Dropout drew differently); lower base_lr tenfold")
+
+
+class Watch:
+    """Checks run by the training loop; `out` prints a line, `metrics` takes records."""
+
+    def __init__(self, cfg, net, out, metrics, monitor: bool = False):
+        self.cfg, self.net, self.out, self.metrics = cfg, net, out, metrics
+        self.monitor = monitor or bool(getattr(cfg, "monitor", False))
+        self.first_losses: list = []
+        self.warned = set()
+        self.tests: list = []   # (iter, test loss, train loss)
+
+    def warn(self, key, message):
+        if key not in self.warned:
+            self.warned.add(key)
+            self.out(f"Warning: {message}")
+            self.metrics.write({"phase": "warning", "kind": key, "message": message})
+
+    def after_backward(self, it: int, loss: float):
+        """Cheap checks every iteration; raises Diverged with the diagnosis."""
+        gn = grad_norm(self.net.params)
+        if not (math.isfinite(loss) and math.isfinite(gn)):
+            what = "the loss" if not math.isfinite(loss) else "the gradient norm"
+            raise Diverged(f"Training diverged: {what} is {loss if not math.isfinite(loss) else gn} at "
+                           f"{diagnose(self.net, it)}")
+        self.check_plateaus(it, loss)
+        return gn
+
+    def check_plateaus(self, it: int, loss: float):
+        for blob, _ in self.net.loss_blobs:
+            d = next((d for d, tops in zip(self.net.defs, self.net.top_vecs) if blob in tops), None)
+            if d is not None and d.type == "SoftmaxWithLoss" and abs(float(blob.data) - FLT_MIN_LOSS) < 0.5:
+                self.warn("softmax_87", f"iteration {it}: loss '{d.name}' is {float(blob.data):.4f}, about 87.3365 = "
+                          "-ln(FLT_MIN): the true class's probability underflowed to 0 for the examples of the "
+                          "batch. The net diverged (lower base_lr tenfold) or the labels do not match the outputs "
+                          "(check that they run from 0 to num_output - 1)")
+        window = min(100, max(10, self.cfg.max_iter // 5))
+        if len(self.first_losses) < window:
+            self.first_losses.append(loss)
+            if len(self.first_losses) == window:
+                a, b = np.mean(self.first_losses[:5]), np.mean(self.first_losses[-5:])
+                if abs(b - a) < 0.01 * abs(a):
+                    self.warn("lr_small", f"the loss has not moved by 1% in the first {window} iterations "
+                              f"({a:.4g} -> {b:.4g}): the learning rate is probably too small; try base_lr x10 "
+                              "(run.py lr-find finds a range)")
+
+    def check_update(self, it: int):
+        """The steps (in the params' diffs) must be finite before they are applied."""
+        for p in self.net.params:
+            if p.lr_mult and not _finite(p.blob.diff):
+                raise Diverged(f"Training diverged: the update of param {p.key} at iteration {it} is non-finite (the "
+                               "solver's step overflowed); the learning rate is probably too high: lower base_lr "
+                               "tenfold, or set clip_gradients")
+
+    # ---- debug_info and monitoring, at display iterations -----------------------------------
+
+    def debug(self, it: int, phase: str):
+        rows = {}
+        for d, layer, top in zip(self.net.defs, self.net.layers, self.net.top_vecs):
+            if d.node is None:
+                continue
+            r = {f"top/{n}/data": float(np.abs(t.data).mean()) if t.data.size else 0.0 for n, t in zip(d.tops, top)}
+            r.update({f"top/{n}/diff": float(np.abs(t.diff).mean()) if t.diff.size else 0.0
+                      for n, t in zip(d.tops, top)})
+            r.update({f"param/{i}/data": float(np.abs(b.data).mean()) for i, b in enumerate(layer.blobs)})
+            r.update({f"param/{i}/diff": float(np.abs(b.diff).mean()) for i, b in enumerate(layer.blobs)})
+            rows[d.name] = r
+            self.out(f"    [{phase}] Layer {d.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()))
+        self.metrics.write({"phase": "debug", "iter": it, "stage": phase, "layers": rows})
+
+    def monitor_layers(self, it: int, steps: dict):
+        """Dead ReLUs, saturated Sigmoid/TanH, gradient norms and update/weight ratios per layer."""
+        report, first_grad, last_grad = {}, None, None
+        for d, layer, top in zip(self.net.defs, self.net.layers, self.net.top_vecs):
+            if d.node is None:
+                continue
+            r = {}
+            y = top[0].data if top else None
+            if d.type == "ReLU" and y is not None and y.ndim >= 1 and len(y):
+                dead = float((y.reshape(len(y), -1) <= 0).all(axis=0).mean())
+                r["dead_fraction"] = dead
+                if dead > 0.5:
+                    self.warn(f"dead_{d.name}", f"iteration {it}: {dead:.0%} of the units of ReLU '{d.name}' are "
+                              "zero for every example (dead); lower base_lr, use a smaller bias_filler, or try "
+                              "negative_slope: 0.01 (leaky ReLU)")
+            if d.type in ("Sigmoid", "TanH") and y is not None and y.size:
+                sat = float((np.abs(y) > 0.99).mean() if d.type == "TanH" else ((y < 0.01) | (y > 0.99)).mean())
+                r["saturated_fraction"] = sat
+                if sat > 0.5:
+                    self.warn(f"sat_{d.name}", f"iteration {it}: {sat:.0%} of the outputs of {d.type} '{d.name}' "
+                              "are saturated, so little gradient flows back; use xavier fillers, normalize the "
+                              "inputs, or lower base_lr")
+            if layer.blobs:
+                g = math.sqrt(sum(float((b.diff.astype(np.float64) ** 2).sum()) for b in layer.blobs))
+                w = math.sqrt(sum(float((b.data.astype(np.float64) ** 2).sum()) for b in layer.blobs))
+                r["grad_norm"] = g
+                step = steps.get(d.name)
+                if step is not None and w > 0:
+                    ratio = step / w
+                    r["update_ratio"] = ratio
+                    if ratio > 1e-2 or (0 < ratio < 1e-5):
+                        what = "too high" if ratio > 1e-2 else "too low"
+                        self.warn(f"ratio_{d.name}", f"iteration {it}: the update-to-weight ratio of layer "
+                                  f"'{d.name}' is {ratio:.2g} (healthy around 1e-3): the learning rate is probably "
+                                  f"{what} for it; adjust base_lr or that layer's lr_mult")
+                first_grad = g if first_grad is None else first_grad
+                last_grad = g
+            if r:
+                report[d.name] = r
+        if first_grad is not None and last_grad and 0 < first_grad < last_grad / 1000:
+            self.warn("vanishing", f"iteration {it}: the gradient norm of the first layer ({first_grad:.2g}) is "
+                      f"over 1000x below the last layer's ({last_grad:.2g}): vanishing gradients; use ReLU instead "
+                      "of Sigmoid/TanH, xavier or msra fillers, or BatchNorm")
+        self.metrics.write({"phase": "monitor", "iter": it, "layers": report})
+
+    def after_test(self, it: int, test_loss: float, train_loss: float, best_snapshot):
+        """Overfitting: the test loss rose over the last 3 tests while the training loss fell."""
+        self.tests.append((it, test_loss, train_loss))
+        if len(self.tests) >= 4:
+            last = self.tests[-4:]
+            rising = all(b[1] > a[1] for a, b in zip(last, last[1:]))
+            falling = last[-1][2] < last[0][2]
+            if rising and falling:
+                best = min(self.tests, key=lambda t: t[1])
+                self.warn("overfitting", f"iteration {it}: the test loss has risen for 3 test intervals "
+                          f"({last[0][1]:.4g} -> {last[-1][1]:.4g}) while the training loss fell: the net is "
+                          f"overfitting. The best test loss was at iteration {best[0]}"
+                          + (f" (snapshot {best_snapshot(best[0])})" if best_snapshot(best[0]) else "")
+                          + "; add weight_decay or Dropout, get more data, or stop there")

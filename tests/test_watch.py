@@ -1,0 +1,132 @@
+"""Training problems caught and explained: NaN, the 87.34 plateau, dead and saturated units, tiny rates,
+overfitting, debug_info."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from solvers.trainer import Trainer
+from solvers.watch import Diverged
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "models", "lenet_digits", "digits_train.csv.gz")
+
+
+def mlp(bias=0.0, act="ReLU", layers=1, width=32, regression=False):
+    text = (f"layer:\n  - {{name: d, type: Data, top: [data, label], data_param: {{source: {DIGITS}, batch_size: 32, "
+            f"sample_shape: [64]}}, transform_param: {{scale: 0.0625}}}}\n")
+    bottom = "data"
+    for i in range(layers):
+        text += (f"  - {{name: ip{i}, type: InnerProduct, bottom: {bottom}, top: ip{i}, inner_product_param: "
+                 f"{{num_output: {width}, weight_filler: {{type: xavier}}, bias_filler: {{type: constant, value: {bias}}}}}}}\n"
+                 f"  - {{name: act{i}, type: {act}, bottom: ip{i}, top: ip{i}}}\n")
+        bottom = f"ip{i}"
+    text += (f"  - {{name: out, type: InnerProduct, bottom: {bottom}, top: out, inner_product_param: "
+             f"{{num_output: {1 if regression else 10}, weight_filler: {{type: xavier}}}}}}\n")
+    kind = "EuclideanLoss" if regression else "SoftmaxWithLoss"
+    return text + f"  - {{name: loss, type: {kind}, bottom: [out, label], top: loss}}\n"
+
+
+def trainer(tmp_path, net, **solver):
+    (tmp_path / "net.yaml").write_text(net)
+    cfg = {"net": "net.yaml", "base_lr": 0.1, "momentum": 0.9, "max_iter": 20, "display": 5, "random_seed": 2,
+           "snapshot_prefix": "snap/run"}
+    cfg.update(solver)
+    (tmp_path / "solver.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    lines = []
+    return Trainer(str(tmp_path / "solver.yaml"), out=lines.append), lines
+
+
+def test_huge_learning_rate_is_diagnosed_and_the_last_good_state_kept(tmp_path):
+    t, lines = trainer(tmp_path, mlp(regression=True), base_lr=1e4)
+    with pytest.raises(Diverged) as e:
+        t.train()
+    msg = str(e.value)
+    assert "Training diverged" in msg and "iteration" in msg
+    assert "base_lr tenfold" in msg and ("layer '" in msg or "update of param" in msg)
+    snaps = os.listdir(tmp_path / "snap")
+    assert any(f.endswith("_lastgood.weights.npz") for f in snaps)
+    good = [f for f in snaps if f.endswith("_lastgood.weights.npz")][0]
+    with np.load(tmp_path / "snap" / good) as z:
+        assert all(np.isfinite(z[k]).all() for k in z.files)
+
+
+def test_cli_exit_code_3_on_divergence(tmp_path):
+    trainer(tmp_path, mlp(regression=True), base_lr=1e4)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "train", str(tmp_path / "solver.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3 and "Training diverged" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nan_input_row_is_named_by_file_and_line(tmp_path):
+    t, _ = trainer(tmp_path, mlp(), base_lr=0.01)
+    data = t.net.layers[0]
+    data.arrays[0][7, 3] = np.nan        # slipped in after the up-front checks (they would refuse the file)
+    with pytest.raises(Diverged, match=r"example 7 of the batch \(line 8 of '.*digits_train.csv.gz'\)"):
+        t.train()
+
+
+def test_dead_relus_are_reported(tmp_path):
+    t, lines = trainer(tmp_path, mlp(bias=-100.0), base_lr=0.01, monitor=True)
+    t.train()
+    text = "\n".join(lines)
+    assert "of the units of ReLU 'act0' are zero for every example (dead)" in text
+    recs = [json.loads(l) for l in open(t.metrics_path)]
+    mon = [r for r in recs if r["phase"] == "monitor"]
+    assert mon and mon[0]["layers"]["act0"]["dead_fraction"] == 1.0
+    assert "update_ratio" in mon[-1]["layers"]["out"] and mon[-1]["layers"]["out"]["grad_norm"] > 0
+
+
+def test_saturated_sigmoid_stack_is_reported(tmp_path):
+    net = mlp(bias=30.0, act="Sigmoid", layers=2)
+    t, lines = trainer(tmp_path, net, base_lr=0.01, monitor=True)
+    t.train()
+    assert "outputs of Sigmoid 'act0' are saturated" in "\n".join(lines)
+
+
+def test_tiny_learning_rate_is_reported(tmp_path):
+    t, lines = trainer(tmp_path, mlp(), base_lr=1e-9, max_iter=60, momentum=0.0)
+    t.train()
+    assert "the learning rate is probably too small" in "\n".join(lines)
+
+
+def test_softmax_loss_stuck_at_87_is_explained(tmp_path):
+    from solvers.watch import Watch
+
+    class Quiet:
+        def write(self, r):
+            self.r = r
+
+    t, lines = trainer(tmp_path, mlp())
+    w = Watch(t.cfg, t.net, lines.append, Quiet())
+    t.net.forward()
+    t.net.blobs["loss"].data[...] = 87.3365
+    w.check_plateaus(3, 87.3365)
+    assert "about 87.3365 = -ln(FLT_MIN)" in "\n".join(lines) and "labels" in "\n".join(lines)
+
+
+def test_overfitting_is_reported_with_the_best_iteration():
+    from solvers.watch import Watch
+    lines, recs = [], []
+
+    class M:
+        def write(self, r):
+            recs.append(r)
+
+    w = Watch(type("C", (), {"max_iter": 100})(), None, lines.append, M())
+    for it, test_loss, train_loss in ((100, 0.5, 0.6), (200, 0.4, 0.4), (300, 0.45, 0.3), (400, 0.5, 0.2),
+                                      (500, 0.6, 0.1)):
+        w.after_test(it, test_loss, train_loss, lambda i: f"run_iter_{i}.weights.npz")
+    assert any("overfitting. The best test loss was at iteration 200 (snapshot run_iter_200.weights.npz)" in l
+               for l in lines)
+
+
+def test_debug_info_logs_per_layer_magnitudes(tmp_path):
+    t, lines = trainer(tmp_path, mlp(), debug_info=True, max_iter=5)
+    t.train()
+    assert any(l.strip().startswith("[Forward/Backward] Layer ip0: top/ip0/data") for l in lines)
+    recs = [json.loads(l) for l in open(t.metrics_path)]
+    assert any(r["phase"] == "debug" and "ip0" in r["layers"] for r in recs)
