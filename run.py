@@ -49,6 +49,28 @@ def cmd_validate(args):
     return 2 if any(f.severity == "error" for f in findings) else 0
 
 
+def cmd_sanity(args):
+    from solvers.sanity import sanity
+    return 0 if sanity(args.solver) else 1
+
+
+def cmd_lr_find(args):
+    from solvers.sanity import lr_find
+    result = lr_find(args.solver, args.start, args.end, args.iterations)
+    if args.plot:
+        from solvers.plots import plot_lr
+        plot_lr(result, args.plot)
+        print(f"Wrote {args.plot}")
+    return 0
+
+
+def cmd_plot(args):
+    from solvers.plots import plot_metrics
+    plot_metrics(args.metrics, args.output)
+    print(f"Wrote {args.output}")
+    return 0
+
+
 def cmd_convert(args):
     from netspec.convert import convert
     convert(args.file, args.output)
@@ -155,6 +177,24 @@ def build_parser():
     p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sanity", help="the four checks before a long run: initial loss, regularization, "
+                       "overfitting 20 examples, a numerical gradient check of the whole net")
+    p.add_argument("solver")
+    p.set_defaults(func=cmd_sanity)
+
+    p = sub.add_parser("lr-find", help="raise the learning rate exponentially and suggest base_lr")
+    p.add_argument("solver")
+    p.add_argument("--start", type=positive_float, default=1e-7, help="first rate (default 1e-7)")
+    p.add_argument("--end", type=positive_float, default=10.0, help="last rate (default 10)")
+    p.add_argument("--iterations", type=positive_int, default=200, help="iterations (default 200)")
+    p.add_argument("--plot", metavar="PNG", help="also draw the curve (the plots extra)")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("plot", help="training and test curves from metrics files (the plots extra)")
+    p.add_argument("metrics", nargs="+", help="one or more <prefix>_metrics.jsonl files, overlaid")
+    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default curves.png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("convert", help="write a Caffe .prototxt (net or solver) as yaffe YAML")
     p.add_argument("file", help="a net or solver .prototxt (a solver's net is converted too)")

@@ -22,6 +22,9 @@ class Where(tuple):
     def __new__(cls, path, line, col):
         return super().__new__(cls, (path, line, col))
 
+    def __getnewargs__(self):  # copy and pickle
+        return tuple(self)
+
     path = property(lambda s: s[0])
     line = property(lambda s: s[1])
     col = property(lambda s: s[2])

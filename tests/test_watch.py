@@ -130,3 +130,43 @@ def test_debug_info_logs_per_layer_magnitudes(tmp_path):
     assert any(l.strip().startswith("[Forward/Backward] Layer ip0: top/ip0/data") for l in lines)
     recs = [json.loads(l) for l in open(t.metrics_path)]
     assert any(r["phase"] == "debug" and "ip0" in r["layers"] for r in recs)
+
+
+def test_sanity_passes_on_the_shipped_digits_model():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "sanity",
+                        os.path.join(ROOT, "models", "lenet_digits", "solver.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("PASS") == 4 and "ln(10)" in r.stdout
+
+
+def test_sanity_fails_on_a_net_that_cannot_learn(tmp_path):
+    """Inputs scaled to 0: every example looks the same, so 20 differently-labelled examples cannot be
+    overfitted; weight_decay 0: regularization cannot raise the loss."""
+    from solvers.sanity import sanity
+    net = mlp().replace("scale: 0.0625", "scale: 0.0")
+    trainer(tmp_path, net, weight_decay=0.0)
+    lines = []
+    assert sanity(str(tmp_path / "solver.yaml"), out=lines.append) is False
+    text = "\n".join(lines)
+    assert "FAIL  overfits 20 examples" in text and "FAIL  regularization raises the loss" in text
+
+
+def test_lr_find_suggests_a_rate_between_its_bounds(tmp_path):
+    from solvers.sanity import lr_find
+    trainer(tmp_path, mlp(), momentum=0.9)
+    lines = []
+    result = lr_find(str(tmp_path / "solver.yaml"), iters=120, out=lines.append)
+    assert 1e-5 < result["suggested"] < 5 and result["too_small"] <= result["suggested"]
+    assert any(l.startswith("Suggested base_lr:") for l in lines)
+
+
+def test_plot_draws_curves(tmp_path):
+    t, _ = trainer(tmp_path, mlp(), max_iter=10, display=1, test_iter=[1], test_interval=5)
+    (tmp_path / "net.yaml").write_text(mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n")
+    t, _ = trainer(tmp_path, (tmp_path / "net.yaml").read_text(), max_iter=10, display=1, test_iter=[1], test_interval=5)
+    t.train()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "plot", t.metrics_path, "-o",
+                        str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,177 @@
+"""`run.py sanity` and `run.py lr-find`: the classic checks before a long run (CS231n's recipe).
+
+sanity: (1) the initial loss is close to ln(C) for a softmax loss over C classes, with regularization off;
+(2) regularization raises the loss; (3) 20 examples are overfitted to near-zero loss and training accuracy
+1.0 within a bounded number of iterations; (4) a numerical gradient check of the whole assembled net on a tiny
+batch (float64). lr-find: the learning rate grows exponentially from a snapshot of the initial weights; the
+loss curve gives the bounds and a suggested base_lr.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from netspec.errors import UserError
+from netspec.net import Net
+from .trainer import Trainer
+
+
+def _softmax_losses(net):
+    return [(d, layer) for d, layer in zip(net.defs, net.layers) if d.type == "SoftmaxWithLoss"]
+
+
+def _with_batch(doc, batch):
+    """A copy of a net spec whose data layers serve `batch` examples."""
+    doc = copy.deepcopy(doc)
+    for layer in doc.get("layer", []):
+        for block in ("data_param", "hdf5_data_param", "image_data_param", "memory_data_param"):
+            if block in layer and "batch_size" in layer[block]:
+                layer[block]["batch_size"] = batch
+    return doc
+
+
+def check_initial_loss(t: Trainer):
+    losses = _softmax_losses(t.net)
+    if not losses:
+        return None, "no SoftmaxWithLoss layer: the ln(C) check applies to softmax losses"
+    t.net.phase = "TRAIN"
+    t.net.forward()
+    d, layer = losses[0]
+    c = layer.view[1]
+    got, want = float(t.net.blobs[d.tops[0]].data), math.log(c)
+    ok = abs(got - want) < 0.25 * want
+    return ok, (f"initial loss {got:.4f}, ln({c}) = {want:.4f}" +
+                ("" if ok else "; far from ln(C): check the weight fillers (too large?) and the labels"))
+
+
+def check_regularization(t: Trainer):
+    cfg = t.cfg
+    data_loss = t.net.forward()
+    lam = cfg.weight_decay
+    reg = 0.0
+    for p in t.net.params:
+        w = p.blob.data.astype(np.float64)
+        reg += lam * p.decay_mult * (0.5 * float((w * w).sum()) if cfg.regularization_type == "L2"
+                                     else float(np.abs(w).sum()))
+    if lam == 0:
+        return False, "weight_decay is 0: regularization is off, so it cannot raise the loss; set weight_decay"
+    ok = data_loss + reg > data_loss
+    return ok, f"loss {data_loss:.4f} without, {data_loss + reg:.4f} with weight_decay {lam:g}"
+
+
+def check_overfit(solver_path: str, n: int = 20, max_iters: int = 400):
+    t = Trainer(solver_path, out=lambda *a: None, overrides={"weight_decay": 0.0})
+    data = next((l for l in t.net.layers if hasattr(l, "arrays") and hasattr(l, "_set_arrays")), None)
+    losses = _softmax_losses(t.net)
+    if data is None or not losses:
+        return None, "needs a data layer that reads a source and a SoftmaxWithLoss"
+    if data.arrays is None:
+        data.load()
+    data._set_arrays([a[:n].copy() for a in data.arrays])
+    d, layer = losses[0]
+    score, label = t.net.blobs[d.bottoms[0]], t.net.blobs[d.bottoms[1]]
+    rate = t.rate(0)
+    loss, acc = float("inf"), 0.0
+    for it in range(max_iters):
+        t.net.clear_param_diffs()
+        loss = t.net.forward_backward()
+        pred = score.data.reshape(len(score.data), -1).argmax(axis=1)
+        acc = float((pred == label.data.ravel()).mean())
+        if acc == 1.0 and loss < 0.05:
+            return True, f"{n} examples overfitted in {it} iterations: loss {loss:.4f}, training accuracy 1.0"
+        if not math.isfinite(loss):
+            return False, f"the loss became {loss} at iteration {it} on {n} examples: lower base_lr"
+        t.solver.apply_update(rate, it)
+    return False, (f"after {max_iters} iterations on {n} examples: loss {loss:.4f}, training accuracy {acc:.2f}; "
+                   "the net cannot even memorize a few examples: check the labels match the inputs, the learning "
+                   "rate, and that gradients reach the first layers")
+
+
+def check_gradients(t: Trainer, batch: int = 2, samples: int = 12, seed: int = 0):
+    net = Net(_with_batch(t.net_doc, batch), "TRAIN", t.net_path, seed=t.net.seed, dtype=np.float64)
+    net.phase = "TEST"  # Dropout off and BatchNorm on stored statistics: a deterministic function
+    for layer in net.layers:
+        if layer.type == "BatchNorm":
+            layer.blobs[2].data[...] = 1.0
+            layer.blobs[1].data[...] = 1.0
+    rng = np.random.default_rng(seed)
+    for p in net.params:  # nudge every param: a bias of exactly 0 on an all-zero input sits on ReLU's kink
+        if p.lr_mult:
+            p.blob.data += rng.normal(0, 1e-2, p.blob.data.shape)
+    net.forward()
+    for layer in net.layers:  # keep the same batch for every evaluation
+        if layer.is_data:
+            layer.forward = (lambda bottom, top: None)
+    net.clear_param_diffs()
+    net.forward()
+    net.backward()
+    worst, eps, checked = 0.0, 1e-6, 0
+    for p in net.params:
+        if p.lr_mult == 0:
+            continue
+        flat, grad = p.blob.data.reshape(-1), p.blob.diff.reshape(-1).copy()
+        for k in rng.choice(flat.size, min(samples, flat.size), replace=False):
+            keep = flat[k]
+            flat[k] = keep + eps
+            up = net.forward()
+            flat[k] = keep - eps
+            down = net.forward()
+            flat[k] = keep
+            num = (up - down) / (2 * eps)
+            worst = max(worst, abs(num - grad[k]) / max(1e-6, abs(num) + abs(grad[k])))
+            checked += 1
+    ok = worst < 1e-4
+    return ok, f"{checked} parameters checked by central differences (float64): largest relative error {worst:.2e}"
+
+
+def sanity(solver_path: str, out=print) -> bool:
+    """Run the four checks; prints PASS/FAIL with numbers; True when none failed."""
+    results = []
+    t = Trainer(solver_path, out=lambda *a: None, overrides={"weight_decay": 0.0})
+    results.append(("initial loss is about ln(C)", *check_initial_loss(t)))
+    t = Trainer(solver_path, out=lambda *a: None)
+    results.append(("regularization raises the loss", *check_regularization(t)))
+    results.append(("overfits 20 examples", *check_overfit(solver_path)))
+    results.append(("numerical gradient of the whole net", *check_gradients(t)))
+    for name, ok, detail in results:
+        out(f"{'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    return all(ok is not False for _, ok, _ in results)
+
+
+def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int = 200, out=print) -> dict:
+    """Raise the rate exponentially over `iters` iterations from the initial weights; returns the table and
+    the suggestion."""
+    t = Trainer(solver_path, out=lambda *a: None)
+    rows, smooth, best = [], None, float("inf")
+    for it in range(iters):
+        rate = start * (end / start) ** (it / max(1, iters - 1))
+        t.net.clear_param_diffs()
+        loss = t.net.forward_backward()
+        if not math.isfinite(loss):
+            rows.append((rate, loss, float("nan")))
+            break
+        smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
+        rows.append((rate, loss, smooth))
+        best = min(best, smooth)
+        if it > 10 and smooth > 4 * best:
+            break
+        t.solver.apply_update(rate, it)
+    finite = [(r, s) for r, _, s in rows if math.isfinite(s)]
+    if len(finite) < 5:
+        raise UserError(f"{solver_path}: error: the loss diverged almost at once (from {start:g}); lower the start")
+    rates, sm = np.array([r for r, _ in finite]), np.array([s for _, s in finite])
+    slope = np.gradient(sm, np.log(rates))
+    k = int(np.argmin(slope[:max(1, int(np.argmin(sm)) + 1)]))
+    first = sm[0]
+    small = next((r for r, s in zip(rates, sm) if s < 0.99 * first), rates[-1])
+    diverge = rates[-1] if len(finite) < len(rows) or sm[-1] > 4 * sm.min() else None
+    out(f"{'lr':>12} {'loss':>10} {'smoothed':>10}")
+    for r, l, s in rows[::max(1, len(rows) // 25)]:
+        out(f"{r:12.3g} {l:10.4g} {s:10.4g}")
+    out(f"Too small below about {small:.3g} (the loss barely moves)" +
+        (f"; diverges from about {diverge:.3g}" if diverge else ""))
+    out(f"Suggested base_lr: {rates[k]:.3g} (steepest descent of the loss)")
+    return {"rows": rows, "suggested": float(rates[k]), "too_small": float(small),
+            "diverges": None if diverge is None else float(diverge)}
