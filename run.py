@@ -16,7 +16,7 @@ def cmd_train(args):
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
-    return 130 if trainer.stop_requested else 0
+    return 130 if trainer.stop_requested and not getattr(trainer, "early_stopped", False) else 0
 
 
 def cmd_test(args):

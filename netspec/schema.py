@@ -18,7 +18,12 @@ from .loader import Node, NodeList
 _KIND = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
          "str": {"type": "string"}, "filler": {"$ref": "#/$defs/filler"},
          "shape": {"$ref": "#/$defs/blob_shape"}, "new_shape": {"$ref": "#/$defs/new_shape"},
-         "normalize_step": {"$ref": "#/$defs/normalize_step"}, "any": {}}
+         "normalize_step": {"$ref": "#/$defs/normalize_step"},
+         "early_stop": {"type": "object", "additionalProperties": False, "required": ["metric"], "properties": {
+             "metric": {"type": "string", "description": "a TEST net output (or loss); losses fall, others rise"},
+             "patience": {"type": "integer", "minimum": 1, "default": 3},
+             "min_delta": {"type": "number", "minimum": 0, "default": 0}}},
+         "any": {}}
 
 
 _TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
@@ -35,7 +40,7 @@ def field_schema(f: Field) -> dict:
                       ("exclusive_maximum", "exclusiveMaximum")):
         if getattr(f, key) is not None:
             s[name] = getattr(f, key)
-    if f.kind not in ("filler", "shape", "new_shape", "normalize_step"):
+    if f.kind not in ("filler", "shape", "new_shape", "normalize_step", "early_stop"):
         s["description"] = f.help
         if f.default is not None:
             s["default"] = f.default

@@ -4,6 +4,8 @@ fixed: base_lr                         step: base_lr * gamma^floor(iter/stepsize
 exp: base_lr * gamma^iter               inv: base_lr * (1 + gamma*iter)^(-power)
 multistep: base_lr * gamma^current_step (advances by at most one per call)
 poly: base_lr * (1 - iter/max_iter)^power      sigmoid: base_lr / (1 + exp(-gamma*(iter - stepsize)))
+plateau: base_lr * gamma^drops (at least min_lr); a drop when the test loss has not improved for `patience`
+tests, restarting from the best test's weights (yaffe's; not in Caffe)
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import math
 import numpy as np
 
 REQUIRED = {"fixed": (), "step": ("stepsize", "gamma"), "exp": ("gamma",), "inv": ("gamma", "power"),
-            "multistep": ("stepvalue", "gamma"), "poly": ("power",), "sigmoid": ("gamma", "stepsize")}
+            "multistep": ("stepvalue", "gamma"), "poly": ("power",), "sigmoid": ("gamma", "stepsize"),
+            "plateau": ()}
 
 
 def missing_fields(cfg) -> list[str]:
@@ -26,6 +29,7 @@ class LearningRate:
     def __init__(self, cfg):
         self.cfg = cfg
         self.current_step = 0
+        self.plateau_scale = 1.0  # plateau: gamma^(number of drops so far)
 
     def __call__(self, it: int) -> float:
         c = self.cfg
@@ -46,6 +50,8 @@ class LearningRate:
             rate = base * (1.0 - it / c.max_iter) ** c.power if c.max_iter else base
         elif policy == "sigmoid":
             rate = base / (1.0 + math.exp(-c.gamma * (it - c.stepsize)))
+        elif policy == "plateau":  # lowered by the trainer when the test loss stops improving
+            rate = max(base * self.plateau_scale, c.min_lr)
         else:
             raise ValueError(f"unknown lr_policy {policy!r}")
         return float(np.float32(rate))  # Caffe computes the rate as a float

@@ -5,7 +5,7 @@ from __future__ import annotations
 from layers.base import Field
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "plateau")
 
 SOLVER_FIELDS = (
     Field("yaffe", "int", 1, "spec format version", minimum=1, maximum=1),
@@ -18,6 +18,10 @@ SOLVER_FIELDS = (
     Field("power", "float", None, "exponent of inv and poly"),
     Field("stepsize", "int", None, "iterations per decay step (step, sigmoid)", minimum=1),
     Field("stepvalue", "int", None, "iterations at which multistep decays", minimum=1, repeated=True),
+    Field("patience", "int", 3, "plateau: tests without improvement of the test loss before the rate drops",
+          minimum=1),
+    Field("min_lr", "float", 0.0, "plateau: the rate never drops below this", minimum=0),
+    Field("early_stop", "early_stop", None, "stop when a test output stops improving: {metric, patience, min_delta}"),
     Field("momentum", "float", 0.0, "momentum of SGD and Nesterov (0.9 is usual); AdaDelta's decay; Adam's beta1",
           minimum=0, exclusive_maximum=1),
     Field("momentum2", "float", 0.999, "Adam's beta2", minimum=0, exclusive_maximum=1),

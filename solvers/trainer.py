@@ -98,6 +98,7 @@ class Trainer:
                            if l.is_data and self.net.shapes.get(d.tops[0])), 1)
         self.stop_requested = False
         self.snapshot_requested = False
+        self.metrics = Metrics(None)  # train() opens the file
 
     def _preflight(self):
         """Every check of `run.py validate`, once, before the first iteration: warnings are printed,
@@ -128,7 +129,7 @@ class Trainer:
 
     def snapshot(self, tag: str = "") -> str:
         meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
-                "lr_scale": self.lr_scale,
+                "lr_scale": self.lr_scale, "plateau_scale": self.lr.plateau_scale,
                 "losses": list(self.losses), "spec_hash": self.spec_hash,
                 "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
         extra = {}
@@ -198,6 +199,7 @@ class Trainer:
         self.solver.load_history(history, state_path)
         self.iter = int(meta["iter"])
         self.lr.current_step = int(meta.get("lr_current_step", 0))
+        self.lr.plateau_scale = float(meta.get("plateau_scale", 1.0))
         self.losses.extend(meta.get("losses", []))
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
@@ -250,7 +252,57 @@ class Trainer:
         self.metrics.write(record)
         if getattr(self, "watch", None) is not None and self.losses:
             self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
+        self._after_test(record)
         return record
+
+    def _after_test(self, record):
+        """The plateau policy and early stopping, both driven by the test outputs."""
+        cfg = self.cfg
+        track = getattr(self, "_track", None)
+        if track is None:
+            track = self._track = {"best_loss": None, "since": 0, "best": None, "stop_best": None, "stop_since": 0}
+        if cfg.lr_policy == "plateau":
+            if track["best_loss"] is None or record["loss"] < track["best_loss"]:
+                track["best_loss"], track["since"] = record["loss"], 0
+                track["best"] = (self.iter, {k: v.copy() for k, v in self.net.weights().items()},
+                                 [h.copy() for h in self.solver.history])
+            else:
+                track["since"] += 1
+                if track["since"] >= cfg.patience and self.rate(self.iter) > cfg.min_lr:
+                    best_iter, weights, history = track["best"]
+                    self.net.load_weights(weights, "the best test's weights")
+                    for h, saved in zip(self.solver.history, history):
+                        h[...] = saved
+                    self.lr.plateau_scale *= cfg.gamma if cfg.gamma is not None else 0.1
+                    track["since"] = 0
+                    self.out(f"Plateau: the test loss has not improved for {cfg.patience} tests; back to the weights "
+                             f"of iteration {best_iter} (test loss {track['best_loss']:.4g}), learning rate now "
+                             f"{self._peek_lr():g}")
+                    self.metrics.write({"phase": "plateau", "iter": self.iter, "best_iter": best_iter,
+                                        "lr": self._peek_lr()})
+        stop = cfg.early_stop
+        if stop:
+            metric = stop["metric"]
+            if metric not in record or not isinstance(record[metric], float):
+                raise UserError(f"early_stop.metric '{metric}' is not a scalar output of the TEST net (outputs: "
+                                f"{', '.join(k for k in record if k not in ('phase', 'iter'))})")
+            value, falling = record[metric], "loss" in metric
+            better = (track["stop_best"] is None or
+                      (value < track["stop_best"][1] - stop.get("min_delta", 0) if falling
+                       else value > track["stop_best"][1] + stop.get("min_delta", 0)))
+            if better:
+                track["stop_best"], track["stop_since"] = (self.iter, value), 0
+            else:
+                track["stop_since"] += 1
+                if track["stop_since"] >= stop.get("patience", 3):
+                    best_iter, best_value = track["stop_best"]
+                    self.out(f"Early stop: {metric} has not improved for {track['stop_since']} tests; the best was "
+                             f"{best_value:.4g} at iteration {best_iter}"
+                             + (f" ({self._snapshot_near(best_iter)})" if self._snapshot_near(best_iter) else ""))
+                    self.metrics.write({"phase": "early_stop", "iter": self.iter, "best_iter": best_iter,
+                                        metric: best_value})
+                    self.stop_requested = True
+                    self.early_stopped = True
 
     def _snapshot_near(self, it: int):
         """The snapshot written at iteration `it`, if there is one."""
@@ -322,6 +374,8 @@ class Trainer:
             if (self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0
                     and (self.iter > 0 or cfg.test_initialization)):
                 self.test()
+                if self.stop_requested:  # early stopping
+                    break
             if t0 is None:
                 t0 = last_t = time.perf_counter()
             loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size

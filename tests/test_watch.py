@@ -170,3 +170,29 @@ def test_plot_draws_curves(tmp_path):
                         str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plateau_policy_drops_the_rate_from_the_best_weights(tmp_path):
+    t, lines = trainer(tmp_path, mlp(), lr_policy="plateau", gamma=0.1, patience=2, min_lr=1e-4, base_lr=0.1)
+    t.iter = 10
+    t._after_test({"phase": "test", "iter": 10, "loss": 1.0})
+    best = t.net.layer_by_name("ip0").blobs[0].data.copy()
+    t.net.layer_by_name("ip0").blobs[0].data[...] += 1      # training moves on
+    t._after_test({"phase": "test", "iter": 20, "loss": 1.1})
+    assert t.rate(20) == pytest.approx(0.1)
+    t._after_test({"phase": "test", "iter": 30, "loss": 1.2})
+    assert t.rate(30) == pytest.approx(0.01)                  # dropped tenfold
+    np.testing.assert_array_equal(t.net.layer_by_name("ip0").blobs[0].data, best)
+    assert any(l.startswith("Plateau: the test loss has not improved for 2 tests") for l in lines)
+    for i in range(10):
+        t._after_test({"phase": "test", "iter": 40 + i, "loss": 2.0})
+    assert t.rate(100) == pytest.approx(1e-4)                # never below min_lr
+
+
+def test_early_stop_on_a_metric_that_stops_rising(tmp_path):
+    net = mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"
+    t, lines = trainer(tmp_path, net, max_iter=400, display=0, test_iter=[2], test_interval=20,
+                       early_stop={"metric": "acc", "patience": 2, "min_delta": 0.5})
+    t.train()
+    assert t.iter < 400 and getattr(t, "early_stopped", False)
+    assert any(l.startswith("Early stop: acc has not improved for 2 tests") for l in lines)
