@@ -71,6 +71,12 @@ def cmd_plot(args):
     return 0
 
 
+def cmd_time(args):
+    from netspec.timing import time_net
+    time_net(args.model, args.iterations, args.phase)
+    return 0
+
+
 def cmd_convert(args):
     from netspec.convert import convert
     convert(args.file, args.output)
@@ -177,6 +183,12 @@ def build_parser():
     p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("time", help="per-layer forward and backward times, like caffe time")
+    p.add_argument("model", help="net YAML or prototxt")
+    p.add_argument("--iterations", type=positive_int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("sanity", help="the four checks before a long run: initial loss, regularization, "
                        "overfitting 20 examples, a numerical gradient check of the whole net")

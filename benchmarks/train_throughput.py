@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Training throughput of yaffe against PyTorch (when installed) on the same nets, batch and threads.
+
+    python benchmarks/train_throughput.py [--repeats 5] [--iterations 20] [--threads N]
+
+For LeNet (1x28x28, batch 64), CIFAR-10 quick (3x32x32, batch 100) and an MLP 784-512-512-10 (batch 128),
+on DummyData: forward, backward and the SGD update (momentum, weight decay), float32. yaffe and PyTorch run
+alternately in one process, several repeats; the table gives medians, the ratio yaffe/PyTorch, and yaffe's
+achieved GFLOP/s against the matrix-product peak measured in the same run. It also reports the start-up to the
+first iteration (cold and warm Numba cache, in fresh processes) and the peak memory of a LeNet run of each.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LENET = """layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [64, 1, 28, 28]}, {dim: [64]}], data_filler: [{type: uniform}, {type: constant, value: 1}]}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1, convolution_param: {num_output: 20, kernel_size: 5, weight_filler: {type: xavier}}}
+  - {name: pool1, type: Pooling, bottom: conv1, top: pool1, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: conv2, type: Convolution, bottom: pool1, top: conv2, convolution_param: {num_output: 50, kernel_size: 5, weight_filler: {type: xavier}}}
+  - {name: pool2, type: Pooling, bottom: conv2, top: pool2, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: ip1, type: InnerProduct, bottom: pool2, top: ip1, inner_product_param: {num_output: 500, weight_filler: {type: xavier}}}
+  - {name: relu1, type: ReLU, bottom: ip1, top: ip1}
+  - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, inner_product_param: {num_output: 10, weight_filler: {type: xavier}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip2, label], top: loss}
+"""
+CIFAR = """layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [100, 3, 32, 32]}, {dim: [100]}], data_filler: [{type: uniform}, {type: constant, value: 1}]}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1, convolution_param: {num_output: 32, pad: 2, kernel_size: 5, weight_filler: {type: gaussian, std: 0.0001}}}
+  - {name: pool1, type: Pooling, bottom: conv1, top: pool1, pooling_param: {pool: MAX, kernel_size: 3, stride: 2}}
+  - {name: relu1, type: ReLU, bottom: pool1, top: pool1}
+  - {name: conv2, type: Convolution, bottom: pool1, top: conv2, convolution_param: {num_output: 32, pad: 2, kernel_size: 5, weight_filler: {type: gaussian, std: 0.01}}}
+  - {name: relu2, type: ReLU, bottom: conv2, top: conv2}
+  - {name: pool2, type: Pooling, bottom: conv2, top: pool2, pooling_param: {pool: AVE, kernel_size: 3, stride: 2}}
+  - {name: conv3, type: Convolution, bottom: pool2, top: conv3, convolution_param: {num_output: 64, pad: 2, kernel_size: 5, weight_filler: {type: gaussian, std: 0.01}}}
+  - {name: relu3, type: ReLU, bottom: conv3, top: conv3}
+  - {name: pool3, type: Pooling, bottom: conv3, top: pool3, pooling_param: {pool: AVE, kernel_size: 3, stride: 2}}
+  - {name: ip1, type: InnerProduct, bottom: pool3, top: ip1, inner_product_param: {num_output: 64, weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, inner_product_param: {num_output: 10, weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip2, label], top: loss}
+"""
+MLP = """layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [128, 784]}, {dim: [128]}], data_filler: [{type: uniform}, {type: constant, value: 1}]}}
+  - {name: ip1, type: InnerProduct, bottom: data, top: ip1, inner_product_param: {num_output: 512, weight_filler: {type: xavier}}}
+  - {name: relu1, type: ReLU, bottom: ip1, top: ip1}
+  - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, inner_product_param: {num_output: 512, weight_filler: {type: xavier}}}
+  - {name: relu2, type: ReLU, bottom: ip2, top: ip2}
+  - {name: ip3, type: InnerProduct, bottom: ip2, top: ip3, inner_product_param: {num_output: 10, weight_filler: {type: xavier}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip3, label], top: loss}
+"""
+NETS = {"LeNet 1x28x28 (64)": (LENET, 64), "CIFAR-10 quick 3x32x32 (100)": (CIFAR, 100), "MLP 784-512-512-10 (128)": (MLP, 128)}
+CAFFE = {"LeNet 1x28x28 (64)": 3800, "CIFAR-10 quick 3x32x32 (100)": 660, "MLP 784-512-512-10 (128)": 34600}
+
+
+def yaffe_step_fn(text):
+    from layers.base import resolve
+    from netspec.loader import loads
+    from netspec.net import Net
+    from solvers.params import SOLVER_FIELDS
+    from solvers.rules import SGD
+    net = Net(loads(text), "TRAIN", seed=0)
+    solver = SGD(net.params, resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9,
+                                                     "weight_decay": 5e-4}))
+    it = [0]
+
+    def step():
+        net.clear_param_diffs()
+        net.forward_backward()
+        solver.apply_update(0.01, it[0])
+        it[0] += 1
+    return step, net
+
+
+def flops(net):
+    """Training FLOPs per iteration: 3x the forward multiply-adds of convolutions and inner products."""
+    total = 0
+    for d, layer in zip(net.defs, net.layers):
+        if d.type == "Convolution":
+            n, o, oh, ow = net.shapes[d.tops[0]]
+            total += 2 * n * o * oh * ow * layer.blobs[0].data[0].size
+        elif d.type == "InnerProduct":
+            total += 2 * layer.m * layer.k * layer.p.num_output
+    return 3 * total
+
+
+def torch_step_fn(name, threads):
+    import torch
+    from torch import nn
+    torch.set_num_threads(threads)
+    if name.startswith("LeNet"):
+        model, shape = nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
+                                     nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10)), (64, 1, 28, 28)
+    elif name.startswith("CIFAR"):
+        model, shape = nn.Sequential(
+            nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(),
+            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+            nn.Flatten(), nn.Linear(1024, 64), nn.Linear(64, 10)), (100, 3, 32, 32)
+    else:
+        model, shape = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                                     nn.Linear(512, 10)), (128, 784)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.rand(shape), torch.ones(shape[0], dtype=torch.long)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def rate(step, iterations, batch):
+    step()
+    t = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    return batch * iterations / (time.perf_counter() - t)
+
+
+def matmul_peak(threads):
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    np.matmul(a, a)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        np.matmul(a, a)
+        best = max(best, 2 * 1024 ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def startup(cache_dir, warm):
+    """Seconds from `run.py train` to the first iteration's log line, in a fresh process."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        solver = os.path.join(tmp, "solver.yaml")
+        with open(solver, "w") as f:
+            f.write(f"net: {os.path.join(ROOT, 'models', 'lenet_digits', 'net.yaml')}\nbase_lr: 0.01\nmax_iter: 1\n"
+                    f"display: 1\nsnapshot_after_train: false\n")
+        t = time.perf_counter()
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", solver], env=env,
+                             stdout=subprocess.PIPE, text=True)
+        for line in p.stdout:
+            if line.startswith("Iteration 0 "):
+                break
+        elapsed = time.perf_counter() - t
+        p.wait()
+    return elapsed
+
+
+def peak_rss(code):
+    r = subprocess.run([sys.executable, "-c", code + "\nimport resource;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                       capture_output=True, text=True, cwd=ROOT)
+    return int(r.stdout.strip().splitlines()[-1]) / 1024 if r.returncode == 0 else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--skip-startup", action="store_true")
+    args = ap.parse_args()
+    try:
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("PyTorch is not installed (pip install torch==2.13.0): yaffe only\n")
+    peak = matmul_peak(args.threads)
+    print(f"{'net (batch)':<30} {'yaffe img/s':>12} {'PyTorch img/s':>14} {'yaffe/PyTorch':>14} {'yaffe/Caffe':>12} "
+          f"{'GFLOP/s':>8} {'of peak':>8}")
+    for name, (text, batch) in NETS.items():
+        ystep, net = yaffe_step_fn(text)
+        tstep = torch_step_fn(name, args.threads) if have_torch else None
+        ys, ts = [], []
+        for _ in range(args.repeats):
+            ys.append(rate(ystep, args.iterations, batch))
+            if tstep:
+                ts.append(rate(tstep, args.iterations, batch))
+        y = statistics.median(ys)
+        t = statistics.median(ts) if ts else float("nan")
+        gf = flops(net) * y / batch / 1e9
+        print(f"{name:<30} {y:12.0f} {t:14.0f} {y / t:14.2f} {y / CAFFE[name]:12.2f} {gf:8.1f} {gf / peak:8.0%}")
+    print(f"\nmatrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
+    if not args.skip_startup:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = startup(cache, False)
+            warm = statistics.median(startup(cache, True) for _ in range(3))
+        print(f"start-up to the first iteration (lenet_digits): {cold:.1f} s with an empty Numba cache, "
+              f"{warm:.1f} s warm")
+    y_rss = peak_rss("import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
+                     "s, _ = yaffe_step_fn(LENET)\nfor _ in range(5): s()")
+    line = f"peak memory (max RSS) of 5 LeNet iterations: yaffe {y_rss:.0f} MiB"
+    if have_torch:
+        t_rss = peak_rss("import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
+                         "s = torch_step_fn('LeNet', 2)\nfor _ in range(5): s()")
+        line += f", PyTorch {t_rss:.0f} MiB"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

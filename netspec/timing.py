@@ -1,0 +1,47 @@
+"""`run.py time MODEL`: like `caffe time`, per-layer forward and backward times averaged over iterations
+after a warm-up (which also compiles the Numba kernels). No weight updates."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .net import Net
+from .spec import load_net
+
+
+def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print) -> dict:
+    net = Net(load_net(path), phase, path, seed=0)
+    net.forward_backward()  # warm-up
+    fwd = np.zeros(len(net.layers))
+    bwd = np.zeros(len(net.layers))
+    start = time.perf_counter()
+    for _ in range(iterations):
+        for k, (layer, bottom, top) in enumerate(zip(net.layers, net.bottom_vecs, net.top_vecs)):
+            t = time.perf_counter()
+            layer.forward(bottom, top)
+            fwd[k] += time.perf_counter() - t
+        for blob, w in net.loss_blobs:
+            blob.diff[...] = w
+        for k in reversed(range(len(net.layers))):
+            if net.need_backward[k]:
+                t = time.perf_counter()
+                net.layers[k].backward(net.top_vecs[k], net.propagate[k], net.bottom_vecs[k])
+                bwd[k] += time.perf_counter() - t
+    total = time.perf_counter() - start
+    fwd, bwd = fwd / iterations * 1e3, bwd / iterations * 1e3
+    rows = []
+    out(f"{'layer':<24} {'type':<18} {'forward ms':>11} {'backward ms':>12}")
+    for d, f, b in zip(net.defs, fwd, bwd):
+        rows.append({"name": d.name, "type": d.type, "forward_ms": float(f), "backward_ms": float(b)})
+        out(f"{d.name:<24} {d.type:<18} {f:11.3f} {b:12.3f}")
+    batch = next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers) if l.is_data or d.type == "Input"), 1)
+    result = {"layers": rows, "forward_ms": float(fwd.sum()), "backward_ms": float(bwd.sum()),
+              "forward_backward_ms": float(fwd.sum() + bwd.sum()), "total_ms": total / iterations * 1e3,
+              "images_per_s": batch * iterations / total}
+    out(f"Average forward pass: {result['forward_ms']:.3f} ms")
+    out(f"Average backward pass: {result['backward_ms']:.3f} ms")
+    out(f"Average forward-backward: {result['forward_backward_ms']:.3f} ms ({result['images_per_s']:.0f} img/s at "
+        f"batch {batch})")
+    out(f"Total time: {total * 1e3:.1f} ms for {iterations} iterations")
+    return result
