@@ -64,6 +64,12 @@ def cmd_lr_find(args):
     return 0
 
 
+def cmd_search(args):
+    from solvers.search import search
+    search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed)
+    return 0
+
+
 def cmd_plot(args):
     from solvers.plots import plot_metrics
     plot_metrics(args.metrics, args.output)
@@ -202,6 +208,16 @@ def build_parser():
     p.add_argument("--iterations", type=positive_int, default=200, help="iterations (default 200)")
     p.add_argument("--plot", metavar="PNG", help="also draw the curve (the plots extra)")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("search", help="random hyperparameter search, coarse to fine, trials in parallel")
+    p.add_argument("solver")
+    p.add_argument("--space", required=True, help="YAML: field: {log_uniform|uniform: [lo, hi]} or {choice: [...]}")
+    p.add_argument("--trials", type=positive_int, default=12, help="trials in all (a third in the fine round)")
+    p.add_argument("--iters", type=positive_int, default=200, help="iterations per trial")
+    p.add_argument("--jobs", type=positive_int, default=1, help="trials run at once")
+    p.add_argument("--out", help="results folder (default: search/ beside the solver)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("plot", help="training and test curves from metrics files (the plots extra)")
     p.add_argument("metrics", nargs="+", help="one or more <prefix>_metrics.jsonl files, overlaid")

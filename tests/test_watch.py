@@ -196,3 +196,21 @@ def test_early_stop_on_a_metric_that_stops_rising(tmp_path):
     t.train()
     assert t.iter < 400 and getattr(t, "early_stopped", False)
     assert any(l.startswith("Early stop: acc has not improved for 2 tests") for l in lines)
+
+
+def test_random_search_coarse_to_fine(tmp_path):
+    from solvers.search import search
+    net = mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"
+    trainer(tmp_path, net, test_iter=[2])
+    (tmp_path / "space.yaml").write_text("base_lr: {log_uniform: [1e-4, 1]}\nmomentum: {uniform: [0.5, 0.95]}\n"
+                                         "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
+    lines = []
+    results = search(str(tmp_path / "solver.yaml"), str(tmp_path / "space.yaml"), trials=6, iters=15, jobs=2,
+                     out_dir=str(tmp_path / "s"), out=lines.append)
+    assert len(results) == 6 and [r["round"] for r in sorted(results, key=lambda r: r["trial"])] == [1] * 4 + [2] * 2
+    assert results == sorted(results, key=lambda r: -r["score"])
+    assert all(1e-4 <= r["base_lr"] <= 1 and r["num_output" if False else "layer.ip0.inner_product_param.num_output"]
+               in (8, 16) for r in results)
+    from netspec.spec import validate
+    assert [f for f in validate([str(tmp_path / "s" / "best_solver.yaml")]) if f.severity == "error"] == []
+    assert (tmp_path / "s" / "results.csv").read_text().startswith("trial,")

@@ -1,0 +1,167 @@
+"""`run.py search`: random hyperparameter search, coarse to fine (CS231n's recipe).
+
+The space is a YAML file mapping a field to a distribution:
+    base_lr: {log_uniform: [1e-4, 1e-1]}
+    momentum: {uniform: [0.8, 0.99]}
+    layer.drop1.dropout_param.dropout_ratio: {uniform: [0.2, 0.6]}
+    layer.ip1.inner_product_param.num_output: {choice: [64, 128, 256]}
+A plain name is a solver field; `layer.<name>.<block>.<field>` is a field of the net's layer of that name.
+Round 1 samples the whole space; round 2 samples a narrower range around the best third of round 1. Trials
+run in parallel processes; each trains `iters` iterations and is scored by its last test (accuracy, else
+minus the loss). The results go to results.csv and results.jsonl, sorted, and the best configuration to a
+ready solver (and net) YAML.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import yaml
+
+from netspec.errors import UserError
+from netspec.loader import load
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def read_space(path: str) -> dict:
+    space = _plain(load(path))
+    if not isinstance(space, dict) or not space:
+        raise UserError(f"{path}: error: the space must map fields to distributions, e.g. base_lr: "
+                        "{log_uniform: [1e-4, 1e-1]}")
+    for key, dist in space.items():
+        ok = isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in ("log_uniform", "uniform", "choice")
+        if ok and next(iter(dist)) != "choice":
+            lo_hi = next(iter(dist.values()))
+            ok = (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(isinstance(v, (int, float)) for v in lo_hi)
+                  and lo_hi[0] < lo_hi[1] and (next(iter(dist)) != "log_uniform" or lo_hi[0] > 0))
+        if not ok:
+            raise UserError(f"{path}: error: '{key}': expected {{log_uniform: [low, high]}} (low > 0), "
+                            f"{{uniform: [low, high]}} or {{choice: [a, b, ...]}}; received {dist}")
+    return space
+
+
+def sample(space: dict, rng, around: dict | None = None) -> dict:
+    """One configuration; `around`: a best configuration to sample a quarter-width range around."""
+    out = {}
+    for key, dist in space.items():
+        kind, arg = next(iter(dist.items()))
+        if kind == "choice":
+            out[key] = arg[int(rng.integers(len(arg)))] if around is None or rng.random() < 0.3 else around[key]
+            continue
+        lo, hi = arg
+        if kind == "log_uniform":
+            lo, hi = math.log(lo), math.log(hi)
+        if around is not None:
+            center = math.log(around[key]) if kind == "log_uniform" else around[key]
+            half = (hi - lo) / 8
+            lo, hi = max(lo, center - half), min(hi, center + half)
+        value = float(rng.uniform(lo, hi))
+        out[key] = math.exp(value) if kind == "log_uniform" else value
+        if isinstance(arg[0], int) and isinstance(arg[1], int) and kind == "uniform":
+            out[key] = int(round(out[key]))
+    return out
+
+
+def apply(solver: dict, net: dict, config: dict):
+    for key, value in config.items():
+        if key.startswith("layer."):
+            _, name, *path = key.split(".")
+            layer = next((l for l in net.get("layer", []) if l.get("name") == name), None)
+            if layer is None or not path:
+                raise UserError(f"search space: no layer named '{name}' in the net for '{key}'")
+            node = layer
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        else:
+            solver[key] = value
+
+
+def run_trial(args) -> dict:
+    """One trial in its own folder; returns its record (run in a worker process)."""
+    index, folder, solver, net, config = args
+    from solvers.trainer import Trainer
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "net.yaml"), "w") as f:
+        yaml.safe_dump(net, f, sort_keys=False)
+    with open(os.path.join(folder, "solver.yaml"), "w") as f:
+        yaml.safe_dump(solver, f, sort_keys=False)
+    record = {"trial": index, **config}
+    try:
+        t = Trainer(os.path.join(folder, "solver.yaml"), out=lambda *a: None)
+        final = t.train()
+        record.update({k: v for k, v in final.items() if isinstance(v, float)})
+        record["score"] = final["accuracy"] if "accuracy" in final else -final.get("loss", math.inf)
+    except UserError as e:
+        record.update(score=-math.inf, error=str(e).splitlines()[0])
+    return record
+
+
+def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int = 1, out_dir: str | None = None,
+           seed: int = 0, out=print) -> list[dict]:
+    space = read_space(space_path)
+    base_solver = _plain(load(solver_path))
+    net_path = os.path.join(os.path.dirname(os.path.abspath(solver_path)), base_solver["net"])
+    base_net = _plain(load(net_path))
+    for layer in base_net.get("layer", []):  # data sources stay where they are
+        for block in [k for k in layer if k.endswith("data_param")]:
+            src = layer[block].get("source")
+            if src and not os.path.isabs(src):
+                layer[block]["source"] = os.path.normpath(os.path.join(os.path.dirname(net_path), src))
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(solver_path)), "search")
+    rng = np.random.default_rng(seed)
+    results: list[dict] = []
+    rounds = [(1, max(1, trials - trials // 3)), (2, trials // 3)]
+    for round_no, count in rounds:
+        if count == 0:
+            continue
+        best = sorted(results, key=lambda r: -r["score"])[:max(1, len(results) // 3)]
+        jobs_args = []
+        for i in range(count):
+            around = best[i % len(best)] if round_no == 2 and best else None
+            config = sample(space, rng, {k: around[k] for k in space} if around else None)
+            solver, net = copy.deepcopy(base_solver), copy.deepcopy(base_net)
+            apply(solver, net, config)
+            index = len(results) + len(jobs_args)
+            solver.update(net="net.yaml", max_iter=iters, snapshot=0, snapshot_after_train=False, display=0,
+                          test_interval=iters, snapshot_prefix="trial")
+            jobs_args.append((index, os.path.join(out_dir, f"trial_{index:03d}"), solver, net, config))
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for record in pool.map(run_trial, jobs_args):
+                record["round"] = round_no
+                results.append(record)
+                out(f"trial {record['trial']} (round {round_no}): score {record['score']:.4g}  " +
+                    ", ".join(f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}"
+                              for k in space))
+    results.sort(key=lambda r: -r["score"])
+    os.makedirs(out_dir, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in results for k in r))
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(results)
+    with open(os.path.join(out_dir, "results.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)
+    best = results[0]
+    solver, net = copy.deepcopy(base_solver), copy.deepcopy(base_net)
+    apply(solver, net, {k: best[k] for k in space})
+    with open(os.path.join(out_dir, "best_net.yaml"), "w") as f:
+        yaml.safe_dump(net, f, sort_keys=False)
+    solver["net"] = "best_net.yaml"
+    with open(os.path.join(out_dir, "best_solver.yaml"), "w") as f:
+        yaml.safe_dump(solver, f, sort_keys=False)
+    out(f"Best: trial {best['trial']}, score {best['score']:.4g}; wrote {out_dir}/results.csv, results.jsonl, "
+        "best_solver.yaml")
+    return results
