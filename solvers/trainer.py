@@ -62,7 +62,38 @@ class Metrics:
 
 def say(*args):
     """Print a log line at once, also when stdout is a file or a pipe (tee, nohup)."""
+    if Progress.shown:
+        Progress.clear()
     print(*args, flush=True)
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr); nothing when the output is a file or a pipe."""
+
+    shown = False
+    last = 0.0
+
+    @classmethod
+    def update(cls, done: int, total: int, label: str):
+        import sys
+        if not sys.stderr.isatty() or total <= 0:
+            return
+        now = time.perf_counter()
+        if now - cls.last < 0.1 and done < total:
+            return
+        cls.last = now
+        width = 30
+        filled = int(width * done / total)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        sys.stderr.flush()
+        cls.shown = True
+
+    @classmethod
+    def clear(cls):
+        import sys
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        cls.shown = False
 
 
 class Trainer:
@@ -234,8 +265,9 @@ class Trainer:
         net, n = self.test_net, self.cfg.test_iter[0]
         sums: dict = {}
         loss = 0.0
-        for _ in range(n):
+        for i in range(n):
             loss += net.forward()
+            Progress.update(i + 1, n, "testing")
             for name in net.outputs:
                 v = net.blobs[name].data.astype(np.float64)
                 sums[name] = sums.get(name, 0) + v
@@ -413,6 +445,7 @@ class Trainer:
 
             self.solver.apply_update(rate, self.iter, before_apply)
             self.iter += 1
+            Progress.update(self.iter, cfg.max_iter, "training")
             snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0) or self.snapshot_requested
             if snapped:
                 self.snapshot()
@@ -430,6 +463,8 @@ class Trainer:
             self.metrics.write(record)
         if self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0:
             record = self.test()
+        if Progress.shown:
+            Progress.clear()
         self.out("Optimization Done.")
         return record
 
@@ -452,6 +487,7 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
     total = 0.0
     for i in range(iterations):
         total += net.forward()
+        Progress.update(i + 1, iterations, "testing")
         for name in net.outputs:
             v = net.blobs[name].data
             sums[name] = sums.get(name, 0) + v.astype(np.float64)
