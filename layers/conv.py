@@ -112,9 +112,9 @@ class Convolution(Layer):
         Field("axis", "int", 1, "the channel axis (only 1 is supported)", minimum=1, maximum=1),
     )
 
-    def setup(self, bottom_shapes):
+    def _read_geometry(self, shape):
+        """Check the bottom and read kernel, pad, stride and dilation; returns (n, c, h, w)."""
         p, blk = self.p, self.param_block
-        shape = bottom_shapes[0]
         if len(shape) != 4:
             raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}. "
                              "Reshape the data into images first", None)
@@ -126,6 +126,11 @@ class Convolution(Layer):
         if c % p.group or p.num_output % p.group:
             raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
                              f"group; received group={p.group}", f"{blk}.group")
+        return n, c, h, w
+
+    def setup(self, bottom_shapes):
+        p, blk = self.p, self.param_block
+        n, c, h, w = self._read_geometry(bottom_shapes[0])
         (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
         oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
         ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
@@ -193,17 +198,7 @@ class Deconvolution(Convolution):
 
     def setup(self, bottom_shapes):
         p, blk = self.p, self.param_block
-        shape = bottom_shapes[0]
-        if len(shape) != 4:
-            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}", None)
-        n, c, h, w = shape
-        self.kernel = spatial_param(p, blk, "kernel", None)
-        self.pad = spatial_param(p, blk, "pad", 0)
-        self.stride = spatial_param(p, blk, "stride", 1)
-        self.dilation = spatial_param(p, blk, "dilation", 1)
-        if c % p.group or p.num_output % p.group:
-            raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
-                             f"group; received group={p.group}", f"{blk}.group")
+        n, c, h, w = self._read_geometry(bottom_shapes[0])
         (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
         oh = sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph
         ow = sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw

@@ -8,16 +8,8 @@ import os
 import yaml
 
 from .errors import UserError
-from .loader import load
+from .loader import load, to_plain
 from .spec import kind_of
-
-
-def _plain(node):
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
 
 
 class _Dumper(yaml.SafeDumper):
@@ -42,7 +34,7 @@ _Dumper.add_representer(list, _represent_list)
 
 
 def to_yaml(doc: dict, source: str) -> str:
-    body = {"yaffe": 1, **{k: v for k, v in _plain(doc).items() if k != "yaffe"}}
+    body = {"yaffe": 1, **{k: v for k, v in to_plain(doc).items() if k != "yaffe"}}
     text = yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
     return f"# converted from {os.path.basename(source)} by run.py convert\n" + text
 

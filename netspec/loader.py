@@ -141,3 +141,12 @@ def load(path: str):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: error: cannot read the file ({e})") from None
     return loads(text, path)
+
+
+def to_plain(node):
+    """Node/NodeList trees as plain dicts and lists (for YAML dumping and copying)."""
+    if isinstance(node, dict):
+        return {k: to_plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [to_plain(v) for v in node]
+    return node

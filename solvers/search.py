@@ -24,19 +24,11 @@ import numpy as np
 import yaml
 
 from netspec.errors import UserError
-from netspec.loader import load
-
-
-def _plain(node):
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
+from netspec.loader import load, to_plain
 
 
 def read_space(path: str) -> dict:
-    space = _plain(load(path))
+    space = to_plain(load(path))
     if not isinstance(space, dict) or not space:
         raise UserError(f"{path}: error: the space must map fields to distributions, e.g. base_lr: "
                         "{log_uniform: [1e-4, 1e-1]}")
@@ -112,9 +104,9 @@ def run_trial(args) -> dict:
 def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int = 1, out_dir: str | None = None,
            seed: int = 0, out=print) -> list[dict]:
     space = read_space(space_path)
-    base_solver = _plain(load(solver_path))
+    base_solver = to_plain(load(solver_path))
     net_path = os.path.join(os.path.dirname(os.path.abspath(solver_path)), base_solver["net"])
-    base_net = _plain(load(net_path))
+    base_net = to_plain(load(net_path))
     for layer in base_net.get("layer", []):  # data sources stay where they are
         for block in [k for k in layer if k.endswith("data_param")]:
             src = layer[block].get("source")

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from netspec.errors import Finding
-from netspec.loader import load
+from netspec.loader import load, to_plain as plain
 from netspec.spec import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,14 +16,6 @@ MODEL = os.path.join(ROOT, "models", "lenet_digits")
 WORK = tempfile.mkdtemp(prefix="yaffe-fuzz-")
 for name in ("digits_train.csv.gz", "digits_test.csv.gz"):
     shutil.copy(os.path.join(MODEL, name), WORK)
-
-
-def plain(node):
-    if isinstance(node, dict):
-        return {k: plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [plain(v) for v in node]
-    return node
 
 
 def _data_files():
