@@ -8,55 +8,84 @@ group is a single large matrix product.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
-    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0."""
+    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0. One row per thread."""
     n_img, chans, height, width = x.shape
     plane = oh * ow
-    for c in range(chans):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                for n in range(n_img):
-                    base = n * plane
-                    for y in range(oh):
-                        iy = y * sh - ph + i * dh
-                        out = base + y * ow
-                        if iy < 0 or iy >= height:
-                            for xo in range(ow):
-                                col[row, out + xo] = 0
-                        else:
-                            for xo in range(ow):
-                                ix = xo * sw - pw + j * dw
-                                col[row, out + xo] = x[n, c, iy, ix] if 0 <= ix < width else 0
+    for row in prange(chans * kh * kw):
+        c, rest = row // (kh * kw), row % (kh * kw)
+        i, j = rest // kw, rest % kw
+        # output columns whose tap lands inside the image: lo <= xo < hi
+        off = j * dw - pw
+        lo = min(max(0, (-off + sw - 1) // sw), ow)
+        hi = min(ow, max(0, (width - 1 - off) // sw + 1)) if width - 1 - off >= 0 else 0
+        for n in range(n_img):
+            base = n * plane
+            for y in range(oh):
+                iy = y * sh - ph + i * dh
+                out = base + y * ow
+                if iy < 0 or iy >= height:
+                    for xo in range(ow):
+                        col[row, out + xo] = 0
+                else:
+                    for xo in range(lo):
+                        col[row, out + xo] = 0
+                    for xo in range(lo, hi):
+                        col[row, out + xo] = x[n, c, iy, xo * sw + off]
+                    for xo in range(max(hi, lo), ow):
+                        col[row, out + xo] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
-    """The adjoint of im2col: dx (N, C, H, W) = sum of col entries over the taps that read each pixel."""
+    """The adjoint of im2col: dx (N, C, H, W) = sum of col entries over the taps that read each pixel.
+    One channel per thread (no two threads write the same pixel)."""
     n_img, chans, height, width = dx.shape
     plane = oh * ow
-    dx[:] = 0
-    for c in range(chans):
+    for c in prange(chans):
+        dx[:, c] = 0
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
+                off = j * dw - pw
+                lo = min(max(0, (-off + sw - 1) // sw), ow)
+                hi = min(ow, max(0, (width - 1 - off) // sw + 1)) if width - 1 - off >= 0 else 0
                 for n in range(n_img):
                     base = n * plane
                     for y in range(oh):
                         iy = y * sh - ph + i * dh
                         if 0 <= iy < height:
                             out = base + y * ow
-                            for xo in range(ow):
-                                ix = xo * sw - pw + j * dw
-                                if 0 <= ix < width:
-                                    dx[n, c, iy, ix] += col[row, out + xo]
+                            for xo in range(lo, hi):
+                                dx[n, c, iy, xo * sw + off] += col[row, out + xo]
+
+
+@njit(cache=True, parallel=True)
+def channels_last_to_first(buf, bias, has_bias, y):
+    """buf (O, N*P) -> y (N, O, P), adding bias[o]: the matrix product's layout to the blob's."""
+    n_img, out_c, plane = y.shape
+    for n in prange(n_img):
+        for o in range(out_c):
+            b = bias[o] if has_bias else 0.0
+            for q in range(plane):
+                y[n, o, q] = buf[o, n * plane + q] + b
+
+
+@njit(cache=True, parallel=True)
+def channels_first_to_last(dy, buf):
+    """dy (N, O, P) -> buf (O, N*P)."""
+    n_img, out_c, plane = dy.shape
+    for o in prange(out_c):
+        for n in range(n_img):
+            for q in range(plane):
+                buf[o, n * plane + q] = dy[n, o, q]
 
 
 def spatial_param(p, block, name, default):
@@ -164,10 +193,8 @@ class Convolution(Layer):
         for g in range(groups):
             np.matmul(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
                       out=self._out[g * og:(g + 1) * og])
-        y = top[0].data.reshape(n, out_c, plane)
-        y[...] = self._out.reshape(out_c, n, plane).transpose(1, 0, 2)
-        if self.p.bias_term:
-            y += self.blobs[1].data[None, :, None]
+        bias = self.blobs[1].data if self.p.bias_term else weight.reshape(-1)
+        channels_last_to_first(self._out, bias, self.p.bias_term, top[0].data.reshape(n, out_c, plane))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
@@ -178,7 +205,7 @@ class Convolution(Layer):
         k = weight.data[0].size
         og = out_c // groups
         dt = self._out  # reuse as (O, N*P) diff buffer
-        dt.reshape(out_c, n, plane)[...] = dy.reshape(n, out_c, plane).transpose(1, 0, 2)
+        channels_first_to_last(dy.reshape(n, out_c, plane), dt)
         if self.p.bias_term:
             self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
         dw = weight.diff.reshape(out_c, k)

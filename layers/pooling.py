@@ -10,87 +10,87 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .conv import spatial_param
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for n in range(n_img):
-        for c in range(chans):
-            for py in range(oh):
-                hs = max(py * sh - ph, 0)
-                he = min(py * sh - ph + kh, height)
-                for px in range(ow):
-                    ws = max(px * sw - pw, 0)
-                    we = min(px * sw - pw + kw, width)
-                    best = -3.4028234663852886e38
-                    arg = -1
-                    for i in range(hs, he):
-                        for j in range(ws, we):
-                            if x[n, c, i, j] > best:
-                                best = x[n, c, i, j]
-                                arg = i * width + j
-                    y[n, c, py, px] = best
-                    mask[n, c, py, px] = arg
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        for py in range(oh):
+            hs = max(py * sh - ph, 0)
+            he = min(py * sh - ph + kh, height)
+            for px in range(ow):
+                ws = max(px * sw - pw, 0)
+                we = min(px * sw - pw + kw, width)
+                best = -3.4028234663852886e38
+                arg = -1
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        if x[n, c, i, j] > best:
+                            best = x[n, c, i, j]
+                            arg = i * width + j
+                y[n, c, py, px] = best
+                mask[n, c, py, px] = arg
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def max_pool_backward(dy, mask, dx):
     n_img, chans, oh, ow = dy.shape
     width = dx.shape[3]
-    dx[:] = 0
-    for n in range(n_img):
-        for c in range(chans):
-            for py in range(oh):
-                for px in range(ow):
-                    arg = mask[n, c, py, px]
-                    if arg >= 0:
-                        dx[n, c, arg // width, arg % width] += dy[n, c, py, px]
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        dx[n, c] = 0
+        for py in range(oh):
+            for px in range(ow):
+                arg = mask[n, c, py, px]
+                if arg >= 0:
+                    dx[n, c, arg // width, arg % width] += dy[n, c, py, px]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for n in range(n_img):
-        for c in range(chans):
-            for py in range(oh):
-                hs = py * sh - ph
-                he = min(hs + kh, height + ph)
-                for px in range(ow):
-                    ws = px * sw - pw
-                    we = min(ws + kw, width + pw)
-                    size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
-                    acc = 0.0
-                    for i in range(max(hs, 0), min(he, height)):
-                        for j in range(max(ws, 0), min(we, width)):
-                            acc += x[n, c, i, j]
-                    y[n, c, py, px] = acc / size
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        for py in range(oh):
+            hs = py * sh - ph
+            he = min(hs + kh, height + ph)
+            for px in range(ow):
+                ws = px * sw - pw
+                we = min(ws + kw, width + pw)
+                size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
+                acc = 0.0
+                for i in range(max(hs, 0), min(he, height)):
+                    for j in range(max(ws, 0), min(we, width)):
+                        acc += x[n, c, i, j]
+                y[n, c, py, px] = acc / size
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
     n_img, chans, height, width = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
-    dx[:] = 0
-    for n in range(n_img):
-        for c in range(chans):
-            for py in range(oh):
-                hs = py * sh - ph
-                he = min(hs + kh, height + ph)
-                for px in range(ow):
-                    ws = px * sw - pw
-                    we = min(ws + kw, width + pw)
-                    g = dy[n, c, py, px] / ((he - hs) * (we - ws))
-                    for i in range(max(hs, 0), min(he, height)):
-                        for j in range(max(ws, 0), min(we, width)):
-                            dx[n, c, i, j] += g
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        dx[n, c] = 0
+        for py in range(oh):
+            hs = py * sh - ph
+            he = min(hs + kh, height + ph)
+            for px in range(ow):
+                ws = px * sw - pw
+                we = min(ws + kw, width + pw)
+                g = dy[n, c, py, px] / ((he - hs) * (we - ws))
+                for i in range(max(hs, 0), min(he, height)):
+                    for j in range(max(ws, 0), min(we, width)):
+                        dx[n, c, i, j] += g
 
 
 def pooled_size(size, k, pad, stride, round_mode):

@@ -206,7 +206,7 @@ SOLVER = "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\n"
     ("lr_policy: step\ngamma: 0.1\n", "lr_policy 'step' needs 'stepsize', which is not given"),
     ("lr_policy: inv\ngamma: 0.1\n", "lr_policy 'inv' needs 'power'"),
     ("lr_policy: multistep\ngamma: 0.1\nstepvalue: [5, 3]\n", "stepvalue must be increasing; received [5, 3]"),
-    ("lr_policy: stepp\n", "'lr_policy' must be one of fixed, step, exp, inv, multistep, poly, sigmoid; "
+    ("lr_policy: stepp\n", "'lr_policy' must be one of fixed, step, exp, inv, multistep, poly, sigmoid, plateau; "
                            "received 'stepp'; did you mean 'step'?"),
     ("type: Adamm\n", "'type' must be one of"),
     ("momentum: 1.0\n", "'momentum' must be < 1; received 1.0"),
