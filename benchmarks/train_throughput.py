@@ -5,14 +5,19 @@
 
 For LeNet (1x28x28, batch 64), CIFAR-10 quick (3x32x32, batch 100) and an MLP 784-512-512-10 (batch 128),
 on DummyData: forward, backward and the SGD update (momentum, weight decay), float32. yaffe and PyTorch run
-alternately in one process, several repeats; the table gives medians, the ratio yaffe/PyTorch, and yaffe's
+alternately (PyTorch in fresh processes with its own OpenMP settings), several repeats; the table gives medians, the ratio yaffe/PyTorch, and yaffe's
 achieved GFLOP/s against the matrix-product peak measured in the same run. It also reports the start-up to the
 first iteration (cold and warm Numba cache, in fresh processes) and the peak memory of a LeNet run of each.
 """
 from __future__ import annotations
 
-import argparse
 import os
+
+# One OpenMP runtime serves Numba's kernels, OpenBLAS and PyTorch in this process: passive waiting keeps the
+# threads of one from spinning on the cores the next one needs (set before anything starts OpenMP).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import statistics
 import subprocess
 import sys
@@ -121,8 +126,9 @@ def torch_step_fn(name, threads):
     return step
 
 
-def rate(step, iterations, batch):
-    step()
+def rate(step, iterations, batch, warmup=3):
+    for _ in range(warmup):  # first calls allocate (and compile, or pick oneDNN kernels)
+        step()
     t = time.perf_counter()
     for _ in range(iterations):
         step()
@@ -160,9 +166,26 @@ def startup(cache_dir, warm):
 
 
 def peak_rss(code):
-    r = subprocess.run([sys.executable, "-c", code + "\nimport resource;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-                       capture_output=True, text=True, cwd=ROOT)
+    """MiB: the child's VmHWM (ru_maxrss would carry over the parent's peak across fork and exec)."""
+    probe = "\nprint([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    r = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True, cwd=ROOT, env=_env())
     return int(r.stdout.strip().splitlines()[-1]) / 1024 if r.returncode == 0 else float("nan")
+
+
+def _env():
+    """The environment of a child: PyTorch with its own default OpenMP settings."""
+    env = dict(os.environ)
+    if env.get("OMP_WAIT_POLICY") == "PASSIVE" and "YAFFE_BENCH_KEEP_OMP" not in env:
+        env.pop("OMP_WAIT_POLICY")
+    return env
+
+
+def torch_rate_in_child(name, threads, iterations, batch):
+    """PyTorch's img/s measured in a fresh process with its default OpenMP settings."""
+    code = (f"import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
+            f"print(rate(torch_step_fn({name!r}, {threads}), {iterations}, {batch}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_env())
+    return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
 
 
 def main():
@@ -172,23 +195,20 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-startup", action="store_true")
     args = ap.parse_args()
-    try:
-        import torch  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    import importlib.util
+    have_torch = importlib.util.find_spec("torch") is not None
+    if not have_torch:
         print("PyTorch is not installed (pip install torch==2.13.0): yaffe only\n")
     peak = matmul_peak(args.threads)
     print(f"{'net (batch)':<30} {'yaffe img/s':>12} {'PyTorch img/s':>14} {'yaffe/PyTorch':>14} {'yaffe/Caffe':>12} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
     for name, (text, batch) in NETS.items():
         ystep, net = yaffe_step_fn(text)
-        tstep = torch_step_fn(name, args.threads) if have_torch else None
         ys, ts = [], []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # alternately: yaffe here, PyTorch in a fresh process of its own
             ys.append(rate(ystep, args.iterations, batch))
-            if tstep:
-                ts.append(rate(tstep, args.iterations, batch))
+            if have_torch:
+                ts.append(torch_rate_in_child(name, args.threads, args.iterations, batch))
         y = statistics.median(ys)
         t = statistics.median(ts) if ts else float("nan")
         gf = flops(net) * y / batch / 1e9
