@@ -444,6 +444,8 @@ class Trainer:
                     self.watch.monitor_layers(it, {k: v ** 0.5 for k, v in steps.items()})
 
             self.solver.apply_update(rate, self.iter, before_apply)
+            if shown and cfg.debug_info:
+                self.watch.debug(self.iter, "Update")  # the params after the update, the diffs hold the steps
             self.iter += 1
             Progress.update(self.iter, cfg.max_iter, "training")
             snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0) or self.snapshot_requested

@@ -128,6 +128,7 @@ def test_debug_info_logs_per_layer_magnitudes(tmp_path):
     t, lines = trainer(tmp_path, mlp(), debug_info=True, max_iter=5)
     t.train()
     assert any(l.strip().startswith("[Forward/Backward] Layer ip0: top/ip0/data") for l in lines)
+    assert any(l.strip().startswith("[Update] Layer ip0:") and "param/0/diff" in l for l in lines)
     recs = [json.loads(l) for l in open(t.metrics_path)]
     assert any(r["phase"] == "debug" and "ip0" in r["layers"] for r in recs)
 
