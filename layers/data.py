@@ -49,6 +49,13 @@ class RowData(Layer):
         tp = resolve(TRANSFORM_FIELDS, self.spec.get("transform_param") if self.transforms else None)
         self.transformer = Transformer(tp, self.phase, self.base_dir, self.sample_shapes[0], self.dtype)
         self.blob_shapes = self.transformer.stat_shapes()
+        self.target_tf = None
+        if tp.normalize_target:
+            if len(shapes) < 2:
+                raise LayerError("normalize_target needs a second top (the targets)", "transform_param.normalize_target")
+            self.target_tf = Transformer.for_targets(tp, self.phase, self.sample_shapes[1], self.dtype)
+            self.n_data_stats = len(self.blob_shapes)
+            self.blob_shapes = self.blob_shapes + self.target_tf.stat_shapes()
         self.arrays = None
         return [(self.batch_size,) + self.transformer.out_shape] + [(self.batch_size,) + s for s in shapes[1:]]
 
@@ -65,8 +72,17 @@ class RowData(Layer):
             raise UserError(f"{self.path}: error: {e}") from None
         self._set_arrays(arrays)
         stats = [b.data for b in self.blobs]
-        if stats and stats[0][0] == 0 and self.phase == "TRAIN":
-            self.transformer.fit(self.arrays[0], stats)
+        data_stats, target_stats = self._split_stats(stats)
+        if data_stats and data_stats[0][0] == 0 and self.phase == "TRAIN":
+            self.transformer.fit(self.arrays[0], data_stats)
+        if target_stats and target_stats[0][0] == 0 and self.phase == "TRAIN":
+            self.target_tf.fit(self.arrays[1], target_stats)
+
+    def _split_stats(self, stats):
+        """(the data's normalize statistics, the targets')."""
+        if self.target_tf is None:
+            return stats, []
+        return stats[:self.n_data_stats], stats[self.n_data_stats:]
 
     def _set_arrays(self, arrays):
         self.arrays = arrays
@@ -106,9 +122,19 @@ class RowData(Layer):
         idx = self.next_indices()
         self.last_indices = idx
         self.transformer.phase = self.phase
-        self.transformer.apply(self._rows(0, idx), top[0].data, [b.data for b in self.blobs], self.rng)
+        data_stats, target_stats = self._split_stats([b.data for b in self.blobs])
+        self.transformer.apply(self._rows(0, idx), top[0].data, data_stats, self.rng)
         for k, t in enumerate(top[1:], 1):
-            t.data[...] = self._rows(k, idx)
+            if k == 1 and self.target_tf is not None:
+                self.target_tf.apply(self._rows(1, idx), t.data, target_stats, self.rng)
+            else:
+                t.data[...] = self._rows(k, idx)
+
+    def target_scale(self):
+        """Per-value factor from normalized targets back to their units (None: not normalized, or not affine)."""
+        if self.target_tf is None:
+            return None
+        return self.target_tf.affine_scale(self._split_stats([b.data for b in self.blobs])[1])
 
     def state_dict(self):
         if self.arrays is None:

@@ -30,6 +30,8 @@ TRANSFORM_FIELDS = (
     Field("crop_size", "int", 0, "crop square patches of this size (random in TRAIN, centre in TEST)", minimum=0),
     Field("mirror", "bool", False, "flip each example horizontally with probability 1/2"),
     Field("normalize", "normalize_step", None, "normalization steps fitted on the TRAIN data", repeated=True),
+    Field("normalize_target", "normalize_step", None, "the same for the second top (regression targets); "
+          "run.py test reports EuclideanLoss in the targets' own units too", repeated=True),
 )
 
 STEP_FIELDS = (
@@ -86,6 +88,30 @@ class Transformer:
             if s["type"] == "clip" and (s.get("min") is None or s.get("max") is None or s["min"] > s["max"]):
                 raise LayerError(f"normalize step {i} (clip) needs min <= max; received min={s.get('min')}, "
                                  f"max={s.get('max')}", "transform_param.normalize")
+
+    @classmethod
+    def for_targets(cls, p, phase, sample_shape, dtype):
+        """A transformer of the second top: only p.normalize_target's steps."""
+        from types import SimpleNamespace
+        q = SimpleNamespace(scale=1.0, mean_value=None, mean_file=None, crop_size=0, mirror=False,
+                            normalize=p.normalize_target)
+        return cls(q, phase, ".", sample_shape, dtype)
+
+    def affine_scale(self, blobs):
+        """The factor that maps a normalized difference back to original units (per value), when every step
+        is zero_center, z_score or linear_scale with stored statistics; else None."""
+        scale, k = 1.0, 1
+        for s in self.steps:
+            if s["type"] not in ("zero_center", "z_score", "linear_scale") or s["per"] == "image":
+                return None
+            stat = blobs[k]
+            if s["type"] == "z_score":
+                scale = scale * np.where(stat > 0, stat, 1)
+            elif s["type"] == "linear_scale":
+                span = stat[1] - stat[0]
+                scale = scale * np.where(span > 0, span / 2, 1)
+            k += 1
+        return scale
 
     @property
     def out_shape(self):

@@ -476,6 +476,20 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _original_unit_losses(net):
+    """[(output name, EuclideanLoss layer, scale)] for losses whose targets a data layer normalized."""
+    from netspec.checks import _producer
+    found = []
+    for k, (d, layer) in enumerate(zip(net.defs, net.layers)):
+        if d.type != "EuclideanLoss":
+            continue
+        src_def, src, top_index = _producer(net, k, d.bottoms[1])
+        scale = src.target_scale() if src is not None and top_index == 1 and hasattr(src, "target_scale") else None
+        if scale is not None:
+            found.append((f"{d.tops[0]}_original_units", layer, np.asarray(scale, np.float64)))
+    return found
+
+
 def test_model(model_path: str, weights_path: str | None, iterations: int = 50, out=say) -> dict:
     """`run.py test`: the TEST-phase net with the given weights, `iterations` batches; mean of each output."""
     doc = load_net(model_path)
@@ -487,17 +501,21 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
                         "layer")
     sums: dict = {}
     total = 0.0
+    originals = _original_unit_losses(net)
     for i in range(iterations):
         total += net.forward()
         Progress.update(i + 1, iterations, "testing")
+        for name, layer, scale in originals:  # EuclideanLoss on normalized targets, in the targets' units
+            d = layer.d * scale.reshape((1,) + layer.d.shape[1:]) if np.ndim(scale) else layer.d * scale
+            sums[name] = sums.get(name, 0) + float((d.astype(np.float64) ** 2).sum()) / (2 * layer.n)
         for name in net.outputs:
             v = net.blobs[name].data
             sums[name] = sums.get(name, 0) + v.astype(np.float64)
             if v.ndim == 0:
                 out(f"Batch {i}, {name} = {float(v):g}")
     result = {}
-    for name in net.outputs:
-        value = sums[name] / iterations
+    for name in net.outputs + [o[0] for o in originals]:
+        value = np.asarray(sums[name]) / iterations
         result[name] = float(value) if value.ndim == 0 else value.tolist()
         out(f"{name} = {result[name]:g}" if value.ndim == 0 else f"{name} = {result[name]}")
     result["loss"] = total / iterations

@@ -327,3 +327,34 @@ def test_lmdb_with_encoded_and_float_datums(tmp_path):
     np.testing.assert_array_equal(net.blobs["data"].data[0, 0], np.full((3, 2), 9))
     np.testing.assert_array_equal(net.blobs["data"].data[1, 0], np.full((3, 2), 0.5))
     np.testing.assert_array_equal(net.blobs["label"].data, [1, 2])
+
+
+def test_regression_targets_are_normalized_and_reported_in_their_units(tmp_path):
+    import subprocess
+    import sys
+    import json as _json
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (x @ np.array([[2.0], [-1.0], [0.5]]) * 50 + 300).astype(np.float32)      # targets around 300, std ~ 100
+    np.savez(tmp_path / "d.npz", data=x, target=y)
+    spec = ("layer:\n  - {name: d, type: Data, top: [data, target], data_param: {source: d.npz, batch_size: 40}, "
+            "transform_param: {normalize_target: [{type: zero_center, per: feature}, {type: z_score, per: feature}]}}\n"
+            "  - {name: ip, type: InnerProduct, bottom: data, top: pred, inner_product_param: {num_output: 1}}\n"
+            "  - {name: loss, type: EuclideanLoss, bottom: [pred, target], top: loss}\n")
+    (tmp_path / "net.yaml").write_text(spec)
+    path = str(tmp_path / "net.yaml")
+    net = Net(loads(spec, path), "TRAIN", path, seed=0)
+    net.forward()
+    t = net.blobs["target"].data
+    np.testing.assert_allclose(t.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(t.std(0), 1, rtol=1e-3)
+    weights = {k: v for k, v in net.weights().items()}
+    np.savez(tmp_path / "w.npz", **weights)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "run.py"), "test", path, "--weights",
+                        str(tmp_path / "w.npz"), "--iterations", "1", "--json"], capture_output=True, text=True,
+                       timeout=300)
+    out = _json.loads(r.stdout)
+    # the prediction is 0 (zero weights): in normalized units the loss is about 1/2, in original units var(y)/2
+    assert out["loss"] == pytest.approx(0.5, rel=1e-3)
+    assert out["loss_original_units"] == pytest.approx(float(y.var()) / 2, rel=1e-3)
