@@ -5,6 +5,7 @@ import numpy as np
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, dims, register
+from .kernels import add_scaled, max_step, mul_into, scale_into, select_grad
 
 
 def _alias(p, old, block):
@@ -86,39 +87,37 @@ class Eltwise(Layer):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, bottom, top):
-        y, op = top[0].data, self.p.operation
+        y, op = top[0].data.ravel(), self.p.operation
         if op == "SUM":
-            y[...] = self.coeff[0] * bottom[0].data
+            scale_into(bottom[0].data.ravel(), self.coeff[0], y)
             for c, b in zip(self.coeff[1:], bottom[1:]):
-                y += c * b.data
+                add_scaled(b.data.ravel(), c, y)
         elif op == "PROD":
-            y[...] = bottom[0].data
+            y[...] = bottom[0].data.ravel()
             for b in bottom[1:]:
-                y *= b.data
+                mul_into(b.data.ravel(), y)
         else:
-            a, b = bottom[0].data, bottom[1].data
-            self.mask = np.where(a > b, 0, 1).astype(np.int32)
-            np.maximum(a, b, out=y)
-            for k, blob in enumerate(bottom[2:], 2):
-                win = blob.data > y
-                self.mask[win] = k
-                np.copyto(y, blob.data, where=win)
+            if getattr(self, "mask", None) is None or self.mask.size != y.size:
+                self.mask = np.empty(y.size, np.int32)
+            y[...] = bottom[0].data.ravel()
+            for k, blob in enumerate(bottom[1:], 1):
+                max_step(blob.data.ravel(), k, y, self.mask, k == 1)
 
     def backward(self, top, propagate_down, bottom):
-        dy, op = top[0].diff, self.p.operation
+        dy, op = top[0].diff.ravel(), self.p.operation
         for i, (b, prop) in enumerate(zip(bottom, propagate_down)):
             if not prop:
                 continue
+            dx = b.diff.ravel()
             if op == "SUM":
-                np.multiply(dy, self.coeff[i], out=b.diff)
-            elif op == "PROD":
-                others = np.ones_like(dy)
+                scale_into(dy, self.coeff[i], dx)
+            elif op == "PROD":  # the product of the other bottoms (Caffe's stable_prod_grad)
+                dx[...] = dy
                 for j, o in enumerate(bottom):
                     if j != i:
-                        others *= o.data
-                np.multiply(dy, others, out=b.diff)
+                        mul_into(o.data.ravel(), dx)
             else:
-                np.multiply(dy, self.mask == i, out=b.diff)
+                select_grad(dy, self.mask, i, dx)
 
 
 @register("Flatten")

@@ -8,6 +8,7 @@ import numpy as np
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
+from .kernels import scale_into, sub_into
 from .softmax import FLT_MIN, LOSS_FIELDS, LabelError, _split, check_labels, softmax_forward
 
 
@@ -40,15 +41,16 @@ class EuclideanLoss(Loss):
         return [()]
 
     def forward(self, bottom, top):
-        self.d = bottom[0].data - bottom[1].data.reshape(bottom[0].shape)
-        top[0].data[...] = float(np.dot(self.d.ravel(), self.d.ravel())) / (2 * self.n)
+        if getattr(self, "d", None) is None or self.d.shape != bottom[0].shape:
+            self.d = np.empty_like(bottom[0].data)
+        top[0].data[...] = sub_into(bottom[0].data.ravel(), bottom[1].data.ravel(), self.d.ravel()) / (2 * self.n)
 
     def backward(self, top, propagate_down, bottom):
         g = float(top[0].diff) / self.n
         if propagate_down[0]:
-            np.multiply(self.d, g, out=bottom[0].diff)
+            scale_into(self.d.ravel(), g, bottom[0].diff.ravel())
         if propagate_down[1]:
-            np.multiply(self.d.reshape(bottom[1].shape), -g, out=bottom[1].diff)
+            scale_into(self.d.ravel(), -g, bottom[1].diff.ravel())
 
 
 @register("SigmoidCrossEntropyLoss")

@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit
 
 from .base import Field, Layer, register
+from .kernels import masked_scale
 
 
 class Neuron(Layer):
@@ -63,8 +64,11 @@ class Dropout(Neuron):
                 y[...] = x
             return
         keep = 1.0 - self.p.dropout_ratio
-        self.mask = self.rng.random(x.shape, dtype=np.float32) < keep
-        np.multiply(x, self.mask * x.dtype.type(1.0 / keep), out=y)
+        if getattr(self, "mask", None) is None or self.mask.shape != x.shape:
+            self.mask, self.draw = np.empty(x.shape, bool), np.empty(x.shape, np.float32)
+        self.rng.random(out=self.draw, dtype=np.float32)
+        np.less(self.draw, keep, out=self.mask)
+        masked_scale(x.ravel(), self.mask.ravel(), 1.0 / keep, y.ravel())
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -72,8 +76,8 @@ class Dropout(Neuron):
         if self.phase != "TRAIN":
             bottom[0].diff[...] = top[0].diff
         else:
-            np.multiply(top[0].diff, self.mask * top[0].diff.dtype.type(1.0 / (1.0 - self.p.dropout_ratio)),
-                        out=bottom[0].diff)
+            masked_scale(top[0].diff.ravel(), self.mask.ravel(), 1.0 / (1.0 - self.p.dropout_ratio),
+                         bottom[0].diff.ravel())
 
 
 class Elementwise(Neuron):

@@ -13,6 +13,7 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
+from .kernels import broadcast_add, channel_sums
 
 
 @njit(cache=True)
@@ -263,17 +264,17 @@ class Bias(Layer):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, bottom, top):
-        b = (bottom[1].data if len(bottom) == 2 else self.blobs[0].data).reshape(1, -1, 1)
-        np.add(bottom[0].data.reshape(self.view), b, out=top[0].data.reshape(self.view))
+        b = (bottom[1].data if len(bottom) == 2 else self.blobs[0].data).ravel()
+        broadcast_add(bottom[0].data.reshape(self.view), b, top[0].data.reshape(self.view))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.view)
-        db = dy.sum(axis=(0, 2))
         if len(bottom) == 2:
             if propagate_down[1]:
-                bottom[1].diff[...] = db.reshape(bottom[1].shape)
+                bottom[1].diff[...] = 0
+                channel_sums(dy, bottom[1].diff.reshape(-1))
         else:
-            self.blobs[0].diff += db.reshape(self.blobs[0].shape)
+            channel_sums(dy, self.blobs[0].diff.reshape(-1))
         if propagate_down[0] and bottom[0].diff is not top[0].diff:
             bottom[0].diff[...] = top[0].diff
 

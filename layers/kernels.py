@@ -1,0 +1,92 @@
+"""Small elementwise Numba kernels shared by several layer families (on raveled, contiguous arrays).
+
+They write into preallocated outputs, so the layers that use them allocate nothing per iteration.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+
+@njit(cache=True)
+def scale_into(x, c, out):
+    """out = c * x."""
+    for i in range(x.size):
+        out[i] = c * x[i]
+
+
+@njit(cache=True)
+def add_scaled(x, c, out):
+    """out += c * x."""
+    for i in range(x.size):
+        out[i] += c * x[i]
+
+
+@njit(cache=True)
+def mul_into(x, out):
+    """out *= x."""
+    for i in range(x.size):
+        out[i] *= x[i]
+
+
+@njit(cache=True)
+def max_step(x, k, y, mask, first):
+    """Eltwise MAX: with first, y = max(y, x) where ties go to x (bottom 1 beats bottom 0, as in Caffe);
+    later bottoms win only when strictly larger. mask holds the winner's index."""
+    for i in range(x.size):
+        if first:
+            if y[i] > x[i]:
+                mask[i] = 0
+            else:
+                y[i] = x[i]
+                mask[i] = k
+        elif x[i] > y[i]:
+            y[i] = x[i]
+            mask[i] = k
+
+
+@njit(cache=True)
+def select_grad(dy, mask, k, out):
+    """out = dy where mask == k, else 0."""
+    for i in range(dy.size):
+        out[i] = dy[i] if mask[i] == k else 0.0
+
+
+@njit(cache=True)
+def masked_scale(x, keep, scale, y):
+    """Dropout: y = x * scale where keep, else 0."""
+    for i in range(x.size):
+        y[i] = x[i] * scale if keep[i] else 0.0
+
+
+@njit(cache=True)
+def broadcast_add(x, b, y):
+    """x, y (outer, dim, inner); y = x + b[d]."""
+    outer, dim, inner = x.shape
+    for o in range(outer):
+        for d in range(dim):
+            bd = b[d]
+            for i in range(inner):
+                y[o, d, i] = x[o, d, i] + bd
+
+
+@njit(cache=True)
+def channel_sums(dy, out):
+    """out[d] += sum over outer and inner of dy (outer, dim, inner)."""
+    outer, dim, inner = dy.shape
+    for d in range(dim):
+        acc = 0.0
+        for o in range(outer):
+            for i in range(inner):
+                acc += dy[o, d, i]
+        out[d] += acc
+
+
+@njit(cache=True)
+def sub_into(a, b, out):
+    """out = a - b; returns sum of squares (float64)."""
+    acc = 0.0
+    for i in range(a.size):
+        d = a[i] - b[i]
+        out[i] = d
+        acc += d * d
+    return acc
