@@ -4,6 +4,7 @@ They write into preallocated outputs, so the layers that use them allocate nothi
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 
@@ -90,3 +91,60 @@ def sub_into(a, b, out):
         out[i] = d
         acc += d * d
     return acc
+
+
+@njit(cache=True)
+def row_normalize(x, eps, scale_var, y, std):
+    """MVN per row of x (rows, n): y = x - mean, divided by (std + eps) when scale_var; std[r] = std + eps."""
+    rows, n = x.shape
+    for r in range(rows):
+        mu = 0.0
+        for i in range(n):
+            mu += x[r, i]
+        mu /= n
+        var = 0.0
+        for i in range(n):
+            d = x[r, i] - mu
+            y[r, i] = d
+            var += d * d
+        s = (var / n) ** 0.5 + eps
+        std[r] = s
+        if scale_var:
+            for i in range(n):
+                y[r, i] /= s
+
+
+@njit(cache=True)
+def row_normalize_backward(y, dy, std, scale_var, dx):
+    """Caffe's MVN backward: dx = (dy - mean(dy) - mean(dy * y) * y) / (std + eps), or dy - mean(dy)."""
+    rows, n = y.shape
+    for r in range(rows):
+        a = 0.0
+        b = 0.0
+        for i in range(n):
+            a += dy[r, i]
+            b += dy[r, i] * y[r, i]
+        a /= n
+        b /= n
+        for i in range(n):
+            if scale_var:
+                dx[r, i] = (dy[r, i] - a - b * y[r, i]) / std[r]
+            else:
+                dx[r, i] = dy[r, i] - a
+
+
+@njit(cache=True)
+def sigmoid_xent(x, t, ignore, has_ignore, grad):
+    """Stable sigmoid cross-entropy: returns (loss sum, valid count); grad = sigmoid(x) - t (0 if ignored)."""
+    loss = 0.0
+    valid = 0
+    for i in range(x.size):
+        if has_ignore and t[i] == ignore:
+            grad[i] = 0.0
+            continue
+        v = x[i]
+        pos = 1.0 if v >= 0 else 0.0
+        loss -= v * (t[i] - pos) - np.log1p(np.exp(v - 2.0 * v * pos))
+        grad[i] = 1.0 / (1.0 + np.exp(-v)) - t[i]
+        valid += 1
+    return loss, valid

@@ -8,7 +8,7 @@ import numpy as np
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
-from .kernels import scale_into, sub_into
+from .kernels import scale_into, sigmoid_xent, sub_into
 from .softmax import FLT_MIN, LOSS_FIELDS, LabelError, _split, check_labels, softmax_forward
 
 
@@ -75,19 +75,17 @@ class SigmoidCrossEntropyLoss(Loss):
         return max(1.0, float({"FULL": self.total, "VALID": valid, "BATCH_SIZE": self.n, "NONE": 1}[self.mode]))
 
     def forward(self, bottom, top):
-        x = bottom[0].data.ravel().astype(np.float64)
-        t = bottom[1].data.ravel().astype(np.float64)
-        keep = np.ones_like(t, bool) if self.p.ignore_label is None else t != self.p.ignore_label
-        pos = (x >= 0)
-        terms = x * (t - pos) - np.log1p(np.exp(x - 2 * x * pos))
-        self.keep, self.valid = keep, int(keep.sum())
-        top[0].data[...] = -terms[keep].sum() / self._normalizer(self.valid)
+        x = bottom[0].data
+        if getattr(self, "grad", None) is None or self.grad.shape != x.shape:
+            self.grad = np.empty_like(x)
+        ignore = self.p.ignore_label
+        loss, self.valid = sigmoid_xent(x.ravel(), bottom[1].data.ravel(), ignore or 0, ignore is not None,
+                                        self.grad.ravel())
+        top[0].data[...] = loss / self._normalizer(self.valid)
 
     def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            x, t = bottom[0].data, bottom[1].data.reshape(bottom[0].shape)
-            g = (1.0 / (1.0 + np.exp(-x)) - t) * (float(top[0].diff) / self._normalizer(self.valid))
-            bottom[0].diff[...] = np.where(self.keep.reshape(x.shape), g, 0)
+        if propagate_down[0]:  # (sigmoid(x) - t) * weight / normalizer, kept from forward
+            scale_into(self.grad.ravel(), float(top[0].diff) / self._normalizer(self.valid), bottom[0].diff.ravel())
 
 
 @register("MultinomialLogisticLoss")

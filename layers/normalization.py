@@ -13,7 +13,7 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
-from .kernels import broadcast_add, channel_sums
+from .kernels import broadcast_add, channel_sums, row_normalize, row_normalize_backward
 
 
 @njit(cache=True)
@@ -302,20 +302,11 @@ class MVN(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
-        y = top[0].data.reshape(self.view)
-        np.subtract(x, x.mean(axis=1, keepdims=True), out=y)
-        if self.p.normalize_variance:
-            self.std = np.sqrt((y * y).mean(axis=1, keepdims=True)) + self.p.eps
-            y /= self.std
+        if getattr(self, "std", None) is None or self.std.dtype != x.dtype:
+            self.std = np.empty(self.view[0], x.dtype)
+        row_normalize(x, self.p.eps, self.p.normalize_variance, top[0].data.reshape(self.view), self.std)
 
     def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        dy = top[0].diff.reshape(self.view)
-        dx = bottom[0].diff.reshape(self.view)
-        if self.p.normalize_variance:
-            y = top[0].data.reshape(self.view)
-            # Caffe's formula (exact for eps = 0): project out the mean and the direction of y
-            dx[...] = (dy - dy.mean(axis=1, keepdims=True) - (dy * y).mean(axis=1, keepdims=True) * y) / self.std
-        else:
-            dx[...] = dy - dy.mean(axis=1, keepdims=True)
+        if propagate_down[0]:
+            row_normalize_backward(top[0].data.reshape(self.view), top[0].diff.reshape(self.view), self.std,
+                                   self.p.normalize_variance, bottom[0].diff.reshape(self.view))
