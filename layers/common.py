@@ -5,7 +5,7 @@ import numpy as np
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, dims, register
-from .kernels import add_scaled, max_step, mul_into, scale_into, select_grad
+from .kernels import add_scaled, max_step, mul_into, reduce_rows, reduce_rows_backward, scale_into, select_grad
 
 
 def _alias(p, old, block):
@@ -320,26 +320,16 @@ class Reduction(Layer):
         self.view = (count(s, 0, a), count(s, a))
         return [s[:a]]
 
+    OPS = {"SUM": 0, "ASUM": 1, "SUMSQ": 2, "MEAN": 3}
+
     def forward(self, bottom, top):
-        x, op = bottom[0].data.reshape(self.view), self.p.operation
-        r = {"SUM": lambda: x.sum(1), "ASUM": lambda: np.abs(x).sum(1), "SUMSQ": lambda: (x * x).sum(1),
-             "MEAN": lambda: x.mean(1)}[op]()
-        top[0].data[...] = (r * self.p.coeff).reshape(top[0].shape)
+        reduce_rows(bottom[0].data.reshape(self.view), self.OPS[self.p.operation], self.p.coeff,
+                    top[0].data.reshape(-1))
 
     def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        x, op = bottom[0].data.reshape(self.view), self.p.operation
-        g = top[0].diff.reshape(-1, 1) * self.p.coeff
-        dx = bottom[0].diff.reshape(self.view)
-        if op == "SUM":
-            dx[...] = g
-        elif op == "ASUM":
-            np.multiply(g, np.sign(x), out=dx)
-        elif op == "SUMSQ":
-            np.multiply(g, 2 * x, out=dx)
-        else:
-            dx[...] = g / self.view[1]
+        if propagate_down[0]:
+            reduce_rows_backward(bottom[0].data.reshape(self.view), top[0].diff.reshape(-1),
+                                 self.OPS[self.p.operation], self.p.coeff, bottom[0].diff.reshape(self.view))
 
 
 @register("ArgMax")

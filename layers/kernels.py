@@ -148,3 +148,32 @@ def sigmoid_xent(x, t, ignore, has_ignore, grad):
         grad[i] = 1.0 / (1.0 + np.exp(-v)) - t[i]
         valid += 1
     return loss, valid
+
+
+@njit(cache=True)
+def reduce_rows(x, op, coeff, out):
+    """out[r] = coeff * (sum | sum |x| | sum x^2 | mean) of row r of x (rows, n); op 0..3."""
+    rows, n = x.shape
+    for r in range(rows):
+        acc = 0.0
+        for i in range(n):
+            v = x[r, i]
+            acc += v if op == 0 or op == 3 else abs(v) if op == 1 else v * v
+        out[r] = coeff * (acc / n if op == 3 else acc)
+
+
+@njit(cache=True)
+def reduce_rows_backward(x, dy, op, coeff, dx):
+    rows, n = x.shape
+    for r in range(rows):
+        g = dy[r] * coeff
+        for i in range(n):
+            v = x[r, i]
+            if op == 0:
+                dx[r, i] = g
+            elif op == 1:
+                dx[r, i] = g if v > 0 else -g if v < 0 else 0.0
+            elif op == 2:
+                dx[r, i] = 2.0 * g * v
+            else:
+                dx[r, i] = g / n
