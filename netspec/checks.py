@@ -43,6 +43,24 @@ def _consumers(net: Net, blob: str) -> list:
     return out
 
 
+def batchnorm_window_findings(net: Net, max_iter: int | None) -> list[Finding]:
+    """BatchNorm's running averages over ~1/(1 - moving_average_fraction) iterations trail the weights in a
+    short run, so the TEST net (which uses them) scores far below the TRAIN net."""
+    out = []
+    if not max_iter:
+        return out
+    for d, layer in zip(net.defs, net.layers):
+        if d.type == "BatchNorm" and layer.p.use_global_stats is None:
+            window = 1.0 / max(1e-12, 1.0 - layer.p.moving_average_fraction)
+            if window * 5 > max_iter:
+                out.append(_finding(d.where("batch_norm_param.moving_average_fraction"), "warning",
+                                    f"layer '{d.name}' (BatchNorm): moving_average_fraction "
+                                    f"{layer.p.moving_average_fraction} averages the statistics over about "
+                                    f"{window:.0f} iterations, a large part of this {max_iter}-iteration run: the "
+                                    "TEST net will use statistics of older weights and score low; use 0.99 or 0.9"))
+    return out
+
+
 def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
     """A TRAIN net without a loss; layers whose outputs nothing uses."""
     out = []

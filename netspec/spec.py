@@ -117,13 +117,13 @@ def mentions_test_phase(doc) -> bool:
 
 
 def net_findings(path: str, for_training: bool = False, test_iter: int | None = None, test_iter_where=None,
-                 read_data: bool = True) -> list[Finding]:
+                 read_data: bool = True, max_iter: int | None = None) -> list[Finding]:
     """Every finding of one net file: schema, graph and shapes, structure, data.
 
     The TEST phase is checked when a solver tests it (test_iter) or, for a net file alone, when its
     layers name the TEST phase; otherwise it is the TRAIN net without phase-specific layers.
     """
-    from .checks import data_findings, structure_findings
+    from .checks import batchnorm_window_findings, data_findings, structure_findings
     from .net import Net
     doc = load_net(path)
     out: list[Finding] = list(getattr(doc, "notes", []))
@@ -137,6 +137,7 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
         out.extend(net.warnings)
         if phase == "TRAIN":
             out.extend(structure_findings(net, doc, for_training))
+            out.extend(batchnorm_window_findings(net, max_iter))
         if read_data:
             out.extend(data_findings(net, test_iter if phase == "TEST" else None, test_iter_where))
     seen, unique = set(), []
@@ -165,6 +166,7 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
                 doc, cfg, net_path = load_solver(path)
                 findings.extend(getattr(doc, "notes", []))
                 queue.append((net_path, {"for_training": True, "test_iter": (cfg.test_iter or [None])[0],
+                                         "max_iter": cfg.max_iter,
                                          "test_iter_where": doc.at("test_iter") if "test_iter" in doc else None}))
                 continue
             findings.extend(net_findings(path, read_data=read_data, **(context or {})))

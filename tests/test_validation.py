@@ -384,3 +384,12 @@ def test_hdf5_data_with_transform_param_is_an_error(tmp_path):
            " transform_param: {scale: 0.5}}\n")
     found = findings(tmp_path, net)
     assert any("HDF5Data does not transform its data (as in Caffe)" in f for f in found), found
+
+
+def test_batchnorm_running_average_too_slow_for_a_short_run_is_a_warning(tmp_path):
+    net = HEAD + IP + "  - {name: bn, type: BatchNorm, bottom: ip, top: ip}\n" + LOSS
+    f = one(findings(tmp_path, net, SOLVER.replace("max_iter: 10", "max_iter: 2000")), "warning")
+    assert "moving_average_fraction 0.999 averages the statistics over about 1000 iterations" in f
+    assert "use 0.99 or 0.9" in f
+    fine = net.replace("top: ip}\n  - {name: loss", "top: ip, batch_norm_param: {moving_average_fraction: 0.9}}\n  - {name: loss")
+    assert findings(tmp_path, fine, SOLVER.replace("max_iter: 10", "max_iter: 2000")) == []
