@@ -19,6 +19,9 @@ _KIND = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type
          "str": {"type": "string"}, "filler": {"$ref": "#/$defs/filler"},
          "shape": {"$ref": "#/$defs/blob_shape"}, "new_shape": {"$ref": "#/$defs/new_shape"},
          "normalize_step": {"$ref": "#/$defs/normalize_step"},
+         "net_state": {"type": "object", "additionalProperties": False, "properties": {
+             "phase": {"enum": ["TRAIN", "TEST"]}, "level": {"type": "integer"},
+             "stage": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}},
          "early_stop": {"type": "object", "additionalProperties": False, "required": ["metric"], "properties": {
              "metric": {"type": "string", "description": "a TEST net output (or loss); losses fall, others rise"},
              "patience": {"type": "integer", "minimum": 1, "default": 3},
@@ -40,7 +43,7 @@ def field_schema(f: Field) -> dict:
                       ("exclusive_maximum", "exclusiveMaximum")):
         if getattr(f, key) is not None:
             s[name] = getattr(f, key)
-    if f.kind not in ("filler", "shape", "new_shape", "normalize_step", "early_stop"):
+    if f.kind not in ("filler", "shape", "new_shape", "normalize_step", "early_stop", "net_state"):
         s["description"] = f.help
         if f.default is not None:
             s["default"] = f.default

@@ -15,7 +15,7 @@ def kind_of(doc) -> str:
     """'net' or 'solver', from the fields a spec holds."""
     if isinstance(doc, dict) and ("layer" in doc or "layers" in doc):
         return "net"
-    if isinstance(doc, dict) and ("net" in doc or "base_lr" in doc or "max_iter" in doc):
+    if isinstance(doc, dict) and ("net" in doc or "train_net" in doc or "base_lr" in doc or "max_iter" in doc):
         return "solver"
     return "net"
 
@@ -67,10 +67,19 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         if folder and not os.access(folder, os.W_OK | os.X_OK):
             err("snapshot_prefix", f"snapshots and metrics go to {prefix}_*, but {folder} cannot be written; "
                                    "choose a snapshot_prefix in a folder you can write")
-    net_path = os.path.join(os.path.dirname(path), cfg.net)
-    if not os.path.isfile(net_path):
-        err("net", f"net file '{cfg.net}' not found (looked at {net_path}); the path is relative to the "
-                   "solver file")
+    key = "net" if cfg.net else "train_net"
+    name = cfg.net or cfg.train_net
+    if not name:
+        err("net", "the solver names no net: add net: <file> (or Caffe's train_net)")
+        return out
+    if cfg.net and cfg.train_net:
+        err("train_net", "give either net or train_net, not both")
+    for k, value in ((key, name),) + tuple(("test_net", t) for t in cfg.test_net[:1]):
+        net_path = os.path.join(os.path.dirname(path), value)
+        if not os.path.isfile(net_path):
+            err(k, f"net file '{value}' not found (looked at {net_path}); the path is relative to the solver file")
+    if len(cfg.test_net) > 1:
+        err("test_net", f"{len(cfg.test_net)} test nets; yaffe tests one net: keep one (or use phase rules in net)")
     return out
 
 
@@ -106,7 +115,7 @@ def load_solver(path: str, overrides: dict | None = None):
     if findings:
         raise SpecError(findings)
     cfg = resolve(SOLVER_FIELDS, doc)
-    return doc, cfg, os.path.join(os.path.dirname(path), cfg.net)
+    return doc, cfg, os.path.join(os.path.dirname(path), cfg.net or cfg.train_net)
 
 
 def mentions_test_phase(doc) -> bool:

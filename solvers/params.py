@@ -9,7 +9,13 @@ LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "p
 
 SOLVER_FIELDS = (
     Field("yaffe", "int", 1, "spec format version", minimum=1, maximum=1),
-    Field("net", "str", None, "the net file (train and test phases), relative to the solver file", required=True),
+    Field("net", "str", None, "the net file (train and test phases), relative to the solver file"),
+    Field("train_net", "str", None, "Caffe's: the TRAIN net file, when it differs from the TEST net's"),
+    Field("test_net", "str", None, "Caffe's: the TEST net file (one), when it differs from the TRAIN net's",
+          repeated=True),
+    Field("train_state", "net_state", None, "Caffe's NetState of the TRAIN net: {level, stage}"),
+    Field("test_state", "net_state", None, "Caffe's NetState of the TEST net: {level, stage}", repeated=True),
+    Field("weights", "str", None, "weights to fine-tune from (used without --weights and --snapshot)", repeated=True),
     Field("type", "enum", "SGD", "the solver", choices=SOLVER_TYPES),
     Field("base_lr", "float", None, "the learning rate before the policy's decay",
           exclusive_minimum=0, required=True),

@@ -16,6 +16,7 @@ from collections import deque
 import numpy as np
 
 from netspec.errors import Finding, SpecError, UserError
+from netspec.graph import as_list
 from netspec.net import Net
 from netspec.spec import load_net, load_solver
 from . import snapshot as snap
@@ -103,6 +104,7 @@ class Trainer:
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  monitor: bool = False):
         self.out = out
+        self.solver_path = solver_path
         self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
         self.overrides = dict(overrides or {})
         self.lr_scale, self.lr_scale_given = (1.0 if lr_scale is None else float(lr_scale)), lr_scale is not None
@@ -110,10 +112,17 @@ class Trainer:
         self.monitor = monitor
         cfg = self.cfg
         self.net_doc = load_net(self.net_path)
-        self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed)
+        train_state = cfg.train_state or {}
+        self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed,
+                       level=train_state.get("level", 0), stages=tuple(as_list(train_state.get("stage"))))
         self.test_net = None
         if cfg.test_iter:
-            self.test_net = Net(self.net_doc, "TEST", self.net_path, seed=self.net.seed)
+            test_path = (os.path.join(os.path.dirname(solver_path), cfg.test_net[0]) if cfg.test_net
+                         else self.net_path)
+            test_doc = load_net(test_path) if cfg.test_net else self.net_doc
+            test_state = (cfg.test_state or [{}])[0]
+            self.test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
+                                stages=tuple(as_list(test_state.get("stage"))))
             self.test_net.share_weights_from(self.net)
         self._preflight()
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
@@ -359,6 +368,9 @@ class Trainer:
         cfg = self.cfg
         if snapshot_path and weights_path:
             raise UserError("give --snapshot to resume training or --weights to fine-tune, not both")
+        if not snapshot_path and not weights_path and cfg.weights:  # the solver's own weights field
+            base = os.path.dirname(self.solver_path)
+            weights_path = ",".join(os.path.join(base, w) for w in cfg.weights)
         if weights_path:
             for path in weights_path.split(","):  # several files: applied in order, as in Caffe
                 self.net.load_weights(snap.load_weights_file(path), path)

@@ -199,3 +199,21 @@ def test_hdf5_snapshot_format_writes_caffes_layout(caffe_dir):
         np.testing.assert_array_equal(f["data/conv1/0"][()], t.net.layer_by_name("conv1").blobs[0].data)
     with h5py.File(caffe_dir / "lenet_sgd_iter_2.solverstate.h5", "r") as f:
         assert f["iter"][()] == 2 and len(f["history"]) == 8
+
+
+def test_caffe_solver_fields_train_net_test_net_weights_and_states(caffe_dir):
+    """Caffe's train_net/test_net, weights and test_state work as in Caffe."""
+    text = (caffe_dir / "lenet_sgd_solver.prototxt").read_text()
+    text = text.replace('net: "lenet_sgd_train_test.prototxt"', 'train_net: "lenet_sgd_train_test.prototxt"\n'
+                        'test_net: "lenet_sgd_train_test.prototxt"\nweights: "lenet_sgd_init.caffemodel"\n'
+                        'test_state { stage: "x" }\ntrain_state { level: 0 }')
+    text = text.replace("max_iter: 200", "max_iter: 2")
+    (caffe_dir / "s2.prototxt").write_text(text)
+    shutil.copy(os.path.join(FIX, "lenet_sgd_init.caffemodel"), caffe_dir)
+    assert [f.severity for f in validate([str(caffe_dir / "s2.prototxt")])] == ["info"]
+    t = Trainer(str(caffe_dir / "s2.prototxt"), out=lambda *a: None)
+    t.train()
+    with open(t.metrics_path) as f:
+        first = next(r for r in map(json.loads, f) if r["phase"] == "train")
+    ref = np.load(os.path.join(FIX, "caffe_losses.npz"))
+    assert first["loss"] == pytest.approx(float(ref["loss"][0]), abs=1e-4)   # started from the solver's weights
