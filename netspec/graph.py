@@ -134,6 +134,10 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
         names.setdefault(name, node)
         cls = layers.REGISTRY[type_]
         own = {cls.param_block, *cls.other_blocks}
+        if "blobs" in node and warnings is not None:
+            w = node.at("blobs")
+            warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: weights embedded in the net (blobs) are "
+                                    "ignored; load weights with --weights (a .caffemodel or .weights.npz)"))
         for key in node:
             if not (key.endswith("_param") and key not in own):
                 continue

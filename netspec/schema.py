@@ -90,6 +90,7 @@ def net_schema() -> dict:
         "param": _strings(param_spec),
         "loss_weight": _strings({"type": "number"}),
         "propagate_down": _strings({"type": "boolean"}),
+        "blobs": {"description": "Caffe's embedded weights: accepted and ignored (use --weights)"},
         **{name: block_schema(fields) for name, fields in blocks.items()}}}
     # a type whose block has required fields needs the block itself
     layer["allOf"] = [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},

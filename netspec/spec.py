@@ -20,8 +20,23 @@ def kind_of(doc) -> str:
     return "net"
 
 
+INLINE = "#"  # "solver.prototxt#net_param": a net given inline in a solver
+
+
 def load_net(path: str) -> Node:
-    doc = load(path)
+    """A checked net spec from a file, or from a solver's inline field ("solver.prototxt#net_param")."""
+    if INLINE in os.path.basename(path):
+        file, field = path.rsplit(INLINE, 1)
+        solver = load(file)
+        doc = solver.get(field)
+        doc = doc[0] if isinstance(doc, list) and doc else doc
+        if not isinstance(doc, dict):
+            w = solver.at(field) if isinstance(solver, Node) else (file, 1, 1)
+            raise SpecError([Finding(w[0], w[1], w[2], "error", f"{field} must be a net message {{ layer {{ ... }} }}")])
+        doc.notes = getattr(solver, "notes", [])
+        path = file
+    else:
+        doc = load(path)
     findings = schema.check(doc, schema.net_schema(), path)
     if findings:
         raise SpecError(findings)
@@ -69,6 +84,11 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
                                    "choose a snapshot_prefix in a folder you can write")
     key = "net" if cfg.net else "train_net"
     name = cfg.net or cfg.train_net
+    inline = [k for k in ("net_param", "train_net_param") if getattr(cfg, k) is not None]
+    if inline and name:
+        err(inline[0], f"give either {inline[0]} (inline) or {key} (a file), not both")
+    if inline:
+        return out
     if not name:
         err("net", "the solver names no net: add net: <file> (or Caffe's train_net)")
         return out
@@ -78,7 +98,7 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         net_path = os.path.join(os.path.dirname(path), value)
         if not os.path.isfile(net_path):
             err(k, f"net file '{value}' not found (looked at {net_path}); the path is relative to the solver file")
-    if len(cfg.test_net) > 1:
+    if len(cfg.test_net) + len(cfg.test_net_param) > 1:
         err("test_net", f"{len(cfg.test_net)} test nets; yaffe tests one net: keep one (or use phase rules in net)")
     return out
 
@@ -115,6 +135,9 @@ def load_solver(path: str, overrides: dict | None = None):
     if findings:
         raise SpecError(findings)
     cfg = resolve(SOLVER_FIELDS, doc)
+    inline = next((k for k in ("net_param", "train_net_param") if getattr(cfg, k) is not None), None)
+    if inline:
+        return doc, cfg, f"{path}{INLINE}{inline}"
     return doc, cfg, os.path.join(os.path.dirname(path), cfg.net or cfg.train_net)
 
 
@@ -170,6 +193,9 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
             continue
         order[key] = len(order)
         try:
+            if INLINE in os.path.basename(path):  # a net inside a solver
+                findings.extend(net_findings(path, read_data=read_data, **(context or {})))
+                continue
             doc = load(path)
             if kind_of(doc) == "solver":
                 doc, cfg, net_path = load_solver(path)

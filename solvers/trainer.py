@@ -118,8 +118,8 @@ class Trainer:
         self.test_net = None
         if cfg.test_iter:
             test_path = (os.path.join(os.path.dirname(solver_path), cfg.test_net[0]) if cfg.test_net
-                         else self.net_path)
-            test_doc = load_net(test_path) if cfg.test_net else self.net_doc
+                         else f"{solver_path}#test_net_param" if cfg.test_net_param else self.net_path)
+            test_doc = load_net(test_path) if test_path != self.net_path else self.net_doc
             test_state = (cfg.test_state or [{}])[0]
             self.test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
                                 stages=tuple(as_list(test_state.get("stage"))))

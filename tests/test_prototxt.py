@@ -217,3 +217,24 @@ def test_caffe_solver_fields_train_net_test_net_weights_and_states(caffe_dir):
         first = next(r for r in map(json.loads, f) if r["phase"] == "train")
     ref = np.load(os.path.join(FIX, "caffe_losses.npz"))
     assert first["loss"] == pytest.approx(float(ref["loss"][0]), abs=1e-4)   # started from the solver's weights
+
+
+def test_net_given_inline_in_the_solver(caffe_dir):
+    net = (caffe_dir / "lenet_sgd_train_test.prototxt").read_text()
+    solver = (caffe_dir / "lenet_sgd_solver.prototxt").read_text().replace(
+        'net: "lenet_sgd_train_test.prototxt"', "net_param {\n" + net + "\n}").replace("max_iter: 200", "max_iter: 2")
+    (caffe_dir / "inline.prototxt").write_text(solver)
+    assert [f.severity for f in validate([str(caffe_dir / "inline.prototxt")])] == ["info"]
+    t = Trainer(str(caffe_dir / "inline.prototxt"), out=lambda *a: None)
+    t.train()
+    assert t.iter == 2 and t.net.layer_by_name("conv1") is not None
+
+
+def test_embedded_blobs_are_accepted_with_a_warning():
+    doc, _ = loads('layer { name: "a" type: "ReLU" bottom: "x" top: "x" blobs { shape { dim: 1 } data: 0.5 } }\n'
+                   'input: "x" input_dim: 1 input_dim: 2 input_dim: 1 input_dim: 1', "b.prototxt")
+    from netspec.net import Net
+    from netspec.schema import check, net_schema
+    assert check(doc, net_schema(), "b.prototxt") == []
+    net = Net(doc, "TEST", "b.prototxt", seed=0)
+    assert any("weights embedded in the net (blobs) are ignored" in str(w) for w in net.warnings)
