@@ -25,6 +25,7 @@ import yaml
 
 from netspec.errors import UserError
 from netspec.loader import load, to_plain
+from solvers.trainer import Progress
 
 
 def read_space(path: str) -> dict:
@@ -134,6 +135,7 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
             for record in pool.map(run_trial, jobs_args):
                 record["round"] = round_no
                 results.append(record)
+                Progress.update(len(results), trials, "search")
                 out(f"trial {record['trial']} (round {round_no}): score {record['score']:.4g}  " +
                     ", ".join(f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}"
                               for k in space))

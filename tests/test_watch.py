@@ -215,3 +215,23 @@ def test_random_search_coarse_to_fine(tmp_path):
     from netspec.spec import validate
     assert [f for f in validate([str(tmp_path / "s" / "best_solver.yaml")]) if f.severity == "error"] == []
     assert (tmp_path / "s" / "results.csv").read_text().startswith("trial,")
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+    from solvers.trainer import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", tty)
+    Progress.last = 0.0
+    Progress.update(3, 10, "search")
+    Progress.clear()
+    assert tty.getvalue().startswith("\rsearch [#########") and "3/10" in tty.getvalue()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    Progress.last = 0.0
+    Progress.update(3, 10, "search")
+    assert pipe.getvalue() == ""
