@@ -40,6 +40,29 @@ def shared_net(dtype=np.float64):
     return net
 
 
+def assert_param_gradients(net, stride, eps=1e-6):
+    """Backward's param diffs against central differences of the net's loss (every `stride`-th element of
+    each learned param); returns how many elements were checked."""
+    net.forward()
+    net.clear_param_diffs()
+    net.backward()
+    checked = 0
+    for p in net.params:
+        if p.lr_mult == 0:
+            continue
+        w, g = p.blob.data.reshape(-1), p.blob.diff.reshape(-1).copy()
+        for k in range(0, w.size, stride):
+            keep = w[k]
+            w[k] = keep + eps
+            up = net.forward()
+            w[k] = keep - eps
+            down = net.forward()
+            w[k] = keep
+            assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (p.key, k)
+            checked += 1
+    return checked
+
+
 def test_split_is_inserted_for_a_blob_read_by_several_layers():
     net = shared_net()
     types = [(d.name, d.type) for d in net.defs]
@@ -52,22 +75,7 @@ def test_split_is_inserted_for_a_blob_read_by_several_layers():
 
 def test_net_gradient_sums_over_consumers_and_applies_loss_weights():
     """Numerical gradient of the whole net (float64) against backward: splits, in place, loss weights."""
-    net = shared_net()
-    net.forward()
-    net.clear_param_diffs()
-    net.backward()
-    eps = 1e-6
-    for p in net.params:
-        w = p.blob.data.reshape(-1)
-        g = p.blob.diff.reshape(-1).copy()
-        for k in range(0, w.size, 3):
-            keep = w[k]
-            w[k] = keep + eps
-            up = net.forward()
-            w[k] = keep - eps
-            down = net.forward()
-            w[k] = keep
-            assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), p.key
+    assert_param_gradients(shared_net(), stride=3)
 
 
 def test_loss_is_weighted_sum_of_loss_tops():
@@ -184,25 +192,7 @@ def test_zoo_net_of_every_layer_type_has_correct_param_gradients():
     net.layer_by_name("H").blobs[0].data[...] = rng.uniform(size=(5, 5))
     bn = net.layer_by_name("bn")
     bn.blobs[0].data[...], bn.blobs[1].data[...], bn.blobs[2].data[...] = 0.1, 2.0, 1.0
-    net.forward()
-    net.clear_param_diffs()
-    net.backward()
-    eps = 1e-6
-    checked = 0
-    for p in net.params:
-        if p.lr_mult == 0:
-            continue
-        w, g = p.blob.data.reshape(-1), p.blob.diff.reshape(-1).copy()
-        for k in range(0, w.size, 7):
-            keep = w[k]
-            w[k] = keep + eps
-            up = net.forward()
-            w[k] = keep - eps
-            down = net.forward()
-            w[k] = keep
-            assert g[k] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (p.key, k)
-            checked += 1
-    assert checked > 50
+    assert assert_param_gradients(net, stride=7) > 50
 
 
 def test_net_phase_switches_dropout_and_batchnorm_at_forward_time():

@@ -210,8 +210,8 @@ def test_random_search_coarse_to_fine(tmp_path):
                      out_dir=str(tmp_path / "s"), out=lines.append)
     assert len(results) == 6 and [r["round"] for r in sorted(results, key=lambda r: r["trial"])] == [1] * 4 + [2] * 2
     assert results == sorted(results, key=lambda r: -r["score"])
-    assert all(1e-4 <= r["base_lr"] <= 1 and r["num_output" if False else "layer.ip0.inner_product_param.num_output"]
-               in (8, 16) for r in results)
+    assert all(1e-4 <= r["base_lr"] <= 1 and r["layer.ip0.inner_product_param.num_output"] in (8, 16)
+               for r in results)
     from netspec.spec import validate
     assert [f for f in validate([str(tmp_path / "s" / "best_solver.yaml")]) if f.severity == "error"] == []
     assert (tmp_path / "s" / "results.csv").read_text().startswith("trial,")
