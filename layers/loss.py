@@ -5,11 +5,133 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numba import njit
 
-from netspec.errors import LayerError, UserError
+from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .kernels import scale_into, sigmoid_xent, sub_into
-from .softmax import FLT_MIN, LOSS_FIELDS, LabelError, _split, check_labels, softmax_forward
+from .softmax import BAD, IGNORED, LOSS_FIELDS, LabelError, _split, check_labels, label_at, softmax_forward
+
+
+@njit(cache=True)
+def class_indices(label, chans, idx):
+    """idx[i] = int(label[i]); returns the first position that is not an integer in 0..chans-1, or -1."""
+    for i in range(label.size):
+        k = int(label[i])
+        if k < 0 or k >= chans or k != label[i]:
+            return i
+        idx[i] = k
+    return -1
+
+
+@njit(cache=True)
+def multinomial_forward(p, idx):
+    """sum_i -log(max(p[i, idx[i]], 1e-20)), p (N, C)."""
+    loss = 0.0
+    for i in range(idx.size):
+        loss -= np.log(max(p[i, idx[i]], 1e-20))
+    return loss
+
+
+@njit(cache=True)
+def multinomial_backward(p, idx, scale, dx):
+    """dx = scale / max(p, 1e-20) at each label, 0 elsewhere."""
+    for i in range(idx.size):
+        for c in range(dx.shape[1]):
+            dx[i, c] = 0.0
+        dx[i, idx[i]] = scale / max(p[i, idx[i]], 1e-20)
+
+
+@njit(cache=True)
+def hinge_forward(x, idx, squared, grad):
+    """sum over (i, c) of m = max(0, 1 + s) with s = -x at the label, x elsewhere (m^2 if squared);
+    grad = d/dx per element (the L1 hinge has slope 0 at its kink, as np.sign)."""
+    loss = 0.0
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            sign = -1.0 if c == idx[i] else 1.0
+            m = max(0.0, 1.0 + sign * x[i, c])
+            if squared:
+                loss += m * m
+                grad[i, c] = sign * 2.0 * m
+            else:
+                loss += m
+                grad[i, c] = sign if m > 0 else 0.0
+    return loss
+
+
+@njit(cache=True)
+def infogain_forward(prob, label, H, ignore, has_ignore):
+    """-sum over positions of sum_k H[label, k] log(max(p_k, FLT_MIN)). prob (outer, C, inner).
+    Returns (loss, valid count, first bad label position or -1)."""
+    outer, chans, inner = prob.shape
+    loss = 0.0
+    valid = 0
+    for o in range(outer):
+        for i in range(inner):
+            lab = label_at(label, o * inner + i, chans, ignore, has_ignore)
+            if lab == IGNORED:
+                continue
+            if lab == BAD:
+                return loss, valid, o * inner + i
+            for k in range(chans):
+                loss -= H[lab, k] * np.log(max(prob[o, k, i], 1.1754943508222875e-38))
+            valid += 1
+    return loss, valid, -1
+
+
+@njit(cache=True)
+def infogain_backward(prob, label, H, ignore, has_ignore, scale, dx):
+    """dx_k = (p_k * sum_j H[label, j] - H[label, k]) * scale; 0 at ignored positions."""
+    outer, chans, inner = prob.shape
+    for o in range(outer):
+        for i in range(inner):
+            lab = label_at(label, o * inner + i, chans, ignore, has_ignore)
+            if lab == IGNORED:
+                for k in range(chans):
+                    dx[o, k, i] = 0.0
+                continue
+            row = 0.0
+            for k in range(chans):
+                row += H[lab, k]
+            for k in range(chans):
+                dx[o, k, i] = (prob[o, k, i] * row - H[lab, k]) * scale
+
+
+@njit(cache=True)
+def contrastive_forward(a, b, sim, margin, legacy, d, dist2):
+    """d = a - b (N, D), dist2 = |d|^2 per pair; returns sum of dist2 (similar) or the margin term."""
+    loss = 0.0
+    for i in range(a.shape[0]):
+        s = 0.0
+        for j in range(a.shape[1]):
+            d[i, j] = a[i, j] - b[i, j]
+            s += d[i, j] * d[i, j]
+        dist2[i] = s
+        if sim[i] != 0:
+            loss += s
+        elif legacy:
+            loss += max(margin - s, 0.0)
+        else:
+            m = max(margin - np.sqrt(s), 0.0)
+            loss += m * m
+    return loss
+
+
+@njit(cache=True)
+def contrastive_backward(d, dist2, sim, margin, legacy, alpha, dx):
+    """Caffe's gradient: alpha * d (similar); dissimilar: -alpha * d (legacy, inside the margin) or
+    -alpha * (margin - dist) / (dist + 1e-4) * d (inside the margin), else 0."""
+    for i in range(d.shape[0]):
+        if sim[i] != 0:
+            coef = alpha
+        elif legacy:
+            coef = -alpha if margin - dist2[i] > 0 else 0.0
+        else:
+            dist = np.sqrt(dist2[i])
+            coef = -alpha * (margin - dist) / (dist + 1e-4) if margin - dist > 0 else 0.0
+        for j in range(d.shape[1]):
+            dx[i, j] = coef * d[i, j]
 
 
 class Loss(Layer):
@@ -95,28 +217,22 @@ class MultinomialLogisticLoss(Loss):
     def setup(self, bottom_shapes):
         check_labels(bottom_shapes[0], bottom_shapes[1], 1)
         self.n, self.c = bottom_shapes[0][0], count(bottom_shapes[0], 1)
+        self.idx = np.zeros(self.n, np.int64)
         return [()]
 
     def _labels(self, bottom):
-        lab = bottom[1].data.ravel()
-        idx = lab.astype(np.int64)
-        bad = (idx < 0) | (idx >= self.c) | (idx != lab)
-        if bad.any():
-            raise LabelError(self, bottom[1], int(np.argmax(bad)), self.c)
-        return idx
+        bad = class_indices(bottom[1].data.ravel(), self.c, self.idx)
+        if bad >= 0:
+            raise LabelError(self, bottom[1], bad, self.c)
 
     def forward(self, bottom, top):
-        p = bottom[0].data.reshape(self.n, self.c)
-        self.idx = self._labels(bottom)
-        top[0].data[...] = -np.log(np.maximum(p[np.arange(self.n), self.idx], 1e-20)).sum() / self.n
+        self._labels(bottom)
+        top[0].data[...] = multinomial_forward(bottom[0].data.reshape(self.n, self.c), self.idx) / self.n
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            p = bottom[0].data.reshape(self.n, self.c)
-            dx = bottom[0].diff.reshape(self.n, self.c)
-            dx[...] = 0
-            rows = np.arange(self.n)
-            dx[rows, self.idx] = -float(top[0].diff) / self.n / np.maximum(p[rows, self.idx], 1e-20)
+            multinomial_backward(bottom[0].data.reshape(self.n, self.c), self.idx, -float(top[0].diff) / self.n,
+                                 bottom[0].diff.reshape(self.n, self.c))
 
 
 @register("HingeLoss")
@@ -127,21 +243,19 @@ class HingeLoss(MultinomialLogisticLoss):
     param_block = "hinge_loss_param"
     fields = (Field("norm", "enum", "L1", "L1 or squared (L2) hinge", choices=("L1", "L2")),)
 
+    def setup(self, bottom_shapes):
+        tops = super().setup(bottom_shapes)
+        self.grad = np.zeros((self.n, self.c), self.dtype)  # d loss / d score, kept from forward
+        return tops
+
     def forward(self, bottom, top):
-        x = bottom[0].data.reshape(self.n, self.c).astype(np.float64)
-        self.idx = self._labels(bottom)
-        rows = np.arange(self.n)
-        x[rows, self.idx] *= -1
-        self.margin = np.maximum(0.0, 1.0 + x)
-        m = self.margin
-        top[0].data[...] = (m.sum() if self.p.norm == "L1" else (m * m).sum()) / self.n
+        self._labels(bottom)
+        loss = hinge_forward(bottom[0].data.reshape(self.n, self.c), self.idx, self.p.norm == "L2", self.grad)
+        top[0].data[...] = loss / self.n
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            g = float(top[0].diff) / self.n
-            d = np.sign(self.margin) if self.p.norm == "L1" else 2 * self.margin
-            d[np.arange(self.n), self.idx] *= -1
-            bottom[0].diff.reshape(self.n, self.c)[...] = d * g
+            scale_into(self.grad.ravel(), float(top[0].diff) / self.n, bottom[0].diff.ravel())
 
 
 @register("InfogainLoss")
@@ -207,29 +321,22 @@ class InfogainLoss(Layer):
 
     def forward(self, bottom, top):
         softmax_forward(bottom[0].data.reshape(self.view), self.prob)
-        outer, c, inner = self.view
-        H = self.H if self.H is not None else bottom[2].data.reshape(c, c).astype(np.float64)
-        p = self.prob.transpose(0, 2, 1).reshape(-1, c).astype(np.float64)
-        lab = bottom[1].data.ravel()
-        keep = np.ones(lab.shape, bool) if self.ignore is None else lab != self.ignore
-        idx = lab.astype(np.int64)
-        bad = keep & ((idx < 0) | (idx >= c) | (idx != lab))
-        if bad.any():
-            raise LabelError(self, bottom[1], int(np.argmax(bad)), c)
-        self.keep, self.idx, self.valid, self.Hm = keep, np.where(keep, idx, 0), int(keep.sum()), H
-        rows = H[self.idx] * keep[:, None]
-        top[0].data[...] = -(rows * np.log(np.maximum(p, FLT_MIN))).sum() / self._normalizer(self.valid)
+        c = self.view[1]
+        self.Hm = self.H if self.H is not None else bottom[2].data.reshape(c, c)
+        ignore = self.ignore
+        loss, self.valid, bad = infogain_forward(self.prob, bottom[1].data.ravel(), self.Hm, ignore or 0,
+                                                 ignore is not None)
+        if bad >= 0:
+            raise LabelError(self, bottom[1], bad, c)
+        top[0].data[...] = loss / self._normalizer(self.valid)
         if len(top) == 2:
             top[1].data[...] = self.prob.reshape(top[1].shape)
 
     def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        outer, c, inner = self.view
-        p = self.prob.transpose(0, 2, 1).reshape(-1, c).astype(np.float64)
-        rows = self.Hm[self.idx] * self.keep[:, None]
-        g = (p * rows.sum(axis=1, keepdims=True) - rows) * (float(top[0].diff) / self._normalizer(self.valid))
-        bottom[0].diff.reshape(self.view)[...] = g.reshape(outer, inner, c).transpose(0, 2, 1)
+        if propagate_down[0]:
+            ignore = self.ignore
+            infogain_backward(self.prob, bottom[1].data.ravel(), self.Hm, ignore or 0, ignore is not None,
+                              float(top[0].diff) / self._normalizer(self.valid), bottom[0].diff.reshape(self.view))
 
 
 @register("ContrastiveLoss")
@@ -254,25 +361,15 @@ class ContrastiveLoss(Layer):
 
     def forward(self, bottom, top):
         n = self.n
-        self.diff = (bottom[0].data - bottom[1].data).reshape(n, -1).astype(np.float64)
-        self.d2 = (self.diff ** 2).sum(axis=1)
-        self.sim = bottom[2].data.ravel() != 0
-        m = self.p.margin
-        if self.p.legacy_version:
-            far = np.maximum(m - self.d2, 0.0)
-        else:
-            far = np.maximum(m - np.sqrt(self.d2), 0.0) ** 2
-        top[0].data[...] = np.where(self.sim, self.d2, far).sum() / (2 * n)
+        if getattr(self, "d", None) is None:
+            self.d, self.dist2 = np.zeros((n, count(bottom[0].shape, 1)), self.dtype), np.zeros(n)
+        loss = contrastive_forward(bottom[0].data.reshape(n, -1), bottom[1].data.reshape(n, -1),
+                                   bottom[2].data.ravel(), self.p.margin, self.p.legacy_version, self.d, self.dist2)
+        top[0].data[...] = loss / (2 * n)
 
     def backward(self, top, propagate_down, bottom):
         alpha = float(top[0].diff) / self.n
-        m = self.p.margin
-        if self.p.legacy_version:
-            far = np.where(m - self.d2 > 0, -1.0, 0.0)
-        else:
-            d = np.sqrt(self.d2)
-            far = np.where(m - d > 0, -(m - d) / (d + 1e-4), 0.0)
-        coef = np.where(self.sim, 1.0, far)[:, None] * alpha
         for i, sign in ((0, 1.0), (1, -1.0)):
             if propagate_down[i]:
-                bottom[i].diff[...] = (sign * coef * self.diff).reshape(bottom[i].shape)
+                contrastive_backward(self.d, self.dist2, bottom[2].data.ravel(), self.p.margin,
+                                     self.p.legacy_version, sign * alpha, bottom[i].diff.reshape(self.n, -1))

@@ -11,6 +11,7 @@ from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
 
 FLT_MIN = np.float32(1.1754943508222875e-38)
+IGNORED, BAD = -1, -2
 
 
 @njit(cache=True)
@@ -45,6 +46,18 @@ def softmax_backward(y, dy, dx):
 
 
 @njit(cache=True)
+def label_at(label, pos, chans, ignore, has_ignore):
+    """The class at label[pos]: IGNORED for the ignore_label, BAD when not an integer in 0..chans-1."""
+    v = label[pos]
+    lab = int(v)
+    if has_ignore and lab == ignore:
+        return IGNORED
+    if lab < 0 or lab >= chans or lab != v:
+        return BAD
+    return lab
+
+
+@njit(cache=True)
 def nll_forward(prob, label, ignore, has_ignore):
     """Returns (sum of -log(max(p[label], FLT_MIN)), valid count, first bad label index or -1)."""
     outer, chans, inner = prob.shape
@@ -52,10 +65,10 @@ def nll_forward(prob, label, ignore, has_ignore):
     valid = 0
     for o in range(outer):
         for i in range(inner):
-            lab = int(label[o * inner + i])
-            if has_ignore and lab == ignore:
+            lab = label_at(label, o * inner + i, chans, ignore, has_ignore)
+            if lab == IGNORED:
                 continue
-            if lab < 0 or lab >= chans or lab != label[o * inner + i]:
+            if lab == BAD:
                 return loss, valid, o * inner + i
             loss -= np.log(max(prob[o, lab, i], 1.1754943508222875e-38))
             valid += 1
@@ -68,14 +81,50 @@ def nll_backward(prob, label, ignore, has_ignore, scale, dx):
     outer, chans, inner = prob.shape
     for o in range(outer):
         for i in range(inner):
-            lab = int(label[o * inner + i])
-            if has_ignore and lab == ignore:
+            lab = label_at(label, o * inner + i, chans, ignore, has_ignore)
+            if lab == IGNORED:
                 for c in range(chans):
                     dx[o, c, i] = 0
                 continue
             for c in range(chans):
                 dx[o, c, i] = prob[o, c, i] * scale
             dx[o, lab, i] -= scale
+
+
+@njit(cache=True)
+def accuracy_count(scores, label, top_k, ignore, has_ignore, hits, totals):
+    """Top-k hits over scores (outer, C, inner): returns (right, counted, first bad label index or -1) and
+    fills hits/totals per class. A class other than the true one scoring >= it counts against (Caffe)."""
+    outer, chans, inner = scores.shape
+    hits[:] = 0.0
+    totals[:] = 0.0
+    right = 0
+    n = 0
+    for o in range(outer):
+        for i in range(inner):
+            lab = label_at(label, o * inner + i, chans, ignore, has_ignore)
+            if lab == IGNORED:
+                continue
+            if lab == BAD:
+                return right, n, o * inner + i
+            true = scores[o, lab, i]
+            better = 0
+            for c in range(chans):
+                if c != lab and scores[o, c, i] >= true:
+                    better += 1
+            n += 1
+            totals[lab] += 1.0
+            if better < top_k:
+                right += 1
+                hits[lab] += 1.0
+    return right, n, -1
+
+
+@njit(cache=True)
+def per_class(hits, totals, out):
+    """out = hits / totals, 0 where a class has no examples."""
+    for c in range(hits.size):
+        out[c] = hits[c] / totals[c] if totals[c] > 0 else 0.0
 
 
 def _split(shape, axis):
@@ -222,21 +271,14 @@ class Accuracy(Layer):
         return [()] + ([(self.view[1],)] if self.n_tops == 2 else [])
 
     def forward(self, bottom, top):
-        outer, chans, inner = self.view
-        scores = bottom[0].data.reshape(self.view).transpose(0, 2, 1).reshape(-1, chans)
-        labels = bottom[1].data.ravel()
-        keep = np.ones(labels.shape, bool) if self.p.ignore_label is None else labels != self.p.ignore_label
-        lab = labels[keep].astype(np.int64)
-        if lab.size and (lab.min() < 0 or lab.max() >= chans):
-            raise LabelError(self, bottom[1], int(np.flatnonzero(keep)[np.argmax((lab < 0) | (lab >= chans))]),
-                             chans)
-        s = scores[keep]
-        true = s[np.arange(lab.size), lab]
-        # classes other than the true one scoring >= it; a tie counts against the prediction
-        better = (s >= true[:, None]).sum(axis=1) - 1
-        right = better < self.p.top_k
-        top[0].data[...] = right.mean() if lab.size else 0.0
+        chans = self.view[1]
+        if getattr(self, "hits", None) is None:
+            self.hits, self.totals = np.zeros(chans), np.zeros(chans)
+        ignore = self.p.ignore_label
+        right, n, bad = accuracy_count(bottom[0].data.reshape(self.view), bottom[1].data.ravel(), self.p.top_k,
+                                       ignore or 0, ignore is not None, self.hits, self.totals)
+        if bad >= 0:
+            raise LabelError(self, bottom[1], bad, chans)
+        top[0].data[...] = right / n if n else 0.0
         if len(top) == 2:  # per-class accuracy: right_c / total_c (0 for a class with no examples)
-            total = np.bincount(lab, minlength=chans)
-            hits = np.bincount(lab, weights=right, minlength=chans)
-            top[1].data[...] = np.divide(hits, total, out=np.zeros(chans), where=total > 0)
+            per_class(self.hits, self.totals, top[1].data)

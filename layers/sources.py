@@ -268,7 +268,7 @@ def parse_datum(buf: bytes, dtype=np.float32):
 
 def datum_bytes(array, label: int) -> bytes:
     """A Caffe Datum of uint8 (C, H, W) data and an integer label."""
-    from netspec.caffemodel import _enc_varint, _field, _int_field
+    from netspec.caffemodel import _field, _int_field
     a = np.ascontiguousarray(array, np.uint8)
     c, h, w = a.shape
     return (_int_field(1, c) + _int_field(2, h) + _int_field(3, w) + _field(4, a.tobytes())

@@ -237,7 +237,7 @@ class Transformer:
             for s in self.steps:
                 x = self._step(x, s, blobs, k)
                 k += self._n_stats(s)
-        n, c = self.p.crop_size, None
+        n = self.p.crop_size
         if n:
             h, w = x.shape[-2:]
             for i in range(len(x)):

@@ -108,6 +108,10 @@ class Net:
                 elif d.type == "Split":
                     blob = Blob(t, (), self.dtype)
                     blob.data, blob.diff = bottoms[0].data, np.zeros_like(bottoms[0].data)
+                elif getattr(layer, "shares_bottom", False):  # Flatten, Reshape: a view, as Caffe's ShareData
+                    blob = Blob(t, (), self.dtype)
+                    blob.data = bottoms[0].data.reshape(self.shapes[t])
+                    blob.diff = bottoms[0].diff.reshape(self.shapes[t])
                 else:
                     blob = Blob(t, self.shapes[t], self.dtype)
                 self.blobs[t] = blob

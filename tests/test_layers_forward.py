@@ -272,3 +272,55 @@ def test_variance_norm_average_and_fan_out():
     assert x.std() == pytest.approx(np.sqrt(2 / 100), rel=0.05)
     x = fill((100, 400), {"type": "xavier", "variance_norm": "AVERAGE"}, rng)
     assert np.abs(x).max() <= np.sqrt(3 / 250) + 1e-7
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_concat_slice_tile_along_every_axis_match_numpy(axis):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 5, 6, 7)).astype(np.float32)
+    y = rng.normal(size=tuple(2 if k == axis % 4 else d for k, d in enumerate(x.shape))).astype(np.float32)
+    _, _, tops = run("Concat", {"concat_param": {"axis": axis}}, x, y)
+    np.testing.assert_array_equal(tops[0].data, np.concatenate([x, y], axis=axis))
+    _, _, tops = run("Slice", {"slice_param": {"axis": axis, "slice_point": [1, 3]}}, x, n_tops=3)
+    for t, want in zip(tops, np.split(x, [1, 3], axis=axis)):
+        np.testing.assert_array_equal(t.data, want)
+    _, _, tops = run("Tile", {"tile_param": {"axis": axis, "tiles": 3}}, x)
+    reps = [1, 1, 1, 1]
+    reps[axis % 4] = 3
+    np.testing.assert_array_equal(tops[0].data, np.tile(x, reps))
+
+
+@pytest.mark.parametrize("axis, offset", [(0, [1]), (0, [1, 2, 1, 3]), (1, [2, 1, 3]), (1, [1]), (3, [2])])
+def test_crop_window_matches_numpy_slicing(axis, offset):
+    x = np.arange(4 * 5 * 6 * 7, dtype=np.float32).reshape(4, 5, 6, 7)
+    ref = np.zeros(x.shape[:axis] + (3, 3, 4, 4)[axis:], np.float32)
+    layer, bottom, tops = run("Crop", {"crop_param": {"axis": axis, "offset": offset}}, x, ref)
+    off = offset * (4 - axis) if len(offset) == 1 else offset
+    index = (slice(None),) * axis + tuple(slice(o, o + n) for o, n in zip(off, ref.shape[axis:]))
+    np.testing.assert_array_equal(tops[0].data, x[index])
+    tops[0].diff[...] = 1.0
+    bottom[0].diff[...] = 7.0  # stale values must be overwritten
+    layer.backward(tops, [True, False], bottom)
+    want = np.zeros_like(x)
+    want[index] = 1.0
+    np.testing.assert_array_equal(bottom[0].diff, want)
+
+
+def test_argmax_top_k_along_an_axis_and_over_all_dims_with_ties_to_the_lower_index():
+    x = np.array([[[3, 1], [5, 1], [5, 2], [0, 2]]], np.float32)          # (1, 4, 2)
+    _, _, tops = run("ArgMax", {"argmax_param": {"axis": 1, "top_k": 2}}, x)
+    np.testing.assert_array_equal(tops[0].data, [[[1, 2], [2, 3]]])     # ties: lower index first
+    _, _, tops = run("ArgMax", {"argmax_param": {"axis": 1, "top_k": 3, "out_max_val": True}}, x)
+    np.testing.assert_array_equal(tops[0].data, [[[5, 2], [5, 2], [3, 1]]])
+    _, _, tops = run("ArgMax", {"argmax_param": {"top_k": 3, "out_max_val": True}}, x)
+    np.testing.assert_array_equal(tops[0].data, [[[2, 4, 0], [5, 5, 3]]])  # flattened: indices, then values
+
+
+def test_embed_rows_and_repeated_index_gradients_accumulate():
+    layer, bottom, tops = run("Embed", {"embed_param": {"num_output": 2, "input_dim": 3}},
+                              np.array([2, 0, 2], np.float32), params=[np.arange(6).reshape(3, 2), [10, 20]])
+    np.testing.assert_array_equal(tops[0].data, [[14, 25], [10, 21], [14, 25]])
+    tops[0].diff[...] = 1.0
+    layer.backward(tops, [False], bottom)
+    np.testing.assert_array_equal(layer.blobs[0].diff, [[1, 1], [0, 0], [2, 2]])
+    np.testing.assert_array_equal(layer.blobs[1].diff, [3, 3])

@@ -265,3 +265,22 @@ layer:
     net.forward()
     net.backward()
     assert not net.need_backward[1] or not np.abs(net.layer_by_name("ip").blobs[0].diff).any()
+
+
+def test_flatten_and_reshape_tops_are_views_of_their_bottom():
+    net = Net(loads("""
+name: views
+layer:
+  - {name: in, type: Input, top: x, input_param: {shape: {dim: [2, 3, 4]}}}
+  - {name: ip, type: InnerProduct, bottom: x, top: h, inner_product_param: {num_output: 6, weight_filler: {type: gaussian}}}
+  - {name: flat, type: Flatten, bottom: h, top: f}
+  - {name: re, type: Reshape, bottom: f, top: r, reshape_param: {shape: {dim: [0, 2, 3]}}}
+  - {name: in2, type: DummyData, top: r2, dummy_data_param: {shape: {dim: [2, 2, 3]}}}
+  - {name: loss, type: EuclideanLoss, bottom: [r, r2]}
+""", "<t>"), "TRAIN", seed=0)
+    h, r = net.blobs["h"], net.blobs["r"]
+    assert np.shares_memory(r.data, h.data) and np.shares_memory(r.diff, h.diff)
+    net.blobs["x"].data[...] = np.random.default_rng(0).normal(size=(2, 3, 4))
+    net.forward_backward()
+    np.testing.assert_array_equal(r.data.ravel(), h.data.ravel())
+    assert np.abs(net.params[0].blob.diff).sum() > 0  # the gradient flowed through the views
