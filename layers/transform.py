@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field
@@ -43,6 +44,20 @@ STEP_FIELDS = (
     Field("threshold", "float", 0.0, "binary_threshold: values above become 1, the rest 0"),
     Field("epsilon", "float", 1e-5, "pca_whiten: added to each eigenvalue", minimum=0),
 )
+
+
+@njit(cache=True, parallel=True)
+def crop_mirror(x, mean, scale, tops, lefts, flips, out):
+    """out[i, c, h, w] = (x[i, c, tops[i] + h, lefts[i] + v] - mean[c, tops[i] + h, lefts[i] + v]) * scale,
+    v = w or, where flips[i], W_out - 1 - w. x (N, C, H, W) of any dtype, mean (C, H, W), out (N, C, h, w)."""
+    n, chans, oh, ow = out.shape
+    for i in prange(n):
+        for c in range(chans):
+            for h in range(oh):
+                r = tops[i] + h
+                for w in range(ow):
+                    v = lefts[i] + (ow - 1 - w if flips[i] else w)
+                    out[i, c, h, w] = (x[i, c, r, v] - mean[c, r, v]) * scale
 
 
 class Transformer:
@@ -225,29 +240,32 @@ class Transformer:
             if self.p.scale != 1:
                 out *= self.dtype.type(self.p.scale)
             return
-        x = self._scaled(raw.astype(self.dtype))
+        n_img, n = len(raw), self.p.crop_size
+        h, w = self.sample[-2:] if len(self.sample) >= 2 else (1, self.sample[-1])
+        tops, lefts = np.zeros(n_img, np.int64), np.zeros(n_img, np.int64)
+        if n:
+            for i in range(n_img):
+                if self.phase == "TRAIN":
+                    tops[i], lefts[i] = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
+                else:
+                    tops[i], lefts[i] = (h - n) // 2, (w - n) // 2
+        flips = rng.random(n_img) < 0.5 if self.p.mirror else np.zeros(n_img, np.bool_)
         if self.steps:
             if blobs[0][0] == 0:
                 from netspec.errors import UserError
                 raise UserError("the normalize statistics were never fitted: they come from the TRAIN data layer "
                                 "of the same name (or the weights file); give the TEST data layer the TRAIN "
                                 "layer's name")
-            k = 1
-            x = x.astype(np.float64)
+            x, k = self._scaled(raw.astype(self.dtype)), 1
             for s in self.steps:
-                x = self._step(x, s, blobs, k)
+                x = self._step(x, s, blobs, k).astype(self.dtype, copy=False)
                 k += self._n_stats(s)
-        n = self.p.crop_size
-        if n:
-            h, w = x.shape[-2:]
-            for i in range(len(x)):
-                if self.phase == "TRAIN":
-                    top, left = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
-                else:
-                    top, left = (h - n) // 2, (w - n) // 2
-                out[i] = x[i, ..., top:top + n, left:left + n]
-        else:
-            out[...] = x
-        if self.p.mirror:
-            flip = rng.random(len(out)) < 0.5
-            out[flip] = out[flip][..., ::-1]
+            mean, scale = None, 1.0
+        else:  # the plain Caffe transformer: one pass from the raw batch
+            x, mean, scale = raw, self.mean, self.p.scale
+        if getattr(self, "_full_mean", None) is None:  # (C, H, W), made once
+            full = np.zeros(self.sample, self.dtype) if mean is None else np.broadcast_to(
+                np.asarray(mean, self.dtype), self.sample)
+            self._full_mean = np.ascontiguousarray(full.reshape((-1, h, w)))
+        crop_mirror(x.reshape((n_img, -1, h, w)), self._full_mean, self.dtype.type(scale), tops, lefts, flips,
+                    out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1])))
