@@ -12,11 +12,30 @@ import sys
 
 
 def cmd_train(args):
+    from solvers.launch import share_cores
+    share_cores()  # under mpiexec: threads per rank = cores / ranks on the host, before NumPy loads
+    from solvers.parallel import world
+    comm = world()  # None unless started by mpiexec with several ranks (MPI is not even imported then)
+    if comm is None:
+        return _train(args, None)
+    try:
+        return _train(args, comm)
+    except BaseException as e:  # one rank failing must end every rank, not leave them waiting
+        from netspec.errors import SpecError
+        code = report(e)
+        if comm.Get_rank() == 0 or not isinstance(e, SpecError):  # a spec error is the same on every rank
+            print(f"rank {comm.Get_rank()} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
+        comm.Abort(code)
+
+
+def _train(args, comm):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
-                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor)
+                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor,
+                      comm=comm, mpi_timeout=args.mpi_timeout)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
-    return 130 if trainer.stop_requested and not getattr(trainer, "early_stopped", False) else 0
+    stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
+    return 130 if stopped and not getattr(trainer, "early_stopped", False) else 0
 
 
 def cmd_test(args):
@@ -65,8 +84,18 @@ def cmd_lr_find(args):
 
 
 def cmd_search(args):
-    from solvers.search import search
-    search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed)
+    if not args.mpi:
+        from solvers.search import search
+        search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed)
+        return 0
+    from solvers.launch import share_cores
+    share_cores()
+    from solvers.parallel import trial_pool
+    with trial_pool() as pool:  # rank 0 hands out the trials; the other ranks run them, one at a time each
+        if pool is not None:
+            from solvers.search import search
+            search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed, pool=pool)
+    return 0
     return 0
 
 
@@ -173,6 +202,9 @@ def build_parser():
                    "update ratios per layer at display iterations (the solver's monitor: true)")
     p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
                    "(default <snapshot_prefix>_metrics.jsonl)")
+    p.add_argument("--mpi-timeout", type=positive_float, default=300.0, metavar="S",
+                   help="under mpiexec: stop with an error when another rank has not answered for S seconds "
+                   "(default 300; raise it above the time rank 0 takes for a test)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a net's TEST phase with trained weights")
@@ -215,6 +247,8 @@ def build_parser():
     p.add_argument("--trials", type=positive_int, default=12, help="trials in all (a third in the fine round)")
     p.add_argument("--iters", type=positive_int, default=200, help="iterations per trial")
     p.add_argument("--jobs", type=positive_int, default=1, help="trials run at once")
+    p.add_argument("--mpi", action="store_true", help="under mpiexec -n K: K - 1 ranks run trials, one each at a "
+                   "time, handed out by rank 0 (mpi4py's futures pool)")
     p.add_argument("--out", help="results folder (default: search/ beside the solver)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_search)
@@ -252,20 +286,29 @@ def main(argv=None) -> int:
     from netspec.errors import UserError
     try:
         return args.func(args)
-    except UserError as e:
-        print(str(e), file=sys.stderr)
-        return getattr(e, "exit_code", 2)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # a bug in yaffe, not in the user's input
-        if os.environ.get("YAFFE_DEBUG"):
+    except Exception as e:
+        if os.environ.get("YAFFE_DEBUG") and not isinstance(e, UserError):
             raise
-        print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in yaffe; rerun with YAFFE_DEBUG=1 "
-              "for a traceback and report it.", file=sys.stderr)
-        return 1
+        return report(e)
+    except KeyboardInterrupt as e:
+        return report(e)
+
+
+def report(e: BaseException) -> int:
+    """Print an exception for the user (never a traceback) and return the exit status."""
+    from netspec.errors import UserError
+    if isinstance(e, UserError):
+        print(str(e), file=sys.stderr, flush=True)
+        return getattr(e, "exit_code", 2)
+    if isinstance(e, KeyboardInterrupt):
+        print("Interrupted.", file=sys.stderr, flush=True)
+        return 130
+    if isinstance(e, BrokenPipeError):
+        return 0
+    # a bug in yaffe, not in the user's input
+    print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in yaffe; rerun with YAFFE_DEBUG=1 "
+          "for a traceback and report it.", file=sys.stderr, flush=True)
+    return 1
 
 
 if __name__ == "__main__":

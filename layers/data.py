@@ -31,6 +31,8 @@ class RowData(Layer):
     statistics = True  # its only blobs are the normalize statistics
     transforms = True
     base_dir = "."
+    shard = (0, 1)          # (rank, ranks) under MPI: this rank's part of every global batch
+    transform_rng = None    # crop and mirror draws (under MPI: one per rank; else the layer's rng)
 
     # subclasses: _inspect() -> per-top sample shapes; _load() -> arrays; batch_size property
     @property
@@ -98,8 +100,10 @@ class RowData(Layer):
         return f"row {i}"
 
     def next_indices(self):
-        """Row indices of the next batch, starting a new (reshuffled) epoch when the rows run out."""
-        out = np.empty(self.batch_size, np.int64)
+        """Row indices of the next batch, starting a new (reshuffled) epoch when the rows run out. Under MPI
+        every rank walks the same global batch of ranks x batch_size rows and keeps its own slice."""
+        rank, ranks = self.shard
+        out = np.empty(self.batch_size * ranks, np.int64)
         filled = 0
         while filled < out.size:
             take = min(out.size - filled, self.rows - self.pos)
@@ -111,7 +115,7 @@ class RowData(Layer):
                 self.epoch += 1
                 if getattr(self.p, "shuffle", False):
                     self.rng.shuffle(self.order)
-        return out
+        return out[rank * self.batch_size:(rank + 1) * self.batch_size] if ranks > 1 else out
 
     def _rows(self, k, idx):
         return np.take(self.arrays[k], idx, axis=0)
@@ -123,10 +127,10 @@ class RowData(Layer):
         self.last_indices = idx
         self.transformer.phase = self.phase
         data_stats, target_stats = self._split_stats([b.data for b in self.blobs])
-        self.transformer.apply(self._rows(0, idx), top[0].data, data_stats, self.rng)
+        self.transformer.apply(self._rows(0, idx), top[0].data, data_stats, self.transform_rng or self.rng)
         for k, t in enumerate(top[1:], 1):
             if k == 1 and self.target_tf is not None:
-                self.target_tf.apply(self._rows(1, idx), t.data, target_stats, self.rng)
+                self.target_tf.apply(self._rows(1, idx), t.data, target_stats, self.transform_rng or self.rng)
             else:
                 t.data[...] = self._rows(k, idx)
 

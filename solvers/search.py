@@ -13,6 +13,7 @@ ready solver (and net) YAML.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -103,7 +104,8 @@ def run_trial(args) -> dict:
 
 
 def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int = 1, out_dir: str | None = None,
-           seed: int = 0, out=print) -> list[dict]:
+           seed: int = 0, out=print, pool=None) -> list[dict]:
+    """pool: an executor to run the trials on (mpi4py's pool under --mpi); default: `jobs` local processes."""
     space = read_space(space_path)
     base_solver = to_plain(load(solver_path))
     net_path = os.path.join(os.path.dirname(os.path.abspath(solver_path)), base_solver["net"])
@@ -131,8 +133,8 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
             solver.update(net="net.yaml", max_iter=iters, snapshot=0, snapshot_after_train=False, display=0,
                           test_interval=iters, snapshot_prefix="trial")
             jobs_args.append((index, os.path.join(out_dir, f"trial_{index:03d}"), solver, net, config))
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for record in pool.map(run_trial, jobs_args):
+        with ProcessPoolExecutor(max_workers=jobs) if pool is None else contextlib.nullcontext(pool) as runner:
+            for record in runner.map(run_trial, jobs_args):
                 record["round"] = round_no
                 results.append(record)
                 Progress.update(len(results), trials, "search")

@@ -102,10 +102,14 @@ class Trainer:
 
     def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
-                 monitor: bool = False):
-        self.out = out
+                 monitor: bool = False, comm=None, mpi_timeout: float = 300.0):
+        self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
+        self.out = out if self.rank == 0 else (lambda *a: None)  # under MPI only rank 0 speaks
         self.solver_path = solver_path
         self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
+        if comm is not None:
+            from .parallel import agree_seed
+            self.cfg.random_seed = agree_seed(comm, self.cfg.random_seed)
         self.overrides = dict(overrides or {})
         self.lr_scale, self.lr_scale_given = (1.0 if lr_scale is None else float(lr_scale)), lr_scale is not None
         self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
@@ -116,7 +120,7 @@ class Trainer:
         self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed,
                        level=train_state.get("level", 0), stages=tuple(as_list(train_state.get("stage"))))
         self.test_net = None
-        if cfg.test_iter:
+        if cfg.test_iter and self.rank == 0:
             test_path = (os.path.join(os.path.dirname(solver_path), cfg.test_net[0]) if cfg.test_net
                          else f"{solver_path}#test_net_param" if cfg.test_net_param else self.net_path)
             test_doc = load_net(test_path) if test_path != self.net_path else self.net_doc
@@ -125,6 +129,10 @@ class Trainer:
                                 stages=tuple(as_list(test_state.get("stage"))))
             self.test_net.share_weights_from(self.net)
         self._preflight()
+        self.dp = None
+        if comm is not None:  # before the solver: the param diffs become views of one fused buffer
+            from .parallel import DataParallel
+            self.dp = DataParallel(comm, self.net, mpi_timeout)
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
         self.lr = LearningRate(cfg)
         self.iter = 0
@@ -132,7 +140,7 @@ class Trainer:
         base = os.path.dirname(solver_path)
         prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
         self.prefix = os.path.join(base, prefix)
-        self.metrics_path = metrics_path or f"{self.prefix}_metrics.jsonl"
+        self.metrics_path = (metrics_path or f"{self.prefix}_metrics.jsonl") if self.rank == 0 else None
         self.spec_hash = _spec_hash(self.solver_doc, self.net_doc)
         self.batch = next((self.net.shapes[d.tops[0]][0] for d, l in zip(self.net.defs, self.net.layers)
                            if l.is_data and self.net.shapes.get(d.tops[0])), 1)
@@ -168,7 +176,9 @@ class Trainer:
                 if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
 
-    def snapshot(self, tag: str = "") -> str:
+    def snapshot(self, tag: str = "") -> str | None:
+        if self.rank:  # under MPI rank 0 writes for all
+            return None
         meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
                 "lr_scale": self.lr_scale, "plateau_scale": self.lr.plateau_scale,
                 "losses": list(self.losses), "spec_hash": self.spec_hash,
@@ -346,6 +356,17 @@ class Trainer:
                     self.stop_requested = True
                     self.early_stopped = True
 
+    def _share_test_decisions(self):
+        """Under MPI: rank 0's test decided on early stopping or a plateau; every rank follows."""
+        scale = self.lr.plateau_scale
+        if self.rank == 0:
+            self._decision = (self.stop_requested, scale, getattr(self, "_scale_before_test", scale) != scale)
+        stop, self.lr.plateau_scale, restored = self.dp.bcast(getattr(self, "_decision", None))
+        self.agreed_stop = self.agreed_stop or stop
+        if restored:  # the plateau went back to the best weights and history
+            self.dp.bcast_weights(self.solver.history)
+        self._scale_before_test = self.lr.plateau_scale
+
     def _snapshot_near(self, it: int):
         """The snapshot written at iteration `it`, if there is one."""
         path = snap.paths(self.prefix, it)[0]
@@ -382,11 +403,18 @@ class Trainer:
             self.restore_caffe(snapshot_path)
         elif snapshot_path:
             self.restore(snapshot_path)
+        if snapshot_path and self.dp:
+            self.dp.reseed(self.iter)
+            self.dp.iteration = self.iter
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
         self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None)
         self.out(f"Solving {self.net.name} ({cfg.type}, lr_policy {cfg.lr_policy}), "
                  f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
+        if self.dp:
+            self.out(f"Data-parallel over {self.dp.size} MPI ranks: batch {self.batch} per rank, effective batch "
+                     f"{self.dp.size * self.batch} ({self.dp.param_bytes / 2**20:.2f} MiB of gradients summed per "
+                     "iteration in one Allreduce)")
         handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
         from .watch import Diverged, Watch
@@ -414,16 +442,25 @@ class Trainer:
         last_iter = self.iter
         record = None
         snapped = False
-        while self.iter < cfg.max_iter and not self.stop_requested:
+        dp = self.dp
+        self.agreed_stop = False  # under MPI: the stop every rank knows of (signals reach ranks at other times)
+        while self.iter < cfg.max_iter and not (self.agreed_stop if dp else self.stop_requested):
             net.clear_param_diffs()
-            if (self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0
+            if (cfg.test_iter and cfg.test_interval and self.iter % cfg.test_interval == 0
                     and (self.iter > 0 or cfg.test_initialization)):
-                self.test()
-                if self.stop_requested:  # early stopping
+                if self.test_net:
+                    self.test()
+                if dp:
+                    self._share_test_decisions()
+                if self.agreed_stop if dp else self.stop_requested:  # early stopping
                     break
             if t0 is None:
                 t0 = last_t = time.perf_counter()
             loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size
+            if dp:  # sum the gradients (and losses, stop and snapshot requests) over the ranks
+                loss, self.agreed_stop, agreed_snapshot = dp.reduce(loss, self.stop_requested,
+                                                                    self.snapshot_requested)
+                self.snapshot_requested = agreed_snapshot
             self.watch.after_backward(self.iter, loss)
             self.losses.append(loss)
             rate = self.rate(self.iter)
@@ -435,10 +472,11 @@ class Trainer:
                 # iterations per second since the last display (the first: this iteration's passes)
                 its = (max(self.iter - last_iter, 1)) / max(now - last_t, 1e-9)
                 smoothed = float(np.mean(self.losses))
-                speed = f"{its:.1f} iter/s, {its * self.batch * cfg.iter_size:.0f} img/s"
+                images = self.batch * cfg.iter_size * (dp.size if dp else 1)
+                speed = f"{its:.1f} iter/s, {its * images:.0f} img/s"
                 self.out(f"Iteration {self.iter} ({speed}), loss = {smoothed:.6g}")
                 record = {"phase": "train", "iter": self.iter, "loss": smoothed, "lr": rate,
-                          "elapsed_s": round(now - t0, 6), "images_per_s": its * self.batch * cfg.iter_size}
+                          "elapsed_s": round(now - t0, 6), "images_per_s": its * images}
                 for k, name in enumerate(net.outputs):
                     blob = net.blobs[name]
                     if blob.data.ndim == 0 and name not in record:
@@ -467,7 +505,7 @@ class Trainer:
                 self.snapshot_requested = False
         if cfg.snapshot_after_train and not snapped and (self.iter > 0 or self.stop_requested):
             self.snapshot()
-        if self.stop_requested:
+        if self.agreed_stop if dp else self.stop_requested:
             return record
         if cfg.display and self.iter % cfg.display == 0 and self.iter > 0:
             loss = net.forward()  # Caffe's extra forward-only pass after the last update
