@@ -22,9 +22,16 @@ def cmd_train(args):
         return _train(args, comm)
     except BaseException as e:  # one rank failing must end every rank, not leave them waiting
         from netspec.errors import SpecError
+        from solvers.parallel import RankFailure
+        from solvers.watch import Diverged
+        rank = comm.Get_rank()
+        if rank and isinstance(e, (SpecError, Diverged)):  # every rank fails alike: rank 0 reports and ends it
+            return getattr(e, "exit_code", 2)
         code = report(e)
-        if comm.Get_rank() == 0 or not isinstance(e, SpecError):  # a spec error is the same on every rank
-            print(f"rank {comm.Get_rank()} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
+        print(f"rank {rank} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
+        if rank and isinstance(e, RankFailure):
+            import time
+            time.sleep(10)  # rank 0, if alive, first writes its snapshot and ends the job itself
         comm.Abort(code)
 
 

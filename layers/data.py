@@ -272,8 +272,8 @@ class MemoryData(RowData):
 @register("DummyData")
 class DummyData(Layer):
     """Tops filled by fillers (constant 0 by default), e.g. for benchmarks. dummy_data_param.shape: one
-    shape per top (or one for all); data_filler: none, one, or one per top. Refilled every forward unless
-    every filler is constant."""
+    shape per top (or one for all); data_filler: none, one, or one per top. As in Caffe, a top with a constant
+    filler is filled once (so it can be set from Python and stays), the others at every forward."""
 
     param_block = "dummy_data_param"
     fields = (
@@ -293,16 +293,15 @@ class DummyData(Layer):
             raise LayerError(f"needs 1 or {n} shapes and 0, 1 or {n} data_fillers; received {len(shapes)} and "
                              f"{len(fillers)}", "dummy_data_param")
         self.fillers = (fillers * n if len(fillers) == 1 else fillers) or [None] * n
-        self.refill = any(f and f.get("type", "constant") != "constant" for f in self.fillers)
+        self.refill = [bool(f) and f.get("type", "constant") != "constant" for f in self.fillers]
         self.filled = False
         shapes = shapes * n if len(shapes) == 1 else shapes
         return [dims(s) for s in shapes]
 
     def forward(self, bottom, top):
-        if self.filled and not self.refill:
-            return
-        for t, f in zip(top, self.fillers):
-            t.data[...] = fill(t.shape, f, self.rng, t.data.dtype)
+        for t, f, refill in zip(top, self.fillers, self.refill):
+            if refill or not self.filled:
+                t.data[...] = fill(t.shape, f, self.rng, t.data.dtype)
         self.filled = True
 
 
