@@ -27,11 +27,12 @@ def cmd_train(args):
         rank = comm.Get_rank()
         if rank and isinstance(e, (SpecError, Diverged)):  # every rank fails alike: rank 0 reports and ends it
             return getattr(e, "exit_code", 2)
+        import time
         code = report(e)
         print(f"rank {rank} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
         if rank and isinstance(e, RankFailure):
-            import time
             time.sleep(10)  # rank 0, if alive, first writes its snapshot and ends the job itself
+        time.sleep(1)  # the launcher forwards this rank's output before the abort tears the job down
         comm.Abort(code)
 
 
