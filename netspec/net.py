@@ -7,6 +7,7 @@ in-place layer's top is its bottom's Blob; a Split's tops share their bottom's d
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,17 @@ class Param:
         return f"{self.layer}/{self.index}"
 
 
+_flushed = threading.local()
+
+
+def _flush_denormals_once():
+    """Float32 denormals to zero in the thread that builds (and then runs) nets: see layers/cpu.py."""
+    if not getattr(_flushed, "done", False):
+        from layers.cpu import flush_denormals
+        flush_denormals()
+        _flushed.done = True
+
+
 class Net:
     """A compiled net for one phase.
 
@@ -43,6 +55,7 @@ class Net:
 
     def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
                  dtype=np.float32, level: int = 0, stages=(), allocate: bool = True):
+        _flush_denormals_once()
         self._phase, self.path, self.dtype = phase, path, np.dtype(dtype)
         self.name = doc.get("name", os.path.basename(path))
         self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None or seed < 0 else int(seed)
