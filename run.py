@@ -306,7 +306,8 @@ def report(e: BaseException) -> int:
     """Print an exception for the user (never a traceback) and return the exit status."""
     from netspec.errors import UserError
     if isinstance(e, UserError):
-        print(str(e), file=sys.stderr, flush=True)
+        if not getattr(e, "printed", False):
+            print(str(e), file=sys.stderr, flush=True)
         return getattr(e, "exit_code", 2)
     if isinstance(e, KeyboardInterrupt):
         print("Interrupted.", file=sys.stderr, flush=True)

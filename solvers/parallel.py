@@ -162,8 +162,12 @@ class DataParallel:
         silent = self.silent_ranks()
         who = (f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} of {self.size} stopped "
                "answering (dead, stuck or unreachable)" if silent else "the ranks disagree")
-        raise RankFailure(f"rank {self.rank}: {message}: {who}; the last snapshot is intact: resume from it "
-                          f"with --snapshot (on any number of ranks)")
+        failure = RankFailure(f"rank {self.rank}: {message}: {who}; the last snapshot is intact: resume from "
+                              f"it with --snapshot (on any number of ranks)")
+        import sys
+        print(failure, file=sys.stderr, flush=True)  # now: the launcher may kill this rank any moment
+        failure.printed = True
+        raise failure
 
 
 class RankFailure(UserError):
