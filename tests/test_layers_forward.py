@@ -324,3 +324,17 @@ def test_embed_rows_and_repeated_index_gradients_accumulate():
     layer.backward(tops, [False], bottom)
     np.testing.assert_array_equal(layer.blobs[0].diff, [[1, 1], [0, 0], [2, 2]])
     np.testing.assert_array_equal(layer.blobs[1].diff, [3, 3])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 6, 10), (2, 1, 7, 9)])
+def test_max_pool_2x2_fast_path_equals_the_general_kernel(shape):
+    from layers.pooling import max_pool_2x2, max_pool_forward
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, size=shape).astype(np.float32)  # many ties: the first maximum must win
+    oh, ow = shape[2] // 2, shape[3] // 2
+    y1, y2 = np.empty(shape[:2] + (oh, ow), np.float32), np.empty(shape[:2] + (oh, ow), np.float32)
+    m1, m2 = np.empty(y1.shape, np.int32), np.empty(y1.shape, np.int32)
+    max_pool_forward(x, 2, 2, 2, 2, 0, 0, y1, m1)
+    max_pool_2x2(x, y2, m2)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(m1, m2)
