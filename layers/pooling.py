@@ -17,49 +17,72 @@ from .base import Field, Layer, register
 from .conv import spatial_param
 
 
+@njit(cache=True, inline="always")
+def _max_window(xp, hs, he, ws, we, width, best, arg):
+    """Caffe's loop over one window: strict >, so the first maximum in row-major order wins."""
+    for i in range(hs, he):
+        for j in range(ws, we):
+            if xp[i, j] > best:
+                best = xp[i, j]
+                arg = i * width + j
+    return best, arg
+
+
+@njit(cache=True, inline="always")
+def _max_2x2(xp, r, q, width, best, arg):
+    if xp[r, q] > best:
+        best, arg = xp[r, q], r * width + q
+    if xp[r, q + 1] > best:
+        best, arg = xp[r, q + 1], r * width + q + 1
+    if xp[r + 1, q] > best:
+        best, arg = xp[r + 1, q], (r + 1) * width + q
+    if xp[r + 1, q + 1] > best:
+        best, arg = xp[r + 1, q + 1], (r + 1) * width + q + 1
+    return best, arg
+
+
+@njit(cache=True, inline="always")
+def _max_3x3(xp, r, q, width, best, arg):
+    for i in (r, r + 1, r + 2):
+        if xp[i, q] > best:
+            best, arg = xp[i, q], i * width + q
+        if xp[i, q + 1] > best:
+            best, arg = xp[i, q + 1], i * width + q + 1
+        if xp[i, q + 2] > best:
+            best, arg = xp[i, q + 2], i * width + q + 2
+    return best, arg
+
+
 @njit(cache=True, parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
+    """MAX pooling; mask gets the flat index of the first maximum (row-major) within the H x W plane,
+    starting from Caffe's -FLT_MAX (so -inf and NaN never win). Unpadded 2x2 and 3x3 windows that lie inside
+    the image run unrolled (4x faster); the clipped ones (CEIL's last row and column) run the loops."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    lowest = x.dtype.type(-3.4028234663852886e38)
+    fast = kh == kw and (kh == 2 or kh == 3) and ph == 0 and pw == 0
+    oh_in = min(oh, (height - kh) // sh + 1) if fast else 0  # rows and columns of windows inside the image
+    ow_in = min(ow, (width - kw) // sw + 1) if fast else 0
     for plane in prange(n_img * chans):
         n, c = plane // chans, plane % chans
+        xp, yp, mp = x[n, c], y[n, c], mask[n, c]
         for py in range(oh):
-            hs = max(py * sh - ph, 0)
-            he = min(py * sh - ph + kh, height)
-            for px in range(ow):
-                ws = max(px * sw - pw, 0)
-                we = min(px * sw - pw + kw, width)
-                best = -3.4028234663852886e38
-                arg = -1
-                for i in range(hs, he):
-                    for j in range(ws, we):
-                        if x[n, c, i, j] > best:
-                            best = x[n, c, i, j]
-                            arg = i * width + j
-                y[n, c, py, px] = best
-                mask[n, c, py, px] = arg
-
-
-@njit(cache=True, parallel=True)
-def max_pool_2x2(x, y, mask):
-    """max_pool_forward for the common 2x2 window, stride 2, no pad, every window inside the image,
-    unrolled (4-5x faster than the general loops). Same tie rule: the first maximum in row-major order."""
-    n_img, chans, height, width = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    for plane in prange(n_img * chans):
-        xp, yp, mp = x[plane // chans, plane % chans], y[plane // chans, plane % chans], mask[plane // chans,
-                                                                                                 plane % chans]
-        for py in range(oh):
-            r = 2 * py
-            for px in range(ow):
-                c = 2 * px
-                best, arg = xp[r, c], r * width + c
-                if xp[r, c + 1] > best:
-                    best, arg = xp[r, c + 1], r * width + c + 1
-                if xp[r + 1, c] > best:
-                    best, arg = xp[r + 1, c], (r + 1) * width + c
-                if xp[r + 1, c + 1] > best:
-                    best, arg = xp[r + 1, c + 1], (r + 1) * width + c + 1
+            r = py * sh - ph
+            start = 0
+            if py < oh_in:
+                start = ow_in
+                for px in range(ow_in):
+                    if kh == 2:
+                        best, arg = _max_2x2(xp, r, px * sw, width, lowest, -1)
+                    else:
+                        best, arg = _max_3x3(xp, r, px * sw, width, lowest, -1)
+                    yp[py, px] = best
+                    mp[py, px] = arg
+            for px in range(start, ow):
+                q = px * sw - pw
+                best, arg = _max_window(xp, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width), width,
+                                        lowest, -1)
                 yp[py, px] = best
                 mp[py, px] = arg
 
@@ -189,10 +212,7 @@ class Pooling(Layer):
         if self.p.pool == "MAX":
             if self._mask is None or self._mask.shape != y.shape:
                 self._mask = np.empty(y.shape, np.int32)
-            if self._geometry() == (2, 2, 2, 2, 0, 0) and 2 * y.shape[2] <= x.shape[2] and 2 * y.shape[3] <= x.shape[3]:
-                max_pool_2x2(x, y, self._mask)
-            else:
-                max_pool_forward(x, *self._geometry(), y, self._mask)
+            max_pool_forward(x, *self._geometry(), y, self._mask)
             if len(top) == 2:  # Caffe's mask top: the flat index of the maximum within the H x W plane
                 top[1].data[...] = self._mask
         else:

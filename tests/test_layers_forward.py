@@ -326,15 +326,34 @@ def test_embed_rows_and_repeated_index_gradients_accumulate():
     np.testing.assert_array_equal(layer.blobs[1].diff, [3, 3])
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 6, 10), (2, 1, 7, 9)])
-def test_max_pool_2x2_fast_path_equals_the_general_kernel(shape):
-    from layers.pooling import max_pool_2x2, max_pool_forward
+def naive_max_pool(x, k, s, p, oh, ow):
+    """Caffe's MaxPoolingLayer::Forward_cpu, loop for loop: -FLT_MAX start, strict >, clipped windows."""
+    n, c, h, w = x.shape
+    y, mask = np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), np.int32)
+    for a in range(n):
+        for b in range(c):
+            for py in range(oh):
+                for px in range(ow):
+                    hs, ws = max(py * s - p, 0), max(px * s - p, 0)
+                    he, we = min(py * s - p + k, h), min(px * s - p + k, w)
+                    best, arg = np.float32(-3.4028234663852886e38), -1
+                    for i in range(hs, he):
+                        for j in range(ws, we):
+                            if x[a, b, i, j] > best:
+                                best, arg = x[a, b, i, j], i * w + j
+                    y[a, b, py, px], mask[a, b, py, px] = best, arg
+    return y, mask
+
+
+@pytest.mark.parametrize("shape, k, s, p", [((2, 3, 8, 8), 2, 2, 0), ((1, 2, 7, 9), 2, 2, 0), ((2, 2, 9, 9), 3, 2, 0),
+                                           ((1, 2, 8, 8), 3, 2, 1), ((1, 1, 6, 7), 3, 1, 0), ((1, 2, 10, 10), 4, 3, 1)])
+def test_max_pooling_matches_caffe_loop_for_loop_with_ties_nan_and_infinities(shape, k, s, p):
+    """Including the unrolled 2x2/3x3 path for windows inside the image and CEIL's clipped last windows."""
     rng = np.random.default_rng(5)
     x = rng.integers(0, 3, size=shape).astype(np.float32)  # many ties: the first maximum must win
-    oh, ow = shape[2] // 2, shape[3] // 2
-    y1, y2 = np.empty(shape[:2] + (oh, ow), np.float32), np.empty(shape[:2] + (oh, ow), np.float32)
-    m1, m2 = np.empty(y1.shape, np.int32), np.empty(y1.shape, np.int32)
-    max_pool_forward(x, 2, 2, 2, 2, 0, 0, y1, m1)
-    max_pool_2x2(x, y2, m2)
-    np.testing.assert_array_equal(y1, y2)
-    np.testing.assert_array_equal(m1, m2)
+    x[0, 0, 0, :3] = [np.nan, -np.inf, np.nan]
+    x[0, -1, :2, :2] = -np.inf  # a window of -inf only: -FLT_MAX and mask -1, as in Caffe
+    layer, _, tops = run("Pooling", {"pooling_param": {"kernel_size": k, "stride": s, "pad": p}}, x, n_tops=2)
+    want_y, want_mask = naive_max_pool(x, k, s, p, *tops[0].shape[2:])
+    np.testing.assert_array_equal(tops[0].data, want_y)
+    np.testing.assert_array_equal(tops[1].data, want_mask)
