@@ -89,16 +89,17 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
 
 @njit(cache=True, parallel=True)
 def max_pool_backward(dy, mask, dx):
+    """dx = 0, then each output's diff added at its argmax (flat index within the plane; collisions sum)."""
     n_img, chans, oh, ow = dy.shape
-    width = dx.shape[3]
-    for plane in prange(n_img * chans):
-        n, c = plane // chans, plane % chans
-        dx[n, c] = 0
-        for py in range(oh):
-            for px in range(ow):
-                arg = mask[n, c, py, px]
-                if arg >= 0:
-                    dx[n, c, arg // width, arg % width] += dy[n, c, py, px]
+    planes, size = n_img * chans, dx.shape[2] * dx.shape[3]
+    dxf, dyf, mf = dx.reshape(planes, size), dy.reshape(planes, oh * ow), mask.reshape(planes, oh * ow)
+    for plane in prange(planes):
+        d, g, m = dxf[plane], dyf[plane], mf[plane]
+        for i in range(size):
+            d[i] = 0.0
+        for o in range(oh * ow):
+            if m[o] >= 0:
+                d[m[o]] += g[o]
 
 
 @njit(cache=True, parallel=True)
