@@ -27,9 +27,10 @@ def load_net(path: str) -> Node:
     """A checked net spec from a file, or from a solver's inline field ("solver.prototxt#net_param")."""
     if INLINE in os.path.basename(path):
         file, field = path.rsplit(INLINE, 1)
+        field, _, index = field.partition(".")  # "test_net_param.1": the second of several
         solver = load(file)
         doc = solver.get(field)
-        doc = doc[0] if isinstance(doc, list) and doc else doc
+        doc = doc[int(index or 0)] if isinstance(doc, list) and len(doc) > int(index or 0) else doc
         if not isinstance(doc, dict):
             w = solver.at(field) if isinstance(solver, Node) else (file, 1, 1)
             raise SpecError([Finding(w[0], w[1], w[2], "error", f"{field} must be a net message {{ layer {{ ... }} }}")])
@@ -63,6 +64,15 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
     if cfg.test_interval and not cfg.test_iter:
         err("test_interval", f"test_interval {cfg.test_interval} is set but test_iter is not; add test_iter "
                              "(batches per test pass) or remove test_interval")
+    explicit = len(cfg.test_net or []) + len(cfg.test_net_param or [])
+    generic = bool(cfg.net or cfg.net_param)  # Caffe instantiates the TEST phase of `net` for the rest
+    if cfg.test_iter and (len(cfg.test_iter) < explicit or (not generic and len(cfg.test_iter) != explicit)):
+        err("test_iter", f"{len(cfg.test_iter)} test_iter value(s) for {explicit} test net(s): give one test_iter "
+                         "per test net" + ("" if generic else " (without `net`, every test net is a test_net)"))
+    n_tests = len(cfg.test_iter or []) if generic else explicit
+    if cfg.test_state and len(cfg.test_state) != n_tests:
+        err("test_state", f"{len(cfg.test_state)} test_state(s) for {n_tests} test net(s): give none, or one per "
+                          "test net")
     if cfg.type in ("AdaGrad", "RMSProp") and cfg.momentum:
         err("momentum", f"{cfg.type} does not use momentum (Caffe refuses it); received momentum {cfg.momentum}: "
                         "remove it")
@@ -94,12 +104,10 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         return out
     if cfg.net and cfg.train_net:
         err("train_net", "give either net or train_net, not both")
-    for k, value in ((key, name),) + tuple(("test_net", t) for t in cfg.test_net[:1]):
+    for k, value in ((key, name),) + tuple(("test_net", t) for t in cfg.test_net):
         net_path = os.path.join(os.path.dirname(path), value)
         if not os.path.isfile(net_path):
             err(k, f"net file '{value}' not found (looked at {net_path}); the path is relative to the solver file")
-    if len(cfg.test_net) + len(cfg.test_net_param) > 1:
-        err("test_net", f"{len(cfg.test_net)} test nets; yaffe tests one net: keep one (or use phase rules in net)")
     return out
 
 

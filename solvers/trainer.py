@@ -119,15 +119,19 @@ class Trainer:
         train_state = cfg.train_state or {}
         self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed,
                        level=train_state.get("level", 0), stages=tuple(as_list(train_state.get("stage"))))
-        self.test_net = None
+        self.test_nets: list[Net] = []  # Caffe's order: test_net files, inline test_net_param, then `net`
         if cfg.test_iter and self.rank == 0:
-            test_path = (os.path.join(os.path.dirname(solver_path), cfg.test_net[0]) if cfg.test_net
-                         else f"{solver_path}#test_net_param" if cfg.test_net_param else self.net_path)
-            test_doc = load_net(test_path) if test_path != self.net_path else self.net_doc
-            test_state = (cfg.test_state or [{}])[0]
-            self.test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
-                                stages=tuple(as_list(test_state.get("stage"))))
-            self.test_net.share_weights_from(self.net)
+            paths = [os.path.join(os.path.dirname(solver_path), t) for t in cfg.test_net]
+            paths += [f"{solver_path}#test_net_param" + (f".{i}" if i else "") for i in range(len(cfg.test_net_param))]
+            paths += [self.net_path] * (len(cfg.test_iter) - len(paths))
+            for k, test_path in enumerate(paths):
+                test_doc = load_net(test_path) if test_path != self.net_path else self.net_doc
+                test_state = (cfg.test_state or [])[k] if k < len(cfg.test_state or []) else {}
+                test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
+                               stages=tuple(as_list(test_state.get("stage"))))
+                test_net.share_weights_from(self.net)
+                self.test_nets.append(test_net)
+        self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
         self._preflight()
         self.dp = None
         if comm is not None:  # before the solver: the param diffs become views of one fused buffer
@@ -157,9 +161,9 @@ class Trainer:
         findings += list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
         findings += batchnorm_window_findings(self.net, cfg.max_iter)
         findings += data_findings(self.net)
-        if self.test_net:
-            findings += self.test_net.warnings + data_findings(
-                self.test_net, cfg.test_iter[0], doc.at("test_iter") if "test_iter" in doc else None)
+        for test_net, iters in zip(self.test_nets, cfg.test_iter):
+            findings += test_net.warnings + data_findings(
+                test_net, iters, doc.at("test_iter") if "test_iter" in doc else None)
         findings = list(dict.fromkeys(findings))
         for f in findings:
             if f.severity != "error":
@@ -171,8 +175,9 @@ class Trainer:
 
     def _stateful_layers(self):
         """Layers with a random generator or a data cursor, keyed by net and name (for snapshots)."""
-        for tag, net in (("train", self.net), ("test", self.test_net)):
-            for layer in (net.layers if net else []):
+        tagged = [("train", self.net)] + [("test" + (str(k) if k else ""), n) for k, n in enumerate(self.test_nets)]
+        for tag, net in tagged:
+            for layer in net.layers:
                 if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
 
@@ -282,7 +287,17 @@ class Trainer:
     # ---- loop --------------------------------------------------------------------------
 
     def test(self):
-        net, n = self.test_net, self.cfg.test_iter[0]
+        """Every test net in turn (Caffe's order); the first one's record drives early stop and plateau."""
+        records = [self._test_one(k, net, n) for k, (net, n) in enumerate(zip(self.test_nets, self.cfg.test_iter))]
+        record = records[0]
+        if getattr(self, "watch", None) is not None and self.losses:
+            self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
+        self._after_test(record)
+        return record
+
+    def _test_one(self, k, net, n):
+        if len(self.test_nets) > 1:
+            self.out(f"Iteration {self.iter}, Testing net (#{k})")
         sums: dict = {}
         loss = 0.0
         for i in range(n):
@@ -293,18 +308,17 @@ class Trainer:
                 sums[name] = sums.get(name, 0) + v
         weights = {id(b): w for b, w in net.loss_blobs}
         record = {"phase": "test", "iter": self.iter, "loss": loss / n}
-        for k, name in enumerate(net.outputs):
+        if len(self.test_nets) > 1:
+            record["net"] = k
+        for j, name in enumerate(net.outputs):
             value = sums[name] / n
             value = float(value) if value.ndim == 0 else value.tolist()
             w = weights.get(id(net.blobs[name]), 0)
             note = f" (* {w:g} = {w * value:g} loss)" if w and isinstance(value, float) else ""
-            self.out(f"Test net output #{k}: {name} = {value:g}{note}" if isinstance(value, float)
-                     else f"Test net output #{k}: {name} = {value}")
+            self.out(f"Test net output #{j}: {name} = {value:g}{note}" if isinstance(value, float)
+                     else f"Test net output #{j}: {name} = {value}")
             record.setdefault(name, value)
         self.metrics.write(record)
-        if getattr(self, "watch", None) is not None and self.losses:
-            self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
-        self._after_test(record)
         return record
 
     def _after_test(self, record):

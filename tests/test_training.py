@@ -22,7 +22,7 @@ def solver(tmp_path, name="solver.yaml", **overrides):
            "snapshot_prefix": "snap/run", "random_seed": 7}
     cfg.update(overrides)
     path = tmp_path / name
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items() if v is not None))
     return str(path)
 
 
@@ -242,3 +242,24 @@ def test_kill_during_snapshots_leaves_only_whole_files_and_resume_works(tmp_path
     t = Trainer(solver(tmp_path, max_iter=states[-1][0] + 3, snapshot=0, test_interval=0, test_iter=[]), out=quiet)
     t.train(snapshot_path=newest)
     assert t.iter == states[-1][0] + 3
+
+
+def test_several_test_nets_are_tested_in_turn_and_the_first_drives_the_decisions(tmp_path):
+    """Caffe's order: test_net files, then instances of `net`, each with its own test_iter and test_state."""
+    lines = []
+    t = Trainer(solver(tmp_path, max_iter=10, display=0, test_net=[NET], test_iter=[1, 2],
+                       test_state=[{"stage": ["a"]}, {"stage": ["b"]}]), out=lines.append)
+    assert [n.path for n in t.test_nets] == [NET, NET] and t.test_net is t.test_nets[0]
+    t.train()
+    assert [l for l in lines if "Testing net" in l] == ["Iteration 0, Testing net (#0)", "Iteration 0, Testing net (#1)",
+                                                        "Iteration 10, Testing net (#0)", "Iteration 10, Testing net (#1)"]
+    tests = [r for r in records(t.metrics_path) if r["phase"] == "test"]
+    assert [(r["iter"], r["net"]) for r in tests] == [(0, 0), (0, 1), (10, 0), (10, 1)]
+    assert tests[2]["accuracy"] == pytest.approx(tests[3]["accuracy"])  # the same net, the same test set
+
+
+def test_test_iter_must_cover_every_test_net(tmp_path):
+    from netspec.spec import validate
+    path = solver(tmp_path, net=None, train_net=NET, test_net=[NET, NET], test_iter=[1])
+    errors = [f.message for f in validate([path]) if f.severity == "error"]
+    assert any("1 test_iter value(s) for 2 test net(s): give one test_iter per test net" in m for m in errors)
