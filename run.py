@@ -139,8 +139,12 @@ def cmd_data(args):
     try:
         n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
                           gray=args.gray)
-    except (SourceError, OSError) as e:
+    except SourceError as e:
         raise UserError(f"{args.source}: error: {e}") from None
+    except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
+        name = e.filename or args.source
+        raise UserError(f"{name}: error: {(e.strerror or str(e)).lower()}; check the path (SOURCE is a .csv, "
+                        ".npz, IDX file or image list; OUTPUT an .npz or an LMDB folder)") from None
     print(f"Wrote {n} examples to {args.output}")
     return 0
 

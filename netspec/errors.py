@@ -20,6 +20,8 @@ class Finding:
     message: str
 
     def __str__(self) -> str:
+        if not self.line:  # no position: a command-line value or a whole file
+            return f"{self.path}: {self.severity}: {self.message}"
         return f"{self.path}:{self.line}:{self.col}: {self.severity}: {self.message}"
 
     def as_dict(self) -> dict:

@@ -117,19 +117,29 @@ def apply_overrides(doc: Node, overrides: dict) -> list[Finding]:
     out = []
     props = schema.solver_schema()["properties"]
     for key, value in overrides.items():
-        where = ("--set", 0, 0)
+        where = (f"--set {key}={value}", 0, 0)
         if key not in props:
             from .errors import did_you_mean
-            out.append(Finding(*where, "error", f"--set {key}={value}: unknown solver field '{key}'"
-                               f"{did_you_mean(key, props)} (valid fields: {', '.join(sorted(props))})"))
+            out.append(Finding(*where, "error", f"unknown solver field '{key}'{did_you_mean(key, props)} "
+                               f"(valid fields: {', '.join(sorted(props))})"))
             continue
         errs = list(jsonschema.Draft202012Validator(props[key]).iter_errors(value))
         if errs:
-            out.append(Finding(*where, "error", f"--set {key}={value}: {errs[0].message}"))
+            out.append(Finding(*where, "error", f"{errs[0].message}; give a value of the field's type, e.g. "
+                               f"--set {key}={_example(props[key])}"))
             continue
         doc[key] = value
         doc.value_where[key] = doc.key_where[key] = Where("--set", 0, 0)
     return out
+
+
+def _example(prop: dict) -> str:
+    """A value that fits a solver field's schema, for error messages."""
+    kind = prop.get("type") or next((p.get("type") for p in prop.get("anyOf", []) if "type" in p), None)
+    if "enum" in prop:
+        return str(prop["enum"][0])
+    return {"number": "0.01", "integer": "100", "boolean": "true", "string": "text"}.get(
+        kind if isinstance(kind, str) else "", "...")
 
 
 def load_solver(path: str, overrides: dict | None = None):

@@ -189,7 +189,11 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
     r = cli("train", s, "--set", "base_rl=0.1")
     assert r.returncode == 2 and "unknown solver field 'base_rl'; did you mean 'base_lr'?" in r.stderr
     r = cli("train", s, "--set", "momentum=2")
-    assert r.returncode == 2 and "--set momentum=2: 2 is greater than or equal to the maximum of 1" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("--set momentum=2: error: 2 is greater than or equal to the "
+                                                     "maximum of 1; give a value of the field's type, e.g. --set")
+    r = cli("data", "convert", str(tmp_path / "missing.csv"), str(tmp_path / "out.npz"))
+    assert r.returncode == 2 and r.stderr.startswith(f"{tmp_path / 'missing.csv'}: error: no such file or directory; "
+                                                     "check the path") and "Errno" not in r.stderr
 
 
 def test_test_command_json(tmp_path):
