@@ -21,19 +21,8 @@ def cmd_train(args):
     try:
         return _train(args, comm)
     except BaseException as e:  # one rank failing must end every rank, not leave them waiting
-        from netspec.errors import SpecError
-        from solvers.parallel import RankFailure
-        from solvers.watch import Diverged
-        rank = comm.Get_rank()
-        if rank and isinstance(e, (SpecError, Diverged)):  # every rank fails alike: rank 0 reports and ends it
-            return getattr(e, "exit_code", 2)
-        import time
-        code = report(e)
-        print(f"rank {rank} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
-        if rank and isinstance(e, RankFailure):
-            time.sleep(10)  # rank 0, if alive, first writes its snapshot and ends the job itself
-        time.sleep(1)  # the launcher forwards this rank's output before the abort tears the job down
-        comm.Abort(code)
+        from solvers.parallel import end_job
+        return end_job(comm, e, report)
 
 
 def _train(args, comm):
@@ -103,7 +92,6 @@ def cmd_search(args):
         if pool is not None:
             from solvers.search import search
             search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed, pool=pool)
-    return 0
     return 0
 
 

@@ -14,6 +14,16 @@ from netspec.errors import LayerError
 from .base import Field, Layer, register
 
 
+@njit(cache=True, inline="always")
+def tap_columns(j, sw, pw, dw, ow, width):
+    """Kernel column j reads input column xo * sw + off; returns (off, lo, hi) with lo <= xo < hi the output
+    columns whose tap lands inside the image (the others read the zero padding)."""
+    off = j * dw - pw
+    lo = min(max(0, (-off + sw - 1) // sw), ow)
+    hi = min(ow, max(0, (width - 1 - off) // sw + 1)) if width - 1 - off >= 0 else 0
+    return off, lo, hi
+
+
 @njit(cache=True, parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
     """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0. One row per thread."""
@@ -22,10 +32,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
     for row in prange(chans * kh * kw):
         c, rest = row // (kh * kw), row % (kh * kw)
         i, j = rest // kw, rest % kw
-        # output columns whose tap lands inside the image: lo <= xo < hi
-        off = j * dw - pw
-        lo = min(max(0, (-off + sw - 1) // sw), ow)
-        hi = min(ow, max(0, (width - 1 - off) // sw + 1)) if width - 1 - off >= 0 else 0
+        off, lo, hi = tap_columns(j, sw, pw, dw, ow, width)
         for n in range(n_img):
             base = n * plane
             for y in range(oh):
@@ -54,9 +61,7 @@ def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                off = j * dw - pw
-                lo = min(max(0, (-off + sw - 1) // sw), ow)
-                hi = min(ow, max(0, (width - 1 - off) // sw + 1)) if width - 1 - off >= 0 else 0
+                off, lo, hi = tap_columns(j, sw, pw, dw, ow, width)
                 for n in range(n_img):
                     base = n * plane
                     for y in range(oh):

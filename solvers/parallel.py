@@ -14,6 +14,7 @@ and only when yaffe runs under an MPI launcher.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -51,6 +52,24 @@ def trial_pool():
     comm = world()
     from mpi4py.futures import MPICommExecutor
     return MPICommExecutor(comm, root=0)
+
+
+def end_job(comm, error: BaseException, report) -> int:
+    """A rank's training failed: report it (`report` prints it, returns the exit status) and end every rank.
+    An error every rank meets alike (a spec error, divergence) is reported by rank 0 alone, which ends the job;
+    any other ends it from here with MPI_Abort, after the launcher had time to forward the message."""
+    from netspec.errors import SpecError
+    from .watch import Diverged
+    rank = comm.Get_rank()
+    if rank and isinstance(error, (SpecError, Diverged)):
+        return getattr(error, "exit_code", 2)
+    code = report(error)
+    print(f"rank {rank} of {comm.Get_size()} stops the job", file=sys.stderr, flush=True)
+    if rank and isinstance(error, RankFailure):
+        time.sleep(10)  # rank 0, if alive, first writes its snapshot and ends the job itself
+    time.sleep(1)
+    comm.Abort(code)
+    return code
 
 
 def agree_seed(comm, seed) -> int:
@@ -164,7 +183,6 @@ class DataParallel:
                "answering (dead, stuck or unreachable)" if silent else "the ranks disagree")
         failure = RankFailure(f"rank {self.rank}: {message}: {who}; the last snapshot is intact: resume from "
                               f"it with --snapshot (on any number of ranks)")
-        import sys
         print(failure, file=sys.stderr, flush=True)  # now: the launcher may kill this rank any moment
         failure.printed = True
         raise failure
