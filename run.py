@@ -29,7 +29,7 @@ def _train(args, comm):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor,
-                      comm=comm, mpi_timeout=args.mpi_timeout)
+                      comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
     return 130 if stopped and not getattr(trainer, "early_stopped", False) else 0
@@ -202,6 +202,9 @@ def build_parser():
                    "update ratios per layer at display iterations (the solver's monitor: true)")
     p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
                    "(default <snapshot_prefix>_metrics.jsonl)")
+    p.add_argument("--replicas", type=positive_int, metavar="K",
+                   help="run each batch as K slices, one thread each (default: as many as the threads, for nets "
+                   "with feature maps whose results do not change; 1: each layer runs the whole batch)")
     p.add_argument("--mpi-timeout", type=positive_float, default=300.0, metavar="S",
                    help="under mpiexec: stop with an error when another rank has not answered for S seconds "
                    "(default 300; raise it above the time rank 0 takes for a test)")

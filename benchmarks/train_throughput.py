@@ -83,11 +83,13 @@ def yaffe_step_fn(text):
     label[...] = np.random.default_rng(0).integers(0, 10, label.shape)
     solver = SGD(net.params, resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9,
                                                      "weight_decay": 5e-4}))
+    from solvers.replicas import start
+    replicas, _ = start(net, None)  # as `run.py train` decides: the batch as slices on the threads, or not
     it = [0]
 
     def step():
         net.clear_param_diffs()
-        net.forward_backward()
+        (replicas or net).forward_backward()
         solver.apply_update(0.01, it[0])
         it[0] += 1
     return step, net

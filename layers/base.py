@@ -44,6 +44,32 @@ class Blob:
         return f"Blob({self.name!r}, {self.shape})"
 
 
+class SharedBlob(Blob):
+    """A replica's handle on another net's learnable blob (solvers/replicas.py): the owner's data, and its own
+    diff, or the owner's diff when own_diff is False."""
+
+    __slots__ = ("owner", "own")
+
+    def __init__(self, owner: Blob, own_diff: bool):
+        self.owner, self.name = owner, owner.name
+        self.own = np.zeros(owner.data.shape, owner.data.dtype) if own_diff else None
+
+    @property
+    def data(self):
+        return self.owner.data
+
+    @property
+    def diff(self):
+        return self.owner.diff if self.own is None else self.own
+
+    @diff.setter
+    def diff(self, value):  # `blob.diff += g` assigns the same array back
+        if self.own is None:
+            self.owner.diff = value
+        else:
+            self.own = value
+
+
 @dataclass(frozen=True)
 class Field:
     """One parameter of a layer's block (e.g. ``convolution_param.kernel_size``).
@@ -117,6 +143,23 @@ class Layer:
         if self.differentiable:
             raise NotImplementedError
         raise LayerError(f"{self.type} layer '{self.name}' has no backward")
+
+    @property
+    def is_source(self) -> bool:
+        """Fills batch-shaped tops from outside the net: a data layer, or Input (set from Python)."""
+        return self.is_data or self.type == "Input"
+
+    def batch_coupling(self) -> str | None:
+        """Why this layer cannot run a batch as slices on several threads (solvers/replicas.py), or None: its
+        tops for the whole batch must be its tops for the slices side by side, and a loss the slices' mean."""
+        if getattr(self, "axis", None) == 0:
+            return "it works along axis 0, across the examples of the batch"
+        mode, ignore = getattr(self, "mode", None), getattr(self, "ignore", getattr(self.p, "ignore_label", None))
+        if mode == "NONE":
+            return "its loss is the sum over the batch (normalization: NONE), not a mean"
+        if ignore is not None and mode in ("VALID", None):
+            return "with ignore_label it divides by the valid labels of the whole batch"
+        return None
 
     # Layers with state beyond their blobs (data cursors) override these for snapshots.
     def state_dict(self) -> dict:

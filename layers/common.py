@@ -11,7 +11,7 @@ from .kernels import add_scaled, max_step, mul_into, reduce_rows, reduce_rows_ba
 from .shape import _axis
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def top_k_along(x, k, idx, val, write_idx, write_val):
     """The k largest of x (outer, n, inner) along n, largest first; among equal values the lower index
     first. Writes idx and/or val (outer, k, inner). NaNs are never picked."""
@@ -32,7 +32,7 @@ def top_k_along(x, k, idx, val, write_idx, write_val):
                     val[o, t, i] = best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def embed_forward(x, table, bias, has_bias, idx, y):
     """y[i] = table[x[i]] (+ bias); idx keeps the rows for backward. Returns the first bad position or -1."""
     rows = table.shape[0]
@@ -47,7 +47,7 @@ def embed_forward(x, table, bias, has_bias, idx, y):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def embed_backward(idx, dy, dtable, dbias, has_bias):
     """dtable[idx[i]] += dy[i]; dbias += sum_i dy[i] (rows hit twice accumulate)."""
     for i in range(idx.size):
@@ -134,7 +134,9 @@ class Reduction(Layer):
 
     def setup(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
-        a = _axis(self.p.axis, len(s), "reduction_param.axis") if s else 0
+        a = self.axis = _axis(self.p.axis, len(s), "reduction_param.axis") if s else 0
+        if a == 0 and self.p.operation == "MEAN":
+            self.axis = None  # the mean of equal slices' means is the batch's mean
         self.view = (count(s, 0, a), count(s, a))
         return [s[:a]]
 

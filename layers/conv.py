@@ -14,7 +14,7 @@ from netspec.errors import LayerError
 from .base import Field, Layer, register
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def tap_columns(j, sw, pw, dw, ow, width):
     """Kernel column j reads input column xo * sw + off; returns (off, lo, hi) with lo <= xo < hi the output
     columns whose tap lands inside the image (the others read the zero padding)."""
@@ -24,7 +24,7 @@ def tap_columns(j, sw, pw, dw, ow, width):
     return off, lo, hi
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
     """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0. One row per thread."""
     n_img, chans, height, width = x.shape
@@ -50,7 +50,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
                         col[row, out + xo] = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
     """The adjoint of im2col: dx (N, C, H, W) = sum of col entries over the taps that read each pixel.
     One channel per thread (no two threads write the same pixel)."""
@@ -72,7 +72,7 @@ def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
                                 dx[n, c, iy, xo * sw + off] += col[row, out + xo]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def channels_last_to_first(buf, bias, has_bias, y):
     """buf (O, N*P) -> y (N, O, P), adding bias[o]: the matrix product's layout to the blob's."""
     n_img, out_c, plane = y.shape
@@ -83,7 +83,7 @@ def channels_last_to_first(buf, bias, has_bias, y):
                 y[n, o, q] = buf[o, n * plane + q] + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def channels_first_to_last(dy, buf):
     """dy (N, O, P) -> buf (O, N*P)."""
     n_img, out_c, plane = dy.shape

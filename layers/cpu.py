@@ -34,12 +34,12 @@ def _or_mxcsr(typingctx, bits):
     return types.void(bits), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _set_here(bits):
     _or_mxcsr(bits)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _set_in_threads(bits, n):
     for _ in prange(n):  # many small chunks: every worker thread runs at least one
         _or_mxcsr(bits)
@@ -55,3 +55,50 @@ def flush_denormals() -> bool:
     _set_here(FTZ_DAZ)
     _set_in_threads(FTZ_DAZ, 64 * get_num_threads())
     return True
+
+
+_BLAS = []
+
+
+def _blas_setter():
+    """The OpenBLAS that NumPy loaded: (set_num_threads, get_num_threads) through ctypes, or None (another BLAS,
+    or none found). Read from this process's memory map, so it finds the copy NumPy's wheel bundles."""
+    if not _BLAS:
+        import ctypes
+        found = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+        except OSError:
+            paths = set()
+        for path in sorted(paths):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    if set_ is not None and get is not None:
+                        set_.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+                        found = (set_, get)
+                        break
+                if found:
+                    break
+            if found:
+                break
+        _BLAS.append(found)
+    return _BLAS[0]
+
+
+def blas_threads(n: int | None = None) -> int | None:
+    """OpenBLAS's thread count: sets it to n when given; returns the count before (None: not OpenBLAS)."""
+    import numpy  # noqa: F401  (loads the BLAS)
+    found = _blas_setter()
+    if found is None:
+        return None
+    before = int(found[1]())
+    if n is not None:
+        found[0](int(n))
+    return before

@@ -8,28 +8,28 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scale_into(x, c, out):
     """out = c * x."""
     for i in range(x.size):
         out[i] = c * x[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_scaled(x, c, out):
     """out += c * x."""
     for i in range(x.size):
         out[i] += c * x[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mul_into(x, out):
     """out *= x."""
     for i in range(x.size):
         out[i] *= x[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def max_step(x, k, y, mask, first):
     """Eltwise MAX: with first, y = max(y, x) where ties go to x (bottom 1 beats bottom 0, as in Caffe);
     later bottoms win only when strictly larger. mask holds the winner's index."""
@@ -45,21 +45,21 @@ def max_step(x, k, y, mask, first):
             mask[i] = k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def select_grad(dy, mask, k, out):
     """out = dy where mask == k, else 0."""
     for i in range(dy.size):
         out[i] = dy[i] if mask[i] == k else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def masked_scale(x, keep, scale, y):
     """Dropout: y = x * scale where keep, else 0."""
     for i in range(x.size):
         y[i] = x[i] * scale if keep[i] else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def broadcast_add(x, b, y):
     """x, y (outer, dim, inner); y = x + b[d]."""
     outer, dim, inner = x.shape
@@ -70,7 +70,7 @@ def broadcast_add(x, b, y):
                 y[o, d, i] = x[o, d, i] + bd
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def channel_sums(dy, out):
     """out[d] += sum over outer and inner of dy (outer, dim, inner)."""
     outer, dim, inner = dy.shape
@@ -82,7 +82,7 @@ def channel_sums(dy, out):
         out[d] += acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sub_into(a, b, out):
     """out = a - b; returns sum of squares (float64)."""
     acc = 0.0
@@ -93,7 +93,7 @@ def sub_into(a, b, out):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_normalize(x, eps, scale_var, y, std):
     """MVN per row of x (rows, n): y = x - mean, divided by (std + eps) when scale_var; std[r] = std + eps."""
     rows, n = x.shape
@@ -114,7 +114,7 @@ def row_normalize(x, eps, scale_var, y, std):
                 y[r, i] /= s
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_normalize_backward(y, dy, std, scale_var, dx):
     """Caffe's MVN backward: dx = (dy - mean(dy) - mean(dy * y) * y) / (std + eps), or dy - mean(dy)."""
     rows, n = y.shape
@@ -133,7 +133,7 @@ def row_normalize_backward(y, dy, std, scale_var, dx):
                 dx[r, i] = dy[r, i] - a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sigmoid_xent(x, t, ignore, has_ignore, grad):
     """Stable sigmoid cross-entropy: returns (loss sum, valid count); grad = sigmoid(x) - t (0 if ignored)."""
     loss = 0.0
@@ -150,7 +150,7 @@ def sigmoid_xent(x, t, ignore, has_ignore, grad):
     return loss, valid
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def reduce_rows(x, op, coeff, out):
     """out[r] = coeff * (sum | sum |x| | sum x^2 | mean) of row r of x (rows, n); op 0..3."""
     rows, n = x.shape
@@ -162,7 +162,7 @@ def reduce_rows(x, op, coeff, out):
         out[r] = coeff * (acc / n if op == 3 else acc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def reduce_rows_backward(x, dy, op, coeff, dx):
     rows, n = x.shape
     for r in range(rows):

@@ -13,7 +13,7 @@ from .kernels import scale_into, sigmoid_xent, sub_into
 from .softmax import BAD, IGNORED, LOSS_FIELDS, LabelError, _split, check_labels, label_at, softmax_forward
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def class_indices(label, chans, idx):
     """idx[i] = int(label[i]); returns the first position that is not an integer in 0..chans-1, or -1."""
     for i in range(label.size):
@@ -24,7 +24,7 @@ def class_indices(label, chans, idx):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def multinomial_forward(p, idx):
     """sum_i -log(max(p[i, idx[i]], 1e-20)), p (N, C)."""
     loss = 0.0
@@ -33,7 +33,7 @@ def multinomial_forward(p, idx):
     return loss
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def multinomial_backward(p, idx, scale, dx):
     """dx = scale / max(p, 1e-20) at each label, 0 elsewhere."""
     for i in range(idx.size):
@@ -42,7 +42,7 @@ def multinomial_backward(p, idx, scale, dx):
         dx[i, idx[i]] = scale / max(p[i, idx[i]], 1e-20)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def hinge_forward(x, idx, squared, grad):
     """sum over (i, c) of m = max(0, 1 + s) with s = -x at the label, x elsewhere (m^2 if squared);
     grad = d/dx per element (the L1 hinge has slope 0 at its kink, as np.sign)."""
@@ -60,7 +60,7 @@ def hinge_forward(x, idx, squared, grad):
     return loss
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def infogain_forward(prob, label, H, ignore, has_ignore):
     """-sum over positions of sum_k H[label, k] log(max(p_k, FLT_MIN)). prob (outer, C, inner).
     Returns (loss, valid count, first bad label position or -1)."""
@@ -80,7 +80,7 @@ def infogain_forward(prob, label, H, ignore, has_ignore):
     return loss, valid, -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def infogain_backward(prob, label, H, ignore, has_ignore, scale, dx):
     """dx_k = (p_k * sum_j H[label, j] - H[label, k]) * scale; 0 at ignored positions."""
     outer, chans, inner = prob.shape
@@ -98,7 +98,7 @@ def infogain_backward(prob, label, H, ignore, has_ignore, scale, dx):
                 dx[o, k, i] = (prob[o, k, i] * row - H[lab, k]) * scale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def contrastive_forward(a, b, sim, margin, legacy, d, dist2):
     """d = a - b (N, D), dist2 = |d|^2 per pair; returns sum of dist2 (similar) or the margin term."""
     loss = 0.0
@@ -118,7 +118,7 @@ def contrastive_forward(a, b, sim, margin, legacy, d, dist2):
     return loss
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def contrastive_backward(d, dist2, sim, margin, legacy, alpha, dx):
     """Caffe's gradient: alpha * d (similar); dissimilar: -alpha * d (legacy, inside the margin) or
     -alpha * (margin - dist) / (dist + 1e-4) * d (inside the margin), else 0."""

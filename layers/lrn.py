@@ -14,7 +14,7 @@ from netspec.errors import LayerError
 from .base import Field, Layer, register
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lrn_across_scale(x, size, alpha_over, k, scale):
     n_img, chans, height, width = x.shape
     half = (size - 1) // 2
@@ -29,7 +29,7 @@ def lrn_across_scale(x, size, alpha_over, k, scale):
                     scale[n, c, i, j] = k + alpha_over * acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lrn_within_scale(x, size, alpha_over, k, scale):
     n_img, chans, height, width = x.shape
     half = (size - 1) // 2
@@ -44,7 +44,7 @@ def lrn_within_scale(x, size, alpha_over, k, scale):
                     scale[n, c, i, j] = k + alpha_over * acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
     n_img, chans, height, width = x.shape
     half = (size - 1) // 2
@@ -59,7 +59,7 @@ def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
                     dx[n, c, i, j] = dy[n, c, i, j] * scale[n, c, i, j] ** (-beta) - coeff * x[n, c, i, j] * acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lrn_within_backward(x, y, scale, dy, size, coeff, beta, dx):
     n_img, chans, height, width = x.shape
     half = (size - 1) // 2

@@ -15,14 +15,14 @@ class Neuron(Layer):
         return [tuple(bottom_shapes[0])]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def relu_forward(x, slope, y):
     for i in range(x.size):
         v = x[i]
         y[i] = v if v > 0 else v * slope
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def relu_backward(y, dy, slope, dx):
     # NOTE: reads the top, which is the bottom's sign for slope >= 0, so in place is safe;
     # at exactly 0 the gradient is `slope`, as in Caffe.
@@ -98,77 +98,77 @@ class Elementwise(Neuron):
                      bottom[0].diff.ravel())
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sigmoid_fwd(x, a, b, c, y):
     for i in range(x.size):
         y[i] = 1.0 / (1.0 + np.exp(-x[i]))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sigmoid_bwd(x, y, dy, a, b, c, dx):
     for i in range(y.size):
         dx[i] = dy[i] * y[i] * (1.0 - y[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tanh_fwd(x, a, b, c, y):
     for i in range(x.size):
         y[i] = np.tanh(x[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tanh_bwd(x, y, dy, a, b, c, dx):
     for i in range(y.size):
         dx[i] = dy[i] * (1.0 - y[i] * y[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def abs_fwd(x, a, b, c, y):
     for i in range(x.size):
         y[i] = abs(x[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def abs_bwd(x, y, dy, a, b, c, dx):
     for i in range(x.size):
         dx[i] = dy[i] * (1.0 if x[i] > 0 else -1.0 if x[i] < 0 else 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bnll_fwd(x, a, b, c, y):
     for i in range(x.size):
         v = x[i]
         y[i] = v + np.log1p(np.exp(-v)) if v > 0 else np.log1p(np.exp(v))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bnll_bwd(x, y, dy, a, b, c, dx):
     for i in range(x.size):
         e = np.exp(min(x[i], 50.0))  # Caffe's kBNLL_THRESHOLD
         dx[i] = dy[i] * e / (e + 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def elu_fwd(x, alpha, b, c, y):
     for i in range(x.size):
         v = x[i]
         y[i] = v if v > 0 else alpha * (np.exp(v) - 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def elu_bwd(x, y, dy, alpha, b, c, dx):
     # NOTE: reads the top only (y > 0 iff x > 0 for alpha > 0), so in place is safe
     for i in range(y.size):
         dx[i] = dy[i] if y[i] > 0 else dy[i] * (y[i] + alpha)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def power_fwd(x, power, scale, shift, y):
     for i in range(x.size):
         y[i] = (shift + scale * x[i]) ** power
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def power_bwd(x, y, dy, power, scale, shift, dx):
     for i in range(x.size):
         if power == 0.0:
@@ -177,43 +177,43 @@ def power_bwd(x, y, dy, power, scale, shift, dx):
             dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def exp_fwd(x, log_base, scale, shift, y):
     for i in range(x.size):
         y[i] = np.exp(log_base * (shift + scale * x[i]))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def exp_bwd(x, y, dy, log_base, scale, shift, dx):
     for i in range(y.size):
         dx[i] = dy[i] * y[i] * log_base * scale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def log_fwd(x, inv_log_base, scale, shift, y):
     for i in range(x.size):
         y[i] = np.log(shift + scale * x[i]) * inv_log_base
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def log_bwd(x, y, dy, inv_log_base, scale, shift, dx):
     for i in range(x.size):
         dx[i] = dy[i] * scale * inv_log_base / (shift + scale * x[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def clip_fwd(x, lo, hi, c, y):
     for i in range(x.size):
         y[i] = min(max(x[i], lo), hi)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def clip_bwd(x, y, dy, lo, hi, c, dx):
     for i in range(x.size):
         dx[i] = dy[i] if lo <= x[i] <= hi else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def threshold_fwd(x, t, b, c, y):
     for i in range(x.size):
         y[i] = 1.0 if x[i] > t else 0.0
@@ -344,14 +344,14 @@ class Threshold(Elementwise):
         return float(self.p.threshold), 0.0, 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def swish_fwd(x, beta, s, y):
     for i in range(x.size):
         s[i] = 1.0 / (1.0 + np.exp(-beta * x[i]))
         y[i] = x[i] * s[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def swish_bwd(y, s, dy, beta, dx):
     for i in range(y.size):
         dx[i] = dy[i] * (beta * y[i] + s[i] * (1.0 - beta * y[i]))
@@ -377,7 +377,7 @@ class Swish(Neuron):
                       bottom[0].diff.ravel())
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prelu_fwd(x, a, y):
     """x, y: (N, C, inner); a: (C,)."""
     n_img, chans, inner = x.shape
@@ -388,7 +388,7 @@ def prelu_fwd(x, a, y):
                 y[n, c, i] = v if v > 0 else v * a[c]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prelu_bwd(x, a, dy, dx, da, want_dx):
     n_img, chans, inner = x.shape
     for n in range(n_img):
@@ -443,7 +443,7 @@ class PReLU(Neuron):
         self.blobs[0].diff += da.sum(keepdims=True) if self.p.channel_shared else da
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxout_fwd(x, pieces, y, arg):
     """x: (N, C*k, inner) -> y: (N, C, inner), arg: the winning channel."""
     n_img, chans, inner = y.shape
@@ -461,7 +461,7 @@ def maxout_fwd(x, pieces, y, arg):
                 arg[n, c, i] = win
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxout_bwd(dy, arg, dx):
     dx[:] = 0
     n_img, chans, inner = dy.shape

@@ -16,7 +16,7 @@ from .base import Field, Layer, count, register
 from .kernels import broadcast_add, channel_sums, row_normalize, row_normalize_backward
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bn_stats(x, mean, var):
     """Per-channel mean and biased variance of x (N, C, inner), accumulated in float64."""
     n_img, chans, inner = x.shape
@@ -36,7 +36,7 @@ def bn_stats(x, mean, var):
         var[c] = acc / m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bn_normalize(x, mean, inv_std, y):
     n_img, chans, inner = x.shape
     for n in range(n_img):
@@ -46,7 +46,7 @@ def bn_normalize(x, mean, inv_std, y):
                 y[n, c, i] = (x[n, c, i] - mu) * s
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bn_backward(y, dy, inv_std, dx):
     """dx = (dy - mean(dy) - mean(dy * y) * y) * inv_std per channel (y is the normalized top)."""
     n_img, chans, inner = y.shape
@@ -89,6 +89,9 @@ class BatchNorm(Layer):
         const0 = {"type": "constant", "value": 0}
         self.blob_shapes = [((self.channels,), const0), ((self.channels,), const0), ((1,), const0)]
         return [s]
+
+    def batch_coupling(self):
+        return None if self.global_stats else "it normalises with the mean and variance of the whole batch"
 
     @property
     def global_stats(self) -> bool:
@@ -158,7 +161,7 @@ def _broadcast_view(bottom_shape, axis, num_axes, other_shape=None, field="scale
     return (outer, dim, inner), shape
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scale_forward(x, s, b, has_bias, keep, y):
     """keep = x; y = x * s[c] (+ b[c]) over (outer, C, inner); keep lets backward run in place."""
     outer, chans, inner = x.shape
@@ -172,7 +175,7 @@ def scale_forward(x, s, b, has_bias, keep, y):
                 y[o, c, i] = v * sc + bc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scale_backward(keep, dy, s, ds, db, has_bias, want_dx, dx):
     outer, chans, inner = dy.shape
     for c in range(chans):

@@ -17,7 +17,7 @@ from .base import Field, Layer, register
 from .conv import spatial_param
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _max_window(xp, hs, he, ws, we, width, best, arg):
     """Caffe's loop over one window: strict >, so the first maximum in row-major order wins."""
     for i in range(hs, he):
@@ -28,7 +28,7 @@ def _max_window(xp, hs, he, ws, we, width, best, arg):
     return best, arg
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _max_2x2(xp, r, q, width, best, arg):
     if xp[r, q] > best:
         best, arg = xp[r, q], r * width + q
@@ -41,7 +41,7 @@ def _max_2x2(xp, r, q, width, best, arg):
     return best, arg
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _max_3x3(xp, r, q, width, best, arg):
     for i in (r, r + 1, r + 2):
         if xp[i, q] > best:
@@ -53,7 +53,7 @@ def _max_3x3(xp, r, q, width, best, arg):
     return best, arg
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     """MAX pooling; mask gets the flat index of the first maximum (row-major) within the H x W plane,
     starting from Caffe's -FLT_MAX (so -inf and NaN never win). Unpadded 2x2 and 3x3 windows that lie inside
@@ -87,7 +87,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
                 mp[py, px] = arg
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def max_pool_backward(dy, mask, dx):
     """dx = 0, then each output's diff added at its argmax (flat index within the plane; collisions sum)."""
     n_img, chans, oh, ow = dy.shape
@@ -102,7 +102,7 @@ def max_pool_backward(dy, mask, dx):
                 d[m[o]] += g[o]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
@@ -122,7 +122,7 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
                 y[n, c, py, px] = acc / size
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
     n_img, chans, height, width = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]

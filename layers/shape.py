@@ -13,7 +13,7 @@ from netspec.errors import LayerError
 from .base import Field, Layer, count, dims, register
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def copy_rows(src, src_start, dst, dst_start, width):
     """dst[r, dst_start:dst_start+width] = src[r, src_start:src_start+width] for every row r (2-D arrays)."""
     for r in prange(src.shape[0]):
@@ -21,7 +21,7 @@ def copy_rows(src, src_start, dst, dst_start, width):
             dst[r, dst_start + j] = src[r, src_start + j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def sum_tiles(dy, dx):
     """Tile backward: dx[r, j] = sum_t dy[r, t, j]. dy (outer, tiles, width), dx (outer, width)."""
     for r in prange(dy.shape[0]):
@@ -32,7 +32,7 @@ def sum_tiles(dy, dx):
                 dx[r, j] += dy[r, t, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def crop_copy(big, small, small_shape, big_strides, base, to_small):
     """Copy between a crop window of `big` and `small` (both raveled). small_shape: the window's dims;
     big_strides: big's strides in elements; base: the window's first element in big. Runs over the
@@ -53,7 +53,7 @@ def crop_copy(big, small, small_shape, big_strides, base, to_small):
                 big[off + j] = small[r * width + j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def fill_zero(x):
     """x[:] = 0 (raveled)."""
     for i in prange(x.size):
@@ -196,7 +196,7 @@ class Crop(Layer):
 
     def setup(self, bottom_shapes):
         a, b = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
-        axis = _axis(self.p.axis, len(a), "crop_param.axis")
+        axis = self.axis = _axis(self.p.axis, len(a), "crop_param.axis")
         if len(a) != len(b):
             raise LayerError(f"bottoms {list(a)} and {list(b)} need the same number of axes", "bottom")
         n = len(a) - axis

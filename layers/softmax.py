@@ -14,7 +14,7 @@ FLT_MIN = np.float32(1.1754943508222875e-38)
 IGNORED, BAD = -1, -2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softmax_forward(x, y):
     """x, y: (outer, C, inner); softmax over C after subtracting the max (as Caffe)."""
     outer, chans, inner = x.shape
@@ -32,7 +32,7 @@ def softmax_forward(x, y):
                 y[o, c, i] /= s
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softmax_backward(y, dy, dx):
     """dx = y * (dy - sum_c dy*y)."""
     outer, chans, inner = y.shape
@@ -45,7 +45,7 @@ def softmax_backward(y, dy, dx):
                 dx[o, c, i] = y[o, c, i] * (dy[o, c, i] - dot)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def label_at(label, pos, chans, ignore, has_ignore):
     """The class at label[pos]: IGNORED for the ignore_label, BAD when not an integer in 0..chans-1."""
     v = label[pos]
@@ -57,7 +57,7 @@ def label_at(label, pos, chans, ignore, has_ignore):
     return lab
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nll_forward(prob, label, ignore, has_ignore):
     """Returns (sum of -log(max(p[label], FLT_MIN)), valid count, first bad label index or -1)."""
     outer, chans, inner = prob.shape
@@ -75,7 +75,7 @@ def nll_forward(prob, label, ignore, has_ignore):
     return loss, valid, -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nll_backward(prob, label, ignore, has_ignore, scale, dx):
     """dx = (p - onehot(label)) * scale, 0 at ignored positions."""
     outer, chans, inner = prob.shape
@@ -91,7 +91,7 @@ def nll_backward(prob, label, ignore, has_ignore, scale, dx):
             dx[o, lab, i] -= scale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def accuracy_count(scores, label, top_k, ignore, has_ignore, hits, totals):
     """Top-k hits over scores (outer, C, inner): returns (right, counted, first bad label index or -1) and
     fills hits/totals per class. A class other than the true one scoring >= it counts against (Caffe)."""
@@ -120,7 +120,7 @@ def accuracy_count(scores, label, top_k, ignore, has_ignore, hits, totals):
     return right, n, -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def per_class(hits, totals, out):
     """out = hits / totals, 0 where a class has no examples."""
     for c in range(hits.size):
@@ -157,6 +157,7 @@ class Softmax(Layer):
             raise LayerError(f"axis {self.p.axis} is out of range for a bottom of shape {list(shape)}",
                              "softmax_param.axis")
         self.view = _split(shape, self.p.axis)[:3]
+        self.axis = self.p.axis % len(shape)
         return [tuple(shape)]
 
     def forward(self, bottom, top):

@@ -46,7 +46,7 @@ STEP_FIELDS = (
 )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def crop_mirror(x, mean, scale, tops, lefts, flips, out):
     """out[i, c, h, w] = (x[i, c, tops[i] + h, lefts[i] + v] - mean[c, tops[i] + h, lefts[i] + v]) * scale,
     v = w or, where flips[i], W_out - 1 - w. x (N, C, H, W) of any dtype, mean (C, H, W), out (N, C, h, w)."""

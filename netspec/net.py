@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import layers
-from layers.base import Blob, resolve
+from layers.base import Blob, SharedBlob, resolve
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from .graph import LayerDef, compile_net
@@ -35,6 +35,10 @@ class Param:
         return f"{self.layer}/{self.index}"
 
 
+class NotSplittable(Exception):
+    """Why a net cannot run its batch as slices (Net.replicate)."""
+
+
 _flushed = threading.local()
 
 
@@ -54,9 +58,11 @@ class Net:
     """
 
     def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
-                 dtype=np.float32, level: int = 0, stages=(), allocate: bool = True):
+                 dtype=np.float32, level: int = 0, stages=(), allocate: bool = True, replica_of=None):
         _flush_denormals_once()
         self._phase, self.path, self.dtype = phase, path, np.dtype(dtype)
+        self.doc, self.level, self.stages = doc, level, tuple(stages)
+        self._replica = replica_of  # (parent net, r, k): see replicate()
         self.name = doc.get("name", os.path.basename(path))
         self.seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None or seed < 0 else int(seed)
         self.warnings: list[Finding] = []
@@ -67,7 +73,9 @@ class Net:
             self._setup_all(os.path.dirname(os.path.abspath(path)) if path != "<net>" else os.getcwd())
         except SpecError as e:
             raise SpecError(self.warnings + e.findings) from None
-        if allocate:  # False: shapes only (validate, summary)
+        if replica_of is not None:
+            self._allocate_replica(*replica_of, doc.get("force_backward", False))
+        elif allocate:  # False: shapes only (validate, summary)
             self._allocate(doc.get("force_backward", False))
 
     # ---- construction ------------------------------------------------------------------
@@ -76,6 +84,12 @@ class Net:
         findings, failed = [], set()
         for i, d in enumerate(self.defs):
             cls = layers.REGISTRY[d.type]
+            if self._replica is not None and (cls.is_data or d.type == "Input"):  # the parent's data layer fills the whole batch
+                parent, _, k = self._replica
+                self.layers.append(parent.layers[i])
+                for t in d.tops:
+                    self.shapes[t] = (parent.shapes[t][0] // k,) + parent.shapes[t][1:]
+                continue
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
             layer.base_dir = base_dir
@@ -177,6 +191,67 @@ class Net:
         self.outputs = list(dict.fromkeys(self.outputs))
         self._plan_backward(force_backward)
 
+    def replicate(self, k: int) -> list["Net"]:
+        """k nets that each run 1/k of every batch, on row slices of this net's blobs (this net's data layers
+        fill the whole batch), sharing its learnable blobs: replica 0 adds its gradients into this net's diffs,
+        the others into their own; loss weights are divided by k, so the sum of the replicas' gradients is
+        this net's. Raises NotSplittable, with the reason, where that would change a result."""
+        batch = None
+        for d, layer in zip(self.defs, self.layers):
+            if layer.is_source:
+                for t in d.tops:
+                    n = self.shapes[t][0] if self.shapes[t] else None
+                    batch = batch or n
+                    if n != batch or not n or n % k:
+                        raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(self.shapes[t])}; "
+                                            f"the batch ({batch}) must be the first dimension of every data top "
+                                            f"and a multiple of {k}")
+            elif (reason := layer.batch_coupling()) is not None:
+                raise NotSplittable(f"layer '{d.name}' ({d.type}): {reason}")
+        if batch is None:
+            raise NotSplittable("the net has no data layer")
+        return [Net(self.doc, self._phase, self.path, seed=self.seed, dtype=self.dtype, level=self.level,
+                    stages=self.stages, replica_of=(self, r, k)) for r in range(k)]
+
+    def _allocate_replica(self, parent: "Net", r: int, k: int, force_backward):
+        """Blobs of replica r of k: rows [r*n, (r+1)*n) of the parent's blobs; blobs that do not scale with the
+        batch (losses, metrics) are its own and `averaged` into the parent's after a pass."""
+        self.blobs, self.bottom_vecs, self.top_vecs = {}, [], []
+        self.params, self.loss_blobs, self.averaged, self.shared = [], [], [], []
+        by_blob = {id(p.blob): p for p in parent.params}
+        for d, layer, twin in zip(self.defs, self.layers, parent.layers):
+            bottoms = [self.blobs[b] for b in d.bottoms]
+            tops = []
+            for j, t in enumerate(d.tops):
+                if j < len(d.bottoms) and d.bottoms[j] == t:
+                    blob = bottoms[j]
+                else:
+                    whole, shape = parent.blobs[t], self.shapes[t]
+                    blob = Blob(t, (), self.dtype)
+                    n = shape[0] if shape else 0
+                    if shape and whole.shape == (k * n,) + shape[1:]:
+                        blob.data, blob.diff = whole.data[r * n:(r + 1) * n], whole.diff[r * n:(r + 1) * n]
+                    elif whole.shape == shape:
+                        blob.data, blob.diff = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+                        self.averaged.append((blob, whole))
+                    else:
+                        raise NotSplittable(f"blob '{t}' has shape {list(whole.shape)} for the whole batch but "
+                                            f"{list(shape)} for 1/{k} of it")
+                self.blobs[t] = blob
+                tops.append(blob)
+                if d.loss_weights[j]:
+                    self.loss_blobs.append((blob, d.loss_weights[j] / k))
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            if layer is not twin:
+                layer.blobs = [SharedBlob(b, own_diff=r > 0) for b in twin.blobs]
+                self.shared += layer.blobs
+                for b, tb in zip(layer.blobs, twin.blobs):
+                    if (p := by_blob.get(id(tb))) is not None:
+                        self.params.append(Param(p.layer, p.index, b, p.lr_mult, p.decay_mult, p.spec))
+        self.outputs = parent.outputs
+        self._plan_backward(force_backward)
+
     def _plan_backward(self, force_backward):
         """Which layers run backward, and into which bottoms (Caffe's backward-need analysis)."""
         lr = {id(p.blob): p.lr_mult for p in self.params}
@@ -228,8 +303,10 @@ class Net:
 
     def forward(self) -> float:
         """Run every layer; returns the weighted loss sum(w * sum(top))."""
+        replica = self._replica is not None
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
-            layer.forward(bottom, top)
+            if not (replica and layer.is_source):
+                layer.forward(bottom, top)
         return self.loss()
 
     def loss(self) -> float:

@@ -102,7 +102,7 @@ class Trainer:
 
     def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
-                 monitor: bool = False, comm=None, mpi_timeout: float = 300.0):
+                 monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None):
         self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
         self.out = out if self.rank == 0 else (lambda *a: None)  # under MPI only rank 0 speaks
         self.solver_path = solver_path
@@ -137,6 +137,8 @@ class Trainer:
         if comm is not None:  # before the solver: the param diffs become views of one fused buffer
             from .parallel import DataParallel
             self.dp = DataParallel(comm, self.net, mpi_timeout)
+        from .replicas import start
+        self.replicas, self.replicas_line = start(self.net, replicas)  # each batch as slices on the threads
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
         self.lr = LearningRate(cfg)
         self.iter = 0
@@ -429,6 +431,8 @@ class Trainer:
             self.out(f"Data-parallel over {self.dp.size} MPI ranks: batch {self.batch} per rank, effective batch "
                      f"{self.dp.size * self.batch} ({self.dp.param_bytes / 2**20:.2f} MiB of gradients summed per "
                      "iteration in one Allreduce)")
+        if self.replicas_line:
+            self.out(f"Threads: {self.replicas_line}")
         handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
         from .watch import Diverged, Watch
@@ -448,6 +452,8 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.metrics.close()
+            if self.replicas:
+                self.replicas.close()
         return last or {}
 
     def _loop(self):
@@ -457,6 +463,7 @@ class Trainer:
         record = None
         snapped = False
         dp = self.dp
+        step = self.replicas.forward_backward if self.replicas else net.forward_backward
         self.agreed_stop = False  # under MPI: the stop every rank knows of (signals reach ranks at other times)
         while self.iter < cfg.max_iter and not (self.agreed_stop if dp else self.stop_requested):
             net.clear_param_diffs()
@@ -470,7 +477,7 @@ class Trainer:
                     break
             if t0 is None:
                 t0 = last_t = time.perf_counter()
-            loss = sum(net.forward_backward() for _ in range(cfg.iter_size)) / cfg.iter_size
+            loss = sum(step() for _ in range(cfg.iter_size)) / cfg.iter_size
             if dp:  # sum the gradients (and losses, stop and snapshot requests) over the ranks
                 loss, self.agreed_stop, agreed_snapshot = dp.reduce(loss, self.stop_requested,
                                                                     self.snapshot_requested)

@@ -1,0 +1,128 @@
+"""Data parallelism inside one process: every batch as k slices, one per thread (as MPI ranks, without MPI).
+
+The kernels of one layer scale poorly over threads on a small CPU: im2col, col2im and pooling are memory-bound
+and short, and each switch between Numba's threads and OpenBLAS's costs more than it gains (CIFAR-10 quick ran
+as fast on one thread as on two). k replicas of the net (`Net.replicate`), each on one thread with one Numba
+and one BLAS thread, run the slices side by side instead; the parent net's data layers fill the whole batch
+first, the replicas' blobs are row slices of the parent's, their gradients are summed into the parent's diffs,
+and the solver, snapshots and tests see the parent alone. Only nets whose results do not change are split
+(no BatchNorm with batch statistics, no loss summed over the batch, ...): the losses and gradients are those
+of one pass, up to the order of float32 sums. Dropout draws per replica, seeded from the parent's stream.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numba
+import numpy as np
+
+from layers.cpu import blas_threads
+from netspec.errors import UserError
+from netspec.net import Net, NotSplittable, _flush_denormals_once
+
+# Automatic splitting is for nets with large feature maps (convolution, pooling: the memory-bound kernels).
+# Nets of matrix products alone run as fast on OpenBLAS's threads (MLP 784-512-512-10: 0.67x split), and small
+# maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
+MIN_SLICE = 8        # examples per replica
+MIN_MAPS = 1 << 18   # feature-map values per replica (LeNet 28x28 at batch 32: 590k; CIFAR-10 quick at 50: 2.7M)
+
+
+def start(net: Net, requested: int | None, threads: int | None = None) -> tuple["Replicas | None", str]:
+    """The replicas to train `net` with (None: the plain net) and a line that says what was chosen and why.
+    requested: None (automatic: one replica per thread when the batch divides into slices of MIN_SLICE or
+    more and no result changes), 1 (off), or k (exactly k, or a UserError saying why not)."""
+    threads = threads or numba.get_num_threads()
+    batch = next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers) if l.is_source
+                  and net.shapes.get(d.tops[0])), 0)
+    if requested == 1:
+        return None, "each layer runs the whole batch (--replicas 1)"
+    if requested is None:
+        if threads < 2 or blas_threads() is None:
+            return None, ""
+        maps = sum(int(np.prod(net.shapes[t])) for d, l in zip(net.defs, net.layers) if not l.is_source
+                   for t in d.tops if len(net.shapes.get(t, ())) == 4 and np.prod(net.shapes[t][2:]) > 1)
+        if maps < MIN_MAPS * 2:
+            return None, ""  # matrix products (an MLP), or maps too small to pay for the threads
+        k = next((k for k in range(threads, 1, -1) if batch % k == 0 and batch // k >= MIN_SLICE
+                  and maps // k >= MIN_MAPS), 1)
+        if k == 1:
+            return None, f"each layer runs the whole batch ({batch} does not split into slices of {MIN_SLICE} or more)"
+    else:
+        k = requested
+    try:
+        replicas = Replicas(net, k)
+    except NotSplittable as e:
+        if requested is not None:
+            raise UserError(f"--replicas {k}: error: this net cannot run its batch as {k} slices: {e}; use "
+                            "--replicas 1, or leave --replicas out to let yaffe decide") from None
+        return None, f"each layer runs the whole batch on {threads} threads ({e})"
+    return replicas, f"each batch of {batch} runs as {k} slices of {batch // k}, one thread each (--replicas 1: off)"
+
+
+class Replicas:
+    """k replicas of `net` on k threads (the calling thread runs replica 0). forward_backward() is a drop-in
+    for net.forward_backward(): it leaves the whole batch's blobs, the summed gradients and the loss in `net`."""
+
+    def __init__(self, net: Net, k: int):
+        self.net, self.k = net, k
+        self.nets = net.replicate(k)
+        self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
+        self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
+        self.workers = [_Worker(n) for n in self.nets[1:]]
+
+    def forward_backward(self) -> float:
+        net = self.net
+        for layer, bottom, top in self.data:
+            layer.forward(bottom, top)
+        for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
+            for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):
+                rep.layers[i].rng = np.random.default_rng(int(seed))
+        numba_before, blas_before = numba.get_num_threads(), blas_threads(1)
+        numba.set_num_threads(1)
+        try:
+            for w in self.workers:
+                w.tasks.put(True)
+            try:
+                losses = [self.nets[0].forward_backward()]
+            finally:
+                outcomes = [w.results.get() for w in self.workers]
+        finally:
+            numba.set_num_threads(numba_before)
+            blas_threads(blas_before)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        losses += outcomes
+        for rep in self.nets[1:]:
+            for b in rep.shared:
+                b.owner.diff += b.own
+        for j, (blob, whole) in enumerate(self.nets[0].averaged):
+            total = blob.data.astype(np.float64)
+            for rep in self.nets[1:]:
+                total += rep.averaged[j][0].data
+            whole.data[...] = total / self.k
+        return float(sum(losses))
+
+    def close(self):
+        for w in self.workers:
+            w.tasks.put(None)
+
+
+class _Worker:
+    """A thread that runs one replica's forward and backward each time it is asked."""
+
+    def __init__(self, net: Net):
+        self.net, self.tasks, self.results = net, queue.SimpleQueue(), queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"yaffe-replica-{net._replica[1]}", daemon=True).start()
+
+    def _run(self):
+        numba.set_num_threads(1)
+        _flush_denormals_once()
+        while self.tasks.get() is not None:
+            try:
+                for b in self.net.shared:
+                    b.own[...] = 0
+                self.results.put(self.net.forward_backward())
+            except BaseException as e:  # handed to the main thread, which raises it
+                self.results.put(e)

@@ -1,0 +1,133 @@
+"""Each batch as slices on threads (solvers/replicas.py): the same losses, gradients and blobs as one pass,
+and a clear refusal where slicing would change a result."""
+import numpy as np
+import pytest
+
+from netspec.errors import UserError
+from netspec.loader import loads
+from netspec.net import Net, NotSplittable
+from solvers.replicas import Replicas, start
+from solvers.trainer import Trainer
+
+from test_training import quiet, records, solver
+
+NET = """
+layer:
+  - {name: d, type: Input, top: [data, label], input_param: {shape: [{dim: [8, 3, 10, 10]}, {dim: [8]}]}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1,
+     convolution_param: {num_output: 4, kernel_size: 3, pad: 1, weight_filler: {type: gaussian, std: 0.3},
+                         bias_filler: {type: gaussian, std: 0.1}}}
+  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}
+  - {name: pool1, type: Pooling, bottom: conv1, top: pool1, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: left, type: Convolution, bottom: pool1, top: left,
+     convolution_param: {num_output: 3, kernel_size: 1, weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: cat, type: Concat, bottom: [pool1, left], top: cat}
+  - {name: flat, type: Flatten, bottom: cat, top: flat}
+  - {name: ip, type: InnerProduct, bottom: flat, top: ip, param: [{name: shared_w}, {}],
+     inner_product_param: {num_output: 5, weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: ip_twin, type: InnerProduct, bottom: flat, top: ip_twin, param: [{name: shared_w}, {}],
+     inner_product_param: {num_output: 5, weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: sum, type: Eltwise, bottom: [ip, ip_twin], top: sum}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [sum, label], top: loss}
+  - {name: l2, type: EuclideanLoss, bottom: [ip, ip_twin], top: l2, loss_weight: 0.5}
+  - {name: acc, type: Accuracy, bottom: [sum, label], top: acc}
+"""
+
+
+def filled(text=NET, seed=0):
+    net = Net(loads(text), "TRAIN", seed=1)
+    rng = np.random.default_rng(seed)
+    net.blobs["data"].data[...] = rng.normal(size=net.blobs["data"].data.shape)
+    net.blobs["label"].data[...] = rng.integers(0, 5, net.blobs["label"].data.shape)
+    return net
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_slices_give_the_gradients_and_blobs_of_one_pass(k):
+    whole, split = filled(), filled()
+    replicas = Replicas(split, k)
+    try:
+        loss = replicas.forward_backward()
+    finally:
+        replicas.close()
+    assert loss == pytest.approx(whole.forward_backward(), rel=1e-5)
+    for p, q in zip(whole.params, split.params):
+        assert np.allclose(p.blob.diff, q.blob.diff, rtol=1e-4, atol=1e-6), p.key
+    for name, blob in whole.blobs.items():  # the parent holds the whole batch's activations and metrics
+        assert np.allclose(blob.data, split.blobs[name].data, rtol=1e-5, atol=1e-6), name
+    assert not any(np.shares_memory(p.blob.diff, r.shared[0].own) for r in replicas.nets[1:] for p in split.params)
+
+
+def test_diffs_accumulate_like_caffe_over_iter_size():
+    whole, split = filled(), filled()
+    replicas = Replicas(split, 2)
+    try:
+        for _ in range(2):
+            replicas.forward_backward()
+            whole.forward_backward()
+    finally:
+        replicas.close()
+    for p, q in zip(whole.params, split.params):
+        assert np.allclose(p.blob.diff, q.blob.diff, rtol=1e-4, atol=1e-6), p.key
+
+
+def test_a_replicas_error_reaches_the_caller():
+    split = filled()
+    split.blobs["label"].data[-1] = 7  # in the second slice, run by a worker thread
+    replicas = Replicas(split, 2)
+    try:
+        with pytest.raises(UserError, match="label"):
+            replicas.forward_backward()
+    finally:
+        replicas.close()
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("{name: bn, type: BatchNorm, bottom: conv1, top: bn}", "BatchNorm.*whole batch"),
+    ("{name: flip, type: Concat, bottom: [conv1, conv1], top: twice, concat_param: {axis: 0}}", "axis 0"),
+    ("{name: loss2, type: SoftmaxWithLoss, bottom: [sum, label], top: loss2, loss_param: {normalization: NONE}}",
+     "sum over the batch"),
+    ("{name: loss2, type: SoftmaxWithLoss, bottom: [sum, label], top: loss2, loss_param: {ignore_label: 0}}",
+     "ignore_label"),
+])
+def test_nets_whose_results_would_change_are_not_split(change, reason):
+    net = Net(loads(NET + f"  - {change}\n"), "TRAIN", seed=1)
+    with pytest.raises(NotSplittable, match=reason):
+        net.replicate(2)
+    replicas, line = start(net, None, threads=2)
+    assert replicas is None
+    with pytest.raises(UserError, match=r"--replicas 2: error: .*" + reason):
+        start(net, 2)
+
+
+def test_a_batch_that_does_not_divide_is_not_split():
+    net = Net(loads(NET.replace("[8, 3, 10, 10]}, {dim: [8]", "[9, 3, 10, 10]}, {dim: [9]")), "TRAIN", seed=1)
+    with pytest.raises(NotSplittable, match="multiple of 2"):
+        net.replicate(2)
+
+
+def test_automatic_choice_wants_threads_and_large_maps():
+    small = Net(loads(NET), "TRAIN", seed=1)
+    assert start(small, None, threads=2)[0] is None  # 8 examples of 10x10 maps: not worth the threads
+    big = Net(loads(NET.replace("[8, 3, 10, 10]}, {dim: [8]", "[64, 3, 40, 40]}, {dim: [64]")), "TRAIN", seed=1)
+    replicas, line = start(big, None, threads=2)
+    assert replicas is not None and replicas.k == 2 and "2 slices of 32" in line
+    replicas.close()
+    assert start(big, None, threads=1)[0] is None
+    assert start(big, 1, threads=2)[0] is None
+
+
+def test_training_on_slices_follows_the_one_thread_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    runs = []
+    for folder, k in (("a", 1), ("b", 2)):
+        t = Trainer(solver(tmp_path / folder, max_iter=15, test_interval=0, test_iter=None), out=quiet, replicas=k)
+        assert (t.replicas is None) == (k == 1)
+        t.train()
+        runs.append(([r["loss"] for r in records(t.metrics_path) if r["phase"] == "train"],
+                     {p.key: p.blob.data.copy() for p in t.net.params}))
+    (la, wa), (lb, wb) = runs
+    assert np.allclose(la, lb, rtol=1e-3, atol=1e-4)
+    for key in wa:
+        assert np.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5), key
