@@ -8,7 +8,7 @@ group is a single large matrix product.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
@@ -26,50 +26,66 @@ def tap_columns(j, sw, pw, dw, ow, width):
 
 @njit(cache=True, nogil=True, parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col):
-    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0. One row per thread."""
+    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow); taps outside the image read 0. One row per thread.
+    x and col are C-contiguous; flat unsigned indices (no negative-index checks) let LLVM vectorize the copies."""
     n_img, chans, height, width = x.shape
     plane = oh * ow
+    xf = x.reshape(-1)
     for row in prange(chans * kh * kw):
         c, rest = row // (kh * kw), row % (kh * kw)
         i, j = rest // kw, rest % kw
         off, lo, hi = tap_columns(j, sw, pw, dw, ow, width)
+        crow = col[row]
         for n in range(n_img):
-            base = n * plane
             for y in range(oh):
                 iy = y * sh - ph + i * dh
-                out = base + y * ow
+                out = n * plane + y * ow
                 if iy < 0 or iy >= height:
                     for xo in range(ow):
-                        col[row, out + xo] = 0
-                else:
-                    for xo in range(lo):
-                        col[row, out + xo] = 0
+                        crow[uintp(out + xo)] = 0
+                    continue
+                src = ((n * chans + c) * height + iy) * width + off
+                for xo in range(lo):
+                    crow[uintp(out + xo)] = 0
+                if sw == 1:
                     for xo in range(lo, hi):
-                        col[row, out + xo] = x[n, c, iy, xo * sw + off]
-                    for xo in range(max(hi, lo), ow):
-                        col[row, out + xo] = 0
+                        crow[uintp(out + xo)] = xf[uintp(src + xo)]
+                else:
+                    for xo in range(lo, hi):
+                        crow[uintp(out + xo)] = xf[uintp(src + xo * sw)]
+                for xo in range(max(hi, lo), ow):
+                    crow[uintp(out + xo)] = 0
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
     """The adjoint of im2col: dx (N, C, H, W) = sum of col entries over the taps that read each pixel.
-    One channel per thread (no two threads write the same pixel)."""
+    One channel per thread (no two threads write the same pixel); C-contiguous arrays, flat unsigned indices."""
     n_img, chans, height, width = dx.shape
-    plane = oh * ow
+    plane, area = oh * ow, height * width
+    dxf = dx.reshape(-1)
     for c in prange(chans):
-        dx[:, c] = 0
+        for n in range(n_img):
+            start = (n * chans + c) * area
+            for q in range(area):
+                dxf[uintp(start + q)] = 0
         for i in range(kh):
             for j in range(kw):
-                row = (c * kh + i) * kw + j
+                crow = col[(c * kh + i) * kw + j]
                 off, lo, hi = tap_columns(j, sw, pw, dw, ow, width)
                 for n in range(n_img):
-                    base = n * plane
                     for y in range(oh):
                         iy = y * sh - ph + i * dh
-                        if 0 <= iy < height:
-                            out = base + y * ow
+                        if iy < 0 or iy >= height:
+                            continue
+                        out = n * plane + y * ow
+                        dst = ((n * chans + c) * height + iy) * width + off
+                        if sw == 1:
                             for xo in range(lo, hi):
-                                dx[n, c, iy, xo * sw + off] += col[row, out + xo]
+                                dxf[uintp(dst + xo)] += crow[uintp(out + xo)]
+                        else:
+                            for xo in range(lo, hi):
+                                dxf[uintp(dst + xo * sw)] += crow[uintp(out + xo)]
 
 
 @njit(cache=True, nogil=True, parallel=True)
