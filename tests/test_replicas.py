@@ -131,3 +131,36 @@ def test_training_on_slices_follows_the_one_thread_run(tmp_path):
     assert np.allclose(la, lb, rtol=1e-3, atol=1e-4)
     for key in wa:
         assert np.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5), key
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_blocked_convolution_on_one_thread_matches_the_whole_batch(monkeypatch, group):
+    import numba
+    import layers.conv as conv
+    text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: [6, 4, 9, 9]}}}}}}
+  - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: 6, kernel_size: 3, pad: 1,
+      stride: 2, group: {group}, weight_filler: {{type: gaussian, std: 0.3}}, bias_filler: {{type: gaussian}}}}}}
+  - {{name: loss, type: EuclideanLoss, bottom: [c, c], top: loss}}
+"""
+    results = []
+    for blocked in (False, True):
+        if blocked:
+            monkeypatch.setattr(conv, "BLOCK_BYTES", 0)
+            monkeypatch.setattr(conv, "BLOCK_TARGET", 4 * 36 * 25 * 8)  # 4 images' buffers: blocks of 3
+        net = Net(loads(text), "TRAIN", seed=1, dtype=np.float64)
+        net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=(6, 4, 9, 9))
+        layer, before = net.layers[1], numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            layer.forward(net.bottom_vecs[1], net.top_vecs[1])
+            net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
+            layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
+        finally:
+            numba.set_num_threads(before)
+        assert layer._col.shape[1] == (3 if blocked else 6) * 25  # 6 images of 5x5 outputs
+        results.append((net.blobs["c"].data.copy(), net.blobs["data"].diff.copy(), layer.blobs[0].diff.copy(),
+                        layer.blobs[1].diff.copy()))
+    for whole, blocked in zip(*results):
+        assert np.allclose(whole, blocked, rtol=1e-12, atol=1e-12)
