@@ -1,5 +1,6 @@
 """`run.py time MODEL`: like `caffe time`, per-layer forward and backward times averaged over iterations
-after a warm-up (which also compiles the Numba kernels). No weight updates."""
+after a warm-up (which also compiles the Numba kernels). No weight updates. Where `run.py train` runs each
+batch as slices on the threads (solvers/replicas.py), the time of those passes follows the table."""
 from __future__ import annotations
 
 import time
@@ -44,4 +45,19 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print) -
     out(f"Average forward-backward: {result['forward_backward_ms']:.3f} ms ({result['images_per_s']:.0f} img/s at "
         f"batch {batch})")
     out(f"Total time: {total * 1e3:.1f} ms for {iterations} iterations")
+    if phase == "TRAIN":
+        from solvers.replicas import start
+        replicas, line = start(net, None)
+        if replicas is not None:
+            try:
+                replicas.forward_backward()  # warm-up
+                start_time = time.perf_counter()
+                for _ in range(iterations):
+                    replicas.forward_backward()
+                each = (time.perf_counter() - start_time) / iterations
+            finally:
+                replicas.close()
+            result.update(replicas=replicas.k, replicas_forward_backward_ms=each * 1e3, replicas_images_per_s=batch / each)
+            out(f"As run.py train runs it ({line.split(' (')[0]}): {each * 1e3:.3f} ms a forward-backward pass "
+                f"({batch / each:.0f} img/s)")
     return result

@@ -61,8 +61,8 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
 
 
 class Replicas:
-    """k replicas of `net` on k threads (the calling thread runs replica 0). forward_backward() is a drop-in
-    for net.forward_backward(): it leaves the whole batch's blobs, the summed gradients and the loss in `net`."""
+    """k replicas of `net` on k threads (the calling thread runs replica 0). forward_backward() and forward()
+    are drop-ins for the net's: they leave the whole batch's blobs, the summed gradients and the loss in `net`."""
 
     def __init__(self, net: Net, k: int):
         self.net, self.k = net, k
@@ -72,7 +72,15 @@ class Replicas:
         self.workers = [_Worker(n) for n in self.nets[1:]]
 
     def forward_backward(self) -> float:
+        return self._run(True)
+
+    def forward(self) -> float:
+        return self._run(False)
+
+    def _run(self, backward: bool) -> float:
         net = self.net
+        if not self.workers:  # closed: start them again
+            self.workers = [_Worker(n) for n in self.nets[1:]]
         for layer, bottom, top in self.data:
             layer.forward(bottom, top)
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
@@ -82,9 +90,9 @@ class Replicas:
         numba.set_num_threads(1)
         try:
             for w in self.workers:
-                w.tasks.put(True)
+                w.tasks.put(backward)
             try:
-                losses = [self.nets[0].forward_backward()]
+                losses = [self.nets[0].forward_backward() if backward else self.nets[0].forward()]
             finally:
                 outcomes = [w.results.get() for w in self.workers]
         finally:
@@ -94,7 +102,7 @@ class Replicas:
             if isinstance(outcome, BaseException):
                 raise outcome
         losses += outcomes
-        for rep in self.nets[1:]:
+        for rep in self.nets[1:] if backward else ():
             for b in rep.shared:
                 b.owner.diff += b.own
         for j, (blob, whole) in enumerate(self.nets[0].averaged):
@@ -105,12 +113,14 @@ class Replicas:
         return float(sum(losses))
 
     def close(self):
+        """End the worker threads (a later pass starts new ones)."""
         for w in self.workers:
             w.tasks.put(None)
+        self.workers = []
 
 
 class _Worker:
-    """A thread that runs one replica's forward and backward each time it is asked."""
+    """A thread that runs one replica's forward (and backward) each time it is asked."""
 
     def __init__(self, net: Net):
         self.net, self.tasks, self.results = net, queue.SimpleQueue(), queue.SimpleQueue()
@@ -119,8 +129,11 @@ class _Worker:
     def _run(self):
         numba.set_num_threads(1)
         _flush_denormals_once()
-        while self.tasks.get() is not None:
+        while (backward := self.tasks.get()) is not None:
             try:
+                if not backward:
+                    self.results.put(self.net.forward())
+                    continue
                 for b in self.net.shared:
                     b.own[...] = 0
                 self.results.put(self.net.forward_backward())

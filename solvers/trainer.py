@@ -139,6 +139,9 @@ class Trainer:
             self.dp = DataParallel(comm, self.net, mpi_timeout)
         from .replicas import start
         self.replicas, self.replicas_line = start(self.net, replicas)  # each batch as slices on the threads
+        # the test nets too, when the train net is split (and they allow it); replicas=1 keeps them whole
+        self.test_runners = [(start(t, None)[0] if self.replicas or replicas is None else None) or t
+                             for t in self.test_nets]
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
         self.lr = LearningRate(cfg)
         self.iter = 0
@@ -298,12 +301,13 @@ class Trainer:
         return record
 
     def _test_one(self, k, net, n):
+        runner = self.test_runners[k]
         if len(self.test_nets) > 1:
             self.out(f"Iteration {self.iter}, Testing net (#{k})")
         sums: dict = {}
         loss = 0.0
         for i in range(n):
-            loss += net.forward()
+            loss += runner.forward()
             Progress.update(i + 1, n, "testing")
             for name in net.outputs:
                 v = net.blobs[name].data.astype(np.float64)
@@ -452,8 +456,9 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.metrics.close()
-            if self.replicas:
-                self.replicas.close()
+            for runner in [self.replicas] + self.test_runners:
+                if hasattr(runner, "close"):
+                    runner.close()
         return last or {}
 
     def _loop(self):

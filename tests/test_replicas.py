@@ -164,3 +164,26 @@ layer:
                         layer.blobs[1].diff.copy()))
     for whole, blocked in zip(*results):
         assert np.allclose(whole, blocked, rtol=1e-12, atol=1e-12)
+
+
+def test_test_nets_run_as_slices_too(tmp_path, monkeypatch):
+    import os
+    import solvers.replicas as replicas_module
+    from test_training import NET as DIGITS
+    monkeypatch.setattr(replicas_module, "MIN_MAPS", 0)  # the 8x8 digits are below the automatic threshold
+    folder = os.path.dirname(DIGITS)
+    text = open(DIGITS).read().replace("batch_size: 359", "batch_size: 358").replace(
+        "source: digits_", f"source: {folder}/digits_")
+    (tmp_path / "net.yaml").write_text(text)
+    results = []
+    for k in (1, 2):
+        (tmp_path / str(k)).mkdir()
+        t = Trainer(solver(tmp_path / str(k), net=str(tmp_path / "net.yaml"), max_iter=6, test_interval=3,
+                           test_iter=1), out=quiet, replicas=k)
+        assert isinstance(t.test_runners[0], Replicas) == (k == 2)
+        t.train()
+        results.append([r for r in records(t.metrics_path) if r["phase"] == "test"])
+    whole, split = results
+    assert [r["iter"] for r in whole] == [r["iter"] for r in split] == [0, 3, 6]
+    for a, b in zip(whole, split):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
