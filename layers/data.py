@@ -300,9 +300,26 @@ class DummyData(Layer):
 
     def forward(self, bottom, top):
         for t, f, refill in zip(top, self.fillers, self.refill):
-            if refill or not self.filled:
+            if (refill and f["type"] in ("uniform", "gaussian") and f.get("sparse", -1) < 0
+                    and t.data.flags.c_contiguous and t.data.dtype in (np.float32, np.float64)):
+                self._draw(t.data.reshape(-1), f)
+            elif refill or not self.filled:
                 t.data[...] = fill(t.shape, f, self.rng, t.data.dtype)
         self.filled = True
+
+    def _draw(self, out, f):
+        """Refill in place in the blob's dtype (no float64 array per forward): U[min, max) or N(mean, std)."""
+        kind = out.dtype.type
+        if f["type"] == "uniform":
+            self.rng.random(out=out, dtype=out.dtype)
+            low, high = f.get("min", 0.0), f.get("max", 1.0)
+            if (low, high) != (0.0, 1.0):
+                out *= kind(high - low)
+                out += kind(low)
+        else:
+            self.rng.standard_normal(out=out, dtype=out.dtype)
+            out *= kind(f.get("std", 1.0))
+            out += kind(f.get("mean", 0.0))
 
 
 @register("ImageData")

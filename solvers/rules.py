@@ -14,8 +14,35 @@ All arithmetic in the parameters' dtype (float32), with float32 scalars, like Ca
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from netspec.errors import UserError
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def regularize(g, w, scale, decay, l1):
+    """g = g * scale + decay * (sign(w) if l1 else w), in place, on flat arrays, in one pass. LLVM fuses the
+    multiply-add where the CPU has FMA (one rounding), as OpenBLAS's saxpy does under Caffe."""
+    for i in prange(g.size):
+        r = w[i]
+        if l1:  # sign(w), in w's type: +-1, 0 for 0, NaN for NaN
+            r = r / abs(r) if r != 0 and r == r else r * 0
+        g[i] = g[i] * scale + decay * r
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def momentum_step(g, v, mu, a):
+    """SGD: v = mu * v + a * g; g = v (the step), on flat arrays."""
+    for i in prange(g.size):
+        v[i] = v[i] * mu + a * g[i]
+        g[i] = v[i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def subtract_step(w, g):
+    """w -= g, on flat arrays."""
+    for i in prange(w.size):
+        w[i] -= g[i]
 
 
 class Solver:
@@ -67,18 +94,17 @@ class Solver:
         for i, p in enumerate(self.params):
             if p.lr_mult == 0:
                 continue
-            g, w = p.blob.diff, p.blob.data
-            if cfg.iter_size > 1:
-                g *= dtype(1.0 / cfg.iter_size)
+            scale = dtype(1.0 / cfg.iter_size if cfg.iter_size > 1 else 1.0)
             decay = dtype(cfg.weight_decay * p.decay_mult)
-            if decay:
-                g += decay * (w if cfg.regularization_type == "L2" else np.sign(w))
-            self.rule(g, i, dtype(rate * p.lr_mult), it)
+            if decay or scale != 1:
+                regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay,
+                           cfg.regularization_type != "L2")
+            self.rule(p.blob.diff, i, dtype(rate * p.lr_mult), it)
         if before_apply is not None:
             before_apply()
         for p in self.params:
             if p.lr_mult:
-                p.blob.data -= p.blob.diff
+                subtract_step(p.blob.data.reshape(-1), p.blob.diff.reshape(-1))
 
     def rule(self, g, i, a, it):
         """Turn the gradient g of parameter i into its step, in place."""
@@ -89,10 +115,7 @@ class SGD(Solver):
     type = "SGD"
 
     def rule(self, g, i, a, it):
-        v = self._hist(i)
-        v *= v.dtype.type(self.cfg.momentum)
-        v += a * g
-        g[...] = v
+        momentum_step(g.reshape(-1), self._hist(i).reshape(-1), g.dtype.type(self.cfg.momentum), a)
 
 
 class Nesterov(Solver):

@@ -162,6 +162,19 @@ def test_dummy_data_fills_from_fillers():
     np.testing.assert_array_equal(net.blobs["b"].data, [7, 7])
 
 
+def test_dummy_data_refills_in_place_with_the_fillers_distribution():
+    net = Net(loads("layer:\n  - {name: d, type: DummyData, top: [u, g], dummy_data_param: {shape: {dim: [200, 100]}, "
+                    "data_filler: [{type: uniform, min: -2, max: 3}, {type: gaussian, mean: 5, std: 0.5}]}}\n"),
+              "TRAIN", seed=0)
+    u, g = net.blobs["u"].data, net.blobs["g"].data
+    net.forward()
+    first = u.copy()
+    net.forward()
+    assert net.blobs["u"].data is u and u.dtype == np.float32 and not np.array_equal(first, u)
+    assert -2 <= u.min() < -1.99 and 2.99 < u.max() < 3 and abs(u.mean() - 0.5) < 0.05
+    assert abs(g.mean() - 5) < 0.02 and abs(g.std() - 0.5) < 0.02
+
+
 def test_image_data_reads_resizes_and_labels(tmp_path):
     from PIL import Image  # the images extra, part of the test extra
     for i in range(3):
