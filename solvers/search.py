@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -133,7 +134,9 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
             solver.update(net="net.yaml", max_iter=iters, snapshot=0, snapshot_after_train=False, display=0,
                           test_interval=iters, snapshot_prefix="trial")
             jobs_args.append((index, os.path.join(out_dir, f"trial_{index:03d}"), solver, net, config))
-        with ProcessPoolExecutor(max_workers=jobs) if pool is None else contextlib.nullcontext(pool) as runner:
+        # spawned, not forked: a process that has run a parallel Numba kernel (GNU OpenMP) cannot fork safely
+        with (ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if pool is None
+              else contextlib.nullcontext(pool)) as runner:
             for record in runner.map(run_trial, jobs_args):
                 record["round"] = round_no
                 results.append(record)
