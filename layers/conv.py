@@ -97,21 +97,25 @@ def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
 def channels_last_to_first(buf, bias, has_bias, y):
     """buf (O, N*P) -> y (N, O, P), adding bias[o]: the matrix product's layout to the blob's."""
     n_img, out_c, plane = y.shape
+    yf, bf, width = y.reshape(-1), buf.reshape(-1), n_img * plane
     for n in prange(n_img):
         for o in range(out_c):
             b = bias[o] if has_bias else 0.0
+            dst, src = (n * out_c + o) * plane, o * width + n * plane
             for q in range(plane):
-                y[n, o, q] = buf[o, n * plane + q] + b
+                yf[uintp(dst + q)] = bf[uintp(src + q)] + b
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def channels_first_to_last(dy, buf):
     """dy (N, O, P) -> buf (O, N*P)."""
     n_img, out_c, plane = dy.shape
+    dyf, bf, width = dy.reshape(-1), buf.reshape(-1), n_img * plane
     for o in prange(out_c):
         for n in range(n_img):
+            src, dst = (n * out_c + o) * plane, o * width + n * plane
             for q in range(plane):
-                buf[o, n * plane + q] = dy[n, o, q]
+                bf[uintp(dst + q)] = dyf[uintp(src + q)]
 
 
 def spatial_param(p, block, name, default):
@@ -246,13 +250,13 @@ class Convolution(Layer):
         og = out_c // groups
         block = self._col.shape[1] // plane  # as forward chose
         dt = self._out  # reused as the (O, block*P) diff buffer
-        if self.p.bias_term:
-            self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
         dw = weight.diff.reshape(out_c, k)
         for s in range(0, n, block):
             if block < n:  # the forward's buffer holds the last block only: gather this one again
                 im2col(x[s:s + block], *self._geometry(), self._col)
             channels_first_to_last(dy[s:s + block].reshape(block, out_c, plane), dt)
+            if self.p.bias_term:
+                self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
             for g in range(groups):
                 dw[g * og:(g + 1) * og] += dt[g * og:(g + 1) * og] @ self._col[g * k:(g + 1) * k].T
             if propagate_down[0]:
