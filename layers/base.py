@@ -25,12 +25,13 @@ from netspec.errors import LayerError, UserError, did_you_mean
 class Blob:
     """A named pair of arrays: ``data`` (values) and ``diff`` (gradient of the loss)."""
 
-    __slots__ = ("name", "data", "diff")
+    __slots__ = ("name", "data", "diff", "offset")
 
     def __init__(self, name, shape, dtype=np.float32):
         self.name = name
         self.data = np.zeros(shape, dtype)
         self.diff = np.zeros(shape, dtype)
+        self.offset = 0  # where its first value sits in the whole batch's blob (a replica's slice: solvers/replicas.py)
 
     @property
     def shape(self):

@@ -238,6 +238,7 @@ class LabelError(UserError):
             what = f"is outside {{0..{classes - 1}}} for {classes} classes"
             hint = ("labels look one-based: subtract 1" if value == classes else
                     f"labels must be integers in {{0..{classes - 1}}} (or the ignore_label), or raise num_output")
+        index += getattr(blob, "offset", 0)  # in the whole batch, when a replica ran a slice of it
         super().__init__(f"layer '{layer.name}' ({layer.type}): label {value:g} at position {index} of blob "
                          f"'{blob.name}' {what}; {hint}")
 

@@ -231,6 +231,7 @@ class Net:
                     n = shape[0] if shape else 0
                     if shape and whole.shape == (k * n,) + shape[1:]:
                         blob.data, blob.diff = whole.data[r * n:(r + 1) * n], whole.diff[r * n:(r + 1) * n]
+                        blob.offset = r * blob.data.size
                     elif whole.shape == shape:
                         blob.data, blob.diff = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
                         self.averaged.append((blob, whole))

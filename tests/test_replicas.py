@@ -76,7 +76,7 @@ def test_a_replicas_error_reaches_the_caller():
     split.blobs["label"].data[-1] = 7  # in the second slice, run by a worker thread
     replicas = Replicas(split, 2)
     try:
-        with pytest.raises(UserError, match="label"):
+        with pytest.raises(UserError, match="label 7 at position 7 of blob"):
             replicas.forward_backward()
     finally:
         replicas.close()
