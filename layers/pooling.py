@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
@@ -29,27 +29,22 @@ def _max_window(xp, hs, he, ws, we, width, best, arg):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_2x2(xp, r, q, width, best, arg):
-    if xp[r, q] > best:
-        best, arg = xp[r, q], r * width + q
-    if xp[r, q + 1] > best:
-        best, arg = xp[r, q + 1], r * width + q + 1
-    if xp[r + 1, q] > best:
-        best, arg = xp[r + 1, q], (r + 1) * width + q
-    if xp[r + 1, q + 1] > best:
-        best, arg = xp[r + 1, q + 1], (r + 1) * width + q + 1
+def _max_2x2(xf, base, s, width, best, arg):
+    """The 2x2 window whose top-left is s (within the plane at xf[base:]); flat unsigned indices."""
+    for t in (s, s + 1, s + width, s + width + 1):
+        v = xf[uintp(base + t)]
+        if v > best:
+            best, arg = v, t
     return best, arg
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_3x3(xp, r, q, width, best, arg):
-    for i in (r, r + 1, r + 2):
-        if xp[i, q] > best:
-            best, arg = xp[i, q], i * width + q
-        if xp[i, q + 1] > best:
-            best, arg = xp[i, q + 1], i * width + q + 1
-        if xp[i, q + 2] > best:
-            best, arg = xp[i, q + 2], i * width + q + 2
+def _max_3x3(xf, base, s, width, best, arg):
+    for row in (s, s + width, s + 2 * width):
+        for t in (row, row + 1, row + 2):
+            v = xf[uintp(base + t)]
+            if v > best:
+                best, arg = v, t
     return best, arg
 
 
@@ -57,16 +52,19 @@ def _max_3x3(xp, r, q, width, best, arg):
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     """MAX pooling; mask gets the flat index of the first maximum (row-major) within the H x W plane,
     starting from Caffe's -FLT_MAX (so -inf and NaN never win). Unpadded 2x2 and 3x3 windows that lie inside
-    the image run unrolled (4x faster); the clipped ones (CEIL's last row and column) run the loops."""
+    the image run unrolled on flat unsigned indices (4x faster); the clipped ones (CEIL's last row and column)
+    run the loops. C-contiguous arrays."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-3.4028234663852886e38)
     fast = kh == kw and (kh == 2 or kh == 3) and ph == 0 and pw == 0
     oh_in = min(oh, (height - kh) // sh + 1) if fast else 0  # rows and columns of windows inside the image
     ow_in = min(ow, (width - kw) // sw + 1) if fast else 0
+    xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
     for plane in prange(n_img * chans):
         n, c = plane // chans, plane % chans
-        xp, yp, mp = x[n, c], y[n, c], mask[n, c]
+        xp = x[n, c]
+        base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             r = py * sh - ph
             start = 0
@@ -74,17 +72,17 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
                 start = ow_in
                 for px in range(ow_in):
                     if kh == 2:
-                        best, arg = _max_2x2(xp, r, px * sw, width, lowest, -1)
+                        best, arg = _max_2x2(xf, base, r * width + px * sw, width, lowest, -1)
                     else:
-                        best, arg = _max_3x3(xp, r, px * sw, width, lowest, -1)
-                    yp[py, px] = best
-                    mp[py, px] = arg
+                        best, arg = _max_3x3(xf, base, r * width + px * sw, width, lowest, -1)
+                    yf[uintp(out + py * ow + px)] = best
+                    mf[uintp(out + py * ow + px)] = arg
             for px in range(start, ow):
                 q = px * sw - pw
                 best, arg = _max_window(xp, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width), width,
                                         lowest, -1)
-                yp[py, px] = best
-                mp[py, px] = arg
+                yf[uintp(out + py * ow + px)] = best
+                mf[uintp(out + py * ow + px)] = arg
 
 
 @njit(cache=True, nogil=True, parallel=True)
