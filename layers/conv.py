@@ -13,6 +13,7 @@ from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
+from .cpu import gemm_acc
 
 
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
@@ -258,7 +259,7 @@ class Convolution(Layer):
             if self.p.bias_term:
                 self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
             for g in range(groups):
-                dw[g * og:(g + 1) * og] += dt[g * og:(g + 1) * og] @ self._col[g * k:(g + 1) * k].T
+                gemm_acc(dt[g * og:(g + 1) * og], self._col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
             if propagate_down[0]:
                 for g in range(groups):
                     np.matmul(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
@@ -325,7 +326,7 @@ class Deconvolution(Convolution):
         dw = self.blobs[0].diff.reshape(c, k)
         weight = self.blobs[0].data.reshape(c, k)
         for g in range(groups):
-            dw[g * cg:(g + 1) * cg] += self._x[g * cg:(g + 1) * cg] @ self._col[g * k:(g + 1) * k].T
+            gemm_acc(self._x[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k].T, dw[g * cg:(g + 1) * cg])
         if propagate_down[0]:
             for g in range(groups):
                 np.matmul(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], out=self._x[g * cg:(g + 1) * cg])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import platform
 
+import numpy as np
+
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -66,12 +68,7 @@ def _blas_setter():
     if not _BLAS:
         import ctypes
         found = None
-        try:
-            with open("/proc/self/maps") as f:
-                paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
-        except OSError:
-            paths = set()
-        for path in sorted(paths):
+        for path in _openblas_paths():
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
@@ -102,3 +99,67 @@ def blas_threads(n: int | None = None) -> int | None:
     if n is not None:
         found[0](int(n))
     return before
+
+
+_GEMM = []
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+def _gemm_functions():
+    """OpenBLAS's cblas_sgemm and cblas_dgemm with 64-bit integers (NumPy's wheels), or None."""
+    if not _GEMM:
+        import ctypes
+        import numpy  # noqa: F401  (loads the BLAS)
+        found, lib = None, None
+        for path in _openblas_paths():
+            try:
+                candidate = ctypes.CDLL(path)
+            except OSError:
+                continue
+            if hasattr(candidate, "scipy_cblas_sgemm64_"):
+                lib = candidate
+                break
+        if lib is not None:
+            found = {}
+            for dtype, name, real in ((np.float32, "scipy_cblas_sgemm64_", ctypes.c_float),
+                                      (np.float64, "scipy_cblas_dgemm64_", ctypes.c_double)):
+                f = getattr(lib, name)
+                i, ll, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+                f.argtypes = [i, i, i, ll, ll, ll, real, p, ll, p, ll, real, p, ll]
+                f.restype = None
+                found[np.dtype(dtype)] = f
+        _GEMM.append(found)
+    return _GEMM[0]
+
+
+def _openblas_paths():
+    try:
+        with open("/proc/self/maps") as f:
+            return sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return []
+
+
+def _operand(x):
+    """(transpose flag, leading dimension) for BLAS, or None when x's layout needs a copy."""
+    item = x.itemsize
+    if x.strides[1] == item and x.strides[0] >= max(1, x.shape[1]) * item:
+        return NO_TRANS, x.strides[0] // item
+    if x.strides[0] == item and x.strides[1] >= max(1, x.shape[0]) * item:
+        return TRANS, x.strides[1] // item
+    return None
+
+
+def gemm_acc(a, b, c):
+    """c += a @ b in one BLAS call (beta = 1: no temporary, no extra pass); a and b may be transposed views.
+    Falls back to NumPy where OpenBLAS's CBLAS is not found or a layout does not fit."""
+    functions = _gemm_functions()
+    f = functions.get(c.dtype) if functions else None
+    oa, ob = _operand(a), _operand(b)
+    if (f is None or oa is None or ob is None or a.dtype != c.dtype or b.dtype != c.dtype
+            or c.strides[1] != c.itemsize or c.shape != (a.shape[0], b.shape[1]) or a.shape[1] != b.shape[0]):
+        c += a @ b
+        return
+    m, n, k = c.shape[0], c.shape[1], a.shape[1]
+    f(ROW_MAJOR, oa[0], ob[0], m, n, k, 1.0, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0, c.ctypes.data,
+      c.strides[0] // c.itemsize)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Field, Layer, count, register
+from .cpu import gemm_acc
 
 
 @register("InnerProduct")
@@ -45,7 +46,10 @@ class InnerProduct(Layer):
         dy = top[0].diff.reshape(self.m, -1)
         x = bottom[0].data.reshape(self.m, self.k)
         w = self.blobs[0]
-        w.diff += x.T @ dy if self.p.transpose else dy.T @ x
+        if self.p.transpose:
+            gemm_acc(x.T, dy, w.diff)
+        else:
+            gemm_acc(dy.T, x, w.diff)
         if self.p.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
