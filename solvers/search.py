@@ -84,6 +84,14 @@ def apply(solver: dict, net: dict, config: dict):
             solver[key] = value
 
 
+def _share_cores(threads: int):
+    """In a trial process: this many Numba and BLAS threads."""
+    import numba
+    from layers.cpu import blas_threads
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    blas_threads(threads)
+
+
 def run_trial(args) -> dict:
     """One trial in its own folder; returns its record (run in a worker process)."""
     index, folder, solver, net, config = args
@@ -135,7 +143,9 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
                           test_interval=iters, snapshot_prefix="trial")
             jobs_args.append((index, os.path.join(out_dir, f"trial_{index:03d}"), solver, net, config))
         # spawned, not forked: a process that has run a parallel Numba kernel (GNU OpenMP) cannot fork safely
-        with (ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if pool is None
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # jobs x threads never exceeds the cores
+        with (ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_share_cores, initargs=(threads,)) if pool is None
               else contextlib.nullcontext(pool)) as runner:
             for record in runner.map(run_trial, jobs_args):
                 record["round"] = round_no
