@@ -24,6 +24,7 @@ from netspec.net import Net, NotSplittable, _flush_denormals_once
 # Automatic splitting is for nets with large feature maps (convolution, pooling: the memory-bound kernels).
 # Nets of matrix products alone run as fast on OpenBLAS's threads (MLP 784-512-512-10: 0.67x split), and small
 # maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
+_open: list = []     # [(OpenBLAS's and Numba's threads before), the open Replicas...]
 MIN_SLICE = 8        # examples per replica
 MIN_MAPS = 1 << 18   # feature-map values per replica (LeNet 28x28 at batch 32: 590k; CIFAR-10 quick at 50: 2.7M)
 
@@ -32,7 +33,7 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
     """The replicas to train `net` with (None: the plain net) and a line that says what was chosen and why.
     requested: None (automatic: one replica per thread when the batch divides into slices of MIN_SLICE or
     more and no result changes), 1 (off), or k (exactly k, or a UserError saying why not)."""
-    threads = threads or numba.get_num_threads()
+    threads = threads or (_open[0][1] if _open else numba.get_num_threads())  # open replicas hold the cores
     batch = next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers) if l.is_source
                   and net.shapes.get(d.tops[0])), 0)
     if requested == 1:
@@ -69,6 +70,18 @@ class Replicas:
         self.nets = net.replicate(k)
         self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
         self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
+        self.workers = []
+        self._start()
+
+    def _start(self):
+        """Start the worker threads. While any replicas are open, OpenBLAS runs on its caller's thread and the
+        calling thread's Numba kernels (data layers, the solver's update) on one thread too: with the cores
+        given to the replicas, starting a parallel kernel there took about 100 us each (3 ms an iteration
+        for LeNet's update), more than the kernels themselves."""
+        if not _open:
+            _open.append((blas_threads(1), numba.get_num_threads()))
+            numba.set_num_threads(1)
+        _open.append(self)
         self.workers = [_Worker(n) for n in self.nets[1:]]
 
     def forward_backward(self) -> float:
@@ -80,24 +93,18 @@ class Replicas:
     def _run(self, backward: bool) -> float:
         net = self.net
         if not self.workers:  # closed: start them again
-            self.workers = [_Worker(n) for n in self.nets[1:]]
+            self._start()
         for layer, bottom, top in self.data:
             layer.forward(bottom, top)
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
             for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):
                 rep.layers[i].rng = np.random.default_rng(int(seed))
-        numba_before, blas_before = numba.get_num_threads(), blas_threads(1)
-        numba.set_num_threads(1)
+        for w in self.workers:
+            w.tasks.put(backward)
         try:
-            for w in self.workers:
-                w.tasks.put(backward)
-            try:
-                losses = [self.nets[0].forward_backward() if backward else self.nets[0].forward()]
-            finally:
-                outcomes = [w.results.get() for w in self.workers]
+            losses = [self.nets[0].forward_backward() if backward else self.nets[0].forward()]
         finally:
-            numba.set_num_threads(numba_before)
-            blas_threads(blas_before)
+            outcomes = [w.results.get() for w in self.workers]
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -116,6 +123,12 @@ class Replicas:
         """End the worker threads (a later pass starts new ones)."""
         for w in self.workers:
             w.tasks.put(None)
+        if self.workers:
+            _open.remove(self)
+            if len(_open) == 1:
+                blas, threads = _open.pop()
+                blas_threads(blas)
+                numba.set_num_threads(threads)
         self.workers = []
 
 

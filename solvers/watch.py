@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from netspec.errors import UserError
 
@@ -28,8 +29,18 @@ def _maxabs(a) -> float:
     return float(np.abs(a).max()) if a.size else 0.0
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def sum_squares(x):
+    """sum(x**2) in float64, one vectorized pass without temporaries (NaN and Inf propagate)."""
+    acc = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        acc += v * v
+    return acc
+
+
 def grad_norm(params) -> float:
-    return math.sqrt(sum(float(np.dot(p.blob.diff.ravel().astype(np.float64), p.blob.diff.ravel())) for p in params))
+    return math.sqrt(sum(sum_squares(p.blob.diff.reshape(-1)) for p in params))
 
 
 def diagnose(net, it: int) -> str:
@@ -135,7 +146,7 @@ class Watch:
     def check_update(self, it: int):
         """The steps (in the params' diffs) must be finite before they are applied."""
         for p in self.net.params:
-            if p.lr_mult and not _finite(p.blob.diff):
+            if p.lr_mult and not math.isfinite(sum_squares(p.blob.diff.reshape(-1))):
                 raise Diverged(f"Training diverged: the update of param {p.key} at iteration {it} is non-finite (the "
                                "solver's step overflowed); the learning rate is probably too high: lower base_lr "
                                "tenfold, or set clip_gradients")
