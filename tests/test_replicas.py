@@ -187,3 +187,33 @@ def test_test_nets_run_as_slices_too(tmp_path, monkeypatch):
     assert [r["iter"] for r in whole] == [r["iter"] for r in split] == [0, 3, 6]
     for a, b in zip(whole, split):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
+
+
+def test_resume_on_slices_with_dropout_is_bitwise(tmp_path):
+    """Dropout's draws per slice come from the net's own stream, which the snapshot keeps."""
+    import os
+    from test_training import NET as DIGITS
+    folder = os.path.dirname(DIGITS)
+    text = open(DIGITS).read().replace("source: digits_", f"source: {folder}/digits_").replace(
+        "  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}",
+        "  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}\n  - {name: drop, type: Dropout, bottom: ip1, top: ip1}")
+    assert "Dropout" in text
+    (tmp_path / "net.yaml").write_text(text)
+    net = str(tmp_path / "net.yaml")
+    common = dict(net=net, test_interval=0, test_iter=None, display=1)
+    whole = Trainer(solver(tmp_path, "whole.yaml", max_iter=12, snapshot_prefix="whole/run", **common), out=quiet,
+                    replicas=2)
+    whole.train()
+    half = Trainer(solver(tmp_path, "half.yaml", max_iter=6, snapshot_prefix="half/run", **common), out=quiet,
+                   replicas=2)
+    half.train()
+    resumed = Trainer(solver(tmp_path, "half.yaml", max_iter=12, snapshot_prefix="half/run", **common), out=quiet,
+                      replicas=2)
+    resumed.train(snapshot_path=str(tmp_path / "half" / "run_iter_6.solverstate.npz"))
+    for key, w in whole.net.weights().items():
+        np.testing.assert_array_equal(resumed.net.weights()[key], w)
+    again = Trainer(solver(tmp_path, "again.yaml", max_iter=12, snapshot_prefix="again/run", **common), out=quiet,
+                    replicas=2)
+    again.train()
+    for key, w in whole.net.weights().items():  # and a run repeats itself exactly
+        np.testing.assert_array_equal(again.net.weights()[key], w)
