@@ -128,6 +128,7 @@ def torch_step_fn(name, threads):
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
+        x.uniform_()  # as DummyData's uniform filler refills its top every forward
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
