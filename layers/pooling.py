@@ -102,10 +102,14 @@ def max_pool_backward(dy, mask, dx):
 
 @njit(cache=True, nogil=True, parallel=True)
 def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+    """AVE pooling as Caffe: the window's sum in x's dtype, row-major, divided by the window size counted before
+    clipping (padding counts). C-contiguous arrays, flat unsigned indices."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    zero = x.dtype.type(0)
     for plane in prange(n_img * chans):
-        n, c = plane // chans, plane % chans
+        base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             hs = py * sh - ph
             he = min(hs + kh, height + ph)
@@ -113,30 +117,34 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
                 ws = px * sw - pw
                 we = min(ws + kw, width + pw)
                 size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
-                acc = 0.0
+                acc = zero
                 for i in range(max(hs, 0), min(he, height)):
+                    row = base + i * width
                     for j in range(max(ws, 0), min(we, width)):
-                        acc += x[n, c, i, j]
-                y[n, c, py, px] = acc / size
+                        acc += xf[uintp(row + j)]
+                yf[uintp(out + py * ow + px)] = acc / size
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
     n_img, chans, height, width = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
+    dyf, dxf = dy.reshape(-1), dx.reshape(-1)
     for plane in prange(n_img * chans):
-        n, c = plane // chans, plane % chans
-        dx[n, c] = 0
+        base, out = plane * height * width, plane * oh * ow
+        for q in range(height * width):
+            dxf[uintp(base + q)] = 0
         for py in range(oh):
             hs = py * sh - ph
             he = min(hs + kh, height + ph)
             for px in range(ow):
                 ws = px * sw - pw
                 we = min(ws + kw, width + pw)
-                g = dy[n, c, py, px] / ((he - hs) * (we - ws))
+                g = dyf[uintp(out + py * ow + px)] / ((he - hs) * (we - ws))
                 for i in range(max(hs, 0), min(he, height)):
+                    row = base + i * width
                     for j in range(max(ws, 0), min(we, width)):
-                        dx[n, c, i, j] += g
+                        dxf[uintp(row + j)] += g
 
 
 def pooled_size(size, k, pad, stride, round_mode):
