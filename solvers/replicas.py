@@ -70,8 +70,7 @@ class Replicas:
         self.nets = net.replicate(k)
         self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
         self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
-        self.workers = []
-        self._start()
+        self.workers = []  # started by the first pass (a net that is built but never trained holds no threads)
 
     def _start(self):
         """Start the worker threads. While any replicas are open, OpenBLAS runs on its caller's thread and the
@@ -92,7 +91,7 @@ class Replicas:
 
     def _run(self, backward: bool) -> float:
         net = self.net
-        if not self.workers:  # closed: start them again
+        if not self.workers:  # the first pass, or closed: start them
             self._start()
         for layer, bottom, top in self.data:
             layer.forward(bottom, top)
