@@ -191,11 +191,13 @@ class Net:
         self.outputs = list(dict.fromkeys(self.outputs))
         self._plan_backward(force_backward)
 
-    def replicate(self, k: int) -> list["Net"]:
+    def replicate(self, k: int, slice_statistics: bool = False) -> list["Net"]:
         """k nets that each run 1/k of every batch, on row slices of this net's blobs (this net's data layers
         fill the whole batch), sharing its learnable blobs: replica 0 adds its gradients into this net's diffs,
         the others into their own; loss weights are divided by k, so the sum of the replicas' gradients is
-        this net's. Raises NotSplittable, with the reason, where that would change a result."""
+        this net's. Raises NotSplittable, with the reason, where that would change a result, except, with
+        slice_statistics, BatchNorm's batch statistics: each slice then normalizes with its own (as on MPI
+        ranks or PyTorch's DataParallel) and keeps running sums that are averaged back (`statistics`)."""
         batch = None
         for d, layer in zip(self.defs, self.layers):
             if layer.is_source:
@@ -206,7 +208,7 @@ class Net:
                         raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(self.shapes[t])}; "
                                             f"the batch ({batch}) must be the first dimension of every data top "
                                             f"and a multiple of {k}")
-            elif (reason := layer.batch_coupling()) is not None:
+            elif (reason := layer.batch_coupling()) is not None and not (slice_statistics and layer.statistics):
                 raise NotSplittable(f"layer '{d.name}' ({d.type}): {reason}")
         if batch is None:
             raise NotSplittable("the net has no data layer")
@@ -217,7 +219,7 @@ class Net:
         """Blobs of replica r of k: rows [r*n, (r+1)*n) of the parent's blobs; blobs that do not scale with the
         batch (losses, metrics) are its own and `averaged` into the parent's after a pass."""
         self.blobs, self.bottom_vecs, self.top_vecs = {}, [], []
-        self.params, self.loss_blobs, self.averaged, self.shared = [], [], [], []
+        self.params, self.loss_blobs, self.averaged, self.shared, self.statistics = [], [], [], [], []
         by_blob = {id(p.blob): p for p in parent.params}
         for d, layer, twin in zip(self.defs, self.layers, parent.layers):
             bottoms = [self.blobs[b] for b in d.bottoms]
@@ -244,7 +246,10 @@ class Net:
                     self.loss_blobs.append((blob, d.loss_weights[j] / k))
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
-            if layer is not twin:
+            if layer is not twin and layer.statistics and layer.batch_coupling() is not None:
+                layer.blobs = [Blob(b.name, b.shape, self.dtype) for b in twin.blobs]  # this slice's running sums
+                self.statistics += zip(layer.blobs, twin.blobs)
+            elif layer is not twin:
                 layer.blobs = [SharedBlob(b, own_diff=r > 0) for b in twin.blobs]
                 self.shared += layer.blobs
                 for b, tb in zip(layer.blobs, twin.blobs):

@@ -52,22 +52,28 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
     else:
         k = requested
     try:
-        replicas = Replicas(net, k)
+        replicas = Replicas(net, k, slice_statistics=requested is not None)
     except NotSplittable as e:
         if requested is not None:
             raise UserError(f"--replicas {k}: error: this net cannot run its batch as {k} slices: {e}; use "
                             "--replicas 1, or leave --replicas out to let yaffe decide") from None
-        return None, f"each layer runs the whole batch on {threads} threads ({e})"
-    return replicas, f"each batch of {batch} runs as {k} slices of {batch // k}, one thread each (--replicas 1: off)"
+        hint = ""
+        if not any(l.batch_coupling() for l in net.layers if not (l.is_source or l.statistics)):
+            hint = "; --replicas K splits it anyway, each slice then with its own BatchNorm statistics"
+        return None, f"each layer runs the whole batch on {threads} threads ({e}{hint})"
+    line = f"each batch of {batch} runs as {k} slices of {batch // k}, one thread each (--replicas 1: off)"
+    if replicas.nets[0].statistics:
+        line += f"; BatchNorm uses the statistics of each slice of {batch // k}, as on MPI ranks"
+    return replicas, line
 
 
 class Replicas:
     """k replicas of `net` on k threads (the calling thread runs replica 0). forward_backward() and forward()
     are drop-ins for the net's: they leave the whole batch's blobs, the summed gradients and the loss in `net`."""
 
-    def __init__(self, net: Net, k: int):
+    def __init__(self, net: Net, k: int, slice_statistics: bool = False):
         self.net, self.k = net, k
-        self.nets = net.replicate(k)
+        self.nets = net.replicate(k, slice_statistics)
         self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
         self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
         self.workers = []  # started by the first pass (a net that is built but never trained holds no threads)
@@ -98,6 +104,9 @@ class Replicas:
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
             for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):
                 rep.layers[i].rng = np.random.default_rng(int(seed))
+        for rep in self.nets:  # per-slice BatchNorm: every slice starts from the net's running sums
+            for mine, theirs in rep.statistics:
+                mine.data[...] = theirs.data
         for w in self.workers:
             w.tasks.put(backward)
         try:
@@ -111,6 +120,8 @@ class Replicas:
         for rep in self.nets[1:] if backward else ():
             for b in rep.shared:
                 b.owner.diff += b.own
+        for j, (_, whole) in enumerate(self.nets[0].statistics):  # and their mean goes back
+            whole.data[...] = sum(rep.statistics[j][0].data for rep in self.nets) / self.k
         for j, (blob, whole) in enumerate(self.nets[0].averaged):
             total = blob.data.astype(np.float64)
             for rep in self.nets[1:]:

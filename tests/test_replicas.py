@@ -83,7 +83,6 @@ def test_a_replicas_error_reaches_the_caller():
 
 
 @pytest.mark.parametrize("change, reason", [
-    ("{name: bn, type: BatchNorm, bottom: conv1, top: bn}", "BatchNorm.*whole batch"),
     ("{name: flip, type: Concat, bottom: [conv1, conv1], top: twice, concat_param: {axis: 0}}", "axis 0"),
     ("{name: loss2, type: SoftmaxWithLoss, bottom: [sum, label], top: loss2, loss_param: {normalization: NONE}}",
      "sum over the batch"),
@@ -98,6 +97,49 @@ def test_nets_whose_results_would_change_are_not_split(change, reason):
     assert replicas is None
     with pytest.raises(UserError, match=r"--replicas 2: error: .*" + reason):
         start(net, 2)
+
+
+def test_batchnorm_splits_only_when_asked_and_then_per_slice(monkeypatch):
+    import solvers.replicas as replicas_module
+    monkeypatch.setattr(replicas_module, "MIN_MAPS", 0)  # let the automatic choice look at this small net
+    monkeypatch.setattr(replicas_module, "MIN_SLICE", 1)
+    text = NET.replace("  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}",
+                       "  - {name: bn, type: BatchNorm, bottom: conv1, top: conv1}\n"
+                       "  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}")
+    net = filled(text)
+    with pytest.raises(NotSplittable, match="BatchNorm.*whole batch"):
+        net.replicate(2)
+    replicas, line = start(net, None, threads=2)
+    assert replicas is None and "--replicas K splits it anyway" in line
+    replicas, line = start(net, 2)
+    assert "BatchNorm uses the statistics of each slice of 4" in line
+    conv1 = net.layer_by_name("conv1")
+    try:
+        replicas.forward_backward()
+        x = net.blobs["data"].data.astype(np.float64)
+        w, b = conv1.blobs[0].data.astype(np.float64), conv1.blobs[1].data.astype(np.float64)
+        halves = []
+        for part in (x[:4], x[4:]):  # conv1 by hand on each slice, then its batch statistics
+            padded = np.pad(part, ((0, 0), (0, 0), (1, 1), (1, 1)))
+            out = np.zeros((4, 4, 10, 10))
+            for i in range(3):
+                for j in range(3):
+                    out += np.einsum("oc,nchw->nohw", w[:, :, i, j], padded[:, :, i:i + 10, j:j + 10])
+            halves.append(out + b[None, :, None, None])
+        mean_sum, var_sum, factor = (blob.data for blob in net.layer_by_name("bn").blobs)
+        m = 4 * 10 * 10
+        assert factor[0] == 1
+        np.testing.assert_allclose(mean_sum, np.mean([h.mean(axis=(0, 2, 3)) for h in halves], axis=0), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(var_sum, np.mean([h.var(axis=(0, 2, 3)) * m / (m - 1) for h in halves], axis=0),
+                                   rtol=1e-4, atol=1e-6)
+        first = (halves[0] - halves[0].mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
+            halves[0].var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+        np.testing.assert_allclose(net.blobs["conv1"].data[:4], np.maximum(first, 0), rtol=1e-3, atol=1e-4)
+        replicas.forward_backward()  # the slices start again from the net's running sums
+        assert net.layer_by_name("bn").blobs[2].data[0] == pytest.approx(1 + 0.999)
+    finally:
+        replicas.close()
 
 
 def test_a_batch_that_does_not_divide_is_not_split():
