@@ -5,9 +5,10 @@ and short, and each switch between Numba's threads and OpenBLAS's costs more tha
 as fast on one thread as on two). k replicas of the net (`Net.replicate`), each on one thread with one Numba
 and one BLAS thread, run the slices side by side instead; the parent net's data layers fill the whole batch
 first, the replicas' blobs are row slices of the parent's, their gradients are summed into the parent's diffs,
-and the solver, snapshots and tests see the parent alone. Only nets whose results do not change are split
-(no BatchNorm with batch statistics, no loss summed over the batch, ...): the losses and gradients are those
-of one pass, up to the order of float32 sums. Dropout draws per replica, seeded from the parent's stream.
+and the solver, snapshots and tests see the parent alone. Automatically, only nets whose results do not change
+are split (no BatchNorm with batch statistics, no loss summed over the batch, ...): the losses and gradients are
+those of one pass, up to the order of float32 sums. Asked for (--replicas K), BatchNorm nets split too, each
+slice with its own batch statistics. Dropout draws per replica, seeded from the parent's stream.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from netspec.errors import UserError
 from netspec.net import Net, NotSplittable, _flush_denormals_once
 
 # Automatic splitting is for nets with large feature maps (convolution, pooling: the memory-bound kernels).
-# Nets of matrix products alone run as fast on OpenBLAS's threads (MLP 784-512-512-10: 0.67x split), and small
+# Nets of matrix products alone run faster on OpenBLAS's threads (MLP 784-512-512-10: 0.85x split), and small
 # maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
 _open: list = []     # [(OpenBLAS's and Numba's threads before), the open Replicas...]
 MIN_SLICE = 8        # examples per replica
@@ -58,7 +59,8 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
             raise UserError(f"--replicas {k}: error: this net cannot run its batch as {k} slices: {e}; use "
                             "--replicas 1, or leave --replicas out to let yaffe decide") from None
         hint = ""
-        if not any(l.batch_coupling() for l in net.layers if not (l.is_source or l.statistics)):
+        coupled = [l for l in net.layers if not l.is_source and l.batch_coupling()]
+        if coupled and all(l.statistics for l in coupled):
             hint = "; --replicas K splits it anyway, each slice then with its own BatchNorm statistics"
         return None, f"each layer runs the whole batch on {threads} threads ({e}{hint})"
     line = f"each batch of {batch} runs as {k} slices of {batch // k}, one thread each (--replicas 1: off)"
