@@ -11,7 +11,6 @@ import os
 import platform
 
 import numpy as np
-
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -59,31 +58,45 @@ def flush_denormals() -> bool:
     return True
 
 
-_BLAS = []
+_LIB = []
 
 
-def _blas_setter():
-    """The OpenBLAS that NumPy loaded: (set_num_threads, get_num_threads) through ctypes, or None (another BLAS,
-    or none found). Read from this process's memory map, so it finds the copy NumPy's wheel bundles."""
-    if not _BLAS:
+def _openblas():
+    """The OpenBLAS that NumPy loaded (ctypes), or None (another BLAS, or none found). Read from this process's
+    memory map, so it finds the copy NumPy's wheel bundles."""
+    if not _LIB:
         import ctypes
         found = None
-        for path in _openblas_paths():
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+        except OSError:
+            paths = []
+        for path in paths:
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    if set_ is not None and get is not None:
-                        set_.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
-                        found = (set_, get)
-                        break
-                if found:
-                    break
-            if found:
+            if any(hasattr(lib, f"{p}_set_num_threads{s}") for p in ("scipy_openblas", "openblas") for s in ("64_", "")):
+                found = lib
+                break
+        _LIB.append(found)
+    return _LIB[0]
+
+
+_BLAS = []
+
+
+def _blas_setter():
+    """OpenBLAS's (set_num_threads, get_num_threads), or None."""
+    if not _BLAS:
+        import ctypes
+        lib, found = _openblas(), None
+        for name in ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads"):
+            set_, get = (getattr(lib, name.format(v), None) if lib is not None else None for v in ("set", "get"))
+            if set_ is not None and get is not None:
+                set_.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+                found = (set_, get)
                 break
         _BLAS.append(found)
     return _BLAS[0]
@@ -91,7 +104,6 @@ def _blas_setter():
 
 def blas_threads(n: int | None = None) -> int | None:
     """OpenBLAS's thread count: sets it to n when given; returns the count before (None: not OpenBLAS)."""
-    import numpy  # noqa: F401  (loads the BLAS)
     found = _blas_setter()
     if found is None:
         return None
@@ -109,35 +121,18 @@ def _gemm_functions():
     """OpenBLAS's cblas_sgemm and cblas_dgemm with 64-bit integers (NumPy's wheels), or None."""
     if not _GEMM:
         import ctypes
-        import numpy  # noqa: F401  (loads the BLAS)
-        found, lib = None, None
-        for path in _openblas_paths():
-            try:
-                candidate = ctypes.CDLL(path)
-            except OSError:
-                continue
-            if hasattr(candidate, "scipy_cblas_sgemm64_"):
-                lib = candidate
-                break
-        if lib is not None:
+        lib, found = _openblas(), None
+        if lib is not None and hasattr(lib, "scipy_cblas_sgemm64_"):
             found = {}
+            i, ll, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
             for dtype, name, real in ((np.float32, "scipy_cblas_sgemm64_", ctypes.c_float),
                                       (np.float64, "scipy_cblas_dgemm64_", ctypes.c_double)):
                 f = getattr(lib, name)
-                i, ll, p = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
                 f.argtypes = [i, i, i, ll, ll, ll, real, p, ll, p, ll, real, p, ll]
                 f.restype = None
                 found[np.dtype(dtype)] = f
         _GEMM.append(found)
     return _GEMM[0]
-
-
-def _openblas_paths():
-    try:
-        with open("/proc/self/maps") as f:
-            return sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return []
 
 
 def _operand(x):

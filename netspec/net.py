@@ -209,7 +209,8 @@ class Net:
                                             f"the batch ({batch}) must be the first dimension of every data top "
                                             f"and a multiple of {k}")
             elif (reason := layer.batch_coupling()) is not None and not (slice_statistics and layer.statistics):
-                raise NotSplittable(f"layer '{d.name}' ({d.type}): {reason}")
+                w = d.where()
+                raise NotSplittable(f"layer '{d.name}' ({d.type}, {w[0]}:{w[1]}:{w[2]}): {reason}")
         if batch is None:
             raise NotSplittable("the net has no data layer")
         return [Net(self.doc, self._phase, self.path, seed=self.seed, dtype=self.dtype, level=self.level,
