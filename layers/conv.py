@@ -1,11 +1,20 @@
-"""Convolution: im2col (a Numba kernel) plus one BLAS matrix product per group.
+"""Convolution: direct (register tiles over zero-padded planes) for stride 1, else im2col plus BLAS.
 
 Input (N, C, H, W); weight (O, C/group, kh, kw); bias (O,); output (N, O, OH, OW) with
 OH = (H + 2*pad_h - (dilation_h*(kh-1)+1)) // stride_h + 1 (Caffe truncates, unlike Pooling).
-The whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
+
+Direct (stride 1, one group; `DirectPlan`): each input plane is copied once into a zero-padded plane of row
+length Wp = W + 2*pad_w, flattened. Output pixel q = y*Wp + x then reads tap (i, j) at q + i*dh*Wp + j*dw for
+every pixel alike, so the convolution is a matrix product whose right-hand rows are shifted views of the padded
+planes: `layers/simd.tile_bcast` computes it in registers without writing im2col columns (the columns x >= OW
+of each row are computed and dropped). The backward data pass is the same product on the padded top diff with
+the kernel flipped, and the weight gradient `tile_outer` sums top diff times shifted input planes.
+Otherwise the whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
 group is a single large matrix product.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import numba
@@ -14,8 +23,11 @@ from numba import njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .cpu import gemm_acc
+from .simd import BCAST_MR, BCAST_NV, TAPS_KR, TAPS_NV, lanes, tile_bcast, tile_taps
 
 
+DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
+DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
 
@@ -119,6 +131,134 @@ def channels_first_to_last(dy, buf):
                 bf[uintp(dst + q)] = dyf[uintp(src + q)]
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def place_planes(x, buf, start, row):
+    """x (N, C, H, W) -> buf (N, B, L), B >= C: buf[n, c, start + i*row + j] = x[n, c, i, j]; the rest of buf
+    (its zero padding) is not touched."""
+    n_img, chans, height, width = x.shape
+    xf, bf = x.reshape(-1), buf.reshape(-1)
+    planes, length = buf.shape[1], buf.shape[2]
+    for p in prange(n_img * chans):
+        n, c = p // chans, p % chans
+        src, dst = p * height * width, (n * planes + c) * length + start
+        for i in range(height):
+            for j in range(width):
+                bf[uintp(dst + i * row + j)] = xf[uintp(src + i * width + j)]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def take_planes(buf, row, y):
+    """buf (N, B, L) -> y (N, C, H, W), B >= C: y[n, c, i, j] = buf[n, c, i*row + j]."""
+    n_img, chans, height, width = y.shape
+    yf, bf = y.reshape(-1), buf.reshape(-1)
+    planes, length = buf.shape[1], buf.shape[2]
+    for p in prange(n_img * chans):
+        n, c = p // chans, p % chans
+        src, dst = (n * planes + c) * length, p * height * width
+        for i in range(height):
+            for j in range(width):
+                yf[uintp(dst + i * width + j)] = bf[uintp(src + i * row + j)]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv(xp, offs, w, bias, out):
+    """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,) -> out (N, Opad, NQ):
+    out[n, o, q] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + q]. Opad is a multiple of BCAST_MR, NQ of
+    BCAST_NV vectors, and every offs[k] + NQ fits in a plane."""
+    n_img, per_image = xp.shape
+    opad, nq = out.shape[1], out.shape[2]
+    step = BCAST_NV * (64 // xp.itemsize)
+    xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
+    for n in prange(n_img):
+        for o0 in range(0, opad, BCAST_MR):
+            for q0 in range(0, nq, step):
+                tile_bcast(xf, n * per_image + q0, offs, wf, o0, opad, bias, o0, of, (n * opad + o0) * nq + q0, nq)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def place_channels_last(x, buf, row):
+    """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
+    touched."""
+    n_img, chans, height, width = x.shape
+    xf, bf = x.reshape(-1), buf.reshape(-1)
+    positions, planes = buf.shape[1], buf.shape[2]
+    for p in prange(n_img * height):
+        n, i = p // height, p % height
+        for j in range(width):
+            dst = (n * positions + i * row + j) * planes
+            for c in range(chans):
+                bf[uintp(dst + c)] = xf[uintp(((n * chans + c) * height + i) * width + j)]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt):
+    """dwt (Kpad, Opad) += sum over n and q = y*wp + x (y < oh, x < ow) of xp[n, offs[k] + q] * dyt[n, q, o]
+    (xp (N, C*L) padded planes, offs (Kpad,), dyt (N, Q, Opad) the top diff channels-last)."""
+    n_img, per_image = xp.shape
+    positions, opad = dyt.shape[1], dyt.shape[2]
+    step = TAPS_NV * (64 // xp.itemsize)
+    block = max(1, min(n_img, DW_IMAGES // per_image))  # images per pass over the taps, read back from cache
+    xf, df, of = xp.reshape(-1), dyt.reshape(-1), dwt.reshape(-1)
+    for t in prange(dwt.shape[0] // TAPS_KR):
+        k0 = t * TAPS_KR
+        for n in range(0, n_img, block):
+            for o0 in range(0, opad, step):
+                tile_taps(xf, n * per_image, offs, k0, df, n * positions * opad + o0, opad, oh, ow, wp,
+                          min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
+
+
+def _round_up(value, step):
+    return -(-value // step) * step
+
+
+class DirectPlan:
+    """Buffers and offsets of the direct convolution for one bottom shape and dtype (see the module docstring).
+
+    Forward: x -> xpad (N, C, L) planes of rows Wp, out (N, Opad, NQ) with rows Wp -> top.
+    Backward: top diff -> dyt (N, Q, Opad) channels-last (rows Wp, zeros past OW) for the weight gradient, and -> dyp
+    (N, O, L2) planes padded by the flipped kernel's reach, rows Wq, for the bottom diff dxq (N, Cpad, NQB) -> dx.
+    """
+
+    def __init__(self, shape, out_c, kernel, pad, dilation, out_hw, dtype):
+        n, c, h, w = shape
+        (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, pad, dilation, out_hw
+        step = BCAST_NV * lanes(dtype)
+        self.wp, self.start = w + 2 * pw, ph * (w + 2 * pw) + pw
+        self.nq = _round_up(oh * self.wp, step)
+        length = max((h + 2 * ph) * self.wp, (kh - 1) * dh * self.wp + (kw - 1) * dw + self.nq)
+        taps = [i * dh * self.wp + j * dw for i in range(kh) for j in range(kw)]
+        self.k = c * kh * kw
+        self.offs = np.zeros(_round_up(self.k, TAPS_KR), np.int64)
+        self.offs[:self.k] = (np.arange(c)[:, None] * length + np.array(taps)[None]).reshape(-1)
+        self.o_pad = _round_up(out_c, BCAST_MR)
+        self.o_taps = _round_up(out_c, TAPS_NV * lanes(dtype))
+        self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, out_hw  # positions up to the last output pixel
+        self.xpad = np.zeros((n, c, length), dtype)
+        self.out = np.empty((n, self.o_pad, self.nq), dtype)
+        self.w = np.zeros((self.k, self.o_pad), dtype)
+        self.bias = np.zeros(self.o_pad, dtype)
+        # backward data: the top diff padded by (kh-1)*dh - ph rows and (kw-1)*dw - pw columns
+        qh, qw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
+        self.wq, self.start_q = ow + 2 * qw, qh * (ow + 2 * qw) + qw
+        self.nqb = _round_up(h * self.wq, step)
+        length_q = max((oh + 2 * qh) * self.wq, (kh - 1) * dh * self.wq + (kw - 1) * dw + self.nqb)
+        taps_q = [i * dh * self.wq + j * dw for i in range(kh) for j in range(kw)]
+        self.offs_q = (np.arange(out_c)[:, None] * length_q + np.array(taps_q)[None]).reshape(-1).astype(np.int64)
+        self.c_pad = _round_up(c, BCAST_MR)
+        self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
+        self.zero_bias = np.zeros(self.c_pad, dtype)
+        self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
+        self.shapes = (n, c, h, w, out_c, kh, kw, length_q, dtype)
+
+    def backward_buffers(self):
+        if self.dyt is None:
+            n, c, h, w, out_c, kh, kw, length_q, dtype = self.shapes
+            self.dyt = np.zeros((n, self.nq_valid, self.o_taps), dtype)
+            self.dyp = np.zeros((n, out_c, length_q), dtype)
+            self.dxq = np.empty((n, self.c_pad, self.nqb), dtype)
+            self.dwt = np.empty((len(self.offs), self.o_taps), dtype)
+
+
 def spatial_param(p, block, name, default):
     """Caffe's (name, name_h/name_w) pair: returns (h, w), checking they are not mixed.
 
@@ -219,8 +359,31 @@ class Convolution(Layer):
         target = max(1, BLOCK_TARGET // per_image)
         return max(d for d in range(1, min(n, target) + 1) if n % d == 0)
 
+    def _direct(self, x):
+        """The DirectPlan for this bottom, or None where the im2col path serves (stride > 1, groups, a pad wider
+        than the kernel's reach, other dtypes, or YAFFE_CONV=im2col)."""
+        (kh, kw), (ph, pw), (dh, dw) = self.kernel, self.pad, self.dilation
+        if (not DIRECT or self.stride != (1, 1) or self.p.group != 1 or ph > (kh - 1) * dh or pw > (kw - 1) * dw
+                or x.dtype not in (np.float32, np.float64)):
+            return None
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan.xpad.shape[0] != x.shape[0] or plan.xpad.dtype != x.dtype:
+            plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
+                                           self.out_hw, x.dtype)
+        return plan
+
     def forward(self, bottom, top):
         x = bottom[0].data
+        plan = self._direct(x)
+        if plan is not None:
+            out_c = self.p.num_output
+            plan.w[:, :out_c] = self.blobs[0].data.reshape(out_c, plan.k).T
+            if self.p.bias_term:
+                plan.bias[:out_c] = self.blobs[1].data
+            place_planes(x, plan.xpad, plan.start, plan.wp)
+            direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
+            take_planes(plan.out, plan.wp, top[0].data)
+            return
         n = x.shape[0]
         out_c, groups = self.p.num_output, self.p.group
         plane = self.out_hw[0] * self.out_hw[1]
@@ -240,9 +403,29 @@ class Convolution(Layer):
                           out=self._out[g * og:(g + 1) * og])
             channels_last_to_first(self._out, bias, self.p.bias_term, y[s:s + block])
 
+    def _direct_backward(self, plan, dy, propagate_down, bottom):
+        n, c = bottom[0].data.shape[:2]
+        out_c = self.p.num_output
+        weight = self.blobs[0]
+        plan.backward_buffers()
+        place_channels_last(dy, plan.dyt, plan.wp)
+        if self.p.bias_term:
+            self.blobs[1].diff += dy.reshape(n, out_c, -1).sum(axis=2).sum(axis=0)
+        plan.dwt.fill(0)
+        direct_conv_dw(plan.xpad.reshape(n, -1), plan.offs, plan.dyt, *self.out_hw, plan.wp, plan.dwt)
+        weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
+        if propagate_down[0]:
+            place_planes(dy, plan.dyp, plan.start_q, plan.wq)
+            plan.w_q[:, :c] = weight.data[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
+            direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
+            take_planes(plan.dxq, plan.wq, bottom[0].diff)
+
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
         x = bottom[0].data
+        plan = self._direct(x)
+        if plan is not None:
+            return self._direct_backward(plan, dy, propagate_down, bottom)
         n = dy.shape[0]
         out_c, groups = self.p.num_output, self.p.group
         plane = self.out_hw[0] * self.out_hw[1]

@@ -49,6 +49,8 @@ CASES = {
          [np.random.default_rng(2).normal(size=(2, 4, 6, 7))]),
         ({"convolution_param": {"num_output": 2, "kernel_size": 1, "bias_term": False}},
          [np.random.default_rng(3).normal(size=(1, 3, 3, 3))]),
+        ({"convolution_param": {"num_output": 9, "kernel_h": 3, "kernel_w": 2, "pad": 1, "dilation": [1, 2]}},
+         [np.random.default_rng(5).normal(size=(2, 2, 5, 6))]),  # stride 1: the direct path (layers/simd.py)
     ],
     "Pooling": [
         ({"pooling_param": {"pool": "MAX", "kernel_size": 3, "stride": 2, "pad": 1}}, [distinct((2, 2, 6, 5))]),

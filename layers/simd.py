@@ -1,0 +1,166 @@
+"""Register tiles for the direct convolution (layers/conv.py): small matrix-product kernels in LLVM vectors.
+
+Numba cannot keep a tile of accumulators in registers (its arrays live in memory and its SLP vectorizer is off),
+so these emit the loop themselves, with one 64-byte vector per accumulator (16 float32 or 8 float64 lanes):
+AVX-512 registers where the CPU has them, two AVX halves otherwise. Both read their inputs in place, from
+strided planes at a list of offsets, which is what makes the convolution need no im2col buffer.
+
+- `tile_bcast(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)`, MR rows by NV vectors:
+      out[obase + r*ostride + q] = bias[bbase + r] + sum_k w[wbase + k*wstride + r] * x[xbase + offs[k] + q]
+  for r < MR, q < NV*lanes (the forward and the backward-data convolutions).
+- `tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
+  ostride)`, KR offsets by NV vectors, for s < KR and u < NV*lanes:
+      out[obase + s*ostride + u] += sum over m < images, q = y*row + c (y < rows, c < cols) of
+          x[xbase + m*ximage + offs[kbase + s] + q] * dy[dbase + m*dimage + q*dstride + u]
+  (the weight gradient, from the top diff stored channels-last).
+All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import config, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+VECTOR_BYTES = 64
+BCAST_MR, BCAST_NV = 8, 3   # tile_bcast: 8 rows x 3 vectors = 24 accumulators (of 32 AVX-512 registers)
+TAPS_KR, TAPS_NV = 12, 2    # tile_taps: 12 taps x 2 vectors = 24 accumulators
+
+
+def lanes(dtype) -> int:
+    """Elements of one vector: 16 float32, 8 float64."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def _vector_tools(context, builder, array_type):
+    """(vector type, load(ptr, index), store(value, ptr, index), splat(scalar), fma(a, b, c)) for the dtype."""
+    elem = context.get_value_type(array_type.dtype)
+    n = VECTOR_BYTES // (4 if isinstance(elem, ir.FloatType) else 8)
+    vec = ir.VectorType(elem, n)
+    name = f"llvm.fma.v{n}f{32 if isinstance(elem, ir.FloatType) else 64}"
+    fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+
+    def at(ptr, index):
+        return builder.bitcast(builder.gep(ptr, [index]), vec.as_pointer())
+
+    def load(ptr, index):
+        return builder.load(at(ptr, index), align=4)
+
+    def store(value, ptr, index):
+        builder.store(value, at(ptr, index), align=4)
+
+    def splat(scalar):
+        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+
+    def fma(a, b, c):
+        return builder.call(fma_fn, [a, b, c])
+    return vec, n, load, store, splat, fma
+
+
+def _data(context, builder, typ, value):
+    return context.make_array(typ)(context, builder, value)
+
+
+@intrinsic
+def _tile_bcast(typingctx, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
+    sig = types.void(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride = args
+        vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+        i64 = ir.IntType(64)
+        const = lambda v: ir.Constant(i64, v)
+        xp, wp, bp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (3, w), (6, bias), (8, out)))
+        offs_arr = _data(context, builder, t[2], offs)
+        acc = [[cgutils.alloca_once(builder, vec) for _ in range(BCAST_NV)] for _ in range(BCAST_MR)]
+        for r in range(BCAST_MR):
+            b = splat(builder.load(builder.gep(bp, [builder.add(bbase, const(r))])))
+            for v in range(BCAST_NV):
+                builder.store(b, acc[r][v])
+        count = builder.extract_value(offs_arr.shape, 0)
+        with cgutils.for_range(builder, count) as loop:
+            k = loop.index
+            start = builder.add(xbase, builder.load(builder.gep(offs_arr.data, [k])))
+            xs = [load(xp, builder.add(start, const(v * n))) for v in range(BCAST_NV)]
+            row = builder.add(wbase, builder.mul(k, wstride))
+            for r in range(BCAST_MR):
+                a = splat(builder.load(builder.gep(wp, [builder.add(row, const(r))])))
+                for v in range(BCAST_NV):
+                    builder.store(fma(a, xs[v], builder.load(acc[r][v])), acc[r][v])
+        for r in range(BCAST_MR):
+            base = builder.add(obase, builder.mul(const(r), ostride))
+            for v in range(BCAST_NV):
+                store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _tile_taps(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
+               ostride):
+    sig = types.void(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
+                     ostride)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase, ostride = args
+        vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+        i64 = ir.IntType(64)
+        const = lambda v: ir.Constant(i64, v)
+        xp, dp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (4, dy), (13, out)))
+        offs_arr = _data(context, builder, t[2], offs)
+        taps = [builder.load(builder.gep(offs_arr.data, [builder.add(kbase, const(s))])) for s in range(TAPS_KR)]
+        slots = [[builder.add(builder.add(obase, builder.mul(const(s), ostride)), const(v * n))
+                  for v in range(TAPS_NV)] for s in range(TAPS_KR)]
+        acc = [[cgutils.alloca_once(builder, vec) for _ in range(TAPS_NV)] for _ in range(TAPS_KR)]
+        for s in range(TAPS_KR):
+            for v in range(TAPS_NV):
+                builder.store(load(op, slots[s][v]), acc[s][v])
+        with cgutils.for_range(builder, images) as image:
+            xb = builder.add(xbase, builder.mul(image.index, ximage))
+            db = builder.add(dbase, builder.mul(image.index, dimage))
+            starts = [builder.add(xb, taps[s]) for s in range(TAPS_KR)]
+            with cgutils.for_range(builder, rows) as y:
+                with cgutils.for_range(builder, cols) as x:
+                    q = builder.add(builder.mul(y.index, row), x.index)
+                    line = builder.add(db, builder.mul(q, dstride))
+                    d = [load(dp, builder.add(line, const(v * n))) for v in range(TAPS_NV)]
+                    for s in range(TAPS_KR):
+                        a = splat(builder.load(builder.gep(xp, [builder.add(starts[s], q)])))
+                        for v in range(TAPS_NV):
+                            builder.store(fma(a, d[v], builder.load(acc[s][v])), acc[s][v])
+        for s in range(TAPS_KR):
+            for v in range(TAPS_NV):
+                store(builder.load(acc[s][v]), op, slots[s][v])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _py_tile_bcast(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
+    n = lanes(x.dtype) * BCAST_NV
+    for r in range(BCAST_MR):
+        acc = np.full(n, bias[bbase + r], x.dtype)
+        for k in range(len(offs)):
+            s = xbase + offs[k]
+            acc += w[wbase + k * wstride + r] * x[s:s + n]
+        out[obase + r * ostride:obase + r * ostride + n] = acc
+
+
+def _py_tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
+                  ostride):
+    n = lanes(x.dtype) * TAPS_NV
+    qs = [y * row + c for y in range(rows) for c in range(cols)]
+    for m in range(images):
+        d = np.stack([dy[dbase + m * dimage + q * dstride:dbase + m * dimage + q * dstride + n] for q in qs])
+        for s in range(TAPS_KR):
+            start = xbase + m * ximage + offs[kbase + s]
+            out[obase + s * ostride:obase + s * ostride + n] += x[[start + q for q in qs]] @ d
+
+
+# Under NUMBA_DISABLE_JIT the kernels run as Python, so the tiles must too.
+tile_bcast = _py_tile_bcast if config.DISABLE_JIT else _tile_bcast
+tile_taps = _py_tile_taps if config.DISABLE_JIT else _tile_taps

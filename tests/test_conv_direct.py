@@ -1,0 +1,89 @@
+"""The direct convolution (stride 1, one group: layers/conv.DirectPlan and the register tiles of layers/simd.py)
+gives what the im2col path gives, forward and backward, and is chosen only where it applies."""
+import numpy as np
+import pytest
+
+import layers.conv as conv
+from layers import simd
+from netspec.loader import loads
+from netspec.net import Net
+
+GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation)
+    ((2, 3, 9, 9), 5, (3, 3), (1, 1), 1),
+    ((3, 1, 7, 11), 20, (5, 5), (0, 0), 1),      # one channel, no pad, outputs not a multiple of the tile
+    ((2, 4, 8, 8), 9, (3, 5), (2, 1), 1),        # rectangular kernel, pad up to the kernel's reach
+    ((2, 4, 10, 10), 33, (3, 3), (2, 2), 2),     # dilation
+    ((2, 5, 6, 6), 3, (1, 1), (0, 0), 1),        # 1x1
+    ((4, 32, 16, 16), 32, (5, 5), (2, 2), 1),    # CIFAR-10 quick's conv2
+]
+
+
+def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch):
+    monkeypatch.setattr(conv, "DIRECT", direct)
+    text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
+  - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: {out_c},
+      kernel_h: {kernel[0]}, kernel_w: {kernel[1]}, pad_h: {pad[0]}, pad_w: {pad[1]}, dilation: {dilation},
+      weight_filler: {{type: gaussian, std: 0.3}}, bias_filler: {{type: gaussian}}}}}}
+  - {{name: loss, type: EuclideanLoss, bottom: [c, c], top: loss}}
+"""
+    net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
+    net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
+    layer = net.layers[1]
+    layer.forward(net.bottom_vecs[1], net.top_vecs[1])
+    assert (getattr(layer, "_plan", None) is not None) == direct
+    net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 0.5  # parameter gradients accumulate
+    layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
+    return [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
+    im2col = conv_pass(*geometry, dtype, False, monkeypatch)
+    direct = conv_pass(*geometry, dtype, True, monkeypatch)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+
+
+@pytest.mark.parametrize("param, shape", [
+    ({"stride": 2, "pad": 1}, (1, 2, 7, 7)),
+    ({"group": 2, "pad": 1}, (1, 2, 7, 7)),
+    ({"pad": 3}, (1, 2, 7, 7)),                  # pad wider than the 3x3 kernel's reach: no flipped-kernel pass
+])
+def test_im2col_serves_what_the_direct_path_does_not(param, shape):
+    from tests.gradcheck import make_layer
+    layer, _ = make_layer("Convolution", {"convolution_param": {"num_output": 2, "kernel_size": 3, **param}}, [shape])
+    assert layer._direct(np.zeros(shape, np.float32)) is None
+    assert layer._direct(np.zeros(shape, np.float16)) is None
+
+
+def test_python_tiles_match_the_compiled_ones(monkeypatch):
+    """What runs under NUMBA_DISABLE_JIT (layers/simd.py's Python versions) computes what the LLVM tiles compute."""
+    rng = np.random.default_rng(0)
+    shape, out_c = (2, 3, 6, 7), 10
+    plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (6, 7), np.float64)
+    plan.backward_buffers()
+    x, dy = rng.normal(size=shape), rng.normal(size=(2, out_c, 6, 7))
+    plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
+    plan.bias[:out_c] = rng.normal(size=out_c)
+    conv.place_planes(x, plan.xpad, plan.start, plan.wp)
+    conv.place_channels_last(dy, plan.dyt, plan.wp)
+    results = []
+    for python in (False, True):
+        if python:
+            monkeypatch.setattr(conv, "tile_bcast", simd._py_tile_bcast)
+            monkeypatch.setattr(conv, "tile_taps", simd._py_tile_taps)
+        run_conv = conv.direct_conv.py_func if python else conv.direct_conv
+        run_dw = conv.direct_conv_dw.py_func if python else conv.direct_conv_dw
+        out, dwt = np.zeros_like(plan.out), np.zeros_like(plan.dwt)
+        run_conv(plan.xpad.reshape(2, -1), plan.offs[:plan.k], plan.w, plan.bias, out)
+        run_dw(plan.xpad.reshape(2, -1), plan.offs, plan.dyt, 6, 7, plan.wp, dwt)
+        results.append((out, dwt))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
