@@ -23,10 +23,15 @@ from numba import njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .cpu import gemm_acc
-from .simd import BCAST_MR, BCAST_NV, TAPS_KR, TAPS_NV, lanes, tile_bcast, tile_taps
+from .simd import BCAST_MR, TAPS_KR, TAPS_NV, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
+# The direct path computes whole vectors of outputs, the columns of each padded row past the output's width and
+# up to 8 filters at a time, and its data gradient sums over every input pixel (im2col's over the output pixels
+# only): where the fraction it keeps is below these, im2col's matrix products are faster (measured in the
+# benchmarks' README: LeNet's conv2 keeps 0.28 of its data-gradient products, CIFAR-10 quick's conv3 0.67).
+DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, 0.6
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
@@ -163,16 +168,22 @@ def take_planes(buf, row, y):
 @njit(cache=True, nogil=True, parallel=True)
 def direct_conv(xp, offs, w, bias, out):
     """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,) -> out (N, Opad, NQ):
-    out[n, o, q] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + q]. Opad is a multiple of BCAST_MR, NQ of
-    BCAST_NV vectors, and every offs[k] + NQ fits in a plane."""
+    out[n, o, q] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + q]. Opad is a multiple of BCAST_MR, NQ of a
+    vector, and every offs[k] + NQ fits in a plane."""
     n_img, per_image = xp.shape
     opad, nq = out.shape[1], out.shape[2]
-    step = BCAST_NV * (64 // xp.itemsize)
+    width = 64 // xp.itemsize
+    body = nq - nq % (3 * width)
     xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
     for n in prange(n_img):
         for o0 in range(0, opad, BCAST_MR):
-            for q0 in range(0, nq, step):
-                tile_bcast(xf, n * per_image + q0, offs, wf, o0, opad, bias, o0, of, (n * opad + o0) * nq + q0, nq)
+            at = (n * opad + o0) * nq
+            for q0 in range(0, body, 3 * width):
+                tile_bcast3(xf, n * per_image + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
+            if nq - body == 2 * width:
+                tile_bcast2(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+            elif nq - body == width:
+                tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -222,7 +233,7 @@ class DirectPlan:
     def __init__(self, shape, out_c, kernel, pad, dilation, out_hw, dtype):
         n, c, h, w = shape
         (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, pad, dilation, out_hw
-        step = BCAST_NV * lanes(dtype)
+        step = lanes(dtype)
         self.wp, self.start = w + 2 * pw, ph * (w + 2 * pw) + pw
         self.nq = _round_up(oh * self.wp, step)
         length = max((h + 2 * ph) * self.wp, (kh - 1) * dh * self.wp + (kw - 1) * dw + self.nq)
@@ -248,6 +259,8 @@ class DirectPlan:
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
+        self.forward_useful = oh * ow / self.nq * out_c / self.o_pad
+        self.data_useful = oh * ow / self.nqb * c / self.c_pad
         self.shapes = (n, c, h, w, out_c, kh, kw, length_q, dtype)
 
     def backward_buffers(self):
@@ -360,8 +373,9 @@ class Convolution(Layer):
         return max(d for d in range(1, min(n, target) + 1) if n % d == 0)
 
     def _direct(self, x):
-        """The DirectPlan for this bottom, or None where the im2col path serves (stride > 1, groups, a pad wider
-        than the kernel's reach, other dtypes, or YAFFE_CONV=im2col)."""
+        """The DirectPlan for this bottom, or None where the im2col path serves: stride > 1, groups, a pad wider
+        than the kernel's reach, other dtypes, YAFFE_CONV=im2col, or a forward that would compute more than twice
+        the outputs it keeps (few output channels, or planes so narrow that the dropped columns dominate)."""
         (kh, kw), (ph, pw), (dh, dw) = self.kernel, self.pad, self.dilation
         if (not DIRECT or self.stride != (1, 1) or self.p.group != 1 or ph > (kh - 1) * dh or pw > (kw - 1) * dw
                 or x.dtype not in (np.float32, np.float64)):
@@ -370,7 +384,17 @@ class Convolution(Layer):
         if plan is None or plan.xpad.shape[0] != x.shape[0] or plan.xpad.dtype != x.dtype:
             plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
                                            self.out_hw, x.dtype)
-        return plan
+        return plan if plan.forward_useful >= DIRECT_USEFUL else None
+
+    def _im2col_buffers(self, n, dtype):
+        """(k, plane, images per block) for the im2col path, with its buffers allocated."""
+        plane = self.out_hw[0] * self.out_hw[1]
+        k = self.blobs[0].data[0].size
+        block = self._block(n, k, plane, np.dtype(dtype).itemsize)
+        if self._col is None or self._col.shape[1] != block * plane or self._col.dtype != dtype:
+            self._col = np.empty((k * self.p.group, block * plane), dtype)
+            self._out = np.empty((self.p.num_output, block * plane), dtype)
+        return k, plane, block
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -386,13 +410,8 @@ class Convolution(Layer):
             return
         n = x.shape[0]
         out_c, groups = self.p.num_output, self.p.group
-        plane = self.out_hw[0] * self.out_hw[1]
+        k, plane, block = self._im2col_buffers(n, x.dtype)
         weight = self.blobs[0].data
-        k = weight[0].size
-        block = self._block(n, k, plane, x.dtype.itemsize)
-        if self._col is None or self._col.shape[1] != block * plane or self._col.dtype != x.dtype:
-            self._col = np.empty((k * groups, block * plane), x.dtype)
-            self._out = np.empty((out_c, block * plane), x.dtype)
         og = out_c // groups
         bias = self.blobs[1].data if self.p.bias_term else weight.reshape(-1)
         y = top[0].data.reshape(n, out_c, plane)
@@ -403,7 +422,11 @@ class Convolution(Layer):
                           out=self._out[g * og:(g + 1) * og])
             channels_last_to_first(self._out, bias, self.p.bias_term, y[s:s + block])
 
-    def _direct_backward(self, plan, dy, propagate_down, bottom):
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        plan = self._direct(bottom[0].data)
+        if plan is None:
+            return self._im2col_backward(dy, bottom, params=True, data=propagate_down[0])
         n, c = bottom[0].data.shape[:2]
         out_c = self.p.num_output
         weight = self.blobs[0]
@@ -414,36 +437,35 @@ class Convolution(Layer):
         plan.dwt.fill(0)
         direct_conv_dw(plan.xpad.reshape(n, -1), plan.offs, plan.dyt, *self.out_hw, plan.wp, plan.dwt)
         weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
-        if propagate_down[0]:
-            place_planes(dy, plan.dyp, plan.start_q, plan.wq)
-            plan.w_q[:, :c] = weight.data[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
-            direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
-            take_planes(plan.dxq, plan.wq, bottom[0].diff)
+        if not propagate_down[0]:
+            return
+        if plan.data_useful < DIRECT_USEFUL_DATA:
+            return self._im2col_backward(dy, bottom, params=False, data=True)
+        place_planes(dy, plan.dyp, plan.start_q, plan.wq)
+        plan.w_q[:, :c] = weight.data[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
+        direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
+        take_planes(plan.dxq, plan.wq, bottom[0].diff)
 
-    def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff
+    def _im2col_backward(self, dy, bottom, params, data):
+        """The parameter gradients (params) and the bottom diff (data) through im2col and BLAS."""
         x = bottom[0].data
-        plan = self._direct(x)
-        if plan is not None:
-            return self._direct_backward(plan, dy, propagate_down, bottom)
         n = dy.shape[0]
         out_c, groups = self.p.num_output, self.p.group
-        plane = self.out_hw[0] * self.out_hw[1]
+        k, plane, block = self._im2col_buffers(n, x.dtype)
         weight = self.blobs[0]
-        k = weight.data[0].size
         og = out_c // groups
-        block = self._col.shape[1] // plane  # as forward chose
         dt = self._out  # reused as the (O, block*P) diff buffer
         dw = weight.diff.reshape(out_c, k)
         for s in range(0, n, block):
-            if block < n:  # the forward's buffer holds the last block only: gather this one again
-                im2col(x[s:s + block], *self._geometry(), self._col)
             channels_first_to_last(dy[s:s + block].reshape(block, out_c, plane), dt)
-            if self.p.bias_term:
-                self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
-            for g in range(groups):
-                gemm_acc(dt[g * og:(g + 1) * og], self._col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
-            if propagate_down[0]:
+            if params:
+                if block < n:  # the forward's buffer holds the last block only: gather this one again
+                    im2col(x[s:s + block], *self._geometry(), self._col)
+                if self.p.bias_term:
+                    self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
+                for g in range(groups):
+                    gemm_acc(dt[g * og:(g + 1) * og], self._col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
+            if data:
                 for g in range(groups):
                     np.matmul(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
                               out=self._col[g * k:(g + 1) * k])

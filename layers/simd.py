@@ -5,7 +5,8 @@ so these emit the loop themselves, with one 64-byte vector per accumulator (16 f
 AVX-512 registers where the CPU has them, two AVX halves otherwise. Both read their inputs in place, from
 strided planes at a list of offsets, which is what makes the convolution need no im2col buffer.
 
-- `tile_bcast(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)`, MR rows by NV vectors:
+- `tile_bcast{NV}(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)`, MR rows by NV = 1, 2, 3
+  vectors:
       out[obase + r*ostride + q] = bias[bbase + r] + sum_k w[wbase + k*wstride + r] * x[xbase + offs[k] + q]
   for r < MR, q < NV*lanes (the forward and the backward-data convolutions).
 - `tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
@@ -17,6 +18,8 @@ All indices are flat element offsets into 1-D arrays; the caller guarantees they
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import config, types
@@ -24,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 VECTOR_BYTES = 64
-BCAST_MR, BCAST_NV = 8, 3   # tile_bcast: 8 rows x 3 vectors = 24 accumulators (of 32 AVX-512 registers)
+BCAST_MR = 8                # tile_bcast3: 8 rows x 3 vectors = 24 accumulators (of 32 AVX-512 registers)
 TAPS_KR, TAPS_NV = 12, 2    # tile_taps: 12 taps x 2 vectors = 24 accumulators
 
 
@@ -64,39 +67,42 @@ def _data(context, builder, typ, value):
     return context.make_array(typ)(context, builder, value)
 
 
-@intrinsic
-def _tile_bcast(typingctx, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
-    sig = types.void(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)
+def _make_tile_bcast(nv):
+    """tile_bcast with nv vectors per row (3 for the body of a plane, 1 or 2 for its end)."""
+    def tile(typingctx, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
+        sig = types.void(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)
 
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride = args
-        vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
-        i64 = ir.IntType(64)
-        const = lambda v: ir.Constant(i64, v)
-        xp, wp, bp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (3, w), (6, bias), (8, out)))
-        offs_arr = _data(context, builder, t[2], offs)
-        acc = [[cgutils.alloca_once(builder, vec) for _ in range(BCAST_NV)] for _ in range(BCAST_MR)]
-        for r in range(BCAST_MR):
-            b = splat(builder.load(builder.gep(bp, [builder.add(bbase, const(r))])))
-            for v in range(BCAST_NV):
-                builder.store(b, acc[r][v])
-        count = builder.extract_value(offs_arr.shape, 0)
-        with cgutils.for_range(builder, count) as loop:
-            k = loop.index
-            start = builder.add(xbase, builder.load(builder.gep(offs_arr.data, [k])))
-            xs = [load(xp, builder.add(start, const(v * n))) for v in range(BCAST_NV)]
-            row = builder.add(wbase, builder.mul(k, wstride))
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            xp, wp, bp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (3, w), (6, bias), (8, out)))
+            offs_arr = _data(context, builder, t[2], offs)
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(BCAST_MR)]
             for r in range(BCAST_MR):
-                a = splat(builder.load(builder.gep(wp, [builder.add(row, const(r))])))
-                for v in range(BCAST_NV):
-                    builder.store(fma(a, xs[v], builder.load(acc[r][v])), acc[r][v])
-        for r in range(BCAST_MR):
-            base = builder.add(obase, builder.mul(const(r), ostride))
-            for v in range(BCAST_NV):
-                store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
-        return context.get_dummy_value()
-    return sig, codegen
+                b = splat(builder.load(builder.gep(bp, [builder.add(bbase, const(r))])))
+                for v in range(nv):
+                    builder.store(b, acc[r][v])
+            count = builder.extract_value(offs_arr.shape, 0)
+            with cgutils.for_range(builder, count) as loop:
+                k = loop.index
+                start = builder.add(xbase, builder.load(builder.gep(offs_arr.data, [k])))
+                xs = [load(xp, builder.add(start, const(v * n))) for v in range(nv)]
+                row = builder.add(wbase, builder.mul(k, wstride))
+                for r in range(BCAST_MR):
+                    a = splat(builder.load(builder.gep(wp, [builder.add(row, const(r))])))
+                    for v in range(nv):
+                        builder.store(fma(a, xs[v], builder.load(acc[r][v])), acc[r][v])
+            for r in range(BCAST_MR):
+                base = builder.add(obase, builder.mul(const(r), ostride))
+                for v in range(nv):
+                    store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_bcast{nv}"
+    return intrinsic(tile)
 
 
 @intrinsic
@@ -140,8 +146,8 @@ def _tile_taps(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols,
     return sig, codegen
 
 
-def _py_tile_bcast(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
-    n = lanes(x.dtype) * BCAST_NV
+def _py_tile_bcast(nv, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
+    n = lanes(x.dtype) * nv
     for r in range(BCAST_MR):
         acc = np.full(n, bias[bbase + r], x.dtype)
         for k in range(len(offs)):
@@ -162,5 +168,8 @@ def _py_tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, im
 
 
 # Under NUMBA_DISABLE_JIT the kernels run as Python, so the tiles must too.
-tile_bcast = _py_tile_bcast if config.DISABLE_JIT else _tile_bcast
+if config.DISABLE_JIT:
+    tile_bcast1, tile_bcast2, tile_bcast3 = (functools.partial(_py_tile_bcast, nv) for nv in (1, 2, 3))
+else:
+    tile_bcast1, tile_bcast2, tile_bcast3 = (_make_tile_bcast(nv) for nv in (1, 2, 3))
 tile_taps = _py_tile_taps if config.DISABLE_JIT else _tile_taps
