@@ -30,6 +30,22 @@ def relu_backward(y, dy, slope, dx):
         dx[i] = dy[i] if y[i] > 0 else dy[i] * slope
 
 
+@njit(cache=True, nogil=True)
+def relu_forward_in_place(x, slope):
+    """relu_forward with the top on the bottom: one array, so LLVM vectorizes it without an overlap check (which
+    an in-place call fails, falling back to scalar code: 4x slower)."""
+    for i in range(x.size):
+        v = x[i]
+        x[i] = v if v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True)
+def relu_backward_in_place(y, d, slope):
+    """relu_backward with the bottom diff on the top diff d."""
+    for i in range(d.size):
+        d[i] = d[i] if y[i] > 0 else d[i] * slope
+
+
 @register("ReLU")
 class ReLU(Neuron):
     """y = max(x, 0) + negative_slope * min(x, 0). Shapes: any -> same."""
@@ -39,12 +55,21 @@ class ReLU(Neuron):
     in_place_ok = True
 
     def forward(self, bottom, top):
-        relu_forward(bottom[0].data.ravel(), self.p.negative_slope, top[0].data.ravel())
+        x, y = bottom[0].data.ravel(), top[0].data.ravel()
+        slope = x.dtype.type(self.p.negative_slope)
+        if bottom[0] is top[0]:
+            relu_forward_in_place(y, slope)
+        else:
+            relu_forward(x, slope, y)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            relu_backward(top[0].data.ravel(), top[0].diff.ravel(), self.p.negative_slope,
-                          bottom[0].diff.ravel())
+            y, dy, dx = top[0].data.ravel(), top[0].diff.ravel(), bottom[0].diff.ravel()
+            slope = y.dtype.type(self.p.negative_slope)
+            if bottom[0] is top[0]:
+                relu_backward_in_place(y, dy, slope)
+            else:
+                relu_backward(y, dy, slope, dx)
 
 
 @register("Dropout")

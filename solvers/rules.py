@@ -13,14 +13,15 @@ All arithmetic in the parameters' dtype (float32), with float32 scalars, like Ca
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
 from netspec.errors import UserError
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def regularize(g, w, scale, decay, l1):
+def _regularize(g, w, scale, decay, l1):
     """g = g * scale + decay * (sign(w) if l1 else w), in place, on flat arrays, in one pass. LLVM fuses the
     multiply-add where the CPU has FMA (one rounding), as OpenBLAS's saxpy does under Caffe."""
     for i in prange(g.size):
@@ -30,19 +31,55 @@ def regularize(g, w, scale, decay, l1):
         g[i] = g[i] * scale + decay * r
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def momentum_step(g, v, mu, a):
+def _momentum_step(g, v, mu, a):
     """SGD: v = mu * v + a * g; g = v (the step), on flat arrays."""
     for i in prange(g.size):
         v[i] = v[i] * mu + a * g[i]
         g[i] = v[i]
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def subtract_step(w, g):
+def _sgd_step(g, w, v, scale, decay, l1, mu, a):
+    """SGD with its regularization in one pass: g = v = mu * v + a * (g * scale + decay * reg(w)), the same
+    float32 operations as _regularize then _momentum_step; returns whether every step is finite (an integer
+    count, which vectorizes where a float sum would not)."""
+    bad = 0
+    for i in prange(g.size):
+        r = w[i]
+        if l1:
+            r = r / abs(r) if r != 0 and r == r else r * 0
+        t = g[i] * scale + decay * r
+        s = v[i] * mu + a * t
+        v[i] = s
+        g[i] = s
+        bad += np.int64(s - s != 0)  # s - s: NaN for an Inf or a NaN, 0 otherwise
+    return bad == 0
+
+
+def _subtract_step(w, g):
     """w -= g, on flat arrays."""
     for i in prange(w.size):
         w[i] -= g[i]
+
+
+PARALLEL_MIN = 1 << 17  # elements: below this one thread is faster than waking the others (a 512-bias: ~50 us)
+
+
+def _both(fn):
+    """fn on all threads for large arrays and on the calling thread for small ones (the first argument's size)."""
+    parallel = njit(cache=True, nogil=True, parallel=True)(fn)
+    # a copy under its own name: Numba's on-disk cache tells functions apart by name, not by compile options
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_serial"
+    serial = njit(cache=True, nogil=True)(copy)
+
+    def call(first, *rest):
+        return (parallel if first.size >= PARALLEL_MIN else serial)(first, *rest)
+    call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
+    return call
+
+
+regularize, momentum_step, sgd_step, subtract_step = map(_both, (_regularize, _momentum_step, _sgd_step,
+                                                                 _subtract_step))
 
 
 class Solver:
@@ -91,15 +128,20 @@ class Solver:
                 scale = dtype(cfg.clip_gradients / norm)
                 for p in self.params:
                     p.blob.diff *= scale
+        self.step_finite = {}
         for i, p in enumerate(self.params):
             if p.lr_mult == 0:
                 continue
             scale = dtype(1.0 / cfg.iter_size if cfg.iter_size > 1 else 1.0)
             decay = dtype(cfg.weight_decay * p.decay_mult)
+            a, l1 = dtype(rate * p.lr_mult), cfg.regularization_type != "L2"
+            fused = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1)
+            if fused is not None:
+                self.step_finite[p.key] = fused
+                continue
             if decay or scale != 1:
-                regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay,
-                           cfg.regularization_type != "L2")
-            self.rule(p.blob.diff, i, dtype(rate * p.lr_mult), it)
+                regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay, l1)
+            self.rule(p.blob.diff, i, a, it)
         if before_apply is not None:
             before_apply()
         for p in self.params:
@@ -110,12 +152,20 @@ class Solver:
         """Turn the gradient g of parameter i into its step, in place."""
         raise NotImplementedError
 
+    def fused_rule(self, g, w, i, a, scale, decay, l1):
+        """Regularization and rule in one pass over flat g, returning whether the step is finite (`step_finite`
+        keeps it for the trainer's check), or None where the solver has no such kernel."""
+        return None
+
 
 class SGD(Solver):
     type = "SGD"
 
     def rule(self, g, i, a, it):
         momentum_step(g.reshape(-1), self._hist(i).reshape(-1), g.dtype.type(self.cfg.momentum), a)
+
+    def fused_rule(self, g, w, i, a, scale, decay, l1):
+        return sgd_step(g, w, self._hist(i).reshape(-1), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
 
 
 class Nesterov(Solver):

@@ -513,7 +513,7 @@ class Trainer:
             it = self.iter
 
             def before_apply():
-                self.watch.check_update(it)
+                self.watch.check_update(it, self.solver.step_finite)
                 if shown and self.watch.monitor:
                     steps = {}
                     for p in net.params:

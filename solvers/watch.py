@@ -143,10 +143,14 @@ class Watch:
                               f"({a:.4g} -> {b:.4g}): the learning rate is probably too small; try base_lr x10 "
                               "(run.py lr-find finds a range)")
 
-    def check_update(self, it: int):
-        """The steps (in the params' diffs) must be finite before they are applied."""
+    def check_update(self, it: int, finite: dict | None = None):
+        """The steps (in the params' diffs) must be finite before they are applied. `finite`: {param key: bool}
+        where the solver found out on the way (solvers/rules.Solver.fused_rule)."""
+        finite = finite or {}
         for p in self.net.params:
-            if p.lr_mult and not math.isfinite(sum_squares(p.blob.diff.reshape(-1))):
+            if not p.lr_mult:
+                continue
+            if not (finite[p.key] if p.key in finite else math.isfinite(sum_squares(p.blob.diff.reshape(-1)))):
                 raise Diverged(f"Training diverged: the update of param {p.key} at iteration {it} is non-finite (the "
                                "solver's step overflowed); the learning rate is probably too high: lower base_lr "
                                "tenfold, or set clip_gradients")

@@ -120,6 +120,20 @@ def test_relu_with_negative_slope():
     np.testing.assert_allclose(tops[0].data, [-0.2, -0.05, 0, 1.5], rtol=1e-6)
 
 
+def test_relu_in_place_computes_what_relu_into_a_new_blob_does():
+    x = np.random.default_rng(0).normal(size=(3, 70)).astype(np.float32)
+    dy = np.random.default_rng(1).normal(size=(3, 70)).astype(np.float32)
+    layer, bottom, tops = run("ReLU", {"relu_param": {"negative_slope": 0.1}}, x)
+    tops[0].diff[...] = dy
+    layer.backward(tops, [True], bottom)
+    blob = Blob("inplace", x.shape, np.float32)
+    blob.data[...], blob.diff[...] = x, dy
+    layer.forward([blob], [blob])
+    layer.backward([blob], [True], [blob])
+    np.testing.assert_array_equal(blob.data, tops[0].data)
+    np.testing.assert_array_equal(blob.diff, bottom[0].diff)
+
+
 def test_softmax_sums_to_one_and_survives_large_inputs():
     x = np.array([[1000, 1001, 999], [0, 0, 0]], np.float32)
     _, _, tops = run("Softmax", {}, x)

@@ -54,6 +54,16 @@ def test_huge_learning_rate_is_diagnosed_and_the_last_good_state_kept(tmp_path):
         assert all(np.isfinite(z[k]).all() for k in z.files)
 
 
+@pytest.mark.parametrize("solver_type", ["SGD", "Nesterov"])  # the fused SGD kernel's check and the generic one
+def test_an_overflowing_step_is_caught_before_it_is_applied(tmp_path, solver_type):
+    t, _ = trainer(tmp_path, mlp(), base_lr=1e39, momentum=0.0, type=solver_type)  # float32 rate: Inf
+    before = {p.key: p.blob.data.copy() for p in t.net.params}
+    with pytest.raises(Diverged, match=r"the update of param \S+ at iteration 0 is non-finite"):
+        t.train()
+    for p in t.net.params:  # nothing applied
+        np.testing.assert_array_equal(p.blob.data, before[p.key])
+
+
 def test_cli_exit_code_3_on_divergence(tmp_path):
     trainer(tmp_path, mlp(regression=True), base_lr=1e4)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "train", str(tmp_path / "solver.yaml")],
