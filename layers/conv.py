@@ -136,14 +136,14 @@ def channels_first_to_last(dy, buf):
                 bf[uintp(dst + q)] = dyf[uintp(src + q)]
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def place_planes(x, buf, start, row):
     """x (N, C, H, W) -> buf (N, B, L), B >= C: buf[n, c, start + i*row + j] = x[n, c, i, j]; the rest of buf
     (its zero padding) is not touched."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]
-    for p in prange(n_img * chans):
+    for p in range(n_img * chans):
         n, c = p // chans, p % chans
         src, dst = p * height * width, (n * planes + c) * length + start
         for i in range(height):
@@ -151,13 +151,13 @@ def place_planes(x, buf, start, row):
                 bf[uintp(dst + i * row + j)] = xf[uintp(src + i * width + j)]
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def take_planes(buf, row, y):
     """buf (N, B, L) -> y (N, C, H, W), B >= C: y[n, c, i, j] = buf[n, c, i*row + j]."""
     n_img, chans, height, width = y.shape
     yf, bf = y.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]
-    for p in prange(n_img * chans):
+    for p in range(n_img * chans):
         n, c = p // chans, p % chans
         src, dst = (n * planes + c) * length, p * height * width
         for i in range(height):
@@ -186,14 +186,14 @@ def direct_conv(xp, offs, w, bias, out):
                 tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
     touched."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     positions, planes = buf.shape[1], buf.shape[2]
-    for p in prange(n_img * height):
+    for p in range(n_img * height):
         n, i = p // height, p % height
         for j in range(width):
             dst = (n * positions + i * row + j) * planes
