@@ -63,13 +63,15 @@ def test_im2col_serves_what_the_direct_path_does_not(param, shape):
     assert layer._direct(np.zeros(shape, np.float16)) is None
 
 
-def test_python_tiles_match_the_compiled_ones(monkeypatch):
+@pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
+def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width):
     """What runs under NUMBA_DISABLE_JIT (layers/simd.py's Python versions) computes what the LLVM tiles compute."""
+    import functools
     rng = np.random.default_rng(0)
-    shape, out_c = (2, 3, 6, 7), 10
-    plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (6, 7), np.float64)
+    shape, out_c = (2, 3, height, width), 10
+    plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (height, width), np.float64)
     plan.backward_buffers()
-    x, dy = rng.normal(size=shape), rng.normal(size=(2, out_c, 6, 7))
+    x, dy = rng.normal(size=shape), rng.normal(size=(2, out_c, height, width))
     plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
     plan.bias[:out_c] = rng.normal(size=out_c)
     conv.place_planes(x, plan.xpad, plan.start, plan.wp)
@@ -77,13 +79,15 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch):
     results = []
     for python in (False, True):
         if python:
-            monkeypatch.setattr(conv, "tile_bcast", simd._py_tile_bcast)
+            for nv in (1, 2, 3):
+                monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
             monkeypatch.setattr(conv, "tile_taps", simd._py_tile_taps)
         run_conv = conv.direct_conv.py_func if python else conv.direct_conv
         run_dw = conv.direct_conv_dw.py_func if python else conv.direct_conv_dw
         out, dwt = np.zeros_like(plan.out), np.zeros_like(plan.dwt)
         run_conv(plan.xpad.reshape(2, -1), plan.offs[:plan.k], plan.w, plan.bias, out)
-        run_dw(plan.xpad.reshape(2, -1), plan.offs, plan.dyt, 6, 7, plan.wp, dwt)
+        run_dw(plan.xpad.reshape(2, -1), plan.offs, plan.dyt, height, width, plan.wp, dwt)
         results.append((out, dwt))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert plan.nq % (3 * simd.lanes(np.float64)) in (simd.lanes(np.float64), 2 * simd.lanes(np.float64))
