@@ -23,7 +23,7 @@ from numba import njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .cpu import gemm_acc
-from .simd import BCAST_MR, TAPS_KR, TAPS_NV, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
+from .simd import BCAST_MR, TAPS_KR, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -172,7 +172,7 @@ def direct_conv(xp, offs, w, bias, out):
     vector, and every offs[k] + NQ fits in a plane."""
     n_img, per_image = xp.shape
     opad, nq = out.shape[1], out.shape[2]
-    width = 64 // xp.itemsize
+    width = VECTOR_BYTES // xp.itemsize
     body = nq - nq % (3 * width)
     xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
     for n in prange(n_img):
@@ -207,7 +207,7 @@ def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt):
     (xp (N, C*L) padded planes, offs (Kpad,), dyt (N, Q, Opad) the top diff channels-last)."""
     n_img, per_image = xp.shape
     positions, opad = dyt.shape[1], dyt.shape[2]
-    step = TAPS_NV * (64 // xp.itemsize)
+    step = TAPS_NV * (VECTOR_BYTES // xp.itemsize)
     block = max(1, min(n_img, DW_IMAGES // per_image))  # images per pass over the taps, read back from cache
     xf, df, of = xp.reshape(-1), dyt.reshape(-1), dwt.reshape(-1)
     for t in prange(dwt.shape[0] // TAPS_KR):

@@ -1,9 +1,10 @@
 """Register tiles for the direct convolution (layers/conv.py): small matrix-product kernels in LLVM vectors.
 
 Numba cannot keep a tile of accumulators in registers (its arrays live in memory and its SLP vectorizer is off),
-so these emit the loop themselves, with one 64-byte vector per accumulator (16 float32 or 8 float64 lanes):
-AVX-512 registers where the CPU has them, two AVX halves otherwise. Both read their inputs in place, from
-strided planes at a list of offsets, which is what makes the convolution need no im2col buffer.
+so these emit the loop themselves, with one vector per accumulator: 64 bytes (16 float32 or 8 float64 lanes) on
+AVX-512, 32 bytes on other CPUs, in tiles sized to the register file (VECTOR_BYTES and the constants below).
+They read their inputs in place, from strided planes at a list of offsets, which is what makes the convolution
+need no im2col buffer.
 
 - `tile_bcast{NV}(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)`, MR rows by NV = 1, 2, 3
   vectors:
@@ -19,6 +20,7 @@ All indices are flat element offsets into 1-D arrays; the caller guarantees they
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 from llvmlite import ir
@@ -26,9 +28,28 @@ from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 64
-BCAST_MR = 8                # tile_bcast3: 8 rows x 3 vectors = 24 accumulators (of 32 AVX-512 registers)
-TAPS_KR, TAPS_NV = 12, 2    # tile_taps: 12 taps x 2 vectors = 24 accumulators
+def _vector_bytes() -> int:
+    """64 (AVX-512's 32 registers of 64 bytes) where the CPU has AVX-512F, else 32 (AVX2's 16 of 32 bytes; other
+    CPUs get the same code from LLVM in their own vectors). YAFFE_VECTOR_BYTES=32 forces the second (tests)."""
+    forced = os.environ.get("YAFFE_VECTOR_BYTES")
+    if forced in ("32", "64"):
+        # The tile sizes are compiled into the kernels, and Numba's cache tells CPUs apart but not this setting:
+        # the kernels defined from here on (layers/conv.py's) get a cache of their own.
+        import tempfile
+        config.CACHE_DIR = os.path.join(config.CACHE_DIR or tempfile.gettempdir(), f"yaffe-vector-{forced}")
+        return int(forced)
+    try:
+        from llvmlite import binding
+        return 64 if binding.get_host_cpu_features().get("avx512f") else 32
+    except Exception:  # no feature list on this platform
+        return 32
+
+
+VECTOR_BYTES = _vector_bytes()
+# Tiles of 24 accumulators in 32 registers (AVX-512), or of 12 in 16 (AVX2), leaving room for the loaded operands:
+BCAST_MR = 8 if VECTOR_BYTES == 64 else 4   # tile_bcast3: rows x 3 vectors
+TAPS_KR = 12 if VECTOR_BYTES == 64 else 6   # tile_taps: taps x TAPS_NV vectors
+TAPS_NV = 2
 
 
 def lanes(dtype) -> int:

@@ -91,3 +91,22 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width):
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert plan.nq % (3 * simd.lanes(np.float64)) in (simd.lanes(np.float64), 2 * simd.lanes(np.float64))
+
+
+def test_the_avx2_tiles_compute_the_same(tmp_path):
+    """32-byte vectors and their smaller tiles (CPUs without AVX-512), forced on this CPU, in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = """
+import numpy as np, pytest, layers.simd as simd, tests.test_conv_direct as t
+assert simd.VECTOR_BYTES == 32 and simd.BCAST_MR == 4 and "yaffe-vector-32" in simd.config.CACHE_DIR
+with pytest.MonkeyPatch.context() as patch:
+    for geometry in t.GEOMETRIES[1:4]:
+        t.test_direct_convolution_matches_im2col(geometry, np.float32, patch)
+print("ok")
+"""
+    env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
