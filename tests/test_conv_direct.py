@@ -33,6 +33,7 @@ layer:
     layer = net.layers[1]
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
     assert (getattr(layer, "_plan", None) is not None) == direct
+    conv_pass.last_plan = getattr(layer, "_plan", None)
     net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
     for blob in layer.blobs:
         blob.diff[...] = 0.5  # parameter gradients accumulate
@@ -51,16 +52,32 @@ def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
 
 
-@pytest.mark.parametrize("param, shape", [
-    ({"stride": 2, "pad": 1}, (1, 2, 7, 7)),
-    ({"group": 2, "pad": 1}, (1, 2, 7, 7)),
-    ({"pad": 3}, (1, 2, 7, 7)),                  # pad wider than the 3x3 kernel's reach: no flipped-kernel pass
+@pytest.mark.parametrize("param, direct", [
+    ({"pad": 1}, True),
+    ({"stride": 2, "pad": 1}, False),
+    ({"group": 2, "pad": 1}, False),
+    ({"pad": 3}, False),              # pad wider than the 3x3 kernel's reach: no flipped-kernel pass
+    ({"pad": 1, "num_output": 2}, False),   # 2 of 8 filters of a tile: im2col computes less
 ])
-def test_im2col_serves_what_the_direct_path_does_not(param, shape):
+def test_im2col_serves_what_the_direct_path_does_not(param, direct):
     from tests.gradcheck import make_layer
-    layer, _ = make_layer("Convolution", {"convolution_param": {"num_output": 2, "kernel_size": 3, **param}}, [shape])
-    assert layer._direct(np.zeros(shape, np.float32)) is None
+    shape = (2, 4, 9, 9)
+    layer, _ = make_layer("Convolution", {"convolution_param": {"num_output": 16, "kernel_size": 3, **param}}, [shape])
+    assert (layer._direct(np.zeros(shape, np.float32)) is not None) == direct
     assert layer._direct(np.zeros(shape, np.float16)) is None
+
+
+def test_the_data_gradient_of_an_unpadded_convolution_goes_through_im2col(monkeypatch):
+    """LeNet's conv2 (12x12 -> 8x8): the direct data gradient would visit 2.25x the pixels; im2col's result."""
+    calls, original = [], conv.col2im
+    monkeypatch.setattr(conv, "col2im", lambda *a: calls.append(1) or original(*a))
+    shape = (2, 20, 12, 12)
+    direct = conv_pass(shape, 50, (5, 5), (0, 0), 1, np.float64, True, monkeypatch)
+    plan = conv_pass.last_plan
+    assert calls and plan.data_useful < conv.DIRECT_USEFUL_DATA and plan.forward_useful >= conv.DIRECT_USEFUL
+    im2col = conv_pass(shape, 50, (5, 5), (0, 0), 1, np.float64, False, monkeypatch)
+    for a, b in zip(im2col, direct):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
