@@ -231,7 +231,7 @@ class DirectPlan:
     """
 
     def __init__(self, shape, out_c, kernel, pad, dilation, out_hw, dtype):
-        n, c, h, w = shape
+        n, c, h, w = self.bottom_shape = tuple(shape)
         (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, pad, dilation, out_hw
         step = lanes(dtype)
         self.wp, self.start = w + 2 * pw, ph * (w + 2 * pw) + pw
@@ -243,7 +243,7 @@ class DirectPlan:
         self.offs[:self.k] = (np.arange(c)[:, None] * length + np.array(taps)[None]).reshape(-1)
         self.o_pad = _round_up(out_c, BCAST_MR)
         self.o_taps = _round_up(out_c, TAPS_NV * lanes(dtype))
-        self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, out_hw  # positions up to the last output pixel
+        self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
         self.xpad = np.zeros((n, c, length), dtype)
         self.out = np.empty((n, self.o_pad, self.nq), dtype)
         self.w = np.zeros((self.k, self.o_pad), dtype)
@@ -381,7 +381,7 @@ class Convolution(Layer):
                 or x.dtype not in (np.float32, np.float64)):
             return None
         plan = getattr(self, "_plan", None)
-        if plan is None or plan.xpad.shape[0] != x.shape[0] or plan.xpad.dtype != x.dtype:
+        if plan is None or plan.bottom_shape != x.shape or plan.out_hw != self.out_hw or plan.xpad.dtype != x.dtype:
             plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
                                            self.out_hw, x.dtype)
         return plan if plan.forward_useful >= DIRECT_USEFUL else None

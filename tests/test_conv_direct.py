@@ -127,3 +127,20 @@ print("ok")
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_a_new_bottom_shape_gets_a_new_plan():
+    from tests.gradcheck import make_layer
+    from layers.base import Blob
+    layer, _ = make_layer("Convolution", {"convolution_param": {"num_output": 16, "kernel_size": 3, "pad": 1}},
+                          [(2, 4, 9, 9)])
+    outputs = []
+    for shape in ((2, 4, 9, 9), (2, 4, 12, 7), (2, 4, 9, 9)):
+        top_shape = layer.setup([shape])[0]
+        x, top = Blob("x", shape, np.float32), Blob("y", top_shape, np.float32)
+        x.data[...] = np.random.default_rng(0).normal(size=shape)
+        layer.forward([x], [top])
+        assert layer._plan.bottom_shape == shape
+        outputs.append(top.data.copy())
+    np.testing.assert_array_equal(outputs[0], outputs[2])
+    assert outputs[1].shape == (2, 16, 12, 7)
