@@ -28,6 +28,7 @@ from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+
 def _vector_bytes() -> int:
     """64 (AVX-512's 32 registers of 64 bytes) where the CPU has AVX-512F, else 32 (AVX2's 16 of 32 bytes; other
     CPUs get the same code from LLVM in their own vectors). YAFFE_VECTOR_BYTES=32 forces the second (tests)."""
@@ -127,8 +128,8 @@ def _make_tile_bcast(nv):
 
 
 @intrinsic
-def _tile_taps(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
-               ostride):
+def _tile_taps(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out,
+               obase, ostride):
     sig = types.void(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
                      ostride)
 
