@@ -6,9 +6,9 @@ OH = (H + 2*pad_h - (dilation_h*(kh-1)+1)) // stride_h + 1 (Caffe truncates, unl
 Direct (stride 1, one group; `DirectPlan`): each input plane is copied once into a zero-padded plane of row
 length Wp = W + 2*pad_w, flattened. Output pixel q = y*Wp + x then reads tap (i, j) at q + i*dh*Wp + j*dw for
 every pixel alike, so the convolution is a matrix product whose right-hand rows are shifted views of the padded
-planes: `layers/simd.tile_bcast` computes it in registers without writing im2col columns (the columns x >= OW
-of each row are computed and dropped). The backward data pass is the same product on the padded top diff with
-the kernel flipped, and the weight gradient `tile_outer` sums top diff times shifted input planes.
+planes: `layers/simd.tile_bcast{1,2,3}` compute it in registers without writing im2col columns (the columns
+x >= OW of each row are computed and dropped). The backward data pass is the same product on the padded top diff
+with the kernel flipped, and the weight gradient (`tile_taps`) sums top diff times shifted input planes.
 Otherwise the whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
 group is a single large matrix product.
 """
@@ -261,11 +261,11 @@ class DirectPlan:
         self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
         self.forward_useful = oh * ow / self.nq * out_c / self.o_pad
         self.data_useful = oh * ow / self.nqb * c / self.c_pad
-        self.shapes = (n, c, h, w, out_c, kh, kw, length_q, dtype)
+        self._backward_shape = (n, out_c, length_q, dtype)
 
     def backward_buffers(self):
         if self.dyt is None:
-            n, c, h, w, out_c, kh, kw, length_q, dtype = self.shapes
+            n, out_c, length_q, dtype = self._backward_shape
             self.dyt = np.zeros((n, self.nq_valid, self.o_taps), dtype)
             self.dyp = np.zeros((n, out_c, length_q), dtype)
             self.dxq = np.empty((n, self.c_pad, self.nqb), dtype)
@@ -451,7 +451,11 @@ class Convolution(Layer):
         x = bottom[0].data
         n = dy.shape[0]
         out_c, groups = self.p.num_output, self.p.group
-        k, plane, block = self._im2col_buffers(n, x.dtype)
+        if params:  # the forward ran im2col: its blocks, and its buffer for the whole batch when unblocked
+            k, plane = self.blobs[0].data[0].size, self.out_hw[0] * self.out_hw[1]
+            block = self._col.shape[1] // plane
+        else:
+            k, plane, block = self._im2col_buffers(n, x.dtype)
         weight = self.blobs[0]
         og = out_c // groups
         dt = self._out  # reused as the (O, block*P) diff buffer

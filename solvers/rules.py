@@ -31,16 +31,9 @@ def _regularize(g, w, scale, decay, l1):
         g[i] = g[i] * scale + decay * r
 
 
-def _momentum_step(g, v, mu, a):
-    """SGD: v = mu * v + a * g; g = v (the step), on flat arrays."""
-    for i in prange(g.size):
-        v[i] = v[i] * mu + a * g[i]
-        g[i] = v[i]
-
-
 def _sgd_step(g, w, v, scale, decay, l1, mu, a):
-    """SGD with its regularization in one pass: g = v = mu * v + a * (g * scale + decay * reg(w)), the same
-    float32 operations as _regularize then _momentum_step; returns whether every step is finite (an integer
+    """SGD with its regularization in one pass: g = v = mu * v + a * (g * scale + decay * reg(w)), on flat
+    arrays, the same float32 operations as _regularize then the momentum step; returns whether every step is finite (an integer
     count, which vectorizes where a float sum would not)."""
     bad = 0
     for i in prange(g.size):
@@ -78,8 +71,7 @@ def _both(fn):
     return call
 
 
-regularize, momentum_step, sgd_step, subtract_step = map(_both, (_regularize, _momentum_step, _sgd_step,
-                                                                 _subtract_step))
+regularize, sgd_step, subtract_step = map(_both, (_regularize, _sgd_step, _subtract_step))
 
 
 class Solver:
@@ -91,6 +83,7 @@ class Solver:
     def __init__(self, params, cfg):
         self.params, self.cfg = params, cfg
         self.history = [np.zeros_like(p.blob.data) for _ in range(self.slots) for p in params]
+        self.step_finite = {}  # {param key: bool} from the last update's fused_rule
 
     def _hist(self, i, slot=0):
         return self.history[slot * len(self.params) + i]
@@ -149,7 +142,7 @@ class Solver:
                 subtract_step(p.blob.data.reshape(-1), p.blob.diff.reshape(-1))
 
     def rule(self, g, i, a, it):
-        """Turn the gradient g of parameter i into its step, in place."""
+        """Turn the gradient g of parameter i into its step, in place (solvers without a fused_rule)."""
         raise NotImplementedError
 
     def fused_rule(self, g, w, i, a, scale, decay, l1):
@@ -160,9 +153,6 @@ class Solver:
 
 class SGD(Solver):
     type = "SGD"
-
-    def rule(self, g, i, a, it):
-        momentum_step(g.reshape(-1), self._hist(i).reshape(-1), g.dtype.type(self.cfg.momentum), a)
 
     def fused_rule(self, g, w, i, a, scale, decay, l1):
         return sgd_step(g, w, self._hist(i).reshape(-1), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)

@@ -13,7 +13,7 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((3, 1, 7, 11), 20, (5, 5), (0, 0), 1),      # one channel, no pad, outputs not a multiple of the tile
     ((2, 4, 8, 8), 9, (3, 5), (2, 1), 1),        # rectangular kernel, pad up to the kernel's reach
     ((2, 4, 10, 10), 33, (3, 3), (2, 2), 2),     # dilation
-    ((2, 5, 6, 6), 3, (1, 1), (0, 0), 1),        # 1x1
+    ((2, 5, 6, 6), 8, (1, 1), (0, 0), 1),        # 1x1
     ((4, 32, 16, 16), 32, (5, 5), (2, 2), 1),    # CIFAR-10 quick's conv2
 ]
 
