@@ -69,6 +69,60 @@ MLP = """layer:
 """
 NETS = {"LeNet 1x28x28 (64)": (LENET, 64), "CIFAR-10 quick 3x32x32 (100)": (CIFAR, 100), "MLP 784-512-512-10 (128)": (MLP, 128)}
 CAFFE = {"LeNet 1x28x28 (64)": 3800, "CIFAR-10 quick 3x32x32 (100)": 660, "MLP 784-512-512-10 (128)": 34600}
+SOLVER = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # the same in yaffe, PyTorch and Caffe
+
+
+def _prototxt_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):  # enums (MAX, AVE) bare, names and types quoted
+        return v if v.isupper() and v.isidentifier() else f'"{v}"'
+    return repr(v)
+
+
+def _prototxt(doc, indent=""):
+    """A net spec dict (as loaded from the YAML above) as Caffe prototxt text: lists are repeated fields."""
+    out = []
+    for key, value in doc.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                out.append(f"{indent}{key} {{\n{_prototxt(item, indent + '  ')}{indent}}}\n")
+            else:
+                out.append(f"{indent}{key}: {_prototxt_value(item)}\n")
+    return "".join(out)
+
+
+def caffe_net(text):
+    """The YAML net as Caffe prototxt; labels drawn uniformly in [0, 9.99) every iteration (Caffe's
+    SoftmaxWithLoss truncates them to 0..9), as DummyData cannot hold random labels set once."""
+    import yaml
+    doc = yaml.safe_load(text)
+    fillers = doc["layer"][0]["dummy_data_param"]["data_filler"]
+    fillers[1] = {"type": "uniform", "min": 0.0, "max": 9.99}
+    return _prototxt(doc)
+
+
+def caffe_rate(caffe, name, text, batch, iterations, threads, coretype, workdir, inside="/"):
+    """Caffe's img/s from `caffe train` in a fresh process: the median of its own "iter/s" display lines
+    (each over `iterations` iterations), the first (warm-up) left out. `caffe`: the command (a list);
+    `workdir`: where the files go on this machine, `inside`: the same directory as Caffe sees it (a chroot)."""
+    import re
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "net.prototxt"), "w") as f:
+        f.write(caffe_net(text))
+    with open(os.path.join(workdir, "solver.prototxt"), "w") as f:
+        f.write(f'net: "{os.path.join(inside, "net.prototxt")}"\nlr_policy: "fixed"\ndisplay: {iterations}\n'
+                f"max_iter: {4 * iterations + 1}\nsnapshot_after_train: false\nsolver_mode: CPU\n"
+                + "".join(f"{k}: {v}\n" for k, v in SOLVER.items()))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), GLOG_logtostderr="1")
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    r = subprocess.run(caffe + ["train", f"--solver={os.path.join(inside, 'solver.prototxt')}"], env=env,
+                       capture_output=True, text=True)
+    rates = [float(m) for m in re.findall(r"Iteration \d+ \(([0-9.]+) iter/s", r.stderr)]
+    if r.returncode != 0 or len(rates) < 2:
+        raise RuntimeError(f"caffe failed on {name} (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    return statistics.median(rates[1:]) * batch
 
 
 def yaffe_step_fn(text):
@@ -81,8 +135,7 @@ def yaffe_step_fn(text):
     net.forward()  # DummyData fills its constant label top once; random labels replace it and stay
     label = net.blobs["label"].data
     label[...] = np.random.default_rng(0).integers(0, 10, label.shape)
-    solver = SGD(net.params, resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9,
-                                                     "weight_decay": 5e-4}))
+    solver = SGD(net.params, resolve(SOLVER_FIELDS, dict(SOLVER, net="-", max_iter=1)))
     from solvers.replicas import start
     replicas, _ = start(net, None)  # as `run.py train` decides: the batch as slices on the threads, or not
     it = [0]
@@ -90,7 +143,7 @@ def yaffe_step_fn(text):
     def step():
         net.clear_param_diffs()
         (replicas or net).forward_backward()
-        solver.apply_update(0.01, it[0])
+        solver.apply_update(SOLVER["base_lr"], it[0])
         it[0] += 1
     return step, net
 
@@ -123,7 +176,8 @@ def torch_step_fn(name, threads):
     else:
         model, shape = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                      nn.Linear(512, 10)), (128, 784)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=SOLVER["base_lr"], momentum=SOLVER["momentum"],
+                          weight_decay=SOLVER["weight_decay"])
     x, y = torch.rand(shape), torch.randint(0, 10, (shape[0],))
     loss_fn = nn.CrossEntropyLoss()
 
@@ -135,13 +189,15 @@ def torch_step_fn(name, threads):
     return step
 
 
-def rate(step, iterations, batch, warmup=3):
+def rate(step, iterations, batch, warmup=3, seconds=0.0):
+    """img/s over at least `iterations` iterations and at least `seconds` (after `warmup` iterations)."""
     for _ in range(warmup):  # first calls allocate (and compile, or pick oneDNN kernels)
         step()
-    t = time.perf_counter()
-    for _ in range(iterations):
+    done, t = 0, time.perf_counter()
+    while done < iterations or time.perf_counter() - t < seconds:
         step()
-    return batch * iterations / (time.perf_counter() - t)
+        done += 1
+    return batch * done / (time.perf_counter() - t)
 
 
 def matmul_peak(threads):
@@ -189,10 +245,10 @@ def _env():
     return env
 
 
-def torch_rate_in_child(name, threads, iterations, batch):
+def torch_rate_in_child(name, threads, iterations, batch, seconds):
     """PyTorch's img/s measured in a fresh process with its default OpenMP settings."""
     code = (f"import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
-            f"print(rate(torch_step_fn({name!r}, {threads}), {iterations}, {batch}))")
+            f"print(rate(torch_step_fn({name!r}, {threads}), {iterations}, {batch}, seconds={seconds}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_env())
     return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
 
@@ -200,29 +256,63 @@ def torch_rate_in_child(name, threads, iterations, batch):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=20, help="at least this many iterations per measurement")
+    ap.add_argument("--seconds", type=float, default=1.0, help="and at least this long (default 1 s)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-startup", action="store_true")
+    ap.add_argument("--nets", default="", help="comma-separated words: run only the nets whose names contain one "
+                    "(e.g. MLP,LeNet)")
+    ap.add_argument("--caffe-chroot", metavar="DIR", help="also run BVLC Caffe: a Debian root with the caffe package "
+                    "(benchmarks/README.md says how to make one); Caffe runs as `chroot DIR caffe train`")
+    ap.add_argument("--caffe", metavar="CMD", help="also run BVLC Caffe through this command (e.g. a caffe binary "
+                    "on this machine)")
+    ap.add_argument("--caffe-coretype", default="auto", help="OPENBLAS_CORETYPE for Caffe's OpenBLAS (auto: "
+                    "SKYLAKEX on AVX-512 CPUs, as older OpenBLAS builds fall back to SSE3 kernels on CPUs newer than "
+                    "they know; 'none' leaves it unset)")
     args = ap.parse_args()
+    caffe = None
+    if args.caffe_chroot or args.caffe:
+        import shlex
+        caffe = (["chroot", args.caffe_chroot, "/usr/bin/caffe"] if args.caffe_chroot else shlex.split(args.caffe))
+        coretype = {"none": None}.get(args.caffe_coretype, args.caffe_coretype)
+        if coretype == "auto":
+            flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+            coretype = "SKYLAKEX" if " avx512f" in flags else ("HASWELL" if " avx2" in flags else None)
+        caffe_dir = tempfile.mkdtemp(dir=os.path.join(args.caffe_chroot, "tmp") if args.caffe_chroot else None)
+        caffe_inside = "/" + os.path.relpath(caffe_dir, args.caffe_chroot) if args.caffe_chroot else caffe_dir
     import importlib.util
     have_torch = importlib.util.find_spec("torch") is not None
     if not have_torch:
         print("PyTorch is not installed (pip install torch==2.13.0): yaffe only\n")
     peak = matmul_peak(args.threads)
-    print(f"{'net (batch)':<30} {'yaffe img/s':>12} {'PyTorch img/s':>14} {'yaffe/PyTorch':>14} {'yaffe/Caffe':>12} "
-          f"{'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'net (batch)':<30} {'yaffe img/s':>12} {'PyTorch img/s':>14} {'Caffe img/s':>12} {'yaffe/PyTorch':>14} "
+          f"{'yaffe/Caffe':>12} {'yaffe/#8 Caffe':>15} {'GFLOP/s':>8} {'of peak':>8}")
     for name, (text, batch) in NETS.items():
+        if args.nets and not any(w.lower() in name.lower() for w in args.nets.split(",")):
+            continue
         ystep, net = yaffe_step_fn(text)
-        ys, ts = [], []
-        for _ in range(args.repeats):  # alternately: yaffe here, PyTorch in a fresh process of its own
-            ys.append(rate(ystep, args.iterations, batch))
+        ys, ts, cs = [], [], []
+        for _ in range(args.repeats):  # alternately: yaffe here, PyTorch and Caffe in fresh processes of their own
+            ys.append(rate(ystep, args.iterations, batch, seconds=args.seconds))
             if have_torch:
-                ts.append(torch_rate_in_child(name, args.threads, args.iterations, batch))
+                ts.append(torch_rate_in_child(name, args.threads, args.iterations, batch, args.seconds))
+            if caffe:  # Caffe's display interval: about `seconds` at yaffe's rate
+                display = max(args.iterations, round(args.seconds * ys[0] / batch))
+                cs.append(caffe_rate(caffe, name, text, batch, display, args.threads, coretype, caffe_dir,
+                                     caffe_inside))
         y = statistics.median(ys)
         t = statistics.median(ts) if ts else float("nan")
+        c = statistics.median(cs) if cs else float("nan")
         gf = flops(net) * y / batch / 1e9
-        print(f"{name:<30} {y:12.0f} {t:14.0f} {y / t:14.2f} {y / CAFFE[name]:12.2f} {gf:8.1f} {gf / peak:8.0%}")
+        print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {y / CAFFE[name]:15.2f} "
+              f"{gf:8.1f} {gf / peak:8.0%}", flush=True)
     print(f"\nmatrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
+    if caffe:
+        import shutil
+        shutil.rmtree(caffe_dir, ignore_errors=True)
+        print(f"Caffe: {' '.join(caffe)}, OPENBLAS_CORETYPE={coretype}; labels redrawn every iteration")
+    print("yaffe/#8 Caffe: against the Caffe rates quoted in issue #8 (" +
+          ", ".join(f"{v:,}" for v in CAFFE.values()) + " img/s, measured on another machine)")
     if not args.skip_startup:
         with tempfile.TemporaryDirectory() as cache:
             cold = startup(cache, False)
