@@ -16,7 +16,7 @@ import numpy as np
 from netspec.errors import LayerError, UserError
 from . import sources
 from .base import Field, Layer, dims, register, resolve
-from .fillers import fill
+from .fillers import fill, uniform_into
 from .transform import TRANSFORM_FIELDS, Transformer
 
 
@@ -311,11 +311,7 @@ class DummyData(Layer):
         """Refill in place in the blob's dtype (no float64 array per forward): U[min, max) or N(mean, std)."""
         kind = out.dtype.type
         if f["type"] == "uniform":
-            self.rng.random(out=out, dtype=out.dtype)
-            low, high = f.get("min", 0.0), f.get("max", 1.0)
-            if (low, high) != (0.0, 1.0):
-                out *= kind(high - low)
-                out += kind(low)
+            uniform_into(out, self.rng, f.get("min", 0.0), f.get("max", 1.0))
         else:
             self.rng.standard_normal(out=out, dtype=out.dtype)
             out *= kind(f.get("std", 1.0))

@@ -21,14 +21,19 @@ from numba import njit, prange
 from netspec.errors import UserError
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _reg(r, l1):
+    """What weight decay multiplies: sign(r) for L1 (+-1, 0 for 0, NaN for NaN), else r, in r's type (r - r,
+    not r * 0, which would make r a float64 in Numba's typing)."""
+    if l1:
+        return r / abs(r) if r != 0 and r == r else r - r
+    return r
+
+
 def _regularize(g, w, scale, decay, l1):
-    """g = g * scale + decay * (sign(w) if l1 else w), in place, on flat arrays, in one pass. LLVM fuses the
-    multiply-add where the CPU has FMA (one rounding), as OpenBLAS's saxpy does under Caffe."""
+    """g = g * scale + decay * (sign(w) if l1 else w), in place, on flat arrays, in one pass, in w's type."""
     for i in prange(g.size):
-        r = w[i]
-        if l1:  # sign(w), in w's type: +-1, 0 for 0, NaN for NaN
-            r = r / abs(r) if r != 0 and r == r else r * 0
-        g[i] = g[i] * scale + decay * r
+        g[i] = g[i] * scale + decay * _reg(w[i], l1)
 
 
 def _sgd_step(g, w, v, scale, decay, l1, mu, a):
@@ -37,14 +42,27 @@ def _sgd_step(g, w, v, scale, decay, l1, mu, a):
     count, which vectorizes where a float sum would not)."""
     bad = 0
     for i in prange(g.size):
-        r = w[i]
-        if l1:
-            r = r / abs(r) if r != 0 and r == r else r * 0
-        t = g[i] * scale + decay * r
+        t = g[i] * scale + decay * _reg(w[i], l1)
         s = v[i] * mu + a * t
         v[i] = s
         g[i] = s
         bad += np.int64(s - s != 0)  # s - s: NaN for an Inf or a NaN, 0 otherwise
+    return bad == 0
+
+
+def _sgd_apply(g, w, v, scale, decay, l1, mu, a):
+    """SGD's whole update in one pass over flat arrays: v = mu * v + a * (g * scale + decay * reg(w)) (the step,
+    the same float32 operations as _sgd_step), w -= v, and g = the weight before (so that a step found
+    non-finite can be taken back exactly). Returns whether every step is finite."""
+    bad = 0
+    for i in prange(g.size):
+        x = w[i]
+        t = g[i] * scale + decay * _reg(x, l1)
+        s = v[i] * mu + a * t
+        v[i] = s
+        g[i] = x
+        w[i] = x - s
+        bad += np.int64(s - s != 0)
     return bad == 0
 
 
@@ -54,7 +72,9 @@ def _subtract_step(w, g):
         w[i] -= g[i]
 
 
-PARALLEL_MIN = 1 << 17  # elements: below this one thread is faster than waking the others (a 512-bias: ~50 us)
+# elements: below this one thread is faster than waking the other (measured on a 2-core VM, one-pass update:
+# 262,144 elements 151 us on one thread, 219 us on two; 1,048,576: 551 / 352 us)
+PARALLEL_MIN = 1 << 19
 
 
 def _both(fn):
@@ -71,7 +91,7 @@ def _both(fn):
     return call
 
 
-regularize, sgd_step, subtract_step = map(_both, (_regularize, _sgd_step, _subtract_step))
+regularize, sgd_step, sgd_apply, subtract_step = map(_both, (_regularize, _sgd_step, _sgd_apply, _subtract_step))
 
 
 class Solver:
@@ -110,8 +130,12 @@ class Solver:
                                 f"but the net's param has {list(h.shape)}; resume with the same net")
             h[...] = a
 
-    def apply_update(self, rate: float, it: int, before_apply=None):
-        """Compute every param's step into its diff; `before_apply()` may inspect them; then w -= step."""
+    def apply_update(self, rate: float, it: int, before_apply=None, fused: bool = True):
+        """Compute every param's step into its diff; `before_apply()` may inspect them; then w -= step.
+        fused: where the solver has a one-pass kernel (SGD), compute and apply each step in one pass instead;
+        the diffs then hold the old weights, not the steps. If a step is non-finite, every weight is put back
+        (exactly, from the diffs) and the steps put into the diffs before `before_apply()`, as on the two-pass
+        path. Pass fused=False when something reads the steps from the diffs (debug_info, monitor)."""
         cfg = self.cfg
         dtype = self.params[0].blob.data.dtype.type if self.params else np.float32
         if cfg.clip_gradients >= 0:
@@ -122,24 +146,45 @@ class Solver:
                 for p in self.params:
                     p.blob.diff *= scale
         self.step_finite = {}
-        for i, p in enumerate(self.params):
-            if p.lr_mult == 0:
-                continue
-            scale = dtype(1.0 / cfg.iter_size if cfg.iter_size > 1 else 1.0)
-            decay = dtype(cfg.weight_decay * p.decay_mult)
-            a, l1 = dtype(rate * p.lr_mult), cfg.regularization_type != "L2"
-            fused = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1)
-            if fused is not None:
-                self.step_finite[p.key] = fused
-                continue
-            if decay or scale != 1:
-                regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay, l1)
-            self.rule(p.blob.diff, i, a, it)
+        scale = dtype(1.0 / cfg.iter_size if cfg.iter_size > 1 else 1.0)
+        l1 = cfg.regularization_type != "L2"
+        learnable = [(i, p, dtype(cfg.weight_decay * p.decay_mult), dtype(rate * p.lr_mult))
+                     for i, p in enumerate(self.params) if p.lr_mult]
+        if fused and self.one_pass:
+            for i, p, decay, a in learnable:
+                self.step_finite[p.key] = self.apply_step(i, p.blob.diff.reshape(-1), p.blob.data.reshape(-1),
+                                                          a, scale, decay, l1)
+            if all(self.step_finite.values()):
+                if before_apply is not None:
+                    before_apply()
+                return
+            for i, p, _, _ in learnable:  # a step is non-finite: take all of them back
+                p.blob.data[...] = p.blob.diff
+                p.blob.diff[...] = self.step_of(i)
+        else:
+            for i, p, decay, a in learnable:
+                finite = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1)
+                if finite is not None:
+                    self.step_finite[p.key] = finite
+                    continue
+                if decay or scale != 1:
+                    regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay, l1)
+                self.rule(p.blob.diff, i, a, it)
         if before_apply is not None:
             before_apply()
-        for p in self.params:
-            if p.lr_mult:
-                subtract_step(p.blob.data.reshape(-1), p.blob.diff.reshape(-1))
+        for _, p, _, _ in learnable:
+            subtract_step(p.blob.data.reshape(-1), p.blob.diff.reshape(-1))
+
+    one_pass = False  # the solver has apply_step and step_of
+
+    def apply_step(self, i, g, w, a, scale, decay, l1):
+        """Regularization, rule and w -= step of parameter i in one pass over flat g and w, leaving the old
+        weights in g and the step where step_of(i) finds it; returns whether the step is finite."""
+        raise NotImplementedError
+
+    def step_of(self, i):
+        """Where apply_step left parameter i's step."""
+        raise NotImplementedError
 
     def rule(self, g, i, a, it):
         """Turn the gradient g of parameter i into its step, in place (solvers without a fused_rule)."""
@@ -156,6 +201,14 @@ class SGD(Solver):
 
     def fused_rule(self, g, w, i, a, scale, decay, l1):
         return sgd_step(g, w, self._hist(i).reshape(-1), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
+
+    one_pass = True
+
+    def apply_step(self, i, g, w, a, scale, decay, l1):
+        return sgd_apply(g, w, self._hist(i).reshape(-1), scale, decay, l1, w.dtype.type(self.cfg.momentum), a)
+
+    def step_of(self, i):
+        return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
 
 
 class Nesterov(Solver):

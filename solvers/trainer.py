@@ -520,7 +520,9 @@ class Trainer:
                         steps[p.layer] = steps.get(p.layer, 0.0) + float((p.blob.diff.astype(np.float64) ** 2).sum())
                     self.watch.monitor_layers(it, {k: v ** 0.5 for k, v in steps.items()})
 
-            self.solver.apply_update(rate, self.iter, before_apply)
+            # the one-pass update leaves the old weights in the diffs: not where debug_info and monitor read steps
+            self.solver.apply_update(rate, self.iter, before_apply,
+                                     fused=not (shown and (cfg.debug_info or self.watch.monitor)))
             if shown and cfg.debug_info:
                 self.watch.debug(self.iter, "Update")  # the params after the update, the diffs hold the steps
             self.iter += 1

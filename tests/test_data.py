@@ -175,6 +175,33 @@ def test_dummy_data_refills_in_place_with_the_fillers_distribution():
     assert abs(g.mean() - 5) < 0.02 and abs(g.std() - 0.5) < 0.02
 
 
+def test_uniform_refill_is_uniform_independent_and_resumes_from_the_rng_state():
+    """DummyData's uniform refill (a counter-based SplitMix64 kernel keyed by one draw of the layer's
+    generator): uniform histogram, no correlation between neighbours or between refills, float64 too, and a
+    generator restored from a snapshot's state gives the same next batch."""
+    from layers.fillers import uniform_into
+    rng = np.random.default_rng(3)
+    u = np.empty(400_000, np.float32)
+    uniform_into(u, rng)
+    counts = np.histogram(u, 50, (0, 1))[0]
+    chi2 = ((counts - 8000) ** 2 / 8000).sum()
+    assert chi2 < 100 and 0 <= u.min() and u.max() < 1  # 49 dof: p < 1e-5 above 100
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+    first = u.copy()
+    uniform_into(u, rng)
+    assert abs(np.corrcoef(first, u)[0, 1]) < 0.01
+    d = np.empty(100_000, np.float64)
+    uniform_into(d, rng, -1.0, 1.0)
+    assert -1 <= d.min() and d.max() < 1 and abs(d.mean()) < 0.01 and len(np.unique(d)) > 99_000
+    state = rng.bit_generator.state
+    uniform_into(u, rng)
+    again = np.random.default_rng(0)
+    again.bit_generator.state = state
+    v = np.empty_like(u)
+    uniform_into(v, again)
+    np.testing.assert_array_equal(u, v)
+
+
 def test_image_data_reads_resizes_and_labels(tmp_path):
     from PIL import Image  # the images extra, part of the test extra
     for i in range(3):
