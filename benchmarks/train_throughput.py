@@ -145,6 +145,7 @@ def yaffe_step_fn(text):
         (replicas or net).forward_backward()
         solver.apply_update(SOLVER["base_lr"], it[0])
         it[0] += 1
+    step.close = replicas.close if replicas else (lambda: None)  # gives the threads back, as training's end does
     return step, net
 
 
@@ -290,7 +291,7 @@ def main():
     for name, (text, batch) in NETS.items():
         if args.nets and not any(w.lower() in name.lower() for w in args.nets.split(",")):
             continue
-        ystep, net = yaffe_step_fn(text)
+        ystep, net = yaffe_step_fn(text)  # closed below: replicas hold OpenBLAS and Numba at one thread each
         ys, ts, cs = [], [], []
         for _ in range(args.repeats):  # alternately: yaffe here, PyTorch and Caffe in fresh processes of their own
             ys.append(rate(ystep, args.iterations, batch, seconds=args.seconds))
@@ -300,6 +301,7 @@ def main():
                 display = max(args.iterations, round(args.seconds * ys[0] / batch))
                 cs.append(caffe_rate(caffe, name, text, batch, display, args.threads, coretype, caffe_dir,
                                      caffe_inside))
+        ystep.close()
         y = statistics.median(ys)
         t = statistics.median(ts) if ts else float("nan")
         c = statistics.median(cs) if cs else float("nan")
