@@ -18,8 +18,14 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
 ]
 
 
-def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch):
+def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch, force=False):
+    """Top, bottom diff and param diffs of one forward and backward; direct=False: im2col only; force: the
+    direct kernels for all three passes even where they would hand a pass to im2col as wasteful (few filters,
+    narrow planes), so that those geometries test the direct kernels too."""
     monkeypatch.setattr(conv, "DIRECT", direct)
+    if force:
+        monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
+        monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 0.0)
     text = f"""
 layer:
   - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
@@ -31,16 +37,19 @@ layer:
     net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
     net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
     layer = net.layers[1]
-    calls, original = [], conv.direct_conv  # the forward must really run (or not run) the direct kernel
-    monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append(1) or original(*a))
+    calls, original, original_dw = [], conv.direct_conv, conv.direct_conv_dw  # which direct kernels really ran
+    monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
+    monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
-    monkeypatch.setattr(conv, "direct_conv", original)
-    assert bool(calls) == direct
+    assert calls == (["conv"] if direct else [])
     conv_pass.last_plan = getattr(layer, "_plan", None)
     net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
     for blob in layer.blobs:
         blob.diff[...] = 0.5  # parameter gradients accumulate
     layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
+    if force:
+        assert sorted(calls) == ["conv", "conv", "dw"]  # forward, data gradient, weight gradient
+    conv_pass.calls = calls
     return [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
 
 
@@ -48,7 +57,7 @@ layer:
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
     im2col = conv_pass(*geometry, dtype, False, monkeypatch)
-    direct = conv_pass(*geometry, dtype, True, monkeypatch)
+    direct = conv_pass(*geometry, dtype, True, monkeypatch, force=True)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
         assert a.shape == b.shape
