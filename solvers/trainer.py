@@ -511,14 +511,12 @@ class Trainer:
                 self.out(f"Iteration {self.iter}, lr = {rate:g}")
                 last_iter, last_t = self.iter, now
             it = self.iter
+            grads = _layer_norms(net) if shown and self.watch.monitor else None  # before the diffs become steps
 
             def before_apply():
                 self.watch.check_update(it, self.solver.step_finite)
-                if shown and self.watch.monitor:
-                    steps = {}
-                    for p in net.params:
-                        steps[p.layer] = steps.get(p.layer, 0.0) + float((p.blob.diff.astype(np.float64) ** 2).sum())
-                    self.watch.monitor_layers(it, {k: v ** 0.5 for k, v in steps.items()})
+                if grads is not None:
+                    self.watch.monitor_layers(it, _layer_norms(net), grads)
 
             # the one-pass update leaves the old weights in the diffs: not where debug_info and monitor read steps
             self.solver.apply_update(rate, self.iter, before_apply,
@@ -548,6 +546,14 @@ class Trainer:
             Progress.clear()
         self.out("Optimization Done.")
         return record
+
+
+def _layer_norms(net) -> dict:
+    """{layer name: L2 norm of its params' diffs}, in float64."""
+    sums = {}
+    for p in net.params:
+        sums[p.layer] = sums.get(p.layer, 0.0) + float((p.blob.diff.astype(np.float64) ** 2).sum())
+    return {k: v ** 0.5 for k, v in sums.items()}
 
 
 def _main_thread() -> bool:

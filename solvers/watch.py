@@ -171,8 +171,10 @@ class Watch:
             self.out(f"    [{phase}] Layer {d.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()))
         self.metrics.write({"phase": "debug", "iter": it, "stage": phase, "layers": rows})
 
-    def monitor_layers(self, it: int, steps: dict):
-        """Dead ReLUs, saturated Sigmoid/TanH, gradient norms and update/weight ratios per layer."""
+    def monitor_layers(self, it: int, steps: dict, grads: dict | None = None):
+        """Dead ReLUs, saturated Sigmoid/TanH, gradient norms and update/weight ratios per layer. steps, grads:
+        {layer name: L2 norm} of the update and of the gradient (grads measured before the solver turned the
+        diffs into steps; without it, the diffs' norm)."""
         report, first_grad, last_grad = {}, None, None
         for d, layer, top in zip(self.net.defs, self.net.layers, self.net.top_vecs):
             if d.node is None:
@@ -194,7 +196,9 @@ class Watch:
                               "are saturated, so little gradient flows back; use xavier fillers, normalize the "
                               "inputs, or lower base_lr")
             if layer.blobs:
-                g = math.sqrt(sum(float((b.diff.astype(np.float64) ** 2).sum()) for b in layer.blobs))
+                g = (grads or {}).get(d.name)
+                if g is None:
+                    g = math.sqrt(sum(float((b.diff.astype(np.float64) ** 2).sum()) for b in layer.blobs))
                 w = math.sqrt(sum(float((b.data.astype(np.float64) ** 2).sum()) for b in layer.blobs))
                 r["grad_norm"] = g
                 step = steps.get(d.name)

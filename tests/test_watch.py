@@ -1,6 +1,7 @@
 """Training problems caught and explained: NaN, the 87.34 plateau, dead and saturated units, tiny rates,
 overfitting, debug_info."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,6 +142,31 @@ def test_debug_info_logs_per_layer_magnitudes(tmp_path):
     assert any(l.strip().startswith("[Update] Layer ip0:") and "param/0/diff" in l for l in lines)
     recs = [json.loads(l) for l in open(t.metrics_path)]
     assert any(r["phase"] == "debug" and "ip0" in r["layers"] for r in recs)
+
+
+def test_debug_info_update_shows_the_steps_not_the_old_weights(tmp_path):
+    """SGD's one-pass update leaves the old weights in the diffs; at debug_info iterations the two-pass update
+    runs, so [Update] reports the steps (for SGD the history), as Caffe's does."""
+    t, _ = trainer(tmp_path, mlp(), debug_info=True, max_iter=1, display=1)
+    t.train()
+    recs = [json.loads(l) for l in open(t.metrics_path)]
+    update = [r for r in recs if r["phase"] == "debug" and r["stage"] == "Update"][-1]["layers"]["ip0"]
+    step = float(np.abs(t.solver.history_arrays()["ip0/0"]).mean())
+    assert update["param/0/diff"] == pytest.approx(step, rel=1e-6)
+    assert update["param/0/diff"] != pytest.approx(update["param/0/data"], rel=1e-2)
+
+
+def test_monitor_reports_the_gradient_norm_not_the_step_norm(tmp_path):
+    """Iteration 0 with weight_decay 0 and no history yet: step = base_lr * gradient, so the reported gradient
+    norm is the step's norm / base_lr (it used to be the step's, read from the diffs after the solver)."""
+    t, _ = trainer(tmp_path, mlp(), monitor=True, max_iter=1, display=1, weight_decay=0.0, base_lr=0.1)
+    t.train()
+    recs = [json.loads(l) for l in open(t.metrics_path)]
+    ip0 = [r for r in recs if r["phase"] == "monitor"][0]["layers"]["ip0"]
+    hist = t.solver.history_arrays()
+    step = math.sqrt(sum(float((hist[k].astype(np.float64) ** 2).sum()) for k in ("ip0/0", "ip0/1")))
+    assert ip0["grad_norm"] == pytest.approx(step / 0.1, rel=1e-5)
+    assert ip0["update_ratio"] > 0
 
 
 def test_sanity_passes_on_the_shipped_digits_model():
