@@ -71,6 +71,30 @@ class SharedBlob(Blob):
             self.own = value
 
 
+class BatchSync:
+    """Sums a layer's per-channel partial sums over the k slices of a batch (solvers/replicas.py), so that each
+    slice sees the whole batch's: slice r puts its part in row r, all wait, each adds the rows in the same
+    order (the same result in every slice). `which` picks one of four buffers: a buffer is written again only
+    after a later wait, which every slice reaches after reading it. abort() breaks the wait of the others when
+    a slice fails; reset() makes it usable again."""
+
+    def __init__(self, k: int, channels: int):
+        import threading
+        self.k, self.barrier = k, threading.Barrier(k)
+        self.parts = np.zeros((4, k, channels))
+
+    def total(self, r: int, which: int, part: np.ndarray) -> np.ndarray:
+        self.parts[which, r] = part
+        self.barrier.wait()
+        return self.parts[which].sum(axis=0)
+
+    def abort(self):
+        self.barrier.abort()
+
+    def reset(self):
+        self.barrier.reset()
+
+
 @dataclass(frozen=True)
 class Field:
     """One parameter of a layer's block (e.g. ``convolution_param.kernel_size``).
@@ -149,6 +173,8 @@ class Layer:
     def is_source(self) -> bool:
         """Fills batch-shaped tops from outside the net: a data layer, or Input (set from Python)."""
         return self.is_data or self.type == "Input"
+
+    syncable = False  # its batch coupling can be undone by summing over the slices (BatchSync): BatchNorm
 
     def batch_coupling(self) -> str | None:
         """Why this layer cannot run a batch as slices on several threads (solvers/replicas.py), or None: its

@@ -17,23 +17,29 @@ from .kernels import broadcast_add, channel_sums, row_normalize, row_normalize_b
 
 
 @njit(cache=True, nogil=True)
-def bn_stats(x, mean, var):
-    """Per-channel mean and biased variance of x (N, C, inner), accumulated in float64."""
+def bn_sums(x, out):
+    """out[c] = sum of x (N, C, inner) over N and inner, in float64."""
     n_img, chans, inner = x.shape
-    m = n_img * inner
     for c in range(chans):
         acc = 0.0
         for n in range(n_img):
             for i in range(inner):
                 acc += x[n, c, i]
-        mu = acc / m
+        out[c] = acc
+
+
+@njit(cache=True, nogil=True)
+def bn_centered_squares(x, mu, out):
+    """out[c] = sum of (x - mu[c])^2 over N and inner, in float64 (mu float64: the biased variance's sum)."""
+    n_img, chans, inner = x.shape
+    for c in range(chans):
+        m = mu[c]
         acc = 0.0
         for n in range(n_img):
             for i in range(inner):
-                d = x[n, c, i] - mu
+                d = x[n, c, i] - m
                 acc += d * d
-        mean[c] = mu
-        var[c] = acc / m
+        out[c] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -47,21 +53,29 @@ def bn_normalize(x, mean, inv_std, y):
 
 
 @njit(cache=True, nogil=True)
-def bn_backward(y, dy, inv_std, dx):
-    """dx = (dy - mean(dy) - mean(dy * y) * y) * inv_std per channel (y is the normalized top)."""
+def bn_backward_sums(y, dy, s1, s2):
+    """s1[c] = sum(dy), s2[c] = sum(dy * y) per channel, in float64 (y is the normalized top)."""
     n_img, chans, inner = y.shape
-    m = n_img * inner
     for c in range(chans):
-        s1 = 0.0
-        s2 = 0.0
+        a = 0.0
+        b = 0.0
         for n in range(n_img):
             for i in range(inner):
-                s1 += dy[n, c, i]
-                s2 += dy[n, c, i] * y[n, c, i]
-        a, b, s = s1 / m, s2 / m, inv_std[c]
+                a += dy[n, c, i]
+                b += dy[n, c, i] * y[n, c, i]
+        s1[c] = a
+        s2[c] = b
+
+
+@njit(cache=True, nogil=True)
+def bn_backward_apply(y, dy, a, b, inv_std, dx):
+    """dx = (dy - a - b * y) * inv_std per channel, a = mean(dy), b = mean(dy * y) (float64); dx may be dy."""
+    n_img, chans, inner = y.shape
+    for c in range(chans):
+        ac, bc, s = a[c], b[c], inv_std[c]
         for n in range(n_img):
             for i in range(inner):
-                dx[n, c, i] = (dy[n, c, i] - a - b * y[n, c, i]) * s
+                dx[n, c, i] = (dy[n, c, i] - ac - bc * y[n, c, i]) * s
 
 
 @register("BatchNorm")
@@ -76,6 +90,8 @@ class BatchNorm(Layer):
     )
     in_place_ok = True
     statistics = True  # its blobs are running statistics: lr_mult and decay_mult are 0 and must stay 0
+    syncable = True    # as slices of a batch, each sums its statistics over all of them (BatchSync)
+    sync = None        # (slice index, BatchSync) when it runs as one slice of a batch
 
     def setup(self, bottom_shapes):
         s = tuple(bottom_shapes[0])
@@ -105,20 +121,27 @@ class BatchNorm(Layer):
         self.used_global = self.global_stats
         if getattr(self, "mean", None) is None or self.mean.dtype != x.dtype:
             self.mean, self.var = np.empty(self.channels, x.dtype), np.empty(self.channels, x.dtype)
+            self._part, self._part2 = np.empty(self.channels), np.empty(self.channels)  # float64 channel sums
         mean, var = self.mean, self.var
         if self.used_global:
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
             np.multiply(mean_sum, f, out=mean)
             np.multiply(var_sum, f, out=var)
         else:
-            bn_stats(x, mean, var)
+            part = self._part
+            bn_sums(x, part)
+            total, m = self._total(0, part)
+            mu = total / m
+            bn_centered_squares(x, mu, part)
+            mean[...] = mu
+            var[...] = self._total(1, part)[0] / m
             maf = self.p.moving_average_fraction
             scale *= maf
             scale += 1
             mean_sum *= maf
             mean_sum += mean
             var_sum *= maf
-            var_sum += (self.m / (self.m - 1) if self.m > 1 else 1.0) * var
+            var_sum += (m / (m - 1) if m > 1 else 1.0) * var
         self.inv_std = (1.0 / np.sqrt(var + self.p.eps)).astype(x.dtype)
         bn_normalize(x, mean, self.inv_std, y)
 
@@ -132,7 +155,19 @@ class BatchNorm(Layer):
             np.multiply(dy, inv, out=dx)
             return
         # NOTE: reads the normalized top, so in place is safe (Caffe caches x_norm for that)
-        bn_backward(top[0].data.reshape(self.view), dy, self.inv_std, dx)
+        y = top[0].data.reshape(self.view)
+        bn_backward_sums(y, dy, self._part, self._part2)
+        s1, m = self._total(2, self._part)
+        s2, _ = self._total(3, self._part2)
+        bn_backward_apply(y, dy, s1 / m, s2 / m, self.inv_std, dx)
+
+    def _total(self, which, part):
+        """(part summed over the slices of the batch, values per channel in the whole batch): part itself and
+        the layer's count when it runs the whole batch; which: BatchSync's buffer."""
+        if self.sync is None:
+            return part, self.m
+        r, sync = self.sync
+        return sync.total(r, which, part), self.m * sync.k
 
 
 def _broadcast_view(bottom_shape, axis, num_axes, other_shape=None, field="scale_param.axis"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import layers
-from layers.base import Blob, SharedBlob, resolve
+from layers.base import BatchSync, Blob, SharedBlob, resolve
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from .graph import LayerDef, compile_net
@@ -191,13 +191,14 @@ class Net:
         self.outputs = list(dict.fromkeys(self.outputs))
         self._plan_backward(force_backward)
 
-    def replicate(self, k: int, slice_statistics: bool = False) -> list["Net"]:
+    def replicate(self, k: int) -> list["Net"]:
         """k nets that each run 1/k of every batch, on row slices of this net's blobs (this net's data layers
         fill the whole batch), sharing its learnable blobs: replica 0 adds its gradients into this net's diffs,
         the others into their own; loss weights are divided by k, so the sum of the replicas' gradients is
-        this net's. Raises NotSplittable, with the reason, where that would change a result, except, with
-        slice_statistics, BatchNorm's batch statistics: each slice then normalizes with its own (as on MPI
-        ranks or PyTorch's DataParallel) and keeps running sums that are averaged back (`statistics`)."""
+        this net's. Raises NotSplittable, with the reason, where that would change a result. BatchNorm with
+        batch statistics sums its statistics over the slices (Layer.sync: one BatchSync per layer, kept in
+        `self.syncs`), so every slice normalizes with the whole batch's; each replica keeps its own running sums
+        (`statistics`), all equal, copied back from replica 0."""
         batch = None
         for d, layer in zip(self.defs, self.layers):
             if layer.is_source:
@@ -208,11 +209,12 @@ class Net:
                         raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(self.shapes[t])}; "
                                             f"the batch ({batch}) must be the first dimension of every data top "
                                             f"and a multiple of {k}")
-            elif (reason := layer.batch_coupling()) is not None and not (slice_statistics and layer.statistics):
+            elif (reason := layer.batch_coupling()) is not None and not layer.syncable:
                 w = d.where()
                 raise NotSplittable(f"layer '{d.name}' ({d.type}, {w[0]}:{w[1]}:{w[2]}): {reason}")
         if batch is None:
             raise NotSplittable("the net has no data layer")
+        self.syncs = {}  # {layer index: BatchSync}, filled as the replicas are built
         return [Net(self.doc, self._phase, self.path, seed=self.seed, dtype=self.dtype, level=self.level,
                     stages=self.stages, replica_of=(self, r, k)) for r in range(k)]
 
@@ -250,6 +252,9 @@ class Net:
             if layer is not twin and layer.statistics and layer.batch_coupling() is not None:
                 layer.blobs = [Blob(b.name, b.shape, self.dtype) for b in twin.blobs]  # this slice's running sums
                 self.statistics += zip(layer.blobs, twin.blobs)
+                if layer.syncable:
+                    i = len(self.top_vecs) - 1
+                    layer.sync = (r, parent.syncs.setdefault(i, BatchSync(k, layer.channels)))
             elif layer is not twin:
                 layer.blobs = [SharedBlob(b, own_diff=r > 0) for b in twin.blobs]
                 self.shared += layer.blobs

@@ -6,9 +6,10 @@ as fast on one thread as on two). k replicas of the net (`Net.replicate`), each 
 and one BLAS thread, run the slices side by side instead; the parent net's data layers fill the whole batch
 first, the replicas' blobs are row slices of the parent's, their gradients are summed into the parent's diffs,
 and the solver, snapshots and tests see the parent alone. Automatically, only nets whose results do not change
-are split (no BatchNorm with batch statistics, no loss summed over the batch, ...): the losses and gradients are
-those of one pass, up to the order of float32 sums. Asked for (--replicas K), BatchNorm nets split too, each
-slice with its own batch statistics. Dropout draws per replica, seeded from the parent's stream.
+are split (no loss summed over the batch, ...): the losses and gradients are those of one pass, up to the order
+of float sums. BatchNorm with batch statistics sums its per-channel sums over the slices at three points of a
+pass (layers/base.BatchSync), so every slice normalizes with the whole batch's statistics. Dropout draws per
+replica, seeded from the parent's stream.
 """
 from __future__ import annotations
 
@@ -53,19 +54,15 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
     else:
         k = requested
     try:
-        replicas = Replicas(net, k, slice_statistics=requested is not None)
+        replicas = Replicas(net, k)
     except NotSplittable as e:
         if requested is not None:
             raise UserError(f"--replicas {k}: error: this net cannot run its batch as {k} slices: {e}; use "
                             "--replicas 1, or leave --replicas out to let yaffe decide") from None
-        hint = ""
-        coupled = [l for l in net.layers if not l.is_source and l.batch_coupling()]
-        if coupled and all(l.statistics for l in coupled):
-            hint = "; --replicas K splits it anyway, each slice then with its own BatchNorm statistics"
-        return None, f"each layer runs the whole batch on {threads} threads ({e}{hint})"
+        return None, f"each layer runs the whole batch on {threads} threads ({e})"
     line = f"each batch of {batch} runs as {k} slices of {batch // k}, one thread each (--replicas 1: off)"
-    if replicas.nets[0].statistics:
-        line += f"; BatchNorm uses the statistics of each slice of {batch // k}, as on MPI ranks"
+    if net.syncs:
+        line += "; BatchNorm sums its statistics over the slices (the whole batch's)"
     return replicas, line
 
 
@@ -73,9 +70,9 @@ class Replicas:
     """k replicas of `net` on k threads (the calling thread runs replica 0). forward_backward() and forward()
     are drop-ins for the net's: they leave the whole batch's blobs, the summed gradients and the loss in `net`."""
 
-    def __init__(self, net: Net, k: int, slice_statistics: bool = False):
+    def __init__(self, net: Net, k: int):
         self.net, self.k = net, k
-        self.nets = net.replicate(k, slice_statistics)
+        self.nets = net.replicate(k)
         self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
         self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
         self.workers = []  # started by the first pass (a net that is built but never trained holds no threads)
@@ -111,19 +108,24 @@ class Replicas:
                 mine.data[...] = theirs.data
         for w in self.workers:
             w.tasks.put(backward)
+        errors = []
         try:
             losses = [self.nets[0].forward_backward() if backward else self.nets[0].forward()]
-        finally:
-            outcomes = [w.results.get() for w in self.workers]
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        except BaseException as e:
+            errors.append(e)
+            abort_syncs(net)  # the other slices may wait for this one's BatchNorm sums
+        outcomes = [w.results.get() for w in self.workers]
+        errors += [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            for sync in net.syncs.values():
+                sync.reset()
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         losses += outcomes
         for rep in self.nets[1:] if backward else ():
             for b in rep.shared:
                 b.owner.diff += b.own
-        for j, (_, whole) in enumerate(self.nets[0].statistics):  # and their mean goes back
-            whole.data[...] = sum(rep.statistics[j][0].data for rep in self.nets) / self.k
+        for mine, whole in self.nets[0].statistics:  # equal in every slice (whole-batch statistics)
+            whole.data[...] = mine.data
         for j, (blob, whole) in enumerate(self.nets[0].averaged):
             total = blob.data.astype(np.float64)
             for rep in self.nets[1:]:
@@ -142,6 +144,12 @@ class Replicas:
                 blas_threads(blas)
                 numba.set_num_threads(threads)
         self.workers = []
+
+
+def abort_syncs(net: Net):
+    """Break every BatchNorm wait of the replicas of `net`: a slice failed and will not come."""
+    for sync in getattr(net, "syncs", {}).values():
+        sync.abort()
 
 
 class _Worker:
@@ -163,4 +171,5 @@ class _Worker:
                     b.own[...] = 0
                 self.results.put(self.net.forward_backward())
             except BaseException as e:  # handed to the main thread, which raises it
+                abort_syncs(self.net._replica[0])
                 self.results.put(e)

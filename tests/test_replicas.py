@@ -99,45 +99,49 @@ def test_nets_whose_results_would_change_are_not_split(change, reason):
         start(net, 2)
 
 
-def test_batchnorm_splits_only_when_asked_and_then_per_slice(monkeypatch):
+BN_NET = NET.replace("  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}",
+                     "  - {name: bn, type: BatchNorm, bottom: conv1, top: conv1}\n"
+                     "  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}")
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_batchnorm_splits_with_the_whole_batchs_statistics(k, monkeypatch):
+    """BatchNorm sums its statistics over the slices: blobs, gradients and running sums are those of one pass
+    over the whole batch, over two iterations (the running sums go on from the first); chosen automatically."""
     import solvers.replicas as replicas_module
     monkeypatch.setattr(replicas_module, "MIN_MAPS", 0)  # let the automatic choice look at this small net
     monkeypatch.setattr(replicas_module, "MIN_SLICE", 1)
-    text = NET.replace("  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}",
-                       "  - {name: bn, type: BatchNorm, bottom: conv1, top: conv1}\n"
-                       "  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}")
-    net = filled(text)
-    with pytest.raises(NotSplittable, match="BatchNorm.*whole batch"):
-        net.replicate(2)
-    replicas, line = start(net, None, threads=2)
-    assert replicas is None and "--replicas K splits it anyway" in line
-    replicas, line = start(net, 2)
-    assert "BatchNorm uses the statistics of each slice of 4" in line
-    conv1 = net.layer_by_name("conv1")
+    whole, split = filled(BN_NET), filled(BN_NET)
+    replicas, line = start(split, None, threads=k)
+    assert replicas is not None and replicas.k == k and "BatchNorm sums its statistics over the slices" in line
     try:
-        replicas.forward_backward()
-        x = net.blobs["data"].data.astype(np.float64)
-        w, b = conv1.blobs[0].data.astype(np.float64), conv1.blobs[1].data.astype(np.float64)
-        halves = []
-        for part in (x[:4], x[4:]):  # conv1 by hand on each slice, then its batch statistics
-            padded = np.pad(part, ((0, 0), (0, 0), (1, 1), (1, 1)))
-            out = np.zeros((4, 4, 10, 10))
-            for i in range(3):
-                for j in range(3):
-                    out += np.einsum("oc,nchw->nohw", w[:, :, i, j], padded[:, :, i:i + 10, j:j + 10])
-            halves.append(out + b[None, :, None, None])
-        mean_sum, var_sum, factor = (blob.data for blob in net.layer_by_name("bn").blobs)
-        m = 4 * 10 * 10
-        assert factor[0] == 1
-        np.testing.assert_allclose(mean_sum, np.mean([h.mean(axis=(0, 2, 3)) for h in halves], axis=0), rtol=1e-4,
-                                   atol=1e-6)
-        np.testing.assert_allclose(var_sum, np.mean([h.var(axis=(0, 2, 3)) * m / (m - 1) for h in halves], axis=0),
-                                   rtol=1e-4, atol=1e-6)
-        first = (halves[0] - halves[0].mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
-            halves[0].var(axis=(0, 2, 3), keepdims=True) + 1e-5)
-        np.testing.assert_allclose(net.blobs["conv1"].data[:4], np.maximum(first, 0), rtol=1e-3, atol=1e-4)
-        replicas.forward_backward()  # the slices start again from the net's running sums
-        assert net.layer_by_name("bn").blobs[2].data[0] == pytest.approx(1 + 0.999)
+        for it in range(2):
+            for net in (whole, split):
+                net.clear_param_diffs()
+            loss = replicas.forward_backward()
+            assert loss == pytest.approx(whole.forward_backward(), rel=1e-5)
+            for p, q in zip(whole.params, split.params):
+                np.testing.assert_allclose(q.blob.diff, p.blob.diff, rtol=1e-4, atol=1e-6, err_msg=p.key)
+            for name, blob in whole.blobs.items():
+                np.testing.assert_allclose(split.blobs[name].data, blob.data, rtol=1e-5, atol=1e-5, err_msg=name)
+            for a, b in zip(whole.layer_by_name("bn").blobs, split.layer_by_name("bn").blobs):
+                np.testing.assert_allclose(b.data, a.data, rtol=1e-6, atol=1e-7)
+        assert split.layer_by_name("bn").blobs[2].data[0] == pytest.approx(1 + 0.999)
+    finally:
+        replicas.close()
+
+
+def test_a_failing_slice_does_not_leave_the_others_waiting_in_batchnorm():
+    """A bad label in the second slice (a worker): its error reaches the caller although the first slice waits
+    for that slice's BatchNorm sums in backward; the net then runs again."""
+    split = filled(BN_NET)
+    split.blobs["label"].data[-1] = 7
+    replicas = Replicas(split, 2)
+    try:
+        with pytest.raises(UserError, match="label 7 at position 7 of blob"):
+            replicas.forward_backward()
+        split.blobs["label"].data[-1] = 1
+        assert np.isfinite(replicas.forward_backward())
     finally:
         replicas.close()
 
