@@ -103,7 +103,7 @@ class Replicas:
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
             for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):
                 rep.layers[i].rng = np.random.default_rng(int(seed))
-        for rep in self.nets:  # per-slice BatchNorm: every slice starts from the net's running sums
+        for rep in self.nets:  # BatchNorm: every slice updates its own copy of the net's running sums
             for mine, theirs in rep.statistics:
                 mine.data[...] = theirs.data
         for w in self.workers:
