@@ -74,19 +74,20 @@ class SharedBlob(Blob):
 class BatchSync:
     """Sums a layer's per-channel partial sums over the k slices of a batch (solvers/replicas.py), so that each
     slice sees the whole batch's: slice r puts its part in row r, all wait, each adds the rows in the same
-    order (the same result in every slice). `which` picks one of four buffers: a buffer is written again only
-    after a later wait, which every slice reaches after reading it. abort() breaks the wait of the others when
-    a slice fails; reset() makes it usable again."""
+    order (the same result in every slice). `which` picks one of three buffers (of `size` values; a part may be
+    shorter): a buffer is written again only after a later wait, which every slice reaches after reading it.
+    abort() breaks the wait of the others when a slice fails; reset() makes it usable again."""
 
-    def __init__(self, k: int, channels: int):
+    def __init__(self, k: int, size: int):
         import threading
         self.k, self.barrier = k, threading.Barrier(k)
-        self.parts = np.zeros((4, k, channels))
+        self.parts = np.zeros((3, k, size))
 
     def total(self, r: int, which: int, part: np.ndarray) -> np.ndarray:
-        self.parts[which, r] = part
+        n = len(part)
+        self.parts[which, r, :n] = part
         self.barrier.wait()
-        return self.parts[which].sum(axis=0)
+        return self.parts[which, :, :n].sum(axis=0)
 
     def abort(self):
         self.barrier.abort()

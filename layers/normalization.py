@@ -121,14 +121,14 @@ class BatchNorm(Layer):
         self.used_global = self.global_stats
         if getattr(self, "mean", None) is None or self.mean.dtype != x.dtype:
             self.mean, self.var = np.empty(self.channels, x.dtype), np.empty(self.channels, x.dtype)
-            self._part, self._part2 = np.empty(self.channels), np.empty(self.channels)  # float64 channel sums
+            self._sums = np.empty(2 * self.channels)  # float64 channel sums: [statistic | second gradient sum]
         mean, var = self.mean, self.var
         if self.used_global:
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
             np.multiply(mean_sum, f, out=mean)
             np.multiply(var_sum, f, out=var)
         else:
-            part = self._part
+            part = self._sums[:self.channels]
             bn_sums(x, part)
             total, m = self._total(0, part)
             mu = total / m
@@ -156,10 +156,10 @@ class BatchNorm(Layer):
             return
         # NOTE: reads the normalized top, so in place is safe (Caffe caches x_norm for that)
         y = top[0].data.reshape(self.view)
-        bn_backward_sums(y, dy, self._part, self._part2)
-        s1, m = self._total(2, self._part)
-        s2, _ = self._total(3, self._part2)
-        bn_backward_apply(y, dy, s1 / m, s2 / m, self.inv_std, dx)
+        c = self.channels
+        bn_backward_sums(y, dy, self._sums[:c], self._sums[c:])
+        both, m = self._total(2, self._sums)  # one wait for both sums
+        bn_backward_apply(y, dy, both[:c] / m, both[c:] / m, self.inv_std, dx)
 
     def _total(self, which, part):
         """(part summed over the slices of the batch, values per channel in the whole batch): part itself and

@@ -254,7 +254,7 @@ class Net:
                 self.statistics += zip(layer.blobs, twin.blobs)
                 if layer.syncable:
                     i = len(self.top_vecs) - 1
-                    layer.sync = (r, parent.syncs.setdefault(i, BatchSync(k, layer.channels)))
+                    layer.sync = (r, parent.syncs.setdefault(i, BatchSync(k, 2 * layer.channels)))
             elif layer is not twin:
                 layer.blobs = [SharedBlob(b, own_diff=r > 0) for b in twin.blobs]
                 self.shared += layer.blobs
