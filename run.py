@@ -226,7 +226,7 @@ def build_parser():
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("time", help="per-layer forward and backward times, like caffe time")
-    p.add_argument("model", help="net YAML or prototxt")
+    p.add_argument("model", help="net YAML or prototxt (or a solver: its net)")
     p.add_argument("--iterations", type=positive_int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
     p.set_defaults(func=cmd_time)

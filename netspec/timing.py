@@ -3,15 +3,22 @@ after a warm-up (which also compiles the Numba kernels). No weight updates. Wher
 batch as slices on the threads (solvers/replicas.py), the time of those passes follows the table."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
 from .net import Net
-from .spec import load_net
+from .spec import INLINE, load_net
 
 
 def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print) -> dict:
+    """path: a net, or a solver (its net is timed, as `validate` follows a solver to its net)."""
+    from .loader import load
+    from .spec import kind_of, load_solver
+    if INLINE not in os.path.basename(path) and kind_of(load(path)) == "solver":
+        _, _, path = load_solver(path)
+        out(f"Timing the solver's net {path}")
     net = Net(load_net(path), phase, path, seed=0)
     net.forward_backward()  # warm-up
     fwd = np.zeros(len(net.layers))
