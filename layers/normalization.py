@@ -5,6 +5,8 @@ Blobs: [0] running mean sum (C,), [1] running variance sum (C,), [2] scale facto
 statistics are mean = blob0 / blob2 and var = blob1 / blob2 (0 when blob2 is 0). They are not
 learned (lr_mult 0) but updated in TRAIN: s = maf*s + 1, mean_sum = mu + maf*mean_sum,
 var_sum = m/(m-1)*var + maf*var_sum (the unbiased variance is stored; the biased one normalizes).
+Run as one of k slices of a batch (solvers/replicas.py), the per-channel sums (of x, of (x - mean)^2, and
+backward's of dy and dy*y) are summed over the slices (layers/base.BatchSync) and m counts the whole batch.
 """
 from __future__ import annotations
 
