@@ -46,8 +46,10 @@ def _set_in_threads(bits, n):
         _or_mxcsr(bits)
 
 
-def flush_denormals() -> bool:
-    """Set FTZ and DAZ in the calling thread and in Numba's worker threads; False where not applicable."""
+def flush_denormals(restart_blas: bool = False) -> bool:
+    """Set FTZ and DAZ in the calling thread and in Numba's worker threads, and with restart_blas in OpenBLAS's
+    (it shuts them down, so that the next threaded product starts new ones from this thread: a new thread
+    inherits its creator's MXCSR; only where no product runs in another thread). False where not applicable."""
     if os.environ.get("YAFFE_DENORMALS", "").lower() == "keep":
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -55,6 +57,9 @@ def flush_denormals() -> bool:
     from numba import get_num_threads
     _set_here(FTZ_DAZ)
     _set_in_threads(FTZ_DAZ, 64 * get_num_threads())
+    lib = _openblas() if restart_blas else None
+    if lib is not None and hasattr(lib, "blas_thread_shutdown_"):
+        lib.blas_thread_shutdown_()
     return True
 
 

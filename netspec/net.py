@@ -40,13 +40,16 @@ class NotSplittable(Exception):
 
 
 _flushed = threading.local()
+_blas_restarted = []
 
 
 def _flush_denormals_once():
-    """Float32 denormals to zero in the thread that builds (and then runs) nets: see layers/cpu.py."""
+    """Float32 denormals to zero in the thread that builds (and then runs) nets: see layers/cpu.py. The first
+    net of the process also restarts OpenBLAS's threads from this thread, so that they flush too."""
     if not getattr(_flushed, "done", False):
         from layers.cpu import flush_denormals
-        flush_denormals()
+        flush_denormals(restart_blas=not _blas_restarted)
+        _blas_restarted.append(True)
         _flushed.done = True
 
 
