@@ -235,21 +235,28 @@ def test_test_nets_run_as_slices_too(tmp_path, monkeypatch):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
 
 
-def test_resume_on_slices_with_dropout_is_bitwise(tmp_path):
-    """Dropout's draws per slice come from the net's own stream, which the snapshot keeps."""
+@pytest.mark.parametrize("extra", [
+    "  - {name: drop, type: Dropout, bottom: ip1, top: ip1}",
+    "  - {name: bn, type: BatchNorm, bottom: ip1, top: ip1, batch_norm_param: {moving_average_fraction: 0.9}}",
+])
+def test_resume_on_slices_is_bitwise(tmp_path, extra):
+    """Dropout's draws per slice come from the net's own stream, which the snapshot keeps; BatchNorm's summed
+    statistics and running sums (snapshotted with the weights) resume as well."""
     import os
     from test_training import NET as DIGITS
     folder = os.path.dirname(DIGITS)
     text = open(DIGITS).read().replace("source: digits_", f"source: {folder}/digits_").replace(
         "  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}",
-        "  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}\n  - {name: drop, type: Dropout, bottom: ip1, top: ip1}")
-    assert "Dropout" in text
+        "  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}\n" + extra)
+    assert extra in text
     (tmp_path / "net.yaml").write_text(text)
     net = str(tmp_path / "net.yaml")
     common = dict(net=net, test_interval=0, test_iter=None, display=1)
     whole = Trainer(solver(tmp_path, "whole.yaml", max_iter=12, snapshot_prefix="whole/run", **common), out=quiet,
                     replicas=2)
     whole.train()
+    assert whole.replicas is not None and ("BatchNorm sums" in whole.replicas_line) == ("BatchNorm" in extra)
+    assert "bn" not in extra or any(k.startswith("bn/") for k in whole.net.weights())  # statistics compared too
     half = Trainer(solver(tmp_path, "half.yaml", max_iter=6, snapshot_prefix="half/run", **common), out=quiet,
                    replicas=2)
     half.train()
