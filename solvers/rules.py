@@ -16,9 +16,29 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import config, njit, prange, types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from netspec.errors import UserError
+
+
+@intrinsic
+def _llvm_sqrt(typingctx, x):
+    """IEEE square root as LLVM's sqrt intrinsic, which vectorizes (np.sqrt on a scalar calls libm's sqrtf,
+    which LLVM cannot: the adaptive rules' loops ran scalar). The same correctly rounded result."""
+    if not isinstance(x, nbtypes.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "llvm.sqrt.f32" if ty == ir.FloatType() else "llvm.sqrt.f64"
+        return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), name), args)
+    return x(x), codegen
+
+
+_sqrt = np.sqrt if config.DISABLE_JIT else _llvm_sqrt  # under NUMBA_DISABLE_JIT the kernels run as Python
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -66,6 +86,79 @@ def _sgd_apply(g, w, v, scale, decay, l1, mu, a):
     return bad == 0
 
 
+def _nesterov_step(g, w, v, scale, decay, l1, reg, mu, mu1, a):
+    """Nesterov in one pass: v' = mu * v + a * g; g = mu1 * v' - mu * v (mu1 = 1 + mu), after the regularization
+    (reg: scale and decay apply); the float32 operations of the NumPy rule, in its order. Returns all-finite."""
+    bad = 0
+    for i in prange(g.size):
+        t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
+        old = v[i] * mu
+        vn = v[i] * mu + a * t
+        v[i] = vn
+        s = vn * mu1 - old
+        g[i] = s
+        bad += np.int64(s - s != 0)
+    return bad == 0
+
+
+def _adagrad_step(g, w, h, scale, decay, l1, reg, delta, a):
+    """AdaGrad in one pass: h += g^2; g *= a / (sqrt(h) + delta)."""
+    bad = 0
+    for i in prange(g.size):
+        t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
+        hn = h[i] + t * t
+        h[i] = hn
+        s = t * (a / (_sqrt(hn) + delta))
+        g[i] = s
+        bad += np.int64(s - s != 0)
+    return bad == 0
+
+
+def _rmsprop_step(g, w, h, scale, decay, l1, reg, rho, omr, delta, a):
+    """RMSProp in one pass: h = rho * h + (1 - rho) * g^2 (omr = 1 - rho); g *= a / (sqrt(h) + delta)."""
+    bad = 0
+    for i in prange(g.size):
+        t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
+        hn = h[i] * rho + omr * t * t
+        h[i] = hn
+        s = t * (a / (_sqrt(hn) + delta))
+        g[i] = s
+        bad += np.int64(s - s != 0)
+    return bad == 0
+
+
+def _adadelta_step(g, w, h, h2, scale, decay, l1, reg, mu, omm, delta, a):
+    """AdaDelta in one pass: h = mu * h + (1 - mu) * g^2 (omm = 1 - mu); u = g * sqrt((h2 + delta) / (h + delta));
+    h2 = mu * h2 + (1 - mu) * u^2; g = a * u."""
+    bad = 0
+    for i in prange(g.size):
+        t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
+        hn = h[i] * mu + omm * t * t
+        h[i] = hn
+        u = t * _sqrt((h2[i] + delta) / (hn + delta))
+        h2[i] = h2[i] * mu + omm * u * u
+        s = u * a
+        g[i] = s
+        bad += np.int64(s - s != 0)
+    return bad == 0
+
+
+def _adam_step(g, w, m, v, scale, decay, l1, reg, b1, omb1, b2, omb2, delta, ac):
+    """Adam in one pass: m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g^2; g = m / (sqrt(v) + delta) * ac
+    (ac = the rate times the bias correction; omb1, omb2 = 1 - b1, 1 - b2)."""
+    bad = 0
+    for i in prange(g.size):
+        t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
+        mn = m[i] * b1 + omb1 * t
+        vn = v[i] * b2 + omb2 * t * t
+        m[i] = mn
+        v[i] = vn
+        s = mn / (_sqrt(vn) + delta) * ac
+        g[i] = s
+        bad += np.int64(s - s != 0)
+    return bad == 0
+
+
 def _subtract_step(w, g):
     """w -= g, on flat arrays."""
     for i in prange(w.size):
@@ -79,11 +172,13 @@ PARALLEL_MIN = 1 << 19
 
 def _both(fn):
     """fn on all threads for large arrays and on the calling thread for small ones (the first argument's size)."""
-    parallel = njit(cache=True, nogil=True, parallel=True)(fn)
+    # error_model numpy: IEEE division (x / 0 = inf, caught by the finite count), no ZeroDivisionError branch,
+    # which kept the adaptive rules from vectorizing
+    parallel = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(fn)
     # a copy under its own name: Numba's on-disk cache tells functions apart by name, not by compile options
     copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + "_serial"
-    serial = njit(cache=True, nogil=True)(copy)
+    serial = njit(cache=True, nogil=True, error_model="numpy")(copy)
 
     def call(first, *rest):
         return (parallel if first.size >= PARALLEL_MIN else serial)(first, *rest)
@@ -92,6 +187,8 @@ def _both(fn):
 
 
 regularize, sgd_step, sgd_apply, subtract_step = map(_both, (_regularize, _sgd_step, _sgd_apply, _subtract_step))
+nesterov_step, adagrad_step, rmsprop_step, adadelta_step, adam_step = map(
+    _both, (_nesterov_step, _adagrad_step, _rmsprop_step, _adadelta_step, _adam_step))
 
 
 class Solver:
@@ -163,7 +260,7 @@ class Solver:
                 p.blob.diff[...] = self.step_of(i)
         else:
             for i, p, decay, a in learnable:
-                finite = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1)
+                finite = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1, it)
                 if finite is not None:
                     self.step_finite[p.key] = finite
                     continue
@@ -190,16 +287,19 @@ class Solver:
         """Turn the gradient g of parameter i into its step, in place (solvers without a fused_rule)."""
         raise NotImplementedError
 
-    def fused_rule(self, g, w, i, a, scale, decay, l1):
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
         """Regularization and rule in one pass over flat g, returning whether the step is finite (`step_finite`
         keeps it for the trainer's check), or None where the solver has no such kernel."""
         return None
+
+    def _flat(self, i, slot=0):
+        return self._hist(i, slot).reshape(-1)
 
 
 class SGD(Solver):
     type = "SGD"
 
-    def fused_rule(self, g, w, i, a, scale, decay, l1):
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
         return sgd_step(g, w, self._hist(i).reshape(-1), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
 
     one_pass = True
@@ -214,65 +314,49 @@ class SGD(Solver):
 class Nesterov(Solver):
     type = "Nesterov"
 
-    def rule(self, g, i, a, it):
-        v = self._hist(i)
-        mu = v.dtype.type(self.cfg.momentum)
-        old = v * mu
-        v *= mu
-        v += a * g
-        np.subtract(v * (1 + mu), old, out=g)
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        mu = w.dtype.type(self.cfg.momentum)
+        return nesterov_step(g, w, self._flat(i), scale, decay, l1, bool(decay) or scale != 1, mu, 1 + mu, a)
 
 
 class AdaGrad(Solver):
     type = "AdaGrad"
 
-    def rule(self, g, i, a, it):
-        h = self._hist(i)
-        h += g * g
-        g *= a / (np.sqrt(h) + h.dtype.type(self.cfg.delta))
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        return adagrad_step(g, w, self._flat(i), scale, decay, l1, bool(decay) or scale != 1,
+                            w.dtype.type(self.cfg.delta), a)
 
 
 class RMSProp(Solver):
     type = "RMSProp"
 
-    def rule(self, g, i, a, it):
-        h = self._hist(i)
-        rho = h.dtype.type(self.cfg.rms_decay)
-        h *= rho
-        h += (1 - rho) * g * g
-        g *= a / (np.sqrt(h) + h.dtype.type(self.cfg.delta))
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        rho = w.dtype.type(self.cfg.rms_decay)
+        return rmsprop_step(g, w, self._flat(i), scale, decay, l1, bool(decay) or scale != 1, rho, 1 - rho,
+                            w.dtype.type(self.cfg.delta), a)
 
 
 class AdaDelta(Solver):
     type = "AdaDelta"
     slots = 2
 
-    def rule(self, g, i, a, it):
-        h, h2 = self._hist(i, 0), self._hist(i, 1)
-        mu, delta = h.dtype.type(self.cfg.momentum), h.dtype.type(self.cfg.delta)
-        h *= mu
-        h += (1 - mu) * g * g
-        g *= np.sqrt((h2 + delta) / (h + delta))
-        h2 *= mu
-        h2 += (1 - mu) * g * g
-        g *= a
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        mu = w.dtype.type(self.cfg.momentum)
+        return adadelta_step(g, w, self._flat(i, 0), self._flat(i, 1), scale, decay, l1, bool(decay) or scale != 1,
+                             mu, 1 - mu, w.dtype.type(self.cfg.delta), a)
 
 
 class Adam(Solver):
     type = "Adam"
     slots = 2
 
-    def rule(self, g, i, a, it):
-        m, v = self._hist(i, 0), self._hist(i, 1)
-        b1, b2 = m.dtype.type(self.cfg.momentum), m.dtype.type(self.cfg.momentum2)
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        kind = w.dtype.type
+        b1, b2 = kind(self.cfg.momentum), kind(self.cfg.momentum2)
         t = it + 1
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        correction = m.dtype.type(np.sqrt(1 - float(b2) ** t) / (1 - float(b1) ** t))
-        np.divide(m, np.sqrt(v) + m.dtype.type(self.cfg.delta), out=g)
-        g *= a * correction
+        correction = kind(np.sqrt(1 - float(b2) ** t) / (1 - float(b1) ** t))
+        return adam_step(g, w, self._flat(i, 0), self._flat(i, 1), scale, decay, l1, bool(decay) or scale != 1,
+                         b1, 1 - b1, b2, 1 - b2, kind(self.cfg.delta), a * correction)
 
 
 SOLVERS = {cls.type: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}

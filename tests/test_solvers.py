@@ -243,3 +243,66 @@ def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows():
         np.testing.assert_array_equal(seen["data"][k], before[k])  # nothing applied when the check runs
         np.testing.assert_array_equal(seen["diff"][k], solver.history[k])  # the steps, where the check reads
     np.testing.assert_array_equal(seen["diff"][0], np.float32(0.01) * grads[0])  # v = a * g from v = 0
+
+
+def _numpy_rule(kind, g, h, h2, w, cfg, a, it):
+    """The rules in float32 NumPy, operation by operation (the order the one-pass kernels must keep)."""
+    f = np.float32
+    if kind == "Nesterov":
+        mu = f(cfg.momentum)
+        old = h * mu
+        h *= mu
+        h += a * g
+        g[...] = h * (1 + mu) - old
+    elif kind == "AdaGrad":
+        h += g * g
+        g *= a / (np.sqrt(h) + f(cfg.delta))
+    elif kind == "RMSProp":
+        rho = f(cfg.rms_decay)
+        h *= rho
+        h += (1 - rho) * g * g
+        g *= a / (np.sqrt(h) + f(cfg.delta))
+    elif kind == "AdaDelta":
+        mu, delta = f(cfg.momentum), f(cfg.delta)
+        h *= mu
+        h += (1 - mu) * g * g
+        g *= np.sqrt((h2 + delta) / (h + delta))
+        h2 *= mu
+        h2 += (1 - mu) * g * g
+        g *= a
+    else:  # Adam
+        b1, b2 = f(cfg.momentum), f(cfg.momentum2)
+        h *= b1
+        h += (1 - b1) * g
+        h2 *= b2
+        h2 += (1 - b2) * g * g
+        correction = f(np.sqrt(1 - float(b2) ** (it + 1)) / (1 - float(b1) ** (it + 1)))
+        np.divide(h, np.sqrt(h2) + f(cfg.delta), out=g)
+        g *= a * correction
+
+
+@pytest.mark.parametrize("kind", ["Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+@pytest.mark.parametrize("regularization", ["L2", "L1"])
+def test_one_pass_rules_equal_their_numpy_operations(kind, regularization):
+    """Each solver's one-pass kernel (regularization, rule and the finite check together) gives bitwise what the
+    float32 NumPy operations give, with iter_size's scaling, on sizes run on one thread and on both."""
+    from solvers.rules import PARALLEL_MIN, SOLVERS
+    cfg = resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "type": kind, "momentum": 0.9,
+                                  "weight_decay": 5e-3, "regularization_type": regularization, "iter_size": 3})
+    params = _params(np.random.default_rng(4), [9, PARALLEL_MIN + 3])
+    params[0].blob.data[:2] = 0
+    ref = [(p.blob.data.copy(), np.zeros_like(p.blob.data), np.zeros_like(p.blob.data)) for p in params]
+    solver = SOLVERS[kind](params, cfg)
+    f = np.float32
+    for it in range(4):
+        for k, p in enumerate(params):
+            p.blob.diff[...] = np.random.default_rng(it).standard_normal(p.blob.diff.size)
+            w, h, h2 = ref[k]
+            g = p.blob.diff.copy() * f(1 / 3) + f(5e-3 * p.decay_mult) * (np.sign(w) if regularization == "L1" else w)
+            _numpy_rule(kind, g, h, h2, w, cfg, f(0.05 * p.lr_mult), it)
+            w -= g
+        solver.apply_update(0.05, it)
+        assert all(solver.step_finite.values()) and len(solver.step_finite) == 2
+    for k, p in enumerate(params):
+        np.testing.assert_array_equal(p.blob.data, ref[k][0])
+        np.testing.assert_array_equal(solver.history[k], ref[k][1])
