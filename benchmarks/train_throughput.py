@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Training throughput of yaffe against PyTorch (when installed) on the same nets, batch and threads.
+"""Training throughput of yaffe against PyTorch and BVLC Caffe (when installed) on the same nets, batch and threads.
 
-    python benchmarks/train_throughput.py [--repeats 5] [--iterations 20] [--threads N]
+    python benchmarks/train_throughput.py [--repeats 5] [--iterations 20] [--seconds 1] [--threads N]
+                                          [--nets MLP,LeNet] [--caffe-chroot DIR | --caffe CMD]
 
 For LeNet (1x28x28, batch 64), CIFAR-10 quick (3x32x32, batch 100) and an MLP 784-512-512-10 (batch 128),
-on DummyData (uniform images, refilled each iteration, and random integer labels set once, in both
-frameworks: a constant label drives the loss to 0 within 30 iterations, after which the gradients sink into
-float32 denormals and every CPU slows down 10x or more): forward, backward and the SGD update (momentum,
-weight decay), float32. yaffe and PyTorch run
-alternately (PyTorch in fresh processes with its own OpenMP settings), several repeats; the table gives medians, the ratio yaffe/PyTorch, and yaffe's
-achieved GFLOP/s against the matrix-product peak measured in the same run. It also reports the start-up to the
-first iteration (cold and warm Numba cache, in fresh processes) and the peak memory of a LeNet run of each.
+on DummyData (uniform images, refilled each iteration, and random integer labels: a constant label drives the
+loss to 0 within 30 iterations, after which the gradients sink into float32 denormals and every CPU slows down
+10x or more): forward, backward and the SGD update (momentum, weight decay), float32. yaffe runs here, PyTorch
+(with its own OpenMP settings) and Caffe (`caffe train` on the same nets as prototxt; its labels redrawn every
+iteration) in fresh processes, alternately, several repeats of at least --iterations and --seconds each; the
+table gives medians, the ratios, and yaffe's achieved GFLOP/s against the matrix-product peak measured in the
+same run. It also reports the start-up to the first iteration (cold and warm Numba cache, in fresh processes)
+and the peak memory of a LeNet run of yaffe and PyTorch. benchmarks/README.md says how to get Caffe.
 """
 from __future__ import annotations
 
