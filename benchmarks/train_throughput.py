@@ -273,7 +273,10 @@ def main():
                     "SKYLAKEX on AVX-512 CPUs, as older OpenBLAS builds fall back to SSE3 kernels on CPUs newer than "
                     "they know; 'none' leaves it unset)")
     args = ap.parse_args()
-    caffe = None
+    caffe = caffe_dir = None
+    if args.caffe_chroot and not os.path.isfile(os.path.join(args.caffe_chroot, "usr", "bin", "caffe")):
+        ap.error(f"--caffe-chroot {args.caffe_chroot}: no usr/bin/caffe there; make the chroot as "
+                 "benchmarks/README.md says (debootstrap --variant=minbase --include=caffe bullseye DIR ...)")
     if args.caffe_chroot or args.caffe:
         import shlex
         caffe = (["chroot", args.caffe_chroot, "/usr/bin/caffe"] if args.caffe_chroot else shlex.split(args.caffe))
@@ -301,8 +304,13 @@ def main():
                 ts.append(torch_rate_in_child(name, args.threads, args.iterations, batch, args.seconds))
             if caffe:  # Caffe's display interval: about `seconds` at yaffe's rate
                 display = max(args.iterations, round(args.seconds * ys[0] / batch))
-                cs.append(caffe_rate(caffe, name, text, batch, display, args.threads, coretype, caffe_dir,
-                                     caffe_inside))
+                try:
+                    cs.append(caffe_rate(caffe, name, text, batch, display, args.threads, coretype, caffe_dir,
+                                         caffe_inside))
+                except (RuntimeError, OSError) as e:  # not root for chroot, no caffe there, ...
+                    print(f"Caffe left out: {e}\n(--caffe-chroot needs root; benchmarks/README.md says how to "
+                          "make the chroot)", file=sys.stderr)
+                    caffe = None
         ystep.close()
         y = statistics.median(ys)
         t = statistics.median(ts) if ts else float("nan")
@@ -311,9 +319,10 @@ def main():
         print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {y / CAFFE[name]:15.2f} "
               f"{gf:8.1f} {gf / peak:8.0%}", flush=True)
     print(f"\nmatrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
-    if caffe:
+    if caffe_dir:
         import shutil
         shutil.rmtree(caffe_dir, ignore_errors=True)
+    if caffe:
         print(f"Caffe: {' '.join(caffe)}, OPENBLAS_CORETYPE={coretype}; labels redrawn every iteration")
     print("yaffe/#8 Caffe: against the Caffe rates quoted in issue #8 (" +
           ", ".join(f"{v:,}" for v in CAFFE.values()) + " img/s, measured on another machine)")
