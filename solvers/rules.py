@@ -50,15 +50,9 @@ def _reg(r, l1):
     return r
 
 
-def _regularize(g, w, scale, decay, l1):
-    """g = g * scale + decay * (sign(w) if l1 else w), in place, on flat arrays, in one pass, in w's type."""
-    for i in prange(g.size):
-        g[i] = g[i] * scale + decay * _reg(w[i], l1)
-
-
 def _sgd_step(g, w, v, scale, decay, l1, mu, a):
     """SGD with its regularization in one pass: g = v = mu * v + a * (g * scale + decay * reg(w)), on flat
-    arrays, the same float32 operations as _regularize then the momentum step; returns whether every step is finite (an integer
+    arrays, the float32 operations of the regularization, then of the momentum step; returns whether every step is finite (an integer
     count, which vectorizes where a float sum would not)."""
     bad = 0
     for i in prange(g.size):
@@ -186,7 +180,7 @@ def _both(fn):
     return call
 
 
-regularize, sgd_step, sgd_apply, subtract_step = map(_both, (_regularize, _sgd_step, _sgd_apply, _subtract_step))
+sgd_step, sgd_apply, subtract_step = map(_both, (_sgd_step, _sgd_apply, _subtract_step))
 nesterov_step, adagrad_step, rmsprop_step, adadelta_step, adam_step = map(
     _both, (_nesterov_step, _adagrad_step, _rmsprop_step, _adadelta_step, _adam_step))
 
@@ -200,7 +194,7 @@ class Solver:
     def __init__(self, params, cfg):
         self.params, self.cfg = params, cfg
         self.history = [np.zeros_like(p.blob.data) for _ in range(self.slots) for p in params]
-        self.step_finite = {}  # {param key: bool} from the last update's fused_rule
+        self.step_finite = {}  # {param key: bool} from the last update's kernels
 
     def _hist(self, i, slot=0):
         return self.history[slot * len(self.params) + i]
@@ -260,13 +254,8 @@ class Solver:
                 p.blob.diff[...] = self.step_of(i)
         else:
             for i, p, decay, a in learnable:
-                finite = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a, scale, decay, l1, it)
-                if finite is not None:
-                    self.step_finite[p.key] = finite
-                    continue
-                if decay or scale != 1:
-                    regularize(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), scale, decay, l1)
-                self.rule(p.blob.diff, i, a, it)
+                self.step_finite[p.key] = self.fused_rule(p.blob.diff.reshape(-1), p.blob.data.reshape(-1), i, a,
+                                                          scale, decay, l1, it)
         if before_apply is not None:
             before_apply()
         for _, p, _, _ in learnable:
@@ -283,14 +272,10 @@ class Solver:
         """Where apply_step left parameter i's step."""
         raise NotImplementedError
 
-    def rule(self, g, i, a, it):
-        """Turn the gradient g of parameter i into its step, in place (solvers without a fused_rule)."""
-        raise NotImplementedError
-
     def fused_rule(self, g, w, i, a, scale, decay, l1, it):
-        """Regularization and rule in one pass over flat g, returning whether the step is finite (`step_finite`
-        keeps it for the trainer's check), or None where the solver has no such kernel."""
-        return None
+        """Regularization and rule of parameter i in one pass over flat g (the gradient becomes the step),
+        returning whether the step is finite (`step_finite` keeps it for the trainer's check)."""
+        raise NotImplementedError
 
     def _flat(self, i, slot=0):
         return self._hist(i, slot).reshape(-1)
@@ -300,12 +285,12 @@ class SGD(Solver):
     type = "SGD"
 
     def fused_rule(self, g, w, i, a, scale, decay, l1, it):
-        return sgd_step(g, w, self._hist(i).reshape(-1), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
+        return sgd_step(g, w, self._flat(i), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
 
     one_pass = True
 
     def apply_step(self, i, g, w, a, scale, decay, l1):
-        return sgd_apply(g, w, self._hist(i).reshape(-1), scale, decay, l1, w.dtype.type(self.cfg.momentum), a)
+        return sgd_apply(g, w, self._flat(i), scale, decay, l1, w.dtype.type(self.cfg.momentum), a)
 
     def step_of(self, i):
         return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
