@@ -16,13 +16,8 @@ and the peak memory of a LeNet run of yaffe and PyTorch. benchmarks/README.md sa
 """
 from __future__ import annotations
 
-import os
-
-# One OpenMP runtime serves Numba's kernels, OpenBLAS and PyTorch in this process: passive waiting keeps the
-# threads of one from spinning on the cores the next one needs (set before anything starts OpenMP).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -242,10 +237,7 @@ def peak_rss(code):
 
 def _env():
     """The environment of a child: PyTorch with its own default OpenMP settings."""
-    env = dict(os.environ)
-    if env.get("OMP_WAIT_POLICY") == "PASSIVE" and "YAFFE_BENCH_KEEP_OMP" not in env:
-        env.pop("OMP_WAIT_POLICY")
-    return env
+    return dict(os.environ)
 
 
 def torch_rate_in_child(name, threads, iterations, batch, seconds):

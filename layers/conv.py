@@ -22,7 +22,7 @@ from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
-from .cpu import gemm_acc
+from .cpu import gemm, gemm_acc
 from .simd import BCAST_MR, TAPS_KR, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
 
 
@@ -418,8 +418,8 @@ class Convolution(Layer):
         for s in range(0, n, block):
             im2col(x[s:s + block], *self._geometry(), self._col)
             for g in range(groups):
-                np.matmul(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
-                          out=self._out[g * og:(g + 1) * og])
+                gemm(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
+                     self._out[g * og:(g + 1) * og])
             channels_last_to_first(self._out, bias, self.p.bias_term, y[s:s + block])
 
     def backward(self, top, propagate_down, bottom):
@@ -471,8 +471,8 @@ class Convolution(Layer):
                     gemm_acc(dt[g * og:(g + 1) * og], self._col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
             if data:
                 for g in range(groups):
-                    np.matmul(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
-                              out=self._col[g * k:(g + 1) * k])
+                    gemm(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
+                         self._col[g * k:(g + 1) * k])
                 col2im(self._col, *self._geometry(), bottom[0].diff[s:s + block])
 
 
@@ -517,7 +517,7 @@ class Deconvolution(Convolution):
         weight = self.blobs[0].data.reshape(c, k)
         self._x.reshape(c, n, plane)[...] = x.reshape(n, c, plane).transpose(1, 0, 2)
         for g in range(groups):
-            np.matmul(weight[g * cg:(g + 1) * cg].T, self._x[g * cg:(g + 1) * cg], out=self._col[g * k:(g + 1) * k])
+            gemm(weight[g * cg:(g + 1) * cg].T, self._x[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k])
         col2im(self._col, *self._geometry(), top[0].data)
         if self.p.bias_term:
             top[0].data += self.blobs[1].data[None, :, None, None]
@@ -538,5 +538,5 @@ class Deconvolution(Convolution):
             gemm_acc(self._x[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k].T, dw[g * cg:(g + 1) * cg])
         if propagate_down[0]:
             for g in range(groups):
-                np.matmul(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], out=self._x[g * cg:(g + 1) * cg])
+                gemm(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], self._x[g * cg:(g + 1) * cg])
             bottom[0].diff.reshape(n, c, plane)[...] = self._x.reshape(c, n, plane).transpose(1, 0, 2)

@@ -12,7 +12,7 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -153,6 +153,13 @@ def _operand(x):
 def gemm_acc(a, b, c):
     """c += a @ b in one BLAS call (beta = 1: no temporary, no extra pass); a and b may be transposed views.
     Falls back to NumPy where OpenBLAS's CBLAS is not found or a layout does not fit."""
+    if pooled():
+        gemm(a, b, c, 1.0)
+        return
+    _gemm_acc_blas(a, b, c)
+
+
+def _gemm_acc_blas(a, b, c):
     functions = _gemm_functions()
     f = functions.get(c.dtype) if functions else None
     oa, ob = _operand(a), _operand(b)
@@ -163,3 +170,164 @@ def gemm_acc(a, b, c):
     m, n, k = c.shape[0], c.shape[1], a.shape[1]
     f(ROW_MAJOR, oa[0], ob[0], m, n, k, 1.0, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0, c.ctypes.data,
       c.strides[0] // c.itemsize)
+
+
+def _renamed(fn, suffix):
+    """A copy of fn under another name (Numba's on-disk cache tells functions apart by name, not options)."""
+    import types as pytypes
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    return copy
+
+
+def threaded(fn, minimum, **options):
+    """fn compiled twice: on all of Numba's threads (its prange loops shared out) for calls whose first
+    argument has `minimum` elements or more, and on the calling thread (a launch costs a few us while the
+    threads spin, 30-300 us once they sleep). The serial one is `.serial`."""
+    parallel = njit(cache=True, nogil=True, parallel=True, **options)(fn)
+    serial = njit(cache=True, nogil=True, **options)(_renamed(fn, "_serial"))
+
+    def call(first, *rest):
+        return (parallel if first.size >= minimum else serial)(first, *rest)
+    call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
+    call.serial = serial
+    return call
+
+
+def _zero(a):
+    """a[...] = 0 on a flat array, in blocks shared out to the threads."""
+    block = 1 << 14
+    for b in prange((a.size + block - 1) // block):
+        a[b * block:(b + 1) * block] = 0
+
+
+def _add_column_sums(dy, db):
+    """db += dy summed over its rows: dy (m, n), db (n,) (a bias gradient), the columns in blocks."""
+    m, n = dy.shape
+    block = 64
+    for b in prange((n + block - 1) // block):
+        lo, hi = b * block, min(n, (b + 1) * block)
+        acc = np.zeros(hi - lo, dy.dtype)
+        for i in range(m):
+            acc += dy[i, lo:hi]
+        db[lo:hi] += acc
+
+
+zero = threaded(_zero, 1 << 16)
+add_column_sums = threaded(_add_column_sums, 1 << 15)
+
+
+# ---- matrix products on Numba's threads ---------------------------------------------------------------------
+# OpenBLAS runs on the calling thread only (blas_threads(1), set by use_own_threads), and a product is cut into
+# one part per Numba thread, each part one single-threaded OpenBLAS call made from a Numba kernel. Then one pool
+# of threads does all the work: Numba's. Two pools (OpenBLAS's and Numba's, each spinning after its work, or
+# each sleeping and woken at 30-300 us on a VM) cost more than the products of a small net.
+
+_SYMBOL = {np.dtype(np.float32): "yaffe_cblas_sgemm", np.dtype(np.float64): "yaffe_cblas_dgemm"}
+_i32, _i64 = types.int32, types.int64
+_sgemm = types.ExternalFunction("yaffe_cblas_sgemm", types.void(
+    _i32, _i32, _i32, _i64, _i64, _i64, types.float32, _i64, _i64, _i64, _i64, types.float32, _i64, _i64))
+_dgemm = types.ExternalFunction("yaffe_cblas_dgemm", types.void(
+    _i32, _i32, _i32, _i64, _i64, _i64, types.float64, _i64, _i64, _i64, _i64, types.float64, _i64, _i64))
+_POOLED = []
+MIN_PART = 1 << 18  # multiply-adds per part: smaller products run on the calling thread (a part costs ~5 us)
+
+
+def pooled() -> bool:
+    """Whether products can run as parts on Numba's threads: OpenBLAS's CBLAS (64-bit integers) was found and
+    its ?gemm registered under yaffe's names for the kernels (by name, so their cache stays valid)."""
+    if not _POOLED:
+        ok = False
+        if _gemm_functions() and os.environ.get("YAFFE_GEMM", "").lower() != "openblas":
+            import ctypes
+            import llvmlite.binding as llvm
+            lib = _openblas()
+            for real, alias in (("scipy_cblas_sgemm64_", "yaffe_cblas_sgemm"), ("scipy_cblas_dgemm64_", "yaffe_cblas_dgemm")):
+                llvm.add_symbol(alias, ctypes.cast(getattr(lib, real), ctypes.c_void_p).value)
+            ok = True
+        _POOLED.append(ok)
+    return _POOLED[0]
+
+
+def use_own_threads():
+    """OpenBLAS on the calling thread from now on, where products run on Numba's threads (pooled())."""
+    if pooled():
+        blas_threads(1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cut(n, parts, p):
+    """Start of part p of n (a multiple of 16, so that parts start on a cache line)."""
+    return n if p >= parts else (n * p // parts) // 16 * 16
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gemm_parts(ta, tb, m, n, k, a, lda, b, ldb, beta, c, bias, split_n, parts):
+    """c = op(a) op(b) + beta c (+ bias on every row when bias has n values), as `parts` OpenBLAS calls on
+    the threads: the columns of c cut into parts (split_n) or its rows. a, b: addresses; c: (m, n) view with
+    unit column stride; row-major, ta/tb are CBLAS's 111 (no transpose) or 112."""
+    item, ldc = c.itemsize, c.strides[0] // c.itemsize
+    for p in prange(parts):
+        lo, hi = _cut(n if split_n else m, parts, p), _cut(n if split_n else m, parts, p + 1)
+        if hi <= lo:
+            continue
+        mm, nn, ao, bo, co = m, n, a, b, c.ctypes.data
+        if split_n:
+            nn = hi - lo
+            bo = b + lo * item * (1 if tb == 111 else ldb)
+            co += lo * item
+            rows, cols = (0, m), (lo, hi)
+        else:
+            mm = hi - lo
+            ao = a + lo * item * (lda if ta == 111 else 1)
+            co += lo * ldc * item
+            rows, cols = (lo, hi), (0, n)
+        cb = beta
+        if bias.size:
+            for i in range(rows[0], rows[1]):
+                for j in range(cols[0], cols[1]):
+                    c[i, j] = bias[j]
+            cb = 1.0
+        if item == 4:
+            _sgemm(np.int32(101), np.int32(ta), np.int32(tb), np.int64(mm), np.int64(nn), np.int64(k),
+                   np.float32(1.0), np.int64(ao), np.int64(lda), np.int64(bo), np.int64(ldb), np.float32(cb),
+                   np.int64(co), np.int64(ldc))
+        else:
+            _dgemm(np.int32(101), np.int32(ta), np.int32(tb), np.int64(mm), np.int64(nn), np.int64(k),
+                   np.float64(1.0), np.int64(ao), np.int64(lda), np.int64(bo), np.int64(ldb), np.float64(cb),
+                   np.int64(co), np.int64(ldc))
+
+
+_NO_BIAS = {}
+
+
+def gemm(a, b, c, beta=0.0, bias=None):
+    """c = a @ b + beta * c, plus bias (n values) on every row of c; a and b may be transposed views, c is
+    (m, n) with unit column stride. One product, split over Numba's threads where pooled(), else OpenBLAS's
+    (or NumPy where the layouts do not fit CBLAS)."""
+    m, n, k = c.shape[0], c.shape[1], a.shape[1]
+    oa, ob = _operand(a), _operand(b)
+    if (not pooled() or oa is None or ob is None or a.dtype != c.dtype or b.dtype != c.dtype
+            or c.dtype not in _SYMBOL or c.strides[1] != c.itemsize or m == 0 or n == 0):
+        if bias is not None:
+            c[...] = bias
+            beta = 1.0
+        if beta:
+            c *= beta
+            _gemm_acc_blas(a, b, c)
+        else:
+            np.matmul(a, b, out=c)
+        return
+    parts = max(1, min(get_num_threads(), m * n * k // MIN_PART))
+    split_n = n >= m
+    if bias is None:
+        bias = _NO_BIAS.get(c.dtype)
+        if bias is None:
+            bias = _NO_BIAS[c.dtype] = np.zeros(0, c.dtype)
+    if parts == 1:
+        _gemm_serial(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, split_n, 1)
+    else:
+        _gemm_parts(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, split_n, parts)
+
+
+_gemm_serial = njit(cache=True, nogil=True)(_renamed(_gemm_parts.py_func, "_serial"))  # one part: no launch

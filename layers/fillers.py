@@ -6,9 +6,10 @@ convolution weight (O, I/g, kh, kw) that is I/g*kh*kw and O*kh*kw.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import prange
 
 from .base import Field
+from .cpu import threaded
 
 FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
@@ -70,17 +71,19 @@ def fill(shape, filler: dict | None, rng: np.random.Generator, dtype=np.float32)
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True, nogil=True)
 def _uniform_hash(out, key, shift, scale, low, width):
     """out[i] = low + width * u_i, u_i = the top bits of SplitMix64's output for counter i (key + (i+1) * golden
     ratio, then its two xor-shift-multiply rounds), times 2^-bits: 24 bits for float32, 53 for float64."""
     kind = out.dtype.type
-    for i in range(out.size):
+    for i in prange(out.size):
         z = key + np.uint64(i + 1) * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z = z ^ (z >> np.uint64(31))
         out[i] = low + width * (kind(np.int64(z >> shift)) * scale)
+
+
+_uniform_hash = threaded(_uniform_hash, 1 << 15)
 
 
 def uniform_into(out: np.ndarray, rng: np.random.Generator, low: float = 0.0, high: float = 1.0):

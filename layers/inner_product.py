@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Field, Layer, count, register
-from .cpu import gemm_acc
+from .cpu import add_column_sums, gemm, gemm_acc
 
 
 @register("InnerProduct")
@@ -38,9 +38,7 @@ class InnerProduct(Layer):
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, -1)
         w = self.blobs[0].data
-        np.matmul(x, w if self.p.transpose else w.T, out=y)
-        if self.p.bias_term:
-            y += self.blobs[1].data
+        gemm(x, w if self.p.transpose else w.T, y, bias=self.blobs[1].data if self.p.bias_term else None)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.m, -1)
@@ -51,6 +49,6 @@ class InnerProduct(Layer):
         else:
             gemm_acc(dy.T, x, w.diff)
         if self.p.bias_term:
-            self.blobs[1].diff += dy.sum(axis=0)
+            add_column_sums(dy, self.blobs[1].diff)
         if propagate_down[0]:
-            np.matmul(dy, w.data.T if self.p.transpose else w.data, out=bottom[0].diff.reshape(self.m, self.k))
+            gemm(dy, w.data.T if self.p.transpose else w.data, bottom[0].diff.reshape(self.m, self.k))

@@ -14,6 +14,7 @@ import numpy as np
 
 import layers
 from layers.base import BatchSync, Blob, SharedBlob, resolve
+from layers.cpu import zero
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from .graph import LayerDef, compile_net
@@ -47,7 +48,9 @@ def _flush_denormals_once():
     """Float32 denormals to zero in the thread that builds (and then runs) nets: see layers/cpu.py. The first
     net of the process also restarts OpenBLAS's threads from this thread, so that they flush too."""
     if not getattr(_flushed, "done", False):
-        from layers.cpu import flush_denormals
+        from layers.cpu import flush_denormals, use_own_threads
+        if not _blas_restarted:
+            use_own_threads()  # products on Numba's threads, OpenBLAS on its caller's (layers/cpu.py)
         flush_denormals(restart_blas=not _blas_restarted)
         _blas_restarted.append(True)
         _flushed.done = True
@@ -189,6 +192,7 @@ class Net:
                 raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): "
                                 f"{len(d.params)} param entries given but the layer has {len(layer.blob_shapes)} "
                                 "learnable blobs; remove the extra entries")])
+        self._flatten_params()
         consumed = {b for d in self.defs for b in d.bottoms}
         self.outputs = [t for d in self.defs for t in d.tops if t not in consumed]
         self.outputs = list(dict.fromkeys(self.outputs))
@@ -340,7 +344,25 @@ class Net:
         self.backward()
         return loss
 
+    def _flatten_params(self):
+        """Put every param's data, and every param's diff, into one array each (`param_data`, `param_diff`), in
+        the order of `params`; the blobs hold views. The solver then updates them all in one pass and the diffs
+        are cleared in one (solvers/rules.py)."""
+        total = sum(p.blob.data.size for p in self.params)
+        self.param_data, self.param_diff = np.empty(total, self.dtype), np.zeros(total, self.dtype)
+        start = 0
+        for p in self.params:
+            n, shape = p.blob.data.size, p.blob.data.shape
+            data = self.param_data[start:start + n].reshape(shape)
+            data[...] = p.blob.data
+            p.blob.data, p.blob.diff = data, self.param_diff[start:start + n].reshape(shape)
+            start += n
+
     def clear_param_diffs(self):
+        flat = getattr(self, "param_diff", None)
+        if flat is not None and all(p.blob.diff.base is flat for p in self.params):
+            zero(flat)
+            return
         for p in self.params:
             p.blob.diff[...] = 0
 

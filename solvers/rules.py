@@ -21,6 +21,7 @@ from numba import config, njit, prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from layers.cpu import threaded
 from netspec.errors import UserError
 
 
@@ -159,30 +160,65 @@ def _subtract_step(w, g):
         w[i] -= g[i]
 
 
-# elements: below this one thread is faster than waking the other (measured on a 2-core VM, one-pass update:
-# 262,144 elements 151 us on one thread, 219 us on two; 1,048,576: 551 / 352 us)
-PARALLEL_MIN = 1 << 19
+def _sgd_apply_tasks(g, w, v, lo, hi, decay, a, scale, l1, mu, bad):
+    """_sgd_apply over many params at once: task t is elements [lo[t], hi[t]) of the flat arrays, one param's
+    (or a chunk of one), with its decay and rate; bad[t] = 1 where a step is non-finite. One kernel launch, the
+    tasks shared by the threads."""
+    for t in prange(lo.size):
+        i, j = lo[t], hi[t]
+        bad[t] = 0 if _sgd_apply_serial(g[i:j], w[i:j], v[i:j], scale, decay[t], l1, mu, a[t]) else 1
+    return bad.sum()
+
+
+PARALLEL_MIN = 1 << 16  # elements: below this the update runs on the calling thread
 
 
 def _both(fn):
-    """fn on all threads for large arrays and on the calling thread for small ones (the first argument's size)."""
-    # error_model numpy: IEEE division (x / 0 = inf, caught by the finite count), no ZeroDivisionError branch,
-    # which kept the adaptive rules from vectorizing
-    parallel = njit(cache=True, nogil=True, parallel=True, error_model="numpy")(fn)
-    # a copy under its own name: Numba's on-disk cache tells functions apart by name, not by compile options
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
-    copy.__qualname__ = fn.__qualname__ + "_serial"
-    serial = njit(cache=True, nogil=True, error_model="numpy")(copy)
-
-    def call(first, *rest):
-        return (parallel if first.size >= PARALLEL_MIN else serial)(first, *rest)
-    call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
-    return call
+    """fn on all threads for PARALLEL_MIN elements or more (the first argument's size), else on this thread;
+    IEEE division (error_model numpy: x / 0 = inf, caught by the finite count) and no ZeroDivisionError
+    branch, which kept the adaptive rules from vectorizing."""
+    return threaded(fn, PARALLEL_MIN, error_model="numpy")
 
 
 sgd_step, sgd_apply, subtract_step = map(_both, (_sgd_step, _sgd_apply, _subtract_step))
+_sgd_apply_serial = sgd_apply.serial
+sgd_apply_tasks = _both(_sgd_apply_tasks)
 nesterov_step, adagrad_step, rmsprop_step, adadelta_step, adam_step = map(
     _both, (_nesterov_step, _adagrad_step, _rmsprop_step, _adadelta_step, _adam_step))
+
+
+def _base(params, which="data"):
+    """The 1-D array whose views every param's data (or diff) is, C-contiguous, or None."""
+    arrays = [getattr(p.blob, which) for p in params]
+    base = arrays[0].base if arrays else None
+    if (base is None or base.ndim != 1 or not base.flags.c_contiguous
+            or any(a.base is not base or not a.flags.c_contiguous or a.dtype != base.dtype for a in arrays)):
+        return None
+    return base
+
+
+def _offsets(base, params, which="data"):
+    """Where each param's data (or diff) starts in base, in elements."""
+    start = base.ctypes.data
+    return [(getattr(p.blob, which).ctypes.data - start) // base.itemsize for p in params]
+
+
+class _Tasks:
+    """The one-pass update of many params as tasks of one kernel: task t updates elements [lo[t], hi[t]) of
+    the flat data w, diff g and history, all of param[t] (a param cut into tasks of at most `chunk`)."""
+
+    def __init__(self, arrays, w, g, params, offsets, chunk):
+        self.arrays, self.w, self.g = arrays, w, g
+        lo, hi, param = [], [], []
+        for k, (p, o) in enumerate(zip(params, offsets)):
+            for start in range(o, o + p.blob.data.size, chunk):
+                lo.append(start)
+                hi.append(min(start + chunk, o + p.blob.data.size))
+                param.append(k)
+        self.lo, self.hi, self.param = (np.array(v, np.int64) for v in (lo, hi, param))
+        self.lr_mult = np.array([params[k].lr_mult for k in param], np.float64)
+        self.bad = np.zeros(len(lo), np.int64)
+        self.all_finite = {p.key: True for p in params}
 
 
 class Solver:
@@ -193,8 +229,15 @@ class Solver:
 
     def __init__(self, params, cfg):
         self.params, self.cfg = params, cfg
-        self.history = [np.zeros_like(p.blob.data) for _ in range(self.slots) for p in params]
+        base = _base(params)
+        if base is None:
+            self.history = [np.zeros_like(p.blob.data) for _ in range(self.slots) for p in params]
+        else:  # laid out as the params' data (netspec/net.py: one array), so one pass can update them all
+            self.flat_history = [np.zeros_like(base) for _ in range(self.slots)]
+            self.history = [h[o:o + p.blob.data.size].reshape(p.blob.data.shape)
+                            for h in self.flat_history for p, o in zip(params, _offsets(base, params))]
         self.step_finite = {}  # {param key: bool} from the last update's kernels
+        self._tasks = None  # the one-pass plan over the flat arrays (_plan), with the arrays it was made for
 
     def _hist(self, i, slot=0):
         return self.history[slot * len(self.params) + i]
@@ -242,9 +285,13 @@ class Solver:
         learnable = [(i, p, dtype(cfg.weight_decay * p.decay_mult), dtype(rate * p.lr_mult))
                      for i, p in enumerate(self.params) if p.lr_mult]
         if fused and self.one_pass:
-            for i, p, decay, a in learnable:
-                self.step_finite[p.key] = self.apply_step(i, p.blob.diff.reshape(-1), p.blob.data.reshape(-1),
-                                                          a, scale, decay, l1)
+            plan = self._plan(learnable) if self.flat_history else None
+            if plan is not None:
+                self._apply_tasks(plan, learnable, rate, scale, l1)
+            else:
+                for i, p, decay, a in learnable:
+                    self.step_finite[p.key] = self.apply_step(i, p.blob.diff.reshape(-1), p.blob.data.reshape(-1),
+                                                              a, scale, decay, l1)
             if all(self.step_finite.values()):
                 if before_apply is not None:
                     before_apply()
@@ -262,6 +309,39 @@ class Solver:
             subtract_step(p.blob.data.reshape(-1), p.blob.diff.reshape(-1))
 
     one_pass = False  # the solver has apply_step and step_of
+    flat_history = ()  # where the params' data is one array: the history laid out the same (one per slot)
+    CHUNK = 1 << 14  # elements per task of the one-pass update over all params
+
+    def _plan(self, learnable):
+        """The _Tasks over the flat arrays for `learnable`, or None where the data or the diffs are not views of
+        one array at the same offsets (then each param is updated on its own). Kept while the arrays stay."""
+        arrays = [a for _, p, _, _ in learnable for a in (p.blob.data, p.blob.diff)]
+        plan = self._tasks
+        if plan is not None and len(arrays) == len(plan.arrays) and all(a is b for a, b in zip(arrays, plan.arrays)):
+            return plan
+        params = [p for _, p, _, _ in learnable]
+        data, diff = _base(params), _base(params, "diff")
+        self._tasks = None
+        if (data is None or diff is None or data.shape != self.flat_history[0].shape or diff.size < data.size
+                or _offsets(data, params) != _offsets(diff, params, "diff")):
+            return None
+        self._tasks = _Tasks(arrays, data, diff[:data.size], params, _offsets(data, params), self.CHUNK)
+        return self._tasks
+
+    def _apply_tasks(self, plan, learnable, rate, scale, l1):
+        w = plan.w
+        decay = np.array([d for _, _, d, _ in learnable], w.dtype)[plan.param]
+        a = (rate * plan.lr_mult).astype(w.dtype)  # as dtype(rate * lr_mult) per param
+        if self.apply_tasks(plan.g, w, plan.lo, plan.hi, decay, a, scale, l1, plan.bad) == 0:
+            self.step_finite = plan.all_finite
+            return
+        hit = set(plan.param[plan.bad != 0].tolist())
+        self.step_finite = {p.key: k not in hit for k, (_, p, _, _) in enumerate(learnable)}
+
+    def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
+        """apply_step over all params at once (tasks from _plan); bad[t] = 1 where task t's step is non-finite;
+        returns the number of such tasks."""
+        raise NotImplementedError
 
     def apply_step(self, i, g, w, a, scale, decay, l1):
         """Regularization, rule and w -= step of parameter i in one pass over flat g and w, leaving the old
@@ -294,6 +374,9 @@ class SGD(Solver):
 
     def step_of(self, i):
         return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
+
+    def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
+        return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, decay, a, scale, l1, w.dtype.type(self.cfg.momentum), bad)
 
 
 class Nesterov(Solver):

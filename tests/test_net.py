@@ -288,6 +288,34 @@ layer:
     assert np.abs(net.params[0].blob.diff).sum() > 0  # the gradient flowed through the views
 
 
+def test_params_live_in_one_array_each_for_data_and_diff():
+    """Every param's data and diff are views of net.param_data / param_diff, in the order of net.params (the
+    solver updates them in one kernel); the filled weights survive the move; clear_param_diffs zeroes all."""
+    spec = loads("""
+layer:
+  - {name: in, type: Input, top: [x, label], input_param: {shape: [{dim: [3, 4]}, {dim: [3]}]}}
+  - {name: a, type: InnerProduct, bottom: x, top: a, inner_product_param: {num_output: 5, weight_filler: {type: gaussian}}}
+  - {name: b, type: InnerProduct, bottom: a, top: b, param: [{lr_mult: 0}, {}],
+     inner_product_param: {num_output: 3, weight_filler: {type: uniform, min: 2, max: 3}, bias_filler: {type: constant, value: 1}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [b, label], top: loss}
+""")
+    net = Net(spec, "TRAIN", seed=0)
+    sizes = [p.blob.data.size for p in net.params]
+    assert sizes == [20, 5, 15, 3] and net.param_data.size == net.param_diff.size == sum(sizes)
+    start = 0
+    for p, n in zip(net.params, sizes):
+        assert p.blob.data.base is net.param_data and p.blob.diff.base is net.param_diff
+        np.testing.assert_array_equal(net.param_data[start:start + n], p.blob.data.ravel())
+        start += n
+    assert (net.params[2].blob.data >= 2).all() and (net.params[3].blob.data == 1).all()
+    assert np.abs(net.params[0].blob.data).sum() > 0
+    net.blobs["x"].data[...] = np.random.default_rng(0).normal(size=(3, 4))
+    net.forward_backward()
+    assert all(np.abs(p.blob.diff).sum() > 0 for p in net.params if p.lr_mult)
+    net.clear_param_diffs()
+    assert not net.param_diff.any()
+
+
 def test_building_a_net_flushes_float32_denormals_to_zero():
     """Denormals (a loss near 0, vanishing gradients) slow x86 10-100x; yaffe flushes them like Caffe's Intel
     builds. YAFFE_DENORMALS=keep keeps them."""
@@ -303,12 +331,13 @@ def test_building_a_net_flushes_float32_denormals_to_zero():
             # a denormal from its bits (5.9e-39): converting 1e-39 under FTZ would give 0 before any check
             "x = np.full(4, 0x00400000, np.uint32).view(np.float32); y = np.empty_like(x); scale_into(x, 1.0, y)\n"
             "a, b = np.full((512, 100), 0x00400000, np.uint32).view(np.float32), np.ones((100, 512), np.float32)\n"
-            "print(float(x[0] * np.float32(1)), float(y[0]), float(np.abs(a @ b).max()))")  # OpenBLAS's threads too
+            "from layers.cpu import gemm; c = np.empty((512, 512), np.float32); gemm(a, b, c)\n"  # Numba's threads
+            "print(float(x[0] * np.float32(1)), float(y[0]), float(np.abs(a @ b).max()), float(np.abs(c).max()))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flushed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
-    assert flushed.stdout.split() == ["0.0", "0.0", "0.0"], flushed.stderr
+    assert flushed.stdout.split() == ["0.0", "0.0", "0.0", "0.0"], flushed.stderr
     env = dict(os.environ, YAFFE_DENORMALS="keep")
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
                           timeout=120)
     assert [0 < float(v) < 1.2e-38 for v in kept.stdout.split()[:2]] == [True, True], kept.stdout + kept.stderr
-    assert float(kept.stdout.split()[2]) > 0  # 100 denormals summed: 5.9e-37
+    assert float(kept.stdout.split()[2]) > 0 and float(kept.stdout.split()[3]) > 0  # 100 denormals: 5.9e-37

@@ -191,45 +191,66 @@ def test_fifty_iterations_match_plain_numpy(tmp_path, solver):
     assert not np.allclose(ip.blobs[0].data, w0)
 
 
-def _params(rng, sizes):
-    """Fake learnable params (what Solver reads): blob.data, blob.diff, lr_mult, decay_mult, key."""
+def _params(rng, sizes, flat=False):
+    """Fake learnable params (what Solver reads): blob.data, blob.diff, lr_mult, decay_mult, key. flat: their
+    data and diffs are views of one array each, as a Net lays them out (the solver then updates all in one
+    kernel), with a frozen param (lr_mult 0, key "frozen") after the first."""
     out = []
     for k, n in enumerate(sizes):
         blob = SimpleNamespace(data=rng.standard_normal(n).astype(np.float32),
                                diff=rng.standard_normal(n).astype(np.float32))
-        out.append(SimpleNamespace(blob=blob, lr_mult=1.0 + k, decay_mult=1.0, key=f"p/{k}"))
+        out.append(SimpleNamespace(blob=blob, lr_mult=1.0 + k, decay_mult=1.0 + k / 2, key=f"p/{k}"))
+    if flat:
+        frozen = SimpleNamespace(data=rng.standard_normal(7).astype(np.float32), diff=np.zeros(7, np.float32))
+        out.insert(1, SimpleNamespace(blob=frozen, lr_mult=0.0, decay_mult=1.0, key="frozen"))
+        data, diff = (np.concatenate([getattr(p.blob, a) for p in out]) for a in ("data", "diff"))
+        start = 0
+        for p in out:
+            n = p.blob.data.size
+            p.blob.data, p.blob.diff = data[start:start + n], diff[start:start + n]
+            start += n
     return out
 
 
 @pytest.mark.parametrize("regularization", ["L2", "L1"])
 @pytest.mark.parametrize("iter_size", [1, 3])
-def test_sgd_one_pass_update_equals_two_passes(regularization, iter_size):
+@pytest.mark.parametrize("flat", [False, True])
+def test_sgd_one_pass_update_equals_two_passes(regularization, iter_size, flat):
     """The one-pass SGD update (w -= v in the same pass) gives bitwise the weights and history of the two-pass
-    one, on sizes that run on one thread and on both."""
+    one, on sizes that run on one thread and on both; flat: all params in one kernel (with a frozen param,
+    which it leaves alone, and params cut into several tasks), as a Net's params are."""
     from solvers.rules import PARALLEL_MIN, SGD
     cfg = resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9,
                                   "weight_decay": 5e-3, "regularization_type": regularization, "iter_size": iter_size})
     runs = []
     for fused in (True, False):
-        params = _params(np.random.default_rng(7), [10, 513, PARALLEL_MIN + 17])
+        params = _params(np.random.default_rng(7), [10, 513, PARALLEL_MIN + 17], flat)
         params[0].blob.data[:3] = 0  # L1's sign(0) = 0
+        frozen = [(p.blob.data.copy(), p.blob.diff.copy()) for p in params if not p.lr_mult]
         solver = SGD(params, cfg)
         for it in range(3):
             for p in params:
-                p.blob.diff[...] = np.random.default_rng(it).standard_normal(p.blob.diff.size)
+                if p.lr_mult:
+                    p.blob.diff[...] = np.random.default_rng(it).standard_normal(p.blob.diff.size)
             solver.apply_update(0.05, it, fused=fused)
             assert all(solver.step_finite.values()) and len(solver.step_finite) == 3
+            assert (solver._tasks is not None) == (flat and fused)  # which path ran
+        for (data, diff), p in zip(frozen, [p for p in params if not p.lr_mult]):
+            np.testing.assert_array_equal(p.blob.data, data)
+            np.testing.assert_array_equal(p.blob.diff, diff)
         runs.append(([p.blob.data.copy() for p in params], [h.copy() for h in solver.history]))
     for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         np.testing.assert_array_equal(a, b)
 
 
-def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows():
+@pytest.mark.parametrize("flat", [False, True])
+def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows(flat):
     """Param 0 is updated before param 1's step overflows: both keep their weights exactly, and the diffs hold
-    the steps for the check (as the two-pass update leaves them)."""
+    the steps for the check (as the two-pass update leaves them); flat: in one kernel over all params."""
     from solvers.rules import SGD
     cfg = resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9})
-    params = _params(np.random.default_rng(1), [300, 200])
+    params = _params(np.random.default_rng(1), [300, 200], flat)
+    params = [p for p in params if p.lr_mult]
     params[1].blob.diff[6] = np.inf
     before = [p.blob.data.copy() for p in params]
     grads = [p.blob.diff.copy() for p in params]
@@ -239,6 +260,7 @@ def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows():
         finite=dict(solver.step_finite), data=[p.blob.data.copy() for p in params],
         diff=[p.blob.diff.copy() for p in params]))
     assert seen["finite"] == {"p/0": True, "p/1": False}
+    assert (solver._tasks is not None) == flat
     for k in range(2):
         np.testing.assert_array_equal(seen["data"][k], before[k])  # nothing applied when the check runs
         np.testing.assert_array_equal(seen["diff"][k], solver.history[k])  # the steps, where the check reads

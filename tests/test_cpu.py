@@ -1,0 +1,70 @@
+"""layers/cpu.py: matrix products cut into parts on Numba's threads, and the small threaded kernels."""
+import numpy as np
+import pytest
+
+import layers.cpu as cpu
+from layers.cpu import add_column_sums, gemm, gemm_acc, zero
+
+
+def _operands(rng, m, n, k, ta, tb, dtype):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return (a.T if ta else a), (b.T if tb else b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parts", ["one", "several"])
+def test_gemm_equals_the_product_for_every_layout(monkeypatch, dtype, parts):
+    """c = a b + beta c (+ bias) for transposed and plain operands, into a view of a wider array (the columns
+    around it untouched), cut into parts along the rows or the columns; odd sizes give parts of unequal size."""
+    monkeypatch.setattr(cpu, "MIN_PART", 1 if parts == "several" else 1 << 62)
+    rng = np.random.default_rng(0)
+    for m, n, k in ((37, 5, 11), (5, 70, 9), (128, 512, 20), (64, 33, 1)):
+        for ta in (False, True):
+            for tb in (False, True):
+                a, b = _operands(rng, m, n, k, ta, tb, dtype)
+                for beta, bias in ((0.0, None), (1.0, None), (0.0, rng.standard_normal(n).astype(dtype))):
+                    wide = rng.standard_normal((m, n + 3)).astype(dtype)
+                    before = wide.copy()
+                    c = wide[:, 1:n + 1]
+                    want = a.astype(np.float64) @ b.astype(np.float64) + beta * c + (0 if bias is None else bias)
+                    gemm(a, b, c, beta, bias)
+                    np.testing.assert_allclose(c, want, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                               atol=1e-4 if dtype == np.float32 else 1e-12)
+                    np.testing.assert_array_equal(wide[:, [0, n + 1, n + 2]], before[:, [0, n + 1, n + 2]])
+    acc = np.ones((6, 7), dtype)
+    a, b = _operands(rng, 6, 7, 5, True, False, dtype)
+    gemm_acc(a, b, acc)
+    np.testing.assert_allclose(acc, 1 + a.astype(np.float64) @ b, rtol=1e-5)
+
+
+def test_products_run_on_numbas_threads_with_numpys_openblas():
+    """NumPy's wheels bundle OpenBLAS with 64-bit CBLAS: the products are cut into parts there, and a net puts
+    OpenBLAS on its caller's thread (one pool of threads: Numba's)."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from layers import cpu; from netspec.loader import loads; from netspec.net import Net\n"
+            "Net(loads('layer: [{name: i, type: Input, top: x, input_param: {shape: {dim: [1]}}}]', '<t>'), 'TEST')\n"
+            "print(cpu.pooled(), cpu.blas_threads())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=__file__.rsplit("/tests/", 1)[0])
+    assert r.stdout.split() == ["True", "1"], r.stdout + r.stderr
+
+
+def test_cut_gives_parts_on_cache_lines():
+    cuts = [cpu._cut(100, 3, p) for p in range(4)]
+    assert cuts[0] == 0 and cuts[-1] == 100 and all(c % 16 == 0 for c in cuts[:-1]) and cuts == sorted(cuts)
+
+
+@pytest.mark.parametrize("size", [5, (1 << 16) + 3])
+def test_zero_and_column_sums_on_one_thread_and_on_all(size):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(size).astype(np.float32)
+    zero(a)
+    assert not a.any()
+    n = max(3, size // 64)
+    dy = rng.standard_normal((64, n)).astype(np.float32)
+    db = rng.standard_normal(n).astype(np.float32)
+    want = db + dy.sum(axis=0, dtype=np.float64)
+    add_column_sums(dy, db)
+    np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
