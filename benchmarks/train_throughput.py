@@ -199,6 +199,9 @@ def rate(step, iterations, batch, warmup=3, seconds=0.0):
 
 
 def matmul_peak(threads):
+    """GFLOP/s of a 1024^3 float32 product on OpenBLAS's threads (before any net puts OpenBLAS on one thread)."""
+    from layers.cpu import blas_threads
+    blas_threads(threads)
     a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
     np.matmul(a, a)
     best = 0.0

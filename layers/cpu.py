@@ -194,27 +194,42 @@ def threaded(fn, minimum, **options):
     return call
 
 
+@njit(cache=True, nogil=True, parallel=True)
 def _zero(a):
-    """a[...] = 0 on a flat array, in blocks shared out to the threads."""
     block = 1 << 14
     for b in prange((a.size + block - 1) // block):
         a[b * block:(b + 1) * block] = 0
 
 
+def zero(a):
+    """a[...] = 0 on a flat array: blocks shared out to the threads when large."""
+    if a.size >= 1 << 16:
+        _zero(a)
+    else:
+        a.fill(0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def _add_column_sums(dy, db):
-    """db += dy summed over its rows: dy (m, n), db (n,) (a bias gradient), the columns in blocks."""
     m, n = dy.shape
     block = 64
     for b in prange((n + block - 1) // block):
         lo, hi = b * block, min(n, (b + 1) * block)
-        acc = np.zeros(hi - lo, dy.dtype)
+        acc = np.zeros(block, dy.dtype)
         for i in range(m):
-            acc += dy[i, lo:hi]
-        db[lo:hi] += acc
+            for j in range(hi - lo):
+                acc[j] += dy[i, lo + j]
+        for j in range(hi - lo):
+            db[lo + j] += acc[j]
 
 
-zero = threaded(_zero, 1 << 16)
-add_column_sums = threaded(_add_column_sums, 1 << 15)
+def add_column_sums(dy, db):
+    """db += dy summed over its rows (a bias gradient): dy (m, n), db (n,); blocks of columns on the threads
+    when large, each column summed in row order, then added."""
+    if dy.size >= 1 << 15:
+        _add_column_sums(dy, db)
+    else:
+        db += dy.sum(axis=0)
 
 
 # ---- matrix products on Numba's threads ---------------------------------------------------------------------
@@ -325,9 +340,11 @@ def gemm(a, b, c, beta=0.0, bias=None):
         if bias is None:
             bias = _NO_BIAS[c.dtype] = np.zeros(0, c.dtype)
     if parts == 1:
-        _gemm_serial(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, split_n, 1)
+        if bias.size:
+            c[...] = bias
+            beta = 1.0
+        _gemm_functions()[c.dtype](ROW_MAJOR, oa[0], ob[0], m, n, k, 1.0, a.ctypes.data, oa[1], b.ctypes.data,
+                                   ob[1], beta, c.ctypes.data, c.strides[0] // c.itemsize)
     else:
         _gemm_parts(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, split_n, parts)
 
-
-_gemm_serial = njit(cache=True, nogil=True)(_renamed(_gemm_parts.py_func, "_serial"))  # one part: no launch

@@ -323,7 +323,7 @@ class Solver:
         data, diff = _base(params), _base(params, "diff")
         self._tasks = None
         if (data is None or diff is None or data.shape != self.flat_history[0].shape or diff.size < data.size
-                or _offsets(data, params) != _offsets(diff, params, "diff")):
+                or data.size < PARALLEL_MIN or _offsets(data, params) != _offsets(diff, params, "diff")):
             return None
         self._tasks = _Tasks(arrays, data, diff[:data.size], params, _offsets(data, params), self.CHUNK)
         return self._tasks

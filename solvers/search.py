@@ -85,11 +85,11 @@ def apply(solver: dict, net: dict, config: dict):
 
 
 def _share_cores(threads: int):
-    """In a trial process: this many Numba and BLAS threads."""
+    """In a trial process: this many Numba threads (and OpenBLAS's, where products do not run on Numba's)."""
     import numba
-    from layers.cpu import blas_threads
+    from layers.cpu import blas_threads, pooled
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    blas_threads(threads)
+    blas_threads(1 if pooled() else threads)
 
 
 def run_trial(args) -> dict:

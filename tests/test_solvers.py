@@ -247,9 +247,9 @@ def test_sgd_one_pass_update_equals_two_passes(regularization, iter_size, flat):
 def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows(flat):
     """Param 0 is updated before param 1's step overflows: both keep their weights exactly, and the diffs hold
     the steps for the check (as the two-pass update leaves them); flat: in one kernel over all params."""
-    from solvers.rules import SGD
+    from solvers.rules import PARALLEL_MIN, SGD
     cfg = resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9})
-    params = _params(np.random.default_rng(1), [300, 200], flat)
+    params = _params(np.random.default_rng(1), [300, PARALLEL_MIN], flat)  # flat: large enough for one kernel
     params = [p for p in params if p.lr_mult]
     params[1].blob.diff[6] = np.inf
     before = [p.blob.data.copy() for p in params]
