@@ -13,11 +13,14 @@ def _operands(rng, m, n, k, ta, tb, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("parts", ["one", "several"])
+@pytest.mark.parametrize("parts", ["one", "several", "openblas"])
 def test_gemm_equals_the_product_for_every_layout(monkeypatch, dtype, parts):
     """c = a b + beta c (+ bias) for transposed and plain operands, into a view of a wider array (the columns
-    around it untouched), cut into parts along the rows or the columns; odd sizes give parts of unequal size."""
+    around it untouched), cut into parts along the rows or the columns; odd sizes give parts of unequal size.
+    openblas: as with YAFFE_GEMM=openblas (OpenBLAS's own threads, NumPy where CBLAS does not fit)."""
     monkeypatch.setattr(cpu, "MIN_PART", 1 if parts == "several" else 1 << 62)
+    if parts == "openblas":
+        monkeypatch.setattr(cpu, "_POOLED", [False])
     rng = np.random.default_rng(0)
     for m, n, k in ((37, 5, 11), (5, 70, 9), (128, 512, 20), (64, 33, 1)):
         for ta in (False, True):
