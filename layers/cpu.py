@@ -257,7 +257,8 @@ def pooled() -> bool:
             import ctypes
             import llvmlite.binding as llvm
             lib = _openblas()
-            for real, alias in (("scipy_cblas_sgemm64_", "yaffe_cblas_sgemm"), ("scipy_cblas_dgemm64_", "yaffe_cblas_dgemm")):
+            for real, alias in (("scipy_cblas_sgemm64_", "yaffe_cblas_sgemm"),
+                                ("scipy_cblas_dgemm64_", "yaffe_cblas_dgemm")):
                 llvm.add_symbol(alias, ctypes.cast(getattr(lib, real), ctypes.c_void_p).value)
             ok = True
         _POOLED.append(ok)

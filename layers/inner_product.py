@@ -5,8 +5,6 @@ weight (num_output, K), or (K, num_output) with transpose; bias (num_output,); y
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .base import Field, Layer, count, register
 from .cpu import add_column_sums, gemm, gemm_acc
 

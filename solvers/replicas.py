@@ -24,8 +24,8 @@ from netspec.errors import UserError
 from netspec.net import Net, NotSplittable, _flush_denormals_once
 
 # Automatic splitting is for nets with large feature maps (convolution, pooling: the memory-bound kernels).
-# Nets of matrix products alone run faster with each product cut over the threads (MLP 784-512-512-10: 0.85x split), and small
-# maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
+# Nets of matrix products alone run faster with each product cut over the threads (MLP 784-512-512-10: 0.85x
+# split), and small maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
 _open: list = []     # [(OpenBLAS's and Numba's threads before), the open Replicas...]
 MIN_SLICE = 8        # examples per replica
 MIN_MAPS = 1 << 18   # feature-map values per replica (LeNet 28x28 at batch 32: 590k; CIFAR-10 quick at 50: 2.7M)

@@ -13,7 +13,6 @@ All arithmetic in the parameters' dtype (float32), with float32 scalars, like Ca
 """
 from __future__ import annotations
 
-import types
 
 import numpy as np
 from llvmlite import ir
@@ -207,8 +206,8 @@ class _Tasks:
     """The one-pass update of many params as tasks of one kernel: task t updates elements [lo[t], hi[t]) of
     the flat data w, diff g and history, all of param[t] (a param cut into tasks of at most `chunk`)."""
 
-    def __init__(self, arrays, w, g, params, offsets, chunk):
-        self.arrays, self.w, self.g = arrays, w, g
+    def __init__(self, w, g, params, offsets, chunk):
+        self.w, self.g = w, g
         lo, hi, param = [], [], []
         for k, (p, o) in enumerate(zip(params, offsets)):
             for start in range(o, o + p.blob.data.size, chunk):
@@ -237,7 +236,7 @@ class Solver:
             self.history = [h[o:o + p.blob.data.size].reshape(p.blob.data.shape)
                             for h in self.flat_history for p, o in zip(params, _offsets(base, params))]
         self.step_finite = {}  # {param key: bool} from the last update's kernels
-        self._tasks = None  # the one-pass plan over the flat arrays (_plan), with the arrays it was made for
+        self._tasks, self._planned = None, []  # the one-pass plan (_plan) and the arrays it was made for
 
     def _hist(self, i, slot=0):
         return self.history[slot * len(self.params) + i]
@@ -316,16 +315,15 @@ class Solver:
         """The _Tasks over the flat arrays for `learnable`, or None where the data or the diffs are not views of
         one array at the same offsets (then each param is updated on its own). Kept while the arrays stay."""
         arrays = [a for _, p, _, _ in learnable for a in (p.blob.data, p.blob.diff)]
-        plan = self._tasks
-        if plan is not None and len(arrays) == len(plan.arrays) and all(a is b for a, b in zip(arrays, plan.arrays)):
-            return plan
+        if len(arrays) == len(self._planned) and all(a is b for a, b in zip(arrays, self._planned)):
+            return self._tasks
         params = [p for _, p, _, _ in learnable]
         data, diff = _base(params), _base(params, "diff")
-        self._tasks = None
+        self._planned, self._tasks = arrays, None
         if (data is None or diff is None or data.shape != self.flat_history[0].shape or diff.size < data.size
                 or data.size < PARALLEL_MIN or _offsets(data, params) != _offsets(diff, params, "diff")):
             return None
-        self._tasks = _Tasks(arrays, data, diff[:data.size], params, _offsets(data, params), self.CHUNK)
+        self._tasks = _Tasks(data, diff[:data.size], params, _offsets(data, params), self.CHUNK)
         return self._tasks
 
     def _apply_tasks(self, plan, learnable, rate, scale, l1):
@@ -376,7 +374,8 @@ class SGD(Solver):
         return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
 
     def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
-        return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, decay, a, scale, l1, w.dtype.type(self.cfg.momentum), bad)
+        mu = w.dtype.type(self.cfg.momentum)
+        return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, decay, a, scale, l1, mu, bad)
 
 
 class Nesterov(Solver):
