@@ -238,7 +238,8 @@ def add_column_sums(dy, db):
 # of threads does all the work: Numba's. Two pools (OpenBLAS's and Numba's, each spinning after its work, or
 # each sleeping and woken at 30-300 us on a VM) cost more than the products of a small net.
 
-_SYMBOL = {np.dtype(np.float32): "yaffe_cblas_sgemm", np.dtype(np.float64): "yaffe_cblas_dgemm"}
+_SYMBOL = {np.dtype(np.float32): ("scipy_cblas_sgemm64_", "yaffe_cblas_sgemm"),  # OpenBLAS's name, the kernels'
+           np.dtype(np.float64): ("scipy_cblas_dgemm64_", "yaffe_cblas_dgemm")}
 _i32, _i64 = types.int32, types.int64
 _sgemm = types.ExternalFunction("yaffe_cblas_sgemm", types.void(
     _i32, _i32, _i32, _i64, _i64, _i64, types.float32, _i64, _i64, _i64, _i64, types.float32, _i64, _i64))
@@ -257,8 +258,7 @@ def pooled() -> bool:
             import ctypes
             import llvmlite.binding as llvm
             lib = _openblas()
-            for real, alias in (("scipy_cblas_sgemm64_", "yaffe_cblas_sgemm"),
-                                ("scipy_cblas_dgemm64_", "yaffe_cblas_dgemm")):
+            for real, alias in _SYMBOL.values():
                 llvm.add_symbol(alias, ctypes.cast(getattr(lib, real), ctypes.c_void_p).value)
             ok = True
         _POOLED.append(ok)
@@ -331,7 +331,8 @@ def gemm(a, b, c, beta=0.0, bias=None):
             c[...] = bias
             beta = 1.0
         if beta:
-            c *= beta
+            if beta != 1:
+                c *= beta
             _gemm_acc_blas(a, b, c)
         else:
             np.matmul(a, b, out=c)

@@ -1,4 +1,6 @@
 """layers/cpu.py: matrix products cut into parts on Numba's threads, and the small threaded kernels."""
+import os
+
 import numpy as np
 import pytest
 
@@ -49,8 +51,8 @@ def test_products_run_on_numbas_threads_with_numpys_openblas():
     code = ("import numpy as np; from layers import cpu; from netspec.loader import loads; from netspec.net import Net\n"
             "Net(loads('layer: [{name: i, type: Input, top: x, input_param: {shape: {dim: [1]}}}]', '<t>'), 'TEST')\n"
             "print(cpu.pooled(), cpu.blas_threads())")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=__file__.rsplit("/tests/", 1)[0])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert r.stdout.split() == ["True", "1"], r.stdout + r.stderr
 
 
