@@ -144,6 +144,12 @@ class Layer:
     statistics = False              # blobs are statistics, not weights: lr_mult/decay_mult 0
     blocked_bottoms = ()            # bottoms that never receive a gradient (labels, indices)
     in_place_ok = False             # may run with top == bottom
+    # The data its backward reads: "bottom" (the values its forward read), "top" (the values its forward wrote),
+    # both or neither (saved state of its own, e.g. masks). Where a later layer (in place, or through a view)
+    # overwrites what is read, the net keeps a copy for the backward (netspec/inplace.py), as Caffe's layers
+    # keep x_norm_, temp_, bottom_memory_. Declare the least that is true: a wrong declaration gives wrong
+    # gradients, which tests/test_in_place.py catches by scribbling over what is not declared.
+    backward_reads: tuple = ("bottom", "top")
     other_blocks: dict = {}         # other parameter blocks it reads: {block name: fields}
 
     def __init__(self, name: str, params: SimpleNamespace, phase: str = "TRAIN",

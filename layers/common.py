@@ -73,6 +73,10 @@ class Eltwise(Layer):
     )
     bottoms = (2, None)
 
+    @property
+    def backward_reads(self):
+        return ("bottom",) if self.p.operation == "PROD" else ()  # MAX keeps its mask
+
     def setup(self, bottom_shapes):
         p = self.p
         for i, s in enumerate(bottom_shapes[1:], 1):
@@ -126,6 +130,7 @@ class Eltwise(Layer):
 class Reduction(Layer):
     """Reduce all axes from `axis` on: SUM, ASUM (sum of |x|), SUMSQ or MEAN, times coeff.
     Bottom (d0..dk) -> top (d0..d_{axis-1})."""
+    backward_reads = ("bottom",)
 
     param_block = "reduction_param"
     fields = (Field("operation", "enum", "SUM", "the reduction", choices=("SUM", "ASUM", "SUMSQ", "MEAN")),
@@ -158,6 +163,7 @@ class ArgMax(Layer):
 
     Without axis: per example over the flattened dims -> top (N, 1 or 2, top_k); with axis: along it,
     top_k (or the values) replacing that axis. Not differentiable."""
+    backward_reads = ()
 
     param_block = "argmax_param"
     fields = (Field("out_max_val", "bool", False, "also output the values"),
@@ -194,6 +200,7 @@ class Embed(Layer):
     """Look up rows of a learned table: top = W[int(x)] (+ b). Bottom (any shape) of indices in
     [0, input_dim) -> top bottom.shape + (num_output,). Weight (input_dim, num_output). No gradient to the
     indices."""
+    backward_reads = ()
 
     param_block = "embed_param"
     blocked_bottoms = (0,)
@@ -231,6 +238,7 @@ class Embed(Layer):
 @register("Parameter")
 class Parameter(Layer):
     """A learnable blob exposed as a top. No bottoms; parameter_param.shape."""
+    backward_reads = ()
 
     param_block = "parameter_param"
     fields = (Field("shape", "shape", None, "the blob's shape, e.g. {dim: [10, 3]}", required=True),)

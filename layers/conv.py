@@ -309,6 +309,7 @@ def _hw(name, help_, minimum):
 @register("Convolution")
 class Convolution(Layer):
     """2-D convolution. Bottom (N, C, H, W) -> top (N, num_output, OH, OW)."""
+    backward_reads = ("bottom",)
 
     param_block = "convolution_param"
     fields = (

@@ -12,6 +12,7 @@ from .cpu import add_column_sums, gemm, gemm_acc
 @register("InnerProduct")
 class InnerProduct(Layer):
     """Fully connected layer. Bottom (d0..d_{axis-1}, K...) -> top (d0..d_{axis-1}, num_output)."""
+    backward_reads = ("bottom",)
 
     param_block = "inner_product_param"
     fields = (

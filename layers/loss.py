@@ -136,6 +136,7 @@ def contrastive_backward(d, dist2, sim, margin, legacy, alpha, dx):
 
 class Loss(Layer):
     """Two bottoms (predictions, targets) -> a scalar; no gradient into the targets."""
+    backward_reads = ("bottom",)
 
     bottoms = (2, 2)
     is_loss = True
@@ -263,6 +264,7 @@ class InfogainLoss(Layer):
     """Softmax, then -sum_k H[label, k] log(p_k) / normalizer. Bottoms: scores (N, C, ...), labels
     [, H (C, C)]; without the third bottom H is read from infogain_loss_param.source (.npy, .npz with one
     array, or .csv), relative to the net file. H = identity gives SoftmaxWithLoss."""
+    backward_reads = ("bottom",)
 
     param_block = "infogain_loss_param"
     fields = (Field("source", "str", None, "the C x C matrix H (.npy, .npz or .csv)"),
@@ -343,6 +345,7 @@ class InfogainLoss(Layer):
 class ContrastiveLoss(Layer):
     """Siamese loss. Bottoms a (N, D), b (N, D), sim (N,) -> sum over pairs of d^2 (similar) or
     max(margin - d, 0)^2 (dissimilar; legacy_version: max(margin - d^2, 0)), divided by 2N."""
+    backward_reads = ("bottom",)
 
     param_block = "contrastive_loss_param"
     fields = (Field("margin", "float", 1.0, "distance dissimilar pairs are pushed beyond"),

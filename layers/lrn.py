@@ -77,6 +77,7 @@ def lrn_within_backward(x, y, scale, dy, size, coeff, beta, dx):
 @register("LRN")
 class LRN(Layer):
     """Local response normalization. Bottom (N, C, H, W) -> same."""
+    backward_reads = ("top",)
 
     param_block = "lrn_param"
     fields = (

@@ -49,6 +49,7 @@ def relu_backward_in_place(y, d, slope):
 @register("ReLU")
 class ReLU(Neuron):
     """y = max(x, 0) + negative_slope * min(x, 0). Shapes: any -> same."""
+    backward_reads = ("top",)
 
     param_block = "relu_param"
     fields = (Field("negative_slope", "float", 0.0, "slope for x <= 0 (leaky ReLU)", minimum=0),)
@@ -75,6 +76,7 @@ class ReLU(Neuron):
 @register("Dropout")
 class Dropout(Neuron):
     """Inverted dropout. TRAIN: y = x * mask / (1 - ratio), mask ~ Bernoulli(1 - ratio); TEST: y = x."""
+    backward_reads = ()
 
     param_block = "dropout_param"
     fields = (Field("dropout_ratio", "float", 0.5, "probability of dropping a unit", minimum=0,
@@ -108,6 +110,7 @@ class Dropout(Neuron):
 class Elementwise(Neuron):
     """A neuron layer given by two Numba kernels on raveled arrays:
     ``fwd(x, a, b, c, y)`` and ``bwd(x, y, dy, a, b, c, dx)`` with three float constants."""
+    backward_reads = ("bottom",)
 
     fwd = bwd = None
 
@@ -251,6 +254,7 @@ def _base_log(base):
 @register("Sigmoid")
 class Sigmoid(Elementwise):
     """y = 1 / (1 + exp(-x)); backward reads the top only (in place is safe)."""
+    backward_reads = ("top",)
 
     fwd, bwd = staticmethod(sigmoid_fwd), staticmethod(sigmoid_bwd)
     in_place_ok = True
@@ -259,6 +263,7 @@ class Sigmoid(Elementwise):
 @register("TanH")
 class TanH(Elementwise):
     """y = tanh(x); backward reads the top only (in place is safe)."""
+    backward_reads = ("top",)
 
     fwd, bwd = staticmethod(tanh_fwd), staticmethod(tanh_bwd)
     in_place_ok = True
@@ -281,9 +286,10 @@ class BNLL(Elementwise):
 @register("ELU")
 class ELU(Elementwise):
     """y = x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    backward_reads = ("top",)
 
     param_block = "elu_param"
-    fields = (Field("alpha", "float", 1.0, "saturation value for negative inputs", exclusive_minimum=0),)
+    fields = (Field("alpha", "float", 1.0, "saturation value for negative inputs (0: ReLU)", minimum=0),)
     fwd, bwd = staticmethod(elu_fwd), staticmethod(elu_bwd)
     in_place_ok = True
 
@@ -307,6 +313,7 @@ class Power(Elementwise):
 @register("Exp")
 class Exp(Elementwise):
     """y = base ^ (shift + scale * x); base -1 means e. Backward reads the top (in place is safe)."""
+    backward_reads = ("top",)
 
     param_block = "exp_param"
     fields = (Field("base", "float", -1.0, "the base (-1: e)"), Field("scale", "float", 1.0, "multiplies x"),
@@ -327,6 +334,7 @@ class Exp(Elementwise):
 @register("Log")
 class Log(Exp):
     """y = log_base(shift + scale * x); base -1 means e (never in place: backward reads x)."""
+    backward_reads = ("bottom",)
 
     param_block = "log_param"
     fwd, bwd = staticmethod(log_fwd), staticmethod(log_bwd)
@@ -385,6 +393,7 @@ def swish_bwd(y, s, dy, beta, dx):
 @register("Swish")
 class Swish(Neuron):
     """y = x * sigmoid(beta * x); keeps sigmoid(beta * x) for backward, so in place is safe."""
+    backward_reads = ("top",)
 
     param_block = "swish_param"
     fields = (Field("beta", "float", 1.0, "slope inside the sigmoid"),)
@@ -430,9 +439,10 @@ def prelu_bwd(x, a, dy, dx, da, want_dx):
 class PReLU(Neuron):
     """y = max(x, 0) + a_c * min(x, 0) with a learned slope per channel (or one, channel_shared).
 
-    Bottom (N, C, ...) -> same. Blob: a (C,) or (1,), filled with 0.25 by default. Keeps a copy of
-    the bottom for backward, so in place is safe.
+    Bottom (N, C, ...) -> same. Blob: a (C,) or (1,), filled with 0.25 by default. Backward reads the
+    bottom (in place, the net keeps a copy of it, as Caffe's bottom_memory_: netspec/inplace.py).
     """
+    backward_reads = ("bottom",)
 
     param_block = "prelu_param"
     fields = (Field("filler", "filler", None, "filler of the slopes (default constant 0.25)"),
@@ -454,17 +464,14 @@ class PReLU(Neuron):
         return np.full(chans, a[0], a.dtype) if self.p.channel_shared else a
 
     def forward(self, bottom, top):
-        x = bottom[0].data.reshape(self.view)
-        if getattr(self, "x", None) is None or self.x.shape != x.shape or self.x.dtype != x.dtype:
-            self.x = np.empty_like(x)
-        self.x[...] = x  # the bottom as it was: in place, forward overwrites it
-        prelu_fwd(self.x, self._slopes(self.view[1]), top[0].data.reshape(self.view))
+        prelu_fwd(bottom[0].data.reshape(self.view), self._slopes(self.view[1]), top[0].data.reshape(self.view))
 
     def backward(self, top, propagate_down, bottom):
         chans = self.view[1]
-        da = np.zeros(chans, self.x.dtype)
+        x = bottom[0].data.reshape(self.view)
+        da = np.zeros(chans, x.dtype)
         dx = bottom[0].diff.reshape(self.view)
-        prelu_bwd(self.x, self._slopes(chans), top[0].diff.reshape(self.view), dx, da, bool(propagate_down[0]))
+        prelu_bwd(x, self._slopes(chans), top[0].diff.reshape(self.view), dx, da, bool(propagate_down[0]))
         self.blobs[0].diff += da.sum(keepdims=True) if self.p.channel_shared else da
 
 
@@ -500,6 +507,7 @@ def maxout_bwd(dy, arg, dx):
 class Maxout(Layer):
     """Not in Caffe: max over groups of `num_pieces` consecutive channels.
     Bottom (N, C*k, ...) -> top (N, C, ...); the gradient goes to the winning channel (the first on ties)."""
+    backward_reads = ()
 
     param_block = "maxout_param"
     fields = (Field("num_pieces", "int", None, "channels per group", minimum=1, required=True),)

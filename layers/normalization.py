@@ -108,6 +108,11 @@ class BatchNorm(Layer):
         self.blob_shapes = [((self.channels,), const0), ((self.channels,), const0), ((1,), const0)]
         return [s]
 
+    @property
+    def backward_reads(self):
+        """The normalized top (Caffe keeps it as x_norm_), unless the stored statistics are always used."""
+        return () if self.p.use_global_stats else ("top",)
+
     def batch_coupling(self):
         return None if self.global_stats else "it normalises with the mean and variance of the whole batch"
 
@@ -156,7 +161,7 @@ class BatchNorm(Layer):
         if self.used_global:
             np.multiply(dy, inv, out=dx)
             return
-        # NOTE: reads the normalized top, so in place is safe (Caffe caches x_norm for that)
+        # NOTE: reads the normalized top; where a layer above overwrites it in place, the net keeps a copy
         y = top[0].data.reshape(self.view)
         c = self.channels
         bn_backward_sums(y, dy, self._sums[:c], self._sums[c:])
@@ -199,21 +204,20 @@ def _broadcast_view(bottom_shape, axis, num_axes, other_shape=None, field="scale
 
 
 @njit(cache=True, nogil=True)
-def scale_forward(x, s, b, has_bias, keep, y):
-    """keep = x; y = x * s[c] (+ b[c]) over (outer, C, inner); keep lets backward run in place."""
+def scale_forward(x, s, b, has_bias, y):
+    """y = x * s[c] (+ b[c]) over (outer, C, inner); y may be x."""
     outer, chans, inner = x.shape
     for o in range(outer):
         for c in range(chans):
             sc = s[c]
             bc = b[c] if has_bias else 0.0
             for i in range(inner):
-                v = x[o, c, i]
-                keep[o, c, i] = v
-                y[o, c, i] = v * sc + bc
+                y[o, c, i] = x[o, c, i] * sc + bc
 
 
 @njit(cache=True, nogil=True)
-def scale_backward(keep, dy, s, ds, db, has_bias, want_dx, dx):
+def scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
+    """ds[c] += sum(dy * x), db[c] += sum(dy), dx = dy * s[c]; dx may be dy."""
     outer, chans, inner = dy.shape
     for c in range(chans):
         a = 0.0
@@ -221,7 +225,7 @@ def scale_backward(keep, dy, s, ds, db, has_bias, want_dx, dx):
         for o in range(outer):
             for i in range(inner):
                 g = dy[o, c, i]
-                a += g * keep[o, c, i]
+                a += g * x[o, c, i]
                 bsum += g
                 if want_dx:
                     dx[o, c, i] = g * s[c]
@@ -235,9 +239,10 @@ class Scale(Layer):
     """y = x * s (+ b), with s (and b) covering bottom axes [axis, axis + num_axes), broadcast over the rest.
 
     Bottoms: x [, s] (the two-bottom form takes the scale from bottom[1]). Blobs: scale (filler
-    constant 1) unless given as a bottom, then the bias with bias_term. Keeps a copy of x for backward,
-    so in place is safe.
+    constant 1) unless given as a bottom, then the bias with bias_term. Backward reads x (in place, the
+    net keeps a copy of it: netspec/inplace.py).
     """
+    backward_reads = ("bottom",)
 
     param_block = "scale_param"
     fields = (
@@ -258,7 +263,6 @@ class Scale(Layer):
         self.blob_shapes = [] if two else [(shape, p.filler or {"type": "constant", "value": 1})]
         if p.bias_term:
             self.blob_shapes.append((shape, p.bias_filler))
-        self.x = None
         return [tuple(bottom_shapes[0])]
 
     def _scale(self, bottom):
@@ -267,17 +271,15 @@ class Scale(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
-        if self.x is None or self.x.dtype != x.dtype:
-            self.x = np.empty_like(x)
         bias = self.blobs[-1].data.ravel() if self.p.bias_term else self._scale(bottom).ravel()
-        scale_forward(x, self._scale(bottom).ravel(), bias, self.p.bias_term, self.x, top[0].data.reshape(self.view))
+        scale_forward(x, self._scale(bottom).ravel(), bias, self.p.bias_term, top[0].data.reshape(self.view))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.view)
         two = len(bottom) == 2
         ds = np.zeros(self.view[1], dy.dtype) if two else self.blobs[0].diff.reshape(-1)
         db = self.blobs[-1].diff.reshape(-1) if self.p.bias_term else ds
-        scale_backward(self.x, dy, self._scale(bottom).ravel(), ds, db, self.p.bias_term, bool(propagate_down[0]),
+        scale_backward(bottom[0].data.reshape(self.view), dy, self._scale(bottom).ravel(), ds, db, self.p.bias_term, bool(propagate_down[0]),
                        bottom[0].diff.reshape(self.view))
         if two and propagate_down[1]:
             bottom[1].diff[...] = ds.reshape(bottom[1].shape)
@@ -286,6 +288,7 @@ class Scale(Layer):
 @register("Bias")
 class Bias(Layer):
     """y = x + b, with b covering bottom axes [axis, axis + num_axes) (or given as bottom[1])."""
+    backward_reads = ()
 
     param_block = "bias_param"
     fields = (
@@ -326,6 +329,7 @@ class MVN(Layer):
     y = (x - mean) / (std + eps) with normalize_variance, else y = x - mean (eps is added to the
     standard deviation, as in Caffe). Shapes: (N, C, ...) -> same.
     """
+    backward_reads = ("top",)
 
     param_block = "mvn_param"
     fields = (

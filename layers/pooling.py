@@ -162,6 +162,7 @@ def pooled_size(size, k, pad, stride, round_mode):
 @register("Pooling")
 class Pooling(Layer):
     """MAX or AVE pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW) [, MAX's argmax mask, same shape]."""
+    backward_reads = ()
 
     param_block = "pooling_param"
     tops = (1, 2)

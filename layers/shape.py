@@ -84,6 +84,7 @@ def _axis(axis, ndim, field):
 @register("Concat")
 class Concat(Layer):
     """Join bottoms along `axis`. Bottoms (..., C_i, ...) -> top (..., sum C_i, ...)."""
+    backward_reads = ()
 
     param_block = "concat_param"
     fields = (Field("axis", "int", 1, "the axis to join along"),
@@ -120,6 +121,7 @@ class Concat(Layer):
 @register("Flatten")
 class Flatten(Layer):
     """Collapse axes [axis, end_axis] into one. (N, C, H, W) -> (N, C*H*W) by default."""
+    backward_reads = ()
 
     param_block = "flatten_param"
     fields = (Field("axis", "int", 1, "first axis to flatten"),
@@ -187,6 +189,7 @@ class Reshape(Flatten):
 class Crop(Layer):
     """Crop bottom[0] to bottom[1]'s shape from `axis` on. Bottoms: x, reference -> top
     x.shape[:axis] + reference.shape[axis:]; offset: none (0), one for all cropped axes, or one each."""
+    backward_reads = ()
 
     param_block = "crop_param"
     blocked_bottoms = (1,)
@@ -229,6 +232,7 @@ class Crop(Layer):
 @register("Slice")
 class Slice(Layer):
     """Split a bottom along `axis` at slice_point (or evenly) into k tops."""
+    backward_reads = ()
 
     param_block = "slice_param"
     fields = (Field("axis", "int", 1, "the axis to cut"),
@@ -269,6 +273,7 @@ class Slice(Layer):
 @register("Silence")
 class Silence(Layer):
     """Consume blobs so they are not net outputs. No tops; backward writes zero diffs."""
+    backward_reads = ()
 
     bottoms = (1, None)
     tops = (0, 0)
@@ -288,6 +293,7 @@ class Silence(Layer):
 @register("Tile")
 class Tile(Layer):
     """Repeat the bottom `tiles` times along `axis`."""
+    backward_reads = ()
 
     param_block = "tile_param"
     fields = (Field("axis", "int", 1, "the axis to repeat"),

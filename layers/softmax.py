@@ -146,6 +146,7 @@ SOFTMAX_FIELDS = (Field("axis", "int", 1, "the class axis"),)
 @register("Softmax")
 class Softmax(Layer):
     """Softmax over `axis`. Shapes: any -> same."""
+    backward_reads = ("top",)
 
     param_block = "softmax_param"
     fields = SOFTMAX_FIELDS
@@ -180,6 +181,7 @@ LOSS_FIELDS = (
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(Layer):
     """Softmax then multinomial logistic loss. Bottoms: scores (N, C, ...), labels (N, ...) -> loss ()."""
+    backward_reads = ("bottom",)
 
     param_block = "loss_param"
     fields = LOSS_FIELDS
@@ -249,6 +251,7 @@ class Accuracy(Layer):
 
     A class whose score ties the true class's counts against the prediction (as in Caffe).
     """
+    backward_reads = ()
 
     param_block = "accuracy_param"
     fields = (

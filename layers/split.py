@@ -10,6 +10,7 @@ from .base import Layer, register
 @register("Split")
 class Split(Layer):
     """Bottom (any shape) -> k tops of the same shape, sharing its data."""
+    backward_reads = ()
 
     tops = (1, None)
 

@@ -17,6 +17,7 @@ from layers.base import BatchSync, Blob, SharedBlob, resolve
 from layers.cpu import zero
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
+from . import inplace
 from .graph import LayerDef, compile_net
 
 
@@ -297,6 +298,14 @@ class Net:
                 self.propagate[k] = [False] * len(self.propagate[k])
             if self.need_backward[k]:
                 contributes.update(id(b) for b, p in zip(self.bottom_vecs[k], self.propagate[k]) if p)
+        self.keep_plan = inplace.plan(self.defs, self.layers, self.shapes, self.need_backward)
+        self._keeps, stand_ins = inplace.allocate(self.keep_plan, self.blobs, self.dtype)
+        self._backward_vecs = {k: ([names.get(t, b) for t, b in zip(self.defs[k].tops, self.top_vecs[k])],
+                                   [names.get(n, b) for n, b in zip(self.defs[k].bottoms, self.bottom_vecs[k])])
+                               for k, names in stand_ins.items()}
+        # False skips those copies where no backward follows (a trainer's test nets, run.py test)
+        self.keep_for_backward = True
+        self._kept = False
 
     @property
     def phase(self) -> str:
@@ -323,21 +332,42 @@ class Net:
     def forward(self) -> float:
         """Run every layer; returns the weighted loss sum(w * sum(top))."""
         replica = self._replica is not None
-        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+        keeps = self._keeps if self.keep_for_backward else {}
+        for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             if not (replica and layer.is_source):
                 layer.forward(bottom, top)
+            for source, copy in keeps.get(i, ()):
+                np.copyto(copy, source)
+        self._kept = bool(keeps)
         return self.loss()
+
+    def forward_layer(self, i: int):
+        """Layer i's forward alone, keeping what its backward and the backward below it need."""
+        self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        for source, copy in self._keeps.get(i, ()) if self.keep_for_backward else ():
+            np.copyto(copy, source)
+
+    def backward_layer(self, k: int):
+        """Layer k's backward alone (the tops' diffs set), on the data its forward kept (netspec/inplace.py)."""
+        tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))
+        self.layers[k].backward(tops, self.propagate[k], bottoms)
 
     def loss(self) -> float:
         return float(sum(w * float(b.data.sum(dtype=np.float64)) for b, w in self.loss_blobs))
 
     def backward(self):
         """Seed each loss top's diff with its weight, then run backward in reverse order."""
+        if self._backward_vecs and not self._kept:
+            from .errors import UserError
+            raise UserError(f"net '{self.name}' ({self._phase}): backward needs the copies its forward keeps for "
+                            "layers whose data a later layer overwrites in place, and this net was told not to "
+                            "keep them; set net.keep_for_backward = True before forward")
         for blob, w in self.loss_blobs:
             blob.diff[...] = w
         for k in reversed(range(len(self.layers))):
             if self.need_backward[k]:
-                self.layers[k].backward(self.top_vecs[k], self.propagate[k], self.bottom_vecs[k])
+                tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))
+                self.layers[k].backward(tops, self.propagate[k], bottoms)
 
     def forward_backward(self) -> float:
         loss = self.forward()

@@ -130,6 +130,7 @@ class Trainer:
                 test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
                                stages=tuple(as_list(test_state.get("stage"))))
                 test_net.share_weights_from(self.net)
+                test_net.keep_for_backward = False  # forward only: no copies for a backward (netspec/inplace.py)
                 self.test_nets.append(test_net)
         self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
         self._preflight()
@@ -579,6 +580,7 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
     """`run.py test`: the TEST-phase net with the given weights, `iterations` batches; mean of each output."""
     doc = load_net(model_path)
     net = Net(doc, "TEST", model_path, seed=0)
+    net.keep_for_backward = False
     if weights_path:
         net.load_weights(snap.load_weights_file(weights_path), weights_path)
     if not net.outputs:

@@ -61,7 +61,7 @@ def diagnose(net, it: int) -> str:
     for k, (d, layer, bottom, top) in enumerate(zip(net.defs, net.layers, net.bottom_vecs, net.top_vecs)):
         if layer.is_data:
             continue
-        layer.forward(bottom, top)
+        net.forward_layer(k)
         bad = [name for name, blob in zip(d.tops, top) if not _finite(blob.data)]
         if bad:
             inputs = max((_maxabs(b.data) for b in bottom), default=0.0)
@@ -86,7 +86,7 @@ def diagnose(net, it: int) -> str:
         if not net.need_backward[k]:
             continue
         d, layer = net.defs[k], net.layers[k]
-        layer.backward(net.top_vecs[k], net.propagate[k], net.bottom_vecs[k])
+        net.backward_layer(k)
         bad = [f"diff of bottom '{b}'" for b, blob, p in zip(d.bottoms, net.bottom_vecs[k], net.propagate[k])
                if p and not _finite(blob.diff)]
         bad += [f"diff of its param {i}" for i, b in enumerate(layer.blobs) if not _finite(b.diff)]

@@ -239,32 +239,4 @@ IN_PLACE = sorted(t for t, cls in REGISTRY.items() if cls.in_place_ok and cls.di
 def test_in_place_capable_types_are_the_documented_ones():
     assert set(IN_PLACE) == {"ReLU", "BatchNorm", "Scale", "Bias", "Dropout", "PReLU", "Sigmoid", "TanH", "ELU",
                              "Exp", "Swish", "Softmax"}
-
-
-@pytest.mark.parametrize("type_name", IN_PLACE)
-def test_in_place_equals_out_of_place(type_name):
-    """Forward and backward with top == bottom (one Blob) give what separate blobs give."""
-    from layers.base import Blob
-    from tests.gradcheck import make_layer
-    for case in CASES[type_name]:
-        spec, arrays = case[0], [np.asarray(a, np.float64) for a in case[1]]
-        if len(arrays) != 1:
-            continue
-        x = arrays[0]
-        proj = np.random.default_rng(5).normal(size=x.shape)
-        layer, tops = make_layer(type_name, spec, [x.shape])
-        b = Blob("x", x.shape, np.float64)
-        b.data[...] = x
-        layer.forward([b], tops)
-        tops[0].diff[...] = proj
-        layer.backward(tops, [True], [b])
-        out_data, out_diff = tops[0].data.copy(), b.diff.copy()
-
-        layer, _ = make_layer(type_name, spec, [x.shape])
-        blob = Blob("x", x.shape, np.float64)
-        blob.data[...] = x
-        layer.forward([blob], [blob])
-        np.testing.assert_allclose(blob.data, out_data, rtol=1e-12, atol=1e-12)
-        blob.diff[...] = proj
-        layer.backward([blob], [True], [blob])
-        np.testing.assert_allclose(blob.diff, out_diff, rtol=1e-10, atol=1e-12)
+    # in place through the net, chains of them: tests/test_in_place.py

@@ -1,0 +1,189 @@
+"""In place is exact: every chain of in-place layers gives the gradients of the same net with distinct tops.
+
+A layer declares the data its backward reads (`backward_reads`); where a later layer overwrites it, the net
+keeps a copy (netspec/inplace.py). Two checks: each declaration is true (scribbling over what a layer does not
+declare must not change its backward), and every pair and triple of in-place-capable types, in place, equals
+the same net with distinct tops in float64 (also run as slices of the batch, and with BatchNorm's global
+statistics). A new in-place-capable type is covered by both automatically.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from layers.base import REGISTRY, Blob
+from netspec.loader import loads
+from netspec.net import Net
+from solvers.replicas import Replicas
+from tests.gradcheck import make_layer
+from tests.test_gradients import CASES
+
+IN_PLACE = sorted(t for t, cls in REGISTRY.items() if cls.in_place_ok and cls.differentiable)
+
+
+@pytest.mark.parametrize("type_name", sorted(CASES))
+def test_backward_reads_no_data_it_does_not_declare(type_name):
+    """Garbage written over the bottom data (top data) after forward must not change the backward of a layer
+    that does not declare "bottom" ("top") in backward_reads: the net only keeps what is declared."""
+    for case in CASES[type_name]:
+        spec, arrays = case[0], [np.asarray(a, np.float64) for a in case[1]]
+        check = case[2] if len(case) > 2 else list(range(len(arrays)))
+        results = []
+        for scribble in (False, True):
+            layer, tops = make_layer(type_name, spec, [a.shape for a in arrays])
+            bottom = []
+            for i, a in enumerate(arrays):
+                b = Blob(f"b{i}", a.shape, np.float64)
+                b.data[...] = a
+                bottom.append(b)
+            layer.forward(bottom, tops)
+            rng = np.random.default_rng(7)
+            for t in tops:
+                t.diff[...] = rng.normal(size=t.diff.shape)
+            if scribble:
+                reads = layer.backward_reads
+                for blob in (bottom if "bottom" not in reads else []) + (tops if "top" not in reads else []):
+                    blob.data[...] = rng.normal(size=blob.data.shape) * 7 + 3
+            for p in layer.blobs:
+                p.diff[...] = 0
+            layer.backward(tops, [i in check for i in range(len(bottom))], bottom)
+            results.append([bottom[i].diff.copy() for i in check] + [p.diff.copy() for p in layer.blobs])
+        for clean, dirty in zip(*results):
+            np.testing.assert_array_equal(dirty, clean, err_msg=f"{type_name} {spec}: its backward reads data "
+                                          f"that backward_reads = {layer.backward_reads} does not declare")
+
+
+def test_in_place_capable_types_declare_one_side():
+    """In place, a bottom and its top are one blob: a backward reading both could not be given both values."""
+    for name in IN_PLACE:
+        layer, _ = make_layer(name, CASES[name][0][0], [np.shape(CASES[name][0][1][0])])
+        assert len(layer.backward_reads) <= 1, name
+
+
+PARAMS = {
+    "ReLU": "relu_param: {negative_slope: 0.1}",
+    "PReLU": "prelu_param: {filler: {type: uniform, min: 0.1, max: 0.5}}",
+    "Scale": "scale_param: {bias_term: true, filler: {type: uniform, min: -1.5, max: 1.5}, "
+             "bias_filler: {type: gaussian, std: 0.5}}",
+    "Bias": "bias_param: {filler: {type: gaussian, std: 0.7}}",
+    "Dropout": "dropout_param: {dropout_ratio: 0.3}",
+    "ELU": "elu_param: {alpha: 0.8}",
+    "Exp": "exp_param: {scale: 0.3}",
+    "Swish": "swish_param: {beta: 1.3}",
+    "Softmax": "",
+}
+
+
+def chain_net(types, in_place: bool, global_stats=False, shape=(4, 3, 2, 3)):
+    """Input -> 1x1 Convolution -> the chain -> InnerProduct -> EuclideanLoss, with the chain's layers in place
+    on the convolution's top or each with a top of its own."""
+    lines = [f"force_backward: true",
+             "layer:",
+             f"  - {{name: in, type: Input, top: [data, target], input_param: {{shape: [{{dim: {list(shape)}}}, "
+             f"{{dim: [{shape[0]}, 2]}}]}}}}",
+             "  - {name: conv, type: Convolution, bottom: data, top: c0, convolution_param: {num_output: 3, "
+             "kernel_size: 1, weight_filler: {type: gaussian, std: 0.6}, bias_filler: {type: gaussian, std: 0.3}}}"]
+    for i, t in enumerate(types, 1):
+        params = PARAMS.get(t, "")
+        if t == "BatchNorm" and global_stats:
+            params = "batch_norm_param: {use_global_stats: true}"
+        bottom, top = ("c0", "c0") if in_place else (f"c{i - 1}", f"c{i}")
+        lines.append(f"  - {{name: l{i}, type: {t}, bottom: {bottom}, top: {top}" + (f", {params}}}" if params else "}"))
+    last = "c0" if in_place else f"c{len(types)}"
+    lines += [f"  - {{name: ip, type: InnerProduct, bottom: {last}, top: ip, inner_product_param: {{num_output: 2, "
+              "weight_filler: {type: gaussian, std: 0.5}, bias_filler: {type: gaussian, std: 0.1}}}",
+              "  - {name: loss, type: EuclideanLoss, bottom: [ip, target], top: loss}"]
+    net = Net(loads("\n".join(lines)), "TRAIN", seed=3, dtype=np.float64)
+    rng = np.random.default_rng(11)
+    net.blobs["data"].data[...] = rng.normal(size=shape)
+    net.blobs["target"].data[...] = rng.normal(size=(shape[0], 2))
+    for layer in net.layers:
+        if layer.type == "BatchNorm":  # stored statistics to normalize with (global stats) and to update
+            layer.blobs[0].data[...] = rng.normal(size=layer.blobs[0].data.shape)
+            layer.blobs[1].data[...] = rng.uniform(0.5, 2, size=layer.blobs[1].data.shape)
+            layer.blobs[2].data[...] = 1
+    return net
+
+
+def gradients(net, slices=1):
+    if slices > 1:
+        replicas = Replicas(net, slices)
+        try:
+            loss = replicas.forward_backward()
+        finally:
+            replicas.close()
+    else:
+        loss = net.forward_backward()
+    return loss, [net.blobs["data"].diff.copy()] + [p.blob.diff.copy() for p in net.params]
+
+
+def assert_same(types, **kw):
+    slices = kw.pop("slices", 1)
+    loss_a, a = gradients(chain_net(types, True, **kw), slices)
+    loss_b, b = gradients(chain_net(types, False, **kw), slices)
+    assert loss_a == pytest.approx(loss_b, rel=1e-12), types
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert np.max(np.abs(x - y), initial=0) <= 1e-10 * max(1.0, np.max(np.abs(y), initial=0)), (
+            f"in-place chain {' -> '.join(types)}: gradient {i} differs from distinct tops by "
+            f"{np.max(np.abs(x - y)):.3g}")
+
+
+@pytest.mark.parametrize("first", IN_PLACE)
+def test_every_in_place_pair_and_triple_equals_distinct_tops(first):
+    for rest in itertools.chain(itertools.product(IN_PLACE, repeat=1), itertools.product(IN_PLACE, repeat=2)):
+        assert_same((first,) + rest)
+
+
+COMMON = [("BatchNorm", "Scale", "ReLU"), ("Convolution_bias", "BatchNorm", "Scale", "ReLU"),
+          ("BatchNorm", "Scale", "PReLU"), ("Bias", "BatchNorm", "Scale", "ReLU"), ("Scale", "ReLU"),
+          ("ELU", "BatchNorm"), ("TanH", "BatchNorm", "Scale"), ("BatchNorm", "Scale", "ReLU", "Dropout"),
+          ("Sigmoid", "Scale", "Bias", "TanH"), ("PReLU", "Swish", "Dropout", "Exp")]
+
+
+@pytest.mark.parametrize("types", COMMON, ids=["-".join(t) for t in COMMON])
+def test_common_chains_equal_distinct_tops_also_as_slices_and_with_global_stats(types):
+    types = tuple(t for t in types if t != "Convolution_bias")
+    assert_same(types)
+    assert_same(types, slices=2)
+    if "BatchNorm" in types:
+        assert_same(types, global_stats=True)
+
+
+def test_batchnorm_in_place_gives_the_zero_bias_gradient_below_it():
+    """The symptom of the bug: BatchNorm removes the mean, so the convolution's bias below it gets no gradient
+    (Caffe: ~1e-8); reading BatchNorm's top after ReLU overwrote it gave about 0.16."""
+    net = chain_net(("BatchNorm", "Scale", "ReLU"), True)
+    net.forward_backward()
+    assert np.abs(net.params[1].blob.diff).max() < 1e-12
+
+
+def test_a_view_of_the_top_overwritten_in_place_is_kept():
+    """BatchNorm -> Flatten -> ReLU in place on the Flatten's top: the ReLU writes BatchNorm's top through the view."""
+    text = """
+force_backward: true
+layer:
+  - {name: in, type: Input, top: [data, target], input_param: {shape: [{dim: [4, 3, 2, 2]}, {dim: [4, 2]}]}}
+  - {name: bn, type: BatchNorm, bottom: data, top: bn}
+  - {name: flat, type: Flatten, bottom: bn, top: flat}
+  - {name: relu, type: ReLU, bottom: flat, top: %s}
+  - {name: ip, type: InnerProduct, bottom: %s, top: ip, inner_product_param: {num_output: 2, weight_filler: {type: gaussian}}}
+  - {name: loss, type: EuclideanLoss, bottom: [ip, target], top: loss}
+"""
+    diffs = []
+    for top in ("flat", "r"):
+        net = Net(loads(text % (top, top)), "TRAIN", seed=1, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        net.blobs["data"].data[...] = rng.normal(size=(4, 3, 2, 2))
+        net.blobs["target"].data[...] = rng.normal(size=(4, 2))
+        net.forward_backward()
+        diffs.append(net.blobs["data"].diff.copy())
+    assert len(net.keep_plan.sizes) == 0  # distinct tops: nothing to keep
+    np.testing.assert_allclose(diffs[0], diffs[1], rtol=0, atol=1e-12)
+
+
+def test_one_copy_serves_batchnorm_and_the_scale_above_it():
+    net = chain_net(("BatchNorm", "Scale", "ReLU"), True)
+    assert [name for name, _ in net.keep_plan.sizes] == ["c0"]  # BatchNorm's top = Scale's bottom: one copy
+    assert sorted(net.keep_plan.reads) == [2, 3]                # read by BatchNorm (2) and Scale (3)
+    net = chain_net(("ReLU",), True)
+    assert net.keep_plan.sizes == []                            # conv reads its bottom only: nothing kept
