@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from netspec.prototxt import dumps  # noqa: E402
 
 LENET = """layer:
   - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [64, 1, 28, 28]}, {dim: [64]}], data_filler: [{type: uniform}, {type: constant, value: 1}]}}
@@ -69,26 +70,6 @@ CAFFE = {"LeNet 1x28x28 (64)": 3800, "CIFAR-10 quick 3x32x32 (100)": 660, "MLP 7
 SOLVER = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # the same in yaffe, PyTorch and Caffe
 
 
-def _prototxt_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):  # enums (MAX, AVE) bare, names and types quoted
-        return v if v.isupper() and v.isidentifier() else f'"{v}"'
-    return repr(v)
-
-
-def _prototxt(doc, indent=""):
-    """A net spec dict (as loaded from the YAML above) as Caffe prototxt text: lists are repeated fields."""
-    out = []
-    for key, value in doc.items():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict):
-                out.append(f"{indent}{key} {{\n{_prototxt(item, indent + '  ')}{indent}}}\n")
-            else:
-                out.append(f"{indent}{key}: {_prototxt_value(item)}\n")
-    return "".join(out)
-
-
 def caffe_net(text):
     """The YAML net as Caffe prototxt; labels drawn uniformly in [0, 9.99) every iteration (Caffe's
     SoftmaxWithLoss truncates them to 0..9), as DummyData cannot hold random labels set once."""
@@ -96,7 +77,7 @@ def caffe_net(text):
     doc = yaml.safe_load(text)
     fillers = doc["layer"][0]["dummy_data_param"]["data_filler"]
     fillers[1] = {"type": "uniform", "min": 0.0, "max": 9.99}
-    return _prototxt(doc)
+    return dumps(doc)
 
 
 def caffe_rate(caffe, name, text, batch, iterations, threads, coretype, workdir, inside="/"):

@@ -161,8 +161,9 @@ class Reduction(Layer):
 class ArgMax(Layer):
     """Indices (and with out_max_val, values) of the top_k largest entries.
 
-    Without axis: per example over the flattened dims -> top (N, 1 or 2, top_k); with axis: along it,
-    top_k (or the values) replacing that axis. Not differentiable."""
+    Without axis: per example over the flattened dims -> top (N, 1 or 2, top_k, 1, ...) with as many axes as
+    the bottom (at least 3, as Caffe's); with axis: along it, top_k (or the values) replacing that axis.
+    Not differentiable."""
     backward_reads = ()
 
     param_block = "argmax_param"
@@ -177,7 +178,7 @@ class ArgMax(Layer):
             if p.top_k > count(s, 1):
                 raise LayerError(f"top_k {p.top_k} is larger than the {count(s, 1)} values per example",
                                  "argmax_param.top_k")
-            return [(s[0], 2 if p.out_max_val else 1, p.top_k)]
+            return [(s[0], 2 if p.out_max_val else 1, p.top_k) + (1,) * (len(s) - 3)]
         self.axis = _axis(p.axis, len(s), "argmax_param.axis")
         if p.top_k > s[self.axis]:
             raise LayerError(f"top_k {p.top_k} is larger than axis {self.axis} of size {s[self.axis]}",
@@ -186,7 +187,8 @@ class ArgMax(Layer):
 
     def forward(self, bottom, top):
         x, y, k = bottom[0].data, top[0].data, self.p.top_k
-        if self.p.axis is None:  # top (N, 1 or 2, k): indices, then values
+        if self.p.axis is None:  # top (N, 1 or 2, k, 1...): indices, then values
+            y = y.reshape(y.shape[:3])
             top_k_along(x.reshape(x.shape[0], -1, 1), k, y[:, 0, :, None], y[:, -1, :, None], True,
                         self.p.out_max_val)
             return

@@ -285,6 +285,8 @@ def spatial_param(p, block, name, default):
     if rep and (h is not None or w is not None):
         raise LayerError(f"give either {full} or {name}_h/{name}_w, not both", f"{block}.{full}")
     if h is not None or w is not None:
+        if name == "pad":  # Caffe: the other one is 0
+            return int(h or 0), int(w or 0)
         if h is None or w is None:
             raise LayerError(f"{name}_h and {name}_w must be given together; received "
                              f"{name}_h={h}, {name}_w={w}", f"{block}.{name}_{'h' if h is None else 'w'}")

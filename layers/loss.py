@@ -263,11 +263,11 @@ class HingeLoss(MultinomialLogisticLoss):
 class InfogainLoss(Layer):
     """Softmax, then -sum_k H[label, k] log(p_k) / normalizer. Bottoms: scores (N, C, ...), labels
     [, H (C, C)]; without the third bottom H is read from infogain_loss_param.source (.npy, .npz with one
-    array, or .csv), relative to the net file. H = identity gives SoftmaxWithLoss."""
+    array, .csv, or Caffe's .binaryproto), relative to the net file. H = identity gives SoftmaxWithLoss."""
     backward_reads = ("bottom",)
 
     param_block = "infogain_loss_param"
-    fields = (Field("source", "str", None, "the C x C matrix H (.npy, .npz or .csv)"),
+    fields = (Field("source", "str", None, "the C x C matrix H (.npy, .npz, .csv or .binaryproto)"),
               Field("axis", "int", 1, "the class axis"))
     other_blocks = {"loss_param": LOSS_FIELDS}
     bottoms = (2, 3)
@@ -307,11 +307,16 @@ class InfogainLoss(Layer):
                     h = z[z.files[0]]
             elif path.endswith(".csv"):
                 h = np.loadtxt(path, delimiter=",", ndmin=2)
+            elif path.endswith(".binaryproto"):  # Caffe's BlobProto (1, 1, C, C)
+                from netspec.caffemodel import read_blob
+                with open(path, "rb") as f:
+                    h = read_blob(f.read())
+                h = h.reshape(h.shape[-2:]) if h.size == c * c and h.ndim >= 2 else h
             else:
                 h = np.load(path)
         except (OSError, ValueError, IndexError) as e:
-            raise LayerError(f"cannot read H from '{self.p.source}' ({path}): {e}; give a .npy, .npz or .csv "
-                             "C x C matrix", "infogain_loss_param.source") from None
+            raise LayerError(f"cannot read H from '{self.p.source}' ({path}): {e}; give a C x C matrix as "
+                             ".npy, .npz, .csv or Caffe's .binaryproto", "infogain_loss_param.source") from None
         if h.shape != (c, c):
             raise LayerError(f"H in '{self.p.source}' has shape {list(h.shape)}; the scores have {c} classes, so "
                              f"it must be {c} x {c}", "infogain_loss_param.source")

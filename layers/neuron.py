@@ -439,8 +439,8 @@ def prelu_bwd(x, a, dy, dx, da, want_dx):
 class PReLU(Neuron):
     """y = max(x, 0) + a_c * min(x, 0) with a learned slope per channel (or one, channel_shared).
 
-    Bottom (N, C, ...) -> same. Blob: a (C,) or (1,), filled with 0.25 by default. Backward reads the
-    bottom (in place, the net keeps a copy of it, as Caffe's bottom_memory_: netspec/inplace.py).
+    Bottom (N, C, ...) -> same. Blob: a (C,), or () with channel_shared, filled with 0.25 by default.
+    Backward reads the bottom (in place, the net keeps a copy of it, as Caffe's bottom_memory_: netspec/inplace.py).
     """
     backward_reads = ("bottom",)
 
@@ -455,13 +455,13 @@ class PReLU(Neuron):
             from netspec.errors import LayerError
             raise LayerError(f"the bottom needs at least 2 axes (N, C, ...); received {list(s)}", None)
         self.view = (s[0], s[1], int(np.prod(s[2:], dtype=np.int64)))
-        self.blob_shapes = [((1,) if self.p.channel_shared else (s[1],),
+        self.blob_shapes = [(() if self.p.channel_shared else (s[1],),  # a scalar blob, as Caffe's
                              self.p.filler or {"type": "constant", "value": 0.25})]
         return [s]
 
     def _slopes(self, chans):
         a = self.blobs[0].data
-        return np.full(chans, a[0], a.dtype) if self.p.channel_shared else a
+        return np.full(chans, a.reshape(-1)[0], a.dtype) if self.p.channel_shared else a
 
     def forward(self, bottom, top):
         prelu_fwd(bottom[0].data.reshape(self.view), self._slopes(self.view[1]), top[0].data.reshape(self.view))
@@ -472,7 +472,7 @@ class PReLU(Neuron):
         da = np.zeros(chans, x.dtype)
         dx = bottom[0].diff.reshape(self.view)
         prelu_bwd(x, self._slopes(chans), top[0].diff.reshape(self.view), dx, da, bool(propagate_down[0]))
-        self.blobs[0].diff += da.sum(keepdims=True) if self.p.channel_shared else da
+        self.blobs[0].diff += da.sum() if self.p.channel_shared else da
 
 
 @njit(cache=True, nogil=True)

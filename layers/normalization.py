@@ -327,7 +327,7 @@ class MVN(Layer):
     """Mean-variance normalization per example (and per channel unless across_channels).
 
     y = (x - mean) / (std + eps) with normalize_variance, else y = x - mean (eps is added to the
-    standard deviation, as in Caffe). Shapes: (N, C, ...) -> same.
+    standard deviation, as in Caffe). Shapes: (N, C, ...) -> the same, with 1s added up to 4 axes (Caffe's (num, channels, height, width)).
     """
     backward_reads = ("top",)
 
@@ -342,7 +342,7 @@ class MVN(Layer):
         s = tuple(bottom_shapes[0])
         groups = s[0] if self.p.across_channels or len(s) < 2 else s[0] * s[1]
         self.view = (groups, int(np.prod(s, dtype=np.int64)) // max(groups, 1))
-        return [s]
+        return [s + (1,) * (4 - len(s))]  # Caffe's top is (num, channels, height, width): 4 axes at least
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)

@@ -37,6 +37,14 @@ class Param:
         return f"{self.layer}/{self.index}"
 
 
+def _legacy(shape) -> tuple:
+    """A shape without its leading 1s: Caffe's old (num, channels, height, width) blobs padded shapes with them."""
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
 class NotSplittable(Exception):
     """Why a net cannot run its batch as slices (Net.replicate)."""
 
@@ -443,8 +451,8 @@ class Net:
                 if key not in arrays:
                     continue
                 a = arrays[key]
-                if a.shape == b.shape:
-                    b.data[...] = a
+                if a.shape == b.shape or (a.size == b.size and _legacy(a.shape) == _legacy(b.shape)):
+                    b.data[...] = a.reshape(b.shape)  # Caffe's legacy 4-D shapes (1, 1, O, I) load too
                     continue
                 why = ""
                 if d.type == "InnerProduct" and i == 0 and a.shape[0] == b.shape[0]:

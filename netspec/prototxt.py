@@ -284,3 +284,23 @@ def load(path: str) -> tuple[Node, list[Finding]]:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: error: cannot read the file ({e})") from None
     return loads(text, path)
+
+
+def _prototxt_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):  # enums (MAX, AVE) bare, names and types quoted
+        return v if v.isupper() and v.isidentifier() else f'"{v}"'
+    return repr(v)
+
+
+def dumps(doc: dict, indent: str = "") -> str:
+    """A net spec dict (as loaded from the YAML above) as Caffe prototxt text: lists are repeated fields."""
+    out = []
+    for key, value in doc.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                out.append(f"{indent}{key} {{\n{dumps(item, indent + '  ')}{indent}}}\n")
+            else:
+                out.append(f"{indent}{key}: {_prototxt_value(item)}\n")
+    return "".join(out)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import inplace
 from .graph import as_list
 from .net import Net
 
 
 def summarize(net: Net) -> list[dict]:
-    """One row per layer of the spec (inserted Splits are left out; they share their bottom's data)."""
+    """One row per layer of the spec (inserted Splits are left out; they share their bottom's data). kept_bytes:
+    the copies the net keeps for this layer's backward where a layer above overwrites its data in place
+    (netspec/inplace.py; counted for every differentiable layer, as in a TRAIN net)."""
+    keep = inplace.plan(net.defs, net.layers, net.shapes, [l.differentiable for l in net.layers])
+    kept_by = {}
+    for k, names in keep.reads.items():  # a copy read by several layers is counted at the first
+        for b in names.values():
+            kept_by.setdefault(b, k)
     rows = []
-    for d, layer in zip(net.defs, net.layers):
+    for i, (d, layer) in enumerate(zip(net.defs, net.layers)):
+        kept = sum(int(np.prod(keep.sizes[b][1], dtype=np.int64)) for b, k in kept_by.items() if k == i)
         if d.node is None:
             continue
         tops = {}
@@ -25,7 +34,8 @@ def summarize(net: Net) -> list[dict]:
                 memory += size
         params = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in layer.blob_shapes)
         rows.append({"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
-                     "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved})
+                     "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved,
+                     "kept_bytes": kept * net.dtype.itemsize})
     return rows
 
 
@@ -49,9 +59,16 @@ def format_summary(rows: list[dict], name: str, phase: str) -> str:
     total_p = sum(r["params"] for r in rows)
     total_m = sum(r["memory_bytes"] for r in rows)
     saved = sum(r["in_place_saved_bytes"] for r in rows)
+    kept = sum(r.get("kept_bytes", 0) for r in rows)
     lines += ["=" * len(head), f"Total params: {total_p:,} ({_size(total_p * 4)} as float32)",
               f"Activation memory: {_size(total_m)} (data; training holds as much again in diffs)"]
     if saved:
-        lines.append(f"In-place layers save {_size(saved)} of data ({100 * saved / (saved + total_m):.0f}%), "
-                     "and as much again of diffs")
+        net_saved = saved - kept
+        lines.append(f"In-place layers save {_size(saved)} of data ({100 * saved / (saved + total_m):.0f}%) and as "
+                     "much again of diffs")
+        if kept:
+            lines.append(f"Training keeps {_size(kept)} of copies for the backward of layers whose data a layer above "
+                         "overwrites in place")
+        lines.append(f"In all, in place saves {_size(net_saved + saved)} of {_size(2 * (saved + total_m))} of "
+                     f"data and diffs in training ({100 * (net_saved + saved) / (2 * (saved + total_m)):.0f}%)")
     return "\n".join(lines)

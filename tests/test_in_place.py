@@ -187,3 +187,11 @@ def test_one_copy_serves_batchnorm_and_the_scale_above_it():
     assert sorted(net.keep_plan.reads) == [2, 3]                # read by BatchNorm (2) and Scale (3)
     net = chain_net(("ReLU",), True)
     assert net.keep_plan.sizes == []                            # conv reads its bottom only: nothing kept
+
+
+def test_summary_counts_the_kept_copies():
+    from netspec.summary import summarize
+    net = chain_net(("BatchNorm", "Scale", "ReLU"), True)
+    rows = {r["name"]: r for r in summarize(net)}
+    assert rows["l1"]["kept_bytes"] == 4 * 3 * 2 * 3 * 8  # one copy of BatchNorm's top (float64)
+    assert sum(r["kept_bytes"] for r in rows.values()) == rows["l1"]["kept_bytes"]
