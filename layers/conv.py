@@ -21,7 +21,8 @@ import numba
 from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
-from .base import Field, Layer, register
+from .base import Field, Layer, count, register
+from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .simd import BCAST_MR, TAPS_KR, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
 
@@ -310,8 +311,13 @@ def _hw(name, help_, minimum):
 
 @register("Convolution")
 class Convolution(Layer):
-    """2-D convolution. Bottom (N, C, H, W) -> top (N, num_output, OH, OW)."""
+    """Convolution. Bottom (N, C, H, W) -> top (N, num_output, OH, OW); in general the channel axis is `axis`,
+    the axes before it are images and every axis after it is spatial (Caffe's N-D convolution: one spatial axis
+    runs as a plane of height 1, three or more on layers/conv_nd.py). Several bottoms of one shape each get the
+    same weights, into the top of the same position."""
     backward_reads = ("bottom",)
+    bottoms = (1, None)
+    tops = (1, None)
 
     param_block = "convolution_param"
     fields = (
@@ -325,41 +331,70 @@ class Convolution(Layer):
         Field("group", "int", 1, "split channels into this many independent groups", minimum=1),
         Field("weight_filler", "filler", None, "filler of the weights (Caffe's default: constant 0)"),
         Field("bias_filler", "filler", None, "filler of the bias (default constant 0)"),
-        Field("axis", "int", 1, "the channel axis (only 1 is supported)", minimum=1, maximum=1),
+        Field("axis", "int", 1, "the channel axis: the axes before it are images, those after it spatial"),
     )
 
-    def _read_geometry(self, shape):
-        """Check the bottom and read kernel, pad, stride and dilation; returns (n, c, h, w)."""
+    def _read_geometry(self, bottom_shapes):
+        """Check the bottoms and read kernel, pad, stride and dilation per spatial axis; sets the 2-D (or, for 3+
+        spatial axes, flat) view of the bottom. Returns (images, channels, spatial shape)."""
         p, blk = self.p, self.param_block
-        if len(shape) != 4:
-            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}. "
-                             "Reshape the data into images first", None)
-        n, c, h, w = shape
-        self.kernel = spatial_param(p, blk, "kernel", None)
-        self.pad = spatial_param(p, blk, "pad", 0)
-        self.stride = spatial_param(p, blk, "stride", 1)
-        self.dilation = spatial_param(p, blk, "dilation", 1)
+        shape = tuple(bottom_shapes[0])
+        for i, s in enumerate(bottom_shapes[1:], 1):
+            if tuple(s) != shape:
+                raise LayerError(f"all bottoms must have one shape (the same weights apply to each); bottom {i} "
+                                 f"is {list(s)}, bottom 0 {list(shape)}", "bottom")
+        if self.n_tops != len(bottom_shapes):
+            raise LayerError(f"needs one top per bottom; received {len(bottom_shapes)} bottoms and {self.n_tops} "
+                             "tops", "top")
+        n, c, spatial, self.axis = split_axes(shape, p.axis, blk)
+        k = len(spatial)
+        if k == 0:
+            raise LayerError(f"bottom {list(shape)} has no spatial axes after the channel axis {self.axis}; "
+                             "reshape the data into images first (e.g. data_param.sample_shape), or use "
+                             "InnerProduct", None)
+        self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd = (
+            nd_param(p, blk, name, default, k) for name, default in
+            (("kernel", None), ("pad", 0), ("stride", 1), ("dilation", 1)))
+        for name, values, low in (("kernel_size", self.kernel_nd, 1), ("stride", self.stride_nd, 1),
+                                  ("dilation", self.dilation_nd, 1), ("pad", self.pad_nd, 0)):
+            if min(values) < low:
+                raise LayerError(f"{name} must be >= {low}; received {list(values)}", f"{blk}.{name}")
         if c % p.group or p.num_output % p.group:
             raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
                              f"group; received group={p.group}", f"{blk}.group")
-        return n, c, h, w
+        self.nd = k > 2
+        if not self.nd:  # one spatial axis: a plane of height 1
+            self.kernel, self.pad, self.stride, self.dilation = (
+                (fill,) * (2 - k) + v for v, fill in ((self.kernel_nd, 1), (self.pad_nd, 0), (self.stride_nd, 1),
+                                                     (self.dilation_nd, 1)))
+            self.view = (n, c) + (1,) * (2 - k) + spatial
+        else:
+            self.view = (n, c, count(spatial))
+        self._last = 0  # the bottom whose gathered input the buffers hold (several bottoms)
+        self._col = None
+        return n, c, spatial
+
+    def _top_view(self, n, out):
+        self.out_hw = (1,) * (2 - len(out)) + out if not self.nd else out
+        self.top_view = (n, self.p.num_output) + (self.out_hw if not self.nd else (count(out),))
 
     def setup(self, bottom_shapes):
         p, blk = self.p, self.param_block
-        n, c, h, w = self._read_geometry(bottom_shapes[0])
-        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
-        oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-        ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-        if oh <= 0 or ow <= 0:
-            raise LayerError(f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
-                             f"{h + 2 * ph}x{w + 2 * pw}; use a smaller kernel_size or more pad",
-                             f"{blk}.kernel_size")
-        self.out_hw = (oh, ow)
-        self.blob_shapes = [((p.num_output, c // p.group, kh, kw), p.weight_filler)]
+        n, c, spatial = self._read_geometry(bottom_shapes)
+        out = tuple((s + 2 * pd - (d * (kk - 1) + 1)) // st + 1 for s, kk, pd, st, d in
+                    zip(spatial, self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd))
+        if min(out) <= 0:
+            x = "x".join
+            raise LayerError(f"kernel {x(map(str, self.kernel_nd))} (dilation {x(map(str, self.dilation_nd))}) is "
+                             f"larger than the padded input {x(str(s + 2 * q) for s, q in zip(spatial, self.pad_nd))}; "
+                             "use a smaller kernel_size or more pad", f"{blk}.kernel_size")
+        self._top_view(n, out)
+        if self.nd:
+            self.path = NdPath(spatial, out, self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd, p.group)
+        self.blob_shapes = [((p.num_output, c // p.group) + self.kernel_nd, p.weight_filler)]
         if p.bias_term:
             self.blob_shapes.append(((p.num_output,), p.bias_filler))
-        self._col = None
-        return [(n, p.num_output, oh, ow)]
+        return [tuple(bottom_shapes[0][:self.axis]) + (p.num_output,) + out] * len(bottom_shapes)
 
     def _geometry(self):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
@@ -400,7 +435,32 @@ class Convolution(Layer):
         return k, plane, block
 
     def forward(self, bottom, top):
-        x = bottom[0].data
+        for b, t in zip(bottom, top):
+            x, y = b.data.reshape(self.view), t.data.reshape(self.top_view)
+            if self.nd:
+                self.path.forward(x, self.blobs[0].data, y)
+                if self.p.bias_term:
+                    y += self.blobs[1].data[None, :, None]
+            else:
+                self._forward(x, y)
+        self._last = len(bottom) - 1
+
+    def backward(self, top, propagate_down, bottom):
+        for i in reversed(range(len(bottom))):
+            fresh, self._last = i == self._last, i
+            x, dy = bottom[i].data.reshape(self.view), top[i].diff.reshape(self.top_view)
+            dx = bottom[i].diff.reshape(self.view)
+            if self.nd:
+                self.path.weights(x, dy, self.blobs[0].diff)
+                if self.p.bias_term:
+                    self.blobs[1].diff += dy.sum(axis=(0, 2))
+                if propagate_down[i]:
+                    self.path.data(self.blobs[0].data, dy, dx)
+            else:
+                self._backward(x, dy, dx, propagate_down[i], fresh)
+
+    def _forward(self, x, y):
+        """One bottom's forward on the 2-D kernels: x (N, C, H, W) -> y (N, O, OH, OW)."""
         plan = self._direct(x)
         if plan is not None:
             out_c = self.p.num_output
@@ -409,7 +469,7 @@ class Convolution(Layer):
                 plan.bias[:out_c] = self.blobs[1].data
             place_planes(x, plan.xpad, plan.start, plan.wp)
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
-            take_planes(plan.out, plan.wp, top[0].data)
+            take_planes(plan.out, plan.wp, y)
             return
         n = x.shape[0]
         out_c, groups = self.p.num_output, self.p.group
@@ -417,7 +477,7 @@ class Convolution(Layer):
         weight = self.blobs[0].data
         og = out_c // groups
         bias = self.blobs[1].data if self.p.bias_term else weight.reshape(-1)
-        y = top[0].data.reshape(n, out_c, plane)
+        y = y.reshape(n, out_c, plane)
         for s in range(0, n, block):
             im2col(x[s:s + block], *self._geometry(), self._col)
             for g in range(groups):
@@ -425,14 +485,16 @@ class Convolution(Layer):
                      self._out[g * og:(g + 1) * og])
             channels_last_to_first(self._out, bias, self.p.bias_term, y[s:s + block])
 
-    def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff
-        plan = self._direct(bottom[0].data)
+    def _backward(self, x, dy, dx, want_dx, fresh):
+        """One bottom's backward on the 2-D kernels; fresh: the forward's buffers hold this bottom's input."""
+        plan = self._direct(x)
         if plan is None:
-            return self._im2col_backward(dy, bottom, params=True, data=propagate_down[0])
-        n, c = bottom[0].data.shape[:2]
+            return self._im2col_backward(dy, x, dx, params=True, data=want_dx, fresh=fresh)
+        n, c = x.shape[:2]
         out_c = self.p.num_output
         weight = self.blobs[0]
+        if not fresh:
+            place_planes(x, plan.xpad, plan.start, plan.wp)
         plan.backward_buffers()
         place_channels_last(dy, plan.dyt, plan.wp)
         if self.p.bias_term:
@@ -440,18 +502,18 @@ class Convolution(Layer):
         plan.dwt.fill(0)
         direct_conv_dw(plan.xpad.reshape(n, -1), plan.offs, plan.dyt, *self.out_hw, plan.wp, plan.dwt)
         weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
-        if not propagate_down[0]:
+        if not want_dx:
             return
         if plan.data_useful < DIRECT_USEFUL_DATA:
-            return self._im2col_backward(dy, bottom, params=False, data=True)
+            return self._im2col_backward(dy, x, dx, params=False, data=True)
         place_planes(dy, plan.dyp, plan.start_q, plan.wq)
-        plan.w_q[:, :c] = weight.data[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
+        w4 = weight.data.reshape((out_c, c) + self.kernel)
+        plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
         direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
-        take_planes(plan.dxq, plan.wq, bottom[0].diff)
+        take_planes(plan.dxq, plan.wq, dx)
 
-    def _im2col_backward(self, dy, bottom, params, data):
+    def _im2col_backward(self, dy, x, dx, params, data, fresh=True):
         """The parameter gradients (params) and the bottom diff (data) through im2col and BLAS."""
-        x = bottom[0].data
         n = dy.shape[0]
         out_c, groups = self.p.num_output, self.p.group
         if params:  # the forward ran im2col: its blocks, and its buffer for the whole batch when unblocked
@@ -466,7 +528,7 @@ class Convolution(Layer):
         for s in range(0, n, block):
             channels_first_to_last(dy[s:s + block].reshape(block, out_c, plane), dt)
             if params:
-                if block < n:  # the forward's buffer holds the last block only: gather this one again
+                if block < n or not fresh:  # the buffer holds another block or bottom: gather this one again
                     im2col(x[s:s + block], *self._geometry(), self._col)
                 if self.p.bias_term:
                     self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
@@ -476,28 +538,31 @@ class Convolution(Layer):
                 for g in range(groups):
                     gemm(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
                          self._col[g * k:(g + 1) * k])
-                col2im(self._col, *self._geometry(), bottom[0].diff[s:s + block])
+                col2im(self._col, *self._geometry(), dx[s:s + block])
 
 
 @register("Deconvolution")
 class Deconvolution(Convolution):
     """Transposed convolution (the backward of Convolution). Bottom (N, C, H, W) -> top (N, num_output, OH, OW)
-    with OH = stride_h*(H - 1) + dilation_h*(kh - 1) + 1 - 2*pad_h. Weight (C, num_output/group, kh, kw)."""
+    with OH = stride_h*(H - 1) + dilation_h*(kh - 1) + 1 - 2*pad_h. Weight (C, num_output/group, kh, kw). Any
+    channel axis and number of spatial axes, and several bottoms, as Convolution."""
 
     def setup(self, bottom_shapes):
         p, blk = self.p, self.param_block
-        n, c, h, w = self._read_geometry(bottom_shapes[0])
-        (kh, kw), (ph, pw), (sh, sw), (dh, dw) = self.kernel, self.pad, self.stride, self.dilation
-        oh = sh * (h - 1) + dh * (kh - 1) + 1 - 2 * ph
-        ow = sw * (w - 1) + dw * (kw - 1) + 1 - 2 * pw
-        if oh <= 0 or ow <= 0:
-            raise LayerError(f"pad {ph}x{pw} leaves no output ({oh}x{ow}); use less pad", f"{blk}.pad")
-        self.in_hw, self.top_shape = (h, w), (n, p.num_output, oh, ow)
-        self.blob_shapes = [((c, p.num_output // p.group, kh, kw), p.weight_filler)]
+        n, c, spatial = self._read_geometry(bottom_shapes)
+        out = tuple(st * (s - 1) + d * (kk - 1) + 1 - 2 * pd for s, kk, pd, st, d in
+                    zip(spatial, self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd))
+        if min(out) <= 0:
+            raise LayerError(f"pad {'x'.join(map(str, self.pad_nd))} leaves no output "
+                             f"({'x'.join(map(str, out))}); use less pad", f"{blk}.pad")
+        self._top_view(n, out)
+        self.in_hw = (1,) * (2 - len(spatial)) + spatial if not self.nd else spatial
+        if self.nd:  # the convolution from the top's spatial shape to the bottom's, run backwards
+            self.path = NdPath(out, spatial, self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd, p.group)
+        self.blob_shapes = [((c, p.num_output // p.group) + self.kernel_nd, p.weight_filler)]
         if p.bias_term:
             self.blob_shapes.append(((p.num_output,), p.bias_filler))
-        self._col = None
-        return [self.top_shape]
+        return [tuple(bottom_shapes[0][:self.axis]) + (p.num_output,) + out] * len(bottom_shapes)
 
     def _geometry(self):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
@@ -513,7 +578,16 @@ class Deconvolution(Convolution):
         return n, c, plane, k
 
     def forward(self, bottom, top):
-        x = bottom[0].data
+        for b, t in zip(bottom, top):
+            x, y = b.data.reshape(self.view), t.data.reshape(self.top_view)
+            if self.nd:
+                self.path.data(self.blobs[0].data, x, y)
+            else:
+                self._deconv(x, y)
+            if self.p.bias_term:
+                y += self.blobs[1].data.reshape((1, -1) + (1,) * (y.ndim - 2))
+
+    def _deconv(self, x, y):
         n, c, plane, k = self._buffers(x)
         groups = self.p.group
         cg = c // groups
@@ -521,25 +595,31 @@ class Deconvolution(Convolution):
         self._x.reshape(c, n, plane)[...] = x.reshape(n, c, plane).transpose(1, 0, 2)
         for g in range(groups):
             gemm(weight[g * cg:(g + 1) * cg].T, self._x[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k])
-        col2im(self._col, *self._geometry(), top[0].data)
-        if self.p.bias_term:
-            top[0].data += self.blobs[1].data[None, :, None, None]
+        col2im(self._col, *self._geometry(), y)
 
     def backward(self, top, propagate_down, bottom):
-        x = bottom[0].data
+        for b, t, want_dx in zip(bottom, top, propagate_down):
+            x, dy, dx = b.data.reshape(self.view), t.diff.reshape(self.top_view), b.diff.reshape(self.view)
+            if self.p.bias_term:
+                self.blobs[1].diff += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+            if self.nd:
+                self.path.weights(dy, x, self.blobs[0].diff)
+                if want_dx:
+                    self.path.forward(dy, self.blobs[0].data, dx)
+            else:
+                self._deconv_backward(x, dy, dx, want_dx)
+
+    def _deconv_backward(self, x, dy, dx, want_dx):
         n, c, plane, k = self._buffers(x)
         groups = self.p.group
         cg = c // groups
-        dy = top[0].diff
-        if self.p.bias_term:
-            self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
         im2col(dy, *self._geometry(), self._col)
         self._x.reshape(c, n, plane)[...] = x.reshape(n, c, plane).transpose(1, 0, 2)
         dw = self.blobs[0].diff.reshape(c, k)
         weight = self.blobs[0].data.reshape(c, k)
         for g in range(groups):
             gemm_acc(self._x[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k].T, dw[g * cg:(g + 1) * cg])
-        if propagate_down[0]:
+        if want_dx:
             for g in range(groups):
                 gemm(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], self._x[g * cg:(g + 1) * cg])
-            bottom[0].diff.reshape(n, c, plane)[...] = self._x.reshape(c, n, plane).transpose(1, 0, 2)
+            dx.reshape(n, c, plane)[...] = self._x.reshape(c, n, plane).transpose(1, 0, 2)

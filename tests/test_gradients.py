@@ -51,6 +51,13 @@ CASES = {
          [np.random.default_rng(3).normal(size=(1, 3, 3, 3))]),
         ({"convolution_param": {"num_output": 9, "kernel_h": 3, "kernel_w": 2, "pad": 1, "dilation": [1, 2]}},
          [np.random.default_rng(5).normal(size=(2, 2, 5, 6))]),  # stride 1: the direct path (layers/simd.py)
+        ({"top": ["a", "b"], "convolution_param": {"num_output": 2, "kernel_size": 3, "pad": 1}},
+         [np.random.default_rng(76).normal(size=(2, 2, 4, 4)), np.random.default_rng(77).normal(size=(2, 2, 4, 4))]),
+        ({"convolution_param": {"num_output": 2, "kernel_size": [2, 3, 2], "pad": [0, 1, 1], "stride": [1, 2, 1],
+                                "group": 2}},
+         [np.random.default_rng(78).normal(size=(2, 4, 3, 4, 3))]),  # 3-D (layers/conv_nd.py)
+        ({"convolution_param": {"num_output": 3, "kernel_size": 3, "axis": 2, "dilation": 2}},
+         [np.random.default_rng(79).normal(size=(2, 3, 2, 7))]),  # 1-D over the last axis, 2 x 3 images
     ],
     "Pooling": [
         ({"pooling_param": {"pool": "MAX", "kernel_size": 3, "stride": 2, "pad": 1}}, [distinct((2, 2, 6, 5))]),
@@ -131,6 +138,10 @@ CASES = {
          [np.random.default_rng(53).normal(size=(2, 2, 3, 3))]),
         ({"convolution_param": {"num_output": 4, "kernel_size": 2, "group": 2, "bias_term": False}},
          [np.random.default_rng(54).normal(size=(1, 4, 2, 3))]),
+        ({"convolution_param": {"num_output": 2, "kernel_size": 2, "stride": [2, 1, 2], "pad": [0, 1, 0]}},
+         [np.random.default_rng(80).normal(size=(2, 2, 2, 3, 2))]),  # 3-D
+        ({"top": ["a", "b"], "convolution_param": {"num_output": 2, "kernel_size": 3, "stride": 2}},
+         [np.random.default_rng(81).normal(size=(1, 2, 3)), np.random.default_rng(82).normal(size=(1, 2, 3))]),
     ],
     "Crop": [({"crop_param": {"axis": 2, "offset": [1, 2]}},
               [np.random.default_rng(55).normal(size=(2, 2, 5, 6)), np.zeros((2, 2, 3, 3))], [0])],
