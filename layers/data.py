@@ -273,12 +273,16 @@ class MemoryData(RowData):
 class DummyData(Layer):
     """Tops filled by fillers (constant 0 by default), e.g. for benchmarks. dummy_data_param.shape: one
     shape per top (or one for all); data_filler: none, one, or one per top. As in Caffe, a top with a constant
-    filler is filled once (so it can be set from Python and stays), the others at every forward."""
+    filler is filled once (so it can be set from Python and stays), the others at every forward. Caffe's
+    legacy num/channels/height/width (each once, or once per top) give 4-D shapes instead of `shape`."""
 
     param_block = "dummy_data_param"
+    LEGACY = ("num", "channels", "height", "width")
     fields = (
-        Field("shape", "shape", None, "one {dim: [...]} per top, or one for all", repeated=True, required=True),
+        Field("shape", "shape", None, "one {dim: [...]} per top, or one for all", repeated=True),
         Field("data_filler", "filler", None, "one filler, or one per top (default constant 0)", repeated=True),
+        *(Field(name, "int", None, f"legacy 4-D shapes: the {name} of each top (once, or once per top)",
+                minimum=0, repeated=True) for name in LEGACY),
     )
     bottoms = (0, 0)
     tops = (1, None)
@@ -289,6 +293,18 @@ class DummyData(Layer):
     def setup(self, bottom_shapes):
         shapes, fillers = self.p.shape, self.p.data_filler
         n = self.n_tops
+        legacy = [getattr(self.p, name) for name in self.LEGACY]
+        if any(legacy):
+            if shapes:
+                raise LayerError("give either shape or the legacy num/channels/height/width, not both",
+                                 "dummy_data_param.shape")
+            for name, values in zip(self.LEGACY, legacy):
+                if len(values) not in (1, n):
+                    raise LayerError(f"the legacy {name} needs 1 or {n} values (with num, channels, height and "
+                                     f"width); received {values}", f"dummy_data_param.{name}")
+            shapes = [{"dim": [v[i if len(v) > 1 else 0] for v in legacy]} for i in range(n)]
+        elif not shapes:
+            raise LayerError("needs shape (one {dim: [...]} per top, or one for all)", "dummy_data_param")
         if len(shapes) not in (1, n) or len(fillers) not in (0, 1, n):
             raise LayerError(f"needs 1 or {n} shapes and 0, 1 or {n} data_fillers; received {len(shapes)} and "
                              f"{len(fillers)}", "dummy_data_param")

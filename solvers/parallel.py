@@ -135,6 +135,12 @@ class DataParallel:
         self.grads *= np.float32(1.0 / self.size)
         return float(tail[0]) / self.size, tail[1] > 0, tail[2] > 0
 
+    def mean(self, value: float) -> float:
+        """The mean of a number over the ranks (the loss of Caffe's extra forward pass after the last update)."""
+        buf = np.array([value], np.float64)
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), "averaging the final loss")
+        return float(buf[0]) / self.size
+
     def bcast(self, obj):
         """A small Python object from rank 0 (the decisions of a test), pickled, through two Ibcasts."""
         import pickle

@@ -536,6 +536,8 @@ class Trainer:
             return record
         if cfg.display and self.iter % cfg.display == 0 and self.iter > 0:
             loss = net.forward()  # Caffe's extra forward-only pass after the last update
+            if dp:
+                loss = dp.mean(loss)  # each rank ran its share of the batch
             self.out(f"Iteration {self.iter}, loss = {loss:.6g}")
             record = {"phase": "train", "iter": self.iter, "loss": loss, "lr": self._peek_lr(),
                       "elapsed_s": round(time.perf_counter() - (t0 or time.perf_counter()), 6),

@@ -81,3 +81,37 @@ def test_every_shared_layer_type_has_a_caffe_case():
     sources = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "Parameter", "Silence"}
     missing = set(REGISTRY) - covered - not_in_caffe - sources
     assert not missing, f"no Caffe parity case for {sorted(missing)}: add one to tests/caffe_parity/make_fixtures.py"
+
+
+# ---- smaller differences from Caffe, each as Caffe has it ----------------------------------------------------
+
+def test_dummydata_legacy_num_channels_height_width(tmp_path):
+    path = tmp_path / "dummy.prototxt"
+    path.write_text('layer { name: "d" type: "DummyData" top: "data" top: "label" dummy_data_param { '
+                    'num: 5 channels: 3 height: 4 width: 2 num: 5 channels: 1 height: 1 width: 1 } }\n'
+                    'layer { name: "e" type: "DummyData" top: "x" dummy_data_param { num: 2 channels: 1 '
+                    'height: 3 width: 3 data_filler { type: "constant" value: 7 } } }\n')
+    doc, _ = load_prototxt(str(path))
+    net = Net(doc, "TRAIN", str(path), seed=0)
+    assert net.blobs["data"].shape == (5, 3, 4, 2) and net.blobs["label"].shape == (5, 1, 1, 1)
+    net.forward()
+    assert net.blobs["x"].shape == (2, 1, 3, 3) and (net.blobs["x"].data == 7).all()
+
+
+def test_dummydata_legacy_fields_and_shape_together_are_refused(tmp_path):
+    from netspec.errors import SpecError
+    path = tmp_path / "dummy.prototxt"
+    path.write_text('layer { name: "d" type: "DummyData" top: "data" dummy_data_param { num: 5 channels: 3 '
+                    'height: 4 width: 2 shape { dim: 5 } } }\n')
+    doc, _ = load_prototxt(str(path))
+    with pytest.raises(SpecError, match="either shape or the legacy"):
+        Net(doc, "TRAIN", str(path), seed=0)
+
+
+def test_elu_alpha_zero_is_accepted_and_is_relu():
+    from netspec.loader import loads
+    net = Net(loads("layer:\n  - {name: in, type: Input, top: x, input_param: {shape: {dim: [4]}}}\n"
+                    "  - {name: elu, type: ELU, bottom: x, top: y, elu_param: {alpha: 0}}\n"), "TEST", seed=0)
+    net.blobs["x"].data[...] = [-2, -0.5, 0.5, 3]
+    net.forward()
+    assert net.blobs["y"].data.tolist() == [0, 0, 0.5, 3]

@@ -100,6 +100,19 @@ def test_two_ranks_match_one_process_with_the_double_batch(one_and_two):
     assert "Data-parallel over 2 MPI ranks: batch 8 per rank, effective batch 16" in r2.stdout
 
 
+def final_loss(folder):
+    """The loss of Caffe's extra forward pass after the last update (the record without a rate)."""
+    with open(os.path.join(folder, "snap", "mlp_metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return [r["loss"] for r in recs if r["phase"] == "train" and r["iter"] == 20 and not r.get("images_per_s")]
+
+
+def test_the_final_loss_is_the_whole_batchs_not_rank_0s(one_and_two):
+    one, two, _, _ = one_and_two
+    (l1,), (l2,) = final_loss(one), final_loss(two)
+    assert l2 == pytest.approx(l1, rel=1e-4)
+
+
 def test_only_rank_0_logs_tests_and_snapshots(one_and_two):
     _, two, _, r2 = one_and_two
     assert r2.stdout.count("Optimization Done.") == 1
