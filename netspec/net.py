@@ -451,7 +451,7 @@ class Net:
                 if key not in arrays:
                     continue
                 a = arrays[key]
-                if a.shape == b.shape or (a.size == b.size and _legacy(a.shape) == _legacy(b.shape)):
+                if a.shape == b.shape or (a.size == b.count and _legacy(a.shape) == _legacy(b.shape)):
                     b.data[...] = a.reshape(b.shape)  # Caffe's legacy 4-D shapes (1, 1, O, I) load too
                     continue
                 why = ""

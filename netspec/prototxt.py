@@ -286,21 +286,28 @@ def load(path: str) -> tuple[Node, list[Finding]]:
     return loads(text, path)
 
 
-def _prototxt_value(v):
+# string fields whose values look like enums (LRN, SGD, L1): always quoted
+_STRING_KEYS = {"type", "name", "regularization_type", "lr_policy", "net", "bottom", "top", "source",
+                "snapshot_prefix", "mean_file", "stage", "not_stage"}
+
+
+def _prototxt_value(v, key=""):
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, str):  # enums (MAX, AVE) bare, names and types quoted
-        return v if v.isupper() and v.isidentifier() else f'"{v}"'
+    if isinstance(v, str):  # enums (MAX, AVE) bare, strings quoted
+        if v.isupper() and v.isidentifier() and key not in _STRING_KEYS:
+            return v
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(v)
 
 
 def dumps(doc: dict, indent: str = "") -> str:
-    """A net spec dict (as loaded from the YAML above) as Caffe prototxt text: lists are repeated fields."""
+    """A net or solver spec (plain dicts and lists) as Caffe prototxt text: lists are repeated fields."""
     out = []
     for key, value in doc.items():
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, dict):
                 out.append(f"{indent}{key} {{\n{dumps(item, indent + '  ')}{indent}}}\n")
             else:
-                out.append(f"{indent}{key}: {_prototxt_value(item)}\n")
+                out.append(f"{indent}{key}: {_prototxt_value(item, key)}\n")
     return "".join(out)

@@ -96,26 +96,27 @@ def _nesterov_step(g, w, v, scale, decay, l1, reg, mu, mu1, a):
 
 
 def _adagrad_step(g, w, h, scale, decay, l1, reg, delta, a):
-    """AdaGrad in one pass: h += g^2; g *= a / (sqrt(h) + delta)."""
+    """AdaGrad in one pass: h += g^2; g = a * (g / (sqrt(h) + delta)), in Caffe's order of operations (so its
+    float32 rounding: a * g / ... rounds differently, and 20 iterations of a chaotic net amplify that)."""
     bad = 0
     for i in prange(g.size):
         t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
         hn = h[i] + t * t
         h[i] = hn
-        s = t * (a / (_sqrt(hn) + delta))
+        s = a * (t / (_sqrt(hn) + delta))
         g[i] = s
         bad += np.int64(s - s != 0)
     return bad == 0
 
 
 def _rmsprop_step(g, w, h, scale, decay, l1, reg, rho, omr, delta, a):
-    """RMSProp in one pass: h = rho * h + (1 - rho) * g^2 (omr = 1 - rho); g *= a / (sqrt(h) + delta)."""
+    """RMSProp in one pass: h = rho * h + (1 - rho) * g^2 (omr = 1 - rho); g = a * (g / (sqrt(h) + delta))."""
     bad = 0
     for i in prange(g.size):
         t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
-        hn = h[i] * rho + omr * t * t
+        hn = h[i] * rho + omr * (t * t)
         h[i] = hn
-        s = t * (a / (_sqrt(hn) + delta))
+        s = a * (t / (_sqrt(hn) + delta))
         g[i] = s
         bad += np.int64(s - s != 0)
     return bad == 0
@@ -127,10 +128,10 @@ def _adadelta_step(g, w, h, h2, scale, decay, l1, reg, mu, omm, delta, a):
     bad = 0
     for i in prange(g.size):
         t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
-        hn = h[i] * mu + omm * t * t
+        hn = h[i] * mu + omm * (t * t)
         h[i] = hn
         u = t * _sqrt((h2[i] + delta) / (hn + delta))
-        h2[i] = h2[i] * mu + omm * u * u
+        h2[i] = h2[i] * mu + omm * (u * u)
         s = u * a
         g[i] = s
         bad += np.int64(s - s != 0)
@@ -144,7 +145,7 @@ def _adam_step(g, w, m, v, scale, decay, l1, reg, b1, omb1, b2, omb2, delta, ac)
     for i in prange(g.size):
         t = g[i] * scale + decay * _reg(w[i], l1) if reg else g[i]
         mn = m[i] * b1 + omb1 * t
-        vn = v[i] * b2 + omb2 * t * t
+        vn = v[i] * b2 + omb2 * (t * t)
         m[i] = mn
         v[i] = vn
         s = mn / (_sqrt(vn) + delta) * ac

@@ -268,7 +268,7 @@ def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows(flat):
 
 
 def _numpy_rule(kind, g, h, h2, w, cfg, a, it):
-    """The rules in float32 NumPy, operation by operation (the order the one-pass kernels must keep)."""
+    """The rules in float32 NumPy, operation by operation, in Caffe's order (which the one-pass kernels keep)."""
     f = np.float32
     if kind == "Nesterov":
         mu = f(cfg.momentum)
@@ -278,26 +278,26 @@ def _numpy_rule(kind, g, h, h2, w, cfg, a, it):
         g[...] = h * (1 + mu) - old
     elif kind == "AdaGrad":
         h += g * g
-        g *= a / (np.sqrt(h) + f(cfg.delta))
+        g[...] = a * (g / (np.sqrt(h) + f(cfg.delta)))
     elif kind == "RMSProp":
         rho = f(cfg.rms_decay)
         h *= rho
-        h += (1 - rho) * g * g
-        g *= a / (np.sqrt(h) + f(cfg.delta))
+        h += (1 - rho) * (g * g)
+        g[...] = a * (g / (np.sqrt(h) + f(cfg.delta)))
     elif kind == "AdaDelta":
         mu, delta = f(cfg.momentum), f(cfg.delta)
         h *= mu
-        h += (1 - mu) * g * g
+        h += (1 - mu) * (g * g)
         g *= np.sqrt((h2 + delta) / (h + delta))
         h2 *= mu
-        h2 += (1 - mu) * g * g
+        h2 += (1 - mu) * (g * g)
         g *= a
     else:  # Adam
         b1, b2 = f(cfg.momentum), f(cfg.momentum2)
         h *= b1
         h += (1 - b1) * g
         h2 *= b2
-        h2 += (1 - b2) * g * g
+        h2 += (1 - b2) * (g * g)
         correction = f(np.sqrt(1 - float(b2) ** (it + 1)) / (1 - float(b1) ** (it + 1)))
         np.divide(h, np.sqrt(h2) + f(cfg.delta), out=g)
         g *= a * correction

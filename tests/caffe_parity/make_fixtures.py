@@ -252,47 +252,50 @@ def layer_fixtures(out):
 
 
 def net_fixtures(out, nets_dir):
-    """For each exported net: its first forward/backward and the losses of 20 solver iterations (the same
-    batch each iteration), from initial weights drawn by the exporter (RandomState, stored in the export)."""
+    """For each exported net: its first forward/backward (outputs, samples of every param diff, sums of every
+    blob) and 20 solver iterations from the same initial weights on the same batch (outputs per iteration,
+    samples of the final weights). Samples: nets.sample (all of a small blob, else spaced entries and sums)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from nets import sample
     record = {}
     for name in sorted(os.listdir(nets_dir)):
         d = os.path.join(nets_dir, name)
         if not os.path.isdir(d):
             continue
-        inputs = np.load(os.path.join(d, "inputs.npz"))
-        init = np.load(os.path.join(d, "init.npz"))
+        inputs, init = np.load(os.path.join(d, "inputs.npz")), np.load(os.path.join(d, "init.npz"))
         os.chdir(d)  # Caffe reads the solver's net path against the working directory
         solver = caffe.get_solver("solver.prototxt")
         net = solver.net
-        for key in init.files:
-            layer, i = key.rsplit("/", 1)
-            net.params[layer][int(i)].data[...] = init[key]
-        for key in inputs.files:
-            net.blobs[key].data[...] = inputs[key]
-        loss = net.forward()
-        net.backward()
-        record[f"{name}/loss0"] = np.array(sum(float(v) for v in loss.values()))
-        for layer, blobs in net.params.items():
-            for i, p in enumerate(blobs):
-                record[f"{name}/diff/{layer}/{i}"] = p.diff.copy()
-        for blob, b in net.blobs.items():
-            record[f"{name}/blob/{blob}"] = np.array([float(np.sum(b.data, dtype=np.float64)),
-                                                    float(np.sum(np.abs(b.data), dtype=np.float64))])
-        for key in init.files:  # start again from the same weights for the solver run
-            layer, i = key.rsplit("/", 1)
-            net.params[layer][int(i)].data[...] = init[key]
-        losses = []
-        for _ in range(20):
+
+        def start():
+            for key in init.files:
+                layer, i = key.rsplit("/", 1)
+                net.params[layer][int(i)].data[...] = init[key].reshape(net.params[layer][int(i)].data.shape)
             for key in inputs.files:
                 net.blobs[key].data[...] = inputs[key]
-            solver.step(1)
-            losses.append([float(net.blobs[o].data.sum()) for o in net.outputs])
-        for j, o in enumerate(net.outputs):
-            record[f"{name}/losses/{o}"] = np.array([row[j] for row in losses])
+        start()
+        record[f"{name}/init_sum"] = np.array([float(np.sum(init[k], dtype=np.float64)) for k in sorted(init.files)])
+        outputs = net.forward()
+        net.backward()
+        for o in net.outputs:
+            record[f"{name}/out0/{o}"] = np.array(float(outputs[o].sum()))
         for layer, blobs in net.params.items():
             for i, p in enumerate(blobs):
-                record[f"{name}/final/{layer}/{i}"] = p.data.copy()
-        print(f"{name}: loss0 {float(record[f'{name}/loss0']):.6f}, outputs at iteration 20: {losses[-1]}")
+                record[f"{name}/diff/{layer}/{i}"] = sample(p.diff)
+        for blob, b in net.blobs.items():
+            record[f"{name}/blob/{blob}"] = sample(b.data, 0)
+        start()
+        rows = []
+        for _ in range(20):
+            solver.step(1)
+            rows.append([float(net.blobs[o].data.sum()) for o in net.outputs])
+        for j, o in enumerate(net.outputs):
+            record[f"{name}/steps/{o}"] = np.array([row[j] for row in rows])
+        for layer, blobs in net.params.items():
+            for i, p in enumerate(blobs):
+                record[f"{name}/final/{layer}/{i}"] = sample(p.data)
+        print(f"{name}: outputs {dict((o, round(float(outputs[o].sum()), 6)) for o in net.outputs)}, "
+              f"after 20 iterations {rows[-1]}")
     np.savez_compressed(os.path.join(out, "nets.npz"), **record)
 
 
