@@ -200,7 +200,8 @@ def test_net_trains_like_caffe_for_20_iterations(name, tmp_path):
     caffe = sum(NETS[f"{name}/steps/{o}"] * w for o, w in weights.items())
     got = np.array([ours[i] for i in range(len(caffe))])
     np.testing.assert_allclose(got[:5], caffe[:5], rtol=2e-5, atol=1e-6, err_msg=f"{name}: the loss, iterations 0-4")
-    np.testing.assert_allclose(got, caffe, rtol=2e-3, atol=1e-5, err_msg=f"{name}: the loss per iteration")
+    late = 2e-3 if tol[0] > 1e-2 else 2e-5  # BatchNorm nets drift (ResNet: 5e-4 by iteration 20); others 1e-5
+    np.testing.assert_allclose(got, caffe, rtol=late, atol=1e-5, err_msg=f"{name}: the loss per iteration")
     for key in NETS.files:
         part = key.split("/", 2)
         if part[0] == name and part[1] == "final":
