@@ -52,9 +52,12 @@ def split_axes(shape, axis, block):
 
 
 @njit(cache=True, nogil=True)
-def im2col_nd(x, ishape, oshape, kshape, pad, stride, dil, col):
-    """x (N, C, prod(ishape)) -> col (C*prod(kshape), N*prod(oshape)); taps outside read 0."""
+def _gather(x, ishape, oshape, kshape, pad, stride, dil, col, adjoint):
+    """col[c*taps + t, n*plane + q] = x[n, c, the input under tap t of output q] (0 outside the input), or with
+    adjoint x[...] += col[...] (x zeroed first): one index walk for im2col_nd and col2im_nd."""
     n_img, chans, _ = x.shape
+    if adjoint:
+        x[...] = 0.0
     k = len(kshape)
     taps, plane = col.shape[0] // chans, col.shape[1] // n_img
     kidx = np.empty(k, np.int64)
@@ -78,39 +81,21 @@ def im2col_nd(x, ishape, oshape, kshape, pad, stride, dil, col):
                         break
                     src = src * ishape[a] + pos
                 for n in range(n_img):
-                    col[c * taps + t, n * plane + q] = x[n, c, src] if inside else 0.0
+                    if adjoint:
+                        if inside:
+                            x[n, c, src] += col[c * taps + t, n * plane + q]
+                    else:
+                        col[c * taps + t, n * plane + q] = x[n, c, src] if inside else 0.0
 
 
-@njit(cache=True, nogil=True)
+def im2col_nd(x, ishape, oshape, kshape, pad, stride, dil, col):
+    """x (N, C, prod(ishape)) -> col (C*prod(kshape), N*prod(oshape)); taps outside read 0."""
+    _gather(x, ishape, oshape, kshape, pad, stride, dil, col, False)
+
+
 def col2im_nd(col, ishape, oshape, kshape, pad, stride, dil, x):
     """The adjoint of im2col_nd: x (N, C, prod(ishape)) = the sum of col's entries over the taps reading it."""
-    n_img, chans, _ = x.shape
-    x[...] = 0.0
-    k = len(kshape)
-    taps, plane = col.shape[0] // chans, col.shape[1] // n_img
-    kidx = np.empty(k, np.int64)
-    oidx = np.empty(k, np.int64)
-    for c in range(chans):
-        for t in range(taps):
-            r = t
-            for a in range(k - 1, -1, -1):
-                kidx[a] = r % kshape[a]
-                r //= kshape[a]
-            for q in range(plane):
-                r = q
-                for a in range(k - 1, -1, -1):
-                    oidx[a] = r % oshape[a]
-                    r //= oshape[a]
-                src, inside = 0, True
-                for a in range(k):
-                    pos = oidx[a] * stride[a] - pad[a] + kidx[a] * dil[a]
-                    if pos < 0 or pos >= ishape[a]:
-                        inside = False
-                        break
-                    src = src * ishape[a] + pos
-                if inside:
-                    for n in range(n_img):
-                        x[n, c, src] += col[c * taps + t, n * plane + q]
+    _gather(x, ishape, oshape, kshape, pad, stride, dil, col, True)
 
 
 class NdPath:
