@@ -161,14 +161,15 @@ def positive_int(text):
 
 
 def field_value(text):
-    """`field=value` for --set; the value is read as YAML (0.001, [100, 200], Adam)."""
-    import yaml
+    """`field=value` for --set; the value is read as a spec's YAML is (0.001, 1e-3, [100, 200], Adam)."""
+    from netspec.errors import SpecError
+    from netspec.loader import value as read_value
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected field=value, e.g. base_lr=0.001; received {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
+        return key.strip(), read_value(value)
+    except SpecError:
         raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
 
 

@@ -95,11 +95,16 @@ def _construct_sequence(loader: _Loader, node):
 
 
 # YAML 1.1 (PyYAML) reads 1e-8 as a string because it has no dot; Caffe users write it all the time.
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+# Every exponent form Python's float() reads: 1e9, 1.0e9, 1E-3, .5e3, +2.e-4.
+FLOAT_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_EXPONENT, list("-+.0123456789"))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def value(text: str):
+    """One value as a spec reads it (a command line's --set base_lr=1e-3): plain Python, numbers as numbers."""
+    return to_plain(loads(text, "<command line>"))
 
 
 def loads(text: str, path: str = "<string>"):

@@ -196,6 +196,24 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
                                                      "check the path") and "Errno" not in r.stderr
 
 
+@pytest.mark.parametrize("text", ["1e-3", "1E-3", "1.0e-3", ".1e-2", "+1e-3"])
+def test_set_reads_every_number_form_float_reads(text):
+    import run
+    assert run.field_value(f"base_lr={text}") == ("base_lr", 0.001)
+    assert run.field_value("max_iter=1e3") == ("max_iter", 1000.0) and run.field_value("gamma=1.0e9")[1] == 1e9
+    from netspec.loader import loads
+    assert loads(f"base_lr: {text}\nstepvalue: [1e3, 2E3]\n") == {"base_lr": 0.001, "stepvalue": [1000.0, 2000.0]}
+
+
+def test_set_with_scientific_notation_resumes_training(tmp_path):
+    s = solver(tmp_path, max_iter=4, test_interval=0, test_iter=[], snapshot=4, lr_policy="fixed")
+    assert cli("train", s).returncode == 0
+    r = cli("train", s, "--snapshot", str(tmp_path / "snap" / "run_iter_4.solverstate.npz"), "--set", "base_lr=1e-3",
+            "--set", "max_iter=6")
+    assert r.returncode == 0, r.stderr
+    assert "lr = 0.001" in r.stdout
+
+
 def test_test_command_json(tmp_path):
     s = solver(tmp_path, max_iter=5, test_interval=0, test_iter=[])
     Trainer(s, out=quiet).train()
