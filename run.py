@@ -214,7 +214,8 @@ def build_parser():
     p = sub.add_parser("test", help="score a net's TEST phase with trained weights")
     p.add_argument("model", help="net YAML")
     p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot or a Caffe .caffemodel")
-    p.add_argument("--iterations", type=positive_int, default=50, help="batches to run (default 50)")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="batches to run (default: one pass over the TEST data, else 50 as Caffe)")
     p.add_argument("--json", action="store_true", help="print the averaged outputs as one JSON object")
     p.set_defaults(func=cmd_test)
 

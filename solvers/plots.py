@@ -60,10 +60,15 @@ def plot_lr(result: dict, output: str):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = [r for r in result["rows"] if r[2] == r[2]]
-    ax.semilogx([r[0] for r in rows], [r[2] for r in rows])
-    ax.axvline(result["suggested"], color="g", ls="--", label=f"suggested {result['suggested']:.3g}")
+    ax.semilogx([r[0] for r in rows], [r[1] for r in rows], color="0.75", lw=0.8, label="loss")
+    ax.semilogx([r[0] for r in rows], [r[2] for r in rows], color="C0", label="smoothed")
+    marks = (("too_small", "0.4", ":", "too small below"), ("diverges", "C3", ":", "diverges from"),
+             ("suggested", "C2", "--", "suggested"))
+    for key, colour, style, what in marks:
+        if result.get(key):
+            ax.axvline(result[key], color=colour, ls=style, label=f"{what} {result[key]:.3g}")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("smoothed loss")
+    ax.set_ylabel("training loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(output, dpi=100)

@@ -140,38 +140,77 @@ def sanity(solver_path: str, out=print) -> bool:
     return all(ok is not False for _, ok, _ in results)
 
 
+def _centered(values: np.ndarray, half: int) -> np.ndarray:
+    """A moving average over 2*half+1 points centred on each (shorter at the ends): no lag, unlike an EMA, which
+    would put the minimum of the curve up to a decade too far right on a 200-step sweep."""
+    c = np.concatenate([[0.0], np.cumsum(values)])
+    idx = np.arange(len(values))
+    lo, hi = np.maximum(0, idx - half), np.minimum(len(values), idx + half + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def analyse_lr_curve(rates, losses, stopped: bool) -> dict:
+    """Bounds and suggestion from an lr sweep (rates rising, losses finite). The loss is smoothed over a window of
+    about 5% of the sweep. too_small: the loss has fallen by 5% of its total drop; diverges: past the minimum it
+    has climbed back by a quarter of the drop (or the sweep stopped on a non-finite or exploding loss);
+    suggested: a tenth of the rate at the minimum (the usual rule, e.g. fastai's lr_min / 10), or the steepest
+    descent where that tenth lies in the flat start."""
+    rates, losses = np.asarray(rates, float), np.asarray(losses, float)
+    sm = _centered(losses, max(2, len(losses) // 40))
+    m = int(np.argmin(sm))
+    drop = float(sm[0] - sm[m])
+    if drop <= 0.02 * max(abs(float(sm[0])), 1e-12):
+        return {"smoothed": sm, "minimum": float(rates[m]), "too_small": None, "diverges": None, "steepest": None,
+                "suggested": None, "rule": "the loss never fell"}
+    k0 = int(np.argmax(sm < sm[0] - 0.05 * drop))
+    after = np.nonzero(sm[m:] > sm[m] + 0.25 * drop)[0]
+    diverges = float(rates[m + after[0]]) if len(after) else (float(rates[-1]) if stopped else None)
+    slope = np.gradient(sm, np.log(rates))
+    steepest = float(rates[k0 + int(np.argmin(slope[k0:m + 1]))])
+    suggested, rule = float(rates[m]) / 10, "a tenth of the rate at the minimum of the smoothed loss"
+    if suggested < rates[k0]:
+        suggested, rule = steepest, "the steepest descent (a tenth of the minimum's rate is in the flat start)"
+    return {"smoothed": sm, "minimum": float(rates[m]), "too_small": float(rates[k0]), "diverges": diverges,
+            "steepest": steepest, "suggested": suggested, "rule": rule}
+
+
 def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int = 200, out=print) -> dict:
-    """Raise the rate exponentially over `iters` iterations from the initial weights; returns the table and
-    the suggestion."""
+    """Raise the rate exponentially over `iters` iterations from the initial weights (the solver's own rule,
+    momentum included); stop once the loss is non-finite or 4x its lowest. Returns the table, the bounds and the
+    suggestion (analyse_lr_curve)."""
     t = Trainer(solver_path, out=lambda *a: None)
-    rows, smooth, best = [], None, float("inf")
+    rows, ema, best, stopped = [], None, float("inf"), False
     for it in range(iters):
         rate = start * (end / start) ** (it / max(1, iters - 1))
         t.net.clear_param_diffs()
         loss = t.net.forward_backward()
         if not math.isfinite(loss):
-            rows.append((rate, loss, float("nan")))
+            stopped = True
             break
-        smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
-        rows.append((rate, loss, smooth))
-        best = min(best, smooth)
-        if it > 10 and smooth > 4 * best:
+        rows.append((rate, loss))
+        ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+        best = min(best, ema)
+        if it > 10 and ema > 4 * best:
+            stopped = True
             break
         t.solver.apply_update(rate, it)
-    finite = [(r, s) for r, _, s in rows if math.isfinite(s)]
-    if len(finite) < 5:
-        raise UserError(f"{solver_path}: error: the loss diverged almost at once (from {start:g}); lower the start")
-    rates, sm = np.array([r for r, _ in finite]), np.array([s for _, s in finite])
-    slope = np.gradient(sm, np.log(rates))
-    k = int(np.argmin(slope[:max(1, int(np.argmin(sm)) + 1)]))
-    first = sm[0]
-    small = next((r for r, s in zip(rates, sm) if s < 0.99 * first), rates[-1])
-    diverge = rates[-1] if len(finite) < len(rows) or sm[-1] > 4 * sm.min() else None
+    if len(rows) < 10:
+        raise UserError(f"{solver_path}: error: the loss diverged almost at once (from {start:g}); lower the start "
+                        "(--start)")
+    found = analyse_lr_curve([r for r, _ in rows], [l for _, l in rows], stopped)
+    sm = found["smoothed"]
+    table = [(r, l, float(s)) for (r, l), s in zip(rows, sm)]
     out(f"{'lr':>12} {'loss':>10} {'smoothed':>10}")
-    for r, l, s in rows[::max(1, len(rows) // 25)]:
+    for r, l, s in table[::max(1, len(table) // 25)]:
         out(f"{r:12.3g} {l:10.4g} {s:10.4g}")
-    out(f"Too small below about {small:.3g} (the loss barely moves)" +
-        (f"; diverges from about {diverge:.3g}" if diverge else ""))
-    out(f"Suggested base_lr: {rates[k]:.3g} (steepest descent of the loss)")
-    return {"rows": rows, "suggested": float(rates[k]), "too_small": float(small),
-            "diverges": None if diverge is None else float(diverge)}
+    if found["suggested"] is None:
+        out(f"The loss never fell between {start:g} and {table[-1][0]:.3g}: raise --end, or check the net with "
+            "run.py sanity")
+    else:
+        out(f"Too small below about {found['too_small']:.3g} (the loss barely moves); "
+            + (f"diverges from about {found['diverges']:.3g}" if found["diverges"] else
+               f"no divergence up to {table[-1][0]:.3g} (raise --end to see where it starts)")
+            + f"; lowest loss at {found['minimum']:.3g}")
+        out(f"Suggested base_lr: {found['suggested']:.3g} ({found['rule']}; steepest descent at "
+            f"{found['steepest']:.3g})")
+    return {"rows": table, **{k: v for k, v in found.items() if k != "smoothed"}}

@@ -578,8 +578,24 @@ def _original_unit_losses(net):
     return found
 
 
-def test_model(model_path: str, weights_path: str | None, iterations: int = 50, out=say) -> dict:
-    """`run.py test`: the TEST-phase net with the given weights, `iterations` batches; mean of each output."""
+def _one_pass(net) -> tuple[int | None, str]:
+    """(batches that read every data source of the net once, what that is), from the sources' sizes; None
+    where no layer reads a source of known size."""
+    longest, what = None, ""
+    for layer in net.layers:
+        if not hasattr(layer, "load") or not getattr(layer.p, "source", None):
+            continue
+        if layer.arrays is None:
+            layer.load()
+        n = -(-layer.rows // layer.batch_size)
+        if longest is None or n > longest:
+            longest, what = n, f"the {layer.rows} examples of '{layer.p.source}' in batches of {layer.batch_size}"
+    return longest, what
+
+
+def test_model(model_path: str, weights_path: str | None, iterations: int | None = None, out=say) -> dict:
+    """`run.py test`: the TEST-phase net with the given weights, `iterations` batches (default: one pass over its
+    data, else Caffe's 50); the mean of each output, and `weighted_loss` (sum of loss_weight * output)."""
     doc = load_net(model_path)
     net = Net(doc, "TEST", model_path, seed=0)
     net.keep_for_backward = False
@@ -588,9 +604,19 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
     if not net.outputs:
         raise UserError(f"{model_path}: error: the TEST net has no outputs to report; add an Accuracy or loss "
                         "layer")
+    one_pass, what = _one_pass(net)
+    if iterations is None:
+        iterations = one_pass or 50
+        out(f"Testing {iterations} batches: " + (f"{what}, once" if one_pass else "Caffe's default (--iterations N)"))
+    elif one_pass is not None and iterations > one_pass:
+        out(f"Note: {iterations} batches read {what} {iterations / one_pass:.3g} times over (some examples count "
+            f"more than others); --iterations {one_pass} reads them once")
     sums: dict = {}
     total = 0.0
     originals = _original_unit_losses(net)
+    weights = {}
+    for blob, w in net.loss_blobs:
+        weights[blob.name] = weights.get(blob.name, 0.0) + w
     for i in range(iterations):
         total += net.forward()
         Progress.update(i + 1, iterations, "testing")
@@ -606,7 +632,11 @@ def test_model(model_path: str, weights_path: str | None, iterations: int = 50, 
     for name in net.outputs + [o[0] for o in originals]:
         value = np.asarray(sums[name]) / iterations
         result[name] = float(value) if value.ndim == 0 else value.tolist()
-        out(f"{name} = {result[name]:g}" if value.ndim == 0 else f"{name} = {result[name]}")
-    result["loss"] = total / iterations
-    out(f"Loss: {result['loss']:g}")
+        line = f"{name} = {result[name]:g}" if value.ndim == 0 else f"{name} = {result[name]}"
+        if name in weights and value.ndim == 0:  # Caffe's "(* weight = contribution loss)"
+            line += f" (* {weights[name]:g} = {weights[name] * result[name]:g} loss)"
+        out(line)
+    result["weighted_loss"] = total / iterations
+    if len(weights) > 1 or any(w != 1 for w in weights.values()):
+        out(f"Loss: {result['weighted_loss']:g} (the sum of loss_weight x output)")
     return result

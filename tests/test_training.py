@@ -105,7 +105,12 @@ def test_train_and_test_commands(tmp_path):
     weights = os.path.join(tmp_path, "snap", "run_iter_30.weights.npz")
     r = cli("test", NET, "--weights", weights, "--iterations", "2")
     assert r.returncode == 0, r.stderr
-    assert "accuracy = " in r.stdout and "Loss: " in r.stdout
+    assert "accuracy = " in r.stdout and "Loss: " not in r.stdout  # one loss of weight 1: printed once
+    assert len([l for l in r.stdout.splitlines() if l.startswith("loss = ") and "(* 1 = " in l]) == 1
+    assert "Note: 2 batches read the 359 examples of 'digits_test.csv.gz' in batches of 359 2 times over" in r.stdout
+    r = cli("test", NET, "--weights", weights)  # by default one pass over the TEST data
+    assert r.stdout.startswith("Testing 1 batches: the 359 examples of 'digits_test.csv.gz' in batches of 359, once")
+    assert r.stdout.count("Batch ") == 2  # accuracy and loss of batch 0
     # a weights file where a solver state belongs: a clear error, not a traceback
     r = cli("train", s, "--snapshot", weights)
     assert r.returncode == 2 and "looks like a weights file: use --weights" in r.stderr
@@ -220,7 +225,22 @@ def test_test_command_json(tmp_path):
     r = cli("test", NET, "--weights", os.path.join(tmp_path, "snap", "run_iter_5.weights.npz"), "--iterations", "2",
             "--json")
     out = json.loads(r.stdout)
-    assert set(out) >= {"accuracy", "loss"} and 0 <= out["accuracy"] <= 1
+    assert set(out) >= {"accuracy", "loss", "weighted_loss"} and 0 <= out["accuracy"] <= 1
+    assert out["loss"] == pytest.approx(out["weighted_loss"])  # the net's own output, not overwritten
+
+
+def test_test_command_prints_the_weighted_total_for_several_losses(tmp_path):
+    from solvers.trainer import test_model
+    net = tmp_path / "two.yaml"
+    net.write_text("""layer:
+  - {name: in, type: Input, top: [x, y], input_param: {shape: [{dim: [4, 3]}, {dim: [4, 3]}]}}
+  - {name: l2, type: EuclideanLoss, bottom: [x, y], top: l2, loss_weight: 2}
+  - {name: l1, type: EuclideanLoss, bottom: [y, x], top: l1, loss_weight: 0.5}
+""")
+    lines = []
+    out = test_model(str(net), None, 1, out=lines.append)
+    assert out["weighted_loss"] == pytest.approx(2.5 * out["l2"]) and "weighted_loss" not in (out["l1"], out["l2"])
+    assert any(l.startswith("l2 = ") and "(* 2 = " in l for l in lines) and any(l.startswith("Loss: ") for l in lines)
 
 
 def test_sighup_snapshots_and_goes_on(tmp_path):
