@@ -198,6 +198,23 @@ def test_lr_find_suggests_a_rate_between_its_bounds(tmp_path):
     assert any(l.startswith("Suggested base_lr:") for l in lines)
 
 
+def test_lr_curve_bounds_and_suggestion_from_the_smoothed_curve():
+    """The curve of the issue: flat to 3e-4, down to 1.08 near 0.1, then up to 2.45 (noisy): the bounds bracket the
+    descent, the divergence is reported, the suggestion is a tenth of the minimum's rate (not the cliff's edge)."""
+    from solvers.sanity import analyse_lr_curve
+    rates = np.logspace(-7, 1, 200)
+    x = np.log10(rates)
+    loss = np.where(x < -3.5, 2.3, np.where(x < -1, 2.3 - 1.22 * (x + 3.5) / 2.5, 1.08 + 0.7 * (x + 1)))
+    loss = loss + np.random.default_rng(0).normal(0, 0.05, loss.shape)
+    found = analyse_lr_curve(rates, loss, stopped=False)
+    assert 1e-4 < found["too_small"] < 1e-3
+    assert 0.1 < found["diverges"] < 1.0
+    assert 0.05 < found["minimum"] < 0.2 and found["suggested"] == pytest.approx(found["minimum"] / 10)
+    assert found["too_small"] < found["suggested"] < found["minimum"] and "tenth" in found["rule"]
+    flat = analyse_lr_curve(rates, 2.3 + np.random.default_rng(1).normal(0, 0.01, 200), stopped=False)
+    assert flat["suggested"] is None and flat["rule"] == "the loss never fell"
+
+
 def test_plot_draws_curves(tmp_path):
     t, _ = trainer(tmp_path, mlp(), max_iter=10, display=1, test_iter=[1], test_interval=5)
     (tmp_path / "net.yaml").write_text(mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n")
