@@ -451,6 +451,14 @@ class Net:
                 if key not in arrays:
                     continue
                 a = arrays[key]
+                if a.size and not np.isfinite(a).all():
+                    w = d.where()
+                    bad = int(np.count_nonzero(~np.isfinite(a)))
+                    findings.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): param {i} in "
+                                            f"{source} holds {bad} NaN or Inf value(s) of {a.size}: the file comes from "
+                                            "a run that diverged, or is damaged; use an earlier snapshot (a "
+                                            "_lastgood one after a divergence)"))
+                    continue
                 if a.shape == b.shape or (a.size == b.count and _legacy(a.shape) == _legacy(b.shape)):
                     b.data[...] = a.reshape(b.shape)  # Caffe's legacy 4-D shapes (1, 1, O, I) load too
                     continue

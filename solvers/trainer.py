@@ -187,6 +187,43 @@ class Trainer:
                 if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
 
+    GOOD_SHARE = 0.02  # the most of the training time that copies of the last good state may take
+
+    def _keep_good(self):
+        """Copy the weights that just gave a finite loss and gradient (with the solver's history and the step of
+        the rate): what _write_last_good writes if training diverges later. Every iteration where the copy is cheap
+        next to the iteration (small nets), else as often as keeps the copies within GOOD_SHARE of the time."""
+        now = time.perf_counter()
+        if self._good is not None and now - self._good_t < self._good_cost / self.GOOD_SHARE:
+            return
+        self._good = (self.iter, {k: v.copy() for k, v in self.net.weights().items()},
+                      [h.copy() for h in self.solver.history], self.lr.current_step, list(self.losses))
+        self._good_t = time.perf_counter()
+        self._good_cost = self._good_t - now
+
+    def _write_last_good(self) -> str:
+        """Write the last good state as <prefix>_iter_N_lastgood (weights checked finite first); returns the
+        sentence for the stop message."""
+        if self._good is None:
+            return (" No earlier state is kept: the loss or gradient was non-finite at the first iteration "
+                    f"({self.iter}); check the weights or data it starts from.")
+        it, weights, history, step, losses = self._good
+        bad = [k for k, v in weights.items() if not np.isfinite(v).all()]
+        bad += [f"history {i}" for i, h in enumerate(history) if not np.isfinite(h).all()]
+        if bad:
+            return f" The last kept state (iteration {it}) holds non-finite values ({bad[0]}); none was written."
+        for layer in self.net.layers:
+            for i, b in enumerate(layer.blobs):
+                b.data[...] = weights[f"{layer.name}/{i}"]
+        for h, g in zip(self.solver.history, history):
+            h[...] = g
+        self.iter, self.lr.current_step, self.losses = it, step, type(self.losses)(losses, maxlen=self.losses.maxlen)
+        path = self.snapshot("_lastgood")
+        if path is None:  # an MPI rank other than 0: rank 0 writes it
+            return ""
+        return (f" The last good state, from iteration {it} (its weights gave a finite loss and gradient), is in "
+                f"{path}: resume from it with a lower rate, e.g. --snapshot {path} --set base_lr=...")
+
     def snapshot(self, tag: str = "") -> str | None:
         if self.rank:  # under MPI rank 0 writes for all
             return None
@@ -443,11 +480,12 @@ class Trainer:
         from .watch import Diverged, Watch
         self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)
         start_iter, last = self.iter, None
+        self._good, self._good_t, self._good_cost = None, 0.0, 0.0
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the watch reports non-finite values
                 last = self._loop()
-        except Diverged:
-            self.snapshot("_lastgood")  # the weights before the iteration that went non-finite
+        except Diverged as e:
+            e.args = (str(e) + self._write_last_good(),)
             raise
         except UserError:
             if self.iter > start_iter:
@@ -489,6 +527,7 @@ class Trainer:
                                                                     self.snapshot_requested)
                 self.snapshot_requested = agreed_snapshot
             self.watch.after_backward(self.iter, loss)
+            self._keep_good()
             self.losses.append(loss)
             rate = self.rate(self.iter)
             shown = bool(cfg.display and self.iter % cfg.display == 0)

@@ -53,6 +53,36 @@ def test_huge_learning_rate_is_diagnosed_and_the_last_good_state_kept(tmp_path):
     good = [f for f in snaps if f.endswith("_lastgood.weights.npz")][0]
     with np.load(tmp_path / "snap" / good) as z:
         assert all(np.isfinite(z[k]).all() for k in z.files)
+    assert "The last good state, from iteration" in msg and good.replace(".weights.npz", "") in msg
+
+
+def test_lastgood_weights_give_a_finite_loss_and_resume_with_a_lower_rate(tmp_path):
+    """base_lr 1e3: the weights kept are ones that gave a finite loss (not those of the iteration that failed),
+    run.py test scores them finitely, and resuming them with a sane rate trains on."""
+    t, lines = trainer(tmp_path, mlp(regression=True), base_lr=1e3, max_iter=40)
+    with pytest.raises(Diverged) as e:
+        t.train()
+    state = next(str(tmp_path / "snap" / f) for f in os.listdir(tmp_path / "snap") if f.endswith("_lastgood.solverstate.npz"))
+    it = int(str(e.value).split("The last good state, from iteration ")[1].split(" ")[0])
+    assert f"_iter_{it}_lastgood" in state
+    weights = state.replace(".solverstate.npz", ".weights.npz")
+    t2, _ = trainer(tmp_path, mlp(regression=True), base_lr=1e3, max_iter=40)
+    t2.net.load_weights(dict(np.load(weights)), weights)
+    assert math.isfinite(t2.net.forward())
+    t3, lines3 = trainer(tmp_path, mlp(regression=True), base_lr=0.001, max_iter=it + 10)
+    t3.train(snapshot_path=state)
+    assert t3.iter == it + 10
+
+
+def test_weights_with_nan_are_a_bad_weights_file_not_a_learning_rate_problem(tmp_path):
+    from netspec.errors import SpecError
+    t, _ = trainer(tmp_path, mlp())
+    arrays = {k: v.copy() for k, v in t.net.weights().items()}
+    key = next(iter(arrays))
+    arrays[key].flat[3] = np.nan
+    np.savez(tmp_path / "w.npz", **arrays)
+    with pytest.raises(SpecError, match=r"param 0 in \S+w.npz holds 1 NaN or Inf value\(s\)"):
+        t.train(weights_path=str(tmp_path / "w.npz"))
 
 
 @pytest.mark.parametrize("solver_type", ["SGD", "Nesterov"])  # the fused SGD kernel's check and the generic one
