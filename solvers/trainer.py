@@ -479,6 +479,8 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
         from .watch import Diverged, Watch
         self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)
+        if self.replicas:  # the slices run the batch: their layers hold its probabilities
+            self.watch.nets = self.replicas.nets
         start_iter, last = self.iter, None
         self._good, self._good_t, self._good_cost = None, 0.0, 0.0
         try:
@@ -527,7 +529,8 @@ class Trainer:
                                                                     self.snapshot_requested)
                 self.snapshot_requested = agreed_snapshot
             self.watch.after_backward(self.iter, loss)
-            self._keep_good()
+            if not self.watch.suspect:
+                self._keep_good()
             self.losses.append(loss)
             rate = self.rate(self.iter)
             shown = bool(cfg.display and self.iter % cfg.display == 0)

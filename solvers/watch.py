@@ -108,6 +108,9 @@ class Watch:
         self.first_losses: list = []
         self.warned = set()
         self.tests: list = []   # (iter, test loss, train loss)
+        self.pinned = 0         # consecutive iterations with a softmax loss at 87.3365
+        self.nets = [net]       # the nets that ran the batch (the slices' own, where it runs as slices)
+        self.suspect = False    # the current state is not one to keep as the last good one
 
     def warn(self, key, message):
         if key not in self.warned:
@@ -125,14 +128,49 @@ class Watch:
         self.check_plateaus(it, loss)
         return gn
 
+    PINNED_WINDOW = 20  # iterations at 87.3365 before training stops (divergence: stop)
+
+    def _underflowed(self, k: int) -> float:
+        """The fraction of the examples (positions) of SoftmaxWithLoss layer k whose true class's probability is 0
+        in float32: each adds 87.3365 = -ln(FLT_MIN) to the loss, the mark of a net that diverged without a NaN."""
+        zero, total = 0, 0
+        for net in self.nets:
+            layer, bottom = net.layers[k], net.bottom_vecs[k]
+            prob = getattr(layer, "prob", None)
+            if prob is None or len(bottom) < 2:
+                continue
+            outer, chans, inner = prob.shape
+            label = bottom[1].data.reshape(outer, inner)
+            valid = (label >= 0) & (label < chans) & (label == np.round(label))
+            if getattr(layer, "ignore", None) is not None:
+                valid &= label != layer.ignore
+            idx = np.where(valid, label, 0).astype(np.int64)
+            p = np.take_along_axis(prob, idx[:, None, :], axis=1)[:, 0, :]
+            zero += int(((p <= np.finfo(np.float32).tiny) & valid).sum())
+            total += int(valid.sum())
+        return zero / total if total else 0.0
+
     def check_plateaus(self, it: int, loss: float):
-        for blob, _ in self.net.loss_blobs:
-            d = next((d for d, tops in zip(self.net.defs, self.net.top_vecs) if blob in tops), None)
-            if d is not None and d.type == "SoftmaxWithLoss" and abs(float(blob.data) - FLT_MIN_LOSS) < 0.5:
-                self.warn("softmax_87", f"iteration {it}: loss '{d.name}' is {float(blob.data):.4f}, about 87.3365 = "
-                          "-ln(FLT_MIN): the true class's probability underflowed to 0 for the examples of the "
-                          "batch. The net diverged (lower base_lr tenfold) or the labels do not match the outputs "
-                          "(check that they run from 0 to num_output - 1)")
+        pinned = None
+        for k, (d, layer) in enumerate(zip(self.net.defs, self.net.layers)):
+            if d.type != "SoftmaxWithLoss" or not any(b in self.net.top_vecs[k] for b, _ in self.net.loss_blobs):
+                continue
+            value = float(self.net.top_vecs[k][0].data)
+            share = self._underflowed(k)
+            if abs(value - FLT_MIN_LOSS) < 0.5 or share >= 0.25:
+                pinned = d
+                self.warn("softmax_87", f"iteration {it}: loss '{d.name}' is {value:.4f}: the true class's "
+                          f"probability underflowed to 0 for {100 * share:.0f}% of the batch, each adding 87.3365 = "
+                          "-ln(FLT_MIN). The net diverged (lower base_lr tenfold) or the labels do not match the "
+                          "outputs (check that they run from 0 to num_output - 1)")
+        self.pinned = self.pinned + 1 if pinned is not None else 0
+        self.suspect = pinned is not None
+        if self.pinned >= self.PINNED_WINDOW and getattr(self.cfg, "divergence", "stop") == "stop":
+            raise Diverged(f"Training diverged: for {self.pinned} iterations (to {it}) the true class's probability "
+                           f"in loss '{pinned.name}' ({pinned.type}) underflowed to 0 for a quarter of the batch or "
+                           "more (each example adds 87.3365 = -ln(FLT_MIN)): the net has diverged without a NaN. "
+                           "Lower base_lr tenfold, or check that the labels run from 0 to num_output - 1 "
+                           "(divergence: warn in the solver only warns).")
         window = min(100, max(10, self.cfg.max_iter // 5))
         if len(self.first_losses) < window:
             self.first_losses.append(loss)

@@ -146,7 +146,26 @@ def test_softmax_loss_stuck_at_87_is_explained(tmp_path):
     t.net.forward()
     t.net.blobs["loss"].data[...] = 87.3365
     w.check_plateaus(3, 87.3365)
-    assert "about 87.3365 = -ln(FLT_MIN)" in "\n".join(lines) and "labels" in "\n".join(lines)
+    assert "87.3365 = -ln(FLT_MIN)" in "\n".join(lines) and "labels" in "\n".join(lines)
+
+
+def test_a_softmax_loss_pinned_at_87_stops_training_unless_told_to_warn(tmp_path):
+    t, lines = trainer(tmp_path, mlp(), base_lr=1e3, max_iter=80)
+    with pytest.raises(Diverged, match=r"for 20 iterations \(to \d+\) the true class's probability") as e:
+        t.train()
+    assert t.iter < 79 and "The last good state, from iteration" in str(e.value)
+    t, lines = trainer(tmp_path, mlp(), base_lr=1e3, max_iter=80, divergence="warn")
+    t.train()
+    assert t.iter == 80 and sum("87.3365" in l for l in lines) == 1
+
+
+def test_a_healthy_net_run_as_slices_is_not_taken_for_pinned(tmp_path):
+    """As slices, the batch's probabilities are in the slices' layers (the whole net's stay unset)."""
+    trainer(tmp_path, mlp(), max_iter=30, base_lr=0.05)
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None, replicas=2)
+    assert t.replicas is not None
+    t.train()
+    assert t.iter == 30 and not t.watch.pinned
 
 
 def test_overfitting_is_reported_with_the_best_iteration():
