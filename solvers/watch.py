@@ -121,12 +121,43 @@ class Watch:
     def after_backward(self, it: int, loss: float):
         """Cheap checks every iteration; raises Diverged with the diagnosis."""
         gn = grad_norm(self.net.params)
+        grew = self.track_losses(it)
         if not (math.isfinite(loss) and math.isfinite(gn)):
             what = "the loss" if not math.isfinite(loss) else "the gradient norm"
             raise Diverged(f"Training diverged: {what} is {loss if not math.isfinite(loss) else gn} at "
-                           f"{diagnose(self.net, it)}")
+                           f"{diagnose(self.net, it)}{grew}")
         self.check_plateaus(it, loss)
         return gn
+
+    def track_losses(self, it: int) -> str:
+        """With several losses: the norm of the gradient each sends into the net, every iteration. Returns, once
+        one has grown 10x past its median (or gone non-finite), the sentence that names the first to grow and
+        suggests its loss_weight, Caffe's way to tune a net with several losses."""
+        losses = [(k, d) for k, d in enumerate(self.net.defs) if self.net.layers[k].is_loss
+                  and self.net.need_backward[k] and any(p for p in self.net.propagate[k])]
+        if len(losses) < 2:
+            return ""
+        history = self.__dict__.setdefault("loss_grads", {})
+        first = None
+        for k, d in losses:
+            g = math.sqrt(sum(float(np.square(b.diff, dtype=np.float64).sum())
+                              for b, p in zip(self.net.bottom_vecs[k], self.net.propagate[k]) if p))
+            seen = history.setdefault(d.name, [])
+            base = float(np.median(seen)) if len(seen) >= 3 else None
+            if not math.isfinite(g) or (base is not None and base > 0 and g > 10 * base):
+                grown = history.setdefault("_grew", {})
+                grown.setdefault(d.name, (it, g, base))
+            elif len(seen) < 50:
+                seen.append(g)
+        grown = {n: v for n, v in history.get("_grew", {}).items() if v[0] >= it - 100}  # this episode only
+        if not grown:
+            return ""
+        name, (at, g, base) = min(grown.items(), key=lambda kv: kv[1][0])
+        weight = next(w for b, w in self.net.loss_blobs for k, d in losses if d.name == name
+                      and b in self.net.top_vecs[k])
+        return (f". Of the net's {len(losses)} losses, '{name}' was the first whose gradient grew (at iteration {at}: "
+                f"{g:.3g}, against {base if base is not None else float('nan'):.3g} before): lower its loss_weight "
+                f"(now {weight:g}) rather than base_lr")
 
     PINNED_WINDOW = 20  # iterations at 87.3365 before training stops (divergence: stop)
 

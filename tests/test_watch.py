@@ -168,6 +168,19 @@ def test_a_healthy_net_run_as_slices_is_not_taken_for_pinned(tmp_path):
     assert t.iter == 30 and not t.watch.pinned
 
 
+def test_with_several_losses_the_one_whose_gradient_grew_first_is_named(tmp_path):
+    net = mlp().replace("top: loss}", "top: loss}\n  - {name: aux, type: InnerProduct, bottom: data, top: aux, "
+                        "inner_product_param: {num_output: 1, weight_filler: {type: xavier}}}\n"
+                        "  - {name: aux_loss, type: EuclideanLoss, bottom: [aux, label], top: aux_loss, "
+                        "loss_weight: 30}")
+    t, lines = trainer(tmp_path, net, base_lr=0.05, max_iter=200)
+    with pytest.raises(Diverged) as e:
+        t.train()
+    msg = str(e.value)
+    assert "Of the net's 2 losses, 'aux_loss' was the first whose gradient grew" in msg
+    assert "lower its loss_weight (now 30) rather than base_lr" in msg
+
+
 def test_overfitting_is_reported_with_the_best_iteration():
     from solvers.watch import Watch
     lines, recs = [], []
