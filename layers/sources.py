@@ -317,6 +317,10 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
         k = kind(path)
     except SourceError:
         pass
+    if k in ("idx", "csv", "npz") and (new_size or gray):
+        given = " and ".join(o for o, v in (("--resize", new_size), ("--gray", gray)) if v)
+        raise SourceError(f"{given} applies to image lists only; this is {'an' if k == 'idx' else 'a'} {k} file, "
+                          "whose examples are kept as they are: leave it out")
     if k == "idx":
         return idx_load(path, ["data", "label"], np.float32)
     if k == "csv":

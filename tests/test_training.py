@@ -196,6 +196,10 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
     r = cli("train", s, "--set", "momentum=2")
     assert r.returncode == 2 and r.stderr.startswith("--set momentum=2: error: 2 is greater than or equal to the "
                                                      "maximum of 1; give a value of the field's type, e.g. --set")
+    r = cli("data", "convert", os.path.join(ROOT, "models", "lenet_digits", "digits_test.csv.gz"),
+            str(tmp_path / "out.npz"), "--resize", "4x4")
+    assert r.returncode == 2 and "--resize applies to image lists only; this is a csv file" in r.stderr
+    assert not (tmp_path / "out.npz").exists()
     r = cli("data", "convert", str(tmp_path / "missing.csv"), str(tmp_path / "out.npz"))
     assert r.returncode == 2 and r.stderr.startswith(f"{tmp_path / 'missing.csv'}: error: no such file or directory; "
                                                      "check the path") and "Errno" not in r.stderr
