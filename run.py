@@ -29,7 +29,8 @@ def _train(args, comm):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor,
-                      comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas)
+                      comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas, force=args.force,
+                      tensorboard=args.tensorboard)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
     return 130 if stopped and not getattr(trainer, "early_stopped", False) else 0
@@ -194,6 +195,10 @@ def build_parser():
                    "separated by commas are applied in order), i.e. fine-tune")
     p.add_argument("--set", metavar="FIELD=VALUE", type=field_value, action="append",
                    help="override a solver field, e.g. --set base_lr=0.001 (repeatable)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard scalars into DIR "
+                   "(pip install 'yaffe[tensorboard]'; tensorboard --logdir DIR)")
+    p.add_argument("--force", action="store_true", help="start over a run already at snapshot_prefix, or resume a "
+                   "snapshot into a net whose learnable layers changed")
     p.add_argument("--lr-scale", type=positive_float, metavar="X",
                    help="multiply the learning rate by X from the (resumed) iteration on, whatever the policy")
     for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):

@@ -142,7 +142,7 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
 def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) -> list[Finding]:
     """Read every data source once: non-finite values, labels, and a test pass longer than the test set."""
     out = []
-    from solvers.trainer import Progress
+    from netspec.progress import Progress
     sources = [layer for layer in net.layers if hasattr(layer, "load") and getattr(layer.p, "source", None)]
     for d, layer in zip(net.defs, net.layers):
         if not hasattr(layer, "load") or not getattr(layer.p, "source", None):
@@ -182,8 +182,8 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
                                 f"has {layer.rows}: the test repeats examples; use test_iter "
                                 f"{max(1, layer.rows // layer.p.batch_size)} or a batch_size that divides "
                                 f"{layer.rows}"))
-    if sources and Progress.shown:
-        Progress.clear()
+    if sources:
+        Progress.close()
     for k, layer in enumerate(net.layers):
         if layer.is_loss or net.defs[k].type == "Accuracy":
             out.extend(_label_findings(net, k))

@@ -58,6 +58,8 @@ SOLVER_FIELDS = (
     Field("test_compute_loss", "bool", False, "Caffe's flag; yaffe always reports the TEST net's loss"),
     Field("debug_info", "bool", False, "log per-layer mean |data| and |diff| at display iterations"),
     Field("monitor", "bool", False, "record dead ReLUs, saturation, gradient norms and update ratios per layer"),
+    Field("tensorboard", "str", None, "also write the metrics as TensorBoard scalars into this folder (relative to "
+          "the solver file; extra tensorboard)"),
     Field("divergence", "enum", "stop", "a loss pinned at a divergence value (softmax's 87.3365) for 20 iterations: "
           "stop as for NaN (exit 3, _lastgood), or only warn", choices=("stop", "warn")),
     Field("snapshot_diff", "bool", False, "Caffe's flag (diffs are not snapshotted)"),

@@ -28,21 +28,49 @@ def read_metrics(path: str) -> list[dict]:
         raise UserError(f"{path}: error: not a JSON-lines metrics file ({e})") from None
 
 
+def run_labels(paths, runs) -> list[str]:
+    """A label per run: the solver fields that differ between the runs (from each file's "run" record, written
+    when training starts), else the part of the file names that differs."""
+    solvers = [next((r.get("solver") for r in recs if r.get("phase") == "run"), None) or {} for recs in runs]
+    keys = sorted({k for s in solvers for k in s})
+    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in solvers}) > 1]
+    if len(runs) > 1 and differ:
+        return [", ".join(f"{k}={s.get(k)}" for k in differ) for s in solvers]
+    names = [os.path.abspath(p).replace("_metrics.jsonl", "") for p in paths]
+    common = os.path.commonpath(names) if len(names) > 1 else os.path.dirname(names[0])
+    return [os.path.relpath(n, common) if n != common else os.path.basename(n) for n in names]
+
+
 def plot_metrics(paths, output: str):
-    """Training and test loss, test accuracy and the learning rate against iteration; runs overlaid."""
+    """Training and test loss, test accuracy and the learning rate against iteration, runs overlaid: one colour
+    per run in every panel, test points marked, the rate as steps, the loss on a log axis when it spans more
+    than two decades."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
-    for path in paths:
-        recs, name = read_metrics(path), os.path.basename(path).replace("_metrics.jsonl", "")
-        train = [r for r in recs if r.get("phase") == "train" and r.get("loss") is not None]
-        test = [r for r in recs if r.get("phase") == "test"]
-        ax_loss.plot([r["iter"] for r in train], [r["loss"] for r in train], label=f"{name} train")
-        if test:
-            ax_loss.plot([r["iter"] for r in test], [r["loss"] for r in test], "o-", label=f"{name} test")
-            acc = [r for r in test if isinstance(r.get("accuracy"), (int, float))]
-            ax_acc.plot([r["iter"] for r in acc], [r["accuracy"] for r in acc], "o-", label=name)
-        lr = [r for r in train if r.get("lr") is not None]
-        ax_lr.plot([r["iter"] for r in lr], [r["lr"] for r in lr], label=name)
+    runs = [read_metrics(p) for p in paths]
+    low, high = float("inf"), 0.0
+    for k, (recs, name) in enumerate(zip(runs, run_labels(paths, runs))):
+        colour = f"C{k % 10}"
+        train = [r for r in recs if r.get("phase") == "train" and isinstance(r.get("loss"), (int, float))]
+        test = [r for r in recs if r.get("phase") == "test" and isinstance(r.get("loss"), (int, float))]
+        for series, style, what in ((train, "-", "train"), (test, "o--", "test")):
+            if series:
+                marker = "o" if len(series) == 1 or what == "test" else None
+                ax_loss.plot([r["iter"] for r in series], [r["loss"] for r in series], style if marker is None else
+                             style.replace("o", ""), marker=marker, color=colour, label=f"{name} {what}")
+                positive = [r["loss"] for r in series if r["loss"] > 0]
+                if positive:
+                    low, high = min(low, min(positive)), max(high, max(positive))
+        acc = [r for r in test if isinstance(r.get("accuracy"), (int, float))]
+        if acc:
+            ax_acc.plot([r["iter"] for r in acc], [r["accuracy"] for r in acc], "o-", color=colour, label=name)
+        rates = sorted({(r["iter"], r["lr"]) for r in recs if r.get("phase") in ("train", "lr")
+                        and isinstance(r.get("lr"), (int, float))})
+        if rates:
+            ax_lr.plot([i for i, _ in rates], [v for _, v in rates], drawstyle="steps-post", color=colour,
+                       marker="o" if len(rates) == 1 else None, label=name)
+    if high > 0 and low < float("inf") and high / low > 100:
+        ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("test accuracy")
     ax_lr.set_ylabel("learning rate")
@@ -50,7 +78,7 @@ def plot_metrics(paths, output: str):
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)

@@ -15,6 +15,7 @@ import numpy as np
 
 from netspec.errors import UserError
 from netspec.net import Net
+from netspec.progress import Progress
 from .trainer import Trainer
 
 
@@ -182,6 +183,7 @@ def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int
     rows, ema, best, stopped = [], None, float("inf"), False
     for it in range(iters):
         rate = start * (end / start) ** (it / max(1, iters - 1))
+        Progress.update(it + 1, iters, "lr-find")
         t.net.clear_param_diffs()
         loss = t.net.forward_backward()
         if not math.isfinite(loss):
@@ -197,6 +199,7 @@ def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int
     if len(rows) < 10:
         raise UserError(f"{solver_path}: error: the loss diverged almost at once (from {start:g}); lower the start "
                         "(--start)")
+    Progress.close()
     found = analyse_lr_curve([r for r, _ in rows], [l for _, l in rows], stopped)
     sm = found["smoothed"]
     table = [(r, l, float(s)) for (r, l), s in zip(rows, sm)]

@@ -27,7 +27,7 @@ import yaml
 
 from netspec.errors import UserError
 from netspec.loader import load, to_plain
-from solvers.trainer import Progress
+from netspec.progress import Progress
 
 
 def read_space(path: str) -> dict:

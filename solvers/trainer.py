@@ -17,6 +17,7 @@ import numpy as np
 
 from netspec.errors import Finding, SpecError, UserError
 from netspec.graph import as_list
+from netspec.progress import Progress
 from netspec.net import Net
 from netspec.spec import load_net, load_solver
 from . import snapshot as snap
@@ -32,33 +33,60 @@ def _spec_hash(*docs) -> str:
 
 
 class Metrics:
-    """JSON lines, one record per display iteration and per test. Resuming at iteration N keeps the records
-    before N (those from N on belong to the run being replaced) and appends."""
+    """JSON lines, one record per display iteration and per test, each flushed as written. Resuming at iteration
+    N keeps the records before N (those from N on belong to the run being replaced): they are written to a new
+    file that replaces the old one in one rename, so a crash at any moment leaves the history, then appended to."""
 
     def __init__(self, path: str | None, resume_from: int | None = None):
         self.path, self.file = path, None
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            kept = []
             if resume_from is not None and os.path.exists(path):
+                kept = []
                 with open(path) as f:
                     for line in f:
                         try:
                             if json.loads(line).get("iter", 0) < resume_from:
-                                kept.append(line)
-                        except ValueError:
+                                kept.append(line if line.endswith("\n") else line + "\n")
+                        except (ValueError, AttributeError):
                             pass  # a line torn by a crash
-            self.file = open(path, "w")
-            self.file.writelines(kept)
+                tmp = f"{path}.tmp{os.getpid()}"
+                with open(tmp, "w") as f:
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                self.file = open(path, "a")
+            else:
+                self.file = open(path, "w")
+
+        self.board = None  # a TensorBoard writer (open_tensorboard)
+
+    def open_tensorboard(self, folder: str):
+        """Also write every numeric value of the train, test and lr records as TensorBoard scalars (train/loss,
+        test/accuracy, ...) under `folder`, through the tensorboard extra (tensorboardX)."""
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise UserError("--tensorboard needs tensorboardX: pip install 'yaffe[tensorboard]'; the metrics file "
+                            "holds the same values as JSON lines") from None
+        self.board = SummaryWriter(folder, flush_secs=5)
 
     def write(self, record: dict):
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.board is not None and record.get("phase") in ("train", "test", "lr"):
+            group = "test" if record["phase"] == "test" else "train"
+            for key, value in record.items():
+                if key not in ("phase", "iter") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(f"{group}/{key}", value, record["iter"])
 
     def close(self):
         if self.file:
             self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def say(*args):
@@ -68,42 +96,16 @@ def say(*args):
     print(*args, flush=True)
 
 
-class Progress:
-    """A one-line progress bar on a terminal (stderr); nothing when the output is a file or a pipe."""
-
-    shown = False
-    last = 0.0
-
-    @classmethod
-    def update(cls, done: int, total: int, label: str):
-        import sys
-        if not sys.stderr.isatty() or total <= 0:
-            return
-        now = time.perf_counter()
-        if now - cls.last < 0.1 and done < total:
-            return
-        cls.last = now
-        width = 30
-        filled = int(width * done / total)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        sys.stderr.flush()
-        cls.shown = True
-
-    @classmethod
-    def clear(cls):
-        import sys
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-        cls.shown = False
-
-
 class Trainer:
     """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file."""
 
     def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
-                 monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None):
+                 monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None,
+                 force: bool = False, tensorboard: str | None = None):
         self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
+        self.force = force  # start over a run already at snapshot_prefix; resume a net edited past its state
+        self.tensorboard = tensorboard
         self.out = out if self.rank == 0 else (lambda *a: None)  # under MPI only rank 0 speaks
         self.solver_path = solver_path
         self.solver_doc, self.cfg, self.net_path = load_solver(solver_path, overrides)
@@ -156,6 +158,8 @@ class Trainer:
                            if l.is_data and self.net.shapes.get(d.tops[0])), 1)
         self.stop_requested = False
         self.snapshot_requested = False
+        self.elapsed_base = 0.0  # seconds of training before this process (a resumed run's)
+        self._last_rate = None   # the rate last written to the metrics
         self.metrics = Metrics(None)  # train() opens the file
 
     def _preflight(self):
@@ -186,6 +190,75 @@ class Trainer:
             for layer in net.layers:
                 if layer.rng is not None:
                     yield f"{tag}/{layer.name}", layer
+
+    def _run_files(self) -> list[str]:
+        """The files of a run at snapshot_prefix: its snapshots and its metrics."""
+        import glob
+        found = sorted(glob.glob(glob.escape(self.prefix) + "_iter_*"))
+        if self.metrics_path and os.path.exists(self.metrics_path) and os.path.getsize(self.metrics_path):
+            found.append(self.metrics_path)
+        return found
+
+    def _refuse_overwrite(self):
+        """A new run (not a resume) where snapshot_prefix already holds one would overwrite its snapshots and its
+        metrics: refused unless force."""
+        found = self._run_files() if self.rank == 0 else []
+        if not found or self.force:
+            if found:
+                self.out(f"Overwriting the run at {self.prefix} (--force): {len(found)} file(s)")
+            return
+        names = ", ".join(os.path.basename(f) for f in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4
+                                                                      else "")
+        states = [f for f in found if f.endswith(".solverstate.npz") and "_lastgood" not in f]
+        resume = f"resume it with --snapshot {states[-1]}, " if states else ""
+        raise UserError(f"{self.solver_path}: error: snapshot_prefix {self.prefix!r} already holds a run ({names}); "
+                        f"{resume}start a new one with --set snapshot_prefix=..., or overwrite it with --force")
+
+    def _lock(self):
+        """<prefix>.lock with this process's PID while training: a second trainer on the same prefix stops; a
+        lock left by a process that is gone is taken over with a note."""
+        self._lock_path = None
+        if self.rank:
+            return
+        path = f"{self.prefix}.lock"
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(path) as f:
+                        pid = int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                alive = False
+                if pid > 0:
+                    try:
+                        os.kill(pid, 0)
+                        alive = True
+                    except ProcessLookupError:
+                        pass
+                    except PermissionError:
+                        alive = True
+                if alive and pid != os.getpid():
+                    raise UserError(f"{self.solver_path}: error: another trainer (PID {pid}) is writing to "
+                                    f"snapshot_prefix {self.prefix!r} ({path}); wait for it, stop it, or give this "
+                                    "run its own prefix with --set snapshot_prefix=...") from None
+                self.out(f"Note: taking over {path}, left by a trainer that is gone (PID {pid})")
+                os.unlink(path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self._lock_path = path
+            return
+
+    def _unlock(self):
+        if getattr(self, "_lock_path", None):
+            try:
+                os.unlink(self._lock_path)
+            except OSError:
+                pass
+            self._lock_path = None
 
     GOOD_SHARE = 0.02  # the most of the training time that copies of the last good state may take
 
@@ -229,7 +302,8 @@ class Trainer:
             return None
         meta = {"type": self.cfg.type, "lr_current_step": self.lr.current_step, "seed": self.net.seed,
                 "lr_scale": self.lr_scale, "plateau_scale": self.lr.plateau_scale,
-                "losses": list(self.losses), "spec_hash": self.spec_hash,
+                "losses": list(self.losses), "spec_hash": self.spec_hash, "net": _plain(self.net_doc),
+                "elapsed_s": (time.perf_counter() - self._t0) if getattr(self, "_t0", None) else self.elapsed_base,
                 "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
         extra = {}
         for key, layer in self._stateful_layers():
@@ -300,6 +374,8 @@ class Trainer:
         self.lr.current_step = int(meta.get("lr_current_step", 0))
         self.lr.plateau_scale = float(meta.get("plateau_scale", 1.0))
         self.losses.extend(meta.get("losses", []))
+        self.elapsed_base = float(meta.get("elapsed_s", 0.0))
+        self._net_changes(meta, weights, state_path)
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
@@ -315,6 +391,39 @@ class Trainer:
         if self.lr_scale != 1.0:
             self.out(f"  learning rate scaled by {self.lr_scale:g} from here on")
         self.out(f"Learning rate of the next iteration ({self.iter}): {self._peek_lr():g}")
+
+    def _net_changes(self, meta: dict, weights: dict, state_path: str):
+        """Say what changed in the net since the snapshot; refuse (unless force) where a layer with weights has none
+        in the snapshot, or the snapshot's weights belong to a layer the net no longer has: the state would then
+        not be the run's."""
+        old = meta.get("net")
+        if old is None:
+            if meta.get("spec_hash") and meta["spec_hash"] != self.spec_hash:
+                self.out("Note: the net or solver changed since the snapshot (its spec hash differs)")
+            return
+        before = {l.get("name"): l for l in old.get("layer", []) if isinstance(l, dict)}
+        now = {l.get("name"): l for l in _plain(self.net_doc).get("layer", []) if isinstance(l, dict)}
+        lines = [f"  layer '{n}' added" for n in now if n not in before]
+        lines += [f"  layer '{n}' removed" for n in before if n not in now]
+        for n in now:
+            if n in before and now[n] != before[n]:
+                diffs = _changed(before[n], now[n])
+                lines += [f"  layer '{n}': {k}: {a} -> {b}" for k, a, b in diffs[:6]]
+        if lines:
+            self.out(f"The net changed since the snapshot {state_path}:")
+            for line in lines:
+                self.out(line)
+        learned = {l.name for l in self.net.layers if l.blobs}
+        saved = {k.split("/")[0] for k in weights}
+        fresh, orphan = sorted(learned - saved), sorted(saved - learned)
+        if (fresh or orphan) and not self.force:
+            what = (f"layer(s) {', '.join(fresh)} would start from their fillers" if fresh else "") + \
+                   ("; " if fresh and orphan else "") + \
+                   (f"the snapshot's weights of {', '.join(orphan)} would be dropped" if orphan else "")
+            raise UserError(f"{state_path}: error: the net's learnable layers changed since this snapshot: {what}, so "
+                            "the solver state no longer describes the run. Fine-tune instead with --weights "
+                            f"{os.path.join(os.path.dirname(state_path), meta['weights'])}, or resume anyway with "
+                            "--force")
 
     def _peek_lr(self) -> float:
         step = self.lr.current_step
@@ -461,12 +570,22 @@ class Trainer:
             self.restore_caffe(snapshot_path)
         elif snapshot_path:
             self.restore(snapshot_path)
+        if not snapshot_path:
+            self._refuse_overwrite()
+        self._lock()
         if snapshot_path and self.dp:
             self.dp.reseed(self.iter)
             self.dp.iteration = self.iter
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
         self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None)
+        board = self.tensorboard or (os.path.join(os.path.dirname(self.solver_path), cfg.tensorboard)
+                                     if cfg.tensorboard else None)
+        if board and self.rank == 0:
+            self.metrics.open_tensorboard(board)
+        self.metrics.write({"phase": "run", "iter": self.iter, "net": self.net.name, "resumed": bool(snapshot_path),
+                            "solver": {k: v for k, v in _plain(self.solver_doc).items()
+                                       if k not in ("net", "snapshot_prefix", "yaffe")}})
         self.out(f"Solving {self.net.name} ({cfg.type}, lr_policy {cfg.lr_policy}), "
                  f"{sum(p.blob.count for p in self.net.params):,} learnable parameters")
         if self.dp:
@@ -497,6 +616,7 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.metrics.close()
+            self._unlock()
             for runner in [self.replicas] + self.test_runners:
                 if hasattr(runner, "close"):
                     runner.close()
@@ -522,7 +642,8 @@ class Trainer:
                 if self.agreed_stop if dp else self.stop_requested:  # early stopping
                     break
             if t0 is None:
-                t0 = last_t = time.perf_counter()
+                last_t = time.perf_counter()
+                t0 = self._t0 = last_t - self.elapsed_base  # elapsed_s goes on after a resume
             loss = sum(step() for _ in range(cfg.iter_size)) / cfg.iter_size
             if dp:  # sum the gradients (and losses, stop and snapshot requests) over the ranks
                 loss, self.agreed_stop, agreed_snapshot = dp.reduce(loss, self.stop_requested,
@@ -533,6 +654,10 @@ class Trainer:
                 self._keep_good()
             self.losses.append(loss)
             rate = self.rate(self.iter)
+            if rate != self._last_rate and not (cfg.display and self.iter % cfg.display == 0):
+                if self._last_rate is None or abs(rate - self._last_rate) > 0.01 * abs(self._last_rate):
+                    self.metrics.write({"phase": "lr", "iter": self.iter, "lr": rate})  # for the steps of plots
+                    self._last_rate = rate
             shown = bool(cfg.display and self.iter % cfg.display == 0)
             if shown and cfg.debug_info:
                 self.watch.debug(self.iter, "Forward/Backward")
@@ -551,6 +676,7 @@ class Trainer:
                     if blob.data.ndim == 0 and name not in record:
                         record[name] = float(blob.data)
                 self.metrics.write(record)
+                self._last_rate = rate
                 self.out(f"Iteration {self.iter}, lr = {rate:g}")
                 last_iter, last_t = self.iter, now
             it = self.iter
@@ -582,15 +708,30 @@ class Trainer:
                 loss = dp.mean(loss)  # each rank ran its share of the batch
             self.out(f"Iteration {self.iter}, loss = {loss:.6g}")
             record = {"phase": "train", "iter": self.iter, "loss": loss, "lr": self._peek_lr(),
-                      "elapsed_s": round(time.perf_counter() - (t0 or time.perf_counter()), 6),
+                      "elapsed_s": round(time.perf_counter() - t0 if t0 else self.elapsed_base, 6),
                       "images_per_s": None}
             self.metrics.write(record)
         if self.test_net and cfg.test_interval and self.iter % cfg.test_interval == 0:
             record = self.test()
-        if Progress.shown:
-            Progress.clear()
+        Progress.close()
         self.out("Optimization Done.")
         return record
+
+
+def _plain(doc):
+    """A spec as plain JSON-able dicts and lists."""
+    from netspec.loader import to_plain
+    return json.loads(json.dumps(to_plain(doc), default=str))
+
+
+def _changed(a, b, path="") -> list:
+    """[(field path, before, after)] between two layer specs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _changed(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [(path, a, b)]
 
 
 def _layer_norms(net) -> dict:

@@ -136,7 +136,7 @@ def test_resume_from_caffes_solverstate_continues_with_its_momentum(caffe_dir):
     ref = np.load(os.path.join(FIX, "caffe_losses.npz"))
     assert resumed[200] == pytest.approx(float(ref["loss"][200]), abs=1e-4)   # Caffe's weights, images 0..63
     # the second step depends on Caffe's momentum: without it the loss at 201 differs
-    fresh = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None,
+    fresh = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, force=True,
                     overrides={"max_iter": 2, "snapshot_after_train": False, "test_iter": [1]})
     fresh.train(weights_path=str(caffe_dir / "lenet_sgd_iter_200.caffemodel"))
     with open(fresh.metrics_path) as f:

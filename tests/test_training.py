@@ -309,3 +309,113 @@ def test_test_iter_must_cover_every_test_net(tmp_path):
     path = solver(tmp_path, net=None, train_net=NET, test_net=[NET, NET], test_iter=[1])
     errors = [f.message for f in validate([path]) if f.severity == "error"]
     assert any("1 test_iter value(s) for 2 test net(s): give one test_iter per test net" in m for m in errors)
+
+
+# ---- runs that survive: existing runs, locks, metrics after a crash, edited nets ---------------------------------
+
+def test_a_second_run_on_the_same_prefix_is_refused_unless_forced(tmp_path):
+    from netspec.errors import UserError
+    s = solver(tmp_path, max_iter=4, test_interval=0, test_iter=[], snapshot=2)
+    Trainer(s, out=quiet).train()
+    with pytest.raises(UserError, match=r"already holds a run \(run_iter_2.solverstate.npz, .*resume it with "
+                                        r"--snapshot \S+run_iter_4.solverstate.npz, .*--force"):
+        Trainer(s, out=quiet).train()
+    lines = []
+    Trainer(s, out=lines.append, force=True).train()
+    assert any("Overwriting the run" in l for l in lines)
+    r = cli("train", s)
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_prefix_in_use_by_a_live_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    from netspec.errors import UserError
+    s = solver(tmp_path, max_iter=2, test_interval=0, test_iter=[])
+    os.makedirs(tmp_path / "snap", exist_ok=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "snap" / "run.lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(UserError, match=f"another trainer \\(PID {sleeper.pid}\\) is writing"):
+            Trainer(s, out=quiet).train()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lines = []
+    Trainer(s, out=lines.append).train()  # the sleeper is gone: its lock is stale
+    assert any(f"taking over" in l and f"PID {sleeper.pid}" in l for l in lines)
+    assert not (tmp_path / "snap" / "run.lock").exists()  # released at the end
+
+
+def test_metrics_survive_a_crash_after_resume_and_elapsed_goes_on(tmp_path):
+    s = solver(tmp_path, max_iter=6, test_interval=0, test_iter=[], snapshot=3, display=1)
+    t = Trainer(s, out=quiet)
+    t.train()
+    before = records(t.metrics_path)
+    state = str(tmp_path / "snap" / "run_iter_3.solverstate.npz")
+    t2 = Trainer(s, out=quiet, overrides={"max_iter": 8})
+    boom = RuntimeError("crash")
+
+    def crash(*a, **k):
+        raise boom
+    t2._loop = crash
+    with pytest.raises(RuntimeError):
+        t2.train(snapshot_path=state)
+    kept = records(t.metrics_path)
+    assert kept == [r for r in before if r["iter"] < 3] and kept  # history before the resume point kept
+    t3 = Trainer(s, out=quiet, overrides={"max_iter": 8})
+    t3.train(snapshot_path=state)
+    recs = [r for r in records(t.metrics_path) if r["phase"] == "train" and r.get("images_per_s")]
+    assert [r["iter"] for r in recs] == list(range(8))
+    resumed = [r["elapsed_s"] for r in recs if r["iter"] >= 3]
+    assert resumed[0] >= recs[2]["elapsed_s"] and resumed == sorted(resumed)
+
+
+def test_resuming_into_an_edited_net_says_what_changed_and_refuses_new_learnable_layers(tmp_path):
+    from netspec.errors import UserError
+    net = open(NET).read().replace("digits_train.csv.gz", os.path.join(os.path.dirname(NET), "digits_train.csv.gz"))
+    net = net.replace("digits_test.csv.gz", os.path.join(os.path.dirname(NET), "digits_test.csv.gz"))
+    (tmp_path / "net.yaml").write_text(net)
+    s = solver(tmp_path, net="net.yaml", max_iter=2, test_interval=0, test_iter=[], snapshot=2)
+    Trainer(s, out=quiet).train()
+    state = str(tmp_path / "snap" / "run_iter_2.solverstate.npz")
+    (tmp_path / "net.yaml").write_text(net.replace("pool: MAX", "pool: AVE"))
+    lines = []
+    Trainer(s, out=lines.append, overrides={"max_iter": 3}).train(snapshot_path=state)
+    assert any("pooling_param.pool: MAX -> AVE" in l for l in lines)
+    (tmp_path / "net.yaml").write_text(net.replace("name: ip1", "name: ip1_new"))
+    with pytest.raises(UserError, match="ip1_new would start from their fillers.*ip1 would be dropped.*--force"):
+        Trainer(s, out=quiet, overrides={"max_iter": 3}).train(snapshot_path=state)
+    Trainer(s, out=quiet, overrides={"max_iter": 3}, force=True).train(snapshot_path=state)
+
+
+def read_events(folder):
+    """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing: length, its CRC, data, its CRC)."""
+    import glob
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        data = open(path, "rb").read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_gets_the_metrics_scalars(tmp_path):
+    s = solver(tmp_path, max_iter=20, display=5, test_interval=10)
+    t = Trainer(s, out=quiet, tensorboard=str(tmp_path / "tb"))
+    t.train()
+    events = read_events(tmp_path / "tb")
+    recs = records(t.metrics_path)
+    train = {r["iter"]: r for r in recs if r["phase"] == "train"}  # with the final pass's at 20
+    assert [s for s, _ in events["train/loss"]] == sorted(train) and sorted(train) == [0, 5, 10, 15, 20]
+    for step, value in events["train/loss"]:
+        assert value == pytest.approx(train[step]["loss"], rel=1e-6)
+    tests = [r for r in recs if r["phase"] == "test"]
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in events["test/accuracy"]] == [
+        (r["iter"], r["accuracy"]) for r in tests]
+    assert "train/lr" in events

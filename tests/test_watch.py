@@ -332,9 +332,9 @@ def test_random_search_coarse_to_fine(tmp_path):
     assert (tmp_path / "s" / "results.csv").read_text().startswith("trial,")
 
 
-def test_progress_bar_only_on_a_terminal(monkeypatch):
+def test_progress_is_a_bar_with_rate_and_time_left_on_a_terminal_and_timed_lines_in_a_pipe(monkeypatch):
     import io
-    from solvers.trainer import Progress
+    from netspec.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -342,11 +342,21 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 
     tty, pipe = Terminal(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", tty)
-    Progress.last = 0.0
-    Progress.update(3, 10, "search")
+    import time
+    for i in range(1, 4):
+        time.sleep(0.25)  # tqdm redraws at most every 0.2 s
+        Progress.update(i, 10, "search")
     Progress.clear()
-    assert tty.getvalue().startswith("\rsearch [#########") and "3/10" in tty.getvalue()
+    Progress.close()
+    text = tty.getvalue()
+    assert "search" in text and "3/10" in text and "it/s" in text and "<" in text  # tqdm: n/total [elapsed<left, rate]
     monkeypatch.setattr(sys, "stderr", pipe)
-    Progress.last = 0.0
-    Progress.update(3, 10, "search")
-    assert pipe.getvalue() == ""
+    clock = [100.0]
+    monkeypatch.setattr("netspec.progress.time.monotonic", lambda: clock[0])
+    Progress.update(1, 100, "training")
+    clock[0] += 5
+    Progress.update(10, 100, "training")
+    assert pipe.getvalue() == ""                    # not before PIPE_EVERY seconds
+    clock[0] += 30
+    Progress.update(40, 100, "training")
+    assert pipe.getvalue() == "training: 40/100 (40%, 1.14/s, about 52s left)\n"
