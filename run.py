@@ -82,6 +82,14 @@ def cmd_lr_find(args):
 
 
 def cmd_search(args):
+    if args.backend == "optuna":
+        if args.mpi or args.jobs > 1:
+            from netspec.errors import UserError
+            raise UserError("run.py search: error: --backend optuna runs its trials one at a time in this process "
+                            "(it prunes them at their tests); leave out --jobs and --mpi")
+        from solvers.search import search_optuna
+        search_optuna(args.solver, args.space, args.trials, args.iters, args.out, args.seed)
+        return 0
     if not args.mpi:
         from solvers.search import search
         search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed)
@@ -261,6 +269,9 @@ def build_parser():
                    "time, handed out by rank 0 (mpi4py's futures pool)")
     p.add_argument("--out", help="results folder (default: search/ beside the solver)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("random", "optuna"), default="random",
+                   help="random: log-space random search, coarse then fine (built in); optuna: TPE sampling with "
+                   "pruning of bad trials at their tests (pip install 'yaffe[optuna]')")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("plot", help="training and test curves from metrics files (the plots extra)")

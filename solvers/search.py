@@ -112,10 +112,8 @@ def run_trial(args) -> dict:
     return record
 
 
-def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int = 1, out_dir: str | None = None,
-           seed: int = 0, out=print, pool=None) -> list[dict]:
-    """pool: an executor to run the trials on (mpi4py's pool under --mpi); default: `jobs` local processes."""
-    space = read_space(space_path)
+def _bases(solver_path: str):
+    """(solver dict, net dict with its data sources made absolute)."""
     base_solver = to_plain(load(solver_path))
     net_path = os.path.join(os.path.dirname(os.path.abspath(solver_path)), base_solver["net"])
     base_net = to_plain(load(net_path))
@@ -124,6 +122,14 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
             src = layer[block].get("source")
             if src and not os.path.isabs(src):
                 layer[block]["source"] = os.path.normpath(os.path.join(os.path.dirname(net_path), src))
+    return base_solver, base_net
+
+
+def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int = 1, out_dir: str | None = None,
+           seed: int = 0, out=print, pool=None) -> list[dict]:
+    """pool: an executor to run the trials on (mpi4py's pool under --mpi); default: `jobs` local processes."""
+    space = read_space(space_path)
+    base_solver, base_net = _bases(solver_path)
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(solver_path)), "search")
     rng = np.random.default_rng(seed)
     results: list[dict] = []
@@ -154,6 +160,11 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
                 out(f"trial {record['trial']} (round {round_no}): score {record['score']:.4g}  " +
                     ", ".join(f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}"
                               for k in space))
+    return _write_results(results, space, base_solver, base_net, out_dir, out)
+
+
+def _write_results(results, space, base_solver, base_net, out_dir, out) -> list[dict]:
+    """results.csv and results.jsonl, best first, and the best configuration as best_solver.yaml/best_net.yaml."""
     results.sort(key=lambda r: -r["score"])
     os.makedirs(out_dir, exist_ok=True)
     keys = list(dict.fromkeys(k for r in results for k in r))
@@ -174,3 +185,73 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
     out(f"Best: trial {best['trial']}, score {best['score']:.4g}; wrote {out_dir}/results.csv, results.jsonl, "
         "best_solver.yaml")
     return results
+
+
+def search_optuna(solver_path: str, space_path: str, trials: int, iters: int, out_dir: str | None = None,
+                  seed: int = 0, out=print) -> list[dict]:
+    """The same search through Optuna (the optuna extra): TPE sampling, and trials pruned at their tests (four
+    per trial) when their score falls below the median of earlier trials at that point (MedianPruner). Trials run
+    one at a time in this process (pruning reads each test as it happens); results are written as search()'s."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("--backend optuna needs Optuna: pip install 'yaffe[optuna]'") from None
+    from solvers.trainer import Trainer
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = read_space(space_path)
+    base_solver, base_net = _bases(solver_path)
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(solver_path)), "search")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+    results: list[dict] = []
+
+    def objective(trial):
+        config = {}
+        for key, dist in space.items():
+            kind, arg = next(iter(dist.items()))
+            if kind == "choice":
+                config[key] = trial.suggest_categorical(key, arg)
+            elif kind == "uniform" and all(isinstance(v, int) for v in arg):
+                config[key] = trial.suggest_int(key, arg[0], arg[1])
+            else:
+                config[key] = trial.suggest_float(key, float(arg[0]), float(arg[1]), log=kind == "log_uniform")
+        solver, net = copy.deepcopy(base_solver), copy.deepcopy(base_net)
+        apply(solver, net, config)
+        solver.update(net="net.yaml", max_iter=iters, snapshot=0, snapshot_after_train=False, display=0,
+                      test_interval=max(1, iters // 4), snapshot_prefix="trial")
+        folder = os.path.join(out_dir, f"trial_{trial.number:03d}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "net.yaml"), "w") as f:
+            yaml.safe_dump(net, f, sort_keys=False)
+        with open(os.path.join(folder, "solver.yaml"), "w") as f:
+            yaml.safe_dump(solver, f, sort_keys=False)
+        record = {"trial": trial.number, **config}
+        results.append(record)
+        try:
+            t = Trainer(os.path.join(folder, "solver.yaml"), out=lambda *a: None, force=True)
+            seen = t._after_test
+
+            def after_test(test):
+                seen(test)
+                score = test["accuracy"] if "accuracy" in test else -test.get("loss", math.inf)
+                trial.report(score, t.iter)
+                if trial.should_prune():
+                    record.update(score=score, pruned_at=t.iter)
+                    raise optuna.TrialPruned()
+            t._after_test = after_test
+            final = t.train()
+        except UserError as e:
+            record.update(score=-math.inf, error=str(e).splitlines()[0])
+            return float("-inf")
+        finally:
+            Progress.update(len(results), trials, "search")
+        record.update({k: v for k, v in final.items() if isinstance(v, float)})
+        record["score"] = final["accuracy"] if "accuracy" in final else -final.get("loss", math.inf)
+        out(f"trial {trial.number}: score {record['score']:.4g}  " + ", ".join(
+            f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}" for k in space))
+        return record["score"]
+
+    study.optimize(objective, n_trials=trials, catch=())
+    pruned = sum("pruned_at" in r for r in results)
+    out(f"Optuna: {len(results)} trials, {pruned} pruned early")
+    return _write_results(results, space, base_solver, base_net, out_dir, out)

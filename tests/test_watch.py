@@ -332,6 +332,24 @@ def test_random_search_coarse_to_fine(tmp_path):
     assert (tmp_path / "s" / "results.csv").read_text().startswith("trial,")
 
 
+def test_optuna_search_samples_the_space_prunes_bad_trials_and_writes_the_best(tmp_path):
+    from solvers.search import search_optuna
+    net = mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"
+    trainer(tmp_path, net, test_iter=[2])
+    (tmp_path / "space.yaml").write_text("base_lr: {log_uniform: [1e-5, 3]}\n"
+                                         "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
+    lines = []
+    results = search_optuna(str(tmp_path / "solver.yaml"), str(tmp_path / "space.yaml"), trials=10, iters=40,
+                            out_dir=str(tmp_path / "s"), out=lines.append)
+    assert len(results) == 10 and results == sorted(results, key=lambda r: -r["score"])
+    assert all(1e-5 <= r["base_lr"] <= 3 for r in results)
+    assert any("pruned_at" in r for r in results)  # the tiny rates score at chance and are cut at a test
+    assert all(r["pruned_at"] < 40 for r in results if "pruned_at" in r)
+    assert results[0]["acc"] > 0.5 and "pruned_at" not in results[0]  # scored by -loss (no output named accuracy)
+    from netspec.spec import validate
+    assert [f for f in validate([str(tmp_path / "s" / "best_solver.yaml")]) if f.severity == "error"] == []
+
+
 def test_progress_is_a_bar_with_rate_and_time_left_on_a_terminal_and_timed_lines_in_a_pipe(monkeypatch):
     import io
     from netspec.progress import Progress
