@@ -71,6 +71,9 @@ def plot_metrics(paths, output: str):
                        marker="o" if len(rates) == 1 else None, label=name)
     if high > 0 and low < float("inf") and high / low > 100:
         ax_loss.set_yscale("log")
+    rates = [v for line in ax_lr.lines for v in line.get_ydata() if v > 0]
+    if rates and max(rates) / min(rates) >= 10:
+        ax_lr.set_yscale("log")
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("test accuracy")
     ax_lr.set_ylabel("learning rate")

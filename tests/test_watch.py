@@ -288,6 +288,21 @@ def test_plot_draws_curves(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_labels_runs_by_what_differs_and_the_rate_is_recorded_where_it_changes(tmp_path):
+    from solvers.plots import run_labels
+    runs = []
+    for lr in (0.1, 0.01):
+        t, _ = trainer(tmp_path, mlp(), max_iter=12, display=5, base_lr=lr, lr_policy="multistep", gamma=0.1,
+                       stepvalue=[7], snapshot_prefix=f"snap/lr{lr}", test_iter=[], test_interval=0)
+        t.train()
+        runs.append(t.metrics_path)
+    recs = [read for read in map(json.loads, open(runs[0]))]
+    steps = sorted((r["iter"], r["lr"]) for r in recs if r["phase"] in ("train", "lr") and "lr" in r)
+    assert (7, pytest.approx(0.01)) in steps and (0, pytest.approx(0.1)) in steps  # the change at 7, not only at 10
+    labels = run_labels(runs, [list(map(json.loads, open(p))) for p in runs])
+    assert labels == ["base_lr=0.1", "base_lr=0.01"]
+
+
 def test_plateau_policy_drops_the_rate_from_the_best_weights(tmp_path):
     t, lines = trainer(tmp_path, mlp(), lr_policy="plateau", gamma=0.1, patience=2, min_lr=1e-4, base_lr=0.1)
     t.iter = 10
