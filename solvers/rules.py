@@ -250,8 +250,13 @@ class Solver:
                 out[p.key + (f"#{slot}" if slot else "")] = self._hist(i, slot)
         return out
 
-    def load_history(self, arrays: dict, source: str):
+    def load_history(self, arrays: dict, source: str, partial: bool = False):
+        """The history saved in a snapshot; partial (--force on a changed net): the params found, zeros for the
+        others."""
         mine = self.history_arrays()
+        if partial:
+            arrays = {k: v for k, v in arrays.items() if k in mine}
+            mine = {k: h for k, h in mine.items() if k in arrays}
         if sorted(arrays) != sorted(mine):
             extra, missing = sorted(set(arrays) - set(mine)), sorted(set(mine) - set(arrays))
             raise UserError(f"{source}: error: the snapshot's solver history does not fit this net and solver "

@@ -368,14 +368,14 @@ class Trainer:
             raise SpecError([Finding(w[0], w[1], w[2], "error", f"max_iter {self.cfg.max_iter} is smaller than "
                                      f"the iteration of the snapshot {state_path} ({meta['iter']}), so there is "
                                      f"nothing to train; raise max_iter above {meta['iter']}")])
+        self._net_changes(meta, weights, state_path)  # before loading: a changed net fails there less clearly
         self.net.load_weights(weights, os.path.join(os.path.dirname(state_path), meta["weights"]))
-        self.solver.load_history(history, state_path)
+        self.solver.load_history(history, state_path, partial=self.force)
         self.iter = int(meta["iter"])
         self.lr.current_step = int(meta.get("lr_current_step", 0))
         self.lr.plateau_scale = float(meta.get("plateau_scale", 1.0))
         self.losses.extend(meta.get("losses", []))
         self.elapsed_base = float(meta.get("elapsed_s", 0.0))
-        self._net_changes(meta, weights, state_path)
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))

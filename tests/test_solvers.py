@@ -25,7 +25,7 @@ def run_solver(tmp_path, net, iters, **solver):
     cfg = {"net": "net.yaml", "max_iter": iters, "display": 1, "snapshot_after_train": False, "random_seed": 3}
     cfg.update(solver)
     (tmp_path / "solver.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
-    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None, force=True)  # called again in one folder
     t.train()
     return t
 

@@ -154,7 +154,7 @@ def test_a_softmax_loss_pinned_at_87_stops_training_unless_told_to_warn(tmp_path
     with pytest.raises(Diverged, match=r"for 20 iterations \(to \d+\) the true class's probability") as e:
         t.train()
     assert t.iter < 79 and "The last good state, from iteration" in str(e.value)
-    t, lines = trainer(tmp_path, mlp(), base_lr=1e3, max_iter=80, divergence="warn")
+    t, lines = trainer(tmp_path, mlp(), base_lr=1e3, max_iter=80, divergence="warn", snapshot_prefix="snap/warn")
     t.train()
     assert t.iter == 80 and sum("87.3365" in l for l in lines) == 1
 
