@@ -153,26 +153,33 @@ def _centered(values: np.ndarray, half: int) -> np.ndarray:
 def analyse_lr_curve(rates, losses, stopped: bool) -> dict:
     """Bounds and suggestion from an lr sweep (rates rising, losses finite). The loss is smoothed over a window of
     about 5% of the sweep. too_small: the loss has fallen by 5% of its total drop; diverges: past the minimum it
-    has climbed back by a quarter of the drop (or the sweep stopped on a non-finite or exploding loss);
-    suggested: a tenth of the rate at the minimum (the usual rule, e.g. fastai's lr_min / 10), or the steepest
-    descent where that tenth lies in the flat start."""
+    has climbed back by a quarter of the drop (or the sweep stopped on a non-finite or exploding loss); the floor
+    ends at the last rate past the minimum whose loss stays within 10% of it (of the minimum's size, at most 10% of
+    the drop). suggested: a third of the floor's end (Smith's range test, 2017: the rate where the loss stops
+    falling is the largest usable, and a third to a quarter of it the one to train at). A tenth of the rate at the
+    minimum (fastai's lr_min / 10) is reported too: on a flat-bottomed curve (an autoencoder's, whose floor spans a
+    decade) the minimum lies anywhere on the floor, and its tenth trains far too slowly."""
     rates, losses = np.asarray(rates, float), np.asarray(losses, float)
     sm = _centered(losses, max(2, len(losses) // 40))
     m = int(np.argmin(sm))
     drop = float(sm[0] - sm[m])
     if drop <= 0.02 * max(abs(float(sm[0])), 1e-12):
         return {"smoothed": sm, "minimum": float(rates[m]), "too_small": None, "diverges": None, "steepest": None,
-                "suggested": None, "rule": "the loss never fell"}
+                "floor_end": None, "tenth": None, "suggested": None, "rule": "the loss never fell"}
     k0 = int(np.argmax(sm < sm[0] - 0.05 * drop))
     after = np.nonzero(sm[m:] > sm[m] + 0.25 * drop)[0]
     diverges = float(rates[m + after[0]]) if len(after) else (float(rates[-1]) if stopped else None)
+    band = min(0.1 * abs(float(sm[m])), 0.1 * drop) or 0.1 * drop
+    above = np.nonzero(sm[m:] > sm[m] + band)[0]
+    end = m + (above[0] - 1 if len(above) else len(sm) - 1 - m)
     slope = np.gradient(sm, np.log(rates))
     steepest = float(rates[k0 + int(np.argmin(slope[k0:m + 1]))])
-    suggested, rule = float(rates[m]) / 10, "a tenth of the rate at the minimum of the smoothed loss"
+    suggested, rule = float(rates[end]) / 3, "a third of the rate where the loss stops falling (Smith's range test)"
     if suggested < rates[k0]:
-        suggested, rule = steepest, "the steepest descent (a tenth of the minimum's rate is in the flat start)"
+        suggested, rule = steepest, "the steepest descent (a third of the floor's end is in the flat start)"
     return {"smoothed": sm, "minimum": float(rates[m]), "too_small": float(rates[k0]), "diverges": diverges,
-            "steepest": steepest, "suggested": suggested, "rule": rule}
+            "steepest": steepest, "floor_end": float(rates[end]), "tenth": float(rates[m]) / 10,
+            "suggested": suggested, "rule": rule}
 
 
 def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int = 200, out=print) -> dict:
@@ -214,6 +221,6 @@ def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int
             + (f"diverges from about {found['diverges']:.3g}" if found["diverges"] else
                f"no divergence up to {table[-1][0]:.3g} (raise --end to see where it starts)")
             + f"; lowest loss at {found['minimum']:.3g}")
-        out(f"Suggested base_lr: {found['suggested']:.3g} ({found['rule']}; steepest descent at "
-            f"{found['steepest']:.3g})")
+        out(f"Suggested base_lr: {found['suggested']:.3g} ({found['rule']}, {found['floor_end']:.3g}; a tenth of the "
+            f"minimum's rate would be {found['tenth']:.3g}, the steepest descent is at {found['steepest']:.3g})")
     return {"rows": table, **{k: v for k, v in found.items() if k != "smoothed"}}

@@ -262,7 +262,8 @@ def test_lr_find_suggests_a_rate_between_its_bounds(tmp_path):
 
 def test_lr_curve_bounds_and_suggestion_from_the_smoothed_curve():
     """The curve of the issue: flat to 3e-4, down to 1.08 near 0.1, then up to 2.45 (noisy): the bounds bracket the
-    descent, the divergence is reported, the suggestion is a tenth of the minimum's rate (not the cliff's edge)."""
+    descent, the divergence is reported, the suggestion is a third of where the loss stops falling (not the
+    cliff's edge); and a flat-bottomed curve (an autoencoder's) is not suggested a rate on its descent."""
     from solvers.sanity import analyse_lr_curve
     rates = np.logspace(-7, 1, 200)
     x = np.log10(rates)
@@ -271,8 +272,12 @@ def test_lr_curve_bounds_and_suggestion_from_the_smoothed_curve():
     found = analyse_lr_curve(rates, loss, stopped=False)
     assert 1e-4 < found["too_small"] < 1e-3
     assert 0.1 < found["diverges"] < 1.0
-    assert 0.05 < found["minimum"] < 0.2 and found["suggested"] == pytest.approx(found["minimum"] / 10)
-    assert found["too_small"] < found["suggested"] < found["minimum"] and "tenth" in found["rule"]
+    assert 0.05 < found["minimum"] < 0.2 and found["suggested"] == pytest.approx(found["floor_end"] / 3)
+    assert found["too_small"] < found["suggested"] < found["minimum"] and "a third" in found["rule"]
+    assert found["tenth"] == pytest.approx(found["minimum"] / 10)
+    floor = np.where(x < -5, 965, np.where(x < -3, 965 - 757 * (x + 5) / 2, np.where(x < -1.5, 208, 208 + 40 * (x + 1.5))))
+    found = analyse_lr_curve(rates, floor + np.random.default_rng(2).normal(0, 2, 200), stopped=False)
+    assert 0.003 < found["suggested"] < 0.05  # the floor runs from 1e-3 to ~0.1; its minimum's tenth is ~1e-4
     flat = analyse_lr_curve(rates, 2.3 + np.random.default_rng(1).normal(0, 0.01, 200), stopped=False)
     assert flat["suggested"] is None and flat["rule"] == "the loss never fell"
 
