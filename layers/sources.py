@@ -233,11 +233,22 @@ def lmdb_module():
 
 def parse_datum(buf: bytes, dtype=np.float32):
     """(array (C, H, W), label) of a Caffe Datum: channels 1, height 2, width 3, data 4 (uint8 bytes),
-    label 5, float_data 6, encoded 7 (data is a PNG/JPEG file)."""
+    label 5, float_data 6, encoded 7 (data is a PNG/JPEG file). A record that is not one raises SourceError."""
+    try:
+        return _parse_datum(buf, dtype)
+    except SourceError:
+        raise
+    except Exception as e:  # noqa: BLE001: garbage bytes, a lying shape, a broken or bomb image: all the record's
+        raise SourceError(f"the record is not a valid Caffe Datum ({type(e).__name__}: {e})") from None
+
+
+def _parse_datum(buf: bytes, dtype):
     from netspec.caffemodel import fields
     c = h = w = 0
     data, floats, label, encoded = b"", [], 0, False
     for num, wire, v in fields(buf):
+        if num in (1, 2, 3, 5, 7) and wire != 0 or num in (4, 6) and wire not in (2, 5):
+            raise ValueError(f"field {num} has wire type {wire}")
         if num == 1:
             c = v
         elif num == 2:
@@ -258,9 +269,12 @@ def parse_datum(buf: bytes, dtype=np.float32):
             from PIL import Image
         except ImportError:
             raise SourceError("encoded Datum images need Pillow: pip install 'yaffe[images]'") from None
+        Image.MAX_IMAGE_PIXELS = 1 << 28  # a decompression bomb raises instead of filling the memory
         a = np.asarray(Image.open(io.BytesIO(data)))
         a = a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
         return a.astype(dtype), label
+    if c * h * w > (1 << 31):
+        raise ValueError(f"a shape of {c} x {h} x {w}")
     if floats:
         return np.concatenate(floats).reshape(c, h, w).astype(dtype), label
     return np.frombuffer(data, np.uint8).reshape(c, h, w).astype(dtype), label

@@ -15,14 +15,20 @@ from .errors import UserError
 
 
 def _varint(buf: bytes, pos: int):
+    """A base-128 varint at pos: (value, next pos). Protobuf's are at most 10 bytes; a longer run of high bits is
+    not a varint (unbounded, the shifted integer grew with every byte: 1 MB of 0xff took quadratic time)."""
     result = shift = 0
-    while True:
+    start = pos
+    while shift < 70:
+        if pos >= len(buf):
+            raise ValueError(f"a varint at byte {start} runs past the end")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
             return result, pos
         shift += 7
+    raise ValueError(f"a varint longer than 10 bytes at byte {start}")
 
 
 def fields(buf: bytes):
@@ -37,6 +43,8 @@ def fields(buf: bytes):
             value, pos = buf[pos:pos + 8], pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
+            if n > end - pos:
+                raise ValueError(f"field {num} at byte {pos} claims {n} bytes; {end - pos} remain")
             value, pos = buf[pos:pos + n], pos + n
         elif wire == 5:
             value, pos = buf[pos:pos + 4], pos + 4
@@ -54,6 +62,17 @@ def _packed(values, wire, dtype):
 
 
 def read_blob(buf: bytes) -> np.ndarray:
+    """The array of a BlobProto; ValueError where the bytes are not one (wrong field types, a shape that does not
+    hold the values, ...)."""
+    try:
+        return _read_blob(buf)
+    except ValueError:
+        raise
+    except (TypeError, IndexError, OverflowError, MemoryError) as e:
+        raise ValueError(f"not a BlobProto ({type(e).__name__}: {e})") from None
+
+
+def _read_blob(buf: bytes) -> np.ndarray:
     legacy, shape, data, ddata = {}, None, [], []
     for num, wire, v in fields(buf):
         if num in (1, 2, 3, 4):
