@@ -28,12 +28,15 @@ def cmd_train(args):
 def _train(args, comm):
     from solvers.trainer import Trainer
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
-                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect, monitor=args.monitor,
+                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect,
+                      sigterm_effect=args.sigterm_effect, monitor=args.monitor,
                       comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas, force=args.force,
                       tensorboard=args.tensorboard)
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
-    return 130 if stopped and not getattr(trainer, "early_stopped", False) else 0
+    if not stopped or getattr(trainer, "early_stopped", False):
+        return 0
+    return 128 + int(getattr(trainer, "stop_signal", 2))  # 130 after Ctrl-C, 143 after SIGTERM (shells' convention)
 
 
 def cmd_test(args):
@@ -209,7 +212,7 @@ def build_parser():
                    "snapshot into a net whose learnable layers changed")
     p.add_argument("--lr-scale", type=positive_float, metavar="X",
                    help="multiply the learning rate by X from the (resumed) iteration on, whatever the policy")
-    for sig, default in (("sigint", "stop"), ("sighup", "snapshot")):
+    for sig, default in (("sigint", "stop"), ("sighup", "snapshot"), ("sigterm", "stop")):
         p.add_argument(f"--{sig}-effect", choices=("snapshot", "stop", "none"), default=default,
                        help=f"on {sig.upper()}: snapshot and go on, snapshot and stop, or ignore (default {default})")
     p.add_argument("--monitor", action="store_true", help="record dead ReLUs, saturated units, gradient norms and "

@@ -101,6 +101,7 @@ class Trainer:
 
     def __init__(self, solver_path: str, *, out=say, metrics_path: str | None = None, overrides: dict | None = None,
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
+                 sigterm_effect: str = "stop",
                  monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None,
                  force: bool = False, tensorboard: str | None = None):
         self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
@@ -114,7 +115,7 @@ class Trainer:
             self.cfg.random_seed = agree_seed(comm, self.cfg.random_seed)
         self.overrides = dict(overrides or {})
         self.lr_scale, self.lr_scale_given = (1.0 if lr_scale is None else float(lr_scale)), lr_scale is not None
-        self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect}
+        self.effects = {"SIGINT": sigint_effect, "SIGHUP": sighup_effect, "SIGTERM": sigterm_effect}
         self.monitor = monitor
         cfg = self.cfg
         self.net_doc = load_net(self.net_path)
@@ -540,12 +541,13 @@ class Trainer:
         return path if os.path.exists(path) else None
 
     def _on_signal(self, signum, frame):
-        name = "SIGINT" if signum == signal.SIGINT else "SIGHUP"
+        name = signal.Signals(signum).name  # SIGINT, SIGHUP or SIGTERM (what batch schedulers send before a kill)
         effect = self.effects[name]
         if effect == "stop":
             if self.stop_requested and name == "SIGINT":
                 raise KeyboardInterrupt
             self.stop_requested = True
+            self.stop_signal = signum
             self.out(f"{name}: finishing this iteration, then snapshotting and stopping"
                      + (" (Ctrl-C again aborts at once)" if name == "SIGINT" else ""))
         elif effect == "snapshot":
@@ -594,7 +596,7 @@ class Trainer:
                      "iteration in one Allreduce)")
         if self.replicas_line:
             self.out(f"Threads: {self.replicas_line}")
-        handled = [signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
         from .watch import Diverged, Watch
         self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)

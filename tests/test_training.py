@@ -267,6 +267,21 @@ def test_sighup_snapshots_and_goes_on(tmp_path):
     assert len(states) == 2 and p.returncode == 130   # the SIGHUP one, and the SIGINT one at the end
 
 
+def test_sigterm_from_a_batch_scheduler_snapshots_and_stops(tmp_path):
+    s = solver(tmp_path, max_iter=100000, display=50, test_interval=0, test_iter=[])
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", s], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("Iteration 50 "):
+            p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    assert "SIGTERM: finishing this iteration, then snapshotting and stopping" in "".join(seen)
+    states = [f for f in os.listdir(os.path.join(tmp_path, "snap")) if f.endswith(".solverstate.npz")]
+    assert len(states) == 1 and p.returncode == 143
+
+
 def test_kill_during_snapshots_leaves_only_whole_files_and_resume_works(tmp_path):
     """Snapshot every iteration, kill -9 at some point, then every file on disk loads and the newest
     state resumes."""
