@@ -6,9 +6,12 @@ The state names its weights file relative to itself, so the pair can be moved to
 """
 from __future__ import annotations
 
+import errno
+import glob
 import io
 import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -16,6 +19,10 @@ import numpy as np
 from netspec.errors import UserError
 
 STATE_FORMAT = 1
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space (or quota): the previous files are intact, the partial one removed."""
 
 
 def atomic_write(path: str, payload: bytes):
@@ -28,6 +35,13 @@ def atomic_write(path: str, payload: bytes):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free
+            raise DiskFull(f"{path}: error: the disk is full ({os.strerror(e.errno)}): {len(payload):,} bytes "
+                           f"needed, {free:,} free in {folder}; the previous snapshot is intact. Free some space "
+                           "(or set snapshot_prefix on another disk) and resume from the last snapshot") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -125,3 +139,25 @@ def write_hdf5(model_path: str, state_path: str, it: int, net, history, current_
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+def remove_stale_temporaries(prefix: str) -> list[str]:
+    """Remove `<prefix>_*.tmp<PID>` files left by runs that were killed while writing (their PID is gone)."""
+    removed = []
+    for path in glob.glob(glob.escape(prefix) + "_*.tmp*"):
+        pid = path.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed

@@ -37,8 +37,8 @@ class Metrics:
     N keeps the records before N (those from N on belong to the run being replaced): they are written to a new
     file that replaces the old one in one rename, so a crash at any moment leaves the history, then appended to."""
 
-    def __init__(self, path: str | None, resume_from: int | None = None):
-        self.path, self.file = path, None
+    def __init__(self, path: str | None, resume_from: int | None = None, warn=None):
+        self.path, self.file, self.warn, self.lost = path, None, warn, 0
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if resume_from is not None and os.path.exists(path):
@@ -74,8 +74,14 @@ class Metrics:
 
     def write(self, record: dict):
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk: training goes on, the records are lost until there is room
+                self.lost += 1
+                if self.lost == 1 and self.warn:
+                    self.warn(f"Warning: cannot write the metrics to {self.path} ({e.strerror}); training goes on "
+                              "without them until there is room (the snapshots are written separately)")
         if self.board is not None and record.get("phase") in ("train", "test", "lr"):
             group = "test" if record["phase"] == "test" else "train"
             for key, value in record.items():
@@ -195,7 +201,7 @@ class Trainer:
     def _run_files(self) -> list[str]:
         """The files of a run at snapshot_prefix: its snapshots and its metrics."""
         import glob
-        found = sorted(glob.glob(glob.escape(self.prefix) + "_iter_*"))
+        found = sorted(f for f in glob.glob(glob.escape(self.prefix) + "_iter_*") if ".tmp" not in f)
         if self.metrics_path and os.path.exists(self.metrics_path) and os.path.getsize(self.metrics_path):
             found.append(self.metrics_path)
         return found
@@ -572,6 +578,8 @@ class Trainer:
             self.restore_caffe(snapshot_path)
         elif snapshot_path:
             self.restore(snapshot_path)
+        for path in snap.remove_stale_temporaries(self.prefix) if self.rank == 0 else []:
+            self.out(f"Removed {path}, left by a run killed while writing it")
         if not snapshot_path:
             self._refuse_overwrite()
         self._lock()
@@ -580,7 +588,7 @@ class Trainer:
             self.dp.iteration = self.iter
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
-        self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None)
+        self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None, warn=self.out)
         board = self.tensorboard or (os.path.join(os.path.dirname(self.solver_path), cfg.tensorboard)
                                      if cfg.tensorboard else None)
         if board and self.rank == 0:
@@ -610,6 +618,8 @@ class Trainer:
         except Diverged as e:
             e.args = (str(e) + self._write_last_good(),)
             raise
+        except snap.DiskFull:
+            raise  # the snapshot that failed is the one that would keep the work; the previous one is intact
         except UserError:
             if self.iter > start_iter:
                 self.snapshot()  # keep the work done so far

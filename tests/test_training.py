@@ -435,3 +435,75 @@ def test_tensorboard_gets_the_metrics_scalars(tmp_path):
     assert [(s, pytest.approx(v, rel=1e-6)) for s, v in events["test/accuracy"]] == [
         (r["iter"], r["accuracy"]) for r in tests]
     assert "train/lr" in events
+
+
+def test_a_full_disk_during_a_snapshot_is_a_clear_error_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """ENOSPC while the iteration-6 files are written (injected at their fsync): a user error naming the path, the
+    bytes needed and free; the iteration-3 snapshot intact, no partial file left."""
+    import errno
+    from solvers import snapshot as snap
+    s = solver(tmp_path, max_iter=6, test_interval=0, test_iter=[], snapshot=3)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if "_iter_6" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+    monkeypatch.setattr(snap.os, "fsync", fsync)
+    with pytest.raises(snap.DiskFull, match=r"run_iter_6.weights.npz: error: the disk is full .*: [\d,]+ bytes "
+                                            r"needed, [\d,]+ free in .*the previous snapshot is intact"):
+        Trainer(s, out=quiet).train()
+    files = sorted(os.listdir(tmp_path / "snap"))
+    assert "run_iter_3.solverstate.npz" in files and not any(".tmp" in f or "_iter_6" in f for f in files)
+    r = cli("train", s, "--snapshot", str(tmp_path / "snap" / "run_iter_3.solverstate.npz"))  # resumes fine
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_full_disk_for_the_metrics_warns_and_training_goes_on(tmp_path):
+    import errno
+    s = solver(tmp_path, max_iter=6, test_interval=0, test_iter=[], display=1)
+    lines = []
+    t = Trainer(s, out=lines.append)
+    opened = {}
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+    real_init = t.train
+
+    def train():
+        from solvers import trainer as tr
+        orig = tr.Metrics.__init__
+
+        def init(self, *a, **k):
+            orig(self, *a, **k)
+            if self.file:
+                self.file.close()
+                self.file = Full()
+                opened["yes"] = True
+        tr.Metrics.__init__ = init
+        try:
+            return real_init()
+        finally:
+            tr.Metrics.__init__ = orig
+    train()
+    assert opened and t.iter == 6
+    assert sum("cannot write the metrics" in l for l in lines) == 1
+
+
+def test_temporary_files_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
+    s = solver(tmp_path, max_iter=2, test_interval=0, test_iter=[])
+    os.makedirs(tmp_path / "snap")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "snap" / f"run_iter_5.weights.npz.tmp{dead.pid}").write_bytes(b"partial")
+    lines = []
+    Trainer(s, out=lines.append).train()
+    assert not any(".tmp" in f for f in os.listdir(tmp_path / "snap"))
+    assert any("left by a run killed while writing it" in l for l in lines)
