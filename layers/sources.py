@@ -27,6 +27,9 @@ def kind(path: str, backend: str | None = None) -> str:
     name = os.path.basename(path.rstrip("/"))
     if backend == "LMDB" or os.path.isfile(os.path.join(path, "data.mdb")):
         return "lmdb"
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, a FIFO, a device (a link to /dev/zero)
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe, a device or a link to one)"
+        raise SourceError(f"is {what}; give a data file (.npz, .csv, IDX) or an LMDB folder")
     if backend == "LEVELDB":
         raise SourceError("LevelDB is not supported; convert it to LMDB (or npz) with Caffe's tools or "
                           "run.py data convert")
@@ -128,13 +131,34 @@ def idx_labels_path(path):
     return os.path.join(os.path.dirname(path), re.sub(r"images-idx3", "labels-idx1", os.path.basename(path)))
 
 
+def _stored_bytes(path) -> int:
+    """The bytes a file holds once decompressed: its size, or a .gz file's ISIZE trailer (the size mod 2^32)."""
+    size = os.path.getsize(path)
+    if not path.endswith(".gz") or size < 4:
+        return size
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
 def idx_header(path):
+    """(dtype, dims) from an IDX header, checked against the size of the file (a header may claim any size)."""
     with open_maybe_gz(path) as f:
         head = f.read(4)
         if len(head) < 4 or head[0] or head[1] or head[2] not in IDX_TYPES:
             raise SourceError(f"{os.path.basename(path)} is not an IDX file (bad magic number {head.hex()})")
-        dims = np.frombuffer(f.read(4 * head[3]), ">u4").astype(int)
-    return IDX_TYPES[head[2]], tuple(dims)
+        if not 1 <= head[3] <= 8:
+            raise SourceError(f"{os.path.basename(path)}: an IDX header with {head[3]} dimensions (1 to 8 expected)")
+        raw = f.read(4 * head[3])
+        if len(raw) < 4 * head[3]:
+            raise SourceError(f"{os.path.basename(path)} is truncated inside its header")
+        dims = tuple(int(d) for d in np.frombuffer(raw, ">u4"))
+    need = math.prod(dims) * np.dtype(IDX_TYPES[head[2]]).itemsize
+    have = _stored_bytes(path) - 4 - 4 * head[3]
+    if need > have and not (path.endswith(".gz") and need >= 1 << 32):  # ISIZE is the size mod 2^32
+        raise SourceError(f"{os.path.basename(path)}: the header says {' x '.join(map(str, dims))} values "
+                          f"({need:,} bytes) but the file holds {max(have, 0):,}; the file is truncated or not IDX")
+    return IDX_TYPES[head[2]], dims
 
 
 def idx_inspect(path, tops):
