@@ -218,10 +218,12 @@ class MultinomialLogisticLoss(Loss):
     def setup(self, bottom_shapes):
         check_labels(bottom_shapes[0], bottom_shapes[1], 1)
         self.n, self.c = bottom_shapes[0][0], count(bottom_shapes[0], 1)
-        self.idx = np.zeros(self.n, np.int64)
+        self.idx = None
         return [()]
 
     def _labels(self, bottom):
+        if self.idx is None:
+            self.idx = np.zeros(self.n, np.int64)
         bad = class_indices(bottom[1].data.ravel(), self.c, self.idx)
         if bad >= 0:
             raise LabelError(self, bottom[1], bad, self.c)
@@ -245,11 +247,11 @@ class HingeLoss(MultinomialLogisticLoss):
     fields = (Field("norm", "enum", "L1", "L1 or squared (L2) hinge", choices=("L1", "L2")),)
 
     def setup(self, bottom_shapes):
-        tops = super().setup(bottom_shapes)
-        self.grad = np.zeros((self.n, self.c), self.dtype)  # d loss / d score, kept from forward
-        return tops
+        return super().setup(bottom_shapes)
 
     def forward(self, bottom, top):
+        if getattr(self, "grad", None) is None:
+            self.grad = np.zeros((self.n, self.c), self.dtype)  # d loss / d score, kept from forward
         self._labels(bottom)
         loss = hinge_forward(bottom[0].data.reshape(self.n, self.c), self.idx, self.p.norm == "L2", self.grad)
         top[0].data[...] = loss / self.n
@@ -290,7 +292,7 @@ class InfogainLoss(Layer):
             self.H = None
         else:
             self.H = self._read_matrix(c)
-        self.prob = np.zeros(self.view, self.dtype)
+        self.prob = None  # allocated by the first forward: setup computes shapes only
         lp = self.spec.get("loss_param", {}) or {}
         self.ignore = lp.get("ignore_label")
         self.mode = lp.get("normalization") or ("BATCH_SIZE" if lp.get("normalize") is False else "VALID")
@@ -327,6 +329,8 @@ class InfogainLoss(Layer):
         return max(1.0, float({"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[self.mode]))
 
     def forward(self, bottom, top):
+        if self.prob is None:
+            self.prob = np.zeros(self.view, self.dtype)
         softmax_forward(bottom[0].data.reshape(self.view), self.prob)
         c = self.view[1]
         self.Hm = self.H if self.H is not None else bottom[2].data.reshape(c, c)

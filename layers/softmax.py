@@ -198,7 +198,7 @@ class SoftmaxWithLoss(Layer):
             raise LayerError(f"axis {axis} is out of range for scores of shape {list(score)}", "softmax_param.axis")
         check_labels(score, label, axis)
         self.view = _split(score, axis)[:3]
-        self.prob = np.zeros(self.view, self.dtype)
+        self.prob = None  # allocated by the first forward: setup computes shapes only
         mode = self.p.normalization
         if mode is None:
             mode = "BATCH_SIZE" if self.p.normalize is False else "VALID"
@@ -211,6 +211,8 @@ class SoftmaxWithLoss(Layer):
         return max(1.0, float(n))
 
     def forward(self, bottom, top):
+        if self.prob is None:
+            self.prob = np.zeros(self.view, self.dtype)
         softmax_forward(bottom[0].data.reshape(self.view), self.prob)
         ignore = self.p.ignore_label
         loss, valid, bad = nll_forward(self.prob, bottom[1].data.ravel(), ignore or 0, ignore is not None)

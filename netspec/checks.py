@@ -5,6 +5,8 @@ Each returns findings (errors and warnings) positioned at the node to fix. They 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import layers
@@ -188,3 +190,50 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
         if layer.is_loss or net.defs[k].type == "Accuracy":
             out.extend(_label_findings(net, k))
     return out
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def memory_findings(net: Net, training: bool = True, history_slots: int = 1, machine: int | None = None) -> list:
+    """An estimate of the memory a run needs: params (with their diffs and the solver's history in training),
+    activations (and their diffs, after in-place sharing, and the copies kept for backward), and the im2col
+    buffers of convolutions; an error above the machine's memory, a warning above half of it, naming the
+    layers that need most."""
+    from .summary import summarize
+    machine = machine_memory() if machine is None else machine
+    if not machine:
+        return []
+    size = net.dtype.itemsize
+    need: dict = {}
+    rows = summarize(net)
+    for r in rows:
+        copies = (2 + history_slots) if training else 1
+        need[r["name"]] = (r["params"] * size * copies + r["memory_bytes"] * (2 if training else 1)
+                           + (r.get("kept_bytes", 0) if training else 0))
+    for d, layer in zip(net.defs, net.layers):
+        if d.type in ("Convolution", "Deconvolution") and d.node is not None and getattr(layer, "blob_shapes", None):
+            w = layer.blob_shapes[0][0]
+            tops = [net.shapes[t] for t in d.tops if t in net.shapes]
+            if tops and len(w) >= 2:
+                taps = int(np.prod(w[1:], dtype=np.float64)) * getattr(layer.p, "group", 1)
+                plane = float(np.prod(tops[0], dtype=np.float64)) / max(1, tops[0][1] if len(tops[0]) > 1 else 1)
+                need[d.name] = need.get(d.name, 0) + int(taps * plane * size)
+    total = sum(need.values())
+    if total <= machine / 2:
+        return []
+    top = sorted(need.items(), key=lambda kv: -kv[1])[:3]
+    where = next((d.where() for d in net.defs if d.name == top[0][0] and d.node is not None), (net.path, 1, 1))
+    gib = 2 ** 30
+    worst = ", ".join(f"'{n}' {b / gib:.3g} GiB" for n, b in top)
+    over = total > machine
+    return [Finding(where[0], where[1], where[2], "error" if over else "warning",
+                    f"the net needs about {total / gib:.3g} GiB to {'train' if training else 'run'} (params, their "
+                    f"diffs and solver history, activations and their diffs, convolution buffers) and this machine "
+                    f"has {machine / gib:.3g} GiB{'' if over else ' (more than half of it)'}; most in {worst}: "
+                    "lower batch_size or num_output" + ("" if over else ", or expect swapping"))]

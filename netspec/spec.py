@@ -167,13 +167,13 @@ def mentions_test_phase(doc) -> bool:
 
 
 def net_findings(path: str, for_training: bool = False, test_iter: int | None = None, test_iter_where=None,
-                 read_data: bool = True, max_iter: int | None = None) -> list[Finding]:
+                 read_data: bool = True, max_iter: int | None = None, history_slots: int = 1) -> list[Finding]:
     """Every finding of one net file: schema, graph and shapes, structure, data.
 
     The TEST phase is checked when a solver tests it (test_iter) or, for a net file alone, when its
     layers name the TEST phase; otherwise it is the TRAIN net without phase-specific layers.
     """
-    from .checks import batchnorm_window_findings, data_findings, structure_findings
+    from .checks import batchnorm_window_findings, data_findings, memory_findings, structure_findings
     from .net import Net
     doc = load_net(path)
     out: list[Finding] = list(getattr(doc, "notes", []))
@@ -188,6 +188,10 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
         if phase == "TRAIN":
             out.extend(structure_findings(net, doc, for_training))
             out.extend(batchnorm_window_findings(net, max_iter))
+            memory = memory_findings(net, training=True, history_slots=history_slots)
+            out.extend(memory)
+            if any(f.severity == "error" for f in memory):
+                read_data = False  # a run that cannot fit: no need to read its data
         if read_data:
             out.extend(data_findings(net, test_iter if phase == "TEST" else None, test_iter_where))
     seen, unique = set(), []
@@ -218,8 +222,15 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
             if kind_of(doc) == "solver":
                 doc, cfg, net_path = load_solver(path)
                 findings.extend(getattr(doc, "notes", []))
+                if INLINE not in os.path.basename(net_path) and kind_of(load(net_path)) == "solver":
+                    w = doc.at("net") if "net" in doc else (path, 1, 1)
+                    findings.append(Finding(w[0], w[1], w[2], "error", f"net: {os.path.basename(net_path)!r} is a "
+                                            "solver file, not a net; name the net's file (net.yaml or .prototxt)"))
+                    continue
+                from solvers.rules import SOLVERS
+                slots = getattr(SOLVERS.get(cfg.type), "slots", 1)
                 queue.append((net_path, {"for_training": True, "test_iter": (cfg.test_iter or [None])[0],
-                                         "max_iter": cfg.max_iter,
+                                         "max_iter": cfg.max_iter, "history_slots": slots,
                                          "test_iter_where": doc.at("test_iter") if "test_iter" in doc else None}))
                 continue
             findings.extend(net_findings(path, read_data=read_data, **(context or {})))

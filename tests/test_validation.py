@@ -393,3 +393,28 @@ def test_batchnorm_running_average_too_slow_for_a_short_run_is_a_warning(tmp_pat
     assert "use 0.99 or 0.9" in f
     fine = net.replace("top: ip}\n  - {name: loss", "top: ip, batch_norm_param: {moving_average_fraction: 0.9}}\n  - {name: loss")
     assert findings(tmp_path, fine, SOLVER.replace("max_iter: 10", "max_iter: 2000")) == []
+
+
+def test_a_net_too_big_for_the_machine_is_an_error_naming_the_layers_that_need_most(tmp_path):
+    (tmp_path / "net.yaml").write_text("""layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [64, 3, 32, 32]}, {dim: [64]}]}}
+  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 1000000000000}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+""")
+    found = [f for f in validate([str(tmp_path / "net.yaml")]) if f.severity == "error"]
+    assert len(found) == 1 and found[0].line == 3 and "GiB to train" in found[0].message
+    assert "most in 'ip'" in found[0].message and "lower batch_size or num_output" in found[0].message
+    from netspec.checks import memory_findings
+    from netspec.loader import load
+    from netspec.net import Net
+    small = Net(load(os.path.join(ROOT, "models", "lenet_digits", "net.yaml")), "TRAIN",
+                os.path.join(ROOT, "models", "lenet_digits", "net.yaml"), seed=0, allocate=False)
+    assert memory_findings(small) == []
+    assert [f.severity for f in memory_findings(small, machine=1 << 20)] == ["error"]   # 1 MiB of memory
+    assert [f.severity for f in memory_findings(small, machine=4 << 20)] == ["warning"]  # it needs about 3 MiB
+
+
+def test_a_solver_whose_net_is_a_solver_is_an_error(tmp_path):
+    (tmp_path / "solver.yaml").write_text("net: solver.yaml\nbase_lr: 0.1\nmax_iter: 10\n")
+    found = validate([str(tmp_path / "solver.yaml")])
+    assert [f.severity for f in found] == ["error"] and "is a solver file, not a net" in found[0].message
