@@ -168,6 +168,10 @@ class Layer:
     def setup(self, bottom_shapes):
         raise NotImplementedError
 
+    def check(self):
+        """The checks of the parameters that need no shapes (raising LayerError), also run where the graph cannot
+        be built (an unknown type elsewhere), so that one error does not hide the others. setup calls it too."""
+
     def forward(self, bottom, top):
         raise NotImplementedError
 

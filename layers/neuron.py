@@ -322,10 +322,14 @@ class Exp(Elementwise):
     in_place_ok = True
 
     def setup(self, bottom_shapes):
+        self.check()
+        return super().setup(bottom_shapes)
+
+    def check(self):
         if self.p.base != -1 and self.p.base <= 0:
             from netspec.errors import LayerError
-            raise LayerError(f"base must be -1 (for e) or > 0; received base={self.p.base}", "exp_param.base")
-        return super().setup(bottom_shapes)
+            raise LayerError(f"base must be -1 (for e) or > 0; received base={self.p.base}",
+                             f"{self.param_block}.base")
 
     def consts(self):
         return _base_log(self.p.base), float(self.p.scale), float(self.p.shift)
@@ -354,10 +358,13 @@ class Clip(Elementwise):
     fwd, bwd = staticmethod(clip_fwd), staticmethod(clip_bwd)
 
     def setup(self, bottom_shapes):
+        self.check()
+        return super().setup(bottom_shapes)
+
+    def check(self):
         if self.p.min > self.p.max:
             from netspec.errors import LayerError
             raise LayerError(f"min {self.p.min} is larger than max {self.p.max}", "clip_param.min")
-        return super().setup(bottom_shapes)
 
     def consts(self):
         return float(self.p.min), float(self.p.max), 0.0

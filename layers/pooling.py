@@ -187,11 +187,25 @@ class Pooling(Layer):
         if len(shape) != 4:
             raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}", None)
         n, c, h, w = shape
+        self.check(plane=(h, w))
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise LayerError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}; "
+                             "use a smaller kernel_size", f"{blk}.kernel_size")
+        self.out_hw = (pooled_size(h, kh, ph, sh, p.round_mode), pooled_size(w, kw, pw, sw, p.round_mode))
+        self._mask = None
+        return [(n, c) + self.out_hw] * self.n_tops
+
+    def check(self, plane=None):
+        """Kernel, pad and stride, and the mask top, which need no shapes (global pooling's kernel is the plane)."""
+        p, blk = self.p, self.param_block
         if p.global_pooling:
             if p.kernel_size is not None or p.kernel_h is not None:
                 raise LayerError("global_pooling takes the whole plane as the window; remove kernel_size",
                                  f"{blk}.kernel_size")
-            self.kernel = (h, w)
+            if plane is None:
+                return
+            self.kernel = tuple(plane)
         else:
             self.kernel = spatial_param(p, blk, "kernel", None)
         self.pad = spatial_param(p, blk, "pad", 0)
@@ -204,15 +218,9 @@ class Pooling(Layer):
         if ph >= kh or pw >= kw:
             raise LayerError(f"pad {ph}x{pw} must be smaller than the kernel {kh}x{kw}; lower pad",
                              f"{blk}.pad")
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise LayerError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}; "
-                             "use a smaller kernel_size", f"{blk}.kernel_size")
         if self.n_tops == 2 and p.pool != "MAX":
             raise LayerError(f"a second top (the argmax mask) needs pool: MAX; received pool: {p.pool}",
                              f"{blk}.pool")
-        self.out_hw = (pooled_size(h, kh, ph, sh, p.round_mode), pooled_size(w, kw, pw, sw, p.round_mode))
-        self._mask = None
-        return [(n, c) + self.out_hw] * self.n_tops
 
     def _geometry(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad

@@ -40,7 +40,7 @@ def load_net(path: str) -> Node:
         doc = load(path)
     findings = schema.check(doc, schema.net_schema(), path)
     if findings:
-        raise SpecError(findings)
+        raise SpecError(findings + parameter_findings(doc))  # the layers the schema passed are still checked
     return doc
 
 
@@ -183,6 +183,7 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
             net = Net(doc, phase, path, seed=0, allocate=False)  # shapes only; reads no data
         except SpecError as e:
             out.extend(e.findings)
+            out.extend(parameter_findings(doc))  # what needs no graph: one error must not hide the others
             continue
         out.extend(net.warnings)
         if phase == "TRAIN":
@@ -201,6 +202,30 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def parameter_findings(doc) -> list[Finding]:
+    """Each layer of a known type, whatever the others: its parameters' own checks (Layer.check), which need no
+    shapes, for nets whose graph could not be built."""
+    import layers
+    from layers.base import resolve
+    from netspec.errors import LayerError
+    from .graph import LayerDef, as_list
+    out = []
+    for node in doc.get("layer", []) if isinstance(doc, dict) else []:
+        cls = layers.REGISTRY.get(node.get("type")) if isinstance(node, dict) else None
+        if cls is None:
+            continue
+        d = LayerDef(str(node.get("name")), cls.type, as_list(node.get("bottom")), as_list(node.get("top")), node)
+        try:
+            layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), "TRAIN", layer_spec=d.spec())
+            layer.check()
+        except LayerError as e:
+            w = d.where(e.field)
+            out.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): {e}"))
+        except Exception:  # noqa: BLE001: a malformed block, which the schema reports
+            pass
+    return out
 
 
 def validate(paths, strict: bool = False, read_data: bool = True) -> list[Finding]:

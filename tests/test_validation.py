@@ -418,3 +418,18 @@ def test_a_solver_whose_net_is_a_solver_is_an_error(tmp_path):
     (tmp_path / "solver.yaml").write_text("net: solver.yaml\nbase_lr: 0.1\nmax_iter: 10\n")
     found = validate([str(tmp_path / "solver.yaml")])
     assert [f.severity for f in found] == ["error"] and "is a solver file, not a net" in found[0].message
+
+
+def test_an_unknown_type_does_not_hide_the_parameter_errors_of_other_layers(tmp_path):
+    (tmp_path / "net.yaml").write_text("""layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [4, 1, 8, 8]}, {dim: [4]}]}}
+  - {name: conv, type: Convolutoin, bottom: data, top: conv, convolution_param: {num_output: 2, kernel_size: 3}}
+  - {name: pool, type: Pooling, bottom: conv, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 3}}
+  - {name: clip, type: Clip, bottom: pool, top: clip, clip_param: {min: 2, max: 1}}
+  - {name: ip, type: InnerProduct, bottom: clip, top: ip, inner_product_param: {num_output: 10}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+""")
+    found = validate([str(tmp_path / "net.yaml")])
+    assert [(f.line, f.severity) for f in found] == [(3, "error"), (4, "error"), (5, "error")]
+    assert "did you mean 'Convolution'" in found[0].message and "stride 3x3 is larger than the kernel 2x2" in \
+        found[1].message and "min 2 is larger than max 1" in found[2].message
