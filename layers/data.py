@@ -44,7 +44,8 @@ class RowData(Layer):
 
     def setup(self, bottom_shapes):
         try:
-            shapes = self._inspect()
+            with sources.reading():
+                shapes = self._inspect()
         except sources.SourceError as e:
             self._fail(f"source '{getattr(self.p, 'source', '')}' ({self.path}): {e}")
         self.sample_shapes = [tuple(s) for s in shapes]
@@ -69,7 +70,11 @@ class RowData(Layer):
     def load(self):
         """Read the whole source into memory, set up the row order, fit normalize statistics (TRAIN)."""
         try:
-            arrays = self._load()
+            with sources.reading():
+                arrays = self._load()
+                for a in arrays:
+                    if a.dtype.kind not in "biuf":
+                        raise sources.SourceError(f"holds {a.dtype} values; data and labels must be real numbers")
         except sources.SourceError as e:
             raise UserError(f"{self.path}: error: {e}") from None
         self._set_arrays(arrays)
@@ -305,6 +310,10 @@ class DummyData(Layer):
             shapes = [{"dim": [v[i if len(v) > 1 else 0] for v in legacy]} for i in range(n)]
         elif not shapes:
             raise LayerError("needs shape (one {dim: [...]} per top, or one for all)", "dummy_data_param")
+        for s in shapes:
+            if not dims(s) or any(not isinstance(d, int) or d < 1 for d in dims(s)):
+                raise LayerError(f"shape {{dim: {list(dims(s))}}}: every dim must be a whole number >= 1",
+                                 "dummy_data_param.shape")
         if len(shapes) not in (1, n) or len(fillers) not in (0, 1, n):
             raise LayerError(f"needs 1 or {n} shapes and 0, 1 or {n} data_fillers; received {len(shapes)} and "
                              f"{len(fillers)}", "dummy_data_param")
@@ -427,6 +436,10 @@ class Input(Layer):
             raise LayerError(f"input_param.shape needs one shape or one per top ({self.n_tops}); "
                              f"received {len(shapes)}", "input_param.shape")
         shapes = [dims(s) for s in shapes]
+        for s in shapes:
+            if not s or any(not isinstance(d, int) or d < 1 for d in s):
+                raise LayerError(f"input_param.shape {{dim: {list(s)}}}: every dim must be a whole number >= 1",
+                                 "input_param.shape")
         return shapes * self.n_tops if len(shapes) == 1 else shapes
 
     def forward(self, bottom, top):

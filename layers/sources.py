@@ -3,10 +3,12 @@ lists. Each gives the per-example shapes without reading the data (for shape inf
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import re
+import struct
 import warnings
 import zipfile
 
@@ -17,6 +19,32 @@ IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4
 
 class SourceError(Exception):
     """A problem with a data file; the layer adds its name and the spec position."""
+
+
+# What reading a malformed file raises, from the standard library, NumPy, Pillow, h5py, lmdb: all are the file's
+# fault, never yaffe's, and become SourceError (reading()).
+FILE_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, UnicodeError, zipfile.BadZipFile,
+               OverflowError, MemoryError, struct.error)
+
+
+@contextlib.contextmanager
+def reading():
+    """Turn what a malformed data file raises into SourceError with the reader's words."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except FILE_ERRORS as e:
+        raise SourceError(f"cannot read it ({_describe(e)}); check that it is the kind of file its name says") from None
+    except Exception as e:  # noqa: BLE001: Pillow's DecompressionBombError, h5py's and lmdb's own errors
+        if type(e).__module__.split(".")[0] in ("PIL", "h5py", "lmdb"):
+            raise SourceError(f"cannot read it ({_describe(e)})") from None
+        raise
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).split("\n")[0][:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def open_maybe_gz(path, mode="rb"):
@@ -74,8 +102,20 @@ def npz_inspect(path, tops):
 
 
 def npz_load(path, tops, dtype):
-    with np.load(path) as z:
-        return [np.ascontiguousarray(z[t], dtype=dtype) for t in tops]
+    with np.load(path, allow_pickle=False) as z:
+        missing = [t for t in tops if t not in z.files]
+        if missing:
+            raise SourceError(f"has no array named {missing[0]!r} (it holds {', '.join(z.files) or 'none'}); "
+                              "name the arrays after the layer's tops")
+        arrays = [z[t] for t in tops]
+    for t, a in zip(tops, arrays):
+        if a.dtype.kind not in "biuf":
+            raise SourceError(f"array {t!r} holds {a.dtype} values; data and labels must be real numbers")
+        if a.ndim == 0:
+            raise SourceError(f"array {t!r} is a single value; it needs one entry per example")
+    if len({len(a) for a in arrays}) > 1:
+        raise SourceError(f"its arrays hold different numbers of examples ({', '.join(str(len(a)) for a in arrays)})")
+    return [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
 
 
 # ---- csv ---------------------------------------------------------------------------------------
@@ -121,6 +161,12 @@ def csv_load(path, tops, dtype, sample_shape):
         raise SourceError(f"cannot read the csv ({e}); every row must be numbers separated by commas: the "
                           "features, then the label") from None
     n = table.shape[0]
+    if n == 0 or table.shape[1] < 2:
+        raise SourceError("has no data rows (a row is the features, then the label)" if n == 0 else
+                          "a row needs at least one feature and a label")
+    if math.prod(sample_shape) != table.shape[1] - 1:
+        raise SourceError(f"its rows have {table.shape[1] - 1} features but the first row promised "
+                          f"{math.prod(sample_shape)}")
     return [table[:, :-1].reshape((n,) + tuple(sample_shape)).astype(dtype), table[:, -1].astype(dtype)][:len(tops)]
 
 
@@ -128,7 +174,11 @@ def csv_load(path, tops, dtype, sample_shape):
 
 def idx_labels_path(path):
     """The labels file beside an images file: train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz."""
-    return os.path.join(os.path.dirname(path), re.sub(r"images-idx3", "labels-idx1", os.path.basename(path)))
+    name = os.path.basename(path)
+    if "images-idx3" not in name:
+        raise SourceError(f"cannot tell where its labels are: name the images file <set>-images-idx3-ubyte[.gz] "
+                          "and put <set>-labels-idx1-ubyte[.gz] beside it (or use one top)")
+    return os.path.join(os.path.dirname(path), name.replace("images-idx3", "labels-idx1"))
 
 
 def _stored_bytes(path) -> int:
@@ -392,7 +442,10 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
 def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False) -> int:
     """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records
     (uint8 data, keys 00000000, 00000001, ...). Returns the number of examples."""
-    data, labels = read_any(src, sample_shape, new_size, gray)
+    with reading():
+        data, labels = read_any(src, sample_shape, new_size, gray)
+    if len(data) == 0:
+        raise SourceError("holds no examples; nothing to write")
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
     data, labels = data[order], labels[order]
     if out.endswith(".npz"):

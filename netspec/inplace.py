@@ -13,6 +13,7 @@ The plan works on names and shapes only, so `run.py validate --summary` reports 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ class Plan:
     sizes: list = field(default_factory=list)
 
     def bytes(self, itemsize: int) -> int:
-        return sum(int(np.prod(s, dtype=np.int64)) for _, s in self.sizes) * itemsize
+        return sum(math.prod(s) for _, s in self.sizes) * itemsize
 
 
 def plan(defs, layers, shapes, need_backward) -> Plan:

@@ -109,10 +109,14 @@ def value(text: str):
 
 def loads(text: str, path: str = "<string>"):
     """Parse YAML text into `Node`/`NodeList`/scalars; malformed YAML raises SpecError with its position."""
-    loader = _Loader(text)
-    loader.path = path
+    loader = None
     try:
+        loader = _Loader(text)  # its reader refuses control characters (a NUL) at once
+        loader.path = path
         return loader.get_single_data()
+    except RecursionError:
+        raise SpecError([Finding(path, 1, 1, "error", "malformed YAML: nested too deeply (thousands of levels of "
+                                 "[ or {); a spec is a few levels deep")]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -123,7 +127,8 @@ def loads(text: str, path: str = "<string>"):
     except yaml.YAMLError as e:
         raise SpecError([Finding(path, 1, 1, "error", f"malformed YAML: {e}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 PROTOTXT_SUFFIXES = (".prototxt", ".pt", ".pbtxt")

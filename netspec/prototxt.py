@@ -65,6 +65,8 @@ def _unescape(body: str) -> str:
             i += 1 + len(m.group())
         elif nxt == "x":
             m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
+            if m is None:
+                raise ValueError(f"\\x needs one or two hex digits; received {body[i:i + 4]!r}")
             out.append(chr(int(m.group(), 16)))
             i += 2 + len(m.group())
         else:
@@ -164,9 +166,12 @@ class _Parser:
         kind, value, line, col = self.take()
         where = Where(self.path, line, col)
         if kind == "string":
-            parts = [_unescape(value[1:-1])]
-            while self.peek()[0] == "string":  # adjacent literals concatenate
-                parts.append(_unescape(self.take()[1][1:-1]))
+            try:
+                parts = [_unescape(value[1:-1])]
+                while self.peek()[0] == "string":  # adjacent literals concatenate
+                    parts.append(_unescape(self.take()[1][1:-1]))
+            except ValueError as e:
+                self._fail(line, col, f"a bad escape in a string ({e})")
             return "".join(parts), where
         if kind == "number":
             text = value.rstrip("fF") if not value.lower().startswith(("0x", "-0x", "+0x")) else value
@@ -265,8 +270,12 @@ def _upgrade_solver(doc: Node, notes):
 
 def loads(text: str, path: str = "<prototxt>") -> tuple[Node, list[Finding]]:
     """(the parsed message, upgrade warnings and info notes)."""
-    parser = _Parser(text, path)
-    doc = parser.message()
+    try:
+        parser = _Parser(text, path)
+        doc = parser.message()
+    except RecursionError:
+        raise SpecError([Finding(path, 1, 1, "error", "messages nested too deeply (thousands of levels of { ); a "
+                                 "net is a few levels deep")]) from None
     notes: list[Finding] = []
     _listify(doc)
     _drop_cpu_fields(doc, notes)

@@ -212,8 +212,10 @@ def parameter_findings(doc) -> list[Finding]:
     from netspec.errors import LayerError
     from .graph import LayerDef, as_list
     out = []
-    for node in doc.get("layer", []) if isinstance(doc, dict) else []:
-        cls = layers.REGISTRY.get(node.get("type")) if isinstance(node, dict) else None
+    nodes = doc.get("layer", []) if isinstance(doc, dict) else []
+    for node in nodes if isinstance(nodes, list) else []:
+        cls = layers.REGISTRY.get(node.get("type")) if isinstance(node, dict) and isinstance(node.get("type"), str) \
+            else None
         if cls is None:
             continue
         d = LayerDef(str(node.get("name")), cls.type, as_list(node.get("bottom")), as_list(node.get("top")), node)

@@ -2,7 +2,7 @@
 memory, with totals (like Keras's model.summary())."""
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from . import inplace
 from .graph import as_list
@@ -20,19 +20,19 @@ def summarize(net: Net) -> list[dict]:
             kept_by.setdefault(b, k)
     rows = []
     for i, (d, layer) in enumerate(zip(net.defs, net.layers)):
-        kept = sum(int(np.prod(keep.sizes[b][1], dtype=np.int64)) for b, k in kept_by.items() if k == i)
+        kept = sum(math.prod(keep.sizes[b][1]) for b, k in kept_by.items() if k == i)
         if d.node is None:
             continue
         tops = {}
         memory = saved = 0
         for j, t in enumerate(d.tops):
             tops[t] = list(net.shapes[t])
-            size = int(np.prod(net.shapes[t], dtype=np.int64)) * net.dtype.itemsize
+            size = math.prod(net.shapes[t]) * net.dtype.itemsize
             if j < len(d.bottoms) and d.bottoms[j] == t:  # in place reuses the bottom's memory
                 saved += size
             else:
                 memory += size
-        params = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in layer.blob_shapes)
+        params = sum(math.prod(shape) for shape, _ in layer.blob_shapes)
         rows.append({"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
                      "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved,
                      "kept_bytes": kept * net.dtype.itemsize})

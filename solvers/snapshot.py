@@ -108,8 +108,19 @@ def read(state_path: str) -> tuple[dict, dict, dict, dict]:
                 if any("/" in k for k in arrays) else "")
         raise UserError(f"{state_path}: error: not a yaffe solver state{hint}; pass the "
                         "<prefix>_iter_<N>.solverstate.npz file")
-    meta = json.loads(str(arrays["meta"]))
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError as e:
+        meta = e
+    if not isinstance(meta, dict) or not isinstance(meta.get("weights"), str) or \
+            not isinstance(meta.get("iter"), int) or isinstance(meta.get("iter"), bool) or meta["iter"] < 0:
+        raise UserError(f"{state_path}: error: its meta record is damaged or not yaffe's (it needs the iteration and "
+                        "the weights file's name); resume from another snapshot, or start from the weights with "
+                        "--weights")
     wpath = os.path.join(os.path.dirname(state_path), meta["weights"])
+    if not os.path.isfile(wpath):
+        raise UserError(f"{state_path}: error: it names the weights {meta['weights']!r}, which are not beside it "
+                        f"({wpath}); put the .weights.npz next to the .solverstate.npz")
     weights = load_npz(wpath, "weights")
     history = {k[len("history/"):]: v for k, v in arrays.items() if k.startswith("history/")}
     extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}

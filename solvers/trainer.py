@@ -46,10 +46,11 @@ class Metrics:
                 with open(path) as f:
                     for line in f:
                         try:
-                            if json.loads(line).get("iter", 0) < resume_from:
+                            it = json.loads(line).get("iter", 0)
+                            if isinstance(it, (int, float)) and it < resume_from:
                                 kept.append(line if line.endswith("\n") else line + "\n")
                         except (ValueError, AttributeError):
-                            pass  # a line torn by a crash
+                            pass  # a line torn by a crash, or not a record
                 tmp = f"{path}.tmp{os.getpid()}"
                 with open(tmp, "w") as f:
                     f.writelines(kept)
