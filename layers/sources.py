@@ -32,8 +32,8 @@ def reading():
     """Turn what a malformed data file raises into SourceError with the reader's words."""
     try:
         yield
-    except SourceError:
-        raise
+    except (SourceError, FileNotFoundError):
+        raise  # a missing file: its callers name it with their own words
     except FILE_ERRORS as e:
         raise SourceError(f"cannot read it ({_describe(e)}); check that it is the kind of file its name says") from None
     except Exception as e:  # noqa: BLE001: Pillow's DecompressionBombError, h5py's and lmdb's own errors
