@@ -102,6 +102,27 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+MAX_VALUES = 1_000_000  # values a spec may expand to through its aliases
+
+
+def _expanded_size(node, memo=None) -> int:
+    """How many values the composed YAML node becomes once every alias is copied out (memoized per node, so a
+    chain of aliases is measured in time linear in the text)."""
+    memo = {} if memo is None else memo
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a cycle counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_VALUES + 1)
+    return memo[key]
+
+
 def value(text: str):
     """One value as a spec reads it (a command line's --set base_lr=1e-3): plain Python, numbers as numbers."""
     return to_plain(loads(text, "<command line>"))
@@ -113,7 +134,13 @@ def loads(text: str, path: str = "<string>"):
     try:
         loader = _Loader(text)  # its reader refuses control characters (a NUL) at once
         loader.path = path
-        return loader.get_single_data()
+        node = loader.get_single_node()  # aliases are still references here: cheap
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_VALUES:
+            raise SpecError([Finding(path, 1, 1, "error", f"the YAML's aliases (*name) expand to more than "
+                                     f"{MAX_VALUES:,} values (an alias bomb); a spec is a few thousand")])
+        return loader.construct_document(node)
     except RecursionError:
         raise SpecError([Finding(path, 1, 1, "error", "malformed YAML: nested too deeply (thousands of levels of "
                                  "[ or {); a spec is a few levels deep")]) from None

@@ -40,6 +40,8 @@ def yaml_specs():
         "deep": b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "deep_map": b"a: " + b"{b: " * 3000 + b"1" + b"}" * 3000,
         "bomb": b"a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
                 b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e]\n",
+        "bomb9": b"a: &a [x,x,x,x,x,x,x,x,x]\n" + b"".join(b"%c: &%c [%s]\n" % (98 + i, 98 + i, b",".join(
+            [b"*%c" % (97 + i)] * 9)) for i in range(9)),
         "python_tag": b"layer: !!python/object/apply:os.system ['echo pwned']\n",
         "list_top": b"- 1\n- 2\n", "scalar": b"42\n", "layer_scalar": b"layer: 5\n", "layer_str_items": b"layer: [a, b]\n",
         "huge_int": b"layer:\n  - {name: ip, type: InnerProduct, inner_product_param: {num_output: 1180591620717411303424}}\n",

@@ -507,3 +507,21 @@ def test_temporary_files_of_a_killed_run_are_removed_at_the_next_start(tmp_path)
     Trainer(s, out=lines.append).train()
     assert not any(".tmp" in f for f in os.listdir(tmp_path / "snap"))
     assert any("left by a run killed while writing it" in l for l in lines)
+
+
+def test_kill_9_during_a_resume_leaves_the_metrics_history(tmp_path):
+    s = solver(tmp_path, max_iter=20, test_interval=0, test_iter=[], snapshot=10, display=1)
+    assert cli("train", s).returncode == 0
+    before = [r for r in records(str(tmp_path / "snap" / "run_metrics.jsonl")) if r["phase"] == "train"]
+    for attempt in range(3):  # kill at different moments of the resume
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", s, "--snapshot",
+                              str(tmp_path / "snap" / "run_iter_10.solverstate.npz"), "--set", "max_iter=100000"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in p.stdout:
+            if line.startswith("Resumed") and attempt == 0 or line.startswith(f"Iteration {10 + 5 * attempt} ("):
+                break
+        p.kill()
+        p.wait()
+        after = [r for r in records(str(tmp_path / "snap" / "run_metrics.jsonl")) if r["phase"] == "train"]
+        assert [r for r in after if r["iter"] < 10] == [r for r in before if r["iter"] < 10]
+        # the killed run's lock stays behind; the next attempt takes it over
