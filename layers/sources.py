@@ -429,13 +429,21 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
             if len(parts) != 2:
                 raise SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'")
             p = parts[0] if os.path.isabs(parts[0]) else os.path.join(os.path.dirname(path), parts[0])
-            with Image.open(p) as im:
-                im = im.convert("L" if gray else "RGB")
-                if new_size:
-                    im = im.resize((new_size[1], new_size[0]), Image.BILINEAR)
-                a = np.asarray(im, np.float32)
+            try:
+                label = float(parts[1])
+                with Image.open(p) as im:
+                    im = im.convert("L" if gray else "RGB")
+                    if new_size:
+                        im = im.resize((new_size[1], new_size[0]), Image.BILINEAR)
+                    a = np.asarray(im, np.float32)
+            except FileNotFoundError:
+                raise SourceError(f"line {n}: the image {parts[0]!r} does not exist ({p}); paths are relative to "
+                                  "the list file") from None
+            except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
+                raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
+                                  f"({_describe(e)})") from None
             images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-            labels.append(float(parts[1]))
+            labels.append(label)
     return [np.stack(images), np.asarray(labels, np.float32)]
 
 

@@ -69,3 +69,24 @@ def test_hostile_bytes_take_linear_time(tmp_path, pattern):
     with pytest.raises(SourceError, match="not a valid Caffe Datum"):
         parse_datum(path.read_bytes())
     assert time.perf_counter() - t < 1.0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=300), st.tuples(st.integers(0, 3), st.integers(0, 255), st.integers(0, 255),
+                                                    st.lists(st.integers(0, 2**32 - 1), max_size=6),
+                                                    st.binary(max_size=64)).map(
+    lambda t: bytes([0, 0, [8, 9, 0x0B, 0x0D][t[0]], t[1] % 9]) + b"".join(v.to_bytes(4, "big") for v in t[3]) + t[4])))
+def test_idx_and_npz_readers_fail_clearly(tmp_path_factory, data):
+    from layers.sources import SourceError, idx_load, npz_load, reading
+    folder = tmp_path_factory.mktemp("fuzz")
+    for name, read in (("x-images-idx3-ubyte", lambda p: idx_load(p, ["data"], np.float32)),
+                       ("x.npz", lambda p: npz_load(p, ["data", "label"], np.float32))):
+        path = folder / name
+        path.write_bytes(data)
+        t = time.perf_counter()
+        try:
+            with reading():
+                read(str(path))
+        except SourceError:
+            pass
+        assert time.perf_counter() - t < 1.0

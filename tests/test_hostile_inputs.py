@@ -287,12 +287,15 @@ def test_hostile_input_ends_in_a_clear_error(name, files, args, tmp_path, capsys
         capsys.readouterr()
         expect = 0
     argv = [a.replace("{dir}", str(tmp_path)) for a in args]
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the process's high-water mark so far
     t = time.perf_counter()
     try:
         code = run.main(argv)
     except SystemExit as e:  # argparse's own errors
         code = e.code
     took = time.perf_counter() - t
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     out = capsys.readouterr()
     text = out.out + out.err
     assert "bug in yaffe" not in text and "internal error" not in text and "Traceback" not in text, text[-2000:]
@@ -300,6 +303,10 @@ def test_hostile_input_ends_in_a_clear_error(name, files, args, tmp_path, capsys
         expect = 0  # odd but well-formed: converted as it is, or a net with nothing to train (a warning)
     assert code == expect, (code, text[-2000:])
     assert took < 10, f"{name} took {took:.1f} s"
-    if expect == 2 and args[0] != "data" and name.split("_")[0] not in ("cli",):
+    assert grew < 500, f"{name} raised the peak memory by {grew:.0f} MiB"
+    if expect == 2:
         errors = [l for l in text.splitlines() if "error" in l]
         assert errors, text[-2000:]
+        named = [os.path.basename(a) for a in argv[1:] if os.sep in a] + [os.path.basename(f) for f in files]
+        if not name.startswith("cli_"):  # a bad flag value is named by its flag
+            assert any(n and n in l for l in errors for n in named), f"no error names the file: {errors[:3]}"
