@@ -39,9 +39,49 @@ def load_net(path: str) -> Node:
     else:
         doc = load(path)
     findings = schema.check(doc, schema.net_schema(), path)
-    if findings:
-        raise SpecError(findings + parameter_findings(doc))  # the layers the schema passed are still checked
+    if findings:  # the layers the schema passed are still checked: their parameters, and the shapes of those
+        raise SpecError(findings + parameter_findings(doc) + known_part_findings(doc, path))  # above known types
     return doc
+
+
+def known_part_findings(doc, path) -> list[Finding]:
+    """The shape checks of a net whose schema failed, on its part that can be built: every layer whose own type
+    and the types of all the layers below it are known (layers of unknown type, and those that read what they
+    make, left out). Only errors of layers of that part are kept."""
+    import layers
+    from .graph import as_list
+    from .loader import Node, NodeList
+    from .net import Net
+    nodes = doc.get("layer") if isinstance(doc, dict) else None
+    if not isinstance(nodes, list):
+        return []
+    lost, kept = set(), NodeList()
+    kept.where, kept.item_where = getattr(nodes, "where", Where(path, 1, 1)), []
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            continue
+        bottoms, tops = as_list(node.get("bottom")), as_list(node.get("top"))
+        if node.get("type") not in layers.REGISTRY or any(b in lost for b in bottoms if isinstance(b, str)):
+            lost.update(t for t in tops if isinstance(t, str))
+            continue
+        kept.append(node)
+        kept.item_where.append(nodes.at(i) if hasattr(nodes, "at") else kept.where)
+    if len(kept) == len(nodes) or not kept:
+        return []
+    part = Node(doc)
+    part.where, part.key_where, part.value_where = doc.where, doc.key_where, doc.value_where
+    part["layer"] = kept
+    names = {n.get("name") for n in kept}
+    out = []
+    for phase in ("TRAIN", "TEST"):
+        try:
+            Net(part, phase, path, seed=0, allocate=False)
+        except SpecError as e:
+            out += [f for f in e.findings if f.severity == "error" and "layer '" in f.message
+                    and f.message.split("layer '")[1].split("'")[0] in names]
+        except Exception:  # noqa: BLE001: the part is a best effort; the schema's errors stand
+            pass
+    return list(dict.fromkeys(out))
 
 
 def solver_findings(doc: Node, path: str) -> list[Finding]:

@@ -433,3 +433,16 @@ def test_an_unknown_type_does_not_hide_the_parameter_errors_of_other_layers(tmp_
     assert [(f.line, f.severity) for f in found] == [(3, "error"), (4, "error"), (5, "error")]
     assert "did you mean 'Convolution'" in found[0].message and "stride 3x3 is larger than the kernel 2x2" in \
         found[1].message and "min 2 is larger than max 1" in found[2].message
+
+
+def test_shape_checks_run_on_the_layers_below_an_unknown_type(tmp_path):
+    (tmp_path / "net.yaml").write_text("""layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [4, 1, 8, 8]}, {dim: [4]}]}}
+  - {name: pool0, type: Pooling, bottom: data, top: p0, pooling_param: {pool: MAX, kernel_size: 20}}
+  - {name: conv, type: Convolutoin, bottom: p0, top: conv, convolution_param: {num_output: 2, kernel_size: 3}}
+  - {name: ip, type: InnerProduct, bottom: conv, top: ip, inner_product_param: {num_output: 10}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+""")
+    found = validate([str(tmp_path / "net.yaml")])
+    assert [(f.line, f.severity) for f in found] == [(3, "error"), (4, "error")]
+    assert "kernel 20x20 is larger than the padded input 8x8" in found[0].message  # a shape check, below 'conv'
