@@ -61,9 +61,12 @@ def known_part_findings(doc, path) -> list[Finding]:
         if not isinstance(node, dict):
             continue
         bottoms, tops = as_list(node.get("bottom")), as_list(node.get("top"))
-        if node.get("type") not in layers.REGISTRY or any(b in lost for b in bottoms if isinstance(b, str)):
+        known = isinstance(node.get("type"), str) and node.get("type") in layers.REGISTRY
+        if not known or any(b in lost for b in bottoms if isinstance(b, str)):
             lost.update(t for t in tops if isinstance(t, str))
             continue
+        if not all(isinstance(v, str) for v in bottoms + tops):
+            return []  # the schema reports it; the part cannot be named
         kept.append(node)
         kept.item_where.append(nodes.at(i) if hasattr(nodes, "at") else kept.where)
     if len(kept) == len(nodes) or not kept:
@@ -71,7 +74,7 @@ def known_part_findings(doc, path) -> list[Finding]:
     part = Node(doc)
     part.where, part.key_where, part.value_where = doc.where, doc.key_where, doc.value_where
     part["layer"] = kept
-    names = {n.get("name") for n in kept}
+    names = {n.get("name") for n in kept if isinstance(n.get("name"), str)}
     out = []
     for phase in ("TRAIN", "TEST"):
         try:
