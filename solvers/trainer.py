@@ -270,10 +270,16 @@ class Trainer:
 
     GOOD_SHARE = 0.02  # the most of the training time that copies of the last good state may take
 
-    def _keep_good(self):
+    def _keep_good(self, loss: float):
         """Copy the weights that just gave a finite loss and gradient (with the solver's history and the step of
         the rate): what _write_last_good writes if training diverges later. Every iteration where the copy is cheap
-        next to the iteration (small nets), else as often as keeps the copies within GOOD_SHARE of the time."""
+        next to the iteration (small nets), else as often as keeps the copies within GOOD_SHARE of the time. Not
+        while the loss is 10x its lowest so far: a run on its way up to Inf has finite but exploded weights (and
+        momentum), and resuming those with a lower rate diverges again."""
+        best = getattr(self, "_best_loss", None)
+        self._best_loss = loss if best is None else min(best, loss)
+        if best is not None and abs(loss) > 10 * abs(self._best_loss) + 1e-6:
+            return
         now = time.perf_counter()
         if self._good is not None and now - self._good_t < self._good_cost / self.GOOD_SHARE:
             return
@@ -302,7 +308,8 @@ class Trainer:
         path = self.snapshot("_lastgood")
         if path is None:  # an MPI rank other than 0: rank 0 writes it
             return ""
-        return (f" The last good state, from iteration {it} (its weights gave a finite loss and gradient), is in "
+        return (f" The last good state, from iteration {it} (its weights gave a finite loss, within 10x the lowest, "
+                f"and gradient), is in "
                 f"{path}: resume from it with a lower rate, e.g. --snapshot {path} --set base_lr=...")
 
     def snapshot(self, tag: str = "") -> str | None:
@@ -612,7 +619,7 @@ class Trainer:
         if self.replicas:  # the slices run the batch: their layers hold its probabilities
             self.watch.nets = self.replicas.nets
         start_iter, last = self.iter, None
-        self._good, self._good_t, self._good_cost = None, 0.0, 0.0
+        self._good, self._good_t, self._good_cost, self._best_loss = None, 0.0, 0.0, None
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the watch reports non-finite values
                 last = self._loop()
@@ -664,7 +671,7 @@ class Trainer:
                 self.snapshot_requested = agreed_snapshot
             self.watch.after_backward(self.iter, loss)
             if not self.watch.suspect:
-                self._keep_good()
+                self._keep_good(loss)
             self.losses.append(loss)
             rate = self.rate(self.iter)
             if rate != self._last_rate and not (cfg.display and self.iter % cfg.display == 0):
