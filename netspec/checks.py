@@ -66,7 +66,8 @@ def batchnorm_window_findings(net: Net, max_iter: int | None) -> list[Finding]:
 def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
     """A TRAIN net without a loss; layers whose outputs nothing uses."""
     out = []
-    if net.phase == "TRAIN" and not net.has_loss:
+    deploy = not any(layer.is_data for layer in net.layers)  # Input layers and no loss: a net for inference
+    if net.phase == "TRAIN" and not net.has_loss and (for_training or not deploy):
         w = doc.at("layer") if hasattr(doc, "at") and "layer" in doc else getattr(doc, "where", (net.path, 1, 1))
         out.append(_finding(w, "error" if for_training else "warning",
                             "the TRAIN net has no loss layer (and no top with a loss_weight), so there is "

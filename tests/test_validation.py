@@ -446,3 +446,14 @@ def test_shape_checks_run_on_the_layers_below_an_unknown_type(tmp_path):
     found = validate([str(tmp_path / "net.yaml")])
     assert [(f.line, f.severity) for f in found] == [(3, "error"), (4, "error")]
     assert "kernel 20x20 is larger than the padded input 8x8" in found[0].message  # a shape check, below 'conv'
+
+
+def test_a_deploy_net_validates_strictly_without_the_no_loss_warning(tmp_path):
+    (tmp_path / "deploy.yaml").write_text("""layer:
+  - {name: d, type: Input, top: x, input_param: {shape: {dim: [1, 3]}}}
+  - {name: ip, type: InnerProduct, bottom: x, top: y, inner_product_param: {num_output: 2}}
+  - {name: p, type: Softmax, bottom: y, top: prob}
+""")
+    assert validate([str(tmp_path / "deploy.yaml")], strict=True) == []
+    (tmp_path / "solver.yaml").write_text("net: deploy.yaml\nbase_lr: 0.1\nmax_iter: 10\n")
+    assert any("no loss layer" in f.message and f.severity == "error" for f in validate([str(tmp_path / "solver.yaml")]))
