@@ -60,7 +60,8 @@ def test_top_produced_twice(tmp_path):
 
 def test_train_net_without_loss_is_an_error_for_a_solver_and_a_warning_alone(tmp_path):
     net = HEAD + IP
-    assert "no loss layer" in one(findings(tmp_path, net), "warning")
+    data = HEAD.replace("type: Input", "type: DummyData").replace("input_param", "dummy_data_param") + IP
+    assert "no loss layer" in one(findings(tmp_path, data), "warning")  # a data layer: meant to be trained
     f = one(findings(tmp_path, net, "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\n"))
     assert "the TRAIN net has no loss layer" in f and "add e.g. a SoftmaxWithLoss" in f
 
