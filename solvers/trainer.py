@@ -333,7 +333,10 @@ class Trainer:
         self.out(f"Snapshotting solver state to {spath}")
         if tag:
             return spath
-        if self.solver_doc.get("snapshot_format") == "BINARYPROTO":  # asked for Caffe's files too
+        fmt = self.solver_doc.get("snapshot_format")
+        if fmt is None and self.solver_path.endswith((".prototxt", ".pt", ".pbtxt")):
+            fmt = "BINARYPROTO"  # Caffe's default: a Caffe user's next step reads the .caffemodel
+        if fmt == "BINARYPROTO":  # Caffe's files too
             from netspec.caffemodel import caffemodel_bytes, solverstate_bytes
             model = f"{self.prefix}_iter_{self.iter}.caffemodel"
             layers = [(l.name, l.type, [b.data for b in l.blobs]) for l in self.net.layers if l.blobs]
@@ -341,7 +344,7 @@ class Trainer:
             snap.atomic_write(f"{self.prefix}_iter_{self.iter}.solverstate", solverstate_bytes(
                 self.iter, os.path.basename(model), self.solver.history, self.lr.current_step))
             self.out(f"Snapshotting to {model} (and its Caffe .solverstate)")
-        elif self.solver_doc.get("snapshot_format") == "HDF5":  # Caffe's HDF5 layout, through the hdf5 extra
+        elif fmt == "HDF5":  # Caffe's HDF5 layout, through the hdf5 extra
             model = f"{self.prefix}_iter_{self.iter}.caffemodel.h5"
             snap.write_hdf5(model, f"{self.prefix}_iter_{self.iter}.solverstate.h5", self.iter, self.net,
                             self.solver.history, self.lr.current_step)

@@ -238,3 +238,22 @@ def test_embedded_blobs_are_accepted_with_a_warning():
     assert check(doc, net_schema(), "b.prototxt") == []
     net = Net(doc, "TEST", "b.prototxt", seed=0)
     assert any("weights embedded in the net (blobs) are ignored" in str(w) for w in net.warnings)
+
+
+def test_a_prototxt_solver_writes_caffes_snapshot_files_by_default(caffe_dir):
+    """Caffe's default snapshot_format is BINARYPROTO: its tutorial's next step tests the .caffemodel."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    solver = caffe_dir / "lenet_sgd_solver.prototxt"
+    t = Trainer(str(solver), out=lambda *a: None, overrides={"max_iter": 4, "snapshot": 2, "test_iter": [1]})
+    t.train()
+    files = os.listdir(caffe_dir)
+    assert {"lenet_sgd_iter_2.caffemodel", "lenet_sgd_iter_2.solverstate", "lenet_sgd_iter_4.caffemodel"} <= set(files)
+    r = subprocess.run([sys.executable, os.path.join(root, "run.py"), "test", str(caffe_dir / "lenet_sgd_train_test.prototxt"),
+                        "--weights", str(caffe_dir / "lenet_sgd_iter_4.caffemodel"), "--iterations", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "accuracy = " in r.stdout, r.stderr
+    resumed = Trainer(str(solver), out=lambda *a: None, overrides={"max_iter": 6, "test_iter": [1]})
+    resumed.train(snapshot_path=str(caffe_dir / "lenet_sgd_iter_4.solverstate"))
+    assert resumed.iter == 6
