@@ -107,7 +107,7 @@ class Net:
                 continue
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
-            layer.base_dir = base_dir
+            layer.base_dir = self._base_for(node, base_dir)
             if cls.needs_rng:
                 layer.rng = np.random.default_rng([self.seed, 1, i])
             self.layers.append(layer)
@@ -133,6 +133,26 @@ class Net:
                 self.warnings.append(Finding(w[0], w[1], w[2], "warning", f"layer '{d.name}' ({d.type}): {message}"))
         if findings:
             raise SpecError(findings)
+
+    def _base_for(self, node, base_dir):
+        """Where a layer's relative paths (source, mean_file) start: the net file's folder for YAML; for a Caffe
+        prototxt, the working directory as in Caffe, or the net file's folder where only the path from there
+        exists (said once in an info line)."""
+        from .loader import PROTOTXT_SUFFIXES
+        if not self.path.endswith(PROTOTXT_SUFFIXES):
+            return base_dir
+        names = [v.get(k) for v in node.values() if isinstance(v, dict) for k in ("source", "mean_file")]
+        names = [n for n in names if isinstance(n, str) and n and not os.path.isabs(n)]
+        cwd = os.getcwd()
+        if not names or any(os.path.exists(os.path.join(cwd, n)) for n in names):
+            return cwd
+        if all(os.path.exists(os.path.join(base_dir, n)) for n in names):
+            from .errors import Finding
+            w = node.where if hasattr(node, "where") else (self.path, 1, 1)
+            self.warnings.append(Finding(w[0], w[1], w[2], "info", f"'{names[0]}' is not in the working directory "
+                                         f"({cwd}), where Caffe looks; read from beside the net file instead"))
+            return base_dir
+        return cwd
 
     def _allocate(self, force_backward):
         self.blobs: dict[str, Blob] = {}

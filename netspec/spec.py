@@ -23,6 +23,21 @@ def kind_of(doc) -> str:
 INLINE = "#"  # "solver.prototxt#net_param": a net given inline in a solver
 
 
+def caffe_relative(file: str, name: str, doc=None) -> str:
+    """A path named in a spec: relative to the spec file for YAML; for a Caffe prototxt relative to the working
+    directory, as Caffe reads it, or to the file where only that exists (noted in the doc's notes)."""
+    from .loader import PROTOTXT_SUFFIXES
+    beside = os.path.join(os.path.dirname(file), name)
+    if os.path.isabs(name) or not file.endswith(PROTOTXT_SUFFIXES) or INLINE in os.path.basename(file):
+        return beside
+    if os.path.exists(name) or not os.path.exists(beside):
+        return name
+    if doc is not None and hasattr(doc, "notes"):
+        doc.notes.append(Finding(file, 1, 1, "info", f"'{name}' is not in the working directory ({os.getcwd()}), "
+                                 "where Caffe looks; read from beside the solver instead"))
+    return beside
+
+
 def load_net(path: str) -> Node:
     """A checked net spec from a file, or from a solver's inline field ("solver.prototxt#net_param")."""
     if INLINE in os.path.basename(path):
@@ -199,7 +214,7 @@ def load_solver(path: str, overrides: dict | None = None):
     inline = next((k for k in ("net_param", "train_net_param") if getattr(cfg, k) is not None), None)
     if inline:
         return doc, cfg, f"{path}{INLINE}{inline}"
-    return doc, cfg, os.path.join(os.path.dirname(path), cfg.net or cfg.train_net)
+    return doc, cfg, caffe_relative(path, cfg.net or cfg.train_net, doc)
 
 
 def mentions_test_phase(doc) -> bool:

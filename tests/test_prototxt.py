@@ -86,7 +86,9 @@ def caffe_dir(tmp_path):
 
 def test_caffe_prototxt_validates(caffe_dir):
     found = validate([str(caffe_dir / "lenet_sgd_solver.prototxt")])
-    assert [f.severity for f in found] == ["info"], [str(f) for f in found]
+    assert {f.severity for f in found} == {"info"}, [str(f) for f in found]
+    # run from elsewhere, Caffe's relative paths (the net, the HDF5 lists) are found beside the files, and said so
+    assert sum("is not in the working directory" in f.message for f in found) == 3
 
 
 def test_caffe_prototxt_trains_to_caffes_losses(caffe_dir):
@@ -210,7 +212,7 @@ def test_caffe_solver_fields_train_net_test_net_weights_and_states(caffe_dir):
     text = text.replace("max_iter: 200", "max_iter: 2")
     (caffe_dir / "s2.prototxt").write_text(text)
     shutil.copy(os.path.join(FIX, "lenet_sgd_init.caffemodel"), caffe_dir)
-    assert [f.severity for f in validate([str(caffe_dir / "s2.prototxt")])] == ["info"]
+    assert {f.severity for f in validate([str(caffe_dir / "s2.prototxt")])} == {"info"}
     t = Trainer(str(caffe_dir / "s2.prototxt"), out=lambda *a: None)
     t.train()
     with open(t.metrics_path) as f:
