@@ -41,7 +41,8 @@ def _train(args, comm):
 
 def cmd_test(args):
     from solvers.trainer import test_model
-    result = test_model(args.model, args.weights, args.iterations, out=(lambda *a: None) if args.json else print)
+    result = test_model(args.model, args.weights, args.iterations, out=(lambda *a: None) if args.json else print,
+                        level=args.level, stages=_stages(args.stage))
     if args.json:
         print(json.dumps(result))
     return 0
@@ -116,8 +117,48 @@ def cmd_plot(args):
 
 def cmd_time(args):
     from netspec.timing import time_net
-    time_net(args.model, args.iterations, args.phase)
+    time_net(args.model, args.iterations, args.phase, level=args.level, stages=_stages(args.stage))
     return 0
+
+
+def _stages(text):
+    return [s for s in (text or "").split(",") if s]
+
+
+# Caffe's command-line spellings (gflags: -flag value, --flag=value), so scripts written for `caffe` run with the
+# command name changed: `train -solver S -weights W -snapshot X`, `test -model M -weights W -iterations N`, ...
+CAFFE_FLAGS = {"weights": "--weights", "snapshot": "--snapshot", "iterations": "--iterations", "phase": "--phase",
+               "sigint_effect": "--sigint-effect", "sighup_effect": "--sighup-effect", "stage": "--stage",
+               "level": "--level"}
+
+
+def caffe_argv(argv: list) -> list:
+    """argv with Caffe's flags of train/test/time turned into this command line's: -solver/-model become the
+    positional file; -gpu is dropped with a note (yaffe runs on the CPU)."""
+    if not argv or argv[0] not in ("train", "test", "time"):
+        return argv
+    out, rest, i = [argv[0]], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and (name in CAFFE_FLAGS or name in ("solver", "model", "gpu")):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if name in ("solver", "model"):
+                out.insert(1, value)
+            elif name == "gpu":
+                print(f"Note: -gpu {value} ignored: yaffe runs on the CPU", file=sys.stderr)
+            elif name == "level" and argv[0] == "train":
+                rest += ["--set", f"train_state={{level: {value}}}"]
+            elif name == "stage" and argv[0] == "train":
+                rest += ["--set", f"train_state={{stage: [{value}]}}"]
+            else:
+                rest += [CAFFE_FLAGS[name], value]
+        else:
+            rest.append(arg)
+        i += 1
+    return out + rest
 
 
 def cmd_convert(args):
@@ -233,6 +274,8 @@ def build_parser():
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="batches to run (default: one pass over the TEST data, else 50 as Caffe)")
     p.add_argument("--json", action="store_true", help="print the averaged outputs as one JSON object")
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("validate", help="check net and solver files without training")
@@ -247,6 +290,8 @@ def build_parser():
     p.add_argument("model", help="net YAML or prototxt (or a solver: its net)")
     p.add_argument("--iterations", type=positive_int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("sanity", help="the four checks before a long run: initial loss, regularization, "
@@ -306,7 +351,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(caffe_argv(list(sys.argv[1:] if argv is None else argv)))
     from netspec.errors import UserError
     try:
         return args.func(args)

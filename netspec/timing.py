@@ -12,14 +12,14 @@ from .net import Net
 from .spec import INLINE, load_net
 
 
-def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print) -> dict:
+def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, level: int = 0, stages=()) -> dict:
     """path: a net, or a solver (its net is timed, as `validate` follows a solver to its net)."""
     from .loader import load
     from .spec import kind_of, load_solver
     if INLINE not in os.path.basename(path) and kind_of(load(path)) == "solver":
         _, _, path = load_solver(path)
         out(f"Timing the solver's net {path}")
-    net = Net(load_net(path), phase, path, seed=0)
+    net = Net(load_net(path), phase, path, seed=0, level=level, stages=tuple(stages))
     net.forward_backward()  # warm-up
     fwd = np.zeros(len(net.layers))
     bwd = np.zeros(len(net.layers))
@@ -27,14 +27,14 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print) -
     for _ in range(iterations):
         for k, (layer, bottom, top) in enumerate(zip(net.layers, net.bottom_vecs, net.top_vecs)):
             t = time.perf_counter()
-            layer.forward(bottom, top)
+            net.forward_layer(k)  # with the copies in-place layers' backward needs (netspec/inplace.py)
             fwd[k] += time.perf_counter() - t
         for blob, w in net.loss_blobs:
             blob.diff[...] = w
         for k in reversed(range(len(net.layers))):
             if net.need_backward[k]:
                 t = time.perf_counter()
-                net.layers[k].backward(net.top_vecs[k], net.propagate[k], net.bottom_vecs[k])
+                net.backward_layer(k)
                 bwd[k] += time.perf_counter() - t
     total = time.perf_counter() - start
     fwd, bwd = fwd / iterations * 1e3, bwd / iterations * 1e3

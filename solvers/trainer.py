@@ -799,11 +799,12 @@ def _one_pass(net) -> tuple[int | None, str]:
     return longest, what
 
 
-def test_model(model_path: str, weights_path: str | None, iterations: int | None = None, out=say) -> dict:
+def test_model(model_path: str, weights_path: str | None, iterations: int | None = None, out=say, level: int = 0,
+               stages=()) -> dict:
     """`run.py test`: the TEST-phase net with the given weights, `iterations` batches (default: one pass over its
     data, else Caffe's 50); the mean of each output, and `weighted_loss` (sum of loss_weight * output)."""
     doc = load_net(model_path)
-    net = Net(doc, "TEST", model_path, seed=0)
+    net = Net(doc, "TEST", model_path, seed=0, level=level, stages=tuple(stages))
     net.keep_for_backward = False
     if weights_path:
         net.load_weights(snap.load_weights_file(weights_path), weights_path)

@@ -259,3 +259,20 @@ def test_a_prototxt_solver_writes_caffes_snapshot_files_by_default(caffe_dir):
     resumed = Trainer(str(solver), out=lambda *a: None, overrides={"max_iter": 6, "test_iter": [1]})
     resumed.train(snapshot_path=str(caffe_dir / "lenet_sgd_iter_4.solverstate"))
     assert resumed.iter == 6
+
+
+def test_caffes_command_line_spellings_are_accepted():
+    import run
+    assert run.caffe_argv(["train", "-solver", "s.prototxt", "-weights", "w.caffemodel"]) == [
+        "train", "s.prototxt", "--weights", "w.caffemodel"]
+    assert run.caffe_argv(["train", "--solver=s.prototxt", "-snapshot", "x.solverstate", "-sigint_effect", "stop",
+                           "-level", "2"]) == ["train", "s.prototxt", "--snapshot", "x.solverstate",
+                                               "--sigint-effect", "stop", "--set", "train_state={level: 2}"]
+    assert run.caffe_argv(["test", "-model", "m.prototxt", "-weights", "w", "-iterations", "100", "-stage", "a,b"]) \
+        == ["test", "m.prototxt", "--weights", "w", "--iterations", "100", "--stage", "a,b"]
+    assert run.caffe_argv(["time", "-model=m.prototxt", "-phase", "TEST", "-gpu", "0"]) == [
+        "time", "m.prototxt", "--phase", "TEST"]
+    assert run.caffe_argv(["train", "s.yaml", "--set", "base_lr=0.1", "--sigint-effect", "none"]) == [
+        "train", "s.yaml", "--set", "base_lr=0.1", "--sigint-effect", "none"]  # yaffe's own spelling unchanged
+    args = run.build_parser().parse_args(run.caffe_argv(["test", "-model", "m.prototxt", "-weights", "w"]))
+    assert args.model == "m.prototxt" and args.weights == "w"
