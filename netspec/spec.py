@@ -225,7 +225,8 @@ def mentions_test_phase(doc) -> bool:
 
 
 def net_findings(path: str, for_training: bool = False, test_iter: int | None = None, test_iter_where=None,
-                 read_data: bool = True, max_iter: int | None = None, history_slots: int = 1) -> list[Finding]:
+                 read_data: bool = True, max_iter: int | None = None, history_slots: int = 1,
+                 states: dict | None = None) -> list[Finding]:
     """Every finding of one net file: schema, graph and shapes, structure, data.
 
     The TEST phase is checked when a solver tests it (test_iter) or, for a net file alone, when its
@@ -236,9 +237,12 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
     doc = load_net(path)
     out: list[Finding] = list(getattr(doc, "notes", []))
     test = test_iter is not None if for_training else mentions_test_phase(doc)
+    from .graph import as_list
     for phase in ("TRAIN", "TEST") if test else ("TRAIN",):
+        state = (states or {}).get(phase) or {}  # the solver's train_state / test_state: the nets training builds
         try:
-            net = Net(doc, phase, path, seed=0, allocate=False)  # shapes only; reads no data
+            net = Net(doc, phase, path, seed=0, allocate=False, level=state.get("level", 0),
+                      stages=tuple(as_list(state.get("stage"))))  # shapes only; reads no data
         except SpecError as e:
             out.extend(e.findings)
             out.extend(parameter_findings(doc))  # what needs no graph: one error must not hide the others
@@ -314,8 +318,9 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
                     continue
                 from solvers.rules import SOLVERS
                 slots = getattr(SOLVERS.get(cfg.type), "slots", 1)
+                states = {"TRAIN": cfg.train_state or {}, "TEST": (cfg.test_state or [{}])[0]}
                 queue.append((net_path, {"for_training": True, "test_iter": (cfg.test_iter or [None])[0],
-                                         "max_iter": cfg.max_iter, "history_slots": slots,
+                                         "max_iter": cfg.max_iter, "history_slots": slots, "states": states,
                                          "test_iter_where": doc.at("test_iter") if "test_iter" in doc else None}))
                 continue
             findings.extend(net_findings(path, read_data=read_data, **(context or {})))

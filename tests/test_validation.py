@@ -458,3 +458,19 @@ def test_a_deploy_net_validates_strictly_without_the_no_loss_warning(tmp_path):
     assert validate([str(tmp_path / "deploy.yaml")], strict=True) == []
     (tmp_path / "solver.yaml").write_text("net: deploy.yaml\nbase_lr: 0.1\nmax_iter: 10\n")
     assert any("no loss layer" in f.message and f.severity == "error" for f in validate([str(tmp_path / "solver.yaml")]))
+
+
+def test_validate_builds_the_staged_nets_training_builds(tmp_path):
+    (tmp_path / "net.yaml").write_text("""layer:
+  - {name: d, type: DummyData, top: [data, label], include: {phase: TRAIN},
+     dummy_data_param: {shape: [{dim: [4, 3]}, {dim: [4]}]}}
+  - {name: d, type: DummyData, top: [data, label], include: {phase: TEST, stage: val},
+     dummy_data_param: {shape: [{dim: [4, 3]}, {dim: [4]}]}}
+  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 2}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+""")
+    (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.1\nmax_iter: 2\ntest_iter: 1\ntest_interval: 1\n"
+                                          "test_state: {stage: val}\n")
+    assert [f for f in validate([str(tmp_path / "solver.yaml")]) if f.severity == "error"] == []
+    (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.1\nmax_iter: 2\ntest_iter: 1\ntest_interval: 1\n")
+    assert any("'data'" in f.message for f in validate([str(tmp_path / "solver.yaml")]) if f.severity == "error")
