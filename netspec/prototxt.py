@@ -280,6 +280,10 @@ def loads(text: str, path: str = "<prototxt>") -> tuple[Node, list[Finding]]:
     _listify(doc)
     _drop_cpu_fields(doc, notes)
     _upgrade_v1(doc, notes)
+    for key in ("net_param", "train_net_param", "test_net_param"):  # nets inside a solver: the same upgrade
+        for net in as_list(doc.get(key)):
+            if isinstance(net, Node):
+                _upgrade_v1(net, notes)
     _upgrade_solver(doc, notes)
     return doc, notes
 

@@ -276,3 +276,25 @@ def test_caffes_command_line_spellings_are_accepted():
         "train", "s.yaml", "--set", "base_lr=0.1", "--sigint-effect", "none"]  # yaffe's own spelling unchanged
     args = run.build_parser().parse_args(run.caffe_argv(["test", "-model", "m.prototxt", "-weights", "w"]))
     assert args.model == "m.prototxt" and args.weights == "w"
+
+
+def test_v1_layers_inside_a_solvers_inline_net_are_upgraded(tmp_path):
+    """Caffe's examples/mnist/lenet_consolidated_solver.prototxt keeps its net inline, in the V1 format."""
+    from netspec.convert import convert
+    (tmp_path / "s.prototxt").write_text('''base_lr: 0.01
+max_iter: 2
+net_param {
+  name: "inline"
+  layers { name: "d" type: DUMMY_DATA top: "data" top: "label"
+           dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+  layers { name: "ip" type: INNER_PRODUCT bottom: "data" top: "ip" blobs_lr: 1 blobs_lr: 2
+           inner_product_param { num_output: 2 } }
+  layers { name: "loss" type: SOFTMAX_LOSS bottom: "ip" bottom: "label" top: "loss" }
+}
+''')
+    found = validate([str(tmp_path / "s.prototxt")])
+    assert not [f for f in found if f.severity == "error"], [str(f) for f in found]
+    assert any("V1 'layers' format" in f.message for f in found)
+    convert(str(tmp_path / "s.prototxt"), str(tmp_path / "s.yaml"))
+    text = (tmp_path / "s.yaml").read_text()
+    assert "layers:" not in text and "type: InnerProduct" in text and "lr_mult: 2" in text
