@@ -14,6 +14,7 @@ group is a single large matrix product.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -359,7 +360,7 @@ class Convolution(Layer):
                                   ("dilation", self.dilation_nd, 1), ("pad", self.pad_nd, 0)):
             if min(values) < low:
                 raise LayerError(f"{name} must be >= {low}; received {list(values)}", f"{blk}.{name}")
-        if c % p.group or p.num_output % p.group:
+        if c % p.group or (p.num_output or p.group) % p.group:
             raise LayerError(f"channels ({c}) and num_output ({p.num_output}) must both be multiples of "
                              f"group; received group={p.group}", f"{blk}.group")
         self.nd = k > 2
@@ -623,3 +624,45 @@ class Deconvolution(Convolution):
             for g in range(groups):
                 gemm(weight[g * cg:(g + 1) * cg], self._col[g * k:(g + 1) * k], self._x[g * cg:(g + 1) * cg])
             dx.reshape(n, c, plane)[...] = self._x.reshape(c, n, plane).transpose(1, 0, 2)
+
+
+@register("Im2col")
+class Im2col(Convolution):
+    """The columns a convolution multiplies (Caffe's Im2col): bottom (N, C, H, W) -> top (N, C*kh*kw, OH, OW),
+    each column the input under one output pixel's window (zeros in the padding). convolution_param's kernel,
+    pad, stride and dilation; no weights."""
+    fields = tuple(f if f.name != "num_output" else Field("num_output", "int", None, "ignored (Caffe's too)")
+                   for f in Convolution.fields)
+    backward_reads = ()
+    bottoms = (1, 1)
+    tops = (1, 1)
+
+    def setup(self, bottom_shapes):
+        n, c, spatial = self._read_geometry(bottom_shapes)
+        if self.nd or self.axis != 1 or len(spatial) != 2:
+            raise LayerError(f"Im2col takes 2-D images (N, C, H, W) with axis 1; received {list(bottom_shapes[0])}",
+                             None)
+        out = tuple((s + 2 * pd - (d * (kk - 1) + 1)) // st + 1 for s, kk, pd, st, d in
+                    zip(spatial, self.kernel_nd, self.pad_nd, self.stride_nd, self.dilation_nd))
+        if min(out) <= 0:
+            raise LayerError(f"kernel {self.kernel_nd} is larger than the padded input", f"{self.param_block}.kernel_size")
+        self.out_hw, self.k = out, c * math.prod(self.kernel_nd)
+        self.blob_shapes = []
+        return [(n, self.k) + out]
+
+    def check(self):
+        pass
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        n, plane = x.shape[0], self.out_hw[0] * self.out_hw[1]
+        col = np.empty((self.k, n * plane), x.dtype)
+        im2col(x, *self._geometry(), col)
+        top[0].data.reshape(n, self.k, plane)[...] = col.reshape(self.k, n, plane).transpose(1, 0, 2)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dy = top[0].diff
+            n, plane = dy.shape[0], self.out_hw[0] * self.out_hw[1]
+            col = np.ascontiguousarray(dy.reshape(n, self.k, plane).transpose(1, 0, 2)).reshape(self.k, n * plane)
+            col2im(col, *self._geometry(), bottom[0].diff)

@@ -315,3 +315,38 @@ class Tile(Layer):
             sum_tiles(top[0].diff.reshape(dx.shape[0], self.p.tiles, dx.shape[1]), dx)
 
 
+
+
+@register("BatchReindex")
+class BatchReindex(Layer):
+    """Rows of bottom[0] picked by bottom[1]: top[i] = x[permut[i]] (Caffe's BatchReindex). Bottoms: x (N, ...),
+    permut (M,) of indices in 0..N-1 -> top (M, ...). The gradient sums into the rows picked (none to permut)."""
+    backward_reads = ("bottom",)  # the indices
+    bottoms = (2, 2)
+    blocked_bottoms = (1,)
+    axis = 0  # it mixes the examples of the batch: never run as slices
+
+    def setup(self, bottom_shapes):
+        x, permut = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+        if len(permut) != 1:
+            raise LayerError(f"bottom[1] (the indices) must be 1-D; received {list(permut)}", "bottom")
+        return [(permut[0],) + x[1:]]
+
+    def _indices(self, bottom):
+        idx = bottom[1].data.ravel()
+        n = bottom[0].data.shape[0]
+        bad = (idx < 0) | (idx >= n) | (idx != np.round(idx))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise LayerError(f"index {idx[i]:g} at position {i} of bottom[1] is not a row of bottom[0] (0..{n - 1})",
+                             "bottom")
+        return idx.astype(np.int64)
+
+    def forward(self, bottom, top):
+        np.take(bottom[0].data, self._indices(bottom), axis=0, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dx = bottom[0].diff
+            dx[...] = 0
+            np.add.at(dx, self._indices(bottom), top[0].diff)

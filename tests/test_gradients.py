@@ -149,6 +149,11 @@ CASES = {
                [np.random.default_rng(56).normal(size=(2, 5, 2))]),
               ({"top": ["a", "b"], "slice_param": {"axis": 0}}, [np.random.default_rng(57).normal(size=(4, 3))])],
     "Silence": [({"top": []}, [np.random.default_rng(58).normal(size=(2, 3))])],
+    "BatchReindex": [({}, [np.random.default_rng(83).normal(size=(4, 3)), np.array([2, 0, 2, 3, 1.0])], [0])],
+    "Im2col": [({"convolution_param": {"kernel_size": 3, "pad": 1, "stride": 2}},
+                [np.random.default_rng(84).normal(size=(2, 2, 5, 4))]),
+               ({"convolution_param": {"kernel_h": 2, "kernel_w": 3, "dilation": 2}},
+                [np.random.default_rng(85).normal(size=(1, 3, 6, 7))])],
     "Tile": [({"tile_param": {"tiles": 3, "axis": 1}}, [np.random.default_rng(59).normal(size=(2, 2, 3))])],
     "Reduction": [({"reduction_param": {"operation": op, "axis": 1, "coeff": 0.5}}, [away_from_zero((3, 4, 2), seed=60)])
                   for op in ("SUM", "ASUM", "SUMSQ", "MEAN")],

@@ -117,6 +117,11 @@ CASES = {
                           [((2, 3), "normal")] * 3, {}),
     "eltwise_prod": ("Eltwise", "eltwise_param { operation: PROD }", [((2, 3), "normal")] * 3, {}),
     "eltwise_max": ("Eltwise", "eltwise_param { operation: MAX }", [((2, 3), "distinct")] * 3, {}),
+    # forward only: Caffe aborts when force_backward asks for the indices' gradient (yaffe's is checked numerically)
+    "batch_reindex": ("BatchReindex", "", [((4, 3), "normal"), ((5,), "ints:4")], {"backward": False}),
+    "im2col": ("Im2col", "convolution_param { kernel_size: 3 pad: 1 stride: 2 }", [((2, 2, 5, 4), "normal")], {}),
+    "im2col_dilation": ("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 }",
+                        [((1, 3, 6, 7), "normal")], {}),
     "tile": ("Tile", "tile_param { tiles: 3 axis: 1 }", [((2, 2, 3), "normal")], {}),
     "reduction_sum": ("Reduction", "reduction_param { operation: SUM axis: 1 coeff: 0.5 }",
                       [((3, 4, 2), "away")], {}),
