@@ -125,7 +125,9 @@ NET_NAMES = sorted({k.split("/")[0] for k in NETS.files})
 
 def _net_setup(name, tmp_path):
     from tests.caffe_parity.nets import export
-    e = export(name)
+    shapes = {k.rsplit("/", 1)[1]: tuple(int(v) for v in NETS[k]) for k in NETS.files
+              if k.startswith(f"{name}/input_shape/")}
+    e = export(name, shapes)  # no data files needed: the batch is drawn from RandomState
     (tmp_path / "net.prototxt").write_text(e["net"])
     (tmp_path / "solver.prototxt").write_text(e["solver"])
     got = np.array([float(np.sum(e["init"][k], dtype=np.float64)) for k in sorted(e["init"])])

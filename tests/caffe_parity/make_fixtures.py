@@ -280,6 +280,8 @@ def net_fixtures(out, nets_dir):
                 net.blobs[key].data[...] = inputs[key]
         start()
         record[f"{name}/init_sum"] = np.array([float(np.sum(init[k], dtype=np.float64)) for k in sorted(init.files)])
+        for key in inputs.files:  # the batch's shapes: the test rebuilds the net without the data files
+            record[f"{name}/input_shape/{key}"] = np.array(inputs[key].shape)
         outputs = net.forward()
         net.backward()
         for o in net.outputs:

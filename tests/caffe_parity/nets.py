@@ -53,8 +53,10 @@ def _train_layers(doc):
     return [dict(l) for l in doc["layer"] if included(l)]
 
 
-def export(name: str) -> dict:
-    """{"net": prototxt text, "solver": prototxt text, "inputs": {blob: array}, "init": {"layer/i": array}}."""
+def export(name: str, shapes: dict | None = None) -> dict:
+    """{"net": prototxt text, "solver": prototxt text, "inputs": {blob: array}, "init": {"layer/i": array}}.
+    shapes: {data top: shape} (from the fixture): the data sources are then not read, so the test needs no data
+    files; without it the shapes come from the model's data layers."""
     from netspec.loader import load, to_plain
     from netspec.net import Net
     from netspec.prototxt import dumps, loads as prototxt_loads
@@ -64,7 +66,8 @@ def export(name: str) -> dict:
     solver = to_plain(load(os.path.join(ROOT, "models", folder, "solver.yaml")))
     net_path = os.path.join(ROOT, "models", folder, solver["net"])
     node = load(net_path)
-    shapes = Net(node, "TRAIN", net_path, seed=0, allocate=False).shapes
+    if shapes is None:
+        shapes = Net(node, "TRAIN", net_path, seed=0, allocate=False).shapes
     doc = to_plain(node)
     layers, inputs, rng = [], {}, np.random.RandomState(seed)
     for layer in _train_layers(doc):
