@@ -127,10 +127,12 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
                                                "keep one of them")
         if not included(node, phase, level, stages):
             continue
-        if name in names:
-            _err(findings, node.at("name"), f"{label}: the name '{name}' is already used by the layer at line "
-                                            f"{names[name].where.line} in the {phase} net; weights are shared "
-                                            "and loaded by layer name, so give each layer its own name")
+        if name in names and warnings is not None:  # Caffe accepts it (its MNIST autoencoder has two 'loss')
+            w = node.at("name")
+            warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: the name '{name}' is already used by the "
+                                    f"layer at line {names[name].where.line} in the {phase} net; Caffe accepts it, but "
+                                    "weights are loaded by layer name (snapshots keep them apart as "
+                                    f"'{name}' and '{name}@2'): give each layer its own name"))
         names.setdefault(name, node)
         cls = layers.REGISTRY[type_]
         own = {cls.param_block, *cls.other_blocks}

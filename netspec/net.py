@@ -96,6 +96,11 @@ class Net:
     # ---- construction ------------------------------------------------------------------
 
     def _setup_all(self, base_dir):
+        seen: dict = {}
+        self.keys = []  # a unique key per layer for weights and solver history: the name, then name@2, name@3
+        for d in self.defs:
+            seen[d.name] = seen.get(d.name, 0) + 1
+            self.keys.append(d.name if seen[d.name] == 1 else f"{d.name}@{seen[d.name]}")
         findings, failed = [], set()
         for i, d in enumerate(self.defs):
             cls = layers.REGISTRY[d.type]
@@ -161,7 +166,7 @@ class Net:
         self.loss_blobs: list[tuple[Blob, float]] = []
         shared: dict = {}
         rng = np.random.default_rng([self.seed, 0])
-        for d, layer in zip(self.defs, self.layers):
+        for d, layer, key in zip(self.defs, self.layers, self.keys):
             bottoms = [self.blobs[b] for b in d.bottoms]
             tops = []
             for j, t in enumerate(d.tops):
@@ -201,7 +206,7 @@ class Net:
                                             "same value in both")])
                     layer.blobs.append(owner.blob)
                     continue
-                blob = Blob(f"{d.name}/{i}", (), self.dtype)
+                blob = Blob(f"{key}/{i}", (), self.dtype)
                 try:
                     blob.data = fill(tuple(shape), filler, rng, self.dtype)
                 except ValueError as e:
@@ -211,7 +216,7 @@ class Net:
                 blob.diff = np.zeros(shape, self.dtype)
                 layer.blobs.append(blob)
                 default = 0.0 if layer.statistics else 1.0
-                p = Param(d.name, i, blob, float(spec.get("lr_mult", default)),
+                p = Param(key, i, blob, float(spec.get("lr_mult", default)),
                           float(spec.get("decay_mult", default)), spec)
                 self.params.append(p)
                 if spec.get("name"):
@@ -455,19 +460,19 @@ class Net:
 
     def weights(self) -> dict:
         """{"layer/i": array} of every layer's blobs (for snapshots)."""
-        return {f"{l.name}/{i}": b.data for l in self.layers for i, b in enumerate(l.blobs)}
+        return {f"{k}/{i}": b.data for k, l in zip(self.keys, self.layers) for i, b in enumerate(l.blobs)}
 
     def load_weights(self, arrays: dict, source: str):
         """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored."""
         findings = []
-        names = {k.split("/")[0] for k in arrays}
-        if not names & {l.name for l in self.layers if l.blobs}:
+        names = {k.rsplit("/", 1)[0] for k in arrays}
+        if not names & {k for k, l in zip(self.keys, self.layers) if l.blobs}:
             from .errors import UserError
             raise UserError(f"{source}: error: no layer of this file ({', '.join(sorted(names)[:5]) or 'none'}) "
                             f"is in the net; weights are matched by layer name")
-        for d, layer in zip(self.defs, self.layers):
+        for d, layer, lkey in zip(self.defs, self.layers, self.keys):
             for i, b in enumerate(layer.blobs):
-                key = f"{layer.name}/{i}"
+                key = f"{lkey}/{i}"
                 if key not in arrays:
                     continue
                 a = arrays[key]

@@ -162,10 +162,13 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         return out
     if cfg.net and cfg.train_net:
         err("train_net", "give either net or train_net, not both")
+    from .loader import PROTOTXT_SUFFIXES
     for k, value in ((key, name),) + tuple(("test_net", t) for t in cfg.test_net):
-        net_path = os.path.join(os.path.dirname(path), value)
+        net_path = caffe_relative(path, value)
         if not os.path.isfile(net_path):
-            err(k, f"net file '{value}' not found (looked at {net_path}); the path is relative to the solver file")
+            rule = ("relative to the working directory, as in Caffe (or to the solver file)"
+                    if path.endswith(PROTOTXT_SUFFIXES) else "relative to the solver file")
+            err(k, f"net file '{value}' not found (looked at {net_path}); the path is {rule}")
     return out
 
 

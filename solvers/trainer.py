@@ -131,7 +131,8 @@ class Trainer:
                        level=train_state.get("level", 0), stages=tuple(as_list(train_state.get("stage"))))
         self.test_nets: list[Net] = []  # Caffe's order: test_net files, inline test_net_param, then `net`
         if cfg.test_iter and self.rank == 0:
-            paths = [os.path.join(os.path.dirname(solver_path), t) for t in cfg.test_net]
+            from netspec.spec import caffe_relative
+            paths = [caffe_relative(solver_path, t) for t in cfg.test_net]
             paths += [f"{solver_path}#test_net_param" + (f".{i}" if i else "") for i in range(len(cfg.test_net_param))]
             paths += [self.net_path] * (len(cfg.test_iter) - len(paths))
             for k, test_path in enumerate(paths):
@@ -431,8 +432,8 @@ class Trainer:
             self.out(f"The net changed since the snapshot {state_path}:")
             for line in lines:
                 self.out(line)
-        learned = {l.name for l in self.net.layers if l.blobs}
-        saved = {k.split("/")[0] for k in weights}
+        learned = {k for k, l in zip(self.net.keys, self.net.layers) if l.blobs}
+        saved = {k.rsplit("/", 1)[0] for k in weights}
         fresh, orphan = sorted(learned - saved), sorted(saved - learned)
         if (fresh or orphan) and not self.force:
             what = (f"layer(s) {', '.join(fresh)} would start from their fillers" if fresh else "") + \
