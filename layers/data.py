@@ -35,6 +35,7 @@ class RowData(Layer):
     transform_rng = None    # crop and mirror draws (under MPI: one per rank; else the layer's rng)
 
     # subclasses: _inspect() -> per-top sample shapes; _load() -> arrays; batch_size property
+    relative_to = "the net file"  # or, for a Caffe prototxt, the working directory (Net._base_for)
     @property
     def batch_size(self):
         return self.p.batch_size
@@ -188,7 +189,7 @@ class Data(RowData):
     def _inspect(self):
         path, tops = self.path, self.spec.get("top", [])
         if not os.path.exists(path):
-            raise sources.SourceError("no such file; the path is relative to the net file")
+            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         self.kind = sources.kind(path, self.p.backend)
         if self.kind == "lmdb":
             return sources.lmdb_inspect(path, tops)
@@ -232,7 +233,7 @@ class HDF5Data(RowData):
 
     def _inspect(self):
         if not os.path.isfile(self.path):
-            raise sources.SourceError("no such file; the path is relative to the net file")
+            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         return sources.hdf5_inspect(self.path, self.spec.get("top", []))
 
     def _load(self):
@@ -365,7 +366,7 @@ class ImageData(RowData):
 
     def _entries(self):
         if not os.path.isfile(self.path):
-            raise sources.SourceError("no such file; the path is relative to the net file")
+            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         entries = []
         with open(self.path) as f:
             for n, line in enumerate(f, 1):

@@ -241,8 +241,14 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
     out: list[Finding] = list(getattr(doc, "notes", []))
     test = test_iter is not None if for_training else mentions_test_phase(doc)
     from .graph import as_list
-    for phase in ("TRAIN", "TEST") if test else ("TRAIN",):
-        state = (states or {}).get(phase) or {}  # the solver's train_state / test_state: the nets training builds
+    runs = [(phase, (states or {}).get(phase) or {}) for phase in (("TRAIN", "TEST") if test else ("TRAIN",))]
+    if states is None:  # a net alone: the TEST net of each stage its layers name (as a solver's test_state would)
+        named = sorted({s for layer in doc.get("layer", []) if isinstance(layer, dict)
+                        for r in as_list(layer.get("include")) if isinstance(r, dict) and r.get("phase") == "TEST"
+                        for s in as_list(r.get("stage")) if isinstance(s, str)})
+        if named and test:
+            runs = [("TRAIN", {})] + [("TEST", {"stage": [s]}) for s in named]
+    for phase, state in runs:  # the solver's train_state / test_state: the nets training builds
         try:
             net = Net(doc, phase, path, seed=0, allocate=False, level=state.get("level", 0),
                       stages=tuple(as_list(state.get("stage"))))  # shapes only; reads no data
