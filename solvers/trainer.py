@@ -161,6 +161,11 @@ class Trainer:
         base = os.path.dirname(solver_path)
         prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
         self.prefix = os.path.join(base, prefix)
+        if solver_path.endswith((".prototxt", ".pt", ".pbtxt")) and not os.path.isabs(prefix):
+            # Caffe's rule: relative to the working directory, unless only the solver's folder has the prefix's folder
+            folder = os.path.dirname(prefix)
+            if not folder or os.path.isdir(folder) or not os.path.isdir(os.path.join(base, folder)):
+                self.prefix = prefix
         self.metrics_path = (metrics_path or f"{self.prefix}_metrics.jsonl") if self.rank == 0 else None
         self.spec_hash = _spec_hash(self.solver_doc, self.net_doc)
         self.batch = next((self.net.shapes[d.tops[0]][0] for d, l in zip(self.net.defs, self.net.layers)

@@ -181,12 +181,13 @@ def test_net_forward_backward_matches_caffe(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NET_NAMES)
-def test_net_trains_like_caffe_for_20_iterations(name, tmp_path):
+def test_net_trains_like_caffe_for_20_iterations(name, tmp_path, monkeypatch):
     """20 iterations of the net's solver on one fixed batch: the loss at every iteration, the final weights.
     Both compute in float32 but sum in different orders; training amplifies the last bits (a ReLU or a MAX
     pooling window on a near-tie sends a gradient elsewhere; adaptive rules divide by small roots), so the
     losses agree to 1e-5 relative early and drift to about 1e-3 by iteration 20 (ResNet: 5e-4 measured)."""
     from solvers.trainer import Trainer
+    monkeypatch.chdir(tmp_path)  # a prototxt solver's snapshots go to the working directory, as Caffe's
     e = _net_setup(name, tmp_path)
     t = Trainer(str(tmp_path / "solver.prototxt"), out=lambda *a: None, overrides={"display": 1})
     _fill(t.net, e)

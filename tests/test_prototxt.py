@@ -70,8 +70,10 @@ def test_syntax_errors_have_line_and_column(text, where, what):
 
 
 @pytest.fixture
-def caffe_dir(tmp_path):
-    """Caffe's LeNet prototxts as shipped, with the HDF5 sources they name written from the MNIST subset."""
+def caffe_dir(tmp_path, monkeypatch):
+    """Caffe's LeNet prototxts as shipped, with the HDF5 sources they name written from the MNIST subset; the
+    working directory is theirs, as Caffe's paths (snapshot_prefix) start there."""
+    monkeypatch.chdir(tmp_path)
     import h5py
     for name in ("lenet_sgd_solver.prototxt", "lenet_sgd_train_test.prototxt"):
         shutil.copy(os.path.join(FIX, name), tmp_path)
@@ -84,10 +86,13 @@ def caffe_dir(tmp_path):
     return tmp_path
 
 
-def test_caffe_prototxt_validates(caffe_dir):
+def test_caffe_prototxt_validates(caffe_dir, monkeypatch):
+    found = validate([str(caffe_dir / "lenet_sgd_solver.prototxt")])
+    assert [f.severity for f in found] == ["info"], [str(f) for f in found]
+    # run from elsewhere, Caffe's relative paths (the net, the HDF5 lists) are found beside the files, and said so
+    monkeypatch.chdir(caffe_dir.parent)
     found = validate([str(caffe_dir / "lenet_sgd_solver.prototxt")])
     assert {f.severity for f in found} == {"info"}, [str(f) for f in found]
-    # run from elsewhere, Caffe's relative paths (the net, the HDF5 lists) are found beside the files, and said so
     assert sum("is not in the working directory" in f.message for f in found) == 3
 
 
