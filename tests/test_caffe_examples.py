@@ -1,0 +1,46 @@
+"""Caffe's own files, unchanged, run as Caffe's docs run them: the MNIST tutorial (examples/mnist, BSD-2 from
+BVLC/caffe, in tests/fixtures/caffe_examples) from the Caffe root, with small LMDBs made by `run.py data
+convert` in place of `create_mnist.sh`'s, and Caffe's command-line spellings."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+def yaffe(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_mnist_tutorial_runs_command_for_command_from_the_caffe_root(tmp_path):
+    shutil.copytree(os.path.join(FIX, "caffe_examples"), tmp_path / "examples")
+    with np.load(os.path.join(FIX, "caffe_lenet", "mnist_subset.npz")) as z:
+        for part, n in (("train", 640), ("test", 200)):
+            np.savez(tmp_path / f"{part}.npz", data=z[f"{part}_images"][:n, None].astype(np.float32),
+                     label=z[f"{part}_labels"][:n].astype(np.float32))
+            r = yaffe("data", "convert", f"{part}.npz", f"examples/mnist/mnist_{part}_lmdb", cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+    # caffe train --solver=examples/mnist/lenet_solver.prototxt (shortened: 30 iterations, a test every 15)
+    r = yaffe("train", "--solver=examples/mnist/lenet_solver.prototxt", "--set", "max_iter=30", "--set",
+              "test_interval=15", "--set", "test_iter=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "solver_mode is ignored" in r.stdout + r.stderr and "Test net output #0: accuracy" in r.stdout
+    assert os.path.isfile(tmp_path / "examples" / "mnist" / "lenet_iter_30.caffemodel")  # Caffe's file, Caffe's place
+    assert os.path.isfile(tmp_path / "examples" / "mnist" / "lenet_iter_30.solverstate")
+    # caffe test -model examples/mnist/lenet_train_test.prototxt -weights examples/mnist/lenet_iter_30.caffemodel
+    r = yaffe("test", "-model", "examples/mnist/lenet_train_test.prototxt", "-weights",
+              "examples/mnist/lenet_iter_30.caffemodel", "-iterations", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    accuracy = float(r.stdout.split("accuracy = ")[-1].split()[0])
+    assert accuracy > 0.5
+    # and resume from Caffe's solver state: caffe train -solver ... -snapshot examples/mnist/lenet_iter_30.solverstate
+    r = yaffe("train", "-solver", "examples/mnist/lenet_solver.prototxt", "-snapshot",
+              "examples/mnist/lenet_iter_30.solverstate", "--set", "max_iter=35", "--set", "test_interval=0",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Resumed from iteration 30" in r.stdout
