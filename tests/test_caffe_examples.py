@@ -44,3 +44,26 @@ def test_the_mnist_tutorial_runs_command_for_command_from_the_caffe_root(tmp_pat
               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Resumed from iteration 30" in r.stdout
+
+
+def test_the_cifar10_quick_tutorial_runs_on_a_small_cifar_shaped_lmdb(tmp_path):
+    from netspec.caffemodel import blob_bytes
+    shutil.copytree(os.path.join(FIX, "caffe_examples"), tmp_path / "examples")
+    rng = np.random.default_rng(0)
+    images = {}
+    for part, n in (("train", 200), ("test", 100)):
+        labels = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 3, 32, 32)) + (labels * 20)[:, None, None, None]  # learnable: brightness
+        images[part] = x
+        np.savez(tmp_path / f"{part}.npz", data=x.astype(np.float32), label=labels.astype(np.float32))
+        r = yaffe("data", "convert", f"{part}.npz", f"examples/cifar10/cifar10_{part}_lmdb", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    mean = images["train"].mean(axis=0, keepdims=True).astype(np.float32)  # what compute_image_mean writes
+    (tmp_path / "examples" / "cifar10" / "mean.binaryproto").write_bytes(blob_bytes(mean))
+    r = yaffe("train", "-solver", "examples/cifar10/cifar10_quick_solver.prototxt", "--set", "max_iter=20", "--set",
+              "test_interval=10", "--set", "test_iter=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(tmp_path / "examples" / "cifar10" / "cifar10_quick_iter_20.caffemodel")
+    r = yaffe("test", "-model", "examples/cifar10/cifar10_quick_train_test.prototxt", "-weights",
+              "examples/cifar10/cifar10_quick_iter_20.caffemodel", "-iterations", "1", cwd=tmp_path)
+    assert r.returncode == 0 and "accuracy = " in r.stdout, r.stderr
