@@ -496,3 +496,16 @@ def test_duplicate_layer_names_are_accepted_as_in_caffe_and_kept_apart_in_snapsh
     other.load_weights({k: v.copy() for k, v in w.items()}, "w")
     for k, v in other.weights().items():
         np.testing.assert_array_equal(v, w[k])
+
+
+def test_the_command_line_runs_as_python_m_yaffe_and_the_yaffe_command(tmp_path):
+    import shutil as sh
+    r = subprocess.run([sys.executable, "-m", "yaffe", "validate", os.path.join(ROOT, "models", "lenet_digits",
+                        "solver.yaml")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("valid"), r.stderr
+    command = sh.which("yaffe", path=os.path.dirname(sys.executable))
+    assert command, "pip install . installs a yaffe command beside python"
+    r = subprocess.run([command, "schema", "solver"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["type"] == "object"
+    import yaffe
+    assert yaffe.Net and yaffe.Trainer and yaffe.validate

@@ -1,0 +1,383 @@
+"""yaffe's command line: train, test, validate, schema, ... (the `yaffe` command, `python -m yaffe` and `python
+run.py` in a checkout). Thin: parses arguments, calls the packages.
+
+Usage errors and spec errors print `file:line:col: error: ...` lines and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def cmd_train(args):
+    from solvers.launch import share_cores
+    share_cores()  # under mpiexec: threads per rank = cores / ranks on the host, before NumPy loads
+    from solvers.parallel import world
+    comm = world()  # None unless started by mpiexec with several ranks (MPI is not even imported then)
+    if comm is None:
+        return _train(args, None)
+    try:
+        return _train(args, comm)
+    except BaseException as e:  # one rank failing must end every rank, not leave them waiting
+        from solvers.parallel import end_job
+        return end_job(comm, e, report)
+
+
+def _train(args, comm):
+    from solvers.trainer import Trainer
+    trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
+                      sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect,
+                      sigterm_effect=args.sigterm_effect, monitor=args.monitor,
+                      comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas, force=args.force,
+                      tensorboard=args.tensorboard)
+    trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
+    stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
+    if not stopped or getattr(trainer, "early_stopped", False):
+        return 0
+    return 128 + int(getattr(trainer, "stop_signal", 2))  # 130 after Ctrl-C, 143 after SIGTERM (shells' convention)
+
+
+def cmd_test(args):
+    from solvers.trainer import test_model
+    result = test_model(args.model, args.weights, args.iterations, out=(lambda *a: None) if args.json else print,
+                        level=args.level, stages=_stages(args.stage))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_validate(args):
+    from netspec.spec import validate, summary
+    findings = validate(args.files, strict=args.strict)
+    report = summary(args.files[0], args.phase) if args.summary and not any(
+        f.severity == "error" for f in findings) else None
+    if args.format == "json":
+        body = [f.as_dict() for f in findings]
+        if args.summary:
+            body = {"findings": body, "layers": report["layers"] if report else []}
+        print(json.dumps(body, indent=1))
+    else:
+        for f in findings:
+            print(f)
+        if report:
+            print(report["text"])
+        errors = sum(f.severity == "error" for f in findings)
+        warnings = sum(f.severity == "warning" for f in findings)
+        print(f"{errors} error(s), {warnings} warning(s)" if findings else f"{', '.join(args.files)}: valid",
+              file=sys.stderr)
+    return 2 if any(f.severity == "error" for f in findings) else 0
+
+
+def cmd_sanity(args):
+    from solvers.sanity import sanity
+    return 0 if sanity(args.solver) else 1
+
+
+def cmd_lr_find(args):
+    from solvers.sanity import lr_find
+    result = lr_find(args.solver, args.start, args.end, args.iterations)
+    if args.plot:
+        from solvers.plots import plot_lr
+        plot_lr(result, args.plot)
+        print(f"Wrote {args.plot}")
+    return 0
+
+
+def cmd_search(args):
+    if args.backend == "optuna":
+        if args.mpi or args.jobs > 1:
+            from netspec.errors import UserError
+            raise UserError("run.py search: error: --backend optuna runs its trials one at a time in this process "
+                            "(it prunes them at their tests); leave out --jobs and --mpi")
+        from solvers.search import search_optuna
+        search_optuna(args.solver, args.space, args.trials, args.iters, args.out, args.seed)
+        return 0
+    if not args.mpi:
+        from solvers.search import search
+        search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed)
+        return 0
+    from solvers.launch import share_cores
+    share_cores()
+    from solvers.parallel import trial_pool
+    with trial_pool() as pool:  # rank 0 hands out the trials; the other ranks run them, one at a time each
+        if pool is not None:
+            from solvers.search import search
+            search(args.solver, args.space, args.trials, args.iters, args.jobs, args.out, args.seed, pool=pool)
+    return 0
+
+
+def cmd_plot(args):
+    from solvers.plots import plot_metrics
+    plot_metrics(args.metrics, args.output)
+    print(f"Wrote {args.output}")
+    return 0
+
+
+def cmd_time(args):
+    from netspec.timing import time_net
+    time_net(args.model, args.iterations, args.phase, level=args.level, stages=_stages(args.stage))
+    return 0
+
+
+def _stages(text):
+    return [s for s in (text or "").split(",") if s]
+
+
+# Caffe's command-line spellings (gflags: -flag value, --flag=value), so scripts written for `caffe` run with the
+# command name changed: `train -solver S -weights W -snapshot X`, `test -model M -weights W -iterations N`, ...
+CAFFE_FLAGS = {"weights": "--weights", "snapshot": "--snapshot", "iterations": "--iterations", "phase": "--phase",
+               "sigint_effect": "--sigint-effect", "sighup_effect": "--sighup-effect", "stage": "--stage",
+               "level": "--level"}
+
+
+def caffe_argv(argv: list) -> list:
+    """argv with Caffe's flags of train/test/time turned into this command line's: -solver/-model become the
+    positional file; -gpu is dropped with a note (yaffe runs on the CPU)."""
+    if not argv or argv[0] not in ("train", "test", "time"):
+        return argv
+    out, rest, i = [argv[0]], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and (name in CAFFE_FLAGS or name in ("solver", "model", "gpu")):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if name in ("solver", "model"):
+                out.insert(1, value)
+            elif name == "gpu":
+                print(f"Note: -gpu {value} ignored: yaffe runs on the CPU", file=sys.stderr)
+            elif name == "level" and argv[0] == "train":
+                rest += ["--set", f"train_state={{level: {value}}}"]
+            elif name == "stage" and argv[0] == "train":
+                rest += ["--set", f"train_state={{stage: [{value}]}}"]
+            else:
+                rest += [CAFFE_FLAGS[name], value]
+        else:
+            rest.append(arg)
+        i += 1
+    return out + rest
+
+
+def cmd_convert(args):
+    from netspec.convert import convert
+    convert(args.file, args.output)
+    return 0
+
+
+def cmd_data(args):
+    from layers.sources import SourceError, write_dataset
+    from netspec.errors import UserError
+    size = None
+    if args.resize:
+        try:
+            size = tuple(int(v) for v in args.resize.lower().split("x"))
+            assert len(size) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--resize: expected HEIGHTxWIDTH, e.g. 32x32; received {args.resize!r}") from None
+    try:
+        n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
+                          gray=args.gray)
+    except SourceError as e:
+        raise UserError(f"{args.source}: error: {e}") from None
+    except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
+        name = e.filename or args.source
+        raise UserError(f"{name}: error: {(e.strerror or str(e)).lower()}; check the path (SOURCE is a .csv, "
+                        ".npz, IDX file or image list; OUTPUT an .npz or an LMDB folder)") from None
+    print(f"Wrote {n} examples to {args.output}")
+    return 0
+
+
+def cmd_schema(args):
+    from netspec.schema import net_schema, solver_schema
+    print(json.dumps(solver_schema() if args.kind == "solver" else net_schema(), indent=1))
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and a hint, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+        sys.exit(2)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, received {value}")
+    return value
+
+
+def field_value(text):
+    """`field=value` for --set; the value is read as a spec's YAML is (0.001, 1e-3, [100, 200], Adam)."""
+    from netspec.errors import SpecError
+    from netspec.loader import value as read_value
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected field=value, e.g. base_lr=0.001; received {text!r}")
+    try:
+        return key.strip(), read_value(value)
+    except SpecError:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, received {value}")
+    return value
+
+
+def build_parser():
+    called = os.path.basename(sys.argv[0])
+    prog = "yaffe" if called in ("yaffe", "__main__.py") else "run.py"
+    parser = Parser(prog=prog, description="yaffe: Caffe-style declarative nets on Numba.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a net from a solver file")
+    p.add_argument("solver", help="solver YAML (names the net)")
+    p.add_argument("--snapshot", metavar="STATE", help="resume from a <prefix>_iter_<N>.solverstate.npz")
+    p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz or .caffemodel; several "
+                   "separated by commas are applied in order), i.e. fine-tune")
+    p.add_argument("--set", metavar="FIELD=VALUE", type=field_value, action="append",
+                   help="override a solver field, e.g. --set base_lr=0.001 (repeatable)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard scalars into DIR "
+                   "(pip install 'yaffe[tensorboard]'; tensorboard --logdir DIR)")
+    p.add_argument("--force", action="store_true", help="start over a run already at snapshot_prefix, or resume a "
+                   "snapshot into a net whose learnable layers changed")
+    p.add_argument("--lr-scale", type=positive_float, metavar="X",
+                   help="multiply the learning rate by X from the (resumed) iteration on, whatever the policy")
+    for sig, default in (("sigint", "stop"), ("sighup", "snapshot"), ("sigterm", "stop")):
+        p.add_argument(f"--{sig}-effect", choices=("snapshot", "stop", "none"), default=default,
+                       help=f"on {sig.upper()}: snapshot and go on, snapshot and stop, or ignore (default {default})")
+    p.add_argument("--monitor", action="store_true", help="record dead ReLUs, saturated units, gradient norms and "
+                   "update ratios per layer at display iterations (the solver's monitor: true)")
+    p.add_argument("--metrics", metavar="PATH", help="JSON-lines metrics file "
+                   "(default <snapshot_prefix>_metrics.jsonl)")
+    p.add_argument("--replicas", type=positive_int, metavar="K",
+                   help="run each batch as K slices, one thread each (default: as many as the threads, for nets "
+                   "with feature maps whose results do not change; 1: each layer runs the whole batch)")
+    p.add_argument("--mpi-timeout", type=positive_float, default=300.0, metavar="S",
+                   help="under mpiexec: stop with an error when another rank has not answered for S seconds "
+                   "(default 300; raise it above the time rank 0 takes for a test)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score a net's TEST phase with trained weights")
+    p.add_argument("model", help="net YAML")
+    p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot or a Caffe .caffemodel")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="batches to run (default: one pass over the TEST data, else 50 as Caffe)")
+    p.add_argument("--json", action="store_true", help="print the averaged outputs as one JSON object")
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("validate", help="check net and solver files without training")
+    p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="json: findings for tools")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("time", help="per-layer forward and backward times, like caffe time")
+    p.add_argument("model", help="net YAML or prototxt (or a solver: its net)")
+    p.add_argument("--iterations", type=positive_int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("sanity", help="the four checks before a long run: initial loss, regularization, "
+                       "overfitting 20 examples, a numerical gradient check of the whole net")
+    p.add_argument("solver")
+    p.set_defaults(func=cmd_sanity)
+
+    p = sub.add_parser("lr-find", help="raise the learning rate exponentially and suggest base_lr")
+    p.add_argument("solver")
+    p.add_argument("--start", type=positive_float, default=1e-7, help="first rate (default 1e-7)")
+    p.add_argument("--end", type=positive_float, default=10.0, help="last rate (default 10)")
+    p.add_argument("--iterations", type=positive_int, default=200, help="iterations (default 200)")
+    p.add_argument("--plot", metavar="PNG", help="also draw the curve (the plots extra)")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("search", help="random hyperparameter search, coarse to fine, trials in parallel")
+    p.add_argument("solver")
+    p.add_argument("--space", required=True, help="YAML: field: {log_uniform|uniform: [lo, hi]} or {choice: [...]}")
+    p.add_argument("--trials", type=positive_int, default=12, help="trials in all (a third in the fine round)")
+    p.add_argument("--iters", type=positive_int, default=200, help="iterations per trial")
+    p.add_argument("--jobs", type=positive_int, default=1, help="trials run at once")
+    p.add_argument("--mpi", action="store_true", help="under mpiexec -n K: K - 1 ranks run trials, one each at a "
+                   "time, handed out by rank 0 (mpi4py's futures pool)")
+    p.add_argument("--out", help="results folder (default: search/ beside the solver)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("random", "optuna"), default="random",
+                   help="random: log-space random search, coarse then fine (built in); optuna: TPE sampling with "
+                   "pruning of bad trials at their tests (pip install 'yaffe[optuna]')")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("plot", help="training and test curves from metrics files (the plots extra)")
+    p.add_argument("metrics", nargs="+", help="one or more <prefix>_metrics.jsonl files, overlaid")
+    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("convert", help="write a Caffe .prototxt (net or solver) as yaffe YAML")
+    p.add_argument("file", help="a net or solver .prototxt (a solver's net is converted too)")
+    p.add_argument("-o", "--output", help="the YAML file to write (default: beside the input, .yaml)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("data", help="data tools: 'data convert SOURCE OUTPUT' writes an LMDB or an .npz")
+    data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="ACTION")
+    q = data_sub.add_parser("convert", help="IDX, csv, npz or an image list (path label) to an LMDB of Caffe "
+                            "Datum records, or to an .npz (like Caffe's convert_imageset)")
+    q.add_argument("source", help="an IDX images file (labels beside it), a .csv, or a text file of 'path label'")
+    q.add_argument("output", help="an .npz file, or the LMDB folder to create")
+    q.add_argument("--shuffle", action="store_true", help="shuffle the examples")
+    q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
+    q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
+    q.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")
+    p.add_argument("kind", nargs="?", choices=("net", "solver"), default="net")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(caffe_argv(list(sys.argv[1:] if argv is None else argv)))
+    from netspec.errors import UserError
+    try:
+        return args.func(args)
+    except Exception as e:
+        if os.environ.get("YAFFE_DEBUG") and not isinstance(e, UserError):
+            raise
+        return report(e)
+    except KeyboardInterrupt as e:
+        return report(e)
+
+
+def report(e: BaseException) -> int:
+    """Print an exception for the user (never a traceback) and return the exit status."""
+    from netspec.errors import UserError
+    if isinstance(e, UserError):
+        if not getattr(e, "printed", False):
+            print(str(e), file=sys.stderr, flush=True)
+        return getattr(e, "exit_code", 2)
+    if isinstance(e, KeyboardInterrupt):
+        print("Interrupted.", file=sys.stderr, flush=True)
+        return 130
+    if isinstance(e, BrokenPipeError):
+        return 0
+    # a bug in yaffe, not in the user's input
+    print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in yaffe; rerun with YAFFE_DEBUG=1 "
+          "for a traceback and report it.", file=sys.stderr, flush=True)
+    return 1
