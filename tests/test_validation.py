@@ -502,7 +502,7 @@ def test_the_command_line_runs_as_python_m_yaffe_and_the_yaffe_command(tmp_path)
     import shutil as sh
     r = subprocess.run([sys.executable, "-m", "yaffe", "validate", os.path.join(ROOT, "models", "lenet_digits",
                         "solver.yaml")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip().endswith("valid"), r.stderr
+    assert r.returncode == 0 and (r.stdout + r.stderr).strip().endswith("valid"), r.stderr
     command = sh.which("yaffe", path=os.path.dirname(sys.executable))
     assert command, "pip install . installs a yaffe command beside python"
     r = subprocess.run([command, "schema", "solver"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
