@@ -101,6 +101,9 @@ class RowData(Layer):
         self.pos = self.epoch = 0
         if getattr(self.p, "shuffle", False):
             self.rng.shuffle(self.order)
+        skip = getattr(self.p, "rand_skip", 0)
+        if skip and self.phase == "TRAIN":  # Caffe's rand_skip: start at a random example below it
+            self.pos = int(self.rng.integers(skip)) % self.rows
 
     def describe_row(self, i: int) -> str:
         return f"row {i}"
@@ -183,6 +186,11 @@ class Data(RowData):
               repeated=True),
         Field("backend", "enum", None, "LMDB: source is an LMDB of Caffe Datum records (extra lmdb)",
               choices=("LMDB", "LEVELDB")),
+        Field("rand_skip", "int", 0, "skip a random number (below this) of examples at the start, as Caffe does "
+              "so that parallel runs see different batches", minimum=0),
+        Field("force_encoded_color", "bool", False, "decode encoded (PNG/JPEG) Datum images as 3-channel color"),
+        Field("prefetch", "int", 4, "batches Caffe reads ahead; yaffe holds the source in memory (no effect)",
+              minimum=1),
     )
     other_blocks = {"transform_param": TRANSFORM_FIELDS}
 
@@ -192,7 +200,7 @@ class Data(RowData):
             raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         self.kind = sources.kind(path, self.p.backend)
         if self.kind == "lmdb":
-            return sources.lmdb_inspect(path, tops)
+            return sources.lmdb_inspect(path, tops, self.p.force_encoded_color)
         if self.kind == "npz":
             return sources.npz_inspect(path, tops)
         if self.kind == "csv":
@@ -202,7 +210,7 @@ class Data(RowData):
     def _load(self):
         path, tops = self.path, self.spec.get("top", [])
         if self.kind == "lmdb":
-            return sources.lmdb_load(path, tops, self.dtype)
+            return sources.lmdb_load(path, tops, self.dtype, self.p.force_encoded_color)
         if self.kind == "npz":
             return sources.npz_load(path, tops, self.dtype)
         if self.kind == "csv":

@@ -305,18 +305,18 @@ def lmdb_module():
     return lmdb
 
 
-def parse_datum(buf: bytes, dtype=np.float32):
+def parse_datum(buf: bytes, dtype=np.float32, force_color: bool = False):
     """(array (C, H, W), label) of a Caffe Datum: channels 1, height 2, width 3, data 4 (uint8 bytes),
     label 5, float_data 6, encoded 7 (data is a PNG/JPEG file). A record that is not one raises SourceError."""
     try:
-        return _parse_datum(buf, dtype)
+        return _parse_datum(buf, dtype, force_color)
     except SourceError:
         raise
     except Exception as e:  # noqa: BLE001: garbage bytes, a lying shape, a broken or bomb image: all the record's
         raise SourceError(f"the record is not a valid Caffe Datum ({type(e).__name__}: {e})") from None
 
 
-def _parse_datum(buf: bytes, dtype):
+def _parse_datum(buf: bytes, dtype, force_color=False):
     from netspec.caffemodel import fields
     c = h = w = 0
     data, floats, label, encoded = b"", [], 0, False
@@ -344,7 +344,8 @@ def _parse_datum(buf: bytes, dtype):
         except ImportError:
             raise SourceError("encoded Datum images need Pillow: pip install 'yaffe[images]'") from None
         Image.MAX_IMAGE_PIXELS = 1 << 28  # a decompression bomb raises instead of filling the memory
-        a = np.asarray(Image.open(io.BytesIO(data)))
+        image = Image.open(io.BytesIO(data))
+        a = np.asarray(image.convert("RGB") if force_color else image)
         a = a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
         return a.astype(dtype), label
     if c * h * w > (1 << 31):
@@ -372,23 +373,23 @@ def lmdb_records(path):
     return env
 
 
-def lmdb_inspect(path, tops):
+def lmdb_inspect(path, tops, force_color=False):
     env = lmdb_records(path)
     with env.begin() as txn:
         first = next(iter(txn.cursor()), None)
     env.close()
     if first is None:
         raise SourceError("the LMDB holds no records")
-    array, _ = parse_datum(first[1])
+    array, _ = parse_datum(first[1], force_color=force_color)
     return [array.shape, ()][:len(tops) or 1]
 
 
-def lmdb_load(path, tops, dtype):
+def lmdb_load(path, tops, dtype, force_color=False):
     env = lmdb_records(path)
     images, labels = [], []
     with env.begin() as txn:
         for _, value in txn.cursor():
-            a, lab = parse_datum(value, dtype)
+            a, lab = parse_datum(value, dtype, force_color)
             images.append(a)
             labels.append(lab)
     env.close()

@@ -398,3 +398,34 @@ def test_regression_targets_are_normalized_and_reported_in_their_units(tmp_path)
     # the prediction is 0 (zero weights): in normalized units the loss is about 1/2, in original units var(y)/2
     assert out["loss"] == pytest.approx(0.5, rel=1e-3)
     assert out["loss_original_units"] == pytest.approx(float(y.var()) / 2, rel=1e-3)
+
+
+def test_rand_skip_starts_training_at_a_random_example_and_force_encoded_color_gives_three_channels(tmp_path):
+    import io as _io
+    import lmdb
+    from PIL import Image
+    from netspec.caffemodel import _field, _int_field
+    from netspec.loader import loads
+    from netspec.net import Net
+    np.savez(tmp_path / "rows.npz", data=np.arange(20, dtype=np.float32)[:, None], label=np.zeros(20, np.float32))
+    starts = set()
+    for seed in range(8):
+        net = Net(loads("layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: rows.npz, "
+                        "batch_size: 2, rand_skip: 10}}\n"), "TRAIN", str(tmp_path / "n.yaml"), seed=seed)
+        net.forward()
+        starts.add(float(net.blobs["data"].data[0, 0]))
+    assert len(starts) > 2 and max(starts) < 10
+    buf = _io.BytesIO()
+    Image.fromarray(np.full((4, 5), 200, np.uint8)).save(buf, "PNG")
+    datum = _int_field(1, 1) + _int_field(2, 4) + _int_field(3, 5) + _field(4, buf.getvalue()) + _int_field(5, 3) \
+        + _int_field(7, 1)
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000", datum)
+    env.close()
+    for force, channels in ((False, 1), (True, 3)):
+        text = ("layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: db, batch_size: 1, "
+                f"backend: LMDB, force_encoded_color: {str(force).lower()}}}}}\n")
+        net = Net(loads(text), "TRAIN", str(tmp_path / "n.yaml"), seed=0)
+        net.forward()
+        assert net.blobs["data"].shape == (1, channels, 4, 5) and (net.blobs["data"].data == 200).all()
