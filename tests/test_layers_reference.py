@@ -37,7 +37,19 @@ def lrn_within(x, n, alpha, beta):
     return x * (1 + alpha / n ** 2 * window) ** -beta
 
 
+def im2col_ref(x, k):
+    """(N, C*k*k, OH, OW): channel c*k*k + i*k + j holds x[:, c, y + i, x + j] (stride 1, no pad)."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c, k, k, h - k + 1, w - k + 1))
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i, j] = x[:, :, i:i + h - k + 1, j:j + w - k + 1]
+    return out.reshape(n, c * k * k, h - k + 1, w - k + 1)
+
+
 CASES = {
+    "BatchReindex": ({}, [X, np.array([1, 0, 1.0])], lambda x, i: [x[i.astype(int)]]),
+    "Im2col": ({"convolution_param": {"kernel_size": 2}}, [X], lambda x: [im2col_ref(x, 2)]),
     "Sigmoid": ({}, [X], lambda x: [SIG(x)]),
     "TanH": ({}, [X], lambda x: [np.tanh(x)]),
     "AbsVal": ({}, [X], lambda x: [np.abs(x)]),
