@@ -57,15 +57,21 @@ def block_schema(fields) -> dict:
 
 
 def layer_blocks() -> dict:
-    """{block name: fields} over the registry (blocks shared by several layers are merged)."""
+    """{block name: fields} over the registry (blocks shared by several layers are merged; a field is required
+    there only where every layer with the block requires it: the others' requirements go by type, net_schema)."""
+    import dataclasses
     blocks: dict = {}
+    optional: set = set()  # (block, field) that some layer with the block does not require
     for cls in layers.REGISTRY.values():
         own = {cls.param_block: cls.fields} if cls.param_block else {}
         for name, fields in {**own, **cls.other_blocks}.items():
             merged = blocks.setdefault(name, {})
             for f in fields:
                 merged.setdefault(f.name, f)
-    return {name: tuple(fields.values()) for name, fields in sorted(blocks.items())}
+                if not f.required:
+                    optional.add((name, f.name))
+    return {name: tuple(dataclasses.replace(f, required=f.required and (name, f.name) not in optional)
+                        for f in fields.values()) for name, fields in sorted(blocks.items())}
 
 
 _RULE = {"type": "object", "additionalProperties": False, "properties": {
@@ -92,9 +98,11 @@ def net_schema() -> dict:
         "propagate_down": _strings({"type": "boolean"}),
         "blobs": {"description": "Caffe's embedded weights: accepted and ignored (use --weights)"},
         **{name: block_schema(fields) for name, fields in blocks.items()}}}
-    # a type whose block has required fields needs the block itself
+    # a type whose block has required fields needs the block itself, and those fields (a shared block marks only
+    # what all its types require)
     layer["allOf"] = [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
-                       "then": {"required": [cls.param_block]}}
+                       "then": {"required": [cls.param_block], "properties": {cls.param_block: {
+                           "required": [f.name for f in cls.fields if f.required]}}}}
                       for name, cls in sorted(layers.REGISTRY.items())
                       if cls.param_block and any(f.required for f in cls.fields)]
     return {
