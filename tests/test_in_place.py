@@ -134,6 +134,16 @@ def test_every_in_place_pair_and_triple_equals_distinct_tops(first):
         assert_same((first,) + rest)
 
 
+@pytest.mark.parametrize("first", IN_PLACE)
+def test_every_in_place_pair_equals_distinct_tops_as_slices_and_with_global_stats(first):
+    """The pairs again, each batch run as 2 slices on threads (BatchNorm summing its statistics over them), and
+    with BatchNorm's stored statistics where a BatchNorm is in the pair."""
+    for second in IN_PLACE:
+        assert_same((first, second), slices=2)
+        if "BatchNorm" in (first, second):
+            assert_same((first, second), global_stats=True)
+
+
 COMMON = [("BatchNorm", "Scale", "ReLU"), ("Convolution_bias", "BatchNorm", "Scale", "ReLU"),
           ("BatchNorm", "Scale", "PReLU"), ("Bias", "BatchNorm", "Scale", "ReLU"), ("Scale", "ReLU"),
           ("ELU", "BatchNorm"), ("TanH", "BatchNorm", "Scale"), ("BatchNorm", "Scale", "ReLU", "Dropout"),
