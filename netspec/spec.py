@@ -348,14 +348,19 @@ def validate(paths, strict: bool = False, read_data: bool = True) -> list[Findin
     return unique
 
 
-def summary(path: str, phase: str = "TRAIN") -> dict:
-    """{"layers": rows, "text": table} of a net file (or of the net a solver names)."""
+def summary(path: str, phase: str | None = None) -> dict:
+    """{"layers": rows, "text": table} of a net file (or of the net a solver names); phase None: TRAIN, or TEST
+    for a deploy net (no data layer, no loss)."""
     from .net import Net
     from .summary import format_summary, summarize
     doc = load(path)
     if kind_of(doc) == "solver":
         _, _, path = load_solver(path)
     doc = load_net(path)
-    net = Net(doc, phase, path, seed=0, allocate=False)
+    net = Net(doc, phase or "TRAIN", path, seed=0, allocate=False)
+    if phase is None and not net.has_loss and not any(l.is_data for l in net.layers):
+        phase = "TEST"
+        net = Net(doc, phase, path, seed=0, allocate=False)
+    phase = phase or "TRAIN"
     rows = summarize(net)
     return {"layers": rows, "text": format_summary(rows, net.name, phase)}

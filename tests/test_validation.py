@@ -459,6 +459,9 @@ def test_a_deploy_net_validates_strictly_without_the_no_loss_warning(tmp_path):
     assert validate([str(tmp_path / "deploy.yaml")], strict=True) == []
     (tmp_path / "solver.yaml").write_text("net: deploy.yaml\nbase_lr: 0.1\nmax_iter: 10\n")
     assert any("no loss layer" in f.message and f.severity == "error" for f in validate([str(tmp_path / "solver.yaml")]))
+    from netspec.spec import summary
+    assert summary(str(tmp_path / "deploy.yaml"))["text"].startswith('Net "') and "(TEST)" in \
+        summary(str(tmp_path / "deploy.yaml"))["text"].splitlines()[0]
 
 
 def test_validate_builds_the_staged_nets_training_builds(tmp_path):

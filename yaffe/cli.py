@@ -285,7 +285,8 @@ def build_parser():
     p.add_argument("--format", choices=("text", "json"), default="text", help="json: findings for tools")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
-    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN", help="the phase to summarise")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default=None,
+                   help="the phase to summarise (default TRAIN; TEST for a deploy net: Input layers, no loss)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("time", help="per-layer forward and backward times, like caffe time")
