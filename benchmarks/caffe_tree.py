@@ -3,7 +3,8 @@
     python benchmarks/caffe_tree.py /path/to/caffe
 
 Prints one line per file: OK, DATA (only data that is not in the repository is missing: LMDBs, image lists,
-mean files, generated nets) or FAIL with the first other error; exits 1 when any file FAILs.
+mean files, generated nets; or a Python layer's module, which Caffe also needs on PYTHONPATH) or FAIL with the
+first other error; exits 1 when any file FAILs.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ABSENT = ("no such file", "does not exist", "not found (looked at", "is not beside")
+ABSENT = ("no such file", "does not exist", "not found (looked at", "is not beside",
+          "cannot import module")  # a Python layer's module: run with PYTHONPATH=examples/pycaffe/layers, as Caffe
 
 
 def main(caffe: str) -> int:

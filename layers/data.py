@@ -453,3 +453,164 @@ class Input(Layer):
 
     def forward(self, bottom, top):
         pass
+
+
+@register("WindowData")
+class WindowData(Layer):
+    """R-CNN's windows (Caffe's WindowData): each batch samples fg_fraction of its windows among those whose
+    overlap with a ground-truth box is >= fg_threshold (label: their class) and the rest among those < bg_threshold
+    (label 0), crops each from its image with context_pad pixels of context (crop_mode warp: stretched to
+    crop_size x crop_size; square: the square around the window), mirrors at random, subtracts the mean and
+    scales. Tops: data (N, C, crop_size, crop_size) in Caffe's BGR order, label (N,).
+
+    The window file: for each image `# index`, its path, channels, height, width, the number of windows, then a
+    line `class overlap x1 y1 x2 y2` per window (pixels, inclusive)."""
+
+    param_block = "window_data_param"
+    fields = (
+        Field("source", "str", None, "the window file", required=True),
+        Field("batch_size", "int", None, "windows per batch", minimum=1, required=True),
+        Field("fg_threshold", "float", 0.5, "overlap from which a window is foreground", minimum=0, maximum=1),
+        Field("bg_threshold", "float", 0.5, "overlap below which a window is background", minimum=0, maximum=1),
+        Field("fg_fraction", "float", 0.25, "the share of foreground windows in a batch", minimum=0, maximum=1),
+        Field("context_pad", "int", 0, "pixels of context around each window (in the crop's scale)", minimum=0),
+        Field("crop_mode", "enum", "warp", "warp: stretch the window to a square; square: the square around it",
+              choices=("warp", "square")),
+        Field("root_folder", "str", "", "prefix of the image paths"),
+        Field("scale", "float", 1.0, "multiplies each pixel after the mean"),
+        Field("mean_file", "str", None, "deprecated here: give it in transform_param"),
+        Field("crop_size", "int", 0, "deprecated here: give it in transform_param", minimum=0),
+        Field("mirror", "bool", False, "deprecated here: give it in transform_param"),
+        Field("cache_images", "bool", False, "keep the decoded images in memory"),
+    )
+    other_blocks = {"transform_param": TRANSFORM_FIELDS}
+    bottoms = (0, 0)
+    tops = (2, 2)
+    is_data = True
+    needs_rng = True
+    differentiable = False
+    base_dir = "."
+
+    def setup(self, bottom_shapes):
+        tp = resolve(TRANSFORM_FIELDS, self.spec.get("transform_param"))
+        self.crop = tp.crop_size or self.p.crop_size
+        self.mirror = tp.mirror or self.p.mirror
+        self.mean_values = list(tp.mean_value or [])
+        if not self.crop:
+            raise LayerError("needs transform_param.crop_size: the windows are warped to that square",
+                             "transform_param.crop_size")
+        path = os.path.normpath(os.path.join(self.base_dir, self.p.source))
+        try:
+            with sources.reading():
+                self.images, self.fg, self.bg = self._read_windows(path)
+        except sources.SourceError as e:
+            raise LayerError(f"source '{self.p.source}' ({path}): {e}", f"{self.param_block}.source") from None
+        mean_file = tp.mean_file or self.p.mean_file
+        self.mean = None
+        if mean_file:
+            from netspec.caffemodel import read_blob
+            mpath = os.path.normpath(os.path.join(self.base_dir, mean_file))
+            try:
+                with open(mpath, "rb") as f:
+                    m = read_blob(f.read()) if mpath.endswith(".binaryproto") else np.load(mpath)
+            except (OSError, ValueError) as e:
+                raise LayerError(f"cannot read mean_file '{mean_file}' ({mpath}): {e}", "transform_param.mean_file") \
+                    from None
+            self.mean = m.reshape(m.shape[-3:]).astype(np.float32)
+        self.cache = {}
+        return [(self.p.batch_size, self.channels, self.crop, self.crop), (self.p.batch_size,)]
+
+    def _read_windows(self, path):
+        if not os.path.isfile(path):
+            raise sources.SourceError(f"no such file; the path is relative to {getattr(self, 'relative_to', 'the net file')}")
+        with open(path) as f:
+            words = f.read().split()
+        images, fg, bg, i = [], [], [], 0
+        while i < len(words):
+            if words[i] != "#":
+                raise sources.SourceError(f"expected '# <image index>' at word {i + 1}; received {words[i]!r}")
+            name, c, h, w, n = words[i + 2], int(words[i + 3]), int(words[i + 4]), int(words[i + 5]), int(words[i + 6])
+            images.append((os.path.join(self.base_dir, self.p.root_folder, name), c, h, w))
+            i += 7
+            for _ in range(n):
+                label, overlap = int(words[i]), float(words[i + 1])
+                box = [int(v) for v in words[i + 2:i + 6]]
+                i += 6
+                if overlap >= self.p.fg_threshold:
+                    if label <= 0:
+                        raise sources.SourceError(f"a foreground window of image {len(images) - 1} has class {label}; "
+                                                  "classes start at 1 (0 is the background)")
+                    fg.append((len(images) - 1, label, *box))
+                elif overlap < self.p.bg_threshold:
+                    bg.append((len(images) - 1, 0, *box))
+        if not images:
+            raise sources.SourceError("lists no images")
+        if not fg or not bg:
+            raise sources.SourceError(f"has {len(fg)} foreground and {len(bg)} background windows at the thresholds "
+                                      f"({self.p.fg_threshold}, {self.p.bg_threshold}); it needs both")
+        self.channels = images[0][1]
+        return images, fg, bg
+
+    def _image(self, k):
+        if k in self.cache:
+            return self.cache[k]
+        from PIL import Image
+        path = self.images[k][0]
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("RGB"), np.uint8)[:, :, ::-1]  # BGR, as OpenCV reads it for Caffe
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: error: cannot read the image of window file '{self.p.source}' ({e})") from None
+        if self.p.cache_images:
+            self.cache[k] = a
+        return a
+
+    def forward(self, bottom, top):
+        """Caffe's load_batch: background windows first, then foreground; the crop arithmetic is Caffe's."""
+        from PIL import Image
+        data, label = top[0].data, top[1].data
+        data[...] = 0
+        crop, pad = self.crop, self.p.context_pad
+        n_fg = int(self.p.batch_size * self.p.fg_fraction)
+        item = 0
+        for windows, count in ((self.bg, self.p.batch_size - n_fg), (self.fg, n_fg)):
+            for _ in range(count):
+                k, cls, x1, y1, x2, y2 = windows[int(self.rng.integers(len(windows)))]
+                flip = self.mirror and bool(self.rng.integers(2))
+                img = self._image(k)
+                rows, cols = img.shape[:2]
+                size_w = size_h = crop
+                pad_w = pad_h = 0
+                if pad > 0 or self.p.crop_mode == "square":
+                    context = crop / (crop - 2 * pad)
+                    hh, hw = (y2 - y1 + 1) / 2.0, (x2 - x1 + 1) / 2.0
+                    cx, cy = x1 + hw, y1 + hh
+                    if self.p.crop_mode == "square":
+                        hh = hw = max(hh, hw)
+                    x1, x2 = int(round(cx - hw * context)), int(round(cx + hw * context))
+                    y1, y2 = int(round(cy - hh * context)), int(round(cy + hh * context))
+                    uh, uw = y2 - y1 + 1, x2 - x1 + 1
+                    px1, py1, px2, py2 = max(0, -x1), max(0, -y1), max(0, x2 - cols + 1), max(0, y2 - rows + 1)
+                    x1, x2, y1, y2 = x1 + px1, x2 - px2, y1 + py1, y2 - py2
+                    sx, sy = crop / uw, crop / uh
+                    size_w, size_h = int(round((x2 - x1 + 1) * sx)), int(round((y2 - y1 + 1) * sy))
+                    pad_h = int(round(py1 * sy))
+                    pad_w = int(round((px2 if flip else px1) * sx))
+                    size_h, size_w = min(size_h, crop - pad_h), min(size_w, crop - pad_w)
+                x1, y1 = max(0, min(x1, cols - 1)), max(0, min(y1, rows - 1))
+                x2, y2 = max(x1, min(x2, cols - 1)), max(y1, min(y2, rows - 1))
+                patch = Image.fromarray(np.ascontiguousarray(img[y1:y2 + 1, x1:x2 + 1]))
+                patch = np.asarray(patch.resize((max(size_w, 1), max(size_h, 1)), Image.BILINEAR), np.float32)
+                if flip:
+                    patch = patch[:, ::-1]
+                patch = patch.transpose(2, 0, 1)[:self.channels]
+                h, w = patch.shape[1:]
+                if self.mean is not None:
+                    off = (self.mean.shape[-1] - crop) // 2
+                    patch = patch - self.mean[:self.channels, off + pad_h:off + pad_h + h, off + pad_w:off + pad_w + w]
+                elif self.mean_values:
+                    mv = np.resize(np.asarray(self.mean_values, np.float32), self.channels)
+                    patch = patch - mv[:, None, None]
+                data[item, :, pad_h:pad_h + h, pad_w:pad_w + w] = patch * self.p.scale
+                label[item] = cls
+                item += 1

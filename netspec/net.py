@@ -112,7 +112,7 @@ class Net:
                 continue
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
-            layer.base_dir = self._base_for(node, base_dir)
+            layer.base_dir, layer.net_dir = self._base_for(node, base_dir), base_dir
             if layer.base_dir != base_dir:
                 layer.relative_to = "the working directory, as in Caffe (or to the net file)"
             if cls.needs_rng:

@@ -6,6 +6,7 @@ and the bottom and param diffs Caffe computed. yaffe reads the same prototxt, ta
 params, and must give the same numbers to float32 rounding (Caffe's own tests use 1e-4 relative or so).
 """
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -32,6 +33,9 @@ def run_case(name, tmp_path):
     path.write_text(str(get["prototxt"]))
     if "H" in get:
         (tmp_path / "H.binaryproto").write_bytes(blob_bytes(get["H"].reshape((1, 1) + get["H"].shape)))
+    if "pymodule" in get:  # the Python layer's module, as Caffe imported it: beside the net
+        (tmp_path / "pylayer_cases.py").write_text(str(get["pymodule"]))
+        sys.modules.pop("pylayer_cases", None)
     doc, _ = load_prototxt(str(path))
     net = Net(doc, str(get["phase"]), str(path), seed=0)
     k = next(i for i, d in enumerate(net.defs) if d.name == "under_test")
@@ -78,7 +82,8 @@ def test_every_shared_layer_type_has_a_caffe_case():
         text = str(LAYERS[f"{name}/prototxt"])
         covered.add(text.split('name: "under_test" type: "')[1].split('"')[0])
     not_in_caffe = {"Maxout"}  # yaffe's own
-    sources = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "Parameter", "Silence"}
+    # sources (compared in tests/test_data.py; WindowData samples at random) and layers with nothing to compare
+    sources = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "Parameter", "Silence", "WindowData"}
     missing = set(REGISTRY) - covered - not_in_caffe - sources
     assert not missing, f"no Caffe parity case for {sorted(missing)}: add one to tests/caffe_parity/make_fixtures.py"
 

@@ -429,3 +429,29 @@ def test_rand_skip_starts_training_at_a_random_example_and_force_encoded_color_g
         net = Net(loads(text), "TRAIN", str(tmp_path / "n.yaml"), seed=0)
         net.forward()
         assert net.blobs["data"].shape == (1, channels, 4, 5) and (net.blobs["data"].data == 200).all()
+
+
+def test_window_data_samples_background_then_foreground_windows_and_crops_them(tmp_path):
+    """Caffe's WindowData: batch 8 with fg_fraction 0.25: 6 background windows (label 0), then 2 foreground; each
+    window warped to crop_size, in BGR order, mean and scale applied; context_pad outside the image stays 0."""
+    from PIL import Image
+    from netspec.loader import loads
+    from netspec.net import Net
+    img = np.zeros((6, 8, 3), np.uint8)
+    img[:, :4] = (10, 20, 30)    # left half: the background window (RGB)
+    img[:, 4:] = (200, 100, 50)  # right half: the object
+    Image.fromarray(img).save(tmp_path / "a.png")
+    (tmp_path / "windows.txt").write_text("# 0\na.png\n3\n6\n8\n2\n7 0.9 4 0 7 5\n0 0.1 0 0 3 5\n")
+    text = ("layer:\n  - {name: w, type: WindowData, top: [data, label], transform_param: {crop_size: 4, "
+            "mean_value: [1, 2, 3]}, window_data_param: {source: windows.txt, batch_size: 8, scale: 0.5}}\n")
+    net = Net(loads(text), "TRAIN", str(tmp_path / "n.yaml"), seed=0)
+    net.forward()
+    data, label = net.blobs["data"].data, net.blobs["label"].data
+    assert data.shape == (8, 3, 4, 4) and label.tolist() == [0] * 6 + [7] * 2
+    np.testing.assert_allclose(data[0, :, 1, 1], (np.array([30, 20, 10]) - [1, 2, 3]) * 0.5)  # BGR
+    np.testing.assert_allclose(data[7, :, 1, 1], (np.array([50, 100, 200]) - [1, 2, 3]) * 0.5)
+    padded = Net(loads(text.replace("scale: 0.5}", "scale: 1, context_pad: 1}")), "TRAIN", str(tmp_path / "n.yaml"),
+                 seed=0)
+    padded.forward()  # the context of the right window runs past the image's right edge: zeros there
+    fg = padded.blobs["data"].data[6]
+    assert (fg[:, :, -1] == 0).all() and (fg[:, 1:3, 1] != 0).all()

@@ -33,6 +33,7 @@ NOT_DIFFERENTIABLE = {
     "HDF5Data": "a data source: no bottoms",
     "MemoryData": "a data source: no bottoms",
     "ImageData": "a data source: no bottoms",
+    "WindowData": "a data source: no bottoms",
     "Accuracy": "a metric; Caffe's backward is NOT_IMPLEMENTED and the net never calls it",
     "Threshold": "a step function: zero gradient almost everywhere; Caffe's backward is NOT_IMPLEMENTED",
 }
@@ -154,6 +155,8 @@ CASES = {
                 [np.random.default_rng(84).normal(size=(2, 2, 5, 4))]),
                ({"convolution_param": {"kernel_h": 2, "kernel_w": 3, "dilation": 2}},
                 [np.random.default_rng(85).normal(size=(1, 3, 6, 7))])],
+    "Python": [({"python_param": {"module": "tests.pylayer_cases", "layer": "Cube", "param_str": "0.5"}},
+                [np.random.default_rng(86).normal(size=(2, 3))])],
     "Tile": [({"tile_param": {"tiles": 3, "axis": 1}}, [np.random.default_rng(59).normal(size=(2, 2, 3))])],
     "Reduction": [({"reduction_param": {"operation": op, "axis": 1, "coeff": 0.5}}, [away_from_zero((3, 4, 2), seed=60)])
                   for op in ("SUM", "ASUM", "SUMSQ", "MEAN")],

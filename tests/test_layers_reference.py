@@ -49,6 +49,8 @@ def im2col_ref(x, k):
 
 CASES = {
     "BatchReindex": ({}, [X, np.array([1, 0, 1.0])], lambda x, i: [x[i.astype(int)]]),
+    "Python": ({"python_param": {"module": "tests.pylayer_cases", "layer": "Cube", "param_str": "2"}}, [X],
+               lambda x: [2 * x ** 3]),
     "Im2col": ({"convolution_param": {"kernel_size": 2}}, [X], lambda x: [im2col_ref(x, 2)]),
     "Sigmoid": ({}, [X], lambda x: [SIG(x)]),
     "TanH": ({}, [X], lambda x: [np.tanh(x)]),

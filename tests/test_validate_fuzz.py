@@ -31,6 +31,8 @@ def _data_files():
         Image.fromarray(np.full((5, 5, 3), 50 * i, np.uint8)).save(os.path.join(WORK, f"im{i}.png"))
     with open(os.path.join(WORK, "images.txt"), "w") as f:
         f.write("im0.png 0\nim1.png 1\n")
+    with open(os.path.join(WORK, "windows.txt"), "w") as f:
+        f.write("# 0\nim0.png\n3\n5\n5\n2\n1 0.8 0 0 3 3\n0 0.1 1 1 4 4\n")
 
 
 _data_files()
@@ -45,7 +47,9 @@ DATA_NET = {"layer": [
      "dummy_data_param": {"shape": {"dim": [2, 3]}, "data_filler": {"type": "gaussian"}}},
     {"name": "sum", "type": "Eltwise", "bottom": ["x", "noise"], "top": "s"},
     {"name": "loss", "type": "EuclideanLoss", "bottom": ["s", "x"], "top": "loss"},
-    {"name": "quiet", "type": "Silence", "bottom": ["y", "im", "im_label", "m", "m_label"]},
+    {"name": "win", "type": "WindowData", "top": ["w", "w_label"], "transform_param": {"crop_size": 3},
+     "window_data_param": {"source": "windows.txt", "batch_size": 4, "context_pad": 1}},
+    {"name": "quiet", "type": "Silence", "bottom": ["y", "im", "im_label", "m", "m_label", "w", "w_label"]},
 ]}
 NET = plain(load(os.path.join(MODEL, "net.yaml")))
 ZOO = plain(load(os.path.join(ROOT, "tests", "fixtures", "zoo.yaml")))

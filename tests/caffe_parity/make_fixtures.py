@@ -160,6 +160,10 @@ CASES = {
                          [((6, 3), "normal"), ((6, 3), "normal"), ((6,), "binary")], {"check": [0, 1]}),
     "contrastive_loss_legacy": ("ContrastiveLoss", "contrastive_loss_param { margin: 5.0 legacy_version: true }",
                                 [((4, 2), "normal"), ((4, 2), "normal"), ((4,), "binary")], {"check": [0, 1]}),
+    "python_euclidean": ("Python", "loss_weight: 1 python_param { module: 'pylayer_cases' layer: 'EuclideanLossLayer' }",
+                         [((3, 4), "normal"), ((3, 4), "normal")], {"pymodule": "pylayer_cases.py"}),
+    "python_cube": ("Python", "python_param { module: 'pylayer_cases' layer: 'Cube' param_str: '0.5' }",
+                    [((2, 3), "normal")], {"pymodule": "pylayer_cases.py"}),
     "accuracy": ("Accuracy", "", [((6, 4), "distinct"), ((6,), "labels:4")], {"backward": False}),
     "accuracy_top2_ignore": ("Accuracy", "accuracy_param { top_k: 2 ignore_label: 0 }",
                              [((6, 4), "distinct"), ((6,), "labels:4")], {"backward": False, "tops": 2}),
@@ -214,6 +218,8 @@ def layer_fixtures(out):
     for name, (kind, params, bottoms, opts) in CASES.items():
         rec = {"prototxt": np.array(layer_net(kind, params, bottoms, opts)), "phase": np.array(opts.get("phase", "TRAIN"))}
         text = layer_net(kind, params, bottoms, opts)
+        if "pymodule" in opts:  # the Python layer's module, beside the script (and in the fixture for yaffe)
+            rec["pymodule"] = np.array(open(opts["pymodule"]).read())
         if "H" in opts:  # InfogainLoss's matrix, as the BlobProto file Caffe reads (bottom 2 cannot be forced)
             rec["H"] = rng.uniform(0.1, 0.9, opts["H"]).astype(np.float32)
             with open("H.binaryproto", "wb") as f:

@@ -1,0 +1,45 @@
+"""Python layers for the tests, written as Caffe users write them (`import caffe`, `caffe.Layer`)."""
+import caffe
+import numpy as np
+
+
+class Cube(caffe.Layer):
+    """top = scale * bottom^3, scale from param_str (default 1)."""
+
+    def setup(self, bottom, top):
+        self.scale = float(self.param_str or 1)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.scale * bottom[0].data ** 3
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 3 * self.scale * bottom[0].data ** 2 * top[0].diff
+
+
+class EuclideanLossLayer(caffe.Layer):
+    """Caffe's examples/pycaffe/layers/pyloss.py: sum((a - b)^2) / num / 2."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs to compute distance.")
+
+    def reshape(self, bottom, top):
+        if bottom[0].count != bottom[1].count:
+            raise Exception("Inputs must have the same dimension.")
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if not propagate_down[i]:
+                continue
+            sign = 1 if i == 0 else -1
+            bottom[i].diff[...] = sign * self.diff / bottom[i].num
