@@ -115,10 +115,16 @@ class Python(Layer):
                              "file", "python_param.module") from None
         except AttributeError:
             raise LayerError(f"module {p.module!r} has no class {p.layer!r}", "python_param.layer") from None
+        if not isinstance(cls, type):
+            raise LayerError(f"{p.module}.{p.layer} is not a class; name a class with setup, reshape, forward and "
+                             "backward (a caffe.Layer)", "python_param.layer")
         try:
-            inst = cls(self.spec)
-        except TypeError:
-            inst = cls()
+            try:
+                inst = cls(self.spec)
+            except TypeError:
+                inst = cls()
+        except Exception as e:  # noqa: BLE001: the user's constructor
+            raise LayerError(f"{p.module}.{p.layer}() raised {type(e).__name__}: {e}", "python_param.layer") from None
         inst.param_str, inst.phase = p.param_str or "", TRAIN if self.phase == "TRAIN" else TEST
         if not hasattr(inst, "blobs"):
             inst.blobs = []

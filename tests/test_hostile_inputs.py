@@ -68,7 +68,10 @@ def yaml_specs():
         "dummy_35pib": b"layer:\n  - {name: d, type: DummyData, top: x, dummy_data_param: {shape: {dim: [100000, 100000, "
                        b"100000, 1000]}}}\n  - {name: s, type: Silence, bottom: x}\n",
         "bool_output": b"layer:\n  - {name: ip, type: InnerProduct, inner_product_param: {num_output: true}}\n",
-        "null_layer": b"layer:\n  - null\n", "unicode_name": "layer:\n  - {name: \u00e9\u4e2d, type: ReLU}\n".encode(),
+        "null_layer": b"layer:\n  - null\n",
+        "py_missing": b"layer:\n  - {name: p, type: Python, python_param: {module: no_such_module_x, layer: L}}\n",
+        "py_not_class": b"layer:\n  - {name: d, type: Input, top: x, input_param: {shape: {dim: [2]}}}\n"
+                        b"  - {name: p, type: Python, bottom: x, top: y, python_param: {module: os, layer: getcwd}}\n", "unicode_name": "layer:\n  - {name: \u00e9\u4e2d, type: ReLU}\n".encode(),
     }
     for name, data in bad.items():
         yield f"yaml_{name}", {"net.yaml": data}, ["validate", "{dir}/net.yaml"]
