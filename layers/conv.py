@@ -650,9 +650,6 @@ class Im2col(Convolution):
         self.blob_shapes = []
         return [(n, self.k) + out]
 
-    def check(self):
-        pass
-
     def forward(self, bottom, top):
         x = bottom[0].data
         n, plane = x.shape[0], self.out_hw[0] * self.out_hw[1]

@@ -92,21 +92,35 @@ def _share_cores(threads: int):
     blas_threads(1 if pooled() else threads)
 
 
-def run_trial(args) -> dict:
-    """One trial in its own folder; returns its record (run in a worker process)."""
-    index, folder, solver, net, config = args
-    from solvers.trainer import Trainer
+def _write_trial(folder: str, solver: dict, net: dict) -> str:
+    """A trial's net.yaml and solver.yaml in its folder; returns the solver's path."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "net.yaml"), "w") as f:
         yaml.safe_dump(net, f, sort_keys=False)
     with open(os.path.join(folder, "solver.yaml"), "w") as f:
         yaml.safe_dump(solver, f, sort_keys=False)
+    return os.path.join(folder, "solver.yaml")
+
+
+def _score(test: dict) -> float:
+    """A trial's score from a test record: its accuracy, else minus its loss."""
+    return test["accuracy"] if "accuracy" in test else -test.get("loss", math.inf)
+
+
+def _settings(record: dict, space: dict) -> str:
+    return ", ".join(f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}" for k in space)
+
+
+def run_trial(args) -> dict:
+    """One trial in its own folder; returns its record (run in a worker process)."""
+    index, folder, solver, net, config = args
+    from solvers.trainer import Trainer
+    path = _write_trial(folder, solver, net)
     record = {"trial": index, **config}
     try:
-        t = Trainer(os.path.join(folder, "solver.yaml"), out=lambda *a: None)
-        final = t.train()
+        final = Trainer(path, out=lambda *a: None).train()
         record.update({k: v for k, v in final.items() if isinstance(v, float)})
-        record["score"] = final["accuracy"] if "accuracy" in final else -final.get("loss", math.inf)
+        record["score"] = _score(final)
     except UserError as e:
         record.update(score=-math.inf, error=str(e).splitlines()[0])
     return record
@@ -157,9 +171,8 @@ def search(solver_path: str, space_path: str, trials: int, iters: int, jobs: int
                 record["round"] = round_no
                 results.append(record)
                 Progress.update(len(results), trials, "search")
-                out(f"trial {record['trial']} (round {round_no}): score {record['score']:.4g}  " +
-                    ", ".join(f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}"
-                              for k in space))
+                out(f"trial {record['trial']} (round {round_no}): score {record['score']:.4g}  "
+                    + _settings(record, space))
     return _write_results(results, space, base_solver, base_net, out_dir, out)
 
 
@@ -219,21 +232,16 @@ def search_optuna(solver_path: str, space_path: str, trials: int, iters: int, ou
         apply(solver, net, config)
         solver.update(net="net.yaml", max_iter=iters, snapshot=0, snapshot_after_train=False, display=0,
                       test_interval=max(1, iters // 4), snapshot_prefix="trial")
-        folder = os.path.join(out_dir, f"trial_{trial.number:03d}")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "net.yaml"), "w") as f:
-            yaml.safe_dump(net, f, sort_keys=False)
-        with open(os.path.join(folder, "solver.yaml"), "w") as f:
-            yaml.safe_dump(solver, f, sort_keys=False)
+        path = _write_trial(os.path.join(out_dir, f"trial_{trial.number:03d}"), solver, net)
         record = {"trial": trial.number, **config}
         results.append(record)
         try:
-            t = Trainer(os.path.join(folder, "solver.yaml"), out=lambda *a: None, force=True)
+            t = Trainer(path, out=lambda *a: None, force=True)
             seen = t._after_test
 
             def after_test(test):
                 seen(test)
-                score = test["accuracy"] if "accuracy" in test else -test.get("loss", math.inf)
+                score = _score(test)
                 trial.report(score, t.iter)
                 if trial.should_prune():
                     record.update(score=score, pruned_at=t.iter)
@@ -246,9 +254,8 @@ def search_optuna(solver_path: str, space_path: str, trials: int, iters: int, ou
         finally:
             Progress.update(len(results), trials, "search")
         record.update({k: v for k, v in final.items() if isinstance(v, float)})
-        record["score"] = final["accuracy"] if "accuracy" in final else -final.get("loss", math.inf)
-        out(f"trial {trial.number}: score {record['score']:.4g}  " + ", ".join(
-            f"{k}={record[k]:.3g}" if isinstance(record[k], float) else f"{k}={record[k]}" for k in space))
+        record["score"] = _score(final)
+        out(f"trial {trial.number}: score {record['score']:.4g}  " + _settings(record, space))
         return record["score"]
 
     study.optimize(objective, n_trials=trials, catch=())

@@ -248,10 +248,15 @@ def test_test_command_prints_the_weighted_total_for_several_losses(tmp_path):
     assert any(l.startswith("l2 = ") and "(* 2 = " in l for l in lines) and any(l.startswith("Loss: ") for l in lines)
 
 
-def test_sighup_snapshots_and_goes_on(tmp_path):
+def endless_training(tmp_path):
+    """`run.py train` of a long run in a child process, displaying every 50 iterations."""
     s = solver(tmp_path, max_iter=100000, display=50, test_interval=0, test_iter=[])
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", s], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", s], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sighup_snapshots_and_goes_on(tmp_path):
+    p = endless_training(tmp_path)
     seen = []
     for line in p.stdout:
         seen.append(line)
@@ -268,9 +273,7 @@ def test_sighup_snapshots_and_goes_on(tmp_path):
 
 
 def test_sigterm_from_a_batch_scheduler_snapshots_and_stops(tmp_path):
-    s = solver(tmp_path, max_iter=100000, display=50, test_interval=0, test_iter=[])
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), "train", s], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = endless_training(tmp_path)
     seen = []
     for line in p.stdout:
         seen.append(line)

@@ -334,12 +334,16 @@ def test_early_stop_on_a_metric_that_stops_rising(tmp_path):
     assert any(l.startswith("Early stop: acc has not improved for 2 tests") for l in lines)
 
 
+def search_setup(tmp_path, space: str):
+    """An MLP with an accuracy output, its solver, and a search space file."""
+    trainer(tmp_path, mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n", test_iter=[2])
+    (tmp_path / "space.yaml").write_text(space)
+
+
 def test_random_search_coarse_to_fine(tmp_path):
     from solvers.search import search
-    net = mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"
-    trainer(tmp_path, net, test_iter=[2])
-    (tmp_path / "space.yaml").write_text("base_lr: {log_uniform: [1e-4, 1]}\nmomentum: {uniform: [0.5, 0.95]}\n"
-                                         "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
+    search_setup(tmp_path, "base_lr: {log_uniform: [1e-4, 1]}\nmomentum: {uniform: [0.5, 0.95]}\n"
+                           "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
     lines = []
     results = search(str(tmp_path / "solver.yaml"), str(tmp_path / "space.yaml"), trials=6, iters=15, jobs=2,
                      out_dir=str(tmp_path / "s"), out=lines.append)
@@ -354,10 +358,8 @@ def test_random_search_coarse_to_fine(tmp_path):
 
 def test_optuna_search_samples_the_space_prunes_bad_trials_and_writes_the_best(tmp_path):
     from solvers.search import search_optuna
-    net = mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"
-    trainer(tmp_path, net, test_iter=[2])
-    (tmp_path / "space.yaml").write_text("base_lr: {log_uniform: [1e-5, 3]}\n"
-                                         "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
+    search_setup(tmp_path, "base_lr: {log_uniform: [1e-5, 3]}\n"
+                           "layer.ip0.inner_product_param.num_output: {choice: [8, 16]}\n")
     lines = []
     results = search_optuna(str(tmp_path / "solver.yaml"), str(tmp_path / "space.yaml"), trials=10, iters=40,
                             out_dir=str(tmp_path / "s"), out=lines.append)
