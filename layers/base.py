@@ -41,6 +41,13 @@ class Blob:
     def count(self):
         return self.data.size
 
+    def reshape(self, *shape):
+        """New zero-filled data and diff of this shape (Caffe's Blob::Reshape); `Net.reshape()` then follows."""
+        shape = tuple(int(v) for v in (shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list))
+                                       else shape))
+        if shape != self.data.shape:
+            self.data, self.diff = np.zeros(shape, self.data.dtype), np.zeros(shape, self.data.dtype)
+
     def __repr__(self):
         return f"Blob({self.name!r}, {self.shape})"
 
@@ -151,6 +158,7 @@ class Layer:
     # gradients, which tests/test_in_place.py catches by scribbling over what is not declared.
     backward_reads: tuple = ("bottom", "top")
     other_blocks: dict = {}         # other parameter blocks it reads: {block name: fields}
+    reshapes = False                # its forward may give its tops another shape (the net then reshapes above)
 
     def __init__(self, name: str, params: SimpleNamespace, phase: str = "TRAIN",
                  dtype=np.float32, layer_spec: dict | None = None):
@@ -167,6 +175,11 @@ class Layer:
 
     def setup(self, bottom_shapes):
         raise NotImplementedError
+
+    def reshape_tops(self, bottom_shapes):
+        """The top shapes for bottoms of new shapes (Caffe's Reshape), after setup; the parameters and learnable
+        blob shapes stay as setup made them. Most layers simply run setup again."""
+        return self.setup(bottom_shapes)
 
     def check(self):
         """The checks of the parameters that need no shapes (raising LayerError), also run where the graph cannot

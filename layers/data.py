@@ -30,6 +30,7 @@ class RowData(Layer):
     differentiable = False
     statistics = True  # its only blobs are the normalize statistics
     transforms = True
+    mixed = False           # ImageData: images of different sizes
     base_dir = "."
     shard = (0, 1)          # (rank, ranks) under MPI: this rank's part of every global batch
     transform_rng = None    # crop and mirror draws (under MPI: one per rank; else the layer's rng)
@@ -74,7 +75,7 @@ class RowData(Layer):
             with sources.reading():
                 arrays = self._load()
                 for a in arrays:
-                    if a.dtype.kind not in "biuf":
+                    if a.dtype.kind not in "biuf" and not self.mixed:
                         raise sources.SourceError(f"holds {a.dtype} values; data and labels must be real numbers")
         except sources.SourceError as e:
             raise UserError(f"{self.path}: error: {e}") from None
@@ -356,8 +357,9 @@ class DummyData(Layer):
 class ImageData(RowData):
     """Images listed in a text file of `path label` lines (paths relative to root_folder, or to the list
     file). Tops: data (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width
-    when given (all images must then share one size), grey unless is_color. Needs the optional Pillow:
-    pip install 'yaffe[images]'."""
+    when given, grey unless is_color. Images of different sizes: each batch takes its first image's size
+    (the net reshapes to it, as Caffe's does); a batch must share one size, or all be at least crop_size.
+    Needs the optional Pillow: pip install 'yaffe[images]'."""
 
     param_block = "image_data_param"
     fields = (
@@ -413,14 +415,50 @@ class ImageData(RowData):
         return [self._image(self.entries[0][0]).shape, ()]
 
     def _load(self):
-        images = []
-        for path, _ in self.entries:
-            img = self._image(path)
-            if img.shape != self.sample_shapes[0]:
-                raise sources.SourceError(f"{path} is {list(img.shape)} but the first image is "
-                                          f"{list(self.sample_shapes[0])}; set new_height and new_width")
-            images.append(img)
-        return [np.stack(images), np.array([lab for _, lab in self.entries], self.dtype)]
+        images = [self._image(path) for path, _ in self.entries]
+        labels = np.array([lab for _, lab in self.entries], self.dtype)
+        self.mixed = any(img.shape != images[0].shape for img in images)
+        if not self.mixed:
+            return [np.stack(images), labels]
+        if self.blobs:
+            raise sources.SourceError(f"holds images of different sizes ({list(images[0].shape)}, ...), and "
+                                      "transform_param.normalize needs one size; set new_height and new_width")
+        # As Caffe: each batch takes the size of its first image, and the net reshapes to it (Net.reshape)
+        self.reshapes, self._transformers = True, {self.sample_shapes[0]: self.transformer}
+        images_array = np.empty(len(images), object)
+        images_array[:] = images
+        return [images_array, labels]
+
+    def forward(self, bottom, top):
+        if self.arrays is None:
+            self.load()
+        if not self.mixed:
+            return super().forward(bottom, top)
+        idx = self.next_indices()
+        self.last_indices = idx
+        shape = self.arrays[0][idx[0]].shape
+        for i in idx:
+            if self.arrays[0][i].shape != shape:
+                crop = self.transformer.p.crop_size
+                if not crop or min(self.arrays[0][i].shape[1:]) < crop:
+                    raise UserError(f"{self.path}: error: one batch holds {self.describe_row(idx[0])}, "
+                                    f"{list(shape)}, and {self.describe_row(i)}, {list(self.arrays[0][i].shape)}; "
+                                    "as in Caffe, the images of a batch must share a size (or all be at least "
+                                    "crop_size); set new_height and new_width, or batch_size: 1")
+        if shape not in self._transformers:
+            tp = self.transformer.p
+            self._transformers[shape] = Transformer(tp, self.phase, self.base_dir, shape, self.dtype)
+        tf = self._transformers[shape]
+        out = (len(idx),) + tf.out_shape
+        if top[0].data.shape != out:
+            top[0].data, top[0].diff = np.empty(out, self.dtype), np.empty(out, self.dtype)
+        for k, i in enumerate(idx):
+            img = self.arrays[0][i]
+            t = tf if img.shape == shape else self._transformers.setdefault(
+                img.shape, Transformer(tf.p, self.phase, self.base_dir, img.shape, self.dtype))
+            t.phase = self.phase
+            t.apply(img[None], top[0].data[k:k + 1], [], self.transform_rng or self.rng)
+        top[1].data[...] = self.arrays[1][idx]
 
     def describe_row(self, i: int) -> str:
         return f"line {i + 1} ({self.entries[i][0]})"
@@ -450,6 +488,8 @@ class Input(Layer):
                 raise LayerError(f"input_param.shape {{dim: {list(s)}}}: every dim must be a whole number >= 1",
                                  "input_param.shape")
         return shapes * self.n_tops if len(shapes) == 1 else shapes
+
+    reshapes = True  # a blob reshaped from Python (net.blobs['data'].reshape(...)) reshapes the net at forward
 
     def forward(self, bottom, top):
         pass

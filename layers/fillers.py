@@ -38,7 +38,9 @@ def fill(shape, filler: dict | None, rng: np.random.Generator, dtype=np.float32)
     f = {field.name: field.default for field in FIELDS}
     f.update(filler or {})
     kind = f["type"]
-    if kind == "constant":
+    if "array" in f:  # initial values given by the layer itself (a Python layer's blobs after its setup)
+        out = np.array(f["array"], np.float64).reshape(shape)
+    elif kind == "constant":
         out = np.full(shape, f["value"], np.float64)
     elif kind == "uniform":
         out = rng.uniform(f["min"], f["max"], shape)

@@ -3,9 +3,9 @@ setup/reshape/forward/backward on pycaffe-style blobs (`.data`, `.diff`, `.shape
 
 The class subclasses `caffe.Layer`, as in Caffe: where pycaffe itself is not installed, `import caffe` gives a
 small stand-in (Layer, TRAIN, TEST), so a Caffe user's module runs unchanged. The module is imported from the
-Python path, the net file's folder or the working directory. Its top shapes are what its reshape() sets, asked
-once at setup on zero-filled stand-ins of the bottoms (shapes are fixed for the run: a reshape to another shape
-at a later batch is an error). Running user code is the point of this layer: a net only runs what it names.
+Python path, the net file's folder or the working directory. Its top shapes are what its reshape() sets: asked
+at setup on zero-filled stand-ins of the bottoms, and before every forward (a new shape reshapes the layers
+above, as in Caffe). Learnable blobs come from `self.blobs.add_blob(*shape)` in setup. Running user code is the point of this layer: a net only runs what it names.
 """
 from __future__ import annotations
 
@@ -42,26 +42,35 @@ def _caffe_module():
 
 
 class PyBlob:
-    """A pycaffe-style view of a blob: the arrays themselves (writes reach the net), or a stand-in at setup."""
+    """A pycaffe-style view of a blob: the net's arrays themselves (writes reach the net). A top's reshape() gives
+    the blob new arrays and the net reshapes the layers above (Net.reshape); a bottom's is an error."""
 
-    def __init__(self, data, diff, fixed: bool):
-        self._data, self._diff, self._fixed = data, diff, fixed
+    def __init__(self, blob, fixed: bool):
+        self._blob, self._fixed = blob, fixed
 
     @property
     def data(self):
-        return self._data
+        return self._blob.data
+
+    @data.setter
+    def data(self, value):
+        self._blob.data[...] = value
 
     @property
     def diff(self):
-        return self._diff
+        return self._blob.diff
+
+    @diff.setter
+    def diff(self, value):
+        self._blob.diff[...] = value
 
     @property
     def shape(self):
-        return tuple(self._data.shape)
+        return tuple(self._blob.data.shape)
 
     @property
     def count(self):
-        return int(self._data.size)
+        return int(self._blob.data.size)
 
     def _axis(self, i):
         return self.shape[i] if len(self.shape) > i else 1
@@ -77,10 +86,50 @@ class PyBlob:
         if shape == self.shape:
             return
         if self._fixed:
-            raise LayerError(f"its reshape() asks for {list(shape)} where the net holds {list(self.shape)}: shapes "
-                             "are fixed for a run in yaffe (set them in setup/reshape from the bottoms' shapes)",
-                             "python_param.layer")
-        self._data, self._diff = np.zeros(shape, self._data.dtype), np.zeros(shape, self._data.dtype)
+            raise LayerError(f"its code reshapes a bottom or a learnable blob to {list(shape)} (it is "
+                             f"{list(self.shape)}); reshape only tops, and learnable blobs in setup", "python_param.layer")
+        dtype = self._blob.data.dtype
+        self._blob.data, self._blob.diff = np.zeros(shape, dtype), np.zeros(shape, dtype)
+
+
+class _Arrays:
+    """Stand-in storage of a blob before the net allocates it (setup's bottoms and tops, add_blob's blobs)."""
+
+    def __init__(self, shape, dtype):
+        self.data, self.diff = np.zeros(shape, dtype), np.zeros(shape, dtype)
+
+
+class BlobVec:
+    """pycaffe's `self.blobs` of a Python layer: add_blob(*shape) in setup gives a learnable blob (lr_mult and
+    decay_mult from the layer's `param` entries, as any layer's); its values as setup leaves them are the
+    initial weights, then the net's blob (snapshotted and updated by the solver) stands behind it."""
+
+    def __init__(self, layer):
+        self._layer, self._staged = layer, []
+
+    def add_blob(self, *shape):
+        shape = tuple(int(s) for s in (shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list))
+                                       else shape))
+        self._staged.append(_Arrays(shape, self._layer.dtype))
+
+    def _blob(self, i):
+        real = self._layer.blobs
+        return PyBlob(real[i] if i < len(real) else self._staged[i], True)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._blob(k) for k in range(len(self))[i]]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"layer has {len(self)} blobs")
+        return self._blob(i)
+
+    def __len__(self):
+        return len(self._staged)
+
+    def __iter__(self):
+        return (self._blob(i) for i in range(len(self)))
 
 
 @register("Python")
@@ -126,8 +175,7 @@ class Python(Layer):
         except Exception as e:  # noqa: BLE001: the user's constructor
             raise LayerError(f"{p.module}.{p.layer}() raised {type(e).__name__}: {e}", "python_param.layer") from None
         inst.param_str, inst.phase = p.param_str or "", TRAIN if self.phase == "TRAIN" else TEST
-        if not hasattr(inst, "blobs"):
-            inst.blobs = []
+        inst.blobs = BlobVec(self)
         return inst
 
     def _call(self, what, *args):
@@ -138,22 +186,30 @@ class Python(Layer):
         except Exception as e:  # noqa: BLE001: the user's code; name the layer and the method
             raise LayerError(f"its {what}() raised {type(e).__name__}: {e}", "python_param.layer") from None
 
+    def _stand_ins(self, bottom_shapes):
+        bottoms = [PyBlob(_Arrays(s, self.dtype), True) for s in bottom_shapes]
+        return bottoms, [PyBlob(_Arrays((), self.dtype), False) for _ in range(self.n_tops)]
+
     def setup(self, bottom_shapes):
         self.inst = self._instance()
-        bottoms = [PyBlob(np.zeros(s, self.dtype), np.zeros(s, self.dtype), True) for s in bottom_shapes]
-        tops = [PyBlob(np.zeros((), self.dtype), np.zeros((), self.dtype), False) for _ in range(self.n_tops)]
+        bottoms, tops = self._stand_ins(bottom_shapes)
         self._call("setup", bottoms, tops)
+        self._call("reshape", bottoms, tops)
+        # learnable blobs: their values after setup are the initial weights
+        self.blob_shapes = [(b.data.shape, {"type": "constant", "array": b.data}) for b in self.inst.blobs._staged]
+        return [t.shape for t in tops]
+
+    def reshape_tops(self, bottom_shapes):
+        bottoms, tops = self._stand_ins(bottom_shapes)
         self._call("reshape", bottoms, tops)
         return [t.shape for t in tops]
 
-    @staticmethod
-    def _wrap(blobs):
-        return [PyBlob(b.data, b.diff, True) for b in blobs]
+    reshapes = True  # its reshape() may give the tops another shape at any batch; the net follows
 
     def forward(self, bottom, top):
-        b, t = self._wrap(bottom), self._wrap(top)
+        b, t = [PyBlob(x, True) for x in bottom], [PyBlob(x, False) for x in top]
         self._call("reshape", b, t)  # as Caffe calls Reshape before every Forward
         self._call("forward", b, t)
 
     def backward(self, top, propagate_down, bottom):
-        self._call("backward", self._wrap(top), list(propagate_down), self._wrap(bottom))
+        self._call("backward", [PyBlob(x, True) for x in top], list(propagate_down), [PyBlob(x, True) for x in bottom])

@@ -333,14 +333,79 @@ class Net:
                 self.propagate[k] = [False] * len(self.propagate[k])
             if self.need_backward[k]:
                 contributes.update(id(b) for b, p in zip(self.bottom_vecs[k], self.propagate[k]) if p)
+        self._plan_keeps()
+        # False skips those copies where no backward follows (a trainer's test nets, run.py test)
+        self.keep_for_backward = True
+        self._kept = False
+
+    def _plan_keeps(self):
+        """The copies of values that a later layer overwrites and a backward reads (netspec/inplace.py)."""
         self.keep_plan = inplace.plan(self.defs, self.layers, self.shapes, self.need_backward)
         self._keeps, stand_ins = inplace.allocate(self.keep_plan, self.blobs, self.dtype)
         self._backward_vecs = {k: ([names.get(t, b) for t, b in zip(self.defs[k].tops, self.top_vecs[k])],
                                    [names.get(n, b) for n, b in zip(self.defs[k].bottoms, self.bottom_vecs[k])])
                                for k, names in stand_ins.items()}
-        # False skips those copies where no backward follows (a trainer's test nets, run.py test)
-        self.keep_for_backward = True
-        self._kept = False
+
+    # ---- shapes that change between batches -------------------------------------------------
+
+    def reshape(self, start: int = 0):
+        """Caffe's Net::Reshape: infer the shapes again from the sources' tops as they now are (a blob reshaped
+        from Python, a batch of images of another size, a Filter's selection), from layer `start` on, and
+        reallocate only the blobs whose shape changed. Learnable blobs keep their values; their shapes must not
+        change (an InnerProduct's input size, say), else a clear error."""
+        if self._replica is not None or getattr(self, "syncs", None) is not None:
+            from .errors import UserError
+            raise UserError(f"net '{self.name}': a shape changed between batches, which a batch split over threads "
+                            "cannot follow; run it on one thread (solver: threads: 1)")
+        for k in range(start, len(self.layers)):
+            d, layer, bottoms, tops = self.defs[k], self.layers[k], self.bottom_vecs[k], self.top_vecs[k]
+            if layer.is_source:
+                shapes = [t.data.shape for t in tops]
+            else:
+                try:
+                    shapes = layer.reshape_tops([b.data.shape for b in bottoms])
+                except LayerError as e:
+                    w = d.where(e.field)
+                    raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): {e} "
+                                             "(after a change of shape)")]) from None
+                for i, ((shape, _), blob) in enumerate(zip(layer.blob_shapes, layer.blobs)):
+                    if tuple(shape) != blob.data.shape:
+                        w = d.where()
+                        raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): param {i} "
+                                                 f"would need shape {list(shape)} for bottom shapes "
+                                                 f"{[list(b.data.shape) for b in bottoms]}, but it holds "
+                                                 f"{list(blob.data.shape)}; a reshape cannot change learned "
+                                                 "weights: keep the input size the weights were made for")])
+            self._retop(k, shapes)
+        self._plan_keeps()
+
+    def _retop(self, k, shapes):
+        """Point layer k's top blobs at arrays of the given shapes (views and in-place tops follow their bottom)."""
+        d, layer, bottoms = self.defs[k], self.layers[k], self.bottom_vecs[k]
+        for j, (t, blob, shape) in enumerate(zip(d.tops, self.top_vecs[k], shapes)):
+            shape = tuple(int(v) for v in shape)
+            self.shapes[t] = shape
+            if j < len(d.bottoms) and d.bottoms[j] == t:
+                continue
+            if d.type == "Split":
+                blob.data = bottoms[0].data
+                if blob.diff.shape != shape:
+                    blob.diff = np.zeros(shape, self.dtype)
+            elif getattr(layer, "shares_bottom", False):
+                blob.data, blob.diff = bottoms[0].data.reshape(shape), bottoms[0].diff.reshape(shape)
+            else:
+                if blob.data.shape != shape:
+                    blob.data = np.zeros(shape, self.dtype)
+                if blob.diff.shape != shape:
+                    blob.diff = np.zeros(shape, self.dtype)
+
+    def _follow(self, i):
+        """After layer i's forward: where it gave its tops another shape, reshape the layers above it."""
+        d = self.defs[i]
+        if all(blob.data.shape == self.shapes[t] for t, blob in zip(d.tops, self.top_vecs[i])):
+            return
+        self._retop(i, [blob.data.shape for blob in self.top_vecs[i]])
+        self.reshape(i + 1)
 
     @property
     def phase(self) -> str:
@@ -371,6 +436,8 @@ class Net:
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             if not (replica and layer.is_source):
                 layer.forward(bottom, top)
+                if layer.reshapes:
+                    self._follow(i)
             for source, copy in keeps.get(i, ()):
                 np.copyto(copy, source)
         self._kept = bool(keeps)
@@ -379,6 +446,8 @@ class Net:
     def forward_layer(self, i: int):
         """Layer i's forward alone, keeping what its backward and the backward below it need."""
         self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        if self.layers[i].reshapes:
+            self._follow(i)
         for source, copy in self._keeps.get(i, ()) if self.keep_for_backward else ():
             np.copyto(copy, source)
 

@@ -43,3 +43,51 @@ class EuclideanLossLayer(caffe.Layer):
                 continue
             sign = 1 if i == 0 else -1
             bottom[i].diff[...] = sign * self.diff / bottom[i].num
+
+
+class ScaleBias(caffe.Layer):
+    """top = w * bottom + b[channel], with learnable w (1,) and b (C,) made by add_blob (pycaffe's way)."""
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs.add_blob(bottom[0].channels)
+        self.blobs[0].data[...] = 2.0
+        self.blobs[1].data[...] = np.arange(bottom[0].channels) * 0.1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def _b(self, x):
+        return self.blobs[1].data.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data + self._b(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        self.blobs[0].diff[...] += np.sum(dy * bottom[0].data)
+        axes = (0,) + tuple(range(2, dy.ndim))
+        self.blobs[1].diff[...] += dy.sum(axis=axes)
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.blobs[0].data[0] * dy
+
+
+class VarRows(caffe.Layer):
+    """A data layer whose batch grows by one row each forward (2, 3, 4, ...): tops data (k, 4) and label (k,)."""
+
+    def setup(self, bottom, top):
+        self.k, self.rng = 1, np.random.default_rng(0)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.k + 1, 4)
+        top[1].reshape(self.k + 1)
+
+    def forward(self, bottom, top):
+        self.k += 1
+        top[0].reshape(self.k, 4)
+        top[1].reshape(self.k)
+        top[0].data[...] = self.rng.normal(size=(self.k, 4))
+        top[1].data[...] = self.rng.integers(0, 3, self.k)
+
+    def backward(self, top, propagate_down, bottom):
+        pass

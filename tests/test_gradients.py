@@ -156,7 +156,9 @@ CASES = {
                ({"convolution_param": {"kernel_h": 2, "kernel_w": 3, "dilation": 2}},
                 [np.random.default_rng(85).normal(size=(1, 3, 6, 7))])],
     "Python": [({"python_param": {"module": "tests.pylayer_cases", "layer": "Cube", "param_str": "0.5"}},
-                [np.random.default_rng(86).normal(size=(2, 3))])],
+                [np.random.default_rng(86).normal(size=(2, 3))]),
+               ({"python_param": {"module": "tests.pylayer_cases", "layer": "ScaleBias"}},
+                [np.random.default_rng(87).normal(size=(2, 3, 2, 2))])],  # learnable blobs (add_blob)
     "Tile": [({"tile_param": {"tiles": 3, "axis": 1}}, [np.random.default_rng(59).normal(size=(2, 2, 3))])],
     "Reduction": [({"reduction_param": {"operation": op, "axis": 1, "coeff": 0.5}}, [away_from_zero((3, 4, 2), seed=60)])
                   for op in ("SUM", "ASUM", "SUMSQ", "MEAN")],
