@@ -179,13 +179,14 @@ class Data(RowData):
 
     param_block = "data_param"
     fields = (
-        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, or an LMDB, relative to the net file",
+        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, or an LMDB or LevelDB folder",
               required=True),
         Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
         Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
         Field("sample_shape", "int", None, "shape of one example, e.g. [1, 8, 8] (csv only)", minimum=1,
               repeated=True),
-        Field("backend", "enum", None, "LMDB: source is an LMDB of Caffe Datum records (extra lmdb)",
+        Field("backend", "enum", None, "LMDB or LEVELDB: source is a database of Caffe Datum records (extras "
+              "lmdb, leveldb); found from the folder's files when not given",
               choices=("LMDB", "LEVELDB")),
         Field("rand_skip", "int", 0, "skip a random number (below this) of examples at the start, as Caffe does "
               "so that parallel runs see different batches", minimum=0),
@@ -200,8 +201,8 @@ class Data(RowData):
         if not os.path.exists(path):
             raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         self.kind = sources.kind(path, self.p.backend)
-        if self.kind == "lmdb":
-            return sources.lmdb_inspect(path, tops, self.p.force_encoded_color)
+        if self.kind in ("lmdb", "leveldb"):
+            return sources.lmdb_inspect(path, tops, self.p.force_encoded_color, self.kind)
         if self.kind == "npz":
             return sources.npz_inspect(path, tops)
         if self.kind == "csv":
@@ -210,8 +211,8 @@ class Data(RowData):
 
     def _load(self):
         path, tops = self.path, self.spec.get("top", [])
-        if self.kind == "lmdb":
-            return sources.lmdb_load(path, tops, self.dtype, self.p.force_encoded_color)
+        if self.kind in ("lmdb", "leveldb"):
+            return sources.lmdb_load(path, tops, self.dtype, self.p.force_encoded_color, self.kind)
         if self.kind == "npz":
             return sources.npz_load(path, tops, self.dtype)
         if self.kind == "csv":

@@ -37,7 +37,7 @@ def reading():
     except FILE_ERRORS as e:
         raise SourceError(f"cannot read it ({_describe(e)}); check that it is the kind of file its name says") from None
     except Exception as e:  # noqa: BLE001: Pillow's DecompressionBombError, h5py's and lmdb's own errors
-        if type(e).__module__.split(".")[0] in ("PIL", "h5py", "lmdb"):
+        if type(e).__module__.split(".")[0] in ("PIL", "h5py", "lmdb", "plyvel"):
             raise SourceError(f"cannot read it ({_describe(e)})") from None
         raise
 
@@ -55,12 +55,11 @@ def kind(path: str, backend: str | None = None) -> str:
     name = os.path.basename(path.rstrip("/"))
     if backend == "LMDB" or os.path.isfile(os.path.join(path, "data.mdb")):
         return "lmdb"
+    if backend == "LEVELDB" or os.path.isfile(os.path.join(path, "CURRENT")):
+        return "leveldb"
     if os.path.exists(path) and not os.path.isfile(path):  # a folder, a FIFO, a device (a link to /dev/zero)
         what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe, a device or a link to one)"
-        raise SourceError(f"is {what}; give a data file (.npz, .csv, IDX) or an LMDB folder")
-    if backend == "LEVELDB":
-        raise SourceError("LevelDB is not supported; convert it to LMDB (or npz) with Caffe's tools or "
-                          "run.py data convert")
+        raise SourceError(f"is {what}; give a data file (.npz, .csv, IDX), or an LMDB or LevelDB folder")
     if name.endswith(".npz"):
         return "npz"
     if name.endswith((".csv", ".csv.gz")):
@@ -373,34 +372,64 @@ def lmdb_records(path):
     return env
 
 
-def lmdb_inspect(path, tops, force_color=False):
+def leveldb_module():
+    try:
+        import plyvel
+    except ImportError:
+        raise SourceError("a LevelDB source needs the plyvel package: pip install 'yaffe[leveldb]' "
+                          "(or pip install plyvel)") from None
+    return plyvel
+
+
+def db_values(path, kind="lmdb"):
+    """The values of an LMDB or a LevelDB (Caffe's two Data backends) in key order, as Caffe's cursor reads them."""
+    if kind == "leveldb":
+        plyvel = leveldb_module()
+        if not os.path.isdir(path):
+            raise SourceError("backend: LEVELDB needs the LevelDB's folder")
+        try:
+            db = plyvel.DB(path, create_if_missing=False)
+        except plyvel.Error as e:
+            raise SourceError(f"cannot open the LevelDB ({e})") from None
+        try:
+            for _, value in db.iterator():
+                yield value
+        finally:
+            db.close()
+        return
     env = lmdb_records(path)
-    with env.begin() as txn:
-        first = next(iter(txn.cursor()), None)
-    env.close()
+    try:
+        with env.begin() as txn:
+            for _, value in txn.cursor():
+                yield value
+    finally:
+        env.close()
+
+
+def lmdb_inspect(path, tops, force_color=False, kind="lmdb"):
+    values = db_values(path, kind)
+    first = next(values, None)
+    values.close()
     if first is None:
-        raise SourceError("the LMDB holds no records")
-    array, _ = parse_datum(first[1], force_color=force_color)
+        raise SourceError(f"the {'LevelDB' if kind == 'leveldb' else 'LMDB'} holds no records")
+    array, _ = parse_datum(first, force_color=force_color)
     return [array.shape, ()][:len(tops) or 1]
 
 
-def lmdb_load(path, tops, dtype, force_color=False):
-    env = lmdb_records(path)
+def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
     images, labels = [], []
-    with env.begin() as txn:
-        for _, value in txn.cursor():
-            a, lab = parse_datum(value, dtype, force_color)
-            images.append(a)
-            labels.append(lab)
-    env.close()
+    for value in db_values(path, kind):
+        a, lab = parse_datum(value, dtype, force_color)
+        images.append(a)
+        labels.append(lab)
     return [np.stack(images), np.asarray(labels, dtype)][:len(tops)]
 
 
 # ---- run.py data convert -----------------------------------------------------------------------
 
 def read_any(path, sample_shape=None, new_size=None, gray=False):
-    """(images uint8-range float (N, C, H, W) or features, labels) from an IDX images file, a csv, or an image
-    list file of `path label` lines (Caffe's convert_imageset input)."""
+    """(images uint8-range float (N, C, H, W) or features, labels) from an IDX images file, a csv, an npz, an
+    LMDB or LevelDB of Datum records, or an image list file of `path label` lines (Caffe's convert_imageset input)."""
     k = None
     try:
         k = kind(path)
@@ -417,6 +446,8 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
         return csv_load(path, ["data", "label"], np.float32, shape)
     if k == "npz":
         return npz_load(path, ["data", "label"], np.float32)
+    if k in ("lmdb", "leveldb"):  # Caffe's databases, e.g. a LevelDB to LMDB or npz
+        return lmdb_load(path, ["data", "label"], np.float32, kind=k)
     try:
         from PIL import Image
     except ImportError:

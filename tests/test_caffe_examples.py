@@ -67,3 +67,39 @@ def test_the_cifar10_quick_tutorial_runs_on_a_small_cifar_shaped_lmdb(tmp_path):
     r = yaffe("test", "-model", "examples/cifar10/cifar10_quick_train_test.prototxt", "-weights",
               "examples/cifar10/cifar10_quick_iter_20.caffemodel", "-iterations", "1", cwd=tmp_path)
     assert r.returncode == 0 and "accuracy = " in r.stdout, r.stderr
+
+
+LEVELDB_NET = """
+name: "LeNetLevelDB"
+layer {
+  name: "mnist" type: "Data" top: "data" top: "label"
+  transform_param { scale: 0.00390625 }
+  data_param { source: "mnist_leveldb" batch_size: 8 %s }
+}
+"""
+
+
+def test_the_data_layer_reads_a_leveldb_made_by_caffes_convert_mnist_data(tmp_path, monkeypatch):
+    """mnist_leveldb: Caffe 1.0's `convert_mnist_data --backend=leveldb` on the first 40 MNIST training images
+    (mnist40.npz), read in key order as Caffe's cursor reads them; with backend: LEVELDB or found from the folder."""
+    from netspec.loader import load
+    from netspec.net import Net
+    shutil.copytree(os.path.join(FIX, "caffe_examples", "mnist_leveldb"), tmp_path / "mnist_leveldb")
+    monkeypatch.chdir(tmp_path)  # a prototxt's source is relative to the working directory, as in Caffe
+    with np.load(os.path.join(FIX, "caffe_examples", "mnist40.npz")) as z:
+        images, labels = z["data"].astype(np.float32) / 256, z["label"].astype(np.float32)
+    for backend in ("backend: LEVELDB", ""):
+        (tmp_path / "net.prototxt").write_text(LEVELDB_NET % backend)
+        net = Net(load(str(tmp_path / "net.prototxt")), "TRAIN", str(tmp_path / "net.prototxt"))
+        assert net.shapes["data"] == (8, 1, 28, 28)
+        for b in range(6):  # 5 batches of 8, then the first again
+            net.forward()
+            rows = np.arange(b * 8, b * 8 + 8) % 40
+            np.testing.assert_allclose(net.blobs["data"].data, images[rows] * 256 * 0.00390625, rtol=1e-6)
+            np.testing.assert_array_equal(net.blobs["label"].data, labels[rows])
+    # and converted, for users who leave LevelDB behind: run.py data convert mnist_leveldb mnist.npz
+    r = yaffe("data", "convert", "mnist_leveldb", "mnist.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "mnist.npz") as z:
+        np.testing.assert_array_equal(z["data"], images * 256)
+        np.testing.assert_array_equal(z["label"], labels)
