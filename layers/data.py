@@ -250,6 +250,72 @@ class HDF5Data(RowData):
         return sources.hdf5_load(self.path, self.spec.get("top", []), self.dtype)
 
 
+@register("HDF5Output")
+class HDF5Output(Layer):
+    """Writes its two bottoms, data (N, ...) and label (N, ...), to the HDF5 file hdf5_output_param.file_name
+    as datasets "data" and "label" (Caffe's HDF5Output: float32, padded to 4 axes as Caffe's), rows appended at
+    every forward (Caffe can write one batch only), so HDF5Data reads the file back. The file is created (emptied) at the first forward and
+    flushed after each. No tops; nothing flows back. Needs h5py: pip install 'yaffe[hdf5]'."""
+
+    param_block = "hdf5_output_param"
+    fields = (Field("file_name", "str", None, "the .h5 file to write (relative to the working directory for a "
+                    "Caffe prototxt, to the net file for YAML)", required=True),)
+    bottoms = (2, 2)
+    tops = (0, 0)
+    differentiable = False
+    base_dir = "."
+
+    @property
+    def path(self):
+        return os.path.normpath(os.path.join(self.base_dir, self.p.file_name))
+
+    def setup(self, bottom_shapes):
+        data, label = (tuple(s) for s in bottom_shapes)
+        if not data or not label or data[0] != label[0]:
+            raise LayerError(f"data {list(data)} and label {list(label)} must have the same first dimension (the "
+                             "batch)", "bottom")
+        if not os.path.isdir(os.path.dirname(self.path) or "."):
+            raise LayerError(f"file_name '{self.p.file_name}': the folder {os.path.dirname(self.path)} does not "
+                             "exist; create it or write elsewhere", "hdf5_output_param.file_name")
+        self.file = None
+        return []
+
+    def forward(self, bottom, top):
+        if self.file is None:
+            try:
+                h5py = sources.h5py_module()
+            except sources.SourceError as e:
+                raise UserError(f"layer '{self.name}' (HDF5Output): {e}") from None
+            try:
+                self.file = h5py.File(self.path, "w")
+            except OSError as e:
+                raise UserError(f"{self.path}: error: cannot create the HDF5 file ({e}); is another net (the TRAIN "
+                                "and the TEST net?) writing it? Give each its own file_name") from None
+            for name, b in (("data", bottom[0]), ("label", bottom[1])):
+                row = self._row_shape(b.data.shape)
+                self.file.create_dataset(name, shape=(0,) + row, maxshape=(None,) + row, dtype=b.data.dtype,
+                                         chunks=True)
+        for name, b in (("data", bottom[0]), ("label", bottom[1])):
+            ds = self.file[name]
+            n = ds.shape[0]
+            ds.resize(n + b.data.shape[0], axis=0)
+            ds[n:] = b.data.reshape((-1,) + ds.shape[1:])
+        self.file.flush()
+
+    @staticmethod
+    def _row_shape(shape):
+        """Caffe writes (num, channels, height, width): up to 4 axes padded with 1s, e.g. labels (N,) as (N, 1, 1, 1)."""
+        return tuple(shape[1:]) + (1,) * (4 - len(shape)) if len(shape) <= 4 else tuple(shape[1:])
+
+    def __del__(self):
+        f = getattr(self, "file", None)
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001: interpreter shutdown
+                pass
+
+
 @register("MemoryData")
 class MemoryData(RowData):
     """Arrays given from Python: ``net.set_input_arrays(data, labels)``. Tops: data (N, C, H, W), label (N,).

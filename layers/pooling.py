@@ -1,4 +1,5 @@
-"""Pooling (MAX, AVE) with Caffe's output size, padding and divisor rules.
+"""Pooling (MAX, AVE, STOCHASTIC) and spatial pyramid pooling (SPP) with Caffe's output size, padding and
+divisor rules.
 
 Bottom (N, C, H, W) -> top (N, C, PH, PW) with PH = ROUND((H + 2*pad - k) / stride) + 1,
 ROUND = ceil (Caffe's default round_mode) or floor; with pad > 0 the last window must
@@ -150,6 +151,85 @@ def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
                         dxf[uintp(row + j)] += g
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def sto_pool_forward_train(x, kh, kw, sh, sw, u, y, mask):
+    """STOCHASTIC pooling in TRAIN (Caffe's StoPoolForwardTrain): in each window (starting at py*sh, px*sw:
+    Caffe ignores pad here) pick the first value where the running sum reaches u * the window's sum, so a value
+    is picked with probability value / sum (inputs must be >= 0, e.g. after a ReLU); mask gets its flat index
+    within the plane. u (N, C, PH, PW) uniform in [0, 1)."""
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        xp = x[n, c]
+        for py in range(oh):
+            hs, he = py * sh, min(py * sh + kh, height)
+            for px in range(ow):
+                ws, we = px * sw, min(px * sw + kw, width)
+                total = 0.0
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        total += xp[i, j]
+                thres = u[n, c, py, px] * total
+                y[n, c, py, px], mask[n, c, py, px] = 0.0, -1  # NOTE: no pick (negative inputs): 0, no gradient
+                acc, found = 0.0, False
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        acc += xp[i, j]
+                        if acc >= thres and not found:
+                            y[n, c, py, px], mask[n, c, py, px], found = xp[i, j], i * width + j, True
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sto_pool_forward_test(x, kh, kw, sh, sw, y):
+    """STOCHASTIC pooling in TEST (Caffe's StoPoolForwardTest): the probability-weighted mean of the window,
+    sum(x^2) / sum(x), the sum starting at FLT_MIN (a window of zeros gives 0)."""
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        xp = x[n, c]
+        for py in range(oh):
+            hs, he = py * sh, min(py * sh + kh, height)
+            for px in range(ow):
+                ws, we = px * sw, min(px * sw + kw, width)
+                total, squares = 1.1754943508222875e-38, 0.0
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        total += xp[i, j]
+                        squares += xp[i, j] * xp[i, j]
+                y[n, c, py, px] = squares / total if total > 0 else 0.0
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sto_pool_backward_test(x, dy, kh, kw, sh, sw, dx):
+    """The gradient of TEST's sum(x^2) / sum(x): (2 x_i S - Q) / S^2 per window, summed (Caffe has none: its
+    backward reuses TRAIN's picks; this is the true one, for force_backward in TEST)."""
+    n_img, chans, height, width = x.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    for plane in prange(n_img * chans):
+        n, c = plane // chans, plane % chans
+        xp, dp = x[n, c], dx[n, c]
+        for i in range(height):
+            for j in range(width):
+                dp[i, j] = 0.0
+        for py in range(oh):
+            hs, he = py * sh, min(py * sh + kh, height)
+            for px in range(ow):
+                ws, we = px * sw, min(px * sw + kw, width)
+                total, squares = 1.1754943508222875e-38, 0.0
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        total += xp[i, j]
+                        squares += xp[i, j] * xp[i, j]
+                if total <= 0:
+                    continue
+                g = dy[n, c, py, px] / (total * total)
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        dp[i, j] += g * (2 * xp[i, j] * total - squares)
+
+
 def pooled_size(size, k, pad, stride, round_mode):
     """Caffe's pooled size along one axis (float division, then ceil or floor, then the pad clip)."""
     rounding = math.ceil if round_mode == "CEIL" else math.floor
@@ -161,13 +241,14 @@ def pooled_size(size, k, pad, stride, round_mode):
 
 @register("Pooling")
 class Pooling(Layer):
-    """MAX or AVE pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW) [, MAX's argmax mask, same shape]."""
-    backward_reads = ()
+    """MAX, AVE or STOCHASTIC pooling. Bottom (N, C, H, W) -> top (N, C, PH, PW) [, MAX's argmax mask, same
+    shape]."""
 
     param_block = "pooling_param"
     tops = (1, 2)
     fields = (
-        Field("pool", "enum", "MAX", "pooling method", choices=("MAX", "AVE")),
+        Field("pool", "enum", "MAX", "pooling method; STOCHASTIC: a value drawn with probability value / window sum "
+              "in TRAIN, the probability-weighted mean in TEST (inputs >= 0)", choices=("MAX", "AVE", "STOCHASTIC")),
         Field("kernel_size", "int", None, "window size", minimum=1),
         Field("kernel_h", "int", None, "window height", minimum=1),
         Field("kernel_w", "int", None, "window width", minimum=1),
@@ -227,20 +308,130 @@ class Pooling(Layer):
         return kh, kw, sh, sw, ph, pw
 
     def forward(self, bottom, top):
+        self._mask = pool_forward(self.p.pool, self.phase, bottom[0].data, self._geometry(), top[0].data,
+                                  self._mask, self.rng)
+        if len(top) == 2:  # Caffe's mask top: the flat index of the maximum within the H x W plane
+            top[1].data[...] = self._mask
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            pool_backward(self.p.pool, self.phase, bottom[0].data, top[0].diff, self._geometry(), self._mask,
+                          bottom[0].diff)
+
+    needs_rng = True  # STOCHASTIC's draws
+
+    @property
+    def backward_reads(self):
+        return ("bottom",) if self.p.pool == "STOCHASTIC" else ()  # TEST's gradient reads the windows
+
+
+def pool_forward(pool, phase, x, geometry, y, mask, rng):
+    """One pooling forward (MAX, AVE, STOCHASTIC); returns the mask (MAX's argmax, STOCHASTIC's picks in TRAIN)."""
+    kh, kw, sh, sw, ph, pw = geometry
+    if pool == "AVE":
+        ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y)
+        return mask
+    if pool == "STOCHASTIC" and phase == "TEST":
+        sto_pool_forward_test(x, kh, kw, sh, sw, y)
+        return mask
+    if mask is None or mask.shape != y.shape:
+        mask = np.empty(y.shape, np.int32)
+    if pool == "MAX":
+        max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask)
+    else:
+        sto_pool_forward_train(x, kh, kw, sh, sw, rng.random(y.shape, np.float32).astype(x.dtype), y, mask)
+    return mask
+
+
+def pool_backward(pool, phase, x, dy, geometry, mask, dx):
+    kh, kw, sh, sw, ph, pw = geometry
+    if pool == "AVE":
+        ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx)
+    elif pool == "STOCHASTIC" and phase == "TEST":
+        sto_pool_backward_test(x, dy, kh, kw, sh, sw, dx)
+    else:  # MAX, and STOCHASTIC in TRAIN: the diff goes to the picked value
+        max_pool_backward(dy, mask, dx)
+
+
+def spp_levels(h, w, height):
+    """Caffe's SPP geometry per level l: 2^l bins, kernel ceil(size / bins), stride the kernel, pad half the
+    remainder (rounded up); (kh, kw, sh, sw, ph, pw) per level."""
+    out = []
+    for level in range(height):
+        bins = 2 ** level
+        kh, kw = math.ceil(h / bins), math.ceil(w / bins)
+        ph, pw = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        out.append((kh, kw, kh, kw, ph, pw))
+    return out
+
+
+@register("SPP")
+class SPP(Layer):
+    """Spatial pyramid pooling (Caffe's SPP, He et al. 2014): level l pools the plane into about 2^l x 2^l bins
+    (spp_levels), whatever the input size. Bottom (N, C, H, W) -> top (N, C * the levels' bins), the levels
+    flattened and concatenated in order; pyramid_height 1: (N, C, 1, 1), as Caffe's."""
+
+    param_block = "spp_param"
+    fields = (
+        Field("pyramid_height", "int", None, "levels: 2^l x 2^l bins at level l = 0 .. pyramid_height - 1",
+              minimum=1, required=True),
+        Field("pool", "enum", "MAX", "pooling method", choices=("MAX", "AVE", "STOCHASTIC")),
+    )
+    needs_rng = True
+
+    @property
+    def backward_reads(self):
+        return ("bottom",) if self.p.pool == "STOCHASTIC" else ()
+
+    def setup(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if len(shape) != 4:
+            raise LayerError(f"the bottom must be 4-D (N, C, H, W); received shape {list(shape)}", None)
+        n, c, h, w = shape
+        self.levels = spp_levels(h, w, self.p.pyramid_height)
+        self.out_hw = []
+        for level, (kh, kw, sh, sw, ph, pw) in enumerate(self.levels):
+            if ph >= kh or pw >= kw:  # Caffe's PoolingLayer stops on this too
+                raise LayerError(f"pyramid_height {self.p.pyramid_height} is too high for a {h}x{w} input: level "
+                                 f"{level} ({2 ** level}x{2 ** level} bins) would pad {ph}x{pw} around a {kh}x{kw} "
+                                 "kernel; lower pyramid_height or pool a larger plane", f"{self.param_block}.pyramid_height")
+            self.out_hw.append((pooled_size(h, kh, ph, sh, "CEIL"), pooled_size(w, kw, pw, sw, "CEIL")))
+        self._masks = [None] * len(self.levels)
+        if len(self.levels) == 1:
+            return [(n, c) + self.out_hw[0]]
+        return [(n, c * sum(a * b for a, b in self.out_hw))]
+
+    def _parts(self, n, c):
+        """(level, (N, C, PH, PW) shape, column range in the top) per level."""
+        start = 0
+        for level, (oh, ow) in enumerate(self.out_hw):
+            yield level, (n, c, oh, ow), slice(start, start + c * oh * ow)
+            start += c * oh * ow
+
+    def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
-        if self.p.pool == "MAX":
-            if self._mask is None or self._mask.shape != y.shape:
-                self._mask = np.empty(y.shape, np.int32)
-            max_pool_forward(x, *self._geometry(), y, self._mask)
-            if len(top) == 2:  # Caffe's mask top: the flat index of the maximum within the H x W plane
-                top[1].data[...] = self._mask
-        else:
-            ave_pool_forward(x, *self._geometry(), y)
+        n, c = x.shape[:2]
+        if len(self.levels) == 1:
+            self._masks[0] = pool_forward(self.p.pool, self.phase, x, self.levels[0], y, self._masks[0], self.rng)
+            return
+        for level, shape, cols in self._parts(n, c):
+            out = np.empty(shape, y.dtype)
+            self._masks[level] = pool_forward(self.p.pool, self.phase, x, self.levels[level], out,
+                                              self._masks[level], self.rng)
+            y[:, cols] = out.reshape(n, -1)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        if self.p.pool == "MAX":
-            max_pool_backward(top[0].diff, self._mask, bottom[0].diff)
-        else:
-            ave_pool_backward(top[0].diff, *self._geometry(), bottom[0].diff)
+        x, dx, dy = bottom[0].data, bottom[0].diff, top[0].diff
+        n, c = x.shape[:2]
+        if len(self.levels) == 1:
+            pool_backward(self.p.pool, self.phase, x, dy, self.levels[0], self._masks[0], dx)
+            return
+        part = np.empty_like(dx)
+        for level, shape, cols in self._parts(n, c):
+            g = np.ascontiguousarray(dy[:, cols]).reshape(shape)
+            pool_backward(self.p.pool, self.phase, x, g, self.levels[level], self._masks[level],
+                          dx if level == 0 else part)
+            if level:
+                dx += part

@@ -350,3 +350,46 @@ class BatchReindex(Layer):
             dx = bottom[0].diff
             dx[...] = 0
             np.add.at(dx, self._indices(bottom), top[0].diff)
+
+
+@register("Filter")
+class Filter(Layer):
+    """The rows whose selector is non-zero (Caffe's Filter). Bottoms: K blobs (N, ...) and the selector (N,) or
+    (N, 1, ...) -> K tops (M, ...), M the number of non-zero selectors in this batch: the net reshapes the
+    layers above at every batch (Net.reshape). The gradient goes back to the rows selected (0 elsewhere), never
+    to the selector. At setup, before any data, M = N, as Caffe's first reshape."""
+    backward_reads = ("bottom",)  # the selector
+    bottoms = (2, None)
+    tops = (1, None)
+    blocked_bottoms = (-1,)
+    axis = 0  # it mixes the examples of the batch: never run as slices
+    reshapes = True
+
+    def setup(self, bottom_shapes):
+        *blobs, sel = [tuple(s) for s in bottom_shapes]
+        if self.n_tops != len(blobs):
+            raise LayerError(f"{len(blobs) + 1} bottoms (blobs and the selector last) need {len(blobs)} tops; "
+                             f"received {self.n_tops}", "top")
+        if not sel or any(d != 1 for d in sel[1:]):
+            raise LayerError(f"the selector (the last bottom) must be (N,) or (N, 1, ...); received {list(sel)}",
+                             "bottom")
+        for i, s in enumerate(blobs):
+            if not s or s[0] != sel[0]:
+                raise LayerError(f"bottom {i} {list(s)} and the selector {list(sel)} must have the same first "
+                                 "dimension (the batch)", "bottom")
+        return [s for s in blobs]
+
+    def forward(self, bottom, top):
+        self.rows = np.flatnonzero(bottom[-1].data.reshape(-1))
+        for b, t in zip(bottom, top):
+            shape = (self.rows.size,) + b.data.shape[1:]
+            if t.data.shape != shape:  # another number of rows than the last batch: the net follows
+                t.data, t.diff = np.empty(shape, b.data.dtype), np.zeros(shape, b.data.dtype)
+            np.take(b.data, self.rows, axis=0, out=t.data)
+
+    def backward(self, top, propagate_down, bottom):
+        for i, t in enumerate(top):
+            if propagate_down[i]:
+                dx = bottom[i].diff
+                dx[...] = 0
+                dx[self.rows] = t.diff

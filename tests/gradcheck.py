@@ -16,7 +16,7 @@ def make_layer(type_name, spec=None, bottom_shapes=(), phase="TRAIN", dtype=np.f
     cls = REGISTRY[type_name]
     spec = dict(spec or {})
     spec.setdefault("top", [f"t{i}" for i in range(n_tops or max(cls.tops[0], 1))])
-    layer = cls("under_test", resolve(cls.fields, spec.get(cls.param_block)), phase, dtype, spec)
+    layer = cls("under_test", resolve(cls.fields, spec.get(cls.param_block)), spec.get("phase", phase), dtype, spec)
     layer.rng = np.random.default_rng(seed)
     top_shapes = layer.setup([tuple(s) for s in bottom_shapes])
     rng = np.random.default_rng(seed + 1)
@@ -38,6 +38,7 @@ def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol
     bottom = [Blob(f"b{i}", a.shape, np.float64) for i, a in enumerate(bottoms)]
     for b, a in zip(bottom, bottoms):
         b.data[...] = a
+    layer.forward(bottom, tops)  # the tops' shapes may depend on the data (Filter)
     rng = np.random.default_rng(seed + 2)
     proj = [rng.normal(0, 1, t.shape) for t in tops]
     check_bottoms = list(range(len(bottom))) if check_bottoms is None else check_bottoms

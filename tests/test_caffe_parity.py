@@ -37,7 +37,12 @@ def run_case(name, tmp_path):
         (tmp_path / "pylayer_cases.py").write_text(str(get["pymodule"]))
         sys.modules.pop("pylayer_cases", None)
     doc, _ = load_prototxt(str(path))
-    net = Net(doc, str(get["phase"]), str(path), seed=0)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a prototxt's paths (HDF5Output's file) are relative to the working directory
+    try:
+        net = Net(doc, str(get["phase"]), str(path), seed=0)
+    finally:
+        os.chdir(cwd)
     k = next(i for i, d in enumerate(net.defs) if d.name == "under_test")
     layer, d = net.layers[k], net.defs[k]
     i = 0
@@ -49,6 +54,15 @@ def run_case(name, tmp_path):
     net.forward()
     for j, t in enumerate(d.tops):
         close(net.blobs[t].data, get[f"t{j}"], f"{name}: top {j}")
+    if "output_file" in get:  # HDF5Output: the file Caffe wrote, read with h5py, against ours
+        h5py = pytest.importorskip("h5py")
+        layer.file.close()
+        (tmp_path / "caffe.h5").write_bytes(get["output_file"].tobytes())
+        with h5py.File(tmp_path / "caffe.h5", "r") as theirs, h5py.File(layer.path, "r") as ours:
+            assert sorted(ours) == sorted(theirs) == ["data", "label"]
+            for key in theirs:
+                close(ours[key][:], theirs[key][:], f"{name}: dataset {key}", 0, 0)
+                assert ours[key].dtype == theirs[key].dtype
     for j, blob in enumerate(layer.blobs):
         if f"pa{j}" in get:
             close(blob.data, get[f"pa{j}"], f"{name}: param {j} after forward")

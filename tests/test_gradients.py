@@ -34,6 +34,7 @@ NOT_DIFFERENTIABLE = {
     "MemoryData": "a data source: no bottoms",
     "ImageData": "a data source: no bottoms",
     "WindowData": "a data source: no bottoms",
+    "HDF5Output": "a sink: writes its bottoms to a file; no tops, nothing flows back (Caffe's backward is empty)",
     "Accuracy": "a metric; Caffe's backward is NOT_IMPLEMENTED and the net never calls it",
     "Threshold": "a step function: zero gradient almost everywhere; Caffe's backward is NOT_IMPLEMENTED",
 }
@@ -65,6 +66,15 @@ CASES = {
         ({"pooling_param": {"pool": "AVE", "kernel_size": 3, "stride": 2, "pad": 1}}, [distinct((2, 2, 6, 5))]),
         ({"pooling_param": {"pool": "AVE", "kernel_size": 2, "stride": 2}}, [distinct((1, 2, 5, 5))]),
         ({"pooling_param": {"pool": "MAX", "global_pooling": True}}, [distinct((2, 3, 3, 4))]),
+        ({"pooling_param": {"pool": "STOCHASTIC", "kernel_size": 3, "stride": 2}}, [positive((2, 2, 6, 5), seed=88)]),
+        ({"phase": "TEST", "pooling_param": {"pool": "STOCHASTIC", "kernel_size": 2, "stride": 2}},
+         [positive((2, 2, 5, 5), seed=89)]),
+    ],
+    "SPP": [
+        ({"spp_param": {"pyramid_height": 3, "pool": "MAX"}}, [distinct((2, 2, 7, 9), seed=90)]),
+        ({"spp_param": {"pyramid_height": 2, "pool": "AVE"}}, [distinct((1, 3, 5, 4), seed=91)]),
+        ({"spp_param": {"pyramid_height": 1}}, [distinct((2, 2, 3, 3), seed=92)]),
+        ({"spp_param": {"pyramid_height": 2, "pool": "STOCHASTIC"}}, [positive((2, 2, 6, 6), seed=93)]),
     ],
     "InnerProduct": [
         ({"inner_product_param": {"num_output": 4}}, [np.random.default_rng(4).normal(size=(3, 2, 2, 2))]),
@@ -150,6 +160,9 @@ CASES = {
                [np.random.default_rng(56).normal(size=(2, 5, 2))]),
               ({"top": ["a", "b"], "slice_param": {"axis": 0}}, [np.random.default_rng(57).normal(size=(4, 3))])],
     "Silence": [({"top": []}, [np.random.default_rng(58).normal(size=(2, 3))])],
+    "Filter": [({"top": ["a", "b"]}, [np.random.default_rng(94).normal(size=(5, 3, 2)),
+                                      np.random.default_rng(95).normal(size=(5, 2)),
+                                      np.array([1.0, 0, 0, 2, 1])], [0, 1])],
     "BatchReindex": [({}, [np.random.default_rng(83).normal(size=(4, 3)), np.array([2, 0, 2, 3, 1.0])], [0])],
     "Im2col": [({"convolution_param": {"kernel_size": 3, "pad": 1, "stride": 2}},
                 [np.random.default_rng(84).normal(size=(2, 2, 5, 4))]),

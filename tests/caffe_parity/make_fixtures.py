@@ -119,6 +119,14 @@ CASES = {
     "eltwise_max": ("Eltwise", "eltwise_param { operation: MAX }", [((2, 3), "distinct")] * 3, {}),
     # forward only: Caffe aborts when force_backward asks for the indices' gradient (yaffe's is checked numerically)
     "batch_reindex": ("BatchReindex", "", [((4, 3), "normal"), ((5,), "ints:4")], {"backward": False}),
+    # forward only, for the same reason (the selector); the backward is checked in a net (test_caffe_layers.py)
+    "filter": ("Filter", "", [((6, 3, 2), "normal"), ((6, 2), "normal"), ((6,), "binary")],
+               {"tops": 2, "backward": False}),
+    "hdf5_output": ("HDF5Output", 'hdf5_output_param { file_name: "out.h5" }',
+                    [((3, 4), "normal"), ((3,), "labels:5")], {"tops": 0, "backward": False, "output_file": "out.h5"}),
+    "spp_max": ("SPP", "spp_param { pyramid_height: 3 pool: MAX }", [((2, 2, 13, 10), "distinct")], {}),
+    "spp_ave": ("SPP", "spp_param { pyramid_height: 2 pool: AVE }", [((2, 3, 7, 5), "normal")], {}),
+    "spp_one_level": ("SPP", "spp_param { pyramid_height: 1 pool: MAX }", [((1, 2, 5, 6), "distinct")], {}),
     "im2col": ("Im2col", "convolution_param { kernel_size: 3 pad: 1 stride: 2 }", [((2, 2, 5, 4), "normal")], {}),
     "im2col_dilation": ("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 dilation: 2 }",
                         [((1, 3, 6, 7), "normal")], {}),
@@ -162,6 +170,8 @@ CASES = {
                                 [((4, 2), "normal"), ((4, 2), "normal"), ((4,), "binary")], {"check": [0, 1]}),
     "python_euclidean": ("Python", "loss_weight: 1 python_param { module: 'pylayer_cases' layer: 'EuclideanLossLayer' }",
                          [((3, 4), "normal"), ((3, 4), "normal")], {"pymodule": "pylayer_cases.py"}),
+    "python_scale_bias": ("Python", "python_param { module: 'pylayer_cases' layer: 'ScaleBias' }",
+                          [((2, 3, 2, 2), "normal")], {"pymodule": "pylayer_cases.py"}),
     "python_cube": ("Python", "python_param { module: 'pylayer_cases' layer: 'Cube' param_str: '0.5' }",
                     [((2, 3), "normal")], {"pymodule": "pylayer_cases.py"}),
     "accuracy": ("Accuracy", "", [((6, 4), "distinct"), ((6,), "labels:4")], {"backward": False}),
@@ -256,9 +266,12 @@ def layer_fixtures(out):
                 rec[f"db{i}"] = net.blobs[f"b{i}"].diff.copy()
             for i, p in enumerate(net.params.get("under_test", [])):
                 rec[f"dp{i}"] = p.diff.copy()
+        print(f"{name}: {kind} tops {[list(net.blobs[f't{i}'].data.shape) for i in range(opts.get('tops', 1))]}")
+        if "output_file" in opts:  # the file the layer wrote, closed by the net's destructor
+            del net
+            rec["output_file"] = np.frombuffer(open(opts["output_file"], "rb").read(), np.uint8)
         for key, value in rec.items():
             record[f"{name}/{key}"] = value
-        print(f"{name}: {kind} tops {[list(net.blobs[f't{i}'].data.shape) for i in range(opts.get('tops', 1))]}")
     np.savez_compressed(os.path.join(out, "layers.npz"), **record)
 
 
