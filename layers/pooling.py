@@ -180,6 +180,17 @@ def sto_pool_forward_train(x, kh, kw, sh, sw, u, y, mask):
                             y[n, c, py, px], mask[n, c, py, px], found = xp[i, j], i * width + j, True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _weighted_sums(xp, hs, he, ws, we):
+    """(FLT_MIN + sum(x), sum(x^2)) over one window, as Caffe's StoPoolForwardTest sums them."""
+    total, squares = 1.1754943508222875e-38, 0.0
+    for i in range(hs, he):
+        for j in range(ws, we):
+            total += xp[i, j]
+            squares += xp[i, j] * xp[i, j]
+    return total, squares
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def sto_pool_forward_test(x, kh, kw, sh, sw, y):
     """STOCHASTIC pooling in TEST (Caffe's StoPoolForwardTest): the probability-weighted mean of the window,
@@ -192,12 +203,7 @@ def sto_pool_forward_test(x, kh, kw, sh, sw, y):
         for py in range(oh):
             hs, he = py * sh, min(py * sh + kh, height)
             for px in range(ow):
-                ws, we = px * sw, min(px * sw + kw, width)
-                total, squares = 1.1754943508222875e-38, 0.0
-                for i in range(hs, he):
-                    for j in range(ws, we):
-                        total += xp[i, j]
-                        squares += xp[i, j] * xp[i, j]
+                total, squares = _weighted_sums(xp, hs, he, px * sw, min(px * sw + kw, width))
                 y[n, c, py, px] = squares / total if total > 0 else 0.0
 
 
@@ -217,11 +223,7 @@ def sto_pool_backward_test(x, dy, kh, kw, sh, sw, dx):
             hs, he = py * sh, min(py * sh + kh, height)
             for px in range(ow):
                 ws, we = px * sw, min(px * sw + kw, width)
-                total, squares = 1.1754943508222875e-38, 0.0
-                for i in range(hs, he):
-                    for j in range(ws, we):
-                        total += xp[i, j]
-                        squares += xp[i, j] * xp[i, j]
+                total, squares = _weighted_sums(xp, hs, he, ws, we)
                 if total <= 0:
                     continue
                 g = dy[n, c, py, px] / (total * total)
