@@ -40,7 +40,8 @@ def to_yaml(doc: dict, source: str) -> str:
 
 
 def convert(path: str, output: str | None = None, out=print) -> list[str]:
-    """Write the YAML of `path` (and of the net a solver names); returns the files written."""
+    """Write the YAML of `path` (and of the net a solver names), or, for an output named .prototxt, the upgraded
+    prototxt (Caffe's upgrade_net_proto_text); returns the files written."""
     if not path.endswith((".prototxt", ".pt", ".pbtxt")):
         raise UserError(f"{path}: error: convert reads Caffe .prototxt files; this file is already YAML")
     doc = load(path)
@@ -50,10 +51,15 @@ def convert(path: str, output: str | None = None, out=print) -> list[str]:
     written = []
     if kind_of(doc) == "solver" and isinstance(doc.get("net"), str) and doc["net"].endswith((".prototxt", ".pt")):
         net_src = os.path.join(os.path.dirname(path), doc["net"])
-        net_out = os.path.join(os.path.dirname(output) or ".", os.path.splitext(os.path.basename(net_src))[0] + ".yaml")
+        ext = ".prototxt" if output.endswith((".prototxt", ".pt", ".pbtxt")) else ".yaml"
+        net_out = os.path.join(os.path.dirname(output) or ".", os.path.splitext(os.path.basename(net_src))[0] + ext)
         written += convert(net_src, net_out, out)
         doc["net"] = os.path.relpath(net_out, os.path.dirname(output) or ".")
     with open(output, "w", encoding="utf-8") as f:
-        f.write(to_yaml(doc, path))
+        if output.endswith((".prototxt", ".pt", ".pbtxt")):  # Caffe's upgrade_net_proto_text: upgraded prototxt
+            from .prototxt import dumps
+            f.write(f"# upgraded from {os.path.basename(path)} by run.py convert\n" + dumps(to_plain(doc)))
+        else:
+            f.write(to_yaml(doc, path))
     out(f"Wrote {output}")
     return written + [output]

@@ -3,7 +3,8 @@ structure the YAML loader gives (`Node`/`NodeList` with the line and column of e
 
 Handles comments, repeated fields (given several times, or as `[a, b]`), enums (`pool: MAX`), nested messages
 with and without `:` (and `<...>`), adjacent string literals and escapes. Caffe's upgrades run on load, each
-with a warning: V1 `layers { type: CONVOLUTION }` with `blobs_lr`/`weight_decay`, and `solver_type`. Fields that
+with a warning: V0 `layers { layer { type: "conv" kernelsize: 5 } }` (padding layers folded in), V1 `layers {
+type: CONVOLUTION }` with `blobs_lr`/`weight_decay`, and `solver_type`. Fields that
 mean nothing on a CPU (`solver_mode`, `device_id`, `engine`, ...) are dropped with an info line.
 """
 from __future__ import annotations
@@ -31,6 +32,41 @@ V1_TYPES = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
     "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold"}
+V0_TYPES = {  # Caffe's UpgradeV0LayerType: V0 names to V1's enum
+    "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION", "data": "DATA",
+    "dropout": "DROPOUT", "euclidean_loss": "EUCLIDEAN_LOSS", "flatten": "FLATTEN", "hdf5_data": "HDF5_DATA",
+    "hdf5_output": "HDF5_OUTPUT", "im2col": "IM2COL", "images": "IMAGE_DATA", "infogain_loss": "INFOGAIN_LOSS",
+    "innerproduct": "INNER_PRODUCT", "lrn": "LRN", "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS",
+    "pool": "POOLING", "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
+    "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA"}
+_DATA = {"data": "data_param", "hdf5_data": "hdf5_data_param", "images": "image_data_param",
+         "window_data": "window_data_param"}
+_WEIGHTS = {"conv": "convolution_param", "innerproduct": "inner_product_param"}
+_WINDOW = {"window_data": "window_data_param"}
+# Caffe's UpgradeV0LayerParameter: V0 field -> ({V0 type: V1 block}, field there); block "*" is transform_param
+# for every type. A field given for a type not listed is an error, as Caffe's "Unknown parameter".
+V0_FIELDS = {
+    "num_output": (_WEIGHTS, "num_output"), "biasterm": (_WEIGHTS, "bias_term"),
+    "weight_filler": (_WEIGHTS, "weight_filler"), "bias_filler": (_WEIGHTS, "bias_filler"),
+    "pad": ({"conv": "convolution_param", "pool": "pooling_param"}, "pad"),
+    "kernelsize": ({"conv": "convolution_param", "pool": "pooling_param"}, "kernel_size"),
+    "stride": ({"conv": "convolution_param", "pool": "pooling_param"}, "stride"),
+    "group": ({"conv": "convolution_param"}, "group"), "pool": ({"pool": "pooling_param"}, "pool"),
+    "dropout_ratio": ({"dropout": "dropout_param"}, "dropout_ratio"),
+    "local_size": ({"lrn": "lrn_param"}, "local_size"), "alpha": ({"lrn": "lrn_param"}, "alpha"),
+    "beta": ({"lrn": "lrn_param"}, "beta"), "k": ({"lrn": "lrn_param"}, "k"),
+    "source": (dict(_DATA, infogain_loss="infogain_loss_param"), "source"),
+    "batchsize": (_DATA, "batch_size"),
+    "rand_skip": ({"data": "data_param", "images": "image_data_param"}, "rand_skip"),
+    "shuffle_images": ({"images": "image_data_param"}, "shuffle"),
+    "new_height": ({"images": "image_data_param"}, "new_height"),
+    "new_width": ({"images": "image_data_param"}, "new_width"),
+    "concat_dim": ({"concat": "concat_param"}, "concat_dim"),
+    "det_fg_threshold": (_WINDOW, "fg_threshold"), "det_bg_threshold": (_WINDOW, "bg_threshold"),
+    "det_fg_fraction": (_WINDOW, "fg_fraction"), "det_context_pad": (_WINDOW, "context_pad"),
+    "det_crop_mode": (_WINDOW, "crop_mode"),
+    "scale": ("*", "scale"), "meanfile": ("*", "mean_file"), "cropsize": ("*", "crop_size"), "mirror": ("*", "mirror"),
+}
 SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
                 "ADADELTA": "AdaDelta", "ADAM": "Adam"}
 TRANSFORM_KEYS = ("scale", "mean_file", "crop_size", "mirror")
@@ -215,6 +251,86 @@ def _drop_cpu_fields(node, notes):
             _drop_cpu_fields(item, notes)
 
 
+def _node(where) -> Node:
+    n = Node()
+    n.where, n.key_where, n.value_where = where, {}, {}
+    return n
+
+
+def _put(node: Node, key, value, where):
+    node[key] = value
+    node.key_where[key] = node.value_where[key] = where
+
+
+def _upgrade_v0(doc: Node, notes):
+    """V0 `layers { layer { type: "conv" kernelsize: 5 ... } bottom: top: }` to V1 `layers { type: CONVOLUTION
+    convolution_param {...} }`, as Caffe's UpgradeV0Net: `padding` layers fold into the conv or pool they feed."""
+    items = doc.get("layers")
+    if not isinstance(items, NodeList) or not any(isinstance(c, Node) and "layer" in c for c in items):
+        return
+    w = doc.key_where["layers"]
+    notes.append(Finding(w[0], w[1], w[2], "warning", "this net uses Caffe's V0 format (layers { layer { type: "
+                         "'conv' } }); it was upgraded on load (run.py convert writes the upgraded net)"))
+    errors, made_by, kept = [], {}, NodeList()
+    kept.where, kept.item_where = items.where, []
+    for conn in items:
+        v0 = conn.get("layer") if isinstance(conn, Node) else None
+        if not isinstance(v0, Node):
+            kept.append(conn)
+            kept.item_where.append(getattr(conn, "where", items.where))
+            continue
+        kind = v0.get("type")
+        bottoms, tops = as_list(conn.get("bottom")), as_list(conn.get("top"))
+        pads = [made_by[b] for b in bottoms if b in made_by]
+        if kind == "padding":
+            for t in tops:
+                made_by[t] = (bottoms[0] if bottoms else None, v0.get("pad", 0))
+            continue
+        if pads:
+            if kind not in ("conv", "pool") or len(bottoms) != 1:
+                errors.append(Finding(*v0.at("type"), "error", f"V0 layer '{v0.get('name')}': a padding layer feeds "
+                                      f"a '{kind}' layer; Caffe folds padding only into conv and pool layers"))
+                continue
+            (source, pad), = pads
+            conn["bottom"] = source
+            if "pad" not in v0:
+                _put(v0, "pad", pad, v0.where)
+        layer = _node(conn.where)
+        for key in ("bottom", "top"):
+            if key in conn:
+                _put(layer, key, conn[key], conn.at(key))
+        for key, value in v0.items():
+            where = v0.at(key)
+            if key == "type":
+                if value not in V0_TYPES:
+                    errors.append(Finding(*where, "error", f"V0 layer type '{value}' is unknown (known: "
+                                          f"{', '.join(sorted(V0_TYPES))}, padding)"))
+                _put(layer, "type", V0_TYPES.get(value, value), where)
+            elif key in ("name", "blobs", "blobs_lr", "weight_decay"):
+                _put(layer, key, value, where)
+            elif key == "hdf5_output_param" and kind == "hdf5_output":
+                _put(layer, key, value, where)
+            elif key in V0_FIELDS:
+                blocks, field = V0_FIELDS[key]
+                block = "transform_param" if blocks == "*" else blocks.get(kind)
+                if block is None:
+                    errors.append(Finding(*v0.key_where.get(key, where), "error", f"V0 layer '{v0.get('name')}': "
+                                          f"'{key}' means nothing for a '{kind}' layer (Caffe's upgrade stops on "
+                                          "it too); remove it"))
+                    continue
+                if block not in layer:
+                    _put(layer, block, _node(where), where)
+                _put(layer[block], field, value, where)
+            else:
+                errors.append(Finding(*v0.key_where.get(key, where), "error", f"V0 layer '{v0.get('name')}': unknown "
+                                      f"field '{key}'"))
+        kept.append(layer)
+        kept.item_where.append(conn.where)
+    if errors:
+        raise SpecError(errors)
+    doc["layers"] = kept
+
+
 def _upgrade_v1(doc: Node, notes):
     """V1 `layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 }` to V2 `layer { type: "Convolution" }`."""
     if "layers" not in doc:
@@ -279,10 +395,12 @@ def loads(text: str, path: str = "<prototxt>") -> tuple[Node, list[Finding]]:
     notes: list[Finding] = []
     _listify(doc)
     _drop_cpu_fields(doc, notes)
+    _upgrade_v0(doc, notes)
     _upgrade_v1(doc, notes)
-    for key in ("net_param", "train_net_param", "test_net_param"):  # nets inside a solver: the same upgrade
+    for key in ("net_param", "train_net_param", "test_net_param"):  # nets inside a solver: the same upgrades
         for net in as_list(doc.get(key)):
             if isinstance(net, Node):
+                _upgrade_v0(net, notes)
                 _upgrade_v1(net, notes)
     _upgrade_solver(doc, notes)
     return doc, notes

@@ -303,3 +303,57 @@ net_param {
     convert(str(tmp_path / "s.prototxt"), str(tmp_path / "s.yaml"))
     text = (tmp_path / "s.yaml").read_text()
     assert "layers:" not in text and "type: InnerProduct" in text and "lr_mult: 2" in text
+
+
+UPGRADE = os.path.join(os.path.dirname(__file__), "fixtures", "caffe_upgrade")
+
+
+def _plain(doc):
+    """A loaded net as plain data, numbers as floats (Caffe's expected text writes 0. where the input has 0)."""
+    from netspec.loader import to_plain
+    def norm(v):
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [norm(x) for x in v] if len(v) != 1 else norm(v[0])
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return norm(to_plain(doc))
+
+
+@pytest.mark.parametrize("name", ["simple", "imagenet"])
+def test_v0_nets_upgrade_to_what_caffes_own_upgrade_test_expects(name):
+    """Caffe's test_upgrade_proto.cpp: the V0 CaffeNet (padding layers folded into the convs) and its expected V2."""
+    def read(suffix):
+        with open(os.path.join(UPGRADE, f"{name}_{suffix}.prototxt")) as f:
+            return loads(f.read(), f"{name}_{suffix}.prototxt")
+    v0, notes = read("v0")
+    v2, _ = read("v2")
+    assert any("V0 format" in n.message for n in notes)
+    assert _plain(v0) == _plain(v2)
+
+
+def test_v0_all_params_upgrade_to_caffes_expected_v1_and_on_to_v2():
+    with open(os.path.join(UPGRADE, "allparams_v0.prototxt")) as f:
+        v0, _ = loads(f.read(), "allparams_v0.prototxt")
+    with open(os.path.join(UPGRADE, "allparams_v1.prototxt")) as f:
+        v1, _ = loads(f.read(), "allparams_v1.prototxt")  # Caffe's expected V1, upgraded by yaffe's V1 step
+    assert _plain(v0) == _plain(v1)
+    types = [l["type"] for l in v0["layer"]]
+    assert "WindowData" in types and "HDF5Output" in types and "Convolution" in types
+
+
+def test_v0_field_that_means_nothing_for_its_type_is_an_error_with_its_place():
+    text = "layers { layer { name: 'r' type: 'relu' kernelsize: 3 } bottom: 'x' top: 'x' }"
+    with pytest.raises(SpecError) as e:
+        loads(text, "old.prototxt")
+    assert "old.prototxt:1:" in str(e.value) and "'kernelsize' means nothing for a 'relu' layer" in str(e.value)
+
+
+def test_convert_writes_a_v0_net_as_a_current_one(tmp_path):
+    from netspec.convert import convert
+    out = tmp_path / "imagenet.prototxt"
+    convert(os.path.join(UPGRADE, "imagenet_v0.prototxt"), str(out), out=lambda *a: None)
+    text = out.read_text()
+    assert "layers" not in text.replace("layer {", "") and 'type: "Convolution"' in text and "kernelsize" not in text
+    with open(os.path.join(UPGRADE, "imagenet_v2.prototxt")) as f:
+        assert _plain(loads(text, "x.prototxt")[0]) == _plain(loads(f.read(), "v2.prototxt")[0])

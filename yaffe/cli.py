@@ -330,16 +330,19 @@ def build_parser():
     p.add_argument("-o", "--output", default="curves.png", help="the image to write (default curves.png)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("convert", help="write a Caffe .prototxt (net or solver) as yaffe YAML")
+    p = sub.add_parser("convert", help="write a Caffe .prototxt (net or solver, V0/V1 upgraded) as yaffe YAML, or "
+                       "as an upgraded .prototxt (Caffe's upgrade_net_proto_text)")
     p.add_argument("file", help="a net or solver .prototxt (a solver's net is converted too)")
-    p.add_argument("-o", "--output", help="the YAML file to write (default: beside the input, .yaml)")
+    p.add_argument("-o", "--output", help="the file to write: .yaml, or .prototxt for upgraded prototxt (default: "
+                   "beside the input, .yaml)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("data", help="data tools: 'data convert SOURCE OUTPUT' writes an LMDB or an .npz")
     data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="ACTION")
     q = data_sub.add_parser("convert", help="IDX, csv, npz or an image list (path label) to an LMDB of Caffe "
                             "Datum records, or to an .npz (like Caffe's convert_imageset)")
-    q.add_argument("source", help="an IDX images file (labels beside it), a .csv, or a text file of 'path label'")
+    q.add_argument("source", help="an IDX images file (labels beside it), a .csv, an .npz, an LMDB or LevelDB "
+                   "folder, or a text file of 'path label'")
     q.add_argument("output", help="an .npz file, or the LMDB folder to create")
     q.add_argument("--shuffle", action="store_true", help="shuffle the examples")
     q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
