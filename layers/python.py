@@ -36,9 +36,13 @@ def _caffe_module():
     try:
         importlib.import_module("caffe")
     except ImportError:
-        shim = types.ModuleType("caffe", "yaffe's stand-in for pycaffe inside Python layers")
-        shim.Layer, shim.TRAIN, shim.TEST = PythonLayerBase, TRAIN, TEST
-        sys.modules["caffe"] = shim
+        try:
+            import yaffe  # pycaffe's interface: caffe.Layer, caffe.TRAIN, caffe.io, ...
+            sys.modules["caffe"] = yaffe
+        except ImportError:  # the layers package used alone
+            shim = types.ModuleType("caffe", "yaffe's stand-in for pycaffe inside Python layers")
+            shim.Layer, shim.TRAIN, shim.TEST = PythonLayerBase, TRAIN, TEST
+            sys.modules["caffe"] = shim
 
 
 class PyBlob:
@@ -184,7 +188,9 @@ class Python(Layer):
         except LayerError:
             raise
         except Exception as e:  # noqa: BLE001: the user's code; name the layer and the method
-            raise LayerError(f"its {what}() raised {type(e).__name__}: {e}", "python_param.layer") from None
+            error = LayerError(f"its {what}() raised {type(e).__name__}: {e}", "python_param.layer")
+            error.original = e  # pycaffe's interface raises the user's exception itself (yaffe/pycaffe.py)
+            raise error from None
 
     def _stand_ins(self, bottom_shapes):
         bottoms = [PyBlob(_Arrays(s, self.dtype), True) for s in bottom_shapes]

@@ -143,7 +143,12 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
         for key in node:
             if not (key.endswith("_param") and key not in own):
                 continue
-            if key == "transform_param" and cls.is_data:
+            if key == "transform_param" and type_ == "DummyData":
+                if warnings is not None:  # harmless (pycaffe's own net_spec test gives one): Caffe ignores it
+                    w = node.at(key)
+                    warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: DummyData ignores "
+                                            "transform_param (as Caffe does); remove it"))
+            elif key == "transform_param" and cls.is_data:
                 _err(findings, node.at(key), f"{label}: {type_} does not transform its data (as in Caffe); "
                                              "remove transform_param and preprocess the files")
             elif warnings is not None:

@@ -79,9 +79,13 @@ def plan(defs, layers, shapes, need_backward) -> Plan:
     return out
 
 
-def allocate(p: Plan, blobs: dict, dtype):
-    """(keeps {i: [(source array, copy)]}, stand-ins {k: {blob name: Blob}}) for a net's blobs."""
-    arrays = [np.empty(shape, dtype) for _, shape in p.sizes]
+def allocate(p: Plan, blobs: dict, dtype, reuse: dict | None = None):
+    """(keeps {i: [(source array, copy)]}, stand-ins {k: {blob name: Blob}}, the buffers) for a net's blobs.
+    reuse: {(blob name, shape): [buffers]} of an earlier plan, kept where they fit (a reshape in the middle of a
+    forward keeps the copies already made below it)."""
+    reuse = {k: list(v) for k, v in (reuse or {}).items()}
+    arrays = [reuse[(name, shape)].pop(0) if reuse.get((name, shape)) else np.empty(shape, dtype)
+              for name, shape in p.sizes]
     keeps = {i: [(blobs[name].data, arrays[b].reshape(blobs[name].data.shape)) for name, b in entries]
              for i, entries in p.keeps.items()}
     stand_ins = {}
@@ -92,4 +96,4 @@ def allocate(p: Plan, blobs: dict, dtype):
             blob = Blob(real.name, (), dtype)
             blob.data, blob.diff, blob.offset = arrays[b].reshape(real.data.shape), real.diff, real.offset
             stand_ins[k][name] = blob
-    return keeps, stand_ins
+    return keeps, stand_ins, arrays

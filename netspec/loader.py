@@ -177,7 +177,38 @@ def load(path: str):
                         f"(relative paths are taken from {os.getcwd()})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: error: cannot read the file ({e})") from None
-    return loads(text, path)
+    if path.endswith((".yaml", ".yml", ".json")):
+        return loads(text, path)
+    # Any other name may be Caffe's text format, which Caffe reads whatever the name (pycaffe's temp files)
+    from .prototxt import loads as loads_prototxt
+    if _PROTOTXT_LOOK.search(text):
+        doc, notes = loads_prototxt(text, path)
+    else:
+        try:
+            doc = loads(text, path)
+            if isinstance(doc, dict):
+                return doc
+        except SpecError as yaml_error:
+            try:
+                doc, notes = loads_prototxt(text, path)
+            except SpecError:
+                raise yaml_error from None
+        else:
+            doc, notes = loads_prototxt(text, path)
+    doc.notes = notes
+    _SNIFFED.add(os.path.abspath(path))
+    return doc
+
+
+_SNIFFED: set = set()  # files of other names read as prototxt: Caffe's path and snapshot rules apply to them
+
+
+def is_caffe(path: str) -> bool:
+    """Whether a spec file is Caffe's text format (by its suffix, or as load found it), so Caffe's rules apply."""
+    return path.endswith(PROTOTXT_SUFFIXES) or os.path.abspath(path) in _SNIFFED
+
+
+_PROTOTXT_LOOK = re.compile(r"^\s*[A-Za-z_]\w*\s*\{", re.M)  # `layer {`: a message, never YAML
 
 
 def to_plain(node):

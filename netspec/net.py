@@ -87,7 +87,9 @@ class Net:
             self.shapes: dict = {}
             self._setup_all(os.path.dirname(os.path.abspath(path)) if path != "<net>" else os.getcwd())
         except SpecError as e:
-            raise SpecError(self.warnings + e.findings) from None
+            error = SpecError(self.warnings + e.findings)
+            error.original = getattr(self, "user_exception", None)  # a Python layer's own exception (pycaffe's API)
+            raise error from None
         if replica_of is not None:
             self._allocate_replica(*replica_of, doc.get("force_backward", False))
         elif allocate:  # False: shapes only (validate, summary)
@@ -132,6 +134,7 @@ class Net:
                 w = d.where(e.field)
                 findings.append(Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): {e}"))
                 failed.update(d.tops)
+                self.user_exception = getattr(self, "user_exception", None) or getattr(e, "original", None)
                 continue
             for t, s in zip(d.tops, shapes):
                 self.shapes[t] = tuple(int(v) for v in s)
@@ -145,8 +148,8 @@ class Net:
         """Where a layer's relative paths (source, mean_file) start: the net file's folder for YAML; for a Caffe
         prototxt, the working directory as in Caffe, or the net file's folder where only the path from there
         exists (said once in an info line)."""
-        from .loader import PROTOTXT_SUFFIXES
-        if not self.path.endswith(PROTOTXT_SUFFIXES):
+        from .loader import is_caffe
+        if not is_caffe(self.path):
             return base_dir
         names = [v.get(k) for v in node.values() if isinstance(v, dict) for k in ("source", "mean_file")]
         names = [n for n in names if isinstance(n, str) and n and not os.path.isabs(n)]
@@ -328,7 +331,7 @@ class Net:
         contributes = {id(b) for b, _ in self.loss_blobs}
         for k in reversed(range(len(self.defs))):
             tops = self.top_vecs[k]
-            if self.need_backward[k] and not any(id(t) in contributes for t in tops):
+            if self.need_backward[k] and not force_backward and not any(id(t) in contributes for t in tops):
                 self.need_backward[k] = False
                 self.propagate[k] = [False] * len(self.propagate[k])
             if self.need_backward[k]:
@@ -340,8 +343,11 @@ class Net:
 
     def _plan_keeps(self):
         """The copies of values that a later layer overwrites and a backward reads (netspec/inplace.py)."""
+        reuse = {}
+        for (name, shape), array in zip(getattr(self, "keep_plan", inplace.Plan()).sizes, getattr(self, "_kept_arrays", [])):
+            reuse.setdefault((name, tuple(shape)), []).append(array)
         self.keep_plan = inplace.plan(self.defs, self.layers, self.shapes, self.need_backward)
-        self._keeps, stand_ins = inplace.allocate(self.keep_plan, self.blobs, self.dtype)
+        self._keeps, stand_ins, self._kept_arrays = inplace.allocate(self.keep_plan, self.blobs, self.dtype, reuse)
         self._backward_vecs = {k: ([names.get(t, b) for t, b in zip(self.defs[k].tops, self.top_vecs[k])],
                                    [names.get(n, b) for n, b in zip(self.defs[k].bottoms, self.bottom_vecs[k])])
                                for k, names in stand_ins.items()}
@@ -403,9 +409,10 @@ class Net:
         """After layer i's forward: where it gave its tops another shape, reshape the layers above it."""
         d = self.defs[i]
         if all(blob.data.shape == self.shapes[t] for t, blob in zip(d.tops, self.top_vecs[i])):
-            return
+            return False
         self._retop(i, [blob.data.shape for blob in self.top_vecs[i]])
         self.reshape(i + 1)
+        return True
 
     @property
     def phase(self) -> str:
@@ -436,8 +443,8 @@ class Net:
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             if not (replica and layer.is_source):
                 layer.forward(bottom, top)
-                if layer.reshapes:
-                    self._follow(i)
+                if layer.reshapes and self._follow(i):
+                    keeps = self._keeps if self.keep_for_backward else {}
             for source, copy in keeps.get(i, ()):
                 np.copyto(copy, source)
         self._kept = bool(keeps)

@@ -26,9 +26,9 @@ INLINE = "#"  # "solver.prototxt#net_param": a net given inline in a solver
 def caffe_relative(file: str, name: str, doc=None) -> str:
     """A path named in a spec: relative to the spec file for YAML; for a Caffe prototxt relative to the working
     directory, as Caffe reads it, or to the file where only that exists (noted in the doc's notes)."""
-    from .loader import PROTOTXT_SUFFIXES
+    from .loader import is_caffe
     beside = os.path.join(os.path.dirname(file), name)
-    if os.path.isabs(name) or not file.endswith(PROTOTXT_SUFFIXES) or INLINE in os.path.basename(file):
+    if os.path.isabs(name) or not is_caffe(file) or INLINE in os.path.basename(file):
         return beside
     if os.path.exists(name) or not os.path.exists(beside):
         return name
@@ -162,12 +162,12 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         return out
     if cfg.net and cfg.train_net:
         err("train_net", "give either net or train_net, not both")
-    from .loader import PROTOTXT_SUFFIXES
+    from .loader import is_caffe
     for k, value in ((key, name),) + tuple(("test_net", t) for t in cfg.test_net):
         net_path = caffe_relative(path, value)
         if not os.path.isfile(net_path):
             rule = ("relative to the working directory, as in Caffe (or to the solver file)"
-                    if path.endswith(PROTOTXT_SUFFIXES) else "relative to the solver file")
+                    if is_caffe(path) else "relative to the solver file")
             err(k, f"net file '{value}' not found (looked at {net_path}); the path is {rule}")
     return out
 

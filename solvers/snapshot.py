@@ -72,11 +72,58 @@ def load_npz(path: str, what: str) -> dict:
                         "yaffe's snapshot") from None
 
 
-def load_weights_file(path: str) -> dict:
-    """{"layer/i": array} from a yaffe .weights.npz or a Caffe .caffemodel (chosen by the suffix)."""
+def _kind(path: str) -> str:
+    """'caffemodel', 'hdf5' or 'npz': by the suffix, else by the file's first bytes (pycaffe saves to any name)."""
     if path.endswith(".caffemodel"):
+        return "caffemodel"
+    if path.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    if path.endswith(".npz"):
+        return "npz"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return "npz"  # load_npz names the problem
+    return "npz" if head.startswith(b"PK") else "hdf5" if head.startswith(b"\x89HDF") else "caffemodel"
+
+
+def read_hdf5_weights(path: str) -> dict:
+    """{"layer/i": array} of Caffe's HDF5 weights (data/<layer>/<i>: .caffemodel.h5, pycaffe's save_hdf5)."""
+    from layers.sources import SourceError, h5py_module, reading
+    try:
+        h5py = h5py_module()
+        with reading(), h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise SourceError("has no 'data' group; Caffe's HDF5 weights hold data/<layer>/<i>")
+            return {f"{layer}/{i}": np.asarray(f["data"][layer][i], np.float32)
+                    for layer in f["data"] for i in f["data"][layer]}
+    except SourceError as e:
+        raise UserError(f"{path}: error: {e}") from None
+
+
+def write_hdf5_weights(path: str, net):
+    """Caffe's HDF5 weights: data/<layer>/<i> per learnable blob."""
+    from layers.sources import SourceError, h5py_module
+    try:
+        h5py = h5py_module()
+    except SourceError as e:
+        raise UserError(str(e)) from None
+    with h5py.File(path, "w") as f:
+        for key, layer in zip(net.keys, net.layers):
+            for i, b in enumerate(layer.blobs):
+                f[f"data/{key}/{i}"] = b.data
+
+
+def load_weights_file(path: str) -> dict:
+    """{"layer/i": array} from a yaffe .weights.npz, a Caffe .caffemodel or Caffe's HDF5 weights (by the suffix,
+    else by the file's first bytes)."""
+    kind = _kind(path)
+    if kind == "caffemodel":
         from netspec.caffemodel import read_caffemodel
         return read_caffemodel(path)
+    if kind == "hdf5":
+        return read_hdf5_weights(path)
     arrays = load_npz(path, "weights")
     if "meta" in arrays:
         raise UserError(f"{path}: error: this is a solver state, not weights; resume from it with --snapshot "

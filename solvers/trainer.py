@@ -18,6 +18,7 @@ import numpy as np
 from netspec.errors import Finding, SpecError, UserError
 from netspec.graph import as_list
 from netspec.progress import Progress
+from netspec.loader import is_caffe
 from netspec.net import Net
 from netspec.spec import load_net, load_solver
 from . import snapshot as snap
@@ -161,7 +162,7 @@ class Trainer:
         base = os.path.dirname(solver_path)
         prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
         self.prefix = os.path.join(base, prefix)
-        if solver_path.endswith((".prototxt", ".pt", ".pbtxt")) and not os.path.isabs(prefix):
+        if is_caffe(solver_path) and not os.path.isabs(prefix):
             # Caffe's rule: relative to the working directory, unless only the solver's folder has the prefix's folder
             folder = os.path.dirname(prefix)
             if not folder or os.path.isdir(folder) or not os.path.isdir(os.path.join(base, folder)):
@@ -340,7 +341,7 @@ class Trainer:
         if tag:
             return spath
         fmt = self.solver_doc.get("snapshot_format")
-        if fmt is None and self.solver_path.endswith((".prototxt", ".pt", ".pbtxt")):
+        if fmt is None and is_caffe(self.solver_path):
             fmt = "BINARYPROTO"  # Caffe's default: a Caffe user's next step reads the .caffemodel
         if fmt == "BINARYPROTO":  # Caffe's files too
             from netspec.caffemodel import caffemodel_bytes, solverstate_bytes
@@ -578,6 +579,21 @@ class Trainer:
             self.out(f"{name}: snapshotting after this iteration, then going on")
 
     def train(self, snapshot_path: str | None = None, weights_path: str | None = None) -> dict:
+        """Train to max_iter (or a stop): run.py train. Returns the last display or test record."""
+        self.begin(snapshot_path, weights_path)
+        handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
+        try:
+            return self.run() or {}
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.end()
+
+    def begin(self, snapshot_path: str | None = None, weights_path: str | None = None, *, guard: bool = True):
+        """Everything before the first iteration: weights or a snapshot, the run's files and lock (guard: False
+        for the Python API, which neither locks nor refuses an existing prefix, as pycaffe), the metrics file,
+        the watch."""
         cfg = self.cfg
         if snapshot_path and weights_path:
             raise UserError("give --snapshot to resume training or --weights to fine-tune, not both")
@@ -597,9 +613,10 @@ class Trainer:
             self.restore(snapshot_path)
         for path in snap.remove_stale_temporaries(self.prefix) if self.rank == 0 else []:
             self.out(f"Removed {path}, left by a run killed while writing it")
-        if not snapshot_path:
-            self._refuse_overwrite()
-        self._lock()
+        if guard:
+            if not snapshot_path:
+                self._refuse_overwrite()
+            self._lock()
         if snapshot_path and self.dp:
             self.dp.reseed(self.iter)
             self.dp.iteration = self.iter
@@ -621,17 +638,21 @@ class Trainer:
                      "iteration in one Allreduce)")
         if self.replicas_line:
             self.out(f"Threads: {self.replicas_line}")
-        handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled} if _main_thread() else {}
-        from .watch import Diverged, Watch
+        from .watch import Watch
         self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)
         if self.replicas:  # the slices run the batch: their layers hold its probabilities
             self.watch.nets = self.replicas.nets
-        start_iter, last = self.iter, None
         self._good, self._good_t, self._good_cost, self._best_loss = None, 0.0, 0.0, None
+        self._started = True
+
+    def run(self, until: int | None = None):
+        """Iterations up to `until` (None: max_iter, then Caffe's end of a solve: the last snapshot and test).
+        Keeps the work on an error of the user's (a snapshot) and the last good weights on a divergence."""
+        from .watch import Diverged
+        start_iter = self.iter
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the watch reports non-finite values
-                last = self._loop()
+                return self._loop(until)
         except Diverged as e:
             e.args = (str(e) + self._write_last_good(),)
             raise
@@ -641,17 +662,16 @@ class Trainer:
             if self.iter > start_iter:
                 self.snapshot()  # keep the work done so far
             raise
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.metrics.close()
-            self._unlock()
-            for runner in [self.replicas] + self.test_runners:
-                if hasattr(runner, "close"):
-                    runner.close()
-        return last or {}
 
-    def _loop(self):
+    def end(self):
+        """Close the metrics, the lock and the threads."""
+        self.metrics.close()
+        self._unlock()
+        for runner in [self.replicas] + self.test_runners:
+            if hasattr(runner, "close"):
+                runner.close()
+
+    def _loop(self, until=None):
         cfg, net = self.cfg, self.net
         t0 = last_t = None
         last_iter = self.iter
@@ -660,7 +680,8 @@ class Trainer:
         dp = self.dp
         step = self.replicas.forward_backward if self.replicas else net.forward_backward
         self.agreed_stop = False  # under MPI: the stop every rank knows of (signals reach ranks at other times)
-        while self.iter < cfg.max_iter and not (self.agreed_stop if dp else self.stop_requested):
+        stop_at = cfg.max_iter if until is None else until
+        while self.iter < stop_at and not (self.agreed_stop if dp else self.stop_requested):
             net.clear_param_diffs()
             if (cfg.test_iter and cfg.test_interval and self.iter % cfg.test_interval == 0
                     and (self.iter > 0 or cfg.test_initialization)):
@@ -727,6 +748,9 @@ class Trainer:
             if snapped:
                 self.snapshot()
                 self.snapshot_requested = False
+        if until is not None:  # Caffe's Step(n): no end-of-solve snapshot, forward or test
+            Progress.close()
+            return record
         if cfg.snapshot_after_train and not snapped and (self.iter > 0 or self.stop_requested):
             self.snapshot()
         if self.agreed_stop if dp else self.stop_requested:

@@ -44,7 +44,7 @@ def test_all_errors_are_reported_at_once_in_file_order():
 """)
     assert [e.split(":")[1] for e in errs] == ["2", "3", "4"]
     assert "must be >= 0; received -1" in errs[0]
-    assert "must be one of MAX, AVE; received 'MAXX'" in errs[1]
+    assert "must be one of MAX, AVE, STOCHASTIC; received 'MAXX'" in errs[1]
     assert "missing required field 'num_output'" in errs[2]
 
 

@@ -49,6 +49,7 @@ DATA_NET = {"layer": [
     {"name": "loss", "type": "EuclideanLoss", "bottom": ["s", "x"], "top": "loss"},
     {"name": "win", "type": "WindowData", "top": ["w", "w_label"], "transform_param": {"crop_size": 3},
      "window_data_param": {"source": "windows.txt", "batch_size": 4, "context_pad": 1}},
+    {"name": "h5out", "type": "HDF5Output", "bottom": ["x", "y"], "hdf5_output_param": {"file_name": "out.h5"}},
     {"name": "quiet", "type": "Silence", "bottom": ["y", "im", "im_label", "m", "m_label", "w", "w_label"]},
 ]}
 NET = plain(load(os.path.join(MODEL, "net.yaml")))

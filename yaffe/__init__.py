@@ -1,14 +1,32 @@
 """yaffe: Caffe-style declarative nets on Numba. The public face of the netspec, layers and solvers packages.
 
-    import yaffe
-    net = yaffe.Net(yaffe.load("net.yaml"), "TEST", "net.yaml")
+pycaffe's interface, so that Caffe's scripts run with `import yaffe as caffe`:
+
+    import yaffe as caffe
+    net = caffe.Net("deploy.prototxt", "weights.caffemodel", caffe.TEST)
+    probs = net.forward(data=batch)["prob"]
+    solver = caffe.get_solver("solver.prototxt"); solver.step(100)
+
+and yaffe's own classes (the Trainer behind `run.py train`, a spec's Net, validate):
+
     trainer = yaffe.Trainer("solver.yaml"); trainer.train()
 """
+from layers.python import PythonLayerBase as Layer  # what a Python layer's class derives from (caffe.Layer)
 from netspec.errors import SpecError, UserError
 from netspec.loader import load
-from netspec.net import Net
 from netspec.spec import validate
 from solvers.trainer import Trainer, test_model
 
-__all__ = ["Net", "Trainer", "load", "validate", "test_model", "SpecError", "UserError"]
+from . import io, proto
+from .classifier import Classifier
+from .net_spec import NetSpec, layers, params, to_proto
+from .pycaffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net, NesterovSolver,
+                      RMSPropSolver, SGDSolver, Solver, get_solver, layer_type_list, set_device, set_mode_cpu,
+                      set_mode_gpu, set_random_seed)
+
+__all__ = ["Net", "Blob", "Layer", "Classifier", "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver",
+           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NetSpec", "layers", "params",
+           "to_proto", "io", "proto", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
+           "set_random_seed", "layer_type_list", "Trainer", "load", "validate", "test_model", "SpecError",
+           "UserError"]
 __version__ = "0.1.0"

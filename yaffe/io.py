@@ -1,0 +1,228 @@
+"""pycaffe's caffe.io: images in and out of a net's input layout, and Caffe's BlobProto and Datum messages.
+
+    transformer = caffe.io.Transformer({"data": net.blobs["data"].data.shape})
+    transformer.set_transpose("data", (2, 0, 1)); transformer.set_raw_scale("data", 255)
+    net.blobs["data"].data[...] = transformer.preprocess("data", caffe.io.load_image("cat.jpg"))
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .proto import caffe_pb2
+
+
+def load_image(filename, color=True):
+    """An image file as float32 H x W x C in [0, 1] (RGB; grey as 1 channel unless color, then repeated to 3;
+    the alpha channel dropped), as pycaffe's load_image. Needs Pillow (extra images)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("caffe.io.load_image needs Pillow: pip install 'yaffe[images]'") from None
+    with Image.open(filename) as im:
+        img = np.asarray(im.convert("RGB" if color else "L"), np.float32) / 255.0
+    return img[:, :, None] if img.ndim == 2 else img
+
+
+def _axis_weights(n_in, n_out):
+    """(lower index, upper index, weight of the upper) per output position: pixel centres mapped linearly,
+    edges clamped (skimage's resize with order 1)."""
+    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def resize_image(im, new_dims, interp_order=1):
+    """im (H, W, C) resized to new_dims (h, w): bilinear (interp_order 1) or nearest (0)."""
+    im = np.asarray(im, np.float32)
+    h, w = int(new_dims[0]), int(new_dims[1])
+    if im.shape[:2] == (h, w):
+        return im.copy()
+    if interp_order == 0:
+        rows = np.minimum((np.arange(h) * im.shape[0] / h).astype(int), im.shape[0] - 1)
+        cols = np.minimum((np.arange(w) * im.shape[1] / w).astype(int), im.shape[1] - 1)
+        return im[rows][:, cols]
+    r0, r1, rw = _axis_weights(im.shape[0], h)
+    c0, c1, cw = _axis_weights(im.shape[1], w)
+    shape = (-1, 1) + (1,) * (im.ndim - 2)
+    rows = im[r0] * (1 - rw.reshape(shape)) + im[r1] * rw.reshape(shape)
+    shape = (1, -1) + (1,) * (im.ndim - 2)
+    return rows[:, c0] * (1 - cw.reshape(shape)) + rows[:, c1] * cw.reshape(shape)
+
+
+def oversample(images, crop_dims):
+    """Ten crops of each image (N x H x W x C): the four corners and the centre, and their mirrors ->
+    (10 N, h, w, C), as pycaffe's oversample."""
+    im_shape = np.array(images[0].shape)
+    crop_dims = np.array(crop_dims)
+    im_center = im_shape[:2] / 2.0
+    h_indices, w_indices = (0, im_shape[0] - crop_dims[0]), (0, im_shape[1] - crop_dims[1])
+    crops_ix = np.empty((5, 4), dtype=int)
+    k = 0
+    for i in h_indices:
+        for j in w_indices:
+            crops_ix[k] = (i, j, i + crop_dims[0], j + crop_dims[1])
+            k += 1
+    crops_ix[4] = np.tile(im_center, (1, 2)) + np.concatenate([-crop_dims / 2.0, crop_dims / 2.0])
+    crops_ix = np.tile(crops_ix, (2, 1))
+    crops = np.empty((10 * len(images), crop_dims[0], crop_dims[1], im_shape[-1]), dtype=np.float32)
+    ix = 0
+    for im in images:
+        for crop in crops_ix:
+            crops[ix] = im[crop[0]:crop[2], crop[1]:crop[3], :]
+            ix += 1
+        crops[ix - 5:ix] = crops[ix - 5:ix, :, ::-1, :]  # the second five mirrored
+    return crops
+
+
+class Transformer:
+    """Turns H x W x C images into a net input's C x H x W layout and back (pycaffe's Transformer): resize to
+    the input's size, transpose, channel swap, raw scale, mean, input scale, in that order.
+
+    Args: inputs: {input blob name: its shape (N, C, H, W)}."""
+
+    def __init__(self, inputs):
+        self.inputs = {k: tuple(v) for k, v in inputs.items()}
+        self.transpose, self.channel_swap, self.raw_scale, self.mean, self.input_scale = {}, {}, {}, {}, {}
+
+    def _check(self, in_):
+        if in_ not in self.inputs:
+            raise KeyError(f"{in_} is not one of the net inputs: {list(self.inputs)}")
+
+    def set_transpose(self, in_, order):
+        """The order of the image's axes in the input, e.g. (2, 0, 1) for H x W x C -> C x H x W."""
+        self._check(in_)
+        if len(order) != len(self.inputs[in_]) - 1:
+            raise ValueError("Transpose order needs to have the same number of dimensions as the input.")
+        self.transpose[in_] = order
+
+    def set_channel_swap(self, in_, order):
+        """Reorder the channels after transposing, e.g. (2, 1, 0) for RGB -> BGR (Caffe's models are BGR)."""
+        self._check(in_)
+        if len(order) != self.inputs[in_][1]:
+            raise ValueError("Channel swap needs to have the same number of dimensions as the input channels.")
+        self.channel_swap[in_] = order
+
+    def set_raw_scale(self, in_, scale):
+        """Multiply the image by this before the mean, e.g. 255 for load_image's [0, 1] -> [0, 255]."""
+        self._check(in_)
+        self.raw_scale[in_] = scale
+
+    def set_mean(self, in_, mean):
+        """Subtract this: per channel (C,) or per pixel (C, H, W) of the input's size."""
+        self._check(in_)
+        mean = np.asarray(mean)
+        ms = mean.shape
+        if mean.ndim == 1:
+            if ms[0] != self.inputs[in_][1]:
+                raise ValueError("Mean channels incompatible with input.")
+            mean = mean[:, np.newaxis, np.newaxis]
+        else:
+            if len(ms) == 2:
+                ms = (1,) + ms
+            if len(ms) != 3:
+                raise ValueError("Mean shape invalid")
+            if ms != self.inputs[in_][1:]:
+                raise ValueError(f"Mean shape {list(ms)} incompatible with input shape {list(self.inputs[in_][1:])}; "
+                                 "take the per-channel mean: mean.mean(1).mean(1)")
+        self.mean[in_] = mean
+
+    def set_input_scale(self, in_, scale):
+        """Multiply by this after the mean (e.g. 0.017 for nets trained on scaled inputs)."""
+        self._check(in_)
+        self.input_scale[in_] = scale
+
+    def preprocess(self, in_, data):
+        """An H x W x C image -> the input's C x H x W float32 array."""
+        self._check(in_)
+        caffe_in = np.asarray(data, np.float32)
+        in_dims = self.inputs[in_][2:]
+        if caffe_in.shape[:2] != tuple(in_dims):
+            caffe_in = resize_image(caffe_in, in_dims)
+        if in_ in self.transpose:
+            caffe_in = caffe_in.transpose(self.transpose[in_])
+        if in_ in self.channel_swap:
+            caffe_in = caffe_in[list(self.channel_swap[in_]), :, :]
+        caffe_in = np.array(caffe_in, np.float32)
+        if in_ in self.raw_scale:
+            caffe_in *= self.raw_scale[in_]
+        if in_ in self.mean:
+            caffe_in -= self.mean[in_]
+        if in_ in self.input_scale:
+            caffe_in *= self.input_scale[in_]
+        return caffe_in
+
+    def deprocess(self, in_, data):
+        """The inverse of preprocess (without the resize): an input array -> an H x W x C image."""
+        self._check(in_)
+        decaf_in = np.array(data, np.float32).squeeze()
+        if in_ in self.input_scale:
+            decaf_in /= self.input_scale[in_]
+        if in_ in self.mean:
+            decaf_in += self.mean[in_]
+        if in_ in self.raw_scale:
+            decaf_in /= self.raw_scale[in_]
+        if in_ in self.channel_swap:
+            decaf_in = decaf_in[np.argsort(self.channel_swap[in_]), :, :]
+        if in_ in self.transpose:
+            decaf_in = decaf_in.transpose(np.argsort(self.transpose[in_]))
+        return decaf_in
+
+
+# ---- Caffe's messages ------------------------------------------------------------------------------
+
+def array_to_blobproto(arr, diff=None):
+    """A BlobProto of an array (its shape and float data; diff when given)."""
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend(np.asarray(arr).shape)
+    blob.data.extend(np.asarray(arr, np.float32).flat)
+    if diff is not None:
+        blob.diff.extend(np.asarray(diff, np.float32).flat)
+    return blob
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """The array of a BlobProto (a mean file's: (1, C, H, W) for legacy 4-D blobs)."""
+    values = blob.diff if return_diff else (blob.data or blob.double_data)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(blob.shape.dim)
+    return np.asarray(values, np.float32).reshape(shape)
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """A serialized BlobProtoVector of arrays."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend(array_to_blobproto(a) for a in arraylist)
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(buf):
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(buf)
+    return [blobproto_to_array(b) for b in vec.blobs]
+
+
+def array_to_datum(arr, label=None):
+    """A Datum of a C x H x W array: uint8 arrays as bytes, others as float_data."""
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError("Incorrect array shape.")
+    datum = caffe_pb2.Datum()
+    datum.channels, datum.height, datum.width = arr.shape
+    if arr.dtype == np.uint8:
+        datum.data = arr.tobytes()
+    else:
+        datum.float_data.extend(arr.astype(float).flat)
+    if label is not None:
+        datum.label = int(label)
+    return datum
+
+
+def datum_to_array(datum):
+    """The C x H x W array of a Datum (uint8 data, or float_data as float); encoded images are not decoded."""
+    if len(datum.data):
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(datum.channels, datum.height, datum.width)
+    return np.array(datum.float_data).astype(float).reshape(datum.channels, datum.height, datum.width)
