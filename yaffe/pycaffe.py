@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from layers.python import PyBlob
 from netspec.errors import UserError
 
 TRAIN, TEST = 0, 1  # caffe.TRAIN, caffe.TEST
@@ -57,48 +58,13 @@ def layer_type_list():
     return sorted(layers.REGISTRY)
 
 
-class Blob:
+class Blob(PyBlob):
     """pycaffe's Blob: `data`, `diff` (live arrays), `shape`, `count`, `num`/`channels`/`height`/`width`,
-    `reshape(*shape)`. Assigning `blob.data[...] = x` writes into the net."""
+    `reshape(*shape)` (new zeroed arrays; Net.reshape() or the next forward reshapes the layers above).
+    Assigning `blob.data[...] = x` writes into the net."""
 
     def __init__(self, blob):
-        self._blob = blob
-
-    @property
-    def data(self):
-        return self._blob.data
-
-    @data.setter
-    def data(self, value):
-        self._blob.data[...] = value
-
-    @property
-    def diff(self):
-        return self._blob.diff
-
-    @diff.setter
-    def diff(self, value):
-        self._blob.diff[...] = value
-
-    @property
-    def shape(self):
-        return tuple(self._blob.data.shape)
-
-    @property
-    def count(self):
-        return int(self._blob.data.size)
-
-    def _axis(self, i):
-        return self.shape[i] if len(self.shape) > i else 1
-
-    num = property(lambda self: self._axis(0))
-    channels = property(lambda self: self._axis(1))
-    height = property(lambda self: self._axis(2))
-    width = property(lambda self: self._axis(3))
-
-    def reshape(self, *shape):
-        """New (zeroed) arrays of this shape; call Net.reshape() (or forward) to reshape the layers above."""
-        self._blob.reshape(*shape)
+        super().__init__(blob, fixed=False)
 
     def __repr__(self):
         return f"<Blob {self._blob.name} {list(self.shape)}>"
