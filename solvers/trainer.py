@@ -38,7 +38,7 @@ class Metrics:
     N keeps the records before N (those from N on belong to the run being replaced): they are written to a new
     file that replaces the old one in one rename, so a crash at any moment leaves the history, then appended to."""
 
-    def __init__(self, path: str | None, resume_from: int | None = None, warn=None):
+    def __init__(self, path: str | None, resume_from: int | None = None, warn=None, append: bool = False):
         self.path, self.file, self.warn, self.lost = path, None, warn, 0
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -60,7 +60,7 @@ class Metrics:
                 os.replace(tmp, path)
                 self.file = open(path, "a")
             else:
-                self.file = open(path, "w")
+                self.file = open(path, "a" if append else "w")  # append: the Python API, beside a run's records
 
         self.board = None  # a TensorBoard writer (open_tensorboard)
 
@@ -622,7 +622,8 @@ class Trainer:
             self.dp.iteration = self.iter
         elif self.lr_scale_given:
             self.out(f"Learning rate scaled by {self.lr_scale:g}")
-        self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None, warn=self.out)
+        self.metrics = Metrics(self.metrics_path, resume_from=self.iter if snapshot_path else None, warn=self.out,
+                               append=not guard)
         board = self.tensorboard or (os.path.join(os.path.dirname(self.solver_path), cfg.tensorboard)
                                      if cfg.tensorboard else None)
         if board and self.rank == 0:

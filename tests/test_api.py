@@ -1,0 +1,155 @@
+"""The Python API (`import yaffe as caffe`) as the README's example uses it, on models/lenet_digits: train from
+Python with the arithmetic of `run.py train`, classify with the deploy net, extract features, reshape, NetSpec.
+pycaffe's own tests run in tests/pycaffe."""
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import yaffe as caffe
+from yaffe import layers as L
+from yaffe import params as P
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """lenet_digits trained 150 iterations from Python, and the same by the Trainer behind `run.py train`."""
+    from solvers.trainer import Trainer
+    work = tmp_path_factory.mktemp("api")
+    runs = {}
+    for how in ("api", "cli"):
+        shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), work / how)
+        runs[how] = work / how / "solver.yaml"
+    solver = caffe.SGDSolver(str(runs["api"]))
+    assert solver.iter == 0 and len(solver.test_nets) == 1
+    solver.step(100)
+    solver.step(50)
+    assert solver.iter == 150
+    solver.snapshot()
+    cli = Trainer(str(runs["cli"]), out=lambda *a: None, overrides={"max_iter": 150})
+    cli.train()
+    with gzip.open(work / "api" / "digits_test.csv.gz", "rt") as f:
+        lines = f.read().splitlines()
+    rows = np.loadtxt(lines[0 if lines[0][0].isdigit() else 1:], delimiter=",")
+    images, labels = (rows[:, :64] / 16).reshape(-1, 1, 8, 8).astype(np.float32), rows[:, 64].astype(int)
+    weights = str(work / "api" / "snapshots" / "lenet_digits_iter_150.weights.npz")
+    return solver, cli, weights, images, labels, work
+
+
+def test_solver_step_is_run_py_trains_arithmetic(trained):
+    solver, cli, *_ = trained
+    for name, params in solver.net.params.items():
+        theirs = cli.net.layer_by_name(name).blobs
+        for mine, other in zip(params, theirs):
+            np.testing.assert_array_equal(mine.data, other.data, err_msg=name)
+    accuracy = float(solver.test_nets[0].forward()["accuracy"])
+    assert accuracy > 0.85
+
+
+def test_deploy_net_classifies_and_extracts_features_like_the_test_net(trained):
+    solver, _, weights, images, labels, _ = trained
+    net = caffe.Net(os.path.join(ROOT, "models", "lenet_digits", "deploy.yaml"), weights, caffe.TEST)
+    assert net.inputs == ["data"] and net.outputs == ["prob"]
+    out = net.forward_all(data=images, blobs=["ip1"])  # 359 rows in batches of the net's 1
+    assert out["prob"].shape == (len(images), 10) and out["ip1"].shape == (len(images), 256)
+    np.testing.assert_allclose(out["prob"].sum(1), 1, rtol=1e-5)
+    accuracy = float(np.mean(out["prob"].argmax(1) == labels))
+    test_net = solver.test_nets[0]  # the same weights on the same 359 test digits
+    assert accuracy == pytest.approx(float(test_net.forward()["accuracy"]), abs=1e-6)
+    # reshape the input for a batch of 3: the same numbers as forward_all's rows
+    net.blobs["data"].reshape(3, 1, 8, 8)
+    net.reshape()
+    probs = net.forward(data=images[:3])["prob"]
+    np.testing.assert_allclose(probs, out["prob"][:3], rtol=1e-5, atol=1e-7)
+    # no backward without a loss, as in Caffe: with force_backward (a saliency map), the gradient of the class
+    with open(os.path.join(ROOT, "models", "lenet_digits", "deploy.yaml")) as f:
+        text = f.read().replace("yaffe: 1\n", "yaffe: 1\nforce_backward: true\n")
+    path = os.path.join(trained[5], "deploy_fb.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    net = caffe.Net(path, weights, caffe.TEST)
+    net.blobs["data"].reshape(3, 1, 8, 8)
+    net.forward(data=images[:3])
+    grads = net.backward(prob=np.eye(10, dtype=np.float32)[labels[:3]])
+    assert grads["data"].shape == (3, 1, 8, 8) and np.abs(grads["data"]).sum() > 0
+    x, eps, k = images[:3].astype(np.float64), 1e-2, (0, 0, 3, 4)  # one pixel, by central differences
+    probe = []
+    for sign in (1, -1):
+        y = x.copy()
+        y[k] += sign * eps
+        probe.append(net.forward(data=y)["prob"][0, labels[0]])
+    assert grads["data"][k] == pytest.approx((probe[0] - probe[1]) / (2 * eps), rel=0.05, abs=1e-4)
+
+
+def test_fine_tuning_from_python_lowers_the_loss_and_save_copy_from_round_trip(trained, tmp_path):
+    solver, _, weights, *_ = trained
+    saved = tmp_path / "lenet.caffemodel"
+    solver.net.save(str(saved))
+    net = caffe.Net(os.path.join(ROOT, "models", "lenet_digits", "deploy.yaml"), caffe.TEST, weights=str(saved))
+    for name in ("conv1", "ip2"):
+        np.testing.assert_array_equal(net.params[name][0].data, solver.net.params[name][0].data)
+
+
+def test_apply_update_steps_against_the_diff_and_moves_the_iteration_on(trained):
+    solver = trained[0]
+    w = solver.net.params["ip2"][1]  # the bias
+    before = w.data.copy()
+    solver.net.clear_param_diffs()
+    w.diff[...] = 1000  # far larger than the momentum left from training: every bias must go down
+    solver.apply_update()
+    assert np.all(w.data < before) and solver.iter == 151
+    assert not solver.net.params["ip2"][1].diff.any()  # cleared for the next backward
+
+
+def test_netspec_builds_lenet_digits_that_loads_its_weights(trained, tmp_path):
+    weights = trained[2]
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 1, 8, 8]))
+    n.conv1 = L.Convolution(n.data, kernel_size=3, pad=1, num_output=20, weight_filler=dict(type="xavier"))
+    n.relu1 = L.ReLU(n.conv1, in_place=True)
+    n.pool1 = L.Pooling(n.relu1, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.conv2 = L.Convolution(n.pool1, kernel_size=3, pad=1, num_output=50, weight_filler=dict(type="xavier"))
+    n.relu2 = L.ReLU(n.conv2, in_place=True)
+    n.pool2 = L.Pooling(n.relu2, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.ip1 = L.InnerProduct(n.pool2, num_output=256, param=[dict(lr_mult=1), dict(lr_mult=2)])
+    n.relu3 = L.ReLU(n.ip1, in_place=True)
+    n.ip2 = L.InnerProduct(n.relu3, num_output=10)
+    n.prob = L.Softmax(n.ip2)
+    text = str(n.to_proto())
+    assert 'type: "Convolution"' in text and "pool: MAX" in text and "lr_mult: 2" in text
+    (tmp_path / "lenet.prototxt").write_text(text)
+    (tmp_path / "lenet.yaml").write_text(n.to_yaml())
+    for path in ("lenet.prototxt", "lenet.yaml"):
+        net = caffe.Net(str(tmp_path / path), weights, caffe.TEST)
+        assert list(net.params) == ["conv1", "conv2", "ip1", "ip2"]
+        assert net.blobs["pool2"].shape == (2, 50, 2, 2) and net.outputs == ["prob"]
+
+
+def test_transformer_and_blobproto_round_trips():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(size=(8, 6, 3)).astype(np.float32)  # H x W x C in [0, 1], RGB
+    t = caffe.io.Transformer({"data": (1, 3, 8, 6)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    t.set_mean("data", np.array([104.0, 117.0, 123.0]))
+    x = t.preprocess("data", image)
+    np.testing.assert_allclose(x[0], image[:, :, 2] * 255 - 104, rtol=1e-5)  # BGR, scaled, mean-subtracted
+    np.testing.assert_allclose(t.deprocess("data", x), image, rtol=1e-5, atol=1e-6)
+    mean = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    blob = caffe.io.array_to_blobproto(mean)
+    back = caffe.proto.caffe_pb2.BlobProto()
+    back.ParseFromString(blob.SerializeToString())
+    np.testing.assert_array_equal(caffe.io.blobproto_to_array(back), mean)
+    from netspec.caffemodel import blob_bytes, read_blob  # yaffe's own reader and writer agree
+    np.testing.assert_array_equal(read_blob(blob.SerializeToString()), mean)
+    back.ParseFromString(blob_bytes(mean))
+    np.testing.assert_array_equal(caffe.io.blobproto_to_array(back), mean)
+    datum = caffe.io.array_to_datum(np.arange(12, dtype=np.uint8).reshape(3, 2, 2), label=7)
+    from layers.sources import parse_datum
+    array, label = parse_datum(datum.SerializeToString())
+    assert label == 7 and np.array_equal(array, np.arange(12).reshape(3, 2, 2))
