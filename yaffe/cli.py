@@ -48,6 +48,13 @@ def cmd_test(args):
     return 0
 
 
+def cmd_predict(args):
+    from solvers.predict import predict
+    predict(args.model, args.weights, args.inputs, blobs=_stages(args.blobs) or None, labels=args.labels,
+            top_k=args.top_k, output=args.output, scale=args.scale, mean=args.mean, batch=args.batch)
+    return 0
+
+
 def cmd_validate(args):
     from netspec.spec import validate, summary
     findings = validate(args.files, strict=args.strict)
@@ -279,6 +286,22 @@ def build_parser():
     p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
     p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("predict", help="run a trained net on new inputs: top-k classes, or blobs to a file "
+                       "(Caffe's classification example and extract_features)")
+    p.add_argument("model", help="a deploy net (an Input layer) or a net with a TEST data layer (its transform is used)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders of images, list files (path [label]), .npz, .csv, IDX, LMDB, LevelDB")
+    p.add_argument("--weights", metavar="W", required=True, help="a .weights.npz snapshot or a Caffe .caffemodel")
+    p.add_argument("--blobs", metavar="B1,B2", help="blobs to report and write for every input (default: the "
+                   "net's outputs, or the scores its loss reads)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (Caffe's synset_words.txt)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes printed per input (default 5)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the blobs: .npz, .csv or .jsonl (one row per input)")
+    p.add_argument("--scale", type=float, help="deploy nets: multiply the inputs by this (e.g. 0.00390625)")
+    p.add_argument("--mean", help="deploy nets: subtract a mean (.npy, .binaryproto, or values per channel)")
+    p.add_argument("--batch", type=positive_int, help="inputs per forward pass (default: the net's batch)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("validate", help="check net and solver files without training")
     p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")

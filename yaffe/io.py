@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .proto import caffe_pb2
@@ -168,6 +170,20 @@ class Transformer:
         if in_ in self.transpose:
             decaf_in = decaf_in.transpose(np.argsort(self.transpose[in_]))
         return decaf_in
+
+
+def load_dataset(path):
+    """(data float32 (N, C, H, W) or (N, features), labels (N,)) of a dataset file as yaffe's Data layer reads it:
+    IDX (labels from the file beside), .csv[.gz], .npz, an LMDB or LevelDB, or a list file of `path label`
+    lines. Values as stored (pixels 0..255): scale them as the net's transform_param does. yaffe's own."""
+    from layers import sources
+    from netspec.errors import UserError
+    try:
+        with sources.reading():
+            data, labels = sources.read_any(os.fspath(path))
+    except sources.SourceError as e:
+        raise UserError(f"{path}: error: {e}") from None
+    return np.asarray(data, np.float32), np.asarray(labels, np.float32)
 
 
 # ---- Caffe's messages ------------------------------------------------------------------------------

@@ -1,0 +1,245 @@
+"""`run.py predict`: a trained net on new inputs, as Caffe's classification example and extract_features.
+
+The net runs in TEST. A deploy net (an Input layer) takes the rows as they are, after the optional --scale and
+--mean; a net with a data layer takes them through that layer's TEST transform (scale, mean, centre crop,
+normalize statistics from the weights) and runs the layers above it. Inputs: image files, folders of images,
+list files (`path [label]` lines), .npz, .csv[.gz], IDX, LMDB or LevelDB; images are read as the ImageData layer
+reads them (RGB, or grey for one channel) and resized to the input's size.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from layers import sources
+from netspec.errors import UserError
+from netspec.net import Net
+from netspec.progress import Progress
+from netspec.spec import load_net
+from . import snapshot as snap
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def _image(path, channels, hw):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("reading images needs Pillow: pip install 'yaffe[images]'") from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if hw and (im.height, im.width) != tuple(hw):
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            a = np.asarray(im, np.float32)
+    except OSError as e:
+        raise UserError(f"{path}: error: cannot read the image ({e})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def read_inputs(paths, sample_shape):
+    """(rows (N, ...) float32 as the source holds them, names of the rows) from every path given."""
+    rows, names = [], []
+    channels = sample_shape[0] if len(sample_shape) == 3 else 3
+    hw = tuple(sample_shape[1:]) if len(sample_shape) == 3 else None
+    for path in paths:
+        database = any(os.path.isfile(os.path.join(path, f)) for f in ("data.mdb", "CURRENT"))  # LMDB, LevelDB
+        if os.path.isdir(path) and not database:
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise UserError(f"{path}: error: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            for f in found:
+                rows.append(_image(f, channels, hw))
+                names.append(f)
+        elif path.lower().endswith(IMAGE_SUFFIXES):
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: error: no such file")
+            rows.append(_image(path, channels, hw))
+            names.append(path)
+        else:
+            try:
+                kind = sources.kind(path)
+            except sources.SourceError:
+                kind = "list"  # a list file of `path [label]` lines (or nothing readable: read_any says which)
+            try:
+                with sources.reading():
+                    if kind == "list":
+                        data, _ = sources.read_any(path, None, hw, gray=channels == 1)
+                    else:
+                        data, _ = sources.read_any(path, list(sample_shape) if kind == "csv" else None)
+            except sources.SourceError as e:
+                raise UserError(f"{path}: error: {e}") from None
+            data = np.asarray(data, np.float32)
+            if hw and data.ndim == 4 and data.shape[2:] != hw:
+                raise UserError(f"{path}: error: its examples are {list(data.shape[1:])} but the net takes "
+                                f"{list(sample_shape)}; resize them, or use a net for that size")
+            rows.extend(data)
+            names.extend(f"{path}[{i}]" for i in range(len(data)))
+    if not rows:
+        raise UserError("no inputs given")
+    shapes = {r.shape for r in rows}
+    if len(shapes) > 1:
+        raise UserError(f"the inputs have different shapes ({', '.join(str(list(s)) for s in sorted(shapes))}); "
+                        "give examples of one shape")
+    return np.stack(rows), names
+
+
+class Predictor:
+    """A TEST net with weights, fed batches of rows at its input blob."""
+
+    def __init__(self, model, weights, scale=None, mean=None, batch=None):
+        doc = load_net(model)
+        self.net = net = Net(doc, "TEST", model, seed=0)
+        net.keep_for_backward = False
+        if weights:
+            net.load_weights(snap.load_weights_file(weights), weights)
+        self.start, self.source = 0, None
+        for i, (d, layer) in enumerate(zip(net.defs, net.layers)):
+            if layer.type == "Input":
+                self.input = d.tops[0]
+                self.start = i + 1
+                break
+            if layer.is_data:
+                self.input, self.source, self.start = d.tops[0], layer, i + 1
+                break
+        else:
+            raise UserError(f"{model}: error: the net has no Input or data layer to feed; predict needs a deploy net "
+                            "(an Input layer) or a net with a TEST data layer")
+        shape = net.shapes[self.input]
+        self.sample = tuple(self.source.sample_shapes[0]) if self.source is not None else tuple(shape[1:])
+        self.batch = int(batch or shape[0])
+        self.scale, self.mean = scale, mean
+
+    def outputs(self, blobs):
+        """The blobs to report: those named, else the net's outputs (for a net with a loss, its input instead)."""
+        net = self.net
+        if blobs:
+            missing = [b for b in blobs if b not in net.blobs]
+            if missing:
+                raise UserError(f"no blob {missing[0]!r} in the net (blobs: {', '.join(net.blobs)})")
+            return list(blobs)
+        losses = [d for d, l in zip(net.defs, net.layers) if l.is_loss or l.type == "Accuracy"]
+        if losses:  # a train/test net: the scores the loss reads
+            return [losses[0].bottoms[0]]
+        return list(net.outputs)
+
+    def _feed(self, rows):
+        """Put the rows at the input blob (transformed as the data layer would); True where the shapes changed."""
+        net, n = self.net, len(rows)
+        blob = net.blobs[self.input]
+        if self.source is not None:
+            tf = self.source.transformer
+            tf.phase = "TEST"
+            shape = (n,) + tuple(tf.out_shape)
+        else:
+            if blob.data.shape[1:] != rows.shape[1:]:
+                raise UserError(f"the inputs are {list(rows.shape[1:])} but the net's input '{self.input}' takes "
+                                f"{list(blob.data.shape[1:])}")
+            shape = (n,) + blob.data.shape[1:]
+        changed = blob.data.shape != shape
+        if changed:
+            blob.reshape(shape)
+            d = net.defs[self.start - 1]
+            for t in d.tops[1:]:  # a data layer's labels: a batch of n too (unused)
+                net.blobs[t].reshape((n,) + net.blobs[t].data.shape[1:])
+        if self.source is not None:
+            stats = [b.data for b in self.source.blobs][:getattr(self.source, "n_data_stats", None)]
+            tf.apply(rows, blob.data, stats, np.random.default_rng(0))
+        else:
+            x = rows.astype(np.float32)
+            if self.mean is not None:
+                x = x - self.mean
+            if self.scale is not None:
+                x = x * self.scale
+            blob.data[...] = x
+        return changed
+
+    def run(self, rows, blobs):
+        """{blob: (N, ...) array} for all rows, in batches."""
+        net, names = self.net, self.outputs(blobs)
+        parts = {b: [] for b in names}
+        total = len(rows)
+        for s in range(0, total, self.batch):
+            if self._feed(rows[s:s + self.batch]):
+                net.reshape(self.start - 1)
+            for i in range(self.start, len(net.layers)):
+                net.forward_layer(i)
+            for b in names:
+                parts[b].append(np.array(net.blobs[b].data))
+            Progress.update(min(s + self.batch, total), total, "predicting")
+        Progress.close()
+        return {b: np.concatenate(p) if p[0].ndim else np.array(p) for b, p in parts.items()}
+
+
+def _labels(path):
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise UserError(f"{path}: error: cannot read the labels file ({e.strerror})") from None
+
+
+def _mean(value):
+    """--mean: a .npy / .binaryproto file, or comma-separated values per channel."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        if value.endswith(".binaryproto"):
+            from netspec.caffemodel import read_blob
+            with open(value, "rb") as f:
+                return read_blob(f.read())[0]
+        return np.load(value)
+    try:
+        return np.array([float(v) for v in value.split(",")], np.float32).reshape(-1, 1, 1)
+    except ValueError:
+        raise UserError(f"--mean {value!r}: give a .npy or .binaryproto file, or values per channel such as "
+                        "104,117,123") from None
+
+
+def predict(model, weights, inputs, blobs=None, labels=None, top_k=5, output=None, scale=None, mean=None,
+            batch=None, out=print) -> dict:
+    p = Predictor(model, weights, scale, _mean(mean), batch)
+    rows, names = read_inputs(inputs, p.sample)
+    results = p.run(rows, blobs)
+    names_of = _labels(labels)
+    scores = results[p.outputs(blobs)[0]]
+    flat = scores.reshape(len(rows), -1)
+    k = max(1, min(top_k, flat.shape[1]))
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    if names_of is not None and len(names_of) != flat.shape[1]:
+        raise UserError(f"{labels}: error: {len(names_of)} labels for {flat.shape[1]} classes; give one line per "
+                        "class, in the order of the net's outputs")
+    if output is None or not output.endswith((".csv", ".jsonl")):
+        for name, idx, row in zip(names, top, flat):
+            picks = ", ".join(f"{row[j]:.4f} {names_of[j] if names_of else j}" for j in idx)
+            out(f"{name}: {picks}")
+    if output:
+        _write(output, names, results, top, flat, names_of)
+        out(f"Wrote {output} ({len(names)} inputs: {', '.join(results)})")
+    return {"names": names, "top": top, **results}
+
+
+def _write(output, names, results, top, flat, labels):
+    if output.endswith(".npz"):
+        snap.save_npz(output, {"inputs": np.array(names), "top_k": top, **results})
+    elif output.endswith(".jsonl"):
+        with open(output, "w") as f:
+            for i, name in enumerate(names):
+                record = {"input": name, "top_k": [{"class": int(j), "score": float(flat[i, j]),
+                                                    **({"label": labels[j]} if labels else {})} for j in top[i]]}
+                record.update({b: np.asarray(v[i]).tolist() for b, v in results.items()})
+                f.write(json.dumps(record) + "\n")
+    elif output.endswith(".csv"):
+        with open(output, "w") as f:
+            header = ["input", "top1"] + [f"{b}_{j}" for b, v in results.items()
+                                          for j in range(int(np.prod(v.shape[1:])))]
+            f.write(",".join(header) + "\n")
+            for i, name in enumerate(names):
+                values = [f"{x:.7g}" for v in results.values() for x in np.asarray(v[i]).ravel()]
+                f.write(",".join([json.dumps(name), str(int(top[i, 0]))] + values) + "\n")
+    else:
+        raise UserError(f"-o {output}: write .npz, .csv or .jsonl")

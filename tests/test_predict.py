@@ -1,0 +1,79 @@
+"""`run.py predict`: a trained lenet_digits on new inputs (images, folders, csv), the top-k classes with label
+names, blobs written per input (Caffe's extract_features), and clear errors."""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from solvers.trainer import Trainer
+    work = tmp_path_factory.mktemp("predict")
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), work / "lenet_digits")
+    Trainer(str(work / "lenet_digits" / "solver.yaml"), out=lambda *a: None, overrides={"max_iter": 200}).train()
+    with gzip.open(work / "lenet_digits" / "digits_test.csv.gz", "rt") as f:
+        lines = f.read().splitlines()
+    rows = np.loadtxt(lines[0 if lines[0][0].isdigit() else 1:], delimiter=",")
+    pytest.importorskip("PIL")
+    from PIL import Image
+    (work / "imgs").mkdir()
+    for i in range(6):  # 8x8 grey PNGs of pixels 0..16 x 15
+        Image.fromarray((rows[i, :64].reshape(8, 8) * 15).astype(np.uint8)).save(work / "imgs" / f"d{i}.png")
+    (work / "names.txt").write_text("".join(f"digit {k}\n" for k in range(10)))
+    return work, rows
+
+
+WEIGHTS = "lenet_digits/snapshots/lenet_digits_iter_200.weights.npz"
+
+
+def test_predict_on_the_test_csv_agrees_with_run_py_test(work):
+    work, rows = work
+    r = run("predict", "lenet_digits/net.yaml", "--weights", WEIGHTS, "lenet_digits/digits_test.csv.gz",
+            "-o", "out.jsonl", "--blobs", "ip2,ip1", cwd=work)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(work / "out.jsonl")]
+    assert len(records) == len(rows) and len(records[0]["ip1"]) == 256 and len(records[0]["top_k"]) == 5
+    ours = np.mean([rec["top_k"][0]["class"] == label for rec, label in zip(records, rows[:, 64])])
+    t = run("test", "lenet_digits/net.yaml", "--weights", WEIGHTS, "--json", cwd=work)
+    assert t.returncode == 0, t.stderr
+    assert ours == pytest.approx(json.loads(t.stdout)["accuracy"], abs=1e-6)
+
+
+def test_predict_classifies_a_folder_of_images_with_the_deploy_net_and_label_names(work):
+    work, rows = work
+    r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", "--scale", str(1 / 15 / 16),
+            "--labels", "names.txt", "--top-k", "2", "-o", "out.npz", cwd=work)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith(str(work / "imgs")) or l.startswith("imgs")]
+    assert len(lines) == 6 and all(l.count("digit ") == 2 for l in lines)
+    with np.load(work / "out.npz") as z:
+        assert z["prob"].shape == (6, 10) and list(z["inputs"]) == [f"imgs/d{i}.png" for i in range(6)]
+        top = z["top_k"][:, 0]
+    assert np.mean(top == rows[:6, 64]) >= 5 / 6
+    for line, k in zip(lines, top):  # the printed first class is the written one, by its name
+        assert line.split(": ", 1)[1].split(", ")[0].endswith(f"digit {k}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", "three.txt"], "3 labels for 10 classes"),
+    (["--blobs", "fc7"], "no blob 'fc7' in the net"),
+    (["-o", "out.txt"], "write .npz, .csv or .jsonl"),
+])
+def test_predict_mistakes_are_one_line_errors(work, args, message):
+    work, _ = work
+    (work / "three.txt").write_text("a\nb\nc\n")
+    r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", *args, cwd=work)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
