@@ -5,19 +5,27 @@ The class subclasses `caffe.Layer`, as in Caffe: where pycaffe itself is not ins
 small stand-in (Layer, TRAIN, TEST), so a Caffe user's module runs unchanged. The module is imported from the
 Python path, the net file's folder or the working directory. Its top shapes are what its reshape() sets: asked
 at setup on zero-filled stand-ins of the bottoms, and before every forward (a new shape reshapes the layers
-above, as in Caffe). Learnable blobs come from `self.blobs.add_blob(*shape)` in setup. Running user code is the point of this layer: a net only runs what it names.
+above, as in Caffe). Learnable blobs come from `self.blobs.add_blob(*shape)` in setup. yaffe's additions: a class
+may declare `fields` (yaffe Fields) to have its param_str read as YAML and checked (`self.params`), and
+`per_example = True` to let a batch run as slices on several threads (its calls are serialized). Running user code is the point of this layer: a net only runs what it names.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+import threading
 import types
 
 import numpy as np
 
-from netspec.errors import LayerError
-from .base import Field, Layer, register
+import jsonschema
+import yaml
+
+from netspec.errors import LayerError, did_you_mean
+from .base import Field, Layer, register, resolve
+
+_LOCKS: dict = {}  # one lock per user class: its code runs one call at a time when a batch runs as slices
 
 TRAIN, TEST = 0, 1  # caffe.TRAIN, caffe.TEST
 
@@ -153,7 +161,10 @@ class Python(Layer):
     base_dir = "."
 
     def batch_coupling(self):
-        return "yaffe cannot tell whether a Python layer mixes the examples of a batch"
+        if getattr(getattr(self, "inst", None), "per_example", False):
+            return None  # the class says each example's output depends on that example alone
+        return ("yaffe cannot tell whether a Python layer mixes the examples of a batch (a class whose outputs "
+                "depend on each example alone can say so: per_example = True)")
 
     def _instance(self):
         _caffe_module()
@@ -180,7 +191,36 @@ class Python(Layer):
             raise LayerError(f"{p.module}.{p.layer}() raised {type(e).__name__}: {e}", "python_param.layer") from None
         inst.param_str, inst.phase = p.param_str or "", TRAIN if self.phase == "TRAIN" else TEST
         inst.blobs = BlobVec(self)
+        if getattr(cls, "fields", None):
+            inst.params = self._checked_params(cls.fields)
+        self.lock = _LOCKS.setdefault(cls, threading.Lock())
         return inst
+
+    def _checked_params(self, fields):
+        """A class's yaffe Fields check its param_str, read as YAML ({lr: 0.1, mode: fast}): the values, with the
+        declared defaults, as `self.params` (a namespace); a mistake is a LayerError with did-you-mean."""
+        text = self.p.param_str or ""
+        try:
+            given = yaml.safe_load(text) if text.strip() else {}
+        except yaml.YAMLError as e:
+            raise LayerError(f"param_str {text!r} is not YAML ({getattr(e, 'problem', e)}); write it as "
+                             "{name: value, ...}", "python_param.param_str") from None
+        if not isinstance(given, dict):
+            raise LayerError(f"param_str {text!r} must be a mapping {{name: value, ...}} for the fields "
+                             f"{', '.join(f.name for f in fields)}", "python_param.param_str")
+        from netspec.schema import block_schema
+        errors = sorted(jsonschema.Draft202012Validator(block_schema(fields)).iter_errors(given),
+                        key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            e, names = errors[0], [f.name for f in fields]
+            if e.validator == "additionalProperties":
+                key = next(k for k in e.instance if k not in names)
+                message = f"unknown field '{key}'{did_you_mean(key, names)} (fields: {', '.join(names)})"
+            else:
+                field = ".".join(map(str, e.absolute_path))
+                message = f"{field + ': ' if field else ''}{e.message}"
+            raise LayerError(f"param_str: {message}", "python_param.param_str")
+        return resolve(fields, given)
 
     def _call(self, what, *args):
         try:
@@ -214,8 +254,11 @@ class Python(Layer):
 
     def forward(self, bottom, top):
         b, t = [PyBlob(x, True) for x in bottom], [PyBlob(x, False) for x in top]
-        self._call("reshape", b, t)  # as Caffe calls Reshape before every Forward
-        self._call("forward", b, t)
+        with self.lock:  # the slices of a batch share the class: one call at a time
+            self._call("reshape", b, t)  # as Caffe calls Reshape before every Forward
+            self._call("forward", b, t)
 
     def backward(self, top, propagate_down, bottom):
-        self._call("backward", [PyBlob(x, True) for x in top], list(propagate_down), [PyBlob(x, True) for x in bottom])
+        with self.lock:
+            self._call("backward", [PyBlob(x, True) for x in top], list(propagate_down),
+                       [PyBlob(x, True) for x in bottom])

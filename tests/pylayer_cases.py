@@ -91,3 +91,9 @@ class VarRows(caffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+class PerExampleCube(Cube):
+    """Cube, declared per-example: a batch may run as slices on several threads."""
+
+    per_example = True

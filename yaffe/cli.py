@@ -55,6 +55,34 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_check_layer(args):
+    """run.py check-layer module.Class: the numerical gradient check of a Python layer (float64)."""
+    import numpy as np
+    from layers.gradcheck import check_gradients
+    from netspec.errors import LayerError, UserError
+    module, _, cls = args.layer.rpartition(".")
+    if not module:
+        raise UserError(f"check-layer {args.layer!r}: name the class with its module, e.g. mylayers.Cube")
+    try:
+        shapes = [tuple(int(d) for d in s.split(",")) for s in args.bottom]
+    except ValueError:
+        raise UserError(f"--bottom {args.bottom}: give each bottom's shape as numbers, e.g. --bottom 2,3,4") from None
+    rng = np.random.default_rng(args.seed)
+    bottoms = [rng.normal(size=s) for s in shapes]
+    spec = {"python_param": {"module": module, "layer": cls, "param_str": args.param_str or ""},
+            "top": [f"t{i}" for i in range(args.tops)], "phase": args.phase}
+    try:
+        worst = check_gradients("Python", spec, bottoms, eps=args.eps, rtol=args.rtol, atol=args.atol)
+    except LayerError as e:
+        raise UserError(f"check-layer {args.layer}: {e}") from None
+    except AssertionError as e:
+        print(f"FAIL {args.layer}: {e}")
+        return 1
+    print(f"PASS {args.layer}: bottoms {[list(s) for s in shapes]}, largest difference from central differences "
+          f"{worst:.2e} (rtol {args.rtol:g}, atol {args.atol:g})")
+    return 0
+
+
 def cmd_validate(args):
     from netspec.spec import validate, summary
     findings = validate(args.files, strict=args.strict)
@@ -302,6 +330,20 @@ def build_parser():
     p.add_argument("--mean", help="deploy nets: subtract a mean (.npy, .binaryproto, or values per channel)")
     p.add_argument("--batch", type=positive_int, help="inputs per forward pass (default: the net's batch)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("check-layer", help="gradient-check a Python layer numerically (float64, central "
+                       "differences), as every built-in layer is")
+    p.add_argument("layer", help="module.Class (the module on PYTHONPATH or in the working directory)")
+    p.add_argument("--bottom", action="append", required=True, metavar="N,C,...",
+                   help="a bottom's shape (random normal values); once per bottom")
+    p.add_argument("--param-str", help="the layer's param_str")
+    p.add_argument("--tops", type=positive_int, default=1, help="number of tops (default 1)")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
+    p.add_argument("--seed", type=int, default=0, help="of the random bottoms")
+    p.add_argument("--eps", type=float, default=1e-5, help="the finite-difference step")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-6)
+    p.set_defaults(func=cmd_check_layer)
 
     p = sub.add_parser("validate", help="check net and solver files without training")
     p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")

@@ -1,5 +1,5 @@
 # pycaffe's own test_net.py (BVLC/caffe python/caffe/test, BSD-2-Clause, see tests/pycaffe/README.md), run
-# against yaffe. Changes: 'import yaffe as caffe'; module names prefixed test_pycaffe_; six -> Python 3.
+# against yaffe. Changes: "import yaffe as caffe"; module names prefixed test_pycaffe_; six and assertRaisesRegexp -> Python 3.
 import unittest
 import tempfile
 import os

@@ -1,5 +1,5 @@
 # pycaffe's own test_net_spec.py (BVLC/caffe python/caffe/test, BSD-2-Clause, see tests/pycaffe/README.md), run
-# against yaffe. Changes: 'import yaffe as caffe'; module names prefixed test_pycaffe_; six -> Python 3.
+# against yaffe. Changes: "import yaffe as caffe"; module names prefixed test_pycaffe_; six and assertRaisesRegexp -> Python 3.
 import unittest
 import tempfile
 import yaffe as caffe
@@ -86,6 +86,6 @@ class TestNetSpec(unittest.TestCase):
         """Test that a TypeError is raised when a Function input isn't a Top."""
         data = L.DummyData(ntop=2)  # data is a 2-tuple of Tops
         r = r"^Silence input 0 is not a Top \(type is <(type|class) 'tuple'>\)$"
-        with self.assertRaisesRegexp(TypeError, r):
+        with self.assertRaisesRegex(TypeError, r):
             L.Silence(data, ntop=0)  # should raise: data is a tuple, not a Top
         L.Silence(*data, ntop=0)  # shouldn't raise: each elt of data is a Top
