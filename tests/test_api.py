@@ -153,3 +153,40 @@ def test_transformer_and_blobproto_round_trips():
     from layers.sources import parse_datum
     array, label = parse_datum(datum.SerializeToString())
     assert label == 7 and np.array_equal(array, np.arange(12).reshape(3, 2, 2))
+
+
+def test_classifier_averages_ten_crops_and_matches_the_net_on_the_centre(trained):
+    weights, images = trained[2], trained[3]
+    clf = caffe.Classifier(os.path.join(ROOT, "models", "lenet_digits", "deploy.yaml"), weights, image_dims=(8, 8))
+    pictures = [im.transpose(1, 2, 0) for im in images[:4]]  # H x W x 1, as caffe.io.load_image gives
+    centre = clf.predict(pictures, oversample=False)
+    net = caffe.Net(os.path.join(ROOT, "models", "lenet_digits", "deploy.yaml"), weights, caffe.TEST)
+    direct = net.forward_all(data=images[:4])["prob"]
+    np.testing.assert_allclose(centre, direct, rtol=1e-5, atol=1e-7)
+    ten = clf.predict(pictures)  # 8x8 crops of 8x8 images: five the image, five its mirror
+    mirrored = net.forward_all(data=images[:4, :, :, ::-1])["prob"]
+    np.testing.assert_allclose(ten, (direct + mirrored) / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_detector_warps_each_window_to_the_input(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 6, 6]))
+    n.score = L.InnerProduct(n.data, num_output=4, weight_filler=dict(type="gaussian", std=0.1))
+    (tmp_path / "det.prototxt").write_text(str(n.to_proto()))
+    net = caffe.Net(str(tmp_path / "det.prototxt"), caffe.TEST)
+    net.save(str(tmp_path / "det.caffemodel"))
+    picture = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "im.png")
+    windows = np.array([[0, 0, 6, 6], [4, 10, 16, 22]])
+    det = caffe.Detector(str(tmp_path / "det.prototxt"), str(tmp_path / "det.caffemodel"))
+    found = det.detect_windows([(str(tmp_path / "im.png"), windows)])
+    assert [list(d["window"]) for d in found] == windows.tolist()
+    image = picture.astype(np.float32) / 255
+    for d, (y0, x0, y1, x1) in zip(found, windows):
+        crop = caffe.io.resize_image(image[y0:y1, x0:x1], (6, 6)).transpose(2, 0, 1)[None]
+        np.testing.assert_allclose(d["prediction"], net.forward_all(data=crop)["score"][0], rtol=1e-4, atol=1e-6)
+    padded = caffe.Detector(str(tmp_path / "det.prototxt"), str(tmp_path / "det.caffemodel"), context_pad=1)
+    crop = padded.crop(image, windows[0])  # at the corner: the context above and left is outside, mean-filled
+    assert crop.shape == (6, 6, 3) and not crop[0].any() and crop[3:, 3:].any()

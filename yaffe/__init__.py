@@ -18,13 +18,13 @@ from netspec.spec import validate
 from solvers.trainer import Trainer, test_model
 
 from . import io, proto
-from .classifier import Classifier
+from .classifier import Classifier, Detector
 from .net_spec import NetSpec, layers, params, to_proto
 from .pycaffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net, NesterovSolver,
                       RMSPropSolver, SGDSolver, Solver, get_solver, layer_type_list, set_device, set_mode_cpu,
                       set_mode_gpu, set_random_seed)
 
-__all__ = ["Net", "Blob", "Layer", "Classifier", "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver",
+__all__ = ["Net", "Blob", "Layer", "Classifier", "Detector", "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver",
            "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NetSpec", "layers", "params",
            "to_proto", "io", "proto", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "layer_type_list", "Trainer", "load", "validate", "test_model", "SpecError",

@@ -216,6 +216,7 @@ def arraylist_to_blobprotovector_str(arraylist):
 
 
 def blobprotovector_str_to_arraylist(buf):
+    """The arrays of a serialized BlobProtoVector."""
     vec = caffe_pb2.BlobProtoVector()
     vec.ParseFromString(buf)
     return [blobproto_to_array(b) for b in vec.blobs]

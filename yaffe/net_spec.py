@@ -175,6 +175,7 @@ class NetProto:
         return dumps(self._doc())
 
     def to_yaml(self):
+        """The net as yaffe's YAML."""
         from netspec.convert import to_yaml
         return to_yaml(_to_dict(self._doc()), "a NetSpec").replace("# converted from a NetSpec by run.py convert",
                                                                     "# written by yaffe's NetSpec")
@@ -222,12 +223,15 @@ class NetSpec:
         del self.tops[name]
 
     def keys(self):
+        """The top names, in the order assigned."""
         return list(self.tops.keys())
 
     def vals(self):
+        """The tops, in the order assigned."""
         return list(self.tops.values())
 
     def to_proto(self, name=None):
+        """The net of every top assigned (a NetProto: str() is prototxt)."""
         names = {v: k for k, v in self.tops.items()}
         autonames = Counter()
         layers = OrderedDict()

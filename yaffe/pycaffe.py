@@ -78,10 +78,12 @@ class LayerView:
 
     @property
     def type(self):
+        """The layer's Caffe type name (Convolution, ...)."""
         return self._layer.type
 
     @property
     def blobs(self):
+        """The layer's learnable (or statistics) blobs, live."""
         return [Blob(b) for b in self._layer.blobs]
 
     def __repr__(self):
@@ -152,6 +154,7 @@ class Net:
 
     @property
     def layers(self):
+        """The layers in order (each with .type and .blobs)."""
         return [LayerView(l) for l in self._net.layers]
 
     @property
@@ -160,6 +163,7 @@ class Net:
 
     @property
     def layer_dict(self) -> OrderedDict:
+        """Layer name -> layer."""
         return OrderedDict(zip(self._layer_names, self.layers))
 
     @property
@@ -173,18 +177,22 @@ class Net:
 
     @property
     def outputs(self):
+        """The blobs no layer consumes (the net's outputs)."""
         return list(self._net.outputs)
 
     @property
     def top_names(self) -> OrderedDict:
+        """Layer name -> its top blob names."""
         return OrderedDict((k, list(d.tops)) for k, d in zip(self._net.keys, self._net.defs))
 
     @property
     def bottom_names(self) -> OrderedDict:
+        """Layer name -> its bottom blob names."""
         return OrderedDict((k, list(d.bottoms)) for k, d in zip(self._net.keys, self._net.defs))
 
     @property
     def phase(self):
+        """caffe.TRAIN or caffe.TEST."""
         return TRAIN if self._net.phase == "TRAIN" else TEST
 
     @property
@@ -360,10 +368,12 @@ class Solver:
 
     @property
     def iter(self):
+        """The iterations done."""
         return self._t.iter
 
     @property
     def type(self):
+        """The solver type of the file (SGD, Adam, ...)."""
         return self._t.cfg.type
 
     @property

@@ -40,17 +40,21 @@ class _Message:
         object.__setattr__(self, name, value)
 
     def HasField(self, name):  # noqa: N802: protobuf's name
+        """Whether the field was set (a message: is not empty)."""
         value = getattr(self, name)
         kind = self._fields[name][1]
         return name in self._set or (kind == "message" and value.ByteSize() > 0)
 
     def ByteSize(self):  # noqa: N802
+        """The serialized size in bytes."""
         return len(self.SerializeToString())
 
     def CopyFrom(self, other):  # noqa: N802
+        """Become a copy of `other`."""
         self.ParseFromString(other.SerializeToString())
 
     def SerializeToString(self) -> bytes:  # noqa: N802
+        """The protobuf wire bytes (fields in number order, repeated numbers packed), as Caffe writes them."""
         out = []
         for name, (num, kind, _) in sorted(self._fields.items(), key=lambda kv: kv[1][0]):
             v = getattr(self, name)
@@ -76,6 +80,7 @@ class _Message:
         return b"".join(out)
 
     def ParseFromString(self, buf: bytes):  # noqa: N802
+        """Read the protobuf wire bytes (packed or not); unknown fields are skipped."""
         self.__init__()
         by_num = {num: (name, kind, cls) for name, (num, kind, cls) in self._fields.items()}
         for num, wire, v in fields(bytes(buf)):
@@ -104,10 +109,12 @@ class _Message:
 
 
 class BlobShape(_Message):
+    """caffe.proto's BlobShape: dim (repeated int64)."""
     _fields = {"dim": (1, "ints", None)}
 
 
 class BlobProto(_Message):
+    """caffe.proto's BlobProto: shape, data, diff, double_data, double_diff, and the legacy num/channels/height/width."""
     _fields = {"num": (1, "int", None), "channels": (2, "int", None), "height": (3, "int", None),
                "width": (4, "int", None), "data": (5, "floats", None), "diff": (6, "floats", None),
                "shape": (7, "message", BlobShape), "double_data": (8, "doubles", None),
@@ -115,6 +122,7 @@ class BlobProto(_Message):
 
 
 class BlobProtoVector(_Message):
+    """caffe.proto's BlobProtoVector: blobs (a list of BlobProto)."""
     _fields = {}
 
     def __init__(self, **values):
@@ -135,6 +143,7 @@ class BlobProtoVector(_Message):
 
 
 class Datum(_Message):
+    """caffe.proto's Datum (an LMDB record): channels, height, width, data (bytes), label, float_data, encoded."""
     _fields = {"channels": (1, "int", None), "height": (2, "int", None), "width": (3, "int", None),
                "data": (4, "bytes", None), "label": (5, "int", None), "float_data": (6, "floats", None),
                "encoded": (7, "bool", None)}
