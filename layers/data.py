@@ -19,6 +19,12 @@ from .base import Field, Layer, dims, register, resolve
 from .fillers import fill, uniform_into
 from .transform import TRANSFORM_FIELDS, Transformer
 
+CHECK_SAMPLE = 10000  # rows of a streamed source the data checks read (evenly spaced)
+FIT_SAMPLE = 50000  # rows a streamed source's normalize statistics are fitted on (evenly spaced)
+STREAM_FIELD = Field("stream", "enum", "auto", "read rows when a batch needs them, prefetched by threads, rather "
+                     "than the whole source into memory: auto (above YAFFE_STREAM_ABOVE_MB, default 512 MiB "
+                     "stored), always, never", choices=("auto", "always", "never"))
+
 
 class RowData(Layer):
     """Base of the data layers that serve rows of in-memory arrays (one per top)."""
@@ -69,8 +75,42 @@ class RowData(Layer):
         src = getattr(self.p, "source", None) or ""
         return os.path.normpath(os.path.join(self.base_dir, src))
 
+    reader = None        # layers/stream.py: rows read where a batch needs them (a source bigger than memory)
+    prefetcher = None
+    data_note = ""       # how the source is read, said once in the training log
+    data_wait = 0.0      # seconds forward waited for a prefetched batch (the trainer reads and resets it)
+
+    @property
+    def loaded(self) -> bool:
+        return self.arrays is not None or self.reader is not None
+
+    def _stream_reader(self):
+        """A reader of the source's rows (layers/stream.py), or None where this source is read into memory."""
+        return None
+
+    def _wants_stream(self) -> bool:
+        mode = getattr(self.p, "stream", "never")
+        if mode == "never":
+            return False
+        if mode == "always":
+            return True
+        from .stream import STREAM_ABOVE, stored_bytes
+        return self._source_bytes(stored_bytes) > STREAM_ABOVE
+
+    def _source_bytes(self, stored_bytes):
+        return stored_bytes(self.path)
+
     def load(self):
-        """Read the whole source into memory, set up the row order, fit normalize statistics (TRAIN)."""
+        """Read the whole source into memory (or open it for streaming, above a size), set up the row order, fit
+        normalize statistics (TRAIN)."""
+        if self._wants_stream():
+            try:
+                with sources.reading():
+                    reader = self._stream_reader()
+            except sources.SourceError as e:
+                raise UserError(f"{self.path}: error: {e}") from None
+            if reader is not None:
+                return self._open_stream(reader)
         try:
             with sources.reading():
                 arrays = self._load()
@@ -93,9 +133,27 @@ class RowData(Layer):
             return stats, []
         return stats[:self.n_data_stats], stats[self.n_data_stats:]
 
+    def check_rows(self):
+        """(arrays per top, row ids or None) for validation's data checks: every row held in memory, or for a
+        streamed source an even sample of CHECK_SAMPLE rows (YAFFE_DATA_SAMPLE, run.py validate --data-sample),
+        read a chunk at a time, never the whole source."""
+        if self.arrays is not None:
+            return self.arrays, None
+        limit = int(os.environ.get("YAFFE_DATA_SAMPLE", CHECK_SAMPLE))
+        ids = np.unique(np.linspace(0, self.rows - 1, max(1, min(self.rows, limit))).astype(np.int64))
+        parts = []
+        with sources.reading():
+            for s in range(0, len(ids), 1024):
+                parts.append(self.reader.read(ids[s:s + 1024]))
+        arrays = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return arrays, ids
+
     def _set_arrays(self, arrays):
         self.arrays = arrays
-        self.rows = len(arrays[0])
+        self._set_rows(len(arrays[0]))
+
+    def _set_rows(self, n):
+        self.rows = n
         if self.rows == 0:
             raise UserError(f"{self.path}: error: the source has no rows")
         self.order = np.arange(self.rows)
@@ -123,16 +181,20 @@ class RowData(Layer):
             if self.pos == self.rows:
                 self.pos = 0
                 self.epoch += 1
-                if getattr(self.p, "shuffle", False):
-                    self.rng.shuffle(self.order)
+                if getattr(self.p, "shuffle", False):  # a new array: batches made ahead keep theirs
+                    order = self.order.copy()
+                    self.rng.shuffle(order)
+                    self.order = order
         return out[rank * self.batch_size:(rank + 1) * self.batch_size] if ranks > 1 else out
 
     def _rows(self, k, idx):
         return np.take(self.arrays[k], idx, axis=0)
 
     def forward(self, bottom, top):
-        if self.arrays is None:
+        if not self.loaded:
             self.load()
+        if self.reader is not None:
+            return self._stream_forward(top)
         idx = self.next_indices()
         self.last_indices = idx
         self.transformer.phase = self.phase
@@ -151,20 +213,115 @@ class RowData(Layer):
         return self.target_tf.affine_scale(self._split_stats([b.data for b in self.blobs])[1])
 
     def state_dict(self):
-        if self.arrays is None:
+        if not self.loaded:
             return {}
-        return {"pos": self.pos, "epoch": self.epoch, "order": self.order.copy()}
+        if self.reader is not None and self.prefetcher is not None:
+            return dict(self.consumed)  # where the batches used so far end, not where the prefetch has got to
+        return {"pos": self.pos, "epoch": self.epoch, "order": self.order.copy(),
+                **({"rng": self.rng.bit_generator.state} if self.reader is not None else {})}
 
     def load_state_dict(self, state):
         if not state:
             return
-        if self.arrays is None:
+        if not self.loaded:
             self.load()
         if len(state["order"]) != self.rows:
             raise UserError(f"layer '{self.name}': the snapshot was taken with {len(state['order'])} rows in the "
                             f"source but it now has {self.rows}; resume with the same data")
         self.order = np.asarray(state["order"], np.int64)
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+        if "rng" in state:  # streaming: the shuffle's generator as it was at the last batch used
+            self.rng.bit_generator.state = state["rng"]
+        if "batch_no" in state:
+            self.batch_no = int(state["batch_no"])
+        self._stop_prefetch()
+
+    # ---- streaming (layers/stream.py) -----------------------------------------------------------------
+
+    def _open_stream(self, reader):
+        from .stream import stored_bytes
+        self.reader = reader
+        self._set_rows(reader.n)
+        # the batches' crop and mirror draws derive from it: from the layer's seed, drawing nothing (a streamed
+        # source shuffles as the same source held in memory)
+        seq = getattr(self.rng.bit_generator, "seed_seq", None)
+        self.stream_seed = int(seq.generate_state(1, np.uint64)[0] >> np.uint64(2)) if seq is not None else 0
+        self.batch_no = 0
+        stats = [b.data for b in self.blobs]
+        data_stats, target_stats = self._split_stats(stats)
+        fit = (data_stats and data_stats[0][0] == 0) or (target_stats and target_stats[0][0] == 0)
+        sample = ""
+        if fit and self.phase == "TRAIN":  # normalize statistics from an even sample of the rows
+            idx = np.unique(np.linspace(0, self.rows - 1, min(self.rows, FIT_SAMPLE)).astype(np.int64))
+            with sources.reading():
+                rows = reader.read(idx)
+            if data_stats and data_stats[0][0] == 0:
+                self.transformer.fit(rows[0], data_stats)
+            if target_stats and target_stats[0][0] == 0:
+                self.target_tf.fit(rows[1], target_stats)
+            sample = f"; normalize fitted on {len(idx):,} evenly spaced rows"
+        depth = getattr(self.p, "prefetch", 4)
+        self.data_note = (f"Data layer '{self.name}': streaming {self.rows:,} rows of '{self.p.source}' "
+                          f"({stored_bytes(self.path) / 2**20:,.0f} MiB stored), {depth} batches prefetched{sample}")
+
+    def _stop_prefetch(self):
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+
+    def _schedule(self):
+        """The next batch's rows and the state after it (main thread, in order)."""
+        idx = self.next_indices()
+        self.batch_no += 1
+        state = {"pos": self.pos, "epoch": self.epoch, "order": self.order, "rng": self.rng.bit_generator.state,
+                 "idx": idx, "batch": self.batch_no}
+        return idx, state
+
+    def _fill(self, idx, state, buffers):
+        """Read and transform one batch into the buffers (a worker thread)."""
+        with sources.reading():
+            raw = self.reader.read(idx)
+        rng = np.random.default_rng([self.stream_seed, state["batch"]])
+        data_stats, target_stats = self._split_stats([b.data for b in self.blobs])
+        first = raw[0]
+        if first.dtype == object or buffers[0].shape[1:] != self.transformer.out_shape:
+            buffers = [None] + list(buffers[1:])
+            buffers[0] = self._odd_batch(first, rng)
+        else:
+            self.transformer.apply(first, buffers[0], data_stats, rng)
+        for k in range(1, len(buffers)):
+            if k == 1 and self.target_tf is not None:
+                self.target_tf.apply(raw[1], buffers[1], target_stats, rng)
+            else:
+                buffers[k][...] = raw[k].reshape(buffers[k].shape)
+        return buffers
+
+    def _odd_batch(self, first, rng):
+        raise UserError(f"{self.path}: error: the rows have different shapes; give rows of one shape")
+
+    def _stream_forward(self, top):
+        from .stream import Prefetcher
+        if self.prefetcher is None:
+            shapes = [t.data.shape for t in top]
+            self.prefetcher = Prefetcher(self._schedule, self._fill,
+                                         lambda: [np.empty(s, self.dtype) for s in shapes],
+                                         depth=getattr(self.p, "prefetch", 4))
+        self.transformer.phase = self.phase
+        try:
+            buffers, state, waited = self.prefetcher.next()
+        except sources.SourceError as e:  # a record a worker could not read
+            self._stop_prefetch()
+            raise UserError(f"{self.path}: error: {e}") from None
+        self.data_wait += waited
+        usual = all(b.shape == t.data.shape for b, t in zip(buffers, top))
+        for b, t in zip(buffers, top):
+            if t.data.shape != b.shape:  # images of another size: the net reshapes (Net._follow)
+                t.data, t.diff = np.empty(b.shape, self.dtype), np.zeros(b.shape, self.dtype)
+            np.copyto(t.data, b)
+        self.prefetcher.release(buffers, usual)
+        self.consumed = {k: v for k, v in state.items() if k not in ("idx", "batch")}
+        self.consumed["batch_no"] = state["batch"]
+        self.last_indices = state["idx"]
 
 
 @register("Data")
@@ -191,8 +348,8 @@ class Data(RowData):
         Field("rand_skip", "int", 0, "skip a random number (below this) of examples at the start, as Caffe does "
               "so that parallel runs see different batches", minimum=0),
         Field("force_encoded_color", "bool", False, "decode encoded (PNG/JPEG) Datum images as 3-channel color"),
-        Field("prefetch", "int", 4, "batches Caffe reads ahead; yaffe holds the source in memory (no effect)",
-              minimum=1),
+        Field("prefetch", "int", 4, "batches read ahead by threads when the source is streamed", minimum=1),
+        STREAM_FIELD,
     )
     other_blocks = {"transform_param": TRANSFORM_FIELDS}
 
@@ -220,6 +377,19 @@ class Data(RowData):
             return sources.csv_load(path, tops, self.dtype, self.sample_shapes[0])
         return sources.idx_load(path, tops, self.dtype)
 
+    def _stream_reader(self):
+        from . import stream
+        path, tops = self.path, self.spec.get("top", []) or ["data"]
+        if self.kind in ("lmdb", "leveldb"):
+            return stream.DatumReader(path, self.kind, len(tops), self.dtype, self.p.force_encoded_color)
+        if self.kind == "csv":
+            if path.endswith(".gz"):
+                return None  # a gzip stream cannot seek: read into memory
+            self.header_lines = sources.csv_header_lines(path)
+            return stream.CsvReader(path, self.header_lines, self.sample_shapes[0], self.dtype, len(tops))
+        maps = stream.npz_memmaps(path, tops) if self.kind == "npz" else stream.idx_memmaps(path, tops)
+        return stream.MemmapReader(maps, self.dtype) if maps is not None else None
+
     def describe_row(self, i: int) -> str:
         if self.kind == "csv":
             return f"line {i + 1 + self.header_lines}"
@@ -237,9 +407,18 @@ class HDF5Data(RowData):
         Field("source", "str", None, "a text file listing .h5 files", required=True),
         Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
         Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
+        Field("prefetch", "int", 4, "batches read ahead by threads when the files are streamed", minimum=1),
+        STREAM_FIELD,
     )
     tops = (1, None)
     transforms = False
+
+    def _source_bytes(self, stored_bytes):
+        return sum(stored_bytes(f) for f in sources.hdf5_files(self.path))
+
+    def _stream_reader(self):
+        from .stream import Hdf5Reader
+        return Hdf5Reader(sources.hdf5_files(self.path), self.spec.get("top", []), self.dtype)
 
     def _inspect(self):
         if not os.path.isfile(self.path):
@@ -437,9 +616,38 @@ class ImageData(RowData):
         Field("new_width", "int", 0, "resize to this width (0: keep)", minimum=0),
         Field("is_color", "bool", True, "3 channels (RGB) rather than 1 (grey)"),
         Field("root_folder", "str", "", "prefix of every image path"),
+        Field("prefetch", "int", 4, "batches decoded ahead by threads when the images are streamed", minimum=1),
+        STREAM_FIELD,
     )
     tops = (2, 2)
     other_blocks = {"transform_param": TRANSFORM_FIELDS}
+
+    def _source_bytes(self, stored_bytes):
+        entries = self._entries()
+        some = entries[:: max(1, len(entries) // 64)]  # the mean of 64 spread files, times their number
+        return int(np.mean([stored_bytes(p) for p, _ in some]) * len(entries))
+
+    def _stream_reader(self):
+        from .stream import ImageReader
+        self.entries = self._entries()
+        return ImageReader(self.entries, self._image, self.dtype)
+
+    def _odd_batch(self, first, rng):
+        """A batch of images of another size than the first batch's (or of mixed sizes, all >= crop_size)."""
+        shapes = {a.shape for a in first}
+        if len(shapes) > 1 and not (self.transformer.p.crop_size and
+                                    min(min(s[1:]) for s in shapes) >= self.transformer.p.crop_size):
+            raise UserError(f"{self.path}: error: one batch holds images of sizes "
+                            f"{', '.join(str(list(s)) for s in sorted(shapes))}; as in Caffe, the images of a batch "
+                            "must share a size (or all be at least crop_size); set new_height and new_width, or "
+                            "batch_size: 1")
+        out = None
+        for k, img in enumerate(first):
+            tf = Transformer(self.transformer.p, self.phase, self.base_dir, img.shape, self.dtype)
+            if out is None:
+                out = np.empty((len(first),) + tf.out_shape, self.dtype)
+            tf.apply(np.asarray(img)[None], out[k:k + 1], [], rng)
+        return out
 
     def _entries(self):
         if not os.path.isfile(self.path):
@@ -497,8 +705,11 @@ class ImageData(RowData):
         return [images_array, labels]
 
     def forward(self, bottom, top):
-        if self.arrays is None:
+        if not self.loaded:
             self.load()
+        if self.reader is not None:
+            self.reshapes = True  # a batch of other-sized images reshapes the net
+            return self._stream_forward(top)
         if not self.mixed:
             return super().forward(bottom, top)
         idx = self.next_indices()

@@ -363,13 +363,31 @@ def datum_bytes(array, label: int) -> bytes:
             + _int_field(5, int(label)))
 
 
+_LMDB: dict = {}  # real path -> [environment, users]: LMDB allows one open environment per file and process
+
+
 def lmdb_records(path):
+    """The LMDB's environment, shared by every reader of the process (release it with lmdb_release)."""
+    key = os.path.realpath(path)
+    if key in _LMDB:
+        _LMDB[key][1] += 1
+        return _LMDB[key][0]
     lmdb = lmdb_module()
     try:
         env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path))
     except lmdb.Error as e:
         raise SourceError(f"cannot open the LMDB ({e})") from None
+    _LMDB[key] = [env, 1]
     return env
+
+
+def lmdb_release(path):
+    entry = _LMDB.get(os.path.realpath(path))
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _LMDB[os.path.realpath(path)]
 
 
 def leveldb_module():
@@ -403,7 +421,7 @@ def db_values(path, kind="lmdb"):
             for _, value in txn.cursor():
                 yield value
     finally:
-        env.close()
+        lmdb_release(path)
 
 
 def lmdb_inspect(path, tops, force_color=False, kind="lmdb"):

@@ -100,7 +100,10 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     if len(d.bottoms) < 2:
         return []
     src_def, src, top_index = _producer(net, k, d.bottoms[1])
-    if src is None or not getattr(src, "arrays", None) or top_index >= len(src.arrays):
+    if src is None or not getattr(src, "loaded", False):
+        return []
+    arrays, ids = src.check_rows()
+    if top_index >= len(arrays):
         return []
     score_def, _, _ = _producer(net, k, d.bottoms[0])
     axis = getattr(layer, "view", None)
@@ -108,7 +111,8 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     if classes is None:
         return []
     feeder = f"num_output {classes} of layer '{score_def.name}'" if score_def else f"{classes} classes"
-    lab = src.arrays[top_index].reshape(len(src.arrays[top_index]), -1)
+    lab = arrays[top_index].reshape(len(arrays[top_index]), -1)
+    row_of = (lambda r: r) if ids is None else (lambda r: int(ids[r]))  # a streamed source: a sample of its rows
     ignore = getattr(layer.p, "ignore_label", None)
     valid = lab if ignore is None else np.where(lab == ignore, 0, lab)
     where = src_def.where(f"{src.param_block}.source")
@@ -116,7 +120,7 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     bad = ~np.isfinite(valid) | (valid != np.round(valid))
     if bad.any():
         row = int(np.argmax(bad.any(axis=1)))
-        return [_finding(where, "error", f"{head}: label {lab[row][bad[row]][0]} at {src.describe_row(row)} is "
+        return [_finding(where, "error", f"{head}: label {lab[row][bad[row]][0]} at {src.describe_row(row_of(row))} is "
                                          f"not an integer; '{d.name}' ({d.type}) needs class numbers 0..{classes - 1}")]
     lo, hi = float(valid.min()), float(valid.max())
     if lo == 1 and hi == classes:
@@ -127,11 +131,11 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
         row = int(np.argmax((valid < 0).any(axis=1)))
         hint = (f"set loss_param.ignore_label: {int(lo)} if such rows should not count" if ignore is None
                 else "fix the labels")
-        out.append(_finding(where, "error", f"{head}: label {int(lo)} at {src.describe_row(row)} is negative; "
+        out.append(_finding(where, "error", f"{head}: label {int(lo)} at {src.describe_row(row_of(row))} is negative; "
                                             f"labels must be in 0..{classes - 1}; {hint}"))
     if hi >= classes:
         row = int(np.argmax((valid >= classes).any(axis=1)))
-        out.append(_finding(where, "error", f"{head}: label {int(hi)} at {src.describe_row(row)} is out of range "
+        out.append(_finding(where, "error", f"{head}: label {int(hi)} at {src.describe_row(row_of(row))} is out of range "
                                             f"for '{d.name}' ({d.type}) with {feeder} (labels 0..{classes - 1}); "
                                             f"raise num_output to {int(hi) + 1} or fix the labels"))
     elif hi + 1 < classes and layer.is_loss:
@@ -152,13 +156,16 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
             continue  # only layers that read a source (not MemoryData, DummyData, Input)
         Progress.update(sources.index(layer), len(sources), f"reading {layer.p.source}")
         try:
-            if layer.arrays is None:
+            if not layer.loaded:
                 layer.load()
+            arrays, ids = layer.check_rows()
         except Exception as e:  # a user file we cannot read: report it where the source is named
             out.append(_finding(d.where(f"{layer.param_block}.source"), "error", f"layer '{d.name}' ({d.type}): "
                                 f"{str(e).split(': error: ', 1)[-1]}"))
             continue
-        for name, arr in zip(d.tops, layer.arrays):
+        for name, arr in zip(d.tops, arrays):
+            if arr.dtype == object:
+                continue  # images of several sizes: decoded uint8, never NaN
             flat = arr.reshape(len(arr), -1)
             finite = np.isfinite(flat).all(axis=1)
             if not finite.all():
@@ -166,11 +173,12 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
                 col = int(np.argmin(np.isfinite(flat[row])))
                 out.append(_finding(d.where(f"{layer.param_block}.source"), "error",
                                     f"layer '{d.name}' ({d.type}): source '{layer.p.source}' holds "
-                                    f"{flat[row, col]} in '{name}' at {layer.describe_row(row)}, value {col}; "
+                                    f"{flat[row, col]} in '{name}' at "
+                                    f"{layer.describe_row(row if ids is None else int(ids[row]))}, value {col}; "
                                     "fix or drop that row (NaN or Inf input turns the loss into NaN)"))
         normalizers = [c for c in _consumers(net, d.tops[0]) if c.type == "BatchNorm"]
-        if normalizers:
-            flat = layer.arrays[0].reshape(len(layer.arrays[0]), -1)
+        if normalizers and arrays[0].dtype != object:
+            flat = arrays[0].reshape(len(arrays[0]), -1)
             constant = np.flatnonzero(flat.min(axis=0) == flat.max(axis=0))
             if constant.size:
                 out.append(_finding(d.where(f"{layer.param_block}.source"), "warning",

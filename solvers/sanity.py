@@ -68,9 +68,14 @@ def check_overfit(solver_path: str, n: int = 20, max_iters: int = 400):
     losses = _softmax_losses(t.net)
     if data is None or not losses:
         return None, "needs a data layer that reads a source and a SoftmaxWithLoss"
-    if data.arrays is None:
+    if not data.loaded:
         data.load()
-    data._set_arrays([a[:n].copy() for a in data.arrays])
+    if data.reader is not None:  # a streamed source: its first n rows, held in memory
+        data._stop_prefetch()
+        rows, data.reader = data.reader.read(np.arange(min(n, data.rows))), None
+        data._set_arrays(rows)
+    else:
+        data._set_arrays([a[:n].copy() for a in data.arrays])
     d, layer = losses[0]
     score, label = t.net.blobs[d.bottoms[0]], t.net.blobs[d.bottoms[1]]
     rate = t.rate(0)

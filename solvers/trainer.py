@@ -329,10 +329,10 @@ class Trainer:
                 "solver": {k: getattr(self.cfg, k) for k in HYPER}, "rng": {}, "data": {}}
         extra = {}
         for key, layer in self._stateful_layers():
-            meta["rng"][key] = layer.rng.bit_generator.state
-            state = layer.state_dict()
+            state = layer.state_dict()  # a streamed source: as of the batches used, not those prefetched
+            meta["rng"][key] = state.get("rng") or layer.rng.bit_generator.state
             if state:
-                meta["data"][key] = {"pos": state["pos"], "epoch": state["epoch"]}
+                meta["data"][key] = {k: v for k, v in state.items() if k not in ("order", "rng")}
                 extra[f"{key}/order"] = state["order"]
         wpath, spath = snap.write(self.prefix, self.iter, self.net.weights(), self.solver.history_arrays(),
                                   meta, extra, tag)
@@ -639,12 +639,26 @@ class Trainer:
                      "iteration in one Allreduce)")
         if self.replicas_line:
             self.out(f"Threads: {self.replicas_line}")
+        for net in [self.net] + self.test_nets:  # how each data source is read (streamed, prefetched)
+            for layer in net.layers:
+                if getattr(layer, "data_note", ""):
+                    self.out(layer.data_note)
         from .watch import Watch
         self.watch = Watch(cfg, self.net, self.out, self.metrics, self.monitor)
         if self.replicas:  # the slices run the batch: their layers hold its probabilities
             self.watch.nets = self.replicas.nets
         self._good, self._good_t, self._good_cost, self._best_loss = None, 0.0, 0.0, None
         self._started = True
+
+    def _data_wait(self):
+        """Seconds the TRAIN net's streamed data layers made it wait since the last call; None if none streams."""
+        layers = [l for l in self.net.layers if getattr(l, "reader", None) is not None]
+        if not layers:
+            return None
+        total = sum(l.data_wait for l in layers)
+        for l in layers:
+            l.data_wait = 0.0
+        return total
 
     def run(self, until: int | None = None):
         """Iterations up to `until` (None: max_iter, then Caffe's end of a solve: the last snapshot and test).
@@ -719,9 +733,15 @@ class Trainer:
                 smoothed = float(np.mean(self.losses))
                 images = self.batch * cfg.iter_size * (dp.size if dp else 1)
                 speed = f"{its:.1f} iter/s, {its * images:.0f} img/s"
+                waited = self._data_wait()
+                if waited is not None:  # a streamed source: how long the iterations waited for its batches
+                    per_iter = waited / max(self.iter - last_iter, 1)
+                    speed += f", data wait {per_iter * 1e3:.1f} ms/iter ({100 * per_iter * its:.0f}%)"
                 self.out(f"Iteration {self.iter} ({speed}), loss = {smoothed:.6g}")
                 record = {"phase": "train", "iter": self.iter, "loss": smoothed, "lr": rate,
                           "elapsed_s": round(now - t0, 6), "images_per_s": its * images}
+                if waited is not None:
+                    record["data_wait_s"] = round(per_iter, 6)
                 for k, name in enumerate(net.outputs):
                     blob = net.blobs[name]
                     if blob.data.ndim == 0 and name not in record:
@@ -822,7 +842,7 @@ def _one_pass(net) -> tuple[int | None, str]:
     for layer in net.layers:
         if not hasattr(layer, "load") or not getattr(layer.p, "source", None):
             continue
-        if layer.arrays is None:
+        if not layer.loaded:
             layer.load()
         n = -(-layer.rows // layer.batch_size)
         if longest is None or n > longest:

@@ -97,3 +97,24 @@ class PerExampleCube(Cube):
     """Cube, declared per-example: a batch may run as slices on several threads."""
 
     per_example = True
+
+
+class LabelLog(caffe.Layer):
+    """Appends each batch's labels (its bottom) as one line to the file param_str names; slows each forward by
+    param 'sleep' seconds (after a space) so that a test can kill the run mid-way."""
+
+    def setup(self, bottom, top):
+        parts = self.param_str.split()
+        self.path, self.sleep = parts[0], float(parts[1]) if len(parts) > 1 else 0.0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        import time
+        with open(self.path, "a") as f:
+            f.write(" ".join(str(int(v)) for v in bottom[0].data.ravel()) + "\n")
+        time.sleep(self.sleep)
+
+    def backward(self, top, propagate_down, bottom):
+        pass

@@ -1,0 +1,195 @@
+"""Streamed sources (layers/stream.py): every kind serves the batches the same source held in memory serves,
+without holding it; a run killed with -9 and resumed sees the same batches as one that was not."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from netspec.loader import loads
+from netspec.net import Net
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N, SHAPE = 45, (1, 4, 5)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (N,) + SHAPE).astype(np.uint8), rng.integers(0, 7, N).astype(np.float32)
+
+
+def _write(kind, folder):
+    """The same 45 examples as a source of each kind; (source name, net field for it, the block)."""
+    data, labels = _data()
+    if kind == "lmdb" or kind == "leveldb":
+        from layers.sources import datum_bytes
+        if kind == "lmdb":
+            import lmdb
+            env = lmdb.open(str(folder / "db"), map_size=1 << 24)
+            with env.begin(write=True) as txn:
+                for i in range(N):
+                    txn.put(f"{i:08d}".encode(), datum_bytes(data[i], int(labels[i])))
+            env.close()
+        else:
+            plyvel = pytest.importorskip("plyvel")
+            db = plyvel.DB(str(folder / "db"), create_if_missing=True)
+            for i in range(N):
+                db.put(f"{i:08d}".encode(), datum_bytes(data[i], int(labels[i])))
+            db.close()
+        return "db", "Data", "data_param"
+    if kind == "npz":  # stored, not compressed: memory-mapped
+        np.savez(folder / "rows.npz", data=data.astype(np.float32), label=labels)
+        return "rows.npz", "Data", "data_param"
+    if kind == "idx":
+        import struct
+        with open(folder / "set-images-idx3-ubyte", "wb") as f:
+            f.write(struct.pack(">iiii", 0x0803, N, SHAPE[1], SHAPE[2]) + data.tobytes())
+        with open(folder / "set-labels-idx1-ubyte", "wb") as f:
+            f.write(struct.pack(">ii", 0x0801, N) + labels.astype(np.uint8).tobytes())
+        return "set-images-idx3-ubyte", "Data", "data_param"
+    if kind == "csv":
+        with open(folder / "rows.csv", "w") as f:
+            f.write("".join(",".join(map(str, list(d.ravel()) + [int(l)])) + "\n" for d, l in zip(data, labels)))
+        return "rows.csv", "Data", "data_param"
+    if kind == "hdf5":
+        h5py = pytest.importorskip("h5py")
+        for part, rows in (("a", slice(0, 20)), ("b", slice(20, N))):
+            with h5py.File(folder / f"{part}.h5", "w") as f:
+                f["data"], f["label"] = data[rows].astype(np.float32), labels[rows]
+        (folder / "list.txt").write_text("a.h5\nb.h5\n")
+        return "list.txt", "HDF5Data", "hdf5_data_param"
+    if kind == "images":
+        pytest.importorskip("PIL")
+        from PIL import Image
+        lines = []
+        for i in range(N):
+            Image.fromarray(data[i, 0]).save(folder / f"im{i}.png")
+            lines.append(f"im{i}.png {int(labels[i])}")
+        (folder / "list.txt").write_text("\n".join(lines) + "\n")
+        return "list.txt", "ImageData", "image_data_param"
+    raise ValueError(kind)
+
+
+NET = """
+layer:
+  - name: data
+    type: %s
+    top: [data, label]
+    %s: {source: %s, batch_size: 8, shuffle: true, stream: %s%s}
+  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 7}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "leveldb", "npz", "idx", "csv", "hdf5", "images"])
+def test_a_streamed_source_serves_the_batches_of_the_same_source_in_memory(kind, tmp_path):
+    source, type_, block = _write(kind, tmp_path)
+    extra = ", is_color: false" if kind == "images" else ""
+    nets = {}
+    for mode in ("never", "always"):
+        path = str(tmp_path / f"{mode}.yaml")
+        with open(path, "w") as f:
+            f.write(NET % (type_, block, source, mode, extra))
+        from netspec.loader import load
+        nets[mode] = Net(load(path), "TRAIN", path, seed=5)
+    batches = {mode: [] for mode in nets}
+    for _ in range(14):  # two and a half epochs of 45 in batches of 8: reshuffles between
+        for mode, net in nets.items():
+            net.forward()
+            batches[mode].append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
+    streamed = nets["always"].layers[0]
+    assert streamed.reader is not None and streamed.arrays is None  # never the whole source in memory
+    assert nets["never"].layers[0].reader is None
+    for (d0, l0), (d1, l1) in zip(batches["never"], batches["always"]):
+        np.testing.assert_array_equal(l0, l1)
+        np.testing.assert_array_equal(d0, d1)
+    seen = np.concatenate([l for _, l in batches["always"][:6]])[:N]  # the first epoch: a permutation of all rows
+    assert sorted(seen.tolist()) == sorted(_data()[1].tolist())
+    streamed._stop_prefetch()
+
+
+def test_the_snapshot_of_a_streamed_source_is_where_the_batches_used_end_not_the_prefetch(tmp_path):
+    source, type_, block = _write("lmdb", tmp_path)
+    path = str(tmp_path / "n.yaml")
+    with open(path, "w") as f:
+        f.write(NET % (type_, block, source, "always", ""))
+    from netspec.loader import load
+    net = Net(load(path), "TRAIN", path, seed=5)
+    for _ in range(7):
+        net.forward()
+    layer = net.layers[0]
+    state = layer.state_dict()
+    assert state["batch_no"] == 7 and layer.batch_no > 7  # the prefetch ran ahead
+    following = []
+    for _ in range(6):
+        net.forward()
+        following.append(net.blobs["label"].data.copy())
+    again = Net(load(path), "TRAIN", path, seed=5)
+    again.layers[0].load_state_dict(state)
+    again.layers[0].rng.bit_generator.state = state["rng"]
+    for labels in following:
+        again.forward()
+        np.testing.assert_array_equal(again.blobs["label"].data, labels)
+
+
+def test_a_streamed_run_killed_and_resumed_sees_the_batches_of_an_uninterrupted_one(tmp_path):
+    """kill -9 after the snapshot at iteration 20; resuming from it, iterations 20..39 read the same labels in the
+    same order as a run that was never stopped (a Python layer writes each batch's labels)."""
+    source, type_, block = _write("lmdb", tmp_path)
+    logs = {}
+    for run in ("whole", "killed"):
+        folder = tmp_path / run
+        folder.mkdir()
+        os.symlink(tmp_path / "db", folder / "db")
+        net = NET % (type_, block, source, "always", "") + (
+            f"  - {{name: log, type: Python, bottom: label, python_param: {{module: tests.pylayer_cases, "
+            f"layer: LabelLog, param_str: '{folder / 'labels.txt'} 0.05'}}, include: {{phase: TRAIN}}}}\n")
+        (folder / "net.yaml").write_text(net)
+        (folder / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.00001\nmax_iter: 40\nsnapshot: 20\n"
+                                            "snapshot_prefix: snap\nrandom_seed: 3\ndisplay: 0\n")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        cmd = [sys.executable, os.path.join(ROOT, "run.py"), "train", "solver.yaml"]
+        if run == "whole":
+            r = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+        else:
+            p = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                log = folder / "labels.txt"
+                if (folder / "snap_iter_20.solverstate.npz").exists() and log.exists() and \
+                        len(log.read_text().splitlines()) >= 26:
+                    break
+                time.sleep(0.05)
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            before = len((folder / "labels.txt").read_text().splitlines())
+            assert before < 40, "the run ended before it could be killed"
+            r = subprocess.run(cmd + ["--snapshot", "snap_iter_20.solverstate.npz"], cwd=folder, env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            logs["resumed"] = (folder / "labels.txt").read_text().splitlines()[before:]
+        logs[run] = (folder / "labels.txt").read_text().splitlines()
+    assert len(logs["whole"]) == 40 and len(logs["resumed"]) == 20
+    assert logs["resumed"] == logs["whole"][20:]
+
+
+def test_a_broken_record_in_a_streamed_lmdb_is_a_clear_error(tmp_path):
+    import lmdb
+    source, type_, block = _write("lmdb", tmp_path)
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(f"{30:08d}".encode(), b"\xff\xff garbage")
+    env.close()
+    path = str(tmp_path / "n.yaml")
+    with open(path, "w") as f:
+        f.write((NET % (type_, block, source, "always", "")).replace("shuffle: true", "shuffle: false"))
+    from netspec.errors import UserError
+    from netspec.loader import load
+    net = Net(load(path), "TRAIN", path, seed=5)
+    with pytest.raises(UserError, match="not a valid Caffe Datum"):
+        for _ in range(6):
+            net.forward()
