@@ -19,7 +19,14 @@ from .base import Field, Layer, dims, register, resolve
 from .fillers import fill, uniform_into
 from .transform import TRANSFORM_FIELDS, Transformer
 
-CHECK_SAMPLE = 10000  # rows of a streamed source the data checks read (evenly spaced)
+CHECK_SAMPLE = 100000  # rows of a streamed source the data checks read (evenly spaced) ...
+CHECK_BYTES = 64 << 20  # ... of its data, as many as fit in this once decoded
+
+
+def _ragged_concat(parts):
+    out = np.empty(sum(len(p) for p in parts), object)
+    out[:] = [a for p in parts for a in p]
+    return out
 FIT_SAMPLE = 50000  # rows a streamed source's normalize statistics are fitted on (evenly spaced)
 STREAM_FIELD = Field("stream", "enum", "auto", "read rows when a batch needs them, prefetched by threads, rather "
                      "than the whole source into memory: auto (above YAFFE_STREAM_ABOVE_MB, default 512 MiB "
@@ -134,19 +141,30 @@ class RowData(Layer):
         return stats[:self.n_data_stats], stats[self.n_data_stats:]
 
     def check_rows(self):
-        """(arrays per top, row ids or None) for validation's data checks: every row held in memory, or for a
-        streamed source an even sample of CHECK_SAMPLE rows (YAFFE_DATA_SAMPLE, run.py validate --data-sample),
-        read a chunk at a time, never the whole source."""
+        """[(array, row ids or None)] per top for validation's data checks: every row held in memory, or for a
+        streamed source even samples, read a chunk at a time and never the whole source: CHECK_SAMPLE rows
+        (YAFFE_DATA_SAMPLE, run.py validate --data-sample) of the labels and other small tops, and of the data
+        as many as fit in CHECK_BYTES once decoded."""
         if self.arrays is not None:
-            return self.arrays, None
+            return [(a, None) for a in self.arrays]
         limit = int(os.environ.get("YAFFE_DATA_SAMPLE", CHECK_SAMPLE))
-        ids = np.unique(np.linspace(0, self.rows - 1, max(1, min(self.rows, limit))).astype(np.int64))
-        parts = []
+        row_bytes = max(1, int(np.prod(self.sample_shapes[0])) * self.dtype.itemsize)
+
+        def sample(n):
+            return np.unique(np.linspace(0, self.rows - 1, max(1, min(self.rows, n))).astype(np.int64))
+
+        out = []
         with sources.reading():
-            for s in range(0, len(ids), 1024):
-                parts.append(self.reader.read(ids[s:s + 1024]))
-        arrays = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-        return arrays, ids
+            ids = sample(min(limit, CHECK_BYTES // row_bytes))
+            parts = [self.reader.read(ids[s:s + 256])[0] for s in range(0, len(ids), 256)]
+            same = all(p.dtype != object for p in parts) and len({p.shape[1:] for p in parts}) == 1
+            data = np.concatenate(parts) if same else _ragged_concat(parts)  # ragged: images of several sizes
+            out.append((data, ids))
+            if len(self.spec.get("top", [])) > 1:
+                ids = sample(limit)
+                parts = [self.reader.extras(ids[s:s + 4096]) for s in range(0, len(ids), 4096)]
+                out.extend((np.concatenate([p[k] for p in parts]), ids) for k in range(len(parts[0])))
+        return out
 
     def _set_arrays(self, arrays):
         self.arrays = arrays

@@ -315,6 +315,15 @@ def parse_datum(buf: bytes, dtype=np.float32, force_color: bool = False):
         raise SourceError(f"the record is not a valid Caffe Datum ({type(e).__name__}: {e})") from None
 
 
+def datum_label(buf: bytes) -> int:
+    """A Datum's label (field 5) without decoding its image."""
+    from netspec.caffemodel import fields
+    try:
+        return next((v for num, wire, v in fields(buf) if num == 5 and wire == 0), 0)
+    except Exception as e:  # noqa: BLE001: garbage bytes
+        raise SourceError(f"the record is not a valid Caffe Datum ({type(e).__name__}: {e})") from None
+
+
 def _parse_datum(buf: bytes, dtype, force_color=False):
     from netspec.caffemodel import fields
     c = h = w = 0

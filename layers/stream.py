@@ -34,14 +34,32 @@ def stored_bytes(path: str) -> int:
     return os.path.getsize(path) if os.path.isfile(path) else 0
 
 
+def release_file_pages(file_path: str):
+    """Drop this process's mapping of a file's pages (the kernel keeps them cached): LMDB maps its whole file, so
+    an epoch would otherwise count the file in the process's resident memory. Linux; elsewhere nothing."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open("/proc/self/maps") as f:
+            spans = [line.split()[0] for line in f if line.rstrip().endswith(file_path)]
+        for span in spans:
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 class Reader:
     """Random access to the rows of a source: `n`, `read(idx) -> [array per top]` (rows in idx's order, raw,
-    before any transform), `label(i)` where cheap, `close()`."""
+    before any transform), `extras(idx)` (the tops after the first: labels, without decoding images), `close()`."""
 
     n = 0
 
     def read(self, idx):
         raise NotImplementedError
+
+    def extras(self, idx):
+        return self.read(idx)[1:]
 
     def close(self):
         pass
@@ -62,8 +80,15 @@ class DatumReader(Reader):
             self.keys = list(self.db.iterator(include_value=False))
         else:
             self.env = sources.lmdb_records(path)
+            self.data_file = os.path.realpath(os.path.join(path, "data.mdb") if os.path.isdir(path) else path)
+            self.keys = []
             with self.env.begin() as txn:
-                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+                for key in txn.cursor().iternext(keys=True, values=False):
+                    self.keys.append(key)
+                    if len(self.keys) % 16384 == 0:  # the scan maps pages in as it goes
+                        release_file_pages(self.data_file)
+            release_file_pages(self.data_file)
+            self.read_bytes = 0
         self.n = len(self.keys)
         if not self.n:
             raise SourceError(f"the {'LevelDB' if kind == 'leveldb' else 'LMDB'} holds no records")
@@ -80,10 +105,22 @@ class DatumReader(Reader):
             txn = self._local.txn = self.env.begin(buffers=False)
         return txn
 
+    def _values(self, idx):
+        values = [self._get(self.keys[i]) for i in idx]
+        if self.kind == "lmdb":
+            self.read_bytes += sum(len(v) for v in values)
+            if self.read_bytes > 64 << 20:  # every 64 MiB read: unmap what LMDB mapped in
+                self.read_bytes = 0
+                release_file_pages(self.data_file)
+        return values
+
+    def extras(self, idx):
+        return [np.array([sources.datum_label(v) for v in self._values(idx)], self.dtype)][:self.n_tops - 1]
+
     def read(self, idx):
         images, labels = [], np.empty(len(idx), self.dtype)
-        for j, i in enumerate(idx):
-            a, labels[j] = sources.parse_datum(self._get(self.keys[i]), self.dtype, self.force_color)
+        for j, value in enumerate(self._values(idx)):
+            a, labels[j] = sources.parse_datum(value, self.dtype, self.force_color)
             images.append(a)
         if len({a.shape for a in images}) > 1:
             return [_ragged(images), labels][:self.n_tops]
@@ -118,6 +155,13 @@ class MemmapReader(Reader):
             back[order] = rows
             out.append(back)
         return out
+
+
+def _memmap_extras(self, idx):
+    return [np.asarray(a[np.asarray(idx)], self.dtype) for a in self.arrays[1:]]
+
+
+MemmapReader.extras = _memmap_extras
 
 
 def npz_memmaps(path, tops):
@@ -236,6 +280,9 @@ class ImageReader(Reader):
     def __init__(self, entries, decode, dtype):
         self.entries, self.decode, self.dtype = entries, decode, dtype
         self.n = len(entries)
+
+    def extras(self, idx):
+        return [np.array([self.entries[i][1] for i in idx], self.dtype)]
 
     def read(self, idx):
         images = [self.decode(self.entries[i][0]) for i in idx]

@@ -102,16 +102,17 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     src_def, src, top_index = _producer(net, k, d.bottoms[1])
     if src is None or not getattr(src, "loaded", False):
         return []
-    arrays, ids = src.check_rows()
-    if top_index >= len(arrays):
+    rows = src.check_rows()
+    if top_index >= len(rows):
         return []
+    labels, ids = rows[top_index]
     score_def, _, _ = _producer(net, k, d.bottoms[0])
     axis = getattr(layer, "view", None)
     classes = layer.view[1] if axis else None
     if classes is None:
         return []
     feeder = f"num_output {classes} of layer '{score_def.name}'" if score_def else f"{classes} classes"
-    lab = arrays[top_index].reshape(len(arrays[top_index]), -1)
+    lab = labels.reshape(len(labels), -1)
     row_of = (lambda r: r) if ids is None else (lambda r: int(ids[r]))  # a streamed source: a sample of its rows
     ignore = getattr(layer.p, "ignore_label", None)
     valid = lab if ignore is None else np.where(lab == ignore, 0, lab)
@@ -158,12 +159,12 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
         try:
             if not layer.loaded:
                 layer.load()
-            arrays, ids = layer.check_rows()
+            rows = layer.check_rows()
         except Exception as e:  # a user file we cannot read: report it where the source is named
             out.append(_finding(d.where(f"{layer.param_block}.source"), "error", f"layer '{d.name}' ({d.type}): "
                                 f"{str(e).split(': error: ', 1)[-1]}"))
             continue
-        for name, arr in zip(d.tops, arrays):
+        for name, (arr, ids) in zip(d.tops, rows):
             if arr.dtype == object:
                 continue  # images of several sizes: decoded uint8, never NaN
             flat = arr.reshape(len(arr), -1)
@@ -177,8 +178,8 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
                                     f"{layer.describe_row(row if ids is None else int(ids[row]))}, value {col}; "
                                     "fix or drop that row (NaN or Inf input turns the loss into NaN)"))
         normalizers = [c for c in _consumers(net, d.tops[0]) if c.type == "BatchNorm"]
-        if normalizers and arrays[0].dtype != object:
-            flat = arrays[0].reshape(len(arrays[0]), -1)
+        if normalizers and rows[0][0].dtype != object:
+            flat = rows[0][0].reshape(len(rows[0][0]), -1)
             constant = np.flatnonzero(flat.min(axis=0) == flat.max(axis=0))
             if constant.size:
                 out.append(_finding(d.where(f"{layer.param_block}.source"), "warning",
