@@ -93,6 +93,20 @@ class DatumReader(Reader):
         if not self.n:
             raise SourceError(f"the {'LevelDB' if kind == 'leveldb' else 'LMDB'} holds no records")
 
+    def __getstate__(self):  # for decoding processes: reopened there (keys kept)
+        return {k: self.__dict__[k] for k in ("path", "kind", "n_tops", "dtype", "force_color", "keys", "n")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+        if self.kind == "leveldb":
+            self.db = sources.leveldb_module().DB(self.path, create_if_missing=False)
+        else:
+            self.env = sources.lmdb_records(self.path)
+            self.data_file = os.path.realpath(os.path.join(self.path, "data.mdb") if os.path.isdir(self.path)
+                                              else self.path)
+            self.read_bytes = 0
+
     def _get(self, key):
         value = self.db.get(key) if self.kind == "leveldb" else self._txn().get(key)
         if value is None:
@@ -274,12 +288,34 @@ class Hdf5Reader(Reader):
             h.close()
 
 
-class ImageReader(Reader):
-    """ImageData's list of `path label` lines, each image decoded when a batch needs it."""
+def decode_image(path, color=True, new_height=0, new_width=0, dtype=np.uint8):
+    """An image file as (C, H, W): RGB or grey, resized when both new sizes are given (ImageData's reading)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SourceError("ImageData needs Pillow: pip install 'yaffe[images]' (or pip install pillow)") from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if color else "L")
+            if new_height and new_width:
+                im = im.resize((new_width, new_height), Image.BILINEAR)
+            a = np.asarray(im, dtype=dtype)
+    except OSError as e:
+        raise SourceError(f"cannot read image {path}: {e}") from None
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
 
-    def __init__(self, entries, decode, dtype):
-        self.entries, self.decode, self.dtype = entries, decode, dtype
+
+class ImageReader(Reader):
+    """ImageData's list of `path label` lines, each image decoded when a batch needs it (as uint8: the
+    transform makes the floats)."""
+
+    def __init__(self, entries, color, new_height, new_width, dtype):
+        self.entries, self.dtype = entries, dtype
+        self.decode_args = (color, new_height, new_width)
         self.n = len(entries)
+
+    def decode(self, path):
+        return decode_image(path, *self.decode_args)
 
     def extras(self, idx):
         return [np.array([self.entries[i][1] for i in idx], self.dtype)]
@@ -297,10 +333,17 @@ class Prefetcher:
     in order; fill(indices, state, buffers) -> buffers runs on a worker. next() -> (buffers, state, seconds
     waited); release(buffers) gives them back to the pool."""
 
-    def __init__(self, schedule, fill, make_buffers, depth=4, workers=None):
+    def __init__(self, schedule, fill, make_buffers, depth=4, workers=None, reader=None, processes=0):
         self.schedule, self.fill, self.depth = schedule, fill, max(1, int(depth))
         self.make_buffers = make_buffers
         self.workers = workers or max(1, min(self.depth, os.cpu_count() or 1))
+        self.processes = None
+        if processes and reader is not None:  # reading and decoding in processes: no GIL shared with the net
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self.processes = ProcessPoolExecutor(int(processes), multiprocessing.get_context("forkserver"),
+                                                 initializer=_child_init, initargs=(reader,))
+            self.workers = max(self.workers, int(processes))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="yaffe-data")
         self.free = queue.SimpleQueue()
         for _ in range(self.depth + 1):
@@ -326,8 +369,28 @@ class Prefetcher:
         """Back to the pool; usual=False: buffers made for one odd batch (images of another size) are replaced."""
         self.free.put(buffers if usual else self.make_buffers())
 
+    def read(self, reader, idx):
+        """The rows of idx: by a decoding process where there are some, else here (a worker thread)."""
+        if self.processes is not None:
+            return self.processes.submit(_child_read, idx).result()
+        return reader.read(idx)
+
     def close(self):
         for future, _ in self.pending:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.shutdown(wait=True, cancel_futures=True)
         self.pending = []
+
+
+_CHILD = {}
+
+
+def _child_init(reader):
+    _CHILD["reader"] = reader
+
+
+def _child_read(idx):
+    with sources.reading():
+        return _CHILD["reader"].read(idx)

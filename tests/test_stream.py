@@ -84,10 +84,13 @@ layer:
 """
 
 
-@pytest.mark.parametrize("kind", ["lmdb", "leveldb", "npz", "idx", "csv", "hdf5", "images"])
+@pytest.mark.parametrize("kind", ["lmdb", "leveldb", "npz", "idx", "csv", "hdf5", "images", "images+processes",
+                                  "lmdb+processes"])
 def test_a_streamed_source_serves_the_batches_of_the_same_source_in_memory(kind, tmp_path):
+    kind, _, processes = kind.partition("+")
     source, type_, block = _write(kind, tmp_path)
     extra = ", is_color: false" if kind == "images" else ""
+    extra += ", processes: 2" if processes else ""  # read and decoded in two processes
     nets = {}
     for mode in ("never", "always"):
         path = str(tmp_path / f"{mode}.yaml")
@@ -102,6 +105,7 @@ def test_a_streamed_source_serves_the_batches_of_the_same_source_in_memory(kind,
             batches[mode].append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
     streamed = nets["always"].layers[0]
     assert streamed.reader is not None and streamed.arrays is None  # never the whole source in memory
+    assert (streamed.prefetcher.processes is not None) == bool(processes)
     assert nets["never"].layers[0].reader is None
     for (d0, l0), (d1, l1) in zip(batches["never"], batches["always"]):
         np.testing.assert_array_equal(l0, l1)
