@@ -52,6 +52,7 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
     out(f"Average forward-backward: {result['forward_backward_ms']:.3f} ms ({result['images_per_s']:.0f} img/s at "
         f"batch {batch})")
     out(f"Total time: {total * 1e3:.1f} ms for {iterations} iterations")
+    result["data_layers"] = _data_alone(net, iterations, out)
     if phase == "TRAIN":
         from solvers.replicas import start
         replicas, line = start(net, None)
@@ -68,3 +69,22 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
             out(f"As run.py train runs it ({line.split(' (')[0]}): {each * 1e3:.3f} ms a forward-backward pass "
                 f"({batch / each:.0f} img/s)")
     return result
+
+
+def _data_alone(net, iterations, out) -> list:
+    """Each data layer that reads a source, run on its own: the batches it can deliver (read, decode, transform;
+    a streamed source with its prefetch threads or processes) against what the net consumes."""
+    rows = []
+    for d, layer, top in zip(net.defs, net.layers, net.top_vecs):
+        if not (layer.is_data and getattr(layer.p, "source", None)):
+            continue
+        n = max(iterations, 20)
+        t = time.perf_counter()
+        for _ in range(n):
+            layer.forward([], top)
+        each = (time.perf_counter() - t) / n
+        batch = top[0].data.shape[0]
+        how = "streamed" if getattr(layer, "reader", None) is not None else "in memory"
+        rows.append({"name": d.name, "ms_per_batch": each * 1e3, "images_per_s": batch / each, "how": how})
+        out(f"Data layer '{d.name}' alone ({how}): {each * 1e3:.3f} ms a batch ({batch / each:.0f} img/s)")
+    return rows

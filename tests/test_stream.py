@@ -197,3 +197,15 @@ def test_a_broken_record_in_a_streamed_lmdb_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="not a valid Caffe Datum"):
         for _ in range(6):
             net.forward()
+
+
+def test_run_py_time_reports_the_data_layer_alone(tmp_path):
+    from netspec.timing import time_net
+    source, type_, block = _write("lmdb", tmp_path)
+    path = tmp_path / "n.yaml"
+    path.write_text(NET % (type_, block, source, "always", ""))
+    lines = []
+    result = time_net(str(path), iterations=3, out=lines.append)
+    (row,) = result["data_layers"]
+    assert row["how"] == "streamed" and row["images_per_s"] > 0
+    assert any(line.startswith("Data layer 'data' alone (streamed)") for line in lines)
