@@ -75,7 +75,12 @@ class RowData(Layer):
             self.n_data_stats = len(self.blob_shapes)
             self.blob_shapes = self.blob_shapes + self.target_tf.stat_shapes()
         self.arrays = None
-        return [(self.batch_size,) + self.transformer.out_shape] + [(self.batch_size,) + s for s in shapes[1:]]
+        tops = [(self.batch_size,) + self.transformer.out_shape] + [(self.batch_size,) + s for s in shapes[1:]]
+        if self.transformer.mixes:  # mixup/cutmix: soft labels over the classes (SoftmaxWithLoss takes them)
+            if len(tops) != 2 or self.target_tf is not None:
+                raise LayerError("mixup and cutmix need a data top and a label top", "transform_param.mix_classes")
+            tops[1] = (self.batch_size, self.transformer.p.mix_classes)
+        return tops
 
     @property
     def path(self):
@@ -217,9 +222,12 @@ class RowData(Layer):
         self.last_indices = idx
         self.transformer.phase = self.phase
         data_stats, target_stats = self._split_stats([b.data for b in self.blobs])
-        self.transformer.apply(self._rows(0, idx), top[0].data, data_stats, self.transform_rng or self.rng)
+        rng = self.transform_rng or self.rng
+        self.transformer.apply(self._rows(0, idx), top[0].data, data_stats, rng)
         for k, t in enumerate(top[1:], 1):
-            if k == 1 and self.target_tf is not None:
+            if k == 1 and self.transformer.mixes:
+                t.data[...] = self.transformer.mix(top[0].data, self._rows(1, idx), rng)
+            elif k == 1 and self.target_tf is not None:
                 self.target_tf.apply(self._rows(1, idx), t.data, target_stats, self.transform_rng or self.rng)
             else:
                 t.data[...] = self._rows(k, idx)
@@ -308,7 +316,9 @@ class RowData(Layer):
         else:
             self.transformer.apply(first, buffers[0], data_stats, rng)
         for k in range(1, len(buffers)):
-            if k == 1 and self.target_tf is not None:
+            if k == 1 and self.transformer.mixes:
+                buffers[1][...] = self.transformer.mix(buffers[0], raw[1], rng)
+            elif k == 1 and self.target_tf is not None:
                 self.target_tf.apply(raw[1], buffers[1], target_stats, rng)
             else:
                 buffers[k][...] = raw[k].reshape(buffers[k].shape)

@@ -180,7 +180,8 @@ LOSS_FIELDS = (
 
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(Layer):
-    """Softmax then multinomial logistic loss. Bottoms: scores (N, C, ...), labels (N, ...) -> loss ()."""
+    """Softmax then multinomial logistic loss. Bottoms: scores (N, C, ...), labels (N, ...) -> loss (). Labels
+    shaped as the scores are soft: a distribution per position (mixup, cutmix), the loss -sum p log q."""
     backward_reads = ("bottom",)
 
     param_block = "loss_param"
@@ -196,8 +197,14 @@ class SoftmaxWithLoss(Layer):
         score, label = bottom_shapes
         if not -len(score) <= axis < len(score):
             raise LayerError(f"axis {axis} is out of range for scores of shape {list(score)}", "softmax_param.axis")
-        check_labels(score, label, axis)
         self.view = _split(score, axis)[:3]
+        # soft labels: a distribution over the classes per position, shaped as the scores (mixup, cutmix)
+        self.soft = tuple(label) == tuple(score) and self.view[1] > 1
+        if self.soft and self.p.ignore_label is not None:
+            raise LayerError("soft labels (shaped as the scores) leave no label to ignore; remove ignore_label",
+                             "loss_param.ignore_label")
+        if not self.soft:
+            check_labels(score, label, axis)
         self.prob = None  # allocated by the first forward: setup computes shapes only
         mode = self.p.normalization
         if mode is None:
@@ -214,6 +221,14 @@ class SoftmaxWithLoss(Layer):
         if self.prob is None:
             self.prob = np.zeros(self.view, self.dtype)
         softmax_forward(bottom[0].data.reshape(self.view), self.prob)
+        if self.soft:  # cross-entropy against the distributions: -sum p log q
+            target = bottom[1].data.reshape(self.view)
+            logq = np.log(np.maximum(self.prob, np.finfo(self.dtype).tiny))
+            self.valid = self.view[0] * self.view[2]
+            top[0].data[...] = -float(np.sum(target * logq, dtype=np.float64)) / self._normalizer(self.valid)
+            if len(top) == 2:
+                top[1].data[...] = self.prob.reshape(top[1].shape)
+            return
         ignore = self.p.ignore_label
         loss, valid, bad = nll_forward(self.prob, bottom[1].data.ravel(), ignore or 0, ignore is not None)
         if bad >= 0:
@@ -224,6 +239,12 @@ class SoftmaxWithLoss(Layer):
             top[1].data[...] = self.prob.reshape(top[1].shape)
 
     def backward(self, top, propagate_down, bottom):
+        if propagate_down[0] and self.soft:
+            scale = float(top[0].diff) / self._normalizer(self.valid)
+            target = bottom[1].data.reshape(self.view)
+            # d/dz of -sum p log softmax(z) = softmax(z) sum(p) - p
+            bottom[0].diff.reshape(self.view)[...] = (self.prob * target.sum(1, keepdims=True) - target) * scale
+            return
         if propagate_down[0]:
             scale = float(top[0].diff) / self._normalizer(self.valid)
             ignore = self.p.ignore_label

@@ -31,6 +31,25 @@ TRANSFORM_FIELDS = (
     Field("crop_size", "int", 0, "crop square patches of this size (random in TRAIN, centre in TEST)", minimum=0),
     Field("mirror", "bool", False, "flip each example horizontally with probability 1/2"),
     Field("normalize", "normalize_step", None, "normalization steps fitted on the TRAIN data", repeated=True),
+    # augmentation in TRAIN (yaffe's; in the prefetch threads for a streamed source), before mean, scale, mirror
+    Field("resized_crop_scale", "float", None, "random-resized crop to crop_size: the share [min, max] of the "
+          "image's area a crop covers (e.g. [0.08, 1]); TRAIN only, TEST takes the centre crop", repeated=True,
+          exclusive_minimum=0, maximum=1),
+    Field("resized_crop_ratio", "float", None, "random-resized crop: the aspect ratios [min, max] (default "
+          "[0.75, 1.3333])", repeated=True, exclusive_minimum=0),
+    Field("rotation", "float", 0.0, "rotate by a random angle in [-rotation, rotation] degrees (zeros outside)",
+          minimum=0, maximum=180),
+    Field("brightness", "float", 0.0, "colour jitter: scale the values by a factor in [1 - b, 1 + b]", minimum=0),
+    Field("contrast", "float", 0.0, "colour jitter: scale the distance from the mean grey by [1 - c, 1 + c]",
+          minimum=0),
+    Field("saturation", "float", 0.0, "colour jitter (3 channels): scale the distance from grey by [1 - s, 1 + s]",
+          minimum=0),
+    Field("mixup_alpha", "float", 0.0, "mixup: blend each example with another of the batch by a Beta(a, a) "
+          "weight; the labels become the blend of their one-hot vectors (needs mix_classes)", minimum=0),
+    Field("cutmix_alpha", "float", 0.0, "cutmix: paste a box of another example, its area from Beta(a, a); labels "
+          "mixed by area (needs mix_classes; with mixup, each batch takes one of the two)", minimum=0),
+    Field("mix_classes", "int", 0, "classes of the soft labels mixup and cutmix make: the label top becomes (N, "
+          "classes) in TRAIN, for SoftmaxWithLoss", minimum=0),
     Field("normalize_target", "normalize_step", None, "the same for the second top (regression targets); "
           "run.py test reports EuclideanLoss in the targets' own units too", repeated=True),
 )
@@ -99,17 +118,90 @@ class Transformer:
             if len(self.sample) < 2 or min(self.sample[-2:]) < p.crop_size:
                 raise LayerError(f"crop_size {p.crop_size} needs examples of at least {p.crop_size} x "
                                  f"{p.crop_size}; they are {list(self.sample)}", "transform_param.crop_size")
+        self.augments = bool(getattr(p, "resized_crop_scale", None) or getattr(p, "rotation", 0) or
+                             getattr(p, "brightness", 0) or getattr(p, "contrast", 0) or getattr(p, "saturation", 0))
+        if self.augments:
+            if self.steps:
+                raise LayerError("augmentation (resized_crop_scale, rotation, brightness, contrast, saturation) and "
+                                 "normalize steps do not combine; use mean_value and scale", "transform_param.normalize")
+            if p.mean_file:
+                raise LayerError("augmentation moves the pixels, so a per-pixel mean_file no longer lines up; give "
+                                 "mean_value per channel", "transform_param.mean_file")
+            if len(self.sample) != 3:
+                raise LayerError(f"augmentation needs images (C, H, W); the examples are {list(self.sample)}",
+                                 "transform_param")
+            if p.resized_crop_scale and (len(p.resized_crop_scale) != 2 or not p.crop_size):
+                raise LayerError("resized_crop_scale takes [min, max] and needs crop_size (the size it resizes to)",
+                                 "transform_param.resized_crop_scale")
+            if p.saturation and self.sample[0] != 3:
+                raise LayerError(f"saturation needs 3 channels; the images have {self.sample[0]}",
+                                 "transform_param.saturation")
+        if (getattr(p, "mixup_alpha", 0) or getattr(p, "cutmix_alpha", 0)) and not getattr(p, "mix_classes", 0):
+            raise LayerError("mixup and cutmix make soft labels over the classes: set mix_classes (the loss's "
+                             "num_output)", "transform_param.mix_classes")
         for i, s in enumerate(self.steps):
             if s["type"] == "clip" and (s.get("min") is None or s.get("max") is None or s["min"] > s["max"]):
                 raise LayerError(f"normalize step {i} (clip) needs min <= max; received min={s.get('min')}, "
                                  f"max={s.get('max')}", "transform_param.normalize")
+
+    # ---- augmentation (TRAIN) ---------------------------------------------------------------------
+
+    def _augmented(self, raw, out, rng):
+        """Per image, in this order: rotation, random-resized crop (or Caffe's random crop), colour jitter, then
+        mean, scale and mirror. The draws come from rng in a fixed order, so a batch is reproducible."""
+        p = self.p
+        size = out.shape[-2:]
+        for i in range(len(raw)):
+            img = np.asarray(raw[i], np.float32)
+            if p.rotation:
+                img = rotate(img, rng.uniform(-p.rotation, p.rotation))
+            c, h, w = img.shape
+            if p.resized_crop_scale:
+                y, x, ch, cw = resized_crop_box(h, w, p.resized_crop_scale, p.resized_crop_ratio or [0.75, 4 / 3], rng)
+                img = resize_bilinear(img[:, y:y + ch, x:x + cw], size)
+            elif p.crop_size:
+                y, x = rng.integers(0, h - size[0] + 1), rng.integers(0, w - size[1] + 1)
+                img = img[:, y:y + size[0], x:x + size[1]]
+            if p.brightness or p.contrast or p.saturation:
+                img = jitter(img, p.brightness, p.contrast, p.saturation, rng)
+            if self.mean is not None:
+                img = img - (self.mean if np.ndim(self.mean) == 0 else np.asarray(self.mean).reshape(-1, 1, 1))
+            if p.mirror and rng.random() < 0.5:
+                img = img[:, :, ::-1]
+            out[i] = img * p.scale
+
+    def mix(self, data, labels, rng):
+        """mixup or cutmix over a transformed batch (N, C, H, W), in place; returns the soft labels (N, classes)."""
+        p, n = self.p, len(data)
+        classes = p.mix_classes
+        onehot = np.zeros((n, classes), self.dtype)
+        onehot[np.arange(n), np.asarray(labels, np.int64).ravel()] = 1
+        use_cutmix = p.cutmix_alpha and (not p.mixup_alpha or rng.random() < 0.5)
+        perm = rng.permutation(n)
+        if use_cutmix:
+            lam = rng.beta(p.cutmix_alpha, p.cutmix_alpha)
+            h, w = data.shape[-2:]
+            ch, cw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+            cy, cx = rng.integers(h), rng.integers(w)
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            data[:, :, y0:y1, x0:x1] = data[perm][:, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the share actually kept
+        else:
+            lam = rng.beta(p.mixup_alpha, p.mixup_alpha)
+            data[...] = lam * data + (1 - lam) * data[perm]
+        return (lam * onehot + (1 - lam) * onehot[perm]).astype(self.dtype)
+
+    @property
+    def mixes(self) -> bool:
+        return bool(getattr(self.p, "mixup_alpha", 0) or getattr(self.p, "cutmix_alpha", 0)) and self.phase == "TRAIN"
 
     @classmethod
     def for_targets(cls, p, phase, sample_shape, dtype):
         """A transformer of the second top: only p.normalize_target's steps."""
         from types import SimpleNamespace
         q = SimpleNamespace(scale=1.0, mean_value=None, mean_file=None, crop_size=0, mirror=False,
-                            normalize=p.normalize_target)
+                            normalize=p.normalize_target, mixup_alpha=0, cutmix_alpha=0)
         return cls(q, phase, ".", sample_shape, dtype)
 
     def affine_scale(self, blobs):
@@ -233,6 +325,8 @@ class Transformer:
 
     def apply(self, raw, out, blobs, rng):
         """raw (N, ...sample) -> out (N, ...out_shape)."""
+        if self.augments and self.phase == "TRAIN":
+            return self._augmented(raw, out, rng)
         if not self.steps and not self.p.crop_size and not self.p.mirror:
             np.copyto(out, raw, casting="unsafe")
             if self.mean is not None:
@@ -269,3 +363,80 @@ class Transformer:
             self._full_mean = np.ascontiguousarray(full.reshape((-1, h, w)))
         crop_mirror(x.reshape((n_img, -1, h, w)), self._full_mean, self.dtype.type(scale), tops, lefts, flips,
                     out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1])))
+
+
+# ---- augmentation helpers: one image (C, H, W) float32 ------------------------------------------------------
+
+def _bilinear(img, ys, xs):
+    """img sampled at float positions ys (h, w), xs (h, w); zeros outside."""
+    c, h, w = img.shape
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    fy, fx = (ys - y0).astype(np.float32), (xs - x0).astype(np.float32)
+    out = np.zeros((c,) + ys.shape, np.float32)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            out += img[:, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)] * (wy * wx * inside)
+    return out
+
+
+def rotate(img, degrees):
+    """Rotated about the centre by `degrees` (clockwise as displayed, rows down), the same size, zeros where
+    nothing maps."""
+    c, h, w = img.shape
+    t = np.deg2rad(degrees)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    ys = cy + (yy - cy) * np.cos(t) - (xx - cx) * np.sin(t)
+    xs = cx + (yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+    return _bilinear(img, ys, xs)
+
+
+def resize_bilinear(img, size):
+    """img (C, h, w) resized to size (H, W), pixel centres aligned (as PIL's and OpenCV's bilinear)."""
+    c, h, w = img.shape
+    oh, ow = size
+    ys = np.clip((np.arange(oh) + 0.5) * h / oh - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(ow) + 0.5) * w / ow - 0.5, 0, w - 1)
+    return _bilinear(img, *np.meshgrid(ys, xs, indexing="ij"))
+
+
+def resized_crop_box(h, w, scale, ratio, rng):
+    """(top, left, height, width) of a random-resized crop (Inception's): an area share in `scale` and an aspect
+    ratio log-uniform in `ratio`; ten tries, then the centred largest box of an allowed ratio."""
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    aspect = w / h
+    if aspect < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif aspect > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def jitter(img, brightness, contrast, saturation, rng):
+    """Colour jitter in a random order of the three, each factor uniform in [1 - x, 1 + x]."""
+    for op in rng.permutation(3):
+        if op == 0 and brightness:
+            img = img * rng.uniform(1 - brightness, 1 + brightness)
+        elif op == 1 and contrast:
+            grey = _grey(img).mean()
+            img = (img - grey) * rng.uniform(1 - contrast, 1 + contrast) + grey
+        elif op == 2 and saturation and img.shape[0] == 3:
+            grey = _grey(img)[None]
+            img = (img - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
+    return img.astype(np.float32, copy=False)
+
+
+def _grey(img):
+    if img.shape[0] != 3:
+        return img.mean(0)
+    return 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]

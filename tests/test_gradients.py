@@ -93,6 +93,7 @@ CASES = {
         ({}, [np.random.default_rng(8).normal(size=(5, 4)), labels(5, 4)], [0]),
         ({"loss_param": {"ignore_label": 1, "normalization": "FULL"}},
          [np.random.default_rng(9).normal(size=(2, 3, 2, 2)), labels(8, 3, seed=1).reshape(2, 2, 2)], [0]),
+        ({}, [np.random.default_rng(96).normal(size=(4, 3)), positive((4, 3), seed=97) / 3], [0]),  # soft labels
     ],
     "Split": [({"top": ["a", "b", "c"]}, [np.random.default_rng(10).normal(size=(2, 3))])],
     "Concat": [
