@@ -132,6 +132,12 @@ class RowData(Layer):
         except sources.SourceError as e:
             raise UserError(f"{self.path}: error: {e}") from None
         self._set_arrays(arrays)
+        if getattr(self.p, "stream", None) is not None:  # said once in the training log, as a streamed source is
+            held = sum(a.nbytes for a in arrays if a.dtype != object)
+            why = ("stream: never" if self.p.stream == "never" else "below the streaming threshold, "
+                   f"YAFFE_STREAM_ABOVE_MB") if self.p.stream != "always" else "its format cannot be streamed"
+            self.data_note = (f"Data layer '{self.name}': '{self.p.source}' read into memory ({self.rows:,} rows, "
+                              f"{held / 2**20:,.1f} MiB; {why})")
         stats = [b.data for b in self.blobs]
         data_stats, target_stats = self._split_stats(stats)
         if data_stats and data_stats[0][0] == 0 and self.phase == "TRAIN":
@@ -278,7 +284,8 @@ class RowData(Layer):
         fit = (data_stats and data_stats[0][0] == 0) or (target_stats and target_stats[0][0] == 0)
         sample = ""
         if fit and self.phase == "TRAIN":  # normalize statistics from an even sample of the rows
-            idx = np.unique(np.linspace(0, self.rows - 1, min(self.rows, FIT_SAMPLE)).astype(np.int64))
+            n = getattr(self.transformer.p, "normalize_sample", FIT_SAMPLE)
+            idx = np.unique(np.linspace(0, self.rows - 1, min(self.rows, n)).astype(np.int64))
             with sources.reading():
                 rows = reader.read(idx)
             if data_stats and data_stats[0][0] == 0:

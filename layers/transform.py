@@ -50,6 +50,8 @@ TRANSFORM_FIELDS = (
           "mixed by area (needs mix_classes; with mixup, each batch takes one of the two)", minimum=0),
     Field("mix_classes", "int", 0, "classes of the soft labels mixup and cutmix make: the label top becomes (N, "
           "classes) in TRAIN, for SoftmaxWithLoss", minimum=0),
+    Field("normalize_sample", "int", 50000, "a streamed source fits the normalize statistics on this many evenly "
+          "spaced rows (a source in memory: on all of them)", minimum=1),
     Field("normalize_target", "normalize_step", None, "the same for the second top (regression targets); "
           "run.py test reports EuclideanLoss in the targets' own units too", repeated=True),
 )

@@ -27,6 +27,7 @@ def cmd_train(args):
 
 def _train(args, comm):
     from solvers.trainer import Trainer
+    _data_sample(args)
     trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect,
                       sigterm_effect=args.sigterm_effect, monitor=args.monitor,
@@ -83,8 +84,15 @@ def cmd_check_layer(args):
     return 0
 
 
+def _data_sample(args):
+    """--data-sample N: the rows of a streamed source the data checks read (layers/data.py check_rows)."""
+    if getattr(args, "data_sample", None):
+        os.environ["YAFFE_DATA_SAMPLE"] = str(args.data_sample)
+
+
 def cmd_validate(args):
     from netspec.spec import validate, summary
+    _data_sample(args)
     findings = validate(args.files, strict=args.strict)
     report = summary(args.files[0], args.phase) if args.summary and not any(
         f.severity == "error" for f in findings) else None
@@ -279,6 +287,8 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a net from a solver file")
     p.add_argument("solver", help="solver YAML (names the net)")
+    p.add_argument("--data-sample", type=positive_int, metavar="N", help="rows of a streamed source the checks "
+                   "before the first iteration read (default 100,000 labels)")
     p.add_argument("--snapshot", metavar="STATE", help="resume from a <prefix>_iter_<N>.solverstate.npz")
     p.add_argument("--weights", metavar="W", help="start from these weights (.weights.npz or .caffemodel; several "
                    "separated by commas are applied in order), i.e. fine-tune")
@@ -349,6 +359,8 @@ def build_parser():
     p.add_argument("files", nargs="+", help="net or solver YAML files (a solver brings its net)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="json: findings for tools")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--data-sample", type=positive_int, metavar="N", help="rows of a streamed source the data "
+                   "checks read (default 100,000 labels; never the whole source)")
     p.add_argument("--summary", action="store_true", help="print each layer's tops, shapes, params and memory")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default=None,
                    help="the phase to summarise (default TRAIN; TEST for a deploy net: Input layers, no loss)")
