@@ -188,13 +188,19 @@ class RowData(Layer):
         self.order = np.arange(self.rows)
         self.pos = self.epoch = 0
         if getattr(self.p, "shuffle", False):
-            self.rng.shuffle(self.order)
+            self.order = self._shuffled(self.order)
         skip = getattr(self.p, "rand_skip", 0)
         if skip and self.phase == "TRAIN":  # Caffe's rand_skip: start at a random example below it
             self.pos = int(self.rng.integers(skip)) % self.rows
 
     def describe_row(self, i: int) -> str:
         return f"row {i}"
+
+    def _shuffled(self, order):
+        """A new epoch's order (a new array: batches prefetched keep theirs)."""
+        order = order.copy()
+        self.rng.shuffle(order)
+        return order
 
     def next_indices(self):
         """Row indices of the next batch, starting a new (reshuffled) epoch when the rows run out. Under MPI
@@ -211,9 +217,7 @@ class RowData(Layer):
                 self.pos = 0
                 self.epoch += 1
                 if getattr(self.p, "shuffle", False):  # a new array: batches made ahead keep theirs
-                    order = self.order.copy()
-                    self.rng.shuffle(order)
-                    self.order = order
+                    self.order = self._shuffled(self.order)
         return out[rank * self.batch_size:(rank + 1) * self.batch_size] if ranks > 1 else out
 
     def _rows(self, k, idx):
@@ -456,7 +460,15 @@ class HDF5Data(RowData):
 
     def _stream_reader(self):
         from .stream import Hdf5Reader
-        return Hdf5Reader(sources.hdf5_files(self.path), self.spec.get("top", []), self.dtype)
+        reader = Hdf5Reader(sources.hdf5_files(self.path), self.spec.get("top", []), self.dtype)
+        self.file_rows = reader.lengths
+        return reader
+
+    def _shuffled(self, order):
+        """Caffe's HDF5 shuffle: the files in a new order each epoch, the rows of each file shuffled within it."""
+        starts = np.concatenate([[0], np.cumsum(self.file_rows)]).astype(np.int64)
+        return np.concatenate([starts[f] + self.rng.permutation(self.file_rows[f])
+                               for f in self.rng.permutation(len(self.file_rows))])
 
     def _inspect(self):
         if not os.path.isfile(self.path):
@@ -464,7 +476,8 @@ class HDF5Data(RowData):
         return sources.hdf5_inspect(self.path, self.spec.get("top", []))
 
     def _load(self):
-        return sources.hdf5_load(self.path, self.spec.get("top", []), self.dtype)
+        arrays, self.file_rows = sources.hdf5_load(self.path, self.spec.get("top", []), self.dtype, with_lengths=True)
+        return arrays
 
 
 @register("HDF5Output")

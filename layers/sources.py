@@ -281,7 +281,7 @@ def hdf5_inspect(list_path, tops):
         return [tuple(f[t].shape[1:]) for t in tops]
 
 
-def hdf5_load(list_path, tops, dtype):
+def hdf5_load(list_path, tops, dtype, with_lengths=False):
     h5py = h5py_module()
     parts = [[] for _ in tops]
     for p in hdf5_files(list_path):
@@ -291,7 +291,7 @@ def hdf5_load(list_path, tops, dtype):
     arrays = [np.concatenate(a) for a in parts]
     if len({a.shape[0] for a in arrays}) != 1:
         raise SourceError(f"the datasets {tops} have different numbers of rows")
-    return arrays
+    return (arrays, [len(a) for a in parts[0]]) if with_lengths else arrays
 
 
 # ---- LMDB of Caffe Datum records ---------------------------------------------------------------

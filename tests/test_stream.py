@@ -209,3 +209,21 @@ def test_run_py_time_reports_the_data_layer_alone(tmp_path):
     (row,) = result["data_layers"]
     assert row["how"] == "streamed" and row["images_per_s"] > 0
     assert any(line.startswith("Data layer 'data' alone (streamed)") for line in lines)
+
+
+def test_hdf5_shuffles_as_caffe_files_in_a_new_order_and_rows_within_each_file(tmp_path):
+    source, type_, block = _write("hdf5", tmp_path)  # a.h5 rows 0..19, b.h5 rows 20..44
+    path = tmp_path / "n.yaml"
+    for mode in ("always", "never"):
+        path.write_text(NET % (type_, block, source, mode, ""))
+        from netspec.loader import load
+        layer = Net(load(str(path)), "TRAIN", str(path), seed=5).layers[0]
+        layer.load()
+        orders = [layer.order]
+        for _ in range(5):
+            orders.append(layer._shuffled(layer.order))
+        for order in orders:
+            first = 20 if order[0] < 20 else 25  # whichever file comes first, all its rows come together
+            assert sorted(order[:first]) == list(range(0, 20) if first == 20 else range(20, 45))
+        assert len({tuple(o) for o in orders}) == len(orders)
+        layer._stop_prefetch()
