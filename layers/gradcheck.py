@@ -32,7 +32,8 @@ def make_layer(type_name, spec=None, bottom_shapes=(), phase="TRAIN", dtype=np.f
     return layer, tops
 
 
-def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol=1e-5, atol=1e-6, seed=0):
+def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol=1e-5, atol=1e-6, seed=0,
+                    detached_tops=()):
     """Compare analytic and numerical gradients; returns the largest absolute error seen."""
     shapes = [b.shape for b in bottoms]
     layer, tops = make_layer(type_name, spec, shapes, seed=seed)
@@ -42,6 +43,8 @@ def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol
     layer.forward(bottom, tops)  # the tops' shapes may depend on the data (Filter)
     rng = np.random.default_rng(seed + 2)
     proj = [rng.normal(0, 1, t.shape) for t in tops]
+    for k in detached_tops:  # tops through which, by design, no gradient flows (a recurrent layer's carried state)
+        proj[k] = np.zeros(tops[k].shape)
     check_bottoms = list(range(len(bottom))) if check_bottoms is None else check_bottoms
 
     stats = [p.data.copy() for p in layer.blobs] if layer.statistics else []

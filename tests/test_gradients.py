@@ -161,6 +161,26 @@ CASES = {
                [np.random.default_rng(56).normal(size=(2, 5, 2))]),
               ({"top": ["a", "b"], "slice_param": {"axis": 0}}, [np.random.default_rng(57).normal(size=(4, 3))])],
     "Silence": [({"top": []}, [np.random.default_rng(58).normal(size=(2, 3))])],
+    "LSTMUnit": [({"top": ["c", "h"]}, [np.random.default_rng(98).normal(size=(1, 3, 2)),
+                                         np.random.default_rng(99).normal(size=(1, 3, 8)),
+                                         np.array([[1.0, 0, 1]])], [0, 1])],
+    "LSTM": [
+        ({"recurrent_param": {"num_output": 2}},
+         [np.random.default_rng(100).normal(size=(4, 2, 3)), np.array([[0, 0], [1, 1], [1, 0], [1, 1.0]])], [0]),
+        ({"top": ["h", "h_T", "c_T"], "recurrent_param": {"num_output": 2, "expose_hidden": True}},
+         [np.random.default_rng(101).normal(size=(3, 2, 2, 2)), np.array([[1, 0], [1, 1], [0, 1.0]]),
+          np.random.default_rng(102).normal(size=(2, 3)), np.random.default_rng(103).normal(size=(1, 2, 2)),
+          np.random.default_rng(104).normal(size=(1, 2, 2))], [0, 2], {"detached_tops": (1, 2)}),  # x_static;
+        # the carried state (h_0, c_0 in, h_T, c_T out) is a constant across batches, as in Caffe
+    ],
+    "RNN": [
+        ({"recurrent_param": {"num_output": 3}},
+         [np.random.default_rng(105).normal(size=(4, 2, 3)), np.array([[0, 0], [1, 1], [0, 1], [1, 1.0]])], [0]),
+        ({"top": ["o", "h_T"], "recurrent_param": {"num_output": 2, "expose_hidden": True}},
+         [np.random.default_rng(106).normal(size=(3, 2, 2)), np.array([[1, 1], [1, 0], [1, 1.0]]),
+          np.random.default_rng(107).normal(size=(2, 4)), np.random.default_rng(108).normal(size=(1, 2, 2))],
+         [0, 2], {"detached_tops": (1,)}),
+    ],
     "Filter": [({"top": ["a", "b"]}, [np.random.default_rng(94).normal(size=(5, 3, 2)),
                                       np.random.default_rng(95).normal(size=(5, 2)),
                                       np.array([1.0, 0, 0, 2, 1])], [0, 1])],

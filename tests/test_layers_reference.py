@@ -173,10 +173,11 @@ def test_pooling_mask_top_holds_the_flat_argmax():
 def test_every_type_has_a_forward_reference_somewhere():
     import inspect
     import tests.test_caffe_layers as caffe_layer_tests
+    import tests.test_recurrent as recurrent_tests
     import tests.test_data as data_tests
     import tests.test_layers_forward as other
     import tests.test_net as net_tests
-    text = "".join(inspect.getsource(m) for m in (other, data_tests, net_tests, caffe_layer_tests))
+    text = "".join(inspect.getsource(m) for m in (other, data_tests, net_tests, caffe_layer_tests, recurrent_tests))
     text += inspect.getsource(inspect.getmodule(test_every_type_has_a_forward_reference_somewhere))
     missing = [t for t in REGISTRY if f'"{t}"' not in text and f"type: {t}" not in text]
     assert not missing, f"no forward reference test mentions {missing}"

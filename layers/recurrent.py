@@ -1,0 +1,287 @@
+"""Recurrent layers with Caffe's semantics (recurrent_layer.cpp, lstm_layer.cpp, rnn_layer.cpp,
+lstm_unit_layer.cpp): the arithmetic of Caffe's unrolled nets, computed directly.
+
+Bottoms: x (T, N, ...), cont (T, N) (0 starts a new sequence: the state is reset there), optional x_static
+(N, ...), and with recurrent_param.expose_hidden the initial state (LSTM: h_0, c_0; RNN: h_0, each (1, N, H)),
+which then also comes out as extra tops (h_T, c_T). As in Caffe, the state carried across batches is a constant
+there: no gradient flows back from h_T, c_T, nor into h_0, c_0 (truncated backpropagation through time).
+Blobs in Caffe's order, so a Caffe .caffemodel loads:
+LSTM W_xc (4H, I), b_c (4H), [W_xc_static (4H, I_s)], W_hc (4H, H) with gates i, f, o, g;
+RNN W_xh (H, I), b_h (H), [W_xh_static (H, I_s)], W_hh (H, H), W_ho (H, H), b_o (H).
+The input products of all T steps are one matrix product; the recurrence is a loop over T of (N x H) work.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netspec.errors import LayerError
+from .base import Field, Layer, count, register
+
+RECURRENT_FIELDS = (
+    Field("num_output", "int", None, "hidden units (H)", minimum=1, required=True),
+    Field("weight_filler", "filler", None, "filler of the weight matrices"),
+    Field("bias_filler", "filler", None, "filler of the biases"),
+    Field("debug_info", "bool", False, "Caffe's unrolled-net debug output (no effect)"),
+    Field("expose_hidden", "bool", False, "take the initial state as extra bottoms and give the final state as "
+          "extra tops (carry it across batches: truncated backpropagation through time)"),
+)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _sum_rows(a):
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+class Recurrent(Layer):
+    """The shared part: shapes, blobs, the bottoms' roles."""
+
+    param_block = "recurrent_param"
+    fields = RECURRENT_FIELDS
+    bottoms = (2, 5)
+    tops = (1, 3)
+    blocked_bottoms = (1,)  # cont: never a gradient (Caffe refuses one)
+    backward_reads = ("bottom",)
+    gates = 1       # rows of the hidden transforms per hidden unit (LSTM: 4)
+    n_state = 1     # recurrent state blobs (LSTM: h and c)
+
+    def batch_coupling(self):
+        return "its blobs are (T, N, ...): slices of the first axis would cut the sequences in time"
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        x, cont = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+        exposed = self.n_state if p.expose_hidden else 0
+        n_extra = len(bottom_shapes) - 2 - exposed
+        if n_extra not in (0, 1):
+            raise LayerError(f"takes x, cont, [x_static]{', the initial state' if exposed else ''}: "
+                             f"{2 + exposed} or {3 + exposed} bottoms; received {len(bottom_shapes)}", "bottom")
+        if len(x) < 2:
+            raise LayerError(f"x must be (T, N, ...); received {list(x)}", "bottom")
+        t, n = x[:2]
+        if cont != (t, n):
+            hint = (" (x looks (N, T): Caffe's recurrent layers take time first, (T, N, ...))"
+                    if cont == (n, t) else "")
+            raise LayerError(f"cont must be (T, N) = {[t, n]} as x's first two axes; received {list(cont)}{hint}",
+                             "bottom")
+        self.T, self.N, self.I = t, n, count(x, 2)
+        self.static = n_extra == 1
+        self.Is = count(bottom_shapes[2], 1) if self.static else 0
+        if self.static and tuple(bottom_shapes[2])[:1] != (n,):
+            raise LayerError(f"x_static must be (N, ...) with N = {n}; received {list(bottom_shapes[2])}", "bottom")
+        h = self.H = p.num_output
+        # cont and the carried state never get a gradient (Caffe's unrolled net shares their data only)
+        self.blocked_bottoms = (1,) + tuple(range(2 + self.static, len(bottom_shapes)))
+        for i, s in enumerate(bottom_shapes[2 + self.static:]):
+            if tuple(s) != (1, n, h):
+                raise LayerError(f"the initial state bottom {i} must be (1, N, num_output) = {[1, n, h]}; received "
+                                 f"{list(s)}", "bottom")
+        if self.n_tops != 1 + exposed:
+            raise LayerError(f"gives {1 + exposed} top(s) (the output{' and the final state' if exposed else ''}); "
+                             f"received {self.n_tops}", "top")
+        wf, bf = p.weight_filler, p.bias_filler
+        g = self.gates * h
+        self.blob_shapes = [((g, self.I), wf), ((g,), bf)]
+        if self.static:
+            self.blob_shapes.append(((g, self.Is), wf))
+        self.blob_shapes.append(((g, h), wf))
+        self.blob_shapes += self._extra_blobs()
+        return [(t, n, h)] + [(1, n, h)] * exposed
+
+    def _extra_blobs(self):
+        return []
+
+    def _inputs(self, bottom):
+        """(x (T, N, I), cont (T, N), x_static (N, I_s) or None, initial states [(N, H)])."""
+        x = bottom[0].data.reshape(self.T, self.N, self.I)
+        cont = bottom[1].data.reshape(self.T, self.N)
+        xs = bottom[2].data.reshape(self.N, self.Is) if self.static else None
+        states = [b.data.reshape(self.N, self.H) for b in bottom[2 + self.static:]]
+        return x, cont, xs, states
+
+    def _input_products(self, x, xs):
+        w, b = self.blobs[0].data, self.blobs[1].data
+        gx = (x.reshape(-1, self.I) @ w.T).reshape(self.T, self.N, -1) + b
+        if self.static:
+            gx = gx + (xs @ self.blobs[2].data.T)[None]
+        return gx
+
+    def _input_backward(self, dg, x, xs, propagate_down, bottom):
+        """dg (T, N, gates*H): the gradients of the input products into W_x, b, W_static, x, x_static."""
+        flat = dg.reshape(-1, dg.shape[-1])
+        self.blobs[0].diff += flat.T @ x.reshape(-1, self.I)
+        self.blobs[1].diff += flat.sum(axis=0)
+        if propagate_down[0]:
+            bottom[0].diff[...] = (flat @ self.blobs[0].data).reshape(bottom[0].diff.shape)
+        if self.static:
+            ds = dg.sum(axis=0)
+            self.blobs[2].diff += ds.T @ xs
+            if propagate_down[2]:
+                bottom[2].diff[...] = (ds @ self.blobs[2].data).reshape(bottom[2].diff.shape)
+
+    @property
+    def w_h(self):
+        return self.blobs[3 if self.static else 2]
+
+
+@register("LSTM")
+class LSTM(Recurrent):
+    """Long short-term memory (Caffe's LSTM). Bottoms x (T, N, ...), cont (T, N), [x_static (N, ...)],
+    [h_0, c_0 (1, N, H)] -> h (T, N, H) [, h_T, c_T (1, N, H)]."""
+
+    gates, n_state = 4, 2
+
+    def forward(self, bottom, top):
+        x, cont, xs, states = self._inputs(bottom)
+        t_len, n, h_dim = self.T, self.N, self.H
+        gx = self._input_products(x, xs)
+        w_hc = self.w_h.data
+        h_prev = states[0] if states else np.zeros((n, h_dim), self.dtype)
+        c_prev = states[1] if states else np.zeros((n, h_dim), self.dtype)
+        self.gate = np.empty((t_len, n, 4 * h_dim), self.dtype)   # i, f, o, g after their nonlinearities
+        self.c = np.empty((t_len, n, h_dim), self.dtype)
+        self.hc = np.empty((t_len, n, h_dim), self.dtype)         # cont_t * h_{t-1}
+        self.c0 = c_prev.copy()
+        out = top[0].data.reshape(t_len, n, h_dim)
+        for t in range(t_len):
+            keep = cont[t][:, None]
+            self.hc[t] = keep * h_prev
+            a = gx[t] + self.hc[t] @ w_hc.T
+            i, f, o, g = (a[:, k * h_dim:(k + 1) * h_dim] for k in range(4))
+            i, o, g = _sigmoid(i), _sigmoid(o), np.tanh(g)
+            f = np.where(keep == 0, 0, keep * _sigmoid(f))  # NOTE: Caffe's f = cont * sigmoid, 0 at a reset
+            c = f * c_prev + i * g
+            h = o * np.tanh(c)
+            self.gate[t] = np.concatenate([i, f, o, g], axis=1)
+            self.c[t], out[t] = c, h
+            h_prev, c_prev = h, c
+        if len(top) == 3:
+            top[1].data[...] = h_prev.reshape(top[1].data.shape)
+            top[2].data[...] = c_prev.reshape(top[2].data.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        x, cont, xs, states = self._inputs(bottom)
+        t_len, n, h_dim = self.T, self.N, self.H
+        w_hc = self.w_h.data
+        dout = top[0].diff.reshape(t_len, n, h_dim)
+        dh_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
+        dc_next = np.zeros((n, h_dim), self.dtype)
+        dg = np.empty((t_len, n, 4 * h_dim), self.dtype)
+        for t in reversed(range(t_len)):
+            i, f, o, g = (self.gate[t][:, k * h_dim:(k + 1) * h_dim] for k in range(4))
+            c = self.c[t]
+            c_prev = self.c[t - 1] if t else self.c0
+            tanh_c = np.tanh(c)
+            dh = dout[t] + dh_next
+            c_term = dc_next + dh * o * (1 - tanh_c * tanh_c)
+            dg[t] = np.concatenate([c_term * g * i * (1 - i), c_term * c_prev * f * (1 - f),
+                                    dh * tanh_c * o * (1 - o), c_term * i * (1 - g * g)], axis=1)
+            self.w_h.diff += dg[t].T @ self.hc[t]
+            dh_next = (dg[t] @ w_hc) * cont[t][:, None]
+            dc_next = c_term * f
+        self._input_backward(dg, x, xs, propagate_down, bottom)
+
+
+@register("RNN")
+class RNN(Recurrent):
+    """Caffe's simple recurrent net: h_t = tanh(W_hh (cont_t h_{t-1}) + W_xh x_t + b_h [+ W_xh_static x_static]),
+    o_t = tanh(W_ho h_t + b_o). Bottoms x (T, N, ...), cont (T, N), [x_static (N, ...)], [h_0 (1, N, H)] ->
+    o (T, N, H) [, h_T (1, N, H)]."""
+
+    gates, n_state = 1, 1
+
+    def _extra_blobs(self):
+        return [((self.H, self.H), self.p.weight_filler), ((self.H,), self.p.bias_filler)]
+
+    def forward(self, bottom, top):
+        x, cont, xs, states = self._inputs(bottom)
+        t_len, n, h_dim = self.T, self.N, self.H
+        gx = self._input_products(x, xs)
+        w_hh, w_ho, b_o = self.w_h.data, self.blobs[-2].data, self.blobs[-1].data
+        h_prev = states[0] if states else np.zeros((n, h_dim), self.dtype)
+        self.h = np.empty((t_len, n, h_dim), self.dtype)
+        self.hc = np.empty((t_len, n, h_dim), self.dtype)
+        out = top[0].data.reshape(t_len, n, h_dim)
+        for t in range(t_len):
+            self.hc[t] = cont[t][:, None] * h_prev
+            self.h[t] = np.tanh(gx[t] + self.hc[t] @ w_hh.T)
+            h_prev = self.h[t]
+        out[...] = np.tanh(self.h.reshape(-1, h_dim) @ w_ho.T + b_o).reshape(t_len, n, h_dim)
+        self.o = out.copy()
+        if len(top) == 2:
+            top[1].data[...] = h_prev.reshape(top[1].data.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        x, cont, xs, states = self._inputs(bottom)
+        t_len, n, h_dim = self.T, self.N, self.H
+        w_hh, w_ho = self.w_h.data, self.blobs[-2].data
+        do = top[0].diff.reshape(t_len, n, h_dim) * (1 - self.o * self.o)
+        self.blobs[-2].diff += do.reshape(-1, h_dim).T @ self.h.reshape(-1, h_dim)
+        self.blobs[-1].diff += _sum_rows(do)
+        dh_out = (do.reshape(-1, h_dim) @ w_ho).reshape(t_len, n, h_dim)
+        dh_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's diff is not used (Caffe's)
+        da = np.empty((t_len, n, h_dim), self.dtype)
+        for t in reversed(range(t_len)):
+            da[t] = (dh_out[t] + dh_next) * (1 - self.h[t] * self.h[t])
+            self.w_h.diff += da[t].T @ self.hc[t]
+            dh_next = (da[t] @ w_hh) * cont[t][:, None]
+        self._input_backward(da, x, xs, propagate_down, bottom)
+
+
+@register("LSTMUnit")
+class LSTMUnit(Layer):
+    """One LSTM step (Caffe's LSTMUnit). Bottoms c_prev (1, N, H), gates x (1, N, 4H) (i, f, o, g before their
+    nonlinearities), cont (1, N) -> c (1, N, H), h (1, N, H). f = cont * sigmoid(x_f), 0 where cont is 0."""
+
+    bottoms = (3, 3)
+    tops = (2, 2)
+    blocked_bottoms = (2,)
+    backward_reads = ("bottom", "top")
+
+    def batch_coupling(self):
+        return "its blobs are (1, N, ...): the batch is the second axis"
+
+    def setup(self, bottom_shapes):
+        c, x, cont = (tuple(s) for s in bottom_shapes)
+        if len(c) != 3 or c[0] != 1:
+            raise LayerError(f"c_prev must be (1, N, H); received {list(c)}", "bottom")
+        n, h = c[1], c[2]
+        if x != (1, n, 4 * h):
+            raise LayerError(f"the gate inputs must be (1, N, 4H) = {[1, n, 4 * h]}; received {list(x)}", "bottom")
+        if cont != (1, n):
+            raise LayerError(f"cont must be (1, N) = {[1, n]}; received {list(cont)}", "bottom")
+        self.H = h
+        return [c, c]
+
+    def _gates(self, bottom):
+        h_dim = self.H
+        x = bottom[1].data[0]
+        keep = bottom[2].data[0][:, None]
+        i, o, g = _sigmoid(x[:, :h_dim]), _sigmoid(x[:, 2 * h_dim:3 * h_dim]), np.tanh(x[:, 3 * h_dim:])
+        f = np.where(keep == 0, 0, keep * _sigmoid(x[:, h_dim:2 * h_dim]))
+        return i, f, o, g
+
+    def forward(self, bottom, top):
+        i, f, o, g = self._gates(bottom)
+        c = f * bottom[0].data[0] + i * g
+        top[0].data[0] = c
+        top[1].data[0] = o * np.tanh(c)
+
+    def backward(self, top, propagate_down, bottom):
+        if not (propagate_down[0] or propagate_down[1]):
+            return
+        h_dim = self.H
+        i, f, o, g = self._gates(bottom)
+        tanh_c = np.tanh(top[0].data[0])
+        dc, dh = top[0].diff[0], top[1].diff[0]
+        c_term = dc + dh * o * (1 - tanh_c * tanh_c)
+        if propagate_down[0]:
+            bottom[0].diff[0] = c_term * f
+        if propagate_down[1]:
+            dx = bottom[1].diff[0]
+            dx[:, :h_dim] = c_term * g * i * (1 - i)
+            dx[:, h_dim:2 * h_dim] = c_term * bottom[0].data[0] * f * (1 - f)
+            dx[:, 2 * h_dim:3 * h_dim] = dh * tanh_c * o * (1 - o)
+            dx[:, 3 * h_dim:] = c_term * i * (1 - g * g)

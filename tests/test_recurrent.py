@@ -1,0 +1,114 @@
+"""LSTM, RNN and LSTMUnit (layers/recurrent.py) against a plain reference of Caffe's equations, sequence resets
+by cont, and the state carried across batches by expose_hidden. Caffe's own numbers: tests/test_caffe_parity.py
+(lstm, lstm_static_exposed, rnn, rnn_static_exposed, lstm_unit)."""
+import numpy as np
+import pytest
+
+from layers.base import Blob
+from netspec.errors import SpecError
+from netspec.loader import loads
+from netspec.net import Net
+from tests.gradcheck import make_layer
+
+
+def sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def reference_lstm(x, cont, w_xc, b_c, w_hc, h0=None, c0=None):
+    """Caffe's unrolled LSTM, one example and one step at a time."""
+    t_len, n = cont.shape
+    h_dim = w_hc.shape[1]
+    out = np.zeros((t_len, n, h_dim))
+    for j in range(n):
+        h = np.zeros(h_dim) if h0 is None else h0[0, j]
+        c = np.zeros(h_dim) if c0 is None else c0[0, j]
+        for t in range(t_len):
+            a = w_xc @ x[t, j].ravel() + b_c + w_hc @ (cont[t, j] * h)
+            i, f, o, g = sig(a[:h_dim]), sig(a[h_dim:2 * h_dim]), sig(a[2 * h_dim:3 * h_dim]), np.tanh(a[3 * h_dim:])
+            f = 0 if cont[t, j] == 0 else cont[t, j] * f
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            out[t, j] = h
+    return out
+
+
+def _run(type_name, spec, arrays, n_tops=None):
+    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], n_tops=n_tops)
+    bottom = []
+    for i, a in enumerate(arrays):
+        b = Blob(f"b{i}", a.shape, np.float64)
+        b.data[...] = a
+        bottom.append(b)
+    layer.forward(bottom, tops)
+    return layer, tops
+
+
+def test_lstm_is_caffes_equations_and_a_reset_starts_a_new_sequence():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 4))
+    cont = np.array([[0, 0, 0], [1, 1, 0], [1, 1, 1], [0, 1, 1], [1, 1, 1.0]])
+    layer, tops = _run("LSTM", {"recurrent_param": {"num_output": 3}}, [x, cont])
+    w_xc, b_c, w_hc = (b.data for b in layer.blobs)
+    np.testing.assert_allclose(tops[0].data, reference_lstm(x, cont, w_xc, b_c, w_hc), rtol=1e-12, atol=1e-12)
+    # example 0 restarts at t = 3: from there it is the sequence x[3:] alone
+    alone = reference_lstm(x[3:, :1], np.array([[0], [1.0]]), w_xc, b_c, w_hc)
+    np.testing.assert_allclose(tops[0].data[3:, :1], alone, rtol=1e-12)
+
+
+def test_expose_hidden_carries_the_state_across_two_batches_as_one_long_one():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 2, 3))
+    cont = np.ones((6, 2))
+    cont[0] = 0
+    whole, tops = _run("LSTM", {"recurrent_param": {"num_output": 2}}, [x, cont])
+    spec = {"top": ["h", "h_T", "c_T"], "recurrent_param": {"num_output": 2, "expose_hidden": True}}
+    zeros = np.zeros((1, 2, 2))
+    first, t1 = _run("LSTM", spec, [x[:3], cont[:3], zeros, zeros])
+    for mine, theirs in zip(first.blobs, whole.blobs):
+        mine.data[...] = theirs.data
+    first.forward([_blob(x[:3]), _blob(cont[:3]), _blob(zeros), _blob(zeros)], t1)
+    second, t2 = _run("LSTM", spec, [x[3:], cont[3:], t1[1].data, t1[2].data])
+    for mine, theirs in zip(second.blobs, whole.blobs):
+        mine.data[...] = theirs.data
+    second.forward([_blob(x[3:]), _blob(cont[3:]), _blob(t1[1].data), _blob(t1[2].data)], t2)
+    np.testing.assert_allclose(np.concatenate([t1[0].data, t2[0].data]), tops[0].data, rtol=1e-12)
+    np.testing.assert_allclose(t2[1].data[0], tops[0].data[-1], rtol=1e-12)
+
+
+def _blob(a):
+    b = Blob("b", a.shape, np.float64)
+    b.data[...] = a
+    return b
+
+
+def test_rnn_is_caffes_equations():
+    rng = np.random.default_rng(2)
+    x, cont = rng.normal(size=(4, 2, 3)), np.array([[0, 0], [1, 0], [1, 1], [1, 1.0]])
+    layer, tops = _run("RNN", {"recurrent_param": {"num_output": 2}}, [x, cont])
+    w_xh, b_h, w_hh, w_ho, b_o = (b.data for b in layer.blobs)
+    for j in range(2):
+        h = np.zeros(2)
+        for t in range(4):
+            h = np.tanh(w_xh @ x[t, j] + b_h + w_hh @ (cont[t, j] * h))
+            np.testing.assert_allclose(tops[0].data[t, j], np.tanh(w_ho @ h + b_o), rtol=1e-12)
+
+
+def test_lstm_unit_is_one_step_of_the_lstm():
+    rng = np.random.default_rng(3)
+    c_prev, x, cont = rng.normal(size=(1, 3, 2)), rng.normal(size=(1, 3, 8)), np.array([[1, 0, 1.0]])
+    _, (c, h) = _run("LSTMUnit", {"top": ["c", "h"]}, [c_prev, x, cont], n_tops=2)
+    i, f, o, g = sig(x[0, :, :2]), sig(x[0, :, 2:4]) * cont[0][:, None], sig(x[0, :, 4:6]), np.tanh(x[0, :, 6:])
+    np.testing.assert_allclose(c.data[0], f * c_prev[0] + i * g, rtol=1e-12)
+    np.testing.assert_allclose(h.data[0], o * np.tanh(f * c_prev[0] + i * g), rtol=1e-12)
+
+
+def test_time_and_batch_swapped_is_a_clear_error():
+    with pytest.raises(SpecError) as e:
+        Net(loads("""
+layer:
+  - {name: in, type: Input, top: [x, cont], input_param: {shape: [{dim: [4, 28, 28]}, {dim: [28, 4]}]}}
+  - {name: lstm, type: LSTM, bottom: [x, cont], top: h, recurrent_param: {num_output: 8}}
+""", "r.yaml"), "TEST", "r.yaml")
+    text = str(e.value)
+    assert "cont must be (T, N) = [4, 28]" in text and "time first" in text and "r.yaml:4" in text
