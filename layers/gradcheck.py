@@ -32,6 +32,25 @@ def make_layer(type_name, spec=None, bottom_shapes=(), phase="TRAIN", dtype=np.f
     return layer, tops
 
 
+def run_layer(type_name, spec, arrays, n_tops=None, params=None):
+    """(layer, tops) after one float64 forward of a layer made by make_layer on the given bottoms (and params)."""
+    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], n_tops=n_tops)
+    for blob, value in zip(layer.blobs, params or []):
+        blob.data[...] = value
+    layer.forward(blobs_of(arrays), tops)
+    return layer, tops
+
+
+def blobs_of(arrays):
+    """float64 Blobs b0, b1, ... holding the arrays."""
+    out = []
+    for i, a in enumerate(arrays):
+        b = Blob(f"b{i}", np.shape(a), np.float64)
+        b.data[...] = a
+        out.append(b)
+    return out
+
+
 def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol=1e-5, atol=1e-6, seed=0,
                     detached_tops=()):
     """Compare analytic and numerical gradients; returns the largest absolute error seen."""

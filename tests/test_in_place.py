@@ -16,6 +16,7 @@ from netspec.loader import loads
 from netspec.net import Net
 from solvers.replicas import Replicas
 from tests.gradcheck import make_layer
+from layers.gradcheck import blobs_of
 from tests.test_gradients import CASES
 
 IN_PLACE = sorted(t for t, cls in REGISTRY.items() if cls.in_place_ok and cls.differentiable)
@@ -31,11 +32,7 @@ def test_backward_reads_no_data_it_does_not_declare(type_name):
         results = []
         for scribble in (False, True):
             layer, tops = make_layer(type_name, spec, [a.shape for a in arrays])
-            bottom = []
-            for i, a in enumerate(arrays):
-                b = Blob(f"b{i}", a.shape, np.float64)
-                b.data[...] = a
-                bottom.append(b)
+            bottom = blobs_of(arrays)
             layer.forward(bottom, tops)
             rng = np.random.default_rng(7)
             for t in tops:

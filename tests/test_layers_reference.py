@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from layers.base import REGISTRY, Blob
-from tests.gradcheck import make_layer
+from tests.gradcheck import make_layer, run_layer
 
 R = np.random.default_rng(0)
 X = R.normal(size=(2, 6, 3, 3))
@@ -12,15 +12,7 @@ SIG = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
 
 
 def forward(type_name, spec, *arrays, n_tops=None, params=None):
-    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], n_tops=n_tops)
-    for blob, value in zip(layer.blobs, params or []):
-        blob.data[...] = value
-    bottom = []
-    for i, a in enumerate(arrays):
-        b = Blob(f"b{i}", a.shape, np.float64)
-        b.data[...] = a
-        bottom.append(b)
-    layer.forward(bottom, tops)
+    layer, tops = run_layer(type_name, spec, arrays, n_tops, params)
     return [t.data for t in tops], layer
 
 

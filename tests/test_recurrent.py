@@ -8,7 +8,7 @@ from layers.base import Blob
 from netspec.errors import SpecError
 from netspec.loader import loads
 from netspec.net import Net
-from tests.gradcheck import make_layer
+from tests.gradcheck import run_layer
 
 
 def sig(x):
@@ -34,14 +34,7 @@ def reference_lstm(x, cont, w_xc, b_c, w_hc, h0=None, c0=None):
 
 
 def _run(type_name, spec, arrays, n_tops=None):
-    layer, tops = make_layer(type_name, spec, [a.shape for a in arrays], n_tops=n_tops)
-    bottom = []
-    for i, a in enumerate(arrays):
-        b = Blob(f"b{i}", a.shape, np.float64)
-        b.data[...] = a
-        bottom.append(b)
-    layer.forward(bottom, tops)
-    return layer, tops
+    return run_layer(type_name, spec, arrays, n_tops)
 
 
 def test_lstm_is_caffes_equations_and_a_reset_starts_a_new_sequence():
