@@ -393,3 +393,30 @@ class Filter(Layer):
                 dx = bottom[i].diff
                 dx[...] = 0
                 dx[self.rows] = t.diff
+
+
+@register("Permute")
+class Permute(Layer):
+    """The axes in a new order (SSD's Caffe Permute; not in BVLC Caffe): permute_param.order lists the bottom's
+    axes as they come out, the rest following in their order. E.g. (N, T, I) -> (T, N, I) with order [1, 0, 2]
+    puts time first for a recurrent layer. Shapes: any -> the permuted shape."""
+    backward_reads = ()
+    param_block = "permute_param"
+    fields = (Field("order", "int", None, "the bottom's axes in their new order", repeated=True, minimum=0),)
+
+    def setup(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        order = list(self.p.order)
+        if len(set(order)) != len(order) or any(a >= len(shape) for a in order):
+            raise LayerError(f"order {order} must name distinct axes of the bottom {list(shape)} (0..{len(shape) - 1})",
+                             "permute_param.order")
+        self.axes = tuple(order + [a for a in range(len(shape)) if a not in order])
+        self.back = tuple(np.argsort(self.axes))
+        return [tuple(shape[a] for a in self.axes)]
+
+    def forward(self, bottom, top):
+        np.copyto(top[0].data, bottom[0].data.transpose(self.axes))
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            np.copyto(bottom[0].diff, top[0].diff.transpose(self.back))

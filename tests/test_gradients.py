@@ -181,6 +181,8 @@ CASES = {
           np.random.default_rng(107).normal(size=(2, 4)), np.random.default_rng(108).normal(size=(1, 2, 2))],
          [0, 2], {"detached_tops": (1,)}),
     ],
+    "Permute": [({"permute_param": {"order": [1, 0, 2]}}, [np.random.default_rng(109).normal(size=(2, 3, 4))]),
+                ({"permute_param": {"order": [2]}}, [np.random.default_rng(110).normal(size=(2, 3, 4))])],
     "Filter": [({"top": ["a", "b"]}, [np.random.default_rng(94).normal(size=(5, 3, 2)),
                                       np.random.default_rng(95).normal(size=(5, 2)),
                                       np.array([1.0, 0, 0, 2, 1])], [0, 1])],

@@ -105,3 +105,16 @@ layer:
 """, "r.yaml"), "TEST", "r.yaml")
     text = str(e.value)
     assert "cont must be (T, N) = [4, 28]" in text and "time first" in text and "r.yaml:4" in text
+
+
+def test_permute_puts_time_first_and_back():
+    x = np.random.default_rng(4).normal(size=(2, 5, 3))
+    (y,), _ = _forward("Permute", {"permute_param": {"order": [1, 0, 2]}}, x)
+    np.testing.assert_array_equal(y, x.transpose(1, 0, 2))
+    (z,), _ = _forward("Permute", {"permute_param": {"order": [2]}}, x)
+    np.testing.assert_array_equal(z, x.transpose(2, 0, 1))
+
+
+def _forward(type_name, spec, *arrays):
+    layer, tops = run_layer(type_name, spec, arrays)
+    return [t.data for t in tops], layer
