@@ -12,7 +12,10 @@ The input products of all T steps are one matrix product; the recurrence is a lo
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
@@ -29,6 +32,46 @@ RECURRENT_FIELDS = (
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_gates(gate, h_dim):
+    """In place on gate (N, 4H) pre-activations: sigmoid on i, f, o, tanh on g (NumPy's vectorized ufuncs: the
+    transcendentals are most of a step's work)."""
+    s = gate[:, :3 * h_dim]
+    np.negative(s, out=s)
+    np.exp(s, out=s)
+    s += 1
+    np.reciprocal(s, out=s)
+    np.tanh(gate[:, 3 * h_dim:], out=gate[:, 3 * h_dim:])
+
+
+@njit(cache=True, nogil=True)
+def lstm_cell(gate, keep, c_prev, c):
+    """c = f * c_prev + i * g with Caffe's f = cont * sigmoid (0 where cont is 0), f stored back into gate."""
+    n, hd = c.shape
+    for j in range(n):
+        for d in range(hd):
+            f = gate[j, hd + d] * keep[j] if keep[j] != 0 else 0
+            gate[j, hd + d] = f
+            c[j, d] = f * c_prev[j, d] + gate[j, d] * gate[j, 3 * hd + d]
+
+
+@njit(cache=True, nogil=True)
+def lstm_step_backward(gate, tc, c_prev, dh, dc, dg):
+    """The step's backward: gate (after the nonlinearities, f scaled by cont), tanh(c), c_prev, and dh, dc (N, H)
+    reaching h and c -> dg (N, 4H) of the pre-activations; dc becomes the diff of c_prev (in place)."""
+    n, hd = tc.shape
+    one = tc.dtype.type(1)
+    for j in range(n):
+        for d in range(hd):
+            i, f, o, g = gate[j, d], gate[j, hd + d], gate[j, 2 * hd + d], gate[j, 3 * hd + d]
+            t = tc[j, d]
+            term = dc[j, d] + dh[j, d] * o * (one - t * t)
+            dg[j, d] = term * g * i * (one - i)
+            dg[j, hd + d] = term * c_prev[j, d] * f * (one - f)
+            dg[j, 2 * hd + d] = dh[j, d] * t * o * (one - o)
+            dg[j, 3 * hd + d] = term * i * (one - g * g)
+            dc[j, d] = term * f
 
 
 def _sum_rows(a):
@@ -145,18 +188,18 @@ class LSTM(Recurrent):
         self.hc = np.empty((t_len, n, h_dim), self.dtype)         # cont_t * h_{t-1}
         self.c0 = c_prev.copy()
         out = top[0].data.reshape(t_len, n, h_dim)
+        w_t = np.ascontiguousarray(w_hc.T)
+        self.tc = np.empty((t_len, n, h_dim), self.dtype)  # tanh(c), for the backward
         for t in range(t_len):
-            keep = cont[t][:, None]
-            self.hc[t] = keep * h_prev
-            a = gx[t] + self.hc[t] @ w_hc.T
-            i, f, o, g = (a[:, k * h_dim:(k + 1) * h_dim] for k in range(4))
-            i, o, g = _sigmoid(i), _sigmoid(o), np.tanh(g)
-            f = np.where(keep == 0, 0, keep * _sigmoid(f))  # NOTE: Caffe's f = cont * sigmoid, 0 at a reset
-            c = f * c_prev + i * g
-            h = o * np.tanh(c)
-            self.gate[t] = np.concatenate([i, f, o, g], axis=1)
-            self.c[t], out[t] = c, h
-            h_prev, c_prev = h, c
+            np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
+            gate = self.gate[t]
+            np.matmul(self.hc[t], w_t, out=gate)
+            gate += gx[t]
+            lstm_gates(gate, h_dim)
+            lstm_cell(gate, np.ascontiguousarray(cont[t]), c_prev, self.c[t])
+            np.tanh(self.c[t], out=self.tc[t])
+            np.multiply(gate[:, 2 * h_dim:3 * h_dim], self.tc[t], out=out[t])
+            h_prev, c_prev = out[t], self.c[t]
         if len(top) == 3:
             top[1].data[...] = h_prev.reshape(top[1].data.shape)
             top[2].data[...] = c_prev.reshape(top[2].data.shape)
@@ -170,17 +213,10 @@ class LSTM(Recurrent):
         dc_next = np.zeros((n, h_dim), self.dtype)
         dg = np.empty((t_len, n, 4 * h_dim), self.dtype)
         for t in reversed(range(t_len)):
-            i, f, o, g = (self.gate[t][:, k * h_dim:(k + 1) * h_dim] for k in range(4))
-            c = self.c[t]
             c_prev = self.c[t - 1] if t else self.c0
-            tanh_c = np.tanh(c)
-            dh = dout[t] + dh_next
-            c_term = dc_next + dh * o * (1 - tanh_c * tanh_c)
-            dg[t] = np.concatenate([c_term * g * i * (1 - i), c_term * c_prev * f * (1 - f),
-                                    dh * tanh_c * o * (1 - o), c_term * i * (1 - g * g)], axis=1)
-            self.w_h.diff += dg[t].T @ self.hc[t]
+            lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t] + dh_next, dc_next, dg[t])  # dc_next: in place
             dh_next = (dg[t] @ w_hc) * cont[t][:, None]
-            dc_next = c_term * f
+        self.w_h.diff += dg.reshape(-1, 4 * h_dim).T @ self.hc.reshape(-1, h_dim)  # one product for all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)
 
 
