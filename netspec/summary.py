@@ -33,9 +33,14 @@ def summarize(net: Net) -> list[dict]:
             else:
                 memory += size
         params = sum(math.prod(shape) for shape, _ in layer.blob_shapes)
-        rows.append({"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
-                     "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved,
-                     "kept_bytes": kept * net.dtype.itemsize})
+        row = {"name": d.name, "type": d.type, "bottoms": as_list(d.node.get("bottom")), "tops": tops,
+               "params": params, "memory_bytes": memory, "in_place_saved_bytes": saved,
+               "kept_bytes": kept * net.dtype.itemsize}
+        if hasattr(layer, "T") and hasattr(layer, "gates"):  # a recurrent layer: what its axes mean
+            row["note"] = (f"{layer.T} steps x {layer.N} sequences (time first), {layer.I} inputs -> {layer.H} "
+                           f"hidden" + (", x_static" if layer.static else "")
+                           + (", state carried across batches" if layer.p.expose_hidden else ""))
+        rows.append(row)
     return rows
 
 
@@ -56,6 +61,8 @@ def format_summary(rows: list[dict], name: str, phase: str) -> str:
         label = f"{r['name']} ({r['type']})"
         lines.append(f"{label:<32} {tops[0]:<36} {r['params']:>10,} {_size(r['memory_bytes']):>11}")
         lines += [f"{'':<32} {t:<36}" for t in tops[1:]]
+        if r.get("note"):
+            lines.append(f"{'':<32} ({r['note']})")
     total_p = sum(r["params"] for r in rows)
     total_m = sum(r["memory_bytes"] for r in rows)
     saved = sum(r["in_place_saved_bytes"] for r in rows)

@@ -118,3 +118,14 @@ def test_permute_puts_time_first_and_back():
 def _forward(type_name, spec, *arrays):
     layer, tops = run_layer(type_name, spec, arrays)
     return [t.data for t in tops], layer
+
+
+def test_the_summary_says_what_a_recurrent_layers_axes_mean():
+    from netspec.summary import format_summary, summarize
+    net = Net(loads("""
+layer:
+  - {name: in, type: Input, top: [x, cont], input_param: {shape: [{dim: [28, 64, 28]}, {dim: [28, 64]}]}}
+  - {name: lstm, type: LSTM, bottom: [x, cont], top: h, recurrent_param: {num_output: 128}}
+""", "s.yaml"), "TEST", "s.yaml", allocate=False)
+    text = format_summary(summarize(net), "s", "TEST")
+    assert "(28 steps x 64 sequences (time first), 28 inputs -> 128 hidden)" in text
