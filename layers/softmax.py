@@ -133,6 +133,13 @@ def _split(shape, axis):
 
 
 def check_labels(score_shape, label_shape, axis):
+    a = axis % len(score_shape)
+    positions = tuple(score_shape[:a]) + tuple(score_shape[a + 1:])
+    label = tuple(label_shape)
+    if len(label) == len(positions) == 2 and label == positions[::-1] and label != positions:
+        raise LayerError(f"the labels are {list(label)} but the scores' positions are {list(positions)}: the two axes "
+                         "are swapped (a recurrent net's outputs are time first, (T, N, ...)); give labels "
+                         f"{list(positions)}, e.g. through a Permute with order [1, 0]", None)
     outer, _, inner, _ = _split(score_shape, axis)
     if count(label_shape) != outer * inner:
         raise LayerError(f"the label blob has {count(label_shape)} values (shape {list(label_shape)}) but the "

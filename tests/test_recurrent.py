@@ -129,3 +129,14 @@ layer:
 """, "s.yaml"), "TEST", "s.yaml", allocate=False)
     text = format_summary(summarize(net), "s", "TEST")
     assert "(28 steps x 64 sequences (time first), 28 inputs -> 128 hidden)" in text
+
+
+def test_labels_in_n_by_t_for_scores_in_t_by_n_are_caught():
+    with pytest.raises(SpecError) as e:
+        Net(loads("""
+layer:
+  - {name: in, type: Input, top: [x, cont, label], input_param: {shape: [{dim: [5, 3, 2]}, {dim: [5, 3]}, {dim: [3, 5]}]}}
+  - {name: lstm, type: LSTM, bottom: [x, cont], top: h, recurrent_param: {num_output: 4}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [h, label], top: loss, softmax_param: {axis: 2}}
+""", "l.yaml"), "TRAIN", "l.yaml")
+    assert "the two axes are swapped" in str(e.value) and "[5, 3]" in str(e.value)
