@@ -8,6 +8,18 @@ from . import io
 from .pycaffe import TEST, Net
 
 
+def _transformer(net, mean, input_scale, raw_scale, channel_swap):
+    """The Transformer of the net's first input: H x W x C images to C x H x W, then the options given."""
+    in_ = net.inputs[0]
+    t = io.Transformer({in_: net.blobs[in_].data.shape})
+    t.set_transpose(in_, (2, 0, 1))
+    for setter, value in ((t.set_mean, mean), (t.set_input_scale, input_scale), (t.set_raw_scale, raw_scale),
+                          (t.set_channel_swap, channel_swap)):
+        if value is not None:
+            setter(in_, value)
+    return t
+
+
 class Classifier(Net):
     """Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
     channel_swap=None): images (H x W x C, as caffe.io.load_image gives) are resized to image_dims, cropped to
@@ -18,16 +30,7 @@ class Classifier(Net):
                  channel_swap=None):
         super().__init__(model_file, pretrained_file, TEST)
         in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = _transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         self.image_dims = self.crop_dims if not image_dims else np.array(image_dims)
 
@@ -61,16 +64,7 @@ class Detector(Net):
                  channel_swap=None, context_pad=None):
         super().__init__(model_file, TEST, weights=pretrained_file)
         in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = _transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
