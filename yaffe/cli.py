@@ -67,7 +67,7 @@ def cmd_check_layer(args):
     try:
         shapes = [tuple(int(d) for d in s.split(",")) for s in args.bottom]
     except ValueError:
-        raise UserError(f"--bottom {args.bottom}: give each bottom's shape as numbers, e.g. --bottom 2,3,4") from None
+        raise UserError(f"--bottom {' '.join(args.bottom)}: give each bottom's shape as numbers, e.g. --bottom 2,3,4") from None
     rng = np.random.default_rng(args.seed)
     bottoms = [rng.normal(size=s) for s in shapes]
     spec = {"python_param": {"module": module, "layer": cls, "param_str": args.param_str or ""},
