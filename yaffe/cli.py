@@ -56,6 +56,19 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_export(args):
+    """run.py export MODEL --weights W -o model.onnx: the TEST net as ONNX (netspec/onnx_export.py)."""
+    from netspec.net import Net
+    from netspec.onnx_export import export
+    from netspec.spec import load_net
+    from solvers.snapshot import load_weights_file
+    net = Net(load_net(args.model), "TEST", args.model, seed=0, level=args.level, stages=tuple(_stages(args.stage)))
+    if args.weights:
+        net.load_weights(load_weights_file(args.weights), args.weights)
+    export(net, args.output, batch=args.batch)
+    return 0
+
+
 def cmd_check_layer(args):
     """run.py check-layer module.Class: the numerical gradient check of a Python layer (float64)."""
     import numpy as np
@@ -340,6 +353,16 @@ def build_parser():
     p.add_argument("--mean", help="deploy nets: subtract a mean (.npy, .binaryproto, or values per channel)")
     p.add_argument("--batch", type=positive_int, help="inputs per forward pass (default: the net's batch)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a trained net's TEST phase as an ONNX model (ONNX Runtime, TensorRT, "
+                       "OpenVINO; extra onnx)")
+    p.add_argument("model", help="a net (a deploy net, or one with data layers: they are left out)")
+    p.add_argument("--weights", metavar="W", help="a .weights.npz snapshot or a Caffe .caffemodel")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--batch", type=positive_int, help="a fixed batch size (default: symbolic, any batch)")
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-layer", help="gradient-check a Python layer numerically (float64, central "
                        "differences), as every built-in layer is")

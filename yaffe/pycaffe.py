@@ -340,6 +340,11 @@ class Net:
         path = os.fspath(path)
         self._net.load_weights(read_hdf5_weights(path), path)
 
+    def to_onnx(self, path, batch=None):
+        """Write this net's graph with its weights as an ONNX model (run.py export; extra onnx)."""
+        from netspec.onnx_export import export
+        return export(self._net, os.fspath(path), batch=batch, out=lambda *a: None)
+
     def share_with(self, other: "Net"):
         """Use `other`'s weights for the layers of the same name (Caffe's ShareTrainedLayersWith)."""
         self._net.share_weights_from(other._net)

@@ -1,0 +1,139 @@
+"""ONNX export (netspec/onnx_export.py): the exported graph passes onnx.checker and runs in ONNX Runtime with
+yaffe's TEST outputs, for the shipped nets and a net of every mapped layer type, random weights."""
+import os
+
+import numpy as np
+import pytest
+
+from netspec.errors import UserError
+from netspec.loader import load, loads
+from netspec.net import Net
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EVERY = """
+name: every
+layer:
+  - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 4, 9, 9]}}}
+  - {name: conv, type: Convolution, bottom: data, top: conv,
+     convolution_param: {num_output: 6, kernel_size: 3, pad: 1, dilation: 2, group: 2}}
+  - {name: bn, type: BatchNorm, bottom: conv, top: conv}
+  - {name: sc, type: Scale, bottom: conv, top: conv, scale_param: {bias_term: true}}
+  - {name: relu, type: ReLU, bottom: conv, top: conv, relu_param: {negative_slope: 0.1}}
+  - {name: pmax, type: Pooling, bottom: conv, top: pmax, pooling_param: {pool: MAX, kernel_size: 3, stride: 2, pad: 1}}
+  - {name: pave, type: Pooling, bottom: conv, top: pave, pooling_param: {pool: AVE, kernel_size: 3, stride: 2, pad: 1}}
+  - {name: cat, type: Concat, bottom: [pmax, pave], top: cat}
+  - {name: lrn, type: LRN, bottom: cat, top: lrn, lrn_param: {local_size: 3, alpha: 0.5, beta: 0.75, k: 2}}
+  - {name: prelu, type: PReLU, bottom: lrn, top: prelu}
+  - {name: deconv, type: Deconvolution, bottom: prelu, top: deconv,
+     convolution_param: {num_output: 3, kernel_size: 2, stride: 2}}
+  - {name: bias, type: Bias, bottom: deconv, top: deconv}
+  - {name: elu, type: ELU, bottom: deconv, top: elu, elu_param: {alpha: 0.5}}
+  - {name: gpool, type: Pooling, bottom: elu, top: gpool, pooling_param: {pool: AVE, global_pooling: true}}
+  - {name: flat, type: Flatten, bottom: gpool, top: flat}
+  - {name: ip, type: InnerProduct, bottom: lrn, top: ip, inner_product_param: {num_output: 6}}
+  - {name: sl, type: Slice, bottom: ip, top: [s1, s2], slice_param: {axis: 1, slice_point: 3}}
+  - {name: sig, type: Sigmoid, bottom: s1, top: sig}
+  - {name: tanh, type: TanH, bottom: s2, top: tanh}
+  - {name: abs, type: AbsVal, bottom: tanh, top: abs}
+  - {name: bnll, type: BNLL, bottom: abs, top: bnll}
+  - {name: pow, type: Power, bottom: bnll, top: pow, power_param: {power: 2, scale: 0.5, shift: 1}}
+  - {name: exp, type: Exp, bottom: pow, top: exp, exp_param: {base: 2, scale: 0.1}}
+  - {name: log, type: Log, bottom: exp, top: log, log_param: {base: 10, shift: 1}}
+  - {name: clip, type: Clip, bottom: log, top: clip, clip_param: {min: 0.1, max: 0.5}}
+  - {name: swish, type: Swish, bottom: clip, top: swish}
+  - {name: drop, type: Dropout, bottom: swish, top: swish}
+  - {name: thr, type: Threshold, bottom: sig, top: thr, threshold_param: {threshold: 0.5}}
+  - {name: tile, type: Tile, bottom: sig, top: tile, tile_param: {tiles: 2, axis: 1}}
+  - {name: sum, type: Eltwise, bottom: [sig, flat], top: sum, eltwise_param: {operation: SUM, coeff: [0.5, -2]}}
+  - {name: prod, type: Eltwise, bottom: [sum, flat], top: prod, eltwise_param: {operation: PROD}}
+  - {name: max, type: Eltwise, bottom: [prod, swish], top: max, eltwise_param: {operation: MAX}}
+  - {name: resh, type: Reshape, bottom: max, top: resh, reshape_param: {shape: {dim: [0, 3, 1]}}}
+  - {name: soft, type: Softmax, bottom: resh, top: soft, softmax_param: {axis: 1}}
+"""
+
+
+def _randomize(net, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        for i, b in enumerate(layer.blobs):
+            if layer.type == "BatchNorm":
+                b.data[...] = [rng.normal(size=b.shape), rng.uniform(0.5, 2, b.shape), np.full(b.shape, 2.0)][i]
+            else:
+                b.data[...] = rng.normal(0, 0.5, b.shape)
+
+
+def _compare(net, path, inputs, batch=None):
+    from netspec.onnx_export import export
+    info = export(net, path, batch=batch, out=lambda *a: None)
+    for name, x in inputs.items():
+        net.blobs[name].reshape(x.shape)
+        net.blobs[name].data[...] = x
+    if net.layers[0].is_data:  # a data layer's net: run the layers above it on the given input
+        for i in range(1, len(net.layers)):
+            net.forward_layer(i)
+    else:
+        net.forward()
+    got = ort.InferenceSession(path).run(info["outputs"], inputs)
+    for name, y in zip(info["outputs"], got):
+        ref = net.blobs[name].data
+        scale = max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+    return info
+
+
+def test_a_net_of_every_mapped_type_runs_in_onnx_runtime_as_in_yaffe(tmp_path):
+    net = Net(loads(EVERY, "every.yaml"), "TEST", "every.yaml", seed=0)
+    _randomize(net)
+    x = np.random.default_rng(1).normal(size=(2, 4, 9, 9)).astype(np.float32)
+    info = _compare(net, str(tmp_path / "every.onnx"), {"data": x})
+    assert set(info["outputs"]) == {"soft", "thr", "tile"} and info["inputs"] == ["data"]
+    bigger = np.random.default_rng(2).normal(size=(5, 4, 9, 9)).astype(np.float32)  # the batch is symbolic
+    _compare(net, str(tmp_path / "every.onnx"), {"data": bigger})
+
+
+@pytest.mark.parametrize("model", ["lenet_digits/deploy.yaml", "lenet_mnist/deploy.yaml", "lenet_digits/net.yaml"])
+def test_the_shipped_nets_export(model, tmp_path):
+    path = os.path.join(ROOT, "models", model)
+    net = Net(load(path), "TEST", path, seed=0)
+    _randomize(net)
+    shape = net.shapes["data"]
+    n = shape[0] if net.layers[0].is_data else 3  # a data layer's net keeps its batch (its labels' shape)
+    x = np.random.default_rng(3).uniform(size=(n,) + shape[1:]).astype(np.float32)
+    info = _compare(net, str(tmp_path / "m.onnx"), {"data": x})
+    assert info["outputs"] == (["ip2"] if model.endswith("net.yaml") else ["prob"])
+
+
+def test_a_layer_without_a_mapping_is_a_clear_error(tmp_path):
+    from netspec.onnx_export import export
+    net = Net(loads("""
+layer:
+  - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 3, 4, 4]}}}
+  - {name: lrn, type: LRN, bottom: data, top: lrn, lrn_param: {norm_region: WITHIN_CHANNEL}}
+""", "w.yaml"), "TEST", "w.yaml")
+    with pytest.raises(UserError) as e:
+        export(net, str(tmp_path / "w.onnx"), out=lambda *a: None)
+    assert "w.yaml:4:" in str(e.value) and "layer 'lrn' (LRN) cannot be exported" in str(e.value)
+
+
+def test_run_py_export_and_the_python_api_write_the_trained_net(tmp_path):
+    import subprocess
+    import sys
+    from solvers.trainer import Trainer
+    import shutil
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m")
+    Trainer(str(tmp_path / "m" / "solver.yaml"), out=lambda *a: None, overrides={"max_iter": 100}).train()
+    weights = str(tmp_path / "m" / "snapshots" / "lenet_digits_iter_100.weights.npz")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "export", str(tmp_path / "m" / "deploy.yaml"),
+                        "--weights", weights, "-o", str(tmp_path / "lenet.onnx")], capture_output=True, text=True)
+    assert r.returncode == 0 and "outputs prob" in r.stdout, r.stderr
+    import yaffe as caffe
+    net = caffe.Net(str(tmp_path / "m" / "deploy.yaml"), weights, caffe.TEST)
+    info = net.to_onnx(tmp_path / "api.onnx", batch=1)
+    x = np.random.default_rng(0).uniform(size=(1, 1, 8, 8)).astype(np.float32)
+    for path in ("lenet.onnx", "api.onnx"):
+        y = ort.InferenceSession(str(tmp_path / path)).run(None, {"data": x})[0]
+        np.testing.assert_allclose(y, net.forward(data=x)["prob"], rtol=1e-5, atol=1e-6)
+    assert info["outputs"] == ["prob"]
