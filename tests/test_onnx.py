@@ -137,3 +137,68 @@ def test_run_py_export_and_the_python_api_write_the_trained_net(tmp_path):
         y = ort.InferenceSession(str(tmp_path / path)).run(None, {"data": x})[0]
         np.testing.assert_allclose(y, net.forward(data=x)["prob"], rtol=1e-5, atol=1e-6)
     assert info["outputs"] == ["prob"]
+
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "onnx", "small_resnet.onnx")  # torch.onnx.export, BN folded
+
+
+def _imported(tmp_path, onnx_path, batch):
+    from netspec.onnx_import import write
+    from solvers.snapshot import load_weights_file
+    net_path, weights = write(onnx_path, str(tmp_path / "imported.yaml"), batch=batch, out=lambda *a: None)
+    net = Net(load(net_path), "TEST", net_path, seed=0)
+    net.load_weights(load_weights_file(weights), weights)
+    return net
+
+
+def test_a_model_exported_from_pytorch_imports_and_runs_as_onnx_runtime_runs_it(tmp_path):
+    net = _imported(tmp_path, FIXTURE, batch=3)
+    assert [l.type for l in net.layers].count("Eltwise") == 2  # the residual Adds
+    x = np.random.default_rng(5).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(FIXTURE).run(None, {"data": x})[0]
+    net.blobs["data"].data[...] = x
+    net.forward()
+    np.testing.assert_allclose(net.blobs["logits"].data, want, rtol=1e-4, atol=1e-5)
+
+
+ROUND_TRIP = """
+name: round_trip
+layer:
+  - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 3, 12, 12]}}}
+  - {name: conv, type: Convolution, bottom: data, top: conv, convolution_param: {num_output: 4, kernel_size: 3, pad: 1}}
+  - {name: bn, type: BatchNorm, bottom: conv, top: conv}
+  - {name: sc, type: Scale, bottom: conv, top: conv, scale_param: {bias_term: true}}
+  - {name: prelu, type: PReLU, bottom: conv, top: conv}
+  - {name: pool, type: Pooling, bottom: conv, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: conv2, type: Convolution, bottom: pool, top: conv2, convolution_param: {num_output: 4, kernel_size: 1}}
+  - {name: add, type: Eltwise, bottom: [pool, conv2], top: add}
+  - {name: cat, type: Concat, bottom: [add, pool], top: cat}
+  - {name: ap, type: Pooling, bottom: cat, top: ap, pooling_param: {pool: AVE, kernel_size: 2, stride: 2}}
+  - {name: ip, type: InnerProduct, bottom: ap, top: ip, inner_product_param: {num_output: 5}}
+  - {name: sig, type: Sigmoid, bottom: ip, top: sig}
+  - {name: prob, type: Softmax, bottom: sig, top: prob}
+"""
+
+
+def test_export_then_import_gives_the_same_outputs(tmp_path):
+    from netspec.onnx_export import export
+    net = Net(loads(ROUND_TRIP, "rt.yaml"), "TEST", "rt.yaml", seed=0)
+    _randomize(net)
+    export(net, str(tmp_path / "rt.onnx"), out=lambda *a: None)
+    back = _imported(tmp_path, str(tmp_path / "rt.onnx"), batch=2)
+    x = np.random.default_rng(6).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    for n in (net, back):
+        n.blobs["data"].data[...] = x
+        n.forward()
+    np.testing.assert_allclose(back.blobs["prob"].data, net.blobs["prob"].data, rtol=1e-5, atol=1e-6)
+
+
+def test_an_onnx_graph_with_ops_caffe_cannot_express_is_a_clear_error(tmp_path):
+    from netspec.onnx_export import export
+    from netspec.onnx_import import import_onnx
+    net = Net(loads(EVERY, "every.yaml"), "TEST", "every.yaml", seed=0)
+    export(net, str(tmp_path / "every.onnx"), out=lambda *a: None)
+    with pytest.raises(UserError) as e:
+        import_onnx(str(tmp_path / "every.onnx"))
+    text = str(e.value)
+    assert "have no Caffe layer" in text and "LRN" in text and "Softplus" in text

@@ -69,6 +69,13 @@ def cmd_export(args):
     return 0
 
 
+def cmd_import(args):
+    """run.py import model.onnx -o net.yaml: the graph as a yaffe net, its weights beside it."""
+    from netspec.onnx_import import write
+    write(args.model, args.output, batch=args.batch)
+    return 0
+
+
 def cmd_check_layer(args):
     """run.py check-layer module.Class: the numerical gradient check of a Python layer (float64)."""
     import numpy as np
@@ -363,6 +370,13 @@ def build_parser():
     p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
     p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="an ONNX model as a yaffe net (YAML) and its weights (.weights.npz), for the "
+                       "graphs Caffe's layers express (extra onnx)")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", required=True, help="the net YAML to write (the weights go beside it)")
+    p.add_argument("--batch", type=positive_int, default=1, help="the Input's batch where the model's is symbolic")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("check-layer", help="gradient-check a Python layer numerically (float64, central "
                        "differences), as every built-in layer is")

@@ -1,0 +1,269 @@
+"""`run.py import model.onnx -o net.yaml`: an ONNX graph that Caffe's layers can express, as a yaffe net (YAML)
+and its weights (`.weights.npz` beside it), to run, fine-tune or export again.
+
+Ops: Conv, ConvTranspose, Gemm, MatMul (+ Add of a constant), BatchNormalization (BatchNorm + Scale), Relu,
+LeakyRelu, PRelu, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul
+and Max of tensors (Eltwise), Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed through), and a constant-zero
+Pad folded into the Conv or pooling it feeds. Anything else is an error listing the ops that cannot be expressed
+and where they are. Needs the `onnx` package (extra `onnx`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import UserError
+
+SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNormalization", "Relu", "LeakyRelu",
+             "PRelu", "Sigmoid", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+             "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max"}
+
+
+def _attrs(node):
+    from onnx import helper
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _spatial(prefix, values, layer, block):
+    """kernel/stride/pad/dilation as Caffe fields: one value when square, _h/_w otherwise (2-D)."""
+    values = list(values)
+    if len(values) == 2 and values[0] != values[1]:
+        layer[block][f"{prefix}_h"], layer[block][f"{prefix}_w"] = int(values[0]), int(values[1])
+    elif len(values) == 2:
+        layer[block][f"{prefix}_size" if prefix == "kernel" else prefix] = int(values[0])
+    else:
+        layer[block][f"{prefix}_size" if prefix == "kernel" else prefix] = [int(v) for v in values]
+
+
+def _pads(pads, what):
+    n = len(pads) // 2
+    begin, end = list(pads[:n]), list(pads[n:])
+    if begin != end:
+        raise ValueError(f"{what} pads {list(pads)} differ at the start and the end; Caffe pads both sides alike")
+    return begin
+
+
+def import_onnx(path: str, batch: int = 1):
+    """(net doc, weights {layer/i: array}) of an ONNX model."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise UserError("import needs the onnx package: pip install 'yaffe[onnx]' (or pip install onnx)") from None
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # noqa: BLE001: a file that is not an ONNX model
+        raise UserError(f"{path}: error: not an ONNX model ({type(e).__name__}: {e})") from None
+    try:  # the rank of every tensor, for the axis a broadcast constant applies from
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(inferred.input)
+                 + list(inferred.output)}
+    except Exception:  # noqa: BLE001: shape inference is best effort
+        ranks = {}
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+    bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(g.node)
+           if n.op_type not in SUPPORTED]
+    if bad:
+        raise UserError(f"{path}: error: {len(bad)} node(s) have no Caffe layer: {', '.join(bad[:8])}"
+                        f"{' ...' if len(bad) > 8 else ''}; yaffe imports the graphs Caffe's layers can express")
+    layers, weights, alias, pads = [], {}, {}, {}
+    names = set()
+
+    def blob(name):
+        return alias.get(name, name)
+
+    def layer_name(node, fallback):
+        base = (node.name or fallback).replace("/", "_").replace(":", "_") or fallback
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        return name
+
+    inputs = [i for i in g.input if i.name not in consts]
+    for inp in inputs:
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
+        layers.append({"name": inp.name, "type": "Input", "top": [inp.name], "input_param": {"shape": {"dim": dims}}})
+        names.add(inp.name)
+    for i, node in enumerate(g.node):
+        op, a = node.op_type, _attrs(node)
+        ins = [x for x in node.input if x]
+        out = node.output[0]
+        if op == "Constant":
+            continue
+        try:
+            if op in ("Dropout", "Identity"):
+                alias[out] = blob(ins[0])
+                continue
+            if op == "Pad":
+                mode = a.get("mode", b"constant")
+                value = float(consts[ins[2]]) if len(ins) > 2 and ins[2] in consts else 0.0
+                pad = consts[ins[1]] if len(ins) > 1 else a.get("pads")
+                if (mode not in (b"constant", "constant")) or value != 0:
+                    raise ValueError("only a constant-zero Pad before a Conv or pooling can be folded")
+                pad = [int(v) for v in pad]
+                n = len(pad) // 2
+                if any(pad[:2]) or any(pad[n:n + 2]):
+                    raise ValueError("a Pad of the batch or channel axes cannot be folded")
+                pads[out] = (blob(ins[0]), pad[2:n] + pad[n + 2:])
+                continue
+            name = layer_name(node, f"{op.lower()}{i}")
+            layer = {"name": name}
+            bottom = ins[0]
+            extra_pad = None
+            if bottom in pads:
+                bottom, extra_pad = pads[bottom]
+            bottoms = [blob(bottom)]
+            if op in ("Conv", "ConvTranspose"):
+                if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                    raise ValueError("auto_pad is not supported; export with explicit pads")
+                if op == "ConvTranspose" and any(a.get("output_padding", [])):
+                    raise ValueError("output_padding has no Caffe field")
+                w = consts[ins[1]]
+                block = "convolution_param"
+                num_output = w.shape[0] if op == "Conv" else w.shape[1] * a.get("group", 1)
+                layer.update(type="Convolution" if op == "Conv" else "Deconvolution", bottom=bottoms, top=[out],
+                             **{block: {"num_output": int(num_output), "bias_term": len(ins) > 2}})
+                k = w.shape[2:]
+                _spatial("kernel", k, layer, block)
+                p = _pads(a.get("pads", [0] * 2 * len(k)), op)
+                if extra_pad is not None:
+                    p = [x + y for x, y in zip(p, _pads(extra_pad, "Pad"))]
+                if any(p):
+                    _spatial("pad", p, layer, block)
+                if any(s != 1 for s in a.get("strides", [])):
+                    _spatial("stride", a["strides"], layer, block)
+                if any(d != 1 for d in a.get("dilations", [])):
+                    layer[block]["dilation"] = [int(d) for d in a["dilations"]]
+                if a.get("group", 1) != 1:
+                    layer[block]["group"] = int(a["group"])
+                weights[f"{name}/0"] = w
+                if len(ins) > 2:
+                    weights[f"{name}/1"] = consts[ins[2]]
+            elif op in ("MaxPool", "AveragePool"):
+                p = _pads(a.get("pads", [0] * 2 * len(a["kernel_shape"])), op)
+                if extra_pad is not None:
+                    p = [x + y for x, y in zip(p, _pads(extra_pad, "Pad"))]
+                if op == "AveragePool" and any(p) and not a.get("count_include_pad", 0):
+                    raise ValueError("an AveragePool with padding that excludes it from the divisor: Caffe counts "
+                                     "the padding")
+                layer.update(type="Pooling", bottom=bottoms, top=[out], pooling_param={
+                    "pool": "MAX" if op == "MaxPool" else "AVE", "round_mode": "CEIL" if a.get("ceil_mode") else "FLOOR"})
+                _spatial("kernel", a["kernel_shape"], layer, "pooling_param")
+                if any(p):
+                    _spatial("pad", p, layer, "pooling_param")
+                _spatial("stride", a.get("strides", [1] * len(a["kernel_shape"])), layer, "pooling_param")
+            elif op in ("GlobalAveragePool", "GlobalMaxPool"):
+                layer.update(type="Pooling", bottom=bottoms, top=[out], pooling_param={
+                    "pool": "AVE" if op == "GlobalAveragePool" else "MAX", "global_pooling": True})
+            elif op in ("Gemm", "MatMul"):
+                w = consts.get(ins[1])
+                if w is None:
+                    raise ValueError("the second operand must be a constant (weights)")
+                if op == "Gemm" and (a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0)):
+                    raise ValueError("alpha, beta and transA must be 1, 1 and 0")
+                w = w if (op == "Gemm" and a.get("transB", 0)) else w.T
+                bias = consts.get(ins[2]) if op == "Gemm" and len(ins) > 2 else None
+                layer.update(type="InnerProduct", bottom=bottoms, top=[out], inner_product_param={
+                    "num_output": int(w.shape[0]), "bias_term": bias is not None})
+                weights[f"{name}/0"] = np.ascontiguousarray(w)
+                if bias is not None:
+                    weights[f"{name}/1"] = bias.reshape(-1)
+            elif op in ("Add", "Mul") and any(x in consts for x in ins):
+                const = consts[ins[1] if ins[1] in consts else ins[0]]
+                tensor = blob(ins[0] if ins[1] in consts else ins[1])
+                prev = next((l for l in reversed(layers) if out != l["top"][0] and l["top"][0] == tensor), None)
+                if op == "Add" and prev is not None and prev["type"] == "InnerProduct" and \
+                        not prev["inner_product_param"]["bias_term"] and const.size == prev["inner_product_param"]["num_output"]:
+                    prev["inner_product_param"]["bias_term"] = True  # MatMul + Add: one InnerProduct
+                    weights[f"{prev['name']}/1"] = const.reshape(-1)
+                    alias[out] = tensor
+                    names.discard(name)
+                    continue
+                c = np.asarray(const, np.float32)
+                layer.update(type="Scale" if op == "Mul" else "Bias", bottom=[tensor], top=[out])
+                block = "scale_param" if op == "Mul" else "bias_param"
+                if c.size == 1:
+                    layer[block] = {"axis": 0, "num_axes": 0}
+                    weights[f"{name}/0"] = c.reshape(())
+                else:  # ONNX aligns trailing axes: (C, 1, 1) against (N, C, H, W) applies from axis 1
+                    rank = ranks.get(ins[0] if ins[1] in consts else ins[1])
+                    if rank is None:
+                        raise ValueError("the rank of the tensor is unknown (run onnx shape inference first)")
+                    dims = list(c.shape)
+                    lead = next(k for k, v in enumerate(dims) if v != 1)
+                    core = dims[lead:]
+                    while core and core[-1] == 1:
+                        core.pop()
+                    layer[block] = {"axis": rank - c.ndim + lead, "num_axes": len(core)}
+                    weights[f"{name}/0"] = c.reshape(core)
+            elif op in ("Add", "Mul", "Sum", "Max"):
+                layer.update(type="Eltwise", bottom=[blob(x) for x in ins], top=[out],
+                             eltwise_param={"operation": {"Add": "SUM", "Sum": "SUM", "Mul": "PROD"}.get(op, "MAX")})
+            elif op == "BatchNormalization":
+                gamma, beta, mean, var = (consts[x] for x in ins[1:5])
+                layer.update(type="BatchNorm", bottom=bottoms, top=[out], batch_norm_param={
+                    "use_global_stats": True, "eps": float(a.get("epsilon", 1e-5))})
+                weights[f"{name}/0"], weights[f"{name}/1"], weights[f"{name}/2"] = mean, var, np.ones(1, np.float32)
+                scale = layer_name(node, f"{name}_scale")
+                layers.append(layer)
+                layer = {"name": scale, "type": "Scale", "bottom": [out], "top": [out],
+                         "scale_param": {"bias_term": True}}
+                weights[f"{scale}/0"], weights[f"{scale}/1"] = gamma, beta
+            elif op in ("Relu", "LeakyRelu"):
+                layer.update(type="ReLU", bottom=bottoms, top=[out])
+                if op == "LeakyRelu":
+                    layer["relu_param"] = {"negative_slope": float(a.get("alpha", 0.01))}
+            elif op == "PRelu":
+                slope = consts[ins[1]].reshape(-1)
+                layer.update(type="PReLU", bottom=bottoms, top=[out], prelu_param={"channel_shared": slope.size == 1})
+                weights[f"{name}/0"] = slope
+            elif op in ("Sigmoid", "Tanh"):
+                layer.update(type="Sigmoid" if op == "Sigmoid" else "TanH", bottom=bottoms, top=[out])
+            elif op == "Softmax":
+                layer.update(type="Softmax", bottom=bottoms, top=[out], softmax_param={"axis": int(a.get("axis", -1))})
+            elif op == "Concat":
+                layer.update(type="Concat", bottom=[blob(x) for x in ins], top=[out],
+                             concat_param={"axis": int(a["axis"])})
+            elif op == "Flatten":
+                layer.update(type="Flatten", bottom=bottoms, top=[out], flatten_param={"axis": int(a.get("axis", 1))})
+            elif op == "Reshape":
+                shape = consts.get(ins[1])
+                if shape is None:
+                    raise ValueError("the shape must be a constant")
+                layer.update(type="Reshape", bottom=bottoms, top=[out],
+                             reshape_param={"shape": {"dim": [int(v) for v in shape]}})
+            elif op == "Clip":
+                lo = float(consts[ins[1]]) if len(ins) > 1 else float(a.get("min", -3.4e38))
+                hi = float(consts[ins[2]]) if len(ins) > 2 else float(a.get("max", 3.4e38))
+                layer.update(type="Clip", bottom=bottoms, top=[out], clip_param={"min": lo, "max": hi})
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{path}: error: node {i} ({op} '{node.name or out}'): {e}") from None
+        layers.append(layer)
+    # the graph's outputs keep their ONNX names: an Identity/Dropout that ended the graph becomes a real top
+    doc = {"name": g.name or os.path.splitext(os.path.basename(path))[0], "layer": layers}
+    for o in g.output:
+        if blob(o.name) != o.name:
+            for layer in layers:
+                layer["top"] = [o.name if t == blob(o.name) else t for t in layer["top"]]
+                layer["bottom"] = [o.name if b_ == blob(o.name) else b_ for b_ in layer.get("bottom", [])]
+    return doc, {k: np.asarray(v, np.float32) for k, v in weights.items()}
+
+
+def write(path: str, output: str, batch: int = 1, out=print) -> list[str]:
+    """Write the net's YAML to `output` and its weights beside it (<output stem>.weights.npz)."""
+    from .convert import to_yaml
+    from solvers.snapshot import save_npz
+    doc, weights = import_onnx(path, batch)
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(to_yaml(doc, path).replace("by run.py convert", "by run.py import"))
+    wpath = os.path.splitext(output)[0] + ".weights.npz"
+    save_npz(wpath, weights)
+    out(f"Wrote {output} ({len(doc['layer'])} layers) and {wpath} ({len(weights)} arrays)")
+    return [output, wpath]
