@@ -183,6 +183,43 @@ def _emit(g, d, layer, x, shapes):
         reps = [1] * len(in_shape)
         reps[layer.axis] = p.tiles
         return [g.node("Tile", [x[0], g.const(f"{name}_reps", reps, np.int64)], name)]
+    if t == "Crop":
+        a, out_shape = layer.axis, shapes[d.tops[0]]
+        off = list(p.offset or [0])
+        off = off * (len(in_shape) - a) if len(off) == 1 else off
+        axes = list(range(a, len(in_shape)))
+        ends = [o + out_shape[k] for o, k in zip(off, axes)]
+        return [g.node("Slice", [x[0], g.const(f"{name}_starts", off, np.int64), g.const(f"{name}_ends", ends, np.int64),
+                                 g.const(f"{name}_axes", axes, np.int64)], name)]
+    if t == "Reduction":
+        a = p.axis % len(in_shape) if in_shape else 0
+        axes = g.const(f"{name}_axes", list(range(a, len(in_shape))), np.int64)
+        op = {"SUM": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare", "MEAN": "ReduceMean"}[p.operation]
+        if op == "ReduceSum":
+            y = g.node(op, [x[0], axes], name, keepdims=0)
+        else:  # opset 17: the axes of these are an attribute
+            y = g.node(op, [x[0]], name, axes=list(range(a, len(in_shape))), keepdims=0)
+        return [g.node("Mul", [y, g.const(f"{name}_coeff", p.coeff)], name) if p.coeff != 1 else y]
+    if t == "MVN":
+        axes = list(range(1 if p.across_channels else 2, len(in_shape)))
+        mean = g.node("ReduceMean", x, f"{name}_mean", axes=axes, keepdims=1)
+        y = g.node("Sub", [x[0], mean], name)
+        if p.normalize_variance:
+            var = g.node("ReduceMean", [g.node("Mul", [y, y], f"{name}_sq")], f"{name}_var", axes=axes, keepdims=1)
+            std = g.node("Add", [g.node("Sqrt", [var], f"{name}_std"), g.const(f"{name}_eps", p.eps)], name)
+            y = g.node("Div", [y, std], name)
+        return [y]
+    if t == "Embed":
+        ids = g.node("Cast", x, f"{name}_ids", to=g.onnx.TensorProto.INT64)
+        y = g.node("Gather", [g.const(f"{name}_w", b[0]), ids], name, axis=0)
+        if p.bias_term:
+            y = g.node("Add", [y, g.const(f"{name}_b", b[1])], name)
+        return [y]
+    if t == "ArgMax":
+        if p.top_k != 1 or p.out_max_val or p.axis is None:
+            raise ValueError("only top_k 1 along a given axis, without out_max_val, maps to ArgMax")
+        y = g.node("ArgMax", x, f"{name}_i", axis=int(p.axis), keepdims=1)
+        return [g.node("Cast", [y], name, to=g.onnx.TensorProto.FLOAT)]
     raise ValueError("no ONNX mapping")
 
 

@@ -52,6 +52,13 @@ layer:
   - {name: max, type: Eltwise, bottom: [prod, swish], top: max, eltwise_param: {operation: MAX}}
   - {name: resh, type: Reshape, bottom: max, top: resh, reshape_param: {shape: {dim: [0, 3, 1]}}}
   - {name: soft, type: Softmax, bottom: resh, top: soft, softmax_param: {axis: 1}}
+  - {name: crop, type: Crop, bottom: [conv, pmax], top: crop, crop_param: {axis: 2, offset: [1, 2]}}
+  - {name: mvn, type: MVN, bottom: crop, top: mvn}
+  - {name: red, type: Reduction, bottom: mvn, top: red, reduction_param: {operation: SUMSQ, axis: 1, coeff: 0.5}}
+  - {name: red2, type: Reduction, bottom: pave, top: red2, reduction_param: {operation: SUM, axis: 2}}
+  - {name: am, type: ArgMax, bottom: ip, top: am, argmax_param: {axis: 1}}
+  - {name: ids, type: Input, top: ids, input_param: {shape: {dim: [2, 3]}}}
+  - {name: emb, type: Embed, bottom: ids, top: emb, embed_param: {num_output: 4, input_dim: 5}}
 """
 
 
@@ -88,10 +95,10 @@ def test_a_net_of_every_mapped_type_runs_in_onnx_runtime_as_in_yaffe(tmp_path):
     net = Net(loads(EVERY, "every.yaml"), "TEST", "every.yaml", seed=0)
     _randomize(net)
     x = np.random.default_rng(1).normal(size=(2, 4, 9, 9)).astype(np.float32)
-    info = _compare(net, str(tmp_path / "every.onnx"), {"data": x})
-    assert set(info["outputs"]) == {"soft", "thr", "tile"} and info["inputs"] == ["data"]
-    bigger = np.random.default_rng(2).normal(size=(5, 4, 9, 9)).astype(np.float32)  # the batch is symbolic
-    _compare(net, str(tmp_path / "every.onnx"), {"data": bigger})
+    ids = np.array([[0, 4, 2], [1, 1, 3]], np.float32)
+    info = _compare(net, str(tmp_path / "every.onnx"), {"data": x, "ids": ids})
+    assert set(info["outputs"]) == {"soft", "thr", "tile", "red", "red2", "am", "emb"}
+    assert info["inputs"] == ["data", "ids"]
 
 
 @pytest.mark.parametrize("model", ["lenet_digits/deploy.yaml", "lenet_mnist/deploy.yaml", "lenet_digits/net.yaml"])
