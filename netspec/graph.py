@@ -129,8 +129,10 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
             continue
         if name in names and warnings is not None:  # Caffe accepts it (its MNIST autoencoder has two 'loss')
             w = node.at("name")
+            first = getattr(names[name], "where", None)  # a net built in Python has no positions
+            at = f"layer at line {first.line}" if first is not None and first.line else "an earlier layer"
             warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: the name '{name}' is already used by the "
-                                    f"layer at line {names[name].where.line} in the {phase} net; Caffe accepts it, but "
+                                    f"{at} in the {phase} net; Caffe accepts it, but "
                                     "weights are loaded by layer name (snapshots keep them apart as "
                                     f"'{name}' and '{name}@2'): give each layer its own name"))
         names.setdefault(name, node)

@@ -211,6 +211,23 @@ def is_caffe(path: str) -> bool:
 _PROTOTXT_LOOK = re.compile(r"^\s*[A-Za-z_]\w*\s*\{", re.M)  # `layer {`: a message, never YAML
 
 
+def from_plain(data, path: str = "<python>"):
+    """Plain dicts and lists (a net built in Python) as Node/NodeList without positions (line 0), so that every
+    check can name the place it has: the file, or <python>."""
+    if isinstance(data, Node) or isinstance(data, NodeList):
+        return data
+    where = Where(path, 0, 0)
+    if isinstance(data, dict):
+        out = Node((k, from_plain(v, path)) for k, v in data.items())
+        out.where, out.key_where, out.value_where = where, {}, {}
+        return out
+    if isinstance(data, list):
+        out = NodeList(from_plain(v, path) for v in data)
+        out.where, out.item_where = where, [where] * len(data)
+        return out
+    return data
+
+
 def to_plain(node):
     """Node/NodeList trees as plain dicts and lists (for YAML dumping and copying)."""
     if isinstance(node, dict):

@@ -75,6 +75,9 @@ class Net:
     def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
                  dtype=np.float32, level: int = 0, stages=(), allocate: bool = True, replica_of=None):
         _flush_denormals_once()
+        if not hasattr(doc, "where"):  # a net built in Python: plain dicts
+            from .loader import from_plain
+            doc = from_plain(doc, path)
         self._phase, self.path, self.dtype = phase, path, np.dtype(dtype)
         self.doc, self.level, self.stages = doc, level, tuple(stages)
         self._replica = replica_of  # (parent net, r, k): see replicate()

@@ -68,12 +68,7 @@ def _emit(g, d, layer, x, shapes):
         attrs = dict(kernel_shape=[kh, kw], pads=[ph, pw, ph, pw], strides=[sh, sw], ceil_mode=int(p.round_mode == "CEIL"))
         if p.pool == "MAX":
             return [g.node("MaxPool", x[:1], name, **attrs)]
-        if p.pool == "AVE":
-            h, w = in_shape[2:]
-            oh, ow = shapes[d.tops[0]][2:]
-            if (oh - 1) * sh + kh > h + 2 * ph or (ow - 1) * sw + kw > w + 2 * pw:
-                raise ValueError("an AVE window reaches past the padding (ceil rounding): Caffe divides by the "
-                                 "part inside the padding, which ONNX's AveragePool cannot express")
+        if p.pool == "AVE":  # ONNX Runtime clips a ceil-mode window at the padded edge for the divisor, as Caffe
             return [g.node("AveragePool", x[:1], name, count_include_pad=1, **attrs)]
         raise ValueError("STOCHASTIC pooling has no ONNX op")
     if t == "InnerProduct":

@@ -25,6 +25,7 @@ layer:
   - {name: pmax, type: Pooling, bottom: conv, top: pmax, pooling_param: {pool: MAX, kernel_size: 3, stride: 2, pad: 1}}
   - {name: pave, type: Pooling, bottom: conv, top: pave, pooling_param: {pool: AVE, kernel_size: 3, stride: 2, pad: 1}}
   - {name: cat, type: Concat, bottom: [pmax, pave], top: cat}
+  - {name: pover, type: Pooling, bottom: pmax, top: pover, pooling_param: {pool: AVE, kernel_size: 3, stride: 2}}
   - {name: lrn, type: LRN, bottom: cat, top: lrn, lrn_param: {local_size: 3, alpha: 0.5, beta: 0.75, k: 2}}
   - {name: prelu, type: PReLU, bottom: lrn, top: prelu}
   - {name: deconv, type: Deconvolution, bottom: prelu, top: deconv,
@@ -97,7 +98,7 @@ def test_a_net_of_every_mapped_type_runs_in_onnx_runtime_as_in_yaffe(tmp_path):
     x = np.random.default_rng(1).normal(size=(2, 4, 9, 9)).astype(np.float32)
     ids = np.array([[0, 4, 2], [1, 1, 3]], np.float32)
     info = _compare(net, str(tmp_path / "every.onnx"), {"data": x, "ids": ids})
-    assert set(info["outputs"]) == {"soft", "thr", "tile", "red", "red2", "am", "emb"}
+    assert set(info["outputs"]) == {"soft", "thr", "tile", "red", "red2", "am", "emb", "pover"}
     assert info["inputs"] == ["data", "ids"]
 
 

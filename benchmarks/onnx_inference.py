@@ -1,0 +1,108 @@
+"""Inference: yaffe's TEST net against ONNX Runtime running the same net exported by `run.py export`, on the same
+threads: batch-1 latency (median) and batch-64 images/s, for LeNet (models/lenet_mnist), CIFAR-10 quick (Caffe's)
+and models/resnet_fashion, random weights.
+
+    python benchmarks/onnx_inference.py [--repeats 7]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def deploy(path, shape):
+    """The net's TEST layers with its data layers replaced by one Input of `shape` (the data top), losses and
+    metrics left out."""
+    from netspec.loader import load
+    from netspec.spec import load_net
+    import layers
+    doc = copy.deepcopy(dict(load_net(path)))
+    kept, data_top = [], None
+    for layer in doc["layer"]:
+        cls = layers.REGISTRY.get(layer["type"])
+        phase = (layer.get("include") or {}).get("phase") if isinstance(layer.get("include"), dict) else None
+        if phase == "TRAIN":
+            continue
+        if cls.is_data or layer["type"] == "Input":
+            data_top = layer["top"][0] if isinstance(layer["top"], list) else layer["top"]
+            continue
+        if cls.is_loss or layer["type"] in ("Accuracy", "Silence"):
+            continue
+        kept.append(layer)
+    kept.insert(0, {"name": "data", "type": "Input", "top": [data_top], "input_param": {"shape": {"dim": list(shape)}}})
+    doc["layer"] = kept
+    return doc
+
+
+def bench(name, doc, shape, repeats, out):
+    import onnxruntime as ort
+    from netspec.net import Net
+    from netspec.onnx_export import export
+    net = Net(doc, "TEST", name, seed=0)
+    net.keep_for_backward = False
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        for i, b in enumerate(layer.blobs):
+            b.data[...] = ([rng.normal(size=b.shape), rng.uniform(0.5, 2, b.shape), np.full(b.shape, 1.0)][i]
+                           if layer.type == "BatchNorm" else rng.normal(0, 0.1, b.shape))
+    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    info = export(net, path, out=lambda *a: None)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count()
+    sess = ort.InferenceSession(path, opts)
+    inp = info["inputs"][0]
+    rows = []
+    for batch in (1, 64):
+        x = rng.normal(size=(batch,) + tuple(shape[1:])).astype(np.float32)
+        net.blobs[inp].reshape(x.shape)
+        net.blobs[inp].data[...] = x
+        net.forward()
+        ref = net.blobs[info["outputs"][0]].data.copy()
+        got = sess.run(info["outputs"][:1], {inp: x})[0]
+        assert np.allclose(got, ref, rtol=1e-3, atol=1e-4 * max(1, np.abs(ref).max())), name
+        n = 200 if batch == 1 else 20
+        times = {"yaffe": [], "ort": []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                net.blobs[inp].data[...] = x
+                net.forward()
+            times["yaffe"].append((time.perf_counter() - t0) / n)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                sess.run(None, {inp: x})
+            times["ort"].append((time.perf_counter() - t0) / n)
+        rows.append((batch, statistics.median(times["yaffe"]), statistics.median(times["ort"])))
+    for batch, ours, theirs in rows:
+        if batch == 1:
+            out(f"| {name} | batch 1 latency | {ours * 1e3:.3f} ms | {theirs * 1e3:.3f} ms | {theirs / ours:.2f} |")
+        else:
+            out(f"| {name} | batch 64 | {batch / ours:,.0f} img/s | {batch / theirs:,.0f} img/s | {theirs / ours:.2f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    print("| net | measure | yaffe | ONNX Runtime | yaffe speed / ORT's |")
+    print("|---|---|---|---|---|")
+    nets = [("LeNet", os.path.join(ROOT, "models", "lenet_mnist", "deploy.yaml"), (1, 1, 28, 28)),
+            ("CIFAR-10 quick", os.path.join(ROOT, "tests", "fixtures", "caffe_examples", "cifar10",
+                                             "cifar10_quick_train_test.prototxt"), (1, 3, 32, 32)),
+            ("ResNet (models/resnet_fashion)", os.path.join(ROOT, "models", "resnet_fashion", "net.yaml"), (1, 1, 28, 28))]
+    for name, path, shape in nets:
+        bench(name, deploy(path, shape), shape, args.repeats, print)
+
+
+if __name__ == "__main__":
+    main()
