@@ -210,3 +210,28 @@ def test_an_onnx_graph_with_ops_caffe_cannot_express_is_a_clear_error(tmp_path):
         import_onnx(str(tmp_path / "every.onnx"))
     text = str(e.value)
     assert "have no Caffe layer" in text and "LRN" in text and "Softplus" in text
+
+
+def test_an_imported_model_fine_tunes_with_run_py_train(tmp_path):
+    """The imported ResNet (a deploy net) with a data layer and a loss in front and behind, trained from its
+    imported weights (--weights): the loss goes down."""
+    import json
+    import yaml
+    from netspec.onnx_import import write
+    from solvers.trainer import Trainer
+    write(FIXTURE, str(tmp_path / "resnet.yaml"), batch=8, out=lambda *a: None)
+    doc = yaml.safe_load((tmp_path / "resnet.yaml").read_text())
+    rng = np.random.default_rng(7)
+    data = rng.normal(size=(64, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", data=data, label=(data.mean(axis=(1, 2, 3)) > 0).astype(np.float32))
+    doc["layer"][0] = {"name": "rows", "type": "Data", "top": ["data", "label"],
+                       "data_param": {"source": "rows.npz", "batch_size": 8, "shuffle": True}}
+    doc["layer"].append({"name": "loss", "type": "SoftmaxWithLoss", "bottom": ["logits", "label"], "top": ["loss"]})
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "solver.yaml").write_text("net: train.yaml\nbase_lr: 0.01\nmomentum: 0.9\nmax_iter: 60\n"
+                                          "display: 1\nsnapshot_prefix: ft\nrandom_seed: 1\n")
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    t.train(weights_path=str(tmp_path / "resnet.weights.npz"))
+    with open(t.metrics_path) as f:
+        losses = [r["loss"] for r in map(json.loads, f) if r["phase"] == "train" and r.get("images_per_s")]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
