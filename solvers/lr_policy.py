@@ -6,6 +6,11 @@ multistep: base_lr * gamma^current_step (advances by at most one per call)
 poly: base_lr * (1 - iter/max_iter)^power      sigmoid: base_lr / (1 + exp(-gamma*(iter - stepsize)))
 plateau: base_lr * gamma^drops (at least min_lr); a drop when the test loss has not improved for `patience`
 tests, restarting from the best test's weights (yaffe's; not in Caffe)
+cosine: min_lr + (base_lr - min_lr) * (1 + cos(pi * t / C)) / 2, t = iter mod C, C = cosine_cycle or max_iter
+onecycle: from base_lr / div_factor up to base_lr over pct_start of max_iter, then down to
+  base_lr / div_factor / final_div_factor, both halves along a cosine (PyTorch's OneCycleLR, anneal "cos")
+warmup (any policy): times warmup_start_factor + (1 - warmup_start_factor) * iter / warmup_iter while
+  iter < warmup_iter
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import numpy as np
 
 REQUIRED = {"fixed": (), "step": ("stepsize", "gamma"), "exp": ("gamma",), "inv": ("gamma", "power"),
             "multistep": ("stepvalue", "gamma"), "poly": ("power",), "sigmoid": ("gamma", "stepsize"),
-            "plateau": ()}
+            "plateau": (), "cosine": ("max_iter",), "onecycle": ("max_iter",)}
 
 
 def missing_fields(cfg) -> list[str]:
@@ -52,6 +57,21 @@ class LearningRate:
             rate = base / (1.0 + math.exp(-c.gamma * (it - c.stepsize)))
         elif policy == "plateau":  # lowered by the trainer when the test loss stops improving
             rate = max(base * self.plateau_scale, c.min_lr)
+        elif policy == "cosine":
+            cycle = c.cosine_cycle or c.max_iter
+            rate = c.min_lr + (base - c.min_lr) * (1 + math.cos(math.pi * (it % cycle) / cycle)) / 2
+        elif policy == "onecycle":
+            start = base / c.div_factor
+            end = start / c.final_div_factor
+            up = max(1.0, c.pct_start * c.max_iter)
+            if it <= up:
+                rate = start + (base - start) * (1 - math.cos(math.pi * it / up)) / 2
+            else:
+                down = max(1.0, c.max_iter - up)
+                rate = end + (base - end) * (1 + math.cos(math.pi * min(it - up, down) / down)) / 2
         else:
             raise ValueError(f"unknown lr_policy {policy!r}")
+        if c.warmup_iter and it < c.warmup_iter:
+            f = c.warmup_start_factor
+            rate *= f + (1 - f) * it / c.warmup_iter
         return float(np.float32(rate))  # Caffe computes the rate as a float

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from layers.base import Field
 
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "plateau")
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "plateau", "cosine", "onecycle")
 
 SOLVER_FIELDS = (
     Field("yaffe", "int", 1, "spec format version", minimum=1, maximum=1),
@@ -29,7 +29,19 @@ SOLVER_FIELDS = (
     Field("stepvalue", "int", None, "iterations at which multistep decays", minimum=1, repeated=True),
     Field("patience", "int", 3, "plateau: tests without improvement of the test loss before the rate drops",
           minimum=1),
-    Field("min_lr", "float", 0.0, "plateau: the rate never drops below this", minimum=0),
+    Field("min_lr", "float", 0.0, "plateau: the rate never drops below this; cosine: the rate it ends at",
+          minimum=0),
+    Field("cosine_cycle", "int", 0, "cosine: iterations of one cosine (then it restarts at base_lr); 0: max_iter",
+          minimum=0),
+    Field("pct_start", "float", 0.3, "onecycle: the share of max_iter spent rising to base_lr (the peak)",
+          exclusive_minimum=0, exclusive_maximum=1),
+    Field("div_factor", "float", 25.0, "onecycle: it starts at base_lr / div_factor", exclusive_minimum=0),
+    Field("final_div_factor", "float", 1e4, "onecycle: it ends at the start rate / final_div_factor",
+          exclusive_minimum=0),
+    Field("warmup_iter", "int", 0, "any policy: the first warmup_iter iterations scale the rate linearly from "
+          "warmup_start_factor to 1", minimum=0),
+    Field("warmup_start_factor", "float", 0.1, "the factor of the rate at iteration 0 of the warmup", minimum=0,
+          maximum=1),
     Field("early_stop", "early_stop", None, "stop when a test output stops improving: {metric, patience, min_delta}"),
     Field("momentum", "float", 0.0, "momentum of SGD and Nesterov (0.9 is usual); AdaDelta's decay; Adam's beta1",
           minimum=0, exclusive_maximum=1),

@@ -432,4 +432,17 @@ class Adam(Solver):
                          b1, 1 - b1, b2, 1 - b2, kind(self.cfg.delta), a * correction)
 
 
-SOLVERS = {cls.type: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter): the step is Adam's on the gradient alone plus
+    rate * weight_decay * w, so the decay does not pass through the moment estimates (PyTorch's AdamW: w -= lr *
+    (m_hat / (sqrt(v_hat) + eps) + wd * w))."""
+    type = "AdamW"
+
+    def fused_rule(self, g, w, i, a, scale, decay, l1, it):
+        finite = super().fused_rule(g, w, i, a, scale, decay.dtype.type(0), l1, it)
+        if decay:
+            g += (a * decay) * (np.sign(w) if l1 else w)
+        return finite
+
+
+SOLVERS = {cls.type: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, AdamW)}

@@ -328,3 +328,39 @@ def test_one_pass_rules_equal_their_numpy_operations(kind, regularization):
     for k, p in enumerate(params):
         np.testing.assert_array_equal(p.blob.data, ref[k][0])
         np.testing.assert_array_equal(solver.history[k], ref[k][1])
+
+
+def test_cosine_onecycle_and_warmup_follow_their_closed_forms():
+    cos = policy(lr_policy="cosine", max_iter=100, min_lr=0.01)
+    assert cos(0) == pytest.approx(0.1) and cos(50) == pytest.approx(0.055) and cos(100) == pytest.approx(0.1)
+    assert cos(99) == pytest.approx(0.01 + 0.09 * (1 + math.cos(math.pi * 0.99)) / 2, rel=1e-6)
+    restarts = policy(lr_policy="cosine", max_iter=100, cosine_cycle=30)
+    assert restarts(30) == pytest.approx(0.1) and restarts(45) == pytest.approx(0.05)
+    one = policy(lr_policy="onecycle", max_iter=100, pct_start=0.3, div_factor=25, final_div_factor=1e4)
+    assert one(0) == pytest.approx(0.004) and one(30) == pytest.approx(0.1)
+    assert one(15) == pytest.approx(0.004 + 0.096 / 2, rel=1e-6) and one(100) == pytest.approx(0.004 / 1e4, rel=1e-5)
+    assert one(65) == pytest.approx(0.004e-4 + (0.1 - 0.004e-4) / 2, rel=1e-5)
+    warm = policy(lr_policy="step", gamma=0.5, stepsize=1000, warmup_iter=10, warmup_start_factor=0.2)
+    assert [round(warm(i), 6) for i in (0, 5, 10, 20)] == [0.02, 0.06, 0.1, 0.1]
+
+
+def test_adamw_decays_the_weights_apart_from_the_moments():
+    """AdamW's step is Adam's on the gradient alone plus rate * weight_decay * w (Loshchilov and Hutter; PyTorch's
+    torch.optim.AdamW), so the weights shrink with a zero gradient, and Adam's moments never see the decay."""
+    from solvers.rules import SOLVERS
+    rng = np.random.default_rng(0)
+    cfg = resolve(SOLVER_FIELDS, {"type": "AdamW", "base_lr": 0.1, "momentum": 0.9, "momentum2": 0.999,
+                                  "weight_decay": 0.01, "delta": 1e-8})
+    params = _params(rng, [5])
+    w, g = params[0].blob.data.copy().astype(np.float64), params[0].blob.diff.copy().astype(np.float64)
+    params[0].lr_mult = params[0].decay_mult = 1.0
+    SOLVERS["AdamW"](params, cfg).apply_update(0.1, 0)
+    m, v = 0.1 * g, 0.001 * g * g
+    adam = 0.1 * (m / 0.1) / (np.sqrt(v / 0.001) + 1e-8)
+    np.testing.assert_allclose(params[0].blob.data, w - adam - 0.1 * 0.01 * w, rtol=1e-5, atol=1e-6)
+    zero = _params(rng, [4])
+    zero[0].lr_mult = zero[0].decay_mult = 1.0
+    zero[0].blob.diff[...] = 0
+    before = zero[0].blob.data.copy()
+    SOLVERS["AdamW"](zero, cfg).apply_update(0.1, 0)
+    np.testing.assert_allclose(zero[0].blob.data, before * (1 - 0.1 * 0.01), rtol=1e-6)
