@@ -1,6 +1,8 @@
 """Elementwise neuron layers: one bottom, one top of the same shape."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -416,6 +418,93 @@ class Swish(Neuron):
         if propagate_down[0]:
             swish_bwd(top[0].data.ravel(), self.s.ravel(), top[0].diff.ravel(), float(self.p.beta),
                       bottom[0].diff.ravel())
+
+
+@njit(cache=True, nogil=True)
+def gelu_fwd(x, a, b, c, y):
+    """x * Phi(x), Phi the standard normal CDF (erf form, as PyTorch's default)."""
+    for i in range(x.size):
+        y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * 0.7071067811865476))
+
+
+@njit(cache=True, nogil=True)
+def gelu_bwd(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = dy[i] * (0.5 * (1.0 + math.erf(v * 0.7071067811865476)) + v * 0.3989422804014327 * math.exp(-0.5 * v * v))
+
+
+@njit(cache=True, nogil=True)
+def mish_fwd(x, a, b, c, y):
+    """x * tanh(softplus(x)), softplus computed stably."""
+    for i in range(x.size):
+        v = x[i]
+        sp = v + math.log1p(math.exp(-v)) if v > 0 else math.log1p(math.exp(v))
+        y[i] = v * math.tanh(sp)
+
+
+@njit(cache=True, nogil=True)
+def mish_bwd(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        v = x[i]
+        sp = v + math.log1p(math.exp(-v)) if v > 0 else math.log1p(math.exp(v))
+        t = math.tanh(sp)
+        sig = 1.0 / (1.0 + math.exp(-v))
+        dx[i] = dy[i] * (t + v * (1.0 - t * t) * sig)
+
+
+@njit(cache=True, nogil=True)
+def hardswish_fwd(x, a, b, c, y):
+    """x * relu6(x + 3) / 6 (MobileNet-v3's)."""
+    for i in range(x.size):
+        y[i] = x[i] * min(max(x[i] + 3.0, 0.0), 6.0) / 6.0
+
+
+@njit(cache=True, nogil=True)
+def hardswish_bwd(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = 0.0 if v < -3.0 else dy[i] if v > 3.0 else dy[i] * (2.0 * v + 3.0) / 6.0
+
+
+@register("GELU")
+class GELU(Elementwise):
+    """y = x * Phi(x) (the erf form); never in place: backward reads x."""
+
+    fwd, bwd = staticmethod(gelu_fwd), staticmethod(gelu_bwd)
+
+
+@register("Mish")
+class Mish(Elementwise):
+    """y = x * tanh(log(1 + exp(x))); never in place: backward reads x."""
+
+    fwd, bwd = staticmethod(mish_fwd), staticmethod(mish_bwd)
+
+
+@register("HardSwish")
+class HardSwish(Elementwise):
+    """y = x * min(max(x + 3, 0), 6) / 6; never in place: backward reads x."""
+
+    fwd, bwd = staticmethod(hardswish_fwd), staticmethod(hardswish_bwd)
+
+
+@register("SiLU")
+class SiLU(Swish):
+    """y = x * sigmoid(x): Swish with beta 1 (PyTorch's name)."""
+
+    param_block = None
+    fields = ()
+    p_beta = 1.0
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        if getattr(self, "s", None) is None or self.s.shape != x.shape or self.s.dtype != x.dtype:
+            self.s = np.empty_like(x)
+        swish_fwd(x.ravel(), 1.0, self.s.ravel(), top[0].data.ravel())
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            swish_bwd(top[0].data.ravel(), self.s.ravel(), top[0].diff.ravel(), 1.0, bottom[0].diff.ravel())
 
 
 @njit(cache=True, nogil=True)

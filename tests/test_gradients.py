@@ -183,6 +183,10 @@ CASES = {
     ],
     "Permute": [({"permute_param": {"order": [1, 0, 2]}}, [np.random.default_rng(109).normal(size=(2, 3, 4))]),
                 ({"permute_param": {"order": [2]}}, [np.random.default_rng(110).normal(size=(2, 3, 4))])],
+    "GELU": [({}, [np.random.default_rng(111).normal(size=(3, 4))])],
+    "Mish": [({}, [np.random.default_rng(112).normal(size=(3, 4)) * 2])],
+    "HardSwish": [({}, [away_from_zero((3, 4), seed=113) * 2 + 0.37])],  # no kink at -3 or 3 within eps
+    "SiLU": [({}, [np.random.default_rng(114).normal(size=(3, 4))])],
     "Filter": [({"top": ["a", "b"]}, [np.random.default_rng(94).normal(size=(5, 3, 2)),
                                       np.random.default_rng(95).normal(size=(5, 2)),
                                       np.array([1.0, 0, 0, 2, 1])], [0, 1])],
@@ -295,5 +299,5 @@ IN_PLACE = sorted(t for t, cls in REGISTRY.items() if cls.in_place_ok and cls.di
 
 def test_in_place_capable_types_are_the_documented_ones():
     assert set(IN_PLACE) == {"ReLU", "BatchNorm", "Scale", "Bias", "Dropout", "PReLU", "Sigmoid", "TanH", "ELU",
-                             "Exp", "Swish", "Softmax"}
+                             "Exp", "Swish", "SiLU", "Softmax"}
     # in place through the net, chains of them: tests/test_in_place.py

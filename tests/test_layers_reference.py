@@ -173,3 +173,17 @@ def test_every_type_has_a_forward_reference_somewhere():
     text += inspect.getsource(inspect.getmodule(test_every_type_has_a_forward_reference_somewhere))
     missing = [t for t in REGISTRY if f'"{t}"' not in text and f"type: {t}" not in text]
     assert not missing, f"no forward reference test mentions {missing}"
+
+
+def test_modern_activations_against_their_formulas():
+    import math
+    x = R.normal(size=(3, 5)) * 3
+    erf = np.vectorize(math.erf)
+    (y,), _ = forward("GELU", {}, x)
+    np.testing.assert_allclose(y, 0.5 * x * (1 + erf(x / np.sqrt(2))), rtol=1e-12)
+    (y,), _ = forward("Mish", {}, x)
+    np.testing.assert_allclose(y, x * np.tanh(np.log1p(np.exp(x))), rtol=1e-12)
+    (y,), _ = forward("HardSwish", {}, x)
+    np.testing.assert_allclose(y, x * np.clip(x + 3, 0, 6) / 6, rtol=1e-12)
+    (y,), _ = forward("SiLU", {}, x)
+    np.testing.assert_allclose(y, x * SIG(x), rtol=1e-12)
