@@ -490,21 +490,15 @@ class HardSwish(Elementwise):
 
 @register("SiLU")
 class SiLU(Swish):
-    """y = x * sigmoid(x): Swish with beta 1 (PyTorch's name)."""
+    """y = x * sigmoid(x): Swish with beta 1 (PyTorch's name); no parameter block."""
 
     param_block = None
     fields = ()
-    p_beta = 1.0
 
-    def forward(self, bottom, top):
-        x = bottom[0].data
-        if getattr(self, "s", None) is None or self.s.shape != x.shape or self.s.dtype != x.dtype:
-            self.s = np.empty_like(x)
-        swish_fwd(x.ravel(), 1.0, self.s.ravel(), top[0].data.ravel())
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            swish_bwd(top[0].data.ravel(), self.s.ravel(), top[0].diff.ravel(), 1.0, bottom[0].diff.ravel())
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from types import SimpleNamespace
+        self.p = SimpleNamespace(beta=1.0)
 
 
 @njit(cache=True, nogil=True)
