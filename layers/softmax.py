@@ -192,12 +192,40 @@ class SoftmaxWithLoss(Layer):
     backward_reads = ("bottom",)
 
     param_block = "loss_param"
-    fields = LOSS_FIELDS
+    fields = LOSS_FIELDS + (
+        Field("label_smoothing", "float", 0.0, "SoftmaxWithLoss: the target puts 1 - e on the label and e / C on "
+              "every class (Szegedy et al.; PyTorch's label_smoothing)", minimum=0, exclusive_maximum=1),
+        Field("class_weight", "float", None, "SoftmaxWithLoss: a weight per class multiplying each example's "
+              "loss; the normalizer is then the sum of the weights (PyTorch's weight)", repeated=True, minimum=0),
+    )
     other_blocks = {"softmax_param": SOFTMAX_FIELDS}
     bottoms = (2, 2)
     tops = (1, 2)
     is_loss = True
     blocked_bottoms = (1,)
+
+    @property
+    def recipe(self):
+        """Label smoothing or class weights: the loss over soft targets, per-position weights (NumPy)."""
+        return bool(self.p.label_smoothing or self.p.class_weight)
+
+    def _targets(self, labels):
+        """(targets (outer, C, inner), weights (outer, inner)) of integer labels, with smoothing and class weights."""
+        outer, classes, inner = self.view
+        lab = labels.reshape(outer, inner)
+        ignore = self.p.ignore_label
+        valid = np.ones((outer, inner), bool) if ignore is None else lab != ignore
+        idx = np.where(valid, lab, 0).astype(np.int64)
+        if idx.min() < 0 or idx.max() >= classes:
+            bad = int(np.flatnonzero((idx < 0) | (idx >= classes))[0])
+            raise LabelError(self, self._label_blob, bad, classes)
+        e = self.p.label_smoothing
+        target = np.full((outer, classes, inner), e / classes, self.dtype)
+        np.put_along_axis(target, idx[:, None, :], 1 - e + e / classes, axis=1)
+        weight = valid.astype(self.dtype)
+        if self.p.class_weight:
+            weight = weight * np.asarray(self.p.class_weight, self.dtype)[idx]
+        return target, weight
 
     def setup(self, bottom_shapes):
         axis = self.spec.get("softmax_param", {}).get("axis", 1)
@@ -213,6 +241,12 @@ class SoftmaxWithLoss(Layer):
         if not self.soft:
             check_labels(score, label, axis)
         self.prob = None  # allocated by the first forward: setup computes shapes only
+        if self.p.class_weight and len(self.p.class_weight) != self.view[1]:
+            raise LayerError(f"class_weight has {len(self.p.class_weight)} values for {self.view[1]} classes; give one "
+                             "per class", "loss_param.class_weight")
+        if self.recipe and self.soft:
+            raise LayerError("label_smoothing and class_weight apply to integer labels; the labels here are soft "
+                             "(shaped as the scores)", "loss_param.label_smoothing")
         mode = self.p.normalization
         if mode is None:
             mode = "BATCH_SIZE" if self.p.normalize is False else "VALID"
@@ -228,6 +262,18 @@ class SoftmaxWithLoss(Layer):
         if self.prob is None:
             self.prob = np.zeros(self.view, self.dtype)
         softmax_forward(bottom[0].data.reshape(self.view), self.prob)
+        if self.recipe:  # label smoothing, class weights: -sum_c t_c log q_c per position, weighted
+            self._label_blob = bottom[1]
+            target, weight = self._targets(bottom[1].data)
+            logq = np.log(np.maximum(self.prob, np.finfo(self.dtype).tiny))
+            per = -(target * logq).sum(axis=1)
+            self._recipe = (target, weight)
+            norm = float(weight.sum()) if self.p.class_weight else self._normalizer(int((weight > 0).sum()))
+            self.valid = norm
+            top[0].data[...] = float((per * weight).sum(dtype=np.float64)) / max(norm, 1e-12)
+            if len(top) == 2:
+                top[1].data[...] = self.prob.reshape(top[1].shape)
+            return
         if self.soft:  # cross-entropy against the distributions: -sum p log q
             target = bottom[1].data.reshape(self.view)
             logq = np.log(np.maximum(self.prob, np.finfo(self.dtype).tiny))
@@ -246,6 +292,12 @@ class SoftmaxWithLoss(Layer):
             top[1].data[...] = self.prob.reshape(top[1].shape)
 
     def backward(self, top, propagate_down, bottom):
+        if propagate_down[0] and self.recipe:
+            target, weight = self._recipe
+            scale = float(top[0].diff) / max(self.valid, 1e-12)
+            grad = (self.prob * target.sum(1, keepdims=True) - target) * weight[:, None, :] * scale
+            bottom[0].diff.reshape(self.view)[...] = grad
+            return
         if propagate_down[0] and self.soft:
             scale = float(top[0].diff) / self._normalizer(self.valid)
             target = bottom[1].data.reshape(self.view)

@@ -157,6 +157,14 @@ def compile_net(doc: dict, phase: str = "TRAIN", level: int = 0, stages=(),
                 w = node.at(key)
                 warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: {key} does not apply to {type_} "
                                         f"layers and is ignored; remove it, or check the layer's type"))
+        block = node.get(cls.param_block) if cls.param_block else None
+        if isinstance(block, dict) and warnings is not None:  # a shared block's field that this type does not use
+            own_fields = {f.name for f in cls.fields}
+            for key in block:
+                if key not in own_fields:
+                    w = block.at(key) if hasattr(block, "at") else node.at(cls.param_block)
+                    warnings.append(Finding(w[0], w[1], w[2], "warning", f"{label}: {cls.param_block}.{key} does "
+                                            f"not apply to {type_} layers and is ignored; remove it"))
         bottoms, tops = as_list(node.get("bottom")), as_list(node.get("top"))
         if cls.is_loss and not tops:
             tops = [name]  # Caffe gives a loss layer an automatic top

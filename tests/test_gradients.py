@@ -94,6 +94,10 @@ CASES = {
         ({"loss_param": {"ignore_label": 1, "normalization": "FULL"}},
          [np.random.default_rng(9).normal(size=(2, 3, 2, 2)), labels(8, 3, seed=1).reshape(2, 2, 2)], [0]),
         ({}, [np.random.default_rng(96).normal(size=(4, 3)), positive((4, 3), seed=97) / 3], [0]),  # soft labels
+        ({"loss_param": {"label_smoothing": 0.2, "class_weight": [1, 2, 0.5]}},
+         [np.random.default_rng(115).normal(size=(5, 3)), labels(5, 3, seed=2)], [0]),
+        ({"loss_param": {"label_smoothing": 0.1, "ignore_label": 1}},
+         [np.random.default_rng(116).normal(size=(2, 3, 2)), labels(4, 3, seed=3).reshape(2, 2)], [0]),
     ],
     "Split": [({"top": ["a", "b", "c"]}, [np.random.default_rng(10).normal(size=(2, 3))])],
     "Concat": [

@@ -187,3 +187,20 @@ def test_modern_activations_against_their_formulas():
     np.testing.assert_allclose(y, x * np.clip(x + 3, 0, 6) / 6, rtol=1e-12)
     (y,), _ = forward("SiLU", {}, x)
     np.testing.assert_allclose(y, x * SIG(x), rtol=1e-12)
+
+
+def test_label_smoothing_and_class_weights_are_pytorchs_cross_entropy():
+    """PyTorch's F.cross_entropy(x, y, weight=w, label_smoothing=e): each example's -sum_c t_c log softmax_c with
+    t = (1 - e) onehot + e / C, times w[y], divided by the sum of w[y]."""
+    x = R.normal(size=(6, 4))
+    y = np.array([0, 3, 1, 1, 2, 3.0])
+    w, e = np.array([1.0, 0.5, 2.0, 1.5]), 0.15
+    (loss,), _ = forward("SoftmaxWithLoss", {"loss_param": {"label_smoothing": e, "class_weight": list(w)}}, x, y)
+    logq = x - np.log(np.exp(x).sum(1, keepdims=True))
+    t = np.full((6, 4), e / 4)
+    t[np.arange(6), y.astype(int)] += 1 - e
+    per = -(t * logq).sum(1)
+    ww = w[y.astype(int)]
+    assert float(loss) == pytest.approx(float((per * ww).sum() / ww.sum()), rel=1e-12)
+    (plain,), _ = forward("SoftmaxWithLoss", {"loss_param": {"label_smoothing": e}}, x, y)
+    assert float(plain) == pytest.approx(float(per.mean()), rel=1e-12)

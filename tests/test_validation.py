@@ -208,7 +208,7 @@ SOLVER = "net: net.yaml\nbase_lr: 0.1\nmax_iter: 10\n"
     ("lr_policy: step\ngamma: 0.1\n", "lr_policy 'step' needs 'stepsize', which is not given"),
     ("lr_policy: inv\ngamma: 0.1\n", "lr_policy 'inv' needs 'power'"),
     ("lr_policy: multistep\ngamma: 0.1\nstepvalue: [5, 3]\n", "stepvalue must be increasing; received [5, 3]"),
-    ("lr_policy: stepp\n", "'lr_policy' must be one of fixed, step, exp, inv, multistep, poly, sigmoid, plateau; "
+    ("lr_policy: stepp\n", "'lr_policy' must be one of fixed, step, exp, inv, multistep, poly, sigmoid, plateau, cosine, onecycle; "
                            "received 'stepp'; did you mean 'step'?"),
     ("type: Adamm\n", "'type' must be one of"),
     ("momentum: 1.0\n", "'momentum' must be < 1; received 1.0"),
@@ -512,3 +512,12 @@ def test_the_command_line_runs_as_python_m_yaffe_and_the_yaffe_command(tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["type"] == "object"
     import yaffe
     assert yaffe.Net and yaffe.Trainer and yaffe.validate
+
+
+def test_a_field_of_a_shared_block_that_the_type_does_not_use_is_a_warning(tmp_path):
+    found = findings(tmp_path, """
+layer:
+  - {name: in, type: Input, top: [x, y], input_param: {shape: [{dim: [2, 3]}, {dim: [2, 3]}]}}
+  - {name: loss, type: SigmoidCrossEntropyLoss, bottom: [x, y], top: loss, loss_param: {label_smoothing: 0.1}}
+""")
+    assert any("loss_param.label_smoothing does not apply to SigmoidCrossEntropyLoss layers" in f for f in found), found
