@@ -354,3 +354,113 @@ class MVN(Layer):
         if propagate_down[0]:
             row_normalize_backward(top[0].data.reshape(self.view), top[0].diff.reshape(self.view), self.std,
                                    self.p.normalize_variance, bottom[0].diff.reshape(self.view))
+
+
+def _normalize_rows(x, eps):
+    """(x - mean) / sqrt(var + eps) per row of a 2-D view; returns (y, 1 / sqrt(var + eps))."""
+    mean = x.mean(axis=1, keepdims=True)
+    centred = x - mean
+    inv = 1.0 / np.sqrt((centred * centred).mean(axis=1, keepdims=True) + eps)
+    return centred * inv, inv
+
+
+def _normalize_rows_backward(y, inv, dy):
+    """The gradient through _normalize_rows: inv * (dy - mean(dy) - y * mean(dy * y)), per row."""
+    return inv * (dy - dy.mean(axis=1, keepdims=True) - y * (dy * y).mean(axis=1, keepdims=True))
+
+
+@register("LayerNorm")
+class LayerNorm(Layer):
+    """Layer normalization (Ba et al.; PyTorch's nn.LayerNorm): each example normalized over the axes from
+    layer_norm_param.axis to the end, then (affine) scaled and shifted elementwise by learnable gamma, beta of that
+    shape (gamma filled with 1, beta with 0). Shapes: any -> same."""
+    backward_reads = ()
+
+    param_block = "layer_norm_param"
+    fields = (
+        Field("axis", "int", 1, "the first normalized axis (to the last)"),
+        Field("eps", "float", 1e-5, "added to the variance", exclusive_minimum=0),
+        Field("affine", "bool", True, "learnable elementwise gamma and beta"),
+    )
+
+    def setup(self, bottom_shapes):
+        s = tuple(bottom_shapes[0])
+        a = self.p.axis % len(s) if s else 0
+        if not s or not -len(s) <= self.p.axis < len(s):
+            raise LayerError(f"axis {self.p.axis} is out of range for a bottom of shape {list(s)}", "layer_norm_param.axis")
+        self.view = (count(s, 0, a), count(s, a))
+        self.norm_shape = s[a:]
+        if self.p.affine:
+            self.blob_shapes = [(self.norm_shape, {"type": "constant", "value": 1}),
+                                (self.norm_shape, {"type": "constant", "value": 0})]
+        return [s]
+
+    def batch_coupling(self):
+        return None  # each example on its own
+
+    def forward(self, bottom, top):
+        y, self.inv = _normalize_rows(bottom[0].data.reshape(self.view), self.dtype.type(self.p.eps))
+        self.y = y
+        if self.p.affine:
+            y = y * self.blobs[0].data.reshape(1, -1) + self.blobs[1].data.reshape(1, -1)
+        top[0].data[...] = y.reshape(top[0].data.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.view)
+        if self.p.affine:
+            self.blobs[0].diff += (dy * self.y).sum(axis=0).reshape(self.norm_shape)
+            self.blobs[1].diff += dy.sum(axis=0).reshape(self.norm_shape)
+            dy = dy * self.blobs[0].data.reshape(1, -1)
+        if propagate_down[0]:
+            bottom[0].diff[...] = _normalize_rows_backward(self.y, self.inv, dy).reshape(bottom[0].diff.shape)
+
+
+@register("GroupNorm")
+class GroupNorm(Layer):
+    """Group normalization (Wu and He; PyTorch's nn.GroupNorm): the channels of each example in group_norm_param
+    .num_groups groups, each group normalized over its channels and positions, then (affine) scaled and shifted per
+    channel by learnable gamma (1) and beta (0). Bottom (N, C, ...) -> same; C a multiple of num_groups."""
+    backward_reads = ()
+
+    param_block = "group_norm_param"
+    fields = (
+        Field("num_groups", "int", 32, "groups of channels", minimum=1),
+        Field("eps", "float", 1e-5, "added to the variance", exclusive_minimum=0),
+        Field("affine", "bool", True, "learnable per-channel gamma and beta"),
+    )
+
+    def setup(self, bottom_shapes):
+        s = tuple(bottom_shapes[0])
+        if len(s) < 2 or s[1] % self.p.num_groups:
+            raise LayerError(f"the channels ({s[1] if len(s) > 1 else '?'}) must be a multiple of num_groups "
+                             f"({self.p.num_groups}); received a bottom of shape {list(s)}", "group_norm_param.num_groups")
+        self.view = (s[0] * self.p.num_groups, count(s, 1) // self.p.num_groups)
+        self.channels, self.inner = s[1], count(s, 2)
+        if self.p.affine:
+            self.blob_shapes = [((s[1],), {"type": "constant", "value": 1}), ((s[1],), {"type": "constant", "value": 0})]
+        return [s]
+
+    def batch_coupling(self):
+        return None  # each example on its own
+
+    def _per_channel(self, a):
+        return a.reshape(1, self.channels, 1)
+
+    def forward(self, bottom, top):
+        y, self.inv = _normalize_rows(bottom[0].data.reshape(self.view), self.dtype.type(self.p.eps))
+        self.y = y
+        out = y.reshape(-1, self.channels, self.inner)
+        if self.p.affine:
+            out = out * self._per_channel(self.blobs[0].data) + self._per_channel(self.blobs[1].data)
+        top[0].data[...] = out.reshape(top[0].data.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(-1, self.channels, self.inner)
+        if self.p.affine:
+            y = self.y.reshape(dy.shape)
+            self.blobs[0].diff += (dy * y).sum(axis=(0, 2))
+            self.blobs[1].diff += dy.sum(axis=(0, 2))
+            dy = dy * self._per_channel(self.blobs[0].data)
+        if propagate_down[0]:
+            dx = _normalize_rows_backward(self.y, self.inv, dy.reshape(self.view))
+            bottom[0].diff[...] = dx.reshape(bottom[0].diff.shape)

@@ -187,6 +187,9 @@ CASES = {
     ],
     "Permute": [({"permute_param": {"order": [1, 0, 2]}}, [np.random.default_rng(109).normal(size=(2, 3, 4))]),
                 ({"permute_param": {"order": [2]}}, [np.random.default_rng(110).normal(size=(2, 3, 4))])],
+    "LayerNorm": [({}, [np.random.default_rng(117).normal(size=(3, 4, 2))]),
+                  ({"layer_norm_param": {"axis": 2, "affine": False}}, [np.random.default_rng(118).normal(size=(2, 3, 5))])],
+    "GroupNorm": [({"group_norm_param": {"num_groups": 2}}, [np.random.default_rng(119).normal(size=(2, 4, 3, 2))])],
     "GELU": [({}, [np.random.default_rng(111).normal(size=(3, 4))])],
     "Mish": [({}, [np.random.default_rng(112).normal(size=(3, 4)) * 2])],
     "HardSwish": [({}, [away_from_zero((3, 4), seed=113) * 2 + 0.37])],  # no kink at -3 or 3 within eps

@@ -204,3 +204,17 @@ def test_label_smoothing_and_class_weights_are_pytorchs_cross_entropy():
     assert float(loss) == pytest.approx(float((per * ww).sum() / ww.sum()), rel=1e-12)
     (plain,), _ = forward("SoftmaxWithLoss", {"loss_param": {"label_smoothing": e}}, x, y)
     assert float(plain) == pytest.approx(float(per.mean()), rel=1e-12)
+
+
+def test_layer_norm_and_group_norm_are_pytorchs():
+    x = R.normal(size=(2, 4, 3, 3))
+    g, b = R.normal(size=(4, 3, 3)), R.normal(size=(4, 3, 3))
+    (y,), _ = forward("LayerNorm", {"layer_norm_param": {"eps": 1e-5}}, x, params=[g, b])
+    flat = x.reshape(2, -1)
+    ref = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, ref.reshape(x.shape) * g + b, rtol=1e-10)
+    gc, bc = R.normal(size=4), R.normal(size=4)
+    (y,), _ = forward("GroupNorm", {"group_norm_param": {"num_groups": 2}}, x, params=[gc, bc])
+    grp = x.reshape(2, 2, -1)
+    ref = ((grp - grp.mean(2, keepdims=True)) / np.sqrt(grp.var(2, keepdims=True) + 1e-5)).reshape(x.shape)
+    np.testing.assert_allclose(y, ref * gc[None, :, None, None] + bc[None, :, None, None], rtol=1e-10)
