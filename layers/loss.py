@@ -176,6 +176,49 @@ class EuclideanLoss(Loss):
             scale_into(self.d.ravel(), -g, bottom[1].diff.ravel())
 
 
+@register("SmoothL1Loss")
+class SmoothL1Loss(Loss):
+    """Fast R-CNN's smooth L1 (its Caffe fork's SmoothL1Loss): x = w_in * (a - b), f(x) = 0.5 (sigma x)^2 where
+    |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2; loss = sum(w_out * f(x)) / N, N = shape[0]. Bottoms a, b [, w_in,
+    w_out] of one shape; gradients into a and b."""
+
+    param_block = "smooth_l1_loss_param"
+    fields = (Field("sigma", "float", 1.0, "where the quadratic part ends: |x| < 1 / sigma^2", exclusive_minimum=0),)
+    bottoms = (2, 4)
+    blocked_bottoms = (2, 3)
+
+    def setup(self, bottom_shapes):
+        shapes = [tuple(s) for s in bottom_shapes]
+        if any(s != shapes[0] for s in shapes[1:]):
+            raise LayerError(f"the bottoms must have one shape; received {[list(s) for s in shapes]}", "bottom")
+        self.n = shapes[0][0] if shapes[0] else 1
+        return [()]
+
+    def forward(self, bottom, top):
+        s2 = self.p.sigma ** 2
+        x = bottom[0].data - bottom[1].data
+        if len(bottom) > 2:
+            x = x * bottom[2].data
+        small = np.abs(x) < 1.0 / s2
+        f = np.where(small, 0.5 * s2 * x * x, np.abs(x) - 0.5 / s2)
+        if len(bottom) > 3:
+            f = f * bottom[3].data
+        self.x, self.small = x, small
+        top[0].data[...] = float(f.sum(dtype=np.float64)) / self.n
+
+    def backward(self, top, propagate_down, bottom):
+        s2 = self.p.sigma ** 2
+        g = np.where(self.small, s2 * self.x, np.sign(self.x)) * (float(top[0].diff) / self.n)
+        if len(bottom) > 3:
+            g = g * bottom[3].data
+        if len(bottom) > 2:
+            g = g * bottom[2].data
+        if propagate_down[0]:
+            bottom[0].diff[...] = g
+        if propagate_down[1]:
+            bottom[1].diff[...] = -g
+
+
 @register("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLoss(Loss):
     """Cross entropy of sigmoid(x) against targets t in [0, 1], computed stably. Bottoms x, t of one count.

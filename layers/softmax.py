@@ -197,6 +197,8 @@ class SoftmaxWithLoss(Layer):
               "every class (Szegedy et al.; PyTorch's label_smoothing)", minimum=0, exclusive_maximum=1),
         Field("class_weight", "float", None, "SoftmaxWithLoss: a weight per class multiplying each example's "
               "loss; the normalizer is then the sum of the weights (PyTorch's weight)", repeated=True, minimum=0),
+        Field("focal_gamma", "float", 0.0, "SoftmaxWithLoss: focal loss, -(1 - p)^gamma log p of the label's "
+              "probability p (Lin et al.); 0: plain cross-entropy", minimum=0),
     )
     other_blocks = {"softmax_param": SOFTMAX_FIELDS}
     bottoms = (2, 2)
@@ -207,7 +209,7 @@ class SoftmaxWithLoss(Layer):
     @property
     def recipe(self):
         """Label smoothing or class weights: the loss over soft targets, per-position weights (NumPy)."""
-        return bool(self.p.label_smoothing or self.p.class_weight)
+        return bool(self.p.label_smoothing or self.p.class_weight or self.p.focal_gamma)
 
     def _targets(self, labels):
         """(targets (outer, C, inner), weights (outer, inner)) of integer labels, with smoothing and class weights."""
@@ -244,6 +246,9 @@ class SoftmaxWithLoss(Layer):
         if self.p.class_weight and len(self.p.class_weight) != self.view[1]:
             raise LayerError(f"class_weight has {len(self.p.class_weight)} values for {self.view[1]} classes; give one "
                              "per class", "loss_param.class_weight")
+        if self.p.focal_gamma and self.p.label_smoothing:
+            raise LayerError("focal_gamma weighs the label's own probability; it does not combine with "
+                             "label_smoothing", "loss_param.focal_gamma")
         if self.recipe and self.soft:
             raise LayerError("label_smoothing and class_weight apply to integer labels; the labels here are soft "
                              "(shaped as the scores)", "loss_param.label_smoothing")
@@ -267,6 +272,9 @@ class SoftmaxWithLoss(Layer):
             target, weight = self._targets(bottom[1].data)
             logq = np.log(np.maximum(self.prob, np.finfo(self.dtype).tiny))
             per = -(target * logq).sum(axis=1)
+            if self.p.focal_gamma:  # target is one-hot here: per = -log p
+                p_y = (target * self.prob).sum(axis=1)
+                per = per * (1 - p_y) ** self.p.focal_gamma
             self._recipe = (target, weight)
             norm = float(weight.sum()) if self.p.class_weight else self._normalizer(int((weight > 0).sum()))
             self.valid = norm
@@ -295,7 +303,13 @@ class SoftmaxWithLoss(Layer):
         if propagate_down[0] and self.recipe:
             target, weight = self._recipe
             scale = float(top[0].diff) / max(self.valid, 1e-12)
-            grad = (self.prob * target.sum(1, keepdims=True) - target) * weight[:, None, :] * scale
+            if self.p.focal_gamma:  # dL/dz_j = dL/dp * p * (onehot_j - q_j), L = -(1 - p)^g log p
+                gm, tiny = self.p.focal_gamma, np.finfo(self.dtype).tiny
+                p_y = np.maximum((target * self.prob).sum(axis=1), tiny)
+                dldp = gm * (1 - p_y) ** (gm - 1) * np.log(p_y) - (1 - p_y) ** gm / p_y
+                grad = (dldp * p_y * weight)[:, None, :] * (target - self.prob) * scale
+            else:
+                grad = (self.prob * target.sum(1, keepdims=True) - target) * weight[:, None, :] * scale
             bottom[0].diff.reshape(self.view)[...] = grad
             return
         if propagate_down[0] and self.soft:

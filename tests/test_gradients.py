@@ -96,6 +96,8 @@ CASES = {
         ({}, [np.random.default_rng(96).normal(size=(4, 3)), positive((4, 3), seed=97) / 3], [0]),  # soft labels
         ({"loss_param": {"label_smoothing": 0.2, "class_weight": [1, 2, 0.5]}},
          [np.random.default_rng(115).normal(size=(5, 3)), labels(5, 3, seed=2)], [0]),
+        ({"loss_param": {"focal_gamma": 2, "class_weight": [1, 0.5, 2]}},
+         [np.random.default_rng(125).normal(size=(5, 3)), labels(5, 3, seed=4)], [0]),
         ({"loss_param": {"label_smoothing": 0.1, "ignore_label": 1}},
          [np.random.default_rng(116).normal(size=(2, 3, 2)), labels(4, 3, seed=3).reshape(2, 2)], [0]),
     ],
@@ -190,6 +192,10 @@ CASES = {
     "LayerNorm": [({}, [np.random.default_rng(117).normal(size=(3, 4, 2))]),
                   ({"layer_norm_param": {"axis": 2, "affine": False}}, [np.random.default_rng(118).normal(size=(2, 3, 5))])],
     "GroupNorm": [({"group_norm_param": {"num_groups": 2}}, [np.random.default_rng(119).normal(size=(2, 4, 3, 2))])],
+    "SmoothL1Loss": [({}, [away_from_zero((3, 4), seed=120) * 2, np.zeros((3, 4))], [0, 1]),
+                     ({"smooth_l1_loss_param": {"sigma": 3}},
+                      [away_from_zero((2, 5), seed=121), np.random.default_rng(122).normal(size=(2, 5)) * 0.1,
+                       positive((2, 5), seed=123), positive((2, 5), seed=124)], [0, 1])],
     "GELU": [({}, [np.random.default_rng(111).normal(size=(3, 4))])],
     "Mish": [({}, [np.random.default_rng(112).normal(size=(3, 4)) * 2])],
     "HardSwish": [({}, [away_from_zero((3, 4), seed=113) * 2 + 0.37])],  # no kink at -3 or 3 within eps

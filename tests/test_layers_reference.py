@@ -218,3 +218,20 @@ def test_layer_norm_and_group_norm_are_pytorchs():
     grp = x.reshape(2, 2, -1)
     ref = ((grp - grp.mean(2, keepdims=True)) / np.sqrt(grp.var(2, keepdims=True) + 1e-5)).reshape(x.shape)
     np.testing.assert_allclose(y, ref * gc[None, :, None, None] + bc[None, :, None, None], rtol=1e-10)
+
+
+def test_smooth_l1_is_fast_rcnns():
+    a, b = R.normal(size=(4, 3)) * 2, R.normal(size=(4, 3))
+    w_in, w_out = R.uniform(0.5, 1.5, (4, 3)), R.uniform(0.5, 1.5, (4, 3))
+    (loss,), _ = forward("SmoothL1Loss", {"smooth_l1_loss_param": {"sigma": 2}}, a, b, w_in, w_out)
+    x = w_in * (a - b)
+    f = np.where(np.abs(x) < 0.25, 0.5 * 4 * x * x, np.abs(x) - 0.125)
+    assert float(loss) == pytest.approx(float((w_out * f).sum() / 4), rel=1e-12)
+
+
+def test_focal_loss_is_lin_et_als():
+    x, y = R.normal(size=(5, 3)), np.array([0, 2, 1, 1, 0.0])
+    (loss,), _ = forward("SoftmaxWithLoss", {"loss_param": {"focal_gamma": 2}}, x, y)
+    q = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    p = q[np.arange(5), y.astype(int)]
+    assert float(loss) == pytest.approx(float(np.mean(-(1 - p) ** 2 * np.log(p))), rel=1e-12)
