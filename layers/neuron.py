@@ -253,6 +253,35 @@ def _base_log(base):
     return 1.0 if base == -1 else float(np.log(base))
 
 
+@register("DropPath")
+class DropPath(Neuron):
+    """Stochastic depth (Huang et al.; timm's DropPath) for a residual branch: TRAIN drops each example's whole
+    branch with probability drop_prob and scales the kept ones by 1 / (1 - drop_prob); TEST: y = x. Put it on the
+    branch, before the Eltwise SUM with the shortcut. Shapes: (N, ...) -> same."""
+    backward_reads = ()
+
+    param_block = "drop_path_param"
+    fields = (Field("drop_prob", "float", 0.1, "probability of dropping an example's branch", minimum=0,
+                    exclusive_maximum=1),)
+    needs_rng = True
+
+    def batch_coupling(self):
+        return None  # one draw per example
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        if self.phase != "TRAIN":
+            y[...] = x
+            return
+        keep = 1.0 - self.p.drop_prob
+        self.scale = ((self.rng.random(x.shape[0]) < keep) / keep).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        np.multiply(x, self.scale, out=y)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff if self.phase != "TRAIN" else top[0].diff * self.scale
+
+
 @register("Sigmoid")
 class Sigmoid(Elementwise):
     """y = 1 / (1 + exp(-x)); backward reads the top only (in place is safe)."""

@@ -95,7 +95,8 @@ def test_every_shared_layer_type_has_a_caffe_case():
     for name in CASES:
         text = str(LAYERS[f"{name}/prototxt"])
         covered.add(text.split('name: "under_test" type: "')[1].split('"')[0])
-    not_in_caffe = {"Maxout", "Permute", "GELU", "Mish", "HardSwish", "SiLU", "LayerNorm", "GroupNorm", "SmoothL1Loss"}  # yaffe's own (Permute is SSD-Caffe's, not in BVLC Caffe 1.0)
+    not_in_caffe = {"Maxout", "Permute", "GELU", "Mish", "HardSwish", "SiLU", "LayerNorm", "GroupNorm", "SmoothL1Loss",
+                    "DropPath"}  # yaffe's own (Permute is SSD-Caffe's, not in BVLC Caffe 1.0)
     # sources (compared in tests/test_data.py; WindowData samples at random) and layers with nothing to compare
     sources = {"Data", "HDF5Data", "ImageData", "MemoryData", "DummyData", "Input", "Parameter", "Silence", "WindowData"}
     missing = set(REGISTRY) - covered - not_in_caffe - sources

@@ -196,6 +196,7 @@ CASES = {
                      ({"smooth_l1_loss_param": {"sigma": 3}},
                       [away_from_zero((2, 5), seed=121), np.random.default_rng(122).normal(size=(2, 5)) * 0.1,
                        positive((2, 5), seed=123), positive((2, 5), seed=124)], [0, 1])],
+    "DropPath": [({"drop_path_param": {"drop_prob": 0.4}}, [np.random.default_rng(126).normal(size=(6, 2, 3))])],
     "GELU": [({}, [np.random.default_rng(111).normal(size=(3, 4))])],
     "Mish": [({}, [np.random.default_rng(112).normal(size=(3, 4)) * 2])],
     "HardSwish": [({}, [away_from_zero((3, 4), seed=113) * 2 + 0.37])],  # no kink at -3 or 3 within eps

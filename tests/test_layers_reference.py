@@ -235,3 +235,14 @@ def test_focal_loss_is_lin_et_als():
     q = np.exp(x) / np.exp(x).sum(1, keepdims=True)
     p = q[np.arange(5), y.astype(int)]
     assert float(loss) == pytest.approx(float(np.mean(-(1 - p) ** 2 * np.log(p))), rel=1e-12)
+
+
+def test_drop_path_drops_whole_examples_and_keeps_the_mean():
+    x = np.ones((4000, 3, 2))
+    (y,), _ = forward("DropPath", {"drop_path_param": {"drop_prob": 0.25}}, x)
+    per_example = y.reshape(4000, -1)
+    assert set(np.unique(per_example)) <= {0.0, 1 / 0.75}
+    assert (per_example == per_example[:, :1]).all()  # a whole example, never parts of one
+    assert abs(per_example[:, 0].mean() - 1) < 0.05
+    (t,), _ = forward("DropPath", {"phase": "TEST", "drop_path_param": {"drop_prob": 0.25}}, x)
+    np.testing.assert_array_equal(t, x)
