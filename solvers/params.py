@@ -57,6 +57,9 @@ SOLVER_FIELDS = (
     Field("max_iter", "int", None, "number of updates to train for", minimum=0, required=True),
     Field("display", "int", 0, "print and record the loss every this many iterations (0: never)", minimum=0),
     Field("average_loss", "int", 1, "display the mean loss of the last this many iterations", minimum=1),
+    Field("ema_decay", "float", 0.0, "keep an exponential moving average of the weights (ema = d ema + (1 - d) w "
+          "after each update), test with it, and write it in snapshots (<prefix>_iter_N.ema.weights.npz); 0: off",
+          minimum=0, exclusive_maximum=1),
     Field("test_iter", "int", None, "batches per test pass", minimum=1, repeated=True),
     Field("test_interval", "int", 0, "test every this many iterations (0: never)", minimum=0),
     Field("test_initialization", "bool", True, "also test before the first iteration"),

@@ -6,6 +6,7 @@ display iterations; clip, normalize, regularize, update; iter += 1; snapshot on 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -334,9 +335,16 @@ class Trainer:
             if state:
                 meta["data"][key] = {k: v for k, v in state.items() if k not in ("order", "rng")}
                 extra[f"{key}/order"] = state["order"]
+        if getattr(self, "ema", None) is not None:
+            extra["ema"] = self.ema  # resume restores it
         wpath, spath = snap.write(self.prefix, self.iter, self.net.weights(), self.solver.history_arrays(),
                                   meta, extra, tag)
         self.out(f"Snapshotting to {wpath}")
+        if getattr(self, "ema", None) is not None and not tag:
+            with self._ema_weights():
+                epath = f"{self.prefix}_iter_{self.iter}{tag}.ema.weights.npz"
+                snap.save_npz(epath, {k: v.copy() for k, v in self.net.weights().items()})
+            self.out(f"Snapshotting the weights' moving average to {epath}")
         self.out(f"Snapshotting solver state to {spath}")
         if tag:
             return spath
@@ -401,6 +409,8 @@ class Trainer:
         self.lr.plateau_scale = float(meta.get("plateau_scale", 1.0))
         self.losses.extend(meta.get("losses", []))
         self.elapsed_base = float(meta.get("elapsed_s", 0.0))
+        if "ema" in extra and self.cfg.ema_decay:
+            self.ema = np.array(extra["ema"], self.net.param_data.dtype)
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))
@@ -464,13 +474,29 @@ class Trainer:
     # ---- loop --------------------------------------------------------------------------
 
     def test(self):
-        """Every test net in turn (Caffe's order); the first one's record drives early stop and plateau."""
-        records = [self._test_one(k, net, n) for k, (net, n) in enumerate(zip(self.test_nets, self.cfg.test_iter))]
+        """Every test net in turn (Caffe's order); the first one's record drives early stop and plateau. With
+        ema_decay the test nets run with the weights' moving average (the live weights are put back after)."""
+        with self._ema_weights():
+            records = [self._test_one(k, net, n) for k, (net, n) in enumerate(zip(self.test_nets, self.cfg.test_iter))]
         record = records[0]
         if getattr(self, "watch", None) is not None and self.losses:
             self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
         self._after_test(record)
         return record
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The moving average in the params' place for the duration (test, the EMA snapshot)."""
+        ema = getattr(self, "ema", None)
+        if ema is None:
+            yield
+            return
+        live = self.net.param_data.copy()
+        self.net.param_data[...] = ema
+        try:
+            yield
+        finally:
+            self.net.param_data[...] = live
 
     def _test_one(self, k, net, n):
         runner = self.test_runners[k]
@@ -648,6 +674,8 @@ class Trainer:
         if self.replicas:  # the slices run the batch: their layers hold its probabilities
             self.watch.nets = self.replicas.nets
         self._good, self._good_t, self._good_cost, self._best_loss = None, 0.0, 0.0, None
+        if cfg.ema_decay and getattr(self, "ema", None) is None:  # the average starts at the weights trained from
+            self.ema = self.net.param_data.copy()
         self._started = True
 
     def _data_wait(self):
@@ -761,6 +789,9 @@ class Trainer:
             # the one-pass update leaves the old weights in the diffs: not where debug_info and monitor read steps
             self.solver.apply_update(rate, self.iter, before_apply,
                                      fused=not (shown and (cfg.debug_info or self.watch.monitor)))
+            if getattr(self, "ema", None) is not None:  # the weights' moving average, in one pass over one array
+                self.ema *= self.ema.dtype.type(cfg.ema_decay)
+                self.ema += self.ema.dtype.type(1 - cfg.ema_decay) * self.net.param_data
             if shown and cfg.debug_info:
                 self.watch.debug(self.iter, "Update")  # the params after the update, the diffs hold the steps
             self.iter += 1

@@ -364,3 +364,36 @@ def test_adamw_decays_the_weights_apart_from_the_moments():
     before = zero[0].blob.data.copy()
     SOLVERS["AdamW"](zero, cfg).apply_update(0.1, 0)
     np.testing.assert_allclose(zero[0].blob.data, before * (1 - 0.1 * 0.01), rtol=1e-6)
+
+
+def _digits(tmp_path, **solver):
+    import shutil
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                                 "lenet_digits"), tmp_path / "m", dirs_exist_ok=True)
+    return Trainer(str(tmp_path / "m" / "solver.yaml"), out=lambda *a: None, overrides=solver)
+
+
+def test_weight_ema_averages_after_each_update_tests_with_it_and_resumes(tmp_path):
+    t = _digits(tmp_path, ema_decay=0.5, max_iter=1, test_interval=0, snapshot=0, snapshot_after_train=False)
+    w0 = t.net.param_data.copy()
+    t.train()
+    np.testing.assert_allclose(t.ema, 0.5 * w0 + 0.5 * t.net.param_data, rtol=1e-6)
+    # the test nets run with the average, and the live weights come back after
+    t = _digits(tmp_path / "b", ema_decay=0.9, max_iter=4, test_interval=2, test_iter=[1], snapshot=2)
+    seen = []
+    original = t._test_one
+    t._test_one = lambda k, net, n: (seen.append((net.layer_by_name("conv1").blobs[0].data.copy(), t.ema.copy())),
+                                     original(k, net, n))[1]
+    t.train()
+    assert len(seen) >= 2
+    for weights_in_test, ema in seen:
+        conv1 = t.net.layer_by_name("conv1").blobs[0]
+        assert np.array_equal(weights_in_test.ravel(), ema[:conv1.count])
+    assert not np.array_equal(t.net.param_data, t.ema)
+    ema_file = tmp_path / "b" / "m" / "snapshots" / "lenet_digits_iter_4.ema.weights.npz"
+    with np.load(ema_file) as z:
+        np.testing.assert_array_equal(z["conv1/0"].ravel(), t.ema[:conv1.count])
+    # resume from iteration 2: the average continues exactly
+    again = _digits(tmp_path / "b", ema_decay=0.9, max_iter=4, test_interval=2, test_iter=[1], snapshot=2)
+    again.train(snapshot_path=str(tmp_path / "b" / "m" / "snapshots" / "lenet_digits_iter_2.solverstate.npz"))
+    np.testing.assert_array_equal(again.ema, t.ema)
