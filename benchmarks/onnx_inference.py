@@ -23,7 +23,6 @@ sys.path.insert(0, ROOT)
 def deploy(path, shape):
     """The net's TEST layers with its data layers replaced by one Input of `shape` (the data top), losses and
     metrics left out."""
-    from netspec.loader import load
     from netspec.spec import load_net
     import layers
     doc = copy.deepcopy(dict(load_net(path)))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import statistics
@@ -175,14 +174,8 @@ def pipeline(args):
         import torch
         from PIL import Image
         from torch.utils.data import DataLoader, Dataset
-        from torchvision import transforms  # noqa: F401
     except ImportError:
-        try:
-            import torch
-            from PIL import Image
-            from torch.utils.data import DataLoader, Dataset
-        except ImportError:
-            torch = None
+        torch = None
     if torch is not None:
         folder = os.path.dirname(listing)
         entries = [line.split() for line in open(listing)]

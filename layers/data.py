@@ -135,7 +135,7 @@ class RowData(Layer):
         if getattr(self.p, "stream", None) is not None:  # said once in the training log, as a streamed source is
             held = sum(a.nbytes for a in arrays if a.dtype != object)
             why = ("stream: never" if self.p.stream == "never" else "below the streaming threshold, "
-                   f"YAFFE_STREAM_ABOVE_MB") if self.p.stream != "always" else "its format cannot be streamed"
+                   "YAFFE_STREAM_ABOVE_MB") if self.p.stream != "always" else "its format cannot be streamed"
             self.data_note = (f"Data layer '{self.name}': '{self.p.source}' read into memory ({self.rows:,} rows, "
                               f"{held / 2**20:,.1f} MiB; {why})")
         stats = [b.data for b in self.blobs]

@@ -12,8 +12,6 @@ The input products of all T steps are one matrix product; the recurrence is a lo
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 

@@ -5,7 +5,6 @@ import pytest
 
 from layers.transform import jitter, resize_bilinear, resized_crop_box, rotate
 from netspec.errors import SpecError
-from netspec.loader import loads
 from netspec.net import Net
 
 RNG = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from layers.base import REGISTRY, Blob
+from layers.base import REGISTRY
 from netspec.loader import loads
 from netspec.net import Net
 from solvers.replicas import Replicas

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from layers.base import REGISTRY, Blob
-from tests.gradcheck import make_layer, run_layer
+from layers.base import REGISTRY
+from tests.gradcheck import run_layer
 
 R = np.random.default_rng(0)
 X = R.normal(size=(2, 6, 3, 3))

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from netspec.loader import loads
 from netspec.net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

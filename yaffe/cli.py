@@ -299,6 +299,12 @@ def positive_float(text):
     return value
 
 
+def _net_state_args(p):
+    """--stage and --level: the net's state for its include/exclude rules."""
+    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
+    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+
+
 def build_parser():
     called = os.path.basename(sys.argv[0])
     prog = "yaffe" if called in ("yaffe", "__main__.py") else "run.py"
@@ -341,8 +347,7 @@ def build_parser():
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="batches to run (default: one pass over the TEST data, else 50 as Caffe)")
     p.add_argument("--json", action="store_true", help="print the averaged outputs as one JSON object")
-    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
-    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    _net_state_args(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("predict", help="run a trained net on new inputs: top-k classes, or blobs to a file "
@@ -367,8 +372,7 @@ def build_parser():
     p.add_argument("--weights", metavar="W", help="a .weights.npz snapshot or a Caffe .caffemodel")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=positive_int, help="a fixed batch size (default: symbolic, any batch)")
-    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
-    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    _net_state_args(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="an ONNX model as a yaffe net (YAML) and its weights (.weights.npz), for the "
@@ -407,8 +411,7 @@ def build_parser():
     p.add_argument("model", help="net YAML or prototxt (or a solver: its net)")
     p.add_argument("--iterations", type=positive_int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN")
-    p.add_argument("--stage", metavar="S1,S2", help="the net's stages (include/exclude rules), comma-separated")
-    p.add_argument("--level", type=int, default=0, help="the net's level (include/exclude rules)")
+    _net_state_args(p)
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("sanity", help="the four checks before a long run: initial loss, regularization, "
