@@ -88,8 +88,8 @@ class Recurrent(Layer):
     gates = 1       # rows of the hidden transforms per hidden unit (LSTM: 4)
     n_state = 1     # recurrent state blobs (LSTM: h and c)
 
-    def batch_coupling(self):
-        return "its blobs are (T, N, ...): slices of the first axis would cut the sequences in time"
+    time_major_bottoms = (0, 1)  # run as slices, split along N (netspec/net.py Net.replicate)
+    carries_state = True  # with expose_hidden, the final state may be named as the initial one: carried over
 
     def setup(self, bottom_shapes):
         p = self.p
@@ -162,6 +162,17 @@ class Recurrent(Layer):
             if propagate_down[2]:
                 bottom[2].diff[...] = (ds @ self.blobs[2].data).reshape(bottom[2].diff.shape)
 
+    def _buffers(self, *specs):
+        """The per-pass arrays (T, N, k*H) named in specs [(name, k)], allocated once per shape."""
+        shape = (self.T, self.N, self.H)
+        out = []
+        for name, k in specs:
+            a = getattr(self, name, None)
+            if a is None or a.shape != shape[:2] + (k * self.H,) or a.dtype != self.dtype:
+                a = np.empty(shape[:2] + (k * self.H,), self.dtype)
+            out.append(a)
+        return out
+
     @property
     def w_h(self):
         return self.blobs[3 if self.static else 2]
@@ -181,13 +192,11 @@ class LSTM(Recurrent):
         w_hc = self.w_h.data
         h_prev = states[0] if states else np.zeros((n, h_dim), self.dtype)
         c_prev = states[1] if states else np.zeros((n, h_dim), self.dtype)
-        self.gate = np.empty((t_len, n, 4 * h_dim), self.dtype)   # i, f, o, g after their nonlinearities
-        self.c = np.empty((t_len, n, h_dim), self.dtype)
-        self.hc = np.empty((t_len, n, h_dim), self.dtype)         # cont_t * h_{t-1}
+        # i, f, o, g after their nonlinearities; c; cont_t * h_{t-1}; tanh(c) (for the backward); kept across passes
+        self.gate, self.c, self.hc, self.tc = self._buffers(("gate", 4), ("c", 1), ("hc", 1), ("tc", 1))
         self.c0 = c_prev.copy()
         out = top[0].data.reshape(t_len, n, h_dim)
         w_t = np.ascontiguousarray(w_hc.T)
-        self.tc = np.empty((t_len, n, h_dim), self.dtype)  # tanh(c), for the backward
         for t in range(t_len):
             np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
             gate = self.gate[t]
@@ -209,7 +218,7 @@ class LSTM(Recurrent):
         dout = top[0].diff.reshape(t_len, n, h_dim)
         dh_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
         dc_next = np.zeros((n, h_dim), self.dtype)
-        dg = np.empty((t_len, n, 4 * h_dim), self.dtype)
+        dg, = self._buffers(("dg", 4))
         for t in reversed(range(t_len)):
             c_prev = self.c[t - 1] if t else self.c0
             lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t] + dh_next, dc_next, dg[t])  # dc_next: in place
@@ -235,8 +244,7 @@ class RNN(Recurrent):
         gx = self._input_products(x, xs)
         w_hh, w_ho, b_o = self.w_h.data, self.blobs[-2].data, self.blobs[-1].data
         h_prev = states[0] if states else np.zeros((n, h_dim), self.dtype)
-        self.h = np.empty((t_len, n, h_dim), self.dtype)
-        self.hc = np.empty((t_len, n, h_dim), self.dtype)
+        self.h, self.hc = self._buffers(("h", 1), ("hc", 1))
         out = top[0].data.reshape(t_len, n, h_dim)
         for t in range(t_len):
             self.hc[t] = cont[t][:, None] * h_prev
@@ -256,7 +264,7 @@ class RNN(Recurrent):
         self.blobs[-1].diff += _sum_rows(do)
         dh_out = (do.reshape(-1, h_dim) @ w_ho).reshape(t_len, n, h_dim)
         dh_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's diff is not used (Caffe's)
-        da = np.empty((t_len, n, h_dim), self.dtype)
+        da, = self._buffers(("da", 1))
         for t in reversed(range(t_len)):
             da[t] = (dh_out[t] + dh_next) * (1 - self.h[t] * self.h[t])
             self.w_h.diff += da[t].T @ self.hc[t]
@@ -274,8 +282,7 @@ class LSTMUnit(Layer):
     blocked_bottoms = (2,)
     backward_reads = ("bottom", "top")
 
-    def batch_coupling(self):
-        return "its blobs are (1, N, ...): the batch is the second axis"
+    time_major_bottoms = (0, 1, 2)
 
     def setup(self, bottom_shapes):
         c, x, cont = (tuple(s) for s in bottom_shapes)

@@ -27,8 +27,8 @@ def _producer(net: Net, index: int, blob: str):
         d = net.defs[k]
         if blob in d.tops:
             j = d.tops.index(blob)
-            if d.type == "Split" or (j < len(d.bottoms) and d.bottoms[j] == blob):
-                return _producer(net, k, d.bottoms[0 if d.type == "Split" else j])
+            if d.type == "Split" or d.in_place(j) is not None:
+                return _producer(net, k, d.bottoms[0 if d.type == "Split" else d.in_place(j)])
             return d, net.layers[k], j
     return None, None, None
 
@@ -85,7 +85,7 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
             if (d.node is None or layer.is_loss or layer.is_data or d.type in METRIC_TYPES or not d.tops
                     or any(d.loss_weights) or any(t in consumed for t in d.tops)):
                 continue
-            if any(j < len(d.bottoms) and d.bottoms[j] == t for j, t in enumerate(d.tops)):
+            if any(d.in_place(j) is not None for j in range(len(d.tops))):
                 continue  # in place: its output is the blob its consumers read
             out.append(_finding(d.where("top"), "warning",
                                 f"layer '{d.name}' ({d.type}): nothing uses its output "

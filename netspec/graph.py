@@ -32,6 +32,19 @@ class LayerDef:
     propagate_down: list | None = None
     phase: str = "TRAIN"
 
+    def in_place(self, j: int) -> int | None:
+        """The index of the bottom that top j overwrites (in place), or None. In place is Caffe's rule, top j named
+        as bottom j, plus a recurrent layer's final state named as its initial state (the state carried across
+        batches, layers/recurrent.py)."""
+        t = self.tops[j]
+        if j < len(self.bottoms) and self.bottoms[j] == t:
+            return j
+        state = len(self.bottoms) - len(self.tops) + j  # the initial state bottom that matches the final state top j
+        if j and getattr(layers.REGISTRY.get(self.type), "carries_state", False) and state >= 2 \
+                and self.bottoms[state] == t:
+            return state
+        return None
+
     def spec(self) -> dict:
         """The spec with repeated fields as lists, as the layer sees it."""
         out = dict(self.node or {})
@@ -217,9 +230,9 @@ def _check_blobs(defs, findings, phase, producers_any_phase):
                                   f"{phase} net; {fix}")
         cls = layers.REGISTRY[d.type]
         for j, t in enumerate(d.tops):
-            in_place = j < len(d.bottoms) and d.bottoms[j] == t
+            in_place = d.in_place(j) is not None
             where = d.where("top", j if isinstance(d.node.get("top"), list) else None)
-            if in_place and not cls.in_place_ok:
+            if in_place and not cls.in_place_ok and d.in_place(j) == j:
                 _err(findings, where, f"{label}: cannot compute in place (top '{t}' is also its bottom); "
                                       f"give the top a new name")
             elif t in produced and not in_place:

@@ -40,7 +40,7 @@ def plan(defs, layers, shapes, need_backward) -> Plan:
     storage, writers = {}, {}  # blob name -> storage id; storage id -> indices of the layers that write it
     for k, (d, layer) in enumerate(zip(defs, layers)):
         for j, t in enumerate(d.tops):
-            if j < len(d.bottoms) and d.bottoms[j] == t:
+            if d.in_place(j) is not None:
                 pass                                         # in place: writes its bottom's storage
             elif d.type == "Split" or getattr(layer, "shares_bottom", False):
                 storage[t] = storage[d.bottoms[0]]           # the same values, nothing written

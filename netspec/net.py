@@ -113,7 +113,9 @@ class Net:
                 parent, _, k = self._replica
                 self.layers.append(parent.layers[i])
                 for t in d.tops:
-                    self.shapes[t] = (parent.shapes[t][0] // k,) + parent.shapes[t][1:]
+                    shape = list(parent.shapes[t])
+                    shape[parent.batch_axes[t]] //= k
+                    self.shapes[t] = tuple(shape)
                 continue
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
@@ -178,8 +180,8 @@ class Net:
             bottoms = [self.blobs[b] for b in d.bottoms]
             tops = []
             for j, t in enumerate(d.tops):
-                if j < len(d.bottoms) and d.bottoms[j] == t:
-                    blob = bottoms[j]                       # in place
+                if d.in_place(j) is not None:
+                    blob = bottoms[d.in_place(j)]            # in place
                 elif d.type == "Split":
                     blob = Blob(t, (), self.dtype)
                     blob.data, blob.diff = bottoms[0].data, np.zeros_like(bottoms[0].data)
@@ -240,6 +242,21 @@ class Net:
         self.outputs = list(dict.fromkeys(self.outputs))
         self._plan_backward(force_backward)
 
+    def source_batch_axes(self) -> tuple:
+        """(the batch, {source top: its batch axis}): 0, or 1 for a sequence's (T, N, ...) read by a recurrent
+        layer (or a top whose second axis alone is the batch's size)."""
+        origin = {}
+        for d in self.defs:
+            if d.type == "Split":  # a Split's tops are its bottom
+                origin.update((t, origin.get(d.bottoms[0], d.bottoms[0])) for t in d.tops)
+        time_major = {origin.get(d.bottoms[j], d.bottoms[j]) for d, layer in zip(self.defs, self.layers)
+                      for j in getattr(layer, "time_major_bottoms", ()) if j < len(d.bottoms)}
+        tops = [(t, self.shapes[t]) for d, layer in zip(self.defs, self.layers) if layer.is_source for t in d.tops]
+        batch = next((s[0] for t, s in tops if s and t not in time_major), None)
+        batch = batch or next((s[1] for _, s in tops if len(s) > 1), None)
+        return batch, {t: 1 if len(s) > 1 and (t in time_major or s[0] != batch) and s[1] == batch else 0
+                       for t, s in tops}
+
     def replicate(self, k: int) -> list["Net"]:
         """k nets that each run 1/k of every batch, on row slices of this net's blobs (this net's data layers
         fill the whole batch), sharing its learnable blobs: replica 0 adds its gradients into this net's diffs,
@@ -248,50 +265,79 @@ class Net:
         batch statistics sums its statistics over the slices (Layer.sync: one BatchSync per layer, kept in
         `self.syncs`), so every slice normalizes with the whole batch's; each replica keeps its own running sums
         (`statistics`), all equal, copied back from replica 0."""
-        batch = None
+        batch, self.batch_axes = self.source_batch_axes()
         for d, layer in zip(self.defs, self.layers):
-            if layer.is_source:
-                for t in d.tops:
-                    n = self.shapes[t][0] if self.shapes[t] else None
-                    batch = batch or n
-                    if n != batch or not n or n % k:
-                        raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(self.shapes[t])}; "
-                                            f"the batch ({batch}) must be the first dimension of every data top "
-                                            f"and a multiple of {k}")
-            elif (reason := layer.batch_coupling()) is not None and not layer.syncable:
+            for t in d.tops if layer.is_source else ():
+                shape = self.shapes[t]
+                n = shape[self.batch_axes[t]] if shape else None
+            if n != batch or not n or n % k:
+                raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(shape)}; the batch "
+                                    f"({batch}) must be the first dimension of every data top (the second of a "
+                                    f"sequence's, (T, N, ...)) and a multiple of {k}")
+        along_0 = []  # layers working along axis 0: fine where that is a sequence's time axis (known from the slices)
+        for d, layer in zip(self.defs, self.layers):
+            if not layer.is_source and (reason := layer.batch_coupling()) is not None and not layer.syncable:
                 w = d.where()
-                raise NotSplittable(f"layer '{d.name}' ({d.type}, {w[0]}:{w[1]}:{w[2]}): {reason}")
+                error = NotSplittable(f"layer '{d.name}' ({d.type}, {w[0]}:{w[1]}:{w[2]}): {reason}")
+                if getattr(layer, "axis", None) != 0 or not d.bottoms:
+                    raise error
+                along_0.append((d, error))
         if batch is None:
             raise NotSplittable("the net has no data layer")
         self.syncs = {}  # {layer index: BatchSync}, filled as the replicas are built
-        return [Net(self.doc, self._phase, self.path, seed=self.seed, dtype=self.dtype, level=self.level,
-                    stages=self.stages, replica_of=(self, r, k)) for r in range(k)]
+        try:
+            nets = [Net(self.doc, self._phase, self.path, seed=self.seed, dtype=self.dtype, level=self.level,
+                        stages=self.stages, replica_of=(self, r, k)) for r in range(k)]
+        except (SpecError, NotSplittable) as e:  # a slice's shapes do not fit
+            raise (along_0[0][1] if along_0 else NotSplittable(e.findings[-1].message if isinstance(e, SpecError)
+                                                                 else str(e))) from None
+        for d, error in along_0:
+            if any(nets[0].shapes[b][:1] != self.shapes[b][:1] for b in d.bottoms):
+                raise error
+        return nets
 
     def _allocate_replica(self, parent: "Net", r: int, k: int, force_backward):
         """Blobs of replica r of k: rows [r*n, (r+1)*n) of the parent's blobs; blobs that do not scale with the
-        batch (losses, metrics) are its own and `averaged` into the parent's after a pass."""
+        batch (losses, metrics) are its own and `averaged` into the parent's after a pass. A sequence's blobs
+        (T, N, ...) are split along N: the replica's are its own arrays (`strided`: a column slice of the
+        parent's is not contiguous), copied in from a data layer's top before a pass and out to the parent's
+        after it, so that the parent's blobs hold the whole batch as for rows."""
         self.blobs, self.bottom_vecs, self.top_vecs = {}, [], []
         self.params, self.loss_blobs, self.averaged, self.shared, self.statistics = [], [], [], [], []
+        self.strided_in, self.strided = [], []  # [(own blob, the parent's, column slice)]
+        own = set()
         by_blob = {id(p.blob): p for p in parent.params}
         for d, layer, twin in zip(self.defs, self.layers, parent.layers):
             bottoms = [self.blobs[b] for b in d.bottoms]
             tops = []
             for j, t in enumerate(d.tops):
-                if j < len(d.bottoms) and d.bottoms[j] == t:
-                    blob = bottoms[j]
-                else:
-                    whole, shape = parent.blobs[t], self.shapes[t]
+                whole, shape = parent.blobs[t], self.shapes[t]
+                n = shape[0] if shape else 0
+                if d.in_place(j) is not None:
+                    blob = bottoms[d.in_place(j)]
+                elif bottoms and id(bottoms[0]) in own and (d.type == "Split" or getattr(layer, "shares_bottom",
+                                                                                         False)):
+                    blob = Blob(t, (), self.dtype)  # a view of this replica's own array
+                    blob.data = bottoms[0].data if d.type == "Split" else bottoms[0].data.reshape(shape)
+                    blob.diff = np.zeros(shape, self.dtype) if d.type == "Split" else bottoms[0].diff.reshape(shape)
+                    own.add(id(blob))
+                elif shape and whole.shape == (k * n,) + shape[1:]:
                     blob = Blob(t, (), self.dtype)
-                    n = shape[0] if shape else 0
-                    if shape and whole.shape == (k * n,) + shape[1:]:
-                        blob.data, blob.diff = whole.data[r * n:(r + 1) * n], whole.diff[r * n:(r + 1) * n]
-                        blob.offset = r * blob.data.size
-                    elif whole.shape == shape:
-                        blob.data, blob.diff = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
-                        self.averaged.append((blob, whole))
-                    else:
-                        raise NotSplittable(f"blob '{t}' has shape {list(whole.shape)} for the whole batch but "
-                                            f"{list(shape)} for 1/{k} of it")
+                    blob.data, blob.diff = whole.data[r * n:(r + 1) * n], whole.diff[r * n:(r + 1) * n]
+                    blob.offset = r * blob.data.size
+                elif len(shape) > 1 and whole.shape == (shape[0], k * shape[1]) + shape[2:]:
+                    blob = Blob(t, shape, self.dtype)
+                    blob.offset = r * blob.data.size
+                    cols = slice(r * shape[1], (r + 1) * shape[1])
+                    (self.strided_in if layer.is_source else self.strided).append((blob, whole, cols))
+                    own.add(id(blob))
+                elif whole.shape == shape:
+                    blob = Blob(t, (), self.dtype)
+                    blob.data, blob.diff = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+                    self.averaged.append((blob, whole))
+                else:
+                    raise NotSplittable(f"blob '{t}' has shape {list(whole.shape)} for the whole batch but "
+                                        f"{list(shape)} for 1/{k} of it")
                 self.blobs[t] = blob
                 tops.append(blob)
                 if d.loss_weights[j]:
@@ -394,7 +440,7 @@ class Net:
         for j, (t, blob, shape) in enumerate(zip(d.tops, self.top_vecs[k], shapes)):
             shape = tuple(int(v) for v in shape)
             self.shapes[t] = shape
-            if j < len(d.bottoms) and d.bottoms[j] == t:
+            if d.in_place(j) is not None:
                 continue
             if d.type == "Split":
                 blob.data = bottoms[0].data
@@ -443,6 +489,8 @@ class Net:
         """Run every layer; returns the weighted loss sum(w * sum(top))."""
         replica = self._replica is not None
         keeps = self._keeps if self.keep_for_backward else {}
+        for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
+            blob.data[...] = whole.data[:, cols]
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             if not (replica and layer.is_source):
                 layer.forward(bottom, top)
@@ -451,7 +499,14 @@ class Net:
             for source, copy in keeps.get(i, ()):
                 np.copyto(copy, source)
         self._kept = bool(keeps)
+        self._strided_out("data")
         return self.loss()
+
+    def _strided_out(self, kind):
+        """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""
+        out = getattr(self, "strided", [])
+        for blob, whole, cols in out + (getattr(self, "strided_in", []) if kind == "data" else []):
+            getattr(whole, kind)[:, cols] = getattr(blob, kind)  # a data top too: a carried state written in place
 
     def forward_layer(self, i: int):
         """Layer i's forward alone, keeping what its backward and the backward below it need."""
@@ -482,6 +537,7 @@ class Net:
             if self.need_backward[k]:
                 tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))
                 self.layers[k].backward(tops, self.propagate[k], bottoms)
+        self._strided_out("diff")
 
     def forward_backward(self) -> float:
         loss = self.forward()
@@ -538,6 +594,12 @@ class Net:
             layer.blobs[:] = src.blobs[:len(layer.blobs)]
         by_id = {id(p.blob): p for p in other.params}
         self.params = [by_id.get(id(p.blob), p) for p in self.params]
+
+    def carried_states(self) -> dict:
+        """{'layer/blob': blob} of the states a recurrent layer carries across batches (its final state named as
+        its initial one, recurrent_param.expose_hidden): part of a run's state, kept in snapshots."""
+        return {f"{key}/{t}": tops[j] for d, key, tops in zip(self.defs, self.keys, self.top_vecs)
+                for j, t in enumerate(d.tops) if j and d.in_place(j) is not None and d.in_place(j) != j}
 
     def weights(self) -> dict:
         """{"layer/i": array} of every layer's blobs (for snapshots)."""

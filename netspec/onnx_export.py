@@ -1,7 +1,9 @@
 """`run.py export`: a trained net's TEST phase as an ONNX model (opset 17) for ONNX Runtime, TensorRT, OpenVINO.
 
-The graph starts at the net's inputs: an Input layer's tops, or a data layer's first top (the data layer and its
-labels are left out, as are losses, Accuracy and Silence); Split tops are their bottom. Each layer maps to
+The graph starts at the net's inputs: the tops of Input and data layers that exported layers read (the data layers
+themselves and labels are left out, as are losses, Accuracy and Silence); Split tops are their bottom. Recurrent
+layers are unrolled over their T steps (Caffe's cont resets a sequence mid-way, which ONNX's LSTM cannot), their
+sequence inputs (T, N, ...) with the batch symbolic on the second axis. Each layer maps to
 standard ONNX ops with its weights as initializers; a layer without a mapping is a clear error naming it.
 The batch axis is symbolic ("N") unless a fixed batch is asked for. Needs the `onnx` package (extra `onnx`).
 """
@@ -158,6 +160,10 @@ def _emit(g, d, layer, x, shapes):
         g.nodes.append(g.helper.make_node("Split", [x[0], g.const(f"{name}_split", sizes, np.int64)], outs,
                                           axis=layer.axis))
         return outs
+    if t == "Reshape" and g.dynamic and p.axis == 0 and p.num_axes == -1 and p.shape:
+        dims = list((p.shape or {}).get("dim", []))  # Caffe's 0 (copy) and -1 (infer) are ONNX Reshape's
+        if dims:
+            return [g.node("Reshape", [x[0], g.const(f"{name}_shape", dims, np.int64)], name)]
     if t in ("Flatten", "Reshape"):
         target = list(shapes[d.tops[0]])
         if g.dynamic and target and in_shape and target[0] == in_shape[0]:
@@ -215,7 +221,85 @@ def _emit(g, d, layer, x, shapes):
             raise ValueError("only top_k 1 along a given axis, without out_max_val, maps to ArgMax")
         y = g.node("ArgMax", x, f"{name}_i", axis=int(p.axis), keepdims=1)
         return [g.node("Cast", [y], name, to=g.onnx.TensorProto.FLOAT)]
+    if t == "Permute":
+        return [g.node("Transpose", x, name, perm=list(layer.axes))]
+    if t == "Maxout":  # (N, C*k, ...) -> the max over each k consecutive channels
+        c = in_shape[1] // p.num_pieces
+        y = g.node("Reshape", [x[0], g.const(f"{name}_groups", [0, c, p.num_pieces, -1], np.int64)], name)
+        y = g.node("ReduceMax", [y], name, axes=[2], keepdims=0)
+        return [g.node("Reshape", [y, g.const(f"{name}_shape", [0, c] + list(in_shape[2:]), np.int64)], name)]
+    if t in ("LSTM", "RNN"):
+        return _recurrent(g, d, layer, x, in_shape)
+    if t == "LSTMUnit":
+        h_dim = layer.H
+        zero = g.const(f"{name}_0", [0], np.int64)
+        c_prev, gates, cont = (g.node("Squeeze", [v, zero], name) for v in x)
+        c, h = _lstm_step(g, name, gates, g.node("Unsqueeze", [cont, g.const(f"{name}_1", [1], np.int64)], name),
+                          c_prev, h_dim)
+        return [g.node("Unsqueeze", [v, zero], name) for v in (c, h)]
     raise ValueError("no ONNX mapping")
+
+
+def _lstm_step(g, name, a, keep, c_prev, h_dim):
+    """One LSTM step from the pre-activations a (N, 4H) (gates i, f, o, g), keep = cont_t (N, 1) and c_prev (None:
+    zeros) -> (c, h), each (N, H); Caffe's f = cont * sigmoid."""
+    parts = [g.node("Slice", [a, g.const(f"{name}_s", [k * h_dim], np.int64), g.const(f"{name}_e", [(k + 1) * h_dim],
+                                                                                        np.int64),
+                              g.const(f"{name}_ax", [1], np.int64)], name) for k in range(4)]
+    i, f, o = (g.node("Sigmoid", [v], name) for v in parts[:3])
+    gg = g.node("Tanh", [parts[3]], name)
+    c = g.node("Mul", [i, gg], name)
+    if c_prev is not None:
+        c = g.node("Add", [g.node("Mul", [g.node("Mul", [f, keep], name), c_prev], name), c], name)
+    return c, g.node("Mul", [o, g.node("Tanh", [c], name)], name)
+
+
+def _recurrent(g, d, layer, x, in_shape):
+    """Caffe's LSTM and RNN unrolled over their T steps (ONNX's LSTM op has no reset in the middle of a sequence,
+    which cont gives): the input products of all steps as one MatMul, then each step's few ops."""
+    name, b = d.name, [blob.data for blob in layer.blobs]
+    t_len, h_dim, lstm = layer.T, layer.H, d.type == "LSTM"
+    i64 = lambda v: g.const(f"{name}_i", v, np.int64)  # noqa: E731
+    xs = g.node("Reshape", [x[0], i64([0, 0, -1])], name)                       # (T, N, I)
+    gx = g.node("Add", [g.node("MatMul", [xs, g.const(f"{name}_wx", b[0].T)], name), g.const(f"{name}_b", b[1])],
+                name)                                                              # (T, N, gates*H)
+    if layer.static:
+        st = g.node("Reshape", [x[2], i64([0, -1])], name)
+        gx = g.node("Add", [gx, g.node("MatMul", [st, g.const(f"{name}_ws", b[2].T)], name)], name)
+    w_h = g.const(f"{name}_wh", layer.w_h.data.T)
+    cont = g.node("Unsqueeze", [x[1], i64([2])], name)                             # (T, N, 1)
+    states = [g.node("Squeeze", [v, i64([0])], name) for v in x[2 + layer.static:]]
+    h = states[0] if states else None
+    c = states[1] if len(states) > 1 else None
+    hs = []
+    for step in range(t_len):
+        at = i64(step)
+        a = g.node("Gather", [gx, at], name, axis=0)                              # (N, gates*H)
+        keep = g.node("Gather", [cont, at], name, axis=0)                         # (N, 1)
+        if h is not None:  # cont_t * h_{t-1}; with no initial state the first step's is zero
+            a = g.node("Add", [a, g.node("MatMul", [g.node("Mul", [h, keep], name), w_h], name)], name)
+        if lstm:
+            c, h = _lstm_step(g, name, a, keep, c, h_dim)
+        else:
+            h = g.node("Tanh", [a], name)
+        hs.append(g.node("Unsqueeze", [h, i64([0])], name))
+    y = g.node("Concat", hs, name, axis=0)                                         # (T, N, H)
+    if not lstm:  # o_t = tanh(W_ho h_t + b_o)
+        y = g.node("Tanh", [g.node("Add", [g.node("MatMul", [y, g.const(f"{name}_wo", b[-2].T)], name),
+                                           g.const(f"{name}_bo", b[-1])], name)], name)
+    tops = [y]
+    if len(d.tops) > 1:
+        tops += [g.node("Unsqueeze", [v, i64([0])], name) for v in ([h, c] if lstm else [h])]
+    return tops
+
+
+def _batch_axis(net, top):
+    """An output's batch axis: 1 where it is a recurrent layer's sequence (T, N, H) or its state (1, N, H)."""
+    d = next(d for d in net.defs if top in d.tops)
+    if getattr(net.layer_by_name(d.name), "time_major_bottoms", None):
+        return 1
+    batch, shape = net.source_batch_axes()[0], net.shapes[top]
+    return 1 if len(shape) > 1 and shape[0] != batch and shape[1] == batch else 0
 
 
 def export(net, path: str, batch=None, out=print) -> dict:
@@ -227,14 +311,18 @@ def export(net, path: str, batch=None, out=print) -> dict:
         raise UserError("export needs the onnx package: pip install 'yaffe[onnx]' (or pip install onnx)") from None
     g = _Graph(onnx, helper, net)
     g.dynamic = batch is None
-    inputs, produced, consumed, alias = [], set(), set(), {}
+    used = set()
+    sources, produced, consumed, alias = [], set(), set(), {}
+    _, axes = net.source_batch_axes()
     for d, layer in zip(net.defs, net.layers):
-        if layer.is_source:
-            top = d.tops[0]
-            g.names[top] = top
-            inputs.append(top)
+        if layer.is_source:  # its tops that exported layers read are the graph's inputs (labels are not)
+            for top in d.tops:
+                g.names[top] = top
+                sources.append(top)
             continue
         if layer.is_loss or d.type in SKIPPED:
+            if d.type == "Silence":  # what it silences is no output
+                consumed.update(alias.get(b, b) for b in d.bottoms)
             continue
         if d.type == "Split":
             if d.bottoms[0] in g.names:  # not a label's
@@ -252,19 +340,25 @@ def export(net, path: str, batch=None, out=print) -> dict:
             raise UserError(f"{w[0]}:{w[1]}:{w[2]}: error: layer '{d.name}' ({d.type}) cannot be exported to ONNX: "
                             f"{e}; leave it out of the deploy net or replace it") from None
         consumed.update(alias.get(b, b) for b in d.bottoms if not (b in d.tops))
+        used.update(alias.get(b, b) for b in d.bottoms)
         for t, name in zip(d.tops, tops):
             g.names[t] = name
             produced.add(t)
+    inputs = [t for t in sources if t in used] or sources[:1]
     outputs = [t for t in dict.fromkeys(t for d in net.defs for t in d.tops) if t in produced and t not in consumed]
     outputs = [t for t in outputs if g.names[t] not in {g.names[i] for i in inputs}]
     if not outputs:
         raise UserError("the net has no output to export (only data, loss and metric layers)")
-    dims = lambda shape: [batch or "N"] + list(shape[1:])  # noqa: E731
-    graph_inputs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims(net.shapes[t])) for t in inputs]
+    def dims(t, axis=0):  # the batch axis symbolic: a sequence's (T, N, ...) is its second
+        shape = list(net.shapes[t])
+        shape[axis] = batch or "N"
+        return shape
+
+    graph_inputs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims(t, axes[t])) for t in inputs]
     graph_outputs = []
     for t in outputs:
         g.nodes.append(helper.make_node("Identity", [g.names[t]], [t]))
-        graph_outputs.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims(net.shapes[t])))
+        graph_outputs.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims(t, _batch_axis(net, t))))
     model = helper.make_model(helper.make_graph(g.nodes, net.name or "yaffe", graph_inputs, graph_outputs, g.inits),
                               opset_imports=[helper.make_opsetid("", OPSET)], producer_name="yaffe")
     model.ir_version = 8

@@ -28,7 +28,7 @@ def summarize(net: Net) -> list[dict]:
         for j, t in enumerate(d.tops):
             tops[t] = list(net.shapes[t])
             size = math.prod(net.shapes[t]) * net.dtype.itemsize
-            if j < len(d.bottoms) and d.bottoms[j] == t:  # in place reuses the bottom's memory
+            if d.in_place(j) is not None:  # in place reuses the bottom's memory
                 saved += size
             else:
                 memory += size

@@ -337,6 +337,8 @@ class Trainer:
                 extra[f"{key}/order"] = state["order"]
         if getattr(self, "ema", None) is not None:
             extra["ema"] = self.ema  # resume restores it
+        for key, blob in self.net.carried_states().items():  # a recurrent state carried across batches
+            extra[f"state/{key}"] = blob.data.copy()
         wpath, spath = snap.write(self.prefix, self.iter, self.net.weights(), self.solver.history_arrays(),
                                   meta, extra, tag)
         self.out(f"Snapshotting to {wpath}")
@@ -411,6 +413,10 @@ class Trainer:
         self.elapsed_base = float(meta.get("elapsed_s", 0.0))
         if "ema" in extra and self.cfg.ema_decay:
             self.ema = np.array(extra["ema"], self.net.param_data.dtype)
+        for key, blob in self.net.carried_states().items():
+            if f"state/{key}" in extra and extra[f"state/{key}"].shape == blob.data.shape:
+                blob.data[...] = extra[f"state/{key}"]
+                self.out(f"  the state '{key}' carried across batches restored")
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))

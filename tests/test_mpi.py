@@ -47,13 +47,37 @@ layer:
 """
 
 
-def setup_run(folder, batch, max_iter=20, **extra):
+# the rows as sequences of 4 steps of 3 values, time first for the LSTM: ranks split them along N, never T
+SEQ_NET = """name: mlp
+layer:
+  - {{name: d, type: Data, top: [data, label], include: {{phase: TRAIN}},
+     data_param: {{source: rows.npz, batch_size: {batch}, shuffle: true}}}}
+  - {{name: d, type: Data, top: [data, label], include: {{phase: TEST}}, data_param: {{source: rows.npz, batch_size: 24}}}}
+  - {{name: steps, type: Reshape, bottom: data, top: steps, reshape_param: {{shape: {{dim: [0, 4, 3]}}}}}}
+  - {{name: time_first, type: Permute, bottom: steps, top: seq, permute_param: {{order: [1, 0, 2]}}}}
+  - {{name: cont, type: DummyData, top: cont, include: {{phase: TRAIN}},
+     dummy_data_param: {{shape: {{dim: [4, {batch}]}}, data_filler: {{type: constant, value: 1}}}}}}
+  - {{name: cont, type: DummyData, top: cont, include: {{phase: TEST}},
+     dummy_data_param: {{shape: {{dim: [4, 24]}}, data_filler: {{type: constant, value: 1}}}}}}
+  - {{name: lstm, type: LSTM, bottom: [seq, cont], top: h, recurrent_param: {{num_output: 6,
+     weight_filler: {{type: uniform, min: -0.3, max: 0.3}}}}}}
+  - {{name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {{axis: 0, slice_point: 3}}}}
+  - {{name: quiet, type: Silence, bottom: h_early}}
+  - {{name: flat, type: Reshape, bottom: h_last, top: features, reshape_param: {{shape: {{dim: [-1, 6]}}}}}}
+  - {{name: ip2, type: InnerProduct, bottom: features, top: ip2,
+     inner_product_param: {{num_output: 4, weight_filler: {{type: xavier}}}}}}
+  - {{name: loss, type: SoftmaxWithLoss, bottom: [ip2, label], top: loss}}
+  - {{name: acc, type: Accuracy, bottom: [ip2, label], top: acc, include: {{phase: TEST}}}}
+"""
+
+
+def setup_run(folder, batch, max_iter=20, net=NET, **extra):
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(72, 12)).astype(np.float32)
     np.savez(os.path.join(folder, "rows.npz"), data=x, label=(x[:, 0] > 0) + 2 * (x[:, 1] > 0))
     with open(os.path.join(folder, "net.yaml"), "w") as f:
-        f.write(NET.format(batch=batch))
+        f.write(net.format(batch=batch))
     cfg = {"net": "net.yaml", "base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.001, "max_iter": max_iter,
            "display": 1, "snapshot": 10, "test_iter": 3, "test_interval": 10, "random_seed": 5,
            "snapshot_prefix": "snap/mlp", **extra}
@@ -98,6 +122,17 @@ def test_two_ranks_match_one_process_with_the_double_batch(one_and_two):
     np.testing.assert_allclose([l2[i] for i in range(20)], [l1[i] for i in range(20)], rtol=1e-4)
     assert_same(weights(one, 20), weights(two, 20))
     assert "Data-parallel over 2 MPI ranks: batch 8 per rank, effective batch 16" in r2.stdout
+
+
+def test_a_recurrent_net_over_two_ranks_splits_its_sequences_along_n(tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    r1 = run(["train", setup_run(one, 16, max_iter=10, net=SEQ_NET, snapshot=0), "--replicas", "1"])
+    r2 = run(["train", setup_run(two, 8, max_iter=10, net=SEQ_NET, snapshot=0), "--replicas", "1"], ranks=2)
+    assert r1.returncode == 0, r1.stderr
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    l1, l2 = losses(one), losses(two)
+    np.testing.assert_allclose([l2[i] for i in range(10)], [l1[i] for i in range(10)], rtol=1e-4)
+    assert_same(weights(one, 10), weights(two, 10))
 
 
 def final_loss(folder):

@@ -102,7 +102,44 @@ def test_a_net_of_every_mapped_type_runs_in_onnx_runtime_as_in_yaffe(tmp_path):
     assert info["inputs"] == ["data", "ids"]
 
 
-@pytest.mark.parametrize("model", ["lenet_digits/deploy.yaml", "lenet_mnist/deploy.yaml", "lenet_digits/net.yaml"])
+RECURRENT = """
+layer:
+  - {name: x, type: Input, top: [x, cont, xs, h0, c0],
+     input_param: {shape: [{dim: [5, 3, 2, 2]}, {dim: [5, 3]}, {dim: [3, 4]}, {dim: [1, 3, 4]}, {dim: [1, 3, 4]}]}}
+  - {name: lstm, type: LSTM, bottom: [x, cont, xs, h0, c0], top: [h, hT, cT],
+     recurrent_param: {num_output: 4, expose_hidden: true}}
+  - {name: rnn, type: RNN, bottom: [x, cont], top: o, recurrent_param: {num_output: 3}}
+  - {name: unit_x, type: InnerProduct, bottom: xs, top: gates, inner_product_param: {num_output: 16}}
+  - {name: gates3, type: Reshape, bottom: gates, top: gates3, reshape_param: {shape: {dim: [1, -1, 16]}}}
+  - {name: cont1, type: Slice, bottom: cont, top: [cont_first, cont_rest], slice_param: {axis: 0, slice_point: 1}}
+  - {name: quiet, type: Silence, bottom: cont_rest}
+  - {name: unit, type: LSTMUnit, bottom: [c0, gates3, cont_first], top: [c1, h1]}
+  - {name: maps, type: Input, top: maps, input_param: {shape: {dim: [3, 6, 2, 3]}}}
+  - {name: maxout, type: Maxout, bottom: maps, top: maxout, maxout_param: {num_pieces: 3}}
+"""
+
+
+def test_recurrent_layers_and_maxout_run_in_onnx_runtime_as_in_yaffe(tmp_path):
+    net = Net(loads(RECURRENT, "rec.yaml"), "TEST", "rec.yaml", seed=0)
+    _randomize(net)
+    rng = np.random.default_rng(2)
+    cont = np.ones((5, 3), np.float32)
+    cont[0] = 0
+    cont[2, 1] = 0  # a new sequence mid-way: ONNX's LSTM op has no such reset, so the export unrolls
+    inputs = {"x": rng.normal(size=(5, 3, 2, 2)), "cont": cont, "xs": rng.normal(size=(3, 4)),
+              "h0": rng.normal(size=(1, 3, 4)), "c0": rng.normal(size=(1, 3, 4)), "maps": rng.normal(size=(3, 6, 2, 3))}
+    inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
+    info = _compare(net, str(tmp_path / "rec.onnx"), inputs)
+    assert set(info["outputs"]) == {"h", "hT", "cT", "o", "c1", "h1", "maxout"}
+    # the batch is symbolic on a sequence's second axis: 2 sequences run too
+    got = ort.InferenceSession(str(tmp_path / "rec.onnx")).run(["h"], {k: (v[:, :2] if v.ndim > 1 and k != "maps"
+                                                                          and v.shape[0] != 3 else v[:2])
+                                                                      for k, v in inputs.items()})
+    np.testing.assert_allclose(got[0], net.blobs["h"].data[:, :2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["lenet_digits/deploy.yaml", "lenet_mnist/deploy.yaml", "lenet_digits/net.yaml",
+                                   "lstm_mnist/deploy.yaml"])
 def test_the_shipped_nets_export(model, tmp_path):
     path = os.path.join(ROOT, "models", model)
     net = Net(load(path), "TEST", path, seed=0)
@@ -110,7 +147,11 @@ def test_the_shipped_nets_export(model, tmp_path):
     shape = net.shapes["data"]
     n = shape[0] if net.layers[0].is_data else 3  # a data layer's net keeps its batch (its labels' shape)
     x = np.random.default_rng(3).uniform(size=(n,) + shape[1:]).astype(np.float32)
-    info = _compare(net, str(tmp_path / "m.onnx"), {"data": x})
+    inputs = {"data": x}
+    if "cont" in net.blobs:  # the LSTM's: a new sequence at t = 0
+        inputs["cont"] = np.ones((28, n), np.float32)
+        inputs["cont"][0] = 0
+    info = _compare(net, str(tmp_path / "m.onnx"), inputs)
     assert info["outputs"] == (["ip2"] if model.endswith("net.yaml") else ["prob"])
 
 

@@ -140,3 +140,82 @@ layer:
   - {name: loss, type: SoftmaxWithLoss, bottom: [h, label], top: loss, softmax_param: {axis: 2}}
 """, "l.yaml"), "TRAIN", "l.yaml")
     assert "the two axes are swapped" in str(e.value) and "[5, 3]" in str(e.value)
+
+
+SEQ_NET = """
+name: carried
+layer:
+  - name: data
+    type: DummyData
+    top: [x, cont, target, h0, c0]
+    dummy_data_param:
+      shape: [{dim: [5, 8, 3]}, {dim: [5, 8]}, {dim: [8, 4]}, {dim: [1, 8, 4]}, {dim: [1, 8, 4]}]
+      data_filler: [{type: gaussian}, {type: constant, value: 1}, {type: gaussian}, {type: constant},
+                    {type: constant}]
+  - name: lstm
+    type: LSTM
+    bottom: [x, cont, h0, c0]
+    top: [h, h0, c0]     # the final state named as the initial one: carried into the next batch
+    recurrent_param: {num_output: 4, expose_hidden: true, weight_filler: {type: gaussian, std: 0.5}}
+  - {name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {axis: 0, slice_point: 4}}
+  - {name: quiet, type: Silence, bottom: h_early}
+  - {name: flat, type: Reshape, bottom: h_last, top: features, reshape_param: {shape: {dim: [-1, 4]}}}
+  - {name: ip, type: InnerProduct, bottom: features, top: ip, inner_product_param: {num_output: 4}}
+  - {name: loss, type: EuclideanLoss, bottom: [ip, target], top: loss}
+"""
+
+
+def test_a_state_named_as_its_final_state_is_carried_across_batches():
+    net = Net(loads(SEQ_NET), "TRAIN", seed=3)
+    lstm = net.layer_by_name("lstm")
+    assert net.blobs["h0"].data.any() == 0
+    net.forward()
+    assert set(net.carried_states()) == {"lstm/h0", "lstm/c0"}
+    np.testing.assert_array_equal(net.blobs["h0"].data[0], net.blobs["h"].data[-1])  # h_T, into h0's blob
+    h0, c0 = net.blobs["h0"].data.copy(), net.blobs["c0"].data.copy()
+    net.forward()  # the second batch starts from the first's final state
+    x, cont = net.blobs["x"].data.astype(np.float64), net.blobs["cont"].data.astype(np.float64)
+    w_xc, b_c, w_hc = (b.data.astype(np.float64) for b in lstm.blobs)
+    want = reference_lstm(x, cont, w_xc, b_c, w_hc, h0, c0)
+    np.testing.assert_allclose(net.blobs["h"].data, want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(want, reference_lstm(x, cont, w_xc, b_c, w_hc), atol=1e-3)
+
+
+def test_a_sequence_net_runs_as_slices_split_along_n_with_the_same_losses_gradients_and_state():
+    from solvers.replicas import Replicas
+    one, two = Net(loads(SEQ_NET), "TRAIN", seed=4), Net(loads(SEQ_NET), "TRAIN", seed=4)
+    replicas = Replicas(two, 2)
+    try:
+        assert [r.shapes["x"] for r in replicas.nets] == [(5, 4, 3)] * 2  # split along N, never T
+        for _ in range(3):  # the carried state makes each pass depend on the last
+            one.param_diff[...] = 0
+            two.param_diff[...] = 0
+            loss = one.forward_backward()
+            np.testing.assert_allclose(replicas.forward_backward(), loss, rtol=1e-5)
+            np.testing.assert_allclose(two.param_diff, one.param_diff, rtol=1e-4, atol=1e-6)
+            for name in ("h", "h0", "c0", "features"):
+                np.testing.assert_allclose(two.blobs[name].data, one.blobs[name].data, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(two.blobs["h"].diff, one.blobs["h"].diff, rtol=1e-4, atol=1e-7)
+    finally:
+        replicas.close()
+
+
+def test_a_carried_state_is_saved_in_snapshots_and_restored_on_resume(tmp_path):
+    from solvers.snapshot import read
+    from solvers.trainer import Trainer
+    (tmp_path / "net.yaml").write_text(SEQ_NET)
+    (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.01\nmax_iter: 3\nsnapshot: 3\n"
+                                          "snapshot_prefix: snap/seq\nrandom_seed: 1\ndisplay: 0\n")
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    t.train()
+    state = tmp_path / "snap" / "seq_iter_3.solverstate.npz"
+    _, _, _, extra = read(str(state))
+    np.testing.assert_array_equal(extra["state/lstm/h0"], t.net.blobs["h0"].data)
+    assert extra["state/lstm/c0"].any()
+    (tmp_path / "solver.yaml").write_text((tmp_path / "solver.yaml").read_text().replace("max_iter: 3",
+                                                                                         "max_iter: 4"))
+    lines = []
+    again = Trainer(str(tmp_path / "solver.yaml"), out=lines.append)
+    again.begin(snapshot_path=str(state))
+    np.testing.assert_array_equal(again.net.blobs["c0"].data, extra["state/lstm/c0"])
+    assert any("carried across batches restored" in str(line) for line in lines)
