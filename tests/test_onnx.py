@@ -119,6 +119,41 @@ layer:
 """
 
 
+def _zoo_net(name):
+    """A Caffe model-zoo deploy structure (tests/test_caffe_zoo.py) at batch 1, its final Softmax left off (the
+    logits compare more sharply), with random weights scaled as He's (activations stay of order 1)."""
+    from netspec.prototxt import loads as prototxt
+    from tests import test_caffe_zoo as zoo
+    text = {"caffenet": lambda: zoo.read("caffenet.prototxt"), "googlenet": zoo.googlenet_stem_and_inception3,
+            "resnet50": zoo.resnet50_deploy}[name]()
+    text = "\n".join(line for line in text.splitlines() if '"Softmax"' not in line)
+    for n in ("10", "1"):  # batch 1
+        text = text.replace(f"dim: {n} dim: 3 ", "dim: 1 dim: 3 ").replace(f"input_dim: {n} input_dim: 3",
+                                                                            "input_dim: 1 input_dim: 3")
+    net = Net(prototxt(text, name)[0], "TEST", name, seed=0)
+    rng = np.random.default_rng(5)
+    for layer in net.layers:
+        for i, b in enumerate(layer.blobs):
+            if layer.type == "BatchNorm":
+                b.data[...] = [rng.normal(0, 0.1, b.shape), rng.uniform(0.5, 2, b.shape), np.ones(b.shape)][i]
+            elif layer.type == "Scale":
+                b.data[...] = rng.uniform(0.5, 1.0, b.shape) if i == 0 else rng.normal(0, 0.1, b.shape)
+            elif b.data.ndim > 1:
+                b.data[...] = rng.standard_normal(b.shape, np.float32)
+                b.data *= 1.0 / np.sqrt(np.prod(b.shape[1:]))
+            else:
+                b.data[...] = rng.normal(0, 0.1, b.shape)
+    return net
+
+
+@pytest.mark.parametrize("name", ["caffenet", "googlenet", "resnet50"])
+def test_caffe_zoo_deploy_structures_run_in_onnx_runtime_as_in_yaffe(name, tmp_path):
+    net = _zoo_net(name)
+    x = np.random.default_rng(6).normal(size=net.shapes["data"]).astype(np.float32)
+    info = _compare(net, str(tmp_path / f"{name}.onnx"), {"data": x})
+    assert info["outputs"] == [{"caffenet": "fc8", "googlenet": "pool3/3x3_s2", "resnet50": "fc1000"}[name]]
+
+
 def test_recurrent_layers_and_maxout_run_in_onnx_runtime_as_in_yaffe(tmp_path):
     net = Net(loads(RECURRENT, "rec.yaml"), "TEST", "rec.yaml", seed=0)
     _randomize(net)
