@@ -25,6 +25,8 @@ from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
+from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
+                        rows_to_top, to_phases, top_to_rows)
 from .simd import BCAST_MR, TAPS_KR, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
 
 
@@ -460,14 +462,37 @@ class Convolution(Layer):
             else:
                 self._backward(x, dy, dx, propagate_down[i], fresh)
 
+    fold = None  # (weights, bias) to use in place of the blobs for a pass: a BatchNorm folded in (Net._folds)
+
+    def _depthwise(self, x):
+        """The DepthwisePlan for a depthwise convolution (group = the input channels, > 1, one stride), run on its
+        own kernels (layers/depthwise.py) unless YAFFE_CONV=im2col; else None."""
+        if not (DIRECT and self.type == "Convolution" and self.p.group > 1 and self.p.group == x.shape[1]
+                and x.dtype in (np.float32, np.float64) and self.stride[0] == self.stride[1]):
+            return None
+        plan = getattr(self, "_dw_plan", None)
+        if plan is None or plan.bottom_shape != x.shape or plan.out.dtype != x.dtype or plan.out_hw != self.out_hw:
+            plan = self._dw_plan = DepthwisePlan(x.shape, self.p.num_output, self.kernel, self.pad, self.stride,
+                                                 self.dilation, self.out_hw, x.dtype)
+        return plan
+
     def _forward(self, x, y):
         """One bottom's forward on the 2-D kernels: x (N, C, H, W) -> y (N, O, OH, OW)."""
+        weight, has_bias = (self.blobs[0].data, self.p.bias_term) if self.fold is None else (self.fold[0], True)
+        bias = (self.blobs[1].data if self.fold is None else self.fold[1]) if has_bias else weight.reshape(-1)
+        dwp = self._depthwise(x)
+        if dwp is not None:
+            to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
+            depthwise_rows(dwp.phases, weight, bias, has_bias, dwp.phase, dwp.shift, dwp.out)
+            return rows_to_top(dwp.out, x.shape[0], dwp.hq, dwp.wq, y)
         plan = self._direct(x)
         if plan is not None:
             out_c = self.p.num_output
-            plan.w[:, :out_c] = self.blobs[0].data.reshape(out_c, plan.k).T
-            if self.p.bias_term:
-                plan.bias[:out_c] = self.blobs[1].data
+            plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T
+            if has_bias:
+                plan.bias[:out_c] = bias
+            else:
+                plan.bias[:out_c] = 0
             place_planes(x, plan.xpad, plan.start, plan.wp)
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
             take_planes(plan.out, plan.wp, y)
@@ -475,19 +500,31 @@ class Convolution(Layer):
         n = x.shape[0]
         out_c, groups = self.p.num_output, self.p.group
         k, plane, block = self._im2col_buffers(n, x.dtype)
-        weight = self.blobs[0].data
         og = out_c // groups
-        bias = self.blobs[1].data if self.p.bias_term else weight.reshape(-1)
         y = y.reshape(n, out_c, plane)
         for s in range(0, n, block):
             im2col(x[s:s + block], *self._geometry(), self._col)
             for g in range(groups):
                 gemm(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
                      self._out[g * og:(g + 1) * og])
-            channels_last_to_first(self._out, bias, self.p.bias_term, y[s:s + block])
+            channels_last_to_first(self._out, bias, has_bias, y[s:s + block])
 
     def _backward(self, x, dy, dx, want_dx, fresh):
         """One bottom's backward on the 2-D kernels; fresh: the forward's buffers hold this bottom's input."""
+        dwp = self._depthwise(x)
+        if dwp is not None:
+            if not fresh:  # the phases hold another bottom's
+                to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
+            if dwp.drows is None:
+                dwp.drows, dwp.dphases = np.zeros_like(dwp.out), np.empty_like(dwp.phases)
+            top_to_rows(dy, dwp.hq, dwp.wq, dwp.drows)
+            if self.p.bias_term:
+                self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
+            depthwise_rows_weights(dwp.phases, dwp.drows, dwp.phase, dwp.shift, self.blobs[0].diff)
+            if want_dx:
+                depthwise_rows_data(dwp.drows, self.blobs[0].data, dwp.phase, dwp.shift, dwp.dphases)
+                from_phases(dwp.dphases, *dwp.geometry, dwp.hq, dwp.wq, dx)
+            return
         plan = self._direct(x)
         if plan is None:
             return self._im2col_backward(dy, x, dx, params=True, data=want_dx, fresh=fresh)

@@ -45,6 +45,25 @@ def _legacy(shape) -> tuple:
     return shape
 
 
+def fold_batch_norm(conv, bn, scale=None):
+    """(weights, bias) of `conv` with `bn` (stored statistics) and `scale` (per channel) after it folded in:
+    y = ((conv(x) - mean) / sqrt(var + eps)) * gamma + beta = conv'(x), computed in float64."""
+    mean_sum, var_sum, factor = (b.data for b in bn.blobs)
+    f = 0.0 if factor[0] == 0 else 1.0 / float(factor[0])
+    a = 1.0 / np.sqrt(var_sum.astype(np.float64) * f + bn.p.eps)
+    b = -mean_sum.astype(np.float64) * f * a
+    if conv.p.bias_term:
+        b += conv.blobs[1].data * a
+    if scale is not None:
+        gamma = scale.blobs[0].data.astype(np.float64)
+        a, b = a * gamma, b * gamma
+        if scale.p.bias_term:
+            b += scale.blobs[1].data
+    w = conv.blobs[0].data
+    dtype = w.dtype
+    return (w * a.astype(dtype).reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype), b.astype(dtype)
+
+
 class NotSplittable(Exception):
     """Why a net cannot run its batch as slices (Net.replicate)."""
 
@@ -489,10 +508,17 @@ class Net:
         """Run every layer; returns the weighted loss sum(w * sum(top))."""
         replica = self._replica is not None
         keeps = self._keeps if self.keep_for_backward else {}
+        folds, folded = self._folds() if not self.keep_for_backward else ({}, ())
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
-            if not (replica and layer.is_source):
+            if i in folds:
+                layer.fold = fold_batch_norm(layer, *(self.layers[j] for j in folds[i]))
+                layer.forward(bottom, top)
+                layer.fold = None
+            elif i in folded:
+                continue
+            elif not (replica and layer.is_source):
                 layer.forward(bottom, top)
                 if layer.reshapes and self._follow(i):
                     keeps = self._keeps if self.keep_for_backward else {}
@@ -501,6 +527,31 @@ class Net:
         self._kept = bool(keeps)
         self._strided_out("data")
         return self.loss()
+
+    def _folds(self):
+        """Inference (no backward kept): {convolution index: (BatchNorm, Scale indices)} for each convolution whose
+        top a BatchNorm with the stored statistics, then optionally a per-channel Scale, change in place (Caffe's
+        ResNets): folded into the convolution's weights and bias for the pass, as ONNX Runtime does; and the
+        indices of the layers folded so (skipped)."""
+        if getattr(self, "_fold_phase", None) == self._phase:  # the phase decides BatchNorm's statistics
+            return self._fold_plan
+        folds = {}
+        for i, (d, layer) in enumerate(zip(self.defs, self.layers)):
+            if d.type != "Convolution" or layer.nd or len(d.bottoms) != 1 or i + 1 >= len(self.defs):
+                continue
+            bn, t = self.defs[i + 1], d.tops[0]
+            if bn.type != "BatchNorm" or bn.bottoms != [t] or bn.tops != [t] or not self.layers[i + 1].global_stats:
+                continue
+            chain = [i + 1]
+            if i + 2 < len(self.defs):
+                sc, scale = self.defs[i + 2], self.layers[i + 2]
+                if (sc.type == "Scale" and sc.bottoms == [t] and sc.tops == [t] and scale.p.axis == 1
+                        and scale.p.num_axes == 1):
+                    chain.append(i + 2)
+            folds[i] = tuple(chain)
+        self._fold_phase = self._phase
+        self._fold_plan = folds, {j for c in folds.values() for j in c}
+        return self._fold_plan
 
     def _strided_out(self, kind):
         """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""

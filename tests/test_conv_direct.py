@@ -156,3 +156,43 @@ def test_a_new_bottom_shape_gets_a_new_plan():
         outputs.append(top.data.copy())
     np.testing.assert_array_equal(outputs[0], outputs[2])
     assert outputs[1].shape == (2, 16, 12, 7)
+
+
+DEPTHWISE = [  # (bottom shape, num_output, kernel, pad, stride, dilation): group = the channels
+    ((2, 8, 9, 9), 8, (3, 3), (1, 1), (1, 1), (1, 1)),      # MobileNet's 3x3, stride 1
+    ((3, 6, 10, 7), 6, (3, 3), (1, 1), (2, 2), (1, 1)),     # stride 2, odd width
+    ((2, 4, 9, 8), 8, (5, 3), (2, 0), (2, 2), (2, 1)),      # 2 filters a channel, dilation, rectangular
+    ((2, 3, 11, 10), 3, (3, 3), (1, 1), (3, 3), (1, 1)),    # stride 3: 9 phases
+    ((1, 5, 4, 4), 5, (3, 3), (3, 3), (1, 1), (1, 1)),      # a pad wider than the kernel's reach
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, out_c, kernel, pad, stride, dilation", DEPTHWISE)
+def test_depthwise_kernels_match_the_grouped_im2col_path(shape, out_c, kernel, pad, stride, dilation, dtype,
+                                                           monkeypatch):
+    def run(direct):
+        monkeypatch.setattr(conv, "DIRECT", direct)
+        text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
+  - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: {out_c}, group: {shape[1]},
+      kernel_h: {kernel[0]}, kernel_w: {kernel[1]}, pad_h: {pad[0]}, pad_w: {pad[1]}, stride_h: {stride[0]},
+      stride_w: {stride[1]}, dilation: {list(dilation)}, weight_filler: {{type: gaussian, std: 0.3}},
+      bias_filler: {{type: gaussian}}}}}}
+  - {{name: loss, type: EuclideanLoss, bottom: [c, c], top: loss}}
+"""
+        net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
+        net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
+        layer = net.layers[1]
+        assert (layer._depthwise(net.blobs["data"].data) is not None) == direct
+        layer.forward(net.bottom_vecs[1], net.top_vecs[1])
+        net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
+        for blob in layer.blobs:
+            blob.diff[...] = 0.5  # parameter gradients accumulate
+        layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
+        return [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 10)

@@ -60,6 +60,9 @@ CASES = {
          [np.random.default_rng(78).normal(size=(2, 4, 3, 4, 3))]),  # 3-D (layers/conv_nd.py)
         ({"convolution_param": {"num_output": 3, "kernel_size": 3, "axis": 2, "dilation": 2}},
          [np.random.default_rng(79).normal(size=(2, 3, 2, 7))]),  # 1-D over the last axis, 2 x 3 images
+        ({"convolution_param": {"num_output": 6, "kernel_h": 3, "kernel_w": 2, "group": 3, "pad": [1, 2],
+                                "stride": 2, "dilation": [1, 2]}},
+         [np.random.default_rng(80).normal(size=(2, 3, 6, 5))]),  # depthwise, 2 filters a channel (layers/depthwise.py)
     ],
     "Pooling": [
         ({"pooling_param": {"pool": "MAX", "kernel_size": 3, "stride": 2, "pad": 1}}, [distinct((2, 2, 6, 5))]),

@@ -341,3 +341,43 @@ def test_building_a_net_flushes_float32_denormals_to_zero():
                           timeout=120)
     assert [0 < float(v) < 1.2e-38 for v in kept.stdout.split()[:2]] == [True, True], kept.stdout + kept.stderr
     assert float(kept.stdout.split()[2]) > 0 and float(kept.stdout.split()[3]) > 0  # 100 denormals: 5.9e-37
+
+
+FOLD_NET = """
+layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [3, 4, 7, 7]}}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1,
+     convolution_param: {num_output: 6, kernel_size: 3, pad: 1, bias_term: false}}
+  - {name: bn1, type: BatchNorm, bottom: conv1, top: conv1}
+  - {name: scale1, type: Scale, bottom: conv1, top: conv1, scale_param: {bias_term: true}}
+  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}
+  - {name: conv2, type: Convolution, bottom: conv1, top: conv2,
+     convolution_param: {num_output: 6, kernel_size: 3, stride: 2, group: 6}}
+  - {name: bn2, type: BatchNorm, bottom: conv2, top: conv2}
+  - {name: conv3, type: Convolution, bottom: conv2, top: conv3, convolution_param: {num_output: 5, kernel_size: 1}}
+  - {name: bn3, type: BatchNorm, bottom: conv3, top: bn3}
+"""
+
+
+@pytest.mark.parametrize("phase", ["TEST", "TRAIN"])
+def test_inference_folds_batch_norm_and_scale_into_the_convolution_with_the_same_outputs(phase):
+    from netspec.loader import loads as load_yaml
+    net = Net(load_yaml(FOLD_NET), phase, seed=0)
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        for i, b in enumerate(layer.blobs):
+            b.data[...] = (rng.uniform(0.5, 2, b.shape) if layer.type == "BatchNorm" and i == 1 else
+                           np.full(b.shape, 1.5) if layer.type == "BatchNorm" and i == 2 else rng.normal(size=b.shape))
+    net.blobs["data"].data[...] = rng.normal(size=(3, 4, 7, 7))
+    net.forward()
+    want = {k: net.blobs[k].data.copy() for k in ("conv1", "conv2", "conv3", "bn3")}
+    net.keep_for_backward = False  # inference: the folds apply where BatchNorm uses its stored statistics
+    folds, skipped = net._folds()
+    assert folds == ({1: (2, 3), 5: (6,)} if phase == "TEST" else {})
+    assert skipped == ({2, 3, 6} if phase == "TEST" else set())  # bn3 writes a new top: not folded
+    for name in want:
+        net.blobs[name].data[...] = 0
+    net.forward()
+    for name, value in want.items():
+        np.testing.assert_allclose(net.blobs[name].data, value, rtol=2e-5, atol=2e-5, err_msg=name)
+    assert net.layers[1].fold is None  # only for the pass
