@@ -8,7 +8,8 @@ plateau: base_lr * gamma^drops (at least min_lr); a drop when the test loss has 
 tests, restarting from the best test's weights (yaffe's; not in Caffe)
 cosine: min_lr + (base_lr - min_lr) * (1 + cos(pi * t / C)) / 2, t = iter mod C, C = cosine_cycle or max_iter
 onecycle: from base_lr / div_factor up to base_lr over pct_start of max_iter, then down to
-  base_lr / div_factor / final_div_factor, both halves along a cosine (PyTorch's OneCycleLR, anneal "cos")
+  base_lr / div_factor / final_div_factor, both halves along a cosine (PyTorch's OneCycleLR, anneal "cos"); with
+  cycle_momentum the momentum goes the other way, max_momentum -> base_momentum -> max_momentum
 warmup (any policy): times warmup_start_factor + (1 - warmup_start_factor) * iter / warmup_iter while
   iter < warmup_iter
 """
@@ -35,6 +36,19 @@ class LearningRate:
         self.cfg = cfg
         self.current_step = 0
         self.plateau_scale = 1.0  # plateau: gamma^(number of drops so far)
+
+    def momentum(self, it: int) -> float | None:
+        """onecycle with cycle_momentum: the momentum of iteration `it`, the rate's cycle mirrored between
+        max_momentum and base_momentum along the same cosines (PyTorch's OneCycleLR); else None (the solver's)."""
+        c = self.cfg
+        if c.lr_policy != "onecycle" or not c.cycle_momentum:
+            return None
+        low, high = c.base_momentum, c.max_momentum
+        up = max(1.0, c.pct_start * c.max_iter)
+        if it <= up:
+            return high - (high - low) * (1 - math.cos(math.pi * it / up)) / 2
+        down = max(1.0, c.max_iter - up)
+        return low + (high - low) * (1 - math.cos(math.pi * min(it - up, down) / down)) / 2
 
     def __call__(self, it: int) -> float:
         c = self.cfg

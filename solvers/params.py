@@ -38,6 +38,12 @@ SOLVER_FIELDS = (
     Field("div_factor", "float", 25.0, "onecycle: it starts at base_lr / div_factor", exclusive_minimum=0),
     Field("final_div_factor", "float", 1e4, "onecycle: it ends at the start rate / final_div_factor",
           exclusive_minimum=0),
+    Field("cycle_momentum", "bool", True, "onecycle: the momentum (Adam's beta1) runs from max_momentum down to "
+          "base_momentum while the rate rises, and back while it falls (PyTorch's OneCycleLR); SGD, Nesterov, Adam, "
+          "AdamW"),
+    Field("base_momentum", "float", 0.85, "onecycle: the momentum at the rate's peak", minimum=0, exclusive_maximum=1),
+    Field("max_momentum", "float", 0.95, "onecycle: the momentum at the start and the end", minimum=0,
+          exclusive_maximum=1),
     Field("warmup_iter", "int", 0, "any policy: the first warmup_iter iterations scale the rate linearly from "
           "warmup_start_factor to 1", minimum=0),
     Field("warmup_start_factor", "float", 0.1, "the factor of the rate at iteration 0 of the warmup", minimum=0,

@@ -226,6 +226,13 @@ class Solver:
 
     type = "SGD"
     slots = 1
+    cycles_momentum = False  # follows lr_policy onecycle's momentum cycle (momentum_now, set by the trainer)
+    momentum_now = None
+
+    @property
+    def momentum(self) -> float:
+        """The momentum of this update: the cycle's where one runs, else the solver's field."""
+        return self.cfg.momentum if self.momentum_now is None else self.momentum_now
 
     def __init__(self, params, cfg):
         self.params, self.cfg = params, cfg
@@ -367,28 +374,30 @@ class Solver:
 
 class SGD(Solver):
     type = "SGD"
+    cycles_momentum = True
 
     def fused_rule(self, g, w, i, a, scale, decay, l1, it):
-        return sgd_step(g, w, self._flat(i), scale, decay, l1, g.dtype.type(self.cfg.momentum), a)
+        return sgd_step(g, w, self._flat(i), scale, decay, l1, g.dtype.type(self.momentum), a)
 
     one_pass = True
 
     def apply_step(self, i, g, w, a, scale, decay, l1):
-        return sgd_apply(g, w, self._flat(i), scale, decay, l1, w.dtype.type(self.cfg.momentum), a)
+        return sgd_apply(g, w, self._flat(i), scale, decay, l1, w.dtype.type(self.momentum), a)
 
     def step_of(self, i):
         return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
 
     def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
-        mu = w.dtype.type(self.cfg.momentum)
+        mu = w.dtype.type(self.momentum)
         return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, decay, a, scale, l1, mu, bad)
 
 
 class Nesterov(Solver):
     type = "Nesterov"
+    cycles_momentum = True
 
     def fused_rule(self, g, w, i, a, scale, decay, l1, it):
-        mu = w.dtype.type(self.cfg.momentum)
+        mu = w.dtype.type(self.momentum)
         return nesterov_step(g, w, self._flat(i), scale, decay, l1, bool(decay) or scale != 1, mu, 1 + mu, a)
 
 
@@ -422,10 +431,11 @@ class AdaDelta(Solver):
 class Adam(Solver):
     type = "Adam"
     slots = 2
+    cycles_momentum = True
 
     def fused_rule(self, g, w, i, a, scale, decay, l1, it):
         kind = w.dtype.type
-        b1, b2 = kind(self.cfg.momentum), kind(self.cfg.momentum2)
+        b1, b2 = kind(self.momentum), kind(self.cfg.momentum2)
         t = it + 1
         correction = kind(np.sqrt(1 - float(b2) ** t) / (1 - float(b1) ** t))
         return adam_step(g, w, self._flat(i, 0), self._flat(i, 1), scale, decay, l1, bool(decay) or scale != 1,

@@ -753,6 +753,8 @@ class Trainer:
                 self._keep_good(loss)
             self.losses.append(loss)
             rate = self.rate(self.iter)
+            if self.solver.cycles_momentum:
+                self.solver.momentum_now = self.lr.momentum(self.iter)
             if rate != self._last_rate and not (cfg.display and self.iter % cfg.display == 0):
                 if self._last_rate is None or abs(rate - self._last_rate) > 0.01 * abs(self._last_rate):
                     self.metrics.write({"phase": "lr", "iter": self.iter, "lr": rate})  # for the steps of plots
@@ -782,7 +784,8 @@ class Trainer:
                         record[name] = float(blob.data)
                 self.metrics.write(record)
                 self._last_rate = rate
-                self.out(f"Iteration {self.iter}, lr = {rate:g}")
+                self.out(f"Iteration {self.iter}, lr = {rate:g}" + (f", momentum = {self.solver.momentum_now:.4g}"
+                                                                    if self.solver.momentum_now is not None else ""))
                 last_iter, last_t = self.iter, now
             it = self.iter
             grads = _layer_norms(net) if shown and self.watch.monitor else None  # before the diffs become steps

@@ -344,6 +344,29 @@ def test_cosine_onecycle_and_warmup_follow_their_closed_forms():
     assert [round(warm(i), 6) for i in (0, 5, 10, 20)] == [0.02, 0.06, 0.1, 0.1]
 
 
+def test_onecycle_cycles_the_momentum_against_the_rate_and_the_update_uses_it(tmp_path):
+    one = policy(lr_policy="onecycle", max_iter=100, pct_start=0.3)
+    assert one.momentum(0) == pytest.approx(0.95) and one.momentum(30) == pytest.approx(0.85)
+    assert one.momentum(15) == pytest.approx(0.9) and one.momentum(100) == pytest.approx(0.95)
+    assert one.momentum(65) == pytest.approx(0.9)  # halfway down the rate: halfway up the momentum
+    assert policy(lr_policy="onecycle", max_iter=100, cycle_momentum=False).momentum(10) is None
+    assert policy(lr_policy="cosine", max_iter=100).momentum(10) is None
+    # the SGD update takes the cycle's momentum: a cycle pinned at 0.5 trains as momentum 0.5 without a cycle
+    runs = []
+    for cycle in (True, False):
+        t = _digits(tmp_path / str(cycle), lr_policy="onecycle", max_iter=3, momentum=0.5, cycle_momentum=cycle,
+                    test_interval=0, snapshot=0, snapshot_after_train=False)
+        t.lr.momentum = lambda it: 0.5 if cycle else None
+        t.train()
+        runs.append(t.net.param_data.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    t = _digits(tmp_path / "c", lr_policy="onecycle", max_iter=3, momentum=0.5, test_interval=0, snapshot=0,
+                snapshot_after_train=False)
+    t.train()
+    assert t.solver.momentum_now == pytest.approx(t.lr.momentum(2))
+    assert not np.array_equal(t.net.param_data, runs[0])
+
+
 def test_adamw_decays_the_weights_apart_from_the_moments():
     """AdamW's step is Adam's on the gradient alone plus rate * weight_decay * w (Loshchilov and Hutter; PyTorch's
     torch.optim.AdamW), so the weights shrink with a zero gradient, and Adam's moments never see the decay."""
