@@ -1,6 +1,8 @@
 """Inference: yaffe's TEST net against ONNX Runtime running the same net exported by `run.py export`, on the same
-threads: batch-1 latency (median) and batch-64 images/s, for LeNet (models/lenet_mnist), CIFAR-10 quick (Caffe's)
-and models/resnet_fashion, random weights.
+threads: batch-1 latency (median) and batch-64 images/s, for LeNet (models/lenet_mnist), CIFAR-10 quick (Caffe's),
+models/resnet_fashion and ResNet-20 on 3x32x32 (benchmarks/nets.py), random weights. yaffe's net runs forward
+only (keep_for_backward False, as `run.py predict` and the test nets run): BatchNorm and Scale fold into the
+convolutions.
 
     python benchmarks/onnx_inference.py [--repeats 7]
 """
@@ -99,6 +101,11 @@ def main():
             ("CIFAR-10 quick", os.path.join(ROOT, "tests", "fixtures", "caffe_examples", "cifar10",
                                              "cifar10_quick_train_test.prototxt"), (1, 3, 32, 32)),
             ("ResNet (models/resnet_fashion)", os.path.join(ROOT, "models", "resnet_fashion", "net.yaml"), (1, 1, 28, 28))]
+    from benchmarks.nets import resnet20
+    resnet = os.path.join(tempfile.mkdtemp(), "resnet20.yaml")
+    with open(resnet, "w") as f:
+        f.write(resnet20())
+    nets.append(("ResNet-20 (3x32x32)", resnet, (1, 3, 32, 32)))
     for name, path, shape in nets:
         bench(name, deploy(path, shape), shape, args.repeats, print)
 

@@ -65,7 +65,11 @@ MLP = """layer:
   - {name: ip3, type: InnerProduct, bottom: ip2, top: ip3, inner_product_param: {num_output: 10, weight_filler: {type: xavier}}}
   - {name: loss, type: SoftmaxWithLoss, bottom: [ip3, label], top: loss}
 """
-NETS = {"LeNet 1x28x28 (64)": (LENET, 64), "CIFAR-10 quick 3x32x32 (100)": (CIFAR, 100), "MLP 784-512-512-10 (128)": (MLP, 128)}
+from benchmarks import nets as big  # noqa: E402
+
+NETS = {"LeNet 1x28x28 (64)": (LENET, 64), "CIFAR-10 quick 3x32x32 (100)": (CIFAR, 100), "MLP 784-512-512-10 (128)": (MLP, 128),
+        "ResNet-20 3x32x32 (128)": (big.resnet20(128), 128), "MobileNet-v1 x0.5 3x64x64 (64)": (big.mobilenet(64), 64),
+        "LSTM T28 N64 H128 (64)": (big.lstm(64), 64)}
 CAFFE = {"LeNet 1x28x28 (64)": 3800, "CIFAR-10 quick 3x32x32 (100)": 660, "MLP 784-512-512-10 (128)": 34600}
 SOLVER = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # the same in yaffe, PyTorch and Caffe
 
@@ -136,6 +140,8 @@ def flops(net):
             total += 2 * n * o * oh * ow * layer.blobs[0].data[0].size
         elif d.type == "InnerProduct":
             total += 2 * layer.m * layer.k * layer.p.num_output
+        elif d.type == "LSTM":  # the input and the hidden products of the four gates at every step
+            total += 2 * layer.T * layer.N * 4 * layer.H * (layer.I + layer.H)
     return 3 * total
 
 
@@ -143,7 +149,9 @@ def torch_step_fn(name, threads):
     import torch
     from torch import nn
     torch.set_num_threads(threads)
-    if name.startswith("LeNet"):
+    if name.startswith(("ResNet", "MobileNet", "LSTM")):
+        model, shape = big.torch_model(name)
+    elif name.startswith("LeNet"):
         model, shape = nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
                                      nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10)), (64, 1, 28, 28)
     elif name.startswith("CIFAR"):
@@ -157,7 +165,7 @@ def torch_step_fn(name, threads):
                                      nn.Linear(512, 10)), (128, 784)
     opt = torch.optim.SGD(model.parameters(), lr=SOLVER["base_lr"], momentum=SOLVER["momentum"],
                           weight_decay=SOLVER["weight_decay"])
-    x, y = torch.rand(shape), torch.randint(0, 10, (shape[0],))
+    x, y = torch.rand(shape), torch.randint(0, 10, (shape[1] if name.startswith("LSTM") else shape[0],))
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
@@ -292,7 +300,8 @@ def main():
         t = statistics.median(ts) if ts else float("nan")
         c = statistics.median(cs) if cs else float("nan")
         gf = flops(net) * y / batch / 1e9
-        print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {y / CAFFE[name]:15.2f} "
+        issue8 = y / CAFFE.get(name, float("nan"))
+        print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {issue8:15.2f} "
               f"{gf:8.1f} {gf / peak:8.0%}", flush=True)
     print(f"\nmatrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
     if caffe_dir:
