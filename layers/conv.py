@@ -463,6 +463,7 @@ class Convolution(Layer):
                 self._backward(x, dy, dx, propagate_down[i], fresh)
 
     fold = None  # (weights, bias) to use in place of the blobs for a pass: a BatchNorm folded in (Net._folds)
+    path_taken = None  # which kernels the last forward ran: direct, im2col, depthwise (run.py time says)
 
     def _depthwise(self, x):
         """The DepthwisePlan for a depthwise convolution (group = the input channels, > 1, one stride), run on its
@@ -482,10 +483,13 @@ class Convolution(Layer):
         bias = (self.blobs[1].data if self.fold is None else self.fold[1]) if has_bias else weight.reshape(-1)
         dwp = self._depthwise(x)
         if dwp is not None:
+            self.path_taken = "depthwise"
             to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
             depthwise_rows(dwp.phases, weight, bias, has_bias, dwp.phase, dwp.shift, dwp.out)
             return rows_to_top(dwp.out, x.shape[0], dwp.hq, dwp.wq, y)
         plan = self._direct(x)
+        self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
+                                                               f"im2col, {self.p.group} groups")
         if plan is not None:
             out_c = self.p.num_output
             plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T

@@ -52,6 +52,7 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
     out(f"Average forward-backward: {result['forward_backward_ms']:.3f} ms ({result['images_per_s']:.0f} img/s at "
         f"batch {batch})")
     out(f"Total time: {total * 1e3:.1f} ms for {iterations} iterations")
+    result["kernels"] = _kernels(net, out)
     result["data_layers"] = _data_alone(net, iterations, out)
     if phase == "TRAIN":
         from solvers.replicas import start
@@ -69,6 +70,21 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
             out(f"As run.py train runs it ({line.split(' (')[0]}): {each * 1e3:.3f} ms a forward-backward pass "
                 f"({batch / each:.0f} img/s)")
     return result
+
+
+def _kernels(net, out) -> dict:
+    """The vector width and register tiles the kernels were compiled for, and each convolution's path."""
+    from layers import simd
+    width = {64: "AVX-512", 32: "AVX2"}[simd.VECTOR_BYTES]
+    forced = ", forced by YAFFE_VECTOR_BYTES" if os.environ.get("YAFFE_VECTOR_BYTES") else ""
+    paths = {d.name: layer.path_taken for d, layer in zip(net.defs, net.layers)
+             if getattr(layer, "path_taken", None)}
+    out(f"Kernels: {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
+        f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient)")
+    if paths:
+        out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
+    return {"vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR, "taps_rows": simd.TAPS_KR,
+            "convolutions": paths}
 
 
 def _data_alone(net, iterations, out) -> list:

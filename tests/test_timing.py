@@ -19,6 +19,10 @@ def test_time_reports_every_layer_and_follows_a_solver_to_its_net():
     assert conv["forward_ms"] > 0 and conv["backward_ms"] > 0
     assert result["forward_backward_ms"] > 0 and result["images_per_s"] > 0
     assert any(l.startswith("Average forward-backward:") for l in lines)
+    from layers import simd
+    assert result["kernels"]["vector_bytes"] == simd.VECTOR_BYTES and result["kernels"]["bcast_rows"] == simd.BCAST_MR
+    assert set(result["kernels"]["convolutions"]) == {"conv1", "conv2"}  # each convolution's path, said
+    assert any(l.startswith(f"Kernels: {simd.VECTOR_BYTES}-byte vectors") for l in lines)
 
 
 def test_time_cli_on_a_net_file():
