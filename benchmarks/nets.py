@@ -72,8 +72,8 @@ def mobilenet(batch=64, width=0.5):
 def lstm(batch=64, steps=28, inputs=28, hidden=128):
     return f"""name: LSTM
 layer:
-  - {{name: d, type: DummyData, top: [data, cont, label], dummy_data_param: {{shape: [{{dim: [{steps}, {batch}, {inputs}]}},
-     {{dim: [{steps}, {batch}]}}, {{dim: [{batch}]}}], data_filler: [{{type: uniform}}, {{type: constant, value: 1}},
+  - {{name: d, type: DummyData, top: [data, label, cont], dummy_data_param: {{shape: [{{dim: [{steps}, {batch}, {inputs}]}},
+     {{dim: [{batch}]}}, {{dim: [{steps}, {batch}]}}], data_filler: [{{type: uniform}}, {{type: constant, value: 1}},
      {{type: constant, value: 1}}]}}}}
   - {{name: lstm, type: LSTM, bottom: [data, cont], top: h, recurrent_param: {{num_output: {hidden},
      weight_filler: {{type: uniform, min: -0.08, max: 0.08}}}}}}

@@ -34,9 +34,9 @@ def deploy(path, shape):
         phase = (layer.get("include") or {}).get("phase") if isinstance(layer.get("include"), dict) else None
         if phase == "TRAIN":
             continue
-        if cls.is_data or layer["type"] == "Input":
+        if (cls.is_data or layer["type"] == "Input") and (data_top is None or layer["type"] != "DummyData"):
             data_top = layer["top"][0] if isinstance(layer["top"], list) else layer["top"]
-            continue
+            continue  # (a later DummyData, an LSTM's cont say, stays)
         if cls.is_loss or layer["type"] in ("Accuracy", "Silence"):
             continue
         kept.append(layer)

@@ -18,7 +18,7 @@ from .base import Field, Layer, count, register
 from .kernels import broadcast_add, channel_sums, row_normalize, row_normalize_backward
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def bn_sums(x, out):
     """out[c] = sum of x (N, C, inner) over N and inner, in float64."""
     n_img, chans, inner = x.shape
@@ -30,7 +30,7 @@ def bn_sums(x, out):
         out[c] = acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def bn_centered_squares(x, mu, out):
     """out[c] = sum of (x - mu[c])^2 over N and inner, in float64 (mu float64: the biased variance's sum)."""
     n_img, chans, inner = x.shape
@@ -54,7 +54,7 @@ def bn_normalize(x, mean, inv_std, y):
                 y[n, c, i] = (x[n, c, i] - mu) * s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def bn_backward_sums(y, dy, s1, s2):
     """s1[c] = sum(dy), s2[c] = sum(dy * y) per channel, in float64 (y is the normalized top)."""
     n_img, chans, inner = y.shape
@@ -215,20 +215,22 @@ def scale_forward(x, s, b, has_bias, y):
                 y[o, c, i] = x[o, c, i] * sc + bc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize
 def scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
     """ds[c] += sum(dy * x), db[c] += sum(dy), dx = dy * s[c]; dx may be dy."""
     outer, chans, inner = dy.shape
     for c in range(chans):
         a = 0.0
         bsum = 0.0
+        sc = s[c]
         for o in range(outer):
             for i in range(inner):
                 g = dy[o, c, i]
                 a += g * x[o, c, i]
                 bsum += g
-                if want_dx:
-                    dx[o, c, i] = g * s[c]
+            if want_dx:  # after the sums: dx may be dy
+                for i in range(inner):
+                    dx[o, c, i] = dy[o, c, i] * sc
         ds[c] += a
         if has_bias:
             db[c] += bsum

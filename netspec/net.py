@@ -289,10 +289,10 @@ class Net:
             for t in d.tops if layer.is_source else ():
                 shape = self.shapes[t]
                 n = shape[self.batch_axes[t]] if shape else None
-            if n != batch or not n or n % k:
-                raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(shape)}; the batch "
-                                    f"({batch}) must be the first dimension of every data top (the second of a "
-                                    f"sequence's, (T, N, ...)) and a multiple of {k}")
+                if n != batch or not n or n % k:
+                    raise NotSplittable(f"top '{t}' of data layer '{d.name}' has shape {list(shape)}; the batch "
+                                        f"({batch}) must be the first dimension of every data top (the second of "
+                                        f"a sequence's, (T, N, ...)) and a multiple of {k}")
         along_0 = []  # layers working along axis 0: fine where that is a sequence's time axis (known from the slices)
         for d, layer in zip(self.defs, self.layers):
             if not layer.is_source and (reason := layer.batch_coupling()) is not None and not layer.syncable:

@@ -26,4 +26,5 @@ def test_caffe_prototxt_is_the_yaml_net(name):
     assert fillers[1] == {"type": "uniform", "min": 0.0, "max": 9.99} and fillers[0] == {"type": "uniform"}
     ours["layer"][0]["dummy_data_param"].pop("data_filler")
     assert caffe == ours
-    assert ours["layer"][0]["dummy_data_param"]["shape"][0]["dim"][0] == batch
+    data, label = (shape["dim"] for shape in ours["layer"][0]["dummy_data_param"]["shape"][:2])
+    assert label == [batch] and data[1 if name.startswith("LSTM") else 0] == batch  # the LSTM's: (T, N, inputs)

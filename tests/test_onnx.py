@@ -190,6 +190,36 @@ def test_the_shipped_nets_export(model, tmp_path):
     assert info["outputs"] == (["ip2"] if model.endswith("net.yaml") else ["prob"])
 
 
+@pytest.mark.parametrize("model", sorted(m for m in os.listdir(os.path.join(ROOT, "models"))
+                                          if os.path.isfile(os.path.join(ROOT, "models", m, "net.yaml"))))
+def test_every_shipped_model_exports_with_an_input_in_place_of_its_data(model, tmp_path):
+    """Each models/*/net.yaml's TEST layers, its data layers replaced by an Input (no data needed: the benchmark's
+    deploy()), random weights: ONNX Runtime gives yaffe's outputs."""
+    from benchmarks.onnx_inference import deploy
+    path = os.path.join(ROOT, "models", model, "net.yaml")
+    shape = {"lenet_digits": (4, 1, 8, 8)}.get(model, (4, 1, 28, 28))
+    doc = deploy(path, shape)
+    if model == "lstm_mnist":  # its cont is a DummyData: an input of the exported graph, fed ones after t = 0
+        for layer in doc["layer"]:
+            if layer["name"] == "cont":
+                layer.clear()
+                layer.update({"name": "cont", "type": "Input", "top": ["cont"],
+                              "input_param": {"shape": {"dim": [28, 4]}}})
+    net = Net(doc, "TEST", path, seed=0)
+    _randomize(net, seed=1)
+    for layer in net.layers:  # BatchNorm's variance positive, and the LSTM's weights of a trained net's size
+        if layer.type == "BatchNorm":
+            layer.blobs[1].data[...] = np.abs(layer.blobs[1].data) + 0.5
+        if layer.type == "LSTM":  # (N(0, 0.5) over 128 units saturates every gate: chaos over 28 steps)
+            for b in layer.blobs:
+                b.data *= 0.2
+    inputs = {"data": np.random.default_rng(2).uniform(size=shape).astype(np.float32)}
+    if "cont" in net.blobs:
+        inputs["cont"] = np.ones((28, 4), np.float32)
+        inputs["cont"][0] = 0
+    _compare(net, str(tmp_path / f"{model}.onnx"), inputs)
+
+
 def test_a_layer_without_a_mapping_is_a_clear_error(tmp_path):
     from netspec.onnx_export import export
     net = Net(loads("""
