@@ -12,7 +12,7 @@ loss to 0 within 30 iterations, after which the gradients sink into float32 deno
 iteration) in fresh processes, alternately, several repeats of at least --iterations and --seconds each; the
 table gives medians, the ratios, and yaffe's achieved GFLOP/s against the matrix-product peak measured in the
 same run. It also reports the start-up to the first iteration (cold and warm Numba cache, in fresh processes)
-and the peak memory of a LeNet run of yaffe and PyTorch. benchmarks/README.md says how to get Caffe.
+and the peak memory of each net's training in yaffe and PyTorch. benchmarks/README.md says how to get Caffe.
 """
 from __future__ import annotations
 
@@ -317,14 +317,17 @@ def main():
             warm = statistics.median(startup(cache, True) for _ in range(3))
         print(f"start-up to the first iteration (lenet_digits): {cold:.1f} s with an empty Numba cache, "
               f"{warm:.1f} s warm")
-    y_rss = peak_rss("import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
-                     "s, _ = yaffe_step_fn(LENET)\nfor _ in range(5): s()")
-    line = f"peak memory (max RSS) of 5 LeNet iterations: yaffe {y_rss:.0f} MiB"
-    if have_torch:
-        t_rss = peak_rss("import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
-                         "s = torch_step_fn('LeNet', 2)\nfor _ in range(5): s()")
-        line += f", PyTorch {t_rss:.0f} MiB"
-    print(line)
+    print("\npeak memory (max RSS, MiB) of 5 training iterations in a fresh process:")
+    for name in NETS:
+        if args.nets and not any(w.lower() in name.lower() for w in args.nets.split(",")):
+            continue
+        head = "import sys; sys.path.insert(0, '.'); from benchmarks.train_throughput import *; "
+        y_rss = peak_rss(head + f"s, _ = yaffe_step_fn(NETS[{name!r}][0])\nfor _ in range(5): s()")
+        line = f"  {name:<30} yaffe {y_rss:6.0f}"
+        if have_torch:
+            t_rss = peak_rss(head + f"s = torch_step_fn({name!r}, {args.threads})\nfor _ in range(5): s()")
+            line += f"   PyTorch {t_rss:6.0f}   yaffe/PyTorch {y_rss / t_rss:.2f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -212,6 +212,9 @@ class Layer:
             return "with ignore_label it divides by the valid labels of the whole batch"
         return None
 
+    def release_buffers(self) -> None:
+        """Drop the scratch arrays this layer keeps between passes (remade by the next pass)."""
+
     # Layers with state beyond their blobs (data cursors) override these for snapshots.
     def state_dict(self) -> dict:
         return {}

@@ -409,6 +409,15 @@ class Net:
         self.keep_for_backward = True
         self._kept = False
 
+    def release_buffers(self):
+        """Free what only this net's own passes use (the copies for the backward, the layers' scratch): its batch
+        now runs as slices (solvers/replicas.py), each with its own. A later pass of its own makes them again."""
+        self._keeps, self._kept_arrays, self._backward_vecs = {}, [], {}
+        self._released = True
+        for layer in self.layers:
+            if not layer.is_source:
+                layer.release_buffers()
+
     def _plan_keeps(self):
         """The copies of values that a later layer overwrites and a backward reads (netspec/inplace.py)."""
         reuse = {}
@@ -507,6 +516,9 @@ class Net:
     def forward(self) -> float:
         """Run every layer; returns the weighted loss sum(w * sum(top))."""
         replica = self._replica is not None
+        if getattr(self, "_released", False) and self.keep_for_backward:
+            self._released = False
+            self._plan_keeps()
         keeps = self._keeps if self.keep_for_backward else {}
         folds, folded = self._folds() if not self.keep_for_backward else ({}, ())
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence

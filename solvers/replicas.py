@@ -76,6 +76,7 @@ class Replicas:
     def __init__(self, net: Net, k: int):
         self.net, self.k = net, k
         self.nets = net.replicate(k)
+        net.release_buffers()  # the slices run the passes, with copies and scratch of their own
         self.data = [(l, b, t) for l, b, t in zip(net.layers, net.bottom_vecs, net.top_vecs) if l.is_source]
         self.random = [i for i, l in enumerate(net.layers) if l.rng is not None and not l.is_source]
         self.workers = []  # started by the first pass (a net that is built but never trained holds no threads)
@@ -99,6 +100,8 @@ class Replicas:
 
     def _run(self, backward: bool) -> float:
         net = self.net
+        if not getattr(net, "_released", False):  # a pass of the whole net's own (a check) made its buffers again
+            net.release_buffers()
         if not self.workers:  # the first pass, or closed: start them
             self._start()
         for layer, bottom, top in self.data:

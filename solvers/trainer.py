@@ -817,7 +817,7 @@ class Trainer:
         if self.agreed_stop if dp else self.stop_requested:
             return record
         if cfg.display and self.iter % cfg.display == 0 and self.iter > 0:
-            loss = net.forward()  # Caffe's extra forward-only pass after the last update
+            loss = (self.replicas or net).forward()  # Caffe's extra forward-only pass after the last update
             if dp:
                 loss = dp.mean(loss)  # each rank ran its share of the batch
             self.out(f"Iteration {self.iter}, loss = {loss:.6g}")
