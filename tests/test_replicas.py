@@ -58,6 +58,30 @@ def test_slices_give_the_gradients_and_blobs_of_one_pass(k):
     assert not any(np.shares_memory(p.blob.diff, r.shared[0].own) for r in replicas.nets[1:] for p in split.params)
 
 
+def test_the_whole_net_frees_what_its_slices_replace_and_makes_it_again_for_a_pass_of_its_own():
+    text = NET.replace("relu1, type: ReLU, bottom: conv1, top: conv1}",
+                       "relu1, type: ReLU, bottom: conv1, top: conv1}\n  - {name: bn, type: BatchNorm, "
+                       "bottom: conv1, top: conv1}\n  - {name: sc, type: Scale, bottom: conv1, top: conv1}")
+    whole, split = filled(text), filled(text)
+    split.forward_backward()  # makes its copies for the in-place backward and its convolutions' scratch
+    conv = split.layer_by_name("conv1")
+    assert split._kept_arrays and conv._plan is not None
+    replicas = Replicas(split, 2)
+    try:
+        assert not split._kept_arrays and conv._plan is None  # freed: the slices run the passes
+        replicas.forward_backward()
+        assert split._released
+    finally:
+        replicas.close()
+    whole.clear_param_diffs()
+    split.clear_param_diffs()
+    whole.forward_backward()
+    split.forward_backward()  # a pass of its own: the copies are made again, and the backward is exact
+    assert split._kept_arrays
+    for p, q in zip(whole.params, split.params):
+        np.testing.assert_allclose(q.blob.diff, p.blob.diff, rtol=1e-5, atol=1e-7, err_msg=p.key)
+
+
 def test_diffs_accumulate_like_caffe_over_iter_size():
     whole, split = filled(), filled()
     replicas = Replicas(split, 2)
