@@ -525,7 +525,7 @@ class Net:
             blob.data[...] = whole.data[:, cols]
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             if i in folds:
-                layer.fold = fold_batch_norm(layer, *(self.layers[j] for j in folds[i]))
+                layer.fold = self._fold(i, folds[i])
                 layer.forward(bottom, top)
                 layer.fold = None
             elif i in folded:
@@ -564,6 +564,19 @@ class Net:
         self._fold_phase = self._phase
         self._fold_plan = folds, {j for c in folds.values() for j in c}
         return self._fold_plan
+
+    def _fold(self, i, chain):
+        """Convolution i's weights and bias with the layers in `chain` folded in, remade only when one of the
+        arrays they come from changed (compared: weights change in place, by training or from Python)."""
+        sources = [b.data for k in (i,) + tuple(chain) for b in self.layers[k].blobs]
+        cached = self._fold_cache.get(i) if hasattr(self, "_fold_cache") else None
+        if cached is not None and all(np.array_equal(a, b) for a, b in zip(cached[0], sources)):
+            return cached[1]
+        folded = fold_batch_norm(self.layers[i], *(self.layers[j] for j in chain))
+        if not hasattr(self, "_fold_cache"):
+            self._fold_cache = {}
+        self._fold_cache[i] = ([a.copy() for a in sources], folded)
+        return folded
 
     def _strided_out(self, kind):
         """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""
