@@ -132,7 +132,7 @@ def test_the_avx2_tiles_compute_the_same(tmp_path):
 import numpy as np, pytest, layers.simd as simd, tests.test_conv_direct as t
 assert simd.VECTOR_BYTES == 32 and simd.BCAST_MR == 4 and "yaffe-vector-32" in simd.config.CACHE_DIR
 with pytest.MonkeyPatch.context() as patch:
-    for geometry in t.GEOMETRIES[1:4]:
+    for geometry in t.GEOMETRIES:  # every pass (forward, data and weight gradients) of every geometry
         t.test_direct_convolution_matches_im2col(geometry, np.float32, patch)
 print("ok")
 """
