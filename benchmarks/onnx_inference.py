@@ -45,6 +45,38 @@ def deploy(path, shape):
     return doc
 
 
+TORCH = {"LeNet": "LeNet", "CIFAR-10 quick": "CIFAR", "ResNet-20 (3x32x32)": "ResNet"}  # train_throughput's
+
+
+def torch_seconds(name, batch, n, repeats):
+    """PyTorch's seconds per forward of the same net (its own init) under torch.inference_mode, in a fresh
+    process with its default OpenMP settings and the same threads; None without torch or an equivalent."""
+    if name not in TORCH:
+        return None
+    import subprocess
+    code = f"""
+import statistics, sys, time, torch
+sys.path.insert(0, '.')
+from benchmarks.train_throughput import torch_model_for
+torch.set_num_threads({os.cpu_count()})
+model, shape = torch_model_for({TORCH[name]!r})
+model.eval()
+x = torch.rand(({batch},) + tuple(shape[1:]))
+times = []
+with torch.inference_mode():
+    for _ in range(3):
+        model(x)
+    for _ in range({repeats}):
+        t0 = time.perf_counter()
+        for _ in range({n}):
+            model(x)
+        times.append((time.perf_counter() - t0) / {n})
+print(statistics.median(times))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else None
+
+
 def bench(name, doc, shape, repeats, out):
     import onnxruntime as ort
     from netspec.net import Net
@@ -83,20 +115,26 @@ def bench(name, doc, shape, repeats, out):
             for _ in range(n):
                 sess.run(None, {inp: x})
             times["ort"].append((time.perf_counter() - t0) / n)
-        rows.append((batch, statistics.median(times["yaffe"]), statistics.median(times["ort"])))
-    for batch, ours, theirs in rows:
+        rows.append((batch, statistics.median(times["yaffe"]), statistics.median(times["ort"]),
+                     torch_seconds(name, batch, n, repeats)))
+    for batch, ours, theirs, torch in rows:
         if batch == 1:
-            out(f"| {name} | batch 1 latency | {ours * 1e3:.3f} ms | {theirs * 1e3:.3f} ms | {theirs / ours:.2f} |")
+            pt = f"{torch * 1e3:.3f} ms | {torch / ours:.2f}" if torch else "- | -"
+            out(f"| {name} | batch 1 latency | {ours * 1e3:.3f} ms | {theirs * 1e3:.3f} ms | {theirs / ours:.2f} | "
+                f"{pt} |")
         else:
-            out(f"| {name} | batch 64 | {batch / ours:,.0f} img/s | {batch / theirs:,.0f} img/s | {theirs / ours:.2f} |")
+            pt = f"{batch / torch:,.0f} img/s | {torch / ours:.2f}" if torch else "- | -"
+            out(f"| {name} | batch 64 | {batch / ours:,.0f} img/s | {batch / theirs:,.0f} img/s | {theirs / ours:.2f} | "
+                f"{pt} |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
-    print("| net | measure | yaffe | ONNX Runtime | yaffe speed / ORT's |")
-    print("|---|---|---|---|---|")
+    print("| net | measure | yaffe | ONNX Runtime | yaffe speed / ORT's | PyTorch (inference_mode) | "
+          "yaffe speed / PyTorch's |")
+    print("|---|---|---|---|---|---|---|")
     nets = [("LeNet", os.path.join(ROOT, "models", "lenet_mnist", "deploy.yaml"), (1, 1, 28, 28)),
             ("CIFAR-10 quick", os.path.join(ROOT, "tests", "fixtures", "caffe_examples", "cifar10",
                                              "cifar10_quick_train_test.prototxt"), (1, 3, 32, 32)),

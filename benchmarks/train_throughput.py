@@ -147,8 +147,24 @@ def flops(net):
 
 def torch_step_fn(name, threads):
     import torch
-    from torch import nn
     torch.set_num_threads(threads)
+    model, shape = torch_model_for(name)
+    opt = torch.optim.SGD(model.parameters(), lr=SOLVER["base_lr"], momentum=SOLVER["momentum"],
+                          weight_decay=SOLVER["weight_decay"])
+    x, y = torch.rand(shape), torch.randint(0, 10, (shape[1] if name.startswith("LSTM") else shape[0],))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        x.uniform_()  # as DummyData's uniform filler refills its top every forward
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def torch_model_for(name):
+    """(PyTorch module, input shape at the benchmark's batch) of the net named `name` (a NETS key's start)."""
+    from torch import nn
     if name.startswith(("ResNet", "MobileNet", "LSTM")):
         model, shape = big.torch_model(name)
     elif name.startswith("LeNet"):
@@ -163,17 +179,7 @@ def torch_step_fn(name, threads):
     else:
         model, shape = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                      nn.Linear(512, 10)), (128, 784)
-    opt = torch.optim.SGD(model.parameters(), lr=SOLVER["base_lr"], momentum=SOLVER["momentum"],
-                          weight_decay=SOLVER["weight_decay"])
-    x, y = torch.rand(shape), torch.randint(0, 10, (shape[1] if name.startswith("LSTM") else shape[0],))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        x.uniform_()  # as DummyData's uniform filler refills its top every forward
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    return step
+    return model, shape
 
 
 def rate(step, iterations, batch, warmup=3, seconds=0.0):
