@@ -77,3 +77,27 @@ def test_predict_mistakes_are_one_line_errors(work, args, message):
     (work / "three.txt").write_text("a\nb\nc\n")
     r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", *args, cwd=work)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_lstm_deploy_net_predicts_batches_of_any_size_as_one_forward(tmp_path):
+    """models/lstm_mnist/deploy.yaml makes its cont from the input, so a last batch of 6 (70 = 64 + 6) runs, and
+    each row's scores are those of a forward of that image alone."""
+    from netspec.loader import load
+    from netspec.net import Net
+    from solvers.predict import Predictor
+    from solvers.snapshot import save_npz
+    model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "lstm_mnist",
+                         "deploy.yaml")
+    net = Net(load(model), "TEST", model, seed=0)
+    rng = np.random.default_rng(0)
+    for p in net.params:
+        p.blob.data[...] = rng.normal(0, 0.1, p.blob.data.shape)
+    save_npz(str(tmp_path / "w.weights.npz"), {k: v.copy() for k, v in net.weights().items()})
+    rows = rng.uniform(size=(70, 1, 28, 28)).astype(np.float32)
+    scores = Predictor(model, str(tmp_path / "w.weights.npz")).run(rows, ["prob"])["prob"]
+    assert scores.shape == (70, 10) and np.allclose(scores.sum(axis=1), 1, atol=1e-5)
+    net.blobs["data"].reshape((1, 1, 28, 28))
+    net.reshape()
+    net.blobs["data"].data[...] = rows[66:67]
+    net.forward()
+    np.testing.assert_allclose(scores[66], net.blobs["prob"].data[0], rtol=1e-4, atol=1e-6)
