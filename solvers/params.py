@@ -66,6 +66,9 @@ SOLVER_FIELDS = (
     Field("ema_decay", "float", 0.0, "keep an exponential moving average of the weights (ema = d ema + (1 - d) w "
           "after each update), test with it, and write it in snapshots (<prefix>_iter_N.ema.weights.npz); 0: off",
           minimum=0, exclusive_maximum=1),
+    Field("ema_bn_batches", "int", 0, "with ema_decay: before each test and EMA snapshot, BatchNorm's statistics "
+          "recomputed for the averaged weights as the plain mean over this many training batches (the data's "
+          "place and random streams then put back); 0: the averaged statistics", minimum=0),
     Field("test_iter", "int", None, "batches per test pass", minimum=1, repeated=True),
     Field("test_interval", "int", 0, "test every this many iterations (0: never)", minimum=0),
     Field("test_initialization", "bool", True, "also test before the first iteration"),

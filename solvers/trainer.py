@@ -500,9 +500,40 @@ class Trainer:
         live = self.net.param_data.copy()
         self.net.param_data[...] = ema
         try:
+            if self.cfg.ema_bn_batches:
+                self._recompute_batch_norm(self.cfg.ema_bn_batches)
             yield
         finally:
             self.net.param_data[...] = live
+
+    def _recompute_batch_norm(self, batches: int):
+        """BatchNorm's stored statistics for the weights in place now (the average's): the plain mean over
+        `batches` TRAIN forwards (moving_average_fraction 1 from zeroed sums), as PyTorch's update_bn; the
+        training data's place and the random streams are put back after, so the run goes on as without it."""
+        nets = [self.net] + (self.replicas.nets if self.replicas else [])
+        norms = [l for n in nets for l in n.layers if l.type == "BatchNorm"]
+        if not norms:
+            return
+        saved = []  # as a snapshot keeps them (a streamed source: as of the batches used, not those prefetched)
+        for key, layer in self._stateful_layers():
+            if key.startswith("train/"):
+                state = layer.state_dict()
+                saved.append((layer, state, state.get("rng") or layer.rng.bit_generator.state))
+        fractions = [l.p.moving_average_fraction for l in norms]
+        for layer in norms:
+            layer.p.moving_average_fraction = 1.0
+            for b in layer.blobs:
+                b.data[...] = 0
+        try:
+            for _ in range(batches):
+                (self.replicas or self.net).forward()
+        finally:
+            for layer, f in zip(norms, fractions):
+                layer.p.moving_average_fraction = f
+            for layer, state, rng in saved:
+                if state:
+                    layer.load_state_dict(state)
+                layer.rng.bit_generator.state = rng
 
     def _test_one(self, k, net, n):
         runner = self.test_runners[k]

@@ -420,3 +420,73 @@ def test_weight_ema_averages_after_each_update_tests_with_it_and_resumes(tmp_pat
     again = _digits(tmp_path / "b", ema_decay=0.9, max_iter=4, test_interval=2, test_iter=[1], snapshot=2)
     again.train(snapshot_path=str(tmp_path / "b" / "m" / "snapshots" / "lenet_digits_iter_2.solverstate.npz"))
     np.testing.assert_array_equal(again.ema, t.ema)
+
+
+BN_NET = """
+layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [16, 2, 5, 5]}, {dim: [16]}],
+     data_filler: [{type: gaussian, std: 2}, {type: constant, value: 1}]}}
+  - {name: conv, type: Convolution, bottom: data, top: conv, convolution_param: {num_output: 3, kernel_size: 3,
+     weight_filler: {type: gaussian, std: 0.5}}}
+  - {name: bn, type: BatchNorm, bottom: conv, top: bn}
+  - {name: ip, type: InnerProduct, bottom: bn, top: ip, inner_product_param: {num_output: 2,
+     weight_filler: {type: gaussian, std: 0.5}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+
+def test_ema_recomputes_batch_norm_statistics_for_the_averaged_weights_and_puts_the_data_back(tmp_path):
+    (tmp_path / "net.yaml").write_text(BN_NET)
+    (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.1\nmax_iter: 3\nema_decay: 0.5\n"
+                                          "ema_bn_batches: 1\nsnapshot_prefix: snap/bn\nrandom_seed: 2\n")
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None, replicas=1)
+    t.train()
+    bn, data = t.net.layer_by_name("bn"), t.net.layer_by_name("d")
+    live = [b.data.copy() for b in bn.blobs]
+    rng = data.rng.bit_generator.state
+    with t._ema_weights():
+        mean_sum, var_sum, factor = (b.data.copy() for b in bn.blobs)
+        conv = t.net.blobs["conv"].data.astype(np.float64)  # the one batch the statistics were taken on
+        weights = t.net.layer_by_name("conv").blobs[0].data.copy()
+    assert factor[0] == 1.0  # one batch, moving_average_fraction 1 from zeroed sums: its plain statistics
+    np.testing.assert_allclose(mean_sum, conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    m = conv.size // conv.shape[1]
+    np.testing.assert_allclose(var_sum, conv.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-4)
+    np.testing.assert_allclose(weights.ravel(), t.ema[:weights.size])  # with the averaged weights
+    assert data.rng.bit_generator.state == rng  # the data stream as it was: training goes on unchanged
+    for b, v in zip(bn.blobs, live):
+        np.testing.assert_array_equal(b.data, v)  # the live statistics back after
+    assert bn.p.moving_average_fraction == 0.999
+
+
+def test_ema_batch_norm_recompute_leaves_a_data_layers_place_and_a_streamed_one_too(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rows.npz", data=rng.normal(size=(40, 2, 5, 5)).astype(np.float32),
+             label=rng.integers(0, 2, 40))
+    for stream in ("never", "always"):
+        (tmp_path / "net.yaml").write_text(BN_NET.replace(
+            "{name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [16, 2, 5, 5]}, "
+            "{dim: [16]}],\n     data_filler: [{type: gaussian, std: 2}, {type: constant, value: 1}]}}",
+            f"{{name: d, type: Data, top: [data, label], data_param: {{source: rows.npz, batch_size: 16, "
+            f"shuffle: true, stream: {stream}}}}}"))
+        (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.1\nmax_iter: 2\nema_decay: 0.5\n"
+                                              f"ema_bn_batches: 3\nsnapshot_prefix: snap/{stream}\nrandom_seed: 2\n")
+        t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None, replicas=1)
+        t.train()
+        data = t.net.layer_by_name("d")
+        before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in data.state_dict().items()}
+        with t._ema_weights():
+            assert t.net.layer_by_name("bn").blobs[2].data[0] == 3.0
+        after = data.state_dict()
+        assert before.keys() == after.keys(), stream
+        for k in before:
+            assert np.array_equal(np.asarray(before[k]), np.asarray(after[k])), (stream, k)
+        # and the next batch is the one training would have read next
+        t.net.forward()
+        first = t.net.blobs["data"].data.copy()
+        (tmp_path / "solver.yaml").write_text((tmp_path / "solver.yaml").read_text().replace(
+            f"snap/{stream}", f"snap/{stream}_without").replace("ema_bn_batches: 3", "ema_bn_batches: 0"))
+        again = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None, replicas=1)  # no recompute at all
+        again.train()
+        again.net.forward()
+        np.testing.assert_array_equal(again.net.blobs["data"].data, first)
