@@ -569,13 +569,11 @@ class Net:
         """Convolution i's weights and bias with the layers in `chain` folded in, remade only when one of the
         arrays they come from changed (compared: weights change in place, by training or from Python)."""
         sources = [b.data for k in (i,) + tuple(chain) for b in self.layers[k].blobs]
-        cached = self._fold_cache.get(i) if hasattr(self, "_fold_cache") else None
-        if cached is not None and all(np.array_equal(a, b) for a, b in zip(cached[0], sources)):
-            return cached[1]
+        cache = self.__dict__.setdefault("_fold_cache", {})
+        if i in cache and all(np.array_equal(a, b) for a, b in zip(cache[i][0], sources)):
+            return cache[i][1]
         folded = fold_batch_norm(self.layers[i], *(self.layers[j] for j in chain))
-        if not hasattr(self, "_fold_cache"):
-            self._fold_cache = {}
-        self._fold_cache[i] = ([a.copy() for a in sources], folded)
+        cache[i] = ([a.copy() for a in sources], folded)
         return folded
 
     def _strided_out(self, kind):

@@ -414,9 +414,13 @@ class Trainer:
         if "ema" in extra and self.cfg.ema_decay:
             self.ema = np.array(extra["ema"], self.net.param_data.dtype)
         for key, blob in self.net.carried_states().items():
-            if f"state/{key}" in extra and extra[f"state/{key}"].shape == blob.data.shape:
-                blob.data[...] = extra[f"state/{key}"]
+            saved = extra.get(f"state/{key}")
+            if saved is not None and saved.shape == blob.data.shape:
+                blob.data[...] = saved
                 self.out(f"  the state '{key}' carried across batches restored")
+            elif saved is not None:  # another batch size: the sequences of the snapshot are not this run's
+                self.out(f"  the state '{key}' carried across batches starts from its initial value: the snapshot's "
+                         f"is {list(saved.shape)}, this net's {list(blob.data.shape)} (another batch size)")
         for key, layer in self._stateful_layers():
             if key in meta.get("data", {}):  # first: loading the data draws a first shuffle
                 layer.load_state_dict(dict(meta["data"][key], order=extra[f"{key}/order"]))

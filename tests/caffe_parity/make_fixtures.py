@@ -189,6 +189,10 @@ CASES = {
     "accuracy": ("Accuracy", "", [((6, 4), "distinct"), ((6,), "labels:4")], {"backward": False}),
     "accuracy_top2_ignore": ("Accuracy", "accuracy_param { top_k: 2 ignore_label: 0 }",
                              [((6, 4), "distinct"), ((6,), "labels:4")], {"backward": False, "tops": 2}),
+    "conv_depthwise": ("Convolution", "convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 4 }",
+                       [((2, 4, 6, 7), "normal")], {}),
+    "conv_depthwise_stride_mult": ("Convolution", "convolution_param { num_output: 6 kernel_size: 3 pad: 2 stride: 2 "
+                                   "dilation: 2 group: 3 }", [((2, 3, 9, 8), "normal")], {}),
 }
 
 
