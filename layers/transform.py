@@ -3,7 +3,8 @@
 Order (Caffe's): out = mirror(crop((x - mean) * scale)), the mean taken at the source (uncropped)
 position; yaffe's normalize steps run on the whole example after scaling and before the crop.
 crop_size takes a random offset in TRAIN and the centre in TEST; mirror flips horizontally with
-probability 1/2 in either phase (as Caffe does).
+probability 1/2 in either phase (as Caffe does). pad (yaffe's, TRAIN only) lets the random crop start up to pad
+pixels outside the image, which reads as a source value of 0 (transformed like any pixel).
 
 normalize: steps whose statistics are computed once from the TRAIN data layer's whole source and kept
 as that layer's blobs, so they are shared with the TEST layer of the same name and saved with the weights
@@ -30,6 +31,9 @@ TRANSFORM_FIELDS = (
           "relative to the net file"),
     Field("crop_size", "int", 0, "crop square patches of this size (random in TRAIN, centre in TEST)", minimum=0),
     Field("mirror", "bool", False, "flip each example horizontally with probability 1/2"),
+    Field("pad", "int", 0, "TRAIN: pad each side with this many zero pixels (zero in the source's units: black), then "
+          "crop at a random offset to crop_size, or back to the image's size (torchvision's RandomCrop(padding)); "
+          "TEST: no padding", minimum=0),
     Field("normalize", "normalize_step", None, "normalization steps fitted on the TRAIN data", repeated=True),
     # augmentation in TRAIN (yaffe's; in the prefetch threads for a streamed source), before mean, scale, mirror
     Field("resized_crop_scale", "float", None, "random-resized crop to crop_size: the share [min, max] of the "
@@ -68,17 +72,22 @@ STEP_FIELDS = (
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def crop_mirror(x, mean, scale, tops, lefts, flips, out):
+def crop_mirror(x, mean, scale, tops, lefts, flips, fill, out):
     """out[i, c, h, w] = (x[i, c, tops[i] + h, lefts[i] + v] - mean[c, tops[i] + h, lefts[i] + v]) * scale,
-    v = w or, where flips[i], W_out - 1 - w. x (N, C, H, W) of any dtype, mean (C, H, W), out (N, C, h, w)."""
+    v = w or, where flips[i], W_out - 1 - w; fill[c] where the position falls outside the image (pad).
+    x (N, C, H, W) of any dtype, mean (C, H, W), fill (C,), out (N, C, h, w)."""
     n, chans, oh, ow = out.shape
+    ih, iw = x.shape[2], x.shape[3]
     for i in prange(n):
         for c in range(chans):
             for h in range(oh):
                 r = tops[i] + h
                 for w in range(ow):
                     v = lefts[i] + (ow - 1 - w if flips[i] else w)
-                    out[i, c, h, w] = (x[i, c, r, v] - mean[c, r, v]) * scale
+                    if r < 0 or r >= ih or v < 0 or v >= iw:
+                        out[i, c, h, w] = fill[c]
+                    else:
+                        out[i, c, h, w] = (x[i, c, r, v] - mean[c, r, v]) * scale
 
 
 class Transformer:
@@ -120,6 +129,8 @@ class Transformer:
             if len(self.sample) < 2 or min(self.sample[-2:]) < p.crop_size:
                 raise LayerError(f"crop_size {p.crop_size} needs examples of at least {p.crop_size} x "
                                  f"{p.crop_size}; they are {list(self.sample)}", "transform_param.crop_size")
+        if getattr(p, "pad", 0) and len(self.sample) != 3:
+            raise LayerError(f"pad needs images (C, H, W); the examples are {list(self.sample)}", "transform_param.pad")
         self.augments = bool(getattr(p, "resized_crop_scale", None) or getattr(p, "rotation", 0) or
                              getattr(p, "brightness", 0) or getattr(p, "contrast", 0) or getattr(p, "saturation", 0))
         if self.augments:
@@ -157,11 +168,13 @@ class Transformer:
             img = np.asarray(raw[i], np.float32)
             if p.rotation:
                 img = rotate(img, rng.uniform(-p.rotation, p.rotation))
+            if getattr(p, "pad", 0):
+                img = np.pad(img, ((0, 0), (p.pad, p.pad), (p.pad, p.pad)))
             c, h, w = img.shape
             if p.resized_crop_scale:
                 y, x, ch, cw = resized_crop_box(h, w, p.resized_crop_scale, p.resized_crop_ratio or [0.75, 4 / 3], rng)
                 img = resize_bilinear(img[:, y:y + ch, x:x + cw], size)
-            elif p.crop_size:
+            elif p.crop_size or getattr(p, "pad", 0):
                 y, x = rng.integers(0, h - size[0] + 1), rng.integers(0, w - size[1] + 1)
                 img = img[:, y:y + size[0], x:x + size[1]]
             if p.brightness or p.contrast or p.saturation:
@@ -323,13 +336,27 @@ class Transformer:
             x = x - self.mean
         return x * self.p.scale if self.p.scale != 1 else x
 
+    def _pad_fill(self, blobs):
+        """(C,): what a padded position holds, a source value of 0 transformed as any pixel (mean, scale, the
+        normalize steps), averaged over the positions of its channel."""
+        zero = np.zeros((1,) + self.sample, np.float64)
+        x = self._scaled(zero)
+        if self.steps:
+            k = 1
+            for s in self.steps:
+                x = self._step(x, s, blobs, k)
+                k += self._n_stats(s)
+        x = np.broadcast_to(x, zero.shape).reshape((zero.shape[1] if zero.ndim > 2 else 1, -1))
+        return x.mean(axis=1).astype(self.dtype)
+
     # ---- per batch ----------------------------------------------------------------------------
 
     def apply(self, raw, out, blobs, rng):
         """raw (N, ...sample) -> out (N, ...out_shape)."""
         if self.augments and self.phase == "TRAIN":
             return self._augmented(raw, out, rng)
-        if not self.steps and not self.p.crop_size and not self.p.mirror:
+        pad = getattr(self.p, "pad", 0) if self.phase == "TRAIN" else 0
+        if not self.steps and not self.p.crop_size and not self.p.mirror and not pad:
             np.copyto(out, raw, casting="unsafe")
             if self.mean is not None:
                 out -= self.mean
@@ -339,10 +366,12 @@ class Transformer:
         n_img, n = len(raw), self.p.crop_size
         h, w = self.sample[-2:] if len(self.sample) >= 2 else (1, self.sample[-1])
         tops, lefts = np.zeros(n_img, np.int64), np.zeros(n_img, np.int64)
-        if n:
+        if n or pad:
+            nh, nw = (n, n) if n else (h, w)
             for i in range(n_img):
                 if self.phase == "TRAIN":
-                    tops[i], lefts[i] = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
+                    tops[i] = rng.integers(-pad, h - nh + pad + 1)
+                    lefts[i] = rng.integers(-pad, w - nw + pad + 1)
                 else:
                     tops[i], lefts[i] = (h - n) // 2, (w - n) // 2
         flips = rng.random(n_img) < 0.5 if self.p.mirror else np.zeros(n_img, np.bool_)
@@ -363,8 +392,10 @@ class Transformer:
             full = np.zeros(self.sample, self.dtype) if mean is None else np.broadcast_to(
                 np.asarray(mean, self.dtype), self.sample)
             self._full_mean = np.ascontiguousarray(full.reshape((-1, h, w)))
+            self._fill = self._pad_fill(blobs) if getattr(self.p, "pad", 0) else np.zeros(len(self._full_mean),
+                                                                                          self.dtype)
         crop_mirror(x.reshape((n_img, -1, h, w)), self._full_mean, self.dtype.type(scale), tops, lefts, flips,
-                    out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1])))
+                    self._fill, out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1])))
 
 
 # ---- augmentation helpers: one image (C, H, W) float32 ------------------------------------------------------

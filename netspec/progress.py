@@ -15,6 +15,7 @@ class Progress:
     _bar = None
     _label = None
     _start = _last = 0.0
+    _from = 0  # the count when the current stretch began
 
     @classmethod
     def update(cls, done: int, total: int, label: str):
@@ -31,7 +32,9 @@ class Progress:
         if cls._bar is None or cls._label != label or cls._bar.total != total:
             cls.close()
             cls._bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
-                            mininterval=0.2, miniters=1, smoothing=0.1)
+                            mininterval=0.2, miniters=1, smoothing=0.1, initial=max(done - 1, 0))
+            # (a bar that starts where the work stands, after a test or at a resume, never counts the steps
+            # done before it in its rate)
             cls._label = label
         cls._bar.update(done - cls._bar.n)
         cls.shown = True
@@ -41,13 +44,13 @@ class Progress:
     @classmethod
     def _piped(cls, done, total, label):
         now = time.monotonic()
-        if cls._label != label or done <= 1:
-            cls._label, cls._start, cls._last = label, now, now
+        if cls._label != label or done <= cls._from:
+            cls._label, cls._start, cls._last, cls._from = label, now, now, done
             return
         if now - cls._last < cls.PIPE_EVERY or done >= total:
             return
         cls._last = now
-        rate = done / max(now - cls._start, 1e-9)
+        rate = (done - cls._from) / max(now - cls._start, 1e-9)  # since this stretch began (after a test, a resume)
         left = (total - done) / rate if rate > 0 else float("inf")
         print(f"{label}: {done}/{total} ({100 * done / total:.0f}%, {rate:.3g}/s, about {_duration(left)} left)",
               file=sys.stderr, flush=True)

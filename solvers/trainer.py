@@ -552,7 +552,9 @@ class Trainer:
                 v = net.blobs[name].data.astype(np.float64)
                 sums[name] = sums.get(name, 0) + v
         weights = {id(b): w for b, w in net.loss_blobs}
-        record = {"phase": "test", "iter": self.iter, "loss": loss / n}
+        record = {"phase": "test", "iter": self.iter, "loss": loss / n,  # elapsed: training's seconds, tests included
+                  "elapsed_s": round(time.perf_counter() - self._t0 if getattr(self, "_t0", None) else
+                                     self.elapsed_base, 3)}
         if len(self.test_nets) > 1:
             record["net"] = k
         for j, name in enumerate(net.outputs):

@@ -117,3 +117,75 @@ def test_training_with_mixup_and_cutmix_lowers_the_loss(tmp_path):
         for p in net.params:
             p.blob.data -= 0.5 * p.blob.diff
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def _share_stats(train, test):
+    """The TEST data layer takes the TRAIN layer's normalize statistics (as a trainer's test net does)."""
+    if train.layers[0].blobs and train.layers[0].blobs[0].data[0] == 0:
+        train.forward()  # fits them
+    for a, b in zip(test.layers[0].blobs, train.layers[0].blobs):
+        a.data[...] = b.data
+
+
+def _pad_net(tmp_path, phase, tp, shape=(40, 1, 6, 6)):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "p.npz", data=rng.integers(1, 256, shape).astype(np.float32),
+             label=rng.integers(0, 5, shape[0]).astype(np.float32))
+    path = str(tmp_path / f"p{phase}.yaml")
+    with open(path, "w") as f:
+        f.write("layer:\n  - {name: data, type: Data, top: [data, label], data_param: {source: p.npz, batch_size: 40}, "
+                "transform_param: {%s}}\n" % tp)
+    from netspec.loader import load
+    return Net(load(path), phase, path, seed=5), np.load(tmp_path / "p.npz")["data"]
+
+
+@pytest.mark.parametrize("tp, fill", [
+    ("pad: 2, scale: 0.5, mean_value: [10]", -5.0),             # (0 - 10) * 0.5
+    ("pad: 2, crop_size: 4, scale: 0.5, mean_value: [10]", -5.0),
+    ("pad: 3, normalize: [{type: zero_center}, {type: z_score}]", None),
+    ("pad: 2, mirror: true, brightness: 0.0000001, mean_value: [10]", -10.0),  # the augmentation path
+])
+def test_pad_crops_a_random_window_of_the_padded_image(tmp_path, tp, fill):
+    """TRAIN: each example is a window of the (transformed) image padded with the transformed zero, at an offset
+    anywhere in [-pad, H - size + pad]; the offsets vary. TEST: the plain image, no padding."""
+    import re
+    net, raw = _pad_net(tmp_path, "TRAIN", tp)
+    pad = int(re.search(r"pad: (\d)", tp).group(1))
+    crop = re.search(r"crop_size: (\d)", tp)
+    size = int(crop.group(1)) if crop else 6
+    test, _ = _pad_net(tmp_path, "TEST", tp)
+    _share_stats(net, test)
+    test.forward()
+    plain = test.blobs["data"].data  # TEST: no padding (a centre crop where crop_size is given)
+    assert plain.shape == (40, 1, size, size)
+    full = plain if size == 6 else None
+    if fill is None:  # normalize: the zero's transformed value from the stored statistics
+        mean, std = net.layers[0].blobs[1].data, net.layers[0].blobs[2].data
+        fill = float((0 - mean[0]) / std[0])
+    if full is None:
+        t2, _ = _pad_net(tmp_path, "TEST", tp.replace(f"crop_size: {size}, ", ""))
+        _share_stats(net, t2)
+        t2.forward()
+        full = t2.blobs["data"].data
+    offsets = set()
+    for _ in range(3):
+        net.forward()
+        out = net.blobs["data"].data
+        assert out.shape == (40, 1, size, size)
+        for i in range(40):
+            padded = np.pad(full[i, 0], pad, constant_values=fill)
+            hits = [(y, x, m) for y in range(6 + 2 * pad - size + 1) for x in range(6 + 2 * pad - size + 1)
+                    for m in (False, True)
+                    if np.allclose((lambda w: w[:, ::-1] if m else w)(padded[y:y + size, x:x + size]), out[i, 0],
+                                   rtol=1e-4, atol=1e-3)]
+            assert hits, f"example {i} is no window of its padded image"
+            assert "mirror" in tp or any(not m for _, _, m in hits)
+            offsets.add(hits[0][:2])
+    assert len(offsets) > (2 * pad + 1) ** 2 // 2  # the offsets spread over the padded range
+    assert any(y in (0, 6 + 2 * pad - size) for y, _ in offsets)  # the extreme windows occur
+
+
+def test_pad_needs_images(tmp_path):
+    from netspec.errors import LayerError, UserError
+    with pytest.raises((LayerError, UserError), match="pad needs images"):
+        _pad_net(tmp_path, "TRAIN", "pad: 2", shape=(40, 6))

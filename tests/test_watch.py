@@ -399,4 +399,10 @@ def test_progress_is_a_bar_with_rate_and_time_left_on_a_terminal_and_timed_lines
     assert pipe.getvalue() == ""                    # not before PIPE_EVERY seconds
     clock[0] += 30
     Progress.update(40, 100, "training")
-    assert pipe.getvalue() == "training: 40/100 (40%, 1.14/s, about 52s left)\n"
+    assert pipe.getvalue() == "training: 40/100 (40%, 1.11/s, about 53s left)\n"  # 39 steps in 35 s
+    Progress.update(3, 10, "testing")  # a test, then training goes on from step 70: its rate counts from there
+    clock[0] += 60
+    Progress.update(70, 100, "training")
+    clock[0] += 31
+    Progress.update(95, 100, "training")
+    assert pipe.getvalue().splitlines()[-1] == "training: 95/100 (95%, 0.806/s, about 6s left)"  # 25 steps in 31 s
