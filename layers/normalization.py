@@ -54,6 +54,21 @@ def bn_normalize(x, mean, inv_std, y):
                 y[n, c, i] = (x[n, c, i] - mu) * s
 
 
+@njit(cache=True, nogil=True)
+def bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y):
+    """BatchNorm and the per-channel Scale above it in one pass: xhat = (x - mean) * inv_std (kept for the
+    backward), y = xhat * s (+ b); y may be x."""
+    n_img, chans, inner = x.shape
+    for n in range(n_img):
+        for c in range(chans):
+            mu, k, sc = mean[c], inv_std[c], s[c]
+            bc = b[c] if has_bias else 0.0
+            for i in range(inner):
+                v = (x[n, c, i] - mu) * k
+                xhat[n, c, i] = v
+                y[n, c, i] = v * sc + bc
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def bn_backward_sums(y, dy, s1, s2):
     """s1[c] = sum(dy), s2[c] = sum(dy * y) per channel, in float64 (y is the normalized top)."""
@@ -123,7 +138,42 @@ class BatchNorm(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.view)
-        y = top[0].data.reshape(self.view)
+        self._statistics(x)
+        bn_normalize(x, self.mean, self.inv_std, top[0].data.reshape(self.view))
+
+    def forward_scaled(self, bottom, top, scale, xhat):
+        """This BatchNorm (batch statistics) and the in-place per-channel Scale above it in one pass, as the net
+        runs them in training (Net._plan_fusion): xhat (N, C, ...) gets the normalized values, which both
+        backwards read, and the top xhat * s + b. Results equal forward() then scale.forward()."""
+        x = bottom[0].data.reshape(self.view)
+        self._statistics(x)
+        s = scale.blobs[0].data.ravel()
+        b = scale.blobs[1].data.ravel() if scale.p.bias_term else s
+        bn_scale_forward(x, self.mean, self.inv_std, s, b, scale.p.bias_term, xhat.reshape(self.view),
+                         top[0].data.reshape(self.view))
+
+    def backward_scaled(self, top, propagate_down, bottom, scale, xhat):
+        """scale.backward() then this backward in two passes over (dy, xhat): one for the channel sums of dy and
+        dy * xhat (the Scale's gradients, and BatchNorm's from the same sums times s), one for dx."""
+        dy = top[0].diff.reshape(self.view)
+        y = xhat.reshape(self.view)
+        c = self.channels
+        sums = self._sums
+        bn_backward_sums(y, dy, sums[:c], sums[c:])
+        ds = scale.blobs[0].diff.reshape(-1)
+        ds += sums[c:]  # this slice's own: the solver sums the slices' parameter gradients
+        if scale.p.bias_term:
+            db = scale.blobs[1].diff.reshape(-1)
+            db += sums[:c]
+        if not propagate_down[0]:
+            return
+        both, m = self._total(2, sums)
+        k = (scale.blobs[0].data.ravel() * self.inv_std).astype(self.inv_std.dtype)
+        bn_backward_apply(y, dy, both[:c] / m, both[c:] / m, k, bottom[0].diff.reshape(self.view))
+
+    def _statistics(self, x):
+        """self.mean, self.var, self.inv_std for x (N, C, inner): the batch's (summed over the slices), the
+        running sums updated; or the stored ones."""
         mean_sum, var_sum, scale = (b.data for b in self.blobs)
         self.used_global = self.global_stats
         if getattr(self, "mean", None) is None or self.mean.dtype != x.dtype:
@@ -150,7 +200,6 @@ class BatchNorm(Layer):
             var_sum *= maf
             var_sum += (m / (m - 1) if m > 1 else 1.0) * var
         self.inv_std = (1.0 / np.sqrt(var + self.p.eps)).astype(x.dtype)
-        bn_normalize(x, mean, self.inv_std, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

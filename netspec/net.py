@@ -412,7 +412,7 @@ class Net:
     def release_buffers(self):
         """Free what only this net's own passes use (the copies for the backward, the layers' scratch): its batch
         now runs as slices (solvers/replicas.py), each with its own. A later pass of its own makes them again."""
-        self._keeps, self._kept_arrays, self._backward_vecs = {}, [], {}
+        self._keeps, self._kept_arrays, self._backward_vecs, self._fused = {}, [], {}, {}
         self._released = True
         for layer in self.layers:
             if not layer.is_source:
@@ -428,6 +428,30 @@ class Net:
         self._backward_vecs = {k: ([names.get(t, b) for t, b in zip(self.defs[k].tops, self.top_vecs[k])],
                                    [names.get(n, b) for n, b in zip(self.defs[k].bottoms, self.bottom_vecs[k])])
                                for k, names in stand_ins.items()}
+        self._fused = self._plan_fusion()
+
+    def _plan_fusion(self):
+        """{BatchNorm index: (Scale index, copy)}: in training, a BatchNorm normalizing with the batch's statistics
+        whose top the next layer, a per-channel Scale in place, scales (Caffe's ResNets) runs as one layer with
+        it (BatchNorm.forward_scaled and backward_scaled): the normalized values go straight into `copy`, the
+        copy of them the backwards read (netspec/inplace.py), and no pass runs for the Scale alone. The blobs,
+        their diffs and the copy hold what the two layers give run one by one. YAFFE_FUSE_BN=0: not fused."""
+        fused = {}
+        if os.environ.get("YAFFE_FUSE_BN", "1") == "0":
+            return fused
+        for i, (d, layer) in enumerate(zip(self.defs[:-1], self.layers[:-1])):
+            if d.type != "BatchNorm" or layer.p.use_global_stats is not None or len(d.tops) != 1:
+                continue
+            t, sc, scale = d.tops[0], self.defs[i + 1], self.layers[i + 1]
+            if not (sc.type == "Scale" and sc.bottoms == [t] and sc.tops == [t] and scale.p.axis == 1
+                    and scale.p.num_axes == 1 and tuple(scale.view) == tuple(layer.view)
+                    and self.need_backward[i] and self.need_backward[i + 1] and self.propagate[i + 1][0]):
+                continue
+            copy = [c for source, c in self._keeps.get(i, ()) if source is self.blobs[t].data]
+            reads = self._backward_vecs.get(i + 1, ((), ()))[1]
+            if len(copy) == 1 and reads and reads[0].data.base is copy[0].base is not None:  # the Scale reads it
+                fused[i] = (i + 1, copy[0])
+        return fused
 
     # ---- shapes that change between batches -------------------------------------------------
 
@@ -523,19 +547,29 @@ class Net:
         folds, folded = self._folds() if not self.keep_for_backward else ({}, ())
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
+        fused = self._fused if self.keep_for_backward else {}
+        scaled = None  # the index of the Scale its BatchNorm just ran (fused)
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
+            made = None  # a copy this layer's forward wrote itself
             if i in folds:
                 layer.fold = self._fold(i, folds[i])
                 layer.forward(bottom, top)
                 layer.fold = None
             elif i in folded:
                 continue
+            elif i == scaled:
+                pass  # its BatchNorm ran it; the copies of its top below are made as after its own forward
+            elif i in fused and not layer.global_stats:
+                scaled, made = fused[i]
+                layer.forward_scaled(bottom, top, self.layers[scaled], made)
             elif not (replica and layer.is_source):
                 layer.forward(bottom, top)
                 if layer.reshapes and self._follow(i):
                     keeps = self._keeps if self.keep_for_backward else {}
+                    fused = self._fused if self.keep_for_backward else {}
             for source, copy in keeps.get(i, ()):
-                np.copyto(copy, source)
+                if copy is not made:
+                    np.copyto(copy, source)
         self._kept = bool(keeps)
         self._strided_out("data")
         return self.loss()
@@ -607,10 +641,17 @@ class Net:
                             "keep them; set net.keep_for_backward = True before forward")
         for blob, w in self.loss_blobs:
             blob.diff[...] = w
+        fused = {s: (k, copy) for k, (s, copy) in self._fused.items() if not getattr(self.layers[k], "used_global", True)}
         for k in reversed(range(len(self.layers))):
             if self.need_backward[k]:
                 tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))
-                self.layers[k].backward(tops, self.propagate[k], bottoms)
+                if k in fused:  # a Scale: its BatchNorm below runs both backwards (it reads only the copy)
+                    continue
+                if k + 1 in fused and fused[k + 1][0] == k:
+                    self.layers[k].backward_scaled(tops, self.propagate[k], bottoms, self.layers[k + 1],
+                                                   fused[k + 1][1])
+                else:
+                    self.layers[k].backward(tops, self.propagate[k], bottoms)
         self._strided_out("diff")
 
     def forward_backward(self) -> float:

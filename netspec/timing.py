@@ -83,8 +83,12 @@ def _kernels(net, out) -> dict:
         f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
+    fused = [f"{net.defs[i].name} + {net.defs[j].name}" for i, (j, _) in getattr(net, "_fused", {}).items()]
+    if fused:
+        out(f"Fused in training (BatchNorm + Scale, one pass forward, two backward; the table above times them "
+            f"apart): {len(fused)} pairs ({', '.join(fused[:3])}{', ...' if len(fused) > 3 else ''})")
     return {"vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR, "taps_rows": simd.TAPS_KR,
-            "convolutions": paths}
+            "convolutions": paths, "fused": fused}
 
 
 def _data_alone(net, iterations, out) -> list:

@@ -112,7 +112,7 @@ class Trainer:
                  lr_scale: float | None = None, sigint_effect: str = "stop", sighup_effect: str = "snapshot",
                  sigterm_effect: str = "stop",
                  monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None,
-                 force: bool = False, tensorboard: str | None = None):
+                 force: bool = False, tensorboard: str | None = None, precompile: bool = False):
         self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
         self.force = force  # start over a run already at snapshot_prefix; resume a net edited past its state
         self.tensorboard = tensorboard
@@ -131,6 +131,9 @@ class Trainer:
         train_state = cfg.train_state or {}
         self.net = Net(self.net_doc, "TRAIN", self.net_path, seed=cfg.random_seed,
                        level=train_state.get("level", 0), stages=tuple(as_list(train_state.get("stage"))))
+        # a cold start: a second process compiles kernels from the other end of the net (netspec/warmup.py)
+        from netspec import warmup
+        self._warmup = warmup.start(self.net, solver_path, overrides) if precompile and comm is None else None
         self.test_nets: list[Net] = []  # Caffe's order: test_net files, inline test_net_param, then `net`
         if cfg.test_iter and self.rank == 0:
             from netspec.spec import caffe_relative
@@ -750,7 +753,9 @@ class Trainer:
             raise
 
     def end(self):
-        """Close the metrics, the lock and the threads."""
+        """Close the metrics, the lock and the threads (and a compile helper still running)."""
+        if getattr(self, "_warmup", None) is not None and self._warmup.poll() is None:
+            self._warmup.terminate()
         self.metrics.close()
         self._unlock()
         for runner in [self.replicas] + self.test_runners:
@@ -841,6 +846,10 @@ class Trainer:
             if shown and cfg.debug_info:
                 self.watch.debug(self.iter, "Update")  # the params after the update, the diffs hold the steps
             self.iter += 1
+            if self._warmup is not None:  # the first iteration ran: every kernel it needs is compiled
+                from netspec import warmup
+                warmup.finish(self._warmup, self.net)
+                self._warmup = None
             Progress.update(self.iter, cfg.max_iter, "training")
             snapped = bool(cfg.snapshot and self.iter % cfg.snapshot == 0) or self.snapshot_requested
             if snapped:

@@ -202,3 +202,53 @@ def test_summary_counts_the_kept_copies():
     rows = {r["name"]: r for r in summarize(net)}
     assert rows["l1"]["kept_bytes"] == 4 * 3 * 2 * 3 * 8  # one copy of BatchNorm's top (float64)
     assert sum(r["kept_bytes"] for r in rows.values()) == rows["l1"]["kept_bytes"]
+
+
+def test_batchnorm_and_the_scale_above_it_run_fused_in_training_and_equal_them_apart(monkeypatch):
+    """In training, BatchNorm (batch statistics) with the in-place per-channel Scale above it runs as one layer
+    (Net._plan_fusion): one pass forward writing the kept normalized values and the scaled top, two backward.
+    It gives what the two give run one by one (YAFFE_FUSE_BN=0): losses, every gradient, the running statistics;
+    as slices too; and a forward with the stored statistics (phase TEST) runs them apart."""
+    types = ("BatchNorm", "Scale", "ReLU")
+    fused = chain_net(types, True)
+    assert list(fused._fused) == [2] and fused._fused[2][0] == 3  # BatchNorm l1 (index 2) with Scale l2
+    assert chain_net(types, False)._fused == {} and chain_net(types, True, global_stats=True)._fused == {}
+    monkeypatch.setenv("YAFFE_FUSE_BN", "0")
+    apart = chain_net(types, True)
+    assert apart._fused == {}
+    monkeypatch.delenv("YAFFE_FUSE_BN")
+    for slices in (1, 2):
+        a, b = chain_net(types, True), chain_net(types, True)
+        monkeypatch.setenv("YAFFE_FUSE_BN", "0")
+        b = chain_net(types, True)
+        monkeypatch.delenv("YAFFE_FUSE_BN")
+        for _ in range(2):  # the second pass normalizes with the batch again and updates the sums again
+            for net in (a, b):
+                for p in net.params:
+                    p.blob.diff[...] = 0
+            (la, ga), (lb, gb) = gradients(a, slices), gradients(b, slices)
+            assert la == pytest.approx(lb, rel=1e-12)
+            for x, y in zip(ga, gb):
+                np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+            for x, y in zip(a.layers[2].blobs, b.layers[2].blobs):  # the running statistics
+                np.testing.assert_allclose(x.data, y.data, rtol=1e-12)
+    # the per-layer passes (run.py time) after a fused forward read the same kept values
+    c = chain_net(types, True)
+    c.forward()
+    for p in c.params:
+        p.blob.diff[...] = 0
+    for blob, w in c.loss_blobs:
+        blob.diff[...] = w
+    for k in reversed(range(len(c.layers))):
+        if c.need_backward[k]:
+            c.backward_layer(k)
+    d = chain_net(types, True)
+    d.forward_backward()
+    for x, y in zip([c.blobs["data"].diff] + [p.blob.diff for p in c.params],
+                    [d.blobs["data"].diff] + [p.blob.diff for p in d.params]):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    # the stored statistics (a TRAIN net switched to TEST): BatchNorm and Scale run one by one, Scale included
+    e, f = chain_net(types, True), chain_net(types, False)
+    e.phase = f.phase = "TEST"
+    assert e.forward() == pytest.approx(f.forward(), rel=1e-12)
+    np.testing.assert_allclose(e.blobs["c0"].data, f.blobs["c3"].data, rtol=1e-12)
