@@ -130,7 +130,8 @@ class Transformer:
                 raise LayerError(f"crop_size {p.crop_size} needs examples of at least {p.crop_size} x "
                                  f"{p.crop_size}; they are {list(self.sample)}", "transform_param.crop_size")
         if getattr(p, "pad", 0) and len(self.sample) != 3:
-            raise LayerError(f"pad needs images (C, H, W); the examples are {list(self.sample)}", "transform_param.pad")
+            raise LayerError(f"pad needs images (C, H, W); the examples are {list(self.sample)}: remove pad, or read "
+                             "the source as images", "transform_param.pad")
         self.augments = bool(getattr(p, "resized_crop_scale", None) or getattr(p, "rotation", 0) or
                              getattr(p, "brightness", 0) or getattr(p, "contrast", 0) or getattr(p, "saturation", 0))
         if self.augments:
@@ -346,8 +347,7 @@ class Transformer:
             for s in self.steps:
                 x = self._step(x, s, blobs, k)
                 k += self._n_stats(s)
-        x = np.broadcast_to(x, zero.shape).reshape((zero.shape[1] if zero.ndim > 2 else 1, -1))
-        return x.mean(axis=1).astype(self.dtype)
+        return np.broadcast_to(x, zero.shape).reshape(self.sample[0], -1).mean(axis=1).astype(self.dtype)
 
     # ---- per batch ----------------------------------------------------------------------------
 
@@ -394,8 +394,9 @@ class Transformer:
             self._full_mean = np.ascontiguousarray(full.reshape((-1, h, w)))
             self._fill = self._pad_fill(blobs) if getattr(self.p, "pad", 0) else np.zeros(len(self._full_mean),
                                                                                           self.dtype)
+        shaped = out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1]))
         crop_mirror(x.reshape((n_img, -1, h, w)), self._full_mean, self.dtype.type(scale), tops, lefts, flips,
-                    self._fill, out.reshape((n_img, -1) + out.shape[-2:] if out.ndim >= 3 else (n_img, 1, 1, out.shape[-1])))
+                    self._fill, shaped)
 
 
 # ---- augmentation helpers: one image (C, H, W) float32 ------------------------------------------------------

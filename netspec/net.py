@@ -641,7 +641,8 @@ class Net:
                             "keep them; set net.keep_for_backward = True before forward")
         for blob, w in self.loss_blobs:
             blob.diff[...] = w
-        fused = {s: (k, copy) for k, (s, copy) in self._fused.items() if not getattr(self.layers[k], "used_global", True)}
+        fused = {s: (k, copy) for k, (s, copy) in self._fused.items()  # {Scale: (BatchNorm, copy)}, batch statistics
+                 if not getattr(self.layers[k], "used_global", True)}
         for k in reversed(range(len(self.layers))):
             if self.need_backward[k]:
                 tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))

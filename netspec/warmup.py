@@ -5,9 +5,10 @@ Numba compiles each kernel the first time it runs, one after another on one core
 the train net is built, `start` launches a helper process that builds the same net at a batch of 2 (its data
 layers replaced by Input tops of the same shapes) and runs the solver's update, then the layers' backward from the
 last to the first (each layer's forward first only where its backward needs it), while the main process runs its
-forward from the first layer: each kernel is compiled by whichever process reaches it first, and the other loads it from the cache (Numba reads the
-cache's index again whenever it needs a kernel it does not hold). A marker in the cache folder records the
-nets whose kernels were compiled so, and warm starts launch nothing. `YAFFE_PRECOMPILE=0` turns it off.
+forward from the first layer: each kernel is compiled by whichever process reaches it first, and the other loads
+it from the cache (Numba reads the cache's index again whenever it needs a kernel it does not hold). A marker in
+the cache folder records the nets whose kernels were compiled so, and warm starts launch nothing.
+`YAFFE_PRECOMPILE=0` turns it off.
 """
 from __future__ import annotations
 
@@ -65,11 +66,12 @@ def start(net, solver_path: str, overrides: dict | None = None):
         if os.path.exists(marker):
             return None
         job = json.dumps({"doc": helper_doc(net), "dtype": str(net.dtype), "solver": os.path.abspath(solver_path),
-                          "overrides": overrides or {}, "marker": marker}, default=str)
+                          "overrides": overrides or {}}, default=str)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
                    NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        proc = subprocess.Popen([sys.executable, "-c", "from netspec.warmup import main; main()"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", "from netspec.warmup import main; main()"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                cwd=ROOT)
         proc.stdin.write(job.encode())
         proc.stdin.close()
         return proc
@@ -114,9 +116,9 @@ def main():
             continue
         if i in net._fused:
             j, copy = net._fused[i]
-            layer, runs = net.layers[i], [
-                lambda: layer.backward_scaled(net.top_vecs[i], net.propagate[i], net.bottom_vecs[i], net.layers[j], copy),
-                lambda: layer.forward_scaled(net.bottom_vecs[i], net.top_vecs[i], net.layers[j], copy)]
+            layer, scale = net.layers[i], net.layers[j]
+            runs = [lambda: layer.backward_scaled(net.top_vecs[i], net.propagate[i], net.bottom_vecs[i], scale, copy),
+                    lambda: layer.forward_scaled(net.bottom_vecs[i], net.top_vecs[i], scale, copy)]
         else:
             runs = [lambda: net.backward_layer(i), lambda: net.forward_layer(i)]
         try:

@@ -25,7 +25,7 @@ def test_the_helper_builds_the_train_net_at_a_batch_of_two_and_runs_every_backwa
     called = []
     monkeypatch.setattr(Net, "backward_layer", lambda self, k: called.append(k))
     job = {"doc": doc, "dtype": "float32", "solver": os.path.join(ROOT, "models", "lenet_digits", "solver.yaml"),
-           "overrides": {}, "marker": str(tmp_path / "m")}
+           "overrides": {}}
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(job)))
     warmup.main()
     assert called == [k for k in reversed(range(len(helper.layers))) if helper.need_backward[k]]
