@@ -2,7 +2,7 @@
 threads: batch-1 latency (median) and batch-64 images/s, for LeNet (models/lenet_mnist), CIFAR-10 quick (Caffe's),
 models/resnet_fashion and ResNet-20 on 3x32x32 (benchmarks/nets.py), random weights. yaffe's net runs forward
 only (keep_for_backward False, as `run.py predict` and the test nets run): BatchNorm and Scale fold into the
-convolutions.
+convolutions, and a batch of 64 runs as slices on the threads (solvers/replicas.py), as predict and test run it.
 
     python benchmarks/onnx_inference.py [--repeats 7]
 """
@@ -88,6 +88,7 @@ def bench(name, doc, shape, repeats, out):
         for i, b in enumerate(layer.blobs):
             b.data[...] = ([rng.normal(size=b.shape), rng.uniform(0.5, 2, b.shape), np.full(b.shape, 1.0)][i]
                            if layer.type == "BatchNorm" else rng.normal(0, 0.1, b.shape))
+    weights = {k: v.copy() for k, v in net.weights().items()}
     path = os.path.join(tempfile.mkdtemp(), "m.onnx")
     info = export(net, path, out=lambda *a: None)
     opts = ort.SessionOptions()
@@ -95,11 +96,15 @@ def bench(name, doc, shape, repeats, out):
     sess = ort.InferenceSession(path, opts)
     inp = info["inputs"][0]
     rows = []
+    from solvers.replicas import start
     for batch in (1, 64):
         x = rng.normal(size=(batch,) + tuple(shape[1:])).astype(np.float32)
         net.blobs[inp].reshape(x.shape)
+        net.reshape()
+        # as run.py predict and run.py test run it: the batch as slices on the threads where that pays (batch 64)
+        runner = start(net, None)[0] or net
         net.blobs[inp].data[...] = x
-        net.forward()
+        runner.forward()
         ref = net.blobs[info["outputs"][0]].data.copy()
         got = sess.run(info["outputs"][:1], {inp: x})[0]
         assert np.allclose(got, ref, rtol=1e-3, atol=1e-4 * max(1, np.abs(ref).max())), name
@@ -109,12 +114,17 @@ def bench(name, doc, shape, repeats, out):
             t0 = time.perf_counter()
             for _ in range(n):
                 net.blobs[inp].data[...] = x
-                net.forward()
+                runner.forward()
             times["yaffe"].append((time.perf_counter() - t0) / n)
             t0 = time.perf_counter()
             for _ in range(n):
                 sess.run(None, {inp: x})
             times["ort"].append((time.perf_counter() - t0) / n)
+        if runner is not net:
+            runner.close()
+            net = Net(doc, "TEST", name, seed=0)  # a split net cannot change its batch: a new one, same weights
+            net.keep_for_backward = False
+            net.load_weights(weights, name)
         rows.append((batch, statistics.median(times["yaffe"]), statistics.median(times["ort"]),
                      torch_seconds(name, batch, n, repeats)))
     for batch, ours, theirs, torch in rows:

@@ -7,7 +7,8 @@ from numba import njit
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, dims, register
-from .kernels import add_scaled, max_step, mul_into, reduce_rows, reduce_rows_backward, scale_into, select_grad
+from .kernels import (add_scaled, max_step, mul_into, reduce_rows, reduce_rows_backward, scale_into, select_grad,
+                      sum_two)
 from .shape import _axis
 
 
@@ -72,6 +73,7 @@ class Eltwise(Layer):
         Field("stable_prod_grad", "bool", True, "PROD: gradient as the product of the others"),
     )
     bottoms = (2, None)
+    relu = None  # for a pass: the negative slope of an in-place ReLU above, applied by SUM of two (Net._folds)
 
     @property
     def backward_reads(self):
@@ -94,6 +96,9 @@ class Eltwise(Layer):
 
     def forward(self, bottom, top):
         y, op = top[0].data.ravel(), self.p.operation
+        if op == "SUM" and len(bottom) == 2 and bottom[0] is not top[0] and bottom[1] is not top[0]:
+            relu = (True, self.relu) if self.relu is not None else (False, 0.0)
+            return sum_two(bottom[0].data.ravel(), self.coeff[0], bottom[1].data.ravel(), self.coeff[1], y, *relu)
         if op == "SUM":
             scale_into(bottom[0].data.ravel(), self.coeff[0], y)
             for c, b in zip(self.coeff[1:], bottom[1:]):

@@ -117,8 +117,9 @@ def col2im(col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def channels_last_to_first(buf, bias, has_bias, y):
-    """buf (O, N*P) -> y (N, O, P), adding bias[o]: the matrix product's layout to the blob's."""
+def channels_last_to_first(buf, bias, has_bias, y, relu=False, slope=0.0):
+    """buf (O, N*P) -> y (N, O, P), adding bias[o]: the matrix product's layout to the blob's; relu: a ReLU
+    after (take_planes)."""
     n_img, out_c, plane = y.shape
     yf, bf, width = y.reshape(-1), buf.reshape(-1), n_img * plane
     for n in prange(n_img):
@@ -126,7 +127,8 @@ def channels_last_to_first(buf, bias, has_bias, y):
             b = bias[o] if has_bias else 0.0
             dst, src = (n * out_c + o) * plane, o * width + n * plane
             for q in range(plane):
-                yf[uintp(dst + q)] = bf[uintp(src + q)] + b
+                v = bf[uintp(src + q)] + b
+                yf[uintp(dst + q)] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -157,8 +159,9 @@ def place_planes(x, buf, start, row):
 
 
 @njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
-def take_planes(buf, row, y):
-    """buf (N, B, L) -> y (N, C, H, W), B >= C: y[n, c, i, j] = buf[n, c, i*row + j]."""
+def take_planes(buf, row, y, relu=False, slope=0.0):
+    """buf (N, B, L) -> y (N, C, H, W), B >= C: y[n, c, i, j] = buf[n, c, i*row + j]; relu: a ReLU (with
+    negative slope `slope`) applied on the way (an in-place ReLU above, folded in inference)."""
     n_img, chans, height, width = y.shape
     yf, bf = y.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]
@@ -167,7 +170,8 @@ def take_planes(buf, row, y):
         src, dst = (n * planes + c) * length, p * height * width
         for i in range(height):
             for j in range(width):
-                yf[uintp(dst + i * width + j)] = bf[uintp(src + i * row + j)]
+                v = bf[uintp(src + i * row + j)]
+                yf[uintp(dst + i * width + j)] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -180,15 +184,16 @@ def direct_conv(xp, offs, w, bias, out):
     width = VECTOR_BYTES // xp.itemsize
     body = nq - nq % (3 * width)
     xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
-    for n in prange(n_img):
-        for o0 in range(0, opad, BCAST_MR):
-            at = (n * opad + o0) * nq
-            for q0 in range(0, body, 3 * width):
-                tile_bcast3(xf, n * per_image + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
-            if nq - body == 2 * width:
-                tile_bcast2(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
-            elif nq - body == width:
-                tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+    blocks = opad // BCAST_MR
+    for task in prange(n_img * blocks):  # (image, filter block): a batch of one still splits over the threads
+        n, o0 = task // blocks, task % blocks * BCAST_MR
+        at = (n * opad + o0) * nq
+        for q0 in range(0, body, 3 * width):
+            tile_bcast3(xf, n * per_image + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
+        if nq - body == 2 * width:
+            tile_bcast2(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+        elif nq - body == width:
+            tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
 @njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
@@ -283,6 +288,7 @@ class DirectPlan:
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
+        self.laid = None  # the fold whose weights w and bias hold (Convolution._forward)
         self.forward_useful = oh * ow / self.nq * out_c / self.o_pad
         self.data_useful = oh * ow / self.nqb * c / self.c_pad
         self._backward_shape = (n, out_c, length_q, dtype)
@@ -483,7 +489,13 @@ class Convolution(Layer):
                 self._backward(x, dy, dx, propagate_down[i], fresh)
 
     fold = None  # (weights, bias) to use in place of the blobs for a pass: a BatchNorm folded in (Net._folds)
+    relu = None  # for a pass: the negative slope of a ReLU above applied on the way out (Net._folds)
     path_taken = None  # which kernels the last forward ran: direct, im2col, depthwise (run.py time says)
+
+    def weights_and_bias(self):
+        """(weights, bias) as a fold gives them: the blobs' arrays, zeros for a layer without a bias."""
+        w = self.blobs[0].data
+        return w, self.blobs[1].data if self.p.bias_term else np.zeros(self.p.num_output, w.dtype)
 
     def release_buffers(self):
         self._plan = self._dw_plan = self._col = self._out = None
@@ -504,25 +516,25 @@ class Convolution(Layer):
         """One bottom's forward on the 2-D kernels: x (N, C, H, W) -> y (N, O, OH, OW)."""
         weight, has_bias = (self.blobs[0].data, self.p.bias_term) if self.fold is None else (self.fold[0], True)
         bias = (self.blobs[1].data if self.fold is None else self.fold[1]) if has_bias else weight.reshape(-1)
+        relu = (True, self.relu) if self.relu is not None else (False, 0.0)
         dwp = self._depthwise(x)
         if dwp is not None:
             self.path_taken = "depthwise"
             to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
             depthwise_rows(dwp.phases, weight, bias, has_bias, dwp.phase, dwp.shift, dwp.out)
-            return rows_to_top(dwp.out, x.shape[0], dwp.hq, dwp.wq, y)
+            return rows_to_top(dwp.out, x.shape[0], dwp.hq, dwp.wq, y, *relu)
         plan = self._direct(x)
         self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
                                                                f"im2col, {self.p.group} groups")
         if plan is not None:
             out_c = self.p.num_output
-            plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T
-            if has_bias:
-                plan.bias[:out_c] = bias
-            else:
-                plan.bias[:out_c] = 0
+            if self.fold is None or plan.laid is not self.fold:  # a fold is a new tuple when its weights change
+                plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T
+                plan.bias[:out_c] = bias if has_bias else 0
+                plan.laid = self.fold
             place_planes(x, plan.xpad, plan.start, plan.wp)
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
-            take_planes(plan.out, plan.wp, y)
+            take_planes(plan.out, plan.wp, y, *relu)
             return
         n = x.shape[0]
         out_c, groups = self.p.num_output, self.p.group
@@ -534,7 +546,7 @@ class Convolution(Layer):
             for g in range(groups):
                 gemm(weight[g * og:(g + 1) * og].reshape(og, k), self._col[g * k:(g + 1) * k],
                      self._out[g * og:(g + 1) * og])
-            channels_last_to_first(self._out, bias, has_bias, y[s:s + block])
+            channels_last_to_first(self._out, bias, has_bias, y[s:s + block], *relu)
 
     def _backward(self, x, dy, dx, want_dx, fresh):
         """One bottom's backward on the 2-D kernels; fresh: the forward's buffers hold this bottom's input."""

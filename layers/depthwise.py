@@ -116,8 +116,8 @@ def depthwise_rows(phases, w, bias, has_bias, phase, shift, out):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def rows_to_top(out, n, hq, wq, y):
-    """y[n, o, oy, ox] = out[o, n*hq*wq + oy*wq + ox]."""
+def rows_to_top(out, n, hq, wq, y, relu=False, slope=0.0):
+    """y[n, o, oy, ox] = out[o, n*hq*wq + oy*wq + ox]; relu: a ReLU of negative slope `slope` on the way."""
     o, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     plane = hq * wq
     for task in prange(n * o):
@@ -126,7 +126,8 @@ def rows_to_top(out, n, hq, wq, y):
         for oy in range(oh):
             base, dst = img * plane + oy * wq, y[img, oc, oy]
             for ox in range(ow):
-                dst[uintp(ox)] = src[uintp(base + ox)]
+                v = src[uintp(base + ox)]
+                dst[uintp(ox)] = v if not relu or v > 0 else v * slope
 
 
 @njit(parallel=True, cache=True, nogil=True)

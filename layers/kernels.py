@@ -5,7 +5,7 @@ They write into preallocated outputs, so the layers that use them allocate nothi
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uintp
 
 
 @njit(cache=True, nogil=True)
@@ -20,6 +20,15 @@ def add_scaled(x, c, out):
     """out += c * x."""
     for i in range(x.size):
         out[i] += c * x[i]
+
+
+@njit(cache=True, nogil=True)
+def sum_two(a, ca, b, cb, out, relu=False, slope=0.0):
+    """out = ca * a + cb * b in one pass (Eltwise SUM of two bottoms); relu: then a ReLU of negative slope
+    `slope` (an in-place ReLU above it, folded in inference)."""
+    for i in range(out.size):
+        v = ca * a[i] + cb * b[i]
+        out[i] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True)
@@ -177,3 +186,20 @@ def reduce_rows_backward(x, dy, op, coeff, dx):
                 dx[r, i] = 2.0 * g * v
             else:
                 dx[r, i] = g / n
+
+
+@njit(cache=True, nogil=True)
+def changed_parts(views, copy, part, changed):
+    """views: a typed List of 1-D arrays whose earlier values lie end to end in `copy`; changed[part[i]] = True
+    where views[i] differs from its stretch of copy (a NaN always differs). Counts instead of breaking at the first
+    difference, so that the loop vectorizes (~0.1 ns a value)."""
+    at = 0
+    for i in range(len(views)):
+        v = views[i]
+        n = v.size
+        d = 0
+        for j in range(n):
+            d += v[uintp(j)] != copy[uintp(at + j)]
+        if d:
+            changed[part[i]] = True
+        at += n

@@ -97,7 +97,7 @@ class Predictor:
             net.load_weights(snap.load_weights_file(weights), weights)
         self.start, self.source = 0, None
         for i, (d, layer) in enumerate(zip(net.defs, net.layers)):
-            if layer.type == "Input":
+            if layer.type == "Input" or (layer.is_data and not hasattr(layer, "sample_shapes")):  # (DummyData)
                 self.input = d.tops[0]
                 self.start = i + 1
                 break
@@ -158,17 +158,32 @@ class Predictor:
 
     def run(self, rows, blobs):
         """{blob: (N, ...) array} for all rows, in batches."""
+        from .replicas import start
         net, names = self.net, self.outputs(blobs)
         parts = {b: [] for b in names}
         total = len(rows)
-        for s in range(0, total, self.batch):
-            if self._feed(rows[s:s + self.batch]):
-                net.reshape(self.start - 1)
-            for i in range(self.start, len(net.layers)):
-                net.forward_layer(i)
-            for b in names:
-                parts[b].append(np.array(net.blobs[b].data))
-            Progress.update(min(s + self.batch, total), total, "predicting")
+        slices = None  # the batch as slices on the threads (solvers/replicas.py), made at the first batch
+        try:
+            for s in range(0, total, self.batch):
+                chunk = rows[s:s + self.batch]
+                n = len(chunk)
+                if slices and n < self.batch:  # a last, shorter batch: padded (each row's outputs are its own
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])  # in a split net)
+                if self._feed(chunk):
+                    net.reshape(self.start - 1)
+                if slices is None:
+                    slices = start(net, None)[0] or False
+                if slices:
+                    slices.forward(sources=False)
+                else:
+                    net.forward(self.start)
+                for b in names:
+                    v = net.blobs[b].data
+                    parts[b].append(np.array(v[:n] if v.ndim and len(v) == len(chunk) else v))
+                Progress.update(min(s + self.batch, total), total, "predicting")
+        finally:
+            if slices:
+                slices.close()
         Progress.close()
         return {b: np.concatenate(p) if p[0].ndim else np.array(p) for b, p in parts.items()}
 

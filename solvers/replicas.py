@@ -95,16 +95,18 @@ class Replicas:
     def forward_backward(self) -> float:
         return self._run(True)
 
-    def forward(self) -> float:
-        return self._run(False)
+    def forward(self, sources: bool = True) -> float:
+        """The forward alone (inference, tests); sources=False: the data layers' tops were filled by the caller
+        (run.py predict feeds its rows there)."""
+        return self._run(False, sources)
 
-    def _run(self, backward: bool) -> float:
+    def _run(self, backward: bool, sources: bool = True) -> float:
         net = self.net
         if not getattr(net, "_released", False):  # a pass of the whole net's own (a check) made its buffers again
             net.release_buffers()
         if not self.workers:  # the first pass, or closed: start them
             self._start()
-        for layer, bottom, top in self.data:
+        for layer, bottom, top in self.data if sources else ():
             layer.forward(bottom, top)
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
             for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):

@@ -936,6 +936,19 @@ def _one_pass(net) -> tuple[int | None, str]:
     return longest, what
 
 
+def _sum_outputs(net, originals, sums, out, i):
+    """Add batch i's outputs (and the originals' losses, EuclideanLoss on normalized targets in the targets'
+    units) to sums."""
+    for name, layer, scale in originals:
+        d = layer.d * scale.reshape((1,) + layer.d.shape[1:]) if np.ndim(scale) else layer.d * scale
+        sums[name] = sums.get(name, 0) + float((d.astype(np.float64) ** 2).sum()) / (2 * layer.n)
+    for name in net.outputs:
+        v = net.blobs[name].data
+        sums[name] = sums.get(name, 0) + v.astype(np.float64)
+        if v.ndim == 0:
+            out(f"Batch {i}, {name} = {float(v):g}")
+
+
 def test_model(model_path: str, weights_path: str | None, iterations: int | None = None, out=say, level: int = 0,
                stages=()) -> dict:
     """`run.py test`: the TEST-phase net with the given weights, `iterations` batches (default: one pass over its
@@ -961,17 +974,16 @@ def test_model(model_path: str, weights_path: str | None, iterations: int | None
     weights = {}
     for blob, w in net.loss_blobs:
         weights[blob.name] = weights.get(blob.name, 0.0) + w
-    for i in range(iterations):
-        total += net.forward()
-        Progress.update(i + 1, iterations, "testing")
-        for name, layer, scale in originals:  # EuclideanLoss on normalized targets, in the targets' units
-            d = layer.d * scale.reshape((1,) + layer.d.shape[1:]) if np.ndim(scale) else layer.d * scale
-            sums[name] = sums.get(name, 0) + float((d.astype(np.float64) ** 2).sum()) / (2 * layer.n)
-        for name in net.outputs:
-            v = net.blobs[name].data
-            sums[name] = sums.get(name, 0) + v.astype(np.float64)
-            if v.ndim == 0:
-                out(f"Batch {i}, {name} = {float(v):g}")
+    from .replicas import start
+    runner = None if originals else start(net, None)[0]  # the batch as slices on the threads, where it pays
+    try:
+        for i in range(iterations):
+            total += (runner or net).forward()
+            Progress.update(i + 1, iterations, "testing")
+            _sum_outputs(net, originals, sums, out, i)
+    finally:
+        if runner is not None:
+            runner.close()
     result = {}
     for name in net.outputs + [o[0] for o in originals]:
         value = np.asarray(sums[name]) / iterations

@@ -373,8 +373,13 @@ def test_inference_folds_batch_norm_and_scale_into_the_convolution_with_the_same
     want = {k: net.blobs[k].data.copy() for k in ("conv1", "conv2", "conv3", "bn3")}
     net.keep_for_backward = False  # inference: the folds apply where BatchNorm uses its stored statistics
     folds, skipped = net._folds()
-    assert folds == ({1: (2, 3), 5: (6,)} if phase == "TEST" else {})
-    assert skipped == ({2, 3, 6} if phase == "TEST" else set())  # bn3 writes a new top: not folded
+    # a convolution without a BatchNorm to fold (conv3, or all in TRAIN) has an empty chain: its weights are laid
+    # out for the direct kernels once while they stay unchanged
+    assert folds == ({1: (2, 3), 5: (6,), 7: ()} if phase == "TEST" else {1: (), 5: (), 7: ()})
+    # bn3 writes a new top: not folded; relu1 (in place, right after the chain) is applied by conv1 as it writes
+    # (in TRAIN bn1 runs on batch statistics between them)
+    assert skipped == ({2, 3, 4, 6} if phase == "TEST" else set())
+    assert net._fold_relus == ({1: 0.0} if phase == "TEST" else {})
     for name in want:
         net.blobs[name].data[...] = 0
     net.forward()
@@ -382,9 +387,90 @@ def test_inference_folds_batch_norm_and_scale_into_the_convolution_with_the_same
         np.testing.assert_allclose(net.blobs[name].data, value, rtol=2e-5, atol=2e-5, err_msg=name)
     assert net.layers[1].fold is None  # only for the pass
     net.layer_by_name("bn1").blobs[1].data *= 2  # weights changed in place (training, Python): folded again
+    net.layer_by_name("conv3").blobs[0].data[0, 0, 0, 0] += 1  # and laid out again
+    net.layer_by_name("conv1").blobs[0].data[1, 0, 0, 0] -= 1
+    assert net.layer_by_name("conv1").path_taken == "direct"  # whose weights are laid out for its own kernels
     net.forward()
     folded = net.blobs["conv3"].data.copy()
     net.keep_for_backward = True
     net.forward()
     np.testing.assert_allclose(folded, net.blobs["conv3"].data, rtol=2e-5, atol=2e-5)
+    net.keep_for_backward = False
+    for name in ("conv1", "conv3"):
+        net.layer_by_name(name).blobs[0].data = net.layer_by_name(name).blobs[0].data * 0.5  # a new array
+    net.forward()
+    halved = net.blobs["conv3"].data.copy()
+    net.keep_for_backward = True
+    net.forward()
+    np.testing.assert_allclose(halved, net.blobs["conv3"].data, rtol=2e-5, atol=2e-5)
     assert phase == "TRAIN" or not np.allclose(folded, want["conv3"], atol=1e-3)  # TRAIN: batch statistics
+
+
+RELU_NET = """
+layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [2, 8, 9, 9]}}}
+  - {name: direct, type: Convolution, bottom: data, top: direct, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
+  - {name: leaky, type: ReLU, bottom: direct, top: direct, relu_param: {negative_slope: 0.1}}
+  - {name: strided, type: Convolution, bottom: direct, top: strided,
+     convolution_param: {num_output: 8, kernel_size: 3, stride: 2}}
+  - {name: relu2, type: ReLU, bottom: strided, top: strided}
+  - {name: dw, type: Convolution, bottom: strided, top: dw, convolution_param: {num_output: 8, kernel_size: 3, pad: 1, group: 8}}
+  - {name: relu3, type: ReLU, bottom: dw, top: dw, relu_param: {negative_slope: 0.3}}
+  - {name: apart, type: ReLU, bottom: dw, top: apart}
+"""
+
+
+def test_inference_applies_an_in_place_relu_in_the_convolution_on_every_path():
+    """A forward-only net: each convolution writes its top through the in-place ReLU above it (leaky or not), on
+    the direct, im2col and depthwise kernels; the tops equal those of the layers run one by one."""
+    from netspec.loader import loads as load_yaml
+    net = Net(load_yaml(RELU_NET), "TEST", seed=0)
+    rng = np.random.default_rng(1)
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.data[...] = rng.normal(size=b.shape)
+    net.blobs["data"].data[...] = rng.normal(size=(2, 8, 9, 9))
+    net.forward()
+    want = {k: net.blobs[k].data.copy() for k in ("direct", "strided", "dw", "apart")}
+    net.keep_for_backward = False
+    assert net._folds()[1] == {2, 4, 6} and net._fold_relus == {1: pytest.approx(0.1), 3: 0.0, 5: pytest.approx(0.3)}
+    for name in want:
+        net.blobs[name].data[...] = np.nan
+    net.forward()
+    assert [net.layer_by_name(n).path_taken for n in ("direct", "strided", "dw")] == ["direct", "im2col", "depthwise"]
+    for name, value in want.items():
+        assert (value < 0).any() == (name in ("direct", "dw"))  # the leaky ones
+        np.testing.assert_allclose(net.blobs[name].data, value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_inference_applies_the_relu_above_an_eltwise_sum_of_two():
+    """ResNet's block end: Eltwise SUM (with coefficients) then an in-place ReLU, one pass in a forward-only
+    net; equal to the layers one by one. A SUM of three, or a ReLU that is not in place, runs as it is."""
+    from netspec.loader import loads as load_yaml
+    text = """
+layer:
+  - {name: data, type: Input, top: [a, b], input_param: {shape: [{dim: [2, 3, 4, 5]}, {dim: [2, 3, 4, 5]}]}}
+  - {name: sum, type: Eltwise, bottom: [a, b], top: sum, eltwise_param: {coeff: [0.5, -2]}}
+  - {name: relu, type: ReLU, bottom: sum, top: sum, relu_param: {negative_slope: 0.2}}
+  - {name: three, type: Eltwise, bottom: [a, b, sum], top: three}
+  - {name: relu3, type: ReLU, bottom: three, top: three}
+  - {name: two, type: Eltwise, bottom: [a, sum], top: two}
+  - {name: apart, type: ReLU, bottom: two, top: apart}
+"""
+    net = Net(load_yaml(text), "TEST", seed=0)
+    rng = np.random.default_rng(2)
+    net.blobs["a"].data[...] = rng.normal(size=(2, 3, 4, 5))
+    net.blobs["b"].data[...] = rng.normal(size=(2, 3, 4, 5))
+    net.forward()
+    want = {k: net.blobs[k].data.copy() for k in ("sum", "three", "two", "apart")}
+    net.keep_for_backward = False
+    assert {net.defs[j].name for j in net._folds()[1]} == {"relu"}
+    assert {net.defs[i].name: v for i, v in net._fold_relus.items()} == {"sum": pytest.approx(0.2)}
+    for name in want:
+        net.blobs[name].data[...] = np.nan
+    net.forward()
+    assert (want["sum"] < 0).any() and (want["two"] < 0).any()
+    for name, value in want.items():
+        np.testing.assert_allclose(net.blobs[name].data, value, rtol=1e-6, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(want["sum"], np.where(0.5 * net.blobs["a"].data - 2 * net.blobs["b"].data > 0, 1, 0.2)
+                               * (0.5 * net.blobs["a"].data - 2 * net.blobs["b"].data), rtol=1e-5, atol=1e-6)

@@ -294,3 +294,49 @@ def test_resume_on_slices_is_bitwise(tmp_path, extra):
     again.train()
     for key, w in whole.net.weights().items():  # and a run repeats itself exactly
         np.testing.assert_array_equal(again.net.weights()[key], w)
+
+
+TEST_NET = """
+layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [16, 3, 10, 10]}, {dim: [16]}],
+     data_filler: [{type: gaussian, std: 1}, {type: constant, value: 2}]}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1,
+     convolution_param: {num_output: 8, kernel_size: 3, pad: 1, weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: bn1, type: BatchNorm, bottom: conv1, top: conv1}
+  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}
+  - {name: ip, type: InnerProduct, bottom: conv1, top: ip,
+     inner_product_param: {num_output: 5, weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+  - {name: acc, type: Accuracy, bottom: [ip, label], top: acc}
+"""
+
+
+def test_run_py_test_and_predict_run_the_batch_as_slices_with_the_results_of_one_pass(tmp_path, monkeypatch):
+    """`run.py test` and `run.py predict` run forward-only nets as slices where training would (here forced on a
+    small net); the outputs equal those of the whole batch at once, a last short batch of predict included."""
+    import solvers.replicas as rep
+    from solvers.predict import Predictor
+    from solvers.trainer import test_model
+    from solvers.snapshot import save_npz
+    path = tmp_path / "net.yaml"
+    path.write_text(TEST_NET)
+    net = Net(loads(TEST_NET), "TEST", seed=0)
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        for i, b in enumerate(layer.blobs):
+            b.data[...] = rng.uniform(0.5, 2, b.shape) if layer.type == "BatchNorm" else rng.normal(0, 0.3, b.shape)
+    weights = str(tmp_path / "w.weights.npz")
+    save_npz(weights, {k: v.copy() for k, v in net.weights().items()})
+    whole = test_model(str(path), weights, 3, out=lambda *a: None)
+    rows = rng.normal(size=(37, 3, 10, 10)).astype(np.float32)
+    scores = Predictor(str(path), weights).run(rows, ["ip"])["ip"]
+    runs = []
+    monkeypatch.setattr(rep, "MIN_MAPS", 1)
+    monkeypatch.setattr(rep.Replicas, "forward", lambda self, sources=True: runs.append(self.k) or
+                        rep.Replicas._run(self, False, sources))
+    split = test_model(str(path), weights, 3, out=lambda *a: None)
+    split_scores = Predictor(str(path), weights).run(rows, ["ip"])["ip"]
+    assert runs and set(runs) == {2}
+    assert split["acc"] == pytest.approx(whole["acc"]) and split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert split_scores.shape == (37, 5)
+    np.testing.assert_allclose(split_scores, scores, rtol=1e-5, atol=1e-5)
