@@ -116,10 +116,12 @@ def bench(name, doc, shape, repeats, out):
                 net.blobs[inp].data[...] = x
                 runner.forward()
             times["yaffe"].append((time.perf_counter() - t0) / n)
+            time.sleep(0.3)  # each side's threads spin a while after a run: they slowed the other 1.5-2x
             t0 = time.perf_counter()
             for _ in range(n):
                 sess.run(None, {inp: x})
             times["ort"].append((time.perf_counter() - t0) / n)
+            time.sleep(0.3)
         if runner is not net:
             runner.close()
             net = Net(doc, "TEST", name, seed=0)  # a split net cannot change its batch: a new one, same weights

@@ -1,14 +1,17 @@
-"""Convolution: direct (register tiles over zero-padded planes) for stride 1, else im2col plus BLAS.
+"""Convolution: direct (register tiles over zero-padded planes) for one group and one stride, else im2col plus BLAS.
 
 Input (N, C, H, W); weight (O, C/group, kh, kw); bias (O,); output (N, O, OH, OW) with
 OH = (H + 2*pad_h - (dilation_h*(kh-1)+1)) // stride_h + 1 (Caffe truncates, unlike Pooling).
 
-Direct (stride 1, one group; `DirectPlan`): each input plane is copied once into a zero-padded plane of row
+Direct (one group; `DirectPlan`): each input plane is copied once into a zero-padded plane of row
 length Wp = W + 2*pad_w, flattened. Output pixel q = y*Wp + x then reads tap (i, j) at q + i*dh*Wp + j*dw for
 every pixel alike, so the convolution is a matrix product whose right-hand rows are shifted views of the padded
 planes: `layers/simd.tile_bcast{1,2,3}` compute it in registers without writing im2col columns (the columns
 x >= OW of each row are computed and dropped). The backward data pass is the same product on the padded top diff
 with the kernel flipped, and the weight gradient (`tile_taps`) sums top diff times shifted input planes.
+A stride s > 1 splits each padded plane into s*s phase planes (`place_phases`), so that every tap again reads
+the same shifted row for all outputs (ResNet's down-sampling 3x3: 4.2x im2col's forward); its data gradient
+stays im2col's.
 Otherwise the whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
 group is a single large matrix product.
 """
@@ -174,6 +177,38 @@ def take_planes(buf, row, y, relu=False, slope=0.0):
                 yf[uintp(dst + i * width + j)] = v if not relu or v > 0 else v * slope
 
 
+@njit(cache=True, nogil=True)  # a copy, on one thread (place_planes)
+def place_phases(x, buf, ph, pw, s, row, rows):
+    """x (N, C, H, W) -> buf (N, C*s*s, L), the zero-padded planes split into s*s phases of rows `row`:
+    x[n, c, i, j] goes to phase ((i + ph) % s)*s + (j + pw) % s of channel c at ((i + ph)//s)*row + (j + pw)//s;
+    only the rows i with rows[(i + ph) % s] (the phases the taps read); the rest of buf (its zero padding) is
+    not touched. Stride 2 takes the columns in pairs, which LLVM vectorizes (2.3x a gather per phase)."""
+    n_img, chans, height, width = x.shape
+    xf, bf = x.reshape(-1), buf.reshape(-1)
+    length = buf.shape[2]
+    pairs, r0, r1 = width // 2, pw % 2, (1 + pw) % 2  # stride 2: column 2k + b to phase (2k + b + pw) % 2
+    for p in range(n_img * chans):
+        src = p * height * width
+        for i in range(height):
+            u, pi = (i + ph) // s, (i + ph) % s
+            if not rows[pi]:
+                continue
+            at, base = src + i * width, (p * s + pi) * s * length + u * row
+            if s == 2:
+                d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
+                for k in range(pairs):
+                    bf[uintp(d0 + k)] = xf[uintp(at + 2 * k)]
+                    bf[uintp(d1 + k)] = xf[uintp(at + 2 * k + 1)]
+                if width % 2:
+                    bf[uintp(d0 + pairs)] = xf[uintp(at + 2 * pairs)]
+                continue
+            for r in range(s):  # the columns of phase r: every s-th from j0, to consecutive places
+                j0 = (r - pw) % s
+                dst = base + r * length + (j0 + pw) // s
+                for k in range((width - j0 + s - 1) // s):
+                    bf[uintp(dst + k)] = xf[uintp(at + j0 + k * s)]
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def direct_conv(xp, offs, w, bias, out):
     """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,) -> out (N, Opad, NQ):
@@ -252,28 +287,38 @@ def scratch(key, shape, dtype, zeros=False):
 class DirectPlan:
     """Buffers and offsets of the direct convolution for one bottom shape and dtype (see the module docstring).
 
-    Forward: x -> xpad (N, C, L) planes of rows Wp, out (N, Opad, NQ) with rows Wp -> top.
+    Forward: x -> xpad (N, C*s*s, L) planes (or phases) of rows Wp, out (N, Opad, NQ) with rows Wp -> top.
     Backward: top diff -> dyt (N, Q, Opad) channels-last (rows Wp, zeros past OW) for the weight gradient, and -> dyp
     (N, O, L2) planes padded by the flipped kernel's reach, rows Wq, for the bottom diff dxq (N, Cpad, NQB) -> dx.
     """
 
-    def __init__(self, shape, out_c, kernel, pad, dilation, out_hw, dtype):
+    def __init__(self, shape, out_c, kernel, pad, dilation, out_hw, dtype, stride=1):
         n, c, h, w = self.bottom_shape = tuple(shape)
-        (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, pad, dilation, out_hw
+        (kh, kw), (ph, pw), (dh, dw), (oh, ow), s = kernel, pad, dilation, out_hw, stride
         step = lanes(dtype)
-        self.wp, self.start = w + 2 * pw, ph * (w + 2 * pw) + pw
+        # stride s: each padded plane split into s*s phase planes (every s-th row and column from 0..s-1) of rows
+        # wp, so that output q = y*wp + x reads tap (i, j) in phase ((i*dh) % s, (j*dw) % s) at
+        # q + ((i*dh) // s)*wp + (j*dw) // s: the stride-1 products on other offsets (s = 1: the padded planes)
+        hq = max(-(-(h + 2 * ph) // s), oh + (kh - 1) * dh // s)
+        self.wp = max(-(-(w + 2 * pw) // s), ow + (kw - 1) * dw // s)
+        self.stride, self.pad, self.start = s, (ph, pw), ph * self.wp + pw
         self.nq = _round_up(oh * self.wp, step)
-        length = max((h + 2 * ph) * self.wp, (kh - 1) * dh * self.wp + (kw - 1) * dw + self.nq)
-        taps = [i * dh * self.wp + j * dw for i in range(kh) for j in range(kw)]
+        taps = [((i * dh % s) * s + j * dw % s, (i * dh // s) * self.wp + j * dw // s)
+                for i in range(kh) for j in range(kw)]
+        length = max(hq * self.wp, max(t[1] for t in taps) + self.nq)
+        self.rows = np.zeros(s, np.bool_)  # the row phases some tap reads (a 1x1 kernel: the first alone)
+        self.rows[[t[0] // s for t in taps]] = True
         self.k = c * kh * kw
         self.offs = np.zeros(_round_up(self.k, TAPS_KR), np.int64)
-        self.offs[:self.k] = (np.arange(c)[:, None] * length + np.array(taps)[None]).reshape(-1)
+        self.offs[:self.k] = ((np.arange(c)[:, None] * s * s + np.array([t[0] for t in taps])[None]) * length
+                              + np.array([t[1] for t in taps])[None]).reshape(-1)
         self.o_pad = _round_up(out_c, BCAST_MR)
         self.o_taps = _round_up(out_c, TAPS_NV * lanes(dtype))
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
-        self.xpad = np.zeros((n, c, length), dtype)  # this layer's: the weight gradient reads the forward's input
+        self.xpad = np.zeros((n, c * s * s, length), dtype)  # this layer's: the weight gradient reads it
         # the rest is scratch within one pass, shared by the layers of this thread with the same geometry
-        self.key = (tuple(shape), out_c, tuple(kernel), tuple(pad), tuple(dilation), tuple(out_hw), np.dtype(dtype).str)
+        self.key = (tuple(shape), out_c, tuple(kernel), tuple(pad), tuple(dilation), tuple(out_hw), np.dtype(dtype).str,
+                    s)
         self.out = scratch(self.key + ("out",), (n, self.o_pad, self.nq), dtype)
         self.w = np.zeros((self.k, self.o_pad), dtype)
         self.bias = np.zeros(self.o_pad, dtype)
@@ -293,12 +338,20 @@ class DirectPlan:
         self.data_useful = oh * ow / self.nqb * c / self.c_pad
         self._backward_shape = (n, out_c, length_q, dtype)
 
+    def place(self, x):
+        """The bottom x into xpad (its padded planes, or their phases)."""
+        if self.stride == 1:
+            place_planes(x, self.xpad, self.start, self.wp)
+        else:
+            place_phases(x, self.xpad, *self.pad, self.stride, self.wp, self.rows)
+
     def backward_buffers(self):
         if self.dyt is None:
             n, out_c, length_q, dtype = self._backward_shape
             self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
-            self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
-            self.dxq = scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
+            if self.stride == 1:  # the data gradient's own pass (im2col's for a stride)
+                self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
+                self.dxq = scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
             self.dwt = np.empty((len(self.offs), self.o_taps), dtype)
 
 
@@ -440,17 +493,17 @@ class Convolution(Layer):
         return max(d for d in range(1, min(n, target) + 1) if n % d == 0)
 
     def _direct(self, x):
-        """The DirectPlan for this bottom, or None where the im2col path serves: stride > 1, groups, a pad wider
+        """The DirectPlan for this bottom, or None where the im2col path serves: two strides, groups, a pad wider
         than the kernel's reach, other dtypes, YAFFE_CONV=im2col, or a forward that would compute more than twice
         the outputs it keeps (few output channels, or planes so narrow that the dropped columns dominate)."""
         (kh, kw), (ph, pw), (dh, dw) = self.kernel, self.pad, self.dilation
-        if (not DIRECT or self.stride != (1, 1) or self.p.group != 1 or ph > (kh - 1) * dh or pw > (kw - 1) * dw
-                or x.dtype not in (np.float32, np.float64)):
+        if (not DIRECT or self.stride[0] != self.stride[1] or self.p.group != 1 or ph > (kh - 1) * dh
+                or pw > (kw - 1) * dw or x.dtype not in (np.float32, np.float64)):
             return None
         plan = getattr(self, "_plan", None)
         if plan is None or plan.bottom_shape != x.shape or plan.out_hw != self.out_hw or plan.xpad.dtype != x.dtype:
             plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
-                                           self.out_hw, x.dtype)
+                                           self.out_hw, x.dtype, self.stride[0])
         return plan if plan.forward_useful >= DIRECT_USEFUL else None
 
     def _im2col_buffers(self, n, dtype):
@@ -532,7 +585,7 @@ class Convolution(Layer):
                 plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T
                 plan.bias[:out_c] = bias if has_bias else 0
                 plan.laid = self.fold
-            place_planes(x, plan.xpad, plan.start, plan.wp)
+            plan.place(x)
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
             take_planes(plan.out, plan.wp, y, *relu)
             return
@@ -571,7 +624,7 @@ class Convolution(Layer):
         out_c = self.p.num_output
         weight = self.blobs[0]
         if not fresh:
-            place_planes(x, plan.xpad, plan.start, plan.wp)
+            plan.place(x)
         plan.backward_buffers()
         place_channels_last(dy, plan.dyt, plan.wp)
         if self.p.bias_term:
@@ -581,7 +634,7 @@ class Convolution(Layer):
         weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
         if not want_dx:
             return
-        if plan.data_useful < DIRECT_USEFUL_DATA:
+        if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:
             return self._im2col_backward(dy, x, dx, params=False, data=True)
         place_planes(dy, plan.dyp, plan.start_q, plan.wq)
         w4 = weight.data.reshape((out_c, c) + self.kernel)

@@ -18,7 +18,16 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
 ]
 
 
-def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch, force=False):
+STRIDED = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation, stride): the forward and the weight
+    ((2, 3, 9, 9), 5, (3, 3), (1, 1), 1, 2),     # gradient on the phases of the padded planes
+    ((2, 4, 16, 16), 16, (3, 3), (1, 1), 1, 2),  # ResNet's down-sampling 3x3
+    ((2, 4, 16, 16), 16, (1, 1), (0, 0), 1, 2),  # and its projection
+    ((2, 3, 11, 10), 7, (3, 5), (1, 2), 2, 3),   # rectangular, dilated, stride 3, odd sizes
+    ((3, 2, 12, 12), 9, (4, 4), (2, 2), 1, 2),   # an even kernel
+]
+
+
+def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch, force=False, stride=1):
     """Top, bottom diff and param diffs of one forward and backward; direct=False: im2col only; force: the
     direct kernels for all three passes even where they would hand a pass to im2col as wasteful (few filters,
     narrow planes), so that those geometries test the direct kernels too."""
@@ -31,6 +40,7 @@ layer:
   - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
   - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: {out_c},
       kernel_h: {kernel[0]}, kernel_w: {kernel[1]}, pad_h: {pad[0]}, pad_w: {pad[1]}, dilation: {dilation},
+      stride: {stride},
       weight_filler: {{type: gaussian, std: 0.3}}, bias_filler: {{type: gaussian}}}}}}
   - {{name: loss, type: EuclideanLoss, bottom: [c, c], top: loss}}
 """
@@ -47,8 +57,8 @@ layer:
     for blob in layer.blobs:
         blob.diff[...] = 0.5  # parameter gradients accumulate
     layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
-    if force:
-        assert sorted(calls) == ["conv", "conv", "dw"]  # forward, data gradient, weight gradient
+    if force:  # forward, data gradient (im2col's for a stride), weight gradient
+        assert sorted(calls) == (["conv", "conv", "dw"] if stride == 1 else ["conv", "dw"])
     conv_pass.calls = calls
     return [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
 
@@ -64,9 +74,23 @@ def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("geometry", STRIDED)
+def test_strided_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
+    *rest, stride = geometry
+    im2col = conv_pass(*rest, dtype, False, monkeypatch, stride=stride)
+    direct = conv_pass(*rest, dtype, True, monkeypatch, force=True, stride=stride)
+    assert conv_pass.last_plan.stride == stride
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+
+
 @pytest.mark.parametrize("param, direct", [
     ({"pad": 1}, True),
-    ({"stride": 2, "pad": 1}, False),
+    ({"stride": 2, "pad": 1}, True),
+    ({"stride_h": 2, "stride_w": 1, "pad": 1}, False),  # two strides: im2col
     ({"group": 2, "pad": 1}, False),
     ({"pad": 3}, False),              # pad wider than the 3x3 kernel's reach: no flipped-kernel pass
     ({"pad": 1, "num_output": 2}, False),   # 2 of 8 filters of a tile: im2col computes less
@@ -134,6 +158,8 @@ assert simd.VECTOR_BYTES == 32 and simd.BCAST_MR == 4 and "yaffe-vector-32" in s
 with pytest.MonkeyPatch.context() as patch:
     for geometry in t.GEOMETRIES:  # every pass (forward, data and weight gradients) of every geometry
         t.test_direct_convolution_matches_im2col(geometry, np.float32, patch)
+    for geometry in t.STRIDED:
+        t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))

@@ -412,7 +412,7 @@ layer:
   - {name: direct, type: Convolution, bottom: data, top: direct, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
   - {name: leaky, type: ReLU, bottom: direct, top: direct, relu_param: {negative_slope: 0.1}}
   - {name: strided, type: Convolution, bottom: direct, top: strided,
-     convolution_param: {num_output: 8, kernel_size: 3, stride: 2}}
+     convolution_param: {num_output: 8, kernel_size: 3, stride_h: 2, stride_w: 1}}
   - {name: relu2, type: ReLU, bottom: strided, top: strided}
   - {name: dw, type: Convolution, bottom: strided, top: dw, convolution_param: {num_output: 8, kernel_size: 3, pad: 1, group: 8}}
   - {name: relu3, type: ReLU, bottom: dw, top: dw, relu_param: {negative_slope: 0.3}}
