@@ -19,11 +19,13 @@ from .conv import spatial_param
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_window(xp, hs, he, ws, we, width, best, arg):
-    """Caffe's loop over one window: strict >, so the first maximum in row-major order wins."""
+def _max_window(xf, base, hs, he, ws, we, width, best, arg):
+    """Caffe's loop over one window of the plane at xf[base:]: strict >, so the first maximum in row-major order
+    wins. Flat unsigned indices (2-D signed ones made the clipped windows of CEIL's last row and column cost as
+    much as all the others)."""
     for i in range(hs, he):
         for j in range(ws, we):
-            v = xp[i, j]
+            v = xf[uintp(base + i * width + j)]
             better = v > best  # NOTE: selects, not branches: random data mispredicts a branch every few taps
             arg = i * width + j if better else arg
             best = v if better else best
@@ -52,12 +54,78 @@ def _max_3x3(xf, base, s, width, best, arg):
     return best, arg
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _max_step(xf, s, t, best, arg):
+    v = xf[uintp(s)]
+    better = v > best
+    return (v if better else best), (t if better else arg)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _max_row_stride2(xf, k, r, base, width, out, n, yf, mf, lowest):
+    """n windows k x k (2 or 3) of stride 2 along one row, the first at xf[r] (within the plane at xf[base:]):
+    the stride a constant, so that LLVM vectorizes the loop over the windows (2.4x the loop with a stride)."""
+    if k == 2:
+        for px in range(n):
+            s = r + px * 2
+            t = s - base
+            best, arg = _max_step(xf, s, t, lowest, -1)
+            best, arg = _max_step(xf, s + 1, t + 1, best, arg)
+            best, arg = _max_step(xf, s + width, t + width, best, arg)
+            best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
+            yf[uintp(out + px)] = best
+            mf[uintp(out + px)] = arg
+        return
+    for px in range(n):
+        s = r + px * 2
+        t = s - base
+        best, arg = _max_step(xf, s, t, lowest, -1)
+        best, arg = _max_step(xf, s + 1, t + 1, best, arg)
+        best, arg = _max_step(xf, s + 2, t + 2, best, arg)
+        best, arg = _max_step(xf, s + width, t + width, best, arg)
+        best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
+        best, arg = _max_step(xf, s + width + 2, t + width + 2, best, arg)
+        best, arg = _max_step(xf, s + 2 * width, t + 2 * width, best, arg)
+        best, arg = _max_step(xf, s + 2 * width + 1, t + 2 * width + 1, best, arg)
+        best, arg = _max_step(xf, s + 2 * width + 2, t + 2 * width + 2, best, arg)
+        yf[uintp(out + px)] = best
+        mf[uintp(out + px)] = arg
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ave_row_stride2(xf, k, r, width, out, n, yf, zero):
+    """n AVE windows k x k (2 or 3) of stride 2 inside the image along one row, the first at xf[r]: each sum in
+    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row_stride2."""
+    size = k * k
+    if k == 2:
+        for px in range(n):
+            s = r + px * 2
+            acc = zero + xf[uintp(s)]
+            acc += xf[uintp(s + 1)]
+            acc += xf[uintp(s + width)]
+            acc += xf[uintp(s + width + 1)]
+            yf[uintp(out + px)] = acc / size
+        return
+    for px in range(n):
+        s = r + px * 2
+        acc = zero + xf[uintp(s)]
+        acc += xf[uintp(s + 1)]
+        acc += xf[uintp(s + 2)]
+        acc += xf[uintp(s + width)]
+        acc += xf[uintp(s + width + 1)]
+        acc += xf[uintp(s + width + 2)]
+        acc += xf[uintp(s + 2 * width)]
+        acc += xf[uintp(s + 2 * width + 1)]
+        acc += xf[uintp(s + 2 * width + 2)]
+        yf[uintp(out + px)] = acc / size
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     """MAX pooling; mask gets the flat index of the first maximum (row-major) within the H x W plane,
     starting from Caffe's -FLT_MAX (so -inf and NaN never win). Unpadded 2x2 and 3x3 windows that lie inside
-    the image run unrolled on flat unsigned indices (4x faster); the clipped ones (CEIL's last row and column)
-    run the loops. C-contiguous arrays."""
+    the image run unrolled on flat unsigned indices (4x faster; of stride 2, vectorized along the row: 2.5x
+    more); the clipped ones (CEIL's last row and column) run the loops. C-contiguous arrays."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-3.4028234663852886e38)
@@ -66,13 +134,14 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     ow_in = min(ow, (width - kw) // sw + 1) if fast else 0
     xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
     for plane in prange(n_img * chans):
-        n, c = plane // chans, plane % chans
-        xp = x[n, c]
         base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             r = py * sh - ph
             start = 0
-            if py < oh_in:
+            if py < oh_in and sw == 2:
+                start = ow_in
+                _max_row_stride2(xf, kh, base + r * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
+            elif py < oh_in:
                 start = ow_in
                 for px in range(ow_in):
                     if kh == 2:
@@ -83,8 +152,8 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
                     mf[uintp(out + py * ow + px)] = arg
             for px in range(start, ow):
                 q = px * sw - pw
-                best, arg = _max_window(xp, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width), width,
-                                        lowest, -1)
+                best, arg = _max_window(xf, base, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width),
+                                        width, lowest, -1)
                 yf[uintp(out + py * ow + px)] = best
                 mf[uintp(out + py * ow + px)] = arg
 
@@ -112,12 +181,19 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
     oh, ow = y.shape[2], y.shape[3]
     xf, yf = x.reshape(-1), y.reshape(-1)
     zero = x.dtype.type(0)
+    fast = kh == kw and (kh == 2 or kh == 3) and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    oh_in = min(oh, (height - kh) // 2 + 1) if fast else 0  # rows and columns of windows inside the image
+    ow_in = min(ow, (width - kw) // 2 + 1) if fast else 0
     for plane in prange(n_img * chans):
         base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             hs = py * sh - ph
             he = min(hs + kh, height + ph)
-            for px in range(ow):
+            start = 0
+            if py < oh_in:
+                start = ow_in
+                _ave_row_stride2(xf, kh, base + hs * width, width, out + py * ow, ow_in, yf, zero)
+            for px in range(start, ow):
                 ws = px * sw - pw
                 we = min(ws + kw, width + pw)
                 size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
