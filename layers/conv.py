@@ -649,26 +649,31 @@ class Convolution(Layer):
         if params:  # the forward ran im2col: its blocks, and its buffer for the whole batch when unblocked
             k, plane = self.blobs[0].data[0].size, self.out_hw[0] * self.out_hw[1]
             block = self._col.shape[1] // plane
-        else:
-            k, plane, block = self._im2col_buffers(n, x.dtype)
+            col, dt = self._col, self._out  # _out reused as the (O, block*P) diff buffer
+        else:  # the data pass alone (the forward ran the direct kernels): buffers for this pass only, shared
+            plane = self.out_hw[0] * self.out_hw[1]
+            k = self.blobs[0].data[0].size
+            block = self._block(n, k, plane, np.dtype(x.dtype).itemsize)
+            key = ("im2col", k * groups, out_c, block * plane, np.dtype(x.dtype).str)
+            col, dt = scratch(key + ("col",), (k * groups, block * plane), x.dtype), \
+                scratch(key + ("out",), (out_c, block * plane), x.dtype)
         weight = self.blobs[0]
         og = out_c // groups
-        dt = self._out  # reused as the (O, block*P) diff buffer
         dw = weight.diff.reshape(out_c, k)
         for s in range(0, n, block):
             channels_first_to_last(dy[s:s + block].reshape(block, out_c, plane), dt)
             if params:
                 if block < n or not fresh:  # the buffer holds another block or bottom: gather this one again
-                    im2col(x[s:s + block], *self._geometry(), self._col)
+                    im2col(x[s:s + block], *self._geometry(), col)
                 if self.p.bias_term:
                     self.blobs[1].diff += dt.sum(axis=1)  # contiguous rows: NumPy's vectorized pairwise sums
                 for g in range(groups):
-                    gemm_acc(dt[g * og:(g + 1) * og], self._col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
+                    gemm_acc(dt[g * og:(g + 1) * og], col[g * k:(g + 1) * k].T, dw[g * og:(g + 1) * og])
             if data:
                 for g in range(groups):
                     gemm(weight.data[g * og:(g + 1) * og].reshape(og, k).T, dt[g * og:(g + 1) * og],
-                         self._col[g * k:(g + 1) * k])
-                col2im(self._col, *self._geometry(), dx[s:s + block])
+                         col[g * k:(g + 1) * k])
+                col2im(col, *self._geometry(), dx[s:s + block])
 
 
 @register("Deconvolution")

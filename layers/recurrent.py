@@ -18,6 +18,8 @@ from numba import njit
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 
+FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
+
 RECURRENT_FIELDS = (
     Field("num_output", "int", None, "hidden units (H)", minimum=1, required=True),
     Field("weight_filler", "filler", None, "filler of the weight matrices"),
@@ -55,21 +57,81 @@ def lstm_cell(gate, keep, c_prev, c):
 
 
 @njit(cache=True, nogil=True)
-def lstm_step_backward(gate, tc, c_prev, dh, dc, dg):
-    """The step's backward: gate (after the nonlinearities, f scaled by cont), tanh(c), c_prev, and dh, dc (N, H)
-    reaching h and c -> dg (N, 4H) of the pre-activations; dc becomes the diff of c_prev (in place)."""
+def lstm_step_backward(gate, tc, c_prev, dout, rec, keep, dc, dg):
+    """The step's backward: gate (after the nonlinearities, f scaled by cont), tanh(c), c_prev, and the diffs
+    reaching h, dh = dout + rec * keep (the top's, and the next step's recurrent product times its cont; an
+    empty keep: the last step, dout alone), and c, dc (N, H) -> dg (N, 4H) of the pre-activations; dc becomes
+    the diff of c_prev (in place)."""
     n, hd = tc.shape
     one = tc.dtype.type(1)
     for j in range(n):
+        k = keep[j] if keep.shape[0] else tc.dtype.type(0)
         for d in range(hd):
             i, f, o, g = gate[j, d], gate[j, hd + d], gate[j, 2 * hd + d], gate[j, 3 * hd + d]
             t = tc[j, d]
-            term = dc[j, d] + dh[j, d] * o * (one - t * t)
+            dh = dout[j, d] + rec[j, d] * k if keep.shape[0] else dout[j, d]
+            term = dc[j, d] + dh * o * (one - t * t)
             dg[j, d] = term * g * i * (one - i)
             dg[j, hd + d] = term * c_prev[j, d] * f * (one - f)
-            dg[j, 2 * hd + d] = dh[j, d] * t * o * (one - o)
+            dg[j, 2 * hd + d] = dh * t * o * (one - o)
             dg[j, 3 * hd + d] = term * i * (one - g * g)
             dc[j, d] = term * f
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _tanh32(x):
+    """tanh in float32 arithmetic alone (Eigen's rational approximation, a few ulp): LLVM vectorizes it, where
+    libm's tanhf runs one value at a time. NaN stays NaN."""
+    lim = np.float32(7.90531110763549805)
+    x = -lim if x < -lim else (lim if x > lim else x)
+    x2 = x * x
+    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+    p = x2 * p + np.float32(-8.60467152213735e-11)
+    p = x2 * p + np.float32(5.12229709037114e-08)
+    p = x2 * p + np.float32(1.48572235717979e-05)
+    p = x2 * p + np.float32(6.37261928875436e-04)
+    p = x2 * p + np.float32(4.89352455891786e-03)
+    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+    q = x2 * q + np.float32(2.26843463243900e-03)
+    q = x2 * q + np.float32(4.89352518554385e-03)
+    return x * p / q
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _sigmoid32(x):
+    half = np.float32(0.5)
+    return half + half * _tanh32(half * x)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")  # no zero-division check: it kept the loops scalar (12x)
+def lstm_step32(gate, gx, keep, c_prev, c, tc, h, keep_next, hc_next):
+    """One float32 step after the recurrent product: gate (N, 4H) += gx; sigmoid on i, f, o and tanh on g in
+    place (f times Caffe's cont, 0 where cont is 0); c = f*c_prev + i*g, tc = tanh(c), h = o*tc; and the next
+    step's cont*h into hc_next (keep_next: the next step's cont; an empty hc_next after the last step). One pass
+    of vectorized float32 arithmetic where NumPy took ten calls."""
+    n, hd = c.shape
+    zero = np.float32(0)
+    for j in range(n):
+        k = keep[j]
+        gr, xr = gate[j], gx[j]
+        for d in range(3 * hd):
+            gr[d] = _sigmoid32(gr[d] + xr[d])
+        g0 = 3 * hd
+        for d in range(hd):  # NOTE: range(3 * hd, 4 * hd) stayed scalar (5x)
+            gr[g0 + d] = _tanh32(gr[g0 + d] + xr[g0 + d])
+        cr, tr, hr, pr = c[j], tc[j], h[j], c_prev[j]
+        for d in range(hd):  # NOTE: short loops over few arrays each: one over all of them stayed scalar
+            gr[hd + d] = gr[hd + d] * k if k != 0 else zero
+        for d in range(hd):
+            cr[d] = gr[hd + d] * pr[d] + gr[d] * gr[3 * hd + d]
+        for d in range(hd):
+            tr[d] = _tanh32(cr[d])
+        for d in range(hd):
+            hr[d] = gr[2 * hd + d] * tr[d]
+        if hc_next.shape[0]:
+            kn = keep_next[j]
+            for d in range(hd):
+                hc_next[j, d] = kn * h[j, d]
 
 
 def _sum_rows(a):
@@ -197,7 +259,19 @@ class LSTM(Recurrent):
         self.c0 = c_prev.copy()
         out = top[0].data.reshape(t_len, n, h_dim)
         w_t = np.ascontiguousarray(w_hc.T)
-        for t in range(t_len):
+        if self.dtype == np.float32 and FAST_FLOAT32:  # one kernel a step (float64, the gradient checks: NumPy's)
+            keep = np.ascontiguousarray(cont, dtype=np.float32)
+            np.multiply(keep[0][:, None], h_prev, out=self.hc[0])
+            last = np.empty((0, h_dim), np.float32)
+            for t in range(t_len):
+                gate = self.gate[t]
+                np.matmul(self.hc[t], w_t, out=gate)
+                nxt = t + 1 < t_len
+                lstm_step32(gate, gx[t], keep[t], c_prev, self.c[t], self.tc[t], out[t], keep[t + 1 if nxt else t],
+                            self.hc[t + 1] if nxt else last)
+                c_prev = self.c[t]
+            h_prev = out[t_len - 1]
+        for t in range(t_len if not (self.dtype == np.float32 and FAST_FLOAT32) else 0):
             np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
             gate = self.gate[t]
             np.matmul(self.hc[t], w_t, out=gate)
@@ -216,13 +290,15 @@ class LSTM(Recurrent):
         t_len, n, h_dim = self.T, self.N, self.H
         w_hc = self.w_h.data
         dout = top[0].diff.reshape(t_len, n, h_dim)
-        dh_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
-        dc_next = np.zeros((n, h_dim), self.dtype)
+        dc_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
         dg, = self._buffers(("dg", 4))
+        rec, keep = np.empty((n, h_dim), self.dtype), np.ascontiguousarray(cont, dtype=self.dtype)
         for t in reversed(range(t_len)):
             c_prev = self.c[t - 1] if t else self.c0
-            lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t] + dh_next, dc_next, dg[t])  # dc_next: in place
-            dh_next = (dg[t] @ w_hc) * cont[t][:, None]
+            if t + 1 < t_len:  # the diff reaching h_t through step t+1: (dg_{t+1} W_hc) * cont_{t+1}
+                np.matmul(dg[t + 1], w_hc, out=rec)
+            lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
+                               else keep[t, :0], dc_next, dg[t])  # dc_next: in place
         self.w_h.diff += dg.reshape(-1, 4 * h_dim).T @ self.hc.reshape(-1, h_dim)  # one product for all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)
 

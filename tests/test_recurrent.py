@@ -219,3 +219,43 @@ def test_a_carried_state_is_saved_in_snapshots_and_restored_on_resume(tmp_path):
     again.begin(snapshot_path=str(state))
     np.testing.assert_array_equal(again.net.blobs["c0"].data, extra["state/lstm/c0"])
     assert any("carried across batches restored" in str(line) for line in lines)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_float32_lstm_steps_equal_the_float64_layer(fast, monkeypatch):
+    """float32 (training's dtype) runs each step in one kernel with float32 tanh and sigmoid (lstm_step32) and
+    the backward with the recurrent product's diff fused in: its top, carried state and every diff equal the
+    float64 layer's (NumPy's exact functions) to float32 rounding; resets by cont included. fast=False: the NumPy
+    path for float32 too."""
+    import layers.recurrent as rec
+    from layers.gradcheck import make_layer
+    monkeypatch.setattr(rec, "FAST_FLOAT32", fast)
+    rng = np.random.default_rng(3)
+    t_len, n, i_dim, h_dim = 6, 5, 7, 16
+    x = rng.normal(size=(t_len, n, i_dim)) * 2
+    cont = (rng.uniform(size=(t_len, n)) > 0.25).astype(float)
+    cont[0] = 0
+    h0, c0 = rng.normal(size=(1, n, h_dim)), rng.normal(size=(1, n, h_dim))
+    spec = {"top": ["h", "h_T", "c_T"], "recurrent_param": {"num_output": h_dim, "expose_hidden": True}}
+    dtop = rng.normal(size=(t_len, n, h_dim))
+    results = []
+    for dtype in (np.float64, np.float32):
+        layer, tops = make_layer("LSTM", spec, [x.shape, cont.shape, h0.shape, c0.shape], dtype=dtype, n_tops=3)
+        for b in layer.blobs:
+            b.data[...] = rng.normal(0, 0.5, b.shape)
+        bottoms = [Blob(f"b{k}", a.shape, dtype) for k, a in enumerate((x, cont, h0, c0))]
+        for b, a in zip(bottoms, (x, cont, h0, c0)):
+            b.data[...] = a
+        if dtype == np.float64:
+            weights = [b.data.copy() for b in layer.blobs]
+        else:
+            for b, w in zip(layer.blobs, weights):
+                b.data[...] = w
+        layer.forward(bottoms, tops)
+        tops[0].diff[...] = dtop
+        layer.backward(tops, [True, False, False, False], bottoms)
+        results.append([t.data.astype(np.float64) for t in tops] + [bottoms[0].diff.astype(np.float64)]
+                       + [b.diff.astype(np.float64) for b in layer.blobs])
+    assert np.abs(results[0][0]).max() > 0.3 and (results[0][0] < 0).any()
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
