@@ -33,28 +33,6 @@ def _max_window(xf, base, hs, he, ws, we, width, best, arg):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_2x2(xf, base, s, width, best, arg):
-    """The 2x2 window whose top-left is s (within the plane at xf[base:]); flat unsigned indices."""
-    for t in (s, s + 1, s + width, s + width + 1):
-        v = xf[uintp(base + t)]
-        better = v > best
-        arg = t if better else arg
-        best = v if better else best
-    return best, arg
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _max_3x3(xf, base, s, width, best, arg):
-    for row in (s, s + width, s + 2 * width):
-        for t in (row, row + 1, row + 2):
-            v = xf[uintp(base + t)]
-            better = v > best
-            arg = t if better else arg
-            best = v if better else best
-    return best, arg
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _max_step(xf, s, t, best, arg):
     v = xf[uintp(s)]
     better = v > best
@@ -62,32 +40,40 @@ def _max_step(xf, s, t, best, arg):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_row_stride2(xf, k, r, base, width, out, n, yf, mf, lowest):
-    """n windows k x k (2 or 3) of stride 2 along one row, the first at xf[r] (within the plane at xf[base:]):
-    the stride a constant, so that LLVM vectorizes the loop over the windows (2.4x the loop with a stride)."""
-    if k == 2:
-        for px in range(n):
-            s = r + px * 2
-            t = s - base
-            best, arg = _max_step(xf, s, t, lowest, -1)
-            best, arg = _max_step(xf, s + 1, t + 1, best, arg)
-            best, arg = _max_step(xf, s + width, t + width, best, arg)
-            best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
-            yf[uintp(out + px)] = best
-            mf[uintp(out + px)] = arg
-        return
+def _max_row2(xf, r, base, width, out, n, yf, mf, lowest):
+    """n 2x2 windows of stride 2 along one row, the first at xf[r] (within the plane at xf[base:]), inside the
+    image: the stride a constant, so that LLVM vectorizes the loop over the windows (2.4x a stride variable)."""
     for px in range(n):
         s = r + px * 2
         t = s - base
         best, arg = _max_step(xf, s, t, lowest, -1)
         best, arg = _max_step(xf, s + 1, t + 1, best, arg)
-        best, arg = _max_step(xf, s + 2, t + 2, best, arg)
         best, arg = _max_step(xf, s + width, t + width, best, arg)
         best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
-        best, arg = _max_step(xf, s + width + 2, t + width + 2, best, arg)
-        best, arg = _max_step(xf, s + 2 * width, t + 2 * width, best, arg)
-        best, arg = _max_step(xf, s + 2 * width + 1, t + 2 * width + 1, best, arg)
-        best, arg = _max_step(xf, s + 2 * width + 2, t + 2 * width + 2, best, arg)
+        yf[uintp(out + px)] = best
+        mf[uintp(out + px)] = arg
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _max_row3(xf, r, base, width, out, n, yf, mf, lowest):
+    """_max_row2 for 3x3 windows of stride 2."""
+    for px in range(n):
+        s = r + px * 2
+        t = s - base
+        best, arg = _max_step(xf, s, t, lowest, -1)
+        for u in (1, 2, width, width + 1, width + 2, 2 * width, 2 * width + 1, 2 * width + 2):
+            best, arg = _max_step(xf, s + u, t + u, best, arg)
+        yf[uintp(out + px)] = best
+        mf[uintp(out + px)] = arg
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _max_windows(xf, base, r, q0, start, stop, kh, kw, sw, height, width, out, yf, mf, lowest):
+    """Windows start..stop-1 of one row (top row r, first column q0 + px*sw) by the loops, clipped to the image."""
+    for px in range(start, stop):
+        q = q0 + px * sw
+        best, arg = _max_window(xf, base, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width), width,
+                                lowest, -1)
         yf[uintp(out + px)] = best
         mf[uintp(out + px)] = arg
 
@@ -95,7 +81,7 @@ def _max_row_stride2(xf, k, r, base, width, out, n, yf, mf, lowest):
 @njit(cache=True, nogil=True, inline="always")
 def _ave_row_stride2(xf, k, r, width, out, n, yf, zero):
     """n AVE windows k x k (2 or 3) of stride 2 inside the image along one row, the first at xf[r]: each sum in
-    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row_stride2."""
+    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row2."""
     size = k * k
     if k == 2:
         for px in range(n):
@@ -123,39 +109,55 @@ def _ave_row_stride2(xf, k, r, width, out, n, yf, zero):
 @njit(cache=True, nogil=True, parallel=True)
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
     """MAX pooling; mask gets the flat index of the first maximum (row-major) within the H x W plane,
-    starting from Caffe's -FLT_MAX (so -inf and NaN never win). Unpadded 2x2 and 3x3 windows that lie inside
-    the image run unrolled on flat unsigned indices (4x faster; of stride 2, vectorized along the row: 2.5x
-    more); the clipped ones (CEIL's last row and column) run the loops. C-contiguous arrays."""
+    starting from Caffe's -FLT_MAX (so -inf and NaN never win). C-contiguous arrays, flat unsigned indices.
+    Unpadded 2x2 and 3x3 windows of stride 2 have kernels of their own (max_pool_2x2s2, max_pool_3x3s2), so that
+    a net compiles only the ones it uses (each vectorized body costs its kernel about a second of compiling)."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-3.4028234663852886e38)
-    fast = kh == kw and (kh == 2 or kh == 3) and ph == 0 and pw == 0
-    oh_in = min(oh, (height - kh) // sh + 1) if fast else 0  # rows and columns of windows inside the image
-    ow_in = min(ow, (width - kw) // sw + 1) if fast else 0
     xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
     for plane in prange(n_img * chans):
         base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
-            r = py * sh - ph
+            _max_windows(xf, base, py * sh - ph, -pw, 0, ow, kh, kw, sw, height, width, out + py * ow, yf, mf,
+                         lowest)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def max_pool_2x2s2(x, y, mask):
+    """max_pool_forward for unpadded 2x2 windows of stride 2: those inside the image vectorized along the row,
+    CEIL's clipped last row and column by the loops."""
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    lowest = x.dtype.type(-3.4028234663852886e38)
+    oh_in, ow_in = min(oh, height // 2), min(ow, width // 2)  # (size - 2) // 2 + 1
+    xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
+    for plane in prange(n_img * chans):
+        base, out = plane * height * width, plane * oh * ow
+        for py in range(oh):
             start = 0
-            if py < oh_in and sw == 2:
+            if py < oh_in:
+                _max_row2(xf, base + 2 * py * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
                 start = ow_in
-                _max_row_stride2(xf, kh, base + r * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
-            elif py < oh_in:
+            _max_windows(xf, base, 2 * py, 0, start, ow, 2, 2, 2, height, width, out + py * ow, yf, mf, lowest)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def max_pool_3x3s2(x, y, mask):
+    """max_pool_2x2s2 for 3x3 windows (CIFAR-10 quick's, AlexNet's)."""
+    n_img, chans, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    lowest = x.dtype.type(-3.4028234663852886e38)
+    oh_in, ow_in = min(oh, (height - 1) // 2), min(ow, (width - 1) // 2)  # (size - 3) // 2 + 1
+    xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
+    for plane in prange(n_img * chans):
+        base, out = plane * height * width, plane * oh * ow
+        for py in range(oh):
+            start = 0
+            if py < oh_in:
+                _max_row3(xf, base + 2 * py * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
                 start = ow_in
-                for px in range(ow_in):
-                    if kh == 2:
-                        best, arg = _max_2x2(xf, base, r * width + px * sw, width, lowest, -1)
-                    else:
-                        best, arg = _max_3x3(xf, base, r * width + px * sw, width, lowest, -1)
-                    yf[uintp(out + py * ow + px)] = best
-                    mf[uintp(out + py * ow + px)] = arg
-            for px in range(start, ow):
-                q = px * sw - pw
-                best, arg = _max_window(xf, base, max(r, 0), min(r + kh, height), max(q, 0), min(q + kw, width),
-                                        width, lowest, -1)
-                yf[uintp(out + py * ow + px)] = best
-                mf[uintp(out + py * ow + px)] = arg
+            _max_windows(xf, base, 2 * py, 0, start, ow, 3, 3, 2, height, width, out + py * ow, yf, mf, lowest)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -415,7 +417,10 @@ def pool_forward(pool, phase, x, geometry, y, mask, rng):
     if mask is None or mask.shape != y.shape:
         mask = np.empty(y.shape, np.int32)
     if pool == "MAX":
-        max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask)
+        if kh == kw and sh == sw == 2 and ph == pw == 0 and kh in (2, 3) and min(x.shape[2:]) >= kh:
+            (max_pool_2x2s2 if kh == 2 else max_pool_3x3s2)(x, y, mask)
+        else:
+            max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask)
     else:
         sto_pool_forward_train(x, kh, kw, sh, sw, rng.random(y.shape, np.float32).astype(x.dtype), y, mask)
     return mask

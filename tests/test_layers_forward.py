@@ -371,3 +371,23 @@ def test_max_pooling_matches_caffe_loop_for_loop_with_ties_nan_and_infinities(sh
     want_y, want_mask = naive_max_pool(x, k, s, p, *tops[0].shape[2:])
     np.testing.assert_array_equal(tops[0].data, want_y)
     np.testing.assert_array_equal(tops[1].data, want_mask)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("size", [(7, 9), (8, 8), (3, 4)])
+def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size):
+    """max_pool_2x2s2 / max_pool_3x3s2 (rows of windows vectorized) give the generic kernel's tops and argmax,
+    bit for bit: ties (the first maximum wins), -inf, NaN (never wins), CEIL's clipped last row and column."""
+    from layers.pooling import max_pool_2x2s2, max_pool_3x3s2, max_pool_forward
+    rng = np.random.default_rng(k)
+    x = rng.integers(-3, 3, size=(2, 3) + size).astype(np.float32)  # many ties
+    x[0, 0, 0, :2] = -np.inf
+    x[1, 2, 1, 1] = np.nan
+    oh, ow = (-(-(s - k) // 2) + 1 for s in size)  # CEIL
+    y, mask = np.empty((2, 3, oh, ow), np.float32), np.empty((2, 3, oh, ow), np.int32)
+    want_y, want_mask = y.copy(), mask.copy()
+    max_pool_forward(x, k, k, 2, 2, 0, 0, want_y, want_mask)
+    (max_pool_2x2s2 if k == 2 else max_pool_3x3s2)(x, y, mask)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(mask, want_mask)
+    assert not np.isnan(y).any()
