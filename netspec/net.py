@@ -550,6 +550,10 @@ class Net:
         folds, folded = self._folds() if not self.keep_for_backward else ({}, ())
         made_folds = self._folded_weights(folds) if folds else {}
         relus = {} if self.keep_for_backward else self._fold_relus
+        if start and folded:  # a layer folded into one before `start` (which does not run) runs itself
+            folds = {i: c for i, c in folds.items() if i >= start}
+            folded = {j for j in folded if self._fold_owner[j] >= start}
+            relus = {i: v for i, v in relus.items() if i >= start}
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
         fused = self._fused if self.keep_for_backward else {}
@@ -622,6 +626,7 @@ class Net:
             if j < len(self.defs) and self.defs[j].type == "ReLU" and self.defs[j].bottoms == self.defs[j].tops == [t]:
                 relus[i] = float(self.dtype.type(self.layers[j].p.negative_slope))  # rounded as the ReLU's
         self._fold_relus = relus
+        self._fold_owner = {**{j: i for i, c in folds.items() for j in c}, **{ends[i] + 1: i for i in relus}}
         self._fold_phase = self._phase
         self._fold_plan = folds, {j for c in folds.values() for j in c} | {ends[i] + 1 for i in relus}
         return self._fold_plan

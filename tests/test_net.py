@@ -474,3 +474,24 @@ layer:
         np.testing.assert_allclose(net.blobs[name].data, value, rtol=1e-6, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(want["sum"], np.where(0.5 * net.blobs["a"].data - 2 * net.blobs["b"].data > 0, 1, 0.2)
                                * (0.5 * net.blobs["a"].data - 2 * net.blobs["b"].data), rtol=1e-5, atol=1e-6)
+
+
+def test_a_forward_from_a_later_layer_runs_the_relu_its_convolution_would_have_applied():
+    """Net.forward(start): layers folded into one before `start` (which does not run) run themselves."""
+    from netspec.loader import loads as load_yaml
+    net = Net(load_yaml(RELU_NET), "TEST", seed=0)
+    rng = np.random.default_rng(4)
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.data[...] = rng.normal(size=b.shape)
+    start = net.keys.index("leaky")
+    a = rng.normal(size=net.blobs["direct"].data.shape)
+    results = []
+    for keep in (True, False):
+        net.keep_for_backward = keep
+        net.blobs["direct"].data[...] = a
+        net.forward(start)
+        results.append({k: net.blobs[k].data.copy() for k in ("direct", "strided", "dw")})
+    np.testing.assert_allclose(results[0]["direct"], np.where(a > 0, a, 0.1 * a), rtol=1e-6)
+    for name in results[0]:
+        np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-5, atol=1e-6, err_msg=name)
