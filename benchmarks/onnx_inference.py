@@ -83,6 +83,7 @@ def bench(name, doc, shape, repeats, out):
     from netspec.onnx_export import export
     net = Net(doc, "TEST", name, seed=0)
     net.keep_for_backward = False
+    net.constant_weights = True  # as run.py predict and run.py test run it
     rng = np.random.default_rng(0)
     for layer in net.layers:
         for i, b in enumerate(layer.blobs):
@@ -125,7 +126,7 @@ def bench(name, doc, shape, repeats, out):
         if runner is not net:
             runner.close()
             net = Net(doc, "TEST", name, seed=0)  # a split net cannot change its batch: a new one, same weights
-            net.keep_for_backward = False
+            net.keep_for_backward, net.constant_weights = False, True
             net.load_weights(weights, name)
         rows.append((batch, statistics.median(times["yaffe"]), statistics.median(times["ort"]),
                      torch_seconds(name, batch, n, repeats)))

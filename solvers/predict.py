@@ -95,6 +95,7 @@ class Predictor:
         net.keep_for_backward = False
         if weights:
             net.load_weights(snap.load_weights_file(weights), weights)
+        net.constant_weights = True  # nothing changes them while predicting: BatchNorm folds made once
         self.start, self.source = 0, None
         for i, (d, layer) in enumerate(zip(net.defs, net.layers)):
             if layer.type == "Input" or (layer.is_data and not hasattr(layer, "sample_shapes")):  # (DummyData)

@@ -114,6 +114,8 @@ class Replicas:
         for rep in self.nets:  # BatchNorm: every slice updates its own copy of the net's running sums
             for mine, theirs in rep.statistics:
                 mine.data[...] = theirs.data
+            # a forward-only net's slices fold and fuse as it would (Net._folds)
+            rep.keep_for_backward, rep.constant_weights = net.keep_for_backward, net.constant_weights
         for w in self.workers:
             w.tasks.put(backward)
         errors = []

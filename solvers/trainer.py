@@ -958,6 +958,7 @@ def test_model(model_path: str, weights_path: str | None, iterations: int | None
     net.keep_for_backward = False
     if weights_path:
         net.load_weights(snap.load_weights_file(weights_path), weights_path)
+    net.constant_weights = True  # nothing changes them while testing: BatchNorm folds made once
     if not net.outputs:
         raise UserError(f"{model_path}: error: the TEST net has no outputs to report; add an Accuracy or loss "
                         "layer")

@@ -333,11 +333,16 @@ def test_run_py_test_and_predict_run_the_batch_as_slices_with_the_results_of_one
     scores = Predictor(str(path), weights).run(rows, ["ip"])["ip"]
     runs = []
     monkeypatch.setattr(rep, "MIN_MAPS", 1)
-    monkeypatch.setattr(rep.Replicas, "forward", lambda self, sources=True: runs.append(self.k) or
-                        rep.Replicas._run(self, False, sources))
+    def forward(self, sources=True):  # and the slices fold BatchNorm into the convolution, as the whole net would
+        loss = rep.Replicas._run(self, False, sources)
+        runs.append((self.k, [(n.keep_for_backward, {n.defs[i].name for i in n._fold_state["made"]})
+                              for n in self.nets]))
+        return loss
+    monkeypatch.setattr(rep.Replicas, "forward", forward)
     split = test_model(str(path), weights, 3, out=lambda *a: None)
     split_scores = Predictor(str(path), weights).run(rows, ["ip"])["ip"]
-    assert runs and set(runs) == {2}
+    assert runs and {k for k, _ in runs} == {2}
+    assert all(nets == [(False, {"conv1"})] * 2 for _, nets in runs), runs  # in each slice
     assert split["acc"] == pytest.approx(whole["acc"]) and split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert split_scores.shape == (37, 5)
     np.testing.assert_allclose(split_scores, scores, rtol=1e-5, atol=1e-5)
