@@ -5,7 +5,7 @@ They write into preallocated outputs, so the layers that use them allocate nothi
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, uintp
+from numba import njit
 
 
 @njit(cache=True, nogil=True)
@@ -187,19 +187,3 @@ def reduce_rows_backward(x, dy, op, coeff, dx):
             else:
                 dx[r, i] = g / n
 
-
-@njit(cache=True, nogil=True)
-def changed_parts(views, copy, part, changed):
-    """views: a typed List of 1-D arrays whose earlier values lie end to end in `copy`; changed[part[i]] = True
-    where views[i] differs from its stretch of copy (a NaN always differs). Counts instead of breaking at the first
-    difference, so that the loop vectorizes (~0.1 ns a value)."""
-    at = 0
-    for i in range(len(views)):
-        v = views[i]
-        n = v.size
-        d = 0
-        for j in range(n):
-            d += v[uintp(j)] != copy[uintp(at + j)]
-        if d:
-            changed[part[i]] = True
-        at += n

@@ -6,19 +6,16 @@ in-place layer's top is its bottom's Blob; a Split's tops share their bottom's d
 """
 from __future__ import annotations
 
-import operator
 import os
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba.typed import List as NumbaList
 
 import layers
 from layers.base import BatchSync, Blob, SharedBlob, resolve
 from layers.cpu import zero
 from layers.fillers import fill
-from layers.kernels import changed_parts
 from .errors import Finding, LayerError, SpecError
 from . import inplace
 from .graph import LayerDef, compile_net
@@ -637,46 +634,29 @@ class Net:
         return self._fold_plan
 
     def _folded_weights(self, folds):
-        """{convolution index: (weights, bias)} with each chain of `folds` folded in, remade only for the chains
-        whose source arrays changed since (weights change in place, by training or from Python). One kernel call
-        compares them all with copies kept end to end (ResNet-20: 270k values in ~40 us; one array_equal per
-        array took 0.7 ms a pass, half of the batch-1 latency)."""
+        """{convolution index: (weights, bias)} with each chain of `folds` folded in. With constant_weights (run.py
+        predict and test; the trainer's test nets, told by weights_changed() before each test) they are made once;
+        else remade for the chains whose source arrays changed since the last pass (weights change in place, from
+        Python), compared with copies (one array_equal per array: 0.7 ms a pass on ResNet-20)."""
         state = self.__dict__.get("_fold_state")
         if self.constant_weights and state is not None and state["folds"] is folds:
             return state["made"]
         chains = [(i, (i,) + tuple(chain)) for i, chain in folds.items()]
-        blobs = state["blobs"] if state is not None and state["folds"] is folds else \
-            [b for _, ks in chains for k in ks for b in self.layers[k].blobs]
-        arrays = [b.data for b in blobs]
-        if (state is None or state["folds"] is not folds or len(arrays) != len(state["arrays"])
-                or not all(map(operator.is_, arrays, state["arrays"]))):
-            part = np.array([j for j, (_, ks) in enumerate(chains) for k in ks for _ in self.layers[k].blobs], np.intp)
-            flat = [a.reshape(-1) for a in arrays]
-            same = len({a.dtype for a in arrays}) == 1 and all(a.flags.c_contiguous for a in arrays)  # live views
-            state = self._fold_state = {"folds": folds, "blobs": blobs, "arrays": arrays, "part": part, "made": {},
-                                        "copy": np.concatenate(flat) if flat else np.zeros(0),
-                                        "views": NumbaList(flat) if same and flat else None}
-            changed = np.ones(len(chains), bool)
-        else:
-            changed = np.zeros(len(chains), bool)
-            if state["views"] is not None:
-                changed_parts(state["views"], state["copy"], state["part"], changed)
-            else:  # arrays of mixed dtypes: one by one
-                at = 0
-                for a, j in zip(arrays, state["part"]):
-                    changed[j] |= not np.array_equal(a.reshape(-1), state["copy"][at:at + a.size])
-                    at += a.size
-        if changed.any():
-            at = 0
-            for a, j in zip(arrays, state["part"]):
-                if changed[j]:
-                    state["copy"][at:at + a.size] = a.reshape(-1)
-                at += a.size
-            for j, (i, ks) in enumerate(chains):
-                if changed[j]:
-                    state["made"][i] = fold_batch_norm(*(self.layers[k] for k in ks)) if len(ks) > 1 else \
-                        self.layers[i].weights_and_bias()
+        if state is None or state["folds"] is not folds:
+            blobs = [[b for k in ks for b in self.layers[k].blobs] for _, ks in chains]
+            state = self._fold_state = {"folds": folds, "blobs": blobs, "made": {}, "copies": [None] * len(chains)}
+        for j, (i, ks) in enumerate(chains):
+            copies = state["copies"][j]
+            if copies is None or not all(np.array_equal(b.data, c) for b, c in zip(state["blobs"][j], copies)):
+                state["made"][i] = fold_batch_norm(*(self.layers[k] for k in ks)) if len(ks) > 1 else \
+                    self.layers[i].weights_and_bias()
+                state["copies"][j] = None if self.constant_weights else [b.data.copy() for b in state["blobs"][j]]
         return state["made"]
+
+    def weights_changed(self):
+        """Make the folds of a forward-only net with constant_weights again at its next pass (the trainer calls it
+        before each test: the weights trained since)."""
+        self._fold_state = None
 
     def _strided_out(self, kind):
         """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""

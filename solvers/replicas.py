@@ -143,6 +143,11 @@ class Replicas:
             whole.data[...] = total / self.k
         return float(sum(losses))
 
+    def weights_changed(self):
+        """Net.weights_changed for the net and its slices."""
+        for n in [self.net] + self.nets:
+            n.weights_changed()
+
     def close(self):
         """End the worker threads (a later pass starts new ones)."""
         for w in self.workers:

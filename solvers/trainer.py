@@ -147,6 +147,7 @@ class Trainer:
                                stages=tuple(as_list(test_state.get("stage"))))
                 test_net.share_weights_from(self.net)
                 test_net.keep_for_backward = False  # forward only: no copies for a backward (netspec/inplace.py)
+                test_net.constant_weights = True  # its BatchNorm folds made once a test (_test_one)
                 self.test_nets.append(test_net)
         self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
         self._preflight()
@@ -544,6 +545,7 @@ class Trainer:
 
     def _test_one(self, k, net, n):
         runner = self.test_runners[k]
+        runner.weights_changed()  # trained (or the average's) since the last test: the folds are made again
         if len(self.test_nets) > 1:
             self.out(f"Iteration {self.iter}, Testing net (#{k})")
         sums: dict = {}

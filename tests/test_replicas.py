@@ -346,3 +346,41 @@ def test_run_py_test_and_predict_run_the_batch_as_slices_with_the_results_of_one
     assert split["acc"] == pytest.approx(whole["acc"]) and split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert split_scores.shape == (37, 5)
     np.testing.assert_allclose(split_scores, scores, rtol=1e-5, atol=1e-5)
+
+
+FOLDED_NET = """
+layer:
+  - {name: d, type: DummyData, top: [data, label], dummy_data_param: {shape: [{dim: [16, 3, 12, 12]}, {dim: [16]}],
+     data_filler: [{type: constant, value: 0.5}, {type: constant, value: 1}]}}
+  - {name: conv, type: Convolution, bottom: data, top: conv,
+     convolution_param: {num_output: 8, kernel_size: 3, pad: 1, weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: bn, type: BatchNorm, bottom: conv, top: conv}
+  - {name: scale, type: Scale, bottom: conv, top: conv, scale_param: {bias_term: true}}
+  - {name: relu, type: ReLU, bottom: conv, top: conv}
+  - {name: ip, type: InnerProduct, bottom: conv, top: ip, inner_product_param: {num_output: 3,
+     weight_filler: {type: gaussian, std: 0.1}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+
+def test_the_trainers_test_nets_fold_the_weights_trained_since_the_last_test(tmp_path):
+    """Test nets fold BatchNorm once a test (constant_weights), made again before each test and before a forward
+    from pycaffe's solver.test_nets: the loss equals the unfolded net's after the weights changed in place."""
+    from yaffe.pycaffe import get_solver
+    net_path = tmp_path / "net.yaml"
+    net_path.write_text(FOLDED_NET)
+    solver_ = get_solver(solver(tmp_path, net=str(net_path), max_iter=10, test_interval=2))
+    solver_.step(3)  # a test at iteration 2 made the folds
+    t, test_net = solver_._t, solver_._t.test_nets[0]
+    assert test_net.constant_weights and not test_net.keep_for_backward and test_net._fold_state["made"]
+    for step in range(2):
+        t.net.param_data *= 1.5  # weights changed in place after the folds were made
+        if step == 0:
+            t.test()
+        else:
+            solver_.test_nets[0].forward()
+        folded = test_net.blobs["ip"].data.copy()
+        test_net.keep_for_backward = True  # no folds
+        test_net.forward()
+        test_net.keep_for_backward = False
+        np.testing.assert_allclose(folded, test_net.blobs["ip"].data, rtol=1e-4, atol=1e-4 * np.abs(folded).max())
