@@ -640,7 +640,7 @@ class Convolution(Layer):
         w4 = weight.data.reshape((out_c, c) + self.kernel)
         plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
         direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
-        take_planes(plan.dxq, plan.wq, dx)
+        take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)
 
     def _im2col_backward(self, dy, x, dx, params, data, fresh=True):
         """The parameter gradients (params) and the bottom diff (data) through im2col and BLAS."""
