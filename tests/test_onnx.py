@@ -233,7 +233,8 @@ def test_run_py_export_and_the_python_api_write_the_trained_net(tmp_path):
     import sys
     from solvers.trainer import Trainer
     import shutil
-    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m")
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m",
+                    ignore=shutil.ignore_patterns("snapshots"))
     Trainer(str(tmp_path / "m" / "solver.yaml"), out=lambda *a: None, overrides={"max_iter": 100}).train()
     weights = str(tmp_path / "m" / "snapshots" / "lenet_digits_iter_100.weights.npz")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "export", str(tmp_path / "m" / "deploy.yaml"),

@@ -22,7 +22,8 @@ def run(*args, cwd):
 def work(tmp_path_factory):
     from solvers.trainer import Trainer
     work = tmp_path_factory.mktemp("predict")
-    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), work / "lenet_digits")
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), work / "lenet_digits",
+                    ignore=shutil.ignore_patterns("snapshots"))
     Trainer(str(work / "lenet_digits" / "solver.yaml"), out=lambda *a: None, overrides={"max_iter": 200}).train()
     with gzip.open(work / "lenet_digits" / "digits_test.csv.gz", "rt") as f:
         lines = f.read().splitlines()

@@ -392,7 +392,8 @@ def test_adamw_decays_the_weights_apart_from_the_moments():
 def _digits(tmp_path, **solver):
     import shutil
     shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
-                                 "lenet_digits"), tmp_path / "m", dirs_exist_ok=True)
+                                 "lenet_digits"), tmp_path / "m", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("snapshots"))
     return Trainer(str(tmp_path / "m" / "solver.yaml"), out=lambda *a: None, overrides=solver)
 
 
