@@ -506,11 +506,15 @@ class Convolution(Layer):
                                            self.out_hw, x.dtype, self.stride[0])
         return plan if plan.forward_useful >= DIRECT_USEFUL else None
 
-    def _im2col_buffers(self, n, dtype):
-        """(k, plane, images per block) for the im2col path, with its buffers allocated."""
+    def _im2col_shape(self, n, dtype):
+        """(k, plane, images per block) for the im2col path."""
         plane = self.out_hw[0] * self.out_hw[1]
         k = self.blobs[0].data[0].size
-        block = self._block(n, k, plane, np.dtype(dtype).itemsize)
+        return k, plane, self._block(n, k, plane, np.dtype(dtype).itemsize)
+
+    def _im2col_buffers(self, n, dtype):
+        """_im2col_shape, with this layer's buffers allocated."""
+        k, plane, block = self._im2col_shape(n, dtype)
         if self._col is None or self._col.shape[1] != block * plane or self._col.dtype != dtype:
             self._col = np.empty((k * self.p.group, block * plane), dtype)
             self._out = np.empty((self.p.num_output, block * plane), dtype)
@@ -651,9 +655,7 @@ class Convolution(Layer):
             block = self._col.shape[1] // plane
             col, dt = self._col, self._out  # _out reused as the (O, block*P) diff buffer
         else:  # the data pass alone (the forward ran the direct kernels): buffers for this pass only, shared
-            plane = self.out_hw[0] * self.out_hw[1]
-            k = self.blobs[0].data[0].size
-            block = self._block(n, k, plane, np.dtype(x.dtype).itemsize)
+            k, plane, block = self._im2col_shape(n, x.dtype)
             key = ("im2col", k * groups, out_c, block * plane, np.dtype(x.dtype).str)
             col, dt = scratch(key + ("col",), (k * groups, block * plane), x.dtype), \
                 scratch(key + ("out",), (out_c, block * plane), x.dtype)

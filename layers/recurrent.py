@@ -271,16 +271,17 @@ class LSTM(Recurrent):
                             self.hc[t + 1] if nxt else last)
                 c_prev = self.c[t]
             h_prev = out[t_len - 1]
-        for t in range(t_len if not (self.dtype == np.float32 and FAST_FLOAT32) else 0):
-            np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
-            gate = self.gate[t]
-            np.matmul(self.hc[t], w_t, out=gate)
-            gate += gx[t]
-            lstm_gates(gate, h_dim)
-            lstm_cell(gate, np.ascontiguousarray(cont[t]), c_prev, self.c[t])
-            np.tanh(self.c[t], out=self.tc[t])
-            np.multiply(gate[:, 2 * h_dim:3 * h_dim], self.tc[t], out=out[t])
-            h_prev, c_prev = out[t], self.c[t]
+        else:
+            for t in range(t_len):
+                np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
+                gate = self.gate[t]
+                np.matmul(self.hc[t], w_t, out=gate)
+                gate += gx[t]
+                lstm_gates(gate, h_dim)
+                lstm_cell(gate, np.ascontiguousarray(cont[t]), c_prev, self.c[t])
+                np.tanh(self.c[t], out=self.tc[t])
+                np.multiply(gate[:, 2 * h_dim:3 * h_dim], self.tc[t], out=out[t])
+                h_prev, c_prev = out[t], self.c[t]
         if len(top) == 3:
             top[1].data[...] = h_prev.reshape(top[1].data.shape)
             top[2].data[...] = c_prev.reshape(top[2].data.shape)

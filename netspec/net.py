@@ -565,7 +565,7 @@ class Net:
             if i < start:
                 continue
             if i in folds:
-                layer.fold, layer.relu = made_folds[i], self._fold_relus.get(i)
+                layer.fold, layer.relu = made_folds[i], relus.get(i)
                 layer.forward(bottom, top)
                 layer.fold = layer.relu = None
             elif i in relus:  # an Eltwise SUM applying the ReLU above it
