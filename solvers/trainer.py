@@ -756,8 +756,10 @@ class Trainer:
 
     def end(self):
         """Close the metrics, the lock and the threads (and a compile helper still running)."""
-        if getattr(self, "_warmup", None) is not None and self._warmup.poll() is None:
-            self._warmup.terminate()
+        if getattr(self, "_warmup", None) is not None:
+            from netspec import warmup
+            warmup.stop(self._warmup)
+            self._warmup = None
         self.metrics.close()
         self._unlock()
         for runner in [self.replicas] + self.test_runners:
