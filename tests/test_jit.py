@@ -1,0 +1,56 @@
+"""layers/jit.py: a parallel kernel's wrappers are finalized link-only (optimized and emitted once, in the kernel's
+own library), and the kernel computes what it computes without the patch."""
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from layers import jit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _libraries(library, seen=None):
+    seen = [] if seen is None else seen
+    for lib in library._linking_libraries:
+        if lib not in seen:
+            seen.append(lib)
+            _libraries(lib, seen)
+    return seen
+
+
+def test_the_wrappers_of_a_parfor_are_link_only_and_the_kernel_is_right():
+    assert jit.installed == numba.__version__.startswith(jit.TESTED)
+    if not jit.installed:
+        return
+
+    @njit(parallel=True)
+    def rows_sum(x, out):
+        for i in prange(x.shape[0]):
+            s = 0.0
+            for j in range(x.shape[1]):
+                s += x[i, j] * 2
+            out[i] = s
+
+    x = np.arange(60, dtype=np.float64).reshape(6, 10)
+    out = np.zeros(6)
+    rows_sum(x, out)
+    assert np.array_equal(out, 2 * x.sum(axis=1))
+    library = rows_sum.overloads[rows_sum.signatures[0]].library
+    linked = _libraries(library)
+    link_only = [lib for lib in linked if lib._link_only]
+    assert not library._link_only and len(link_only) == 2, [lib.name for lib in linked]
+    assert {lib.name for lib in link_only} >= {"parallelgufuncwrapper"}
+    assert all(lib._finalized for lib in linked)
+    assert library.get_pointer_to_function(library.get_defined_functions().__next__().name)
+
+
+def test_yaffe_jit_numba_leaves_numba_as_it_is():
+    code = ("import numba.core.codegen as c; original = c.CPUCodeLibrary._optimize_final_module; import layers; "
+            "from layers import jit; print(jit.installed, c.CPUCodeLibrary._optimize_final_module is original)")
+    env = dict(os.environ, YAFFE_JIT="numba", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "True"], out.stderr
