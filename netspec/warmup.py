@@ -15,8 +15,8 @@ The two processes never compile the same kernel at once: each compile first clai
 made with O_EXCL in a folder of this run's). The main process, finding a claim of the helper's, waits for it and
 then loads the kernel from the cache; the helper, finding one of the main process's, leaves that kernel for a later
 round and goes on with the next (so it never waits, and the two cannot wait for each other). lenet_digits from an
-empty cache to its first iteration, medians of 3 alternating runs on the 2-core machine: 18.6 s without the helper,
-12.1 s with it (a helper that ran the layers' backward from the last, unclaimed, had gained about 10%).
+empty cache to its first iteration, medians of 3 alternating runs on the 2-core machine: 17.0 s without the
+helper, 10.8 s with it (benchmarks/README.md, "Cold start").
 """
 from __future__ import annotations
 
