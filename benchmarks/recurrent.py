@@ -21,9 +21,10 @@ sys.path.insert(0, ROOT)
 
 def yaffe_lstm(t, n, i, h, iterations, repeats):
     from layers.base import Blob
-    from layers.cpu import flush_denormals
+    from layers.cpu import flush_denormals, use_own_threads
     from tests.gradcheck import make_layer
     flush_denormals()  # as a Net does for the thread that runs it (layers/cpu.py)
+    use_own_threads()  # as a Net does: products on Numba's threads, OpenBLAS on its caller's
     filler = {"type": "uniform", "min": -0.08, "max": 0.08}  # models/lstm_mnist's
     layer, tops = make_layer("LSTM", {"recurrent_param": {"num_output": h, "weight_filler": filler}},
                              [(t, n, i), (t, n)], dtype=np.float32)

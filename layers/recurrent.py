@@ -17,6 +17,7 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
+from .cpu import gemm, gemm_acc
 
 FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
 
@@ -205,19 +206,22 @@ class Recurrent(Layer):
         return x, cont, xs, states
 
     def _input_products(self, x, xs):
+        """gx (T, N, gates*H) = x W_x^T + b [+ x_static W_static^T], into a buffer kept across passes."""
         w, b = self.blobs[0].data, self.blobs[1].data
-        gx = (x.reshape(-1, self.I) @ w.T).reshape(self.T, self.N, -1) + b
+        gx, = self._buffers(("gx", self.gates))
+        self.gx = gx
+        gemm(x.reshape(-1, self.I), w.T, gx.reshape(-1, gx.shape[-1]), bias=b)
         if self.static:
-            gx = gx + (xs @ self.blobs[2].data.T)[None]
+            gx += (xs @ self.blobs[2].data.T)[None]
         return gx
 
     def _input_backward(self, dg, x, xs, propagate_down, bottom):
         """dg (T, N, gates*H): the gradients of the input products into W_x, b, W_static, x, x_static."""
         flat = dg.reshape(-1, dg.shape[-1])
-        self.blobs[0].diff += flat.T @ x.reshape(-1, self.I)
+        gemm_acc(flat.T, x.reshape(-1, self.I), self.blobs[0].diff)
         self.blobs[1].diff += flat.sum(axis=0)
         if propagate_down[0]:
-            bottom[0].diff[...] = (flat @ self.blobs[0].data).reshape(bottom[0].diff.shape)
+            gemm(flat, self.blobs[0].data, bottom[0].diff.reshape(-1, self.I))
         if self.static:
             ds = dg.sum(axis=0)
             self.blobs[2].diff += ds.T @ xs
@@ -265,7 +269,7 @@ class LSTM(Recurrent):
             last = np.empty((0, h_dim), np.float32)
             for t in range(t_len):
                 gate = self.gate[t]
-                np.matmul(self.hc[t], w_t, out=gate)
+                gemm(self.hc[t], w_t, gate)
                 nxt = t + 1 < t_len
                 lstm_step32(gate, gx[t], keep[t], c_prev, self.c[t], self.tc[t], out[t], keep[t + 1 if nxt else t],
                             self.hc[t + 1] if nxt else last)
@@ -275,7 +279,7 @@ class LSTM(Recurrent):
             for t in range(t_len):
                 np.multiply(cont[t][:, None], h_prev, out=self.hc[t])
                 gate = self.gate[t]
-                np.matmul(self.hc[t], w_t, out=gate)
+                gemm(self.hc[t], w_t, gate)
                 gate += gx[t]
                 lstm_gates(gate, h_dim)
                 lstm_cell(gate, np.ascontiguousarray(cont[t]), c_prev, self.c[t])
@@ -297,10 +301,10 @@ class LSTM(Recurrent):
         for t in reversed(range(t_len)):
             c_prev = self.c[t - 1] if t else self.c0
             if t + 1 < t_len:  # the diff reaching h_t through step t+1: (dg_{t+1} W_hc) * cont_{t+1}
-                np.matmul(dg[t + 1], w_hc, out=rec)
+                gemm(dg[t + 1], w_hc, rec)
             lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
                                else keep[t, :0], dc_next, dg[t])  # dc_next: in place
-        self.w_h.diff += dg.reshape(-1, 4 * h_dim).T @ self.hc.reshape(-1, h_dim)  # one product for all steps
+        gemm_acc(dg.reshape(-1, 4 * h_dim).T, self.hc.reshape(-1, h_dim), self.w_h.diff)  # one product, all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)
 
 
