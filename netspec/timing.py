@@ -43,7 +43,8 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
     for d, f, b in zip(net.defs, fwd, bwd):
         rows.append({"name": d.name, "type": d.type, "forward_ms": float(f), "backward_ms": float(b)})
         out(f"{d.name:<24} {d.type:<18} {f:11.3f} {b:12.3f}")
-    batch = next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers) if l.is_data or d.type == "Input"), 1)
+    batch = net.source_batch_axes()[0] or next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers)
+                                               if l.is_data or d.type == "Input"), 1)  # sequences (T, N): N
     result = {"layers": rows, "forward_ms": float(fwd.sum()), "backward_ms": float(bwd.sum()),
               "forward_backward_ms": float(fwd.sum() + bwd.sum()), "total_ms": total / iterations * 1e3,
               "images_per_s": batch * iterations / total}

@@ -36,8 +36,8 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
     requested: None (automatic: one replica per thread when the batch divides into slices of MIN_SLICE or
     more and no result changes), 1 (off), or k (exactly k, or a UserError saying why not)."""
     threads = threads or (_open[0][1] if _open else numba.get_num_threads())  # open replicas hold the cores
-    batch = next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers) if l.is_source
-                  and net.shapes.get(d.tops[0])), 0)
+    batch = net.source_batch_axes()[0] or next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers)
+                                               if l.is_source and net.shapes.get(d.tops[0])), 0)  # (T, N): N
     if requested == 1:
         return None, "each layer runs the whole batch (--replicas 1)"
     if requested is None:
