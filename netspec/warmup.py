@@ -43,7 +43,7 @@ def _marker(net) -> str:
 
 def helper_doc(net) -> dict:
     """The net's TRAIN layers as run, each data layer an Input of its tops' shapes at the batch of one slice (the
-    batch over the threads: the kernels' paths can depend on the sizes)."""
+    batch over the threads, at most 32: the kernels' paths can depend on the sizes)."""
     import numba
     threads = numba.get_num_threads()
     _, axes = net.source_batch_axes()
@@ -57,7 +57,7 @@ def helper_doc(net) -> dict:
                 shape = list(net.shapes[t])
                 a = axes.get(t, 0)
                 if len(shape) > a:
-                    shape[a] = -(-shape[a] // threads)
+                    shape[a] = min(-(-shape[a] // threads), 32)  # (its memory bounded for large nets)
                 shapes.append({"dim": shape})
             layers.append({"name": d.name, "type": "Input", "top": list(d.tops), "input_param": {"shape": shapes}})
         else:
