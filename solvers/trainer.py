@@ -147,7 +147,7 @@ class Trainer:
                                stages=tuple(as_list(test_state.get("stage"))))
                 test_net.share_weights_from(self.net)
                 test_net.keep_for_backward = False  # forward only: no copies for a backward (netspec/inplace.py)
-                test_net.constant_weights = True  # its BatchNorm folds made once a test (_test_one)
+                # its BatchNorm folds: made once a test (constant_weights within _test_one), checked per pass outside
                 self.test_nets.append(test_net)
         self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
         self._preflight()
@@ -546,6 +546,14 @@ class Trainer:
     def _test_one(self, k, net, n):
         runner = self.test_runners[k]
         runner.weights_changed()  # trained (or the average's) since the last test: the folds are made again
+        net.constant_weights = True  # within this test: folds made once (the slices follow the net each pass)
+        try:
+            return self._test_batches(k, net, n, runner)
+        finally:  # outside a test the weights may change (a step, or the caller's code): the folds made in the test
+            net.constant_weights = False  # kept no copies, so the next pass makes them again, then compares
+
+    def _test_batches(self, k, net, n, runner):
+        """Test net k's n batches: its outputs averaged, printed and recorded."""
         if len(self.test_nets) > 1:
             self.out(f"Iteration {self.iter}, Testing net (#{k})")
         sums: dict = {}

@@ -364,21 +364,31 @@ layer:
 
 
 def test_the_trainers_test_nets_fold_the_weights_trained_since_the_last_test(tmp_path):
-    """Test nets fold BatchNorm once a test (constant_weights), made again before each test and before a forward
-    from pycaffe's solver.test_nets: the loss equals the unfolded net's after the weights changed in place."""
+    """Test nets fold BatchNorm once a test (constant_weights within the test), made again before each test, before
+    a forward from pycaffe's solver.test_nets and from the Trainer's own test_nets (outside a test the folds are
+    checked against the weights each pass): the outputs equal the unfolded net's after the weights changed in
+    place."""
     from yaffe.pycaffe import get_solver
     net_path = tmp_path / "net.yaml"
     net_path.write_text(FOLDED_NET)
     solver_ = get_solver(solver(tmp_path, net=str(net_path), max_iter=10, test_interval=2))
     solver_.step(3)  # a test at iteration 2 made the folds
     t, test_net = solver_._t, solver_._t.test_nets[0]
-    assert test_net.constant_weights and not test_net.keep_for_backward and test_net._fold_state["made"]
-    for step in range(2):
+    assert not test_net.constant_weights and not test_net.keep_for_backward
+    seen = []
+    forward = test_net.forward
+    test_net.forward = lambda *a: (seen.append(test_net.constant_weights), forward(*a))[1]
+    t.test()
+    assert seen and all(seen) and test_net._fold_state["made"] and not test_net.constant_weights
+    del test_net.forward
+    for step in range(3):
         t.net.param_data *= 1.5  # weights changed in place after the folds were made
         if step == 0:
             t.test()
-        else:
+        elif step == 1:
             solver_.test_nets[0].forward()
+        else:
+            t.test_nets[0].forward()  # yaffe's own Net, between tests
         folded = test_net.blobs["ip"].data.copy()
         test_net.keep_for_backward = True  # no folds
         test_net.forward()
