@@ -16,17 +16,33 @@ from .base import Field, Layer, register
 
 @njit(cache=True, nogil=True)
 def lrn_across_scale(x, size, alpha_over, k, scale):
+    """scale (N, C, H, W) = k + alpha_over * sum of x^2 over channels c-pre..c+pre (pre = (size-1)/2): Caffe's
+    running sum in x's dtype (channel 0's window added, then each next channel's entering square added and its
+    leaving one subtracted), vectorized along the plane."""
     n_img, chans, height, width = x.shape
-    half = (size - 1) // 2
+    plane, pre = height * width, (size - 1) // 2
+    xf, sf = x.reshape(n_img, chans, plane), scale.reshape(n_img, chans, plane)
+    a, kk = x.dtype.type(alpha_over), x.dtype.type(k)
     for n in range(n_img):
-        for c in range(chans):
-            lo, hi = max(c - half, 0), min(c + half + 1, chans)
-            for i in range(height):
-                for j in range(width):
-                    acc = 0.0
-                    for cc in range(lo, hi):
-                        acc += x[n, cc, i, j] * x[n, cc, i, j]
-                    scale[n, c, i, j] = k + alpha_over * acc
+        first = sf[n, 0]
+        for q in range(plane):
+            first[q] = kk
+        for c in range(min(size - pre, chans)):
+            xc = xf[n, c]
+            for q in range(plane):
+                first[q] += a * (xc[q] * xc[q])
+        for c in range(1, chans):
+            cur, prev = sf[n, c], sf[n, c - 1]
+            for q in range(plane):
+                cur[q] = prev[q]
+            if c + size - 1 - pre < chans:
+                xa = xf[n, c + size - 1 - pre]
+                for q in range(plane):
+                    cur[q] += a * (xa[q] * xa[q])
+            if c - 1 - pre >= 0:
+                xs = xf[n, c - 1 - pre]
+                for q in range(plane):
+                    cur[q] -= a * (xs[q] * xs[q])
 
 
 @njit(cache=True, nogil=True)
@@ -46,17 +62,38 @@ def lrn_within_scale(x, size, alpha_over, k, scale):
 
 @njit(cache=True, nogil=True)
 def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
+    """dx = dy * scale^-beta - coeff * x * (sum over the window of dy * y / scale), the window's sum running over
+    the channels as in Caffe (in x's dtype), vectorized along the plane."""
     n_img, chans, height, width = x.shape
-    half = (size - 1) // 2
+    plane, pre = height * width, (size - 1) // 2
+    xf, yf, sf = x.reshape(n_img, chans, plane), y.reshape(n_img, chans, plane), scale.reshape(n_img, chans, plane)
+    dyf, dxf = dy.reshape(n_img, chans, plane), dx.reshape(n_img, chans, plane)
+    ratio, accum = np.empty((chans, plane), x.dtype), np.empty(plane, x.dtype)
+    nb, cf = x.dtype.type(-beta), x.dtype.type(-coeff)
     for n in range(n_img):
         for c in range(chans):
-            lo, hi = max(c - half, 0), min(c + half + 1, chans)
-            for i in range(height):
-                for j in range(width):
-                    acc = 0.0
-                    for cc in range(lo, hi):
-                        acc += dy[n, cc, i, j] * y[n, cc, i, j] / scale[n, cc, i, j]
-                    dx[n, c, i, j] = dy[n, c, i, j] * scale[n, c, i, j] ** (-beta) - coeff * x[n, c, i, j] * acc
+            d, g, yy, sc, r = dxf[n, c], dyf[n, c], yf[n, c], sf[n, c], ratio[c]
+            for q in range(plane):
+                d[q] = g[q] * sc[q] ** nb
+                r[q] = g[q] * yy[q] / sc[q]
+        for q in range(plane):
+            accum[q] = 0
+        for c in range(min(size - 1 - pre, chans)):
+            r = ratio[c]
+            for q in range(plane):
+                accum[q] += r[q]
+        for c in range(chans):
+            if c + size - 1 - pre < chans:
+                r = ratio[c + size - 1 - pre]
+                for q in range(plane):
+                    accum[q] += r[q]
+            d, xc = dxf[n, c], xf[n, c]
+            for q in range(plane):
+                d[q] += cf * (xc[q] * accum[q])
+            if c - pre >= 0:
+                r = ratio[c - pre]
+                for q in range(plane):
+                    accum[q] -= r[q]
 
 
 @njit(cache=True, nogil=True)

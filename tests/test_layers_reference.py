@@ -246,3 +246,25 @@ def test_drop_path_drops_whole_examples_and_keeps_the_mean():
     assert abs(per_example[:, 0].mean() - 1) < 0.05
     (t,), _ = forward("DropPath", {"phase": "TEST", "drop_path_param": {"drop_prob": 0.25}}, x)
     np.testing.assert_array_equal(t, x)
+
+
+@pytest.mark.parametrize("chans, size", [(1, 5), (3, 5), (4, 3), (7, 1), (9, 5), (6, 7)])
+def test_lrn_across_channels_running_sums_equal_the_window_formula(chans, size):
+    """The running sums over channels (Caffe's order) against the window sums written out, forward and backward,
+    including windows wider than the channels."""
+    from layers.lrn import lrn_across_backward, lrn_across_scale
+    rng = np.random.default_rng(chans * 10 + size)
+    x, dy = rng.normal(size=(2, chans, 3, 4)), rng.normal(size=(2, chans, 3, 4))
+    alpha, beta, k, pre = 0.7, 0.6, 1.3, (size - 1) // 2
+    window = [slice(max(c - pre, 0), min(c + pre + 1, chans)) for c in range(chans)]
+    expect = np.stack([k + alpha / size * (x[:, w] ** 2).sum(axis=1) for w in window], axis=1)
+    scale = np.empty_like(x)
+    lrn_across_scale(x, size, alpha / size, k, scale)
+    np.testing.assert_allclose(scale, expect, rtol=1e-12)
+    y = x * scale ** -beta
+    ratio = dy * y / scale
+    coeff = 2 * alpha * beta / size
+    expect_dx = dy * scale ** -beta - coeff * x * np.stack([ratio[:, w].sum(axis=1) for w in window], axis=1)
+    dx = np.empty_like(x)
+    lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx)
+    np.testing.assert_allclose(dx, expect_dx, rtol=1e-10, atol=1e-12)
