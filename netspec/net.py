@@ -635,7 +635,7 @@ class Net:
 
     def _folded_weights(self, folds):
         """{convolution index: (weights, bias)} with each chain of `folds` folded in. With constant_weights (run.py
-        predict and test; the trainer's test nets, told by weights_changed() before each test) they are made once;
+        predict and test; the trainer's test nets within a test, after weights_changed()) they are made once;
         else remade for the chains whose source arrays changed since the last pass (weights change in place, from
         Python), compared with copies (one array_equal per array: 0.7 ms a pass on ResNet-20)."""
         state = self.__dict__.get("_fold_state")
@@ -655,7 +655,7 @@ class Net:
 
     def weights_changed(self):
         """Make the folds of a forward-only net with constant_weights again at its next pass (the trainer calls it
-        before each test: the weights trained since)."""
+        before each test: the weights trained since; pycaffe's forward before each pass)."""
         self._fold_state = None
 
     def _strided_out(self, kind):

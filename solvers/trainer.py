@@ -146,8 +146,8 @@ class Trainer:
                 test_net = Net(test_doc, "TEST", test_path, seed=self.net.seed, level=test_state.get("level", 0),
                                stages=tuple(as_list(test_state.get("stage"))))
                 test_net.share_weights_from(self.net)
-                test_net.keep_for_backward = False  # forward only: no copies for a backward (netspec/inplace.py)
-                # its BatchNorm folds: made once a test (constant_weights within _test_one), checked per pass outside
+                # forward only: no copies for a backward (netspec/inplace.py); constant_weights only within a test
+                test_net.keep_for_backward = False
                 self.test_nets.append(test_net)
         self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
         self._preflight()

@@ -225,7 +225,7 @@ class Net:
         """Set the input blobs given as keywords, run the layers from `start` to `end` (names, both included),
         and return {name: data} of the net's outputs (or of `end`'s tops) and of the `blobs` named."""
         self._set(kwargs, "data")
-        if self._net.constant_weights:  # a solver's test net: trained since its folds were made
+        if self._net.constant_weights:  # the caller may have changed the weights since the folds were made
             self._net.weights_changed()
         n = len(self._net.layers)
         i0, i1 = self._index(start, 0), self._index(end, n - 1)
