@@ -284,6 +284,15 @@ def scratch(key, shape, dtype, zeros=False):
     return a
 
 
+def release_scratch(*arrays):
+    """Drop the calling thread's pooled scratch among `arrays` (a net whose batch now runs as slices: its own
+    forward's buffers would otherwise stay in the pool of the thread that ran it)."""
+    pool = getattr(_scratch, "pool", None) or {}
+    ids = {id(a) for a in arrays if a is not None}
+    for key in [k for k, v in pool.items() if id(v) in ids]:
+        del pool[key]
+
+
 class DirectPlan:
     """Buffers and offsets of the direct convolution for one bottom shape and dtype (see the module docstring).
 
@@ -315,10 +324,13 @@ class DirectPlan:
         self.o_pad = _round_up(out_c, BCAST_MR)
         self.o_taps = _round_up(out_c, TAPS_NV * lanes(dtype))
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
-        self.xpad = np.zeros((n, c * s * s, length), dtype)  # this layer's: the weight gradient reads it
-        # the rest is scratch within one pass, shared by the layers of this thread with the same geometry
+        # scratch within one pass, shared by the layers of this thread with the same geometry; the padded input
+        # too (the weight gradient reads it): `holder` says whose input it holds, the backward places it again
+        # where another layer's forward came between (ResNet-20: 124 MiB of padded inputs no longer kept)
         self.key = (tuple(shape), out_c, tuple(kernel), tuple(pad), tuple(dilation), tuple(out_hw), np.dtype(dtype).str,
                     s)
+        self.xpad = scratch(self.key[:1] + self.key[2:] + ("xpad",), (n, c * s * s, length), dtype, zeros=True)
+        self.holder = scratch(self.key[:1] + self.key[2:] + ("xpad holder",), (2,), np.int64)
         self.out = scratch(self.key + ("out",), (n, self.o_pad, self.nq), dtype)
         self.w = np.zeros((self.k, self.o_pad), dtype)
         self.bias = np.zeros(self.o_pad, dtype)
@@ -338,12 +350,19 @@ class DirectPlan:
         self.data_useful = oh * ow / self.nqb * c / self.c_pad
         self._backward_shape = (n, out_c, length_q, dtype)
 
-    def place(self, x):
-        """The bottom x into xpad (its padded planes, or their phases)."""
+    def place(self, x, owner):
+        """The bottom x of layer `owner` into xpad (its padded planes, or their phases), unless it holds it."""
+        token = (id(owner), x.ctypes.data)
+        if tuple(self.holder) == token:
+            return
         if self.stride == 1:
             place_planes(x, self.xpad, self.start, self.wp)
         else:
             place_phases(x, self.xpad, *self.pad, self.stride, self.wp, self.rows)
+        self.holder[:] = token
+
+    def buffers(self):
+        return self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq
 
     def backward_buffers(self):
         if self.dyt is None:
@@ -555,6 +574,8 @@ class Convolution(Layer):
         return w, self.blobs[1].data if self.p.bias_term else np.zeros(self.p.num_output, w.dtype)
 
     def release_buffers(self):
+        if getattr(self, "_plan", None) is not None:
+            release_scratch(*self._plan.buffers())
         self._plan = self._dw_plan = self._col = self._out = None
 
     def _depthwise(self, x):
@@ -589,7 +610,8 @@ class Convolution(Layer):
                 plan.w[:, :out_c] = weight.reshape(out_c, plan.k).T
                 plan.bias[:out_c] = bias if has_bias else 0
                 plan.laid = self.fold
-            plan.place(x)
+            plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
+            plan.place(x, self)
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
             take_planes(plan.out, plan.wp, y, *relu)
             return
@@ -627,8 +649,7 @@ class Convolution(Layer):
         n, c = x.shape[:2]
         out_c = self.p.num_output
         weight = self.blobs[0]
-        if not fresh:
-            plan.place(x)
+        plan.place(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
         plan.backward_buffers()
         place_channels_last(dy, plan.dyt, plan.wp)
         if self.p.bias_term:

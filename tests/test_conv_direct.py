@@ -222,3 +222,45 @@ layer:
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for a, b in zip(run(True), run(False)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 10)
+
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolutions_of_one_geometry_share_the_padded_input(stride, monkeypatch):
+    """Layers of one geometry share one padded-input buffer (DirectPlan.xpad, scratch): a backward whose buffer
+    holds another layer's input places its own again. A chain a -> b -> c of one geometry, and e reading a's
+    bottom too (a Split): every gradient equals the im2col path's, and b and c hold one buffer."""
+    out = 9 if stride == 1 else 5
+    conv_ = ("type: Convolution, convolution_param: {{num_output: 4, kernel_size: 3, pad: 1, stride: {}, "
+             "weight_filler: {{type: gaussian, std: 0.3}}}}")
+    text = f"""
+force_backward: true
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: [2, 4, 9, 9]}}}}}}
+  - {{name: t, type: Input, top: target, input_param: {{shape: {{dim: [2, 4, {out}, {out}]}}}}}}
+  - {{name: a, bottom: data, top: a, {conv_.format(stride)}}}
+  - {{name: e, bottom: data, top: e, {conv_.format(stride)}}}
+  - {{name: b, bottom: a, top: b, {conv_.format(1)}}}
+  - {{name: c, bottom: b, top: c, {conv_.format(1)}}}
+  - {{name: s, type: Eltwise, bottom: [c, e], top: s}}
+  - {{name: loss, type: EuclideanLoss, bottom: [s, target], top: loss}}
+"""
+    results = []
+    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)  # the direct kernels for these few filters too
+    for direct in (True, False):
+        monkeypatch.setattr(conv, "DIRECT", direct)
+        net = Net(loads(text), "TRAIN", seed=1, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        net.blobs["data"].data[...] = rng.normal(size=net.blobs["data"].data.shape)
+        net.blobs["target"].data[...] = rng.normal(size=net.blobs["target"].data.shape)
+        for _ in range(2):  # the second pass: the buffer holds the last forward's input
+            net.clear_param_diffs()
+            net.forward_backward()
+        results.append([net.blobs["data"].diff.copy()] + [p.blob.diff.copy() for p in net.params])
+        if direct:
+            by_name = {d.name: layer for d, layer in zip(net.defs, net.layers)}
+            assert by_name["b"]._plan.xpad is by_name["c"]._plan.xpad and by_name["b"]._plan is not by_name["c"]._plan
+            assert by_name["a"]._plan.xpad is by_name["e"]._plan.xpad
+            assert all(layer.path_taken == "direct" for layer in by_name.values() if layer.type == "Convolution")
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
