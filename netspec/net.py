@@ -317,6 +317,8 @@ class Net:
         for d, error in along_0:
             if any(nets[0].shapes[b][:1] != self.shapes[b][:1] for b in d.bottoms):
                 raise error
+        for n in nets if getattr(self, "shared_diffs", 0) else ():
+            n.share_diffs()
         return nets
 
     def _allocate_replica(self, parent: "Net", r: int, k: int, force_backward):
@@ -742,6 +744,22 @@ class Net:
 
     def layer_by_name(self, name):
         return next((l for l in self.layers if l.name == name), None)
+
+    def share_diffs(self) -> int:
+        """Let blob diffs whose spans in the backward do not meet share arrays (netspec/diffs.py); returns the
+        bytes saved. For a net whose blob diffs nobody reads after a backward (the trainer's TRAIN net): after it,
+        `blobs[name].diff` holds the gradient only while the backward uses it. Not for sequences split along N,
+        nor with force_backward. The slices of such a net (replicate) share their own: slices of one array would
+        meet across the slices, which run side by side."""
+        if self.doc.get("force_backward", False) or any(getattr(l, "time_major_bottoms", None) for l in self.layers):
+            return 0
+        from . import diffs
+        groups = diffs.plan(self.layers, self.top_vecs, self.bottom_vecs, self.need_backward, self.propagate,
+                            self.loss_blobs)
+        saved = diffs.share(groups, self.dtype)
+        self._plan_keeps()  # the stand-ins of the backward hold the blobs' diffs
+        self.shared_diffs = saved
+        return saved
 
     def share_weights_from(self, other: "Net"):
         """Use `other`'s learnable blobs for layers of the same name (Caffe's ShareTrainedLayersWith)."""

@@ -365,7 +365,7 @@ class Solver:
     def __init__(self, path, *, quiet=False):
         from solvers.trainer import Trainer
         path = os.fspath(path)
-        self._t = Trainer(path, out=(lambda *a: None) if quiet else print)
+        self._t = Trainer(path, out=(lambda *a: None) if quiet else print, share_diffs=False)  # Caffe's diffs
         if self.expects and self._t.cfg.type != self.expects:
             _note(f"{type(self).__name__}({os.path.basename(path)}): the file says type {self._t.cfg.type}; "
                   "that is what runs")
