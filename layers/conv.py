@@ -31,7 +31,8 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
                         rows_to_top, to_phases, top_to_rows)
-from .simd import BCAST_MR, TAPS_KR, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_taps
+from .simd import (BCAST_MR, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
+                   tile_taps, tile_taps1)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -234,16 +235,17 @@ def direct_conv(xp, offs, w, bias, out):
 @njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
-    touched."""
+    touched. Rows of x read in order; the row's writes stay in L1 (3x the channel-inner order on 32x32 planes)."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     positions, planes = buf.shape[1], buf.shape[2]
     for p in range(n_img * height):
         n, i = p // height, p % height
-        for j in range(width):
-            dst = (n * positions + i * row + j) * planes
-            for c in range(chans):
-                bf[uintp(dst + c)] = xf[uintp(((n * chans + c) * height + i) * width + j)]
+        base = (n * positions + i * row) * planes
+        for c in range(chans):
+            src = ((n * chans + c) * height + i) * width
+            for j in range(width):
+                bf[uintp(base + j * planes + c)] = xf[uintp(src + j)]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -261,6 +263,23 @@ def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt):
             for o0 in range(0, opad, step):
                 tile_taps(xf, n * per_image, offs, k0, df, n * positions * opad + o0, opad, oh, ow, wp,
                           min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt):
+    """direct_conv_dw on tiles of one vector of filters and twice the taps (Opad one vector: 16 filters on
+    AVX-512, where two vectors would compute half zeros; ResNet-20's first stage 2x)."""
+    n_img, per_image = xp.shape
+    positions, opad = dyt.shape[1], dyt.shape[2]
+    step = VECTOR_BYTES // xp.itemsize
+    block = max(1, min(n_img, DW_IMAGES // per_image))
+    xf, df, of = xp.reshape(-1), dyt.reshape(-1), dwt.reshape(-1)
+    for t in prange(dwt.shape[0] // TAPS_KR1):
+        k0 = t * TAPS_KR1
+        for n in range(0, n_img, block):
+            for o0 in range(0, opad, step):
+                tile_taps1(xf, n * per_image, offs, k0, df, n * positions * opad + o0, opad, oh, ow, wp,
+                           min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
 
 
 def _round_up(value, step):
@@ -318,11 +337,13 @@ class DirectPlan:
         self.rows = np.zeros(s, np.bool_)  # the row phases some tap reads (a 1x1 kernel: the first alone)
         self.rows[[t[0] // s for t in taps]] = True
         self.k = c * kh * kw
-        self.offs = np.zeros(_round_up(self.k, TAPS_KR), np.int64)
+        # the weight gradient's tiles: one vector of filters where two would hold more padding (and twice the taps)
+        self.taps_nv = 1 if _round_up(out_c, step) < _round_up(out_c, TAPS_NV * step) else TAPS_NV
+        self.offs = np.zeros(_round_up(self.k, TAPS_KR1 if self.taps_nv == 1 else TAPS_KR), np.int64)
         self.offs[:self.k] = ((np.arange(c)[:, None] * s * s + np.array([t[0] for t in taps])[None]) * length
                               + np.array([t[1] for t in taps])[None]).reshape(-1)
         self.o_pad = _round_up(out_c, BCAST_MR)
-        self.o_taps = _round_up(out_c, TAPS_NV * lanes(dtype))
+        self.o_taps = _round_up(out_c, self.taps_nv * step)
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
         # scratch within one pass, shared by the layers of this thread with the same geometry; the padded input
         # too (the weight gradient reads it): `holder` says whose input it holds, the backward places it again
@@ -655,7 +676,8 @@ class Convolution(Layer):
         if self.p.bias_term:
             self.blobs[1].diff += dy.reshape(n, out_c, -1).sum(axis=2).sum(axis=0)
         plan.dwt.fill(0)
-        direct_conv_dw(plan.xpad.reshape(n, -1), plan.offs, plan.dyt, *self.out_hw, plan.wp, plan.dwt)
+        (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(plan.xpad.reshape(n, -1), plan.offs, plan.dyt,
+                                                                   *self.out_hw, plan.wp, plan.dwt)
         weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
         if not want_dx:
             return

@@ -11,7 +11,7 @@ need no im2col buffer.
       out[obase + r*ostride + q] = bias[bbase + r] + sum_k w[wbase + k*wstride + r] * x[xbase + offs[k] + q]
   for r < MR, q < NV*lanes (the forward and the backward-data convolutions).
 - `tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
-  ostride)`, KR offsets by NV vectors, for s < KR and u < NV*lanes:
+  ostride)`, KR offsets by NV vectors (`tile_taps1`: 2*KR offsets by one vector), for s < KR and u < NV*lanes:
       out[obase + s*ostride + u] += sum over m < images, q = y*row + c (y < rows, c < cols) of
           x[xbase + m*ximage + offs[kbase + s] + q] * dy[dbase + m*dimage + q*dstride + u]
   (the weight gradient, from the top diff stored channels-last).
@@ -51,6 +51,7 @@ VECTOR_BYTES = _vector_bytes()
 BCAST_MR = 8 if VECTOR_BYTES == 64 else 4   # tile_bcast3: rows x 3 vectors
 TAPS_KR = 12 if VECTOR_BYTES == 64 else 6   # tile_taps: taps x TAPS_NV vectors
 TAPS_NV = 2
+TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filters that fill one vector, not two)
 
 
 def lanes(dtype) -> int:
@@ -127,45 +128,50 @@ def _make_tile_bcast(nv):
     return intrinsic(tile)
 
 
-@intrinsic
-def _tile_taps(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out,
-               obase, ostride):
-    sig = types.void(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
-                     ostride)
+def _make_tile_taps(kr, nv):
+    """tile_taps with kr taps by nv vectors of filters (2 vectors; 1, with twice the taps, for a layer whose
+    filters fill one vector and not two: a 16-filter layer on AVX-512, ResNet-20's first stage)."""
+    def tile(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out,
+             obase, ostride):
+        sig = types.void(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out,
+                         obase, ostride)
 
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase, ostride = args
-        vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
-        i64 = ir.IntType(64)
-        const = lambda v: ir.Constant(i64, v)
-        xp, dp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (4, dy), (13, out)))
-        offs_arr = _data(context, builder, t[2], offs)
-        taps = [builder.load(builder.gep(offs_arr.data, [builder.add(kbase, const(s))])) for s in range(TAPS_KR)]
-        slots = [[builder.add(builder.add(obase, builder.mul(const(s), ostride)), const(v * n))
-                  for v in range(TAPS_NV)] for s in range(TAPS_KR)]
-        acc = [[cgutils.alloca_once(builder, vec) for _ in range(TAPS_NV)] for _ in range(TAPS_KR)]
-        for s in range(TAPS_KR):
-            for v in range(TAPS_NV):
-                builder.store(load(op, slots[s][v]), acc[s][v])
-        with cgutils.for_range(builder, images) as image:
-            xb = builder.add(xbase, builder.mul(image.index, ximage))
-            db = builder.add(dbase, builder.mul(image.index, dimage))
-            starts = [builder.add(xb, taps[s]) for s in range(TAPS_KR)]
-            with cgutils.for_range(builder, rows) as y:
-                with cgutils.for_range(builder, cols) as x:
-                    q = builder.add(builder.mul(y.index, row), x.index)
-                    line = builder.add(db, builder.mul(q, dstride))
-                    d = [load(dp, builder.add(line, const(v * n))) for v in range(TAPS_NV)]
-                    for s in range(TAPS_KR):
-                        a = splat(builder.load(builder.gep(xp, [builder.add(starts[s], q)])))
-                        for v in range(TAPS_NV):
-                            builder.store(fma(a, d[v], builder.load(acc[s][v])), acc[s][v])
-        for s in range(TAPS_KR):
-            for v in range(TAPS_NV):
-                store(builder.load(acc[s][v]), op, slots[s][v])
-        return context.get_dummy_value()
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase, \
+                ostride = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            xp, dp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (4, dy), (13, out)))
+            offs_arr = _data(context, builder, t[2], offs)
+            taps = [builder.load(builder.gep(offs_arr.data, [builder.add(kbase, const(s))])) for s in range(kr)]
+            slots = [[builder.add(builder.add(obase, builder.mul(const(s), ostride)), const(v * n))
+                      for v in range(nv)] for s in range(kr)]
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(kr)]
+            for s in range(kr):
+                for v in range(nv):
+                    builder.store(load(op, slots[s][v]), acc[s][v])
+            with cgutils.for_range(builder, images) as image:
+                xb = builder.add(xbase, builder.mul(image.index, ximage))
+                db = builder.add(dbase, builder.mul(image.index, dimage))
+                starts = [builder.add(xb, taps[s]) for s in range(kr)]
+                with cgutils.for_range(builder, rows) as y:
+                    with cgutils.for_range(builder, cols) as x:
+                        q = builder.add(builder.mul(y.index, row), x.index)
+                        line = builder.add(db, builder.mul(q, dstride))
+                        d = [load(dp, builder.add(line, const(v * n))) for v in range(nv)]
+                        for s in range(kr):
+                            a = splat(builder.load(builder.gep(xp, [builder.add(starts[s], q)])))
+                            for v in range(nv):
+                                builder.store(fma(a, d[v], builder.load(acc[s][v])), acc[s][v])
+            for s in range(kr):
+                for v in range(nv):
+                    store(builder.load(acc[s][v]), op, slots[s][v])
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_taps{nv}"
+    return intrinsic(tile)
 
 
 def _py_tile_bcast(nv, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
@@ -178,13 +184,13 @@ def _py_tile_bcast(nv, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obas
         out[obase + r * ostride:obase + r * ostride + n] = acc
 
 
-def _py_tile_taps(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out, obase,
-                  ostride):
-    n = lanes(x.dtype) * TAPS_NV
+def _py_tile_taps(kr, nv, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, out,
+                  obase, ostride):
+    n = lanes(x.dtype) * nv
     qs = [y * row + c for y in range(rows) for c in range(cols)]
     for m in range(images):
         d = np.stack([dy[dbase + m * dimage + q * dstride:dbase + m * dimage + q * dstride + n] for q in qs])
-        for s in range(TAPS_KR):
+        for s in range(kr):
             start = xbase + m * ximage + offs[kbase + s]
             out[obase + s * ostride:obase + s * ostride + n] += x[[start + q for q in qs]] @ d
 
@@ -194,4 +200,8 @@ if config.DISABLE_JIT:
     tile_bcast1, tile_bcast2, tile_bcast3 = (functools.partial(_py_tile_bcast, nv) for nv in (1, 2, 3))
 else:
     tile_bcast1, tile_bcast2, tile_bcast3 = (_make_tile_bcast(nv) for nv in (1, 2, 3))
-tile_taps = _py_tile_taps if config.DISABLE_JIT else _tile_taps
+if config.DISABLE_JIT:
+    tile_taps, tile_taps1 = (functools.partial(_py_tile_taps, kr, nv) for kr, nv in ((TAPS_KR, TAPS_NV),
+                                                                                    (TAPS_KR1, 1)))
+else:
+    tile_taps, tile_taps1 = _make_tile_taps(TAPS_KR, TAPS_NV), _make_tile_taps(TAPS_KR1, 1)

@@ -81,7 +81,8 @@ def _kernels(net, out) -> dict:
     paths = {d.name: layer.path_taken for d, layer in zip(net.defs, net.layers)
              if getattr(layer, "path_taken", None)}
     out(f"Kernels: {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
-        f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient)")
+        f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 "
+        "vector where the filters fill one vector)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
     fused = [f"{net.defs[i].name} + {net.defs[j].name}" for i, (j, _) in getattr(net, "_fused", {}).items()]

@@ -47,9 +47,11 @@ layer:
     net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
     net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
     layer = net.layers[1]
-    calls, original, original_dw = [], conv.direct_conv, conv.direct_conv_dw  # which direct kernels really ran
+    calls, original = [], conv.direct_conv  # which direct kernels really ran
+    original_dw, original_dw1 = conv.direct_conv_dw, conv.direct_conv_dw1
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
+    monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
     assert calls == (["conv"] if direct else [])
     conv_pass.last_plan = getattr(layer, "_plan", None)
@@ -117,11 +119,12 @@ def test_the_data_gradient_of_an_unpadded_convolution_goes_through_im2col(monkey
 
 
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
-def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width):
+@pytest.mark.parametrize("out_c", [10, 3])  # weight-gradient tiles of two vectors of filters, and of one
+def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c):
     """What runs under NUMBA_DISABLE_JIT (layers/simd.py's Python versions) computes what the LLVM tiles compute."""
     import functools
     rng = np.random.default_rng(0)
-    shape, out_c = (2, 3, height, width), 10
+    shape = (2, 3, height, width)
     plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (height, width), np.float64)
     plan.backward_buffers()
     x, dy = rng.normal(size=shape), rng.normal(size=(2, out_c, height, width))
@@ -134,9 +137,11 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width):
         if python:
             for nv in (1, 2, 3):
                 monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
-            monkeypatch.setattr(conv, "tile_taps", simd._py_tile_taps)
+            monkeypatch.setattr(conv, "tile_taps", functools.partial(simd._py_tile_taps, simd.TAPS_KR, simd.TAPS_NV))
+            monkeypatch.setattr(conv, "tile_taps1", functools.partial(simd._py_tile_taps, simd.TAPS_KR1, 1))
         run_conv = conv.direct_conv.py_func if python else conv.direct_conv
-        run_dw = conv.direct_conv_dw.py_func if python else conv.direct_conv_dw
+        run_dw = conv.direct_conv_dw1 if plan.taps_nv == 1 else conv.direct_conv_dw
+        run_dw = run_dw.py_func if python else run_dw
         out, dwt = np.zeros_like(plan.out), np.zeros_like(plan.dwt)
         run_conv(plan.xpad.reshape(2, -1), plan.offs[:plan.k], plan.w, plan.bias, out)
         run_dw(plan.xpad.reshape(2, -1), plan.offs, plan.dyt, height, width, plan.wp, dwt)
@@ -144,6 +149,7 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width):
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert plan.nq % (3 * simd.lanes(np.float64)) in (simd.lanes(np.float64), 2 * simd.lanes(np.float64))
+    assert plan.taps_nv == (1 if out_c <= simd.lanes(np.float64) else 2)
 
 
 def test_the_avx2_tiles_compute_the_same(tmp_path):
