@@ -31,8 +31,8 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
                         rows_to_top, to_phases, top_to_rows)
-from .simd import (BCAST_MR, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
-                   tile_taps, tile_taps1)
+from .simd import (BCAST_MR, PIX_MR, PIX_NV, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2,
+                   tile_bcast3, tile_pixels, tile_taps, tile_taps1)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -41,6 +41,10 @@ DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convol
 # only): where the fraction it keeps is below these, im2col's matrix products are faster (measured in the
 # benchmarks' README: LeNet's conv2 keeps 0.28 of its data-gradient products, CIFAR-10 quick's conv3 0.67).
 DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, 0.6
+# The forward and data gradient as pixel tiles where they waste this much less than rows (DirectPlan);
+# YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
+PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
+PIXELS_MARGIN = 1.2
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
@@ -232,6 +236,39 @@ def direct_conv(xp, offs, w, bias, out):
             tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_pixels(xp, offs, w, bias, qs, out):
+    """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,), qs (Ppad,) the positions of the output
+    pixels in a plane -> out (N, Ppad, Opad), channels-last: out[n, p, o] = bias[o] + sum_k w[k, o] *
+    xp[n, offs[k] + qs[p]]. Computes only the pixels kept (direct_conv computes every column of a padded row:
+    a third wasted on 8x8 planes); Opad a multiple of PIX_NV vectors, Ppad of PIX_MR."""
+    n_img, per_image = xp.shape
+    ppad, opad = out.shape[1], out.shape[2]
+    step = PIX_NV * (VECTOR_BYTES // xp.itemsize)
+    tiles = ppad // PIX_MR
+    xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
+    for task in prange(n_img * tiles):
+        n, t = task // tiles, task % tiles
+        for o0 in range(0, opad, step):
+            tile_pixels(xf, n * per_image, qs, t * PIX_MR, offs, wf, o0, opad, bias, of, n * ppad * opad, opad)
+
+
+@njit(cache=True, nogil=True)
+def pixels_to_top(buf, y, relu=False, slope=0.0):
+    """buf (N, Ppad, Opad) -> y (N, O, P): y[n, o, p] = buf[n, p, o], with a ReLU as take_planes."""
+    n_img, out_c, plane = y.shape
+    yf, bf = y.reshape(-1), buf.reshape(-1)
+    ppad, opad = buf.shape[1], buf.shape[2]
+    for n in range(n_img):
+        for p0 in range(0, plane, 32):  # blocks of pixels whose values stay in L1 across the filters
+            p1 = min(p0 + 32, plane)
+            for o in range(out_c):
+                dst, src = (n * out_c + o) * plane, n * ppad * opad + o
+                for p in range(p0, p1):
+                    v = bf[uintp(src + p * opad)]
+                    yf[uintp(dst + p)] = v if not relu or v > 0 else v * slope
+
+
 @njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
@@ -342,7 +379,15 @@ class DirectPlan:
         self.offs = np.zeros(_round_up(self.k, TAPS_KR1 if self.taps_nv == 1 else TAPS_KR), np.int64)
         self.offs[:self.k] = ((np.arange(c)[:, None] * s * s + np.array([t[0] for t in taps])[None]) * length
                               + np.array([t[1] for t in taps])[None]).reshape(-1)
-        self.o_pad = _round_up(out_c, BCAST_MR)
+        # the forward as rows (direct_conv: every column of a padded row, BCAST_MR filters a tile) or as pixels
+        # (direct_conv_pixels: the kept pixels alone, PIX_NV vectors of filters a tile), whichever wastes less
+        # by a margin (measured: 16x16 and 8x8 planes of 5x5 kernels 1.2-1.4x as pixels; ResNet's 3x3 on 16x16
+        # as fast as rows, whose copy back is cheaper)
+        p_out, p_in = oh * ow, h * w
+        rows_useful = oh * ow / _round_up(oh * self.wp, step) * out_c / _round_up(out_c, BCAST_MR)
+        pix_useful = p_out / _round_up(p_out, PIX_MR) * out_c / _round_up(out_c, PIX_NV * step)
+        self.pixels = PIXELS if PIXELS is not None else pix_useful >= PIXELS_MARGIN * rows_useful
+        self.o_pad = _round_up(out_c, PIX_NV * step if self.pixels else BCAST_MR)
         self.o_taps = _round_up(out_c, self.taps_nv * step)
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
         # scratch within one pass, shared by the layers of this thread with the same geometry; the padded input
@@ -352,7 +397,12 @@ class DirectPlan:
                     s)
         self.xpad = scratch(self.key[:1] + self.key[2:] + ("xpad",), (n, c * s * s, length), dtype, zeros=True)
         self.holder = scratch(self.key[:1] + self.key[2:] + ("xpad holder",), (2,), np.int64)
-        self.out = scratch(self.key + ("out",), (n, self.o_pad, self.nq), dtype)
+        if self.pixels:
+            ys, xs = np.divmod(np.arange(_round_up(p_out, PIX_MR)).clip(max=p_out - 1), ow)
+            self.qs = (ys * self.wp + xs).astype(np.int64)  # the pixels' positions (the last repeated to a tile)
+            self.out = scratch(self.key + ("pixels",), (n, len(self.qs), self.o_pad), dtype)
+        else:
+            self.out = scratch(self.key + ("out",), (n, self.o_pad, self.nq), dtype)
         self.w = np.zeros((self.k, self.o_pad), dtype)
         self.bias = np.zeros(self.o_pad, dtype)
         # backward data: the top diff padded by (kh-1)*dh - ph rows and (kw-1)*dw - pw columns
@@ -362,13 +412,21 @@ class DirectPlan:
         length_q = max((oh + 2 * qh) * self.wq, (kh - 1) * dh * self.wq + (kw - 1) * dw + self.nqb)
         taps_q = [i * dh * self.wq + j * dw for i in range(kh) for j in range(kw)]
         self.offs_q = (np.arange(out_c)[:, None] * length_q + np.array(taps_q)[None]).reshape(-1).astype(np.int64)
-        self.c_pad = _round_up(c, BCAST_MR)
+        # (of the products it computes, those im2col's would: over the output pixels, not the input's)
+        data_rows = p_out / self.nqb * c / _round_up(c, BCAST_MR)
+        data_pix = p_out / _round_up(p_in, PIX_MR) * c / _round_up(c, PIX_NV * step)
+        self.pixels_q = PIXELS if PIXELS is not None else data_pix >= PIXELS_MARGIN * data_rows
+        self.c_pad = _round_up(c, PIX_NV * step if self.pixels_q else BCAST_MR)
+        if self.pixels_q:
+            ys, xs = np.divmod(np.arange(_round_up(p_in, PIX_MR)).clip(max=p_in - 1), w)
+            self.qs_q = (ys * self.wq + xs).astype(np.int64)
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
         self.laid = None  # the fold whose weights w and bias hold (Convolution._forward)
-        self.forward_useful = oh * ow / self.nq * out_c / self.o_pad
-        self.data_useful = oh * ow / self.nqb * c / self.c_pad
+        self.forward_useful = max(rows_useful, pix_useful) if PIXELS is None else (
+            pix_useful if self.pixels else rows_useful)
+        self.data_useful = max(data_rows, data_pix) if PIXELS is None else (data_pix if self.pixels_q else data_rows)
         self._backward_shape = (n, out_c, length_q, dtype)
 
     def place(self, x, owner):
@@ -391,7 +449,8 @@ class DirectPlan:
             self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
             if self.stride == 1:  # the data gradient's own pass (im2col's for a stride)
                 self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
-                self.dxq = scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
+                self.dxq = scratch(self.key + ("dxq pixels",), (n, len(self.qs_q), self.c_pad), dtype) \
+                    if self.pixels_q else scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
             self.dwt = np.empty((len(self.offs), self.o_taps), dtype)
 
 
@@ -633,6 +692,11 @@ class Convolution(Layer):
                 plan.laid = self.fold
             plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
             plan.place(x, self)
+            if plan.pixels:
+                direct_conv_pixels(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.qs,
+                                   plan.out)
+                pixels_to_top(plan.out, y.reshape(y.shape[0], out_c, -1), *relu)
+                return
             direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
             take_planes(plan.out, plan.wp, y, *relu)
             return
@@ -686,6 +750,10 @@ class Convolution(Layer):
         place_planes(dy, plan.dyp, plan.start_q, plan.wq)
         w4 = weight.data.reshape((out_c, c) + self.kernel)
         plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
+        if plan.pixels_q:
+            direct_conv_pixels(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq)
+            pixels_to_top(plan.dxq, dx.reshape(n, c, -1), False, 0.0)
+            return
         direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
         take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)
 

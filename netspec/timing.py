@@ -78,8 +78,9 @@ def _kernels(net, out) -> dict:
     from layers import simd
     width = {64: "AVX-512", 32: "AVX2"}[simd.VECTOR_BYTES]
     forced = ", forced by YAFFE_VECTOR_BYTES" if os.environ.get("YAFFE_VECTOR_BYTES") else ""
-    paths = {d.name: layer.path_taken for d, layer in zip(net.defs, net.layers)
-             if getattr(layer, "path_taken", None)}
+    paths = {d.name: layer.path_taken + (" (pixel tiles)" if layer.path_taken == "direct" and getattr(
+             getattr(layer, "_plan", None), "pixels", False) else "")
+             for d, layer in zip(net.defs, net.layers) if getattr(layer, "path_taken", None)}
     out(f"Kernels: {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
         f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 "
         "vector where the filters fill one vector)")

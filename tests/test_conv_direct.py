@@ -47,9 +47,10 @@ layer:
     net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
     net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
     layer = net.layers[1]
-    calls, original = [], conv.direct_conv  # which direct kernels really ran
+    calls, original, original_pixels = [], conv.direct_conv, conv.direct_conv_pixels  # the direct kernels that ran
     original_dw, original_dw1 = conv.direct_conv_dw, conv.direct_conv_dw1
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
+    monkeypatch.setattr(conv, "direct_conv_pixels", lambda *a: calls.append("conv") or original_pixels(*a))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
@@ -65,20 +66,25 @@ layer:
     return [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
 
 
+@pytest.mark.parametrize("pixels", [False, True])  # the forward and data gradient as rows, or as pixel tiles
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
+def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels):
+    monkeypatch.setattr(conv, "PIXELS", pixels)
     im2col = conv_pass(*geometry, dtype, False, monkeypatch)
     direct = conv_pass(*geometry, dtype, True, monkeypatch, force=True)
+    assert conv_pass.last_plan.pixels == conv_pass.last_plan.pixels_q == pixels
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
 
 
+@pytest.mark.parametrize("pixels", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("geometry", STRIDED)
-def test_strided_direct_convolution_matches_im2col(geometry, dtype, monkeypatch):
+def test_strided_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels):
+    monkeypatch.setattr(conv, "PIXELS", pixels)
     *rest, stride = geometry
     im2col = conv_pass(*rest, dtype, False, monkeypatch, stride=stride)
     direct = conv_pass(*rest, dtype, True, monkeypatch, force=True, stride=stride)
@@ -125,6 +131,7 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
     import functools
     rng = np.random.default_rng(0)
     shape = (2, 3, height, width)
+    monkeypatch.setattr(conv, "PIXELS", False)
     plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (height, width), np.float64)
     plan.backward_buffers()
     x, dy = rng.normal(size=shape), rng.normal(size=(2, out_c, height, width))
@@ -152,6 +159,28 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
     assert plan.taps_nv == (1 if out_c <= simd.lanes(np.float64) else 2)
 
 
+def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch):
+    """tile_pixels under NUMBA_DISABLE_JIT (its Python version) and compiled: the forward as pixel tiles."""
+    import functools
+    rng = np.random.default_rng(0)
+    shape, out_c = (2, 3, 7, 6), 5
+    monkeypatch.setattr(conv, "PIXELS", True)
+    plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (7, 6), np.float64)
+    plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
+    plan.bias[:out_c] = rng.normal(size=out_c)
+    conv.place_planes(rng.normal(size=shape), plan.xpad, plan.start, plan.wp)
+    results = []
+    for python in (False, True):
+        if python:
+            monkeypatch.setattr(conv, "tile_pixels", functools.partial(simd._py_tile_pixels, simd.PIX_MR, simd.PIX_NV))
+        run = conv.direct_conv_pixels.py_func if python else conv.direct_conv_pixels
+        out = np.zeros_like(plan.out)
+        run(plan.xpad.reshape(2, -1), plan.offs[:plan.k], plan.w, plan.bias, plan.qs, out)
+        results.append(out)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
+    assert len(plan.qs) % simd.PIX_MR == 0 and len(plan.qs) >= 42
+
+
 def test_the_avx2_tiles_compute_the_same(tmp_path):
     """32-byte vectors and their smaller tiles (CPUs without AVX-512), forced on this CPU, in a fresh process."""
     import os
@@ -162,10 +191,11 @@ def test_the_avx2_tiles_compute_the_same(tmp_path):
 import numpy as np, pytest, layers.simd as simd, tests.test_conv_direct as t
 assert simd.VECTOR_BYTES == 32 and simd.BCAST_MR == 4 and "yaffe-vector-32" in simd.config.CACHE_DIR
 with pytest.MonkeyPatch.context() as patch:
-    for geometry in t.GEOMETRIES:  # every pass (forward, data and weight gradients) of every geometry
-        t.test_direct_convolution_matches_im2col(geometry, np.float32, patch)
-    for geometry in t.STRIDED:
-        t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch)
+    for pixels in (False, True):  # every pass (forward, data and weight gradients) of every geometry, both tiles
+        for geometry in t.GEOMETRIES:
+            t.test_direct_convolution_matches_im2col(geometry, np.float32, patch, pixels)
+        for geometry in t.STRIDED:
+            t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch, pixels)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
