@@ -31,8 +31,8 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
                         rows_to_top, to_phases, top_to_rows)
-from .simd import (BCAST_MR, PIX_MR, PIX_NV, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2,
-                   tile_bcast3, tile_pixels, tile_taps, tile_taps1)
+from .simd import (BCAST_MR, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes,
+                   tile_bcast1, tile_bcast2, tile_bcast3, tile_pixels, tile_planar, tile_taps, tile_taps1)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -45,6 +45,7 @@ DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, 0.6
 # YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
+PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
@@ -303,6 +304,31 @@ def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt):
 
 
 @njit(cache=True, nogil=True, parallel=True)
+def direct_conv_dw_planar(xp, offs, dy, oh, ow, wp, dw):
+    """dw (O, K) += sum over n and output pixels (y, x) of xp[n, offs[k] + y*wp + x] * dy[n, o, y*ow + x]: the
+    weight gradient from the top diff as it is, (N, O, OH*OW), no channels-last copy (`tile_planar`: vectors
+    along the rows, OW a multiple of a vector; K >= PLANAR_KR and O >= PLANAR_OR: the last block of taps and of
+    filters overlaps the one before and adds only its new part)."""
+    n_img, per_image = xp.shape
+    out_c, k_all = dw.shape
+    plane = dy.shape[2]
+    block = max(1, min(n_img, DW_IMAGES // (per_image + out_c * plane)))  # images per pass, read back from cache
+    kb, ob = -(-k_all // PLANAR_KR), -(-out_c // PLANAR_OR)
+    xf, df = xp.reshape(-1), dy.reshape(-1)
+    for t in prange(kb * ob):
+        kfrom, ofrom = t // ob * PLANAR_KR, t % ob * PLANAR_OR
+        k0, o0 = min(kfrom, k_all - PLANAR_KR), min(ofrom, out_c - PLANAR_OR)
+        res = np.empty(PLANAR_KR * PLANAR_OR, xp.dtype)
+        for n in range(0, n_img, block):
+            tile_planar(xf, n * per_image, offs, k0, df, (n * out_c + o0) * plane, plane, oh, ow, wp,
+                        min(block, n_img - n), per_image, out_c * plane, res)
+            for s in range(PLANAR_KR):
+                for r in range(PLANAR_OR):
+                    if k0 + s >= kfrom and o0 + r >= ofrom:
+                        dw[o0 + r, k0 + s] += res[s * PLANAR_OR + r]
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt):
     """direct_conv_dw on tiles of one vector of filters and twice the taps (Opad one vector: 16 filters on
     AVX-512, where two vectors would compute half zeros; ResNet-20's first stage 2x)."""
@@ -389,6 +415,10 @@ class DirectPlan:
         self.pixels = PIXELS if PIXELS is not None else pix_useful >= PIXELS_MARGIN * rows_useful
         self.o_pad = _round_up(out_c, PIX_NV * step if self.pixels else BCAST_MR)
         self.o_taps = _round_up(out_c, self.taps_nv * step)
+        # the weight gradient from the top diff as it is, for a first layer of few channels (its few taps a filter
+        # made the channels-last copy and the tap tiles' padding most of the work: CIFAR-10 quick's conv1 2.3x),
+        # where the rows are whole vectors; with more channels the tap tiles are faster (1.2-2x)
+        self.planar = PLANAR and c <= 4 and ow % step == 0 and self.k >= PLANAR_KR and out_c >= PLANAR_OR
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
         # scratch within one pass, shared by the layers of this thread with the same geometry; the padded input
         # too (the weight gradient reads it): `holder` says whose input it holds, the backward places it again
@@ -444,9 +474,10 @@ class DirectPlan:
         return self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq
 
     def backward_buffers(self):
-        if self.dyt is None:
+        if self.dwt is None:
             n, out_c, length_q, dtype = self._backward_shape
-            self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
+            if not self.planar:
+                self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
             if self.stride == 1:  # the data gradient's own pass (im2col's for a stride)
                 self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
                 self.dxq = scratch(self.key + ("dxq pixels",), (n, len(self.qs_q), self.c_pad), dtype) \
@@ -736,13 +767,21 @@ class Convolution(Layer):
         weight = self.blobs[0]
         plan.place(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
         plan.backward_buffers()
-        place_channels_last(dy, plan.dyt, plan.wp)
         if self.p.bias_term:
             self.blobs[1].diff += dy.reshape(n, out_c, -1).sum(axis=2).sum(axis=0)
-        plan.dwt.fill(0)
-        (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(plan.xpad.reshape(n, -1), plan.offs, plan.dyt,
-                                                                   *self.out_hw, plan.wp, plan.dwt)
-        weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
+        if plan.planar:  # summed straight into the weight diff (O, C*kh*kw), or through a buffer
+            direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype
+            wd = weight.diff.reshape(out_c, plan.k) if direct else np.zeros((out_c, plan.k), x.dtype)
+            direct_conv_dw_planar(plan.xpad.reshape(n, -1), plan.offs[:plan.k], np.ascontiguousarray(
+                dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd)
+            if not direct:
+                weight.diff.reshape(out_c, plan.k)[...] += wd
+        else:
+            place_channels_last(dy, plan.dyt, plan.wp)
+            plan.dwt.fill(0)
+            (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(plan.xpad.reshape(n, -1), plan.offs,
+                                                                       plan.dyt, *self.out_hw, plan.wp, plan.dwt)
+            weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
         if not want_dx:
             return
         if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:

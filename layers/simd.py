@@ -52,6 +52,7 @@ BCAST_MR = 8 if VECTOR_BYTES == 64 else 4   # tile_bcast3: rows x 3 vectors
 TAPS_KR = 12 if VECTOR_BYTES == 64 else 6   # tile_taps: taps x TAPS_NV vectors
 TAPS_NV = 2
 TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filters that fill one vector, not two)
+PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
 PIX_MR, PIX_NV = 6, 2                        # tile_pixels: pixels x vectors of filters (best of 4 sizes measured)
 
 
@@ -228,6 +229,67 @@ def _py_tile_pixels(mr, nv, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out
         out[at:at + n] = acc
 
 
+def _make_tile_planar(kr, orr):
+    """tile_planar: the weight gradient of kr taps by orr filters from the top diff as it is, planar: vectors run
+    along each output row (lanes pixels at a time, OW a multiple of them), one accumulator vector per (tap,
+    filter), summed across its lanes at the end into res[s*orr + r]."""
+    def tile(typingctx, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, res):
+        sig = types.void(x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, res)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, res = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            xp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, x), (4, dy), (13, res)))
+            offs_arr = _data(context, builder, t[2], offs)
+            taps = [builder.load(builder.gep(offs_arr.data, [builder.add(kbase, const(s))])) for s in range(kr)]
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(orr)] for _ in range(kr)]
+            zero = ir.Constant(vec, [ir.Constant(vec.element, 0.0)] * n)
+            for s in range(kr):
+                for r in range(orr):
+                    builder.store(zero, acc[s][r])
+            steps = builder.sdiv(cols, const(n))
+            with cgutils.for_range(builder, images) as image:
+                xb = builder.add(xbase, builder.mul(image.index, ximage))
+                db = builder.add(dbase, builder.mul(image.index, dimage))
+                with cgutils.for_range(builder, rows) as y:
+                    xrow = builder.add(xb, builder.mul(y.index, row))
+                    drow = builder.add(db, builder.mul(y.index, cols))
+                    with cgutils.for_range(builder, steps) as step:
+                        u = builder.mul(step.index, const(n))
+                        xs = [load(xp, builder.add(builder.add(xrow, taps[s]), u)) for s in range(kr)]
+                        for r in range(orr):
+                            d = load(dp, builder.add(builder.add(drow, builder.mul(const(r), dstride)), u))
+                            for s in range(kr):
+                                builder.store(fma(xs[s], d, builder.load(acc[s][r])), acc[s][r])
+            for s in range(kr):
+                for r in range(orr):
+                    v = builder.load(acc[s][r])
+                    total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                    for lane in range(1, n):
+                        total = builder.fadd(total, builder.extract_element(v, ir.Constant(ir.IntType(32), lane)))
+                    builder.store(total, builder.gep(rp, [const(s * orr + r)]))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "tile_planar"
+    return intrinsic(tile)
+
+
+def _py_tile_planar(kr, orr, x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage,
+                    res):
+    for s in range(kr):
+        for r in range(orr):
+            total = 0.0
+            for m in range(images):
+                for y in range(rows):
+                    xs = xbase + m * ximage + y * row + offs[kbase + s]
+                    ds = dbase + m * dimage + r * dstride + y * cols
+                    total += float(np.dot(x[xs:xs + cols], dy[ds:ds + cols]))
+            res[s * orr + r] = total
+
+
 def _py_tile_bcast(nv, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
     n = lanes(x.dtype) * nv
     for r in range(BCAST_MR):
@@ -254,6 +316,8 @@ if config.DISABLE_JIT:
     tile_bcast1, tile_bcast2, tile_bcast3 = (functools.partial(_py_tile_bcast, nv) for nv in (1, 2, 3))
 else:
     tile_bcast1, tile_bcast2, tile_bcast3 = (_make_tile_bcast(nv) for nv in (1, 2, 3))
+tile_planar = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config.DISABLE_JIT else _make_tile_planar(
+    PLANAR_KR, PLANAR_OR)
 tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
     PIX_MR, PIX_NV)
 if config.DISABLE_JIT:

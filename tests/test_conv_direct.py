@@ -15,6 +15,8 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((2, 4, 10, 10), 33, (3, 3), (2, 2), 2),     # dilation
     ((2, 5, 6, 6), 8, (1, 1), (0, 0), 1),        # 1x1
     ((4, 32, 16, 16), 32, (5, 5), (2, 2), 1),    # CIFAR-10 quick's conv2
+    ((3, 3, 6, 32), 7, (3, 5), (1, 2), 1),       # a first layer: the weight gradient from the planar top diff
+    ((2, 2, 5, 16), 6, (1, 3), (0, 1), 1),       # few taps and filters: its last blocks overlap the ones before
 ]
 
 
@@ -48,7 +50,8 @@ layer:
     net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
     layer = net.layers[1]
     calls, original, original_pixels = [], conv.direct_conv, conv.direct_conv_pixels  # the direct kernels that ran
-    original_dw, original_dw1 = conv.direct_conv_dw, conv.direct_conv_dw1
+    original_dw, original_dw1, original_planar = conv.direct_conv_dw, conv.direct_conv_dw1, conv.direct_conv_dw_planar
+    monkeypatch.setattr(conv, "direct_conv_dw_planar", lambda *a: calls.append("dw") or original_planar(*a))
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
     monkeypatch.setattr(conv, "direct_conv_pixels", lambda *a: calls.append("conv") or original_pixels(*a))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
@@ -73,7 +76,10 @@ def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels)
     monkeypatch.setattr(conv, "PIXELS", pixels)
     im2col = conv_pass(*geometry, dtype, False, monkeypatch)
     direct = conv_pass(*geometry, dtype, True, monkeypatch, force=True)
-    assert conv_pass.last_plan.pixels == conv_pass.last_plan.pixels_q == pixels
+    plan = conv_pass.last_plan
+    assert plan.pixels == plan.pixels_q == pixels
+    assert plan.planar == (geometry[0][1] <= 4 and plan.out_hw[1] % simd.lanes(dtype) == 0 and plan.k >= simd.PLANAR_KR
+                           and geometry[1] >= simd.PLANAR_OR)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
         assert a.shape == b.shape
@@ -179,6 +185,27 @@ def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch):
         results.append(out)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
     assert len(plan.qs) % simd.PIX_MR == 0 and len(plan.qs) >= 42
+
+
+def test_python_planar_tiles_match_the_compiled_ones(monkeypatch):
+    """tile_planar (the weight gradient from the planar top diff) under NUMBA_DISABLE_JIT and compiled."""
+    import functools
+    rng = np.random.default_rng(0)
+    shape, out_c = (2, 3, 5, 16), 7
+    plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (5, 16), np.float64)
+    assert plan.planar
+    conv.place_planes(rng.normal(size=shape), plan.xpad, plan.start, plan.wp)
+    dy = rng.normal(size=(2, out_c, 80))
+    results = []
+    for python in (False, True):
+        if python:
+            monkeypatch.setattr(conv, "tile_planar", functools.partial(simd._py_tile_planar, simd.PLANAR_KR,
+                                                                       simd.PLANAR_OR))
+        run = conv.direct_conv_dw_planar.py_func if python else conv.direct_conv_dw_planar
+        dw = np.zeros((out_c, plan.k))
+        run(plan.xpad.reshape(2, -1), plan.offs[:plan.k], dy, 5, 16, plan.wp, dw)
+        results.append(dw)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
 def test_the_avx2_tiles_compute_the_same(tmp_path):
