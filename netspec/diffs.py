@@ -9,7 +9,8 @@ tests/test_gradients.py checks each type). Diffs whose spans in the backward do 
 
 Left alone (their own arrays, as in Caffe): diffs that no layer writes (zeros read by a layer whose top nothing
 uses), loss tops (seeded with their weights before the backward: shared from the start), the bottoms of losses
-(small; the watch compares the gradient each loss sends after the pass), and the nets where a
+(small; the watch compares the gradient each loss sends after the pass) and of Python layers (user code may
+leave them unwritten), and the nets where a
 diff is read after the backward (debug_info, force_backward, a user's net.blobs[...].diff) or written outside it
 (sequences split along N copy their diffs out after their slice's backward): `Net.share_diffs` is called only
 by the trainer, for its TRAIN net, where none of that holds.
@@ -66,8 +67,10 @@ def plan(layers, top_vecs, bottom_vecs, need_backward, propagate, loss_blobs) ->
             span[s][0] = min(span[s][0], k)
     for blob, _ in loss_blobs:
         private.add(storage(blob))
-    for layer, bottoms in zip(layers, bottom_vecs):  # what each loss sends back: read after the pass (Watch)
-        for blob in bottoms if layer.is_loss else ():
+    for layer, bottoms in zip(layers, bottom_vecs):
+        # what each loss sends back: read after the pass (Watch); a Python layer's: its backward may leave them
+        # unwritten (`pass`, Caffe's zeros), which yaffe's own layers never do
+        for blob in bottoms if layer.is_loss or layer.type == "Python" else ():
             private.add(storage(blob))
     live = sorted((s for s in span if s not in private), key=lambda s: -span[s][1])
     slots: list = []  # [[storages], size in values, first layer of the last span]

@@ -118,3 +118,19 @@ class LabelLog(caffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+class Stop(caffe.Layer):
+    """top = bottom; a backward that writes nothing (`pass`, as many user layers do): Caffe's bottom diff stays 0."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        pass

@@ -84,6 +84,36 @@ def test_shared_diffs_give_the_gradients_of_a_diff_per_blob(text, k):
                 r.close()
 
 
+STOP = """
+layer:
+  - {name: d, type: Input, top: [data, label], input_param: {shape: [{dim: [8, 6]}, {dim: [8]}]}}
+  - {name: ip1, type: InnerProduct, bottom: data, top: ip1, inner_product_param: {num_output: 12,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: stop, type: Python, bottom: ip1, top: stopped, python_param: {module: tests.pylayer_cases, layer: Stop}}
+  - {name: ip2, type: InnerProduct, bottom: stopped, top: ip2, inner_product_param: {num_output: 12,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: ip2b, type: InnerProduct, bottom: ip2, top: ip2b, inner_product_param: {num_output: 12,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: ip3, type: InnerProduct, bottom: ip2b, top: ip3, inner_product_param: {num_output: 5,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip3, label], top: loss}
+"""
+
+
+def test_a_python_layer_that_writes_no_bottom_diff_passes_zeros_as_in_caffe():
+    """A user layer whose backward is `pass`: the layer below gets zeros (its diff is its own), not what another
+    blob's gradient left in a shared array."""
+    plain, shared = filled(STOP), filled(STOP)
+    assert shared.share_diffs() > 0
+    for _ in range(3):
+        for n in (plain, shared):
+            n.clear_param_diffs()
+            n.forward_backward()
+    for p, q in zip(plain.params, shared.params):
+        np.testing.assert_array_equal(q.blob.diff, p.blob.diff, err_msg=p.key)
+    assert not plain.params[0].blob.diff.any() and plain.params[2].blob.diff.any()
+
+
 def test_spans_that_share_an_array_do_not_meet():
     """Each array's blobs in the backward: one is written by the layer that reads it (or seeded) only after the
     last read of the one before."""
