@@ -324,9 +324,8 @@ def _scale_forward(x, s, b, has_bias, y):
                 y[o, c, i] = x[o, c, i] * sc + bc
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize
-def scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
-    """ds[c] += sum(dy * x), db[c] += sum(dy), dx = dy * s[c]; dx may be dy."""
+@njit(cache=True, nogil=True, fastmath={"reassoc"}, inline="always")  # the float64 sums vectorize
+def _scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
     outer, chans, inner = dy.shape
     for c in range(chans):
         a = 0.0
@@ -343,6 +342,18 @@ def scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
         ds[c] += a
         if has_bias:
             db[c] += bsum
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx):
+    """ds[c] += sum(dy * x), db[c] += sum(dy), dx = dy * s[c]."""
+    _scale_backward(x, dy, s, ds, db, has_bias, want_dx, dx)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def scale_backward_in_place(x, d, s, ds, db, has_bias):
+    """scale_backward with dx = dy = d (see _bn_normalize: one array, so the dx loop vectorizes)."""
+    _scale_backward(x, d, s, ds, db, has_bias, True, d)
 
 
 @register("Scale")
@@ -393,8 +404,13 @@ class Scale(Layer):
         two = len(bottom) == 2
         ds = np.zeros(self.view[1], dy.dtype) if two else self.blobs[0].diff.reshape(-1)
         db = self.blobs[-1].diff.reshape(-1) if self.p.bias_term else ds
-        scale_backward(bottom[0].data.reshape(self.view), dy, self._scale(bottom).ravel(), ds, db, self.p.bias_term, bool(propagate_down[0]),
-                       bottom[0].diff.reshape(self.view))
+        dx = bottom[0].diff.reshape(self.view)
+        if propagate_down[0] and np.may_share_memory(dx, dy):  # in place
+            scale_backward_in_place(bottom[0].data.reshape(self.view), dy, self._scale(bottom).ravel(), ds, db,
+                                    self.p.bias_term)
+        else:
+            scale_backward(bottom[0].data.reshape(self.view), dy, self._scale(bottom).ravel(), ds, db,
+                           self.p.bias_term, bool(propagate_down[0]), dx)
         if two and propagate_down[1]:
             bottom[1].diff[...] = ds.reshape(bottom[1].shape)
 
