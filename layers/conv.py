@@ -32,7 +32,8 @@ from .cpu import gemm, gemm_acc
 from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
                         rows_to_top, to_phases, top_to_rows)
 from .simd import (BCAST_MR, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes,
-                   tile_bcast1, tile_bcast2, tile_bcast3, tile_pixels, tile_planar, tile_taps, tile_taps1)
+                   tile_bcast1, tile_bcast2, tile_bcast3, tile_pixels, tile_planar, tile_planar_half, tile_taps,
+                   tile_taps1)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -304,7 +305,7 @@ def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def direct_conv_dw_planar(xp, offs, dy, oh, ow, wp, dw):
+def direct_conv_dw_planar(xp, offs, dy, oh, ow, wp, dw, half=False):
     """dw (O, K) += sum over n and output pixels (y, x) of xp[n, offs[k] + y*wp + x] * dy[n, o, y*ow + x]: the
     weight gradient from the top diff as it is, (N, O, OH*OW), no channels-last copy (`tile_planar`: vectors
     along the rows, OW a multiple of a vector; K >= PLANAR_KR and O >= PLANAR_OR: the last block of taps and of
@@ -320,8 +321,12 @@ def direct_conv_dw_planar(xp, offs, dy, oh, ow, wp, dw):
         k0, o0 = min(kfrom, k_all - PLANAR_KR), min(ofrom, out_c - PLANAR_OR)
         res = np.empty(PLANAR_KR * PLANAR_OR, xp.dtype)
         for n in range(0, n_img, block):
-            tile_planar(xf, n * per_image, offs, k0, df, (n * out_c + o0) * plane, plane, oh, ow, wp,
-                        min(block, n_img - n), per_image, out_c * plane, res)
+            if half:  # half vectors (rows of a multiple of half a vector only)
+                tile_planar_half(xf, n * per_image, offs, k0, df, (n * out_c + o0) * plane, plane, oh, ow, wp,
+                                 min(block, n_img - n), per_image, out_c * plane, res)
+            else:
+                tile_planar(xf, n * per_image, offs, k0, df, (n * out_c + o0) * plane, plane, oh, ow, wp,
+                            min(block, n_img - n), per_image, out_c * plane, res)
             for s in range(PLANAR_KR):
                 for r in range(PLANAR_OR):
                     if k0 + s >= kfrom and o0 + r >= ofrom:
@@ -418,7 +423,9 @@ class DirectPlan:
         # the weight gradient from the top diff as it is, for a first layer of few channels (its few taps a filter
         # made the channels-last copy and the tap tiles' padding most of the work: CIFAR-10 quick's conv1 2.3x),
         # where the rows are whole vectors; with more channels the tap tiles are faster (1.2-2x)
-        self.planar = PLANAR and c <= 4 and ow % step == 0 and self.k >= PLANAR_KR and out_c >= PLANAR_OR
+        self.planar_half = step > 8 and ow % step != 0 and ow % (step // 2) == 0  # (AVX-512 float32 only)
+        self.planar = PLANAR and c <= 4 and ow >= 16 and (ow % step == 0 or self.planar_half) \
+            and self.k >= PLANAR_KR and out_c >= PLANAR_OR  # (rows under 16: little to gain, one more compile)
         self.nq_valid, self.out_hw = (oh - 1) * self.wp + ow, tuple(out_hw)  # up to the last output pixel
         # scratch within one pass, shared by the layers of this thread with the same geometry; the padded input
         # too (the weight gradient reads it): `holder` says whose input it holds, the backward places it again
@@ -773,7 +780,7 @@ class Convolution(Layer):
             direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype
             wd = weight.diff.reshape(out_c, plan.k) if direct else np.zeros((out_c, plan.k), x.dtype)
             direct_conv_dw_planar(plan.xpad.reshape(n, -1), plan.offs[:plan.k], np.ascontiguousarray(
-                dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd)
+                dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd, plan.planar_half)
             if not direct:
                 weight.diff.reshape(out_c, plan.k)[...] += wd
         else:

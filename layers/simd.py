@@ -61,10 +61,11 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def _vector_tools(context, builder, array_type):
-    """(vector type, load(ptr, index), store(value, ptr, index), splat(scalar), fma(a, b, c)) for the dtype."""
+def _vector_tools(context, builder, array_type, vector_bytes=None):
+    """(vector type, load(ptr, index), store(value, ptr, index), splat(scalar), fma(a, b, c)) for the dtype, in
+    vectors of VECTOR_BYTES (or vector_bytes)."""
     elem = context.get_value_type(array_type.dtype)
-    n = VECTOR_BYTES // (4 if isinstance(elem, ir.FloatType) else 8)
+    n = (vector_bytes or VECTOR_BYTES) // (4 if isinstance(elem, ir.FloatType) else 8)
     vec = ir.VectorType(elem, n)
     name = f"llvm.fma.v{n}f{32 if isinstance(elem, ir.FloatType) else 64}"
     fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
@@ -229,7 +230,7 @@ def _py_tile_pixels(mr, nv, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out
         out[at:at + n] = acc
 
 
-def _make_tile_planar(kr, orr):
+def _make_tile_planar(kr, orr, vector_bytes=None):
     """tile_planar: the weight gradient of kr taps by orr filters from the top diff as it is, planar: vectors run
     along each output row (lanes pixels at a time, OW a multiple of them), one accumulator vector per (tap,
     filter), summed across its lanes at the end into res[s*orr + r]."""
@@ -239,7 +240,7 @@ def _make_tile_planar(kr, orr):
         def codegen(context, builder, signature, args):
             t = signature.args
             x, xbase, offs, kbase, dy, dbase, dstride, rows, cols, row, images, ximage, dimage, res = args
-            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0], vector_bytes)
             i64 = ir.IntType(64)
             const = lambda v: ir.Constant(i64, v)
             xp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, x), (4, dy), (13, res)))
@@ -273,7 +274,7 @@ def _make_tile_planar(kr, orr):
                     builder.store(total, builder.gep(rp, [const(s * orr + r)]))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "tile_planar"
+    tile.__name__ = tile.__qualname__ = "tile_planar" if vector_bytes is None else f"tile_planar{vector_bytes}"
     return intrinsic(tile)
 
 
@@ -318,6 +319,9 @@ else:
     tile_bcast1, tile_bcast2, tile_bcast3 = (_make_tile_bcast(nv) for nv in (1, 2, 3))
 tile_planar = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config.DISABLE_JIT else _make_tile_planar(
     PLANAR_KR, PLANAR_OR)
+# half vectors on AVX-512, for rows of a multiple of 8 float32 and not of 16 (LeNet's 24-wide conv1)
+tile_planar_half = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config.DISABLE_JIT else \
+    _make_tile_planar(PLANAR_KR, PLANAR_OR, VECTOR_BYTES // 2)
 tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
     PIX_MR, PIX_NV)
 if config.DISABLE_JIT:

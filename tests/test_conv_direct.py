@@ -17,6 +17,7 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((4, 32, 16, 16), 32, (5, 5), (2, 2), 1),    # CIFAR-10 quick's conv2
     ((3, 3, 6, 32), 7, (3, 5), (1, 2), 1),       # a first layer: the weight gradient from the planar top diff
     ((2, 2, 5, 16), 6, (1, 3), (0, 1), 1),       # few taps and filters: its last blocks overlap the ones before
+    ((2, 1, 12, 28), 7, (5, 5), (0, 0), 1),      # LeNet's conv1, rows of 24: half vectors on AVX-512
 ]
 
 
@@ -78,7 +79,9 @@ def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels)
     direct = conv_pass(*geometry, dtype, True, monkeypatch, force=True)
     plan = conv_pass.last_plan
     assert plan.pixels == plan.pixels_q == pixels
-    assert plan.planar == (geometry[0][1] <= 4 and plan.out_hw[1] % simd.lanes(dtype) == 0 and plan.k >= simd.PLANAR_KR
+    lanes, ow = simd.lanes(dtype), plan.out_hw[1]
+    whole_rows = ow % lanes == 0 or lanes > 8 and ow % (lanes // 2) == 0  # (half vectors on AVX-512)
+    assert plan.planar == (geometry[0][1] <= 4 and ow >= 16 and whole_rows and plan.k >= simd.PLANAR_KR
                            and geometry[1] >= simd.PLANAR_OR)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
