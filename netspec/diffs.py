@@ -10,10 +10,10 @@ tests/test_gradients.py checks each type). Diffs whose spans in the backward do 
 Left alone (their own arrays, as in Caffe): diffs that no layer writes (zeros read by a layer whose top nothing
 uses), loss tops (seeded with their weights before the backward: shared from the start), the bottoms of losses
 (small; the watch compares the gradient each loss sends after the pass) and of Python layers (user code may
-leave them unwritten), and the nets where a
-diff is read after the backward (debug_info, force_backward, a user's net.blobs[...].diff) or written outside it
-(sequences split along N copy their diffs out after their slice's backward): `Net.share_diffs` is called only
-by the trainer, for its TRAIN net, where none of that holds.
+leave them unwritten), and the nets where a diff is read after the backward (debug_info, force_backward, a
+user's net.blobs[...].diff) or written outside it (sequences split along N copy their diffs out after their
+slice's backward): `Net.share_diffs` is called by the trainer for its TRAIN net (and by the training benchmark,
+which runs a net as the trainer does), where none of that holds.
 """
 from __future__ import annotations
 
@@ -36,15 +36,15 @@ def storages(layers, top_vecs, bottom_vecs) -> dict:
 
 
 def plan(layers, top_vecs, bottom_vecs, need_backward, propagate, loss_blobs) -> list[list]:
-    """[[blobs], ...]: each inner list the blobs whose diffs may take one array, in the order of their spans;
-    the blobs of one storage (in place, views) follow each other in a list. Groups of one are left out."""
+    """[[[blobs of a storage], ...], ...]: each group the storages (a blob with its in-place and view twins) whose
+    diffs may take one array, in the order of their spans in the backward. Groups of one are left out."""
     root = storages(layers, top_vecs, bottom_vecs)
 
     def storage(blob):
         return id(root.get(id(blob), blob))
 
-    members: dict = {}   # storage -> [blobs]
-    span: dict = {}      # storage -> [last layer whose backward uses it, first]: live from the first to the last
+    members: dict = {}   # storage -> {id(blob): blob}
+    span: dict = {}      # storage -> [lo, hi], layer indices: live while the backward runs from hi down to lo
     private: set = set()
     count = len(layers)
     for blob, _ in loss_blobs:
@@ -73,7 +73,7 @@ def plan(layers, top_vecs, bottom_vecs, need_backward, propagate, loss_blobs) ->
         for blob in bottoms if layer.is_loss or layer.type == "Python" else ():
             private.add(storage(blob))
     live = sorted((s for s in span if s not in private), key=lambda s: -span[s][1])
-    slots: list = []  # [[storages], size in values, first layer of the last span]
+    slots: list = []  # [[storages], size in values, lo of its last span (free once the backward passes it)]
     for s in live:
         lo, hi = span[s]
         need = max(b.diff.size for b in members[s].values())
