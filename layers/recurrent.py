@@ -17,7 +17,8 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
-from .cpu import gemm, gemm_acc
+from .cpu import _sgemm, gemm, gemm_acc, pooled
+from .simd import PIX_MR, PIX_NV, VECTOR_BYTES, tile_pixels
 
 FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
 
@@ -133,6 +134,69 @@ def lstm_step32(gate, gx, keep, c_prev, c, tc, h, keep_next, hc_next):
             kn = keep_next[j]
             for d in range(hd):
                 hc_next[j, d] = kn * h[j, d]
+
+
+TILE_COLS = PIX_NV * VECTOR_BYTES // 4  # float32 columns of one register tile (32 on AVX-512, 16 on AVX2)
+
+
+@njit(cache=True, nogil=True)
+def step_product(a, b, c):
+    """c (m, n) = a (m, k) @ b (k, n), all C-contiguous float32, on the calling thread: register tiles of PIX_MR
+    rows by TILE_COLS columns (layers/simd.py's tile_pixels; the last row tile overlaps the one before where m is
+    not a multiple of PIX_MR) where n is a multiple of TILE_COLS and m >= PIX_MR, else OpenBLAS. One step's
+    recurrent product (32 x 128 x 512): ~100 GFLOP/s a core against OpenBLAS's ~78, which packs b every call."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m >= PIX_MR and n % TILE_COLS == 0:
+        qs, offs, zeros = np.arange(PIX_MR) * k, np.arange(k), np.zeros(n, np.float32)
+        af, bf, cf = a.ravel(), b.ravel(), c.ravel()
+        for o0 in range(0, n, TILE_COLS):  # a panel of b's columns stays in L1 while the row tiles pass
+            for r0 in range(0, m, PIX_MR):
+                r = min(r0, m - PIX_MR)
+                tile_pixels(af, r * k, qs, 0, offs, bf, o0, n, zeros, cf, r * n, n)
+        return
+    _sgemm(np.int32(101), np.int32(111), np.int32(111), np.int64(m), np.int64(n), np.int64(k), np.float32(1.0),
+           np.int64(a.ctypes.data), np.int64(k), np.int64(b.ctypes.data), np.int64(n), np.float32(0.0),
+           np.int64(c.ctypes.data), np.int64(n))
+
+
+@njit(cache=True, nogil=True)
+def lstm_forward32(gx, keep, w_t, c0, gate, c, tc, hc, out):
+    """All T float32 steps in one call (no Python between them, no GIL: the slices run side by side): per step
+    gate[t] = hc[t] (N, H) @ w_t (H, 4H), then lstm_step32. hc[0] holds cont_0 * h_0 on entry; c0 (N, H)."""
+    t_len, n, hd = c.shape
+    last = np.empty((0, hd), np.float32)
+    for t in range(t_len):
+        step_product(hc[t], w_t, gate[t])
+        c_prev = c[t - 1] if t else c0
+        if t + 1 < t_len:
+            lstm_step32(gate[t], gx[t], keep[t], c_prev, c[t], tc[t], out[t], keep[t + 1], hc[t + 1])
+        else:
+            lstm_step32(gate[t], gx[t], keep[t], c_prev, c[t], tc[t], out[t], keep[t], last)
+
+
+@njit(cache=True, nogil=True)
+def lstm_backward32(gate, tc, c, c0, dout, keep, w_hc, dc, rec, dg):
+    """All T float32 steps of the backward in one call: rec = dg[t+1] (N, 4H) @ w_hc (4H, H), then
+    lstm_step_backward into dg[t]; dc (N, H) zeros on entry (the diff of c_T is not used, as in Caffe)."""
+    t_len = c.shape[0]
+    for t in range(t_len - 1, -1, -1):
+        c_prev = c[t - 1] if t else c0
+        if t + 1 < t_len:
+            step_product(dg[t + 1], w_hc, rec)
+            lstm_step_backward(gate[t], tc[t], c_prev, dout[t], rec, keep[t + 1], dc, dg[t])
+        else:
+            lstm_step_backward(gate[t], tc[t], c_prev, dout[t], rec, keep[t, :0], dc, dg[t])
+
+
+def _one_call(n, h_dim, *arrays):
+    """Whether a whole sequence runs as one kernel call: float32 C-contiguous arrays, one thread for this net (the
+    slices; with more, each step's product is split over the threads by gemm), and products that step_product
+    computes itself (N >= PIX_MR, 4H and H multiples of TILE_COLS) or OpenBLAS's CBLAS callable from kernels."""
+    from numba import get_num_threads
+    tiles = n >= PIX_MR and h_dim % TILE_COLS == 0
+    return (FAST_FLOAT32 and get_num_threads() == 1 and (tiles or pooled())
+            and all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays))
 
 
 def _sum_rows(a):
@@ -266,14 +330,18 @@ class LSTM(Recurrent):
         if self.dtype == np.float32 and FAST_FLOAT32:  # one kernel a step (float64, the gradient checks: NumPy's)
             keep = np.ascontiguousarray(cont, dtype=np.float32)
             np.multiply(keep[0][:, None], h_prev, out=self.hc[0])
-            last = np.empty((0, h_dim), np.float32)
-            for t in range(t_len):
-                gate = self.gate[t]
-                gemm(self.hc[t], w_t, gate)
-                nxt = t + 1 < t_len
-                lstm_step32(gate, gx[t], keep[t], c_prev, self.c[t], self.tc[t], out[t], keep[t + 1 if nxt else t],
-                            self.hc[t + 1] if nxt else last)
-                c_prev = self.c[t]
+            if _one_call(n, h_dim, gx, w_t, out):  # all steps in one kernel call
+                lstm_forward32(gx, keep, w_t, self.c0, self.gate, self.c, self.tc, self.hc, out)
+                c_prev = self.c[t_len - 1]
+            else:  # a kernel a step, each step's product split over the threads
+                last = np.empty((0, h_dim), np.float32)
+                for t in range(t_len):
+                    gate = self.gate[t]
+                    gemm(self.hc[t], w_t, gate)
+                    nxt = t + 1 < t_len
+                    lstm_step32(gate, gx[t], keep[t], c_prev, self.c[t], self.tc[t], out[t],
+                                keep[t + 1 if nxt else t], self.hc[t + 1] if nxt else last)
+                    c_prev = self.c[t]
             h_prev = out[t_len - 1]
         else:
             for t in range(t_len):
@@ -298,12 +366,15 @@ class LSTM(Recurrent):
         dc_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
         dg, = self._buffers(("dg", 4))
         rec, keep = np.empty((n, h_dim), self.dtype), np.ascontiguousarray(cont, dtype=self.dtype)
-        for t in reversed(range(t_len)):
-            c_prev = self.c[t - 1] if t else self.c0
-            if t + 1 < t_len:  # the diff reaching h_t through step t+1: (dg_{t+1} W_hc) * cont_{t+1}
-                gemm(dg[t + 1], w_hc, rec)
-            lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
-                               else keep[t, :0], dc_next, dg[t])  # dc_next: in place
+        if _one_call(n, h_dim, dout, w_hc, self.gate):  # all steps in one kernel call
+            lstm_backward32(self.gate, self.tc, self.c, self.c0, dout, keep, w_hc, dc_next, rec, dg)
+        else:
+            for t in reversed(range(t_len)):
+                c_prev = self.c[t - 1] if t else self.c0
+                if t + 1 < t_len:  # the diff reaching h_t through step t+1: (dg_{t+1} W_hc) * cont_{t+1}
+                    gemm(dg[t + 1], w_hc, rec)
+                lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
+                                   else keep[t, :0], dc_next, dg[t])  # dc_next: in place
         gemm_acc(dg.reshape(-1, 4 * h_dim).T, self.hc.reshape(-1, h_dim), self.w_h.diff)  # one product, all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)
 

@@ -88,6 +88,19 @@ def test_layer_matches_caffe(name, tmp_path):
     run_case(name, tmp_path)
 
 
+@pytest.mark.parametrize("name", [c for c in CASES if c.startswith("lstm") and "unit" not in c])
+def test_lstm_on_one_thread_matches_caffe(name, tmp_path):
+    """On one thread (a slice of the batch) the LSTM runs all its steps in one kernel call (lstm_forward32,
+    lstm_backward32): Caffe's numbers too."""
+    import numba
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        run_case(name, tmp_path)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def test_every_shared_layer_type_has_a_caffe_case():
     """A layer type yaffe shares with Caffe 1.0 without a case here is unchecked against Caffe."""
     from layers.base import REGISTRY

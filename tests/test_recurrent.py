@@ -221,17 +221,48 @@ def test_a_carried_state_is_saved_in_snapshots_and_restored_on_resume(tmp_path):
     assert any("carried across batches restored" in str(line) for line in lines)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_the_float32_lstm_steps_equal_the_float64_layer(fast, monkeypatch):
+@pytest.mark.parametrize("path, n, h_dim", [("one call", 5, 16), ("one call", 7, 32), ("per step", 5, 16),
+                                            ("numpy", 5, 16)])
+def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypatch):
     """float32 (training's dtype) runs each step in one kernel with float32 tanh and sigmoid (lstm_step32) and
     the backward with the recurrent product's diff fused in: its top, carried state and every diff equal the
-    float64 layer's (NumPy's exact functions) to float32 rounding; resets by cont included. fast=False: the NumPy
-    path for float32 too."""
+    float64 layer's (NumPy's exact functions) to float32 rounding; resets by cont included. "one call": on one
+    thread (a slice) all steps of a pass run in one kernel call (lstm_forward32, lstm_backward32); "per step": a
+    kernel a step (more threads); "numpy": the NumPy path for float32 too. N = 7, H = 32: the step products
+    in register tiles (step_product; the last row tile overlaps), else by OpenBLAS."""
+    import numba
     import layers.recurrent as rec
+    from layers.cpu import pooled
     from layers.gradcheck import make_layer
-    monkeypatch.setattr(rec, "FAST_FLOAT32", fast)
+    monkeypatch.setattr(rec, "FAST_FLOAT32", path != "numpy")
+    calls = []
+    for name in ("lstm_forward32", "lstm_backward32"):
+        kernel = getattr(rec, name)
+        monkeypatch.setattr(rec, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    threads = numba.get_num_threads()
+    if path == "one call":
+        if not pooled():
+            pytest.skip("OpenBLAS's CBLAS is not callable from kernels here (the per-step path runs)")
+        numba.set_num_threads(1)
+    elif threads == 1:
+        pytest.skip("one thread: the one-call path runs")
+    try:
+        results = _float32_and_float64_lstm(n, h_dim)
+    finally:
+        numba.set_num_threads(threads)
+    assert calls == (["lstm_forward32", "lstm_backward32"] if path == "one call" else [])
+    assert (n >= rec.PIX_MR and h_dim % rec.TILE_COLS == 0) == (h_dim == 32)  # which product ran
+    assert np.abs(results[0][0]).max() > 0.3 and (results[0][0] < 0).any()
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+def _float32_and_float64_lstm(n, h_dim):
+    """[tops, x's diff, the blobs' diffs] of one LSTM forward and backward in float64, then float32 with the
+    same weights and inputs (resets by cont, an initial state)."""
+    from layers.gradcheck import make_layer
     rng = np.random.default_rng(3)
-    t_len, n, i_dim, h_dim = 6, 5, 7, 16
+    t_len, i_dim = 6, 7
     x = rng.normal(size=(t_len, n, i_dim)) * 2
     cont = (rng.uniform(size=(t_len, n)) > 0.25).astype(float)
     cont[0] = 0
@@ -256,6 +287,4 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(fast, monkeypatch):
         layer.backward(tops, [True, False, False, False], bottoms)
         results.append([t.data.astype(np.float64) for t in tops] + [bottoms[0].diff.astype(np.float64)]
                        + [b.diff.astype(np.float64) for b in layer.blobs])
-    assert np.abs(results[0][0]).max() > 0.3 and (results[0][0] < 0).any()
-    for want, got in zip(*results):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
+    return results
