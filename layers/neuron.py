@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from .base import Field, Layer, register
-from .kernels import masked_scale
+from .kernels import fast_exp, fast_sigmoid, fast_tanh, masked_scale, same
 
 
 class Neuron(Layer):
@@ -119,35 +119,58 @@ class Elementwise(Neuron):
     def consts(self):
         return 0.0, 0.0, 0.0
 
+    def _consts(self, dtype):
+        """consts() in the data's dtype, as Caffe's Dtype (float32 arithmetic for float32 blobs)."""
+        return tuple(dtype.type(v) for v in self.consts())
+
     def forward(self, bottom, top):
-        self.fwd(bottom[0].data.ravel(), *self.consts(), top[0].data.ravel())
+        x = bottom[0].data.ravel()
+        self.fwd(x, *self._consts(x.dtype), top[0].data.ravel())
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            self.bwd(bottom[0].data.ravel(), top[0].data.ravel(), top[0].diff.ravel(), *self.consts(),
-                     bottom[0].diff.ravel())
+            x = bottom[0].data.ravel()
+            self.bwd(x, top[0].data.ravel(), top[0].diff.ravel(), *self._consts(x.dtype), bottom[0].diff.ravel())
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # no zero-division check: scalar loops
 def sigmoid_fwd(x, a, b, c, y):
+    """float32: sigmoid32 (vectorized; libm's expf one value at a time took 6 ns a value)."""
+    if same(x, y):
+        for i in range(y.size):
+            y[i] = fast_sigmoid(y[i])
+        return
     for i in range(x.size):
-        y[i] = 1.0 / (1.0 + np.exp(-x[i]))
+        y[i] = fast_sigmoid(x[i])
 
 
 @njit(cache=True, nogil=True)
 def sigmoid_bwd(x, y, dy, a, b, c, dx):
+    if same(dy, dx):
+        for i in range(y.size):
+            dx[i] *= y[i] * (1.0 - y[i])
+        return
     for i in range(y.size):
         dx[i] = dy[i] * y[i] * (1.0 - y[i])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # no zero-division check: scalar loops
 def tanh_fwd(x, a, b, c, y):
+    """float32: tanh32 (vectorized; libm's tanhf took 24 ns a value)."""
+    if same(x, y):
+        for i in range(y.size):
+            y[i] = fast_tanh(y[i])
+        return
     for i in range(x.size):
-        y[i] = np.tanh(x[i])
+        y[i] = fast_tanh(x[i])
 
 
 @njit(cache=True, nogil=True)
 def tanh_bwd(x, y, dy, a, b, c, dx):
+    if same(dy, dx):
+        for i in range(y.size):
+            dx[i] *= 1.0 - y[i] * y[i]
+        return
     for i in range(y.size):
         dx[i] = dy[i] * (1.0 - y[i] * y[i])
 
@@ -178,16 +201,27 @@ def bnll_bwd(x, y, dy, a, b, c, dx):
         dx[i] = dy[i] * e / (e + 1.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def elu_fwd(x, alpha, b, c, y):
+    """float32: exp32 (vectorized; libm's expf took 8 ns a value)."""
+    one = y.dtype.type(1)
+    if same(x, y):
+        for i in range(y.size):
+            v = y[i]
+            y[i] = v if v > 0 else alpha * (fast_exp(v) - one)
+        return
     for i in range(x.size):
         v = x[i]
-        y[i] = v if v > 0 else alpha * (np.exp(v) - 1.0)
+        y[i] = v if v > 0 else alpha * (fast_exp(v) - one)
 
 
 @njit(cache=True, nogil=True)
 def elu_bwd(x, y, dy, alpha, b, c, dx):
     # NOTE: reads the top only (y > 0 iff x > 0 for alpha > 0), so in place is safe
+    if same(dy, dx):
+        for i in range(y.size):
+            dx[i] = dx[i] if y[i] > 0 else dx[i] * (y[i] + alpha)
+        return
     for i in range(y.size):
         dx[i] = dy[i] if y[i] > 0 else dy[i] * (y[i] + alpha)
 
@@ -207,14 +241,23 @@ def power_bwd(x, y, dy, power, scale, shift, dx):
             dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def exp_fwd(x, log_base, scale, shift, y):
+    """float32 (with float32 constants): exp32."""
+    if same(x, y):
+        for i in range(y.size):
+            y[i] = fast_exp(log_base * (shift + scale * y[i]))
+        return
     for i in range(x.size):
-        y[i] = np.exp(log_base * (shift + scale * x[i]))
+        y[i] = fast_exp(log_base * (shift + scale * x[i]))
 
 
 @njit(cache=True, nogil=True)
 def exp_bwd(x, y, dy, log_base, scale, shift, dx):
+    if same(dy, dx):
+        for i in range(y.size):
+            dx[i] *= y[i] * log_base * scale
+        return
     for i in range(y.size):
         dx[i] = dy[i] * y[i] * log_base * scale
 
@@ -415,10 +458,17 @@ class Threshold(Elementwise):
         return float(self.p.threshold), 0.0, 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def swish_fwd(x, beta, s, y):
+    """s = sigmoid(beta x), y = x s; float32 (with a float32 beta): sigmoid32."""
+    if same(x, y):
+        for i in range(y.size):
+            s[i] = fast_sigmoid(beta * y[i])
+        for i in range(y.size):
+            y[i] *= s[i]
+        return
     for i in range(x.size):
-        s[i] = 1.0 / (1.0 + np.exp(-beta * x[i]))
+        s[i] = fast_sigmoid(beta * x[i])
         y[i] = x[i] * s[i]
 
 
@@ -441,7 +491,7 @@ class Swish(Neuron):
         x = bottom[0].data
         if getattr(self, "s", None) is None or self.s.shape != x.shape or self.s.dtype != x.dtype:
             self.s = np.empty_like(x)
-        swish_fwd(x.ravel(), float(self.p.beta), self.s.ravel(), top[0].data.ravel())
+        swish_fwd(x.ravel(), x.dtype.type(self.p.beta), self.s.ravel(), top[0].data.ravel())
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
@@ -534,6 +584,14 @@ class SiLU(Swish):
 def prelu_fwd(x, a, y):
     """x, y: (N, C, inner); a: (C,)."""
     n_img, chans, inner = x.shape
+    if same(x, y):
+        for n in range(n_img):
+            for c in range(chans):
+                yr, s = y[n, c], a[c]
+                for i in range(inner):
+                    v = yr[i]
+                    yr[i] = v if v > 0 else v * s
+        return
     for n in range(n_img):
         for c in range(chans):
             for i in range(inner):

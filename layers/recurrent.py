@@ -18,6 +18,7 @@ from numba import njit
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .cpu import _sgemm, gemm, gemm_acc, pooled
+from .kernels import sigmoid32 as _sigmoid32, tanh32 as _tanh32
 from .simd import PIX_MR, PIX_NV, VECTOR_BYTES, tile_pixels
 
 FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
@@ -78,31 +79,6 @@ def lstm_step_backward(gate, tc, c_prev, dout, rec, keep, dc, dg):
             dg[j, 2 * hd + d] = dh * t * o * (one - o)
             dg[j, 3 * hd + d] = term * i * (one - g * g)
             dc[j, d] = term * f
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _tanh32(x):
-    """tanh in float32 arithmetic alone (Eigen's rational approximation, a few ulp): LLVM vectorizes it, where
-    libm's tanhf runs one value at a time. NaN stays NaN."""
-    lim = np.float32(7.90531110763549805)
-    x = -lim if x < -lim else (lim if x > lim else x)
-    x2 = x * x
-    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
-    p = x2 * p + np.float32(-8.60467152213735e-11)
-    p = x2 * p + np.float32(5.12229709037114e-08)
-    p = x2 * p + np.float32(1.48572235717979e-05)
-    p = x2 * p + np.float32(6.37261928875436e-04)
-    p = x2 * p + np.float32(4.89352455891786e-03)
-    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
-    q = x2 * q + np.float32(2.26843463243900e-03)
-    q = x2 * q + np.float32(4.89352518554385e-03)
-    return x * p / q
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _sigmoid32(x):
-    half = np.float32(0.5)
-    return half + half * _tanh32(half * x)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no zero-division check: it kept the loops scalar (12x)

@@ -71,7 +71,7 @@ PARAMS = {
 }
 
 
-def chain_net(types, in_place: bool, global_stats=False, shape=(4, 3, 2, 3)):
+def chain_net(types, in_place: bool, global_stats=False, shape=(4, 3, 2, 3), dtype=np.float64):
     """Input -> 1x1 Convolution -> the chain -> InnerProduct -> EuclideanLoss, with the chain's layers in place
     on the convolution's top or each with a top of its own."""
     lines = [f"force_backward: true",
@@ -90,7 +90,7 @@ def chain_net(types, in_place: bool, global_stats=False, shape=(4, 3, 2, 3)):
     lines += [f"  - {{name: ip, type: InnerProduct, bottom: {last}, top: ip, inner_product_param: {{num_output: 2, "
               "weight_filler: {type: gaussian, std: 0.5}, bias_filler: {type: gaussian, std: 0.1}}}",
               "  - {name: loss, type: EuclideanLoss, bottom: [ip, target], top: loss}"]
-    net = Net(loads("\n".join(lines)), "TRAIN", seed=3, dtype=np.float64)
+    net = Net(loads("\n".join(lines)), "TRAIN", seed=3, dtype=dtype)
     rng = np.random.default_rng(11)
     net.blobs["data"].data[...] = rng.normal(size=shape)
     net.blobs["target"].data[...] = rng.normal(size=(shape[0], 2))
@@ -123,6 +123,25 @@ def assert_same(types, **kw):
         assert np.max(np.abs(x - y), initial=0) <= 1e-10 * max(1.0, np.max(np.abs(y), initial=0)), (
             f"in-place chain {' -> '.join(types)}: gradient {i} differs from distinct tops by "
             f"{np.max(np.abs(x - y)):.3g}")
+
+
+@pytest.mark.parametrize("type_name", IN_PLACE)
+def test_float32_in_place_equals_distinct_tops_and_float64(type_name):
+    """float32 (training's dtype) runs other loops: one array where a kernel runs in place (layers/kernels.py
+    `same`), and float32 approximations (sigmoid32, tanh32, exp32). In place equals distinct tops in float32, and
+    both equal float64 to float32 rounding, on maps long enough for the vector loops and their remainders."""
+    shape = (4, 3, 5, 7)
+    runs = {(dtype, in_place): gradients(chain_net((type_name,), in_place, shape=shape, dtype=dtype))
+            for dtype in (np.float32, np.float64) for in_place in (True, False)}
+    for in_place in (True, False):
+        loss, got = runs[np.float32, in_place]
+        want_loss, want = runs[np.float64, False]
+        assert loss == pytest.approx(want_loss, rel=1e-5), (type_name, in_place)
+        for i, (x, y) in enumerate(zip(got, want)):
+            scale = max(1.0, np.max(np.abs(y), initial=0))
+            assert np.max(np.abs(x - y), initial=0) <= 2e-5 * scale, (type_name, in_place, i)
+    for x, y in zip(runs[np.float32, True][1], runs[np.float32, False][1]):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7 * max(1.0, np.max(np.abs(y), initial=0)))
 
 
 @pytest.mark.parametrize("first", IN_PLACE)

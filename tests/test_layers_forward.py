@@ -391,3 +391,31 @@ def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size):
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(mask, want_mask)
     assert not np.isnan(y).any()
+
+
+def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
+    """layers/kernels.py's exp32, tanh32 and sigmoid32 (the float32 Sigmoid, TanH, ELU, Exp, Swish and LSTM
+    kernels) against float64 NumPy over their whole range, with inf, NaN and the ends of exp's range."""
+    from numba import njit
+    from layers.kernels import exp32, sigmoid32, tanh32
+
+    @njit(error_model="numpy")
+    def apply(x, out):
+        for i in range(x.size):
+            out[0, i], out[1, i], out[2, i] = exp32(x[i]), tanh32(x[i]), sigmoid32(x[i])
+
+    x = np.concatenate([np.linspace(-100, 100, 400001), [88.72, -87.33, 0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    out = np.empty((3, x.size), np.float32)
+    apply(x, out)
+    x64 = x.astype(np.float64)
+    for got, want, tol in ((out[0], np.exp(x64), 4e-7), (out[1], np.tanh(x64), 6e-7),
+                           (out[2], 1 / (1 + np.exp(-x64)), 6e-7)):
+        normal = (np.abs(want) > 1.2e-38) & (np.abs(want) < 3.4e38)
+        rel = np.abs(got[normal] - want[normal]) / np.abs(want[normal])
+        assert rel.max() <= tol, (rel.max(), x[normal][rel.argmax()])
+    assert out[0, x > 88.73].tolist() == [np.inf] * int((x > 88.73).sum()) and (out[0, x < -87.34] == 0).all()
+    special = np.array([np.nan, np.inf, -np.inf], np.float32)
+    res = np.empty((3, 3), np.float32)
+    apply(special, res)
+    assert np.isnan(res[:, 0]).all() and res[0, 1:].tolist() == [np.inf, 0.0]
+    assert res[1, 1:].tolist() == [1.0, -1.0] and res[2, 1:].tolist() == [1.0, 0.0]
