@@ -9,27 +9,67 @@ from numba import njit
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
+from .kernels import fast_exp, same
 
 FLT_MIN = np.float32(1.1754943508222875e-38)
 IGNORED, BAD = -1, -2
 
 
-@njit(cache=True, nogil=True)
-def softmax_forward(x, y):
-    """x, y: (outer, C, inner); softmax over C after subtracting the max (as Caffe)."""
-    outer, chans, inner = x.shape
-    for o in range(outer):
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _softmax_planes(x, y, o, m, s):
+    """softmax over C of x[o] (C, inner) into y[o], vectorized along inner (m, s: inner scratch)."""
+    chans, inner = x.shape[1], x.shape[2]
+    for i in range(inner):
+        m[i] = x[o, 0, i]
+    for c in range(1, chans):
         for i in range(inner):
-            m = x[o, 0, i]
-            for c in range(1, chans):
-                m = max(m, x[o, c, i])
-            s = 0.0
-            for c in range(chans):
-                e = np.exp(x[o, c, i] - m)
-                y[o, c, i] = e
-                s += e
-            for c in range(chans):
-                y[o, c, i] /= s
+            m[i] = max(m[i], x[o, c, i])
+    for i in range(inner):
+        s[i] = 0.0
+    for c in range(chans):
+        for i in range(inner):
+            e = fast_exp(x[o, c, i] - m[i])
+            y[o, c, i] = e
+            s[i] += e
+    for c in range(chans):
+        for i in range(inner):
+            y[o, c, i] /= s[i]
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _softmax_row(x, y, o):
+    """softmax of x[o, :, 0] (C values) into y[o, :, 0]: the exponentials in one vectorized loop, then their sum."""
+    chans = x.shape[1]
+    m = x[o, 0, 0]
+    for c in range(1, chans):
+        m = max(m, x[o, c, 0])
+    for c in range(chans):
+        y[o, c, 0] = fast_exp(x[o, c, 0] - m)
+    t = 0.0
+    for c in range(chans):
+        t += y[o, c, 0]
+    for c in range(chans):
+        y[o, c, 0] /= t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def softmax_forward(x, y):
+    """x, y: (outer, C, inner); softmax over C after subtracting the max (as Caffe). float32: exp32. Vectorized
+    along inner where inner > 1 (a segmentation net's planes), else along C; in place too."""
+    outer, chans, inner = x.shape
+    if inner > 1:
+        m, s = np.empty(inner, x.dtype), np.empty(inner, np.float64)
+        for o in range(outer):
+            if same(x, y):
+                _softmax_planes(y, y, o, m, s)
+            else:
+                _softmax_planes(x, y, o, m, s)
+        return
+    for o in range(outer):
+        if same(x, y):
+            _softmax_row(y, y, o)
+        else:
+            _softmax_row(x, y, o)
 
 
 @njit(cache=True, nogil=True)
