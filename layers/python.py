@@ -233,7 +233,14 @@ class Python(Layer):
             raise error from None
 
     def _stand_ins(self, bottom_shapes):
-        bottoms = [PyBlob(_Arrays(s, self.dtype), True) for s in bottom_shapes]
+        try:
+            bottoms = [PyBlob(_Arrays(s, self.dtype), True) for s in bottom_shapes]
+        except MemoryError:  # NOTE: zeros are mapped lazily, so only a shape beyond the address space gets here
+            big = max(bottom_shapes, key=lambda s: float(np.prod(s, dtype=np.float64)))
+            gib = float(np.prod(big, dtype=np.float64)) * np.dtype(self.dtype).itemsize / 2 ** 30
+            raise LayerError(f"a bottom of shape {list(big)} ({gib:.3g} GiB) does not fit in memory, and a Python "
+                             "layer's setup and reshape are given arrays of its bottoms' shapes; lower the shape "
+                             "(batch size, dims) where the blob is made", "bottom") from None
         return bottoms, [PyBlob(_Arrays((), self.dtype), False) for _ in range(self.n_tops)]
 
     def setup(self, bottom_shapes):

@@ -222,3 +222,18 @@ layer:
             runner.close()
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_python_layer_bottom_too_big_to_make_is_a_clear_finding(tmp_path):
+    """A Python layer's setup gets arrays of its bottoms' shapes; a shape beyond memory (a fuzzed dim of 10^12)
+    is the layer's error with the shape and its size, not "a bug in yaffe"."""
+    from netspec.spec import validate
+    path = tmp_path / "net.yaml"
+    path.write_text("layer:\n"
+                    "  - {name: in, type: Input, top: x, input_param: {shape: {dim: [1000000000000]}}}\n"
+                    "  - {name: py, type: Python, bottom: x, top: y, python_param: {module: tests.pylayer_cases, "
+                    "layer: Cube}}\n")
+    found = [f for f in validate([str(path)]) if f.severity == "error"]
+    assert found and all("bug in yaffe" not in f.message for f in found)
+    mine = [f for f in found if "layer 'py'" in f.message]
+    assert mine and mine[0].line == 3 and "[1000000000000]" in mine[0].message and "GiB" in mine[0].message
