@@ -9,7 +9,7 @@ from numba import njit
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
-from .kernels import fast_exp, same
+from .kernels import fast_exp
 
 FLT_MIN = np.float32(1.1754943508222875e-38)
 IGNORED, BAD = -1, -2
@@ -53,23 +53,40 @@ def _softmax_row(x, y, o):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_planes_kernel(x, y):
+    m, s = np.empty(x.shape[2], x.dtype), np.empty(x.shape[2], np.float64)
+    for o in range(x.shape[0]):
+        _softmax_planes(x, y, o, m, s)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_planes_in_place(y):
+    m, s = np.empty(y.shape[2], y.dtype), np.empty(y.shape[2], np.float64)
+    for o in range(y.shape[0]):
+        _softmax_planes(y, y, o, m, s)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_rows_kernel(x, y):
+    for o in range(x.shape[0]):
+        _softmax_row(x, y, o)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_rows_in_place(y):
+    for o in range(y.shape[0]):
+        _softmax_row(y, y, o)
+
+
 def softmax_forward(x, y):
     """x, y: (outer, C, inner); softmax over C after subtracting the max (as Caffe). float32: exp32. Vectorized
-    along inner where inner > 1 (a segmentation net's planes), else along C; in place too."""
-    outer, chans, inner = x.shape
-    if inner > 1:
-        m, s = np.empty(inner, x.dtype), np.empty(inner, np.float64)
-        for o in range(outer):
-            if same(x, y):
-                _softmax_planes(y, y, o, m, s)
-            else:
-                _softmax_planes(x, y, o, m, s)
-        return
-    for o in range(outer):
-        if same(x, y):
-            _softmax_row(y, y, o)
-        else:
-            _softmax_row(x, y, o)
+    along inner where inner > 1 (a segmentation net's planes), else along C; in place through a loop over the one
+    array. Four small kernels, so that a net compiles only the one it runs (each took ~0.4 s to compile)."""
+    planes = x.shape[2] > 1
+    if x is y or (x.ctypes.data == y.ctypes.data and x.strides == y.strides):
+        (_softmax_planes_in_place if planes else _softmax_rows_in_place)(y)
+    else:
+        (_softmax_planes_kernel if planes else _softmax_rows_kernel)(x, y)
 
 
 @njit(cache=True, nogil=True)
