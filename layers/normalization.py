@@ -44,6 +44,22 @@ def bn_centered_squares(x, mu, out):
         out[c] = acc
 
 
+@njit(cache=True, nogil=True)
+def bn_update_statistics(mu, sq, m, maf, correction, eps, mean, var, inv_std, mean_sum, var_sum, scale):
+    """After the two passes over the batch: mean = mu, var = sq / m (the biased variance), inv_std =
+    1 / sqrt(var + eps), and Caffe's running sums: scale = scale * maf + 1, mean_sum = mean_sum * maf + mean,
+    var_sum = var_sum * maf + correction * var. The constants in the blobs' dtype, each product and sum rounded
+    to it, as the NumPy statements this replaces (a dozen calls, ~50 us a layer, with the GIL held)."""
+    one = mean.dtype.type(1)
+    scale[0] = scale[0] * maf + one
+    for c in range(mean.shape[0]):
+        mean[c] = mu[c]
+        var[c] = sq[c] / m
+        inv_std[c] = one / np.sqrt(var[c] + eps)
+        mean_sum[c] = mean_sum[c] * maf + mean[c]
+        var_sum[c] = var_sum[c] * maf + correction * var[c]
+
+
 # In place (top on bottom), a kernel given the same array twice runs scalar: LLVM's vector loop is guarded by a
 # check that the arrays do not overlap, and they do (3-4x slower on ResNet-20's BatchNorm + Scale). Each such
 # kernel is therefore an inlined body called by two kernels: one for distinct arrays, one that passes its one
@@ -230,22 +246,18 @@ class BatchNorm(Layer):
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
             np.multiply(mean_sum, f, out=mean)
             np.multiply(var_sum, f, out=var)
-        else:
-            part = self._sums[:self.channels]
-            bn_sums(x, part)
-            total, m = self._total(0, part)
-            mu = total / m
-            bn_centered_squares(x, mu, part)
-            mean[...] = mu
-            var[...] = self._total(1, part)[0] / m
-            maf = self.p.moving_average_fraction
-            scale *= maf
-            scale += 1
-            mean_sum *= maf
-            mean_sum += mean
-            var_sum *= maf
-            var_sum += (m / (m - 1) if m > 1 else 1.0) * var
-        self.inv_std = (1.0 / np.sqrt(var + self.p.eps)).astype(x.dtype)
+            self.inv_std = (1.0 / np.sqrt(var + self.p.eps)).astype(x.dtype)
+            return
+        part = self._sums[:self.channels]
+        bn_sums(x, part)
+        total, m = self._total(0, part)
+        mu = total / m
+        bn_centered_squares(x, mu, part)
+        self.inv_std = np.empty(self.channels, x.dtype)  # NOTE: a new array: a folded copy may hold the last one
+        t = x.dtype.type
+        bn_update_statistics(mu, self._total(1, part)[0], float(m), t(self.p.moving_average_fraction),
+                             t(m / (m - 1) if m > 1 else 1.0), t(self.p.eps), mean, var, self.inv_std, mean_sum,
+                             var_sum, scale)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

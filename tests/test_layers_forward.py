@@ -419,3 +419,31 @@ def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
     apply(special, res)
     assert np.isnan(res[:, 0]).all() and res[0, 1:].tolist() == [np.inf, 0.0]
     assert res[1, 1:].tolist() == [1.0, -1.0] and res[2, 1:].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_statistics_kernel_equals_the_numpy_statements_bit_for_bit(dtype):
+    """bn_update_statistics (one kernel call a layer) against the NumPy statements it replaced: the mean, the
+    biased variance, 1/sqrt(var + eps) and Caffe's running sums, each rounded to the dtype as NumPy rounds them
+    (a fused multiply-add, say, would differ in the last bit)."""
+    from layers.normalization import bn_update_statistics
+    rng = np.random.default_rng(0)
+    c, m, maf, eps = 37, 100, 0.999, 1e-5
+    mu, sq = rng.normal(size=c), rng.uniform(0.1, 5, c) * 100
+    sums0 = rng.normal(size=c).astype(dtype), rng.uniform(size=c).astype(dtype), np.array([3.7], dtype)
+    mean, var = np.empty(c, dtype), np.empty(c, dtype)
+    mean_sum, var_sum, scale = (a.copy() for a in sums0)
+    mean[...] = mu
+    var[...] = sq / m
+    scale *= maf
+    scale += 1
+    mean_sum *= maf
+    mean_sum += mean
+    var_sum *= maf
+    var_sum += (m / (m - 1)) * var
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(dtype)
+    got = [np.empty(c, dtype) for _ in range(3)] + [a.copy() for a in sums0]
+    t = np.dtype(dtype).type
+    bn_update_statistics(mu, sq, float(m), t(maf), t(m / (m - 1)), t(eps), *got)
+    for want, have in zip((mean, var, inv_std, mean_sum, var_sum, scale), got):
+        np.testing.assert_array_equal(have, want)
