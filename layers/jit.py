@@ -10,10 +10,19 @@ linked on, unoptimized and not emitted, and the kernel's library optimizes and e
 already works this way for every library it links but these. The machine code is the same: the kernel's module
 is optimized as a whole as before (run time of im2col unchanged, within noise; the tests compare every kernel's
 results). Applied to the Numba versions it was tested on (`TESTED`); `YAFFE_JIT=numba` leaves Numba as it is.
+
+Also: Numba's on-disk cache keeps a kernel while its own source file is unchanged, but a kernel compiles in the
+kernels it calls or inlines from other modules (layers/simd.py's tiles, layers/kernels.py's exp32, layers/cpu.py's
+sgemm call), so an edit or upgrade of those alone would leave stale machine code in use. `install_cache_stamps`
+adds a digest of those modules' source (every yaffe module the file imports, followed through their imports) to
+the freshness stamp of the cache of each of yaffe's own files.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 import threading
 
 TESTED = ("0.68",)
@@ -71,4 +80,80 @@ def install():
     installed = True
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of layers/, solvers/, netspec/
+_IMPORT = re.compile(r"^[ \t]*from[ \t]+(\.+|layers\.?|solvers\.?|netspec\.?)([\w.]*)[ \t]+import[ \t]+\(?([\w \t,]*)",
+                     re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(path: str) -> tuple:
+    """The source files of yaffe's modules that `path` imports with `from ... import` (relative, or from layers,
+    solvers, netspec), without following them."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return ()
+    here, found = os.path.dirname(path), []
+    for dots, module, names in _IMPORT.findall(text):
+        if dots.startswith("."):
+            base = here
+            for _ in range(len(dots) - 1):
+                base = os.path.dirname(base)
+        else:
+            base = os.path.join(ROOT, dots.rstrip("."))
+        parts = [p for p in module.split(".") if p]
+        target = os.path.join(base, *parts)
+        candidates = [target + ".py"] if parts else [os.path.join(target, n.strip() + ".py") for n in names.split(",")]
+        found += [c for c in candidates if os.path.isfile(c)]
+    return tuple(sorted(set(found) - {path}))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_kernels(path: str) -> bool:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return any(word in text for word in ("njit", "intrinsic", "overload"))
+
+
+@functools.lru_cache(maxsize=None)
+def dependency_digest(path: str) -> str:
+    """A digest of the source of every yaffe module with kernels that `path` imports, directly or through such
+    modules (a module without kernels, layers/base.py say, cannot change a compiled kernel)."""
+    seen, todo = set(), [os.path.abspath(path)]
+    while todo:
+        for dep in _imports(todo.pop()):
+            if dep not in seen and _has_kernels(dep):
+                seen.add(dep)
+                todo.append(dep)
+    seen.discard(os.path.abspath(path))
+    h = hashlib.sha1()
+    for dep in sorted(seen):
+        with open(dep, "rb") as f:
+            h.update(dep.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def install_cache_stamps():
+    """Numba's cache stamp of each of yaffe's source files: its own, plus dependency_digest (once)."""
+    try:
+        from numba.core import caching
+        mixin = caching._SourceFileBackedLocatorMixin
+        own = mixin.get_source_stamp
+    except (ImportError, AttributeError):
+        return
+    if getattr(own, "yaffe", False):
+        return
+
+    def get_source_stamp(self):
+        stamp = own(self)
+        path = os.path.abspath(getattr(self, "_py_file", "") or "")
+        if not path.startswith(ROOT + os.sep):
+            return stamp
+        return stamp, dependency_digest(path)
+    get_source_stamp.yaffe = True
+    mixin.get_source_stamp = get_source_stamp
+
+
 install()
+install_cache_stamps()

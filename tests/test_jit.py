@@ -54,3 +54,32 @@ def test_yaffe_jit_numba_leaves_numba_as_it_is():
     env = dict(os.environ, YAFFE_JIT="numba", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+def test_a_kernels_cache_goes_stale_with_the_kernel_modules_it_imports(tmp_path):
+    """Numba keeps a cached kernel while its own file is unchanged; a kernel that calls or inlines another
+    module's (layers/kernels.py's exp32 in layers/neuron.py) must recompile when that module changes: the cache
+    stamp of yaffe's files carries a digest of the kernel modules they import, followed through their imports;
+    a module without kernels does not count."""
+    import os
+    from layers import jit
+    import layers.neuron as neuron
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from .b import g\nfrom .plain import h\nfrom numba import njit\n")
+    (pkg / "b.py").write_text("from .c import k\nfrom numba import njit\n")
+    (pkg / "c.py").write_text("from numba import njit\n")
+    (pkg / "plain.py").write_text("X = 1\n")
+
+    def digest():
+        for f in (jit._imports, jit._has_kernels, jit.dependency_digest):
+            f.cache_clear()
+        return jit.dependency_digest(str(pkg / "a.py"))
+    first = digest()
+    (pkg / "plain.py").write_text("X = 2\n")
+    assert digest() == first
+    (pkg / "c.py").write_text("from numba import njit\n# changed\n")
+    assert digest() != first
+    stamp = neuron.sigmoid_fwd._cache._cache_file._source_stamp
+    assert stamp[1] == jit.dependency_digest(os.path.abspath(neuron.__file__))
+    assert jit._imports(os.path.abspath(neuron.__file__)).count(os.path.join(jit.ROOT, "layers", "kernels.py")) == 1

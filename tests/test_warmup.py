@@ -48,7 +48,7 @@ print(json.dumps([d.py_func.__name__ for d, sig in warmup._needs(job)]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     names = json.loads(out.stdout.strip().splitlines()[-1])
-    for first, then in [("max_pool_2x2s2", "max_pool_backward"), ("softmax_forward", "nll_backward"),
+    for first, then in [("max_pool_2x2s2", "max_pool_backward"), ("_softmax_rows_kernel", "nll_backward"),
                         ("nll_backward", "max_pool_backward"), ("max_pool_backward", "_sgd_apply_serial")]:
         assert names.index(first) < names.index(then), names
     assert {"relu_backward_in_place", "direct_conv_dw", "col2im", "sum_squares"} <= set(names)
