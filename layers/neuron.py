@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from .base import Field, Layer, register
-from .kernels import fast_exp, fast_sigmoid, fast_tanh, masked_scale, same
+from .kernels import erfc32, exp32, fast_exp, fast_sigmoid, fast_tanh, masked_scale, same, sigmoid32
 
 
 class Neuron(Layer):
@@ -115,6 +115,7 @@ class Elementwise(Neuron):
     backward_reads = ("bottom",)
 
     fwd = bwd = None
+    fwd32 = bwd32 = None  # float32 kernels in float32 arithmetic, where the others compute in float64 (GELU, Mish)
 
     def consts(self):
         return 0.0, 0.0, 0.0
@@ -125,12 +126,14 @@ class Elementwise(Neuron):
 
     def forward(self, bottom, top):
         x = bottom[0].data.ravel()
-        self.fwd(x, *self._consts(x.dtype), top[0].data.ravel())
+        fwd = self.fwd32 if self.fwd32 is not None and x.dtype == np.float32 else self.fwd
+        fwd(x, *self._consts(x.dtype), top[0].data.ravel())
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             x = bottom[0].data.ravel()
-            self.bwd(x, top[0].data.ravel(), top[0].diff.ravel(), *self._consts(x.dtype), bottom[0].diff.ravel())
+            bwd = self.bwd32 if self.bwd32 is not None and x.dtype == np.float32 else self.bwd
+            bwd(x, top[0].data.ravel(), top[0].diff.ravel(), *self._consts(x.dtype), bottom[0].diff.ravel())
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no zero-division check: scalar loops
@@ -502,15 +505,15 @@ class Swish(Neuron):
 @njit(cache=True, nogil=True)
 def gelu_fwd(x, a, b, c, y):
     """x * Phi(x), Phi the standard normal CDF (erf form, as PyTorch's default)."""
-    for i in range(x.size):
-        y[i] = 0.5 * x[i] * (1.0 + math.erf(x[i] * 0.7071067811865476))
+    for i in range(x.size):  # erfc: no cancellation in 1 + erf for x far below 0
+        y[i] = 0.5 * x[i] * math.erfc(x[i] * -0.7071067811865476)
 
 
 @njit(cache=True, nogil=True)
 def gelu_bwd(x, y, dy, a, b, c, dx):
     for i in range(x.size):
         v = x[i]
-        dx[i] = dy[i] * (0.5 * (1.0 + math.erf(v * 0.7071067811865476)) + v * 0.3989422804014327 * math.exp(-0.5 * v * v))
+        dx[i] = dy[i] * (0.5 * math.erfc(v * -0.7071067811865476) + v * 0.3989422804014327 * math.exp(-0.5 * v * v))
 
 
 @njit(cache=True, nogil=True)
@@ -532,6 +535,48 @@ def mish_bwd(x, y, dy, a, b, c, dx):
         dx[i] = dy[i] * (t + v * (1.0 - t * t) * sig)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def gelu_fwd32(x, a, b, c, y):
+    """gelu_fwd in float32: x * erfc(-x / sqrt 2) / 2 through erfc32 (a few ulp; the tail for negative x too)."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = np.float32(0.5) * v * erfc32(v * np.float32(-0.7071067811865476))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gelu_bwd32(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        v = x[i]
+        cdf = np.float32(0.5) * erfc32(v * np.float32(-0.7071067811865476))
+        dx[i] = dy[i] * (cdf + v * np.float32(0.3989422804014327) * exp32(np.float32(-0.5) * v * v))
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _mish_parts32(v):
+    """(tanh(softplus(v)), 1 - that squared) from e = exp(v) alone: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2);
+    e is capped at exp(15), where the ratio is 1 in float32."""
+    e = exp32(min(v, np.float32(15.0)))
+    n = e * (e + np.float32(2.0))
+    d = n + np.float32(2.0)
+    return n / d, np.float32(4.0) * (n + np.float32(1.0)) / (d * d)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mish_fwd32(x, a, b, c, y):
+    """mish_fwd in float32 through exp32 alone."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v * _mish_parts32(v)[0]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mish_bwd32(x, y, dy, a, b, c, dx):
+    for i in range(x.size):
+        v = x[i]
+        t, sech2 = _mish_parts32(v)
+        dx[i] = dy[i] * (t + v * sech2 * sigmoid32(v))
+
+
 @njit(cache=True, nogil=True)
 def hardswish_fwd(x, a, b, c, y):
     """x * relu6(x + 3) / 6 (MobileNet-v3's)."""
@@ -551,6 +596,7 @@ class GELU(Elementwise):
     """y = x * Phi(x) (the erf form); never in place: backward reads x."""
 
     fwd, bwd = staticmethod(gelu_fwd), staticmethod(gelu_bwd)
+    fwd32, bwd32 = staticmethod(gelu_fwd32), staticmethod(gelu_bwd32)
 
 
 @register("Mish")
@@ -558,6 +604,7 @@ class Mish(Elementwise):
     """y = x * tanh(log(1 + exp(x))); never in place: backward reads x."""
 
     fwd, bwd = staticmethod(mish_fwd), staticmethod(mish_bwd)
+    fwd32, bwd32 = staticmethod(mish_fwd32), staticmethod(mish_bwd32)
 
 
 @register("HardSwish")

@@ -394,15 +394,28 @@ def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size):
 
 
 def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
-    """layers/kernels.py's exp32, tanh32 and sigmoid32 (the float32 Sigmoid, TanH, ELU, Exp, Swish and LSTM
-    kernels) against float64 NumPy over their whole range, with inf, NaN and the ends of exp's range."""
+    """layers/kernels.py's exp32, tanh32, sigmoid32 and erfc32 (the float32 Sigmoid, TanH, ELU, Exp, Swish, GELU,
+    Mish and LSTM kernels) against float64 over their whole range, with inf, NaN and the ends of exp's range."""
+    import math
     from numba import njit
-    from layers.kernels import exp32, sigmoid32, tanh32
+    from layers.kernels import erfc32, exp32, sigmoid32, tanh32
 
     @njit(error_model="numpy")
     def apply(x, out):
         for i in range(x.size):
             out[0, i], out[1, i], out[2, i] = exp32(x[i]), tanh32(x[i]), sigmoid32(x[i])
+
+    @njit(error_model="numpy")
+    def erfc_of(x, out):
+        for i in range(x.size):
+            out[i] = erfc32(x[i])
+
+    z = np.linspace(-10, 10, 200001).astype(np.float32)
+    got = np.empty_like(z)
+    erfc_of(z, got)
+    want = np.array([math.erfc(v) for v in z.astype(np.float64)])
+    normal = want > 1.2e-38  # erfc relative to its value: the tail counts
+    assert (np.abs(got[normal] - want[normal]) / want[normal]).max() <= 2e-6
 
     x = np.concatenate([np.linspace(-100, 100, 400001), [88.72, -87.33, 0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
     out = np.empty((3, x.size), np.float32)
@@ -447,3 +460,37 @@ def test_batchnorm_statistics_kernel_equals_the_numpy_statements_bit_for_bit(dty
     bn_update_statistics(mu, sq, float(m), t(maf), t(m / (m - 1)), t(eps), *got)
     for want, have in zip((mean, var, inv_std, mean_sum, var_sum, scale), got):
         np.testing.assert_array_equal(have, want)
+
+
+def _elementwise_types():
+    from layers.base import REGISTRY
+    from layers.neuron import Elementwise
+    return sorted(t for t, cls in REGISTRY.items() if issubclass(cls, Elementwise) and cls.differentiable)
+
+
+@pytest.mark.parametrize("type_name", _elementwise_types())
+def test_float32_elementwise_layers_equal_float64_over_a_wide_range(type_name):
+    """The float32 kernels (exp32, tanh32, erfc32 and the one-array loops: other code than float64's) against
+    float64 on inputs from -30 to 30 (the gradient cases' specs; positive inputs where the domain needs them):
+    tops and bottom diffs within float32 rounding of the largest value."""
+    from tests.test_gradients import CASES
+    spec, arrays = CASES[type_name][0][0], CASES[type_name][0][1]
+    x = np.linspace(-30, 30, 2400)  # no point on a kink (Clip's bounds, HardSwish's +-3, 0)
+    if (np.asarray(arrays[0]) > 0).all():  # Log, Power: a positive domain
+        x = np.exp(np.linspace(-8, 3, 2400))
+    x = x.reshape(1, 1, -1)
+    dtop = np.cos(np.arange(x.size)).reshape(x.shape)
+    results = []
+    for dtype in (np.float64, np.float32):
+        layer, tops = make_layer(type_name, spec, [x.shape], dtype=dtype)
+        bottom = Blob("x", x.shape, dtype)
+        bottom.data[...] = x
+        layer.forward([bottom], tops)
+        tops[0].diff[...] = dtop
+        layer.backward(tops, [True], [bottom])
+        results.append((tops[0].data.astype(np.float64), bottom.diff.astype(np.float64)))
+    for want, got in zip(*results):
+        finite = np.isfinite(want)
+        assert (np.isfinite(got) == finite).all(), type_name
+        scale = max(1.0, np.abs(want[finite]).max())
+        assert np.abs(got[finite] - want[finite]).max() <= 4e-6 * scale, type_name
