@@ -28,6 +28,44 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def _bits_of_float32(typingctx, value):
+    """The IEEE bits of a float32, as an int32 (a bit cast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(value), codegen
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def log32(x):
+    """log of a positive float32 in float32 arithmetic alone (Cephes' logf: x = m 2^e from its bits, m in
+    [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1): vectorized. x <= 0 and denormals give the log of the
+    smallest normal float (-87.3) instead of -inf or NaN; inf and NaN are not handled (the callers' values are
+    finite and positive)."""
+    x = max(x, np.float32(1.17549435e-38))
+    bits = _bits_of_float32(x)
+    e = np.float32((bits >> np.int32(23)) - np.int32(126))
+    m = _float32_from_bits((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))  # [0.5, 1)
+    if m < np.float32(0.707106781186547524):
+        e -= np.float32(1.0)
+        m = m + m - np.float32(1.0)
+    else:
+        m = m - np.float32(1.0)
+    z = m * m
+    y = np.float32(7.0376836292e-2) * m + np.float32(-1.1514610310e-1)
+    y = y * m + np.float32(1.1676998740e-1)
+    y = y * m + np.float32(-1.2420140846e-1)
+    y = y * m + np.float32(1.4249322787e-1)
+    y = y * m + np.float32(-1.6668057665e-1)
+    y = y * m + np.float32(2.0000714765e-1)
+    y = y * m + np.float32(-2.4999993993e-1)
+    y = y * m + np.float32(3.3333331174e-1)
+    y = y * m * z
+    y += e * np.float32(-2.12194440e-4)
+    y -= np.float32(0.5) * z
+    return m + y + e * np.float32(0.693359375)
+
+
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def exp32(x):
     """exp in float32 arithmetic alone (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r,
@@ -107,6 +145,18 @@ def erfc32(x):
     zh = np.floor(z * np.float32(16.0)) * np.float32(0.0625)  # z^2 = zh^2 (exact) + (z - zh)(z + zh), as Cephes
     r = t * exp32(-zh * zh) * exp32(p - (z - zh) * (z + zh))  # does: z^2 rounded cost ~1e-5 in the far tail
     return r if x >= 0 else np.float32(2.0) - r
+
+
+def fast_pow(x, p):
+    """x ** p for x > 0: exp32(p log32(x)) for float32 (vectorized; within a few ulp), x ** p otherwise."""
+    return x ** p
+
+
+@overload(fast_pow, inline="always")
+def _fast_pow(x, p):
+    if x == types.float32 and p == types.float32:
+        return lambda x, p: exp32(p * log32(x))
+    return lambda x, p: x ** p
 
 
 def fast_exp(x):

@@ -12,6 +12,7 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, register
+from .kernels import fast_pow
 
 
 @njit(cache=True, nogil=True)
@@ -60,7 +61,15 @@ def lrn_within_scale(x, size, alpha_over, k, scale):
                     scale[n, c, i, j] = k + alpha_over * acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def lrn_apply(x, scale, neg_beta, y):
+    """y = x * scale^-beta in one pass (float32: exp32(-beta log32(scale)), vectorized; NumPy's power took 5.8 of
+    CaffeNet norm1's 6 ms forward, with a temporary)."""
+    for i in range(x.size):
+        y[i] = x[i] * fast_pow(scale[i], neg_beta)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
     """dx = dy * scale^-beta - coeff * x * (sum over the window of dy * y / scale), the window's sum running over
     the channels as in Caffe (in x's dtype), vectorized along the plane."""
@@ -74,7 +83,7 @@ def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
         for c in range(chans):
             d, g, yy, sc, r = dxf[n, c], dyf[n, c], yf[n, c], sf[n, c], ratio[c]
             for q in range(plane):
-                d[q] = g[q] * sc[q] ** nb
+                d[q] = g[q] * fast_pow(sc[q], nb)
                 r[q] = g[q] * yy[q] / sc[q]
         for q in range(plane):
             accum[q] = 0
@@ -96,10 +105,11 @@ def lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx):
                     accum[q] -= r[q]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def lrn_within_backward(x, y, scale, dy, size, coeff, beta, dx):
     n_img, chans, height, width = x.shape
     half = (size - 1) // 2
+    nb = x.dtype.type(-beta)
     for n in range(n_img):
         for c in range(chans):
             for i in range(height):
@@ -108,7 +118,7 @@ def lrn_within_backward(x, y, scale, dy, size, coeff, beta, dx):
                     for ii in range(max(i - half, 0), min(i + half + 1, height)):
                         for jj in range(max(j - half, 0), min(j + half + 1, width)):
                             acc += dy[n, c, ii, jj] * y[n, c, ii, jj] / scale[n, c, ii, jj]
-                    dx[n, c, i, j] = dy[n, c, i, j] * scale[n, c, i, j] ** (-beta) - coeff * x[n, c, i, j] * acc
+                    dx[n, c, i, j] = dy[n, c, i, j] * fast_pow(scale[n, c, i, j], nb) - coeff * x[n, c, i, j] * acc
 
 
 @register("LRN")
@@ -148,7 +158,7 @@ class LRN(Layer):
         self.x[...] = x
         (lrn_across_scale if self.across else lrn_within_scale)(
             x, self.p.local_size, self.p.alpha / self.size, self.k, self.scale)
-        np.multiply(x, self.scale ** -self.p.beta, out=top[0].data)
+        lrn_apply(x.reshape(-1), self.scale.reshape(-1), x.dtype.type(-self.p.beta), top[0].data.reshape(-1))
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:

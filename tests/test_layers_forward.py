@@ -394,11 +394,12 @@ def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size):
 
 
 def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
-    """layers/kernels.py's exp32, tanh32, sigmoid32 and erfc32 (the float32 Sigmoid, TanH, ELU, Exp, Swish, GELU,
-    Mish and LSTM kernels) against float64 over their whole range, with inf, NaN and the ends of exp's range."""
+    """layers/kernels.py's exp32, tanh32, sigmoid32, erfc32, log32 and pow (the float32 Sigmoid, TanH, ELU, Exp,
+    Swish, GELU, Mish, LRN and LSTM kernels) against float64 over their whole range, with inf, NaN and the ends of
+    exp's range."""
     import math
     from numba import njit
-    from layers.kernels import erfc32, exp32, sigmoid32, tanh32
+    from layers.kernels import erfc32, exp32, fast_pow, log32, sigmoid32, tanh32
 
     @njit(error_model="numpy")
     def apply(x, out):
@@ -410,6 +411,20 @@ def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
         for i in range(x.size):
             out[i] = erfc32(x[i])
 
+    @njit(error_model="numpy")
+    def log_and_pow(x, out):
+        for i in range(x.size):
+            out[0, i], out[1, i] = log32(x[i]), fast_pow(x[i], np.float32(-0.75))
+
+    x = np.exp(np.linspace(-87, 88, 300001)).astype(np.float32)
+    got = np.empty((2, x.size), np.float32)
+    log_and_pow(x, got)
+    x64 = x.astype(np.float64)
+    assert (np.abs(got[0] - np.log(x64)) / np.maximum(np.abs(np.log(x64)), 1e-3)).max() <= 2e-7
+    ok = np.abs(0.75 * np.log(x64)) < 87  # x^-0.75 a normal float32
+    rel = np.abs(got[1] - x64 ** -0.75) / x64 ** -0.75
+    assert rel[ok].max() <= 1e-5  # p log(x) rounded to float32: ~4e-6 absolute where |log x| ~ 60
+    assert rel[(x64 >= 1) & (x64 <= 1e4)].max() <= 1e-6  # LRN's scale: k + alpha/n sum x^2 >= k = 1
     z = np.linspace(-10, 10, 200001).astype(np.float32)
     got = np.empty_like(z)
     erfc_of(z, got)
