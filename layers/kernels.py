@@ -159,6 +159,22 @@ def _fast_pow(x, p):
     return lambda x, p: x ** p
 
 
+def fast_log1p(u):
+    """log(1 + u): for float32 through log32 (log(w) u / (w - 1), w = 1 + u rounded: accurate for small u too),
+    NumPy's log1p otherwise."""
+    return np.log1p(u)
+
+
+@overload(fast_log1p, inline="always")
+def _fast_log1p(u):
+    if u == types.float32:
+        def impl(u):
+            w = np.float32(1.0) + u
+            return u if w == np.float32(1.0) else log32(w) * (u / (w - np.float32(1.0)))
+        return impl
+    return lambda u: np.log1p(u)
+
+
 def fast_exp(x):
     """exp: exp32 for float32 (vectorized), NumPy's exact exp otherwise."""
     return np.exp(x)
@@ -323,19 +339,26 @@ def row_normalize_backward(y, dy, std, scale_var, dx):
                 dx[r, i] = dy[r, i] - a
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sigmoid_xent(x, t, ignore, has_ignore, grad):
-    """Stable sigmoid cross-entropy: returns (loss sum, valid count); grad = sigmoid(x) - t (0 if ignored)."""
+    """Stable sigmoid cross-entropy: returns (loss sum, valid count); grad = sigmoid(x) - t (0 if ignored). Each
+    value's loss max(x, 0) - x t + log(1 + exp(-|x|)) and gradient in one vectorized pass (float32: exp32, log1p
+    through log32), then the sum in float64 over the values not ignored."""
+    n = x.size
+    terms = np.empty(n, x.dtype)
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for i in range(n):
+        v = x[i]
+        e = fast_exp(-abs(v))  # (0, 1]: no overflow on either side
+        terms[i] = max(v, zero) - v * t[i] + fast_log1p(e)
+        grad[i] = (one if v >= 0 else e) / (one + e) - t[i]
     loss = 0.0
     valid = 0
-    for i in range(x.size):
+    for i in range(n):
         if has_ignore and t[i] == ignore:
             grad[i] = 0.0
             continue
-        v = x[i]
-        pos = 1.0 if v >= 0 else 0.0
-        loss -= v * (t[i] - pos) - np.log1p(np.exp(v - 2.0 * v * pos))
-        grad[i] = 1.0 / (1.0 + np.exp(-v)) - t[i]
+        loss += terms[i]
         valid += 1
     return loss, valid
 

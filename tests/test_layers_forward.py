@@ -399,7 +399,7 @@ def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
     exp's range."""
     import math
     from numba import njit
-    from layers.kernels import erfc32, exp32, fast_pow, log32, sigmoid32, tanh32
+    from layers.kernels import erfc32, exp32, fast_log1p, fast_pow, log32, sigmoid32, tanh32
 
     @njit(error_model="numpy")
     def apply(x, out):
@@ -416,6 +416,15 @@ def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
         for i in range(x.size):
             out[0, i], out[1, i] = log32(x[i]), fast_pow(x[i], np.float32(-0.75))
 
+    @njit(error_model="numpy")
+    def log1p_of(u, out):
+        for i in range(u.size):
+            out[i] = fast_log1p(u[i])
+
+    u = np.exp(np.linspace(-69, 0, 200001)).astype(np.float32)  # 1e-30 .. 1: sigmoid cross-entropy's exp(-|x|)
+    got = np.empty_like(u)
+    log1p_of(u, got)
+    assert (np.abs(got - np.log1p(u.astype(np.float64))) / np.log1p(u.astype(np.float64))).max() <= 3e-7
     x = np.exp(np.linspace(-87, 88, 300001)).astype(np.float32)
     got = np.empty((2, x.size), np.float32)
     log_and_pow(x, got)
