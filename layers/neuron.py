@@ -291,6 +291,10 @@ def clip_bwd(x, y, dy, lo, hi, c, dx):
 
 @njit(cache=True, nogil=True)
 def threshold_fwd(x, t, b, c, y):
+    if same(x, y):
+        for i in range(y.size):
+            y[i] = 1.0 if y[i] > t else 0.0
+        return
     for i in range(x.size):
         y[i] = 1.0 if x[i] > t else 0.0
 
@@ -646,17 +650,29 @@ def prelu_fwd(x, a, y):
                 y[n, c, i] = v if v > 0 else v * a[c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def prelu_bwd(x, a, dy, dx, da, want_dx):
+    """da[c] += sum of dy * min(x, 0) over N and the plane (float64 sums); with want_dx, dx = dy where x > 0, dy a
+    elsewhere (in place too: dx on dy)."""
     n_img, chans, inner = x.shape
+    in_place = same(dy, dx)
+    zero = x.dtype.type(0)
     for n in range(n_img):
         for c in range(chans):
+            xr, gr, s = x[n, c], dy[n, c], a[c]
+            acc = 0.0
             for i in range(inner):
-                v = x[n, c, i]
-                if v <= 0:
-                    da[c] += dy[n, c, i] * v
-                if want_dx:
-                    dx[n, c, i] = dy[n, c, i] if v > 0 else dy[n, c, i] * a[c]
+                acc += gr[i] * min(xr[i], zero)
+            da[c] += acc
+            if not want_dx:
+                continue
+            dr = dx[n, c]
+            if in_place:
+                for i in range(inner):
+                    dr[i] = dr[i] if xr[i] > 0 else dr[i] * s
+            else:
+                for i in range(inner):
+                    dr[i] = gr[i] if xr[i] > 0 else gr[i] * s
 
 
 @register("PReLU")
