@@ -159,6 +159,24 @@ def _fast_pow(x, p):
     return lambda x, p: x ** p
 
 
+def fast_log(x):
+    """log: log32 for float32 (vectorized) with libm's ends (log 0 = -inf, log inf = inf, NaN below 0), NumPy's
+    log otherwise."""
+    return np.log(x)
+
+
+@overload(fast_log, inline="always")
+def _fast_log(x):
+    if x == types.float32:
+        def impl(x):
+            r = log32(x)
+            r = np.float32(-np.inf) if x == np.float32(0.0) else r
+            r = np.float32(np.inf) if x == np.float32(np.inf) else r
+            return r if x > np.float32(0.0) or x == np.float32(0.0) else np.float32(np.nan)
+        return impl
+    return lambda x: np.log(x)
+
+
 def fast_log1p(u):
     """log(1 + u): for float32 through log32 (log(w) u / (w - 1), w = 1 + u rounded: accurate for small u too),
     NumPy's log1p otherwise."""

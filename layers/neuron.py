@@ -7,7 +7,8 @@ import numpy as np
 from numba import njit
 
 from .base import Field, Layer, register
-from .kernels import erfc32, exp32, fast_exp, fast_sigmoid, fast_tanh, masked_scale, same, sigmoid32
+from .kernels import (erfc32, exp32, fast_exp, fast_log, fast_log1p, fast_sigmoid, fast_tanh, masked_scale, same,
+                      sigmoid32)
 
 
 class Neuron(Layer):
@@ -190,18 +191,21 @@ def abs_bwd(x, y, dy, a, b, c, dx):
         dx[i] = dy[i] * (1.0 if x[i] > 0 else -1.0 if x[i] < 0 else 0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def bnll_fwd(x, a, b, c, y):
+    """max(x, 0) + log(1 + exp(-|x|)) (Caffe's two branches in one); float32: exp32 and log1p through log32."""
+    zero = x.dtype.type(0)
     for i in range(x.size):
         v = x[i]
-        y[i] = v + np.log1p(np.exp(-v)) if v > 0 else np.log1p(np.exp(v))
+        y[i] = max(v, zero) + fast_log1p(fast_exp(-abs(v)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def bnll_bwd(x, y, dy, a, b, c, dx):
+    cap, one = x.dtype.type(50.0), x.dtype.type(1.0)  # Caffe's kBNLL_THRESHOLD
     for i in range(x.size):
-        e = np.exp(min(x[i], 50.0))  # Caffe's kBNLL_THRESHOLD
-        dx[i] = dy[i] * e / (e + 1.0)
+        e = fast_exp(min(x[i], cap))
+        dx[i] = dy[i] * e / (e + one)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -229,18 +233,43 @@ def elu_bwd(x, y, dy, alpha, b, c, dx):
         dx[i] = dy[i] if y[i] > 0 else dy[i] * (y[i] + alpha)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def power_fwd(x, power, scale, shift, y):
-    for i in range(x.size):
-        y[i] = (shift + scale * x[i]) ** power
+    """(shift + scale x) ^ power; the powers 1, 2 and 0.5 as products and a square root (vectorized: libm's pow
+    runs one value at a time)."""
+    if power == 1.0:
+        for i in range(x.size):
+            y[i] = shift + scale * x[i]
+    elif power == 2.0:
+        for i in range(x.size):
+            v = shift + scale * x[i]
+            y[i] = v * v
+    elif power == 0.5:
+        for i in range(x.size):
+            y[i] = np.sqrt(shift + scale * x[i])
+    else:
+        for i in range(x.size):
+            y[i] = (shift + scale * x[i]) ** power
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def power_bwd(x, y, dy, power, scale, shift, dx):
-    for i in range(x.size):
-        if power == 0.0:
+    if power == 0.0:
+        for i in range(x.size):
             dx[i] = 0.0
-        else:
+    elif power == 1.0:
+        for i in range(x.size):
+            dx[i] = dy[i] * scale
+    elif power == 2.0:
+        k = power * scale
+        for i in range(x.size):
+            dx[i] = dy[i] * k * (shift + scale * x[i])
+    elif power == 0.5:
+        k = power * scale
+        for i in range(x.size):
+            dx[i] = dy[i] * k / np.sqrt(shift + scale * x[i])
+    else:
+        for i in range(x.size):
             dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
 
 
@@ -265,10 +294,11 @@ def exp_bwd(x, y, dy, log_base, scale, shift, dx):
         dx[i] = dy[i] * y[i] * log_base * scale
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def log_fwd(x, inv_log_base, scale, shift, y):
+    """float32: log32 (vectorized), with log(0) = -inf, log(inf) = inf and NaN below 0 as libm's."""
     for i in range(x.size):
-        y[i] = np.log(shift + scale * x[i]) * inv_log_base
+        y[i] = fast_log(shift + scale * x[i]) * inv_log_base
 
 
 @njit(cache=True, nogil=True)

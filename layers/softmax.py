@@ -9,7 +9,7 @@ from numba import njit
 
 from netspec.errors import LayerError, UserError
 from .base import Field, Layer, count, register
-from .kernels import fast_exp
+from .kernels import fast_exp, same
 
 FLT_MIN = np.float32(1.1754943508222875e-38)
 IGNORED, BAD = -1, -2
@@ -89,17 +89,37 @@ def softmax_forward(x, y):
         (_softmax_planes_kernel if planes else _softmax_rows_kernel)(x, y)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _softmax_backward_planes(y, dy, dx, o, dot):
+    chans, inner = y.shape[1], y.shape[2]
+    for i in range(inner):
+        dot[i] = 0.0
+    for c in range(chans):
+        for i in range(inner):
+            dot[i] += dy[o, c, i] * y[o, c, i]
+    for c in range(chans):
+        for i in range(inner):
+            dx[o, c, i] = y[o, c, i] * (dy[o, c, i] - dot[i])
+
+
 @njit(cache=True, nogil=True)
 def softmax_backward(y, dy, dx):
-    """dx = y * (dy - sum_c dy*y)."""
+    """dx = y * (dy - sum_c dy*y): vectorized along inner where inner > 1 (in place too), else a row at a time."""
     outer, chans, inner = y.shape
+    if inner > 1:
+        dot = np.empty(inner, np.float64)
+        for o in range(outer):
+            if same(dy, dx):
+                _softmax_backward_planes(y, dx, dx, o, dot)
+            else:
+                _softmax_backward_planes(y, dy, dx, o, dot)
+        return
     for o in range(outer):
-        for i in range(inner):
-            dot = 0.0
-            for c in range(chans):
-                dot += dy[o, c, i] * y[o, c, i]
-            for c in range(chans):
-                dx[o, c, i] = y[o, c, i] * (dy[o, c, i] - dot)
+        d = 0.0
+        for c in range(chans):
+            d += dy[o, c, 0] * y[o, c, 0]
+        for c in range(chans):
+            dx[o, c, 0] = y[o, c, 0] * (dy[o, c, 0] - d)
 
 
 @njit(cache=True, nogil=True)

@@ -518,3 +518,41 @@ def test_float32_elementwise_layers_equal_float64_over_a_wide_range(type_name):
         assert (np.isfinite(got) == finite).all(), type_name
         scale = max(1.0, np.abs(want[finite]).max())
         assert np.abs(got[finite] - want[finite]).max() <= 4e-6 * scale, type_name
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5, 3.0, 0.0])
+def test_power_layer_special_powers_equal_the_formula(power):
+    """Power's kernels compute the powers 1, 2 and 0.5 as products and a square root (vectorized), others with
+    pow: forward and backward against the formula in float64, in float32 and float64."""
+    x = np.linspace(0.1, 4.0, 50).reshape(2, 25)
+    spec = {"power_param": {"power": power, "scale": 1.5, "shift": 0.25}}
+    base = 0.25 + 1.5 * x
+    dtop = np.cos(np.arange(x.size)).reshape(x.shape)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-6)):
+        layer, tops = make_layer("Power", spec, [x.shape], dtype=dtype)
+        bottom = Blob("x", x.shape, dtype)
+        bottom.data[...] = x
+        layer.forward([bottom], tops)
+        tops[0].diff[...] = dtop
+        layer.backward(tops, [True], [bottom])
+        np.testing.assert_allclose(tops[0].data, base ** power, rtol=tol)
+        want = dtop * power * 1.5 * base ** (power - 1) if power else np.zeros_like(x)
+        np.testing.assert_allclose(bottom.diff, want, rtol=tol, atol=tol)
+
+
+def test_float32_log_keeps_libms_ends():
+    """Log's float32 kernel (log32) gives -inf at 0, inf at inf and NaN below 0, as np.log."""
+    x = np.array([[0.0, -1.0, np.inf, 1.0, 1e-30, 3e38]], np.float32)
+    (y,), _ = run_with_nan_ok("Log", {}, x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log(x.astype(np.float64))
+    assert y[0, 0] == -np.inf and np.isnan(y[0, 1]) and y[0, 2] == np.inf
+    np.testing.assert_allclose(y[0, 3:], want[0, 3:], rtol=2e-7, atol=1e-7)
+
+
+def run_with_nan_ok(type_name, spec, x):
+    layer, tops = make_layer(type_name, spec, [x.shape], dtype=np.float32)
+    bottom = Blob("x", x.shape, np.float32)
+    bottom.data[...] = x
+    layer.forward([bottom], tops)
+    return [t.data.copy() for t in tops], layer
