@@ -317,7 +317,7 @@ def sub_into(a, b, out):
     return acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
 def row_normalize(x, eps, scale_var, y, std):
     """MVN per row of x (rows, n): y = x - mean, divided by (std + eps) when scale_var; std[r] = std + eps."""
     rows, n = x.shape
@@ -338,7 +338,7 @@ def row_normalize(x, eps, scale_var, y, std):
                 y[r, i] /= s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def row_normalize_backward(y, dy, std, scale_var, dx):
     """Caffe's MVN backward: dx = (dy - mean(dy) - mean(dy * y) * y) / (std + eps), or dy - mean(dy)."""
     rows, n = y.shape

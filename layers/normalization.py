@@ -498,17 +498,57 @@ class MVN(Layer):
                                    self.p.normalize_variance, bottom[0].diff.reshape(self.view))
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
+def normalize_rows(x, eps, y, inv):
+    """y = (x - mean) / sqrt(var + eps) per row of x (rows, n), inv[r, 0] = 1 / sqrt(var + eps); the mean and
+    the biased variance in float64."""
+    rows, n = x.shape
+    for r in range(rows):
+        xr, yr = x[r], y[r]
+        acc = 0.0
+        for i in range(n):
+            acc += xr[i]
+        mu = acc / n
+        acc = 0.0
+        for i in range(n):
+            d = xr[i] - mu
+            acc += d * d
+        k = 1.0 / np.sqrt(acc / n + eps)
+        inv[r, 0] = k
+        m, kk = x.dtype.type(mu), x.dtype.type(k)
+        for i in range(n):
+            yr[i] = (xr[i] - m) * kk
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def normalize_rows_backward(y, inv, dy, dx):
+    """dx = inv * (dy - mean(dy) - y * mean(dy * y)) per row (the means in float64)."""
+    rows, n = y.shape
+    for r in range(rows):
+        yr, gr, dr = y[r], dy[r], dx[r]
+        a = 0.0
+        b = 0.0
+        for i in range(n):
+            a += gr[i]
+            b += gr[i] * yr[i]
+        k = inv[r, 0]
+        am, bm = y.dtype.type(a / n), y.dtype.type(b / n)
+        for i in range(n):
+            dr[i] = k * (gr[i] - am - yr[i] * bm)
+
+
 def _normalize_rows(x, eps):
-    """(x - mean) / sqrt(var + eps) per row of a 2-D view; returns (y, 1 / sqrt(var + eps))."""
-    mean = x.mean(axis=1, keepdims=True)
-    centred = x - mean
-    inv = 1.0 / np.sqrt((centred * centred).mean(axis=1, keepdims=True) + eps)
-    return centred * inv, inv
+    """(x - mean) / sqrt(var + eps) per row of a 2-D view; returns (y, 1 / sqrt(var + eps) as (rows, 1))."""
+    y, inv = np.empty(x.shape, x.dtype), np.empty((x.shape[0], 1), x.dtype)
+    normalize_rows(np.ascontiguousarray(x), float(eps), y, inv)
+    return y, inv
 
 
 def _normalize_rows_backward(y, inv, dy):
     """The gradient through _normalize_rows: inv * (dy - mean(dy) - y * mean(dy * y)), per row."""
-    return inv * (dy - dy.mean(axis=1, keepdims=True) - y * (dy * y).mean(axis=1, keepdims=True))
+    dx = np.empty(y.shape, y.dtype)
+    normalize_rows_backward(np.ascontiguousarray(y), inv, np.ascontiguousarray(dy), dx)
+    return dx
 
 
 @register("LayerNorm")
