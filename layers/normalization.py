@@ -499,12 +499,14 @@ class MVN(Layer):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
-def normalize_rows(x, eps, y, inv):
-    """y = (x - mean) / sqrt(var + eps) per row of x (rows, n), inv[r, 0] = 1 / sqrt(var + eps); the mean and
-    the biased variance in float64."""
+def normalize_rows(x, eps, y, inv, gamma, beta, affine, top):
+    """y = (x - mean) / sqrt(var + eps) per row of x (rows, n), inv[r] = 1 / sqrt(var + eps) (the mean and the
+    biased variance in float64); top = y * gamma + beta with affine (gamma, beta (G, n): row r takes row r % G,
+    GroupNorm's group; LayerNorm's G = 1), else top = y."""
     rows, n = x.shape
+    groups = gamma.shape[0]
     for r in range(rows):
-        xr, yr = x[r], y[r]
+        xr, yr, tr = x[r], y[r], top[r]
         acc = 0.0
         for i in range(n):
             acc += xr[i]
@@ -514,45 +516,87 @@ def normalize_rows(x, eps, y, inv):
             d = xr[i] - mu
             acc += d * d
         k = 1.0 / np.sqrt(acc / n + eps)
-        inv[r, 0] = k
+        inv[r] = k
         m, kk = x.dtype.type(mu), x.dtype.type(k)
         for i in range(n):
             yr[i] = (xr[i] - m) * kk
+        if affine:
+            g, b = gamma[r % groups], beta[r % groups]
+            for i in range(n):
+                tr[i] = yr[i] * g[i] + b[i]
+        else:
+            for i in range(n):
+                tr[i] = yr[i]
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def normalize_rows_backward(y, inv, dy, dx):
-    """dx = inv * (dy - mean(dy) - y * mean(dy * y)) per row (the means in float64)."""
+def normalize_rows_backward(y, inv, dy, gamma, affine, dgamma, dbeta, want_dx, dx):
+    """Through normalize_rows: with affine, dgamma[r % G] += dy * y and dbeta[r % G] += dy (float64, (G, n)) and
+    dy times gamma goes on; dx = inv * (dy - mean(dy) - y * mean(dy * y)) per row (the means in float64)."""
     rows, n = y.shape
+    groups = gamma.shape[0]
     for r in range(rows):
         yr, gr, dr = y[r], dy[r], dx[r]
         a = 0.0
         b = 0.0
-        for i in range(n):
-            a += gr[i]
-            b += gr[i] * yr[i]
-        k = inv[r, 0]
-        am, bm = y.dtype.type(a / n), y.dtype.type(b / n)
-        for i in range(n):
-            dr[i] = k * (gr[i] - am - yr[i] * bm)
+        if affine:
+            g, dg, db = gamma[r % groups], dgamma[r % groups], dbeta[r % groups]
+            for i in range(n):
+                dg[i] += gr[i] * yr[i]
+                db[i] += gr[i]
+            if not want_dx:
+                continue
+            for i in range(n):
+                e = gr[i] * g[i]
+                a += e
+                b += e * yr[i]
+            k = inv[r]
+            am, bm = y.dtype.type(a / n), y.dtype.type(b / n)
+            for i in range(n):
+                dr[i] = k * (gr[i] * g[i] - am - yr[i] * bm)
+        elif want_dx:
+            for i in range(n):
+                a += gr[i]
+                b += gr[i] * yr[i]
+            k = inv[r]
+            am, bm = y.dtype.type(a / n), y.dtype.type(b / n)
+            for i in range(n):
+                dr[i] = k * (gr[i] - am - yr[i] * bm)
 
 
-def _normalize_rows(x, eps):
-    """(x - mean) / sqrt(var + eps) per row of a 2-D view; returns (y, 1 / sqrt(var + eps) as (rows, 1))."""
-    y, inv = np.empty(x.shape, x.dtype), np.empty((x.shape[0], 1), x.dtype)
-    normalize_rows(np.ascontiguousarray(x), float(eps), y, inv)
-    return y, inv
+class _RowNorm(Layer):
+    """LayerNorm and GroupNorm: rows of the bottom's view normalized (normalize_rows), then an affine map per row
+    of gamma and beta laid out (G, n) (`_affine`); the layers say how their parameters lay out and sum back."""
+    backward_reads = ()
 
+    def batch_coupling(self):
+        return None  # each example on its own
 
-def _normalize_rows_backward(y, inv, dy):
-    """The gradient through _normalize_rows: inv * (dy - mean(dy) - y * mean(dy * y)), per row."""
-    dx = np.empty(y.shape, y.dtype)
-    normalize_rows_backward(np.ascontiguousarray(y), inv, np.ascontiguousarray(dy), dx)
-    return dx
+    def forward(self, bottom, top):
+        x = np.ascontiguousarray(bottom[0].data.reshape(self.view))
+        if getattr(self, "y", None) is None or self.y.shape != x.shape or self.y.dtype != x.dtype:
+            self.y, self.inv = np.empty(x.shape, x.dtype), np.empty(x.shape[0], x.dtype)
+        gamma, beta = self._affine() if self.p.affine else (self.y[:1], self.y[:1])
+        normalize_rows(x, float(self.p.eps), self.y, self.inv, gamma, beta, self.p.affine,
+                       top[0].data.reshape(self.view))
+
+    def backward(self, top, propagate_down, bottom):
+        dy = np.ascontiguousarray(top[0].diff.reshape(self.view))
+        gamma = self._affine()[0] if self.p.affine else self.y[:1]
+        sums = np.zeros((2,) + gamma.shape) if self.p.affine else np.zeros((2, 1, 1))
+        dx = bottom[0].diff.reshape(self.view)
+        out = dx if dx.flags.c_contiguous else np.empty(dx.shape, dx.dtype)
+        normalize_rows_backward(self.y, self.inv, dy, gamma, self.p.affine, sums[0], sums[1], bool(propagate_down[0]),
+                                out)
+        if out is not dx and propagate_down[0]:
+            dx[...] = out
+        if self.p.affine:
+            self._sum_back(sums[0], self.blobs[0].diff)
+            self._sum_back(sums[1], self.blobs[1].diff)
 
 
 @register("LayerNorm")
-class LayerNorm(Layer):
+class LayerNorm(_RowNorm):
     """Layer normalization (Ba et al.; PyTorch's nn.LayerNorm): each example normalized over the axes from
     layer_norm_param.axis to the end, then (affine) scaled and shifted elementwise by learnable gamma, beta of that
     shape (gamma filled with 1, beta with 0). Shapes: any -> same."""
@@ -577,28 +621,15 @@ class LayerNorm(Layer):
                                 (self.norm_shape, {"type": "constant", "value": 0})]
         return [s]
 
-    def batch_coupling(self):
-        return None  # each example on its own
+    def _affine(self):
+        return self.blobs[0].data.reshape(1, -1), self.blobs[1].data.reshape(1, -1)
 
-    def forward(self, bottom, top):
-        y, self.inv = _normalize_rows(bottom[0].data.reshape(self.view), self.dtype.type(self.p.eps))
-        self.y = y
-        if self.p.affine:
-            y = y * self.blobs[0].data.reshape(1, -1) + self.blobs[1].data.reshape(1, -1)
-        top[0].data[...] = y.reshape(top[0].data.shape)
-
-    def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff.reshape(self.view)
-        if self.p.affine:
-            self.blobs[0].diff += (dy * self.y).sum(axis=0).reshape(self.norm_shape)
-            self.blobs[1].diff += dy.sum(axis=0).reshape(self.norm_shape)
-            dy = dy * self.blobs[0].data.reshape(1, -1)
-        if propagate_down[0]:
-            bottom[0].diff[...] = _normalize_rows_backward(self.y, self.inv, dy).reshape(bottom[0].diff.shape)
+    def _sum_back(self, part, diff):
+        diff += part.reshape(diff.shape)
 
 
 @register("GroupNorm")
-class GroupNorm(Layer):
+class GroupNorm(_RowNorm):
     """Group normalization (Wu and He; PyTorch's nn.GroupNorm): the channels of each example in group_norm_param
     .num_groups groups, each group normalized over its channels and positions, then (affine) scaled and shifted per
     channel by learnable gamma (1) and beta (0). Bottom (N, C, ...) -> same; C a multiple of num_groups."""
@@ -622,27 +653,11 @@ class GroupNorm(Layer):
             self.blob_shapes = [((s[1],), {"type": "constant", "value": 1}), ((s[1],), {"type": "constant", "value": 0})]
         return [s]
 
-    def batch_coupling(self):
-        return None  # each example on its own
+    def _affine(self):
+        """gamma and beta (G, channels per group * inner): each channel's value repeated over its positions."""
+        shape = (self.p.num_groups, -1)
+        return (np.repeat(self.blobs[0].data, self.inner).reshape(shape),
+                np.repeat(self.blobs[1].data, self.inner).reshape(shape))
 
-    def _per_channel(self, a):
-        return a.reshape(1, self.channels, 1)
-
-    def forward(self, bottom, top):
-        y, self.inv = _normalize_rows(bottom[0].data.reshape(self.view), self.dtype.type(self.p.eps))
-        self.y = y
-        out = y.reshape(-1, self.channels, self.inner)
-        if self.p.affine:
-            out = out * self._per_channel(self.blobs[0].data) + self._per_channel(self.blobs[1].data)
-        top[0].data[...] = out.reshape(top[0].data.shape)
-
-    def backward(self, top, propagate_down, bottom):
-        dy = top[0].diff.reshape(-1, self.channels, self.inner)
-        if self.p.affine:
-            y = self.y.reshape(dy.shape)
-            self.blobs[0].diff += (dy * y).sum(axis=(0, 2))
-            self.blobs[1].diff += dy.sum(axis=(0, 2))
-            dy = dy * self._per_channel(self.blobs[0].data)
-        if propagate_down[0]:
-            dx = _normalize_rows_backward(self.y, self.inv, dy.reshape(self.view))
-            bottom[0].diff[...] = dx.reshape(bottom[0].diff.shape)
+    def _sum_back(self, part, diff):
+        diff += part.reshape(self.channels, self.inner).sum(axis=1)

@@ -269,3 +269,50 @@ def test_lrn_across_channels_running_sums_equal_the_window_formula(chans, size):
     dx = np.empty_like(x)
     lrn_across_backward(x, y, scale, dy, size, coeff, beta, dx)
     np.testing.assert_allclose(dx, expect_dx, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("type_name, spec, shape", [
+    ("LayerNorm", {}, (3, 4, 5)), ("LayerNorm", {"layer_norm_param": {"axis": 2}}, (2, 3, 6)),
+    ("GroupNorm", {"group_norm_param": {"num_groups": 2}}, (2, 4, 3, 5)),
+    ("GroupNorm", {"group_norm_param": {"num_groups": 4}}, (3, 4, 7))])
+def test_layernorm_and_groupnorm_with_learned_gamma_and_beta_against_numpy(type_name, spec, shape):
+    """Forward, bottom diff and gamma/beta gradients with random gamma and beta (their fillers make them 1 and 0,
+    under which the gradient checks cannot see gamma in the bottom diff), against a NumPy formula, float64."""
+    from layers.base import Blob
+    from tests.gradcheck import make_layer
+    rng = np.random.default_rng(7)
+    x, dtop = rng.normal(size=shape) * 2 + 1, rng.normal(size=shape)
+    layer, tops = make_layer(type_name, spec, [shape])
+    gamma, beta = (rng.normal(size=b.shape) for b in layer.blobs)
+    layer.blobs[0].data[...], layer.blobs[1].data[...] = gamma, beta
+    bottom = Blob("x", shape, np.float64)
+    bottom.data[...] = x
+    layer.forward([bottom], tops)
+    tops[0].diff[...] = dtop
+    layer.backward(tops, [True], [bottom])
+    if type_name == "LayerNorm":
+        a = spec.get("layer_norm_param", {}).get("axis", 1)
+        rows, g_full, b_full = x.reshape(int(np.prod(shape[:a])), -1), gamma.reshape(1, -1), beta.reshape(1, -1)
+        per_row = lambda v: v.reshape(rows.shape)  # noqa: E731
+    else:
+        groups = spec["group_norm_param"]["num_groups"]
+        rows = x.reshape(shape[0] * groups, -1)
+        inner = int(np.prod(shape[2:]))
+        g_full = np.tile(np.repeat(gamma, inner).reshape(groups, -1), (shape[0], 1))
+        b_full = np.tile(np.repeat(beta, inner).reshape(groups, -1), (shape[0], 1))
+        per_row = lambda v: v.reshape(rows.shape)  # noqa: E731
+    mu, var = rows.mean(1, keepdims=True), rows.var(1, keepdims=True)
+    inv = 1 / np.sqrt(var + 1e-5)
+    y = (rows - mu) * inv
+    np.testing.assert_allclose(tops[0].data.reshape(rows.shape), y * g_full + b_full, rtol=1e-10, atol=1e-12)
+    d = per_row(dtop) * g_full
+    dx = inv * (d - d.mean(1, keepdims=True) - y * (d * y).mean(1, keepdims=True))
+    np.testing.assert_allclose(bottom.diff.reshape(rows.shape), dx, rtol=1e-9, atol=1e-12)
+    dg, db = per_row(dtop) * y, per_row(dtop)
+    if type_name == "LayerNorm":
+        dg, db = dg.sum(0), db.sum(0)
+    else:
+        dg = dg.reshape(shape[0], shape[1], -1).sum(axis=(0, 2))
+        db = db.reshape(shape[0], shape[1], -1).sum(axis=(0, 2))
+    np.testing.assert_allclose(layer.blobs[0].diff.ravel(), dg.ravel(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.blobs[1].diff.ravel(), db.ravel(), rtol=1e-10, atol=1e-12)
