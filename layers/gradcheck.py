@@ -56,6 +56,12 @@ def check_gradients(type_name, spec, bottoms, check_bottoms=None, eps=1e-5, rtol
     """Compare analytic and numerical gradients; returns the largest absolute error seen."""
     shapes = [b.shape for b in bottoms]
     layer, tops = make_layer(type_name, spec, shapes, seed=seed)
+    vary = np.random.default_rng(seed + 3)
+    for b, (_, filler) in zip(layer.blobs if not layer.statistics else (), getattr(layer, "blob_shapes", ())):
+        if isinstance(filler, dict) and filler.get("type", "constant") == "constant" and "array" not in filler:
+            # a constant fill (Scale's gamma 1, Bias 0, LayerNorm's gamma and beta) would hide a parameter left out
+            # of a bottom's gradient (gamma 1) or of the top (beta 0): values around the constant instead
+            b.data[...] = b.data + vary.uniform(0.5, 1.5, b.shape) * vary.choice([-1, 1], b.shape) * 0.5
     bottom = [Blob(f"b{i}", a.shape, np.float64) for i, a in enumerate(bottoms)]
     for b, a in zip(bottom, bottoms):
         b.data[...] = a
