@@ -116,16 +116,6 @@ def sigmoid32(x):
     return one / (one + exp32(-x))
 
 
-def fast_tanh(x):
-    """tanh: tanh32 for float32 (vectorized), NumPy's exact tanh otherwise (float64: the gradient checks)."""
-    return np.tanh(x)
-
-
-def fast_sigmoid(x):
-    """1 / (1 + exp(-x)): sigmoid32 for float32 (vectorized), exact otherwise."""
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def erfc32(x):
     """erfc in float32 arithmetic through exp32 (Numerical Recipes' erfcc, a Chebyshev fit with a relative error
@@ -147,12 +137,36 @@ def erfc32(x):
     return r if x >= 0 else np.float32(2.0) - r
 
 
+def fast_tanh(x):
+    """tanh: tanh32 for float32 (vectorized), NumPy's exact tanh otherwise (float64: the gradient checks)."""
+    return np.tanh(x)
+
+
+@overload(fast_tanh)
+def _fast_tanh(x):
+    if x == types.float32:
+        return lambda x: tanh32(x)
+    return lambda x: np.tanh(x)
+
+
+def fast_sigmoid(x):
+    """1 / (1 + exp(-x)): sigmoid32 for float32 (vectorized), exact otherwise."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@overload(fast_sigmoid)
+def _fast_sigmoid(x):
+    if x == types.float32:
+        return lambda x: sigmoid32(x)
+    return lambda x: 1.0 / (1.0 + np.exp(-x))
+
+
 def fast_pow(x, p):
     """x ** p for x > 0: exp32(p log32(x)) for float32 (vectorized; within a few ulp), x ** p otherwise."""
     return x ** p
 
 
-@overload(fast_pow, inline="always")
+@overload(fast_pow, inline="always")  # inlined by Numba: LLVM left this larger body a call, and the loop scalar
 def _fast_pow(x, p):
     if x == types.float32 and p == types.float32:
         return lambda x, p: exp32(p * log32(x))
@@ -203,20 +217,6 @@ def _fast_exp(x):
     if x == types.float32:
         return lambda x: exp32(x)
     return lambda x: np.exp(x)
-
-
-@overload(fast_tanh)
-def _fast_tanh(x):
-    if x == types.float32:
-        return lambda x: tanh32(x)
-    return lambda x: np.tanh(x)
-
-
-@overload(fast_sigmoid)
-def _fast_sigmoid(x):
-    if x == types.float32:
-        return lambda x: sigmoid32(x)
-    return lambda x: 1.0 / (1.0 + np.exp(-x))
 
 
 @njit(cache=True, nogil=True)

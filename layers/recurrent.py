@@ -18,7 +18,7 @@ from numba import njit
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .cpu import _sgemm, gemm, gemm_acc, pooled
-from .kernels import sigmoid32 as _sigmoid32, tanh32 as _tanh32
+from .kernels import sigmoid32, tanh32
 from .simd import PIX_MR, PIX_NV, VECTOR_BYTES, tile_pixels
 
 FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
@@ -93,17 +93,17 @@ def lstm_step32(gate, gx, keep, c_prev, c, tc, h, keep_next, hc_next):
         k = keep[j]
         gr, xr = gate[j], gx[j]
         for d in range(3 * hd):
-            gr[d] = _sigmoid32(gr[d] + xr[d])
+            gr[d] = sigmoid32(gr[d] + xr[d])
         g0 = 3 * hd
         for d in range(hd):  # NOTE: range(3 * hd, 4 * hd) stayed scalar (5x)
-            gr[g0 + d] = _tanh32(gr[g0 + d] + xr[g0 + d])
+            gr[g0 + d] = tanh32(gr[g0 + d] + xr[g0 + d])
         cr, tr, hr, pr = c[j], tc[j], h[j], c_prev[j]
         for d in range(hd):  # NOTE: short loops over few arrays each: one over all of them stayed scalar
             gr[hd + d] = gr[hd + d] * k if k != 0 else zero
         for d in range(hd):
             cr[d] = gr[hd + d] * pr[d] + gr[d] * gr[3 * hd + d]
         for d in range(hd):
-            tr[d] = _tanh32(cr[d])
+            tr[d] = tanh32(cr[d])
         for d in range(hd):
             hr[d] = gr[2 * hd + d] * tr[d]
         if hc_next.shape[0]:
