@@ -18,6 +18,7 @@ from netspec.prototxt import load as load_prototxt
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "caffe_parity")
 LAYERS = np.load(os.path.join(FIX, "layers.npz"))
 CASES = sorted({k.split("/")[0] for k in LAYERS.files})
+VECTORS = np.load(os.path.join(FIX, "vectors.npz"))  # longer bottoms: the vectorized kernels (make_fixtures.py)
 
 
 def close(ours, caffe, what, rtol=2e-4, atol=2e-5):
@@ -27,8 +28,8 @@ def close(ours, caffe, what, rtol=2e-4, atol=2e-5):
     np.testing.assert_allclose(ours, caffe, rtol=rtol, atol=atol * scale, err_msg=what)
 
 
-def run_case(name, tmp_path):
-    get = {k.split("/", 1)[1]: LAYERS[k] for k in LAYERS.files if k.split("/")[0] == name}
+def run_case(name, tmp_path, fixtures=LAYERS):
+    get = {k.split("/", 1)[1]: fixtures[k] for k in fixtures.files if k.split("/")[0] == name}
     path = tmp_path / f"{name}.prototxt"
     path.write_text(str(get["prototxt"]))
     if "H" in get:
@@ -99,6 +100,22 @@ def test_lstm_on_one_thread_matches_caffe(name, tmp_path):
         run_case(name, tmp_path)
     finally:
         numba.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", ["all", 1])
+@pytest.mark.parametrize("name", sorted({k.split("/")[0] for k in VECTORS.files}))
+def test_vectorized_kernels_match_caffe_on_longer_bottoms(name, threads, tmp_path):
+    """Hundreds of values a bottom (vectors.npz): the vector loops and their remainders, the float32 exp, log,
+    tanh and erfc approximations, Softmax along the planes, the LSTM's register tiles and its one-call steps (on
+    one thread), against real Caffe."""
+    import numba
+    before = numba.get_num_threads()
+    if threads == 1:
+        numba.set_num_threads(1)
+    try:
+        run_case(name, tmp_path, VECTORS)
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_every_shared_layer_type_has_a_caffe_case():

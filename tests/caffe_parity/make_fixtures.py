@@ -3,7 +3,7 @@
 
     python3 make_fixtures.py OUT_DIR [NETS_DIR]
 
-Writes OUT_DIR/layers.npz: for every case below, a net of Input layers feeding one layer (force_backward),
+Writes OUT_DIR/layers.npz (and vectors.npz, the longer VECTOR_CASES): for every case below, a net of Input layers feeding one layer (force_backward),
 with its bottoms, params, tops, the top diffs given and the bottom and param diffs Caffe computed. With
 NETS_DIR (made by export_nets.py outside the chroot: each model's net with its data layers replaced by Input,
 a batch of its real data, its solver), also OUT_DIR/nets.npz: per net, one forward/backward and 20 solver
@@ -195,6 +195,31 @@ CASES = {
                                    "dilation: 2 group: 3 }", [((2, 3, 9, 8), "normal")], {}),
 }
 
+# Longer bottoms for the vectorized kernels: their vector loops and remainders, the float32 exp/log/tanh/erfc
+# approximations over a spread of values, the LSTM's register tiles (N >= 6, H a multiple of the tile width, on
+# one thread) -> vectors.npz, kept small (hundreds of values a bottom).
+VECTOR_CASES = {
+    "sigmoid_wide": ("Sigmoid", "", [((2, 301), "normal")], {}),
+    "tanh_wide": ("TanH", "", [((2, 301), "normal")], {}),
+    "elu_wide": ("ELU", "elu_param { alpha: 0.7 }", [((2, 301), "away")], {}),
+    "exp_wide": ("Exp", "exp_param { base: 2 scale: 0.7 shift: 0.2 }", [((2, 301), "normal")], {}),
+    "bnll_wide": ("BNLL", "", [((2, 301), "normal")], {}),
+    "log_wide": ("Log", "log_param { scale: 2 shift: 0.1 }", [((2, 301), "positive")], {}),
+    "power_half_wide": ("Power", "power_param { power: 0.5 scale: 0.5 shift: 1.0 }", [((2, 301), "positive")], {}),
+    "power_square_wide": ("Power", "power_param { power: 2 scale: -1.5 shift: 0.3 }", [((2, 301), "normal")], {}),
+    "prelu_wide": ("PReLU", "", [((2, 3, 5, 37), "away")], {}),
+    "softmax_planes": ("Softmax", "", [((2, 21, 5, 7), "normal")], {}),
+    "softmax_loss_planes": ("SoftmaxWithLoss", "", [((2, 21, 5, 7), "normal"), ((2, 1, 5, 7), "labels:21")],
+                            {"check": [0]}),
+    "sigmoid_ce_wide": ("SigmoidCrossEntropyLoss", "", [((4, 196), "normal"), ((4, 196), "unit")], {"check": [0]}),
+    "lrn_across_wide": ("LRN", "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }", [((2, 12, 7, 5), "normal")],
+                        {}),
+    "mvn_wide": ("MVN", "", [((2, 3, 11, 13), "normal")], {}),
+    "lstm_tiles": ("LSTM", "recurrent_param { num_output: 32 weight_filler { type: 'uniform' min: -0.3 max: 0.3 } }",
+                   [((9, 7, 5), "normal"), ((9, 7), "binary")], {}),
+}
+
+
 
 def values(shape, kind, rng):
     n = int(np.prod(shape))
@@ -238,10 +263,10 @@ def write(path, text):
         f.write(text)
 
 
-def layer_fixtures(out):
+def layer_fixtures(out, cases=None, file="layers.npz"):
     rng = np.random.default_rng(1701)
     record = {}
-    for name, (kind, params, bottoms, opts) in CASES.items():
+    for name, (kind, params, bottoms, opts) in (CASES if cases is None else cases).items():
         rec = {"prototxt": np.array(layer_net(kind, params, bottoms, opts)), "phase": np.array(opts.get("phase", "TRAIN"))}
         text = layer_net(kind, params, bottoms, opts)
         if "pymodule" in opts:  # the Python layer's module, beside the script (and in the fixture for yaffe)
@@ -288,7 +313,7 @@ def layer_fixtures(out):
             rec["output_file"] = np.frombuffer(open(opts["output_file"], "rb").read(), np.uint8)
         for key, value in rec.items():
             record[f"{name}/{key}"] = value
-    np.savez_compressed(os.path.join(out, "layers.npz"), **record)
+    np.savez_compressed(os.path.join(out, file), **record)
 
 
 def net_fixtures(out, nets_dir):
@@ -345,5 +370,6 @@ if __name__ == "__main__":
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     layer_fixtures(out)
+    layer_fixtures(out, VECTOR_CASES, "vectors.npz")
     if len(sys.argv) > 2:
         net_fixtures(out, sys.argv[2])
