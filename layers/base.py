@@ -188,6 +188,13 @@ class Layer:
     def forward(self, bottom, top):
         raise NotImplementedError
 
+    def bound_forward(self, bottom, top):
+        """For a forward-only net whose weights and shapes stay (Net._bound_calls: run.py predict and test, a
+        deploy net): a callable of no arguments that runs this layer's forward on these blobs as they are now,
+        with what can be worked out once worked out (a convolution's kernels and their arrays), or None: the net
+        then calls forward(). Only what `fold` and `relu` say now may be used: they are unset after this."""
+        return None
+
     def backward(self, top, propagate_down, bottom):
         if self.differentiable:
             raise NotImplementedError

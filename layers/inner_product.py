@@ -5,8 +5,40 @@ weight (num_output, K), or (K, num_output) with transpose; bias (num_output,); y
 """
 from __future__ import annotations
 
+import numpy as np
+from numba import njit, prange
+
 from .base import Field, Layer, count, register
 from .cpu import add_column_sums, gemm, gemm_acc
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
+def row_times_rows(x, w, bias, has_bias, y):
+    """y[j] = sum_i x[i] * w[j, i] (+ bias[j]): a row x (K,) times the transposed weights w (N, K), four outputs a
+    step, the outputs split over the threads (each core reads its rows of w, which stay in its own cache from one
+    call to the next: LeNet's ip1, 800 -> 500, at a batch of one 25 -> 13 us against NumPy's gemv)."""
+    n, k = w.shape
+    zero = y.dtype.type(0)
+    for b in prange((n + 3) // 4):
+        j0 = b * 4
+        if j0 + 4 <= n:
+            a0, a1, a2, a3 = zero, zero, zero, zero
+            for i in range(k):
+                xi = x[i]
+                a0 += xi * w[j0, i]
+                a1 += xi * w[j0 + 1, i]
+                a2 += xi * w[j0 + 2, i]
+                a3 += xi * w[j0 + 3, i]
+            y[j0], y[j0 + 1], y[j0 + 2], y[j0 + 3] = a0, a1, a2, a3
+        else:
+            for j in range(j0, n):
+                acc = zero
+                for i in range(k):
+                    acc += x[i] * w[j, i]
+                y[j] = acc
+        if has_bias:
+            for j in range(j0, min(j0 + 4, n)):
+                y[j] += bias[j]
 
 
 @register("InnerProduct")
@@ -38,6 +70,17 @@ class InnerProduct(Layer):
         y = top[0].data.reshape(self.m, -1)
         w = self.blobs[0].data
         gemm(x, w if self.p.transpose else w.T, y, bias=self.blobs[1].data if self.p.bias_term else None)
+
+    def bound_forward(self, bottom, top):
+        """Layer.bound_forward: a batch of one (inference) on row_times_rows; else None."""
+        w = self.blobs[0].data
+        if self.m != 1 or self.p.transpose or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
+            return None
+        x, y = bottom[0].data.reshape(-1), top[0].data.reshape(-1)
+        bias, has_bias = (self.blobs[1].data, True) if self.p.bias_term else (w[0], False)
+        if not (x.dtype == y.dtype == bias.dtype == w.dtype and x.flags.c_contiguous and y.flags.c_contiguous):
+            return None
+        return lambda: row_times_rows(x, w, bias, has_bias, y)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.m, -1)

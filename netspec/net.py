@@ -64,6 +64,9 @@ def fold_batch_norm(conv, bn, scale=None):
     return (w * a.astype(dtype).reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype), b.astype(dtype)
 
 
+_RESHAPED = object()  # what a call of Net._bound_calls returns when the net was reshaped above its layer
+
+
 class NotSplittable(Exception):
     """Why a net cannot run its batch as slices (Net.replicate)."""
 
@@ -419,7 +422,7 @@ class Net:
         """Free what only this net's own passes use (the copies for the backward, the layers' scratch): its batch
         now runs as slices (solvers/replicas.py), each with its own. A later pass of its own makes them again."""
         self._keeps, self._kept_arrays, self._backward_vecs, self._fused = {}, [], {}, {}
-        self._released = True
+        self._released, self._bound = True, None
         for layer in self.layers:
             if not layer.is_source:
                 layer.release_buffers()
@@ -560,6 +563,14 @@ class Net:
             relus = {i: v for i, v in relus.items() if i >= start}
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
+        if self.constant_weights and not self.keep_for_backward and not start:
+            first = 0
+            while first is not None:  # again from the layer above one that reshaped the net
+                first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, replica)
+                              if i >= first and call() is _RESHAPED), None)
+            self._kept = False
+            self._strided_out("data")
+            return self.loss()
         fused = self._fused if self.keep_for_backward else {}
         scaled = None  # the index of the Scale its BatchNorm just ran (fused)
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
@@ -592,6 +603,63 @@ class Net:
         self._kept = bool(keeps)
         self._strided_out("data")
         return self.loss()
+
+    def _bound_calls(self, folds, folded, made_folds, relus, replica):
+        """[(layer index, callable)]: forward()'s loop for a forward-only net with constant weights, each layer's
+        forward bound to its blobs once (Layer.bound_forward; batch 1 spends most of its time in the per-layer
+        Python this saves), at its first call (the layers below it have run: a reshape from Python is followed).
+        Made again when an array of a blob, the folds or the phase changed (a reshape, a blob reshaped from
+        Python, weights_changed(), release_buffers()); a reshaping layer's call returns _RESHAPED when the layers
+        above it were reshaped (their calls are then made again)."""
+        state = self.__dict__.get("_bound")
+        if state is not None and state[0] is (made_folds or None) and state[1] == self._phase and all(
+                b.data is a for b, a in zip(state[2], state[3])):
+            return state[4]
+        blobs = list({id(b): b for vec in self.bottom_vecs + self.top_vecs for b in vec}.values())
+        calls = []
+
+        def binder(k, i, layer, bottom, top):
+            def bind():
+                fold, relu = made_folds.get(i), relus.get(i)
+                if i in folds or relu is not None:
+                    layer.fold, layer.relu = fold, relu
+                    try:
+                        call = layer.bound_forward(bottom, top)
+                    finally:
+                        layer.fold = layer.relu = None
+                else:
+                    call = None if layer.reshapes else layer.bound_forward(bottom, top)
+                call = call or self._unbound_call(i, layer, bottom, top, i in folds, fold, relu)
+                calls[k] = (i, call)
+                return call()
+            return bind
+
+        for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
+            if i not in folded and not (replica and layer.is_source):
+                calls.append((i, binder(len(calls), i, layer, bottom, top)))
+        self._bound = (made_folds or None, self._phase, blobs, [b.data for b in blobs], calls)
+        return calls
+
+    def _unbound_call(self, i, layer, bottom, top, folds, fold, relu):
+        """_bound_calls' call of a layer without a bound forward: forward() with its fold and ReLU set as the
+        loop in forward() sets them."""
+        if folds or relu is not None:
+            def call():
+                if folds:
+                    layer.fold = fold
+                layer.relu = relu
+                layer.forward(bottom, top)
+                layer.fold = layer.relu = None
+        elif layer.reshapes:
+            def call():
+                layer.forward(bottom, top)
+                return _RESHAPED if self._follow(i) else None
+        else:
+            forward = layer.forward
+
+            def call():
+                forward(bottom, top)
+        return call
 
     def _folds(self):
         """Inference (no backward kept): {convolution index: (BatchNorm, Scale indices)} for each convolution whose
@@ -658,7 +726,7 @@ class Net:
     def weights_changed(self):
         """Make the folds of a forward-only net with constant_weights again at its next pass (the trainer calls it
         before each test: the weights trained since; pycaffe's forward before each pass)."""
-        self._fold_state = None
+        self._fold_state = self._bound = None
 
     def _strided_out(self, kind):
         """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""

@@ -495,3 +495,92 @@ def test_a_forward_from_a_later_layer_runs_the_relu_its_convolution_would_have_a
     np.testing.assert_allclose(results[0]["direct"], np.where(a > 0, a, 0.1 * a), rtol=1e-6)
     for name in results[0]:
         np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+BOUND_NET = """
+layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 3, 12, 12]}}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1,
+     convolution_param: {num_output: 8, kernel_size: 3, pad: 1, bias_term: false}}
+  - {name: bn1, type: BatchNorm, bottom: conv1, top: conv1}
+  - {name: scale1, type: Scale, bottom: conv1, top: conv1, scale_param: {bias_term: true}}
+  - {name: relu1, type: ReLU, bottom: conv1, top: conv1, relu_param: {negative_slope: 0.2}}
+  - {name: conv2, type: Convolution, bottom: conv1, top: conv2, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
+  - {name: sum, type: Eltwise, bottom: [conv1, conv2], top: sum}
+  - {name: relu2, type: ReLU, bottom: sum, top: sum}
+  - {name: down, type: Convolution, bottom: sum, top: down, convolution_param: {num_output: 16, kernel_size: 3, pad: 1, stride: 2}}
+  - {name: proj, type: Convolution, bottom: sum, top: proj, convolution_param: {num_output: 16, kernel_size: 1, stride: 2}}
+  - {name: sum2, type: Eltwise, bottom: [down, proj], top: sum2}
+  - {name: pool, type: Pooling, bottom: sum2, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: ip1, type: InnerProduct, bottom: pool, top: ip1, inner_product_param: {num_output: 37}}
+  - {name: relu3, type: ReLU, bottom: ip1, top: ip1}
+  - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, inner_product_param: {num_output: 10, bias_term: false}}
+  - {name: prob, type: Softmax, bottom: ip2, top: prob}
+"""
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_loops_results(pixels, monkeypatch):
+    """run.py predict and test (constant_weights, no backward): each layer's forward bound once to its blobs
+    (Net._bound_calls; a convolution's kernels, a batch of one's InnerProduct on row_times_rows) gives the tops of
+    the layers run one by one, and binds again after a blob reshaped from Python and after weights_changed()."""
+    from netspec.loader import loads as load_yaml
+    import layers.conv as conv
+    monkeypatch.setattr(conv, "PIXELS", pixels)
+    rng = np.random.default_rng(3)
+    nets = [Net(load_yaml(BOUND_NET), "TEST", seed=0) for _ in range(2)]
+    for layer, twin in zip(*(n.layers for n in nets)):
+        for i, (b, c) in enumerate(zip(layer.blobs, twin.blobs)):
+            b.data[...] = c.data[...] = (rng.uniform(0.5, 2, b.shape) if layer.type == "BatchNorm" and i == 1 else
+                                         np.full(b.shape, 1.5) if layer.type == "BatchNorm" and i == 2 else
+                                         rng.normal(size=b.shape))
+    bound, loop = nets
+    bound.keep_for_backward, bound.constant_weights = False, True
+    tops = ("conv1", "conv2", "sum", "down", "proj", "sum2", "pool", "ip1", "ip2", "prob")
+
+    def check(batch):
+        x = rng.normal(size=(batch, 3, 12, 12))
+        for n in nets:
+            if n.blobs["data"].data.shape[0] != batch:
+                n.blobs["data"].reshape(batch, 3, 12, 12)
+            n.blobs["data"].data[...] = x
+            for t in tops:
+                n.blobs[t].data[...] = np.nan
+            n.forward()
+        for t in tops:
+            want = loop.blobs[t].data  # (the folds round in another order: to the tops' scale)
+            np.testing.assert_allclose(bound.blobs[t].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=t)
+
+    check(1)
+    calls = dict(bound._bound[4])
+    names = [bound.layers[i].name for i in calls]
+    assert "bn1" not in names and "relu1" not in names and "relu2" not in names  # folded, applied on the way
+    for i, call in calls.items():  # the direct convolutions' and the batch of one's InnerProducts' own calls
+        layer = bound.layers[i]
+        own = layer.type == "InnerProduct" or layer.type == "Convolution" and layer.path_taken == "direct"
+        assert ("bound_forward" in call.__qualname__) == own, layer.name
+    assert sum(getattr(bound.layers[i], "path_taken", None) == "direct" for i in calls) >= 2
+    check(1)
+    assert dict(bound._bound[4]) == calls  # bound once
+    check(3)  # reshaped from Python: bound again (the InnerProducts through gemm)
+    assert all("bound_forward" not in c.__qualname__ for i, c in bound._bound[4] if bound.layers[i].type == "InnerProduct")
+    for n in nets:  # new weights, in place: made again after weights_changed(), as the trainer's tests call it
+        n.layer_by_name("conv2").blobs[0].data *= -1
+        n.layer_by_name("bn1").blobs[0].data += 1
+        n.layer_by_name("ip1").blobs[1].data += 1
+    bound.weights_changed()
+    check(3)
+    check(1)
+
+
+@pytest.mark.parametrize("n", [1, 4, 37, 500])
+def test_row_times_rows_is_a_row_times_the_transposed_weights(n):
+    from layers.inner_product import row_times_rows
+    rng = np.random.default_rng(n)
+    w, x, bias = rng.normal(size=(n, 300)), rng.normal(size=300), rng.normal(size=n)
+    for dtype in (np.float32, np.float64):
+        y = np.full(n, np.nan, dtype)
+        row_times_rows(x.astype(dtype), w.astype(dtype), bias.astype(dtype), True, y)
+        np.testing.assert_allclose(y, w @ x + bias, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+        row_times_rows(x.astype(dtype), w.astype(dtype), bias.astype(dtype), False, y)
+        np.testing.assert_allclose(y, w @ x, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
