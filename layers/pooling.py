@@ -393,6 +393,21 @@ class Pooling(Layer):
         if len(top) == 2:  # Caffe's mask top: the flat index of the maximum within the H x W plane
             top[1].data[...] = self._mask
 
+    def bound_forward(self, bottom, top):
+        """Layer.bound_forward: MAX and AVE on their kernels, chosen once."""
+        x, y, (kh, kw, sh, sw, ph, pw) = bottom[0].data, top[0].data, self._geometry()
+        if self.p.pool == "AVE":
+            return lambda: ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y)
+        if self.p.pool != "MAX" or len(top) != 1:
+            return None
+        if self._mask is None or self._mask.shape != y.shape:
+            self._mask = np.empty(y.shape, np.int32)
+        mask = self._mask
+        if kh == kw and sh == sw == 2 and ph == pw == 0 and kh in (2, 3) and min(x.shape[2:]) >= kh:
+            kernel = max_pool_2x2s2 if kh == 2 else max_pool_3x3s2
+            return lambda: kernel(x, y, mask)
+        return lambda: max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask)
+
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             pool_backward(self.p.pool, self.phase, bottom[0].data, top[0].diff, self._geometry(), self._mask,

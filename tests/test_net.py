@@ -512,6 +512,8 @@ layer:
   - {name: proj, type: Convolution, bottom: sum, top: proj, convolution_param: {num_output: 16, kernel_size: 1, stride: 2}}
   - {name: sum2, type: Eltwise, bottom: [down, proj], top: sum2}
   - {name: pool, type: Pooling, bottom: sum2, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: ave, type: Pooling, bottom: sum2, top: ave, pooling_param: {pool: AVE, kernel_size: 3, stride: 2, pad: 1}}
+  - {name: max3, type: Pooling, bottom: sum2, top: max3, pooling_param: {pool: MAX, kernel_size: 3, stride: 1}}
   - {name: ip1, type: InnerProduct, bottom: pool, top: ip1, inner_product_param: {num_output: 37}}
   - {name: relu3, type: ReLU, bottom: ip1, top: ip1}
   - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, inner_product_param: {num_output: 10, bias_term: false}}
@@ -522,8 +524,9 @@ layer:
 @pytest.mark.parametrize("pixels", [False, True])
 def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_loops_results(pixels, monkeypatch):
     """run.py predict and test (constant_weights, no backward): each layer's forward bound once to its blobs
-    (Net._bound_calls; a convolution's kernels, a batch of one's InnerProduct on row_times_rows) gives the tops of
-    the layers run one by one, and binds again after a blob reshaped from Python and after weights_changed()."""
+    (Net._bound_calls; a convolution's kernels, pooling's, a batch of one's InnerProduct on row_times_rows) gives
+    the tops of the layers run one by one, and binds again after a blob reshaped from Python and after
+    weights_changed()."""
     from netspec.loader import loads as load_yaml
     import layers.conv as conv
     monkeypatch.setattr(conv, "PIXELS", pixels)
@@ -536,7 +539,7 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
                                          rng.normal(size=b.shape))
     bound, loop = nets
     bound.keep_for_backward, bound.constant_weights = False, True
-    tops = ("conv1", "conv2", "sum", "down", "proj", "sum2", "pool", "ip1", "ip2", "prob")
+    tops = ("conv1", "conv2", "sum", "down", "proj", "sum2", "pool", "ave", "max3", "ip1", "ip2", "prob")
 
     def check(batch):
         x = rng.normal(size=(batch, 3, 12, 12))
@@ -557,13 +560,14 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     assert "bn1" not in names and "relu1" not in names and "relu2" not in names  # folded, applied on the way
     for i, call in calls.items():  # the direct convolutions' and the batch of one's InnerProducts' own calls
         layer = bound.layers[i]
-        own = layer.type == "InnerProduct" or layer.type == "Convolution" and layer.path_taken == "direct"
+        own = layer.type in ("InnerProduct", "Pooling") or layer.type == "Convolution" and layer.path_taken == "direct"
         assert ("bound_forward" in call.__qualname__) == own, layer.name
     assert sum(getattr(bound.layers[i], "path_taken", None) == "direct" for i in calls) >= 2
     check(1)
     assert dict(bound._bound[4]) == calls  # bound once
     check(3)  # reshaped from Python: bound again (the InnerProducts through gemm)
-    assert all("bound_forward" not in c.__qualname__ for i, c in bound._bound[4] if bound.layers[i].type == "InnerProduct")
+    assert all("bound_forward" not in c.__qualname__ for i, c in bound._bound[4]
+               if bound.layers[i].type == "InnerProduct")
     for n in nets:  # new weights, in place: made again after weights_changed(), as the trainer's tests call it
         n.layer_by_name("conv2").blobs[0].data *= -1
         n.layer_by_name("bn1").blobs[0].data += 1

@@ -51,7 +51,9 @@ print(json.dumps([d.py_func.__name__ for d, sig in warmup._needs(job)]))
     for first, then in [("max_pool_2x2s2", "max_pool_backward"), ("_softmax_rows_kernel", "nll_backward"),
                         ("nll_backward", "max_pool_backward"), ("max_pool_backward", "_sgd_apply_serial")]:
         assert names.index(first) < names.index(then), names
-    assert {"relu_backward_in_place", "direct_conv_dw", "col2im", "sum_squares"} <= set(names)
+    assert {"relu_backward_in_place", "direct_conv_dw", "direct_conv", "sum_squares"} <= set(names)
+    # conv2's data gradient (4x4 planes) runs on the forward's direct kernels: no im2col kernels to compile
+    assert not {"col2im", "channels_first_to_last", "im2col"} & set(names), names
     cached = {f.split("-")[0] for _, _, files in os.walk(tmp_path / "cache") for f in files if f.endswith(".nbi")}
     # compiled: the denormal setters (at the net's construction) and the loss layer's kernels, which ran for real
     # (its label check reads a kernel's result); nothing of the convolutions, poolings, ReLUs or the update
