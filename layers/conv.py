@@ -40,10 +40,12 @@ DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convol
 # The direct path computes whole vectors of outputs, the columns of each padded row past the output's width and
 # up to 8 filters at a time, and its data gradient sums over every input pixel (im2col's over the output pixels
 # only): where the fraction it keeps is below these, im2col's matrix products are faster (measured in the
-# benchmarks' README: LeNet's conv2 keeps 0.28 of its data-gradient products, CIFAR-10 quick's conv3 0.67; the
-# data gradient's crossing measured over 40 layer shapes of 4x4 to 16x16 planes at 1 and 2 threads: direct
-# 1.2-2.3x faster from about 0.4 up, im2col 1.1-1.6x below).
-DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, 0.4
+# benchmarks' README: LeNet's conv2 keeps 0.28 of its data-gradient products, CIFAR-10 quick's conv3 0.67). The
+# data gradient's, over layer shapes of 4x4 to 16x16 planes (64 images) keeping 0.4 to 0.6: with 64-byte vectors
+# direct took 4% less time than im2col in all on one thread and 28% less on two (1.2-2.3x on small planes, 0.8-0.9
+# on some 14x14 and 16x16 ones), and under 0.4 im2col won; with 32-byte vectors direct took 39% more in all (0.56x
+# on 64 channels of 14x14), so that band stays im2col's there.
+DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, (0.4 if VECTOR_BYTES == 64 else 0.6)
 # The forward and data gradient as pixel tiles where they waste this much less than rows (DirectPlan);
 # YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
