@@ -220,6 +220,10 @@ def place_phases(x, buf, ph, pw, s, row, rows):
                     bf[uintp(dst + k)] = xf[uintp(at + j0 + k * s)]
 
 
+def _nothing():
+    """Convolution.bound_forward's placing where the kernels read the bottom itself (DirectPlan.x_direct)."""
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def direct_conv(xp, offs, w, bias, out):
     """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,) -> out (N, Opad, NQ):
@@ -436,7 +440,12 @@ class DirectPlan:
         # where another layer's forward came between (ResNet-20: 124 MiB of padded inputs no longer kept)
         self.key = (tuple(shape), out_c, tuple(kernel), tuple(pad), tuple(dilation), tuple(out_hw), np.dtype(dtype).str,
                     s)
-        self.xpad = scratch(self.key[:1] + self.key[2:] + ("xpad",), (n, c * s * s, length), dtype, zeros=True)
+        # a 1x1 kernel without pad or stride on planes of whole vectors: the padded planes are the bottom's own
+        # layout, and the rows of out (all filters kept) the top's: the kernels read x and write y themselves
+        # (MobileNet's pointwise layers, ResNet-50's bottlenecks: no copy in or out, forward or backward)
+        self.x_direct = s == 1 and self.start == 0 and self.wp == w and length == h * w
+        self.xpad = None if self.x_direct else scratch(self.key[:1] + self.key[2:] + ("xpad",), (n, c * s * s, length),
+                                                       dtype, zeros=True)
         self.holder = scratch(self.key[:1] + self.key[2:] + ("xpad holder",), (2,), np.int64)
         if self.pixels:
             ys, xs = np.divmod(np.arange(_round_up(p_out, PIX_MR)).clip(max=p_out - 1), ow)
@@ -461,6 +470,9 @@ class DirectPlan:
         if self.pixels_q:
             ys, xs = np.divmod(np.arange(_round_up(p_in, PIX_MR)).clip(max=p_in - 1), w)
             self.qs_q = (ys * self.wq + xs).astype(np.int64)
+        self.y_direct = not self.pixels and self.o_pad == out_c and self.nq == oh * ow and self.wp == ow
+        self.dy_direct = self.start_q == 0 and self.wq == ow and length_q == oh * ow
+        self.dx_direct = not self.pixels_q and self.c_pad == c and self.nqb == h * w and self.wq == w
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
@@ -469,6 +481,14 @@ class DirectPlan:
             pix_useful if self.pixels else rows_useful)
         self.data_useful = max(data_rows, data_pix) if PIXELS is None else (data_pix if self.pixels_q else data_rows)
         self._backward_shape = (n, out_c, length_q, dtype)
+
+    def source(self, x, owner):
+        """(N, C*s*s*L): what the kernels read for the bottom x of layer `owner`: x itself (x_direct), else xpad
+        with x placed there (unless it holds it)."""
+        if self.x_direct:
+            return x.reshape(x.shape[0], -1)
+        self.place(x, owner)
+        return self.xpad.reshape(x.shape[0], -1)
 
     def place(self, x, owner):
         """The bottom x of layer `owner` into xpad (its padded planes, or their phases), unless it holds it."""
@@ -489,10 +509,13 @@ class DirectPlan:
             n, out_c, length_q, dtype = self._backward_shape
             if not self.planar:
                 self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
-            if self.stride == 1:  # the data gradient's own pass (im2col's for a stride)
-                self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
-                self.dxq = scratch(self.key + ("dxq pixels",), (n, len(self.qs_q), self.c_pad), dtype) \
-                    if self.pixels_q else scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
+            if self.stride == 1:  # the data gradient's own pass (im2col's for a stride), unless it reads dy itself
+                if not self.dy_direct:
+                    self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
+                if self.pixels_q:
+                    self.dxq = scratch(self.key + ("dxq pixels",), (n, len(self.qs_q), self.c_pad), dtype)
+                elif not self.dx_direct:
+                    self.dxq = scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
             self.dwt = np.empty((len(self.offs), self.o_taps), dtype)
 
 
@@ -642,7 +665,7 @@ class Convolution(Layer):
                 or pw > (kw - 1) * dw or x.dtype not in (np.float32, np.float64)):
             return None
         plan = getattr(self, "_plan", None)
-        if plan is None or plan.bottom_shape != x.shape or plan.out_hw != self.out_hw or plan.xpad.dtype != x.dtype:
+        if plan is None or plan.bottom_shape != x.shape or plan.out_hw != self.out_hw or plan.w.dtype != x.dtype:
             plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
                                            self.out_hw, x.dtype, self.stride[0])
         return plan if plan.forward_useful >= DIRECT_USEFUL else None
@@ -659,11 +682,21 @@ class Convolution(Layer):
         plan = self._plan
         relu, slope = (True, self.relu) if self.relu is not None else (False, 0.0)
         n, xpad, wp, holder, out = x.shape[0], plan.xpad, plan.wp, plan.holder, plan.out
-        xp, offs, w, bias = xpad.reshape(n, -1), plan.offs[:plan.k], plan.w, plan.bias
-        if plan.stride == 1:
+        xp, offs, w, bias = plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias
+        if plan.x_direct:
+            place, args = _nothing, ()
+        elif plan.stride == 1:
             place, args = place_planes, (x, xpad, plan.start, wp)
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
+        if plan.y_direct and not relu:
+            y3 = y.reshape(n, self.p.num_output, -1)
+
+            def run():
+                holder[0] = 0
+                place(*args)
+                direct_conv(xp, offs, w, bias, y3)
+            return run
         if plan.pixels:
             qs, y3 = plan.qs, y.reshape(n, self.p.num_output, -1)
 
@@ -767,13 +800,15 @@ class Convolution(Layer):
                 plan.bias[:out_c] = bias if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
-            plan.place(x, self)
+            xp = plan.source(x, self)
             if plan.pixels:
-                direct_conv_pixels(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.qs,
-                                   plan.out)
+                direct_conv_pixels(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out)
                 pixels_to_top(plan.out, y.reshape(y.shape[0], out_c, -1), *relu)
                 return
-            direct_conv(plan.xpad.reshape(x.shape[0], -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
+            if plan.y_direct and not relu[0]:
+                direct_conv(xp, plan.offs[:plan.k], plan.w, plan.bias, y.reshape(y.shape[0], out_c, -1))
+                return
+            direct_conv(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.out)
             take_planes(plan.out, plan.wp, y, *relu)
             return
         n = x.shape[0]
@@ -810,36 +845,42 @@ class Convolution(Layer):
         n, c = x.shape[:2]
         out_c = self.p.num_output
         weight = self.blobs[0]
-        plan.place(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
+        xp = plan.source(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
         plan.backward_buffers()
         if self.p.bias_term:
             self.blobs[1].diff += dy.reshape(n, out_c, -1).sum(axis=2).sum(axis=0)
         if plan.planar:  # summed straight into the weight diff (O, C*kh*kw), or through a buffer
             direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype
             wd = weight.diff.reshape(out_c, plan.k) if direct else np.zeros((out_c, plan.k), x.dtype)
-            direct_conv_dw_planar(plan.xpad.reshape(n, -1), plan.offs[:plan.k], np.ascontiguousarray(
+            direct_conv_dw_planar(xp, plan.offs[:plan.k], np.ascontiguousarray(
                 dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd, plan.planar_half)
             if not direct:
                 weight.diff.reshape(out_c, plan.k)[...] += wd
         else:
             place_channels_last(dy, plan.dyt, plan.wp)
             plan.dwt.fill(0)
-            (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(plan.xpad.reshape(n, -1), plan.offs,
-                                                                       plan.dyt, *self.out_hw, plan.wp, plan.dwt)
+            (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(xp, plan.offs, plan.dyt, *self.out_hw, plan.wp,
+                                                                       plan.dwt)
             weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
         if not want_dx:
             return
         if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:
             return self._im2col_backward(dy, x, dx, params=False, data=True)
-        place_planes(dy, plan.dyp, plan.start_q, plan.wq)
+        if plan.dy_direct:
+            dyp = dy.reshape(n, -1)
+        else:
+            place_planes(dy, plan.dyp, plan.start_q, plan.wq)
+            dyp = plan.dyp.reshape(n, -1)
         w4 = weight.data.reshape((out_c, c) + self.kernel)
         plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
         if plan.pixels_q:
-            direct_conv_pixels(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq)
+            direct_conv_pixels(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq)
             pixels_to_top(plan.dxq, dx.reshape(n, c, -1), False, 0.0)
-            return
-        direct_conv(plan.dyp.reshape(n, -1), plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
-        take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)
+        elif plan.dx_direct:
+            direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx.reshape(n, c, -1))
+        else:
+            direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
+            take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)
 
     def _im2col_backward(self, dy, x, dx, params, data, fresh=True):
         """The parameter gradients (params) and the bottom diff (data) through im2col and BLAS."""

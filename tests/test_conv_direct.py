@@ -91,6 +91,27 @@ def test_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels)
 
 @pytest.mark.parametrize("pixels", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_pointwise_convolution_reads_and_writes_the_blobs_themselves(monkeypatch, dtype, pixels):
+    """A 1x1 kernel (no pad, stride 1) on planes of whole vectors, filters and channels in whole tiles: the kernels
+    read the bottom and the top diff and write the top and the bottom diff in place of the padded buffers (as
+    pixel tiles, they read in place and write through their buffers); the results are im2col's."""
+    monkeypatch.setattr(conv, "PIXELS", pixels)
+    geometry = ((2, 16, 8, 8), 24, (1, 1), (0, 0), 1)
+    im2col = conv_pass(*geometry, dtype, False, monkeypatch)
+    direct = conv_pass(*geometry, dtype, True, monkeypatch, force=True)
+    plan = conv_pass.last_plan
+    assert plan.x_direct and plan.dy_direct and plan.xpad is None and plan.dyp is None
+    assert plan.y_direct == plan.dx_direct == (not pixels) and (plan.dxq is None) == (not pixels)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, direct):
+        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+    assert not conv.DirectPlan((2, 16, 8, 8), 24, (1, 1), (0, 0), (1, 1), (8, 8), np.float32, 2).x_direct
+    assert not conv.DirectPlan((2, 16, 8, 8), 24, (3, 3), (1, 1), (1, 1), (8, 8), np.float32).x_direct
+    assert not conv.DirectPlan((2, 16, 3, 3), 24, (1, 1), (0, 0), (1, 1), (3, 3), np.float32).x_direct
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("geometry", STRIDED)
 def test_strided_direct_convolution_matches_im2col(geometry, dtype, monkeypatch, pixels):
     monkeypatch.setattr(conv, "PIXELS", pixels)

@@ -499,7 +499,7 @@ def test_a_forward_from_a_later_layer_runs_the_relu_its_convolution_would_have_a
 
 BOUND_NET = """
 layer:
-  - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 3, 12, 12]}}}
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 3, 16, 16]}}}
   - {name: conv1, type: Convolution, bottom: data, top: conv1,
      convolution_param: {num_output: 8, kernel_size: 3, pad: 1, bias_term: false}}
   - {name: bn1, type: BatchNorm, bottom: conv1, top: conv1}
@@ -508,8 +508,11 @@ layer:
   - {name: conv2, type: Convolution, bottom: conv1, top: conv2, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
   - {name: sum, type: Eltwise, bottom: [conv1, conv2], top: sum}
   - {name: relu2, type: ReLU, bottom: sum, top: sum}
-  - {name: down, type: Convolution, bottom: sum, top: down, convolution_param: {num_output: 16, kernel_size: 3, pad: 1, stride: 2}}
-  - {name: proj, type: Convolution, bottom: sum, top: proj, convolution_param: {num_output: 16, kernel_size: 1, stride: 2}}
+  - {name: pw, type: Convolution, bottom: sum, top: pw, convolution_param: {num_output: 16, kernel_size: 1}}
+  - {name: pw_relu, type: ReLU, bottom: pw, top: pw}
+  - {name: pw2, type: Convolution, bottom: pw, top: pw2, convolution_param: {num_output: 8, kernel_size: 1}}
+  - {name: down, type: Convolution, bottom: sum, top: down, convolution_param: {num_output: 32, kernel_size: 3, pad: 1, stride: 2}}
+  - {name: proj, type: Convolution, bottom: sum, top: proj, convolution_param: {num_output: 32, kernel_size: 1, stride: 2}}
   - {name: sum2, type: Eltwise, bottom: [down, proj], top: sum2}
   - {name: pool, type: Pooling, bottom: sum2, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
   - {name: ave, type: Pooling, bottom: sum2, top: ave, pooling_param: {pool: AVE, kernel_size: 3, stride: 2, pad: 1}}
@@ -539,13 +542,13 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
                                          rng.normal(size=b.shape))
     bound, loop = nets
     bound.keep_for_backward, bound.constant_weights = False, True
-    tops = ("conv1", "conv2", "sum", "down", "proj", "sum2", "pool", "ave", "max3", "ip1", "ip2", "prob")
+    tops = ("conv1", "conv2", "sum", "pw", "pw2", "down", "proj", "sum2", "pool", "ave", "max3", "ip1", "ip2", "prob")
 
     def check(batch):
-        x = rng.normal(size=(batch, 3, 12, 12))
+        x = rng.normal(size=(batch, 3, 16, 16))
         for n in nets:
             if n.blobs["data"].data.shape[0] != batch:
-                n.blobs["data"].reshape(batch, 3, 12, 12)
+                n.blobs["data"].reshape(batch, 3, 16, 16)
             n.blobs["data"].data[...] = x
             for t in tops:
                 n.blobs[t].data[...] = np.nan
