@@ -41,6 +41,9 @@ def row_times_rows(x, w, bias, has_bias, y):
                 y[j] += bias[j]
 
 
+BOUND_COPY = 16 << 20  # the most weight bytes a forward-only InnerProduct copies to lay them out (bound_forward)
+
+
 @register("InnerProduct")
 class InnerProduct(Layer):
     """Fully connected layer. Bottom (d0..d_{axis-1}, K...) -> top (d0..d_{axis-1}, num_output)."""
@@ -72,10 +75,18 @@ class InnerProduct(Layer):
         gemm(x, w if self.p.transpose else w.T, y, bias=self.blobs[1].data if self.p.bias_term else None)
 
     def bound_forward(self, bottom, top):
-        """Layer.bound_forward: a batch of one (inference) on row_times_rows; else None."""
+        """Layer.bound_forward: a batch of one on row_times_rows; a batch of more with the weights laid out (K, N)
+        once, up to BOUND_COPY bytes of them (one thread, batch 32, LeNet's ip1: 514 -> 349 us, NumPy's product
+        reading the transposed view's columns), or None."""
         w = self.blobs[0].data
-        if self.m != 1 or self.p.transpose or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
+        if self.p.transpose or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
             return None
+        if self.m != 1:
+            if w.nbytes > BOUND_COPY:
+                return None
+            x, y, wt = bottom[0].data.reshape(self.m, self.k), top[0].data.reshape(self.m, -1), w.T.copy()
+            bias = self.blobs[1].data if self.p.bias_term else None
+            return lambda: gemm(x, wt, y, bias=bias)
         x, y = bottom[0].data.reshape(-1), top[0].data.reshape(-1)
         bias, has_bias = (self.blobs[1].data, True) if self.p.bias_term else (w[0], False)
         if not (x.dtype == y.dtype == bias.dtype == w.dtype and x.flags.c_contiguous and y.flags.c_contiguous):

@@ -568,13 +568,14 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     assert sum(getattr(bound.layers[i], "path_taken", None) == "direct" for i in calls) >= 2
     check(1)
     assert dict(bound._bound[4]) == calls  # bound once
-    check(3)  # reshaped from Python: bound again (the InnerProducts through gemm)
-    assert all("bound_forward" not in c.__qualname__ for i, c in bound._bound[4]
+    check(3)  # reshaped from Python: bound again (the InnerProducts through gemm, on weights laid out (K, N))
+    assert all("bound_forward" in c.__qualname__ for i, c in bound._bound[4]
                if bound.layers[i].type == "InnerProduct")
     for n in nets:  # new weights, in place: made again after weights_changed(), as the trainer's tests call it
         n.layer_by_name("conv2").blobs[0].data *= -1
         n.layer_by_name("bn1").blobs[0].data += 1
         n.layer_by_name("ip1").blobs[1].data += 1
+        n.layer_by_name("ip2").blobs[0].data *= 0.5  # (its laid-out copy made again)
     bound.weights_changed()
     check(3)
     check(1)
