@@ -671,8 +671,9 @@ class Convolution(Layer):
         return plan if plan.forward_useful >= DIRECT_USEFUL else None
 
     def bound_forward(self, bottom, top):
-        """Layer.bound_forward: the direct path's three kernels with their arrays bound, the weights (and the
-        fold of Net._folds) laid out once: at a batch of one, about 10 us of Python less a convolution."""
+        """Layer.bound_forward: the direct path's kernels (placing the bottom, the product, the copy to the top;
+        whichever DirectPlan's x_direct and y_direct leave) with their arrays bound, the weights (and the fold of
+        Net._folds) laid out once: at a batch of one, about 10 us of Python less a convolution."""
         if self.nd or len(bottom) != 1:
             return None
         x, y = bottom[0].data.reshape(self.view), top[0].data.reshape(self.top_view)
