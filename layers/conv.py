@@ -31,9 +31,9 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
                         rows_to_top, to_phases, top_to_rows)
-from .simd import (BCAST_MR, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV, VECTOR_BYTES, lanes,
-                   tile_bcast1, tile_bcast2, tile_bcast3, tile_pixels, tile_planar, tile_planar_half, tile_taps,
-                   tile_taps1)
+from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
+                   VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
+                   tile_planar_half, tile_taps, tile_taps1)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -50,6 +50,10 @@ DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, (0.4 if VECTOR_BYTES == 64 else 0.6)
 # YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
+# the data gradient with the images in the lanes (DirectPlan.lanes_data) where the batch fills this much of them;
+# YAFFE_CONV_LANES=0 turns it off (tests compare both)
+LANES_DATA = os.environ.get("YAFFE_CONV_LANES", "1") != "0"
+LANES_FILL = 0.75
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
@@ -358,6 +362,77 @@ def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt):
                            min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
 
 
+@njit(cache=True, nogil=True)
+def images_to_lanes(x, buf):
+    """x (N, A, B) -> buf (G, B, A, L), the images in the lanes: buf[g, b, a, l] = x[g*L + l, a, b], zero for
+    g*L + l >= N."""
+    n_img, rows, cols = x.shape
+    groups, width = buf.shape[0], buf.shape[3]
+    xf, bf = x.reshape(-1), buf.reshape(-1)
+    block = np.empty((16, width), x.dtype)  # (the rows of buf are rows*width apart: 4 KiB for 32 rows of 32 lanes, so
+    for g in range(groups):                 # writing them a lane at a time thrashes one set of L1; whole rows do not)
+        for a in range(rows):
+            for b0 in range(0, cols, 16):
+                b1 = min(b0 + 16, cols)
+                for lane in range(width):
+                    n = g * width + lane
+                    src = (n * rows + a) * cols
+                    for b in range(b0, b1):
+                        block[b - b0, lane] = xf[uintp(src + b)] if n < n_img else 0
+                for b in range(b0, b1):
+                    dst = ((g * cols + b) * rows + a) * width
+                    for lane in range(width):
+                        bf[uintp(dst + lane)] = block[b - b0, lane]
+
+
+@njit(cache=True, nogil=True)
+def lanes_to_images(buf, x):
+    """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L]."""
+    n_img, m_all = x.shape
+    m_buf, width = buf.shape[1], buf.shape[2]
+    xf, bf = x.reshape(-1), buf.reshape(-1)
+    for g in range(-(-n_img // width)):
+        for m0 in range(0, m_all, 16):  # a block of 16 x L of buf read in order, 16 values of each image written
+            m1 = min(m0 + 16, m_all)
+            for lane in range(min(width, n_img - g * width)):
+                dst = (g * width + lane) * m_all
+                for m in range(m0, m1):
+                    xf[uintp(dst + m)] = bf[uintp((g * m_buf + m) * width + lane)]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb):
+    """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (T, O, Cpad) the weights
+    (T = kh*kw taps), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the top-diff offset q*O*L
+    and the weight offset t*O*Cpad of every tap t it receives from top pixel q) -> dxb (G, Cpad, P, L):
+    dxb[g, c, p, l] = sum over p's entries e and o < O of wt[t_e, o, c] * dyb[g, q_e, o, l]."""
+    groups, positions, out_c, width = dyb.shape
+    cpad, plane = dxb.shape[1], dxb.shape[2]
+    blocks = cpad // LANES_CR
+    df, wf, of = dyb.reshape(-1), wt.reshape(-1), dxb.reshape(-1)
+    for task in prange(groups * blocks * plane):
+        g, rest = task // (blocks * plane), task % (blocks * plane)
+        c0, p = rest // plane * LANES_CR, rest % plane
+        tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c, width,
+                   cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+
+
+def lane_entries(in_hw, out_hw, kernel, pad, dilation, stride, out_c, width, cpad):
+    """(starts, ent_d, ent_w) of lanes_conv_data: for every input pixel (y, x), in order, the taps (i, j) with a
+    top pixel (oy, ox) = ((y + ph - i*dh) / sh, (x + pw - j*dw) / sw) whole and inside the top: ent_d =
+    (oy*OW + ox)*O*width, ent_w = (i*kw + j)*O*cpad."""
+    (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
+    y, x, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(h), np.arange(w), np.arange(kh), np.arange(kw),
+                                                      indexing="ij"))
+    ty, tx = y + ph - i * dh, x + pw - j * dw
+    keep = (ty % sh == 0) & (tx % sw == 0) & (ty >= 0) & (tx >= 0) & (ty // sh < oh) & (tx // sw < ow)
+    starts = np.zeros(h * w + 1, np.int64)
+    np.cumsum(np.bincount((y * w + x)[keep], minlength=h * w), out=starts[1:])
+    ent_d = ((ty // sh * ow + tx // sw)[keep] * out_c * width).astype(np.int64)
+    ent_w = ((i * kw + j)[keep] * out_c * cpad).astype(np.int64)
+    return starts, ent_d, ent_w
+
+
 def _round_up(value, step):
     return -(-value // step) * step
 
@@ -475,11 +550,20 @@ class DirectPlan:
         self.dx_direct = not self.pixels_q and self.c_pad == c and self.nqb == h * w and self.wq == w
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
-        self.dyt = self.dyp = self.dxq = self.dwt = None  # allocated by the first backward
+        self.dyt = self.dyp = self.dxq = self.dwt = self.dyb = self.dxb = None  # allocated by the first backward
         self.laid = None  # the fold whose weights w and bias hold (Convolution._forward)
+        self.wt = None
         self.forward_useful = max(rows_useful, pix_useful) if PIXELS is None else (
             pix_useful if self.pixels else rows_useful)
         self.data_useful = max(data_rows, data_pix) if PIXELS is None else (data_pix if self.pixels_q else data_rows)
+        # the data gradient with the images in the lanes (lanes_conv_data: each input pixel sums the taps it
+        # receives, nothing padded) where the direct kernels' would keep less than DIRECT_USEFUL_DATA or a stride
+        # splits the top, when the batch fills the lanes: LeNet's conv2 2x, ResNet's down-sampling 1.1-1.6x im2col's
+        self.lane_width = LANES_NB * step
+        self.lane_groups = -(-n // self.lane_width)
+        self.lanes_data = LANES_DATA and (s > 1 or self.data_useful < DIRECT_USEFUL_DATA) \
+            and n >= LANES_FILL * self.lane_groups * self.lane_width
+        self.lane_geometry = ((h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (s, s))
         self._backward_shape = (n, out_c, length_q, dtype)
 
     def source(self, x, owner):
@@ -502,14 +586,22 @@ class DirectPlan:
         self.holder[:] = token
 
     def buffers(self):
-        return self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq
+        return self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq, self.dyb, self.dxb, self.wt
 
     def backward_buffers(self):
         if self.dwt is None:
             n, out_c, length_q, dtype = self._backward_shape
             if not self.planar:
                 self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
-            if self.stride == 1:  # the data gradient's own pass (im2col's for a stride), unless it reads dy itself
+            if self.lanes_data:
+                (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
+                c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
+                cpad = _round_up(c, LANES_CR)
+                self.entries = lane_entries(*self.lane_geometry, out_c, width, cpad)
+                self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
+                self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
+                self.wt = scratch(self.key + ("wt",), (kh * kw, out_c, cpad), dtype, zeros=True)
+            elif self.stride == 1:  # the data gradient's own pass (im2col's for a stride), unless it reads dy itself
                 if not self.dy_direct:
                     self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
                 if self.pixels_q:
@@ -864,6 +956,12 @@ class Convolution(Layer):
                                                                        plan.dwt)
             weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
         if not want_dx:
+            return
+        if plan.lanes_data:
+            images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
+            plan.wt[:, :, :c] = weight.data.reshape(out_c, c, -1).transpose(2, 0, 1)
+            lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb)
+            lanes_to_images(plan.dxb.reshape(plan.lane_groups, -1, plan.lane_width), dx.reshape(n, -1))
             return
         if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:
             return self._im2col_backward(dy, x, dx, params=False, data=True)

@@ -15,6 +15,11 @@ need no im2col buffer.
       out[obase + s*ostride + u] += sum over m < images, q = y*row + c (y < rows, c < cols) of
           x[xbase + m*ximage + offs[kbase + s] + q] * dy[dbase + m*dimage + q*dstride + u]
   (the weight gradient, from the top diff stored channels-last).
+- `tile_lanes(d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride)`, CR
+  channels by NB vectors of images (images in the lanes), for r < CR and u < NB*lanes:
+      out[obase + r*ostride + u] = sum over e0 <= e < e1 and m < count of
+          w[wbase + ent_w[e] + m*wstride + r] * d[dbase + ent_d[e] + m*dstride + u]
+  (the data gradient of a convolution over an entry list of the taps each input pixel receives: no padding).
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -54,6 +59,7 @@ TAPS_NV = 2
 TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filters that fill one vector, not two)
 PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
 PIX_MR, PIX_NV = 6, 2                        # tile_pixels: pixels x vectors of filters (best of 4 sizes measured)
+LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images
 
 
 def lanes(dtype) -> int:
@@ -219,6 +225,57 @@ def _make_tile_pixels(mr, nv):
     return intrinsic(tile)
 
 
+def _make_tile_lanes(cr, nb):
+    """tile_lanes: cr channels by nb vectors of images; each (entry, m) loads nb vectors of the top diff and
+    broadcasts cr weights."""
+    def tile(typingctx, d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride):
+        sig = types.void(d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            dp, wp, op = (_data(context, builder, t[i], a).data for i, a in ((0, d), (6, w), (11, out)))
+            edp, ewp = (_data(context, builder, t[i], a).data for i, a in ((2, ent_d), (3, ent_w)))
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nb)] for _ in range(cr)]
+            for r in range(cr):
+                for v in range(nb):
+                    builder.store(ir.Constant(vec, None), acc[r][v])
+            with cgutils.for_range(builder, builder.sub(e1, e0)) as entry:
+                e = builder.add(e0, entry.index)
+                db = builder.add(dbase, builder.load(builder.gep(edp, [e])))
+                wb = builder.add(wbase, builder.load(builder.gep(ewp, [e])))
+                with cgutils.for_range(builder, count) as m:
+                    dq = builder.add(db, builder.mul(m.index, dstride))
+                    wq = builder.add(wb, builder.mul(m.index, wstride))
+                    ds = [load(dp, builder.add(dq, const(v * n))) for v in range(nb)]
+                    for r in range(cr):
+                        a = splat(builder.load(builder.gep(wp, [builder.add(wq, const(r))])))
+                        for v in range(nb):
+                            builder.store(fma(a, ds[v], builder.load(acc[r][v])), acc[r][v])
+            for r in range(cr):
+                base = builder.add(obase, builder.mul(const(r), ostride))
+                for v in range(nb):
+                    store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "tile_lanes"
+    return intrinsic(tile)
+
+
+def _py_tile_lanes(cr, nb, d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride):
+    n = lanes(d.dtype) * nb
+    for r in range(cr):
+        acc = np.zeros(n, d.dtype)
+        for e in range(e0, e1):
+            for m in range(count):
+                s = dbase + ent_d[e] + m * dstride
+                acc += w[wbase + ent_w[e] + m * wstride + r] * d[s:s + n]
+        out[obase + r * ostride:obase + r * ostride + n] = acc
+
+
 def _py_tile_pixels(mr, nv, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride):
     n = lanes(x.dtype) * nv
     for r in range(mr):
@@ -324,6 +381,8 @@ tile_planar_half = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if c
     _make_tile_planar(PLANAR_KR, PLANAR_OR, VECTOR_BYTES // 2)
 tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
     PIX_MR, PIX_NV)
+tile_lanes = functools.partial(_py_tile_lanes, LANES_CR, LANES_NB) if config.DISABLE_JIT else _make_tile_lanes(
+    LANES_CR, LANES_NB)
 if config.DISABLE_JIT:
     tile_taps, tile_taps1 = (functools.partial(_py_tile_taps, kr, nv) for kr, nv in ((TAPS_KR, TAPS_NV),
                                                                                     (TAPS_KR1, 1)))

@@ -154,6 +154,69 @@ def test_the_data_gradient_of_an_unpadded_convolution_goes_through_im2col(monkey
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("batch", ["one group", "two groups"])  # lanes of padding past the batch; a second group
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("geometry", [g + (1,) for g in GEOMETRIES] + STRIDED)
+def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, dtype, batch, monkeypatch):
+    """lanes_conv_data (the images in the lanes, each input pixel summing the taps it receives) for every
+    geometry and stride, a batch that does not fill the lanes and one over two groups of them: im2col's bottom
+    diff (and the other results unchanged)."""
+    shape, *rest, stride = geometry
+    width = simd.LANES_NB * simd.lanes(dtype)
+    shape = ((3 if batch == "one group" else width + 3),) + shape[1:]
+    if batch == "two groups" and shape[1] * shape[2] * shape[3] > 1000:
+        shape = shape[:2] + (6, 6)  # (CIFAR-10 quick's conv2 on a smaller plane: the test stays fast)
+    monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
+    monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 2.0)  # every data gradient with the images in the lanes
+    im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
+    calls, original = [], conv.lanes_conv_data
+    monkeypatch.setattr(conv, "lanes_conv_data", lambda *a: calls.append(1) or original(*a))
+    lanes = conv_pass(shape, *rest, dtype, True, monkeypatch, stride=stride)
+    plan = conv_pass.last_plan
+    assert calls == [1] and plan.lanes_data and plan.lane_groups == (1 if batch == "one group" else 2)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, lanes):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+
+
+def test_the_lanes_serve_lenets_conv2_and_downsampling_at_training_batches():
+    """The data gradient in the lanes where the direct kernels would waste most (LeNet's conv2, 0.28 kept) or a
+    stride splits the top, when the batch fills the lanes; not for a batch of 2, nor where the direct kernels
+    keep most of their products."""
+    width = simd.LANES_NB * simd.lanes(np.float32)
+    lenet = conv.DirectPlan((width, 20, 12, 12), 50, (5, 5), (0, 0), (1, 1), (8, 8), np.float32)
+    assert lenet.lanes_data and lenet.data_useful < conv.DIRECT_USEFUL_DATA
+    assert not conv.DirectPlan((2, 20, 12, 12), 50, (5, 5), (0, 0), (1, 1), (8, 8), np.float32).lanes_data
+    assert conv.DirectPlan((width, 16, 16, 16), 32, (3, 3), (1, 1), (1, 1), (8, 8), np.float32, 2).lanes_data
+    assert not conv.DirectPlan((width, 32, 16, 16), 32, (5, 5), (2, 2), (1, 1), (16, 16), np.float32).lanes_data
+    starts, ent_d, ent_w = conv.lane_entries((12, 12), (8, 8), (5, 5), (0, 0), (1, 1), (1, 1), 50, width, 20)
+    assert starts[-1] == len(ent_d) == len(ent_w) == 64 * 25  # each top pixel's 25 taps, once: nothing padded
+    assert starts[1] == 1 and ent_d[0] == 0 and ent_w[0] == 0  # pixel (0, 0) receives tap (0, 0) of top (0, 0)
+
+
+def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
+    """tile_lanes under NUMBA_DISABLE_JIT (its Python version) and compiled: the data gradient in the lanes."""
+    import functools
+    rng = np.random.default_rng(0)
+    width, (c, out_c) = simd.LANES_NB * simd.lanes(np.float64), (6, 5)
+    cpad = -(-c // simd.LANES_CR) * simd.LANES_CR
+    entries = conv.lane_entries((7, 6), (4, 3), (3, 3), (1, 1), (1, 1), (2, 2), out_c, width, cpad)
+    dyb, wt = rng.normal(size=(2, 12, out_c, width)), rng.normal(size=(9, out_c, cpad))
+    results = []
+    for python in (False, True):
+        if python:
+            monkeypatch.setattr(conv, "tile_lanes", functools.partial(simd._py_tile_lanes, simd.LANES_CR,
+                                                                      simd.LANES_NB))
+        run = conv.lanes_conv_data.py_func if python else conv.lanes_conv_data
+        dxb = np.zeros((2, cpad, 42, width))
+        run(dyb, *entries, wt, dxb)
+        results.append(dxb)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
+    assert np.count_nonzero(results[0]) > 0
+
+
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
 @pytest.mark.parametrize("out_c", [10, 7, 3])  # weight-gradient tiles of two vectors of filters, and of one (7: two
 # at 32-byte vectors, 10 there one)
@@ -249,6 +312,9 @@ with pytest.MonkeyPatch.context() as patch:
             t.test_direct_convolution_matches_im2col(geometry, np.float32, patch, pixels)
         for geometry in t.STRIDED:
             t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch, pixels)
+    for geometry in (t.GEOMETRIES[1] + (1,), t.GEOMETRIES[5] + (1,), t.STRIDED[1], t.STRIDED[3]):
+        for batch in ("one group", "two groups"):  # the data gradient in the lanes: 2 vectors of 8 images
+            t.test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
