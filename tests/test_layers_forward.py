@@ -114,6 +114,24 @@ def test_inner_product_is_x_times_w_transposed_plus_b():
     np.testing.assert_allclose(tops[0].data, x.reshape(4, 6) @ w.T + b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows, bias", [(2, True), (40, False), (128, True), (129, True)])
+def test_inner_product_of_a_training_batch_through_the_transposed_product(rows, bias, monkeypatch):
+    """Up to TRANSPOSED_ROWS rows (and 32 outputs or more) the top is (W x^T)^T + b: the same numbers, the bias
+    on every row (a bias added along the wrong axis of the transposed product fails), a buffer per shape."""
+    import layers.inner_product as ip
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(rows, 3, 7)).astype(np.float32)
+    w, b = rng.normal(size=(45, 21)), rng.normal(size=45)
+    calls, original = [], ip.gemm
+    monkeypatch.setattr(ip, "gemm", lambda a, *rest, **kw: calls.append(a.shape) or original(a, *rest, **kw))
+    layer, _, tops = run("InnerProduct", {"inner_product_param": {"num_output": 45, "bias_term": bias}}, x,
+                         params=[w, b] if bias else [w])
+    want = x.reshape(rows, 21) @ w.T + (b if bias else 0)
+    np.testing.assert_allclose(tops[0].data, want, rtol=1e-5, atol=1e-5)
+    assert calls == [(45, 21) if rows <= ip.TRANSPOSED_ROWS else (rows, 21)]
+    assert (getattr(layer, "_yt", None) is not None) == (rows <= ip.TRANSPOSED_ROWS)
+
+
 def test_relu_with_negative_slope():
     x = np.array([-2, -0.5, 0, 1.5], np.float32)
     _, _, tops = run("ReLU", {"relu_param": {"negative_slope": 0.1}}, x)
