@@ -10,8 +10,12 @@ planes: `layers/simd.tile_bcast{1,2,3}` compute it in registers without writing 
 x >= OW of each row are computed and dropped). The backward data pass is the same product on the padded top diff
 with the kernel flipped, and the weight gradient (`tile_taps`) sums top diff times shifted input planes.
 A stride s > 1 splits each padded plane into s*s phase planes (`place_phases`), so that every tap again reads
-the same shifted row for all outputs (ResNet's down-sampling 3x3: 4.2x im2col's forward); its data gradient
-stays im2col's.
+the same shifted row for all outputs (ResNet's down-sampling 3x3: 4.2x im2col's forward).
+With the images in the lanes (`lanes_conv_data`, `layers/simd.tile_lanes`): a batch transposed to (pixel,
+channel, image) with a vector's images per lane, each output pixel sums over a list of the taps that reach it,
+so nothing is padded and a stride is only another list: the data gradient where the direct kernels would
+waste most (LeNet's conv2, 0.28 of its products kept) or a stride splits the top (was im2col's), and the
+forward on output planes of up to 8x8, when the batch fills the lanes.
 Otherwise the whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
 group is a single large matrix product.
 """
@@ -33,7 +37,7 @@ from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, dept
                         rows_to_top, to_phases, top_to_rows)
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
-                   tile_planar_half, tile_taps, tile_taps1)
+                   tile_planar_half, tile_taps, tile_taps1, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -54,6 +58,9 @@ PIXELS_MARGIN = 1.2
 # YAFFE_CONV_LANES=0 turns it off (tests compare both)
 LANES_DATA = os.environ.get("YAFFE_CONV_LANES", "1") != "0"
 LANES_FILL = 0.75
+# and the forward, on output planes of up to this many pixels (a multiple of a vector): 8x8 planes 1.1-1.2x the
+# pixel tiles (LeNet's conv2, CIFAR-10 quick's conv3), 16x16 ones 0.96x
+LANES_PLANE = 64
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
@@ -365,39 +372,57 @@ def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt):
 @njit(cache=True, nogil=True)
 def images_to_lanes(x, buf):
     """x (N, A, B) -> buf (G, B, A, L), the images in the lanes: buf[g, b, a, l] = x[g*L + l, a, b], zero for
-    g*L + l >= N."""
+    g*L + l >= N. Blocks of a vector's lanes of images by as many values of b, transposed in registers."""
     n_img, rows, cols = x.shape
     groups, width = buf.shape[0], buf.shape[3]
+    step = VECTOR_BYTES // x.itemsize
+    body = cols - cols % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
-    block = np.empty((16, width), x.dtype)  # (the rows of buf are rows*width apart: 4 KiB for 32 rows of 32 lanes, so
-    for g in range(groups):                 # writing them a lane at a time thrashes one set of L1; whole rows do not)
+    zeros = np.zeros(step, x.dtype)
+    for g in range(groups):
         for a in range(rows):
-            for b0 in range(0, cols, 16):
-                b1 = min(b0 + 16, cols)
-                for lane in range(width):
-                    n = g * width + lane
-                    src = (n * rows + a) * cols
-                    for b in range(b0, b1):
-                        block[b - b0, lane] = xf[uintp(src + b)] if n < n_img else 0
-                for b in range(b0, b1):
-                    dst = ((g * cols + b) * rows + a) * width
-                    for lane in range(width):
-                        bf[uintp(dst + lane)] = block[b - b0, lane]
+            for b0 in range(0, body, step):
+                for l0 in range(0, width, step):  # (both halves of a row of buf, one after the other)
+                    n0 = g * width + l0
+                    if n0 + step <= n_img:
+                        transpose_tile(xf, (n0 * rows + a) * cols + b0, rows * cols, bf,
+                                       ((g * cols + b0) * rows + a) * width + l0, rows * width, zeros, 0, False, 0.0)
+                    else:
+                        for lane in range(l0, l0 + step):
+                            n = g * width + lane
+                            for b in range(b0, b0 + step):
+                                bf[uintp(((g * cols + b) * rows + a) * width + lane)] = \
+                                    xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
+            for lane in range(width):
+                n = g * width + lane
+                for b in range(body, cols):
+                    bf[uintp(((g * cols + b) * rows + a) * width + lane)] = \
+                        xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
 
 
 @njit(cache=True, nogil=True)
 def lanes_to_images(buf, x):
-    """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L]."""
+    """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L] (blocks transposed in registers)."""
     n_img, m_all = x.shape
     m_buf, width = buf.shape[1], buf.shape[2]
+    step = VECTOR_BYTES // x.itemsize
+    body = m_all - m_all % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
+    zeros = np.zeros(step, x.dtype)
     for g in range(-(-n_img // width)):
-        for m0 in range(0, m_all, 16):  # a block of 16 x L of buf read in order, 16 values of each image written
-            m1 = min(m0 + 16, m_all)
-            for lane in range(min(width, n_img - g * width)):
-                dst = (g * width + lane) * m_all
-                for m in range(m0, m1):
-                    xf[uintp(dst + m)] = bf[uintp((g * m_buf + m) * width + lane)]
+        for m0 in range(0, body, step):
+            for l0 in range(0, width, step):
+                n0 = g * width + l0
+                if n0 + step <= n_img:
+                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, xf, n0 * m_all + m0, m_all, zeros, 0,
+                                   False, 0.0)
+                else:
+                    for n in range(n0, min(n0 + step, n_img)):
+                        for m in range(m0, m0 + step):
+                            xf[uintp(n * m_all + m)] = bf[uintp((g * m_buf + m) * width + n - g * width)]
+        for n in range(g * width, min(g * width + width, n_img)):
+            for m in range(body, m_all):
+                xf[uintp(n * m_all + m)] = bf[uintp((g * m_buf + m) * width + n - g * width)]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -415,6 +440,44 @@ def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb):
         c0, p = rest // plane * LANES_CR, rest % plane
         tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c, width,
                    cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+
+
+@njit(cache=True, nogil=True)
+def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
+    """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o], with a ReLU (leaky:
+    slope) as take_planes; bias (O*lanes,) each channel's bias a vector's lanes times, P a multiple of a vector."""
+    n_img, out_c, plane = y.shape
+    width = buf.shape[3]
+    step = VECTOR_BYTES // y.itemsize
+    m_all, m_buf = out_c * plane, buf.shape[1] * plane
+    yf, bf = y.reshape(-1), buf.reshape(-1)
+    for g in range(-(-n_img // width)):
+        for m0 in range(0, m_all, step):
+            for l0 in range(0, width, step):
+                n0 = g * width + l0
+                if n0 + step <= n_img:
+                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, yf, n0 * m_all + m0, m_all, bias,
+                                   m0 // plane * step, relu, slope)
+                else:
+                    for n in range(n0, min(n0 + step, n_img)):
+                        for m in range(m0, m0 + step):
+                            v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m // plane * step]
+                            yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
+
+
+def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, width, opad):
+    """(starts, ent_d, ent_w) of lanes_conv_data run forward: for every output pixel (oy, ox), in order, the taps
+    (i, j) whose input pixel (oy*sh - ph + i*dh, ox*sw - pw + j*dw) is inside the bottom: ent_d = (y*W + x)*C*width,
+    ent_w = (i*kw + j)*C*opad."""
+    (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
+    oy, ox, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
+                                                        indexing="ij"))
+    y, x = oy * sh - ph + i * dh, ox * sw - pw + j * dw
+    keep = (y >= 0) & (x >= 0) & (y < h) & (x < w)
+    starts = np.zeros(oh * ow + 1, np.int64)
+    np.cumsum(np.bincount((oy * ow + ox)[keep], minlength=oh * ow), out=starts[1:])
+    return starts, ((y * w + x)[keep] * chans * width).astype(np.int64), ((i * kw + j)[keep] * chans * opad).astype(
+        np.int64)
 
 
 def lane_entries(in_hw, out_hw, kernel, pad, dilation, stride, out_c, width, cpad):
@@ -487,7 +550,7 @@ class DirectPlan:
         length = max(hq * self.wp, max(t[1] for t in taps) + self.nq)
         self.rows = np.zeros(s, np.bool_)  # the row phases some tap reads (a 1x1 kernel: the first alone)
         self.rows[[t[0] // s for t in taps]] = True
-        self.k = c * kh * kw
+        self.k, self.out_c = c * kh * kw, out_c
         # the weight gradient's tiles: one vector of filters where two would hold more padding (and twice the taps)
         self.taps_nv = 1 if _round_up(out_c, step) < _round_up(out_c, TAPS_NV * step) else TAPS_NV
         self.offs = np.zeros(_round_up(self.k, TAPS_KR1 if self.taps_nv == 1 else TAPS_KR), np.int64)
@@ -564,6 +627,9 @@ class DirectPlan:
         self.lanes_data = LANES_DATA and (s > 1 or self.data_useful < DIRECT_USEFUL_DATA) \
             and n >= LANES_FILL * self.lane_groups * self.lane_width
         self.lane_geometry = ((h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (s, s))
+        self.lanes_forward = LANES_DATA and oh * ow <= LANES_PLANE and oh * ow % step == 0 \
+            and n >= LANES_FILL * self.lane_groups * self.lane_width
+        self.xb = self.yb = self.wt_f = None  # the lanes forward's buffers (lanes_forward_buffers)
         self._backward_shape = (n, out_c, length_q, dtype)
 
     def source(self, x, owner):
@@ -585,8 +651,23 @@ class DirectPlan:
             place_phases(x, self.xpad, *self.pad, self.stride, self.wp, self.rows)
         self.holder[:] = token
 
+    def lanes_forward_buffers(self):
+        """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
+        entries, the weights laid out (T, C, Opad) and the bias a vector's lanes a channel."""
+        if self.wt_f is None:
+            (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
+            n, c = self.bottom_shape[:2]
+            dtype, width, groups = self.w.dtype, self.lane_width, self.lane_groups
+            opad = _round_up(self.out_c, LANES_CR)
+            self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, opad)
+            self.wt_f = np.zeros((kh * kw, c, opad), dtype)
+            self.bias_f = np.zeros(opad * lanes(dtype), dtype)
+            self.xb = scratch(self.key + ("xb",), (groups, h * w, c, width), dtype)
+            self.yb = scratch(self.key + ("yb",), (groups, opad, oh * ow, width), dtype)
+        return self.xb, self.yb
+
     def buffers(self):
-        return self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq, self.dyb, self.dxb, self.wt
+        return self.xb, self.yb, self.xpad, self.holder, self.out, self.dyt, self.dyp, self.dxq, self.dyb, self.dxb, self.wt
 
     def backward_buffers(self):
         if self.dwt is None:
@@ -774,6 +855,17 @@ class Convolution(Layer):
         self._forward(x, y)  # lays the weights out (plan.laid) and says which path it took
         plan = self._plan
         relu, slope = (True, self.relu) if self.relu is not None else (False, 0.0)
+        if plan.lanes_forward:
+            x3, y3, (xb, yb), entries = x.reshape(x.shape[0], x.shape[1], -1), y.reshape(
+                y.shape[0], self.p.num_output, -1), plan.lanes_forward_buffers(), plan.entries_f
+            wt, bias_f, holder = plan.wt_f, plan.bias_f, plan.holder
+
+            def run():
+                holder[0] = 0
+                images_to_lanes(x3, xb)
+                lanes_conv_data(xb, *entries, wt, yb)
+                lanes_to_top(yb, y3, bias_f, relu, slope)
+            return run
         n, xpad, wp, holder, out = x.shape[0], plan.xpad, plan.wp, plan.holder, plan.out
         xp, offs, w, bias = plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias
         if plan.x_direct:
@@ -886,6 +978,19 @@ class Convolution(Layer):
         plan = self._direct(x)
         self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
                                                                f"im2col, {self.p.group} groups")
+        if plan is not None and plan.lanes_forward:
+            self.path_taken = "direct (images in the lanes)"
+            out_c, c = self.p.num_output, x.shape[1]
+            xb, yb = plan.lanes_forward_buffers()
+            if self.fold is None or plan.laid is not self.fold:
+                plan.wt_f[:, :, :out_c] = weight.reshape(out_c, c, -1).transpose(2, 1, 0)
+                plan.bias_f[:out_c * lanes(x.dtype)] = np.repeat(bias, lanes(x.dtype)) if has_bias else 0
+                plan.laid = self.fold
+            plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
+            images_to_lanes(x.reshape(x.shape[0], c, -1), xb)
+            lanes_conv_data(xb, *plan.entries_f, plan.wt_f, yb)
+            lanes_to_top(yb, y.reshape(y.shape[0], out_c, -1), plan.bias_f, *relu)
+            return
         if plan is not None:
             out_c = self.p.num_output
             if self.fold is None or plan.laid is not self.fold:  # a fold is a new tuple when its weights change

@@ -265,6 +265,56 @@ def _make_tile_lanes(cr, nb):
     return intrinsic(tile)
 
 
+def _make_transpose_tile():
+    """transpose_tile: a block of lanes x lanes values transposed in registers (a network of shuffles: at each
+    level h = lanes/2 .. 1, rows i and i + h swap their off-diagonal h x h blocks), plus a bias by column and an
+    optional (leaky) ReLU."""
+    def tile(typingctx, src, sbase, sstride, dst, dbase, dstride, bias, bbase, relu, slope):
+        sig = types.void(src, sbase, sstride, dst, dbase, dstride, bias, bbase, relu, slope)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            src, sbase, sstride, dst, dbase, dstride, bias, bbase, relu, slope = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            sp, dp, bp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (3, dst), (6, bias)))
+            rows = [load(sp, builder.add(sbase, builder.mul(const(r), sstride))) for r in range(n)]
+            h = n // 2
+            while h:
+                lo = ir.Constant(ir.VectorType(ir.IntType(32), n), [j if not j & h else n + j - h for j in range(n)])
+                hi = ir.Constant(ir.VectorType(ir.IntType(32), n), [j + h if not j & h else n + j for j in range(n)])
+                new = list(rows)
+                for i in range(n):
+                    if not i & h:
+                        new[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
+                        new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
+                rows = new
+                h //= 2
+            b = load(bp, bbase)
+            zero = ir.Constant(vec, None)
+            slopes = splat(context.cast(builder, slope, t[9], t[0].dtype))
+            relu = context.cast(builder, relu, t[8], types.boolean)
+            for r in range(n):
+                v = builder.fadd(rows[r], b)
+                leaky = builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slopes))
+                v = builder.select(relu, leaky, v)
+                store(v, dp, builder.add(dbase, builder.mul(const(r), dstride)))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "transpose_tile"
+    return intrinsic(tile)
+
+
+def _py_transpose_tile(src, sbase, sstride, dst, dbase, dstride, bias, bbase, relu, slope):
+    n = lanes(src.dtype)
+    block = np.stack([src[sbase + r * sstride:sbase + r * sstride + n] for r in range(n)]).T + bias[bbase:bbase + n]
+    if relu:
+        block = np.where(block > 0, block, block * slope)
+    for r in range(n):
+        dst[dbase + r * dstride:dbase + r * dstride + n] = block[r]
+
+
 def _py_tile_lanes(cr, nb, d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride):
     n = lanes(d.dtype) * nb
     for r in range(cr):
@@ -381,6 +431,7 @@ tile_planar_half = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if c
     _make_tile_planar(PLANAR_KR, PLANAR_OR, VECTOR_BYTES // 2)
 tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
     PIX_MR, PIX_NV)
+transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 tile_lanes = functools.partial(_py_tile_lanes, LANES_CR, LANES_NB) if config.DISABLE_JIT else _make_tile_lanes(
     LANES_CR, LANES_NB)
 if config.DISABLE_JIT:

@@ -53,7 +53,7 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
     out(f"Average forward-backward: {result['forward_backward_ms']:.3f} ms ({result['images_per_s']:.0f} img/s at "
         f"batch {batch})")
     out(f"Total time: {total * 1e3:.1f} ms for {iterations} iterations")
-    result["kernels"] = _kernels(net, out)
+    result["kernels"] = _kernels(net, out, phase)
     result["data_layers"] = _data_alone(net, iterations, out)
     if phase == "TRAIN":
         from solvers.replicas import start
@@ -73,17 +73,24 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
     return result
 
 
-def _kernels(net, out) -> dict:
+def _kernels(net, out, phase="TRAIN") -> dict:
     """The vector width and register tiles the kernels were compiled for, and each convolution's path."""
     from layers import simd
     width = {64: "AVX-512", 32: "AVX2"}[simd.VECTOR_BYTES]
     forced = ", forced by YAFFE_VECTOR_BYTES" if os.environ.get("YAFFE_VECTOR_BYTES") else ""
-    paths = {d.name: layer.path_taken + (" (pixel tiles)" if layer.path_taken == "direct" and getattr(
-             getattr(layer, "_plan", None), "pixels", False) else "")
-             for d, layer in zip(net.defs, net.layers) if getattr(layer, "path_taken", None)}
+
+    def path(k, layer):
+        plan = getattr(layer, "_plan", None)
+        pixels = layer.path_taken == "direct" and getattr(plan, "pixels", False)
+        lanes = layer.path_taken.startswith("direct") and getattr(plan, "lanes_data", False) and phase == "TRAIN" \
+            and any(net.propagate[k])
+        return layer.path_taken + (" (pixel tiles)" if pixels else "") + (", data gradient in the lanes" if lanes else "")
+    paths = {d.name: path(k, layer) for k, (d, layer) in enumerate(zip(net.defs, net.layers))
+             if getattr(layer, "path_taken", None)}
     out(f"Kernels: {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
-        f"vectors (forward), {simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 "
-        "vector where the filters fill one vector)")
+        f"vectors (forward), {simd.PIX_MR} pixels x {simd.PIX_NV} vectors (pixel tiles), {simd.TAPS_KR} taps x "
+        f"{simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 vector where the filters fill one "
+        f"vector), {simd.LANES_CR} channels x {simd.LANES_NB} vectors of images (images in the lanes)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
     fused = [f"{net.defs[i].name} + {net.defs[j].name}" for i, (j, _) in getattr(net, "_fused", {}).items()]
@@ -91,7 +98,7 @@ def _kernels(net, out) -> dict:
         out(f"Fused in training (BatchNorm + Scale, one pass forward, two backward; the table above times them "
             f"apart): {len(fused)} pairs ({', '.join(fused[:3])}{', ...' if len(fused) > 3 else ''})")
     return {"vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR, "taps_rows": simd.TAPS_KR,
-            "convolutions": paths, "fused": fused}
+            "lanes_channels": simd.LANES_CR, "convolutions": paths, "fused": fused}
 
 
 def _data_alone(net, iterations, out) -> list:

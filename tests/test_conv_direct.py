@@ -58,7 +58,8 @@ layer:
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
-    assert calls == (["conv"] if direct else [])
+    lanes_forward = direct and getattr(layer, "_plan", None) is not None and layer._plan.lanes_forward
+    assert calls == (["conv"] if direct and not lanes_forward else [])
     conv_pass.last_plan = getattr(layer, "_plan", None)
     net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
     for blob in layer.blobs:
@@ -167,6 +168,7 @@ def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry,
     if batch == "two groups" and shape[1] * shape[2] * shape[3] > 1000:
         shape = shape[:2] + (6, 6)  # (CIFAR-10 quick's conv2 on a smaller plane: the test stays fast)
     monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+    monkeypatch.setattr(conv, "LANES_PLANE", 0)  # (the forward on the direct kernels: conv_pass counts them)
     monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
     monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 2.0)  # every data gradient with the images in the lanes
     im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
@@ -178,6 +180,39 @@ def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry,
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, lanes):
         assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+
+
+LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride): output planes of whole vectors
+    ((3, 8, 8), 5, (3, 3), (1, 1), 1, 1),
+    ((20, 12, 12), 50, (5, 5), (0, 0), 1, 1),    # LeNet's conv2
+    ((2, 12, 12), 9, (3, 5), (0, 2), 2, 1),      # rectangular, dilated
+    ((4, 16, 16), 16, (3, 3), (1, 1), 1, 2),     # ResNet's down-sampling
+    ((6, 8, 8), 7, (3, 3), (1, 1), 1, 1),        # channels and filters past a tile
+]
+
+
+@pytest.mark.parametrize("batch", ["one group", "two groups"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("geometry", LANES_FORWARD)
+def test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, dtype, batch, monkeypatch):
+    """The forward on lanes_conv_data (its entries over the output pixels) and lanes_to_top (the bias by channel,
+    the transposes in registers, the lanes past the batch dropped): im2col's top, and the backward after it (its
+    padded input placed by the backward itself)."""
+    shape, *rest, stride = geometry
+    width = simd.LANES_NB * simd.lanes(dtype)
+    shape = ((3 if batch == "one group" else width + 3),) + shape
+    monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+    monkeypatch.setattr(conv, "LANES_PLANE", 1 << 20)
+    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
+    im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
+    calls, original = [], conv.lanes_to_top
+    monkeypatch.setattr(conv, "lanes_to_top", lambda *a: calls.append(1) or original(*a))
+    lanes = conv_pass(shape, *rest, dtype, True, monkeypatch, stride=stride)
+    plan = conv_pass.last_plan
+    assert calls == [1] and plan.lanes_forward and plan.lane_groups == (1 if batch == "one group" else 2)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, lanes):
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
 
 
@@ -315,6 +350,8 @@ with pytest.MonkeyPatch.context() as patch:
     for geometry in (t.GEOMETRIES[1] + (1,), t.GEOMETRIES[5] + (1,), t.STRIDED[1], t.STRIDED[3]):
         for batch in ("one group", "two groups"):  # the data gradient in the lanes: 2 vectors of 8 images
             t.test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
+    for geometry in t.LANES_FORWARD:  # the forward in the lanes: 6 channels a tile
+        t.test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, "two groups", patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))

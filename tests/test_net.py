@@ -524,7 +524,7 @@ layer:
 """
 
 
-@pytest.mark.parametrize("pixels", [False, True])
+@pytest.mark.parametrize("pixels", [False, True, "lanes"])
 def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_loops_results(pixels, monkeypatch):
     """run.py predict and test (constant_weights, no backward): each layer's forward bound once to its blobs
     (Net._bound_calls; a convolution's kernels, pooling's, a batch of one's InnerProduct on row_times_rows) gives
@@ -532,7 +532,11 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     weights_changed()."""
     from netspec.loader import loads as load_yaml
     import layers.conv as conv
-    monkeypatch.setattr(conv, "PIXELS", pixels)
+    if pixels == "lanes":  # the forward with the images in the lanes (a fold's bias, a leaky ReLU), any batch
+        monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+        monkeypatch.setattr(conv, "LANES_PLANE", 1 << 20)
+    else:
+        monkeypatch.setattr(conv, "PIXELS", pixels)
     rng = np.random.default_rng(3)
     nets = [Net(load_yaml(BOUND_NET), "TEST", seed=0) for _ in range(2)]
     for layer, twin in zip(*(n.layers for n in nets)):
@@ -563,9 +567,12 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     assert "bn1" not in names and "relu1" not in names and "relu2" not in names  # folded, applied on the way
     for i, call in calls.items():  # the direct convolutions' and the batch of one's InnerProducts' own calls
         layer = bound.layers[i]
-        own = layer.type in ("InnerProduct", "Pooling") or layer.type == "Convolution" and layer.path_taken == "direct"
+        own = layer.type in ("InnerProduct", "Pooling") or layer.type == "Convolution" and \
+            layer.path_taken.startswith("direct")
         assert ("bound_forward" in call.__qualname__) == own, layer.name
-    assert sum(getattr(bound.layers[i], "path_taken", None) == "direct" for i in calls) >= 2
+    paths = [getattr(bound.layers[i], "path_taken", "") for i in calls]
+    assert sum(p.startswith("direct") for p in paths) >= 2
+    assert (sum(p == "direct (images in the lanes)" for p in paths) >= 3) == (pixels == "lanes")
     check(1)
     assert dict(bound._bound[4]) == calls  # bound once
     check(3)  # reshaped from Python: bound again (the InnerProducts through gemm, on weights laid out (K, N))
