@@ -15,7 +15,7 @@ With the images in the lanes (`lanes_conv_data`, `layers/simd.tile_lanes`): a ba
 channel, image) with a vector's images per lane, each output pixel sums over a list of the taps that reach it,
 so nothing is padded and a stride is only another list: the data gradient where the direct kernels would
 waste most (LeNet's conv2, 0.28 of its products kept) or a stride splits the top (was im2col's), and the
-forward on output planes of up to 8x8, when the batch fills the lanes.
+forward of kernels larger than 1x1 on output planes of up to 14x14, when the batch fills the lanes.
 Otherwise the whole batch goes through one im2col buffer of shape (C*kh*kw, N*OH*OW), so each
 group is a single large matrix product.
 """
@@ -58,9 +58,10 @@ PIXELS_MARGIN = 1.2
 # YAFFE_CONV_LANES=0 turns it off (tests compare both)
 LANES_DATA = os.environ.get("YAFFE_CONV_LANES", "1") != "0"
 LANES_FILL = 0.75
-# and the forward, on output planes of up to this many pixels (a multiple of a vector): 8x8 planes 1.1-1.2x the
-# pixel tiles (LeNet's conv2, CIFAR-10 quick's conv3), 16x16 ones 0.96x
-LANES_PLANE = 64
+# and the forward, of kernels larger than 1x1 on output planes of up to this many pixels (one thread, against the
+# direct kernels: 7x7 planes 1.6x, 8x8 1.1-1.2x (LeNet's conv2, CIFAR-10 quick's conv3), 12x12 and 14x14 1.2x,
+# stride-2 3x3 1.3-1.5x; 16x16 0.84-0.96x and 28x28 0.92x; 1x1 kernels 0.67-0.87x: the direct ones copy less)
+LANES_PLANE = 196
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
@@ -444,25 +445,30 @@ def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb):
 
 @njit(cache=True, nogil=True)
 def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
-    """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o], with a ReLU (leaky:
-    slope) as take_planes; bias (O*lanes,) each channel's bias a vector's lanes times, P a multiple of a vector."""
+    """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o*P + p], with a ReLU
+    (leaky: slope) as take_planes; bias (O*P,) rounded up to a whole vector, each channel's P times."""
     n_img, out_c, plane = y.shape
     width = buf.shape[3]
     step = VECTOR_BYTES // y.itemsize
     m_all, m_buf = out_c * plane, buf.shape[1] * plane
+    body = m_all - m_all % step
     yf, bf = y.reshape(-1), buf.reshape(-1)
     for g in range(-(-n_img // width)):
-        for m0 in range(0, m_all, step):
+        for m0 in range(0, body, step):
             for l0 in range(0, width, step):
                 n0 = g * width + l0
                 if n0 + step <= n_img:
-                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, yf, n0 * m_all + m0, m_all, bias,
-                                   m0 // plane * step, relu, slope)
+                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, yf, n0 * m_all + m0, m_all, bias, m0,
+                                   relu, slope)
                 else:
                     for n in range(n0, min(n0 + step, n_img)):
                         for m in range(m0, m0 + step):
-                            v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m // plane * step]
+                            v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m]
                             yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
+        for n in range(g * width, min(g * width + width, n_img)):
+            for m in range(body, m_all):
+                v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m]
+                yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
 
 
 def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, width, opad):
@@ -627,7 +633,7 @@ class DirectPlan:
         self.lanes_data = LANES_DATA and (s > 1 or self.data_useful < DIRECT_USEFUL_DATA) \
             and n >= LANES_FILL * self.lane_groups * self.lane_width
         self.lane_geometry = ((h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (s, s))
-        self.lanes_forward = LANES_DATA and oh * ow <= LANES_PLANE and oh * ow % step == 0 \
+        self.lanes_forward = LANES_DATA and oh * ow <= LANES_PLANE and kh * kw > 1 \
             and n >= LANES_FILL * self.lane_groups * self.lane_width
         self.xb = self.yb = self.wt_f = None  # the lanes forward's buffers (lanes_forward_buffers)
         self._backward_shape = (n, out_c, length_q, dtype)
@@ -661,7 +667,7 @@ class DirectPlan:
             opad = _round_up(self.out_c, LANES_CR)
             self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, opad)
             self.wt_f = np.zeros((kh * kw, c, opad), dtype)
-            self.bias_f = np.zeros(opad * lanes(dtype), dtype)
+            self.bias_f = np.zeros(_round_up(self.out_c * oh * ow, lanes(dtype)), dtype)
             self.xb = scratch(self.key + ("xb",), (groups, h * w, c, width), dtype)
             self.yb = scratch(self.key + ("yb",), (groups, opad, oh * ow, width), dtype)
         return self.xb, self.yb
@@ -984,7 +990,7 @@ class Convolution(Layer):
             xb, yb = plan.lanes_forward_buffers()
             if self.fold is None or plan.laid is not self.fold:
                 plan.wt_f[:, :, :out_c] = weight.reshape(out_c, c, -1).transpose(2, 1, 0)
-                plan.bias_f[:out_c * lanes(x.dtype)] = np.repeat(bias, lanes(x.dtype)) if has_bias else 0
+                plan.bias_f[:y[0].size] = np.repeat(bias, y[0, 0].size) if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
             images_to_lanes(x.reshape(x.shape[0], c, -1), xb)

@@ -189,6 +189,7 @@ LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride): 
     ((2, 12, 12), 9, (3, 5), (0, 2), 2, 1),      # rectangular, dilated
     ((4, 16, 16), 16, (3, 3), (1, 1), 1, 2),     # ResNet's down-sampling
     ((6, 8, 8), 7, (3, 3), (1, 1), 1, 1),        # channels and filters past a tile
+    ((5, 7, 7), 6, (3, 3), (1, 1), 1, 1),        # a plane of 49: columns past the last whole vector
 ]
 
 
@@ -226,6 +227,11 @@ def test_the_lanes_serve_lenets_conv2_and_downsampling_at_training_batches():
     assert not conv.DirectPlan((2, 20, 12, 12), 50, (5, 5), (0, 0), (1, 1), (8, 8), np.float32).lanes_data
     assert conv.DirectPlan((width, 16, 16, 16), 32, (3, 3), (1, 1), (1, 1), (8, 8), np.float32, 2).lanes_data
     assert not conv.DirectPlan((width, 32, 16, 16), 32, (5, 5), (2, 2), (1, 1), (16, 16), np.float32).lanes_data
+    # the forward: kernels over 1x1 on planes up to 14x14 (not 16x16; not a pointwise layer, whose copies are less)
+    assert lenet.lanes_forward
+    assert conv.DirectPlan((width, 64, 7, 7), 64, (3, 3), (1, 1), (1, 1), (7, 7), np.float32).lanes_forward
+    assert not conv.DirectPlan((width, 32, 16, 16), 32, (5, 5), (2, 2), (1, 1), (16, 16), np.float32).lanes_forward
+    assert not conv.DirectPlan((width, 128, 8, 8), 128, (1, 1), (0, 0), (1, 1), (8, 8), np.float32).lanes_forward
     starts, ent_d, ent_w = conv.lane_entries((12, 12), (8, 8), (5, 5), (0, 0), (1, 1), (1, 1), 50, width, 20)
     assert starts[-1] == len(ent_d) == len(ent_w) == 64 * 25  # each top pixel's 25 taps, once: nothing padded
     assert starts[1] == 1 and ent_d[0] == 0 and ent_w[0] == 0  # pixel (0, 0) receives tap (0, 0) of top (0, 0)
