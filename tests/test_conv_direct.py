@@ -258,6 +258,39 @@ def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
     assert np.count_nonzero(results[0]) > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(dtype, monkeypatch):
+    """images_to_lanes, lanes_to_images and lanes_to_top (transpose_tile: whole blocks in registers; the batch's
+    and the plane's last partial vectors one value at a time), compiled and under NUMBA_DISABLE_JIT's Python."""
+    rng = np.random.default_rng(3)
+    step = simd.lanes(dtype)
+    width = simd.LANES_NB * step
+    n, a, b = width + step + 3, 3, 2 * step + 5  # groups: one full, one with a whole and a partial vector
+    groups = 2
+    x = rng.normal(size=(n, a, b)).astype(dtype)
+    want = np.zeros((groups * width, a, b), dtype)
+    want[:n] = x
+    want = want.reshape(groups, width, a, b).transpose(0, 3, 2, 1)
+    bias = rng.normal(size=a).astype(dtype)
+    colbias = np.zeros(-(-a * b // step) * step, dtype)
+    colbias[:a * b] = np.repeat(bias, b)
+    buf = rng.normal(size=(groups, a, b, width)).astype(dtype)  # (G, Opad = a, P = b, L)
+    top = buf.transpose(0, 3, 1, 2).reshape(groups * width, a, b)[:n] + bias[None, :, None]
+    for python in (False, True):
+        if python:
+            monkeypatch.setattr(conv, "transpose_tile", simd._py_transpose_tile)
+        run = (lambda f: f.py_func) if python else (lambda f: f)
+        lanes = np.full((groups, b, a, width), np.nan, dtype)
+        run(conv.images_to_lanes)(x, lanes)
+        np.testing.assert_array_equal(lanes, want)
+        back = np.full((n, a * b), np.nan, dtype)
+        run(conv.lanes_to_images)(buf.reshape(groups, a * b, width), back)
+        np.testing.assert_array_equal(back, buf.transpose(0, 3, 1, 2).reshape(groups * width, a * b)[:n])
+        y = np.full((n, a, b), np.nan, dtype)
+        run(conv.lanes_to_top)(buf, y, colbias, True, 0.25)
+        np.testing.assert_allclose(y, np.where(top > 0, top, 0.25 * top), rtol=1e-6)
+
+
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
 @pytest.mark.parametrize("out_c", [10, 7, 3])  # weight-gradient tiles of two vectors of filters, and of one (7: two
 # at 32-byte vectors, 10 there one)
