@@ -657,6 +657,18 @@ class DirectPlan:
             place_phases(x, self.xpad, *self.pad, self.stride, self.wp, self.rows)
         self.holder[:] = token
 
+    def lanes_data_buffers(self):
+        """The lanes data gradient's entries and buffers, at its first call (dyb, dxb and wt: scratch)."""
+        if self.dyb is None:
+            n, out_c, length_q, dtype = self._backward_shape
+            (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
+            c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
+            cpad = _round_up(c, LANES_CR)
+            self.entries = lane_entries(*self.lane_geometry, out_c, width, cpad)
+            self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
+            self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
+            self.wt = scratch(self.key + ("wt",), (kh * kw, out_c, cpad), dtype, zeros=True)
+
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
         entries, the weights laid out (T, C, Opad) and the bias a vector's lanes a channel."""
@@ -680,15 +692,9 @@ class DirectPlan:
             n, out_c, length_q, dtype = self._backward_shape
             if not self.planar:
                 self.dyt = scratch(self.key + ("dyt",), (n, self.nq_valid, self.o_taps), dtype, zeros=True)
-            if self.lanes_data:
-                (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
-                c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
-                cpad = _round_up(c, LANES_CR)
-                self.entries = lane_entries(*self.lane_geometry, out_c, width, cpad)
-                self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
-                self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
-                self.wt = scratch(self.key + ("wt",), (kh * kw, out_c, cpad), dtype, zeros=True)
-            elif self.stride == 1:  # the data gradient's own pass (im2col's for a stride), unless it reads dy itself
+            # the data gradient's own pass, unless it reads dy itself (in the lanes: lanes_data_buffers, at its
+            # first call; a first layer has none)
+            if self.stride == 1 and not self.lanes_data:
                 if not self.dy_direct:
                     self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
                 if self.pixels_q:
@@ -1069,6 +1075,7 @@ class Convolution(Layer):
         if not want_dx:
             return
         if plan.lanes_data:
+            plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
             plan.wt[:, :, :c] = weight.data.reshape(out_c, c, -1).transpose(2, 0, 1)
             lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb)

@@ -224,6 +224,10 @@ def test_the_lanes_serve_lenets_conv2_and_downsampling_at_training_batches():
     width = simd.LANES_NB * simd.lanes(np.float32)
     lenet = conv.DirectPlan((width, 20, 12, 12), 50, (5, 5), (0, 0), (1, 1), (8, 8), np.float32)
     assert lenet.lanes_data and lenet.data_useful < conv.DIRECT_USEFUL_DATA
+    lenet.backward_buffers()  # (a weight gradient alone, as a first layer's: no lanes buffers nor entries)
+    assert lenet.dyb is None and lenet.dxb is None and lenet.dyp is None and lenet.dxq is None
+    lenet.lanes_data_buffers()
+    assert lenet.dyb.shape == (1, 64, 50, width) and lenet.dxb.shape[2:] == (144, width)
     assert not conv.DirectPlan((2, 20, 12, 12), 50, (5, 5), (0, 0), (1, 1), (8, 8), np.float32).lanes_data
     assert conv.DirectPlan((width, 16, 16, 16), 32, (3, 3), (1, 1), (1, 1), (8, 8), np.float32, 2).lanes_data
     assert not conv.DirectPlan((width, 32, 16, 16), 32, (5, 5), (2, 2), (1, 1), (16, 16), np.float32).lanes_data
