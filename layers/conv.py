@@ -853,7 +853,7 @@ class Convolution(Layer):
         if plan is None or plan.bottom_shape != x.shape or plan.out_hw != self.out_hw or plan.w.dtype != x.dtype:
             plan = self._plan = DirectPlan(x.shape, self.p.num_output, self.kernel, self.pad, self.dilation,
                                            self.out_hw, x.dtype, self.stride[0])
-        return plan if plan.forward_useful >= DIRECT_USEFUL else None
+        return plan if plan.forward_useful >= DIRECT_USEFUL or plan.lanes_forward else None  # (the lanes waste none)
 
     def bound_forward(self, bottom, top):
         """Layer.bound_forward: the direct path's kernels (placing the bottom, the product, the copy to the top;
