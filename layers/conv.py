@@ -55,7 +55,7 @@ DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, (0.4 if VECTOR_BYTES == 64 else 0.6)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
 # the data gradient with the images in the lanes (DirectPlan.lanes_data) where the batch fills this much of them;
-# YAFFE_CONV_LANES=0 turns it off (tests compare both)
+# YAFFE_CONV_LANES=0 turns it off (and the forward below)
 LANES_DATA = os.environ.get("YAFFE_CONV_LANES", "1") != "0"
 LANES_FILL = 0.75
 # and the forward, of kernels larger than 1x1 on output planes of up to this many pixels (one thread, against the
@@ -660,7 +660,7 @@ class DirectPlan:
     def lanes_data_buffers(self):
         """The lanes data gradient's entries and buffers, at its first call (dyb, dxb and wt: scratch)."""
         if self.dyb is None:
-            n, out_c, length_q, dtype = self._backward_shape
+            out_c, dtype = self._backward_shape[1], self._backward_shape[3]
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
             c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
             cpad = _round_up(c, LANES_CR)
@@ -671,10 +671,10 @@ class DirectPlan:
 
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
-        entries, the weights laid out (T, C, Opad) and the bias a vector's lanes a channel."""
+        entries, the weights laid out (T, C, Opad) and the bias by top position (each channel's OH*OW times)."""
         if self.wt_f is None:
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
-            n, c = self.bottom_shape[:2]
+            c = self.bottom_shape[1]
             dtype, width, groups = self.w.dtype, self.lane_width, self.lane_groups
             opad = _round_up(self.out_c, LANES_CR)
             self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, opad)

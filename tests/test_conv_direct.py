@@ -163,27 +163,37 @@ def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry,
     geometry and stride, a batch that does not fill the lanes and one over two groups of them: im2col's bottom
     diff (and the other results unchanged)."""
     shape, *rest, stride = geometry
-    width = simd.LANES_NB * simd.lanes(dtype)
-    shape = ((3 if batch == "one group" else width + 3),) + shape[1:]
+    shape = (_lanes_batch(batch, dtype),) + shape[1:]
     if batch == "two groups" and shape[1] * shape[2] * shape[3] > 1000:
         shape = shape[:2] + (6, 6)  # (CIFAR-10 quick's conv2 on a smaller plane: the test stays fast)
-    monkeypatch.setattr(conv, "LANES_FILL", 0.0)
     monkeypatch.setattr(conv, "LANES_PLANE", 0)  # (the forward on the direct kernels: conv_pass counts them)
-    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
     monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 2.0)  # every data gradient with the images in the lanes
-    im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
-    calls, original = [], conv.lanes_conv_data
-    monkeypatch.setattr(conv, "lanes_conv_data", lambda *a: calls.append(1) or original(*a))
-    lanes = conv_pass(shape, *rest, dtype, True, monkeypatch, stride=stride)
-    plan = conv_pass.last_plan
+    plan, calls = _lanes_against_im2col(shape, rest, stride, dtype, "lanes_conv_data", monkeypatch)
     assert calls == [1] and plan.lanes_data and plan.lane_groups == (1 if batch == "one group" else 2)
+
+
+def _lanes_batch(batch, dtype):
+    """A batch of 3 (one group of lanes, most of them past the batch), or one over two groups."""
+    return 3 if batch == "one group" else simd.LANES_NB * simd.lanes(dtype) + 3
+
+
+def _lanes_against_im2col(shape, rest, stride, dtype, kernel, monkeypatch):
+    """(plan, calls of `kernel`): conv_pass through im2col, then through the lanes (any batch fills them), the
+    top, bottom diff and param diffs of both equal."""
+    monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
+    im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
+    calls, original = [], getattr(conv, kernel)
+    monkeypatch.setattr(conv, kernel, lambda *a: calls.append(1) or original(*a))
+    lanes = conv_pass(shape, *rest, dtype, True, monkeypatch, stride=stride)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, lanes):
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
+    return conv_pass.last_plan, calls
 
 
-LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride): output planes of whole vectors
+LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride)
     ((3, 8, 8), 5, (3, 3), (1, 1), 1, 1),
     ((20, 12, 12), 50, (5, 5), (0, 0), 1, 1),    # LeNet's conv2
     ((2, 12, 12), 9, (3, 5), (0, 2), 2, 1),      # rectangular, dilated
@@ -201,20 +211,10 @@ def test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, dtype
     the transposes in registers, the lanes past the batch dropped): im2col's top, and the backward after it (its
     padded input placed by the backward itself)."""
     shape, *rest, stride = geometry
-    width = simd.LANES_NB * simd.lanes(dtype)
-    shape = ((3 if batch == "one group" else width + 3),) + shape
-    monkeypatch.setattr(conv, "LANES_FILL", 0.0)
+    shape = (_lanes_batch(batch, dtype),) + shape
     monkeypatch.setattr(conv, "LANES_PLANE", 1 << 20)
-    monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
-    im2col = conv_pass(shape, *rest, dtype, False, monkeypatch, stride=stride)
-    calls, original = [], conv.lanes_to_top
-    monkeypatch.setattr(conv, "lanes_to_top", lambda *a: calls.append(1) or original(*a))
-    lanes = conv_pass(shape, *rest, dtype, True, monkeypatch, stride=stride)
-    plan = conv_pass.last_plan
+    plan, calls = _lanes_against_im2col(shape, rest, stride, dtype, "lanes_to_top", monkeypatch)
     assert calls == [1] and plan.lanes_forward and plan.lane_groups == (1 if batch == "one group" else 2)
-    tol = 1e-12 if dtype == np.float64 else 2e-5
-    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, lanes):
-        assert np.abs(a - b).max() <= tol * np.abs(a).max(), name
 
 
 def test_the_lanes_serve_lenets_conv2_and_downsampling_at_training_batches():
