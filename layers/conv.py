@@ -33,8 +33,7 @@ from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
-from .depthwise import (DepthwisePlan, depthwise_rows, depthwise_rows_data, depthwise_rows_weights, from_phases,
-                        rows_to_top, to_phases, top_to_rows)
+from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
                    tile_planar_half, tile_taps, tile_taps1, transpose_tile)
@@ -971,7 +970,7 @@ class Convolution(Layer):
                 and x.dtype in (np.float32, np.float64) and self.stride[0] == self.stride[1]):
             return None
         plan = getattr(self, "_dw_plan", None)
-        if plan is None or plan.bottom_shape != x.shape or plan.out.dtype != x.dtype or plan.out_hw != self.out_hw:
+        if plan is None or plan.bottom_shape != x.shape or plan.dtype != x.dtype or plan.out_hw != self.out_hw:
             plan = self._dw_plan = DepthwisePlan(x.shape, self.p.num_output, self.kernel, self.pad, self.stride,
                                                  self.dilation, self.out_hw, x.dtype)
         return plan
@@ -984,9 +983,7 @@ class Convolution(Layer):
         dwp = self._depthwise(x)
         if dwp is not None:
             self.path_taken = "depthwise"
-            to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
-            depthwise_rows(dwp.phases, weight, bias, has_bias, dwp.phase, dwp.shift, dwp.out)
-            return rows_to_top(dwp.out, x.shape[0], dwp.hq, dwp.wq, y, *relu)
+            return depthwise_forward(x, weight, bias, has_bias, *dwp.args(), y, *relu)
         plan = self._direct(x)
         self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
                                                                f"im2col, {self.p.group} groups")
@@ -1037,17 +1034,9 @@ class Convolution(Layer):
         """One bottom's backward on the 2-D kernels; fresh: the forward's buffers hold this bottom's input."""
         dwp = self._depthwise(x)
         if dwp is not None:
-            if not fresh:  # the phases hold another bottom's
-                to_phases(x, *dwp.geometry, dwp.hq, dwp.wq, dwp.phases)
-            if dwp.drows is None:
-                dwp.drows, dwp.dphases = np.zeros_like(dwp.out), np.empty_like(dwp.phases)
-            top_to_rows(dy, dwp.hq, dwp.wq, dwp.drows)
-            if self.p.bias_term:
-                self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
-            depthwise_rows_weights(dwp.phases, dwp.drows, dwp.phase, dwp.shift, self.blobs[0].diff)
-            if want_dx:
-                depthwise_rows_data(dwp.drows, self.blobs[0].data, dwp.phase, dwp.shift, dwp.dphases)
-                from_phases(dwp.dphases, *dwp.geometry, dwp.hq, dwp.wq, dx)
+            bias_diff = self.blobs[1].diff if self.p.bias_term else dy.reshape(-1)
+            depthwise_backward(x, dy, self.blobs[0].data, *dwp.args(), self.blobs[0].diff, bias_diff,
+                               self.p.bias_term, dx, want_dx)
             return
         plan = self._direct(x)
         if plan is None:

@@ -425,7 +425,11 @@ DEPTHWISE = [  # (bottom shape, num_output, kernel, pad, stride, dilation): grou
     ((2, 4, 9, 8), 8, (5, 3), (2, 0), (2, 2), (2, 1)),      # 2 filters a channel, dilation, rectangular
     ((2, 3, 11, 10), 3, (3, 3), (1, 1), (3, 3), (1, 1)),    # stride 3: 9 phases
     ((1, 5, 4, 4), 5, (3, 3), (3, 3), (1, 1), (1, 1)),      # a pad wider than the kernel's reach
-]
+    ((5, 5, 30, 30), 10, (3, 3), (1, 1), (1, 1), (1, 1)),   # blocks of 2 images, the last of 1; 2 channels a task
+    ((3, 7, 40, 37), 7, (3, 3), (1, 1), (2, 2), (1, 1)),    # stride 2, an image a block; 3 channels a task, then 1
+    ((57, 3, 4, 4), 3, (3, 3), (1, 1), (1, 1), (1, 1)),     # blocks of 56 and 1: the last's row (rounded up to
+]                                                            # ROUND) reads the slot of the block before's image 1
+DEPTHWISE_SPLIT = {(5, 5, 30, 30): (2, 2), (3, 7, 40, 37): (1, 3), (57, 3, 4, 4): (56, 1)}  # (images, channels) a task
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -446,7 +450,10 @@ layer:
         net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
         net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
         layer = net.layers[1]
-        assert (layer._depthwise(net.blobs["data"].data) is not None) == direct
+        plan = layer._depthwise(net.blobs["data"].data)
+        assert (plan is not None) == direct
+        if plan is not None and shape in DEPTHWISE_SPLIT:
+            assert (plan.block, plan.channels) == DEPTHWISE_SPLIT[shape]
         layer.forward(net.bottom_vecs[1], net.top_vecs[1])
         net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
         for blob in layer.blobs:

@@ -383,8 +383,9 @@ def test_inference_folds_batch_norm_and_scale_into_the_convolution_with_the_same
     for name in want:
         net.blobs[name].data[...] = 0
     net.forward()
-    for name, value in want.items():
-        np.testing.assert_allclose(net.blobs[name].data, value, rtol=2e-5, atol=2e-5, err_msg=name)
+    for name, value in want.items():  # (float32 with sums of several signs: the tolerance scales with the blob's)
+        np.testing.assert_allclose(net.blobs[name].data, value, rtol=2e-5, atol=2e-6 * np.abs(value).max(),
+                                   err_msg=name)
     assert net.layers[1].fold is None  # only for the pass
     net.layer_by_name("bn1").blobs[1].data *= 2  # weights changed in place (training, Python): folded again
     net.layer_by_name("conv3").blobs[0].data[0, 0, 0, 0] += 1  # and laid out again
