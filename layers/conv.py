@@ -33,7 +33,8 @@ from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
-from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward
+from .kernels import channel_sums
+from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
                    tile_planar_half, tile_taps, tile_taps1, transpose_tile)
@@ -971,9 +972,20 @@ class Convolution(Layer):
             return None
         plan = getattr(self, "_dw_plan", None)
         if plan is None or plan.bottom_shape != x.shape or plan.dtype != x.dtype or plan.out_hw != self.out_hw:
+            width = LANES_NB * lanes(x.dtype)
+            fills = LANES_DATA and x.shape[0] >= LANES_FILL * -(-x.shape[0] // width) * width
             plan = self._dw_plan = DepthwisePlan(x.shape, self.p.num_output, self.kernel, self.pad, self.stride,
-                                                 self.dilation, self.out_hw, x.dtype)
+                                                 self.dilation, self.out_hw, x.dtype, lanes=fills)
         return plan
+
+    def _depthwise_lanes(self, dwp, *names):
+        """The lanes buffers of a depthwise plan (scratch, shared by the layers of one geometry): xb (G, C*H*W, L)
+        the bottom, yb (G, O*P, L) the top or its diff, dxb (G, C*H*W, L) the bottom diff."""
+        n, c = dwp.bottom_shape[:2]
+        g, width, plane = dwp.lane_groups, dwp.lane_width, self.out_hw[0] * self.out_hw[1]
+        rows = {"xb": c * dwp.hw, "yb": self.p.num_output * plane, "dxb": c * dwp.hw}
+        key = ("depthwise lanes", dwp.bottom_shape, self.p.num_output, plane, dwp.dtype.str)
+        return [scratch(key + (k,), (g, rows[k], width), dwp.dtype) for k in names]
 
     def _forward(self, x, y):
         """One bottom's forward on the 2-D kernels: x (N, C, H, W) -> y (N, O, OH, OW)."""
@@ -983,6 +995,17 @@ class Convolution(Layer):
         dwp = self._depthwise(x)
         if dwp is not None:
             self.path_taken = "depthwise"
+            if dwp.lanes:
+                self.path_taken = "depthwise (images in the lanes)"
+                n, out_c, plane = x.shape[0], self.p.num_output, self.out_hw[0] * self.out_hw[1]
+                xb, yb = self._depthwise_lanes(dwp, "xb", "yb")
+                images_to_lanes(x.reshape(n, 1, -1), xb.reshape(dwp.lane_groups, -1, 1, dwp.lane_width))
+                depthwise_lanes(xb, weight, dwp.hw, *dwp.entries[0], yb)
+                rows = np.zeros(_round_up(out_c * plane, lanes(x.dtype)), x.dtype)
+                if has_bias:
+                    rows[:out_c * plane] = np.repeat(bias, plane)
+                return lanes_to_top(yb.reshape(dwp.lane_groups, out_c, plane, dwp.lane_width),
+                                    y.reshape(n, out_c, plane), rows, *relu)
             return depthwise_forward(x, weight, bias, has_bias, *dwp.args(), y, *relu)
         plan = self._direct(x)
         self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
@@ -1035,6 +1058,18 @@ class Convolution(Layer):
         dwp = self._depthwise(x)
         if dwp is not None:
             bias_diff = self.blobs[1].diff if self.p.bias_term else dy.reshape(-1)
+            if dwp.lanes:
+                n, groups, width = x.shape[0], dwp.lane_groups, dwp.lane_width
+                xb, dyb, dxb = self._depthwise_lanes(dwp, "xb", "yb", "dxb")
+                images_to_lanes(x.reshape(n, 1, -1), xb.reshape(groups, -1, 1, width))
+                images_to_lanes(dy.reshape(n, 1, -1), dyb.reshape(groups, -1, 1, width))
+                depthwise_lanes_weights(xb, dyb, dwp.hw, *dwp.entries[2], self.blobs[0].diff)
+                if self.p.bias_term:
+                    channel_sums(dy.reshape(n, x.shape[1], -1), self.blobs[1].diff)
+                if want_dx:
+                    depthwise_lanes(dyb, self.blobs[0].data, dyb.shape[1] // x.shape[1], *dwp.entries[1], dxb)
+                    lanes_to_images(dxb, dx.reshape(n, -1))
+                return
             depthwise_backward(x, dy, self.blobs[0].data, *dwp.args(), self.blobs[0].diff, bias_diff,
                                self.p.bias_term, dx, want_dx)
             return
@@ -1047,7 +1082,7 @@ class Convolution(Layer):
         xp = plan.source(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
         plan.backward_buffers()
         if self.p.bias_term:
-            self.blobs[1].diff += dy.reshape(n, out_c, -1).sum(axis=2).sum(axis=0)
+            channel_sums(dy.reshape(n, out_c, -1), self.blobs[1].diff)  # (NumPy's sum over axes 0 and 2: 8x slower)
         if plan.planar:  # summed straight into the weight diff (O, C*kh*kw), or through a buffer
             direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype
             wd = weight.diff.reshape(out_c, plan.k) if direct else np.zeros((out_c, plan.k), x.dtype)

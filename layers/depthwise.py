@@ -24,9 +24,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uintp
 
+from .simd import LANES_CR, LANES_NB, VECTOR_BYTES, tile_dw, tile_dw1, tile_dw_dot, tile_dw_dot1
+
 BLOCK = 2048  # values of a task's rows (a block of images' phase planes): its buffers stay in the L1 cache
 CHANNELS = 16  # channels a task: each image's planes of them read (and written) in one run, which the hardware
 #              prefetches (a channel a task reads one small plane every C*H*W values: 0.4 values a ns on 4x4)
+LANES_PLANE = 49  # bottom planes up to this many pixels run with the images in the lanes (when the batch fills
+#                   them): 4x4 planes 2-3x the rows, 5x5 to 7x7 1.1-3x; 8x8 0.75-1x, 14x14 at stride 2 0.9x
 ROUND = 64  # the rows' loops run to a multiple of this many values: LLVM's vector loops (4 vectors an iteration)
 #             leave the rest to a scalar loop, as slow as the vector one on rows of a few hundred values
 
@@ -35,7 +39,7 @@ class DepthwisePlan:
     """The geometry of one bottom shape: the phase planes (HQ, WQ), the taps' phases and shifts, the images a
     task's block holds."""
 
-    def __init__(self, shape, out_c, kernel, pad, stride, dilation, out_hw, dtype):
+    def __init__(self, shape, out_c, kernel, pad, stride, dilation, out_hw, dtype, lanes=False):
         n, c, h, w = self.bottom_shape = tuple(shape)
         (kh, kw), (ph, pw), (s, s2), (dh, dw) = kernel, pad, stride, dilation
         if s != s2:
@@ -53,6 +57,12 @@ class DepthwisePlan:
         self.shift = np.array([t[1] for t in taps], np.int64)
         self.dtype = np.dtype(dtype)
         self.out_hw = tuple(out_hw)
+        # the images in the lanes (lanes: the batch fills them; the caller's test) on planes up to LANES_PLANE
+        self.lane_width = LANES_NB * (VECTOR_BYTES // self.dtype.itemsize)
+        self.lane_groups = -(-n // self.lane_width)
+        self.lanes = lanes and h * w <= LANES_PLANE and out_c == c
+        self.hw = h * w
+        self.entries = lane_taps((h, w), out_hw, kernel, pad, dilation, s, self.lane_width) if self.lanes else None
 
     def args(self):
         """The geometry as the kernels take it: (ph, pw, s, hq, wq, block, row, channels, phase, shift)."""
@@ -241,3 +251,86 @@ def depthwise_backward(x, dy, w, ph, pw, s, hq, wq, block, row, cb, phase, shift
                 dwf[c0 * m + k, t] += sums[k, t]
             if has_bias:
                 db[c0 * m + k] += sums[k, taps]
+
+
+# The images in the lanes (small planes, a batch that fills 2 vectors of images): the bottom transposed to
+# (G, C*H*W, L), L = LANES_NB vectors of images, by the convolution's transposes (layers/conv.py), so that each
+# tap is a multiply-add of whole vectors of images (layers/simd.tile_dw: LANES_CR channels x 2 vectors in
+# registers): nothing padded, nothing computed and dropped (on a 4x4 plane the rows above compute 2.25x the
+# outputs kept, each row a few vectors long). One filter a channel (m = 1).
+
+def lane_taps(in_hw, out_hw, kernel, pad, dilation, stride, width):
+    """The entries of the three passes, offsets in values (pixels times the lanes `width`):
+    forward (starts, ent_x, ent_t): for every output pixel (oy, ox), in order, the taps (i, j) whose input pixel
+    (y, x) = (oy*s - ph + i*dh, ox*s - pw + j*dw) is inside the bottom (ent_x its offset, ent_t = i*kw + j);
+    data (starts, ent_p, ent_t): the same pairs by input pixel (ent_p the output pixel's offset);
+    weights (starts, ent_p, ent_x): the same pairs by tap."""
+    (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), s = in_hw, out_hw, kernel, pad, dilation, stride
+    oy, ox, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
+                                                        indexing="ij"))
+    y, x = oy * s - ph + i * dh, ox * s - pw + j * dw
+    keep = (y >= 0) & (x >= 0) & (y < h) & (x < w)
+    p, q, t = (oy * ow + ox)[keep], (y * w + x)[keep], (i * kw + j)[keep]
+
+    def by(key, count, a, b):
+        order = np.argsort(key, kind="stable")
+        starts = np.zeros(count + 1, np.int64)
+        np.cumsum(np.bincount(key, minlength=count), out=starts[1:])
+        return starts, a[order].astype(np.int64), b[order].astype(np.int64)
+    return (by(p, oh * ow, q * width, t), by(q, h * w, p * width, t), by(t, kh * kw, p * width, q * width))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def depthwise_lanes(a, w, a_plane, starts, ent_a, ent_t, out):
+    """The forward and the data gradient: a (G, C*A, L) with the images in the lanes (A = a_plane), w (C, 1, KH,
+    KW), for each pixel q of out's planes its entries e in starts[q]:starts[q + 1] -> out (G, C*Q, L):
+    out[g, c*Q + q] = sum_e w[c, ent_t[e]] * a[g, c*A + ent_a[e]] (overwritten; vectors of L images).
+    Forward: a the bottom (A = H*W), q an output pixel (lane_taps' first entries); data gradient: a the top diff
+    (A = OH*OW), q an input pixel (the second). The bias is added on the way out, by lanes_to_top."""
+    groups, width = a.shape[0], a.shape[2]
+    c, plane = w.shape[0], starts.shape[0] - 1
+    taps = w.size // c
+    blocks = -(-c // LANES_CR)
+    wf, af, of = w.reshape(-1), a.reshape(-1), out.reshape(-1)
+    for task in prange(groups * blocks):
+        g, c0 = task // blocks, task % blocks * LANES_CR
+        at, to = (g * c + c0) * a_plane * width, (g * c + c0) * plane * width
+        for q in range(plane):
+            if c0 + LANES_CR <= c:
+                tile_dw(af, at, a_plane * width, ent_a, wf, c0 * taps, taps, ent_t, starts[q], starts[q + 1], of,
+                        to + q * width, plane * width)
+            else:
+                for r in range(c - c0):
+                    tile_dw1(af, at + r * a_plane * width, 0, ent_a, wf, (c0 + r) * taps, 0, ent_t, starts[q],
+                             starts[q + 1], of, to + (r * plane + q) * width, 0)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})  # (the lanes' float64 sums vectorize)
+def depthwise_lanes_weights(xb, dyb, hw, starts, ent_p, ent_x, dw):
+    """The weight gradient: dw (C, 1, KH, KW) += sum over images of dyb[g, c*P + ent_p[e]] * xb[g, c*HW +
+    ent_x[e]] over tap t's pairs e in starts[t]:starts[t + 1] (vectors of lanes summed in float32 over a group's
+    pixels, the lanes and the groups in float64)."""
+    groups, width = xb.shape[0], xb.shape[2]
+    c, taps = dw.shape[0], starts.shape[0] - 1
+    plane = dyb.shape[1] // c
+    blocks = -(-c // LANES_CR)
+    xf, df, dwf = xb.reshape(-1), dyb.reshape(-1), dw.reshape(-1)
+    for blk in prange(blocks):
+        c0 = blk * LANES_CR
+        part = np.empty(LANES_CR * width, xb.dtype)
+        for t in range(taps):
+            sums = np.zeros(LANES_CR, np.float64)
+            for g in range(groups):
+                ds, xs = (g * c + c0) * plane * width, (g * c + c0) * hw * width
+                if c0 + LANES_CR <= c:
+                    tile_dw_dot(df, ds, plane * width, ent_p, xf, xs, hw * width, ent_x, starts[t], starts[t + 1],
+                                part, 0, width)
+                else:
+                    for r in range(c - c0):
+                        tile_dw_dot1(df, ds + r * plane * width, 0, ent_p, xf, xs + r * hw * width, 0, ent_x,
+                                     starts[t], starts[t + 1], part, r * width, 0)
+                for r in range(min(LANES_CR, c - c0)):
+                    for lane in range(width):
+                        sums[r] += part[r * width + lane]
+            for r in range(min(LANES_CR, c - c0)):
+                dwf[(c0 + r) * taps + t] += sums[r]

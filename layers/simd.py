@@ -265,6 +265,50 @@ def _make_tile_lanes(cr, nb):
     return intrinsic(tile)
 
 
+def _make_tile_dw(cr, nb, dot):
+    """tile_dw (a depthwise convolution with the images in the lanes): cr channels by nb vectors of images, summed
+    over the entries e0..e1. dot False: each entry broadcasts a weight of each channel, w[wbase + r*wstride +
+    ent_w[e]], onto nb vectors of its data at abase + r*astride + ent_a[e] (the forward, the data gradient); dot
+    True: each entry multiplies two such vectors, a's and b's at bbase + r*bstride + ent_b[e] (the weight
+    gradient, per lane). The sums go to out[obase + r*ostride], nb vectors a channel."""
+    def tile(typingctx, a, abase, astride, ent_a, b, bbase, bstride, ent_b, e0, e1, out, obase, ostride):
+        sig = types.void(a, abase, astride, ent_a, b, bbase, bstride, ent_b, e0, e1, out, obase, ostride)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            a, abase, astride, ent_a, b, bbase, bstride, ent_b, e0, e1, out, obase, ostride = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            ap, bp, op = (_data(context, builder, t[i], x).data for i, x in ((0, a), (4, b), (10, out)))
+            eap, ebp = (_data(context, builder, t[i], x).data for i, x in ((3, ent_a), (7, ent_b)))
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nb)] for _ in range(cr)]
+            for r in range(cr):
+                for v in range(nb):
+                    builder.store(ir.Constant(vec, None), acc[r][v])
+            with cgutils.for_range(builder, builder.sub(e1, e0)) as entry:
+                e = builder.add(e0, entry.index)
+                ao = builder.add(abase, builder.load(builder.gep(eap, [e])))
+                bo = builder.add(bbase, builder.load(builder.gep(ebp, [e])))
+                for r in range(cr):
+                    ar = builder.add(ao, builder.mul(const(r), astride))
+                    br = builder.add(bo, builder.mul(const(r), bstride))
+                    if not dot:
+                        wv = splat(builder.load(builder.gep(bp, [br])))
+                    for v in range(nb):
+                        x = load(ap, builder.add(ar, const(v * n)))
+                        y = load(bp, builder.add(br, const(v * n))) if dot else wv
+                        builder.store(fma(x, y, builder.load(acc[r][v])), acc[r][v])
+            for r in range(cr):
+                base = builder.add(obase, builder.mul(const(r), ostride))
+                for v in range(nb):
+                    store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_dw{'_dot' if dot else ''}{cr}"
+    return intrinsic(tile)
+
+
 def _make_transpose_tile():
     """transpose_tile: a block of lanes x lanes values transposed in registers (a network of shuffles: at each
     level h = lanes/2 .. 1, rows i and i + h swap their off-diagonal h x h blocks), plus a bias by column and an
@@ -323,6 +367,17 @@ def _py_tile_lanes(cr, nb, d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstr
             for m in range(count):
                 s = dbase + ent_d[e] + m * dstride
                 acc += w[wbase + ent_w[e] + m * wstride + r] * d[s:s + n]
+        out[obase + r * ostride:obase + r * ostride + n] = acc
+
+
+def _py_tile_dw(cr, nb, dot, a, abase, astride, ent_a, b, bbase, bstride, ent_b, e0, e1, out, obase, ostride):
+    n = lanes(a.dtype) * nb
+    for r in range(cr):
+        acc = np.zeros(n, a.dtype)
+        for e in range(e0, e1):
+            x = a[abase + r * astride + ent_a[e]:][:n]
+            br = bbase + r * bstride + ent_b[e]
+            acc += x * (b[br:br + n] if dot else b[br])
         out[obase + r * ostride:obase + r * ostride + n] = acc
 
 
@@ -434,6 +489,13 @@ tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISAB
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 tile_lanes = functools.partial(_py_tile_lanes, LANES_CR, LANES_NB) if config.DISABLE_JIT else _make_tile_lanes(
     LANES_CR, LANES_NB)
+# the depthwise tiles: LANES_CR channels a tile, and one for the channels past the last whole tile
+if config.DISABLE_JIT:
+    tile_dw, tile_dw1, tile_dw_dot, tile_dw_dot1 = (functools.partial(_py_tile_dw, cr, LANES_NB, dot)
+                                                    for dot in (False, True) for cr in (LANES_CR, 1))
+else:
+    tile_dw, tile_dw1, tile_dw_dot, tile_dw_dot1 = (_make_tile_dw(cr, LANES_NB, dot) for dot in (False, True)
+                                                    for cr in (LANES_CR, 1))
 if config.DISABLE_JIT:
     tile_taps, tile_taps1 = (functools.partial(_py_tile_taps, kr, nv) for kr, nv in ((TAPS_KR, TAPS_NV),
                                                                                     (TAPS_KR1, 1)))

@@ -262,6 +262,33 @@ def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
     assert np.count_nonzero(results[0]) > 0
 
 
+def test_python_depthwise_lane_tiles_match_the_compiled_ones(monkeypatch):
+    """tile_dw and tile_dw_dot (and their one-channel versions) under NUMBA_DISABLE_JIT and compiled: the three
+    passes of a depthwise convolution in the lanes, 11 channels (a tile and a tail), stride 2 on 7x6."""
+    import functools
+    import layers.depthwise as dw
+    rng = np.random.default_rng(0)
+    width, c = simd.LANES_NB * simd.lanes(np.float64), 11
+    fwd, data, weights = dw.lane_taps((7, 6), (4, 3), (3, 3), (1, 1), (1, 1), 2, width)
+    xb, dyb, w = rng.normal(size=(2, c * 42, width)), rng.normal(size=(2, c * 12, width)), rng.normal(size=(c, 1, 3, 3))
+    results = []
+    for python in (False, True):
+        if python:
+            for name, cr, dot in (("tile_dw", simd.LANES_CR, False), ("tile_dw1", 1, False),
+                                  ("tile_dw_dot", simd.LANES_CR, True), ("tile_dw_dot1", 1, True)):
+                monkeypatch.setattr(dw, name, functools.partial(simd._py_tile_dw, cr, simd.LANES_NB, dot))
+        lanes_, weights_ = ((dw.depthwise_lanes.py_func, dw.depthwise_lanes_weights.py_func) if python else
+                            (dw.depthwise_lanes, dw.depthwise_lanes_weights))
+        yb, dxb, dwt = np.zeros_like(dyb), np.zeros_like(xb), np.zeros_like(w)
+        lanes_(xb, w, 42, *fwd, yb)
+        lanes_(dyb, w, 12, *data, dxb)
+        weights_(xb, dyb, 42, *weights, dwt)
+        results.append((yb, dxb, dwt))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert np.count_nonzero(a) > 0
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(dtype, monkeypatch):
     """images_to_lanes, lanes_to_images and lanes_to_top (transpose_tile: whole blocks in registers; the batch's
@@ -395,6 +422,8 @@ with pytest.MonkeyPatch.context() as patch:
             t.test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
     for geometry in t.LANES_FORWARD:  # the forward in the lanes: 6 channels a tile
         t.test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, "two groups", patch)
+    for case in t.DEPTHWISE_LANES:  # depthwise in the lanes: 6 channels a tile, 2 groups of 16 images
+        t.test_depthwise_kernels_match_the_grouped_im2col_path(*case, np.float32, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
@@ -429,13 +458,24 @@ DEPTHWISE = [  # (bottom shape, num_output, kernel, pad, stride, dilation): grou
     ((3, 7, 40, 37), 7, (3, 3), (1, 1), (2, 2), (1, 1)),    # stride 2, an image a block; 3 channels a task, then 1
     ((57, 3, 4, 4), 3, (3, 3), (1, 1), (1, 1), (1, 1)),     # blocks of 56 and 1: the last's row (rounded up to
 ]                                                            # ROUND) reads the slot of the block before's image 1
+DEPTHWISE_LANES = [  # a batch of 26 fills the lanes (2 vectors: 32 float32 on AVX-512, 16 float64 or AVX2)
+    ((26, 10, 4, 4), 10, (3, 3), (1, 1), (1, 1), (1, 1)),   # MobileNet's 4x4 blocks; a tile of channels, then 2
+    ((26, 9, 7, 6), 9, (3, 3), (1, 1), (2, 2), (1, 1)),     # stride 2, a rectangle, odd sides
+    ((26, 3, 5, 5), 3, (5, 3), (2, 1), (1, 1), (1, 2)),     # dilation, a rectangular kernel; channels < a tile
+]
 DEPTHWISE_SPLIT = {(5, 5, 30, 30): (2, 2), (3, 7, 40, 37): (1, 3), (57, 3, 4, 4): (56, 1)}  # (images, channels) a task
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape, out_c, kernel, pad, stride, dilation", DEPTHWISE)
+@pytest.mark.parametrize("shape, out_c, kernel, pad, stride, dilation", DEPTHWISE + DEPTHWISE_LANES)
 def test_depthwise_kernels_match_the_grouped_im2col_path(shape, out_c, kernel, pad, stride, dilation, dtype,
                                                            monkeypatch):
+    """The depthwise kernels (rows of phases, and the images in the lanes for small planes and full batches) give
+    the grouped im2col path's top, bottom diff and weight and bias diffs (accumulated on 0.5)."""
+    import layers.depthwise as depthwise
+    lanes = shape[0] == 26
+    monkeypatch.setattr(depthwise, "LANES_PLANE", 10 ** 6 if lanes else 0)  # (57 images fill the lanes too)
+
     def run(direct):
         monkeypatch.setattr(conv, "DIRECT", direct)
         text = f"""
@@ -454,7 +494,10 @@ layer:
         assert (plan is not None) == direct
         if plan is not None and shape in DEPTHWISE_SPLIT:
             assert (plan.block, plan.channels) == DEPTHWISE_SPLIT[shape]
+        if plan is not None:
+            assert plan.lanes == lanes
         layer.forward(net.bottom_vecs[1], net.top_vecs[1])
+        assert ("in the lanes" in layer.path_taken) == (direct and lanes)
         net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
         for blob in layer.blobs:
             blob.diff[...] = 0.5  # parameter gradients accumulate

@@ -217,6 +217,12 @@ VECTOR_CASES = {
     "mvn_wide": ("MVN", "", [((2, 3, 11, 13), "normal")], {}),
     "lstm_tiles": ("LSTM", "recurrent_param { num_output: 32 weight_filler { type: 'uniform' min: -0.3 max: 0.3 } }",
                    [((9, 7, 5), "normal"), ((9, 7), "binary")], {}),
+    # depthwise with the images in the lanes (26 fill them at either vector width): a tile of channels and a
+    # tail, 4x4 planes (MobileNet's); stride 2 on an odd rectangle
+    "conv_depthwise_lanes": ("Convolution", "convolution_param { num_output: 10 kernel_size: 3 pad: 1 group: 10 "
+                             "bias_filler { type: 'gaussian' } }", [((26, 10, 4, 4), "normal")], {}),
+    "conv_depthwise_lanes_s2": ("Convolution", "convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 "
+                                "group: 6 }", [((26, 6, 7, 6), "normal")], {}),
 }
 
 
