@@ -36,8 +36,8 @@ ROUND = 64  # the rows' loops run to a multiple of this many values: LLVM's vect
 
 
 class DepthwisePlan:
-    """The geometry of one bottom shape: the phase planes (HQ, WQ), the taps' phases and shifts, the images a
-    task's block holds."""
+    """The geometry of one bottom shape: the phase planes (HQ, WQ), the taps' phases and shifts, the images and
+    channels a task holds; where the images go in the lanes (`lanes`), lane_taps' entries."""
 
     def __init__(self, shape, out_c, kernel, pad, stride, dilation, out_hw, dtype, lanes=False):
         n, c, h, w = self.bottom_shape = tuple(shape)
