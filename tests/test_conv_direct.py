@@ -262,6 +262,21 @@ def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
     assert np.count_nonzero(results[0]) > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("chans, width", [(32, 32), (12, 16), (5, 7)])
+def test_the_top_diff_goes_channels_last_as_numpy_puts_it(chans, width, dtype):
+    """place_channels_last (the weight gradient's top diff, (N, Q, B) on padded rows): every value at its
+    position and channel, the padding's places untouched."""
+    rng = np.random.default_rng(0)
+    dy = rng.normal(size=(3, chans, 4, width)).astype(dtype)
+    row, planes = width + 2, chans + 3
+    buf = np.full((3, 4 * row, planes), 7.0, dtype)
+    conv.place_channels_last(dy, buf, row)
+    want = np.full_like(buf, 7.0)
+    want.reshape(3, 4, row, planes)[:, :, :width, :chans] = dy.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(buf, want)
+
+
 def test_python_depthwise_lane_tiles_match_the_compiled_ones(monkeypatch):
     """tile_dw and tile_dw_dot (and their one-channel versions) under NUMBA_DISABLE_JIT and compiled: the three
     passes of a depthwise convolution in the lanes, 11 channels (a tile and a tail), stride 2 on 7x6."""
