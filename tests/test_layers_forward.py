@@ -574,3 +574,20 @@ def run_with_nan_ok(type_name, spec, x):
     bottom.data[...] = x
     layer.forward([bottom], tops)
     return [t.data.copy() for t in tops], layer
+
+
+@pytest.mark.parametrize("mean, std", [(0.0, 1.0), (300.0, 0.5), (-2.0, 1e-3)])
+def test_batch_norm_statistics_from_one_pass_match_the_centered_two_pass_ones(mean, std):
+    """BatchNorm in TRAIN sums x and x^2 in one pass (float64; one wait for the slices of a batch): its mean,
+    variance, normalized top and running sums equal NumPy's centered float64 statistics, far from zero too."""
+    x = np.random.default_rng(3).normal(mean, std, size=(6, 5, 7, 3)).astype(np.float32)
+    layer, _, tops = run("BatchNorm", {"batch_norm_param": {"use_global_stats": False}}, x,
+                         params=[np.zeros(5), np.zeros(5), np.zeros(1)])  # running sums from zero
+    x64 = x.astype(np.float64)
+    mu, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(layer.mean, mu, rtol=1e-6, atol=1e-7 * std)
+    np.testing.assert_allclose(layer.var, var, rtol=1e-5)
+    want = (x64 - mu[None, :, None, None]) / np.sqrt(var + 1e-5)[None, :, None, None]
+    np.testing.assert_allclose(tops[0].data, want, rtol=1e-4, atol=1e-4)
+    m = x[:, 0].size
+    np.testing.assert_allclose(layer.blobs[1].data, var * m / (m - 1), rtol=1e-5)  # Caffe's unbiased running sum
