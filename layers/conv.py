@@ -33,8 +33,8 @@ from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
-from .kernels import channel_sums
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
+from .kernels import channel_sums
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
                    tile_planar_half, tile_taps, tile_taps1, transpose_tile)
@@ -1057,7 +1057,6 @@ class Convolution(Layer):
         """One bottom's backward on the 2-D kernels; fresh: the forward's buffers hold this bottom's input."""
         dwp = self._depthwise(x)
         if dwp is not None:
-            bias_diff = self.blobs[1].diff if self.p.bias_term else dy.reshape(-1)
             if dwp.lanes:
                 n, groups, width = x.shape[0], dwp.lane_groups, dwp.lane_width
                 xb, dyb, dxb = self._depthwise_lanes(dwp, "xb", "yb", "dxb")
@@ -1070,6 +1069,7 @@ class Convolution(Layer):
                     depthwise_lanes(dyb, self.blobs[0].data, dyb.shape[1] // x.shape[1], *dwp.entries[1], dxb)
                     lanes_to_images(dxb, dx.reshape(n, -1))
                 return
+            bias_diff = self.blobs[1].diff if self.p.bias_term else dy.reshape(-1)  # (unused without a bias)
             depthwise_backward(x, dy, self.blobs[0].data, *dwp.args(), self.blobs[0].diff, bias_diff,
                                self.p.bias_term, dx, want_dx)
             return

@@ -232,7 +232,7 @@ class BatchNorm(Layer):
         self.used_global = self.global_stats
         if getattr(self, "mean", None) is None or self.mean.dtype != x.dtype:
             self.mean, self.var = np.empty(self.channels, x.dtype), np.empty(self.channels, x.dtype)
-            self._sums = np.empty(2 * self.channels)  # float64 channel sums: [statistic | second gradient sum]
+            self._sums = np.empty(2 * self.channels)  # float64 channel sums: [x | x^2], or the gradient's two
         mean, var = self.mean, self.var
         if self.used_global:
             f = 0.0 if scale[0] == 0 else 1.0 / scale[0]
