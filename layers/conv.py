@@ -36,8 +36,8 @@ from .cpu import gemm, gemm_acc
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
-                   VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_pixels, tile_planar,
-                   tile_planar_half, tile_taps, tile_taps1, transpose_tile)
+                   VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1, tile_pixels,
+                   tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -427,20 +427,27 @@ def lanes_to_images(buf, x):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb):
+def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
     """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (T, O, Cpad) the weights
     (T = kh*kw taps), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the top-diff offset q*O*L
     and the weight offset t*O*Cpad of every tap t it receives from top pixel q) -> dxb (G, Cpad, P, L):
-    dxb[g, c, p, l] = sum over p's entries e and o < O of wt[t_e, o, c] * dyb[g, q_e, o, l]."""
+    dxb[g, c, p, l] = sum over p's entries e and o < O of wt[t_e, o, c] * dyb[g, q_e, o, l], for the lanes l that
+    hold images: `last` images in the last group (where one vector holds them, the lanes past it are not
+    written)."""
     groups, positions, out_c, width = dyb.shape
     cpad, plane = dxb.shape[1], dxb.shape[2]
     blocks = cpad // LANES_CR
+    tail = last <= VECTOR_BYTES // dyb.itemsize  # the last group on one vector (tile_lanes1)
     df, wf, of = dyb.reshape(-1), wt.reshape(-1), dxb.reshape(-1)
     for task in prange(groups * blocks * plane):
         g, rest = task // (blocks * plane), task % (blocks * plane)
         c0, p = rest // plane * LANES_CR, rest % plane
-        tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c, width,
-                   cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+        if tail and g == groups - 1:
+            tile_lanes1(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c,
+                        width, cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+        else:
+            tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c,
+                       width, cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
 
 
 @njit(cache=True, nogil=True)
@@ -630,6 +637,7 @@ class DirectPlan:
         # splits the top, when the batch fills the lanes: LeNet's conv2 2x, ResNet's down-sampling 1.1-1.6x im2col's
         self.lane_width = LANES_NB * step
         self.lane_groups = -(-n // self.lane_width)
+        self.lanes_last = n - (self.lane_groups - 1) * self.lane_width  # images in the last group
         self.lanes_data = LANES_DATA and (s > 1 or self.data_useful < DIRECT_USEFUL_DATA) \
             and n >= LANES_FILL * self.lane_groups * self.lane_width
         self.lane_geometry = ((h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (s, s))
@@ -870,12 +878,12 @@ class Convolution(Layer):
         if plan.lanes_forward:
             x3, y3, (xb, yb), entries = x.reshape(x.shape[0], x.shape[1], -1), y.reshape(
                 y.shape[0], self.p.num_output, -1), plan.lanes_forward_buffers(), plan.entries_f
-            wt, bias_f, holder = plan.wt_f, plan.bias_f, plan.holder
+            wt, bias_f, holder, last = plan.wt_f, plan.bias_f, plan.holder, plan.lanes_last
 
             def run():
                 holder[0] = 0
                 images_to_lanes(x3, xb)
-                lanes_conv_data(xb, *entries, wt, yb)
+                lanes_conv_data(xb, *entries, wt, yb, last)
                 lanes_to_top(yb, y3, bias_f, relu, slope)
             return run
         n, xpad, wp, holder, out = x.shape[0], plan.xpad, plan.wp, plan.holder, plan.out
@@ -1020,7 +1028,7 @@ class Convolution(Layer):
                 plan.laid = self.fold
             plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
             images_to_lanes(x.reshape(x.shape[0], c, -1), xb)
-            lanes_conv_data(xb, *plan.entries_f, plan.wt_f, yb)
+            lanes_conv_data(xb, *plan.entries_f, plan.wt_f, yb, plan.lanes_last)
             lanes_to_top(yb, y.reshape(y.shape[0], out_c, -1), plan.bias_f, *relu)
             return
         if plan is not None:
@@ -1102,7 +1110,7 @@ class Convolution(Layer):
             plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
             plan.wt[:, :, :c] = weight.data.reshape(out_c, c, -1).transpose(2, 0, 1)
-            lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb)
+            lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb, plan.lanes_last)
             lanes_to_images(plan.dxb.reshape(plan.lane_groups, -1, plan.lane_width), dx.reshape(n, -1))
             return
         if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:

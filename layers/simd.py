@@ -19,7 +19,8 @@ need no im2col buffer.
   channels by NB vectors of images (images in the lanes), for r < CR and u < NB*lanes:
       out[obase + r*ostride + u] = sum over e0 <= e < e1 and m < count of
           w[wbase + ent_w[e] + m*wstride + r] * d[dbase + ent_d[e] + m*dstride + u]
-  (the data gradient of a convolution over an entry list of the taps each input pixel receives: no padding).
+  (the data gradient of a convolution over an entry list of the taps each input pixel receives: no padding);
+  `tile_lanes1` the same on one vector of images (u < lanes).
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -261,7 +262,7 @@ def _make_tile_lanes(cr, nb):
                     store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "tile_lanes"
+    tile.__name__ = tile.__qualname__ = "tile_lanes" if nb == LANES_NB else f"tile_lanes{nb}"
     return intrinsic(tile)
 
 
@@ -487,8 +488,12 @@ tile_planar_half = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if c
 tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
     PIX_MR, PIX_NV)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
-tile_lanes = functools.partial(_py_tile_lanes, LANES_CR, LANES_NB) if config.DISABLE_JIT else _make_tile_lanes(
-    LANES_CR, LANES_NB)
+# tile_lanes1: one vector of images, for a last group of lanes that one vector holds (a batch of 50 at 32-byte
+# vectors: 56 lanes computed, not 64)
+if config.DISABLE_JIT:
+    tile_lanes, tile_lanes1 = (functools.partial(_py_tile_lanes, LANES_CR, nb) for nb in (LANES_NB, 1))
+else:
+    tile_lanes, tile_lanes1 = _make_tile_lanes(LANES_CR, LANES_NB), _make_tile_lanes(LANES_CR, 1)
 # the depthwise tiles: LANES_CR channels a tile, and one for the channels past the last whole tile
 if config.DISABLE_JIT:
     tile_dw, tile_dw1, tile_dw_dot, tile_dw_dot1 = (functools.partial(_py_tile_dw, cr, LANES_NB, dot)

@@ -155,7 +155,7 @@ def test_the_data_gradient_of_an_unpadded_convolution_goes_through_im2col(monkey
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("batch", ["one group", "two groups"])  # lanes of padding past the batch; a second group
+@pytest.mark.parametrize("batch", ["one group", "two groups", "a wide tail"])  # lanes past the batch; a second group
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("geometry", [g + (1,) for g in GEOMETRIES] + STRIDED)
 def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, dtype, batch, monkeypatch):
@@ -164,7 +164,7 @@ def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry,
     diff (and the other results unchanged)."""
     shape, *rest, stride = geometry
     shape = (_lanes_batch(batch, dtype),) + shape[1:]
-    if batch == "two groups" and shape[1] * shape[2] * shape[3] > 1000:
+    if batch != "one group" and shape[1] * shape[2] * shape[3] > 1000:
         shape = shape[:2] + (6, 6)  # (CIFAR-10 quick's conv2 on a smaller plane: the test stays fast)
     monkeypatch.setattr(conv, "LANES_PLANE", 0)  # (the forward on the direct kernels: conv_pass counts them)
     monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 2.0)  # every data gradient with the images in the lanes
@@ -173,8 +173,10 @@ def test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry,
 
 
 def _lanes_batch(batch, dtype):
-    """A batch of 3 (one group of lanes, most of them past the batch), or one over two groups."""
-    return 3 if batch == "one group" else simd.LANES_NB * simd.lanes(dtype) + 3
+    """A batch of 3 (one group of lanes, most of them past the batch: the one-vector tile), one over two groups
+    (the second on the one-vector tile), or a second group that one vector does not hold (both on the full one)."""
+    width, step = simd.LANES_NB * simd.lanes(dtype), simd.lanes(dtype)
+    return {"one group": 3, "two groups": width + 3, "a wide tail": width + step + 3}[batch]
 
 
 def _lanes_against_im2col(shape, rest, stride, dtype, kernel, monkeypatch):
@@ -193,6 +195,25 @@ def _lanes_against_im2col(shape, rest, stride, dtype, kernel, monkeypatch):
     return conv_pass.last_plan, calls
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("tail", ["one vector", "two vectors"])
+def test_a_last_group_of_lanes_that_one_vector_holds_is_computed_on_one_vector(tail, dtype):
+    """lanes_conv_data's last group: the lanes of its first vector only where the images fit there (tile_lanes1),
+    the whole group where they do not; every other group whole."""
+    step = simd.lanes(dtype)
+    width = simd.LANES_NB * step
+    last = 3 if tail == "one vector" else step + 3
+    dyb = np.arange(2 * width, dtype=dtype).reshape(2, 1, 1, width) + 1
+    wt = np.full((1, 1, simd.LANES_CR), 2, dtype)
+    dxb = np.full((2, simd.LANES_CR, 1, width), np.nan, dtype)
+    starts, ent = np.array([0, 1], np.int64), np.zeros(1, np.int64)
+    conv.lanes_conv_data(dyb, starts, ent, ent, wt, dxb, last)
+    np.testing.assert_array_equal(dxb[0], np.broadcast_to(2 * dyb[0, 0, 0], (simd.LANES_CR, width))[:, None])
+    done = step if tail == "one vector" else width
+    np.testing.assert_array_equal(dxb[1, :, 0, :done], np.broadcast_to(2 * dyb[1, 0, 0, :done], (simd.LANES_CR, done)))
+    assert np.isnan(dxb[1, :, 0, done:]).all()
+
+
 LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride)
     ((3, 8, 8), 5, (3, 3), (1, 1), 1, 1),
     ((20, 12, 12), 50, (5, 5), (0, 0), 1, 1),    # LeNet's conv2
@@ -203,7 +224,7 @@ LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride)
 ]
 
 
-@pytest.mark.parametrize("batch", ["one group", "two groups"])
+@pytest.mark.parametrize("batch", ["one group", "two groups", "a wide tail"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("geometry", LANES_FORWARD)
 def test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, dtype, batch, monkeypatch):
@@ -241,8 +262,10 @@ def test_the_lanes_serve_lenets_conv2_and_downsampling_at_training_batches():
     assert starts[1] == 1 and ent_d[0] == 0 and ent_w[0] == 0  # pixel (0, 0) receives tap (0, 0) of top (0, 0)
 
 
-def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
-    """tile_lanes under NUMBA_DISABLE_JIT (its Python version) and compiled: the data gradient in the lanes."""
+@pytest.mark.parametrize("last", [3, 2 * simd.lanes(np.float64)])  # the last group on one vector, on two
+def test_python_lane_tiles_match_the_compiled_ones(last, monkeypatch):
+    """tile_lanes and tile_lanes1 under NUMBA_DISABLE_JIT (their Python version) and compiled: the data gradient
+    in the lanes."""
     import functools
     rng = np.random.default_rng(0)
     width, (c, out_c) = simd.LANES_NB * simd.lanes(np.float64), (6, 5)
@@ -252,14 +275,15 @@ def test_python_lane_tiles_match_the_compiled_ones(monkeypatch):
     results = []
     for python in (False, True):
         if python:
-            monkeypatch.setattr(conv, "tile_lanes", functools.partial(simd._py_tile_lanes, simd.LANES_CR,
-                                                                      simd.LANES_NB))
+            for name, nb in (("tile_lanes", simd.LANES_NB), ("tile_lanes1", 1)):
+                monkeypatch.setattr(conv, name, functools.partial(simd._py_tile_lanes, simd.LANES_CR, nb))
         run = conv.lanes_conv_data.py_func if python else conv.lanes_conv_data
         dxb = np.zeros((2, cpad, 42, width))
-        run(dyb, *entries, wt, dxb)
+        run(dyb, *entries, wt, dxb, last)
         results.append(dxb)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
-    assert np.count_nonzero(results[0]) > 0
+    past = results[0][1, ..., simd.lanes(np.float64):]  # the last group's second vector: written only for 2
+    assert np.count_nonzero(results[0][0]) > 0 and (np.count_nonzero(past) == 0) == (last == 3)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -433,10 +457,11 @@ with pytest.MonkeyPatch.context() as patch:
         for geometry in t.STRIDED:
             t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch, pixels)
     for geometry in (t.GEOMETRIES[1] + (1,), t.GEOMETRIES[5] + (1,), t.STRIDED[1], t.STRIDED[3]):
-        for batch in ("one group", "two groups"):  # the data gradient in the lanes: 2 vectors of 8 images
+        for batch in ("one group", "two groups", "a wide tail"):  # the data gradient in the lanes: 2 vectors of 8
             t.test_the_data_gradient_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
     for geometry in t.LANES_FORWARD:  # the forward in the lanes: 6 channels a tile
-        t.test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, "two groups", patch)
+        for batch in ("two groups", "a wide tail"):
+            t.test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
     for case in t.DEPTHWISE_LANES:  # depthwise in the lanes: 6 channels a tile, 2 groups of 16 images
         t.test_depthwise_kernels_match_the_grouped_im2col_path(*case, np.float32, patch)
 print("ok")
