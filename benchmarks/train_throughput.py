@@ -119,6 +119,7 @@ def yaffe_step_fn(text):
     label[...] = np.random.default_rng(0).integers(0, 10, label.shape)
     solver = SGD(net.params, resolve(SOLVER_FIELDS, dict(SOLVER, net="-", max_iter=1)))
     net.share_diffs()  # as the trainer does
+    net.skip_silenced()
     from solvers.replicas import start
     replicas, _ = start(net, None)  # as `run.py train` decides: the batch as slices on the threads, or not
     it = [0]

@@ -229,8 +229,10 @@ class Crop(Layer):
 
 @register("Slice")
 class Slice(Layer):
-    """Split a bottom along `axis` at slice_point (or evenly) into k tops."""
+    """Split a bottom along `axis` at slice_point (or evenly) into k tops. The tops in `silenced` (only Silence
+    reads them: Net.skip_silenced) are not copied forward, and their part of the bottom diff is zero."""
     backward_reads = ()
+    silenced = ()
 
     param_block = "slice_param"
     fields = (Field("axis", "int", 1, "the axis to cut"),
@@ -258,20 +260,26 @@ class Slice(Layer):
 
     def forward(self, bottom, top):
         x, inner = _rows(bottom[0].data, self.axis), count(bottom[0].shape, self.axis + 1)
-        for t, (a, b) in zip(top, self.bounds):
-            copy_rows(x, a * inner, _rows(t.data, self.axis), 0, (b - a) * inner)
+        for j, (t, (a, b)) in enumerate(zip(top, self.bounds)):
+            if j not in self.silenced:
+                copy_rows(x, a * inner, _rows(t.data, self.axis), 0, (b - a) * inner)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             dx, inner = _rows(bottom[0].diff, self.axis), count(bottom[0].shape, self.axis + 1)
-            for t, (a, b) in zip(top, self.bounds):
-                copy_rows(_rows(t.diff, self.axis), 0, dx, a * inner, (b - a) * inner)
+            for j, (t, (a, b)) in enumerate(zip(top, self.bounds)):
+                if j in self.silenced:
+                    dx[:, a * inner:b * inner] = 0
+                else:
+                    copy_rows(_rows(t.diff, self.axis), 0, dx, a * inner, (b - a) * inner)
 
 
 @register("Silence")
 class Silence(Layer):
-    """Consume blobs so they are not net outputs. No tops; backward writes zero diffs."""
+    """Consume blobs so they are not net outputs. No tops; backward writes zero diffs, but not to the bottoms in
+    `unread` (their producer left them out and writes its bottom's zero diff itself: Net.skip_silenced)."""
     backward_reads = ()
+    unread = ()
 
     bottoms = (1, None)
     tops = (0, 0)
@@ -283,8 +291,8 @@ class Silence(Layer):
         pass
 
     def backward(self, top, propagate_down, bottom):
-        for b, prop in zip(bottom, propagate_down):
-            if prop:
+        for i, (b, prop) in enumerate(zip(bottom, propagate_down)):
+            if prop and i not in self.unread:
                 fill_zero(b.diff.ravel())
 
 

@@ -160,6 +160,7 @@ class Trainer:
         # where they are read after the pass (debug_info prints them; pycaffe's solver.net.blobs[...].diff)
         if share_diffs and not cfg.debug_info:
             self.net.share_diffs()
+            self.net.skip_silenced()  # (tops only Silence reads: not computed)
         self.dp = None
         if comm is not None:  # before the solver: the param diffs become views of one fused buffer
             from .parallel import DataParallel

@@ -288,3 +288,36 @@ def _float32_and_float64_lstm(n, h_dim):
         results.append([t.data.astype(np.float64) for t in tops] + [bottoms[0].diff.astype(np.float64)]
                        + [b.diff.astype(np.float64) for b in layer.blobs])
     return results
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+def test_a_top_that_only_silence_reads_is_not_copied_and_changes_no_result(slices):
+    """Net.skip_silenced (the trainer's TRAIN net): Caffe's LSTM idiom slices off the last step and silences the
+    others; Slice then copies only the last step forward and writes zeros for the others' diff. Losses, every
+    param diff and the sequence's diff equal the copying net's; the silenced top is left unwritten; whole and as
+    slices along N. A top that another layer also reads (through a Split) is copied."""
+    from solvers.replicas import Replicas
+    plain, skipping = Net(loads(SEQ_NET), "TRAIN", seed=4), Net(loads(SEQ_NET), "TRAIN", seed=4)
+    assert skipping.skip_silenced() == 1 and skipping.layer_by_name("last").silenced == (0,)
+    assert skipping.layer_by_name("quiet").unread == (0,) and plain.layer_by_name("quiet").unread == ()
+    assert plain.layer_by_name("last").silenced == ()
+    runner = Replicas(skipping, 2) if slices == 2 else skipping
+    try:
+        if slices == 2:
+            assert [r.layer_by_name("last").silenced for r in runner.nets] == [(0,), (0,)]
+        for _ in range(2):
+            plain.param_diff[...] = 0
+            skipping.param_diff[...] = 0
+            skipping.blobs["h"].diff[...] = np.nan  # every value of the sequence's diff must be written
+            loss = plain.forward_backward()
+            np.testing.assert_allclose(runner.forward_backward(), loss, rtol=1e-5)
+            np.testing.assert_allclose(skipping.param_diff, plain.param_diff, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(skipping.blobs["h"].diff, plain.blobs["h"].diff, rtol=1e-4, atol=1e-7)
+            assert not plain.blobs["h"].diff[:4].any()
+        assert plain.blobs["h_early"].data.any() and not skipping.blobs["h_early"].data.any()
+    finally:
+        if slices == 2:
+            runner.close()
+    read = SEQ_NET.replace("  - {name: flat,", "  - {name: also, type: Power, bottom: h_early, top: p}\n  - {name: flat,")
+    both = Net(loads(read), "TRAIN", seed=4)
+    assert both.skip_silenced() == 0 and both.layer_by_name("last").silenced == ()
