@@ -12,7 +12,7 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import get_num_threads, njit, prange, types, uintp
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -212,14 +212,17 @@ def zero(a):
 @njit(cache=True, nogil=True, parallel=True)
 def _add_column_sums(dy, db):
     m, n = dy.shape
-    block = 64
+    block = 256
+    f = dy.reshape(-1)  # (flat indices: LLVM vectorized the 2-D ones' loop 4-7x slower than NumPy's)
     for b in prange((n + block - 1) // block):
-        lo, hi = b * block, min(n, (b + 1) * block)
+        lo = b * block
+        w = min(n, lo + block) - lo
         acc = np.zeros(block, dy.dtype)
         for i in range(m):
-            for j in range(hi - lo):
-                acc[j] += dy[i, lo + j]
-        for j in range(hi - lo):
+            base = i * n + lo
+            for j in range(w):
+                acc[j] += f[uintp(base + j)]
+        for j in range(w):
             db[lo + j] += acc[j]
 
 

@@ -17,7 +17,7 @@ from numba import njit
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
-from .cpu import _sgemm, gemm, gemm_acc, pooled
+from .cpu import _sgemm, add_column_sums, gemm, gemm_acc, pooled
 from .kernels import sigmoid32, tanh32
 from .simd import PIX_MR, PIX_NV, VECTOR_BYTES, tile_pixels
 
@@ -259,7 +259,7 @@ class Recurrent(Layer):
         """dg (T, N, gates*H): the gradients of the input products into W_x, b, W_static, x, x_static."""
         flat = dg.reshape(-1, dg.shape[-1])
         gemm_acc(flat.T, x.reshape(-1, self.I), self.blobs[0].diff)
-        self.blobs[1].diff += flat.sum(axis=0)
+        add_column_sums(flat, self.blobs[1].diff)
         if propagate_down[0]:
             gemm(flat, self.blobs[0].data, bottom[0].diff.reshape(-1, self.I))
         if self.static:

@@ -70,6 +70,7 @@ def test_zero_and_column_sums_on_one_thread_and_on_all(size):
     n = max(3, size // 64)
     dy = rng.standard_normal((64, n)).astype(np.float32)
     db = rng.standard_normal(n).astype(np.float32)
-    want = db + dy.sum(axis=0, dtype=np.float64)
+    want, same_order = db + dy.sum(axis=0, dtype=np.float64), db + dy.sum(axis=0)
     add_column_sums(dy, db)
     np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(db, same_order)  # each column in row order, then added: NumPy's float32 sum
