@@ -22,6 +22,7 @@ from .kernels import sigmoid32, tanh32
 from .simd import PIX_MR, PIX_NV, VECTOR_BYTES, tile_pixels
 
 FAST_FLOAT32 = True  # LSTM steps in one float32 kernel (lstm_step32); False: NumPy's ufuncs, as for float64
+JOINED = True  # the input product inside each step's where the steps run in one call (lstm_forward32_joined)
 
 RECURRENT_FIELDS = (
     Field("num_output", "int", None, "hidden units (H)", minimum=1, required=True),
@@ -149,6 +150,23 @@ def lstm_forward32(gx, keep, w_t, c0, gate, c, tc, hc, out):
             lstm_step32(gate[t], gx[t], keep[t], c_prev, c[t], tc[t], out[t], keep[t + 1], hc[t + 1])
         else:
             lstm_step32(gate[t], gx[t], keep[t], c_prev, c[t], tc[t], out[t], keep[t], last)
+
+
+@njit(cache=True, nogil=True)
+def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
+    """lstm_forward32 with the input product inside each step's: gate[t] = xh[t] (N, I+H) @ w_t (I+H, 4H), where
+    xh[t] holds x_t then cont_t * h_{t-1} (this call writes the latter for t > 0; xh[0]'s on entry), and bias
+    (N, 4H) the bias in every row. One product of K = I+H a step instead of one of all steps' inputs (K = I,
+    few columns, slow) whose (T, N, 4H) result each step then read."""
+    t_len, n, hd = c.shape
+    last = np.empty((0, hd), np.float32)
+    for t in range(t_len):
+        step_product(xh[t], w_t, gate[t])
+        c_prev = c[t - 1] if t else c0
+        if t + 1 < t_len:
+            lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t + 1], xh[t + 1, :, i_dim:])
+        else:
+            lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t], last)
 
 
 @njit(cache=True, nogil=True)
@@ -294,14 +312,35 @@ class LSTM(Recurrent):
     def forward(self, bottom, top):
         x, cont, xs, states = self._inputs(bottom)
         t_len, n, h_dim = self.T, self.N, self.H
-        gx = self._input_products(x, xs)
         w_hc = self.w_h.data
         h_prev = states[0] if states else np.zeros((n, h_dim), self.dtype)
         c_prev = states[1] if states else np.zeros((n, h_dim), self.dtype)
-        # i, f, o, g after their nonlinearities; c; cont_t * h_{t-1}; tanh(c) (for the backward); kept across passes
-        self.gate, self.c, self.hc, self.tc = self._buffers(("gate", 4), ("c", 1), ("hc", 1), ("tc", 1))
         self.c0 = c_prev.copy()
         out = top[0].data.reshape(t_len, n, h_dim)
+        self.joined = (JOINED and self.dtype == np.float32 and not self.static and _one_call(n, h_dim, x, out)
+                       and n >= PIX_MR and (4 * h_dim) % TILE_COLS == 0)
+        if self.joined:  # the input product inside each step's (lstm_forward32_joined)
+            self.gate, self.c, self.tc = self._buffers(("gate", 4), ("c", 1), ("tc", 1))
+            i_dim = self.I
+            if getattr(self, "xh", None) is None or self.xh.shape != (t_len, n, i_dim + h_dim):
+                self.xh = np.empty((t_len, n, i_dim + h_dim), np.float32)
+                self.w_cat = np.empty((i_dim + h_dim, 4 * h_dim), np.float32)
+                self.bias_rows = np.empty((n, 4 * h_dim), np.float32)
+            xh, w_cat = self.xh, self.w_cat
+            xh[:, :, :i_dim] = x
+            keep = np.ascontiguousarray(cont, dtype=np.float32)
+            np.multiply(keep[0][:, None], h_prev, out=xh[0, :, i_dim:])
+            w_cat[:i_dim] = self.blobs[0].data.T
+            w_cat[i_dim:] = w_hc.T
+            self.bias_rows[...] = self.blobs[1].data
+            lstm_forward32_joined(xh, i_dim, self.bias_rows, keep, w_cat, self.c0, self.gate, self.c, self.tc, out)
+            if len(top) == 3:
+                top[1].data[...] = out[t_len - 1].reshape(top[1].data.shape)
+                top[2].data[...] = self.c[t_len - 1].reshape(top[2].data.shape)
+            return
+        gx = self._input_products(x, xs)
+        # i, f, o, g after their nonlinearities; c; cont_t * h_{t-1}; tanh(c) (for the backward); kept across passes
+        self.gate, self.c, self.hc, self.tc = self._buffers(("gate", 4), ("c", 1), ("hc", 1), ("tc", 1))
         w_t = np.ascontiguousarray(w_hc.T)
         if self.dtype == np.float32 and FAST_FLOAT32:  # one kernel a step (float64, the gradient checks: NumPy's)
             keep = np.ascontiguousarray(cont, dtype=np.float32)
@@ -351,6 +390,18 @@ class LSTM(Recurrent):
                     gemm(dg[t + 1], w_hc, rec)
                 lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
                                    else keep[t, :0], dc_next, dg[t])  # dc_next: in place
+        if getattr(self, "joined", False):  # both weight gradients in one product: dg^T [x | cont*h_{t-1}]
+            i_dim, flat = self.I, dg.reshape(-1, 4 * h_dim)
+            if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, i_dim + h_dim):
+                self.dw_cat = np.empty((4 * h_dim, i_dim + h_dim), np.float32)
+            self.dw_cat[...] = 0
+            gemm_acc(flat.T, self.xh.reshape(-1, i_dim + h_dim), self.dw_cat)
+            self.blobs[0].diff += self.dw_cat[:, :i_dim]
+            self.w_h.diff += self.dw_cat[:, i_dim:]
+            add_column_sums(flat, self.blobs[1].diff)
+            if propagate_down[0]:
+                gemm(flat, self.blobs[0].data, bottom[0].diff.reshape(-1, self.I))
+            return
         gemm_acc(dg.reshape(-1, 4 * h_dim).T, self.hc.reshape(-1, h_dim), self.w_h.diff)  # one product, all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)
 

@@ -229,14 +229,15 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypa
     float64 layer's (NumPy's exact functions) to float32 rounding; resets by cont included. "one call": on one
     thread (a slice) all steps of a pass run in one kernel call (lstm_forward32, lstm_backward32); "per step": a
     kernel a step (more threads); "numpy": the NumPy path for float32 too. N = 7, H = 32: the step products
-    in register tiles (step_product; the last row tile overlaps), else by OpenBLAS."""
+    in register tiles (step_product; the last row tile overlaps), with the input product inside them
+    (lstm_forward32_joined, both weight gradients in one product), else by OpenBLAS."""
     import numba
     import layers.recurrent as rec
     from layers.cpu import pooled
     from layers.gradcheck import make_layer
     monkeypatch.setattr(rec, "FAST_FLOAT32", path != "numpy")
     calls = []
-    for name in ("lstm_forward32", "lstm_backward32"):
+    for name in ("lstm_forward32", "lstm_forward32_joined", "lstm_backward32"):
         kernel = getattr(rec, name)
         monkeypatch.setattr(rec, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     threads = numba.get_num_threads()
@@ -250,7 +251,9 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypa
         results = _float32_and_float64_lstm(n, h_dim)
     finally:
         numba.set_num_threads(threads)
-    assert calls == (["lstm_forward32", "lstm_backward32"] if path == "one call" else [])
+    joined = n >= rec.PIX_MR and 4 * h_dim % rec.TILE_COLS == 0  # the input product inside the steps'
+    assert calls == ([("lstm_forward32_joined" if joined else "lstm_forward32"), "lstm_backward32"]
+                     if path == "one call" else [])
     assert (n >= rec.PIX_MR and h_dim % rec.TILE_COLS == 0) == (h_dim == 32)  # which product ran
     assert np.abs(results[0][0]).max() > 0.3 and (results[0][0] < 0).any()
     for want, got in zip(*results):
