@@ -120,6 +120,7 @@ def yaffe_step_fn(text):
     solver = SGD(net.params, resolve(SOLVER_FIELDS, dict(SOLVER, net="-", max_iter=1)))
     net.share_diffs()  # as the trainer does
     net.skip_silenced()
+    net.lean_slices = True
     from solvers.replicas import start
     replicas, _ = start(net, None)  # as `run.py train` decides: the batch as slices on the threads, or not
     it = [0]

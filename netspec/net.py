@@ -97,6 +97,10 @@ class Net:
     # True where nothing changes the weights between passes (run.py predict and test): the folds of a forward-only
     # net are then made once, not checked against their sources every pass
     constant_weights = False
+    # True where nobody reads the blobs after a pass but the loss (the trainer's net, without debug_info or
+    # monitor): the slices of a sequence batch (replicate) then copy back into it only their data tops (a
+    # carried state) and the losses' bottoms (its checks of several losses), not every blob of the sequence
+    lean_slices = False
 
     def __init__(self, doc: dict, phase: str = "TRAIN", path: str = "<net>", *, seed: int | None = None,
                  dtype=np.float32, level: int = 0, stages=(), allocate: bool = True, replica_of=None):
@@ -731,8 +735,14 @@ class Net:
         self._fold_state = self._bound = None
 
     def _strided_out(self, kind):
-        """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch."""
+        """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch (or
+        only those the parent reads: lean_slices)."""
         out = getattr(self, "strided", [])
+        if out and self._replica[0].lean_slices:
+            if not hasattr(self, "_read_by_losses"):
+                read = {b for d, layer in zip(self.defs, self.layers) if layer.is_loss for b in d.bottoms}
+                self._read_by_losses = [e for e in out if e[0].name in read]
+            out = self._read_by_losses
         for blob, whole, cols in out + (getattr(self, "strided_in", []) if kind == "data" else []):
             getattr(whole, kind)[:, cols] = getattr(blob, kind)  # a data top too: a carried state written in place
 

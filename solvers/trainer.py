@@ -161,6 +161,7 @@ class Trainer:
         if share_diffs and not cfg.debug_info:
             self.net.share_diffs()
             self.net.skip_silenced()  # (tops only Silence reads: not computed)
+            self.net.lean_slices = not self.monitor
         self.dp = None
         if comm is not None:  # before the solver: the param diffs become views of one fused buffer
             from .parallel import DataParallel

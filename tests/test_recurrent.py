@@ -324,3 +324,24 @@ def test_a_top_that_only_silence_reads_is_not_copied_and_changes_no_result(slice
     read = SEQ_NET.replace("  - {name: flat,", "  - {name: also, type: Power, bottom: h_early, top: p}\n  - {name: flat,")
     both = Net(loads(read), "TRAIN", seed=4)
     assert both.skip_silenced() == 0 and both.layer_by_name("last").silenced == ()
+
+
+def test_lean_slices_copy_back_only_what_the_trainer_reads_and_carry_the_state():
+    """lean_slices (the trainer's net): the slices of a sequence batch copy back their data tops (the carried
+    state) and not the other blobs; losses, param diffs and the carried state equal the whole net's."""
+    from solvers.replicas import Replicas
+    one, two = Net(loads(SEQ_NET), "TRAIN", seed=4), Net(loads(SEQ_NET), "TRAIN", seed=4)
+    two.lean_slices = True
+    replicas = Replicas(two, 2)
+    try:
+        for _ in range(3):
+            one.param_diff[...] = 0
+            two.param_diff[...] = 0
+            loss = one.forward_backward()
+            np.testing.assert_allclose(replicas.forward_backward(), loss, rtol=1e-5)
+            np.testing.assert_allclose(two.param_diff, one.param_diff, rtol=1e-4, atol=1e-6)
+            for name in ("h0", "c0"):
+                np.testing.assert_allclose(two.blobs[name].data, one.blobs[name].data, rtol=1e-5, atol=1e-6)
+        assert one.blobs["h"].data.any() and not two.blobs["h"].data.any() and not two.blobs["h"].diff.any()
+    finally:
+        replicas.close()
