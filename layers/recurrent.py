@@ -154,9 +154,9 @@ def lstm_forward32(gx, keep, w_t, c0, gate, c, tc, hc, out):
 
 @njit(cache=True, nogil=True)
 def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
-    """lstm_forward32 with the input product inside each step's: gate[t] = xh[t] (N, I+H) @ w_t (I+H, 4H), where
-    xh[t] holds x_t then cont_t * h_{t-1} (this call writes the latter for t > 0; xh[0]'s on entry), and bias
-    (N, 4H) the bias in every row. One product of K = I+H a step instead of one of all steps' inputs (K = I,
+    """lstm_forward32 with the input product inside each step's: gate[t] = xh[t] (N, K) @ w_t (K, 4H), where
+    xh[t] holds x_t then cont_t * h_{t-1} (this call writes it for t > 0; xh[0]'s on entry) in its columns
+    [i_dim, i_dim + H), and bias (N, 4H) the bias in every row. One product of K = I+H a step instead of one of all steps' inputs (K = I,
     few columns, slow) whose (T, N, 4H) result each step then read."""
     t_len, n, hd = c.shape
     last = np.empty((0, hd), np.float32)
@@ -164,7 +164,8 @@ def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
         step_product(xh[t], w_t, gate[t])
         c_prev = c[t - 1] if t else c0
         if t + 1 < t_len:
-            lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t + 1], xh[t + 1, :, i_dim:])
+            lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t + 1],
+                        xh[t + 1, :, i_dim:i_dim + hd])
         else:
             lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t], last)
 
@@ -322,16 +323,17 @@ class LSTM(Recurrent):
         if self.joined:  # the input product inside each step's (lstm_forward32_joined)
             self.gate, self.c, self.tc = self._buffers(("gate", 4), ("c", 1), ("tc", 1))
             i_dim = self.I
-            if getattr(self, "xh", None) is None or self.xh.shape != (t_len, n, i_dim + h_dim):
-                self.xh = np.empty((t_len, n, i_dim + h_dim), np.float32)
-                self.w_cat = np.empty((i_dim + h_dim, 4 * h_dim), np.float32)
+            if getattr(self, "xh", None) is None or self.xh.shape != (t_len, n, i_dim + h_dim + 1):
+                # [x_t | cont_t h_{t-1} | 1]: the ones' column (its weights zero) gives the bias gradient
+                self.xh = np.ones((t_len, n, i_dim + h_dim + 1), np.float32)
+                self.w_cat = np.zeros((i_dim + h_dim + 1, 4 * h_dim), np.float32)
                 self.bias_rows = np.empty((n, 4 * h_dim), np.float32)
             xh, w_cat = self.xh, self.w_cat
             xh[:, :, :i_dim] = x
             keep = np.ascontiguousarray(cont, dtype=np.float32)
-            np.multiply(keep[0][:, None], h_prev, out=xh[0, :, i_dim:])
+            np.multiply(keep[0][:, None], h_prev, out=xh[0, :, i_dim:i_dim + h_dim])
             w_cat[:i_dim] = self.blobs[0].data.T
-            w_cat[i_dim:] = w_hc.T
+            w_cat[i_dim:i_dim + h_dim] = w_hc.T
             self.bias_rows[...] = self.blobs[1].data
             lstm_forward32_joined(xh, i_dim, self.bias_rows, keep, w_cat, self.c0, self.gate, self.c, self.tc, out)
             if len(top) == 3:
@@ -390,15 +392,15 @@ class LSTM(Recurrent):
                     gemm(dg[t + 1], w_hc, rec)
                 lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
                                    else keep[t, :0], dc_next, dg[t])  # dc_next: in place
-        if getattr(self, "joined", False):  # both weight gradients in one product: dg^T [x | cont*h_{t-1}]
-            i_dim, flat = self.I, dg.reshape(-1, 4 * h_dim)
-            if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, i_dim + h_dim):
-                self.dw_cat = np.empty((4 * h_dim, i_dim + h_dim), np.float32)
+        if getattr(self, "joined", False):  # the weights' and bias' gradients in one product: dg^T [x | cont h | 1]
+            i_dim, flat, k = self.I, dg.reshape(-1, 4 * h_dim), self.xh.shape[2]
+            if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, k):
+                self.dw_cat = np.empty((4 * h_dim, k), np.float32)
             self.dw_cat[...] = 0
-            gemm_acc(flat.T, self.xh.reshape(-1, i_dim + h_dim), self.dw_cat)
+            gemm_acc(flat.T, self.xh.reshape(-1, k), self.dw_cat)
             self.blobs[0].diff += self.dw_cat[:, :i_dim]
-            self.w_h.diff += self.dw_cat[:, i_dim:]
-            add_column_sums(flat, self.blobs[1].diff)
+            self.w_h.diff += self.dw_cat[:, i_dim:i_dim + h_dim]
+            self.blobs[1].diff += self.dw_cat[:, i_dim + h_dim]
             if propagate_down[0]:
                 gemm(flat, self.blobs[0].data, bottom[0].diff.reshape(-1, self.I))
             return
