@@ -156,8 +156,8 @@ def lstm_forward32(gx, keep, w_t, c0, gate, c, tc, hc, out):
 def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
     """lstm_forward32 with the input product inside each step's: gate[t] = xh[t] (N, K) @ w_t (K, 4H), where
     xh[t] holds x_t then cont_t * h_{t-1} (this call writes it for t > 0; xh[0]'s on entry) in its columns
-    [i_dim, i_dim + H), and bias (N, 4H) the bias in every row. One product of K = I+H a step instead of one of all steps' inputs (K = I,
-    few columns, slow) whose (T, N, 4H) result each step then read."""
+    [i_dim, i_dim + H), and bias (N, 4H) the bias in every row. One product of K >= I+H a step instead of one
+    of all steps' inputs (K = I: few columns, slow) whose (T, N, 4H) result each step then read."""
     t_len, n, hd = c.shape
     last = np.empty((0, hd), np.float32)
     for t in range(t_len):

@@ -321,7 +321,8 @@ def test_a_top_that_only_silence_reads_is_not_copied_and_changes_no_result(slice
     finally:
         if slices == 2:
             runner.close()
-    read = SEQ_NET.replace("  - {name: flat,", "  - {name: also, type: Power, bottom: h_early, top: p}\n  - {name: flat,")
+    also = "  - {name: also, type: Power, bottom: h_early, top: p}\n"
+    read = SEQ_NET.replace("  - {name: flat,", also + "  - {name: flat,")
     both = Net(loads(read), "TRAIN", seed=4)
     assert both.skip_silenced() == 0 and both.layer_by_name("last").silenced == ()
 
