@@ -373,32 +373,39 @@ def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt):
 @njit(cache=True, nogil=True)
 def images_to_lanes(x, buf):
     """x (N, A, B) -> buf (G, B, A, L), the images in the lanes: buf[g, b, a, l] = x[g*L + l, a, b], zero for
-    g*L + l >= N. Blocks of a vector's lanes of images by as many values of b, transposed in registers."""
+    g*L + l >= N. Blocks of a vector's lanes of images by as many values of b, transposed in registers: one
+    vector of images at a time (the images past the batch's end as rows of zeros in a block of its own), so
+    that a vector's images are read as that many runs of memory, not twice that."""
     n_img, rows, cols = x.shape
     groups, width = buf.shape[0], buf.shape[3]
     step = VECTOR_BYTES // x.itemsize
     body = cols - cols % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
     zeros = np.zeros(step, x.dtype)
+    block = np.zeros(step * step, x.dtype)  # a partial vector's images, padded with zeros
     for g in range(groups):
-        for a in range(rows):
-            for b0 in range(0, body, step):
-                for l0 in range(0, width, step):  # (both halves of a row of buf, one after the other)
-                    n0 = g * width + l0
-                    if n0 + step <= n_img:
-                        transpose_tile(xf, (n0 * rows + a) * cols + b0, rows * cols, bf,
-                                       ((g * cols + b0) * rows + a) * width + l0, rows * width, zeros, 0, False, 0.0)
+        for l0 in range(0, width, step):
+            n0 = g * width + l0
+            present = min(step, max(0, n_img - n0))
+            if present < step:
+                block[:] = 0
+            for a in range(rows):
+                for b0 in range(0, body, step):
+                    at = ((g * cols + b0) * rows + a) * width + l0
+                    if present == step:
+                        transpose_tile(xf, (n0 * rows + a) * cols + b0, rows * cols, bf, at, rows * width, zeros, 0,
+                                       False, 0.0)
                     else:
-                        for lane in range(l0, l0 + step):
-                            n = g * width + lane
-                            for b in range(b0, b0 + step):
-                                bf[uintp(((g * cols + b) * rows + a) * width + lane)] = \
-                                    xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
-            for lane in range(width):
-                n = g * width + lane
-                for b in range(body, cols):
-                    bf[uintp(((g * cols + b) * rows + a) * width + lane)] = \
-                        xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
+                        for r in range(present):
+                            src = ((n0 + r) * rows + a) * cols + b0
+                            for b in range(step):
+                                block[r * step + b] = xf[uintp(src + b)]
+                        transpose_tile(block, 0, step, bf, at, rows * width, zeros, 0, False, 0.0)
+                for lane in range(l0, l0 + step):
+                    n = n0 + lane - l0
+                    for b in range(body, cols):
+                        bf[uintp(((g * cols + b) * rows + a) * width + lane)] = \
+                            xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
 
 
 @njit(cache=True, nogil=True)

@@ -329,14 +329,14 @@ def test_python_depthwise_lane_tiles_match_the_compiled_ones(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(dtype, monkeypatch):
+@pytest.mark.parametrize("groups", [2, 3])  # 3: a last group of zeros alone, after a partial vector
+def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(dtype, groups, monkeypatch):
     """images_to_lanes, lanes_to_images and lanes_to_top (transpose_tile: whole blocks in registers; the batch's
     and the plane's last partial vectors one value at a time), compiled and under NUMBA_DISABLE_JIT's Python."""
     rng = np.random.default_rng(3)
     step = simd.lanes(dtype)
     width = simd.LANES_NB * step
     n, a, b = width + step + 3, 3, 2 * step + 5  # groups: one full, one with a whole and a partial vector
-    groups = 2
     x = rng.normal(size=(n, a, b)).astype(dtype)
     want = np.zeros((groups * width, a, b), dtype)
     want[:n] = x
