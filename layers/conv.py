@@ -410,24 +410,28 @@ def images_to_lanes(x, buf):
 
 @njit(cache=True, nogil=True)
 def lanes_to_images(buf, x):
-    """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L] (blocks transposed in registers)."""
+    """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L] (blocks transposed in registers, a
+    vector of images at a time; a partial vector's through a block of its own)."""
     n_img, m_all = x.shape
     m_buf, width = buf.shape[1], buf.shape[2]
     step = VECTOR_BYTES // x.itemsize
     body = m_all - m_all % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
     zeros = np.zeros(step, x.dtype)
+    block = np.empty(step * step, x.dtype)
     for g in range(-(-n_img // width)):
-        for m0 in range(0, body, step):
-            for l0 in range(0, width, step):
-                n0 = g * width + l0
-                if n0 + step <= n_img:
-                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, xf, n0 * m_all + m0, m_all, zeros, 0,
-                                   False, 0.0)
+        for l0 in range(0, width, step):
+            n0 = g * width + l0
+            present = min(step, n_img - n0)
+            for m0 in range(0, body, step) if present > 0 else range(0):
+                src = (g * m_buf + m0) * width + l0
+                if present == step:
+                    transpose_tile(bf, src, width, xf, n0 * m_all + m0, m_all, zeros, 0, False, 0.0)
                 else:
-                    for n in range(n0, min(n0 + step, n_img)):
-                        for m in range(m0, m0 + step):
-                            xf[uintp(n * m_all + m)] = bf[uintp((g * m_buf + m) * width + n - g * width)]
+                    transpose_tile(bf, src, width, block, 0, step, zeros, 0, False, 0.0)
+                    for r in range(present):
+                        for m in range(step):
+                            xf[uintp((n0 + r) * m_all + m0 + m)] = block[r * step + m]
         for n in range(g * width, min(g * width + width, n_img)):
             for m in range(body, m_all):
                 xf[uintp(n * m_all + m)] = bf[uintp((g * m_buf + m) * width + n - g * width)]
@@ -460,25 +464,28 @@ def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
 @njit(cache=True, nogil=True)
 def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
     """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o*P + p], with a ReLU
-    (leaky: slope) as take_planes; bias (O*P,) rounded up to a whole vector, each channel's P times."""
+    (leaky: slope) as take_planes; bias (O*P,) rounded up to a whole vector, each channel's P times. A vector of
+    images at a time, as lanes_to_images."""
     n_img, out_c, plane = y.shape
     width = buf.shape[3]
     step = VECTOR_BYTES // y.itemsize
     m_all, m_buf = out_c * plane, buf.shape[1] * plane
     body = m_all - m_all % step
     yf, bf = y.reshape(-1), buf.reshape(-1)
+    block = np.empty(step * step, y.dtype)
     for g in range(-(-n_img // width)):
-        for m0 in range(0, body, step):
-            for l0 in range(0, width, step):
-                n0 = g * width + l0
-                if n0 + step <= n_img:
-                    transpose_tile(bf, (g * m_buf + m0) * width + l0, width, yf, n0 * m_all + m0, m_all, bias, m0,
-                                   relu, slope)
+        for l0 in range(0, width, step):
+            n0 = g * width + l0
+            present = min(step, n_img - n0)
+            for m0 in range(0, body, step) if present > 0 else range(0):
+                src = (g * m_buf + m0) * width + l0
+                if present == step:
+                    transpose_tile(bf, src, width, yf, n0 * m_all + m0, m_all, bias, m0, relu, slope)
                 else:
-                    for n in range(n0, min(n0 + step, n_img)):
-                        for m in range(m0, m0 + step):
-                            v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m]
-                            yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
+                    transpose_tile(bf, src, width, block, 0, step, bias, m0, relu, slope)
+                    for r in range(present):
+                        for m in range(step):
+                            yf[uintp((n0 + r) * m_all + m0 + m)] = block[r * step + m]
         for n in range(g * width, min(g * width + width, n_img)):
             for m in range(body, m_all):
                 v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m]
