@@ -423,7 +423,9 @@ def lanes_to_images(buf, x):
         for l0 in range(0, width, step):
             n0 = g * width + l0
             present = min(step, n_img - n0)
-            for m0 in range(0, body, step) if present > 0 else range(0):
+            if present <= 0:  # lanes past the batch
+                continue
+            for m0 in range(0, body, step):
                 src = (g * m_buf + m0) * width + l0
                 if present == step:
                     transpose_tile(bf, src, width, xf, n0 * m_all + m0, m_all, zeros, 0, False, 0.0)
@@ -477,7 +479,9 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
         for l0 in range(0, width, step):
             n0 = g * width + l0
             present = min(step, n_img - n0)
-            for m0 in range(0, body, step) if present > 0 else range(0):
+            if present <= 0:  # lanes past the batch
+                continue
+            for m0 in range(0, body, step):
                 src = (g * m_buf + m0) * width + l0
                 if present == step:
                     transpose_tile(bf, src, width, yf, n0 * m_all + m0, m_all, bias, m0, relu, slope)

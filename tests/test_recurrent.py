@@ -234,7 +234,6 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypa
     import numba
     import layers.recurrent as rec
     from layers.cpu import pooled
-    from layers.gradcheck import make_layer
     monkeypatch.setattr(rec, "FAST_FLOAT32", path != "numpy")
     calls = []
     for name in ("lstm_forward32", "lstm_forward32_joined", "lstm_backward32"):
