@@ -40,6 +40,8 @@ def sliced(model, tmp_path, rows=256, **solver_overrides):
             write_idx(tmp_path / name, z[f"{part}_images"][:rows])
             write_idx(tmp_path / name.replace("images-idx3", "labels-idx1"), z[f"{part}_labels"][:rows])
             layer["data_param"]["source"] = name
+            # (a test batch larger than the slice would repeat examples, which validate rightly warns of)
+            layer["data_param"]["batch_size"] = min(layer["data_param"].get("batch_size", rows), rows)
         elif source:
             layer["data_param"]["source"] = full
     solver.update(solver_overrides)
