@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 import numba
-from numba import njit, prange, uintp
+from numba import get_num_threads, njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
@@ -37,7 +37,7 @@ from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, dep
 from .kernels import channel_sums
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1, tile_pixels,
-                   tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
+                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -54,6 +54,11 @@ DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, (0.4 if VECTOR_BYTES == 64 else 0.6)
 # YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
+# forward-only nets: a stride-1 convolution on the rows as one kernel a band of output rows (direct_conv_bands)
+BANDS = os.environ.get("YAFFE_CONV_BANDS", "1") != "0"
+# the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
+# the input rows and the sums); 0: all taps a tile
+PIX_KB_VALUES = 4096
 # the data gradient with the images in the lanes (DirectPlan.lanes_data) where the batch fills this much of them;
 # YAFFE_CONV_LANES=0 turns it off (and the forward below)
 LANES_DATA = os.environ.get("YAFFE_CONV_LANES", "1") != "0"
@@ -259,20 +264,82 @@ def direct_conv(xp, offs, w, bias, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def direct_conv_pixels(xp, offs, w, bias, qs, out):
+def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, slope, parts):
+    """place_planes, direct_conv and take_planes in one pass (stride 1), a task a band of an image's output rows:
+    it places the input rows its band reads, sums every filter over the band and copies the band to the top (with
+    the ReLU of take_planes), so that its values stay in its core's caches. parts: bands an image (a batch
+    smaller than the threads; as three kernels at a batch of one, each serial copy read what the other core's
+    product wrote: a ResNet-20 convolution on two threads took twice its time on one). wp: the padded rows;
+    reach: the largest tap offset in a plane."""
+    n_img, chans, height, width = x.shape
+    planes, length = xpad.shape[1], xpad.shape[2]
+    opad, nq = out.shape[1], out.shape[2]
+    out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    vec = VECTOR_BYTES // xpad.itemsize
+    blocks = nq // (3 * vec)
+    xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
+    for task in prange(n_img * parts):
+        n, g = task // parts, task % parts
+        b0, b1 = g * blocks // parts, (g + 1) * blocks // parts
+        qa, qb = b0 * 3 * vec, (b1 * 3 * vec if g < parts - 1 else nq)
+        for c in range(chans):  # the input rows the band reads
+            src, dst = (n * chans + c) * height * width, (n * planes + c) * length + start
+            for i in range(height):
+                if start + i * wp + width > qa and start + i * wp <= qb - 1 + reach:
+                    for j in range(width):
+                        bf[uintp(dst + i * wp + j)] = xf[uintp(src + i * width + j)]
+        for o0 in range(0, opad, BCAST_MR):
+            at = (n * opad + o0) * nq
+            for q0 in range(qa, b1 * 3 * vec, 3 * vec):
+                tile_bcast3(bf, n * planes * length + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
+            if g == parts - 1:
+                body = blocks * 3 * vec
+                if nq - body == 2 * vec:
+                    tile_bcast2(bf, n * planes * length + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+                elif nq - body == vec:
+                    tile_bcast1(bf, n * planes * length + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+        for o in range(out_c):  # the band to the top
+            src, dst = (n * opad + o) * nq, (n * out_c + o) * oh * ow
+            for i in range(qa // wp, min(oh, (qb - 1) // wp + 1)):
+                for j in range(max(0, qa - i * wp), min(ow, qb - i * wp)):
+                    v = of[uintp(src + i * wp + j)]
+                    yf[uintp(dst + i * ow + j)] = v if not relu or v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_pixels(xp, offs, w, bias, qs, out, threads=1):
     """xp (N, C*L) padded planes, offs (K,), w (K, Opad), bias (Opad,), qs (Ppad,) the positions of the output
     pixels in a plane -> out (N, Ppad, Opad), channels-last: out[n, p, o] = bias[o] + sum_k w[k, o] *
     xp[n, offs[k] + qs[p]]. Computes only the pixels kept (direct_conv computes every column of a padded row:
-    a third wasted on 8x8 planes); Opad a multiple of PIX_NV vectors, Ppad of PIX_MR."""
+    a third wasted on 8x8 planes); Opad a multiple of PIX_NV vectors, Ppad of PIX_MR. threads: Numba's threads
+    (a batch smaller than them splits each image's pixels; a kernel calling get_num_threads cannot be cached)."""
     n_img, per_image = xp.shape
     ppad, opad = out.shape[1], out.shape[2]
     step = PIX_NV * (VECTOR_BYTES // xp.itemsize)
-    tiles = ppad // PIX_MR
+    tiles, taps = ppad // PIX_MR, offs.shape[0]
     xf, wf, of = xp.reshape(-1), w.reshape(-1), out.reshape(-1)
-    for task in prange(n_img * tiles):
-        n, t = task // tiles, task % tiles
-        for o0 in range(0, opad, step):
-            tile_pixels(xf, n * per_image, qs, t * PIX_MR, offs, wf, o0, opad, bias, of, n * ppad * opad, opad)
+    if PIX_KB_VALUES == 0:  # (the taps unblocked: every tile reads all weights)
+        for task in prange(n_img * tiles):
+            n, t = task // tiles, task % tiles
+            for o0 in range(0, opad, step):
+                tile_pixels(xf, n * per_image, qs, t * PIX_MR, offs, wf, o0, opad, bias, of, n * ppad * opad, opad)
+        return
+    # blocks of taps whose weights (kb x Opad) stay in L1 while every pixel tile of a task sums them (a tile
+    # reading all the weights streamed them from L2 once a tile: ResNet's 64 filters on 8x8, 147 KB 11 times);
+    # an image's tiles in as many parts as keep the threads busy at a small batch
+    kb = max(PIX_MR, PIX_KB_VALUES // opad)
+    parts = min(tiles, max(1, -(-threads // n_img)))
+    for task in prange(n_img * parts):
+        n, g = task // parts, task % parts
+        xbase, obase = n * per_image, n * ppad * opad
+        for k0 in range(0, taps, kb):
+            ob, wb = offs[k0:min(k0 + kb, taps)], wf[k0 * opad:]
+            for t in range(g * tiles // parts, (g + 1) * tiles // parts):
+                for o0 in range(0, opad, step):
+                    if k0 == 0:
+                        tile_pixels(xf, xbase, qs, t * PIX_MR, ob, wb, o0, opad, bias, of, obase, opad)
+                    else:
+                        tile_pixels_acc(xf, xbase, qs, t * PIX_MR, ob, wb, o0, opad, bias, of, obase, opad)
 
 
 @njit(cache=True, nogil=True)
@@ -926,8 +993,19 @@ class Convolution(Layer):
             def run():
                 holder[0] = 0  # xpad holds no layer's input for a backward (DirectPlan.place)
                 place(*args)
-                direct_conv_pixels(xp, offs, w, bias, qs, out)
+                direct_conv_pixels(xp, offs, w, bias, qs, out, get_num_threads())
                 pixels_to_top(out, y3, relu, slope)
+            return run
+
+        if BANDS and plan.stride == 1 and not plan.x_direct:
+            (kh, kw), (dh, dw) = self.kernel, self.dilation
+            reach, start = (kh - 1) * dh * wp + (kw - 1) * dw, plan.start
+
+            def run():
+                holder[0] = 0
+                threads = get_num_threads()
+                direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, slope,
+                                  -(-threads // n) if n < threads else 1)
             return run
 
         def run():
@@ -1058,7 +1136,8 @@ class Convolution(Layer):
             plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
             xp = plan.source(x, self)
             if plan.pixels:
-                direct_conv_pixels(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out)
+                direct_conv_pixels(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out,
+                                   get_num_threads())
                 pixels_to_top(plan.out, y.reshape(y.shape[0], out_c, -1), *relu)
                 return
             if plan.y_direct and not relu[0]:
@@ -1141,7 +1220,8 @@ class Convolution(Layer):
         w4 = weight.data.reshape((out_c, c) + self.kernel)
         plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
         if plan.pixels_q:
-            direct_conv_pixels(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq)
+            direct_conv_pixels(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq,
+                               get_num_threads())
             pixels_to_top(plan.dxq, dx.reshape(n, c, -1), False, 0.0)
         elif plan.dx_direct:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx.reshape(n, c, -1))

@@ -184,9 +184,11 @@ def _make_tile_taps(kr, nv):
     return intrinsic(tile)
 
 
-def _make_tile_pixels(mr, nv):
+def _make_tile_pixels(mr, nv, accumulate=False):
     """tile_pixels: mr output pixels (at any positions of the padded planes, from a list) by nv vectors of
-    filters, channels-last; each tap broadcasts one input value per pixel and loads nv vectors of weights."""
+    filters, channels-last; each tap broadcasts one input value per pixel and loads nv vectors of weights.
+    accumulate (tile_pixels_acc): the sums start from out's values, not from the bias (a block of taps after
+    the first)."""
     def tile(typingctx, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride):
         sig = types.void(x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride)
 
@@ -202,10 +204,12 @@ def _make_tile_pixels(mr, nv):
             starts = [builder.add(xbase, builder.load(builder.gep(qp, [builder.add(pbase, const(r))])))
                       for r in range(mr)]
             acc = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(mr)]
+            bases = [builder.add(builder.add(obase, builder.mul(builder.add(pbase, const(r)), ostride)), o0)
+                     for r in range(mr)]
             for v in range(nv):
-                b = load(bp, builder.add(o0, const(v * n)))
+                b = None if accumulate else load(bp, builder.add(o0, const(v * n)))
                 for r in range(mr):
-                    builder.store(b, acc[r][v])
+                    builder.store(load(op, builder.add(bases[r], const(v * n))) if accumulate else b, acc[r][v])
             count = builder.extract_value(offs_arr.shape, 0)
             with cgutils.for_range(builder, count) as loop:
                 k = loop.index
@@ -217,12 +221,11 @@ def _make_tile_pixels(mr, nv):
                     for v in range(nv):
                         builder.store(fma(a, ws[v], builder.load(acc[r][v])), acc[r][v])
             for r in range(mr):
-                base = builder.add(builder.add(obase, builder.mul(builder.add(pbase, const(r)), ostride)), o0)
                 for v in range(nv):
-                    store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
+                    store(builder.load(acc[r][v]), op, builder.add(bases[r], const(v * n)))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "tile_pixels"
+    tile.__name__ = tile.__qualname__ = "tile_pixels_acc" if accumulate else "tile_pixels"
     return intrinsic(tile)
 
 
@@ -382,14 +385,14 @@ def _py_tile_dw(cr, nb, dot, a, abase, astride, ent_a, b, bbase, bstride, ent_b,
         out[obase + r * ostride:obase + r * ostride + n] = acc
 
 
-def _py_tile_pixels(mr, nv, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride):
+def _py_tile_pixels(mr, nv, accumulate, x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride):
     n = lanes(x.dtype) * nv
     for r in range(mr):
         q = xbase + qs[pbase + r]
-        acc = bias[o0:o0 + n].copy()
+        at = obase + (pbase + r) * ostride + o0
+        acc = out[at:at + n].copy() if accumulate else bias[o0:o0 + n].copy()
         for k in range(len(offs)):
             acc += x[q + offs[k]] * w[k * wstride + o0:k * wstride + o0 + n]
-        at = obase + (pbase + r) * ostride + o0
         out[at:at + n] = acc
 
 
@@ -485,8 +488,10 @@ tile_planar = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config
 # half vectors on AVX-512, for rows of a multiple of 8 float32 and not of 16 (LeNet's 24-wide conv1)
 tile_planar_half = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config.DISABLE_JIT else \
     _make_tile_planar(PLANAR_KR, PLANAR_OR, VECTOR_BYTES // 2)
-tile_pixels = functools.partial(_py_tile_pixels, PIX_MR, PIX_NV) if config.DISABLE_JIT else _make_tile_pixels(
-    PIX_MR, PIX_NV)
+if config.DISABLE_JIT:
+    tile_pixels, tile_pixels_acc = (functools.partial(_py_tile_pixels, PIX_MR, PIX_NV, a) for a in (False, True))
+else:
+    tile_pixels, tile_pixels_acc = _make_tile_pixels(PIX_MR, PIX_NV), _make_tile_pixels(PIX_MR, PIX_NV, True)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # tile_lanes1: one vector of images, for a last group of lanes that one vector holds (a batch of 50 at 32-byte
 # vectors: 56 lanes computed, not 64)

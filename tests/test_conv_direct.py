@@ -361,6 +361,40 @@ def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python
         np.testing.assert_allclose(y, np.where(top > 0, top, 0.25 * top), rtol=1e-6)
 
 
+BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, parts): tails of 1 and 2 vectors, more parts than row blocks
+    (1, 3, 9, 7, 10, (3, 3), (1, 1), (1, 1), 2), (1, 4, 16, 16, 8, (3, 3), (1, 1), (1, 1), 3),
+    (2, 5, 11, 13, 9, (3, 5), (1, 2), (2, 1), 2), (3, 2, 6, 5, 4, (2, 2), (0, 1), (1, 1), 1),
+    (1, 2, 4, 4, 3, (3, 3), (1, 1), (1, 1), 4)]
+
+
+@pytest.mark.parametrize("case", BANDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, monkeypatch):
+    """direct_conv_bands (a forward-only net's stride-1 convolution on the rows: each task an image's band of
+    rows, placed, summed over every filter and copied to the top with a leaky ReLU) against place_planes,
+    direct_conv and take_planes, exactly: the same sums in the same order."""
+    n, c, h, w, out_c, kernel, pad, dilation, parts = case
+    oh, ow = (h + 2 * pad[0] - dilation[0] * (kernel[0] - 1)), (w + 2 * pad[1] - dilation[1] * (kernel[1] - 1))
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(conv, "PIXELS", False)
+    plan = conv.DirectPlan((n, c, h, w), out_c, kernel, pad, dilation, (oh, ow), dtype)
+    plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
+    plan.bias[:out_c] = rng.normal(size=out_c)
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    want, got = np.full((n, out_c, oh, ow), np.nan, dtype), np.full((n, out_c, oh, ow), np.nan, dtype)
+    conv.place_planes(x, plan.xpad, plan.start, plan.wp)
+    conv.direct_conv(plan.xpad.reshape(n, -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
+    conv.take_planes(plan.out, plan.wp, want, True, 0.1)
+    plan.xpad[...] = 0
+    plan.out[...] = np.nan
+    reach = (kernel[0] - 1) * dilation[0] * plan.wp + (kernel[1] - 1) * dilation[1]
+    conv.direct_conv_bands(x, plan.xpad, plan.start, plan.wp, reach, plan.offs[:plan.k], plan.w, plan.bias,
+                           plan.out, got, True, 0.1, parts)
+    np.testing.assert_array_equal(got, want)
+    vec = simd.lanes(dtype)
+    assert plan.nq % (3 * vec) in (0, vec, 2 * vec)
+
+
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
 @pytest.mark.parametrize("out_c", [10, 7, 3])  # weight-gradient tiles of two vectors of filters, and of one (7: two
 # at 32-byte vectors, 10 there one)
@@ -398,25 +432,32 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
     assert plan.taps_nv == (1 if -(-out_c // lanes) % simd.TAPS_NV else simd.TAPS_NV)  # no vector of padding only
 
 
-def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch):
-    """tile_pixels under NUMBA_DISABLE_JIT (its Python version) and compiled: the forward as pixel tiles."""
+@pytest.mark.parametrize("n", [1, 2])
+def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch, n):
+    """tile_pixels (and tile_pixels_acc, a block of taps after the first) under NUMBA_DISABLE_JIT and compiled:
+    the forward as pixel tiles, its taps in blocks (360 taps: two blocks compiled, 60 in Python) and unblocked,
+    a batch of one in parts over the threads."""
     import functools
     rng = np.random.default_rng(0)
-    shape, out_c = (2, 3, 7, 6), 5
+    shape, out_c = (n, 40, 7, 6), 5
     monkeypatch.setattr(conv, "PIXELS", True)
     plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (7, 6), np.float64)
     plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
     plan.bias[:out_c] = rng.normal(size=out_c)
     conv.place_planes(rng.normal(size=shape), plan.xpad, plan.start, plan.wp)
+    assert plan.k > conv.PIX_KB_VALUES // plan.o_pad > 0  # (the compiled kernel sums two blocks)
     results = []
-    for python in (False, True):
+    for python, values in ((False, None), (True, 0), (True, 6 * plan.o_pad)):
         if python:
-            monkeypatch.setattr(conv, "tile_pixels", functools.partial(simd._py_tile_pixels, simd.PIX_MR, simd.PIX_NV))
+            for name, acc in (("tile_pixels", False), ("tile_pixels_acc", True)):
+                monkeypatch.setattr(conv, name, functools.partial(simd._py_tile_pixels, simd.PIX_MR, simd.PIX_NV, acc))
+            monkeypatch.setattr(conv, "PIX_KB_VALUES", values)
         run = conv.direct_conv_pixels.py_func if python else conv.direct_conv_pixels
         out = np.zeros_like(plan.out)
-        run(plan.xpad.reshape(2, -1), plan.offs[:plan.k], plan.w, plan.bias, plan.qs, out)
+        run(plan.xpad.reshape(n, -1), plan.offs[:plan.k], plan.w, plan.bias, plan.qs, out, 2)
         results.append(out)
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        np.testing.assert_allclose(results[0], other, rtol=1e-12, atol=1e-12)
     assert len(plan.qs) % simd.PIX_MR == 0 and len(plan.qs) >= 42
 
 
@@ -464,6 +505,8 @@ with pytest.MonkeyPatch.context() as patch:
             t.test_the_forward_with_the_images_in_the_lanes_matches_im2col(geometry, np.float32, batch, patch)
     for case in t.DEPTHWISE_LANES:  # depthwise in the lanes: 6 channels a tile, 2 groups of 16 images
         t.test_depthwise_kernels_match_the_grouped_im2col_path(*case, np.float32, patch)
+    for case in t.BANDS:
+        t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
