@@ -435,8 +435,8 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
 @pytest.mark.parametrize("n", [1, 2])
 def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch, n):
     """tile_pixels (and tile_pixels_acc, a block of taps after the first) under NUMBA_DISABLE_JIT and compiled:
-    the forward as pixel tiles, its taps in blocks (360 taps: two blocks compiled, 60 in Python) and unblocked,
-    a batch of one in parts over the threads."""
+    the forward as pixel tiles, its taps in blocks (360 taps: two blocks of 256 compiled, 60 blocks of 6 in
+    Python) and unblocked, a batch of one in parts over the threads."""
     import functools
     rng = np.random.default_rng(0)
     shape, out_c = (n, 40, 7, 6), 5
