@@ -269,8 +269,11 @@ def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, sl
     it places the input rows its band reads, sums every filter over the band and copies the band to the top (with
     the ReLU of take_planes), so that its values stay in its core's caches. parts: bands an image (a batch
     smaller than the threads; as three kernels at a batch of one, each serial copy read what the other core's
-    product wrote: a ResNet-20 convolution on two threads took twice its time on one). wp: the padded rows;
-    reach: the largest tap offset in a plane."""
+    product wrote: a ResNet-20 convolution on two threads took twice its time on one). xpad (N, C, L), or
+    (N*parts, C, L) with parts > 1: each band places the rows it reads in planes of its own (in shared planes
+    both bands wrote the rows between them, whose cache lines then went back and forth between the cores: the
+    banded kernel on two threads was no faster than on one). wp: the padded rows; reach: the largest tap offset
+    in a plane."""
     n_img, chans, height, width = x.shape
     planes, length = xpad.shape[1], xpad.shape[2]
     opad, nq = out.shape[1], out.shape[2]
@@ -278,12 +281,14 @@ def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, sl
     vec = VECTOR_BYTES // xpad.itemsize
     blocks = nq // (3 * vec)
     xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
+    own = parts if xpad.shape[0] > n_img else 1  # planes an image
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
         b0, b1 = g * blocks // parts, (g + 1) * blocks // parts
         qa, qb = b0 * 3 * vec, (b1 * 3 * vec if g < parts - 1 else nq)
+        xbase = (n * own + g % own) * planes * length  # the band's planes
         for c in range(chans):  # the input rows the band reads
-            src, dst = (n * chans + c) * height * width, (n * planes + c) * length + start
+            src, dst = (n * chans + c) * height * width, xbase + c * length + start
             for i in range(height):
                 if start + i * wp + width > qa and start + i * wp <= qb - 1 + reach:
                     for j in range(width):
@@ -291,13 +296,13 @@ def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, sl
         for o0 in range(0, opad, BCAST_MR):
             at = (n * opad + o0) * nq
             for q0 in range(qa, b1 * 3 * vec, 3 * vec):
-                tile_bcast3(bf, n * planes * length + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
+                tile_bcast3(bf, xbase + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
             if g == parts - 1:
                 body = blocks * 3 * vec
                 if nq - body == 2 * vec:
-                    tile_bcast2(bf, n * planes * length + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+                    tile_bcast2(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
                 elif nq - body == vec:
-                    tile_bcast1(bf, n * planes * length + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+                    tile_bcast1(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
         for o in range(out_c):  # the band to the top
             src, dst = (n * opad + o) * nq, (n * out_c + o) * oh * ow
             for i in range(qa // wp, min(oh, (qb - 1) // wp + 1)):
@@ -1001,11 +1006,16 @@ class Convolution(Layer):
             (kh, kw), (dh, dw) = self.kernel, self.dilation
             reach, start = (kh - 1) * dh * wp + (kw - 1) * dw, plan.start
 
+            bands = {}  # {parts: planes of each band's own (parts > 1)}
+
             def run():
                 holder[0] = 0
                 threads = get_num_threads()
-                direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, slope,
-                                  -(-threads // n) if n < threads else 1)
+                parts = -(-threads // n) if n < threads else 1
+                if parts not in bands:
+                    bands[parts] = xpad if parts == 1 else scratch(
+                        plan.key + ("bands", parts), (n * parts,) + xpad.shape[1:], xpad.dtype, zeros=True)
+                direct_conv_bands(x, bands[parts], start, wp, reach, offs, w, bias, out, y, relu, slope, parts)
             return run
 
         def run():

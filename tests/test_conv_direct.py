@@ -391,6 +391,12 @@ def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, monkeypatch
     conv.direct_conv_bands(x, plan.xpad, plan.start, plan.wp, reach, plan.offs[:plan.k], plan.w, plan.bias,
                            plan.out, got, True, 0.1, parts)
     np.testing.assert_array_equal(got, want)
+    if parts > 1:  # each band in planes of its own (bound_forward's, at a batch smaller than the threads)
+        own, got[...], plan.out[...] = np.zeros((n * parts,) + plan.xpad.shape[1:], dtype), np.nan, np.nan
+        conv.direct_conv_bands(x, own, plan.start, plan.wp, reach, plan.offs[:plan.k], plan.w, plan.bias,
+                               plan.out, got, True, 0.1, parts)
+        np.testing.assert_array_equal(got, want)
+        assert np.count_nonzero(own[:parts]) < np.count_nonzero(plan.xpad[:1]) * parts  # each placed only its band
     vec = simd.lanes(dtype)
     assert plan.nq % (3 * vec) in (0, vec, 2 * vec)
 
