@@ -34,7 +34,7 @@ from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
-from .kernels import channel_sums
+from .kernels import channel_sums, sum_two
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
                    VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1, tile_pixels,
                    tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
@@ -54,7 +54,7 @@ DIRECT_USEFUL, DIRECT_USEFUL_DATA = 0.5, (0.4 if VECTOR_BYTES == 64 else 0.6)
 # YAFFE_CONV_PIXELS=1 or 0 forces one way (tests run both)
 PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
-# forward-only nets: a stride-1 convolution on the rows as one kernel a band of output rows (direct_conv_bands)
+# forward-only nets: a convolution as one kernel a band of output rows or pixels (direct_conv_bands, _pixels_bands)
 BANDS = os.environ.get("YAFFE_CONV_BANDS", "1") != "0"
 # the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
 # the input rows and the sums); 0: all taps a tile
@@ -263,17 +263,49 @@ def direct_conv(xp, offs, w, bias, out):
             tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, lo, hi):
+    """The rows of image n of x (flat, N x C x H x W) that positions lo..hi of its padded planes (or their phases)
+    hold, placed as place_planes (s = 1) or place_phases (s > 1; `rows`: the row phases the taps read) place
+    them, in the planes at xbase of bf (flat)."""
+    for c in range(chans):
+        src = (n * chans + c) * height * width
+        for i in range(height):
+            u, pi = (i + ph) // s, (i + ph) % s
+            if not rows[pi] or u * wp > hi or u * wp + wp <= lo:
+                continue
+            at, base = src + i * width, xbase + (c * s + pi) * s * length + u * wp
+            if s == 1:
+                for j in range(width):
+                    bf[uintp(base + pw + j)] = xf[uintp(at + j)]
+            elif s == 2:
+                pairs, r0, r1 = width // 2, pw % 2, (1 + pw) % 2
+                d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
+                for k in range(pairs):
+                    bf[uintp(d0 + k)] = xf[uintp(at + 2 * k)]
+                    bf[uintp(d1 + k)] = xf[uintp(at + 2 * k + 1)]
+                if width % 2:
+                    bf[uintp(d0 + pairs)] = xf[uintp(at + 2 * pairs)]
+            else:
+                for r in range(s):
+                    j0 = (r - pw) % s
+                    dst = base + r * length + (j0 + pw) // s
+                    for k in range((width - j0 + s - 1) // s):
+                        bf[uintp(dst + k)] = xf[uintp(at + j0 + k * s)]
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, slope, parts):
-    """place_planes, direct_conv and take_planes in one pass (stride 1), a task a band of an image's output rows:
-    it places the input rows its band reads, sums every filter over the band and copies the band to the top (with
-    the ReLU of take_planes), so that its values stay in its core's caches. parts: bands an image (a batch
+def direct_conv_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, out, y, res, ca, cb, relu, slope, parts):
+    """place_planes (or place_phases), direct_conv and take_planes in one pass, a task a band of an image's output
+    rows: it places the input rows its band reads, sums every filter over the band and copies the band to the top
+    (with the ReLU of take_planes), so that its values stay in its core's caches. parts: bands an image (a batch
     smaller than the threads; as three kernels at a batch of one, each serial copy read what the other core's
-    product wrote: a ResNet-20 convolution on two threads took twice its time on one). xpad (N, C, L), or
-    (N*parts, C, L) with parts > 1: each band places the rows it reads in planes of its own (in shared planes
+    product wrote: a ResNet-20 convolution on two threads took twice its time on one). xpad (N, C*s*s, L), or
+    (N*parts, C*s*s, L) with parts > 1: each band places the rows it reads in planes of its own (in shared planes
     both bands wrote the rows between them, whose cache lines then went back and forth between the cores: the
     banded kernel on two threads was no faster than on one). wp: the padded rows; reach: the largest tap offset
-    in a plane."""
+    within a plane; ph, pw, s, rows: as place_phases. res: empty, or an array of y's size: then y = ca * the
+    convolution + cb * res (an Eltwise SUM above it, as sum_two computes it), before the ReLU."""
     n_img, chans, height, width = x.shape
     planes, length = xpad.shape[1], xpad.shape[2]
     opad, nq = out.shape[1], out.shape[2]
@@ -282,17 +314,13 @@ def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, sl
     blocks = nq // (3 * vec)
     xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
     own = parts if xpad.shape[0] > n_img else 1  # planes an image
+    added = res.size > 0
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
         b0, b1 = g * blocks // parts, (g + 1) * blocks // parts
         qa, qb = b0 * 3 * vec, (b1 * 3 * vec if g < parts - 1 else nq)
         xbase = (n * own + g % own) * planes * length  # the band's planes
-        for c in range(chans):  # the input rows the band reads
-            src, dst = (n * chans + c) * height * width, xbase + c * length + start
-            for i in range(height):
-                if start + i * wp + width > qa and start + i * wp <= qb - 1 + reach:
-                    for j in range(width):
-                        bf[uintp(dst + i * wp + j)] = xf[uintp(src + i * width + j)]
+        place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, qa, qb - 1 + reach)
         for o0 in range(0, opad, BCAST_MR):
             at = (n * opad + o0) * nq
             for q0 in range(qa, b1 * 3 * vec, 3 * vec):
@@ -308,7 +336,49 @@ def direct_conv_bands(x, xpad, start, wp, reach, offs, w, bias, out, y, relu, sl
             for i in range(qa // wp, min(oh, (qb - 1) // wp + 1)):
                 for j in range(max(0, qa - i * wp), min(ow, qb - i * wp)):
                     v = of[uintp(src + i * wp + j)]
+                    if added:
+                        v = ca * v + cb * res[uintp(dst + i * ow + j)]
                     yf[uintp(dst + i * ow + j)] = v if not relu or v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_pixels_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, qs, out, y, res, ca, cb, relu,
+                             slope, parts):
+    """place_planes (or place_phases), direct_conv_pixels and pixels_to_top in one pass, a task a band of an
+    image's pixel tiles (as direct_conv_bands for the rows, res too; the same sums as direct_conv_pixels).
+    y (N, O, P)."""
+    n_img, chans, height, width = x.shape
+    planes, length = xpad.shape[1], xpad.shape[2]
+    ppad, opad = out.shape[1], out.shape[2]
+    out_c, plane = y.shape[1], y.shape[2]
+    step = PIX_NV * (VECTOR_BYTES // xpad.itemsize)
+    tiles, taps = ppad // PIX_MR, offs.shape[0]
+    xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
+    own, added = (parts if xpad.shape[0] > n_img else 1), res.size > 0
+    kb = max(PIX_MR, PIX_KB_VALUES // opad)  # (direct_conv_pixels' blocks of taps)
+    for task in prange(n_img * parts):
+        n, g = task // parts, task % parts
+        t0, t1 = g * tiles // parts, (g + 1) * tiles // parts
+        if t0 == t1:
+            continue
+        xbase, obase = (n * own + g % own) * planes * length, n * ppad * opad
+        place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, qs[t0 * PIX_MR],
+                   qs[t1 * PIX_MR - 1] + reach)
+        for k0 in range(0, taps, kb):
+            ob, wb = offs[k0:min(k0 + kb, taps)], wf[k0 * opad:]
+            for t in range(t0, t1):
+                for o0 in range(0, opad, step):
+                    if k0 == 0:
+                        tile_pixels(bf, xbase, qs, t * PIX_MR, ob, wb, o0, opad, bias, of, obase, opad)
+                    else:
+                        tile_pixels_acc(bf, xbase, qs, t * PIX_MR, ob, wb, o0, opad, bias, of, obase, opad)
+        for o in range(out_c):  # the band's pixels to the top
+            dst, src = (n * out_c + o) * plane, obase + o
+            for p in range(t0 * PIX_MR, min(t1 * PIX_MR, plane)):
+                v = of[uintp(src + p * opad)]
+                if added:
+                    v = ca * v + cb * res[uintp(dst + p)]
+                yf[uintp(dst + p)] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -962,8 +1032,27 @@ class Convolution(Layer):
         x, y = bottom[0].data.reshape(self.view), top[0].data.reshape(self.top_view)
         if self._depthwise(x) is not None or self._direct(x) is None:
             return None
-        self._forward(x, y)  # lays the weights out (plan.laid) and says which path it took
         plan = self._plan
+        banded = BANDS and not plan.x_direct and not plan.lanes_forward
+        if self.residual is not None and not banded:  # the SUM above added after the forward, as Eltwise would
+            (res, ca, cb), relu = self.residual, self.relu
+            self.residual = self.relu = None
+            try:
+                inner = self.bound_forward(bottom, top)
+            finally:
+                self.residual, self.relu = (res, ca, cb), relu
+            yf, rf, relu_args = y.reshape(-1), res.reshape(-1), (relu is not None, relu or 0.0)
+
+            def run():
+                inner()
+                sum_two(yf, ca, rf, cb, yf, *relu_args)
+            return run
+        residual = self.residual
+        self.residual = None
+        try:
+            self._forward(x, y)  # lays the weights out (plan.laid) and says which path it took
+        finally:
+            self.residual = residual
         relu, slope = (True, self.relu) if self.relu is not None else (False, 0.0)
         if plan.lanes_forward:
             x3, y3, (xb, yb), entries = x.reshape(x.shape[0], x.shape[1], -1), y.reshape(
@@ -984,13 +1073,33 @@ class Convolution(Layer):
             place, args = place_planes, (x, xpad, plan.start, wp)
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
-        if plan.y_direct and not relu:
+        if plan.y_direct and not relu and residual is None and not (banded and n < get_num_threads()):
             y3 = y.reshape(n, self.p.num_output, -1)
 
             def run():
                 holder[0] = 0
                 place(*args)
                 direct_conv(xp, offs, w, bias, y3)
+            return run
+        if banded:
+            # one kernel a band of output rows or pixel tiles (direct_conv_bands, direct_conv_pixels_bands)
+            length, bands = xpad.shape[2], {}  # {parts: each band's planes of its own (parts > 1)}
+            reach, geometry = int((offs % length).max()), (*plan.pad, plan.stride, wp, plan.rows)
+            kernel, y_ = (direct_conv_pixels_bands, y.reshape(n, self.p.num_output, -1)) if plan.pixels else (
+                direct_conv_bands, y)
+            extra = (plan.qs,) if plan.pixels else ()
+            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
+            res = res.reshape(-1)
+
+            def run():
+                holder[0] = 0
+                threads = get_num_threads()
+                parts = -(-threads // n) if n < threads else 1
+                if parts not in bands:
+                    bands[parts] = xpad if parts == 1 else scratch(
+                        plan.key + ("bands", parts), (n * parts,) + xpad.shape[1:], xpad.dtype, zeros=True)
+                kernel(x, bands[parts], *geometry, reach, offs, w, bias, *extra, out, y_, res, ca, cb, relu, slope,
+                       parts)
             return run
         if plan.pixels:
             qs, y3 = plan.qs, y.reshape(n, self.p.num_output, -1)
@@ -1000,22 +1109,6 @@ class Convolution(Layer):
                 place(*args)
                 direct_conv_pixels(xp, offs, w, bias, qs, out, get_num_threads())
                 pixels_to_top(out, y3, relu, slope)
-            return run
-
-        if BANDS and plan.stride == 1 and not plan.x_direct:
-            (kh, kw), (dh, dw) = self.kernel, self.dilation
-            reach, start = (kh - 1) * dh * wp + (kw - 1) * dw, plan.start
-
-            bands = {}  # {parts: planes of each band's own (parts > 1)}
-
-            def run():
-                holder[0] = 0
-                threads = get_num_threads()
-                parts = -(-threads // n) if n < threads else 1
-                if parts not in bands:
-                    bands[parts] = xpad if parts == 1 else scratch(
-                        plan.key + ("bands", parts), (n * parts,) + xpad.shape[1:], xpad.dtype, zeros=True)
-                direct_conv_bands(x, bands[parts], start, wp, reach, offs, w, bias, out, y, relu, slope, parts)
             return run
 
         def run():
@@ -1040,6 +1133,15 @@ class Convolution(Layer):
         return k, plane, block
 
     def forward(self, bottom, top):
+        if self.residual is not None:  # an Eltwise SUM above folded in (Net._folds): added as the Eltwise adds
+            (res, ca, cb), relu = self.residual, self.relu
+            self.residual = self.relu = None
+            try:
+                self.forward(bottom, top)
+            finally:
+                self.residual, self.relu = (res, ca, cb), relu
+            y = top[0].data.reshape(-1)
+            return sum_two(y, ca, res.reshape(-1), cb, y, relu is not None, relu or 0.0)
         for b, t in zip(bottom, top):
             x, y = b.data.reshape(self.view), t.data.reshape(self.top_view)
             if self.nd:
@@ -1066,6 +1168,8 @@ class Convolution(Layer):
 
     fold = None  # (weights, bias) to use in place of the blobs for a pass: a BatchNorm folded in (Net._folds)
     relu = None  # for a pass: the negative slope of a ReLU above applied on the way out (Net._folds)
+    residual = None  # for a pass: (array of the top's shape, coefficient of the convolution, of the array): the
+    # Eltwise SUM above whose top this convolution writes (Net._folds), before the ReLU
     path_taken = None  # which kernels the last forward ran: direct, im2col, depthwise (run.py time says)
 
     def weights_and_bias(self):
@@ -1308,6 +1412,15 @@ class Deconvolution(Convolution):
         return n, c, plane, k
 
     def forward(self, bottom, top):
+        if self.residual is not None:  # an Eltwise SUM above folded in (Net._folds): added as the Eltwise adds
+            (res, ca, cb), relu = self.residual, self.relu
+            self.residual = self.relu = None
+            try:
+                self.forward(bottom, top)
+            finally:
+                self.residual, self.relu = (res, ca, cb), relu
+            y = top[0].data.reshape(-1)
+            return sum_two(y, ca, res.reshape(-1), cb, y, relu is not None, relu or 0.0)
         for b, t in zip(bottom, top):
             x, y = b.data.reshape(self.view), t.data.reshape(self.top_view)
             if self.nd:

@@ -563,16 +563,18 @@ class Net:
         folds, folded = self._folds() if not self.keep_for_backward else ({}, ())
         made_folds = self._folded_weights(folds) if folds else {}
         relus = {} if self.keep_for_backward else self._fold_relus
+        adds = {} if self.keep_for_backward else self._fold_adds
         if start and folded:  # a layer folded into one before `start` (which does not run) runs itself
             folds = {i: c for i, c in folds.items() if i >= start}
             folded = {j for j in folded if self._fold_owner[j] >= start}
             relus = {i: v for i, v in relus.items() if i >= start}
+            adds = {i: v for i, v in adds.items() if i >= start}
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
         if self.constant_weights and not self.keep_for_backward and not start:
             first = 0
             while first is not None:  # again from the layer above one that reshaped the net
-                first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, replica)
+                first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, adds, replica)
                               if i >= first and call() is _RESHAPED), None)
             self._kept = False
             self._strided_out("data")
@@ -585,8 +587,10 @@ class Net:
                 continue
             if i in folds:
                 layer.fold, layer.relu = made_folds[i], relus.get(i)
+                if i in adds:  # it writes the Eltwise's top, the other bottom added
+                    top, layer.residual = self._residual(adds[i])
                 layer.forward(bottom, top)
-                layer.fold = layer.relu = None
+                layer.fold = layer.relu = layer.residual = None
             elif i in relus:  # an Eltwise SUM applying the ReLU above it
                 layer.relu = relus[i]
                 layer.forward(bottom, top)
@@ -610,7 +614,14 @@ class Net:
         self._strided_out("data")
         return self.loss()
 
-    def _bound_calls(self, folds, folded, made_folds, relus, replica):
+    def _residual(self, add):
+        """(top, residual) for a convolution that writes the Eltwise SUM above it (Net._folds' adds): the Eltwise's
+        top, and (the other bottom's array, the convolution's coefficient, the other's)."""
+        j, side = add
+        coeff = self.layers[j].coeff
+        return self.top_vecs[j], (self.bottom_vecs[j][1 - side].data, float(coeff[side]), float(coeff[1 - side]))
+
+    def _bound_calls(self, folds, folded, made_folds, relus, adds, replica):
         """[(layer index, callable)]: forward()'s loop for a forward-only net with constant weights, each layer's
         forward bound to its blobs once (Layer.bound_forward; batch 1 spends most of its time in the per-layer
         Python this saves), at its first call (the layers below it have run: a reshape from Python is followed).
@@ -627,15 +638,16 @@ class Net:
         def binder(k, i, layer, bottom, top):
             def bind():
                 fold, relu = made_folds.get(i), relus.get(i)
+                top_, residual = self._residual(adds[i]) if i in adds else (top, None)
                 if i in folds or relu is not None:
-                    layer.fold, layer.relu = fold, relu
+                    layer.fold, layer.relu, layer.residual = fold, relu, residual
                     try:
-                        call = layer.bound_forward(bottom, top)
+                        call = layer.bound_forward(bottom, top_)
                     finally:
-                        layer.fold = layer.relu = None
+                        layer.fold = layer.relu = layer.residual = None
                 else:
-                    call = None if layer.reshapes else layer.bound_forward(bottom, top)
-                call = call or self._unbound_call(i, layer, bottom, top, i in folds, fold, relu)
+                    call = None if layer.reshapes else layer.bound_forward(bottom, top_)
+                call = call or self._unbound_call(i, layer, bottom, top_, i in folds, fold, relu, residual)
                 calls[k] = (i, call)
                 return call()
             return bind
@@ -646,16 +658,16 @@ class Net:
         self._bound = (made_folds or None, self._phase, blobs, [b.data for b in blobs], calls)
         return calls
 
-    def _unbound_call(self, i, layer, bottom, top, folds, fold, relu):
-        """_bound_calls' call of a layer without a bound forward: forward() with its fold and ReLU set as the
-        loop in forward() sets them."""
+    def _unbound_call(self, i, layer, bottom, top, folds, fold, relu, residual=None):
+        """_bound_calls' call of a layer without a bound forward: forward() with its fold, ReLU and residual set as
+        the loop in forward() sets them."""
         if folds or relu is not None:
             def call():
                 if folds:
-                    layer.fold = fold
+                    layer.fold, layer.residual = fold, residual
                 layer.relu = relu
                 layer.forward(bottom, top)
-                layer.fold = layer.relu = None
+                layer.fold = layer.relu = layer.residual = None
         elif layer.reshapes:
             def call():
                 layer.forward(bottom, top)
@@ -698,16 +710,68 @@ class Net:
         ends = {**{i: i + len(chain) for i, chain in folds.items()},
                 **{i: i for i, (d, layer) in enumerate(zip(self.defs, self.layers)) if d.type == "Eltwise"
                    and layer.p.operation == "SUM" and len(d.bottoms) == 2 and d.tops[0] not in d.bottoms}}
-        relus = {}
+        relus, relu_at = {}, {}
         for i, end in ends.items():
             j, t = end + 1, self.defs[i].tops[0]
             if j < len(self.defs) and self.defs[j].type == "ReLU" and self.defs[j].bottoms == self.defs[j].tops == [t]:
                 relus[i] = float(self.dtype.type(self.layers[j].p.negative_slope))  # rounded as the ReLU's
-        self._fold_relus = relus
-        self._fold_owner = {**{j: i for i, c in folds.items() for j in c}, **{ends[i] + 1: i for i in relus}}
+                relu_at[i] = j
+        adds = self._residual_adds(folds, ends, relus)
+        for i, (j, _) in adds.items():  # the ReLU above the SUM now applied by the convolution
+            if j in relus:
+                relus[i], relu_at[i] = relus.pop(j), relu_at.pop(j)
+        self._fold_relus, self._fold_adds = relus, adds
+        self._fold_owner = {**{j: i for i, c in folds.items() for j in c}, **{r: i for i, r in relu_at.items()},
+                            **{j: i for i, (j, _) in adds.items()}}
         self._fold_phase = self._phase
-        self._fold_plan = folds, {j for c in folds.values() for j in c} | {ends[i] + 1 for i in relus}
+        self._fold_plan = folds, set(self._fold_owner)
         return self._fold_plan
+
+    @property
+    def keep_blobs(self) -> frozenset:
+        """Blobs that a forward-only net must fill as the layers one by one would, though a folding leaves them
+        unwritten (a convolution that writes the Eltwise SUM above it: `_residual_adds`); predict's named blobs."""
+        return self.__dict__.get("_keep_blobs", frozenset())
+
+    @keep_blobs.setter
+    def keep_blobs(self, names):
+        self._keep_blobs = frozenset(names)
+        self._fold_phase = self._bound = None  # folded again at the next pass
+
+    def _residual_adds(self, folds, ends, relus):
+        """{convolution index: (Eltwise index, the convolution's side)} for ResNet's block end in a forward-only
+        net: an Eltwise SUM of two whose one bottom is the top of a convolution (after its folded chain, without a
+        ReLU) that nothing else reads, and whose other bottom is ready before that convolution runs: the
+        convolution writes the SUM's top itself, the other bottom added (with the coefficients) as it writes each
+        band of its top, and the ReLU above the SUM applied (as ONNX Runtime fuses Conv and Add). Its own top is
+        then not written: blobs named in keep_blobs, and the net's outputs, are left out."""
+        writers, readers = {}, {}
+        for k, d in enumerate(self.defs):
+            for b in d.bottoms:
+                readers.setdefault(b, []).append(k)
+            for t in d.tops:
+                writers.setdefault(t, []).append(k)
+        adds = {}
+        for j, (d, layer) in enumerate(zip(self.defs, self.layers)):
+            if not (d.type == "Eltwise" and layer.p.operation == "SUM" and len(d.bottoms) == 2
+                    and d.tops[0] not in d.bottoms and d.bottoms[0] != d.bottoms[1]):
+                continue
+            t = d.tops[0]
+            for side in (0, 1):
+                a, b = d.bottoms[side], d.bottoms[1 - side]
+                last = max((k for k in writers.get(a, ()) if k < j), default=-1)
+                i = next((c for c in folds if ends[c] == last and self.defs[c].tops[0] == a), None)
+                if i is None or i in relus or i in adds or a in self.keep_blobs or a in self.outputs:
+                    continue
+                if any(k != j and k not in folds[i] for k in readers.get(a, ())):
+                    continue  # read by another layer
+                if max((k for k in writers.get(b, ()) if k < j), default=-1) >= i:
+                    continue  # the other bottom is not ready when the convolution runs
+                if any(t in self.defs[k].bottoms or t in self.defs[k].tops for k in range(i, j)):
+                    continue
+                adds[i] = (j, side)
+                break
+        return adds
 
     def _folded_weights(self, folds):
         """{convolution index: (weights, bias)} with each chain of `folds` folded in. With constant_weights (run.py

@@ -161,6 +161,8 @@ class Predictor:
         """{blob: (N, ...) array} for all rows, in batches."""
         from .replicas import start
         net, names = self.net, self.outputs(blobs)
+        if not set(names) <= net.keep_blobs:
+            net.keep_blobs = net.keep_blobs | set(names)  # (a folding that would leave one unwritten is not made)
         parts = {b: [] for b in names}
         total = len(rows)
         slices = None  # the batch as slices on the threads (solvers/replicas.py), made at the first batch

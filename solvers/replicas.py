@@ -116,6 +116,8 @@ class Replicas:
                 mine.data[...] = theirs.data
             # a forward-only net's slices fold and fuse as it would (Net._folds)
             rep.keep_for_backward, rep.constant_weights = net.keep_for_backward, net.constant_weights
+            if rep.keep_blobs != net.keep_blobs:  # (a new set folds again)
+                rep.keep_blobs = net.keep_blobs
         for w in self.workers:
             w.tasks.put(backward)
         errors = []

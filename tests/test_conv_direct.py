@@ -5,6 +5,7 @@ import pytest
 
 import layers.conv as conv
 from layers import simd
+from layers.kernels import sum_two
 from netspec.loader import loads
 from netspec.net import Net
 
@@ -361,44 +362,68 @@ def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python
         np.testing.assert_allclose(y, np.where(top > 0, top, 0.25 * top), rtol=1e-6)
 
 
-BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, parts): tails of 1 and 2 vectors, more parts than row blocks
-    (1, 3, 9, 7, 10, (3, 3), (1, 1), (1, 1), 2), (1, 4, 16, 16, 8, (3, 3), (1, 1), (1, 1), 3),
-    (2, 5, 11, 13, 9, (3, 5), (1, 2), (2, 1), 2), (3, 2, 6, 5, 4, (2, 2), (0, 1), (1, 1), 1),
-    (1, 2, 4, 4, 3, (3, 3), (1, 1), (1, 1), 4)]
+BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, stride, parts): tails of 1 and 2 vectors, more parts than row
+    # blocks or pixel tiles, strides 2 and 3 (phases; odd widths)
+    (1, 3, 9, 7, 10, (3, 3), (1, 1), (1, 1), 1, 2), (1, 4, 16, 16, 8, (3, 3), (1, 1), (1, 1), 1, 3),
+    (2, 5, 11, 13, 9, (3, 5), (1, 2), (2, 1), 1, 2), (3, 2, 6, 5, 4, (2, 2), (0, 1), (1, 1), 1, 1),
+    (1, 2, 4, 4, 3, (3, 3), (1, 1), (1, 1), 1, 4), (1, 6, 16, 16, 20, (3, 3), (1, 1), (1, 1), 2, 2),
+    (2, 3, 15, 9, 5, (3, 3), (1, 0), (1, 1), 2, 2), (1, 4, 8, 8, 33, (1, 1), (0, 0), (1, 1), 2, 2),
+    (1, 3, 13, 11, 7, (5, 5), (2, 2), (1, 1), 3, 2)]
 
 
+@pytest.mark.parametrize("pixels", [False, True])
 @pytest.mark.parametrize("case", BANDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, monkeypatch):
-    """direct_conv_bands (a forward-only net's stride-1 convolution on the rows: each task an image's band of
-    rows, placed, summed over every filter and copied to the top with a leaky ReLU) against place_planes,
-    direct_conv and take_planes, exactly: the same sums in the same order."""
-    n, c, h, w, out_c, kernel, pad, dilation, parts = case
-    oh, ow = (h + 2 * pad[0] - dilation[0] * (kernel[0] - 1)), (w + 2 * pad[1] - dilation[1] * (kernel[1] - 1))
+def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, pixels, monkeypatch):
+    """direct_conv_bands and direct_conv_pixels_bands (a forward-only net's convolution: each task an image's
+    band of rows or pixel tiles, placed, summed over every filter and copied to the top with a leaky ReLU)
+    against place_planes or place_phases, direct_conv or direct_conv_pixels, and take_planes or pixels_to_top,
+    exactly: the same sums in the same order; in the planes of the batch and in each band's own planes; and with
+    an Eltwise SUM above added (its coefficients) before the ReLU, as sum_two adds it."""
+    n, c, h, w, out_c, kernel, pad, dilation, stride, parts = case
+    oh = (h + 2 * pad[0] - dilation[0] * (kernel[0] - 1) - 1) // stride + 1
+    ow = (w + 2 * pad[1] - dilation[1] * (kernel[1] - 1) - 1) // stride + 1
     rng = np.random.default_rng(1)
-    monkeypatch.setattr(conv, "PIXELS", False)
-    plan = conv.DirectPlan((n, c, h, w), out_c, kernel, pad, dilation, (oh, ow), dtype)
+    monkeypatch.setattr(conv, "PIXELS", pixels)
+    plan = conv.DirectPlan((n, c, h, w), out_c, kernel, pad, dilation, (oh, ow), dtype, stride)
     plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
     plan.bias[:out_c] = rng.normal(size=out_c)
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
-    want, got = np.full((n, out_c, oh, ow), np.nan, dtype), np.full((n, out_c, oh, ow), np.nan, dtype)
-    conv.place_planes(x, plan.xpad, plan.start, plan.wp)
-    conv.direct_conv(plan.xpad.reshape(n, -1), plan.offs[:plan.k], plan.w, plan.bias, plan.out)
-    conv.take_planes(plan.out, plan.wp, want, True, 0.1)
-    plan.xpad[...] = 0
-    plan.out[...] = np.nan
-    reach = (kernel[0] - 1) * dilation[0] * plan.wp + (kernel[1] - 1) * dilation[1]
-    conv.direct_conv_bands(x, plan.xpad, plan.start, plan.wp, reach, plan.offs[:plan.k], plan.w, plan.bias,
-                           plan.out, got, True, 0.1, parts)
-    np.testing.assert_array_equal(got, want)
-    if parts > 1:  # each band in planes of its own (bound_forward's, at a batch smaller than the threads)
-        own, got[...], plan.out[...] = np.zeros((n * parts,) + plan.xpad.shape[1:], dtype), np.nan, np.nan
-        conv.direct_conv_bands(x, own, plan.start, plan.wp, reach, plan.offs[:plan.k], plan.w, plan.bias,
-                               plan.out, got, True, 0.1, parts)
-        np.testing.assert_array_equal(got, want)
-        assert np.count_nonzero(own[:parts]) < np.count_nonzero(plan.xpad[:1]) * parts  # each placed only its band
+    want = np.full((n, out_c, oh, ow), np.nan, dtype)
+    offs, length = plan.offs[:plan.k], plan.xpad.shape[2]
+    if stride == 1:
+        conv.place_planes(x, plan.xpad, plan.start, plan.wp)
+    else:
+        conv.place_phases(x, plan.xpad, *plan.pad, stride, plan.wp, plan.rows)
+    if pixels:
+        conv.direct_conv_pixels(plan.xpad.reshape(n, -1), offs, plan.w, plan.bias, plan.qs, plan.out)
+        conv.pixels_to_top(plan.out, want.reshape(n, out_c, -1), True, 0.1)
+    else:
+        conv.direct_conv(plan.xpad.reshape(n, -1), offs, plan.w, plan.bias, plan.out)
+        conv.take_planes(plan.out, plan.wp, want, True, 0.1)
+    placed = plan.xpad.copy()
+    geometry = (*plan.pad, stride, plan.wp, plan.rows, int((offs % length).max()), offs, plan.w, plan.bias)
+    planes = [np.zeros_like(plan.xpad)] + ([np.zeros((n * parts,) + plan.xpad.shape[1:], dtype)] if parts > 1 else [])
+    res = rng.normal(size=want.size).astype(dtype)  # an Eltwise SUM above, as sum_two adds it (then the ReLU)
+    summed = np.full_like(want, np.nan)
+    conv.take_planes(plan.out, plan.wp, summed, False, 0.0) if not pixels else conv.pixels_to_top(
+        plan.out, summed.reshape(n, out_c, -1), False, 0.0)
+    sum_two(summed.reshape(-1), 0.5, res, -2.0, summed.reshape(-1), True, 0.1)
+    for own in planes:
+        for added, expect in ((res[:0], want), (res, summed)):
+            got, plan.out[...] = np.full((n, out_c, oh, ow), np.nan, dtype), np.nan
+            if pixels:
+                conv.direct_conv_pixels_bands(x, own, *geometry, plan.qs, plan.out, got.reshape(n, out_c, -1), added,
+                                              0.5, -2.0, True, 0.1, parts)
+            else:
+                conv.direct_conv_bands(x, own, *geometry, plan.out, got, added, 0.5, -2.0, True, 0.1, parts)
+            np.testing.assert_array_equal(got, expect)
+        if len(own) == n:  # every row a band reads placed where place_planes (place_phases) places it
+            np.testing.assert_array_equal(own[placed != 0], placed[placed != 0])
+        else:
+            assert np.count_nonzero(own) <= np.count_nonzero(placed) * parts
     vec = simd.lanes(dtype)
-    assert plan.nq % (3 * vec) in (0, vec, 2 * vec)
+    assert pixels == plan.pixels and (pixels or plan.nq % (3 * vec) in (0, vec, 2 * vec))
 
 
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
@@ -512,7 +537,8 @@ with pytest.MonkeyPatch.context() as patch:
     for case in t.DEPTHWISE_LANES:  # depthwise in the lanes: 6 channels a tile, 2 groups of 16 images
         t.test_depthwise_kernels_match_the_grouped_im2col_path(*case, np.float32, patch)
     for case in t.BANDS:
-        t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, patch)
+        for pixels in (False, True):
+            t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))

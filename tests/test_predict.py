@@ -102,3 +102,40 @@ def test_the_lstm_deploy_net_predicts_batches_of_any_size_as_one_forward(tmp_pat
     net.blobs["data"].data[...] = rows[66:67]
     net.forward()
     np.testing.assert_allclose(scores[66], net.blobs["prob"].data[0], rtol=1e-4, atol=1e-6)
+
+
+RESIDUAL_DEPLOY = """
+layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [4, 3, 12, 12]}}}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
+  - {name: relu1, type: ReLU, bottom: conv1, top: conv1}
+  - {name: conv2, type: Convolution, bottom: conv1, top: conv2, convolution_param: {num_output: 8, kernel_size: 3, pad: 1}}
+  - {name: sum, type: Eltwise, bottom: [conv1, conv2], top: sum}
+  - {name: relu2, type: ReLU, bottom: sum, top: sum}
+  - {name: fc, type: InnerProduct, bottom: sum, top: fc, inner_product_param: {num_output: 5}}
+"""
+
+
+def test_predict_writes_a_named_blob_that_a_fused_convolution_would_skip(tmp_path):
+    """A forward-only net's convolution writes the Eltwise SUM above it and not its own top (Net._residual_adds);
+    predict's named blobs are written as the layers one by one write them, the fused path's scores unchanged."""
+    from netspec.loader import loads
+    from netspec.net import Net
+    from solvers.predict import Predictor
+    from solvers.snapshot import save_npz
+    (tmp_path / "deploy.yaml").write_text(RESIDUAL_DEPLOY)
+    net = Net(loads(RESIDUAL_DEPLOY), "TEST", seed=0)
+    rng = np.random.default_rng(0)
+    for p in net.params:
+        p.blob.data[...] = rng.normal(0, 0.3, p.blob.data.shape)
+    save_npz(str(tmp_path / "w.weights.npz"), {k: v.copy() for k, v in net.weights().items()})
+    rows = rng.normal(size=(4, 3, 12, 12)).astype(np.float32)
+    net.blobs["data"].data[...] = rows
+    net.forward()  # the layers one by one (keep_for_backward: nothing folded)
+    fused = Predictor(str(tmp_path / "deploy.yaml"), str(tmp_path / "w.weights.npz"))
+    got = fused.run(rows, ["fc"])["fc"]
+    assert [fused.net.layers[i].name for i in fused.net._fold_adds] == ["conv2"]
+    np.testing.assert_allclose(got, net.blobs["fc"].data, rtol=1e-5, atol=1e-5)
+    named = Predictor(str(tmp_path / "deploy.yaml"), str(tmp_path / "w.weights.npz")).run(rows, ["conv2", "fc"])
+    np.testing.assert_allclose(named["conv2"], net.blobs["conv2"].data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(named["fc"], got, rtol=1e-6, atol=1e-6)
