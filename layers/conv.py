@@ -263,22 +263,26 @@ def direct_conv(xp, offs, w, bias, out):
             tile_bcast1(xf, n * per_image + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, lo, hi):
     """The rows of image n of x (flat, N x C x H x W) that positions lo..hi of its padded planes (or their phases)
     hold, placed as place_planes (s = 1) or place_phases (s > 1; `rows`: the row phases the taps read) place
     them, in the planes at xbase of bf (flat)."""
+    ia, ib = max(0, lo // wp * s - ph), min(height, (hi // wp + 1) * s - ph)  # (no test nor division a row)
     for c in range(chans):
         src = (n * chans + c) * height * width
-        for i in range(height):
-            u, pi = (i + ph) // s, (i + ph) % s
-            if not rows[pi] or u * wp > hi or u * wp + wp <= lo:
+        if s == 1:
+            for i in range(ia, ib):
+                at, base = src + i * width, xbase + c * length + (i + ph) * wp + pw
+                for j in range(width):
+                    bf[uintp(base + j)] = xf[uintp(at + j)]
+            continue
+        for i in range(ia, ib):
+            u, pi = ((i + ph) >> 1, (i + ph) & 1) if s == 2 else ((i + ph) // s, (i + ph) % s)
+            if not rows[pi]:
                 continue
             at, base = src + i * width, xbase + (c * s + pi) * s * length + u * wp
-            if s == 1:
-                for j in range(width):
-                    bf[uintp(base + pw + j)] = xf[uintp(at + j)]
-            elif s == 2:
+            if s == 2:
                 pairs, r0, r1 = width // 2, pw % 2, (1 + pw) % 2
                 d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
                 for k in range(pairs):
@@ -331,14 +335,20 @@ def direct_conv_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, out, y
                     tile_bcast2(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
                 elif nq - body == vec:
                     tile_bcast1(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+        i0, i1 = qa // wp, min(oh, (qb - 1) // wp + 1)  # the band's rows
         for o in range(out_c):  # the band to the top
             src, dst = (n * opad + o) * nq, (n * out_c + o) * oh * ow
-            for i in range(qa // wp, min(oh, (qb - 1) // wp + 1)):
-                for j in range(max(0, qa - i * wp), min(ow, qb - i * wp)):
-                    v = of[uintp(src + i * wp + j)]
-                    if added:
-                        v = ca * v + cb * res[uintp(dst + i * ow + j)]
-                    yf[uintp(dst + i * ow + j)] = v if not relu or v > 0 else v * slope
+            for i in range(i0, i1):
+                j0, j1 = max(0, qa - i * wp), min(ow, qb - i * wp)
+                s0, d0 = src + i * wp, dst + i * ow
+                if added:  # (its own names: a float64 v would convert the plain copy's values too)
+                    for j in range(j0, j1):
+                        t = ca * of[uintp(s0 + j)] + cb * res[uintp(d0 + j)]
+                        yf[uintp(d0 + j)] = t if not relu or t > 0 else t * slope
+                else:
+                    for j in range(j0, j1):
+                        v = of[uintp(s0 + j)]
+                        yf[uintp(d0 + j)] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True, parallel=True)
