@@ -315,26 +315,28 @@ def direct_conv_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, out, y
     opad, nq = out.shape[1], out.shape[2]
     out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     vec = VECTOR_BYTES // xpad.itemsize
-    blocks = nq // (3 * vec)
     xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
     own = parts if xpad.shape[0] > n_img else 1  # planes an image
     added = res.size > 0
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
-        b0, b1 = g * blocks // parts, (g + 1) * blocks // parts
-        qa, qb = b0 * 3 * vec, (b1 * 3 * vec if g < parts - 1 else nq)
+        # the band: its share of the output rows, to a whole vector (the layers of one plane size share their
+        # bands out alike, whatever their padded rows: what one writes, the next reads on the same core)
+        qa = (g * oh // parts) * wp // vec * vec
+        qb = ((g + 1) * oh // parts) * wp // vec * vec if g < parts - 1 else nq
+        if qb <= qa:
+            continue
+        body = qa + (qb - qa) // (3 * vec) * (3 * vec)
         xbase = (n * own + g % own) * planes * length  # the band's planes
         place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, qa, qb - 1 + reach)
         for o0 in range(0, opad, BCAST_MR):
             at = (n * opad + o0) * nq
-            for q0 in range(qa, b1 * 3 * vec, 3 * vec):
+            for q0 in range(qa, body, 3 * vec):
                 tile_bcast3(bf, xbase + q0, offs, wf, o0, opad, bias, o0, of, at + q0, nq)
-            if g == parts - 1:
-                body = blocks * 3 * vec
-                if nq - body == 2 * vec:
-                    tile_bcast2(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
-                elif nq - body == vec:
-                    tile_bcast1(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+            if qb - body == 2 * vec:
+                tile_bcast2(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
+            elif qb - body == vec:
+                tile_bcast1(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
         i0, i1 = qa // wp, min(oh, (qb - 1) // wp + 1)  # the band's rows
         for o in range(out_c):  # the band to the top
             src, dst = (n * opad + o) * nq, (n * out_c + o) * oh * ow
@@ -356,11 +358,12 @@ def direct_conv_pixels_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias,
                              slope, parts):
     """place_planes (or place_phases), direct_conv_pixels and pixels_to_top in one pass, a task a band of an
     image's pixel tiles (as direct_conv_bands for the rows, res too; the same sums as direct_conv_pixels).
-    y (N, O, P)."""
+    y (N, O, OH, OW)."""
     n_img, chans, height, width = x.shape
     planes, length = xpad.shape[1], xpad.shape[2]
     ppad, opad = out.shape[1], out.shape[2]
-    out_c, plane = y.shape[1], y.shape[2]
+    out_c, rows_out, row_len = y.shape[1], y.shape[2], y.shape[3]
+    plane = rows_out * row_len
     step = PIX_NV * (VECTOR_BYTES // xpad.itemsize)
     tiles, taps = ppad // PIX_MR, offs.shape[0]
     xf, bf, wf, of, yf = x.reshape(-1), xpad.reshape(-1), w.reshape(-1), out.reshape(-1), y.reshape(-1)
@@ -368,8 +371,9 @@ def direct_conv_pixels_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias,
     kb = max(PIX_MR, PIX_KB_VALUES // opad)  # (direct_conv_pixels' blocks of taps)
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
-        t0, t1 = g * tiles // parts, (g + 1) * tiles // parts
-        if t0 == t1:
+        t0 = (g * rows_out // parts) * row_len // PIX_MR  # its share of the output rows, to a tile (as the rows')
+        t1 = ((g + 1) * rows_out // parts) * row_len // PIX_MR if g < parts - 1 else tiles
+        if t1 <= t0:
             continue
         xbase, obase = (n * own + g % own) * planes * length, n * ppad * opad
         place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, rows, qs[t0 * PIX_MR],
@@ -1095,8 +1099,7 @@ class Convolution(Layer):
             # one kernel a band of output rows or pixel tiles (direct_conv_bands, direct_conv_pixels_bands)
             length, bands = xpad.shape[2], {}  # {parts: each band's planes of its own (parts > 1)}
             reach, geometry = int((offs % length).max()), (*plan.pad, plan.stride, wp, plan.rows)
-            kernel, y_ = (direct_conv_pixels_bands, y.reshape(n, self.p.num_output, -1)) if plan.pixels else (
-                direct_conv_bands, y)
+            kernel = direct_conv_pixels_bands if plan.pixels else direct_conv_bands
             extra = (plan.qs,) if plan.pixels else ()
             res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
             res = res.reshape(-1)
@@ -1108,7 +1111,7 @@ class Convolution(Layer):
                 if parts not in bands:
                     bands[parts] = xpad if parts == 1 else scratch(
                         plan.key + ("bands", parts), (n * parts,) + xpad.shape[1:], xpad.dtype, zeros=True)
-                kernel(x, bands[parts], *geometry, reach, offs, w, bias, *extra, out, y_, res, ca, cb, relu, slope,
+                kernel(x, bands[parts], *geometry, reach, offs, w, bias, *extra, out, y, res, ca, cb, relu, slope,
                        parts)
             return run
         if plan.pixels:

@@ -413,8 +413,8 @@ def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, pixels, mon
         for added, expect in ((res[:0], want), (res, summed)):
             got, plan.out[...] = np.full((n, out_c, oh, ow), np.nan, dtype), np.nan
             if pixels:
-                conv.direct_conv_pixels_bands(x, own, *geometry, plan.qs, plan.out, got.reshape(n, out_c, -1), added,
-                                              0.5, -2.0, True, 0.1, parts)
+                conv.direct_conv_pixels_bands(x, own, *geometry, plan.qs, plan.out, got, added, 0.5, -2.0, True, 0.1,
+                                              parts)
             else:
                 conv.direct_conv_bands(x, own, *geometry, plan.out, got, added, 0.5, -2.0, True, 0.1, parts)
             np.testing.assert_array_equal(got, expect)
