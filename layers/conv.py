@@ -371,8 +371,7 @@ def direct_conv_pixels_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias,
     kb = max(PIX_MR, PIX_KB_VALUES // opad)  # (direct_conv_pixels' blocks of taps)
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
-        t0 = (g * rows_out // parts) * row_len // PIX_MR  # its share of the output rows, to a tile (as the rows')
-        t1 = ((g + 1) * rows_out // parts) * row_len // PIX_MR if g < parts - 1 else tiles
+        t0, t1 = g * tiles // parts, (g + 1) * tiles // parts  # (by output rows, 7x7 planes split 3 to 6 tiles)
         if t1 <= t0:
             continue
         xbase, obase = (n * own + g % own) * planes * length, n * ppad * opad
