@@ -619,10 +619,11 @@ def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
 
 
 @njit(cache=True, nogil=True)
-def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
+def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
     """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o*P + p], with a ReLU
     (leaky: slope) as take_planes; bias (O*P,) rounded up to a whole vector, each channel's P times. A vector of
-    images at a time, as lanes_to_images."""
+    images at a time, as lanes_to_images. res (N*O*P,): y = ca * that + cb * res before the ReLU (an Eltwise SUM
+    above, as sum_two adds it: direct_conv_bands)."""
     n_img, out_c, plane = y.shape
     width = buf.shape[3]
     step = VECTOR_BYTES // y.itemsize
@@ -638,16 +639,24 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0):
                 continue
             for m0 in range(0, body, step):
                 src = (g * m_buf + m0) * width + l0
-                if present == step:
+                if present == step and res is None:
                     transpose_tile(bf, src, width, yf, n0 * m_all + m0, m_all, bias, m0, relu, slope)
-                else:
-                    transpose_tile(bf, src, width, block, 0, step, bias, m0, relu, slope)
-                    for r in range(present):
+                    continue
+                transpose_tile(bf, src, width, block, 0, step, bias, m0, relu and res is None, slope)
+                for r in range(present):
+                    at = (n0 + r) * m_all + m0
+                    if res is None:
                         for m in range(step):
-                            yf[uintp((n0 + r) * m_all + m0 + m)] = block[r * step + m]
+                            yf[uintp(at + m)] = block[r * step + m]
+                    else:
+                        for m in range(step):
+                            t = ca * block[r * step + m] + cb * res[uintp(at + m)]
+                            yf[uintp(at + m)] = t if not relu or t > 0 else t * slope
         for n in range(g * width, min(g * width + width, n_img)):
             for m in range(body, m_all):
                 v = bf[uintp((g * m_buf + m) * width + n - g * width)] + bias[m]
+                if res is not None:
+                    v = ca * v + cb * res[uintp(n * m_all + m)]
                 yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
 
 
@@ -1047,7 +1056,7 @@ class Convolution(Layer):
             return None
         plan = self._plan
         banded = BANDS and not plan.x_direct and not plan.lanes_forward
-        if self.residual is not None and not banded:  # the SUM above added after the forward, as Eltwise would
+        if self.residual is not None and not (banded or plan.lanes_forward):  # the SUM above added after, as Eltwise
             (res, ca, cb), relu = self.residual, self.relu
             self.residual = self.relu = None
             try:
@@ -1071,12 +1080,13 @@ class Convolution(Layer):
             x3, y3, (xb, yb), entries = x.reshape(x.shape[0], x.shape[1], -1), y.reshape(
                 y.shape[0], self.p.num_output, -1), plan.lanes_forward_buffers(), plan.entries_f
             wt, bias_f, holder, last = plan.wt_f, plan.bias_f, plan.holder, plan.lanes_last
+            added = () if residual is None else (residual[0].reshape(-1),) + residual[1:]
 
             def run():
                 holder[0] = 0
                 images_to_lanes(x3, xb)
                 lanes_conv_data(xb, *entries, wt, yb, last)
-                lanes_to_top(yb, y3, bias_f, relu, slope)
+                lanes_to_top(yb, y3, bias_f, relu, slope, *added)
             return run
         n, xpad, wp, holder, out = x.shape[0], plan.xpad, plan.wp, plan.holder, plan.out
         xp, offs, w, bias = plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias

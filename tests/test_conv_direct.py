@@ -333,7 +333,8 @@ def test_python_depthwise_lane_tiles_match_the_compiled_ones(monkeypatch):
 @pytest.mark.parametrize("groups", [2, 3])  # 3: a last group of zeros alone, after a partial vector
 def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(dtype, groups, monkeypatch):
     """images_to_lanes, lanes_to_images and lanes_to_top (transpose_tile: whole blocks in registers; the batch's
-    and the plane's last partial vectors one value at a time), compiled and under NUMBA_DISABLE_JIT's Python."""
+    and the plane's last partial vectors one value at a time; with an Eltwise SUM above added exactly as sum_two
+    adds it), compiled and under NUMBA_DISABLE_JIT's Python."""
     rng = np.random.default_rng(3)
     step = simd.lanes(dtype)
     width = simd.LANES_NB * step
@@ -360,6 +361,14 @@ def test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python
         y = np.full((n, a, b), np.nan, dtype)
         run(conv.lanes_to_top)(buf, y, colbias, True, 0.25)
         np.testing.assert_allclose(y, np.where(top > 0, top, 0.25 * top), rtol=1e-6)
+        res = rng.normal(size=y.size).astype(dtype)  # an Eltwise SUM above (its coefficients), then the ReLU
+        plain = np.full((n, a, b), np.nan, dtype)
+        run(conv.lanes_to_top)(buf, plain, colbias, False, 0.0)
+        want_sum = plain.reshape(-1).copy()
+        sum_two(want_sum.copy(), 0.5, res, -2.0, want_sum, True, 0.25)  # as the Eltwise would: bitwise
+        y[...] = np.nan
+        run(conv.lanes_to_top)(buf, y, colbias, True, 0.25, res, 0.5, -2.0)
+        np.testing.assert_array_equal(y.reshape(-1), want_sum)
 
 
 BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, stride, parts): tails of 1 and 2 vectors, more parts than row
