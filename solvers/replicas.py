@@ -29,6 +29,10 @@ from netspec.net import Net, NotSplittable, _flush_denormals_once
 _open: list = []     # [(OpenBLAS's and Numba's threads before), the open Replicas...]
 MIN_SLICE = 8        # examples per replica
 MIN_MAPS = 1 << 18   # feature-map values per replica (LeNet 28x28 at batch 32: 590k; CIFAR-10 quick at 50: 2.7M)
+# a forward-only net (predict, test) needs FORWARD_FACTOR times as many: with nothing to run backward its
+# layers are short and the slices' Python takes turns (LeNet at 64: whole 37-39k img/s on two threads,
+# as two slices 30k; CIFAR-10 quick 9.9-10.1k against 8.7-9.7k; the ResNets 1.0-1.08x as slices)
+FORWARD_FACTOR = 32
 
 
 def start(net: Net, requested: int | None, threads: int | None = None) -> tuple["Replicas | None", str]:
@@ -48,10 +52,11 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
         # a recurrent layer's steps are small products in a Python loop: slices run them side by side
         # (models/lstm_mnist: 1.2x on 2 cores); its sequences are split along N
         sequences = any(getattr(l, "time_major_bottoms", None) for l in net.layers)
-        if maps < MIN_MAPS * 2 and not sequences:
+        need = MIN_MAPS * (1 if net.keep_for_backward else FORWARD_FACTOR)
+        if maps < need * 2 and not sequences:
             return None, ""  # matrix products (an MLP), or maps too small to pay for the threads
         k = next((k for k in range(threads, 1, -1) if batch % k == 0 and batch // k >= MIN_SLICE
-                  and (sequences or maps // k >= MIN_MAPS)), 1)
+                  and (sequences or maps // k >= need)), 1)
         if k == 1:
             return None, f"each layer runs the whole batch ({batch} does not split into slices of {MIN_SLICE} or more)"
     else:
