@@ -77,29 +77,56 @@ def bn_normalize_in_place(x, mean, inv_std):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y):
+def _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope):
     n_img, chans, inner = x.shape
     for n in range(n_img):
         for c in range(chans):
             mu, k, sc = mean[c], inv_std[c], s[c]
             bc = b[c] if has_bias else 0.0
-            for i in range(inner):
-                v = (x[n, c, i] - mu) * k
-                xhat[n, c, i] = v
-                y[n, c, i] = v * sc + bc
+            if relu:
+                for i in range(inner):
+                    v = (x[n, c, i] - mu) * k
+                    xhat[n, c, i] = v
+                    y[n, c, i] = v * sc + bc
+                    w = y[n, c, i]  # (the Scale's top as stored, then the ReLU's own arithmetic)
+                    y[n, c, i] = w if w > 0 else w * slope
+            else:
+                for i in range(inner):
+                    v = (x[n, c, i] - mu) * k
+                    xhat[n, c, i] = v
+                    y[n, c, i] = v * sc + bc
 
 
 @njit(cache=True, nogil=True)
-def bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y):
+def bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu=False, slope=0.0):
     """BatchNorm and the per-channel Scale above it in one pass: xhat = (x - mean) * inv_std (kept for the
-    backward), y = xhat * s (+ b)."""
-    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y)
+    backward), y = xhat * s (+ b); relu: then an in-place ReLU above them (negative slope `slope`, in x's type)."""
+    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope)
 
 
 @njit(cache=True, nogil=True)
-def bn_scale_forward_in_place(x, mean, inv_std, s, b, has_bias, xhat):
+def bn_scale_forward_in_place(x, mean, inv_std, s, b, has_bias, xhat, relu=False, slope=0.0):
     """bn_scale_forward with y = x."""
-    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, x)
+    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, x, relu, slope)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def bn_backward_sums_relu(y, d, top, slope, s1, s2):
+    """relu_backward_in_place (an in-place ReLU above: d = d where its top > 0, else d * slope) and
+    bn_backward_sums of the result, in one pass."""
+    n_img, chans, inner = y.shape
+    for c in range(chans):
+        a = 0.0
+        b = 0.0
+        for n in range(n_img):
+            for i in range(inner):
+                v = d[n, c, i]
+                g = v if top[n, c, i] > 0 else v * slope
+                d[n, c, i] = g
+                a += g
+                b += g * y[n, c, i]
+        s1[c] = a
+        s2[c] = b
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
@@ -188,28 +215,36 @@ class BatchNorm(Layer):
         else:
             bn_normalize(x, self.mean, self.inv_std, top[0].data.reshape(self.view))
 
-    def forward_scaled(self, bottom, top, scale, xhat):
+    def forward_scaled(self, bottom, top, scale, xhat, relu=None):
         """This BatchNorm (batch statistics) and the in-place per-channel Scale above it in one pass, as the net
         runs them in training (Net._plan_fusion): xhat (N, C, ...) gets the normalized values, which both
-        backwards read, and the top xhat * s + b. Results equal forward() then scale.forward()."""
+        backwards read, and the top xhat * s + b; relu: the negative slope of an in-place ReLU above them, applied
+        in the same pass. Results equal forward() then scale.forward() (then the ReLU's forward)."""
         x = bottom[0].data.reshape(self.view)
         self._statistics(x)
         s = scale.blobs[0].data.ravel()
         b = scale.blobs[1].data.ravel() if scale.p.bias_term else s
+        r = (relu is not None, x.dtype.type(relu or 0.0))
         if bottom[0] is top[0]:
-            bn_scale_forward_in_place(x, self.mean, self.inv_std, s, b, scale.p.bias_term, xhat.reshape(self.view))
+            bn_scale_forward_in_place(x, self.mean, self.inv_std, s, b, scale.p.bias_term, xhat.reshape(self.view),
+                                      *r)
         else:
             bn_scale_forward(x, self.mean, self.inv_std, s, b, scale.p.bias_term, xhat.reshape(self.view),
-                             top[0].data.reshape(self.view))
+                             top[0].data.reshape(self.view), *r)
 
-    def backward_scaled(self, top, propagate_down, bottom, scale, xhat):
+    def backward_scaled(self, top, propagate_down, bottom, scale, xhat, relu=None):
         """scale.backward() then this backward in two passes over (dy, xhat): one for the channel sums of dy and
-        dy * xhat (the Scale's gradients, and BatchNorm's from the same sums times s), one for dx."""
+        dy * xhat (the Scale's gradients, and BatchNorm's from the same sums times s), one for dx. relu: (the
+        in-place ReLU's top, its negative slope) when its backward runs here too: its gradient written over dy
+        in the first pass (one pass less over the top diff than the ReLU on its own)."""
         dy = top[0].diff.reshape(self.view)
         y = xhat.reshape(self.view)
         c = self.channels
         sums = self._sums
-        bn_backward_sums(y, dy, sums[:c], sums[c:])
+        if relu is not None:
+            bn_backward_sums_relu(y, dy, relu[0].reshape(self.view), dy.dtype.type(relu[1]), sums[:c], sums[c:])
+        else:
+            bn_backward_sums(y, dy, sums[:c], sums[c:])
         ds = scale.blobs[0].diff.reshape(-1)
         ds += sums[c:]  # this slice's own: the solver sums the slices' parameter gradients
         if scale.p.bias_term:

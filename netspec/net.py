@@ -427,7 +427,7 @@ class Net:
     def release_buffers(self):
         """Free what only this net's own passes use (the copies for the backward, the layers' scratch): its batch
         now runs as slices (solvers/replicas.py), each with its own. A later pass of its own makes them again."""
-        self._keeps, self._kept_arrays, self._backward_vecs, self._fused = {}, [], {}, {}
+        self._keeps, self._kept_arrays, self._backward_vecs, self._fused, self._fused_relu = {}, [], {}, {}, {}
         self._released, self._bound = True, None
         for layer in self.layers:
             if not layer.is_source:
@@ -449,11 +449,14 @@ class Net:
         """{BatchNorm index: (Scale index, copy)}: in training, a BatchNorm normalizing with the batch's statistics
         whose top the next layer, a per-channel Scale in place, scales (Caffe's ResNets) runs as one layer with
         it (BatchNorm.forward_scaled and backward_scaled): the normalized values go straight into `copy`, the
-        copy of them the backwards read (netspec/inplace.py), and no pass runs for the Scale alone. The blobs,
-        their diffs and the copy hold what the two layers give run one by one. YAFFE_FUSE_BN=0: not fused."""
-        fused = {}
+        copy of them the backwards read (netspec/inplace.py), and no pass runs for the Scale alone; nor for an
+        in-place ReLU above them (`_fused_relu`: its forward in the same pass, its gradient made from the top diff
+        within BatchNorm's two backward passes). The blobs, their diffs and the copy hold what the layers give run
+        one by one. YAFFE_FUSE_BN=0: not fused; YAFFE_FUSE_BN_RELU=0: the ReLU runs alone."""
+        fused, self._fused_relu = {}, {}  # {BatchNorm index: (ReLU index, negative slope)}: that ReLU runs with them
         if os.environ.get("YAFFE_FUSE_BN", "1") == "0":
             return fused
+        relu = os.environ.get("YAFFE_FUSE_BN_RELU", "1") != "0"
         for i, (d, layer) in enumerate(zip(self.defs[:-1], self.layers[:-1])):
             if d.type != "BatchNorm" or layer.p.use_global_stats is not None or len(d.tops) != 1:
                 continue
@@ -466,6 +469,11 @@ class Net:
             reads = self._backward_vecs.get(i + 1, ((), ()))[1]
             if len(copy) == 1 and reads and reads[0].data.base is copy[0].base is not None:  # the Scale reads it
                 fused[i] = (i + 1, copy[0])
+                r = i + 2  # and an in-place ReLU above, which reads its own top in the backward (no stand-in)
+                if (relu and r < len(self.defs) and self.defs[r].type == "ReLU" and self.defs[r].bottoms == [t]
+                        and self.defs[r].tops == [t] and self.need_backward[r] and self.propagate[r][0]
+                        and r not in self._backward_vecs):
+                    self._fused_relu[i] = (r, float(self.layers[r].p.negative_slope))
         return fused
 
     # ---- shapes that change between batches -------------------------------------------------
@@ -580,7 +588,7 @@ class Net:
             self._strided_out("data")
             return self.loss()
         fused = self._fused if self.keep_for_backward else {}
-        scaled = None  # the index of the Scale its BatchNorm just ran (fused)
+        scaled = relued = None  # the indices of the Scale and ReLU its BatchNorm just ran (fused)
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
             made = None  # a copy this layer's forward wrote itself
             if i < start:
@@ -597,11 +605,12 @@ class Net:
                 layer.relu = None
             elif i in folded:
                 continue
-            elif i == scaled:
+            elif i == scaled or i == relued:
                 pass  # its BatchNorm ran it; the copies of its top below are made as after its own forward
             elif i in fused and not layer.global_stats:
                 scaled, made = fused[i]
-                layer.forward_scaled(bottom, top, self.layers[scaled], made)
+                relued, slope = self._fused_relu.get(i, (None, None))
+                layer.forward_scaled(bottom, top, self.layers[scaled], made, slope)
             elif not (replica and layer.is_source):
                 layer.forward(bottom, top)
                 if layer.reshapes and self._follow(i):
@@ -837,14 +846,16 @@ class Net:
             blob.diff[...] = w
         fused = {s: (k, copy) for k, (s, copy) in self._fused.items()  # {Scale: (BatchNorm, copy)}, batch statistics
                  if not getattr(self.layers[k], "used_global", True)}
+        relus = {self._fused_relu[k][0]: k for k, _ in fused.values() if k in self._fused_relu}  # {ReLU: BatchNorm}
         for k in reversed(range(len(self.layers))):
             if self.need_backward[k]:
                 tops, bottoms = self._backward_vecs.get(k, (self.top_vecs[k], self.bottom_vecs[k]))
-                if k in fused:  # a Scale: its BatchNorm below runs both backwards (it reads only the copy)
+                if k in fused or k in relus:  # a Scale or ReLU: its BatchNorm below runs their backwards
                     continue
                 if k + 1 in fused and fused[k + 1][0] == k:
+                    r = self._fused_relu.get(k)
                     self.layers[k].backward_scaled(tops, self.propagate[k], bottoms, self.layers[k + 1],
-                                                   fused[k + 1][1])
+                                                   fused[k + 1][1], r and (self.top_vecs[r[0]][0].data, r[1]))
                 else:
                     self.layers[k].backward(tops, self.propagate[k], bottoms)
         self._strided_out("diff")

@@ -93,10 +93,13 @@ def _kernels(net, out, phase="TRAIN") -> dict:
         f"vector), {simd.LANES_CR} channels x {simd.LANES_NB} vectors of images (images in the lanes)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
-    fused = [f"{net.defs[i].name} + {net.defs[j].name}" for i, (j, _) in getattr(net, "_fused", {}).items()]
+    relus = getattr(net, "_fused_relu", {})
+    fused = [f"{net.defs[i].name} + {net.defs[j].name}" + (f" + {net.defs[relus[i][0]].name}" if i in relus else "")
+             for i, (j, _) in getattr(net, "_fused", {}).items()]
     if fused:
-        out(f"Fused in training (BatchNorm + Scale, one pass forward, two backward; the table above times them "
-            f"apart): {len(fused)} pairs ({', '.join(fused[:3])}{', ...' if len(fused) > 3 else ''})")
+        out(f"Fused in training (BatchNorm + Scale, and the in-place ReLU above them for {len(relus)}: one pass "
+            f"forward, two backward; the table above times them apart): {len(fused)} pairs ({', '.join(fused[:3])}"
+            f"{', ...' if len(fused) > 3 else ''})")
     return {"vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR, "taps_rows": simd.TAPS_KR,
             "lanes_channels": simd.LANES_CR, "convolutions": paths, "fused": fused}
 

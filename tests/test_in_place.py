@@ -227,10 +227,12 @@ def test_batchnorm_and_the_scale_above_it_run_fused_in_training_and_equal_them_a
     """In training, BatchNorm (batch statistics) with the in-place per-channel Scale above it runs as one layer
     (Net._plan_fusion): one pass forward writing the kept normalized values and the scaled top, two backward.
     It gives what the two give run one by one (YAFFE_FUSE_BN=0): losses, every gradient, the running statistics;
-    as slices too; and a forward with the stored statistics (phase TEST) runs them apart."""
+    as slices too; and a forward with the stored statistics (phase TEST) runs them apart. The in-place ReLU above
+    them runs in the same passes (its forward, and its gradient within BatchNorm's)."""
     types = ("BatchNorm", "Scale", "ReLU")
     fused = chain_net(types, True)
     assert list(fused._fused) == [2] and fused._fused[2][0] == 3  # BatchNorm l1 (index 2) with Scale l2
+    assert fused._fused_relu == {2: (4, pytest.approx(0.1))}  # and the leaky ReLU l3 above them
     assert chain_net(types, False)._fused == {} and chain_net(types, True, global_stats=True)._fused == {}
     monkeypatch.setenv("YAFFE_FUSE_BN", "0")
     apart = chain_net(types, True)
@@ -251,6 +253,18 @@ def test_batchnorm_and_the_scale_above_it_run_fused_in_training_and_equal_them_a
                 np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
             for x, y in zip(a.layers[2].blobs, b.layers[2].blobs):  # the running statistics
                 np.testing.assert_allclose(x.data, y.data, rtol=1e-12)
+    # the ReLU run alone (YAFFE_FUSE_BN_RELU=0) against run with them, float32: the same tops, and the gradients
+    # but for the order of the float64 channel sums
+    monkeypatch.setenv("YAFFE_FUSE_BN_RELU", "0")
+    g = chain_net(types, True, dtype=np.float32)
+    monkeypatch.delenv("YAFFE_FUSE_BN_RELU")
+    h = chain_net(types, True, dtype=np.float32)
+    assert g._fused_relu == {} and list(h._fused_relu) == [2]
+    (lg, gg), (lh, gh) = gradients(g), gradients(h)
+    np.testing.assert_array_equal(g.blobs["c0"].data, h.blobs["c0"].data)
+    assert (h.blobs["c0"].data < 0).any() and lg == lh
+    for x, y in zip(gg, gh):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     # the per-layer passes (run.py time) after a fused forward read the same kept values
     c = chain_net(types, True)
     c.forward()
