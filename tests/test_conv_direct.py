@@ -548,6 +548,9 @@ with pytest.MonkeyPatch.context() as patch:
     for case in t.BANDS:
         for pixels in (False, True):
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
+for groups in (2, 3):  # the transposes (lanes_to_top with an Eltwise SUM above too): 8 values a block
+    with pytest.MonkeyPatch.context() as patch:  # (the kernels as they are, not wrapped by the tests above)
+        t.test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(np.float32, groups, patch)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
