@@ -173,8 +173,8 @@ class Net:
                 continue
             for t, s in zip(d.tops, shapes):
                 self.shapes[t] = tuple(int(v) for v in s)
-            for message, field in layer.warnings:
-                w = d.where(field)
+            for message, where in layer.warnings:
+                w = d.where(where)
                 self.warnings.append(Finding(w[0], w[1], w[2], "warning", f"layer '{d.name}' ({d.type}): {message}"))
         if findings:
             raise SpecError(findings)

@@ -74,7 +74,7 @@ PARAMS = {
 def chain_net(types, in_place: bool, global_stats=False, shape=(4, 3, 2, 3), dtype=np.float64):
     """Input -> 1x1 Convolution -> the chain -> InnerProduct -> EuclideanLoss, with the chain's layers in place
     on the convolution's top or each with a top of its own."""
-    lines = [f"force_backward: true",
+    lines = ["force_backward: true",
              "layer:",
              f"  - {{name: in, type: Input, top: [data, target], input_param: {{shape: [{{dim: {list(shape)}}}, "
              f"{{dim: [{shape[0]}, 2]}}]}}}}",
