@@ -610,3 +610,46 @@ def test_row_times_rows_is_a_row_times_the_transposed_weights(n):
         np.testing.assert_allclose(y, w @ x + bias, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
         row_times_rows(x.astype(dtype), w.astype(dtype), bias.astype(dtype), False, y)
         np.testing.assert_allclose(y, w @ x, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+SUM_PATHS = """
+layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [2, 8, 8, 8]}}}
+  - {name: grouped, type: Convolution, bottom: data, top: grouped,
+     convolution_param: {num_output: 8, kernel_size: 3, pad: 1, group: 2}}
+  - {name: sum1, type: Eltwise, bottom: [data, grouped], top: sum1, eltwise_param: {coeff: [0.5, 2]}}
+  - {name: relu1, type: ReLU, bottom: sum1, top: sum1, relu_param: {negative_slope: 0.1}}
+  - {name: dw, type: Convolution, bottom: sum1, top: dw, convolution_param: {num_output: 8, kernel_size: 3, pad: 1,
+     group: 8}}
+  - {name: sum2, type: Eltwise, bottom: [dw, sum1], top: sum2}
+  - {name: pw, type: Convolution, bottom: sum2, top: pw, convolution_param: {num_output: 8, kernel_size: 1}}
+  - {name: sum3, type: Eltwise, bottom: [sum2, pw], top: sum3}
+  - {name: relu3, type: ReLU, bottom: sum3, top: sum3}
+"""
+
+
+@pytest.mark.parametrize("constant", [False, True])
+def test_a_sum_written_by_a_convolution_on_the_other_paths_equals_the_layers_one_by_one(constant):
+    """The Eltwise SUM above a convolution that has no banded kernel (grouped: im2col; depthwise; a 1x1 read in
+    place) is added after its forward, with the coefficients and the ReLU, as the Eltwise would; bound calls
+    (constant weights) or the loop."""
+    from netspec.loader import loads as load_yaml
+    net = Net(load_yaml(SUM_PATHS), "TEST", seed=0)
+    rng = np.random.default_rng(4)
+    for layer in net.layers:
+        for b in layer.blobs:
+            b.data[...] = rng.normal(size=b.shape)
+    net.blobs["data"].data[...] = rng.normal(size=(2, 8, 8, 8))
+    net.forward()
+    want = {k: net.blobs[k].data.copy() for k in ("sum1", "sum2", "sum3")}
+    net.keep_for_backward, net.constant_weights = False, constant
+    for k in want:
+        net.blobs[k].data[...] = np.nan
+    net.forward()
+    adds = {net.layers[i].name: net.layers[j].name for i, (j, _) in net._fold_adds.items()}
+    assert adds == {"grouped": "sum1", "dw": "sum2", "pw": "sum3"}
+    assert [net.layers[i].path_taken.split(",")[0] for i in net._fold_adds] == ["im2col", "depthwise", "direct"]
+    assert net.layers[list(net._fold_adds)[2]]._plan.x_direct  # the 1x1 reads its bottom in place
+    for k, v in want.items():
+        assert (v < 0).any() or k == "sum3"
+        np.testing.assert_allclose(net.blobs[k].data, v, rtol=1e-5, atol=1e-5, err_msg=k)
