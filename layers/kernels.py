@@ -243,6 +243,15 @@ def sum_two(a, ca, b, cb, out, relu=False, slope=0.0):
 
 
 @njit(cache=True, nogil=True)
+def sum_into(y, ca, b, cb, relu=False, slope=0.0):
+    """sum_two(y, ca, b, cb, y, relu, slope) with y read and written as one array (sum_two called so fails
+    LLVM's overlap check and runs scalar: 2-3x slower)."""
+    for i in range(y.size):
+        v = ca * y[i] + cb * b[i]
+        y[i] = v if not relu or v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True)
 def mul_into(x, out):
     """out *= x."""
     for i in range(x.size):
