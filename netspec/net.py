@@ -739,7 +739,9 @@ class Net:
     @property
     def keep_blobs(self) -> frozenset:
         """Blobs that a forward-only net must fill as the layers one by one would, though a folding leaves them
-        unwritten (a convolution that writes the Eltwise SUM above it: `_residual_adds`); predict's named blobs."""
+        unwritten (a convolution that writes the Eltwise SUM above it: `_residual_adds`); predict's named blobs.
+        A forward(start=k) from a layer between such a convolution and its SUM reads the convolution's top as the
+        last pass left it: name it here first."""
         return self.__dict__.get("_keep_blobs", frozenset())
 
     @keep_blobs.setter
