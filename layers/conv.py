@@ -1448,14 +1448,6 @@ class Deconvolution(Convolution):
         return n, c, plane, k
 
     def forward(self, bottom, top):
-        if self.residual is not None:  # an Eltwise SUM above folded in (Net._folds): added as the Eltwise adds
-            (res, ca, cb), relu = self.residual, self.relu
-            self.residual = self.relu = None
-            try:
-                self.forward(bottom, top)
-            finally:
-                self.residual, self.relu = (res, ca, cb), relu
-            return sum_into(top[0].data.reshape(-1), ca, res.reshape(-1), cb, relu is not None, relu or 0.0)
         for b, t in zip(bottom, top):
             x, y = b.data.reshape(self.view), t.data.reshape(self.top_view)
             if self.nd:
