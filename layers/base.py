@@ -201,6 +201,11 @@ class Layer:
         raise LayerError(f"{self.type} layer '{self.name}' has no backward")
 
     @property
+    def draws(self) -> bool:
+        """Its passes draw from `rng` (the replicas give each slice a generator seeded from it every pass)."""
+        return self.needs_rng
+
+    @property
     def is_source(self) -> bool:
         """Fills batch-shaped tops from outside the net: a data layer, or Input (set from Python)."""
         return self.is_data or self.type == "Input"

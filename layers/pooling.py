@@ -416,6 +416,10 @@ class Pooling(Layer):
     needs_rng = True  # STOCHASTIC's draws
 
     @property
+    def draws(self) -> bool:
+        return self.p.pool == "STOCHASTIC" and self.phase == "TRAIN"
+
+    @property
     def backward_reads(self):
         return ("bottom",) if self.p.pool == "STOCHASTIC" else ()  # TEST's gradient reads the windows
 
@@ -476,6 +480,10 @@ class SPP(Layer):
         Field("pool", "enum", "MAX", "pooling method", choices=("MAX", "AVE", "STOCHASTIC")),
     )
     needs_rng = True
+
+    @property
+    def draws(self) -> bool:
+        return self.p.pool == "STOCHASTIC" and self.phase == "TRAIN"
 
     @property
     def backward_reads(self):

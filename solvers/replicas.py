@@ -114,6 +114,8 @@ class Replicas:
         for layer, bottom, top in self.data if sources else ():
             layer.forward(bottom, top)
         for i in self.random:  # the replicas' draws come from the parent's stream: snapshots resume them
+            if not net.layers[i].draws:  # (MAX pooling: a new generator a slice costs ~35 us)
+                continue
             for rep, seed in zip(self.nets, net.layers[i].rng.integers(2**63, size=self.k)):
                 rep.layers[i].rng = np.random.default_rng(int(seed))
         for rep in self.nets:  # BatchNorm: every slice updates its own copy of the net's running sums
