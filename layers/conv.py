@@ -604,26 +604,36 @@ def lanes_to_images(buf, x):
 
 @njit(cache=True, nogil=True, parallel=True)
 def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
-    """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (T, O, Cpad) the weights
-    (T = kh*kw taps), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the top-diff offset q*O*L
-    and the weight offset t*O*Cpad of every tap t it receives from top pixel q) -> dxb (G, Cpad, P, L):
-    dxb[g, c, p, l] = sum over p's entries e and o < O of wt[t_e, o, c] * dyb[g, q_e, o, l], for the lanes l that
-    hold images: `last` images in the last group (where one vector holds them, the lanes past it are not
-    written)."""
+    """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (Cpad/LANES_CR, T, O,
+    LANES_CR) the weights in blocks of the tile's channels (T = kh*kw taps; a block's weights, contiguous, stay in
+    L1 while it sums every pixel), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the top-diff
+    offset q*O*L and the weight offset t*O*LANES_CR of every tap t it receives from top pixel q) -> dxb (G, Cpad,
+    P, L): dxb[g, c, p, l] = sum over p's entries e and o < O of wt[c // CR, t_e, o, c % CR] * dyb[g, q_e, o, l],
+    for the lanes l that hold images: `last` images in the last group (where one vector holds them, the lanes past
+    it are not written)."""
     groups, positions, out_c, width = dyb.shape
     cpad, plane = dxb.shape[1], dxb.shape[2]
     blocks = cpad // LANES_CR
+    block = wt.shape[1] * wt.shape[2] * LANES_CR  # one block's weights
     tail = last <= VECTOR_BYTES // dyb.itemsize  # the last group on one vector (tile_lanes1)
     df, wf, of = dyb.reshape(-1), wt.reshape(-1), dxb.reshape(-1)
     for task in prange(groups * blocks * plane):
         g, rest = task // (blocks * plane), task % (blocks * plane)
-        c0, p = rest // plane * LANES_CR, rest % plane
+        b, p = rest // plane, rest % plane
+        c0 = b * LANES_CR
         if tail and g == groups - 1:
-            tile_lanes1(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c,
-                        width, cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+            tile_lanes1(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, b * block,
+                        out_c, width, LANES_CR, of, ((g * cpad + c0) * plane + p) * width, plane * width)
         else:
-            tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, c0, out_c,
-                       width, cpad, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+            tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, b * block,
+                       out_c, width, LANES_CR, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+
+
+def lanes_weights(w3, wt, stage):
+    """w3 (T, M, N) -> wt (B, T, M, LANES_CR), lanes_conv_data's blocks: wt[b, t, m, r] = w3[t, m, b*CR + r], zero
+    past N (stage: a (T, M, B*CR) array whose columns past N are zero)."""
+    stage[:, :, :w3.shape[2]] = w3
+    wt[...] = stage.reshape(stage.shape[0], stage.shape[1], -1, LANES_CR).transpose(2, 0, 1, 3)
 
 
 @njit(cache=True, nogil=True)
@@ -671,7 +681,7 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
 def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, width, opad):
     """(starts, ent_d, ent_w) of lanes_conv_data run forward: for every output pixel (oy, ox), in order, the taps
     (i, j) whose input pixel (oy*sh - ph + i*dh, ox*sw - pw + j*dw) is inside the bottom: ent_d = (y*W + x)*C*width,
-    ent_w = (i*kw + j)*C*opad."""
+    ent_w = (i*kw + j)*C*opad (opad: a weight row's length, LANES_CR in lanes_conv_data's blocks)."""
     (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
     oy, ox, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
                                                         indexing="ij"))
@@ -686,7 +696,8 @@ def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, wi
 def lane_entries(in_hw, out_hw, kernel, pad, dilation, stride, out_c, width, cpad):
     """(starts, ent_d, ent_w) of lanes_conv_data: for every input pixel (y, x), in order, the taps (i, j) with a
     top pixel (oy, ox) = ((y + ph - i*dh) / sh, (x + pw - j*dw) / sw) whole and inside the top: ent_d =
-    (oy*OW + ox)*O*width, ent_w = (i*kw + j)*O*cpad."""
+    (oy*OW + ox)*O*width, ent_w = (i*kw + j)*O*cpad (cpad: a weight row's length, LANES_CR in lanes_conv_data's
+    blocks)."""
     (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
     y, x, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(h), np.arange(w), np.arange(kh), np.arange(kw),
                                                       indexing="ij"))
@@ -867,10 +878,11 @@ class DirectPlan:
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
             c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
             cpad = _round_up(c, LANES_CR)
-            self.entries = lane_entries(*self.lane_geometry, out_c, width, cpad)
+            self.entries = lane_entries(*self.lane_geometry, out_c, width, LANES_CR)
             self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
             self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
-            self.wt = scratch(self.key + ("wt",), (kh * kw, out_c, cpad), dtype, zeros=True)
+            self.wt = scratch(self.key + ("wt",), (cpad // LANES_CR, kh * kw, out_c, LANES_CR), dtype)
+            self.wt_stage = scratch(self.key + ("wt stage",), (kh * kw, out_c, cpad), dtype, zeros=True)
 
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
@@ -880,8 +892,9 @@ class DirectPlan:
             c = self.bottom_shape[1]
             dtype, width, groups = self.w.dtype, self.lane_width, self.lane_groups
             opad = _round_up(self.out_c, LANES_CR)
-            self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, opad)
-            self.wt_f = np.zeros((kh * kw, c, opad), dtype)
+            self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, LANES_CR)
+            self.wt_f = np.zeros((opad // LANES_CR, kh * kw, c, LANES_CR), dtype)
+            self.wt_f_stage = np.zeros((kh * kw, c, opad), dtype)
             self.bias_f = np.zeros(_round_up(self.out_c * oh * ow, lanes(dtype)), dtype)
             self.xb = scratch(self.key + ("xb",), (groups, h * w, c, width), dtype)
             self.yb = scratch(self.key + ("yb",), (groups, opad, oh * ow, width), dtype)
@@ -1269,7 +1282,7 @@ class Convolution(Layer):
             out_c, c = self.p.num_output, x.shape[1]
             xb, yb = plan.lanes_forward_buffers()
             if self.fold is None or plan.laid is not self.fold:
-                plan.wt_f[:, :, :out_c] = weight.reshape(out_c, c, -1).transpose(2, 1, 0)
+                lanes_weights(weight.reshape(out_c, c, -1).transpose(2, 1, 0), plan.wt_f, plan.wt_f_stage)
                 plan.bias_f[:y[0].size] = np.repeat(bias, y[0, 0].size) if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
@@ -1356,7 +1369,7 @@ class Convolution(Layer):
         if plan.lanes_data:
             plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
-            plan.wt[:, :, :c] = weight.data.reshape(out_c, c, -1).transpose(2, 0, 1)
+            lanes_weights(weight.data.reshape(out_c, c, -1).transpose(2, 0, 1), plan.wt, plan.wt_stage)
             lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb, plan.lanes_last)
             lanes_to_images(plan.dxb.reshape(plan.lane_groups, -1, plan.lane_width), dx.reshape(n, -1))
             return
