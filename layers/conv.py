@@ -458,16 +458,26 @@ def pixels_to_top(buf, y, relu=False, slope=0.0):
 @njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
 def place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
-    touched. Rows of x read in order; the row's writes stay in L1 (3x the channel-inner order on 32x32 planes)."""
+    touched. Blocks of a vector's channels by as many columns of a row transposed in registers (`transpose_tile`),
+    the channels and columns past the last whole block one by one (ResNet-20's 64 x 16 x 32x32: 0.46 -> 0.1 ms;
+    the loops alone wrote 8 GB/s)."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     positions, planes = buf.shape[1], buf.shape[2]
+    step = VECTOR_BYTES // x.itemsize
+    cbody, jbody = chans - chans % step, width - width % step
+    zeros = np.zeros(step, x.dtype)
     for p in range(n_img * height):
         n, i = p // height, p % height
         base = (n * positions + i * row) * planes
+        for c0 in range(0, cbody, step):
+            src = ((n * chans + c0) * height + i) * width
+            for j0 in range(0, jbody, step):
+                transpose_tile(xf, src + j0, height * width, bf, base + j0 * planes + c0, planes, zeros, 0, False,
+                               0.0)
         for c in range(chans):
             src = ((n * chans + c) * height + i) * width
-            for j in range(width):
+            for j in range(0 if c >= cbody else jbody, width):
                 bf[uintp(base + j * planes + c)] = xf[uintp(src + j)]
 
 
