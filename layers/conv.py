@@ -36,8 +36,8 @@ from .cpu import gemm, gemm_acc
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
-                   VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1, tile_pixels,
-                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
+                   TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1,
+                   tile_pixels, tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -69,7 +69,7 @@ LANES_FILL = 0.75
 LANES_PLANE = 196
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
-DW_BLOCK_BYTES = 96 << 10  # the tap tiles' weight gradient: images of about this many bytes (planes and top diff) at a time
+DW_BLOCK_BYTES = 96 << 10  # the tap tiles' weight gradient: images of about this many bytes (planes, top diff) at once
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
 
@@ -790,8 +790,9 @@ class DirectPlan:
         self.rows = np.zeros(s, np.bool_)  # the row phases some tap reads (a 1x1 kernel: the first alone)
         self.rows[[t[0] // s for t in taps]] = True
         self.k, self.out_c = c * kh * kw, out_c
-        # the weight gradient's tiles: one vector of filters where two would hold more padding (and twice the taps)
-        self.taps_nv = 1 if _round_up(out_c, step) < _round_up(out_c, TAPS_NV * step) else TAPS_NV
+        # the weight gradient's tiles: one vector of filters (and twice the taps) where two would compute too many
+        # padding filters (simd.TAPS_ONE: 16 filters on AVX-512, 8 on AVX2)
+        self.taps_nv = 1 if _round_up(out_c, TAPS_NV * step) > TAPS_ONE * _round_up(out_c, step) else TAPS_NV
         self.offs = np.zeros(_round_up(self.k, TAPS_KR1 if self.taps_nv == 1 else TAPS_KR), np.int64)
         self.offs[:self.k] = ((np.arange(c)[:, None] * s * s + np.array([t[0] for t in taps])[None]) * length
                               + np.array([t[1] for t in taps])[None]).reshape(-1)

@@ -58,6 +58,10 @@ BCAST_MR = 8 if VECTOR_BYTES == 64 else 4   # tile_bcast3: rows x 3 vectors
 TAPS_KR = 12 if VECTOR_BYTES == 64 else 6   # tile_taps: taps x TAPS_NV vectors
 TAPS_NV = 2
 TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filters that fill one vector, not two)
+# tile_taps1 only where two vectors would compute more than TAPS_ONE times the filters one computes: its taps'
+# pointers spill (12 or 24 of them), and it ran 0.65x (32-byte vectors: LeNet's conv2 73 against 116 GFLOP/s
+# computed) and 0.8x (64: ResNet-20's 16 filters 161 against ~205) the speed of two vectors
+TAPS_ONE = 1.25 if VECTOR_BYTES == 64 else 1.5
 PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
 PIX_MR, PIX_NV = 6, 2                        # tile_pixels: pixels x vectors of filters (best of 4 sizes measured)
 LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images
