@@ -654,11 +654,17 @@ def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
                        out_c, width, LANES_CR, of, ((g * cpad + c0) * plane + p) * width, plane * width)
 
 
-def lanes_weights(w3, wt, stage):
-    """w3 (T, M, N) -> wt (B, T, M, LANES_CR), lanes_conv_data's blocks: wt[b, t, m, r] = w3[t, m, b*CR + r], zero
-    past N (stage: a (T, M, B*CR) array whose columns past N are zero)."""
-    stage[:, :, :w3.shape[2]] = w3
-    wt[...] = stage.reshape(stage.shape[0], stage.shape[1], -1, LANES_CR).transpose(2, 0, 1, 3)
+@njit(cache=True, nogil=True)
+def lanes_weights(w3, wt):
+    """w3 (T, M, N), a view of the weights in any order -> wt (B, T, M, LANES_CR), lanes_conv_data's blocks:
+    wt[b, t, m, r] = w3[t, m, b*CR + r], zero past N (one pass, no copy between)."""
+    taps, rows, n = w3.shape
+    for b in range(wt.shape[0]):
+        for t in range(taps):
+            for m in range(rows):
+                for r in range(LANES_CR):
+                    j = b * LANES_CR + r
+                    wt[b, t, m, r] = w3[t, m, j] if j < n else 0
 
 
 @njit(cache=True, nogil=True)
@@ -908,7 +914,6 @@ class DirectPlan:
             self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
             self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
             self.wt = scratch(self.key + ("wt",), (cpad // LANES_CR, kh * kw, out_c, LANES_CR), dtype)
-            self.wt_stage = scratch(self.key + ("wt stage",), (kh * kw, out_c, cpad), dtype, zeros=True)
 
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
@@ -920,7 +925,6 @@ class DirectPlan:
             opad = _round_up(self.out_c, LANES_CR)
             self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, LANES_CR)
             self.wt_f = np.zeros((opad // LANES_CR, kh * kw, c, LANES_CR), dtype)
-            self.wt_f_stage = np.zeros((kh * kw, c, opad), dtype)
             self.bias_f = np.zeros(_round_up(self.out_c * oh * ow, lanes(dtype)), dtype)
             self.xb = scratch(self.key + ("xb",), (groups, h * w, c, width), dtype)
             self.yb = scratch(self.key + ("yb",), (groups, opad, oh * ow, width), dtype)
@@ -1308,7 +1312,7 @@ class Convolution(Layer):
             out_c, c = self.p.num_output, x.shape[1]
             xb, yb = plan.lanes_forward_buffers()
             if self.fold is None or plan.laid is not self.fold:
-                lanes_weights(weight.reshape(out_c, c, -1).transpose(2, 1, 0), plan.wt_f, plan.wt_f_stage)
+                lanes_weights(weight.reshape(out_c, c, -1).transpose(2, 1, 0), plan.wt_f)
                 plan.bias_f[:y[0].size] = np.repeat(bias, y[0, 0].size) if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
@@ -1395,7 +1399,7 @@ class Convolution(Layer):
         if plan.lanes_data:
             plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
-            lanes_weights(weight.data.reshape(out_c, c, -1).transpose(2, 0, 1), plan.wt, plan.wt_stage)
+            lanes_weights(weight.data.reshape(out_c, c, -1).transpose(2, 0, 1), plan.wt)
             lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb, plan.lanes_last)
             lanes_to_images(plan.dxb.reshape(plan.lane_groups, -1, plan.lane_width), dx.reshape(n, -1))
             return
