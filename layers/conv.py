@@ -32,7 +32,7 @@ from numba import get_num_threads, njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
-from .cpu import gemm, gemm_acc
+from .cpu import gemm, gemm_acc, spread
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
@@ -69,6 +69,7 @@ LANES_FILL = 0.75
 LANES_PLANE = 196
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
 DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
+SPREAD = 1 << 16  # values: copies at least this large are shared out to the threads of a net running whole
 DW_BLOCK_BYTES = 96 << 10  # the tap tiles' weight gradient: images of about this many bytes (planes, top diff) at once
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
 BLOCK_TARGET = 4 << 20   # of about this size
@@ -175,14 +176,13 @@ def channels_first_to_last(dy, buf):
                 bf[uintp(dst + q)] = dyf[uintp(src + q)]
 
 
-@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
-def place_planes(x, buf, start, row):
+def _place_planes(x, buf, start, row):
     """x (N, C, H, W) -> buf (N, B, L), B >= C: buf[n, c, start + i*row + j] = x[n, c, i, j]; the rest of buf
     (its zero padding) is not touched."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]
-    for p in range(n_img * chans):
+    for p in prange(n_img * chans):
         n, c = p // chans, p % chans
         src, dst = p * height * width, (n * planes + c) * length + start
         for i in range(height):
@@ -190,20 +190,25 @@ def place_planes(x, buf, start, row):
                 bf[uintp(dst + i * row + j)] = xf[uintp(src + i * width + j)]
 
 
-@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
-def take_planes(buf, row, y, relu=False, slope=0.0):
+place_planes = spread(_place_planes, SPREAD)
+
+
+def _take_planes(buf, row, y, relu=False, slope=0.0):
     """buf (N, B, L) -> y (N, C, H, W), B >= C: y[n, c, i, j] = buf[n, c, i*row + j]; relu: a ReLU (with
     negative slope `slope`) applied on the way (an in-place ReLU above, folded in inference)."""
     n_img, chans, height, width = y.shape
     yf, bf = y.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]
-    for p in range(n_img * chans):
+    for p in prange(n_img * chans):
         n, c = p // chans, p % chans
         src, dst = (n * planes + c) * length, p * height * width
         for i in range(height):
             for j in range(width):
                 v = bf[uintp(src + i * row + j)]
                 yf[uintp(dst + i * width + j)] = v if not relu or v > 0 else v * slope
+
+
+take_planes = spread(_take_planes, SPREAD)
 
 
 @njit(cache=True, nogil=True)  # a copy, on one thread (place_planes)
@@ -455,8 +460,7 @@ def pixels_to_top(buf, y, relu=False, slope=0.0):
                     yf[uintp(dst + p)] = v if not relu or v > 0 else v * slope
 
 
-@njit(cache=True, nogil=True)  # a copy, on one thread: waking Numba's others costs more (and compiles slower)
-def place_channels_last(x, buf, row):
+def _place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
     touched. Blocks of a vector's channels by as many columns of a row transposed in registers (`transpose_tile`),
     the channels and columns past the last whole block one by one (ResNet-20's 64 x 16 x 32x32: 0.46 -> 0.1 ms;
@@ -467,7 +471,7 @@ def place_channels_last(x, buf, row):
     step = VECTOR_BYTES // x.itemsize
     cbody, jbody = chans - chans % step, width - width % step
     zeros = np.zeros(step, x.dtype)
-    for p in range(n_img * height):
+    for p in prange(n_img * height):
         n, i = p // height, p % height
         base = (n * positions + i * row) * planes
         for c0 in range(0, cbody, step):
@@ -479,6 +483,9 @@ def place_channels_last(x, buf, row):
             src = ((n * chans + c) * height + i) * width
             for j in range(0 if c >= cbody else jbody, width):
                 bf[uintp(base + j * planes + c)] = xf[uintp(src + j)]
+
+
+place_channels_last = spread(_place_channels_last, SPREAD)
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
+
+from .cpu import spread
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -303,16 +305,19 @@ def broadcast_add(x, b, y):
                 y[o, d, i] = x[o, d, i] + bd
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize
-def channel_sums(dy, out):
+def _channel_sums(dy, out):
     """out[d] += sum over outer and inner of dy (outer, dim, inner)."""
     outer, dim, inner = dy.shape
-    for d in range(dim):
+    for d in prange(dim):
         acc = 0.0
         for o in range(outer):
             for i in range(inner):
                 acc += dy[o, d, i]
         out[d] += acc
+
+
+# the float64 sums vectorize; the channels shared out to the threads of a net running whole
+channel_sums = spread(_channel_sums, 1 << 16, fastmath={"reassoc"})
 
 
 @njit(cache=True, nogil=True)

@@ -28,11 +28,15 @@ from netspec.net import Net, NotSplittable, _flush_denormals_once
 # split), and small maps leave Python's per-layer overhead, under one lock, as the cost (8x8 digits LeNet: 0.85x split).
 _open: list = []     # [(OpenBLAS's and Numba's threads before), the open Replicas...]
 MIN_SLICE = 8        # examples per replica
-MIN_MAPS = 1 << 18   # feature-map values per replica (LeNet 28x28 at batch 32: 590k; CIFAR-10 quick at 50: 2.7M)
+# feature-map values per replica: LeNet 28x28 at batch 32 has 590k and runs faster whole on two threads
+# (32-byte vectors 9.7-9.9k against 8.7-9.1k img/s as slices, 64-byte 12.5-12.7k against 11.4-11.5k: the slices'
+# Python takes turns under the GIL, ~10% of each slice, and their diffs are summed after); CIFAR-10 quick at
+# 50 has 2.7M and runs faster as slices (3.5k against 3.25k)
+MIN_MAPS = 1 << 20
 # a forward-only net (predict, test) needs FORWARD_FACTOR times as many: with nothing to run backward its
 # layers are short and the slices' Python takes turns (LeNet at 64: whole 37-39k img/s on two threads,
 # as two slices 30k; CIFAR-10 quick 9.9-10.1k against 8.7-9.7k; the ResNets 1.0-1.08x as slices)
-FORWARD_FACTOR = 32
+FORWARD_FACTOR = 8
 
 
 def start(net: Net, requested: int | None, threads: int | None = None) -> tuple["Replicas | None", str]:

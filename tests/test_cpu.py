@@ -1,6 +1,7 @@
 """layers/cpu.py: matrix products cut into parts on Numba's threads, and the small threaded kernels."""
 import os
 
+import numba
 import numpy as np
 import pytest
 
@@ -74,3 +75,35 @@ def test_zero_and_column_sums_on_one_thread_and_on_all(size):
     add_column_sums(dy, db)
     np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(db, same_order)  # each column in row order, then added: NumPy's float32 sum
+
+
+def _column_total(a, out):
+    for j in numba.prange(a.shape[1]):
+        acc = 0.0
+        for i in range(a.shape[0]):
+            acc += a[i, j]
+        out[j] = acc
+
+
+def test_spread_shares_a_large_call_out_only_where_the_thread_has_others():
+    """cpu.spread: the parallel build for large calls on a thread with several Numba threads (a net running its
+    batch whole), the serial one on a slice's single thread or for small calls; both give the same values."""
+    total = cpu.spread(_column_total, 1000)
+    big, small = np.arange(4000.0).reshape(100, 40), np.ones((3, 4))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        out = np.zeros(40)
+        total(big, out)
+        assert total.serial.signatures and not total.parallel.signatures
+        threads = min(2, numba.config.NUMBA_NUM_THREADS)  # (a one-core machine has no others to share with)
+        numba.set_num_threads(threads)
+        total(small, np.zeros(4))
+        assert not total.parallel.signatures
+        again = np.zeros(40)
+        total(big, again)
+        assert bool(total.parallel.signatures) is (threads > 1)
+        np.testing.assert_array_equal(out, again)
+        np.testing.assert_array_equal(out, big.sum(axis=0))
+    finally:
+        numba.set_num_threads(before)

@@ -179,7 +179,7 @@ def test_a_batch_that_does_not_divide_is_not_split():
 def test_automatic_choice_wants_threads_and_large_maps():
     small = Net(loads(NET), "TRAIN", seed=1)
     assert start(small, None, threads=2)[0] is None  # 8 examples of 10x10 maps: not worth the threads
-    big = Net(loads(NET.replace("[8, 3, 10, 10]}, {dim: [8]", "[64, 3, 40, 40]}, {dim: [64]")), "TRAIN", seed=1)
+    big = Net(loads(NET.replace("[8, 3, 10, 10]}, {dim: [8]", "[64, 3, 80, 80]}, {dim: [64]")), "TRAIN", seed=1)
     replicas, line = start(big, None, threads=2)
     assert replicas is not None and replicas.k == 2 and "2 slices of 32" in line
     replicas.close()
