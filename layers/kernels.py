@@ -317,7 +317,7 @@ def _channel_sums(dy, out):
 
 
 # the float64 sums vectorize; the channels shared out to the threads of a net running whole
-channel_sums = spread(_channel_sums, 1 << 16, fastmath={"reassoc"})
+channel_sums = spread(_channel_sums, 1 << 17, fastmath={"reassoc"})
 
 
 @njit(cache=True, nogil=True)
