@@ -288,10 +288,11 @@ def test_python_lane_tiles_match_the_compiled_ones(last, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("chans, width", [(32, 32), (12, 16), (5, 7)])
+@pytest.mark.parametrize("chans, width", [(32, 32), (20, 24), (12, 16), (5, 7)])
 def test_the_top_diff_goes_channels_last_as_numpy_puts_it(chans, width, dtype):
     """place_channels_last (the weight gradient's top diff, (N, Q, B) on padded rows): every value at its
-    position and channel, the padding's places untouched."""
+    position and channel, the padding's places untouched (whole blocks transposed in registers, the channels and
+    columns past them one by one)."""
     rng = np.random.default_rng(0)
     dy = rng.normal(size=(3, chans, 4, width)).astype(dtype)
     row, planes = width + 2, chans + 3
@@ -548,6 +549,9 @@ with pytest.MonkeyPatch.context() as patch:
     for case in t.BANDS:
         for pixels in (False, True):
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
+for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels
+    for dtype in (np.float32, np.float64):
+        t.test_the_top_diff_goes_channels_last_as_numpy_puts_it(chans, width, dtype)
 for groups in (2, 3):  # the transposes (lanes_to_top with an Eltwise SUM above too): 8 values a block
     with pytest.MonkeyPatch.context() as patch:  # (the kernels as they are, not wrapped by the tests above)
         t.test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(np.float32, groups, patch)
