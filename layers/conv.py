@@ -68,7 +68,7 @@ LANES_FILL = 0.75
 # stride-2 3x3 1.3-1.5x; 16x16 0.84-0.96x and 28x28 0.92x; 1x1 kernels 0.67-0.87x: the direct ones copy less)
 LANES_PLANE = 196
 PLANAR = os.environ.get("YAFFE_CONV_PLANAR", "1") != "0"  # the weight gradient from the planar top diff (DirectPlan)
-DW_IMAGES = 1 << 18  # the weight gradient sums this many input values (~1 MiB float32) per pass over the taps
+DW_IMAGES = 1 << 18  # the planar weight gradient's images a pass: this many values (~1 MiB float32), read back by its tiles
 # values: copies at least this large are shared out to the threads of a net running whole (at 1 << 16 the quick
 # start's 8x8 digits compiled the parallel builds too: 5.1 s to its first iteration from an empty cache, not 4.1)
 SPREAD = 1 << 17
@@ -465,7 +465,7 @@ def pixels_to_top(buf, y, relu=False, slope=0.0):
 def _place_channels_last(x, buf, row):
     """x (N, C, H, W) -> buf (N, Q, B), B >= C: buf[n, i*row + j, c] = x[n, c, i, j]; the rest of buf is not
     touched. Blocks of a vector's channels by as many columns of a row transposed in registers (`transpose_tile`),
-    the channels and columns past the last whole block one by one (ResNet-20's 64 x 16 x 32x32: 0.46 -> 0.1 ms;
+    the channels and columns past the last whole block one by one (ResNet-20's 64 x 16 x 32x32: 0.46 -> 0.30 ms;
     the loops alone wrote 8 GB/s)."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
@@ -932,7 +932,7 @@ class DirectPlan:
 
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
-        entries, the weights laid out (T, C, Opad) and the bias by top position (each channel's OH*OW times)."""
+        entries, the weights laid out in blocks (Opad/LANES_CR, T, C, LANES_CR) and the bias by top position (each channel's OH*OW times)."""
         if self.wt_f is None:
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
             c = self.bottom_shape[1]

@@ -180,31 +180,30 @@ def _renamed(fn, suffix):
     return copy
 
 
-def spread(fn, minimum, **options):
-    """fn compiled twice: on all of Numba's threads for a call whose first argument has `minimum` elements or more
-    while the calling thread has more than one (a net running its batch whole), else on the calling thread (a
-    slice's: there a launch costs more than the copy it shares out; ResNet-20's slices 2.5% slower)."""
-    parallel = njit(cache=True, nogil=True, parallel=True, **options)(fn)
-    serial = njit(cache=True, nogil=True, **options)(_renamed(fn, "_serial"))
-
-    def call(first, *rest):
-        return (parallel if first.size >= minimum and get_num_threads() > 1 else serial)(first, *rest)
-    call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
-    call.serial, call.parallel = serial, parallel
-    return call
-
-
 def threaded(fn, minimum, **options):
     """fn compiled twice: on all of Numba's threads (its prange loops shared out) for calls whose first
     argument has `minimum` elements or more, and on the calling thread (a launch costs a few us while the
-    threads spin, 30-300 us once they sleep). The serial one is `.serial`."""
+    threads spin, 30-300 us once they sleep). The builds are `.serial` and `.parallel`."""
     parallel = njit(cache=True, nogil=True, parallel=True, **options)(fn)
     serial = njit(cache=True, nogil=True, **options)(_renamed(fn, "_serial"))
 
     def call(first, *rest):
         return (parallel if first.size >= minimum else serial)(first, *rest)
     call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
-    call.serial = serial
+    call.serial, call.parallel = serial, parallel
+    return call
+
+
+def spread(fn, minimum, **options):
+    """threaded(fn, minimum), and the serial build also wherever the calling thread has no others: a slice's
+    thread (solvers/replicas.py), where a launch costs more than the copy it shares out (ResNet-20's slices 2.5%
+    slower); the parallel build for a net running its batch whole."""
+    both = threaded(fn, minimum, **options)
+
+    def call(first, *rest):
+        return (both if get_num_threads() > 1 else both.serial)(first, *rest)
+    call.__name__, call.__doc__ = both.__name__, fn.__doc__
+    call.serial, call.parallel = both.serial, both.parallel
     return call
 
 
