@@ -21,6 +21,7 @@ group is a single large matrix product.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -35,9 +36,10 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc, spread
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums, sum_into
-from .simd import (BCAST_MR, LANES_CR, LANES_NB, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR, TAPS_KR, TAPS_KR1, TAPS_NV,
-                   TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3, tile_lanes, tile_lanes1,
-                   tile_pixels, tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
+from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
+                   TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
+                   tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels,
+                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -56,6 +58,7 @@ PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
 # forward-only nets: a convolution as one kernel a band of output rows or pixels (direct_conv_bands, _pixels_bands)
 BANDS = os.environ.get("YAFFE_CONV_BANDS", "1") != "0"
+TRAIN_BANDS = os.environ.get("YAFFE_TRAIN_BANDS", "1") != "0"
 # the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
 # the input rows and the sums); 0: all taps a tile
 PIX_KB_VALUES = 4096
@@ -643,43 +646,75 @@ def lanes_to_images(buf, x):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last):
-    """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (Cpad/LANES_CR, T, O,
-    LANES_CR) the weights in blocks of the tile's channels (T = kh*kw taps; a block's weights, contiguous, stay in
-    L1 while it sums every pixel), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the top-diff
-    offset q*O*L and the weight offset t*O*LANES_CR of every tap t it receives from top pixel q) -> dxb (G, Cpad,
-    P, L): dxb[g, c, p, l] = sum over p's entries e and o < O of wt[c // CR, t_e, o, c % CR] * dyb[g, q_e, o, l],
-    for the lanes l that hold images: `last` images in the last group (where one vector holds them, the lanes past
-    it are not written)."""
+def lanes_conv_data(dyb, starts, ent_d, ent_w, wt, dxb, last, blocks):
+    """The data gradient with the images in the lanes: dyb (G, Q, O, L) the top diff, wt (B, T, O, LANES_ROW) the
+    weights in blocks of the tiles' channels (T = kh*kw taps; a block's weights, contiguous, stay in L1 while it
+    sums every pixel), blocks (B, 2) each tile's first channel and width (lane_blocks: one of LANES_WIDTHS; a tile
+    reads the first `width` of each row), starts (P+1,) and the entries ent_d, ent_w of each input pixel p (the
+    top-diff offset q*O*L and the weight offset t*O*LANES_ROW of every tap t it receives from top pixel q) -> dxb
+    (G, Cpad, P, L): dxb[g, c, p, l] = sum over p's entries e and o < O of wt[b, t_e, o, c - c0_b] * dyb[g, q_e, o,
+    l] for the block b holding c, for the lanes l that hold images: `last` images in the last group (where one
+    vector holds them, the lanes past it are not written)."""
     groups, positions, out_c, width = dyb.shape
     cpad, plane = dxb.shape[1], dxb.shape[2]
-    blocks = cpad // LANES_CR
-    block = wt.shape[1] * wt.shape[2] * LANES_CR  # one block's weights
-    tail = last <= VECTOR_BYTES // dyb.itemsize  # the last group on one vector (tile_lanes1)
+    n_blocks, row = blocks.shape[0], wt.shape[3]
+    block = wt.shape[1] * wt.shape[2] * row  # one block's weights
+    tail = last <= VECTOR_BYTES // dyb.itemsize  # the last group on one vector (tile_lanes_*1)
     df, wf, of = dyb.reshape(-1), wt.reshape(-1), dxb.reshape(-1)
-    for task in prange(groups * blocks * plane):
-        g, rest = task // (blocks * plane), task % (blocks * plane)
+    for task in prange(groups * n_blocks * plane):
+        g, rest = task // (n_blocks * plane), task % (n_blocks * plane)
         b, p = rest // plane, rest % plane
-        c0 = b * LANES_CR
+        c0, cw = blocks[b, 0], blocks[b, 1]
+        db, e0, e1, wb = g * positions * out_c * width, starts[p], starts[p + 1], b * block
+        ob, os_ = ((g * cpad + c0) * plane + p) * width, plane * width
         if tail and g == groups - 1:
-            tile_lanes1(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, b * block,
-                        out_c, width, LANES_CR, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+            if cw == LANES_WIDTHS[0]:
+                tile_lanes_a1(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
+            elif cw == LANES_WIDTHS[1]:
+                tile_lanes_b1(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
+            else:
+                tile_lanes_c1(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
+        elif cw == LANES_WIDTHS[0]:
+            tile_lanes_a(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
+        elif cw == LANES_WIDTHS[1]:
+            tile_lanes_b(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
         else:
-            tile_lanes(df, g * positions * out_c * width, ent_d, ent_w, starts[p], starts[p + 1], wf, b * block,
-                       out_c, width, LANES_CR, of, ((g * cpad + c0) * plane + p) * width, plane * width)
+            tile_lanes_c(df, db, ent_d, ent_w, e0, e1, wf, wb, out_c, width, row, of, ob, os_)
 
 
 @njit(cache=True, nogil=True)
-def lanes_weights(w3, wt):
-    """w3 (T, M, N), a view of the weights in any order -> wt (B, T, M, LANES_CR), lanes_conv_data's blocks:
-    wt[b, t, m, r] = w3[t, m, b*CR + r], zero past N (one pass, no copy between)."""
+def lanes_weights(w3, wt, blocks):
+    """w3 (T, M, N), a view of the weights in any order -> wt (B, T, M, LANES_ROW), lanes_conv_data's blocks:
+    wt[b, t, m, r] = w3[t, m, c0_b + r] for r < width_b, zero past it and past N (one pass, no copy between)."""
     taps, rows, n = w3.shape
     for b in range(wt.shape[0]):
+        c0, cw = blocks[b, 0], blocks[b, 1]
         for t in range(taps):
             for m in range(rows):
-                for r in range(LANES_CR):
-                    j = b * LANES_CR + r
-                    wt[b, t, m, r] = w3[t, m, j] if j < n else 0
+                for r in range(wt.shape[3]):
+                    j = c0 + r
+                    wt[b, t, m, r] = w3[t, m, j] if r < cw and j < n else 0
+
+
+@functools.lru_cache(maxsize=None)
+def lane_blocks(n):
+    """(B, 2) int64, each lanes tile's first channel and width: n channels in tiles of LANES_WIDTHS at the least
+    cost (LANES_COST a channel, padding included; ties: fewer tiles, the first widths first). 20 channels at
+    32-byte vectors: 6, 6, 4, 4 (24 as tiles of 6); 50: 6 x 7, 4, 4 (54)."""
+    top = n + max(LANES_WIDTHS)
+    best = [(0.0, 0, ())] + [None] * top  # covering exactly k channels: (cost, tiles, widths)
+    for k in range(1, top + 1):
+        for w, c in zip(LANES_WIDTHS, LANES_COST):
+            if k >= w and best[k - w] is not None:
+                cost, tiles, widths = best[k - w]
+                option = (cost + w * c, tiles + 1, tuple(sorted(widths + (w,), key=LANES_WIDTHS.index)))
+                if best[k] is None or option[:2] < best[k][:2]:
+                    best[k] = option
+    widths = min((b for b in best[n:] if b is not None), key=lambda b: b[:2])[2]
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    blocks = np.array(list(zip(starts, widths)), np.int64).reshape(-1, 2)
+    blocks.setflags(write=False)
+    return blocks
 
 
 @njit(cache=True, nogil=True)
@@ -727,7 +762,7 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
 def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, width, opad):
     """(starts, ent_d, ent_w) of lanes_conv_data run forward: for every output pixel (oy, ox), in order, the taps
     (i, j) whose input pixel (oy*sh - ph + i*dh, ox*sw - pw + j*dw) is inside the bottom: ent_d = (y*W + x)*C*width,
-    ent_w = (i*kw + j)*C*opad (opad: a weight row's length, LANES_CR in lanes_conv_data's blocks)."""
+    ent_w = (i*kw + j)*C*opad (opad: a weight row's length, LANES_ROW in lanes_conv_data's blocks)."""
     (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
     oy, ox, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
                                                         indexing="ij"))
@@ -742,7 +777,7 @@ def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, wi
 def lane_entries(in_hw, out_hw, kernel, pad, dilation, stride, out_c, width, cpad):
     """(starts, ent_d, ent_w) of lanes_conv_data: for every input pixel (y, x), in order, the taps (i, j) with a
     top pixel (oy, ox) = ((y + ph - i*dh) / sh, (x + pw - j*dw) / sw) whole and inside the top: ent_d =
-    (oy*OW + ox)*O*width, ent_w = (i*kw + j)*O*cpad (cpad: a weight row's length, LANES_CR in lanes_conv_data's
+    (oy*OW + ox)*O*width, ent_w = (i*kw + j)*O*cpad (cpad: a weight row's length, LANES_ROW in lanes_conv_data's
     blocks)."""
     (h, w), (oh, ow), (kh, kw), (ph, pw), (dh, dw), (sh, sw) = in_hw, out_hw, kernel, pad, dilation, stride
     y, x, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(h), np.arange(w), np.arange(kh), np.arange(kw),
@@ -924,22 +959,25 @@ class DirectPlan:
             out_c, dtype = self._backward_shape[1], self._backward_shape[3]
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
             c, width, groups = self.bottom_shape[1], self.lane_width, self.lane_groups
-            cpad = _round_up(c, LANES_CR)
-            self.entries = lane_entries(*self.lane_geometry, out_c, width, LANES_CR)
+            self.blocks = lane_blocks(c)
+            cpad = int(self.blocks[:, 1].sum())
+            self.entries = lane_entries(*self.lane_geometry, out_c, width, LANES_ROW)
             self.dyb = scratch(self.key + ("dyb",), (groups, oh * ow, out_c, width), dtype)
             self.dxb = scratch(self.key + ("dxb",), (groups, cpad, h * w, width), dtype)
-            self.wt = scratch(self.key + ("wt",), (cpad // LANES_CR, kh * kw, out_c, LANES_CR), dtype)
+            self.wt = scratch(self.key + ("wt",), (len(self.blocks), kh * kw, out_c, LANES_ROW), dtype)
 
     def lanes_forward_buffers(self):
         """(xb (G, H*W, C, L), yb (G, Opad, OH*OW, L)) of the lanes forward, allocated at its first call with the
-        entries, the weights laid out in blocks (Opad/LANES_CR, T, C, LANES_CR) and the bias by top position (each channel's OH*OW times)."""
+        entries, the weights laid out in blocks (B, T, C, LANES_ROW) of the tiles' filters (lane_blocks) and the bias by
+        top position (each channel's OH*OW times)."""
         if self.wt_f is None:
             (h, w), (oh, ow), (kh, kw) = self.lane_geometry[:3]
             c = self.bottom_shape[1]
             dtype, width, groups = self.w.dtype, self.lane_width, self.lane_groups
-            opad = _round_up(self.out_c, LANES_CR)
-            self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, LANES_CR)
-            self.wt_f = np.zeros((opad // LANES_CR, kh * kw, c, LANES_CR), dtype)
+            self.blocks_f = lane_blocks(self.out_c)
+            opad = int(self.blocks_f[:, 1].sum())
+            self.entries_f = lane_entries_forward(*self.lane_geometry, c, width, LANES_ROW)
+            self.wt_f = np.zeros((len(self.blocks_f), kh * kw, c, LANES_ROW), dtype)
             self.bias_f = np.zeros(_round_up(self.out_c * oh * ow, lanes(dtype)), dtype)
             self.xb = scratch(self.key + ("xb",), (groups, h * w, c, width), dtype)
             self.yb = scratch(self.key + ("yb",), (groups, opad, oh * ow, width), dtype)
@@ -1150,13 +1188,13 @@ class Convolution(Layer):
         if plan.lanes_forward:
             x3, y3, (xb, yb), entries = x.reshape(x.shape[0], x.shape[1], -1), y.reshape(
                 y.shape[0], self.p.num_output, -1), plan.lanes_forward_buffers(), plan.entries_f
-            wt, bias_f, holder, last = plan.wt_f, plan.bias_f, plan.holder, plan.lanes_last
+            wt, bias_f, holder, last, blocks = plan.wt_f, plan.bias_f, plan.holder, plan.lanes_last, plan.blocks_f
             added = () if residual is None else (residual[0].reshape(-1),) + residual[1:]
 
             def run():
                 holder[0] = 0
                 images_to_lanes(x3, xb)
-                lanes_conv_data(xb, *entries, wt, yb, last)
+                lanes_conv_data(xb, *entries, wt, yb, last, blocks)
                 lanes_to_top(yb, y3, bias_f, relu, slope, *added)
             return run
         n, xpad, wp, holder, out = x.shape[0], plan.xpad, plan.wp, plan.holder, plan.out
@@ -1327,12 +1365,12 @@ class Convolution(Layer):
             out_c, c = self.p.num_output, x.shape[1]
             xb, yb = plan.lanes_forward_buffers()
             if self.fold is None or plan.laid is not self.fold:
-                lanes_weights(weight.reshape(out_c, c, -1).transpose(2, 1, 0), plan.wt_f)
+                lanes_weights(weight.reshape(out_c, c, -1).transpose(2, 1, 0), plan.wt_f, plan.blocks_f)
                 plan.bias_f[:y[0].size] = np.repeat(bias, y[0, 0].size) if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # (xpad holds no layer's input now: the backward places x there)
             images_to_lanes(x.reshape(x.shape[0], c, -1), xb)
-            lanes_conv_data(xb, *plan.entries_f, plan.wt_f, yb, plan.lanes_last)
+            lanes_conv_data(xb, *plan.entries_f, plan.wt_f, yb, plan.lanes_last, plan.blocks_f)
             lanes_to_top(yb, y.reshape(y.shape[0], out_c, -1), plan.bias_f, *relu)
             return
         if plan is not None:
@@ -1342,6 +1380,23 @@ class Convolution(Layer):
                 plan.bias[:out_c] = bias if has_bias else 0
                 plan.laid = self.fold
             plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
+            n = x.shape[0]
+            if TRAIN_BANDS and BANDS and not plan.x_direct and not plan.subsample and n >= get_num_threads() \
+                    and not (plan.y_direct and not relu[0]):
+                # place, product and copy to the top in one task an image (its values stay in the core's caches);
+                # the padded planes hold x after it, for the backward
+                length = plan.xpad.shape[2]
+                reach = int((plan.offs[:plan.k] % length).max())
+                res = y.reshape(-1)[:0]
+                if plan.pixels:
+                    direct_conv_pixels_bands(x, plan.xpad, *plan.pad, plan.stride, plan.wp, plan.rows, reach,
+                                             plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out, y, res, 1.0,
+                                             0.0, *relu, 1)
+                else:
+                    direct_conv_bands(x, plan.xpad, *plan.pad, plan.stride, plan.wp, plan.rows, reach,
+                                      plan.offs[:plan.k], plan.w, plan.bias, plan.out, y, res, 1.0, 0.0, *relu, 1)
+                plan.holder[:] = (id(self), x.ctypes.data)
+                return
             xp = plan.source(x, self)
             if plan.pixels:
                 direct_conv_pixels(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out,
@@ -1414,8 +1469,8 @@ class Convolution(Layer):
         if plan.lanes_data:
             plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)
-            lanes_weights(weight.data.reshape(out_c, c, -1).transpose(2, 0, 1), plan.wt)
-            lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb, plan.lanes_last)
+            lanes_weights(weight.data.reshape(out_c, c, -1).transpose(2, 0, 1), plan.wt, plan.blocks)
+            lanes_conv_data(plan.dyb, *plan.entries, plan.wt, plan.dxb, plan.lanes_last, plan.blocks)
             lanes_to_images(plan.dxb.reshape(plan.lane_groups, -1, plan.lane_width), dx.reshape(n, -1))
             return
         if plan.stride > 1 or plan.data_useful < DIRECT_USEFUL_DATA:

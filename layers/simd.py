@@ -15,12 +15,12 @@ need no im2col buffer.
       out[obase + s*ostride + u] += sum over m < images, q = y*row + c (y < rows, c < cols) of
           x[xbase + m*ximage + offs[kbase + s] + q] * dy[dbase + m*dimage + q*dstride + u]
   (the weight gradient, from the top diff stored channels-last).
-- `tile_lanes(d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride)`, CR
-  channels by NB vectors of images (images in the lanes), for r < CR and u < NB*lanes:
+- `tile_lanes_a(d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride)`, CR
+  channels (LANES_WIDTHS: a, b, c) by NB vectors of images (images in the lanes), for r < CR and u < NB*lanes:
       out[obase + r*ostride + u] = sum over e0 <= e < e1 and m < count of
           w[wbase + ent_w[e] + m*wstride + r] * d[dbase + ent_d[e] + m*dstride + u]
   (the data gradient of a convolution over an entry list of the taps each input pixel receives: no padding);
-  `tile_lanes1` the same on one vector of images (u < lanes).
+  `tile_lanes_a1` the same on one vector of images (u < lanes).
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -64,7 +64,14 @@ TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filt
 TAPS_ONE = 1.25 if VECTOR_BYTES == 64 else 1.5
 PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
 PIX_MR, PIX_NV = 6, 2                        # tile_pixels: pixels x vectors of filters (best of 4 sizes measured)
-LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images
+LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images (depthwise)
+# the convolutions' lanes tiles come in three widths (channels a tile), mixed so that a layer's channels are covered
+# with the least padding (layers/conv.lane_blocks): their cost a channel relative to the first, measured on
+# LeNet's conv2 (5 at 32-byte vectors 0.95-1.08x, 4 1.04-1.15x; 10 at 64-byte 0.94-0.96x, 12 0.89-0.93x: their
+# products reuse each vector of images more)
+LANES_WIDTHS = (8, 10, 12) if VECTOR_BYTES == 64 else (6, 5, 4)
+LANES_COST = (1.0, 0.95, 0.92) if VECTOR_BYTES == 64 else (1.0, 1.02, 1.08)
+LANES_ROW = max(LANES_WIDTHS)  # a row of the weights' blocks (lanes_conv_data: a tile reads its first `width`)
 
 
 def lanes(dtype) -> int:
@@ -269,7 +276,7 @@ def _make_tile_lanes(cr, nb):
                     store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "tile_lanes" if nb == LANES_NB else f"tile_lanes{nb}"
+    tile.__name__ = tile.__qualname__ = f"tile_lanes{cr}" + ("" if nb == LANES_NB else f"_{nb}")
     return intrinsic(tile)
 
 
@@ -499,10 +506,13 @@ else:
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # tile_lanes1: one vector of images, for a last group of lanes that one vector holds (a batch of 50 at 32-byte
 # vectors: 56 lanes computed, not 64)
+# (a, b, c: LANES_WIDTHS' three widths)
 if config.DISABLE_JIT:
-    tile_lanes, tile_lanes1 = (functools.partial(_py_tile_lanes, LANES_CR, nb) for nb in (LANES_NB, 1))
+    (tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1) = (
+        functools.partial(_py_tile_lanes, cr, nb) for cr in LANES_WIDTHS for nb in (LANES_NB, 1))
 else:
-    tile_lanes, tile_lanes1 = _make_tile_lanes(LANES_CR, LANES_NB), _make_tile_lanes(LANES_CR, 1)
+    (tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1) = (
+        _make_tile_lanes(cr, nb) for cr in LANES_WIDTHS for nb in (LANES_NB, 1))
 # the depthwise tiles: LANES_CR channels a tile, and one for the channels past the last whole tile
 if config.DISABLE_JIT:
     tile_dw, tile_dw1, tile_dw_dot, tile_dw_dot1 = (functools.partial(_py_tile_dw, cr, LANES_NB, dot)

@@ -90,7 +90,7 @@ def _kernels(net, out, phase="TRAIN") -> dict:
     out(f"Kernels: {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
         f"vectors (forward), {simd.PIX_MR} pixels x {simd.PIX_NV} vectors (pixel tiles), {simd.TAPS_KR} taps x "
         f"{simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 vector where the filters fill one "
-        f"vector), {simd.LANES_CR} channels x {simd.LANES_NB} vectors of images (images in the lanes)")
+        f"vector), {'/'.join(map(str, simd.LANES_WIDTHS))} channels x {simd.LANES_NB} vectors of images (images in the lanes)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
     relus = getattr(net, "_fused_relu", {})
@@ -101,7 +101,7 @@ def _kernels(net, out, phase="TRAIN") -> dict:
             f"forward, two backward; the table above times them apart): {len(fused)} pairs ({', '.join(fused[:3])}"
             f"{', ...' if len(fused) > 3 else ''})")
     return {"vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR, "taps_rows": simd.TAPS_KR,
-            "lanes_channels": simd.LANES_CR, "convolutions": paths, "fused": fused}
+            "lanes_channels": list(simd.LANES_WIDTHS), "convolutions": paths, "fused": fused}
 
 
 def _data_alone(net, iterations, out) -> list:

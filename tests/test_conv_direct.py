@@ -56,6 +56,8 @@ layer:
     monkeypatch.setattr(conv, "direct_conv_dw_planar", lambda *a: calls.append("dw") or original_planar(*a))
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
     monkeypatch.setattr(conv, "direct_conv_pixels", lambda *a: calls.append("conv") or original_pixels(*a))
+    for name in ("direct_conv_bands", "direct_conv_pixels_bands"):  # (the training forward's one pass)
+        monkeypatch.setattr(conv, name, (lambda f: lambda *a: calls.append("conv") or f(*a))(getattr(conv, name)))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
     layer.forward(net.bottom_vecs[1], net.top_vecs[1])
@@ -205,14 +207,30 @@ def test_a_last_group_of_lanes_that_one_vector_holds_is_computed_on_one_vector(t
     width = simd.LANES_NB * step
     last = 3 if tail == "one vector" else step + 3
     dyb = np.arange(2 * width, dtype=dtype).reshape(2, 1, 1, width) + 1
-    wt = np.full((1, 1, simd.LANES_CR), 2, dtype)
-    dxb = np.full((2, simd.LANES_CR, 1, width), np.nan, dtype)
+    cr = sum(simd.LANES_WIDTHS)  # a tile of each width
+    blocks = np.array([[sum(simd.LANES_WIDTHS[:k]), w] for k, w in enumerate(simd.LANES_WIDTHS)], np.int64)
+    wt = np.full((3, 1, 1, simd.LANES_ROW), 2, dtype)
+    dxb = np.full((2, cr, 1, width), np.nan, dtype)
     starts, ent = np.array([0, 1], np.int64), np.zeros(1, np.int64)
-    conv.lanes_conv_data(dyb, starts, ent, ent, wt, dxb, last)
-    np.testing.assert_array_equal(dxb[0], np.broadcast_to(2 * dyb[0, 0, 0], (simd.LANES_CR, width))[:, None])
+    conv.lanes_conv_data(dyb, starts, ent, ent, wt, dxb, last, blocks)
+    np.testing.assert_array_equal(dxb[0], np.broadcast_to(2 * dyb[0, 0, 0], (cr, width))[:, None])
     done = step if tail == "one vector" else width
-    np.testing.assert_array_equal(dxb[1, :, 0, :done], np.broadcast_to(2 * dyb[1, 0, 0, :done], (simd.LANES_CR, done)))
+    np.testing.assert_array_equal(dxb[1, :, 0, :done], np.broadcast_to(2 * dyb[1, 0, 0, :done], (cr, done)))
     assert np.isnan(dxb[1, :, 0, done:]).all()
+
+
+@pytest.mark.parametrize("n", [1, 4, 5, 7, 16, 20, 24, 32, 50, 64, 100, 128, 500])
+def test_lane_blocks_cover_the_channels_with_the_least_padding(n):
+    """lane_blocks: consecutive tiles of LANES_WIDTHS from channel 0 covering n channels, padded by less than the
+    narrowest width (no tile wholly past n); LeNet's 20 and 50 channels and the usual counts from 16 on without
+    padding at either vector width."""
+    blocks = conv.lane_blocks(n)
+    starts, widths = blocks[:, 0], blocks[:, 1]
+    assert set(widths.tolist()) <= set(simd.LANES_WIDTHS)
+    assert starts[0] == 0 and (starts[1:] == np.cumsum(widths)[:-1]).all()
+    assert n <= widths.sum() < n + min(simd.LANES_WIDTHS) and starts[-1] < n
+    if n >= 16:
+        assert widths.sum() == n
 
 
 LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride)
@@ -222,6 +240,7 @@ LANES_FORWARD = [  # (bottom shape, num_output, kernel, pad, dilation, stride)
     ((4, 16, 16), 16, (3, 3), (1, 1), 1, 2),     # ResNet's down-sampling
     ((6, 8, 8), 7, (3, 3), (1, 1), 1, 1),        # channels and filters past a tile
     ((5, 7, 7), 6, (3, 3), (1, 1), 1, 1),        # a plane of 49: columns past the last whole vector
+    ((12, 6, 6), 24, (3, 3), (1, 1), 1, 1),      # the widest tiles at 64-byte vectors (lane_blocks)
 ]
 
 
@@ -269,18 +288,20 @@ def test_python_lane_tiles_match_the_compiled_ones(last, monkeypatch):
     in the lanes."""
     import functools
     rng = np.random.default_rng(0)
-    width, (c, out_c) = simd.LANES_NB * simd.lanes(np.float64), (6, 5)
-    cpad = -(-c // simd.LANES_CR) * simd.LANES_CR
-    entries = conv.lane_entries((7, 6), (4, 3), (3, 3), (1, 1), (1, 1), (2, 2), out_c, width, cpad)
-    dyb, wt = rng.normal(size=(2, 12, out_c, width)), rng.normal(size=(9, out_c, cpad))
+    width, out_c = simd.LANES_NB * simd.lanes(np.float64), 5
+    cpad = sum(simd.LANES_WIDTHS)  # a tile of each width
+    blocks = np.array([[sum(simd.LANES_WIDTHS[:k]), w] for k, w in enumerate(simd.LANES_WIDTHS)], np.int64)
+    entries = conv.lane_entries((7, 6), (4, 3), (3, 3), (1, 1), (1, 1), (2, 2), out_c, width, simd.LANES_ROW)
+    dyb, wt = rng.normal(size=(2, 12, out_c, width)), rng.normal(size=(3, 9, out_c, simd.LANES_ROW))
     results = []
     for python in (False, True):
         if python:
-            for name, nb in (("tile_lanes", simd.LANES_NB), ("tile_lanes1", 1)):
-                monkeypatch.setattr(conv, name, functools.partial(simd._py_tile_lanes, simd.LANES_CR, nb))
+            for k, w in zip("abc", simd.LANES_WIDTHS):
+                for suffix, nb in (("", simd.LANES_NB), ("1", 1)):
+                    monkeypatch.setattr(conv, f"tile_lanes_{k}{suffix}", functools.partial(simd._py_tile_lanes, w, nb))
         run = conv.lanes_conv_data.py_func if python else conv.lanes_conv_data
         dxb = np.zeros((2, cpad, 42, width))
-        run(dyb, *entries, wt, dxb, last)
+        run(dyb, *entries, wt, dxb, last, blocks)
         results.append(dxb)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
     past = results[0][1, ..., simd.lanes(np.float64):]  # the last group's second vector: written only for 2
@@ -470,17 +491,18 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert plan.nq % (3 * simd.lanes(np.float64)) in (simd.lanes(np.float64), 2 * simd.lanes(np.float64))
     lanes = simd.lanes(np.float64)
-    assert plan.taps_nv == (1 if -(-out_c // lanes) % simd.TAPS_NV else simd.TAPS_NV)  # no vector of padding only
+    vectors = -(-out_c // lanes)  # one vector of filters a tile where two would compute TAPS_ONE times as many
+    assert plan.taps_nv == (1 if -(-vectors // simd.TAPS_NV) * simd.TAPS_NV > simd.TAPS_ONE * vectors else simd.TAPS_NV)
 
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_python_pixel_tiles_match_the_compiled_ones(monkeypatch, n):
     """tile_pixels (and tile_pixels_acc, a block of taps after the first) under NUMBA_DISABLE_JIT and compiled:
-    the forward as pixel tiles, its taps in blocks (360 taps: two blocks of 256 compiled, 60 blocks of 6 in
-    Python) and unblocked, a batch of one in parts over the threads."""
+    the forward as pixel tiles, its taps in blocks (720 taps: blocks of 256 compiled at 64-byte vectors, of 512
+    at 32; 120 blocks of 6 in Python) and unblocked, a batch of one in parts over the threads."""
     import functools
     rng = np.random.default_rng(0)
-    shape, out_c = (n, 40, 7, 6), 5
+    shape, out_c = (n, 80, 7, 6), 5
     monkeypatch.setattr(conv, "PIXELS", True)
     plan = conv.DirectPlan(shape, out_c, (3, 3), (1, 1), (1, 1), (7, 6), np.float64)
     plan.w[:, :out_c] = rng.normal(size=(plan.k, out_c))
@@ -552,6 +574,21 @@ with pytest.MonkeyPatch.context() as patch:
 for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels
     for dtype in (np.float32, np.float64):
         t.test_the_top_diff_goes_channels_last_as_numpy_puts_it(chans, width, dtype)
+for n in (16, 20, 50, 64, 7):  # the lanes tiles' widths: 6, 5 and 4 channels
+    t.test_lane_blocks_cover_the_channels_with_the_least_padding(n)
+for last in (3, 8):  # each tile in Python and compiled, the last group on one vector and on two
+    with pytest.MonkeyPatch.context() as patch:
+        t.test_python_lane_tiles_match_the_compiled_ones(last, patch)
+for tail in ("one vector", "two vectors"):
+    t.test_a_last_group_of_lanes_that_one_vector_holds_is_computed_on_one_vector(tail, np.float32)
+for n in (1, 2):
+    with pytest.MonkeyPatch.context() as patch:
+        t.test_python_pixel_tiles_match_the_compiled_ones(patch, n)
+for out_c in (10, 7, 3):
+    with pytest.MonkeyPatch.context() as patch:
+        t.test_python_tiles_match_the_compiled_ones(patch, 6, 7, out_c)
+with pytest.MonkeyPatch.context() as patch:
+    t.test_python_planar_tiles_match_the_compiled_ones(patch)
 for groups in (2, 3):  # the transposes (lanes_to_top with an Eltwise SUM above too): 8 values a block
     with pytest.MonkeyPatch.context() as patch:  # (the kernels as they are, not wrapped by the tests above)
         t.test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(np.float32, groups, patch)

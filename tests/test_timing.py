@@ -22,7 +22,7 @@ def test_time_reports_every_layer_and_follows_a_solver_to_its_net():
     from layers import simd
     assert result["kernels"]["vector_bytes"] == simd.VECTOR_BYTES and result["kernels"]["bcast_rows"] == simd.BCAST_MR
     assert set(result["kernels"]["convolutions"]) == {"conv1", "conv2"}  # each convolution's path, said
-    assert result["kernels"]["lanes_channels"] == simd.LANES_CR
+    assert result["kernels"]["lanes_channels"] == list(simd.LANES_WIDTHS)
     # the first layer propagates no gradient: no data gradient said for it
     assert "data gradient" not in result["kernels"]["convolutions"]["conv1"]
     assert any(l.startswith(f"Kernels: {simd.VECTOR_BYTES}-byte vectors") for l in lines)
