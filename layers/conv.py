@@ -218,21 +218,21 @@ take_planes = spread(_take_planes, SPREAD)
 
 @njit(cache=True, nogil=True)  # a copy, on one thread (place_planes)
 def place_phases(x, buf, ph, pw, s, row, rows):
-    """x (N, C, H, W) -> buf (N, C*s*s, L), the zero-padded planes split into s*s phases of rows `row`:
+    """x (N, C, H, W) -> buf (N, B, L), B >= C*s*s, the zero-padded planes split into s*s phases of rows `row`:
     x[n, c, i, j] goes to phase ((i + ph) % s)*s + (j + pw) % s of channel c at ((i + ph)//s)*row + (j + pw)//s;
     only the rows i with rows[(i + ph) % s] (the phases the taps read); the rest of buf (its zero padding) is
     not touched. Stride 2 takes the columns in pairs, which LLVM vectorizes (2.3x a gather per phase)."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
-    length = buf.shape[2]
+    planes, length = buf.shape[1], buf.shape[2]  # (planes: C*s*s, or one more: DirectPlan.bias_tap's ones)
     pairs, r0, r1 = width // 2, pw % 2, (1 + pw) % 2  # stride 2: column 2k + b to phase (2k + b + pw) % 2
     for p in range(n_img * chans):
-        src = p * height * width
+        src, first = p * height * width, (p // chans * planes + p % chans * s * s) * length  # (its first phase)
         for i in range(height):
             u, pi = (i + ph) // s, (i + ph) % s
             if not rows[pi]:
                 continue
-            at, base = src + i * width, (p * s + pi) * s * length + u * row
+            at, base = src + i * width, first + pi * s * length + u * row
             if s == 2:
                 d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
                 for k in range(pairs):
@@ -881,9 +881,19 @@ class DirectPlan:
         # a 1x1 kernel of stride s without pad (ResNet's projections) reads phase (0, 0) alone, whose plane is
         # the bottom subsampled: NumPy's strided copy (place_subsampled) 2-2.6x place_phases' pairs on 8-16 wide rows
         self.subsample = s > 1 and kh == kw == 1 and ph == pw == 0 and self.wp == ow
-        self.xpad = None if self.x_direct else scratch(self.key[:1] + self.key[2:] + ("xpad",), (n, c * s * s, length),
-                                                       dtype, zeros=True)
-        self.holder = scratch(self.key[:1] + self.key[2:] + ("xpad holder",), (2,), np.int64)
+        # the bias gradient as one more tap of the weight gradient where its tiles have room for it (the taps
+        # padded to a whole tile: LeNet's 500 and 25, CIFAR-10 quick's 800 and 75), reading a plane of ones after
+        # the padded input's: the sums over the images and pixels of the top diff, at no cost (channel_sums read
+        # the whole top diff once more: LeNet's conv1 60-80 us a pass)
+        self.bias_tap = not self.x_direct and not self.subsample and len(self.offs) > self.k
+        if self.bias_tap:
+            self.offs[self.k] = c * s * s * length
+        planes = c * s * s + self.bias_tap
+        self.xpad = None if self.x_direct else scratch(self.key[:1] + self.key[2:] + ("xpad", planes),
+                                                       (n, planes, length), dtype, zeros=True)
+        if self.bias_tap:
+            self.xpad[:, -1] = 1
+        self.holder = scratch(self.key[:1] + self.key[2:] + ("xpad holder", planes), (2,), np.int64)
         if self.pixels:
             ys, xs = np.divmod(np.arange(_round_up(p_out, PIX_MR)).clip(max=p_out - 1), ow)
             self.qs = (ys * self.wp + xs).astype(np.int64)  # the pixels' positions (the last repeated to a tile)
@@ -1449,21 +1459,27 @@ class Convolution(Layer):
         weight = self.blobs[0]
         xp = plan.source(x, self)  # unless the padded input still holds x (another layer of its geometry came between)
         plan.backward_buffers()
-        if self.p.bias_term:
+        bias_tap = self.p.bias_term and plan.bias_tap  # (DirectPlan.bias_tap: the bias gradient as a tap)
+        if self.p.bias_term and not bias_tap:
             channel_sums(dy.reshape(n, out_c, -1), self.blobs[1].diff)  # (NumPy's sum over axes 0 and 2: 8x slower)
         if plan.planar:  # summed straight into the weight diff (O, C*kh*kw), or through a buffer
-            direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype
-            wd = weight.diff.reshape(out_c, plan.k) if direct else np.zeros((out_c, plan.k), x.dtype)
-            direct_conv_dw_planar(xp, plan.offs[:plan.k], np.ascontiguousarray(
+            k = plan.k + bias_tap
+            direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype and not bias_tap
+            wd = weight.diff.reshape(out_c, k) if direct else np.zeros((out_c, k), x.dtype)
+            direct_conv_dw_planar(xp, plan.offs[:k], np.ascontiguousarray(
                 dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd, plan.planar_half, get_num_threads())
             if not direct:
-                weight.diff.reshape(out_c, plan.k)[...] += wd
+                weight.diff.reshape(out_c, plan.k)[...] += wd[:, :plan.k]
+            if bias_tap:
+                self.blobs[1].diff += wd[:, plan.k]
         else:
             place_channels_last(dy, plan.dyt, plan.wp)
             plan.dwt.fill(0)
             (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(xp, plan.offs, plan.dyt, *self.out_hw, plan.wp,
                                                                        plan.dwt, get_num_threads())
             weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
+            if bias_tap:
+                self.blobs[1].diff += plan.dwt[plan.k, :out_c]
         if not want_dx:
             return
         if plan.lanes_data:

@@ -5,7 +5,7 @@ import pytest
 
 import layers.conv as conv
 from layers import simd
-from layers.kernels import sum_two
+from layers.kernels import channel_sums, sum_two
 from netspec.loader import loads
 from netspec.net import Net
 
@@ -449,10 +449,11 @@ def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, pixels, mon
             else:
                 conv.direct_conv_bands(x, own, *geometry, plan.out, got, added, 0.5, -2.0, True, 0.1, parts)
             np.testing.assert_array_equal(got, expect)
+        real = placed[:, :placed.shape[1] - plan.bias_tap]  # (not the ones of DirectPlan.bias_tap)
         if len(own) == n:  # every row a band reads placed where place_planes (place_phases) places it
-            np.testing.assert_array_equal(own[placed != 0], placed[placed != 0])
+            np.testing.assert_array_equal(own[:, :real.shape[1]][real != 0], real[real != 0])
         else:
-            assert np.count_nonzero(own) <= np.count_nonzero(placed) * parts
+            assert np.count_nonzero(own) <= np.count_nonzero(real) * parts
     vec = simd.lanes(dtype)
     assert pixels == plan.pixels and (pixels or plan.nq % (3 * vec) in (0, vec, 2 * vec))
 
@@ -717,3 +718,44 @@ layer:
             assert all(layer.path_taken == "direct" for layer in by_name.values() if layer.type == "Convolution")
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_bias_gradient_is_a_tap_of_the_weight_gradient_where_its_tiles_have_room(stride, monkeypatch):
+    """DirectPlan.bias_tap: LeNet's conv2 (500 taps, padded to whole tiles) sums the bias gradient as one more tap
+    over a plane of ones (no channel_sums pass), equal to the top diff's sums; its forward is not changed by the
+    ones; a 3x3 layer of 16 channels (144 taps, whole tiles) keeps channel_sums."""
+    from tests.gradcheck import make_layer
+    from layers.base import Blob
+    rng = np.random.default_rng(0)
+    for chans, kernel, want_tap in ((20, 5, True), (16, 3, False)):
+        layer, _ = make_layer("Convolution", {"convolution_param": {
+            "num_output": 50, "kernel_size": kernel, "stride": stride, "weight_filler": {"type": "gaussian"},
+            "bias_filler": {"type": "gaussian"}}}, [(8, chans, 12, 12)])
+        shape = (8, chans, 12, 12)
+        top_shape = layer.setup([shape])[0]
+        x, top = Blob("x", shape, np.float32), Blob("y", top_shape, np.float32)
+        x.data[...] = rng.normal(size=shape)
+        layer.forward([x], [top])
+        want_top = np.einsum("ok,nkp->nop", layer.blobs[0].data.reshape(50, -1).astype(np.float64), np.stack(
+            [_im2col(x.data[i].astype(np.float64), kernel, stride) for i in range(8)])) + layer.blobs[1].data[:, None]
+        np.testing.assert_allclose(top.data.reshape(8, 50, -1), want_top, rtol=1e-4, atol=1e-4)
+        top.diff[...] = rng.normal(size=top_shape)
+        sums = []
+        monkeypatch.setattr(conv, "channel_sums", lambda *a: sums.append(1) or channel_sums(*a))
+        layer.blobs[1].diff[...] = 0
+        layer.backward([top], [True], [x])
+        assert layer._plan.bias_tap == want_tap and (not sums) == want_tap
+        np.testing.assert_allclose(layer.blobs[1].diff, top.diff.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5,
+                                   atol=1e-4)
+
+
+def _im2col(image, kernel, stride):
+    """(C*k*k, OH*OW) of one image, no pad: the reference the test above computes the top from."""
+    c, h, w = image.shape
+    oh, ow = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    cols = np.empty((c, kernel, kernel, oh, ow))
+    for i in range(kernel):
+        for j in range(kernel):
+            cols[:, i, j] = image[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    return cols.reshape(c * kernel * kernel, oh * ow)
