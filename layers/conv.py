@@ -576,8 +576,7 @@ def direct_conv_dw1(xp, offs, dyt, oh, ow, wp, dwt, threads=1):
                                min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
 
 
-@njit(cache=True, nogil=True)
-def images_to_lanes(x, buf):
+def _images_to_lanes(x, buf):
     """x (N, A, B) -> buf (G, B, A, L), the images in the lanes: buf[g, b, a, l] = x[g*L + l, a, b], zero for
     g*L + l >= N. Blocks of a vector's lanes of images by as many values of b, transposed in registers: one
     vector of images at a time (the images past the batch's end as rows of zeros in a block of its own), so
@@ -588,8 +587,8 @@ def images_to_lanes(x, buf):
     body = cols - cols % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
     zeros = np.zeros(step, x.dtype)
-    block = np.zeros(step * step, x.dtype)  # a partial vector's images, padded with zeros
-    for g in range(groups):
+    for g in prange(groups):  # (the groups a thread fills are those its share of the lanes kernels reads)
+        block = np.zeros(step * step, x.dtype)  # a partial vector's images, padded with zeros
         for l0 in range(0, width, step):
             n0 = g * width + l0
             present = min(step, max(0, n_img - n0))
@@ -614,8 +613,10 @@ def images_to_lanes(x, buf):
                             xf[uintp((n * rows + a) * cols + b)] if n < n_img else 0
 
 
-@njit(cache=True, nogil=True)
-def lanes_to_images(buf, x):
+images_to_lanes = spread(_images_to_lanes, SPREAD)
+
+
+def _lanes_to_images(buf, x):
     """buf (G, M', L), M' >= M -> x (N, M): x[n, m] = buf[n // L, m, n % L] (blocks transposed in registers, a
     vector of images at a time; a partial vector's through a block of its own)."""
     n_img, m_all = x.shape
@@ -624,8 +625,8 @@ def lanes_to_images(buf, x):
     body = m_all - m_all % step
     xf, bf = x.reshape(-1), buf.reshape(-1)
     zeros = np.zeros(step, x.dtype)
-    block = np.empty(step * step, x.dtype)
-    for g in range(-(-n_img // width)):
+    for g in prange(-(-n_img // width)):
+        block = np.empty(step * step, x.dtype)
         for l0 in range(0, width, step):
             n0 = g * width + l0
             present = min(step, n_img - n0)
@@ -643,6 +644,9 @@ def lanes_to_images(buf, x):
         for n in range(g * width, min(g * width + width, n_img)):
             for m in range(body, m_all):
                 xf[uintp(n * m_all + m)] = bf[uintp((g * m_buf + m) * width + n - g * width)]
+
+
+lanes_to_images = spread(_lanes_to_images, SPREAD)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -687,13 +691,16 @@ def lanes_weights(w3, wt, blocks):
     """w3 (T, M, N), a view of the weights in any order -> wt (B, T, M, LANES_ROW), lanes_conv_data's blocks:
     wt[b, t, m, r] = w3[t, m, c0_b + r] for r < width_b, zero past it and past N (one pass, no copy between)."""
     taps, rows, n = w3.shape
+    row = wt.shape[3]
     for b in range(wt.shape[0]):
-        c0, cw = blocks[b, 0], blocks[b, 1]
+        c0 = blocks[b, 0]
+        kept = min(blocks[b, 1], n - c0)
         for t in range(taps):
             for m in range(rows):
-                for r in range(wt.shape[3]):
-                    j = c0 + r
-                    wt[b, t, m, r] = w3[t, m, j] if r < cw and j < n else 0
+                for r in range(kept):
+                    wt[b, t, m, r] = w3[t, m, c0 + r]
+                for r in range(kept, row):
+                    wt[b, t, m, r] = 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -717,8 +724,7 @@ def lane_blocks(n):
     return blocks
 
 
-@njit(cache=True, nogil=True)
-def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
+def _lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
     """buf (G, Opad, P, L) -> y (N, O, P): y[n, o, p] = buf[n // L, o, p, n % L] + bias[o*P + p], with a ReLU
     (leaky: slope) as take_planes; bias (O*P,) rounded up to a whole vector, each channel's P times. A vector of
     images at a time, as lanes_to_images. res (N*O*P,): y = ca * that + cb * res before the ReLU (an Eltwise SUM
@@ -729,8 +735,8 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
     m_all, m_buf = out_c * plane, buf.shape[1] * plane
     body = m_all - m_all % step
     yf, bf = y.reshape(-1), buf.reshape(-1)
-    block = np.empty(step * step, y.dtype)
-    for g in range(-(-n_img // width)):
+    for g in prange(-(-n_img // width)):
+        block = np.empty(step * step, y.dtype)
         for l0 in range(0, width, step):
             n0 = g * width + l0
             present = min(step, n_img - n0)
@@ -757,6 +763,9 @@ def lanes_to_top(buf, y, bias, relu=False, slope=0.0, res=None, ca=1.0, cb=0.0):
                 if res is not None:
                     v = ca * v + cb * res[uintp(n * m_all + m)]
                 yf[uintp(n * m_all + m)] = v if not relu or v > 0 else v * slope
+
+
+lanes_to_top = spread(_lanes_to_top, SPREAD)
 
 
 def lane_entries_forward(in_hw, out_hw, kernel, pad, dilation, stride, chans, width, opad):

@@ -190,7 +190,7 @@ def threaded(fn, minimum, **options):
     def call(first, *rest):
         return (parallel if first.size >= minimum else serial)(first, *rest)
     call.__name__, call.__doc__ = fn.__name__.lstrip("_"), fn.__doc__
-    call.serial, call.parallel = serial, parallel
+    call.serial, call.parallel, call.py_func = serial, parallel, fn
     return call
 
 
@@ -203,7 +203,7 @@ def spread(fn, minimum, **options):
     def call(first, *rest):
         return (both if get_num_threads() > 1 else both.serial)(first, *rest)
     call.__name__, call.__doc__ = both.__name__, fn.__doc__
-    call.serial, call.parallel = both.serial, both.parallel
+    call.serial, call.parallel, call.py_func = both.serial, both.parallel, fn
     return call
 
 
