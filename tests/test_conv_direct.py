@@ -19,6 +19,7 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((3, 3, 6, 32), 7, (3, 5), (1, 2), 1),       # a first layer: the weight gradient from the planar top diff
     ((2, 2, 5, 16), 6, (1, 3), (0, 1), 1),       # few taps and filters: its last blocks overlap the ones before
     ((2, 1, 12, 28), 7, (5, 5), (0, 0), 1),      # LeNet's conv1, rows of 24: half vectors on AVX-512
+    ((2, 1, 6, 36), 16, (5, 5), (0, 0), 1),      # rows of whole vectors: the forward writes the top a row at a time
 ]
 
 
@@ -56,7 +57,7 @@ layer:
     monkeypatch.setattr(conv, "direct_conv_dw_planar", lambda *a: calls.append("dw") or original_planar(*a))
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
     monkeypatch.setattr(conv, "direct_conv_pixels", lambda *a: calls.append("conv") or original_pixels(*a))
-    for name in ("direct_conv_bands", "direct_conv_pixels_bands"):  # (the training forward's one pass)
+    for name in ("direct_conv_bands", "direct_conv_pixels_bands", "direct_conv_rows"):  # (the training forward's)
         monkeypatch.setattr(conv, name, (lambda f: lambda *a: calls.append("conv") or f(*a))(getattr(conv, name)))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
@@ -759,3 +760,16 @@ def _im2col(image, kernel, stride):
         for j in range(kernel):
             cols[:, i, j] = image[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
     return cols.reshape(c * kernel * kernel, oh * ow)
+
+
+def test_the_forward_writes_rows_of_whole_vectors_to_the_top_itself():
+    """DirectPlan.rows_direct (direct_conv_rows): the rows path where each output row is whole vectors and the
+    filters whole tiles (a row of 32 at either width; LeNet's 24 at 32-byte vectors), not the pixel tiles, nor
+    rows of 28 or 7 filters (a tile past the top's channels)."""
+    vec = simd.lanes(np.float32)
+    plan = conv.DirectPlan((2, 1, 6, 36), 16, (5, 5), (0, 0), (1, 1), (2, 32), np.float32)
+    assert plan.rows_direct and not plan.pixels
+    lenet = conv.DirectPlan((64, 1, 28, 28), 20, (5, 5), (0, 0), (1, 1), (24, 24), np.float32)
+    assert lenet.rows_direct == (24 % vec == 0 and 20 % simd.BCAST_MR == 0)
+    assert not conv.DirectPlan((2, 1, 12, 32), 16, (5, 5), (0, 0), (1, 1), (8, 28), np.float32).rows_direct
+    assert not conv.DirectPlan((2, 1, 6, 36), 7, (5, 5), (0, 0), (1, 1), (2, 32), np.float32).rows_direct
