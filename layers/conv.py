@@ -961,6 +961,7 @@ class DirectPlan:
         self.rows_direct = not self.pixels and not self.y_direct and self.o_pad == out_c and ow % step == 0
         self.dy_direct = self.start_q == 0 and self.wq == ow and length_q == oh * ow
         self.dx_direct = not self.pixels_q and self.c_pad == c and self.nqb == h * w and self.wq == w
+        self.dx_rows = not self.pixels_q and not self.dx_direct and self.c_pad == c and w % step == 0  # (rows_direct)
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = self.dyb = self.dxb = None  # allocated by the first backward
@@ -1049,7 +1050,7 @@ class DirectPlan:
                     self.dyp = scratch(self.key + ("dyp",), (n, out_c, length_q), dtype, zeros=True)
                 if self.pixels_q:
                     self.dxq = scratch(self.key + ("dxq pixels",), (n, len(self.qs_q), self.c_pad), dtype)
-                elif not self.dx_direct:
+                elif not self.dx_direct and not self.dx_rows:
                     self.dxq = scratch(self.key + ("dxq",), (n, self.c_pad, self.nqb), dtype)
             self.dwt = np.empty((len(self.offs), self.o_taps), dtype)
 
@@ -1554,6 +1555,8 @@ class Convolution(Layer):
             pixels_to_top(plan.dxq, dx.reshape(n, c, -1), False, 0.0)
         elif plan.dx_direct:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx.reshape(n, c, -1))
+        elif plan.dx_rows:
+            direct_conv_rows(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx, plan.wq)
         else:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
             take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)

@@ -773,3 +773,6 @@ def test_the_forward_writes_rows_of_whole_vectors_to_the_top_itself():
     assert lenet.rows_direct == (24 % vec == 0 and 20 % simd.BCAST_MR == 0)
     assert not conv.DirectPlan((2, 1, 12, 32), 16, (5, 5), (0, 0), (1, 1), (8, 28), np.float32).rows_direct
     assert not conv.DirectPlan((2, 1, 6, 36), 7, (5, 5), (0, 0), (1, 1), (2, 32), np.float32).rows_direct
+    # and the data gradient (dx_rows): ResNet's first stage, 16 channels of 32x32
+    stage = conv.DirectPlan((2, 16, 32, 32), 16, (3, 3), (1, 1), (1, 1), (32, 32), np.float32)
+    assert stage.rows_direct and stage.dx_rows and not stage.pixels_q
