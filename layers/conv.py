@@ -39,7 +39,8 @@ from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
                    tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels,
-                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, transpose_tile)
+                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
+                   transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -525,7 +526,8 @@ place_channels_last = spread(_place_channels_last, SPREAD)
 @njit(cache=True, nogil=True, parallel=True)
 def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt, threads=1):
     """dwt (Kpad, Opad) += sum over n and q = y*wp + x (y < oh, x < ow) of xp[n, offs[k] + q] * dyt[n, q, o]
-    (xp (N, C*L) padded planes, offs (Kpad,), dyt (N, Q, Opad) the top diff channels-last). Each thread sums a
+    (xp (N, C*L) padded planes, offs (Kpad,), dyt (N, Q, Opad) the top diff channels-last; Opad whole vectors,
+    the last of an odd number on a tile of its own, tile_taps_last). Each thread sums a
     run of tap blocks, image by image (a few images where they are small): the image's top diff and planes stay
     in L1/L2 while every block of its run reads them (blocks outer and all images inner streamed the whole top
     diff from L3 once a block: 1.4-2.1x slower at 32-byte vectors, 1.1-1.4x at 64)."""
@@ -536,13 +538,17 @@ def direct_conv_dw(xp, offs, dyt, oh, ow, wp, dwt, threads=1):
     blocks = dwt.shape[0] // TAPS_KR
     parts = max(1, min(threads, blocks))
     xf, df, of = xp.reshape(-1), dyt.reshape(-1), dwt.reshape(-1)
+    body = opad - opad % step  # (a last vector of filters: tile_taps_last)
     for part in prange(parts):
         for n in range(0, n_img, block):
             for t in range(part * blocks // parts, (part + 1) * blocks // parts):
                 k0 = t * TAPS_KR
-                for o0 in range(0, opad, step):
+                for o0 in range(0, body, step):
                     tile_taps(xf, n * per_image, offs, k0, df, n * positions * opad + o0, opad, oh, ow, wp,
                               min(block, n_img - n), per_image, positions * opad, of, k0 * opad + o0, opad)
+                if body < opad:
+                    tile_taps_last(xf, n * per_image, offs, k0, df, n * positions * opad + body, opad, oh, ow, wp,
+                                   min(block, n_img - n), per_image, positions * opad, of, k0 * opad + body, opad)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -899,7 +905,7 @@ class DirectPlan:
         pix_useful = p_out / _round_up(p_out, PIX_MR) * out_c / _round_up(out_c, PIX_NV * step)
         self.pixels = PIXELS if PIXELS is not None else pix_useful >= PIXELS_MARGIN * rows_useful
         self.o_pad = _round_up(out_c, PIX_NV * step if self.pixels else BCAST_MR)
-        self.o_taps = _round_up(out_c, self.taps_nv * step)
+        self.o_taps = _round_up(out_c, step)  # (two vectors a tile, the last of an odd number one: direct_conv_dw)
         # the weight gradient from the top diff as it is, for a first layer of few channels (its few taps a filter
         # made the channels-last copy and the tap tiles' padding most of the work: CIFAR-10 quick's conv1 2.3x),
         # where the rows are whole vectors; with more channels the tap tiles are faster (1.2-2x)

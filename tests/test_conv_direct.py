@@ -460,8 +460,8 @@ def test_the_forward_in_bands_matches_the_three_kernels(case, dtype, pixels, mon
 
 
 @pytest.mark.parametrize("height, width", [(6, 7), (7, 7)])  # planes ending in a 1- and a 2-vector tile
-@pytest.mark.parametrize("out_c", [10, 7, 3])  # weight-gradient tiles of two vectors of filters, and of one (7: two
-# at 32-byte vectors, 10 there one)
+@pytest.mark.parametrize("out_c", [10, 7, 3, 20, 40])  # weight-gradient tiles of two vectors of filters, and of one
+# (7: two at 32-byte vectors, 10 there one); 20 (32-byte) and 40 (64): an odd number of vectors, the last on its own
 def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c):
     """What runs under NUMBA_DISABLE_JIT (layers/simd.py's Python versions) computes what the LLVM tiles compute."""
     import functools
@@ -482,6 +482,7 @@ def test_python_tiles_match_the_compiled_ones(monkeypatch, height, width, out_c)
                 monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
             monkeypatch.setattr(conv, "tile_taps", functools.partial(simd._py_tile_taps, simd.TAPS_KR, simd.TAPS_NV))
             monkeypatch.setattr(conv, "tile_taps1", functools.partial(simd._py_tile_taps, simd.TAPS_KR1, 1))
+            monkeypatch.setattr(conv, "tile_taps_last", functools.partial(simd._py_tile_taps, simd.TAPS_KR, 1))
         run_conv = conv.direct_conv.py_func if python else conv.direct_conv
         run_dw = conv.direct_conv_dw1 if plan.taps_nv == 1 else conv.direct_conv_dw
         run_dw = run_dw.py_func if python else run_dw
@@ -586,7 +587,7 @@ for tail in ("one vector", "two vectors"):
 for n in (1, 2):
     with pytest.MonkeyPatch.context() as patch:
         t.test_python_pixel_tiles_match_the_compiled_ones(patch, n)
-for out_c in (10, 7, 3):
+for out_c in (10, 7, 3, 20, 40):
     with pytest.MonkeyPatch.context() as patch:
         t.test_python_tiles_match_the_compiled_ones(patch, 6, 7, out_c)
 with pytest.MonkeyPatch.context() as patch:
