@@ -38,6 +38,7 @@ from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, dep
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
+                   tile_bcast_h1, tile_bcast_h2, tile_bcast_h3,
                    tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels,
                    tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
                    transpose_tile)
@@ -286,30 +287,52 @@ def direct_conv(xp, offs, w, bias, out):
 @njit(cache=True, nogil=True, parallel=True)
 def direct_conv_rows(xp, offs, w, bias, y, wp):
     """direct_conv written to the top y (N, O, OH, OW) itself, a tile an output row (OW a multiple of a vector,
-    O of BCAST_MR): y[n, o, i, j] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + i*wp + j]. Computes no column past
-    a row's end and copies nothing after (direct_conv's padded rows kept 86% of LeNet's conv1 and 89% of CIFAR-10
-    quick's, and take_planes' copy cost 60% of the product)."""
+    or on AVX-512 of half of one): y[n, o, i, j] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + i*wp + j], w (K,
+    Opad), bias (Opad,). Computes no column past a row's end and copies nothing after (direct_conv's padded rows
+    kept 86% of LeNet's conv1 and 89% of CIFAR-10 quick's, and take_planes' copy cost 60% of the product); the
+    filters of a last partial tile go through a row of its own."""
     n_img, per_image = xp.shape
     out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    opad = w.shape[1]
     vec = VECTOR_BYTES // xp.itemsize
-    vectors, plane, blocks = ow // vec, oh * ow, out_c // BCAST_MR
+    half = ow % vec != 0  # (rows of half vectors on AVX-512: DirectPlan.rows_direct)
+    unit = vec // 2 if half else vec
+    vectors, plane, blocks = ow // unit, oh * ow, opad // BCAST_MR
     xf, wf, yf = xp.reshape(-1), w.reshape(-1), y.reshape(-1)
     for task in prange(n_img * blocks):  # (image, filter block), as direct_conv
         n, o0 = task // blocks, task % blocks * BCAST_MR
+        kept = min(BCAST_MR, out_c - o0)
+        part = np.empty(BCAST_MR * ow if kept < BCAST_MR else 0, xp.dtype)  # (the filters past O: not in y)
+        of, os_ = (yf, plane) if kept == BCAST_MR else (part, ow)
         for i in range(oh):
-            xb, yb = n * per_image + i * wp, (n * out_c + o0) * plane + i * ow
+            xb = n * per_image + i * wp
+            yb = (n * out_c + o0) * plane + i * ow if kept == BCAST_MR else 0
             v = 0
             while v < vectors:  # tiles of three vectors, two where four or two are left, one where one is
-                left = vectors - v
+                left, at = vectors - v, v * unit
                 if left == 4 or left == 2:
-                    tile_bcast2(xf, xb + v * vec, offs, wf, o0, out_c, bias, o0, yf, yb + v * vec, plane)
+                    if half:
+                        tile_bcast_h2(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
+                    else:
+                        tile_bcast2(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
                     v += 2
                 elif left == 1:
-                    tile_bcast1(xf, xb + v * vec, offs, wf, o0, out_c, bias, o0, yf, yb + v * vec, plane)
+                    if half:
+                        tile_bcast_h1(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
+                    else:
+                        tile_bcast1(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
                     v += 1
                 else:
-                    tile_bcast3(xf, xb + v * vec, offs, wf, o0, out_c, bias, o0, yf, yb + v * vec, plane)
+                    if half:
+                        tile_bcast_h3(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
+                    else:
+                        tile_bcast3(xf, xb + at, offs, wf, o0, opad, bias, o0, of, yb + at, os_)
                     v += 3
+            if kept < BCAST_MR:
+                for r in range(kept):
+                    dst = ((n * out_c + o0 + r) * oh + i) * ow
+                    for j in range(ow):
+                        yf[uintp(dst + j)] = part[r * ow + j]
 
 
 @njit(cache=True, nogil=True)
@@ -964,10 +987,11 @@ class DirectPlan:
         self.y_direct = not self.pixels and self.o_pad == out_c and self.nq == oh * ow and self.wp == ow
         # the rows written to the top a row at a time (direct_conv_rows) where the rows are whole vectors: LeNet's
         # conv1 at 32-byte vectors 1.65x (0.274 -> 0.166 ms with the copy), CIFAR-10 quick's 1.2x (1.4x at 64)
-        self.rows_direct = not self.pixels and not self.y_direct and self.o_pad == out_c and ow % step == 0
+        self.rows_direct = not self.pixels and not self.y_direct and (
+            ow % step == 0 or (step > 8 and ow % (step // 2) == 0))  # (half vectors on AVX-512 float32)
         self.dy_direct = self.start_q == 0 and self.wq == ow and length_q == oh * ow
         self.dx_direct = not self.pixels_q and self.c_pad == c and self.nqb == h * w and self.wq == w
-        self.dx_rows = not self.pixels_q and not self.dx_direct and self.c_pad == c and w % step == 0  # (rows_direct)
+        self.dx_rows = not self.pixels_q and not self.dx_direct and w % step == 0  # (as rows_direct)
         self.w_q = np.zeros((out_c * kh * kw, self.c_pad), dtype)
         self.zero_bias = np.zeros(self.c_pad, dtype)
         self.dyt = self.dyp = self.dxq = self.dwt = self.dyb = self.dxb = None  # allocated by the first backward

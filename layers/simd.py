@@ -111,15 +111,15 @@ def _data(context, builder, typ, value):
     return context.make_array(typ)(context, builder, value)
 
 
-def _make_tile_bcast(nv):
-    """tile_bcast with nv vectors per row (3 for the body of a plane, 1 or 2 for its end)."""
+def _make_tile_bcast(nv, vector_bytes=None):
+    """tile_bcast with nv vectors per row (3 for the body of a plane, 1 or 2 for its end), of vector_bytes."""
     def tile(typingctx, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
         sig = types.void(x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride)
 
         def codegen(context, builder, signature, args):
             t = signature.args
             x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride = args
-            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0], vector_bytes)
             i64 = ir.IntType(64)
             const = lambda v: ir.Constant(i64, v)
             xp, wp, bp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (3, w), (6, bias), (8, out)))
@@ -145,7 +145,7 @@ def _make_tile_bcast(nv):
                     store(builder.load(acc[r][v]), op, builder.add(base, const(v * n)))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = f"tile_bcast{nv}"
+    tile.__name__ = tile.__qualname__ = f"tile_bcast{nv}" + (f"_{vector_bytes}" if vector_bytes else "")
     return intrinsic(tile)
 
 
@@ -469,7 +469,7 @@ def _py_tile_planar(kr, orr, x, xbase, offs, kbase, dy, dbase, dstride, rows, co
 
 
 def _py_tile_bcast(nv, x, xbase, offs, w, wbase, wstride, bias, bbase, out, obase, ostride):
-    n = lanes(x.dtype) * nv
+    n = int(lanes(x.dtype) * nv)  # (nv 1.5, 1, 0.5: three, two, one half vectors)
     for r in range(BCAST_MR):
         acc = np.full(n, bias[bbase + r], x.dtype)
         for k in range(len(offs)):
@@ -494,6 +494,12 @@ if config.DISABLE_JIT:
     tile_bcast1, tile_bcast2, tile_bcast3 = (functools.partial(_py_tile_bcast, nv) for nv in (1, 2, 3))
 else:
     tile_bcast1, tile_bcast2, tile_bcast3 = (_make_tile_bcast(nv) for nv in (1, 2, 3))
+# half vectors on AVX-512 for rows of a multiple of 8 float32 and not of 16 (layers/conv.direct_conv_rows: LeNet's
+# conv1, rows of 24 as three; _h3 is three half vectors a row)
+if config.DISABLE_JIT:
+    tile_bcast_h1, tile_bcast_h2, tile_bcast_h3 = (functools.partial(_py_tile_bcast, nv / 2) for nv in (1, 2, 3))
+else:
+    tile_bcast_h1, tile_bcast_h2, tile_bcast_h3 = (_make_tile_bcast(nv, VECTOR_BYTES // 2) for nv in (1, 2, 3))
 tile_planar = functools.partial(_py_tile_planar, PLANAR_KR, PLANAR_OR) if config.DISABLE_JIT else _make_tile_planar(
     PLANAR_KR, PLANAR_OR)
 # half vectors on AVX-512, for rows of a multiple of 8 float32 and not of 16 (LeNet's 24-wide conv1)

@@ -20,6 +20,7 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((2, 2, 5, 16), 6, (1, 3), (0, 1), 1),       # few taps and filters: its last blocks overlap the ones before
     ((2, 1, 12, 28), 7, (5, 5), (0, 0), 1),      # LeNet's conv1, rows of 24: half vectors on AVX-512
     ((2, 1, 6, 36), 16, (5, 5), (0, 0), 1),      # rows of whole vectors: the forward writes the top a row at a time
+    ((2, 1, 6, 28), 16, (5, 5), (0, 0), 1),      # and rows of 24: half vectors on AVX-512
 ]
 
 
@@ -592,6 +593,9 @@ for out_c in (10, 7, 3, 20, 40):
         t.test_python_tiles_match_the_compiled_ones(patch, 6, 7, out_c)
 with pytest.MonkeyPatch.context() as patch:
     t.test_python_planar_tiles_match_the_compiled_ones(patch)
+for width in (24, 32, 40):
+    with pytest.MonkeyPatch.context() as patch:
+        t.test_python_row_tiles_match_the_compiled_ones(width, np.float32, patch)
 for groups in (2, 3):  # the transposes (lanes_to_top with an Eltwise SUM above too): 8 values a block
     with pytest.MonkeyPatch.context() as patch:  # (the kernels as they are, not wrapped by the tests above)
         t.test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(np.float32, groups, patch)
@@ -764,16 +768,40 @@ def _im2col(image, kernel, stride):
 
 
 def test_the_forward_writes_rows_of_whole_vectors_to_the_top_itself():
-    """DirectPlan.rows_direct (direct_conv_rows): the rows path where each output row is whole vectors and the
-    filters whole tiles (a row of 32 at either width; LeNet's 24 at 32-byte vectors), not the pixel tiles, nor
-    rows of 28 or 7 filters (a tile past the top's channels)."""
-    vec = simd.lanes(np.float32)
+    """DirectPlan.rows_direct (direct_conv_rows): the rows path where each output row is whole vectors (a row of
+    32 at either width; LeNet's 24, half vectors at 64 bytes), a last partial tile of filters too, not the pixel
+    tiles, nor rows of 28."""
     plan = conv.DirectPlan((2, 1, 6, 36), 16, (5, 5), (0, 0), (1, 1), (2, 32), np.float32)
     assert plan.rows_direct and not plan.pixels
-    lenet = conv.DirectPlan((64, 1, 28, 28), 20, (5, 5), (0, 0), (1, 1), (24, 24), np.float32)
-    assert lenet.rows_direct == (24 % vec == 0 and 20 % simd.BCAST_MR == 0)
+    assert conv.DirectPlan((64, 1, 28, 28), 20, (5, 5), (0, 0), (1, 1), (24, 24), np.float32).rows_direct
     assert not conv.DirectPlan((2, 1, 12, 32), 16, (5, 5), (0, 0), (1, 1), (8, 28), np.float32).rows_direct
-    assert not conv.DirectPlan((2, 1, 6, 36), 7, (5, 5), (0, 0), (1, 1), (2, 32), np.float32).rows_direct
+    assert conv.DirectPlan((2, 1, 6, 36), 7, (5, 5), (0, 0), (1, 1), (2, 32), np.float32).rows_direct
     # and the data gradient (dx_rows): ResNet's first stage, 16 channels of 32x32
     stage = conv.DirectPlan((2, 16, 32, 32), 16, (3, 3), (1, 1), (1, 1), (32, 32), np.float32)
     assert stage.rows_direct and stage.dx_rows and not stage.pixels_q
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [24, 32, 40])
+def test_python_row_tiles_match_the_compiled_ones(width, dtype, monkeypatch):
+    """direct_conv_rows under NUMBA_DISABLE_JIT (tile_bcast* and the half-vector tile_bcast_h*) and compiled, and
+    both equal to the products in NumPy: rows of 3, 4 and 5 vectors (or half vectors), tiles of three, two, one."""
+    import functools
+    rng = np.random.default_rng(0)
+    n, c, out_c, wp = 2, 3, 2 * simd.BCAST_MR - 3, width + 4  # (a last tile of filters partly past O)
+    offs = np.array([k * 5 * wp + i * wp + j for k in range(c) for i in range(3) for j in range(3)], np.int64)
+    xp = rng.normal(size=(n, c * 5 * wp)).astype(dtype)
+    w, bias = rng.normal(size=(len(offs), out_c + 3)).astype(dtype), rng.normal(size=out_c + 3).astype(dtype)
+    want = np.stack([np.einsum("ko,kq->oq", w[:, :out_c], xp[m][offs[:, None] + (np.arange(3)[:, None] * wp + np.arange(width)).reshape(
+        -1)[None]]).reshape(out_c, 3, width) for m in range(n)]) + bias[:out_c, None, None]
+    results = []
+    for python in (False, True):
+        if python:
+            for nv in (1, 2, 3):
+                monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
+                monkeypatch.setattr(conv, f"tile_bcast_h{nv}", functools.partial(simd._py_tile_bcast, nv / 2))
+        y = np.full((n, out_c, 3, width), np.nan, dtype)
+        (conv.direct_conv_rows.py_func if python else conv.direct_conv_rows)(xp, offs, w, bias, y, wp)
+        results.append(y)
+    for y in results:
+        np.testing.assert_allclose(y, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)
