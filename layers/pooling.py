@@ -209,9 +209,17 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
 
 @njit(cache=True, nogil=True, parallel=True)
 def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
+    """dx = 0, then each window's diff / its size (Caffe's, padding counted) added to its inputs. Unpadded 2x2 and
+    3x3 windows of stride 2 inside the image: each row of windows as loops over its columns, one a tap column (the
+    third column's, then the even and odd inputs together), which vectorize (the loops over each window's taps
+    ran 3.5 cycles an add: CIFAR-10 quick's pool2 backward 2.5x its forward); the sums in Caffe's order."""
     n_img, chans, height, width = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
     dyf, dxf = dy.reshape(-1), dx.reshape(-1)
+    fast = kh == kw and (kh == 2 or kh == 3) and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    oh_in = min(oh, (height - kh) // 2 + 1) if fast else 0  # rows and columns of windows inside the image
+    ow_in = min(ow, (width - kw) // 2 + 1) if fast else 0
+    size = dy.dtype.type(kh * kw)
     for plane in prange(n_img * chans):
         base, out = plane * height * width, plane * oh * ow
         for q in range(height * width):
@@ -219,10 +227,22 @@ def ave_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
         for py in range(oh):
             hs = py * sh - ph
             he = min(hs + kh, height + ph)
-            for px in range(ow):
+            start = 0
+            if py < oh_in:
+                start, g0 = ow_in, out + py * ow
+                for i in range(kh):
+                    row = base + (hs + i) * width
+                    if kh == 3:  # (first: an even column gets window px - 1's share before px's, as in Caffe)
+                        for px in range(ow_in):
+                            dxf[uintp(row + 2 * px + 2)] += dyf[uintp(g0 + px)] / size
+                    for px in range(ow_in):
+                        g = dyf[uintp(g0 + px)] / size
+                        dxf[uintp(row + 2 * px)] += g
+                        dxf[uintp(row + 2 * px + 1)] += g
+            for px in range(start, ow):
                 ws = px * sw - pw
                 we = min(ws + kw, width + pw)
-                g = dyf[uintp(out + py * ow + px)] / ((he - hs) * (we - ws))
+                g = dyf[uintp(out + py * ow + px)] / dy.dtype.type((he - hs) * (we - ws))  # (Caffe's, in x's dtype)
                 for i in range(max(hs, 0), min(he, height)):
                     row = base + i * width
                     for j in range(max(ws, 0), min(we, width)):

@@ -303,3 +303,16 @@ def test_convolutions_and_inner_products_in_the_lanes_match_caffe(tmp_path, monk
         elif kind == "diff":
             layer, i = name.split("/")
             close(net.params[layer][int(i)].diff, r[key], key)
+
+
+def test_ave_pooling_backward_is_caffes_to_the_bit():
+    """AVE pooling's bottom diff as Caffe computes it, to the bit: each window's share in the bottom's dtype (its
+    diff / its size, float32 / float32) added in Caffe's order, on the loops of windows inside the image (whose
+    third tap column goes first: an even column gets window px - 1's share before px's) and the clipped and
+    padded windows' loops alike."""
+    from layers.pooling import ave_pool_backward
+    for name, pad in (("pool_ave_ceil", 0), ("pool_ave_pad", 1)):
+        dt, db = LAYERS[f"{name}/dt0"], LAYERS[f"{name}/db0"]
+        dx = np.full_like(db, np.nan)
+        ave_pool_backward(dt, 3, 3, 2, 2, pad, pad, dx)
+        np.testing.assert_array_equal(dx, db, err_msg=name)
