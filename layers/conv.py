@@ -38,10 +38,9 @@ from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, dep
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
-                   tile_bcast_h1, tile_bcast_h2, tile_bcast_h3,
-                   tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels,
-                   tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
-                   transpose_tile)
+                   tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_lanes_a, tile_lanes_a1, tile_lanes_b,
+                   tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels, tile_pixels_acc, tile_planar,
+                   tile_planar_half, tile_taps, tile_taps1, tile_taps_last, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -60,6 +59,8 @@ PIXELS = {"1": True, "0": False}.get(os.environ.get("YAFFE_CONV_PIXELS", ""))
 PIXELS_MARGIN = 1.2
 # forward-only nets: a convolution as one kernel a band of output rows or pixels (direct_conv_bands, _pixels_bands)
 BANDS = os.environ.get("YAFFE_CONV_BANDS", "1") != "0"
+# and the training forward of those not written row by row (rows_direct), an image a task, its padded planes then
+# kept for the backward (YAFFE_TRAIN_BANDS=0: placing, product and copy as three kernels)
 TRAIN_BANDS = os.environ.get("YAFFE_TRAIN_BANDS", "1") != "0"
 # the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
 # the input rows and the sums); 0: all taps a tile
