@@ -236,7 +236,8 @@ def _make_tile_pixels(mr, nv, accumulate=False):
                     store(builder.load(acc[r][v]), op, builder.add(bases[r], const(v * n)))
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "tile_pixels_acc" if accumulate else "tile_pixels"
+    tile.__name__ = tile.__qualname__ = ("tile_pixels_acc" if accumulate else "tile_pixels") + (
+        "" if mr == PIX_MR else f"{mr}")
     return intrinsic(tile)
 
 
@@ -510,6 +511,11 @@ if config.DISABLE_JIT:
 else:
     tile_pixels, tile_pixels_acc = _make_tile_pixels(PIX_MR, PIX_NV), _make_tile_pixels(PIX_MR, PIX_NV, True)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
+# tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
+# whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers
+ROWS_MR = 8 if VECTOR_BYTES == 64 else PIX_MR
+tile_rows = functools.partial(_py_tile_pixels, ROWS_MR, PIX_NV, False) if config.DISABLE_JIT else \
+    _make_tile_pixels(ROWS_MR, PIX_NV)
 # tile_lanes1: one vector of images, for a last group of lanes that one vector holds (a batch of 50 at 32-byte
 # vectors: 56 lanes computed, not 64)
 # (a, b, c: LANES_WIDTHS' three widths)
