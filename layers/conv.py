@@ -11,7 +11,7 @@ x >= OW of each row are computed and dropped). The backward data pass is the sam
 with the kernel flipped, and the weight gradient (`tile_taps`) sums top diff times shifted input planes.
 A stride s > 1 splits each padded plane into s*s phase planes (`place_phases`), so that every tap again reads
 the same shifted row for all outputs (ResNet's down-sampling 3x3: 4.2x im2col's forward).
-With the images in the lanes (`lanes_conv_data`, `layers/simd.tile_lanes`): a batch transposed to (pixel,
+With the images in the lanes (`lanes_conv_data`, `layers/simd.tile_lanes_*`): a batch transposed to (pixel,
 channel, image) with a vector's images per lane, each output pixel sums over a list of the taps that reach it,
 so nothing is padded and a stride is only another list: the data gradient where the direct kernels would
 waste most (LeNet's conv2, 0.28 of its products kept) or a stride splits the top (was im2col's), and the
@@ -765,8 +765,8 @@ def lanes_weights(w3, wt, blocks):
 @functools.lru_cache(maxsize=None)
 def lane_blocks(n):
     """(B, 2) int64, each lanes tile's first channel and width: n channels in tiles of LANES_WIDTHS at the least
-    cost (LANES_COST a channel, padding included; ties: fewer tiles, the first widths first). 20 channels at
-    32-byte vectors: 6, 6, 4, 4 (24 as tiles of 6); 50: 6 x 7, 4, 4 (54)."""
+    cost (LANES_COST a channel, padding included; ties: fewer tiles, the first widths first). At 32-byte vectors
+    20 channels are 5 x 4 (24 as tiles of 6 alone), 50 are 6 x 5 + 5 x 4 (54); at 64-byte, 10 x 2 and 10 x 5."""
     top = n + max(LANES_WIDTHS)
     best = [(0.0, 0, ())] + [None] * top  # covering exactly k channels: (cost, tiles, widths)
     for k in range(1, top + 1):
@@ -892,7 +892,8 @@ def release_scratch(*arrays):
 class DirectPlan:
     """Buffers and offsets of the direct convolution for one bottom shape and dtype (see the module docstring).
 
-    Forward: x -> xpad (N, C*s*s, L) planes (or phases) of rows Wp, out (N, Opad, NQ) with rows Wp -> top.
+    Forward: x -> xpad (N, C*s*s, L) planes (or phases) of rows Wp (and a plane of ones after them: bias_tap),
+    out (N, Opad, NQ) with rows Wp -> top (or the top itself: y_direct, rows_direct).
     Backward: top diff -> dyt (N, Q, Opad) channels-last (rows Wp, zeros past OW) for the weight gradient, and -> dyp
     (N, O, L2) planes padded by the flipped kernel's reach, rows Wq, for the bottom diff dxq (N, Cpad, NQB) -> dx.
     """

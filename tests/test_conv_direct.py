@@ -792,8 +792,9 @@ def test_python_row_tiles_match_the_compiled_ones(width, dtype, monkeypatch):
     offs = np.array([k * 5 * wp + i * wp + j for k in range(c) for i in range(3) for j in range(3)], np.int64)
     xp = rng.normal(size=(n, c * 5 * wp)).astype(dtype)
     w, bias = rng.normal(size=(len(offs), out_c + 3)).astype(dtype), rng.normal(size=out_c + 3).astype(dtype)
-    want = np.stack([np.einsum("ko,kq->oq", w[:, :out_c], xp[m][offs[:, None] + (np.arange(3)[:, None] * wp + np.arange(width)).reshape(
-        -1)[None]]).reshape(out_c, 3, width) for m in range(n)]) + bias[:out_c, None, None]
+    at = offs[:, None] + (np.arange(3)[:, None] * wp + np.arange(width)).reshape(-1)[None]  # (K, 3 rows x width)
+    want = np.stack([np.einsum("ko,kq->oq", w[:, :out_c], xp[m][at]).reshape(out_c, 3, width)
+                     for m in range(n)]) + bias[:out_c, None, None]
     results = []
     for python in (False, True):
         if python:
