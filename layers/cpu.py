@@ -266,19 +266,61 @@ SMALL_PRODUCT = 1 << 17  # multiply-adds below which NumPy's matmul is called (m
 MIN_PART = 1 << 18  # multiply-adds per part: smaller products run on the calling thread (a part costs ~5 us)
 
 
+_FALLBACK = []  # the ctypes callbacks registered where OpenBLAS's CBLAS is not found (kept alive here)
+
+
+def _numpy_gemm(dtype):
+    """A C-callable ?gemm with the CBLAS signature above (row-major only) that computes with NumPy: what the
+    kernels' symbols point at where OpenBLAS's CBLAS is not found (another BLAS), so that a kernel naming them
+    still links; slow (the GIL, copies), and only reached on paths that pooled() normally keeps them from."""
+    import ctypes
+    real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    i, ll = ctypes.c_int32, ctypes.c_int64
+    item = np.dtype(dtype).itemsize
+
+    def view(address, rows, cols, ld):
+        buf = (ctypes.c_char * max(1, ((rows - 1) * ld + cols) * item)).from_address(address)
+        return np.lib.stride_tricks.as_strided(np.frombuffer(buf, dtype), (rows, cols), (ld * item, item))
+
+    def gemm_c(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        if m <= 0 or n <= 0:
+            return
+        av = view(a, k, m, lda).T if ta == TRANS else view(a, m, k, lda)
+        bv = view(b, n, k, ldb).T if tb == TRANS else view(b, k, n, ldb)
+        cv = view(c, m, n, ldc)
+        product = (av @ bv) * dtype(alpha) if k > 0 else np.zeros((m, n), dtype)
+        cv[...] = product + cv * dtype(beta) if beta else product
+
+    return ctypes.CFUNCTYPE(None, i, i, i, ll, ll, ll, real, ll, ll, ll, ll, real, ll, ll)(gemm_c)
+
+
+def _register_symbols():
+    """Register yaffe_cblas_sgemm/dgemm with LLVM at import, before any kernel that names them is compiled or
+    loaded from the cache (one that was, alone in a fresh process, crashed): OpenBLAS's CBLAS where NumPy
+    loaded it, else NumPy behind a ctypes callback (_numpy_gemm). Returns whether OpenBLAS's were registered."""
+    import ctypes
+    import llvmlite.binding as llvm
+    functions = _gemm_functions()
+    lib = _openblas() if functions else None
+    for dtype, (real, alias) in _SYMBOL.items():
+        if lib is not None:
+            address = ctypes.cast(getattr(lib, real), ctypes.c_void_p).value
+        else:
+            _FALLBACK.append(_numpy_gemm(dtype.type))
+            address = ctypes.cast(_FALLBACK[-1], ctypes.c_void_p).value
+        llvm.add_symbol(alias, address)
+    return lib is not None
+
+
+_OPENBLAS_SYMBOLS = _register_symbols()
+
+
 def pooled() -> bool:
-    """Whether products can run as parts on Numba's threads: OpenBLAS's CBLAS (64-bit integers) was found and
-    its ?gemm registered under yaffe's names for the kernels (by name, so their cache stays valid)."""
+    """Whether products can run as parts on Numba's threads: OpenBLAS's CBLAS (64-bit integers) was found (its
+    ?gemm registered under yaffe's names for the kernels at import, by name, so their cache stays valid) and
+    YAFFE_GEMM is not `openblas`."""
     if not _POOLED:
-        ok = False
-        if _gemm_functions() and os.environ.get("YAFFE_GEMM", "").lower() != "openblas":
-            import ctypes
-            import llvmlite.binding as llvm
-            lib = _openblas()
-            for real, alias in _SYMBOL.values():
-                llvm.add_symbol(alias, ctypes.cast(getattr(lib, real), ctypes.c_void_p).value)
-            ok = True
-        _POOLED.append(ok)
+        _POOLED.append(_OPENBLAS_SYMBOLS and os.environ.get("YAFFE_GEMM", "").lower() != "openblas")
     return _POOLED[0]
 
 

@@ -57,6 +57,50 @@ def test_products_run_on_numbas_threads_with_numpys_openblas():
     assert r.stdout.split() == ["True", "1"], r.stdout + r.stderr
 
 
+def test_kernels_naming_sgemm_run_in_a_fresh_process_before_any_net():
+    """The kernels' ?gemm symbols are registered when layers.cpu is imported: step_product's OpenBLAS path
+    (rows fewer than a tile) called alone, before any net or pooled(), crashed the process before. Then the
+    same with the symbol pointing at the NumPy fallback (another BLAS than OpenBLAS), compiled afresh."""
+    import subprocess
+    import sys
+    import tempfile
+    code = ("import numpy as np, ctypes, sys; from layers.recurrent import step_product; from layers import cpu\n"
+            "if sys.argv[1] == 'numpy':\n"
+            "    import llvmlite.binding as llvm; f = cpu._numpy_gemm(np.float32)\n"
+            "    llvm.add_symbol('yaffe_cblas_sgemm', ctypes.cast(f, ctypes.c_void_p).value)\n"
+            "rng = np.random.default_rng(1); a = rng.random((3, 40), np.float32); b = rng.random((40, 70), np.float32)\n"
+            "c = np.zeros((3, 70), np.float32); step_product(a, b, c)\n"
+            "print(float(abs(c - a.astype(np.float64) @ b).max()))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for how in ("openblas", "numpy"):
+        env = dict(os.environ)
+        if how == "numpy":
+            env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()
+        r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=300, cwd=root,
+                           env=env)
+        assert r.returncode == 0 and float(r.stdout.split()[-1]) < 1e-4, (how, r.returncode, r.stdout + r.stderr)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_gemm_fallback_follows_cblas(dtype):
+    """_numpy_gemm: CBLAS's row-major ?gemm (alpha, beta, transposes, leading dimensions wider than the rows)."""
+    rng = np.random.default_rng(2)
+    f = cpu._numpy_gemm(dtype)
+    m, n, k = 5, 7, 6
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((k, m + 2) if ta else (m, k + 2)).astype(dtype)
+            b = rng.standard_normal((n, k + 1) if tb else (k, n + 1)).astype(dtype)
+            c = rng.standard_normal((m, n + 3)).astype(dtype)
+            av = a[:, :m].T if ta else a[:, :k]
+            bv = b[:, :k].T if tb else b[:, :n]
+            want = c.astype(np.float64).copy()
+            want[:, :n] = 2.0 * av.astype(np.float64) @ bv + 0.5 * c[:, :n]
+            f(cpu.ROW_MAJOR, cpu.TRANS if ta else cpu.NO_TRANS, cpu.TRANS if tb else cpu.NO_TRANS, m, n, k, 2.0,
+              a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.5, c.ctypes.data, c.shape[1])
+            np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+
+
 def test_cut_gives_parts_on_cache_lines():
     cuts = [cpu._cut(100, 3, p) for p in range(4)]
     assert cuts[0] == 0 and cuts[-1] == 100 and all(c % 16 == 0 for c in cuts[:-1]) and cuts == sorted(cuts)
