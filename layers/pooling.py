@@ -81,8 +81,8 @@ def _max_windows(xf, base, r, q0, start, stop, kh, kw, sw, height, width, out, y
 @njit(cache=True, nogil=True, inline="always")
 def _ave_row_stride2(xf, k, r, width, out, n, yf, zero):
     """n AVE windows k x k (2 or 3) of stride 2 inside the image along one row, the first at xf[r]: each sum in
-    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row2."""
-    size = k * k
+    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row2; divided in x's dtype."""
+    size = xf.dtype.type(k * k)
     if k == 2:
         for px in range(n):
             s = r + px * 2
@@ -198,7 +198,8 @@ def ave_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
             for px in range(start, ow):
                 ws = px * sw - pw
                 we = min(ws + kw, width + pw)
-                size = (he - hs) * (we - ws)  # NOTE: before clipping: padding counts
+                size = x.dtype.type((he - hs) * (we - ws))  # NOTE: before clipping: padding counts (in x's dtype, as
+                # Caffe divides: by an int, Numba divided in float64, exact too but half as many lanes)
                 acc = zero
                 for i in range(max(hs, 0), min(he, height)):
                     row = base + i * width
