@@ -36,7 +36,7 @@ from .conv_nd import NdPath, nd_param, split_axes
 from .cpu import gemm, gemm_acc, spread
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums, sum_into
-from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
+from .simd import (BCAST_MR, deinterleave2, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, lanes, tile_bcast1, tile_bcast2, tile_bcast3,
                    tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_lanes_a, tile_lanes_a1, tile_lanes_b,
                    tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels, tile_pixels_acc, tile_planar,
@@ -224,7 +224,8 @@ def place_phases(x, buf, ph, pw, s, row, rows):
     """x (N, C, H, W) -> buf (N, B, L), B >= C*s*s, the zero-padded planes split into s*s phases of rows `row`:
     x[n, c, i, j] goes to phase ((i + ph) % s)*s + (j + pw) % s of channel c at ((i + ph)//s)*row + (j + pw)//s;
     only the rows i with rows[(i + ph) % s] (the phases the taps read); the rest of buf (its zero padding) is
-    not touched. Stride 2 takes the columns in pairs, which LLVM vectorizes (2.3x a gather per phase)."""
+    not touched. Stride 2 splits a row's columns by shuffles (simd.deinterleave2: the loop over pairs vectorized by
+    LLVM only on rows of 32 or more, and ResNet's are 14-32 wide)."""
     n_img, chans, height, width = x.shape
     xf, bf = x.reshape(-1), buf.reshape(-1)
     planes, length = buf.shape[1], buf.shape[2]  # (planes: C*s*s, or one more: DirectPlan.bias_tap's ones)
@@ -238,9 +239,7 @@ def place_phases(x, buf, ph, pw, s, row, rows):
             at, base = src + i * width, first + pi * s * length + u * row
             if s == 2:
                 d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
-                for k in range(pairs):
-                    bf[uintp(d0 + k)] = xf[uintp(at + 2 * k)]
-                    bf[uintp(d1 + k)] = xf[uintp(at + 2 * k + 1)]
+                deinterleave2(xf, at, pairs, bf, d0, d1)
                 if width % 2:
                     bf[uintp(d0 + pairs)] = xf[uintp(at + 2 * pairs)]
                 continue
@@ -358,9 +357,7 @@ def place_band(xf, n, chans, height, width, bf, xbase, length, ph, pw, s, wp, ro
             if s == 2:
                 pairs, r0, r1 = width // 2, pw % 2, (1 + pw) % 2
                 d0, d1 = base + r0 * length + pw // 2, base + r1 * length + (1 + pw) // 2
-                for k in range(pairs):
-                    bf[uintp(d0 + k)] = xf[uintp(at + 2 * k)]
-                    bf[uintp(d1 + k)] = xf[uintp(at + 2 * k + 1)]
+                deinterleave2(xf, at, pairs, bf, d0, d1)
                 if width % 2:
                     bf[uintp(d0 + pairs)] = xf[uintp(at + 2 * pairs)]
             else:
@@ -412,11 +409,18 @@ def direct_conv_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, out, y
             elif qb - body == vec:
                 tile_bcast1(bf, xbase + body, offs, wf, o0, opad, bias, o0, of, at + body, nq)
         i0, i1 = qa // wp, min(oh, (qb - 1) // wp + 1)  # the band's rows
+        if wp == ow:  # (rows without padding, a 1x1 kernel's: the band as one run, which vectorizes where
+            i0, i1, wp_, ow_ = 0, 1, 0, 0  # rows of 7 or 14 did not)
+        else:
+            wp_, ow_ = wp, ow
         for o in range(out_c):  # the band to the top
             src, dst = (n * opad + o) * nq, (n * out_c + o) * oh * ow
             for i in range(i0, i1):
-                j0, j1 = max(0, qa - i * wp), min(ow, qb - i * wp)
-                s0, d0 = src + i * wp, dst + i * ow
+                if wp_ == 0:
+                    j0, j1 = qa, min(qb, oh * ow)
+                else:
+                    j0, j1 = max(0, qa - i * wp_), min(ow_, qb - i * wp_)
+                s0, d0 = src + i * wp_, dst + i * ow_
                 if added:  # (its own names: a float64 v would convert the plain copy's values too)
                     for j in range(j0, j1):
                         t = ca * of[uintp(s0 + j)] + cb * res[uintp(d0 + j)]
@@ -1249,7 +1253,7 @@ class Convolution(Layer):
         if self._depthwise(x) is not None or self._direct(x) is None:
             return None
         plan = self._plan
-        banded = BANDS and not plan.x_direct and not plan.lanes_forward and not plan.subsample
+        banded = BANDS and not plan.x_direct and not plan.lanes_forward
         if self.residual is not None and not (banded or plan.lanes_forward):  # the SUM above added after, as Eltwise
             (res, ca, cb), relu = self.residual, self.relu
             self.residual = self.relu = None

@@ -21,6 +21,8 @@ need no im2col buffer.
           w[wbase + ent_w[e] + m*wstride + r] * d[dbase + ent_d[e] + m*dstride + u]
   (the data gradient of a convolution over an entry list of the taps each input pixel receives: no padding);
   `tile_lanes_a1` the same on one vector of images (u < lanes).
+- `deinterleave2(x, at, count, dst, d0, d1)`: dst[d0 + k] = x[at + 2k], dst[d1 + k] = x[at + 2k + 1], k < count
+  (a stride-2 row's columns to its two phases), masked at the end.
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -366,6 +368,67 @@ def _make_transpose_tile():
     return intrinsic(tile)
 
 
+def _make_deinterleave2():
+    """deinterleave2: the even and the odd elements of x[at:at + 2*count] to dst[d0:d0 + count] and
+    dst[d1:d1 + count], a vector of each from two loaded vectors (shuffles); the last partial pair of vectors by
+    masked loads and stores (nothing read or written past the ranges)."""
+    def tile(typingctx, x, at, count, dst, d0, d1):
+        sig = types.void(x, at, count, dst, d0, d1)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, at, count, dst, d0, d1 = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            const = lambda v: ir.Constant(i64, v)
+            xp, dp = _data(context, builder, t[0], x).data, _data(context, builder, t[3], dst).data
+            evens = ir.Constant(ir.VectorType(i32, n), [2 * j for j in range(n)])
+            odds = ir.Constant(ir.VectorType(i32, n), [2 * j + 1 for j in range(n)])
+            full = builder.udiv(count, const(n))
+            with cgutils.for_range(builder, full) as loop:
+                i = builder.mul(loop.index, const(n))
+                src = builder.add(at, builder.add(i, i))
+                a, b = load(xp, src), load(xp, builder.add(src, const(n)))
+                store(builder.shuffle_vector(a, b, evens), dp, builder.add(d0, i))
+                store(builder.shuffle_vector(a, b, odds), dp, builder.add(d1, i))
+            rem = builder.sub(count, builder.mul(full, const(n)))
+            with builder.if_then(builder.icmp_unsigned(">", rem, const(0))):
+                i = builder.mul(full, const(n))
+                src = builder.add(at, builder.add(i, i))
+                ivec = ir.VectorType(i64, n)
+
+                def splat64(v):
+                    one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
+                    return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
+                                                  ir.Constant(ir.VectorType(i32, n), [0] * n))
+                index = ir.Constant(ivec, list(range(n)))
+                two = splat64(builder.add(rem, rem))
+                mask_a = builder.icmp_unsigned("<", index, two)
+                mask_b = builder.icmp_unsigned("<", builder.add(index, splat64(const(n))), two)
+                mask_s = builder.icmp_unsigned("<", index, splat64(rem))
+                ptr, mvec = vec.as_pointer(), ir.VectorType(ir.IntType(1), n)
+                suffix = f"v{n}f{32 if isinstance(vec.element, ir.FloatType) else 64}.p0"
+                mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
+                                                       "llvm.masked.load." + suffix)
+                mstore = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]), "llvm.masked.store." + suffix)
+                addr = lambda p, idx: builder.bitcast(builder.gep(p, [idx]), ptr)
+                align, zero = ir.Constant(i32, 4), ir.Constant(vec, None)
+                a = builder.call(mload, [addr(xp, src), align, mask_a, zero])
+                b = builder.call(mload, [addr(xp, builder.add(src, const(n))), align, mask_b, zero])
+                builder.call(mstore, [builder.shuffle_vector(a, b, evens), addr(dp, builder.add(d0, i)), align, mask_s])
+                builder.call(mstore, [builder.shuffle_vector(a, b, odds), addr(dp, builder.add(d1, i)), align, mask_s])
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "deinterleave2"
+    return intrinsic(tile)
+
+
+def _py_deinterleave2(x, at, count, dst, d0, d1):
+    dst[d0:d0 + count] = x[at:at + 2 * count:2]
+    dst[d1:d1 + count] = x[at + 1:at + 2 * count:2]
+
+
 def _py_transpose_tile(src, sbase, sstride, dst, dbase, dstride, bias, bbase, relu, slope):
     n = lanes(src.dtype)
     block = np.stack([src[sbase + r * sstride:sbase + r * sstride + n] for r in range(n)]).T + bias[bbase:bbase + n]
@@ -511,6 +574,8 @@ if config.DISABLE_JIT:
 else:
     tile_pixels, tile_pixels_acc = _make_tile_pixels(PIX_MR, PIX_NV), _make_tile_pixels(PIX_MR, PIX_NV, True)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
+# a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
+deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
 # tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
 # whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers
 ROWS_MR = 8 if VECTOR_BYTES == 64 else PIX_MR

@@ -2,6 +2,7 @@
 gives what the im2col path gives, forward and backward, and is chosen only where it applies."""
 import numpy as np
 import pytest
+from numba import njit
 
 import layers.conv as conv
 from layers import simd
@@ -575,6 +576,9 @@ with pytest.MonkeyPatch.context() as patch:
     for case in t.BANDS:
         for pixels in (False, True):
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
+t.test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(np.float32)
+for width in (7, 14, 33):
+    t.test_place_phases_of_stride_two_matches_numpy(width, 1)
 for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels
     for dtype in (np.float32, np.float64):
         t.test_the_top_diff_goes_channels_last_as_numpy_puts_it(chans, width, dtype)
@@ -604,6 +608,50 @@ print("ok")
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@njit(cache=True)
+def _deinterleave(x, at, count, dst, d0, d1):
+    simd.deinterleave2(x, at, count, dst, d0, d1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(dtype):
+    """simd.deinterleave2 (place_phases' and place_band's stride-2 rows): whole vectors, then a masked last part,
+    at every count up to three vectors, against NumPy's slices and the Python stand-in, with the source ending
+    where the range does (the masked loads read nothing past it); nothing written around the destinations."""
+    n = simd.lanes(dtype)
+    for count in range(0, 3 * n + 2):
+        x = np.arange(1, 2 * count + 4, dtype=dtype)[:3 + 2 * count]  # ends at the range's end
+        want = np.full(8 * n + 16, -1, dtype)
+        want[5:5 + count], want[4 * n + 9:4 * n + 9 + count] = x[3::2][:count], x[4::2][:count]
+        for f in (_deinterleave, simd._py_deinterleave2):
+            got = np.full_like(want, -1)
+            f(x, 3, count, got, 5, 4 * n + 9)
+            np.testing.assert_array_equal(got, want, err_msg=f"count {count}")
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 14, 15, 28, 33])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_place_phases_of_stride_two_matches_numpy(width, pad):
+    """place_phases at stride 2 (rows split by simd.deinterleave2) against the phases cut by NumPy from the
+    zero-padded image, for odd and even widths and pads, and row phases left out where the taps read none."""
+    rng = np.random.default_rng(width)
+    x = rng.normal(size=(2, 3, 5, width)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    row = -(-(width + 2 * pad) // 2)
+    rows_h = -(-(5 + 2 * pad) // 2)
+    for rows in (np.array([True, True]), np.array([True, False])):
+        buf = np.zeros((2, 3 * 4, rows_h * row + 3), np.float32)
+        conv.place_phases(x, buf, pad, pad, 2, row, rows)
+        want = np.zeros_like(buf)
+        for a in range(2):
+            for b in range(2):
+                phase = padded[:, :, a::2, b::2] if rows[a] else np.zeros_like(padded[:, :, a::2, b::2])
+                h, w = phase.shape[2:]
+                view = want.reshape(2, 3, 4, -1)[:, :, a * 2 + b, :rows_h * row].reshape(2, 3, rows_h, row)
+                view[:, :, :h, :w] = phase
+        np.testing.assert_array_equal(buf, want)
 
 
 def test_a_new_bottom_shape_gets_a_new_plan():
