@@ -33,16 +33,23 @@ MIN_SLICE = 8        # examples per replica
 # Python takes turns under the GIL, ~10% of each slice, and their diffs are summed after); CIFAR-10 quick at
 # 50 has 2.7M and runs faster as slices (3.5k against 3.25k)
 MIN_MAPS = 1 << 20
-# a forward-only net (predict, test) needs FORWARD_FACTOR times as many: with nothing to run backward its
-# layers are short and the slices' Python takes turns (LeNet at 64: whole 37-39k img/s on two threads,
-# as two slices 30k; CIFAR-10 quick 9.9-10.1k against 8.7-9.7k; the ResNets 1.0-1.08x as slices)
+# a forward-only net (predict, test) runs whole where it has the cores: with nothing to run backward its layers
+# are short, and two slices' kernels wait for Python's lock at each return (a contended lock wakes its waiter
+# in 10-80 us on a VM: resnet_fashion's slices of 32 ran 5.6-5.7 ms side by side in one process against 5.0 in
+# two); whole, the banded kernels share each layer out: batch 64 resnet_fashion 5.23 against 6.12 ms as
+# slices, ResNet-20 18.8 against 19.6; at 128-256 equal (LeNet and CIFAR-10 quick ran whole already). Beside a
+# split train net (`held`: the trainer's test nets) it splits with FORWARD_FACTOR times the maps a train net needs.
+FORWARD_WHOLE = True
 FORWARD_FACTOR = 8
 
 
-def start(net: Net, requested: int | None, threads: int | None = None) -> tuple["Replicas | None", str]:
+def start(net: Net, requested: int | None, threads: int | None = None,
+          held: bool = False) -> tuple["Replicas | None", str]:
     """The replicas to train `net` with (None: the plain net) and a line that says what was chosen and why.
     requested: None (automatic: one replica per thread when the batch divides into slices of MIN_SLICE or
-    more and no result changes), 1 (off), or k (exactly k, or a UserError saying why not)."""
+    more and no result changes), 1 (off), or k (exactly k, or a UserError saying why not). held: the cores
+    will be held by another net's slices when this one runs (a trainer's test nets beside its split train
+    net: run whole, a forward-only net would then have the calling thread alone)."""
     threads = threads or (_open[0][1] if _open else numba.get_num_threads())  # open replicas hold the cores
     batch = net.source_batch_axes()[0] or next((net.shapes[d.tops[0]][0] for d, l in zip(net.defs, net.layers)
                                                if l.is_source and net.shapes.get(d.tops[0])), 0)  # (T, N): N
@@ -56,6 +63,8 @@ def start(net: Net, requested: int | None, threads: int | None = None) -> tuple[
         # a recurrent layer's steps are small products in a Python loop: slices run them side by side
         # (models/lstm_mnist: 1.2x on 2 cores); its sequences are split along N
         sequences = any(getattr(l, "time_major_bottoms", None) for l in net.layers)
+        if FORWARD_WHOLE and not net.keep_for_backward and not held and not sequences:
+            return None, ""  # forward-only, on the cores: whole (its bands share each layer out, see FORWARD_FACTOR)
         need = MIN_MAPS * (1 if net.keep_for_backward else FORWARD_FACTOR)
         if maps < need * 2 and not sequences:
             return None, ""  # matrix products (an MLP), or maps too small to pay for the threads

@@ -169,8 +169,8 @@ class Trainer:
         from .replicas import start
         self.replicas, self.replicas_line = start(self.net, replicas)  # each batch as slices on the threads
         # the test nets too, when the train net is split (and they allow it); replicas=1 keeps them whole
-        self.test_runners = [(start(t, None)[0] if self.replicas or replicas is None else None) or t
-                             for t in self.test_nets]
+        self.test_runners = [(start(t, None, held=self.replicas is not None)[0]
+                              if self.replicas or replicas is None else None) or t for t in self.test_nets]
         self.solver = SOLVERS[cfg.type](self.net.params, cfg)
         self.lr = LearningRate(cfg)
         self.iter = 0

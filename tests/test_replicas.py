@@ -313,8 +313,9 @@ layer:
 
 
 def test_run_py_test_and_predict_run_the_batch_as_slices_with_the_results_of_one_pass(tmp_path, monkeypatch):
-    """`run.py test` and `run.py predict` run forward-only nets as slices where training would (here forced on a
-    small net); the outputs equal those of the whole batch at once, a last short batch of predict included."""
+    """Forward-only nets run whole on the cores (the automatic choice), as slices only beside a split train net
+    (held) or when told; `run.py test` and `run.py predict` as slices (forced here on a small net) give the
+    outputs of the whole batch at once, a last short batch of predict included."""
     import solvers.replicas as rep
     from solvers.predict import Predictor
     from solvers.trainer import test_model
@@ -333,6 +334,12 @@ def test_run_py_test_and_predict_run_the_batch_as_slices_with_the_results_of_one
     scores = Predictor(str(path), weights).run(rows, ["ip"])["ip"]
     runs = []
     monkeypatch.setattr(rep, "MIN_MAPS", 1)
+    test_net = Net(loads(TEST_NET), "TEST", seed=0)
+    test_net.keep_for_backward = False
+    assert rep.start(test_net, None)[0] is None  # forward-only, with the cores: whole, whatever its maps
+    held = rep.start(test_net, None, held=True)[0]  # beside a split train net (the trainer's test nets): slices
+    assert held is not None and held.k == 2
+    monkeypatch.setattr(rep, "FORWARD_WHOLE", False)  # run.py test and predict as slices
     def forward(self, sources=True):  # and the slices fold BatchNorm into the convolution, as the whole net would
         loss = rep.Replicas._run(self, False, sources)
         runs.append((self.k, [(n.keep_for_backward, {n.defs[i].name for i in n._fold_state["made"]})
