@@ -23,6 +23,9 @@ need no im2col buffer.
   `tile_lanes_a1` the same on one vector of images (u < lanes).
 - `deinterleave2(x, at, count, dst, d0, d1)`: dst[d0 + k] = x[at + 2k], dst[d1 + k] = x[at + 2k + 1], k < count
   (a stride-2 row's columns to its two phases), masked at the end.
+- `store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)`: dst[d0 + j] = t, or t * slope where relu
+  and t <= 0, with t = ca * src[s0 + j] + cb * res[d0 + j] where added, else src[s0 + j]; in Numba's types for
+  the scalar expressions (float64 where ca, cb or slope are), masked at the end.
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -424,6 +427,106 @@ def _make_deinterleave2():
     return intrinsic(tile)
 
 
+def _make_store_row():
+    """store_row: a run of a band's values to the top, as direct_conv_bands' scalar loop computes them, in vectors
+    (Numba's loop vectorized only runs of 64 or more: ResNet's rows of 8-32 ran scalar), a masked last part."""
+    def tile(typingctx, src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
+        sig = types.void(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)
+        # the types Numba gives the scalar expressions: t = ca * v + cb * r; t if not relu or t > 0 else t * slope
+        wide = typingctx.unify_types(src.dtype, ca, cb)
+        neg_t = typingctx.unify_types(wide, slope)
+        plain_neg = typingctx.unify_types(src.dtype, slope)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            src, s0, dst, d0, count, res, added, ca, cb, relu, slope = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            const = lambda v: ir.Constant(i64, v)
+            sp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (2, dst), (5, res)))
+            elem = vec.element
+
+            def vtype(nbty):
+                return ir.VectorType(context.get_value_type(nbty), n)
+
+            def convert(v, frm, to):  # a vector of Numba type frm to Numba type to (float32 <-> float64)
+                if frm == to:
+                    return v
+                wider = context.get_value_type(to)
+                return (builder.fpext if isinstance(wider, ir.DoubleType) else builder.fptrunc)(v, vtype(to))
+
+            def splat_as(value, frm, to):
+                scalar = context.cast(builder, value, frm, to)
+                vt = vtype(to)
+                one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, n), [0] * n))
+            dty = t[0].dtype
+            relu_one = context.cast(builder, relu, t[9], types.boolean)
+            relu_on = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(1), n), ir.Undefined), relu_one,
+                                       ir.Constant(i32, 0)),
+                ir.Constant(ir.VectorType(ir.IntType(1), n), ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+            is_added = context.cast(builder, added, t[6], types.boolean)
+            ca_v, cb_v = splat_as(ca, t[7], wide), splat_as(cb, t[8], wide)
+            slope_n, slope_p = splat_as(slope, t[10], neg_t), splat_as(slope, t[10], plain_neg)
+            zero_w, zero_d = ir.Constant(vtype(wide), None), ir.Constant(vec, None)
+
+            def leaky(x, xt, nt, sl, zero):  # x if not relu or x > 0 else x * slope, in the arrays' type
+                neg = convert(builder.fmul(convert(x, xt, nt), sl), nt, dty)
+                return builder.select(builder.and_(relu_on, builder.fcmp_unordered("<=", x, zero)), neg,
+                                      convert(x, xt, dty))
+
+            def value(v, r):  # the stored vector, from src's (v) and res' (r, or None: nothing added)
+                if r is None:
+                    return leaky(v, dty, plain_neg, slope_p, zero_d)
+                tw = builder.fadd(builder.fmul(ca_v, convert(v, dty, wide)), builder.fmul(cb_v, convert(r, dty, wide)))
+                return leaky(tw, wide, neg_t, slope_n, zero_w)
+            ivec, mvec, ptr = ir.VectorType(i64, n), ir.VectorType(ir.IntType(1), n), vec.as_pointer()
+            suffix = f"v{n}f{32 if isinstance(elem, ir.FloatType) else 64}.p0"
+            mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
+                                                   "llvm.masked.load." + suffix)
+            mstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]), "llvm.masked.store." + suffix)
+            addr = lambda p, idx: builder.bitcast(builder.gep(p, [idx]), ptr)
+            align = ir.Constant(i32, 4)
+            full = builder.udiv(count, const(n))
+            rem = builder.sub(count, builder.mul(full, const(n)))
+
+            def run(with_res):
+                with cgutils.for_range(builder, full) as loop:
+                    i = builder.mul(loop.index, const(n))
+                    r = load(rp, builder.add(d0, i)) if with_res else None
+                    store(value(load(sp, builder.add(s0, i)), r), dp, builder.add(d0, i))
+                with builder.if_then(builder.icmp_unsigned(">", rem, const(0))):
+                    i = builder.mul(full, const(n))
+                    one = builder.insert_element(ir.Constant(ivec, ir.Undefined), rem, ir.Constant(i32, 0))
+                    limit = builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
+                                                   ir.Constant(ir.VectorType(i32, n), [0] * n))
+                    mask = builder.icmp_unsigned("<", ir.Constant(ivec, list(range(n))), limit)
+                    v = builder.call(mload, [addr(sp, builder.add(s0, i)), align, mask, zero_d])
+                    r = builder.call(mload, [addr(rp, builder.add(d0, i)), align, mask, zero_d]) if with_res else None
+                    builder.call(mstore, [value(v, r), addr(dp, builder.add(d0, i)), align, mask])
+            with builder.if_else(is_added) as (then, otherwise):
+                with then:
+                    run(True)
+                with otherwise:
+                    run(False)
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "store_row"
+    return intrinsic(tile)
+
+
+def _py_store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
+    for j in range(count):
+        if added:
+            t = ca * src[s0 + j] + cb * res[d0 + j]
+        else:
+            t = src[s0 + j]
+        dst[d0 + j] = t if not relu or t > 0 else t * slope
+
+
 def _py_deinterleave2(x, at, count, dst, d0, d1):
     dst[d0:d0 + count] = x[at:at + 2 * count:2]
     dst[d1:d1 + count] = x[at + 1:at + 2 * count:2]
@@ -576,6 +679,8 @@ else:
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
+# a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
+store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 # tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
 # whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers
 ROWS_MR = 8 if VECTOR_BYTES == 64 else PIX_MR

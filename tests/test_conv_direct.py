@@ -577,6 +577,7 @@ with pytest.MonkeyPatch.context() as patch:
         for pixels in (False, True):
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
 t.test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(np.float32)
+t.test_store_row_equals_the_scalar_loop_to_the_bit(np.float32)
 for width in (7, 14, 33):
     t.test_place_phases_of_stride_two_matches_numpy(width, 1)
 for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels
@@ -629,6 +630,47 @@ def test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(dtyp
             got = np.full_like(want, -1)
             f(x, 3, count, got, 5, 4 * n + 9)
             np.testing.assert_array_equal(got, want, err_msg=f"count {count}")
+
+
+@njit(cache=True)
+def _store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
+    simd.store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)
+
+
+@njit(cache=True)
+def _store_row_scalar(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
+    for j in range(count):  # direct_conv_bands' loop before store_row
+        if added:
+            t = ca * src[s0 + j] + cb * res[d0 + j]
+            dst[d0 + j] = t if not relu or t > 0 else t * slope
+        else:
+            v = src[s0 + j]
+            dst[d0 + j] = v if not relu or v > 0 else v * slope
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store_row_equals_the_scalar_loop_to_the_bit(dtype):
+    """simd.store_row (a band's run of values to the top, with a SUM above and a leaky ReLU) against the scalar
+    loop it replaced, compiled by Numba, bit for bit: every count to three vectors, zeros of both signs, float64
+    and float32 coefficients and slopes (Numba's promotions: float64 arithmetic where any is float64), nothing
+    written around the run; and the Python stand-in to within rounding."""
+    rng = np.random.default_rng(3)
+    n = simd.lanes(dtype)
+    for count in range(0, 3 * n + 2):
+        src = rng.normal(size=count + 10).astype(dtype)
+        src[::7], src[1::11] = 0.0, -0.0
+        res = rng.normal(size=count + 20).astype(dtype)
+        for added in (False, True):
+            for relu in (False, True):
+                for ca, cb in ((1.0, 1.0), (0.3, 0.7), (np.float32(0.3), np.float32(-2.0))):
+                    for slope in (0.0, 0.1, np.float32(0.1)):
+                        r = res if added else res[:0]
+                        got, want, py = (np.full(count + 20, 7, dtype) for _ in range(3))
+                        _store_row(src, 3, got, 5, count, r, added, ca, cb, relu, slope)
+                        _store_row_scalar(src, 3, want, 5, count, r, added, ca, cb, relu, slope)
+                        simd._py_store_row(src, 3, py, 5, count, r, added, ca, cb, relu, slope)
+                        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+                        np.testing.assert_allclose(py, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("width", [1, 2, 7, 14, 15, 28, 33])
