@@ -68,7 +68,9 @@ TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filt
 # computed) and 0.8x (64: ResNet-20's 16 filters 161 against ~205) the speed of two vectors
 TAPS_ONE = 1.25 if VECTOR_BYTES == 64 else 1.5
 PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
-PIX_MR, PIX_NV = 6, 2                        # tile_pixels: pixels x vectors of filters (best of 4 sizes measured)
+# tile_pixels: pixels x vectors of filters (6 x 2: best of 4 sizes measured at 16 registers); 8 x 2 on AVX-512
+# (16 accumulators: ResNet-20's 8x8 planes as 8 tiles, not 11 of 6: its 64-channel 3x3 at batch 1 27.8 -> 25.0 us)
+PIX_MR, PIX_NV = (8 if VECTOR_BYTES == 64 else 6), 2
 LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images (depthwise)
 # the convolutions' lanes tiles come in three widths (channels a tile), mixed so that a layer's channels are covered
 # with the least padding (layers/conv.lane_blocks): their cost a channel relative to the first, measured on
