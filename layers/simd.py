@@ -373,6 +373,31 @@ def _make_transpose_tile():
     return intrinsic(tile)
 
 
+def _masked_tools(builder, vec, n):
+    """(splat64(i64) -> n lanes, index 0..n-1 as i64 lanes, mload(ptr, index, mask) -> vector (zeros where the
+    mask is off, nothing read there), mstore(value, ptr, index, mask)) for LLVM's masked loads and stores."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    ivec, mvec, ptr = ir.VectorType(i64, n), ir.VectorType(ir.IntType(1), n), vec.as_pointer()
+
+    def splat64(v):
+        one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
+        return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+    suffix = f"v{n}f{32 if isinstance(vec.element, ir.FloatType) else 64}.p0"
+    load_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
+                                             "llvm.masked.load." + suffix)
+    store_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]),
+                                              "llvm.masked.store." + suffix)
+    addr = lambda p, idx: builder.bitcast(builder.gep(p, [idx]), ptr)
+    align = ir.Constant(i32, 4)
+
+    def mload(p, idx, mask):
+        return builder.call(load_fn, [addr(p, idx), align, mask, ir.Constant(vec, None)])
+
+    def mstore(value, p, idx, mask):
+        builder.call(store_fn, [value, addr(p, idx), align, mask])
+    return splat64, ir.Constant(ivec, list(range(n))), mload, mstore
+
+
 def _make_deinterleave2():
     """deinterleave2: the even and the odd elements of x[at:at + 2*count] to dst[d0:d0 + count] and
     dst[d1:d1 + count], a vector of each from two loaded vectors (shuffles); the last partial pair of vectors by
@@ -400,29 +425,14 @@ def _make_deinterleave2():
             with builder.if_then(builder.icmp_unsigned(">", rem, const(0))):
                 i = builder.mul(full, const(n))
                 src = builder.add(at, builder.add(i, i))
-                ivec = ir.VectorType(i64, n)
-
-                def splat64(v):
-                    one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
-                    return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
-                                                  ir.Constant(ir.VectorType(i32, n), [0] * n))
-                index = ir.Constant(ivec, list(range(n)))
+                splat64, index, mload, mstore = _masked_tools(builder, vec, n)
                 two = splat64(builder.add(rem, rem))
                 mask_a = builder.icmp_unsigned("<", index, two)
                 mask_b = builder.icmp_unsigned("<", builder.add(index, splat64(const(n))), two)
                 mask_s = builder.icmp_unsigned("<", index, splat64(rem))
-                ptr, mvec = vec.as_pointer(), ir.VectorType(ir.IntType(1), n)
-                suffix = f"v{n}f{32 if isinstance(vec.element, ir.FloatType) else 64}.p0"
-                mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
-                                                       "llvm.masked.load." + suffix)
-                mstore = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]), "llvm.masked.store." + suffix)
-                addr = lambda p, idx: builder.bitcast(builder.gep(p, [idx]), ptr)
-                align, zero = ir.Constant(i32, 4), ir.Constant(vec, None)
-                a = builder.call(mload, [addr(xp, src), align, mask_a, zero])
-                b = builder.call(mload, [addr(xp, builder.add(src, const(n))), align, mask_b, zero])
-                builder.call(mstore, [builder.shuffle_vector(a, b, evens), addr(dp, builder.add(d0, i)), align, mask_s])
-                builder.call(mstore, [builder.shuffle_vector(a, b, odds), addr(dp, builder.add(d1, i)), align, mask_s])
+                a, b = mload(xp, src, mask_a), mload(xp, builder.add(src, const(n)), mask_b)
+                mstore(builder.shuffle_vector(a, b, evens), dp, builder.add(d0, i), mask_s)
+                mstore(builder.shuffle_vector(a, b, odds), dp, builder.add(d1, i), mask_s)
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "deinterleave2"
@@ -446,7 +456,6 @@ def _make_store_row():
             i64, i32 = ir.IntType(64), ir.IntType(32)
             const = lambda v: ir.Constant(i64, v)
             sp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (2, dst), (5, res)))
-            elem = vec.element
 
             def vtype(nbty):
                 return ir.VectorType(context.get_value_type(nbty), n)
@@ -484,14 +493,7 @@ def _make_store_row():
                     return leaky(v, dty, plain_neg, slope_p, zero_d)
                 tw = builder.fadd(builder.fmul(ca_v, convert(v, dty, wide)), builder.fmul(cb_v, convert(r, dty, wide)))
                 return leaky(tw, wide, neg_t, slope_n, zero_w)
-            ivec, mvec, ptr = ir.VectorType(i64, n), ir.VectorType(ir.IntType(1), n), vec.as_pointer()
-            suffix = f"v{n}f{32 if isinstance(elem, ir.FloatType) else 64}.p0"
-            mload = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
-                                                   "llvm.masked.load." + suffix)
-            mstore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]), "llvm.masked.store." + suffix)
-            addr = lambda p, idx: builder.bitcast(builder.gep(p, [idx]), ptr)
-            align = ir.Constant(i32, 4)
+            splat64, index, mload, mstore = _masked_tools(builder, vec, n)
             full = builder.udiv(count, const(n))
             rem = builder.sub(count, builder.mul(full, const(n)))
 
@@ -502,13 +504,9 @@ def _make_store_row():
                     store(value(load(sp, builder.add(s0, i)), r), dp, builder.add(d0, i))
                 with builder.if_then(builder.icmp_unsigned(">", rem, const(0))):
                     i = builder.mul(full, const(n))
-                    one = builder.insert_element(ir.Constant(ivec, ir.Undefined), rem, ir.Constant(i32, 0))
-                    limit = builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
-                                                   ir.Constant(ir.VectorType(i32, n), [0] * n))
-                    mask = builder.icmp_unsigned("<", ir.Constant(ivec, list(range(n))), limit)
-                    v = builder.call(mload, [addr(sp, builder.add(s0, i)), align, mask, zero_d])
-                    r = builder.call(mload, [addr(rp, builder.add(d0, i)), align, mask, zero_d]) if with_res else None
-                    builder.call(mstore, [value(v, r), addr(dp, builder.add(d0, i)), align, mask])
+                    mask = builder.icmp_unsigned("<", index, splat64(rem))
+                    r = mload(rp, builder.add(d0, i), mask) if with_res else None
+                    mstore(value(mload(sp, builder.add(s0, i), mask), r), dp, builder.add(d0, i), mask)
             with builder.if_else(is_added) as (then, otherwise):
                 with then:
                     run(True)
@@ -527,6 +525,99 @@ def _py_store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
         else:
             t = src[s0 + j]
         dst[d0 + j] = t if not relu or t > 0 else t * slope
+
+
+def _make_tile_unpadded(nr, nv):
+    """tile_unpadded{nr}{nv}: a stride-1 "same" convolution straight from the unpadded bottom, BCAST_MR filters by
+    nr output rows by nv vectors of a row's columns, each load masked to the columns inside the image (the
+    padding's zeros never read; the taps' rows limited to [di_lo, di_hi), inside the image for all nr rows);
+    the sums (bias first, then dj, di, c in that order) stored to the top, masked to the row and to `kept`
+    filters."""
+    mr = BCAST_MR
+
+    def tile(typingctx, x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
+             bias, bbase, kept, y, ybase):
+        sig = types.void(x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
+                         bias, bbase, kept, y, ybase)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            (x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride, bias, bbase,
+             kept, y, ybase) = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            xp, wp, bp, yp = (_data(context, builder, t[i], a).data for i, a in ((0, x), (12, w), (15, bias), (18, y)))
+            splat64, index, mload, mstore = _masked_tools(builder, vec, n)
+            plane = builder.mul(height, width)
+            acc = [[[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(nr)] for _ in range(mr)]
+            for m in range(mr):
+                b = splat(builder.load(builder.gep(bp, [builder.add(bbase, const(m))])))
+                for r in range(nr):
+                    for v in range(nv):
+                        builder.store(b, acc[m][r][v])
+            # the columns each vector's lanes compute: v*n + l < width
+            inside = [builder.icmp_signed("<", builder.add(index, splat64(const(v * n))), splat64(width))
+                      for v in range(nv)]
+            with cgutils.for_range(builder, kw) as jloop:
+                dj = jloop.index
+                shift = builder.sub(dj, pw)
+                masks = []  # lanes whose input column v*n + l + dj - pw lies in [0, width)
+                for v in range(nv):
+                    col = builder.add(index, splat64(builder.add(const(v * n), shift)))
+                    ok = builder.and_(builder.icmp_signed(">=", col, splat64(const(0))),
+                                      builder.icmp_signed("<", col, splat64(width)))
+                    masks.append(builder.and_(ok, inside[v]))
+                with cgutils.for_range_slice(builder, di_lo, di_hi, const(1)) as (di, _):
+                    # the channels innermost (16-64 of them, the longest loop, at constant strides)
+                    k0 = builder.add(builder.mul(di, kw), dj)  # tap (c, di, dj) is c * kh * kw + k0
+                    w0 = builder.add(wbase, builder.mul(k0, wstride))
+                    wstep = builder.mul(builder.mul(kh, kw), wstride)
+                    x0 = builder.add(xbase, builder.add(builder.mul(builder.sub(builder.add(row0, di), ph), width),
+                                                        shift))
+                    with cgutils.for_range(builder, chans) as cloop:
+                        c = cloop.index
+                        wrow = builder.add(w0, builder.mul(c, wstep))
+                        first = builder.add(x0, builder.mul(c, plane))
+                        xs = [[mload(xp, builder.add(builder.add(first, builder.mul(const(r), width)), const(v * n)),
+                                     masks[v]) for v in range(nv)] for r in range(nr)]
+                        for m in range(mr):
+                            a = splat(builder.load(builder.gep(wp, [builder.add(wrow, const(m))])))
+                            for r in range(nr):
+                                for v in range(nv):
+                                    builder.store(fma(a, xs[r][v], builder.load(acc[m][r][v])), acc[m][r][v])
+            for m in range(mr):
+                with builder.if_then(builder.icmp_signed("<", const(m), kept)):
+                    for r in range(nr):
+                        at = builder.add(builder.add(ybase, builder.mul(const(m), plane)),
+                                         builder.mul(builder.add(row0, const(r)), width))
+                        for v in range(nv):
+                            mstore(builder.load(acc[m][r][v]), yp, builder.add(at, const(v * n)), inside[v])
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_unpadded{nr}{nv}"
+    return intrinsic(tile)
+
+
+def _py_tile_unpadded(nr, nv, x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
+                      bias, bbase, kept, y, ybase):
+    n, plane = lanes(x.dtype), height * width
+    cols = np.arange(nv * n)
+    keep = cols < width
+    for r in range(nr):
+        sums = np.repeat(bias[bbase:bbase + BCAST_MR, None].astype(x.dtype), nv * n, axis=1)
+        for dj in range(kw):
+            src = cols + dj - pw
+            ok = keep & (src >= 0) & (src < width)
+            for di in range(di_lo, di_hi):
+                for c in range(chans):
+                    row = x[xbase + c * plane + (row0 + r + di - ph) * width:][:width]
+                    vals = np.where(ok, row[np.clip(src, 0, width - 1)], 0).astype(x.dtype)
+                    k = (c * kh + di) * kw + dj
+                    sums = sums + w[wbase + k * wstride:wbase + k * wstride + BCAST_MR, None] * vals[None]
+        for m in range(min(kept, BCAST_MR)):
+            at = ybase + m * plane + (row0 + r) * width
+            y[at:at + width] = sums[m, :width]
 
 
 def _py_deinterleave2(x, at, count, dst, d0, d1):
@@ -683,6 +774,15 @@ transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_t
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
+# a "same" stride-1 convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors
+# (rows of 17-32 on AVX-512), two rows of one vector (9-16), one row of one (the first and last rows)
+if config.DISABLE_JIT:
+    tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11 = (
+        functools.partial(_py_tile_unpadded, nr, nv) for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)))
+else:
+    tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11 = (
+        _make_tile_unpadded(nr, nv) for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)))
+
 # tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
 # whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers
 ROWS_MR = 8 if VECTOR_BYTES == 64 else PIX_MR

@@ -405,6 +405,114 @@ BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, stride, parts): tails of 1 a
     (1, 3, 13, 11, 7, (5, 5), (2, 2), (1, 1), 3, 2)]
 
 
+UNPADDED = [  # (N, C, H, W, O, kernel, pad, parts): rows of one vector and of two (float32 on AVX-512: <= 16 and
+    # <= 32; float64 half), three, two and one rows a tile, filters past the last whole block, more parts than rows
+    (1, 3, 5, 12, 10, (3, 3), (1, 1), 1), (2, 4, 7, 16, 8, (3, 3), (1, 1), 1), (1, 5, 9, 13, 17, (5, 5), (2, 2), 2),
+    (3, 2, 3, 28, 9, (3, 3), (1, 1), 1), (1, 16, 32, 32, 16, (3, 3), (1, 1), 2), (2, 3, 4, 17, 7, (1, 1), (0, 0), 3),
+    (1, 6, 11, 14, 33, (3, 5), (1, 2), 2), (1, 2, 1, 15, 3, (3, 3), (1, 1), 1), (1, 3, 2, 12, 5, (3, 3), (1, 1), 4)]
+
+
+def _unpadded_reference(x, weights, bias, pad):
+    """A "same" convolution in float64 from NumPy's padded copy: y[n, o, i, j] = bias[o] + sum of weights[o, c, di,
+    dj] * xpad[n, c, i + di, j + dj]."""
+    (ph, pw), (kh, kw) = pad, weights.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    h, w = x.shape[2:]
+    cols = np.stack([xp[:, :, di:di + h, dj:dj + w] for di in range(kh) for dj in range(kw)], axis=2)
+    return np.einsum("nckhw,ock->nohw", cols, weights.reshape(*weights.shape[:2], -1).astype(np.float64)) \
+        + bias[None, :, None, None]
+
+
+@pytest.mark.parametrize("case", UNPADDED)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_unpadded_forward_matches_numpy(case, dtype):
+    """direct_conv_unpadded (forward-only "same" stride-1 convolutions read from the bottom itself, loads masked to
+    the image) against NumPy's convolution of the padded bottom, plain and with an Eltwise SUM above (its
+    coefficients) and a leaky ReLU; every value of the top written, nothing around it; in float32 and float64
+    (a vector holds half the values: rows of two vectors at widths where float32 has one)."""
+    n, c, h, w, o, kernel, pad, parts = case
+    rng = np.random.default_rng(n * 100 + w)
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weights = rng.normal(size=(o, c) + kernel).astype(dtype)
+    bias = rng.normal(size=o)
+    if w > 2 * simd.lanes(dtype):
+        pytest.skip("rows wider than two vectors take the bands")
+    opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
+    laid = np.zeros((c * kernel[0] * kernel[1], opad), dtype)
+    laid[:, :o] = weights.reshape(o, -1).T
+    bias_l = np.zeros(opad, dtype)
+    bias_l[:o] = bias
+    want = _unpadded_reference(x, weights, bias.astype(dtype), pad)
+    res = rng.normal(size=want.size).astype(dtype)
+    for added, relu in ((False, False), (True, True), (False, True)):
+        big = np.full(want.size + 40, np.nan, dtype)
+        y = big[20:-20].reshape(want.shape)
+        conv.direct_conv_unpadded(x, *kernel, *pad, laid, bias_l, y, res if added else res[:0], 0.5, -2.0, relu, 0.1,
+                                  parts)
+        expect = 0.5 * want + -2.0 * res.reshape(want.shape) if added else want
+        if relu:
+            expect = np.where(expect > 0, expect, 0.1 * expect)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(y, expect, rtol=tol, atol=tol * np.abs(expect).max())
+        assert np.isnan(big[:20]).all() and np.isnan(big[-20:]).all()
+
+
+def test_the_unpadded_tiles_in_python_match_the_compiled_ones(monkeypatch):
+    """direct_conv_unpadded with its tiles and store_row as Python (NUMBA_DISABLE_JIT's stand-ins) gives the
+    compiled kernel's top."""
+    import functools
+    for case in (UNPADDED[0], UNPADDED[2], UNPADDED[3]):
+        n, c, h, w, o, kernel, pad, parts = case
+        rng = np.random.default_rng(w)
+        x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+        opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
+        laid = rng.normal(size=(c * kernel[0] * kernel[1], opad)).astype(np.float32)
+        bias = rng.normal(size=opad).astype(np.float32)
+        res = rng.normal(size=n * o * h * w).astype(np.float32)
+        got = np.zeros((n, o, h, w), np.float32)
+        conv.direct_conv_unpadded(x, *kernel, *pad, laid, bias, got, res, 1.0, 1.0, True, 0.0, parts)
+        with monkeypatch.context() as patch:
+            for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)):
+                patch.setattr(conv, f"tile_unpadded{nr}{nv}", functools.partial(simd._py_tile_unpadded, nr, nv))
+            patch.setattr(conv, "store_row", simd._py_store_row)
+            py = np.zeros_like(got)
+            conv.direct_conv_unpadded.py_func(x, *kernel, *pad, laid, bias, py, res, 1.0, 1.0, True, 0.0, parts)
+        np.testing.assert_allclose(py, got, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_only_nets_take_the_unpadded_kernel_with_the_results_of_the_bands(monkeypatch):
+    """A forward-only net's 3x3 "same" convolutions on 16-wide rows (with the ReLU and the Eltwise SUM above
+    folded in) run direct_conv_unpadded on AVX-512 and give the tops of the banded kernels (YAFFE_CONV_UNPADDED=0)
+    to float32 rounding, at a batch of one (two parts on two threads) and of eight."""
+    text = """
+layer:
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [BATCH, 5, 16, 16]}}}
+  - {name: c1, type: Convolution, bottom: data, top: c1, convolution_param: {num_output: 12, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.2}, bias_filler: {type: gaussian, std: 0.2}}}
+  - {name: r1, type: ReLU, bottom: c1, top: c1}
+  - {name: c2, type: Convolution, bottom: c1, top: c2, convolution_param: {num_output: 5, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.2}}}
+  - {name: sum, type: Eltwise, bottom: [c2, data], top: sum}
+  - {name: r2, type: ReLU, bottom: sum, top: sum}
+"""
+    calls = []
+    kernel = conv.direct_conv_unpadded
+    monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append(1) or kernel(*a))
+    for batch in (1, 8):
+        tops = []
+        for on in (True, False):
+            monkeypatch.setattr(conv, "UNPADDED", on)
+            net = Net(loads(text.replace("BATCH", str(batch))), "TEST", seed=3)
+            net.keep_for_backward, net.constant_weights = False, True  # (as run.py predict and test run it)
+            net.blobs["data"].data[...] = np.random.default_rng(batch).normal(size=net.blobs["data"].shape)
+            net.forward()
+            net.forward()
+            tops.append(net.blobs["sum"].data.copy())
+        np.testing.assert_allclose(tops[0], tops[1], rtol=1e-5, atol=1e-5)
+        assert (tops[0] > 0).any() and (tops[0] == 0).any()
+    assert bool(calls) == (simd.VECTOR_BYTES == 64)
+
+
 @pytest.mark.parametrize("pixels", [False, True])
 @pytest.mark.parametrize("case", BANDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -578,6 +686,8 @@ with pytest.MonkeyPatch.context() as patch:
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
 t.test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(np.float32)
 t.test_store_row_equals_the_scalar_loop_to_the_bit(np.float32)
+for case in t.UNPADDED:  # (called directly: nets take it on AVX-512 alone)
+    t.test_the_unpadded_forward_matches_numpy(case, np.float32) if case[3] <= 16 else None
 for width in (7, 14, 33):
     t.test_place_phases_of_stride_two_matches_numpy(width, 1)
 for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels

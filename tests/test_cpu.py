@@ -68,7 +68,8 @@ def test_kernels_naming_sgemm_run_in_a_fresh_process_before_any_net():
             "if sys.argv[1] == 'numpy':\n"
             "    import llvmlite.binding as llvm; f = cpu._numpy_gemm(np.float32)\n"
             "    llvm.add_symbol('yaffe_cblas_sgemm', ctypes.cast(f, ctypes.c_void_p).value)\n"
-            "rng = np.random.default_rng(1); a = rng.random((3, 40), np.float32); b = rng.random((40, 70), np.float32)\n"
+            "rng = np.random.default_rng(1)\n"
+            "a, b = rng.random((3, 40), np.float32), rng.random((40, 70), np.float32)\n"
             "c = np.zeros((3, 70), np.float32); step_product(a, b, c)\n"
             "print(float(abs(c - a.astype(np.float64) @ b).max()))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
