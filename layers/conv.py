@@ -41,7 +41,8 @@ from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_
                    tile_bcast2, tile_bcast3, tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_lanes_a, tile_lanes_a1,
                    tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels, tile_pixels_acc, tile_planar,
                    tile_planar_half, tile_taps, tile_taps1, tile_taps_last, tile_unpadded11, tile_unpadded12,
-                   tile_unpadded21, tile_unpadded31, transpose_tile)
+                   tile_unpadded21, tile_unpadded31, tile_unpadded11_s2, tile_unpadded21_s2,
+                   tile_unpadded31_s2, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -430,58 +431,61 @@ def direct_conv_bands(x, xpad, ph, pw, s, wp, rows, reach, offs, w, bias, out, y
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def direct_conv_unpadded(x, kh, kw, ph, pw, w, bias, y, res, ca, cb, relu, slope, parts):
-    """A stride-1 convolution whose top is the bottom's size ("same" padding), straight from x (N, C, H, W): no
-    padded planes placed, no padded columns computed, no copy to the top (simd.tile_unpadded*: each load masked
-    to the columns inside the image, each row's taps limited to the rows inside it). w (K, Opad) and bias (Opad,)
-    as DirectPlan lays them out; y (N, O, H, W); res, ca, cb, relu, slope as direct_conv_bands (applied to a
-    band's rows after its sums). A task a band of an image's rows (parts bands an image). Rows of up to two
-    vectors (AVX-512: W <= 32): a row of two vectors a tile, else three rows of one (24 sums, as tile_bcast3),
+def direct_conv_unpadded(x, kh, kw, ph, pw, s, w, bias, y, res, ca, cb, relu, slope, parts):
+    """A convolution of stride s (1, or 2 with the top's rows one vector) straight from x (N, C, H, W): no padded
+    planes placed, no padded columns summed, no copy to the top (simd.tile_unpadded*: each load masked to the
+    columns inside the image, each row's taps limited to the rows inside it). w (K, Opad) and bias (Opad,) as
+    DirectPlan lays them out; y (N, O, OH, OW); res, ca, cb, relu, slope as direct_conv_bands (applied to a band's
+    rows after its sums). A task a band of an image's rows (parts bands an image). Rows of the top of up to two
+    vectors (AVX-512: OW <= 32): a row of two vectors a tile, else three rows of one (24 sums, as tile_bcast3),
     two, or one where the kernel rows inside the image differ. ResNet-20's 32x16x16 3x3 at batch 64: 1.02 ->
     0.85 ms (the bands placed each image's padded planes, summed 18 columns a row for 16 and copied them back)."""
     n_img, chans, height, width = x.shape
-    out_c = y.shape[1]
+    out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     opad = w.shape[1]
     vec = VECTOR_BYTES // x.itemsize
-    two = width > vec
-    plane = height * width
+    two = ow > vec
+    oplane = oh * ow
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
     added = res.size > 0
     for task in prange(n_img * parts):
         n, g = task // parts, task % parts
-        r0, r1 = g * height // parts, (g + 1) * height // parts
+        r0, r1 = g * oh // parts, (g + 1) * oh // parts
         if r1 <= r0:
             continue
-        xbase = n * chans * plane
+        xbase = n * chans * height * width
         i = r0
         while i < r1:
-            lo, hi = max(0, ph - i), min(kh, height + ph - i)  # the kernel rows inside the image for row i
-            trip = not two and i + 2 < r1 and max(0, ph - i - 2) == lo and min(kh, height + ph - i - 2) == hi
-            if trip:  # three rows of one vector: 24 sums a tile, as tile_bcast3's
-                for o0 in range(0, out_c, BCAST_MR):
-                    kept = min(BCAST_MR, out_c - o0)
-                    tile_unpadded31(xf, xbase, chans, height, width, i, kh, kw, ph, pw, lo, hi, wf, o0, opad, bias,
-                                    o0, kept, yf, (n * out_c + o0) * plane)
-                i += 3
-                continue
-            pair = not two and i + 1 < r1 and max(0, ph - i - 1) == lo and min(kh, height + ph - i - 1) == hi
+            # the kernel rows inside the image for the top's rows i, i + 1, i + 2
+            lo, hi = max(0, ph - i * s), min(kh, height + ph - i * s)
+            lo1, hi1 = max(0, ph - (i + 1) * s), min(kh, height + ph - (i + 1) * s)
+            lo2, hi2 = max(0, ph - (i + 2) * s), min(kh, height + ph - (i + 2) * s)
+            pair = not two and i + 1 < r1 and lo1 == lo and hi1 == hi
+            trip = pair and i + 2 < r1 and lo2 == lo and hi2 == hi
             for o0 in range(0, out_c, BCAST_MR):
-                kept = min(BCAST_MR, out_c - o0)
-                ybase = (n * out_c + o0) * plane
+                args = (xf, xbase, chans, height, width, i, kh, kw, ph, pw, lo, hi, wf, o0, opad, bias, o0,
+                        min(BCAST_MR, out_c - o0), yf, (n * out_c + o0) * oplane, ow, oplane)
                 if two:
-                    tile_unpadded12(xf, xbase, chans, height, width, i, kh, kw, ph, pw, lo, hi, wf, o0, opad, bias,
-                                    o0, kept, yf, ybase)
+                    tile_unpadded12(*args)
+                elif trip:  # three rows of one vector: 24 sums a tile, as tile_bcast3's
+                    if s == 1:
+                        tile_unpadded31(*args)
+                    else:
+                        tile_unpadded31_s2(*args)
                 elif pair:
-                    tile_unpadded21(xf, xbase, chans, height, width, i, kh, kw, ph, pw, lo, hi, wf, o0, opad, bias,
-                                    o0, kept, yf, ybase)
+                    if s == 1:
+                        tile_unpadded21(*args)
+                    else:
+                        tile_unpadded21_s2(*args)
+                elif s == 1:
+                    tile_unpadded11(*args)
                 else:
-                    tile_unpadded11(xf, xbase, chans, height, width, i, kh, kw, ph, pw, lo, hi, wf, o0, opad, bias,
-                                    o0, kept, yf, ybase)
-            i += 2 if pair else 1
+                    tile_unpadded11_s2(*args)
+            i += 3 if trip else 2 if pair else 1
         if added or relu:
             for o in range(out_c):
-                at = (n * out_c + o) * plane + r0 * width
-                store_row(yf, at, yf, at, (r1 - r0) * width, res, added, ca, cb, relu, slope)
+                at = (n * out_c + o) * oplane + r0 * ow
+                store_row(yf, at, yf, at, (r1 - r0) * ow, res, added, ca, cb, relu, slope)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -1364,16 +1368,19 @@ class Convolution(Layer):
                 direct_conv_rows(xp, offs, w, bias, y, wp)
             return run
         kh, kw = plan.key[2]
-        widest = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1)
-        if (banded and UNPADDED and VECTOR_BYTES == 64 and plan.stride == 1 and plan.key[4] == (1, 1)
-                and plan.out_hw == x.shape[2:] and UNPADDED_MIN_WIDTH <= x.shape[3] <= widest and x.flags.c_contiguous):
-            # a "same" stride-1 convolution on rows of one or two vectors, from the bottom itself
+        widest, ow = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1), plan.out_hw[1]
+        if (banded and UNPADDED and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and x.flags.c_contiguous
+                and ((plan.stride == 1 and plan.out_hw == x.shape[2:] and UNPADDED_MIN_WIDTH <= ow <= widest)
+                     or (plan.stride == 2 and UNPADDED_MIN_WIDTH <= ow <= lanes(x.dtype)
+                         and (kh == kw == 1 or n >= UNPADDED_TWO_BATCH)))):
+            # a "same" stride-1 convolution on rows of one or two vectors, or a stride-2 one on rows of one, from
+            # the bottom itself
             res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
             res = res.reshape(-1)
 
             def run():
                 threads = get_num_threads()
-                direct_conv_unpadded(x, kh, kw, *plan.pad, w, bias, y, res, ca, cb, relu, slope,
+                direct_conv_unpadded(x, kh, kw, *plan.pad, plan.stride, w, bias, y, res, ca, cb, relu, slope,
                                      -(-threads // n) if n < threads else 1)
             return run
         if banded:

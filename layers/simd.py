@@ -527,28 +527,30 @@ def _py_store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
         dst[d0 + j] = t if not relu or t > 0 else t * slope
 
 
-def _make_tile_unpadded(nr, nv):
-    """tile_unpadded{nr}{nv}: a stride-1 "same" convolution straight from the unpadded bottom, BCAST_MR filters by
-    nr output rows by nv vectors of a row's columns, each load masked to the columns inside the image (the
-    padding's zeros never read; the taps' rows limited to [di_lo, di_hi), inside the image for all nr rows);
-    the sums (bias first, then dj, di, c in that order) stored to the top, masked to the row and to `kept`
+def _make_tile_unpadded(nr, nv, stride=1):
+    """tile_unpadded{nr}{nv}[_s2]: a convolution straight from the unpadded bottom, BCAST_MR filters by nr output rows
+    by nv vectors of a row's columns, each load masked to the columns inside the image (the padding's zeros never
+    read; the taps' rows limited to [di_lo, di_hi), inside the image for all nr rows); stride 2: two vectors of
+    the input row loaded for each of the top's, their even lanes taken (a shuffle). The sums (bias first, then
+    dj, di, c in that order) stored to the top (rows of ow, planes of oplane), masked to the row and to `kept`
     filters."""
     mr = BCAST_MR
 
     def tile(typingctx, x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
-             bias, bbase, kept, y, ybase):
+             bias, bbase, kept, y, ybase, ow, oplane):
         sig = types.void(x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
-                         bias, bbase, kept, y, ybase)
+                         bias, bbase, kept, y, ybase, ow, oplane)
 
         def codegen(context, builder, signature, args):
             t = signature.args
             (x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride, bias, bbase,
-             kept, y, ybase) = args
+             kept, y, ybase, ow, oplane) = args
             vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
-            i64 = ir.IntType(64)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
             const = lambda v: ir.Constant(i64, v)
             xp, wp, bp, yp = (_data(context, builder, t[i], a).data for i, a in ((0, x), (12, w), (15, bias), (18, y)))
             splat64, index, mload, mstore = _masked_tools(builder, vec, n)
+            evens = ir.Constant(ir.VectorType(i32, n), [2 * j for j in range(n)])
             plane = builder.mul(height, width)
             acc = [[[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(nr)] for _ in range(mr)]
             for m in range(mr):
@@ -556,31 +558,46 @@ def _make_tile_unpadded(nr, nv):
                 for r in range(nr):
                     for v in range(nv):
                         builder.store(b, acc[m][r][v])
-            # the columns each vector's lanes compute: v*n + l < width
-            inside = [builder.icmp_signed("<", builder.add(index, splat64(const(v * n))), splat64(width))
+            # the top's columns each vector's lanes compute: v*n + l < ow
+            inside = [builder.icmp_signed("<", builder.add(index, splat64(const(v * n))), splat64(ow))
                       for v in range(nv)]
+
+            def in_row(col):  # lanes whose input column lies in [0, width)
+                return builder.and_(builder.icmp_signed(">=", col, splat64(const(0))),
+                                    builder.icmp_signed("<", col, splat64(width)))
             with cgutils.for_range(builder, kw) as jloop:
                 dj = jloop.index
                 shift = builder.sub(dj, pw)
-                masks = []  # lanes whose input column v*n + l + dj - pw lies in [0, width)
+                masks = []  # per vector of the top: the masks of the stride vectors of input read for it
                 for v in range(nv):
-                    col = builder.add(index, splat64(builder.add(const(v * n), shift)))
-                    ok = builder.and_(builder.icmp_signed(">=", col, splat64(const(0))),
-                                      builder.icmp_signed("<", col, splat64(width)))
-                    masks.append(builder.and_(ok, inside[v]))
+                    col = builder.add(index, splat64(builder.add(const(v * n * stride), shift)))
+                    if stride == 1:
+                        masks.append([builder.and_(in_row(col), inside[v])])
+                    else:
+                        masks.append([in_row(col), in_row(builder.add(col, splat64(const(n))))])
                 with cgutils.for_range_slice(builder, di_lo, di_hi, const(1)) as (di, _):
                     # the channels innermost (16-64 of them, the longest loop, at constant strides)
                     k0 = builder.add(builder.mul(di, kw), dj)  # tap (c, di, dj) is c * kh * kw + k0
                     w0 = builder.add(wbase, builder.mul(k0, wstride))
                     wstep = builder.mul(builder.mul(kh, kw), wstride)
-                    x0 = builder.add(xbase, builder.add(builder.mul(builder.sub(builder.add(row0, di), ph), width),
-                                                        shift))
+                    x0 = builder.add(xbase, builder.add(builder.mul(
+                        builder.sub(builder.add(builder.mul(row0, const(stride)), di), ph), width), shift))
                     with cgutils.for_range(builder, chans) as cloop:
                         c = cloop.index
                         wrow = builder.add(w0, builder.mul(c, wstep))
                         first = builder.add(x0, builder.mul(c, plane))
-                        xs = [[mload(xp, builder.add(builder.add(first, builder.mul(const(r), width)), const(v * n)),
-                                     masks[v]) for v in range(nv)] for r in range(nr)]
+                        xs = []
+                        for r in range(nr):
+                            at = builder.add(first, builder.mul(const(r * stride), width))
+                            row = []
+                            for v in range(nv):
+                                if stride == 1:
+                                    row.append(mload(xp, builder.add(at, const(v * n)), masks[v][0]))
+                                else:
+                                    a = mload(xp, builder.add(at, const(2 * v * n)), masks[v][0])
+                                    b = mload(xp, builder.add(at, const(2 * v * n + n)), masks[v][1])
+                                    row.append(builder.shuffle_vector(a, b, evens))
+                            xs.append(row)
                         for m in range(mr):
                             a = splat(builder.load(builder.gep(wp, [builder.add(wrow, const(m))])))
                             for r in range(nr):
@@ -589,35 +606,35 @@ def _make_tile_unpadded(nr, nv):
             for m in range(mr):
                 with builder.if_then(builder.icmp_signed("<", const(m), kept)):
                     for r in range(nr):
-                        at = builder.add(builder.add(ybase, builder.mul(const(m), plane)),
-                                         builder.mul(builder.add(row0, const(r)), width))
+                        at = builder.add(builder.add(ybase, builder.mul(const(m), oplane)),
+                                         builder.mul(builder.add(row0, const(r)), ow))
                         for v in range(nv):
                             mstore(builder.load(acc[m][r][v]), yp, builder.add(at, const(v * n)), inside[v])
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = f"tile_unpadded{nr}{nv}"
+    tile.__name__ = tile.__qualname__ = f"tile_unpadded{nr}{nv}" + ("_s2" if stride == 2 else "")
     return intrinsic(tile)
 
 
-def _py_tile_unpadded(nr, nv, x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase, wstride,
-                      bias, bbase, kept, y, ybase):
+def _py_tile_unpadded(nr, nv, stride, x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase,
+                      wstride, bias, bbase, kept, y, ybase, ow, oplane):
     n, plane = lanes(x.dtype), height * width
     cols = np.arange(nv * n)
-    keep = cols < width
+    keep = cols < ow
     for r in range(nr):
         sums = np.repeat(bias[bbase:bbase + BCAST_MR, None].astype(x.dtype), nv * n, axis=1)
         for dj in range(kw):
-            src = cols + dj - pw
+            src = cols * stride + dj - pw
             ok = keep & (src >= 0) & (src < width)
             for di in range(di_lo, di_hi):
                 for c in range(chans):
-                    row = x[xbase + c * plane + (row0 + r + di - ph) * width:][:width]
+                    row = x[xbase + c * plane + ((row0 + r) * stride + di - ph) * width:][:width]
                     vals = np.where(ok, row[np.clip(src, 0, width - 1)], 0).astype(x.dtype)
                     k = (c * kh + di) * kw + dj
                     sums = sums + w[wbase + k * wstride:wbase + k * wstride + BCAST_MR, None] * vals[None]
         for m in range(min(kept, BCAST_MR)):
-            at = ybase + m * plane + (row0 + r) * width
-            y[at:at + width] = sums[m, :width]
+            at = ybase + m * oplane + (row0 + r) * ow
+            y[at:at + ow] = sums[m, :ow]
 
 
 def _py_deinterleave2(x, at, count, dst, d0, d1):
@@ -776,12 +793,14 @@ deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 # a "same" stride-1 convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors
 # (rows of 17-32 on AVX-512), two rows of one vector (9-16), one row of one (the first and last rows)
+# (stride 2, _s2: rows of the top of one vector)
+_UNPADDED = ((1, 2, 1), (3, 1, 1), (2, 1, 1), (1, 1, 1), (3, 1, 2), (2, 1, 2), (1, 1, 2))
 if config.DISABLE_JIT:
-    tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11 = (
-        functools.partial(_py_tile_unpadded, nr, nv) for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)))
+    (tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11, tile_unpadded31_s2, tile_unpadded21_s2,
+     tile_unpadded11_s2) = (functools.partial(_py_tile_unpadded, nr, nv, s) for nr, nv, s in _UNPADDED)
 else:
-    tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11 = (
-        _make_tile_unpadded(nr, nv) for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)))
+    (tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11, tile_unpadded31_s2, tile_unpadded21_s2,
+     tile_unpadded11_s2) = (_make_tile_unpadded(nr, nv, s) for nr, nv, s in _UNPADDED)
 
 # tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
 # whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers

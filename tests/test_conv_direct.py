@@ -405,20 +405,26 @@ BANDS = [  # (N, C, H, W, O, kernel, pad, dilation, stride, parts): tails of 1 a
     (1, 3, 13, 11, 7, (5, 5), (2, 2), (1, 1), 3, 2)]
 
 
-UNPADDED = [  # (N, C, H, W, O, kernel, pad, parts): rows of one vector and of two (float32 on AVX-512: <= 16 and
-    # <= 32; float64 half), three, two and one rows a tile, filters past the last whole block, more parts than rows
-    (1, 3, 5, 12, 10, (3, 3), (1, 1), 1), (2, 4, 7, 16, 8, (3, 3), (1, 1), 1), (1, 5, 9, 13, 17, (5, 5), (2, 2), 2),
-    (3, 2, 3, 28, 9, (3, 3), (1, 1), 1), (1, 16, 32, 32, 16, (3, 3), (1, 1), 2), (2, 3, 4, 17, 7, (1, 1), (0, 0), 3),
-    (1, 6, 11, 14, 33, (3, 5), (1, 2), 2), (1, 2, 1, 15, 3, (3, 3), (1, 1), 1), (1, 3, 2, 12, 5, (3, 3), (1, 1), 4)]
+UNPADDED = [  # (N, C, H, W, O, kernel, pad, parts, stride): rows of one vector and of two (float32 on AVX-512: <= 16
+    # and <= 32; float64 half), three, two and one rows a tile, filters past the last whole block, more parts than
+    # rows; stride 2 (the top's rows of one vector): 3x3 and 1x1 (ResNet's projections), odd and even sizes
+    (1, 3, 5, 12, 10, (3, 3), (1, 1), 1, 1), (2, 4, 7, 16, 8, (3, 3), (1, 1), 1, 1),
+    (1, 5, 9, 13, 17, (5, 5), (2, 2), 2, 1), (3, 2, 3, 28, 9, (3, 3), (1, 1), 1, 1),
+    (1, 16, 32, 32, 16, (3, 3), (1, 1), 2, 1), (2, 3, 4, 17, 7, (1, 1), (0, 0), 3, 1),
+    (1, 6, 11, 14, 33, (3, 5), (1, 2), 2, 1), (1, 2, 1, 15, 3, (3, 3), (1, 1), 1, 1),
+    (1, 3, 2, 12, 5, (3, 3), (1, 1), 4, 1), (2, 5, 28, 28, 12, (3, 3), (1, 1), 1, 2),
+    (1, 4, 14, 14, 9, (3, 3), (1, 1), 2, 2), (2, 6, 32, 32, 16, (1, 1), (0, 0), 1, 2),
+    (1, 3, 15, 13, 8, (3, 3), (1, 1), 3, 2), (1, 5, 28, 28, 16, (1, 1), (0, 0), 2, 2)]
 
 
-def _unpadded_reference(x, weights, bias, pad):
-    """A "same" convolution in float64 from NumPy's padded copy: y[n, o, i, j] = bias[o] + sum of weights[o, c, di,
-    dj] * xpad[n, c, i + di, j + dj]."""
+def _unpadded_reference(x, weights, bias, pad, stride=1):
+    """A convolution in float64 from NumPy's padded copy: y[n, o, i, j] = bias[o] + sum of weights[o, c, di, dj] *
+    xpad[n, c, s*i + di, s*j + dj]."""
     (ph, pw), (kh, kw) = pad, weights.shape[2:]
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    h, w = x.shape[2:]
-    cols = np.stack([xp[:, :, di:di + h, dj:dj + w] for di in range(kh) for dj in range(kw)], axis=2)
+    h, w = (x.shape[2] + 2 * ph - kh) // stride + 1, (x.shape[3] + 2 * pw - kw) // stride + 1
+    cols = np.stack([xp[:, :, di:di + stride * (h - 1) + 1:stride, dj:dj + stride * (w - 1) + 1:stride]
+                     for di in range(kh) for dj in range(kw)], axis=2)
     return np.einsum("nckhw,ock->nohw", cols, weights.reshape(*weights.shape[:2], -1).astype(np.float64)) \
         + bias[None, :, None, None]
 
@@ -426,29 +432,30 @@ def _unpadded_reference(x, weights, bias, pad):
 @pytest.mark.parametrize("case", UNPADDED)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_unpadded_forward_matches_numpy(case, dtype):
-    """direct_conv_unpadded (forward-only "same" stride-1 convolutions read from the bottom itself, loads masked to
-    the image) against NumPy's convolution of the padded bottom, plain and with an Eltwise SUM above (its
-    coefficients) and a leaky ReLU; every value of the top written, nothing around it; in float32 and float64
-    (a vector holds half the values: rows of two vectors at widths where float32 has one)."""
-    n, c, h, w, o, kernel, pad, parts = case
+    """direct_conv_unpadded (forward-only "same" stride-1 and stride-2 convolutions read from the bottom itself,
+    loads masked to the image) against NumPy's convolution of the padded bottom, plain and with an Eltwise SUM
+    above (its coefficients) and a leaky ReLU; every value of the top written, nothing around it; in float32 and
+    float64 (a vector holds half the values: rows of two vectors at widths where float32 has one)."""
+    n, c, h, w, o, kernel, pad, parts, stride = case
     rng = np.random.default_rng(n * 100 + w)
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     weights = rng.normal(size=(o, c) + kernel).astype(dtype)
     bias = rng.normal(size=o)
-    if w > 2 * simd.lanes(dtype):
-        pytest.skip("rows wider than two vectors take the bands")
+    ow = (w + 2 * pad[1] - kernel[1]) // stride + 1
+    if ow > (2 if stride == 1 else 1) * simd.lanes(dtype):
+        pytest.skip("rows wider than two vectors (one at stride 2) take the bands")
     opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
     laid = np.zeros((c * kernel[0] * kernel[1], opad), dtype)
     laid[:, :o] = weights.reshape(o, -1).T
     bias_l = np.zeros(opad, dtype)
     bias_l[:o] = bias
-    want = _unpadded_reference(x, weights, bias.astype(dtype), pad)
+    want = _unpadded_reference(x, weights, bias.astype(dtype), pad, stride)
     res = rng.normal(size=want.size).astype(dtype)
     for added, relu in ((False, False), (True, True), (False, True)):
         big = np.full(want.size + 40, np.nan, dtype)
         y = big[20:-20].reshape(want.shape)
-        conv.direct_conv_unpadded(x, *kernel, *pad, laid, bias_l, y, res if added else res[:0], 0.5, -2.0, relu, 0.1,
-                                  parts)
+        conv.direct_conv_unpadded(x, *kernel, *pad, stride, laid, bias_l, y, res if added else res[:0], 0.5, -2.0,
+                                  relu, 0.1, parts)
         expect = 0.5 * want + -2.0 * res.reshape(want.shape) if added else want
         if relu:
             expect = np.where(expect > 0, expect, 0.1 * expect)
@@ -461,22 +468,25 @@ def test_the_unpadded_tiles_in_python_match_the_compiled_ones(monkeypatch):
     """direct_conv_unpadded with its tiles and store_row as Python (NUMBA_DISABLE_JIT's stand-ins) gives the
     compiled kernel's top."""
     import functools
-    for case in (UNPADDED[0], UNPADDED[2], UNPADDED[3]):
-        n, c, h, w, o, kernel, pad, parts = case
+    for case in (UNPADDED[0], UNPADDED[2], UNPADDED[3], UNPADDED[10], UNPADDED[12]):
+        n, c, h, w, o, kernel, pad, parts, stride = case
         rng = np.random.default_rng(w)
         x = rng.normal(size=(n, c, h, w)).astype(np.float32)
         opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
         laid = rng.normal(size=(c * kernel[0] * kernel[1], opad)).astype(np.float32)
         bias = rng.normal(size=opad).astype(np.float32)
-        res = rng.normal(size=n * o * h * w).astype(np.float32)
-        got = np.zeros((n, o, h, w), np.float32)
-        conv.direct_conv_unpadded(x, *kernel, *pad, laid, bias, got, res, 1.0, 1.0, True, 0.0, parts)
+        oh, ow = (h + 2 * pad[0] - kernel[0]) // stride + 1, (w + 2 * pad[1] - kernel[1]) // stride + 1
+        res = rng.normal(size=n * o * oh * ow).astype(np.float32)
+        got = np.zeros((n, o, oh, ow), np.float32)
+        conv.direct_conv_unpadded(x, *kernel, *pad, stride, laid, bias, got, res, 1.0, 1.0, True, 0.0, parts)
         with monkeypatch.context() as patch:
-            for nr, nv in ((1, 2), (3, 1), (2, 1), (1, 1)):
-                patch.setattr(conv, f"tile_unpadded{nr}{nv}", functools.partial(simd._py_tile_unpadded, nr, nv))
+            for nr, nv, s in simd._UNPADDED:
+                patch.setattr(conv, f"tile_unpadded{nr}{nv}" + ("_s2" if s == 2 else ""),
+                              functools.partial(simd._py_tile_unpadded, nr, nv, s))
             patch.setattr(conv, "store_row", simd._py_store_row)
             py = np.zeros_like(got)
-            conv.direct_conv_unpadded.py_func(x, *kernel, *pad, laid, bias, py, res, 1.0, 1.0, True, 0.0, parts)
+            conv.direct_conv_unpadded.py_func(x, *kernel, *pad, stride, laid, bias, py, res, 1.0, 1.0, True, 0.0,
+                                              parts)
         np.testing.assert_allclose(py, got, rtol=1e-5, atol=1e-5)
 
 
@@ -687,7 +697,8 @@ with pytest.MonkeyPatch.context() as patch:
 t.test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(np.float32)
 t.test_store_row_equals_the_scalar_loop_to_the_bit(np.float32)
 for case in t.UNPADDED:  # (called directly: nets take it on AVX-512 alone)
-    t.test_the_unpadded_forward_matches_numpy(case, np.float32) if case[3] <= 16 else None
+    if (case[3] + 2 * case[6][1] - case[5][1]) // case[8] + 1 <= (16 if case[8] == 1 else 8):
+        t.test_the_unpadded_forward_matches_numpy(case, np.float32)
 for width in (7, 14, 33):
     t.test_place_phases_of_stride_two_matches_numpy(width, 1)
 for chans, width in ((32, 32), (20, 24), (12, 16)):  # the weight gradient's top diff: blocks of 8 channels
