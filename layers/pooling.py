@@ -16,6 +16,7 @@ from numba import njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .conv import spatial_param
+from .simd import VECTOR_BYTES, max_row3s2
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -50,19 +51,6 @@ def _max_row2(xf, r, base, width, out, n, yf, mf, lowest):
         best, arg = _max_step(xf, s + 1, t + 1, best, arg)
         best, arg = _max_step(xf, s + width, t + width, best, arg)
         best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
-        yf[uintp(out + px)] = best
-        mf[uintp(out + px)] = arg
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _max_row3(xf, r, base, width, out, n, yf, mf, lowest):
-    """_max_row2 for 3x3 windows of stride 2."""
-    for px in range(n):
-        s = r + px * 2
-        t = s - base
-        best, arg = _max_step(xf, s, t, lowest, -1)
-        for u in (1, 2, width, width + 1, width + 2, 2 * width, 2 * width + 1, 2 * width + 2):
-            best, arg = _max_step(xf, s + u, t + u, best, arg)
         yf[uintp(out + px)] = best
         mf[uintp(out + px)] = arg
 
@@ -144,18 +132,23 @@ def max_pool_2x2s2(x, y, mask):
 
 @njit(cache=True, nogil=True, parallel=True)
 def max_pool_3x3s2(x, y, mask):
-    """max_pool_2x2s2 for 3x3 windows (CIFAR-10 quick's, AlexNet's)."""
+    """max_pool_2x2s2 for 3x3 windows (CIFAR-10 quick's, AlexNet's): the windows inside the image in groups of a
+    vector's lanes less one (simd.max_row3s2: the taps by shuffles of two loaded vectors a window row; the loop over
+    windows it replaced ran CIFAR-10 quick's pool1, 15 windows a row, at 1.30 ms a slice of 50)."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-3.4028234663852886e38)
     oh_in, ow_in = min(oh, (height - 1) // 2), min(ow, (width - 1) // 2)  # (size - 3) // 2 + 1
+    group = VECTOR_BYTES // x.itemsize - 1
     xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
     for plane in prange(n_img * chans):
         base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             start = 0
             if py < oh_in:
-                _max_row3(xf, base + 2 * py * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
+                for k0 in range(0, ow_in, group):
+                    r = base + 2 * py * width + 2 * k0
+                    max_row3s2(xf, r, r - base, width, yf, out + py * ow + k0, mf, min(group, ow_in - k0), lowest)
                 start = ow_in
             _max_windows(xf, base, 2 * py, 0, start, ow, 3, 3, 2, height, width, out + py * ow, yf, mf, lowest)
 

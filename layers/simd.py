@@ -375,14 +375,18 @@ def _make_transpose_tile():
 
 def _masked_tools(builder, vec, n):
     """(splat64(i64) -> n lanes, index 0..n-1 as i64 lanes, mload(ptr, index, mask) -> vector (zeros where the
-    mask is off, nothing read there), mstore(value, ptr, index, mask)) for LLVM's masked loads and stores."""
+    mask is off, nothing read there), mstore(value, ptr, index, mask)) for LLVM's masked loads and stores of vec (n
+    floats, doubles or integers)."""
     i64, i32 = ir.IntType(64), ir.IntType(32)
     ivec, mvec, ptr = ir.VectorType(i64, n), ir.VectorType(ir.IntType(1), n), vec.as_pointer()
 
     def splat64(v):
         one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
         return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
-    suffix = f"v{n}f{32 if isinstance(vec.element, ir.FloatType) else 64}.p0"
+    element = vec.element
+    kind = (f"i{element.width}" if isinstance(element, ir.IntType)
+            else f"f{32 if isinstance(element, ir.FloatType) else 64}")
+    suffix = f"v{n}{kind}.p0"
     load_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [ptr, i32, mvec, vec]),
                                              "llvm.masked.load." + suffix)
     store_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]),
@@ -637,6 +641,66 @@ def _py_tile_unpadded(nr, nv, stride, x, xbase, chans, height, width, row0, kh, 
             y[at:at + ow] = sums[m, :ow]
 
 
+def _make_max_row3s2():
+    """max_row3s2: up to lanes - 1 MAX windows 3x3 of stride 2 inside the image along a row, as Caffe's loop (taps
+    in row-major order, strict >, from `lowest`): each window row's three taps are the even, odd and next even
+    lanes of two loaded vectors (shuffles), the maxima and their plane indices kept in vectors, stored masked."""
+    def tile(typingctx, x, s, t, width, y, out, mask, count, lowest):
+        sig = types.void(x, s, t, width, y, out, mask, count, lowest)
+
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            x, s, t, width, y, out, mask, count, lowest = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, ty[0])
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            const = lambda v: ir.Constant(i64, v)
+            xp, yp, mp = (_data(context, builder, ty[i], a).data for i, a in ((0, x), (4, y), (6, mask)))
+            splat64, index, mload, mstore = _masked_tools(builder, vec, n)
+            ivec = ir.VectorType(i32, n)
+            _, _, _, istore = _masked_tools(builder, ivec, n)
+
+            def splat32(v):
+                one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, n), [0] * n))
+            picks = [ir.Constant(ir.VectorType(i32, n), [2 * k + j for k in range(n)]) for j in (0, 1)]
+            picks.append(ir.Constant(ir.VectorType(i32, n), [min(2 * k + 2, 2 * n - 1) for k in range(n)]))
+            lanes2 = builder.add(builder.add(count, count), const(1))  # values a window row reads
+            mask_a = builder.icmp_unsigned("<", index, splat64(lanes2))
+            mask_b = builder.icmp_unsigned("<", builder.add(index, splat64(const(n))), splat64(lanes2))
+            best = splat(context.cast(builder, lowest, ty[8], ty[0].dtype))
+            arg = ir.Constant(ivec, [-1] * n)
+            twok = builder.add(splat32(builder.trunc(t, i32)), ir.Constant(ivec, [2 * k for k in range(n)]))
+            for u in range(3):
+                row = builder.add(s, builder.mul(const(u), width))
+                a, b = mload(xp, row, mask_a), mload(xp, builder.add(row, const(n)), mask_b)
+                for j in range(3):
+                    v = builder.shuffle_vector(a, b, picks[j])
+                    better = builder.fcmp_ordered(">", v, best)
+                    best = builder.select(better, v, best)
+                    at = builder.add(twok, splat32(builder.trunc(builder.add(builder.mul(const(u), width), const(j)),
+                                                                 i32)))
+                    arg = builder.select(better, at, arg)
+            keep = builder.icmp_unsigned("<", index, splat64(count))
+            mstore(best, yp, out, keep)
+            istore(arg, mp, out, keep)
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "max_row3s2"
+    return intrinsic(tile)
+
+
+def _py_max_row3s2(x, s, t, width, y, out, mask, count, lowest):
+    for k in range(count):
+        best, arg = lowest, -1
+        for u in range(3):
+            for j in range(3):
+                v = x[s + u * width + 2 * k + j]
+                if v > best:
+                    best, arg = v, t + u * width + 2 * k + j
+        y[out + k], mask[out + k] = best, arg
+
+
 def _py_deinterleave2(x, at, count, dst, d0, d1):
     dst[d0:d0 + count] = x[at:at + 2 * count:2]
     dst[d1:d1 + count] = x[at + 1:at + 2 * count:2]
@@ -789,6 +853,8 @@ else:
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
+# MAX pooling's 3x3 windows of stride 2 along a row (layers/pooling.max_pool_3x3s2)
+max_row3s2 = _py_max_row3s2 if config.DISABLE_JIT else _make_max_row3s2()
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 # a convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors (rows of 17-32 on

@@ -696,6 +696,9 @@ with pytest.MonkeyPatch.context() as patch:
             t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, pixels, patch)
 t.test_deinterleave2_splits_even_and_odd_columns_and_touches_nothing_else(np.float32)
 t.test_store_row_equals_the_scalar_loop_to_the_bit(np.float32)
+import tests.test_layers_forward as f  # MAX pooling's 3x3/2 rows in vectors of 8 (groups of 7 windows)
+for size in ((5, 40), (9, 33)):
+    f.test_the_stride_2_max_pooling_kernels_equal_the_loops(3, size, np.float32)
 for case in t.UNPADDED:  # (called directly: nets take it on AVX-512 alone)
     if (case[3] + 2 * case[6][1] - case[5][1]) // case[8] + 1 <= (16 if case[8] == 1 else 8):
         t.test_the_unpadded_forward_matches_numpy(case, np.float32)

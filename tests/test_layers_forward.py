@@ -391,18 +391,20 @@ def test_max_pooling_matches_caffe_loop_for_loop_with_ties_nan_and_infinities(sh
     np.testing.assert_array_equal(tops[1].data, want_mask)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("size", [(7, 9), (8, 8), (3, 4)])
-def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size):
-    """max_pool_2x2s2 / max_pool_3x3s2 (rows of windows vectorized) give the generic kernel's tops and argmax,
-    bit for bit: ties (the first maximum wins), -inf, NaN (never wins), CEIL's clipped last row and column."""
+@pytest.mark.parametrize("size", [(7, 9), (8, 8), (3, 4), (5, 40), (9, 33), (4, 64)])
+def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size, dtype):
+    """max_pool_2x2s2 / max_pool_3x3s2 (rows of windows vectorized; 3x3 in groups of a vector's lanes less one,
+    simd.max_row3s2) give the generic kernel's tops and argmax, bit for bit: ties (the first maximum wins), -inf,
+    NaN (never wins), CEIL's clipped last row and column, rows of more windows than a group (up to 31)."""
     from layers.pooling import max_pool_2x2s2, max_pool_3x3s2, max_pool_forward
     rng = np.random.default_rng(k)
-    x = rng.integers(-3, 3, size=(2, 3) + size).astype(np.float32)  # many ties
+    x = rng.integers(-3, 3, size=(2, 3) + size).astype(dtype)  # many ties
     x[0, 0, 0, :2] = -np.inf
     x[1, 2, 1, 1] = np.nan
     oh, ow = (-(-(s - k) // 2) + 1 for s in size)  # CEIL
-    y, mask = np.empty((2, 3, oh, ow), np.float32), np.empty((2, 3, oh, ow), np.int32)
+    y, mask = np.empty((2, 3, oh, ow), dtype), np.empty((2, 3, oh, ow), np.int32)
     want_y, want_mask = y.copy(), mask.copy()
     max_pool_forward(x, k, k, 2, 2, 0, 0, want_y, want_mask)
     (max_pool_2x2s2 if k == 2 else max_pool_3x3s2)(x, y, mask)
