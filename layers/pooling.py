@@ -16,7 +16,7 @@ from numba import njit, prange, uintp
 from netspec.errors import LayerError
 from .base import Field, Layer, register
 from .conv import spatial_param
-from .simd import VECTOR_BYTES, max_row3s2
+from .simd import VECTOR_BYTES, max_row2s2, max_row3s2
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -34,28 +34,6 @@ def _max_window(xf, base, hs, he, ws, we, width, best, arg):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_step(xf, s, t, best, arg):
-    v = xf[uintp(s)]
-    better = v > best
-    return (v if better else best), (t if better else arg)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _max_row2(xf, r, base, width, out, n, yf, mf, lowest):
-    """n 2x2 windows of stride 2 along one row, the first at xf[r] (within the plane at xf[base:]), inside the
-    image: the stride a constant, so that LLVM vectorizes the loop over the windows (2.4x a stride variable)."""
-    for px in range(n):
-        s = r + px * 2
-        t = s - base
-        best, arg = _max_step(xf, s, t, lowest, -1)
-        best, arg = _max_step(xf, s + 1, t + 1, best, arg)
-        best, arg = _max_step(xf, s + width, t + width, best, arg)
-        best, arg = _max_step(xf, s + width + 1, t + width + 1, best, arg)
-        yf[uintp(out + px)] = best
-        mf[uintp(out + px)] = arg
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _max_windows(xf, base, r, q0, start, stop, kh, kw, sw, height, width, out, yf, mf, lowest):
     """Windows start..stop-1 of one row (top row r, first column q0 + px*sw) by the loops, clipped to the image."""
     for px in range(start, stop):
@@ -69,7 +47,7 @@ def _max_windows(xf, base, r, q0, start, stop, kh, kw, sw, height, width, out, y
 @njit(cache=True, nogil=True, inline="always")
 def _ave_row_stride2(xf, k, r, width, out, n, yf, zero):
     """n AVE windows k x k (2 or 3) of stride 2 inside the image along one row, the first at xf[r]: each sum in
-    Caffe's order (row-major, in x's dtype), vectorized along the row as _max_row2; divided in x's dtype."""
+    Caffe's order (row-major, in x's dtype), vectorized along the row by LLVM; divided in x's dtype."""
     size = xf.dtype.type(k * k)
     if k == 2:
         for px in range(n):
@@ -113,19 +91,23 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, mask):
 
 @njit(cache=True, nogil=True, parallel=True)
 def max_pool_2x2s2(x, y, mask):
-    """max_pool_forward for unpadded 2x2 windows of stride 2: those inside the image vectorized along the row,
-    CEIL's clipped last row and column by the loops."""
+    """max_pool_forward for unpadded 2x2 windows of stride 2: those inside the image a vector's lanes at a time
+    (simd.max_row2s2: the taps by shuffles of two loaded vectors a window row), CEIL's clipped last row and column
+    by the loops."""
     n_img, chans, height, width = x.shape
     oh, ow = y.shape[2], y.shape[3]
     lowest = x.dtype.type(-3.4028234663852886e38)
     oh_in, ow_in = min(oh, height // 2), min(ow, width // 2)  # (size - 2) // 2 + 1
+    group = VECTOR_BYTES // x.itemsize
     xf, yf, mf = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
     for plane in prange(n_img * chans):
         base, out = plane * height * width, plane * oh * ow
         for py in range(oh):
             start = 0
             if py < oh_in:
-                _max_row2(xf, base + 2 * py * width, base, width, out + py * ow, ow_in, yf, mf, lowest)
+                for k0 in range(0, ow_in, group):  # (simd.max_row2s2, a vector's lanes of windows a call)
+                    r = base + 2 * py * width + 2 * k0
+                    max_row2s2(xf, r, r - base, width, yf, out + py * ow + k0, mf, min(group, ow_in - k0), lowest)
                 start = ow_in
             _max_windows(xf, base, 2 * py, 0, start, ow, 2, 2, 2, height, width, out + py * ow, yf, mf, lowest)
 

@@ -641,10 +641,11 @@ def _py_tile_unpadded(nr, nv, stride, x, xbase, chans, height, width, row0, kh, 
             y[at:at + ow] = sums[m, :ow]
 
 
-def _make_max_row3s2():
-    """max_row3s2: up to lanes - 1 MAX windows 3x3 of stride 2 inside the image along a row, as Caffe's loop (taps
-    in row-major order, strict >, from `lowest`): each window row's three taps are the even, odd and next even
-    lanes of two loaded vectors (shuffles), the maxima and their plane indices kept in vectors, stored masked."""
+def _make_max_row_s2(k):
+    """max_row{k}s2: up to lanes - 1 (k = 3) or lanes (k = 2) MAX windows k x k of stride 2 inside the image along
+    a row, as Caffe's loop (taps in row-major order, strict >, from `lowest`): a window row's taps are the even,
+    odd (and next even) lanes of two loaded vectors (shuffles), the maxima and their plane indices kept in
+    vectors, stored masked."""
     def tile(typingctx, x, s, t, width, y, out, mask, count, lowest):
         sig = types.void(x, s, t, width, y, out, mask, count, lowest)
 
@@ -665,16 +666,16 @@ def _make_max_row3s2():
                                               ir.Constant(ir.VectorType(i32, n), [0] * n))
             picks = [ir.Constant(ir.VectorType(i32, n), [2 * k + j for k in range(n)]) for j in (0, 1)]
             picks.append(ir.Constant(ir.VectorType(i32, n), [min(2 * k + 2, 2 * n - 1) for k in range(n)]))
-            lanes2 = builder.add(builder.add(count, count), const(1))  # values a window row reads
+            lanes2 = builder.add(builder.add(count, count), const(k - 2))  # values a window row reads
             mask_a = builder.icmp_unsigned("<", index, splat64(lanes2))
             mask_b = builder.icmp_unsigned("<", builder.add(index, splat64(const(n))), splat64(lanes2))
             best = splat(context.cast(builder, lowest, ty[8], ty[0].dtype))
             arg = ir.Constant(ivec, [-1] * n)
             twok = builder.add(splat32(builder.trunc(t, i32)), ir.Constant(ivec, [2 * k for k in range(n)]))
-            for u in range(3):
+            for u in range(k):
                 row = builder.add(s, builder.mul(const(u), width))
                 a, b = mload(xp, row, mask_a), mload(xp, builder.add(row, const(n)), mask_b)
-                for j in range(3):
+                for j in range(k):
                     v = builder.shuffle_vector(a, b, picks[j])
                     better = builder.fcmp_ordered(">", v, best)
                     best = builder.select(better, v, best)
@@ -686,19 +687,19 @@ def _make_max_row3s2():
             istore(arg, mp, out, keep)
             return context.get_dummy_value()
         return sig, codegen
-    tile.__name__ = tile.__qualname__ = "max_row3s2"
+    tile.__name__ = tile.__qualname__ = f"max_row{k}s2"
     return intrinsic(tile)
 
 
-def _py_max_row3s2(x, s, t, width, y, out, mask, count, lowest):
-    for k in range(count):
+def _py_max_row_s2(k, x, s, t, width, y, out, mask, count, lowest):
+    for w in range(count):
         best, arg = lowest, -1
-        for u in range(3):
-            for j in range(3):
-                v = x[s + u * width + 2 * k + j]
+        for u in range(k):
+            for j in range(k):
+                v = x[s + u * width + 2 * w + j]
                 if v > best:
-                    best, arg = v, t + u * width + 2 * k + j
-        y[out + k], mask[out + k] = best, arg
+                    best, arg = v, t + u * width + 2 * w + j
+        y[out + w], mask[out + w] = best, arg
 
 
 def _py_deinterleave2(x, at, count, dst, d0, d1):
@@ -853,8 +854,11 @@ else:
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
-# MAX pooling's 3x3 windows of stride 2 along a row (layers/pooling.max_pool_3x3s2)
-max_row3s2 = _py_max_row3s2 if config.DISABLE_JIT else _make_max_row3s2()
+# MAX pooling's 2x2 and 3x3 windows of stride 2 along a row (layers/pooling.max_pool_2x2s2, max_pool_3x3s2)
+if config.DISABLE_JIT:
+    max_row2s2, max_row3s2 = (functools.partial(_py_max_row_s2, k) for k in (2, 3))
+else:
+    max_row2s2, max_row3s2 = (_make_max_row_s2(k) for k in (2, 3))
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 # a convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors (rows of 17-32 on
