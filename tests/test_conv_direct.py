@@ -429,8 +429,14 @@ def _unpadded_reference(x, weights, bias, pad, stride=1):
         + bias[None, :, None, None]
 
 
-@pytest.mark.parametrize("case", UNPADDED)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def _unpadded_fits(case, dtype):
+    """Whether the kernel takes the case's rows: the top's to two vectors (one at stride 2) of dtype."""
+    w, kernel, pad, stride = case[3], case[5], case[6], case[8]
+    return (w + 2 * pad[1] - kernel[1]) // stride + 1 <= (2 if stride == 1 else 1) * simd.lanes(dtype)
+
+
+@pytest.mark.parametrize("case, dtype", [(c, d) for d in (np.float32, np.float64) for c in UNPADDED
+                                         if _unpadded_fits(c, d)])
 def test_the_unpadded_forward_matches_numpy(case, dtype):
     """direct_conv_unpadded (forward-only "same" stride-1 and stride-2 convolutions read from the bottom itself,
     loads masked to the image) against NumPy's convolution of the padded bottom, plain and with an Eltwise SUM
@@ -441,9 +447,6 @@ def test_the_unpadded_forward_matches_numpy(case, dtype):
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     weights = rng.normal(size=(o, c) + kernel).astype(dtype)
     bias = rng.normal(size=o)
-    ow = (w + 2 * pad[1] - kernel[1]) // stride + 1
-    if ow > (2 if stride == 1 else 1) * simd.lanes(dtype):
-        pytest.skip("rows wider than two vectors (one at stride 2) take the bands")
     opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
     laid = np.zeros((c * kernel[0] * kernel[1], opad), dtype)
     laid[:, :o] = weights.reshape(o, -1).T
@@ -700,7 +703,7 @@ import tests.test_layers_forward as f  # MAX pooling's 3x3/2 rows in vectors of 
 for size in ((5, 40), (9, 33)):
     f.test_the_stride_2_max_pooling_kernels_equal_the_loops(3, size, np.float32)
 for case in t.UNPADDED:  # (called directly: nets take it on AVX-512 alone)
-    if (case[3] + 2 * case[6][1] - case[5][1]) // case[8] + 1 <= (16 if case[8] == 1 else 8):
+    if t._unpadded_fits(case, np.float32):
         t.test_the_unpadded_forward_matches_numpy(case, np.float32)
 for width in (7, 14, 33):
     t.test_place_phases_of_stride_two_matches_numpy(width, 1)
