@@ -26,6 +26,11 @@ need no im2col buffer.
 - `store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)`: dst[d0 + j] = t, or t * slope where relu
   and t <= 0, with t = ca * src[s0 + j] + cb * res[d0 + j] where added, else src[s0 + j]; in Numba's types for
   the scalar expressions (float64 where ca, cb or slope are), masked at the end.
+- `tile_unpadded{nr}{nv}[_s2](x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase,
+  wstride, bias, bbase, kept, y, ybase, ow, oplane)`: BCAST_MR filters of nr rows by nv vectors of a convolution's
+  top (stride 1, or 2: _s2) read from the unpadded bottom, loads masked to the image (the forward-only kernel).
+- `max_row{2,3}s2(x, s, t, width, y, out, mask, count, lowest)`: count MAX windows 2x2 or 3x3 of stride 2 along a
+  row, their maxima and argmax (plane indices from t) as Caffe's loop finds them.
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
 """
 from __future__ import annotations
@@ -94,7 +99,6 @@ def _vector_tools(context, builder, array_type, vector_bytes=None):
     vec = ir.VectorType(elem, n)
     name = f"llvm.fma.v{n}f{32 if isinstance(elem, ir.FloatType) else 64}"
     fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
 
     def at(ptr, index):
         return builder.bitcast(builder.gep(ptr, [index]), vec.as_pointer())
@@ -106,8 +110,7 @@ def _vector_tools(context, builder, array_type, vector_bytes=None):
         builder.store(value, at(ptr, index), align=4)
 
     def splat(scalar):
-        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+        return _splat(builder, scalar, n)
 
     def fma(a, b, c):
         return builder.call(fma_fn, [a, b, c])
@@ -373,16 +376,20 @@ def _make_transpose_tile():
     return intrinsic(tile)
 
 
+def _splat(builder, scalar, n):
+    """scalar (any LLVM scalar) in all n lanes of a vector of its type."""
+    vt, i32 = ir.VectorType(scalar.type, n), ir.IntType(32)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+
+
 def _masked_tools(builder, vec, n):
     """(splat64(i64) -> n lanes, index 0..n-1 as i64 lanes, mload(ptr, index, mask) -> vector (zeros where the
     mask is off, nothing read there), mstore(value, ptr, index, mask)) for LLVM's masked loads and stores of vec (n
     floats, doubles or integers)."""
     i64, i32 = ir.IntType(64), ir.IntType(32)
     ivec, mvec, ptr = ir.VectorType(i64, n), ir.VectorType(ir.IntType(1), n), vec.as_pointer()
-
-    def splat64(v):
-        one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
-        return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+    splat64 = lambda v: _splat(builder, v, n)  # (v: an i64)
     element = vec.element
     kind = (f"i{element.width}" if isinstance(element, ir.IntType)
             else f"f{32 if isinstance(element, ir.FloatType) else 64}")
@@ -457,7 +464,7 @@ def _make_store_row():
             t = signature.args
             src, s0, dst, d0, count, res, added, ca, cb, relu, slope = args
             vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
-            i64, i32 = ir.IntType(64), ir.IntType(32)
+            i64 = ir.IntType(64)
             const = lambda v: ir.Constant(i64, v)
             sp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (2, dst), (5, res)))
 
@@ -471,17 +478,9 @@ def _make_store_row():
                 return (builder.fpext if isinstance(wider, ir.DoubleType) else builder.fptrunc)(v, vtype(to))
 
             def splat_as(value, frm, to):
-                scalar = context.cast(builder, value, frm, to)
-                vt = vtype(to)
-                one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, n), [0] * n))
+                return _splat(builder, context.cast(builder, value, frm, to), n)
             dty = t[0].dtype
-            relu_one = context.cast(builder, relu, t[9], types.boolean)
-            relu_on = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(1), n), ir.Undefined), relu_one,
-                                       ir.Constant(i32, 0)),
-                ir.Constant(ir.VectorType(ir.IntType(1), n), ir.Undefined), ir.Constant(ir.VectorType(i32, n), [0] * n))
+            relu_on = _splat(builder, context.cast(builder, relu, t[9], types.boolean), n)
             is_added = context.cast(builder, added, t[6], types.boolean)
             ca_v, cb_v = splat_as(ca, t[7], wide), splat_as(cb, t[8], wide)
             slope_n, slope_p = splat_as(slope, t[10], neg_t), splat_as(slope, t[10], plain_neg)
@@ -659,11 +658,7 @@ def _make_max_row_s2(k):
             splat64, index, mload, mstore = _masked_tools(builder, vec, n)
             ivec = ir.VectorType(i32, n)
             _, _, _, istore = _masked_tools(builder, ivec, n)
-
-            def splat32(v):
-                one = builder.insert_element(ir.Constant(ivec, ir.Undefined), v, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(ivec, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, n), [0] * n))
+            splat32 = lambda v: _splat(builder, v, n)  # (v: an i32)
             picks = [ir.Constant(ir.VectorType(i32, n), [2 * k + j for k in range(n)]) for j in (0, 1)]
             picks.append(ir.Constant(ir.VectorType(i32, n), [min(2 * k + 2, 2 * n - 1) for k in range(n)]))
             lanes2 = builder.add(builder.add(count, count), const(k - 2))  # values a window row reads
