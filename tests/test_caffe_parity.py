@@ -316,3 +316,44 @@ def test_ave_pooling_backward_is_caffes_to_the_bit():
         dx = np.full_like(db, np.nan)
         ave_pool_backward(dt, 3, 3, 2, 2, pad, pad, dx)
         np.testing.assert_array_equal(dx, db, err_msg=name)
+
+
+@pytest.mark.parametrize("batch", [8, 1])
+def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeypatch):
+    """A ResNet-style deploy net (BatchNorm with global statistics, Scale, ReLU and leaky ReLU in place, SUM
+    shortcuts, 1x1 stride-2 projections, MAX and global AVE pooling) run as run.py predict runs it (forward only,
+    constant weights: BatchNorm and Scale folded into the convolutions, the ReLUs and SUMs inside them), against
+    Caffe's forward of the same prototxt, params and images (tests/fixtures/caffe_parity/deploy_resnet.npz,
+    recorded by BVLC Caffe 1.0 in the Debian chroot with tests/caffe_parity/make_deploy_fixture.py). At a batch of
+    8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16; at batch
+    1 the bands and pixel tiles take the rest."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "caffe_parity"))
+    try:
+        import make_deploy_fixture as fixture
+    finally:
+        sys.path.pop(0)
+    import layers.conv as conv
+    from layers import simd
+    r = np.load(os.path.join(FIX, "deploy_resnet.npz"))
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(fixture.PROTOTXT.replace("dim: 8 dim: 3", f"dim: {batch} dim: 3"))
+    net = Net(load_prototxt(str(path))[0], "TEST", str(path), seed=0)
+    net.keep_for_backward, net.constant_weights = False, True  # (as run.py predict runs it)
+    shapes = [(layer.name, d.type, [b.data.shape for b in layer.blobs])
+              for layer, d in zip(net.layers, net.defs) if layer.blobs]
+    for (name, i), value in fixture.params(shapes).items():
+        net.layer_by_name(name).blobs[i].data[...] = value
+    net.blobs["data"].data[...] = fixture.batch()[:batch]
+    calls, kernel = [], conv.direct_conv_unpadded
+    monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append((a[1], a[5], a[0].shape[3])) or kernel(*a))
+    for _ in range(2):  # the second pass on the folds made by the first
+        net.forward()
+        tag = f"b{batch}"
+        for name in fixture.COMPARED:
+            ours = net.blobs[name].data[fixture.SAMPLES.get((tag, name), np.s_[:])]
+            close(ours, r[f"{tag}/{name}"], f"batch {batch}: {name}", rtol=1e-4, atol=1e-5)
+    # (kernel rows, stride, bottom width): 3x3 on rows of 32 and at stride 2 from a batch of 8, the 1x1 projection
+    # at any batch
+    taken = set() if simd.VECTOR_BYTES != 64 else {(3, 1, 16), (1, 2, 32)} if batch == 1 else {(3, 1, 32),
+                                                                                                (3, 2, 32), (1, 2, 32)}
+    assert taken <= set(calls)
