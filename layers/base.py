@@ -80,27 +80,34 @@ class SharedBlob(Blob):
 
 class BatchSync:
     """Sums a layer's per-channel partial sums over the k slices of a batch (solvers/replicas.py), so that each
-    slice sees the whole batch's: slice r puts its part in row r, all wait, each adds the rows in the same
-    order (the same result in every slice). `which` picks one of three buffers (of `size` values; a part may be
-    shorter): a buffer is written again only after a later wait, which every slice reaches after reading it.
-    abort() breaks the wait of the others when a slice fails; reset() makes it usable again."""
+    slice sees the whole batch's: slice r puts its part in row r, all wait (spinning: layers/cpu.sync_total), each
+    adds the rows in the same order (the same result in every slice). `which` picks one of three buffers (of
+    `size` values; a part may be shorter): a buffer is written again only after a later wait, which every slice
+    reaches after reading it. abort() breaks the wait of the others when a slice fails; reset() makes it usable
+    again."""
 
     def __init__(self, k: int, size: int):
-        import threading
-        self.k, self.barrier = k, threading.Barrier(k)
+        self.k = k
         self.parts = np.zeros((3, k, size))
+        self.flags = np.zeros(8 * (k + 1), np.int64)  # slice r's generation at [8 * r], the abort at [8 * k]
+        self.generation = [0] * k
 
     def total(self, r: int, which: int, part: np.ndarray) -> np.ndarray:
-        n = len(part)
-        self.parts[which, r, :n] = part
-        self.barrier.wait()
-        return self.parts[which, :, :n].sum(axis=0)
+        import threading
+
+        from layers.cpu import sync_total
+        self.generation[r] += 1
+        out = sync_total(self.parts, self.flags, r, self.generation[r], which, part)
+        if out is None:
+            raise threading.BrokenBarrierError
+        return out
 
     def abort(self):
-        self.barrier.abort()
+        self.flags[8 * self.k] = 1
 
     def reset(self):
-        self.barrier.reset()
+        self.flags[...] = 0
+        self.generation = [0] * self.k
 
 
 @dataclass(frozen=True)

@@ -152,3 +152,51 @@ def test_spread_shares_a_large_call_out_only_where_the_thread_has_others():
         np.testing.assert_array_equal(out, big.sum(axis=0))
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rounds", [1 << 14, 1])
+def test_batchsync_sums_the_slices_parts_in_their_order_and_spins_or_yields_until_all_arrive(rounds, monkeypatch):
+    """layers.base.BatchSync over 3 threads (cpu.sync_total): every slice gets the sum of all parts, added in the
+    slices' order (bit-equal everywhere), for parts of differing lengths in the three buffers, with one slice late
+    (the others spin, or with 1 round a time yield to the OS and spin again)."""
+    import threading
+    import time
+
+    from layers import cpu
+    from layers.base import BatchSync
+    monkeypatch.setattr(cpu, "SPIN_ROUNDS", rounds)
+    k, rng = 3, np.random.default_rng(0)
+    sync = BatchSync(k, 16)
+    parts = [[rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, n) for r in range(k)] for n in (16, 5, 9, 16, 1, 16)]
+    got = [[None] * len(parts) for _ in range(k)]
+
+    def slice_(r):
+        for i, step in enumerate(parts):
+            if r == 2 and i == 3:
+                time.sleep(0.01)  # late: the others wait
+            got[r][i] = sync.total(r, i % 3, step[r])
+    threads = [threading.Thread(target=slice_, args=(r,)) for r in range(1, k)]
+    for t in threads:
+        t.start()
+    slice_(0)
+    for t in threads:
+        t.join()
+    for i, step in enumerate(parts):
+        expected = (step[0] + step[1]) + step[2]
+        for r in range(k):
+            np.testing.assert_array_equal(got[r][i], expected)
+
+
+def test_batchsync_abort_breaks_the_wait_and_reset_makes_it_usable_again():
+    import threading
+
+    from layers.base import BatchSync
+    sync = BatchSync(2, 4)
+    threading.Timer(0.05, sync.abort).start()
+    with pytest.raises(threading.BrokenBarrierError):
+        sync.total(0, 0, np.ones(4))  # slice 1 never comes
+    sync.reset()
+    t = threading.Thread(target=sync.total, args=(1, 0, np.ones(4)))
+    t.start()
+    np.testing.assert_array_equal(sync.total(0, 0, np.full(4, 2.0)), np.full(4, 3.0))
+    t.join()
