@@ -191,7 +191,7 @@ def write_hdf5(model_path: str, state_path: str, it: int, net, history, current_
                         f[f"data/{layer.name}/{i}"] = b.data
             else:
                 f["iter"], f["current_step"] = it, current_step
-                f["learned_net"] = os.path.basename(model_path)
+                f["learned_net"] = model_path  # (as Caffe: the path it was written to)
                 for i, h in enumerate(history):
                     f[f"history/{i}"] = h
         with open(tmp, "rb+") as fh:

@@ -373,8 +373,10 @@ class Trainer:
             model = f"{self.prefix}_iter_{self.iter}.caffemodel"
             layers = [(l.name, l.type, [b.data for b in l.blobs]) for l in self.net.layers if l.blobs]
             snap.atomic_write(model, caffemodel_bytes(self.net.name, layers))
+            # learned_net: the model's path as written, as Caffe writes it (prefix + _iter_N.caffemodel, from the
+            # working directory): `caffe train --snapshot` opens it from there
             snap.atomic_write(f"{self.prefix}_iter_{self.iter}.solverstate", solverstate_bytes(
-                self.iter, os.path.basename(model), self.solver.history, self.lr.current_step))
+                self.iter, model, self.solver.history, self.lr.current_step))
             self.out(f"Snapshotting to {model} (and its Caffe .solverstate)")
         elif fmt == "HDF5":  # Caffe's HDF5 layout, through the hdf5 extra
             model = f"{self.prefix}_iter_{self.iter}.caffemodel.h5"

@@ -357,3 +357,19 @@ def test_convert_writes_a_v0_net_as_a_current_one(tmp_path):
     assert "layers" not in text.replace("layer {", "") and 'type: "Convolution"' in text and "kernelsize" not in text
     with open(os.path.join(UPGRADE, "imagenet_v2.prototxt")) as f:
         assert _plain(loads(text, "x.prototxt")[0]) == _plain(loads(f.read(), "v2.prototxt")[0])
+
+
+def test_a_caffe_solverstate_names_its_caffemodel_as_caffe_does(caffe_dir):
+    """Caffe writes the .solverstate's learned_net as snapshot_prefix + _iter_N.caffemodel, the path from the
+    working directory (its examples: examples/mnist/lenet_iter_10000.caffemodel), and `caffe train --snapshot`
+    opens it from there: a basename alone made Caffe fail ('File not found: lenet_iter_1000.caffemodel') on
+    yaffe's snapshots of Caffe's own examples. yaffe resumes from it too (the model beside the state)."""
+    from netspec.caffemodel import read_solverstate
+    os.mkdir(caffe_dir / "snaps")
+    over = {"max_iter": 3, "snapshot_format": "BINARYPROTO", "test_iter": [1], "snapshot_prefix": "snaps/lenet"}
+    Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, overrides=over).train()
+    state = read_solverstate("snaps/lenet_iter_3.solverstate")
+    assert state["learned_net"] == "snaps/lenet_iter_3.caffemodel" and os.path.isfile(state["learned_net"])
+    r = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, overrides=dict(over, max_iter=4))
+    r.train(snapshot_path="snaps/lenet_iter_3.solverstate")
+    assert r.iter == 4
