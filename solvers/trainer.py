@@ -105,6 +105,17 @@ def say(*args):
     print(*args, flush=True)
 
 
+def say_glog(*args):
+    """say() with each line prefixed as Caffe's glog prefixes its log lines (`I1204 12:07:44.033315 12123
+    solver.cpp:0] `: severity and date, time, thread, source), which Caffe's tools/extra/parse_log.py and
+    plot_training_log.py, and the scripts written for Caffe's logs, read (`run.py train --log-format glog`)."""
+    import datetime
+    import threading
+    now = datetime.datetime.now()
+    head = f"I{now:%m%d %H:%M:%S.%f} {threading.get_native_id()} solver.cpp:0] "
+    say("\n".join(head + line for line in " ".join(str(a) for a in args).split("\n")))
+
+
 class Trainer:
     """Builds the TRAIN net, the TEST net sharing its weights, and the solver, from a solver file.
 
@@ -567,8 +578,7 @@ class Trainer:
 
     def _test_batches(self, k, net, n, runner):
         """Test net k's n batches: its outputs averaged, printed and recorded."""
-        if len(self.test_nets) > 1:
-            self.out(f"Iteration {self.iter}, Testing net (#{k})")
+        self.out(f"Iteration {self.iter}, Testing net (#{k})")  # (Caffe's line: log parsers take the iteration here)
         sums: dict = {}
         loss = 0.0
         for i in range(n):
@@ -588,11 +598,25 @@ class Trainer:
             value = float(value) if value.ndim == 0 else value.tolist()
             w = weights.get(id(net.blobs[name]), 0)
             note = f" (* {w:g} = {w * value:g} loss)" if w and isinstance(value, float) else ""
-            self.out(f"Test net output #{j}: {name} = {value:g}{note}" if isinstance(value, float)
-                     else f"Test net output #{j}: {name} = {value}")
+            self.out(f"    Test net output #{j}: {name} = {value:g}{note}" if isinstance(value, float)
+                     else f"    Test net output #{j}: {name} = {value}")
             record.setdefault(name, value)
         self.metrics.write(record)
         return record
+
+    def _train_outputs(self, net):
+        """Caffe's lines after a display's loss: this iteration's value of every output of the train net, a line
+        each value, numbered across them, a loss's with its weight (`Train net output #0: loss = 0.19 (* 1 = 0.19
+        loss)`; Caffe's tools/extra/parse_log.py reads its train columns from them)."""
+        weights = {id(b): w for b, w in net.loss_blobs}
+        index = 0
+        for name in net.outputs:
+            blob = net.blobs[name]
+            w = weights.get(id(blob), 0)
+            for v in np.asarray(blob.data, np.float64).reshape(-1):
+                note = f" (* {w:g} = {w * v:g} loss)" if w else ""
+                self.out(f"    Train net output #{index}: {name} = {v:g}{note}")
+                index += 1
 
     def _after_test(self, record):
         """The plateau policy and early stopping, both driven by the test outputs."""
@@ -841,6 +865,7 @@ class Trainer:
                     per_iter = waited / max(self.iter - last_iter, 1)
                     speed += f", data wait {per_iter * 1e3:.1f} ms/iter ({100 * per_iter * its:.0f}%)"
                 self.out(f"Iteration {self.iter} ({speed}), loss = {smoothed:.6g}")
+                self._train_outputs(net)
                 record = {"phase": "train", "iter": self.iter, "loss": smoothed, "lr": rate,
                           "elapsed_s": round(now - t0, 6), "images_per_s": its * images}
                 if waited is not None:

@@ -2,6 +2,7 @@
 BVLC/caffe, in tests/fixtures/caffe_examples) from the Caffe root, with small LMDBs made by `run.py data
 convert` in place of `create_mnist.sh`'s, and Caffe's command-line spellings."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,32 @@ def test_the_data_layer_reads_a_leveldb_made_by_caffes_convert_mnist_data(tmp_pa
     with np.load(tmp_path / "mnist.npz") as z:
         np.testing.assert_array_equal(z["data"], images * 256)
         np.testing.assert_array_equal(z["label"], labels)
+
+
+def test_caffes_parse_log_reads_a_training_log_written_with_log_format_glog(tmp_path):
+    """`run.py train --log-format glog 2>&1 | tee log` gives a log that Caffe's own tools/extra/parse_log.py turns
+    into its train and test tables (the CSVs plot_training_log.py draws): each line prefixed as glog prefixes
+    Caffe's, `Train net output` lines after each display, `Iteration N, Testing net (#0)` before each test."""
+    sys.path.insert(0, os.path.join(FIX, "caffe_examples", "tools"))
+    try:
+        import parse_log
+    finally:
+        sys.path.pop(0)
+    r = yaffe("train", os.path.join(ROOT, "models", "lenet_digits", "solver.yaml"), "--log-format", "glog",
+              "--set", "max_iter=20", "--set", "display=5", "--set", "test_interval=10", "--set", "snapshot=0",
+              "--set", f"snapshot_prefix={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = tmp_path / "train.log"
+    log.write_text(r.stdout)
+    assert all(re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ solver\.cpp:0\] ", line) for line in r.stdout.splitlines())
+    train, test = parse_log.parse_log(str(log))
+    shown = [float(v) for v in re.findall(r"Iteration \d+ \(.*\), loss = (\S+)", r.stdout)]
+    assert [row["NumIters"] for row in train] == [0, 5, 10, 15]  # (parse_log keeps a row once the next begins)
+    assert [row["loss"] for row in train] == shown[:4]  # average_loss 1: this iteration's loss, as displayed
+    rates = [float(v) for v in re.findall(r"Iteration \d+, lr = (\S+)", r.stdout)]
+    # (parse_log gives a row the rate of the last `lr =` line before its outputs: the display before's, as on
+    # Caffe's logs, whose `Iteration N, lr =` line also follows the outputs; the first row takes the second's)
+    assert [row["LearningRate"] for row in train] == [rates[0]] + rates[:3]
+    assert [row["NumIters"] for row in test] == [0, 10, 20]
+    assert all(0 <= row["accuracy"] <= 1 and row["loss"] > 0 for row in test)
+    assert min(row["Seconds"] for row in train) >= 0

@@ -26,9 +26,10 @@ def cmd_train(args):
 
 
 def _train(args, comm):
-    from solvers.trainer import Trainer
+    from solvers.trainer import Trainer, say, say_glog
     _data_sample(args)
-    trainer = Trainer(args.solver, metrics_path=args.metrics, overrides=dict(args.set or []), lr_scale=args.lr_scale,
+    trainer = Trainer(args.solver, out=say_glog if args.log_format == "glog" else say, metrics_path=args.metrics,
+                      overrides=dict(args.set or []), lr_scale=args.lr_scale,
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect,
                       sigterm_effect=args.sigterm_effect, monitor=args.monitor,
                       comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas, force=args.force,
@@ -336,6 +337,9 @@ def build_parser():
     p.add_argument("--replicas", type=positive_int, metavar="K",
                    help="run each batch as K slices, one thread each (default: as many as the threads, for nets "
                    "with feature maps whose results do not change; 1: each layer runs the whole batch)")
+    p.add_argument("--log-format", choices=("plain", "glog"), default="plain",
+                   help="glog: each line of the training log prefixed as Caffe's (I1204 12:07:44.033315 PID "
+                   "solver.cpp:0] ...), for Caffe's tools/extra/parse_log.py and plot_training_log.py")
     p.add_argument("--mpi-timeout", type=positive_float, default=300.0, metavar="S",
                    help="under mpiexec: stop with an error when another rank has not answered for S seconds "
                    "(default 300; raise it above the time rank 0 takes for a test)")
