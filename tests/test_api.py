@@ -191,3 +191,52 @@ def test_detector_warps_each_window_to_the_input(tmp_path):
     padded = caffe.Detector(str(tmp_path / "det.prototxt"), str(tmp_path / "det.caffemodel"), context_pad=1)
     crop = padded.crop(image, windows[0])  # at the corner: the context above and left is outside, mean-filled
     assert crop.shape == (6, 6, 3) and not crop[0].any() and crop[3:, 3:].any()
+
+
+def test_solver_parameter_is_written_as_caffes_examples_write_their_solvers(tmp_path):
+    """caffe_pb2.SolverParameter filled as examples/01-learning-lenet fills it, str() written to a file: the text
+    of protobuf's text format (fields in caffe.proto's number order, strings quoted, enums by name, repeated
+    fields a line each, NetState messages in braces), which yaffe's solver loader reads back field for field."""
+    from netspec.prototxt import loads
+    from yaffe.proto import caffe_pb2
+    s = caffe_pb2.SolverParameter()
+    s.random_seed = 0xCAFFE
+    s.train_net = "mnist/custom_auto_train.prototxt"
+    s.test_net.append("mnist/custom_auto_test.prototxt")
+    s.test_interval = 500
+    s.test_iter.append(100)
+    s.max_iter = 10000
+    s.type = "SGD"
+    s.base_lr = 0.01
+    s.momentum = 0.9
+    s.weight_decay = 5e-4
+    s.lr_policy = "inv"
+    s.gamma = 0.0001
+    s.power = 0.75
+    s.stepvalue.extend([10, 20])
+    s.snapshot_prefix = 'mnist/say "hi"'
+    s.solver_mode = caffe_pb2.SolverParameter.GPU
+    s.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+    s.test_state.add(stage=["test-on-train"])
+    s.test_state.add().stage.append("test-on-test")
+    s.train_state.level = 2
+    s.debug_info = False
+    text = str(s)
+    assert text == ('train_net: "mnist/custom_auto_train.prototxt"\ntest_net: "mnist/custom_auto_test.prototxt"\n'
+                    'test_iter: 100\ntest_interval: 500\nbase_lr: 0.01\nmax_iter: 10000\nlr_policy: "inv"\n'
+                    'gamma: 0.0001\npower: 0.75\nmomentum: 0.9\nweight_decay: 0.0005\n'
+                    'snapshot_prefix: "mnist/say \\"hi\\""\nsolver_mode: GPU\nrandom_seed: 831486\n'
+                    'debug_info: false\ntrain_state {\n  level: 2\n}\ntest_state {\n  stage: "test-on-train"\n}\n'
+                    'test_state {\n  stage: "test-on-test"\n}\nstepvalue: 10\nstepvalue: 20\n'
+                    'snapshot_format: BINARYPROTO\ntype: "SGD"\n')
+    doc, _ = loads(text, "solver.prototxt")
+    assert doc["base_lr"] == 0.01 and doc["test_iter"] in (100, [100]) and doc["snapshot_prefix"] == 'mnist/say "hi"'
+    assert doc["stepvalue"] == [10, 20] and doc["snapshot_format"] == "BINARYPROTO" and doc["random_seed"] == 831486
+    assert [t["stage"] for t in doc["test_state"]] == ["test-on-train", "test-on-test"]
+    with pytest.raises(AttributeError, match="no field 'base_rate'"):
+        s.base_rate = 0.1
+    with pytest.raises(AttributeError, match="repeated field"):
+        s.test_iter = 100
+    s.max_iter = 1.5
+    with pytest.raises(TypeError, match="max_iter"):
+        str(s)
