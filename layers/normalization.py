@@ -11,20 +11,26 @@ backward's of dy and dy*y) are summed over the slices (layers/base.BatchSync) an
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
+from .cpu import spread
 from .kernels import broadcast_add, channel_sums, row_normalize, row_normalize_backward
 
+BN_SPREAD = 1 << 15  # values in a bottom from which a whole batch's BatchNorm shares its channels over the threads
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
-def bn_sums_and_squares(x, out):
+
+# The kernels below share their channels (the sums) or their images (the rest) over Numba's threads where a net
+# runs its batch whole, and run on the calling thread in a slice of a batch (cpu.spread): each channel's sums are
+# added in the same order either way, so both builds give the same bits. (Serial, a whole batch's BatchNorm was 43% of
+# MobileNet's pass on two threads.)
+def _bn_sums_and_squares(x, out):
     """out[c] = sum of x (N, C, inner) over N and inner, out[C + c] = sum of x^2, in float64: one pass (and, for
     the slices of a batch, one wait) where the centered squares took a second after the mean. The variance
     from them, sum x^2 / m - mean^2, loses about mean^2 / var x 1e-16 of itself (Caffe's float32: x 1e-7)."""
     n_img, chans, inner = x.shape
-    for c in range(chans):
+    for c in prange(chans):
         a = 0.0
         b = 0.0
         for n in range(n_img):
@@ -34,6 +40,9 @@ def bn_sums_and_squares(x, out):
                 b += v * v
         out[c] = a
         out[chans + c] = b
+
+
+bn_sums_and_squares = spread(_bn_sums_and_squares, BN_SPREAD, fastmath={"reassoc"})  # (the float64 sums vectorize)
 
 
 @njit(cache=True, nogil=True)
@@ -54,68 +63,65 @@ def bn_update_statistics(mu, sq, m, maf, correction, eps, mean, var, inv_std, me
 
 # In place (top on bottom), a kernel given the same array twice runs scalar: LLVM's vector loop is guarded by a
 # check that the arrays do not overlap, and they do (3-4x slower on ResNet-20's BatchNorm + Scale). Each such
-# kernel is therefore an inlined body called by two kernels: one for distinct arrays, one that passes its one
+# kernel is therefore an inlined row body called by two kernels: one for distinct arrays, one that passes its one
 # array twice, where LLVM sees a single pointer and vectorizes.
 @njit(cache=True, nogil=True, inline="always")
+def _bn_normalize_image(x, mean, inv_std, y, n):
+    for c in range(x.shape[1]):
+        mu, s = mean[c], inv_std[c]
+        for i in range(x.shape[2]):
+            y[n, c, i] = (x[n, c, i] - mu) * s
+
+
 def _bn_normalize(x, mean, inv_std, y):
-    n_img, chans, inner = x.shape
-    for n in range(n_img):
-        for c in range(chans):
-            mu, s = mean[c], inv_std[c]
-            for i in range(inner):
-                y[n, c, i] = (x[n, c, i] - mu) * s
+    """y = (x - mean) * inv_std per channel; x, y (N, C, inner)."""
+    for n in prange(x.shape[0]):
+        _bn_normalize_image(x, mean, inv_std, y, n)
 
 
-@njit(cache=True, nogil=True)
-def bn_normalize(x, mean, inv_std, y):
-    _bn_normalize(x, mean, inv_std, y)
-
-
-@njit(cache=True, nogil=True)
-def bn_normalize_in_place(x, mean, inv_std):
-    _bn_normalize(x, mean, inv_std, x)
+def _bn_normalize_in_place(x, mean, inv_std):
+    """_bn_normalize with y = x."""
+    for n in prange(x.shape[0]):
+        _bn_normalize_image(x, mean, inv_std, x, n)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope):
-    n_img, chans, inner = x.shape
-    for n in range(n_img):
-        for c in range(chans):
-            mu, k, sc = mean[c], inv_std[c], s[c]
-            bc = b[c] if has_bias else 0.0
-            if relu:
-                for i in range(inner):
-                    v = (x[n, c, i] - mu) * k
-                    xhat[n, c, i] = v
-                    y[n, c, i] = v * sc + bc
-                    w = y[n, c, i]  # (the Scale's top as stored, then the ReLU's own arithmetic)
-                    y[n, c, i] = w if w > 0 else w * slope
-            else:
-                for i in range(inner):
-                    v = (x[n, c, i] - mu) * k
-                    xhat[n, c, i] = v
-                    y[n, c, i] = v * sc + bc
+def _bn_scale_image(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope, n):
+    for c in range(x.shape[1]):
+        mu, k, sc = mean[c], inv_std[c], s[c]
+        bc = b[c] if has_bias else 0.0
+        if relu:
+            for i in range(x.shape[2]):
+                v = (x[n, c, i] - mu) * k
+                xhat[n, c, i] = v
+                y[n, c, i] = v * sc + bc
+                w = y[n, c, i]  # (the Scale's top as stored, then the ReLU's own arithmetic)
+                y[n, c, i] = w if w > 0 else w * slope
+        else:
+            for i in range(x.shape[2]):
+                v = (x[n, c, i] - mu) * k
+                xhat[n, c, i] = v
+                y[n, c, i] = v * sc + bc
 
 
-@njit(cache=True, nogil=True)
-def bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu=False, slope=0.0):
+def _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu=False, slope=0.0):
     """BatchNorm and the per-channel Scale above it in one pass: xhat = (x - mean) * inv_std (kept for the
     backward), y = xhat * s (+ b); relu: then an in-place ReLU above them (negative slope `slope`, in x's type)."""
-    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope)
+    for n in prange(x.shape[0]):
+        _bn_scale_image(x, mean, inv_std, s, b, has_bias, xhat, y, relu, slope, n)
 
 
-@njit(cache=True, nogil=True)
-def bn_scale_forward_in_place(x, mean, inv_std, s, b, has_bias, xhat, relu=False, slope=0.0):
+def _bn_scale_forward_in_place(x, mean, inv_std, s, b, has_bias, xhat, relu=False, slope=0.0):
     """bn_scale_forward with y = x."""
-    _bn_scale_forward(x, mean, inv_std, s, b, has_bias, xhat, x, relu, slope)
+    for n in prange(x.shape[0]):
+        _bn_scale_image(x, mean, inv_std, s, b, has_bias, xhat, x, relu, slope, n)
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def bn_backward_sums_relu(y, d, top, slope, s1, s2):
+def _bn_backward_sums_relu(y, d, top, slope, s1, s2):
     """relu_backward_in_place (an in-place ReLU above: d = d where its top > 0, else d * slope) and
     bn_backward_sums of the result, in one pass."""
     n_img, chans, inner = y.shape
-    for c in range(chans):
+    for c in prange(chans):
         a = 0.0
         b = 0.0
         for n in range(n_img):
@@ -129,11 +135,10 @@ def bn_backward_sums_relu(y, d, top, slope, s1, s2):
         s2[c] = b
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # the float64 sums vectorize (partial sums per lane)
-def bn_backward_sums(y, dy, s1, s2):
+def _bn_backward_sums(y, dy, s1, s2):
     """s1[c] = sum(dy), s2[c] = sum(dy * y) per channel, in float64 (y is the normalized top)."""
     n_img, chans, inner = y.shape
-    for c in range(chans):
+    for c in prange(chans):
         a = 0.0
         b = 0.0
         for n in range(n_img):
@@ -145,25 +150,32 @@ def bn_backward_sums(y, dy, s1, s2):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _bn_backward_apply(y, dy, a, b, inv_std, dx):
-    n_img, chans, inner = y.shape
-    for c in range(chans):
+def _bn_backward_image(y, dy, a, b, inv_std, dx, n):
+    for c in range(y.shape[1]):
         ac, bc, s = a[c], b[c], inv_std[c]
-        for n in range(n_img):
-            for i in range(inner):
-                dx[n, c, i] = (dy[n, c, i] - ac - bc * y[n, c, i]) * s
+        for i in range(y.shape[2]):
+            dx[n, c, i] = (dy[n, c, i] - ac - bc * y[n, c, i]) * s
 
 
-@njit(cache=True, nogil=True)
-def bn_backward_apply(y, dy, a, b, inv_std, dx):
+def _bn_backward_apply(y, dy, a, b, inv_std, dx):
     """dx = (dy - a - b * y) * inv_std per channel, a = mean(dy), b = mean(dy * y) (float64)."""
-    _bn_backward_apply(y, dy, a, b, inv_std, dx)
+    for n in prange(y.shape[0]):
+        _bn_backward_image(y, dy, a, b, inv_std, dx, n)
 
 
-@njit(cache=True, nogil=True)
-def bn_backward_apply_in_place(y, d, a, b, inv_std):
+def _bn_backward_apply_in_place(y, d, a, b, inv_std):
     """bn_backward_apply with dx = dy = d."""
-    _bn_backward_apply(y, d, a, b, inv_std, d)
+    for n in prange(y.shape[0]):
+        _bn_backward_image(y, d, a, b, inv_std, d, n)
+
+
+bn_normalize, bn_normalize_in_place = spread(_bn_normalize, BN_SPREAD), spread(_bn_normalize_in_place, BN_SPREAD)
+bn_scale_forward = spread(_bn_scale_forward, BN_SPREAD)
+bn_scale_forward_in_place = spread(_bn_scale_forward_in_place, BN_SPREAD)
+bn_backward_sums_relu = spread(_bn_backward_sums_relu, BN_SPREAD, fastmath={"reassoc"})
+bn_backward_sums = spread(_bn_backward_sums, BN_SPREAD, fastmath={"reassoc"})
+bn_backward_apply = spread(_bn_backward_apply, BN_SPREAD)
+bn_backward_apply_in_place = spread(_bn_backward_apply_in_place, BN_SPREAD)
 
 
 @register("BatchNorm")

@@ -41,6 +41,12 @@ MIN_MAPS = 1 << 20
 # split train net (`held`: the trainer's test nets) it splits with FORWARD_FACTOR times the maps a train net needs.
 FORWARD_WHOLE = True
 FORWARD_FACTOR = 8
+# multiply-adds of the convolutions and inner products per layer of a slice (all its layers counted: each costs a
+# slice its Python, under the lock the slices share) below which a train net runs whole: MobileNet-v1 x0.5 at 64
+# (1.1M a layer as two slices of 32: 111 layers, most of them depthwise, BatchNorm, Scale, ReLU) ran 28.3 ms a step
+# whole against 35.4 as slices, once BatchNorm shared its work over the threads; ResNet-20 at 128 (25M) 222
+# against 199, CIFAR-10 quick at 100 (51M) 26.4 against 25.4, models/resnet_fashion at 64 (7M) alike
+MIN_LAYER_WORK = 4e6
 
 
 def start(net: Net, requested: int | None, threads: int | None = None,
@@ -72,6 +78,10 @@ def start(net: Net, requested: int | None, threads: int | None = None,
                   and (sequences or maps // k >= need)), 1)
         if k == 1:
             return None, f"each layer runs the whole batch ({batch} does not split into slices of {MIN_SLICE} or more)"
+        layers = sum(1 for l in net.layers if not l.is_source)
+        if not sequences and net.keep_for_backward and _work(net, batch) * (batch // k) < MIN_LAYER_WORK * layers:
+            return None, ("each layer runs the whole batch on the threads (its layers are many and light: as "
+                          "slices, their Python would take turns)")
     else:
         k = requested
     try:
@@ -85,6 +95,21 @@ def start(net: Net, requested: int | None, threads: int | None = None,
     if net.syncs:
         line += "; BatchNorm sums its statistics over the slices (the whole batch's)"
     return replicas, line
+
+
+def _work(net: Net, batch: int) -> float:
+    """Multiply-adds per example of the net's convolutions (and deconvolutions) and inner products."""
+    total = 0.0
+    for d, layer in zip(net.defs, net.layers):
+        if d.type in ("Convolution", "Deconvolution", "InnerProduct") and layer.blobs:
+            w = layer.blobs[0].data
+            if d.type == "Convolution":  # each top value: a filter's taps (C/group x kh x kw)
+                total += np.prod(net.shapes[d.tops[0]], dtype=np.float64) * w[0].size
+            elif d.type == "Deconvolution":  # each bottom value: out/group x kh x kw
+                total += np.prod(net.shapes[d.bottoms[0]], dtype=np.float64) * w[0].size
+            else:  # each output: a weight row, for each of the bottom's rows
+                total += np.prod(net.shapes[d.tops[0]], dtype=np.float64) * w.size / w.shape[0]
+    return total / max(batch, 1)
 
 
 class Replicas:

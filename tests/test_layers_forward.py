@@ -593,3 +593,40 @@ def test_batch_norm_statistics_from_one_pass_match_the_centered_two_pass_ones(me
     np.testing.assert_allclose(tops[0].data, want, rtol=1e-4, atol=1e-4)
     m = x[:, 0].size
     np.testing.assert_allclose(layer.blobs[1].data, var * m / (m - 1), rtol=1e-5)  # Caffe's unbiased running sum
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_kernels_on_all_threads_equal_their_serial_builds_to_the_bit(dtype):
+    """layers.normalization's kernels share a whole batch's channels (the sums) or images (the rest) over Numba's
+    threads and run serially in a slice (cpu.spread): both builds, on shapes with few and many images, channels
+    and positions, give the same bits (a channel's sums are added in the same order), in place and not."""
+    import layers.normalization as bn
+    rng = np.random.default_rng(7)
+    for shape in ((3, 5, 7), (16, 32, 9), (2, 64, 1), (33, 3, 40)):
+        c = shape[1]
+        x = rng.normal(size=shape).astype(dtype)
+        top, d = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+        mean, inv, s, b = (rng.normal(size=c).astype(dtype) for _ in range(4))
+        a1, a2 = rng.normal(size=c), rng.normal(size=c)
+        runs = {}
+        for build in ("serial", "parallel"):
+            out, xs, ds = {}, x.copy(), d.copy()
+            sums = np.zeros(2 * c)
+            getattr(bn.bn_sums_and_squares, build)(x, sums)
+            out["sums"] = [sums.copy()]
+            for name, args in (("normalize", (x, mean, inv, np.empty_like(x))),
+                               ("scale", (x, mean, inv, s, b, True, np.empty_like(x), np.empty_like(x), True,
+                                          dtype(0.1))),
+                               ("apply", (x, d, a1, a2, inv, np.empty_like(x)))):
+                kernel = {"normalize": bn.bn_normalize, "scale": bn.bn_scale_forward, "apply": bn.bn_backward_apply}
+                getattr(kernel[name], build)(*args)
+                out[name] = [a.copy() for a in args if isinstance(a, np.ndarray) and a.shape == shape]
+            getattr(bn.bn_scale_forward_in_place, build)(xs, mean, inv, s, b, False, np.empty_like(x), False,
+                                                         dtype(0.0))
+            getattr(bn.bn_backward_sums_relu, build)(x, ds, top, dtype(0.1), sums[:c], sums[c:])
+            getattr(bn.bn_backward_apply_in_place, build)(x, ds, a1, a2, inv)
+            out["in place"] = [xs, ds, sums.copy()]
+            runs[build] = out
+        for key, value in runs["serial"].items():
+            for got, want in zip(runs["parallel"][key], value):
+                np.testing.assert_array_equal(got, want, err_msg=f"{shape} {key}")

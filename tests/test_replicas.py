@@ -135,6 +135,7 @@ def test_batchnorm_splits_with_the_whole_batchs_statistics(k, monkeypatch):
     import solvers.replicas as replicas_module
     monkeypatch.setattr(replicas_module, "MIN_MAPS", 0)  # let the automatic choice look at this small net
     monkeypatch.setattr(replicas_module, "MIN_SLICE", 1)
+    monkeypatch.setattr(replicas_module, "MIN_LAYER_WORK", 0)
     whole, split = filled(BN_NET), filled(BN_NET)
     replicas, line = start(split, None, threads=k)
     assert replicas is not None and replicas.k == k and "BatchNorm sums its statistics over the slices" in line
@@ -176,10 +177,15 @@ def test_a_batch_that_does_not_divide_is_not_split():
         net.replicate(2)
 
 
-def test_automatic_choice_wants_threads_and_large_maps():
+def test_automatic_choice_wants_threads_and_large_maps(monkeypatch):
+    import solvers.replicas as replicas_module
     small = Net(loads(NET), "TRAIN", seed=1)
     assert start(small, None, threads=2)[0] is None  # 8 examples of 10x10 maps: not worth the threads
     big = Net(loads(NET.replace("[8, 3, 10, 10]}, {dim: [8]", "[64, 3, 80, 80]}, {dim: [64]")), "TRAIN", seed=1)
+    # its 4 and 3 filters do ~1.5M multiply-adds a layer in a slice of 32: light layers run the batch whole
+    replicas, line = start(big, None, threads=2)
+    assert replicas is None and "many and light" in line
+    monkeypatch.setattr(replicas_module, "MIN_LAYER_WORK", 4e5)
     replicas, line = start(big, None, threads=2)
     assert replicas is not None and replicas.k == 2 and "2 slices of 32" in line
     replicas.close()
