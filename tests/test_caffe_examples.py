@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -106,6 +107,7 @@ def test_the_data_layer_reads_a_leveldb_made_by_caffes_convert_mnist_data(tmp_pa
         np.testing.assert_array_equal(z["label"], labels)
 
 
+@pytest.mark.filterwarnings("ignore:invalid escape sequence")  # (Caffe's regexes in plain strings, Python 2 style)
 def test_caffes_parse_log_reads_a_training_log_written_with_log_format_glog(tmp_path):
     """`run.py train --log-format glog 2>&1 | tee log` gives a log that Caffe's own tools/extra/parse_log.py turns
     into its train and test tables (the CSVs plot_training_log.py draws): each line prefixed as glog prefixes
