@@ -452,6 +452,37 @@ def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
     return [np.stack(images), np.asarray(labels, dtype)][:len(tops)]
 
 
+# ---- run.py data mean (Caffe's compute_image_mean) ---------------------------------------------
+
+def image_mean(path, out=None):
+    """(mean (C, H, W) float32, count) of the examples of a dataset file (an LMDB or LevelDB streamed record by
+    record, the other kinds read whole), as Caffe's compute_image_mean computes it: each example's values as
+    stored added in float32 in the records' order, the sums divided by the count in float32. out(line): its
+    progress lines."""
+    k = kind(path)
+    total, count = None, 0
+    if k in ("lmdb", "leveldb"):
+        examples = (parse_datum(value)[0] for value in db_values(path, k))
+    else:
+        data = read_any(path)[0]
+        examples = (np.asarray(a, np.float32) for a in data)
+    for a in examples:
+        if total is None:
+            total = np.zeros(a.shape, np.float32)
+        elif a.shape != total.shape:
+            raise SourceError(f"example {count} has shape {list(a.shape)}, the first {list(total.shape)}; "
+                              "a mean needs examples of one shape")
+        total += a
+        count += 1
+        if out and count % 10000 == 0:
+            out(f"Processed {count} files.")
+    if total is None:
+        raise SourceError("it holds no examples")
+    if out and count % 10000:
+        out(f"Processed {count} files.")
+    return total / np.float32(count), count
+
+
 # ---- run.py data convert -----------------------------------------------------------------------
 
 def read_any(path, sample_shape=None, new_size=None, gray=False):

@@ -135,3 +135,26 @@ def test_caffes_parse_log_reads_a_training_log_written_with_log_format_glog(tmp_
     assert [row["NumIters"] for row in test] == [0, 10, 20]
     assert all(0 <= row["accuracy"] <= 1 and row["loss"] > 0 for row in test)
     assert min(row["Seconds"] for row in train) >= 0
+
+
+def test_data_mean_writes_caffes_compute_image_mean_file_byte_for_byte(tmp_path):
+    """`run.py data mean x_lmdb mean.binaryproto` against BVLC Caffe 1.0's `compute_image_mean -backend lmdb` on the
+    same LMDB (50 images 3x8x6 from RandomState(11), written by `run.py data convert`): the same bytes
+    (tests/fixtures/caffe_examples/mean_3x8x6.binaryproto, from the Debian chroot) and the same lines; an .npz
+    source gives the same mean; vectors are refused with a clear error."""
+    rng = np.random.RandomState(11)
+    np.savez(tmp_path / "x.npz", data=rng.randint(0, 256, (50, 3, 8, 6)).astype(np.float32),
+             label=rng.randint(0, 10, 50).astype(np.float32))
+    assert yaffe("data", "convert", "x.npz", "x_lmdb", cwd=tmp_path).returncode == 0
+    r = yaffe("data", "mean", "x_lmdb", "mean.binaryproto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(FIX, "caffe_examples", "mean_3x8x6.binaryproto"), "rb") as f:
+        assert (tmp_path / "mean.binaryproto").read_bytes() == f.read()
+    assert r.stdout.splitlines() == ["Processed 50 files.", "Write to mean.binaryproto", "Number of channels: 3",
+                                     "mean_value channel [0]: 127.105", "mean_value channel [1]: 127.717",
+                                     "mean_value channel [2]: 126.514"]
+    r = yaffe("data", "mean", "x.npz", "npz.binaryproto", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "npz.binaryproto").read_bytes() == (tmp_path / "mean.binaryproto").read_bytes()
+    np.savez(tmp_path / "v.npz", data=np.ones((4, 5), np.float32), label=np.zeros(4, np.float32))
+    r = yaffe("data", "mean", "v.npz", "v.binaryproto", cwd=tmp_path)
+    assert r.returncode == 2 and "not images" in r.stderr and "Traceback" not in r.stderr

@@ -234,6 +234,8 @@ def cmd_convert(args):
 def cmd_data(args):
     from layers.sources import SourceError, write_dataset
     from netspec.errors import UserError
+    if args.action == "mean":
+        return _data_mean(args)
     size = None
     if args.resize:
         try:
@@ -251,6 +253,37 @@ def cmd_data(args):
         raise UserError(f"{name}: error: {(e.strerror or str(e)).lower()}; check the path (SOURCE is a .csv, "
                         ".npz, IDX file or image list; OUTPUT an .npz or an LMDB folder)") from None
     print(f"Wrote {n} examples to {args.output}")
+    return 0
+
+
+def _data_mean(args):
+    """run.py data mean SOURCE [OUTPUT]: Caffe's compute_image_mean (its lines, its .binaryproto)."""
+    import numpy as np
+
+    from layers.sources import SourceError, image_mean
+    from netspec.errors import UserError
+    from yaffe.proto import caffe_pb2
+    try:
+        mean, _ = image_mean(args.source, out=print)
+    except SourceError as e:
+        raise UserError(f"{args.source}: error: {e}") from None
+    except OSError as e:
+        raise UserError(f"{e.filename or args.source}: error: {(e.strerror or str(e)).lower()}") from None
+    if mean.ndim != 3:
+        raise UserError(f"{args.source}: error: its examples are vectors of {mean.size} values, not images; a mean "
+                        "file is for images (C, H, W)")
+    if args.output:
+        c, h, w = mean.shape
+        blob = caffe_pb2.BlobProto(num=1, channels=c, height=h, width=w, data=mean.ravel().tolist())
+        print(f"Write to {args.output}")
+        with open(args.output, "wb") as f:
+            f.write(blob.SerializeToString())
+    print(f"Number of channels: {mean.shape[0]}")
+    for c, plane in enumerate(mean.reshape(mean.shape[0], -1)):
+        value = np.float32(0)
+        for v in plane:  # (Caffe's float sum, in order)
+            value += v
+        print(f"mean_value channel [{c}]: {float(value / np.float32(plane.size)):g}")
     return 0
 
 
@@ -458,7 +491,8 @@ def build_parser():
                    "beside the input, .yaml)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("data", help="data tools: 'data convert SOURCE OUTPUT' writes an LMDB or an .npz")
+    p = sub.add_parser("data", help="data tools: 'data convert SOURCE OUTPUT' writes an LMDB or an .npz, 'data mean "
+                       "SOURCE OUTPUT' a mean file")
     data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="ACTION")
     q = data_sub.add_parser("convert", help="IDX, csv, npz or an image list (path label) to an LMDB of Caffe "
                             "Datum records, or to an .npz (like Caffe's convert_imageset)")
@@ -469,6 +503,11 @@ def build_parser():
     q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
     q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
     q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
+    q.set_defaults(func=cmd_data)
+    q = data_sub.add_parser("mean", help="the mean image of a dataset as a .binaryproto (Caffe's "
+                            "compute_image_mean), for a transform_param's mean_file")
+    q.add_argument("source", help="an LMDB or LevelDB folder (streamed), or an IDX, .csv, .npz file or image list")
+    q.add_argument("output", nargs="?", help="the .binaryproto to write (without: print the channels' means)")
     q.set_defaults(func=cmd_data)
 
     p = sub.add_parser("schema", help="print the JSON Schema of nets (or solvers)")
