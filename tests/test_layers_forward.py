@@ -630,3 +630,28 @@ def test_batchnorm_kernels_on_all_threads_equal_their_serial_builds_to_the_bit(d
         for key, value in runs["serial"].items():
             for got, want in zip(runs["parallel"][key], value):
                 np.testing.assert_array_equal(got, want, err_msg=f"{shape} {key}")
+
+
+def test_elementwise_kernels_on_all_threads_equal_their_serial_builds():
+    """The Eltwise and Split passes (layers.kernels: scale_into, add_scaled, add_two, sum_two, sum_into) built for
+    Numba's threads give their serial builds' values, in place too, with a leaky ReLU."""
+    from layers import kernels as k
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 300_001)).astype(np.float32)
+    for build in ("serial", "parallel"):
+        out = {}
+        y = np.empty_like(a)
+        getattr(k.scale_into, build)(a, 0.5, y)
+        getattr(k.add_scaled, build)(b, -2.0, y)
+        out["scaled"] = y.copy()
+        getattr(k.add_two, build)(a, b, y)
+        out["two"] = y.copy()
+        getattr(k.sum_two, build)(a, 0.3, b, 1.0, y, True, 0.1)
+        out["sum"] = y.copy()
+        getattr(k.sum_into, build)(y, 2.0, a, -1.0, True, 0.0)
+        out["into"] = y.copy()
+        if build == "serial":
+            want = out
+    np.testing.assert_array_equal(want["two"], a + b)
+    for key in want:
+        np.testing.assert_array_equal(out[key], want[key], err_msg=key)
