@@ -241,8 +241,9 @@ def _drop_cpu_fields(node, notes):
     if isinstance(node, Node):
         for key in list(node):
             if key in CPU_ONLY_IGNORED:
-                w = node.key_where[key]
-                notes.append(Finding(w[0], w[1], w[2], "info", f"{key} is ignored: yaffe runs on the CPU"))
+                if not (key == "solver_mode" and str(node[key]) == "CPU"):  # (CPU: what yaffe does anyway)
+                    w = node.key_where[key]
+                    notes.append(Finding(w[0], w[1], w[2], "info", f"{key} is ignored: yaffe runs on the CPU"))
                 del node[key]
             else:
                 _drop_cpu_fields(node[key], notes)
