@@ -400,6 +400,10 @@ class Data(RowData):
         if not os.path.exists(path):
             raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
         self.kind = sources.kind(path, self.p.backend)
+        if self.kind == "lmdb" and self.p.backend is None and getattr(self, "caffe_file", False):
+            self.warnings.append(("the source is an LMDB and backend is not set: yaffe reads it, but Caffe opens it "
+                                  "as a LevelDB (its default) and fails; add backend: LMDB to data_param for Caffe",
+                                  "data_param.source", "info"))
         if self.kind in ("lmdb", "leveldb"):
             return sources.lmdb_inspect(path, tops, self.p.force_encoded_color, self.kind)
         if self.kind == "npz":

@@ -137,6 +137,8 @@ class Net:
             seen[d.name] = seen.get(d.name, 0) + 1
             self.keys.append(d.name if seen[d.name] == 1 else f"{d.name}@{seen[d.name]}")
         findings, failed = [], set()
+        from .loader import is_caffe
+        caffe_file = bool(self.path) and is_caffe(self.path)
         for i, d in enumerate(self.defs):
             cls = layers.REGISTRY[d.type]
             if self._replica is not None and (cls.is_data or d.type == "Input"):  # the parent's data layer fills the whole batch
@@ -150,6 +152,7 @@ class Net:
             node = d.node or {}
             layer = cls(d.name, resolve(cls.fields, node.get(cls.param_block)), d.phase, self.dtype, d.spec())
             layer.base_dir, layer.net_dir = self._base_for(node, base_dir), base_dir
+            layer.caffe_file = caffe_file  # (Caffe's defaults apply where it reads the net too)
             if layer.base_dir != base_dir:
                 layer.relative_to = "the working directory, as in Caffe (or to the net file)"
             if cls.needs_rng:
@@ -173,9 +176,10 @@ class Net:
                 continue
             for t, s in zip(d.tops, shapes):
                 self.shapes[t] = tuple(int(v) for v in s)
-            for message, where in layer.warnings:
+            for message, where, *severity in layer.warnings:  # (message, field[, "info"])
                 w = d.where(where)
-                self.warnings.append(Finding(w[0], w[1], w[2], "warning", f"layer '{d.name}' ({d.type}): {message}"))
+                self.warnings.append(Finding(w[0], w[1], w[2], severity[0] if severity else "warning",
+                                             f"layer '{d.name}' ({d.type}): {message}"))
         if findings:
             raise SpecError(findings)
 

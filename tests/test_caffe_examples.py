@@ -158,3 +158,22 @@ def test_data_mean_writes_caffes_compute_image_mean_file_byte_for_byte(tmp_path)
     np.savez(tmp_path / "v.npz", data=np.ones((4, 5), np.float32), label=np.zeros(4, np.float32))
     r = yaffe("data", "mean", "v.npz", "v.binaryproto", cwd=tmp_path)
     assert r.returncode == 2 and "not images" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_caffe_data_layer_on_an_lmdb_without_backend_gets_an_info_line(tmp_path):
+    """Caffe's Data layer defaults to LEVELDB and fails on an LMDB; yaffe reads it, and says (info, at the source)
+    that Caffe would need `backend: LMDB`; YAML nets, where yaffe detects the kind, and prototxt nets that set it
+    get no line."""
+    np.savez(tmp_path / "x.npz", data=np.zeros((4, 1, 3, 3), np.float32), label=np.zeros(4, np.float32))
+    assert yaffe("data", "convert", "x.npz", "x_lmdb", cwd=tmp_path).returncode == 0
+    layer = 'layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "x_lmdb" batch_size: 2{} }} }}\n'
+    (tmp_path / "a.prototxt").write_text(layer.format(""))
+    (tmp_path / "b.prototxt").write_text(layer.format(" backend: LMDB"))
+    (tmp_path / "c.yaml").write_text("layer:\n  - {name: d, type: Data, top: [data, label], "
+                                     "data_param: {source: x_lmdb, batch_size: 2}}\n")
+    r = yaffe("validate", "a.prototxt", cwd=tmp_path)
+    assert r.returncode == 0 and "a.prototxt:1:" in r.stdout + r.stderr
+    assert "info: layer 'd' (Data): the source is an LMDB and backend is not set" in r.stdout + r.stderr
+    for name in ("b.prototxt", "c.yaml"):
+        r = yaffe("validate", name, cwd=tmp_path)
+        assert r.returncode == 0 and "backend is not set" not in r.stdout + r.stderr, name
