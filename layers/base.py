@@ -13,6 +13,7 @@ Contract (as in Caffe's layer.hpp, with brainstorm's pure shape setup):
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from netspec.errors import LayerError, UserError, did_you_mean
+from .cpu import sync_total
 
 
 class Blob:
@@ -93,9 +95,6 @@ class BatchSync:
         self.generation = [0] * k
 
     def total(self, r: int, which: int, part: np.ndarray) -> np.ndarray:
-        import threading
-
-        from layers.cpu import sync_total
         self.generation[r] += 1
         out = sync_total(self.parts, self.flags, r, self.generation[r], which, part)
         if out is None:

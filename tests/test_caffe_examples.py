@@ -177,3 +177,12 @@ def test_a_caffe_data_layer_on_an_lmdb_without_backend_gets_an_info_line(tmp_pat
     for name in ("b.prototxt", "c.yaml"):
         r = yaffe("validate", name, cwd=tmp_path)
         assert r.returncode == 0 and "backend is not set" not in r.stdout + r.stderr, name
+
+
+def test_data_mean_names_a_missing_source_and_an_unwritable_output(tmp_path):
+    np.savez(tmp_path / "x.npz", data=np.ones((2, 1, 2, 2), np.float32), label=np.zeros(2, np.float32))
+    r = yaffe("data", "mean", "nothere_lmdb", "m.binaryproto", cwd=tmp_path)
+    assert r.returncode == 2 and "nothere_lmdb: error: no such file or directory" in r.stderr
+    r = yaffe("data", "mean", "x.npz", "no/such/dir/m.binaryproto", cwd=tmp_path)
+    assert r.returncode == 2 and "no/such/dir/m.binaryproto: error: cannot write the mean file" in r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr

@@ -263,6 +263,9 @@ def _data_mean(args):
     from layers.sources import SourceError, image_mean
     from netspec.errors import UserError
     from yaffe.proto import caffe_pb2
+    if not os.path.exists(args.source):
+        raise UserError(f"{args.source}: error: no such file or directory; check the path (SOURCE is an LMDB or "
+                        "LevelDB folder, an IDX, .csv or .npz file, or an image list)")
     try:
         mean, _ = image_mean(args.source, out=print)
     except SourceError as e:
@@ -276,8 +279,12 @@ def _data_mean(args):
         c, h, w = mean.shape
         blob = caffe_pb2.BlobProto(num=1, channels=c, height=h, width=w, data=mean.ravel().tolist())
         print(f"Write to {args.output}")
-        with open(args.output, "wb") as f:
-            f.write(blob.SerializeToString())
+        try:
+            with open(args.output, "wb") as f:
+                f.write(blob.SerializeToString())
+        except OSError as e:
+            raise UserError(f"{args.output}: error: cannot write the mean file ({(e.strerror or str(e)).lower()}); "
+                            "give a path in a folder that exists and that you may write to") from None
     print(f"Number of channels: {mean.shape[0]}")
     for c, plane in enumerate(mean.reshape(mean.shape[0], -1)):
         value = np.float32(0)
