@@ -357,3 +357,37 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeyp
     taken = set() if simd.VECTOR_BYTES != 64 else {(3, 1, 16), (1, 2, 32)} if batch == 1 else {(3, 1, 32),
                                                                                                 (3, 2, 32), (1, 2, 32)}
     assert taken <= set(calls)
+
+
+def test_caffe_io_resizes_and_loads_images_as_pycaffe(tmp_path):
+    """caffe.io.resize_image, Transformer.preprocess/deprocess and load_image against pycaffe's on the same arrays
+    and PNGs (tests/fixtures/caffe_parity/io.npz, recorded with tests/caffe_parity/make_io_fixture.py: Caffe 1.0 with
+    scikit-image 0.18 and scipy 1.6): bilinear and nearest, growing, shrinking (anti-aliased), both at once, edges
+    against the image's minimum, a range other than [0, 1], a constant image, 2 and 4 channels (scipy's zoom);
+    RGB and RGBA files in colour and in grey (scikit-image's weights, alpha onto white). Found running
+    examples/net_surgery.ipynb: its 451 x 451 input differed from Caffe's at the borders (clamped edges) and a grey
+    load of a colour file used other weights."""
+    pytest.importorskip("PIL")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "caffe_parity"))
+    try:
+        import make_io_fixture as fixture
+    finally:
+        sys.path.pop(0)
+    import yaffe as caffe
+    r = np.load(os.path.join(FIX, "io.npz"))
+    ims = fixture.images()
+    for name, _, dims, order, (lo, hi) in fixture.RESIZE:
+        ours = caffe.io.resize_image(ims[name], dims, interp_order=order)
+        assert ours.dtype == np.float32 and ours.shape == r[f"resize_{name}"].shape, name
+        np.testing.assert_allclose(ours, r[f"resize_{name}"], rtol=0, atol=1e-6 * max(1, hi - lo), err_msg=name)
+    t = fixture.transformer(caffe)
+    pre = t.preprocess("data", ims["transformer"])
+    np.testing.assert_allclose(pre, r["preprocess"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(t.deprocess("data", pre), r["deprocess"], rtol=0, atol=1e-5)
+    for key in ("rgb_png", "rgba_png"):
+        path = tmp_path / f"{key}.png"
+        path.write_bytes(fixture.png_bytes(ims[key]))
+        for color, tag in ((True, "color"), (False, "grey")):
+            ours = caffe.io.load_image(str(path), color=color)
+            assert ours.dtype == np.float32 and ours.shape == r[f"load_{key}_{tag}"].shape, (key, tag)
+            np.testing.assert_allclose(ours, r[f"load_{key}_{tag}"], rtol=0, atol=1e-6, err_msg=f"{key} {tag}")

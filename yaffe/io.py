@@ -14,43 +14,128 @@ from .proto import caffe_pb2
 
 
 def load_image(filename, color=True):
-    """An image file as float32 H x W x C in [0, 1] (RGB; grey as 1 channel unless color, then repeated to 3;
-    the alpha channel dropped), as pycaffe's load_image. Needs Pillow (extra images)."""
+    """An image file as float32 H x W x C in [0, 1], as pycaffe's load_image (scikit-image's imread): RGB, the
+    alpha channel dropped; grey (color=False) as 1 channel by scikit-image's weights (0.2125 R + 0.7154 G +
+    0.0721 B, after blending any alpha onto white); a grey file in colour repeated to 3 channels; 16-bit files
+    divided by 65535. Needs Pillow (extra images)."""
     try:
         from PIL import Image
     except ImportError:
         raise ImportError("caffe.io.load_image needs Pillow: pip install 'yaffe[images]'") from None
     with Image.open(filename) as im:
-        img = np.asarray(im.convert("RGB" if color else "L"), np.float32) / 255.0
-    return img[:, :, None] if img.ndim == 2 else img
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            scale = 65535.0 if im.mode.startswith("I;16") else 2147483647.0
+            img = np.asarray(im, np.float64) / scale
+        elif im.mode == "F":
+            img = np.asarray(im, np.float64)
+        elif im.mode in ("1", "L"):
+            img = np.asarray(im.convert("L"), np.float64) / 255.0
+        else:
+            alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+            img = np.asarray(im.convert("RGBA" if alpha else "RGB"), np.float64) / 255.0
+    if img.ndim == 3 and not color:
+        if img.shape[2] == 4:  # scikit-image's rgba2rgb: onto a white background
+            img = np.clip((1 - img[:, :, 3:]) + img[:, :, 3:] * img[:, :, :3], 0, 1)
+        img = img[:, :, :3] @ np.array([0.2125, 0.7154, 0.0721])
+    img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+        if color:
+            img = np.tile(img, (1, 1, 3))
+    return img[:, :, :3] if img.shape[2] == 4 else img
 
 
-def _axis_weights(n_in, n_out):
-    """(lower index, upper index, weight of the upper) per output position: pixel centres mapped linearly,
-    edges clamped (skimage's resize with order 1)."""
-    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
+def _gaussian_axis(x, axis, sigma):
+    """scipy.ndimage.gaussian_filter1d of x along axis (truncate 4, zeros beyond the edges: mode 'constant'),
+    computed in float64."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 / sigma ** 2 * np.arange(-radius, radius + 1) ** 2)
+    taps /= taps.sum()
+    x = np.moveaxis(np.asarray(x, np.float64), axis, 0)
+    padded = np.zeros((x.shape[0] + 2 * radius,) + x.shape[1:])
+    padded[radius:radius + x.shape[0]] = x
+    out = np.zeros(x.shape)
+    for k, t in enumerate(taps):
+        out += t * padded[k:k + x.shape[0]]
+    return np.moveaxis(out, 0, axis)
+
+
+def _warp_axis(n_in, n_out, nearest):
+    """Per output position along one axis: the source indices and weights of scikit-image's resize (pixel centres
+    mapped, the coordinate in float32 as its float32 warp computes it). Bilinear: (lower, upper, weight of the
+    upper); nearest: (index, index, 0). Indices outside 0..n_in-1 read the constant (see _warp)."""
+    factor, shift = np.float32(n_in / n_out), np.float32(0.5 * (n_in / n_out) - 0.5)
+    pos = (np.arange(n_out, dtype=np.float32) * factor + shift).astype(np.float64)
+    if nearest:  # C's round: halves away from zero
+        idx = (np.sign(pos) * np.floor(np.abs(pos) + 0.5)).astype(int)
+        return idx, idx, np.zeros(n_out)
     lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (pos - lo).astype(np.float32)
+    return lo, np.ceil(pos).astype(int), pos - lo
+
+
+def _warp(im, h, w, nearest, cval=0.0):
+    """scikit-image's warp of an H x W x C image to h x w by a scale (mode 'constant': outside is cval)."""
+    r0, r1, rw = _warp_axis(im.shape[0], h, nearest)
+    c0, c1, cw = _warp_axis(im.shape[1], w, nearest)
+    padded = np.full((im.shape[0] + 2, im.shape[1] + 2) + im.shape[2:], cval, np.float64)
+    padded[1:-1, 1:-1] = im
+
+    def at(rows, cols):
+        rows = np.where((rows >= 0) & (rows < im.shape[0]), rows + 1, 0)
+        cols = np.where((cols >= 0) & (cols < im.shape[1]), cols + 1, 0)
+        return padded[rows[:, None], cols[None, :]]
+    if nearest:
+        return at(r0, c0)
+    shape = (1, -1) + (1,) * (im.ndim - 2)
+    cw = cw.reshape(shape)
+    top = (1 - cw) * at(r0, c0) + cw * at(r0, c1)
+    bottom = (1 - cw) * at(r1, c0) + cw * at(r1, c1)
+    rw = rw.reshape((-1, 1) + (1,) * (im.ndim - 2))
+    return (1 - rw) * top + rw * bottom
+
+
+def _zoom(im, h, w):
+    """scipy.ndimage.zoom of an H x W x K image to h x w, order 1 (corners aligned), as pycaffe resizes images
+    of other than 1 or 3 channels."""
+    out = np.asarray(im, np.float64)
+    for axis, n_out in ((0, h), (1, w)):
+        out = np.moveaxis(out, axis, 0)
+        n_in = out.shape[0]
+        pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        lo = np.minimum(np.floor(pos).astype(int), n_in - 1)
+        t = (pos - lo).reshape((-1,) + (1,) * (out.ndim - 1))
+        out = np.moveaxis(out[lo] * (1 - t) + out[np.minimum(lo + 1, n_in - 1)] * t, 0, axis)
+    return out
 
 
 def resize_image(im, new_dims, interp_order=1):
-    """im (H, W, C) resized to new_dims (h, w): bilinear (interp_order 1) or nearest (0)."""
+    """im (H, W, K) resized to new_dims (h, w), as pycaffe's resize_image computes it: 1 or 3 channels through
+    scikit-image's resize of the image scaled to [0, 1] (pixel centres mapped; beyond the edges the image's
+    minimum, mode 'constant'; a Gaussian of sigma (factor - 1) / 2 first along an axis it shrinks; bilinear for
+    interp_order 1, nearest for 0; clipped to the range), other channel counts through scipy's zoom (bilinear,
+    corners aligned). float32 out."""
     im = np.asarray(im, np.float32)
     h, w = int(new_dims[0]), int(new_dims[1])
-    if im.shape[:2] == (h, w):
-        return im.copy()
-    if interp_order == 0:
-        rows = np.minimum((np.arange(h) * im.shape[0] / h).astype(int), im.shape[0] - 1)
-        cols = np.minimum((np.arange(w) * im.shape[1] / w).astype(int), im.shape[1] - 1)
-        return im[rows][:, cols]
-    r0, r1, rw = _axis_weights(im.shape[0], h)
-    c0, c1, cw = _axis_weights(im.shape[1], w)
-    shape = (-1, 1) + (1,) * (im.ndim - 2)
-    rows = im[r0] * (1 - rw.reshape(shape)) + im[r1] * rw.reshape(shape)
-    shape = (1, -1) + (1,) * (im.ndim - 2)
-    return rows[:, c0] * (1 - cw.reshape(shape)) + rows[:, c1] * cw.reshape(shape)
+    if im.ndim == 2:
+        im = im[:, :, None]
+    if im.shape[-1] not in (1, 3):
+        return _zoom(im, h, w).astype(np.float32)
+    im_min, im_max = im.min(), im.max()
+    if not im_max > im_min:
+        return np.full((h, w, im.shape[-1]), im_min, np.float32)
+    std = (im - im_min) / (im_max - im_min)
+    for axis, n_out in ((0, h), (1, w)):
+        sigma = max(0.0, (std.shape[axis] / n_out - 1) / 2)
+        if sigma > 1e-15:
+            std = _gaussian_axis(std, axis, sigma).astype(np.float32)
+    out = _warp(np.asarray(std, np.float64), h, w, interp_order == 0)
+    if interp_order != 0:
+        lo, hi = float(std.min()), float(std.max())
+        keep = (out == 0.0) if not lo <= 0.0 <= hi else None
+        out = np.clip(out, lo, hi)
+        if keep is not None:
+            out[keep] = 0.0
+    return (out.astype(np.float32) * (im_max - im_min) + im_min).astype(np.float32)
 
 
 def oversample(images, crop_dims):
