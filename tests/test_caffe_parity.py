@@ -384,6 +384,8 @@ def test_caffe_io_resizes_and_loads_images_as_pycaffe(tmp_path):
     pre = t.preprocess("data", ims["transformer"])
     np.testing.assert_allclose(pre, r["preprocess"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(t.deprocess("data", pre), r["deprocess"], rtol=0, atol=1e-5)
+    t.set_mean("data", ims["mean"])  # 3 x 10 x 12 for an 8 x 8 input: resized (it was an error)
+    np.testing.assert_allclose(t.preprocess("data", ims["transformer"]), r["preprocess_pixel_mean"], rtol=0, atol=1e-4)
     for key in ("rgb_png", "rgba_png"):
         path = tmp_path / f"{key}.png"
         path.write_bytes(fixture.png_bytes(ims[key]))

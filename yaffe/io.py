@@ -197,7 +197,8 @@ class Transformer:
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_, mean):
-        """Subtract this: per channel (C,) or per pixel (C, H, W) of the input's size."""
+        """Subtract this: per channel (C,) or per pixel (C, H, W), resized to the input's size if it differs (a
+        256 x 256 ImageNet mean for a 227 x 227 input, as pycaffe resizes it)."""
         self._check(in_)
         mean = np.asarray(mean)
         ms = mean.shape
@@ -210,9 +211,15 @@ class Transformer:
                 ms = (1,) + ms
             if len(ms) != 3:
                 raise ValueError("Mean shape invalid")
-            if ms != self.inputs[in_][1:]:
-                raise ValueError(f"Mean shape {list(ms)} incompatible with input shape {list(self.inputs[in_][1:])}; "
-                                 "take the per-channel mean: mean.mean(1).mean(1)")
+            if ms != self.inputs[in_][1:]:  # resized to the input, as pycaffe does (e.g. 256 x 256 -> 227 x 227)
+                mean = mean.reshape(ms)
+                if mean.shape[0] != self.inputs[in_][1]:
+                    raise ValueError(f"Mean shape {list(ms)} incompatible with input shape "
+                                     f"{list(self.inputs[in_][1:])}: its channels differ")
+                m_min, m_max = mean.min(), mean.max()
+                normal = (mean - m_min) / (m_max - m_min) if m_max > m_min else mean - m_min
+                mean = resize_image(normal.transpose((1, 2, 0)), self.inputs[in_][2:]).transpose((2, 0, 1)) \
+                    * (m_max - m_min) + m_min
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale):

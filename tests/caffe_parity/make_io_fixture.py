@@ -38,6 +38,7 @@ def images():
     for name, shape, _, _, (lo, hi) in RESIZE:
         out[name] = (lo + (hi - lo) * rng.rand(*shape)).astype(np.float32)
     out["transformer"] = rng.rand(12, 10, 3).astype(np.float32)
+    out["mean"] = (100 + 50 * rng.rand(3, 10, 12)).astype(np.float64)
     out["rgb_png"] = rng.randint(0, 256, (5, 7, 3)).astype(np.uint8)
     out["rgba_png"] = rng.randint(0, 256, (6, 4, 4)).astype(np.uint8)
     return out
@@ -88,6 +89,8 @@ def main(out_path):
     t = transformer(caffe)
     rec["preprocess"] = t.preprocess("data", ims["transformer"])
     rec["deprocess"] = t.deprocess("data", rec["preprocess"])
+    t.set_mean("data", ims["mean"])  # a per-pixel mean of another size: resized to the input
+    rec["preprocess_pixel_mean"] = t.preprocess("data", ims["transformer"])
     with tempfile.TemporaryDirectory() as tmp:
         for key in ("rgb_png", "rgba_png"):
             path = os.path.join(tmp, key + ".png")
