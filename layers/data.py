@@ -918,12 +918,11 @@ class WindowData(Layer):
     def _image(self, k):
         if k in self.cache:
             return self.cache[k]
-        from PIL import Image
+        from .images import read_image
         path = self.images[k][0]
         try:
-            with Image.open(path) as im:
-                a = np.asarray(im.convert("RGB"), np.uint8)[:, :, ::-1]  # BGR, as OpenCV reads it for Caffe
-        except (OSError, ValueError) as e:
+            a = read_image(path).transpose(1, 2, 0)  # H x W x 3, BGR as OpenCV reads it for Caffe
+        except sources.SourceError as e:
             raise UserError(f"{path}: error: cannot read the image of window file '{self.p.source}' ({e})") from None
         if self.p.cache_images:
             self.cache[k] = a
@@ -931,7 +930,7 @@ class WindowData(Layer):
 
     def forward(self, bottom, top):
         """Caffe's load_batch: background windows first, then foreground; the crop arithmetic is Caffe's."""
-        from PIL import Image
+        from .images import cv_resize
         data, label = top[0].data, top[1].data
         data[...] = 0
         crop, pad = self.crop, self.p.context_pad
@@ -963,8 +962,7 @@ class WindowData(Layer):
                     size_h, size_w = min(size_h, crop - pad_h), min(size_w, crop - pad_w)
                 x1, y1 = max(0, min(x1, cols - 1)), max(0, min(y1, rows - 1))
                 x2, y2 = max(x1, min(x2, cols - 1)), max(y1, min(y2, rows - 1))
-                patch = Image.fromarray(np.ascontiguousarray(img[y1:y2 + 1, x1:x2 + 1]))
-                patch = np.asarray(patch.resize((max(size_w, 1), max(size_h, 1)), Image.BILINEAR), np.float32)
+                patch = cv_resize(img[y1:y2 + 1, x1:x2 + 1], max(size_h, 1), max(size_w, 1)).astype(np.float32)
                 if flip:
                     patch = patch[:, ::-1]
                 patch = patch.transpose(2, 0, 1)[:self.channels]

@@ -345,17 +345,9 @@ def _parse_datum(buf: bytes, dtype, force_color=False):
             floats.append(np.frombuffer(v, "<f4") if wire == 2 else np.frombuffer(v, "<f4"))
         elif num == 7:
             encoded = bool(v)
-    if encoded:
-        import io
-        try:
-            from PIL import Image
-        except ImportError:
-            raise SourceError("encoded Datum images need Pillow: pip install 'yaffe[images]'") from None
-        Image.MAX_IMAGE_PIXELS = 1 << 28  # a decompression bomb raises instead of filling the memory
-        image = Image.open(io.BytesIO(data))
-        a = np.asarray(image.convert("RGB") if force_color else image)
-        a = a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
-        return a.astype(dtype), label
+    if encoded:  # a PNG/JPEG as stored (grey or BGR), BGR with force_color, as Caffe's DecodeDatumToCVMat
+        from .images import decode_bytes
+        return decode_bytes(data, True if force_color else None).astype(dtype), label
     if c * h * w > (1 << 31):
         raise ValueError(f"a shape of {c} x {h} x {w}")
     if floats:
@@ -506,10 +498,8 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
         return npz_load(path, ["data", "label"], np.float32)
     if k in ("lmdb", "leveldb"):  # Caffe's databases, e.g. a LevelDB to LMDB or npz
         return lmdb_load(path, ["data", "label"], np.float32, kind=k)
-    try:
-        from PIL import Image
-    except ImportError:
-        raise SourceError("an image list needs Pillow: pip install 'yaffe[images]'") from None
+    from .images import pillow, read_image
+    pillow()  # (its absence is one error, not one a line)
     images, labels = [], []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -521,18 +511,16 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
             p = parts[0] if os.path.isabs(parts[0]) else os.path.join(os.path.dirname(path), parts[0])
             try:
                 label = float(parts[1])
-                with Image.open(p) as im:
-                    im = im.convert("L" if gray else "RGB")
-                    if new_size:
-                        im = im.resize((new_size[1], new_size[0]), Image.BILINEAR)
-                    a = np.asarray(im, np.float32)
+                if not os.path.isfile(p):
+                    raise FileNotFoundError(p)
+                a = read_image(p, not gray, *(new_size or (0, 0))).astype(np.float32)
             except FileNotFoundError:
                 raise SourceError(f"line {n}: the image {parts[0]!r} does not exist ({p}); paths are relative to "
                                   "the list file") from None
             except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
                 raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
                                   f"({_describe(e)})") from None
-            images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            images.append(a)
             labels.append(label)
     return [np.stack(images), np.asarray(labels, np.float32)]
 

@@ -289,20 +289,10 @@ class Hdf5Reader(Reader):
 
 
 def decode_image(path, color=True, new_height=0, new_width=0, dtype=np.uint8):
-    """An image file as (C, H, W): RGB or grey, resized when both new sizes are given (ImageData's reading)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise SourceError("ImageData needs Pillow: pip install 'yaffe[images]' (or pip install pillow)") from None
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if color else "L")
-            if new_height and new_width:
-                im = im.resize((new_width, new_height), Image.BILINEAR)
-            a = np.asarray(im, dtype=dtype)
-    except OSError as e:
-        raise SourceError(f"cannot read image {path}: {e}") from None
-    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+    """An image file as (C, H, W): BGR or grey, resized when both new sizes are given (ImageData's reading, as
+    Caffe's OpenCV reads it: layers/images.py)."""
+    from .images import read_image
+    return read_image(path, color, new_height, new_width).astype(dtype, copy=False)
 
 
 class ImageReader(Reader):

@@ -4,7 +4,8 @@ The net runs in TEST. A deploy net (an Input layer) takes the rows as they are, 
 --mean; a net with a data layer takes them through that layer's TEST transform (scale, mean, centre crop,
 normalize statistics from the weights) and runs the layers above it. Inputs: image files, folders of images,
 list files (`path [label]` lines), .npz, .csv[.gz], IDX, LMDB or LevelDB; images are read as the ImageData layer
-reads them (RGB, or grey for one channel) and resized to the input's size.
+reads them (BGR as Caffe's OpenCV reads them, or grey for one channel) and resized to the input's size by
+OpenCV's bilinear arithmetic, as Caffe's classification example resizes them.
 """
 from __future__ import annotations
 
@@ -24,19 +25,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif
 
 
 def _image(path, channels, hw):
+    from layers.images import read_image
     try:
-        from PIL import Image
-    except ImportError:
-        raise UserError("reading images needs Pillow: pip install 'yaffe[images]'") from None
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if hw and (im.height, im.width) != tuple(hw):
-                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
-            a = np.asarray(im, np.float32)
-    except OSError as e:
-        raise UserError(f"{path}: error: cannot read the image ({e})") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return read_image(path, channels != 1, *(hw or (0, 0))).astype(np.float32)
+    except sources.SourceError as e:
+        raise UserError(f"{path}: error: {e}") from None
 
 
 def read_inputs(paths, sample_shape):

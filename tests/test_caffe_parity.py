@@ -21,6 +21,16 @@ CASES = sorted({k.split("/")[0] for k in LAYERS.files})
 VECTORS = np.load(os.path.join(FIX, "vectors.npz"))  # longer bottoms: the vectorized kernels (make_fixtures.py)
 
 
+def _generator(name):
+    """A fixture generator of tests/caffe_parity (its inputs and geometry are the tests')."""
+    import importlib
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "caffe_parity"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 def close(ours, caffe, what, rtol=2e-4, atol=2e-5):
     ours, caffe = np.asarray(ours, np.float64), np.asarray(caffe, np.float64)
     assert ours.shape == caffe.shape, f"{what}: shape {list(ours.shape)}, Caffe's {list(caffe.shape)}"
@@ -327,11 +337,7 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeyp
     recorded by BVLC Caffe 1.0 in the Debian chroot with tests/caffe_parity/make_deploy_fixture.py). At a batch of
     8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16; at batch
     1 the bands and pixel tiles take the rest."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "caffe_parity"))
-    try:
-        import make_deploy_fixture as fixture
-    finally:
-        sys.path.pop(0)
+    fixture = _generator("make_deploy_fixture")
     import layers.conv as conv
     from layers import simd
     r = np.load(os.path.join(FIX, "deploy_resnet.npz"))
@@ -368,11 +374,7 @@ def test_caffe_io_resizes_and_loads_images_as_pycaffe(tmp_path):
     examples/net_surgery.ipynb: its 451 x 451 input differed from Caffe's at the borders (clamped edges) and a grey
     load of a colour file used other weights."""
     pytest.importorskip("PIL")
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "caffe_parity"))
-    try:
-        import make_io_fixture as fixture
-    finally:
-        sys.path.pop(0)
+    fixture = _generator("make_io_fixture")
     import yaffe as caffe
     r = np.load(os.path.join(FIX, "io.npz"))
     ims = fixture.images()
@@ -393,3 +395,46 @@ def test_caffe_io_resizes_and_loads_images_as_pycaffe(tmp_path):
             ours = caffe.io.load_image(str(path), color=color)
             assert ours.dtype == np.float32 and ours.shape == r[f"load_{key}_{tag}"].shape, (key, tag)
             np.testing.assert_allclose(ours, r[f"load_{key}_{tag}"], rtol=0, atol=1e-6, err_msg=f"{key} {tag}")
+
+
+def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
+    """Every path that reads image files against Caffe's ImageData tops on the same files (io.npz): BGR, OpenCV's
+    bilinear resize to the pixel (shrinking, growing, both, exact halving, no resize), grey from colour as each of
+    OpenCV's decoders makes it (PNG, JPEG, BMP), a grey file in colour. Through layers.images.read_image, the
+    ImageData layer, `run.py data convert --resize` to an LMDB read by a Data layer, an encoded Datum (convert_imageset
+    --encoded) and run.py predict's reading. yaffe read RGB and resized with Pillow before (found fine-tuning
+    CaffeNet as examples/02-fine-tuning does: its BGR mean and weights met RGB images)."""
+    pytest.importorskip("PIL")
+    fixture = _generator("make_io_fixture")
+    from layers import images, sources
+    from netspec.loader import loads
+    from solvers.predict import _image
+    r = np.load(os.path.join(FIX, "io.npz"))
+    for name in fixture.image_files():
+        (tmp_path / name).write_bytes(r[f"file_{name}"].tobytes())
+    for k, (name, _, (h, w), color) in enumerate(fixture.IMAGE_DATA):
+        caffe = r[f"imagedata_{k}"]
+        np.testing.assert_array_equal(images.read_image(str(tmp_path / name), color, h, w), caffe, err_msg=f"case {k}")
+        if h:
+            np.testing.assert_array_equal(_image(str(tmp_path / name), 3 if color else 1, (h, w)), caffe)
+    # the ImageData layer, a batch of the three colour resizes of a.png (each its own net: one size a net)
+    for k in (0, 2, 6):
+        name, _, (h, w), color = fixture.IMAGE_DATA[k]
+        (tmp_path / "list.txt").write_text(f"{name} 1\n")
+        text = ("layer:\n  - {name: d, type: ImageData, top: [data, label], image_data_param: {source: list.txt, "
+                f"batch_size: 2, new_height: {h}, new_width: {w}, is_color: {str(color).lower()}}}}}\n")
+        path = str(tmp_path / "net.yaml")
+        net = Net(loads(text, path), "TEST", path, seed=0)
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["data"].data[1], r[f"imagedata_{k}"], err_msg=f"ImageData case {k}")
+    # run.py data convert (convert_imageset) with --resize, read back through a Data layer
+    (tmp_path / "list.txt").write_text("a.png 0\nd.jpg 1\n")
+    sources.write_dataset(str(tmp_path / "list.txt"), str(tmp_path / "db"), new_size=(24, 30))
+    text = "layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: db, batch_size: 2, backend: LMDB}}\n"
+    net = Net(loads(text, str(tmp_path / "n2.yaml")), "TEST", str(tmp_path / "n2.yaml"), seed=0)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[0], r["imagedata_0"])
+    # an encoded Datum (PNG bytes as convert_imageset --encoded stores them): BGR as stored
+    from netspec.caffemodel import _field, _int_field
+    datum = _int_field(1, 3) + _field(4, r["file_b.png"].tobytes()) + _int_field(5, 0) + _int_field(7, 1)
+    np.testing.assert_array_equal(sources.parse_datum(datum)[0], r["imagedata_5"])

@@ -2,7 +2,8 @@
 bilinear resize of 1- and 3-channel images through scikit-image, edges against the image's minimum, anti-aliased
 where it shrinks; nearest with interp_order 0; other channel counts through scipy's zoom), Transformer.preprocess
 (resize, transpose, channel swap, raw_scale, mean, input_scale) and load_image of RGB and RGBA PNGs in colour and in
-grey. Runs inside the chroot with pycaffe (tests/caffe_parity/README.md; Debian bullseye: scikit-image 0.18,
+grey; and the ImageData layer's reading of PNGs and a JPEG (OpenCV's imread, BGR, and its bilinear resize). Runs
+inside the chroot with pycaffe (tests/caffe_parity/README.md; Debian bullseye: scikit-image 0.18,
 scipy 1.6, Pillow 8.1):
 
     python3 make_io_fixture.py OUT.npz
@@ -11,6 +12,7 @@ The images come from NumPy's RandomState (images()), so the test makes them agai
 results.
 """
 import io
+import os
 import sys
 
 import numpy as np
@@ -29,6 +31,67 @@ RESIZE = [
     ("range", (6, 5, 3), (3, 8), 1, (-40, 255)),
     ("constant", (4, 4, 3), (6, 6), 1, (0.25, 0.25)),
 ]
+
+
+# ImageData's reading (OpenCV's imread and resize, BGR): (file, channels stored, (new_height, new_width), is_color)
+IMAGE_DATA = [
+    ("a.png", 3, (24, 30), True),     # shrink by 1.54 x 1.77
+    ("a.png", 3, (64, 80), True),     # grow
+    ("a.png", 3, (50, 20), True),     # grow one way, shrink the other
+    ("b.png", 3, (20, 26), True),     # exactly half: OpenCV takes its area path
+    ("b.png", 3, (40, 52), True),     # the same size
+    ("b.png", 3, (0, 0), True),       # no resize
+    ("c.png", 1, (17, 61), True),     # a grey file in colour
+    ("a.png", 3, (24, 30), False),    # a colour file in grey (PNG)
+    ("c.png", 1, (31, 9), False),
+    ("d.jpg", 3, (0, 0), True),       # a JPEG as stored
+    ("d.jpg", 3, (45, 45), True),
+    ("d.jpg", 3, (0, 0), False),      # a JPEG's luma
+    ("d.jpg", 3, (30, 41), False),
+    ("e.bmp", 3, (0, 0), False),      # OpenCV's own decoder's grey
+    ("e.bmp", 3, (23, 15), True),
+]
+
+
+def image_files():
+    """{name: pixels (H, W, 3 RGB or H, W)} of IMAGE_DATA's files: smooth gradients with noise, from a RandomState."""
+    rng = np.random.RandomState(11)
+    out = {}
+    for name, shape in (("a.png", (37, 53)), ("b.png", (40, 52)), ("c.png", (29, 35)), ("d.jpg", (48, 64)), ("e.bmp", (21, 26))):
+        y, x = np.mgrid[0:shape[0], 0:shape[1]]
+        chans = [128 + 90 * np.sin(x / (4.0 + 3 * c) + c) * np.cos(y / 7.0) for c in range(3)]
+        img = np.clip(np.stack(chans, -1) + rng.randn(*shape, 3) * 8, 0, 255).astype(np.uint8)
+        out[name] = img[:, :, 1] if name == "c.png" else img
+    return out
+
+
+def image_bytes(name, pixels):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format={"jpg": "JPEG", "png": "PNG", "bmp": "BMP"}[name[-3:]], quality=90)
+    return buf.getvalue()
+
+
+def image_data(caffe, tmp):
+    """Caffe's ImageData top for each IMAGE_DATA case: {f"imagedata_{k}": (C, H, W) float32}, and the files' bytes
+    (the JPEG's, so that the test decodes the same file)."""
+    rec = {}
+    for name, pixels in image_files().items():
+        data = image_bytes(name, pixels)
+        rec[f"file_{name}"] = np.frombuffer(data, np.uint8)
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(data)
+    for k, (name, _, (h, w), color) in enumerate(IMAGE_DATA):
+        with open(os.path.join(tmp, "list.txt"), "w") as f:
+            f.write(f"{name} 3\n")
+        with open(os.path.join(tmp, "net.prototxt"), "w") as f:
+            f.write(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+                    f'source: "{tmp}/list.txt" root_folder: "{tmp}/" batch_size: 1 new_height: {h} new_width: {w} '
+                    f'is_color: {"true" if color else "false"} }} }}\n')
+        net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
+        net.forward()
+        rec[f"imagedata_{k}"] = net.blobs["data"].data[0].copy()
+    return rec
 
 
 def images():
@@ -78,7 +141,6 @@ def load_image(filename, color=True):
 
 
 def main(out_path):
-    import os
     import tempfile
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
@@ -98,6 +160,7 @@ def main(out_path):
                 f.write(png_bytes(ims[key]))
             rec[f"load_{key}_color"] = load_image(path)
             rec[f"load_{key}_grey"] = load_image(path, color=False)
+        rec.update(image_data(caffe, tmp))
     np.savez_compressed(out_path, **rec)
     print("wrote", out_path, sorted(rec))
 

@@ -1,0 +1,105 @@
+"""Image files as Caffe's C++ reads them (OpenCV's imread and resize): uint8 (C, H, W), colour in BGR order, grey as
+one channel; resized by OpenCV's bilinear arithmetic (INTER_LINEAR in 11-bit fixed point, exact halving by 2x2
+averages), so that ImageData, `run.py data convert` (convert_imageset), encoded Datum records and `run.py predict`
+give the numbers Caffe gives, and Caffe's BGR means (104, 117, 123) and pretrained weights fit them."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .sources import SourceError
+
+COEF_BITS = 11
+COEF_SCALE = 1 << COEF_BITS
+
+
+def pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SourceError("reading images needs Pillow: pip install 'yaffe[images]' (or pip install pillow)") from None
+    Image.MAX_IMAGE_PIXELS = 1 << 28  # a decompression bomb raises instead of filling the memory
+    return Image
+
+
+def _taps(n_in, n_out, columns):
+    """OpenCV's bilinear taps along one axis: (first source index, second, weight of the first, of the second), the
+    weights in 11-bit fixed point rounded from float32 as OpenCV rounds them. Past the edges the columns take one
+    tap of weight 1; the rows keep their weights and read the edge row twice (the same values)."""
+    f = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = (f - s.astype(np.float32)).astype(np.float32)
+    if columns:
+        f[(s < 0) | (s >= n_in - 1)] = 0
+    w0 = np.rint((np.float32(1) - f) * np.float32(COEF_SCALE)).astype(np.int64)
+    w1 = np.rint(f * np.float32(COEF_SCALE)).astype(np.int64)
+    return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0, w1
+
+
+def cv_resize(a, height, width):
+    """uint8 (H, W) or (H, W, C) resized to (height, width) as OpenCV's cv::resize with INTER_LINEAR computes it:
+    taps at pixel centres, edges clamped, 11-bit weights, each row's sums in int32, the vertical pass in OpenCV's
+    vector arithmetic (((S0 >> 4) w0 >> 16) + ((S1 >> 4) w1 >> 16) + 2 >> 2; measured against Caffe: its rows' last
+    values too, not the scalar rounding). Halving both sides exactly: 2x2 means (OpenCV's INTER_AREA path)."""
+    a = np.asarray(a, np.uint8)
+    h, w = a.shape[:2]
+    if (h, w) == (height, width):
+        return a.copy()
+    if h == 2 * height and w == 2 * width:  # OpenCV's INTER_AREA fast path
+        s = a.astype(np.int32)
+        s = s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2]
+        return ((s + 2) >> 2).astype(np.uint8)
+    x0, x1, a0, a1 = _taps(w, width, True)
+    shape = (1, -1) + (1,) * (a.ndim - 2)
+    rows = a[:, x0].astype(np.int64) * a0.reshape(shape) + a[:, x1].astype(np.int64) * a1.reshape(shape)
+    y0, y1, b0, b1 = _taps(h, height, False)
+    s0, s1 = rows[y0].reshape(height, -1), rows[y1].reshape(height, -1)
+    b0, b1 = b0[:, None], b1[:, None]
+    out = (((s0 >> 4) * b0 >> 16) + ((s1 >> 4) * b1 >> 16) + 2) >> 2
+    return np.clip(out, 0, 255).astype(np.uint8).reshape((height, width) + a.shape[2:])
+
+
+def _decode(im, color):
+    """A PIL image -> uint8 (H, W, 3) BGR or (H, W) grey, as cv::imread with IMREAD_COLOR / IMREAD_GRAYSCALE: 16-bit
+    samples cut to their high byte, alpha dropped; grey from colour as each of OpenCV's decoders makes it (a JPEG's
+    luma as libjpeg gives it, a PNG's by libpng's truncating weights, others by OpenCV's rounded 14-bit weights)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = (np.asarray(im, np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2) if color else a
+    if color:
+        return np.asarray(im.convert("RGB"), np.uint8)[:, :, ::-1]
+    if im.mode in ("1", "L"):
+        return np.asarray(im.convert("L"), np.uint8)
+    if im.format == "JPEG":
+        im.draft("L", im.size)
+        return np.asarray(im.convert("L"), np.uint8)
+    rgb = np.asarray(im.convert("RGB"), np.int64)
+    if im.format == "PNG":  # png_set_rgb_to_gray(0.299, 0.587): weights 9797, 19234, 3737 of 2^15, truncated
+        return ((9797 * rgb[:, :, 0] + 19234 * rgb[:, :, 1] + 3737 * rgb[:, :, 2]) >> 15).astype(np.uint8)
+    return ((4899 * rgb[:, :, 0] + 9617 * rgb[:, :, 1] + 1868 * rgb[:, :, 2] + 8192) >> 14).astype(np.uint8)
+
+
+def read_image(path, color=True, new_height=0, new_width=0):
+    """An image file as uint8 (C, H, W): BGR (color) or grey, resized to new_height x new_width when both are given
+    (Caffe's ReadImageToCVMat)."""
+    Image = pillow()
+    try:
+        with Image.open(path) as im:
+            a = _decode(im, color)
+    except Exception as e:  # noqa: BLE001: not an image, truncated, a decompression bomb
+        raise SourceError(f"cannot read image {path}: {e}") from None
+    if new_height and new_width:
+        a = cv_resize(a, new_height, new_width)
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+
+
+def decode_bytes(data, color=None):
+    """An encoded image (a Datum's PNG or JPEG bytes) as uint8 (C, H, W): as stored (grey or BGR) when color is None,
+    else forced to BGR / grey (Caffe's DecodeDatumToCVMat)."""
+    Image = pillow()
+    with Image.open(io.BytesIO(data)) as im:
+        if color is None:
+            color = im.mode not in ("1", "L", "I;16", "I")
+        a = _decode(im, color)
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
