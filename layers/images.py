@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from numba import njit
 
 from .sources import SourceError
 
@@ -34,7 +35,7 @@ def _taps(n_in, n_out, columns):
         f[(s < 0) | (s >= n_in - 1)] = 0
     w0 = np.rint((np.float32(1) - f) * np.float32(COEF_SCALE)).astype(np.int64)
     w1 = np.rint(f * np.float32(COEF_SCALE)).astype(np.int64)
-    return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0, w1
+    return (np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0.astype(np.int32), w1.astype(np.int32))
 
 
 def cv_resize(a, height, width):
@@ -50,14 +51,34 @@ def cv_resize(a, height, width):
         s = a.astype(np.int32)
         s = s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2]
         return ((s + 2) >> 2).astype(np.uint8)
-    x0, x1, a0, a1 = _taps(w, width, True)
-    shape = (1, -1) + (1,) * (a.ndim - 2)
-    rows = a[:, x0].astype(np.int64) * a0.reshape(shape) + a[:, x1].astype(np.int64) * a1.reshape(shape)
-    y0, y1, b0, b1 = _taps(h, height, False)
-    s0, s1 = rows[y0].reshape(height, -1), rows[y1].reshape(height, -1)
-    b0, b1 = b0[:, None], b1[:, None]
-    out = (((s0 >> 4) * b0 >> 16) + ((s1 >> 4) * b1 >> 16) + 2) >> 2
-    return np.clip(out, 0, 255).astype(np.uint8).reshape((height, width) + a.shape[2:])
+    cn = a.shape[2] if a.ndim == 3 else 1
+    out = np.empty((height, width * cn), np.uint8)
+    _linear(a.reshape(h, w * cn), cn, *_taps(w, width, True), *_taps(h, height, False), out)
+    return out.reshape((height, width) + a.shape[2:])
+
+
+@njit(cache=True, nogil=True)
+def _linear(src, cn, x0, x1, a0, a1, y0, y1, b0, b1, out):
+    """cv_resize's two passes: src (H, W*cn) uint8 -> out (h, w*cn); the horizontal sums (int32) of each source
+    row once, then each output row from its two."""
+    n = out.shape[1]
+    o0, o1 = np.empty(n, np.int64), np.empty(n, np.int64)
+    w0, w1 = np.empty(n, np.int32), np.empty(n, np.int32)
+    for j in range(n):
+        dx, k = j // cn, j % cn
+        o0[j], o1[j], w0[j], w1[j] = x0[dx] * cn + k, x1[dx] * cn + k, a0[dx], a1[dx]
+    rows = np.empty((src.shape[0], n), np.int32)
+    done = np.zeros(src.shape[0], np.bool_)
+    for dy in range(out.shape[0]):
+        for sy in (y0[dy], y1[dy]):
+            if not done[sy]:
+                for j in range(n):
+                    rows[sy, j] = np.int32(src[sy, o0[j]]) * w0[j] + np.int32(src[sy, o1[j]]) * w1[j]
+                done[sy] = True
+        r0, r1, c0, c1 = rows[y0[dy]], rows[y1[dy]], b0[dy], b1[dy]
+        for j in range(n):
+            v = ((((r0[j] >> 4) * c0) >> 16) + (((r1[j] >> 4) * c1) >> 16) + 2) >> 2
+            out[dy, j] = min(max(v, 0), 255)
 
 
 def _decode(im, color):
