@@ -186,3 +186,40 @@ def test_data_mean_names_a_missing_source_and_an_unwritable_output(tmp_path):
     r = yaffe("data", "mean", "x.npz", "no/such/dir/m.binaryproto", cwd=tmp_path)
     assert r.returncode == 2 and "no/such/dir/m.binaryproto: error: cannot write the mean file" in r.stderr
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_caffe_pb2_reads_edits_and_writes_prototxt_with_protobuf_as_caffes_scripts_do(tmp_path, monkeypatch, capsys):
+    """With protobuf installed, caffe_pb2 holds caffe.proto's own classes: text_format reads a Caffe prototxt into a
+    NetParameter (defaults and enums as in Caffe), a script edits it and writes str(net), and yaffe runs the result;
+    Caffe's tools/extra/summarize.py prints the same table as with Caffe's caffe_pb2."""
+    pytest.importorskip("google.protobuf")
+    from google.protobuf import text_format
+    import yaffe
+    from yaffe.proto import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(open(os.path.join(FIX, "caffe_examples", "mnist", "lenet_train_test.prototxt")).read(), net)
+    assert [l.type for l in net.layer][:3] == ["Data", "Data", "Convolution"] and net.layer[0].include[0].phase == caffe_pb2.TRAIN
+    conv = net.layer[2].convolution_param
+    assert conv.num_output == 20 and list(conv.stride) == [1] and conv.group == 1 and not conv.HasField("group")
+    assert caffe_pb2.PoolingParameter.MAX == 0 and caffe_pb2.Phase.Name(caffe_pb2.TEST) == "TEST"
+    conv.num_output = 12  # the edits, as a script makes them: a deploy net with an Input layer
+    deploy = caffe_pb2.NetParameter(name="edited")
+    deploy.layer.add(name="data", type="Input", top=["data"]).input_param.shape.add(dim=[2, 1, 28, 28])
+    deploy.layer.extend(layer for layer in net.layer if layer.type not in ("Data", "Accuracy", "SoftmaxWithLoss"))
+    (tmp_path / "edited.prototxt").write_text(str(deploy))
+    built = yaffe.Net(str(tmp_path / "edited.prototxt"), yaffe.TEST)
+    assert built.blobs["conv1"].data.shape == (2, 12, 24, 24) and list(built.outputs) == ["ip2"]
+    monkeypatch.setitem(sys.modules, "caffe", yaffe)  # (import caffe being yaffe)
+    monkeypatch.setitem(sys.modules, "caffe.proto", yaffe.proto)
+    monkeypatch.setitem(sys.modules, "caffe.proto.caffe_pb2", caffe_pb2)
+    sys.path.insert(0, os.path.join(FIX, "caffe_examples", "tools"))
+    try:
+        import summarize
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(sys, "argv", ["summarize.py", os.path.join(FIX, "caffe_examples", "cifar10",
+                                                                   "cifar10_quick_train_test.prototxt")])
+    capsys.readouterr()
+    summarize.main()
+    expected = open(os.path.join(FIX, "caffe_examples", "tools", "summarize_cifar10_quick.txt")).read()
+    assert capsys.readouterr().out == expected
