@@ -223,3 +223,31 @@ def test_caffe_pb2_reads_edits_and_writes_prototxt_with_protobuf_as_caffes_scrip
     summarize.main()
     expected = open(os.path.join(FIX, "caffe_examples", "tools", "summarize_cifar10_quick.txt")).read()
     assert capsys.readouterr().out == expected
+
+
+def test_caffe_draw_makes_caffes_graph_of_a_prototxt_and_of_a_netspec():
+    """caffe.draw (Caffe's draw.py on yaffe's caffe_pb2): the graph python/draw_net.py draws, as DOT text (the
+    image itself is Graphviz's): a node per layer of the phase with Caffe's labels and colours, a node per blob,
+    edges bottom -> layer -> top; from a prototxt read with text_format and from a NetSpec's to_proto()."""
+    pytest.importorskip("pydot")
+    from google.protobuf import text_format
+    import yaffe as caffe
+    import yaffe.draw
+    from yaffe import layers as L, params as P
+    net = caffe.proto.caffe_pb2.NetParameter()
+    text_format.Merge(open(os.path.join(FIX, "caffe_examples", "mnist", "lenet_train_test.prototxt")).read(), net)
+    dot = yaffe.draw.get_pydot_graph(net, "LR", phase=caffe.TEST, display_lrm=True).to_string()
+    assert "rankdir=LR" in dot and "(Accuracy)" in dot  # the TEST phase's layers
+    assert "(Accuracy)" not in yaffe.draw.get_pydot_graph(net, "LR", phase=caffe.TRAIN).to_string()
+    assert '"conv1\\n(Convolution)\\nkernel size: 5\\nstride: 1\\npad: 0\\nlr mult: 1.0, 2.0"' in dot
+    assert '"relu1\\n(ReLU)" [shape=record, fillcolor="#90EE90"' in dot  # in place: a neuron layer's colour
+    edges = re.findall(r'^(".*?"|\S+) -> (".*?"|\S+) ', dot, re.M)
+    assert ("conv1", '"pool1\\n(Pooling MAX)\\nkernel size: 2\\nstride: 2\\npad: 0"') in edges
+    assert ('"pool1\\n(Pooling MAX)\\nkernel size: 2\\nstride: 2\\npad: 0"', "pool1") in edges
+    assert '"pool1 (Pooling MAX) kernel size: 2 stride: 2 pad: 0"' in yaffe.draw.get_pydot_graph(net, "TB").to_string()
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 8, 8]))
+    n.conv = L.Convolution(n.data, kernel_size=3, num_output=4, pad=1)
+    n.pool = L.Pooling(n.conv, kernel_size=2, stride=2, pool=P.Pooling.AVE)
+    dot = yaffe.draw.get_pydot_graph(n.to_proto(), "LR").to_string()
+    assert '"conv\\n(Convolution)\\nkernel size: 3\\nstride: 1\\npad: 1"' in dot and "(Pooling AVE)" in dot
