@@ -186,6 +186,7 @@ class Trainer:
         self.lr = LearningRate(cfg)
         self.iter = 0
         self.losses = deque(maxlen=cfg.average_loss)
+        self.callbacks = []  # (on_start, on_gradients) of pycaffe's Solver.add_callback
         base = os.path.dirname(solver_path)
         prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
         self.prefix = os.path.join(base, prefix)
@@ -834,6 +835,8 @@ class Trainer:
             if t0 is None:
                 last_t = time.perf_counter()
                 t0 = self._t0 = last_t - self.elapsed_base  # elapsed_s goes on after a resume
+            for on_start, _ in self.callbacks:  # pycaffe's Solver.add_callback
+                on_start()
             loss = sum(step() for _ in range(cfg.iter_size)) / cfg.iter_size
             if dp:  # sum the gradients (and losses, stop and snapshot requests) over the ranks
                 loss, self.agreed_stop, agreed_snapshot = dp.reduce(loss, self.stop_requested,
@@ -879,6 +882,8 @@ class Trainer:
                 self.out(f"Iteration {self.iter}, lr = {rate:g}" + (f", momentum = {self.solver.momentum_now:.4g}"
                                                                     if self.solver.momentum_now is not None else ""))
                 last_iter, last_t = self.iter, now
+            for _, on_gradients in self.callbacks:
+                on_gradients()
             it = self.iter
             grads = _layer_norms(net) if shown and self.watch.monitor else None  # before the diffs become steps
 

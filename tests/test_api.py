@@ -267,3 +267,61 @@ def test_caffe_pb2_without_protobuf_writes_the_bytes_of_caffe_proto_classes():
     d = plain.Datum()
     d.ParseFromString(real[1])
     assert (d.channels, d.height, d.width, d.data, d.label) == (2, 1, 2, b"\x01\x02\x03\x04", 7)
+
+
+def test_pycaffe_hooks_callbacks_loss_weights_and_the_rest_of_pycaffes_names(tmp_path, monkeypatch):
+    """The pycaffe names a Caffe script may call (each checked against BVLC Caffe 1.0's pycaffe by hand, the same
+    values): net.blob_loss_weights; before/after_forward/backward(run) called with each layer's index in Caffe's
+    order (every layer in backward); forward_backward_all (batched, padded, trimmed; pycaffe's own fails on Python
+    3.7+: its generator raises StopIteration); solver.add_callback(on_start, on_gradients) around each iteration's
+    gradients, solver.lr along a step policy, solver.share_weights(net); caffe.Timer, has_nccl, solver_count/rank."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "n.prototxt").write_text(
+        'name: "n"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 3 dim: 4 } } }\n'
+        'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 3 dim: 2 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 '
+        'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "ip" top: "ip" }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" loss_weight: 0.5 }\n')
+    net = caffe.Net("n.prototxt", caffe.TRAIN)
+    assert net.blob_loss_weights == {"data": 0.0, "label": 0.0, "ip": 0.0, "loss": 0.5}
+    calls = []
+    for kind in ("before_forward", "after_forward", "before_backward", "after_backward"):
+        getattr(net, kind)(lambda i, kind=kind: calls.append((kind, i)))
+    rng = np.random.default_rng(0)
+    x, lab = rng.normal(size=(7, 4)).astype(np.float32), rng.normal(size=(7, 2)).astype(np.float32)
+    net.forward(data=x[:3], label=lab[:3])
+    net.backward()
+    assert calls == ([(k, i) for i in range(5) for k in ("before_forward", "after_forward")] +
+                     [(k, i) for i in reversed(range(5)) for k in ("before_backward", "after_backward")])
+    outs, diffs = net.forward_backward_all(blobs=["ip"], diffs=["ip"], data=x, label=lab)
+    padded = lambda a: np.concatenate([a, np.zeros((2,) + a.shape[1:], a.dtype)])
+    for s in (0, 3, 6):
+        net.forward(data=padded(x)[s:s + 3], label=padded(lab)[s:s + 3])
+        back = net.backward(diffs=["ip"])
+        n = min(3, 7 - s)
+        np.testing.assert_allclose(outs["ip"][s:s + n], net.blobs["ip"].data[:n], rtol=1e-6)
+        np.testing.assert_allclose(diffs["ip"][s:s + n], back["ip"][:n], rtol=1e-6)
+    assert outs["ip"].shape == (7, 2) and diffs["data"].shape == (7, 4)
+    (tmp_path / "s.prototxt").write_text('net: "n.prototxt"\nbase_lr: 0.1\nlr_policy: "step"\nstepsize: 2\n'
+                                         'gamma: 0.5\nmax_iter: 5\nmomentum: 0.9\ndisplay: 0\nsnapshot_prefix: "s"\n')
+    s = caffe.SGDSolver("s.prototxt")
+    s.net.blobs["data"].data[...], s.net.blobs["label"].data[...] = x[:3], lab[:3]
+    events = []
+    s.add_callback(lambda: events.append(("start", s.iter)),
+                   lambda: events.append(("gradients", s.iter, s.net.params["ip"][0].diff.copy())))
+    rates = []
+    for _ in range(4):
+        rates.append(s.lr)
+        s.step(1)
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05])
+    assert [e[:2] for e in events] == [(k, i) for i in range(4) for k in ("start", "gradients")]
+    assert all(np.abs(e[2]).sum() > 0 for e in events[1::2])  # the gradients, not yet the steps
+    other = caffe.Net("n.prototxt", caffe.TEST)
+    s.share_weights(other)
+    s.net.params["ip"][0].data[0, 0] = 42
+    assert other.params["ip"][0].data[0, 0] == 42
+    t = caffe.Timer()
+    t.start()
+    t.stop()
+    assert t.ms >= 0 and caffe.has_nccl() is False and (caffe.solver_count(), caffe.solver_rank()) == (1, 0)

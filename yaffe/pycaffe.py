@@ -52,6 +52,70 @@ def set_random_seed(seed):
 _seed = None
 
 
+def has_nccl():
+    """False: yaffe runs one process's threads, not NCCL's GPUs (run.py train --mpi for several processes)."""
+    return False
+
+
+_solver_count, _solver_rank = 1, 0
+
+
+def solver_count():
+    """Caffe's multi-GPU solver count (set_solver_count); 1 unless a script sets it."""
+    return _solver_count
+
+
+def set_solver_count(count):
+    global _solver_count
+    _solver_count = int(count)
+
+
+def solver_rank():
+    """Caffe's multi-GPU solver rank (set_solver_rank); 0 unless a script sets it."""
+    return _solver_rank
+
+
+def set_solver_rank(rank):
+    global _solver_rank
+    _solver_rank = int(rank)
+
+
+def set_multiprocess(multiprocess):
+    """No effect (Caffe's flag for its multi-GPU processes)."""
+
+
+def init_log(level=0, stderr=False):
+    """No effect: yaffe prints its own lines (Caffe's glog set-up)."""
+
+
+def log(message):
+    """Print a line, as Caffe's caffe.log writes one to its log."""
+    print(message)
+
+
+class Timer:
+    """caffe.Timer: start(), stop(), ms (the milliseconds between them, or since start() while running)."""
+
+    def __init__(self):
+        self._start = self._stop = None
+
+    def start(self):
+        import time
+        self._start, self._stop = time.perf_counter(), None
+
+    def stop(self):
+        import time
+        if self._start is not None:
+            self._stop = time.perf_counter()
+
+    @property
+    def ms(self):
+        import time
+        if self._start is None:
+            return 0.0
+        return ((self._stop if self._stop is not None else time.perf_counter()) - self._start) * 1e3
+
+
 def layer_type_list():
     """The registered layer types (caffe.layer_type_list())."""
     import layers
@@ -100,6 +164,17 @@ def _load_doc(model):
 def _weights(path):
     from solvers.snapshot import load_weights_file
     return load_weights_file(path)
+
+
+def _chunk(rows, start, size):
+    """{name: rows[start:start + size]}, the last batch padded with zeros to the size, as pycaffe pads it."""
+    out = {}
+    for k, v in rows.items():
+        part = v[start:start + size]
+        if len(part) < size:
+            part = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)])
+        out[k] = part
+    return out
 
 
 class Net:
@@ -221,6 +296,40 @@ class Net:
                                  f"{list(target.shape)} (reshape it first: net.blobs[{name!r}].reshape(...))")
             target[...] = value
 
+    def _hooks(self, kind):
+        return getattr(self, "_callbacks", {}).get(kind, ())
+
+    def _add_hook(self, kind, run):
+        if not hasattr(self, "_callbacks"):
+            self._callbacks = {}
+        self._callbacks.setdefault(kind, []).append(run)
+
+    def before_forward(self, run):
+        """Call run(layer index) before each layer's forward (of the forward and backward called from Python)."""
+        self._add_hook("before_forward", run)
+
+    def after_forward(self, run):
+        """Call run(layer index) after each layer's forward."""
+        self._add_hook("after_forward", run)
+
+    def before_backward(self, run):
+        """Call run(layer index) before each layer's backward (every layer, as Caffe: those without one too)."""
+        self._add_hook("before_backward", run)
+
+    def after_backward(self, run):
+        """Call run(layer index) after each layer's backward."""
+        self._add_hook("after_backward", run)
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict:
+        """{blob name: its loss weight} (0 for the blobs that are not losses), as pycaffe."""
+        weights = {id(blob): w for blob, w in self._net.loss_blobs}
+        return OrderedDict((name, float(weights.get(id(blob), 0.0))) for name, blob in self._net.blobs.items())
+
+    @property
+    def _blob_loss_weights(self):
+        return list(self.blob_loss_weights.values())
+
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set the input blobs given as keywords, run the layers from `start` to `end` (names, both included),
         and return {name: data} of the net's outputs (or of `end`'s tops) and of the `blobs` named."""
@@ -229,11 +338,16 @@ class Net:
             self._net.weights_changed()
         n = len(self._net.layers)
         i0, i1 = self._index(start, 0), self._index(end, n - 1)
-        if i0 == 0 and i1 == n - 1:
+        before, after = self._hooks("before_forward"), self._hooks("after_forward")
+        if i0 == 0 and i1 == n - 1 and not before and not after:
             self._net.forward()
         else:
             for i in range(i0, i1 + 1):
+                for run in before:
+                    run(i)
                 self._net.forward_layer(i)
+                for run in after:
+                    run(i)
             self._net._kept = True
         names = self.outputs if end is None else list(self._net.defs[i1].tops)
         return {name: self._net.blobs[name].data for name in list(names) + list(blobs or [])}
@@ -248,9 +362,14 @@ class Net:
         self._set(kwargs, "diff")
         n = len(net.layers)
         i0, i1 = self._index(start, n - 1), self._index(end, 0)
+        before, after = self._hooks("before_backward"), self._hooks("after_backward")
         for k in range(i0, i1 - 1, -1):
+            for run in before:
+                run(k)
             if net.need_backward[k]:
                 net.backward_layer(k)
+            for run in after:
+                run(k)
         names = self.inputs if end is None else list(net.defs[i1].bottoms)
         return {name: net.blobs[name].diff for name in list(names) + list(diffs or []) if name in net.blobs}
 
@@ -271,13 +390,7 @@ class Net:
         size = self._batch(rows)
         parts = {name: [] for name in names}
         for s in range(0, total, size):
-            chunk = {}
-            for k, v in rows.items():
-                part = v[s:s + size]
-                if len(part) < size:  # pad the last batch, as pycaffe
-                    part = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)])
-                chunk[k] = part
-            out = self.forward(blobs, **chunk)
+            out = self.forward(blobs, **_chunk(rows, s, size))
             for name in names:
                 parts[name].append(np.array(out[name]))
         out = {}
@@ -300,6 +413,31 @@ class Net:
             for name in names:
                 parts[name].append(np.array(out[name]))
         return {name: np.concatenate(p)[:total] for name, p in parts.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward() then backward() over rows of any number, in batches of the net's batch size (the last
+        padded): the inputs given as keywords feed the forwards, the outputs given as keywords seed the backwards.
+        Returns ({name: all rows} of the outputs and `blobs`, {name: all rows} of the input diffs and `diffs`)."""
+        inputs = {k: np.asarray(v) for k, v in kwargs.items() if k in self.inputs}
+        seeds = {k: np.asarray(v) for k, v in kwargs.items() if k in self.outputs and k not in inputs}
+        unknown = set(kwargs) - set(inputs) - set(seeds)
+        if unknown:
+            raise KeyError(f"{sorted(unknown)}: neither inputs ({list(self.inputs)}) nor outputs ({list(self.outputs)})")
+        outs = {name: [] for name in list(self.outputs) + list(blobs or [])}
+        grads = {name: [] for name in list(self.inputs) + list(diffs or [])}
+        given = inputs or seeds
+        total = len(next(iter(given.values()))) if given else None
+        size = self._batch(given) if given else 1
+        for s in range(0, total if total is not None else 1, size):
+            for name, value in self.forward(blobs, **_chunk(inputs, s, size)).items():
+                outs[name].append(np.array(value))
+            for name, value in self.backward(diffs, **_chunk(seeds, s, size)).items():
+                grads[name].append(np.array(value))
+
+        def joined(parts):
+            a = np.concatenate([x if x.ndim else x[None] for x in parts])
+            return a[:total] if total is not None and parts[0].ndim and a.shape[0] >= total else a
+        return ({k: joined(v) for k, v in outs.items() if v}, {k: joined(v) for k, v in grads.items() if v})
 
     def reshape(self):
         """Infer every shape again from the input blobs as they now are (Caffe's Net::Reshape)."""
@@ -408,6 +546,21 @@ class Solver:
         finally:
             self._t.end()
             self._begun = False
+
+    @property
+    def lr(self):
+        """The learning rate of this iteration (the lr policy at iter), as pycaffe's SGDSolver.lr."""
+        return float(self._t.rate(self._t.iter))
+
+    def add_callback(self, on_start, on_gradients):
+        """Call on_start() at the start of each iteration (after the diffs are cleared and the test) and
+        on_gradients() once its gradients are in the diffs (after iter_size passes), before the update: Caffe's
+        solver callbacks, e.g. to read or change the gradients."""
+        self._t.callbacks.append((on_start, on_gradients))
+
+    def share_weights(self, net):
+        """Make `net` use this solver's net's weights for the layers of the same name (a test net of your own)."""
+        net.share_with(self.net)
 
     def snapshot(self):
         """Write the snapshot of this iteration (the solver's snapshot_format)."""
