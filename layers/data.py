@@ -657,7 +657,7 @@ class DummyData(Layer):
 @register("ImageData")
 class ImageData(RowData):
     """Images listed in a text file of `path label` lines (paths relative to root_folder, or to the list
-    file). Tops: data (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width
+    file's folder or the working directory: sources.list_root). Tops: data (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width
     when given, grey unless is_color. Images of different sizes: each batch takes its first image's size
     (the net reshapes to it, as Caffe's does); a batch must share one size, or all be at least crop_size.
     Needs the optional Pillow: pip install 'yaffe[images]'."""
@@ -669,8 +669,9 @@ class ImageData(RowData):
         Field("shuffle", "bool", False, "serve the images in a new random order each epoch"),
         Field("new_height", "int", 0, "resize to this height (0: keep)", minimum=0),
         Field("new_width", "int", 0, "resize to this width (0: keep)", minimum=0),
-        Field("is_color", "bool", True, "3 channels (RGB) rather than 1 (grey)"),
-        Field("root_folder", "str", "", "prefix of every image path"),
+        Field("is_color", "bool", True, "3 channels (BGR, as Caffe's OpenCV reads them) rather than 1 (grey)"),
+        Field("root_folder", "str", "", "the folder the image paths start at (without it: the list file's folder, "
+              "or the working directory as in Caffe, whichever holds the first image)"),
         Field("prefetch", "int", 4, "batches decoded ahead by threads when the images are streamed", minimum=1),
         Field("processes", "int", 0, "streamed: read and decode in this many processes (images decode faster "
               "there than on threads, which share the GIL); 0: threads only", minimum=0),
@@ -721,14 +722,19 @@ class ImageData(RowData):
                     raise sources.SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'") from None
         if not entries:
             raise sources.SourceError("lists no images")
-        root = self.p.root_folder or os.path.dirname(self.path)
-        return [(os.path.join(self.base_dir, root, p) if not os.path.isabs(p) else p, lab) for p, lab in entries]
+        root = (os.path.join(self.base_dir, self.p.root_folder) if self.p.root_folder else
+                sources.list_root(self.path, [p for p, _ in entries], self.base_dir, getattr(self, "caffe_file", False)))
+        return [(os.path.join(root, p) if not os.path.isabs(p) else p, lab) for p, lab in entries]
 
     def _image(self, path):
         from .stream import decode_image
         return decode_image(path, self.p.is_color, self.p.new_height, self.p.new_width, self.dtype)
 
     def _inspect(self):
+        if bool(self.p.new_height) != bool(self.p.new_width):
+            given = "new_height" if self.p.new_height else "new_width"
+            raise LayerError(f"{given} is {getattr(self.p, given)} and the other is 0; as in Caffe, images are resized "
+                             "only to both: set new_height and new_width (or neither)", f"image_data_param.{given}")
         self.entries = self._entries()
         c = 3 if self.p.is_color else 1
         if self.p.new_height and self.p.new_width:

@@ -477,9 +477,10 @@ def image_mean(path, out=None):
 
 # ---- run.py data convert -----------------------------------------------------------------------
 
-def read_any(path, sample_shape=None, new_size=None, gray=False):
+def read_any(path, sample_shape=None, new_size=None, gray=False, root=None):
     """(images uint8-range float (N, C, H, W) or features, labels) from an IDX images file, a csv, an npz, an
-    LMDB or LevelDB of Datum records, or an image list file of `path label` lines (Caffe's convert_imageset input)."""
+    LMDB or LevelDB of Datum records, or an image list file of `path label` lines (Caffe's convert_imageset input;
+    relative paths from `root`, else from the list file's folder or the working directory: list_root)."""
     k = None
     try:
         k = kind(path)
@@ -502,34 +503,51 @@ def read_any(path, sample_shape=None, new_size=None, gray=False):
     pillow()  # (its absence is one error, not one a line)
     images, labels = [], []
     with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'")
-            p = parts[0] if os.path.isabs(parts[0]) else os.path.join(os.path.dirname(path), parts[0])
-            try:
-                label = float(parts[1])
-                if not os.path.isfile(p):
-                    raise FileNotFoundError(p)
-                a = read_image(p, not gray, *(new_size or (0, 0))).astype(np.float32)
-            except FileNotFoundError:
-                raise SourceError(f"line {n}: the image {parts[0]!r} does not exist ({p}); paths are relative to "
-                                  "the list file") from None
-            except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
-                raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
-                                  f"({_describe(e)})") from None
-            images.append(a)
-            labels.append(label)
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    where = (f"--root {root}" if root else "neither the list file's folder nor the working directory holds the "
+             "first; give the folder they start at: --root DIR, convert_imageset's ROOTFOLDER")
+    root = os.path.abspath(root) if root else list_root(path, [ln.rsplit(maxsplit=1)[0] for _, ln in lines],
+                                                        os.getcwd())
+    for n, line in lines:
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'")
+        p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
+        try:
+            label = float(parts[1])
+            if not os.path.isfile(p):
+                raise FileNotFoundError(p)
+            a = read_image(p, not gray, *(new_size or (0, 0))).astype(np.float32)
+        except FileNotFoundError:
+            raise SourceError(f"line {n}: the image {parts[0]!r} does not exist ({p}); relative paths start at "
+                              f"{root} ({where})") from None
+        except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
+            raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
+                              f"({_describe(e)})") from None
+        images.append(a)
+        labels.append(label)
     return [np.stack(images), np.asarray(labels, np.float32)]
 
 
-def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False) -> int:
+def list_root(list_path, paths, base_dir, caffe=False):
+    """The folder a list file's relative image paths start from (without a root folder): the list file's own
+    folder or base_dir (Caffe's: the working directory), whichever holds the first relative path; where both
+    or neither do, Caffe's for a Caffe net (caffe=True) and the list's folder otherwise."""
+    first = next((p for p in paths if not os.path.isabs(p)), None)
+    here = os.path.dirname(os.path.abspath(list_path))
+    if first is None:
+        return here
+    in_here, in_base = os.path.exists(os.path.join(here, first)), os.path.exists(os.path.join(base_dir, first))
+    if in_here != in_base:
+        return here if in_here else base_dir
+    return base_dir if caffe else here
+
+
+def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None) -> int:
     """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records
     (uint8 data, keys 00000000, 00000001, ...). Returns the number of examples."""
     with reading():
-        data, labels = read_any(src, sample_shape, new_size, gray)
+        data, labels = read_any(src, sample_shape, new_size, gray, root)
     if len(data) == 0:
         raise SourceError("holds no examples; nothing to write")
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))

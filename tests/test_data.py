@@ -217,6 +217,41 @@ def test_image_data_reads_resizes_and_labels(tmp_path):
     np.testing.assert_allclose(net.blobs["data"].data[:, 0, 0, 0], [0, 40, 80], atol=1)
 
 
+def test_image_lists_start_where_caffe_starts_them_and_new_sizes_go_together(tmp_path, monkeypatch):
+    """An image list's relative paths start at the list file's folder or, as in Caffe, at the working directory
+    (whichever holds the first image; a Caffe prototxt prefers the working directory where both do); root_folder
+    and `data convert --root` say it outright. new_height without new_width is an error at its field, as Caffe's
+    check (Caffe resizes only to both)."""
+    from PIL import Image
+    from layers import sources
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lists").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((5, 4, 3), 60 * i + 10, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "lists" / "list.txt").write_text("img/0.png 0\nimg/1.png 1\n")  # from the working directory
+    monkeypatch.chdir(tmp_path)
+    text = ('layer { name: "d" type: "ImageData" top: "data" top: "label" image_data_param { '
+            'source: "lists/list.txt" batch_size: 2 } }\n')
+    (tmp_path / "net.prototxt").write_text(text)
+    from netspec.loader import load
+    net = Net(load("net.prototxt"), "TEST", str(tmp_path / "net.prototxt"), seed=0)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[:, :, 0, 0], [[10] * 3, [70] * 3])
+    data, labels = sources.read_any("lists/list.txt")  # run.py data convert's reading
+    assert data.shape == (2, 3, 5, 4) and list(labels) == [0, 1]
+    with pytest.raises(sources.SourceError, match=r"does not exist .*relative paths start at .*--root lists"):
+        sources.read_any("lists/list.txt", root="lists")
+    assert sources.read_any("lists/list.txt", root=".")[0].shape == (2, 3, 5, 4)
+    (tmp_path / "lists" / "img").mkdir()  # now the list's folder holds them too: a Caffe net reads Caffe's
+    Image.fromarray(np.full((5, 4, 3), 200, np.uint8)).save(tmp_path / "lists" / "img" / "0.png")
+    assert sources.list_root("lists/list.txt", ["img/0.png"], str(tmp_path), caffe=True) == str(tmp_path)
+    assert sources.list_root("lists/list.txt", ["img/0.png"], str(tmp_path)) == str(tmp_path / "lists")
+    (tmp_path / "bad.prototxt").write_text(text.replace("batch_size: 2", "batch_size: 2 new_height: 10"))
+    with pytest.raises(SpecError, match=r"new_height is 10 and the other is 0.*set new_height and new_width") as e:
+        Net(load("bad.prototxt"), "TEST", str(tmp_path / "bad.prototxt"), seed=0)
+    assert ":1:" in str(e.value)
+
+
 # ---- the transformer ---------------------------------------------------------------------------
 
 def image_npz(tmp_path, n=4):

@@ -244,8 +244,11 @@ def cmd_data(args):
         except (ValueError, AssertionError):
             raise UserError(f"--resize: expected HEIGHTxWIDTH, e.g. 32x32; received {args.resize!r}") from None
     try:
+        if args.root and not os.path.isdir(args.root):
+            raise UserError(f"--root {args.root}: error: no such folder (the folder the list's image paths start "
+                            "at)")
         n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
-                          gray=args.gray)
+                          gray=args.gray, root=args.root)
     except SourceError as e:
         raise UserError(f"{args.source}: error: {e}") from None
     except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
@@ -510,6 +513,9 @@ def build_parser():
     q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
     q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
     q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
+    q.add_argument("--root", metavar="DIR", help="the folder an image list's relative paths start at "
+                   "(convert_imageset's ROOTFOLDER; default: the list file's folder or the working directory, "
+                   "whichever holds the first image)")
     q.set_defaults(func=cmd_data)
     q = data_sub.add_parser("mean", help="the mean image of a dataset as a .binaryproto (Caffe's "
                             "compute_image_mean), for a transform_param's mean_file")
