@@ -477,10 +477,11 @@ def image_mean(path, out=None):
 
 # ---- run.py data convert -----------------------------------------------------------------------
 
-def read_any(path, sample_shape=None, new_size=None, gray=False, root=None):
+def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need_labels=True):
     """(images uint8-range float (N, C, H, W) or features, labels) from an IDX images file, a csv, an npz, an
     LMDB or LevelDB of Datum records, or an image list file of `path label` lines (Caffe's convert_imageset input;
-    relative paths from `root`, else from the list file's folder or the working directory: list_root)."""
+    relative paths from `root`, else from the list file's folder or the working directory: list_root; with
+    need_labels=False a line may be a path alone, its label NaN)."""
     k = None
     try:
         k = kind(path)
@@ -510,6 +511,8 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None):
                                                         os.getcwd())
     for n, line in lines:
         parts = line.rsplit(maxsplit=1)
+        if not need_labels and (len(parts) == 1 or not _is_number(parts[1])):
+            parts = [line.strip(), "nan"]
         if len(parts) != 2:
             raise SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'")
         p = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
@@ -527,6 +530,14 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None):
         images.append(a)
         labels.append(label)
     return [np.stack(images), np.asarray(labels, np.float32)]
+
+
+def _is_number(word):
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
 
 
 def list_root(list_path, paths, base_dir, caffe=False):

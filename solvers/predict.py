@@ -59,7 +59,7 @@ def read_inputs(paths, sample_shape):
             try:
                 with sources.reading():
                     if kind == "list":
-                        data, _ = sources.read_any(path, None, hw, gray=channels == 1)
+                        data, _ = sources.read_any(path, None, hw, gray=channels == 1, need_labels=False)
                     else:
                         data, _ = sources.read_any(path, list(sample_shape) if kind == "csv" else None)
             except sources.SourceError as e:

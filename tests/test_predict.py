@@ -68,6 +68,19 @@ def test_predict_classifies_a_folder_of_images_with_the_deploy_net_and_label_nam
         assert line.split(": ", 1)[1].split(", ")[0].endswith(f"digit {k}")
 
 
+def test_predict_reads_a_list_of_paths_with_or_without_labels_as_the_folder(work):
+    """A list file's lines may be `path label` or a path alone (predict needs no labels): the same rows, in the
+    list's order, as the folder of the same images."""
+    work, rows = work
+    (work / "some.txt").write_text("imgs/d2.png 2\nimgs/d0.png\n\nimgs/d1.png 7\n")
+    r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "some.txt", "imgs", "--scale",
+            str(1 / 15 / 16), "-o", "out.npz", cwd=work)
+    assert r.returncode == 0, r.stderr
+    with np.load(work / "out.npz") as z:
+        assert list(z["inputs"])[:3] == ["some.txt[0]", "some.txt[1]", "some.txt[2]"]
+        np.testing.assert_allclose(z["prob"][:3], z["prob"][[3 + 2, 3 + 0, 3 + 1]], rtol=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--labels", "three.txt"], "3 labels for 10 classes"),
     (["--blobs", "fc7"], "no blob 'fc7' in the net"),
