@@ -99,6 +99,12 @@ def diagnose(net, it: int) -> str:
             "(a random layer such as Dropout drew differently); lower base_lr tenfold")
 
 
+START_ADVICE = ("It is so before any update, so the rate is not the cause: the logits start huge or the labels are "
+                "wrong. Check the input scale (pixels 0..255 want transform_param scale: 0.00390625), the weight "
+                "fillers (a smaller std, or xavier / msra), the weights loaded, and that the labels run from 0 to "
+                "num_output - 1")
+
+
 class Watch:
     """Checks run by the training loop; `out` prints a line, `metrics` takes records."""
 
@@ -109,6 +115,8 @@ class Watch:
         self.warned = set()
         self.tests: list = []   # (iter, test loss, train loss)
         self.pinned = 0         # consecutive iterations with a softmax loss at 87.3365
+        self.first_it = None    # the first iteration this run checked (before any update of its own)
+        self.pinned_from = None  # the iteration the current run of pinned iterations began
         self.nets = [net]       # the nets that ran the batch (the slices' own, where it runs as slices)
         self.suspect = False    # the current state is not one to keep as the last good one
 
@@ -182,6 +190,8 @@ class Watch:
         return zero / total if total else 0.0
 
     def check_plateaus(self, it: int, loss: float):
+        if self.first_it is None:
+            self.first_it = it
         pinned = None
         for k, (d, layer) in enumerate(zip(self.net.defs, self.net.layers)):
             if d.type != "SoftmaxWithLoss" or not any(b in self.net.top_vecs[k] for b, _ in self.net.loss_blobs):
@@ -190,18 +200,26 @@ class Watch:
             share = self._underflowed(k)
             if abs(value - FLT_MIN_LOSS) < 0.5 or share >= 0.25:
                 pinned = d
-                self.warn("softmax_87", f"iteration {it}: loss '{d.name}' is {value:.4f}: the true class's "
-                          f"probability underflowed to 0 for {100 * share:.0f}% of the batch, each adding 87.3365 = "
-                          "-ln(FLT_MIN). The net diverged (lower base_lr tenfold) or the labels do not match the "
-                          "outputs (check that they run from 0 to num_output - 1)")
+                said = (f"iteration {it}: loss '{d.name}' is {value:.4f}: the true class's probability underflowed to "
+                        f"0 for {100 * share:.0f}% of the batch, each adding 87.3365 = -ln(FLT_MIN).")
+                if it == self.first_it:  # before any update: no rate has done this yet
+                    self.warn("softmax_87", f"{said} {START_ADVICE}")
+                else:
+                    self.warn("softmax_87", f"{said} The net diverged (lower base_lr tenfold) or the labels do not "
+                              "match the outputs (check that they run from 0 to num_output - 1)")
         self.pinned = self.pinned + 1 if pinned is not None else 0
+        self.pinned_from = (self.pinned_from if self.pinned > 1 else it) if pinned is not None else None
         self.suspect = pinned is not None
         if self.pinned >= self.PINNED_WINDOW and getattr(self.cfg, "divergence", "stop") == "stop":
-            raise Diverged(f"Training diverged: for {self.pinned} iterations (to {it}) the true class's probability "
-                           f"in loss '{pinned.name}' ({pinned.type}) underflowed to 0 for a quarter of the batch or "
-                           "more (each example adds 87.3365 = -ln(FLT_MIN)): the net has diverged without a NaN. "
-                           "Lower base_lr tenfold, or check that the labels run from 0 to num_output - 1 "
-                           "(divergence: warn in the solver only warns).")
+            said = (f"for {self.pinned} iterations (to {it}) the true class's probability in loss '{pinned.name}' "
+                    f"({pinned.type}) underflowed to 0 for a quarter of the batch or more (each example adds 87.3365 "
+                    "= -ln(FLT_MIN))")
+            if self.pinned_from == self.first_it:
+                raise Diverged(f"Training is stuck from its first iteration: {said}, before any update did anything. "
+                               f"{START_ADVICE} (divergence: warn in the solver only warns).")
+            raise Diverged(f"Training diverged: {said}: the net has diverged without a NaN. Lower base_lr tenfold, or "
+                           "check that the labels run from 0 to num_output - 1 (divergence: warn in the solver only "
+                           "warns).")
         window = min(100, max(10, self.cfg.max_iter // 5))
         if len(self.first_losses) < window:
             self.first_losses.append(loss)

@@ -406,3 +406,25 @@ def test_progress_is_a_bar_with_rate_and_time_left_on_a_terminal_and_timed_lines
     clock[0] += 31
     Progress.update(95, 100, "training")
     assert pipe.getvalue().splitlines()[-1] == "training: 95/100 (95%, 0.806/s, about 6s left)"  # 25 steps in 31 s
+
+
+def test_a_softmax_loss_at_87_before_any_update_blames_the_start_not_the_rate(tmp_path):
+    """At the first iteration of a run nothing has been updated: the advice is about the inputs' scale, the
+    fillers, the weights and the labels, not base_lr; stuck from there on, training stops saying so."""
+    from solvers.watch import Watch
+
+    class Quiet:
+        def write(self, r):
+            self.r = r
+
+    t, lines = trainer(tmp_path, mlp())
+    w = Watch(t.cfg, t.net, lines.append, Quiet())
+    t.net.forward()
+    t.net.blobs["loss"].data[...] = 87.3365
+    w.check_plateaus(0, 87.3365)
+    text = "\n".join(lines)
+    assert "before any update, so the rate is not the cause" in text and "scale: 0.00390625" in text
+    assert "lower base_lr" not in text
+    with pytest.raises(Diverged, match=r"stuck from its first iteration.*before any update"):
+        for it in range(1, w.PINNED_WINDOW):
+            w.check_plateaus(it, 87.3365)
