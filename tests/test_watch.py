@@ -134,7 +134,8 @@ def test_tiny_learning_rate_is_reported(tmp_path):
     assert "the learning rate is probably too small" in "\n".join(lines)
 
 
-def test_softmax_loss_stuck_at_87_is_explained(tmp_path):
+def _watch_at_87(tmp_path):
+    """(a Watch of a net whose loss reads 87.3365, the lines it prints)."""
     from solvers.watch import Watch
 
     class Quiet:
@@ -145,6 +146,11 @@ def test_softmax_loss_stuck_at_87_is_explained(tmp_path):
     w = Watch(t.cfg, t.net, lines.append, Quiet())
     t.net.forward()
     t.net.blobs["loss"].data[...] = 87.3365
+    return w, lines
+
+
+def test_softmax_loss_stuck_at_87_is_explained(tmp_path):
+    w, lines = _watch_at_87(tmp_path)
     w.check_plateaus(3, 87.3365)
     assert "87.3365 = -ln(FLT_MIN)" in "\n".join(lines) and "labels" in "\n".join(lines)
 
@@ -411,16 +417,7 @@ def test_progress_is_a_bar_with_rate_and_time_left_on_a_terminal_and_timed_lines
 def test_a_softmax_loss_at_87_before_any_update_blames_the_start_not_the_rate(tmp_path):
     """At the first iteration of a run nothing has been updated: the advice is about the inputs' scale, the
     fillers, the weights and the labels, not base_lr; stuck from there on, training stops saying so."""
-    from solvers.watch import Watch
-
-    class Quiet:
-        def write(self, r):
-            self.r = r
-
-    t, lines = trainer(tmp_path, mlp())
-    w = Watch(t.cfg, t.net, lines.append, Quiet())
-    t.net.forward()
-    t.net.blobs["loss"].data[...] = 87.3365
+    w, lines = _watch_at_87(tmp_path)
     w.check_plateaus(0, 87.3365)
     text = "\n".join(lines)
     assert "before any update, so the rate is not the cause" in text and "scale: 0.00390625" in text
