@@ -144,11 +144,28 @@ class Predictor:
         else:
             x = rows.astype(np.float32)
             if self.mean is not None:
-                x = x - self.mean
+                x = x - self._fit_mean(x.shape[1:])
             if self.scale is not None:
                 x = x * self.scale
             blob.data[...] = x
         return changed
+
+    def _fit_mean(self, shape):
+        """--mean for inputs of `shape` (C, H, W): as given, or a mean image of another size as its channels'
+        means (as Caffe's classification example takes a 256 x 256 mean for a 227 x 227 input)."""
+        mean = np.asarray(self.mean, np.float32)
+        if mean.ndim == 4 and mean.shape[0] == 1:
+            mean = mean[0]
+        if len(shape) == 3 and mean.ndim == 3 and mean.shape[1:] != tuple(shape[1:]) and mean.shape[1:] != (1, 1):
+            mean = mean.mean(axis=(1, 2), keepdims=True)
+        try:
+            fits = np.broadcast_shapes(mean.shape, tuple(shape)) == tuple(shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise UserError(f"--mean: its shape {list(mean.shape)} does not fit the input's {list(shape)}; give one "
+                            f"value per channel ({shape[0]}) or a mean image of {shape[0]} channels")
+        return mean
 
     def run(self, rows, blobs):
         """{blob: (N, ...) array} for all rows, in batches."""

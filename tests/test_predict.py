@@ -68,6 +68,25 @@ def test_predict_classifies_a_folder_of_images_with_the_deploy_net_and_label_nam
         assert line.split(": ", 1)[1].split(", ")[0].endswith(f"digit {k}")
 
 
+def test_predict_takes_a_mean_image_of_another_size_as_its_channel_means(work):
+    """--mean m.binaryproto of 10 x 10 for an 8 x 8 input: its channels' means, as Caffe's classification example
+    takes a 256 x 256 mean for 227 x 227 (it was an internal error); a mean of other channels is a clear error."""
+    work, rows = work
+    from yaffe.io import array_to_blobproto
+    mean = np.arange(100, dtype=np.float32).reshape(1, 1, 10, 10)  # channel mean 49.5
+    (work / "m.binaryproto").write_bytes(array_to_blobproto(mean).SerializeToString())
+    outs = []
+    for m in ("m.binaryproto", "49.5"):
+        r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", "--mean", m, "-o", f"{m}.npz",
+                cwd=work)
+        assert r.returncode == 0, r.stderr
+        with np.load(work / f"{m}.npz") as z:
+            outs.append(z["prob"])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5)
+    r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", "--mean", "1,2", cwd=work)
+    assert r.returncode != 0 and "does not fit the input's [1, 8, 8]" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_predict_reads_a_list_of_paths_with_or_without_labels_as_the_folder(work):
     """A list file's lines may be `path label` or a path alone (predict needs no labels): the same rows, in the
     list's order, as the folder of the same images."""
