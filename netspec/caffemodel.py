@@ -57,7 +57,7 @@ def fields(buf: bytes):
 
 def _packed(values, wire, dtype):
     """Concatenate a repeated numeric field given packed (wire 2) or one by one."""
-    parts = [np.frombuffer(v, dtype) if isinstance(v, bytes) else np.array([v], dtype) for v in values]
+    parts = [np.frombuffer(v, dtype) if isinstance(v, (bytes, memoryview)) else np.array([v], dtype) for v in values]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
@@ -105,7 +105,7 @@ def read_caffemodel(path: str) -> dict:
     """{"layer/i": array} of a binary NetParameter (new `layer` and V1 `layers` fields)."""
     try:
         with open(path, "rb") as f:
-            buf = f.read()
+            buf = memoryview(f.read())  # (fields' slices are views: no copy of each layer's bytes)
         out = {}
         for num, wire, v in fields(buf):
             if num not in (100, 2) or wire != 2:
@@ -114,7 +114,7 @@ def read_caffemodel(path: str) -> dict:
             name, blobs = None, []
             for n2, w2, v2 in fields(v):
                 if n2 == name_field and w2 == 2:
-                    name = v2.decode()
+                    name = bytes(v2).decode()
                 elif n2 == blob_field and w2 == 2:
                     blobs.append(read_blob(v2))
             for i, b in enumerate(blobs):
@@ -131,13 +131,13 @@ def read_solverstate(path: str) -> dict:
     (SolverState: iter 1, learned_net 2, history 3, current_step 4)."""
     try:
         with open(path, "rb") as f:
-            buf = f.read()
+            buf = memoryview(f.read())
         out = {"iter": 0, "learned_net": "", "current_step": 0, "history": []}
         for num, wire, v in fields(buf):
             if num == 1 and wire == 0:
                 out["iter"] = v
             elif num == 2 and wire == 2:
-                out["learned_net"] = v.decode()
+                out["learned_net"] = bytes(v).decode()
             elif num == 3 and wire == 2:
                 out["history"].append(read_blob(v))
             elif num == 4 and wire == 0:
