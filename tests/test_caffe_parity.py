@@ -438,3 +438,23 @@ def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
     from netspec.caffemodel import _field, _int_field
     datum = _int_field(1, 3) + _field(4, r["file_b.png"].tobytes()) + _int_field(5, 0) + _int_field(7, 1)
     np.testing.assert_array_equal(sources.parse_datum(datum)[0], r["imagedata_5"])
+
+
+def test_window_data_crops_as_caffe(tmp_path):
+    """R-CNN's WindowData against Caffe's tops on the same image and windows (io.npz): warp without context, warp
+    with context padding past the image's edges (mean-filled), square; OpenCV's resize of each crop, BGR."""
+    pytest.importorskip("PIL")
+    fixture = _generator("make_io_fixture")
+    from netspec.loader import load
+    r = np.load(os.path.join(FIX, "io.npz"))
+    fixture.window_files(str(tmp_path))
+    for pad, mode in fixture.WINDOW_DATA:
+        path = tmp_path / f"w_{pad}_{mode}.prototxt"
+        path.write_text(fixture.window_net(str(tmp_path), pad, mode))
+        net = Net(load(str(path)), "TRAIN", str(path), seed=0)
+        net.forward()
+        order = np.argsort(net.blobs["label"].data)  # (one background and one foreground window either way)
+        caffe_order = np.argsort(r[f"window_{pad}_{mode}_label"])
+        np.testing.assert_array_equal(net.blobs["label"].data[order], r[f"window_{pad}_{mode}_label"][caffe_order])
+        np.testing.assert_array_equal(net.blobs["data"].data[order], r[f"window_{pad}_{mode}"][caffe_order],
+                                      err_msg=f"context_pad {pad}, {mode}")

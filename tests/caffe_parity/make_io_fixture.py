@@ -2,7 +2,8 @@
 bilinear resize of 1- and 3-channel images through scikit-image, edges against the image's minimum, anti-aliased
 where it shrinks; nearest with interp_order 0; other channel counts through scipy's zoom), Transformer.preprocess
 (resize, transpose, channel swap, raw_scale, mean, input_scale) and load_image of RGB and RGBA PNGs in colour and in
-grey; and the ImageData layer's reading of PNGs and a JPEG (OpenCV's imread, BGR, and its bilinear resize). Runs
+grey; the ImageData layer's reading of PNGs and a JPEG (OpenCV's imread, BGR, and its bilinear resize), and
+WindowData's crops (warp, context padding, square). Runs
 inside the chroot with pycaffe (tests/caffe_parity/README.md; Debian bullseye: scikit-image 0.18,
 scipy 1.6, Pillow 8.1):
 
@@ -94,6 +95,42 @@ def image_data(caffe, tmp):
     return rec
 
 
+WINDOW_DATA = [(0, "warp"), (16, "warp"), (8, "square")]  # (context_pad, crop_mode)
+
+
+def window_files(tmp):
+    """WindowData's inputs in `tmp`: a 120 x 160 PNG (a.png's recipe at another size) and a window file of one
+    foreground and one background window, so that the batch (one of each) is the same whatever the sampling."""
+    from PIL import Image
+    rng = np.random.RandomState(3)
+    y, x = np.mgrid[0:120, 0:160]
+    chans = [128 + 100 * np.sin(x / 9.0 + c) * np.cos(y / 13.0) for c in range(3)]
+    Image.fromarray(np.clip(np.stack(chans, -1) + rng.randn(120, 160, 3) * 6, 0, 255).astype(np.uint8)).save(
+        os.path.join(tmp, "w.png"))
+    with open(os.path.join(tmp, "windows.txt"), "w") as f:
+        f.write(f"# 0\n{tmp}/w.png\n3\n120\n160\n2\n3 0.9 10 20 90 100\n0 0.1 5 8 40 50\n")
+
+
+def window_net(tmp, pad, mode):
+    return (f'layer {{ name: "d" type: "WindowData" top: "data" top: "label" window_data_param {{ '
+            f'source: "{tmp}/windows.txt" batch_size: 2 fg_fraction: 0.5 context_pad: {pad} crop_mode: "{mode}" }} '
+            'transform_param { crop_size: 48 mean_value: 104 mean_value: 117 mean_value: 123 } }\n')
+
+
+def window_data(caffe, tmp):
+    """Caffe's WindowData tops (warp without and with context, square): {f"window_{pad}_{mode}": (2, 3, 48, 48)}."""
+    window_files(tmp)
+    rec = {}
+    for pad, mode in WINDOW_DATA:
+        with open(os.path.join(tmp, "w.prototxt"), "w") as f:
+            f.write(window_net(tmp, pad, mode))
+        net = caffe.Net(os.path.join(tmp, "w.prototxt"), caffe.TRAIN)
+        net.forward()
+        rec[f"window_{pad}_{mode}"] = net.blobs["data"].data.copy()
+        rec[f"window_{pad}_{mode}_label"] = net.blobs["label"].data.copy()
+    return rec
+
+
 def images():
     """The inputs of RESIZE, the Transformer's image and the PNGs' pixels, from one RandomState."""
     rng = np.random.RandomState(7)
@@ -161,6 +198,7 @@ def main(out_path):
             rec[f"load_{key}_color"] = load_image(path)
             rec[f"load_{key}_grey"] = load_image(path, color=False)
         rec.update(image_data(caffe, tmp))
+        rec.update(window_data(caffe, tmp))
     np.savez_compressed(out_path, **rec)
     print("wrote", out_path, sorted(rec))
 
