@@ -209,6 +209,7 @@ class Net:
         self.params: list[Param] = []
         self.loss_blobs: list[tuple[Blob, float]] = []
         shared: dict = {}
+        zero_filled: set = set()  # ids of the param blobs a constant 0 filled
         rng = np.random.default_rng([self.seed, 0])
         for d, layer, key in zip(self.defs, self.layers, self.keys):
             bottoms = [self.blobs[b] for b in d.bottoms]
@@ -251,6 +252,9 @@ class Net:
                     layer.blobs.append(owner.blob)
                     continue
                 blob = Blob(f"{key}/{i}", (), self.dtype)
+                if not filler or (filler.get("type", "constant") == "constant" and not filler.get("value", 0)
+                                  and "array" not in filler):
+                    zero_filled.add(id(blob))
                 try:
                     blob.data = fill(tuple(shape), filler, rng, self.dtype)
                 except ValueError as e:
@@ -270,7 +274,7 @@ class Net:
                 raise SpecError([Finding(w[0], w[1], w[2], "error", f"layer '{d.name}' ({d.type}): "
                                 f"{len(d.params)} param entries given but the layer has {len(layer.blob_shapes)} "
                                 "learnable blobs; remove the extra entries")])
-        self._flatten_params()
+        self._flatten_params(zero_filled)
         consumed = {b for d in self.defs for b in d.bottoms}
         self.outputs = [t for d in self.defs for t in d.tops if t not in consumed]
         self.outputs = list(dict.fromkeys(self.outputs))
@@ -871,17 +875,18 @@ class Net:
         self.backward()
         return loss
 
-    def _flatten_params(self):
+    def _flatten_params(self, zero_filled=()):
         """Put every param's data, and every param's diff, into one array each (`param_data`, `param_diff`), in
         the order of `params`; the blobs hold views. The solver then updates them all in one pass and the diffs
         are cleared in one (solvers/rules.py)."""
         total = sum(p.blob.data.size for p in self.params)
-        self.param_data, self.param_diff = np.empty(total, self.dtype), np.zeros(total, self.dtype)
+        self.param_data, self.param_diff = np.zeros(total, self.dtype), np.zeros(total, self.dtype)
         start = 0
         for p in self.params:
             n, shape = p.blob.data.size, p.blob.data.shape
             data = self.param_data[start:start + n].reshape(shape)
-            data[...] = p.blob.data
+            if id(p.blob) not in zero_filled:  # (zeros are there already: their pages stay untouched until written,
+                data[...] = p.blob.data        # e.g. by the weights a deploy net loads)
             p.blob.data, p.blob.diff = data, self.param_diff[start:start + n].reshape(shape)
             start += n
 
