@@ -325,3 +325,27 @@ def test_pycaffe_hooks_callbacks_loss_weights_and_the_rest_of_pycaffes_names(tmp
     t.start()
     t.stop()
     assert t.ms >= 0 and caffe.has_nccl() is False and (caffe.solver_count(), caffe.solver_rank()) == (1, 0)
+
+
+def test_netspec_writes_numpy_numbers_as_numbers_and_fcn_crops_build(tmp_path):
+    """NumPy scalars and arrays in a NetSpec's parameters are written as prototxt numbers (coord_map.crop gives
+    np.int64 offsets; under NumPy 2 their repr, np.int64(89), made the file unreadable): an FCN-style net with a
+    pad-100 convolution, a bilinear Deconvolution and crop() builds, and its crop lands where coord_map says."""
+    from yaffe.coord_map import crop
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 2, 20, 24]))
+    n.conv = L.Convolution(n.data, kernel_size=3, pad=np.int64(100), num_output=np.int32(3))
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+    n.up = L.Deconvolution(n.pool, convolution_param=dict(num_output=3, kernel_size=4, stride=2, bias_term=False,
+                                                         weight_filler=dict(type="bilinear")))
+    n.score = crop(n.up, n.data)
+    n.scaled = L.Power(n.score, power=np.float32(1.0), scale=np.array(2.0))
+    text = str(n.to_proto())
+    assert "np." not in text and "pad: 100" in text and "num_output: 3" in text and "scale: 2.0" in text
+    (tmp_path / "fcn.prototxt").write_text(text)
+    net = caffe.Net(str(tmp_path / "fcn.prototxt"), caffe.TEST)
+    assert net.blobs["score"].data.shape == (1, 3, 20, 24)
+    offset = int(text.split("offset: ")[1].split()[0])
+    assert offset == 100  # coord_map's arithmetic, the same code as Caffe's
+    net.forward(data=np.random.default_rng(0).normal(size=(1, 2, 20, 24)))
+    np.testing.assert_array_equal(net.blobs["score"].data, net.blobs["up"].data[:, :, 100:120, 100:124])

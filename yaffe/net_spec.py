@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+import numpy as np
+
 _PHASE = {0: "TRAIN", 1: "TEST"}
 
 
@@ -129,7 +131,12 @@ def _param_block(type_name):
 
 
 def _plain(v, key=""):
-    """Keyword values as prototxt data: phases by name, tuples as lists, nested dicts."""
+    """Keyword values as prototxt data: phases by name, tuples and NumPy arrays as lists, NumPy numbers as
+    Python's (coord_map's crop offsets are np.int64), nested dicts."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    elif isinstance(v, np.generic):
+        v = v.item()
     if isinstance(v, dict):
         return Message((k, _plain(x, k)) for k, x in v.items())
     if isinstance(v, (list, tuple)):
