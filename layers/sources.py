@@ -355,13 +355,14 @@ def _parse_datum(buf: bytes, dtype, force_color=False):
     return np.frombuffer(data, np.uint8).reshape(c, h, w).astype(dtype), label
 
 
-def datum_bytes(array, label: int) -> bytes:
-    """A Caffe Datum of uint8 (C, H, W) data and an integer label."""
+def datum_bytes(array, label: int, encoded=None) -> bytes:
+    """A Caffe Datum of uint8 (C, H, W) data and an integer label (and `encoded: false` when encoded is False, as
+    convert_imageset writes it; convert_mnist_data leaves it out)."""
     from netspec.caffemodel import _field, _int_field
     a = np.ascontiguousarray(array, np.uint8)
     c, h, w = a.shape
     return (_int_field(1, c) + _int_field(2, h) + _int_field(3, w) + _field(4, a.tobytes())
-            + _int_field(5, int(label)))
+            + _int_field(5, int(label)) + (b"" if encoded is None else _int_field(7, int(encoded))))
 
 
 _LMDB: dict = {}  # real path -> [environment, users]: LMDB allows one open environment per file and process
@@ -500,16 +501,31 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
         return npz_load(path, ["data", "label"], np.float32)
     if k in ("lmdb", "leveldb"):  # Caffe's databases, e.g. a LevelDB to LMDB or npz
         return lmdb_load(path, ["data", "label"], np.float32, kind=k)
+    images, labels, shapes = [], [], {}
+    for n, name, a, label in list_images(path, new_size, gray, root, need_labels):
+        images.append(a.astype(np.float32))
+        labels.append(label)
+        shapes.setdefault(a.shape, (n, name))
+    if len(shapes) > 1:
+        (s1, (n1, f1)), (s2, (n2, f2)) = list(shapes.items())[:2]
+        raise SourceError(f"its images differ in size ({f1!r}, line {n1}: {s1[1]} x {s1[2]}; {f2!r}, line {n2}: "
+                          f"{s2[1]} x {s2[2]}); give --resize HxW (an LMDB holds them as they are)")
+    return [np.stack(images), np.asarray(labels, np.float32)]
+
+
+def list_images(path, new_size=None, gray=False, root=None, need_labels=True, order=None):
+    """(line number, path as listed, uint8 (C, H, W) image, label) of each line of an image list, read as Caffe's
+    OpenCV reads them (layers/images.py), in the list's order or in `order` (indices of its lines)."""
     from .images import pillow, read_image
     pillow()  # (its absence is one error, not one a line)
-    images, labels = [], []
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     where = (f"--root {root}" if root else "neither the list file's folder nor the working directory holds the "
              "first; give the folder they start at: --root DIR, convert_imageset's ROOTFOLDER")
     root = os.path.abspath(root) if root else list_root(path, [ln.rsplit(maxsplit=1)[0] for _, ln in lines],
                                                         os.getcwd())
-    for n, line in lines:
+    for k in (range(len(lines)) if order is None else order):
+        n, line = lines[k]
         parts = line.rsplit(maxsplit=1)
         if not need_labels and (len(parts) == 1 or not _is_number(parts[1])):
             parts = [line.strip(), "nan"]
@@ -520,16 +536,20 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
             label = float(parts[1])
             if not os.path.isfile(p):
                 raise FileNotFoundError(p)
-            a = read_image(p, not gray, *(new_size or (0, 0))).astype(np.float32)
+            a = read_image(p, not gray, *(new_size or (0, 0)))
         except FileNotFoundError:
             raise SourceError(f"line {n}: the image {parts[0]!r} does not exist ({p}); relative paths start at "
                               f"{root} ({where})") from None
         except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
             raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
                               f"({_describe(e)})") from None
-        images.append(a)
-        labels.append(label)
-    return [np.stack(images), np.asarray(labels, np.float32)]
+        yield n, parts[0], a, label
+
+
+def count_list(path):
+    """The number of entries (non-empty lines) of an image list."""
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _is_number(word):
@@ -554,9 +574,22 @@ def list_root(list_path, paths, base_dir, caffe=False):
     return base_dir if caffe else here
 
 
+def kind_or_none(path):
+    """kind(path), or None where it is none of the known files (an image list)."""
+    try:
+        return kind(path)
+    except SourceError:
+        return None
+
+
 def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None) -> int:
-    """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records
-    (uint8 data, keys 00000000, 00000001, ...). Returns the number of examples."""
+    """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records (uint8 data;
+    keys 00000000, 00000001, ... as convert_mnist_data writes them). An image list goes to an LMDB one image at a
+    time, as convert_imageset writes it (keys 00000000_path, ..., `encoded: false`, each image at its size
+    unless resized, commits every 1,000): byte for byte Caffe's records, and no more memory than an image's.
+    Returns the number of examples."""
+    if kind_or_none(src) is None and not out.endswith(".npz"):
+        return _write_list_lmdb(src, out, shuffle, seed, new_size, gray, root)
     with reading():
         data, labels = read_any(src, sample_shape, new_size, gray, root)
     if len(data) == 0:
@@ -574,5 +607,47 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
     with env.begin(write=True) as txn:
         for i, (a, lab) in enumerate(zip(data, labels)):
             txn.put(f"{i:08d}".encode(), datum_bytes(a, int(lab)))
+    env.close()
+    return len(data)
+
+
+def _write_list_lmdb(src, out, shuffle, seed, new_size, gray, root) -> int:
+    total = count_list(src)
+    if total == 0:
+        raise SourceError("holds no examples; nothing to write")
+    order = np.random.default_rng(seed).permutation(total) if shuffle else None
+    lmdb = lmdb_module()
+    env = lmdb.open(out, map_size=1 << 40)  # Caffe's 1 TB: a sparse file, as large as what is written
+    txn, i = env.begin(write=True), 0
+    try:
+        with reading():
+            for i, (n, name, a, label) in enumerate(list_images(src, new_size, gray, root, True, order)):
+                if label != int(label):
+                    raise SourceError(f"line {n}: the label {label} of {name!r} is not an integer (a Datum's "
+                                      "label is)")
+                txn.put(f"{i:08d}_{name}".encode(), datum_bytes(a, int(label), encoded=False))
+                if (i + 1) % 1000 == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+        txn.commit()
+    except BaseException:
+        txn.abort()
+        raise
+    finally:
+        env.close()
+    return i + 1
+    if data.ndim != 4 or data.min() < 0 or data.max() > 255 or (data != np.round(data)).any():
+        raise SourceError("an LMDB of Datum records holds uint8 images (N, C, H, W); this data is not; write an "
+                          ".npz instead")
+    lmdb = lmdb_module()
+    env = lmdb.open(out, map_size=max(1 << 26, int(data.size * 2 + len(data) * 64)))
+    names = None
+    if kind_or_none(src) is None:  # an image list: convert_imageset's keys (index_path) and records
+        with open(src) as f:
+            names = [line.rsplit(maxsplit=1)[0] for line in f if line.strip()]
+    with env.begin(write=True) as txn:
+        for i, (a, lab) in enumerate(zip(data, labels)):
+            key = f"{i:08d}" if names is None else f"{i:08d}_{names[order[i]]}"
+            txn.put(key.encode(), datum_bytes(a, int(lab), None if names is None else False))
     env.close()
     return len(data)

@@ -458,3 +458,28 @@ def test_window_data_crops_as_caffe(tmp_path):
         np.testing.assert_array_equal(net.blobs["label"].data[order], r[f"window_{pad}_{mode}_label"][caffe_order])
         np.testing.assert_array_equal(net.blobs["data"].data[order], r[f"window_{pad}_{mode}"][caffe_order],
                                       err_msg=f"context_pad {pad}, {mode}")
+
+
+def test_data_convert_writes_convert_imagesets_records_byte_for_byte(tmp_path):
+    """run.py data convert on an image list against Caffe's convert_imageset on the same files (io.npz): the same
+    keys (index_path) and the same Datum bytes, as stored, resized and grey; the images one at a time."""
+    pytest.importorskip("lmdb")
+    import lmdb
+    fixture = _generator("make_io_fixture")
+    from layers import sources
+    r = np.load(os.path.join(FIX, "io.npz"))
+    for name in fixture.image_files():
+        (tmp_path / name).write_bytes(r[f"file_{name}"].tobytes())
+    (tmp_path / "list.txt").write_text(fixture.IMAGESET_LIST)
+    options = {"plain": {}, "resized": {"new_size": (9, 11)}, "grey": {"gray": True}}
+    for name, _ in fixture.IMAGESET:
+        out = str(tmp_path / f"db_{name}")
+        assert sources.write_dataset(str(tmp_path / "list.txt"), out, **options[name]) == 5
+        env = lmdb.open(out, readonly=True, lock=False)
+        with env.begin() as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        env.close()
+        assert [k for k, _ in items] == bytes(r[f"imageset_{name}_keys"]).split(b"\n"), name
+        values, ends = bytes(r[f"imageset_{name}_values"]), np.cumsum(r[f"imageset_{name}_sizes"])
+        caffe = [values[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+        assert [v for _, v in items] == caffe, name

@@ -3,7 +3,8 @@ bilinear resize of 1- and 3-channel images through scikit-image, edges against t
 where it shrinks; nearest with interp_order 0; other channel counts through scipy's zoom), Transformer.preprocess
 (resize, transpose, channel swap, raw_scale, mean, input_scale) and load_image of RGB and RGBA PNGs in colour and in
 grey; the ImageData layer's reading of PNGs and a JPEG (OpenCV's imread, BGR, and its bilinear resize), and
-WindowData's crops (warp, context padding, square). Runs
+WindowData's crops (warp, context padding, square); and convert_imageset's LMDB records (needs python3-lmdb in
+the chroot). Runs
 inside the chroot with pycaffe (tests/caffe_parity/README.md; Debian bullseye: scikit-image 0.18,
 scipy 1.6, Pillow 8.1):
 
@@ -92,6 +93,33 @@ def image_data(caffe, tmp):
         net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
         net.forward()
         rec[f"imagedata_{k}"] = net.blobs["data"].data[0].copy()
+    return rec
+
+
+# convert_imageset runs on IMAGE_DATA's files: (name, flags)
+IMAGESET = [("plain", []), ("resized", ["--resize_height=9", "--resize_width=11"]), ("grey", ["--gray"])]
+IMAGESET_LIST = "a.png 0\nd.jpg 3\nc.png 1\ne.bmp 7\nb.png 2\n"
+
+
+def imageset(tmp):
+    """convert_imageset's LMDB records of IMAGESET_LIST for each IMAGESET case: {f"imageset_{name}_keys": the keys
+    joined by newlines (uint8), f"imageset_{name}_values": the records concatenated, f"..._sizes": their lengths}."""
+    import subprocess
+    import lmdb
+    with open(os.path.join(tmp, "imageset.txt"), "w") as f:
+        f.write(IMAGESET_LIST)
+    rec = {}
+    for name, flags in IMAGESET:
+        db = os.path.join(tmp, f"db_{name}")
+        subprocess.run(["convert_imageset", *flags, tmp + "/", os.path.join(tmp, "imageset.txt"), db], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = lmdb.open(db, readonly=True, lock=False)
+        with env.begin() as txn:
+            items = list(txn.cursor())
+        env.close()
+        rec[f"imageset_{name}_keys"] = np.frombuffer(b"\n".join(bytes(k) for k, _ in items), np.uint8)
+        rec[f"imageset_{name}_values"] = np.frombuffer(b"".join(bytes(v) for _, v in items), np.uint8)
+        rec[f"imageset_{name}_sizes"] = np.array([len(v) for _, v in items])
     return rec
 
 
@@ -199,6 +227,7 @@ def main(out_path):
             rec[f"load_{key}_grey"] = load_image(path, color=False)
         rec.update(image_data(caffe, tmp))
         rec.update(window_data(caffe, tmp))
+        rec.update(imageset(tmp))
     np.savez_compressed(out_path, **rec)
     print("wrote", out_path, sorted(rec))
 
