@@ -1,5 +1,5 @@
 """Image files as Caffe's C++ reads them (OpenCV's imread and resize): uint8 (C, H, W), colour in BGR order, grey as
-one channel; resized by OpenCV's bilinear arithmetic (INTER_LINEAR in 11-bit fixed point, exact halving by 2x2
+one channel, a JPEG turned by its EXIF orientation; resized by OpenCV's bilinear arithmetic (INTER_LINEAR in 11-bit fixed point, exact halving by 2x2
 averages), so that ImageData, `run.py data convert` (convert_imageset), encoded Datum records and `run.py predict`
 give the numbers Caffe gives, and Caffe's BGR means (104, 117, 123) and pretrained weights fit them."""
 from __future__ import annotations
@@ -101,13 +101,34 @@ def _decode(im, color):
     return ((4899 * rgb[:, :, 0] + 9617 * rgb[:, :, 1] + 1868 * rgb[:, :, 2] + 8192) >> 14).astype(np.uint8)
 
 
+def _orientation(im):
+    """A JPEG's EXIF orientation (1..8), which OpenCV's imread applies (not a PNG's); 1 where there is none."""
+    if im.format != "JPEG":
+        return 1
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001: a broken EXIF block reads as none, as OpenCV's reader skips it
+        return 1
+
+
+def _orient(a, orientation):
+    """uint8 (H, W[, C]) turned as OpenCV's ApplyExifOrientation turns it."""
+    if orientation in (5, 6, 7, 8):
+        a = a.swapaxes(0, 1)
+    flip = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    for axis in flip:
+        a = np.flip(a, axis)
+    return np.ascontiguousarray(a)
+
+
 def read_image(path, color=True, new_height=0, new_width=0):
     """An image file as uint8 (C, H, W): BGR (color) or grey, resized to new_height x new_width when both are given
     (Caffe's ReadImageToCVMat)."""
     Image = pillow()
     try:
         with Image.open(path) as im:
-            a = _decode(im, color)
+            orientation = _orientation(im)
+            a = _orient(_decode(im, color), orientation)
     except Exception as e:  # noqa: BLE001: not an image, truncated, a decompression bomb
         raise SourceError(f"cannot read image {path}: {e}") from None
     if new_height and new_width:
@@ -120,7 +141,8 @@ def decode_bytes(data, color=None):
     else forced to BGR / grey (Caffe's DecodeDatumToCVMat)."""
     Image = pillow()
     with Image.open(io.BytesIO(data)) as im:
-        if color is None:
+        turn = 1 if color is None else _orientation(im)  # (Caffe decodes a record as stored, IMREAD_UNCHANGED,
+        if color is None:                                 # unless force_color / force_gray: then as imread)
             color = im.mode not in ("1", "L", "I;16", "I")
-        a = _decode(im, color)
+        a = _orient(_decode(im, color), turn)
     return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]

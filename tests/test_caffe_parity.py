@@ -400,9 +400,9 @@ def test_caffe_io_resizes_and_loads_images_as_pycaffe(tmp_path):
 def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
     """Every path that reads image files against Caffe's ImageData tops on the same files (io.npz): BGR, OpenCV's
     bilinear resize to the pixel (shrinking, growing, both, exact halving, no resize), grey from colour as each of
-    OpenCV's decoders makes it (PNG, JPEG, BMP), a grey file in colour. Through layers.images.read_image, the
-    ImageData layer, `run.py data convert --resize` to an LMDB read by a Data layer, an encoded Datum (convert_imageset
-    --encoded) and run.py predict's reading. yaffe read RGB and resized with Pillow before (found fine-tuning
+    OpenCV's decoders makes it (PNG, JPEG, BMP), a grey file in colour, JPEGs turned by each EXIF orientation.
+    Through layers.images.read_image, the ImageData layer, `run.py data convert --resize` to an LMDB read by a Data
+    layer, an encoded Datum (convert_imageset --encoded) and run.py predict's reading. yaffe read RGB and resized with Pillow before (found fine-tuning
     CaffeNet as examples/02-fine-tuning does: its BGR mean and weights met RGB images)."""
     pytest.importorskip("PIL")
     fixture = _generator("make_io_fixture")
@@ -417,6 +417,11 @@ def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
         np.testing.assert_array_equal(images.read_image(str(tmp_path / name), color, h, w), caffe, err_msg=f"case {k}")
         if h:
             np.testing.assert_array_equal(_image(str(tmp_path / name), 3 if color else 1, (h, w)), caffe)
+    for o in fixture.EXIF:  # a JPEG turned by its EXIF orientation, as OpenCV's imread turns it
+        (tmp_path / f"exif{o}.jpg").write_bytes(r[f"exif_file_{o}"].tobytes())
+        for color, tag in ((True, "color"), (False, "grey")):
+            np.testing.assert_array_equal(images.read_image(str(tmp_path / f"exif{o}.jpg"), color),
+                                          r[f"exif_{o}_{tag}"], err_msg=f"EXIF orientation {o}, {tag}")
     # the ImageData layer, a batch of the three colour resizes of a.png (each its own net: one size a net)
     for k in (0, 2, 6):
         name, _, (h, w), color = fixture.IMAGE_DATA[k]

@@ -55,6 +55,42 @@ IMAGE_DATA = [
 ]
 
 
+EXIF = range(1, 9)  # JPEG EXIF orientations, which OpenCV's imread applies
+
+
+def exif_jpeg(orientation):
+    """A 10 x 14 JPEG whose EXIF says `orientation`."""
+    from PIL import Image
+    y, x = np.mgrid[0:10, 0:14]
+    im = Image.fromarray(np.stack([(x * 18) % 256, (y * 25) % 256, ((x + 2 * y) * 9) % 256], -1).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buf.getvalue()
+
+
+def exif_data(caffe, tmp):
+    """Caffe's ImageData top of each EXIF JPEG, colour and grey; and the files' bytes."""
+    rec = {}
+    for o in EXIF:
+        data = exif_jpeg(o)
+        rec[f"exif_file_{o}"] = np.frombuffer(data, np.uint8)
+        with open(os.path.join(tmp, f"exif{o}.jpg"), "wb") as f:
+            f.write(data)
+        for color in (True, False):
+            with open(os.path.join(tmp, "list.txt"), "w") as f:
+                f.write(f"exif{o}.jpg 0\n")
+            with open(os.path.join(tmp, "net.prototxt"), "w") as f:
+                f.write(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+                        f'source: "{tmp}/list.txt" root_folder: "{tmp}/" batch_size: 1 '
+                        f'is_color: {"true" if color else "false"} }} }}\n')
+            net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
+            net.forward()
+            rec[f"exif_{o}_{'color' if color else 'grey'}"] = net.blobs["data"].data[0].copy()
+    return rec
+
+
 def image_files():
     """{name: pixels (H, W, 3 RGB or H, W)} of IMAGE_DATA's files: smooth gradients with noise, from a RandomState."""
     rng = np.random.RandomState(11)
@@ -228,6 +264,7 @@ def main(out_path):
         rec.update(image_data(caffe, tmp))
         rec.update(window_data(caffe, tmp))
         rec.update(imageset(tmp))
+        rec.update(exif_data(caffe, tmp))
     np.savez_compressed(out_path, **rec)
     print("wrote", out_path, sorted(rec))
 
