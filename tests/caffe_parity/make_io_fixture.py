@@ -70,6 +70,19 @@ def exif_jpeg(orientation):
     return buf.getvalue()
 
 
+def image_data_top(caffe, tmp, name, h, w, color):
+    """Caffe's ImageData top (C, H, W) of one file of `tmp`, resized to h x w unless 0."""
+    with open(os.path.join(tmp, "list.txt"), "w") as f:
+        f.write(f"{name} 3\n")
+    with open(os.path.join(tmp, "net.prototxt"), "w") as f:
+        f.write(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+                f'source: "{tmp}/list.txt" root_folder: "{tmp}/" batch_size: 1 new_height: {h} new_width: {w} '
+                f'is_color: {"true" if color else "false"} }} }}\n')
+    net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
+    net.forward()
+    return net.blobs["data"].data[0].copy()
+
+
 def exif_data(caffe, tmp):
     """Caffe's ImageData top of each EXIF JPEG, colour and grey; and the files' bytes."""
     rec = {}
@@ -79,15 +92,7 @@ def exif_data(caffe, tmp):
         with open(os.path.join(tmp, f"exif{o}.jpg"), "wb") as f:
             f.write(data)
         for color in (True, False):
-            with open(os.path.join(tmp, "list.txt"), "w") as f:
-                f.write(f"exif{o}.jpg 0\n")
-            with open(os.path.join(tmp, "net.prototxt"), "w") as f:
-                f.write(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
-                        f'source: "{tmp}/list.txt" root_folder: "{tmp}/" batch_size: 1 '
-                        f'is_color: {"true" if color else "false"} }} }}\n')
-            net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
-            net.forward()
-            rec[f"exif_{o}_{'color' if color else 'grey'}"] = net.blobs["data"].data[0].copy()
+            rec[f"exif_{o}_{'color' if color else 'grey'}"] = image_data_top(caffe, tmp, f"exif{o}.jpg", 0, 0, color)
     return rec
 
 
@@ -120,15 +125,7 @@ def image_data(caffe, tmp):
         with open(os.path.join(tmp, name), "wb") as f:
             f.write(data)
     for k, (name, _, (h, w), color) in enumerate(IMAGE_DATA):
-        with open(os.path.join(tmp, "list.txt"), "w") as f:
-            f.write(f"{name} 3\n")
-        with open(os.path.join(tmp, "net.prototxt"), "w") as f:
-            f.write(f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
-                    f'source: "{tmp}/list.txt" root_folder: "{tmp}/" batch_size: 1 new_height: {h} new_width: {w} '
-                    f'is_color: {"true" if color else "false"} }} }}\n')
-        net = caffe.Net(os.path.join(tmp, "net.prototxt"), caffe.TEST)
-        net.forward()
-        rec[f"imagedata_{k}"] = net.blobs["data"].data[0].copy()
+        rec[f"imagedata_{k}"] = image_data_top(caffe, tmp, name, h, w, color)
     return rec
 
 
