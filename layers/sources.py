@@ -448,14 +448,16 @@ def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
 # ---- run.py data mean (Caffe's compute_image_mean) ---------------------------------------------
 
 def image_mean(path, out=None):
-    """(mean (C, H, W) float32, count) of the examples of a dataset file (an LMDB or LevelDB streamed record by
-    record, the other kinds read whole), as Caffe's compute_image_mean computes it: each example's values as
+    """(mean (C, H, W) float32, count) of the examples of a dataset file (an LMDB, LevelDB or image list streamed
+    example by example, the other kinds read whole), as Caffe's compute_image_mean computes it: each example's values as
     stored added in float32 in the records' order, the sums divided by the count in float32. out(line): its
     progress lines."""
-    k = kind(path)
+    k = kind_or_none(path)
     total, count = None, 0
     if k in ("lmdb", "leveldb"):
         examples = (parse_datum(value)[0] for value in db_values(path, k))
+    elif k is None:  # an image list, an image at a time
+        examples = (a.astype(np.float32) for _, _, a, _ in list_images(path, need_labels=False))
     else:
         data = read_any(path)[0]
         examples = (np.asarray(a, np.float32) for a in data)

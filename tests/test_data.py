@@ -490,3 +490,24 @@ def test_window_data_samples_background_then_foreground_windows_and_crops_them(t
     padded.forward()  # the context of the right window runs past the image's right edge: zeros there
     fg = padded.blobs["data"].data[6]
     assert (fg[:, :, -1] == 0).all() and (fg[:, 1:3, 1] != 0).all()
+
+
+def test_the_mean_of_an_image_list_is_streamed_image_by_image(tmp_path):
+    """run.py data mean on an image list (it said 'unknown file type'): the images read as Caffe reads them (BGR),
+    summed one at a time in float32; images of another size are a clear error."""
+    from PIL import Image
+    from layers import images, sources
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, (4, 5, 3), dtype=np.uint8) for _ in range(3)]
+    for i, p in enumerate(pics):
+        Image.fromarray(p).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.txt").write_text("0.png 0\n1.png 1\n2.png\n")  # (a label is not needed for a mean)
+    mean, count = sources.image_mean(str(tmp_path / "list.txt"))
+    expected = sum(images.read_image(str(tmp_path / f"{i}.png")).astype(np.float32) for i in range(3)) / np.float32(3)
+    assert count == 3 and mean.shape == (3, 4, 5)
+    np.testing.assert_array_equal(mean, expected)
+    np.testing.assert_allclose(mean[0], np.mean([p[:, :, 2] for p in pics], axis=0), rtol=1e-6)  # B first
+    Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / "3.png")
+    (tmp_path / "list.txt").write_text("0.png 0\n3.png 1\n")
+    with pytest.raises(sources.SourceError, match=r"example 1 has shape \[3, 6, 5\], the first \[3, 4, 5\]"):
+        sources.image_mean(str(tmp_path / "list.txt"))
