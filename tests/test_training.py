@@ -201,6 +201,10 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
             str(tmp_path / "out.npz"), "--resize", "4x4")
     assert r.returncode == 2 and "--resize applies to image lists only; this is a csv file" in r.stderr
     assert not (tmp_path / "out.npz").exists()
+    r = cli("data", "convert", "list.txt", str(tmp_path / "out.npz"), "--resize", "0x4")  # (Caffe resizes to both)
+    assert r.returncode == 2 and "two sizes above 0" in r.stderr
+    r = cli("data", "convert", "list.txt", str(tmp_path / "db"), "--root", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "--root" in r.stderr and "no such folder" in r.stderr
     r = cli("data", "convert", str(tmp_path / "missing.csv"), str(tmp_path / "out.npz"))
     assert r.returncode == 2 and r.stderr.startswith(f"{tmp_path / 'missing.csv'}: error: no such file or directory; "
                                                      "check the path") and "Errno" not in r.stderr

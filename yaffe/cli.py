@@ -240,9 +240,10 @@ def cmd_data(args):
     if args.resize:
         try:
             size = tuple(int(v) for v in args.resize.lower().split("x"))
-            assert len(size) == 2
+            assert len(size) == 2 and min(size) > 0
         except (ValueError, AssertionError):
-            raise UserError(f"--resize: expected HEIGHTxWIDTH, e.g. 32x32; received {args.resize!r}") from None
+            raise UserError(f"--resize: expected HEIGHTxWIDTH of two sizes above 0, e.g. 32x32; received "
+                            f"{args.resize!r}") from None
     try:
         if args.root and not os.path.isdir(args.root):
             raise UserError(f"--root {args.root}: error: no such folder (the folder the list's image paths start "
