@@ -187,6 +187,7 @@ class Trainer:
         self.iter = 0
         self.losses = deque(maxlen=cfg.average_loss)
         self.callbacks = []  # (on_start, on_gradients) of pycaffe's Solver.add_callback
+        self.hooked_step = None  # pycaffe's forward-backward with its Net's before/after hooks, where a script set some
         base = os.path.dirname(solver_path)
         prefix = cfg.snapshot_prefix or os.path.splitext(os.path.basename(solver_path))[0]
         self.prefix = os.path.join(base, prefix)
@@ -820,6 +821,8 @@ class Trainer:
         snapped = False
         dp = self.dp
         step = self.replicas.forward_backward if self.replicas else net.forward_backward
+        if self.hooked_step is not None:  # pycaffe's per-layer hooks on the solver's net: the whole net, layer by layer
+            step = self.hooked_step
         self.agreed_stop = False  # under MPI: the stop every rank knows of (signals reach ranks at other times)
         stop_at = cfg.max_iter if until is None else until
         while self.iter < stop_at and not (self.agreed_stop if dp else self.stop_requested):

@@ -349,3 +349,34 @@ def test_netspec_writes_numpy_numbers_as_numbers_and_fcn_crops_build(tmp_path):
     assert offset == 100  # coord_map's arithmetic, the same code as Caffe's
     net.forward(data=np.random.default_rng(0).normal(size=(1, 2, 20, 24)))
     np.testing.assert_array_equal(net.blobs["score"].data, net.blobs["up"].data[:, :, 100:120, 100:124])
+
+
+def test_net_hooks_fire_inside_solver_step_and_a_one_device_nccl_runs_as_caffes_train_py(tmp_path, monkeypatch):
+    """Caffe calls a Net's before/after hooks inside Step too (python/train.py's --timing times each layer that way):
+    with hooks on solver.net, step() runs the passes layer by layer through them, to the same losses; caffe.NCCL of
+    one solver is a no-op callback (bcast, add_callback(nccl), after_backward(nccl)); of two, a clear error."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m", ignore=shutil.ignore_patterns("snap*"))
+    losses = []
+    for hooked in (False, True):
+        s = caffe.SGDSolver(str(tmp_path / "m" / "solver.yaml"), quiet=True)
+        calls = []
+        if hooked:
+            s.net.before_forward(lambda i: calls.append(("f", i)))
+            s.net.after_backward(lambda i: calls.append(("b", i)))
+            nccl = caffe.NCCL(s, caffe.NCCL.new_uid())
+            nccl.bcast()
+            s.add_callback(nccl)
+            s.net.after_backward(nccl)
+        s.step(3)
+        losses.append(float(s.net.blobs["loss"].data))
+        n = len(s.net.layers)
+        assert calls == ([(k, i) for _ in range(3) for k, r in (("f", range(n)), ("b", reversed(range(n)))) for i in r]
+                         if hooked else [])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    caffe.set_solver_count(2)
+    try:
+        with pytest.raises(caffe.UserError, match="no NCCL"):
+            caffe.NCCL(s, b"")
+    finally:
+        caffe.set_solver_count(1)

@@ -20,7 +20,7 @@ from solvers.trainer import Trainer, test_model
 from . import io, proto
 from .classifier import Classifier, Detector
 from .net_spec import NetSpec, layers, params, to_proto
-from .pycaffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net, NesterovSolver,
+from .pycaffe import (NCCL, TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net, NesterovSolver,
                       RMSPropSolver, SGDSolver, Solver, Timer, get_solver, has_nccl, init_log, layer_type_list, log,
                       set_device, set_mode_cpu, set_mode_gpu, set_multiprocess, set_random_seed, set_solver_count,
                       set_solver_rank, solver_count, solver_rank)
@@ -29,6 +29,6 @@ __all__ = ["Net", "Blob", "Layer", "Classifier", "Detector", "Solver", "SGDSolve
            "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "NetSpec", "layers", "params",
            "to_proto", "io", "proto", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "layer_type_list", "Timer", "has_nccl", "init_log", "log", "set_multiprocess",
-           "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "Trainer", "load", "validate",
+           "NCCL", "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "Trainer", "load", "validate",
            "test_model", "SpecError", "UserError"]
 __version__ = "0.1.0"

@@ -93,6 +93,28 @@ def log(message):
     print(message)
 
 
+class NCCL:
+    """Caffe's NCCL for python/train.py with one device: bcast() and the callbacks do nothing (one process holds every
+    weight). With more than one solver (set_solver_count), a clear error: yaffe runs one process's threads, or
+    several processes with `run.py train --mpi`."""
+
+    def __init__(self, solver=None, uid=None):
+        if _solver_count > 1:
+            raise UserError(f"caffe.NCCL: {_solver_count} solvers (GPUs) asked for; yaffe has no NCCL and no GPUs: run "
+                            "python/train.py with one device (--gpus 0: every core's threads train the batch), or "
+                            "several processes with run.py train SOLVER --mpi (mpiexec -n N)")
+
+    @staticmethod
+    def new_uid():
+        return b"yaffe-single-process"
+
+    def bcast(self):
+        """Nothing to broadcast: one process holds the weights."""
+
+    def __call__(self, *args):
+        """As a Net after_backward hook (layer_wise_reduce): nothing to reduce."""
+
+
 class Timer:
     """caffe.Timer: start(), stop(), ms (the milliseconds between them, or since start() while running)."""
 
@@ -317,7 +339,9 @@ class Net:
         self._add_hook("before_backward", run)
 
     def after_backward(self, run):
-        """Call run(layer index) after each layer's backward."""
+        """Call run(layer index) after each layer's backward (Caffe's NCCL object: nothing to reduce in one process)."""
+        if isinstance(run, NCCL):
+            return
         self._add_hook("after_backward", run)
 
     @property
@@ -531,9 +555,23 @@ class Solver:
             self._t.begin(guard=False)
             self._begun = True
 
+    def _hooks(self):
+        """Run the training passes layer by layer through the Python Net where a script set hooks on it (Caffe calls
+        them inside Step too); the usual passes otherwise."""
+        net = self.net
+        if any(net._hooks(k) for k in ("before_forward", "after_forward", "before_backward", "after_backward")):
+            def step():
+                net.forward()
+                net.backward()
+                return net._net.loss()
+            self._t.hooked_step = step
+        else:
+            self._t.hooked_step = None
+
     def step(self, iters: int):
         """`iters` iterations (tests, displays and snapshots as the solver file says), as Caffe's Step."""
         self._begin()
+        self._hooks()
         self._t.run(until=self._t.iter + int(iters))
 
     def solve(self, resume_file=None):
@@ -541,6 +579,7 @@ class Solver:
         if resume_file:
             self.restore(resume_file)
         self._begin()
+        self._hooks()
         try:
             return self._t.run()
         finally:
@@ -552,10 +591,13 @@ class Solver:
         """The learning rate of this iteration (the lr policy at iter), as pycaffe's SGDSolver.lr."""
         return float(self._t.rate(self._t.iter))
 
-    def add_callback(self, on_start, on_gradients):
+    def add_callback(self, on_start, on_gradients=None):
         """Call on_start() at the start of each iteration (after the diffs are cleared and the test) and
         on_gradients() once its gradients are in the diffs (after iter_size passes), before the update: Caffe's
-        solver callbacks, e.g. to read or change the gradients."""
+        solver callbacks, e.g. to read or change the gradients. add_callback(nccl), Caffe's multi-GPU form, is taken
+        for one process (NCCL)."""
+        if isinstance(on_start, NCCL):
+            return
         self._t.callbacks.append((on_start, on_gradients))
 
     def share_weights(self, net):
