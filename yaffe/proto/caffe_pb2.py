@@ -17,7 +17,13 @@ def _load():
     global _classes
     if _classes is None:
         from . import descriptor, plain
-        _classes = descriptor.build() or plain.CLASSES
+        try:
+            _classes = descriptor.build()
+        except Exception as e:  # noqa: BLE001: a protobuf release that refuses the descriptor: the subset still works
+            import warnings
+            warnings.warn(f"caffe_pb2: this protobuf could not build caffe.proto's classes ({type(e).__name__}: {e}); "
+                          "using yaffe's hand-written BlobProto, Datum and SolverParameter", stacklevel=2)
+        _classes = _classes or plain.CLASSES
     return _classes
 
 
