@@ -380,3 +380,14 @@ def test_net_hooks_fire_inside_solver_step_and_a_one_device_nccl_runs_as_caffes_
             caffe.NCCL(s, b"")
     finally:
         caffe.set_solver_count(1)
+
+
+def test_caffe_pb2_falls_back_to_the_hand_written_messages_with_a_warning(monkeypatch):
+    from yaffe.proto import caffe_pb2, descriptor, plain
+    monkeypatch.setattr(caffe_pb2, "_classes", None)
+    monkeypatch.setattr(descriptor, "build", lambda: (_ for _ in ()).throw(TypeError("an old protobuf")))
+    with pytest.warns(UserWarning, match="could not build caffe.proto's classes"):
+        assert caffe_pb2.BlobProto is plain.BlobProto
+    with pytest.raises(AttributeError, match="pip install protobuf"):
+        caffe_pb2.NetParameter
+    monkeypatch.setattr(caffe_pb2, "_classes", None)  # (the real classes again for the tests after)
