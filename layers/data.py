@@ -670,8 +670,8 @@ class ImageData(RowData):
         Field("new_height", "int", 0, "resize to this height (0: keep)", minimum=0),
         Field("new_width", "int", 0, "resize to this width (0: keep)", minimum=0),
         Field("is_color", "bool", True, "3 channels (BGR, as Caffe's OpenCV reads them) rather than 1 (grey)"),
-        Field("root_folder", "str", "", "the folder the image paths start at (without it: the list file's folder, "
-              "or the working directory as in Caffe, whichever holds the first image)"),
+        Field("root_folder", "str", "", "prefixed to each image path as Caffe prefixes it (\"data/\" + \"x.jpg\"; "
+              "without it: the list file's folder or the working directory, whichever holds the first image)"),
         Field("prefetch", "int", 4, "batches decoded ahead by threads when the images are streamed", minimum=1),
         Field("processes", "int", 0, "streamed: read and decode in this many processes (images decode faster "
               "there than on threads, which share the GIL); 0: threads only", minimum=0),
@@ -722,8 +722,10 @@ class ImageData(RowData):
                     raise sources.SourceError(f"line {n} is {line.strip()!r}; each line must be 'path label'") from None
         if not entries:
             raise sources.SourceError("lists no images")
-        root = (os.path.join(self.base_dir, self.p.root_folder) if self.p.root_folder else
-                sources.list_root(self.path, [p for p, _ in entries], self.base_dir, getattr(self, "caffe_file", False)))
+        if self.p.root_folder:
+            paths = sources.with_root(self.base_dir, self.p.root_folder, [p for p, _ in entries])
+            return [(p, lab) for p, (_, lab) in zip(paths, entries)]
+        root = sources.list_root(self.path, [p for p, _ in entries], self.base_dir, getattr(self, "caffe_file", False))
         return [(os.path.join(root, p) if not os.path.isabs(p) else p, lab) for p, lab in entries]
 
     def _image(self, path):
@@ -900,7 +902,7 @@ class WindowData(Layer):
             if words[i] != "#":
                 raise sources.SourceError(f"expected '# <image index>' at word {i + 1}; received {words[i]!r}")
             name, c, h, w, n = words[i + 2], int(words[i + 3]), int(words[i + 4]), int(words[i + 5]), int(words[i + 6])
-            images.append((os.path.join(self.base_dir, self.p.root_folder, name), c, h, w))
+            images.append((sources.with_root(self.base_dir, self.p.root_folder, [name])[0], c, h, w))
             i += 7
             for _ in range(n):
                 label, overlap = int(words[i]), float(words[i + 1])

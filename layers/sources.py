@@ -562,6 +562,18 @@ def _is_number(word):
         return False
 
 
+def with_root(base_dir, root_folder, paths):
+    """The paths of a list prefixed by root_folder as Caffe prefixes them (strings concatenated: "/data/img_" +
+    "001.jpg"), or as a folder where only that holds the first image ("data" + "/" + "x.jpg"), from base_dir."""
+    first = next((p for p in paths if not os.path.isabs(p)), None)
+    glue = ""
+    if first is not None and not root_folder.endswith(("/", os.sep)):
+        if (not os.path.exists(os.path.join(base_dir, root_folder + first))
+                and os.path.exists(os.path.join(base_dir, root_folder, first))):
+            glue = os.sep
+    return [p if os.path.isabs(p) else os.path.join(base_dir, root_folder + glue + p) for p in paths]
+
+
 def list_root(list_path, paths, base_dir, caffe=False):
     """The folder a list file's relative image paths start from (without a root folder): the list file's own
     folder or base_dir (Caffe's: the working directory), whichever holds the first relative path; where both

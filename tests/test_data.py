@@ -246,6 +246,16 @@ def test_image_lists_start_where_caffe_starts_them_and_new_sizes_go_together(tmp
     Image.fromarray(np.full((5, 4, 3), 200, np.uint8)).save(tmp_path / "lists" / "img" / "0.png")
     assert sources.list_root("lists/list.txt", ["img/0.png"], str(tmp_path), caffe=True) == str(tmp_path)
     assert sources.list_root("lists/list.txt", ["img/0.png"], str(tmp_path)) == str(tmp_path / "lists")
+    from layers.sources import with_root  # root_folder: Caffe's string prefix, or a folder where only that exists
+    assert with_root(str(tmp_path), "img/", ["0.png"]) == [str(tmp_path / "img" / "0.png")]
+    assert with_root(str(tmp_path), "img", ["0.png"]) == [str(tmp_path / "img" / "0.png")]
+    assert with_root(str(tmp_path), "img/", ["/abs.png"]) == ["/abs.png"]
+    (tmp_path / "lists" / "names.txt").write_text("0.png 0\n1.png 1\n")
+    (tmp_path / "rooted.prototxt").write_text(text.replace('source: "lists/list.txt"', 'source: "lists/names.txt" '
+                                                            'root_folder: "img/"'))
+    rooted = Net(load("rooted.prototxt"), "TEST", str(tmp_path / "rooted.prototxt"), seed=0)
+    rooted.forward()
+    np.testing.assert_array_equal(rooted.blobs["data"].data[:, :, 0, 0], [[10] * 3, [70] * 3])
     (tmp_path / "bad.prototxt").write_text(text.replace("batch_size: 2", "batch_size: 2 new_height: 10"))
     with pytest.raises(SpecError, match=r"new_height is 10 and the other is 0.*set new_height and new_width") as e:
         Net(load("bad.prototxt"), "TEST", str(tmp_path / "bad.prototxt"), seed=0)
