@@ -103,7 +103,7 @@ def _decode(im, color):
 
 def _orientation(im):
     """A JPEG's EXIF orientation (1..8), which OpenCV's imread applies (not a PNG's); 1 where there is none."""
-    if im.format != "JPEG":
+    if im.format != "JPEG" or "exif" not in im.info:  # (most files: no EXIF block to parse)
         return 1
     try:
         return int(im.getexif().get(0x0112, 1) or 1)
