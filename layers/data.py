@@ -656,9 +656,10 @@ class DummyData(Layer):
 
 @register("ImageData")
 class ImageData(RowData):
-    """Images listed in a text file of `path label` lines (paths relative to root_folder, or to the list
-    file's folder or the working directory: sources.list_root). Tops: data (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width
-    when given, grey unless is_color. Images of different sizes: each batch takes its first image's size
+    """Images listed in a text file of `path label` lines (paths after root_folder, or from the list file's folder
+    or the working directory: sources.list_root), read as Caffe reads them (BGR: layers/images.py). Tops: data
+    (N, C, H, W), label (N,). Images are decoded once, resized to new_height x new_width when given, grey unless
+    is_color. Images of different sizes: each batch takes its first image's size
     (the net reshapes to it, as Caffe's does); a batch must share one size, or all be at least crop_size.
     Needs the optional Pillow: pip install 'yaffe[images]'."""
 

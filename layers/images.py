@@ -1,7 +1,8 @@
 """Image files as Caffe's C++ reads them (OpenCV's imread and resize): uint8 (C, H, W), colour in BGR order, grey as
-one channel, a JPEG turned by its EXIF orientation; resized by OpenCV's bilinear arithmetic (INTER_LINEAR in 11-bit fixed point, exact halving by 2x2
-averages), so that ImageData, `run.py data convert` (convert_imageset), encoded Datum records and `run.py predict`
-give the numbers Caffe gives, and Caffe's BGR means (104, 117, 123) and pretrained weights fit them."""
+one channel, a JPEG turned by its EXIF orientation; resized by OpenCV's bilinear arithmetic (INTER_LINEAR in 11-bit
+fixed point, exact halving by 2x2 means), so that ImageData, WindowData, `run.py data convert` (convert_imageset),
+encoded Datum records and `run.py predict` give the bytes Caffe gives, and Caffe's BGR means (104, 117, 123) and
+pretrained weights fit them."""
 from __future__ import annotations
 
 import io
@@ -16,6 +17,7 @@ COEF_SCALE = 1 << COEF_BITS
 
 
 def pillow():
+    """PIL.Image, or a SourceError saying how to install Pillow."""
     try:
         from PIL import Image
     except ImportError:
@@ -33,9 +35,9 @@ def _taps(n_in, n_out, columns):
     f = (f - s.astype(np.float32)).astype(np.float32)
     if columns:
         f[(s < 0) | (s >= n_in - 1)] = 0
-    w0 = np.rint((np.float32(1) - f) * np.float32(COEF_SCALE)).astype(np.int64)
-    w1 = np.rint(f * np.float32(COEF_SCALE)).astype(np.int64)
-    return (np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0.astype(np.int32), w1.astype(np.int32))
+    w0 = np.rint((np.float32(1) - f) * np.float32(COEF_SCALE)).astype(np.int32)
+    w1 = np.rint(f * np.float32(COEF_SCALE)).astype(np.int32)
+    return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0, w1
 
 
 def cv_resize(a, height, width):

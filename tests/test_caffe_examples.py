@@ -198,7 +198,8 @@ def test_caffe_pb2_reads_edits_and_writes_prototxt_with_protobuf_as_caffes_scrip
     from yaffe.proto import caffe_pb2
     net = caffe_pb2.NetParameter()
     text_format.Merge(open(os.path.join(FIX, "caffe_examples", "mnist", "lenet_train_test.prototxt")).read(), net)
-    assert [l.type for l in net.layer][:3] == ["Data", "Data", "Convolution"] and net.layer[0].include[0].phase == caffe_pb2.TRAIN
+    assert [l.type for l in net.layer][:3] == ["Data", "Data", "Convolution"]
+    assert net.layer[0].include[0].phase == caffe_pb2.TRAIN
     conv = net.layer[2].convolution_param
     assert conv.num_output == 20 and list(conv.stride) == [1] and conv.group == 1 and not conv.HasField("group")
     assert caffe_pb2.PoolingParameter.MAX == 0 and caffe_pb2.Phase.Name(caffe_pb2.TEST) == "TEST"

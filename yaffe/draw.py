@@ -2,8 +2,9 @@
 Caffe network visualization: draw the NetParameter protobuffer.
 
 yaffe: BVLC Caffe's python/caffe/draw.py (at 9b89154, BSD 2-Clause: tests/pycaffe/README.md), its code unchanged
-but for these imports and for nets given as yaffe's NetSpec.to_proto() (read as NetParameters): caffe_pb2 is yaffe's (the classes of caffe.proto, which need the protobuf package), and
-pydot (or pydotplus) comes with the extra `draw`; drawing an image also needs Graphviz's `dot` program.
+but for these imports and for nets given as yaffe's NetSpec.to_proto() (read as NetParameters): caffe_pb2 is
+yaffe's (the classes of caffe.proto, which need the protobuf package), and pydot (or pydotplus) comes with the
+extra `draw`; drawing an image also needs Graphviz's `dot` program.
 
     import yaffe as caffe, yaffe.draw
     from google.protobuf import text_format

@@ -446,7 +446,8 @@ class Net:
         seeds = {k: np.asarray(v) for k, v in kwargs.items() if k in self.outputs and k not in inputs}
         unknown = set(kwargs) - set(inputs) - set(seeds)
         if unknown:
-            raise KeyError(f"{sorted(unknown)}: neither inputs ({list(self.inputs)}) nor outputs ({list(self.outputs)})")
+            raise KeyError(f"{sorted(unknown)}: neither inputs ({list(self.inputs)}) nor outputs "
+                           f"({list(self.outputs)})")
         outs = {name: [] for name in list(self.outputs) + list(blobs or [])}
         grads = {name: [] for name in list(self.inputs) + list(diffs or [])}
         given = inputs or seeds

@@ -14,8 +14,9 @@ import os
 import re
 
 PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "caffe.proto")
-_TOKEN = re.compile(r'\s+|//[^\n]*|/\*.*?\*/|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')|([A-Za-z_][\w.]*|[-+]?[\d.]+(?:[eE][-+]?\d+)?|\S)',
-                    re.S)
+_TOKEN = re.compile(r'\s+|//[^\n]*|/\*.*?\*/'                                 # space and comments
+                    r'|("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')'                   # a string
+                    r'|([A-Za-z_][\w.]*|[-+]?[\d.]+(?:[eE][-+]?\d+)?|\S)', re.S)  # a word, a number, a sign
 _SCALARS = {"double": 1, "float": 2, "int64": 3, "uint64": 4, "int32": 5, "fixed64": 6, "fixed32": 7, "bool": 8,
             "string": 9, "bytes": 12, "uint32": 13, "sfixed32": 15, "sfixed64": 16, "sint32": 17, "sint64": 18}
 _LABELS = {"optional": 1, "required": 2, "repeated": 3}
