@@ -174,6 +174,28 @@ def read(state_path: str) -> tuple[dict, dict, dict, dict]:
     return meta, weights, history, extra
 
 
+def read_hdf5_state(path: str) -> dict:
+    """{"iter", "learned_net", "current_step", "history": [arrays]} of Caffe's HDF5 solver state
+    (snapshot_format: HDF5: datasets iter, learned_net, current_step, history/0, history/1, ...)."""
+    from layers.sources import SourceError, h5py_module
+    try:
+        h5py = h5py_module()
+    except SourceError as e:
+        raise UserError(f"{path}: error: {e}") from None
+    try:
+        with h5py.File(path, "r") as f:
+            learned = f["learned_net"][()]
+            hist = f.get("history", {})
+            number = lambda key: int(np.asarray(f[key][()]).reshape(-1)[0]) if key in f else 0  # noqa: E731 ((1,) in Caffe's)
+            return {"iter": number("iter"), "current_step": number("current_step"),
+                    "learned_net": learned.decode() if isinstance(learned, bytes) else str(learned),
+                    "history": [np.asarray(hist[k], np.float32) for k in sorted(hist, key=int)]}
+    except FileNotFoundError:
+        raise UserError(f"{path}: error: no such file") from None
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: error: not a Caffe HDF5 solver state ({e})") from None
+
+
 def write_hdf5(model_path: str, state_path: str, it: int, net, history, current_step: int):
     """Caffe's HDF5 snapshot: the model's data/<layer>/<i> datasets, the state's iter, learned_net,
     current_step and history/<i>; each written to a temp file and renamed into place."""

@@ -399,14 +399,16 @@ class Trainer:
         return spath
 
     def restore_caffe(self, state_path: str):
-        """Resume from Caffe's binary .solverstate, with the .caffemodel it names beside it."""
-        from netspec.caffemodel import read_caffemodel, read_solverstate
-        state = read_solverstate(state_path)
+        """Resume from Caffe's .solverstate (binary) or .solverstate.h5 (snapshot_format: HDF5), with the weights it
+        names beside it."""
+        from netspec.caffemodel import read_solverstate
+        state = snap.read_hdf5_state(state_path) if state_path.endswith(".h5") else read_solverstate(state_path)
         model = os.path.join(os.path.dirname(state_path), os.path.basename(state["learned_net"]))
         if not os.path.isfile(model):
             raise UserError(f"{state_path}: error: it names the weights {state['learned_net']!r}, which are not "
-                            f"beside it ({model}); put the .caffemodel next to the .solverstate")
-        self.net.load_weights(read_caffemodel(model), model)
+                            f"beside it ({model}); put the {os.path.splitext(model)[1] or 'weights'} file next to the "
+                            "solver state")
+        self.net.load_weights(snap.load_weights_file(model), model)
         history = state["history"]
         if len(history) != len(self.solver.history):
             raise UserError(f"{state_path}: error: {len(history)} history blobs for a {self.cfg.type} solver that "
@@ -728,7 +730,7 @@ class Trainer:
         if snapshot_path and snapshot_path.endswith(".caffemodel"):
             raise UserError(f"{snapshot_path}: error: this is a Caffe weights file, not a solver state; fine-tune "
                             f"from it with --weights {snapshot_path}, or resume from its .solverstate")
-        if snapshot_path and snapshot_path.endswith(".solverstate"):
+        if snapshot_path and snapshot_path.endswith((".solverstate", ".solverstate.h5")):
             self.restore_caffe(snapshot_path)
         elif snapshot_path:
             self.restore(snapshot_path)

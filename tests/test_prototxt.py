@@ -206,6 +206,24 @@ def test_hdf5_snapshot_format_writes_caffes_layout(caffe_dir):
         np.testing.assert_array_equal(f["data/conv1/0"][()], t.net.layer_by_name("conv1").blobs[0].data)
     with h5py.File(caffe_dir / "lenet_sgd_iter_2.solverstate.h5", "r") as f:
         assert f["iter"][()] == 2 and len(f["history"]) == 8
+    # resumed from it, and from the same state in Caffe's own layout (iter and current_step of shape (1,), the
+    # learned_net path as bytes): run.py train --snapshot took only the binary .solverstate and yaffe's .npz
+    t2 = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, overrides={"max_iter": 4,
+                 "snapshot_format": "HDF5", "test_iter": [1], "snapshot_prefix": "again"})
+    t2.restore_caffe(str(caffe_dir / "lenet_sgd_iter_2.solverstate.h5"))
+    assert t2.iter == 2
+    conv1 = t.net.layer_by_name("conv1").blobs[0].data
+    np.testing.assert_array_equal(t2.net.layer_by_name("conv1").blobs[0].data, conv1)
+    with h5py.File(caffe_dir / "lenet_sgd_iter_2.solverstate.h5", "r") as f, \
+            h5py.File(caffe_dir / "caffe_layout.solverstate.h5", "w") as g:
+        g["iter"], g["current_step"] = np.array([2], np.int32), np.array([0], np.int32)
+        g["learned_net"] = np.bytes_(str(caffe_dir / "lenet_sgd_iter_2.caffemodel.h5"))
+        for k in f["history"]:
+            g[f"history/{k}"] = f[f"history/{k}"][()]
+    t3 = Trainer(str(caffe_dir / "lenet_sgd_solver.prototxt"), out=lambda *a: None, overrides={"max_iter": 4,
+                 "snapshot_format": "HDF5", "test_iter": [1], "snapshot_prefix": "again3"})
+    t3.restore_caffe(str(caffe_dir / "caffe_layout.solverstate.h5"))
+    assert t3.iter == 2 and all(np.array_equal(a, b) for a, b in zip(t3.solver.history, t2.solver.history))
 
 
 def test_caffe_solver_fields_train_net_test_net_weights_and_states(caffe_dir):

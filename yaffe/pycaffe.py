@@ -612,7 +612,7 @@ class Solver:
     def restore(self, state):
         """Resume from a solver state: yaffe's .solverstate.npz or Caffe's .solverstate."""
         state = os.fspath(state)
-        (self._t.restore_caffe if state.endswith(".solverstate") else self._t.restore)(state)
+        (self._t.restore_caffe if state.endswith((".solverstate", ".solverstate.h5")) else self._t.restore)(state)
 
     def apply_update(self):
         """One update from the diffs the net holds (after your own forward and backward), at the rate of this
