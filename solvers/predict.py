@@ -270,4 +270,33 @@ def _write(output, names, results, top, flat, labels):
                 values = [f"{x:.7g}" for v in results.values() for x in np.asarray(v[i]).ravel()]
                 f.write(",".join([json.dumps(name), str(int(top[i, 0]))] + values) + "\n")
     else:
-        raise UserError(f"-o {output}: write .npz, .csv or .jsonl")
+        _write_dbs(output, results)
+
+
+def feature_datum(values) -> bytes:
+    """A Datum of one input's blob values as extract_features writes it: channels, height, width the blob's axes
+    1-3 (1 where it has fewer), the values as float_data, one field each (caffe.proto's unpacked repeated float)."""
+    from netspec.caffemodel import _int_field
+    v = np.asarray(values, "<f4")
+    dims = list(v.shape) + [1] * (3 - v.ndim)
+    c, h, w = dims[0], dims[1], int(np.prod(dims[2:]))
+    return (_int_field(1, c) + _int_field(2, h) + _int_field(3, w)
+            + b"".join(b"\x35" + x.tobytes() for x in v.reshape(-1, 1)))  # (field 6, wire type 5)
+
+
+def _write_dbs(output, results):
+    """-o fc7_db,fc8_db: an LMDB per blob (in --blobs order) of a Datum per input, keys 0000000000, ..., as Caffe's
+    extract_features writes them."""
+    dbs = [d for d in output.split(",") if d]
+    if len(dbs) != len(results):
+        raise UserError(f"-o {output}: {len(dbs)} databases for {len(results)} blobs ({', '.join(results)}); write "
+                        ".npz, .csv or .jsonl, or name one LMDB folder per blob as extract_features does")
+    lmdb = sources.lmdb_module()
+    for db, values in zip(dbs, results.values()):
+        if os.path.exists(db):
+            raise UserError(f"-o {db}: error: it exists; extract_features writes a new database (remove it first)")
+        env = lmdb.open(db, map_size=1 << 40)
+        with env.begin(write=True) as txn:
+            for i in range(len(values)):
+                txn.put(f"{i:010d}".encode(), feature_datum(values[i]))
+        env.close()

@@ -87,6 +87,34 @@ def test_predict_takes_a_mean_image_of_another_size_as_its_channel_means(work):
     assert r.returncode != 0 and "does not fit the input's [1, 8, 8]" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_predict_writes_extract_features_databases(work):
+    """-o ip1_db,ip2_db (Caffe's extract_features): an LMDB per blob, a Datum per input keyed 0000000000, ... with
+    the blob's axes as channels/height/width and its values as float_data, field for field as Caffe writes them
+    (compared by hand with BVLC Caffe's extract_features on cifar10_full: the same bytes but the floats' last
+    bits); the values those of the .npz output; a count of databases other than of blobs is a clear error."""
+    pytest.importorskip("lmdb")
+    import lmdb
+    from layers.sources import parse_datum
+    work, rows = work
+    args = ["predict", "lenet_digits/net.yaml", "--weights", WEIGHTS, "lenet_digits/digits_test.csv.gz", "--blobs",
+            "ip1,ip2"]
+    assert run(*args, "-o", "f.npz", cwd=work).returncode == 0
+    r = run(*args, "-o", "ip1_db,ip2_db", cwd=work)
+    assert r.returncode == 0, r.stderr
+    with np.load(work / "f.npz") as z:
+        for blob in ("ip1", "ip2"):
+            env = lmdb.open(str(work / f"{blob}_db"), readonly=True, lock=False)
+            with env.begin() as txn:
+                items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+            env.close()
+            assert [k for k, _ in items] == [f"{i:010d}".encode() for i in range(len(rows))]
+            values = np.stack([parse_datum(v)[0] for _, v in items])
+            assert values.shape == (len(rows), z[blob].shape[1], 1, 1)
+            np.testing.assert_array_equal(values.reshape(z[blob].shape), z[blob])
+    r = run(*args, "-o", "only_one_db", cwd=work)
+    assert r.returncode != 0 and "1 databases for 2 blobs" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_predict_reads_a_list_of_paths_with_or_without_labels_as_the_folder(work):
     """A list file's lines may be `path label` or a path alone (predict needs no labels): the same rows, in the
     list's order, as the folder of the same images."""

@@ -408,7 +408,8 @@ def build_parser():
                    "net's outputs, or the scores its loss reads)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (Caffe's synset_words.txt)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes printed per input (default 5)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the blobs: .npz, .csv or .jsonl (one row per input)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the blobs: .npz, .csv or .jsonl (one row per input), "
+                   "or an LMDB folder per blob (fc7_db,fc8_db: Caffe's extract_features databases)")
     p.add_argument("--scale", type=float, help="deploy nets: multiply the inputs by this (e.g. 0.00390625)")
     p.add_argument("--mean", help="deploy nets: subtract a mean (.npy, .binaryproto, or values per channel)")
     p.add_argument("--batch", type=positive_int, help="inputs per forward pass (default: the net's batch)")
