@@ -11,6 +11,7 @@ Blobs and params are live views of the net's arrays (writes reach the net), as i
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -122,17 +123,14 @@ class Timer:
         self._start = self._stop = None
 
     def start(self):
-        import time
         self._start, self._stop = time.perf_counter(), None
 
     def stop(self):
-        import time
         if self._start is not None:
             self._stop = time.perf_counter()
 
     @property
     def ms(self):
-        import time
         if self._start is None:
             return 0.0
         return ((self._stop if self._stop is not None else time.perf_counter()) - self._start) * 1e3
@@ -327,7 +325,7 @@ class Net:
         self._callbacks.setdefault(kind, []).append(run)
 
     def before_forward(self, run):
-        """Call run(layer index) before each layer's forward (of the forward and backward called from Python)."""
+        """Call run(layer index) before each layer's forward (in forward() and inside a solver's step(), as Caffe)."""
         self._add_hook("before_forward", run)
 
     def after_forward(self, run):
