@@ -186,7 +186,8 @@ def read_hdf5_state(path: str) -> dict:
         with h5py.File(path, "r") as f:
             learned = f["learned_net"][()]
             hist = f.get("history", {})
-            number = lambda key: int(np.asarray(f[key][()]).reshape(-1)[0]) if key in f else 0  # noqa: E731 ((1,) in Caffe's)
+            def number(key):  # (a (1,) array in Caffe's files, a scalar in yaffe's)
+                return int(np.asarray(f[key][()]).reshape(-1)[0]) if key in f else 0
             return {"iter": number("iter"), "current_step": number("current_step"),
                     "learned_net": learned.decode() if isinstance(learned, bytes) else str(learned),
                     "history": [np.asarray(hist[k], np.float32) for k in sorted(hist, key=int)]}

@@ -356,7 +356,8 @@ def test_net_hooks_fire_inside_solver_step_and_a_one_device_nccl_runs_as_caffes_
     with hooks on solver.net, step() runs the passes layer by layer through them, to the same losses; caffe.NCCL of
     one solver is a no-op callback (bcast, add_callback(nccl), after_backward(nccl)); of two, a clear error."""
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m", ignore=shutil.ignore_patterns("snap*"))
+    shutil.copytree(os.path.join(ROOT, "models", "lenet_digits"), tmp_path / "m",
+                    ignore=shutil.ignore_patterns("snap*"))
     losses = []
     for hooked in (False, True):
         s = caffe.SGDSolver(str(tmp_path / "m" / "solver.yaml"), quiet=True)

@@ -402,8 +402,9 @@ def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
     bilinear resize to the pixel (shrinking, growing, both, exact halving, no resize), grey from colour as each of
     OpenCV's decoders makes it (PNG, JPEG, BMP), a grey file in colour, JPEGs turned by each EXIF orientation.
     Through layers.images.read_image, the ImageData layer, `run.py data convert --resize` to an LMDB read by a Data
-    layer, an encoded Datum (convert_imageset --encoded) and run.py predict's reading. yaffe read RGB and resized with Pillow before (found fine-tuning
-    CaffeNet as examples/02-fine-tuning does: its BGR mean and weights met RGB images)."""
+    layer, an encoded Datum (convert_imageset --encoded) and run.py predict's reading. yaffe read RGB and resized
+    with Pillow before (found fine-tuning CaffeNet as examples/02-fine-tuning does: its BGR mean and weights met RGB
+    images)."""
     pytest.importorskip("PIL")
     fixture = _generator("make_io_fixture")
     from layers import images, sources
@@ -435,7 +436,8 @@ def test_images_are_read_as_caffes_opencv_reads_them(tmp_path):
     # run.py data convert (convert_imageset) with --resize, read back through a Data layer
     (tmp_path / "list.txt").write_text("a.png 0\nd.jpg 1\n")
     sources.write_dataset(str(tmp_path / "list.txt"), str(tmp_path / "db"), new_size=(24, 30))
-    text = "layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: db, batch_size: 2, backend: LMDB}}\n"
+    text = ("layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: db, batch_size: 2, "
+            "backend: LMDB}}\n")
     net = Net(loads(text, str(tmp_path / "n2.yaml")), "TEST", str(tmp_path / "n2.yaml"), seed=0)
     net.forward()
     np.testing.assert_array_equal(net.blobs["data"].data[0], r["imagedata_0"])

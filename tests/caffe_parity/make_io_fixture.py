@@ -100,7 +100,8 @@ def image_files():
     """{name: pixels (H, W, 3 RGB or H, W)} of IMAGE_DATA's files: smooth gradients with noise, from a RandomState."""
     rng = np.random.RandomState(11)
     out = {}
-    for name, shape in (("a.png", (37, 53)), ("b.png", (40, 52)), ("c.png", (29, 35)), ("d.jpg", (48, 64)), ("e.bmp", (21, 26))):
+    for name, shape in (("a.png", (37, 53)), ("b.png", (40, 52)), ("c.png", (29, 35)), ("d.jpg", (48, 64)),
+                        ("e.bmp", (21, 26))):
         y, x = np.mgrid[0:shape[0], 0:shape[1]]
         chans = [128 + 90 * np.sin(x / (4.0 + 3 * c) + c) * np.cos(y / 7.0) for c in range(3)]
         img = np.clip(np.stack(chans, -1) + rng.randn(*shape, 3) * 8, 0, 255).astype(np.uint8)
