@@ -269,6 +269,9 @@ def _write(output, names, results, top, flat, labels):
             for i, name in enumerate(names):
                 values = [f"{x:.7g}" for v in results.values() for x in np.asarray(v[i]).ravel()]
                 f.write(",".join([json.dumps(name), str(int(top[i, 0]))] + values) + "\n")
+    elif any(os.path.splitext(d)[1] for d in output.split(",")):
+        raise UserError(f"-o {output}: write .npz, .csv or .jsonl, or name LMDB folders (fc7_db,fc8_db: one per blob, "
+                        "as extract_features writes them)")
     else:
         _write_dbs(output, results)
 
