@@ -71,6 +71,14 @@ def kind(path: str, backend: str | None = None) -> str:
 
 # ---- npz ---------------------------------------------------------------------------------------
 
+def kind_or_none(path):
+    """kind(path), or None where it is none of the known files (an image list)."""
+    try:
+        return kind(path)
+    except SourceError:
+        return None
+
+
 def npz_headers(path):
     """{array name: shape} from the npy headers only."""
     out = {}
@@ -485,11 +493,7 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
     LMDB or LevelDB of Datum records, or an image list file of `path label` lines (Caffe's convert_imageset input;
     relative paths from `root`, else from the list file's folder or the working directory: list_root; with
     need_labels=False a line may be a path alone, its label NaN)."""
-    k = None
-    try:
-        k = kind(path)
-    except SourceError:
-        pass
+    k = kind_or_none(path)
     if k in ("idx", "csv", "npz") and (new_size or gray):
         given = " and ".join(o for o, v in (("--resize", new_size), ("--gray", gray)) if v)
         raise SourceError(f"{given} applies to image lists only; this is {'an' if k == 'idx' else 'a'} {k} file, "
@@ -586,14 +590,6 @@ def list_root(list_path, paths, base_dir, caffe=False):
     if in_here != in_base:
         return here if in_here else base_dir
     return base_dir if caffe else here
-
-
-def kind_or_none(path):
-    """kind(path), or None where it is none of the known files (an image list)."""
-    try:
-        return kind(path)
-    except SourceError:
-        return None
 
 
 def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None) -> int:

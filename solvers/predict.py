@@ -52,10 +52,8 @@ def read_inputs(paths, sample_shape):
             rows.append(_image(path, channels, hw))
             names.append(path)
         else:
-            try:
-                kind = sources.kind(path)
-            except sources.SourceError:
-                kind = "list"  # a list file of `path [label]` lines (or nothing readable: read_any says which)
+            # a list file of `path [label]` lines where it is no other kind (or nothing readable: read_any says which)
+            kind = sources.kind_or_none(path) or "list"
             try:
                 with sources.reading():
                     if kind == "list":
