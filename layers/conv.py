@@ -28,12 +28,12 @@ import threading
 
 import numpy as np
 import numba
-from numba import get_num_threads, njit, prange, uintp
+from numba import njit, prange, uintp
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
 from .conv_nd import NdPath, nd_param, split_axes
-from .cpu import gemm, gemm_acc, spread
+from .cpu import gemm, gemm_acc, num_threads, spread
 from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, depthwise_lanes, depthwise_lanes_weights
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
@@ -1281,7 +1281,7 @@ class Convolution(Layer):
         when the buffer would pass BLOCK_BYTES: then blocks of about BLOCK_TARGET, a divisor of n, which the matrix
         products read back from cache (CIFAR-10 quick conv2, 50 images: forward 20 -> 14 ms, backward 37 -> 29)."""
         per_image = k * self.p.group * plane * itemsize
-        if per_image * n <= BLOCK_BYTES or numba.get_num_threads() > 1:
+        if per_image * n <= BLOCK_BYTES or num_threads() > 1:
             return n
         target = max(1, BLOCK_TARGET // per_image)
         return max(d for d in range(1, min(n, target) + 1) if n % d == 0)
@@ -1353,7 +1353,7 @@ class Convolution(Layer):
             place, args = place_planes, (x, xpad, plan.start, wp)
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
-        if plan.y_direct and not relu and residual is None and not (banded and n < get_num_threads()):
+        if plan.y_direct and not relu and residual is None and not (banded and n < num_threads()):
             y3 = y.reshape(n, self.p.num_output, -1)
 
             def run():
@@ -1361,7 +1361,7 @@ class Convolution(Layer):
                 place(*args)
                 direct_conv(xp, offs, w, bias, y3)
             return run
-        if plan.rows_direct and not relu and residual is None and not (banded and n < get_num_threads()):
+        if plan.rows_direct and not relu and residual is None and not (banded and n < num_threads()):
             def run():
                 holder[0] = 0
                 place(*args)
@@ -1379,7 +1379,7 @@ class Convolution(Layer):
             res = res.reshape(-1)
 
             def run():
-                threads = get_num_threads()
+                threads = num_threads()
                 direct_conv_unpadded(x, kh, kw, *plan.pad, plan.stride, w, bias, y, res, ca, cb, relu, slope,
                                      -(-threads // n) if n < threads else 1)
             return run
@@ -1394,7 +1394,7 @@ class Convolution(Layer):
 
             def run():
                 holder[0] = 0
-                threads = get_num_threads()
+                threads = num_threads()
                 parts = -(-threads // n) if n < threads else 1
                 if parts not in bands:
                     bands[parts] = xpad if parts == 1 else scratch(
@@ -1408,7 +1408,7 @@ class Convolution(Layer):
             def run():
                 holder[0] = 0  # xpad holds no layer's input for a backward (DirectPlan.place)
                 place(*args)
-                direct_conv_pixels(xp, offs, w, bias, qs, out, get_num_threads())
+                direct_conv_pixels(xp, offs, w, bias, qs, out, num_threads())
                 pixels_to_top(out, y3, relu, slope)
             return run
 
@@ -1552,7 +1552,7 @@ class Convolution(Layer):
             if plan.rows_direct and not relu[0]:
                 direct_conv_rows(plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias, y, plan.wp)
                 return
-            if TRAIN_BANDS and BANDS and not plan.x_direct and not plan.subsample and n >= get_num_threads() \
+            if TRAIN_BANDS and BANDS and not plan.x_direct and not plan.subsample and n >= num_threads() \
                     and not (plan.y_direct and not relu[0]):
                 # place, product and copy to the top in one task an image (its values stay in the core's caches);
                 # the padded planes hold x after it, for the backward
@@ -1571,7 +1571,7 @@ class Convolution(Layer):
             xp = plan.source(x, self)
             if plan.pixels:
                 direct_conv_pixels(xp, plan.offs[:plan.k], plan.w, plan.bias, plan.qs, plan.out,
-                                   get_num_threads())
+                                   num_threads())
                 pixels_to_top(plan.out, y.reshape(y.shape[0], out_c, -1), *relu)
                 return
             if plan.y_direct and not relu[0]:
@@ -1628,7 +1628,7 @@ class Convolution(Layer):
             direct = weight.diff.flags.c_contiguous and weight.diff.dtype == x.dtype and not bias_tap
             wd = weight.diff.reshape(out_c, k) if direct else np.zeros((out_c, k), x.dtype)
             direct_conv_dw_planar(xp, plan.offs[:k], np.ascontiguousarray(
-                dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd, plan.planar_half, get_num_threads())
+                dy.reshape(n, out_c, -1)), *self.out_hw, plan.wp, wd, plan.planar_half, num_threads())
             if not direct:
                 weight.diff.reshape(out_c, plan.k)[...] += wd[:, :plan.k]
             if bias_tap:
@@ -1637,7 +1637,7 @@ class Convolution(Layer):
             place_channels_last(dy, plan.dyt, plan.wp)
             plan.dwt.fill(0)
             (direct_conv_dw1 if plan.taps_nv == 1 else direct_conv_dw)(xp, plan.offs, plan.dyt, *self.out_hw, plan.wp,
-                                                                       plan.dwt, get_num_threads())
+                                                                       plan.dwt, num_threads())
             weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
             if bias_tap:
                 self.blobs[1].diff += plan.dwt[plan.k, :out_c]
@@ -1661,7 +1661,7 @@ class Convolution(Layer):
         plan.w_q[:, :c] = w4[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(-1, c)
         if plan.pixels_q:
             direct_conv_pixels(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.qs_q, plan.dxq,
-                               get_num_threads())
+                               num_threads())
             pixels_to_top(plan.dxq, dx.reshape(n, c, -1), False, 0.0)
         elif plan.dx_direct:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx.reshape(n, c, -1))

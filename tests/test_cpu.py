@@ -200,3 +200,32 @@ def test_batchsync_abort_breaks_the_wait_and_reset_makes_it_usable_again():
     t.start()
     np.testing.assert_array_equal(sync.total(0, 0, np.full(4, 2.0)), np.full(4, 3.0))
     t.join()
+
+
+def test_num_threads_follows_numba_in_every_thread():
+    """cpu.num_threads (numba.get_num_threads without its locks) reads each thread's own count, as Numba's does:
+    the slices' threads set theirs to 1 and the spread kernels pick their serial builds from it."""
+    import threading
+
+    import numba
+
+    from layers.cpu import num_threads
+    assert num_threads() == numba.get_num_threads()
+    seen = []
+
+    def slice_thread():
+        numba.set_num_threads(1)
+        seen.append((num_threads(), numba.get_num_threads()))
+
+    t = threading.Thread(target=slice_thread)
+    t.start()
+    t.join()
+    assert seen == [(1, 1)]
+    assert num_threads() == numba.get_num_threads()  # the calling thread's count is its own
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+    assert num_threads() == before
