@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import Field, Layer, count, register
-from .cpu import add_column_sums, gemm, gemm_acc
+from .cpu import add_column_sums, gemm, gemm_acc, spread
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -39,6 +39,23 @@ def row_times_rows(x, w, bias, has_bias, y):
         if has_bias:
             for j in range(j0, min(j0 + 4, n)):
                 y[j] += bias[j]
+
+
+def _transposed_add(yt, bias, has_bias, y):
+    """y (M, N) = yt.T (+ bias (N,)) for yt (N, M): in blocks of 16 x 16 whose reads stay in L1 (NumPy's
+    strided add of the transposed view took 60-120 us of the MLP's 128 x 512 layers, a fifth of their product)."""
+    n, m = yt.shape
+    for b in prange((m + 15) // 16):
+        i0 = b * 16
+        i1 = min(m, i0 + 16)
+        for j0 in range(0, n, 16):
+            j1 = min(n, j0 + 16)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    y[i, j] = yt[j, i] + bias[j] if has_bias else yt[j, i]
+
+
+transposed_add = spread(_transposed_add, 1 << 14)
 
 
 BOUND_COPY = 16 << 20  # the most weight bytes a forward-only InnerProduct copies to lay them out (bound_forward)
@@ -85,10 +102,7 @@ class InnerProduct(Layer):
         if yt is None or yt.shape != y.shape[::-1] or yt.dtype != y.dtype:
             yt = self._yt = np.empty(y.shape[::-1], y.dtype)
         gemm(w, x.T, yt)
-        if bias is None:
-            np.copyto(y, yt.T)
-        else:
-            np.add(yt.T, bias, out=y)
+        transposed_add(yt, w[0] if bias is None else bias, bias is not None, y)
 
     def bound_forward(self, bottom, top):
         """Layer.bound_forward: a batch of one on row_times_rows; a batch of more with the weights laid out (K, N)

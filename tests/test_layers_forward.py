@@ -132,6 +132,20 @@ def test_inner_product_of_a_training_batch_through_the_transposed_product(rows, 
     assert (getattr(layer, "_yt", None) is not None) == (rows <= ip.TRANSPOSED_ROWS)
 
 
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+def test_transposed_add_equals_numpys_transposed_add(build):
+    """inner_product.transposed_add (the transposed product's way back to the top, in 16 x 16 blocks) gives
+    NumPy's yt.T + bias bit for bit, with and without the bias, on shapes that leave partial blocks."""
+    from layers.inner_product import transposed_add
+    rng = np.random.default_rng(3)
+    for n, m in ((45, 2), (512, 128), (33, 17), (16, 16), (1, 40)):
+        yt, bias = rng.normal(size=(n, m)).astype(np.float32), rng.normal(size=n).astype(np.float32)
+        for has_bias in (True, False):
+            y = np.full((m, n), np.nan, np.float32)
+            getattr(transposed_add, build)(yt, bias, has_bias, y)
+            assert np.array_equal(y, yt.T + bias if has_bias else yt.T)
+
+
 def test_relu_with_negative_slope():
     x = np.array([-2, -0.5, 0, 1.5], np.float32)
     _, _, tops = run("ReLU", {"relu_param": {"negative_slope": 0.1}}, x)
