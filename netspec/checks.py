@@ -11,6 +11,7 @@ import numpy as np
 
 import layers
 from .errors import Finding
+from .graph import as_list
 from .net import Net
 
 METRIC_TYPES = ("Accuracy", "Silence")
@@ -79,6 +80,8 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
                                 f"layer '{d.name}' (BatchNorm): use_global_stats: true in a net used for TRAIN: "
                                 "the layer will never learn batch statistics and the net will not converge; "
                                 "remove use_global_stats and let the phase decide"))
+    if net.phase == "TRAIN" and net.has_loss:
+        out += _zero_filled_findings(net)
     if net.has_loss:
         consumed = {b for d in net.defs for b in d.bottoms}
         for d, layer in zip(net.defs, net.layers):
@@ -91,6 +94,43 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
                                 f"layer '{d.name}' ({d.type}): nothing uses its output "
                                 f"{', '.join(repr(t) for t in d.tops)} in the {net.phase} net; feed it to "
                                 "another layer or a loss, or remove the layer"))
+    return out
+
+
+LEARNED = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+           "InnerProduct": "inner_product_param"}
+
+
+def _zero_filled_findings(net: Net) -> list[Finding]:
+    """Hidden layers whose weights start at 0 (no weight_filler: Caffe's default is constant 0): their outputs
+    start equal and their gradients are equal (behind a ReLU, 0), so they never become different."""
+    out = []
+    for k, (d, layer) in enumerate(zip(net.defs, net.layers)):
+        if d.type not in LEARNED or d.node is None or not (layer.blobs or getattr(layer, "blob_shapes", None)):
+            continue
+        specs = as_list(d.node.get("param"))
+        if specs and isinstance(specs[0], dict) and not specs[0].get("lr_mult", 1):
+            continue  # frozen
+        filler = layer.p.weight_filler
+        if filler is not None and not (filler.get("type", "constant") == "constant" and not filler.get("value", 0)):
+            continue
+        reach, hidden = set(d.tops), None  # does its output feed another learned layer (not only a loss)?
+        for later in net.defs[k + 1:]:
+            if reach & set(later.bottoms):
+                if later.type in LEARNED:
+                    hidden = later
+                    break
+                reach |= set(later.tops)
+        if hidden is None:
+            continue  # the last learned layer: zeros are a fine start (a logistic regression's)
+        block = LEARNED[d.type]
+        out.append(_finding(d.where(f"{block}.weight_filler" if filler is not None else block), "warning",
+                            f"layer '{d.name}' ({d.type}) has "
+                            + ("no weight_filler" if filler is None else "a weight_filler of constant 0")
+                            + f": its weights start at 0 (Caffe's default filler), so its {layer.p.num_output} "
+                            f"outputs start equal, get equal gradients and stay equal (behind a ReLU they get none "
+                            f"and never train; '{hidden.name}' above sees one feature); give it weight_filler: "
+                            "{type: xavier} (msra for ReLU nets), unless its weights come from a .caffemodel"))
     return out
 
 

@@ -99,6 +99,76 @@ def diagnose(net, it: int) -> str:
             "(a random layer such as Dropout drew differently); lower base_lr tenfold")
 
 
+def _same_for_every_example(a) -> bool:
+    """Whether every example (row of axis 0) of a blob's data holds the same values, to float32 rounding."""
+    x = a.reshape(len(a), -1) if a.ndim else a.reshape(1, -1)
+    if len(x) < 2 or not x.size:
+        return False
+    return bool(np.all(np.abs(x - x[:1]) <= 1e-5 * float(np.abs(x).max()) + 1e-30))
+
+
+def constant_output(net) -> str | None:
+    """Where the batch's examples stopped making a difference: None if the scores reaching the net's weighted
+    losses differ between its examples; else a sentence naming the first blob on their way that is the same for
+    every example (the data, a dead ReLU, a layer with all-zero weights, ...) and what to change. Reads the blobs
+    as the last forward left them (nothing re-runs: the running statistics stay as they are)."""
+    losses = [k for k, layer in enumerate(net.layers) if layer.is_loss
+              and any(b in net.top_vecs[k] for b, _ in net.loss_blobs) and net.bottom_vecs[k]]
+    if not losses or not all(_same_for_every_example(net.bottom_vecs[k][0].data) for k in losses):
+        return None
+    k = losses[0]
+    needed = {net.defs[k].bottoms[0]}
+    for i in range(k - 1, -1, -1):  # the blobs the scores are computed from
+        if needed & set(net.defs[i].tops):
+            needed |= set(net.defs[i].bottoms)
+    last = {}  # blob name -> the last layer before the loss writing it (in place: the last of the chain)
+    for i in range(k):
+        for t in net.defs[i].tops:
+            last[t] = i
+    for i in range(k):
+        d, layer = net.defs[i], net.layers[i]
+        tops = d.tops[:1] if layer.is_data else d.tops
+        for name, blob in zip(tops, net.top_vecs[i]):
+            if name not in needed or last.get(name) != i or not _same_for_every_example(blob.data):
+                continue
+            if layer.is_data or d.type == "Input":
+                return (f"the input '{name}' of layer '{d.name}' is the same for every example of the batch: check "
+                        "its source and its transform_param (a scale or mean that leaves nothing)")
+            writers = [j for j in range(i + 1) if name in net.defs[j].tops]
+            below = next((j for j in reversed(writers) if net.layers[j].blobs), None)
+            if below is not None and not np.any(net.layers[below].blobs[0].data):
+                i, d, layer = below, net.defs[below], net.layers[below]
+            elif d.type == "ReLU" and not np.any(blob.data):
+                said = (f"every unit of ReLU '{d.name}' is 0 for every example of the batch: it is dead, and no "
+                        "gradient passes it")
+                bias = net.layers[below].blobs[1].data if below is not None and len(
+                    net.layers[below].blobs) > 1 else np.zeros(0)
+                filler = getattr(getattr(net.layers[below], "p", None), "bias_filler", None) if below is not None \
+                    else None
+                start = filler.get("value", 0) if isinstance(filler, dict) and filler.get("type") == "constant" \
+                    else None
+                if bias.size and float(bias.max()) < 0:
+                    said += (f"; the bias of '{net.defs[below].name}' below it is negative for every unit "
+                             f"({float(bias.min()):.3g} .. {float(bias.max()):.3g})")
+                    if start is not None and start < 0:
+                        return said + (f", as its bias_filler (constant {start:g}) set it: give it a bias_filler of "
+                                       "constant 0 (or 0.1 for a ReLU); negative_slope: 0.01 (a leaky ReLU) "
+                                       "cannot die")
+                    return said + (", pushed there by the updates: the learning rate is too high for this net "
+                                   "(lower base_lr tenfold, or warm it up); negative_slope: 0.01 (a leaky ReLU) "
+                                   "cannot die")
+                return said + (". Likely causes: a learning rate high enough to push the units below zero (lower "
+                               "base_lr tenfold), inputs far from 0..1 (transform_param scale); negative_slope: 0.01 "
+                               "(a leaky ReLU) cannot die")
+            if layer.blobs and not np.any(layer.blobs[0].data):
+                return (f"layer '{d.name}' ({d.type}) has all-zero weights, so its output is its bias alone: give "
+                        "it a weight_filler (Caffe's default filler is constant 0), e.g. {type: xavier} or {type: "
+                        "msra}")
+            return (f"from layer '{d.name}' ({d.type}) on, every example of the batch gives the same values: check "
+                    "its parameters and what feeds it")
+    return "every example of the batch gives the same scores"
+
+
 START_ADVICE = ("It is so before any update, so the rate is not the cause: the logits start huge or the labels are "
                 "wrong. Check the input scale (pixels 0..255 want transform_param scale: 0.00390625), the weight "
                 "fillers (a smaller std, or xavier / msra), the weights loaded, and that the labels run from 0 to "
@@ -225,10 +295,44 @@ class Watch:
             self.first_losses.append(loss)
             if len(self.first_losses) == window:
                 a, b = np.mean(self.first_losses[:5]), np.mean(self.first_losses[-5:])
+                top = int(np.argmax(self.first_losses))
                 if abs(b - a) < 0.01 * abs(a):
-                    self.warn("lr_small", f"the loss has not moved by 1% in the first {window} iterations "
-                              f"({a:.4g} -> {b:.4g}): the learning rate is probably too small; try base_lr x10 "
+                    self.check_constant(it, window, "the loss has not moved by 1% in the first "
+                                        f"{window} iterations ({a:.4g} -> {b:.4g})")
+                    if "constant_output" not in self.warned:
+                        self.warn("lr_small", f"the loss has not moved by 1% in the first {window} iterations "
+                                  f"({a:.4g} -> {b:.4g}): the learning rate is probably too small; try base_lr x10 "
+                                  "(run.py lr-find finds a range)")
+                elif b >= 0.9 * a and self.first_losses[top] > 3 * a > 0 and "softmax_87" not in self.warned:
+                    self.warn("lr_high", f"the loss has not fallen in the first {window} iterations ({a:.4g} -> "
+                              f"{b:.4g}) and jumped to {self.first_losses[top]:.4g} at iteration "
+                              f"{it - window + 1 + top}: the learning rate is probably too high; try base_lr / 10 "
                               "(run.py lr-find finds a range)")
+        else:  # later: a loss that stopped moving because the net stopped looking at its input (dead ReLUs)
+            recent = self.__dict__.setdefault("recent_losses", [])
+            recent.append(loss)
+            if len(recent) >= window:
+                lo, hi = min(recent), max(recent)
+                if hi - lo < 0.01 * abs(hi):
+                    self.check_constant(it, window, f"the loss has stayed at {loss:.5g} for {window} iterations")
+                recent.clear()
+
+    def check_constant(self, it: int, window: int, said: str):
+        """When the loss stopped moving: warn (once) if the net gives every example the same scores, and why."""
+        why = constant_output(self.nets[0])
+        if why is None:
+            return
+        loss = next((float(b.data) for b, _ in self.net.loss_blobs), float("nan"))
+        chance = ""
+        for k, layer in enumerate(self.net.layers):
+            prob = getattr(layer, "prob", None) if self.net.defs[k].type == "SoftmaxWithLoss" else None
+            if prob is not None and prob.ndim == 3 and prob.shape[1] > 1 and abs(loss - math.log(prob.shape[1])) < \
+                    0.01 * math.log(prob.shape[1]):
+                chance = (f" (about ln({prob.shape[1]}) = {math.log(prob.shape[1]):.4g}, the loss of the same "
+                          f"probability for each of the {prob.shape[1]} classes)")
+                break
+        self.warn("constant_output", f"iteration {it}: {said}{chance} because the net gives the same scores for "
+                  f"every example, whatever its input: {why}. A larger learning rate will not help")
 
     def check_update(self, it: int, finite: dict | None = None):
         """The steps (in the params' diffs) must be finite before they are applied. `finite`: {param key: bool}

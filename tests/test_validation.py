@@ -521,3 +521,24 @@ layer:
   - {name: loss, type: SigmoidCrossEntropyLoss, bottom: [x, y], top: loss, loss_param: {label_smoothing: 0.1}}
 """)
     assert any("loss_param.label_smoothing does not apply to SigmoidCrossEntropyLoss layers" in f for f in found), found
+
+
+def test_a_hidden_layer_without_a_weight_filler_is_a_warning_at_its_block(tmp_path):
+    """Caffe's default weight filler is constant 0: a hidden layer without one never trains (equal outputs,
+    equal gradients; behind a ReLU none). The last learned layer may start at 0 (a logistic regression does), and
+    a layer with lr_mult 0 or a filler is fine."""
+    hidden = ("  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 5}}\n"
+              "  - {name: relu, type: ReLU, bottom: ip, top: ip}\n"
+              "  - {name: out, type: InnerProduct, bottom: ip, top: out, inner_product_param: {num_output: 3}}\n"
+              "  - {name: loss, type: SoftmaxWithLoss, bottom: [out, label], top: loss}\n")
+    f = one(findings(tmp_path, HEAD + hidden), "warning")
+    assert f.startswith(f"{tmp_path / 'net.yaml'}:3:") and "inner_product_param" not in f.split(": warning")[0]
+    assert "layer 'ip' (InnerProduct) has no weight_filler" in f and "its 5 outputs start equal" in f
+    assert "'out' above sees one feature" in f and "{type: xavier}" in f
+    assert findings(tmp_path, HEAD + IP + LOSS) == []  # the last learned layer alone
+    filled = hidden.replace("{num_output: 5}", "{num_output: 5, weight_filler: {type: gaussian, std: 0.1}}")
+    assert findings(tmp_path, HEAD + filled) == []
+    frozen = hidden.replace("top: ip, inner_product_param", "top: ip, param: [{lr_mult: 0}], inner_product_param")
+    assert findings(tmp_path, HEAD + frozen) == []
+    zero = hidden.replace("{num_output: 5}", "{num_output: 5, weight_filler: {type: constant}}")
+    assert "a weight_filler of constant 0" in one(findings(tmp_path, HEAD + zero), "warning")

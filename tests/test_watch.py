@@ -425,3 +425,69 @@ def test_a_softmax_loss_at_87_before_any_update_blames_the_start_not_the_rate(tm
     with pytest.raises(Diverged, match=r"stuck from its first iteration.*before any update"):
         for it in range(1, w.PINNED_WINDOW):
             w.check_plateaus(it, 87.3365)
+
+
+def _warnings(t):
+    return {r["kind"]: r["message"] for r in map(json.loads, open(t.metrics_path)) if r["phase"] == "warning"}
+
+
+def test_a_loss_stuck_at_ln_c_from_a_negative_bias_filler_blames_it_not_the_rate(tmp_path):
+    """The classic loss of 2.30259 = ln(10): every ReLU dead from its start (bias_filler -100). The loss does not
+    move, and a larger rate would not help: the warning names the dead ReLU and the filler, and the
+    too-small-rate advice is not given."""
+    t, lines = trainer(tmp_path, mlp(bias=-100.0), base_lr=0.01, max_iter=60)
+    t.train()
+    said = _warnings(t)
+    assert "lr_small" not in said and "constant_output" in said, said
+    msg = said["constant_output"]
+    assert "about ln(10) = 2.303" in msg and "same scores for every example" in msg
+    assert "every unit of ReLU 'act0' is 0 for every example" in msg
+    assert "as its bias_filler (constant -100) set it" in msg and "A larger learning rate will not help" in msg
+
+
+def test_a_loss_stuck_because_a_hidden_layer_has_no_weight_filler_names_the_layer(tmp_path):
+    """Caffe's default weight filler is constant 0: a hidden layer without one gives every example the same
+    output (its ReLU passes no gradient); the run says which layer, and validate warned before it."""
+    net = mlp().replace("{num_output: 32, weight_filler: {type: xavier}, ", "{num_output: 32, ")
+    t, lines = trainer(tmp_path, net, base_lr=0.01, max_iter=60)
+    assert any("layer 'ip0' (InnerProduct) has no weight_filler" in line for line in lines)  # the preflight
+    t.train()
+    msg = _warnings(t)["constant_output"]
+    assert "layer 'ip0' (InnerProduct) has all-zero weights" in msg and "weight_filler" in msg
+
+
+def test_relus_killed_by_a_high_rate_blame_the_rate(tmp_path):
+    """Units pushed below zero by the updates (the bias started at 0): the advice is a lower base_lr."""
+    from netspec.loader import loads
+    from netspec.net import Net
+    from solvers.watch import constant_output
+    net = Net(loads(mlp()), "TRAIN", seed=0)
+    net.forward()
+    assert constant_output(net) is None  # a live net: the examples' scores differ
+    ip0 = net.layers[1]
+    ip0.blobs[1].data[...] = -50.0  # as if training had driven them there (the filler says 0)
+    net.forward()
+    msg = constant_output(net)
+    assert "every unit of ReLU 'act0' is 0" in msg and "pushed there by the updates" in msg
+    assert "lower base_lr tenfold" in msg
+    net.layers[1].blobs[1].data[...] = 0.0
+    net.top_vecs[0][0].data[...] = 0.5  # every example's input the same
+    for k in range(1, len(net.layers)):
+        net.forward_layer(k)
+    assert "the input 'data' of layer 'd' is the same for every example" in constant_output(net)
+
+
+def test_a_loss_that_jumps_and_does_not_fall_is_blamed_on_a_high_rate():
+    """No progress over the first window and a jump to several times the start: base_lr / 10 (not x10)."""
+    from netspec.loader import loads
+    from netspec.net import Net
+    from solvers.watch import Watch
+    from types import SimpleNamespace
+    net = Net(loads(mlp(regression=True)), "TRAIN", seed=0)
+    lines, recs = [], []
+    w = Watch(SimpleNamespace(max_iter=100), net, lines.append, SimpleNamespace(write=recs.append))
+    losses = [2.0] * 5 + [9.0, 30.0, 4.0] + [2.5] * 12
+    for it, loss in enumerate(losses):
+        w.check_plateaus(it, loss)
+    assert [r["kind"] for r in recs] == ["lr_high"]
+    assert "jumped to 30 at iteration 6" in recs[0]["message"] and "base_lr / 10" in recs[0]["message"]
