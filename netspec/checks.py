@@ -184,7 +184,29 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
                             f"layer '{score_def.name if score_def else d.name}': {feeder} but the labels in "
                             f"'{src.p.source}' only go up to {int(hi)}; harmless, but num_output "
                             f"{int(hi) + 1} is enough"))
+    if net.phase == "TRAIN" and layer.is_loss and lab.shape[1] == 1 and not getattr(src.p, "shuffle", False) and (
+            ids is None or np.array_equal(ids, np.arange(len(ids)))):
+        out += _sorted_findings(src, src_def, where, head, lab[:, 0])
     return out
+
+
+def _sorted_findings(src, src_def, where, head, labels) -> list[Finding]:
+    """A training source read in order whose batches hold one class each (rows sorted by label, as a list
+    written class by class and converted without --shuffle gives): each update then pulls toward one class."""
+    batch = int(getattr(src.p, "batch_size", 0) or 0)
+    n = len(labels) // batch if batch > 1 else 0
+    if n < 4 or len(np.unique(labels)) < 2:
+        return []
+    per = labels[:n * batch].reshape(n, batch)
+    single = int((per == per[:, :1]).all(axis=1).sum())
+    if single * 2 < n:
+        return []
+    runs = 1 + int(np.count_nonzero(labels[1:] != labels[:-1]))
+    return [_finding(where, "warning",
+                     f"{head}: the rows come sorted by label ({runs} runs of one class in {len(labels)} rows): "
+                     f"{single} of its {n} batches of {batch} hold a single class. Read in order, each update pulls "
+                     "the net toward one class and the loss swings instead of falling; shuffle the rows once (Caffe's "
+                     f"convert_imageset --shuffle, or a shuffled list) or set {src.param_block}.shuffle: true")]
 
 
 def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) -> list[Finding]:

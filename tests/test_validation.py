@@ -542,3 +542,17 @@ def test_a_hidden_layer_without_a_weight_filler_is_a_warning_at_its_block(tmp_pa
     assert findings(tmp_path, HEAD + frozen) == []
     zero = hidden.replace("{num_output: 5}", "{num_output: 5, weight_filler: {type: constant}}")
     assert "a weight_filler of constant 0" in one(findings(tmp_path, HEAD + zero), "warning")
+
+
+def test_a_training_source_sorted_by_label_is_a_warning_unless_shuffled(tmp_path):
+    """Rows written class by class and read in order (convert_imageset without --shuffle): most batches hold one
+    class. A warning at the source, with the count of runs and single-class batches, and the two fixes; none
+    when the layer shuffles, for a TEST source, or for rows in a mixed order."""
+    write_csv(tmp_path / "d.csv", [0] * 8 + [1] * 8 + [2] * 8)
+    f = one(findings(tmp_path, data_net("d.csv")), "warning")
+    assert ":2:" in f and "source 'd.csv': the rows come sorted by label (3 runs of one class in 24 rows)" in f
+    assert "12 of its 12 batches of 2 hold a single class" in f
+    assert "--shuffle" in f and "data_param.shuffle: true" in f
+    assert findings(tmp_path, data_net("d.csv").replace("batch_size: 2}", "batch_size: 2, shuffle: true}")) == []
+    write_csv(tmp_path / "d.csv", [0, 1, 2] * 8)
+    assert findings(tmp_path, data_net("d.csv")) == []
