@@ -33,6 +33,22 @@ def _fan(shape, variance_norm):
     return {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2}[variance_norm]
 
 
+def weight_rms(shape, filler: dict | None) -> float | None:
+    """The root mean square of the weights `filler` draws for `shape` (None where it is not a plain random draw:
+    constant, bilinear, positive_unitball, sparse, given arrays)."""
+    f = {field.name: field.default for field in FIELDS}
+    f.update(filler or {})
+    kind = f["type"]
+    if "array" in f or kind in ("constant", "bilinear", "positive_unitball") or (kind == "gaussian" and
+                                                                               f["sparse"] >= 0):
+        return None
+    if kind == "uniform":
+        return float(np.sqrt((f["min"] ** 2 + f["min"] * f["max"] + f["max"] ** 2) / 3))
+    if kind == "gaussian":
+        return float(np.hypot(f["mean"], f["std"]))
+    return float(np.sqrt((1.0 if kind == "xavier" else 2.0) / _fan(shape, f["variance_norm"])))
+
+
 def fill(shape, filler: dict | None, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
     """A new array of `shape` filled as `filler` says (None means Caffe's default: constant 0)."""
     f = {field.name: field.default for field in FIELDS}

@@ -209,6 +209,38 @@ def _sorted_findings(src, src_def, where, head, labels) -> list[Finding]:
                      f"convert_imageset --shuffle, or a shuffled list) or set {src.param_block}.shuffle: true")]
 
 
+def _input_scale_findings(net: Net, d, layer, raw) -> list[Finding]:
+    """Raw pixels (0..255) fed unscaled and uncentered to a first layer whose filler expects inputs near 1: its
+    outputs start tens of times too large, the first losses are 87.3365 or NaN, and the advice then is the rate."""
+    tf = getattr(layer, "transformer", None)
+    if tf is None or tf.steps or tf.mean is not None or tf.p.scale != 1:
+        return []
+    x = raw[:2000].astype(np.float64)
+    if not x.size or float(x.max()) < 100:
+        return []
+    consumers = _consumers(net, d.tops[0])
+    if not consumers or any(c.type not in LEARNED for c in consumers):
+        return []
+    first = consumers[0]
+    shape, filler = net.layer_by_name(first.name).blob_shapes[0]
+    w = layers.fillers.weight_rms(shape, filler)
+    if w is None:
+        return []
+    fan_in = float(np.prod(shape)) / shape[0] if first.type != "Deconvolution" else float(np.prod(shape)) / shape[1]
+    rms = float(np.sqrt(np.mean(x * x)))
+    start = w * np.sqrt(fan_in) * rms
+    if start < 30:
+        return []
+    kind = (filler or {}).get("type", "constant")
+    return [_finding(d.where(f"{layer.param_block}.source"), "warning",
+                     f"layer '{d.name}' ({d.type}): the inputs of '{layer.p.source}' reach {float(x.max()):g} "
+                     f"(root mean square {rms:.3g}) and no transform_param scales or centers them: layer "
+                     f"'{first.name}' ({first.type}, {kind} weights) starts with outputs around {start:.0f}, far from "
+                     "the ~1 a net trains from, so the first losses are huge (87.3365) or NaN whatever the "
+                     "learning rate. Scale them as Caffe's examples do: transform_param {scale: 0.00390625} (1/256), "
+                     "or subtract a mean (mean_value, mean_file) and scale")]
+
+
 def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) -> list[Finding]:
     """Read every data source once: non-finite values, labels, and a test pass longer than the test set."""
     out = []
@@ -249,6 +281,8 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
                                     f"never change (first: value {constant[0]}) but layer '{normalizers[0].name}' "
                                     "divides by their standard deviation, which is 0 (only eps keeps it finite); "
                                     "drop constant features or do not normalize them"))
+        if net.phase == "TRAIN" and rows[0][0].dtype != object:
+            out += _input_scale_findings(net, d, layer, rows[0][0])
         if test_iter and net.phase == "TEST" and test_iter * layer.p.batch_size > layer.rows:
             w = test_iter_where or d.where("data_param.batch_size")
             out.append(_finding(w, "warning", f"test_iter {test_iter} x batch_size {layer.p.batch_size} of layer "
