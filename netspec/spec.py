@@ -102,6 +102,32 @@ def known_part_findings(doc, path) -> list[Finding]:
     return list(dict.fromkeys(out))
 
 
+def _schedule_findings(cfg, doc: Node) -> list[Finding]:
+    """Warnings of a learning-rate schedule that does not do what its policy is for: a decay that grows the rate,
+    steps the run never reaches."""
+    out = []
+
+    def warn(key, message):
+        w = doc.at(key) if key in doc else doc.where
+        out.append(Finding(w[0], w[1], w[2], "warning", message))
+
+    g = cfg.gamma
+    if cfg.lr_policy in ("step", "multistep", "exp") and g is not None and g > 1:
+        when = "every iteration" if cfg.lr_policy == "exp" else "at each step"
+        usual = "0.9999 or so" if cfg.lr_policy == "exp" else "0.1"
+        warn("gamma", f"gamma {g:g} > 1 with lr_policy '{cfg.lr_policy}' multiplies the rate by {g:g} {when}: it "
+                      f"grows instead of decaying, and training diverges once it is too high; a decay is gamma < 1 "
+                      f"(usually {usual})")
+    if cfg.max_iter and cfg.lr_policy == "step" and cfg.stepsize and cfg.stepsize >= cfg.max_iter:
+        warn("stepsize", f"stepsize {cfg.stepsize} >= max_iter {cfg.max_iter}: the rate never steps down in this run; "
+                         f"a stepsize of about max_iter / 3 ({max(1, cfg.max_iter // 3)}) gives it two steps")
+    if cfg.max_iter and cfg.lr_policy == "multistep" and cfg.stepvalue and cfg.stepvalue[-1] >= cfg.max_iter:
+        late = [v for v in cfg.stepvalue if v >= cfg.max_iter]
+        warn("stepvalue", f"stepvalue {', '.join(map(str, late))} {'is' if len(late) == 1 else 'are'} at or past "
+                          f"max_iter {cfg.max_iter}: the run ends before {'that step' if len(late) == 1 else 'those steps'}")
+    return out
+
+
 def solver_findings(doc: Node, path: str) -> list[Finding]:
     """Checks of a schema-valid solver beyond the schema."""
     cfg = resolve(SOLVER_FIELDS, doc)
@@ -119,6 +145,7 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         err("stepvalue", f"stepvalue must be increasing; received {cfg.stepvalue}")
     if cfg.lr_policy == "poly" and not cfg.max_iter:
         err("max_iter", "lr_policy 'poly' needs max_iter > 0")
+    out += _schedule_findings(cfg, doc)
     if cfg.test_interval and not cfg.test_iter:
         err("test_interval", f"test_interval {cfg.test_interval} is set but test_iter is not; add test_iter "
                              "(batches per test pass) or remove test_interval")

@@ -556,3 +556,41 @@ def test_a_training_source_sorted_by_label_is_a_warning_unless_shuffled(tmp_path
     assert findings(tmp_path, data_net("d.csv").replace("batch_size: 2}", "batch_size: 2, shuffle: true}")) == []
     write_csv(tmp_path / "d.csv", [0, 1, 2] * 8)
     assert findings(tmp_path, data_net("d.csv")) == []
+
+
+def test_raw_pixels_fed_unscaled_to_a_first_layer_are_a_warning(tmp_path):
+    """Pixels 0..255 with no scale or mean into an InnerProduct with xavier weights: its outputs start ~100x too
+    large (the first losses 87.3365 or NaN, then blamed on the rate). The warning gives the start and Caffe's
+    scale; none with a scale, a mean, or weights small enough for such inputs (cifar10_quick's std 0.0001)."""
+    rng = np.random.default_rng(0)
+    rows = [",".join(str(v) for v in rng.integers(0, 256, 16)) + f",{i % 3}" for i in range(30)]
+    (tmp_path / "px.csv").write_text("\n".join(rows) + "\n")
+
+    def net(transform="", filler="{type: xavier}"):
+        return (f"layer:\n  - {{name: d, type: Data, top: [data, label], data_param: {{source: px.csv, batch_size: 3, "
+                f"shuffle: true}}{transform}}}\n  - {{name: ip, type: InnerProduct, bottom: data, top: ip, "
+                f"inner_product_param: {{num_output: 3, weight_filler: {filler}}}}}\n" + LOSS)
+    f = one(findings(tmp_path, net()), "warning")
+    assert "the inputs of 'px.csv' reach 255" in f and "layer 'ip' (InnerProduct, xavier weights) starts" in f
+    assert "transform_param {scale: 0.00390625}" in f
+    assert findings(tmp_path, net(", transform_param: {scale: 0.00390625}")) == []
+    assert findings(tmp_path, net(", transform_param: {mean_value: [128]}")) == []
+    assert findings(tmp_path, net(filler="{type: gaussian, std: 0.0001}")) == []
+
+
+@pytest.mark.parametrize("extra, where, message", [
+    ("lr_policy: step\ngamma: 10\nstepsize: 4\n", "5:8", "gamma 10 > 1 with lr_policy 'step' multiplies the rate by "
+                                                         "10 at each step: it grows instead of decaying"),
+    ("lr_policy: exp\ngamma: 1.01\n", "5:8", "(usually 0.9999 or so)"),
+    ("lr_policy: step\ngamma: 0.1\nstepsize: 10\n", "6:11", "stepsize 10 >= max_iter 10: the rate never steps down "
+                                                            "in this run; a stepsize of about max_iter / 3 (3)"),
+    ("lr_policy: multistep\ngamma: 0.1\nstepvalue: [4, 12]\n", "6:12", "stepvalue 12 is at or past max_iter 10: "
+                                                                       "the run ends before that step"),
+])
+def test_a_schedule_that_grows_the_rate_or_never_steps_is_a_warning(tmp_path, extra, where, message):
+    """Caffe runs these silently: a decay with gamma > 1 grows the rate until training diverges; steps at or past
+    max_iter never happen."""
+    f = one(findings(tmp_path, HEAD + IP + LOSS, SOLVER + extra), "warning")
+    assert f"solver.yaml:{where}: warning: " in f and message in f
+    assert [g for g in findings(tmp_path, HEAD + IP + LOSS, SOLVER + "lr_policy: step\ngamma: 0.1\nstepsize: 4\n")
+            if ": warning: " in g] == []
