@@ -202,8 +202,12 @@ class Watch:
         grew = self.track_losses(it)
         if not (math.isfinite(loss) and math.isfinite(gn)):
             what = "the loss" if not math.isfinite(loss) else "the gradient norm"
+            start = getattr(self, "started_pinned", None)
+            why = START_ADVICE.split(": ", 1)[1]
+            start = (f". But the loss was already {start[1]:.4g} at iteration {start[0]}, before any update: the "
+                     f"start is the likely cause, not the rate: {why}." if start else "")
             raise Diverged(f"Training diverged: {what} is {loss if not math.isfinite(loss) else gn} at "
-                           f"{diagnose(self.net, it)}{grew}")
+                           f"{diagnose(self.net, it)}{grew}{start}")
         self.check_plateaus(it, loss)
         return gn
 
@@ -273,6 +277,7 @@ class Watch:
                 said = (f"iteration {it}: loss '{d.name}' is {value:.4f}: the true class's probability underflowed to "
                         f"0 for {100 * share:.0f}% of the batch, each adding 87.3365 = -ln(FLT_MIN).")
                 if it == self.first_it:  # before any update: no rate has done this yet
+                    self.started_pinned = (it, value)
                     self.warn("softmax_87", f"{said} {START_ADVICE}")
                 else:
                     self.warn("softmax_87", f"{said} The net diverged (lower base_lr tenfold) or the labels do not "

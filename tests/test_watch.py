@@ -491,3 +491,16 @@ def test_a_loss_that_jumps_and_does_not_fall_is_blamed_on_a_high_rate():
         w.check_plateaus(it, loss)
     assert [r["kind"] for r in recs] == ["lr_high"]
     assert "jumped to 30 at iteration 6" in recs[0]["message"] and "base_lr / 10" in recs[0]["message"]
+
+
+def test_a_run_that_starts_at_87_and_then_diverges_blames_the_start(tmp_path):
+    """Raw pixels into LeNet: the loss is ~74-87 at iteration 0 and NaN a few iterations later. The diagnosis of
+    the NaN says 'lower base_lr', but the start was already bad: the message says so and names the input scale."""
+    w, lines = _watch_at_87(tmp_path)
+    w.check_plateaus(0, 87.3365)
+    with pytest.raises(Diverged) as e:
+        w.after_backward(4, float("nan"))
+    msg = str(e.value)
+    assert msg.startswith("Training diverged: the loss is nan at iteration 4")
+    assert "But the loss was already 87.34 at iteration 0, before any update: the start is the likely cause" in msg
+    assert "scale: 0.00390625" in msg
