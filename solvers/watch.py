@@ -302,7 +302,7 @@ class Watch:
                 a, b = np.mean(self.first_losses[:5]), np.mean(self.first_losses[-5:])
                 top = int(np.argmax(self.first_losses))
                 if abs(b - a) < 0.01 * abs(a):
-                    self.check_constant(it, window, "the loss has not moved by 1% in the first "
+                    self.check_constant(it, loss, "the loss has not moved by 1% in the first "
                                         f"{window} iterations ({a:.4g} -> {b:.4g})")
                     if "constant_output" not in self.warned:
                         self.warn("lr_small", f"the loss has not moved by 1% in the first {window} iterations "
@@ -319,18 +319,18 @@ class Watch:
             if len(recent) >= window:
                 lo, hi = min(recent), max(recent)
                 if hi - lo < 0.01 * abs(hi):
-                    self.check_constant(it, window, f"the loss has stayed at {loss:.5g} for {window} iterations")
+                    self.check_constant(it, loss, f"the loss has stayed at {loss:.5g} for {window} iterations")
                 recent.clear()
 
-    def check_constant(self, it: int, window: int, said: str):
+    def check_constant(self, it: int, loss: float, said: str):
         """When the loss stopped moving: warn (once) if the net gives every example the same scores, and why."""
-        why = constant_output(self.nets[0])
+        net = self.nets[0]  # (the first slice, where the batch runs as slices: its blobs hold its examples)
+        why = constant_output(net)
         if why is None:
             return
-        loss = next((float(b.data) for b, _ in self.net.loss_blobs), float("nan"))
         chance = ""
-        for k, layer in enumerate(self.net.layers):
-            prob = getattr(layer, "prob", None) if self.net.defs[k].type == "SoftmaxWithLoss" else None
+        for k, layer in enumerate(net.layers):
+            prob = getattr(layer, "prob", None) if net.defs[k].type == "SoftmaxWithLoss" else None
             if prob is not None and prob.ndim == 3 and prob.shape[1] > 1 and abs(loss - math.log(prob.shape[1])) < \
                     0.01 * math.log(prob.shape[1]):
                 chance = (f" (about ln({prob.shape[1]}) = {math.log(prob.shape[1]):.4g}, the loss of the same "
