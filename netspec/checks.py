@@ -298,6 +298,40 @@ def data_findings(net: Net, test_iter: int | None = None, test_iter_where=None) 
     return out
 
 
+def _transform_summary(tf) -> dict:
+    """What a data layer's transform does to the values (not where it crops or whether it mirrors)."""
+    p = tf.p
+    mean = (f"mean_file {p.mean_file}" if p.mean_file else f"mean_value {list(p.mean_value)}" if p.mean_value
+            else "no mean")
+    return {"scale": f"scale {p.scale:g}", "mean": mean, "normalize": f"normalize {tf.steps}" if tf.steps else ""}
+
+
+def transform_findings(train: Net, test: Net) -> list[Finding]:
+    """A TEST data layer whose transform_param changes the values unlike the TRAIN one feeding the same blob (a
+    scale or mean copied into one phase only): the test net then sees inputs the net never trained on."""
+    out = []
+    feeding = {d.tops[0]: (d, layer) for d, layer in zip(train.defs, train.layers)
+               if layer.is_data and d.tops and getattr(layer, "transformer", None) is not None}
+    for d, layer in zip(test.defs, test.layers):
+        tf = getattr(layer, "transformer", None)
+        if not (layer.is_data and d.tops and tf is not None and d.tops[0] in feeding) or d.node is None:
+            continue
+        td, tl = feeding[d.tops[0]]
+        if td.node is d.node:
+            continue  # one layer in both phases
+        mine, theirs = _transform_summary(tf), _transform_summary(tl.transformer)
+        differ = [k for k in mine if mine[k] != theirs[k]]
+        if not differ:
+            continue
+        what = "; ".join(f"{mine[k] or 'no ' + k} in TEST, {theirs[k] or 'no ' + k} in TRAIN" for k in differ)
+        w = d.where("transform_param") if "transform_param" in d.node else d.where()
+        out.append(_finding(w, "warning", f"layer '{d.name}' (TEST) transforms '{d.tops[0]}' unlike layer "
+                            f"'{td.name}' (TRAIN): {what}. The test net then sees inputs of another range than those the "
+                            "net trains on, and its scores are not the trained net's; give both the same scale and "
+                            "mean (crop_size and mirror may differ: TEST crops the center and does not mirror)"))
+    return out
+
+
 def machine_memory() -> int:
     """Physical memory in bytes (0 where the system does not say)."""
     try:

@@ -262,7 +262,8 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
     The TEST phase is checked when a solver tests it (test_iter) or, for a net file alone, when its
     layers name the TEST phase; otherwise it is the TRAIN net without phase-specific layers.
     """
-    from .checks import batchnorm_window_findings, data_findings, memory_findings, structure_findings
+    from .checks import (batchnorm_window_findings, data_findings, memory_findings, structure_findings,
+                         transform_findings)
     from .net import Net
     doc = load_net(path)
     out: list[Finding] = list(getattr(doc, "notes", []))
@@ -275,6 +276,7 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
                         for s in as_list(r.get("stage")) if isinstance(s, str)})
         if named and test:
             runs = [("TRAIN", {})] + [("TEST", {"stage": [s]}) for s in named]
+    built = {}
     for phase, state in runs:  # the solver's train_state / test_state: the nets training builds
         try:
             net = Net(doc, phase, path, seed=0, allocate=False, level=state.get("level", 0),
@@ -284,6 +286,9 @@ def net_findings(path: str, for_training: bool = False, test_iter: int | None = 
             out.extend(parameter_findings(doc))  # what needs no graph: one error must not hide the others
             continue
         out.extend(net.warnings)
+        if phase == "TEST" and "TRAIN" in built:
+            out.extend(transform_findings(built["TRAIN"], net))
+        built.setdefault(phase, net)
         if phase == "TRAIN":
             out.extend(structure_findings(net, doc, for_training))
             out.extend(batchnorm_window_findings(net, max_iter))

@@ -209,13 +209,14 @@ class Trainer:
     def _preflight(self):
         """Every check of `run.py validate`, once, before the first iteration: warnings are printed,
         errors stop training before it starts."""
-        from netspec.checks import batchnorm_window_findings, data_findings, structure_findings
+        from netspec.checks import batchnorm_window_findings, data_findings, structure_findings, transform_findings
         doc, cfg = self.solver_doc, self.cfg
         findings = list(getattr(doc, "notes", [])) + list(getattr(self.net_doc, "notes", []))
         findings += list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
         findings += batchnorm_window_findings(self.net, cfg.max_iter)
         findings += data_findings(self.net)
         for test_net, iters in zip(self.test_nets, cfg.test_iter):
+            findings += transform_findings(self.net, test_net)
             findings += test_net.warnings + data_findings(
                 test_net, iters, doc.at("test_iter") if "test_iter" in doc else None)
         findings = list(dict.fromkeys(findings))

@@ -594,3 +594,24 @@ def test_a_schedule_that_grows_the_rate_or_never_steps_is_a_warning(tmp_path, ex
     assert f"solver.yaml:{where}: warning: " in f and message in f
     assert [g for g in findings(tmp_path, HEAD + IP + LOSS, SOLVER + "lr_policy: step\ngamma: 0.1\nstepsize: 4\n")
             if ": warning: " in g] == []
+
+
+def test_a_test_data_layer_transformed_unlike_the_train_one_is_a_warning(tmp_path):
+    """A scale (or mean) copied into one phase's data layer only: the test scores a net on inputs of another
+    range. Warned at the TEST layer's transform_param; crop and mirror may differ."""
+    write_csv(tmp_path / "d.csv", [0, 1, 2] * 4)
+
+    def net(train_tf, test_tf):
+        return ("layer:\n"
+                f"  - {{name: d, type: Data, top: [data, label], include: {{phase: TRAIN}}, data_param: "
+                f"{{source: d.csv, batch_size: 2}}, transform_param: {train_tf}}}\n"
+                f"  - {{name: t, type: Data, top: [data, label], include: {{phase: TEST}}, data_param: "
+                f"{{source: d.csv, batch_size: 2}}, transform_param: {test_tf}}}\n"
+                "  - {name: ip, type: InnerProduct, bottom: data, top: ip, inner_product_param: {num_output: 3}}\n"
+                + LOSS)
+    f = one(findings(tmp_path, net("{scale: 0.5}", "{}")), "warning")
+    assert ":3:" in f and "layer 't' (TEST) transforms 'data' unlike layer 'd' (TRAIN): scale 1 in TEST, scale 0.5 " \
+                          "in TRAIN" in f
+    f = one(findings(tmp_path, net("{scale: 0.5, mean_value: [1]}", "{scale: 0.5}")), "warning")
+    assert "no mean in TEST, mean_value [1] in TRAIN" in f
+    assert findings(tmp_path, net("{scale: 0.5, mirror: true}", "{scale: 0.5}")) == []
