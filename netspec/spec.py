@@ -146,9 +146,11 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
     if cfg.lr_policy == "poly" and not cfg.max_iter:
         err("max_iter", "lr_policy 'poly' needs max_iter > 0")
     out += _schedule_findings(cfg, doc)
-    if cfg.test_interval and not cfg.test_iter:
-        err("test_interval", f"test_interval {cfg.test_interval} is set but test_iter is not; add test_iter "
-                             "(batches per test pass) or remove test_interval")
+    if cfg.test_interval and not cfg.test_iter:  # (Caffe then builds no test net and runs no test, silently)
+        w = doc.at("test_interval") if "test_interval" in doc else doc.where
+        out.append(Finding(w[0], w[1], w[2], "warning", f"test_interval {cfg.test_interval} is set but test_iter is "
+                           "not, so no test runs (as in Caffe, which builds no test net then); add test_iter "
+                           "(batches per test pass) to test, or remove test_interval"))
     explicit = len(cfg.test_net or []) + len(cfg.test_net_param or [])
     generic = bool(cfg.net or cfg.net_param)  # Caffe instantiates the TEST phase of `net` for the rest
     if cfg.test_iter and (len(cfg.test_iter) < explicit or (not generic and len(cfg.test_iter) != explicit)):
@@ -238,6 +240,10 @@ def load_solver(path: str, overrides: dict | None = None):
         findings = apply_overrides(doc, overrides)
     if not findings:
         findings = solver_findings(doc, path)
+        warned = [f for f in findings if f.severity != "error"]
+        if warned and len(warned) == len(findings):  # warnings alone: training prints them (the doc's notes)
+            doc.notes = list(getattr(doc, "notes", [])) + warned
+            findings = []
     if findings:
         raise SpecError(findings)
     cfg = resolve(SOLVER_FIELDS, doc)

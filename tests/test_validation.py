@@ -307,6 +307,20 @@ def test_train_refuses_to_start_on_a_data_error(tmp_path):
     assert not os.path.exists(tmp_path / "solver_metrics.jsonl")
 
 
+def test_train_starts_with_solver_warnings_printed(tmp_path):
+    """A solver with warnings alone (a rate that grows, test_interval without test_iter: Caffe runs both) trains,
+    the warnings printed before the first iteration (an error would stop it: test_solver_checks)."""
+    write_csv(tmp_path / "d.csv", [0, 1, 2, 1])
+    (tmp_path / "net.yaml").write_text(data_net("d.csv"))
+    (tmp_path / "solver.yaml").write_text(SOLVER + "lr_policy: step\nstepsize: 4\ngamma: 2\ntest_interval: 5\n")
+    r = cli("train", str(tmp_path / "solver.yaml"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "warning: gamma 2 > 1" in out and "warning: test_interval 5 is set but test_iter is not" in out
+    assert out.index("warning: gamma") < out.index("Solving") < out.index("Optimization Done.")
+    assert "Testing net" not in out
+
+
 def test_weights_whose_shape_differs_point_at_the_layer(tmp_path):
     from netspec.errors import SpecError
     from netspec.loader import loads
