@@ -81,7 +81,7 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
                                 "the layer will never learn batch statistics and the net will not converge; "
                                 "remove use_global_stats and let the phase decide"))
     if net.phase == "TRAIN" and net.has_loss:
-        out += _zero_filled_findings(net)
+        out += _zero_filled_findings(net) + _frozen_findings(net)
     if net.has_loss:
         consumed = {b for d in net.defs for b in d.bottoms}
         for d, layer in zip(net.defs, net.layers):
@@ -132,6 +132,25 @@ def _zero_filled_findings(net: Net) -> list[Finding]:
                             f"and never train; '{hidden.name}' above sees one feature); give it weight_filler: "
                             "{type: xavier} (msra for ReLU nets), unless its weights come from a .caffemodel"))
     return out
+
+
+def _frozen_findings(net: Net) -> list[Finding]:
+    """A TRAIN net whose every learnable blob has lr_mult 0: the solver changes nothing (Caffe runs it anyway)."""
+    blobs = []
+    for d, layer in zip(net.defs, net.layers):
+        shapes = layer.blobs or getattr(layer, "blob_shapes", None) or []
+        if d.node is None or d.type == "BatchNorm" or not shapes:
+            continue  # (BatchNorm's blobs are running statistics, never learned)
+        specs = as_list(d.node.get("param"))
+        blobs += [(d, (specs[i] if i < len(specs) and isinstance(specs[i], dict) else {}).get("lr_mult", 1))
+                  for i in range(len(shapes))]
+    if not blobs or any(lr for _, lr in blobs):
+        return []
+    first = blobs[0][0]
+    return [_finding(first.where("param"), "warning",
+                     f"every learnable blob of the {net.phase} net has lr_mult 0 (the first: layer '{first.name}'), "
+                     "so training changes no weight; give the layers to train lr_mult: 1 (fine-tuning freezes the "
+                     "lower layers and trains the new ones)")]
 
 
 def _label_findings(net: Net, k: int) -> list[Finding]:

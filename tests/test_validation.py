@@ -629,3 +629,12 @@ def test_a_test_data_layer_transformed_unlike_the_train_one_is_a_warning(tmp_pat
     f = one(findings(tmp_path, net("{scale: 0.5, mean_value: [1]}", "{scale: 0.5}")), "warning")
     assert "no mean in TEST, mean_value [1] in TRAIN" in f
     assert findings(tmp_path, net("{scale: 0.5, mirror: true}", "{scale: 0.5}")) == []
+
+
+def test_a_train_net_with_every_blob_frozen_is_a_warning(tmp_path):
+    """lr_mult 0 on every learnable blob (BatchNorm's statistics aside): the solver changes nothing."""
+    frozen = IP.replace("type: InnerProduct, bottom", "type: InnerProduct, param: [{lr_mult: 0}, {lr_mult: 0}], bottom")
+    f = one(findings(tmp_path, HEAD + frozen + LOSS), "warning")
+    assert "every learnable blob of the TRAIN net has lr_mult 0 (the first: layer 'ip')" in f
+    half = IP.replace("type: InnerProduct, bottom", "type: InnerProduct, param: [{lr_mult: 0}], bottom")
+    assert findings(tmp_path, HEAD + half + LOSS) == []  # its bias still learns
