@@ -90,6 +90,11 @@ def check_overfit(solver_path: str, n: int = 20, max_iters: int = 400):
         if not math.isfinite(loss):
             return False, f"the loss became {loss} at iteration {it} on {n} examples: lower base_lr"
         t.solver.apply_update(rate, it)
+    from .watch import constant_output
+    why = constant_output(t.net)
+    if why is not None:
+        return False, (f"after {max_iters} iterations on {n} examples: loss {loss:.4f}, training accuracy {acc:.2f}; "
+                       f"the net gives the same scores for every example, whatever its input: {why}")
     return False, (f"after {max_iters} iterations on {n} examples: loss {loss:.4f}, training accuracy {acc:.2f}; "
                    "the net cannot even memorize a few examples: check the labels match the inputs, the learning "
                    "rate, and that gradients reach the first layers")
@@ -219,8 +224,14 @@ def lr_find(solver_path: str, start: float = 1e-7, end: float = 10.0, iters: int
     for r, l, s in table[::max(1, len(table) // 25)]:
         out(f"{r:12.3g} {l:10.4g} {s:10.4g}")
     if found["suggested"] is None:
-        out(f"The loss never fell between {start:g} and {table[-1][0]:.3g}: raise --end, or check the net with "
-            "run.py sanity")
+        from .watch import constant_output
+        why = constant_output(t.net)
+        if why is not None:  # no rate can help: the net does not look at its input (a dead ReLU, zero weights)
+            out(f"The loss never fell between {start:g} and {table[-1][0]:.3g} because the net gives the same scores "
+                f"for every example, whatever its input: {why}. No learning rate will help")
+        else:
+            out(f"The loss never fell between {start:g} and {table[-1][0]:.3g}: raise --end, or check the net with "
+                "run.py sanity")
     else:
         out(f"Too small below about {found['too_small']:.3g} (the loss barely moves); "
             + (f"diverges from about {found['diverges']:.3g}" if found["diverges"] else

@@ -255,6 +255,19 @@ def test_sanity_fails_on_a_net_that_cannot_learn(tmp_path):
     assert sanity(str(tmp_path / "solver.yaml"), out=lines.append) is False
     text = "\n".join(lines)
     assert "FAIL  overfits 20 examples" in text and "FAIL  regularization raises the loss" in text
+    assert "same scores for every example, whatever its input: the input 'data' of layer 'd' is the same" in text
+
+
+def test_lr_find_on_a_dead_net_says_no_rate_will_help(tmp_path):
+    """Every ReLU dead from its bias_filler: the loss never falls at any rate, and lr-find says why instead of
+    asking for a wider sweep."""
+    from solvers.sanity import lr_find
+    trainer(tmp_path, mlp(bias=-100.0), momentum=0.9)
+    lines = []
+    result = lr_find(str(tmp_path / "solver.yaml"), iters=60, out=lines.append)
+    assert result["suggested"] is None
+    assert "every unit of ReLU 'act0' is 0 for every example" in lines[-1] and "No learning rate will help" in lines[-1]
+    assert "raise --end" not in lines[-1]
 
 
 def test_lr_find_suggests_a_rate_between_its_bounds(tmp_path):
