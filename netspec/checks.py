@@ -64,8 +64,9 @@ def batchnorm_window_findings(net: Net, max_iter: int | None) -> list[Finding]:
     return out
 
 
-def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
-    """A TRAIN net without a loss; layers whose outputs nothing uses."""
+def structure_findings(net: Net, doc, for_training: bool, fillers: bool = True) -> list[Finding]:
+    """A TRAIN net without a loss; layers whose outputs nothing uses; hidden layers that start at zero (fillers:
+    False where the weights come from a file: fine-tuning prototxts leave the fillers out)."""
     out = []
     deploy = not any(layer.is_data for layer in net.layers)  # Input layers and no loss: a net for inference
     if net.phase == "TRAIN" and not net.has_loss and (for_training or not deploy):
@@ -81,7 +82,7 @@ def structure_findings(net: Net, doc, for_training: bool) -> list[Finding]:
                                 "the layer will never learn batch statistics and the net will not converge; "
                                 "remove use_global_stats and let the phase decide"))
     if net.phase == "TRAIN" and net.has_loss:
-        out += _zero_filled_findings(net) + _frozen_findings(net)
+        out += (_zero_filled_findings(net) if fillers else []) + _frozen_findings(net)
     if net.has_loss:
         consumed = {b for d in net.defs for b in d.bottoms}
         for d, layer in zip(net.defs, net.layers):
@@ -104,7 +105,7 @@ LEARNED = {"Convolution": "convolution_param", "Deconvolution": "convolution_par
 def _zero_filled_findings(net: Net) -> list[Finding]:
     """Hidden layers whose weights start at 0 (no weight_filler: Caffe's default is constant 0): their outputs
     start equal and their gradients are equal (behind a ReLU, 0), so they never become different."""
-    out = []
+    hits = []
     for k, (d, layer) in enumerate(zip(net.defs, net.layers)):
         if d.type not in LEARNED or d.node is None or not (layer.blobs or getattr(layer, "blob_shapes", None)):
             continue
@@ -123,6 +124,18 @@ def _zero_filled_findings(net: Net) -> list[Finding]:
                 reach |= set(later.tops)
         if hidden is None:
             continue  # the last learned layer: zeros are a fine start (a logistic regression's)
+        hits.append((d, layer, filler, hidden))
+    if len(hits) > 2:  # (a fine-tuning prototxt, whose weights come from a .caffemodel, leaves them all out)
+        d = hits[0][0]
+        names = ", ".join(f"'{h[0].name}'" for h in hits)
+        return [_finding(d.where(LEARNED[d.type]), "warning",
+                         f"{len(hits)} hidden layers ({names}) have no weight_filler (or one of constant 0): their "
+                         "weights start at 0 (Caffe's default filler), so each one's outputs start equal, get equal "
+                         "gradients and stay equal (behind a ReLU they get none and never train); give them "
+                         "weight_filler: {type: xavier} (msra for ReLU nets), unless the weights come from a "
+                         ".caffemodel (--weights)")]
+    out = []
+    for d, layer, filler, hidden in hits:
         block = LEARNED[d.type]
         out.append(_finding(d.where(f"{block}.weight_filler" if filler is not None else block), "warning",
                             f"layer '{d.name}' ({d.type}) has "

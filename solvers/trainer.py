@@ -128,7 +128,7 @@ class Trainer:
                  sigterm_effect: str = "stop",
                  monitor: bool = False, comm=None, mpi_timeout: float = 300.0, replicas: int | None = None,
                  force: bool = False, tensorboard: str | None = None, precompile: bool = False,
-                 share_diffs: bool = True):
+                 share_diffs: bool = True, from_weights: bool = False):
         self.comm, self.rank = comm, (comm.Get_rank() if comm is not None else 0)
         self.force = force  # start over a run already at snapshot_prefix; resume a net edited past its state
         self.tensorboard = tensorboard
@@ -166,7 +166,7 @@ class Trainer:
                 test_net.keep_for_backward = False
                 self.test_nets.append(test_net)
         self.test_net = self.test_nets[0] if self.test_nets else None  # the one early stop and plateau watch
-        self._preflight()
+        self._preflight(fillers=not (from_weights or cfg.weights))
         # blob diffs share arrays by lifetime (netspec/diffs.py: ResNet-20 at batch 128 holds 200 MiB less); not
         # where they are read after the pass (debug_info prints them; pycaffe's solver.net.blobs[...].diff)
         if share_diffs and not cfg.debug_info:
@@ -206,13 +206,14 @@ class Trainer:
         self._last_rate = None   # the rate last written to the metrics
         self.metrics = Metrics(None)  # train() opens the file
 
-    def _preflight(self):
+    def _preflight(self, fillers: bool = True):
         """Every check of `run.py validate`, once, before the first iteration: warnings are printed,
-        errors stop training before it starts."""
+        errors stop training before it starts. fillers: False where the weights will come from a file (--weights,
+        --snapshot, the solver's weights), so that fillers left out are not warned of."""
         from netspec.checks import batchnorm_window_findings, data_findings, structure_findings, transform_findings
         doc, cfg = self.solver_doc, self.cfg
         findings = list(getattr(doc, "notes", [])) + list(getattr(self.net_doc, "notes", []))
-        findings += list(self.net.warnings) + structure_findings(self.net, self.net_doc, True)
+        findings += list(self.net.warnings) + structure_findings(self.net, self.net_doc, True, fillers)
         findings += batchnorm_window_findings(self.net, cfg.max_iter)
         findings += data_findings(self.net)
         for test_net, iters in zip(self.test_nets, cfg.test_iter):

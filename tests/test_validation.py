@@ -638,3 +638,26 @@ def test_a_train_net_with_every_blob_frozen_is_a_warning(tmp_path):
     assert "every learnable blob of the TRAIN net has lr_mult 0 (the first: layer 'ip')" in f
     half = IP.replace("type: InnerProduct, bottom", "type: InnerProduct, param: [{lr_mult: 0}], bottom")
     assert findings(tmp_path, HEAD + half + LOSS) == []  # its bias still learns
+
+
+def test_many_hidden_layers_without_fillers_are_one_warning(tmp_path):
+    """A fine-tuning prototxt leaves every filler out (its weights come from a .caffemodel): one warning names
+    them all, not one a layer; training from --weights does not warn at all."""
+    text = HEAD
+    bottom = "data"
+    for i in range(4):
+        text += (f"  - {{name: ip{i}, type: InnerProduct, bottom: {bottom}, top: ip{i}, "
+                 f"inner_product_param: {{num_output: 5}}}}\n")
+        bottom = f"ip{i}"
+    text += (f"  - {{name: ip, type: InnerProduct, bottom: {bottom}, top: ip, inner_product_param: {{num_output: 3}}}}\n"
+             + LOSS)
+    f = one(findings(tmp_path, text), "warning")
+    assert "4 hidden layers ('ip0', 'ip1', 'ip2', 'ip3') have no weight_filler" in f and "(--weights)" in f
+    from solvers.trainer import Trainer
+    (tmp_path / "solver.yaml").write_text(SOLVER)
+    lines = []
+    Trainer(str(tmp_path / "solver.yaml"), out=lines.append)
+    assert any("4 hidden layers" in str(line) for line in lines)
+    lines.clear()
+    Trainer(str(tmp_path / "solver.yaml"), out=lines.append, from_weights=True)
+    assert not any("weight_filler" in str(line) for line in lines)

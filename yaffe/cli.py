@@ -33,7 +33,8 @@ def _train(args, comm):
                       sigint_effect=args.sigint_effect, sighup_effect=args.sighup_effect,
                       sigterm_effect=args.sigterm_effect, monitor=args.monitor,
                       comm=comm, mpi_timeout=args.mpi_timeout, replicas=args.replicas, force=args.force,
-                      tensorboard=args.tensorboard, precompile=True)
+                      tensorboard=args.tensorboard, precompile=True,
+                      from_weights=bool(args.weights or args.snapshot))
     trainer.train(snapshot_path=args.snapshot, weights_path=args.weights)
     stopped = trainer.agreed_stop if comm is not None else trainer.stop_requested
     if not stopped or getattr(trainer, "early_stopped", False):
