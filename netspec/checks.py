@@ -219,6 +219,18 @@ def _label_findings(net: Net, k: int) -> list[Finding]:
     if net.phase == "TRAIN" and layer.is_loss and lab.shape[1] == 1 and not getattr(src.p, "shuffle", False) and (
             ids is None or np.array_equal(ids, np.arange(len(ids)))):
         out += _sorted_findings(src, src_def, where, head, lab[:, 0])
+    if net.phase == "TRAIN" and d.type == "SoftmaxWithLoss" and lab.shape[1] == 1 and not layer.p.class_weight \
+            and ignore is None and 0 <= lo and hi < classes:
+        counts = np.bincount(lab[:, 0].astype(np.int64), minlength=classes)
+        top = int(np.argmax(counts))
+        share = counts[top] / max(1, counts.sum())
+        if share >= 0.9 and classes > 1:
+            weights = counts.sum() / (classes * np.maximum(counts, 1))
+            out.append(_finding(where, "warning", f"{head}: {share:.1%} of the labels are class {top}: a net that "
+                                f"answers {top} for every example scores {share:.3f} accuracy and learns little "
+                                "else; judge it by the other classes' recall, and weight the classes "
+                                f"(loss_param.class_weight: [{', '.join(f'{w:.3g}' for w in weights)}], the "
+                                "inverse frequencies) or resample the source"))
     return out
 
 

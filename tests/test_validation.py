@@ -661,3 +661,17 @@ def test_many_hidden_layers_without_fillers_are_one_warning(tmp_path):
     lines.clear()
     Trainer(str(tmp_path / "solver.yaml"), out=lines.append, from_weights=True)
     assert not any("weight_filler" in str(line) for line in lines)
+
+
+def test_labels_nearly_all_one_class_are_a_warning_with_class_weights(tmp_path):
+    """95% of the labels one class: always answering it scores 0.95. The warning gives inverse-frequency
+    class_weight values; none once class_weight is set, or for balanced labels."""
+    write_csv(tmp_path / "d.csv", [0] * 19 + [1] + [0] * 19 + [2])
+    net = data_net("d.csv").replace("batch_size: 2}", "batch_size: 2, shuffle: true}")
+    f = one(findings(tmp_path, net), "warning")
+    assert "95.0% of the labels are class 0" in f and "scores 0.950 accuracy" in f
+    assert "loss_param.class_weight: [0.351, 13.3, 13.3]" in f
+    weighted = net.replace("top: loss}", "top: loss, loss_param: {class_weight: [0.35, 6.7, 6.7]}}")
+    assert findings(tmp_path, weighted) == []
+    write_csv(tmp_path / "d.csv", [0, 1, 2] * 10)
+    assert findings(tmp_path, net) == []
