@@ -525,6 +525,7 @@ class Trainer:
         record = records[0]
         if getattr(self, "watch", None) is not None and self.losses:
             self.watch.after_test(self.iter, record["loss"], float(np.mean(self.losses)), self._snapshot_near)
+            self.watch.check_chance(self.iter, self.cfg.max_iter, self.test_nets[0], record)
         self._after_test(record)
         return record
 

@@ -416,6 +416,21 @@ class Watch:
                       "of Sigmoid/TanH, xavier or msra fillers, or BatchNorm")
         self.metrics.write({"phase": "monitor", "iter": it, "layers": report})
 
+    def check_chance(self, it: int, max_iter: int, test_net, record: dict):
+        """A test accuracy at chance (1/C) after a fifth of the run or more: the net has learned nothing; say so
+        once, and where to look (the warnings above, run.py sanity)."""
+        if it < max(1, max_iter // 5):
+            return
+        for d, layer in zip(test_net.defs, test_net.layers):
+            value = record.get(d.tops[0]) if d.type == "Accuracy" and d.tops else None
+            classes = getattr(layer, "view", (0, 0))[1]
+            if isinstance(value, float) and layer.p.top_k == 1 and classes > 1 and value <= 1.2 / classes:
+                self.warn("chance", f"iteration {it}: the test accuracy '{d.tops[0]}' is {value:.4g}, chance level "
+                          f"for {classes} classes (1/{classes} = {1 / classes:.3g}): after {it} of {max_iter} "
+                          "iterations the net has learned nothing the test can see; see the warnings above, and "
+                          "run.py sanity (can it overfit 20 examples?) before a longer run")
+                return
+
     def after_test(self, it: int, test_loss: float, train_loss: float, best_snapshot):
         """Overfitting: the test loss rose over the last 3 tests while the training loss fell."""
         self.tests.append((it, test_loss, train_loss))

@@ -517,3 +517,23 @@ def test_a_run_that_starts_at_87_and_then_diverges_blames_the_start(tmp_path):
     assert msg.startswith("Training diverged: the loss is nan at iteration 4")
     assert "But the loss was already 87.34 at iteration 0, before any update: the start is the likely cause" in msg
     assert "scale: 0.00390625" in msg
+
+
+def test_a_test_accuracy_at_chance_after_a_fifth_of_the_run_is_a_warning():
+    """Accuracy 1/C at a test after a fifth of max_iter: the net learned nothing the test can see; said once.
+    Not before a fifth of the run, nor above 1.2/C."""
+    from types import SimpleNamespace
+
+    from netspec.loader import loads
+    from netspec.net import Net
+    from solvers.watch import Watch
+    net = Net(loads(mlp() + "  - {name: acc, type: Accuracy, bottom: [out, label], top: acc}\n"), "TEST", seed=0)
+    lines, recs = [], []
+    w = Watch(SimpleNamespace(max_iter=100), net, lines.append, SimpleNamespace(write=recs.append))
+    w.check_chance(10, 100, net, {"acc": 0.1})  # too early
+    w.check_chance(40, 100, net, {"acc": 0.5})  # learning
+    assert recs == []
+    w.check_chance(40, 100, net, {"acc": 0.09})
+    assert [r["kind"] for r in recs] == ["chance"]
+    assert "the test accuracy 'acc' is 0.09, chance level for 10 classes (1/10 = 0.1)" in recs[0]["message"]
+    assert "after 40 of 100 iterations" in recs[0]["message"] and "run.py sanity" in recs[0]["message"]
