@@ -37,6 +37,28 @@ class Param:
         return f"{self.layer}/{self.index}"
 
 
+@dataclass
+class WeightsMatch:
+    """What Net.load_weights matched: `missing`, the net's layer defs with blobs the file holds none for (they keep
+    their fillers' values); `unused`, the file's layer names this net has no layer for (Caffe: "Ignoring source
+    layer")."""
+    source: str
+    missing: list
+    unused: list
+
+    def warning(self) -> str | None:
+        """For a net used as trained (test, predict, export): the layers that did not get weights, or None."""
+        if not self.missing:
+            return None
+        names = ", ".join(f"'{d.name}' ({d.type})" for d in self.missing[:5]) + (" ..." if len(self.missing) > 5
+                                                                                 else "")
+        other = (f"; the file has {', '.join(repr(n) for n in self.unused[:5])}, which this net does not use"
+                 if self.unused else "")
+        return (f"{len(self.missing)} layer(s) got no weights from {self.source}, which has no layer of their name: "
+                f"{names}{other}. They keep their initial values (Caffe's default filler: zeros), so the outputs "
+                "are not the trained net's; name them as in the file")
+
+
 def _legacy(shape) -> tuple:
     """A shape without its leading 1s: Caffe's old (num, channels, height, width) blobs padded shapes with them."""
     shape = tuple(shape)
@@ -977,8 +999,9 @@ class Net:
         """{"layer/i": array} of every layer's blobs (for snapshots)."""
         return {f"{k}/{i}": b.data for k, l in zip(self.keys, self.layers) for i, b in enumerate(l.blobs)}
 
-    def load_weights(self, arrays: dict, source: str):
-        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored."""
+    def load_weights(self, arrays: dict, source: str) -> "WeightsMatch":
+        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); names not in this net are ignored. Returns
+        which of this net's layers with blobs the file left out, and which of its layers this net does not use."""
         findings = []
         names = {k.rsplit("/", 1)[0] for k in arrays}
         if not names & {k for k, l in zip(self.keys, self.layers) if l.blobs}:
@@ -1013,3 +1036,6 @@ class Net:
                                         "to learn this layer from scratch instead, rename it"))
         if findings:
             raise SpecError(findings)
+        mine = [(d, k) for d, layer, k in zip(self.defs, self.layers, self.keys) if layer.blobs]
+        return WeightsMatch(source, [d for d, k in mine if k not in names],
+                            sorted(names - {k for _, k in mine}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -85,7 +86,9 @@ class Predictor:
         self.net = net = Net(doc, "TEST", model, seed=0)
         net.keep_for_backward = False
         if weights:
-            net.load_weights(snap.load_weights_file(weights), weights)
+            said = net.load_weights(snap.load_weights_file(weights), weights).warning()
+            if said:
+                print(f"Warning: {said}", file=sys.stderr)
         net.constant_weights = True  # nothing changes them while predicting: BatchNorm folds made once
         self.start, self.source = 0, None
         for i, (d, layer) in enumerate(zip(net.defs, net.layers)):

@@ -727,9 +727,17 @@ class Trainer:
             base = os.path.dirname(self.solver_path)
             weights_path = ",".join(os.path.join(base, w) for w in cfg.weights)
         if weights_path:
+            loaded = set()
             for path in weights_path.split(","):  # several files: applied in order, as in Caffe
-                self.net.load_weights(snap.load_weights_file(path), path)
-                self.out(f"Fine-tuning from {path}")
+                match = self.net.load_weights(snap.load_weights_file(path), path)
+                loaded |= {d.name for d in self.net.defs if d.name} - {d.name for d in match.missing}
+                unused = ", ".join(repr(n) for n in match.unused)
+                self.out(f"Fine-tuning from {path}" + ((f" (its layer {unused} is not in this net)" if len(
+                    match.unused) == 1 else f" (its layers {unused} are not in this net)") if match.unused else ""))
+            fresh = [d.name for d, layer in zip(self.net.defs, self.net.layers) if layer.blobs and d.name not in loaded]
+            if fresh:
+                self.out(f"Learned from scratch (no weights of that name in {weights_path}): "
+                         f"{', '.join(repr(n) for n in fresh)}")
         if snapshot_path and snapshot_path.endswith(".caffemodel"):
             raise UserError(f"{snapshot_path}: error: this is a Caffe weights file, not a solver state; fine-tune "
                             f"from it with --weights {snapshot_path}, or resume from its .solverstate")
@@ -1020,7 +1028,9 @@ def test_model(model_path: str, weights_path: str | None, iterations: int | None
     net = Net(doc, "TEST", model_path, seed=0, level=level, stages=tuple(stages))
     net.keep_for_backward = False
     if weights_path:
-        net.load_weights(snap.load_weights_file(weights_path), weights_path)
+        said = net.load_weights(snap.load_weights_file(weights_path), weights_path).warning()
+        if said:
+            out(f"Warning: {said}")
     net.constant_weights = True  # nothing changes them while testing: BatchNorm folds made once
     if not net.outputs:
         raise UserError(f"{model_path}: error: the TEST net has no outputs to report; add an Accuracy or loss "

@@ -1,6 +1,7 @@
 """Training end to end on the shipped digits: the loss falls, metrics are data, resume is exact."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -532,3 +533,34 @@ def test_kill_9_during_a_resume_leaves_the_metrics_history(tmp_path):
         after = [r for r in records(str(tmp_path / "snap" / "run_metrics.jsonl")) if r["phase"] == "train"]
         assert [r for r in after if r["iter"] < 10] == [r for r in before if r["iter"] < 10]
         # the killed run's lock stays behind; the next attempt takes it over
+
+
+def test_weights_that_leave_a_layer_out_are_said_when_testing_and_when_fine_tuning(tmp_path):
+    """A layer renamed since the weights were saved gets none (Caffe matches by name and ignores the rest): run.py
+    test warns that the outputs are not the trained net's; fine-tuning says which layers start from scratch and
+    which of the file's it does not use."""
+    from solvers.trainer import Trainer, test_model
+    root = os.path.join(ROOT, "models", "lenet_digits")
+    for name in ("digits_train.csv.gz", "digits_test.csv.gz"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    net = open(os.path.join(root, "net.yaml")).read()
+    (tmp_path / "net.yaml").write_text(net)
+    (tmp_path / "solver.yaml").write_text("net: net.yaml\nbase_lr: 0.01\nmax_iter: 2\nsnapshot_prefix: snap/a\n")
+    t = Trainer(str(tmp_path / "solver.yaml"), out=lambda *a: None)
+    t.train()
+    weights = str(tmp_path / "snap" / "a_iter_2.weights.npz")
+    (tmp_path / "renamed.yaml").write_text(net.replace("name: ip2\n", "name: ip2_new\n"))
+    lines = []
+    test_model(str(tmp_path / "renamed.yaml"), weights, out=lines.append)
+    said = [line for line in lines if line.startswith("Warning:")]
+    assert len(said) == 1 and "1 layer(s) got no weights from" in said[0] and "'ip2_new' (InnerProduct)" in said[0]
+    assert "the file has 'ip2', which this net does not use" in said[0]
+    lines.clear()
+    test_model(str(tmp_path / "net.yaml"), weights, out=lines.append)
+    assert not any(line.startswith("Warning:") for line in lines)
+    (tmp_path / "ft.yaml").write_text("net: renamed.yaml\nbase_lr: 0.01\nmax_iter: 1\nsnapshot_prefix: snap/b\n")
+    lines.clear()
+    Trainer(str(tmp_path / "ft.yaml"), out=lines.append).train(weights_path=weights)
+    text = "\n".join(map(str, lines))
+    assert "(its layer 'ip2' is not in this net)" in text
+    assert "Learned from scratch (no weights of that name in" in text and ": 'ip2_new'" in text

@@ -66,7 +66,9 @@ def cmd_export(args):
     from solvers.snapshot import load_weights_file
     net = Net(load_net(args.model), "TEST", args.model, seed=0, level=args.level, stages=tuple(_stages(args.stage)))
     if args.weights:
-        net.load_weights(load_weights_file(args.weights), args.weights)
+        said = net.load_weights(load_weights_file(args.weights), args.weights).warning()
+        if said:
+            print(f"Warning: {said}", file=sys.stderr)
     export(net, args.output, batch=args.batch)
     return 0
 
