@@ -102,6 +102,12 @@ LEARNED = {"Convolution": "convolution_param", "Deconvolution": "convolution_par
            "InnerProduct": "inner_product_param"}
 
 
+def _lr_mult(d, i: int) -> float:
+    """The lr_mult its `param` specs give blob i of layer def d (Caffe's default: 1)."""
+    specs = as_list(d.node.get("param")) if d.node is not None else []
+    return (specs[i] if i < len(specs) and isinstance(specs[i], dict) else {}).get("lr_mult", 1)
+
+
 def _zero_filled_findings(net: Net) -> list[Finding]:
     """Hidden layers whose weights start at 0 (no weight_filler: Caffe's default is constant 0): their outputs
     start equal and their gradients are equal (behind a ReLU, 0), so they never become different."""
@@ -109,8 +115,7 @@ def _zero_filled_findings(net: Net) -> list[Finding]:
     for k, (d, layer) in enumerate(zip(net.defs, net.layers)):
         if d.type not in LEARNED or d.node is None or not (layer.blobs or getattr(layer, "blob_shapes", None)):
             continue
-        specs = as_list(d.node.get("param"))
-        if specs and isinstance(specs[0], dict) and not specs[0].get("lr_mult", 1):
+        if not _lr_mult(d, 0):
             continue  # frozen
         filler = layer.p.weight_filler
         if filler is not None and not (filler.get("type", "constant") == "constant" and not filler.get("value", 0)):
@@ -154,9 +159,7 @@ def _frozen_findings(net: Net) -> list[Finding]:
         shapes = layer.blobs or getattr(layer, "blob_shapes", None) or []
         if d.node is None or d.type == "BatchNorm" or not shapes:
             continue  # (BatchNorm's blobs are running statistics, never learned)
-        specs = as_list(d.node.get("param"))
-        blobs += [(d, (specs[i] if i < len(specs) and isinstance(specs[i], dict) else {}).get("lr_mult", 1))
-                  for i in range(len(shapes))]
+        blobs += [(d, _lr_mult(d, i)) for i in range(len(shapes))]
     if not blobs or any(lr for _, lr in blobs):
         return []
     first = blobs[0][0]
@@ -370,9 +373,10 @@ def transform_findings(train: Net, test: Net) -> list[Finding]:
         what = "; ".join(f"{mine[k] or 'no ' + k} in TEST, {theirs[k] or 'no ' + k} in TRAIN" for k in differ)
         w = d.where("transform_param") if "transform_param" in d.node else d.where()
         out.append(_finding(w, "warning", f"layer '{d.name}' (TEST) transforms '{d.tops[0]}' unlike layer "
-                            f"'{td.name}' (TRAIN): {what}. The test net then sees inputs of another range than those the "
-                            "net trains on, and its scores are not the trained net's; give both the same scale and "
-                            "mean (crop_size and mirror may differ: TEST crops the center and does not mirror)"))
+                            f"'{td.name}' (TRAIN): {what}. The test net then sees inputs of another range than "
+                            "those the net trains on, and its scores are not the trained net's; give both the same "
+                            "scale and mean (crop_size and mirror may differ: TEST crops the center and does not "
+                            "mirror)"))
     return out
 
 

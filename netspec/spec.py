@@ -102,14 +102,19 @@ def known_part_findings(doc, path) -> list[Finding]:
     return list(dict.fromkeys(out))
 
 
+def _at(doc: Node, key: str, severity: str, message: str) -> Finding:
+    """A finding at a solver field (or at the solver, where the field is not written)."""
+    w = doc.at(key) if key in doc else doc.where
+    return Finding(w[0], w[1], w[2], severity, message)
+
+
 def _schedule_findings(cfg, doc: Node) -> list[Finding]:
     """Warnings of a learning-rate schedule that does not do what its policy is for: a decay that grows the rate,
     steps the run never reaches."""
     out = []
 
     def warn(key, message):
-        w = doc.at(key) if key in doc else doc.where
-        out.append(Finding(w[0], w[1], w[2], "warning", message))
+        out.append(_at(doc, key, "warning", message))
 
     g = cfg.gamma
     if cfg.lr_policy in ("step", "multistep", "exp") and g is not None and g > 1:
@@ -123,8 +128,9 @@ def _schedule_findings(cfg, doc: Node) -> list[Finding]:
                          f"a stepsize of about max_iter / 3 ({max(1, cfg.max_iter // 3)}) gives it two steps")
     if cfg.max_iter and cfg.lr_policy == "multistep" and cfg.stepvalue and cfg.stepvalue[-1] >= cfg.max_iter:
         late = [v for v in cfg.stepvalue if v >= cfg.max_iter]
-        warn("stepvalue", f"stepvalue {', '.join(map(str, late))} {'is' if len(late) == 1 else 'are'} at or past "
-                          f"max_iter {cfg.max_iter}: the run ends before {'that step' if len(late) == 1 else 'those steps'}")
+        one = len(late) == 1
+        warn("stepvalue", f"stepvalue {', '.join(map(str, late))} {'is' if one else 'are'} at or past max_iter "
+                          f"{cfg.max_iter}: the run ends before {'that step' if one else 'those steps'}")
     return out
 
 
@@ -134,8 +140,7 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
     out = []
 
     def err(key, message):
-        w = doc.at(key) if key in doc else doc.where
-        out.append(Finding(w[0], w[1], w[2], "error", message))
+        out.append(_at(doc, key, "error", message))
 
     for f in missing_fields(cfg):
         err("lr_policy", f"lr_policy '{cfg.lr_policy}' needs '{f}', which is not given; add {f}: ...")
@@ -147,10 +152,9 @@ def solver_findings(doc: Node, path: str) -> list[Finding]:
         err("max_iter", "lr_policy 'poly' needs max_iter > 0")
     out += _schedule_findings(cfg, doc)
     if cfg.test_interval and not cfg.test_iter:  # (Caffe then builds no test net and runs no test, silently)
-        w = doc.at("test_interval") if "test_interval" in doc else doc.where
-        out.append(Finding(w[0], w[1], w[2], "warning", f"test_interval {cfg.test_interval} is set but test_iter is "
-                           "not, so no test runs (as in Caffe, which builds no test net then); add test_iter "
-                           "(batches per test pass) to test, or remove test_interval"))
+        out.append(_at(doc, "test_interval", "warning", f"test_interval {cfg.test_interval} is set but test_iter "
+                       "is not, so no test runs (as in Caffe, which builds no test net then); add test_iter (batches "
+                       "per test pass) to test, or remove test_interval"))
     explicit = len(cfg.test_net or []) + len(cfg.test_net_param or [])
     generic = bool(cfg.net or cfg.net_param)  # Caffe instantiates the TEST phase of `net` for the rest
     if cfg.test_iter and (len(cfg.test_iter) < explicit or (not generic and len(cfg.test_iter) != explicit)):

@@ -189,6 +189,8 @@ class Watch:
         self.pinned_from = None  # the iteration the current run of pinned iterations began
         self.nets = [net]       # the nets that ran the batch (the slices' own, where it runs as slices)
         self.suspect = False    # the current state is not one to keep as the last good one
+        self.started_pinned = None  # (iteration, loss) where a softmax loss sat at 87.3365 before any update
+        self.recent_losses: list = []  # the losses since the last check for a net that stopped looking at its input
 
     def warn(self, key, message):
         if key not in self.warned:
@@ -202,7 +204,7 @@ class Watch:
         grew = self.track_losses(it)
         if not (math.isfinite(loss) and math.isfinite(gn)):
             what = "the loss" if not math.isfinite(loss) else "the gradient norm"
-            start = getattr(self, "started_pinned", None)
+            start = self.started_pinned
             why = START_ADVICE.split(": ", 1)[1]
             start = (f". But the loss was already {start[1]:.4g} at iteration {start[0]}, before any update: the "
                      f"start is the likely cause, not the rate: {why}." if start else "")
@@ -314,7 +316,7 @@ class Watch:
                               f"{it - window + 1 + top}: the learning rate is probably too high; try base_lr / 10 "
                               "(run.py lr-find finds a range)")
         else:  # later: a loss that stopped moving because the net stopped looking at its input (dead ReLUs)
-            recent = self.__dict__.setdefault("recent_losses", [])
+            recent = self.recent_losses
             recent.append(loss)
             if len(recent) >= window:
                 lo, hi = min(recent), max(recent)

@@ -649,8 +649,8 @@ def test_many_hidden_layers_without_fillers_are_one_warning(tmp_path):
         text += (f"  - {{name: ip{i}, type: InnerProduct, bottom: {bottom}, top: ip{i}, "
                  f"inner_product_param: {{num_output: 5}}}}\n")
         bottom = f"ip{i}"
-    text += (f"  - {{name: ip, type: InnerProduct, bottom: {bottom}, top: ip, inner_product_param: {{num_output: 3}}}}\n"
-             + LOSS)
+    text += (f"  - {{name: ip, type: InnerProduct, bottom: {bottom}, top: ip, "
+             "inner_product_param: {num_output: 3}}\n" + LOSS)
     f = one(findings(tmp_path, text), "warning")
     assert "4 hidden layers ('ip0', 'ip1', 'ip2', 'ip3') have no weight_filler" in f and "(--weights)" in f
     from solvers.trainer import Trainer
