@@ -252,3 +252,157 @@ def test_caffe_draw_makes_caffes_graph_of_a_prototxt_and_of_a_netspec():
     n.pool = L.Pooling(n.conv, kernel_size=2, stride=2, pool=P.Pooling.AVE)
     dot = yaffe.draw.get_pydot_graph(n.to_proto(), "LR").to_string()
     assert '"conv\\n(Convolution)\\nkernel size: 3\\nstride: 1\\npad: 1"' in dot and "(Pooling AVE)" in dot
+
+
+BREWING_LOGREG = '''
+import os, sys
+import numpy as np
+import h5py
+import caffe
+from caffe import layers as L
+from caffe import params as P
+from caffe.proto import caffe_pb2
+import caffe.draw
+
+rng = np.random.default_rng(0)  # (the notebook's sklearn make_classification: 4 features, 2 classes)
+X = rng.normal(size=(2000, 4)).astype(np.float32)
+y = (X[:, 0] - 0.7 * X[:, 1] + 0.3 * rng.normal(size=2000) > 0).astype(np.float32)
+X, Xt, y, yt = X[:1500], X[1500:], y[:1500], y[1500:]
+dirname = os.path.abspath('./examples/hdf5_classification/data')
+os.makedirs(dirname)
+train_filename = os.path.join(dirname, 'train.h5')
+test_filename = os.path.join(dirname, 'test.h5')
+with h5py.File(train_filename, 'w') as f:
+    f['data'] = X
+    f['label'] = y.astype(np.float32)
+with open(os.path.join(dirname, 'train.txt'), 'w') as f:
+    f.write(train_filename + '\\n')
+    f.write(train_filename + '\\n')
+comp_kwargs = {'compression': 'gzip', 'compression_opts': 1}
+with h5py.File(test_filename, 'w') as f:
+    f.create_dataset('data', data=Xt, **comp_kwargs)
+    f.create_dataset('label', data=yt.astype(np.float32), **comp_kwargs)
+with open(os.path.join(dirname, 'test.txt'), 'w') as f:
+    f.write(test_filename + '\\n')
+
+def logreg(hdf5, batch_size):
+    n = caffe.NetSpec()
+    n.data, n.label = L.HDF5Data(batch_size=batch_size, source=hdf5, ntop=2)
+    n.ip1 = L.InnerProduct(n.data, num_output=2, weight_filler=dict(type='xavier'))
+    n.accuracy = L.Accuracy(n.ip1, n.label)
+    n.loss = L.SoftmaxWithLoss(n.ip1, n.label)
+    return n.to_proto()
+
+train_net_path = 'examples/hdf5_classification/logreg_auto_train.prototxt'
+with open(train_net_path, 'w') as f:
+    f.write(str(logreg('examples/hdf5_classification/data/train.txt', 10)))
+test_net_path = 'examples/hdf5_classification/logreg_auto_test.prototxt'
+with open(test_net_path, 'w') as f:
+    f.write(str(logreg('examples/hdf5_classification/data/test.txt', 10)))
+
+def solver(train_net_path, test_net_path):
+    s = caffe_pb2.SolverParameter()
+    s.train_net = train_net_path
+    s.test_net.append(test_net_path)
+    s.test_interval = 500
+    s.test_iter.append(50)
+    s.max_iter = 1000
+    s.base_lr = 0.01
+    s.lr_policy = 'step'
+    s.gamma = 0.1
+    s.stepsize = 500
+    s.momentum = 0.9
+    s.weight_decay = 5e-4
+    s.display = 500
+    s.snapshot = 1000
+    s.snapshot_prefix = 'examples/hdf5_classification/data/train'
+    s.solver_mode = caffe_pb2.SolverParameter.CPU
+    return s
+
+solver_path = 'examples/hdf5_classification/logreg_solver.prototxt'
+with open(solver_path, 'w') as f:
+    f.write(str(solver(train_net_path, test_net_path)))
+
+caffe.set_mode_cpu()
+solver = caffe.get_solver(solver_path)
+solver.solve()
+accuracy = 0
+batch_size = solver.test_nets[0].blobs['data'].num
+test_iters = int(len(Xt) / batch_size)
+for i in range(test_iters):
+    solver.test_nets[0].forward()
+    accuracy += solver.test_nets[0].blobs['accuracy'].data
+accuracy /= test_iters
+print("Accuracy: {:.3f}".format(accuracy))
+net = caffe_pb2.NetParameter()
+from google.protobuf import text_format
+text_format.Merge(open(train_net_path).read(), net)
+caffe.draw.draw_net_to_file(net, 'logreg.dot', 'LR')
+import yaffe
+print("modules", caffe is yaffe, caffe.io is yaffe.io, caffe_pb2 is yaffe.proto.caffe_pb2, caffe.draw is yaffe.draw)
+'''
+
+
+def test_caffes_scripts_and_notebooks_run_as_written_with_import_caffe_being_yaffe(tmp_path):
+    """`python -m yaffe.as_caffe SCRIPT`: Caffe's examples/brewing-logreg notebook (its cells as one script, with
+    `import caffe`, `from caffe import layers as L`, `from caffe.proto import caffe_pb2`, `import caffe.draw`
+    unchanged; its data made with numpy, its 10,000 iterations cut to 1,000) trains its HDF5 logistic regression
+    through caffe.get_solver, and tools/extra/summarize.py prints Caffe's table; caffe.draw without Graphviz's dot
+    is a one-line error naming the file and the fix, and leaves no empty image behind."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("google.protobuf")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def as_caffe(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "yaffe.as_caffe", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=dict(env, **kw))
+
+    (tmp_path / "brewing_logreg.py").write_text(BREWING_LOGREG)
+    r = as_caffe("brewing_logreg.py")
+    assert r.returncode == 0, r.stderr
+    accuracy = float(re.search(r"^Accuracy: ([0-9.]+)$", r.stdout, re.M).group(1))
+    assert accuracy > 0.85, r.stdout  # (a linear boundary under 0.3 noise)
+    assert "modules True True True True" in r.stdout
+    assert (tmp_path / "examples" / "hdf5_classification" / "data" / "train_iter_1000.caffemodel").is_file()
+    dot = (tmp_path / "logreg.dot").read_text()
+    assert dot.startswith("digraph") and '"ip1\\n(InnerProduct)"' in dot
+    r = as_caffe(os.path.join(FIX, "caffe_examples", "tools", "summarize.py"),
+                 os.path.join(FIX, "caffe_examples", "cifar10", "cifar10_quick_train_test.prototxt"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == open(os.path.join(FIX, "caffe_examples", "tools", "summarize_cifar10_quick.txt")).read()
+    (tmp_path / "draw.py").write_text("import caffe, caffe.draw\nfrom caffe.proto import caffe_pb2\n"
+                                      "from google.protobuf import text_format\nnet = caffe_pb2.NetParameter()\n"
+                                      "text_format.Merge(open('examples/hdf5_classification/logreg_auto_train"
+                                      ".prototxt').read(), net)\ncaffe.draw.draw_net_to_file(net, 'net.png')\n")
+    r = as_caffe("draw.py", PATH=str(tmp_path / "nothing"))  # no `dot` on PATH
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "net.png: error: drawing a .png image needs Graphviz's `dot`" in r.stderr and "apt-get install graphviz" \
+        in r.stderr and not (tmp_path / "net.png").exists()
+    r = as_caffe("no_such_script.py")
+    assert r.returncode == 2 and "no_such_script.py: error: no such script" in r.stderr
+
+
+def test_install_as_caffe_refuses_when_another_caffe_is_already_imported(monkeypatch):
+    """Two caffes in one process would mix their classes: install_as_caffe after a real pycaffe is an error that
+    says to call it first; after yaffe itself stands as caffe (a Python layer's import), it is a no-op."""
+    import types
+    import yaffe
+    pycaffe = types.ModuleType("caffe")
+    pycaffe.__file__ = "/usr/lib/python3/dist-packages/caffe/__init__.py"
+    monkeypatch.setitem(sys.modules, "caffe", pycaffe)
+    with pytest.raises(ImportError, match=r"already imported \(/usr/lib/python3/dist-packages/caffe/__init__.py\)"):
+        yaffe.install_as_caffe()
+    monkeypatch.setitem(sys.modules, "caffe", yaffe)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    for name in ("caffe.io", "caffe.proto", "caffe.proto.caffe_pb2", "caffe.net_spec"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = set(sys.modules)
+    try:
+        yaffe.install_as_caffe()
+        import caffe.io
+        from caffe.proto import caffe_pb2
+        assert caffe.io is yaffe.io and caffe_pb2 is yaffe.proto.caffe_pb2 and sys.modules["caffe"] is yaffe
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith("caffe."):
+                del sys.modules[name]

@@ -298,8 +298,18 @@ def draw_net(caffe_net, rankdir, ext='png', phase=None, display_lrm=False):
     string :
         Postscript representation of the graph.
     """
-    return get_pydot_graph(caffe_net, rankdir, phase=phase,
-                           display_lrm=display_lrm).create(format=ext)
+    graph = get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm)
+    if ext in ('dot', 'gv'):  # the graph's DOT text itself: no Graphviz needed
+        return graph.to_string().encode()
+    try:
+        return graph.create(format=ext)
+    except OSError as e:  # pydot's "dot" not found in path: Graphviz is a program, not a Python package
+        if 'dot' not in str(e):
+            raise
+        from netspec.errors import UserError
+        raise UserError(f"error: drawing a .{ext} image needs Graphviz's `dot` program, which is not installed "
+                        "(or not on PATH); install it (apt-get install graphviz, brew install graphviz, conda "
+                        "install graphviz), or name the output file .dot for the graph as DOT text") from None
 
 
 def draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, display_lrm=False):
@@ -322,5 +332,10 @@ def draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, display_lrm=
         (default is False).
     """
     ext = filename[filename.rfind('.')+1:]
+    from netspec.errors import UserError
+    try:
+        image = draw_net(caffe_net, rankdir, ext, phase, display_lrm)  # (before the file: none left empty)
+    except UserError as e:
+        raise UserError(f"{filename}: {e}") from None
     with open(filename, 'wb') as fid:
-        fid.write(draw_net(caffe_net, rankdir, ext, phase, display_lrm))
+        fid.write(image)
