@@ -592,53 +592,96 @@ def list_root(list_path, paths, base_dir, caffe=False):
     return base_dir if caffe else here
 
 
-def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None) -> int:
-    """Write `src` as an .npz (data, label) or, for any other name, an LMDB of Caffe Datum records (uint8 data;
-    keys 00000000, 00000001, ... as convert_mnist_data writes them). An image list goes to an LMDB one image at a
-    time, as convert_imageset writes it (keys 00000000_path, ..., `encoded: false`, each image at its size
-    unless resized, commits every 1,000): byte for byte Caffe's records, and no more memory than an image's.
-    Returns the number of examples."""
-    if kind_or_none(src) is None and not out.endswith(".npz"):
-        return _write_list_lmdb(src, out, shuffle, seed, new_size, gray, root)
+def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None,
+                  backend="lmdb", pairs=False) -> int:
+    """Write `src` as an .npz (data, label) or, for any other name, a database (an LMDB, or a LevelDB with
+    backend="leveldb") of Caffe Datum records (uint8 data; keys 00000000, 00000001, ... as convert_mnist_data
+    writes them). An image list goes one image at a time, as convert_imageset writes it (keys 00000000_path, ...,
+    `encoded: false`, each image at its size unless resized, commits every 1,000): byte for byte Caffe's records,
+    and no more memory than an image's. pairs: Caffe's convert_mnist_siamese_data (examples/siamese): as many
+    records as examples, each two examples drawn at random (seeded) as 2C channels, label 1 where their classes
+    are the same, else 0. A database that exists is an error (Caffe's tools refuse it too): records of another
+    run would stay among the new ones. Returns the number of records."""
+    if not out.endswith(".npz") and os.path.exists(out):
+        raise SourceError(f"the output {out} exists already; remove it first (rm -r {out}: Caffe's create_*.sh "
+                          "scripts do) or give another name; records written into it would mix with its own")
+    if kind_or_none(src) is None and not out.endswith(".npz") and not pairs:
+        return _write_records(out, backend, _list_records(src, shuffle, seed, new_size, gray, root))
     with reading():
         data, labels = read_any(src, sample_shape, new_size, gray, root)
     if len(data) == 0:
         raise SourceError("holds no examples; nothing to write")
+    if pairs:
+        rng = np.random.default_rng(seed)
+        first, second = rng.integers(0, len(data), len(data)), rng.integers(0, len(data), len(data))
+        if out.endswith(".npz"):
+            np.savez_compressed(out, data=np.concatenate((data[first], data[second]), axis=1),
+                                label=(labels[first] == labels[second]).astype(np.float32))
+            return len(data)
+        _check_images(data)
+        return _write_records(out, backend, ((f"{k:08d}", datum_bytes(np.concatenate((data[i], data[j])),
+                                                                      int(labels[i] == labels[j])))
+                                             for k, (i, j) in enumerate(zip(first, second))))
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
     data, labels = data[order], labels[order]
     if out.endswith(".npz"):
         np.savez_compressed(out, data=data, label=labels)
         return len(data)
+    _check_images(data)
+    return _write_records(out, backend, ((f"{i:08d}", datum_bytes(a, int(lab)))
+                                         for i, (a, lab) in enumerate(zip(data, labels))))
+
+
+def _check_images(data):
     if data.ndim != 4 or data.min() < 0 or data.max() > 255 or (data != np.round(data)).any():
-        raise SourceError("an LMDB of Datum records holds uint8 images (N, C, H, W); this data is not; write an "
+        raise SourceError("a database of Datum records holds uint8 images (N, C, H, W); this data is not; write an "
                           ".npz instead")
-    lmdb = lmdb_module()
-    env = lmdb.open(out, map_size=max(1 << 26, int(data.size * 2 + len(data) * 64)))
-    with env.begin(write=True) as txn:
-        for i, (a, lab) in enumerate(zip(data, labels)):
-            txn.put(f"{i:08d}".encode(), datum_bytes(a, int(lab)))
-    env.close()
-    return len(data)
 
 
-def _write_list_lmdb(src, out, shuffle, seed, new_size, gray, root) -> int:
+def _list_records(src, shuffle, seed, new_size, gray, root):
+    """(key, Datum bytes) of an image list, one image at a time (convert_imageset's keys and records)."""
     total = count_list(src)
     if total == 0:
         raise SourceError("holds no examples; nothing to write")
-    order = np.random.default_rng(seed).permutation(total) if shuffle else None
+    return _list_images_records(src, np.random.default_rng(seed).permutation(total) if shuffle else None, new_size,
+                                gray, root)
+
+
+def _list_images_records(src, order, new_size, gray, root):
+    with reading():
+        for i, (n, name, a, label) in enumerate(list_images(src, new_size, gray, root, True, order)):
+            if label != int(label):
+                raise SourceError(f"line {n}: the label {label} of {name!r} is not an integer (a Datum's label is)")
+            yield f"{i:08d}_{name}", datum_bytes(a, int(label), encoded=False)
+
+
+def _write_records(out, backend, records) -> int:
+    """Put (key, value) records into a new LMDB or LevelDB, committed every 1,000 as Caffe's tools commit;
+    returns their number. On an error the database is left as far as it was committed."""
+    i = -1
+    if backend == "leveldb":
+        plyvel = leveldb_module()
+        db = plyvel.DB(out, create_if_missing=True, error_if_exists=True)
+        try:
+            batch = db.write_batch()
+            for i, (key, value) in enumerate(records):
+                batch.put(key.encode(), value)
+                if (i + 1) % 1000 == 0:
+                    batch.write()
+                    batch = db.write_batch()
+            batch.write()
+        finally:
+            db.close()
+        return i + 1
     lmdb = lmdb_module()
     env = lmdb.open(out, map_size=1 << 40)  # Caffe's 1 TB: a sparse file, as large as what is written
-    txn, i = env.begin(write=True), 0
+    txn = env.begin(write=True)
     try:
-        with reading():
-            for i, (n, name, a, label) in enumerate(list_images(src, new_size, gray, root, True, order)):
-                if label != int(label):
-                    raise SourceError(f"line {n}: the label {label} of {name!r} is not an integer (a Datum's "
-                                      "label is)")
-                txn.put(f"{i:08d}_{name}".encode(), datum_bytes(a, int(label), encoded=False))
-                if (i + 1) % 1000 == 0:
-                    txn.commit()
-                    txn = env.begin(write=True)
+        for i, (key, value) in enumerate(records):
+            txn.put(key.encode(), value)
+            if (i + 1) % 1000 == 0:
+                txn.commit()
+                txn = env.begin(write=True)
         txn.commit()
     except BaseException:
         txn.abort()
@@ -646,18 +689,3 @@ def _write_list_lmdb(src, out, shuffle, seed, new_size, gray, root) -> int:
     finally:
         env.close()
     return i + 1
-    if data.ndim != 4 or data.min() < 0 or data.max() > 255 or (data != np.round(data)).any():
-        raise SourceError("an LMDB of Datum records holds uint8 images (N, C, H, W); this data is not; write an "
-                          ".npz instead")
-    lmdb = lmdb_module()
-    env = lmdb.open(out, map_size=max(1 << 26, int(data.size * 2 + len(data) * 64)))
-    names = None
-    if kind_or_none(src) is None:  # an image list: convert_imageset's keys (index_path) and records
-        with open(src) as f:
-            names = [line.rsplit(maxsplit=1)[0] for line in f if line.strip()]
-    with env.begin(write=True) as txn:
-        for i, (a, lab) in enumerate(zip(data, labels)):
-            key = f"{i:08d}" if names is None else f"{i:08d}_{names[order[i]]}"
-            txn.put(key.encode(), datum_bytes(a, int(lab), None if names is None else False))
-    env.close()
-    return len(data)

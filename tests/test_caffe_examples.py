@@ -406,3 +406,42 @@ def test_install_as_caffe_refuses_when_another_caffe_is_already_imported(monkeyp
         for name in set(sys.modules) - before:
             if name.startswith("caffe."):
                 del sys.modules[name]
+
+
+def test_the_siamese_tutorial_runs_from_the_caffe_root(tmp_path):
+    """examples/siamese as its readme runs it, from the Caffe root: create_mnist_siamese.sh's LevelDBs of random
+    pairs (`data convert --pairs --backend leveldb`, convert_mnist_siamese_data's records: 2 channels, the two
+    images, label 1 for the same digit), `caffe train` on Caffe's solver (shortened), and the notebook's features
+    of the test images from the deploy net and the snapshot (2 values each). An existing database is refused."""
+    pytest.importorskip("plyvel")
+    from layers.sources import read_any
+    shutil.copytree(os.path.join(FIX, "caffe_examples", "siamese"), tmp_path / "examples" / "siamese")
+    with np.load(os.path.join(FIX, "caffe_lenet", "mnist_subset.npz")) as z:
+        images = {part: z[f"{part}_images"][:n] for part, n in (("train", 640), ("test", 200))}
+        labels = {part: z[f"{part}_labels"][:len(images[part])] for part in images}
+    for part in ("train", "test"):
+        np.savez(tmp_path / f"{part}.npz", data=images[part][:, None].astype(np.float32),
+                 label=labels[part].astype(np.float32))
+        db = f"examples/siamese/mnist_siamese_{part}_leveldb"
+        r = yaffe("data", "convert", f"{part}.npz", db, "--pairs", "--backend", "leveldb", cwd=tmp_path)
+        assert r.returncode == 0 and f"Wrote {len(images[part])} pairs to {db} (LevelDB)" in r.stdout, r.stderr
+    assert os.path.isfile(tmp_path / db / "CURRENT")  # a LevelDB
+    pairs, same = read_any(str(tmp_path / "examples" / "siamese" / "mnist_siamese_train_leveldb"))
+    assert pairs.shape == (640, 2, 28, 28)
+    label_of = {image.tobytes(): label for image, label in zip(images["train"], labels["train"])}
+    halves = [[label_of[pair[c].astype(np.uint8).tobytes()] for pair in pairs] for c in (0, 1)]
+    np.testing.assert_array_equal(same, np.equal(*halves))  # each half an image of the set; 1 where digits match
+    assert 0.03 < same.mean() < 0.2 and len({p.tobytes() for p in pairs}) > 600  # ~1 in 10, drawn at random
+    r = yaffe("data", "convert", "test.npz", db, "--pairs", "--backend", "leveldb", cwd=tmp_path)
+    assert r.returncode == 2 and f"{db}: error: exists already; remove it first (rm -r {db}" in r.stderr
+    # ./examples/siamese/train_mnist_siamese.sh (50,000 iterations cut to 40)
+    r = yaffe("train", "--solver=examples/siamese/mnist_siamese_solver.prototxt", "--set", "max_iter=40", "--set",
+              "test_interval=20", "--set", "test_iter=2", "--set", "snapshot=40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tests = [float(v) for v in re.findall(r"Test net output #0: loss = ([0-9.e-]+)", r.stdout)]
+    assert len(tests) == 3 and tests[-1] < tests[0], r.stdout
+    import yaffe as caffe  # the notebook: features of the test images, scaled by hand
+    net = caffe.Net(str(tmp_path / "examples" / "siamese" / "mnist_siamese.prototxt"),
+                    str(tmp_path / "examples" / "siamese" / "mnist_siamese_iter_40.caffemodel"), caffe.TEST)
+    feat = net.forward_all(data=images["test"].reshape(-1, 1, 28, 28) * 0.00390625)["feat"]
+    assert feat.shape == (200, 2) and np.isfinite(feat).all() and feat.std(0).min() > 0

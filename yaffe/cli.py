@@ -247,19 +247,24 @@ def cmd_data(args):
         except (ValueError, AssertionError):
             raise UserError(f"--resize: expected HEIGHTxWIDTH of two sizes above 0, e.g. 32x32; received "
                             f"{args.resize!r}") from None
+    if not args.output.endswith(".npz") and os.path.exists(args.output):
+        raise UserError(f"{args.output}: error: exists already; remove it first (rm -r {args.output}, as Caffe's "
+                        "create_*.sh scripts do) or give another name: records written into it would mix with "
+                        "its own")
     try:
         if args.root and not os.path.isdir(args.root):
             raise UserError(f"--root {args.root}: error: no such folder (the folder the list's image paths start "
                             "at)")
         n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
-                          gray=args.gray, root=args.root)
+                          gray=args.gray, root=args.root, backend=args.backend, pairs=args.pairs)
     except SourceError as e:
         raise UserError(f"{args.source}: error: {e}") from None
     except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
         name = e.filename or args.source
         raise UserError(f"{name}: error: {(e.strerror or str(e)).lower()}; check the path (SOURCE is a .csv, "
                         ".npz, IDX file or image list; OUTPUT an .npz or an LMDB folder)") from None
-    print(f"Wrote {n} examples to {args.output}")
+    print(f"Wrote {n} {'pairs' if args.pairs else 'examples'} to {args.output}"
+          + ("" if args.output.endswith(".npz") else f" ({'LevelDB' if args.backend == 'leveldb' else 'LMDB'})"))
     return 0
 
 
@@ -513,9 +518,14 @@ def build_parser():
                             "Datum records, or to an .npz (like Caffe's convert_imageset)")
     q.add_argument("source", help="an IDX images file (labels beside it), a .csv, an .npz, an LMDB or LevelDB "
                    "folder, or a text file of 'path label'")
-    q.add_argument("output", help="an .npz file, or the LMDB folder to create")
+    q.add_argument("output", help="an .npz file, or the LMDB (LevelDB) folder to create")
+    q.add_argument("--backend", choices=("lmdb", "leveldb"), default="lmdb", type=str.lower,
+                   help="the database to write (convert_imageset's -backend; default lmdb)")
     q.add_argument("--shuffle", action="store_true", help="shuffle the examples")
-    q.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    q.add_argument("--pairs", action="store_true", help="pairs of examples drawn at random, as many as examples, "
+                   "stacked as 2C channels, label 1 for the same class, else 0 (examples/siamese's "
+                   "convert_mnist_siamese_data)")
+    q.add_argument("--seed", type=int, default=0, help="the seed of --shuffle and --pairs")
     q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
     q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
     q.add_argument("--root", metavar="DIR", help="the folder an image list's relative paths start at "
