@@ -9,6 +9,7 @@ Input: tops set from Python.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -29,8 +30,8 @@ def _ragged_concat(parts):
     return out
 FIT_SAMPLE = 50000  # rows a streamed source's normalize statistics are fitted on (evenly spaced)
 STREAM_FIELD = Field("stream", "enum", "auto", "read rows when a batch needs them, prefetched by threads, rather "
-                     "than the whole source into memory: auto (above YAFFE_STREAM_ABOVE_MB, default 512 MiB "
-                     "stored), always, never", choices=("auto", "always", "never"))
+                     "than the whole source into memory: auto (where it would take more than "
+                     "YAFFE_STREAM_ABOVE_MB, default 512 MiB, decoded to float32, or stored), always, never", choices=("auto", "always", "never"))
 
 
 class RowData(Layer):
@@ -88,6 +89,7 @@ class RowData(Layer):
         return os.path.normpath(os.path.join(self.base_dir, src))
 
     reader = None        # layers/stream.py: rows read where a batch needs them (a source bigger than memory)
+    held_estimate = None  # bytes the source would take in memory, decoded (_held_bytes), where known
     prefetcher = None
     data_note = ""       # how the source is read, said once in the training log
     data_wait = 0.0      # seconds forward waited for a prefetched batch (the trainer reads and resets it)
@@ -107,10 +109,37 @@ class RowData(Layer):
         if mode == "always":
             return True
         from .stream import STREAM_ABOVE, stored_bytes
-        return self._source_bytes(stored_bytes) > STREAM_ABOVE
+        if self._source_bytes(stored_bytes) > STREAM_ABOVE:
+            return True
+        try:
+            with sources.reading():
+                self.held_estimate = self._held_bytes(STREAM_ABOVE)
+        except sources.SourceError:
+            return False  # (the load says what is wrong)
+        return self.held_estimate is not None and self.held_estimate > STREAM_ABOVE
 
     def _source_bytes(self, stored_bytes):
         return stored_bytes(self.path)
+
+    def _held_bytes(self, limit):
+        """What the rows would take in memory once decoded (float32 data and labels), or None where not known
+        before reading them; counting may stop once past `limit`. Compressed and encoded sources (JPEG lists and
+        LMDBs, gzip IDX and HDF5, compressed npz) take many times their stored bytes: 45 MiB of 500x375 JPEGs
+        are 3.2 GiB of float32."""
+        row = self._row_bytes()
+        rows = self._count_rows(limit // max(1, row) + 1)
+        return None if rows is None else rows * row
+
+    def _decoded_bytes(self):
+        return self.rows * self._row_bytes()
+
+    def _row_bytes(self):
+        return sum(math.prod(s) for s in self.sample_shapes) * self.dtype.itemsize
+
+    def _count_rows(self, cap):
+        """The number of rows (or any number >= cap when there are more), or None where reading them is the only
+        way to know."""
+        return None
 
     def load(self):
         """Read the whole source into memory (or open it for streaming, above a size), set up the row order, fit
@@ -298,8 +327,10 @@ class RowData(Layer):
                 self.target_tf.fit(rows[1], target_stats)
             sample = f"; normalize fitted on {len(idx):,} evenly spaced rows"
         depth = getattr(self.p, "prefetch", 4)
+        decoded = "" if self.held_estimate is None else f", ~{self._decoded_bytes() / 2**20:,.0f} MiB decoded"
         self.data_note = (f"Data layer '{self.name}': streaming {self.rows:,} rows of '{self.p.source}' "
-                          f"({stored_bytes(self.path) / 2**20:,.0f} MiB stored), {depth} batches prefetched{sample}")
+                          f"({self._source_bytes(stored_bytes) / 2**20:,.0f} MiB stored{decoded}), {depth} batches "
+                          f"prefetched{sample}")
 
     def _stop_prefetch(self):
         if self.prefetcher is not None:
@@ -412,6 +443,17 @@ class Data(RowData):
             return sources.csv_inspect(path, tops, self.p.sample_shape)
         return sources.idx_inspect(path, tops)
 
+    def _count_rows(self, cap):
+        if self.kind in ("lmdb", "leveldb"):
+            return sources.db_count(self.path, self.kind, cap)
+        if self.kind == "npz":
+            tops = self.spec.get("top", []) or ["data"]
+            shape = sources.npz_headers(self.path).get(tops[0])
+            return shape[0] if shape else None
+        if self.kind == "idx":
+            return sources.idx_header(self.path)[1][0]
+        return None  # csv: its text takes about what its floats take
+
     def _load(self):
         path, tops = self.path, self.spec.get("top", [])
         if self.kind in ("lmdb", "leveldb"):
@@ -461,6 +503,16 @@ class HDF5Data(RowData):
 
     def _source_bytes(self, stored_bytes):
         return sum(stored_bytes(f) for f in sources.hdf5_files(self.path))
+
+    def _count_rows(self, cap):
+        h5py, top = sources.h5py_module(), (self.spec.get("top", []) or ["data"])[0]
+        rows = 0
+        for path in sources.hdf5_files(self.path):
+            with h5py.File(path, "r") as f:
+                rows += f[top].shape[0] if top in f else 0
+            if rows >= cap:
+                break
+        return rows
 
     def _stream_reader(self):
         from .stream import Hdf5Reader
@@ -685,6 +737,31 @@ class ImageData(RowData):
         entries = self._entries()
         some = entries[:: max(1, len(entries) // 64)]  # the mean of 64 spread files, times their number
         return int(np.mean([stored_bytes(p) for p, _ in some]) * len(entries))
+
+    def _held_bytes(self, limit):
+        """The decoded images (float32): new_height x new_width, or the mean size of 64 spread images, read from
+        their headers (nothing decoded), times their number."""
+        from .images import pillow
+        entries = self._entries()
+        if not entries:
+            return None
+        if self.p.new_height and self.p.new_width:
+            plane = self.p.new_height * self.p.new_width
+        else:
+            image, sizes = pillow(), []
+            for path, _ in entries[:: max(1, len(entries) // 64)]:
+                try:
+                    with image.open(path) as im:
+                        sizes.append(im.size[0] * im.size[1])
+                except (OSError, ValueError):
+                    pass  # (the load names it)
+            if not sizes:
+                return None
+            plane = float(np.mean(sizes))
+        return int(len(entries) * ((3 if self.p.is_color else 1) * plane + 1) * self.dtype.itemsize)
+
+    def _decoded_bytes(self):
+        return self.held_estimate
 
     def _stream_reader(self):
         from .stream import ImageReader

@@ -434,6 +434,31 @@ def db_values(path, kind="lmdb"):
         lmdb_release(path)
 
 
+def db_count(path, kind="lmdb", cap=None) -> int:
+    """The records of an LMDB (its count, kept by LMDB) or a LevelDB (its keys walked, stopping at `cap`: the
+    count only matters up to a limit)."""
+    if kind == "leveldb":
+        plyvel = leveldb_module()
+        try:
+            db = plyvel.DB(path, create_if_missing=False)
+        except plyvel.Error as e:
+            raise SourceError(f"cannot open the LevelDB ({e})") from None
+        n = 0
+        try:
+            for _ in db.iterator(include_value=False):
+                n += 1
+                if cap is not None and n >= cap:
+                    break
+        finally:
+            db.close()
+        return n
+    env = lmdb_records(path)
+    try:
+        return int(env.stat()["entries"])
+    finally:
+        lmdb_release(path)
+
+
 def lmdb_inspect(path, tops, force_color=False, kind="lmdb"):
     values = db_values(path, kind)
     first = next(values, None)

@@ -23,7 +23,8 @@ import numpy as np
 from . import sources
 from .sources import SourceError
 
-STREAM_ABOVE = int(float(os.environ.get("YAFFE_STREAM_ABOVE_MB", "512")) * 2**20)  # stored bytes (stream: auto)
+# stream: auto streams a source that would take more bytes than this in memory (decoded, float32) or on disk
+STREAM_ABOVE = int(float(os.environ.get("YAFFE_STREAM_ABOVE_MB", "512")) * 2**20)
 
 
 def stored_bytes(path: str) -> int:

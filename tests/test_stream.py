@@ -226,3 +226,55 @@ def test_hdf5_shuffles_as_caffe_files_in_a_new_order_and_rows_within_each_file(t
             assert sorted(order[:first]) == list(range(0, 20) if first == 20 else range(20, 45))
         assert len({tuple(o) for o in orders}) == len(orders)
         layer._stop_prefetch()
+
+
+@pytest.mark.parametrize("kind", ["jpeg list", "lmdb", "gzip hdf5"])
+def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(kind, tmp_path, monkeypatch):
+    """stream: auto (the default) compares what the rows would take in memory, float32, with the threshold, not
+    the bytes the source takes on disk: 45 MiB of 500x375 JPEGs were read into 3.2 GiB (7.6 GB resident). Here a
+    threshold between the two streams the source; one above what it takes decoded holds it in memory."""
+    import layers.stream
+    rows, shape = 24, (3, 48, 40)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:shape[1], 0:shape[2]]
+    images = np.stack([np.stack([(xx * (1 + i % 3) + yy * c) % 256 for c in range(3)]) for i in range(rows)])
+    images, labels = images.astype(np.uint8), rng.integers(0, 7, rows).astype(np.float32)
+    if kind == "jpeg list":
+        pytest.importorskip("PIL")
+        from PIL import Image
+        for i in range(rows):
+            Image.fromarray(images[i].transpose(1, 2, 0)).save(tmp_path / f"im{i}.jpg", quality=90)
+        (tmp_path / "list.txt").write_text("".join(f"im{i}.jpg {int(labels[i])}\n" for i in range(rows)))
+        source, type_, block, stored = "list.txt", "ImageData", "image_data_param", sum(
+            os.path.getsize(tmp_path / f"im{i}.jpg") for i in range(rows))
+    elif kind == "lmdb":
+        import lmdb
+        from layers.sources import datum_bytes
+        env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+        with env.begin(write=True) as txn:
+            for i in range(rows):
+                txn.put(f"{i:08d}".encode(), datum_bytes(images[i], int(labels[i])))
+        env.close()
+        source, type_, block, stored = "db", "Data", "data_param", os.path.getsize(tmp_path / "db" / "data.mdb")
+    else:
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "a.h5", "w") as f:
+            f.create_dataset("data", data=images.astype(np.float32), compression="gzip")
+            f.create_dataset("label", data=labels, compression="gzip")
+        (tmp_path / "list.txt").write_text("a.h5\n")
+        source, type_, block, stored = "list.txt", "HDF5Data", "hdf5_data_param", os.path.getsize(tmp_path / "a.h5")
+    decoded = rows * (np.prod(shape) + 1) * 4
+    assert stored < decoded / 2  # (compressed, encoded, or uint8 against float32)
+    from netspec.loader import load
+    path = str(tmp_path / "net.yaml")
+    (tmp_path / "net.yaml").write_text(NET % (type_, block, source, "auto", ""))
+    for threshold, streamed in ((stored + (decoded - stored) // 2, True), (decoded + 1024, False)):
+        monkeypatch.setattr(layers.stream, "STREAM_ABOVE", threshold)
+        net = Net(load(path), "TRAIN", path, seed=5)
+        net.forward()
+        layer = net.layers[0]
+        assert (layer.reader is not None) == streamed and (layer.arrays is None) == streamed, (threshold, stored)
+        assert layer.held_estimate == pytest.approx(decoded, rel=0.01)
+        if streamed:
+            assert "MiB decoded)" in layer.data_note
+            layer._stop_prefetch()
