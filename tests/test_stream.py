@@ -20,18 +20,24 @@ def _data(seed=0):
     return rng.integers(0, 256, (N,) + SHAPE).astype(np.uint8), rng.integers(0, 7, N).astype(np.float32)
 
 
+def _lmdb(path, data, labels):
+    """An LMDB of uint8 Datum records, keys 00000000, ... (convert_mnist_data's)."""
+    import lmdb
+    from layers.sources import datum_bytes
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(len(data)):
+            txn.put(f"{i:08d}".encode(), datum_bytes(data[i], int(labels[i])))
+    env.close()
+
+
 def _write(kind, folder):
     """The same 45 examples as a source of each kind; (source name, net field for it, the block)."""
     data, labels = _data()
     if kind == "lmdb" or kind == "leveldb":
         from layers.sources import datum_bytes
         if kind == "lmdb":
-            import lmdb
-            env = lmdb.open(str(folder / "db"), map_size=1 << 24)
-            with env.begin(write=True) as txn:
-                for i in range(N):
-                    txn.put(f"{i:08d}".encode(), datum_bytes(data[i], int(labels[i])))
-            env.close()
+            _lmdb(folder / "db", data, labels)
         else:
             plyvel = pytest.importorskip("plyvel")
             db = plyvel.DB(str(folder / "db"), create_if_missing=True)
@@ -248,13 +254,7 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
         source, type_, block, stored = "list.txt", "ImageData", "image_data_param", sum(
             os.path.getsize(tmp_path / f"im{i}.jpg") for i in range(rows))
     elif kind == "lmdb":
-        import lmdb
-        from layers.sources import datum_bytes
-        env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
-        with env.begin(write=True) as txn:
-            for i in range(rows):
-                txn.put(f"{i:08d}".encode(), datum_bytes(images[i], int(labels[i])))
-        env.close()
+        _lmdb(tmp_path / "db", images, labels)
         source, type_, block, stored = "db", "Data", "data_param", os.path.getsize(tmp_path / "db" / "data.mdb")
     else:
         h5py = pytest.importorskip("h5py")
