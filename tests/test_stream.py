@@ -204,6 +204,26 @@ def test_a_broken_record_in_a_streamed_lmdb_is_a_clear_error(tmp_path):
             net.forward()
 
 
+def test_an_lmdb_read_into_memory_fills_one_array_and_names_a_record_of_another_shape(tmp_path):
+    """In memory, the records go into one array made for their count (not a list stacked at the end, which held
+    them twice); a record of another shape is an error naming it and the fix."""
+    from layers import sources
+    data, labels = _data()
+    _lmdb(tmp_path / "db", data, labels)
+    images, got = sources.lmdb_load(str(tmp_path / "db"), ["data", "label"], np.float32)
+    np.testing.assert_array_equal(images, data.astype(np.float32))
+    np.testing.assert_array_equal(got, labels)
+    assert images.base is None or images.base.shape[0] == N  # one array
+    import lmdb
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(f"{7:08d}".encode(), sources.datum_bytes(np.zeros((1, 5, 5), np.uint8), 1))
+    env.close()
+    with pytest.raises(sources.SourceError, match=r"record 7 holds an example of shape \[1, 5, 5\], the first one "
+                       r"of \[1, 4, 5\].*--resize HxW"):
+        sources.lmdb_load(str(tmp_path / "db"), ["data", "label"], np.float32)
+
+
 def test_run_py_time_reports_the_data_layer_alone(tmp_path):
     from netspec.timing import time_net
     source, type_, block = _write("lmdb", tmp_path)
