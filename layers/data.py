@@ -822,11 +822,21 @@ class ImageData(RowData):
         return [self._image(self.entries[0][0]).shape, ()]
 
     def _load(self):
-        images = [self._image(path) for path, _ in self.entries]
         labels = np.array([lab for _, lab in self.entries], self.dtype)
-        self.mixed = any(img.shape != images[0].shape for img in images)
+        first = self._image(self.entries[0][0])
+        same = np.empty((len(self.entries),) + first.shape, first.dtype)  # (one array, not a list stacked: the
+        same[0], images = first, None                                       # images once in memory, not twice)
+        for i, (path, _) in enumerate(self.entries[1:], 1):
+            image = self._image(path)
+            if images is None and image.shape == first.shape:
+                same[i] = image
+                continue
+            if images is None:
+                images = list(same[:i])
+            images.append(image)
+        self.mixed = images is not None
         if not self.mixed:
-            return [np.stack(images), labels]
+            return [same, labels]
         if self.blobs:
             raise sources.SourceError(f"holds images of different sizes ({list(images[0].shape)}, ...), and "
                                       "transform_param.normalize needs one size; set new_height and new_width")
