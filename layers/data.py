@@ -144,7 +144,8 @@ class RowData(Layer):
     def load(self):
         """Read the whole source into memory (or open it for streaming, above a size), set up the row order, fit
         normalize statistics (TRAIN)."""
-        if self._wants_stream():
+        wanted = self._wants_stream()
+        if wanted:
             try:
                 with sources.reading():
                     reader = self._stream_reader()
@@ -164,7 +165,11 @@ class RowData(Layer):
         if getattr(self.p, "stream", None) is not None:  # said once in the training log, as a streamed source is
             held = sum(a.nbytes for a in arrays if a.dtype != object)
             why = ("stream: never" if self.p.stream == "never" else "below the streaming threshold, "
-                   "YAFFE_STREAM_ABOVE_MB") if self.p.stream != "always" else "its format cannot be streamed"
+                   "YAFFE_STREAM_ABOVE_MB") if not wanted else "its format cannot be streamed"
+            if wanted and self.path.endswith(".gz"):
+                why += ": a gzip file cannot be read by row; gunzip it to stream it"
+            elif wanted and self.path.endswith(".npz"):
+                why += ": a compressed .npz cannot be read by row; save it with np.savez to stream it"
             self.data_note = (f"Data layer '{self.name}': '{self.p.source}' read into memory ({self.rows:,} rows, "
                               f"{held / 2**20:,.1f} MiB; {why})")
         stats = [b.data for b in self.blobs]

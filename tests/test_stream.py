@@ -298,3 +298,26 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
         if streamed:
             assert "MiB decoded)" in layer.data_note
             layer._stop_prefetch()
+
+
+def test_a_source_above_the_threshold_that_cannot_be_streamed_says_why_and_how(tmp_path, monkeypatch):
+    """A gzip IDX (or csv.gz, or a compressed npz) above the threshold is read into memory, as it cannot be read by
+    row; the note says so and how to make it streamable, not that it is below the threshold."""
+    import gzip
+    import struct
+    import layers.stream
+    from netspec.loader import load
+    data, labels = _data()
+    with gzip.open(tmp_path / "set-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">iiii", 0x0803, N, SHAPE[1], SHAPE[2]) + data.tobytes())
+    with gzip.open(tmp_path / "set-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">ii", 0x0801, N) + labels.astype(np.uint8).tobytes())
+    path = str(tmp_path / "net.yaml")
+    (tmp_path / "net.yaml").write_text(NET % ("Data", "data_param", "set-images-idx3-ubyte.gz", "auto", ""))
+    for threshold, note in ((1024, "its format cannot be streamed: a gzip file cannot be read by row; gunzip it"),
+                            (1 << 20, "below the streaming threshold")):
+        monkeypatch.setattr(layers.stream, "STREAM_ABOVE", threshold)
+        net = Net(load(path), "TRAIN", path, seed=5)
+        net.forward()
+        assert net.layers[0].reader is None and note in net.layers[0].data_note
+        assert net.layers[0].held_estimate == N * (np.prod(SHAPE) + 1) * 4
