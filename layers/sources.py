@@ -290,16 +290,32 @@ def hdf5_inspect(list_path, tops):
 
 
 def hdf5_load(list_path, tops, dtype, with_lengths=False):
+    """Every file's datasets, one array per top made for all the files' rows (from their shapes, read first) and
+    filled file by file: the data once in memory, not as parts and then their concatenation."""
     h5py = h5py_module()
-    parts = [[] for _ in tops]
-    for p in hdf5_files(list_path):
+    paths, shapes = hdf5_files(list_path), []
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            missing = [t for t in tops if t not in f]
+            if missing:
+                raise SourceError(f"{p} has no dataset {missing[0]!r} (datasets: {', '.join(f.keys())})")
+            shapes.append([tuple(f[t].shape) for t in tops])
+    for p, shape in zip(paths, shapes):
+        if len({s[0] if s else 1 for s in shape}) != 1:
+            raise SourceError(f"the datasets {tops} have different numbers of rows in {p}")
+        for t, s, s0 in zip(tops, shape, shapes[0]):
+            if s[1:] != s0[1:]:
+                raise SourceError(f"{p}: dataset {t!r} has rows of shape {list(s[1:])}, {paths[0]}'s "
+                                  f"{list(s0[1:])}; every file's rows must have one shape")
+    lengths = [shape[0][0] if shape[0] else 1 for shape in shapes]
+    arrays = [np.empty((sum(lengths),) + s0[1:], dtype) for s0 in shapes[0]]
+    start = 0
+    for p, n in zip(paths, lengths):
         with h5py.File(p, "r") as f:
             for k, t in enumerate(tops):
-                parts[k].append(np.asarray(f[t], dtype=dtype))
-    arrays = [np.concatenate(a) for a in parts]
-    if len({a.shape[0] for a in arrays}) != 1:
-        raise SourceError(f"the datasets {tops} have different numbers of rows")
-    return (arrays, [len(a) for a in parts[0]]) if with_lengths else arrays
+                arrays[k][start:start + n] = np.asarray(f[t]).reshape((n,) + arrays[k].shape[1:])
+        start += n
+    return (arrays, lengths) if with_lengths else arrays
 
 
 # ---- LMDB of Caffe Datum records ---------------------------------------------------------------
