@@ -321,3 +321,20 @@ def test_a_source_above_the_threshold_that_cannot_be_streamed_says_why_and_how(t
         net.forward()
         assert net.layers[0].reader is None and note in net.layers[0].data_note
         assert net.layers[0].held_estimate == N * (np.prod(SHAPE) + 1) * 4
+
+
+def test_hdf5_files_read_into_memory_fill_one_array_and_a_file_of_another_shape_is_named(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from layers import sources
+    source, _, _ = _write("hdf5", tmp_path)
+    (data, lengths), (want, labels) = sources.hdf5_load(str(tmp_path / source), ["data", "label"], np.float32,
+                                                        with_lengths=True), _data()
+    np.testing.assert_array_equal(data[0], want.astype(np.float32))
+    np.testing.assert_array_equal(data[1], labels)
+    assert lengths == [20, N - 20]
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["data"], f["label"] = np.zeros((3, 1, 5, 4), np.float32), np.zeros(3, np.float32)
+    (tmp_path / source).write_text("a.h5\nb.h5\nc.h5\n")
+    with pytest.raises(sources.SourceError, match=r"c.h5: dataset 'data' has rows of shape \[1, 5, 4\], .*a.h5's "
+                       r"\[1, 4, 5\]"):
+        sources.hdf5_load(str(tmp_path / source), ["data", "label"], np.float32)
