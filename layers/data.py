@@ -412,7 +412,8 @@ class Data(RowData):
 
     param_block = "data_param"
     fields = (
-        Field("source", "str", None, "an .npz, .csv, .csv.gz or IDX images file, or an LMDB or LevelDB folder",
+        Field("source", "str", None, "an .npz, .csv, .csv.gz, IDX images file or CIFAR binary batch (.bin), or "
+              "an LMDB or LevelDB folder",
               required=True),
         Field("batch_size", "int", None, "examples per batch", minimum=1, required=True),
         Field("shuffle", "bool", False, "serve the rows in a new random order each epoch"),
@@ -446,6 +447,8 @@ class Data(RowData):
             return sources.npz_inspect(path, tops)
         if self.kind == "csv":
             return sources.csv_inspect(path, tops, self.p.sample_shape)
+        if self.kind == "cifar":
+            return [sources.CIFAR_IMAGE, ()][:len(tops) or 1]
         return sources.idx_inspect(path, tops)
 
     def _count_rows(self, cap):
@@ -457,6 +460,8 @@ class Data(RowData):
             return shape[0] if shape else None
         if self.kind == "idx":
             return sources.idx_header(self.path)[1][0]
+        if self.kind == "cifar":
+            return os.path.getsize(self.path) // sources.cifar_record(self.path)
         return None  # csv: its text takes about what its floats take
 
     def _load(self):
@@ -468,6 +473,8 @@ class Data(RowData):
         if self.kind == "csv":
             self.header_lines = sources.csv_header_lines(path)
             return sources.csv_load(path, tops, self.dtype, self.sample_shapes[0])
+        if self.kind == "cifar":
+            return sources.cifar_load(path, tops, self.dtype)
         return sources.idx_load(path, tops, self.dtype)
 
     def _stream_reader(self):
@@ -480,7 +487,8 @@ class Data(RowData):
                 return None  # a gzip stream cannot seek: read into memory
             self.header_lines = sources.csv_header_lines(path)
             return stream.CsvReader(path, self.header_lines, self.sample_shapes[0], self.dtype, len(tops))
-        maps = stream.npz_memmaps(path, tops) if self.kind == "npz" else stream.idx_memmaps(path, tops)
+        maps = (stream.npz_memmaps(path, tops) if self.kind == "npz" else stream.cifar_memmaps(path, tops)
+                if self.kind == "cifar" else stream.idx_memmaps(path, tops))
         return stream.MemmapReader(maps, self.dtype) if maps is not None else None
 
     def describe_row(self, i: int) -> str:

@@ -66,7 +66,34 @@ def kind(path: str, backend: str | None = None) -> str:
         return "csv"
     if re.search(r"idx\d-ubyte(\.gz)?$", name):
         return "idx"
-    raise SourceError("unknown file type; use .npz, .csv, .csv.gz or an IDX file (*-idx3-ubyte[.gz])")
+    if name.endswith(".bin") and cifar_record(path):
+        return "cifar"
+    raise SourceError("unknown file type; use .npz, .csv, .csv.gz, an IDX file (*-idx3-ubyte[.gz]) or a CIFAR "
+                      "binary batch (data_batch_1.bin)")
+
+
+# ---- CIFAR binary batches (Caffe's data/cifar10, examples/cifar10/convert_cifar_data) ----------
+
+CIFAR_IMAGE = (3, 32, 32)
+
+
+def cifar_record(path) -> int:
+    """The bytes of one record of a CIFAR binary batch: 3073 for CIFAR-10 (a label byte, then 3072 pixel bytes:
+    the R, G and B planes of a 32x32 image), 3074 for CIFAR-100 (coarse and fine label bytes; train.bin,
+    test.bin); 0 where the file is neither."""
+    size, name = os.path.getsize(path) if os.path.isfile(path) else -1, os.path.basename(path)
+    if size > 0 and name in ("train.bin", "test.bin") and size % 3074 == 0:
+        return 3074
+    return 3073 if size > 0 and size % 3073 == 0 else 0
+
+
+def cifar_load(path, tops, dtype):
+    """(images (N, 3, 32, 32), labels (N,)) of a CIFAR binary batch, the planes in the file's order (R, G, B, as
+    convert_cifar_data stores them), CIFAR-100's fine label."""
+    record = cifar_record(path)
+    raw = np.fromfile(path, np.uint8).reshape(-1, record)
+    return [raw[:, record - 3072:].reshape((-1,) + CIFAR_IMAGE).astype(dtype), raw[:, record - 3073].astype(dtype)
+            ][:len(tops) or 1]
 
 
 # ---- npz ---------------------------------------------------------------------------------------
@@ -549,7 +576,7 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
     relative paths from `root`, else from the list file's folder or the working directory: list_root; with
     need_labels=False a line may be a path alone, its label NaN)."""
     k = kind_or_none(path)
-    if k in ("idx", "csv", "npz") and (new_size or gray):
+    if k in ("idx", "csv", "npz", "cifar") and (new_size or gray):
         given = " and ".join(o for o, v in (("--resize", new_size), ("--gray", gray)) if v)
         raise SourceError(f"{given} applies to image lists only; this is {'an' if k == 'idx' else 'a'} {k} file, "
                           "whose examples are kept as they are: leave it out")
@@ -562,6 +589,8 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
         return npz_load(path, ["data", "label"], np.float32)
     if k in ("lmdb", "leveldb"):  # Caffe's databases, e.g. a LevelDB to LMDB or npz
         return lmdb_load(path, ["data", "label"], np.float32, kind=k)
+    if k == "cifar":
+        return cifar_load(path, ["data", "label"], np.float32)
     images, labels, shapes = [], [], {}
     for n, name, a, label in list_images(path, new_size, gray, root, need_labels):
         images.append(a.astype(np.float32))
@@ -660,10 +689,27 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
     if not out.endswith(".npz") and os.path.exists(out):
         raise SourceError(f"the output {out} exists already; remove it first (rm -r {out}: Caffe's create_*.sh "
                           "scripts do) or give another name; records written into it would mix with its own")
-    if kind_or_none(src) is None and not out.endswith(".npz") and not pairs:
-        return _write_records(out, backend, _list_records(src, shuffle, seed, new_size, gray, root))
-    with reading():
-        data, labels = read_any(src, sample_shape, new_size, gray, root)
+    srcs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    kinds = [kind_or_none(s) for s in srcs]
+    if len(srcs) > 1 and None in kinds:
+        raise SourceError(f"{srcs[kinds.index(None)]} is an image list (or an unknown file): several sources are "
+                          "data files (IDX, csv, npz, CIFAR .bin, LMDB, LevelDB) written one after the other; put "
+                          "the images into one list instead")
+    if kinds[0] is None and not out.endswith(".npz") and not pairs:
+        return _write_records(out, backend, _list_records(srcs[0], shuffle, seed, new_size, gray, root))
+    digits = 5 if set(kinds) == {"cifar"} else 8  # (convert_cifar_data's keys: 00000, 00001, ...)
+    parts = []
+    for s in srcs:
+        try:
+            with reading():
+                parts.append(read_any(s, sample_shape, new_size, gray, root))
+        except SourceError as e:
+            raise SourceError(f"{s}: {e}" if len(srcs) > 1 else str(e)) from None
+    if len({p[0].shape[1:] for p in parts}) > 1:
+        raise SourceError(f"the sources' examples differ in shape ({', '.join(str(list(p[0].shape[1:])) for p in parts)}"
+                          "); sources written into one database must share one")
+    data, labels = (parts[0] if len(parts) == 1 else
+                    (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
     if len(data) == 0:
         raise SourceError("holds no examples; nothing to write")
     if pairs:
@@ -683,7 +729,7 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
         np.savez_compressed(out, data=data, label=labels)
         return len(data)
     _check_images(data)
-    return _write_records(out, backend, ((f"{i:08d}", datum_bytes(a, int(lab)))
+    return _write_records(out, backend, ((f"{i:0{digits}d}", datum_bytes(a, int(lab)))
                                          for i, (a, lab) in enumerate(zip(data, labels))))
 
 

@@ -225,6 +225,13 @@ def idx_memmaps(path, tops):
     return maps
 
 
+def cifar_memmaps(path, tops):
+    """Memory maps of a CIFAR binary batch: the images (N, 3, 32, 32) and labels (N,), views of its records."""
+    record = sources.cifar_record(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, record)
+    return [raw[:, record - 3072:].reshape((-1,) + sources.CIFAR_IMAGE), raw[:, record - 3073]][:len(tops) or 1]
+
+
 class CsvReader(Reader):
     """An uncompressed csv read by line: one pass notes where each data line starts (8 bytes a row)."""
 

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from netspec.net import Net
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
@@ -445,3 +447,58 @@ def test_the_siamese_tutorial_runs_from_the_caffe_root(tmp_path):
                     str(tmp_path / "examples" / "siamese" / "mnist_siamese_iter_40.caffemodel"), caffe.TEST)
     feat = net.forward_all(data=images["test"].reshape(-1, 1, 28, 28) * 0.00390625)["feat"]
     assert feat.shape == (200, 2) and np.isfinite(feat).all() and feat.std(0).min() > 0
+
+
+def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_layer(tmp_path):
+    """examples/cifar10/create_cifar10.sh without its C++ tool: `data convert data_batch_1.bin ... OUT` writes
+    convert_cifar_data's LMDB (keys 00000, 00001, ... across the files; each record a Datum of 3 x 32 x 32 with the
+    file's 3,072 pixel bytes as they are, R, G, B planes, and its label): with the five real-sized batches the
+    records and compute_image_mean's file were byte for byte Caffe's (checked by hand with Debian's
+    convert_cifar_data). A Data layer reads a batch file directly too, in memory and streamed alike."""
+    from layers.sources import db_values, datum_bytes
+    from netspec.caffemodel import fields
+    rng = np.random.default_rng(0)
+    files = []
+    os.makedirs(tmp_path / "data" / "cifar10")
+    for name, n in (("data_batch_1.bin", 30), ("data_batch_2.bin", 20), ("test_batch.bin", 10)):
+        records = np.concatenate([rng.integers(0, 10, (n, 1)), rng.integers(0, 256, (n, 3072))], 1).astype(np.uint8)
+        records.tofile(tmp_path / "data" / "cifar10" / name)
+        files.append(records)
+    r = yaffe("data", "convert", "data/cifar10/data_batch_1.bin", "data/cifar10/data_batch_2.bin", "train_lmdb",
+              cwd=tmp_path)
+    assert r.returncode == 0 and "Wrote 50 examples to train_lmdb (LMDB)" in r.stdout, r.stderr
+    import lmdb
+    env = lmdb.open(str(tmp_path / "train_lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = list(txn.cursor())
+    env.close()
+    both = np.concatenate(files[:2])
+    assert [k for k, _ in records] == [f"{i:05d}".encode() for i in range(50)]
+    for (_, value), row in zip(records, both):
+        assert value == datum_bytes(row[1:].reshape(3, 32, 32), int(row[0]))
+        got = {num: v for num, _, v in fields(value)}
+        assert (got[1], got[2], got[3], got[4], got.get(5, 0)) == (3, 32, 32, row[1:].tobytes(), row[0])
+    assert len(list(db_values(str(tmp_path / "train_lmdb")))) == 50
+    r = yaffe("data", "convert", "data/cifar10/data_batch_1.bin", "data/cifar10/nothere.bin", "x_lmdb", cwd=tmp_path)
+    assert r.returncode == 2 and "nothere.bin" in r.stderr and "Traceback" not in r.stderr
+    batches = {}
+    for mode in ("never", "always"):
+        (tmp_path / f"{mode}.yaml").write_text(
+            "layer:\n  - {name: d, type: Data, top: [data, label], data_param: {source: data/cifar10/test_batch.bin, "
+            f"batch_size: 4, stream: {mode}}}}}\n  - {{name: s, type: Silence, bottom: [data, label]}}\n")
+        from netspec.loader import load
+        net = Net(load(str(tmp_path / f"{mode}.yaml")), "TRAIN", str(tmp_path / f"{mode}.yaml"), seed=1)
+        out = []
+        for _ in range(3):
+            net.forward()
+            out.append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
+        batches[mode] = out
+        assert (net.layers[0].reader is not None) == (mode == "always")
+        if mode == "always":
+            net.layers[0]._stop_prefetch()
+    for (d0, l0), (d1, l1) in zip(batches["never"], batches["always"]):
+        np.testing.assert_array_equal(d0, d1)
+        np.testing.assert_array_equal(l0, l1)
+    test = files[2]
+    np.testing.assert_array_equal(batches["never"][0][0], test[:4, 1:].reshape(4, 3, 32, 32))
+    np.testing.assert_array_equal(batches["never"][1][1], test[4:8, 0])

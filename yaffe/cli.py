@@ -257,12 +257,12 @@ def cmd_data(args):
                             "at)")
         n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
                           gray=args.gray, root=args.root, backend=args.backend, pairs=args.pairs)
-    except SourceError as e:
-        raise UserError(f"{args.source}: error: {e}") from None
+    except SourceError as e:  # (with several sources, the message names the one)
+        raise UserError(f"{args.source[0] if len(args.source) == 1 else 'data convert'}: error: {e}") from None
     except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
-        name = e.filename or args.source
+        name = e.filename or args.source[0]
         raise UserError(f"{name}: error: {(e.strerror or str(e)).lower()}; check the path (SOURCE is a .csv, "
-                        ".npz, IDX file or image list; OUTPUT an .npz or an LMDB folder)") from None
+                        ".npz, IDX file, CIFAR .bin or image list; OUTPUT an .npz or an LMDB folder)") from None
     print(f"Wrote {n} {'pairs' if args.pairs else 'examples'} to {args.output}"
           + ("" if args.output.endswith(".npz") else f" ({'LevelDB' if args.backend == 'leveldb' else 'LMDB'})"))
     return 0
@@ -516,8 +516,9 @@ def build_parser():
     data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="ACTION")
     q = data_sub.add_parser("convert", help="IDX, csv, npz or an image list (path label) to an LMDB of Caffe "
                             "Datum records, or to an .npz (like Caffe's convert_imageset)")
-    q.add_argument("source", help="an IDX images file (labels beside it), a .csv, an .npz, an LMDB or LevelDB "
-                   "folder, or a text file of 'path label'")
+    q.add_argument("source", nargs="+", help="an IDX images file (labels beside it), a .csv, an .npz, a CIFAR "
+                   "binary batch (.bin), an LMDB or LevelDB folder, or a text file of 'path label'; several data "
+                   "files are written one after the other (data_batch_1.bin ... data_batch_5.bin)")
     q.add_argument("output", help="an .npz file, or the LMDB (LevelDB) folder to create")
     q.add_argument("--backend", choices=("lmdb", "leveldb"), default="lmdb", type=str.lower,
                    help="the database to write (convert_imageset's -backend; default lmdb)")
