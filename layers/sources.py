@@ -603,7 +603,7 @@ def read_any(path, sample_shape=None, new_size=None, gray=False, root=None, need
     return [np.stack(images), np.asarray(labels, np.float32)]
 
 
-def list_images(path, new_size=None, gray=False, root=None, need_labels=True, order=None):
+def list_images(path, new_size=None, gray=False, root=None, need_labels=True, order=None, with_paths=False):
     """(line number, path as listed, uint8 (C, H, W) image, label) of each line of an image list, read as Caffe's
     OpenCV reads them (layers/images.py), in the list's order or in `order` (indices of its lines)."""
     from .images import pillow, read_image
@@ -633,7 +633,7 @@ def list_images(path, new_size=None, gray=False, root=None, need_labels=True, or
         except Exception as e:  # noqa: BLE001: a broken or bomb image, a label that is not a number
             raise SourceError(f"line {n}: cannot read {parts[0]!r} with its label {parts[1]!r} "
                               f"({_describe(e)})") from None
-        yield n, parts[0], a, label
+        yield (n, parts[0], a, label, p) if with_paths else (n, parts[0], a, label)
 
 
 def count_list(path):
@@ -677,15 +677,16 @@ def list_root(list_path, paths, base_dir, caffe=False):
 
 
 def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=None, gray=False, root=None,
-                  backend="lmdb", pairs=False) -> int:
+                  backend="lmdb", pairs=False, encoded=None) -> int:
     """Write `src` as an .npz (data, label) or, for any other name, a database (an LMDB, or a LevelDB with
     backend="leveldb") of Caffe Datum records (uint8 data; keys 00000000, 00000001, ... as convert_mnist_data
     writes them). An image list goes one image at a time, as convert_imageset writes it (keys 00000000_path, ...,
     `encoded: false`, each image at its size unless resized, commits every 1,000): byte for byte Caffe's records,
     and no more memory than an image's. pairs: Caffe's convert_mnist_siamese_data (examples/siamese): as many
     records as examples, each two examples drawn at random (seeded) as 2C channels, label 1 where their classes
-    are the same, else 0. A database that exists is an error (Caffe's tools refuse it too): records of another
-    run would stay among the new ones. Returns the number of records."""
+    are the same, else 0. encoded (an image list to a database): convert_imageset -encoded, each image as its file
+    (or encoded as this type, "" for each file's own). A database that exists is an error (Caffe's tools refuse it
+    too): records of another run would stay among the new ones. Returns the number of records."""
     if not out.endswith(".npz") and os.path.exists(out):
         raise SourceError(f"the output {out} exists already; remove it first (rm -r {out}: Caffe's create_*.sh "
                           "scripts do) or give another name; records written into it would mix with its own")
@@ -695,8 +696,11 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
         raise SourceError(f"{srcs[kinds.index(None)]} is an image list (or an unknown file): several sources are "
                           "data files (IDX, csv, npz, CIFAR .bin, LMDB, LevelDB) written one after the other; put "
                           "the images into one list instead")
+    if encoded is not None and (kinds[0] is not None or out.endswith(".npz") or pairs):
+        raise SourceError("--encoded stores image files as they are: it applies to an image list written to a "
+                          "database; leave it out")
     if kinds[0] is None and not out.endswith(".npz") and not pairs:
-        return _write_records(out, backend, _list_records(srcs[0], shuffle, seed, new_size, gray, root))
+        return _write_records(out, backend, _list_records(srcs[0], shuffle, seed, new_size, gray, root, encoded))
     digits = 5 if set(kinds) == {"cifar"} else 8  # (convert_cifar_data's keys: 00000, 00001, ...)
     parts = []
     for s in srcs:
@@ -739,21 +743,49 @@ def _check_images(data):
                           ".npz instead")
 
 
-def _list_records(src, shuffle, seed, new_size, gray, root):
+def _list_records(src, shuffle, seed, new_size, gray, root, encoded=None):
     """(key, Datum bytes) of an image list, one image at a time (convert_imageset's keys and records)."""
     total = count_list(src)
     if total == 0:
         raise SourceError("holds no examples; nothing to write")
     return _list_images_records(src, np.random.default_rng(seed).permutation(total) if shuffle else None, new_size,
-                                gray, root)
+                                gray, root, encoded)
 
 
-def _list_images_records(src, order, new_size, gray, root):
+def _extension(name):
+    ext = name.rsplit(".", 1)[-1].lower() if "." in os.path.basename(name) else ""
+    return "jpg" if ext == "jpeg" else ext
+
+
+def encoded_image_bytes(path, image, encode_type, resized):
+    """convert_imageset -encoded's bytes of one image: the file as it is where nothing was resized and its
+    extension is the encoding (ReadFileToDatum), else the decoded image (BGR (C, H, W)) encoded again as
+    encode_type (Pillow's encoder: not OpenCV's bytes; JPEG at OpenCV's quality 95)."""
+    if not resized and _extension(path) == encode_type:
+        with open(path, "rb") as f:
+            return f.read()
+    from .images import pillow
+    import io
+    a = image[::-1].transpose(1, 2, 0) if image.shape[0] == 3 else image[0]  # BGR planes -> RGB pixels
+    out = io.BytesIO()
+    fmt = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}.get(encode_type)
+    if fmt is None:
+        raise SourceError(f"encode type {encode_type!r} is not one yaffe writes; use jpg or png")
+    pillow().fromarray(np.ascontiguousarray(a, np.uint8)).save(out, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def _list_images_records(src, order, new_size, gray, root, encoded=None):
+    from netspec.caffemodel import _field, _int_field
     with reading():
-        for i, (n, name, a, label) in enumerate(list_images(src, new_size, gray, root, True, order)):
+        for i, (n, name, a, label, path) in enumerate(list_images(src, new_size, gray, root, True, order, True)):
             if label != int(label):
                 raise SourceError(f"line {n}: the label {label} of {name!r} is not an integer (a Datum's label is)")
-            yield f"{i:08d}_{name}", datum_bytes(a, int(label), encoded=False)
+            if encoded is None:
+                yield f"{i:08d}_{name}", datum_bytes(a, int(label), encoded=False)
+            else:  # convert_imageset -encoded: data, label, encoded: true (no channels, height, width)
+                data = encoded_image_bytes(path, a, encoded or _extension(name), bool(new_size))
+                yield f"{i:08d}_{name}", _field(4, data) + _int_field(5, int(label)) + _int_field(7, 1)
 
 
 def _write_records(out, backend, records) -> int:

@@ -502,3 +502,42 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
     test = files[2]
     np.testing.assert_array_equal(batches["never"][0][0], test[:4, 1:].reshape(4, 3, 32, 32))
     np.testing.assert_array_equal(batches["never"][1][1], test[4:8, 0])
+
+
+def test_data_convert_encoded_stores_the_image_files_as_convert_imageset_encoded_does(tmp_path):
+    """`data convert LIST DB --encoded` (convert_imageset -encoded): each record the image's file as it is (data),
+    its label and `encoded: true`, no shape (byte for byte Caffe's LMDB: checked by hand with Debian's
+    convert_imageset on JPEGs and a PNG); resized, the image encoded again (Pillow's encoder; Caffe's OpenCV
+    JPEGs decoded to the same pixels in that check). The Data layer reads either as the plain database."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+    from layers.sources import read_any
+    from netspec.caffemodel import fields
+    yy, xx = np.mgrid[0:40, 0:48]
+    names = []
+    for i in range(4):
+        image = np.stack([(xx * (i + 1) + yy) % 256, (yy * 3 + i * 40) % 256, (xx + 2 * yy) % 256], -1)
+        name = f"im{i}.png" if i == 3 else f"im{i}.jpg"
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / name)
+        names.append(name)
+    (tmp_path / "list.txt").write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    for args, db in (([], "plain_lmdb"), (["--encoded"], "enc_lmdb"), (["--resize", "20x24"], "small_lmdb"),
+                     (["--resize", "20x24", "--encoded", "--encode-type", "png"], "small_enc_lmdb")):
+        r = yaffe("data", "convert", "list.txt", db, *args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    import lmdb
+    env = lmdb.open(str(tmp_path / "enc_lmdb"), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = list(txn.cursor())
+    env.close()
+    assert [k for k, _ in records] == [f"{i:08d}_{n}".encode() for i, n in enumerate(names)]
+    for i, ((_, value), name) in enumerate(zip(records, names)):
+        got = [(num, v) for num, _, v in fields(value)]
+        assert got == [(4, (tmp_path / name).read_bytes()), (5, i % 2), (7, 1)]
+    for plain, enc in (("plain_lmdb", "enc_lmdb"), ("small_lmdb", "small_enc_lmdb")):
+        (a, la), (b, lb) = read_any(str(tmp_path / plain)), read_any(str(tmp_path / enc))
+        np.testing.assert_array_equal(a, b)  # (the same files decoded; resized: PNG, lossless)
+        np.testing.assert_array_equal(la, lb)
+    assert read_any(str(tmp_path / "small_enc_lmdb"))[0].shape == (4, 3, 20, 24)
+    r = yaffe("data", "convert", "plain_lmdb", "x_lmdb", "--encoded", cwd=tmp_path)
+    assert r.returncode == 2 and "--encoded stores image files as they are" in r.stderr

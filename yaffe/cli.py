@@ -256,7 +256,8 @@ def cmd_data(args):
             raise UserError(f"--root {args.root}: error: no such folder (the folder the list's image paths start "
                             "at)")
         n = write_dataset(args.source, args.output, shuffle=args.shuffle, seed=args.seed, new_size=size,
-                          gray=args.gray, root=args.root, backend=args.backend, pairs=args.pairs)
+                          gray=args.gray, root=args.root, backend=args.backend, pairs=args.pairs,
+                          encoded=(args.encode_type or "").lower().lstrip(".") if args.encoded else None)
     except SourceError as e:  # (with several sources, the message names the one)
         raise UserError(f"{args.source[0] if len(args.source) == 1 else 'data convert'}: error: {e}") from None
     except OSError as e:  # the OS's words, without Python's "[Errno 2]" and the repeated path
@@ -529,6 +530,11 @@ def build_parser():
     q.add_argument("--seed", type=int, default=0, help="the seed of --shuffle and --pairs")
     q.add_argument("--resize", metavar="HxW", help="resize images (image lists only)")
     q.add_argument("--gray", action="store_true", help="read images as 1 channel (image lists only)")
+    q.add_argument("--encoded", action="store_true", help="store each image's file as it is (JPEG, PNG), or "
+                   "encoded again where resized: a database many times smaller (convert_imageset's -encoded; "
+                   "image lists only)")
+    q.add_argument("--encode-type", metavar="TYPE", help="with --encoded: jpg or png for every image (default: "
+                   "each file's own type)")
     q.add_argument("--root", metavar="DIR", help="the folder an image list's relative paths start at "
                    "(convert_imageset's ROOTFOLDER; default: the list file's folder or the working directory, "
                    "whichever holds the first image)")
