@@ -505,7 +505,8 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
 
 
 def test_data_convert_encoded_stores_the_image_files_as_convert_imageset_encoded_does(tmp_path):
-    """`data convert LIST DB --encoded` (convert_imageset -encoded): each record the image's file as it is (data),
+    """`data convert LIST DB --encoded` (convert_imageset -encoded, its flags and ROOT LIST DB accepted too): each
+    record the image's file as it is (data),
     its label and `encoded: true`, no shape (byte for byte Caffe's LMDB: checked by hand with Debian's
     convert_imageset on JPEGs and a PNG); resized, the image encoded again (Pillow's encoder; Caffe's OpenCV
     JPEGs decoded to the same pixels in that check). The Data layer reads either as the plain database."""
@@ -541,3 +542,9 @@ def test_data_convert_encoded_stores_the_image_files_as_convert_imageset_encoded
     assert read_any(str(tmp_path / "small_enc_lmdb"))[0].shape == (4, 3, 20, 24)
     r = yaffe("data", "convert", "plain_lmdb", "x_lmdb", "--encoded", cwd=tmp_path)
     assert r.returncode == 2 and "--encoded stores image files as they are" in r.stderr
+    # convert_imageset's own spelling (create_imagenet.sh's): flags, then ROOTFOLDER LISTFILE DB_NAME
+    r = yaffe("data", "convert", "--resize_height=20", "--resize_width=24", "-shuffle=false", "-encoded",
+              "-encode_type", "png", "--backend=lmdb", "./", "list.txt", "caffe_lmdb", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (a, _), (b, _) = read_any(str(tmp_path / "small_enc_lmdb")), read_any(str(tmp_path / "caffe_lmdb"))
+    np.testing.assert_array_equal(a, b)

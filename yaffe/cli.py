@@ -199,9 +199,40 @@ CAFFE_FLAGS = {"weights": "--weights", "snapshot": "--snapshot", "iterations": "
                "level": "--level"}
 
 
+def _imageset_argv(argv: list) -> list:
+    """`data convert` with convert_imageset's flags (create_imagenet.sh's -resize_height=256 -resize_width=256
+    -shuffle, -backend, -gray, -encoded, -encode_type) turned into this command line's."""
+    out, size, i = argv[:2], {}, 2
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.lstrip("-").partition("=")
+        boolean = name in ("shuffle", "gray", "encoded", "check_size")
+        if arg.startswith("-") and (boolean or name in ("resize_height", "resize_width", "backend", "encode_type")):
+            if not eq and not boolean:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            if name in ("resize_height", "resize_width"):
+                size[name] = value
+            elif name == "check_size":
+                pass  # (images of other sizes are an error, or a note, without it)
+            elif boolean:
+                out += [f"--{name}"] if value.lower() not in ("false", "0") else []
+            else:
+                out += [f"--{name.replace('_', '-')}", value]
+        else:
+            out.append(arg)
+        i += 1
+    h, w = size.get("resize_height", "0"), size.get("resize_width", "0")
+    if h not in ("", "0") and w not in ("", "0"):  # (Caffe resizes only when both are given)
+        out += ["--resize", f"{h}x{w}"]
+    return out
+
+
 def caffe_argv(argv: list) -> list:
     """argv with Caffe's flags of train/test/time turned into this command line's: -solver/-model become the
-    positional file; -gpu is dropped with a note (yaffe runs on the CPU)."""
+    positional file; -gpu is dropped with a note (yaffe runs on the CPU). `data convert` takes convert_imageset's."""
+    if argv[:2] == ["data", "convert"]:
+        return _imageset_argv(argv)
     if not argv or argv[0] not in ("train", "test", "time"):
         return argv
     out, rest, i = [argv[0]], [], 1
@@ -235,7 +266,7 @@ def cmd_convert(args):
 
 
 def cmd_data(args):
-    from layers.sources import SourceError, write_dataset
+    from layers.sources import SourceError, kind_or_none, write_dataset
     from netspec.errors import UserError
     if args.action == "mean":
         return _data_mean(args)
@@ -247,6 +278,10 @@ def cmd_data(args):
         except (ValueError, AssertionError):
             raise UserError(f"--resize: expected HEIGHTxWIDTH of two sizes above 0, e.g. 32x32; received "
                             f"{args.resize!r}") from None
+    if len(args.source) == 2 and os.path.isdir(args.source[0]) and kind_or_none(args.source[1]) is None:
+        if args.root:  # convert_imageset's ROOTFOLDER LISTFILE DB_NAME
+            raise UserError(f"{args.source[0]}: error: a root folder given twice (--root {args.root} too); give one")
+        args.root, args.source = args.source[0], args.source[1:]
     if not args.output.endswith(".npz") and os.path.exists(args.output):
         raise UserError(f"{args.output}: error: exists already; remove it first (rm -r {args.output}, as Caffe's "
                         "create_*.sh scripts do) or give another name: records written into it would mix with "
