@@ -506,10 +506,10 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
 
 def test_data_convert_encoded_stores_the_image_files_as_convert_imageset_encoded_does(tmp_path):
     """`data convert LIST DB --encoded` (convert_imageset -encoded, its flags and ROOT LIST DB accepted too): each
-    record the image's file as it is (data),
-    its label and `encoded: true`, no shape (byte for byte Caffe's LMDB: checked by hand with Debian's
-    convert_imageset on JPEGs and a PNG); resized, the image encoded again (Pillow's encoder; Caffe's OpenCV
-    JPEGs decoded to the same pixels in that check). The Data layer reads either as the plain database."""
+    record the image's file as it is (data), its label and `encoded: true`, no shape (byte for byte Caffe's LMDB:
+    checked by hand with Debian's convert_imageset on JPEGs and a PNG); resized, the image encoded again (Pillow's
+    encoder; Caffe's OpenCV JPEGs decoded to the same pixels in that check). The Data layer reads either as the
+    plain database."""
     pytest.importorskip("PIL")
     from PIL import Image
     from layers.sources import read_any
