@@ -87,13 +87,13 @@ def cifar_record(path) -> int:
     return 3073 if size > 0 and size % 3073 == 0 else 0
 
 
-def cifar_load(path, tops, dtype):
+def cifar_load(path, tops, dtype, images_as_stored=False):
     """(images (N, 3, 32, 32), labels (N,)) of a CIFAR binary batch, the planes in the file's order (R, G, B, as
-    convert_cifar_data stores them), CIFAR-100's fine label."""
+    convert_cifar_data stores them), CIFAR-100's fine label; images_as_stored: uint8, else dtype."""
     record = cifar_record(path)
     raw = np.fromfile(path, np.uint8).reshape(-1, record)
-    return [raw[:, record - 3072:].reshape((-1,) + CIFAR_IMAGE).astype(dtype), raw[:, record - 3073].astype(dtype)
-            ][:len(tops) or 1]
+    images = np.ascontiguousarray(raw[:, record - 3072:]).reshape((-1,) + CIFAR_IMAGE)
+    return [_as(images, None if images_as_stored else dtype), raw[:, record - 3073].astype(dtype)][:len(tops) or 1]
 
 
 # ---- npz ---------------------------------------------------------------------------------------
@@ -269,11 +269,13 @@ def idx_read(path, dtype):
     if data.size != math.prod(dims):
         raise SourceError(f"{os.path.basename(path)} is truncated: {data.size} values, the header says "
                           f"{math.prod(dims)}")
-    return data.reshape(dims).astype(dtype)
+    return _as(data.reshape(dims), dtype)
 
 
-def idx_load(path, tops, dtype):
-    images = idx_read(path, dtype)
+def idx_load(path, tops, dtype, images_as_stored=False):
+    """(images (N, 1, H, W) or rows, labels); images_as_stored: their IDX type (uint8 for MNIST: a quarter of
+    float32's memory), else dtype."""
+    images = idx_read(path, None if images_as_stored else dtype)
     if images.ndim == 3:
         images = images[:, None]
     out = [images]
@@ -398,12 +400,17 @@ def _parse_datum(buf: bytes, dtype, force_color=False):
             encoded = bool(v)
     if encoded:  # a PNG/JPEG as stored (grey or BGR), BGR with force_color, as Caffe's DecodeDatumToCVMat
         from .images import decode_bytes
-        return decode_bytes(data, True if force_color else None).astype(dtype), label
+        return _as(decode_bytes(data, True if force_color else None), dtype), label
     if c * h * w > (1 << 31):
         raise ValueError(f"a shape of {c} x {h} x {w}")
     if floats:
-        return np.concatenate(floats).reshape(c, h, w).astype(dtype), label
-    return np.frombuffer(data, np.uint8).reshape(c, h, w).astype(dtype), label
+        return _as(np.concatenate(floats).reshape(c, h, w), dtype), label
+    return _as(np.frombuffer(data, np.uint8).reshape(c, h, w), dtype), label
+
+
+def _as(a, dtype):
+    """a as dtype, or as stored (uint8 pixels, float32 float_data) where dtype is None."""
+    return a if dtype is None else a.astype(dtype)
 
 
 def datum_bytes(array, label: int, encoded=None) -> bytes:
@@ -516,12 +523,14 @@ def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
     """Every record, decoded into one array made for them all (counted first: a list of arrays stacked at the end
     held the data twice at the peak, 180 MiB more for MNIST)."""
     n = db_count(path, kind)
-    images, labels = None, np.zeros(n, dtype)
+    images, labels = None, np.zeros(n, dtype or np.float32)
     count = 0
     for value in db_values(path, kind):
         a, lab = parse_datum(value, dtype, force_color)
         if images is None:
-            images = np.empty((n,) + a.shape, dtype)
+            images = np.empty((n,) + a.shape, a.dtype)
+        if a.dtype != images.dtype:  # (as stored: uint8 records among float ones)
+            images = images.astype(np.float32)
         if a.shape != images.shape[1:]:
             raise SourceError(f"record {count} holds an example of shape {list(a.shape)}, the first one of "
                               f"{list(images.shape[1:])}; a Data layer's records must have one shape (resize "
@@ -531,7 +540,7 @@ def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
         images[count], labels[count] = a, lab
         count += 1
     if images is None:
-        images = np.zeros((0,), dtype)
+        images = np.zeros((0,), dtype or np.float32)
     return [images[:count], labels[:count]][:len(tops)]
 
 
