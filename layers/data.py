@@ -31,7 +31,7 @@ def _ragged_concat(parts):
 FIT_SAMPLE = 50000  # rows a streamed source's normalize statistics are fitted on (evenly spaced)
 STREAM_FIELD = Field("stream", "enum", "auto", "read rows when a batch needs them, prefetched by threads, rather "
                      "than the whole source into memory: auto (where it would take more than "
-                     "YAFFE_STREAM_ABOVE_MB, default 512 MiB, decoded to float32, or stored), always, never", choices=("auto", "always", "never"))
+                     "YAFFE_STREAM_ABOVE_MB, default 512 MiB, decoded, or stored), always, never", choices=("auto", "always", "never"))
 
 
 class RowData(Layer):
@@ -122,10 +122,10 @@ class RowData(Layer):
         return stored_bytes(self.path)
 
     def _held_bytes(self, limit):
-        """What the rows would take in memory once decoded (float32 data and labels), or None where not known
-        before reading them; counting may stop once past `limit`. Compressed and encoded sources (JPEG lists and
-        LMDBs, gzip IDX and HDF5, compressed npz) take many times their stored bytes: 45 MiB of 500x375 JPEGs
-        are 3.2 GiB of float32."""
+        """What the rows would take in memory once decoded (uint8 pixels as uint8, the rest float32), or None where
+        not known before reading them; counting may stop once past `limit`. Compressed and encoded sources (JPEG
+        lists and LMDBs, gzip IDX and HDF5, compressed npz) take many times their stored bytes: 45 MiB of 500x375
+        JPEGs are 3.2 GiB of float32."""
         row = self._row_bytes()
         rows = self._count_rows(limit // max(1, row) + 1)
         return None if rows is None else rows * row
@@ -441,15 +441,27 @@ class Data(RowData):
             self.warnings.append(("the source is an LMDB and backend is not set: yaffe reads it, but Caffe opens it "
                                   "as a LevelDB (its default) and fails; add backend: LMDB to data_param for Caffe",
                                   "data_param.source", "info"))
+        stored = {"dtype": self.dtype}  # what the images are held as in memory (_load)
+        self.stored_dtype = stored["dtype"]
         if self.kind in ("lmdb", "leveldb"):
-            return sources.lmdb_inspect(path, tops, self.p.force_encoded_color, self.kind)
+            shapes = sources.lmdb_inspect(path, tops, self.p.force_encoded_color, self.kind, stored)
+            self.stored_dtype = stored["dtype"]
+            return shapes
         if self.kind == "npz":
             return sources.npz_inspect(path, tops)
         if self.kind == "csv":
             return sources.csv_inspect(path, tops, self.p.sample_shape)
         if self.kind == "cifar":
+            self.stored_dtype = np.dtype(np.uint8)
             return [sources.CIFAR_IMAGE, ()][:len(tops) or 1]
+        if np.dtype(sources.idx_header(path)[0]) == np.uint8:
+            self.stored_dtype = np.dtype(np.uint8)
         return sources.idx_inspect(path, tops)
+
+    def _row_bytes(self):
+        """A row as held in memory: the image as stored (uint8 pixels: a byte a value), the label as float."""
+        first = math.prod(self.sample_shapes[0]) * np.dtype(getattr(self, "stored_dtype", self.dtype)).itemsize
+        return first + sum(math.prod(s) for s in self.sample_shapes[1:]) * self.dtype.itemsize
 
     def _count_rows(self, cap):
         if self.kind in ("lmdb", "leveldb"):

@@ -275,7 +275,8 @@ def idx_read(path, dtype):
 def idx_load(path, tops, dtype, images_as_stored=False):
     """(images (N, 1, H, W) or rows, labels); images_as_stored: their IDX type (uint8 for MNIST: a quarter of
     float32's memory), else dtype."""
-    images = idx_read(path, None if images_as_stored else dtype)
+    stored = images_as_stored and np.dtype(idx_header(path)[0]) == np.uint8
+    images = idx_read(path, None if stored else dtype)
     if images.ndim == 3:
         images = images[:, None]
     out = [images]
@@ -509,13 +510,17 @@ def db_count(path, kind="lmdb", cap=None) -> int:
         lmdb_release(path)
 
 
-def lmdb_inspect(path, tops, force_color=False, kind="lmdb"):
+def lmdb_inspect(path, tops, force_color=False, kind="lmdb", stored=None):
+    """The shapes of the tops, from the first record; stored (a dict): its "dtype" as stored (uint8 pixels, float32
+    float_data)."""
     values = db_values(path, kind)
     first = next(values, None)
     values.close()
     if first is None:
         raise SourceError(f"the {'LevelDB' if kind == 'leveldb' else 'LMDB'} holds no records")
-    array, _ = parse_datum(first, force_color=force_color)
+    array, _ = parse_datum(first, None, force_color=force_color)
+    if stored is not None:
+        stored["dtype"] = array.dtype
     return [array.shape, ()][:len(tops) or 1]
 
 

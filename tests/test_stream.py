@@ -256,9 +256,9 @@ def test_hdf5_shuffles_as_caffe_files_in_a_new_order_and_rows_within_each_file(t
         layer._stop_prefetch()
 
 
-@pytest.mark.parametrize("kind", ["jpeg list", "lmdb", "gzip hdf5"])
+@pytest.mark.parametrize("kind", ["jpeg list", "encoded lmdb", "gzip hdf5"])
 def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(kind, tmp_path, monkeypatch):
-    """stream: auto (the default) compares what the rows would take in memory, float32, with the threshold, not
+    """stream: auto (the default) compares what the rows would take in memory, decoded, with the threshold, not
     the bytes the source takes on disk: 45 MiB of 500x375 JPEGs were read into 3.2 GiB (7.6 GB resident). Here a
     threshold between the two streams the source; one above what it takes decoded holds it in memory."""
     import layers.stream
@@ -267,7 +267,8 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
     yy, xx = np.mgrid[0:shape[1], 0:shape[2]]
     images = np.stack([np.stack([(xx * (1 + i % 3) + yy * c) % 256 for c in range(3)]) for i in range(rows)])
     images, labels = images.astype(np.uint8), rng.integers(0, 7, rows).astype(np.float32)
-    if kind == "jpeg list":
+    pixel = 4  # bytes a value held in memory: float32, but uint8 for a Data layer's Datum pixels
+    if kind in ("jpeg list", "encoded lmdb"):
         pytest.importorskip("PIL")
         from PIL import Image
         for i in range(rows):
@@ -275,9 +276,11 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
         (tmp_path / "list.txt").write_text("".join(f"im{i}.jpg {int(labels[i])}\n" for i in range(rows)))
         source, type_, block, stored = "list.txt", "ImageData", "image_data_param", sum(
             os.path.getsize(tmp_path / f"im{i}.jpg") for i in range(rows))
-    elif kind == "lmdb":
-        _lmdb(tmp_path / "db", images, labels)
-        source, type_, block, stored = "db", "Data", "data_param", os.path.getsize(tmp_path / "db" / "data.mdb")
+    if kind == "encoded lmdb":  # (convert_imageset -encoded's records)
+        from layers.sources import write_dataset
+        write_dataset(str(tmp_path / "list.txt"), str(tmp_path / "db"), encoded="")
+        source, type_, block, pixel = "db", "Data", "data_param", 1
+        stored = os.path.getsize(tmp_path / "db" / "data.mdb")
     else:
         h5py = pytest.importorskip("h5py")
         with h5py.File(tmp_path / "a.h5", "w") as f:
@@ -285,8 +288,8 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
             f.create_dataset("label", data=labels, compression="gzip")
         (tmp_path / "list.txt").write_text("a.h5\n")
         source, type_, block, stored = "list.txt", "HDF5Data", "hdf5_data_param", os.path.getsize(tmp_path / "a.h5")
-    decoded = rows * (np.prod(shape) + 1) * 4
-    assert stored < decoded / 2  # (compressed, encoded, or uint8 against float32)
+    decoded = rows * (np.prod(shape) * pixel + 4)
+    assert stored < decoded / 2  # (compressed or encoded)
     from netspec.loader import load
     path = str(tmp_path / "net.yaml")
     (tmp_path / "net.yaml").write_text(NET % (type_, block, source, "auto", ""))
@@ -322,7 +325,7 @@ def test_a_source_above_the_threshold_that_cannot_be_streamed_says_why_and_how(t
         net = Net(load(path), "TRAIN", path, seed=5)
         net.forward()
         assert net.layers[0].reader is None and note in net.layers[0].data_note
-        assert net.layers[0].held_estimate == N * (np.prod(SHAPE) + 1) * 4
+        assert net.layers[0].held_estimate == N * (np.prod(SHAPE) + 4)  # uint8 pixels, float32 labels
 
 
 def test_hdf5_files_read_into_memory_fill_one_array_and_a_file_of_another_shape_is_named(tmp_path):
