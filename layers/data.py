@@ -766,8 +766,8 @@ class ImageData(RowData):
         return int(np.mean([stored_bytes(p) for p, _ in some]) * len(entries))
 
     def _held_bytes(self, limit):
-        """The decoded images (float32): new_height x new_width, or the mean size of 64 spread images, read from
-        their headers (nothing decoded), times their number."""
+        """The decoded images (uint8) and labels (float32): new_height x new_width, or the mean size of 64 spread
+        images, read from their headers (nothing decoded), times their number."""
         from .images import pillow
         entries = self._entries()
         if not entries:
@@ -785,7 +785,7 @@ class ImageData(RowData):
             if not sizes:
                 return None
             plane = float(np.mean(sizes))
-        return int(len(entries) * ((3 if self.p.is_color else 1) * plane + 1) * self.dtype.itemsize)
+        return int(len(entries) * ((3 if self.p.is_color else 1) * plane + self.dtype.itemsize))
 
     def _decoded_bytes(self):
         return self.held_estimate
@@ -835,7 +835,8 @@ class ImageData(RowData):
 
     def _image(self, path):
         from .stream import decode_image
-        return decode_image(path, self.p.is_color, self.p.new_height, self.p.new_width, self.dtype)
+        return decode_image(path, self.p.is_color, self.p.new_height, self.p.new_width, np.uint8)  # (as decoded:
+        # held in memory, a quarter of float32's bytes; the transform makes each batch float)
 
     def _inspect(self):
         if bool(self.p.new_height) != bool(self.p.new_width):

@@ -267,21 +267,21 @@ def test_auto_streams_a_source_by_what_it_takes_decoded_not_by_its_stored_bytes(
     yy, xx = np.mgrid[0:shape[1], 0:shape[2]]
     images = np.stack([np.stack([(xx * (1 + i % 3) + yy * c) % 256 for c in range(3)]) for i in range(rows)])
     images, labels = images.astype(np.uint8), rng.integers(0, 7, rows).astype(np.float32)
-    pixel = 4  # bytes a value held in memory: float32, but uint8 for a Data layer's Datum pixels
+    pixel = 4  # bytes a value held in memory: float32, but uint8 for decoded images and Datum pixels
     if kind in ("jpeg list", "encoded lmdb"):
         pytest.importorskip("PIL")
         from PIL import Image
         for i in range(rows):
             Image.fromarray(images[i].transpose(1, 2, 0)).save(tmp_path / f"im{i}.jpg", quality=90)
         (tmp_path / "list.txt").write_text("".join(f"im{i}.jpg {int(labels[i])}\n" for i in range(rows)))
-        source, type_, block, stored = "list.txt", "ImageData", "image_data_param", sum(
-            os.path.getsize(tmp_path / f"im{i}.jpg") for i in range(rows))
+        source, type_, block, stored, pixel = "list.txt", "ImageData", "image_data_param", sum(
+            os.path.getsize(tmp_path / f"im{i}.jpg") for i in range(rows)), 1
     if kind == "encoded lmdb":  # (convert_imageset -encoded's records)
         from layers.sources import write_dataset
         write_dataset(str(tmp_path / "list.txt"), str(tmp_path / "db"), encoded="")
         source, type_, block, pixel = "db", "Data", "data_param", 1
         stored = os.path.getsize(tmp_path / "db" / "data.mdb")
-    else:
+    if kind == "gzip hdf5":
         h5py = pytest.importorskip("h5py")
         with h5py.File(tmp_path / "a.h5", "w") as f:
             f.create_dataset("data", data=images.astype(np.float32), compression="gzip")
