@@ -490,3 +490,14 @@ def test_data_convert_writes_convert_imagesets_records_byte_for_byte(tmp_path):
         values, ends = bytes(r[f"imageset_{name}_values"]), np.cumsum(r[f"imageset_{name}_sizes"])
         caffe = [values[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
         assert [v for _, v in items] == caffe, name
+
+
+def test_a_v1_caffemodel_loads_and_gives_caffes_outputs():
+    """A model-zoo-era V1 .caffemodel (`layers` of V1LayerParameter, legacy 4-D blob shapes) into a new-style net:
+    the same outputs as real Caffe's on the same file (tests/fixtures/caffe_v1)."""
+    import yaffe
+    d = os.path.join(os.path.dirname(__file__), "fixtures", "caffe_v1")
+    net = yaffe.Net(os.path.join(d, "net.prototxt"), os.path.join(d, "v1.caffemodel"), yaffe.TEST)
+    assert net.params["conv1"][0].data.shape == (2, 1, 3, 3) and net.params["ip1"][0].data.shape == (3, 72)
+    out = net.forward(data=np.load(os.path.join(d, "x.npy")))["ip1"]
+    np.testing.assert_allclose(out, np.load(os.path.join(d, "caffe_out.npy")), rtol=1e-5, atol=1e-5)
