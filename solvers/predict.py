@@ -288,19 +288,48 @@ def feature_datum(values) -> bytes:
             + b"".join(b"\x35" + x.tobytes() for x in v.reshape(-1, 1)))  # (field 6, wire type 5)
 
 
-def _write_dbs(output, results):
-    """-o fc7_db,fc8_db: an LMDB per blob (in --blobs order) of a Datum per input, keys 0000000000, ..., as Caffe's
-    extract_features writes them."""
+def _write_dbs(output, results, backend="lmdb", flag="-o"):
+    """-o fc7_db,fc8_db: an LMDB (or LevelDB) per blob (in --blobs order) of a Datum per input, keys 0000000000, ...,
+    as Caffe's extract_features writes them."""
     dbs = [d for d in output.split(",") if d]
     if len(dbs) != len(results):
-        raise UserError(f"-o {output}: {len(dbs)} databases for {len(results)} blobs ({', '.join(results)}); write "
-                        ".npz, .csv or .jsonl, or name one LMDB folder per blob as extract_features does")
-    lmdb = sources.lmdb_module()
-    for db, values in zip(dbs, results.values()):
+        raise UserError(f"{flag} {output}: {len(dbs)} databases for {len(results)} blobs ({', '.join(results)}); "
+                        "write .npz, .csv or .jsonl, or name one LMDB folder per blob as extract_features does")
+    for db in dbs:
         if os.path.exists(db):
-            raise UserError(f"-o {db}: error: it exists; extract_features writes a new database (remove it first)")
-        env = lmdb.open(db, map_size=1 << 40)
-        with env.begin(write=True) as txn:
-            for i in range(len(values)):
-                txn.put(f"{i:010d}".encode(), feature_datum(values[i]))
-        env.close()
+            raise UserError(f"{flag} {db}: error: it exists; extract_features writes a new database (remove it "
+                            "first)")
+    for db, values in zip(dbs, results.values()):
+        sources._write_records(db, backend, ((f"{i:010d}", feature_datum(v)) for i, v in enumerate(values)))
+
+
+def extract_features(weights, model, blobs, dbs, batches, db_type="lmdb", out=print) -> dict:
+    """Caffe's tools/extract_features: the TEST net of `model` (its own data layer: an ImageData list, an LMDB)
+    with `weights`, run for `batches` mini-batches; each named blob (comma-separated) to its database (an LMDB or
+    LevelDB per blob), a Datum per example as extract_features writes them."""
+    from solvers.snapshot import load_weights_file
+    net = Net(load_net(model), "TEST", model, seed=0)
+    said = net.load_weights(load_weights_file(weights), weights).warning()
+    if said:
+        print(f"Warning: {said}", file=sys.stderr)
+    names = [b for b in blobs.split(",") if b]
+    missing = [b for b in names if b not in net.blobs]
+    if missing:
+        raise UserError(f"{model}: error: the TEST net has no blob '{missing[0]}' (blobs: {', '.join(net.blobs)}); "
+                        "name the blobs to extract")
+    if db_type.lower() not in ("lmdb", "leveldb"):
+        raise UserError(f"db_type {db_type!r}: lmdb or leveldb")
+    if len([d for d in dbs.split(",") if d]) != len(names):  # (before running the net)
+        raise UserError(f"{dbs}: {len(dbs.split(','))} databases for {len(names)} blobs; give one per blob")
+    out("Extracting Features")
+    results = {b: [] for b in names}
+    for _ in range(batches):
+        net.forward()
+        for b in names:
+            results[b].append(net.blobs[b].data.copy())
+    results = {b: np.concatenate(v) for b, v in results.items()}
+    _write_dbs(dbs, results, db_type.lower(), flag="save_feature_dataset_names")
+    for b, v in results.items():
+        out(f"Extracted features of {len(v)} query images for feature blob {b}")
+    out("Successfully extracted the features!")
+    return results

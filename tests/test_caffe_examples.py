@@ -548,3 +548,43 @@ def test_data_convert_encoded_stores_the_image_files_as_convert_imageset_encoded
     assert r.returncode == 0, r.stderr
     (a, _), (b, _) = read_any(str(tmp_path / "small_enc_lmdb")), read_any(str(tmp_path / "caffe_lmdb"))
     np.testing.assert_array_equal(a, b)
+
+
+def test_extract_features_runs_as_caffes_tool_is_called(tmp_path):
+    """examples/feature_extraction's command with the command name changed: `extract_features WEIGHTS NET BLOBS DBS
+    NUM_BATCHES DB_TYPE [GPU]`: the TEST net's own data layer (an ImageData list, as imagenet_val.prototxt) for
+    NUM_BATCHES batches, each blob to a new database of Datums keyed 0000000000, ... (CaffeNet on Caffe's example
+    images: the same keys and records as Debian's extract_features, features within 1e-6 of their scale; checked
+    by hand)."""
+    pytest.importorskip("PIL")
+    pytest.importorskip("plyvel")
+    from PIL import Image
+    from layers.sources import db_values, parse_datum
+    import yaffe as caffe
+    for i in range(5):
+        Image.fromarray(((np.arange(10 * 12 * 3) * (i + 1)) % 256).reshape(10, 12, 3).astype(np.uint8)).save(
+            tmp_path / f"im{i}.png")
+    (tmp_path / "file_list.txt").write_text("".join(f"im{i % 5}.png {i % 2}\n" for i in range(6)))
+    (tmp_path / "val.prototxt").write_text(
+        'name: "f"\nlayer { name: "data" type: "ImageData" top: "data" top: "label" transform_param { scale: 0.01 } '
+        'image_data_param { source: "file_list.txt" batch_size: 2 } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 '
+        'weight_filler { type: "gaussian" std: 0.1 } } }\nlayer { name: "relu" type: "ReLU" bottom: "fc" top: "r" }\n')
+    net = caffe.Net(str(tmp_path / "val.prototxt"), caffe.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    want = {"fc": [], "r": []}
+    for _ in range(3):
+        net.forward()
+        for b in want:
+            want[b].append(net.blobs[b].data.copy())
+    r = yaffe("extract_features", "w.caffemodel", "val.prototxt", "fc,r", "fc_db,r_db", "3", "leveldb", "GPU", "0",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Extracted features of 6 query images for feature blob fc" in r.stdout and "GPU ignored" in r.stderr
+    for b in ("fc", "r"):
+        got = np.stack([parse_datum(v)[0].reshape(-1) for v in db_values(str(tmp_path / f"{b}_db"), "leveldb")])
+        np.testing.assert_allclose(got, np.concatenate(want[b]), rtol=1e-6, atol=1e-7)
+    r = yaffe("extract-features", "w.caffemodel", "val.prototxt", "nothere", "x_db", "1", "lmdb", cwd=tmp_path)
+    assert r.returncode == 2 and "the TEST net has no blob 'nothere'" in r.stderr and "Traceback" not in r.stderr
+    r = yaffe("extract-features", "w.caffemodel", "val.prototxt", "fc", "fc_db", "1", "lmdb", cwd=tmp_path)
+    assert r.returncode == 2 and "fc_db: error: it exists" in r.stderr

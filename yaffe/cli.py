@@ -58,6 +58,15 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_extract_features(args):
+    """run.py extract-features W NET BLOBS DBS N DB_TYPE [CPU|GPU [ID]]: Caffe's tools/extract_features."""
+    from solvers.predict import extract_features
+    if args.device and args.device[0].upper() == "GPU":
+        print("Note: GPU ignored: yaffe runs on the CPU", file=sys.stderr)
+    extract_features(args.weights, args.model, args.blobs, args.dbs, args.batches, args.db_type)
+    return 0
+
+
 def cmd_export(args):
     """run.py export MODEL --weights W -o model.onnx: the TEST net as ONNX (netspec/onnx_export.py)."""
     from netspec.net import Net
@@ -458,6 +467,17 @@ def build_parser():
     p.add_argument("--mean", help="deploy nets: subtract a mean (.npy, .binaryproto, or values per channel)")
     p.add_argument("--batch", type=positive_int, help="inputs per forward pass (default: the net's batch)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("extract-features", aliases=["extract_features"], help="Caffe's extract_features as it is "
+                       "called: the TEST net's own data through it, blobs to databases")
+    p.add_argument("weights", help="pretrained_net_param: a .caffemodel or .weights.npz")
+    p.add_argument("model", help="feature_extraction_proto_file: a net with a TEST data layer (ImageData, Data)")
+    p.add_argument("blobs", help="extract_feature_blob_name1[,name2,...]")
+    p.add_argument("dbs", help="save_feature_dataset_name1[,name2,...]: a new database per blob")
+    p.add_argument("batches", type=positive_int, help="num_mini_batches")
+    p.add_argument("db_type", help="lmdb or leveldb")
+    p.add_argument("device", nargs="*", help="CPU or GPU [DEVICE_ID]: yaffe runs on the CPU")
+    p.set_defaults(func=cmd_extract_features)
 
     p = sub.add_parser("export", help="write a trained net's TEST phase as an ONNX model (ONNX Runtime, TensorRT, "
                        "OpenVINO; extra onnx)")
