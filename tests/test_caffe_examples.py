@@ -479,6 +479,12 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
         got = {num: v for num, _, v in fields(value)}
         assert (got[1], got[2], got[3], got[4], got.get(5, 0)) == (3, 32, 32, row[1:].tobytes(), row[0])
     assert len(list(db_values(str(tmp_path / "train_lmdb")))) == 50
+    # compute_image_mean -backend=lmdb ... as create_cifar10.sh spells it
+    r = yaffe("data", "mean", "-backend=lmdb", "train_lmdb", "mean.binaryproto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from netspec.caffemodel import read_blob
+    mean = read_blob((tmp_path / "mean.binaryproto").read_bytes()).reshape(3, 32, 32)
+    np.testing.assert_allclose(mean, both[:, 1:].reshape(-1, 3, 32, 32).mean(0), rtol=1e-5)
     r = yaffe("data", "convert", "data/cifar10/data_batch_1.bin", "data/cifar10/nothere.bin", "x_lmdb", cwd=tmp_path)
     assert r.returncode == 2 and "nothere.bin" in r.stderr and "Traceback" not in r.stderr
     batches = {}

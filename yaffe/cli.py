@@ -242,6 +242,15 @@ def caffe_argv(argv: list) -> list:
     positional file; -gpu is dropped with a note (yaffe runs on the CPU). `data convert` takes convert_imageset's."""
     if argv[:2] == ["data", "convert"]:
         return _imageset_argv(argv)
+    if argv[:2] == ["data", "mean"]:  # compute_image_mean -backend=lmdb DB [FILE]: the folder says which
+        out, i = argv[:2], 2
+        while i < len(argv):
+            if argv[i].lstrip("-").partition("=")[0] == "backend" and argv[i].startswith("-"):
+                i += 1 if "=" in argv[i] else 2
+                continue
+            out.append(argv[i])
+            i += 1
+        return out
     if not argv or argv[0] not in ("train", "test", "time"):
         return argv
     out, rest, i = [argv[0]], [], 1
