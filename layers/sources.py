@@ -717,7 +717,14 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
         return _write_records(out, backend, _list_records(srcs[0], shuffle, seed, new_size, gray, root, encoded))
     digits = 5 if set(kinds) == {"cifar"} else 8  # (convert_cifar_data's keys: 00000, 00001, ...)
     parts = []
-    for s in srcs:
+    if kinds == ["idx", "idx"] and len(idx_header(srcs[1])[1]) == 1 < len(idx_header(srcs[0])[1]):
+        # convert_mnist_data IMAGES LABELS DB: the labels file named, wherever it is
+        with reading():
+            images, labels = idx_read(srcs[0], np.float32), idx_read(srcs[1], np.float32)
+        if len(images) != len(labels):
+            raise SourceError(f"{srcs[0]} has {len(images)} images but {srcs[1]} has {len(labels)} labels")
+        parts, srcs = [(images[:, None] if images.ndim == 3 else images, labels)], srcs[:1]
+    for s in srcs[len(parts):]:
         try:
             with reading():
                 parts.append(read_any(s, sample_shape, new_size, gray, root))

@@ -594,3 +594,20 @@ def test_extract_features_runs_as_caffes_tool_is_called(tmp_path):
     assert r.returncode == 2 and "the TEST net has no blob 'nothere'" in r.stderr and "Traceback" not in r.stderr
     r = yaffe("extract-features", "w.caffemodel", "val.prototxt", "fc", "fc_db", "1", "lmdb", cwd=tmp_path)
     assert r.returncode == 2 and "fc_db: error: it exists" in r.stderr
+
+
+def test_convert_mnist_datas_line_with_the_name_changed(tmp_path):
+    """create_mnist.sh's `convert_mnist_data IMAGES LABELS DB --backend=lmdb` as `data convert IMAGES LABELS DB
+    --backend=lmdb`: the labels file named wherever it is (Debian's convert_mnist_data on MNIST's t10k files: the
+    same LMDB byte for byte, checked by hand); records as convert_mnist_data writes them."""
+    import struct
+    from layers.sources import datum_bytes, db_values
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (12, 6, 5)).astype(np.uint8), rng.integers(0, 10, 12).astype(np.uint8)
+    (tmp_path / "imgs-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x0803, 12, 6, 5) + images.tobytes())
+    os.makedirs(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "lab-idx1-ubyte").write_bytes(struct.pack(">ii", 0x0801, 12) + labels.tobytes())
+    r = yaffe("data", "convert", "imgs-idx3-ubyte", "elsewhere/lab-idx1-ubyte", "mnist_lmdb", "--backend=lmdb",
+              cwd=tmp_path)
+    assert r.returncode == 0 and "Wrote 12 examples" in r.stdout, r.stderr
+    assert list(db_values(str(tmp_path / "mnist_lmdb"))) == [datum_bytes(a[None], int(b)) for a, b in zip(images, labels)]
