@@ -450,11 +450,12 @@ def test_the_siamese_tutorial_runs_from_the_caffe_root(tmp_path):
 
 
 def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_layer(tmp_path):
-    """examples/cifar10/create_cifar10.sh without its C++ tool: `data convert data_batch_1.bin ... OUT` writes
-    convert_cifar_data's LMDB (keys 00000, 00001, ... across the files; each record a Datum of 3 x 32 x 32 with the
-    file's 3,072 pixel bytes as they are, R, G, B planes, and its label): with the five real-sized batches the
-    records and compute_image_mean's file were byte for byte Caffe's (checked by hand with Debian's
-    convert_cifar_data). A Data layer reads a batch file directly too, in memory and streamed alike."""
+    """examples/cifar10/create_cifar10.sh with the tools' names changed: `data convert data_batch_1.bin ... OUT`
+    (or convert_cifar_data's FOLDER OUT_FOLDER lmdb) writes convert_cifar_data's LMDB (keys 00000, 00001, ...
+    across the files; each record a Datum of 3 x 32 x 32 with the file's 3,072 pixel bytes as they are, R, G, B
+    planes, and its label): with the five real-sized batches the records and compute_image_mean's file were byte
+    for byte Caffe's (checked by hand with Debian's convert_cifar_data, create_cifar10.sh run with the names
+    changed). A Data layer reads a batch file directly too, in memory and streamed alike."""
     from layers.sources import db_values, datum_bytes
     from netspec.caffemodel import fields
     rng = np.random.default_rng(0)
@@ -485,6 +486,15 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
     from netspec.caffemodel import read_blob
     mean = read_blob((tmp_path / "mean.binaryproto").read_bytes()).reshape(3, 32, 32)
     np.testing.assert_allclose(mean, both[:, 1:].reshape(-1, 3, 32, 32).mean(0), rtol=1e-5)
+    # convert_cifar_data INPUT_FOLDER OUTPUT_FOLDER DB_TYPE, create_cifar10.sh's line with the name changed
+    for i in (3, 4, 5):
+        files[0][:4].tofile(tmp_path / "data" / "cifar10" / f"data_batch_{i}.bin")
+    os.makedirs(tmp_path / "examples" / "cifar10")
+    r = yaffe("data", "convert", "data/cifar10", "examples/cifar10", "lmdb", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(list(db_values(str(tmp_path / "examples" / "cifar10" / "cifar10_train_lmdb")))) == 30 + 20 + 12
+    assert list(db_values(str(tmp_path / "examples" / "cifar10" / "cifar10_test_lmdb"))) == [
+        datum_bytes(row[1:].reshape(3, 32, 32), int(row[0])) for row in files[2]]
     r = yaffe("data", "convert", "data/cifar10/data_batch_1.bin", "data/cifar10/nothere.bin", "x_lmdb", cwd=tmp_path)
     assert r.returncode == 2 and "nothere.bin" in r.stderr and "Traceback" not in r.stderr
     batches = {}

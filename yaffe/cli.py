@@ -296,6 +296,10 @@ def cmd_data(args):
         except (ValueError, AssertionError):
             raise UserError(f"--resize: expected HEIGHTxWIDTH of two sizes above 0, e.g. 32x32; received "
                             f"{args.resize!r}") from None
+    folder = args.source[0]
+    if (len(args.source) == 2 and args.output.lower() in ("lmdb", "leveldb") and os.path.isdir(folder)
+            and os.path.isfile(os.path.join(folder, "data_batch_1.bin"))):
+        return _convert_cifar(folder, args.source[1], args.output.lower())
     if len(args.source) == 2 and os.path.isdir(args.source[0]) and kind_or_none(args.source[1]) is None:
         if args.root:  # convert_imageset's ROOTFOLDER LISTFILE DB_NAME
             raise UserError(f"{args.source[0]}: error: a root folder given twice (--root {args.root} too); give one")
@@ -319,6 +323,30 @@ def cmd_data(args):
                         ".npz, IDX file, CIFAR .bin or image list; OUTPUT an .npz or an LMDB folder)") from None
     print(f"Wrote {n} {'pairs' if args.pairs else 'examples'} to {args.output}"
           + ("" if args.output.endswith(".npz") else f" ({'LevelDB' if args.backend == 'leveldb' else 'LMDB'})"))
+    return 0
+
+
+def _convert_cifar(folder, out_folder, backend):
+    """convert_cifar_data INPUT_FOLDER OUTPUT_FOLDER DB_TYPE (create_cifar10.sh's line): data_batch_1..5.bin to
+    OUTPUT_FOLDER/cifar10_train_DB_TYPE, test_batch.bin to cifar10_test_DB_TYPE."""
+    from layers.sources import SourceError, write_dataset
+    from netspec.errors import UserError
+    train = [os.path.join(folder, f"data_batch_{i}.bin") for i in range(1, 6)]
+    test = os.path.join(folder, "test_batch.bin")
+    missing = [p for p in train + [test] if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{missing[0]}: error: no such file; convert_cifar_data's folder holds data_batch_1.bin ... "
+                        "data_batch_5.bin and test_batch.bin (CIFAR-10's binary version)")
+    for sources_, part in ((train, "train"), ([test], "test")):
+        out = os.path.join(out_folder, f"cifar10_{part}_{backend}")
+        if os.path.exists(out):
+            raise UserError(f"{out}: error: exists already; remove it first (rm -r {out}, as create_cifar10.sh "
+                            "does)")
+        try:
+            n = write_dataset(sources_, out, backend=backend)
+        except SourceError as e:
+            raise UserError(f"{folder}: error: {e}") from None
+        print(f"Wrote {n} examples to {out} ({'LevelDB' if backend == 'leveldb' else 'LMDB'})")
     return 0
 
 
