@@ -45,8 +45,8 @@ def _caffe_module():
         importlib.import_module("caffe")
     except ImportError:
         try:
-            import yaffe  # pycaffe's interface: caffe.Layer, caffe.TRAIN, caffe.io, ...
-            sys.modules["caffe"] = yaffe
+            import yaffe  # pycaffe's interface: caffe.Layer, caffe.TRAIN, caffe.io, ... (and caffe.io, caffe.proto
+            yaffe.install_as_caffe()  # as modules: the same objects as yaffe's)
         except ImportError:  # the layers package used alone
             shim = types.ModuleType("caffe", "yaffe's stand-in for pycaffe inside Python layers")
             shim.Layer, shim.TRAIN, shim.TEST = PythonLayerBase, TRAIN, TEST
