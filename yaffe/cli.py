@@ -611,7 +611,9 @@ def build_parser():
                             "Datum records, or to an .npz (like Caffe's convert_imageset)")
     q.add_argument("source", nargs="+", help="an IDX images file (labels beside it), a .csv, an .npz, a CIFAR "
                    "binary batch (.bin), an LMDB or LevelDB folder, or a text file of 'path label'; several data "
-                   "files are written one after the other (data_batch_1.bin ... data_batch_5.bin)")
+                   "files are written one after the other (data_batch_1.bin ... data_batch_5.bin). Caffe's tools' "
+                   "lines work too: convert_imageset [-flags] ROOT/ LIST DB, convert_mnist_data IMAGES LABELS DB, "
+                   "convert_cifar_data FOLDER OUT_FOLDER lmdb")
     q.add_argument("output", help="an .npz file, or the LMDB (LevelDB) folder to create")
     q.add_argument("--backend", choices=("lmdb", "leveldb"), default="lmdb", type=str.lower,
                    help="the database to write (convert_imageset's -backend; default lmdb)")
