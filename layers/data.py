@@ -31,7 +31,8 @@ def _ragged_concat(parts):
 FIT_SAMPLE = 50000  # rows a streamed source's normalize statistics are fitted on (evenly spaced)
 STREAM_FIELD = Field("stream", "enum", "auto", "read rows when a batch needs them, prefetched by threads, rather "
                      "than the whole source into memory: auto (where it would take more than "
-                     "YAFFE_STREAM_ABOVE_MB, default 512 MiB, decoded, or stored), always, never", choices=("auto", "always", "never"))
+                     "YAFFE_STREAM_ABOVE_MB, default 512 MiB, decoded, or stored), always, never",
+                     choices=("auto", "always", "never"))
 
 
 class RowData(Layer):
@@ -125,7 +126,7 @@ class RowData(Layer):
         """What the rows would take in memory once decoded (uint8 pixels as uint8, the rest float32), or None where
         not known before reading them; counting may stop once past `limit`. Compressed and encoded sources (JPEG
         lists and LMDBs, gzip IDX and HDF5, compressed npz) take many times their stored bytes: 45 MiB of 500x375
-        JPEGs are 3.2 GiB of float32."""
+        JPEGs are 805 MiB of pixels."""
         row = self._row_bytes()
         rows = self._count_rows(limit // max(1, row) + 1)
         return None if rows is None else rows * row

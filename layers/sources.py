@@ -534,8 +534,8 @@ def lmdb_load(path, tops, dtype, force_color=False, kind="lmdb"):
         a, lab = parse_datum(value, dtype, force_color)
         if images is None:
             images = np.empty((n,) + a.shape, a.dtype)
-        if a.dtype != images.dtype:  # (as stored: uint8 records among float ones)
-            images = images.astype(np.float32)
+        if a.dtype != images.dtype and images.dtype != np.float32:  # (uint8 records, then a float one: all
+            images = images.astype(np.float32)                      # float from then on, copied once)
         if a.shape != images.shape[1:]:
             raise SourceError(f"record {count} holds an example of shape {list(a.shape)}, the first one of "
                               f"{list(images.shape[1:])}; a Data layer's records must have one shape (resize "
@@ -731,8 +731,9 @@ def write_dataset(src, out, shuffle=False, seed=0, sample_shape=None, new_size=N
         except SourceError as e:
             raise SourceError(f"{s}: {e}" if len(srcs) > 1 else str(e)) from None
     if len({p[0].shape[1:] for p in parts}) > 1:
-        raise SourceError(f"the sources' examples differ in shape ({', '.join(str(list(p[0].shape[1:])) for p in parts)}"
-                          "); sources written into one database must share one")
+        shapes = ", ".join(str(list(p[0].shape[1:])) for p in parts)
+        raise SourceError(f"the sources' examples differ in shape ({shapes}); sources written into one database "
+                          "must share one")
     data, labels = (parts[0] if len(parts) == 1 else
                     (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
     if len(data) == 0:

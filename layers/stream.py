@@ -23,7 +23,7 @@ import numpy as np
 from . import sources
 from .sources import SourceError
 
-# stream: auto streams a source that would take more bytes than this in memory (decoded, float32) or on disk
+# stream: auto streams a source that would take more bytes than this in memory (decoded) or on disk
 STREAM_ABOVE = int(float(os.environ.get("YAFFE_STREAM_ABOVE_MB", "512")) * 2**20)
 
 

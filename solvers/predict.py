@@ -318,9 +318,10 @@ def extract_features(weights, model, blobs, dbs, batches, db_type="lmdb", out=pr
         raise UserError(f"{model}: error: the TEST net has no blob '{missing[0]}' (blobs: {', '.join(net.blobs)}); "
                         "name the blobs to extract")
     if db_type.lower() not in ("lmdb", "leveldb"):
-        raise UserError(f"db_type {db_type!r}: lmdb or leveldb")
-    if len([d for d in dbs.split(",") if d]) != len(names):  # (before running the net)
-        raise UserError(f"{dbs}: {len(dbs.split(','))} databases for {len(names)} blobs; give one per blob")
+        raise UserError(f"db_type {db_type!r}: error: extract_features writes lmdb or leveldb; give one of them")
+    count = len([d for d in dbs.split(",") if d])
+    if count != len(names):  # (before running the net)
+        raise UserError(f"{dbs}: error: {count} databases for {len(names)} blobs ({blobs}); give one per blob")
     out("Extracting Features")
     results = {b: [] for b in names}
     for _ in range(batches):

@@ -620,4 +620,5 @@ def test_convert_mnist_datas_line_with_the_name_changed(tmp_path):
     r = yaffe("data", "convert", "imgs-idx3-ubyte", "elsewhere/lab-idx1-ubyte", "mnist_lmdb", "--backend=lmdb",
               cwd=tmp_path)
     assert r.returncode == 0 and "Wrote 12 examples" in r.stdout, r.stderr
-    assert list(db_values(str(tmp_path / "mnist_lmdb"))) == [datum_bytes(a[None], int(b)) for a, b in zip(images, labels)]
+    want = [datum_bytes(a[None], int(b)) for a, b in zip(images, labels)]
+    assert list(db_values(str(tmp_path / "mnist_lmdb"))) == want

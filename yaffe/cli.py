@@ -304,10 +304,8 @@ def cmd_data(args):
         if args.root:  # convert_imageset's ROOTFOLDER LISTFILE DB_NAME
             raise UserError(f"{args.source[0]}: error: a root folder given twice (--root {args.root} too); give one")
         args.root, args.source = args.source[0], args.source[1:]
-    if not args.output.endswith(".npz") and os.path.exists(args.output):
-        raise UserError(f"{args.output}: error: exists already; remove it first (rm -r {args.output}, as Caffe's "
-                        "create_*.sh scripts do) or give another name: records written into it would mix with "
-                        "its own")
+    if not args.output.endswith(".npz"):
+        _new_database(args.output)
     try:
         if args.root and not os.path.isdir(args.root):
             raise UserError(f"--root {args.root}: error: no such folder (the folder the list's image paths start "
@@ -326,6 +324,14 @@ def cmd_data(args):
     return 0
 
 
+def _new_database(path):
+    """A database is written new: one that exists is an error (Caffe's tools refuse it too)."""
+    from netspec.errors import UserError
+    if os.path.exists(path):
+        raise UserError(f"{path}: error: exists already; remove it first (rm -r {path}, as Caffe's create_*.sh "
+                        "scripts do) or give another name: records written into it would mix with its own")
+
+
 def _convert_cifar(folder, out_folder, backend):
     """convert_cifar_data INPUT_FOLDER OUTPUT_FOLDER DB_TYPE (create_cifar10.sh's line): data_batch_1..5.bin to
     OUTPUT_FOLDER/cifar10_train_DB_TYPE, test_batch.bin to cifar10_test_DB_TYPE."""
@@ -339,9 +345,7 @@ def _convert_cifar(folder, out_folder, backend):
                         "data_batch_5.bin and test_batch.bin (CIFAR-10's binary version)")
     for sources_, part in ((train, "train"), ([test], "test")):
         out = os.path.join(out_folder, f"cifar10_{part}_{backend}")
-        if os.path.exists(out):
-            raise UserError(f"{out}: error: exists already; remove it first (rm -r {out}, as create_cifar10.sh "
-                            "does)")
+        _new_database(out)
         try:
             n = write_dataset(sources_, out, backend=backend)
         except SourceError as e:
