@@ -73,9 +73,29 @@ TAPS_KR1 = 2 * TAPS_KR                       # tile_taps1: taps x 1 vector (filt
 # computed) and 0.8x (64: ResNet-20's 16 filters 161 against ~205) the speed of two vectors
 TAPS_ONE = 1.25 if VECTOR_BYTES == 64 else 1.5
 PLANAR_KR, PLANAR_OR = (4, 6) if VECTOR_BYTES == 64 else (3, 4)  # tile_planar: taps x filters
-# tile_pixels: pixels x vectors of filters (6 x 2: best of 4 sizes measured at 16 registers); 8 x 2 on AVX-512
-# (16 accumulators: ResNet-20's 8x8 planes as 8 tiles, not 11 of 6: its 64-channel 3x3 at batch 1 27.8 -> 25.0 us)
-PIX_MR, PIX_NV = (8 if VECTOR_BYTES == 64 else 6), 2
+
+
+def _pixel_rows() -> int:
+    """tile_pixels' pixels a tile. 6 (x 2 vectors: best of 4 sizes measured at 16 registers); 8 on AVX-512 (16
+    accumulators: ResNet-20's 8x8 planes as 8 tiles, not 11 of 6: its 64-channel 3x3 at batch 1 27.8 -> 25.0 us on
+    the Xeon), but 6 on AMD's Zen 4, which runs a 512-bit instruction as two halves: there the 8-pixel tile ran at
+    74-79 GFLOP/s a core, the 6-pixel one at 103-108 (CIFAR-10 quick's 5x5 data gradients; its training 1.08x).
+    YAFFE_PIXEL_ROWS=6 or 8 forces one (tests: a cache of its own, as YAFFE_VECTOR_BYTES)."""
+    forced = os.environ.get("YAFFE_PIXEL_ROWS")
+    if forced in ("6", "8"):
+        import tempfile
+        config.CACHE_DIR = os.path.join(config.CACHE_DIR or tempfile.gettempdir(), f"yaffe-pixel-rows-{forced}")
+        return int(forced)
+    if VECTOR_BYTES != 64:
+        return 6
+    try:
+        from llvmlite import binding
+        return 6 if binding.get_host_cpu_name() == "znver4" else 8  # (Numba's cache keys hold the CPU's name)
+    except Exception:
+        return 8
+
+
+PIX_MR, PIX_NV = _pixel_rows(), 2  # tile_pixels: pixels x vectors of filters
 LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images (depthwise)
 # the convolutions' lanes tiles come in three widths (channels a tile), mixed so that a layer's channels are covered
 # with the least padding (layers/conv.lane_blocks): their cost a channel relative to the first, measured on

@@ -738,6 +738,36 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
+def test_the_other_pixel_tile_height_computes_the_same(tmp_path):
+    """The pixel tiles of the height this CPU does not get (6 or 8 pixels: layers/simd._pixel_rows chooses by the
+    CPU), forced, in a fresh process: every pass of the pixel-tile geometries, the bands, the tiles against their
+    Python, and the LSTM's step product."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    other = "8" if simd.PIX_MR == 6 else "6"
+    code = f"""
+import numpy as np, pytest, layers.simd as simd, tests.test_conv_direct as t, tests.test_recurrent as r
+assert simd.PIX_MR == {other} and "yaffe-pixel-rows-{other}" in simd.config.CACHE_DIR
+with pytest.MonkeyPatch.context() as patch:
+    for geometry in t.GEOMETRIES[:6]:
+        t.test_direct_convolution_matches_im2col(geometry, np.float32, patch, True)
+    for geometry in t.STRIDED[:2]:
+        t.test_strided_direct_convolution_matches_im2col(geometry, np.float32, patch, True)
+    for case in t.BANDS[:3]:
+        t.test_the_forward_in_bands_matches_the_three_kernels(case, np.float32, True, patch)
+for n in (1, 2):
+    with pytest.MonkeyPatch.context() as patch:
+        t.test_python_pixel_tiles_match_the_compiled_ones(patch, n)
+for m in (5, {other}, 9, 30):
+    with pytest.MonkeyPatch.context() as patch:
+        r.test_step_product_is_the_matrix_product_in_either_tile_and_as_python(m, patch)
+print("ok")"""
+    env = dict(os.environ, YAFFE_PIXEL_ROWS=other, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
 @njit(cache=True)
 def _deinterleave(x, at, count, dst, d0, d1):
     simd.deinterleave2(x, at, count, dst, d0, d1)
