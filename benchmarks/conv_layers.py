@@ -90,8 +90,8 @@ def main():
         torch.set_num_threads(1)
     except ImportError:
         torch = None
-    from layers.simd import VECTOR_BYTES
-    print(f"{args.net}, {batch} images a call, one thread, {VECTOR_BYTES}-byte vectors (yaffe)"
+    from layers.simd import VECTOR_BYTES, cpu_model
+    print(f"{args.net}, {batch} images a call, one thread, {cpu_model()}, {VECTOR_BYTES}-byte vectors (yaffe)"
           + ("" if torch is None else f", PyTorch {torch.__version__} (ATEN_CPU_CAPABILITY="
                                       f"{os.environ.get('ATEN_CPU_CAPABILITY', 'default')})"))
     print("| layer | yaffe forward ms | PyTorch forward ms | yaffe backward ms | PyTorch backward ms | "

@@ -312,7 +312,9 @@ def main():
         issue8 = y / CAFFE.get(name, float("nan"))
         print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {issue8:15.2f} "
               f"{gf:8.1f} {gf / peak:8.0%}", flush=True)
-    print(f"\nmatrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
+    from layers.simd import VECTOR_BYTES, cpu_model
+    print(f"\nCPU: {cpu_model()}; yaffe's kernels on {VECTOR_BYTES}-byte vectors")
+    print(f"matrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
     if caffe_dir:
         import shutil
         shutil.rmtree(caffe_dir, ignore_errors=True)

@@ -95,6 +95,23 @@ def _pixel_rows() -> int:
         return 8
 
 
+
+def cpu_model() -> str:
+    """The CPU's model as the OS names it (Linux's /proc/cpuinfo, else platform's), with LLVM's name for it."""
+    import platform
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    try:
+        from llvmlite import binding
+        return f"{name} ({binding.get_host_cpu_name()})"
+    except Exception:
+        return name
+
 PIX_MR, PIX_NV = _pixel_rows(), 2  # tile_pixels: pixels x vectors of filters
 LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images (depthwise)
 # the convolutions' lanes tiles come in three widths (channels a tile), mixed so that a layer's channels are covered

@@ -25,7 +25,9 @@ def test_time_reports_every_layer_and_follows_a_solver_to_its_net():
     assert result["kernels"]["lanes_channels"] == list(simd.LANES_WIDTHS)
     # the first layer propagates no gradient: no data gradient said for it
     assert "data gradient" not in result["kernels"]["convolutions"]["conv1"]
-    assert any(l.startswith(f"Kernels: {simd.VECTOR_BYTES}-byte vectors") for l in lines)
+    assert result["kernels"]["pixel_rows"] == simd.PIX_MR and result["kernels"]["cpu"]  # the CPU's model, named
+    assert any(l.startswith(f"Kernels: {result['kernels']['cpu']}, {simd.VECTOR_BYTES}-byte vectors") and
+               f"{simd.PIX_MR} pixels x 2 vectors" in l for l in lines)
 
 
 def test_time_cli_on_a_net_file():
