@@ -295,12 +295,16 @@ def _write_dbs(output, results, backend="lmdb", flag="-o"):
     if len(dbs) != len(results):
         raise UserError(f"{flag} {output}: {len(dbs)} databases for {len(results)} blobs ({', '.join(results)}); "
                         "write .npz, .csv or .jsonl, or name one LMDB folder per blob as extract_features does")
+    _new_dbs(dbs, flag)
+    for db, values in zip(dbs, results.values()):
+        sources._write_records(db, backend, ((f"{i:010d}", feature_datum(v)) for i, v in enumerate(values)))
+
+
+def _new_dbs(dbs, flag):
     for db in dbs:
         if os.path.exists(db):
             raise UserError(f"{flag} {db}: error: it exists; extract_features writes a new database (remove it "
                             "first)")
-    for db, values in zip(dbs, results.values()):
-        sources._write_records(db, backend, ((f"{i:010d}", feature_datum(v)) for i, v in enumerate(values)))
 
 
 def extract_features(weights, model, blobs, dbs, batches, db_type="lmdb", out=print) -> dict:
@@ -322,6 +326,7 @@ def extract_features(weights, model, blobs, dbs, batches, db_type="lmdb", out=pr
     count = len([d for d in dbs.split(",") if d])
     if count != len(names):  # (before running the net)
         raise UserError(f"{dbs}: error: {count} databases for {len(names)} blobs ({blobs}); give one per blob")
+    _new_dbs([d for d in dbs.split(",") if d], "save_feature_dataset_names")  # (before the net runs, too)
     out("Extracting Features")
     results = {b: [] for b in names}
     for _ in range(batches):

@@ -495,6 +495,8 @@ def test_cifar10s_binary_batches_convert_as_convert_cifar_data_and_feed_a_data_l
     assert len(list(db_values(str(tmp_path / "examples" / "cifar10" / "cifar10_train_lmdb")))) == 30 + 20 + 12
     assert list(db_values(str(tmp_path / "examples" / "cifar10" / "cifar10_test_lmdb"))) == [
         datum_bytes(row[1:].reshape(3, 32, 32), int(row[0])) for row in files[2]]
+    r = yaffe("data", "convert", "data/cifar10", "examples/nothere", "lmdb", cwd=tmp_path)  # (was an internal error)
+    assert r.returncode == 2 and "examples/nothere: error: no such folder" in r.stderr and "mkdir -p" in r.stderr
     r = yaffe("data", "convert", "data/cifar10/data_batch_1.bin", "data/cifar10/nothere.bin", "x_lmdb", cwd=tmp_path)
     assert r.returncode == 2 and "nothere.bin" in r.stderr and "Traceback" not in r.stderr
     batches = {}

@@ -343,6 +343,10 @@ def _convert_cifar(folder, out_folder, backend):
     if missing:
         raise UserError(f"{missing[0]}: error: no such file; convert_cifar_data's folder holds data_batch_1.bin ... "
                         "data_batch_5.bin and test_batch.bin (CIFAR-10's binary version)")
+    if not os.path.isdir(out_folder):
+        what = "not a folder" if os.path.exists(out_folder) else "no such folder"
+        raise UserError(f"{out_folder}: error: {what} (convert_cifar_data's OUTPUT_FOLDER, where "
+                        f"cifar10_train_{backend} and cifar10_test_{backend} go); make it first: mkdir -p {out_folder}")
     for sources_, part in ((train, "train"), ([test], "test")):
         out = os.path.join(out_folder, f"cifar10_{part}_{backend}")
         _new_database(out)
