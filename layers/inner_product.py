@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import Field, Layer, count, register
-from .cpu import add_column_sums, gemm, gemm_acc, spread
+from .cpu import SMALL_PRODUCT, add_column_sums, gemm, gemm_acc, spread
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -39,6 +39,34 @@ def row_times_rows(x, w, bias, has_bias, y):
         if has_bias:
             for j in range(j0, min(j0 + 4, n)):
                 y[j] += bias[j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def rows_times_rows(x, w, bias, has_bias, y):
+    """y (M, N) = x (M, K) times the transposed weights w (N, K) (+ bias (N,)): row_times_rows for a few rows, on
+    the calling thread. For tiny products (under cpu.SMALL_PRODUCT multiply-adds) of a forward-only net: NumPy's
+    matmul took 4 us for resnet_fashion's classifier at batch 32 alone but 25 in the net (OpenBLAS's buffers,
+    left out of the caches by the convolutions before it); this takes ~2."""
+    m, (n, k) = x.shape[0], w.shape
+    zero = y.dtype.type(0)
+    for r in range(m):
+        for j0 in range(0, n - n % 4, 4):
+            a0, a1, a2, a3 = zero, zero, zero, zero
+            for i in range(k):
+                xi = x[r, i]
+                a0 += xi * w[j0, i]
+                a1 += xi * w[j0 + 1, i]
+                a2 += xi * w[j0 + 2, i]
+                a3 += xi * w[j0 + 3, i]
+            y[r, j0], y[r, j0 + 1], y[r, j0 + 2], y[r, j0 + 3] = a0, a1, a2, a3
+        for j in range(n - n % 4, n):
+            acc = zero
+            for i in range(k):
+                acc += x[r, i] * w[j, i]
+            y[r, j] = acc
+        if has_bias:
+            for j in range(n):
+                y[r, j] += bias[j]
 
 
 def _transposed_add(yt, bias, has_bias, y):
@@ -105,17 +133,21 @@ class InnerProduct(Layer):
         transposed_add(yt, w[0] if bias is None else bias, bias is not None, y)
 
     def bound_forward(self, bottom, top):
-        """Layer.bound_forward: a batch of one on row_times_rows; a batch of more with the weights laid out (K, N)
-        once, up to BOUND_COPY bytes of them (one thread, batch 32, LeNet's ip1: 514 -> 349 us, NumPy's product
-        reading the transposed view's columns), or None."""
+        """Layer.bound_forward: a batch of one on row_times_rows, a tiny product on rows_times_rows; a batch of
+        more with the weights laid out (K, N) once, up to BOUND_COPY bytes of them (one thread, batch 32, LeNet's
+        ip1: 514 -> 349 us, NumPy's product reading the transposed view's columns), or None."""
         w = self.blobs[0].data
         if self.p.transpose or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
             return None
         if self.m != 1:
             if w.nbytes > BOUND_COPY:
                 return None
-            x, y, wt = bottom[0].data.reshape(self.m, self.k), top[0].data.reshape(self.m, -1), w.T.copy()
-            bias = self.blobs[1].data if self.p.bias_term else None
+            x, y = bottom[0].data.reshape(self.m, self.k), top[0].data.reshape(self.m, -1)
+            if self.m * w.size < SMALL_PRODUCT and x.dtype == y.dtype == w.dtype and x.flags.c_contiguous \
+                    and y.flags.c_contiguous:  # a tiny product (a classifier of few classes): on this thread
+                bias, has_bias = (self.blobs[1].data, True) if self.p.bias_term else (w[0], False)
+                return lambda: rows_times_rows(x, w, bias, has_bias, y)
+            wt, bias = w.T.copy(), self.blobs[1].data if self.p.bias_term else None
             return lambda: gemm(x, wt, y, bias=bias)
         x, y = bottom[0].data.reshape(-1), top[0].data.reshape(-1)
         bias, has_bias = (self.blobs[1].data, True) if self.p.bias_term else (w[0], False)

@@ -69,6 +69,7 @@ CASES = {
         ({"pooling_param": {"pool": "AVE", "kernel_size": 3, "stride": 2, "pad": 1}}, [distinct((2, 2, 6, 5))]),
         ({"pooling_param": {"pool": "AVE", "kernel_size": 2, "stride": 2}}, [distinct((1, 2, 5, 5))]),
         ({"pooling_param": {"pool": "MAX", "global_pooling": True}}, [distinct((2, 3, 3, 4))]),
+        ({"pooling_param": {"pool": "AVE", "global_pooling": True}}, [distinct((3, 3, 3, 4), seed=87)]),  # 9 planes
         ({"pooling_param": {"pool": "STOCHASTIC", "kernel_size": 3, "stride": 2}}, [positive((2, 2, 6, 5), seed=88)]),
         ({"phase": "TEST", "pooling_param": {"pool": "STOCHASTIC", "kernel_size": 2, "stride": 2}},
          [positive((2, 2, 5, 5), seed=89)]),

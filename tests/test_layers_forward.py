@@ -427,6 +427,31 @@ def test_the_stride_2_max_pooling_kernels_equal_the_loops(k, size, dtype):
     assert not np.isnan(y).any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 4, 7, 7), (3, 3, 1, 5), (1, 17, 8, 8), (64, 16, 4, 4)])
+def test_global_ave_pooling_sums_each_plane_in_caffes_order(shape, dtype):
+    """ave_pool_global (eight planes' sums side by side) and its backward give the generic loops' values bit for
+    bit: each plane summed row-major from zero in the bottom's dtype, then divided (Caffe's order; the generic
+    kernel is compared with Caffe in test_caffe_parity); planes not a multiple of eight, and enough values to
+    take the threads. The layer takes it for global_pooling and for a kernel the plane's size alike."""
+    from layers.pooling import ave_pool_backward, ave_pool_forward, ave_pool_global, ave_pool_global_backward
+    rng = np.random.default_rng(shape[1])
+    x = (rng.normal(size=shape) * 10.0 ** rng.integers(-3, 4, size=shape)).astype(dtype)  # rounding matters
+    h, w = shape[2:]
+    want, got = np.empty(shape[:2] + (1, 1), dtype), np.full(shape[:2] + (1, 1), np.nan, dtype)
+    ave_pool_forward(x, h, w, 1, 1, 0, 0, want)
+    ave_pool_global(x, got)
+    np.testing.assert_array_equal(got, want)
+    dy = rng.normal(size=want.shape).astype(dtype)
+    want_dx, got_dx = np.empty_like(x), np.full_like(x, np.nan)
+    ave_pool_backward(dy, h, w, 1, 1, 0, 0, want_dx)
+    ave_pool_global_backward(dy, got_dx)
+    np.testing.assert_array_equal(got_dx, want_dx)
+    for param in ({"pool": "AVE", "global_pooling": True}, {"pool": "AVE", "kernel_h": h, "kernel_w": w}):
+        _, _, tops = run("Pooling", {"pooling_param": param}, x, dtype=dtype)
+        np.testing.assert_array_equal(tops[0].data, want)
+
+
 def test_float32_exp_tanh_sigmoid_approximations_are_within_a_few_ulp():
     """layers/kernels.py's exp32, tanh32, sigmoid32, erfc32, log32 and pow (the float32 Sigmoid, TanH, ELU, Exp,
     Swish, GELU, Mish, LRN and LSTM kernels) against float64 over their whole range, with inf, NaN and the ends of

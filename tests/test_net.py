@@ -612,6 +612,23 @@ def test_row_times_rows_is_a_row_times_the_transposed_weights(n):
         np.testing.assert_allclose(y, w @ x, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,n", [(2, 10), (32, 10), (5, 3), (7, 8)])
+def test_rows_times_rows_is_rows_times_the_transposed_weights(m, n):
+    """The tiny products of a forward-only InnerProduct (bound_forward: a classifier of few classes at a batch of
+    a few; the bound net test above runs ip2 on it at batch 3): with and without the bias, outputs past a
+    multiple of four."""
+    from layers.inner_product import rows_times_rows
+    rng = np.random.default_rng(m * n)
+    w, x, bias = rng.normal(size=(n, 64)), rng.normal(size=(m, 64)), rng.normal(size=n)
+    for dtype in (np.float32, np.float64):
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        y = np.full((m, n), np.nan, dtype)
+        rows_times_rows(x.astype(dtype), w.astype(dtype), bias.astype(dtype), True, y)
+        np.testing.assert_allclose(y, x @ w.T + bias, **tol)
+        rows_times_rows(x.astype(dtype), w.astype(dtype), bias.astype(dtype), False, y)
+        np.testing.assert_allclose(y, x @ w.T, **tol)
+
+
 SUM_PATHS = """
 layer:
   - {name: data, type: Input, top: data, input_param: {shape: {dim: [2, 8, 8, 8]}}}
