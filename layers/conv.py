@@ -67,6 +67,12 @@ TRAIN_BANDS = os.environ.get("YAFFE_TRAIN_BANDS", "1") != "0"
 # forward-only "same" stride-1 convolutions on AVX-512, on rows of UNPADDED_MIN_WIDTH to one vector (and to two at
 # a batch of UNPADDED_TWO_BATCH or more) read their bottom itself (direct_conv_unpadded; YAFFE_CONV_UNPADDED=0 off)
 UNPADDED = os.environ.get("YAFFE_CONV_UNPADDED", "1") != "0"
+# a forward-only net's stride-1 convolution with the ReLU or SUM above it folded in takes the rows path where its
+# rows are whole (half) vectors, the two applied to each plane after (direct_conv_rows; ResNet-20's 16 x 32x32 3x3
+# at batch 32, one thread, in the net: 1.40 ms with the ReLU, 1.51 with the SUM, 1.34-1.37 bare, against the
+# unpadded kernel's 1.61-1.88; the whole net 27.6-28.5 -> 26.6-27.2 ms, at batch 64 on two threads 28.7-29.2 ->
+# 28.0-28.3); the stride-2 ones stay on the unpadded kernel
+ROWS_EPILOGUE = True
 UNPADDED_MIN_WIDTH = 12  # (narrower rows leave most of a vector's lanes idle: 8x8 planes 0.62x the pixel tiles)
 UNPADDED_TWO_BATCH = 8  # (ResNet-20's 32-wide rows: 0.88x at a batch of one, even at 64; measured on AVX-512 alone)
 # the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
@@ -291,12 +297,14 @@ def direct_conv(xp, offs, w, bias, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def direct_conv_rows(xp, offs, w, bias, y, wp):
+def direct_conv_rows(xp, offs, w, bias, y, wp, res, ca, cb, relu, slope):
     """direct_conv written to the top y (N, O, OH, OW) itself, a tile an output row (OW a multiple of a vector,
     or on AVX-512 of half of one): y[n, o, i, j] = bias[o] + sum_k w[k, o] * xp[n, offs[k] + i*wp + j], w (K,
     Opad), bias (Opad,). Computes no column past a row's end and copies nothing after (direct_conv's padded rows
     kept 86% of LeNet's conv1 and 89% of CIFAR-10 quick's, and take_planes' copy cost 60% of the product); the
-    filters of a last partial tile go through a row of its own."""
+    filters of a last partial tile go through a row of its own. res (N*O*OH*OW,) or empty, ca, cb, relu, slope:
+    as direct_conv_bands, applied to each row of a tile's filters after its sums (still in L1: a forward-only
+    ResNet's folded ReLU and SUM; the unpadded kernel they took instead ran 0.92x on 32-wide rows)."""
     n_img, per_image = xp.shape
     out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     opad = w.shape[1]
@@ -305,6 +313,7 @@ def direct_conv_rows(xp, offs, w, bias, y, wp):
     unit = vec // 2 if half else vec
     vectors, plane, blocks = ow // unit, oh * ow, opad // BCAST_MR
     xf, wf, yf = xp.reshape(-1), w.reshape(-1), y.reshape(-1)
+    added = res.size > 0
     for task in prange(n_img * blocks):  # (image, filter block), as direct_conv
         n, o0 = task // blocks, task % blocks * BCAST_MR
         kept = min(BCAST_MR, out_c - o0)
@@ -339,6 +348,10 @@ def direct_conv_rows(xp, offs, w, bias, y, wp):
                     dst = ((n * out_c + o0 + r) * oh + i) * ow
                     for j in range(ow):
                         yf[uintp(dst + j)] = part[r * ow + j]
+        if added or relu:  # (a call a plane of the block, 8 x 4 KB in L1 for ResNet-20's 32x32: a call a row
+            for r in range(kept):  # took 2-3x as long)
+                at = (n * out_c + o0 + r) * plane
+                store_row(yf, at, yf, at, plane, res, added, ca, cb, relu, slope)
 
 
 @njit(cache=True, nogil=True)
@@ -1361,11 +1374,15 @@ class Convolution(Layer):
                 place(*args)
                 direct_conv(xp, offs, w, bias, y3)
             return run
-        if plan.rows_direct and not relu and residual is None and not (banded and n < num_threads()):
+        if plan.rows_direct and not (banded and n < num_threads()) and (
+                ROWS_EPILOGUE and plan.stride == 1 or not relu and residual is None):
+            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
+            res = res.reshape(-1)
+
             def run():
                 holder[0] = 0
                 place(*args)
-                direct_conv_rows(xp, offs, w, bias, y, wp)
+                direct_conv_rows(xp, offs, w, bias, y, wp, res, ca, cb, relu, slope)
             return run
         kh, kw = plan.key[2]
         widest, ow = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1), plan.out_hw[1]
@@ -1549,8 +1566,9 @@ class Convolution(Layer):
                 plan.laid = self.fold
             plan.holder[:] = 0  # its forward places x anew: the values of x may have changed since
             n = x.shape[0]
-            if plan.rows_direct and not relu[0]:
-                direct_conv_rows(plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias, y, plan.wp)
+            if plan.rows_direct:
+                direct_conv_rows(plan.source(x, self), plan.offs[:plan.k], plan.w, plan.bias, y, plan.wp,
+                                 y.reshape(-1)[:0], 1.0, 0.0, *relu)
                 return
             if TRAIN_BANDS and BANDS and not plan.x_direct and not plan.subsample and n >= num_threads() \
                     and not (plan.y_direct and not relu[0]):
@@ -1666,7 +1684,8 @@ class Convolution(Layer):
         elif plan.dx_direct:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx.reshape(n, c, -1))
         elif plan.dx_rows:
-            direct_conv_rows(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx, plan.wq)
+            direct_conv_rows(dyp, plan.offs_q, plan.w_q, plan.zero_bias, dx, plan.wq, dx.reshape(-1)[:0], 1.0, 0.0,
+                             False, 0.0)
         else:
             direct_conv(dyp, plan.offs_q, plan.w_q, plan.zero_bias, plan.dxq)
             take_planes(plan.dxq, plan.wq, dx, False, 0.0)  # (the forward's signature: one compile)

@@ -328,15 +328,16 @@ def test_ave_pooling_backward_is_caffes_to_the_bit():
         np.testing.assert_array_equal(dx, db, err_msg=name)
 
 
-@pytest.mark.parametrize("batch", [8, 1])
-def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch,rows", [(8, True), (8, False), (1, True)])
+def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, monkeypatch):
     """A ResNet-style deploy net (BatchNorm with global statistics, Scale, ReLU and leaky ReLU in place, SUM
     shortcuts, 1x1 stride-2 projections, MAX and global AVE pooling) run as run.py predict runs it (forward only,
     constant weights: BatchNorm and Scale folded into the convolutions, the ReLUs and SUMs inside them), against
     Caffe's forward of the same prototxt, params and images (tests/fixtures/caffe_parity/deploy_resnet.npz,
     recorded by BVLC Caffe 1.0 in the Debian chroot with tests/caffe_parity/make_deploy_fixture.py). At a batch of
     8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16; at batch
-    1 the bands and pixel tiles take the rest."""
+    1 the bands and pixel tiles take the rest. With conv.ROWS_EPILOGUE (as shipped) the stride-1 convolutions on rows
+    of 32 take the rows kernel instead, their ReLU and SUM applied to each plane after."""
     fixture = _generator("make_deploy_fixture")
     import layers.conv as conv
     from layers import simd
@@ -350,8 +351,11 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeyp
     for (name, i), value in fixture.params(shapes).items():
         net.layer_by_name(name).blobs[i].data[...] = value
     net.blobs["data"].data[...] = fixture.batch()[:batch]
-    calls, kernel = [], conv.direct_conv_unpadded
+    monkeypatch.setattr(conv, "ROWS_EPILOGUE", rows)
+    calls, kernel, row_calls, row_kernel = [], conv.direct_conv_unpadded, [], conv.direct_conv_rows
     monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append((a[1], a[5], a[0].shape[3])) or kernel(*a))
+    monkeypatch.setattr(conv, "direct_conv_rows", lambda *a: row_calls.append((a[4].shape[3], a[6].size > 0, a[9]))
+                        or row_kernel(*a))
     for _ in range(2):  # the second pass on the folds made by the first
         net.forward()
         tag = f"b{batch}"
@@ -362,6 +366,9 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, tmp_path, monkeyp
     # at any batch
     taken = set() if simd.VECTOR_BYTES != 64 else {(3, 1, 16), (1, 2, 32)} if batch == 1 else {(3, 1, 32),
                                                                                                 (3, 2, 32), (1, 2, 32)}
+    if rows and batch > 1:  # (top width, a SUM added, a ReLU): the 32-wide stride-1 ones on the rows kernel
+        taken.discard((3, 1, 32))
+        assert {(32, True, True), (32, False, True)} <= set(row_calls)
     assert taken <= set(calls)
 
 

@@ -1032,7 +1032,8 @@ def test_the_forward_writes_rows_of_whole_vectors_to_the_top_itself():
 @pytest.mark.parametrize("width", [24, 32, 40])
 def test_python_row_tiles_match_the_compiled_ones(width, dtype, monkeypatch):
     """direct_conv_rows under NUMBA_DISABLE_JIT (tile_bcast* and the half-vector tile_bcast_h*) and compiled, and
-    both equal to the products in NumPy: rows of 3, 4 and 5 vectors (or half vectors), tiles of three, two, one."""
+    both equal to the products in NumPy: rows of 3, 4 and 5 vectors (or half vectors), tiles of three, two, one;
+    plain, and with a forward-only net's SUM (ca, cb) and leaky ReLU applied to each plane of a block."""
     import functools
     rng = np.random.default_rng(0)
     n, c, out_c, wp = 2, 3, 2 * simd.BCAST_MR - 3, width + 4  # (a last tile of filters partly past O)
@@ -1040,16 +1041,22 @@ def test_python_row_tiles_match_the_compiled_ones(width, dtype, monkeypatch):
     xp = rng.normal(size=(n, c * 5 * wp)).astype(dtype)
     w, bias = rng.normal(size=(len(offs), out_c + 3)).astype(dtype), rng.normal(size=out_c + 3).astype(dtype)
     at = offs[:, None] + (np.arange(3)[:, None] * wp + np.arange(width)).reshape(-1)[None]  # (K, 3 rows x width)
-    want = np.stack([np.einsum("ko,kq->oq", w[:, :out_c], xp[m][at]).reshape(out_c, 3, width)
-                     for m in range(n)]) + bias[:out_c, None, None]
-    results = []
-    for python in (False, True):
-        if python:
-            for nv in (1, 2, 3):
-                monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
-                monkeypatch.setattr(conv, f"tile_bcast_h{nv}", functools.partial(simd._py_tile_bcast, nv / 2))
-        y = np.full((n, out_c, 3, width), np.nan, dtype)
-        (conv.direct_conv_rows.py_func if python else conv.direct_conv_rows)(xp, offs, w, bias, y, wp)
-        results.append(y)
-    for y in results:
-        np.testing.assert_allclose(y, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)
+    plain = np.stack([np.einsum("ko,kq->oq", w[:, :out_c], xp[m][at]).reshape(out_c, 3, width)
+                      for m in range(n)]) + bias[:out_c, None, None]
+    res = rng.normal(size=plain.shape).astype(dtype)
+    summed = 0.5 * plain + 2.0 * res
+    cases = [((res.reshape(-1)[:0], 1.0, 0.0, False, 0.0), plain),
+             ((res.reshape(-1), 0.5, 2.0, True, 0.1), np.where(summed > 0, summed, summed * 0.1))]
+    for epilogue, want in cases:
+        results = []
+        for python in (False, True):
+            if python:
+                for nv in (1, 2, 3):
+                    monkeypatch.setattr(conv, f"tile_bcast{nv}", functools.partial(simd._py_tile_bcast, nv))
+                    monkeypatch.setattr(conv, f"tile_bcast_h{nv}", functools.partial(simd._py_tile_bcast, nv / 2))
+                monkeypatch.setattr(conv, "store_row", simd._py_store_row)
+            y = np.full((n, out_c, 3, width), np.nan, dtype)
+            (conv.direct_conv_rows.py_func if python else conv.direct_conv_rows)(xp, offs, w, bias, y, wp, *epilogue)
+            results.append(y)
+        for y in results:
+            np.testing.assert_allclose(y, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)
