@@ -205,6 +205,43 @@ def num_threads() -> int:
     return _NUM_THREADS[0]()
 
 
+class ThreadChoice:
+    """For short passes run again and again (a forward-only net at a small batch: batch-1 inference), whether to
+    run a pass on all of Numba's threads or on the calling thread alone: whichever the last passes measured
+    faster. On a VM whose other core is busy or asleep each parallel kernel waits tens of microseconds for it:
+    there models/resnet_fashion's batch of one took 310 us on two threads and 257 on one, where on a quiet machine
+    two took 172 and one 261; LeNet 136 against 109. The choice follows the machine: every EXPLORE passes the
+    other one runs once (every 4 x EXPLORE where one is over 1.25x the other). Passes longer than LONG on all threads always take them (the split pays for itself).
+    pick() says how many threads the next pass takes; record() its seconds."""
+    EXPLORE = 16
+    KEPT = 5       # each choice's last timings, whose median is compared
+    LONG = 5e-3    # seconds
+
+    def __init__(self):
+        self.count, self.times, self.off = 0, {}, False
+
+    def pick(self, total: int) -> int:
+        self.count += 1
+        if total < 2 or self.off or self.count <= 2:  # (the first passes bind, fold and warm the caches)
+            return total
+        mine = {k: sorted(v)[len(v) // 2] for k, v in self.times.items() if len(v) >= 3}
+        if len(mine) < 2:  # each choice measured three times first, alternately, all the threads first
+            return total if len(self.times.get(total, ())) <= len(self.times.get(1, ())) else 1
+        best = min(mine, key=mine.get)
+        every = self.EXPLORE * (4 if max(mine.values()) > 1.25 * mine[best] else 1)  # (seldom where far apart)
+        return (total + 1 - best) if self.count % every == 0 else best
+
+    def record(self, threads: int, total: int, seconds: float):
+        if self.count <= 2:
+            return
+        if threads == total and seconds > self.LONG:
+            self.off = True  # long passes: all the threads, always
+            return
+        kept = self.times.setdefault(threads, [])
+        kept.append(seconds)
+        del kept[:-self.KEPT]
+
+
 def threaded(fn, minimum, **options):
     """fn compiled twice: on all of Numba's threads (its prange loops shared out) for calls whose first
     argument has `minimum` elements or more, and on the calling thread (a launch costs a few us while the

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 import layers
 from layers.base import BatchSync, Blob, SharedBlob, resolve
-from layers.cpu import zero
+from layers.cpu import ThreadChoice, num_threads, zero
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from . import inplace
@@ -610,10 +612,27 @@ class Net:
         for blob, whole, cols in getattr(self, "strided_in", ()):  # a replica's columns of a sequence
             blob.data[...] = whole.data[:, cols]
         if self.constant_weights and not self.keep_for_backward and not start:
-            first = 0
-            while first is not None:  # again from the layer above one that reshaped the net
-                first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, adds, replica)
-                              if i >= first and call() is _RESHAPED), None)
+            # on all the threads or on this one alone, whichever runs this net's passes faster (ThreadChoice)
+            total, bound = num_threads(), self.__dict__.get("_bound")
+            chooser = self.__dict__.get("_threads") or ThreadChoice()
+            threads = chooser.pick(total)
+            if threads != total:
+                numba.set_num_threads(threads)
+            begun = time.perf_counter()
+            try:
+                first = 0
+                while first is not None:  # again from the layer above one that reshaped the net
+                    first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, adds,
+                                                                         replica) if i >= first and call() is _RESHAPED),
+                                 None)
+            finally:
+                if threads != total:
+                    numba.set_num_threads(total)
+            if self.__dict__.get("_bound") is bound:
+                chooser.record(threads, total, time.perf_counter() - begun)
+                self._threads = chooser
+            else:  # bound anew (new shapes, new weights): measured anew
+                self._threads = ThreadChoice()
             self._kept = False
             self._strided_out("data")
             return self.loss()

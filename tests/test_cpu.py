@@ -229,3 +229,69 @@ def test_num_threads_follows_numba_in_every_thread():
     finally:
         numba.set_num_threads(before)
     assert num_threads() == before
+
+
+def test_thread_choice_follows_whichever_measured_faster_and_explores_the_other():
+    """ThreadChoice (a forward-only net's short passes: all of Numba's threads or the calling thread alone): two
+    warm-up passes on all the threads, then each choice three times, alternately (all the threads first), then the
+    faster by the median of its last timings, the other once every EXPLORE passes (4x as seldom where one is over
+    1.25x the other), following the machine when it changes; passes over LONG on all the threads end the choosing;
+    a single thread has nothing to choose."""
+    from layers.cpu import ThreadChoice
+    speed = {1: 1e-4, 4: 2e-4}  # the calling thread alone twice as fast (a VM whose other cores sleep)
+    choice = ThreadChoice()
+    picks = []
+    for _ in range(200):
+        k = choice.pick(4)
+        picks.append(k)
+        choice.record(k, 4, speed[k])
+    assert picks[:8] == [4, 4, 4, 1, 4, 1, 4, 1]
+    rest = picks[8:]
+    assert rest.count(4) == sum(1 for c in range(9, 201) if c % (4 * ThreadChoice.EXPLORE) == 0) > 0
+    speed = {1: 3e-4, 4: 2.8e-4}  # the machine changed: all the threads a little faster
+    for _ in range(200):
+        k = choice.pick(4)
+        picks.append(k)
+        choice.record(k, 4, speed[k])
+    late = picks[-100:]
+    assert late.count(4) > 90 and 1 in late  # (within 1.25x: the other every EXPLORE passes)
+    long_ = ThreadChoice()
+    ks = []
+    for _ in range(20):
+        k = long_.pick(2)
+        ks.append(k)
+        long_.record(k, 2, 0.02 if k == 2 else 0.01)
+    assert ks == [2] * 20 and long_.off
+    single = ThreadChoice()
+    assert {single.pick(1) for _ in range(20)} == {1}
+
+
+def test_a_forward_only_net_at_a_batch_of_one_chooses_its_threads_and_gives_them_back():
+    """Net.forward of a forward-only net with constant weights (run.py predict, test, the benchmarks) runs its
+    passes through a ThreadChoice: after its warm-up both choices are measured, Numba's thread count is the same
+    after every pass, the tops equal those of passes on all the threads, and new shapes start the measuring anew."""
+    from netspec.loader import loads
+    from netspec.net import Net
+    text = """layer:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 3, 16, 16]}}}
+  - {name: conv, type: Convolution, bottom: data, top: conv, convolution_param: {num_output: 16, kernel_size: 3, pad: 1}}
+  - {name: relu, type: ReLU, bottom: conv, top: conv}
+  - {name: pool, type: Pooling, bottom: conv, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: ip, type: InnerProduct, bottom: pool, top: ip, inner_product_param: {num_output: 10}}
+"""
+    net = Net(loads(text), "TEST", seed=0)
+    net.keep_for_backward, net.constant_weights = False, True
+    net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=(1, 3, 16, 16))
+    total = numba.get_num_threads()
+    tops = []
+    for _ in range(12):
+        net.forward()
+        assert numba.get_num_threads() == total
+        tops.append(net.blobs["ip"].data.copy())
+    for t in tops[1:]:
+        np.testing.assert_allclose(t, tops[0], rtol=1e-6, atol=1e-6)
+    assert set(net._threads.times) == ({1, total} if total > 1 else {1})
+    net.blobs["data"].reshape(2, 3, 16, 16)
+    net.reshape()
+    net.forward()
+    assert net._threads.count == 0 and not net._threads.times  # (that pass bound the new arrays)
