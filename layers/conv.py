@@ -303,8 +303,8 @@ def direct_conv_rows(xp, offs, w, bias, y, wp, res, ca, cb, relu, slope):
     Opad), bias (Opad,). Computes no column past a row's end and copies nothing after (direct_conv's padded rows
     kept 86% of LeNet's conv1 and 89% of CIFAR-10 quick's, and take_planes' copy cost 60% of the product); the
     filters of a last partial tile go through a row of its own. res (N*O*OH*OW,) or empty, ca, cb, relu, slope:
-    as direct_conv_bands, applied to each row of a tile's filters after its sums (still in L1: a forward-only
-    ResNet's folded ReLU and SUM; the unpadded kernel they took instead ran 0.92x on 32-wide rows)."""
+    as direct_conv_bands, applied to each plane of a block of filters after its sums (still in L1 or L2: a
+    forward-only ResNet's folded ReLU and SUM; the unpadded kernel they took before ran 0.92x on 32-wide rows)."""
     n_img, per_image = xp.shape
     out_c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     opad = w.shape[1]

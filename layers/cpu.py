@@ -211,8 +211,9 @@ class ThreadChoice:
     faster. On a VM whose other core is busy or asleep each parallel kernel waits tens of microseconds for it:
     there models/resnet_fashion's batch of one took 310 us on two threads and 257 on one, where on a quiet machine
     two took 172 and one 261; LeNet 136 against 109. The choice follows the machine: every EXPLORE passes the
-    other one runs once (every 4 x EXPLORE where one is over 1.25x the other). Passes longer than LONG on all threads always take them (the split pays for itself).
-    pick() says how many threads the next pass takes; record() its seconds."""
+    other one runs once (every 4 x EXPLORE where one is over 1.25x the other). Passes longer than LONG on all
+    threads always take them (the split pays for itself). pick() says how many threads the next pass takes;
+    record() its seconds."""
     EXPLORE = 16
     KEPT = 5       # each choice's last timings, whose median is compared
     LONG = 5e-3    # seconds

@@ -621,10 +621,10 @@ class Net:
             begun = time.perf_counter()
             try:
                 first = 0
+                calls = self._bound_calls(folds, folded, made_folds, relus, adds, replica)
                 while first is not None:  # again from the layer above one that reshaped the net
-                    first = next((i + 1 for i, call in self._bound_calls(folds, folded, made_folds, relus, adds,
-                                                                         replica) if i >= first and call() is _RESHAPED),
-                                 None)
+                    first = next((i + 1 for i, call in calls if i >= first and call() is _RESHAPED), None)
+                    calls = self._bound_calls(folds, folded, made_folds, relus, adds, replica) if first else calls
             finally:
                 if threads != total:
                     numba.set_num_threads(total)
