@@ -218,8 +218,8 @@ class ThreadChoice:
     KEPT = 5       # each choice's last timings, whose median is compared
     LONG = 5e-3    # seconds
 
-    def __init__(self):
-        self.count, self.times, self.off = 0, {}, False
+    def __init__(self, key=None):
+        self.count, self.times, self.off, self.key = 0, {}, False, key  # key: what it measures (input shapes)
 
     def pick(self, total: int) -> int:
         self.count += 1

@@ -613,8 +613,12 @@ class Net:
             blob.data[...] = whole.data[:, cols]
         if self.constant_weights and not self.keep_for_backward and not start:
             # on all the threads or on this one alone, whichever runs this net's passes faster (ThreadChoice)
-            total, bound = num_threads(), self.__dict__.get("_bound")
-            chooser = self.__dict__.get("_threads") or ThreadChoice()
+            # (measured anew for new input shapes; kept when only the weights changed: pycaffe's forward calls
+            # weights_changed() every pass)
+            total, chooser = num_threads(), self.__dict__.get("_threads")
+            shapes = tuple(b.data.shape for b in self._source_tops())
+            if chooser is None or chooser.key != shapes:
+                chooser = self._threads = ThreadChoice(shapes)
             threads = chooser.pick(total)
             if threads != total:
                 numba.set_num_threads(threads)
@@ -628,11 +632,7 @@ class Net:
             finally:
                 if threads != total:
                     numba.set_num_threads(total)
-            if self.__dict__.get("_bound") is bound:
-                chooser.record(threads, total, time.perf_counter() - begun)
-                self._threads = chooser
-            else:  # bound anew (new shapes, new weights): measured anew
-                self._threads = ThreadChoice()
+            chooser.record(threads, total, time.perf_counter() - begun)
             self._kept = False
             self._strided_out("data")
             return self.loss()
@@ -671,6 +671,14 @@ class Net:
         self._kept = bool(keeps)
         self._strided_out("data")
         return self.loss()
+
+    def _source_tops(self):
+        """The data layers' top blobs (their shapes key Net.forward's ThreadChoice)."""
+        tops = self.__dict__.get("_sources_cache")
+        if tops is None:
+            tops = self._sources_cache = [t for layer, vec in zip(self.layers, self.top_vecs) if layer.is_source
+                                          for t in vec]
+        return tops
 
     def _residual(self, add):
         """(top, residual) for a convolution that writes the Eltwise SUM above it (Net._folds' adds): the Eltwise's

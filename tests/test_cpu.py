@@ -269,7 +269,8 @@ def test_thread_choice_follows_whichever_measured_faster_and_explores_the_other(
 def test_a_forward_only_net_at_a_batch_of_one_chooses_its_threads_and_gives_them_back():
     """Net.forward of a forward-only net with constant weights (run.py predict, test, the benchmarks) runs its
     passes through a ThreadChoice: after its warm-up both choices are measured, Numba's thread count is the same
-    after every pass, the tops equal those of passes on all the threads, and new shapes start the measuring anew."""
+    after every pass, the tops equal those of passes on all the threads, new input shapes start the measuring
+    anew and new weights do not."""
     from netspec.loader import loads
     from netspec.net import Net
     text = """layer:
@@ -294,4 +295,8 @@ def test_a_forward_only_net_at_a_batch_of_one_chooses_its_threads_and_gives_them
     net.blobs["data"].reshape(2, 3, 16, 16)
     net.reshape()
     net.forward()
-    assert net._threads.count == 0 and not net._threads.times  # (that pass bound the new arrays)
+    assert net._threads.count == 1 and not net._threads.times  # (a warm-up pass: it bound the new arrays)
+    for _ in range(4):  # new weights alone (pycaffe's forward says so every pass): still measuring
+        net.weights_changed()
+        net.forward()
+    assert net._threads.count == 5 and net._threads.times
