@@ -211,36 +211,39 @@ class ThreadChoice:
     faster. On a VM whose other core is busy or asleep each parallel kernel waits tens of microseconds for it:
     there models/resnet_fashion's batch of one took 310 us on two threads and 257 on one, where on a quiet machine
     two took 172 and one 261; LeNet 136 against 109. The choice follows the machine: every EXPLORE passes the
-    other one runs once (every 4 x EXPLORE where one is over 1.25x the other). Passes longer than LONG on all
-    threads always take them (the split pays for itself). pick() says how many threads the next pass takes;
-    record() its seconds."""
+    other one runs once (every 4 x EXPLORE where one is over 1.25x the other). Passes whose median on all the
+    threads is over LONG always take them (the split pays for itself). pick() says how many threads the next pass
+    takes; record() its seconds."""
     EXPLORE = 16
     KEPT = 5       # each choice's last timings, whose median is compared
     LONG = 5e-3    # seconds
 
     def __init__(self, key=None):
-        self.count, self.times, self.off, self.key = 0, {}, False, key  # key: what it measures (input shapes)
+        self.count, self.times, self.off, self.key = 0, {}, False, key  # key: what it measures (threads, shapes)
+        self.median, self.best, self.every = {}, None, self.EXPLORE  # (kept by record(): pick() sorts nothing)
 
     def pick(self, total: int) -> int:
         self.count += 1
         if total < 2 or self.off or self.count <= 2:  # (the first passes bind, fold and warm the caches)
             return total
-        mine = {k: sorted(v)[len(v) // 2] for k, v in self.times.items() if len(v) >= 3}
-        if len(mine) < 2:  # each choice measured three times first, alternately, all the threads first
-            return total if len(self.times.get(total, ())) <= len(self.times.get(1, ())) else 1
-        best = min(mine, key=mine.get)
-        every = self.EXPLORE * (4 if max(mine.values()) > 1.25 * mine[best] else 1)  # (seldom where far apart)
-        return (total + 1 - best) if self.count % every == 0 else best
+        if self.best is None:  # all the threads measured three times first (a long pass ends it there), then one
+            return total if total not in self.median else 1
+        return (total + 1 - self.best) if self.count % self.every == 0 else self.best
 
     def record(self, threads: int, total: int, seconds: float):
         if self.count <= 2:
             return
-        if threads == total and seconds > self.LONG:
-            self.off = True  # long passes: all the threads, always
-            return
         kept = self.times.setdefault(threads, [])
         kept.append(seconds)
         del kept[:-self.KEPT]
+        if len(kept) >= 3:
+            self.median[threads] = sorted(kept)[len(kept) // 2]
+        if threads == total and self.median.get(total, 0.0) > self.LONG:
+            self.off = True  # long passes (by their median: one pass can be long on a loaded machine): all threads
+        if len(self.median) == 2:
+            self.best = min(self.median, key=self.median.get)
+            far = max(self.median.values()) > 1.25 * self.median[self.best]
+            self.every = self.EXPLORE * (4 if far else 1)  # (the other seldom where they are far apart)
 
 
 def threaded(fn, minimum, **options):

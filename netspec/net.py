@@ -613,12 +613,12 @@ class Net:
             blob.data[...] = whole.data[:, cols]
         if self.constant_weights and not self.keep_for_backward and not start:
             # on all the threads or on this one alone, whichever runs this net's passes faster (ThreadChoice)
-            # (measured anew for new input shapes; kept when only the weights changed: pycaffe's forward calls
-            # weights_changed() every pass)
+            # (measured anew for new input shapes or thread counts; kept when only the weights changed: pycaffe's
+            # forward calls weights_changed() every pass)
             total, chooser = num_threads(), self.__dict__.get("_threads")
-            shapes = tuple(b.data.shape for b in self._source_tops())
-            if chooser is None or chooser.key != shapes:
-                chooser = self._threads = ThreadChoice(shapes)
+            key = (total, tuple(b.data.shape for b in self._source_tops()))
+            if chooser is None or chooser.key != key:
+                chooser = self._threads = ThreadChoice(key)
             threads = chooser.pick(total)
             if threads != total:
                 numba.set_num_threads(threads)
