@@ -95,7 +95,6 @@ def _pixel_rows() -> int:
         return 8
 
 
-
 def cpu_model() -> str:
     """The CPU's model as the OS names it (Linux's /proc/cpuinfo, else platform's), with LLVM's name for it."""
     import platform
@@ -111,6 +110,7 @@ def cpu_model() -> str:
         return f"{name} ({binding.get_host_cpu_name()})"
     except Exception:
         return name
+
 
 PIX_MR, PIX_NV = _pixel_rows(), 2  # tile_pixels: pixels x vectors of filters
 LANES_CR, LANES_NB = (8 if VECTOR_BYTES == 64 else 6), 2  # tile_lanes: channels x vectors of images (depthwise)

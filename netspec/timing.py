@@ -87,10 +87,11 @@ def _kernels(net, out, phase="TRAIN") -> dict:
         return layer.path_taken + (" (pixel tiles)" if pixels else "") + (", data gradient in the lanes" if lanes else "")
     paths = {d.name: path(k, layer) for k, (d, layer) in enumerate(zip(net.defs, net.layers))
              if getattr(layer, "path_taken", None)}
-    out(f"Kernels: {simd.cpu_model()}, {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles {simd.BCAST_MR} rows x 3 "
-        f"vectors (forward), {simd.PIX_MR} pixels x {simd.PIX_NV} vectors (pixel tiles), {simd.TAPS_KR} taps x "
-        f"{simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 vector where the filters fill one "
-        f"vector), {'/'.join(map(str, simd.LANES_WIDTHS))} channels x {simd.LANES_NB} vectors of images (images in the lanes)")
+    out(f"Kernels: {simd.cpu_model()}, {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles "
+        f"{simd.BCAST_MR} rows x 3 vectors (forward), {simd.PIX_MR} pixels x {simd.PIX_NV} vectors (pixel tiles), "
+        f"{simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 vector where the "
+        f"filters fill one vector), {'/'.join(map(str, simd.LANES_WIDTHS))} channels x {simd.LANES_NB} vectors of "
+        "images (images in the lanes)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
     relus = getattr(net, "_fused_relu", {})
@@ -101,7 +102,8 @@ def _kernels(net, out, phase="TRAIN") -> dict:
             f"forward, two backward; the table above times them apart): {len(fused)} pairs ({', '.join(fused[:3])}"
             f"{', ...' if len(fused) > 3 else ''})")
     return {"cpu": simd.cpu_model(), "vector_bytes": simd.VECTOR_BYTES, "bcast_rows": simd.BCAST_MR,
-            "pixel_rows": simd.PIX_MR, "taps_rows": simd.TAPS_KR, "lanes_channels": list(simd.LANES_WIDTHS), "convolutions": paths, "fused": fused}
+            "pixel_rows": simd.PIX_MR, "taps_rows": simd.TAPS_KR, "lanes_channels": list(simd.LANES_WIDTHS),
+            "convolutions": paths, "fused": fused}
 
 
 def _data_alone(net, iterations, out) -> list:
