@@ -40,7 +40,8 @@ from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, deinterleave2, lanes, store_row, tile_bcast1,
                    tile_bcast2, tile_bcast3, tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_lanes_a, tile_lanes_a1,
                    tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels, tile_pixels_acc, tile_planar,
-                   tile_planar_half, tile_taps, tile_taps1, tile_taps_last, tile_unpadded11, tile_unpadded12,
+                   tile_flat1, tile_flat2, tile_flat3, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
+                   tile_unpadded11, tile_unpadded12,
                    tile_unpadded21, tile_unpadded31, tile_unpadded11_s2, tile_unpadded21_s2,
                    tile_unpadded31_s2, transpose_tile)
 
@@ -74,6 +75,10 @@ UNPADDED = os.environ.get("YAFFE_CONV_UNPADDED", "1") != "0"
 # 28.0-28.3); the stride-2 ones stay on the unpadded kernel
 ROWS_EPILOGUE = True
 UNPADDED_MIN_WIDTH = 12  # (narrower rows leave most of a vector's lanes idle: 8x8 planes 0.62x the pixel tiles)
+# forward-only "same" stride-1 convolutions whose planes, taken flat, fill this much more of the vectors' lanes than
+# their rows (28x28: 1 against 0.875) run on flat runs of the plane (direct_conv_flat; YAFFE_CONV_FLAT=0 off)
+FLAT = os.environ.get("YAFFE_CONV_FLAT", "1") != "0"
+FLAT_MARGIN = 1.05
 UNPADDED_TWO_BATCH = 8  # (ResNet-20's 32-wide rows: 0.88x at a batch of one, even at 64; measured on AVX-512 alone)
 # the pixel tiles sum the taps in blocks whose weights hold about this many values (16 KiB float32: in L1 with
 # the input rows and the sums); 0: all taps a tile
@@ -499,6 +504,48 @@ def direct_conv_unpadded(x, kh, kw, ph, pw, s, w, bias, y, res, ca, cb, relu, sl
             for o in range(out_c):
                 at = (n * out_c + o) * oplane + r0 * ow
                 store_row(yf, at, yf, at, (r1 - r0) * ow, res, added, ca, cb, relu, slope)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def direct_conv_flat(x, kh, kw, ph, pw, w, bias, y, rows_of, cols_of, res, ca, cb, relu, slope, parts):
+    """A stride-1 "same" convolution (the top's planes the bottom's size) straight from x (N, C, H, W), its planes
+    taken flat: runs of three vectors of positions across the rows (simd.tile_flat*: loads masked by each
+    position's row and column, rows_of and cols_of (int32, H*W rounded up to whole vectors, the rest rows no image
+    has)), so rows narrower than the vectors waste no lanes (28x28: 49 vectors, not 28 rows of 2). w, bias, y, res,
+    ca, cb, relu, slope as direct_conv_unpadded (whose sums these are, to the bit); a task a band of an image's
+    vectors (parts bands an image)."""
+    n_img, chans, height, width = x.shape
+    out_c = y.shape[1]
+    opad = w.shape[1]
+    vec = VECTOR_BYTES // x.itemsize
+    plane = height * width
+    nvec = (plane + vec - 1) // vec
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    added = res.size > 0
+    for task in prange(n_img * parts):
+        n, g = task // parts, task % parts
+        va, vb = g * nvec // parts, (g + 1) * nvec // parts
+        if vb <= va:
+            continue
+        xbase, ybase = n * chans * plane, n * out_c * plane
+        v = va
+        while v < vb:
+            left = vb - v
+            for o0 in range(0, out_c, BCAST_MR):
+                args = (xf, xbase, chans, height, width, v * vec, kh, kw, ph, pw, rows_of, cols_of, wf, o0, opad,
+                        bias, o0, min(BCAST_MR, out_c - o0), yf, ybase + o0 * plane, plane)
+                if left >= 3:
+                    tile_flat3(*args)
+                elif left == 2:
+                    tile_flat2(*args)
+                else:
+                    tile_flat1(*args)
+            v += min(3, left)
+        if added or relu:
+            q0, q1 = va * vec, min(vb * vec, plane)
+            for o in range(out_c):
+                at = ybase + o * plane + q0
+                store_row(yf, at, yf, at, q1 - q0, res, added, ca, cb, relu, slope)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -1366,6 +1413,24 @@ class Convolution(Layer):
             place, args = place_planes, (x, xpad, plan.start, wp)
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
+        vec, (kh, kw) = lanes(x.dtype), plan.key[2]
+        plane, ow = x.shape[2] * x.shape[3], plan.out_hw[1]
+        if (banded and FLAT and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and plan.stride == 1 and kh * kw > 1
+                and plan.out_hw == x.shape[2:] and x.flags.c_contiguous
+                and plane / _round_up(plane, vec) >= FLAT_MARGIN * max(
+                    ow / _round_up(ow, vec), plan.forward_useful if plan.pixels else 0.0)):
+            # a "same" stride-1 convolution whose rows waste lanes (28 or 14 wide) on flat runs of its planes
+            q = np.arange(_round_up(plane, vec))
+            rows_of = np.where(q < plane, q // x.shape[3], 1 << 30).astype(np.int32)
+            cols_of = (q % x.shape[3]).astype(np.int32)
+            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
+            res = res.reshape(-1)
+
+            def run():
+                threads = num_threads()
+                direct_conv_flat(x, kh, kw, *plan.pad, w, bias, y, rows_of, cols_of, res, ca, cb, relu, slope,
+                                 -(-threads // n) if n < threads else 1)
+            return run
         if plan.y_direct and not relu and residual is None and not (banded and n < num_threads()):
             y3 = y.reshape(n, self.p.num_output, -1)
 
@@ -1384,8 +1449,7 @@ class Convolution(Layer):
                 place(*args)
                 direct_conv_rows(xp, offs, w, bias, y, wp, res, ca, cb, relu, slope)
             return run
-        kh, kw = plan.key[2]
-        widest, ow = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1), plan.out_hw[1]
+        widest = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1)
         if (banded and UNPADDED and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and x.flags.c_contiguous
                 and ((plan.stride == 1 and plan.out_hw == x.shape[2:] and UNPADDED_MIN_WIDTH <= ow <= widest)
                      or (plan.stride == 2 and UNPADDED_MIN_WIDTH <= ow <= lanes(x.dtype)

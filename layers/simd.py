@@ -29,6 +29,9 @@ need no im2col buffer.
 - `tile_unpadded{nr}{nv}[_s2](x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase,
   wstride, bias, bbase, kept, y, ybase, ow, oplane)`: BCAST_MR filters of nr rows by nv vectors of a convolution's
   top (stride 1, or 2: _s2) read from the unpadded bottom, loads masked to the image (the forward-only kernel).
+- `tile_flat{nv}(x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride, bias,
+  bbase, kept, y, ybase, oplane)`: as tile_unpadded for a stride-1 "same" convolution, on nv vectors of the top's
+  plane taken flat (across its rows), loads masked by each position's row and column (the forward-only kernel).
 - `max_row{2,3}s2(x, s, t, width, y, out, mask, count, lowest)`: count MAX windows 2x2 or 3x3 of stride 2 along a
   row, their maxima and argmax (plane indices from t) as Caffe's loop finds them.
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.
@@ -677,6 +680,102 @@ def _py_tile_unpadded(nr, nv, stride, x, xbase, chans, height, width, row0, kh, 
             y[at:at + ow] = sums[m, :ow]
 
 
+def _make_tile_flat(nv):
+    """tile_flat{nv}: BCAST_MR filters by nv vectors of a stride-1 "same" convolution's top taken as one flat run of
+    its plane (positions q0 .. q0 + nv*lanes of height*width, across the rows: a 28x28 plane is 49 whole vectors,
+    where rows of 28 keep 28 of 32 lanes), read from the unpadded bottom: tap (di, dj) loads the run shifted by
+    (di - ph)*width + dj - pw, masked to the lanes whose input row and column lie in the image (rows_of, cols_of:
+    int32 per position, the positions past the plane with rows no image has). The sums in tile_unpadded's order
+    (bias, then dj, di, c): the same bits. Stored masked to the plane and to `kept` filters."""
+    mr = BCAST_MR
+
+    def tile(typingctx, x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride,
+             bias, bbase, kept, y, ybase, oplane):
+        sig = types.void(x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride,
+                         bias, bbase, kept, y, ybase, oplane)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            (x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride, bias, bbase,
+             kept, y, ybase, oplane) = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            const = lambda v: ir.Constant(i64, v)
+            xp, wp, bp, yp = (_data(context, builder, t[i], a).data for i, a in ((0, x), (12, w), (15, bias), (18, y)))
+            rp, cp = (_data(context, builder, t[i], a).data for i, a in ((10, rows_of), (11, cols_of)))
+            splat64, index, mload, mstore = _masked_tools(builder, vec, n)
+            ivec = ir.VectorType(i32, n)
+            splat32 = lambda v: _splat(builder, builder.trunc(v, i32), n)  # (v: an i64)
+
+            def iload(p, at):
+                return builder.load(builder.bitcast(builder.gep(p, [at]), ivec.as_pointer()), align=4)
+            rows = [iload(rp, builder.add(q0, const(v * n))) for v in range(nv)]
+            cols = [iload(cp, builder.add(q0, const(v * n))) for v in range(nv)]
+            plane = builder.mul(height, width)
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(mr)]
+            for m in range(mr):
+                b = splat(builder.load(builder.gep(bp, [builder.add(bbase, const(m))])))
+                for v in range(nv):
+                    builder.store(b, acc[m][v])
+
+            def between(lanes, lo, hi):  # lo <= lanes < hi, lo and hi i64 scalars
+                return builder.and_(builder.icmp_signed(">=", lanes, splat32(lo)),
+                                    builder.icmp_signed("<", lanes, splat32(hi)))
+            with cgutils.for_range(builder, kw) as jloop:
+                dj = jloop.index
+                cmask = [between(cols[v], builder.sub(pw, dj), builder.sub(builder.add(width, pw), dj))
+                         for v in range(nv)]
+                with cgutils.for_range(builder, kh) as iloop:
+                    di = iloop.index
+                    masks = [builder.and_(cmask[v], between(rows[v], builder.sub(ph, di),
+                                                            builder.sub(builder.add(height, ph), di)))
+                             for v in range(nv)]
+                    k0 = builder.add(builder.mul(di, kw), dj)  # tap (c, di, dj) is c * kh * kw + k0
+                    w0 = builder.add(wbase, builder.mul(k0, wstride))
+                    wstep = builder.mul(builder.mul(kh, kw), wstride)
+                    x0 = builder.add(builder.add(xbase, q0), builder.add(
+                        builder.mul(builder.sub(di, ph), width), builder.sub(dj, pw)))
+                    with cgutils.for_range(builder, chans) as cloop:
+                        c = cloop.index
+                        wrow = builder.add(w0, builder.mul(c, wstep))
+                        first = builder.add(x0, builder.mul(c, plane))
+                        xs = [mload(xp, builder.add(first, const(v * n)), masks[v]) for v in range(nv)]
+                        for m in range(mr):
+                            a = splat(builder.load(builder.gep(wp, [builder.add(wrow, const(m))])))
+                            for v in range(nv):
+                                builder.store(fma(a, xs[v], builder.load(acc[m][v])), acc[m][v])
+            inside = [builder.icmp_signed("<", builder.add(index, splat64(builder.add(q0, const(v * n)))),
+                                          splat64(oplane)) for v in range(nv)]
+            for m in range(mr):
+                with builder.if_then(builder.icmp_signed("<", const(m), kept)):
+                    at = builder.add(builder.add(ybase, builder.mul(const(m), oplane)), q0)
+                    for v in range(nv):
+                        mstore(builder.load(acc[m][v]), yp, builder.add(at, const(v * n)), inside[v])
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_flat{nv}"
+    return intrinsic(tile)
+
+
+def _py_tile_flat(nv, x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride,
+                  bias, bbase, kept, y, ybase, oplane):
+    n, plane = lanes(x.dtype), height * width
+    q = q0 + np.arange(nv * n)
+    rows, cols = rows_of[q].astype(np.int64), cols_of[q].astype(np.int64)
+    sums = np.repeat(bias[bbase:bbase + BCAST_MR, None].astype(x.dtype), nv * n, axis=1)
+    for dj in range(kw):
+        for di in range(kh):
+            r, col = rows + di - ph, cols + dj - pw
+            ok = (r >= 0) & (r < height) & (col >= 0) & (col < width)
+            for c in range(chans):
+                vals = np.where(ok, x[xbase + c * plane + np.where(ok, r * width + col, 0)], 0).astype(x.dtype)
+                k = (c * kh + di) * kw + dj
+                sums = sums + w[wbase + k * wstride:wbase + k * wstride + BCAST_MR, None] * vals[None]
+    keep = q < oplane
+    for m in range(min(kept, BCAST_MR)):
+        y[ybase + m * oplane + q[keep]] = sums[m, keep]
+
+
 def _make_max_row_s2(k):
     """max_row{k}s2: up to lanes - 1 (k = 3) or lanes (k = 2) MAX windows k x k of stride 2 inside the image along
     a row, as Caffe's loop (taps in row-major order, strict >, from `lowest`): a window row's taps are the even,
@@ -903,6 +1002,12 @@ if config.DISABLE_JIT:
 else:
     (tile_unpadded12, tile_unpadded31, tile_unpadded21, tile_unpadded11, tile_unpadded31_s2, tile_unpadded21_s2,
      tile_unpadded11_s2) = (_make_tile_unpadded(nr, nv, s) for nr, nv, s in _UNPADDED)
+
+# a stride-1 "same" convolution's top as flat runs of its plane (layers/conv.direct_conv_flat): 3, 2 or 1 vectors
+if config.DISABLE_JIT:
+    tile_flat3, tile_flat2, tile_flat1 = (functools.partial(_py_tile_flat, nv) for nv in (3, 2, 1))
+else:
+    tile_flat3, tile_flat2, tile_flat1 = (_make_tile_flat(nv) for nv in (3, 2, 1))
 
 # tile_pixels of ROWS_MR rows (layers/recurrent.step_product: an LSTM step's 32 rows as 4 tiles of 8, not 6 of 6
 # whose last overlaps; 16 accumulators, 10 loads for 16 multiply-adds against 8 for 12): AVX-512's 32 registers

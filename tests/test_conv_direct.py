@@ -429,6 +429,18 @@ def _unpadded_reference(x, weights, bias, pad, stride=1):
         + bias[None, :, None, None]
 
 
+def _laid(rng, c, o, kernel, dtype):
+    """(weights (O, C, KH, KW), laid out (K, Opad) as DirectPlan lays them, bias, bias laid out (Opad,))."""
+    weights = rng.normal(size=(o, c) + kernel).astype(dtype)
+    bias = rng.normal(size=o)
+    opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
+    laid = np.zeros((c * kernel[0] * kernel[1], opad), dtype)
+    laid[:, :o] = weights.reshape(o, -1).T
+    bias_l = np.zeros(opad, dtype)
+    bias_l[:o] = bias
+    return weights, laid, bias.astype(dtype), bias_l
+
+
 def _unpadded_fits(case, dtype):
     """Whether the kernel takes the case's rows: the top's to two vectors (one at stride 2) of dtype."""
     w, kernel, pad, stride = case[3], case[5], case[6], case[8]
@@ -445,14 +457,8 @@ def test_the_unpadded_forward_matches_numpy(case, dtype):
     n, c, h, w, o, kernel, pad, parts, stride = case
     rng = np.random.default_rng(n * 100 + w)
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
-    weights = rng.normal(size=(o, c) + kernel).astype(dtype)
-    bias = rng.normal(size=o)
-    opad = -(-o // simd.BCAST_MR) * simd.BCAST_MR
-    laid = np.zeros((c * kernel[0] * kernel[1], opad), dtype)
-    laid[:, :o] = weights.reshape(o, -1).T
-    bias_l = np.zeros(opad, dtype)
-    bias_l[:o] = bias
-    want = _unpadded_reference(x, weights, bias.astype(dtype), pad, stride)
+    weights, laid, bias, bias_l = _laid(rng, c, o, kernel, dtype)
+    want = _unpadded_reference(x, weights, bias, pad, stride)
     res = rng.normal(size=want.size).astype(dtype)
     for added, relu in ((False, False), (True, True), (False, True)):
         big = np.full(want.size + 40, np.nan, dtype)
@@ -493,13 +499,85 @@ def test_the_unpadded_tiles_in_python_match_the_compiled_ones(monkeypatch):
         np.testing.assert_allclose(py, got, rtol=1e-5, atol=1e-5)
 
 
-def test_forward_only_nets_take_the_unpadded_kernel_with_the_results_of_the_bands(monkeypatch):
-    """A forward-only net's 3x3 "same" convolutions on 16-wide rows (with the ReLU and the Eltwise SUM above
-    folded in) run direct_conv_unpadded on AVX-512 and give the tops of the banded kernels (YAFFE_CONV_UNPADDED=0)
+FLAT = [  # (N, C, H, W, O, kernel, pad, parts): "same" stride-1 convolutions; planes of whole vectors and not,
+    # rows narrower than a vector (a vector across several rows), filters past the last whole block, 5x5 and 3x5,
+    # more parts than vectors
+    (1, 3, 28, 28, 16, (3, 3), (1, 1), 1), (2, 16, 14, 14, 12, (3, 3), (1, 1), 2), (1, 5, 7, 7, 9, (3, 3), (1, 1), 3),
+    (1, 4, 9, 13, 17, (5, 5), (2, 2), 2), (2, 3, 5, 3, 8, (3, 5), (1, 2), 1), (1, 2, 28, 28, 3, (5, 5), (2, 2), 4),
+    (1, 2, 2, 2, 5, (3, 3), (1, 1), 3)]
+
+
+def _flat_tables(h, w, dtype):
+    q = np.arange(-(-h * w // simd.lanes(dtype)) * simd.lanes(dtype))
+    return np.where(q < h * w, q // w, 1 << 30).astype(np.int32), (q % w).astype(np.int32)
+
+
+@pytest.mark.parametrize("case", FLAT)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_flat_forward_matches_numpy_and_the_unpadded_kernel(case, dtype):
+    """direct_conv_flat (a forward-only "same" convolution on flat runs of its planes, loads masked by row and
+    column) against NumPy's convolution of the padded bottom, plain, with an Eltwise SUM above and with a leaky
+    ReLU; every value of the top written, nothing around it; the same bits as direct_conv_unpadded (the same sums
+    in the same order) where that kernel takes the rows."""
+    n, c, h, w, o, kernel, pad, parts = case
+    rng = np.random.default_rng(n * 100 + w)
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    weights, laid, bias, bias_l = _laid(rng, c, o, kernel, dtype)
+    want = _unpadded_reference(x, weights, bias, pad)
+    res = rng.normal(size=want.size).astype(dtype)
+    rows_of, cols_of = _flat_tables(h, w, dtype)
+    for added, relu in ((False, False), (True, True), (False, True)):
+        big = np.full(want.size + 40, np.nan, dtype)
+        y = big[20:-20].reshape(want.shape)
+        args = (laid, bias_l, y, rows_of, cols_of, res if added else res[:0], 0.5, -2.0, relu, 0.1, parts)
+        conv.direct_conv_flat(x, *kernel, *pad, *args)
+        expect = 0.5 * want + -2.0 * res.reshape(want.shape) if added else want
+        if relu:
+            expect = np.where(expect > 0, expect, 0.1 * expect)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(y, expect, rtol=tol, atol=tol * np.abs(expect).max())
+        assert np.isnan(big[:20]).all() and np.isnan(big[-20:]).all()
+        if w <= 2 * simd.lanes(dtype):
+            other = np.zeros_like(y)
+            conv.direct_conv_unpadded(x, *kernel, *pad, 1, laid, bias_l, other, res if added else res[:0], 0.5, -2.0,
+                                      relu, 0.1, parts)
+            np.testing.assert_array_equal(y, other)
+
+
+def test_the_flat_tiles_in_python_match_the_compiled_ones(monkeypatch):
+    """direct_conv_flat with its tiles and store_row as Python (NUMBA_DISABLE_JIT's stand-ins) gives the compiled
+    kernel's top."""
+    import functools
+    for case in (FLAT[0], FLAT[2], FLAT[4]):
+        n, c, h, w, o, kernel, pad, parts = case
+        rng = np.random.default_rng(w)
+        x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+        _, laid, _, bias = _laid(rng, c, o, kernel, np.float32)
+        res = rng.normal(size=n * o * h * w).astype(np.float32)
+        rows_of, cols_of = _flat_tables(h, w, np.float32)
+        got = np.zeros((n, o, h, w), np.float32)
+        conv.direct_conv_flat(x, *kernel, *pad, laid, bias, got, rows_of, cols_of, res, 1.0, 1.0, True, 0.0, parts)
+        with monkeypatch.context() as patch:
+            for nv in (1, 2, 3):
+                patch.setattr(conv, f"tile_flat{nv}", functools.partial(simd._py_tile_flat, nv))
+            patch.setattr(conv, "store_row", simd._py_store_row)
+            py = np.zeros_like(got)
+            conv.direct_conv_flat.py_func(x, *kernel, *pad, laid, bias, py, rows_of, cols_of, res, 1.0, 1.0, True,
+                                          0.0, parts)
+        np.testing.assert_allclose(py, got, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, switch, width", [("direct_conv_unpadded", "UNPADDED", 16),
+                                                   ("direct_conv_flat", "FLAT", 28)])
+def test_forward_only_nets_take_the_unpadded_or_flat_kernel_with_the_results_of_the_others(kernel, switch, width,
+                                                                                           monkeypatch):
+    """A forward-only net's 3x3 "same" convolutions (with the ReLU and the Eltwise SUM above folded in) run
+    direct_conv_unpadded on 16-wide rows and direct_conv_flat on 28-wide ones (rows of 28 waste a vector's
+    lanes) on AVX-512 and give the tops of the kernels they replace (YAFFE_CONV_UNPADDED=0, YAFFE_CONV_FLAT=0)
     to float32 rounding, at a batch of one (two parts on two threads) and of eight."""
     text = """
 layer:
-  - {name: d, type: Input, top: data, input_param: {shape: {dim: [BATCH, 5, 16, 16]}}}
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [BATCH, 5, WIDTH, WIDTH]}}}
   - {name: c1, type: Convolution, bottom: data, top: c1, convolution_param: {num_output: 12, kernel_size: 3, pad: 1,
      weight_filler: {type: gaussian, std: 0.2}, bias_filler: {type: gaussian, std: 0.2}}}
   - {name: r1, type: ReLU, bottom: c1, top: c1}
@@ -507,14 +585,14 @@ layer:
      weight_filler: {type: gaussian, std: 0.2}}}
   - {name: sum, type: Eltwise, bottom: [c2, data], top: sum}
   - {name: r2, type: ReLU, bottom: sum, top: sum}
-"""
+""".replace("WIDTH", str(width))
     calls = []
-    kernel = conv.direct_conv_unpadded
-    monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append(1) or kernel(*a))
+    compiled = getattr(conv, kernel)
+    monkeypatch.setattr(conv, kernel, lambda *a: calls.append(1) or compiled(*a))
     for batch in (1, 8):
         tops = []
         for on in (True, False):
-            monkeypatch.setattr(conv, "UNPADDED", on)
+            monkeypatch.setattr(conv, switch, on)
             net = Net(loads(text.replace("BATCH", str(batch))), "TEST", seed=3)
             net.keep_for_backward, net.constant_weights = False, True  # (as run.py predict and test run it)
             net.blobs["data"].data[...] = np.random.default_rng(batch).normal(size=net.blobs["data"].shape)
