@@ -1417,8 +1417,7 @@ class Convolution(Layer):
         plane, ow = x.shape[2] * x.shape[3], plan.out_hw[1]
         if (banded and FLAT and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and plan.stride == 1 and kh * kw > 1
                 and plan.out_hw == x.shape[2:] and x.flags.c_contiguous
-                and plane / _round_up(plane, vec) >= FLAT_MARGIN * max(
-                    ow / _round_up(ow, vec), plan.forward_useful if plan.pixels else 0.0)):
+                and plane / _round_up(plane, vec) >= FLAT_MARGIN * ow / _round_up(ow, vec)):
             # a "same" stride-1 convolution whose rows waste lanes (28 or 14 wide) on flat runs of its planes
             q = np.arange(_round_up(plane, vec))
             rows_of = np.where(q < plane, q // x.shape[3], 1 << 30).astype(np.int32)
