@@ -1137,6 +1137,24 @@ class DirectPlan:
             and n >= LANES_FILL * self.lane_groups * self.lane_width
         self.xb = self.yb = self.wt_f = None  # the lanes forward's buffers (lanes_forward_buffers)
         self._backward_shape = (n, out_c, length_q, dtype)
+        self.flat = False  # flat_tables' answer, once asked
+
+    def flat_tables(self, x):
+        """(rows_of, cols_of) for direct_conv_flat where it takes this convolution of x: a "same" stride-1 one of a
+        kernel larger than 1x1, on AVX-512, whose planes taken flat fill FLAT_MARGIN more of the lanes than its
+        rows; else None."""
+        if self.flat is not False:
+            return self.flat
+        self.flat = None
+        (kh, kw), vec = self.key[2], lanes(x.dtype)
+        plane, width = x.shape[2] * x.shape[3], x.shape[3]
+        if not (FLAT and VECTOR_BYTES == 64 and self.key[4] == (1, 1) and self.stride == 1 and kh * kw > 1
+                and self.out_hw == x.shape[2:] and x.flags.c_contiguous
+                and plane / _round_up(plane, vec) >= FLAT_MARGIN * width / _round_up(width, vec)):
+            return None
+        q = np.arange(_round_up(plane, vec))
+        self.flat = np.where(q < plane, q // width, 1 << 30).astype(np.int32), (q % width).astype(np.int32)
+        return self.flat
 
     def source(self, x, owner):
         """(N, C*s*s*L): what the kernels read for the bottom x of layer `owner`: x itself (x_direct), else xpad
@@ -1413,15 +1431,11 @@ class Convolution(Layer):
             place, args = place_planes, (x, xpad, plan.start, wp)
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
-        vec, (kh, kw) = lanes(x.dtype), plan.key[2]
-        plane, ow = x.shape[2] * x.shape[3], plan.out_hw[1]
-        if (banded and FLAT and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and plan.stride == 1 and kh * kw > 1
-                and plan.out_hw == x.shape[2:] and x.flags.c_contiguous
-                and plane / _round_up(plane, vec) >= FLAT_MARGIN * ow / _round_up(ow, vec)):
-            # a "same" stride-1 convolution whose rows waste lanes (28 or 14 wide) on flat runs of its planes
-            q = np.arange(_round_up(plane, vec))
-            rows_of = np.where(q < plane, q // x.shape[3], 1 << 30).astype(np.int32)
-            cols_of = (q % x.shape[3]).astype(np.int32)
+        kh, kw = plan.key[2]
+        tables = plan.flat_tables(x) if banded else None
+        if tables is not None:
+            # a "same" stride-1 convolution whose rows waste lanes (28, 14, 8 or 7 wide) on flat runs of its planes
+            rows_of, cols_of = tables
             res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
             res = res.reshape(-1)
 
@@ -1448,7 +1462,7 @@ class Convolution(Layer):
                 place(*args)
                 direct_conv_rows(xp, offs, w, bias, y, wp, res, ca, cb, relu, slope)
             return run
-        widest = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1)
+        widest, ow = lanes(x.dtype) * (2 if n >= UNPADDED_TWO_BATCH else 1), plan.out_hw[1]
         if (banded and UNPADDED and VECTOR_BYTES == 64 and plan.key[4] == (1, 1) and x.flags.c_contiguous
                 and ((plan.stride == 1 and plan.out_hw == x.shape[2:] and UNPADDED_MIN_WIDTH <= ow <= widest)
                      or (plan.stride == 2 and UNPADDED_MIN_WIDTH <= ow <= lanes(x.dtype)

@@ -22,6 +22,7 @@ GEOMETRIES = [  # (bottom shape, num_output, kernel (h, w), pad (h, w), dilation
     ((2, 1, 12, 28), 7, (5, 5), (0, 0), 1),      # LeNet's conv1, rows of 24: half vectors on AVX-512
     ((2, 1, 6, 36), 16, (5, 5), (0, 0), 1),      # rows of whole vectors: the forward writes the top a row at a time
     ((2, 1, 6, 28), 16, (5, 5), (0, 0), 1),      # and rows of 24: half vectors on AVX-512
+    ((2, 6, 14, 28), 16, (3, 3), (1, 1), 1),     # "same" on rows of 28: the forward on flat runs (AVX-512)
 ]
 
 
@@ -59,7 +60,7 @@ layer:
     monkeypatch.setattr(conv, "direct_conv_dw_planar", lambda *a: calls.append("dw") or original_planar(*a))
     monkeypatch.setattr(conv, "direct_conv", lambda *a: calls.append("conv") or original(*a))
     monkeypatch.setattr(conv, "direct_conv_pixels", lambda *a: calls.append("conv") or original_pixels(*a))
-    for name in ("direct_conv_bands", "direct_conv_pixels_bands", "direct_conv_rows"):  # (the training forward's)
+    for name in ("direct_conv_bands", "direct_conv_pixels_bands", "direct_conv_rows", "direct_conv_flat"):  # (training)
         monkeypatch.setattr(conv, name, (lambda f: lambda *a: calls.append("conv") or f(*a))(getattr(conv, name)))
     monkeypatch.setattr(conv, "direct_conv_dw", lambda *a: calls.append("dw") or original_dw(*a))
     monkeypatch.setattr(conv, "direct_conv_dw1", lambda *a: calls.append("dw") or original_dw1(*a))
