@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange, types, uintp
 from numba.extending import intrinsic, overload
 
 from .cpu import spread
@@ -20,6 +20,25 @@ from .cpu import spread
 def same(a, b):
     """Whether a and b start at the same address (a kernel called in place)."""
     return a.ctypes.data == b.ctypes.data
+
+
+@njit(cache=True, nogil=True)
+def refresh_copies(arrays, copy, starts):
+    """Whether any of the flat integer arrays (float arrays' bit patterns) differs from its copy at
+    copy[starts[k]:starts[k + 1]]; the copies of those that do are refreshed. Each compared without an early exit
+    (the loop vectorizes; NaNs compare by their bits)."""
+    changed = False
+    for k in range(len(arrays)):
+        a, at = arrays[k], starts[k]
+        if a.size == 0:
+            continue
+        diff = a[0] ^ a[0]
+        for i in range(a.size):
+            diff |= a[uintp(i)] ^ copy[uintp(at + i)]
+        if diff != 0:
+            copy[at:at + a.size] = a
+            changed = True
+    return changed
 
 
 @intrinsic

@@ -23,6 +23,9 @@ from . import inplace
 from .graph import LayerDef, compile_net
 
 
+_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # (Net.weights_same)
+
+
 @dataclass
 class Param:
     """A learnable blob as the solver sees it."""
@@ -860,6 +863,29 @@ class Net:
                     self.layers[i].weights_and_bias()
                 state["copies"][j] = None if self.constant_weights else [b.data.copy() for b in state["blobs"][j]]
         return state["made"]
+
+    def weights_same(self) -> bool:
+        """Whether every layer's blobs (weights, BatchNorm's statistics) hold the values of the last call (copies
+        kept, bit patterns compared: ~25 us a pass on resnet_fashion's 78,000 values, where array_equal took 0.7
+        ms on ResNet-20's); False at the first call and after any change, the copies then refreshed. pycaffe's
+        forward asks before each pass of a forward-only net, whose folds and bound calls weights_changed() makes
+        again (~0.6 ms)."""
+        from numba.typed import List
+        from layers.kernels import refresh_copies
+        arrays = [b.data for layer in self.layers for b in layer.blobs]
+        state = self.__dict__.get("_weights_seen")
+        if state is None or len(state[0]) != len(arrays) or any(a is not b for a, b in zip(arrays, state[0])):
+            sizes = {a.dtype.itemsize for a in arrays}
+            if len(sizes) > 1 or not all(a.flags.c_contiguous for a in arrays):  # (none of yaffe's nets)
+                self._weights_seen = None
+                return False
+            bits = _BITS[sizes.pop()] if arrays else np.uint32
+            views = List([a.reshape(-1).view(bits) for a in arrays]) if arrays else None
+            starts = np.cumsum([0] + [a.size for a in arrays])
+            copy = np.concatenate([v for v in views] + [np.zeros(0, bits)]) if arrays else None
+            self._weights_seen = (arrays, views, copy, starts)
+            return False
+        return not state[1] or not refresh_copies(*state[1:])
 
     def weights_changed(self):
         """Make the folds of a forward-only net with constant_weights again at its next pass (the trainer calls it

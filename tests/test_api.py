@@ -394,3 +394,72 @@ def test_caffe_pb2_falls_back_to_the_hand_written_messages_with_a_warning(monkey
     with pytest.raises(AttributeError, match="pip install protobuf"):
         caffe_pb2.NetParameter
     monkeypatch.setattr(caffe_pb2, "_classes", None)  # (the real classes again for the tests after)
+
+
+_RESNET_DEPLOY = """name: "tiny_res"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 14 dim: 14 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "c1_bn" type: "BatchNorm" bottom: "c1" top: "c1" batch_norm_param { use_global_stats: true } }
+layer { name: "c1_scale" type: "Scale" bottom: "c1" top: "c1" scale_param { bias_term: true } }
+layer { name: "c1_relu" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "sum" type: "Eltwise" bottom: "c2" bottom: "c1" top: "sum" }
+layer { name: "sum_relu" type: "ReLU" bottom: "sum" top: "sum" }
+layer { name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_a_pycaffe_test_net_runs_forward_only_and_follows_weights_changed_in_place(tmp_path, monkeypatch):
+    """A TEST net of Input layers runs pycaffe's forward() as run.py predict runs a net (forward only: BatchNorm
+    folded, the layers bound once), every blob as the layers one by one write it (the convolution under the SUM
+    too); weights changed in place from Python between passes, through net.params or an array held from before,
+    change the outputs as Caffe's would (compared each pass, the folds made again); backward() after it runs the
+    forward again keeping what the backward reads, and gives the diffs of the plain path."""
+    import netspec.net as netmod
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(_RESNET_DEPLOY)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 14, 14)).astype(np.float32)
+
+    def make():
+        net = caffe.Net(str(path), caffe.TEST)
+        r = np.random.default_rng(1)
+        for name, blobs in net.params.items():
+            for i, b in enumerate(blobs):
+                b.data[...] = r.uniform(0.5, 1.5, b.data.shape) if name == "c1_bn" else r.normal(0, 0.3, b.data.shape)
+        net.params["c1_bn"][2].data[...] = 1.0
+        return net
+    fast, plain = make(), make()
+    plain._fit = False  # the layers one by one, keeping what the backward reads
+    binds = []
+    original = netmod.Net._bound_calls
+    monkeypatch.setattr(netmod.Net, "_bound_calls", lambda self, *a: binds.append(1) or original(self, *a))
+    held = fast.params["fc"][0].data
+    for step in range(4):
+        if step == 2:
+            fast.params["c1"][0].data[...] *= 1.5
+            plain.params["c1"][0].data[...] *= 1.5
+        if step == 3:
+            held[...] *= -1  # an array taken before, changed in place
+            plain.params["fc"][0].data[...] *= -1
+        got, want = fast.forward(data=x), plain.forward(data=x)
+        np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+        for name in plain.blobs:
+            np.testing.assert_allclose(fast.blobs[name].data, plain.blobs[name].data, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} at pass {step}")
+    assert not fast._net.keep_for_backward and fast._net.constant_weights and plain._net.keep_for_backward
+    assert binds  # (the bound path ran)
+    for net in (fast, plain):
+        net.blobs["prob"].diff[...] = np.random.default_rng(2).normal(size=(2, 5))
+    diffs = [net.backward(diffs=["c1", "sum"]) for net in (fast, plain)]
+    assert fast._net.keep_for_backward
+    for name in ("data", "c1", "sum"):
+        np.testing.assert_allclose(diffs[0][name], diffs[1][name], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast.params["c1"][0].diff, plain.params["c1"][0].diff, rtol=1e-4, atol=1e-6)
+    assert np.abs(fast.params["c1"][0].diff).max() > 0 and np.abs(diffs[0]["data"]).max() > 0

@@ -227,6 +227,7 @@ class Net:
                 raise
             original.add_note(str(e))  # a Python layer's own exception, as pycaffe raises it
             raise original from None
+        self._owned = True  # (forward_only: not a solver's net, whose flags its trainer sets)
         if weights:
             self.copy_from(weights)
 
@@ -356,13 +357,28 @@ class Net:
         """Set the input blobs given as keywords, run the layers from `start` to `end` (names, both included),
         and return {name: data} of the net's outputs (or of `end`'s tops) and of the `blobs` named."""
         self._set(kwargs, "data")
-        if self._net.constant_weights:  # the caller may have changed the weights since the folds were made
-            self._net.weights_changed()
-        n = len(self._net.layers)
+        net = self._net
+        n = len(net.layers)
         i0, i1 = self._index(start, 0), self._index(end, n - 1)
         before, after = self._hooks("before_forward"), self._hooks("after_forward")
-        if i0 == 0 and i1 == n - 1 and not before and not after:
-            self._net.forward()
+        whole = i0 == 0 and i1 == n - 1 and not before and not after
+        if whole and self._forward_only():
+            # as run.py predict runs it (BatchNorm folded, each layer bound to its blobs once): made again only
+            # when some weight changed since the last pass (compared), every blob written as the layers would
+            net.keep_for_backward, net.constant_weights = False, True
+            if not net.keep_blobs:
+                net.keep_blobs = list(net.blobs)
+            if not net.weights_same():
+                net.weights_changed()
+            net.forward()
+            self._unkept = True  # backward() runs it again, keeping what the layers' backward reads
+            return self._outputs(end, i1, blobs)
+        if self.__dict__.get("_unkept") is not None:
+            net.keep_for_backward, net.constant_weights, self._unkept = True, False, None
+        if net.constant_weights:  # the caller may have changed the weights since the folds were made
+            net.weights_changed()
+        if whole:
+            net.forward()
         else:
             for i in range(i0, i1 + 1):
                 for run in before:
@@ -371,14 +387,36 @@ class Net:
                 for run in after:
                     run(i)
             self._net._kept = True
+        return self._outputs(end, i1, blobs)
+
+    def _outputs(self, end, i1, blobs):
         names = self.outputs if end is None else list(self._net.defs[i1].tops)
         return {name: self._net.blobs[name].data for name in list(names) + list(blobs or [])}
+
+    def _forward_only(self) -> bool:
+        """Whether a whole forward() runs forward-only: a TEST net built here (not a solver's) whose only data
+        layers are Input layers that no layer writes in place, without Python layers (backward() runs the forward
+        again, keeping what the layers' backward reads: nothing there may run twice differently)."""
+        net = self._net
+        if not self.__dict__.get("_owned") or net.phase != "TEST":
+            return False
+        fit = self.__dict__.get("_fit")
+        if fit is None:
+            inputs = {t for d in net.defs if d.type == "Input" for t in d.tops}
+            written = {t for d in net.defs if d.type != "Input" for t in d.tops}
+            fit = self._fit = not (inputs & written) and all(
+                d.type == "Input" for d, layer in zip(net.defs, net.layers) if layer.is_source) and not any(
+                d.type == "Python" for d in net.defs)
+        return fit
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set the output diffs given as keywords (loss tops get their loss weight, as in Caffe), run the backward
         of the layers from `start` down to `end` (names, both included), and return {name: diff} of the inputs
         (or of `end`'s bottoms) and of the `diffs` named. Param diffs accumulate, as in Caffe."""
         net = self._net
+        if self.__dict__.get("_unkept"):  # the last forward kept nothing for a backward: again, keeping it
+            net.keep_for_backward, net.constant_weights, self._unkept = True, False, None
+            net.forward()
         for blob, w in net.loss_blobs:
             blob.diff[...] = w
         self._set(kwargs, "diff")
