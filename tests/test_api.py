@@ -463,3 +463,38 @@ def test_a_pycaffe_test_net_runs_forward_only_and_follows_weights_changed_in_pla
         np.testing.assert_allclose(diffs[0][name], diffs[1][name], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast.params["c1"][0].diff, plain.params["c1"][0].diff, rtol=1e-4, atol=1e-6)
     assert np.abs(fast.params["c1"][0].diff).max() > 0 and np.abs(diffs[0]["data"]).max() > 0
+
+
+def test_a_pycaffe_test_net_with_a_data_layer_evaluates_forward_only_and_backward_keeps_its_batch(tmp_path):
+    """A TEST net whose data layer comes first (an evaluation loop over its batches) runs forward() forward-only
+    too, a new batch each pass and the loss of the layers one by one; a backward() after it runs the layers after
+    the data layer again (the batch it has, not a new one) and gives the diffs of the plain path on that batch."""
+    path = tmp_path / "test.prototxt"
+    path.write_text("""name: "eval"
+force_backward: true
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 3 dim: 2 dim: 9 dim: 9 } shape { dim: 3 }
+                     data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "c1_bn" type: "BatchNorm" bottom: "c1" top: "c1" batch_norm_param { use_global_stats: true } }
+layer { name: "relu" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "fc" type: "InnerProduct" bottom: "c1" top: "fc"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+""")
+    net = caffe.Net(str(path), caffe.TEST)
+    net.params["c1_bn"][1].data[...] = 1.0
+    net.params["c1_bn"][2].data[...] = 1.0
+    batches = []
+    for _ in range(2):
+        loss = float(net.forward()["loss"])
+        batches.append(net.blobs["data"].data.copy())
+        assert not net._net.keep_for_backward and np.isfinite(loss) and (net.blobs["c1"].data >= 0).all()
+    assert not np.array_equal(batches[0], batches[1])  # a new batch each pass
+    fast = net.backward(diffs=["data"])["data"].copy()
+    np.testing.assert_array_equal(net.blobs["data"].data, batches[1])  # backward() kept the batch
+    net._fit = False  # the plain path, from the layer above the data on the same batch
+    assert float(net.forward(start="c1")["loss"]) == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(net.backward(diffs=["data"])["data"], fast, rtol=1e-5, atol=1e-7)
+    assert np.abs(fast).max() > 0

@@ -394,19 +394,21 @@ class Net:
         return {name: self._net.blobs[name].data for name in list(names) + list(blobs or [])}
 
     def _forward_only(self) -> bool:
-        """Whether a whole forward() runs forward-only: a TEST net built here (not a solver's) whose only data
-        layers are Input layers that no layer writes in place, without Python layers (backward() runs the forward
-        again, keeping what the layers' backward reads: nothing there may run twice differently)."""
+        """Whether a whole forward() runs forward-only: a TEST net built here (not a solver's) whose data layers
+        (Input, or data layers: an evaluation loop over a TEST net's batches) all come first, no layer writing
+        their tops in place, without Python layers: backward() runs the layers after them again, keeping what the
+        layers' backward reads (nothing there may run twice differently; the batch stays)."""
         net = self._net
         if not self.__dict__.get("_owned") or net.phase != "TEST":
             return False
         fit = self.__dict__.get("_fit")
         if fit is None:
-            inputs = {t for d in net.defs if d.type == "Input" for t in d.tops}
-            written = {t for d in net.defs if d.type != "Input" for t in d.tops}
-            fit = self._fit = not (inputs & written) and all(
-                d.type == "Input" for d, layer in zip(net.defs, net.layers) if layer.is_source) and not any(
+            sources = [i for i, layer in enumerate(net.layers) if layer.is_source]
+            tops = {t for i in sources for t in net.defs[i].tops}
+            written = {t for i, d in enumerate(net.defs) if i not in sources for t in d.tops}
+            fit = self._fit = sources == list(range(len(sources))) and not (tops & written) and not any(
                 d.type == "Python" for d in net.defs)
+            self._rerun_from = len(sources)
         return fit
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -416,7 +418,7 @@ class Net:
         net = self._net
         if self.__dict__.get("_unkept"):  # the last forward kept nothing for a backward: again, keeping it
             net.keep_for_backward, net.constant_weights, self._unkept = True, False, None
-            net.forward()
+            net.forward(start=self._rerun_from)  # (the data layers' tops as the last forward left them)
         for blob, w in net.loss_blobs:
             blob.diff[...] = w
         self._set(kwargs, "diff")
