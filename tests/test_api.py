@@ -463,6 +463,11 @@ def test_a_pycaffe_test_net_runs_forward_only_and_follows_weights_changed_in_pla
         np.testing.assert_allclose(diffs[0][name], diffs[1][name], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast.params["c1"][0].diff, plain.params["c1"][0].diff, rtol=1e-4, atol=1e-6)
     assert np.abs(fast.params["c1"][0].diff).max() > 0 and np.abs(diffs[0]["data"]).max() > 0
+    import yaffe.pycaffe as pycaffe  # weights over FORWARD_ONLY_BYTES: layer by layer, no copy of them kept
+    monkeypatch.setattr(pycaffe, "FORWARD_ONLY_BYTES", 1000)
+    big = make()
+    big.forward(data=x)
+    assert big._net.keep_for_backward and "_weights_seen" not in big._net.__dict__
 
 
 def test_a_pycaffe_test_net_with_a_data_layer_evaluates_forward_only_and_backward_keeps_its_batch(tmp_path):

@@ -197,6 +197,11 @@ def _chunk(rows, start, size):
     return out
 
 
+# pycaffe's TEST nets with weights up to this size run forward() forward-only (Net._forward_only); larger ones (VGG's
+# 528 MB) layer by layer, as before, rather than keep a second copy of their weights to compare
+FORWARD_ONLY_BYTES = 64 << 20
+
+
 class Net:
     """pycaffe's Net: Net(model, phase), Net(model, weights, phase), Net(model, phase, weights=...), with
     level= and stages= as Caffe's NetState. `model`: a .prototxt or a yaffe .yaml; `weights`: a .caffemodel or a
@@ -396,8 +401,9 @@ class Net:
     def _forward_only(self) -> bool:
         """Whether a whole forward() runs forward-only: a TEST net built here (not a solver's) whose data layers
         (Input, or data layers: an evaluation loop over a TEST net's batches) all come first, no layer writing
-        their tops in place, without Python layers: backward() runs the layers after them again, keeping what the
-        layers' backward reads (nothing there may run twice differently; the batch stays)."""
+        their tops in place, without Python layers, weights of up to FORWARD_ONLY_BYTES (Net.weights_same keeps a
+        copy of them): backward() runs the layers after them again, keeping what the layers' backward reads
+        (nothing there may run twice differently; the batch stays)."""
         net = self._net
         if not self.__dict__.get("_owned") or net.phase != "TEST":
             return False
@@ -406,8 +412,9 @@ class Net:
             sources = [i for i, layer in enumerate(net.layers) if layer.is_source]
             tops = {t for i in sources for t in net.defs[i].tops}
             written = {t for i, d in enumerate(net.defs) if i not in sources for t in d.tops}
+            weights = sum(b.data.nbytes for layer in net.layers for b in layer.blobs)
             fit = self._fit = sources == list(range(len(sources))) and not (tops & written) and not any(
-                d.type == "Python" for d in net.defs)
+                d.type == "Python" for d in net.defs) and weights <= FORWARD_ONLY_BYTES
             self._rerun_from = len(sources)
         return fit
 
