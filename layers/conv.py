@@ -38,12 +38,11 @@ from .depthwise import DepthwisePlan, depthwise_backward, depthwise_forward, dep
 from .kernels import channel_sums, sum_into
 from .simd import (BCAST_MR, LANES_COST, LANES_NB, LANES_ROW, LANES_WIDTHS, PIX_MR, PIX_NV, PLANAR_KR, PLANAR_OR,
                    TAPS_KR, TAPS_KR1, TAPS_NV, TAPS_ONE, VECTOR_BYTES, deinterleave2, lanes, store_row, tile_bcast1,
-                   tile_bcast2, tile_bcast3, tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_lanes_a, tile_lanes_a1,
-                   tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1, tile_pixels, tile_pixels_acc, tile_planar,
-                   tile_flat1, tile_flat2, tile_flat3, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
-                   tile_unpadded11, tile_unpadded12,
-                   tile_unpadded21, tile_unpadded31, tile_unpadded11_s2, tile_unpadded21_s2,
-                   tile_unpadded31_s2, transpose_tile)
+                   tile_bcast2, tile_bcast3, tile_bcast_h1, tile_bcast_h2, tile_bcast_h3, tile_flat1, tile_flat2,
+                   tile_flat3, tile_lanes_a, tile_lanes_a1, tile_lanes_b, tile_lanes_b1, tile_lanes_c, tile_lanes_c1,
+                   tile_pixels, tile_pixels_acc, tile_planar, tile_planar_half, tile_taps, tile_taps1, tile_taps_last,
+                   tile_unpadded11, tile_unpadded12, tile_unpadded21, tile_unpadded31, tile_unpadded11_s2,
+                   tile_unpadded21_s2, tile_unpadded31_s2, transpose_tile)
 
 
 DIRECT = os.environ.get("YAFFE_CONV", "").lower() != "im2col"  # stride-1 convolutions without im2col (DirectPlan)
@@ -1432,12 +1431,12 @@ class Convolution(Layer):
         else:
             place, args = place_phases, (x, xpad, *plan.pad, plan.stride, wp, plan.rows)
         kh, kw = plan.key[2]
+        res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)  # (for the kernels taking a SUM)
+        res = res.reshape(-1)
         tables = plan.flat_tables(x) if banded else None
         if tables is not None:
             # a "same" stride-1 convolution whose rows waste lanes (28, 14, 8 or 7 wide) on flat runs of its planes
             rows_of, cols_of = tables
-            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
-            res = res.reshape(-1)
 
             def run():
                 threads = num_threads()
@@ -1454,8 +1453,6 @@ class Convolution(Layer):
             return run
         if plan.rows_direct and not (banded and n < num_threads()) and (
                 ROWS_EPILOGUE and plan.stride == 1 or not relu and residual is None):
-            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
-            res = res.reshape(-1)
 
             def run():
                 holder[0] = 0
@@ -1469,8 +1466,6 @@ class Convolution(Layer):
                          and (kh == kw == 1 or n >= UNPADDED_TWO_BATCH)))):
             # a "same" stride-1 convolution on rows of one or two vectors, or a stride-2 one on rows of one, from
             # the bottom itself
-            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
-            res = res.reshape(-1)
 
             def run():
                 threads = num_threads()
@@ -1483,8 +1478,6 @@ class Convolution(Layer):
             reach, geometry = int((offs % length).max()), (*plan.pad, plan.stride, wp, plan.rows)
             kernel = direct_conv_pixels_bands if plan.pixels else direct_conv_bands
             extra = (plan.qs,) if plan.pixels else ()
-            res, ca, cb = residual if residual is not None else (y[:0], 1.0, 0.0)
-            res = res.reshape(-1)
 
             def run():
                 holder[0] = 0

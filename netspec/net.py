@@ -879,13 +879,15 @@ class Net:
             if len(sizes) > 1 or not all(a.flags.c_contiguous for a in arrays):  # (none of yaffe's nets)
                 self._weights_seen = None
                 return False
-            bits = _BITS[sizes.pop()] if arrays else np.uint32
-            views = List([a.reshape(-1).view(bits) for a in arrays]) if arrays else None
-            starts = np.cumsum([0] + [a.size for a in arrays])
-            copy = np.concatenate([v for v in views] + [np.zeros(0, bits)]) if arrays else None
-            self._weights_seen = (arrays, views, copy, starts)
+            if arrays:
+                bits = _BITS[sizes.pop()]
+                views = List([a.reshape(-1).view(bits) for a in arrays])
+                self._weights_seen = (arrays, views, np.concatenate(list(views)),
+                                      np.cumsum([0] + [a.size for a in arrays]))
+            else:
+                self._weights_seen = (arrays, None)
             return False
-        return not state[1] or not refresh_copies(*state[1:])
+        return state[1] is None or not refresh_copies(*state[1:])
 
     def weights_changed(self):
         """Make the folds of a forward-only net with constant_weights again at its next pass (the trainer calls it

@@ -335,8 +335,8 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, m
     constant weights: BatchNorm and Scale folded into the convolutions, the ReLUs and SUMs inside them), against
     Caffe's forward of the same prototxt, params and images (tests/fixtures/caffe_parity/deploy_resnet.npz,
     recorded by BVLC Caffe 1.0 in the Debian chroot with tests/caffe_parity/make_deploy_fixture.py). At a batch of
-    8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16; at batch
-    1 the bands and pixel tiles take the rest. With conv.ROWS_EPILOGUE (as shipped) the stride-1 convolutions on rows
+    8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16, and the
+    flat kernel the 8x8 planes (at batch 1 too); at batch 1 the bands and pixel tiles take the rest. With conv.ROWS_EPILOGUE (as shipped) the stride-1 convolutions on rows
     of 32 take the rows kernel instead, their ReLU and SUM applied to each plane after."""
     fixture = _generator("make_deploy_fixture")
     import layers.conv as conv
