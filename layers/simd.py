@@ -245,6 +245,23 @@ def _make_tile_taps(kr, nv):
     return intrinsic(tile)
 
 
+def _pixel_taps(builder, tools, offs_arr, xp, starts, wp, wstride, o0, acc):
+    """The loop of tile_pixels and tile_cl over the taps k: acc[r][v] += x[starts[r] + offs[k]] * the v-th vector
+    of w at k * wstride + o0 (tools: _vector_tools')."""
+    vec, n, load, store, splat, fma = tools
+    i64 = ir.IntType(64)
+    count = builder.extract_value(offs_arr.shape, 0)
+    with cgutils.for_range(builder, count) as loop:
+        k = loop.index
+        off = builder.load(builder.gep(offs_arr.data, [k]))
+        row = builder.add(builder.mul(k, wstride), o0)
+        ws = [load(wp, builder.add(row, ir.Constant(i64, v * n))) for v in range(len(acc[0]))]
+        for r in range(len(acc)):
+            a = splat(builder.load(builder.gep(xp, [builder.add(starts[r], off)])))
+            for v, w in enumerate(ws):
+                builder.store(fma(a, w, builder.load(acc[r][v])), acc[r][v])
+
+
 def _make_tile_pixels(mr, nv, accumulate=False):
     """tile_pixels: mr output pixels (at any positions of the padded planes, from a list) by nv vectors of
     filters, channels-last; each tap broadcasts one input value per pixel and loads nv vectors of weights.
@@ -256,7 +273,8 @@ def _make_tile_pixels(mr, nv, accumulate=False):
         def codegen(context, builder, signature, args):
             t = signature.args
             x, xbase, qs, pbase, offs, w, o0, wstride, bias, out, obase, ostride = args
-            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            tools = _vector_tools(context, builder, t[0])
+            vec, n, load, store, splat, fma = tools
             i64 = ir.IntType(64)
             const = lambda v: ir.Constant(i64, v)
             xp, wp, bp, op = (_data(context, builder, t[i], a).data for i, a in ((0, x), (5, w), (8, bias), (9, out)))
@@ -271,16 +289,7 @@ def _make_tile_pixels(mr, nv, accumulate=False):
                 b = None if accumulate else load(bp, builder.add(o0, const(v * n)))
                 for r in range(mr):
                     builder.store(load(op, builder.add(bases[r], const(v * n))) if accumulate else b, acc[r][v])
-            count = builder.extract_value(offs_arr.shape, 0)
-            with cgutils.for_range(builder, count) as loop:
-                k = loop.index
-                off = builder.load(builder.gep(offs_arr.data, [k]))
-                row = builder.add(builder.mul(k, wstride), o0)
-                ws = [load(wp, builder.add(row, const(v * n))) for v in range(nv)]
-                for r in range(mr):
-                    a = splat(builder.load(builder.gep(xp, [builder.add(starts[r], off)])))
-                    for v in range(nv):
-                        builder.store(fma(a, ws[v], builder.load(acc[r][v])), acc[r][v])
+            _pixel_taps(builder, tools, offs_arr, xp, starts, wp, wstride, o0, acc)
             for r in range(mr):
                 for v in range(nv):
                     store(builder.load(acc[r][v]), op, builder.add(bases[r], const(v * n)))
@@ -289,6 +298,62 @@ def _make_tile_pixels(mr, nv, accumulate=False):
     tile.__name__ = tile.__qualname__ = ("tile_pixels_acc" if accumulate else "tile_pixels") + (
         "" if mr == PIX_MR else f"{mr}")
     return intrinsic(tile)
+
+
+def _make_tile_cl(mr, nv):
+    """tile_cl: mr output pixels (from lists of their offsets in the bottom and the top, channels-last) by nv
+    vectors of filters, the epilogue (a SUM's other bottom, a ReLU) applied in registers as they are stored."""
+    def tile(typingctx, x, xbase, qin, qout, p0, offs, w, o0, wstride, bias, out, obase, res, added, ca, cb, relu,
+             slope):
+        sig = types.void(x, xbase, qin, qout, p0, offs, w, o0, wstride, bias, out, obase, res, added, ca, cb, relu,
+                         slope)
+        kinds = _epilogue_types(typingctx, x.dtype, ca, cb, slope)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, xbase, qin, qout, p0, offs, w, o0, wstride, bias, out, obase, res, added, ca, cb, relu, slope = args
+            tools = _vector_tools(context, builder, t[0])
+            vec, n, load, store, splat, fma = tools
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            xp, wp, bp, op, rp = (_data(context, builder, t[i], a).data
+                                  for i, a in ((0, x), (6, w), (9, bias), (10, out), (12, res)))
+            qi, qo = (_data(context, builder, t[i], a).data for i, a in ((2, qin), (3, qout)))
+            offs_arr = _data(context, builder, t[5], offs)
+            at = lambda q, r: builder.load(builder.gep(q, [builder.add(p0, const(r))]))
+            starts = [builder.add(xbase, at(qi, r)) for r in range(mr)]
+            bases = [builder.add(builder.add(obase, at(qo, r)), o0) for r in range(mr)]
+            acc = [[cgutils.alloca_once(builder, vec) for _ in range(nv)] for _ in range(mr)]
+            for v in range(nv):
+                b = load(bp, builder.add(o0, const(v * n)))
+                for r in range(mr):
+                    builder.store(b, acc[r][v])
+            _pixel_taps(builder, tools, offs_arr, xp, starts, wp, wstride, o0, acc)
+            value = _epilogue(context, builder, n, t[0].dtype, kinds, (ca, cb, relu, slope), t[14:18])
+            with builder.if_else(context.cast(builder, added, t[13], types.boolean)) as (then, otherwise):
+                for with_res, block in ((True, then), (False, otherwise)):
+                    with block:
+                        for r in range(mr):
+                            for v in range(nv):
+                                i = builder.add(bases[r], const(v * n))
+                                got = load(rp, i) if with_res else None
+                                store(value(builder.load(acc[r][v]), got), op, i)
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = f"tile_cl{mr}x{nv}"
+    return intrinsic(tile)
+
+
+def _py_tile_cl(mr, nv, x, xbase, qin, qout, p0, offs, w, o0, wstride, bias, out, obase, res, added, ca, cb, relu,
+                slope):
+    n = lanes(x.dtype) * nv
+    for r in range(mr):
+        q, at = xbase + qin[p0 + r], obase + qout[p0 + r] + o0
+        acc = bias[o0:o0 + n].copy()
+        for k in range(len(offs)):
+            acc += x[q + offs[k]] * w[k * wstride + o0:k * wstride + o0 + n]
+        for j in range(n):
+            _py_store_row(acc, j, out, at + j, 1, res, added, ca, cb, relu, slope)
 
 
 def _make_tile_lanes(cr, nb):
@@ -490,15 +555,57 @@ def _make_deinterleave2():
     return intrinsic(tile)
 
 
+def _epilogue_types(typingctx, dtype, ca, cb, slope):
+    """The types Numba gives the epilogue's scalar expressions t = ca * v + cb * r; t if not relu or t > 0 else
+    t * slope: (wide, negative with res, negative without)."""
+    wide = typingctx.unify_types(dtype, ca, cb)
+    return wide, typingctx.unify_types(wide, slope), typingctx.unify_types(dtype, slope)
+
+
+def _epilogue(context, builder, n, dty, kinds, args, tys):
+    """value(v, r): the vector stored for the sum v (r: the residual's vector, or None), as store_row and the
+    channels-last tiles apply a SUM's other bottom and a ReLU: t = ca * v + cb * r (in `wide`, Numba's type of the
+    scalar expression), then t if not relu or t > 0 else t * slope, in the arrays' type dty. kinds: the Numba
+    types (wide, negative with r, negative without); args, tys: (ca, cb, relu, slope) and their Numba types."""
+    wide, neg_t, plain_neg = kinds
+    ca, cb, relu, slope = args
+    vec = ir.VectorType(context.get_value_type(dty), n)
+
+    def vtype(nbty):
+        return ir.VectorType(context.get_value_type(nbty), n)
+
+    def convert(v, frm, to):  # a vector of Numba type frm to Numba type to (float32 <-> float64)
+        if frm == to:
+            return v
+        wider = context.get_value_type(to)
+        return (builder.fpext if isinstance(wider, ir.DoubleType) else builder.fptrunc)(v, vtype(to))
+
+    def splat_as(value, frm, to):
+        return _splat(builder, context.cast(builder, value, frm, to), n)
+    relu_on = _splat(builder, context.cast(builder, relu, tys[2], types.boolean), n)
+    ca_v, cb_v = splat_as(ca, tys[0], wide), splat_as(cb, tys[1], wide)
+    slope_n, slope_p = splat_as(slope, tys[3], neg_t), splat_as(slope, tys[3], plain_neg)
+    zero_w, zero_d = ir.Constant(vtype(wide), None), ir.Constant(vec, None)
+
+    def leaky(x, xt, nt, sl, zero):  # x if not relu or x > 0 else x * slope, in the arrays' type
+        neg = convert(builder.fmul(convert(x, xt, nt), sl), nt, dty)
+        return builder.select(builder.and_(relu_on, builder.fcmp_unordered("<=", x, zero)), neg,
+                              convert(x, xt, dty))
+
+    def value(v, r):
+        if r is None:
+            return leaky(v, dty, plain_neg, slope_p, zero_d)
+        tw = builder.fadd(builder.fmul(ca_v, convert(v, dty, wide)), builder.fmul(cb_v, convert(r, dty, wide)))
+        return leaky(tw, wide, neg_t, slope_n, zero_w)
+    return value
+
+
 def _make_store_row():
     """store_row: a run of a band's values to the top, as direct_conv_bands' scalar loop computes them (equal to
     it to the bit), in vectors and a masked last part (ResNet-20's stage-2 3x3 at batch 64 1.04 -> 1.00 ms)."""
     def tile(typingctx, src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
         sig = types.void(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)
-        # the types Numba gives the scalar expressions: t = ca * v + cb * r; t if not relu or t > 0 else t * slope
-        wide = typingctx.unify_types(src.dtype, ca, cb)
-        neg_t = typingctx.unify_types(wide, slope)
-        plain_neg = typingctx.unify_types(src.dtype, slope)
+        kinds = _epilogue_types(typingctx, src.dtype, ca, cb, slope)
 
         def codegen(context, builder, signature, args):
             t = signature.args
@@ -507,35 +614,8 @@ def _make_store_row():
             i64 = ir.IntType(64)
             const = lambda v: ir.Constant(i64, v)
             sp, dp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (2, dst), (5, res)))
-
-            def vtype(nbty):
-                return ir.VectorType(context.get_value_type(nbty), n)
-
-            def convert(v, frm, to):  # a vector of Numba type frm to Numba type to (float32 <-> float64)
-                if frm == to:
-                    return v
-                wider = context.get_value_type(to)
-                return (builder.fpext if isinstance(wider, ir.DoubleType) else builder.fptrunc)(v, vtype(to))
-
-            def splat_as(value, frm, to):
-                return _splat(builder, context.cast(builder, value, frm, to), n)
-            dty = t[0].dtype
-            relu_on = _splat(builder, context.cast(builder, relu, t[9], types.boolean), n)
+            value = _epilogue(context, builder, n, t[0].dtype, kinds, (ca, cb, relu, slope), t[7:11])
             is_added = context.cast(builder, added, t[6], types.boolean)
-            ca_v, cb_v = splat_as(ca, t[7], wide), splat_as(cb, t[8], wide)
-            slope_n, slope_p = splat_as(slope, t[10], neg_t), splat_as(slope, t[10], plain_neg)
-            zero_w, zero_d = ir.Constant(vtype(wide), None), ir.Constant(vec, None)
-
-            def leaky(x, xt, nt, sl, zero):  # x if not relu or x > 0 else x * slope, in the arrays' type
-                neg = convert(builder.fmul(convert(x, xt, nt), sl), nt, dty)
-                return builder.select(builder.and_(relu_on, builder.fcmp_unordered("<=", x, zero)), neg,
-                                      convert(x, xt, dty))
-
-            def value(v, r):  # the stored vector, from src's (v) and res' (r, or None: nothing added)
-                if r is None:
-                    return leaky(v, dty, plain_neg, slope_p, zero_d)
-                tw = builder.fadd(builder.fmul(ca_v, convert(v, dty, wide)), builder.fmul(cb_v, convert(r, dty, wide)))
-                return leaky(tw, wide, neg_t, slope_n, zero_w)
             splat64, index, mload, mstore = _masked_tools(builder, vec, n)
             full = builder.udiv(count, const(n))
             rem = builder.sub(count, builder.mul(full, const(n)))
@@ -982,6 +1062,12 @@ if config.DISABLE_JIT:
     tile_pixels, tile_pixels_acc = (functools.partial(_py_tile_pixels, PIX_MR, PIX_NV, a) for a in (False, True))
 else:
     tile_pixels, tile_pixels_acc = _make_tile_pixels(PIX_MR, PIX_NV), _make_tile_pixels(PIX_MR, PIX_NV, True)
+# the channels-last convolutions of forward-only nets (layers/channels_last.py): pixels x vectors of filters
+CL_TILES = ((2 * PIX_MR, 1), (PIX_MR, 2), (PIX_MR, 4) if VECTOR_BYTES == 64 else (PIX_MR // 2, 4))
+if config.DISABLE_JIT:
+    tile_cl1, tile_cl2, tile_cl4 = (functools.partial(_py_tile_cl, mr, nv) for mr, nv in CL_TILES)
+else:
+    tile_cl1, tile_cl2, tile_cl4 = (_make_tile_cl(mr, nv) for mr, nv in CL_TILES)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
 # a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()

@@ -20,6 +20,7 @@ from layers.cpu import ThreadChoice, num_threads, zero
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from . import inplace
+from .channels_last import chain_runs
 from .graph import LayerDef, compile_net
 
 
@@ -721,9 +722,17 @@ class Net:
                 return call()
             return bind
 
-        for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
-            if i not in folded and not (replica and layer.is_source):
-                calls.append((i, binder(len(calls), i, layer, bottom, top)))
+        indices = [i for i, layer in enumerate(self.layers) if i not in folded and not (replica and layer.is_source)]
+        runs = {k0: (k1, call) for k0, k1, call in chain_runs(self, indices, made_folds, relus, adds)}
+        k = 0
+        while k < len(indices):
+            if k in runs:  # convolutions kept channels-last between them (netspec/channels_last.py)
+                calls.append((indices[k], runs[k][1]))
+                k = runs[k][0]
+                continue
+            i = indices[k]
+            calls.append((i, binder(len(calls), i, self.layers[i], self.bottom_vecs[i], self.top_vecs[i])))
+            k += 1
         self._bound = (made_folds or None, self._phase, blobs, [b.data for b in blobs], calls)
         return calls
 

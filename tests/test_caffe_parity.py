@@ -328,8 +328,9 @@ def test_ave_pooling_backward_is_caffes_to_the_bit():
         np.testing.assert_array_equal(dx, db, err_msg=name)
 
 
-@pytest.mark.parametrize("batch,rows", [(8, True), (8, False), (1, True)])
-def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch,rows,channels_last", [(8, True, False), (8, False, False), (1, True, False),
+                                                      (8, True, True), (1, True, True)])
+def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, channels_last, tmp_path, monkeypatch):
     """A ResNet-style deploy net (BatchNorm with global statistics, Scale, ReLU and leaky ReLU in place, SUM
     shortcuts, 1x1 stride-2 projections, MAX and global AVE pooling) run as run.py predict runs it (forward only,
     constant weights: BatchNorm and Scale folded into the convolutions, the ReLUs and SUMs inside them), against
@@ -337,10 +338,16 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, m
     recorded by BVLC Caffe 1.0 in the Debian chroot with tests/caffe_parity/make_deploy_fixture.py). At a batch of
     8 on AVX-512 the unpadded kernel takes the rows of 32 and 16 at stride 1 and the stride-2 rows of 16, and the
     flat kernel the 8x8 planes (at batch 1 too); at batch 1 the bands and pixel tiles take the rest. With conv.ROWS_EPILOGUE (as shipped) the stride-1 convolutions on rows
-    of 32 take the rows kernel instead, their ReLU and SUM applied to each plane after."""
+    of 32 take the rows kernel instead, their ReLU and SUM applied to each plane after. channels_last: the
+    convolutions run as one run kept channels-last between them (netspec/channels_last.py, as shipped), the
+    compared blobs written back for keep_blobs (as run.py predict names them)."""
     fixture = _generator("make_deploy_fixture")
     import layers.conv as conv
+    import netspec.channels_last as cl
     from layers import simd
+    monkeypatch.setattr(cl, "ENABLED", channels_last)
+    chained, cl_calls = cl.conv_cl, []
+    monkeypatch.setattr(cl, "conv_cl", lambda *a: cl_calls.append(a[6].shape) or chained(*a))
     r = np.load(os.path.join(FIX, "deploy_resnet.npz"))
     path = tmp_path / "deploy.prototxt"
     path.write_text(fixture.PROTOTXT.replace("dim: 8 dim: 3", f"dim: {batch} dim: 3"))
@@ -356,6 +363,7 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, m
     monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append((a[1], a[5], a[0].shape[3])) or kernel(*a))
     monkeypatch.setattr(conv, "direct_conv_rows", lambda *a: row_calls.append((a[4].shape[3], a[6].size > 0, a[9]))
                         or row_kernel(*a))
+    net.keep_blobs = fixture.COMPARED
     for _ in range(2):  # the second pass on the folds made by the first
         net.forward()
         tag = f"b{batch}"
@@ -364,6 +372,9 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, tmp_path, m
             close(ours, r[f"{tag}/{name}"], f"batch {batch}: {name}", rtol=1e-4, atol=1e-5)
     # (kernel rows, stride, bottom width): 3x3 on rows of 32 and at stride 2 from a batch of 8, the 1x1 projection
     # at any batch
+    if channels_last:  # every convolution, twice
+        assert len(cl_calls) == 2 * sum(d.type == "Convolution" for d in net.defs) and not calls
+        return
     taken = set() if simd.VECTOR_BYTES != 64 else {(3, 1, 16), (1, 2, 32)} if batch == 1 else {(3, 1, 32),
                                                                                                 (3, 2, 32), (1, 2, 32)}
     if rows and batch > 1:  # (top width, a SUM added, a ReLU): the 32-wide stride-1 ones on the rows kernel

@@ -533,6 +533,8 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     weights_changed()."""
     from netspec.loader import loads as load_yaml
     import layers.conv as conv
+    import netspec.channels_last as cl
+    monkeypatch.setattr(cl, "ENABLED", False)  # (each convolution on its own kernels: test_channels_last.py)
     if pixels == "lanes":  # the forward with the images in the lanes (a fold's bias, a leaky ReLU), any batch
         monkeypatch.setattr(conv, "LANES_FILL", 0.0)
         monkeypatch.setattr(conv, "LANES_PLANE", 1 << 20)

@@ -173,24 +173,32 @@ def test_recurrent_layers_and_maxout_run_in_onnx_runtime_as_in_yaffe(tmp_path):
     np.testing.assert_allclose(got[0], net.blobs["h"].data[:, :2], rtol=1e-5, atol=1e-5)
 
 
-def test_a_forward_only_resnet_runs_as_onnx_runtime_does(tmp_path, monkeypatch):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_forward_only_resnet_runs_as_onnx_runtime_does(channels_last, tmp_path, monkeypatch):
     """models/resnet_fashion's TEST layers at batch 8 as run.py predict runs them (forward only, constant weights:
-    BatchNorm folded, the ReLUs and SUMs inside the convolutions; on AVX-512 the flat kernel for its 3x3 layers on
-    28- and 14-wide rows and the unpadded one for its stride-2 layers), against ONNX Runtime on the exported graph."""
+    BatchNorm folded, the ReLUs and SUMs inside the convolutions), against ONNX Runtime on the exported graph: its
+    convolutions kept channels-last between them (netspec/channels_last.py, as shipped), and on their own kernels
+    (on AVX-512 the flat kernel for its 3x3 layers on 28- and 14-wide rows and the unpadded one for its stride-2
+    layers)."""
     from benchmarks.onnx_inference import deploy
     import layers.conv as conv
+    import netspec.channels_last as cl
     from layers import simd
     calls = []
-    unpadded, flat = conv.direct_conv_unpadded, conv.direct_conv_flat
+    unpadded, flat, chained = conv.direct_conv_unpadded, conv.direct_conv_flat, cl.conv_cl
+    monkeypatch.setattr(cl, "ENABLED", channels_last)
     monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append(a[5]) or unpadded(*a))
     monkeypatch.setattr(conv, "direct_conv_flat", lambda *a: calls.append("flat") or flat(*a))
+    monkeypatch.setattr(cl, "conv_cl", lambda *a: calls.append("channels-last") or chained(*a))
     path = os.path.join(ROOT, "models", "resnet_fashion", "net.yaml")
     net = Net(deploy(path, (8, 1, 28, 28)), "TEST", path, seed=0)
     _randomize(net)
     net.keep_for_backward, net.constant_weights = False, True
     x = np.random.default_rng(4).normal(size=(8, 1, 28, 28)).astype(np.float32)
     _compare(net, str(tmp_path / "r.onnx"), {"data": x})
-    if simd.VECTOR_BYTES == 64:  # (both taken)
+    if channels_last:  # (all nine)
+        assert calls == ["channels-last"] * 9
+    elif simd.VECTOR_BYTES == 64:  # (both taken)
         assert set(calls) == {"flat", 2}
 
 

@@ -1,0 +1,181 @@
+"""Runs of convolutions kept channels-last in a forward-only net (layers/channels_last.py has the kernels).
+
+`chain_runs(net, indices, made_folds, relus, adds)` finds, among Net._bound_calls' layers, each run of two or
+more convolutions (with what Net._folds folded into them: BatchNorm, Scale, the ReLU, the SUM they write) and the
+Split and global AVE Pooling layers between and after them, to be replaced by one call that converts the run's bottoms to
+channels-last blobs, runs the convolutions between such blobs, and writes back, in Caffe's layout, the blobs that
+the layers after the run, the net's outputs and `keep_blobs` read (a run most of whose blobs are kept, as pycaffe's
+nets keep them all, is not taken: the conversions would cost what it saves). The global pooling reads the last blob
+channels-last and writes its (N, C, 1, 1) top directly.
+
+YAFFE_CHANNELS_LAST=0 turns it off (the convolutions run on their own kernels, layers/conv.py).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from layers.channels_last import (ConvPlan, conv_cl, from_channels_last, global_ave_cl, tile_kind,
+                                  to_channels_last)
+from layers.simd import CL_TILES, VECTOR_BYTES
+
+ENABLED = os.environ.get("YAFFE_CHANNELS_LAST", "1") != "0"
+MAX_BORDER = 3  # the largest padding a run takes (a 7x7 kernel's); a border this wide around every blob
+
+
+def _channels(c, dtype):
+    """A blob's channel stride where a tile writes or adds it: c rounded up to whole vectors of its tile."""
+    step = CL_TILES[tile_kind(c, dtype)][1] * (VECTOR_BYTES // np.dtype(dtype).itemsize)
+    return -(-c // step) * step
+
+
+class _Run:
+    """One run: its layer indices, and the plan of its call (built by `plan`)."""
+
+    def __init__(self, net, made_folds, relus, adds):
+        self.net, self.made_folds, self.relus, self.adds = net, made_folds, relus, adds
+        self.items = []  # (layer index, kind): "conv", "split", "pool"
+
+    def convs(self):
+        return sum(kind == "conv" for _, kind in self.items)
+
+    def writes(self, i):
+        """(the blob a convolution writes, (the SUM's other bottom, ca, cb) or None)."""
+        net = self.net
+        if i not in self.adds:
+            return net.defs[i].tops[0], None
+        j, side = self.adds[i]
+        coeff = net.layers[j].coeff
+        return net.defs[j].tops[0], (net.defs[j].bottoms[1 - side], float(coeff[side]), float(coeff[1 - side]))
+
+    def plan(self, wanted):
+        """The call of the run, or None where it should not be taken (more blobs to convert back than it has
+        convolutions: pycaffe's nets, which keep every blob). wanted: the blobs read after the run, and the
+        pass's results."""
+        net = self.net
+        dtype = net.dtype
+        border = max(max(net.layers[i].pad) for i, kind in self.items if kind == "conv")
+        blobs = net.blobs
+        live = {}  # blob name -> its channels-last buffer (N, H+2B, W+2B, Cs), as the run has written it
+        residual = {w[1][0] for i, kind in self.items if kind == "conv" for w in [self.writes(i)] if w[1]}
+        steps, made = [], []
+
+        def buffer(name, cs):
+            n, c, h, w = blobs[name].data.shape
+            return np.zeros((n, h + 2 * border, w + 2 * border, cs), dtype)
+
+        def channels_last(name):
+            if name not in live:
+                c = blobs[name].data.shape[1]
+                buf = buffer(name, _channels(c, dtype) if name in residual else c)
+                x = blobs[name].data
+                steps.append(lambda x=x, buf=buf: to_channels_last(x, buf, border))
+                live[name] = buf
+            return live[name]
+
+        for i, kind in self.items:
+            d, layer = net.defs[i], net.layers[i]
+            if kind == "split":
+                for t in d.tops:
+                    live[t] = live[d.bottoms[0]]
+                continue
+            if kind == "pool":
+                buf, y = live[d.bottoms[0]], blobs[d.tops[0]].data
+                steps.append(lambda buf=buf, y=y: global_ave_cl(buf, border, y))
+                continue
+            x = channels_last(d.bottoms[0])
+            top, res = self.writes(i)
+            rbuf = channels_last(res[0]) if res else None
+            n, o, oh, ow = blobs[top].data.shape
+            out = buffer(top, _channels(o, dtype))
+            if rbuf is not None and rbuf.shape != out.shape:
+                return None
+            weights, bias = self.made_folds[i]
+            h, w = blobs[d.bottoms[0]].data.shape[2:]
+            c = weights.shape[1]
+            plan = ConvPlan((h, w, c, border, x.shape[3]), (oh, ow, o, border, out.shape[3]), weights, bias,
+                            layer.stride, layer.pad, dtype)
+            slope = self.relus.get(i)
+            xf, of = x.reshape(n, -1), out.reshape(n, -1)
+            rf = rbuf.reshape(n, -1) if rbuf is not None else of[:0]
+            ca, cb = (res[1], res[2]) if res else (1.0, 1.0)
+            steps.append(lambda p=plan, xf=xf, of=of, rf=rf, added=res is not None, ca=ca, cb=cb,
+                         relu=slope is not None, slope=slope or 0.0: conv_cl(
+                             xf, p.qin, p.qout, p.offs, p.w, p.bias, of, rf, added, ca, cb, relu, slope, p.kind))
+            live[top] = out
+            made.append(top)
+        back = [name for name in dict.fromkeys(made + [t for i, kind in self.items if kind == "split"
+                                                       for t in net.defs[i].tops])
+                if name in wanted or name in net.keep_blobs or name in net.outputs]
+        if len(back) > self.convs():
+            return None
+        for name in back:
+            steps.append(lambda buf=live[name], y=blobs[name].data: from_channels_last(buf, border, y))
+
+        def call():
+            for step in steps:
+                step()
+        return call
+
+
+def _conv_ok(net, i, made_folds):
+    layer, d = net.layers[i], net.defs[i]
+    return (d.type == "Convolution" and i in made_folds and not layer.nd and layer.p.group == 1
+            and tuple(layer.dilation) == (1, 1) and len(d.bottoms) == 1 and max(layer.pad) <= MAX_BORDER
+            and net.dtype in (np.float32, np.float64))
+
+
+def _pool_ok(net, i):
+    layer, d = net.layers[i], net.defs[i]
+    if d.type != "Pooling" or layer.p.pool != "AVE" or len(d.tops) != 1:
+        return False
+    kh, kw, sh, sw, ph, pw = layer._geometry()
+    x = net.blobs[d.bottoms[0]].data
+    return kh == x.shape[2] and kw == x.shape[3] and ph == pw == 0
+
+
+def chain_runs(net, indices, made_folds, relus, adds):
+    """[(k0, k1, call)]: the runs of channels-last convolutions among the layers `indices` (Net._bound_calls' in
+    order), each to replace the calls k0..k1-1 by one."""
+    if not ENABLED or not indices:
+        return []
+    runs, run, cl = [], None, set()  # cl: the blobs the current run holds channels-last
+    for k, i in enumerate(indices):
+        d = net.defs[i]
+        if _conv_ok(net, i, made_folds):
+            if run is None:
+                run, cl = _Run(net, made_folds, relus, adds), set()
+                run.start = k
+            run.items.append((i, "conv"))
+            cl.add(run.writes(i)[0])
+            continue
+        if run is not None and d.type == "Split" and d.bottoms[0] in cl:
+            run.items.append((i, "split"))
+            cl.update(d.tops)
+            continue
+        if run is not None and d.bottoms and d.bottoms[0] in cl and _pool_ok(net, i):
+            run.items.append((i, "pool"))
+            run.end = k + 1
+            runs.append(run)
+            run = None
+            continue
+        if run is not None:
+            run.end = k
+            runs.append(run)
+            run = None
+    if run is not None:
+        run.end = len(indices)
+        runs.append(run)
+    # the blobs a pass leaves for the caller: read by no layer but in place (yaffe's net.outputs leaves out a top
+    # that an in-place ReLU rewrites)
+    consumed = {b for d in net.defs for b in d.bottoms if b not in d.tops}
+    final = {t for d in net.defs for t in d.tops if t not in consumed}
+    out = []
+    for run in runs:
+        if run.convs() < 2:
+            continue
+        call = run.plan({b for i in indices[run.end:] for b in net.defs[i].bottoms} | final)
+        if call is not None:
+            out.append((run.start, run.end, call))
+    return out

@@ -1,0 +1,180 @@
+"""Forward-only convolutions kept channels-last between them (layers/channels_last.py, netspec/channels_last.py)."""
+import numpy as np
+import pytest
+
+import netspec.channels_last as cl
+from layers import simd
+from layers.channels_last import ConvPlan, from_channels_last, to_channels_last
+from netspec.loader import loads
+from netspec.net import Net
+
+
+def _reference(x, w, b, stride, pad):
+    """The convolution in float64 with NumPy: x (N, C, H, W), w (O, C, KH, KW) -> (N, O, OH, OW)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    oh, ow = (h + 2 * pad[0] - kh) // stride[0] + 1, (wd + 2 * pad[1] - kw) // stride[1] + 1
+    y = np.zeros((n, o, oh, ow)) + b[None, :, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i:i + stride[0] * oh:stride[0], j:j + stride[1] * ow:stride[1]]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.float64))
+    return y
+
+
+def _blob(x, border, cs):
+    buf = np.zeros((x.shape[0], x.shape[2] + 2 * border, x.shape[3] + 2 * border, cs), x.dtype)
+    to_channels_last(x, buf, border)
+    return buf
+
+
+# (channels, height, width, filters, kernel, stride, pad): the 1-, 2- and 4-vector tiles, pixels not a multiple
+# of a tile, filters not of a vector, 1x1 and 7x7 kernels, stride 2 on odd planes, a wider border than the padding
+GEOMETRIES = [(3, 9, 11, 16, (3, 3), (1, 1), (1, 1)), (5, 8, 8, 20, (3, 3), (2, 2), (1, 1)),
+              (16, 7, 7, 64, (3, 3), (1, 1), (1, 1)), (7, 10, 10, 33, (1, 1), (2, 2), (0, 0)),
+              (4, 12, 12, 8, (5, 5), (1, 1), (2, 2)), (2, 13, 9, 48, (7, 3), (2, 1), (3, 1))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(geometry, dtype):
+    """conv_cl between channels-last blobs: the top's interior is the convolution (+ ca * it + cb * the SUM's other
+    bottom, then a leaky ReLU), the border and the channels past the filters stay zero."""
+    c, h, w, o, k, stride, pad = geometry
+    rng = np.random.default_rng(sum(geometry[:4]))
+    x = rng.normal(size=(2, c, h, w)).astype(dtype)
+    weights, bias = rng.normal(0, 0.3, (o, c) + k).astype(dtype), rng.normal(size=o).astype(dtype)
+    border = max(pad) + 1
+    xb = _blob(x, border, c + 3)  # (a channel stride past the channels: never read)
+    want = _reference(x, weights, bias, stride, pad)
+    oh, ow = want.shape[2:]
+    cs = -(-o // 64) * 64
+    res = rng.normal(size=(2, o, oh, ow)).astype(dtype)
+    rb = _blob(res, border, cs)
+    for added, relu in ((False, False), (True, True)):
+        out = np.zeros((2, oh + 2 * border, ow + 2 * border, cs), dtype)
+        plan = ConvPlan((h, w, c, border, xb.shape[3]), (oh, ow, o, border, cs), weights, bias, stride, pad, dtype)
+        plan.run(xb.reshape(2, -1), out.reshape(2, -1), rb.reshape(2, -1) if added else None, 0.5, 2.0, relu, 0.1)
+        got = np.zeros((2, o, oh, ow), dtype)
+        from_channels_last(out, border, got)
+        expect = 0.5 * want + 2.0 * res if added else want
+        expect = np.where(expect > 0, expect, 0.1 * expect) if relu else expect
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
+        inner = np.zeros(out.shape, bool)
+        inner[:, border:border + oh, border:border + ow, :o] = True
+        assert not out[~inner].any()  # the border and the padded channels
+
+
+def test_the_python_tile_matches_numpy():
+    """simd._py_tile_cl (NUMBA_DISABLE_JIT's) computes what the compiled tile does."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 4, 6, 6)).astype(np.float32)
+    weights, bias = rng.normal(size=(16, 4, 3, 3)).astype(np.float32), rng.normal(size=16).astype(np.float32)
+    xb = _blob(x, 1, 4)
+    plan = ConvPlan((6, 6, 4, 1, 4), (6, 6, 16, 1, 16), weights, bias, (1, 1), (1, 1), np.float32)
+    out = np.zeros((1, 8, 8, 16), np.float32)
+    mr, nv = simd.CL_TILES[0]
+    o16 = out.reshape(-1)
+    for o0 in range(0, 16, nv * simd.lanes(np.float32)):
+        for t in range(len(plan.qin) // mr):
+            simd._py_tile_cl(mr, nv, xb.reshape(-1), 0, plan.qin, plan.qout, t * mr, plan.offs, plan.w.reshape(-1),
+                             o0, plan.w.shape[1], plan.bias, o16, 0, o16[:0], False, 1.0, 1.0, True, 0.0)
+    got = np.zeros((1, 16, 6, 6), np.float32)
+    from_channels_last(out, 1, got)
+    np.testing.assert_allclose(got, np.maximum(_reference(x, weights, bias, (1, 1), (1, 1)), 0), rtol=1e-5,
+                               atol=1e-4)
+
+
+NET = """
+layer:
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [2, 3, 12, 12]}}}
+  - {name: c1, type: Convolution, bottom: data, top: c1, convolution_param: {num_output: 8, kernel_size: 3, pad: 1,
+     bias_term: false, weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: bn1, type: BatchNorm, bottom: c1, top: c1}
+  - {name: sc1, type: Scale, bottom: c1, top: c1, scale_param: {bias_term: true}}
+  - {name: r1, type: ReLU, bottom: c1, top: c1}
+  - {name: c2, type: Convolution, bottom: c1, top: c2, convolution_param: {num_output: 16, kernel_size: 3, pad: 1,
+     stride: 2, weight_filler: {type: gaussian, std: 0.3}, bias_filler: {type: gaussian, std: 0.3}}}
+  - {name: r2, type: ReLU, bottom: c2, top: c2, relu_param: {negative_slope: 0.1}}
+  - {name: c3, type: Convolution, bottom: c2, top: c3, convolution_param: {num_output: 16, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: proj, type: Convolution, bottom: c1, top: proj, convolution_param: {num_output: 16, kernel_size: 1,
+     stride: 2, weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: sum, type: Eltwise, bottom: [c3, proj], top: sum}
+  - {name: r3, type: ReLU, bottom: sum, top: sum}
+  - {name: c4, type: Convolution, bottom: sum, top: c4, convolution_param: {num_output: 24, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: r4, type: ReLU, bottom: c4, top: c4}
+  - {name: gap, type: Pooling, bottom: sum, top: gap, pooling_param: {pool: AVE, global_pooling: true}}
+  - {name: ip, type: InnerProduct, bottom: gap, top: ip, inner_product_param: {num_output: 5,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: side, type: Pooling, bottom: c1, top: side, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+"""
+
+
+def _nets(keep=()):
+    rng = np.random.default_rng(5)
+    nets = [Net(loads(NET, "cl.yaml"), "TEST", "cl.yaml", seed=0) for _ in range(2)]
+    for layer, twin in zip(*(n.layers for n in nets)):
+        for i, (b, c) in enumerate(zip(layer.blobs, twin.blobs)):
+            b.data[...] = c.data[...] = (rng.uniform(0.5, 2, b.shape) if layer.type == "BatchNorm" and i == 1 else
+                                         np.full(b.shape, 1.5) if layer.type == "BatchNorm" and i == 2 else
+                                         rng.normal(size=b.shape))
+    x = rng.normal(size=(2, 3, 12, 12))
+    for n in nets:
+        n.blobs["data"].data[...] = x
+    nets[0].keep_for_backward, nets[0].constant_weights = False, True
+    nets[0].keep_blobs = keep
+    return nets
+
+
+def _runs(net):
+    return [i for i, call in net._bound[4] if "_Run" in call.__qualname__]
+
+
+def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the_loops_results(monkeypatch):
+    """run.py predict and test (constant weights, no backward): the five convolutions (BatchNorm and Scale folded,
+    ReLUs, a leaky one, a SUM written by the projection) and the global pooling after them run as one call, and
+    give the tops of the layers run one by one: the results (ip; c4, rewritten in place by the last ReLU), the
+    blob a layer after the run reads (c1, for side) and a blob named in keep_blobs (c2), written back in Caffe's
+    layout; the others are left unwritten."""
+    calls = []
+    compiled = cl.conv_cl
+    monkeypatch.setattr(cl, "conv_cl", lambda *a: calls.append(a[6].shape) or compiled(*a))
+    fast, loop = _nets(keep={"c2"})
+    for net in (fast, loop):
+        for name in net.blobs:
+            if name != "data":
+                net.blobs[name].data[...] = np.nan
+    fast.forward()
+    loop.forward()
+    assert len(calls) == 5 and len(_runs(fast)) == 1
+    for name in ("ip", "c4", "side", "c1", "c2", "gap"):
+        want = loop.blobs[name].data
+        np.testing.assert_allclose(fast.blobs[name].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+    assert np.isnan(fast.blobs["c3"].data).all() and np.isnan(fast.blobs["sum"].data).all()
+    fast.forward()  # bound once: the same call again
+    assert len(calls) == 10 and len(_runs(fast)) == 1
+
+
+def test_a_net_that_keeps_most_blobs_runs_its_convolutions_on_their_own_kernels():
+    """As pycaffe's forward-only nets keep every blob: converting them all back would cost what the run saves."""
+    fast, loop = _nets(keep=set(NET_BLOBS))
+    fast.forward()
+    loop.forward()
+    assert not _runs(fast)
+    want = loop.blobs["c3"].data
+    np.testing.assert_allclose(fast.blobs["c3"].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+NET_BLOBS = ("c1", "c2", "c3", "proj", "sum", "c4", "gap", "ip", "side")
+
+
+def test_channels_last_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(cl, "ENABLED", False)
+    fast, loop = _nets()
+    fast.forward()
+    assert not _runs(fast)
