@@ -22,6 +22,9 @@ from layers.simd import CL_TILES, VECTOR_BYTES
 
 ENABLED = os.environ.get("YAFFE_CHANNELS_LAST", "1") != "0"
 MAX_BORDER = 3  # the largest padding a run takes (a 7x7 kernel's); a border this wide around every blob
+# a run's steps take as many images at a time as keep the largest blob of them within this (the blobs between
+# its convolutions then stay in the core's cache: they are this many images, not the batch)
+SUB_BATCH_BYTES = int(os.environ.get("YAFFE_CL_BYTES", 256 << 10))
 
 
 def _channels(c, dtype):
@@ -57,20 +60,24 @@ class _Run:
         dtype = net.dtype
         border = max(max(net.layers[i].pad) for i, kind in self.items if kind == "conv")
         blobs = net.blobs
-        live = {}  # blob name -> its channels-last buffer (N, H+2B, W+2B, Cs), as the run has written it
-        residual = {w[1][0] for i, kind in self.items if kind == "conv" for w in [self.writes(i)] if w[1]}
-        steps, made = [], []
+        convs = [i for i, kind in self.items if kind == "conv"]
+        images = blobs[net.defs[convs[0]].bottoms[0]].data.shape[0]
+        largest = max(blobs[b].data[0].nbytes for i in convs for b in (net.defs[i].bottoms[0], self.writes(i)[0]))
+        sub = max(1, min(images, SUB_BATCH_BYTES // largest))  # images a pass of the steps
+        live = {}  # blob name -> its channels-last buffer (sub, H+2B, W+2B, Cs), as the run has written it
+        residual = {w[1][0] for i in convs for w in [self.writes(i)] if w[1]}
+        steps, made = [], []  # steps: f(n0, n1) for the images n0..n1-1
 
         def buffer(name, cs):
             n, c, h, w = blobs[name].data.shape
-            return np.zeros((n, h + 2 * border, w + 2 * border, cs), dtype)
+            return np.zeros((sub, h + 2 * border, w + 2 * border, cs), dtype)
 
         def channels_last(name):
             if name not in live:
                 c = blobs[name].data.shape[1]
                 buf = buffer(name, _channels(c, dtype) if name in residual else c)
                 x = blobs[name].data
-                steps.append(lambda x=x, buf=buf: to_channels_last(x, buf, border))
+                steps.append(lambda n0, n1, x=x, buf=buf: to_channels_last(x[n0:n1], buf[:n1 - n0], border))
                 live[name] = buf
             return live[name]
 
@@ -82,27 +89,27 @@ class _Run:
                 continue
             if kind == "pool":
                 buf, y = live[d.bottoms[0]], blobs[d.tops[0]].data
-                steps.append(lambda buf=buf, y=y: global_ave_cl(buf, border, y))
+                steps.append(lambda n0, n1, buf=buf, y=y: global_ave_cl(buf[:n1 - n0], border, y[n0:n1]))
                 continue
             x = channels_last(d.bottoms[0])
             top, res = self.writes(i)
             rbuf = channels_last(res[0]) if res else None
-            n, o, oh, ow = blobs[top].data.shape
+            o, oh, ow = blobs[top].data.shape[1:]
             out = buffer(top, _channels(o, dtype))
             if rbuf is not None and rbuf.shape != out.shape:
                 return None
             weights, bias = self.made_folds[i]
             h, w = blobs[d.bottoms[0]].data.shape[2:]
-            c = weights.shape[1]
-            plan = ConvPlan((h, w, c, border, x.shape[3]), (oh, ow, o, border, out.shape[3]), weights, bias,
-                            layer.stride, layer.pad, dtype)
+            plan = ConvPlan((h, w, weights.shape[1], border, x.shape[3]), (oh, ow, o, border, out.shape[3]), weights,
+                            bias, layer.stride, layer.pad, dtype)
             slope = self.relus.get(i)
-            xf, of = x.reshape(n, -1), out.reshape(n, -1)
-            rf = rbuf.reshape(n, -1) if rbuf is not None else of[:0]
+            xf, of = x.reshape(sub, -1), out.reshape(sub, -1)
+            rf = rbuf.reshape(sub, -1) if rbuf is not None else of[:0]
             ca, cb = (res[1], res[2]) if res else (1.0, 1.0)
-            steps.append(lambda p=plan, xf=xf, of=of, rf=rf, added=res is not None, ca=ca, cb=cb,
+            steps.append(lambda n0, n1, p=plan, xf=xf, of=of, rf=rf, added=res is not None, ca=ca, cb=cb,
                          relu=slope is not None, slope=slope or 0.0: conv_cl(
-                             xf, p.qin, p.qout, p.offs, p.w, p.bias, of, rf, added, ca, cb, relu, slope, p.kind))
+                             xf[:n1 - n0], p.qin, p.qout, p.offs, p.w, p.bias, of[:n1 - n0], rf[:n1 - n0] if added
+                             else rf, added, ca, cb, relu, slope, p.kind))
             live[top] = out
             made.append(top)
         back = [name for name in dict.fromkeys(made + [t for i, kind in self.items if kind == "split"
@@ -111,11 +118,14 @@ class _Run:
         if len(back) > self.convs():
             return None
         for name in back:
-            steps.append(lambda buf=live[name], y=blobs[name].data: from_channels_last(buf, border, y))
+            steps.append(lambda n0, n1, buf=live[name], y=blobs[name].data: from_channels_last(
+                buf[:n1 - n0], border, y[n0:n1]))
+        parts = [(n0, min(n0 + sub, images)) for n0 in range(0, images, sub)]
 
         def call():
-            for step in steps:
-                step()
+            for n0, n1 in parts:
+                for step in steps:
+                    step(n0, n1)
         return call
 
 
