@@ -134,12 +134,16 @@ def _runs(net):
     return [i for i, call in net._bound[4] if "_Run" in call.__qualname__]
 
 
-def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the_loops_results(monkeypatch):
+@pytest.mark.parametrize("sub_batch", [1 << 20, 1])
+def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the_loops_results(sub_batch,
+                                                                                             monkeypatch):
     """run.py predict and test (constant weights, no backward): the five convolutions (BatchNorm and Scale folded,
     ReLUs, a leaky one, a SUM written by the projection) and the global pooling after them run as one call, and
     give the tops of the layers run one by one: the results (ip; c4, rewritten in place by the last ReLU), the
     blob a layer after the run reads (c1, for side) and a blob named in keep_blobs (c2), written back in Caffe's
-    layout; the others are left unwritten."""
+    layout; the others are left unwritten. Both images at once, and one at a time (SUB_BATCH_BYTES)."""
+    monkeypatch.setattr(cl, "SUB_BATCH_BYTES", sub_batch)
+    parts = 1 if sub_batch > 1 else 2
     calls = []
     compiled = cl.conv_cl
     monkeypatch.setattr(cl, "conv_cl", lambda *a: calls.append(a[6].shape) or compiled(*a))
@@ -150,14 +154,14 @@ def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the
                 net.blobs[name].data[...] = np.nan
     fast.forward()
     loop.forward()
-    assert len(calls) == 5 and len(_runs(fast)) == 1
+    assert len(calls) == 5 * parts and len(_runs(fast)) == 1
     for name in ("ip", "c4", "side", "c1", "c2", "gap"):
         want = loop.blobs[name].data
         np.testing.assert_allclose(fast.blobs[name].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
                                    err_msg=name)
     assert np.isnan(fast.blobs["c3"].data).all() and np.isnan(fast.blobs["sum"].data).all()
     fast.forward()  # bound once: the same call again
-    assert len(calls) == 10 and len(_runs(fast)) == 1
+    assert len(calls) == 10 * parts and len(_runs(fast)) == 1
 
 
 def test_a_net_that_keeps_most_blobs_runs_its_convolutions_on_their_own_kernels():

@@ -196,8 +196,8 @@ def test_a_forward_only_resnet_runs_as_onnx_runtime_does(channels_last, tmp_path
     net.keep_for_backward, net.constant_weights = False, True
     x = np.random.default_rng(4).normal(size=(8, 1, 28, 28)).astype(np.float32)
     _compare(net, str(tmp_path / "r.onnx"), {"data": x})
-    if channels_last:  # (all nine)
-        assert calls == ["channels-last"] * 9
+    if channels_last:  # (all nine, on each sub-batch of images)
+        assert set(calls) == {"channels-last"} and len(calls) % 9 == 0
     elif simd.VECTOR_BYTES == 64:  # (both taken)
         assert set(calls) == {"flat", 2}
 
