@@ -21,76 +21,75 @@ from numba import njit, prange
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def to_channels_last(x, buf, border):
-    """x (N, C, H, W) -> the interior of buf (N, H+2B, W+2B, Cs): buf[n, B+i, B+j, c] = x[n, c, i, j]."""
-    n_img, chans, height, width = x.shape
-    cs, row = buf.shape[3], buf.shape[2]
-    for p in prange(n_img * height):
-        n, i = p // height, p % height
-        for c in range(chans):
-            for j in range(width):
-                buf[n, border + i, border + j, c] = x[n, c, i, j]
+TO_CL, CONV, POOL, BACK = 0, 1, 2, 3  # run_program's steps
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def from_channels_last(buf, border, y):
-    """The interior of buf (N, H+2B, W+2B, Cs) -> y (N, C, H, W)."""
-    n_img, chans, height, width = y.shape
-    for p in prange(n_img * chans):
-        n, c = p // chans, p % chans
-        for i in range(height):
-            for j in range(width):
-                y[n, c, i, j] = buf[n, border + i, border + j, c]
-
-
-@njit(cache=True, nogil=True)
-def global_ave_cl(buf, border, y):
-    """Global AVE pooling of the interior of buf (N, H+2B, W+2B, Cs) -> y (N, C, 1, 1), each plane summed in
-    Caffe's order (rows, then columns) and divided by its size."""
-    n_img, chans = y.shape[0], y.shape[1]
-    height, width = buf.shape[1] - 2 * border, buf.shape[2] - 2 * border
-    acc, div = np.zeros(buf.shape[3], buf.dtype), y.dtype.type(height * width)
-    for n in range(n_img):
-        acc[:] = 0
-        for i in range(height):
-            for j in range(width):
-                acc += buf[n, border + i, border + j]
-        for c in range(chans):
-            y[n, c, 0, 0] = acc[c] / div
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def conv_cl(x, qin, qout, offs, w, bias, out, res, added, ca, cb, relu, slope, kind):
-    """One convolution between channels-last blobs (flat per image): x (N, Lx) the bottom, out (N, Lo) the top
-    and res (N, Lo, or empty) the SUM's other bottom laid out as the top; qin, qout (P,) each output pixel's
-    offset in the bottom (its window's first tap) and in the top, P a multiple of the tile's pixels (the last
-    repeated); offs (K,) the taps' offsets; w (K, Opad), bias (Opad,): the (folded) weights, Opad filters rounded
-    up to the tile's vectors. out[n, qout[p] + o] = epilogue(bias[o] + sum_k w[k, o] * x[n, qin[p] + offs[k]]).
-    kind: the tile (0, 1, 2: simd.CL_TILES' 1, 2 or 4 vectors)."""
-    n_img = x.shape[0]
-    mr, nv = CL_TILES[0]
-    if kind == 1:
-        mr, nv = CL_TILES[1]
-    elif kind == 2:
-        mr, nv = CL_TILES[2]
-    opad = w.shape[1]
-    step = nv * (VECTOR_BYTES // x.itemsize)
-    tiles, groups = qin.shape[0] // mr, opad // step
-    xf, wf, of, rf = x.reshape(-1), w.reshape(-1), out.reshape(-1), res.reshape(-1)
-    lx, lo = x.shape[1], out.shape[1]
-    for task in prange(groups * n_img * tiles):  # (a thread's tasks share a group of filters: its weights)
-        g, rest = task // (n_img * tiles), task % (n_img * tiles)
-        n, t = rest // tiles, rest % tiles
-        if kind == 0:
-            tile_cl1(xf, n * lx, qin, qout, t * mr, offs, wf, g * step, opad, bias, of, n * lo, rf, added, ca, cb,
-                     relu, slope)
-        elif kind == 1:
-            tile_cl2(xf, n * lx, qin, qout, t * mr, offs, wf, g * step, opad, bias, of, n * lo, rf, added, ca, cb,
-                     relu, slope)
-        else:
-            tile_cl4(xf, n * lx, qin, qout, t * mr, offs, wf, g * step, opad, bias, of, n * lo, rf, added, ca, cb,
-                     relu, slope)
+def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border):
+    """A run's steps, sub images at a time. mem holds the channels-last blobs (each sub images of L values:
+    (H+2B) x (W+2B) x Cs, its border B zeros), blobs the run's blobs in Caffe's layout (N, C, H, W). A row of
+    ops (int64) is a step:
+      TO_CL, blob, off, L, row (W+2B), Cs, H, W: blobs[blob] into the interior of mem[off:]
+      CONV, tile kind, x off, Lx, out off, Lo, res off (-1: none), at of qin, P, at of qout, at of offs, K, at of w,
+            Opad, at of bias, relu: out[n, qout[p] + o] = epilogue(bias[o] + sum_k w[k, o] * x[n, qin[p] + offs[k]])
+            with qin, qout, offs in ints and w (K, Opad), bias in params (ConvPlan's), coeffs[step] = (ca, cb,
+            slope): t = ca * conv + cb * res where res, then a leaky ReLU where relu
+      POOL, blob, off, L, row, Cs, H, W: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
+      BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]."""
+    lanes = VECTOR_BYTES // mem.itemsize
+    for n0 in range(0, images, sub):
+        m = min(sub, images - n0)
+        for s in range(ops.shape[0]):
+            op = ops[s]
+            if op[0] == CONV:
+                kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
+                mr, nv = CL_TILES[0]
+                if kind == 1:
+                    mr, nv = CL_TILES[1]
+                elif kind == 2:
+                    mr, nv = CL_TILES[2]
+                count, taps, opad = op[8], op[11], op[13]
+                qin, qout = ints[op[7]:op[7] + count], ints[op[9]:op[9] + count]
+                offs, w, bias = ints[op[10]:op[10] + taps], params[op[12]:op[12] + taps * opad], params[op[14]:]
+                x, out, res = mem[xo:], mem[oo:], mem[ro:] if ro >= 0 else mem[:0]
+                added, relu, ca, cb, slope = ro >= 0, op[15] != 0, coeffs[s, 0], coeffs[s, 1], coeffs[s, 2]
+                step = nv * lanes
+                tiles, groups = count // mr, opad // step
+                for task in prange(groups * m * tiles):  # (a thread's tasks share a group of filters)
+                    g, rest = task // (m * tiles), task % (m * tiles)
+                    n, t = rest // tiles, rest % tiles
+                    if kind == 0:
+                        tile_cl1(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
+                                 ca, cb, relu, slope)
+                    elif kind == 1:
+                        tile_cl2(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
+                                 ca, cb, relu, slope)
+                    else:
+                        tile_cl4(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
+                                 ca, cb, relu, slope)
+                continue
+            y, off, size, row, cs, height, width = blobs[op[1]], op[2], op[3], op[4], op[5], op[6], op[7]
+            chans = y.shape[1]
+            if op[0] == POOL:
+                div = y.dtype.type(height * width)
+                for n in prange(m):
+                    acc = np.zeros(cs, mem.dtype)
+                    for i in range(height):
+                        at = off + n * size + ((border + i) * row + border) * cs
+                        for j in range(width):
+                            acc += mem[at + j * cs:at + (j + 1) * cs]
+                    for c in range(chans):
+                        y[n0 + n, c, 0, 0] = acc[c] / div
+                continue
+            for p in prange(m * height):
+                n, i = p // height, p % height
+                at = off + n * size + ((border + i) * row + border) * cs
+                for c in range(chans):
+                    for j in range(width):
+                        if op[0] == TO_CL:
+                            mem[at + j * cs + c] = y[n0 + n, c, i, j]
+                        else:
+                            y[n0 + n, c, i, j] = mem[at + j * cs + c]
 
 
 def tile_kind(out_c, dtype) -> int:
@@ -127,8 +126,60 @@ class ConvPlan:
         self.bias = np.zeros(opad, dtype)
         self.bias[:o] = bias
 
-    def run(self, x, out, res=None, ca=1.0, cb=1.0, relu=False, slope=0.0):
-        """x, out, res: the blobs' buffers (N, ...) flat per image."""
-        added = res is not None
-        conv_cl(x, self.qin, self.qout, self.offs, self.w, self.bias, out, res if added else out[:0], added, ca, cb,
-                relu, slope, self.kind)
+
+
+class Program:
+    """A run's steps for run_program, built in order: buffer() a channels-last blob, to_cl(), conv(), pool(),
+    back(); then call() runs them all in one call (a Numba call costs ~2 us: ResNet-20 has 21 convolutions)."""
+
+    def __init__(self, dtype, images, sub, border):
+        self.dtype, self.images, self.sub, self.border = np.dtype(dtype), images, sub, border
+        self.size, self.ops, self.coeffs, self.ints, self.params, self.blobs = 0, [], [], [], [], []
+        self._ints_at = self._params_at = 0
+
+    def buffer(self, height, width, chans):
+        """A channels-last blob of sub images (H, W, Cs): (its offset in mem, L, row, Cs, H, W)."""
+        row = width + 2 * self.border
+        size = (height + 2 * self.border) * row * chans
+        at, self.size = self.size, self.size + self.sub * size
+        return at, size, row, chans, height, width
+
+    def _blob(self, y):
+        self.blobs.append(y)
+        return len(self.blobs) - 1
+
+    def _step(self, row, coeffs=(1.0, 1.0, 0.0)):
+        self.ops.append(list(row) + [0] * (16 - len(row)))
+        self.coeffs.append(coeffs)
+
+    def _put(self, kind, values):
+        store, at = (self.ints, "_ints_at") if kind == "ints" else (self.params, "_params_at")
+        where = getattr(self, at)
+        store.append(np.ascontiguousarray(values).reshape(-1))
+        setattr(self, at, where + store[-1].size)
+        return where
+
+    def to_cl(self, y, buf):
+        self._step((TO_CL, self._blob(y)) + buf)
+
+    def pool(self, buf, y):
+        self._step((POOL, self._blob(y)) + buf)
+
+    def back(self, buf, y):
+        self._step((BACK, self._blob(y)) + buf)
+
+    def conv(self, x, out, plan, res=None, ca=1.0, cb=1.0, relu=False, slope=0.0):
+        """x, out, res: buffers (res laid out as out); plan: the ConvPlan between them."""
+        assert res is None or res[1:] == out[1:], "the SUM's other bottom laid out as the top"
+        self._step((CONV, plan.kind, x[0], x[1], out[0], out[1], -1 if res is None else res[0],
+                    self._put("ints", plan.qin), len(plan.qin), self._put("ints", plan.qout),
+                    self._put("ints", plan.offs), len(plan.offs), self._put("params", plan.w), plan.w.shape[1],
+                    self._put("params", plan.bias), int(relu)), (ca, cb, slope))
+
+    def call(self):
+        """The function that runs the steps (the buffers' borders zeroed once, here)."""
+        from numba.typed import List
+        args = (np.array(self.ops, np.int64), np.array(self.coeffs, np.float64), np.zeros(self.size, self.dtype),
+                np.concatenate(self.ints).astype(np.int64), np.concatenate(self.params).astype(self.dtype),
+                List(self.blobs), self.images, self.sub, self.border)
+        return lambda: run_program(*args)

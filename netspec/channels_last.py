@@ -2,7 +2,7 @@
 
 `chain_runs(net, indices, made_folds, relus, adds)` finds, among Net._bound_calls' layers, each run of two or
 more convolutions (with what Net._folds folded into them: BatchNorm, Scale, the ReLU, the SUM they write) and the
-Split and global AVE Pooling layers between and after them, to be replaced by one call that converts the run's bottoms to
+Split and global AVE Pooling layers between and after them, to be replaced by one call that converts its bottoms to
 channels-last blobs, runs the convolutions between such blobs, and writes back, in Caffe's layout, the blobs that
 the layers after the run, the net's outputs and `keep_blobs` read (a run most of whose blobs are kept, as pycaffe's
 nets keep them all, is not taken: the conversions would cost what it saves). The global pooling reads the last blob
@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-from layers.channels_last import (ConvPlan, conv_cl, from_channels_last, global_ave_cl, tile_kind,
-                                  to_channels_last)
+from layers.channels_last import ConvPlan, Program, tile_kind
 from layers.simd import CL_TILES, VECTOR_BYTES
 
 ENABLED = os.environ.get("YAFFE_CHANNELS_LAST", "1") != "0"
@@ -64,21 +63,19 @@ class _Run:
         images = blobs[net.defs[convs[0]].bottoms[0]].data.shape[0]
         largest = max(blobs[b].data[0].nbytes for i in convs for b in (net.defs[i].bottoms[0], self.writes(i)[0]))
         sub = max(1, min(images, SUB_BATCH_BYTES // largest))  # images a pass of the steps
-        live = {}  # blob name -> its channels-last buffer (sub, H+2B, W+2B, Cs), as the run has written it
+        program = Program(dtype, images, sub, border)
+        live = {}  # blob name -> its channels-last buffer (Program.buffer), as the run has written it
         residual = {w[1][0] for i in convs for w in [self.writes(i)] if w[1]}
-        steps, made = [], []  # steps: f(n0, n1) for the images n0..n1-1
+        made = []
 
         def buffer(name, cs):
-            n, c, h, w = blobs[name].data.shape
-            return np.zeros((sub, h + 2 * border, w + 2 * border, cs), dtype)
+            return program.buffer(*blobs[name].data.shape[2:], cs)
 
         def channels_last(name):
             if name not in live:
                 c = blobs[name].data.shape[1]
-                buf = buffer(name, _channels(c, dtype) if name in residual else c)
-                x = blobs[name].data
-                steps.append(lambda n0, n1, x=x, buf=buf: to_channels_last(x[n0:n1], buf[:n1 - n0], border))
-                live[name] = buf
+                live[name] = buffer(name, _channels(c, dtype) if name in residual else c)
+                program.to_cl(blobs[name].data, live[name])
             return live[name]
 
         for i, kind in self.items:
@@ -88,28 +85,21 @@ class _Run:
                     live[t] = live[d.bottoms[0]]
                 continue
             if kind == "pool":
-                buf, y = live[d.bottoms[0]], blobs[d.tops[0]].data
-                steps.append(lambda n0, n1, buf=buf, y=y: global_ave_cl(buf[:n1 - n0], border, y[n0:n1]))
+                program.pool(live[d.bottoms[0]], blobs[d.tops[0]].data)
                 continue
             x = channels_last(d.bottoms[0])
             top, res = self.writes(i)
             rbuf = channels_last(res[0]) if res else None
             o, oh, ow = blobs[top].data.shape[1:]
             out = buffer(top, _channels(o, dtype))
-            if rbuf is not None and rbuf.shape != out.shape:
+            if rbuf is not None and rbuf[1:] != out[1:]:
                 return None
             weights, bias = self.made_folds[i]
             h, w = blobs[d.bottoms[0]].data.shape[2:]
-            plan = ConvPlan((h, w, weights.shape[1], border, x.shape[3]), (oh, ow, o, border, out.shape[3]), weights,
-                            bias, layer.stride, layer.pad, dtype)
+            plan = ConvPlan((h, w, weights.shape[1], border, x[3]), (oh, ow, o, border, out[3]), weights, bias,
+                            layer.stride, layer.pad, dtype)
             slope = self.relus.get(i)
-            xf, of = x.reshape(sub, -1), out.reshape(sub, -1)
-            rf = rbuf.reshape(sub, -1) if rbuf is not None else of[:0]
-            ca, cb = (res[1], res[2]) if res else (1.0, 1.0)
-            steps.append(lambda n0, n1, p=plan, xf=xf, of=of, rf=rf, added=res is not None, ca=ca, cb=cb,
-                         relu=slope is not None, slope=slope or 0.0: conv_cl(
-                             xf[:n1 - n0], p.qin, p.qout, p.offs, p.w, p.bias, of[:n1 - n0], rf[:n1 - n0] if added
-                             else rf, added, ca, cb, relu, slope, p.kind))
+            program.conv(x, out, plan, rbuf, *(res[1:] if res else (1.0, 1.0)), slope is not None, slope or 0.0)
             live[top] = out
             made.append(top)
         back = [name for name in dict.fromkeys(made + [t for i, kind in self.items if kind == "split"
@@ -118,15 +108,8 @@ class _Run:
         if len(back) > self.convs():
             return None
         for name in back:
-            steps.append(lambda n0, n1, buf=live[name], y=blobs[name].data: from_channels_last(
-                buf[:n1 - n0], border, y[n0:n1]))
-        parts = [(n0, min(n0 + sub, images)) for n0 in range(0, images, sub)]
-
-        def call():
-            for n0, n1 in parts:
-                for step in steps:
-                    step(n0, n1)
-        return call
+            program.back(live[name], blobs[name].data)
+        return program.call()
 
 
 def _conv_ok(net, i, made_folds):

@@ -4,7 +4,7 @@ import pytest
 
 import netspec.channels_last as cl
 from layers import simd
-from layers.channels_last import ConvPlan, from_channels_last, to_channels_last
+from layers.channels_last import ConvPlan, Program
 from netspec.loader import loads
 from netspec.net import Net
 
@@ -23,10 +23,31 @@ def _reference(x, w, b, stride, pad):
     return y
 
 
-def _blob(x, border, cs):
-    buf = np.zeros((x.shape[0], x.shape[2] + 2 * border, x.shape[3] + 2 * border, cs), x.dtype)
-    to_channels_last(x, buf, border)
-    return buf
+def _convolve(x, weights, bias, stride, pad, res=None, ca=1.0, cb=1.0, relu=False, slope=0.0, sub=2):
+    """One convolution through a Program: x into a channels-last blob (a channel stride past its channels and a
+    border wider than the padding), the convolution (the SUM's other bottom res converted too), the top back.
+    Returns (the top, the channels-last top)."""
+    n, c, h, w = x.shape
+    o = weights.shape[0]
+    oh, ow = (h + 2 * pad[0] - weights.shape[2]) // stride[0] + 1, (w + 2 * pad[1] - weights.shape[3]) // stride[1] + 1
+    border, cs = max(pad) + 1, -(-o // 64) * 64
+    program = Program(x.dtype, n, sub, border)
+    xb, out = program.buffer(h, w, c + 3), program.buffer(oh, ow, cs)
+    program.to_cl(x, xb)
+    rb = None
+    if res is not None:
+        rb = program.buffer(oh, ow, cs)
+        program.to_cl(res, rb)
+    plan = ConvPlan((h, w, c, border, c + 3), (oh, ow, o, border, cs), weights, bias, stride, pad, x.dtype)
+    program.conv(xb, out, plan, rb, ca, cb, relu, slope)
+    y = np.full((n, o, oh, ow), np.nan, x.dtype)
+    program.back(out, y)
+    call = program.call()
+    call()
+    mem = call.__closure__[0].cell_contents[2]  # (run_program's arguments: ops, coeffs, mem, ...)
+    per_image = (oh + 2 * border) * (ow + 2 * border) * cs
+    top = mem[out[0]:out[0] + sub * per_image].reshape(sub, oh + 2 * border, ow + 2 * border, cs)
+    return y, top, border
 
 
 # (channels, height, width, filters, kernel, stride, pad): the 1-, 2- and 4-vector tiles, pixels not a multiple
@@ -39,52 +60,44 @@ GEOMETRIES = [(3, 9, 11, 16, (3, 3), (1, 1), (1, 1)), (5, 8, 8, 20, (3, 3), (2, 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(geometry, dtype):
-    """conv_cl between channels-last blobs: the top's interior is the convolution (+ ca * it + cb * the SUM's other
-    bottom, then a leaky ReLU), the border and the channels past the filters stay zero."""
+    """A Program's convolution between channels-last blobs: the top is the convolution (+ ca * it + cb * the SUM's
+    other bottom, then a leaky ReLU), the border and the channels past the filters stay zero; three images two at
+    a time (the last part one)."""
     c, h, w, o, k, stride, pad = geometry
     rng = np.random.default_rng(sum(geometry[:4]))
-    x = rng.normal(size=(2, c, h, w)).astype(dtype)
+    x = rng.normal(size=(3, c, h, w)).astype(dtype)
     weights, bias = rng.normal(0, 0.3, (o, c) + k).astype(dtype), rng.normal(size=o).astype(dtype)
-    border = max(pad) + 1
-    xb = _blob(x, border, c + 3)  # (a channel stride past the channels: never read)
     want = _reference(x, weights, bias, stride, pad)
-    oh, ow = want.shape[2:]
-    cs = -(-o // 64) * 64
-    res = rng.normal(size=(2, o, oh, ow)).astype(dtype)
-    rb = _blob(res, border, cs)
+    res = rng.normal(size=want.shape).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
     for added, relu in ((False, False), (True, True)):
-        out = np.zeros((2, oh + 2 * border, ow + 2 * border, cs), dtype)
-        plan = ConvPlan((h, w, c, border, xb.shape[3]), (oh, ow, o, border, cs), weights, bias, stride, pad, dtype)
-        plan.run(xb.reshape(2, -1), out.reshape(2, -1), rb.reshape(2, -1) if added else None, 0.5, 2.0, relu, 0.1)
-        got = np.zeros((2, o, oh, ow), dtype)
-        from_channels_last(out, border, got)
+        got, top, border = _convolve(x, weights, bias, stride, pad, res if added else None, 0.5, 2.0, relu, 0.1)
         expect = 0.5 * want + 2.0 * res if added else want
         expect = np.where(expect > 0, expect, 0.1 * expect) if relu else expect
-        tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
-        inner = np.zeros(out.shape, bool)
-        inner[:, border:border + oh, border:border + ow, :o] = True
-        assert not out[~inner].any()  # the border and the padded channels
+        inner = np.zeros(top.shape, bool)
+        inner[:, border:-border, border:-border, :o] = True
+        assert not top[~inner].any()  # the border and the padded channels
 
 
 def test_the_python_tile_matches_numpy():
     """simd._py_tile_cl (NUMBA_DISABLE_JIT's) computes what the compiled tile does."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(1, 4, 6, 6)).astype(np.float32)
+    x = rng.normal(size=(4, 6, 6)).astype(np.float32)
     weights, bias = rng.normal(size=(16, 4, 3, 3)).astype(np.float32), rng.normal(size=16).astype(np.float32)
-    xb = _blob(x, 1, 4)
+    xb = np.zeros((8, 8, 4), np.float32)
+    xb[1:7, 1:7] = x.transpose(1, 2, 0)
     plan = ConvPlan((6, 6, 4, 1, 4), (6, 6, 16, 1, 16), weights, bias, (1, 1), (1, 1), np.float32)
-    out = np.zeros((1, 8, 8, 16), np.float32)
-    mr, nv = simd.CL_TILES[0]
+    out = np.zeros((8, 8, 16), np.float32)
+    mr, nv = simd.CL_TILES[plan.kind]
     o16 = out.reshape(-1)
     for o0 in range(0, 16, nv * simd.lanes(np.float32)):
         for t in range(len(plan.qin) // mr):
             simd._py_tile_cl(mr, nv, xb.reshape(-1), 0, plan.qin, plan.qout, t * mr, plan.offs, plan.w.reshape(-1),
                              o0, plan.w.shape[1], plan.bias, o16, 0, o16[:0], False, 1.0, 1.0, True, 0.0)
-    got = np.zeros((1, 16, 6, 6), np.float32)
-    from_channels_last(out, 1, got)
-    np.testing.assert_allclose(got, np.maximum(_reference(x, weights, bias, (1, 1), (1, 1)), 0), rtol=1e-5,
-                               atol=1e-4)
+    got = out[1:7, 1:7].transpose(2, 0, 1)
+    np.testing.assert_allclose(got, np.maximum(_reference(x[None], weights, bias, (1, 1), (1, 1))[0], 0),
+                               rtol=1e-5, atol=1e-4)
 
 
 NET = """
@@ -131,7 +144,7 @@ def _nets(keep=()):
 
 
 def _runs(net):
-    return [i for i, call in net._bound[4] if "_Run" in call.__qualname__]
+    return [i for i, call in net._bound[4] if "Program.call" in call.__qualname__]
 
 
 @pytest.mark.parametrize("sub_batch", [1 << 20, 1])
@@ -143,10 +156,9 @@ def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the
     blob a layer after the run reads (c1, for side) and a blob named in keep_blobs (c2), written back in Caffe's
     layout; the others are left unwritten. Both images at once, and one at a time (SUB_BATCH_BYTES)."""
     monkeypatch.setattr(cl, "SUB_BATCH_BYTES", sub_batch)
-    parts = 1 if sub_batch > 1 else 2
     calls = []
-    compiled = cl.conv_cl
-    monkeypatch.setattr(cl, "conv_cl", lambda *a: calls.append(a[6].shape) or compiled(*a))
+    compiled = cl.Program.conv
+    monkeypatch.setattr(cl.Program, "conv", lambda *a, **k: calls.append(a[2]) or compiled(*a, **k))
     fast, loop = _nets(keep={"c2"})
     for net in (fast, loop):
         for name in net.blobs:
@@ -154,14 +166,16 @@ def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the
                 net.blobs[name].data[...] = np.nan
     fast.forward()
     loop.forward()
-    assert len(calls) == 5 * parts and len(_runs(fast)) == 1
+    assert len(calls) == 5 and len(_runs(fast)) == 1
+    args = dict(fast._bound[4])[_runs(fast)[0]].__closure__[0].cell_contents  # (run_program's)
+    assert args[7] == (2 if sub_batch > 1 else 1)  # images a part
     for name in ("ip", "c4", "side", "c1", "c2", "gap"):
         want = loop.blobs[name].data
         np.testing.assert_allclose(fast.blobs[name].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
                                    err_msg=name)
     assert np.isnan(fast.blobs["c3"].data).all() and np.isnan(fast.blobs["sum"].data).all()
     fast.forward()  # bound once: the same call again
-    assert len(calls) == 10 * parts and len(_runs(fast)) == 1
+    assert len(calls) == 5 and len(_runs(fast)) == 1
 
 
 def test_a_net_that_keeps_most_blobs_runs_its_convolutions_on_their_own_kernels():
