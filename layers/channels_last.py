@@ -1,17 +1,16 @@
 """Forward-only convolutions on channels-last blobs, as ONNX Runtime runs a ResNet (its NCHWc layout).
 
 A forward-only net (`run.py predict`, `run.py test`, the trainer's test nets) whose convolutions follow each other
-(ResNet's blocks) keeps their tops channels-last between them: a blob is (N, H + 2B, W + 2B, Cs) with a border of
-B zeros (the padding of the convolutions reading it, written once) and Cs channels (rounded up to whole vectors).
-A convolution is then one kernel with no copy: MR output pixels by NV vectors of filters a tile (`simd.tile_cl`),
-each tap one broadcast value of the bottom a pixel and NV vectors of the (folded) weights, every lane a filter (a
-7x7 plane wastes none, where rows of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU
-applied in registers. netspec/net.py builds the chain (`ChannelsLastChain`) and converts the blobs that layers
-outside it read.
+(ResNet's blocks) keeps their tops channels-last between them (netspec/channels_last.py finds such runs): a blob
+is (H + 2B, W + 2B, Cs) an image, with a border of B zeros (the padding of the convolutions reading it, written
+once) and Cs channels (rounded up to whole vectors of the tiles that write it). A convolution is then one kernel
+and no copy: MR output pixels by NV vectors of filters a tile (`simd.tile_cl`), each tap one broadcast value of
+the bottom a pixel and NV vectors of the (folded) weights, every lane a filter (a 7x7 plane wastes none, where rows
+of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU applied in registers.
 
-    to_channels_last(x (N, C, H, W), buf (N, H+2B, W+2B, Cs), border)
-    conv_cl(...)                        one convolution between two such blobs
-    global_ave_cl(buf, border, y (N, C, 1, 1)), from_channels_last(buf, border, y (N, C, H, W))
+    ConvPlan(bottom, top, weights, bias, stride, pad, dtype)   a convolution's offsets and packed weights
+    Program(dtype, images, sub, border)                        a run's steps (buffer, to_cl, conv, pool, back)
+    run_program(...)                                           runs them, sub images at a time, in one call
 """
 from __future__ import annotations
 
@@ -81,15 +80,20 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border):
                     for c in range(chans):
                         y[n0 + n, c, 0, 0] = acc[c] / div
                 continue
+            if op[0] == TO_CL:
+                for p in prange(m * height):
+                    n, i = p // height, p % height
+                    at = off + n * size + ((border + i) * row + border) * cs
+                    for j in range(width):  # (a pixel's channels written together)
+                        for c in range(chans):
+                            mem[at + j * cs + c] = y[n0 + n, c, i, j]
+                continue
             for p in prange(m * height):
                 n, i = p // height, p % height
                 at = off + n * size + ((border + i) * row + border) * cs
-                for c in range(chans):
+                for c in range(chans):  # (a row of a plane written together)
                     for j in range(width):
-                        if op[0] == TO_CL:
-                            mem[at + j * cs + c] = y[n0 + n, c, i, j]
-                        else:
-                            y[n0 + n, c, i, j] = mem[at + j * cs + c]
+                        y[n0 + n, c, i, j] = mem[at + j * cs + c]
 
 
 def tile_kind(out_c, dtype) -> int:
@@ -125,7 +129,6 @@ class ConvPlan:
         self.w[:, :o] = weights.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
         self.bias = np.zeros(opad, dtype)
         self.bias[:o] = bias
-
 
 
 class Program:
