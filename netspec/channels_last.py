@@ -112,16 +112,22 @@ class _Run:
         return program.call()
 
 
+def _images(net, names):
+    """Whether the blobs are (N, C, H, W) arrays, C-contiguous, of the net's type."""
+    return all(net.blobs[b].data.ndim == 4 and net.blobs[b].data.flags.c_contiguous
+               and net.blobs[b].data.dtype == net.dtype for b in names)
+
+
 def _conv_ok(net, i, made_folds):
     layer, d = net.layers[i], net.defs[i]
     return (d.type == "Convolution" and i in made_folds and not layer.nd and layer.p.group == 1
             and tuple(layer.dilation) == (1, 1) and len(d.bottoms) == 1 and max(layer.pad) <= MAX_BORDER
-            and net.dtype in (np.float32, np.float64))
+            and net.dtype in (np.float32, np.float64) and layer.axis == 1 and _images(net, d.bottoms + d.tops))
 
 
 def _pool_ok(net, i):
     layer, d = net.layers[i], net.defs[i]
-    if d.type != "Pooling" or layer.p.pool != "AVE" or len(d.tops) != 1:
+    if d.type != "Pooling" or layer.p.pool != "AVE" or len(d.tops) != 1 or not _images(net, d.bottoms + d.tops):
         return False
     kh, kw, sh, sw, ph, pw = layer._geometry()
     x = net.blobs[d.bottoms[0]].data

@@ -196,3 +196,24 @@ def test_channels_last_can_be_turned_off(monkeypatch):
     fast, loop = _nets()
     fast.forward()
     assert not _runs(fast)
+
+
+def test_convolutions_along_one_axis_run_on_their_own_kernels():
+    """A run needs (N, C, H, W) blobs: two 1-D convolutions in a row (N, C, L) keep the layers' own kernels."""
+    text = """
+layer:
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [2, 3, 20]}}}
+  - {name: a, type: Convolution, bottom: data, top: a, convolution_param: {num_output: 8, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.3}}}
+  - {name: b, type: Convolution, bottom: a, top: b, convolution_param: {num_output: 8, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.3}}}
+"""
+    nets = [Net(loads(text, "one.yaml"), "TEST", "one.yaml", seed=0) for _ in range(2)]
+    x = np.random.default_rng(2).normal(size=(2, 3, 20))
+    for n in nets:
+        n.blobs["data"].data[...] = x
+    nets[0].keep_for_backward, nets[0].constant_weights = False, True
+    for n in nets:
+        n.forward()
+    assert not _runs(nets[0])
+    np.testing.assert_allclose(nets[0].blobs["b"].data, nets[1].blobs["b"].data, rtol=1e-5, atol=1e-5)
