@@ -91,7 +91,8 @@ def _kernels(net, out, phase="TRAIN") -> dict:
         f"{simd.BCAST_MR} rows x 3 vectors (forward), {simd.PIX_MR} pixels x {simd.PIX_NV} vectors (pixel tiles), "
         f"{simd.TAPS_KR} taps x {simd.TAPS_NV} vectors (weight gradient; {simd.TAPS_KR1} taps x 1 vector where the "
         f"filters fill one vector), {'/'.join(map(str, simd.LANES_WIDTHS))} channels x {simd.LANES_NB} vectors of "
-        "images (images in the lanes)")
+        "images (images in the lanes), " + "/".join(f"{mr}x{nv}" for mr, nv in simd.CL_TILES) + " pixels x vectors "
+        "(forward-only runs of convolutions, channels-last)")
     if paths:
         out("Convolution paths: " + ", ".join(f"{name} {path}" for name, path in paths.items()))
     relus = getattr(net, "_fused_relu", {})
