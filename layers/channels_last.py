@@ -17,17 +17,96 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _spin_pause, _yield_cpu, num_threads
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4
 
 
 TO_CL, CONV, POOL, BACK = 0, 1, 2, 3  # run_program's steps
 
 
+@njit(cache=True, nogil=True)
+def _tile(kind):
+    """(pixels, vectors) of CL_TILES[kind]."""
+    mr, nv = CL_TILES[0]
+    if kind == 1:
+        mr, nv = CL_TILES[1]
+    elif kind == 2:
+        mr, nv = CL_TILES[2]
+    return mr, nv
+
+
+@njit(cache=True, nogil=True)
+def _tasks(op, m, lanes):
+    """How many tasks a step has on m images: a convolution's (filter group, image, tile), a conversion's (image,
+    row), a pooling's images."""
+    if op[0] == CONV:
+        mr, nv = _tile(op[1])
+        return (op[13] // (nv * lanes)) * m * (op[8] // mr)
+    return m if op[0] == POOL else m * op[6]
+
+
+@njit(cache=True, nogil=True)
+def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
+    """Tasks t0..t1-1 of the step op (run_program's row; cf: its coefficients) on the images n0..n0+m-1."""
+    if op[0] == CONV:
+        kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
+        mr, nv = _tile(kind)
+        count, taps, opad = op[8], op[11], op[13]
+        qin, qout = ints[op[7]:op[7] + count], ints[op[9]:op[9] + count]
+        offs, w, bias = ints[op[10]:op[10] + taps], params[op[12]:op[12] + taps * opad], params[op[14]:]
+        x, out, res = mem[xo:], mem[oo:], mem[ro:] if ro >= 0 else mem[:0]
+        added, relu, ca, cb, slope = ro >= 0, op[15] != 0, cf[0], cf[1], cf[2]
+        step = nv * lanes
+        tiles = count // mr
+        for task in range(t0, t1):  # (consecutive tasks share a group of filters: its weights)
+            g, rest = task // (m * tiles), task % (m * tiles)
+            n, t = rest // tiles, rest % tiles
+            if kind == 0:
+                tile_cl1(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
+                         cb, relu, slope)
+            elif kind == 1:
+                tile_cl2(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
+                         cb, relu, slope)
+            else:
+                tile_cl4(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
+                         cb, relu, slope)
+        return
+    y, off, size, row, cs, height, width = blobs[op[1]], op[2], op[3], op[4], op[5], op[6], op[7]
+    chans = y.shape[1]
+    if op[0] == POOL:
+        div = y.dtype.type(height * width)
+        acc = np.zeros(cs, mem.dtype)
+        for n in range(t0, t1):
+            acc[:] = 0
+            for i in range(height):
+                at = off + n * size + ((border + i) * row + border) * cs
+                for j in range(width):
+                    acc += mem[at + j * cs:at + (j + 1) * cs]
+            for c in range(chans):
+                y[n0 + n, c, 0, 0] = acc[c] / div
+        return
+    for p in range(t0, t1):
+        n, i = p // height, p % height
+        at = off + n * size + ((border + i) * row + border) * cs
+        if op[0] == TO_CL:
+            for j in range(width):  # (a pixel's channels written together)
+                for c in range(chans):
+                    mem[at + j * cs + c] = y[n0 + n, c, i, j]
+        else:
+            for c in range(chans):  # (a row of a plane written together)
+                for j in range(width):
+                    y[n0 + n, c, i, j] = mem[at + j * cs + c]
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border):
-    """A run's steps, sub images at a time. mem holds the channels-last blobs (each sub images of L values:
-    (H+2B) x (W+2B) x Cs, its border B zeros), blobs the run's blobs in Caffe's layout (N, C, H, W). A row of
-    ops (int64) is a step:
+def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, threads, counts):
+    """A run's steps, sub images at a time, in one parallel region (a region a step cost ~1.25 us on two threads,
+    and the threads' shares of a step could not even out): each thread takes chunks of its share of a step's tasks
+    (a counter each, atomically), then of the others' shares left, then waits until all are done (a last counter)
+    before the next step. Its own share first keeps the blobs it wrote in its core's cache; a thread that the OS
+    runs late finds the steps done by the others (no barrier waits for it). mem holds the channels-last blobs (each
+    sub images of L values: (H+2B) x (W+2B) x Cs, its border B zeros), blobs the run's blobs in Caffe's layout (N,
+    C, H, W); counts: 8 (threads + 1) int64 a step and part of the images. A row of ops (int64) is a step:
       TO_CL, blob, off, L, row (W+2B), Cs, H, W: blobs[blob] into the interior of mem[off:]
       CONV, tile kind, x off, Lx, out off, Lo, res off (-1: none), at of qin, P, at of qout, at of offs, K, at of w,
             Opad, at of bias, relu: out[n, qout[p] + o] = epilogue(bias[o] + sum_k w[k, o] * x[n, qin[p] + offs[k]])
@@ -36,64 +115,33 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border):
       POOL, blob, off, L, row, Cs, H, W: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
       BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]."""
     lanes = VECTOR_BYTES // mem.itemsize
-    for n0 in range(0, images, sub):
-        m = min(sub, images - n0)
-        for s in range(ops.shape[0]):
-            op = ops[s]
-            if op[0] == CONV:
-                kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
-                mr, nv = CL_TILES[0]
-                if kind == 1:
-                    mr, nv = CL_TILES[1]
-                elif kind == 2:
-                    mr, nv = CL_TILES[2]
-                count, taps, opad = op[8], op[11], op[13]
-                qin, qout = ints[op[7]:op[7] + count], ints[op[9]:op[9] + count]
-                offs, w, bias = ints[op[10]:op[10] + taps], params[op[12]:op[12] + taps * opad], params[op[14]:]
-                x, out, res = mem[xo:], mem[oo:], mem[ro:] if ro >= 0 else mem[:0]
-                added, relu, ca, cb, slope = ro >= 0, op[15] != 0, coeffs[s, 0], coeffs[s, 1], coeffs[s, 2]
-                step = nv * lanes
-                tiles, groups = count // mr, opad // step
-                for task in prange(groups * m * tiles):  # (a thread's tasks share a group of filters)
-                    g, rest = task // (m * tiles), task % (m * tiles)
-                    n, t = rest // tiles, rest % tiles
-                    if kind == 0:
-                        tile_cl1(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
-                                 ca, cb, relu, slope)
-                    elif kind == 1:
-                        tile_cl2(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
-                                 ca, cb, relu, slope)
-                    else:
-                        tile_cl4(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added,
-                                 ca, cb, relu, slope)
-                continue
-            y, off, size, row, cs, height, width = blobs[op[1]], op[2], op[3], op[4], op[5], op[6], op[7]
-            chans = y.shape[1]
-            if op[0] == POOL:
-                div = y.dtype.type(height * width)
-                for n in prange(m):
-                    acc = np.zeros(cs, mem.dtype)
-                    for i in range(height):
-                        at = off + n * size + ((border + i) * row + border) * cs
-                        for j in range(width):
-                            acc += mem[at + j * cs:at + (j + 1) * cs]
-                    for c in range(chans):
-                        y[n0 + n, c, 0, 0] = acc[c] / div
-                continue
-            if op[0] == TO_CL:
-                for p in prange(m * height):
-                    n, i = p // height, p % height
-                    at = off + n * size + ((border + i) * row + border) * cs
-                    for j in range(width):  # (a pixel's channels written together)
-                        for c in range(chans):
-                            mem[at + j * cs + c] = y[n0 + n, c, i, j]
-                continue
-            for p in prange(m * height):
-                n, i = p // height, p % height
-                at = off + n * size + ((border + i) * row + border) * cs
-                for c in range(chans):  # (a row of a plane written together)
-                    for j in range(width):
-                        y[n0 + n, c, i, j] = mem[at + j * cs + c]
+    steps = ops.shape[0]
+    rounds = -(-images // sub) * steps
+    line = 8 * (threads + 1)  # a round's counters: each thread's share's claimed tasks, then all tasks done
+    counts[:line * rounds] = 0
+    for w in prange(threads):
+        for q in range(rounds):
+            s, n0 = q % steps, (q // steps) * sub
+            m = min(sub, images - n0)
+            total = _tasks(ops[s], m, lanes)
+            chunk = max(1, total // (4 * threads))
+            for k in range(threads):  # its own share first (the blobs it wrote stay in its core's cache), then
+                r = (w + k) % threads  # the others' left
+                first, end = r * total // threads, (r + 1) * total // threads
+                while True:
+                    t0 = first + _fetch_add(counts, line * q + 8 * r, chunk)
+                    if t0 >= end:
+                        break
+                    t1 = min(t0 + chunk, end)
+                    _run_tasks(ops[s], coeffs[s], t0, t1, mem, ints, params, blobs, n0, m, border, lanes)
+                    _fetch_add(counts, line * q + 8 * threads, t1 - t0)
+            spins = 0
+            while _load_acquire(counts, line * q + 8 * threads) < total:
+                spins += 1
+                if spins < SPIN_ROUNDS:
+                    _spin_pause()
+                else:
+                    _yield_cpu()
 
 
 def tile_kind(out_c, dtype) -> int:
@@ -185,4 +233,11 @@ class Program:
         args = (np.array(self.ops, np.int64), np.array(self.coeffs, np.float64), np.zeros(self.size, self.dtype),
                 np.concatenate(self.ints).astype(np.int64), np.concatenate(self.params).astype(self.dtype),
                 List(self.blobs), self.images, self.sub, self.border)
-        return lambda: run_program(*args)
+        counts = {}
+
+        def call():
+            threads = num_threads()
+            if threads not in counts:
+                counts[threads] = np.zeros(8 * (threads + 1) * -(-self.images // self.sub) * len(self.ops), np.int64)
+            run_program(*args, threads, counts[threads])
+        return call

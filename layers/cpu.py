@@ -523,6 +523,26 @@ def _spin_pause(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _fetch_add(typingctx, a, i, v):
+    """a[i] += v (int64) as one atomic read-modify-write (sequentially consistent); returns a[i] before."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", builder.gep(array.data, [args[1]]), value, "seq_cst")
+    return types.int64(a, i, v), codegen
+
+
+@intrinsic
+def _yield_cpu(typingctx):
+    """POSIX's sched_yield(): let the OS run another thread on this core (a waiter on a shared core)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
 SPIN_ROUNDS = 1 << 14  # ~100-300 us of PAUSEs, then the waiter lets the OS run others (a core shared, a slice late)
 _ARRIVED, _WAITING, _ABORTED = 0, 1, 2
 
