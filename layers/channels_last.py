@@ -21,7 +21,8 @@ from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _spin_pause, _yield_cpu
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4
 
 
-TO_CL, CONV, POOL, BACK = 0, 1, 2, 3  # run_program's steps
+TO_CL, CONV, POOL, BACK, WINDOW, RELU = 0, 1, 2, 3, 4, 5  # run_program's steps
+WIDTH = 20  # int64 a step
 
 
 @njit(cache=True, nogil=True)
@@ -42,7 +43,9 @@ def _tasks(op, m, lanes):
     if op[0] == CONV:
         mr, nv = _tile(op[1])
         return (op[13] // (nv * lanes)) * m * (op[8] // mr)
-    return m if op[0] == POOL else m * op[6]
+    if op[0] == WINDOW:
+        return m * op[16]
+    return m if op[0] == POOL or op[0] == RELU else m * op[6]
 
 
 @njit(cache=True, nogil=True)
@@ -71,6 +74,16 @@ def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
                 tile_cl4(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
                          cb, relu, slope)
         return
+    if op[0] == WINDOW:
+        _window_rows(op, cf[2], t0, t1, mem, border)
+        return
+    if op[0] == RELU:
+        slope = mem.dtype.type(cf[2])
+        for n in range(t0, t1):
+            x = mem[op[2] + n * op[3]:op[2] + (n + 1) * op[3]]
+            for i in range(x.size):
+                x[i] = x[i] if x[i] > 0 else x[i] * slope
+        return
     y, off, size, row, cs, height, width = blobs[op[1]], op[2], op[3], op[4], op[5], op[6], op[7]
     chans = y.shape[1]
     if op[0] == POOL:
@@ -88,14 +101,56 @@ def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
     for p in range(t0, t1):
         n, i = p // height, p % height
         at = off + n * size + ((border + i) * row + border) * cs
+        x = mem[at:at + width * cs]
         if op[0] == TO_CL:
             for j in range(width):  # (a pixel's channels written together)
                 for c in range(chans):
-                    mem[at + j * cs + c] = y[n0 + n, c, i, j]
+                    x[j * cs + c] = y[n0 + n, c, i, j]
         else:
             for c in range(chans):  # (a row of a plane written together)
                 for j in range(width):
-                    y[n0 + n, c, i, j] = mem[at + j * cs + c]
+                    y[n0 + n, c, i, j] = x[j * cs + c]
+
+
+@njit(cache=True, nogil=True)
+def _window_rows(op, slope, t0, t1, mem, border):
+    """MAX or AVE pooling's output rows t0..t1-1 (of the images of the part) between channels-last blobs, a
+    pixel's channels together: Caffe's windows (MAX: clipped to the image, NaN never taken; AVE: the sum, row-major
+    from zero, divided by the window's size counted with the padding), then a leaky ReLU where op[15]."""
+    ave, xo, lx, oo, lo, cs = op[1] == 1, op[2], op[3], op[4], op[5], op[6]
+    kh, kw, sh, sw, ph, pw, height, width, relu, oh, ow = (op[7], op[8], op[9], op[10], op[11], op[12], op[13],
+                                                           op[14], op[15] != 0, op[16], op[17])
+    irow, orow = width + 2 * border, ow + 2 * border
+    lowest, zero, slope = mem.dtype.type(-3.4028234663852886e38), mem.dtype.type(0), mem.dtype.type(slope)
+    acc = np.empty(cs, mem.dtype)
+    for p in range(t0, t1):
+        n, oy = p // oh, p % oh
+        hs = oy * sh - ph
+        he = min(hs + kh, height + ph)
+        for ox in range(ow):
+            ws = px0 = ox * sw - pw
+            we = min(ws + kw, width + pw)
+            size = mem.dtype.type((he - hs) * (we - ws))
+            h0, h1, w0, w1 = max(hs, 0), min(he, height), max(px0, 0), min(we, width)
+            if not ave:
+                h1, w1 = min(hs + kh, height), min(ws + kw, width)
+            for c in range(cs):
+                acc[c] = zero if ave else lowest
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    src = xo + n * lx + ((border + i) * irow + border + j) * cs
+                    x = mem[src:src + cs]  # (indexed from 0 on, the loops over the channels run in vectors)
+                    if ave:
+                        for c in range(cs):
+                            acc[c] += x[c]
+                    else:
+                        for c in range(cs):
+                            acc[c] = x[c] if x[c] > acc[c] else acc[c]
+            dst = oo + n * lo + ((border + oy) * orow + border + ox) * cs
+            y = mem[dst:dst + cs]
+            for c in range(cs):
+                v = acc[c] / size if ave else acc[c]
+                y[c] = v if not relu or v > 0 else v * slope
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -113,7 +168,10 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
             with qin, qout, offs in ints and w (K, Opad), bias in params (ConvPlan's), coeffs[step] = (ca, cb,
             slope): t = ca * conv + cb * res where res, then a leaky ReLU where relu
       POOL, blob, off, L, row, Cs, H, W: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
-      BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]."""
+      BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]
+      WINDOW, AVE (1) or MAX (0), x off, Lx, out off, Lo, Cs, KH, KW, SH, SW, PH, PW, H, W, relu, OH, OW: pooling
+            (_window_rows), coeffs[step][2] the ReLU's slope
+      RELU, 0, off, L: a leaky ReLU in place (coeffs[step][2] its slope)."""
     lanes = VECTOR_BYTES // mem.itemsize
     steps = ops.shape[0]
     rounds = -(-images // sub) * steps
@@ -200,7 +258,7 @@ class Program:
         return len(self.blobs) - 1
 
     def _step(self, row, coeffs=(1.0, 1.0, 0.0)):
-        self.ops.append(list(row) + [0] * (16 - len(row)))
+        self.ops.append(list(row) + [0] * (WIDTH - len(row)))
         self.coeffs.append(coeffs)
 
     def _put(self, kind, values):
@@ -219,6 +277,15 @@ class Program:
     def back(self, buf, y):
         self._step((BACK, self._blob(y)) + buf)
 
+    def window(self, x, out, ave, geometry, relu=False, slope=0.0):
+        """MAX (ave False) or AVE pooling between buffers of one channel stride; geometry (kh, kw, sh, sw, ph, pw)."""
+        self._step((WINDOW, int(ave), x[0], x[1], out[0], out[1], x[3]) + tuple(geometry) + (x[4], x[5], int(relu),
+                   out[4], out[5]), (1.0, 1.0, slope))
+
+    def relu(self, buf, slope=0.0):
+        """A ReLU (leaky where slope) in place on a buffer."""
+        self._step((RELU, 0, buf[0], buf[1]), (1.0, 1.0, slope))
+
     def conv(self, x, out, plan, res=None, ca=1.0, cb=1.0, relu=False, slope=0.0):
         """x, out, res: buffers (res laid out as out); plan: the ConvPlan between them."""
         assert res is None or res[1:] == out[1:], "the SUM's other bottom laid out as the top"
@@ -231,7 +298,8 @@ class Program:
         """The function that runs the steps (the buffers' borders zeroed once, here)."""
         from numba.typed import List
         args = (np.array(self.ops, np.int64), np.array(self.coeffs, np.float64), np.zeros(self.size, self.dtype),
-                np.concatenate(self.ints).astype(np.int64), np.concatenate(self.params).astype(self.dtype),
+                np.concatenate([np.zeros(0, np.int64)] + self.ints).astype(np.int64),
+                np.concatenate([np.zeros(0, self.dtype)] + self.params).astype(self.dtype),
                 List(self.blobs), self.images, self.sub, self.border)
         counts = {}
 

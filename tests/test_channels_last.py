@@ -217,3 +217,66 @@ layer:
         n.forward()
     assert not _runs(nets[0])
     np.testing.assert_allclose(nets[0].blobs["b"].data, nets[1].blobs["b"].data, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool,kernel,stride,pad,size", [("MAX", 3, 2, 0, 9), ("MAX", 3, 2, 1, 8), ("AVE", 3, 2, 1, 9),
+                                                          ("AVE", 2, 2, 0, 7), ("MAX", 2, 1, 0, 5)])
+def test_channels_last_pooling_and_relu_match_the_layers(pool, kernel, stride, pad, size):
+    """A Program's MAX and AVE windows (Caffe's: the last window past the edge clipped, AVE divided by the window
+    counted with its padding) and an in-place leaky ReLU after them give the Pooling and ReLU layers' tops."""
+    text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: [2, 20, {size}, {size}]}}}}}}
+  - {{name: p, type: Pooling, bottom: data, top: p, pooling_param: {{pool: {pool}, kernel_size: {kernel},
+     stride: {stride}, pad: {pad}}}}}
+  - {{name: r, type: ReLU, bottom: p, top: p, relu_param: {{negative_slope: 0.25}}}}
+"""
+    net = Net(loads(text, "pool.yaml"), "TEST", "pool.yaml", seed=0)
+    x = np.random.default_rng(size).normal(size=(2, 20, size, size)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    want = net.blobs["p"].data
+    layer = net.layer_by_name("p")
+    program = Program(np.float32, 2, 1, 2)
+    xb, out = program.buffer(size, size, 32), program.buffer(*want.shape[2:], 32)
+    program.to_cl(x, xb)
+    program.window(xb, out, pool == "AVE", layer._geometry())
+    program.relu(out, 0.25)
+    got = np.full(want.shape, np.nan, np.float32)
+    program.back(out, got)
+    program.call()()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+CIFAR_LIKE = """
+layer:
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [BATCH, 3, 16, 16]}}}
+  - {name: c1, type: Convolution, bottom: data, top: c1, convolution_param: {num_output: 16, kernel_size: 5, pad: 2,
+     weight_filler: {type: gaussian, std: 0.2}, bias_filler: {type: gaussian, std: 0.2}}}
+  - {name: p1, type: Pooling, bottom: c1, top: p1, pooling_param: {pool: MAX, kernel_size: 3, stride: 2}}
+  - {name: r1, type: ReLU, bottom: p1, top: p1}
+  - {name: c2, type: Convolution, bottom: p1, top: c2, convolution_param: {num_output: 20, kernel_size: 3, pad: 1,
+     weight_filler: {type: gaussian, std: 0.2}}}
+  - {name: r2, type: ReLU, bottom: c2, top: c2}
+  - {name: p2, type: Pooling, bottom: c2, top: p2, pooling_param: {pool: AVE, kernel_size: 3, stride: 2}}
+  - {name: ip, type: InnerProduct, bottom: p2, top: ip, inner_product_param: {num_output: 4,
+     weight_filler: {type: gaussian, std: 0.2}}}
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pooling_between_convolutions_joins_the_run_at_a_batch_of_one(batch):
+    """CIFAR-10 quick's pattern (convolution, MAX pooling, in-place ReLU, convolution, AVE pooling): at a batch of
+    one (WINDOW_IMAGES) one run, the pools and the ReLU in it; at two the convolutions are runs of one (not taken)
+    and run on their own kernels. The results are the layers' one by one."""
+    nets = [Net(loads(CIFAR_LIKE.replace("BATCH", str(batch)), "c.yaml"), "TEST", "c.yaml", seed=0) for _ in range(2)]
+    x = np.random.default_rng(3).normal(size=(batch, 3, 16, 16))
+    for n in nets:
+        n.blobs["data"].data[...] = x
+    nets[0].keep_for_backward, nets[0].constant_weights = False, True
+    for n in nets:
+        n.forward()
+    assert len(_runs(nets[0])) == (1 if batch == 1 else 0)
+    for name in ("p2", "ip"):
+        want = nets[1].blobs[name].data
+        np.testing.assert_allclose(nets[0].blobs[name].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
