@@ -42,7 +42,7 @@ class _Run:
 
     def __init__(self, net, made_folds, relus, adds):
         self.net, self.made_folds, self.relus, self.adds = net, made_folds, relus, adds
-        self.items = []  # (layer index, kind): "conv", "split", "pool"
+        self.items = []  # (layer index, kind): "conv", "split", "pool" (global AVE), "window" (pooling), "relu"
 
     def convs(self):
         return sum(kind == "conv" for _, kind in self.items)
