@@ -154,6 +154,18 @@ def test_caffe_zoo_deploy_structures_run_in_onnx_runtime_as_in_yaffe(name, tmp_p
     assert info["outputs"] == [{"caffenet": "fc8", "googlenet": "pool3/3x3_s2", "resnet50": "fc1000"}[name]]
 
 
+@pytest.mark.parametrize("name,runs", [("googlenet", 3), ("resnet50", 1)])
+def test_caffe_zoo_structures_forward_only_with_channels_last_runs_match_onnx_runtime(name, runs, tmp_path):
+    """As run.py predict runs them (forward only, constant weights): GoogLeNet's convolutions between its Concats
+    and ResNet-50 from its 7x7 stem (padding 3) through its MAX pooling (a batch of one) and its bottleneck blocks
+    run channels-last (netspec/channels_last.py), and give ONNX Runtime's outputs."""
+    net = _zoo_net(name)
+    net.keep_for_backward, net.constant_weights = False, True
+    x = np.random.default_rng(6).normal(size=net.shapes["data"]).astype(np.float32)
+    _compare(net, str(tmp_path / f"{name}.onnx"), {"data": x})
+    assert sum("Program.call" in call.__qualname__ for _, call in net._bound[4]) == runs
+
+
 def test_recurrent_layers_and_maxout_run_in_onnx_runtime_as_in_yaffe(tmp_path):
     net = Net(loads(RECURRENT, "rec.yaml"), "TEST", "rec.yaml", seed=0)
     _randomize(net)
