@@ -575,9 +575,9 @@ def test_a_forward_only_net_with_constant_weights_runs_its_bound_calls_with_the_
     adds = {bound.layers[i].name: (bound.layers[j].name, side) for i, (j, side) in bound._fold_adds.items()}
     assert "sum" not in names and "sum2" not in names and adds == {"conv2": ("sum", 1), "proj": ("sum2", 1)}
     assert bound._fold_relus[names.index("conv2") and next(i for i in calls if bound.layers[i].name == "conv2")] == 0
-    for i, call in calls.items():  # the direct convolutions' and the batch of one's InnerProducts' own calls
+    for i, call in calls.items():  # the direct convolutions', the pooling's, ReLU's, Softmax's, InnerProducts' own
         layer = bound.layers[i]
-        own = layer.type in ("InnerProduct", "Pooling") or layer.type == "Convolution" and \
+        own = layer.type in ("InnerProduct", "Pooling", "ReLU", "Softmax") or layer.type == "Convolution" and \
             layer.path_taken.startswith("direct")
         assert ("bound_forward" in call.__qualname__) == own, layer.name
     paths = [getattr(bound.layers[i], "path_taken", "") for i in calls]
