@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numba import config
 
 from layers.channels_last import ConvPlan, Program, tile_kind
 from layers.simd import CL_TILES, VECTOR_BYTES
 
-ENABLED = os.environ.get("YAFFE_CHANNELS_LAST", "1") != "0"
+# (not under NUMBA_DISABLE_JIT: run_program's atomics are LLVM's, with no Python stand-in)
+ENABLED = os.environ.get("YAFFE_CHANNELS_LAST", "1") != "0" and not config.DISABLE_JIT
 MAX_BORDER = 3  # the largest padding a run takes (a 7x7 kernel's); a border this wide around every blob
 # a run's steps take as many images at a time as keep the largest blob of them within this (the blobs between
 # its convolutions then stay in the core's cache: they are this many images, not the batch)

@@ -280,3 +280,23 @@ def test_pooling_between_convolutions_joins_the_run_at_a_batch_of_one(batch):
     for name in ("p2", "ip"):
         want = nets[1].blobs[name].data
         np.testing.assert_allclose(nets[0].blobs[name].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_under_numba_disable_jit_the_convolutions_run_on_their_own_kernels():
+    """NUMBA_DISABLE_JIT (debugging in Python): run_program's atomics have no Python stand-in, so no run is taken and
+    the net still gives its layers' results."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, test_channels_last as t\n"
+            "fast, loop = t._nets()\n"
+            "fast.forward(); loop.forward()\n"
+            "want = loop.blobs['ip'].data\n"
+            "np.testing.assert_allclose(fast.blobs['ip'].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())\n"
+            "print(len(t._runs(fast)))\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", YAFFE_DENORMALS="keep",
+               PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0"
