@@ -9,7 +9,7 @@ the bottom a pixel and NV vectors of the (folded) weights, every lane a filter (
 of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU applied in registers.
 
     ConvPlan(bottom, top, weights, bias, stride, pad, dtype)   a convolution's offsets and packed weights
-    Program(dtype, images, sub, border)                        a run's steps (buffer, to_cl, conv, pool, back)
+    Program(dtype, images, sub, border)                        a run's steps (buffer, to_cl, conv, window, ...)
     run_program(...)                                           runs them, sub images at a time, in one call
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _tasks(op, m, lanes):
         mr, nv = _tile(op[1])
         return (op[13] // (nv * lanes)) * m * (op[8] // mr)
     if op[0] == WINDOW:
-        return m * op[16]
+        return m * op[15]
     return m if op[0] == POOL or op[0] == RELU else m * op[6]
 
 
@@ -75,7 +75,7 @@ def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
                          cb, relu, slope)
         return
     if op[0] == WINDOW:
-        _window_rows(op, cf[2], t0, t1, mem, border)
+        _window_rows(op, t0, t1, mem, border)
         return
     if op[0] == RELU:
         slope = mem.dtype.type(cf[2])
@@ -113,15 +113,15 @@ def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
 
 
 @njit(cache=True, nogil=True)
-def _window_rows(op, slope, t0, t1, mem, border):
+def _window_rows(op, t0, t1, mem, border):
     """MAX or AVE pooling's output rows t0..t1-1 (of the images of the part) between channels-last blobs, a
     pixel's channels together: Caffe's windows (MAX: clipped to the image, NaN never taken; AVE: the sum, row-major
-    from zero, divided by the window's size counted with the padding), then a leaky ReLU where op[15]."""
+    from zero, divided by the window's size counted with the padding)."""
     ave, xo, lx, oo, lo, cs = op[1] == 1, op[2], op[3], op[4], op[5], op[6]
-    kh, kw, sh, sw, ph, pw, height, width, relu, oh, ow = (op[7], op[8], op[9], op[10], op[11], op[12], op[13],
-                                                           op[14], op[15] != 0, op[16], op[17])
+    kh, kw, sh, sw, ph, pw, height, width, oh, ow = (op[7], op[8], op[9], op[10], op[11], op[12], op[13], op[14],
+                                                     op[15], op[16])
     irow, orow = width + 2 * border, ow + 2 * border
-    lowest, zero, slope = mem.dtype.type(-3.4028234663852886e38), mem.dtype.type(0), mem.dtype.type(slope)
+    lowest, zero = mem.dtype.type(-3.4028234663852886e38), mem.dtype.type(0)
     acc = np.empty(cs, mem.dtype)
     for p in range(t0, t1):
         n, oy = p // oh, p % oh
@@ -149,8 +149,7 @@ def _window_rows(op, slope, t0, t1, mem, border):
             dst = oo + n * lo + ((border + oy) * orow + border + ox) * cs
             y = mem[dst:dst + cs]
             for c in range(cs):
-                v = acc[c] / size if ave else acc[c]
-                y[c] = v if not relu or v > 0 else v * slope
+                y[c] = acc[c] / size if ave else acc[c]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -169,8 +168,8 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
             slope): t = ca * conv + cb * res where res, then a leaky ReLU where relu
       POOL, blob, off, L, row, Cs, H, W: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
       BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]
-      WINDOW, AVE (1) or MAX (0), x off, Lx, out off, Lo, Cs, KH, KW, SH, SW, PH, PW, H, W, relu, OH, OW: pooling
-            (_window_rows), coeffs[step][2] the ReLU's slope
+      WINDOW, AVE (1) or MAX (0), x off, Lx, out off, Lo, Cs, KH, KW, SH, SW, PH, PW, H, W, OH, OW: pooling
+            (_window_rows)
       RELU, 0, off, L: a leaky ReLU in place (coeffs[step][2] its slope)."""
     lanes = VECTOR_BYTES // mem.itemsize
     steps = ops.shape[0]
@@ -238,8 +237,9 @@ class ConvPlan:
 
 
 class Program:
-    """A run's steps for run_program, built in order: buffer() a channels-last blob, to_cl(), conv(), pool(),
-    back(); then call() runs them all in one call (a Numba call costs ~2 us: ResNet-20 has 21 convolutions)."""
+    """A run's steps for run_program, built in order: buffer() a channels-last blob, to_cl(), conv(), window(),
+    relu(), pool(), back(); then call() runs them all in one call (a Numba call costs ~2 us: ResNet-20 has 21
+    convolutions)."""
 
     def __init__(self, dtype, images, sub, border):
         self.dtype, self.images, self.sub, self.border = np.dtype(dtype), images, sub, border
@@ -277,10 +277,10 @@ class Program:
     def back(self, buf, y):
         self._step((BACK, self._blob(y)) + buf)
 
-    def window(self, x, out, ave, geometry, relu=False, slope=0.0):
+    def window(self, x, out, ave, geometry):
         """MAX (ave False) or AVE pooling between buffers of one channel stride; geometry (kh, kw, sh, sw, ph, pw)."""
-        self._step((WINDOW, int(ave), x[0], x[1], out[0], out[1], x[3]) + tuple(geometry) + (x[4], x[5], int(relu),
-                   out[4], out[5]), (1.0, 1.0, slope))
+        self._step((WINDOW, int(ave), x[0], x[1], out[0], out[1], x[3]) + tuple(geometry) + (x[4], x[5], out[4],
+                   out[5]))
 
     def relu(self, buf, slope=0.0):
         """A ReLU (leaky where slope) in place on a buffer."""

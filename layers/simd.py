@@ -32,6 +32,9 @@ need no im2col buffer.
 - `tile_flat{nv}(x, xbase, chans, height, width, q0, kh, kw, ph, pw, rows_of, cols_of, w, wbase, wstride, bias,
   bbase, kept, y, ybase, oplane)`: as tile_unpadded for a stride-1 "same" convolution, on nv vectors of the top's
   plane taken flat (across its rows), loads masked by each position's row and column (the forward-only kernel).
+- `tile_cl{1,2,4}(x, xbase, qin, qout, p0, offs, w, o0, wstride, bias, out, obase, res, added, ca, cb, relu,
+  slope)`: CL_TILES' pixels by 1, 2 or 4 vectors of filters between channels-last blobs, each pixel at offsets
+  qin / qout from lists, the epilogue of store_row in registers (layers/channels_last.py, forward-only runs).
 - `max_row{2,3}s2(x, s, t, width, y, out, mask, count, lowest)`: count MAX windows 2x2 or 3x3 of stride 2 along a
   row, their maxima and argmax (plane indices from t) as Caffe's loop finds them.
 All indices are flat element offsets into 1-D arrays; the caller guarantees they are in bounds.

@@ -1,13 +1,12 @@
 """Runs of convolutions kept channels-last in a forward-only net (layers/channels_last.py has the kernels).
 
-`chain_runs(net, indices, made_folds, relus, adds)` finds, among Net._bound_calls' layers, each run of two or
-more convolutions (with what Net._folds folded into them: BatchNorm, Scale, the ReLU, the SUM they write) and the
-Split, MAX and AVE Pooling and in-place ReLU layers between them (a global AVE pooling ends a run: its top is written
-in Caffe's layout), to be replaced by one call that converts its bottoms to
-channels-last blobs, runs the convolutions between such blobs, and writes back, in Caffe's layout, the blobs that
-the layers after the run, the net's outputs and `keep_blobs` read (a run most of whose blobs are kept, as pycaffe's
-nets keep them all, is not taken: the conversions would cost what it saves). The global pooling reads the last blob
-channels-last and writes its (N, C, 1, 1) top directly.
+`chain_runs(net, indices, made_folds, relus, adds)` finds, among Net._bound_calls' layers, each run of two or more
+convolutions (with what Net._folds folded into them: BatchNorm, Scale, the ReLU, the SUM they write), the Splits
+between them and, at a batch of WINDOW_IMAGES, MAX and AVE pooling and in-place ReLUs between them, to be replaced
+by one call that converts its bottoms to channels-last blobs, runs its layers between such blobs, and writes back,
+in Caffe's layout, the blobs that the layers after the run read, the pass's results and `keep_blobs` (a run most of
+whose blobs are kept, as pycaffe's nets keep them all, is not taken: the conversions would cost what it saves). A
+global AVE pooling ends a run: it reads the last blob channels-last and writes its (N, C, 1, 1) top directly.
 
 YAFFE_CHANNELS_LAST=0 turns it off (the convolutions run on their own kernels, layers/conv.py).
 """
@@ -45,6 +44,7 @@ class _Run:
     def __init__(self, net, made_folds, relus, adds):
         self.net, self.made_folds, self.relus, self.adds = net, made_folds, relus, adds
         self.items = []  # (layer index, kind): "conv", "split", "pool" (global AVE), "window" (pooling), "relu"
+        self.start = self.end = 0  # (the calls it replaces: start..end-1)
 
     def convs(self):
         return sum(kind == "conv" for _, kind in self.items)
