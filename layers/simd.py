@@ -24,8 +24,10 @@ need no im2col buffer.
 - `deinterleave2(x, at, count, dst, d0, d1)`: dst[d0 + k] = x[at + 2k], dst[d1 + k] = x[at + 2k + 1], k < count
   (a stride-2 row's columns to its two phases), masked at the end.
 - `store_row(src, s0, dst, d0, count, res, added, ca, cb, relu, slope)`: dst[d0 + j] = t, or t * slope where relu
-  and t <= 0, with t = ca * src[s0 + j] + cb * res[d0 + j] where added, else src[s0 + j]; in Numba's types for
-  the scalar expressions (float64 where ca, cb or slope are), masked at the end.
+  and t <= 0, with t = ca * src[s0 + j] + cb * res[d0 + j] where added, else src[s0 + j]; as Numba's scalar
+  expressions compute it (float64 where ca, cb or slope are) for a slope of the arrays' type (callers round it,
+  as Caffe's negative_slope is a Dtype), computed in the arrays' type where that gives the same values (no SUM, or
+  ca == cb == 1 and no ReLU or one of slope 0: float64 conversions were 5-7% of a 16-filter tile), masked at the end.
 - `tile_unpadded{nr}{nv}[_s2](x, xbase, chans, height, width, row0, kh, kw, ph, pw, di_lo, di_hi, w, wbase,
   wstride, bias, bbase, kept, y, ybase, ow, oplane)`: BCAST_MR filters of nr rows by nv vectors of a convolution's
   top (stride 1, or 2: _s2) read from the unpadded bottom, loads masked to the image (the forward-only kernel).
@@ -333,14 +335,21 @@ def _make_tile_cl(mr, nv):
                     builder.store(b, acc[r][v])
             _pixel_taps(builder, tools, offs_arr, xp, starts, wp, wstride, o0, acc)
             value = _epilogue(context, builder, n, t[0].dtype, kinds, (ca, cb, relu, slope), t[14:18])
+            def stores(with_res, unit=False):
+                for r in range(mr):
+                    for v in range(nv):
+                        i = builder.add(bases[r], const(v * n))
+                        got = load(rp, i) if with_res else None
+                        store(value(builder.load(acc[r][v]), got, unit), op, i)
             with builder.if_else(context.cast(builder, added, t[13], types.boolean)) as (then, otherwise):
-                for with_res, block in ((True, then), (False, otherwise)):
-                    with block:
-                        for r in range(mr):
-                            for v in range(nv):
-                                i = builder.add(bases[r], const(v * n))
-                                got = load(rp, i) if with_res else None
-                                store(value(builder.load(acc[r][v]), got), op, i)
+                with then:
+                    with builder.if_else(value.unit_sum) as (unit, other):
+                        with unit:
+                            stores(True, True)
+                        with other:
+                            stores(True)
+                with otherwise:
+                    stores(False)
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = f"tile_cl{mr}x{nv}"
@@ -560,17 +569,18 @@ def _make_deinterleave2():
 
 def _epilogue_types(typingctx, dtype, ca, cb, slope):
     """The types Numba gives the epilogue's scalar expressions t = ca * v + cb * r; t if not relu or t > 0 else
-    t * slope: (wide, negative with res, negative without)."""
+    t * slope: (wide, negative)."""
     wide = typingctx.unify_types(dtype, ca, cb)
-    return wide, typingctx.unify_types(wide, slope), typingctx.unify_types(dtype, slope)
+    return wide, typingctx.unify_types(wide, slope)
 
 
 def _epilogue(context, builder, n, dty, kinds, args, tys):
     """value(v, r): the vector stored for the sum v (r: the residual's vector, or None), as store_row and the
     channels-last tiles apply a SUM's other bottom and a ReLU: t = ca * v + cb * r (in `wide`, Numba's type of the
     scalar expression), then t if not relu or t > 0 else t * slope, in the arrays' type dty. kinds: the Numba
-    types (wide, negative with r, negative without); args, tys: (ca, cb, relu, slope) and their Numba types."""
-    wide, neg_t, plain_neg = kinds
+    types (wide, negative with r); args, tys: (ca, cb, relu, slope) and their Numba types. value.unit_sum: the
+    condition under which value(v, r, unit=True) gives the same values faster."""
+    wide, neg_t = kinds
     ca, cb, relu, slope = args
     vec = ir.VectorType(context.get_value_type(dty), n)
 
@@ -587,7 +597,7 @@ def _epilogue(context, builder, n, dty, kinds, args, tys):
         return _splat(builder, context.cast(builder, value, frm, to), n)
     relu_on = _splat(builder, context.cast(builder, relu, tys[2], types.boolean), n)
     ca_v, cb_v = splat_as(ca, tys[0], wide), splat_as(cb, tys[1], wide)
-    slope_n, slope_p = splat_as(slope, tys[3], neg_t), splat_as(slope, tys[3], plain_neg)
+    slope_n, slope_d = splat_as(slope, tys[3], neg_t), splat_as(slope, tys[3], dty)
     zero_w, zero_d = ir.Constant(vtype(wide), None), ir.Constant(vec, None)
 
     def leaky(x, xt, nt, sl, zero):  # x if not relu or x > 0 else x * slope, in the arrays' type
@@ -595,11 +605,19 @@ def _epilogue(context, builder, n, dty, kinds, args, tys):
         return builder.select(builder.and_(relu_on, builder.fcmp_unordered("<=", x, zero)), neg,
                               convert(x, xt, dty))
 
-    def value(v, r):
-        if r is None:
-            return leaky(v, dty, plain_neg, slope_p, zero_d)
+    def value(v, r, unit=False):
+        """unit: the sum in the arrays' type (where unit_sum holds: ca == cb == 1 and no ReLU or one of slope 0;
+        a sum of two float32 values rounds to float32 as its double does). Without r the ReLU in the arrays' type
+        too (the slopes are rounded to it: a product of two float32 values rounds as its double does)."""
+        if r is None or unit:
+            return leaky(v if r is None else builder.fadd(v, r), dty, dty, slope_d, zero_d)
         tw = builder.fadd(builder.fmul(ca_v, convert(v, dty, wide)), builder.fmul(cb_v, convert(r, dty, wide)))
         return leaky(tw, wide, neg_t, slope_n, zero_w)
+    one = lambda value, ty: builder.fcmp_ordered("==", context.cast(builder, value, ty, types.float64),
+                                                 ir.Constant(ir.DoubleType(), 1.0))
+    flat = builder.or_(builder.not_(context.cast(builder, relu, tys[2], types.boolean)), builder.fcmp_ordered(
+        "==", context.cast(builder, slope, tys[3], types.float64), ir.Constant(ir.DoubleType(), 0.0)))
+    value.unit_sum = builder.and_(builder.and_(one(ca, tys[0]), one(cb, tys[1])), flat)
     return value
 
 
@@ -623,19 +641,23 @@ def _make_store_row():
             full = builder.udiv(count, const(n))
             rem = builder.sub(count, builder.mul(full, const(n)))
 
-            def run(with_res):
+            def run(with_res, unit=False):
                 with cgutils.for_range(builder, full) as loop:
                     i = builder.mul(loop.index, const(n))
                     r = load(rp, builder.add(d0, i)) if with_res else None
-                    store(value(load(sp, builder.add(s0, i)), r), dp, builder.add(d0, i))
+                    store(value(load(sp, builder.add(s0, i)), r, unit), dp, builder.add(d0, i))
                 with builder.if_then(builder.icmp_unsigned(">", rem, const(0))):
                     i = builder.mul(full, const(n))
                     mask = builder.icmp_unsigned("<", index, splat64(rem))
                     r = mload(rp, builder.add(d0, i), mask) if with_res else None
-                    mstore(value(mload(sp, builder.add(s0, i), mask), r), dp, builder.add(d0, i), mask)
+                    mstore(value(mload(sp, builder.add(s0, i), mask), r, unit), dp, builder.add(d0, i), mask)
             with builder.if_else(is_added) as (then, otherwise):
                 with then:
-                    run(True)
+                    with builder.if_else(value.unit_sum) as (unit, other):
+                        with unit:
+                            run(True, True)
+                        with other:
+                            run(True)
                 with otherwise:
                     run(False)
             return context.get_dummy_value()

@@ -890,8 +890,9 @@ def _store_row_scalar(src, s0, dst, d0, count, res, added, ca, cb, relu, slope):
 def test_store_row_equals_the_scalar_loop_to_the_bit(dtype):
     """simd.store_row (a band's run of values to the top, with a SUM above and a leaky ReLU) against the scalar
     loop it replaced, compiled by Numba, bit for bit: every count to three vectors, zeros of both signs, float64
-    and float32 coefficients and slopes (Numba's promotions: float64 arithmetic where any is float64), nothing
-    written around the run; and the Python stand-in to within rounding."""
+    and float32 coefficients (Numba's promotions: float64 arithmetic where any is float64; unit coefficients in
+    the arrays' type), slopes of the arrays' type given as float64 or as it (the callers round them, as Caffe's
+    Dtype negative_slope is), nothing written around the run; and the Python stand-in to within rounding."""
     rng = np.random.default_rng(3)
     n = simd.lanes(dtype)
     for count in range(0, 3 * n + 2):
@@ -901,7 +902,7 @@ def test_store_row_equals_the_scalar_loop_to_the_bit(dtype):
         for added in (False, True):
             for relu in (False, True):
                 for ca, cb in ((1.0, 1.0), (0.3, 0.7), (np.float32(0.3), np.float32(-2.0))):
-                    for slope in (0.0, 0.1, np.float32(0.1)):
+                    for slope in (0.0, float(dtype(0.1)), dtype(-0.3), np.float32(0.1)):
                         r = res if added else res[:0]
                         got, want, py = (np.full(count + 20, 7, dtype) for _ in range(3))
                         _store_row(src, 3, got, 5, count, r, added, ca, cb, relu, slope)
