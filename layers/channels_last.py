@@ -15,9 +15,9 @@ of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
 
-from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _spin_pause, _yield_cpu, num_threads
+from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _pointer_to, _spin_pause, _yield_cpu, num_threads
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4
 
 
@@ -49,7 +49,7 @@ def _tasks(op, m, lanes):
 
 
 @njit(cache=True, nogil=True)
-def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
+def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes):
     """Tasks t0..t1-1 of the step op (run_program's row; cf: its coefficients) on the images n0..n0+m-1."""
     if op[0] == CONV:
         kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
@@ -84,8 +84,9 @@ def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, n0, m, border, lanes):
             for i in range(x.size):
                 x[i] = x[i] if x[i] > 0 else x[i] * slope
         return
-    y, off, size, row, cs, height, width = blobs[op[1]], op[2], op[3], op[4], op[5], op[6], op[7]
-    chans = y.shape[1]
+    off, size, row, cs, height, width, chans = op[2], op[3], op[4], op[5], op[6], op[7], op[8]
+    one = op[0] == POOL  # (its top (N, C, 1, 1))
+    y = carray(_pointer_to(blobs[op[1]], mem), (images, chans, 1 if one else height, 1 if one else width))
     if op[0] == POOL:
         div = y.dtype.type(height * width)
         acc = np.zeros(cs, mem.dtype)
@@ -159,15 +160,16 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
     (a counter each, atomically), then of the others' shares left, then waits until all are done (a last counter)
     before the next step. Its own share first keeps the blobs it wrote in its core's cache; a thread that the OS
     runs late finds the steps done by the others (no barrier waits for it). mem holds the channels-last blobs (each
-    sub images of L values: (H+2B) x (W+2B) x Cs, its border B zeros), blobs the run's blobs in Caffe's layout (N,
-    C, H, W); counts: 8 (threads + 1) int64 a step and part of the images. A row of ops (int64) is a step:
-      TO_CL, blob, off, L, row (W+2B), Cs, H, W: blobs[blob] into the interior of mem[off:]
+    sub images of L values: (H+2B) x (W+2B) x Cs, its border B zeros), blobs the addresses (int64; Program's call
+    holds the arrays) of the run's blobs in Caffe's layout (N, C, H, W); counts: 8 (threads + 1) int64 a step and
+    part of the images. A row of ops (int64) is a step:
+      TO_CL, blob, off, L, row (W+2B), Cs, H, W, C: blobs[blob] into the interior of mem[off:]
       CONV, tile kind, x off, Lx, out off, Lo, res off (-1: none), at of qin, P, at of qout, at of offs, K, at of w,
             Opad, at of bias, relu: out[n, qout[p] + o] = epilogue(bias[o] + sum_k w[k, o] * x[n, qin[p] + offs[k]])
             with qin, qout, offs in ints and w (K, Opad), bias in params (ConvPlan's), coeffs[step] = (ca, cb,
             slope): t = ca * conv + cb * res where res, then a leaky ReLU where relu
-      POOL, blob, off, L, row, Cs, H, W: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
-      BACK, blob, off, L, row, Cs, H, W: the interior of mem[off:] into blobs[blob]
+      POOL, blob, off, L, row, Cs, H, W, C: global AVE pooling (Caffe's order of sums) into blobs[blob] (N, C, 1, 1)
+      BACK, blob, off, L, row, Cs, H, W, C: the interior of mem[off:] into blobs[blob]
       WINDOW, AVE (1) or MAX (0), x off, Lx, out off, Lo, Cs, KH, KW, SH, SW, PH, PW, H, W, OH, OW: pooling
             (_window_rows)
       RELU, 0, off, L: a leaky ReLU in place (coeffs[step][2] its slope)."""
@@ -190,7 +192,7 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
                     if t0 >= end:
                         break
                     t1 = min(t0 + chunk, end)
-                    _run_tasks(ops[s], coeffs[s], t0, t1, mem, ints, params, blobs, n0, m, border, lanes)
+                    _run_tasks(ops[s], coeffs[s], t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes)
                     _fetch_add(counts, line * q + 8 * threads, t1 - t0)
             spins = 0
             while _load_acquire(counts, line * q + 8 * threads) < total:
@@ -254,6 +256,7 @@ class Program:
         return at, size, row, chans, height, width
 
     def _blob(self, y):
+        assert y.flags.c_contiguous and y.dtype == self.dtype and y.shape[0] == self.images, "a run's blob"
         self.blobs.append(y)
         return len(self.blobs) - 1
 
@@ -269,13 +272,13 @@ class Program:
         return where
 
     def to_cl(self, y, buf):
-        self._step((TO_CL, self._blob(y)) + buf)
+        self._step((TO_CL, self._blob(y)) + buf + (y.shape[1],))
 
     def pool(self, buf, y):
-        self._step((POOL, self._blob(y)) + buf)
+        self._step((POOL, self._blob(y)) + buf + (y.shape[1],))
 
     def back(self, buf, y):
-        self._step((BACK, self._blob(y)) + buf)
+        self._step((BACK, self._blob(y)) + buf + (y.shape[1],))
 
     def window(self, x, out, ave, geometry):
         """MAX (ave False) or AVE pooling between buffers of one channel stride; geometry (kh, kw, sh, sw, ph, pw)."""
@@ -296,11 +299,11 @@ class Program:
 
     def call(self):
         """The function that runs the steps (the buffers' borders zeroed once, here)."""
-        from numba.typed import List
         args = (np.array(self.ops, np.int64), np.array(self.coeffs, np.float64), np.zeros(self.size, self.dtype),
                 np.concatenate([np.zeros(0, np.int64)] + self.ints).astype(np.int64),
                 np.concatenate([np.zeros(0, self.dtype)] + self.params).astype(self.dtype),
-                List(self.blobs), self.images, self.sub, self.border)
+                np.array([y.ctypes.data for y in self.blobs], np.int64), self.images, self.sub, self.border)
+        blobs = self.blobs  # (held here: run_program reads and writes them by address)
         counts = {}
 
         def call():
@@ -308,4 +311,5 @@ class Program:
             if threads not in counts:
                 counts[threads] = np.zeros(8 * (threads + 1) * -(-self.images // self.sub) * len(self.ops), np.int64)
             run_program(*args, threads, counts[threads])
+        call.blobs = blobs
         return call

@@ -231,18 +231,23 @@ class ThreadChoice:
         return (total + 1 - self.best) if self.count % self.every == 0 else self.best
 
     def record(self, threads: int, total: int, seconds: float):
-        if self.count <= 2:
+        if self.count <= 2 or self.off:
             return
-        kept = self.times.setdefault(threads, [])
+        kept = self.times.get(threads)
+        if kept is None:
+            kept = self.times[threads] = []
         kept.append(seconds)
-        del kept[:-self.KEPT]
-        if len(kept) >= 3:
-            self.median[threads] = sorted(kept)[len(kept) // 2]
-        if threads == total and self.median.get(total, 0.0) > self.LONG:
+        if len(kept) > self.KEPT:
+            del kept[0]
+        if len(kept) < 3:
+            return
+        median = self.median[threads] = sorted(kept)[len(kept) // 2]
+        if threads == total and median > self.LONG:
             self.off = True  # long passes (by their median: one pass can be long on a loaded machine): all threads
         if len(self.median) == 2:
-            self.best = min(self.median, key=self.median.get)
-            far = max(self.median.values()) > 1.25 * self.median[self.best]
+            one, all_ = self.median[1], self.median[total]
+            self.best = 1 if one < all_ else total
+            far = max(one, all_) > 1.25 * min(one, all_)
             self.every = self.EXPLORE * (4 if far else 1)  # (the other seldom where they are far apart)
 
 
@@ -521,6 +526,15 @@ def _spin_pause(typingctx):
             builder.call(pause, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def _pointer_to(typingctx, address, like):
+    """A pointer to like's dtype at the integer address (numba.carray makes an array of it: arrays handed to a
+    kernel by address, where a typed List of them cost ~1 us a call to unbox)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return types.CPointer(like.dtype)(address, like), codegen
 
 
 @intrinsic

@@ -6,6 +6,7 @@ in-place layer's top is its bottom's Blob; a Split's tops share their bottom's d
 """
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from .errors import Finding, LayerError, SpecError
 from . import inplace
 from .channels_last import chain_runs
 from .graph import LayerDef, compile_net
+
+_DATA = operator.attrgetter("data")
 
 
 _BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # (Net.weights_same)
@@ -619,8 +622,9 @@ class Net:
             # on all the threads or on this one alone, whichever runs this net's passes faster (ThreadChoice)
             # (measured anew for new input shapes or thread counts; kept when only the weights changed: pycaffe's
             # forward calls weights_changed() every pass)
+            calls = self._bound_calls(folds, folded, made_folds, relus, adds, replica)
             total, chooser = num_threads(), self.__dict__.get("_threads")
-            key = (total, tuple(b.data.shape for b in self._source_tops()))
+            key = (total, self._bound[5])  # (the data layers' top shapes when the calls were bound)
             if chooser is None or chooser.key != key:
                 chooser = self._threads = ThreadChoice(key)
             threads = chooser.pick(total)
@@ -629,7 +633,6 @@ class Net:
             begun = time.perf_counter()
             try:
                 first = 0
-                calls = self._bound_calls(folds, folded, made_folds, relus, adds, replica)
                 while first is not None:  # again from the layer above one that reshaped the net
                     first = next((i + 1 for i, call in calls if i >= first and call() is _RESHAPED), None)
                     calls = self._bound_calls(folds, folded, made_folds, relus, adds, replica) if first else calls
@@ -700,7 +703,7 @@ class Net:
         above it were reshaped (their calls are then made again)."""
         state = self.__dict__.get("_bound")
         if state is not None and state[0] is (made_folds or None) and state[1] == self._phase and all(
-                b.data is a for b, a in zip(state[2], state[3])):
+                map(operator.is_, map(_DATA, state[2]), state[3])):  # (each blob's array as bound; 3x a generator)
             return state[4]
         blobs = list({id(b): b for vec in self.bottom_vecs + self.top_vecs for b in vec}.values())
         calls = []
@@ -733,7 +736,8 @@ class Net:
             i = indices[k]
             calls.append((i, binder(len(calls), i, self.layers[i], self.bottom_vecs[i], self.top_vecs[i])))
             k += 1
-        self._bound = (made_folds or None, self._phase, blobs, [b.data for b in blobs], calls)
+        self._bound = (made_folds or None, self._phase, blobs, [b.data for b in blobs], calls,
+                       tuple(b.data.shape for b in self._source_tops()))
         return calls
 
     def _unbound_call(self, i, layer, bottom, top, folds, fold, relu, residual=None):
@@ -907,6 +911,8 @@ class Net:
         """A replica: its columns of the sequence blobs into the parent's, so that they hold the whole batch (or
         only those the parent reads: lean_slices)."""
         out = getattr(self, "strided", [])
+        if not out and (kind != "data" or not getattr(self, "strided_in", None)):
+            return
         if out and self._replica[0].lean_slices:
             if not hasattr(self, "_read_by_losses"):
                 read = {b for d, layer in zip(self.defs, self.layers) if layer.is_loss for b in d.bottoms}
@@ -929,6 +935,8 @@ class Net:
         self.layers[k].backward(tops, self.propagate[k], bottoms)
 
     def loss(self) -> float:
+        if not self.loss_blobs:
+            return 0.0
         return float(sum(w * float(b.data.sum(dtype=np.float64)) for b, w in self.loss_blobs))
 
     def backward(self):
