@@ -1091,7 +1091,7 @@ else:
 # Measured on Zen 4 (resnet_fashion's layers at batch 32, one thread): on AVX-512 tiles of 8, 4 and 5 pixels ran
 # 3-9% faster than of 12, 6 and 6 (24 accumulators: their 12 pixels' offsets no longer fit the general registers);
 # on AVX2 12, 6 and 3 (2, 4 and 3 as many vectors of 8 filters) ran 1.1-1.4x faster than 8, 4 and 2
-CL_TILES = ((8, 1), (4, 2), (5, 4)) if VECTOR_BYTES == 64 else ((12, 1), (6, 2), (3, 4))
+CL_TILES = ((8, 1), (7, 2), (4, 4)) if VECTOR_BYTES == 64 else ((12, 1), (6, 2), (3, 4))
 if config.DISABLE_JIT:
     tile_cl1, tile_cl2, tile_cl4 = (functools.partial(_py_tile_cl, mr, nv) for mr, nv in CL_TILES)
 else:

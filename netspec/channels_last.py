@@ -32,9 +32,9 @@ SUB_BATCH_BYTES = int(os.environ.get("YAFFE_CL_BYTES", 256 << 10))
 WINDOW_IMAGES = 1
 
 
-def _channels(c, dtype):
+def _channels(c, dtype, pixels):
     """A blob's channel stride where a tile writes or adds it: c rounded up to whole vectors of its tile."""
-    step = CL_TILES[tile_kind(c, dtype)][1] * (VECTOR_BYTES // np.dtype(dtype).itemsize)
+    step = CL_TILES[tile_kind(c, dtype, pixels)][1] * (VECTOR_BYTES // np.dtype(dtype).itemsize)
     return -(-c // step) * step
 
 
@@ -80,8 +80,8 @@ class _Run:
 
         def channels_last(name):
             if name not in live:
-                c = blobs[name].data.shape[1]
-                live[name] = buffer(name, _channels(c, dtype) if name in residual else c)
+                c, h, w = blobs[name].data.shape[1:]
+                live[name] = buffer(name, _channels(c, dtype, h * w) if name in residual else c)
                 program.to_cl(blobs[name].data, live[name])
             return live[name]
 
@@ -108,7 +108,7 @@ class _Run:
             top, res = self.writes(i)
             rbuf = channels_last(res[0]) if res else None
             o, oh, ow = blobs[top].data.shape[1:]
-            out = buffer(top, _channels(o, dtype))
+            out = buffer(top, _channels(o, dtype, oh * ow))
             if rbuf is not None and rbuf[1:] != out[1:]:
                 return None
             weights, bias = self.made_folds[i]

@@ -4,7 +4,7 @@ import pytest
 
 import netspec.channels_last as cl
 from layers import simd
-from layers.channels_last import ConvPlan, Program
+from layers.channels_last import ConvPlan, Program, tile_kind
 from netspec.loader import loads
 from netspec.net import Net
 
@@ -54,7 +54,28 @@ def _convolve(x, weights, bias, stride, pad, res=None, ca=1.0, cb=1.0, relu=Fals
 # of a tile, filters not of a vector, 1x1 and 7x7 kernels, stride 2 on odd planes, a wider border than the padding
 GEOMETRIES = [(3, 9, 11, 16, (3, 3), (1, 1), (1, 1)), (5, 8, 8, 20, (3, 3), (2, 2), (1, 1)),
               (16, 7, 7, 64, (3, 3), (1, 1), (1, 1)), (7, 10, 10, 33, (1, 1), (2, 2), (0, 0)),
-              (4, 12, 12, 8, (5, 5), (1, 1), (2, 2)), (2, 13, 9, 48, (7, 3), (2, 1), (3, 1))]
+              (4, 12, 12, 8, (5, 5), (1, 1), (2, 2)), (2, 13, 9, 48, (7, 3), (2, 1), (3, 1)),
+              (6, 8, 8, 64, (3, 3), (1, 1), (1, 1))]
+
+
+def test_the_geometries_take_every_tile_and_the_tile_wastes_least():
+    """tile_kind: the tile computing the fewest values (pixels and filters rounded up to whole tiles), of those the
+    one of more vectors; the geometries above take each of CL_TILES in float32."""
+    kinds = set()
+    for c, h, w, o, k, stride, pad in GEOMETRIES:
+        oh, ow = (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
+        kinds.add(tile_kind(o, np.float32, oh * ow))
+    assert kinds == {0, 1, 2}
+    lanes = simd.VECTOR_BYTES // 4
+    for o, pixels in ((64, 49), (64, 64), (16, 784), (32, 196), (48, 63), (64, 17)):
+        vectors = -(-o // lanes)
+        work = [-(-pixels // mr) * mr * -(-vectors // nv) * nv for mr, nv in simd.CL_TILES]
+        kind = tile_kind(o, np.float32, pixels)
+        assert work[kind] == min(work) and all(simd.CL_TILES[kind][1] >= simd.CL_TILES[k][1]
+                                               for k in range(3) if work[k] == min(work))
+    if simd.VECTOR_BYTES == 64:  # ResNets' 7x7 planes of 64 filters: 7 pixels by 2 vectors; 8x8: 4 by 4
+        assert simd.CL_TILES[tile_kind(64, np.float32, 49)] == (7, 2)
+        assert simd.CL_TILES[tile_kind(64, np.float32, 64)] == (4, 4)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -70,10 +91,12 @@ def test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(g
     want = _reference(x, weights, bias, stride, pad)
     res = rng.normal(size=want.shape).astype(dtype)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    for added, relu in ((False, False), (True, True)):
-        got, top, border = _convolve(x, weights, bias, stride, pad, res if added else None, 0.5, 2.0, relu, 0.1)
-        expect = 0.5 * want + 2.0 * res if added else want
-        expect = np.where(expect > 0, expect, 0.1 * expect) if relu else expect
+    # (a leaky ReLU alone, and a SUM of unit coefficients with a plain ReLU: the epilogue in the arrays' type)
+    for added, relu, ca, cb, slope in ((False, False, 0.5, 2.0, 0.1), (True, True, 0.5, 2.0, 0.1),
+                                       (False, True, 1.0, 1.0, 0.25), (True, True, 1.0, 1.0, 0.0)):
+        got, top, border = _convolve(x, weights, bias, stride, pad, res if added else None, ca, cb, relu, slope)
+        expect = ca * want + cb * res if added else want
+        expect = np.where(expect > 0, expect, slope * expect) if relu else expect
         np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
         inner = np.zeros(top.shape, bool)
         inner[:, border:-border, border:-border, :o] = True
