@@ -15,14 +15,14 @@ of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU a
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, config, njit, prange
 
 from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _pointer_to, _spin_pause, _yield_cpu, num_threads
-from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4
+from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, wino_in, wino_out
 
 
-TO_CL, CONV, POOL, BACK, WINDOW, RELU = 0, 1, 2, 3, 4, 5  # run_program's steps
-WIDTH = 20  # int64 a step
+TO_CL, CONV, POOL, BACK, WINDOW, RELU, WINO = 0, 1, 2, 3, 4, 5, 6  # run_program's steps
+WIDTH = 24  # int64 a step
 
 
 @njit(cache=True, nogil=True)
@@ -45,12 +45,18 @@ def _tasks(op, m, lanes):
         return (op[13] // (nv * lanes)) * m * (op[8] // mr)
     if op[0] == WINDOW:
         return m * op[15]
+    if op[0] == WINO:
+        return m * -(-op[16] // 2)
     return m if op[0] == POOL or op[0] == RELU else m * op[6]
 
 
 @njit(cache=True, nogil=True)
-def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes):
-    """Tasks t0..t1-1 of the step op (run_program's row; cf: its coefficients) on the images n0..n0+m-1."""
+def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes, w):
+    """Tasks t0..t1-1 of the step op (run_program's row; cf: its coefficients) on the images n0..n0+m-1, by
+    thread w."""
+    if op[0] == WINO:
+        _wino_rows(op, cf, t0, t1, mem, ints, params, border, lanes, w)
+        return
     if op[0] == CONV:
         kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
         mr, nv = _tile(kind)
@@ -153,6 +159,63 @@ def _window_rows(op, t0, t1, mem, border):
                 y[c] = acc[c] / size if ave else acc[c]
 
 
+@njit(cache=True, nogil=True)
+def _gemm_tiles(kind, x, xbase, qin, qout, count, offs, w, opad, bias, out, obase, lanes):
+    """out[obase + qout[p] + o] = bias[o] + sum_k w[k, o] * x[xbase + qin[p] + offs[k]] for p < count (whole
+    tiles of kind) and every filter o < opad: the convolution tiles as a product (no epilogue)."""
+    mr, nv = _tile(kind)
+    step = nv * lanes
+    for o0 in range(0, opad, step):
+        for p0 in range(0, count, mr):
+            if kind == 0:
+                tile_cl1(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
+                         False, 0.0)
+            elif kind == 1:
+                tile_cl2(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
+                         False, 0.0)
+            else:
+                tile_cl4(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
+                         False, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _wino_rows(op, cf, t0, t1, mem, ints, params, border, lanes, thread):
+    """Rows of tiles t0..t1-1 (of the images of the part) of a 3x3, stride 1, pad 1 convolution as Winograd's
+    F(2x2, 3x3) (Lavin and Gray 2016): each 2x2 block of the top from the 4x4 block of the bottom around it, 16
+    products of its transformed values a channel (V = B^T d B) by the transformed weights (U = G g G^T, packed by
+    WinoPlan) summed over the channels (the convolution tiles, as a product of the row's blocks by the channels),
+    transformed back (Y = A^T M A), the bias, SUM and ReLU as the convolutions apply them: 16 multiplications where
+    the direct convolution makes 36. The blocks of a row go through per-thread scratch (V then M) in mem."""
+    kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
+    tpad, c, opad, relu, oh, ow, cs, ocs = op[8], op[11], op[13], op[15] != 0, op[16], op[17], op[18], op[19]
+    qin, qout, offs = ints[op[7]:op[7] + tpad], ints[op[9]:op[9] + tpad], ints[op[10]:op[10] + c]
+    u, bias = params[op[12]:op[12] + 16 * c * opad], params[op[14]:op[14] + 2 * opad]
+    zero = bias[opad:]  # (the bias enters once, with the middle product: every output of a block sums it)
+    base = op[20] + thread * op[21]
+    vs, ms = base, base + 16 * tpad * c
+    tw, th = -(-ow // 2), -(-oh // 2)
+    row, orow = ow + 2 * border, ow + 2 * border
+    ca, cb, slope, added = cf[0], cf[1], mem.dtype.type(cf[2]), ro >= 0
+    dst = np.empty(4, np.int64)
+    for task in range(t0, t1):
+        n, ty = task // th, task % th
+        xb = xo + n * lx + ((border + 2 * ty - 1) * row + border - 1) * cs
+        for tx in range(tw):  # V = B^T d B (in vectors over the channels)
+            wino_in(mem, xb + 2 * tx * cs, row * cs, cs, mem, vs + tx * c, tpad * c, c)
+        for p in range(16):  # M_p = V_p U_p: the row's blocks by the channels, for each of the 16 positions
+            _gemm_tiles(kind, mem, vs + p * tpad * c, qin, qout, tpad, offs, u[p * c * opad:], opad,
+                        bias if p == 5 else zero, mem, ms + p * tpad * opad, lanes)
+        for tx in range(tw):  # Y = A^T M A: 2x2 outputs a block, those in the top
+            mask = 0
+            for i in range(2):
+                for j in range(2):
+                    dst[2 * i + j] = oo + n * lo + ((border + 2 * ty + i) * orow + border + 2 * tx + j) * ocs
+                    if 2 * ty + i < oh and 2 * tx + j < ow:
+                        mask |= 1 << (2 * i + j)
+            wino_out(mem, ms + tx * opad, tpad * opad, opad, mem, dst, mask, mem, ro - oo, added, ca, cb, relu,
+                     slope)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, threads, counts):
     """A run's steps, sub images at a time, in one parallel region (a region a step cost ~1.25 us on two threads,
@@ -192,7 +255,8 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
                     if t0 >= end:
                         break
                     t1 = min(t0 + chunk, end)
-                    _run_tasks(ops[s], coeffs[s], t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes)
+                    _run_tasks(ops[s], coeffs[s], t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes,
+                               w)
                     _fetch_add(counts, line * q + 8 * threads, t1 - t0)
             spins = 0
             while _load_acquire(counts, line * q + 8 * threads) < total:
@@ -243,6 +307,38 @@ class ConvPlan:
         self.bias[:o] = bias
 
 
+class WinoPlan:
+    """A 3x3, stride 1, pad 1 convolution as Winograd's F(2x2, 3x3) between channels-last blobs (_wino_rows): the
+    transformed weights U (16, C, Opad) = G g G^T, the bias then zeros (Opad each), the offsets of the product
+    (a row's blocks by the channels). bottom (H, W, C, B, Cs), top likewise (the border B >= 2 on odd planes)."""
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+    def __init__(self, bottom, top, weights, bias, dtype):
+        h, w, c, bb, cs = bottom
+        oh, ow, o, tb, ocs = top
+        lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+        # the product's tile: the fewest values computed for a row's blocks (tw) by the filters, within the top's
+        # channel stride
+        tw, vectors = -(-ow // 2), -(-o // lanes)
+        fits = [k for k, (mr, nv) in enumerate(CL_TILES) if -(-vectors // nv) * nv * lanes <= ocs]
+        self.kind = min(fits, key=lambda k: (-(-tw // CL_TILES[k][0]) * CL_TILES[k][0] * -(-vectors // CL_TILES[k][1])
+                                             * CL_TILES[k][1], -CL_TILES[k][1]))
+        mr, nv = CL_TILES[self.kind]
+        self.opad = -(-vectors // nv) * nv * lanes
+        assert (h, w) == (oh, ow) and c % lanes == 0 and min(bb, tb) >= 1 + max(oh % 2, ow % 2), \
+            "channels-last blobs not laid out for the Winograd convolution"
+        self.tpad = -(-tw // mr) * mr  # a row's blocks, whole tiles
+        self.qin = (np.arange(self.tpad) * c).astype(np.int64)
+        self.qout = (np.arange(self.tpad) * self.opad).astype(np.int64)
+        self.offs = np.arange(c, dtype=np.int64)
+        u = np.einsum("ai,ocij,bj->abco", self.G, weights.astype(np.float64), self.G).reshape(16, c, o)
+        self.u = np.zeros((16, c, self.opad), dtype)
+        self.u[:, :, :o] = u
+        self.bias = np.zeros(2 * self.opad, dtype)
+        self.bias[:o] = bias
+        self.scratch = 16 * self.tpad * (c + self.opad)  # values a thread: V then M
+
+
 class Program:
     """A run's steps for run_program, built in order: buffer() a channels-last blob, to_cl(), conv(), window(),
     relu(), pool(), back(); then call() runs them all in one call (a Numba call costs ~2 us: ResNet-20 has 21
@@ -251,6 +347,7 @@ class Program:
     def __init__(self, dtype, images, sub, border):
         self.dtype, self.images, self.sub, self.border = np.dtype(dtype), images, sub, border
         self.size, self.ops, self.coeffs, self.ints, self.params, self.blobs = 0, [], [], [], [], []
+        self.scratch = 0  # values a thread (the Winograd steps' V and M)
         self._ints_at = self._params_at = 0
 
     def buffer(self, height, width, chans):
@@ -302,9 +399,21 @@ class Program:
                     self._put("ints", plan.offs), len(plan.offs), self._put("params", plan.w), plan.w.shape[1],
                     self._put("params", plan.bias), int(relu)), (ca, cb, slope))
 
+    def wino(self, x, out, plan, res=None, ca=1.0, cb=1.0, relu=False, slope=0.0):
+        """A WinoPlan's convolution between buffers (as conv())."""
+        assert res is None or res[1:] == out[1:], "the SUM's other bottom laid out as the top"
+        self.scratch = max(self.scratch, plan.scratch)
+        self._step((WINO, plan.kind, x[0], x[1], out[0], out[1], -1 if res is None else res[0],
+                    self._put("ints", plan.qin), plan.tpad, self._put("ints", plan.qout), self._put("ints", plan.offs),
+                    len(plan.offs), self._put("params", plan.u), plan.opad, self._put("params", plan.bias), int(relu),
+                    out[4], out[5], x[3], out[3], 0, 0), (ca, cb, slope))
+
     def call(self):
         """The function that runs the steps (the buffers' borders zeroed once, here)."""
-        args = (np.array(self.ops, np.int64), np.array(self.coeffs, np.float64), np.zeros(self.size, self.dtype),
+        ops = np.array(self.ops, np.int64)
+        ops[ops[:, 0] == WINO, 20:22] = self.size, self.scratch  # (each thread's scratch after the blobs)
+        threads_max = config.NUMBA_NUM_THREADS
+        args = (ops, np.array(self.coeffs, np.float64), np.zeros(self.size + threads_max * self.scratch, self.dtype),
                 np.concatenate([np.zeros(0, np.int64)] + self.ints).astype(np.int64),
                 np.concatenate([np.zeros(0, self.dtype)] + self.params).astype(self.dtype),
                 np.array([y.ctypes.data for y in self.blobs], np.int64), self.images, self.sub, self.border)

@@ -621,6 +621,85 @@ def _epilogue(context, builder, n, dty, kinds, args, tys):
     return value
 
 
+def _make_wino_in():
+    """wino_in: Winograd F(2x2, 3x3)'s input transform V = B^T d B of count channels (whole vectors): d[a][b] at
+    x[src + a*rs + b*cs + c], V[4a+b] to v[dst + (4a+b)*ds + c] (B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0],
+    [0,1,0,-1]])."""
+    def tile(typingctx, x, src, rs, cs, v, dst, ds, count):
+        sig = types.void(x, src, rs, cs, v, dst, ds, count)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, src, rs, cs, v, dst, ds, count = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            xp, vp = _data(context, builder, t[0], x).data, _data(context, builder, t[4], v).data
+            sub, add = builder.fsub, builder.fadd
+            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(i64, n))) as loop:
+                c = builder.mul(loop.index, ir.Constant(i64, n))
+                d = [[load(xp, builder.add(builder.add(src, c), builder.add(builder.mul(rs, ir.Constant(i64, a)),
+                                                                            builder.mul(cs, ir.Constant(i64, b)))))
+                      for b in range(4)] for a in range(4)]
+                rows = [[sub(d[0][b], d[2][b]) for b in range(4)], [add(d[1][b], d[2][b]) for b in range(4)],
+                        [sub(d[2][b], d[1][b]) for b in range(4)], [sub(d[1][b], d[3][b]) for b in range(4)]]
+                for a, r in enumerate(rows):
+                    for b, value in enumerate((sub(r[0], r[2]), add(r[1], r[2]), sub(r[2], r[1]), sub(r[1], r[3]))):
+                        store(value, vp, builder.add(builder.add(dst, c), builder.mul(ds, ir.Constant(i64, 4 * a + b))))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "wino_in"
+    return intrinsic(tile)
+
+
+def _make_wino_out():
+    """wino_out: Winograd F(2x2, 3x3)'s output transform Y = A^T M A of count filters (whole vectors), M[p] at
+    m[src + p*k + o] (A^T = [[1,1,1,0], [0,1,-1,-1]]), Y[i][j] stored at y[dst[i*2+j] + o] where bit i*2+j of mask
+    is set, with store_row's epilogue (the SUM's other bottom at res[dst + roff + o])."""
+    def tile(typingctx, m, src, k, count, y, dst, mask, res, roff, added, ca, cb, relu, slope):
+        sig = types.void(m, src, k, count, y, dst, mask, res, roff, added, ca, cb, relu, slope)
+        kinds = _epilogue_types(typingctx, y.dtype, ca, cb, slope)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            m, src, k, count, y, dst, mask, res, roff, added, ca, cb, relu, slope = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            mp, yp, rp = (_data(context, builder, t[i], a).data for i, a in ((0, m), (4, y), (7, res)))
+            dp = _data(context, builder, t[5], dst).data
+            dsts = [builder.load(builder.gep(dp, [const(q)])) for q in range(4)]
+            bits = [builder.icmp_unsigned("!=", builder.and_(mask, const(1 << q)), const(0)) for q in range(4)]
+            value = _epilogue(context, builder, n, t[4].dtype, kinds, (ca, cb, relu, slope), t[10:14])
+            sub, add = builder.fsub, builder.fadd
+
+            def run(with_res, unit=False):
+                with cgutils.for_range(builder, builder.udiv(count, const(n))) as loop:
+                    o = builder.mul(loop.index, const(n))
+                    at = builder.add(src, o)
+                    q = [load(mp, builder.add(at, builder.mul(k, const(p)))) for p in range(16)]
+                    rows = [[add(add(q[b], q[4 + b]), q[8 + b]) for b in range(4)],
+                            [sub(sub(q[4 + b], q[8 + b]), q[12 + b]) for b in range(4)]]
+                    for i, r in enumerate(rows):
+                        for j, out in enumerate((add(add(r[0], r[1]), r[2]), sub(sub(r[1], r[2]), r[3]))):
+                            with builder.if_then(bits[2 * i + j]):
+                                at_y = builder.add(dsts[2 * i + j], o)
+                                got = load(rp, builder.add(at_y, roff)) if with_res else None
+                                store(value(out, got, unit), yp, at_y)
+            with builder.if_else(context.cast(builder, added, t[9], types.boolean)) as (then, otherwise):
+                with then:
+                    with builder.if_else(value.unit_sum) as (unit, other):
+                        with unit:
+                            run(True, True)
+                        with other:
+                            run(True)
+                with otherwise:
+                    run(False)
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "wino_out"
+    return intrinsic(tile)
+
+
 def _make_store_row():
     """store_row: a run of a band's values to the top, as direct_conv_bands' scalar loop computes them (equal to
     it to the bit), in vectors and a masked last part (ResNet-20's stage-2 3x3 at batch 64 1.04 -> 1.00 ms)."""
@@ -1106,6 +1185,7 @@ else:
     max_row2s2, max_row3s2 = (_make_max_row_s2(k) for k in (2, 3))
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
+wino_in, wino_out = (None, None) if config.DISABLE_JIT else (_make_wino_in(), _make_wino_out())
 # a convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors (rows of 17-32 on
 # AVX-512), three or two rows of one vector (12-16), one row of one (where the kernel rows inside the image differ);
 # stride 2 (_s2): the top's rows of one vector

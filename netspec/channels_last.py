@@ -17,7 +17,7 @@ import os
 import numpy as np
 from numba import config
 
-from layers.channels_last import ConvPlan, Program, tile_kind
+from layers.channels_last import ConvPlan, Program, WinoPlan, tile_kind
 from layers.simd import CL_TILES, VECTOR_BYTES
 
 # (not under NUMBA_DISABLE_JIT: run_program's atomics are LLVM's, with no Python stand-in)
@@ -30,6 +30,12 @@ SUB_BATCH_BYTES = int(os.environ.get("YAFFE_CL_BYTES", 256 << 10))
 # 0.90x the time at batch 1; at 2 to 64 images 0.89-1.05x, their own kernels holding their own: the images in the
 # lanes, MAX pooling's rows of windows); at larger batches it ends the run, which starts again after it
 WINDOW_IMAGES = 1
+# 3x3 convolutions of stride 1 and pad 1 with this many channels or more (whole vectors), in float32, run as
+# Winograd's F(2x2, 3x3) (layers/channels_last._wino_rows): one thread, 32 images, against the direct tiles: 32 -> 32
+# channels on 14x14 and 16x16 planes 1.35x, 64 -> 64 on 7x7 1.27x, on 8x8 1.68x; 16 -> 16 on 28x28 0.81x (too few
+# channels for its products). YAFFE_WINOGRAD=0 turns it off.
+WINOGRAD = os.environ.get("YAFFE_WINOGRAD", "1") != "0"
+WINO_CHANNELS = 32
 
 
 def _channels(c, dtype, pixels):
@@ -58,15 +64,24 @@ class _Run:
         coeff = net.layers[j].coeff
         return net.defs[j].tops[0], (net.defs[j].bottoms[1 - side], float(coeff[side]), float(coeff[1 - side]))
 
+    def _winograd(self, i):
+        """Whether convolution i runs as Winograd's F(2x2, 3x3) (WINOGRAD, WINO_CHANNELS)."""
+        layer, net = self.net.layers[i], self.net
+        c = net.blobs[net.defs[i].bottoms[0]].data.shape[1]
+        return (WINOGRAD and net.dtype == np.float32 and tuple(layer.kernel) == (3, 3) and tuple(layer.stride) == (1, 1)
+                and tuple(layer.pad) == (1, 1) and c >= WINO_CHANNELS and c % (VECTOR_BYTES // 4) == 0)
+
     def plan(self, wanted):
         """The call of the run, or None where it should not be taken (more blobs to convert back than it has
         convolutions: pycaffe's nets, which keep every blob). wanted: the blobs read after the run, and the
         pass's results."""
         net = self.net
         dtype = net.dtype
-        border = max(max(net.layers[i].pad) for i, kind in self.items if kind == "conv")
         blobs = net.blobs
         convs = [i for i, kind in self.items if kind == "conv"]
+        wino = {i for i in convs if self._winograd(i)}
+        border = max([max(net.layers[i].pad) for i in convs]  # (a block past an odd plane's end reads 2 rows in)
+                     + [1 + max(blobs[net.defs[i].tops[0]].data.shape[2:]) % 2 for i in wino])
         images = blobs[net.defs[convs[0]].bottoms[0]].data.shape[0]
         largest = max(blobs[b].data[0].nbytes for i in convs for b in (net.defs[i].bottoms[0], self.writes(i)[0]))
         sub = max(1, min(images, SUB_BATCH_BYTES // largest))  # images a pass of the steps
@@ -113,10 +128,14 @@ class _Run:
                 return None
             weights, bias = self.made_folds[i]
             h, w = blobs[d.bottoms[0]].data.shape[2:]
-            plan = ConvPlan((h, w, weights.shape[1], border, x[3]), (oh, ow, o, border, out[3]), weights, bias,
-                            layer.stride, layer.pad, dtype)
             slope = self.relus.get(i)
-            program.conv(x, out, plan, rbuf, *(res[1:] if res else (1.0, 1.0)), slope is not None, slope or 0.0)
+            epilogue = (rbuf, *(res[1:] if res else (1.0, 1.0)), slope is not None, slope or 0.0)
+            if i in wino:
+                program.wino(x, out, WinoPlan((h, w, weights.shape[1], border, x[3]), (oh, ow, o, border, out[3]),
+                                              weights, bias, dtype), *epilogue)
+            else:
+                program.conv(x, out, ConvPlan((h, w, weights.shape[1], border, x[3]), (oh, ow, o, border, out[3]),
+                                              weights, bias, layer.stride, layer.pad, dtype), *epilogue)
             live[top] = out
             made.append(top)
         back = [name for name in dict.fromkeys(made + [t for i, kind in self.items if kind == "split"

@@ -346,8 +346,9 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, channels_la
     import netspec.channels_last as cl
     from layers import simd
     monkeypatch.setattr(cl, "ENABLED", channels_last)
-    chained, cl_calls = cl.Program.conv, []
-    monkeypatch.setattr(cl.Program, "conv", lambda *a: cl_calls.append(a[3]) or chained(*a))
+    chained, wino, cl_calls = cl.Program.conv, cl.Program.wino, []
+    monkeypatch.setattr(cl.Program, "conv", lambda *a: cl_calls.append("conv") or chained(*a))
+    monkeypatch.setattr(cl.Program, "wino", lambda *a: cl_calls.append("winograd") or wino(*a))
     r = np.load(os.path.join(FIX, "deploy_resnet.npz"))
     path = tmp_path / "deploy.prototxt"
     path.write_text(fixture.PROTOTXT.replace("dim: 8 dim: 3", f"dim: {batch} dim: 3"))
@@ -372,8 +373,11 @@ def test_a_forward_only_resnet_deploy_net_matches_caffe(batch, rows, channels_la
             close(ours, r[f"{tag}/{name}"], f"batch {batch}: {name}", rtol=1e-4, atol=1e-5)
     # (kernel rows, stride, bottom width): 3x3 on rows of 32 and at stride 2 from a batch of 8, the 1x1 projection
     # at any batch
-    if channels_last:  # every convolution (bound once)
+    if channels_last:  # every convolution (bound once), those 3x3s of stride 1 reading 32 channels as Winograd's
         assert len(cl_calls) == sum(d.type == "Convolution" for d in net.defs) and not calls
+        run = cl._Run(net, {}, {}, {})
+        assert cl_calls.count("winograd") == sum(d.type == "Convolution" and run._winograd(i)
+                                                 for i, d in enumerate(net.defs)) > 0
         return
     taken = set() if simd.VECTOR_BYTES != 64 else {(3, 1, 16), (1, 2, 32)} if batch == 1 else {(3, 1, 32),
                                                                                                 (3, 2, 32), (1, 2, 32)}

@@ -4,7 +4,7 @@ import pytest
 
 import netspec.channels_last as cl
 from layers import simd
-from layers.channels_last import ConvPlan, Program, tile_kind
+from layers.channels_last import ConvPlan, Program, WinoPlan, tile_kind
 from netspec.loader import loads
 from netspec.net import Net
 
@@ -56,6 +56,59 @@ GEOMETRIES = [(3, 9, 11, 16, (3, 3), (1, 1), (1, 1)), (5, 8, 8, 20, (3, 3), (2, 
               (16, 7, 7, 64, (3, 3), (1, 1), (1, 1)), (7, 10, 10, 33, (1, 1), (2, 2), (0, 0)),
               (4, 12, 12, 8, (5, 5), (1, 1), (2, 2)), (2, 13, 9, 48, (7, 3), (2, 1), (3, 1)),
               (6, 8, 8, 64, (3, 3), (1, 1), (1, 1))]
+
+
+# (channels, height, width, filters): even and odd planes (a block past the end), filters not whole vectors, a
+# product on each tile
+WINO = [(32, 8, 8, 32), (32, 7, 7, 64), (16, 9, 6, 20), (64, 5, 11, 33), (48, 14, 14, 16)]
+
+
+@pytest.mark.parametrize("geometry", WINO)
+def test_a_winograd_convolution_matches_numpy_with_its_sum_and_relu(geometry):
+    """Program.wino (F(2x2, 3x3), stride 1, pad 1): the convolution to float32's rounding (its transforms add
+    and subtract a few values), with the SUM (any and unit coefficients) and a leaky or plain ReLU; three images
+    two at a time; the border and the channels past the filters stay zero."""
+    c, h, w, o = geometry
+    rng = np.random.default_rng(sum(geometry))
+    x = rng.normal(size=(3, c, h, w)).astype(np.float32)
+    weights, bias = rng.normal(0, 0.3, (o, c, 3, 3)).astype(np.float32), rng.normal(size=o).astype(np.float32)
+    want = _reference(x, weights, bias, (1, 1), (1, 1))
+    res = rng.normal(size=want.shape).astype(np.float32)
+    border, cs = 2, -(-o // 64) * 64
+    for added, relu, ca, cb, slope in ((False, False, 1.0, 1.0, 0.0), (True, True, 0.5, 2.0, 0.1),
+                                       (True, True, 1.0, 1.0, 0.0), (False, True, 1.0, 1.0, 0.25)):
+        program = Program(np.float32, 3, 2, border)
+        xb, out, rb = program.buffer(h, w, c), program.buffer(h, w, cs), program.buffer(h, w, cs)
+        program.to_cl(x, xb)
+        program.to_cl(res, rb)
+        plan = WinoPlan((h, w, c, border, c), (h, w, o, border, cs), weights, bias, np.float32)
+        program.wino(xb, out, plan, rb if added else None, ca, cb, relu, slope)
+        got = np.full(want.shape, np.nan, np.float32)
+        program.back(out, got)
+        call = program.call()
+        call()
+        expect = ca * want + cb * res if added else want
+        expect = np.where(expect > 0, expect, slope * expect) if relu else expect
+        np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+        mem = call.__closure__[0].cell_contents[2]
+        top = mem[out[0]:out[0] + 2 * out[1]].reshape(2, h + 2 * border, w + 2 * border, cs)
+        inner = np.zeros(top.shape, bool)
+        inner[:, border:-border, border:-border, :o] = True
+        assert not top[~inner].any()
+
+
+def test_winograd_takes_the_3x3s_it_pays_for():
+    """Stride 1, pad 1, float32, 32 channels or more in whole vectors (16 -> 16 ran 0.81x the direct tiles)."""
+    names = ("c1", "c2", "c3", "proj", "c4")
+    for text, dtype, want in ((NET, "float32", [False, False, True, False, True]),
+                              (NET.replace("num_output: 32, kernel_size: 3, pad: 1,\n     stride: 2",
+                                           "num_output: 16, kernel_size: 3, pad: 1,\n     stride: 2"), "float32",
+                               [False, False, False, False, True]),
+                              (NET, "float64", [False] * 5)):
+        net = Net(loads(text, "w.yaml"), "TEST", "w.yaml", seed=0, dtype=dtype)
+        index = {d.name: i for i, d in enumerate(net.defs)}
+        run = cl._Run(net, {}, {}, {})
+        assert [run._winograd(index[name]) for name in names] == want
 
 
 def test_the_geometries_take_every_tile_and_the_tile_wastes_least():
@@ -125,18 +178,18 @@ def test_the_python_tile_matches_numpy():
 
 NET = """
 layer:
-  - {name: d, type: Input, top: data, input_param: {shape: {dim: [2, 3, 12, 12]}}}
+  - {name: d, type: Input, top: data, input_param: {shape: {dim: [2, 3, 14, 14]}}}
   - {name: c1, type: Convolution, bottom: data, top: c1, convolution_param: {num_output: 8, kernel_size: 3, pad: 1,
      bias_term: false, weight_filler: {type: gaussian, std: 0.3}}}
   - {name: bn1, type: BatchNorm, bottom: c1, top: c1}
   - {name: sc1, type: Scale, bottom: c1, top: c1, scale_param: {bias_term: true}}
   - {name: r1, type: ReLU, bottom: c1, top: c1}
-  - {name: c2, type: Convolution, bottom: c1, top: c2, convolution_param: {num_output: 16, kernel_size: 3, pad: 1,
+  - {name: c2, type: Convolution, bottom: c1, top: c2, convolution_param: {num_output: 32, kernel_size: 3, pad: 1,
      stride: 2, weight_filler: {type: gaussian, std: 0.3}, bias_filler: {type: gaussian, std: 0.3}}}
   - {name: r2, type: ReLU, bottom: c2, top: c2, relu_param: {negative_slope: 0.1}}
-  - {name: c3, type: Convolution, bottom: c2, top: c3, convolution_param: {num_output: 16, kernel_size: 3, pad: 1,
+  - {name: c3, type: Convolution, bottom: c2, top: c3, convolution_param: {num_output: 32, kernel_size: 3, pad: 1,
      weight_filler: {type: gaussian, std: 0.3}}}
-  - {name: proj, type: Convolution, bottom: c1, top: proj, convolution_param: {num_output: 16, kernel_size: 1,
+  - {name: proj, type: Convolution, bottom: c1, top: proj, convolution_param: {num_output: 32, kernel_size: 1,
      stride: 2, weight_filler: {type: gaussian, std: 0.3}}}
   - {name: sum, type: Eltwise, bottom: [c3, proj], top: sum}
   - {name: r3, type: ReLU, bottom: sum, top: sum}
@@ -158,7 +211,7 @@ def _nets(keep=()):
             b.data[...] = c.data[...] = (rng.uniform(0.5, 2, b.shape) if layer.type == "BatchNorm" and i == 1 else
                                          np.full(b.shape, 1.5) if layer.type == "BatchNorm" and i == 2 else
                                          rng.normal(size=b.shape))
-    x = rng.normal(size=(2, 3, 12, 12))
+    x = rng.normal(size=(2, 3, 14, 14))
     for n in nets:
         n.blobs["data"].data[...] = x
     nets[0].keep_for_backward, nets[0].constant_weights = False, True
@@ -177,11 +230,15 @@ def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the
     ReLUs, a leaky one, a SUM written by the projection) and the global pooling after them run as one call, and
     give the tops of the layers run one by one: the results (ip; c4, rewritten in place by the last ReLU), the
     blob a layer after the run reads (c1, for side) and a blob named in keep_blobs (c2), written back in Caffe's
-    layout; the others are left unwritten. Both images at once, and one at a time (SUB_BATCH_BYTES)."""
+    layout; the others are left unwritten. Both images at once, and one at a time (SUB_BATCH_BYTES). The 3x3s
+    reading 32 channels (c3 on 7x7 planes, with its 7x7 top in a border of 2; c4, its 24 filters not a whole
+    vector) as Winograd's F(2x2, 3x3)."""
     monkeypatch.setattr(cl, "SUB_BATCH_BYTES", sub_batch)
     calls = []
-    compiled = cl.Program.conv
-    monkeypatch.setattr(cl.Program, "conv", lambda *a, **k: calls.append(a[2]) or compiled(*a, **k))
+    for kind in ("conv", "wino"):
+        compiled = getattr(cl.Program, kind)
+        monkeypatch.setattr(cl.Program, kind, lambda *a, kind=kind, compiled=compiled, **k: calls.append(
+            (kind, a[2][4:])) or compiled(*a, **k))
     fast, loop = _nets(keep={"c2"})
     for net in (fast, loop):
         for name in net.blobs:
@@ -190,6 +247,7 @@ def test_a_forward_only_net_keeps_its_run_of_convolutions_channels_last_with_the
     fast.forward()
     loop.forward()
     assert len(calls) == 5 and len(_runs(fast)) == 1
+    assert [kind for kind, _ in calls] == ["conv", "conv", "wino", "conv", "wino"] and calls[2][1] == (7, 7)
     args = dict(fast._bound[4])[_runs(fast)[0]].__closure__[0].cell_contents  # (run_program's)
     assert args[7] == (2 if sub_batch > 1 else 1)  # images a part
     for name in ("ip", "c4", "side", "c1", "c2", "gap"):

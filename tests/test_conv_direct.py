@@ -816,6 +816,8 @@ import tests.test_channels_last as c  # the channels-last tiles (12x1, 6x2, 3x4)
 c.test_the_geometries_take_every_tile_and_the_tile_wastes_least()
 for geometry in c.GEOMETRIES:
     c.test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(geometry, np.float32)
+for geometry in c.WINO:  # Winograd's transforms in vectors of 8
+    c.test_a_winograd_convolution_matches_numpy_with_its_sum_and_relu(geometry)
 print("ok")
 """
     env = dict(os.environ, YAFFE_VECTOR_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))

@@ -189,7 +189,8 @@ def test_recurrent_layers_and_maxout_run_in_onnx_runtime_as_in_yaffe(tmp_path):
 def test_a_forward_only_resnet_runs_as_onnx_runtime_does(channels_last, tmp_path, monkeypatch):
     """models/resnet_fashion's TEST layers at batch 8 as run.py predict runs them (forward only, constant weights:
     BatchNorm folded, the ReLUs and SUMs inside the convolutions), against ONNX Runtime on the exported graph: its
-    convolutions kept channels-last between them (netspec/channels_last.py, as shipped), and on their own kernels
+    convolutions kept channels-last between them (netspec/channels_last.py, as shipped: two as Winograd's), and on
+    their own kernels
     (on AVX-512 the flat kernel for its 3x3 layers on 28- and 14-wide rows and the unpadded one for its stride-2
     layers)."""
     from benchmarks.onnx_inference import deploy
@@ -202,14 +203,16 @@ def test_a_forward_only_resnet_runs_as_onnx_runtime_does(channels_last, tmp_path
     monkeypatch.setattr(conv, "direct_conv_unpadded", lambda *a: calls.append(a[5]) or unpadded(*a))
     monkeypatch.setattr(conv, "direct_conv_flat", lambda *a: calls.append("flat") or flat(*a))
     monkeypatch.setattr(cl.Program, "conv", lambda *a: calls.append("channels-last") or chained(*a))
+    wino = cl.Program.wino
+    monkeypatch.setattr(cl.Program, "wino", lambda *a: calls.append("winograd") or wino(*a))
     path = os.path.join(ROOT, "models", "resnet_fashion", "net.yaml")
     net = Net(deploy(path, (8, 1, 28, 28)), "TEST", path, seed=0)
     _randomize(net)
     net.keep_for_backward, net.constant_weights = False, True
     x = np.random.default_rng(4).normal(size=(8, 1, 28, 28)).astype(np.float32)
     _compare(net, str(tmp_path / "r.onnx"), {"data": x})
-    if channels_last:  # (all nine)
-        assert calls == ["channels-last"] * 9
+    if channels_last:  # (all nine; the 3x3s reading 32 and 64 channels at stride 1 as Winograd's F(2x2, 3x3))
+        assert calls == ["channels-last"] * 4 + ["winograd"] + ["channels-last"] * 2 + ["winograd", "channels-last"]
     elif simd.VECTOR_BYTES == 64:  # (both taken)
         assert set(calls) == {"flat", 2}
 
