@@ -6,9 +6,11 @@ is (H + 2B, W + 2B, Cs) an image, with a border of B zeros (the padding of the c
 once) and Cs channels (rounded up to whole vectors of the tiles that write it). A convolution is then one kernel
 and no copy: MR output pixels by NV vectors of filters a tile (`simd.tile_cl`), each tap one broadcast value of
 the bottom a pixel and NV vectors of the (folded) weights, every lane a filter (a 7x7 plane wastes none, where rows
-of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU applied in registers.
+of 7 filled 7 of 16 lanes), at any stride, the SUM's other bottom and the ReLU applied in registers. A 3x3 of
+stride 1 reading 32 channels or more runs as Winograd's F(2x2, 3x3) (16 multiplications for 36; netspec decides).
 
     ConvPlan(bottom, top, weights, bias, stride, pad, dtype)   a convolution's offsets and packed weights
+    WinoPlan(bottom, top, weights, bias, dtype)                a 3x3's as Winograd's: transformed weights
     Program(dtype, images, sub, border)                        a run's steps (buffer, to_cl, conv, window, ...)
     run_program(...)                                           runs them, sub images at a time, in one call
 """
@@ -38,8 +40,8 @@ def _tile(kind):
 
 @njit(cache=True, nogil=True)
 def _tasks(op, m, lanes):
-    """How many tasks a step has on m images: a convolution's (filter group, image, tile), a conversion's (image,
-    row), a pooling's images."""
+    """How many tasks a step has on m images: a convolution's (filter group, image, tile), Winograd's (image, row of
+    blocks), a conversion's (image, row), a pooling's images."""
     if op[0] == CONV:
         mr, nv = _tile(op[1])
         return (op[13] // (nv * lanes)) * m * (op[8] // mr)
@@ -54,31 +56,46 @@ def _tasks(op, m, lanes):
 def _run_tasks(op, cf, t0, t1, mem, ints, params, blobs, images, n0, m, border, lanes, w):
     """Tasks t0..t1-1 of the step op (run_program's row; cf: its coefficients) on the images n0..n0+m-1, by
     thread w."""
-    if op[0] == WINO:
-        _wino_rows(op, cf, t0, t1, mem, ints, params, border, lanes, w)
-        return
-    if op[0] == CONV:
-        kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
-        mr, nv = _tile(kind)
-        count, taps, opad = op[8], op[11], op[13]
+    if op[0] == CONV or op[0] == WINO:
+        # (the tiles called in one place for both: each inlined and compiled once; Winograd's 16 products a row)
+        wino = op[0] == WINO
+        kind, taps, opad, count = op[1], op[11], op[13], op[8]
         qin, qout = ints[op[7]:op[7] + count], ints[op[9]:op[9] + count]
-        offs, w, bias = ints[op[10]:op[10] + taps], params[op[12]:op[12] + taps * opad], params[op[14]:]
-        x, out, res = mem[xo:], mem[oo:], mem[ro:] if ro >= 0 else mem[:0]
-        added, relu, ca, cb, slope = ro >= 0, op[15] != 0, cf[0], cf[1], cf[2]
-        step = nv * lanes
-        tiles = count // mr
-        for task in range(t0, t1):  # (consecutive tasks share a group of filters: its weights)
-            g, rest = task // (m * tiles), task % (m * tiles)
-            n, t = rest // tiles, rest % tiles
-            if kind == 0:
-                tile_cl1(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
-                         cb, relu, slope)
-            elif kind == 1:
-                tile_cl2(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
-                         cb, relu, slope)
+        offs, u, bias = ints[op[10]:op[10] + taps], params[op[12]:op[12] + 16 * taps * opad], params[op[14]:]
+        vs = op[20] + w * op[21]  # (Winograd's scratch: V, then M)
+        ms = vs + 16 * count * taps
+        mr, nv = _tile(kind)
+        dst = np.empty(4, np.int64)
+        task, p = t0, -1
+        for r in range((t1 - t0) * 16 if wino else 1):
+            if wino:
+                task, p = t0 + r // 16, r % 16
+                if p == 0:
+                    _wino_in(op, task, mem, border, vs)
+                a0, a1, k, lx, lo = 0, (opad // (nv * lanes)) * (count // mr), 1, 0, 0
+                x, w_, out, res = mem[vs + p * count * taps:], u[p * taps * opad:], mem[ms + p * count * opad:], mem[:0]
+                b_ = bias[0 if p == 5 else opad:]  # (the bias with the middle position's product: all four outputs')
+                added, ca, cb, relu, slope = False, 1.0, 1.0, False, 0.0
             else:
-                tile_cl4(x, n * lx, qin, qout, t * mr, offs, w, g * step, opad, bias, out, n * lo, res, added, ca,
-                         cb, relu, slope)
+                a0, a1, k, lx, lo, x, w_, b_, out = t0, t1, m, op[3], op[5], mem[op[2]:], u[:taps * opad], bias, \
+                    mem[op[4]:]
+                res, added = mem[op[6]:] if op[6] >= 0 else mem[:0], op[6] >= 0
+                ca, cb, relu, slope = cf[0], cf[1], op[15] != 0, cf[2]
+            tiles = count // mr
+            for task_ in range(a0, a1):  # (filter group, image, tile): consecutive ones share the group's weights
+                g, rest = task_ // (k * tiles), task_ % (k * tiles)
+                n, t = rest // tiles, rest % tiles
+                if kind == 0:
+                    tile_cl1(x, n * lx, qin, qout, t * mr, offs, w_, g * nv * lanes, opad, b_, out, n * lo, res,
+                             added, ca, cb, relu, slope)
+                elif kind == 1:
+                    tile_cl2(x, n * lx, qin, qout, t * mr, offs, w_, g * nv * lanes, opad, b_, out, n * lo, res,
+                             added, ca, cb, relu, slope)
+                else:
+                    tile_cl4(x, n * lx, qin, qout, t * mr, offs, w_, g * nv * lanes, opad, b_, out, n * lo, res,
+                             added, ca, cb, relu, slope)
+            if p == 15:
+                _wino_out(op, cf, task, mem, border, ms, dst)
         return
     if op[0] == WINDOW:
         _window_rows(op, t0, t1, mem, border)
@@ -160,60 +177,37 @@ def _window_rows(op, t0, t1, mem, border):
 
 
 @njit(cache=True, nogil=True)
-def _gemm_tiles(kind, x, xbase, qin, qout, count, offs, w, opad, bias, out, obase, lanes):
-    """out[obase + qout[p] + o] = bias[o] + sum_k w[k, o] * x[xbase + qin[p] + offs[k]] for p < count (whole
-    tiles of kind) and every filter o < opad: the convolution tiles as a product (no epilogue)."""
-    mr, nv = _tile(kind)
-    step = nv * lanes
-    for o0 in range(0, opad, step):
-        for p0 in range(0, count, mr):
-            if kind == 0:
-                tile_cl1(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
-                         False, 0.0)
-            elif kind == 1:
-                tile_cl2(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
-                         False, 0.0)
-            else:
-                tile_cl4(x, xbase, qin, qout, p0, offs, w, o0, opad, bias, out, obase, out[:0], False, 1.0, 1.0,
-                         False, 0.0)
+def _wino_in(op, task, mem, border, vs):
+    """Winograd's F(2x2, 3x3) (Lavin and Gray 2016) of a 3x3, stride 1, pad 1 convolution, a row of 2x2 blocks of
+    the top a task (of the images of the part): each block from the 4x4 block of the bottom around it, its values
+    transformed a channel at a time (V = B^T d B, in vectors over the channels) into scratch at mem[vs:] (V[p, t,
+    c], 16 positions p); then (_run_tasks) 16 products of the row's blocks by the channels with the transformed
+    weights (U = G g G^T, packed by WinoPlan) on the convolution tiles, and _wino_out: 16 multiplications where
+    the direct convolution makes 36."""
+    xo, lx, tpad, c, oh, ow, cs = op[2], op[3], op[8], op[11], op[16], op[17], op[18]
+    th, row = -(-oh // 2), ow + 2 * border
+    n, ty = task // th, task % th
+    xb = xo + n * lx + ((border + 2 * ty - 1) * row + border - 1) * cs
+    for tx in range(-(-ow // 2)):
+        wino_in(mem, xb + 2 * tx * cs, row * cs, cs, mem, vs + tx * c, tpad * c, c)
 
 
 @njit(cache=True, nogil=True)
-def _wino_rows(op, cf, t0, t1, mem, ints, params, border, lanes, thread):
-    """Rows of tiles t0..t1-1 (of the images of the part) of a 3x3, stride 1, pad 1 convolution as Winograd's
-    F(2x2, 3x3) (Lavin and Gray 2016): each 2x2 block of the top from the 4x4 block of the bottom around it, 16
-    products of its transformed values a channel (V = B^T d B) by the transformed weights (U = G g G^T, packed by
-    WinoPlan) summed over the channels (the convolution tiles, as a product of the row's blocks by the channels),
-    transformed back (Y = A^T M A), the bias, SUM and ReLU as the convolutions apply them: 16 multiplications where
-    the direct convolution makes 36. The blocks of a row go through per-thread scratch (V then M) in mem."""
-    kind, xo, lx, oo, lo, ro = op[1], op[2], op[3], op[4], op[5], op[6]
-    tpad, c, opad, relu, oh, ow, cs, ocs = op[8], op[11], op[13], op[15] != 0, op[16], op[17], op[18], op[19]
-    qin, qout, offs = ints[op[7]:op[7] + tpad], ints[op[9]:op[9] + tpad], ints[op[10]:op[10] + c]
-    u, bias = params[op[12]:op[12] + 16 * c * opad], params[op[14]:op[14] + 2 * opad]
-    zero = bias[opad:]  # (the bias enters once, with the middle product: every output of a block sums it)
-    base = op[20] + thread * op[21]
-    vs, ms = base, base + 16 * tpad * c
-    tw, th = -(-ow // 2), -(-oh // 2)
-    row, orow = ow + 2 * border, ow + 2 * border
-    ca, cb, slope, added = cf[0], cf[1], mem.dtype.type(cf[2]), ro >= 0
-    dst = np.empty(4, np.int64)
-    for task in range(t0, t1):
-        n, ty = task // th, task % th
-        xb = xo + n * lx + ((border + 2 * ty - 1) * row + border - 1) * cs
-        for tx in range(tw):  # V = B^T d B (in vectors over the channels)
-            wino_in(mem, xb + 2 * tx * cs, row * cs, cs, mem, vs + tx * c, tpad * c, c)
-        for p in range(16):  # M_p = V_p U_p: the row's blocks by the channels, for each of the 16 positions
-            _gemm_tiles(kind, mem, vs + p * tpad * c, qin, qout, tpad, offs, u[p * c * opad:], opad,
-                        bias if p == 5 else zero, mem, ms + p * tpad * opad, lanes)
-        for tx in range(tw):  # Y = A^T M A: 2x2 outputs a block, those in the top
-            mask = 0
-            for i in range(2):
-                for j in range(2):
-                    dst[2 * i + j] = oo + n * lo + ((border + 2 * ty + i) * orow + border + 2 * tx + j) * ocs
-                    if 2 * ty + i < oh and 2 * tx + j < ow:
-                        mask |= 1 << (2 * i + j)
-            wino_out(mem, ms + tx * opad, tpad * opad, opad, mem, dst, mask, mem, ro - oo, added, ca, cb, relu,
-                     slope)
+def _wino_out(op, cf, task, mem, border, ms, dst):
+    """_wino_in's row of blocks transformed back from the products M[p, t, o] at mem[ms:] (Y = A^T M A), the SUM and
+    ReLU applied as the convolution tiles apply them, the outputs of each 2x2 block that are in the top stored."""
+    oo, lo, ro, tpad, opad, oh, ow, ocs = op[4], op[5], op[6], op[8], op[13], op[16], op[17], op[19]
+    th, orow = -(-oh // 2), ow + 2 * border
+    n, ty = task // th, task % th
+    for tx in range(-(-ow // 2)):
+        mask = 0
+        for i in range(2):
+            for j in range(2):
+                dst[2 * i + j] = oo + n * lo + ((border + 2 * ty + i) * orow + border + 2 * tx + j) * ocs
+                if 2 * ty + i < oh and 2 * tx + j < ow:
+                    mask |= 1 << (2 * i + j)
+        wino_out(mem, ms + tx * opad, tpad * opad, opad, mem, dst, mask, mem, ro - oo, ro >= 0, cf[0], cf[1],
+                 op[15] != 0, mem.dtype.type(cf[2]))
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -235,7 +229,11 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
       BACK, blob, off, L, row, Cs, H, W, C: the interior of mem[off:] into blobs[blob]
       WINDOW, AVE (1) or MAX (0), x off, Lx, out off, Lo, Cs, KH, KW, SH, SW, PH, PW, H, W, OH, OW: pooling
             (_window_rows)
-      RELU, 0, off, L: a leaky ReLU in place (coeffs[step][2] its slope)."""
+      RELU, 0, off, L: a leaky ReLU in place (coeffs[step][2] its slope)
+      WINO, tile kind, x off, Lx, out off, Lo, res off, at of qin, Tpad, at of qout, at of offs, C, at of U, Opad,
+            at of the bias (then Opad zeros), relu, OH, OW, x's Cs, out's Cs, scratch off, scratch a thread: a 3x3
+            convolution as CONV's, as Winograd's F(2x2, 3x3) (WinoPlan; _wino_in, _wino_out), a task a row of
+            2x2 blocks of an image."""
     lanes = VECTOR_BYTES // mem.itemsize
     steps = ops.shape[0]
     rounds = -(-images // sub) * steps
