@@ -58,6 +58,23 @@ GEOMETRIES = [(3, 9, 11, 16, (3, 3), (1, 1), (1, 1)), (5, 8, 8, 20, (3, 3), (2, 
               (6, 8, 8, 64, (3, 3), (1, 1), (1, 1))]
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_each_tile_sums_the_kernel_rows_its_pixels_read_inside_the_bottom(geometry):
+    """ConvPlan.taps: a tile's taps are the kernel rows some pixel of it reads inside the bottom (rows reading only
+    the padding add zeros and are left out), brute force over its pixels (the last repeated to a whole tile)."""
+    c, h, w, o, k, stride, pad = geometry
+    oh, ow = (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    plan = ConvPlan((h, w, c, max(pad) + 1, c), (oh, ow, o, 1, -(-o // 64) * 64), np.zeros((o, c) + k, np.float32),
+                    np.zeros(o, np.float32), stride, pad, np.float32)
+    mr = simd.CL_TILES[plan.kind][0]
+    pixels = list(range(oh * ow)) + [oh * ow - 1] * (-(oh * ow) % mr)
+    for t in range(len(pixels) // mr):
+        inside = [i for i in range(k[0]) if any(0 <= p // ow * stride[0] - pad[0] + i < h
+                                                  for p in pixels[t * mr:(t + 1) * mr])]
+        lo, hi = plan.taps[2 * t:2 * t + 2]
+        assert (lo, hi) == ((inside[0] * k[1] * c, (inside[-1] + 1) * k[1] * c) if inside else (lo, lo))
+
+
 # (channels, height, width, filters): even and odd planes (a block past the end), filters not whole vectors, a
 # product on each tile
 WINO = [(32, 8, 8, 32), (32, 7, 7, 64), (16, 9, 6, 20), (64, 5, 11, 33), (48, 14, 14, 16)]
