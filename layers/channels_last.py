@@ -318,8 +318,9 @@ class ConvPlan:
 
 
 class WinoPlan:
-    """A 3x3, stride 1, pad 1 convolution as Winograd's F(2x2, 3x3) between channels-last blobs (_wino_rows): the
-    transformed weights U (16, C, Opad) = G g G^T, the bias then zeros (Opad each), the offsets of the product
+    """A 3x3, stride 1, pad 1 convolution as Winograd's F(2x2, 3x3) between channels-last blobs (_wino_in,
+    _wino_out): the transformed weights U (16, C, Opad) = G g G^T, the bias then zeros (Opad each), the offsets of the
+    product
     (a row's blocks by the channels). bottom (H, W, C, B, Cs), top likewise (the border B >= 2 on odd planes)."""
     G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 

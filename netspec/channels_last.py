@@ -31,9 +31,10 @@ SUB_BATCH_BYTES = int(os.environ.get("YAFFE_CL_BYTES", 256 << 10))
 # lanes, MAX pooling's rows of windows); at larger batches it ends the run, which starts again after it
 WINDOW_IMAGES = 1
 # 3x3 convolutions of stride 1 and pad 1 with this many channels or more (whole vectors), in float32, run as
-# Winograd's F(2x2, 3x3) (layers/channels_last._wino_rows): one thread, 32 images, against the direct tiles: 32 -> 32
-# channels on 14x14 and 16x16 planes 1.35x, 64 -> 64 on 7x7 1.27x, on 8x8 1.68x; 16 -> 16 on 28x28 0.81x (too few
-# channels for its products). YAFFE_WINOGRAD=0 turns it off.
+# Winograd's F(2x2, 3x3) (layers/channels_last._wino_in): one thread, 32 images, against the direct tiles: 32 -> 32
+# channels on 14x14 and 16x16 planes 1.47x, 64 -> 64 on 7x7 1.35x, on 8x8 1.80x; 16 -> 16 0.93x on 28x28, 1.14x on
+# 32x32 (too few channels for its products: ResNet-20 0.99x, resnet_fashion 1.03x the time). YAFFE_WINOGRAD=0 turns
+# it off.
 WINOGRAD = os.environ.get("YAFFE_WINOGRAD", "1") != "0"
 WINO_CHANNELS = 32
 
