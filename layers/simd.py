@@ -359,15 +359,7 @@ def _make_tile_cl(mr, nv):
                         i = builder.add(bases[r], const(v * n))
                         got = load(rp, i) if with_res else None
                         store(value(builder.load(acc[r][v]), got, unit), op, i)
-            with builder.if_else(context.cast(builder, added, t[13], types.boolean)) as (then, otherwise):
-                with then:
-                    with builder.if_else(value.unit_sum) as (unit, other):
-                        with unit:
-                            stores(True, True)
-                        with other:
-                            stores(True)
-                with otherwise:
-                    stores(False)
+            _by_epilogue(builder, context.cast(builder, added, t[13], types.boolean), value, stores)
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = f"tile_cl{mr}x{nv}"
@@ -712,18 +704,24 @@ def _make_wino_out():
                                 at_y = builder.add(dsts[2 * i + j], o)
                                 got = load(rp, builder.add(at_y, roff)) if with_res else None
                                 store(value(out, got, unit), yp, at_y)
-            with builder.if_else(context.cast(builder, added, t[9], types.boolean)) as (then, otherwise):
-                with then:
-                    with builder.if_else(value.unit_sum) as (unit, other):
-                        with unit:
-                            run(True, True)
-                        with other:
-                            run(True)
-                with otherwise:
-                    run(False)
+            _by_epilogue(builder, context.cast(builder, added, t[9], types.boolean), value, run)
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "wino_out"
     return intrinsic(tile)
+
+
+def _by_epilogue(builder, added, value, emit):
+    """emit(with_res, unit) under the branches of an epilogue (_epilogue's value): with the SUM's other bottom, in
+    the arrays' type where value.unit_sum holds (unit) or not, and without it. added: an LLVM i1."""
+    with builder.if_else(added) as (then, otherwise):
+        with then:
+            with builder.if_else(value.unit_sum) as (unit, other):
+                with unit:
+                    emit(True, True)
+                with other:
+                    emit(True)
+        with otherwise:
+            emit(False)
 
 
 def _make_store_row():
@@ -756,15 +754,7 @@ def _make_store_row():
                     mask = builder.icmp_unsigned("<", index, splat64(rem))
                     r = mload(rp, builder.add(d0, i), mask) if with_res else None
                     mstore(value(mload(sp, builder.add(s0, i), mask), r, unit), dp, builder.add(d0, i), mask)
-            with builder.if_else(is_added) as (then, otherwise):
-                with then:
-                    with builder.if_else(value.unit_sum) as (unit, other):
-                        with unit:
-                            run(True, True)
-                        with other:
-                            run(True)
-                with otherwise:
-                    run(False)
+            _by_epilogue(builder, is_added, value, run)
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "store_row"
