@@ -82,7 +82,7 @@ class _Run:
         convs = [i for i, kind in self.items if kind == "conv"]
         wino = {i for i in convs if self._winograd(i)}
         border = max([max(net.layers[i].pad) for i in convs]  # (a block past an odd plane's end reads 2 rows in)
-                     + [1 + max(blobs[net.defs[i].tops[0]].data.shape[2:]) % 2 for i in wino])
+                     + [1 + max(d % 2 for d in blobs[net.defs[i].tops[0]].data.shape[2:]) for i in wino])
         images = blobs[net.defs[convs[0]].bottoms[0]].data.shape[0]
         largest = max(blobs[b].data[0].nbytes for i in convs for b in (net.defs[i].bottoms[0], self.writes(i)[0]))
         sub = max(1, min(images, SUB_BATCH_BYTES // largest))  # images a pass of the steps

@@ -128,6 +128,22 @@ def test_winograd_takes_the_3x3s_it_pays_for():
         assert [run._winograd(index[name]) for name in names] == want
 
 
+def test_a_winograd_run_on_a_plane_odd_in_one_direction_only_gives_the_layers_results():
+    """An 8x7 plane (even rows, odd columns): the blocks past its last column read two columns into the border, so
+    the run's border is 2 (a border from the larger side alone was 1: the plan refused the blobs)."""
+    text = NET.replace("dim: [2, 3, 14, 14]", "dim: [2, 3, 16, 14]")
+    nets = [Net(loads(text, "odd.yaml"), "TEST", "odd.yaml", seed=0) for _ in range(2)]
+    x = np.random.default_rng(6).normal(size=(2, 3, 16, 14))
+    for n in nets:
+        n.blobs["data"].data[...] = x
+    nets[0].keep_for_backward, nets[0].constant_weights = False, True
+    for n in nets:
+        n.forward()
+    assert nets[0].blobs["c3"].data.shape[2:] == (8, 7) and len(_runs(nets[0])) == 1
+    want = nets[1].blobs["ip"].data
+    np.testing.assert_allclose(nets[0].blobs["ip"].data, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_the_geometries_take_every_tile_and_the_tile_wastes_least():
     """tile_kind: the tile computing the fewest values (pixels and filters rounded up to whole tiles), of those the
     one of more vectors; the geometries above take each of CL_TILES in float32."""
