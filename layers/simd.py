@@ -665,6 +665,41 @@ def _make_wino_in():
     return intrinsic(tile)
 
 
+def _make_linear(name, mat):
+    """A small constant matrix applied in vectors: y[dst + k*ds + c] = sum_i mat[k][i] x[src + i*ss + c] for c <
+    count (whole vectors), its entries small integers (the Winograd transforms of layers/winograd.py: additions,
+    and products by a splatted constant only where an entry is not +-1)."""
+    def tile(typingctx, x, src, ss, y, dst, ds, count):
+        sig = types.void(x, src, ss, y, dst, ds, count)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            x, src, ss, y, dst, ds, count = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            elem = context.get_value_type(t[0].dtype)
+            xp, yp = _data(context, builder, t[0], x).data, _data(context, builder, t[3], y).data
+            with cgutils.for_range(builder, builder.udiv(count, const(n))) as loop:
+                c = builder.mul(loop.index, const(n))
+                d = [load(xp, builder.add(builder.add(src, c), builder.mul(ss, const(i)))) for i in range(len(mat[0]))]
+                for k, row in enumerate(mat):
+                    out = None
+                    for i, coef in enumerate(row):
+                        if coef == 0:
+                            continue
+                        term = d[i] if abs(coef) == 1 else builder.fmul(splat(ir.Constant(elem, float(abs(coef)))), d[i])
+                        if out is None:
+                            out = term if coef > 0 else builder.fneg(term)
+                        else:
+                            out = builder.fadd(out, term) if coef > 0 else builder.fsub(out, term)
+                    store(out, yp, builder.add(builder.add(dst, c), builder.mul(ds, const(k))))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = name
+    return intrinsic(tile)
+
+
 def _make_wino_out():
     """wino_out: Winograd F(2x2, 3x3)'s output transform Y = A^T M A of count filters (whole vectors), M[p] at
     m[src + p*k + o] (A^T = [[1,1,1,0], [0,1,-1,-1]]), Y[i][j] stored at y[dst[i*2+j] + o] where bit i*2+j of mask
@@ -1202,6 +1237,21 @@ else:
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 wino_in, wino_out = (None, None) if config.DISABLE_JIT else (_make_wino_in(), _make_wino_out())
+
+def _py_linear(mat, x, src, ss, y, dst, ds, count):
+    for k, row in enumerate(mat):
+        y[dst + k * ds:dst + k * ds + count] = sum(coef * x[src + i * ss:src + i * ss + count]
+                                                    for i, coef in enumerate(row) if coef)
+
+
+# Winograd's F(2x2, 5x5) (layers/winograd.py): its input transform B^T, output transform A^T, and A (the top diff's)
+WINO5_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+WINO5_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 1))
+WINO5_A = tuple(zip(*WINO5_AT))
+wino5_in, wino5_out, wino5_up = (
+    (functools.partial(_py_linear, m) for m in (WINO5_BT, WINO5_AT, WINO5_A)) if config.DISABLE_JIT else
+    (_make_linear(name, m) for name, m in (("wino5_in", WINO5_BT), ("wino5_out", WINO5_AT), ("wino5_up", WINO5_A))))
 # a convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors (rows of 17-32 on
 # AVX-512), three or two rows of one vector (12-16), one row of one (where the kernel rows inside the image differ);
 # stride 2 (_s2): the top's rows of one vector

@@ -1,0 +1,352 @@
+"""Winograd's F(2x2, 5x5) for the training convolutions: 5x5 kernels of stride 1 (any pad up to 4), float32.
+
+A 2x2 block of the top from the 6x6 block of the bottom around it (Lavin and Gray 2016; the points 0, 1, -1, 2, -2
+and infinity, as F(4x4, 3x3)'s): Y = A^T [(G g G^T) * (B^T d B)] A, 36 multiplications where the direct
+convolution makes 100. Each pass runs a block of images at a time (its transformed values stay in L2): the bottom
+channels-last, its 6x6 blocks transformed in vectors over the channels into V (36, T, Cs) (T blocks of the top,
+Cs channels), 36 products V[e] (T x C) U[e] (C x Opad) on the channels-last tiles (`simd.tile_cl`), transformed
+back and written to the top in Caffe's layout.
+
+    wino_weights(w, u)                 w (O, C, 5, 5) -> u (36, C, Opad) = G w G^T
+    wino_forward(x, u, bias, pad, y)   y = conv(x, w) + bias (x (N, C, H, W), y (N, O, OH, OW))
+    wino_data(dy, w, pad, dx)          dx = the data gradient: conv(dy, w rotated, pad 4 - pad)
+    wino_weight_diff(x, dy, pad, dw)   dw += the weight gradient: G^T (sum over blocks (B^T d B) * (A dy A^T)) G
+
+The data gradient is the forward on dy with the weights turned 180 degrees and their channels swapped; the weight
+gradient sums, over the blocks, the transformed bottom times the top diff transformed by A (36 products of the
+channels by the blocks, K the blocks), then G^T S G. Tops within ~1e-6 (relative to their scale) of the direct
+sums: the points' powers of two keep the transforms' rounding small.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .channels_last import _tile, tile_kind
+from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, wino5_in, wino5_out, wino5_up
+
+# Y = A^T [(G g G^T) * (B^T d B)] A for F(2, 5) (points 0, 1, -1, 2, -2, infinity)
+BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+G = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1]])
+AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], np.float64)
+LANES = VECTOR_BYTES // 4
+BLOCK_VALUES = 1 << 16  # a block's images: V and M of about this many values each (~256 KB float32: L2)
+
+
+def _round_up(value, step):
+    return -(-value // step) * step
+
+
+@njit(cache=True, nogil=True)
+def wino_weights(w, u, flip):
+    """w (O, C, 5, 5) -> u (36, C, Opad): u[e, c, o] = (G w[o, c] G^T)[e], in float64 then rounded; flip: the data
+    gradient's u (36, O, Cpad) of w turned 180 degrees, u[e, o, c] = (G w[o, c, ::-1, ::-1] G^T)[e]. The lanes past
+    the last filter are left as they are (zeros)."""
+    g = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
+                  [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1.0]])
+    out_c, chans = w.shape[0], w.shape[1]
+    t = np.empty((6, 5))
+    for o in range(out_c):
+        for c in range(chans):
+            for a in range(6):
+                for j in range(5):
+                    acc = 0.0
+                    for i in range(5):
+                        acc += g[a, i] * (w[o, c, 4 - i, 4 - j] if flip else w[o, c, i, j])
+                    t[a, j] = acc
+            for a in range(6):
+                for b in range(6):
+                    acc = 0.0
+                    for j in range(5):
+                        acc += t[a, j] * g[b, j]
+                    if flip:
+                        u[a * 6 + b, o, c] = acc
+                    else:
+                        u[a * 6 + b, c, o] = acc
+
+
+def _geometry(h, w, pad):
+    """(OH, OW, TH, TW, Hp, Wp): the top's plane, its 2x2 blocks, and the bottom's padded plane (channels-last,
+    its origin at (-pad, -pad), wide enough for every block's 6x6)."""
+    oh, ow = h + 2 * pad - 4, w + 2 * pad - 4
+    th, tw = -(-oh // 2), -(-ow // 2)
+    return oh, ow, th, tw, 2 * th + 4, 2 * tw + 4
+
+
+@njit(cache=True, nogil=True)
+def _place(x, n, xp, wp, pad, cs):
+    """x[n] (C, H, W) into the interior of xp ((Hp, Wp, Cs) flat, channels-last; its border stays zero)."""
+    chans, height, width = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(chans):
+        for i in range(height):
+            base = ((i + pad) * wp + pad) * cs + c
+            for j in range(width):
+                xp[base + j * cs] = x[n, c, i, j]
+
+
+@njit(cache=True, nogil=True)
+def _transform_in(xp, wp, cs, th, tw, t0, tb, r, v):
+    """V[e, t0 + ty*TW + tx, :] = (B^T d B)[e] of every 6x6 block d of xp (rows 2ty.., columns 2tx..), in vectors
+    over the channels: the columns of a row of blocks first (r: 6 x Wp x Cs), then its blocks' rows."""
+    row = wp * cs
+    for ty in range(th):
+        wino5_in(xp, 2 * ty * row, row, r, 0, row, row)
+        for tx in range(tw):
+            t = t0 + ty * tw + tx
+            for er in range(6):
+                wino5_in(r, er * row + 2 * tx * cs, cs, v, (er * 6 * tb + t) * cs, tb * cs, cs)
+
+
+@njit(cache=True, nogil=True)
+def _gemm(kind, x, qin, count, offs, w, opad, out, qout, zeros, res, added):
+    """out[qout[p] + o] = sum_k x[qin[p] + offs[k]] w[k*Opad + o] (+ out's old value where added), p < count (a
+    multiple of the tile's pixels), o < Opad, on the channels-last tiles."""
+    mr, nv = _tile(kind)
+    step = nv * LANES
+    for o0 in range(0, opad, step):
+        for t in range(count // mr):
+            if kind == 0:
+                tile_cl1(x, 0, qin, qout, t * mr, offs, w, o0, opad, zeros, out, 0, res, added, 1.0, 1.0, False, 0.0)
+            elif kind == 1:
+                tile_cl2(x, 0, qin, qout, t * mr, offs, w, o0, opad, zeros, out, 0, res, added, 1.0, 1.0, False, 0.0)
+            else:
+                tile_cl4(x, 0, qin, qout, t * mr, offs, w, o0, opad, zeros, out, 0, res, added, 1.0, 1.0, False, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _transform_out(m, tb, opad, p):
+    """p (2, 6, Tb, Opad) = A^T applied to the products m (36, Tb, Opad) down their first index's rows."""
+    for ec in range(6):
+        wino5_out(m, ec * tb * opad, 6 * tb * opad, p, ec * tb * opad, 6 * tb * opad, tb * opad)
+
+
+@njit(cache=True, nogil=True)
+def _transform_rows(p, tb, opad, t0, th, tw, yc):
+    """yc (2TH, 2TW, Opad): A^T applied along the rows of p (_transform_out's) of the blocks t0 + ty*TW + tx."""
+    row = 2 * tw * opad
+    for ty in range(th):
+        for tx in range(tw):
+            t = t0 + ty * tw + tx
+            for a in range(2):
+                wino5_out(p, (a * 6 * tb + t) * opad, tb * opad, yc, (2 * ty + a) * row + 2 * tx * opad, opad, opad)
+
+
+@njit(cache=True, nogil=True)
+def _take(yc, tw, opad, y, n, bias, has_bias, relu, slope):
+    """y[n] (O, OH, OW) from yc ((2TH, 2TW, Opad) flat), the bias added, a ReLU applied where relu."""
+    chans, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    s = np.float32(slope)
+    for o in range(chans):
+        bo = bias[o] if has_bias else np.float32(0)
+        for i in range(oh):
+            base = i * 2 * tw * opad + o
+            for j in range(ow):
+                val = yc[base + j * opad] + bo
+                y[n, o, i, j] = val if not relu or val > 0 else val * s
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _forward(x, u, bias, has_bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
+    """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row."""
+    n_img, chans, h, w = x.shape
+    opad = u.shape[2]
+    oh, ow = y.shape[2], y.shape[3]
+    th, tw = -(-oh // 2), -(-ow // 2)
+    hp, wp = 2 * th + 4, 2 * tw + 4
+    mr = _tile(kind)[0]
+    per = th * tw
+    tb = _round_up_nb(block * per, mr)
+    blocks = -(-n_img // block)
+    offs = np.arange(chans)
+    qin, qout = np.arange(tb) * cs, np.arange(tb) * opad
+    zeros = np.zeros(opad, np.float32)
+    for part in prange(parts):
+        sc = scratch[part]
+        xp = sc[:hp * wp * cs]
+        r = sc[hp * wp * cs:hp * wp * cs + 6 * wp * cs]
+        at = hp * wp * cs + 6 * wp * cs
+        v = sc[at:at + 36 * tb * cs]
+        m = sc[at + 36 * tb * cs:at + 36 * tb * (cs + opad)]
+        yc = sc[at + 36 * tb * (cs + opad):at + 36 * tb * (cs + opad) + 4 * per * opad]
+        p = sc[at + 36 * tb * (cs + opad) + 4 * per * opad:at + 36 * tb * (cs + opad) + 4 * per * opad + 12 * tb * opad]
+        xp[:] = 0
+        v[:] = 0
+        for blk in range(part * blocks // parts, (part + 1) * blocks // parts):
+            n0 = blk * block
+            nb = min(block, n_img - n0)
+            for b in range(nb):
+                _place(x, n0 + b, xp, wp, pad, cs)
+                _transform_in(xp, wp, cs, th, tw, b * per, tb, r, v)
+            for e in range(36):
+                _gemm(kind, v[e * tb * cs:], qin, tb, offs, u[e].reshape(-1), opad, m[e * tb * opad:], qout, zeros,
+                      zeros[:0], False)
+            _transform_out(m, tb, opad, p)
+            for b in range(nb):
+                _transform_rows(p, tb, opad, b * per, th, tw, yc)
+                _take(yc, tw, opad, y, n0 + b, bias, has_bias, relu, slope)
+
+
+@njit(cache=True, nogil=True)
+def _round_up_nb(value, step):
+    return -(-value // step) * step
+
+
+@njit(cache=True, nogil=True)
+def _place_top(dy, n, yc, tw, opad):
+    """dy[n] (O, OH, OW) into yc ((2TH, 2TW, Opad) flat, channels-last; what lies past OH, OW stays zero)."""
+    chans, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
+    for o in range(chans):
+        for i in range(oh):
+            base = i * 2 * tw * opad + o
+            for j in range(ow):
+                yc[base + j * opad] = dy[n, o, i, j]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
+    """s[part] (36, Cr, Opad) = sum over its blocks of V[e]^T dM[e]: V the bottom's transformed blocks (as the
+    forward's), dM = A dy A^T the top diff's 2x2 blocks transformed up to 6x6; K the blocks."""
+    n_img, chans, h, w = x.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    th, tw = -(-oh // 2), -(-ow // 2)
+    hp, wp = 2 * th + 4, 2 * tw + 4
+    cr = s.shape[2]
+    per = th * tw
+    tb = _round_up_nb(block * per, 4)
+    blocks = -(-n_img // block)
+    row2 = 2 * tw * opad
+    offs = np.arange(tb) * cs
+    qin = np.minimum(np.arange(cr), cs - 1)
+    qout = np.arange(cr) * opad
+    zeros = np.zeros(opad, np.float32)
+    for part in prange(parts):
+        sc = scratch[part]
+        xp = sc[:hp * wp * cs]
+        r = sc[hp * wp * cs:hp * wp * cs + 6 * wp * cs]
+        at = hp * wp * cs + 6 * wp * cs
+        v = sc[at:at + 36 * tb * cs]
+        dm = sc[at + 36 * tb * cs:at + 36 * tb * (cs + opad)]
+        at += 36 * tb * (cs + opad)
+        yc = sc[at:at + 4 * per * opad]
+        q = sc[at + 4 * per * opad:at + 4 * per * opad + 6 * row2]
+        xp[:] = 0
+        yc[:] = 0
+        sp = s[part].reshape(-1)
+        sp[:] = 0
+        for blk in range(part * blocks // parts, (part + 1) * blocks // parts):
+            n0 = blk * block
+            nb = min(block, n_img - n0)
+            for b in range(nb):
+                _place(x, n0 + b, xp, wp, pad, cs)
+                _transform_in(xp, wp, cs, th, tw, b * per, tb, r, v)
+                _place_top(dy, n0 + b, yc, tw, opad)
+                for ty in range(th):
+                    wino5_up(yc, 2 * ty * row2, row2, q, 0, row2, row2)
+                    for tx in range(tw):
+                        t = b * per + ty * tw + tx
+                        for ek in range(6):
+                            wino5_up(q, ek * row2 + 2 * tx * opad, opad, dm, (ek * 6 * tb + t) * opad, tb * opad,
+                                     opad)
+            for e in range(36):  # (the blocks past the last image's: zero top diff)
+                dm[(e * tb + nb * per) * opad:(e + 1) * tb * opad] = 0
+                _gemm(kind, v[e * tb * cs:], qin, cr, offs, dm[e * tb * opad:], opad, sp[e * cr * opad:], qout,
+                      zeros, sp[e * cr * opad:], True)
+
+
+@njit(cache=True, nogil=True)
+def _weights_back(s, dw):
+    """dw (O, C, 5, 5) += G^T S G of the parts' sums s (parts, 36, Cr, Opad), in float64."""
+    g = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
+                  [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1.0]])
+    out_c, chans = dw.shape[0], dw.shape[1]
+    m = np.empty((6, 6))
+    t = np.empty((5, 6))
+    for o in range(out_c):
+        for c in range(chans):
+            for e in range(36):
+                acc = 0.0
+                for part in range(s.shape[0]):
+                    acc += s[part, e, c, o]
+                m[e // 6, e % 6] = acc
+            for i in range(5):
+                for b in range(6):
+                    acc = 0.0
+                    for a in range(6):
+                        acc += g[a, i] * m[a, b]
+                    t[i, b] = acc
+            for i in range(5):
+                for j in range(5):
+                    acc = 0.0
+                    for b in range(6):
+                        acc += t[i, b] * g[b, j]
+                    dw[o, c, i, j] += acc
+
+
+class WinoPlan5:
+    """A 5x5 stride-1 convolution's Winograd buffers for a bottom (N, C, H, W) and pad: the tile kind, the channel
+    stride, the images a block, and each part's scratch."""
+
+    def __init__(self, shape, out_c, pad, threads):
+        n, c, h, w = shape
+        self.oh, self.ow, self.th, self.tw, self.hp, self.wp = _geometry(h, w, pad)
+        per = self.th * self.tw
+        self.kind = tile_kind(out_c, np.float32, 4 * per)
+        self.mr = CL_TILES[self.kind][0]
+        step = CL_TILES[self.kind][1] * LANES
+        self.opad = _round_up(out_c, step)
+        self.cs = _round_up(c, LANES)
+        self.block = max(1, min(n, BLOCK_VALUES // (36 * per * max(self.cs, self.opad))))
+        self.parts = max(1, min(threads, -(-n // self.block)))
+        tb = _round_up(self.block * per, self.mr)
+        size = self.hp * self.wp * self.cs + 6 * self.wp * self.cs + 36 * tb * (self.cs + self.opad) \
+            + 4 * per * self.opad + 12 * tb * self.opad
+        self.scratch = np.zeros((self.parts, size), np.float32)
+        self.u = np.zeros((36, c, self.opad), np.float32)
+
+
+def wino_forward(x, w, bias, pad, y, plan, relu=False, slope=0.0):
+    """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, 5, 5), pad) + bias (None: no bias)."""
+    wino_weights(w, plan.u, False)
+    has_bias = bias is not None
+    _forward(x, plan.u, bias if has_bias else plan.u[0, 0], has_bias, pad, y, relu, slope, plan.kind, plan.cs,
+             plan.block, plan.parts, plan.scratch)
+
+
+class WinoBack:
+    """The weight gradient's buffers for a bottom (N, C, H, W), pad and out_c filters (as WinoPlan5's)."""
+
+    def __init__(self, shape, out_c, pad, threads):
+        n, c, h, w = shape
+        self.oh, self.ow, self.th, self.tw, self.hp, self.wp = _geometry(h, w, pad)
+        per = self.th * self.tw
+        self.cs = _round_up(c, LANES)
+        self.opad = _round_up(out_c, LANES)
+        self.kind = tile_kind(out_c, np.float32, c)
+        mr, nv = CL_TILES[self.kind]
+        self.opad = _round_up(out_c, nv * LANES)
+        self.cr = _round_up(c, mr)
+        self.block = max(1, min(n, BLOCK_VALUES // (36 * per * max(self.cs, self.opad))))
+        self.parts = max(1, min(threads, -(-n // self.block)))
+        tb = _round_up(self.block * per, 4)
+        size = self.hp * self.wp * self.cs + 6 * self.wp * self.cs + 36 * tb * (self.cs + self.opad) \
+            + 4 * per * self.opad + 12 * self.tw * self.opad
+        self.scratch = np.zeros((self.parts, size), np.float32)
+        self.s = np.zeros((self.parts, 36, self.cr, self.opad), np.float32)
+
+
+def wino_weight_diff(x, dy, pad, dw, plan):
+    """dw (O, C, 5, 5) += the weight gradient of y = conv(x, w, pad) for the top diff dy."""
+    _weight_diff(x, dy, pad, plan.kind, plan.cs, plan.opad, plan.block, plan.parts, plan.scratch, plan.s)
+    _weights_back(plan.s, dw)
+
+
+def wino_data(dy, w, pad, dx, plan):
+    """dx (N, C, H, W) = the data gradient of y = conv(x, w, pad) for the top diff dy (N, O, OH, OW); plan:
+    WinoPlan5(dy.shape, C, 4 - pad, threads)."""
+    wino_weights(w, plan.u, True)
+    _forward(dy, plan.u, plan.u[0, 0], False, 4 - pad, dx, False, 0.0, plan.kind, plan.cs, plan.block, plan.parts,
+             plan.scratch)

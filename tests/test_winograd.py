@@ -1,0 +1,113 @@
+"""Winograd's F(2x2, 5x5) (layers/winograd.py): the training convolutions' forward, data gradient and weight gradient
+against float64 NumPy sums and against the im2col path, and which convolutions take it."""
+import numpy as np
+import pytest
+
+import layers.conv as conv
+from layers import winograd as wg
+from netspec.loader import loads
+from netspec.net import Net
+
+# (images, channels, height, width, filters, pad): CIFAR-10 quick's conv2 and conv3, odd planes and filter counts,
+# LeNet's unpadded 5x5, Caffe's largest pad for a 5x5 (4), and a batch of several blocks
+CASES = [(3, 32, 16, 16, 32, 2), (5, 32, 8, 8, 64, 2), (2, 33, 7, 9, 40, 2), (4, 20, 12, 12, 50, 0),
+         (3, 40, 8, 6, 20, 4), (2, 7, 9, 9, 5, 1), (40, 32, 8, 8, 48, 3)]
+
+
+def reference(x, w, pad, dy):
+    """(top without bias, bottom diff, weight diff) in float64."""
+    n, c, h, width = x.shape
+    oh, ow = h + 2 * pad - 4, width + 2 * pad - 4
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    y, dxp, dw = np.zeros((n, w.shape[0], oh, ow)), np.zeros_like(xp), np.zeros(w.shape)
+    for i in range(5):
+        for j in range(5):
+            y += np.einsum("nchw,oc->nohw", xp[:, :, i:i + oh, j:j + ow], w[:, :, i, j])
+            dw[:, :, i, j] = np.einsum("nchw,nohw->oc", xp[:, :, i:i + oh, j:j + ow], dy)
+            dxp[:, :, i:i + oh, j:j + ow] += np.einsum("nohw,oc->nchw", dy, w[:, :, i, j].astype(np.float64))
+    return y, dxp[:, :, pad:pad + h, pad:pad + width], dw
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", CASES)
+def test_the_winograd_passes_match_float64_sums(case, threads):
+    n, c, h, width, o, pad = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, width)).astype(np.float32)
+    w = (rng.standard_normal((o, c, 5, 5)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    oh, ow = h + 2 * pad - 4, width + 2 * pad - 4
+    dy = rng.standard_normal((n, o, oh, ow)).astype(np.float32)
+    y_ref, dx_ref, dw_ref = reference(x, w, pad, dy)
+    y = np.full((n, o, oh, ow), np.nan, np.float32)
+    wg.wino_forward(x, w, b, pad, y, wg.WinoPlan5(x.shape, o, pad, threads))
+    assert np.abs(y - b[None, :, None, None] - y_ref).max() <= 1e-5 * np.abs(y_ref).max()
+    relu = np.full_like(y, np.nan)  # with a leaky ReLU above folded in, and no bias
+    wg.wino_forward(x, w, None, pad, relu, wg.WinoPlan5(x.shape, o, pad, threads), True, 0.25)
+    assert np.abs(relu - np.where(y_ref > 0, y_ref, 0.25 * y_ref)).max() <= 1e-5 * np.abs(y_ref).max()
+    dx = np.full(x.shape, np.nan, np.float32)  # overwritten
+    wg.wino_data(dy, w, pad, dx, wg.WinoPlan5(dy.shape, c, 4 - pad, threads))
+    assert np.abs(dx - dx_ref).max() <= 1e-5 * np.abs(dx_ref).max()
+    dw = np.full(w.shape, 0.5, np.float32)  # accumulated
+    plan = wg.WinoBack(x.shape, o, pad, threads)
+    assert plan.parts == min(threads, -(-n // plan.block))
+    wg.wino_weight_diff(x, dy, pad, dw, plan)
+    assert np.abs(dw - 0.5 - dw_ref).max() <= 1e-5 * np.abs(dw_ref).max()
+
+
+def layer_pass(shape, out_c, pad, dtype, winograd, monkeypatch, bias=True):
+    """Top, bottom diff and param diffs of a Convolution's forward and backward, Winograd on or off."""
+    monkeypatch.setattr(conv, "WINOGRAD", winograd)
+    text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
+  - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: {out_c}, kernel_size: 5,
+      pad: {pad}, bias_term: {str(bias).lower()}, weight_filler: {{type: gaussian, std: 0.1}},
+      bias_filler: {{type: gaussian}}}}}}
+  - {{name: loss, type: EuclideanLoss, bottom: [c, c], top: loss}}
+"""
+    net = Net(loads(text), "TRAIN", seed=1, dtype=dtype)
+    net.blobs["data"].data[...] = np.random.default_rng(0).normal(size=shape)
+    layer = net.layers[1]
+    layer.forward(net.bottom_vecs[1], net.top_vecs[1])
+    path = layer.path_taken
+    net.top_vecs[1][0].diff[...] = np.random.default_rng(1).normal(size=net.top_vecs[1][0].diff.shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 0.5  # parameter gradients accumulate
+    net.blobs["data"].diff[...] = np.nan  # the bottom diff is overwritten
+    layer.backward(net.top_vecs[1], [True], net.bottom_vecs[1])
+    return path, [net.blobs["c"].data.copy(), net.blobs["data"].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape, out_c, pad", [((4, 32, 16, 16), 32, 2), ((3, 32, 8, 8), 64, 2),
+                                               ((2, 32, 9, 7), 33, 1), ((2, 48, 12, 12), 32, 0)])
+def test_a_convolution_layer_on_winograd_gives_what_im2col_gives(shape, out_c, pad, bias, monkeypatch):
+    monkeypatch.setattr(conv, "DIRECT", False)  # (the other side: im2col)
+    path, im2col = layer_pass(shape, out_c, pad, np.float32, False, monkeypatch, bias)
+    assert path == "im2col"
+    path, wino = layer_pass(shape, out_c, pad, np.float32, True, monkeypatch, bias)
+    assert path == "Winograd F(2x2, 5x5)"
+    for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, wino):
+        assert np.abs(a - b).max() <= 2e-5 * np.abs(a).max(), name
+
+
+@pytest.mark.parametrize("shape, out_c, kernel, dtype, taken", [
+    ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2", np.float32, True),
+    ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2", np.float64, False),      # (float32 only)
+    ((2, 20, 12, 12), 50, "kernel_size: 5", np.float32, False),              # LeNet's conv2: too few channels
+    ((2, 32, 16, 16), 16, "kernel_size: 5, pad: 2", np.float32, False),      # too few filters
+    ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2, stride: 2", np.float32, False),
+    ((2, 32, 16, 16), 32, "kernel_size: 3, pad: 1", np.float32, False),
+    ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2, group: 2", np.float32, False),
+    ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 4, dilation: 2", np.float32, False),
+])
+def test_winograd_serves_float32_5x5s_of_stride_1_with_32_channels_each_side(shape, out_c, kernel, dtype, taken):
+    text = f"""
+layer:
+  - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
+  - {{name: c, type: Convolution, bottom: data, top: c, convolution_param: {{num_output: {out_c}, {kernel}}}}}
+"""
+    net = Net(loads(text), "TEST", seed=1, dtype=dtype)
+    net.forward()
+    assert (net.layers[1].path_taken == "Winograd F(2x2, 5x5)") == taken
