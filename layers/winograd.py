@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .channels_last import _tile, tile_kind
-from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, wino5_in, wino5_out, wino5_up
+from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, transpose_tile, wino5_in, wino5_out, wino5_up
 
 # Y = A^T [(G g G^T) * (B^T d B)] A for F(2, 5) (points 0, 1, -1, 2, -2, infinity)
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -77,14 +77,21 @@ def _geometry(h, w, pad):
 
 
 @njit(cache=True, nogil=True)
-def _place(x, n, xp, wp, pad, cs):
-    """x[n] (C, H, W) into the interior of xp ((Hp, Wp, Cs) flat, channels-last; its border stays zero)."""
+def _place(x, n, xp, wp, pad, cs, zeros):
+    """x[n] (C, H, W) into the interior of xp ((Hp, Wp, Cs) flat, channels-last; its border stays zero): blocks of a
+    vector's channels by as many columns transposed in registers, the rest one by one."""
     chans, height, width = x.shape[1], x.shape[2], x.shape[3]
-    for c in range(chans):
-        for i in range(height):
-            base = ((i + pad) * wp + pad) * cs + c
-            for j in range(width):
-                xp[base + j * cs] = x[n, c, i, j]
+    xf = x.reshape(-1)
+    cbody, jbody = chans - chans % LANES, width - width % LANES
+    for i in range(height):
+        base = ((i + pad) * wp + pad) * cs
+        for c0 in range(0, cbody, LANES):
+            src = ((n * chans + c0) * height + i) * width
+            for j0 in range(0, jbody, LANES):
+                transpose_tile(xf, src + j0, height * width, xp, base + j0 * cs + c0, cs, zeros, 0, False, 0.0)
+        for c in range(chans):
+            for j in range(0 if c >= cbody else jbody, width):
+                xp[base + j * cs + c] = x[n, c, i, j]
 
 
 @njit(cache=True, nogil=True)
@@ -135,22 +142,50 @@ def _transform_rows(p, tb, opad, t0, th, tw, yc):
 
 
 @njit(cache=True, nogil=True)
-def _take(yc, tw, opad, y, n, bias, has_bias, relu, slope):
-    """y[n] (O, OH, OW) from yc ((2TH, 2TW, Opad) flat), the bias added, a ReLU applied where relu."""
+def _take(yc, tw, opad, y, n, relu, slope, zeros):
+    """y[n] (O, OH, OW) from yc ((2TH, 2TW, Opad) flat), a (leaky) ReLU applied where relu: blocks transposed in
+    registers (the plane as one row where its rows are whole in yc), the rest one by one."""
     chans, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(-1)
+    plane = oh * ow
+    rows, width, stride = (1, plane, 0) if ow == 2 * tw else (oh, ow, 2 * tw)
     s = np.float32(slope)
-    for o in range(chans):
-        bo = bias[o] if has_bias else np.float32(0)
-        for i in range(oh):
-            base = i * 2 * tw * opad + o
-            for j in range(ow):
-                val = yc[base + j * opad] + bo
-                y[n, o, i, j] = val if not relu or val > 0 else val * s
+    obody, jbody = chans - chans % LANES, width - width % LANES
+    for i in range(rows):
+        src, dst = i * stride * opad, n * chans * plane + i * ow
+        for o0 in range(0, obody, LANES):
+            for j0 in range(0, jbody, LANES):
+                transpose_tile(yc, src + j0 * opad + o0, opad, yf, dst + o0 * plane + j0, plane, zeros, 0, relu, s)
+        for o in range(chans):
+            for j in range(0 if o >= obody else jbody, width):
+                v = yc[src + j * opad + o]
+                yf[dst + o * plane + j] = v if not relu or v > 0 else v * s
+
+
+@njit(cache=True, nogil=True)
+def _place_top(dy, n, yc, tw, opad, zeros):
+    """dy[n] (O, OH, OW) into yc ((2TH, 2TW, Opad) flat, channels-last; what lies past OH, OW stays zero), as
+    _take the other way."""
+    chans, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
+    df = dy.reshape(-1)
+    plane = oh * ow
+    rows, width, stride = (1, plane, 0) if ow == 2 * tw else (oh, ow, 2 * tw)
+    obody, jbody = chans - chans % LANES, width - width % LANES
+    for i in range(rows):
+        dst, src = i * stride * opad, n * chans * plane + i * ow
+        for o0 in range(0, obody, LANES):
+            for j0 in range(0, jbody, LANES):
+                transpose_tile(df, src + o0 * plane + j0, plane, yc, dst + j0 * opad + o0, opad, zeros, 0, False,
+                               np.float32(0))
+        for o in range(chans):
+            for j in range(0 if o >= obody else jbody, width):
+                yc[dst + j * opad + o] = df[src + o * plane + j]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _forward(x, u, bias, has_bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
-    """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row."""
+def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
+    """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row; bias
+    (Opad,) added to the products M[7] (A^T's second column is all ones: each of the four outputs gets it once)."""
     n_img, chans, h, w = x.shape
     opad = u.shape[2]
     oh, ow = y.shape[2], y.shape[3]
@@ -178,31 +213,20 @@ def _forward(x, u, bias, has_bias, pad, y, relu, slope, kind, cs, block, parts, 
             n0 = blk * block
             nb = min(block, n_img - n0)
             for b in range(nb):
-                _place(x, n0 + b, xp, wp, pad, cs)
+                _place(x, n0 + b, xp, wp, pad, cs, zeros)
                 _transform_in(xp, wp, cs, th, tw, b * per, tb, r, v)
             for e in range(36):
-                _gemm(kind, v[e * tb * cs:], qin, tb, offs, u[e].reshape(-1), opad, m[e * tb * opad:], qout, zeros,
-                      zeros[:0], False)
+                _gemm(kind, v[e * tb * cs:], qin, tb, offs, u[e].reshape(-1), opad, m[e * tb * opad:], qout,
+                      bias if e == 7 else zeros, zeros[:0], False)
             _transform_out(m, tb, opad, p)
             for b in range(nb):
                 _transform_rows(p, tb, opad, b * per, th, tw, yc)
-                _take(yc, tw, opad, y, n0 + b, bias, has_bias, relu, slope)
+                _take(yc, tw, opad, y, n0 + b, relu, slope, zeros)
 
 
 @njit(cache=True, nogil=True)
 def _round_up_nb(value, step):
     return -(-value // step) * step
-
-
-@njit(cache=True, nogil=True)
-def _place_top(dy, n, yc, tw, opad):
-    """dy[n] (O, OH, OW) into yc ((2TH, 2TW, Opad) flat, channels-last; what lies past OH, OW stays zero)."""
-    chans, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
-    for o in range(chans):
-        for i in range(oh):
-            base = i * 2 * tw * opad + o
-            for j in range(ow):
-                yc[base + j * opad] = dy[n, o, i, j]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -240,9 +264,9 @@ def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
             n0 = blk * block
             nb = min(block, n_img - n0)
             for b in range(nb):
-                _place(x, n0 + b, xp, wp, pad, cs)
+                _place(x, n0 + b, xp, wp, pad, cs, zeros)
                 _transform_in(xp, wp, cs, th, tw, b * per, tb, r, v)
-                _place_top(dy, n0 + b, yc, tw, opad)
+                _place_top(dy, n0 + b, yc, tw, opad, zeros)
                 for ty in range(th):
                     wino5_up(yc, 2 * ty * row2, row2, q, 0, row2, row2)
                     for tx in range(tw):
@@ -306,14 +330,16 @@ class WinoPlan5:
             + 4 * per * self.opad + 12 * tb * self.opad
         self.scratch = np.zeros((self.parts, size), np.float32)
         self.u = np.zeros((36, c, self.opad), np.float32)
+        self.bias = np.zeros(self.opad, np.float32)
 
 
 def wino_forward(x, w, bias, pad, y, plan, relu=False, slope=0.0):
     """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, 5, 5), pad) + bias (None: no bias)."""
     wino_weights(w, plan.u, False)
-    has_bias = bias is not None
-    _forward(x, plan.u, bias if has_bias else plan.u[0, 0], has_bias, pad, y, relu, slope, plan.kind, plan.cs,
-             plan.block, plan.parts, plan.scratch)
+    plan.bias[:] = 0
+    if bias is not None:
+        plan.bias[:bias.size] = bias
+    _forward(x, plan.u, plan.bias, pad, y, relu, slope, plan.kind, plan.cs, plan.block, plan.parts, plan.scratch)
 
 
 class WinoBack:
@@ -348,5 +374,5 @@ def wino_data(dy, w, pad, dx, plan):
     """dx (N, C, H, W) = the data gradient of y = conv(x, w, pad) for the top diff dy (N, O, OH, OW); plan:
     WinoPlan5(dy.shape, C, 4 - pad, threads)."""
     wino_weights(w, plan.u, True)
-    _forward(dy, plan.u, plan.u[0, 0], False, 4 - pad, dx, False, 0.0, plan.kind, plan.cs, plan.block, plan.parts,
-             plan.scratch)
+    plan.bias[:] = 0
+    _forward(dy, plan.u, plan.bias, 4 - pad, dx, False, 0.0, plan.kind, plan.cs, plan.block, plan.parts, plan.scratch)
