@@ -97,10 +97,12 @@ DW_IMAGES = 1 << 18  # the planar weight gradient's images a pass: this many val
 # start's 8x8 digits compiled the parallel builds too: 5.1 s to its first iteration from an empty cache, not 4.1)
 SPREAD = 1 << 17
 DW_BLOCK_BYTES = 96 << 10  # the tap tiles' weight gradient: images of about this many bytes (planes, top diff) at once
-# Winograd's F(2x2, 5x5) (layers/winograd.py) for float32 5x5s of stride 1 with 32 channels or more each side (CIFAR-10
-# quick's conv2 and conv3, one thread, 50 images, against the direct kernels: forward 6.4 -> 4.3 and 3.0 -> 1.9 ms,
-# backward 13.1 -> 8.4 and 6.5 -> 4.3); the data gradient where the pad is 2 or more (its pad 4 - pad: LeNet's
-# unpadded 20 -> 50's data gradient ran no faster). YAFFE_WINOGRAD=0 turns it off.
+# Winograd's F(2x2, 5x5) (layers/winograd.py) for float32 5x5s of stride 1 with channels enough (each side at least
+# WINO_CHANNELS / 2, both together 2 * WINO_CHANNELS). One thread, against the direct kernels (ms forward / backward):
+# CIFAR-10 quick's conv2 (50 images) 6.4 / 13.1 -> 4.0 / 8.5, conv3 3.0 / 6.5 -> 2.0 / 4.6, LeNet's conv2 (32) 1.05 /
+# 2.26 -> 0.94 / 2.24, 16 -> 32 on 16x16 3.2 / 6.7 -> 2.3 / 5.4; but 16 -> 16 3.1 -> 3.4 backward, 20 -> 20 on 8x8
+# 0.36 -> 0.52 forward. The data gradient where the pad is 2 or more (its own pad is 4 - pad; LeNet's unpadded
+# conv2's ran slower than the direct kernels'). YAFFE_WINOGRAD=0 turns it off.
 WINOGRAD = os.environ.get("YAFFE_WINOGRAD", "1") != "0"
 WINO_CHANNELS = 32
 BLOCK_BYTES = 16 << 20   # im2col buffers larger than this are split into blocks on one thread (Convolution._block)
@@ -1375,7 +1377,8 @@ class Convolution(Layer):
         None where the direct kernels serve (WINOGRAD, WINO_CHANNELS)."""
         if not (WINOGRAD and x.dtype == np.float32 and tuple(self.kernel) == (5, 5) and tuple(self.stride) == (1, 1)
                 and tuple(self.dilation) == (1, 1) and self.p.group == 1 and self.pad[0] == self.pad[1] <= 4
-                and min(x.shape[1], self.p.num_output) >= WINO_CHANNELS):
+                and min(x.shape[1], self.p.num_output) >= WINO_CHANNELS // 2
+                and x.shape[1] + self.p.num_output >= 2 * WINO_CHANNELS):
             return None
         key = (x.shape, num_threads())
         plans = getattr(self, "_wino_plans", None)
@@ -1738,8 +1741,12 @@ class Convolution(Layer):
                              wino[2])
             if want_dx and wino[1] is not None:
                 wino_data(dy, self.blobs[0].data.reshape((out_c,) + x.shape[1:2] + (5, 5)), self.pad[0], dx, wino[1])
-            elif want_dx:
-                self._im2col_backward(dy, x, dx, params=False, data=True)
+            elif want_dx:  # (the direct kernels' data gradient, or im2col's)
+                plan = self._direct(x)
+                if plan is None:
+                    return self._im2col_backward(dy, x, dx, params=False, data=True)
+                plan.backward_buffers()
+                self._direct_data(plan, x, dy, dx)
             return
         plan = self._direct(x)
         if plan is None:
@@ -1770,8 +1777,14 @@ class Convolution(Layer):
             weight.diff.reshape(out_c, plan.k)[...] += plan.dwt[:plan.k, :out_c].T
             if bias_tap:
                 self.blobs[1].diff += plan.dwt[plan.k, :out_c]
-        if not want_dx:
-            return
+        if want_dx:
+            self._direct_data(plan, x, dy, dx)
+
+    def _direct_data(self, plan, x, dy, dx):
+        """The bottom diff on the direct plan's kernels (or im2col's where they would waste too much)."""
+        n, c = x.shape[:2]
+        out_c = self.p.num_output
+        weight = self.blobs[0]
         if plan.lanes_data:
             plan.lanes_data_buffers()
             images_to_lanes(dy.reshape(n, out_c, -1), plan.dyb)

@@ -1072,6 +1072,7 @@ def test_the_bias_gradient_is_a_tap_of_the_weight_gradient_where_its_tiles_have_
     ones; a 3x3 layer of 16 channels (144 taps, whole tiles) keeps channel_sums."""
     from tests.gradcheck import make_layer
     from layers.base import Blob
+    monkeypatch.setattr(conv, "WINOGRAD", False)  # (LeNet's conv2 takes Winograd's F(2x2, 5x5) in float32)
     rng = np.random.default_rng(0)
     for chans, kernel, want_tap in ((20, 5, True), (16, 3, False)):
         layer, _ = make_layer("Convolution", {"convolution_param": {

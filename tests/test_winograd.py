@@ -81,7 +81,8 @@ layer:
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape, out_c, pad", [((4, 32, 16, 16), 32, 2), ((3, 32, 8, 8), 64, 2),
-                                               ((2, 32, 9, 7), 33, 1), ((2, 48, 12, 12), 32, 0)])
+                                               ((2, 32, 9, 7), 33, 1), ((2, 48, 12, 12), 32, 0),
+                                               ((3, 20, 12, 12), 50, 0)])  # (LeNet's conv2: the direct data pass)
 def test_a_convolution_layer_on_winograd_gives_what_im2col_gives(shape, out_c, pad, bias, monkeypatch):
     monkeypatch.setattr(conv, "DIRECT", False)  # (the other side: im2col)
     path, im2col = layer_pass(shape, out_c, pad, np.float32, False, monkeypatch, bias)
@@ -95,14 +96,15 @@ def test_a_convolution_layer_on_winograd_gives_what_im2col_gives(shape, out_c, p
 @pytest.mark.parametrize("shape, out_c, kernel, dtype, taken", [
     ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2", np.float32, True),
     ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2", np.float64, False),      # (float32 only)
-    ((2, 20, 12, 12), 50, "kernel_size: 5", np.float32, False),              # LeNet's conv2: too few channels
-    ((2, 32, 16, 16), 16, "kernel_size: 5, pad: 2", np.float32, False),      # too few filters
+    ((2, 20, 12, 12), 50, "kernel_size: 5", np.float32, True),               # LeNet's conv2
+    ((2, 32, 16, 16), 16, "kernel_size: 5, pad: 2", np.float32, False),      # too few channels in all
+    ((2, 12, 16, 16), 64, "kernel_size: 5, pad: 2", np.float32, False),      # too few on one side
     ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2, stride: 2", np.float32, False),
     ((2, 32, 16, 16), 32, "kernel_size: 3, pad: 1", np.float32, False),
     ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 2, group: 2", np.float32, False),
     ((2, 32, 16, 16), 32, "kernel_size: 5, pad: 4, dilation: 2", np.float32, False),
 ])
-def test_winograd_serves_float32_5x5s_of_stride_1_with_32_channels_each_side(shape, out_c, kernel, dtype, taken):
+def test_winograd_serves_float32_5x5s_of_stride_1_with_channels_enough(shape, out_c, kernel, dtype, taken):
     text = f"""
 layer:
   - {{name: d, type: Input, top: data, input_param: {{shape: {{dim: {list(shape)}}}}}}}
