@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .channels_last import _tile, tile_kind
+from .cpu import spread
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, transpose_tile, wino5_in, wino5_out, wino5_up
 
 # Y = A^T [(G g G^T) * (B^T d B)] A for F(2, 5) (points 0, 1, -1, 2, -2, infinity)
@@ -182,7 +183,6 @@ def _place_top(dy, n, yc, tw, opad, zeros):
                 yc[dst + j * opad + o] = df[src + o * plane + j]
 
 
-@njit(cache=True, nogil=True, parallel=True)
 def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
     """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row; bias
     (Opad,) added to the products M[7] (A^T's second column is all ones: each of the four outputs gets it once)."""
@@ -224,12 +224,14 @@ def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
                 _take(yc, tw, opad, y, n0 + b, relu, slope, zeros)
 
 
+_forward = spread(_forward, 0)  # (the serial build on a slice's thread: compiled only where used)
+
+
 @njit(cache=True, nogil=True)
 def _round_up_nb(value, step):
     return -(-value // step) * step
 
 
-@njit(cache=True, nogil=True, parallel=True)
 def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
     """s[part] (36, Cr, Opad) = sum over its blocks of V[e]^T dM[e]: V the bottom's transformed blocks (as the
     forward's), dM = A dy A^T the top diff's 2x2 blocks transformed up to 6x6; K the blocks."""
@@ -278,6 +280,9 @@ def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
                 dm[(e * tb + nb * per) * opad:(e + 1) * tb * opad] = 0
                 _gemm(kind, v[e * tb * cs:], qin, cr, offs, dm[e * tb * opad:], opad, sp[e * cr * opad:], qout,
                       zeros, sp[e * cr * opad:], True)
+
+
+_weight_diff = spread(_weight_diff, 0)
 
 
 @njit(cache=True, nogil=True)
