@@ -1642,8 +1642,8 @@ class Convolution(Layer):
         wino = self._wino(x)
         if wino is not None:
             self.path_taken = "Winograd F(2x2, 5x5)"
-            return wino_forward(x, weight.reshape(y.shape[1], x.shape[1], 5, 5), bias if has_bias else None, self.pad[0], y,
-                                wino[0], *relu)
+            w5 = weight.reshape(y.shape[1], x.shape[1], 5, 5)
+            return wino_forward(x, w5, bias if has_bias else None, self.pad[0], y, wino[0], *relu)
         plan = self._direct(x)
         self.path_taken = "direct" if plan is not None else ("im2col" if self.p.group == 1 else
                                                                f"im2col, {self.p.group} groups")

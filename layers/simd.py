@@ -688,7 +688,8 @@ def _make_linear(name, mat):
                     for i, coef in enumerate(row):
                         if coef == 0:
                             continue
-                        term = d[i] if abs(coef) == 1 else builder.fmul(splat(ir.Constant(elem, float(abs(coef)))), d[i])
+                        scale = splat(ir.Constant(elem, float(abs(coef))))
+                        term = d[i] if abs(coef) == 1 else builder.fmul(scale, d[i])
                         if out is None:
                             out = term if coef > 0 else builder.fneg(term)
                         else:
