@@ -7,10 +7,11 @@ channels-last, its 6x6 blocks transformed in vectors over the channels into V (3
 Cs channels), 36 products V[e] (T x C) U[e] (C x Opad) on the channels-last tiles (`simd.tile_cl`), transformed
 back and written to the top in Caffe's layout.
 
-    wino_weights(w, u)                 w (O, C, 5, 5) -> u (36, C, Opad) = G w G^T
-    wino_forward(x, u, bias, pad, y)   y = conv(x, w) + bias (x (N, C, H, W), y (N, O, OH, OW))
-    wino_data(dy, w, pad, dx)          dx = the data gradient: conv(dy, w rotated, pad 4 - pad)
-    wino_weight_diff(x, dy, pad, dw)   dw += the weight gradient: G^T (sum over blocks (B^T d B) * (A dy A^T)) G
+    WinoPlan5(x shape, O, pad, threads)         a pass's buffers (the data gradient's: dy's shape, C, 4 - pad)
+    WinoBack(x shape, O, pad, threads)          the weight gradient's
+    wino_forward(x, w, bias, pad, y, plan)      y = conv(x, w) + bias: x (N, C, H, W), w (O, C, 5, 5), y (N, O, OH, OW)
+    wino_data(dy, w, pad, dx, plan)             dx = the data gradient: conv(dy, w rotated, pad 4 - pad)
+    wino_weight_diff(x, dy, pad, dw, plan)      dw += the weight gradient: G^T (sum of (B^T d B) * (A dy A^T)) G
 
 The data gradient is the forward on dy with the weights turned 180 degrees and their channels swapped; the weight
 gradient sums, over the blocks, the transformed bottom times the top diff transformed by A (36 products of the
@@ -26,16 +27,15 @@ from .channels_last import _tile, tile_kind
 from .cpu import spread
 from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, transpose_tile, wino5_in, wino5_out, wino5_up
 
-# Y = A^T [(G g G^T) * (B^T d B)] A for F(2, 5) (points 0, 1, -1, 2, -2, infinity)
-BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+# G of Y = A^T [(G g G^T) * (B^T d B)] A for F(2, 5) (points 0, 1, -1, 2, -2, infinity; B^T and A^T: simd.WINO5_BT,
+# WINO5_AT, applied in vectors)
 G = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
               [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1]])
-AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], np.float64)
 LANES = VECTOR_BYTES // 4
 BLOCK_VALUES = 1 << 16  # a block's images: V and M of about this many values each (~256 KB float32: L2)
 
 
+@njit(cache=True, nogil=True)
 def _round_up(value, step):
     return -(-value // step) * step
 
@@ -45,9 +45,7 @@ def wino_weights(w, u, flip):
     """w (O, C, 5, 5) -> u (36, C, Opad): u[e, c, o] = (G w[o, c] G^T)[e], in float64 then rounded; flip: the data
     gradient's u (36, O, Cpad) of w turned 180 degrees, u[e, o, c] = (G w[o, c, ::-1, ::-1] G^T)[e]. The lanes past
     the last filter are left as they are (zeros)."""
-    g = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
-                  [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
-                  [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1.0]])
+    g = G  # (a constant of the compiled kernel)
     out_c, chans = w.shape[0], w.shape[1]
     t = np.empty((6, 5))
     for o in range(out_c):
@@ -183,6 +181,24 @@ def _place_top(dy, n, yc, tw, opad, zeros):
                 yc[dst + j * opad + o] = df[src + o * plane + j]
 
 
+@njit(cache=True, nogil=True)
+def _views(sc, hp, wp, cs, tb, opad, per, extra):
+    """A part's scratch sc cut into (xp: the bottom padded, channels-last; r: a row of blocks' columns transformed;
+    v: the transformed blocks (36, Tb, Cs); m: the products or transformed top diff (36, Tb, Opad); yc: a top
+    channels-last; the last `extra` values). scratch_size gives its length."""
+    a = hp * wp * cs
+    b = a + 6 * wp * cs
+    c = b + 36 * tb * cs
+    d = c + 36 * tb * opad
+    e = d + 4 * per * opad
+    return sc[:a], sc[a:b], sc[b:c], sc[c:d], sc[d:e], sc[e:e + extra]
+
+
+def scratch_size(hp, wp, cs, tb, opad, per, extra):
+    """The values of _views' scratch."""
+    return hp * wp * cs + 6 * wp * cs + 36 * tb * (cs + opad) + 4 * per * opad + extra
+
+
 def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
     """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row; bias
     (Opad,) added to the products M[7] (A^T's second column is all ones: each of the four outputs gets it once)."""
@@ -193,20 +209,13 @@ def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
     hp, wp = 2 * th + 4, 2 * tw + 4
     mr = _tile(kind)[0]
     per = th * tw
-    tb = _round_up_nb(block * per, mr)
+    tb = _round_up(block * per, mr)
     blocks = -(-n_img // block)
     offs = np.arange(chans)
     qin, qout = np.arange(tb) * cs, np.arange(tb) * opad
     zeros = np.zeros(opad, np.float32)
     for part in prange(parts):
-        sc = scratch[part]
-        xp = sc[:hp * wp * cs]
-        r = sc[hp * wp * cs:hp * wp * cs + 6 * wp * cs]
-        at = hp * wp * cs + 6 * wp * cs
-        v = sc[at:at + 36 * tb * cs]
-        m = sc[at + 36 * tb * cs:at + 36 * tb * (cs + opad)]
-        yc = sc[at + 36 * tb * (cs + opad):at + 36 * tb * (cs + opad) + 4 * per * opad]
-        p = sc[at + 36 * tb * (cs + opad) + 4 * per * opad:at + 36 * tb * (cs + opad) + 4 * per * opad + 12 * tb * opad]
+        xp, r, v, m, yc, p = _views(scratch[part], hp, wp, cs, tb, opad, per, 12 * tb * opad)
         xp[:] = 0
         v[:] = 0
         for blk in range(part * blocks // parts, (part + 1) * blocks // parts):
@@ -227,11 +236,6 @@ def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
 _forward = spread(_forward, 0)  # (the serial build on a slice's thread: compiled only where used)
 
 
-@njit(cache=True, nogil=True)
-def _round_up_nb(value, step):
-    return -(-value // step) * step
-
-
 def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
     """s[part] (36, Cr, Opad) = sum over its blocks of V[e]^T dM[e]: V the bottom's transformed blocks (as the
     forward's), dM = A dy A^T the top diff's 2x2 blocks transformed up to 6x6; K the blocks."""
@@ -241,7 +245,7 @@ def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
     hp, wp = 2 * th + 4, 2 * tw + 4
     cr = s.shape[2]
     per = th * tw
-    tb = _round_up_nb(block * per, 4)
+    tb = block * per
     blocks = -(-n_img // block)
     row2 = 2 * tw * opad
     offs = np.arange(tb) * cs
@@ -249,15 +253,7 @@ def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
     qout = np.arange(cr) * opad
     zeros = np.zeros(opad, np.float32)
     for part in prange(parts):
-        sc = scratch[part]
-        xp = sc[:hp * wp * cs]
-        r = sc[hp * wp * cs:hp * wp * cs + 6 * wp * cs]
-        at = hp * wp * cs + 6 * wp * cs
-        v = sc[at:at + 36 * tb * cs]
-        dm = sc[at + 36 * tb * cs:at + 36 * tb * (cs + opad)]
-        at += 36 * tb * (cs + opad)
-        yc = sc[at:at + 4 * per * opad]
-        q = sc[at + 4 * per * opad:at + 4 * per * opad + 6 * row2]
+        xp, r, v, dm, yc, q = _views(scratch[part], hp, wp, cs, tb, opad, per, 6 * row2)
         xp[:] = 0
         yc[:] = 0
         sp = s[part].reshape(-1)
@@ -288,9 +284,7 @@ _weight_diff = spread(_weight_diff, 0)
 @njit(cache=True, nogil=True)
 def _weights_back(s, dw):
     """dw (O, C, 5, 5) += G^T S G of the parts' sums s (parts, 36, Cr, Opad), in float64."""
-    g = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6],
-                  [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3],
-                  [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1.0]])
+    g = G  # (a constant of the compiled kernel)
     out_c, chans = dw.shape[0], dw.shape[1]
     m = np.empty((6, 6))
     t = np.empty((5, 6))
@@ -331,8 +325,7 @@ class WinoPlan5:
         self.block = max(1, min(n, BLOCK_VALUES // (36 * per * max(self.cs, self.opad))))
         self.parts = max(1, min(threads, -(-n // self.block)))
         tb = _round_up(self.block * per, self.mr)
-        size = self.hp * self.wp * self.cs + 6 * self.wp * self.cs + 36 * tb * (self.cs + self.opad) \
-            + 4 * per * self.opad + 12 * tb * self.opad
+        size = scratch_size(self.hp, self.wp, self.cs, tb, self.opad, per, 12 * tb * self.opad)
         self.scratch = np.zeros((self.parts, size), np.float32)
         self.u = np.zeros((36, c, self.opad), np.float32)
         self.bias = np.zeros(self.opad, np.float32)
@@ -355,16 +348,13 @@ class WinoBack:
         self.oh, self.ow, self.th, self.tw, self.hp, self.wp = _geometry(h, w, pad)
         per = self.th * self.tw
         self.cs = _round_up(c, LANES)
-        self.opad = _round_up(out_c, LANES)
         self.kind = tile_kind(out_c, np.float32, c)
         mr, nv = CL_TILES[self.kind]
         self.opad = _round_up(out_c, nv * LANES)
         self.cr = _round_up(c, mr)
         self.block = max(1, min(n, BLOCK_VALUES // (36 * per * max(self.cs, self.opad))))
         self.parts = max(1, min(threads, -(-n // self.block)))
-        tb = _round_up(self.block * per, 4)
-        size = self.hp * self.wp * self.cs + 6 * self.wp * self.cs + 36 * tb * (self.cs + self.opad) \
-            + 4 * per * self.opad + 12 * self.tw * self.opad
+        size = scratch_size(self.hp, self.wp, self.cs, self.block * per, self.opad, per, 12 * self.tw * self.opad)
         self.scratch = np.zeros((self.parts, size), np.float32)
         self.s = np.zeros((self.parts, 36, self.cr, self.opad), np.float32)
 
