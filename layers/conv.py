@@ -1383,7 +1383,7 @@ class Convolution(Layer):
         key = (x.shape, num_threads())
         plans = getattr(self, "_wino_plans", None)
         if plans is None or plans[0] != key:
-            pad, threads, out_c = self.pad[0], num_threads(), self.p.num_output
+            pad, threads, out_c = self.pad[0], key[1], self.p.num_output
             top = (x.shape[0], out_c) + tuple(self.out_hw)
             plans = self._wino_plans = (key, WinoPlan5(x.shape, out_c, pad, threads),
                                         WinoPlan5(top, x.shape[1], 4 - pad, threads) if pad >= 2 else None,
@@ -1734,13 +1734,12 @@ class Convolution(Layer):
             return
         wino = self._wino(x)
         if wino is not None:
-            n, out_c = x.shape[0], self.p.num_output
+            n, out_c, shape = x.shape[0], self.p.num_output, (self.p.num_output, x.shape[1], 5, 5)
             if self.p.bias_term:
                 channel_sums(dy.reshape(n, out_c, -1), self.blobs[1].diff)
-            wino_weight_diff(x, dy, self.pad[0], self.blobs[0].diff.reshape((out_c,) + x.shape[1:2] + (5, 5)),
-                             wino[2])
+            wino_weight_diff(x, dy, self.pad[0], self.blobs[0].diff.reshape(shape), wino[2])
             if want_dx and wino[1] is not None:
-                wino_data(dy, self.blobs[0].data.reshape((out_c,) + x.shape[1:2] + (5, 5)), self.pad[0], dx, wino[1])
+                wino_data(dy, self.blobs[0].data.reshape(shape), self.pad[0], dx, wino[1])
             elif want_dx:  # (the direct kernels' data gradient, or im2col's)
                 plan = self._direct(x)
                 if plan is None:

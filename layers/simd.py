@@ -688,8 +688,8 @@ def _make_linear(name, mat):
                     for i, coef in enumerate(row):
                         if coef == 0:
                             continue
-                        scale = splat(ir.Constant(elem, float(abs(coef))))
-                        term = d[i] if abs(coef) == 1 else builder.fmul(scale, d[i])
+                        term = d[i] if abs(coef) == 1 else builder.fmul(splat(ir.Constant(elem, float(abs(coef)))),
+                                                                        d[i])
                         if out is None:
                             out = term if coef > 0 else builder.fneg(term)
                         else:
@@ -1238,6 +1238,7 @@ else:
 # a band's run of values to the top, with a SUM above and a ReLU (layers/conv.direct_conv_bands, take_planes)
 store_row = _py_store_row if config.DISABLE_JIT else _make_store_row()
 wino_in, wino_out = (None, None) if config.DISABLE_JIT else (_make_wino_in(), _make_wino_out())
+
 
 def _py_linear(mat, x, src, ss, y, dst, ds, count):
     for k, row in enumerate(mat):
