@@ -87,6 +87,7 @@ def test_a_convolution_layer_on_winograd_gives_what_im2col_gives(shape, out_c, p
     monkeypatch.setattr(conv, "DIRECT", False)  # (the other side: im2col)
     path, im2col = layer_pass(shape, out_c, pad, np.float32, False, monkeypatch, bias)
     assert path == "im2col"
+    monkeypatch.setattr(conv, "DIRECT", True)  # (a pad under 2: the direct kernels' data gradient beside Winograd)
     path, wino = layer_pass(shape, out_c, pad, np.float32, True, monkeypatch, bias)
     assert path == "Winograd F(2x2, 5x5)"
     for name, a, b in zip(["top", "bottom diff", "weight diff", "bias diff"], im2col, wino):
