@@ -20,7 +20,7 @@ import numpy as np
 from numba import carray, config, njit, prange
 
 from .cpu import SPIN_ROUNDS, _fetch_add, _load_acquire, _pointer_to, _spin_pause, _yield_cpu, num_threads
-from .simd import CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, wino_in, wino_out
+from .simd import CL_SPEED, CL_TILES, VECTOR_BYTES, tile_cl1, tile_cl2, tile_cl4, wino_in, wino_out
 
 
 TO_CL, CONV, POOL, BACK, WINDOW, RELU, WINO = 0, 1, 2, 3, 4, 5, 6  # run_program's steps
@@ -273,13 +273,18 @@ def run_program(ops, coeffs, mem, ints, params, blobs, images, sub, border, thre
 
 def tile_kind(out_c, dtype, pixels) -> int:
     """The tile (CL_TILES' index) for out_c filters on planes of `pixels`: the one computing the fewest values
-    with the tiles whole (pixels rounded up to its rows, filters to its vectors), of those the one of more vectors
+    with the tiles whole (pixels rounded up to its rows, filters to its vectors; weighed by the tile's CL_SPEED), of
+    those the one of more vectors
     (ResNets' 7x7 planes of 64 filters: 7 x 2 at 116 GFLOP/s a Zen 4 core against 4 x 4's 109 and 5 x 4's 109; 8x8:
     4 x 4 at 116)."""
     vectors = -(-out_c // (VECTOR_BYTES // np.dtype(dtype).itemsize))
-    return min(range(len(CL_TILES)), key=lambda k: (-(-pixels // CL_TILES[k][0]) * CL_TILES[k][0]
-                                                    * -(-vectors // CL_TILES[k][1]) * CL_TILES[k][1],
-                                                    -CL_TILES[k][1]))
+    return min(range(len(CL_TILES)), key=lambda k: (tile_cost(k, pixels, vectors), -CL_TILES[k][1]))
+
+
+def tile_cost(kind, pixels, vectors) -> float:
+    """The values tile `kind` computes for `pixels` by `vectors` (rounded up to whole tiles), over its CL_SPEED."""
+    mr, nv = CL_TILES[kind]
+    return -(-pixels // mr) * mr * -(-vectors // nv) * nv / CL_SPEED[kind]
 
 
 class ConvPlan:
@@ -332,8 +337,7 @@ class WinoPlan:
         # channel stride
         tw, vectors = -(-ow // 2), -(-o // lanes)
         fits = [k for k, (mr, nv) in enumerate(CL_TILES) if -(-vectors // nv) * nv * lanes <= ocs]
-        self.kind = min(fits, key=lambda k: (-(-tw // CL_TILES[k][0]) * CL_TILES[k][0] * -(-vectors // CL_TILES[k][1])
-                                             * CL_TILES[k][1], -CL_TILES[k][1]))
+        self.kind = min(fits, key=lambda k: (tile_cost(k, tw, vectors), -CL_TILES[k][1]))
         mr, nv = CL_TILES[self.kind]
         self.opad = -(-vectors // nv) * nv * lanes
         assert (h, w) == (oh, ow) and c % lanes == 0 and min(bb, tb) >= 1 + max(oh % 2, ow % 2), \

@@ -1221,8 +1221,12 @@ else:
 # the channels-last convolutions of forward-only nets (layers/channels_last.py): pixels x vectors of filters.
 # Measured on Zen 4 (resnet_fashion's layers at batch 32, one thread): on AVX-512 tiles of 8, 4 and 5 pixels ran
 # 3-9% faster than of 12, 6 and 6 (24 accumulators: their 12 pixels' offsets no longer fit the general registers);
-# on AVX2 12, 6 and 3 (2, 4 and 3 as many vectors of 8 filters) ran 1.1-1.4x faster than 8, 4 and 2
-CL_TILES = ((8, 1), (7, 2), (4, 4)) if VECTOR_BYTES == 64 else ((12, 1), (6, 2), (3, 4))
+# on AVX2 6 and 3 (4 and 3 as many vectors of 8 filters) ran 1.1-1.4x faster than 4 and 2. One vector of filters
+# on AVX2 makes a load for each FMA of 8 lanes (on AVX-512 of 16): 8 x 1 ran 82-95 GFLOP/s a Zen 4 core (K 20 to
+# 200) against 6 x 2's and 3 x 4's 111-117 (12 x 1, its offsets past the general registers, 57-69), so tile_kind
+# weighs the values each tile computes by CL_SPEED
+CL_TILES = ((8, 1), (7, 2), (4, 4)) if VECTOR_BYTES == 64 else ((8, 1), (6, 2), (3, 4))
+CL_SPEED = (1.0, 1.0, 1.0) if VECTOR_BYTES == 64 else (0.78, 1.0, 1.0)
 if config.DISABLE_JIT:
     tile_cl1, tile_cl2, tile_cl4 = (functools.partial(_py_tile_cl, mr, nv) for mr, nv in CL_TILES)
 else:

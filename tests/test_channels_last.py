@@ -145,8 +145,8 @@ def test_a_winograd_run_on_a_plane_odd_in_one_direction_only_gives_the_layers_re
 
 
 def test_the_geometries_take_every_tile_and_the_tile_wastes_least():
-    """tile_kind: the tile computing the fewest values (pixels and filters rounded up to whole tiles), of those the
-    one of more vectors; the geometries above take each of CL_TILES in float32."""
+    """tile_kind: the tile computing the fewest values (pixels and filters rounded up to whole tiles, weighed by
+    CL_SPEED), of those the one of more vectors; the geometries above take each of CL_TILES in float32."""
     kinds = set()
     for c, h, w, o, k, stride, pad in GEOMETRIES:
         oh, ow = (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
@@ -155,13 +155,17 @@ def test_the_geometries_take_every_tile_and_the_tile_wastes_least():
     lanes = simd.VECTOR_BYTES // 4
     for o, pixels in ((64, 49), (64, 64), (16, 784), (32, 196), (48, 63), (64, 17)):
         vectors = -(-o // lanes)
-        work = [-(-pixels // mr) * mr * -(-vectors // nv) * nv for mr, nv in simd.CL_TILES]
+        work = [-(-pixels // mr) * mr * -(-vectors // nv) * nv / speed for (mr, nv), speed in zip(simd.CL_TILES,
+                                                                                                 simd.CL_SPEED)]
         kind = tile_kind(o, np.float32, pixels)
         assert work[kind] == min(work) and all(simd.CL_TILES[kind][1] >= simd.CL_TILES[k][1]
                                                for k in range(3) if work[k] == min(work))
     if simd.VECTOR_BYTES == 64:  # ResNets' 7x7 planes of 64 filters: 7 pixels by 2 vectors; 8x8: 4 by 4
         assert simd.CL_TILES[tile_kind(64, np.float32, 49)] == (7, 2)
         assert simd.CL_TILES[tile_kind(64, np.float32, 64)] == (4, 4)
+    else:  # one vector of filters only where more would be mostly padding (LeNet conv2's 2 images of Winograd blocks)
+        assert simd.CL_TILES[tile_kind(50, np.float32, 32)] == (3, 4)
+        assert simd.CL_TILES[tile_kind(8, np.float32, 64)] == (8, 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

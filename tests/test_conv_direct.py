@@ -813,7 +813,7 @@ for width in (24, 32, 40):
 for groups in (2, 3):  # the transposes (lanes_to_top with an Eltwise SUM above too): 8 values a block
     with pytest.MonkeyPatch.context() as patch:  # (the kernels as they are, not wrapped by the tests above)
         t.test_the_transposes_to_and_from_the_lanes_match_numpy_compiled_and_as_python(np.float32, groups, patch)
-import tests.test_channels_last as c  # the channels-last tiles (12x1, 6x2, 3x4), each chosen by some geometry
+import tests.test_channels_last as c  # the channels-last tiles (8x1, 6x2, 3x4), each chosen by some geometry
 c.test_the_geometries_take_every_tile_and_the_tile_wastes_least()
 for geometry in c.GEOMETRIES:
     c.test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(geometry, np.float32)
