@@ -114,3 +114,21 @@ layer:
     net = Net(loads(text), "TEST", seed=1, dtype=dtype)
     net.forward()
     assert (net.layers[1].path_taken == "Winograd F(2x2, 5x5)") == taken
+
+
+def test_under_numba_disable_jit_the_winograd_passes_run_as_python():
+    """NUMBA_DISABLE_JIT (debugging in Python): the transforms' and tiles' Python versions (simd._py_linear,
+    _py_tile_cl, _py_transpose_tile) give the same passes, in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    code = ("import functools, layers.simd as simd, test_winograd as t\n"
+            "assert isinstance(simd.wino5_in, functools.partial)\n"
+            "for case in ((2, 7, 9, 9, 5, 1), (1, 9, 6, 8, 10, 2), (2, 20, 12, 12, 50, 0)):\n"
+            "    t.test_the_winograd_passes_match_float64_sums(case, 1)\n"
+            "print('ok')\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", YAFFE_DENORMALS="keep",
+               PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
