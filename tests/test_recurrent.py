@@ -350,9 +350,10 @@ def test_lean_slices_copy_back_only_what_the_trainer_reads_and_carry_the_state()
 
 @pytest.mark.parametrize("m", [5, 6, 7, 8, 9, 16, 30, 32])
 def test_step_product_is_the_matrix_product_in_either_tile_and_as_python(m, monkeypatch):
-    """step_product (an LSTM step's product on the calling thread): tiles of ROWS_MR rows where they divide m,
-    else of PIX_MR rows with the last overlapping, else (fewer rows than a tile) OpenBLAS; compiled and, where
-    tiles run, with the tiles in Python (NUMBA_DISABLE_JIT's), both a @ b."""
+    """step_product (an LSTM step's product on the calling thread) on b packed by pack_panels: tiles of ROWS_MR
+    rows where they divide m, else of PIX_MR rows with the last overlapping, else (fewer rows than a tile: nothing
+    packed) OpenBLAS; compiled and, where tiles run, with the tiles in Python (NUMBA_DISABLE_JIT's), both a @ b;
+    the panels hold b's columns, TILE_COLS of them at a time, each panel contiguous."""
     import functools
     import layers.recurrent as rec
     from layers import simd
@@ -362,12 +363,16 @@ def test_step_product_is_the_matrix_product_in_either_tile_and_as_python(m, monk
     a, b = rng.normal(size=(m, 37)).astype(np.float32), rng.normal(size=(37, 2 * rec.TILE_COLS)).astype(np.float32)
     want = a.astype(np.float64) @ b.astype(np.float64)
     c = np.full((m, b.shape[1]), np.nan, np.float32)
-    rec.step_product(a, b, c)
+    bp = rec.pack_panels(b, m)
+    rec.step_product(a, b, c, bp)
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
     if m < rec.PIX_MR:
+        assert bp.size == 0
         return  # (OpenBLAS, named from the kernel: not callable from Python)
+    cols = rec.TILE_COLS
+    np.testing.assert_array_equal(bp.reshape(-1, 37, cols), b.reshape(37, -1, cols).transpose(1, 0, 2))
     monkeypatch.setattr(rec, "tile_rows", functools.partial(simd._py_tile_pixels, simd.ROWS_MR, simd.PIX_NV, False))
     monkeypatch.setattr(rec, "tile_pixels", functools.partial(simd._py_tile_pixels, simd.PIX_MR, simd.PIX_NV, False))
     c = np.full((m, b.shape[1]), np.nan, np.float32)
-    rec.step_product.py_func(a, b, c)
+    rec.step_product.py_func(a, b, c, bp)
     np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
