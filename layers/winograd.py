@@ -130,7 +130,8 @@ def _skew(values):
 @njit(cache=True, nogil=True)
 def _transform_in(xp, wp, cs, th, tw, t0, sv, r, v):
     """V[e, t0 + ty*TW + tx, :] (row e at e*sv) = (B^T d B)[e] of every 6x6 block d of xp (rows 2ty.., columns
-    2tx..), in vectors over the channels: the columns of a row of blocks first (r: 6 x Wp x Cs), then its blocks' rows."""
+    2tx..), in vectors over the channels: the columns of a row of blocks first (r: 6 x Wp x Cs), then its blocks'
+    rows."""
     row = wp * cs
     for ty in range(th):
         wino5_in(xp, 2 * ty * row, row, r, 0, row, row)
