@@ -13,11 +13,11 @@ The input products of all T steps are one matrix product; the recurrence is a lo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
-from .cpu import _sgemm, add_column_sums, gemm, gemm_acc, pooled
+from .cpu import _sgemm, add_column_sums, blas_threads, gemm, gemm_acc, pooled
 from .kernels import sigmoid32, tanh32
 from .simd import PIX_MR, PIX_NV, ROWS_MR, VECTOR_BYTES, tile_pixels, tile_rows
 
@@ -152,10 +152,11 @@ def pack_panels(b, m):
 @njit(cache=True, nogil=True)
 def step_product(a, b, c, bp):
     """c (m, n) = a (m, k) @ b (k, n), all C-contiguous float32, on the calling thread: with bp = pack_panels(b, m)
-    not empty, register tiles of ROWS_MR rows where they divide m, else of PIX_MR rows with the last overlapping the
-    one before, by TILE_COLS columns (layers/simd.py's tile_rows, tile_pixels); else OpenBLAS."""
+    not empty (b itself then unread), register tiles of ROWS_MR rows where they divide m, else of PIX_MR rows with
+    the last overlapping the one before, by TILE_COLS columns (layers/simd.py's tile_rows, tile_pixels); else
+    OpenBLAS."""
     m, k = a.shape
-    n = b.shape[1]
+    n = c.shape[1]
     if bp.size:
         rows = ROWS_MR if m % ROWS_MR == 0 else PIX_MR  # (tiles of ROWS_MR rows: 1.2x on an LSTM step's 32)
         qs, offs, zeros = np.arange(rows) * k, np.arange(k), np.zeros(n, np.float32)
@@ -196,9 +197,13 @@ def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
     xh[t] holds x_t then cont_t * h_{t-1} (this call writes it for t > 0; xh[0]'s on entry) in its columns
     [i_dim, i_dim + H), and bias (N, 4H) the bias in every row. One product of K >= I+H a step instead of one
     of all steps' inputs (K = I: few columns, slow) whose (T, N, 4H) result each step then read."""
+    _joined_steps(xh, i_dim, bias, keep, w_t, pack_panels(w_t, c.shape[1]), c0, gate, c, tc, out)
+
+
+@njit(cache=True, nogil=True)
+def _joined_steps(xh, i_dim, bias, keep, w_t, bp, c0, gate, c, tc, out):
     t_len, n, hd = c.shape
     last = np.empty((0, hd), np.float32)
-    bp = pack_panels(w_t, n)
     for t in range(t_len):
         step_product(xh[t], w_t, gate[t], bp)
         c_prev = c[t - 1] if t else c0
@@ -207,6 +212,26 @@ def lstm_forward32_joined(xh, i_dim, bias, keep, w_t, c0, gate, c, tc, out):
                         xh[t + 1, :, i_dim:i_dim + hd])
         else:
             lstm_step32(gate[t], bias, keep[t], c_prev, c[t], tc[t], out[t], keep[t], last)
+
+
+@njit(cache=True, nogil=True)
+def pack_joined(w_x, w_hc):
+    """[W_x | W_hc | 0]^T (I + H + 1, 4H), the joined steps' weights, as pack_panels' panels, read straight from
+    the blobs' W_x (4H, I) and W_hc (4H, H): no transposed copy first (4H a multiple of TILE_COLS)."""
+    g, i_dim = w_x.shape
+    h = w_hc.shape[1]
+    k = i_dim + h + 1
+    bp = np.empty(k * g, np.float32)
+    for p in range(g // TILE_COLS):
+        base = p * k * TILE_COLS
+        for j in range(TILE_COLS):
+            r = p * TILE_COLS + j
+            for i in range(i_dim):
+                bp[base + i * TILE_COLS + j] = w_x[r, i]
+            for i in range(h):
+                bp[base + (i_dim + i) * TILE_COLS + j] = w_hc[r, i]
+            bp[base + (k - 1) * TILE_COLS + j] = 0
+    return bp
 
 
 @njit(cache=True, nogil=True)
@@ -222,6 +247,59 @@ def lstm_backward32(gate, tc, c, c0, dout, keep, w_hc, dc, rec, dg):
             lstm_step_backward(gate[t], tc[t], c_prev, dout[t], rec, keep[t + 1], dc, dg[t])
         else:
             lstm_step_backward(gate[t], tc[t], c_prev, dout[t], rec, keep[t, :0], dc, dg[t])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lstm_forward32_chunks(x, h0, keep, w_x, w_hc, bias, c0, xh, gate, c, tc, hb, out):
+    """lstm_forward32_joined on S chunks of the N sequences side by side, a thread each (prange): the whole batch in
+    one call, without the slices' Python. x (T, N, I) and out (T, N, H) whole; h0 and c0 (S, nc, H) the initial
+    state; keep (S, T, nc) cont; W_x (4H, I) and W_hc (4H, H) the blobs'; bias (nc, 4H); xh (S, T, nc, I+H+1)
+    (its last column ones), gate (S, T, nc, 4H), c, tc, hb (S, T, nc, H): each chunk's buffers, contiguous."""
+    s_all, t_len, nc, k = xh.shape
+    i_dim, hd = x.shape[2], c.shape[3]
+    for s in prange(s_all):
+        n0 = s * nc
+        for t in range(t_len):
+            for j in range(nc):
+                xh[s, t, j, :i_dim] = x[t, n0 + j]
+        for j in range(nc):
+            for d in range(hd):
+                xh[s, 0, j, i_dim + d] = keep[s, 0, j] * h0[s, j, d]
+        bp = pack_joined(w_x, w_hc)  # (each chunk its own: no wait for another thread's)
+        _joined_steps(xh[s], i_dim, bias, keep[s], w_x, bp, c0[s], gate[s], c[s], tc[s], hb[s])  # (w_x: unread)
+        for t in range(t_len):
+            for j in range(nc):
+                out[t, n0 + j] = hb[s, t, j]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lstm_backward32_chunks(gate, tc, c, c0, dout, keep, w_hc, db, dc, rec, dg, xh, dw):
+    """lstm_backward32 on the chunks of lstm_forward32_chunks side by side: dout (T, N, H) whole, copied into db
+    (S, T, nc, H); dc and rec (S, nc, H) scratch; dg (S, T, nc, 4H); then each chunk's weight gradient
+    dw[s] (4H, K) = dg[s]^T xh[s] by OpenBLAS on its thread (one thread of OpenBLAS's own: the caller's to set)."""
+    s_all, t_len, nc, hd = c.shape
+    g, k = dw.shape[1], dw.shape[2]
+    for s in prange(s_all):
+        n0 = s * nc
+        for t in range(t_len):
+            for j in range(nc):
+                db[s, t, j] = dout[t, n0 + j]
+        dc[s] = 0
+        lstm_backward32(gate[s], tc[s], c[s], c0[s], db[s], keep[s], w_hc, dc[s], rec[s], dg[s])
+        _sgemm(np.int32(101), np.int32(112), np.int32(111), np.int64(g), np.int64(k), np.int64(t_len * nc),
+               np.float32(1.0), np.int64(dg[s].ctypes.data), np.int64(g), np.int64(xh[s].ctypes.data), np.int64(k),
+               np.float32(0.0), np.int64(dw[s].ctypes.data), np.int64(k))
+
+
+def _chunks(n, h_dim, threads=None):
+    """How many chunks of N sequences the LSTM runs side by side on Numba's threads (lstm_forward32_chunks), or
+    0: more than one thread, N divides into one chunk a thread of PIX_MR sequences or more, and every step's
+    product takes register tiles (H a multiple of TILE_COLS), and OpenBLAS's CBLAS is callable from the kernels
+    (each chunk's weight gradient)."""
+    from numba import get_num_threads
+    k = threads or get_num_threads()
+    return k if (k > 1 and FAST_FLOAT32 and JOINED and n % k == 0 and n // k >= PIX_MR
+                 and h_dim % TILE_COLS == 0 and pooled()) else 0
 
 
 def _one_call(n, h_dim, *arrays):
@@ -342,6 +420,11 @@ class Recurrent(Layer):
     def w_h(self):
         return self.blobs[3 if self.static else 2]
 
+    def chunks_on(self, threads: int) -> bool:
+        """Whether this layer shares its batch out over `threads` threads itself (else a net of it trains as
+        slices: solvers/replicas.py)."""
+        return False
+
 
 @register("LSTM")
 class LSTM(Recurrent):
@@ -349,6 +432,9 @@ class LSTM(Recurrent):
     [h_0, c_0 (1, N, H)] -> h (T, N, H) [, h_T, c_T (1, N, H)]."""
 
     gates, n_state = 4, 2
+
+    def chunks_on(self, threads):
+        return self.dtype == np.float32 and not self.static and _chunks(self.N, self.H, threads) > 0
 
     def forward(self, bottom, top):
         x, cont, xs, states = self._inputs(bottom)
@@ -358,9 +444,11 @@ class LSTM(Recurrent):
         c_prev = states[1] if states else np.zeros((n, h_dim), self.dtype)
         self.c0 = c_prev.copy()
         out = top[0].data.reshape(t_len, n, h_dim)
-        self.joined = (JOINED and self.dtype == np.float32 and not self.static and _one_call(n, h_dim, x, out)
+        float32 = self.dtype == np.float32 and not self.static
+        self.chunks = _chunks(n, h_dim) if float32 and x.flags.c_contiguous and out.flags.c_contiguous else 0
+        self.joined = (JOINED and float32 and not self.chunks and _one_call(n, h_dim, x, out)
                        and n >= PIX_MR and (4 * h_dim) % TILE_COLS == 0)
-        if self.joined:  # the input product inside each step's (lstm_forward32_joined)
+        if self.joined or self.chunks:  # the input product inside each step's (lstm_forward32_joined)
             self.gate, self.c, self.tc = self._buffers(("gate", 4), ("c", 1), ("tc", 1))
             i_dim = self.I
             if getattr(self, "xh", None) is None or self.xh.shape != (t_len, n, i_dim + h_dim + 1):
@@ -369,16 +457,29 @@ class LSTM(Recurrent):
                 self.w_cat = np.zeros((i_dim + h_dim + 1, 4 * h_dim), np.float32)
                 self.bias_rows = np.empty((n, 4 * h_dim), np.float32)
             xh, w_cat = self.xh, self.w_cat
-            xh[:, :, :i_dim] = x
-            keep = np.ascontiguousarray(cont, dtype=np.float32)
-            np.multiply(keep[0][:, None], h_prev, out=xh[0, :, i_dim:i_dim + h_dim])
-            w_cat[:i_dim] = self.blobs[0].data.T
-            w_cat[i_dim:i_dim + h_dim] = w_hc.T
             self.bias_rows[...] = self.blobs[1].data
-            lstm_forward32_joined(xh, i_dim, self.bias_rows, keep, w_cat, self.c0, self.gate, self.c, self.tc, out)
+            if self.chunks:  # S chunks of N/S sequences side by side, a thread each; chunk-major buffers
+                ch, nc = self.chunks, n // self.chunks
+                self.hb, = self._buffers(("hb", 1))
+                keep = cont.reshape(t_len, ch, nc).transpose(1, 0, 2)
+                self.keep_chunks = np.ascontiguousarray(keep, dtype=np.float32)
+                h0 = np.ascontiguousarray(h_prev, dtype=np.float32).reshape(ch, nc, h_dim)
+                lstm_forward32_chunks(x, h0, self.keep_chunks, self.blobs[0].data, w_hc, self.bias_rows,
+                                      self.c0.reshape(ch, nc, h_dim),
+                                      *(self._chunked(a) for a in (xh, self.gate, self.c, self.tc, self.hb)), out)
+                c_last = self._chunked(self.c)[:, t_len - 1]
+            else:
+                w_cat[:i_dim] = self.blobs[0].data.T
+                w_cat[i_dim:i_dim + h_dim] = w_hc.T
+                xh[:, :, :i_dim] = x
+                keep = np.ascontiguousarray(cont, dtype=np.float32)
+                np.multiply(keep[0][:, None], h_prev, out=xh[0, :, i_dim:i_dim + h_dim])
+                lstm_forward32_joined(xh, i_dim, self.bias_rows, keep, w_cat, self.c0, self.gate, self.c, self.tc,
+                                      out)
+                c_last = self.c[t_len - 1]
             if len(top) == 3:
                 top[1].data[...] = out[t_len - 1].reshape(top[1].data.shape)
-                top[2].data[...] = self.c[t_len - 1].reshape(top[2].data.shape)
+                top[2].data[...] = c_last.reshape(top[2].data.shape)
             return
         gx = self._input_products(x, xs)
         # i, f, o, g after their nonlinearities; c; cont_t * h_{t-1}; tanh(c) (for the backward); kept across passes
@@ -415,6 +516,10 @@ class LSTM(Recurrent):
             top[1].data[...] = h_prev.reshape(top[1].data.shape)
             top[2].data[...] = c_prev.reshape(top[2].data.shape)
 
+    def _chunked(self, a):
+        """A (T, N, k) buffer seen as the chunks' (S, T, N/S, k) (its values reinterpreted, not moved)."""
+        return a.reshape(self.chunks, self.T, self.N // self.chunks, a.shape[-1])
+
     def backward(self, top, propagate_down, bottom):
         x, cont, xs, states = self._inputs(bottom)
         t_len, n, h_dim = self.T, self.N, self.H
@@ -422,8 +527,23 @@ class LSTM(Recurrent):
         dout = top[0].diff.reshape(t_len, n, h_dim)
         dc_next = np.zeros((n, h_dim), self.dtype)  # NOTE: h_T's and c_T's diffs are not used (Caffe's)
         dg, = self._buffers(("dg", 4))
+        self.dg = dg
         rec, keep = np.empty((n, h_dim), self.dtype), np.ascontiguousarray(cont, dtype=self.dtype)
-        if _one_call(n, h_dim, dout, w_hc, self.gate):  # all steps in one kernel call
+        chunks = getattr(self, "chunks", 0)
+        if chunks:  # dg in the chunks' order (S, T, N/S), as xh
+            self.db, = self._buffers(("db", 1))
+            ch = self._chunked
+            k = self.xh.shape[2]
+            if getattr(self, "dw_chunks", None) is None or self.dw_chunks.shape != (chunks, 4 * h_dim, k):
+                self.dw_chunks = np.empty((chunks, 4 * h_dim, k), np.float32)
+            before = blas_threads(1)
+            try:
+                lstm_backward32_chunks(ch(self.gate), ch(self.tc), ch(self.c), self.c0.reshape(chunks, -1, h_dim),
+                                       dout, self.keep_chunks, w_hc, ch(self.db), dc_next.reshape(chunks, -1, h_dim),
+                                       rec.reshape(chunks, -1, h_dim), ch(dg), ch(self.xh), self.dw_chunks)
+            finally:
+                blas_threads(before)
+        elif _one_call(n, h_dim, dout, w_hc, self.gate):  # all steps in one kernel call
             lstm_backward32(self.gate, self.tc, self.c, self.c0, dout, keep, w_hc, dc_next, rec, dg)
         else:
             for t in reversed(range(t_len)):
@@ -432,17 +552,26 @@ class LSTM(Recurrent):
                     gemm(dg[t + 1], w_hc, rec)
                 lstm_step_backward(self.gate[t], self.tc[t], c_prev, dout[t], rec, keep[t + 1] if t + 1 < t_len
                                    else keep[t, :0], dc_next, dg[t])  # dc_next: in place
-        if getattr(self, "joined", False):  # the weights' and bias' gradients in one product: dg^T [x | cont h | 1]
+        if getattr(self, "joined", False) or chunks:  # the weights' and bias' gradients: dg^T [x | cont h | 1]
             i_dim, flat, k = self.I, dg.reshape(-1, 4 * h_dim), self.xh.shape[2]
             if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, k):
                 self.dw_cat = np.empty((4 * h_dim, k), np.float32)
-            self.dw_cat[...] = 0
-            gemm_acc(flat.T, self.xh.reshape(-1, k), self.dw_cat)
+            if chunks:
+                np.sum(self.dw_chunks, axis=0, out=self.dw_cat)
+            else:
+                self.dw_cat[...] = 0
+                gemm_acc(flat.T, self.xh.reshape(-1, k), self.dw_cat)
             self.blobs[0].diff += self.dw_cat[:, :i_dim]
             self.w_h.diff += self.dw_cat[:, i_dim:i_dim + h_dim]
             self.blobs[1].diff += self.dw_cat[:, i_dim + h_dim]
             if propagate_down[0]:
-                gemm(flat, self.blobs[0].data, bottom[0].diff.reshape(-1, self.I))
+                dx = bottom[0].diff.reshape(-1, self.I)
+                if chunks:  # rows in the chunks' order, put back after
+                    dx = np.empty_like(dx)
+                gemm(flat, self.blobs[0].data, dx)
+                if chunks:
+                    bottom[0].diff.reshape(t_len, chunks, -1, self.I)[...] = \
+                        dx.reshape(chunks, t_len, -1, self.I).transpose(1, 0, 2, 3)
             return
         gemm_acc(dg.reshape(-1, 4 * h_dim).T, self.hc.reshape(-1, h_dim), self.w_h.diff)  # one product, all steps
         self._input_backward(dg, x, xs, propagate_down, bottom)

@@ -67,8 +67,10 @@ def start(net: Net, requested: int | None, threads: int | None = None,
         maps = sum(int(np.prod(net.shapes[t])) for d, l in zip(net.defs, net.layers) if not l.is_source
                    for t in d.tops if len(net.shapes.get(t, ())) == 4 and np.prod(net.shapes[t][2:]) > 1)
         # a recurrent layer's steps are small products in a Python loop: slices run them side by side
-        # (models/lstm_mnist: 1.2x on 2 cores); its sequences are split along N
-        sequences = any(getattr(l, "time_major_bottoms", None) for l in net.layers)
+        # (models/lstm_mnist: 1.2x on 2 cores), its sequences split along N; unless the layer shares its batch
+        # out over the threads itself (a float32 LSTM: its chunks side by side in one kernel, the rest of the
+        # net whole, without the slices' Python taking turns under the lock)
+        sequences = any(getattr(l, "time_major_bottoms", None) and not l.chunks_on(threads) for l in net.layers)
         if FORWARD_WHOLE and not net.keep_for_backward and not held and not sequences:
             return None, ""  # forward-only, on the cores: whole (its bands share each layer out, see FORWARD_FACTOR)
         need = MIN_MAPS * (1 if net.keep_for_backward else FORWARD_FACTOR)

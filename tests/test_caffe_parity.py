@@ -112,6 +112,28 @@ def test_lstm_on_one_thread_matches_caffe(name, tmp_path):
         numba.set_num_threads(threads)
 
 
+def test_lstm_as_chunks_on_two_threads_matches_caffe(tmp_path, monkeypatch):
+    """On two threads the LSTM runs its batch as chunks of sequences side by side in one kernel call, each chunk
+    on a thread with its own weight gradient (lstm_forward32_chunks, lstm_backward32_chunks; 18 sequences: two
+    chunks of 9, the last row tile of each overlapping): Caffe's numbers too."""
+    import numba
+    import layers.recurrent as rec
+    from layers.cpu import pooled
+    if numba.config.NUMBA_NUM_THREADS < 2 or not pooled():
+        pytest.skip("one thread, or OpenBLAS's CBLAS not callable from kernels: no chunks")
+    calls = []
+    for name in ("lstm_forward32_chunks", "lstm_backward32_chunks"):
+        kernel = getattr(rec, name)
+        monkeypatch.setattr(rec, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        run_case("lstm_chunks", tmp_path, VECTORS)
+    finally:
+        numba.set_num_threads(before)
+    assert calls == ["lstm_forward32_chunks", "lstm_backward32_chunks"]
+
+
 @pytest.mark.parametrize("threads", ["all", 1])
 @pytest.mark.parametrize("name", sorted({k.split("/")[0] for k in VECTORS.files}))
 def test_vectorized_kernels_match_caffe_on_longer_bottoms(name, threads, tmp_path):

@@ -222,22 +222,27 @@ def test_a_carried_state_is_saved_in_snapshots_and_restored_on_resume(tmp_path):
 
 
 @pytest.mark.parametrize("path, n, h_dim", [("one call", 5, 16), ("one call", 9, 32), ("one call", 16, 32),
-                                            ("per step", 5, 16), ("numpy", 5, 16)])
+                                            ("chunks", 16, 32), ("chunks", 18, 32), ("per step", 5, 16),
+                                            ("numpy", 5, 16)])
 def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypatch):
     """float32 (training's dtype) runs each step in one kernel with float32 tanh and sigmoid (lstm_step32) and
     the backward with the recurrent product's diff fused in: its top, carried state and every diff equal the
     float64 layer's (NumPy's exact functions) to float32 rounding; resets by cont included. "one call": on one
     thread (a slice) all steps of a pass run in one kernel call (lstm_forward32, lstm_backward32); "per step": a
-    kernel a step (more threads); "numpy": the NumPy path for float32 too. N = 9 or 16, H = 32: the step
-    products in register tiles (step_product; at 9 the last row tile overlaps, 16 is two tiles of ROWS_MR on
-    AVX-512), with the input product inside them (lstm_forward32_joined, both weight gradients in one product),
-    else by OpenBLAS."""
+    kernel a step (more threads); "numpy": the NumPy path for float32 too; "chunks": on two threads the whole
+    batch as two chunks of sequences side by side in one call (lstm_forward32_chunks, lstm_backward32_chunks; 9
+    sequences a chunk: its last row tile overlaps). N = 9 or 16, H = 32: the step products in register tiles
+    (step_product; at 9 the last row tile overlaps, 16 is two tiles of ROWS_MR on AVX-512), with the input product
+    inside them (lstm_forward32_joined, both weight gradients in one product), else by OpenBLAS."""
     import numba
     import layers.recurrent as rec
     from layers.cpu import pooled
     monkeypatch.setattr(rec, "FAST_FLOAT32", path != "numpy")
     calls = []
-    for name in ("lstm_forward32", "lstm_forward32_joined", "lstm_backward32"):
+    # (not, for "chunks", the kernels that the chunks' kernels call: compiled while a callee is patched, they
+    # would not type)
+    for name in ("lstm_forward32_chunks", "lstm_backward32_chunks") + (
+            () if path == "chunks" else ("lstm_forward32", "lstm_forward32_joined", "lstm_backward32")):
         kernel = getattr(rec, name)
         monkeypatch.setattr(rec, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     threads = numba.get_num_threads()
@@ -245,6 +250,10 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypa
         if not pooled():
             pytest.skip("OpenBLAS's CBLAS is not callable from kernels here (the per-step path runs)")
         numba.set_num_threads(1)
+    elif path == "chunks":
+        if not pooled() or numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("one thread, or OpenBLAS's CBLAS not callable from kernels: no chunks")
+        numba.set_num_threads(2)
     elif threads == 1:
         pytest.skip("one thread: the one-call path runs")
     try:
@@ -253,7 +262,8 @@ def test_the_float32_lstm_steps_equal_the_float64_layer(path, n, h_dim, monkeypa
         numba.set_num_threads(threads)
     joined = n >= rec.PIX_MR and 4 * h_dim % rec.TILE_COLS == 0  # the input product inside the steps'
     assert calls == ([("lstm_forward32_joined" if joined else "lstm_forward32"), "lstm_backward32"]
-                     if path == "one call" else [])
+                     if path == "one call" else ["lstm_forward32_chunks", "lstm_backward32_chunks"]
+                     if path == "chunks" else [])
     assert (n >= rec.PIX_MR and h_dim % rec.TILE_COLS == 0) == (h_dim == 32)  # which product ran
     assert np.abs(results[0][0]).max() > 0.3 and (results[0][0] < 0).any()
     for want, got in zip(*results):

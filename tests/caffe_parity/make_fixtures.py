@@ -223,6 +223,10 @@ VECTOR_CASES = {
                              "bias_filler { type: 'gaussian' } }", [((26, 10, 4, 4), "normal")], {}),
     "conv_depthwise_lanes_s2": ("Convolution", "convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 "
                                 "group: 6 }", [((26, 6, 7, 6), "normal")], {}),
+    # on two threads, two chunks of 9 sequences side by side (lstm_forward32_chunks); recorded alone (its draws
+    # those of a first case: `python3 make_fixtures.py out lstm_chunks`), then merged into vectors.npz
+    "lstm_chunks": ("LSTM", "recurrent_param { num_output: 32 weight_filler { type: 'uniform' min: -0.3 max: 0.3 } }",
+                    [((6, 18, 5), "normal"), ((6, 18), "binary")], {}),
 }
 
 
@@ -375,6 +379,9 @@ def net_fixtures(out, nets_dir):
 if __name__ == "__main__":
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
+    if len(sys.argv) > 2 and sys.argv[2] in VECTOR_CASES:  # one case alone, into out/<name>.npz
+        layer_fixtures(out, {sys.argv[2]: VECTOR_CASES[sys.argv[2]]}, sys.argv[2] + ".npz")
+        sys.exit()
     layer_fixtures(out)
     layer_fixtures(out, VECTOR_CASES, "vectors.npz")
     if len(sys.argv) > 2:
