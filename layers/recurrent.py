@@ -253,23 +253,32 @@ def lstm_backward32(gate, tc, c, c0, dout, keep, w_hc, dc, rec, dg):
 def lstm_forward32_chunks(x, h0, keep, w_x, w_hc, bias, c0, xh, gate, c, tc, hb, out):
     """lstm_forward32_joined on S chunks of the N sequences side by side, a thread each (prange): the whole batch in
     one call, without the slices' Python. x (T, N, I) and out (T, N, H) whole; h0 and c0 (S, nc, H) the initial
-    state; keep (S, T, nc) cont; W_x (4H, I) and W_hc (4H, H) the blobs'; bias (nc, 4H); xh (S, T, nc, I+H+1)
-    (its last column ones), gate (S, T, nc, 4H), c, tc, hb (S, T, nc, H): each chunk's buffers, contiguous."""
-    s_all, t_len, nc, k = xh.shape
-    i_dim, hd = x.shape[2], c.shape[3]
-    for s in prange(s_all):
-        n0 = s * nc
-        for t in range(t_len):
-            for j in range(nc):
-                xh[s, t, j, :i_dim] = x[t, n0 + j]
+    state; keep (S, T, nc) cont; W_x (4H, I) and W_hc (4H, H) the blobs'; bias (>= nc, 4H); xh (S, T, nc, I+H+1)
+    (its last column ones), gate (S, T, nc, 4H), c, tc, hb (S, T, nc, H): each chunk's buffers. All C-contiguous.
+    (Its first compile takes ~9 s, the parallel loop compiling the chunk's kernels again inside it; calling them
+    by address from a cfunc instead took as long: those kernels are the cost.)"""
+    for s in prange(xh.shape[0]):
+        _forward_chunk(s, x, h0[s], keep[s], w_x, w_hc, bias, c0[s], xh[s], gate[s], c[s], tc[s], hb[s], out)
+
+
+@njit(cache=True, nogil=True)
+def _forward_chunk(s, x, h0, keep, w_x, w_hc, bias, c0, xh, gate, c, tc, hb, out):
+    """Chunk s of lstm_forward32_chunks: its rows of x into xh, its steps, its rows of h into out."""
+    t_len, nc, k = xh.shape
+    i_dim, hd, n0 = x.shape[2], c.shape[2], s * nc
+    for t in range(t_len):
+        for j in range(nc):
+            for i in range(i_dim):
+                xh[t, j, i] = x[t, n0 + j, i]
+    for j in range(nc):
+        for d in range(hd):
+            xh[0, j, i_dim + d] = keep[0, j] * h0[j, d]
+    bp = pack_joined(w_x, w_hc)  # (each chunk its own: no wait for another thread's)
+    _joined_steps(xh, i_dim, bias, keep, w_x, bp, c0, gate, c, tc, hb)  # (w_x: step_product's b, unread)
+    for t in range(t_len):
         for j in range(nc):
             for d in range(hd):
-                xh[s, 0, j, i_dim + d] = keep[s, 0, j] * h0[s, j, d]
-        bp = pack_joined(w_x, w_hc)  # (each chunk its own: no wait for another thread's)
-        _joined_steps(xh[s], i_dim, bias, keep[s], w_x, bp, c0[s], gate[s], c[s], tc[s], hb[s])  # (w_x: unread)
-        for t in range(t_len):
-            for j in range(nc):
-                out[t, n0 + j] = hb[s, t, j]
+                out[t, n0 + j, d] = hb[t, j, d]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -277,18 +286,25 @@ def lstm_backward32_chunks(gate, tc, c, c0, dout, keep, w_hc, db, dc, rec, dg, x
     """lstm_backward32 on the chunks of lstm_forward32_chunks side by side: dout (T, N, H) whole, copied into db
     (S, T, nc, H); dc and rec (S, nc, H) scratch; dg (S, T, nc, 4H); then each chunk's weight gradient
     dw[s] (4H, K) = dg[s]^T xh[s] by OpenBLAS on its thread (one thread of OpenBLAS's own: the caller's to set)."""
-    s_all, t_len, nc, hd = c.shape
-    g, k = dw.shape[1], dw.shape[2]
-    for s in prange(s_all):
-        n0 = s * nc
-        for t in range(t_len):
-            for j in range(nc):
-                db[s, t, j] = dout[t, n0 + j]
-        dc[s] = 0
-        lstm_backward32(gate[s], tc[s], c[s], c0[s], db[s], keep[s], w_hc, dc[s], rec[s], dg[s])
-        _sgemm(np.int32(101), np.int32(112), np.int32(111), np.int64(g), np.int64(k), np.int64(t_len * nc),
-               np.float32(1.0), np.int64(dg[s].ctypes.data), np.int64(g), np.int64(xh[s].ctypes.data), np.int64(k),
-               np.float32(0.0), np.int64(dw[s].ctypes.data), np.int64(k))
+    for s in prange(c.shape[0]):
+        _backward_chunk(s, gate[s], tc[s], c[s], c0[s], dout, keep[s], w_hc, db[s], dc[s], rec[s], dg[s], xh[s],
+                        dw[s])
+
+
+@njit(cache=True, nogil=True)
+def _backward_chunk(s, gate, tc, c, c0, dout, keep, w_hc, db, dc, rec, dg, xh, dw):
+    """Chunk s of lstm_backward32_chunks."""
+    t_len, nc, hd = c.shape
+    g, k, n0 = dw.shape[0], dw.shape[1], s * nc
+    for t in range(t_len):
+        for j in range(nc):
+            for d in range(hd):
+                db[t, j, d] = dout[t, n0 + j, d]
+    dc[...] = 0
+    lstm_backward32(gate, tc, c, c0, db, keep, w_hc, dc, rec, dg)
+    _sgemm(np.int32(101), np.int32(112), np.int32(111), np.int64(g), np.int64(k), np.int64(t_len * nc),
+           np.float32(1.0), np.int64(dg.ctypes.data), np.int64(g), np.int64(xh.ctypes.data), np.int64(k),
+           np.float32(0.0), np.int64(dw.ctypes.data), np.int64(k))
 
 
 def _chunks(n, h_dim, threads=None):
@@ -296,9 +312,9 @@ def _chunks(n, h_dim, threads=None):
     0: more than one thread, N divides into one chunk a thread of PIX_MR sequences or more, and every step's
     product takes register tiles (H a multiple of TILE_COLS), and OpenBLAS's CBLAS is callable from the kernels
     (each chunk's weight gradient)."""
-    from numba import get_num_threads
+    from numba import config, get_num_threads
     k = threads or get_num_threads()
-    return k if (k > 1 and FAST_FLOAT32 and JOINED and n % k == 0 and n // k >= PIX_MR
+    return k if (k > 1 and not config.DISABLE_JIT and FAST_FLOAT32 and JOINED and n % k == 0 and n // k >= PIX_MR
                  and h_dim % TILE_COLS == 0 and pooled()) else 0
 
 
@@ -538,9 +554,10 @@ class LSTM(Recurrent):
                 self.dw_chunks = np.empty((chunks, 4 * h_dim, k), np.float32)
             before = blas_threads(1)
             try:
-                lstm_backward32_chunks(ch(self.gate), ch(self.tc), ch(self.c), self.c0.reshape(chunks, -1, h_dim),
-                                       dout, self.keep_chunks, w_hc, ch(self.db), dc_next.reshape(chunks, -1, h_dim),
-                                       rec.reshape(chunks, -1, h_dim), ch(dg), ch(self.xh), self.dw_chunks)
+                lstm_backward32_chunks(ch(self.gate), ch(self.tc), ch(self.c),
+                                       self.c0.reshape(chunks, -1, h_dim), dout, self.keep_chunks, w_hc, ch(self.db),
+                                       dc_next.reshape(chunks, -1, h_dim), rec.reshape(chunks, -1, h_dim), ch(dg),
+                                       ch(self.xh), self.dw_chunks)
             finally:
                 blas_threads(before)
         elif _one_call(n, h_dim, dout, w_hc, self.gate):  # all steps in one kernel call
