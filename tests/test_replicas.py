@@ -430,6 +430,34 @@ layer:
             replicas.close()
 
 
+def test_a_sequence_net_whose_lstm_shares_its_batch_out_runs_whole():
+    """A float32 LSTM that runs its batch as chunks of sequences on the threads itself (H a multiple of the tiles'
+    columns, 32 sequences a thread) needs no slices: the net runs whole, and its LSTM says so (chunks_on); with H = 4
+    (the test above) the net is sliced."""
+    import layers.recurrent as rec
+    from layers.cpu import pooled
+    if not pooled():
+        pytest.skip("OpenBLAS's CBLAS is not callable from kernels here: no chunks")
+    net = Net(loads("""
+layer:
+  - {name: d, type: DummyData, top: [data, label, cont], dummy_data_param: {shape: [{dim: [5, 64, 3]}, {dim: [64]},
+     {dim: [5, 64]}], data_filler: [{type: uniform}, {type: constant, value: 1}, {type: constant, value: 1}]}}
+  - {name: lstm, type: LSTM, bottom: [data, cont], top: h, recurrent_param: {num_output: %d}}
+  - {name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {axis: 0, slice_point: 4}}
+  - {name: quiet, type: Silence, bottom: h_early}
+  - {name: fc, type: InnerProduct, bottom: h_last, top: fc, inner_product_param: {num_output: 3, axis: 2}}
+  - {name: flat, type: Reshape, bottom: fc, top: flat, reshape_param: {shape: {dim: [-1, 3]}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [flat, label], top: loss}
+""" % rec.TILE_COLS), "TRAIN", seed=1)
+    assert net.layer_by_name("lstm").chunks_on(2) and not net.layer_by_name("lstm").chunks_on(1)
+    replicas, line = start(net, None, threads=2)
+    try:
+        assert replicas is None, line
+    finally:
+        if replicas is not None:
+            replicas.close()
+
+
 def test_only_layers_that_draw_get_a_slices_generator_each_pass():
     """MAX pooling holds a generator (STOCHASTIC's) but draws nothing: its slices keep theirs (a new generator a
     slice and pass cost ~35 us of LeNet's 7 ms iteration); STOCHASTIC pooling in TRAIN gets fresh ones."""
