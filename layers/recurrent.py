@@ -255,8 +255,9 @@ def lstm_forward32_chunks(x, h0, keep, w_x, w_hc, bias, c0, xh, gate, c, tc, hb,
     one call, without the slices' Python. x (T, N, I) and out (T, N, H) whole; h0 and c0 (S, nc, H) the initial
     state; keep (S, T, nc) cont; W_x (4H, I) and W_hc (4H, H) the blobs'; bias (>= nc, 4H); xh (S, T, nc, I+H+1)
     (its last column ones), gate (S, T, nc, 4H), c, tc, hb (S, T, nc, H): each chunk's buffers. All C-contiguous.
-    (Its first compile takes ~9 s, the parallel loop compiling the chunk's kernels again inside it; calling them
-    by address from a cfunc instead took as long: those kernels are the cost.)"""
+    (Its first compile takes ~9 s with lstm_backward32_chunks, the parallel loop compiling the chunk's kernels
+    again inside it; calling them by address from cfuncs instead took longer: the kernels themselves are the
+    cost.)"""
     for s in prange(xh.shape[0]):
         _forward_chunk(s, x, h0[s], keep[s], w_x, w_hc, bias, c0[s], xh[s], gate[s], c[s], tc[s], hb[s], out)
 
