@@ -267,19 +267,24 @@ def _forward_chunk(s, x, h0, keep, w_x, w_hc, bias, c0, xh, gate, c, tc, hb, out
     """Chunk s of lstm_forward32_chunks: its rows of x into xh, its steps, its rows of h into out."""
     t_len, nc, k = xh.shape
     i_dim, hd, n0 = x.shape[2], c.shape[2], s * nc
-    for t in range(t_len):
-        for j in range(nc):
-            for i in range(i_dim):
-                xh[t, j, i] = x[t, n0 + j, i]
+    _copy_rows(x, n0, xh, 0, nc)
     for j in range(nc):
         for d in range(hd):
             xh[0, j, i_dim + d] = keep[0, j] * h0[j, d]
     bp = pack_joined(w_x, w_hc)  # (each chunk its own: no wait for another thread's)
     _joined_steps(xh, i_dim, bias, keep, w_x, bp, c0, gate, c, tc, hb)  # (w_x: step_product's b, unread)
-    for t in range(t_len):
-        for j in range(nc):
-            for d in range(hd):
-                out[t, n0 + j, d] = hb[t, j, d]
+    _copy_rows(hb, 0, out, n0, nc)
+
+
+@njit(cache=True, nogil=True)
+def _copy_rows(src, s0, dst, d0, rows):
+    """dst[t, d0 + j, :w] = src[t, s0 + j, :w] for every t and j < rows (w: the narrower last axis): a chunk's
+    rows of a whole-batch (T, N, k) array, or back."""
+    w = min(src.shape[2], dst.shape[2])
+    for t in range(src.shape[0]):
+        for j in range(rows):
+            for i in range(w):
+                dst[t, d0 + j, i] = src[t, s0 + j, i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -296,11 +301,8 @@ def lstm_backward32_chunks(gate, tc, c, c0, dout, keep, w_hc, db, dc, rec, dg, x
 def _backward_chunk(s, gate, tc, c, c0, dout, keep, w_hc, db, dc, rec, dg, xh, dw):
     """Chunk s of lstm_backward32_chunks."""
     t_len, nc, hd = c.shape
-    g, k, n0 = dw.shape[0], dw.shape[1], s * nc
-    for t in range(t_len):
-        for j in range(nc):
-            for d in range(hd):
-                db[t, j, d] = dout[t, n0 + j, d]
+    g, k = dw.shape[0], dw.shape[1]
+    _copy_rows(dout, s * nc, db, 0, nc)
     dc[...] = 0
     lstm_backward32(gate, tc, c, c0, db, keep, w_hc, dc, rec, dg)
     _sgemm(np.int32(101), np.int32(112), np.int32(111), np.int64(g), np.int64(k), np.int64(t_len * nc),

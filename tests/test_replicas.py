@@ -409,19 +409,26 @@ def test_the_trainers_test_nets_fold_the_weights_trained_since_the_last_test(tmp
         np.testing.assert_allclose(folded, test_net.blobs["ip"].data, rtol=1e-4, atol=1e-4 * np.abs(folded).max())
 
 
+def _sequence_net(hidden):
+    """A TRAIN net of (T, N, ...) = (5, 64, 3) sequences through an LSTM of `hidden` units, its last step
+    classified."""
+    return Net(loads(f"""
+layer:
+  - {{name: d, type: DummyData, top: [data, label, cont], dummy_data_param: {{shape: [{{dim: [5, 64, 3]}},
+     {{dim: [64]}}, {{dim: [5, 64]}}], data_filler: [{{type: uniform}}, {{type: constant, value: 1}},
+     {{type: constant, value: 1}}]}}}}
+  - {{name: lstm, type: LSTM, bottom: [data, cont], top: h, recurrent_param: {{num_output: {hidden}}}}}
+  - {{name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {{axis: 0, slice_point: 4}}}}
+  - {{name: quiet, type: Silence, bottom: h_early}}
+  - {{name: fc, type: InnerProduct, bottom: h_last, top: fc, inner_product_param: {{num_output: 3, axis: 2}}}}
+  - {{name: flat, type: Reshape, bottom: fc, top: flat, reshape_param: {{shape: {{dim: [-1, 3]}}}}}}
+  - {{name: loss, type: SoftmaxWithLoss, bottom: [flat, label], top: loss}}
+"""), "TRAIN", seed=1)
+
+
 def test_a_sequence_net_is_sliced_along_its_batch_axis_and_says_so():
     """(T, N, ...) data: the slices and their line count N (T = 5 does not divide by 2; N = 64 does)."""
-    net = Net(loads("""
-layer:
-  - {name: d, type: DummyData, top: [data, label, cont], dummy_data_param: {shape: [{dim: [5, 64, 3]}, {dim: [64]},
-     {dim: [5, 64]}], data_filler: [{type: uniform}, {type: constant, value: 1}, {type: constant, value: 1}]}}
-  - {name: lstm, type: LSTM, bottom: [data, cont], top: h, recurrent_param: {num_output: 4}}
-  - {name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {axis: 0, slice_point: 4}}
-  - {name: quiet, type: Silence, bottom: h_early}
-  - {name: fc, type: InnerProduct, bottom: h_last, top: fc, inner_product_param: {num_output: 3, axis: 2}}
-  - {name: flat, type: Reshape, bottom: fc, top: flat, reshape_param: {shape: {dim: [-1, 3]}}}
-  - {name: loss, type: SoftmaxWithLoss, bottom: [flat, label], top: loss}
-"""), "TRAIN", seed=1)
+    net = _sequence_net(4)
     replicas, line = start(net, None, threads=2)
     try:
         assert replicas is not None and line.startswith("each batch of 64 runs as 2 slices of 32"), line
@@ -438,17 +445,7 @@ def test_a_sequence_net_whose_lstm_shares_its_batch_out_runs_whole():
     from layers.cpu import pooled
     if not pooled():
         pytest.skip("OpenBLAS's CBLAS is not callable from kernels here: no chunks")
-    net = Net(loads("""
-layer:
-  - {name: d, type: DummyData, top: [data, label, cont], dummy_data_param: {shape: [{dim: [5, 64, 3]}, {dim: [64]},
-     {dim: [5, 64]}], data_filler: [{type: uniform}, {type: constant, value: 1}, {type: constant, value: 1}]}}
-  - {name: lstm, type: LSTM, bottom: [data, cont], top: h, recurrent_param: {num_output: %d}}
-  - {name: last, type: Slice, bottom: h, top: [h_early, h_last], slice_param: {axis: 0, slice_point: 4}}
-  - {name: quiet, type: Silence, bottom: h_early}
-  - {name: fc, type: InnerProduct, bottom: h_last, top: fc, inner_product_param: {num_output: 3, axis: 2}}
-  - {name: flat, type: Reshape, bottom: fc, top: flat, reshape_param: {shape: {dim: [-1, 3]}}}
-  - {name: loss, type: SoftmaxWithLoss, bottom: [flat, label], top: loss}
-""" % rec.TILE_COLS), "TRAIN", seed=1)
+    net = _sequence_net(rec.TILE_COLS)
     assert net.layer_by_name("lstm").chunks_on(2) and not net.layer_by_name("lstm").chunks_on(1)
     replicas, line = start(net, None, threads=2)
     try:
