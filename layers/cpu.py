@@ -293,6 +293,39 @@ def zero(a):
         a.fill(0)
 
 
+def owned_ranges(shapes, offsets, threads):
+    """Which elements of a flat array of params each thread owns: (lo, hi, first, which), task t covering
+    [lo[t], hi[t]) of param which[t], and thread p's tasks first[p]:first[p + 1]. Thread p owns the rows
+    _cut(rows, threads, p) of each param (its first axis, as the products cut a weight's rows: gemm's parts, part p
+    on thread p), in tasks of at most OWNED_TASK elements. Clearing the diffs and the update follow it, so that a
+    thread writes the weights and gradients it computed: where the VM puts its two cores on different L3 caches
+    (a cache line written by one reaching the other in 380 ns, not 85), each weight one thread had and the other
+    wrote crossed between them every step (the MLP's update: 0.11 ms on one L3, 1 ms on two; 0.5 with this)."""
+    parts = max(threads, 1)
+    per = [[] for _ in range(parts)]
+    for k, (shape, o) in enumerate(zip(shapes, offsets)):
+        rows = shape[0] if len(shape) else 1
+        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        cuts = [rows if p >= parts else (rows * p // parts) // 16 * 16 for p in range(parts + 1)]  # as _cut
+        for p in range(parts):
+            a, b = o + cuts[p] * row, o + cuts[p + 1] * row
+            per[p].extend((i, min(i + OWNED_TASK, b), k) for i in range(a, b, OWNED_TASK))
+    first = np.cumsum([0] + [len(t) for t in per]).astype(np.int64)
+    lo, hi, which = (np.array([r[j] for t in per for r in t], np.int64).reshape(-1) for j in range(3))
+    return lo, hi, first, which
+
+
+OWNED_TASK = 1 << 14
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def zero_owned(a, lo, hi, first):
+    """a[lo[t]:hi[t]] = 0 for every task, thread p doing tasks first[p]:first[p + 1] (owned_ranges)."""
+    for p in prange(first.size - 1):
+        for t in range(first[p], first[p + 1]):
+            a[lo[t]:hi[t]] = 0
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _add_column_sums(dy, db):
     m, n = dy.shape

@@ -17,7 +17,7 @@ import numpy as np
 
 import layers
 from layers.base import BatchSync, Blob, SharedBlob, resolve
-from layers.cpu import ThreadChoice, num_threads, zero
+from layers.cpu import ThreadChoice, num_threads, owned_ranges, zero_owned
 from layers.fillers import fill
 from .errors import Finding, LayerError, SpecError
 from . import inplace
@@ -987,7 +987,17 @@ class Net:
     def clear_param_diffs(self):
         flat = getattr(self, "param_diff", None)
         if flat is not None and all(p.blob.diff.base is flat for p in self.params):
-            zero(flat)
+            if flat.size < 1 << 16:
+                flat.fill(0)
+                return
+            key = (id(flat), num_threads())  # each thread clears the rows it computes (cpu.owned_ranges)
+            owned = self.__dict__.get("_owned_diffs")
+            if owned is None or owned[0] != key:
+                start = flat.ctypes.data
+                offsets = [(p.blob.diff.ctypes.data - start) // flat.itemsize for p in self.params]
+                owned = self._owned_diffs = key, owned_ranges([p.blob.diff.shape for p in self.params], offsets,
+                                                              key[1])[:3]
+            zero_owned(flat, *owned[1])
             return
         for p in self.params:
             p.blob.diff[...] = 0

@@ -20,7 +20,7 @@ from numba import config, njit, prange, types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from layers.cpu import threaded
+from layers.cpu import num_threads, owned_ranges, threaded
 from netspec.errors import UserError
 
 
@@ -160,13 +160,14 @@ def _subtract_step(w, g):
         w[i] -= g[i]
 
 
-def _sgd_apply_tasks(g, w, v, lo, hi, decay, a, scale, l1, mu, bad):
+def _sgd_apply_tasks(g, w, v, lo, hi, first, decay, a, scale, l1, mu, bad):
     """_sgd_apply over many params at once: task t is elements [lo[t], hi[t]) of the flat arrays, one param's
-    (or a chunk of one), with its decay and rate; bad[t] = 1 where a step is non-finite. One kernel launch, the
-    tasks shared by the threads."""
-    for t in prange(lo.size):
-        i, j = lo[t], hi[t]
-        bad[t] = 0 if _sgd_apply_serial(g[i:j], w[i:j], v[i:j], scale, decay[t], l1, mu, a[t]) else 1
+    (or a chunk of one), with its decay and rate; bad[t] = 1 where a step is non-finite. One kernel launch,
+    thread p doing tasks first[p]:first[p + 1] (the rows it computed: layers.cpu.owned_ranges)."""
+    for p in prange(first.size - 1):
+        for t in range(first[p], first[p + 1]):
+            i, j = lo[t], hi[t]
+            bad[t] = 0 if _sgd_apply_serial(g[i:j], w[i:j], v[i:j], scale, decay[t], l1, mu, a[t]) else 1
     return bad.sum()
 
 
@@ -205,19 +206,15 @@ def _offsets(base, params, which="data"):
 
 class _Tasks:
     """The one-pass update of many params as tasks of one kernel: task t updates elements [lo[t], hi[t]) of
-    the flat data w, diff g and history, all of param[t] (a param cut into tasks of at most `chunk`)."""
+    the flat data w, diff g and history, all of param[t]; thread p the tasks first[p]:first[p + 1], the rows of
+    each param it computed (layers.cpu.owned_ranges) for `threads` threads."""
 
-    def __init__(self, w, g, params, offsets, chunk):
-        self.w, self.g = w, g
-        lo, hi, param = [], [], []
-        for k, (p, o) in enumerate(zip(params, offsets)):
-            for start in range(o, o + p.blob.data.size, chunk):
-                lo.append(start)
-                hi.append(min(start + chunk, o + p.blob.data.size))
-                param.append(k)
-        self.lo, self.hi, self.param = (np.array(v, np.int64) for v in (lo, hi, param))
-        self.lr_mult = np.array([params[k].lr_mult for k in param], np.float64)
-        self.bad = np.zeros(len(lo), np.int64)
+    def __init__(self, w, g, params, offsets, threads):
+        self.w, self.g, self.threads = w, g, threads
+        self.lo, self.hi, self.first, self.param = owned_ranges([p.blob.data.shape for p in params], offsets,
+                                                                threads)
+        self.lr_mult = np.array([params[k].lr_mult for k in self.param], np.float64)
+        self.bad = np.zeros(len(self.lo), np.int64)
         self.all_finite = {p.key: True for p in params}
 
 
@@ -322,13 +319,14 @@ class Solver:
 
     one_pass = False  # the solver has apply_step and step_of
     flat_history = ()  # where the params' data is one array: the history laid out the same (one per slot)
-    CHUNK = 1 << 14  # elements per task of the one-pass update over all params
 
     def _plan(self, learnable):
         """The _Tasks over the flat arrays for `learnable`, or None where the data or the diffs are not views of
         one array at the same offsets (then each param is updated on its own). Kept while the arrays stay."""
         arrays = [a for _, p, _, _ in learnable for a in (p.blob.data, p.blob.diff)]
-        if len(arrays) == len(self._planned) and all(a is b for a, b in zip(arrays, self._planned)):
+        threads = num_threads()
+        if (len(arrays) == len(self._planned) and all(a is b for a, b in zip(arrays, self._planned))
+                and (self._tasks is None or self._tasks.threads == threads)):
             return self._tasks
         params = [p for _, p, _, _ in learnable]
         data, diff = _base(params), _base(params, "diff")
@@ -336,22 +334,22 @@ class Solver:
         if (data is None or diff is None or data.shape != self.flat_history[0].shape or diff.size < data.size
                 or data.size < PARALLEL_MIN or _offsets(data, params) != _offsets(diff, params, "diff")):
             return None
-        self._tasks = _Tasks(data, diff[:data.size], params, _offsets(data, params), self.CHUNK)
+        self._tasks = _Tasks(data, diff[:data.size], params, _offsets(data, params), threads)
         return self._tasks
 
     def _apply_tasks(self, plan, learnable, rate, scale, l1):
         w = plan.w
         decay = np.array([d for _, _, d, _ in learnable], w.dtype)[plan.param]
         a = (rate * plan.lr_mult).astype(w.dtype)  # as dtype(rate * lr_mult) per param
-        if self.apply_tasks(plan.g, w, plan.lo, plan.hi, decay, a, scale, l1, plan.bad) == 0:
+        if self.apply_tasks(plan.g, w, plan.lo, plan.hi, plan.first, decay, a, scale, l1, plan.bad) == 0:
             self.step_finite = plan.all_finite
             return
         hit = set(plan.param[plan.bad != 0].tolist())
         self.step_finite = {p.key: k not in hit for k, (_, p, _, _) in enumerate(learnable)}
 
-    def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
-        """apply_step over all params at once (tasks from _plan); bad[t] = 1 where task t's step is non-finite;
-        returns the number of such tasks."""
+    def apply_tasks(self, g, w, lo, hi, first, decay, a, scale, l1, bad):
+        """apply_step over all params at once (tasks from _plan, thread p's first[p]:first[p + 1]); bad[t] = 1
+        where task t's step is non-finite; returns the number of such tasks."""
         raise NotImplementedError
 
     def apply_step(self, i, g, w, a, scale, decay, l1):
@@ -387,9 +385,9 @@ class SGD(Solver):
     def step_of(self, i):
         return self._hist(i)  # SGD's step is its history: v = mu * v + a * g; w -= v
 
-    def apply_tasks(self, g, w, lo, hi, decay, a, scale, l1, bad):
+    def apply_tasks(self, g, w, lo, hi, first, decay, a, scale, l1, bad):
         mu = w.dtype.type(self.momentum)
-        return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, decay, a, scale, l1, mu, bad)
+        return sgd_apply_tasks(g, w, self.flat_history[0], lo, hi, first, decay, a, scale, l1, mu, bad)
 
 
 class Nesterov(Solver):

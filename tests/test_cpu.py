@@ -107,6 +107,49 @@ def test_cut_gives_parts_on_cache_lines():
     assert cuts[0] == 0 and cuts[-1] == 100 and all(c % 16 == 0 for c in cuts[:-1]) and cuts == sorted(cuts)
 
 
+@numba.njit(parallel=True)
+def _thread_of_part(parts, out):
+    for p in numba.prange(parts):
+        out[p] = numba.get_thread_id()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_owned_ranges_give_each_thread_the_rows_its_products_cut(threads):
+    """Every element of the flat params in exactly one task; thread p's tasks are the rows _cut gives part p of a
+    product (gemm's parts) of each param, in tasks of at most OWNED_TASK; and zero_owned clears all of them."""
+    shapes = [(500, 800), (500,), (10, 500), (10,), (3, 2, 5, 5), ()]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    offsets = list(np.cumsum([0] + sizes[:-1]))
+    lo, hi, first, which = cpu.owned_ranges(shapes, offsets, threads)
+    assert first[0] == 0 and first[-1] == lo.size and first.size == threads + 1 and (hi - lo).max() <= cpu.OWNED_TASK
+    owner = np.full(sum(sizes), -1)
+    for p in range(threads):
+        for t in range(first[p], first[p + 1]):
+            assert (owner[lo[t]:hi[t]] == -1).all() and lo[t] < hi[t]
+            owner[lo[t]:hi[t]] = p
+            k = which[t]
+            assert offsets[k] <= lo[t] and hi[t] <= offsets[k] + sizes[k]
+    assert (owner >= 0).all()
+    for k, shape in enumerate(shapes):
+        rows = shape[0] if shape else 1
+        mine = owner[offsets[k]:offsets[k] + sizes[k]].reshape(rows, -1)
+        for p in range(threads):
+            assert (mine[cpu._cut(rows, threads, p):cpu._cut(rows, threads, p + 1)] == p).all()
+    a = np.ones(sum(sizes), np.float32)
+    cpu.zero_owned(a, lo, hi, first)
+    assert not a.any()
+
+
+def test_a_parallel_loop_of_one_iteration_a_thread_runs_iteration_p_on_thread_p():
+    """What owned_ranges relies on: a prange over as many parts as threads runs part p on Numba's thread p in every
+    kernel (gemm's parts, the update's and zero_owned's), so the thread that computed a weight's rows updates them."""
+    threads = numba.get_num_threads()
+    seen = np.full(threads, -1)
+    for _ in range(20):
+        _thread_of_part(threads, seen)
+        assert list(seen) == list(range(threads))
+
+
 @pytest.mark.parametrize("size", [5, (1 << 16) + 3])
 def test_zero_and_column_sums_on_one_thread_and_on_all(size):
     rng = np.random.default_rng(1)

@@ -243,6 +243,28 @@ def test_sgd_one_pass_update_equals_two_passes(regularization, iter_size, flat):
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_one_pass_update_follows_the_thread_count():
+    """The update's tasks are cut for the threads of the call that runs it (each thread the rows of every param
+    that its products computed: layers.cpu.owned_ranges), planned anew when the count changes; the weights are
+    the same bits on one thread and on all."""
+    import numba
+    from solvers.rules import PARALLEL_MIN, SGD
+    cfg = resolve(SOLVER_FIELDS, {"net": "-", "base_lr": 0.01, "max_iter": 1, "momentum": 0.9, "weight_decay": 5e-3})
+    runs, total = [], numba.get_num_threads()
+    for threads in sorted({1, total}):
+        params = _params(np.random.default_rng(3), [PARALLEL_MIN + 17, 513], True)
+        solver = SGD(params, cfg)
+        numba.set_num_threads(threads)
+        try:
+            solver.apply_update(0.05, 0)
+        finally:
+            numba.set_num_threads(total)
+        assert solver._tasks.threads == threads and solver._tasks.first.size == threads + 1
+        runs.append([p.blob.data.copy() for p in params] + [h.copy() for h in solver.history])
+    for a, b in zip(runs[0], runs[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("flat", [False, True])
 def test_sgd_one_pass_update_takes_every_step_back_when_one_overflows(flat):
     """Param 0 is updated before param 1's step overflows: both keep their weights exactly, and the diffs hold
