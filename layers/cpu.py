@@ -477,6 +477,39 @@ def _gemm_parts(ta, tb, m, n, k, a, lda, b, ldb, beta, c, bias, split_n, parts):
                    np.int64(co), np.int64(ldc))
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def _k_parts(m, n, k, a, lda, b, ldb, c, scratch, parts):
+    ldc = c.strides[0] // 4
+    for p in prange(parts):
+        lo, hi = _cut(k, parts, p), _cut(k, parts, p + 1)
+        out = c.ctypes.data if p == 0 else scratch[p - 1].ctypes.data
+        _sgemm(np.int32(101), np.int32(111), np.int32(111), np.int64(m), np.int64(n), np.int64(hi - lo),
+               np.float32(1.0), np.int64(a + lo * 4), np.int64(lda), np.int64(b + lo * ldb * 4), np.int64(ldb),
+               np.float32(0.0), np.int64(out), np.int64(ldc if p == 0 else n))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _add_parts(c, scratch, parts):
+    for q in prange(parts):
+        for i in range(_cut(c.shape[0], parts, q), _cut(c.shape[0], parts, q + 1)):
+            row = c[i]
+            for s in range(parts - 1):
+                other = scratch[s, i]
+                for j in range(c.shape[1]):
+                    row[j] += other[j]
+
+
+def gemm_k_parts(m, n, k, a, lda, b, ldb, c, scratch, parts):
+    """c (m, n) = a (m, k) b (k, n), float32, row-major, a and b addresses: part p (on thread p) the product of
+    a's columns and b's rows _cut(k, parts, p), into c (part 0) or scratch[p - 1] (parts - 1, m, n); then each
+    thread adds the others' rows _cut(m, parts, q) of scratch into c. For an InnerProduct's bottom diff dy W:
+    each thread reads only the rows of W it owns (owned_ranges), where cutting c's columns had it read half of
+    every row, which the other thread then wrote in the update. Two kernels: in one, Numba fused the two loops
+    (it cannot see that OpenBLAS writes scratch), and a thread added a part before the other had computed it."""
+    _k_parts(m, n, k, a, lda, b, ldb, c, scratch, parts)
+    _add_parts(c, scratch, parts)
+
+
 _NO_BIAS = {}
 
 

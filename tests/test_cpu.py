@@ -350,3 +350,26 @@ def test_a_forward_only_net_at_a_batch_of_one_chooses_its_threads_and_gives_them
         net.weights_changed()
         net.forward()
     assert net._threads.count == 5 and net._threads.times
+
+
+@pytest.mark.parametrize("batch", [64, 67])
+def test_an_inner_products_bottom_diff_with_the_weights_rows_on_the_threads_equals_the_product(batch):
+    """InnerProduct's bottom diff dy W on cpu.gemm_k_parts (each thread the rows of W its forward and weight
+    gradient computed, the parts summed after) equals the float64 product, on every thread count the machine has;
+    at 67 rows the sum's row cut is uneven."""
+    from netspec.loader import loads
+    from netspec.net import Net
+    text = f"""layer:
+  - {{name: d, type: DummyData, top: [x, t], dummy_data_param: {{shape: [{{dim: [{batch}, 200]}}, {{dim: [{batch}, 130]}}],
+      data_filler: [{{type: gaussian}}, {{type: gaussian}}]}}}}
+  - {{name: ip0, type: InnerProduct, bottom: x, top: h, inner_product_param: {{num_output: 160, weight_filler: {{type: xavier}}}}}}
+  - {{name: ip, type: InnerProduct, bottom: h, top: y, inner_product_param: {{num_output: 130, weight_filler: {{type: xavier}}}}}}
+  - {{name: loss, type: EuclideanLoss, bottom: [y, t], top: loss}}
+"""
+    net = Net(loads(text), "TRAIN", seed=0)
+    net.forward_backward()
+    ip = net.layers[[d.name for d in net.defs].index("ip")]
+    w = ip.blobs[0].data.astype(np.float64)
+    want = net.blobs["y"].diff.astype(np.float64) @ w
+    np.testing.assert_allclose(net.blobs["h"].diff, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert (getattr(ip, "_scratch", None) is not None) == (numba.get_num_threads() > 1 and cpu.pooled())
