@@ -91,7 +91,9 @@ BOUND_COPY = 16 << 20  # the most weight bytes a forward-only InnerProduct copie
 # weights (N, K) as they lie, not as the columns of W^T (one thread: LeNet's ip1 at 32 rows 558 -> 381 us, the
 # MLP's 784 -> 512 at 64 rows 871 -> 681, 4096 -> 4096 at 32 rows 1.38x; even from 256 rows on)
 TRANSPOSED_ROWS = 128
-K_PARTS_MIN = 1 << 20  # multiply-adds from which the bottom diff runs on gemm_k_parts (InnerProduct._by_rows)
+# weights from which the bottom diff runs on gemm_k_parts (InnerProduct._by_rows): below, too few cross between
+# the cores to pay for compiling its two kernels in a cold start (lenet_digits' 256 x 200 ip1: 0.8 s more)
+K_PARTS_MIN = 1 << 17
 
 
 @register("InnerProduct")
@@ -181,7 +183,7 @@ class InnerProduct(Layer):
         threads = num_threads()
         if (not self.k_parts or self.p.transpose or threads < 2 or dx.dtype != np.float32 or not pooled()
                 or not (dy.flags.c_contiguous and w.flags.c_contiguous and dx.flags.c_contiguous)
-                or w.shape[0] < 32 * threads or self.m * w.size < K_PARTS_MIN):
+                or w.shape[0] < 32 * threads or w.size < K_PARTS_MIN or self.m < 16):
             return False
         scratch = getattr(self, "_scratch", None)
         if scratch is None or scratch.shape != (threads - 1,) + dx.shape:

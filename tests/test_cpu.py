@@ -360,10 +360,10 @@ def test_an_inner_products_bottom_diff_with_the_weights_rows_on_the_threads_equa
     from netspec.loader import loads
     from netspec.net import Net
     text = f"""layer:
-  - {{name: d, type: DummyData, top: [x, t], dummy_data_param: {{shape: [{{dim: [{batch}, 200]}}, {{dim: [{batch}, 130]}}],
+  - {{name: d, type: DummyData, top: [x, t], dummy_data_param: {{shape: [{{dim: [{batch}, 200]}}, {{dim: [{batch}, 400]}}],
       data_filler: [{{type: gaussian}}, {{type: gaussian}}]}}}}
-  - {{name: ip0, type: InnerProduct, bottom: x, top: h, inner_product_param: {{num_output: 160, weight_filler: {{type: xavier}}}}}}
-  - {{name: ip, type: InnerProduct, bottom: h, top: y, inner_product_param: {{num_output: 130, weight_filler: {{type: xavier}}}}}}
+  - {{name: ip0, type: InnerProduct, bottom: x, top: h, inner_product_param: {{num_output: 330, weight_filler: {{type: xavier}}}}}}
+  - {{name: ip, type: InnerProduct, bottom: h, top: y, inner_product_param: {{num_output: 400, weight_filler: {{type: xavier}}}}}}
   - {{name: loss, type: EuclideanLoss, bottom: [y, t], top: loss}}
 """
     net = Net(loads(text), "TRAIN", seed=0)
