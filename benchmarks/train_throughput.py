@@ -210,6 +210,46 @@ def matmul_peak(threads):
     return best
 
 
+def core_round_trip(rounds=20000):
+    """ns for a cache line to go from Numba's thread 0 to thread 1 and back (two spinning threads passing a
+    counter), or nan on one thread. On the 2-core VM ~85 ns where its two cores share an L3 and ~380 where the
+    host put them apart, which moves many rows (benchmarks/README.md, thirty-sixth session)."""
+    import numba
+    if numba.get_num_threads() < 2:
+        return float("nan")
+    flag = np.zeros(8, np.int64)
+    _ping_pong(flag, 100)
+    flag[0] = 0
+    t = time.perf_counter()
+    _ping_pong(flag, rounds)
+    return (time.perf_counter() - t) / rounds * 1e9
+
+
+def _ping_pong(flag, rounds):
+    kernel = _PING_PONG[0] if _PING_PONG else None
+    if kernel is None:
+        from numba import njit, prange
+        from layers.cpu import _load_acquire, _store_release
+
+        @njit(parallel=True)
+        def kernel(flag, rounds):
+            for p in prange(2):
+                for i in range(rounds):
+                    if p == 0:
+                        _store_release(flag, 0, 2 * i + 1)
+                        while _load_acquire(flag, 0) != 2 * i + 2:
+                            pass
+                    else:
+                        while _load_acquire(flag, 0) != 2 * i + 1:
+                            pass
+                        _store_release(flag, 0, 2 * i + 2)
+        _PING_PONG.append(kernel)
+    kernel(flag, rounds)
+
+
+_PING_PONG = []
+
+
 def startup(cache_dir, warm):
     """Seconds from `run.py train` to the first iteration's log line, in a fresh process."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
@@ -285,14 +325,16 @@ def main():
         print("PyTorch is not installed (pip install torch==2.13.0): yaffe only\n")
     peak = matmul_peak(args.threads)
     print(f"{'net (batch)':<30} {'yaffe img/s':>12} {'PyTorch img/s':>14} {'Caffe img/s':>12} {'yaffe/PyTorch':>14} "
-          f"{'yaffe/Caffe':>12} {'yaffe/#8 Caffe':>15} {'GFLOP/s':>8} {'of peak':>8}")
+          f"{'yaffe/Caffe':>12} {'yaffe/#8 Caffe':>15} {'GFLOP/s':>8} {'of peak':>8} {'cores ns':>10}")
     for name, (text, batch) in NETS.items():
         if args.nets and not any(w.lower() in name.lower() for w in args.nets.split(",")):
             continue
         ystep, net = yaffe_step_fn(text)  # closed below: replicas hold OpenBLAS and Numba at one thread each
-        ys, ts, cs = [], [], []
+        ys, ts, cs, trips = [], [], [], []
         for _ in range(args.repeats):  # alternately: yaffe here, PyTorch and Caffe in fresh processes of their own
+            trips.append(core_round_trip())
             ys.append(rate(ystep, args.iterations, batch, seconds=args.seconds))
+            trips.append(core_round_trip())
             if have_torch:
                 ts.append(torch_rate_in_child(name, args.threads, args.iterations, batch, args.seconds))
             if caffe:  # Caffe's display interval: about `seconds` at yaffe's rate
@@ -311,10 +353,12 @@ def main():
         gf = flops(net) * y / batch / 1e9
         issue8 = y / CAFFE.get(name, float("nan"))
         print(f"{name:<30} {y:12.0f} {t:14.0f} {c:12.0f} {y / t:14.2f} {y / c:12.2f} {issue8:15.2f} "
-              f"{gf:8.1f} {gf / peak:8.0%}", flush=True)
+              f"{gf:8.1f} {gf / peak:8.0%} {min(trips):5.0f}-{max(trips):<4.0f}", flush=True)
     from layers.simd import VECTOR_BYTES, cpu_model
     print(f"\nCPU: {cpu_model()}; yaffe's kernels on {VECTOR_BYTES}-byte vectors")
     print(f"matrix-product peak (1024^3 float32, {args.threads} threads): {peak:.1f} GFLOP/s")
+    print("cores ns: a cache line's round trip between yaffe's two threads before and after each of its measurements "
+          "(~85 ns: the VM's cores share an L3; ~380: the host put them apart, and rows slow: benchmarks/README.md)")
     if caffe_dir:
         import shutil
         shutil.rmtree(caffe_dir, ignore_errors=True)
