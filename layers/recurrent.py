@@ -598,11 +598,11 @@ class LSTM(Recurrent):
                                    else keep[t, :0], dc_next, dg[t])  # dc_next: in place
         if getattr(self, "joined", False) or chunks:  # the weights' and bias' gradients: dg^T [x | cont h | 1]
             i_dim, flat, k = self.I, dg.reshape(-1, 4 * h_dim), self.xh.shape[2]
-            if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, k):
-                self.dw_cat = np.empty((4 * h_dim, k), np.float32)
             if chunks:
                 add_chunk_sums(self.dw_chunks, i_dim, h_dim, self.blobs[0].diff, self.w_h.diff, self.blobs[1].diff)
             else:
+                if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, k):
+                    self.dw_cat = np.empty((4 * h_dim, k), np.float32)
                 self.dw_cat[...] = 0
                 gemm_acc(flat.T, self.xh.reshape(-1, k), self.dw_cat)
                 self.blobs[0].diff += self.dw_cat[:, :i_dim]
