@@ -13,11 +13,11 @@ The input products of all T steps are one matrix product; the recurrence is a lo
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from netspec.errors import LayerError
 from .base import Field, Layer, count, register
-from .cpu import _cut, _sgemm, add_column_sums, blas_threads, gemm, gemm_acc, pooled
+from .cpu import _cut, _sgemm, add_column_sums, blas_threads, gemm, gemm_acc, num_threads, pooled
 from .kernels import sigmoid32, tanh32
 from .simd import PIX_MR, PIX_NV, ROWS_MR, VECTOR_BYTES, tile_pixels, tile_rows
 
@@ -446,14 +446,14 @@ class Recurrent(Layer):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def add_chunk_sums(dw_chunks, i_dim, h_dim, dwx, dwh, db):
+def add_chunk_sums(dw_chunks, i_dim, h_dim, dwx, dwh, db, parts):
     """dwx (4H, I) += the chunks' dw_chunks (S, 4H, I + H + 1) summed over S (in order, as np.sum), dwh (4H, H)
-    += its next H columns, db (4H,) += its last: each thread the rows of the weights it owns (cpu.owned_ranges,
+    += its next H columns, db (4H,) += its last, in `parts` (the threads; numba.get_num_threads() in a kernel
+    keeps it out of Numba's cache): each thread the rows of the weights it owns (cpu.owned_ranges,
     which the update follows), where NumPy's sum and adds ran on the calling thread (45 us of a 5.7 ms step, and
     the rows then crossed to the other core for the update): the benchmark's LSTM step 5.95 -> 5.86 ms on one L3,
     6.11 -> 5.90 with the cores apart (alternating in one process)."""
     s_n, rows, k = dw_chunks.shape
-    parts = get_num_threads()
     for p in prange(parts):
         acc = np.empty(k, dw_chunks.dtype)
         for r in range(_cut(rows, parts, p), _cut(rows, parts, p + 1)):
@@ -599,7 +599,8 @@ class LSTM(Recurrent):
         if getattr(self, "joined", False) or chunks:  # the weights' and bias' gradients: dg^T [x | cont h | 1]
             i_dim, flat, k = self.I, dg.reshape(-1, 4 * h_dim), self.xh.shape[2]
             if chunks:
-                add_chunk_sums(self.dw_chunks, i_dim, h_dim, self.blobs[0].diff, self.w_h.diff, self.blobs[1].diff)
+                add_chunk_sums(self.dw_chunks, i_dim, h_dim, self.blobs[0].diff, self.w_h.diff, self.blobs[1].diff,
+                               num_threads())
             else:
                 if getattr(self, "dw_cat", None) is None or self.dw_cat.shape != (4 * h_dim, k):
                     self.dw_cat = np.empty((4 * h_dim, k), np.float32)
