@@ -83,3 +83,25 @@ def test_a_kernels_cache_goes_stale_with_the_kernel_modules_it_imports(tmp_path)
     stamp = neuron.sigmoid_fwd._cache._cache_file._source_stamp
     assert stamp[1] == jit.dependency_digest(os.path.abspath(neuron.__file__))
     assert jit._imports(os.path.abspath(neuron.__file__)).count(os.path.join(jit.ROOT, "layers", "kernels.py")) == 1
+
+
+def test_the_kernels_of_the_threaded_training_paths_go_into_numbas_cache():
+    """A kernel Numba cannot cache (numba.get_num_threads() inside it, a ctypes pointer as a global) compiles again
+    in every process, seconds of each start: training steps of an LSTM net run as chunks and an MLP whose bottom
+    diffs and update run on the threads' own rows, with Numba's "Cannot cache" warning made an error."""
+    code = """
+import warnings
+warnings.filterwarnings("error", message=".*Cannot cache")
+import numpy as np
+from benchmarks import nets
+from benchmarks.train_throughput import MLP, yaffe_step_fn
+for text in (nets.lstm(32), MLP):
+    step, net = yaffe_step_fn(text)
+    for _ in range(2):
+        step()
+    step.close()
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_NUM_THREADS="2")  # (the warning comes cache or not: no save)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.split()[-1:] == ["ok"], out.stderr[-3000:]
