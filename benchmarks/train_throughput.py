@@ -219,10 +219,10 @@ def core_round_trip(rounds=20000):
         return float("nan")
     flag = np.zeros(8, np.int64)
     _ping_pong(flag, 100)
-    flag[0] = 0
+    flag[:] = 0
     t = time.perf_counter()
     _ping_pong(flag, rounds)
-    return (time.perf_counter() - t) / rounds * 1e9
+    return float("nan") if flag[1] else (time.perf_counter() - t) / rounds * 1e9
 
 
 def _ping_pong(flag, rounds):
@@ -232,16 +232,20 @@ def _ping_pong(flag, rounds):
         from layers.cpu import _load_acquire, _store_release
 
         @njit(parallel=True)
-        def kernel(flag, rounds):
+        def kernel(flag, rounds):  # flag[1] = 1: a wait gave up (both parts on one thread): no answer, no hang
             for p in prange(2):
                 for i in range(rounds):
+                    want = 2 * i + 2 if p == 0 else 2 * i + 1
                     if p == 0:
                         _store_release(flag, 0, 2 * i + 1)
-                        while _load_acquire(flag, 0) != 2 * i + 2:
-                            pass
-                    else:
-                        while _load_acquire(flag, 0) != 2 * i + 1:
-                            pass
+                    spins = 0
+                    while _load_acquire(flag, 0) != want and _load_acquire(flag, 1) == 0:
+                        spins += 1
+                        if spins > 100_000_000:
+                            _store_release(flag, 1, 1)
+                    if _load_acquire(flag, 1) != 0:
+                        break
+                    if p == 1:
                         _store_release(flag, 0, 2 * i + 2)
         _PING_PONG.append(kernel)
     kernel(flag, rounds)
