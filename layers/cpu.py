@@ -293,6 +293,9 @@ def zero(a):
         a.fill(0)
 
 
+OWNED_TASK = 1 << 14  # elements a task of owned_ranges at most
+
+
 def owned_ranges(shapes, offsets, threads):
     """Which elements of a flat array of params each thread owns: (lo, hi, first, which), task t covering
     [lo[t], hi[t]) of param which[t], and thread p's tasks first[p]:first[p + 1]. Thread p owns the rows
@@ -306,16 +309,13 @@ def owned_ranges(shapes, offsets, threads):
     for k, (shape, o) in enumerate(zip(shapes, offsets)):
         rows = shape[0] if len(shape) else 1
         row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-        cuts = [rows if p >= parts else (rows * p // parts) // 16 * 16 for p in range(parts + 1)]  # as _cut
+        cuts = [_cut.py_func(rows, parts, p) for p in range(parts + 1)]
         for p in range(parts):
             a, b = o + cuts[p] * row, o + cuts[p + 1] * row
             per[p].extend((i, min(i + OWNED_TASK, b), k) for i in range(a, b, OWNED_TASK))
     first = np.cumsum([0] + [len(t) for t in per]).astype(np.int64)
-    lo, hi, which = (np.array([r[j] for t in per for r in t], np.int64).reshape(-1) for j in range(3))
+    lo, hi, which = (np.array([r[j] for t in per for r in t], np.int64) for j in range(3))
     return lo, hi, first, which
-
-
-OWNED_TASK = 1 << 14
 
 
 @njit(cache=True, nogil=True, parallel=True)

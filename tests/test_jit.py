@@ -92,7 +92,6 @@ def test_the_kernels_of_the_threaded_training_paths_go_into_numbas_cache():
     code = """
 import warnings
 warnings.filterwarnings("error", message=".*Cannot cache")
-import numpy as np
 from benchmarks import nets
 from benchmarks.train_throughput import MLP, yaffe_step_fn
 for text in (nets.lstm(32), MLP):
