@@ -462,6 +462,23 @@ def _make_tile_dw(cr, nb, dot):
     return intrinsic(tile)
 
 
+def _transposed(builder, rows, n):
+    """n vectors of n lanes transposed (a network of shuffles: at each level h = n/2 .. 1, rows i and i + h swap
+    their off-diagonal h x h blocks)."""
+    h = n // 2
+    while h:
+        lo = ir.Constant(ir.VectorType(ir.IntType(32), n), [j if not j & h else n + j - h for j in range(n)])
+        hi = ir.Constant(ir.VectorType(ir.IntType(32), n), [j + h if not j & h else n + j for j in range(n)])
+        new = list(rows)
+        for i in range(n):
+            if not i & h:
+                new[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
+                new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
+        rows = new
+        h //= 2
+    return rows
+
+
 def _make_transpose_tile():
     """transpose_tile: a block of lanes x lanes values transposed in registers (a network of shuffles: at each
     level h = lanes/2 .. 1, rows i and i + h swap their off-diagonal h x h blocks), plus a bias by column and an
@@ -477,17 +494,7 @@ def _make_transpose_tile():
             const = lambda v: ir.Constant(i64, v)
             sp, dp, bp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (3, dst), (6, bias)))
             rows = [load(sp, builder.add(sbase, builder.mul(const(r), sstride))) for r in range(n)]
-            h = n // 2
-            while h:
-                lo = ir.Constant(ir.VectorType(ir.IntType(32), n), [j if not j & h else n + j - h for j in range(n)])
-                hi = ir.Constant(ir.VectorType(ir.IntType(32), n), [j + h if not j & h else n + j for j in range(n)])
-                new = list(rows)
-                for i in range(n):
-                    if not i & h:
-                        new[i] = builder.shuffle_vector(rows[i], rows[i + h], lo)
-                        new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], hi)
-                rows = new
-                h //= 2
+            rows = _transposed(builder, rows, n)
             b = load(bp, bbase)
             zero = ir.Constant(vec, None)
             slopes = splat(context.cast(builder, slope, t[9], t[0].dtype))
@@ -500,6 +507,47 @@ def _make_transpose_tile():
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "transpose_tile"
+    return intrinsic(tile)
+
+
+def _make_transpose_part():
+    """transpose_part: transpose_tile's block cut to `count` (< lanes) along one side, nothing read or written past
+    it: lanes_cut, the source rows' first count lanes (masked loads) to the first count rows of dst; otherwise the
+    first count source rows to every dst row's first count lanes (masked stores). An optional (leaky) ReLU."""
+    def tile(typingctx, src, sbase, sstride, dst, dbase, dstride, count, lanes_cut, relu, slope):
+        sig = types.void(src, sbase, sstride, dst, dbase, dstride, count, lanes_cut, relu, slope)
+
+        def codegen(context, builder, signature, args):
+            t = signature.args
+            src, sbase, sstride, dst, dbase, dstride, count, lanes_cut, relu, slope = args
+            vec, n, load, store, splat, fma = _vector_tools(context, builder, t[0])
+            splat64, index, mload, mstore = _masked_tools(builder, vec, n)
+            i64 = ir.IntType(64)
+            const = lambda v: ir.Constant(i64, v)
+            sp, dp = (_data(context, builder, t[i], a).data for i, a in ((0, src), (3, dst)))
+            count = context.cast(builder, count, t[6], types.int64)
+            cut = context.cast(builder, lanes_cut, t[7], types.boolean)
+            in_lanes = builder.icmp_signed("<", index, splat64(count))  # (lane < count)
+            everything = ir.Constant(in_lanes.type, [1] * n)
+            nothing = ir.Constant(in_lanes.type, [0] * n)
+
+            def by_row(r):  # the mask of row r: all lanes where r < count, none past it
+                return builder.select(builder.icmp_signed("<", const(r), count), everything, nothing)
+            rows = [mload(sp, builder.add(sbase, builder.mul(const(r), sstride)),
+                          builder.select(cut, in_lanes, by_row(r))) for r in range(n)]
+            rows = _transposed(builder, rows, n)
+            zero = ir.Constant(vec, None)
+            slopes = splat(context.cast(builder, slope, t[9], t[0].dtype))
+            relu = context.cast(builder, relu, t[8], types.boolean)
+            for r in range(n):
+                v = rows[r]
+                leaky = builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slopes))
+                v = builder.select(relu, leaky, v)
+                mstore(v, dp, builder.add(dbase, builder.mul(const(r), dstride)), builder.select(cut, by_row(r),
+                                                                                                 in_lanes))
+            return context.get_dummy_value()
+        return sig, codegen
+    tile.__name__ = tile.__qualname__ = "transpose_part"
     return intrinsic(tile)
 
 
@@ -1083,6 +1131,16 @@ def _py_transpose_tile(src, sbase, sstride, dst, dbase, dstride, bias, bbase, re
         dst[dbase + r * dstride:dbase + r * dstride + n] = block[r]
 
 
+def _py_transpose_part(src, sbase, sstride, dst, dbase, dstride, count, lanes_cut, relu, slope):
+    n = lanes(src.dtype)
+    rows, cols = (n, count) if lanes_cut else (count, n)
+    block = np.stack([src[sbase + r * sstride:sbase + r * sstride + cols] for r in range(rows)]).T
+    if relu:
+        block = np.where(block > 0, block, block * slope)
+    for r in range(cols):
+        dst[dbase + r * dstride:dbase + r * dstride + rows] = block[r]
+
+
 def _py_tile_lanes(cr, nb, d, dbase, ent_d, ent_w, e0, e1, w, wbase, count, dstride, wstride, out, obase, ostride):
     n = lanes(d.dtype) * nb
     for r in range(cr):
@@ -1232,6 +1290,7 @@ if config.DISABLE_JIT:
 else:
     tile_cl1, tile_cl2, tile_cl4 = (_make_tile_cl(mr, nv) for mr, nv in CL_TILES)
 transpose_tile = _py_transpose_tile if config.DISABLE_JIT else _make_transpose_tile()
+transpose_part = _py_transpose_part if config.DISABLE_JIT else _make_transpose_part()
 # a stride-2 row's columns to its two phases (layers/conv.place_phases, place_band)
 deinterleave2 = _py_deinterleave2 if config.DISABLE_JIT else _make_deinterleave2()
 # MAX pooling's 2x2 and 3x3 windows of stride 2 along a row (layers/pooling.max_pool_2x2s2, max_pool_3x3s2)
@@ -1250,7 +1309,8 @@ def _py_linear(mat, x, src, ss, y, dst, ds, count):
                                                     for i, coef in enumerate(row) if coef)
 
 
-# Winograd's F(2x2, 5x5) (layers/winograd.py): its input transform B^T, output transform A^T, and A (the top diff's)
+# Winograd's F(2x2, 5x5) and F(4x4, 3x3) (layers/winograd.py): F(2x2, 5x5)'s input transform B^T, output transform
+# A^T, and A (the top diff's)
 WINO5_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
             (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
 WINO5_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 1))
@@ -1258,6 +1318,20 @@ WINO5_A = tuple(zip(*WINO5_AT))
 wino5_in, wino5_out, wino5_up = (
     (functools.partial(_py_linear, m) for m in (WINO5_BT, WINO5_AT, WINO5_A)) if config.DISABLE_JIT else
     (_make_linear(name, m) for name, m in (("wino5_in", WINO5_BT), ("wino5_out", WINO5_AT), ("wino5_up", WINO5_A))))
+# F(4x4, 3x3) on the same points: the same B^T, its A^T (4 x 6) and A
+WINO3_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+WINO3_A = tuple(zip(*WINO3_AT))
+wino3_out, wino3_up = (
+    (functools.partial(_py_linear, m) for m in (WINO3_AT, WINO3_A)) if config.DISABLE_JIT else
+    (_make_linear(name, m) for name, m in (("wino3_out", WINO3_AT), ("wino3_up", WINO3_A))))
+# F(2x2, 3x3) on the points 0, 1, -1 and infinity (the training 3x3s: transforms of +-1 alone keep its sums about as
+# exact as the direct ones)
+WINO2_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+WINO2_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+WINO2_A = tuple(zip(*WINO2_AT))
+wino2_in, wino2_out, wino2_up = (
+    (functools.partial(_py_linear, m) for m in (WINO2_BT, WINO2_AT, WINO2_A)) if config.DISABLE_JIT else
+    (_make_linear(name, m) for name, m in (("wino2_in", WINO2_BT), ("wino2_out", WINO2_AT), ("wino2_up", WINO2_A))))
 # a convolution from the unpadded bottom (layers/conv.direct_conv_unpadded): a row of two vectors (rows of 17-32 on
 # AVX-512), three or two rows of one vector (12-16), one row of one (where the kernel rows inside the image differ);
 # stride 2 (_s2): the top's rows of one vector

@@ -76,15 +76,24 @@ def time_net(path: str, iterations: int = 50, phase: str = "TRAIN", out=print, l
 def _kernels(net, out, phase="TRAIN") -> dict:
     """The vector width and register tiles the kernels were compiled for, and each convolution's path."""
     from layers import simd
+    from layers.winograd import NAMES as WINO_NAMES
     width = {64: "AVX-512", 32: "AVX2"}[simd.VECTOR_BYTES]
     forced = ", forced by YAFFE_VECTOR_BYTES" if os.environ.get("YAFFE_VECTOR_BYTES") else ""
 
     def path(k, layer):
         plan = getattr(layer, "_plan", None)
+        wino = getattr(layer, "_wino_plans", None) if phase == "TRAIN" else None  # (key, forward, data, weights)
         pixels = layer.path_taken == "direct" and getattr(plan, "pixels", False)
         lanes = layer.path_taken.startswith("direct") and getattr(plan, "lanes_data", False) and phase == "TRAIN" \
-            and any(net.propagate[k])
-        return layer.path_taken + (" (pixel tiles)" if pixels else "") + (", data gradient in the lanes" if lanes else "")
+            and any(net.propagate[k]) and not (wino and wino[2])
+        back = ""
+        if wino and wino[1] is None:  # the forward on other kernels, the gradients on Winograd's
+            back = f", weight{' and data' if wino[2] and any(net.propagate[k]) else ''} gradient Winograd " + \
+                WINO_NAMES[wino[3].al, wino[3].k]
+        elif wino and wino[3].al != wino[1].al:
+            back = f", gradients Winograd {WINO_NAMES[wino[3].al, wino[3].k]}"
+        return (layer.path_taken + (" (pixel tiles)" if pixels else "")
+                + (", data gradient in the lanes" if lanes else "") + back)
     paths = {d.name: path(k, layer) for k, (d, layer) in enumerate(zip(net.defs, net.layers))
              if getattr(layer, "path_taken", None)}
     out(f"Kernels: {simd.cpu_model()}, {simd.VECTOR_BYTES}-byte vectors ({width}{forced}); convolution tiles "

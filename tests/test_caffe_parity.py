@@ -246,6 +246,9 @@ def test_net_forward_backward_matches_caffe(name, tmp_path):
     bn = any(l.type == "BatchNorm" for l in net.layers)
     _fill(net, e)
     net.forward_backward()
+    if name == "resnet_fashion":  # its 3x3s on Winograd's: F(4x4, 3x3) gradients, F(2x2, 3x3) forwards from 32
+        plans = [l._wino_plans for l in net.layers if getattr(l, "_wino_plans", None)]  # channels (layers/conv.py)
+        assert len(plans) >= 4 and all(p[3].al == 6 for p in plans) and any(p[1] and p[1].al == 4 for p in plans)
     for key in NETS.files:
         part = key.split("/", 2)
         if part[0] != name:

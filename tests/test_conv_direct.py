@@ -40,7 +40,7 @@ def conv_pass(shape, out_c, kernel, pad, dilation, dtype, direct, monkeypatch, f
     direct kernels for all three passes even where they would hand a pass to im2col as wasteful (few filters,
     narrow planes), so that those geometries test the direct kernels too."""
     monkeypatch.setattr(conv, "DIRECT", direct)
-    monkeypatch.setattr(conv, "WINOGRAD", False)  # (tests/test_winograd.py: the 5x5s it takes)
+    monkeypatch.setattr(conv, "WINOGRAD", False)  # (tests/test_winograd.py: the 5x5s and 3x3s it takes)
     if force:
         monkeypatch.setattr(conv, "DIRECT_USEFUL", 0.0)
         monkeypatch.setattr(conv, "DIRECT_USEFUL_DATA", 0.0)
@@ -819,7 +819,7 @@ for geometry in c.GEOMETRIES:
     c.test_a_channels_last_convolution_matches_numpy_with_its_sum_and_leaky_relu(geometry, np.float32)
 for geometry in c.WINO:  # Winograd's transforms in vectors of 8
     c.test_a_winograd_convolution_matches_numpy_with_its_sum_and_relu(geometry)
-import tests.test_winograd as w  # F(2x2, 5x5) of the training convolutions: transforms in vectors of 8, tiles 3x4 ...
+import tests.test_winograd as w  # Winograd of the training convolutions: transforms in vectors of 8, tiles 3x4 ...
 for case in w.CASES:
     w.test_the_winograd_passes_match_float64_sums(case, 1)
 print("ok")
