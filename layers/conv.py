@@ -1385,8 +1385,9 @@ class Convolution(Layer):
         return max(d for d in range(1, min(n, target) + 1) if n % d == 0)
 
     def _wino(self, x):
-        """Winograd's plans for this bottom (WinoPlan5 of the forward, of the data gradient or None, WinoBack), or
-        None where the direct kernels serve (WINOGRAD, WINO_CHANNELS)."""
+        """Winograd's plans for this bottom (the forward's WinoPlan or None, the data gradient's or None: the direct
+        kernels run that pass; the weight gradient's WinoBack), or None where the direct kernels serve all three
+        (WINOGRAD, WINO_CHANNELS, WINO3_*)."""
         k = self.kernel[0]
         if not (WINOGRAD and x.dtype == np.float32 and k in (3, 5) and tuple(self.kernel) == (k, k)
                 and tuple(self.stride) == (1, 1) and tuple(self.dilation) == (1, 1) and self.p.group == 1
