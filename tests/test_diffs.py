@@ -134,6 +134,32 @@ def test_spans_that_share_an_array_do_not_meet():
     assert not any(b is loss for g in groups for s in g for b in s)  # seeded before the backward: its own
 
 
+def test_each_shared_diff_is_centred_in_its_array_so_that_the_threads_halves_meet():
+    """Blobs of different sizes in one array: each one's half-way cut (where two threads split its images) falls
+    within a cache line of the array's, so that a thread writes the part of the array it wrote for the blob
+    before (diffs.ALIGN); the starts are whole cache lines (16 float32) from the array's."""
+    net = filled(RESIDUAL)
+    assert net.share_diffs() > 0
+    bases = {}
+    for name, blob in net.blobs.items():
+        base = blob.diff.base
+        while base is not None and base.base is not None:
+            base = base.base
+        if base is not None and blob.diff.size and any(
+                other is not blob and np.shares_memory(other.diff, blob.diff) for other in net.blobs.values()):
+            bases.setdefault(id(base), (base, []))[1].append(name)
+    sizes_seen = 0
+    for base, names in bases.values():
+        sizes = {net.blobs[n].diff.size for n in names}
+        sizes_seen = max(sizes_seen, len(sizes))
+        for n in names:
+            d = net.blobs[n].diff
+            start = (d.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // d.itemsize
+            assert start % 16 == 0, n  # 16 float32: a cache line
+            assert abs(2 * start + d.size - base.size) <= 2 * 16, (n, start, d.size, base.size)
+    assert sizes_seen > 1  # the net does share blobs of different sizes
+
+
 def test_the_trainer_shares_them_except_where_diffs_are_read_after_the_pass(tmp_path):
     import yaffe.pycaffe as caffe
     (tmp_path / "a").mkdir()
