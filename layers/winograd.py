@@ -302,13 +302,16 @@ def scratch_size(hp, wp, cs, tb, opad, per, extra, al, mb):
             + extra)
 
 
-def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
-    """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row; bias
-    (Opad,) added to the products M[alpha + 1] (A^T's second column is all ones: each output gets it once)."""
-    n_img, chans, h, w = x.shape
-    opad = u.shape[2]
+def _forward(x, w, flip, g, us, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
+    """wino_forward's passes: blocks of `block` images, `parts` of them in parallel, each part its scratch row and
+    its own copy us[part] of the transformed weights (wino_weights(w, us[part], flip, g)): one copy made on one
+    thread and read by both crossed between the cores every pass (LeNet's conv2 with the VM's cores on two L3
+    caches: 295 KB each way a pass). bias (Opad,) added to the products M[alpha + 1] (A^T's second column is all
+    ones: each output gets it once)."""
+    n_img, chans, h, w_ = x.shape
+    opad = us.shape[3]
     oh, ow = y.shape[2], y.shape[3]
-    al = 6 if u.shape[0] == 36 else 4  # (the points)
+    al = g.shape[0]  # (the points)
     mb = al - (h + 2 * pad - oh)  # (alpha + 1 - k: the top's blocks)
     th, tw = -(-oh // mb), -(-ow // mb)
     hp, wp = mb * th + al - mb, mb * tw + al - mb
@@ -321,6 +324,8 @@ def _forward(x, u, bias, pad, y, relu, slope, kind, cs, block, parts, scratch):
     zeros = np.zeros(opad, np.float32)
     sv, sm = _skew(tb * cs), _skew(tb * opad)
     for part in prange(parts):
+        u = us[part]
+        wino_weights(w, u, flip, g)
         xp, r, v, m, yc, p = _views(scratch[part], hp, wp, cs, tb, opad, per, al * mb * sm, al, mb)
         xp[:] = 0
         v[:] = 0
@@ -389,18 +394,19 @@ def _weight_diff(x, dy, pad, kind, cs, opad, block, parts, scratch, s):
 _weight_diff = spread(_weight_diff, 0)
 
 
-@njit(cache=True, nogil=True)
 def _weights_back(s, dw, g):
     """dw (O, C, k, k) += G^T S G of the parts' sums s (parts, alpha^2, Cr, Opad) (g: G[alpha, k]), in float64, in
     vectors over the filters and channels: whole channels of about BACK_VALUES values at a time (S: m, G^T S: t,
-    G^T S G: r)."""
+    G^T S G: r), the passes shared out over the threads (on one, LeNet's conv2 took 0.18 ms of its 1.1 ms weight
+    gradient)."""
     parts, opad = s.shape[0], s.shape[3]
     out_c, chans, kk = dw.shape[0], dw.shape[1], dw.shape[2]
     al = g.shape[0]
     k, step = chans * opad, max(1, BACK_VALUES // opad) * opad  # (whole channels a pass)
     sf = s.reshape(parts, al * al, -1)
-    m, t, r = np.empty((al * al, step)), np.empty((al * kk, step)), np.empty((kk * kk, step))
-    for q0 in range(0, k, step):
+    for pas in prange(-(-k // step)):
+        q0 = pas * step
+        m, t, r = np.empty((al * al, step)), np.empty((al * kk, step)), np.empty((kk * kk, step))
         n = min(step, k - q0)
         for e in range(al * al):
             _rows(m[e], sf[0, e, q0:q0 + n], 1.0, False)
@@ -417,6 +423,9 @@ def _weights_back(s, dw, g):
                 for i in range(kk):
                     for j in range(kk):
                         dw[o, c, i, j] += r[i * kk + j, c * opad - q0 + o]
+
+
+_weights_back = spread(_weights_back, 0)
 
 
 class WinoPlan:
@@ -438,17 +447,17 @@ class WinoPlan:
         tb = _round_up(self.block * per, self.mr)
         size = scratch_size(self.hp, self.wp, self.cs, tb, self.opad, per, al * mb * _skew(tb * self.opad), al, mb)
         self.scratch = np.zeros((self.parts, size), np.float32)
-        self.u = np.zeros((al * al, c, self.opad), np.float32)
+        self.u = np.zeros((self.parts, al * al, c, self.opad), np.float32)  # each part's copy (_forward)
         self.bias = np.zeros(self.opad, np.float32)
 
 
 def wino_forward(x, w, bias, pad, y, plan, relu=False, slope=0.0):
     """y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, k, k), pad) + bias (None: no bias)."""
-    wino_weights(w, plan.u, False, G[plan.al, plan.k])
     plan.bias[:] = 0
     if bias is not None:
         plan.bias[:bias.size] = bias
-    _forward(x, plan.u, plan.bias, pad, y, relu, slope, plan.kind, plan.cs, plan.block, plan.parts, plan.scratch)
+    _forward(x, w, False, G[plan.al, plan.k], plan.u, plan.bias, pad, y, relu, slope, plan.kind, plan.cs, plan.block,
+             plan.parts, plan.scratch)
 
 
 class WinoBack:
@@ -481,7 +490,6 @@ def wino_weight_diff(x, dy, pad, dw, plan):
 def wino_data(dy, w, pad, dx, plan):
     """dx (N, C, H, W) = the data gradient of y = conv(x, w, pad) for the top diff dy (N, O, OH, OW); plan:
     WinoPlan(dy.shape, C, k - 1 - pad, threads, k, alpha)."""
-    wino_weights(w, plan.u, True, G[plan.al, plan.k])
     plan.bias[:] = 0
-    _forward(dy, plan.u, plan.bias, plan.k - 1 - pad, dx, False, 0.0, plan.kind, plan.cs, plan.block, plan.parts,
-             plan.scratch)
+    _forward(dy, w, True, G[plan.al, plan.k], plan.u, plan.bias, plan.k - 1 - pad, dx, False, 0.0, plan.kind, plan.cs,
+             plan.block, plan.parts, plan.scratch)
