@@ -479,6 +479,18 @@ def _transposed(builder, rows, n):
     return rows
 
 
+def _relu_tool(context, builder, vec, splat, relu, relu_type, slope, slope_type, dtype):
+    """activate(v): v, or where the kernel's `relu` argument is true, its (leaky) ReLU with the `slope` argument."""
+    zero = ir.Constant(vec, None)
+    slopes = splat(context.cast(builder, slope, slope_type, dtype))
+    on = context.cast(builder, relu, relu_type, types.boolean)
+
+    def activate(v):
+        leaky = builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slopes))
+        return builder.select(on, leaky, v)
+    return activate
+
+
 def _make_transpose_tile():
     """transpose_tile: a block of lanes x lanes values transposed in registers (a network of shuffles: at each
     level h = lanes/2 .. 1, rows i and i + h swap their off-diagonal h x h blocks), plus a bias by column and an
@@ -496,14 +508,9 @@ def _make_transpose_tile():
             rows = [load(sp, builder.add(sbase, builder.mul(const(r), sstride))) for r in range(n)]
             rows = _transposed(builder, rows, n)
             b = load(bp, bbase)
-            zero = ir.Constant(vec, None)
-            slopes = splat(context.cast(builder, slope, t[9], t[0].dtype))
-            relu = context.cast(builder, relu, t[8], types.boolean)
+            activate = _relu_tool(context, builder, vec, splat, relu, t[8], slope, t[9], t[0].dtype)
             for r in range(n):
-                v = builder.fadd(rows[r], b)
-                leaky = builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slopes))
-                v = builder.select(relu, leaky, v)
-                store(v, dp, builder.add(dbase, builder.mul(const(r), dstride)))
+                store(activate(builder.fadd(rows[r], b)), dp, builder.add(dbase, builder.mul(const(r), dstride)))
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "transpose_tile"
@@ -536,15 +543,10 @@ def _make_transpose_part():
             rows = [mload(sp, builder.add(sbase, builder.mul(const(r), sstride)),
                           builder.select(cut, in_lanes, by_row(r))) for r in range(n)]
             rows = _transposed(builder, rows, n)
-            zero = ir.Constant(vec, None)
-            slopes = splat(context.cast(builder, slope, t[9], t[0].dtype))
-            relu = context.cast(builder, relu, t[8], types.boolean)
+            activate = _relu_tool(context, builder, vec, splat, relu, t[8], slope, t[9], t[0].dtype)
             for r in range(n):
-                v = rows[r]
-                leaky = builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slopes))
-                v = builder.select(relu, leaky, v)
-                mstore(v, dp, builder.add(dbase, builder.mul(const(r), dstride)), builder.select(cut, by_row(r),
-                                                                                                 in_lanes))
+                mstore(activate(rows[r]), dp, builder.add(dbase, builder.mul(const(r), dstride)),
+                       builder.select(cut, by_row(r), in_lanes))
             return context.get_dummy_value()
         return sig, codegen
     tile.__name__ = tile.__qualname__ = "transpose_part"
