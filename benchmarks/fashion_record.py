@@ -4,7 +4,7 @@
     python benchmarks/fashion_record.py --seeds 1 --torch-seeds 1,2 --plot record.png --json record.json
 
 The PyTorch side reads the same files: the net (models/fashion_record/net.yaml, translated layer by layer into
-torch modules: Convolution, BatchNorm + Scale as BatchNorm2d, ReLU, Eltwise SUM, global AVE pooling,
+torch modules: Convolution, BatchNorm + Scale as BatchNorm2d, ReLU, Eltwise SUM, MAX and AVE pooling,
 InnerProduct), the solver (Nesterov SGD with momentum and weight decay on the same blobs, OneCycleLR with its
 momentum cycle, the weights' EMA tested after BatchNorm's statistics are recomputed on ema_bn_batches batches)
 and the data layer (the normalize statistics, pad + random crop + mirror, label smoothing), with
@@ -101,7 +101,13 @@ def torch_net(layers):
                 elif t == "Eltwise":
                     mod = None
                 elif t == "Pooling":
-                    mod = nn.AdaptiveAvgPool2d(1)
+                    p = l.get("pooling_param", {})
+                    if p.get("global_pooling"):
+                        mod = nn.AdaptiveAvgPool2d(1) if p.get("pool", "MAX") == "AVE" else nn.AdaptiveMaxPool2d(1)
+                    else:  # Caffe rounds the output size up
+                        k, st, pd = p["kernel_size"], p.get("stride", 1), p.get("pad", 0)
+                        mod = (nn.MaxPool2d(k, st, pd, ceil_mode=True) if p.get("pool", "MAX") == "MAX"
+                               else nn.AvgPool2d(k, st, pd, ceil_mode=True))
                 elif t == "InnerProduct":
                     mod = nn.Linear(c, l["inner_product_param"]["num_output"])
                     nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
