@@ -260,6 +260,15 @@ def reached(points, minutes):
     return done[-1] if done else None
 
 
+def _median_reached(runs, minutes):
+    """The median over runs of `reached` ("-" where it falls on a run with no test finished yet)."""
+    got = [reached(r["points"], minutes) for r in runs]
+    if all(g is not None for g in got):
+        return statistics.median(got)
+    low = statistics.median_low([-1.0 if g is None else g for g in got])
+    return None if low < 0 else low
+
+
 def table(runs):
     def fmt(v):
         return "-" if v is None else f"{v:.4f}"
@@ -274,7 +283,7 @@ def table(runs):
         finals = [r["points"][-1][1] for r in mine]
         walls = [r["wall_s"] for r in mine]
         rows.append(f"| {fw} | median of {len(mine)} | " + " | ".join(
-            fmt(statistics.median([reached(r["points"], m) or 0 for r in mine])) for m in MARKS) +
+            fmt(_median_reached(mine, m)) for m in MARKS) +
             f" | {statistics.median(finals):.4f} (min {min(finals):.4f}, max {max(finals):.4f}) | | "
             f"{statistics.median(r['points'][-1][0] for r in mine):.0f} | {statistics.median(walls):.0f} |")
     return "\n".join(rows)
