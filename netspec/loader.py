@@ -205,6 +205,7 @@ _SNIFFED: set = set()  # files of other names read as prototxt: Caffe's path and
 
 def is_caffe(path: str) -> bool:
     """Whether a spec file is Caffe's text format (by its suffix, or as load found it), so Caffe's rules apply."""
+    path = path.partition("#")[0]  # "solver.prototxt#net_param": a net inline in a Caffe solver is Caffe's too
     return path.endswith(PROTOTXT_SUFFIXES) or os.path.abspath(path) in _SNIFFED
 
 

@@ -48,6 +48,13 @@ def test_the_mnist_tutorial_runs_command_for_command_from_the_caffe_root(tmp_pat
               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Resumed from iteration 30" in r.stdout
+    # the solver with its nets inline (net_param, two test_state stages): sources relative to the Caffe root too
+    r = yaffe("train", "-solver", "examples/mnist/lenet_consolidated_solver.prototxt", "--set", "max_iter=20",
+              "--set", "test_interval=20", "--set", "test_iter=[2, 3]", "--set",
+              "snapshot_prefix=examples/mnist/consolidated", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Test net output #0: accuracy" in r.stdout and "Testing net (#1)" in r.stdout
+    assert os.path.isfile(tmp_path / "examples" / "mnist" / "consolidated_iter_20.caffemodel")
 
 
 def test_the_cifar10_quick_tutorial_runs_on_a_small_cifar_shaped_lmdb(tmp_path):
