@@ -436,7 +436,7 @@ class Data(RowData):
     def _inspect(self):
         path, tops = self.path, self.spec.get("top", [])
         if not os.path.exists(path):
-            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
+            raise sources.missing(getattr(self.p, "source", None) or self.path, self.relative_to)
         self.kind = sources.kind(path, self.p.backend)
         if self.kind == "lmdb" and self.p.backend is None and getattr(self, "caffe_file", False):
             self.warnings.append(("the source is an LMDB and backend is not set: yaffe reads it, but Caffe opens it "
@@ -556,7 +556,7 @@ class HDF5Data(RowData):
 
     def _inspect(self):
         if not os.path.isfile(self.path):
-            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
+            raise sources.missing(getattr(self.p, "source", None) or self.path, self.relative_to)
         return sources.hdf5_inspect(self.path, self.spec.get("top", []))
 
     def _load(self):
@@ -815,7 +815,7 @@ class ImageData(RowData):
 
     def _entries(self):
         if not os.path.isfile(self.path):
-            raise sources.SourceError(f"no such file; the path is relative to {self.relative_to}")
+            raise sources.missing(getattr(self.p, "source", None) or self.path, self.relative_to)
         entries = []
         with open(self.path) as f:
             for n, line in enumerate(f, 1):
@@ -1011,7 +1011,7 @@ class WindowData(Layer):
 
     def _read_windows(self, path):
         if not os.path.isfile(path):
-            raise sources.SourceError(f"no such file; the path is relative to {getattr(self, 'relative_to', 'the net file')}")
+            raise sources.missing(self.p.source or path, getattr(self, "relative_to", None))
         with open(path) as f:
             words = f.read().split()
         images, fg, bg, i = [], [], [], 0

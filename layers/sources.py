@@ -21,6 +21,22 @@ class SourceError(Exception):
     """A problem with a data file; the layer adds its name and the spec position."""
 
 
+# datasets that Debian packages, where a missing file most likely means the package is not installed
+PACKAGED = {"/usr/share/datasets/fashion-mnist/": "sudo apt-get install dataset-fashion-mnist"}
+
+
+def missing(path: str, relative_to: str) -> SourceError:
+    """The error for a source that does not exist: where a relative path was looked for, and what installs a
+    packaged dataset."""
+    if not os.path.isabs(path) or relative_to is None:
+        return SourceError(f"no such file; the path is relative to {relative_to or 'the net file'}")
+    for prefix, fix in PACKAGED.items():
+        if path.startswith(prefix):
+            return SourceError(f"no such file; this dataset is a Debian package: {fix}")
+    return SourceError("no such file; give the path of an existing file ('run.py data convert' writes an LMDB or "
+                       "an .npz from other formats)")
+
+
 # What reading a malformed file raises, from the standard library, NumPy, Pillow, h5py, lmdb: all are the file's
 # fault, never yaffe's, and become SourceError (reading()).
 FILE_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, UnicodeError, zipfile.BadZipFile,

@@ -89,6 +89,18 @@ def test_missing_source_points_at_the_field(tmp_path):
     assert msg.startswith(f"{tmp_path / 'net.yaml'}:5:") and "source 'nope.csv'" in msg and "no such file" in msg
 
 
+def test_missing_absolute_source_names_the_package_of_a_packaged_dataset(tmp_path, monkeypatch):
+    """An absolute path is not 'relative to the net file'; a Debian dataset's path says which package to install."""
+    from layers import sources
+    with pytest.raises(SpecError) as e:
+        data_net(tmp_path, str(tmp_path / "nope.csv"))
+    assert "no such file; give the path of an existing file" in str(e.value) and "relative" not in str(e.value)
+    monkeypatch.setitem(sources.PACKAGED, str(tmp_path / "datasets") + "/", "sudo apt-get install dataset-x")
+    with pytest.raises(SpecError) as e:
+        data_net(tmp_path, str(tmp_path / "datasets" / "train-images-idx3-ubyte.gz"))
+    assert "no such file; this dataset is a Debian package: sudo apt-get install dataset-x" in str(e.value)
+
+
 def test_npz_without_an_array_for_a_top(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 2)), label=np.zeros(3))
     with pytest.raises(SpecError, match="has no array named 'data'"):
