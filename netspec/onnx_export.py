@@ -123,9 +123,36 @@ def _emit(g, d, layer, x, shapes):
         return [g.node("Cast", [gt], name, to=g.onnx.TensorProto.FLOAT)]
     if t == "Clip":
         return [g.node("Clip", [x[0], g.const(f"{name}_min", p.min), g.const(f"{name}_max", p.max)], name)]
-    if t == "Swish":
-        z = g.node("Mul", [x[0], g.const(f"{name}_beta", p.beta)], name) if p.beta != 1 else x[0]
+    if t in ("Swish", "SiLU"):
+        beta = getattr(p, "beta", 1.0) if p is not None else 1.0
+        z = g.node("Mul", [x[0], g.const(f"{name}_beta", beta)], name) if beta != 1 else x[0]
         return [g.node("Mul", [x[0], g.node("Sigmoid", [z], name)], name)]
+    if t == "GELU":  # opset 17 has no Gelu: x * (1 + erf(x / sqrt 2)) / 2
+        erf = g.node("Erf", [g.node("Mul", [x[0], g.const(f"{name}_rsqrt2", 1 / math.sqrt(2))], name)], name)
+        half = g.node("Mul", [g.node("Add", [erf, g.const(f"{name}_one", 1.0)], name), g.const(f"{name}_half", 0.5)],
+                      name)
+        return [g.node("Mul", [x[0], half], name)]
+    if t == "Mish":
+        return [g.node("Mul", [x[0], g.node("Tanh", [g.node("Softplus", x[:1], name)], name)], name)]
+    if t == "HardSwish":  # ONNX's: x * max(0, min(1, x / 6 + 1 / 2))
+        return [g.node("HardSwish", x[:1], name)]
+    if t == "DropPath":  # TEST: the branch as it is
+        return [g.node("Identity", x[:1], name)]
+    if t == "LayerNorm":
+        norm_shape = tuple(in_shape[layer.p.axis % len(in_shape):])
+        gamma, beta = (b[0], b[1]) if p.affine else (np.ones(norm_shape), np.zeros(norm_shape))
+        return [g.node("LayerNormalization", [x[0], g.const(f"{name}_gamma", gamma), g.const(f"{name}_beta", beta)],
+                       name, axis=int(p.axis % len(in_shape)), epsilon=float(p.eps))]
+    if t == "GroupNorm":  # (N, G, C/G * inner) normalized per row by InstanceNormalization, then per channel
+        groups, c = p.num_groups, in_shape[1]
+        rows = g.node("Reshape", [x[0], g.const(f"{name}_groups", [0, groups, -1], np.int64)], name)
+        rows = g.node("InstanceNormalization", [rows, g.const(f"{name}_ones", np.ones(groups)),
+                                                g.const(f"{name}_zeros", np.zeros(groups))], name, epsilon=float(p.eps))
+        y = g.node("Reshape", [rows, g.const(f"{name}_shape", [0] + list(in_shape[1:]), np.int64)], name)
+        if p.affine:
+            y = g.node("Mul", [y, _broadcast(g, b[0], len(in_shape), 1, f"{name}_gamma")], name)
+            y = g.node("Add", [y, _broadcast(g, b[1], len(in_shape), 1, f"{name}_beta")], name)
+        return [y]
     if t == "BatchNorm":
         factor = float(b[2].ravel()[0])
         factor = 0.0 if factor == 0 else 1.0 / factor

@@ -2,13 +2,15 @@
 and its weights (`.weights.npz` beside it), to run, fine-tune or export again.
 
 Ops: Conv, ConvTranspose, Gemm, MatMul (+ Add of a constant), BatchNormalization (BatchNorm + Scale), Relu,
-LeakyRelu, PRelu, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul
-and Max of tensors (Eltwise), Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed through), and a constant-zero
-Pad folded into the Conv or pooling it feeds. Anything else is an error listing the ops that cannot be expressed
-and where they are. Needs the `onnx` package (extra `onnx`).
+LeakyRelu, PRelu, Sigmoid, Tanh, Gelu, HardSwish, Mish, Elu, Softplus (BNLL), Abs, LayerNormalization, ReduceMean
+over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul and
+Max of tensors (Eltwise), Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and
+Identity (passed through), and a constant-zero Pad folded into the Conv or pooling it feeds. Anything else is an
+error listing the ops that cannot be expressed and where they are. Needs the `onnx` package (extra `onnx`).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -17,7 +19,11 @@ from .errors import UserError
 
 SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNormalization", "Relu", "LeakyRelu",
              "PRelu", "Sigmoid", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-             "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max"}
+             "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max",
+             "Gelu", "HardSwish", "Mish", "Elu", "Softplus", "Abs", "LayerNormalization", "ReduceMean",
+             "GroupNorm"}  # (the fused node of _fuse_group_norm)
+ELEMENTWISE = {"Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish", "Elu": "ELU", "Softplus": "BNLL",
+               "Abs": "AbsVal", "Sigmoid": "Sigmoid", "Tanh": "TanH"}
 
 
 def _attrs(node):
@@ -44,6 +50,98 @@ def _pads(pads, what):
     return begin
 
 
+def _scalar(consts, name, value):
+    c = consts.get(name)
+    return c is not None and np.asarray(c).size == 1 and abs(float(np.asarray(c).ravel()[0]) - value) < 1e-4
+
+
+def _links(nodes):
+    """({tensor: indices of the nodes reading it}, {tensor: index of the node writing it})."""
+    consumers, producer = {}, {}
+    for k, n in enumerate(nodes):
+        for t in n.input:
+            consumers.setdefault(t, []).append(k)
+        for t in n.output:
+            producer[t] = k
+    return consumers, producer
+
+
+def _fuse_erf_gelu(nodes, consts):
+    """GELU as exporters before opset 20 write it, x * (1 + erf(x / sqrt 2)) / 2 (PyTorch: Div, Erf, Add, Mul,
+    Mul; yaffe's export: Mul, Erf, Add, Mul, Mul), as one Gelu node in place of the five."""
+    from onnx import helper
+    consumers, producer = _links(nodes)
+
+    def only(tensor, op):
+        ks = consumers.get(tensor, [])
+        return ks[0] if len(ks) == 1 and nodes[ks[0]].op_type == op else None
+
+    def other(node, tensor):
+        rest = [t for t in node.input if t != tensor]
+        return rest[0] if len(rest) == 1 else None
+
+    drop, put = set(), {}
+    for k, erf in enumerate(nodes):
+        if erf.op_type != "Erf" or erf.input[0] not in producer:
+            continue
+        pk = producer[erf.input[0]]
+        pre = nodes[pk]
+        if pre.op_type not in ("Div", "Mul") or len(consumers.get(erf.input[0], [])) != 1:
+            continue
+        x = next((t for t in pre.input if t not in consts), None)
+        if x is None or not _scalar(consts, other(pre, x) or "", math.sqrt(2) if pre.op_type == "Div" else
+                                    1 / math.sqrt(2)):
+            continue
+        ak = only(erf.output[0], "Add")
+        if ak is None or not _scalar(consts, other(nodes[ak], erf.output[0]) or "", 1.0):
+            continue
+        m1 = only(nodes[ak].output[0], "Mul")
+        if m1 is None:
+            continue
+        m2 = only(nodes[m1].output[0], "Mul")
+        if m2 is None:
+            continue
+        first, second = other(nodes[m1], nodes[ak].output[0]), other(nodes[m2], nodes[m1].output[0])
+        if not ((first == x and _scalar(consts, second or "", 0.5)) or (second == x and _scalar(consts, first or "",
+                                                                                                 0.5))):
+            continue
+        drop.update((pk, k, ak, m1))
+        put[m2] = helper.make_node("Gelu", [x], [nodes[m2].output[0]], name=nodes[m2].name or erf.name)
+    return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
+def _fuse_group_norm(nodes, consts):
+    """GroupNorm as exporters before opset 21 write it: Reshape (N, G, -1), InstanceNormalization with unit scale and
+    zero bias, Reshape back (to Shape(x) or a constant), as one node (num_groups, epsilon; the per-channel Mul and
+    Add after it stay Scale and Bias layers)."""
+    from onnx import helper
+    consumers, producer = _links(nodes)
+    drop, put = set(), {}
+    for k, inorm in enumerate(nodes):
+        if inorm.op_type != "InstanceNormalization" or inorm.input[0] not in producer:
+            continue
+        r1 = producer[inorm.input[0]]
+        shape = consts.get(nodes[r1].input[1]) if nodes[r1].op_type == "Reshape" else None
+        scale, bias = (consts.get(t) for t in inorm.input[1:3])
+        if shape is None or len(shape) != 3 or shape[0] != 0 or shape[2] != -1 or scale is None or bias is None \
+                or np.any(scale != 1) or np.any(bias != 0) or len(consumers.get(inorm.input[0], [])) != 1:
+            continue
+        after = consumers.get(inorm.output[0], [])
+        if len(after) != 1 or nodes[after[0]].op_type != "Reshape":
+            continue
+        r2, x = after[0], nodes[r1].input[0]
+        back = nodes[r2].input[1]
+        via_shape = back in producer and nodes[producer[back]].op_type == "Shape" and \
+            nodes[producer[back]].input[0] == x and len(consumers.get(back, [])) == 1
+        if not via_shape and (back not in consts or consts[back].ravel()[0] != 0):
+            continue
+        eps = next((float(a.f) for a in inorm.attribute if a.name == "epsilon"), 1e-5)
+        drop.update((r1, k) + ((producer[back],) if via_shape else ()))
+        put[r2] = helper.make_node("GroupNorm", [x], [nodes[r2].output[0]], name=nodes[r2].name or inorm.name,
+                                   num_groups=int(shape[1]), epsilon=eps)
+    return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
 def import_onnx(path: str, batch: int = 1):
     """(net doc, weights {layer/i: array}) of an ONNX model."""
     try:
@@ -57,16 +155,19 @@ def import_onnx(path: str, batch: int = 1):
         raise UserError(f"{path}: error: not an ONNX model ({type(e).__name__}: {e})") from None
     try:  # the rank of every tensor, for the axis a broadcast constant applies from
         inferred = onnx.shape_inference.infer_shapes(model).graph
-        ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(inferred.input)
-                 + list(inferred.output)}
+        infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+        ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in infos}
+        known = {v.name: [d.dim_value if d.dim_value > 0 else None for d in v.type.tensor_type.shape.dim]
+                for v in infos}
     except Exception:  # noqa: BLE001: shape inference is best effort
-        ranks = {}
+        ranks, known = {}, {}
     g = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for node in g.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
-    bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(g.node)
+    nodes = _fuse_group_norm(_fuse_erf_gelu(list(g.node), consts), consts)
+    bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(nodes)
            if n.op_type not in SUPPORTED]
     if bad:
         raise UserError(f"{path}: error: {len(bad)} node(s) have no Caffe layer: {', '.join(bad[:8])}"
@@ -91,7 +192,7 @@ def import_onnx(path: str, batch: int = 1):
         dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
         layers.append({"name": inp.name, "type": "Input", "top": [inp.name], "input_param": {"shape": {"dim": dims}}})
         names.add(inp.name)
-    for i, node in enumerate(g.node):
+    for i, node in enumerate(nodes):
         op, a = node.op_type, _attrs(node)
         ins = [x for x in node.input if x]
         out = node.output[0]
@@ -224,8 +325,44 @@ def import_onnx(path: str, batch: int = 1):
                 slope = consts[ins[1]].reshape(-1)
                 layer.update(type="PReLU", bottom=bottoms, top=[out], prelu_param={"channel_shared": slope.size == 1})
                 weights[f"{name}/0"] = slope
-            elif op in ("Sigmoid", "Tanh"):
-                layer.update(type="Sigmoid" if op == "Sigmoid" else "TanH", bottom=bottoms, top=[out])
+            elif op in ELEMENTWISE:
+                if op == "Gelu" and a.get("approximate", b"none") not in (b"none", "none"):
+                    raise ValueError("Gelu's tanh approximation has no layer (GELU is the erf form); export with "
+                                     "approximate='none'")
+                layer.update(type=ELEMENTWISE[op], bottom=bottoms, top=[out])
+                if op == "Elu":
+                    layer["elu_param"] = {"alpha": float(a.get("alpha", 1.0))}
+            elif op == "GroupNorm":
+                layer.update(type="GroupNorm", bottom=bottoms, top=[out], group_norm_param={
+                    "num_groups": int(a["num_groups"]), "eps": float(a.get("epsilon", 1e-5)), "affine": False})
+            elif op == "ReduceMean":  # over the spatial axes of (N, C, H, W): global AVE pooling
+                axes = a.get("axes", consts[ins[1]] if len(ins) > 1 else None)
+                rank = ranks.get(ins[0])
+                if axes is None or rank != 4 or sorted(int(v) % 4 for v in axes) != [2, 3]:
+                    raise ValueError("only a mean over the two spatial axes of an (N, C, H, W) tensor (global "
+                                     "average pooling) has a Caffe layer")
+                keep = a.get("keepdims", 1)
+                layer.update(type="Pooling", bottom=bottoms, top=[out if keep else f"{out}_pooled"],
+                             pooling_param={"pool": "AVE", "global_pooling": True})
+                if not keep:
+                    layers.append(layer)
+                    layer = {"name": layer_name(node, f"{name}_flat"), "type": "Flatten", "bottom": [f"{out}_pooled"],
+                             "top": [out], "flatten_param": {"axis": 1}}
+            elif op == "LayerNormalization":
+                shape = known.get(ins[0])
+                if not shape:
+                    raise ValueError("the shape of the input is unknown (run onnx shape inference first)")
+                axis = int(a.get("axis", -1)) % len(shape)
+                norm = shape[axis:]
+                if None in norm:
+                    raise ValueError("the normalized axes must have fixed sizes")
+                if a.get("stash_type", 1) != 1:
+                    raise ValueError("only float32 statistics (stash_type 1)")
+                gamma = np.broadcast_to(consts[ins[1]], norm)
+                beta = np.broadcast_to(consts[ins[2]], norm) if len(ins) > 2 else np.zeros(norm, np.float32)
+                layer.update(type="LayerNorm", bottom=bottoms, top=[out],
+                             layer_norm_param={"axis": axis, "eps": float(a.get("epsilon", 1e-5))})
+                weights[f"{name}/0"], weights[f"{name}/1"] = np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
             elif op == "Softmax":
                 layer.update(type="Softmax", bottom=bottoms, top=[out], softmax_param={"axis": int(a.get("axis", -1))})
             elif op == "Concat":
