@@ -162,7 +162,7 @@ def _centered(values: np.ndarray, half: int) -> np.ndarray:
 
 def analyse_lr_curve(rates, losses, stopped: bool) -> dict:
     """Bounds and suggestion from an lr sweep (rates rising, losses finite). The loss is smoothed over a window of
-    about 5% of the sweep. too_small: the loss has fallen by 5% of its total drop; diverges: past the minimum it
+    about 5% of the sweep. too_small: from there on the loss stays 10% of its total drop below the plateau; diverges: past the minimum it
     has climbed back by a quarter of the drop (or the sweep stopped on a non-finite or exploding loss); the floor
     ends at the last rate past the minimum whose loss stays within 10% of it (of the minimum's size, at most 10% of
     the drop). suggested: a third of the floor's end (Smith's range test, 2017: the rate where the loss stops
@@ -176,7 +176,12 @@ def analyse_lr_curve(rates, losses, stopped: bool) -> dict:
     if drop <= 0.02 * max(abs(float(sm[0])), 1e-12):
         return {"smoothed": sm, "minimum": float(rates[m]), "too_small": None, "diverges": None, "steepest": None,
                 "floor_end": None, "tenth": None, "suggested": None, "rule": "the loss never fell"}
-    k0 = int(np.argmax(sm < sm[0] - 0.05 * drop))
+    # too small: from the last rate before the minimum whose loss is within 10% of the drop of the start's level
+    # (the median of the first tenth of the sweep: one noisy first batch is not the plateau), where the loss
+    # falls for good; the first dip below it was noise in a third of the noisy curves (the loss of a batch of 64)
+    start = float(np.median(sm[:max(1, min(m + 1, len(sm) // 10))]))
+    high = np.nonzero(sm[:m + 1] > start - 0.1 * max(start - float(sm[m]), drop))[0]
+    k0 = min(int(high[-1]) + 1, m) if len(high) else 0
     after = np.nonzero(sm[m:] > sm[m] + 0.25 * drop)[0]
     diverges = float(rates[m + after[0]]) if len(after) else (float(rates[-1]) if stopped else None)
     band = min(0.1 * abs(float(sm[m])), 0.1 * drop) or 0.1 * drop
