@@ -805,7 +805,8 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the watch reports non-finite values
                 return self._loop(until)
         except Diverged as e:
-            e.args = (str(e) + self._write_last_good(),)
+            said = str(e).rstrip()
+            e.args = (said + ("" if said.endswith((".", "!", "?")) else ".") + self._write_last_good(),)
             raise
         except snap.DiskFull:
             raise  # the snapshot that failed is the one that would keep the work; the previous one is intact

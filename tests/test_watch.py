@@ -53,7 +53,7 @@ def test_huge_learning_rate_is_diagnosed_and_the_last_good_state_kept(tmp_path):
     good = [f for f in snaps if f.endswith("_lastgood.weights.npz")][0]
     with np.load(tmp_path / "snap" / good) as z:
         assert all(np.isfinite(z[k]).all() for k in z.files)
-    assert "The last good state, from iteration" in msg and good.replace(".weights.npz", "") in msg
+    assert ". The last good state, from iteration" in msg and good.replace(".weights.npz", "") in msg
 
 
 def test_lastgood_weights_give_a_finite_loss_and_resume_with_a_lower_rate(tmp_path):
