@@ -212,6 +212,11 @@ def apply_overrides(doc: Node, overrides: dict) -> list[Finding]:
     props = schema.solver_schema()["properties"]
     for key, value in overrides.items():
         where = (f"--set {key}={value}", 0, 0)
+        if key == "solver_type":  # Caffe's deprecated enum (a prototxt's is read as type)
+            kind = {"sgd": "SGD", "nesterov": "Nesterov", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
+                    "adadelta": "AdaDelta", "adam": "Adam"}.get(str(value).lower(), "Adam")
+            out.append(Finding(*where, "error", f"solver_type is Caffe's deprecated field; use --set type={kind}"))
+            continue
         if key not in props:
             from .errors import did_you_mean
             out.append(Finding(*where, "error", f"unknown solver field '{key}'{did_you_mean(key, props)} "

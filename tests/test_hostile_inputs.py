@@ -219,7 +219,9 @@ def command_lines():
            ["train", solver, "--lr-scale", "-1"], ["train", solver, "--lr-scale", "nan"], ["test", solver, "--weights", "x",
            "--iterations", "0"], ["train", "{dir}/nope.yaml"], ["validate", "{dir}"], ["test", "{dir}", "--weights", "x"],
            ["data", "convert", "{dir}/nope.csv", "{dir}/o.npz"], ["lr-find", "{dir}/nope.yaml"],
-           ["train", solver, "--replicas", "0"], ["time", "{dir}/nope.yaml"], ["plot", "{dir}/nope.jsonl"]]
+           ["train", solver, "--replicas", "0"], ["time", "{dir}/nope.yaml"], ["plot", "{dir}/nope.jsonl"],
+           ["export", os.path.join(DIGITS, "deploy.yaml"), "-o", "{dir}/no/such/lenet.onnx"],  # (internal errors)
+           ["import", os.path.join(ROOT, "tests", "fixtures", "onnx", "small_resnet.onnx"), "-o", "{dir}/no/x.yaml"]]
     for i, args in enumerate(bad):
         yield f"cli_{i}", {}, args
 

@@ -195,6 +195,8 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
     s = solver(tmp_path, max_iter=5)
     r = cli("train", s, "--set", "base_rl=0.1")
     assert r.returncode == 2 and "unknown solver field 'base_rl'; did you mean 'base_lr'?" in r.stderr
+    r = cli("train", s, "--set", "solver_type=RMSPROP")  # Caffe's old enum (it suggested 'solver_mode')
+    assert r.returncode == 2 and "solver_type is Caffe's deprecated field; use --set type=RMSProp" in r.stderr
     r = cli("train", s, "--set", "momentum=2")
     assert r.returncode == 2 and r.stderr.startswith("--set momentum=2: error: 2 is greater than or equal to the "
                                                      "maximum of 1; give a value of the field's type, e.g. --set")

@@ -6,6 +6,7 @@ Usage errors and spec errors print `file:line:col: error: ...` lines and exit 2,
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -678,7 +679,32 @@ def report(e: BaseException) -> int:
         return 130
     if isinstance(e, BrokenPipeError):
         return 0
+    said = _file_system_error(e)
+    if said is not None:
+        print(said, file=sys.stderr, flush=True)
+        return 2
     # a bug in yaffe, not in the user's input
     print(f"internal error: {type(e).__name__}: {e}\nThis is a bug in yaffe; rerun with YAFFE_DEBUG=1 "
           "for a traceback and report it.", file=sys.stderr, flush=True)
     return 1
+
+
+FS_FIXES = {
+    errno.ENOENT: "its folder does not exist: create it (mkdir -p) or give another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: give another path",
+    errno.EISDIR: "it is a folder: give a file name",
+    errno.EACCES: "no permission: give a path you can write to",
+    errno.EPERM: "not permitted: give a path you can write to",
+    errno.EROFS: "the file system is read-only: give a path on a writable one",
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write elsewhere",
+}
+
+
+def _file_system_error(e: BaseException):
+    """The one-line message for a file the command could not open or write (an output in a missing folder, a
+    full disk), or None for anything else."""
+    if not isinstance(e, OSError) or e.errno not in FS_FIXES:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}error: {e.strerror or e}; {FS_FIXES[e.errno]}"
