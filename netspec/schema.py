@@ -190,6 +190,10 @@ def _message(err, doc) -> tuple[list, str]:
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
         key = extra[0] if extra else "?"
+        if key == "solver_type" and "type" in allowed:  # Caffe's deprecated enum (a prototxt's is read as type)
+            from .prototxt import SOLVER_TYPES
+            kind = SOLVER_TYPES.get(str(value.get(key, "")).upper(), "SGD")
+            return path + [key], f"{prefix}solver_type is Caffe's deprecated field; write type: {kind}"
         return path + [key], (f"{prefix}unknown field '{key}' in {where}{did_you_mean(key, allowed)} "
                               f"(valid fields: {', '.join(allowed)})")
     if v == "required":

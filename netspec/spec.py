@@ -213,8 +213,8 @@ def apply_overrides(doc: Node, overrides: dict) -> list[Finding]:
     for key, value in overrides.items():
         where = (f"--set {key}={value}", 0, 0)
         if key == "solver_type":  # Caffe's deprecated enum (a prototxt's is read as type)
-            kind = {"sgd": "SGD", "nesterov": "Nesterov", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
-                    "adadelta": "AdaDelta", "adam": "Adam"}.get(str(value).lower(), "Adam")
+            from .prototxt import SOLVER_TYPES
+            kind = SOLVER_TYPES.get(str(value).upper(), "SGD")
             out.append(Finding(*where, "error", f"solver_type is Caffe's deprecated field; use --set type={kind}"))
             continue
         if key not in props:

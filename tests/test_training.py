@@ -197,6 +197,9 @@ def test_set_rejects_unknown_fields_and_bad_values(tmp_path):
     assert r.returncode == 2 and "unknown solver field 'base_rl'; did you mean 'base_lr'?" in r.stderr
     r = cli("train", s, "--set", "solver_type=RMSPROP")  # Caffe's old enum (it suggested 'solver_mode')
     assert r.returncode == 2 and "solver_type is Caffe's deprecated field; use --set type=RMSProp" in r.stderr
+    r = cli("validate", solver(tmp_path, name="old.yaml", solver_type="ADAM"))
+    assert r.returncode == 2 and "old.yaml:14:14: error: solver_type is Caffe's deprecated field; write type: Adam" \
+        in r.stdout + r.stderr, r.stdout + r.stderr
     r = cli("train", s, "--set", "momentum=2")
     assert r.returncode == 2 and r.stderr.startswith("--set momentum=2: error: 2 is greater than or equal to the "
                                                      "maximum of 1; give a value of the field's type, e.g. --set")
