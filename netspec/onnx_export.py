@@ -174,8 +174,13 @@ def _emit(g, d, layer, x, shapes):
             y = g.node("Add", [y, _broadcast(g, b[0], len(in_shape), axis, f"{name}_bias")], name)
         return [y]
     if t == "LRN":
-        if p.norm_region != "ACROSS_CHANNELS":
-            raise ValueError("norm_region WITHIN_CHANNEL has no ONNX op")
+        if p.norm_region != "ACROSS_CHANNELS":  # Caffe's own graph: x * (1 + alpha * AVE pool of x^2)^-beta
+            n, pad = p.local_size, (p.local_size - 1) // 2
+            mean = g.node("AveragePool", [g.node("Mul", [x[0], x[0]], name)], name, kernel_shape=[n, n],
+                          pads=[pad] * 4, strides=[1, 1], count_include_pad=1)
+            scale = g.node("Add", [g.node("Mul", [mean, g.const(f"{name}_alpha", p.alpha)], name),
+                                   g.const(f"{name}_one", 1.0)], name)
+            return [g.node("Mul", [x[0], g.node("Pow", [scale, g.const(f"{name}_beta", -p.beta)], name)], name)]
         return [g.node("LRN", x, name, size=p.local_size, alpha=float(p.alpha), beta=float(p.beta), bias=float(p.k))]
     if t == "Softmax":
         return [g.node("Softmax", x, name, axis=layer.p.axis)]

@@ -27,6 +27,8 @@ layer:
   - {name: cat, type: Concat, bottom: [pmax, pave], top: cat}
   - {name: pover, type: Pooling, bottom: pmax, top: pover, pooling_param: {pool: AVE, kernel_size: 3, stride: 2}}
   - {name: lrn, type: LRN, bottom: cat, top: lrn, lrn_param: {local_size: 3, alpha: 0.5, beta: 0.75, k: 2}}
+  - {name: lrnw, type: LRN, bottom: conv, top: lrnw,
+     lrn_param: {local_size: 5, alpha: 0.3, beta: 0.75, norm_region: WITHIN_CHANNEL}}
   - {name: prelu, type: PReLU, bottom: lrn, top: prelu}
   - {name: deconv, type: Deconvolution, bottom: prelu, top: deconv,
      convolution_param: {num_output: 3, kernel_size: 2, stride: 2}}
@@ -98,7 +100,7 @@ def test_a_net_of_every_mapped_type_runs_in_onnx_runtime_as_in_yaffe(tmp_path):
     x = np.random.default_rng(1).normal(size=(2, 4, 9, 9)).astype(np.float32)
     ids = np.array([[0, 4, 2], [1, 1, 3]], np.float32)
     info = _compare(net, str(tmp_path / "every.onnx"), {"data": x, "ids": ids})
-    assert set(info["outputs"]) == {"soft", "thr", "tile", "red", "red2", "am", "emb", "pover"}
+    assert set(info["outputs"]) == {"soft", "thr", "tile", "red", "red2", "am", "emb", "pover", "lrnw"}
     assert info["inputs"] == ["data", "ids"]
 
 
@@ -301,11 +303,11 @@ def test_a_layer_without_a_mapping_is_a_clear_error(tmp_path):
     net = Net(loads("""
 layer:
   - {name: in, type: Input, top: data, input_param: {shape: {dim: [2, 3, 4, 4]}}}
-  - {name: lrn, type: LRN, bottom: data, top: lrn, lrn_param: {norm_region: WITHIN_CHANNEL}}
+  - {name: pool, type: Pooling, bottom: data, top: pool, pooling_param: {pool: STOCHASTIC, kernel_size: 2, stride: 2}}
 """, "w.yaml"), "TEST", "w.yaml")
     with pytest.raises(UserError) as e:
         export(net, str(tmp_path / "w.onnx"), out=lambda *a: None)
-    assert "w.yaml:4:" in str(e.value) and "layer 'lrn' (LRN) cannot be exported" in str(e.value)
+    assert "w.yaml:4:" in str(e.value) and "layer 'pool' (Pooling) cannot be exported" in str(e.value)
 
 
 def test_run_py_export_and_the_python_api_write_the_trained_net(tmp_path):
