@@ -116,9 +116,27 @@ class Predictor:
                 raise UserError(f"no blob {missing[0]!r} in the net (blobs: {', '.join(net.blobs)})")
             return list(blobs)
         losses = [d for d, l in zip(net.defs, net.layers) if l.is_loss or l.type == "Accuracy"]
-        if losses:  # a train/test net: the scores the loss reads
-            return [losses[0].bottoms[0]]
+        if losses:  # a train/test net: the scores the loss reads (the blob a Split copied them from)
+            return [self._unsplit(losses[0].bottoms[0])]
         return list(net.outputs)
+
+    def _unsplit(self, blob):
+        split = {t: d.bottoms[0] for d in self.net.defs if d.type == "Split" for t in d.tops}
+        while blob in split:
+            blob = split[blob]
+        return blob
+
+    def softmax_loss_reading(self, blobs):
+        """The name of the SoftmaxWithLoss whose scores (N, C) are the reported blob (no --blobs), or None."""
+        if blobs:
+            return None
+        d = next((d for d, l in zip(self.net.defs, self.net.layers) if l.is_loss or l.type == "Accuracy"), None)
+        if d is None:
+            return None
+        scores = self._unsplit(d.bottoms[0])
+        soft = next((e for e in self.net.defs if e.type == "SoftmaxWithLoss" and self._unsplit(e.bottoms[0]) == scores),
+                    None)
+        return soft.name if soft is not None and self.net.blobs[scores].data.ndim == 2 else None
 
     def _feed(self, rows):
         """Put the rows at the input blob (transformed as the data layer would); True where the shapes changed."""
@@ -242,8 +260,14 @@ def predict(model, weights, inputs, blobs=None, labels=None, top_k=5, output=Non
     if names_of is not None and len(names_of) != flat.shape[1]:
         raise UserError(f"{labels}: error: {len(names_of)} labels for {flat.shape[1]} classes; give one line per "
                         "class, in the order of the net's outputs")
+    shown, loss = flat, p.softmax_loss_reading(blobs)
+    if loss is not None:  # the logits a SoftmaxWithLoss reads: printed as the probabilities it computes
+        e = np.exp(flat - flat.max(axis=1, keepdims=True))
+        shown = e / e.sum(axis=1, keepdims=True)
+        out(f"(softmax probabilities of '{p.outputs(blobs)[0]}', the scores SoftmaxWithLoss '{loss}' reads"
+            + ("; the file gets the scores)" if output else ")"))
     if output is None or not output.endswith((".csv", ".jsonl")):
-        for name, idx, row in zip(names, top, flat):
+        for name, idx, row in zip(names, top, shown):
             picks = ", ".join(f"{row[j]:.4f} {names_of[j] if names_of else j}" for j in idx)
             out(f"{name}: {picks}")
     if output:

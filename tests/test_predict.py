@@ -53,6 +53,25 @@ def test_predict_on_the_test_csv_agrees_with_run_py_test(work):
     assert ours == pytest.approx(json.loads(t.stdout)["accuracy"], abs=1e-6)
 
 
+def test_predict_with_a_training_net_prints_the_probabilities_its_softmax_loss_computes(work):
+    """No --blobs on a net with SoftmaxWithLoss: the scores it reads (ip2, not the Split's copy of it) are written
+    to the file as they are and printed as softmax probabilities (raw logits looked like probabilities)."""
+    work, rows = work
+    r = run("predict", "lenet_digits/net.yaml", "--weights", WEIGHTS, "imgs", "--top-k", "10", "-o", "raw.npz",
+            cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "(softmax probabilities of 'ip2', the scores SoftmaxWithLoss 'loss' reads; the file gets the scores)" \
+        in r.stdout
+    with np.load(work / "raw.npz") as z:
+        scores = z["ip2"]
+    lines = [l for l in r.stdout.splitlines() if l.startswith("imgs")]
+    for line, row in zip(lines, scores):
+        printed = {int(p.split()[1]): float(p.split()[0]) for p in line.split(": ", 1)[1].split(", ")}
+        e = np.exp(row - row.max())
+        assert sum(printed.values()) == pytest.approx(1.0, abs=1e-3)
+        assert [printed[k] for k in range(10)] == pytest.approx(list(e / e.sum()), abs=1e-4)
+
+
 def test_predict_classifies_a_folder_of_images_with_the_deploy_net_and_label_names(work):
     work, rows = work
     r = run("predict", "lenet_digits/deploy.yaml", "--weights", WEIGHTS, "imgs", "--scale", str(1 / 15 / 16),
