@@ -3,10 +3,11 @@ and its weights (`.weights.npz` beside it), to run, fine-tune or export again.
 
 Ops: Conv, ConvTranspose, Gemm, MatMul (+ Add of a constant), BatchNormalization (BatchNorm + Scale), Relu,
 LeakyRelu, PRelu, Sigmoid, Tanh, Gelu, HardSwish, Mish, Elu, Softplus (BNLL), Abs, LayerNormalization, ReduceMean
-over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul and
-Max of tensors (Eltwise), Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and
-Identity (passed through), and a constant-zero Pad folded into the Conv or pooling it feeds. Anything else is an
-error listing the ops that cannot be expressed and where they are. Needs the `onnx` package (extra `onnx`).
+over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul,
+Max and Sub of tensors (Eltwise), Sub and Div by a constant, c - x (Power), Shape arithmetic folded into a Reshape's
+shape, Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed
+through), and a constant-zero Pad folded into the Conv or pooling it feeds. Anything else is an error listing the
+ops that cannot be expressed and where they are. Needs the `onnx` package (extra `onnx`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNorm
              "PRelu", "Sigmoid", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
              "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max",
              "Gelu", "HardSwish", "Mish", "Elu", "Softplus", "Abs", "LayerNormalization", "ReduceMean",
-             "GroupNorm"}  # (the fused node of _fuse_group_norm)
+             "GroupNorm", "Sub"}  # (GroupNorm: the fused node of _fuse_group_norm)
 ELEMENTWISE = {"Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish", "Elu": "ELU", "Softplus": "BNLL",
                "Abs": "AbsVal", "Sigmoid": "Sigmoid", "Tanh": "TanH"}
 
@@ -142,6 +143,78 @@ def _fuse_group_norm(nodes, consts):
     return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
 
 
+def _fold_shapes(nodes, consts, known):
+    """Shape arithmetic as PyTorch's exporter writes `x.view(x.size(0), -1)` (Shape, Gather, Unsqueeze, Concat into
+    a Reshape's shape) evaluated from the inferred shapes, the batch symbolic; a Reshape's shape that
+    comes out with the batch first becomes a constant with 0 there (copy the dimension, in ONNX and in Caffe).
+    The folded nodes are dropped where only shapes read them."""
+    vals, folded = {}, set()
+
+    def value(t):
+        if t in vals:
+            return vals[t]
+        c = consts.get(t)
+        return [int(v) for v in np.asarray(c).ravel()] if c is not None and np.asarray(c).dtype.kind in "iu" \
+            else None
+
+    for k, n in enumerate(nodes):
+        op, a = n.op_type, _attrs(n)
+        ins = [x for x in n.input if x]
+        try:
+            if op == "Shape":
+                dims = known.get(ins[0])
+                if dims is None:
+                    continue
+                out = ["N" if d is None else d for d in dims][a.get("start", 0):a.get("end", None)]
+            elif op in ("Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity") and ins and \
+                    any(x in vals for x in ins) and all(value(x) is not None for x in ins):
+                v = [value(x) for x in ins]
+                if op == "Gather":
+                    if a.get("axis", 0) != 0:
+                        continue
+                    idx = np.asarray(consts.get(ins[1], v[1]))
+                    out = [v[0][int(i)] for i in idx.ravel()] if idx.ndim else v[0][int(idx)]
+                elif op == "Concat":
+                    out = [d for part in v for d in (part if isinstance(part, list) else [part])]
+                else:  # Unsqueeze, Squeeze, Cast, Identity: the same values
+                    out = v[0] if isinstance(v[0], list) else [v[0]]
+            else:
+                continue
+        except (IndexError, KeyError, TypeError):
+            continue
+        vals[n.output[0]] = out
+        folded.add(k)
+    consumers, _ = _links(nodes)
+    for n in nodes:
+        if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in vals:
+            shape = vals[n.input[1]]
+            if isinstance(shape, list) and "N" not in shape[1:]:
+                consts[n.input[1]] = np.array([0 if d == "N" else d for d in shape], np.int64)
+    # drop a folded node where every reader is folded too or reads it as a Reshape's (now constant) shape
+    drop = set()
+    for k in sorted(folded, reverse=True):
+        readers = consumers.get(nodes[k].output[0], [])
+        if all(r in drop or (nodes[r].op_type == "Reshape" and nodes[r].input[1] == nodes[k].output[0]
+                             and nodes[k].output[0] in consts) for r in readers):
+            drop.add(k)
+    return [n for k, n in enumerate(nodes) if k not in drop]
+
+
+def _constant_sides(nodes, consts):
+    """x - c and x / c (a constant c) as x + (-c) and x * (1/c), which Bias and Scale express."""
+    from onnx import helper
+    out = []
+    for n in nodes:
+        if n.op_type in ("Sub", "Div") and len(n.input) == 2 and n.input[1] in consts and n.input[0] not in consts:
+            c = np.asarray(consts[n.input[1]], np.float32)
+            name = f"{n.input[1]}__{'negated' if n.op_type == 'Sub' else 'inverted'}"
+            consts[name] = -c if n.op_type == "Sub" else 1.0 / c
+            n = helper.make_node("Add" if n.op_type == "Sub" else "Mul", [n.input[0], name], list(n.output),
+                                 name=n.name)
+        out.append(n)
+    return out
+
+
 def import_onnx(path: str, batch: int = 1):
     """(net doc, weights {layer/i: array}) of an ONNX model."""
     try:
@@ -166,7 +239,8 @@ def import_onnx(path: str, batch: int = 1):
     for node in g.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
-    nodes = _fuse_group_norm(_fuse_erf_gelu(list(g.node), consts), consts)
+    nodes = _fold_shapes(list(g.node), consts, known)
+    nodes = _constant_sides(_fuse_group_norm(_fuse_erf_gelu(nodes, consts), consts), consts)
     bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(nodes)
            if n.op_type not in SUPPORTED]
     if bad:
@@ -304,6 +378,15 @@ def import_onnx(path: str, batch: int = 1):
                         core.pop()
                     layer[block] = {"axis": rank - c.ndim + lead, "num_axes": len(core)}
                     weights[f"{name}/0"] = c.reshape(core)
+            elif op == "Sub" and ins[0] in consts:  # c - x, c a scalar: Power (shift + scale x)^1
+                c = np.asarray(consts[ins[0]])
+                if c.size != 1:
+                    raise ValueError("a constant minus a tensor needs a scalar constant")
+                layer.update(type="Power", bottom=[blob(ins[1])], top=[out],
+                             power_param={"power": 1.0, "scale": -1.0, "shift": float(c.ravel()[0])})
+            elif op == "Sub":
+                layer.update(type="Eltwise", bottom=[blob(x) for x in ins], top=[out],
+                             eltwise_param={"operation": "SUM", "coeff": [1.0, -1.0]})
             elif op in ("Add", "Mul", "Sum", "Max"):
                 layer.update(type="Eltwise", bottom=[blob(x) for x in ins], top=[out],
                              eltwise_param={"operation": {"Add": "SUM", "Sum": "SUM", "Mul": "PROD"}.get(op, "MAX")})
