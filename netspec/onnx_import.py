@@ -4,10 +4,11 @@ and its weights (`.weights.npz` beside it), to run, fine-tune or export again.
 Ops: Conv, ConvTranspose, Gemm, MatMul (+ Add of a constant), BatchNormalization (BatchNorm + Scale), Relu,
 LeakyRelu, PRelu, Sigmoid, Tanh, Gelu, HardSwish, Mish, Elu, Softplus (BNLL), Abs, LayerNormalization, ReduceMean
 over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul,
-Max and Sub of tensors (Eltwise), Sub and Div by a constant, c - x (Power), Shape arithmetic folded into a Reshape's
-shape, Add and Mul of a constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed
-through), and a constant-zero Pad folded into the Conv or pooling it feeds. Anything else is an error listing the
-ops that cannot be expressed and where they are. Needs the `onnx` package (extra `onnx`).
+Max and Sub of tensors (Eltwise), Sub and Div by a constant, c - x (Power), a Mul by an (N, C, 1, 1) gate (a
+two-bottom Scale), HardSigmoid (Power + Clip), Shape arithmetic folded into a Reshape's shape, Add and Mul of a
+constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed through), and a constant-zero
+Pad folded into the Conv or pooling it feeds. Anything else is an error listing the ops that cannot be expressed and
+where they are. Needs the `onnx` package (extra `onnx`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNorm
              "PRelu", "Sigmoid", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
              "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max",
              "Gelu", "HardSwish", "Mish", "Elu", "Softplus", "Abs", "LayerNormalization", "ReduceMean",
-             "GroupNorm", "Sub"}  # (GroupNorm: the fused node of _fuse_group_norm)
+             "GroupNorm", "Sub", "HardSigmoid"}  # (GroupNorm: the fused node of _fuse_group_norm)
 ELEMENTWISE = {"Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish", "Elu": "ELU", "Softplus": "BNLL",
                "Abs": "AbsVal", "Sigmoid": "Sigmoid", "Tanh": "TanH"}
 
@@ -141,6 +142,17 @@ def _fuse_group_norm(nodes, consts):
         put[r2] = helper.make_node("GroupNorm", [x], [nodes[r2].output[0]], name=nodes[r2].name or inorm.name,
                                    num_groups=int(shape[1]), epsilon=eps)
     return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
+def _gate(known, ins):
+    """(x, s) where a Mul multiplies x (N, C, H, W) by s (N, C, 1, 1) or (N, C) (a squeeze-and-excitation gate),
+    else None."""
+    a, b = (known.get(t) for t in ins)
+    for x, s_, xs, ss in ((ins[0], ins[1], a, b), (ins[1], ins[0], b, a)):
+        if xs and ss and len(xs) == 4 and len(ss) in (2, 4) and ss[1] == xs[1] and ss[2:] in ([], [1, 1]) \
+                and xs[2:] != [1, 1]:
+            return x, s_
+    return None
 
 
 def _fold_shapes(nodes, consts, known):
@@ -387,6 +399,19 @@ def import_onnx(path: str, batch: int = 1):
             elif op == "Sub":
                 layer.update(type="Eltwise", bottom=[blob(x) for x in ins], top=[out],
                              eltwise_param={"operation": "SUM", "coeff": [1.0, -1.0]})
+            elif op == "Mul" and len(ins) == 2 and _gate(known, ins) is not None:  # x * s, s (N, C[, 1, 1]): SE
+                x_in, s_in = _gate(known, ins)
+                gate = blob(s_in)
+                if len(known[s_in]) > 2:  # (N, C, 1, 1) -> (N, C)
+                    layers.append({"name": layer_name(node, f"{name}_gate"), "type": "Flatten", "bottom": [gate],
+                                   "top": [f"{out}_gate"], "flatten_param": {"axis": 1}})
+                    gate = f"{out}_gate"
+                layer.update(type="Scale", bottom=[blob(x_in), gate], top=[out], scale_param={"axis": 0})
+            elif op == "HardSigmoid":  # max(0, min(1, alpha x + beta)): Power then Clip
+                affine = {"power": 1.0, "scale": float(a.get("alpha", 0.2)), "shift": float(a.get("beta", 0.5))}
+                layers.append({"name": layer_name(node, f"{name}_affine"), "type": "Power", "bottom": bottoms,
+                               "top": [f"{out}_affine"], "power_param": affine})
+                layer.update(type="Clip", bottom=[f"{out}_affine"], top=[out], clip_param={"min": 0.0, "max": 1.0})
             elif op in ("Add", "Mul", "Sum", "Max"):
                 layer.update(type="Eltwise", bottom=[blob(x) for x in ins], top=[out],
                              eltwise_param={"operation": {"Add": "SUM", "Sum": "SUM", "Mul": "PROD"}.get(op, "MAX")})
