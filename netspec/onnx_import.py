@@ -155,6 +155,28 @@ def _gate(known, ins):
     return None
 
 
+def _fuse_softplus_threshold(nodes, consts):
+    """PyTorch's softplus as its dynamo exporter writes it, Where(x > 20, x, Softplus(x)), as the one Softplus
+    (BNLL is exact there too)."""
+    from onnx import helper
+    consumers, producer = _links(nodes)
+    drop, put = set(), {}
+    for k, n in enumerate(nodes):
+        if n.op_type != "Where" or len(n.input) != 3:
+            continue
+        cond, x, soft = n.input
+        gk, sk = producer.get(cond), producer.get(soft)
+        if gk is None or sk is None or nodes[gk].op_type != "Greater" or nodes[sk].op_type != "Softplus":
+            continue
+        if nodes[gk].input[0] != x or nodes[sk].input[0] != x or nodes[gk].input[1] not in consts:
+            continue
+        if len(consumers.get(cond, [])) != 1 or len(consumers.get(soft, [])) != 1:
+            continue
+        drop.update((gk, sk))
+        put[k] = helper.make_node("Softplus", [x], list(n.output), name=n.name)
+    return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
 def _fold_shapes(nodes, consts, known):
     """Shape arithmetic as PyTorch's exporter writes `x.view(x.size(0), -1)` (Shape, Gather, Unsqueeze, Concat into
     a Reshape's shape) evaluated from the inferred shapes, the batch symbolic; a Reshape's shape that
@@ -251,7 +273,7 @@ def import_onnx(path: str, batch: int = 1):
     for node in g.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
-    nodes = _fold_shapes(list(g.node), consts, known)
+    nodes = _fuse_softplus_threshold(_fold_shapes(list(g.node), consts, known), consts)
     nodes = _constant_sides(_fuse_group_norm(_fuse_erf_gelu(nodes, consts), consts), consts)
     bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(nodes)
            if n.op_type not in SUPPORTED]

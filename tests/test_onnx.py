@@ -390,20 +390,21 @@ def test_export_then_import_gives_the_same_outputs(tmp_path):
     ("modern_block.onnx", "logits", ["GELU", "LayerNorm", "HardSwish", "BNLL", "TanH", "ELU", "AbsVal", "Pooling"]),
     ("group_norm_opset17.onnx", "y", ["GroupNorm", "Scale", "Bias", "GELU", "Sigmoid"]),
     ("pytorch_idioms_opset17.onnx", "y", ["Bias", "Scale", "Power", "Eltwise", "Reshape", "InnerProduct"]),
-    ("squeeze_excite_opset17.onnx", "y", ["HardSwish", "Pooling", "Power", "Clip", "Flatten", "Scale"])])
+    ("squeeze_excite_opset17.onnx", "y", ["HardSwish", "Pooling", "Power", "Clip", "Flatten", "Scale"]),
+    ("modern_block_dynamo.onnx", "y", ["GELU", "LayerNorm", "HardSwish", "Mish", "ELU", "BNLL", "AbsVal"])])
 def test_pytorch_exports_of_current_layers_import_and_run_as_onnx_runtime_runs_them(fixture, output, layers,
                                                                                      tmp_path):
     """PyTorch's GELU, LayerNorm, Hardswish, Mish, ELU, Softplus, abs and a spatial mean at opset 20, and at opset
     17 its GroupNorm (Reshape, InstanceNormalization, Reshape to Shape(x)) and erf GELU (Div, Erf, Add, Mul, Mul),
     each as yaffe's own layer; and (x - m) / s, 1 - x, a difference of tensors and x.view(x.size(0), -1), whose
     Shape, Gather, Unsqueeze and Concat fold into the Reshape's shape; MobileNetV3's squeeze-and-excitation gate
-    (hardsigmoid, a Mul broadcast over the plane: a two-bottom Scale) (tests/fixtures/onnx/make_modern.py wrote
-    them)."""
+    (hardsigmoid, a Mul broadcast over the plane: a two-bottom Scale); PyTorch's dynamo exporter's softplus,
+    Where(x > 20, x, Softplus(x)) (tests/fixtures/onnx/make_modern.py wrote them)."""
     path = os.path.join(ROOT, "tests", "fixtures", "onnx", fixture)
     net = _imported(tmp_path, path, batch=3)
     types = [l.type for l in net.layers]
     assert all(t in types for t in layers), types
-    assert not {"Erf", "InstanceNormalization", "Shape", "Gather"} & set(types)
+    assert not {"Erf", "InstanceNormalization", "Shape", "Gather", "Where"} & set(types)
     x = np.random.default_rng(8).normal(size=(3, 3, 6, 6)).astype(np.float32)
     want = ort.InferenceSession(path).run(None, {"data": x})[0]
     net.blobs["data"].data[...] = x
