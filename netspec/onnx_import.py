@@ -6,9 +6,10 @@ LeakyRelu, PRelu, Sigmoid, Tanh, Gelu, HardSwish, Mish, Elu, Softplus (BNLL), Ab
 over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Sum, Mul,
 Max and Sub of tensors (Eltwise), Sub and Div by a constant, c - x (Power), a Mul by an (N, C, 1, 1) gate (a
 two-bottom Scale), HardSigmoid (Power + Clip), Shape arithmetic folded into a Reshape's shape, Add and Mul of a
-constant (Bias, Scale), Concat, Flatten, Reshape, Clip, Dropout and Identity (passed through), and a constant-zero
-Pad folded into the Conv or pooling it feeds. Anything else is an error listing the ops that cannot be expressed and
-where they are. Needs the `onnx` package (extra `onnx`).
+constant (Bias, Scale), Concat, Flatten, Reshape, Transpose (Permute), Split and a one-axis Slice (Slice), Squeeze
+and Unsqueeze (Reshape), Clip, Dropout and Identity (passed through), and a constant-zero Pad folded into the Conv
+or pooling it feeds. Anything else is an error listing the ops that cannot be expressed and where they are. Needs
+the `onnx` package (extra `onnx`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNorm
              "PRelu", "Sigmoid", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
              "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max",
              "Gelu", "HardSwish", "Mish", "Elu", "Softplus", "Abs", "LayerNormalization", "ReduceMean",
-             "GroupNorm", "Sub", "HardSigmoid"}  # (GroupNorm: the fused node of _fuse_group_norm)
+             "GroupNorm",  # (the fused node of _fuse_group_norm)
+             "Sub", "HardSigmoid", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice"}
 ELEMENTWISE = {"Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish", "Elu": "ELU", "Softplus": "BNLL",
                "Abs": "AbsVal", "Sigmoid": "Sigmoid", "Tanh": "TanH"}
 
@@ -142,6 +144,36 @@ def _fuse_group_norm(nodes, consts):
         put[r2] = helper.make_node("GroupNorm", [x], [nodes[r2].output[0]], name=nodes[r2].name or inorm.name,
                                    num_groups=int(shape[1]), epsilon=eps)
     return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
+def _cuts(op, a, ins, consts, shape, outs):
+    """(tops, slice points, axis) of a Caffe Slice for an ONNX Split (sizes from its input or attribute, or even)
+    or a Slice of one axis with step 1 (the parts before and after it become tops named *__unused)."""
+    if op == "Split":
+        axis = int(a.get("axis", 0)) % len(shape)
+        sizes = consts.get(ins[1]) if len(ins) > 1 else a.get("split")
+        if sizes is None:
+            if shape[axis] is None or shape[axis] % len(outs):
+                raise ValueError("an even Split needs a known size divisible by its outputs")
+            sizes = [shape[axis] // len(outs)] * len(outs)
+        points = [int(v) for v in np.cumsum([int(v) for v in sizes])[:-1]]
+        return outs, points, axis
+    starts, ends = (consts.get(t) for t in ins[1:3])
+    axes = consts.get(ins[3]) if len(ins) > 3 else np.arange(len(starts))
+    steps = consts.get(ins[4]) if len(ins) > 4 else np.ones(len(starts), np.int64)
+    if starts is None or ends is None or axes is None or steps is None or len(starts) != 1 or int(steps[0]) != 1:
+        raise ValueError("only a Slice of one axis with constant starts and ends and step 1 has a Caffe layer")
+    axis = int(axes[0]) % len(shape)
+    size = shape[axis]
+    if size is None:
+        raise ValueError("the sliced axis must have a known size")
+    lo, hi = (max(0, min(size, int(v) + size if int(v) < 0 else int(v))) for v in (starts[0], ends[0]))
+    if hi <= lo:
+        raise ValueError("an empty Slice")
+    tops = ([f"{outs[0]}_before__unused"] if lo else []) + [outs[0]] + ([f"{outs[0]}_after__unused"] if hi < size
+                                                                      else [])
+    points = ([lo] if lo else []) + ([hi] if hi < size else [])
+    return tops, points, axis
 
 
 def _gate(known, ins):
@@ -429,6 +461,27 @@ def import_onnx(path: str, batch: int = 1):
                                    "top": [f"{out}_gate"], "flatten_param": {"axis": 1}})
                     gate = f"{out}_gate"
                 layer.update(type="Scale", bottom=[blob(x_in), gate], top=[out], scale_param={"axis": 0})
+            elif op == "Transpose":
+                layer.update(type="Permute", bottom=bottoms, top=[out],
+                             permute_param={"order": [int(v) for v in a["perm"]]})
+            elif op in ("Squeeze", "Unsqueeze"):  # of a tensor (a shape's are folded): Reshape to its inferred shape
+                shape = known.get(out)
+                if not shape or None in shape[1:]:
+                    raise ValueError("the output shape is unknown (run onnx shape inference first)")
+                layer.update(type="Reshape", bottom=bottoms, top=[out],
+                             reshape_param={"shape": {"dim": [0 if d is None else int(d) for d in shape]}})
+            elif op in ("Split", "Slice"):
+                shape = known.get(ins[0])
+                if not shape:
+                    raise ValueError("the input shape is unknown (run onnx shape inference first)")
+                tops, points, axis = _cuts(op, a, ins, consts, shape, list(node.output))
+                layer.update(type="Slice", bottom=bottoms, top=tops, slice_param={"axis": axis})
+                if points:
+                    layer["slice_param"]["slice_point"] = points
+                unused = [t for t in tops if t.endswith("__unused")]
+                if unused:
+                    layers.append(layer)
+                    layer = {"name": layer_name(node, f"{name}_unused"), "type": "Silence", "bottom": unused}
             elif op == "HardSigmoid":  # max(0, min(1, alpha x + beta)): Power then Clip
                 affine = {"power": 1.0, "scale": float(a.get("alpha", 0.2)), "shift": float(a.get("beta", 0.5))}
                 layers.append({"name": layer_name(node, f"{name}_affine"), "type": "Power", "bottom": bottoms,

@@ -391,7 +391,8 @@ def test_export_then_import_gives_the_same_outputs(tmp_path):
     ("group_norm_opset17.onnx", "y", ["GroupNorm", "Scale", "Bias", "GELU", "Sigmoid"]),
     ("pytorch_idioms_opset17.onnx", "y", ["Bias", "Scale", "Power", "Eltwise", "Reshape", "InnerProduct"]),
     ("squeeze_excite_opset17.onnx", "y", ["HardSwish", "Pooling", "Power", "Clip", "Flatten", "Scale"]),
-    ("modern_block_dynamo.onnx", "y", ["GELU", "LayerNorm", "HardSwish", "Mish", "ELU", "BNLL", "AbsVal"])])
+    ("modern_block_dynamo.onnx", "y", ["GELU", "LayerNorm", "HardSwish", "Mish", "ELU", "BNLL", "AbsVal"]),
+    ("slicing_opset17.onnx", "y", ["Slice", "Silence", "Permute", "Reshape"])])
 def test_pytorch_exports_of_current_layers_import_and_run_as_onnx_runtime_runs_them(fixture, output, layers,
                                                                                      tmp_path):
     """PyTorch's GELU, LayerNorm, Hardswish, Mish, ELU, Softplus, abs and a spatial mean at opset 20, and at opset
@@ -399,7 +400,8 @@ def test_pytorch_exports_of_current_layers_import_and_run_as_onnx_runtime_runs_t
     each as yaffe's own layer; and (x - m) / s, 1 - x, a difference of tensors and x.view(x.size(0), -1), whose
     Shape, Gather, Unsqueeze and Concat fold into the Reshape's shape; MobileNetV3's squeeze-and-excitation gate
     (hardsigmoid, a Mul broadcast over the plane: a two-bottom Scale); PyTorch's dynamo exporter's softplus,
-    Where(x > 20, x, Softplus(x)) (tests/fixtures/onnx/make_modern.py wrote them)."""
+    Where(x > 20, x, Softplus(x)); Split, Slice, Transpose, Squeeze and Unsqueeze of tensors
+    (tests/fixtures/onnx/make_modern.py wrote them)."""
     path = os.path.join(ROOT, "tests", "fixtures", "onnx", fixture)
     net = _imported(tmp_path, path, batch=3)
     types = [l.type for l in net.layers]
