@@ -7,9 +7,10 @@ over (H, W) (global AVE pooling), Softmax, MaxPool, AveragePool, GlobalAveragePo
 Max and Sub of tensors (Eltwise), Sub and Div by a constant, c - x (Power), a Mul by an (N, C, 1, 1) gate (a
 two-bottom Scale), HardSigmoid (Power + Clip), Shape arithmetic folded into a Reshape's shape, Add and Mul of a
 constant (Bias, Scale), Concat, Flatten, Reshape, Transpose (Permute), Split and a one-axis Slice (Slice), Squeeze
-and Unsqueeze (Reshape), Clip, Dropout and Identity (passed through), and a constant-zero Pad folded into the Conv
-or pooling it feeds. Anything else is an error listing the ops that cannot be expressed and where they are. Needs
-the `onnx` package (extra `onnx`).
+and Unsqueeze (Reshape), Gather of one index (Slice + Reshape), a forward LSTM from zeros (Caffe's LSTM with a cont
+of ones), Clip, Dropout and Identity (passed through), and a constant-zero Pad folded into the Conv or pooling it
+feeds. Anything else is an error listing the ops that cannot be expressed and where they are. Needs the `onnx`
+package (extra `onnx`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ SUPPORTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "BatchNorm
              "Concat", "Flatten", "Reshape", "Clip", "Dropout", "Identity", "Pad", "Constant", "Sum", "Max",
              "Gelu", "HardSwish", "Mish", "Elu", "Softplus", "Abs", "LayerNormalization", "ReduceMean",
              "GroupNorm",  # (the fused node of _fuse_group_norm)
-             "Sub", "HardSigmoid", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice"}
+             "Sub", "HardSigmoid", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "LSTM"}
 ELEMENTWISE = {"Gelu": "GELU", "HardSwish": "HardSwish", "Mish": "Mish", "Elu": "ELU", "Softplus": "BNLL",
                "Abs": "AbsVal", "Sigmoid": "Sigmoid", "Tanh": "TanH"}
 
@@ -170,10 +171,14 @@ def _cuts(op, a, ins, consts, shape, outs):
     lo, hi = (max(0, min(size, int(v) + size if int(v) < 0 else int(v))) for v in (starts[0], ends[0]))
     if hi <= lo:
         raise ValueError("an empty Slice")
-    tops = ([f"{outs[0]}_before__unused"] if lo else []) + [outs[0]] + ([f"{outs[0]}_after__unused"] if hi < size
-                                                                      else [])
-    points = ([lo] if lo else []) + ([hi] if hi < size else [])
-    return tops, points, axis
+    return _span(outs[0], lo, hi, size) + (axis,)
+
+
+def _span(top, lo, hi, size):
+    """(tops, slice points) of a Caffe Slice that keeps [lo, hi) of an axis of `size` as `top`; the parts before
+    and after it are tops named *__unused (for a Silence)."""
+    tops = ([f"{top}_before__unused"] if lo else []) + [top] + ([f"{top}_after__unused"] if hi < size else [])
+    return tops, ([lo] if lo else []) + ([hi] if hi < size else [])
 
 
 def _gate(known, ins):
@@ -207,6 +212,63 @@ def _fuse_softplus_threshold(nodes, consts):
         drop.update((gk, sk))
         put[k] = helper.make_node("Softplus", [x], list(n.output), name=n.name)
     return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
+def _zero_initial_states(nodes, consts):
+    """An LSTM's initial_h and initial_c that are zeros, constant (dynamo) or Expanded to (1, N, H) (TorchScript's
+    export of nn.LSTM called without a state), as no initial state: Caffe's LSTM starts from zeros. The Expand and
+    its shape arithmetic go."""
+    from onnx import helper
+    consumers, producer = _links(nodes)
+    drop, put = set(), {}
+    for k, n in enumerate(nodes):
+        if n.op_type != "LSTM":
+            continue
+        inputs = list(n.input) + [""] * (7 - len(n.input))
+        for j in (5, 6):
+            if inputs[j] in consts and not np.any(consts[inputs[j]]):  # zeros given as they are (dynamo's)
+                inputs[j] = ""
+                continue
+            e = producer.get(inputs[j])
+            if e is None or nodes[e].op_type != "Expand" or len(consumers.get(inputs[j], [])) != 1:
+                continue
+            c = consts.get(nodes[e].input[0])
+            if c is not None and not np.any(c):
+                drop.add(e)
+                inputs[j] = ""
+        if inputs != list(n.input) + [""] * (7 - len(n.input)):
+            put[k] = helper.make_node("LSTM", inputs, list(n.output), name=n.name, **_attrs(n))
+    return [put.get(k, n) for k, n in enumerate(nodes) if k not in drop]
+
+
+def _lstm(node, a, known, consts, batch, name, blob, layer_name, used):
+    """Caffe's LSTM (its gates i, f, o, g) for ONNX's forward LSTM (gates i, o, f, c; two biases), fed a cont of
+    ones (DummyData: no reset inside the sequence) and reshaped to ONNX's Y (T, 1, N, H): (layers, weights)."""
+    x, w, r, b = (list(node.input) + [""] * 8)[:4]
+    rest = (list(node.input) + [""] * 8)[4:7]
+    if any(rest):
+        raise ValueError("sequence_lens and initial states have no Caffe form (Caffe's LSTM starts from zeros)")
+    if a.get("direction", b"forward") not in (b"forward", "forward") or a.get("layout", 0) or a.get("clip") \
+            or a.get("input_forget", 0) or a.get("activations"):
+        raise ValueError("only a forward LSTM with the default activations, no clip and layout 0")
+    if any(t in used for t in node.output[1:]):
+        raise ValueError("its final states Y_h and Y_c have no Caffe form here (use Y's last step)")
+    shape = known.get(x)
+    if not shape or len(shape) != 3 or shape[0] is None:
+        raise ValueError("the input (T, N, I) needs a known length T")
+    t_len, n = shape[0], shape[1] or batch
+    h = int(a["hidden_size"])
+    order = np.concatenate([np.arange(k * h, (k + 1) * h) for k in (0, 2, 1, 3)])  # i, o, f, c -> i, f, o, g
+    wx, wh = consts[w][0][order], consts[r][0][order]
+    bias = (consts[b][0][:4 * h] + consts[b][0][4 * h:])[order] if b else np.zeros(4 * h, np.float32)
+    cont, y = f"{name}_cont", node.output[0]
+    layers = [{"name": layer_name(node, cont), "type": "DummyData", "top": [cont], "dummy_data_param": {
+                  "shape": {"dim": [t_len, n]}, "data_filler": {"type": "constant", "value": 1}}},
+              {"name": name, "type": "LSTM", "bottom": [blob(x), cont], "top": [f"{y}__tnh"],
+               "recurrent_param": {"num_output": h}},
+              {"name": layer_name(node, f"{name}_y"), "type": "Reshape", "bottom": [f"{y}__tnh"], "top": [y],
+               "reshape_param": {"shape": {"dim": [t_len, 1, n, h]}}}]
+    return layers, {f"{name}/0": wx, f"{name}/1": bias, f"{name}/2": wh}
 
 
 def _fold_shapes(nodes, consts, known):
@@ -305,7 +367,8 @@ def import_onnx(path: str, batch: int = 1):
     for node in g.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
-    nodes = _fuse_softplus_threshold(_fold_shapes(list(g.node), consts, known), consts)
+    nodes = _fold_shapes(_zero_initial_states(list(g.node), consts), consts, known)
+    nodes = _fuse_softplus_threshold(nodes, consts)
     nodes = _constant_sides(_fuse_group_norm(_fuse_erf_gelu(nodes, consts), consts), consts)
     bad = [f"{n.op_type} ('{n.name or n.output[0]}', node {i})" for i, n in enumerate(nodes)
            if n.op_type not in SUPPORTED]
@@ -332,6 +395,7 @@ def import_onnx(path: str, batch: int = 1):
         dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
         layers.append({"name": inp.name, "type": "Input", "top": [inp.name], "input_param": {"shape": {"dim": dims}}})
         names.add(inp.name)
+    used = {t for n in nodes for t in n.input} | {o.name for o in g.output}
     for i, node in enumerate(nodes):
         op, a = node.op_type, _attrs(node)
         ins = [x for x in node.input if x]
@@ -461,6 +525,28 @@ def import_onnx(path: str, batch: int = 1):
                                    "top": [f"{out}_gate"], "flatten_param": {"axis": 1}})
                     gate = f"{out}_gate"
                 layer.update(type="Scale", bottom=[blob(x_in), gate], top=[out], scale_param={"axis": 0})
+            elif op == "LSTM":
+                more, w = _lstm(node, a, known, consts, batch, name, blob, layer_name, used)
+                layers.extend(more[:-1])
+                weights.update(w)
+                layer = more[-1]
+            elif op == "Gather":  # one index of a tensor along an axis: Slice it out, Reshape the axis away
+                index = consts.get(ins[1])
+                shape = known.get(ins[0])
+                if index is None or np.asarray(index).ndim != 0 or not shape or not known.get(out) \
+                        or None in known[out][1:]:
+                    raise ValueError("only one constant index of a tensor of known shape has a Caffe form")
+                axis = int(a.get("axis", 0)) % len(shape)
+                i = int(index) % shape[axis]
+                tops, points = _span(f"{out}__kept", i, i + 1, shape[axis])
+                layers.append({"name": layer_name(node, f"{name}_slice"), "type": "Slice", "bottom": bottoms,
+                               "top": tops, "slice_param": {"axis": axis, **({"slice_point": points} if points
+                                                                             else {})}})
+                unused = [t for t in tops if t.endswith("__unused")]
+                if unused:
+                    layers.append({"name": layer_name(node, f"{name}_unused"), "type": "Silence", "bottom": unused})
+                layer.update(type="Reshape", bottom=[f"{out}__kept"], top=[out], reshape_param={
+                    "shape": {"dim": [0 if d is None else int(d) for d in known[out]]}})
             elif op == "Transpose":
                 layer.update(type="Permute", bottom=bottoms, top=[out],
                              permute_param={"order": [int(v) for v in a["perm"]]})

@@ -392,7 +392,9 @@ def test_export_then_import_gives_the_same_outputs(tmp_path):
     ("pytorch_idioms_opset17.onnx", "y", ["Bias", "Scale", "Power", "Eltwise", "Reshape", "InnerProduct"]),
     ("squeeze_excite_opset17.onnx", "y", ["HardSwish", "Pooling", "Power", "Clip", "Flatten", "Scale"]),
     ("modern_block_dynamo.onnx", "y", ["GELU", "LayerNorm", "HardSwish", "Mish", "ELU", "BNLL", "AbsVal"]),
-    ("slicing_opset17.onnx", "y", ["Slice", "Silence", "Permute", "Reshape"])])
+    ("slicing_opset17.onnx", "y", ["Slice", "Silence", "Permute", "Reshape"]),
+    ("lstm_opset17.onnx", "y", ["Permute", "DummyData", "LSTM", "Slice", "Reshape"]),
+    ("lstm_dynamo.onnx", "y", ["Permute", "DummyData", "LSTM", "Slice", "Reshape"])])
 def test_pytorch_exports_of_current_layers_import_and_run_as_onnx_runtime_runs_them(fixture, output, layers,
                                                                                      tmp_path):
     """PyTorch's GELU, LayerNorm, Hardswish, Mish, ELU, Softplus, abs and a spatial mean at opset 20, and at opset
@@ -400,14 +402,16 @@ def test_pytorch_exports_of_current_layers_import_and_run_as_onnx_runtime_runs_t
     each as yaffe's own layer; and (x - m) / s, 1 - x, a difference of tensors and x.view(x.size(0), -1), whose
     Shape, Gather, Unsqueeze and Concat fold into the Reshape's shape; MobileNetV3's squeeze-and-excitation gate
     (hardsigmoid, a Mul broadcast over the plane: a two-bottom Scale); PyTorch's dynamo exporter's softplus,
-    Where(x > 20, x, Softplus(x)); Split, Slice, Transpose, Squeeze and Unsqueeze of tensors
+    Where(x > 20, x, Softplus(x)); Split, Slice, Transpose, Squeeze and Unsqueeze of tensors; nn.LSTM (batch
+    first, its last step: a Gather) as Caffe's LSTM with a cont of ones, from both exporters
     (tests/fixtures/onnx/make_modern.py wrote them)."""
     path = os.path.join(ROOT, "tests", "fixtures", "onnx", fixture)
-    net = _imported(tmp_path, path, batch=3)
+    shape = (2, 4, 5) if fixture.startswith("lstm") else (3, 3, 6, 6)
+    net = _imported(tmp_path, path, batch=shape[0])
     types = [l.type for l in net.layers]
     assert all(t in types for t in layers), types
     assert not {"Erf", "InstanceNormalization", "Shape", "Gather", "Where"} & set(types)
-    x = np.random.default_rng(8).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    x = np.random.default_rng(8).normal(size=shape).astype(np.float32)
     want = ort.InferenceSession(path).run(None, {"data": x})[0]
     net.blobs["data"].data[...] = x
     net.forward()
