@@ -548,8 +548,12 @@ def import_onnx(path: str, batch: int = 1):
                 layer.update(type="Reshape", bottom=[f"{out}__kept"], top=[out], reshape_param={
                     "shape": {"dim": [0 if d is None else int(d) for d in known[out]]}})
             elif op == "Transpose":
-                layer.update(type="Permute", bottom=bottoms, top=[out],
-                             permute_param={"order": [int(v) for v in a["perm"]]})
+                perm = a.get("perm")
+                if perm is None:  # ONNX's default: the axes reversed
+                    if ranks.get(ins[0]) is None:
+                        raise ValueError("a Transpose without perm needs the input's rank (run shape inference)")
+                    perm = list(range(ranks[ins[0]]))[::-1]
+                layer.update(type="Permute", bottom=bottoms, top=[out], permute_param={"order": [int(v) for v in perm]})
             elif op in ("Squeeze", "Unsqueeze"):  # of a tensor (a shape's are folded): Reshape to its inferred shape
                 shape = known.get(out)
                 if not shape or None in shape[1:]:

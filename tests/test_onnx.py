@@ -468,3 +468,17 @@ def test_an_imported_model_fine_tunes_with_run_py_train(tmp_path):
     with open(t.metrics_path) as f:
         losses = [r["loss"] for r in map(json.loads, f) if r["phase"] == "train" and r.get("images_per_s")]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_a_transpose_without_perm_reverses_the_axes_as_onnx_does(tmp_path):
+    from onnx import TensorProto, helper, save
+    g = helper.make_graph([helper.make_node("Transpose", ["data"], ["t"]), helper.make_node("Relu", ["t"], ["y"])],
+                          "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3, 2])])
+    path = str(tmp_path / "t.onnx")
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    net = _imported(tmp_path, path, batch=2)
+    x = np.random.default_rng(3).normal(size=(2, 3, 4)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, ort.InferenceSession(path).run(None, {"data": x})[0])
