@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from netspec.errors import UserError
-from netspec.loader import load, loads
+from netspec.loader import from_plain, load, loads
 from netspec.net import Net
 
 ort = pytest.importorskip("onnxruntime")
@@ -477,7 +477,10 @@ def test_a_transpose_without_perm_reverses_the_axes_as_onnx_does(tmp_path):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3, 2])])
     path = str(tmp_path / "t.onnx")
     save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    net = _imported(tmp_path, path, batch=2)
+    from netspec.onnx_import import import_onnx
+    doc, weights = import_onnx(path)
+    assert weights == {} and doc["layer"][1]["permute_param"] == {"order": [2, 1, 0]}
+    net = Net(from_plain(doc), "TEST", "t.yaml", seed=0)
     x = np.random.default_rng(3).normal(size=(2, 3, 4)).astype(np.float32)
     net.blobs["data"].data[...] = x
     net.forward()
