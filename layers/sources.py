@@ -25,7 +25,7 @@ class SourceError(Exception):
 PACKAGED = {"/usr/share/datasets/fashion-mnist/": "sudo apt-get install dataset-fashion-mnist"}
 
 
-def missing(path: str, relative_to: str) -> SourceError:
+def missing(path: str, relative_to: str | None) -> SourceError:
     """The error for a source that does not exist: where a relative path was looked for, and what installs a
     packaged dataset."""
     if not os.path.isabs(path) or relative_to is None:
